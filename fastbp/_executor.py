@@ -21,7 +21,8 @@ from ._jit import jit
 from .kernels.activations import _act_bwd, _act_fwd
 from .kernels.codes import ACT_NONE, LOSS_MSE, LOSS_SOFTMAX_XENT, LOSS_SVM
 from .kernels.gates import _gate_bwd, _gate_fwd, _sum_bwd, _sum_fwd
-from .kernels.gemm import BLAS_THREAD_CONTROL, _blas_mm, _mm_small, blas_get_threads, blas_set_threads
+from .kernels.gemm import (BLAS_AVAILABLE, BLAS_THREAD_CONTROL, _blas_mm, _mm_small, blas_get_threads,
+                           blas_set_threads)
 from .kernels.linear import _bias_act, _colsum
 from .kernels.losses import _bce_logits, _check_labels, _mse, _softmax_xent, _svm
 from .kernels.optim import _adam_update, _sgd_update
@@ -143,13 +144,13 @@ def _blas_threads_for(macs, hyper):
 
 
 @jit
-def _mm(A, B, C, ta, tb, acc, scal, hyper):
+def _mm(A, B, C, ta, tb, acc, hyper):
     """``C (+)= op(A) @ op(B)``: own loops below ``hyper[H_BLAS_MIN]`` multiply-adds, BLAS above."""
     k = A.shape[0] if ta else A.shape[1]
     macs = C.shape[0] * C.shape[1] * k
     if macs >= hyper[H_BLAS_MIN]:
         _blas_threads_for(macs, hyper)
-        _blas_mm(A, B, C, ta, tb, acc, scal)
+        _blas_mm(A, B, C, ta, tb, acc)
     else:
         # a few thousand multiply-adds at most: plain loops beat a BLAS call
         _mm_small(A, B, C, ta, tb, acc)
@@ -164,7 +165,7 @@ def _all_finite(v):
 
 
 @jit
-def run_tape(arena, bufs, tape, lo, hi, nb, x, yi, yf, hyper, ws64, scal):
+def run_tape(arena, bufs, tape, lo, hi, nb, x, yi, yf, hyper, ws64):
     """Run instructions ``lo .. hi-1``.  Returns ``(status, loss, info)``.
 
     The BLAS's thread count is read first and restored last: inside, each
@@ -173,14 +174,14 @@ def run_tape(arena, bufs, tape, lo, hi, nb, x, yi, yf, hyper, ws64, scal):
     if hyper[H_BT_ON] != 0.0:
         hyper[H_BT_MAX] = blas_get_threads()
         hyper[H_BT_CUR] = hyper[H_BT_MAX]
-    status, loss, info = _run_tape(arena, bufs, tape, lo, hi, nb, x, yi, yf, hyper, ws64, scal)
+    status, loss, info = _run_tape(arena, bufs, tape, lo, hi, nb, x, yi, yf, hyper, ws64)
     if hyper[H_BT_ON] != 0.0 and hyper[H_BT_CUR] != hyper[H_BT_MAX]:
         blas_set_threads(int(hyper[H_BT_MAX]))
     return status, loss, info
 
 
 @jit
-def _run_tape(arena, bufs, tape, lo, hi, nb, x, yi, yf, hyper, ws64, scal):
+def _run_tape(arena, bufs, tape, lo, hi, nb, x, yi, yf, hyper, ws64):
     """The interpreter loop of :func:`run_tape`."""
     blas_min = int(hyper[H_BLAS_MIN])
     loss = 0.0
@@ -207,7 +208,7 @@ def _run_tape(arena, bufs, tape, lo, hi, nb, x, yi, yf, hyper, ws64, scal):
             macs = X.shape[0] * X.shape[1] * Y.shape[1]
             if macs >= blas_min:
                 _blas_threads_for(macs, hyper)
-                _blas_mm(X, W, Y, _F, wt, _F, scal)
+                _blas_mm(X, W, Y, _F, wt, _F)
                 if b.shape[0] > 0 or act != ACT_NONE:
                     _bias_act_s(Y, b, act)
             else:
@@ -218,7 +219,7 @@ def _run_tape(arena, bufs, tape, lo, hi, nb, x, yi, yf, hyper, ws64, scal):
             A = _view(arena, bufs, ins[C_A], nb)
             B = _view(arena, bufs, ins[C_B], nb)
             out = _view(arena, bufs, ins[C_OUT], nb)
-            _mm(A, B, out, _F, ins[C_F1] != 0, _F, scal, hyper)
+            _mm(A, B, out, _F, ins[C_F1] != 0, _F, hyper)
         elif op == OP_GATE:
             _gate_fwd_s(ins[C_G], _view(arena, bufs, ins[C_A], nb), _view(arena, bufs, ins[C_B], nb),
                              _view(arena, bufs, ins[C_OUT], nb))
@@ -266,13 +267,13 @@ def _run_tape(arena, bufs, tape, lo, hi, nb, x, yi, yf, hyper, ws64, scal):
                 _colsum_s(dZ, _vec(arena, bufs, ins[C_OUT]), acc_w)
             dW = _view(arena, bufs, ins[C_F], nb)
             if wt:   # dWt (out, in) = dZ^T X
-                _mm(dZ, X, dW, _T, _F, acc_w, scal, hyper)
+                _mm(dZ, X, dW, _T, _F, acc_w, hyper)
             else:    # dW (in, out) = X^T dZ
-                _mm(X, dZ, dW, _T, _F, acc_w, scal, hyper)
+                _mm(X, dZ, dW, _T, _F, acc_w, hyper)
             if ins[C_E] >= 0:
                 dX = _view(arena, bufs, ins[C_E], nb)
                 # dX = dZ W^T  (or dZ Wt)
-                _mm(dZ, W, dX, _F, not wt, acc_dx, scal, hyper)
+                _mm(dZ, W, dX, _F, not wt, acc_dx, hyper)
         elif op == OP_MATMUL_BWD:
             # out = A @ op(B): dA = dO @ op(B)^T ; d op(B) = A^T dO
             A = _view(arena, bufs, ins[C_A], nb)
@@ -280,13 +281,13 @@ def _run_tape(arena, bufs, tape, lo, hi, nb, x, yi, yf, hyper, ws64, scal):
             dO = _view(arena, bufs, ins[C_D], nb)
             tb = ins[C_F1] != 0
             if ins[C_E] >= 0:
-                _mm(dO, B, _view(arena, bufs, ins[C_E], nb), _F, not tb, ins[C_F2] != 0, scal, hyper)
+                _mm(dO, B, _view(arena, bufs, ins[C_E], nb), _F, not tb, ins[C_F2] != 0, hyper)
             if ins[C_F] >= 0:
                 dB = _view(arena, bufs, ins[C_F], nb)
                 if tb:   # B stored transposed: dB = dO^T A
-                    _mm(dO, A, dB, _T, _F, ins[C_F3] != 0, scal, hyper)
+                    _mm(dO, A, dB, _T, _F, ins[C_F3] != 0, hyper)
                 else:
-                    _mm(A, dO, dB, _T, _F, ins[C_F3] != 0, scal, hyper)
+                    _mm(A, dO, dB, _T, _F, ins[C_F3] != 0, hyper)
         elif op == OP_GATE_BWD:
             _gate_bwd_s(ins[C_G], _view(arena, bufs, ins[C_A], nb), _view(arena, bufs, ins[C_B], nb),
                              _view(arena, bufs, ins[C_D], nb), _view_or_empty(arena, bufs, ins[C_E], nb),
@@ -320,7 +321,7 @@ def _run_tape(arena, bufs, tape, lo, hi, nb, x, yi, yf, hyper, ws64, scal):
 
 
 @jit
-def run_step(arena, bufs, tape, sec, nb, x, yi, yf, hyper, ws64, scal, mode):
+def run_step(arena, bufs, tape, sec, nb, x, yi, yf, hyper, ws64, mode):
     """One call: forward (+ loss + backward (+ update)) for a minibatch of ``nb`` rows.
 
     ``mode``: MODE_FORWARD, MODE_GRAD (no update) or MODE_TRAIN.  The update
@@ -330,12 +331,12 @@ def run_step(arena, bufs, tape, sec, nb, x, yi, yf, hyper, ws64, scal, mode):
     hi = sec[S_FWD]
     if mode != MODE_FORWARD:
         hi = sec[S_BWD] if mode == MODE_GRAD else sec[S_END]
-    return run_tape(arena, bufs, tape, 0, hi, nb, x, yi, yf, hyper, ws64, scal)
+    return run_tape(arena, bufs, tape, 0, hi, nb, x, yi, yf, hyper, ws64)
 
 
 @jit
 def run_fit(arena, bufs, tape, sec, X, Yi, Yf, perm, starts, xbuf, yfbuf, yi_stage,
-            hyper, ws64, scal, losses):
+            hyper, ws64, losses):
     """Whole epochs in one call: gather each minibatch (rows ``perm[starts[s]:starts[s+1]]``)
     into the input buffers and run a training step.  Returns ``(status, step, info)``:
     on failure ``step`` is the index of the step that failed (earlier steps are applied).
@@ -359,7 +360,7 @@ def run_fit(arena, bufs, tape, sec, X, Yi, Yf, perm, starts, xbuf, yfbuf, yi_sta
                 yf_v[r, :] = Yf[perm[lo + r]]
         # the LOAD_X instruction (tape[0]) is skipped: the rows are already in place
         status, loss, info = run_tape(arena, bufs, tape, 1, sec[S_END], nb, xin, yi_stage, yf_v,
-                                      hyper, ws64, scal)
+                                      hyper, ws64)
         if status != STATUS_OK:
             return status, s, info
         losses[s] = loss
@@ -367,28 +368,29 @@ def run_fit(arena, bufs, tape, sec, X, Yi, Yf, perm, starts, xbuf, yfbuf, yi_sta
 
 
 @jit
-def run_predict(arena, bufs, tape, sec, X, out, batch_size, outbuf, hyper, ws64, scal):
+def run_predict(arena, bufs, tape, sec, X, out, batch_size, outbuf, hyper, ws64):
     """Forward pass over ``X`` in chunks of ``batch_size``; network outputs into ``out``."""
     n = X.shape[0]
     yi = bufs[0, :0]        # an empty int64 vector that allocates nothing
     for lo in range(0, n, batch_size):
         hi = min(lo + batch_size, n)
         nb = hi - lo
-        run_tape(arena, bufs, tape, 0, sec[S_FWD], nb, X[lo:hi], yi, _empty(arena), hyper, ws64, scal)
+        run_tape(arena, bufs, tape, 0, sec[S_FWD], nb, X[lo:hi], yi, _empty(arena), hyper, ws64)
         out[lo:hi, :] = _view(arena, bufs, outbuf, nb)
 
 
 @jit
-def run_update(arena, bufs, tape, sec, hyper, ws64, scal):
+def run_update(arena, bufs, tape, sec, hyper, ws64):
     """Only the optimizer update (after the gradients were reduced across ranks)."""
     x = _empty(arena)
     yi = bufs[0, :0]        # an empty int64 vector that allocates nothing
-    return run_tape(arena, bufs, tape, sec[S_BWD], sec[S_END], 1, x, yi, x, hyper, ws64, scal)
+    return run_tape(arena, bufs, tape, sec[S_BWD], sec[S_END], 1, x, yi, x, hyper, ws64)
 
 
 def runtime_hyper(hyper):
     """Fill the process-specific slots of a hyper-parameter array (BLAS policy)."""
-    hyper[H_BLAS_MIN] = BLAS_MIN_MACS
+    # without a BLAS every product runs in the plain loops
+    hyper[H_BLAS_MIN] = BLAS_MIN_MACS if BLAS_AVAILABLE else float(2 ** 62)
     hyper[H_BT_ON] = 1.0 if BLAS_THREAD_CONTROL else 0.0
     hyper[H_BT_MIN] = BLAS_THREADS_MIN_MACS
     return hyper

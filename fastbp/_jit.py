@@ -41,7 +41,7 @@ def _source_stamp():
     import hashlib
     here = os.path.dirname(os.path.abspath(__file__))
     h = hashlib.sha256(numba.__version__.encode())
-    files = [os.path.join(here, "_jit.py"), os.path.join(here, "_executor.py")]
+    files = [os.path.join(here, n) for n in ("_jit.py", "_executor.py", "_blas.py")]
     for sub in ("kernels", os.path.join("kernels", "cuda")):
         kdir = os.path.join(here, sub)
         if os.path.isdir(kdir):
@@ -177,16 +177,19 @@ def threading_info():
     dict
         ``numba_threads`` (``NUMBA_NUM_THREADS``), ``numba_layer`` (the
         threading layer numba chose, or ``"not started"`` if no parallel
-        kernel has run yet in this process) and ``blas`` (what threadpoolctl
-        reports about the BLAS used by the fused step, if importable).
+        kernel has run yet in this process), ``blas_backend`` (the BLAS the
+        fused step calls: :func:`fastbp._blas.backend_info`) and ``blas``
+        (what threadpoolctl reports about the BLAS libraries loaded, if
+        importable).
     """
+    from . import _blas
     try:
         layer = numba.threading_layer()
     except ValueError:
         layer = "not started"
-    info = {"numba_threads": numba.config.NUMBA_NUM_THREADS, "numba_layer": layer}
+    info = {"numba_threads": numba.config.NUMBA_NUM_THREADS, "numba_layer": layer,
+            "blas_backend": _blas.backend_info()}
     try:
-        import scipy.linalg.cython_blas  # noqa: F401  (loads the BLAS numba calls)
         from threadpoolctl import threadpool_info
         info["blas"] = [
             {k: d.get(k) for k in ("internal_api", "num_threads", "version", "architecture", "filepath")}

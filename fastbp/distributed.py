@@ -280,8 +280,9 @@ def limit_threads(n):
 
     numba: :func:`numba.set_num_threads` (at most ``NUMBA_NUM_THREADS``);
     BLAS: ``threadpoolctl.threadpool_limits(n, user_api="blas")`` for every
-    BLAS loaded (scipy's, which the fused step calls, and numpy's).  The
-    limits stay in effect for the life of the process.
+    BLAS loaded (the one the fused step calls, see :mod:`fastbp._blas`, and
+    numpy's and scipy's).  The limits stay in effect for the life of the
+    process.
 
     Parameters
     ----------
@@ -301,7 +302,7 @@ def limit_threads(n):
     numba.set_num_threads(nb)
     out = {"numba": nb}
     try:
-        import scipy.linalg.cython_blas  # noqa: F401  (load the BLAS the fused step calls)
+        import fastbp._blas  # noqa: F401  (loads the BLAS the fused step calls)
         from threadpoolctl import threadpool_limits
     except ImportError as e:
         out["blas"] = f"not limited: {e}"
@@ -540,7 +541,7 @@ class DistributedStep:
         p = st.plan
         g = v[:self._gn]
         np.divide(g, rows, out=g)
-        status, _, info = ex.run_update(st.arena, p.bufs, p.tape, p.sec, st.hyper, st.ws64, st.scal)
+        status, _, info = ex.run_update(st.arena, p.bufs, p.tape, p.sec, st.hyper, st.ws64)
         if status:
             # identical reduced gradients: every rank gets here together
             try:
@@ -588,7 +589,7 @@ class DistributedStep:
         with st._lock:
             if error is None:
                 status, loss, info = ex.run_step(st.arena, p.bufs, p.tape, p.sec, n, x, yi, yf, st.hyper,
-                                                 st.ws64, st.scal, ex.MODE_GRAD)
+                                                 st.ws64, ex.MODE_GRAD)
                 if status == STATUS_OK:
                     _pack(self.comm_vector, self._gn, n, loss)
                     raise_local = None
@@ -706,7 +707,7 @@ class DistributedStep:
                         ysi, ysf = st._no_yi, self._yf[:nb]
                         np.take(yf, r, axis=0, out=ysf)
                     status, loss, inf = ex.run_step(st.arena, p.bufs, p.tape, p.sec, nb, xs, ysi, ysf,
-                                                    st.hyper, st.ws64, st.scal, ex.MODE_GRAD)
+                                                    st.hyper, st.ws64, ex.MODE_GRAD)
                     if status == STATUS_OK:
                         _pack(self.comm_vector, self._gn, nb, loss)
                         raise_local = None

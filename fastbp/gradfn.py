@@ -8,7 +8,6 @@ import numpy as np
 from . import _executor as ex
 from .compiler import build_plan, new_arena, view
 from .graph import GraphError, Node
-from .kernels.gemm import make_scal
 
 __all__ = ["grad", "GradFunction"]
 
@@ -33,7 +32,6 @@ class GradFunction:
         self.hyper = np.zeros(ex.HYPER_SIZE)
         ex.runtime_hyper(self.hyper)
         self.ws64 = np.zeros(max(batch_size, 1))
-        self.scal = make_scal(self.dtype)
         self._x = np.zeros((0, 0), self.dtype)
         self._yi = np.zeros(0, np.int64)
         self._lock = threading.Lock()
@@ -87,7 +85,7 @@ class GradFunction:
             for n, v in staged:
                 view(self.arena, p, p.value_buf[n.id], n.shape, nb)[...] = v
             status, _, _ = ex.run_step(self.arena, p.bufs, p.tape, p.sec, nb, self._x, self._yi, self._x,
-                                       self.hyper, self.ws64, self.scal, ex.MODE_GRAD)
+                                       self.hyper, self.ws64, ex.MODE_GRAD)
             out = view(self.arena, p, p.value_buf[self.output.id], self.output.shape, nb)
             value = float(out) if out.ndim == 0 else out.copy()
             grads = {w.name: np.array(view(self.arena, p, p.grad_buf[w.id], w.shape, nb))

@@ -58,7 +58,6 @@ __all__ = [
 #: a factor of ~2.
 BLAS_THRESHOLD = 4096
 
-_SCAL = {dt: _M.make_scal(dt) for dt in V.FLOAT_DTYPES}
 _NOBIAS = {dt: np.empty(0, dt) for dt in V.FLOAT_DTYPES}
 #: columns of the 2-D view a long 1-D array is cut into for the parallel variants
 _EW_COLS = 1024
@@ -107,12 +106,12 @@ def _ew(kern, *arrays):
 
 
 def _mm(a, b, c, ta, tb):
-    """``c = op(a) @ op(b)``: BLAS at or above BLAS_THRESHOLD, own loops below."""
+    """``c = op(a) @ op(b)``: BLAS at or above BLAS_THRESHOLD (if one is loaded), own loops below."""
     m, n = c.shape
     k = a.shape[0] if ta else a.shape[1]
     work = m * n * k
-    if work >= BLAS_THRESHOLD:
-        _M._blas_mm(a, b, c, ta, tb, False, _SCAL[c.dtype])
+    if work >= BLAS_THRESHOLD and _M.BLAS_AVAILABLE:
+        _M._blas_mm(a, b, c, ta, tb, False)
     elif ta:
         _M._mm_tn.pick(work)(a, b, c, False)
     elif tb:
@@ -174,8 +173,8 @@ def linear_forward(x, W, b=None, activation="none", out=None):
     act = _act_code(activation)
     y = _check_out(out, "out", (n, d_out), dt, ((x, "x"), (W, "W"), (b, "b")))
     work = n * d_in * d_out
-    if work >= BLAS_THRESHOLD:
-        _M._blas_mm(x, W, y, False, False, False, _SCAL[dt])
+    if work >= BLAS_THRESHOLD and _M.BLAS_AVAILABLE:
+        _M._blas_mm(x, W, y, False, False, False)
         if b.shape[0] or act != ACT_NONE:
             _L._bias_act.pick(n * d_out)(y, b, act)
     else:

@@ -9,7 +9,6 @@ import numpy as np
 from . import _executor as ex
 from .compiler import build_plan, new_arena, view
 from .kernels.codes import CLASSIFICATION_LOSSES, LOSSES
-from .kernels.gemm import make_scal
 from .layers import Sequential
 from .optimizers import Adam, SGD, resolve_optimizer
 
@@ -127,7 +126,6 @@ class TrainStep:
         self.arena = new_arena(p)
         self.hyper = _hyper_from(self.optimizer)
         self.ws64 = np.zeros(self.batch_size, dtype=np.float64)
-        self.scal = make_scal(self.dtype)
         self._yi_stage = np.zeros(self.batch_size, dtype=np.int64)
         self._no_yi = np.zeros(0, dtype=np.int64)
         self._no_yf = np.zeros((0, 0), dtype=self.dtype)
@@ -252,15 +250,39 @@ class TrainStep:
         """
         return self._run(x, y, ex.MODE_GRAD)
 
+    def _fast_args(self, x, y):
+        """``(n, yi, yf)`` if ``x`` and ``y`` are already exactly what the
+        executor takes (the common case, checked in a few attribute reads),
+        else ``None`` and the full validation runs."""
+        if type(x) is not np.ndarray or type(y) is not np.ndarray or x.dtype != self.dtype:
+            return None
+        shape = x.shape
+        if len(shape) != 2 or shape[1] != self.n_in or not 0 < shape[0] <= self.batch_size:
+            return None
+        fx, fy = x.flags, y.flags
+        if not (fx.c_contiguous and fx.writeable and fy.c_contiguous and fy.writeable):
+            return None
+        n = shape[0]
+        if self.classification:
+            if y.dtype == np.int64 and y.shape == (n,):
+                return n, y, self._no_yf
+        elif y.dtype == self.dtype and y.shape == (n, self.n_out):
+            return n, self._no_yi, y
+        return None
+
     def _run(self, x, y, mode):
         """Validate one minibatch and run it through the executor in ``mode``."""
-        n = self._check_x(x, "x", self.batch_size)
-        x = _writeable(x)
-        yi, yf = self._check_y(y, n, check_range=False)
+        fast = self._fast_args(x, y)
+        if fast is None:
+            n = self._check_x(x, "x", self.batch_size)
+            x = _writeable(x)
+            yi, yf = self._check_y(y, n, check_range=False)
+        else:
+            n, yi, yf = fast
         p = self.plan
         with self._lock:
             status, loss, info = ex.run_step(self.arena, p.bufs, p.tape, p.sec, n, x, yi, yf, self.hyper,
-                                             self.ws64, self.scal, mode)
+                                             self.ws64, mode)
         if status:
             self._raise_status(status, info, yi)
         return loss
@@ -303,7 +325,7 @@ class TrainStep:
         with self._lock:
             status, done, info = ex.run_fit(self.arena, p.bufs, p.tape, p.sec, X, yi, yf,
                                             perm, starts, p.x_buf, p.yf_buf,
-                                            self._yi_stage, self.hyper, self.ws64, self.scal, losses)
+                                            self._yi_stage, self.hyper, self.ws64, losses)
         if status:
             self.rng.bit_generator.state = rng_state     # a failed fit consumes no shuffles
             self._raise_status(status, info, where=f" at step {done} of fit")
@@ -355,7 +377,7 @@ class TrainStep:
         p = self.plan
         with self._lock:
             ex.run_predict(self.arena, p.bufs, p.tape, p.sec, X, out, self.batch_size, p.out_buf,
-                           self.hyper, self.ws64, self.scal)
+                           self.hyper, self.ws64)
         return out
 
     def save(self, path):

@@ -203,10 +203,9 @@ def test_no_allocation_per_step():
     from numba import njit
     from numba.core.runtime import _nrt_python, rtsys
     _nrt_python.memsys_enable_stats()
-    from fastbp import _executor as ex
 
     @njit
-    def touch(a, b, c, d, e, f, g, h, i, j):
+    def touch(a, b, c, d, e, f, g, h, i):
         return 0
 
     rng = np.random.default_rng(0)
@@ -217,7 +216,7 @@ def test_no_allocation_per_step():
         y = rng.integers(0, 3, 4)
         step(x, y)
         p = step.plan
-        args = (step.arena, p.bufs, p.tape, p.sec, x, y, step._no_yf, step.hyper, step.ws64, step.scal)
+        args = (step.arena, p.bufs, p.tape, p.sec, x, y, step._no_yf, step.hyper, step.ws64)
         touch(*args)
         a0 = rtsys.get_allocation_stats()
         for _ in range(10):
@@ -250,3 +249,36 @@ def test_compiled_executor_is_cached_on_disk(tmp_path):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     hits, misses = map(int, out.split())
     assert hits >= 1 and misses == 0
+
+
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse"])
+def test_fast_argument_path_matches_validated_path(loss):
+    """Arrays already in the executor's form skip the full validation; others
+    (another integer dtype, read-only, Fortran order, 1-D regression targets)
+    are converted first: both give bitwise the same training run."""
+    rng = np.random.default_rng(5)
+    steps = [fastbp.compile(mlp([6, 9, 3 if loss != "mse" else 1]), loss, fastbp.SGD(0.1), batch_size=8,
+                            seed=0) for _ in range(2)]
+    fast, slow = steps
+    for _ in range(4):
+        x = rng.standard_normal((8, 6)).astype(np.float32)
+        if loss == "mse":
+            y = rng.standard_normal((8, 1)).astype(np.float32)
+            y_other = np.asfortranarray(y.ravel().astype(np.float64))
+        else:
+            y = rng.integers(0, 3, 8)
+            y_other = y.astype(np.int32)
+        assert fast._fast_args(x, y) is not None
+        xr = x.copy()
+        xr.flags.writeable = False
+        assert slow._fast_args(xr, y_other) is None
+        assert fast(x, y) == slow(xr, y_other)
+    for k in fast.params:
+        np.testing.assert_array_equal(fast.params[k], slow.params[k])
+    # the fast path still rejects a bad label inside the native call, weights unchanged
+    if loss != "mse":
+        before = {k: v.copy() for k, v in fast.params.items()}
+        with pytest.raises(ValueError, match=r"y\[2\] = 7"):
+            fast(x, np.array([0, 1, 7, 0, 1, 2, 0, 1]))
+        for k in before:
+            np.testing.assert_array_equal(fast.params[k], before[k])

@@ -44,7 +44,6 @@ class _Linear(Benchmark):
         self.mm_tn = gemm._mm_tn.pick(work)
         self.mm_nt = gemm._mm_nt.pick(work)
         self.blas_mm = gemm._blas_mm
-        self.scal = gemm.make_scal(np.float32)
         self.forward()  # compile / load from the on-disk cache
         self.backward()
 
@@ -52,7 +51,7 @@ class _Linear(Benchmark):
         if self.variant == "loops":
             self.fwd_loops(self.X, self.W, self.b, self.relu, self.Y)
         else:
-            self.blas_mm(self.X, self.W, self.Y, False, False, False, self.scal)
+            self.blas_mm(self.X, self.W, self.Y, False, False, False)
             self.bias_act(self.Y, self.b, self.relu)
 
     def backward(self):
@@ -61,8 +60,8 @@ class _Linear(Benchmark):
             self.mm_tn(self.X, self.dZ, self.dW, False)
             self.mm_nt(self.dZ, self.W, self.dX, False)
         else:
-            self.blas_mm(self.X, self.dZ, self.dW, True, False, False, self.scal)
-            self.blas_mm(self.dZ, self.W, self.dX, False, True, False, self.scal)
+            self.blas_mm(self.X, self.dZ, self.dW, True, False, False)
+            self.blas_mm(self.dZ, self.W, self.dX, False, True, False)
         self.colsum(self.dZ, self.db, False)
 
 

@@ -423,7 +423,8 @@ def build_parser():
                    help="seconds of steps per peer per round (default 0.2, 0.02 with --quick)")
     p.add_argument("--gap", type=float, default=None,
                    help="seconds of pause before each timed round, so that the previous peer's spinning thread "
-                        "pools go to sleep (OpenBLAS spins ~0.1 s; default 0.15, 0.05 with --quick)")
+                        "pools go to sleep (OpenBLAS spins ~0.1 s, Intel OpenMP under MKL 0.2 s; "
+                        "default 0.3, 0.25 with --quick)")
     p.add_argument("--quick", action="store_true",
                    help="few short rounds, small data, short peak measurement, no cold/warm start-up runs")
     p.add_argument("--json", metavar="PATH", help="write all numbers to PATH as JSON")
@@ -449,7 +450,7 @@ def main(argv=None):
     if args.round_time is None:
         args.round_time = 0.02 if args.quick else 0.2
     if args.gap is None:
-        args.gap = 0.05 if args.quick else 0.15
+        args.gap = 0.25 if args.quick else 0.3
     if args.check_steps is None:
         args.check_steps = 3
     if args.startup is None:
@@ -527,7 +528,10 @@ def main(argv=None):
         if isinstance(blas, list):
             blas = "; ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('num_threads')} threads, "
                              f"{b.get('architecture')})" for b in blas)
-        log(f"\nfastbp threading: numba {t.get('numba_threads')} threads, layer {t.get('numba_layer')}; BLAS: {blas}")
+        bk = t.get("blas_backend") or {}
+        log(f"\nfastbp threading: numba {t.get('numba_threads')} threads, layer {t.get('numba_layer')}; "
+            f"the fused step's BLAS: {bk.get('backend')} ({bk.get('version')}, {bk.get('threads')} threads; "
+            f"set FASTBP_BLAS to choose); BLAS libraries loaded: {blas}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -13,15 +13,13 @@ one fixed order inside one thread, so results are bitwise identical at any
 thread count.  ``acc`` selects ``C = ...`` (False) or ``C += ...`` (True):
 a value used twice receives the sum of its gradients.
 
-``_blas_mm`` computes the same products through the BLAS ``xgemm`` that
-numba links (scipy's), with the transposes passed as flags; it allocates
-nothing.
+``_blas_mm`` computes the same products through the CBLAS ``gemm`` of the
+backend :mod:`fastbp._blas` chose (MKL or OpenBLAS), with the transposes
+passed as flags; it allocates nothing.
 """
-import numpy as np
 from numba import prange, types
-from numba.extending import overload
-from numba.np.linalg import _BLAS, ensure_blas
 
+from .. import _blas
 from .._jit import TILE, jit, kernel, stack_tile
 from .activations import _bias_act_block
 
@@ -193,36 +191,34 @@ def _mm_tn(A, B, C, acc):
 
 
 # --------------------------------------------------------------------- BLAS
-def _xgemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-    """Column-major BLAS ``xgemm`` for float32/float64 (typed by ``c``)."""
-    raise NotImplementedError("only callable from compiled code")
+# The CBLAS gemm of the backend chosen in fastbp._blas, through fixed symbol
+# names (cached code links to whichever library this process loaded).  ILP64
+# signature: 64-bit integers, pointers passed as integers.
+_i = types.int64
+_cblas_sgemm = types.ExternalFunction(
+    _blas.SGEMM_SYM, types.void(_i, _i, _i, _i, _i, _i, types.float32, types.uintp, _i,
+                                types.uintp, _i, types.float32, types.uintp, _i))
+_cblas_dgemm = types.ExternalFunction(
+    _blas.DGEMM_SYM, types.void(_i, _i, _i, _i, _i, _i, types.float64, types.uintp, _i,
+                                types.uintp, _i, types.float64, types.uintp, _i))
+_blas_set_threads = types.ExternalFunction(_blas.SET_THREADS_SYM, types.void(types.intc))
+_blas_get_threads = types.ExternalFunction(_blas.GET_THREADS_SYM, types.intc())
+_ROW = _blas.ROW_MAJOR
+_NT = _blas.NO_TRANS
+_TR = _blas.TRANS
 
-
-@overload(_xgemm)
-def _xgemm_impl(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-    ensure_blas()
-    dtype = c.dtype
-    fn = _BLAS().numba_xxgemm(dtype)
-    kind = ord("s") if dtype == types.float32 else ord("d")
-
-    def impl(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-        return fn(kind, transa, transb, m, n, k, alpha.ctypes, a.ctypes, lda,
-                  b.ctypes, ldb, beta.ctypes, c.ctypes, ldc)
-    return impl
-
-
-_N = ord("N")
-_T = ord("T")
+#: whether a BLAS is loaded (without one, callers use the loop kernels)
+BLAS_AVAILABLE = _blas.AVAILABLE
+#: whether the step can choose the number of BLAS threads per product
+BLAS_THREAD_CONTROL = _blas.THREAD_CONTROL
 
 
 @jit
-def _blas_mm(A, B, C, ta, tb, acc, scal):
-    """``C (+)= op(A) @ op(B)`` through BLAS; ``op`` transposes when ``ta``/``tb``.
+def _blas_mm(A, B, C, ta, tb, acc):
+    """``C (+)= op(A) @ op(B)`` through the BLAS; ``op`` transposes when ``ta``/``tb``.
 
-    All arrays C-contiguous.  ``scal`` is a caller-owned array of the
-    dtype holding ``[1, 0, 1]`` (alpha, beta for assign, beta for accumulate),
-    so the call allocates nothing.  Row-major ``C = op(A) op(B)`` is the
-    column-major ``C^T = op(B)^T op(A)^T``.
+    All arrays C-contiguous and of one dtype (float32 or float64); the call
+    allocates nothing.  Only valid when :data:`BLAS_AVAILABLE`.
     """
     m = C.shape[0]
     n = C.shape[1]
@@ -233,76 +229,14 @@ def _blas_mm(A, B, C, ta, tb, acc, scal):
         if not acc:
             C[:, :] = 0
         return
-    lda = A.shape[1]
-    ldb = B.shape[1]
-    beta = scal[2:3] if acc else scal[1:2]
-    _xgemm(_T if tb else _N, _T if ta else _N, n, m, k, scal[0:1], B, ldb,
-           A, lda, beta, C, n)
-
-
-def make_scal(dtype):
-    """The ``[alpha, beta=0, beta=1]`` array :func:`_blas_mm` needs."""
-    return np.array([1.0, 0.0, 1.0], dtype=dtype)
-
-
-# ------------------------------------------------------- BLAS thread control
-# The fused step is serial numba code; its only threads are the BLAS's.  Two
-# BLAS threads make a small product slower, not faster (a 32x64x256 product:
-# 2 threads ~1.7x slower than 1 on the development machine, and 10-50x slower
-# when other processes share the cores), so the step runs products below a
-# size on one BLAS thread and larger ones on the BLAS's configured number
-# (which respects threadpoolctl limits set by the user).  The OpenBLAS that
-# scipy ships (the one numba's BLAS calls use) exports the setters; they are
-# registered with LLVM under fixed names so cached compiled code finds them.
-
-import ctypes as _ctypes
-import glob as _glob
-import os as _os
-
-import llvmlite.binding as _llvm
-
-_SET_SYM = "fastbp_blas_set_num_threads"
-_GET_SYM = "fastbp_blas_get_num_threads"
-
-
-def _locate_blas_thread_functions():
-    """``(set, get)`` ctypes functions of scipy's OpenBLAS, or ``None``."""
-    try:
-        import scipy
-        import scipy.linalg.cython_blas  # noqa: F401  (loads the library)
-    except ImportError:
-        return None
-    base = _os.path.dirname(_os.path.dirname(_os.path.abspath(scipy.__file__)))
-    for path in sorted(_glob.glob(_os.path.join(base, "scipy.libs", "*openblas*.so*"))):
-        try:
-            lib = _ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix in ("scipy_openblas", "openblas"):
-            try:
-                setf = getattr(lib, prefix + "_set_num_threads")
-                getf = getattr(lib, prefix + "_get_num_threads")
-            except AttributeError:
-                continue
-            setf.argtypes, setf.restype = [_ctypes.c_int], None
-            getf.argtypes, getf.restype = [], _ctypes.c_int
-            return setf, getf
-    return None
-
-
-_found = _locate_blas_thread_functions()
-#: whether the step can choose the number of BLAS threads per product
-BLAS_THREAD_CONTROL = _found is not None
-if _found is None:
-    # never called (the executor checks BLAS_THREAD_CONTROL at run time), but the
-    # symbols must exist for compiled code to link
-    _noop_set = _ctypes.CFUNCTYPE(None, _ctypes.c_int)(lambda n: None)
-    _noop_get = _ctypes.CFUNCTYPE(_ctypes.c_int)(lambda: 1)
-    _found = (_noop_set, _noop_get)
-_llvm.add_symbol(_SET_SYM, _ctypes.cast(_found[0], _ctypes.c_void_p).value)
-_llvm.add_symbol(_GET_SYM, _ctypes.cast(_found[1], _ctypes.c_void_p).value)
-_blas_set_threads = types.ExternalFunction(_SET_SYM, types.void(types.intc))
-_blas_get_threads = types.ExternalFunction(_GET_SYM, types.intc())
+    one = C.dtype.type(1.0)
+    beta = one if acc else C.dtype.type(0.0)
+    if C.itemsize == 4:    # float32 (both branches compile; the dead one is pruned)
+        _cblas_sgemm(_ROW, _TR if ta else _NT, _TR if tb else _NT, m, n, k, one,
+                     A.ctypes.data, A.shape[1], B.ctypes.data, B.shape[1], beta, C.ctypes.data, n)
+    else:
+        _cblas_dgemm(_ROW, _TR if ta else _NT, _TR if tb else _NT, m, n, k, one,
+                     A.ctypes.data, A.shape[1], B.ctypes.data, B.shape[1], beta, C.ctypes.data, n)
 
 
 @jit
