@@ -108,6 +108,10 @@ def test_activation_kernels_match_numpy(rng, dt, variant):
             dx = np.full(shape, np.nan, dt)
             var(A._act_bwd, variant)(y, dy, act, dx, False)
             close(dx, ref_dx, dt, what=what)
+            # in place (dX is dY, as the fused step calls it): its own loops, same result
+            inplace = dy.copy()
+            var(A._act_bwd, variant)(y, inplace, act, inplace, False)
+            np.testing.assert_array_equal(inplace, dx, err_msg=what + " in place")
             acc = randn(rng, shape, dt)
             start = acc.astype(np.float64)
             var(A._act_bwd, variant)(y, dy, act, acc, True)

@@ -58,26 +58,30 @@ def _dact1(y, act):
 def _bias_act_block(Y, i0, i1, j0, j1, b, act):
     """``Y[i0:i1, j0:j1] = act(Y + b[j0:j1])`` in place; ``b`` of length 0: no bias.
 
-    The activation is chosen outside the element loops so that ReLU and the
-    bias add vectorise; sigmoid and tanh call ``exp``/``tanh`` per element.
+    One fused loop per activation, chosen outside the element loops, so that
+    the bias add and ReLU vectorise in one pass; sigmoid and tanh call
+    ``exp``/``tanh`` per element.
     """
     has_bias = b.shape[0] > 0
     zero = Y.dtype.type(0.0)
     for i in range(i0, i1):
         y = Y[i]
-        if has_bias:
+        if act == ACT_RELU:
+            if has_bias:
+                for j in range(j0, j1):
+                    v = y[j] + b[j]
+                    y[j] = zero if v < zero else v
+            else:
+                for j in range(j0, j1):
+                    v = y[j]
+                    y[j] = zero if v < zero else v
+        elif act == ACT_SIGMOID or act == ACT_TANH:
+            for j in range(j0, j1):
+                v = y[j] + b[j] if has_bias else y[j]
+                y[j] = _sigmoid1(v) if act == ACT_SIGMOID else math.tanh(v)
+        elif has_bias:
             for j in range(j0, j1):
                 y[j] += b[j]
-        if act == ACT_RELU:
-            for j in range(j0, j1):
-                v = y[j]
-                y[j] = zero if v < zero else v
-        elif act == ACT_SIGMOID:
-            for j in range(j0, j1):
-                y[j] = _sigmoid1(y[j])
-        elif act == ACT_TANH:
-            for j in range(j0, j1):
-                y[j] = math.tanh(y[j])
 
 
 @kernel
@@ -93,7 +97,31 @@ def _act_bwd(Y, dY, act, dX, acc):
     """``dX (+)= dY * act'(.)`` from the cached output ``Y`` (``dX`` may be ``dY``)."""
     one = Y.dtype.type(1.0)
     zero = Y.dtype.type(0.0)
-    for i in prange(Y.shape[0]):
+    m = Y.shape[0]
+    if dX.ctypes.data == dY.ctypes.data and not acc:
+        # In place (as in the fused step): loops that read and write only dX.
+        # The general loops would see dX and dY overlap at run time and fall
+        # back to scalar code (measured: 3-4x slower, 48 vs 12 us for 256x512).
+        if act == ACT_RELU:
+            for i in prange(m):
+                y = Y[i]
+                o = dX[i]
+                for j in range(y.shape[0]):
+                    o[j] *= Y.dtype.type(y[j] > zero)
+        elif act == ACT_SIGMOID:
+            for i in prange(m):
+                y = Y[i]
+                o = dX[i]
+                for j in range(y.shape[0]):
+                    o[j] = o[j] * y[j] * (one - y[j])
+        elif act == ACT_TANH:
+            for i in prange(m):
+                y = Y[i]
+                o = dX[i]
+                for j in range(y.shape[0]):
+                    o[j] *= one - y[j] * y[j]
+        return
+    for i in prange(m):
         y = Y[i]
         d = dY[i]
         o = dX[i]
