@@ -342,6 +342,14 @@ def build_plan(graph, output, wrt, *, dtype, batch_size, loss=None, optimizer=No
         yf_buf = b.alloc(*_canon(s.shape))
     out_node = output.inputs[0] if output.op == "loss" else output
     b.size += 16    # slack: the tiled loops may read up to 15 elements past a buffer
+    if train_input is not None:
+        # LOAD_X flag f1: the executor may read ``x`` in place instead of copying
+        # it into the arena, when no other buffer aliases the input's (a 1-D
+        # input seen as a column) and so every read goes through that index
+        xb = value_buf[train_input.id]
+        x_off = b.bufs[xb][0]
+        if not any(off == x_off for i, (off, _, _) in enumerate(b.bufs) if i != xb):
+            b.tape[0][ex.C_F1] = 1
     tape = np.array(b.tape, dtype=np.int64).reshape(-1, ex.TAPE_WIDTH)
     return Plan(
         dtype=np.dtype(dtype), batch_size=batch_size, arena_size=b.size,

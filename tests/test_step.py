@@ -282,3 +282,25 @@ def test_fast_argument_path_matches_validated_path(loss):
             fast(x, np.array([0, 1, 7, 0, 1, 2, 0, 1]))
         for k in before:
             np.testing.assert_array_equal(fast.params[k], before[k])
+
+
+def test_input_is_read_in_place_and_left_unchanged():
+    """The LOAD_X instruction lets the executor read ``x`` where it lies (no copy
+    into the arena); results are bitwise those of the copying path, and ``x``
+    itself is never written."""
+    from fastbp import _executor as ex
+    rng = np.random.default_rng(11)
+    a, b = (fastbp.compile(mlp([12, 20, 5]), "softmax_cross_entropy", fastbp.Adam(1e-2), batch_size=16,
+                           seed=1) for _ in range(2))
+    assert a.plan.tape[0, ex.C_OP] == ex.OP_LOAD_X and a.plan.tape[0, ex.C_F1] == 1
+    b.plan.tape[0, ex.C_F1] = 0          # force the copy into the arena
+    for n in (16, 7):
+        x = rng.standard_normal((n, 12)).astype(np.float32)
+        y = rng.integers(0, 5, n)
+        x0 = x.copy()
+        assert a(x, y) == b(x, y)
+        np.testing.assert_array_equal(x, x0)
+        for k in a.params:
+            np.testing.assert_array_equal(a.params[k], b.params[k])
+    X = rng.standard_normal((50, 12)).astype(np.float32)
+    np.testing.assert_array_equal(a.predict(X), b.predict(X))
