@@ -349,31 +349,43 @@ def run_step(arena, bufs, tape, sec, nb, x, yi, yf, hyper, ws64, mode):
 
 
 @jit
-def run_fit(arena, bufs, tape, sec, X, Yi, Yf, perm, starts, xbuf, yfbuf, yi_stage,
+def run_fit(arena, bufs, tape, sec, X, Yi, Yf, perm, starts, in_order, xbuf, yfbuf, yi_stage,
             hyper, ws64, losses):
-    """Whole epochs in one call: gather each minibatch (rows ``perm[starts[s]:starts[s+1]]``)
-    into the input buffers and run a training step.  Returns ``(status, step, info)``:
-    on failure ``step`` is the index of the step that failed (earlier steps are applied).
+    """Whole epochs in one call: each minibatch is the rows ``perm[starts[s]:starts[s+1]]``.
+
+    Shuffled (``in_order`` False), the rows are gathered into the input
+    buffers first; in order (each minibatch's rows consecutive in ``X``), the
+    minibatch is read where it lies, exactly as a call of the step on the
+    slice.  Returns ``(status, step, info)``: on failure ``step`` is the index
+    of the step that failed (earlier steps are applied).
     """
     n_steps = starts.shape[0] - 1
     classif = Yi.shape[0] > 0
     for s in range(n_steps):
         lo = starts[s]
         nb = starts[s + 1] - lo
-        xin = _view(arena, bufs, xbuf, nb)
-        for r in range(nb):
-            src = perm[lo + r]
-            xin[r, :] = X[src]
-        if classif:
-            for r in range(nb):
-                yi_stage[r] = Yi[perm[lo + r]]
-            yf_v = _empty(arena)
+        if in_order:
+            r0 = perm[lo]
+            xin = X[r0:r0 + nb]
+            yi_v = Yi[r0:r0 + nb] if classif else yi_stage[:0]
+            yf_v = _empty(arena) if classif else Yf[r0:r0 + nb]
+            first = 0
         else:
-            yf_v = _view(arena, bufs, yfbuf, nb)
+            xin = _view(arena, bufs, xbuf, nb)
             for r in range(nb):
-                yf_v[r, :] = Yf[perm[lo + r]]
-        # the LOAD_X instruction (tape[0]) is skipped: the rows are already in place
-        status, loss, info = run_tape(arena, bufs, tape, 1, sec[S_END], nb, xin, yi_stage, yf_v,
+                src = perm[lo + r]
+                xin[r, :] = X[src]
+            yi_v = yi_stage[:nb]
+            if classif:
+                for r in range(nb):
+                    yi_stage[r] = Yi[perm[lo + r]]
+                yf_v = _empty(arena)
+            else:
+                yf_v = _view(arena, bufs, yfbuf, nb)
+                for r in range(nb):
+                    yf_v[r, :] = Yf[perm[lo + r]]
+            first = 1   # the LOAD_X instruction (tape[0]) is skipped: the rows are in place
+        status, loss, info = run_tape(arena, bufs, tape, first, sec[S_END], nb, xin, yi_v, yf_v,
                                       hyper, ws64)
         if status != STATUS_OK:
             return status, s, info

@@ -324,7 +324,7 @@ class TrainStep:
         p = self.plan
         with self._lock:
             status, done, info = ex.run_fit(self.arena, p.bufs, p.tape, p.sec, X, yi, yf,
-                                            perm, starts, p.x_buf, p.yf_buf,
+                                            perm, starts, not shuffle, p.x_buf, p.yf_buf,
                                             self._yi_stage, self.hyper, self.ws64, losses)
         if status:
             self.rng.bit_generator.state = rng_state     # a failed fit consumes no shuffles

@@ -304,3 +304,26 @@ def test_input_is_read_in_place_and_left_unchanged():
             np.testing.assert_array_equal(a.params[k], b.params[k])
     X = rng.standard_normal((50, 12)).astype(np.float32)
     np.testing.assert_array_equal(a.predict(X), b.predict(X))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("loss", ["mse", "softmax_cross_entropy"])
+def test_fit_equals_loop_in_order_and_shuffled(loss, shuffle):
+    """fit reads in-order minibatches where they lie and gathers shuffled ones;
+    both equal a loop of steps over the same rows, for label and float targets."""
+    rng = np.random.default_rng(3)
+    n, bs = 29, 8
+    X = rng.standard_normal((n, 5)).astype(np.float32)
+    Y = rng.integers(0, 3, n) if loss != "mse" else rng.standard_normal((n, 3)).astype(np.float32)
+    s1, s2 = (fastbp.compile(mlp([5, 7, 3]), loss, fastbp.Adam(1e-2), batch_size=bs, seed=4) for _ in range(2))
+    losses = s1.fit(X, Y, epochs=2, shuffle=shuffle, seed=9)
+    order = np.random.default_rng(9)
+    expect = []
+    for _ in range(2):
+        perm = order.permutation(n) if shuffle else np.arange(n)
+        for lo in range(0, n, bs):
+            rows = perm[lo:lo + bs]
+            expect.append(s2(np.ascontiguousarray(X[rows]), np.ascontiguousarray(Y[rows])))
+    np.testing.assert_array_equal(losses, expect)
+    for k in s1.params:
+        np.testing.assert_array_equal(s1.params[k], s2.params[k])
