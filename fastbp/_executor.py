@@ -178,19 +178,16 @@ def run_tape(arena, bufs, tape, lo, hi, nb, x, yi, yf, hyper, ws64):
 
     The BLAS's thread count is read first and restored last: inside, each
     product chooses one thread or that many (``_blas_threads_for``).
+
+    One function, not a wrapper around the loop: numba re-optimises a
+    caller's module together with every callee's, so each wrapper level
+    around the interpreter cost ~1.6 s of the one-time compilation.
     """
     if hyper[H_BT_ON] != 0.0:
         hyper[H_BT_MAX] = blas_get_threads()
         hyper[H_BT_CUR] = hyper[H_BT_MAX]
-    status, loss, info = _run_tape(arena, bufs, tape, lo, hi, nb, x, yi, yf, hyper, ws64)
-    if hyper[H_BT_ON] != 0.0 and hyper[H_BT_CUR] != hyper[H_BT_MAX]:
-        blas_set_threads(int(hyper[H_BT_MAX]))
-    return status, loss, info
-
-
-@jit
-def _run_tape(arena, bufs, tape, lo, hi, nb, x, yi, yf, hyper, ws64):
-    """The interpreter loop of :func:`run_tape`."""
+    status = STATUS_OK
+    info = 0
     blas_min = int(hyper[H_BLAS_MIN])
     loss = 0.0
     # Flags passed to compiled callees must not be Python literals: numba would
@@ -249,7 +246,9 @@ def _run_tape(arena, bufs, tape, lo, hi, nb, x, yi, yf, hyper, ws64):
             if kind == LOSS_SOFTMAX_XENT or kind == LOSS_SVM:
                 bad = _check_labels(yi[:S.shape[0]], S.shape[1])
                 if bad >= 0:
-                    return STATUS_BAD_LABEL, 0.0, bad
+                    status = STATUS_BAD_LABEL
+                    info = bad
+                    break
                 if kind == LOSS_SOFTMAX_XENT:
                     loss = _softmax_xent_s(S, yi, dS, rowloss)
                 else:
@@ -259,7 +258,8 @@ def _run_tape(arena, bufs, tape, lo, hi, nb, x, yi, yf, hyper, ws64):
             else:
                 loss = _bce_logits_s(S, yf, dS, rowloss)
             if not math.isfinite(loss):
-                return STATUS_LOSS_NONFINITE, loss, 0
+                status = STATUS_LOSS_NONFINITE
+                break
             if ins[C_OUT] >= 0:
                 _view(arena, bufs, ins[C_OUT], nb)[0, 0] = loss
         elif op == OP_SEED:
@@ -317,7 +317,8 @@ def _run_tape(arena, bufs, tape, lo, hi, nb, x, yi, yf, hyper, ws64):
             n = ins[C_F4]
             g = arena[g0:g0 + n]
             if not _all_finite(g):
-                return STATUS_GRAD_NONFINITE, loss, 0
+                status = STATUS_GRAD_NONFINITE
+                break
             p = arena[p0:p0 + n]
             if op == OP_SGD:
                 s0 = ins[C_C]
@@ -331,16 +332,19 @@ def _run_tape(arena, bufs, tape, lo, hi, nb, x, yi, yf, hyper, ws64):
                                     hyper[H_B1], hyper[H_B2], hyper[H_EPS], hyper[H_WD],
                                     hyper[H_DECOUPLED] != 0.0)
             hyper[H_STEPS] += 1.0
-    return STATUS_OK, loss, 0
+    if hyper[H_BT_ON] != 0.0 and hyper[H_BT_CUR] != hyper[H_BT_MAX]:
+        blas_set_threads(int(hyper[H_BT_MAX]))
+    return status, (0.0 if status == STATUS_BAD_LABEL else loss), info
 
 
-@jit
 def run_step(arena, bufs, tape, sec, nb, x, yi, yf, hyper, ws64, mode):
     """One call: forward (+ loss + backward (+ update)) for a minibatch of ``nb`` rows.
 
     ``mode``: MODE_FORWARD, MODE_GRAD (no update) or MODE_TRAIN.  The update
     runs only after the loss and every gradient are known to be finite, so a
-    failed step leaves parameters and optimizer state untouched.
+    failed step leaves parameters and optimizer state untouched.  A plain
+    Python function (the section bounds are picked here): only
+    :func:`run_tape` is compiled.
     """
     hi = sec[S_FWD]
     if mode != MODE_FORWARD:

@@ -750,7 +750,7 @@ def test_read_only_inputs_are_accepted_without_recompiling(method):
         expect = twin.predict(x)
     else:
         expect = getattr(twin, method)(x, y)
-    fns = (ex.run_step, ex.run_fit, ex.run_predict)
+    fns = (ex.run_tape, ex.run_fit, ex.run_predict)
     for fn in fns:
         if fn.signatures:
             fn.disable_compile(True)

@@ -205,7 +205,7 @@ def test_no_allocation_per_step():
     _nrt_python.memsys_enable_stats()
 
     @njit
-    def touch(a, b, c, d, e, f, g, h, i):
+    def touch(a, b, c, d, e, f, g, h):
         return 0
 
     rng = np.random.default_rng(0)
@@ -216,7 +216,8 @@ def test_no_allocation_per_step():
         y = rng.integers(0, 3, 4)
         step(x, y)
         p = step.plan
-        args = (step.arena, p.bufs, p.tape, p.sec, x, y, step._no_yf, step.hyper, step.ws64)
+        # the array arguments of ex.run_tape, the one compiled call of a step
+        args = (step.arena, p.bufs, p.tape, x, y, step._no_yf, step.hyper, step.ws64)
         touch(*args)
         a0 = rtsys.get_allocation_stats()
         for _ in range(10):
@@ -242,7 +243,7 @@ def test_compiled_executor_is_cached_on_disk(tmp_path):
         from fastbp import _executor as ex
         s = fastbp.compile(fastbp.Sequential(fastbp.Linear(5, 3)), batch_size=2, dtype=np.float64)
         s(np.ones((2, 5)), np.array([0, 1]))
-        st = ex.run_step.stats
+        st = ex.run_tape.stats
         print(sum(st.cache_hits.values()), sum(st.cache_misses.values()))
     """)
     for _ in range(2):
