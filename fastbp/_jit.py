@@ -227,3 +227,15 @@ def stack_tile(dtype):
     """A TILE-element scratch array on the stack (inside a ``prange`` body:
     one per thread).  Its contents start undefined."""
     return numba.carray(_stack_alloca(dtype), (TILE,))
+
+
+@_intrinsic
+def int64_bits_as_float64(typingctx, i):
+    """Reinterpret the bits of an int64 as a float64: a ``bitcast``, which,
+    unlike a call, LLVM vectorises."""
+    if i != _types.int64:
+        return None
+
+    def impl(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(_types.float64))
+    return _types.float64(_types.int64), impl

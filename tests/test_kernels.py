@@ -640,3 +640,17 @@ def test_adam_kernel_matches_reference(rng, dt, variant):
             close(p, p64, dt, 8, what)
             close(m, m64, dt, 8, what)
             close(v, v64, dt, 8, what)
+
+
+def test_vectorisable_exp_is_accurate():
+    """The softmax's own exp (no libm call, so its loop vectorises) is within
+    2 ulp of numpy's float64 exp on [-80, 0], keeps NaN, and clamps below -80."""
+    from fastbp.kernels.losses import _exp_nonpos
+    xs = np.concatenate([-np.logspace(-15, np.log10(80.0), 5000), -np.linspace(0.0, 80.0, 5001), [0.0, -0.0]])
+    got = np.array([_exp_nonpos(v) for v in xs])
+    want = np.exp(xs)
+    ulps = np.abs(got - want) / np.spacing(want)
+    assert ulps.max() <= 2.0, (ulps.max(), xs[np.argmax(ulps)])
+    assert np.isnan(_exp_nonpos(np.nan))
+    assert _exp_nonpos(-np.inf) == _exp_nonpos(-80.0) == _exp_nonpos(-1e300)
+    assert np.float32(_exp_nonpos(np.float32(-3.5))) == np.float32(np.exp(np.float64(np.float32(-3.5))))
