@@ -130,6 +130,9 @@ class TrainStep:
         self._no_yi = np.zeros(0, dtype=np.int64)
         self._no_yf = np.zeros((0, 0), dtype=self.dtype)
         self._lock = threading.Lock()
+        # where each run mode stops on the tape (see ex.run_step)
+        self._tape_end = {ex.MODE_FORWARD: int(p.sec[ex.S_FWD]), ex.MODE_GRAD: int(p.sec[ex.S_BWD]),
+                          ex.MODE_TRAIN: int(p.sec[ex.S_END])}
         self.params = {name: view(self.arena, p, p.value_buf[node.id], shape)
                        for name, node, _, shape in p.params}
         self.grads = {name: view(self.arena, p, p.grad_buf[node.id], shape)
@@ -281,8 +284,8 @@ class TrainStep:
             n, yi, yf = fast
         p = self.plan
         with self._lock:
-            status, loss, info = ex.run_step(self.arena, p.bufs, p.tape, p.sec, n, x, yi, yf, self.hyper,
-                                             self.ws64, mode)
+            status, loss, info = ex.run_tape(self.arena, p.bufs, p.tape, 0, self._tape_end[mode], n, x, yi, yf,
+                                             self.hyper, self.ws64)
         if status:
             self._raise_status(status, info, yi)
         return loss

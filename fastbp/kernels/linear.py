@@ -104,10 +104,11 @@ def _colsum(dZ, db, acc):
     for blk in prange(nblk):
         j0 = blk * 64
         j1 = min(j0 + 64, N)
+        # sum into a stack tile (cannot alias dZ, so the row loop vectorises);
+        # every column is summed in row order, on either path
+        t = stack_tile(dZ.dtype)
         if j1 - j0 == TILE:
-            # full block: sum into a stack tile (cannot alias dZ, so the row loop
-            # vectorises), in the same row order as the narrow path
-            t = stack_tile(dZ.dtype)
+            # full block: fixed trip counts keep the tile in registers
             for q in range(TILE):
                 t[q] = zero
             for i in range(B):
@@ -119,11 +120,16 @@ def _colsum(dZ, db, acc):
                 else:
                     db[j0 + q] = t[q]
         else:
-            for j in range(j0, j1):
-                s = zero
-                for i in range(B):
-                    s += dZ[i, j]
+            # narrow block: still row order (column-order dot products were
+            # 2.5x slower on 32 x 32 and 200 x 100)
+            nq = j1 - j0
+            for q in range(nq):
+                t[q] = zero
+            for i in range(B):
+                for q in range(nq):
+                    t[q] += dZ[i, j0 + q]
+            for q in range(nq):
                 if acc:
-                    db[j] += s
+                    db[j0 + q] += t[q]
                 else:
-                    db[j] = s
+                    db[j0 + q] = t[q]
