@@ -25,6 +25,7 @@ _SCRIPT = r"""
 import json, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
+import fastbp
 from fastbp import _blas
 from fastbp.kernels import gemm as M
 import reference as R
