@@ -24,8 +24,10 @@ Backends, in the order ``FASTBP_BLAS=auto`` (the default) tries them:
     (products have fewer than 2**31 rows and columns); elsewhere it is not used.
 
 Set ``FASTBP_BLAS`` to one of those names to insist on it (import fails
-with a clear message if it cannot be loaded), or to ``auto``.  Without any
-of them fastbp still works: every product then runs in its own loops.
+with a clear message if it cannot be loaded), to ``auto``, or to ``none``:
+no BLAS at all, every product in fastbp's own loops (slow for large
+products; for debugging and for machines whose BLAS misbehaves).  ``auto``
+that finds no BLAS falls back to ``none`` with a ``RuntimeWarning``.
 
 The thread functions let the fused step run a small product on one BLAS
 thread and a large one on all of them (see :mod:`fastbp._executor`).
@@ -43,7 +45,7 @@ __all__ = ["BACKEND", "AVAILABLE", "THREAD_CONTROL", "backend_info", "ENV_VAR"]
 
 #: the environment variable that picks the backend
 ENV_VAR = "FASTBP_BLAS"
-_CHOICES = ("auto", "mkl", "openblas", "scipy")
+_CHOICES = ("auto", "mkl", "openblas", "scipy", "none")
 
 #: symbol names the compiled code links against
 SGEMM_SYM = "fastbp_cblas_sgemm"
@@ -201,6 +203,8 @@ def _choose():
     if want not in _CHOICES:
         raise ImportError(f"{ENV_VAR}={os.environ[ENV_VAR]!r} is not a BLAS backend fastbp knows; "
                           f"use one of {', '.join(_CHOICES)}")
+    if want == "none":
+        return None
     if want != "auto":
         found = _FINDERS[want]()
         if found is None:
@@ -212,6 +216,10 @@ def _choose():
         found = _FINDERS[name]()
         if found is not None:
             return found
+    import warnings
+    warnings.warn("fastbp found no BLAS (oneMKL, numpy's or scipy's OpenBLAS): every matrix product "
+                  "runs in fastbp's own loops, which is slow for large products", RuntimeWarning,
+                  stacklevel=2)
     return None
 
 

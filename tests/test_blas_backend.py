@@ -33,7 +33,12 @@ import reference as R
 rng = np.random.default_rng(0)
 worst = 0.0
 for dt, tol in ((np.float32, 2e-5), (np.float64, 1e-12)):
-    for m, k, n in ((64, 96, 80), (3, 300, 5), (130, 17, 257)):
+    # without a BLAS, the public product must still be right (own loops)
+    a = rng.standard_normal((70, 90)).astype(dt)
+    b = rng.standard_normal((90, 60)).astype(dt)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    assert np.abs(fastbp.ops.matmul(a, b) - ref).max() < tol * np.abs(ref).max() * 10
+    for m, k, n in (((64, 96, 80), (3, 300, 5), (130, 17, 257)) if _blas.AVAILABLE else ()):
         a = rng.standard_normal((m, k)).astype(dt)
         b = rng.standard_normal((k, n)).astype(dt)
         ref = a.astype(np.float64) @ b.astype(np.float64)
@@ -96,7 +101,7 @@ def test_thread_setter_round_trips():
     assert M.blas_get_threads() == n0
 
 
-@pytest.mark.parametrize("backend", ["mkl", "openblas", "scipy"])
+@pytest.mark.parametrize("backend", ["mkl", "openblas", "scipy", "none"])
 def test_backend_products_and_step(backend):
     p = _run(backend)
     if p.returncode != 0 and "could not be loaded" in p.stderr:
@@ -105,6 +110,9 @@ def test_backend_products_and_step(backend):
         pytest.skip(f"{backend} not loadable here: {p.stderr.strip().splitlines()[-1]}")
     assert p.returncode == 0, p.stderr[-3000:]
     info = json.loads(p.stdout.strip().splitlines()[-1])
+    if backend == "none":
+        assert info["backend"] is None and info["threads"] == 1
+        return
     assert info["backend"] == backend
     assert info["version"]
 
@@ -122,7 +130,7 @@ def test_unknown_backend_is_a_clear_import_error(value):
     p = _run(value, "import fastbp")
     assert p.returncode != 0
     assert "ImportError" in p.stderr
-    assert f"FASTBP_BLAS={value!r}" in p.stderr and "auto, mkl, openblas, scipy" in p.stderr
+    assert f"FASTBP_BLAS={value!r}" in p.stderr and "auto, mkl, openblas, scipy, none" in p.stderr
 
 
 def test_backends_agree_on_a_training_run():
