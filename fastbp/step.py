@@ -39,6 +39,15 @@ def _positive_int(name, v):
     return int(v)
 
 
+#: ``predict`` runs its chunks (``batch_size`` rows each) in the native loop
+#: ``run_predict`` from this many chunks up, and fewer through a Python loop of
+#: the step's own compiled call (~1.5 us of overhead each).  run_predict's
+#: one-time compilation takes ~5 s on the development machine (numba
+#: re-optimises the whole interpreter inside it), which a small prediction,
+#: like the per-epoch evaluation of ``fastbp train``, should not pay.
+PREDICT_NATIVE_MIN_CHUNKS = 256
+
+
 def _writeable(a):
     """numba compiles a separate (slow) specialisation for read-only arrays: hand it a copy."""
     return a if a.flags.writeable else a.copy()
@@ -378,9 +387,20 @@ class TrainStep:
         X = _writeable(X)
         out = np.empty((n, self.n_out), dtype=self.dtype)
         p = self.plan
+        bs = self.batch_size
         with self._lock:
-            ex.run_predict(self.arena, p.bufs, p.tape, p.sec, X, out, self.batch_size, p.out_buf,
-                           self.hyper, self.ws64)
+            if -(-n // bs) >= PREDICT_NATIVE_MIN_CHUNKS:
+                ex.run_predict(self.arena, p.bufs, p.tape, p.sec, X, out, bs, p.out_buf,
+                               self.hyper, self.ws64)
+                return out
+            # few chunks: one already-compiled forward call each (the same code run_predict runs)
+            off, _, cols = (int(v) for v in p.bufs[p.out_buf])
+            end = self._tape_end[ex.MODE_FORWARD]
+            for lo in range(0, n, bs):
+                nb = min(bs, n - lo)
+                ex.run_tape(self.arena, p.bufs, p.tape, 0, end, nb, X[lo:lo + nb], self._no_yi, self._no_yf,
+                            self.hyper, self.ws64)
+                out[lo:lo + nb] = self.arena[off:off + nb * cols].reshape(nb, cols)
         return out
 
     def save(self, path):

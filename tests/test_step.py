@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import fastbp
-from reference import forward_backward, mlp, optimizer_update, targets
+from reference import forward_backward, layer_list, mlp, optimizer_update, targets
 
 LOSSES = ["softmax_cross_entropy", "mse", "bce_with_logits", "svm"]
 OPTIMIZERS = {
@@ -328,3 +328,23 @@ def test_fit_equals_loop_in_order_and_shuffled(loss, shuffle):
     np.testing.assert_array_equal(losses, expect)
     for k in s1.params:
         np.testing.assert_array_equal(s1.params[k], s2.params[k])
+
+
+@pytest.mark.parametrize("n", [1, 33, 100])
+def test_predict_native_loop_equals_python_loop(monkeypatch, n):
+    """predict's two drivers (native run_predict for many chunks, a Python loop of
+    the step's compiled call for few) give bitwise the same outputs."""
+    import fastbp.step as S
+    rng = np.random.default_rng(n)
+    step = fastbp.compile(mlp([6, 9, 4], "tanh"), "mse", batch_size=8, seed=2)
+    X = rng.standard_normal((n, 6)).astype(np.float32)
+    monkeypatch.setattr(S, "PREDICT_NATIVE_MIN_CHUNKS", 10 ** 9)
+    few = step.predict(X)
+    monkeypatch.setattr(S, "PREDICT_NATIVE_MIN_CHUNKS", 1)
+    many = step.predict(X)
+    np.testing.assert_array_equal(few, many)
+    ref = X.astype(np.float64)
+    for name, act, _ in layer_list(step.model):
+        ref = ref @ step.params[name + ".W"].astype(np.float64) + step.params[name + ".b"]
+        ref = np.tanh(ref) if act == "tanh" else ref
+    np.testing.assert_allclose(few, ref, rtol=1e-4, atol=1e-5)
