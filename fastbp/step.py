@@ -47,6 +47,13 @@ def _positive_int(name, v):
 #: like the per-epoch evaluation of ``fastbp train``, should not pay.
 PREDICT_NATIVE_MIN_CHUNKS = 256
 
+#: ``fit`` runs in the native loop ``run_fit`` (one call for all its steps)
+#: from this many steps up, and fewer through a Python loop of the step's
+#: own compiled call (~2 us of overhead per step).  run_fit's one-time
+#: compilation takes ~3 s on the development machine; this keeps the first
+#: run of ``fastbp train`` (45 steps per epoch on digits) from paying it.
+FIT_NATIVE_MIN_STEPS = 64
+
 
 def _writeable(a):
     """numba compiles a separate (slow) specialisation for read-only arrays: hand it a copy."""
@@ -139,6 +146,7 @@ class TrainStep:
         self._no_yi = np.zeros(0, dtype=np.int64)
         self._no_yf = np.zeros((0, 0), dtype=self.dtype)
         self._lock = threading.Lock()
+        self._fit_stage = None      # gather buffers of a short shuffled fit, made on first use
         # where each run mode stops on the tape (see ex.run_step)
         self._tape_end = {ex.MODE_FORWARD: int(p.sec[ex.S_FWD]), ex.MODE_GRAD: int(p.sec[ex.S_BWD]),
                           ex.MODE_TRAIN: int(p.sec[ex.S_END])}
@@ -300,7 +308,9 @@ class TrainStep:
         return loss
 
     def fit(self, X, Y, epochs=1, shuffle=True, seed=None):
-        """Train whole epochs inside one native call.
+        """Train whole epochs inside one native call (from
+        :data:`FIT_NATIVE_MIN_STEPS` steps up; fewer run as a loop of the
+        step's own compiled call, with the same results).
 
         Parameters
         ----------
@@ -335,13 +345,47 @@ class TrainStep:
         losses = np.zeros(len(starts) - 1, dtype=np.float64)
         p = self.plan
         with self._lock:
-            status, done, info = ex.run_fit(self.arena, p.bufs, p.tape, p.sec, X, yi, yf,
-                                            perm, starts, not shuffle, p.x_buf, p.yf_buf,
-                                            self._yi_stage, self.hyper, self.ws64, losses)
+            if len(losses) >= FIT_NATIVE_MIN_STEPS:
+                status, done, info = ex.run_fit(self.arena, p.bufs, p.tape, p.sec, X, yi, yf,
+                                                perm, starts, not shuffle, p.x_buf, p.yf_buf,
+                                                self._yi_stage, self.hyper, self.ws64, losses)
+            else:
+                status, done, info = self._fit_loop(X, yi, yf, perm, starts, not shuffle, losses)
         if status:
             self.rng.bit_generator.state = rng_state     # a failed fit consumes no shuffles
             self._raise_status(status, info, where=f" at step {done} of fit")
         return losses
+
+    def _fit_loop(self, X, yi, yf, perm, starts, in_order, losses):
+        """The driver of a short fit: :func:`fastbp._executor.run_fit`'s loop in
+        Python around the step's own compiled call, with the same minibatches
+        (in-order ones read where they lie, shuffled ones gathered) and the same
+        ``(status, step, info)`` result."""
+        p = self.plan
+        end = self._tape_end[ex.MODE_TRAIN]
+        classif = self.classification
+        for s in range(len(losses)):
+            lo, hi = int(starts[s]), int(starts[s + 1])
+            nb = hi - lo
+            if in_order:
+                r0 = int(perm[lo])
+                xb = X[r0:r0 + nb]
+                yib = yi[r0:r0 + nb] if classif else yi
+                yfb = yf if classif else yf[r0:r0 + nb]
+            else:
+                if self._fit_stage is None:
+                    self._fit_stage = (np.empty((self.batch_size, self.n_in), self.dtype),
+                                       np.empty((self.batch_size, self.n_out), self.dtype))
+                rows = perm[lo:hi]
+                xb = np.take(X, rows, axis=0, out=self._fit_stage[0][:nb])
+                yib = np.take(yi, rows, out=self._yi_stage[:nb]) if classif else yi
+                yfb = yf if classif else np.take(yf, rows, axis=0, out=self._fit_stage[1][:nb])
+            status, loss, info = ex.run_tape(self.arena, p.bufs, p.tape, 0, end, nb, xb, yib, yfb,
+                                             self.hyper, self.ws64)
+            if status:
+                return status, s, info
+            losses[s] = loss
+        return ex.STATUS_OK, len(losses), 0
 
     @staticmethod
     def _check_seed(seed):

@@ -307,11 +307,15 @@ def test_input_is_read_in_place_and_left_unchanged():
     np.testing.assert_array_equal(a.predict(X), b.predict(X))
 
 
+@pytest.mark.parametrize("driver", ["native", "python"])
 @pytest.mark.parametrize("shuffle", [False, True])
 @pytest.mark.parametrize("loss", ["mse", "softmax_cross_entropy"])
-def test_fit_equals_loop_in_order_and_shuffled(loss, shuffle):
+def test_fit_equals_loop_in_order_and_shuffled(monkeypatch, loss, shuffle, driver):
     """fit reads in-order minibatches where they lie and gathers shuffled ones;
-    both equal a loop of steps over the same rows, for label and float targets."""
+    both equal a loop of steps over the same rows, for label and float targets,
+    with either driver (run_fit for long fits, a Python loop for short ones)."""
+    import fastbp.step as S
+    monkeypatch.setattr(S, "FIT_NATIVE_MIN_STEPS", 1 if driver == "native" else 10 ** 9)
     rng = np.random.default_rng(3)
     n, bs = 29, 8
     X = rng.standard_normal((n, 5)).astype(np.float32)
@@ -348,3 +352,25 @@ def test_predict_native_loop_equals_python_loop(monkeypatch, n):
         ref = ref @ step.params[name + ".W"].astype(np.float64) + step.params[name + ".b"]
         ref = np.tanh(ref) if act == "tanh" else ref
     np.testing.assert_allclose(few, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("driver", ["native", "python"])
+def test_fit_failure_and_result_same_for_both_drivers(monkeypatch, driver):
+    """A non-finite step k: both fit drivers keep steps 0..k-1, skip the rest,
+    restore the generator and name step k."""
+    import fastbp.step as S
+    monkeypatch.setattr(S, "FIT_NATIVE_MIN_STEPS", 1 if driver == "native" else 10 ** 9)
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((20, 5)).astype(np.float32)
+    Y = rng.integers(0, 3, 20)
+    X[13, 1] = np.nan                               # minibatch 3 (rows 12..15), in order
+    s1, s2 = (fastbp.compile(mlp([5, 6, 3]), batch_size=4, seed=0) for _ in range(2))
+    state = s1.rng.bit_generator.state
+    with pytest.raises(FloatingPointError, match="at step 3 of fit"):
+        s1.fit(X, Y, shuffle=False)
+    assert s1.rng.bit_generator.state == state
+    for lo in (0, 4, 8):
+        s2(X[lo:lo + 4], Y[lo:lo + 4])
+    for k in s1.params:
+        np.testing.assert_array_equal(s1.params[k], s2.params[k])
+    assert s1.n_steps == 3
