@@ -373,7 +373,10 @@ def print_config(cfg, rec, peak_gflops, log):
         log(line)
     if "fit_vs_loop" in rec:
         f = rec["fit_vs_loop"]
-        line = (f"  fastbp fit over an epoch ({f['steps_per_epoch']} steps): {format_time(f['fit_median_s'])}/step, "
+        from ..step import FIT_NATIVE_MIN_STEPS
+        driver = "one native call" if f["steps_per_epoch"] >= FIT_NATIVE_MIN_STEPS else "Python driver"
+        line = (f"  fastbp fit over an epoch ({f['steps_per_epoch']} steps, {driver}): "
+                f"{format_time(f['fit_median_s'])}/step, "
                 f"Python loop of step(x, y): {format_time(f['loop_median_s'])}/step -> fit "
                 + (f"{f['x']:.2f}x faster" if f["x"] >= 1 else f"{1 / f['x']:.2f}x SLOWER"))
         if cfg.name == "tiny":
