@@ -139,20 +139,24 @@ def _openblas_version(lib, name):
     return (f() or b"OpenBLAS").decode(errors="replace").strip()
 
 
-def _libs_dir(module_name):
+def _libs_dirs(module_name):
+    """Where a wheel of ``module_name`` keeps its bundled shared libraries:
+    ``<name>.libs`` beside the package (Linux, Windows) or ``<name>/.dylibs``
+    inside it (macOS)."""
     try:
         mod = __import__(module_name)
     except ImportError:
-        return None
-    base = os.path.dirname(os.path.dirname(os.path.abspath(mod.__file__)))
-    return os.path.join(base, module_name + ".libs")
+        return []
+    pkg = os.path.dirname(os.path.abspath(mod.__file__))
+    return [os.path.join(os.path.dirname(pkg), module_name + ".libs"), os.path.join(pkg, ".dylibs")]
+
+
+def _bundled(module_name, pattern):
+    return [p for d in _libs_dirs(module_name) for p in sorted(glob.glob(os.path.join(d, pattern)))]
 
 
 def _find_numpy_openblas():
-    d = _libs_dir("numpy")
-    if d is None:
-        return None
-    for path in sorted(glob.glob(os.path.join(d, "*openblas64*"))):
+    for path in _bundled("numpy", "*openblas64*"):
         lib = _load(path)
         if lib is None:
             continue
@@ -180,8 +184,7 @@ def _find_scipy_openblas():
         import scipy.linalg.cython_blas  # noqa: F401  (loads scipy's BLAS)
     except ImportError:
         return None
-    d = _libs_dir("scipy")
-    for path in sorted(glob.glob(os.path.join(d, "*openblas*"))):
+    for path in _bundled("scipy", "*openblas*"):
         lib = _load(path)
         if lib is None:
             continue
