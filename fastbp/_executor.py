@@ -188,7 +188,6 @@ def run_tape(arena, bufs, tape, lo, hi, nb, x, yi, yf, hyper, ws64):
         hyper[H_BT_CUR] = hyper[H_BT_MAX]
     status = STATUS_OK
     info = 0
-    blas_min = int(hyper[H_BLAS_MIN])
     loss = 0.0
     # Flags passed to compiled callees must not be Python literals: numba would
     # compile one specialisation per literal combination (measured: 3x the cold
@@ -215,25 +214,18 @@ def run_tape(arena, bufs, tape, lo, hi, nb, x, yi, yf, hyper, ws64):
             b = _vec(arena, bufs, ins[C_C])
             Y = _view(arena, bufs, ins[C_OUT], nb)
             act = ins[C_G]
-            wt = ins[C_F1] != 0
-            macs = X.shape[0] * X.shape[1] * Y.shape[1]
-            if macs >= blas_min:
-                _blas_threads_for(macs, hyper)
-                _blas_mm(X, W, Y, _F, wt, _F)
-                if b.shape[0] > 0 or act != ACT_NONE:
-                    _bias_act_s(Y, b, act)
-            else:
-                _mm_small(X, W, Y, _F, wt, _F)
-                if b.shape[0] > 0 or act != ACT_NONE:
-                    _bias_act_s(Y, b, act)
+            _mm(X, W, Y, _F, ins[C_F1] != 0, _F, hyper)
+            if b.shape[0] > 0 or act != ACT_NONE:
+                _bias_act_s(Y, b, act)
         elif op == OP_MATMUL:
             A = _xview(arena, bufs, x, xb, ins[C_A], nb)
             B = _xview(arena, bufs, x, xb, ins[C_B], nb)
             out = _view(arena, bufs, ins[C_OUT], nb)
             _mm(A, B, out, _F, ins[C_F1] != 0, _F, hyper)
         elif op == OP_GATE:
-            _gate_fwd_s(ins[C_G], _xview(arena, bufs, x, xb, ins[C_A], nb), _xview(arena, bufs, x, xb, ins[C_B], nb),
-                             _view(arena, bufs, ins[C_OUT], nb))
+            A = _xview(arena, bufs, x, xb, ins[C_A], nb)
+            B = _xview(arena, bufs, x, xb, ins[C_B], nb)
+            _gate_fwd_s(ins[C_G], A, B, _view(arena, bufs, ins[C_OUT], nb))
         elif op == OP_ACT:
             _act_fwd_s(_xview(arena, bufs, x, xb, ins[C_A], nb), ins[C_G], _view(arena, bufs, ins[C_OUT], nb))
         elif op == OP_SUM:
@@ -303,14 +295,18 @@ def run_tape(arena, bufs, tape, lo, hi, nb, x, yi, yf, hyper, ws64):
                 else:
                     _mm(A, dO, dB, _T, _F, ins[C_F3] != 0, hyper)
         elif op == OP_GATE_BWD:
-            _gate_bwd_s(ins[C_G], _xview(arena, bufs, x, xb, ins[C_A], nb), _xview(arena, bufs, x, xb, ins[C_B], nb),
-                             _xview(arena, bufs, x, xb, ins[C_D], nb), _view_or_empty(arena, bufs, ins[C_E], nb),
-                             _view_or_empty(arena, bufs, ins[C_F], nb), ins[C_F2] != 0, ins[C_F3] != 0)
+            A = _xview(arena, bufs, x, xb, ins[C_A], nb)
+            B = _xview(arena, bufs, x, xb, ins[C_B], nb)
+            dO = _xview(arena, bufs, x, xb, ins[C_D], nb)
+            _gate_bwd_s(ins[C_G], A, B, dO, _view_or_empty(arena, bufs, ins[C_E], nb),
+                        _view_or_empty(arena, bufs, ins[C_F], nb), ins[C_F2] != 0, ins[C_F3] != 0)
         elif op == OP_ACT_BWD:
-            _act_bwd_s(_xview(arena, bufs, x, xb, ins[C_C], nb), _xview(arena, bufs, x, xb, ins[C_D], nb), ins[C_G],
-                            _view(arena, bufs, ins[C_E], nb), ins[C_F2] != 0)
+            Y = _xview(arena, bufs, x, xb, ins[C_C], nb)
+            dO = _xview(arena, bufs, x, xb, ins[C_D], nb)
+            _act_bwd_s(Y, dO, ins[C_G], _view(arena, bufs, ins[C_E], nb), ins[C_F2] != 0)
         elif op == OP_SUM_BWD:
-            _sum_bwd_s(_xview(arena, bufs, x, xb, ins[C_D], nb), _view(arena, bufs, ins[C_E], nb), ins[C_F2] != 0)
+            dO = _xview(arena, bufs, x, xb, ins[C_D], nb)
+            _sum_bwd_s(dO, _view(arena, bufs, ins[C_E], nb), ins[C_F2] != 0)
         elif op == OP_SGD or op == OP_ADAM:
             p0 = ins[C_A]
             g0 = ins[C_B]
