@@ -239,3 +239,54 @@ def int64_bits_as_float64(typingctx, i):
     def impl(context, builder, signature, args):
         return builder.bitcast(args[0], context.get_value_type(_types.float64))
     return _types.float64(_types.int64), impl
+
+
+@_intrinsic
+def unmanaged(typingctx, arr):
+    """The same array without its reference-counted owner (``meminfo``).
+
+    numba counts references to an array's memory with atomic increments and
+    decrements: every view or slice taken, every array passed to a compiled
+    callee.  In the step's interpreter (a few hundred of them per tiny step)
+    these cost ~20% of the step.  Views of an unmanaged array count nothing.
+
+    Only for arrays that the caller keeps alive for as long as the result and
+    its views are used, and that never escape to Python (never returned).
+    """
+    if not isinstance(arr, _types.Array):
+        return None
+
+    def impl(context, builder, signature, args):
+        src = context.make_array(signature.args[0])(context, builder, value=args[0])
+        out = context.make_array(signature.return_type)(context, builder)
+        _cgutils.copy_struct(out, src)
+        out.meminfo = _cgutils.get_null_value(out.meminfo.type)
+        out.parent = _cgutils.get_null_value(out.parent.type)
+        return out._getvalue()
+    return arr(arr), impl
+
+
+@_intrinsic
+def block2d(typingctx, flat, off, rows, cols):
+    """Elements ``off .. off + rows*cols - 1`` of the 1-D C-contiguous array
+    ``flat`` as an unmanaged (see :func:`unmanaged`) C-contiguous
+    ``(rows, cols)`` array: no reshape call, no reference counting.  The
+    caller checks the bounds."""
+    if not (isinstance(flat, _types.Array) and flat.ndim == 1 and flat.layout == "C"):
+        return None
+    ret = _types.Array(flat.dtype, 2, "C")
+
+    def impl(context, builder, signature, args):
+        src = context.make_array(signature.args[0])(context, builder, value=args[0])
+        out = context.make_array(ret)(context, builder)
+        intp = context.get_value_type(_types.intp)
+        o, r, c = (context.cast(builder, v, t, _types.intp)
+                   for v, t in zip(args[1:], signature.args[1:]))
+        itemsize = context.get_constant(_types.intp, context.get_abi_sizeof(context.get_data_type(flat.dtype)))
+        data = builder.gep(src.data, [o])
+        context.populate_array(out, data=data,
+                               shape=_cgutils.pack_array(builder, [r, c], ty=intp),
+                               strides=_cgutils.pack_array(builder, [builder.mul(c, itemsize), itemsize], ty=intp),
+                               itemsize=itemsize, meminfo=None)
+        return out._getvalue()
+    return ret(flat, off, rows, cols), impl

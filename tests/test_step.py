@@ -374,3 +374,19 @@ def test_fit_failure_and_result_same_for_both_drivers(monkeypatch, driver):
     for k in s1.params:
         np.testing.assert_array_equal(s1.params[k], s2.params[k])
     assert s1.n_steps == 3
+
+
+def test_executor_refuses_a_buffer_outside_the_arena():
+    """The executor's views skip numba's bounds and reference counting; a
+    buffer table pointing past the arena is still refused, not read."""
+    import fastbp._executor as ex
+    step = fastbp.compile(mlp([8, 16, 3]), batch_size=4)
+    x = np.zeros((4, 8), np.float32)
+    y = np.zeros(4, np.int64)
+    p = step.plan
+    bufs = p.bufs.copy()
+    bufs[:, 0] = step.arena.shape[0]       # every buffer starts at the arena's end
+    with pytest.raises(IndexError, match="outside the arena"):
+        ex.run_tape(step.arena, bufs, p.tape, 0, step._tape_end[ex.MODE_TRAIN], 4, x, y, step._no_yf,
+                    step.hyper, step.ws64)
+    assert step(x, y) == pytest.approx(np.log(3), rel=0.5)   # the step itself is unharmed

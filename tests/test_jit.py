@@ -1,0 +1,64 @@
+"""The numba machinery in fastbp._jit: the intrinsics the executor builds its views with."""
+import sys
+
+import numba
+import numpy as np
+import pytest
+
+from fastbp._jit import block2d, int64_bits_as_float64, unmanaged
+
+
+@numba.njit
+def _write_through_unmanaged(a, v):
+    u = unmanaged(a)
+    w = u[1:3]          # a view of the unmanaged array
+    w[:] = v
+    return u.shape[0], u[0]
+
+
+@numba.njit
+def _block(flat, off, r, c):
+    b = block2d(flat, off, r, c)
+    b[0, c - 1] += 1.0  # writes land in flat
+    return b.copy()     # a managed copy may leave the function
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unmanaged_is_the_same_memory(dtype):
+    a = np.arange(5, dtype=dtype)
+    n, first = _write_through_unmanaged(a, dtype(7))
+    assert n == 5 and first == 0
+    np.testing.assert_array_equal(a, np.array([0, 7, 7, 3, 4], dtype))
+
+
+def test_unmanaged_takes_no_reference():
+    a = np.arange(5.0)
+    before = sys.getrefcount(a)
+    for _ in range(100):
+        _write_through_unmanaged(a, 1.0)
+    assert sys.getrefcount(a) == before
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("off,r,c", [(0, 1, 1), (3, 2, 5), (7, 4, 3), (0, 5, 4)])
+def test_block2d_is_the_reshaped_slice(dtype, off, r, c):
+    flat = np.arange(20, dtype=dtype)
+    want = flat[off:off + r * c].reshape(r, c).copy()
+    want[0, c - 1] += 1
+    got = _block(flat, off, r, c)
+    assert got.dtype == dtype and got.shape == (r, c)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(flat[off:off + r * c].reshape(r, c), want)
+
+
+def test_block2d_rejects_what_it_cannot_view():
+    with pytest.raises(numba.TypingError):
+        _block(np.zeros((4, 5)), 0, 2, 2)           # not 1-D
+
+
+def test_int64_bits_as_float64():
+    @numba.njit
+    def f(i):
+        return int64_bits_as_float64(i)
+    for v in (1.0, -2.5, 0.0, np.inf, 1e-300):
+        assert f(np.array(v).view(np.int64).item()) == v
