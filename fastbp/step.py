@@ -7,10 +7,13 @@ import threading
 import numpy as np
 
 from . import _executor as ex
+from ._jit import entry_point
 from .compiler import build_plan, new_arena, view
 from .kernels.codes import CLASSIFICATION_LOSSES, LOSSES
 from .layers import Sequential
 from .optimizers import Adam, SGD, resolve_optimizer
+
+_INT64 = np.dtype(np.int64)
 
 __all__ = ["compile", "TrainStep"]
 
@@ -146,6 +149,7 @@ class TrainStep:
         self._no_yi = np.zeros(0, dtype=np.int64)
         self._no_yf = np.zeros((0, 0), dtype=self.dtype)
         self._lock = threading.Lock()
+        self._entry = None  # the fast path's compiled entry, once known (see _run)
         self._fit_stage = None      # gather buffers of a short shuffled fit, made on first use
         # where each run mode stops on the tape (see ex.run_step)
         self._tape_end = {ex.MODE_FORWARD: int(p.sec[ex.S_FWD]), ex.MODE_GRAD: int(p.sec[ex.S_BWD]),
@@ -272,21 +276,21 @@ class TrainStep:
 
     def _fast_args(self, x, y):
         """``(n, yi, yf)`` if ``x`` and ``y`` are already exactly what the
-        executor takes (the common case, checked in a few attribute reads),
-        else ``None`` and the full validation runs."""
-        if type(x) is not np.ndarray or type(y) is not np.ndarray or x.dtype != self.dtype:
+        executor takes (the common case, checked in a few attribute reads:
+        ``flags.carray`` is C-contiguous, aligned and writeable), else
+        ``None`` and the full validation runs."""
+        if type(x) is not np.ndarray or type(y) is not np.ndarray or x.dtype is not self.dtype:
             return None
         shape = x.shape
         if len(shape) != 2 or shape[1] != self.n_in or not 0 < shape[0] <= self.batch_size:
             return None
-        fx, fy = x.flags, y.flags
-        if not (fx.c_contiguous and fx.writeable and fy.c_contiguous and fy.writeable):
+        if not (x.flags.carray and y.flags.carray):
             return None
         n = shape[0]
         if self.classification:
-            if y.dtype == np.int64 and y.shape == (n,):
+            if y.dtype is _INT64 and y.shape == (n,):
                 return n, y, self._no_yf
-        elif y.dtype == self.dtype and y.shape == (n, self.n_out):
+        elif y.dtype is self.dtype and y.shape == (n, self.n_out):
             return n, self._no_yi, y
         return None
 
@@ -297,14 +301,21 @@ class TrainStep:
             n = self._check_x(x, "x", self.batch_size)
             x = _writeable(x)
             yi, yf = self._check_y(y, n, check_range=False)
+            run = ex.run_tape
         else:
             n, yi, yf = fast
+            # arguments of known types: straight into the compiled code, past
+            # numba's type dispatch (see fastbp._jit.entry_point)
+            run = self._entry or ex.run_tape
         p = self.plan
         with self._lock:
-            status, loss, info = ex.run_tape(self.arena, p.bufs, p.tape, 0, self._tape_end[mode], n, x, yi, yf,
-                                             self.hyper, self.ws64)
+            status, loss, info = run(self.arena, p.bufs, p.tape, 0, self._tape_end[mode], n, x, yi, yf,
+                                     self.hyper, self.ws64)
         if status:
             self._raise_status(status, info, yi)
+        if self._entry is None and fast is not None:
+            self._entry = entry_point(ex.run_tape, (self.arena, p.bufs, p.tape, 0, 0, n, x, yi, yf,
+                                                    self.hyper, self.ws64))
         return loss
 
     def fit(self, X, Y, epochs=1, shuffle=True, seed=None):

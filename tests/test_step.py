@@ -276,6 +276,16 @@ def test_fast_argument_path_matches_validated_path(loss):
         assert fast(x, y) == slow(xr, y_other)
     for k in fast.params:
         np.testing.assert_array_equal(fast.params[k], slow.params[k])
+    # after its first call the fast path goes straight to the compiled entry,
+    # past numba's dispatch; the validated path never does
+    import fastbp._executor as ex
+    assert fast._entry is not None and fast._entry is not ex.run_tape
+    assert slow._entry is None
+    # arrays that only look alike still take the validated path (and its errors)
+    xu = np.zeros(8 * 6 * 4 + 1, np.uint8)[1:].view(np.float32).reshape(8, 6)   # misaligned
+    assert not xu.flags.aligned and fast._fast_args(xu, y) is None
+    with pytest.raises(TypeError, match="float64"):
+        fast(x.astype(np.float64), y)
     # the fast path still rejects a bad label inside the native call, weights unchanged
     if loss != "mse":
         before = {k: v.copy() for k, v in fast.params.items()}
