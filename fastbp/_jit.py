@@ -306,3 +306,23 @@ def entry_point(dispatcher, args):
         return dispatcher.overloads[sig].entry_point
     except (AttributeError, KeyError, ValueError, TypeError):
         return dispatcher
+
+
+@_intrinsic
+def call_fnptr4(typingctx, fn, a0, a1, a2, a3):
+    """Call the C function at address ``fn`` (an integer) with four pointer
+    arguments given as integers: ``void fn(void*, void*, void*, void*)``.
+    For kernels whose address is only known at run time (oneMKL's JIT GEMM)."""
+    ints = (fn, a0, a1, a2, a3)
+    if not all(isinstance(t, _types.Integer) for t in ints):
+        return None
+    sig = _types.void(*ints)
+
+    def impl(context, builder, signature, args):
+        from llvmlite import ir
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p] * 4)
+        target = builder.inttoptr(args[0], fnty.as_pointer())
+        builder.call(target, [builder.inttoptr(v, i8p) for v in args[1:]])
+        return context.get_dummy_value()
+    return sig, impl

@@ -541,7 +541,7 @@ class DistributedStep:
         p = st.plan
         g = v[:self._gn]
         np.divide(g, rows, out=g)
-        status, _, info = ex.run_update(st.arena, p.bufs, p.tape, p.sec, st.hyper, st.ws64)
+        status, _, info = ex.run_update(st.arena, p.bufs, p.tape, p.sec, st.hyper, st.ws64, st.gjit)
         if status:
             # identical reduced gradients: every rank gets here together
             try:
@@ -589,7 +589,7 @@ class DistributedStep:
         with st._lock:
             if error is None:
                 status, loss, info = ex.run_step(st.arena, p.bufs, p.tape, p.sec, n, x, yi, yf, st.hyper,
-                                                 st.ws64, ex.MODE_GRAD)
+                                                 st.ws64, st.gjit, ex.MODE_GRAD)
                 if status == STATUS_OK:
                     _pack(self.comm_vector, self._gn, n, loss)
                     raise_local = None
@@ -707,7 +707,7 @@ class DistributedStep:
                         ysi, ysf = st._no_yi, self._yf[:nb]
                         np.take(yf, r, axis=0, out=ysf)
                     status, loss, inf = ex.run_step(st.arena, p.bufs, p.tape, p.sec, nb, xs, ysi, ysf,
-                                                    st.hyper, st.ws64, ex.MODE_GRAD)
+                                                    st.hyper, st.ws64, st.gjit, ex.MODE_GRAD)
                     if status == STATUS_OK:
                         _pack(self.comm_vector, self._gn, nb, loss)
                         raise_local = None

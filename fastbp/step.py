@@ -145,6 +145,8 @@ class TrainStep:
         self.arena = new_arena(p)
         self.hyper = _hyper_from(self.optimizer)
         self.ws64 = np.zeros(self.batch_size, dtype=np.float64)
+        #: the JIT GEMM kernels of small products (oneMKL only; see ex.gemm_jit_table)
+        self.gjit = ex.gemm_jit_table(p, self.batch_size, self)
         self._yi_stage = np.zeros(self.batch_size, dtype=np.int64)
         self._no_yi = np.zeros(0, dtype=np.int64)
         self._no_yf = np.zeros((0, 0), dtype=self.dtype)
@@ -310,12 +312,12 @@ class TrainStep:
         p = self.plan
         with self._lock:
             status, loss, info = run(self.arena, p.bufs, p.tape, 0, self._tape_end[mode], n, x, yi, yf,
-                                     self.hyper, self.ws64)
+                                     self.hyper, self.ws64, self.gjit)
         if status:
             self._raise_status(status, info, yi)
         if self._entry is None and fast is not None:
             self._entry = entry_point(ex.run_tape, (self.arena, p.bufs, p.tape, 0, 0, n, x, yi, yf,
-                                                    self.hyper, self.ws64))
+                                                    self.hyper, self.ws64, self.gjit))
         return loss
 
     def fit(self, X, Y, epochs=1, shuffle=True, seed=None):
@@ -359,7 +361,7 @@ class TrainStep:
             if len(losses) >= FIT_NATIVE_MIN_STEPS:
                 status, done, info = ex.run_fit(self.arena, p.bufs, p.tape, p.sec, X, yi, yf,
                                                 perm, starts, not shuffle, p.x_buf, p.yf_buf,
-                                                self._yi_stage, self.hyper, self.ws64, losses)
+                                                self._yi_stage, self.hyper, self.ws64, self.gjit, losses)
             else:
                 status, done, info = self._fit_loop(X, yi, yf, perm, starts, not shuffle, losses)
         if status:
@@ -392,7 +394,7 @@ class TrainStep:
                 yib = np.take(yi, rows, out=self._yi_stage[:nb]) if classif else yi
                 yfb = yf if classif else np.take(yf, rows, axis=0, out=self._fit_stage[1][:nb])
             status, loss, info = ex.run_tape(self.arena, p.bufs, p.tape, 0, end, nb, xb, yib, yfb,
-                                             self.hyper, self.ws64)
+                                             self.hyper, self.ws64, self.gjit)
             if status:
                 return status, s, info
             losses[s] = loss
@@ -446,7 +448,7 @@ class TrainStep:
         with self._lock:
             if -(-n // bs) >= PREDICT_NATIVE_MIN_CHUNKS:
                 ex.run_predict(self.arena, p.bufs, p.tape, p.sec, X, out, bs, p.out_buf,
-                               self.hyper, self.ws64)
+                               self.hyper, self.ws64, self.gjit)
                 return out
             # few chunks: one already-compiled forward call each (the same code run_predict runs)
             off, _, cols = (int(v) for v in p.bufs[p.out_buf])
@@ -454,7 +456,7 @@ class TrainStep:
             for lo in range(0, n, bs):
                 nb = min(bs, n - lo)
                 ex.run_tape(self.arena, p.bufs, p.tape, 0, end, nb, X[lo:lo + nb], self._no_yi, self._no_yf,
-                            self.hyper, self.ws64)
+                            self.hyper, self.ws64, self.gjit)
                 out[lo:lo + nb] = self.arena[off:off + nb * cols].reshape(nb, cols)
         return out
 

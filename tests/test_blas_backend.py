@@ -75,8 +75,8 @@ print(json.dumps(info))
 """
 
 
-def _run(backend, code=_SCRIPT):
-    env = dict(os.environ, FASTBP_BLAS=backend)
+def _run(backend, code=_SCRIPT, **more_env):
+    env = dict(os.environ, FASTBP_BLAS=backend, **more_env)
     return subprocess.run([sys.executable, "-c", code, HERE], env=env, capture_output=True,
                           text=True, timeout=600)
 
@@ -115,6 +115,18 @@ def test_backend_products_and_step(backend):
         return
     assert info["backend"] == backend
     assert info["version"]
+    # oneMKL's JIT GEMM kernels for small products (the step above used them)
+    assert info["gemm_jit"] == (backend == "mkl")
+
+
+def test_mkl_without_jit_gemm_kernels():
+    """FASTBP_GEMM_JIT=0 turns oneMKL's JIT kernels off; products and steps stay right."""
+    p = _run("mkl", FASTBP_GEMM_JIT="0")
+    if p.returncode != 0 and "could not be loaded" in p.stderr:
+        pytest.skip("oneMKL not loadable here")
+    assert p.returncode == 0, p.stderr[-3000:]
+    info = json.loads(p.stdout.strip().splitlines()[-1])
+    assert info["backend"] == "mkl" and info["gemm_jit"] is False
 
 
 def test_auto_prefers_mkl_when_present():

@@ -5,7 +5,7 @@ import numba
 import numpy as np
 import pytest
 
-from fastbp._jit import block2d, int64_bits_as_float64, unmanaged
+from fastbp._jit import block2d, call_fnptr4, int64_bits_as_float64, unmanaged
 
 
 @numba.njit
@@ -62,3 +62,18 @@ def test_int64_bits_as_float64():
         return int64_bits_as_float64(i)
     for v in (1.0, -2.5, 0.0, np.inf, 1e-300):
         assert f(np.array(v).view(np.int64).item()) == v
+
+
+def test_call_fnptr4_calls_the_address_with_four_pointers():
+    import ctypes
+    seen = []
+    proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+    cb = proto(lambda a, b, c, d: seen.append((a, b, c, d)))
+    addr = ctypes.cast(cb, ctypes.c_void_p).value
+
+    @numba.njit
+    def f(fn, a, b, c, d):
+        call_fnptr4(fn, a, b, c, d)
+
+    f(addr, 1, 2, 3, 2 ** 40)
+    assert seen == [(1, 2, 3, 2 ** 40)]

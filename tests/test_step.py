@@ -205,7 +205,7 @@ def test_no_allocation_per_step():
     _nrt_python.memsys_enable_stats()
 
     @njit
-    def touch(a, b, c, d, e, f, g, h):
+    def touch(a, b, c, d, e, f, g, h, i):
         return 0
 
     rng = np.random.default_rng(0)
@@ -217,7 +217,7 @@ def test_no_allocation_per_step():
         step(x, y)
         p = step.plan
         # the array arguments of ex.run_tape, the one compiled call of a step
-        args = (step.arena, p.bufs, p.tape, x, y, step._no_yf, step.hyper, step.ws64)
+        args = (step.arena, p.bufs, p.tape, x, y, step._no_yf, step.hyper, step.ws64, step.gjit)
         touch(*args)
         a0 = rtsys.get_allocation_stats()
         for _ in range(10):
@@ -398,5 +398,55 @@ def test_executor_refuses_a_buffer_outside_the_arena():
     bufs[:, 0] = step.arena.shape[0]       # every buffer starts at the arena's end
     with pytest.raises(IndexError, match="outside the arena"):
         ex.run_tape(step.arena, bufs, p.tape, 0, step._tape_end[ex.MODE_TRAIN], 4, x, y, step._no_yf,
-                    step.hyper, step.ws64)
+                    step.hyper, step.ws64, step.gjit)
     assert step(x, y) == pytest.approx(np.log(3), rel=0.5)   # the step itself is unharmed
+
+
+@pytest.mark.skipif(not fastbp._blas.GEMM_JIT, reason="oneMKL's JIT GEMM kernels are not in use here")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_jit_gemm_kernels_match_the_blas_path(dtype):
+    """Small products of a full minibatch run through oneMKL kernels made for
+    their shapes; a partial minibatch through cblas.  Same training run as
+    with the kernels off (to rounding: MKL sums in another order)."""
+    import fastbp._executor as ex
+    rng = np.random.default_rng(7)
+    steps = [fastbp.compile(mlp([48, 40, 36, 10]), "softmax_cross_entropy", fastbp.SGD(0.1, momentum=0.9),
+                            batch_size=32, dtype=dtype, seed=1) for _ in range(2)]
+    jit_on, jit_off = steps
+    jit_off.hyper[ex.H_JIT_ON] = 0.0
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    for n in (32, 32, 20, 32, 7, 32):
+        x = rng.standard_normal((n, 48)).astype(dtype)
+        y = rng.integers(0, 10, n)
+        assert jit_on(x, y) == pytest.approx(jit_off(x, y), rel=tol)
+    for k in jit_on.params:
+        np.testing.assert_allclose(jit_on.params[k], jit_off.params[k], rtol=10 * tol, atol=10 * tol)
+    slots = jit_on.gjit[1:].reshape(-1, 5)
+    made = slots[slots[:, 0] > 0]
+    # forward 3 products, backward 3 dW + 2 dX (no dX for the input)
+    assert len(made) == 8
+    assert {tuple(r) for r in made[:, 2:]} >= {(32, 40, 48), (40, 36, 32), (32, 40, 36)}  # (m, n, k)
+    assert not jit_off.gjit[1:].any()
+    # fit's native loop and the Python driver use the same kernels
+    X = rng.standard_normal((32 * 70, 48)).astype(dtype)
+    Y = rng.integers(0, 10, 32 * 70)
+    np.testing.assert_allclose(jit_on.fit(X, Y, shuffle=False), jit_off.fit(X, Y, shuffle=False),
+                               rtol=50 * tol)
+
+
+def test_jit_gemm_kernels_are_freed_with_the_step(monkeypatch):
+    """The step's table of JIT GEMM kernels is freed when the step is
+    collected (a no-op where none were made)."""
+    import gc
+    import fastbp._blas as B
+    freed = []
+    monkeypatch.setattr(B, "gemm_jit_destroy", lambda jitters: freed.append(np.array(jitters)))
+    step = fastbp.compile(mlp([48, 40, 10]), batch_size=32)
+    rng = np.random.default_rng(0)
+    step(rng.standard_normal((32, 48)).astype(np.float32), rng.integers(0, 10, 32))
+    made = step.gjit[2::5].copy()
+    del step
+    gc.collect()
+    assert len(freed) == 1
+    np.testing.assert_array_equal(freed[0], made)
+    assert (made != 0).sum() == (5 if B.GEMM_JIT else 0)   # 2 forward, dW twice, one dX

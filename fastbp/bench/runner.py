@@ -534,7 +534,8 @@ def main(argv=None):
         bk = t.get("blas_backend") or {}
         log(f"\nfastbp threading: numba {t.get('numba_threads')} threads, layer {t.get('numba_layer')}; "
             f"the fused step's BLAS: {bk.get('backend')} ({bk.get('version')}, {bk.get('threads')} threads; "
-            f"set FASTBP_BLAS to choose); BLAS libraries loaded: {blas}")
+            f"set FASTBP_BLAS to choose); small products through oneMKL's JIT GEMM kernels: "
+            f"{'yes' if bk.get('gemm_jit') else 'no'} (FASTBP_GEMM_JIT=0: off); BLAS libraries loaded: {blas}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -20,7 +20,7 @@ passed as flags; it allocates nothing.
 from numba import prange, types
 
 from .. import _blas
-from .._jit import TILE, jit, kernel, stack_tile
+from .._jit import TILE, call_fnptr4, jit, kernel, stack_tile
 from .activations import _bias_act_block
 
 
@@ -203,6 +203,14 @@ _cblas_dgemm = types.ExternalFunction(
                                 types.uintp, _i, types.float64, types.uintp, _i))
 _blas_set_threads = types.ExternalFunction(_blas.SET_THREADS_SYM, types.void(types.intc))
 _blas_get_threads = types.ExternalFunction(_blas.GET_THREADS_SYM, types.intc())
+_jit_create_s = types.ExternalFunction(
+    _blas.JIT_CREATE_SYMS[0], types.intc(types.uintp, types.intc, types.intc, types.intc, _i, _i, _i, types.float32,
+                                         _i, _i, types.float32, _i))
+_jit_create_d = types.ExternalFunction(
+    _blas.JIT_CREATE_SYMS[1], types.intc(types.uintp, types.intc, types.intc, types.intc, _i, _i, _i, types.float64,
+                                         _i, _i, types.float64, _i))
+_jit_get_s = types.ExternalFunction(_blas.JIT_GET_SYMS[0], types.uintp(types.uintp))
+_jit_get_d = types.ExternalFunction(_blas.JIT_GET_SYMS[1], types.uintp(types.uintp))
 _ROW = _blas.ROW_MAJOR
 _NT = _blas.NO_TRANS
 _TR = _blas.TRANS
@@ -237,6 +245,48 @@ def _blas_mm(A, B, C, ta, tb, acc):
     else:
         _cblas_dgemm(_ROW, _TR if ta else _NT, _TR if tb else _NT, m, n, k, one,
                      A.ctypes.data, A.shape[1], B.ctypes.data, B.shape[1], beta, C.ctypes.data, n)
+
+
+#: int64 values per product in a JIT GEMM table: kernel, jitter, m, n, k
+JIT_SLOT = 5
+
+
+@jit
+def _jit_mm(A, B, C, ta, tb, acc, jt, off):
+    """``C (+)= op(A) @ op(B)`` through the oneMKL JIT GEMM kernel kept in
+    ``jt[off:off + JIT_SLOT]`` (kernel address, jitter, m, n, k), which is
+    generated on first use for these shapes, transposes and ``acc``.
+
+    Returns False, having done nothing, where there is no kernel for this
+    product (generation failed, or it was made for other shapes): the caller
+    then calls the BLAS.  Only valid when :data:`fastbp._blas.GEMM_JIT`;
+    operands C-contiguous, one dtype, no dimension 0.  The caller frees the
+    jitters (:func:`fastbp._blas.gemm_jit_destroy`).
+    """
+    m = C.shape[0]
+    n = C.shape[1]
+    k = A.shape[0] if ta else A.shape[1]
+    if jt[off] == 0:
+        one = C.dtype.type(1.0)
+        beta = one if acc else C.dtype.type(0.0)
+        where = jt.ctypes.data + 8 * (off + 1)     # MKL writes the jitter there
+        if C.itemsize == 4:
+            st = _jit_create_s(where, _ROW, _TR if ta else _NT, _TR if tb else _NT, m, n, k, one,
+                               A.shape[1], B.shape[1], beta, n)
+        else:
+            st = _jit_create_d(where, _ROW, _TR if ta else _NT, _TR if tb else _NT, m, n, k, one,
+                               A.shape[1], B.shape[1], beta, n)
+        fn = 0
+        if st == 0 or st == 1:   # a kernel, or plain gemm behind the same call
+            fn = _jit_get_s(jt[off + 1]) if C.itemsize == 4 else _jit_get_d(jt[off + 1])
+        jt[off] = fn if fn != 0 else -1
+        jt[off + 2] = m
+        jt[off + 3] = n
+        jt[off + 4] = k
+    if jt[off] < 0 or jt[off + 2] != m or jt[off + 3] != n or jt[off + 4] != k:
+        return False
+    call_fnptr4(jt[off], jt[off + 1], A.ctypes.data, B.ctypes.data, C.ctypes.data)
+    return True
 
 
 @jit
