@@ -279,6 +279,8 @@ def _jit_mm(A, B, C, ta, tb, acc, jt, off):
         fn = 0
         if st == 0 or st == 1:   # a kernel, or plain gemm behind the same call
             fn = _jit_get_s(jt[off + 1]) if C.itemsize == 4 else _jit_get_d(jt[off + 1])
+        else:                    # failed: no jitter to free
+            jt[off + 1] = 0
         jt[off] = fn if fn != 0 else -1
         jt[off + 2] = m
         jt[off + 3] = n
