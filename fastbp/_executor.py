@@ -104,8 +104,8 @@ BLAS_THREADS_MIN_MACS = 1 << 21
 #: first use; table from :func:`gemm_jit_table`).  Measured on the development
 #: machine, float32, one thread, cblas_sgemm -> JIT kernel: 32x64x32 0.97 ->
 #: 0.77 us, 32x32x10 0.36 -> 0.21, 64^3 3.6 -> 3.0, 200x100x10 5.2 -> 3.7,
-#: 256x512x10 34.5 -> 28.7, 512x512x8 69 -> 45, 128^3 26.6 -> 26.7 (MKL
-#: declines to JIT it: plain gemm behind the same call).  Tiny step 8.1 -> 6.8 us.
+#: 256x512x10 34.5 -> 28.7, 512x512x8 69 -> 45 (128^3: MKL declines to make
+#: a kernel; such products stay with cblas).  Tiny step 8.1 -> 6.8 us.
 JIT_MAX_MACS = BLAS_THREADS_MIN_MACS
 
 STATUS_OK = 0

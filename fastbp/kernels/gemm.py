@@ -258,8 +258,8 @@ def _jit_mm(A, B, C, ta, tb, acc, jt, off):
     generated on first use for these shapes, transposes and ``acc``.
 
     Returns False, having done nothing, where there is no kernel for this
-    product (generation failed, or it was made for other shapes): the caller
-    then calls the BLAS.  Only valid when :data:`fastbp._blas.GEMM_JIT`;
+    product (MKL declined or failed to make one, or it was made for other
+    shapes): the caller then calls the BLAS.  Only valid when :data:`fastbp._blas.GEMM_JIT`;
     operands C-contiguous, one dtype, no dimension 0.  The caller frees the
     jitters (:func:`fastbp._blas.gemm_jit_destroy`).
     """
@@ -277,9 +277,13 @@ def _jit_mm(A, B, C, ta, tb, acc, jt, off):
             st = _jit_create_d(where, _ROW, _TR if ta else _NT, _TR if tb else _NT, m, n, k, one,
                                A.shape[1], B.shape[1], beta, n)
         fn = 0
-        if st == 0 or st == 1:   # a kernel, or plain gemm behind the same call
+        if st == 0:
             fn = _jit_get_s(jt[off + 1]) if C.itemsize == 4 else _jit_get_d(jt[off + 1])
-        else:                    # failed: no jitter to free
+        elif st != 1:
+            # 1: MKL declined (plain gemm behind the same call, on however many
+            # threads MKL has: the caller's cblas path, which chooses them, is
+            # better; the jitter is still freed with the table); else failed,
+            # and there is no jitter to free
             jt[off + 1] = 0
         jt[off] = fn if fn != 0 else -1
         jt[off + 2] = m
