@@ -168,6 +168,7 @@ class TrainStep:
         #: gradients followed by three spare slots (loss*rows, rows, error count): the one buffer a
         #: data-parallel step reduces across ranks
         self.comm_vector = self.arena[gr0:gr0 + grn + 3]
+        self._train_fast = self._make_train_fast()
 
     # ------------------------------------------------------------ helpers
     @property
@@ -267,7 +268,8 @@ class TrainStep:
         FloatingPointError
             The loss or a gradient is not finite; nothing is changed.
         """
-        return self._run(x, y, ex.MODE_TRAIN)
+        loss = self._train_fast(x, y)
+        return self._run(x, y, ex.MODE_TRAIN) if loss is None else loss
 
     def loss_and_grads(self, x, y):
         """Forward, loss and backward without an update; fills :attr:`grads`.
@@ -275,6 +277,51 @@ class TrainStep:
         Returns the mean loss.  Same arguments as :meth:`__call__`.
         """
         return self._run(x, y, ex.MODE_GRAD)
+
+    def _make_train_fast(self):
+        """The training call for arrays already in the executor's form (the
+        common case), as a closure over everything it needs: no attribute
+        lookups, no argument conversion, numba's dispatch skipped after the
+        first call.  Measured on tiny: 0.6 us of a 6.7 us step.
+
+        Returns the loss, or ``None`` (having changed nothing) for anything
+        else: other arrays, and failed steps, which :meth:`_run` then
+        validates, runs again and reports.  Holds no reference to ``self``.
+        """
+        p = self.plan
+        arena, bufs, tape, hyper, ws64, gjit = self.arena, p.bufs, p.tape, self.hyper, self.ws64, self.gjit
+        end = self._tape_end[ex.MODE_TRAIN]
+        lock, dtype, n_in, n_out, batch = self._lock, self.dtype, self.n_in, self.n_out, self.batch_size
+        classification, no_yi, no_yf = self.classification, self._no_yi, self._no_yf
+        ndarray, dispatcher = np.ndarray, ex.run_tape
+        run = dispatcher
+
+        def train_fast(x, y):
+            nonlocal run
+            if type(x) is not ndarray or type(y) is not ndarray or x.dtype is not dtype:
+                return None
+            shape = x.shape
+            if len(shape) != 2 or shape[1] != n_in or not 0 < shape[0] <= batch:
+                return None
+            n = shape[0]
+            if not (x.flags.carray and y.flags.carray):
+                return None
+            if classification:
+                if y.dtype is not _INT64 or y.shape != (n,):
+                    return None
+                yi, yf = y, no_yf
+            else:
+                if y.dtype is not dtype or y.shape != (n, n_out):
+                    return None
+                yi, yf = no_yi, y
+            with lock:
+                status, loss, _ = run(arena, bufs, tape, 0, end, n, x, yi, yf, hyper, ws64, gjit)
+            if status:
+                return None
+            if run is dispatcher:
+                run = entry_point(dispatcher, (arena, bufs, tape, 0, end, n, x, yi, yf, hyper, ws64, gjit))
+            return loss
+        return train_fast
 
     def _fast_args(self, x, y):
         """``(n, yi, yf)`` if ``x`` and ``y`` are already exactly what the

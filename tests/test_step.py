@@ -277,10 +277,19 @@ def test_fast_argument_path_matches_validated_path(loss):
     for k in fast.params:
         np.testing.assert_array_equal(fast.params[k], slow.params[k])
     # after its first call the fast path goes straight to the compiled entry,
-    # past numba's dispatch; the validated path never does
+    # past numba's dispatch (training: the step's closure; loss_and_grads:
+    # _run); the validated path never does
+    import inspect
     import fastbp._executor as ex
+    assert inspect.getclosurevars(fast._train_fast).nonlocals["run"] is not ex.run_tape
+    assert inspect.getclosurevars(slow._train_fast).nonlocals["run"] is ex.run_tape
+    for _ in range(2):
+        fast.loss_and_grads(x, y)
+        slow.loss_and_grads(xr, y_other)
     assert fast._entry is not None and fast._entry is not ex.run_tape
     assert slow._entry is None
+    for k in fast.grads:
+        np.testing.assert_array_equal(fast.grads[k], slow.grads[k])
     # arrays that only look alike still take the validated path (and its errors)
     xu = np.zeros(8 * 6 * 4 + 1, np.uint8)[1:].view(np.float32).reshape(8, 6)   # misaligned
     assert not xu.flags.aligned and fast._fast_args(xu, y) is None
