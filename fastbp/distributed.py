@@ -541,7 +541,7 @@ class DistributedStep:
         p = st.plan
         g = v[:self._gn]
         np.divide(g, rows, out=g)
-        status, _, info = ex.run_update(st.arena, p.bufs, p.tape, p.sec, st.hyper, st.ws64, st.gjit)
+        status, _, info = ex.run_update(st._ctx, p.sec, st._no_yf)
         if status:
             # identical reduced gradients: every rank gets here together
             try:
@@ -588,8 +588,7 @@ class DistributedStep:
             error = e
         with st._lock:
             if error is None:
-                status, loss, info = ex.run_step(st.arena, p.bufs, p.tape, p.sec, n, x, yi, yf, st.hyper,
-                                                 st.ws64, st.gjit, ex.MODE_GRAD)
+                status, loss, info = ex.run_step(st._ctx, p.sec, n, x, yi, yf, ex.MODE_GRAD)
                 if status == STATUS_OK:
                     _pack(self.comm_vector, self._gn, n, loss)
                     raise_local = None
@@ -706,8 +705,7 @@ class DistributedStep:
                     else:
                         ysi, ysf = st._no_yi, self._yf[:nb]
                         np.take(yf, r, axis=0, out=ysf)
-                    status, loss, inf = ex.run_step(st.arena, p.bufs, p.tape, p.sec, nb, xs, ysi, ysf,
-                                                    st.hyper, st.ws64, st.gjit, ex.MODE_GRAD)
+                    status, loss, inf = ex.run_step(st._ctx, p.sec, nb, xs, ysi, ysf, ex.MODE_GRAD)
                     if status == STATUS_OK:
                         _pack(self.comm_vector, self._gn, nb, loss)
                         raise_local = None

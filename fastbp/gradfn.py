@@ -33,6 +33,7 @@ class GradFunction:
         ex.runtime_hyper(self.hyper)
         self.ws64 = np.zeros(max(batch_size, 1))
         self.gjit = ex.gemm_jit_table(self.plan, batch_size, self)
+        self._ctx = ex.context(self.arena, self.plan.bufs, self.plan.tape, self.hyper, self.ws64, self.gjit)
         self._x = np.zeros((0, 0), self.dtype)
         self._yi = np.zeros(0, np.int64)
         self._lock = threading.Lock()
@@ -85,8 +86,7 @@ class GradFunction:
         with self._lock:
             for n, v in staged:
                 view(self.arena, p, p.value_buf[n.id], n.shape, nb)[...] = v
-            status, _, _ = ex.run_step(self.arena, p.bufs, p.tape, p.sec, nb, self._x, self._yi, self._x,
-                                       self.hyper, self.ws64, self.gjit, ex.MODE_GRAD)
+            status, _, _ = ex.run_step(self._ctx, p.sec, nb, self._x, self._yi, self._x, ex.MODE_GRAD)
             out = view(self.arena, p, p.value_buf[self.output.id], self.output.shape, nb)
             value = float(out) if out.ndim == 0 else out.copy()
             grads = {w.name: np.array(view(self.arena, p, p.grad_buf[w.id], w.shape, nb))

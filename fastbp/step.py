@@ -147,6 +147,8 @@ class TrainStep:
         self.ws64 = np.zeros(self.batch_size, dtype=np.float64)
         #: the JIT GEMM kernels of small products (oneMKL only; see ex.gemm_jit_table)
         self.gjit = ex.gemm_jit_table(p, self.batch_size, self)
+        #: the addresses of the arrays above, which the executor takes (see ex.context)
+        self._ctx = ex.context(self.arena, p.bufs, p.tape, self.hyper, self.ws64, self.gjit)
         self._yi_stage = np.zeros(self.batch_size, dtype=np.int64)
         self._no_yi = np.zeros(0, dtype=np.int64)
         self._no_yf = np.zeros((0, 0), dtype=self.dtype)
@@ -288,8 +290,7 @@ class TrainStep:
         else: other arrays, and failed steps, which :meth:`_run` then
         validates, runs again and reports.  Holds no reference to ``self``.
         """
-        p = self.plan
-        arena, bufs, tape, hyper, ws64, gjit = self.arena, p.bufs, p.tape, self.hyper, self.ws64, self.gjit
+        ctx = self._ctx
         end = self._tape_end[ex.MODE_TRAIN]
         lock, dtype, n_in, n_out, batch = self._lock, self.dtype, self.n_in, self.n_out, self.batch_size
         classification, no_yi, no_yf = self.classification, self._no_yi, self._no_yf
@@ -315,11 +316,11 @@ class TrainStep:
                     return None
                 yi, yf = no_yi, y
             with lock:
-                status, loss, _ = run(arena, bufs, tape, 0, end, n, x, yi, yf, hyper, ws64, gjit)
+                status, loss, _ = run(ctx, 0, end, n, x, yi, yf)
             if status:
                 return None
             if run is dispatcher:
-                run = entry_point(dispatcher, (arena, bufs, tape, 0, end, n, x, yi, yf, hyper, ws64, gjit))
+                run = entry_point(dispatcher, (ctx, 0, end, n, x, yi, yf))
             return loss
         return train_fast
 
@@ -358,13 +359,11 @@ class TrainStep:
             run = self._entry or ex.run_tape
         p = self.plan
         with self._lock:
-            status, loss, info = run(self.arena, p.bufs, p.tape, 0, self._tape_end[mode], n, x, yi, yf,
-                                     self.hyper, self.ws64, self.gjit)
+            status, loss, info = run(self._ctx, 0, self._tape_end[mode], n, x, yi, yf)
         if status:
             self._raise_status(status, info, yi)
         if self._entry is None and fast is not None:
-            self._entry = entry_point(ex.run_tape, (self.arena, p.bufs, p.tape, 0, 0, n, x, yi, yf,
-                                                    self.hyper, self.ws64, self.gjit))
+            self._entry = entry_point(ex.run_tape, (self._ctx, 0, 0, n, x, yi, yf))
         return loss
 
     def fit(self, X, Y, epochs=1, shuffle=True, seed=None):
@@ -406,9 +405,8 @@ class TrainStep:
         p = self.plan
         with self._lock:
             if len(losses) >= FIT_NATIVE_MIN_STEPS:
-                status, done, info = ex.run_fit(self.arena, p.bufs, p.tape, p.sec, X, yi, yf,
-                                                perm, starts, not shuffle, p.x_buf, p.yf_buf,
-                                                self._yi_stage, self.hyper, self.ws64, self.gjit, losses)
+                status, done, info = ex.run_fit(self._ctx, p.sec, X, yi, yf, perm, starts, not shuffle,
+                                                p.x_buf, p.yf_buf, self._yi_stage, losses)
             else:
                 status, done, info = self._fit_loop(X, yi, yf, perm, starts, not shuffle, losses)
         if status:
@@ -440,8 +438,7 @@ class TrainStep:
                 xb = np.take(X, rows, axis=0, out=self._fit_stage[0][:nb])
                 yib = np.take(yi, rows, out=self._yi_stage[:nb]) if classif else yi
                 yfb = yf if classif else np.take(yf, rows, axis=0, out=self._fit_stage[1][:nb])
-            status, loss, info = ex.run_tape(self.arena, p.bufs, p.tape, 0, end, nb, xb, yib, yfb,
-                                             self.hyper, self.ws64, self.gjit)
+            status, loss, info = ex.run_tape(self._ctx, 0, end, nb, xb, yib, yfb)
             if status:
                 return status, s, info
             losses[s] = loss
@@ -494,16 +491,14 @@ class TrainStep:
         bs = self.batch_size
         with self._lock:
             if -(-n // bs) >= PREDICT_NATIVE_MIN_CHUNKS:
-                ex.run_predict(self.arena, p.bufs, p.tape, p.sec, X, out, bs, p.out_buf,
-                               self.hyper, self.ws64, self.gjit)
+                ex.run_predict(self._ctx, p.sec, X, out, bs, p.out_buf)
                 return out
             # few chunks: one already-compiled forward call each (the same code run_predict runs)
             off, _, cols = (int(v) for v in p.bufs[p.out_buf])
             end = self._tape_end[ex.MODE_FORWARD]
             for lo in range(0, n, bs):
                 nb = min(bs, n - lo)
-                ex.run_tape(self.arena, p.bufs, p.tape, 0, end, nb, X[lo:lo + nb], self._no_yi, self._no_yf,
-                            self.hyper, self.ws64, self.gjit)
+                ex.run_tape(self._ctx, 0, end, nb, X[lo:lo + nb], self._no_yi, self._no_yf)
                 out[lo:lo + nb] = self.arena[off:off + nb * cols].reshape(nb, cols)
         return out
 

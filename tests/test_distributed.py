@@ -165,7 +165,7 @@ def mpirun():
         s = fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 2)), batch_size=2, dtype=dtype)
         s.loss_and_grads(np.ones((2, 3), dtype), np.array([0, 1]))
         p = s.plan
-        ex.run_update(s.arena, p.bufs, p.tape, p.sec, s.hyper, s.ws64, s.gjit)
+        ex.run_update(s._ctx, p.sec, s._no_yf)
     return run
 
 

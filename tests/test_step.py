@@ -205,7 +205,7 @@ def test_no_allocation_per_step():
     _nrt_python.memsys_enable_stats()
 
     @njit
-    def touch(a, b, c, d, e, f, g, h, i):
+    def touch(a, b, c, d):
         return 0
 
     rng = np.random.default_rng(0)
@@ -217,7 +217,7 @@ def test_no_allocation_per_step():
         step(x, y)
         p = step.plan
         # the array arguments of ex.run_tape, the one compiled call of a step
-        args = (step.arena, p.bufs, p.tape, x, y, step._no_yf, step.hyper, step.ws64, step.gjit)
+        args = (step._ctx, x, y, step._no_yf)
         touch(*args)
         a0 = rtsys.get_allocation_stats()
         for _ in range(10):
@@ -403,11 +403,11 @@ def test_executor_refuses_a_buffer_outside_the_arena():
     x = np.zeros((4, 8), np.float32)
     y = np.zeros(4, np.int64)
     p = step.plan
-    bufs = p.bufs.copy()
+    bufs = p.bufs.copy()   # a corrupt copy: the step's own table stays intact
     bufs[:, 0] = step.arena.shape[0]       # every buffer starts at the arena's end
     with pytest.raises(IndexError, match="outside the arena"):
-        ex.run_tape(step.arena, bufs, p.tape, 0, step._tape_end[ex.MODE_TRAIN], 4, x, y, step._no_yf,
-                    step.hyper, step.ws64, step.gjit)
+        ctx = ex.context(step.arena, bufs, p.tape, step.hyper, step.ws64, step.gjit)
+        ex.run_tape(ctx, 0, step._tape_end[ex.MODE_TRAIN], 4, x, y, step._no_yf)
     assert step(x, y) == pytest.approx(np.log(3), rel=0.5)   # the step itself is unharmed
 
 
@@ -459,3 +459,22 @@ def test_jit_gemm_kernels_are_freed_with_the_step(monkeypatch):
     assert len(freed) == 1
     np.testing.assert_array_equal(freed[0], made)
     assert (made != 0).sum() == (5 if B.GEMM_JIT else 0)   # 2 forward, dW twice, one dX
+
+
+def test_executor_context_takes_only_what_the_executor_reads():
+    """ex.context packs a step's arrays by address: it refuses arrays the
+    compiled code would misread (wrong dtype, width, layout, read-only)."""
+    import fastbp._executor as ex
+    step = fastbp.compile(mlp([8, 16, 3]), batch_size=4)
+    p = step.plan
+    good = dict(arena=step.arena, bufs=p.bufs, tape=p.tape, hyper=step.hyper, ws64=step.ws64, gjit=step.gjit)
+    ctx = ex.context(**good)
+    assert ctx.dtype == np.int64 and ctx.shape == (ex.CONTEXT_SIZE,)
+    assert ctx[ex.X_ARENA] == step.arena.ctypes.data and ctx[ex.X_TAPE_N] == p.tape.shape[0]
+    ro = step.ws64.copy()
+    ro.flags.writeable = False
+    for name, bad in (("bufs", p.bufs.astype(np.int32)), ("tape", np.asfortranarray(p.tape)),
+                      ("hyper", step.hyper[:-1].copy()), ("ws64", ro), ("gjit", step.gjit.astype(np.float64)),
+                      ("arena", step.arena.reshape(1, -1))):
+        with pytest.raises(ValueError, match="executor context"):
+            ex.context(**dict(good, **{name: bad}))

@@ -126,14 +126,13 @@ def _worker_dist(cfg, threads, steps, reps):
 
     def grads(k):
         for _ in range(k):
-            ex.run_step(st.arena, p.bufs, p.tape, p.sec, local, xl, yl, st._no_yf, st.hyper, st.ws64,
-                        st.gjit, ex.MODE_GRAD)
+            ex.run_step(st._ctx, p.sec, local, xl, yl, st._no_yf, ex.MODE_GRAD)
     k = max(steps, 10)
     grad_s = timed(lambda: grads(k), reps) / k
 
     def updates(k):
         for _ in range(k):
-            ex.run_update(st.arena, p.bufs, p.tape, p.sec, st.hyper, st.ws64, st.gjit)
+            ex.run_update(st._ctx, p.sec, st._no_yf)
     update_s = timed(lambda: updates(k), reps) / k
 
     buf = np.zeros_like(step.comm_vector)
