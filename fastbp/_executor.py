@@ -73,8 +73,8 @@ TAPE_WIDTH = 13
 
 # the executor context: addresses and sizes of a step's arrays, one int64 vector
 (X_ARENA, X_ARENA_N, X_BUFS, X_BUFS_N, X_TAPE, X_TAPE_N, X_HYPER, X_WS64, X_WS64_N, X_GJIT,
- X_GJIT_N) = range(11)
-CONTEXT_SIZE = 11
+ X_GJIT_N, X_BATCH) = range(12)
+CONTEXT_SIZE = 12
 
 # sections of the tape: [0, FWD) forward, [FWD, LOSS) loss, [LOSS, BWD) backward, [BWD, END) update
 S_FWD, S_LOSS, S_BWD, S_END = range(4)
@@ -119,6 +119,9 @@ STATUS_OK = 0
 STATUS_LOSS_NONFINITE = 1
 STATUS_GRAD_NONFINITE = 2
 STATUS_BAD_LABEL = 3
+#: the minibatch is not what the buffers were laid out for (rows, width,
+#: layout): nothing was changed.  Callers that validate never see it.
+STATUS_BAD_INPUT = 4
 
 
 @jit
@@ -206,11 +209,11 @@ def _all_finite(v):
     return s == 0.0
 
 
-def context(arena, bufs, tape, hyper, ws64, gjit):
+def context(arena, bufs, tape, hyper, ws64, gjit, batch_size):
     """The executor context of a step: one int64 vector of the addresses and
     sizes of its arrays, which the compiled entry points take instead of
     the arrays themselves (each array argument costs ~55 ns to unbox: 0.23 us
-    of a tiny step).
+    of a tiny step), and the most rows a minibatch may have.
 
     The caller keeps every one of these arrays alive, unmoved, for as long as
     it uses the context; only C-contiguous arrays of the executor's dtypes.
@@ -226,7 +229,28 @@ def context(arena, bufs, tape, hyper, ws64, gjit):
         raise ValueError("executor context: bufs, tape or hyper has the wrong width")
     return np.array([arena.ctypes.data, arena.shape[0], bufs.ctypes.data, bufs.shape[0], tape.ctypes.data,
                      tape.shape[0], hyper.ctypes.data, ws64.ctypes.data, ws64.shape[0], gjit.ctypes.data,
-                     gjit.shape[0]], dtype=np.int64)
+                     gjit.shape[0], batch_size], dtype=np.int64)
+
+
+@jit
+def _c_rows(a):
+    """Whether a 2-D array is laid out as the executor reads it: C-contiguous
+    rows (numba indexes a "C" array by its shape, whatever its strides), aligned."""
+    isz = a.itemsize
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        return True
+    if a.strides[1] != isz or (a.shape[0] > 1 and a.strides[0] != isz * a.shape[1]):
+        return False
+    return a.ctypes.data % isz == 0
+
+
+@jit
+def _c_vec(v):
+    """:func:`_c_rows` for a 1-D array."""
+    isz = v.itemsize
+    if v.shape[0] == 0:
+        return True
+    return (v.shape[0] == 1 or v.strides[0] == isz) and v.ctypes.data % isz == 0
 
 
 @jit
@@ -255,6 +279,8 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
     """
     # Views of these arrays skip numba's atomic reference counting (~20% of a
     # tiny step): all of them stay alive for the call, no view escapes.
+    if nb < 1 or nb > ctx[X_BATCH]:
+        return STATUS_BAD_INPUT, 0.0, 0
     arena, bufs, tape, hyper, ws64, gjit = _arrays(ctx, x)
     x = unmanaged(x)
     yi = unmanaged(yi)
@@ -279,6 +305,9 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
         ins = tape[pc]
         op = ins[C_OP]
         if op == OP_LOAD_X:
+            if x.shape[0] != nb or x.shape[1] != bufs[ins[C_OUT], 2] or not _c_rows(x):
+                status = STATUS_BAD_INPUT
+                break
             if ins[C_F1] != 0:
                 # every later read of this buffer gets x itself: no copy (2.4 MB
                 # per step on cs231n); nothing ever writes the input's buffer
@@ -316,6 +345,9 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
             kind = ins[C_G]
             rowloss = ws64[:S.shape[0]]
             if kind == LOSS_SOFTMAX_XENT or kind == LOSS_SVM:
+                if yi.shape[0] != S.shape[0] or not _c_vec(yi):
+                    status = STATUS_BAD_INPUT
+                    break
                 bad = _check_labels(yi[:S.shape[0]], S.shape[1])
                 if bad >= 0:
                     status = STATUS_BAD_LABEL
@@ -325,6 +357,9 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
                     loss = _softmax_xent_s(S, yi, dS, rowloss)
                 else:
                     loss = _svm_s(S, yi, dS, rowloss)
+            elif yf.shape[0] != S.shape[0] or yf.shape[1] != S.shape[1] or not _c_rows(yf):
+                status = STATUS_BAD_INPUT
+                break
             elif kind == LOSS_MSE:
                 loss = _mse_s(S, yf, dS, rowloss)
             else:

@@ -33,7 +33,8 @@ class GradFunction:
         ex.runtime_hyper(self.hyper)
         self.ws64 = np.zeros(max(batch_size, 1))
         self.gjit = ex.gemm_jit_table(self.plan, batch_size, self)
-        self._ctx = ex.context(self.arena, self.plan.bufs, self.plan.tape, self.hyper, self.ws64, self.gjit)
+        self._ctx = ex.context(self.arena, self.plan.bufs, self.plan.tape, self.hyper, self.ws64, self.gjit,
+                               batch_size)
         self._x = np.zeros((0, 0), self.dtype)
         self._yi = np.zeros(0, np.int64)
         self._lock = threading.Lock()

@@ -406,7 +406,7 @@ def test_executor_refuses_a_buffer_outside_the_arena():
     bufs = p.bufs.copy()   # a corrupt copy: the step's own table stays intact
     bufs[:, 0] = step.arena.shape[0]       # every buffer starts at the arena's end
     with pytest.raises(IndexError, match="outside the arena"):
-        ctx = ex.context(step.arena, bufs, p.tape, step.hyper, step.ws64, step.gjit)
+        ctx = ex.context(step.arena, bufs, p.tape, step.hyper, step.ws64, step.gjit, 4)
         ex.run_tape(ctx, 0, step._tape_end[ex.MODE_TRAIN], 4, x, y, step._no_yf)
     assert step(x, y) == pytest.approx(np.log(3), rel=0.5)   # the step itself is unharmed
 
@@ -467,7 +467,8 @@ def test_executor_context_takes_only_what_the_executor_reads():
     import fastbp._executor as ex
     step = fastbp.compile(mlp([8, 16, 3]), batch_size=4)
     p = step.plan
-    good = dict(arena=step.arena, bufs=p.bufs, tape=p.tape, hyper=step.hyper, ws64=step.ws64, gjit=step.gjit)
+    good = dict(arena=step.arena, bufs=p.bufs, tape=p.tape, hyper=step.hyper, ws64=step.ws64, gjit=step.gjit,
+                batch_size=4)
     ctx = ex.context(**good)
     assert ctx.dtype == np.int64 and ctx.shape == (ex.CONTEXT_SIZE,)
     assert ctx[ex.X_ARENA] == step.arena.ctypes.data and ctx[ex.X_TAPE_N] == p.tape.shape[0]
@@ -478,3 +479,54 @@ def test_executor_context_takes_only_what_the_executor_reads():
                       ("arena", step.arena.reshape(1, -1))):
         with pytest.raises(ValueError, match="executor context"):
             ex.context(**dict(good, **{name: bad}))
+
+
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse"])
+def test_executor_checks_the_minibatch_itself(loss):
+    """The step's fast path leaves rows, widths and layout to the compiled
+    code: it answers STATUS_BAD_INPUT for anything else, with the weights,
+    optimizer state and counters unchanged, and the step then validates and
+    reports (or converts)."""
+    import fastbp._executor as ex
+    rng = np.random.default_rng(3)
+    step, twin = (fastbp.compile(mlp([6, 9, 3]), loss, fastbp.SGD(0.1, momentum=0.9), batch_size=8, seed=0)
+                  for _ in range(2))
+    x = rng.standard_normal((8, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 8) if loss != "mse" else rng.standard_normal((8, 3)).astype(np.float32)
+    assert step(x, y) == twin(x, y)          # from here the fast path goes straight to the entry
+
+    def targets(t):
+        return (t, step._no_yf) if loss != "mse" else (step._no_yi, t)
+
+    def state():
+        return step.param_vector.copy(), [v.copy() for v in step.state_vectors], step.hyper.copy()
+
+    before = state()
+    end = step._tape_end[ex.MODE_TRAIN]
+    wide = np.zeros((8, 12), np.float32)
+    misaligned = np.zeros(8 * 6 * 4 + 1, np.uint8)[1:].view(np.float32).reshape(8, 6)
+    for bx in (wide[:, ::2], misaligned, np.zeros((8, 5), np.float32), np.zeros((0, 6), np.float32)):
+        st, _, _ = ex.run_tape(step._ctx, 0, end, bx.shape[0], bx, *targets(y[:bx.shape[0]]))
+        assert st == ex.STATUS_BAD_INPUT, bx.shape
+    y9 = np.resize(y, (9,) + y.shape[1:])
+    st, _, _ = ex.run_tape(step._ctx, 0, end, 9, np.zeros((9, 6), np.float32), *targets(y9))
+    assert st == ex.STATUS_BAD_INPUT
+    bad_y = [y[:7], y.repeat(2)[::2]] if loss != "mse" else [y[:7], y[:, :2].copy(), y[:, :2], np.asfortranarray(y)]
+    for by in bad_y:
+        st, _, _ = ex.run_tape(step._ctx, 0, end, 8, x, *targets(by))
+        assert st == ex.STATUS_BAD_INPUT, by.shape
+    after = state()
+    np.testing.assert_array_equal(after[0], before[0])
+    for a, b in zip(after[1], before[1]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(after[2], before[2])
+    # through the step: converted (misaligned) or refused, as on the validated path
+    assert step(misaligned, y) == twin(misaligned.copy(), y)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        step(wide[:, ::2], y)
+    with pytest.raises(ValueError, match="batch_size"):
+        step(np.zeros((9, 6), np.float32), y9)
+    with pytest.raises(ValueError):
+        step(x, bad_y[0])
+    for k in step.params:
+        np.testing.assert_array_equal(step.params[k], twin.params[k])
