@@ -296,7 +296,7 @@ class TrainStep:
         """
         ctx = self._ctx
         end = self._tape_end[ex.MODE_TRAIN]
-        lock, dtype, batch = self._lock, self.dtype, self.batch_size
+        acquire, release, dtype, batch = self._lock.acquire, self._lock.release, self.dtype, self.batch_size
         classification, no_yi, no_yf = self.classification, self._no_yi, self._no_yf
         ndarray, dispatcher = np.ndarray, ex.run_tape
         run = dispatcher
@@ -319,8 +319,11 @@ class TrainStep:
                 if not (x.flags.carray and y.flags.carray and 0 < x.shape[0] <= batch):
                     return None
             # the compiled code checks rows, widths and layout (STATUS_BAD_INPUT)
-            with lock:
+            acquire()     # the step's lock, without a with-block's method lookups
+            try:
                 status, loss, _ = run(ctx, 0, end, x.shape[0], x, yi, yf)
+            finally:
+                release()
             if status:
                 return None
             if run is dispatcher:
