@@ -171,6 +171,10 @@ def _blas_threads_for(macs, hyper):
     """One BLAS thread for a small product, the configured number for a large one."""
     if hyper[H_BT_ON] == 0.0:
         return
+    if hyper[H_BT_CUR] < 0.0:
+        # the first BLAS product of this call: the configured count, restored at the end
+        hyper[H_BT_MAX] = blas_get_threads()
+        hyper[H_BT_CUR] = hyper[H_BT_MAX]
     want = 1.0 if macs < hyper[H_BT_MIN] else hyper[H_BT_MAX]
     if want != hyper[H_BT_CUR]:
         blas_set_threads(int(want))
@@ -270,8 +274,9 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
     """Run instructions ``lo .. hi-1`` of the step whose executor context
     (:func:`context`) is ``ctx``.  Returns ``(status, loss, info)``.
 
-    The BLAS's thread count is read first and restored last: inside, each
-    product chooses one thread or that many (``_blas_threads_for``).
+    The BLAS's thread count is read by the first BLAS product and restored
+    last: inside, each product chooses one thread or that many
+    (``_blas_threads_for``).
 
     One function, not a wrapper around the loop: numba re-optimises a
     caller's module together with every callee's, so each wrapper level
@@ -289,9 +294,9 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
     jbase = -1
     if hyper[H_JIT_ON] != 0.0 and gjit.shape[0] >= 1 + JIT_SLOT * 2 * tape.shape[0] and gjit[0] == nb:
         jbase = 1
-    if hyper[H_BT_ON] != 0.0:
-        hyper[H_BT_MAX] = blas_get_threads()
-        hyper[H_BT_CUR] = hyper[H_BT_MAX]
+    # the BLAS's thread count: read by the first BLAS product (a step of JIT
+    # kernels makes none), restored at the end
+    hyper[H_BT_CUR] = -1.0
     status = STATUS_OK
     info = 0
     loss = 0.0
@@ -444,7 +449,7 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
                                     hyper[H_B1], hyper[H_B2], hyper[H_EPS], hyper[H_WD],
                                     hyper[H_DECOUPLED] != 0.0)
             hyper[H_STEPS] += 1.0
-    if hyper[H_BT_ON] != 0.0 and hyper[H_BT_CUR] != hyper[H_BT_MAX]:
+    if hyper[H_BT_ON] != 0.0 and hyper[H_BT_CUR] >= 0.0 and hyper[H_BT_CUR] != hyper[H_BT_MAX]:
         blas_set_threads(int(hyper[H_BT_MAX]))
     return status, (0.0 if status == STATUS_BAD_LABEL else loss), info
 

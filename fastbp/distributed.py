@@ -767,7 +767,9 @@ class DistributedStep:
         MPI = self._MPI
         st = self.step
         ok = 1
-        for v in [st.param_vector, *st.state_vectors, st.hyper]:
+        hyper = st.hyper.copy()
+        hyper[list(ex.RUNTIME_SLOTS)] = 0.0      # this process's BLAS threading, not training state
+        for v in [st.param_vector, *st.state_vectors, hyper]:
             ref = v.copy()
             self.comm.Bcast(ref, root=0)
             if ref.view(np.uint8).tobytes() != v.view(np.uint8).tobytes():
