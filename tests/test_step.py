@@ -257,6 +257,13 @@ def test_fast_argument_path_matches_validated_path(loss):
     """Arrays already in the executor's form skip the full validation; others
     (another integer dtype, read-only, Fortran order, 1-D regression targets)
     are converted first: both give bitwise the same training run."""
+    import inspect
+    import fastbp._executor as ex
+
+    def resolved(f):
+        """Whether a fast call goes straight to the compiled entry (past numba's dispatch)."""
+        return inspect.getclosurevars(f).nonlocals["run"] is not ex.run_tape
+
     rng = np.random.default_rng(5)
     steps = [fastbp.compile(mlp([6, 9, 3 if loss != "mse" else 1]), loss, fastbp.SGD(0.1), batch_size=8,
                             seed=0) for _ in range(2)]
@@ -269,30 +276,24 @@ def test_fast_argument_path_matches_validated_path(loss):
         else:
             y = rng.integers(0, 3, 8)
             y_other = y.astype(np.int32)
-        assert fast._fast_args(x, y) is not None
         xr = x.copy()
         xr.flags.writeable = False
-        assert slow._fast_args(xr, y_other) is None
         assert fast(x, y) == slow(xr, y_other)
     for k in fast.params:
         np.testing.assert_array_equal(fast.params[k], slow.params[k])
-    # after its first call the fast path goes straight to the compiled entry,
-    # past numba's dispatch (training: the step's closure; loss_and_grads:
-    # _run); the validated path never does
-    import inspect
-    import fastbp._executor as ex
-    assert inspect.getclosurevars(fast._train_fast).nonlocals["run"] is not ex.run_tape
-    assert inspect.getclosurevars(slow._train_fast).nonlocals["run"] is ex.run_tape
+    # after its first call the fast path goes straight to the compiled entry;
+    # the converted arrays never took it
+    assert resolved(fast._train_fast) and not resolved(slow._train_fast)
     for _ in range(2):
-        fast.loss_and_grads(x, y)
-        slow.loss_and_grads(xr, y_other)
-    assert fast._entry is not None and fast._entry is not ex.run_tape
-    assert slow._entry is None
+        assert fast.loss_and_grads(x, y) == slow.loss_and_grads(xr, y_other)
+    assert resolved(fast._grad_fast) and not resolved(slow._grad_fast)
     for k in fast.grads:
         np.testing.assert_array_equal(fast.grads[k], slow.grads[k])
-    # arrays that only look alike still take the validated path (and its errors)
+    # arrays that only look alike are checked by the compiled code and then
+    # take the validated path (its conversions and errors)
     xu = np.zeros(8 * 6 * 4 + 1, np.uint8)[1:].view(np.float32).reshape(8, 6)   # misaligned
-    assert not xu.flags.aligned and fast._fast_args(xu, y) is None
+    xu[...] = x
+    assert not xu.flags.aligned and fast._train_fast(xu, y) is None
     with pytest.raises(TypeError, match="float64"):
         fast(x.astype(np.float64), y)
     # the fast path still rejects a bad label inside the native call, weights unchanged
