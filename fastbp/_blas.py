@@ -34,9 +34,10 @@ thread and a large one on all of them (see :mod:`fastbp._executor`).
 
 With oneMKL, small products can also run through kernels that MKL generates
 for one fixed shape (its "JIT GEMM": ``mkl_cblas_jit_create_sgemm``), which
-skip the argument checks and dispatch of a ``cblas_sgemm`` call: ~0.1-0.2 us
-less per product of a few thousand to ~100 thousand multiply-adds, ~1 us of
-a 5-product tiny training step.  :data:`GEMM_JIT` says whether they are
+skip the argument checks and dispatch of a ``cblas_sgemm`` call: 0.1-0.2 us
+less per tiny product, up to a third of a 512x512x8 one (see
+fastbp._executor.JIT_MAX_MACS for which products use them), ~1.3 us of a
+5-product tiny training step.  :data:`GEMM_JIT` says whether they are
 used; ``FASTBP_GEMM_JIT=0`` turns them off.  Other backends have no such
 kernels (the symbols are stubs that report "no kernel").
 """

@@ -184,12 +184,12 @@ def _blas_threads_for(macs, hyper):
 @jit
 def _mm(A, B, C, ta, tb, acc, hyper, gjit, slot):
     """``C (+)= op(A) @ op(B)``: own loops below ``hyper[H_BLAS_MIN]`` multiply-adds,
-    BLAS above; up to JIT_MAX_MACS through the JIT GEMM kernel at ``gjit[slot]``
+    BLAS above; below JIT_MAX_MACS through the JIT GEMM kernel at ``gjit[slot]``
     when ``slot >= 0`` (see :func:`jit_slot`)."""
     k = A.shape[0] if ta else A.shape[1]
     macs = C.shape[0] * C.shape[1] * k
     if macs >= hyper[H_BLAS_MIN]:
-        if slot >= 0 and macs <= JIT_MAX_MACS and _jit_mm(A, B, C, ta, tb, acc, gjit, slot):
+        if slot >= 0 and macs < JIT_MAX_MACS and _jit_mm(A, B, C, ta, tb, acc, gjit, slot):
             return
         _blas_threads_for(macs, hyper)
         _blas_mm(A, B, C, ta, tb, acc)
@@ -282,10 +282,10 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
     caller's module together with every callee's, so each wrapper level
     around the interpreter cost ~1.6 s of the one-time compilation.
     """
-    # Views of these arrays skip numba's atomic reference counting (~20% of a
-    # tiny step): all of them stay alive for the call, no view escapes.
     if nb < 1 or nb > ctx[X_BATCH]:
         return STATUS_BAD_INPUT, 0.0, 0
+    # Views of these arrays skip numba's atomic reference counting (~20% of a
+    # tiny step): all of them stay alive for the call, no view escapes.
     arena, bufs, tape, hyper, ws64, gjit = _arrays(ctx, x)
     x = unmanaged(x)
     yi = unmanaged(yi)

@@ -259,8 +259,9 @@ def _jit_mm(A, B, C, ta, tb, acc, jt, off):
 
     Returns False, having done nothing, where there is no kernel for this
     product (MKL declined or failed to make one, or it was made for other
-    shapes): the caller then calls the BLAS.  Only valid when :data:`fastbp._blas.GEMM_JIT`;
-    operands C-contiguous, one dtype, no dimension 0.  The caller frees the
+    shapes): the caller then calls the BLAS.  Only valid when
+    :data:`fastbp._blas.GEMM_JIT`; operands C-contiguous, one dtype, no
+    dimension 0.  The caller frees the
     jitters (:func:`fastbp._blas.gemm_jit_destroy`).
     """
     m = C.shape[0]
