@@ -255,6 +255,7 @@ def test_bench_quick_tiny_fastbp_numpy_end_to_end(tmp_path):
     assert "fastbp" in stdout and "GFLOP/s" in stdout and "OPENBLAS_CORETYPE" in stdout
 
 
+@pytest.mark.extras
 def test_bench_check_only_torch_and_jax_agree_with_numpy(tmp_path):
     wanted = [p for p in ("torch", "jax") if peers.available(p)]
     if not wanted:

@@ -101,7 +101,7 @@ def test_thread_setter_round_trips():
     assert M.blas_get_threads() == n0
 
 
-@pytest.mark.parametrize("backend", ["mkl", "openblas", "scipy", "none"])
+@pytest.mark.parametrize("backend", [pytest.param("mkl", marks=pytest.mark.extras), "openblas", "scipy", "none"])
 def test_backend_products_and_step(backend):
     p = _run(backend)
     if p.returncode != 0 and "could not be loaded" in p.stderr:
@@ -119,6 +119,7 @@ def test_backend_products_and_step(backend):
     assert info["gemm_jit"] == (backend == "mkl")
 
 
+@pytest.mark.extras
 def test_mkl_without_jit_gemm_kernels():
     """FASTBP_GEMM_JIT=0 turns oneMKL's JIT kernels off; products and steps stay right."""
     p = _run("mkl", FASTBP_GEMM_JIT="0")
@@ -129,6 +130,7 @@ def test_mkl_without_jit_gemm_kernels():
     assert info["backend"] == "mkl" and info["gemm_jit"] is False
 
 
+@pytest.mark.extras      # also meaningful without MKL (then auto is OpenBLAS): not skipped there
 def test_auto_prefers_mkl_when_present():
     p = _run("auto", "from fastbp import _blas; print(_blas.BACKEND)")
     assert p.returncode == 0, p.stderr

@@ -1,4 +1,4 @@
-"""The worked examples of the lecture notes (shared/backprop.md) as golden tests."""
+"""The worked examples of the lecture notes (docs/backprop.md) as golden tests."""
 import numpy as np
 import pytest
 
@@ -55,7 +55,7 @@ def test_example3_add_max_mul_gates():
     x, y, z, w = (g.input(n, ()) for n in "xyzw")
     f = 2 * (x * y + fastbp.maximum(z, w))
     value, gr = fastbp.grad(f, wrt=[x, y, z, w])(x=3.0, y=-4.0, z=2.0, w=-1.0)
-    # backprop.md prints f = -8 for this example, but 2 * (3 * -4 + max(2, -1)) = -20;
+    # the lecture prints f = -8 for this example, but 2 * (3 * -4 + max(2, -1)) = -20;
     # -8 is df/dx.  The gradients below are the notes' own numbers.
     assert value == pytest.approx(-20.0, abs=TOL)
     assert gr == pytest.approx({"x": -8.0, "y": 6.0, "z": 2.0, "w": 0.0}, abs=TOL)

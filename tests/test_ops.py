@@ -312,7 +312,7 @@ def test_golden_example_gates():
     """f = 2 (x y + max(z, w)) at x=3, y=-4, z=2, w=-1 (the notes' example).
 
     The gradients are the notes' golden values; f itself is 2 (-12 + 2) = -20
-    (shared/backprop.md lists -8, which is df/dx, not f)."""
+    (the lecture lists -8, which is df/dx, not f)."""
     x, y, z, w = (np.array(v, np.float64) for v in (3.0, -4.0, 2.0, -1.0))
     two = np.array(2.0)
     xy = ops.mul_forward(x, y)

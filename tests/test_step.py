@@ -412,6 +412,7 @@ def test_executor_refuses_a_buffer_outside_the_arena():
     assert step(x, y) == pytest.approx(np.log(3), rel=0.5)   # the step itself is unharmed
 
 
+@pytest.mark.extras
 @pytest.mark.skipif(not fastbp._blas.GEMM_JIT, reason="oneMKL's JIT GEMM kernels are not in use here")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_jit_gemm_kernels_match_the_blas_path(dtype):

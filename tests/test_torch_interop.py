@@ -6,6 +6,7 @@ import pytest
 
 import fastbp
 
+pytestmark = pytest.mark.extras          # needs torch (CI's second stage installs it)
 torch = pytest.importorskip("torch")
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from mpi4py import MPI
 
 import fastbp
+from fastbp import _executor as ex
 from fastbp import distributed as dist
 
 
@@ -50,7 +51,10 @@ def main(out):
     step(x, y)                                   # one good step first (Adam state non-zero)
 
     def snapshot():
-        return step.param_vector.copy(), [v.copy() for v in step.state_vectors], step.hyper.copy()
+        # the training state in hyper, not this process's BLAS-threading slots (ex.RUNTIME_SLOTS),
+        # which a step may refresh even when it is rejected
+        training_hyper = np.delete(step.hyper, list(ex.RUNTIME_SLOTS))
+        return step.param_vector.copy(), [v.copy() for v in step.state_vectors], training_hyper
 
     def unchanged(snap):
         p, s, h = snapshot()
