@@ -1,11 +1,10 @@
-"""Checkpoints of a compiled training step: :func:`save` and :func:`load`.
+"""Checkpoints of a compiled training step: :func:`save`, :func:`load` and :func:`load_bundle`.
 
 Format (version 1)
 ------------------
-One ``.npz`` archive written by :func:`numpy.savez` (uncompressed, every
-member CRC-32 checked by :mod:`zipfile`) and read back with
-``allow_pickle=False``: loading never unpickles and never executes anything
-from the file.  It holds
+One uncompressed ``.npz`` archive written by :func:`numpy.savez` (every
+member CRC-32 checked by :mod:`zipfile`), read back without unpickling and
+without executing anything from the file.  It holds
 
 ``params``
     The parameter region of the step's arena (:attr:`TrainStep.param_vector`,
@@ -18,16 +17,22 @@ from the file.  It holds
 ``hyper``
     The float64 hyper-parameter and counter array of the step (learning
     rate, momentum, betas, eps, weight decay, Adam's ``t``, the step count).
-    Its BLAS-threshold slot is a tuning constant of the running fastbp and
-    is not restored.
+    Its BLAS-threshold slots are tuning constants of the running fastbp and
+    are not restored.
+``extra.<name>`` (optional)
+    Arrays the caller attached with ``save(..., extra_arrays=...)`` (numeric
+    or bool, C order, native byte order); a fastbp older than this reader
+    rejects a file that has them ("unexpected array(s) extra...").
 ``meta``
-    A 0-d unicode array holding one JSON object: ``format``
-    (``"fastbp-checkpoint"``), ``format_version`` (1), ``fastbp_version``,
-    ``model`` (:meth:`Sequential.spec`), ``loss``, ``optimizer``
-    (``optimizer.spec()``), ``batch_size``, ``dtype``, ``seed``, ``rng``
-    (the state of the step's :class:`numpy.random.Generator`, which drives
-    the shuffling of :meth:`TrainStep.fit`), ``n_state`` and ``arrays``: the
-    shape, dtype and SHA-256 digest of every array above.
+    A 0-d unicode array holding one JSON object of at most
+    :data:`MAX_META_CHARS` characters: ``format`` (``"fastbp-checkpoint"``),
+    ``format_version`` (1), ``fastbp_version``, ``model``
+    (:meth:`Sequential.spec`), ``loss``, ``optimizer`` (``optimizer.spec()``),
+    ``batch_size``, ``dtype``, ``seed``, ``rng`` (the state of the step's
+    :class:`numpy.random.Generator`, which drives the shuffling of
+    :meth:`TrainStep.fit`), ``n_state``, ``arrays`` (the shape, dtype and
+    SHA-256 digest of every array above) and, when given, ``extra`` (the
+    caller's ``extra_meta``).
 
 Guarantees
 ----------
@@ -35,17 +40,32 @@ Guarantees
   and writes weights, optimizer state, counters and RNG state back into it,
   so training resumed from a checkpoint produces bitwise the same weights as
   training that was never interrupted (same machine, same library versions).
-* Atomic write: the archive is written to a temporary file in the target's
-  directory, flushed and fsync'ed, renamed over ``path`` with
-  :func:`os.replace`, and the directory is fsync'ed.  A failure at any point
-  leaves the previous file at ``path`` untouched and removes the temporary
-  file.
-* Validation: a truncated or corrupted file, an unknown format or version,
-  missing or extra arrays, arrays whose size, dtype or digest do not match
-  the metadata or the architecture, and hyper-parameters inconsistent with
-  the optimizer all raise :class:`ValueError` naming the file and the
-  problem, before anything is compiled or returned.  ``expect_model=``
-  additionally rejects a checkpoint of another architecture.
+* Atomic write: the archive is written to a temporary file
+  ``.fastbp-<target>-<host>-<pid>-<random>.tmp`` (at most 47 characters, so
+  any legal file name can be saved to) in the target's directory, flushed
+  and fsync'ed, renamed over the target with :func:`os.replace`, and the
+  directory is fsync'ed.  A failure at any point leaves the previous file
+  untouched and removes the temporary file.  A process killed outright
+  (SIGKILL, power loss) cannot remove it: the next save to the same target
+  on the same host deletes such leftovers once they are provably stale (the
+  process named in them is gone and the file is untouched for 10 minutes);
+  elsewhere they are safe to delete by hand.
+* Symbolic links: saving to a link writes *through* it (like
+  :func:`numpy.save` and most editors): the link's final target is replaced
+  atomically, with the temporary file in the target's directory, and the
+  link stays a link.  An existing file's permission bits are kept.
+* Validation before allocation: the archive's structure, every member's
+  ``.npy`` header (shape, dtype) and zip entry size are checked against the
+  metadata, and the metadata's own size (:data:`MAX_META_CHARS`), nesting
+  depth and numbers are bounded, before any array data is read, so a small
+  file can never make :func:`load` allocate more than about its own size.
+  A truncated or corrupted file, a directory or non-regular file, an
+  unknown format or version, missing or extra arrays, arrays whose size,
+  dtype or digest do not match the metadata or the architecture, and
+  hyper-parameters inconsistent with the optimizer all raise
+  :class:`ValueError` naming the file and the problem, before anything is
+  compiled or returned.  ``expect_model=`` additionally rejects a
+  checkpoint of another architecture.
 
 Not guaranteed: loading checkpoints written by a *newer* format version,
 bitwise continuation across different machines, BLAS libraries or numba
@@ -55,87 +75,127 @@ integrity check, not a signature; it is, however, never executed).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import os
-import secrets
+import re
 
 import numpy as np
 
-__all__ = ["save", "load", "FORMAT_NAME", "FORMAT_VERSION"]
+from . import _atomic
+from ._npzread import Archive, BadArchive
+
+__all__ = ["save", "load", "load_bundle", "FORMAT_NAME", "FORMAT_VERSION", "MAX_META_CHARS"]
 
 FORMAT_NAME = "fastbp-checkpoint"
 FORMAT_VERSION = 1
+#: Longest metadata JSON text written or read (characters; stored as UTF-32, 4 bytes each).
+MAX_META_CHARS = 4 * 2**20
 
+_MAX_JSON_DEPTH = 64          # nesting of the metadata; deeper would only risk recursion downstream
+_MAX_INT_DIGITS = 100         # largest integer in the metadata (an RNG state needs 39 digits)
+_EXTRA_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_EXTRA_KINDS = "biufc"        # bool, integers, floats, complex
+_STEP_ATTRS = ("param_vector", "state_vectors", "hyper", "rng", "model", "loss", "optimizer", "batch_size",
+               "dtype", "seed")
 _META_KEYS = ("format", "format_version", "fastbp_version", "model", "loss", "optimizer", "batch_size",
               "dtype", "seed", "rng", "n_state", "arrays")
 
 
+class _Bad(Exception):
+    """Internal: a validation failure, turned into ValueError naming the file."""
+
+
 def _digest(a):
     """SHA-256 of an array's bytes (C order)."""
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(a).data).hexdigest()
 
 
 def _array_names(n_state):
     return ["params"] + [f"state_{i}" for i in range(n_state)] + ["hyper"]
 
 
-def _fsync_dir(directory):
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:          # Windows, or no permission to open the directory
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _check_json(obj, where):
+    """Raise TypeError/ValueError naming the spot unless ``obj`` is plain, bounded JSON
+    (dicts with str keys, lists, str, bool, None, finite floats, ints of at most
+    ``_MAX_INT_DIGITS`` digits, nested at most ``_MAX_JSON_DEPTH`` deep).  Iterative."""
+    todo = [(obj, where, 0)]
+    while todo:
+        o, w, depth = todo.pop()
+        if depth > _MAX_JSON_DEPTH:
+            raise ValueError(f"{w}: nested more than {_MAX_JSON_DEPTH} levels deep")
+        if o is None or isinstance(o, (bool, str)):
+            continue
+        if isinstance(o, int):
+            if abs(o) >= 10 ** _MAX_INT_DIGITS:
+                raise ValueError(f"{w}: integer with more than {_MAX_INT_DIGITS} digits")
+        elif isinstance(o, float):
+            if not math.isfinite(o):
+                raise ValueError(f"{w}: {o} is not a finite number (JSON has no NaN or infinity)")
+        elif isinstance(o, dict):
+            for k, v in o.items():
+                if not isinstance(k, str):
+                    raise TypeError(f"{w}: key {k!r} is a {type(k).__name__}; JSON keys must be str")
+                todo.append((v, f"{w}[{k!r}]", depth + 1))
+        elif isinstance(o, (list, tuple)):
+            todo.extend((v, f"{w}[{i}]", depth + 1) for i, v in enumerate(o))
+        else:
+            raise TypeError(f"{w} is a {type(o).__name__}, which is not JSON-serialisable "
+                            "(use dict, list, str, int, float, bool or None)")
 
 
-def save(step, path):
-    """Write a checkpoint of ``step`` to ``path``, atomically.
+# ------------------------------------------------------------------------ save
+def _check_extras(extra_arrays, extra_meta):
+    """Validated, snapshotted copies: ``{"extra.<name>": C-ordered native array}`` and the meta dict."""
+    arrays = {}
+    if extra_arrays is not None:
+        if not isinstance(extra_arrays, dict):
+            raise TypeError(f"extra_arrays must be a dict of str -> numpy.ndarray or None, "
+                            f"got {type(extra_arrays).__name__}")
+        for k, a in extra_arrays.items():
+            if not isinstance(k, str):
+                raise TypeError(f"extra_arrays keys must be str, got {type(k).__name__} {k!r}")
+            if not _EXTRA_NAME.fullmatch(k):
+                raise ValueError(f"extra_arrays key {k!r}: names must be 1 to 64 characters from "
+                                 "A-Z a-z 0-9 _ . -")
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"extra_arrays[{k!r}] must be a numpy.ndarray, got {type(a).__name__}")
+            if a.dtype.kind not in _EXTRA_KINDS:
+                raise TypeError(f"extra_arrays[{k!r}] has dtype {a.dtype}; expected a numeric or bool dtype "
+                                "(no object, string, void or datetime arrays)")
+            arrays["extra." + k] = np.array(a, dtype=a.dtype.newbyteorder("="), order="C", copy=True)
+    if extra_meta is not None:
+        if not isinstance(extra_meta, dict):
+            raise TypeError(f"extra_meta must be a dict or None, got {type(extra_meta).__name__}")
+        _check_json(extra_meta, "extra_meta")
+        extra_meta = json.loads(json.dumps(extra_meta, allow_nan=False))   # a snapshot, as load returns it
+    return arrays, extra_meta
 
-    Parameters
-    ----------
-    step : TrainStep
-        The compiled step; its lock is held while its state is copied, so a
-        step running in another thread is never saved half-updated.
-    path : str or os.PathLike
-        Destination file; written exactly there (no ``.npz`` suffix is
-        added).  Its directory must exist.
 
-    Notes
-    -----
-    The archive is written to a temporary file next to ``path``, flushed,
-    fsync'ed and renamed over ``path``; the directory is then fsync'ed.  If
-    anything fails, ``path`` keeps its previous content (or stays absent)
-    and the temporary file is removed.  See the module docstring for the
-    format.
-    """
+def _snapshot(step):
+    """Arrays and metadata of a TrainStep (or any object exposing the same attributes)."""
     from . import __version__
-    from .step import TrainStep
-    if not isinstance(step, TrainStep):
-        raise TypeError(f"step must be a fastbp.TrainStep, got {type(step).__name__}")
-    try:
-        path = os.fspath(path)
-    except TypeError:
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"path {path!r}: directory {directory!r} does not exist")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"path {path!r} is a directory")
-
-    with step._lock:                      # a consistent snapshot, never a half-done step
-        arrays = {"params": step.param_vector.copy()}
-        for i, s in enumerate(step.state_vectors):
+    missing = [a for a in _STEP_ATTRS if not hasattr(step, a)]
+    if missing:
+        raise TypeError(f"step must be a fastbp.TrainStep (or an object with {', '.join(missing)}), "
+                        f"got {type(step).__name__}")
+    lock = getattr(step, "_lock", None)
+    with lock if lock is not None else contextlib.nullcontext():   # never a half-done step
+        params, states, hyper = step.param_vector, list(step.state_vectors), step.hyper
+        for name, a in [("param_vector", params), *((f"state_vectors[{i}]", s) for i, s in enumerate(states))]:
+            if not isinstance(a, np.ndarray) or a.ndim != 1 or a.dtype not in (np.float32, np.float64) or \
+                    a.dtype != params.dtype or a.size != params.size:
+                raise TypeError(f"step.{name} must be a 1-D float32/float64 numpy array like step.param_vector")
+        if not isinstance(hyper, np.ndarray) or hyper.ndim != 1 or hyper.dtype != np.float64:
+            raise TypeError("step.hyper must be a 1-D float64 numpy array")
+        if len(states) > 2:
+            raise TypeError(f"step has {len(states)} optimizer state vectors; at most 2 are supported")
+        arrays = {"params": params.copy()}
+        for i, s in enumerate(states):
             arrays[f"state_{i}"] = s.copy()
-        arrays["hyper"] = step.hyper.copy()
-        rng_state = step.rng.bit_generator.state
+        arrays["hyper"] = hyper.copy()
         meta = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -144,112 +204,187 @@ def save(step, path):
             "loss": step.loss,
             "optimizer": step.optimizer.spec(),
             "batch_size": step.batch_size,
-            "dtype": step.dtype.name,
+            "dtype": np.dtype(step.dtype).name,
             "seed": step.seed,
-            "rng": rng_state,
-            "n_state": len(step.state_vectors),
+            "rng": step.rng.bit_generator.state,
+            "n_state": len(states),
         }
+    return arrays, meta
+
+
+def save(step, path, extra_arrays=None, extra_meta=None):
+    """Write a checkpoint of ``step`` to ``path``, atomically.
+
+    Parameters
+    ----------
+    step : TrainStep
+        The compiled step (or any object exposing ``param_vector``,
+        ``state_vectors``, ``hyper``, ``rng``, ``model``, ``loss``,
+        ``optimizer``, ``batch_size``, ``dtype`` and ``seed`` like it); its
+        ``_lock``, when it has one, is held while its state is copied, so a
+        step running in another thread is never saved half-updated.
+    path : str or os.PathLike
+        Destination file; written exactly there (no ``.npz`` suffix is
+        added).  Its directory must exist.  A symbolic link is written
+        through: its final target is replaced and the link is kept.
+    extra_arrays : dict of str to numpy.ndarray, optional
+        Arrays stored alongside (member ``extra.<name>``; read back by
+        :func:`load_bundle`).  Names: 1 to 64 characters from
+        ``A-Z a-z 0-9 _ . -``; any shape; a numeric or bool dtype (stored C
+        ordered, native byte order, with shape, dtype and SHA-256 in the
+        metadata).
+    extra_meta : dict, optional
+        JSON data stored under the metadata key ``extra``: dicts with str
+        keys, lists/tuples (read back as lists), str, bool, None, finite
+        floats and ints of at most 100 digits, nested at most 64 deep; the
+        whole metadata must stay within :data:`MAX_META_CHARS` characters.
+
+    Raises
+    ------
+    TypeError
+        ``step`` is not a TrainStep, ``path`` not a path, or ``extra_arrays``
+        / ``extra_meta`` hold a wrong type (the message names the key).
+    ValueError
+        An invalid ``extra_arrays`` name, or ``extra_meta`` not finite,
+        too deep or too large.
+    FileNotFoundError, IsADirectoryError, OSError
+        The directory does not exist, ``path`` is a directory, or writing
+        fails; ``path`` keeps its previous content in every case.
+
+    Notes
+    -----
+    The archive is written to a temporary file next to the (link-resolved)
+    target, flushed, fsync'ed and renamed over it; the directory is then
+    fsync'ed.  If anything fails, the target keeps its previous content (or
+    stays absent) and the temporary file is removed.  After a successful
+    save, provably stale temporary files of killed saves to the same target
+    are deleted.  See the module docstring for the format.
+    """
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    extras, extra_meta = _check_extras(extra_arrays, extra_meta)
+    arrays, meta = _snapshot(step)
+    target = _atomic.resolve(path)             # symbolic links are written through
+
+    arrays.update(extras)
     meta["arrays"] = {k: {"shape": list(a.shape), "dtype": a.dtype.name, "sha256": _digest(a)}
                       for k, a in arrays.items()}
-    arrays["meta"] = np.array(json.dumps(meta, allow_nan=False, sort_keys=True))
+    if extra_meta is not None:
+        meta["extra"] = extra_meta
+    text = json.dumps(meta, allow_nan=False, sort_keys=True)
+    if len(text) > MAX_META_CHARS:
+        raise ValueError(f"the checkpoint metadata would have {len(text)} characters, more than "
+                         f"MAX_META_CHARS = {MAX_META_CHARS} (extra_meta too large, or too many extra_arrays)")
+    arrays["meta"] = np.array(text)
 
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
+    _atomic.write(target, lambda f: np.savez(f, **arrays))
 
 
-class _Bad(Exception):
-    """Internal: a validation failure, turned into ValueError naming the file."""
+# ------------------------------------------------------------------------ load
+def _parse_int(s):
+    if len(s.lstrip("-")) > _MAX_INT_DIGITS:
+        raise _Bad(f"metadata contains an integer with {len(s.lstrip('-'))} digits (at most {_MAX_INT_DIGITS})")
+    return int(s)
 
 
-def _read_archive(path):
-    """All arrays of the archive (read eagerly, CRC-checked) as a dict."""
-    try:
-        z = np.load(path, allow_pickle=False)
-        if not isinstance(z, np.lib.npyio.NpzFile):
-            raise _Bad(f"not an .npz archive (a single {type(z).__name__}?)")
-        with z:
-            arrays = {k: z[k] for k in z.files}
-        for k, a in arrays.items():
-            if not isinstance(a, np.ndarray):       # NpzFile returns raw bytes for non-.npy members
-                raise _Bad(f"member {k!r} is not a .npy array (truncated or corrupted?)")
-        return arrays
-    except (_Bad, FileNotFoundError, IsADirectoryError, PermissionError):
-        raise
-    except Exception as e:
-        # whatever a damaged archive makes zipfile/numpy raise (BadZipFile, CRC errors,
-        # EOFError, header parse errors such as tokenize.TokenError, MemoryError for a
-        # header claiming a huge shape...): numpy parses headers with a literal-only
-        # parser and allow_pickle=False, so none of these ran code from the file
-        raise _Bad(f"not a readable fastbp checkpoint (truncated or corrupted?): {type(e).__name__}: {e}") \
-            from None
+def _parse_float(s):
+    v = float(s) if len(s) <= 1000 else math.inf
+    if not math.isfinite(v):
+        raise _Bad(f"metadata contains the number {s[:40]}{'...' if len(s) > 40 else ''}, out of range")
+    return v
 
 
-def _parse_meta(arrays):
-    if "meta" not in arrays:
+def _reject_constant(c):
+    raise _Bad(f"metadata contains {c}")
+
+
+def _read_meta(arc):
+    """The metadata dict, bounded and validated (no array data read)."""
+    if "meta" not in arc.members:
         raise _Bad("missing the 'meta' entry (not a fastbp checkpoint)")
-    m = arrays.pop("meta")
-    if m.dtype.kind != "U" or m.size != 1:
-        raise _Bad(f"'meta' must be a JSON string, got an array of dtype {m.dtype} and shape {m.shape}")
+    if arc.members["meta"].file_size > 4 * MAX_META_CHARS + 4096:
+        raise _Bad(f"the 'meta' entry has {arc.members['meta'].file_size} bytes, more than a checkpoint's "
+                   f"metadata may ({MAX_META_CHARS} characters)")
+    h = arc.header("meta")
+    if h.dtype.kind != "U" or h.size != 1:
+        raise _Bad(f"'meta' must be a JSON string, got an array of dtype {h.dtype} and shape {h.shape}")
+    if h.nbytes > 4 * MAX_META_CHARS:
+        raise _Bad(f"the metadata has {h.nbytes // 4} characters, more than MAX_META_CHARS = {MAX_META_CHARS}")
+    m, _ = arc.read("meta", h)
     try:
-        meta = json.loads(str(m.reshape(())[()]),
-                          parse_constant=lambda c: (_ for _ in ()).throw(_Bad(f"metadata contains {c}")))
+        meta = json.loads(str(m.reshape(())[()]), parse_constant=_reject_constant, parse_int=_parse_int,
+                          parse_float=_parse_float)
+    except _Bad:
+        raise
     except json.JSONDecodeError as e:
         raise _Bad(f"metadata is not valid JSON: {e}") from None
+    except RecursionError:
+        raise _Bad("metadata is nested too deeply (not a fastbp checkpoint)") from None
+    except Exception as e:  # noqa: BLE001 - anything else the parser raises on hostile text
+        raise _Bad(f"metadata is not valid JSON ({type(e).__name__}: {e})") from None
     if not isinstance(meta, dict):
         raise _Bad("metadata is not a JSON object")
+    try:
+        _check_json(meta, "metadata")
+    except (TypeError, ValueError) as e:
+        raise _Bad(str(e)) from None
     if meta.get("format") != FORMAT_NAME:
         raise _Bad(f"format is {meta.get('format')!r}, expected {FORMAT_NAME!r}")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if version != FORMAT_VERSION or isinstance(version, bool):
         raise _Bad(f"format version {version!r} is not supported (this fastbp reads version {FORMAT_VERSION})")
     missing = [k for k in _META_KEYS if k not in meta]
     if missing:
         raise _Bad(f"metadata lacks {', '.join(missing)}")
+    if not isinstance(meta.get("extra", {}), dict):
+        raise _Bad("metadata 'extra' is not an object")
     return meta
 
 
-def _check_arrays(arrays, meta, dtype):
+def _check_layout(arc, meta, dtype):
+    """Check every member's zip entry and .npy header against the metadata; read no data.
+    Returns ``{name: header}`` for every array to read."""
     n_state = meta["n_state"]
     if isinstance(n_state, bool) or not isinstance(n_state, int) or not 0 <= n_state <= 2:
         raise _Bad(f"n_state must be 0, 1 or 2, got {n_state!r}")
-    names = _array_names(n_state)
-    missing = [k for k in names if k not in arrays]
-    if missing:
-        raise _Bad(f"missing array(s) {', '.join(missing)}")
-    extra = sorted(set(arrays) - set(names))
-    if extra:
-        raise _Bad(f"unexpected array(s) {', '.join(extra)}")
     info = meta["arrays"]
     if not isinstance(info, dict):
         raise _Bad("metadata 'arrays' is not an object")
-    n_param = arrays["params"].size
+    base = _array_names(n_state)
+    extras = sorted(k for k in info if k.startswith("extra.") and _EXTRA_NAME.fullmatch(k[6:]))
+    names = base + extras
+    stored = set(arc.members) - {"meta"}
+    missing = [k for k in names if k not in stored]
+    if missing:
+        raise _Bad(f"missing array(s) {', '.join(missing)}")
+    unexpected = sorted(stored - set(names)) + arc.others
+    if unexpected:
+        raise _Bad(f"unexpected array(s) {', '.join(unexpected)}")
+    unknown = sorted(set(info) - set(names))
+    if unknown:
+        raise _Bad(f"metadata lists unknown array(s) {', '.join(unknown)}")
+    headers = {}
     for k in names:
-        a = arrays[k]
-        want = np.dtype(np.float64) if k == "hyper" else dtype
-        if a.dtype != want:
-            raise _Bad(f"array {k!r} has dtype {a.dtype}, expected {want}")
-        if a.ndim != 1:
-            raise _Bad(f"array {k!r} must be 1-D, got shape {a.shape}")
-        if k.startswith("state_") and a.size != n_param:
-            raise _Bad(f"array {k!r} has {a.size} elements, the parameters {n_param}")
-        rec = info.get(k)
-        if not isinstance(rec, dict) or rec.get("shape") != list(a.shape) or rec.get("dtype") != a.dtype.name:
-            raise _Bad(f"array {k!r} (shape {a.shape}, dtype {a.dtype}) does not match the metadata {rec!r}")
-        if rec.get("sha256") != _digest(a):
-            raise _Bad(f"array {k!r} fails its SHA-256 check (corrupted, or not from this checkpoint)")
+        h = arc.header(k)
+        rec = info[k]
+        if k in base:
+            want = np.dtype(np.float64) if k == "hyper" else dtype
+            if h.dtype != want:
+                raise _Bad(f"array {k!r} has dtype {h.dtype}, expected {want}")
+            if len(h.shape) != 1:
+                raise _Bad(f"array {k!r} must be 1-D, got shape {h.shape}")
+            if k.startswith("state_") and h.size != headers["params"].size:
+                raise _Bad(f"array {k!r} has {h.size} elements, the parameters {headers['params'].size}")
+        elif h.dtype.kind not in _EXTRA_KINDS or not h.dtype.isnative:
+            raise _Bad(f"array {k!r} has dtype {h.dtype}; extra arrays are numeric or bool, native byte order")
+        if not isinstance(rec, dict) or rec.get("shape") != list(h.shape) or rec.get("dtype") != h.dtype.name:
+            raise _Bad(f"array {k!r} (shape {h.shape}, dtype {h.dtype}) does not match the metadata {rec!r}")
+        headers[k] = h
+    return headers
 
 
 def _raw_param_count(spec):
@@ -262,6 +397,16 @@ def _raw_param_count(spec):
             if isinstance(i, int) and isinstance(o, int) and i > 0 and o > 0:
                 total += i * o + (o if ls.get("bias") else 0)
     return total
+
+
+def _check_args(path, expect_model):
+    from .layers import Sequential
+    if expect_model is not None and not isinstance(expect_model, Sequential):
+        raise TypeError(f"expect_model must be a fastbp.Sequential or None, got {type(expect_model).__name__}")
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
 
 
 def load(path, expect_model=None):
@@ -282,72 +427,116 @@ def load(path, expect_model=None):
         Compiled with the checkpoint's model, loss, optimizer, batch size,
         dtype and seed, with its weights, optimizer state, learning rate,
         step counters and RNG state restored: continuing to train it gives
-        bitwise the weights the saved step would have reached.
+        bitwise the weights the saved step would have reached.  Extra
+        arrays and metadata (see :func:`load_bundle`) are validated like
+        everything else, then ignored.
 
     Raises
     ------
     FileNotFoundError
         ``path`` does not exist.
     ValueError
-        The file is truncated, corrupted, of an unknown format or version,
-        lacks or adds arrays, has arrays of the wrong size or dtype, or is
-        inconsistent (optimizer state vs. hyper-parameters), or does not
-        match ``expect_model``.  The message names the file.
+        ``path`` is a directory or not a regular file; the file is
+        truncated, corrupted, of an unknown format or version, lacks or adds
+        arrays, has arrays of the wrong size or dtype, or is inconsistent
+        (optimizer state vs. hyper-parameters), or does not match
+        ``expect_model``.  The message names the file.
     TypeError
         ``path`` or ``expect_model`` has the wrong type.
 
     Notes
     -----
-    The archive is read with ``allow_pickle=False`` and the metadata is
-    JSON: nothing in the file is executed.
+    Nothing in the file is unpickled or executed, and every size is checked
+    against the metadata before the data is read (see the module docstring).
     """
-    from .layers import Sequential
-    if expect_model is not None and not isinstance(expect_model, Sequential):
-        raise TypeError(f"expect_model must be a fastbp.Sequential or None, got {type(expect_model).__name__}")
-    try:
-        path = os.fspath(path)
-    except TypeError:
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
+    return load_bundle(path, expect_model)[0]
+
+
+def load_bundle(path, expect_model=None):
+    """Like :func:`load`, also returning what ``save(extra_arrays=, extra_meta=)`` stored.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by :func:`save`.
+    expect_model : Sequential, optional
+        As in :func:`load`.
+
+    Returns
+    -------
+    step : TrainStep
+        As :func:`load` returns it.
+    extra_arrays : dict of str to numpy.ndarray
+        Each extra array by name (without the ``extra.`` prefix), with the
+        saved shape and dtype, SHA-256 verified; new writeable arrays.
+        Empty when the file has none.
+    extra_meta : dict
+        The saved ``extra_meta`` as parsed from JSON (tuples come back as
+        lists); empty when none was saved.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError, TypeError
+        As :func:`load`.
+    """
+    path = _check_args(path, expect_model)
     try:
         return _load(path, expect_model)
-    except _Bad as e:
+    except (_Bad, BadArchive) as e:
         raise ValueError(f"checkpoint {path!r}: {e}") from None
+
+
+def _read_all(path):
+    """Metadata and every array (headers checked first, then data read and digest-checked)."""
+    try:
+        with Archive(path) as arc:
+            meta = _read_meta(arc)
+            if meta["dtype"] not in ("float32", "float64"):
+                raise _Bad(f"dtype: dtype must be float32 or float64, got {meta['dtype']!r}")
+            dtype = np.dtype(meta["dtype"])
+            headers = _check_layout(arc, meta, dtype)
+            spec = meta["model"]
+            if not isinstance(spec, dict):
+                raise _Bad("model spec is not an object")
+            n = headers["params"].size
+            if _raw_param_count(spec) > n:
+                raise _Bad(f"the model spec declares {_raw_param_count(spec)} weights but 'params' holds "
+                           f"{n} values (wrong architecture)")
+            arrays = {}
+            for k, h in headers.items():
+                arrays[k], sha = arc.read(k, h)
+                if meta["arrays"][k].get("sha256") != sha:
+                    raise _Bad(f"array {k!r} fails its SHA-256 check (corrupted, or not from this checkpoint)")
+    except (_Bad, BadArchive, MemoryError, FileNotFoundError, PermissionError):
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever zipfile raises on a damaged archive; nothing was executed
+        raise _Bad(f"not a readable fastbp checkpoint (truncated or corrupted?): {type(e).__name__}: {e}") \
+            from None
+    return meta, dtype, arrays
 
 
 def _load(path, expect_model):
     from . import _executor as ex
     from .layers import Sequential
     from .optimizers import optimizer_from_spec
-    from .step import _resolve_dtype, compile
+    from .step import compile
 
-    arrays = _read_archive(path)
-    meta = _parse_meta(arrays)
-    try:
-        dtype = _resolve_dtype(meta["dtype"])
-    except (TypeError, ValueError) as e:
-        raise _Bad(f"dtype: {e}") from None
-    _check_arrays(arrays, meta, dtype)
-
+    meta, dtype, arrays = _read_all(path)
     spec = meta["model"]
-    if not isinstance(spec, dict):
-        raise _Bad("model spec is not an object")
-    if _raw_param_count(spec) > arrays["params"].size:
-        raise _Bad(f"the model spec declares {_raw_param_count(spec)} weights but 'params' holds "
-                   f"{arrays['params'].size} values (wrong architecture)")
     try:
         model = Sequential.from_spec(spec)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except Exception as e:  # noqa: BLE001 - untrusted spec: any failure is a bad file
         raise _Bad(f"invalid model spec ({type(e).__name__}: {e})") from None
     if expect_model is not None and model.spec() != expect_model.spec():
         raise _Bad(f"architecture {model!r} differs from the expected {expect_model!r}")
     try:
         optimizer = optimizer_from_spec(meta["optimizer"])
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except Exception as e:  # noqa: BLE001 - untrusted spec: any failure is a bad file
         raise _Bad(f"invalid optimizer spec ({type(e).__name__}: {e})") from None
     try:
         step = compile(model, loss=meta["loss"], optimizer=optimizer, batch_size=meta["batch_size"],
                        dtype=dtype, seed=meta["seed"])
-    except (TypeError, ValueError, MemoryError) as e:
+    except (TypeError, ValueError, OverflowError, MemoryError) as e:
         raise _Bad(f"cannot rebuild the step ({type(e).__name__}: {e})") from None
 
     params, hyper = arrays["params"], arrays["hyper"]
@@ -382,7 +571,7 @@ def _load(path, expect_model):
         raise _Bad(f"learning rate: {e}") from None
     try:
         step.rng.bit_generator.state = rng_state
-    except (TypeError, ValueError, KeyError, OverflowError) as e:
+    except Exception as e:  # noqa: BLE001 - untrusted state: any failure is a bad file
         raise _Bad(f"invalid RNG state ({type(e).__name__}: {e})") from None
     step.param_vector[...] = params
     for dst, i in zip(step.state_vectors, range(meta["n_state"])):
@@ -390,4 +579,5 @@ def _load(path, expect_model):
     runtime = step.hyper[list(ex.RUNTIME_SLOTS)].copy()   # this process's BLAS policy, not training state
     step.hyper[...] = hyper
     step.hyper[list(ex.RUNTIME_SLOTS)] = runtime
-    return step
+    extra_arrays = {k[6:]: a for k, a in arrays.items() if k.startswith("extra.")}
+    return step, extra_arrays, meta.get("extra", {})
