@@ -55,7 +55,7 @@ def numerical_gradient(f, x, eps=None):
 
     ``grad[i] = (f(x + h e_i) - f(x - h e_i)) / (2 h)`` for every element
     ``i`` of ``x``, perturbing ``x`` in place and restoring it exactly
-    afterwards.
+    (bitwise) afterwards, also when ``f`` raises.
 
     Parameters
     ----------
@@ -92,14 +92,16 @@ def numerical_gradient(f, x, eps=None):
     dt = x.dtype.type
     grad = np.empty(x.shape, np.float64)
     for idx in np.ndindex(*x.shape):
-        old = x[idx]
+        old = x[idx].copy()              # a numpy scalar: restoring it is bitwise exact (-0.0, NaN payloads)
         xp = dt(old + h)
         xm = dt(old - h)
-        x[idx] = xp
-        fp = _scalar(f(x))
-        x[idx] = xm
-        fm = _scalar(f(x))
-        x[idx] = old
+        try:
+            x[idx] = xp
+            fp = _scalar(f(x))
+            x[idx] = xm
+            fm = _scalar(f(x))
+        finally:                         # also when f raises (or is interrupted)
+            x[idx] = old
         grad[idx] = (fp - fm) / (float(xp) - float(xm))
     return grad
 

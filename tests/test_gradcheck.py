@@ -47,6 +47,38 @@ def test_numerical_gradient_restores_input_exactly(rng):
     assert relative_error(g, 2 * b2) < 1e-9
 
 
+class _Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("fail_at", [0, 1, 4, 5])          # on an x + h call and on an x - h call
+@pytest.mark.parametrize("exc", [_Boom, KeyboardInterrupt, "not_scalar"])
+def test_numerical_gradient_restores_input_bitwise_when_f_raises(dt, fail_at, exc):
+    """Defect: an exception from f left x perturbed by +-h.  Values whose bits a careless
+    restore would change (-0.0, NaN payloads, subnormals) must come back bitwise."""
+    bits = np.uint32 if dt == np.float32 else np.uint64
+    nan_payload = (0x7FC00123 if dt == np.float32 else 0x7FF8000000000123)
+    x = np.array([[1.25, -0.0, 3.0], [np.finfo(dt).smallest_subnormal, -2.5, 0.0]], dt)
+    x.view(bits)[1, 2] = nan_payload
+    view = x.T                                                # a non-contiguous view of the same memory
+    before = x.tobytes()
+    calls = []
+
+    def f(v):
+        calls.append(v.copy())
+        if len(calls) - 1 == fail_at:
+            if exc == "not_scalar":
+                return np.zeros(2)                            # _scalar raises TypeError
+            raise exc("f failed")
+        return float(np.sum(np.nan_to_num(v.astype(np.float64))))
+
+    with pytest.raises(TypeError if exc == "not_scalar" else exc):
+        numerical_gradient(f, view)
+    assert x.tobytes() == before
+    assert calls[-1].tobytes() != view.copy().tobytes()     # f really saw a perturbed x when it failed
+
+
 def test_numerical_gradient_closure_and_0d(rng):
     x = np.array(1.5)
     assert abs(numerical_gradient(lambda v: float(v) ** 2, x) - 3.0) < 1e-8
