@@ -15,6 +15,7 @@ Quick tour
 >>> loss = step(x, y)
 """
 from .checkpoint import load
+from .bundle import SavedModel, load_model
 from . import gradcheck, ops
 from .graph import Graph, GraphError, Node, maximum, relu, sigmoid, sum, tanh
 from .gradfn import grad
@@ -41,5 +42,5 @@ def __getattr__(name):
 __all__ = [
     "ops", "gradcheck", "Graph", "GraphError", "Node", "maximum", "relu", "sigmoid", "tanh", "sum", "grad",
     "Linear", "ReLU", "Sigmoid", "Tanh", "Sequential", "SGD", "Adam", "TrainStep", "compile", "load", "from_torch",
-    "DistributedStep", "RankError",
+    "DistributedStep", "RankError", "load_model", "SavedModel",
 ]

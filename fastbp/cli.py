@@ -1,21 +1,26 @@
-"""The ``fastbp`` command line: ``fastbp train``.
+"""The ``fastbp`` command line: ``fastbp train``, ``fastbp predict``, ``fastbp evaluate``.
 
 ``fastbp train`` trains a multi-layer perceptron with one fused native call
-per epoch and reports the test accuracy, the time per epoch and the total
-time.  With no arguments it trains on the handwritten digits bundled with
-scikit-learn (stratified, seeded 80/20 split, standardised features).
+per epoch and reports the test accuracy (or R^2 with ``--task regression``),
+the time per epoch and the total time.  With no arguments it trains on the
+handwritten digits bundled with scikit-learn (stratified, seeded 80/20
+split, pixels scaled to [0, 1]).  ``--save m.npz`` writes a self-contained
+model (:mod:`fastbp.bundle`) that ``fastbp predict --model m.npz --data
+new.csv`` and ``fastbp evaluate`` use on raw features.
 
 Every error in the arguments or the data is reported as one line on stderr
 with a non-zero exit status (2 for usage errors, 1 for everything else);
-set ``FASTBP_DEBUG=1`` to get the full traceback instead.
+set ``FASTBP_DEBUG=1`` to get the full traceback instead.  A training run
+that diverges (a non-finite loss, a loss that grows a thousandfold over its
+first epoch, or a final loss above the first epoch's at chance accuracy)
+is an error too.
 
-scikit-learn, tqdm and matplotlib (the ``examples`` extra) are imported only
-where they are needed.
+pandas, scikit-learn, tqdm and matplotlib (the ``examples`` extra) are
+imported only where they are needed.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import os
 import sys
@@ -23,41 +28,17 @@ import time
 
 import numpy as np
 
-__all__ = ["main"]
+from ._cli_base import (EXTRA as _EXTRA, CliError, Parser as _Parser, State, UsageError as _UsageError,
+                        check_output_path as _check_output_path, err as _err, ms as _ms,
+                        out as _out, require as _require)
+
+__all__ = ["main", "CliError"]
 
 _ACTIVATIONS = {"relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh"}
 _LOSSES = ("softmax_cross_entropy", "svm", "mse", "bce_with_logits")
 _DEFAULT_LR = {"sgd": 0.05, "adam": 0.001}
-_EXTRA = "pip install 'fastbp[examples]'"
-
-
-class CliError(Exception):
-    """An error reported to the user as one line (exit status 1)."""
-
-
-class _UsageError(Exception):
-    """An argument error reported as one line (exit status 2)."""
-
-
-def _one_line(msg):
-    return " ".join(str(msg).split())
-
-
-#: This process's MPI rank under ``mpiexec -n N fastbp train`` (0 otherwise):
-#: only rank 0 prints results and progress and writes files.
-_RANK = 0
-
-
-def _out(msg=""):
-    """The single place where results are printed (stdout); rank 0 only."""
-    if _RANK == 0:
-        print(msg, flush=True)
-
-
-def _err(msg):
-    if _RANK != 0:
-        msg = f"[rank {_RANK}] {msg}"
-    print(_one_line(msg), file=sys.stderr, flush=True)
+#: a loss this many times its first epoch's value (and at least this large) is divergence
+_GROWTH, _GROWTH_FLOOR = 1e3, 1e-2
 
 
 def _report(msg, status, exc):
@@ -69,15 +50,14 @@ def _report(msg, status, exc):
     raised on this rank only ends the whole job (``MPI_Abort``), since the
     other ranks could otherwise wait for it forever.
     """
-    global _RANK
     try:
         from .distributed import RankError, abort_unless_agreed, mpi_world_rank, mpi_world_size
     except ImportError:  # pragma: no cover - fastbp itself broken
         _err(msg)
         return status
-    _RANK = mpi_world_rank()
+    State.rank = mpi_world_rank()
     everywhere = getattr(exc, "fastbp_failed_ranks", None) == mpi_world_size()   # same error on all
-    if _RANK == 0 or not (isinstance(exc, (_UsageError, RankError)) or everywhere):
+    if State.rank == 0 or not (isinstance(exc, (_UsageError, RankError)) or everywhere):
         _err(msg)
     abort_unless_agreed(exc, status)
     return status
@@ -91,30 +71,21 @@ def _all_ranks_like(err, cause):
     return err
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise _UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
-
-
 # --------------------------------------------------------------------- args
-def _positive_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
+def _int_at_least(low, what):
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {s!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {s!r}")
+        return v
+    return parse
 
 
-def _nonneg_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}")
-    return v
+_positive_int = _int_at_least(1, "positive")
+_nonneg_int = _int_at_least(0, "non-negative")
 
 
 def _float_in(low, high, low_open, high_open):
@@ -133,9 +104,19 @@ def _float_in(low, high, low_open, high_open):
     return parse
 
 
+def _csv_options(p):
+    p.add_argument("--delimiter", metavar="CHAR", default=None,
+                   help="CSV field delimiter, one character or 'tab' (default: ',', tab for .tsv)")
+    p.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
+                   help="whether the CSV's first line is a header (default: decided from the file: "
+                        "a header has a non-numeric cell above a column of numbers)")
+
+
 def build_parser():
-    """The ``fastbp`` argument parser (sub-command ``train``)."""
+    """The ``fastbp`` argument parser (sub-commands ``train``, ``predict``, ``evaluate``)."""
+    from . import __version__
     p = _Parser(prog="fastbp", description="fastbp: fused JIT training steps for MLPs.")
+    p.add_argument("--version", action="version", version=f"fastbp {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     t = sub.add_parser(
@@ -144,16 +125,23 @@ def build_parser():
         description="Train a multi-layer perceptron with one fused native call per epoch. "
                     "Without --data: the handwritten digits bundled with scikit-learn, "
                     "stratified seeded 80/20 split, pixels scaled to [0, 1]. With --data: features "
-                    "standardised with the training split's mean and std.")
+                    "standardised with the training split's mean and std (regression targets too).")
     t.add_argument("--data", metavar="PATH",
-                   help="train on your own data: a .npz with arrays X and y, or a .csv whose "
-                        "last column is the class label")
+                   help="train on your own data: a .npz with arrays X and y, or a .csv (or .tsv) "
+                        "with one column of labels (by default the last) and numeric features")
+    t.add_argument("--label-column", metavar="COL", default=None,
+                   help="the CSV's label column: a header name or a 0-based index, negative from "
+                        "the end (default: the last column)")
+    _csv_options(t)
+    t.add_argument("--task", choices=("classification", "regression"), default="classification",
+                   help="classification (default) or regression (mse loss, R^2 and RMSE reported, "
+                        "targets standardised)")
     t.add_argument("--hidden", type=_positive_int, nargs="*", default=[256, 128], metavar="N",
                    help="hidden layer widths (default: 256 128; none for a linear model)")
     t.add_argument("--activation", choices=sorted(_ACTIVATIONS), default="relu",
                    help="hidden-layer activation (default: relu)")
-    t.add_argument("--loss", choices=_LOSSES, default="softmax_cross_entropy",
-                   help="training loss (default: softmax_cross_entropy)")
+    t.add_argument("--loss", choices=_LOSSES, default=None,
+                   help="training loss (default: softmax_cross_entropy; mse for --task regression)")
     t.add_argument("--optimizer", choices=("sgd", "adam"), default="adam",
                    help="optimizer (default: adam)")
     t.add_argument("--lr", type=_float_in(0.0, None, True, False), default=None,
@@ -171,52 +159,90 @@ def build_parser():
                    help="precision (default: float32)")
     t.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the step runs (default: cpu)")
-    t.add_argument("--save", metavar="PATH", help="write a checkpoint of the trained step")
+    t.add_argument("--save", metavar="PATH",
+                   help="write the trained model: weights, preprocessing, class labels and "
+                        "metadata in one .npz (see fastbp predict)")
     t.add_argument("--plot", metavar="PATH",
                    help="write a PNG of the loss and accuracy curves (matplotlib)")
     t.add_argument("--compare", action="store_true",
-                   help="also train scikit-learn's MLPClassifier with the same architecture, "
-                        "optimizer and epochs on the same split")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+                   help="also train scikit-learn's MLPClassifier (MLPRegressor) with the same "
+                        "architecture, optimizer and epochs on the same split")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
+
+    pr = sub.add_parser("predict", prog="fastbp predict",
+                        help="predict with a saved model on raw features",
+                        description="Predict with a model saved by fastbp train --save (or an "
+                                    "estimator's save): raw features in (the model's preprocessing is "
+                                    "applied), labels out in their original names, one CSV row per "
+                                    "sample. A label column in the data is ignored.")
+    pr.add_argument("--model", metavar="PATH", required=True, help="the saved model (.npz)")
+    pr.add_argument("--data", metavar="PATH", required=True, help="features: .csv/.tsv or .npz (X)")
+    _csv_options(pr)
+    pr.add_argument("--proba", action="store_true", help="also write each class's probability")
+    pr.add_argument("--out", metavar="PATH", help="write the predictions there (default: stdout)")
+
+    ev = sub.add_parser("evaluate", prog="fastbp evaluate",
+                        help="score a saved model on labelled data",
+                        description="Accuracy and a per-class report (classification) or R^2, RMSE "
+                                    "and MAE (regression) of a saved model on raw labelled data.")
+    ev.add_argument("--model", metavar="PATH", required=True, help="the saved model (.npz)")
+    ev.add_argument("--data", metavar="PATH", required=True,
+                    help="features and labels: .csv/.tsv or .npz (X and y)")
+    _csv_options(ev)
     return p
 
 
 # --------------------------------------------------------------------- pieces
-def _require(module, what):
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        raise CliError(f"{what}, which is not installed: {_EXTRA}") from None
+class _Prepared:
+    """The split and scaled data of a run, and what the saved model needs to repeat it."""
 
-
-def _check_output_path(path, what):
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise CliError(f"{what} {path}: directory {parent} does not exist")
-    if os.path.isdir(path):
-        raise CliError(f"{what} {path}: is a directory")
-    if not os.access(parent, os.W_OK):
-        raise CliError(f"{what} {path}: directory {parent} is not writable")
+    def __init__(self, **kw):
+        self.feature_names = self.label_name = self.label_index = None
+        self.y_mean = self.y_scale = None
+        self.__dict__.update(kw)
 
 
 def _load(args):
     from . import data
 
-    if args.data is None:
-        X, y, classes = data.load_digits()
-        name = "digits (scikit-learn)"
-    else:
-        X, y, classes = data.load_file(args.data)
-        name = args.data
-    tr, te = data.stratified_split(y, args.test_size, args.seed)
     dt = np.dtype(args.dtype)
+    regression = args.task == "regression"
     if args.data is None:
+        for opt in ("label_column", "delimiter", "header"):
+            if getattr(args, opt) is not None:
+                raise _UsageError(f"fastbp train: error: --{opt.replace('_', '-')} applies to --data files")
+        if regression:
+            raise _UsageError("fastbp train: error: the digits are a classification dataset; "
+                              "--task regression needs --data")
+        X, y, classes = data.load_digits()
+        tr, te = data.stratified_split(y, args.test_size, args.seed)
         # pixel intensities 0..16 -> [0, 1]: per-pixel standardisation would blow
         # up the nearly constant border pixels (measured: less accurate, less stable)
-        return (name, classes, np.ascontiguousarray(X[tr] / 16.0, dt), y[tr],
-                np.ascontiguousarray(X[te] / 16.0, dt), y[te])
-    scaler = data.Standardizer().fit(X[tr])
-    return (name, classes, scaler.transform(X[tr], dt), y[tr], scaler.transform(X[te], dt), y[te])
+        scaler = data.Standardizer(np.zeros(X.shape[1]), np.full(X.shape[1], 16.0))
+        return _Prepared(name="digits (scikit-learn)", file="digits (scikit-learn)", classes=classes,
+                         Xtr=scaler.transform(X[tr], dt), ytr=y[tr], Xte=scaler.transform(X[te], dt),
+                         yte=y[te], scaler=scaler)
+    ds = data.read_dataset(args.data, args.label_column, args.delimiter, args.header)
+    what = ds.path if ds.lines is not None else f"{ds.path}: y"
+    kw = dict(name=ds.path, file=os.path.basename(ds.path), feature_names=ds.feature_names,
+              label_name=ds.label_name, label_index=ds.label_index)
+    if regression:
+        y = data.regression_targets(ds.labels, what, ds.lines)
+        tr, te = data.stratified_split(y, args.test_size, args.seed, stratify=False)
+        ys = data.Standardizer().fit(y[tr, None])
+        ytr, yte = ys.transform(y[tr, None], dt), ys.transform(y[te, None], dt)
+        kw.update(classes=None, y_mean=ys.mean_, y_scale=ys.scale_, y_raw_te=y[te])
+    else:
+        y, classes = data.encode_labels(ds.labels, what, ds.lines)
+        if classes.shape[0] < 2:
+            raise CliError(f"{ds.path}: y has a single class ({classes[0]!r}); need at least 2 to "
+                           "train a classifier")
+        tr, te = data.stratified_split(y, args.test_size, args.seed, lines=ds.lines)
+        ytr, yte = y[tr], y[te]
+        kw.update(classes=classes)
+    scaler = data.Standardizer().fit(ds.X[tr])
+    return _Prepared(Xtr=scaler.transform(ds.X[tr], dt, ds.feature_names), ytr=ytr,
+                     Xte=scaler.transform(ds.X[te], dt, ds.feature_names), yte=yte, scaler=scaler, **kw)
 
 
 def _build_step(args, n_in, n_out, n_train):
@@ -246,49 +272,70 @@ def _build_step(args, n_in, n_out, n_train):
 
 
 def _targets(loss, y, n_classes, dtype):
-    if loss in ("softmax_cross_entropy", "svm"):
+    if loss in ("softmax_cross_entropy", "svm") or y.ndim == 2:
         return y
     T = np.zeros((y.shape[0], n_classes), dtype=dtype)
     T[np.arange(y.shape[0]), y] = 1
     return T
 
 
-def _accuracy(step, X, y):
-    return float(np.mean(np.argmax(np.asarray(step.predict(X)), axis=1) == y))
+def _score(step, X, y):
+    """Accuracy of class indices ``y`` (1-D), or R^2 of standardised targets ``y`` (n, 1)."""
+    out = np.asarray(step.predict(X))
+    if y.ndim == 1:
+        return float(np.mean(np.argmax(out, axis=1) == y))
+    return _r2(y, out)
+
+
+def _r2(y, pred):
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    pred = np.asarray(pred, dtype=np.float64).reshape(-1)
+    ss = float(np.sum((y - y.mean()) ** 2))
+    return 1.0 - float(np.sum((y - pred) ** 2)) / ss if ss > 0 else float("nan")
 
 
 class _Progress:
-    """tqdm bar per epoch, or plain lines when tqdm is missing; nothing with --quiet."""
+    """One line per epoch (plain text when stderr is not a terminal or tqdm is missing),
+    or a tqdm bar on a terminal; nothing with --quiet."""
 
-    def __init__(self, total, quiet):
+    def __init__(self, total, quiet, regression):
         self.bar = None
         self.plain = False
+        self.total = total
+        self.names = ("r2", "test_r2") if regression else ("acc", "test_acc")
         if quiet:
             return
+        stream = sys.stderr
         try:
+            tty = stream.isatty()
+        except (AttributeError, ValueError):
+            tty = False
+        try:
+            if not tty:
+                raise ImportError
             from tqdm import tqdm
         except ImportError:
             self.plain = True
-            self.total = total
             return
-        self.bar = tqdm(total=total, desc="training", unit="epoch", file=sys.stderr,
+        self.bar = tqdm(total=total, desc="training", unit="epoch", file=stream,
                         mininterval=0, dynamic_ncols=True)
 
-    def update(self, epoch, loss, train_acc, test_acc):
+    def update(self, epoch, loss, train_score, test_score, seconds):
+        a, b = self.names
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{train_acc:.4f}",
-                                 test_acc=f"{test_acc:.4f}", refresh=False)
+            self.bar.set_postfix({"loss": f"{loss:.4f}", a: f"{train_score:.4f}", b: f"{test_score:.4f}"},
+                                 refresh=False)
             self.bar.update(1)
         elif self.plain:
-            print(f"epoch {epoch}/{self.total}  loss {loss:.4f}  acc {train_acc:.4f}  "
-                  f"test_acc {test_acc:.4f}", file=sys.stderr, flush=True)
+            print(f"epoch {epoch}/{self.total} loss={loss:.4f} {a}={train_score:.4f} "
+                  f"{b}={test_score:.4f} time={_ms(seconds)}", file=sys.stderr, flush=True)
 
     def close(self):
         if self.bar is not None:
             self.bar.close()
 
 
-def _plot(path, hist):
+def _plot(path, hist, regression):
     try:
         import matplotlib
     except ImportError:
@@ -304,11 +351,12 @@ def _plot(path, hist):
     a1.set_yscale("log")
     a1.set_title("loss")
     a1.grid(True, alpha=0.3)
+    what = "R^2" if regression else "accuracy"
     a2.plot(ep, hist["train_acc"], marker="o", ms=3, label="train")
     a2.plot(ep, hist["test_acc"], marker="o", ms=3, label="test")
     a2.set_xlabel("epoch")
-    a2.set_ylabel("accuracy")
-    a2.set_title("accuracy")
+    a2.set_ylabel(what)
+    a2.set_title(what)
     a2.grid(True, alpha=0.3)
     a2.legend()
     fig.tight_layout()
@@ -320,39 +368,90 @@ def _plot(path, hist):
         plt.close(fig)
 
 
-def _compare(args, Xtr, ytr, Xte, yte):
-    """scikit-learn's MLPClassifier, same split, architecture, optimizer and epochs.
+def _compare(args, d):
+    """scikit-learn's MLPClassifier (MLPRegressor), same split, architecture, optimizer and epochs.
 
     Trained one ``partial_fit`` epoch at a time (its optimizer state and
     random stream carry over, as in ``fit``) so that each epoch is timed.
-    Returns ``(test accuracy, per-epoch seconds)``.
+    Returns ``(test accuracy or R^2, per-epoch seconds)``.
     """
     try:
-        from sklearn.neural_network import MLPClassifier
+        from sklearn.neural_network import MLPClassifier, MLPRegressor
     except ImportError:
         raise CliError(f"--compare needs scikit-learn, which is not installed: {_EXTRA}") from None
+    regression = args.task == "regression"
     lr = args.lr if args.lr is not None else _DEFAULT_LR[args.optimizer]
     kw = dict(hidden_layer_sizes=tuple(args.hidden),
               activation={"sigmoid": "logistic"}.get(args.activation, args.activation),
-              solver=args.optimizer, alpha=0.0, batch_size=min(args.batch_size, len(ytr)),
+              solver=args.optimizer, alpha=0.0, batch_size=min(args.batch_size, len(d.ytr)),
               learning_rate="constant", learning_rate_init=lr, shuffle=True,
               random_state=np.random.RandomState(args.seed))
     if args.optimizer == "sgd":
         kw.update(momentum=0.9 if args.momentum is None else args.momentum,
                   nesterovs_momentum=False)
-    clf = MLPClassifier(**kw)
-    classes = np.unique(ytr)
+    est = MLPRegressor(**kw) if regression else MLPClassifier(**kw)
+    extra = {} if regression else {"classes": np.unique(d.ytr)}
+    ytr = d.ytr.ravel() if regression else d.ytr
     times = []
     for _ in range(args.epochs):
         t = time.perf_counter()
-        clf.partial_fit(Xtr, ytr, classes=classes)
+        est.partial_fit(d.Xtr, ytr, **extra)
         times.append(time.perf_counter() - t)
-    acc = float(np.mean(clf.predict(Xte) == yte))
-    return acc, np.array(times)
+    if regression:
+        return _r2(d.yte, est.predict(d.Xte)), np.array(times)
+    return float(np.mean(est.predict(d.Xte) == d.yte)), np.array(times)
 
 
-def _ms(s):
-    return f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
+def _chance(d):
+    """Training score a model without information reaches (majority class, or R^2 0)."""
+    if d.ytr.ndim == 2:
+        return 0.0
+    return float(np.bincount(d.ytr).max()) / d.ytr.shape[0]
+
+
+def _diverged(args, hist, epoch, final, chance):
+    """A message if the losses so far show divergence, else None."""
+    lr = args.lr if args.lr is not None else _DEFAULT_LR[args.optimizer]
+    first, loss = hist["loss"][0], hist["loss"][-1]
+    advice = (f"the learning rate is probably too large (--lr {lr:g}{'' if args.lr is not None else ', the default'}"
+              f" for {args.optimizer}); try --lr {lr / 10:g}")
+    if epoch > 1 and loss > _GROWTH * max(first, _GROWTH_FLOOR):
+        return (f"training diverged: the loss grew from {first:.4g} (epoch 1) to {loss:.4g} "
+                f"(epoch {epoch}); {advice}")
+    if final and epoch > 1 and loss > first and hist["train_acc"][-1] <= chance + 0.01:
+        what = "R^2" if args.task == "regression" else "accuracy"
+        return (f"training diverged: the final loss {loss:.4g} is above the first epoch's "
+                f"{first:.4g} and the training {what} {hist['train_acc'][-1]:.4f} is at chance; {advice}")
+    return None
+
+
+def _save_model(args, step, comm, d, hist, ep):
+    """Write the bundle (rank 0; a collective call under MPI)."""
+    from . import bundle
+
+    error = None
+    if State.rank == 0:
+        regression = args.task == "regression"
+        info = {"command": "fastbp train", "data": d.file, "epochs": args.epochs, "seed": args.seed,
+                "n_train": int(d.Xtr.shape[0]), "n_test": int(d.Xte.shape[0]),
+                "final_loss": hist["loss"][-1], "train_seconds": float(ep.sum()),
+                ("test_r2" if regression else "test_accuracy"): hist["test_acc"][-1]}
+        if regression:
+            info["test_rmse"] = d.rmse
+        try:
+            bundle.save_model(step, args.save, task=args.task, classes=d.classes,
+                              feature_names=d.feature_names, label_name=d.label_name,
+                              label_index=d.label_index, x_mean=d.scaler.mean_, x_scale=d.scaler.scale_,
+                              y_mean=d.y_mean, y_scale=d.y_scale, info=info)
+        except OSError as e:
+            error = CliError(f"--save {args.save}: {e.strerror or e}")
+        except Exception as e:  # noqa: BLE001 - reported on every rank below
+            error = e
+    if comm is not None:
+        from .distributed import agree
+        agree(comm, error, "--save: rank 0 failed to write the model")
+    elif error is not None:
+        raise error
 
 
 # --------------------------------------------------------------------- train
@@ -363,22 +462,27 @@ def _setup(args, mpi):
                           "(use --device cpu)")
     if args.momentum is not None and args.optimizer != "sgd":
         raise _UsageError("fastbp train: error: --momentum applies only to --optimizer sgd")
-    if args.save and _RANK == 0:
+    if args.task == "regression":
+        if args.loss not in (None, "mse"):
+            raise _UsageError(f"fastbp train: error: --task regression trains with --loss mse, "
+                              f"not {args.loss}")
+        args.loss = "mse"
+    elif args.loss is None:
+        args.loss = "softmax_cross_entropy"
+    if args.save and State.rank == 0:
         _check_output_path(args.save, "--save")
     # optional dependencies: fail before training, not after (rank 0 uses them)
-    if args.plot and _RANK == 0:
+    if args.plot and State.rank == 0:
         _check_output_path(args.plot, "--plot")
         _require("matplotlib", "--plot needs matplotlib")
-    if args.compare and _RANK == 0:
+    if args.compare and State.rank == 0:
         _require("sklearn", "--compare needs scikit-learn")
 
-    name, classes, Xtr, ytr, Xte, yte = _load(args)
-    n_classes = len(classes)
-    if args.loss in ("softmax_cross_entropy", "svm") and n_classes < 2:
-        raise CliError(f"{name}: need at least 2 classes")
+    d = _load(args)
+    n_out = 1 if args.task == "regression" else len(d.classes)
     t_loaded = time.perf_counter()
-    step, opt = _build_step(args, Xtr.shape[1], n_classes, Xtr.shape[0])
-    return name, classes, Xtr, ytr, Xte, yte, t_loaded, step, opt
+    step, opt = _build_step(args, d.Xtr.shape[1], n_out, d.Xtr.shape[0])
+    return d, t_loaded, step, opt
 
 
 def train(args, t_start, t_main):
@@ -390,74 +494,92 @@ def train(args, t_start, t_main):
     share of every epoch, and only rank 0 prints, evaluates and writes
     ``--save``/``--plot`` files.
     """
-    global _RANK
     from .distributed import RankError, launched_comm
     comm = launched_comm("fastbp train")          # None unless started by mpiexec -n N>1
     if comm is None:
-        name, classes, Xtr, ytr, Xte, yte, t_loaded, step, opt = _setup(args, False)
+        d, t_loaded, step, opt = _setup(args, False)
     else:
         from .distributed import DistributedStep, agree
-        _RANK = comm.Get_rank()
+        State.rank = comm.Get_rank()
         setup_error = None
         try:
-            name, classes, Xtr, ytr, Xte, yte, t_loaded, step, opt = _setup(args, True)
+            d, t_loaded, step, opt = _setup(args, True)
         except Exception as e:  # noqa: BLE001 - raised on every rank by agree()
             setup_error = e
         agree(comm, setup_error, "fastbp train: checking the arguments, loading the data or compiling")
         step = DistributedStep(step, comm)    # rank 0's weights; threads capped per rank
-    n_classes = len(classes)
-
-    if args.save and not hasattr(step, "save"):
-        raise CliError("--save: this fastbp build cannot write checkpoints yet (TrainStep.save is missing)")
-    Ttr = _targets(args.loss, ytr, n_classes, step.dtype)
+    regression = args.task == "regression"
+    n_out = 1 if regression else len(d.classes)
+    Ttr = _targets(args.loss, d.ytr, n_out, step.dtype)
     t_compiled = time.perf_counter()
 
-    widths = "-".join(str(w) for w in [Xtr.shape[1], *args.hidden, n_classes])
-    _out(f"data: {name}: {Xtr.shape[0] + Xte.shape[0]} samples, {Xtr.shape[1]} features, "
-         f"{n_classes} classes ({Xtr.shape[0]} train / {Xte.shape[0]} test)")
+    widths = "-".join(str(w) for w in [d.Xtr.shape[1], *args.hidden, n_out])
+    n_all = d.Xtr.shape[0] + d.Xte.shape[0]
+    target = (f"target {d.label_name!r}" if d.label_name else "1 target") if regression else \
+        f"{n_out} classes"
+    _out(f"data: {d.name}: {n_all} samples, {d.Xtr.shape[1]} features, {target} "
+         f"({d.Xtr.shape[0]} train / {d.Xte.shape[0]} test)")
     batch = (f"batch {step.batch_size}" if comm is None else
              f"batch {step.batch_size} per rank x {comm.Get_size()} ranks")
     _out(f"model: {widths} {args.activation}, loss {args.loss}, {opt!r}, {batch}, "
          f"{args.epochs} epochs, {args.dtype}, {args.device}")
 
     hist = {"loss": [], "train_acc": [], "test_acc": [], "epoch_s": []}
-    bar = _Progress(args.epochs, args.quiet or _RANK != 0)
+    bar = _Progress(args.epochs, args.quiet or State.rank != 0, regression)
+    chance = _chance(d)
+    epoch = 0
     try:
         for epoch in range(1, args.epochs + 1):
             t = time.perf_counter()
-            losses = np.asarray(step.fit(Xtr, Ttr, epochs=1, shuffle=True,
+            losses = np.asarray(step.fit(d.Xtr, Ttr, epochs=1, shuffle=True,
                                          seed=args.seed * 100003 + epoch))
             hist["epoch_s"].append(time.perf_counter() - t)
             hist["loss"].append(float(losses.mean()))       # the global loss under MPI
-            if _RANK == 0:
-                hist["train_acc"].append(_accuracy(step, Xtr, ytr))
-                hist["test_acc"].append(_accuracy(step, Xte, yte))
-                bar.update(epoch, hist["loss"][-1], hist["train_acc"][-1], hist["test_acc"][-1])
+            if State.rank == 0:
+                hist["train_acc"].append(_score(step, d.Xtr, d.ytr))
+                hist["test_acc"].append(_score(step, d.Xte, d.yte))
+                bar.update(epoch, hist["loss"][-1], hist["train_acc"][-1], hist["test_acc"][-1],
+                           hist["epoch_s"][-1])
+            # every rank sees the same (global) losses: all stop together
+            msg = _diverged(args, hist, epoch, False, chance)
+            if msg:
+                raise _all_ranks_like(CliError(msg), _every_rank(comm))
     except (FloatingPointError, RankError) as e:
-        raise _all_ranks_like(CliError(f"training diverged at epoch {epoch}: {e} (try a smaller --lr)"),
-                              e) from None
+        raise _all_ranks_like(CliError(f"training diverged at epoch {epoch}: {e} (the learning rate is "
+                                       "probably too large: try a smaller --lr)"), e) from None
     finally:
         bar.close()
+    if State.rank == 0:
+        msg = _diverged(args, hist, epoch, True, chance)
+    else:
+        msg = None
+    if comm is not None:
+        from .distributed import agree
+        agree(comm, CliError(msg) if msg else None, "training diverged (see rank 0)")
+    elif msg:
+        raise CliError(msg)
     t_trained = time.perf_counter()
-    if _RANK != 0:
+    ep = np.array(hist["epoch_s"])
+    if State.rank != 0:
         if args.save:
-            step.save(args.save)      # collective: rank 0 writes the file
+            _save_model(args, step, comm, d, hist, ep)
         return 0
 
-    acc = hist["test_acc"][-1]
-    ep = np.array(hist["epoch_s"])
-    n_te = len(yte)
-    _out(f"test accuracy: {acc:.4f} ({int(round(acc * n_te))}/{n_te})")
+    score = hist["test_acc"][-1]
+    n_te = d.Xte.shape[0]
+    if regression:
+        pred = np.asarray(step.predict(d.Xte), dtype=np.float64) * d.y_scale + d.y_mean
+        d.rmse = float(np.sqrt(np.mean((pred[:, 0] - d.y_raw_te) ** 2)))
+        _out(f"test R^2: {score:.4f} (RMSE {d.rmse:.4g} in target units, {n_te} samples)")
+    else:
+        _out(f"test accuracy: {score:.4f} ({int(round(score * n_te))}/{n_te})")
     _out(f"time per epoch: {_ms(float(ep.mean()))} (mean of {len(ep)} epochs; median "
          f"{_ms(float(np.median(ep)))}; the first, {_ms(ep[0])}, includes loading the native code)")
     if args.save:
-        try:
-            step.save(args.save)      # under MPI: a collective call, rank 0 writes
-        except OSError as e:
-            raise _all_ranks_like(CliError(f"--save {args.save}: {e.strerror or e}"), e) from None
-        _out(f"checkpoint: {args.save}")
+        _save_model(args, step, comm, d, hist, ep)
+        _out(f"saved model: {args.save} (use it with: fastbp predict --model {args.save} --data FILE)")
     if args.plot:
-        _plot(args.plot, hist)
+        _plot(args.plot, hist, regression)
         _out(f"plot: {args.plot}")
     t_end = time.perf_counter()
     _out(f"total time: {t_end - t_start:.2f} s (start-up and imports {t_main - t_start:.2f} s, data "
@@ -465,20 +587,33 @@ def train(args, t_start, t_main):
          f"per-epoch evaluation {t_trained - t_compiled:.2f} s)")
 
     if args.compare:
-        sk_acc, sk_ep = _compare(args, Xtr, ytr, Xte, yte)
-        note = "" if args.loss == "softmax_cross_entropy" else \
+        sk_score, sk_ep = _compare(args, d)
+        note = "" if args.loss in ("softmax_cross_entropy", "mse") else \
             " (scikit-learn always trains with log-loss)"
         fb_med, sk_med = float(np.median(ep)), float(np.median(sk_ep))
+        col = "test R^2" if regression else "test acc"
         _out("")
         _out(f"side by side, same split, architecture, optimizer and epochs{note}:")
-        _out(f"  {'':14s}{'test acc':>10s}{'per epoch':>12s}{'training':>12s}")
-        _out(f"  {'fastbp':14s}{acc:>10.4f}{_ms(fb_med):>12s}{_ms(float(ep.sum())):>12s}")
-        _out(f"  {'scikit-learn':14s}{sk_acc:>10.4f}{_ms(sk_med):>12s}{_ms(float(sk_ep.sum())):>12s}")
+        _out(f"  {'':14s}{col:>10s}{'per epoch':>12s}{'training':>12s}")
+        _out(f"  {'fastbp':14s}{score:>10.4f}{_ms(fb_med):>12s}{_ms(float(ep.sum())):>12s}")
+        _out(f"  {'scikit-learn':14s}{sk_score:>10.4f}{_ms(sk_med):>12s}{_ms(float(sk_ep.sum())):>12s}")
         if fb_med <= sk_med:
             _out(f"  fastbp is {sk_med / max(fb_med, 1e-12):.1f}x faster per epoch (medians)")
         else:
             _out(f"  scikit-learn is {fb_med / max(sk_med, 1e-12):.1f}x faster per epoch (medians)")
     return 0
+
+
+class _EveryRank(Exception):
+    pass
+
+
+def _every_rank(comm):
+    """A marker cause: an error every rank raises by itself (same global losses)."""
+    e = _EveryRank()
+    e.fastbp_all_ranks = True
+    e.fastbp_failed_ranks = comm.Get_size() if comm is not None else 1
+    return e
 
 
 def _process_age():
@@ -503,9 +638,12 @@ def main(argv=None):
     try:
         try:
             args = build_parser().parse_args(argv)
-        except SystemExit as e:  # --help
+        except SystemExit as e:  # --help, --version
             return e.code if isinstance(e.code, int) else 0
-        return train(args, t_start, t_main)
+        if args.command == "train":
+            return train(args, t_start, t_main)
+        from . import _cli_model
+        return _cli_model.run(args)
     except _UsageError as e:
         if debug:
             raise

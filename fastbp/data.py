@@ -1,43 +1,67 @@
-"""Datasets for ``fastbp train``: the bundled digits, user files, splits, scaling.
+"""Datasets for the ``fastbp`` command line: the bundled digits, user files, splits, scaling.
 
-Everything here is plain numpy; scikit-learn is needed only for the default
-digits dataset (it ships inside scikit-learn) and is imported lazily.
+Reading and fitting are done by the field's libraries, imported lazily from
+the ``examples`` extra: pandas (:func:`pandas.read_csv`: delimiters, quoting,
+byte-order marks) and scikit-learn (:func:`~sklearn.model_selection.train_test_split`
+with ``stratify``, :class:`~sklearn.preprocessing.StandardScaler`,
+:class:`~sklearn.preprocessing.LabelEncoder`).  What fastbp adds on top:
 
-A dataset is returned as ``(X, y, classes)``: ``X`` a 2-D float64 array
-``(n_samples, n_features)``, ``y`` an int64 array ``(n_samples,)`` of class
-indices into ``classes`` (the original labels, sorted).
+* a careful header decision: the first row is a header iff one of its cells
+  is not a number while the same column holds numbers below it (or the
+  caller says so, or it names the requested label column);
+* one-line errors that name the file, the 1-based line and the column of a
+  missing value, a non-numeric or non-finite feature, an empty label, a
+  short row;
+* scaling that does not overflow for features near the float64 limits, and
+  whose fitted state is two plain float64 arrays (``mean_``, ``scale_``);
+* ``.npz`` files (arrays ``X``, ``y``, optional ``feature_names``) and the
+  digits default.
+
+A training dataset is a :class:`Dataset`: ``X`` a float64 array
+``(n_samples, n_features)``, ``labels`` the raw label column (strings from a
+CSV file, the array ``y`` of an ``.npz``), the feature and label names.
 """
 from __future__ import annotations
 
 import csv
 import os
+import re
 import zipfile
 
 import numpy as np
 
 __all__ = [
     "DataError",
+    "Dataset",
     "load_digits",
     "load_file",
+    "read_dataset",
+    "read_features",
     "encode_labels",
+    "regression_targets",
     "stratified_split",
     "Standardizer",
 ]
+
+_EXTRA = "install it with: pip install 'fastbp[examples]'"
+#: cells read as a missing value (case-insensitive), as pandas' default NA strings
+_NA = frozenset({"", "na", "n/a", "nan", "-nan", "null", "none", "#n/a", "<na>"})
 
 
 class DataError(ValueError):
     """A data file or array that cannot be used for training (one-line message)."""
 
 
-def _sklearn():
+def _import(module, what):
+    import importlib
     try:
-        import sklearn.datasets
+        return importlib.import_module(module)
     except ImportError:
-        raise ImportError(
-            "the digits dataset ships with scikit-learn, which is not installed; "
-            "install it with: pip install 'fastbp[examples]' (or pass --data PATH)"
-        ) from None
-    return sklearn.datasets
+        raise ImportError(f"{what}, which is not installed; {_EXTRA}") from None
+
+
+def _one_line(e):
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def load_digits():
@@ -52,27 +76,41 @@ def load_digits():
     classes : ndarray of int64, shape (10,)
         ``arange(10)``.
     """
-    ds = _sklearn().load_digits()
+    ds = _digits_module().load_digits()
     X = np.ascontiguousarray(ds.data, dtype=np.float64)
     y, classes = encode_labels(ds.target, "digits target")
     return X, y, classes
 
 
-def encode_labels(labels, what="y"):
+def _digits_module():
+    try:
+        import sklearn.datasets
+    except ImportError:
+        raise ImportError("the digits dataset ships with scikit-learn, which is not installed; "
+                          f"{_EXTRA} (or pass --data PATH)") from None
+    return sklearn.datasets
+
+
+# ------------------------------------------------------------------ labels
+def encode_labels(labels, what="y", lines=None):
     """Class labels to int64 indices ``0..n_classes-1`` in sorted label order.
 
     Parameters
     ----------
     labels : array_like, shape (n_samples,)
-        Integer, float (integral values) or string labels.
+        Integer, float (integral values) or string labels.  Strings that all
+        parse as numbers (a CSV label column) are treated as numbers.
     what : str
         Name used in error messages.
+    lines : ndarray of int, shape (n_samples,), optional
+        1-based line of each sample in its file, for error messages.
 
     Returns
     -------
     y : ndarray of int64, shape (n_samples,)
     classes : ndarray, shape (n_classes,)
-        The sorted distinct labels; ``classes[y]`` gives the labels back.
+        The sorted distinct labels (scikit-learn's ``LabelEncoder.classes_``);
+        ``classes[y]`` gives the labels back.
     """
     labels = np.asarray(labels)
     if labels.ndim == 2 and labels.shape[1] == 1:
@@ -82,129 +120,491 @@ def encode_labels(labels, what="y"):
     if labels.shape[0] == 0:
         raise DataError(f"{what} is empty: need at least one sample")
     kind = labels.dtype.kind
+    if kind == "O":
+        try:
+            labels = labels.astype(str)
+        except (TypeError, ValueError):
+            raise DataError(f"{what} has labels of unsupported type {labels.dtype}") from None
+        kind = "U"
+    if kind in "US":
+        labels = np.char.strip(labels.astype(str))
+        empty = np.flatnonzero(labels == "")
+        if empty.size:
+            raise DataError(f"{what}: empty label {_where(empty[0], lines)}")
+        num = _to_numbers(labels)
+        if not np.isnan(num).any():
+            labels, kind = num, "f"
     if kind == "f":
         if not np.all(np.isfinite(labels)):
-            raise DataError(f"{what} contains NaN or infinite labels")
-        if not np.all(labels == np.round(labels)):
+            i = int(np.flatnonzero(~np.isfinite(labels))[0])
+            raise DataError(f"{what} contains NaN or infinite labels ({labels[i]} {_where(i, lines)})")
+        frac = np.flatnonzero(labels != np.round(labels))
+        if frac.size:
             raise DataError(
-                f"{what} contains non-integer values: class labels must be integers "
-                "or strings (this command trains classifiers)")
-        labels = labels.astype(np.int64)
+                f"{what} contains non-integer values ({labels[frac[0]]!r} {_where(frac[0], lines)}): "
+                "class labels must be integers or strings (or train with --task regression)")
+        if np.all(np.abs(labels) < 2.0 ** 53):
+            labels = labels.astype(np.int64)
     elif kind == "b":
         labels = labels.astype(np.int64)
     elif kind not in "iuUS":
-        if kind == "O":
-            try:
-                labels = labels.astype(str)
-            except (TypeError, ValueError):
-                raise DataError(f"{what} has labels of unsupported type {labels.dtype}") from None
-        else:
-            raise DataError(f"{what} has labels of unsupported dtype {labels.dtype}")
-    classes, y = np.unique(labels, return_inverse=True)
-    return y.astype(np.int64).reshape(-1), classes
+        raise DataError(f"{what} has labels of unsupported dtype {labels.dtype}")
+    le = _import("sklearn.preprocessing", "class labels are encoded by scikit-learn").LabelEncoder()
+    y = le.fit_transform(labels)
+    return np.ascontiguousarray(y, dtype=np.int64), le.classes_
 
 
-def _check_X(X, what):
+def regression_targets(labels, what="y", lines=None):
+    """Numeric regression targets as float64, shape (n_samples,).
+
+    Strings (a CSV label column) are parsed as numbers; an empty, missing,
+    non-numeric or non-finite target raises :class:`DataError` naming its line.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or labels.shape[0] == 0:
+        raise DataError(f"{what} must be a non-empty 1-D array of targets, got shape {labels.shape}")
+    if labels.dtype.kind in "OUS":
+        text = np.char.strip(labels.astype(str))
+        y = _to_numbers(text)
+        bad = np.flatnonzero(~np.isfinite(y))
+        if bad.size:
+            i = int(bad[0])
+            if text[i] == "" or text[i].lower() in _NA:
+                raise DataError(f"{what}: missing target {_where(i, lines)}")
+            raise DataError(f"{what}: target {text[i]!r} {_where(i, lines)} is not a finite number "
+                            "(--task regression needs numeric targets)")
+        return y
+    if labels.dtype.kind not in "biuf":
+        raise DataError(f"{what} has targets of unsupported dtype {labels.dtype}")
+    y = labels.astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(y))
+    if bad.size:
+        raise DataError(f"{what} contains NaN or infinite targets ({_where(bad[0], lines)})")
+    return y
+
+
+def _where(i, lines):
+    return f"on line {int(lines[i])}" if lines is not None else f"at row {int(i)}"
+
+
+def _to_numbers(text):
+    """float64 of each string (NaN where it is not a number); pandas' parser."""
+    pd = _import("pandas", "reading data files needs pandas")
+    return np.asarray(pd.to_numeric(pd.Series(text, dtype=object), errors="coerce"), dtype=np.float64)
+
+
+# ------------------------------------------------------------------ files
+class Dataset:
+    """A data file read for training or prediction.
+
+    Attributes
+    ----------
+    path : str
+    X : ndarray of float64, shape (n_samples, n_features)
+        Finite feature values, C-contiguous.
+    labels : ndarray, shape (n_samples,), or None
+        The raw label column (strings from a CSV file), None when the file
+        has no label column (prediction input).
+    feature_names : list of str or None
+        From the CSV header (or an ``.npz`` member ``feature_names``).
+    label_name : str or None
+    label_index : int or None
+        0-based column of the label in the file.
+    n_columns : int
+        Columns of the file (features plus the label, if any).
+    lines : ndarray of int64, shape (n_samples,), or None
+        1-based line of each sample in a CSV file (None for ``.npz``).
+    has_header : bool
+    """
+
+    def __init__(self, path, X, labels, feature_names, label_name, label_index, n_columns,
+                 lines, has_header):
+        self.path, self.X, self.labels = path, X, labels
+        self.feature_names, self.label_name, self.label_index = feature_names, label_name, label_index
+        self.n_columns, self.lines, self.has_header = n_columns, lines, has_header
+
+
+def _check_path(path):
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory, expected a .npz or .csv file")
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".npz", ".csv", ".tsv", ".txt"):
+        raise DataError(f"{path}: unknown file type {ext or '(no extension)'!r}, expected .npz or .csv")
+    if ext == ".txt":
+        raise DataError(f"{path}: unknown file type '.txt', expected .npz or .csv (rename a "
+                        "delimited text file to .csv and pass --delimiter)")
+    return path, ext
+
+
+def _delimiter(delimiter, ext):
+    if delimiter is None:
+        return "\t" if ext == ".tsv" else ","
+    if not isinstance(delimiter, str):
+        raise TypeError(f"delimiter must be a str, got {type(delimiter).__name__}")
+    d = {"tab": "\t", "\\t": "\t", "space": " "}.get(delimiter, delimiter)
+    if len(d) != 1 or d in "\"\r\n" or d.isalnum() or d in ".-+":
+        raise DataError(f"delimiter must be one character other than a letter, digit, sign, point, "
+                        f"quote or newline (or 'tab'), got {delimiter!r}")
+    return d
+
+
+def _load_npz(path, need_y):
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            names = set(f.files)
+            missing = [k for k in (("X", "y") if need_y else ("X",)) if k not in names]
+            if missing:
+                have = ", ".join(sorted(names)) or "none"
+                raise DataError(f"{path}: .npz file must contain arrays {' and '.join(map(repr, missing))} "
+                                f"(missing {', '.join(missing)}; found {have})")
+            X = f["X"]
+            y = f["y"] if "y" in names else None
+            fn = f["feature_names"] if "feature_names" in names else None
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({_one_line(e)})") from None
     X = np.asarray(X)
     if X.dtype.kind not in "biuf":
-        raise DataError(f"{what} must hold numbers, got dtype {X.dtype}")
+        raise DataError(f"{path}: X must hold numbers, got dtype {X.dtype}")
     if X.ndim == 1:
         X = X[:, None]
     if X.ndim > 2:
         X = X.reshape(X.shape[0], -1)
     if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
-        raise DataError(f"{what} must be a non-empty 2-D array (n_samples, n_features), got shape {X.shape}")
+        raise DataError(f"{path}: X must be a non-empty 2-D array (n_samples, n_features), got shape {X.shape}")
     X = np.ascontiguousarray(X, dtype=np.float64)
     if not np.all(np.isfinite(X)):
         bad = np.argwhere(~np.isfinite(X))[0]
-        raise DataError(f"{what} contains NaN or infinite values (first at row {bad[0]}, column {bad[1]})")
-    return X
+        raise DataError(f"{path}: X contains NaN or infinite values (first at row {bad[0]}, column {bad[1]})")
+    if fn is not None:
+        if fn.dtype.kind != "U" or fn.shape != (X.shape[1],):
+            raise DataError(f"{path}: feature_names must be {X.shape[1]} strings, got dtype {fn.dtype} "
+                            f"and shape {fn.shape}")
+        fn = [str(s) for s in fn]
+    return X, y, fn
 
 
-def _load_npz(path):
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            names = set(f.files)
-            missing = [k for k in ("X", "y") if k not in names]
-            if missing:
-                have = ", ".join(sorted(names)) or "none"
-                raise DataError(f"{path}: .npz file must contain arrays 'X' and 'y' "
-                                f"(missing {', '.join(missing)}; found {have})")
-            X, y = f["X"], f["y"]
-    except DataError:
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({_one_line(e)})") from None
-    return X, y
+class _Table:
+    """The cells of a CSV file (strings, stripped), their numbers and its header."""
 
-
-def _load_csv(path):
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a text CSV file (cannot decode it as UTF-8)") from None
-    except csv.Error as e:
-        raise DataError(f"{path}: malformed CSV ({_one_line(e)})") from None
-    if not rows:
-        raise DataError(f"{path}: the CSV file is empty")
-
-    def parse(row):
-        return [float(c) for c in row[:-1]]
-
-    start = 0
-    try:
-        parse(rows[0])
-    except ValueError:
-        start = 1  # a header line
-    rows = rows[start:]
-    if not rows:
-        raise DataError(f"{path}: the CSV file has a header but no data rows")
-    width = len(rows[0])
-    if width < 2:
-        raise DataError(f"{path}: each CSV row needs at least 2 columns (features..., label), "
-                        f"line {start + 1} has {width}")
-    X = np.empty((len(rows), width - 1), dtype=np.float64)
-    labels = []
-    for i, row in enumerate(rows):
-        if len(row) != width:
-            raise DataError(f"{path}: data row {i + 1} has {len(row)} columns, expected {width}")
+    def __init__(self, path, sep, header, label_column, names_hint):
+        pd = _import("pandas", "reading CSV files needs pandas")
+        self.path, self.sep = path, sep
         try:
-            X[i] = parse(row)
-        except ValueError:
-            bad = next(c for c in row[:-1] if not _is_float(c))
-            raise DataError(f"{path}: data row {i + 1} has a non-numeric feature value {bad.strip()!r}") from None
-        labels.append(row[-1].strip())
-    labels = np.array(labels)
-    try:
-        num = labels.astype(np.float64)
-    except ValueError:
-        return X, labels
-    return X, num
+            df = pd.read_csv(path, sep=sep, header=None, dtype=str, keep_default_na=False,
+                             na_filter=False, skip_blank_lines=False, encoding="utf-8-sig",
+                             engine="c", quotechar='"')
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not a text CSV file (cannot decode it as UTF-8)") from None
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{path}: the CSV file is empty") from None
+        except pd.errors.ParserError as e:
+            m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
+            if m:
+                raise DataError(f"{path}: line {m.group(2)} has {m.group(3)} columns, expected "
+                                f"{m.group(1)} (as on the first line)") from None
+            raise DataError(f"{path}: malformed CSV ({_one_line(e)})") from None
+        cells = df.to_numpy(dtype=object)
+        cells = np.char.strip(cells.astype(str)) if cells.size else cells.astype(str)
+        keep = np.flatnonzero((cells != "").any(axis=1))      # blank lines are skipped
+        if keep.size == 0:
+            raise DataError(f"{path}: the CSV file is empty")
+        self.rec = keep
+        self.cells = cells[keep]
+        self.width = self.cells.shape[1]
+        self.num = np.empty(self.cells.shape, dtype=np.float64)
+        for j in range(self.width):
+            self.num[:, j] = _to_numbers(self.cells[:, j])
+        self._lines = None
+        self.has_header = self._decide_header(header, label_column, names_hint)
+        if self.has_header:
+            self.names = [str(c) for c in self.cells[0]]
+            self.cells, self.num, self.rec = self.cells[1:], self.num[1:], self.rec[1:]
+            if self.cells.shape[0] == 0:
+                raise DataError(f"{path}: the CSV file has a header but no data rows")
+        else:
+            self.names = None
 
-
-def _is_float(s):
-    try:
-        float(s)
-    except ValueError:
+    def _decide_header(self, forced, label_column, names_hint):
+        if forced is not None:
+            return bool(forced)
+        row0 = [str(c) for c in self.cells[0]]
+        if isinstance(label_column, str) and label_column in row0 and _as_int(label_column) is None:
+            return True
+        if names_hint and set(names_hint) <= set(row0):
+            return True
+        body = self.cells[1:]
+        if body.shape[0] == 0:      # a lone line of words is a header without data
+            return any(c.lower() not in _NA and np.isnan(v) for c, v in zip(row0, self.num[0]))
+        for j, c in enumerate(row0):
+            if c.lower() in _NA or not np.isnan(self.num[0, j]):
+                continue
+            filled = body[:, j] != ""
+            numbers = np.count_nonzero(filled & ~np.isnan(self.num[1:, j]))
+            if numbers and 2 * numbers > np.count_nonzero(filled):
+                return True   # a word above a column of numbers: a header
         return False
-    return True
+
+    # ------------------------------------------------------------ diagnostics
+    def _records(self):
+        """(first line, field count) of every CSV record (the error path only)."""
+        if self._lines is None:
+            starts, counts, end = [], [], 0
+            with open(self.path, newline="", encoding="utf-8-sig") as fh:
+                r = csv.reader(fh, delimiter=self.sep, quotechar='"')
+                for row in r:
+                    starts.append(end + 1)
+                    counts.append(len(row))
+                    end = r.line_num
+            self._lines = (np.asarray(starts, dtype=np.int64), np.asarray(counts, dtype=np.int64))
+        return self._lines
+
+    @property
+    def lines(self):
+        starts = self._records()[0]
+        if starts.size <= self.rec.max():        # csv and pandas disagree: record numbers
+            return self.rec + 1
+        return starts[self.rec]
+
+    def column(self, j):
+        if self.names is not None and self.names[j] != "":
+            return f"column {self.names[j]!r}"
+        return f"column {j}"
+
+    def _short(self, i):
+        """A message if data row ``i`` has fewer fields than the file's width, else None."""
+        starts, counts = self._records()
+        r = self.rec[i]
+        if r < counts.size and counts[r] < self.width:
+            return (f"{self.path}: line {starts[r]} has {counts[r]} columns, expected {self.width} "
+                    "(as on the first line)")
+        return None
+
+    def features(self, cols):
+        X = np.ascontiguousarray(self.num[:, cols])
+        bad = ~np.isfinite(X)
+        if bad.any():
+            i, k = (int(v) for v in np.argwhere(bad)[0])
+            j = cols[k]
+            cell = str(self.cells[i, j])
+            line = int(self.lines[i])
+            if cell == "" and self._short(i):
+                raise DataError(self._short(i))
+            where = f"{self.path}: line {line}, {self.column(j)}"
+            if cell.lower() in _NA:
+                raise DataError(f"{where}: missing value{'' if cell == '' else f' ({cell!r})'}")
+            if np.isnan(X[i, k]):
+                raise DataError(f"{where}: non-numeric feature value {cell!r}")
+            raise DataError(f"{where}: feature value {cell!r} is not a finite float64 number")
+        return X
+
+    def labels(self, j):
+        lab = self.cells[:, j].astype(str)
+        empty = np.flatnonzero(lab == "")
+        if empty.size:
+            i = int(empty[0])
+            if self._short(i):
+                raise DataError(self._short(i))
+            raise DataError(f"{self.path}: line {int(self.lines[i])}: empty label in {self.column(j)}")
+        return lab
+
+    def delimiter_hint(self):
+        if self.width > 1:
+            return ""
+        for d in (";", "\t", "|", ","):
+            if d != self.sep and any(d in str(c) for c in self.cells[:5, 0]):
+                return f" (is the delimiter {d!r}? pass --delimiter {'tab' if d == chr(9) else repr(d)})"
+        return ""
 
 
-def _one_line(e):
-    return " ".join(str(e).split()) or type(e).__name__
+def _as_int(s):
+    if isinstance(s, (int, np.integer)) and not isinstance(s, bool):
+        return int(s)
+    if isinstance(s, str) and re.fullmatch(r"\s*[-+]?\d+\s*", s):
+        return int(s)
+    return None
 
 
-def load_file(path):
-    """Load a user dataset from ``.npz`` (arrays ``X`` and ``y``) or ``.csv``.
+def _resolve_label(label_column, names, width, path):
+    if label_column is None:
+        return width - 1
+    if not isinstance(label_column, (str, int, np.integer)) or isinstance(label_column, bool):
+        raise TypeError(f"label_column must be a column name or 0-based index, got {type(label_column).__name__}")
+    if isinstance(label_column, str) and names is not None and label_column in names:
+        if names.count(label_column) > 1:
+            raise DataError(f"{path}: several columns are named {label_column!r}; give the label "
+                            "column's 0-based index")
+        return names.index(label_column)
+    idx = _as_int(label_column)
+    if idx is not None:
+        if not -width <= idx < width:
+            raise DataError(f"{path}: label column {idx} is out of range: the file has {width} "
+                            f"columns (0..{width - 1})")
+        return idx % width
+    if names is None:
+        raise DataError(f"{path}: no column named {label_column!r}: the file has no header row "
+                        "(give the label column's 0-based index, or --header)")
+    raise DataError(f"{path}: no column named {label_column!r} (columns: {', '.join(names)})")
 
-    In a CSV file the last column is the class label and every other column a
-    numeric feature; a first line that does not parse as numbers is taken as
-    a header.  Labels may be integers or strings.
+
+def _feature_names(names, cols, path):
+    if names is None:
+        return None
+    fn = [names[j] if names[j] != "" else f"column {j}" for j in cols]
+    seen = set()
+    for n in fn:
+        if n in seen:
+            raise DataError(f"{path}: two feature columns are named {n!r}; column names must differ")
+        seen.add(n)
+    return fn
+
+
+def read_dataset(path, label_column=None, delimiter=None, header=None):
+    """Read a training file: features and a label column.
 
     Parameters
     ----------
     path : str or os.PathLike
+        ``.csv`` (``.tsv``: tab-delimited) or ``.npz`` with arrays ``X``
+        ``(n_samples, n_features)`` and ``y`` ``(n_samples,)`` (and optionally
+        ``feature_names``, strings).
+    label_column : str or int, optional
+        CSV only: the label column, by header name or 0-based index
+        (negative counts from the end); default the last column.
+    delimiter : str, optional
+        CSV only: one character, or ``'tab'``; default ``','`` (tab for ``.tsv``).
+    header : bool, optional
+        CSV only: whether the first non-blank line is a header.  Default:
+        decided from the file (a cell that is not a number above a column
+        of numbers), or True when ``label_column`` names a first-row cell.
+
+    Returns
+    -------
+    Dataset
+        With finite float64 features and the raw labels (validated by
+        :func:`encode_labels` or :func:`regression_targets`).
+
+    Raises
+    ------
+    DataError
+        A missing, unreadable or malformed file, a missing or non-numeric
+        feature, an empty label (one line naming the file, line and column).
+    ImportError
+        pandas (for CSV files) is not installed.
+    """
+    path, ext = _check_path(path)
+    if ext == ".npz":
+        if label_column is not None or delimiter is not None or header is not None:
+            raise DataError(f"{path}: the label column, delimiter and header options apply to CSV "
+                            "files (an .npz holds arrays X and y)")
+        X, y, fn = _load_npz(path, need_y=True)
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1:
+            raise DataError(f"{path}: y must be a 1-D array of labels, got shape {y.shape}")
+        if y.shape[0] != X.shape[0]:
+            raise DataError(f"{path}: X has {X.shape[0]} rows but y has {y.shape[0]} labels")
+        return Dataset(path, X, y, fn, None, None, X.shape[1] + 1, None, False)
+    t = _Table(path, _delimiter(delimiter, ext), header, label_column, None)
+    if t.width < 2:
+        raise DataError(f"{path}: each CSV row needs at least 2 columns (features..., label), "
+                        f"found 1{t.delimiter_hint()}")
+    lab = _resolve_label(label_column, t.names, t.width, path)
+    cols = [j for j in range(t.width) if j != lab]
+    fn = _feature_names(t.names, cols, path)
+    X = t.features(cols)
+    labels = t.labels(lab)
+    name = t.names[lab] if t.names is not None else None
+    return Dataset(path, X, labels, fn, name, lab, t.width, t.lines, t.has_header)
+
+
+def read_features(path, n_features, feature_names=None, label_name=None, label_index=None,
+                  delimiter=None, header=None):
+    """Read new data for a trained model: its feature columns, and the label column if present.
+
+    Columns are matched to the model by name when the file has a header and
+    the model knows its feature names (order free; the label column, if
+    present, is returned apart; any other column is an error); otherwise by
+    count: ``n_features`` columns (no label) or ``n_features + 1`` (the label
+    at ``label_index``, default the last column).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        ``.csv``/``.tsv``, or ``.npz`` with ``X`` (``y`` optional).
+    n_features : int
+    feature_names : list of str, optional
+    label_name : str, optional
+    label_index : int, optional
+        0-based column of the label in the training file.
+    delimiter, header :
+        As in :func:`read_dataset`.
+
+    Returns
+    -------
+    Dataset
+        ``X`` in the model's feature order, ``labels`` None if the file has
+        no label column.
+    """
+    path, ext = _check_path(path)
+    if ext == ".npz":
+        X, y, fn = _load_npz(path, need_y=False)
+        if X.shape[1] != n_features:
+            raise DataError(f"{path}: X has {X.shape[1]} features, the model expects {n_features}")
+        if fn is not None and feature_names is not None and list(fn) != list(feature_names):
+            raise DataError(f"{path}: feature_names {fn} differ from the model's {list(feature_names)}")
+        if y is not None and np.asarray(y).reshape(len(y), -1).shape[0] != X.shape[0]:
+            raise DataError(f"{path}: X has {X.shape[0]} rows but y has {len(y)} labels")
+        return Dataset(path, X, y, feature_names, label_name, None, X.shape[1], None, False)
+    t = _Table(path, _delimiter(delimiter, ext), header, None, feature_names)
+    lab = None
+    if t.names is not None and feature_names is not None:
+        where = {n: j for j, n in enumerate(t.names)}
+        missing = [n for n in feature_names if n not in where]
+        if missing:
+            raise DataError(f"{path}: missing feature column(s) {', '.join(map(repr, missing))} "
+                            f"(the model's features: {', '.join(feature_names)})")
+        lab = where.get(label_name) if label_name is not None else None
+        extra = [n for j, n in enumerate(t.names) if n not in feature_names and j != lab]
+        if extra:
+            raise DataError(f"{path}: column(s) {', '.join(map(repr, extra))} are not features of the "
+                            f"model (its features: {', '.join(feature_names)}"
+                            f"{f'; label {label_name!r}' if label_name else ''})")
+        if len(where) != t.width:
+            raise DataError(f"{path}: the header names a column twice")
+        cols = [where[n] for n in feature_names]
+    else:
+        if t.width == n_features:
+            cols = list(range(t.width))
+        elif t.width == n_features + 1:
+            lab = t.width - 1 if label_index is None else int(label_index)
+            if not 0 <= lab < t.width:
+                lab = t.width - 1
+            cols = [j for j in range(t.width) if j != lab]
+        else:
+            raise DataError(f"{path}: {t.width} columns, the model expects {n_features} features "
+                            f"(plus, optionally, the label column){t.delimiter_hint()}")
+    X = t.features(cols)
+    labels = t.cells[:, lab].astype(str) if lab is not None else None
+    return Dataset(path, X, labels, feature_names, label_name, lab, t.width, t.lines, t.has_header)
+
+
+def load_file(path, label_column=None, delimiter=None, header=None):
+    """Load a classification dataset: ``(X, y, classes)``.
+
+    The :func:`read_dataset` file followed by :func:`encode_labels`; the
+    last column of a CSV file is the label unless ``label_column`` says
+    otherwise.
 
     Returns
     -------
@@ -219,42 +619,30 @@ def load_file(path):
         The file is missing, unreadable, of an unknown type, or its content is
         not a usable classification dataset (one-line message).
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise DataError(f"{path}: is a directory, expected a .npz or .csv file")
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".npz":
-        X, labels = _load_npz(path)
-    elif ext == ".csv":
-        X, labels = _load_csv(path)
-    else:
-        raise DataError(f"{path}: unknown file type {ext or '(no extension)'!r}, expected .npz or .csv")
-    X = _check_X(X, f"{path}: X")
-    y, classes = encode_labels(labels, f"{path}: y")
-    if y.shape[0] != X.shape[0]:
-        raise DataError(f"{path}: X has {X.shape[0]} rows but y has {y.shape[0]} labels")
+    ds = read_dataset(path, label_column, delimiter, header)
+    y, classes = encode_labels(ds.labels, f"{ds.path}: y" if ds.lines is None else ds.path, ds.lines)
     if classes.shape[0] < 2:
-        raise DataError(f"{path}: y has a single class ({classes[0]!r}); need at least 2 to train a classifier")
-    return X, y, classes
+        raise DataError(f"{ds.path}: y has a single class ({classes[0]!r}); need at least 2 to train "
+                        "a classifier")
+    return ds.X, y, classes
 
 
-def stratified_split(y, test_size=0.2, seed=0):
-    """Seeded stratified train/test split of sample indices.
-
-    Each class contributes ``round(test_size * n_class)`` samples to the test
-    set (at least one if it has two or more samples, never all of them), so
-    class proportions are kept in both parts.
+# ------------------------------------------------------------------ splits and scaling
+def stratified_split(y, test_size=0.2, seed=0, lines=None, stratify=True):
+    """Seeded train/test split of sample indices: scikit-learn's ``train_test_split``.
 
     Parameters
     ----------
     y : ndarray of int, shape (n_samples,)
-        Class indices.
+        Class indices (or regression targets with ``stratify=False``).
     test_size : float
         Fraction of the samples put in the test set, in (0, 1).
     seed : int
-        Seed of the shuffle; the same seed gives the same split.
+        ``random_state`` of the split; the same seed gives the same split.
+    lines : ndarray of int, optional
+        1-based file line of each sample, for error messages.
+    stratify : bool
+        Keep the class proportions in both parts (classification).
 
     Returns
     -------
@@ -263,42 +651,81 @@ def stratified_split(y, test_size=0.2, seed=0):
     """
     if not 0.0 < float(test_size) < 1.0:
         raise ValueError(f"test_size must be in (0, 1), got {test_size}")
+    ms = _import("sklearn.model_selection", "splitting the data uses scikit-learn")
     y = np.asarray(y)
-    rng = np.random.default_rng(seed)
-    test = []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        rng.shuffle(idx)
-        k = int(round(test_size * idx.size))
-        if idx.size >= 2:
-            k = min(max(k, 1), idx.size - 1)
-        else:
-            k = 0
-        test.append(idx[:k])
-    test_idx = np.sort(np.concatenate(test)).astype(np.int64)
-    mask = np.ones(y.shape[0], dtype=bool)
-    mask[test_idx] = False
-    train_idx = np.flatnonzero(mask).astype(np.int64)
-    if test_idx.size == 0:
-        raise DataError("the dataset is too small to hold out a test set "
-                        f"({y.shape[0]} samples); every class needs at least 2 samples")
-    return train_idx, test_idx
+    n = y.shape[0]
+    if stratify:
+        counts = np.bincount(y)
+        single = np.flatnonzero(counts == 1)
+        if single.size:
+            i = int(np.flatnonzero(y == single[0])[0])
+            hint = (" (if that line is a header, pass --header)"
+                    if lines is not None and i == 0 else "")
+            raise DataError(f"class {int(single[0])} has a single sample ({_where(i, lines)}); every "
+                            f"class needs at least 2 samples to hold out a test set{hint}")
+    try:
+        tr, te = ms.train_test_split(np.arange(n), test_size=float(test_size), random_state=seed,
+                                     stratify=y if stratify else None)
+    except ValueError as e:
+        raise DataError(f"the dataset is too small to split ({n} samples, --test-size {test_size}): "
+                        f"{_one_line(e)}") from None
+    return np.sort(tr).astype(np.int64), np.sort(te).astype(np.int64)
 
 
 class Standardizer:
-    """Per-feature standardisation ``(X - mean) / std`` fitted on training data.
+    """Per-feature standardisation ``(X - mean_) / scale_``: scikit-learn's
+    ``StandardScaler``, fitted without overflow, stored as two plain arrays.
 
-    Constant features (std 0) are only centred.
+    Each column is first divided by a power of two near its largest
+    magnitude (exact), so features near the float64 limits (1e300) neither
+    overflow the variance nor collapse to zero.  Constant features get
+    ``scale_ = 1`` (only centred).
+
+    Attributes
+    ----------
+    mean_, scale_ : ndarray of float64, shape (n_features,)
     """
 
+    def __init__(self, mean=None, scale=None):
+        if mean is not None:
+            self.mean_ = np.ascontiguousarray(mean, dtype=np.float64)
+            self.scale_ = np.ascontiguousarray(scale, dtype=np.float64)
+
     def fit(self, X):
-        """Learn the mean and std of each column of ``X (n, d)``; returns self."""
-        self.mean_ = X.mean(axis=0)
-        std = X.std(axis=0)
-        std[std == 0] = 1.0
-        self.scale_ = std
+        """Learn each column's mean and standard deviation of ``X (n, d)``; returns self."""
+        pre = _import("sklearn.preprocessing", "feature scaling uses scikit-learn")
+        X = np.asarray(X, dtype=np.float64)
+        p = _pow2_below(np.max(np.abs(X), axis=0))
+        sc = pre.StandardScaler().fit(X / p)
+        self.mean_ = sc.mean_ * p
+        self.scale_ = sc.scale_ * p
+        self.scale_[np.ptp(X, axis=0) == 0] = 1.0
         return self
 
-    def transform(self, X, dtype=np.float64):
-        """``(X - mean) / std`` as a C-contiguous array of ``dtype``."""
-        return np.ascontiguousarray((X - self.mean_) / self.scale_, dtype=dtype)
+    def transform(self, X, dtype=np.float64, names=None):
+        """``(X - mean_) / scale_`` as a C-contiguous array of ``dtype``.
+
+        Raises :class:`DataError` naming the feature (``names[j]`` or its
+        index) if a result is not finite in ``dtype``.
+        """
+        X = np.asarray(X, dtype=np.float64)
+        p = _pow2_below(self.scale_)
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            Z = (X / p - self.mean_ / p) / (self.scale_ / p)
+            out = np.ascontiguousarray(Z, dtype=dtype)
+        ok = np.isfinite(out)
+        if not ok.all():
+            i, j = (int(v) for v in np.argwhere(~ok)[0])
+            name = repr(names[j]) if names is not None else str(j)
+            raise DataError(f"feature {name} is not finite after scaling (value {X[i, j]!r} is "
+                            f"{'far ' if np.isfinite(Z[i, j]) else ''}outside the {np.dtype(dtype).name} range "
+                            f"at scale {self.scale_[j]:.3g})")
+        return out
+
+
+def _pow2_below(a):
+    """The largest power of two <= ``a`` elementwise (1 where ``a`` is 0 or not finite)."""
+    a = np.asarray(a, dtype=np.float64)
+    good = np.isfinite(a) & (a > 0)
+    _, e = np.frexp(np.where(good, a, 1.0))
+    return np.where(good, np.ldexp(1.0, e - 1), 1.0)

@@ -480,6 +480,26 @@ class _BaseMLP(BaseEstimator):
         return _validate_data(self, X, accept_sparse=["csr", "csc"],
                               dtype=(np.float64, np.float32), reset=False)
 
+    def save(self, path):
+        """Write the fitted model as a self-contained, pickle-free bundle.
+
+        The file (see :mod:`fastbp.bundle`) holds the weights and
+        architecture (a :func:`fastbp.load` checkpoint), ``classes_``, the
+        feature names (when fitted on a DataFrame), the estimator's class
+        and parameters and training metadata.  Load it with
+        :func:`fastbp.load_model`, whose ``predict``/``predict_proba``/
+        ``score`` give this estimator's results; ``fastbp predict --model
+        path`` uses it from the command line.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Destination (written atomically; no suffix is added).
+        """
+        check_is_fitted(self)
+        from .bundle import save_estimator
+        save_estimator(self, path)
+
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier trained by a fused fastbp step.

@@ -1,0 +1,163 @@
+"""``fastbp predict`` and ``fastbp evaluate``: a saved model (:mod:`fastbp.bundle`) on raw data."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from ._cli_base import CliError, check_output_path, out, warn
+
+
+def run(args):
+    """Run ``fastbp predict`` or ``fastbp evaluate`` with parsed ``args``; returns the exit status."""
+    if args.command == "predict":
+        return predict(args)
+    return evaluate(args)
+
+
+def _load_model(path):
+    from . import bundle
+    try:
+        model = bundle.load_model(path)
+    except FileNotFoundError:
+        raise CliError(f"--model {path}: no such file") from None
+    except IsADirectoryError:
+        raise CliError(f"--model {path}: is a directory") from None
+    except PermissionError as e:
+        raise CliError(f"--model {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise CliError(f"--model {path}: {e}") from None
+    if model.plain:
+        warn(f"{path} is a plain checkpoint, not a model saved by fastbp train --save: its features "
+             "are used as given (no scaling) and its classes are the output indices")
+    return model
+
+
+def _read(args, model):
+    from . import data
+    return data.read_features(args.data, model.n_features_in_, model.feature_names, model.label_name,
+                              model.label_index, args.delimiter, args.header)
+
+
+def _label_strings(values):
+    return [str(v) for v in np.asarray(values).tolist()]
+
+
+def predict(args):
+    """Predictions as CSV (stdout or ``--out``): a ``prediction`` column, and with
+    ``--proba`` one ``proba_<class>`` column per class."""
+    if args.out:
+        check_output_path(args.out, "--out")
+    model = _load_model(args.model)
+    if args.proba and model.task == "regression":
+        raise CliError("--proba: a regression model has no class probabilities")
+    ds = _read(args, model)
+    pred = model.predict(ds.X)
+    cols = {}
+    if model.task == "multilabel":
+        for j, c in enumerate(_label_strings(model.classes_)):
+            cols[f"prediction_{c}"] = pred[:, j]
+    elif pred.ndim == 2:
+        for j in range(pred.shape[1]):
+            cols[f"prediction_{j}"] = pred[:, j]
+    else:
+        cols["prediction"] = pred
+    if args.proba:
+        P = model.predict_proba(ds.X)
+        for j, c in enumerate(_label_strings(model.classes_)):
+            cols[f"proba_{c}"] = P[:, j]
+    import pandas as pd
+    frame = pd.DataFrame(cols)
+    fmt = "%.9g" if model.step.dtype == np.float32 else "%.17g"
+    if args.out:
+        try:
+            frame.to_csv(args.out, index=False, float_format=fmt, lineterminator="\n")
+        except OSError as e:
+            raise CliError(f"--out {args.out}: {e.strerror or e}") from None
+        out(f"predictions: {len(frame)} rows written to {args.out}")
+    else:
+        frame.to_csv(sys.stdout, index=False, float_format=fmt, lineterminator="\n")
+        sys.stdout.flush()
+    return 0
+
+
+def _describe(model):
+    info = model.info
+    bits = [model.task]
+    if info.get("data"):
+        bits.append(f"trained on {info['data']}")
+    if info.get("fastbp_version"):
+        bits.append(f"fastbp {info['fastbp_version']}")
+    if info.get("created"):
+        bits.append(info["created"])
+    widths = [model.n_features_in_] + [ly.out_features_ for ly in model.step.model.layers
+                                        if hasattr(ly, "out_features_")]
+    return f"{'-'.join(map(str, widths))}, " + ", ".join(bits)
+
+
+def _true_indices(model, labels, ds):
+    """Index of each sample's label in ``model.classes_`` (-1: a label the model never saw)."""
+    from . import data
+    classes = model.classes_
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "OUS":
+        labels = np.char.strip(labels.astype(str))
+        empty = np.flatnonzero(labels == "")
+        if empty.size:
+            raise CliError(f"{ds.path}: empty label {data._where(empty[0], ds.lines)}")
+    if classes.dtype.kind in "biuf":
+        num = labels.astype(np.float64) if labels.dtype.kind in "biuf" else data._to_numbers(labels)
+        key = classes.astype(np.float64)
+        idx = np.full(num.shape[0], -1, dtype=np.int64)
+        for k, c in enumerate(key):
+            idx[num == c] = k
+        return idx
+    text = np.array([str(v) for v in labels.tolist()])
+    lookup = {c: k for k, c in enumerate(_label_strings(classes))}
+    return np.array([lookup.get(s, -1) for s in text], dtype=np.int64)
+
+
+def evaluate(args):
+    """Accuracy and a per-class report, or R^2 / RMSE / MAE, on labelled raw data."""
+    from . import data
+    model = _load_model(args.model)
+    if model.task == "multilabel":
+        raise CliError(f"--model {args.model}: evaluate scores single-label and regression models; "
+                       "this one is multilabel (use its predict and your own metric)")
+    ds = _read(args, model)
+    if ds.labels is None:
+        name = f" {model.label_name!r}" if model.label_name else ""
+        raise CliError(f"{ds.path}: no label column{name}: evaluate needs the true labels "
+                       f"({ds.X.shape[1]} feature columns found)")
+    out(f"model: {args.model}: {_describe(model)}")
+    n = ds.X.shape[0]
+    out(f"data: {ds.path}: {n} samples")
+    if model.task == "regression":
+        y = data.regression_targets(ds.labels, ds.path if ds.lines is not None else f"{ds.path}: y",
+                                    ds.lines)
+        pred = model.predict(ds.X)
+        if pred.ndim != 1:
+            raise CliError(f"--model {args.model}: evaluate scores models of one target; this one has "
+                           f"{pred.shape[1]}")
+        err = pred - y
+        ss = float(np.sum((y - y.mean()) ** 2))
+        r2 = 1.0 - float(np.sum(err ** 2)) / ss if ss > 0 else float("nan")
+        out(f"R^2: {r2:.4f}")
+        out(f"RMSE: {float(np.sqrt(np.mean(err ** 2))):.6g}")
+        out(f"MAE: {float(np.mean(np.abs(err))):.6g}")
+        return 0
+    true = _true_indices(model, ds.labels, ds)
+    unseen = np.flatnonzero(true < 0)
+    if unseen.size:
+        names = sorted({str(v) for v in np.asarray(ds.labels)[unseen].tolist()})[:5]
+        warn(f"{unseen.size} samples have labels the model never saw ({', '.join(map(repr, names))}"
+             f"{', ...' if unseen.size > 5 else ''}): counted as errors")
+    pred = np.argmax(model.decision_function(ds.X), axis=1)
+    correct = int(np.sum(pred == true))
+    out(f"accuracy: {correct / n:.4f} ({correct}/{n})")
+    from sklearn.metrics import classification_report
+    names = _label_strings(model.classes_)
+    report = classification_report(true, pred, labels=np.arange(len(names)), target_names=names,
+                                   digits=4, zero_division=0)
+    out(report.rstrip())
+    return 0
