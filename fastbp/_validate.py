@@ -10,8 +10,24 @@ The helpers sit on hot paths (one call per op, per training step), so they
 only read attributes and compare; none of them copies or allocates, except
 :func:`labels` which converts integer labels to contiguous int64 (a no-op
 when they already are).
+
+The second half of the module is the ONE input path of the compiled steps
+(:class:`fastbp.TrainStep`, its ``fit``/``predict``/``loss_and_grads``,
+:class:`fastbp.distributed.DistributedStep` and the host inputs of
+:class:`fastbp.cuda_step.CudaTrainStep`): :func:`features`,
+:func:`class_labels` and :func:`targets` accept any numpy array whose
+values are valid -- read-only, unaligned, offset, strided, reversed,
+transposed, broadcast, ``x[:, None]``, memory-mapped, byte-swapped, other
+integer label widths -- and hand back the array the executor reads
+(:func:`executor_form`), copying only when it is not already in that form;
+and the scalar validators (:func:`positive_int`, :func:`seed`,
+:func:`boolean`, :func:`resolve_dtype`, :func:`resolve_device`) give every
+entry point one error policy: a wrong type is a ``TypeError``, a wrong
+value a ``ValueError``, and the message names the argument.
 """
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 
@@ -20,6 +36,8 @@ from .kernels.losses import _check_labels
 __all__ = [
     "FLOAT_DTYPES", "array", "float_array", "ndim", "shape", "contiguous",
     "same_dtype", "writeable", "out_array", "no_overlap", "labels", "fmt_shape",
+    "INT64_MAX", "positive_int", "seed", "boolean", "resolve_dtype", "resolve_device",
+    "executor_form", "features", "class_labels", "targets",
 ]
 
 _F32 = np.dtype(np.float32)
@@ -253,3 +271,256 @@ def labels(y, name, n, n_classes):
     if bad >= 0:
         raise ValueError(f"{name}[{bad}] = {y[bad]} is out of range [0, {n_classes})")
     return y
+
+
+# ====================================================== scalar arguments
+#: the largest value an integer argument may have (sizes are int64 inside the executor)
+INT64_MAX = 2**63 - 1
+
+
+def positive_int(name, v, max_value=INT64_MAX):
+    """An integer argument ``>= 1`` (``batch_size``, ``epochs``, ``threads`` ...) as a Python int.
+
+    Raises
+    ------
+    TypeError
+        Not an integer (``bool``, ``float``, ``str``, ``None`` ...).
+    ValueError
+        Below 1, or above ``max_value`` (by default the int64 range the
+        executor's sizes live in).
+    """
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer, got {type(v).__name__}")
+    v = int(v)
+    if v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v}")
+    if v > max_value:
+        raise ValueError(f"{name} must be a positive integer <= {max_value}, got {v}")
+    return v
+
+
+def seed(v, name="seed"):
+    """A seed argument: None, or a non-negative integer (returned as a Python int).
+
+    Raises
+    ------
+    TypeError
+        Not None and not an integer (``"a"``, ``0.5``, ``True`` ...).
+    ValueError
+        A negative integer.
+    """
+    if v is None:
+        return None
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be a non-negative integer or None, got {type(v).__name__}")
+    v = int(v)
+    if v < 0:
+        raise ValueError(f"{name} must be a non-negative integer or None, got {v}")
+    return v
+
+
+def boolean(name, v):
+    """A flag argument: ``True`` or ``False`` (``numpy.bool_`` too), as a Python bool.
+
+    Raises
+    ------
+    TypeError
+        Anything else (``"no"``, ``0``, ``None`` ...): a truthy string must
+        not silently mean True.
+    """
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    raise TypeError(f"{name} must be a bool (True or False), got {type(v).__name__}")
+
+
+def resolve_dtype(dtype, name="dtype"):
+    """``float32`` or ``float64`` as a numpy dtype; TypeError naming ``name`` otherwise."""
+    if dtype is None:
+        raise TypeError(f"{name} must be float32 or float64, got None")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from None
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {dt}")
+    return dt
+
+
+def resolve_device(device):
+    """``"cpu"`` or ``"cuda"`` (any case).
+
+    Raises
+    ------
+    TypeError
+        Not a string.
+    ValueError
+        Another string.
+    """
+    if not isinstance(device, str):
+        raise TypeError(f"device must be 'cpu' or 'cuda', got {type(device).__name__}")
+    if device.lower() not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    return device.lower()
+
+
+# ============================================ the inputs of a compiled step
+_I64 = np.dtype(np.int64)
+
+
+def _canonical_strides(a):
+    """Whether ``a``'s strides are exactly those of a fresh C-ordered array of its shape.
+
+    numpy calls an array C-contiguous whatever the strides of its length-1
+    axes (``x[:, None]`` has strides ``(itemsize, 0)``); the executor reads
+    rows by their strides and checks them (``STATUS_BAD_INPUT``), so the
+    form it gets must have the canonical ones.
+    """
+    step = a.itemsize
+    for n, st in zip(reversed(a.shape), reversed(a.strides)):
+        if st != step:
+            return False
+        step *= n
+    return True
+
+
+def executor_form(a, dtype):
+    """``a`` as the compiled step reads it, copied only when needed.
+
+    The executor's form: a plain ``numpy.ndarray`` of exactly ``dtype``
+    (native byte order), C-contiguous with canonical strides, aligned and
+    writeable (numba compiles a separate specialisation for read-only
+    arrays).  An array already in that form is returned as it is; anything
+    else (read-only, unaligned, offset or strided views, reversed or
+    transposed, broadcast, ``x[:, None]``, memory-mapped, byte-swapped,
+    another integer width) is copied once into a fresh array with the same
+    values.  The input is never written.
+
+    Parameters
+    ----------
+    a : numpy.ndarray
+        Already validated (kind, shape).
+    dtype : numpy.dtype
+        The executor's dtype for this argument.
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    if (type(a) is np.ndarray and a.dtype == dtype and a.dtype.isnative and a.flags.aligned
+            and a.flags.writeable and a.flags.c_contiguous and _canonical_strides(a)):
+        return a
+    return np.array(a, dtype=dtype, order="C", copy=True, subok=False)
+
+
+def features(x, name, dtype, n_features, max_rows=None):
+    """Validate a feature matrix (``x`` of a step, ``X`` of ``fit``/``predict``).
+
+    Parameters
+    ----------
+    x : object
+        The caller's argument.
+    name : str
+        Its name in messages.
+    dtype : numpy.dtype
+        The step's dtype.  Another float width (or any other kind) is a
+        ``TypeError``: fastbp does not silently change precision.  The same
+        dtype in the other byte order is accepted (converted).
+    n_features : int
+        Required number of columns.
+    max_rows : int, optional
+        Most rows allowed (the step's ``batch_size``).
+
+    Returns
+    -------
+    x : numpy.ndarray, shape (n, n_features), dtype ``dtype``
+        In the executor's form (:func:`executor_form`).
+    n : int
+        Its number of rows (>= 1).
+
+    Raises
+    ------
+    TypeError
+        Not a numpy array, or the wrong dtype.
+    ValueError
+        Wrong shape, no rows, or more than ``max_rows`` rows.
+    """
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
+    dt = x.dtype
+    if dt != dtype and not (dt.kind == "f" and dt.itemsize == dtype.itemsize):
+        if dt.kind in "fiubcOUS":
+            raise TypeError(f"{name} has dtype {dt}; this step was compiled for {dtype} "
+                            f"(convert with {name}.astype(np.{dtype.name}))")
+        raise TypeError(f"{name} has dtype {dt}, expected {dtype}")
+    if x.ndim != 2 or x.shape[1] != n_features:
+        raise ValueError(f"{name} must have shape (n, {n_features}), got {x.shape}")
+    n = x.shape[0]
+    if n < 1:
+        raise ValueError(f"{name} is empty: it must have at least one row")
+    if max_rows is not None and n > max_rows:
+        raise ValueError(f"{name} has {n} rows, more than batch_size={max_rows}")
+    return executor_form(x, dtype), n
+
+
+def class_labels(y, name, n, n_classes, loss, check_range=True):
+    """Validate integer class labels for ``n`` rows; int64 in the executor's form.
+
+    Any integer dtype and layout is accepted; the values are what counts.
+    ``check_range=False`` leaves the range check to the compiled step
+    (which reports the first bad label without changing anything); labels
+    that int64 cannot hold (unsigned values above 2**63 - 1) are rejected
+    here either way, with their true value.
+
+    Raises
+    ------
+    TypeError
+        Not a numpy array, or not an integer dtype (bool included).
+    ValueError
+        Wrong shape, or (``check_range``) a label outside ``[0, n_classes)``;
+        the message gives the first bad index and its value.
+    """
+    if not isinstance(y, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(y).__name__}")
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer class labels for loss {loss!r}, got dtype {y.dtype}")
+    if y.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) to match the {n} rows of x, got {y.shape}")
+    if y.dtype.kind == "u" and y.dtype.itemsize >= 8 and n:
+        too_big = y > np.uint64(INT64_MAX)
+        if too_big.any():
+            bad = int(np.argmax(too_big))
+            raise ValueError(f"{name}[{bad}] = {int(y[bad])} is not a class label in [0, {n_classes}); "
+                             f"weights unchanged")
+    y = executor_form(y, _I64)
+    if check_range and n and (y.min() < 0 or y.max() >= n_classes):
+        bad = int(np.flatnonzero((y < 0) | (y >= n_classes))[0])
+        raise ValueError(f"{name}[{bad}] = {int(y[bad])} is not a class label in [0, {n_classes})")
+    return y
+
+
+def targets(y, name, n, n_out, dtype, loss):
+    """Validate float targets ``(n, n_out)`` (``(n,)`` too when ``n_out == 1``).
+
+    Integer and other float dtypes are converted to ``dtype`` (the values
+    are targets, not features: no precision is lost that the loss keeps).
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, n_out), dtype ``dtype``, in the executor's form
+
+    Raises
+    ------
+    TypeError
+        Not a numpy array, or not a real (float or integer) dtype.
+    ValueError
+        Wrong shape.
+    """
+    if not isinstance(y, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(y).__name__}")
+    if y.dtype.kind not in "fiu":
+        raise TypeError(f"{name} must be a float array of targets for loss {loss!r}, got dtype {y.dtype}")
+    if y.shape == (n,) and n_out == 1:
+        y = y.reshape(n, 1)
+    if y.shape != (n, n_out):
+        raise ValueError(f"{name} must have shape ({n}, {n_out}), got {y.shape}")
+    return executor_form(y, dtype)

@@ -364,7 +364,16 @@ def build_plan(graph, output, wrt, *, dtype, batch_size, loss=None, optimizer=No
 
 
 def new_arena(plan):
-    """A zeroed arena with the plan's parameters and constants written in."""
+    """A zeroed arena with the plan's parameters and constants written in.
+
+    Raises
+    ------
+    MemoryError
+        The arena would not fit in the memory left (checked before allocating).
+    """
+    from ._memory import check
+    check(max(plan.arena_size, 1) * np.dtype(plan.dtype).itemsize, "the step's buffers",
+          f"{plan.arena_size} values of {np.dtype(plan.dtype).name}")
     arena = np.zeros(max(plan.arena_size, 1), dtype=plan.dtype)
     for name, node, off, shape in plan.params:
         n = int(np.prod(shape, dtype=np.int64)) if shape else 1

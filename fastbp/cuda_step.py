@@ -38,6 +38,7 @@ import threading
 import numpy as np
 
 from . import _executor as ex
+from . import _validate as V
 from .kernels.codes import LOSS_BCE_LOGITS, LOSS_MSE, LOSS_SOFTMAX_XENT, LOSS_SVM
 from .kernels.cuda import cuda_available
 
@@ -523,7 +524,9 @@ class CudaTrainStep:
         if d is None:
             if not isinstance(x, np.ndarray):
                 raise _kind_error(name, x)
-            return self._host._check_x(x, name, max_rows), None, x
+            # the CPU step's input path: any layout, converted to what is copied to the device
+            xh, n = self._host._features(x, name, max_rows)
+            return n, None, xh
         if np.dtype(d.dtype) != self.dtype:
             raise TypeError(f"{name} has dtype {np.dtype(d.dtype)}; this step was compiled for {self.dtype} "
                             f"(convert it on the device first)")
@@ -548,7 +551,7 @@ class CudaTrainStep:
         if d is None:
             if not isinstance(y, np.ndarray):
                 raise _kind_error(name, y)
-            yi, yf = self._host._check_y(y, n, name=name, check_range=check_range)
+            yi, yf = self._host._targets(y, n, name=name, check_range=check_range)
             return None, (yi if self.classification else yf)
         dt = np.dtype(d.dtype)
         shape = tuple(d.shape)
@@ -690,17 +693,21 @@ class CudaTrainStep:
             A step's loss or gradient is not finite.  The steps before it
             were applied; that step and the rest were not.
         """
-        from .step import _positive_int
         n, xd, xh = self._input_x(X, "X")
-        epochs = _positive_int("epochs", epochs)
-        self._host._check_seed(seed)
+        epochs = V.positive_int("epochs", epochs)
+        shuffle = V.boolean("shuffle", shuffle)
+        seed = V.seed(seed)
         yd, yh = self._input_y(Y, n, "Y", check_range=True)
-        # the CPU step's schedule: same generator, same draws, same minibatches
-        perm, starts, rng_state = self._host._fit_schedule(n, epochs, shuffle, seed)
-        n_steps = len(starts) - 1
+        # the CPU step's schedule: same generator, same draws, same minibatches,
+        # each epoch's order drawn when the epoch starts
+        starts = self._host._epoch_starts(n)
+        per_epoch = len(starts) - 1
+        n_steps = epochs * per_epoch
+        losses = np.zeros(n_steps, dtype=np.float64)
         p = self.plan
         t = self._tape
         with self._lock:
+            orders, rng_state = self._host._fit_orders(n, epochs, shuffle, seed)
             ctx = self._begin()
             s = ctx.stream
             Xd = xd if xd is not None else cuda.to_device(xh, stream=s)
@@ -709,29 +716,35 @@ class CudaTrainStep:
                 Y2 = Yd.reshape(n, 1)
             else:
                 Y2 = Yd
-            perm_d = cuda.to_device(perm, stream=s)
-            losses_d = cuda.device_array(n_steps, dtype=np.float64, stream=s)
+            perm_d = cuda.device_array(n, dtype=np.int64, stream=s)
+            losses_d = cuda.device_array(per_epoch, dtype=np.float64, stream=s)
             t0 = self.hyper[ex.H_T]
             end = int(p.sec[ex.S_END])
-            for k in range(n_steps):
-                lo = int(starts[k])
-                nb = int(starts[k + 1]) - lo
-                xv = t.view(p.x_buf, nb)
-                if self.classification:
-                    yv = self._yi_dev[:nb]
-                    yv2 = yv.reshape(nb, 1)
-                else:
-                    yv = yv2 = t.view(p.yf_buf, nb)
-                grid, block = grid_ew(nb, max(self.n_in, int(Y2.shape[1])))
-                _k_gather[grid, block, s](Xd, Y2, perm_d, lo, xv, yv2)
-                ctx.x = xv
-                ctx.target = yv
-                ctx.loss = losses_d[k:k + 1]
-                ctx.step = k
-                ctx.t = t0 + k + 1.0
-                t.run(ctx, 1, end, nb)
-            losses = losses_d.copy_to_host(stream=s)
-            status, info, failed, _ = t.read_status(s)
+            status = 0
+            for e, perm in enumerate(orders):
+                perm_d.copy_to_device(perm, stream=s)
+                for j in range(per_epoch):
+                    k = e * per_epoch + j
+                    lo = int(starts[j])
+                    nb = int(starts[j + 1]) - lo
+                    xv = t.view(p.x_buf, nb)
+                    if self.classification:
+                        yv = self._yi_dev[:nb]
+                        yv2 = yv.reshape(nb, 1)
+                    else:
+                        yv = yv2 = t.view(p.yf_buf, nb)
+                    grid, block = grid_ew(nb, max(self.n_in, int(Y2.shape[1])))
+                    _k_gather[grid, block, s](Xd, Y2, perm_d, lo, xv, yv2)
+                    ctx.x = xv
+                    ctx.target = yv
+                    ctx.loss = losses_d[j:j + 1]
+                    ctx.step = k
+                    ctx.t = t0 + k + 1.0
+                    t.run(ctx, 1, end, nb)
+                losses_d.copy_to_host(losses[e * per_epoch:(e + 1) * per_epoch], stream=s)
+                status, info, failed, _ = t.read_status(s)     # waits for the epoch
+                if status:
+                    break
             done = failed if status else n_steps
             if p.sec[ex.S_END] > p.sec[ex.S_BWD]:
                 self.hyper[ex.H_STEPS] += done
@@ -741,7 +754,7 @@ class CudaTrainStep:
                 self.rng.bit_generator.state = rng_state     # a failed fit consumes no shuffles
             if status == ex.STATUS_BAD_LABEL:      # device labels: name the row of Y
                 self._dirty = True
-                row = int(perm[starts[failed] + info])
+                row = int(perm[starts[failed - e * per_epoch] + info])
                 raise ValueError(f"Y[{row}] = {int(Y2[row, 0])} is not a class label in [0, {self.n_out}) "
                                  f"at step {failed} of fit; that step and the later ones were not applied")
             if status:

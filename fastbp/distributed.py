@@ -40,13 +40,13 @@ imports it only when a communicator is used.
 from __future__ import annotations
 
 import functools
-import numbers
 import os
 import sys
 
 import numpy as np
 
 from . import _executor as ex
+from . import _validate as V
 from ._executor import STATUS_OK
 
 __all__ = ["DistributedStep", "RankError", "compile", "agree", "thread_share", "limit_threads",
@@ -294,9 +294,7 @@ def limit_threads(n):
     dict
         ``{"numba": threads set, "blas": threads set or a reason it was not}``.
     """
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"threads must be a positive integer, got {n!r}")
-    n = int(n)
+    n = V.positive_int("threads", n)
     import numba
     nb = min(n, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(nb)
@@ -422,10 +420,15 @@ class DistributedStep:
         if not isinstance(comm, MPI.Intracomm):
             raise TypeError(f"comm must be an intra-communicator (all ranks in one group), "
                             f"got {type(comm).__name__}")
-        if not (threads is None or threads == "auto"
-                or (isinstance(threads, numbers.Integral) and not isinstance(threads, bool)
-                    and threads >= 1)):
-            raise ValueError(f"threads must be 'auto', a positive integer or None, got {threads!r}")
+        if isinstance(threads, str):
+            if threads != "auto":
+                raise ValueError(f"threads must be 'auto', a positive integer or None, got {threads!r}")
+        elif threads is not None:
+            try:
+                threads = V.positive_int("threads", threads)
+            except TypeError:
+                raise TypeError(f"threads must be 'auto', a positive integer or None, "
+                                f"got {type(threads).__name__}") from None
         self.step = step
         self.comm = comm
         self.rank = comm.Get_rank()
@@ -559,7 +562,7 @@ class DistributedStep:
 
         Parameters
         ----------
-        x : ndarray, shape (b, in_features), dtype ``dtype``, C-contiguous
+        x : ndarray, shape (b, in_features), dtype ``dtype`` (any memory layout)
             This rank's rows, ``1 <= b <= batch_size``.
         y : ndarray
             Labels ``(b,)`` int or targets ``(b, out_features)`` float, as
@@ -582,9 +585,11 @@ class DistributedStep:
         p = st.plan
         error = None
         try:
-            n = st._check_x(x, "x", st.batch_size)
-            yi, yf = st._check_y(y, n, check_range=False)
-        except (TypeError, ValueError) as e:
+            # the step's one input path: any layout is converted here, and whatever
+            # is wrong is raised only after this rank has joined the Allreduce below
+            x, n = st._features(x, "x", st.batch_size)
+            yi, yf = st._targets(y, n, check_range=False)
+        except Exception as e:  # noqa: BLE001 - re-raised on this rank after the collective
             error = e
         with st._lock:
             if error is None:
@@ -620,7 +625,7 @@ class DistributedStep:
 
         Parameters
         ----------
-        X : ndarray, shape (n, in_features), dtype ``dtype``, C-contiguous
+        X : ndarray, shape (n, in_features), dtype ``dtype`` (any memory layout)
             ``n >= size``; the same on every rank.
         Y : ndarray
             Targets for all ``n`` rows.
@@ -651,23 +656,27 @@ class DistributedStep:
         MPI = self._MPI
         error = None
         n, ep, shuf, sd = 0, 0, 0, 0
+        rng_state = st.rng.bit_generator.state
         try:
-            n = st._check_x(X, "X")
-            from .step import _positive_int
-            ep = _positive_int("epochs", epochs)
-            yi, yf = st._check_y(Y, n, name="Y")
-            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-                                     or seed < 0):
-                raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
-            shuf = 1 if shuffle else 0
-            sd = int(st.rng.integers(2**62)) if seed is None else int(seed)
-        except (TypeError, ValueError) as e:
+            # the same validation and conversion as TrainStep.fit; raised after the collective
+            X, n = st._features(X, "X")
+            ep = V.positive_int("epochs", epochs)
+            shuf = 1 if V.boolean("shuffle", shuffle) else 0
+            verbose = V.boolean("verbose", verbose)
+            yi, yf = st._targets(Y, n, name="Y")
+            seed = V.seed(seed)
+            if seed is not None and seed > V.INT64_MAX:
+                raise ValueError(f"seed must be at most {V.INT64_MAX} for data-parallel fit, got {seed}")
+            sd = int(st.rng.integers(2**62)) if seed is None else seed
+        except Exception as e:  # noqa: BLE001 - re-raised on every rank after the collective
             error = e
         # one collective agrees on errors, sizes, epochs, shuffle and rank 0's seed (MAX)
         failed = 0 if error is None else 1
         info = np.array([failed, n, -n, ep, -ep, shuf, -shuf, sd if self.is_root else -1, -failed],
                         dtype=np.int64)
         self.comm.Allreduce(MPI.IN_PLACE, info, op=MPI.MAX)
+        if info[0] or info[1] != -info[2] or info[3] != -info[4] or info[5] != -info[6] or n < self.size:
+            st.rng.bit_generator.state = rng_state      # a rejected fit draws nothing
         if info[0]:
             n_failed = self.size if info[8] == -1 else None      # every rank / some ranks
             if error is not None:
@@ -685,6 +694,15 @@ class DistributedStep:
             raise _on_all_ranks(ValueError(f"fit: X has {n} rows, fewer than the {self.size} ranks"),
                                 self.size)
         seed = int(info[7])
+        try:
+            return self._fit_epochs(X, yi, yf, n, ep, bool(shuf), seed, verbose)
+        except BaseException:
+            st.rng.bit_generator.state = rng_state      # as TrainStep.fit: a failed fit consumes no seed
+            raise
+
+    def _fit_epochs(self, X, yi, yf, n, ep, shuffle, seed, verbose):
+        """The steps of :meth:`fit` once every rank agreed on its arguments."""
+        st = self.step
         rng = np.random.default_rng(seed)
         p = st.plan
         losses = []

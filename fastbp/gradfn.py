@@ -6,6 +6,7 @@ import threading
 import numpy as np
 
 from . import _executor as ex
+from . import _validate as V
 from .compiler import build_plan, new_arena, view
 from .graph import GraphError, Node
 
@@ -88,6 +89,9 @@ class GradFunction:
             for n, v in staged:
                 view(self.arena, p, p.value_buf[n.id], n.shape, nb)[...] = v
             status, _, _ = ex.run_step(self._ctx, p.sec, nb, self._x, self._yi, self._x, ex.MODE_GRAD)
+            if status:      # every input was validated and written into the arena: a bug if seen
+                raise RuntimeError(f"internal error: executor status {status} for a validated call of "
+                                   f"a fastbp.grad function; its inputs are unchanged")
             out = view(self.arena, p, p.value_buf[self.output.id], self.output.shape, nb)
             value = float(out) if out.ndim == 0 else out.copy()
             grads = {w.name: np.array(view(self.arena, p, p.grad_buf[w.id], w.shape, nb))
@@ -131,12 +135,11 @@ def grad(output, wrt, *, dtype=np.float64, batch_size=1, device="cpu"):
     RuntimeError
         ``device="cuda"`` and no CUDA device or driver was found.
     """
-    from .step import _positive_int, _resolve_device, _resolve_dtype
     if not isinstance(output, Node):
         raise GraphError(f"output must be a graph node, got {type(output).__name__}")
     if isinstance(wrt, Node):
         wrt = [wrt]
     cls = GradFunction
-    if _resolve_device(device) == "cuda":
+    if V.resolve_device(device) == "cuda":
         from .cuda_step import CudaGradFunction as cls
-    return cls(output, list(wrt), _resolve_dtype(dtype), _positive_int("batch_size", batch_size))
+    return cls(output, list(wrt), V.resolve_dtype(dtype), V.positive_int("batch_size", batch_size))

@@ -21,7 +21,38 @@ def _real(name, value, *, low=None, high=None, low_open=False, high_open=False, 
     return v
 
 
-class SGD:
+class _Optimizer:
+    """What SGD and Adam share: a compiled step's frozen copy of them.
+
+    :func:`fastbp.compile` keeps its own copy of the optimizer it is given
+    (:meth:`_owned_copy`), so that a later change to the caller's object
+    changes neither the training nor what ``step.save()`` writes.  That
+    copy is frozen: its hyper-parameters are compiled into the step (the
+    optimizer state buffers are sized for them), and only the learning rate
+    can change, through ``step.lr = value``.
+    """
+    _frozen = False
+
+    def __setattr__(self, name, value):
+        if self._frozen:
+            raise AttributeError(
+                f"{type(self).__name__}.{name} cannot be set: this is a compiled step's copy of its "
+                f"optimizer, whose hyper-parameters are fixed at compile time (change the learning rate "
+                f"with step.lr = value; anything else needs a new fastbp.compile)")
+        object.__setattr__(self, name, value)
+
+    def _owned_copy(self):
+        """A frozen copy with the same hyper-parameters (for a compiled step)."""
+        c = optimizer_from_spec(self.spec())
+        object.__setattr__(c, "_frozen", True)
+        return c
+
+    def _set_lr(self, lr):
+        """Set the learning rate (already validated) of this (possibly frozen) object."""
+        object.__setattr__(self, "lr", float(lr))
+
+
+class SGD(_Optimizer):
     """Stochastic gradient descent, ``torch.optim.SGD`` semantics.
 
     Parameters
@@ -61,7 +92,7 @@ class SGD:
                 f"weight_decay={self.weight_decay})")
 
 
-class Adam:
+class Adam(_Optimizer):
     """Adam, or AdamW with ``decoupled=True``; ``torch.optim.Adam``/``AdamW`` semantics.
 
     Parameters

@@ -1,45 +1,27 @@
 """The compiled training step: ``fastbp.compile`` and :class:`TrainStep`."""
 from __future__ import annotations
 
-import numbers
 import threading
 
 import numpy as np
 
 from . import _executor as ex
+from . import _memory
+from . import _validate as V
 from ._jit import entry_point
 from .compiler import build_plan, new_arena, view
 from .kernels.codes import CLASSIFICATION_LOSSES, LOSSES
-from .layers import Sequential
+from .layers import Linear, Sequential, _Activation
 from .optimizers import Adam, SGD, resolve_optimizer
 
 _INT64 = np.dtype(np.int64)
 
 __all__ = ["compile", "TrainStep"]
 
-
-
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _resolve_dtype(dtype):
-    if dtype is None:
-        raise TypeError("dtype must be float32 or float64, got None")
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-    if dt not in _FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    return dt
-
-
-def _positive_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"{name} must be a positive integer, got {type(v).__name__}")
-    if v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v}")
-    return int(v)
+# the shared validators (fastbp._validate), under the names other modules import
+_resolve_dtype = V.resolve_dtype
+_resolve_device = V.resolve_device
+_positive_int = V.positive_int
 
 
 #: ``predict`` runs its chunks (``batch_size`` rows each) in the native loop
@@ -58,22 +40,45 @@ PREDICT_NATIVE_MIN_CHUNKS = 256
 FIT_NATIVE_MIN_STEPS = 64
 
 
-def _writeable(a):
-    """numba compiles a separate (slow) specialisation for read-only and for
-    unaligned arrays, and the executor reads only aligned ones: hand it a copy."""
-    return a if a.flags.writeable and a.flags.aligned else a.copy()
+class _LazyInit:
+    """``model.init_params(seed)``, drawn one layer at a time as the graph asks for it.
 
+    The same generator, the same draws in the same order (layer by layer):
+    bitwise the weights of :meth:`Sequential.init_params`.  Each layer's
+    float64 arrays live only until the graph has copied them, so building
+    a step never holds two float64 copies of all its weights.
+    """
 
-def _resolve_device(device):
-    """``"cpu"`` or ``"cuda"``; anything else a ValueError naming ``device``."""
-    if not isinstance(device, str) or device.lower() not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    return device.lower()
+    def __init__(self, model, seed):
+        layers = model.layers
+        self._keys = set()
+        for i, layer in enumerate(layers):
+            if isinstance(layer, Linear):
+                self._keys.add(f"{i}.W")
+                if layer.bias:
+                    self._keys.add(f"{i}.b")
+        self._ready = {}
+        self._draws = self._draw(layers, seed)
 
+    @staticmethod
+    def _draw(layers, seed):
+        rng = np.random.default_rng(seed)
+        for i, layer in enumerate(layers):
+            if isinstance(layer, Linear):
+                nxt = layers[i + 1] if i + 1 < len(layers) else None
+                W, b = layer.init(rng, nxt.op if isinstance(nxt, _Activation) else None)
+                yield f"{i}.W", W
+                if b is not None:
+                    yield f"{i}.b", b
 
-def _array_kind(name, a):
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    def get(self, key, default=None):
+        if key not in self._keys:
+            return default
+        while key not in self._ready:
+            k, v = next(self._draws)
+            self._ready[k] = v
+        self._keys.discard(key)
+        return self._ready.pop(key)
 
 
 def _hyper_from(optimizer):
@@ -122,28 +127,37 @@ class TrainStep:
             raise ValueError(f"unknown loss {loss!r}; valid losses: {', '.join(sorted(LOSSES))}")
         self.model = model
         self.loss = loss
-        self.optimizer = resolve_optimizer(optimizer)
-        self.batch_size = _positive_int("batch_size", batch_size)
-        self.dtype = _resolve_dtype(dtype)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
-            raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
+        # the step's own, frozen copy: a later change to the caller's object changes
+        # neither the training nor what save() writes (step.lr = v changes the rate)
+        self.optimizer = resolve_optimizer(optimizer)._owned_copy()
+        self.batch_size = V.positive_int("batch_size", batch_size)
+        self.dtype = V.resolve_dtype(dtype)
+        self.seed = V.seed(seed)
         self.n_in = model.in_features
         self.n_out = model.out_features()
         self.classification = loss in CLASSIFICATION_LOSSES
         if self.classification and self.n_out < 2:
             raise ValueError(f"loss {loss!r} needs at least 2 outputs, the model has {self.n_out}")
+        # the size check comes before anything is allocated, the initial weights included
+        need, buffers = _memory.step_bytes(model, self.optimizer.n_state, self.batch_size, self.dtype.itemsize,
+                                           init=_params is None)
+        _memory.check(need, f"compiling {model!r} (batch_size={self.batch_size}, {self.dtype.name})",
+                      f"{_memory.fmt_bytes(buffers)} for the step's weights, gradients, optimizer state and "
+                      f"activations, the rest while its float64 initial weights are built")
+        self.rng = np.random.default_rng(self.seed)
 
-        init = _params if _params is not None else model.init_params(seed if seed is not None else
-                                                                     int(self.rng.integers(2**63)))
+        init = _params if _params is not None else _LazyInit(model, self.seed if self.seed is not None else
+                                                             int(self.rng.integers(2**63)))
         g, x, out = model.build_graph(init)
+        del init
         lnode = g._loss(loss, out)
         self.graph = g
         self.plan = build_plan(g, lnode, g.params, dtype=self.dtype, batch_size=self.batch_size,
                                loss=loss, optimizer=self.optimizer, train_input=x)
         p = self.plan
         self.arena = new_arena(p)
+        for _, node, _, _ in p.params:
+            node.value = None       # written into the arena: the float64 initial values are not kept
         self.hyper = _hyper_from(self.optimizer)
         self.ws64 = np.zeros(self.batch_size, dtype=np.float64)
         #: the JIT GEMM kernels of small products (oneMKL only; see ex.gemm_jit_table)
@@ -190,50 +204,19 @@ class TrainStep:
         from .optimizers import _real
         v = _real("lr", value, low=0.0, low_open=True, owner="TrainStep")
         self.hyper[ex.H_LR] = v
-        self.optimizer.lr = v
+        self.optimizer._set_lr(v)
 
-    def _check_x(self, x, name="x", max_rows=None):
-        _array_kind(name, x)
-        if x.dtype != self.dtype:
-            if x.dtype.kind == "f" or x.dtype.kind in "iubcOUS":
-                raise TypeError(f"{name} has dtype {x.dtype}; this step was compiled for {self.dtype} "
-                                f"(convert with {name}.astype(np.{self.dtype.name}))")
-            raise TypeError(f"{name} has dtype {x.dtype}, expected {self.dtype}")
-        if x.ndim != 2 or x.shape[1] != self.n_in:
-            raise ValueError(f"{name} must have shape (n, {self.n_in}), got {x.shape}")
-        n = x.shape[0]
-        if n < 1:
-            raise ValueError(f"{name} is empty: it must have at least one row")
-        if max_rows is not None and n > max_rows:
-            raise ValueError(f"{name} has {n} rows, more than batch_size={max_rows}")
-        if not x.flags.c_contiguous:
-            raise ValueError(f"{name} must be C-contiguous (row-major); pass np.ascontiguousarray({name})")
-        return n
+    # the ONE input path (fastbp._validate): every entry point of the step, the
+    # data-parallel step and the GPU step's host inputs go through these two
+    def _features(self, x, name="x", max_rows=None):
+        """Validate ``x``; returns ``(x in the executor's form, rows)`` (see :func:`fastbp._validate.features`)."""
+        return V.features(x, name, self.dtype, self.n_in, max_rows)
 
-    def _check_y(self, y, n, name="y", check_range=True):
-        """Validate targets for ``n`` rows; returns ``(yi, yf)`` for the executor."""
-        _array_kind(name, y)
+    def _targets(self, y, n, name="y", check_range=True):
+        """Validate targets for ``n`` rows; returns ``(yi, yf)`` in the executor's form."""
         if self.classification:
-            if y.dtype.kind not in "iu":
-                raise TypeError(f"{name} must hold integer class labels for loss {self.loss!r}, "
-                                f"got dtype {y.dtype}")
-            if y.shape != (n,):
-                raise ValueError(f"{name} must have shape ({n},) to match the {n} rows of x, got {y.shape}")
-            if y.dtype != np.int64 or not y.flags.c_contiguous:
-                y = np.ascontiguousarray(y, dtype=np.int64)
-            if check_range and n and (y.min() < 0 or y.max() >= self.n_out):
-                bad = int(np.flatnonzero((y < 0) | (y >= self.n_out))[0])
-                raise ValueError(f"{name}[{bad}] = {y[bad]} is not a class label in [0, {self.n_out})")
-            return _writeable(y), self._no_yf
-        if y.dtype.kind != "f" and y.dtype.kind not in "iu":
-            raise TypeError(f"{name} must be a float array of targets for loss {self.loss!r}, got dtype {y.dtype}")
-        if y.shape == (n,) and self.n_out == 1:
-            y = y.reshape(n, 1)
-        if y.shape != (n, self.n_out):
-            raise ValueError(f"{name} must have shape ({n}, {self.n_out}), got {y.shape}")
-        if y.dtype != self.dtype or not y.flags.c_contiguous:
-            y = np.ascontiguousarray(y, dtype=self.dtype)
-        return self._no_yi, _writeable(y)
+            return V.class_labels(y, name, n, self.n_out, self.loss, check_range), self._no_yf
+        return self._no_yi, V.targets(y, name, n, self.n_out, self.dtype, self.loss)
 
     def _raise_status(self, status, info, y=None, where=""):
         if status == ex.STATUS_BAD_LABEL:
@@ -246,7 +229,11 @@ class TrainStep:
         if status == ex.STATUS_GRAD_NONFINITE:
             raise FloatingPointError(f"a gradient is not finite{where}; the update was skipped: weights "
                                      f"and optimizer state unchanged")
-        raise RuntimeError(f"executor status {status}")
+        if status == ex.STATUS_BAD_INPUT:
+            # the validated path hands the executor only arrays in its form: a bug if seen
+            raise RuntimeError(f"internal error: the compiled step rejected the layout of a validated "
+                               f"minibatch{where} (executor status {status}); nothing was changed")
+        raise RuntimeError(f"internal error: executor status {status}{where}")
 
     # ------------------------------------------------------------- calls
     def __call__(self, x, y):
@@ -254,8 +241,10 @@ class TrainStep:
 
         Parameters
         ----------
-        x : ndarray, shape (b, in_features), dtype ``self.dtype``, C-contiguous
-            ``1 <= b <= batch_size``.
+        x : ndarray, shape (b, in_features), dtype ``self.dtype``
+            ``1 <= b <= batch_size``; any memory layout (read-only,
+            strided, transposed, byte-swapped ...: copied when the
+            compiled step cannot read it as it lies).
         y : ndarray
             Integer labels of shape ``(b,)`` for ``softmax_cross_entropy``
             and ``svm``; float targets ``(b, out_features)`` for ``mse`` and
@@ -337,9 +326,8 @@ class TrainStep:
         """Validate (and convert) one minibatch, run it through the executor
         in ``mode`` and report a failure: the path of every call the fast one
         (:meth:`_make_fast`) does not take."""
-        n = self._check_x(x, "x", self.batch_size)
-        x = _writeable(x)
-        yi, yf = self._check_y(y, n, check_range=False)
+        x, n = self._features(x, "x", self.batch_size)
+        yi, yf = self._targets(y, n, check_range=False)
         with self._lock:
             status, loss, info = ex.run_tape(self._ctx, 0, self._tape_end[mode], n, x, yi, yf)
         if status:
@@ -347,13 +335,18 @@ class TrainStep:
         return loss
 
     def fit(self, X, Y, epochs=1, shuffle=True, seed=None):
-        """Train whole epochs inside one native call (from
+        """Train whole epochs inside native calls, one per epoch (from
         :data:`FIT_NATIVE_MIN_STEPS` steps up; fewer run as a loop of the
         step's own compiled call, with the same results).
 
+        Each epoch's visiting order is drawn when the epoch starts (memory:
+        one permutation of ``n`` rows, whatever ``epochs``).
+
         Parameters
         ----------
-        X : ndarray, shape (n, in_features), dtype ``self.dtype``, C-contiguous
+        X : ndarray, shape (n, in_features), dtype ``self.dtype``
+            Any memory layout (copied once when the compiled step cannot
+            read it as it lies).
         Y : ndarray
             Targets for all ``n`` rows (see :meth:`__call__`).
         epochs : int, default 1
@@ -371,27 +364,35 @@ class TrainStep:
 
         Raises
         ------
+        TypeError, ValueError
+            Bad arguments; nothing is changed.
         FloatingPointError
             A step's loss or gradient is not finite.  The steps before it
-            were applied; that step and the rest were not.
+            were applied; that step and the rest were not, and the step's
+            generator is left as it was before the call.
         """
-        n = self._check_x(X, "X")
-        X = _writeable(X)
-        epochs = _positive_int("epochs", epochs)
-        self._check_seed(seed)
-        yi, yf = self._check_y(Y, n, name="Y")
-        perm, starts, rng_state = self._fit_schedule(n, epochs, shuffle, seed)
-        losses = np.zeros(len(starts) - 1, dtype=np.float64)
+        X, n = self._features(X, "X")
+        epochs = V.positive_int("epochs", epochs)
+        shuffle = V.boolean("shuffle", shuffle)
+        seed = V.seed(seed)
+        yi, yf = self._targets(Y, n, name="Y")
+        starts = self._epoch_starts(n)
+        per_epoch = len(starts) - 1
+        losses = np.zeros(epochs * per_epoch, dtype=np.float64)
         p = self.plan
+        native = len(losses) >= FIT_NATIVE_MIN_STEPS
         with self._lock:
-            if len(losses) >= FIT_NATIVE_MIN_STEPS:
-                status, done, info = ex.run_fit(self._ctx, p.sec, X, yi, yf, perm, starts, not shuffle,
-                                                p.x_buf, p.yf_buf, self._yi_stage, losses)
-            else:
-                status, done, info = self._fit_loop(X, yi, yf, perm, starts, not shuffle, losses)
-        if status:
-            self.rng.bit_generator.state = rng_state     # a failed fit consumes no shuffles
-            self._raise_status(status, info, where=f" at step {done} of fit")
+            orders, rng_state = self._fit_orders(n, epochs, shuffle, seed)
+            for e, perm in enumerate(orders):
+                out = losses[e * per_epoch:(e + 1) * per_epoch]
+                if native:
+                    status, done, info = ex.run_fit(self._ctx, p.sec, X, yi, yf, perm, starts, not shuffle,
+                                                    p.x_buf, p.yf_buf, self._yi_stage, out)
+                else:
+                    status, done, info = self._fit_loop(X, yi, yf, perm, starts, not shuffle, out)
+                if status:
+                    self.rng.bit_generator.state = rng_state     # a failed fit consumes no shuffles
+                    self._raise_status(status, info, where=f" at step {e * per_epoch + done} of fit")
         return losses
 
     def _fit_loop(self, X, yi, yf, perm, starts, in_order, losses):
@@ -399,7 +400,6 @@ class TrainStep:
         Python around the step's own compiled call, with the same minibatches
         (in-order ones read where they lie, shuffled ones gathered) and the same
         ``(status, step, info)`` result."""
-        p = self.plan
         end = self._tape_end[ex.MODE_TRAIN]
         classif = self.classification
         for s in range(len(losses)):
@@ -426,46 +426,48 @@ class TrainStep:
 
     @staticmethod
     def _check_seed(seed):
-        if seed is not None:
-            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-                raise TypeError(f"seed must be a non-negative integer or None, got {type(seed).__name__}")
-            if seed < 0:
-                raise ValueError(f"seed must be a non-negative integer or None, got {seed}")
+        V.seed(seed)
 
-    def _fit_schedule(self, n, epochs, shuffle, seed):
-        """The visiting order of a fit (shared with the GPU step).
+    def _epoch_starts(self, n):
+        """Where each minibatch of an epoch of ``n`` rows starts: int64 ``(ceil(n / batch_size) + 1,)``."""
+        return np.minimum(np.arange(-(-n // self.batch_size) + 1, dtype=np.int64) * self.batch_size, n)
 
-        Returns ``(perm, starts, rng_state)``: minibatch ``s`` is the rows
-        ``perm[starts[s]:starts[s+1]]`` (int64); ``rng_state`` is the step
-        generator's state before the shuffles were drawn (restored when the
-        fit fails).
+    def _fit_orders(self, n, epochs, shuffle, seed):
+        """The visiting order of each epoch of a fit (shared with the GPU step).
+
+        Returns ``(orders, rng_state)``: ``orders`` yields, for each epoch
+        when it starts, the int64 row order (minibatch ``s`` of the epoch is
+        ``order[starts[s]:starts[s+1]]``, see :meth:`_epoch_starts`);
+        ``rng_state`` is the step generator's state before any shuffle was
+        drawn (restored when the fit fails).  The orders are those of one
+        generator drawn epoch after epoch: with the same seed, bitwise the
+        ones of drawing every epoch's permutation up front.
         """
         rng = self.rng if seed is None else np.random.default_rng(seed)
         rng_state = self.rng.bit_generator.state
-        bs = self.batch_size
-        per_epoch = -(-n // bs)
-        if shuffle:
-            perm = np.concatenate([rng.permutation(n) for _ in range(epochs)])
-        else:
-            perm = np.tile(np.arange(n, dtype=np.int64), epochs)
-        within = np.minimum(np.arange(per_epoch + 1) * bs, n)
-        starts = (np.arange(epochs)[:, None] * n + within[None, :-1]).ravel()
-        starts = np.append(starts, epochs * n).astype(np.int64)
-        return perm.astype(np.int64), starts, rng_state
+
+        def orders():
+            in_order = None if shuffle else np.arange(n, dtype=np.int64)
+            for _ in range(epochs):
+                yield np.asarray(rng.permutation(n), dtype=np.int64) if shuffle else in_order
+        return orders(), rng_state
 
     def predict(self, X):
         """Network outputs (scores, before any loss) for every row of ``X``.
 
         Parameters
         ----------
-        X : ndarray, shape (n, in_features), dtype ``self.dtype``, C-contiguous
+        X : ndarray, shape (n, in_features), dtype ``self.dtype``
+            Any memory layout (copied once when the compiled step cannot
+            read it as it lies).
 
         Returns
         -------
         ndarray, shape (n, out_features), dtype ``self.dtype``
         """
-        n = self._check_x(X, "X")
-        X = _writeable(X)
+        # validated into the executor's form: every chunk passes the compiled
+        # step's layout check (run_predict has no status to report a rejection)
+        X, n = self._features(X, "X")
         out = np.empty((n, self.n_out), dtype=self.dtype)
         p = self.plan
         bs = self.batch_size
@@ -478,7 +480,9 @@ class TrainStep:
             end = self._tape_end[ex.MODE_FORWARD]
             for lo in range(0, n, bs):
                 nb = min(bs, n - lo)
-                ex.run_tape(self._ctx, 0, end, nb, X[lo:lo + nb], self._no_yi, self._no_yf)
+                status, _, info = ex.run_tape(self._ctx, 0, end, nb, X[lo:lo + nb], self._no_yi, self._no_yf)
+                if status:
+                    self._raise_status(status, info, where=" in predict")
                 out[lo:lo + nb] = self.arena[off:off + nb * cols].reshape(nb, cols)
         return out
 

@@ -50,25 +50,39 @@ class TorchTrainStep(TrainStep):
 
 
 def _loss_name(loss, torch):
+    """The fastbp loss a torch loss module computes, or a ValueError naming the
+    argument (of the module) that fastbp does not implement.
+
+    Only the exact classes (a subclass may compute something else) with
+    every argument at the value fastbp implements: ``reduction="mean"``, no
+    ``weight``/``pos_weight``, ``ignore_index=-100`` (fastbp rejects negative
+    labels instead of ignoring them, so no label is silently skipped) and
+    ``label_smoothing=0``.
+    """
     if isinstance(loss, str):
         return loss
     nn = torch.nn
-    if isinstance(loss, nn.CrossEntropyLoss):
-        if loss.reduction != "mean" or loss.weight is not None or loss.label_smoothing != 0.0:
-            raise ValueError("loss: only CrossEntropyLoss(reduction='mean') without weight or label "
-                             "smoothing has a fastbp equivalent")
-        return "softmax_cross_entropy"
-    if isinstance(loss, nn.MSELoss):
-        if loss.reduction != "mean":
-            raise ValueError("loss: only MSELoss(reduction='mean') has a fastbp equivalent")
-        return "mse"
-    if isinstance(loss, nn.BCEWithLogitsLoss):
-        if loss.reduction != "mean" or loss.weight is not None or loss.pos_weight is not None:
-            raise ValueError("loss: only BCEWithLogitsLoss(reduction='mean') without weights has a "
-                             "fastbp equivalent")
-        return "bce_with_logits"
-    raise ValueError(f"loss: {type(loss).__name__} has no fastbp equivalent; use CrossEntropyLoss, MSELoss, "
-                     f"BCEWithLogitsLoss or a fastbp loss name")
+    supported = {
+        nn.CrossEntropyLoss: ("softmax_cross_entropy",
+                              (("reduction", "mean"), ("weight", None), ("ignore_index", -100),
+                               ("label_smoothing", 0.0))),
+        nn.MSELoss: ("mse", (("reduction", "mean"),)),
+        nn.BCEWithLogitsLoss: ("bce_with_logits",
+                               (("reduction", "mean"), ("weight", None), ("pos_weight", None))),
+    }
+    kind = type(loss)
+    if kind not in supported:
+        raise ValueError(f"loss: {kind.__name__} has no fastbp equivalent; use torch.nn.CrossEntropyLoss, "
+                         f"MSELoss, BCEWithLogitsLoss (not subclasses) or a fastbp loss name")
+    name, wanted = supported[kind]
+    for attr, want in wanted:
+        got = getattr(loss, attr, want)
+        same = got is None if want is None else (not isinstance(got, torch.Tensor) and got == want)
+        if not same:
+            shown = f"a {tuple(got.shape)} tensor" if isinstance(got, torch.Tensor) else repr(got)
+            raise ValueError(f"loss: {kind.__name__}({attr}={shown}) is not supported; fastbp implements "
+                             f"{kind.__name__} only with {attr}={want!r}")
+    return name
 
 
 def _optimizer(opt, torch):

@@ -522,10 +522,10 @@ def test_executor_checks_the_minibatch_itself(loss):
     for a, b in zip(after[1], before[1]):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(after[2], before[2])
-    # through the step: converted (misaligned) or refused, as on the validated path
+    # through the step: the same data in any layout is converted (issue 17: one input
+    # path), and trains exactly like its C-contiguous copy
     assert step(misaligned, y) == twin(misaligned.copy(), y)
-    with pytest.raises(ValueError, match="C-contiguous"):
-        step(wide[:, ::2], y)
+    assert step(wide[:, ::2], y) == twin(np.ascontiguousarray(wide[:, ::2]), y)
     with pytest.raises(ValueError, match="batch_size"):
         step(np.zeros((9, 6), np.float32), y9)
     with pytest.raises(ValueError):
