@@ -105,16 +105,17 @@ class Archive:
             if not name.endswith(".npy"):
                 self.others.append(name)
                 continue
+            key = name[:-4]
             if info.flag_bits & 0x1:
-                raise BadArchive(f"member {name!r} is encrypted")
+                raise BadArchive(f"member {key!r} is encrypted")
             if info.compress_type != zipfile.ZIP_STORED:
-                raise BadArchive(f"member {name!r} is compressed (method {info.compress_type}); fastbp "
+                raise BadArchive(f"member {key!r} is compressed (method {info.compress_type}); fastbp "
                                  f"checkpoints are written uncompressed")
             if info.compress_size != info.file_size or info.header_offset < 0 or \
                     info.header_offset + info.compress_size > self.size:
-                raise BadArchive(f"member {name!r} declares {info.file_size} bytes, more than the "
+                raise BadArchive(f"member {key!r} declares {info.file_size} bytes, more than the "
                                  f"{self.size}-byte file holds (truncated or corrupted?)")
-            self.members[name[:-4]] = info
+            self.members[key] = info
 
     def close(self):
         if self._zip is not None:
