@@ -133,6 +133,8 @@ class Archive:
         info = self.members[key]
         with self._zip.open(info) as f:
             h = _parse_header(f, key)
+        if h.fortran_order and len(h.shape) > 1:
+            raise BadArchive(f"member {key!r} is stored in Fortran order; fastbp writes C order")
         if info.file_size != h.offset + h.nbytes:
             raise BadArchive(f"member {key!r}: its .npy header declares {h.nbytes} bytes of data but the "
                              f"zip entry holds {info.file_size - h.offset} (truncated or corrupted?)")
@@ -141,8 +143,6 @@ class Archive:
     def read(self, key, h):
         """Read member ``key`` (whose checked header is ``h``) into a new array; return it and the
         SHA-256 hex digest of its bytes (C order)."""
-        if h.fortran_order and len(h.shape) > 1:
-            raise BadArchive(f"member {key!r} is stored in Fortran order; fastbp writes C order")
         out = np.empty(h.shape, h.dtype)
         flat = out.reshape(-1).view(np.uint8)
         digest = hashlib.sha256()
