@@ -11,8 +11,8 @@ new.csv`` and ``fastbp evaluate`` use on raw features.
 Every error in the arguments or the data is reported as one line on stderr
 with a non-zero exit status (2 for usage errors, 1 for everything else);
 set ``FASTBP_DEBUG=1`` to get the full traceback instead.  A training run
-that diverges (a non-finite loss, a loss that grows a thousandfold over its
-first epoch, or a final loss above the first epoch's at chance accuracy)
+that diverges (a non-finite loss, a loss a thousand times the untrained
+model's, or a final loss above the untrained model's at chance accuracy)
 is an error too.
 
 pandas, scikit-learn, tqdm and matplotlib (the ``examples`` extra) are
@@ -37,7 +37,7 @@ __all__ = ["main", "CliError"]
 _ACTIVATIONS = {"relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh"}
 _LOSSES = ("softmax_cross_entropy", "svm", "mse", "bce_with_logits")
 _DEFAULT_LR = {"sgd": 0.05, "adam": 0.001}
-#: a loss this many times its first epoch's value (and at least this large) is divergence
+#: a loss this many times the untrained model's (and at least this large) is divergence
 _GROWTH, _GROWTH_FLOOR = 1e3, 1e-2
 
 
@@ -235,9 +235,9 @@ def _load(args):
     else:
         y, classes = data.encode_labels(ds.labels, what, ds.lines)
         if classes.shape[0] < 2:
-            raise CliError(f"{ds.path}: y has a single class ({classes[0]!r}); need at least 2 to "
+            raise CliError(f"{ds.path}: y has a single class ({classes[0].item()!r}); need at least 2 to "
                            "train a classifier")
-        tr, te = data.stratified_split(y, args.test_size, args.seed, lines=ds.lines)
+        tr, te = data.stratified_split(y, args.test_size, args.seed, lines=ds.lines, classes=classes)
         ytr, yte = y[tr], y[te]
         kw.update(classes=classes)
     scaler = data.Standardizer().fit(ds.X[tr])
@@ -409,19 +409,37 @@ def _chance(d):
     return float(np.bincount(d.ytr).max()) / d.ytr.shape[0]
 
 
-def _diverged(args, hist, epoch, final, chance):
-    """A message if the losses so far show divergence, else None."""
+def _initial_loss(step, X, T):
+    """Mean loss of the untrained model on up to 1024 training rows (no update)."""
+    inner = getattr(step, "step", step)      # a DistributedStep's own (local) step
+    bs = inner.batch_size
+    total, rows = 0.0, 0
+    for lo in range(0, min(X.shape[0], max(1024, bs)), bs):
+        x, t = X[lo:lo + bs], T[lo:lo + bs]
+        total += float(inner.loss_and_grads(x, t)) * x.shape[0]
+        rows += x.shape[0]
+    return total / rows
+
+
+def _diverged(args, hist, initial, final, chance):
+    """A message if the losses so far show divergence, else None.
+
+    Divergence: a loss more than a thousand times the untrained model's
+    (``initial``), or, once training is over, a final loss above the
+    untrained model's with a training score at chance.
+    """
     lr = args.lr if args.lr is not None else _DEFAULT_LR[args.optimizer]
-    first, loss = hist["loss"][0], hist["loss"][-1]
-    advice = (f"the learning rate is probably too large (--lr {lr:g}{'' if args.lr is not None else ', the default'}"
-              f" for {args.optimizer}); try --lr {lr / 10:g}")
-    if epoch > 1 and loss > _GROWTH * max(first, _GROWTH_FLOOR):
-        return (f"training diverged: the loss grew from {first:.4g} (epoch 1) to {loss:.4g} "
+    loss, epoch = hist["loss"][-1], len(hist["loss"])
+    advice = (f"the learning rate is probably too large (--lr {lr:g}"
+              f"{'' if args.lr is not None else ', the default'} for {args.optimizer}); "
+              f"try --lr {lr / 10:g}")
+    if loss > _GROWTH * max(initial, _GROWTH_FLOOR):
+        return (f"training diverged: the loss grew from {initial:.4g} (before training) to {loss:.4g} "
                 f"(epoch {epoch}); {advice}")
-    if final and epoch > 1 and loss > first and hist["train_acc"][-1] <= chance + 0.01:
+    if final and loss > initial and hist["train_acc"][-1] <= chance + 0.01:
         what = "R^2" if args.task == "regression" else "accuracy"
-        return (f"training diverged: the final loss {loss:.4g} is above the first epoch's "
-                f"{first:.4g} and the training {what} {hist['train_acc'][-1]:.4f} is at chance; {advice}")
+        return (f"training diverged: the final loss {loss:.4g} is above the untrained model's "
+                f"{initial:.4g} and the training {what} {hist['train_acc'][-1]:.4f} is at chance; {advice}")
     return None
 
 
@@ -527,6 +545,7 @@ def train(args, t_start, t_main):
     hist = {"loss": [], "train_acc": [], "test_acc": [], "epoch_s": []}
     bar = _Progress(args.epochs, args.quiet or State.rank != 0, regression)
     chance = _chance(d)
+    initial = _initial_loss(step, d.Xtr, Ttr)
     epoch = 0
     try:
         for epoch in range(1, args.epochs + 1):
@@ -541,7 +560,7 @@ def train(args, t_start, t_main):
                 bar.update(epoch, hist["loss"][-1], hist["train_acc"][-1], hist["test_acc"][-1],
                            hist["epoch_s"][-1])
             # every rank sees the same (global) losses: all stop together
-            msg = _diverged(args, hist, epoch, False, chance)
+            msg = _diverged(args, hist, initial, False, chance)
             if msg:
                 raise _all_ranks_like(CliError(msg), _every_rank(comm))
     except (FloatingPointError, RankError) as e:
@@ -550,7 +569,7 @@ def train(args, t_start, t_main):
     finally:
         bar.close()
     if State.rank == 0:
-        msg = _diverged(args, hist, epoch, True, chance)
+        msg = _diverged(args, hist, initial, True, chance)
     else:
         msg = None
     if comm is not None:

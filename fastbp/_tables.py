@@ -1,0 +1,290 @@
+"""Reading delimited text and .npz data files for :mod:`fastbp.data` (private).
+
+pandas' ``read_csv`` reads the cells (as strings: the numbers are parsed
+afterwards so that every bad cell can be named); this module decides the
+header, resolves the label column and words the one-line errors, which name
+the file, the 1-based line and the column.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import zipfile
+
+import numpy as np
+
+_EXTRA = "install it with: pip install 'fastbp[examples]'"
+#: cells read as a missing value (case-insensitive), as pandas' default NA strings
+_NA = frozenset({"", "na", "n/a", "nan", "-nan", "null", "none", "#n/a", "<na>"})
+
+
+class DataError(ValueError):
+    """A data file or array that cannot be used for training (one-line message)."""
+
+
+def _import(module, what):
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"{what}, which is not installed; {_EXTRA}") from None
+
+
+def _one_line(e):
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _where(i, lines):
+    return f"on line {int(lines[i])}" if lines is not None else f"at row {int(i)}"
+
+
+def _to_numbers(text):
+    """float64 of each string (NaN where it is not a number); pandas' parser."""
+    pd = _import("pandas", "reading data files needs pandas")
+    return np.asarray(pd.to_numeric(pd.Series(text, dtype=object), errors="coerce"), dtype=np.float64)
+
+
+# ------------------------------------------------------------------ files
+def _check_path(path):
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory, expected a .npz or .csv file")
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".npz", ".csv", ".tsv", ".txt"):
+        raise DataError(f"{path}: unknown file type {ext or '(no extension)'!r}, expected .npz or .csv")
+    if ext == ".txt":
+        raise DataError(f"{path}: unknown file type '.txt', expected .npz or .csv (rename a "
+                        "delimited text file to .csv and pass --delimiter)")
+    return path, ext
+
+
+def _delimiter(delimiter, ext):
+    if delimiter is None:
+        return "\t" if ext == ".tsv" else ","
+    if not isinstance(delimiter, str):
+        raise TypeError(f"delimiter must be a str, got {type(delimiter).__name__}")
+    d = {"tab": "\t", "\\t": "\t", "space": " "}.get(delimiter, delimiter)
+    if len(d) != 1 or d in "\"\r\n" or d.isalnum() or d in ".-+":
+        raise DataError(f"delimiter must be one character other than a letter, digit, sign, point, "
+                        f"quote or newline (or 'tab'), got {delimiter!r}")
+    return d
+
+
+def _load_npz(path, need_y):
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            names = set(f.files)
+            missing = [k for k in (("X", "y") if need_y else ("X",)) if k not in names]
+            if missing:
+                have = ", ".join(sorted(names)) or "none"
+                raise DataError(f"{path}: .npz file must contain arrays {' and '.join(map(repr, missing))} "
+                                f"(missing {', '.join(missing)}; found {have})")
+            X = f["X"]
+            y = f["y"] if "y" in names else None
+            fn = f["feature_names"] if "feature_names" in names else None
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({_one_line(e)})") from None
+    X = np.asarray(X)
+    if X.dtype.kind not in "biuf":
+        raise DataError(f"{path}: X must hold numbers, got dtype {X.dtype}")
+    if X.ndim == 1:
+        X = X[:, None]
+    if X.ndim > 2:
+        X = X.reshape(X.shape[0], -1)
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise DataError(f"{path}: X must be a non-empty 2-D array (n_samples, n_features), got shape {X.shape}")
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    if not np.all(np.isfinite(X)):
+        bad = np.argwhere(~np.isfinite(X))[0]
+        raise DataError(f"{path}: X contains NaN or infinite values (first at row {bad[0]}, column {bad[1]})")
+    if fn is not None:
+        if fn.dtype.kind != "U" or fn.shape != (X.shape[1],):
+            raise DataError(f"{path}: feature_names must be {X.shape[1]} strings, got dtype {fn.dtype} "
+                            f"and shape {fn.shape}")
+        fn = [str(s) for s in fn]
+    return X, y, fn
+
+
+class _Table:
+    """The cells of a CSV file (strings, stripped), their numbers and its header."""
+
+    def __init__(self, path, sep, header, label_column, names_hint):
+        pd = _import("pandas", "reading CSV files needs pandas")
+        self.path, self.sep = path, sep
+        try:
+            df = pd.read_csv(path, sep=sep, header=None, dtype=str, keep_default_na=False,
+                             na_filter=False, skip_blank_lines=False, encoding="utf-8-sig",
+                             engine="c", quotechar='"')
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not a text CSV file (cannot decode it as UTF-8)") from None
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{path}: the CSV file is empty") from None
+        except pd.errors.ParserError as e:
+            m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
+            if m:
+                raise DataError(f"{path}: line {m.group(2)} has {m.group(3)} columns, expected "
+                                f"{m.group(1)} (as on the first line)") from None
+            raise DataError(f"{path}: malformed CSV ({_one_line(e)})") from None
+        cells = df.to_numpy(dtype=object)
+        cells = np.char.strip(cells.astype(str)) if cells.size else cells.astype(str)
+        keep = np.flatnonzero((cells != "").any(axis=1))      # blank lines are skipped
+        if keep.size == 0:
+            raise DataError(f"{path}: the CSV file is empty")
+        self.rec = keep
+        self.cells = cells[keep]
+        self.width = self.cells.shape[1]
+        self.num = np.empty(self.cells.shape, dtype=np.float64)
+        for j in range(self.width):
+            self.num[:, j] = _to_numbers(self.cells[:, j])
+        self._lines = None
+        self.has_header = self._decide_header(header, label_column, names_hint)
+        if self.has_header:
+            self.names = [str(c) for c in self.cells[0]]
+            self.cells, self.num, self.rec = self.cells[1:], self.num[1:], self.rec[1:]
+            if self.cells.shape[0] == 0:
+                raise DataError(f"{path}: the CSV file has a header but no data rows")
+        else:
+            self.names = None
+
+    def _decide_header(self, forced, label_column, names_hint):
+        if forced is not None:
+            return bool(forced)
+        row0 = [str(c) for c in self.cells[0]]
+        if isinstance(label_column, str) and label_column in row0 and _as_int(label_column) is None:
+            return True
+        if names_hint and set(names_hint) <= set(row0):
+            return True
+        body = self.cells[1:]
+        if body.shape[0] == 0:      # a lone line of words is a header without data
+            return any(c.lower() not in _NA and np.isnan(v) for c, v in zip(row0, self.num[0]))
+        for j, c in enumerate(row0):
+            if c.lower() in _NA or not np.isnan(self.num[0, j]):
+                continue
+            filled = body[:, j] != ""
+            numbers = np.count_nonzero(filled & ~np.isnan(self.num[1:, j]))
+            if numbers and 2 * numbers > np.count_nonzero(filled):
+                return True   # a word above a column of numbers: a header
+        return False
+
+    # ------------------------------------------------------------ diagnostics
+    def _records(self):
+        """(first line, field count) of every CSV record (the error path only)."""
+        if self._lines is None:
+            starts, counts, end = [], [], 0
+            with open(self.path, newline="", encoding="utf-8-sig") as fh:
+                r = csv.reader(fh, delimiter=self.sep, quotechar='"')
+                for row in r:
+                    starts.append(end + 1)
+                    counts.append(len(row))
+                    end = r.line_num
+            self._lines = (np.asarray(starts, dtype=np.int64), np.asarray(counts, dtype=np.int64))
+        return self._lines
+
+    @property
+    def lines(self):
+        starts = self._records()[0]
+        if starts.size <= self.rec.max():        # csv and pandas disagree: record numbers
+            return self.rec + 1
+        return starts[self.rec]
+
+    def column(self, j):
+        if self.names is not None and self.names[j] != "":
+            return f"column {self.names[j]!r}"
+        return f"column {j}"
+
+    def _short(self, i):
+        """A message if data row ``i`` has fewer fields than the file's width, else None."""
+        starts, counts = self._records()
+        r = self.rec[i]
+        if r < counts.size and counts[r] < self.width:
+            return (f"{self.path}: line {starts[r]} has {counts[r]} columns, expected {self.width} "
+                    "(as on the first line)")
+        return None
+
+    def features(self, cols):
+        X = np.ascontiguousarray(self.num[:, cols])
+        bad = ~np.isfinite(X)
+        if bad.any():
+            i, k = (int(v) for v in np.argwhere(bad)[0])
+            j = cols[k]
+            cell = str(self.cells[i, j])
+            line = int(self.lines[i])
+            if cell == "" and self._short(i):
+                raise DataError(self._short(i))
+            where = f"{self.path}: line {line}, {self.column(j)}"
+            if cell.lower() in _NA:
+                raise DataError(f"{where}: missing value{'' if cell == '' else f' ({cell!r})'}")
+            if np.isnan(X[i, k]):
+                raise DataError(f"{where}: non-numeric feature value {cell!r}")
+            raise DataError(f"{where}: feature value {cell!r} is not a finite float64 number")
+        return X
+
+    def labels(self, j):
+        lab = self.cells[:, j].astype(str)
+        empty = np.flatnonzero(lab == "")
+        if empty.size:
+            i = int(empty[0])
+            if self._short(i):
+                raise DataError(self._short(i))
+            raise DataError(f"{self.path}: line {int(self.lines[i])}: empty label in {self.column(j)}")
+        return lab
+
+    def delimiter_hint(self):
+        if self.width > 1:
+            return ""
+        for d in (";", "\t", "|", ","):
+            if d != self.sep and any(d in str(c) for c in self.cells[:5, 0]):
+                return f" (is the delimiter {d!r}? pass --delimiter {'tab' if d == chr(9) else repr(d)})"
+        return ""
+
+
+def _as_int(s):
+    if isinstance(s, (int, np.integer)) and not isinstance(s, bool):
+        return int(s)
+    if isinstance(s, str) and re.fullmatch(r"\s*[-+]?\d+\s*", s):
+        return int(s)
+    return None
+
+
+def _resolve_label(label_column, names, width, path):
+    if label_column is None:
+        return width - 1
+    if not isinstance(label_column, (str, int, np.integer)) or isinstance(label_column, bool):
+        raise TypeError(f"label_column must be a column name or 0-based index, got {type(label_column).__name__}")
+    if isinstance(label_column, str) and names is not None and label_column in names:
+        if names.count(label_column) > 1:
+            raise DataError(f"{path}: several columns are named {label_column!r}; give the label "
+                            "column's 0-based index")
+        return names.index(label_column)
+    idx = _as_int(label_column)
+    if idx is not None:
+        if not -width <= idx < width:
+            raise DataError(f"{path}: label column {idx} is out of range: the file has {width} "
+                            f"columns (0..{width - 1})")
+        return idx % width
+    if names is None:
+        raise DataError(f"{path}: no column named {label_column!r}: the file has no header row "
+                        "(give the label column's 0-based index, or --header)")
+    raise DataError(f"{path}: no column named {label_column!r} (columns: {', '.join(names)})")
+
+
+def _feature_names(names, cols, path):
+    if names is None:
+        return None
+    fn = [names[j] if names[j] != "" else f"column {j}" for j in cols]
+    seen = set()
+    for n in fn:
+        if n in seen:
+            raise DataError(f"{path}: two feature columns are named {n!r}; column names must differ")
+        seen.add(n)
+    return fn
+
+

@@ -1,0 +1,256 @@
+"""fastbp.data: CSV/.npz reading on pandas, header decision, errors naming line and column,
+scikit-learn splits, labels and overflow-free scaling (issue 16 part 4, issue 17 defects 6 and 8)."""
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pandas")
+pytest.importorskip("sklearn")
+
+from fastbp import data  # noqa: E402
+from fastbp.data import DataError  # noqa: E402
+
+
+def write(tmp_path, name, content):
+    p = tmp_path / name
+    p.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    return str(p)
+
+
+BODY = "1,2,0\n3,4,1\n5,6,0\n7,8,1\n"
+
+
+# ------------------------------------------------------------------ issue 17, defect 6
+def test_empty_label_is_an_error_naming_the_line(tmp_path):
+    p = write(tmp_path, "d.csv", "1,2,0\n3,4,\n5,6,1\n7,8,0\n")
+    with pytest.raises(DataError, match=r"line 2: empty label in column 2"):
+        data.read_dataset(p)
+    p = write(tmp_path, "h.csv", "a,b,label\n1,2,0\n3,4,1\n5,6, \n")
+    with pytest.raises(DataError, match=r"line 4: empty label in column 'label'"):
+        data.read_dataset(p)
+    # and never a class named ''
+    with pytest.raises(DataError, match="empty label"):
+        data.encode_labels(np.array(["a", "", "b"]))
+
+
+def test_byte_order_mark_is_not_a_header(tmp_path):
+    p = write(tmp_path, "bom.csv", b"\xef\xbb\xbf" + BODY.encode())
+    ds = data.read_dataset(p)
+    assert not ds.has_header and ds.X.shape == (4, 2)
+    np.testing.assert_array_equal(ds.X[0], [1, 2])
+    # a BOM before a real header: the header's first name has no BOM
+    p = write(tmp_path, "bomh.csv", b"\xef\xbb\xbfa,b,label\n" + BODY.encode())
+    ds = data.read_dataset(p)
+    assert ds.has_header and ds.feature_names == ["a", "b"] and ds.X.shape == (4, 2)
+
+
+@pytest.mark.parametrize("line", [1, 2])
+def test_empty_cell_is_the_same_error_on_the_first_line_as_on_the_second(tmp_path, line):
+    rows = BODY.splitlines()
+    rows[line - 1] = "1,,0" if line == 1 else "3,,1"
+    p = write(tmp_path, "e.csv", "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=rf"line {line}, column 1: missing value"):
+        data.read_dataset(p)
+
+
+def test_numeric_header_is_a_header(tmp_path):
+    p = write(tmp_path, "n.csv", "0,1,2,label\n1,2,3,0\n4,5,6,1\n7,8,9,0\n1,1,1,1\n")
+    ds = data.read_dataset(p)
+    assert ds.has_header
+    assert ds.feature_names == ["0", "1", "2"] and ds.label_name == "label"
+    assert ds.X.shape == (4, 3)
+    X, y, classes = data.load_file(p)
+    np.testing.assert_array_equal(classes, [0, 1])          # no class named 'label'
+
+
+def test_numeric_header_above_string_labels(tmp_path):
+    p = write(tmp_path, "s.csv", "0,1,2,label\n1,2,3,cat\n4,5,6,dog\n7,8,9,cat\n1,1,1,dog\n")
+    # undecidable from the cells (every column of features is numbers, the label column words):
+    # the first line is data, and its one-off class is an error that suggests --header
+    ds = data.read_dataset(p)
+    y, classes = data.encode_labels(ds.labels, ds.path, ds.lines)
+    with pytest.raises(DataError, match=r"single sample \(on line 1\).*--header"):
+        data.stratified_split(y, 0.5, lines=ds.lines, classes=classes)
+    for kw in ({"header": True}, {"label_column": "label"}):
+        ds = data.read_dataset(p, **kw)
+        assert ds.has_header and ds.label_name == "label" and ds.X.shape == (4, 3)
+
+
+def test_header_decision(tmp_path):
+    # a word above a column of numbers: a header
+    assert data.read_dataset(write(tmp_path, "a.csv", "x,y,label\n" + BODY)).has_header
+    # all numbers: data
+    assert not data.read_dataset(write(tmp_path, "b.csv", BODY)).has_header
+    # forced either way
+    with pytest.raises(DataError, match=r"line 1, column 0: non-numeric feature value 'x'"):
+        data.read_dataset(write(tmp_path, "c.csv", "x,y,label\n" + BODY), header=False)
+    ds = data.read_dataset(write(tmp_path, "d.csv", BODY), header=True)
+    assert ds.feature_names == ["1", "2"] and ds.X.shape == (3, 2)
+    # a header and a typo further down: the typo is reported, not the header
+    with pytest.raises(DataError, match=r"line 4, column 'y': non-numeric feature value 'oops'"):
+        data.read_dataset(write(tmp_path, "e.csv", "x,y,label\n1,2,0\n3,4,1\n5,oops,0\n7,8,1\n"))
+    # a lone line of words is a header without data
+    with pytest.raises(DataError, match="no data rows"):
+        data.read_dataset(write(tmp_path, "f.csv", "x,y,label\n"))
+
+
+# ------------------------------------------------------------------ errors name line and column
+def test_missing_and_bad_values_name_line_and_column(tmp_path):
+    p = write(tmp_path, "m.csv", "a,b,label\n1,2,0\n\n3,NA,1\n")
+    with pytest.raises(DataError, match=r"m.csv: line 4, column 'b': missing value \('NA'\)"):
+        data.read_dataset(p)
+    p = write(tmp_path, "i.csv", "1,2,0\n3,inf,1\n")
+    with pytest.raises(DataError, match=r"line 2, column 1: feature value 'inf' is not a finite"):
+        data.read_dataset(p)
+    p = write(tmp_path, "o.csv", "1,2,0\n3,1e999,1\n")
+    with pytest.raises(DataError, match=r"line 2, column 1: .*not a finite"):
+        data.read_dataset(p)
+
+
+def test_line_numbers_count_blank_lines_and_quoted_newlines(tmp_path):
+    p = write(tmp_path, "q.csv", 'a,b,label\n"1\n",2,0\n\n3,4,1\n5,x,0\n')
+    with pytest.raises(DataError, match=r"line 6, column 'b'"):
+        data.read_dataset(p)
+
+
+def test_short_and_long_rows(tmp_path):
+    with pytest.raises(DataError, match=r"line 2 has 2 columns, expected 3"):
+        data.read_dataset(write(tmp_path, "s.csv", "1,2,0\n3,4\n5,6,1\n"))
+    with pytest.raises(DataError, match=r"line 2 has 4 columns, expected 3"):
+        data.read_dataset(write(tmp_path, "l.csv", "1,2,0\n3,4,5,1\n5,6,1\n"))
+
+
+def test_delimiters(tmp_path):
+    semi = "a;b;label\n1;2;0\n3;4;1\n"
+    with pytest.raises(DataError, match=r"is the delimiter ';'\? pass --delimiter ';'"):
+        data.read_dataset(write(tmp_path, "s.csv", semi))
+    ds = data.read_dataset(write(tmp_path, "s2.csv", semi), delimiter=";")
+    assert ds.feature_names == ["a", "b"] and ds.X.shape == (2, 2)
+    ds = data.read_dataset(write(tmp_path, "t.tsv", semi.replace(";", "\t")))
+    assert ds.feature_names == ["a", "b"]
+    ds = data.read_dataset(write(tmp_path, "t.csv", semi.replace(";", "\t")), delimiter="tab")
+    assert ds.feature_names == ["a", "b"]
+    with pytest.raises(DataError, match="delimiter"):
+        data.read_dataset(write(tmp_path, "u.csv", semi), delimiter="ab")
+
+
+def test_label_column(tmp_path):
+    p = write(tmp_path, "l.csv", "label,a,b\n0,1,2\n1,3,4\n0,5,6\n1,7,8\n")
+    for col in ("label", 0, "0", -3):
+        ds = data.read_dataset(p, label_column=col)
+        assert ds.label_name == "label" and ds.label_index == 0 and ds.feature_names == ["a", "b"]
+        np.testing.assert_array_equal(ds.X[:, 0], [1, 3, 5, 7])
+    with pytest.raises(DataError, match=r"no column named 'price' \(columns: label, a, b\)"):
+        data.read_dataset(p, label_column="price")
+    with pytest.raises(DataError, match=r"label column 3 is out of range: the file has 3 columns"):
+        data.read_dataset(p, label_column=3)
+    with pytest.raises(DataError, match="no header row"):
+        data.read_dataset(write(tmp_path, "n.csv", BODY), label_column="label")
+
+
+def test_npz_rejects_csv_options(tmp_path):
+    p = tmp_path / "d.npz"
+    np.savez(p, X=np.zeros((4, 2)), y=np.array([0, 1, 0, 1]))
+    with pytest.raises(DataError, match="apply to CSV"):
+        data.read_dataset(p, label_column=0)
+    ds = data.read_dataset(p)
+    assert ds.X.shape == (4, 2) and ds.feature_names is None
+
+
+def test_without_pandas_the_error_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(ImportError, match=r"pandas.*pip install 'fastbp\[examples\]'"):
+        data.read_dataset(write(tmp_path, "d.csv", BODY))
+
+
+# ------------------------------------------------------------------ labels, targets, splits
+def test_encode_labels_numbers_and_strings():
+    y, classes = data.encode_labels(np.array(["2", "10", "2"]))        # numbers in a CSV column
+    np.testing.assert_array_equal(classes, [2, 10])
+    assert classes.dtype == np.int64 and list(y) == [0, 1, 0]
+    y, classes = data.encode_labels(np.array(["b", "a", " b "]))
+    np.testing.assert_array_equal(classes, ["a", "b"])
+    np.testing.assert_array_equal(y, [1, 0, 1])
+    _, classes = data.encode_labels(np.array([1e20, 3.0]))            # integral, beyond int64 exactness
+    assert classes.dtype == np.float64 and classes[1] == 1e20
+    with pytest.raises(DataError, match=r"non-integer.*line 3"):
+        data.encode_labels(np.array(["1", "2", "2.5"]), "f.csv", lines=np.array([1, 2, 3]))
+
+
+def test_regression_targets():
+    np.testing.assert_array_equal(data.regression_targets(np.array(["1.5", " -2", "3e2"])), [1.5, -2, 300])
+    with pytest.raises(DataError, match=r"missing target on line 3"):
+        data.regression_targets(np.array(["1", "2", "NA"]), "f.csv", np.array([1, 2, 3]))
+    with pytest.raises(DataError, match=r"target 'cat' on line 2 is not a finite number"):
+        data.regression_targets(np.array(["1", "cat"]), "f.csv", np.array([1, 2]))
+
+
+def test_split_is_scikit_learns_stratified_split():
+    from sklearn.model_selection import train_test_split
+    y = np.repeat(np.arange(3), [20, 12, 8])
+    tr, te = data.stratified_split(y, 0.25, seed=7)
+    a, b = train_test_split(np.arange(40), test_size=0.25, random_state=7, stratify=y)
+    np.testing.assert_array_equal(tr, np.sort(a))
+    np.testing.assert_array_equal(te, np.sort(b))
+    with pytest.raises(DataError, match="too small to split"):
+        data.stratified_split(np.repeat(np.arange(5), 2), 0.2)
+
+
+# ------------------------------------------------------------------ issue 17, defect 8: scaling
+def test_scaling_features_near_1e300_neither_overflows_nor_zeroes():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3)) * np.array([1e300, 1.0, 1e-300])
+    X[:, 0] += 1e300
+    X[:5, 1] = 1.7e308          # near the float64 limit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")           # no RuntimeWarning
+        s = data.Standardizer().fit(X)
+        Z = s.transform(X, np.float32)
+    assert np.all(np.isfinite(Z))
+    assert np.all(Z.std(axis=0) > 0.9)           # no all-zero feature
+    np.testing.assert_allclose(Z.astype(np.float64).mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(s.mean_[0], X[:, 0].mean(), rtol=1e-12)
+    assert np.all(np.isfinite(s.scale_)) and np.all(s.scale_ > 0)
+
+
+def test_non_finite_after_scaling_names_the_feature():
+    s = data.Standardizer().fit(np.array([[0.0, 1.0], [1e-300, 2.0], [2e-300, 3.0]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataError, match=r"feature 'tiny' is not finite after scaling"):
+            s.transform(np.array([[1e300, 1.0]]), np.float64, names=["tiny", "b"])
+        with pytest.raises(DataError, match=r"feature 'tiny' is not finite after scaling"):
+            s.transform(np.array([[1e-250, 1.0]]), np.float32, names=["tiny", "b"])
+
+
+def test_scaling_matches_standard_scaler_on_ordinary_data():
+    from sklearn.preprocessing import StandardScaler
+    X = np.random.default_rng(1).normal(3.0, 2.0, size=(100, 4))
+    s, sk = data.Standardizer().fit(X), StandardScaler().fit(X)
+    np.testing.assert_allclose(s.mean_, sk.mean_, rtol=1e-14)
+    np.testing.assert_allclose(s.scale_, sk.scale_, rtol=1e-14)
+    np.testing.assert_allclose(s.transform(X), sk.transform(X), rtol=1e-12, atol=1e-14)
+
+
+# ------------------------------------------------------------------ data for a trained model
+def test_read_features_matches_columns_by_name_or_count(tmp_path):
+    names = ["a", "b", "c"]
+    # by name: any order, the label column ignored
+    p = write(tmp_path, "n.csv", "c,label,a,b\n3,x,1,2\n6,y,4,5\n")
+    ds = data.read_features(p, 3, names, "label", 3)
+    np.testing.assert_array_equal(ds.X, [[1, 2, 3], [4, 5, 6]])
+    np.testing.assert_array_equal(ds.labels, ["x", "y"])
+    with pytest.raises(DataError, match=r"missing feature column\(s\) 'c'"):
+        data.read_features(write(tmp_path, "m.csv", "a,b,label\n1,2,0\n"), 3, names, "label", 3)
+    with pytest.raises(DataError, match=r"column\(s\) 'id' are not features"):
+        data.read_features(write(tmp_path, "x.csv", "id,a,b,c\n1,1,2,3\n"), 3, names, "label", 3)
+    # by count: no header
+    ds = data.read_features(write(tmp_path, "c.csv", "1,2,3\n4,5,6\n"), 3, names, "label", 3)
+    assert ds.labels is None and ds.X.shape == (2, 3)
+    ds = data.read_features(write(tmp_path, "l.csv", "9,1,2,3\n8,4,5,6\n"), 3, None, None, 0)
+    np.testing.assert_array_equal(ds.labels, ["9", "8"])
+    np.testing.assert_array_equal(ds.X[:, 0], [1, 4])
+    with pytest.raises(DataError, match=r"5 columns, the model expects 3 features"):
+        data.read_features(write(tmp_path, "w.csv", "1,2,3,4,5\n"), 3)
