@@ -177,6 +177,8 @@ def _check_extras(extra_arrays, extra_meta):
 def _snapshot(step):
     """Arrays and metadata of a TrainStep (or any object exposing the same attributes)."""
     from . import __version__
+    if not isinstance(getattr(step, "param_vector", None), np.ndarray) and callable(getattr(step, "to_cpu", None)):
+        step = step.to_cpu()          # a CudaTrainStep: save a host copy, as CudaTrainStep.save does
     missing = [a for a in _STEP_ATTRS if not hasattr(step, a)]
     if missing:
         raise TypeError(f"step must be a fastbp.TrainStep (or an object with {', '.join(missing)}), "
@@ -220,9 +222,13 @@ def save(step, path, extra_arrays=None, extra_meta=None):
     step : TrainStep
         The compiled step (or any object exposing ``param_vector``,
         ``state_vectors``, ``hyper``, ``rng``, ``model``, ``loss``,
-        ``optimizer``, ``batch_size``, ``dtype`` and ``seed`` like it); its
-        ``_lock``, when it has one, is held while its state is copied, so a
-        step running in another thread is never saved half-updated.
+        ``optimizer``, ``batch_size``, ``dtype`` and ``seed`` like it, such
+        as a :class:`DistributedStep`, which forwards them: call it on one
+        rank only); its ``_lock``, when it has one, is held while its state
+        is copied, so a step running in another thread is never saved
+        half-updated.  An object whose ``param_vector`` is not a numpy array
+        but which has ``to_cpu()`` (a :class:`CudaTrainStep`) is saved from
+        that host copy.
     path : str or os.PathLike
         Destination file; written exactly there (no ``.npz`` suffix is
         added).  Its directory must exist.  A symbolic link is written

@@ -167,7 +167,11 @@ def test_save_accepts_a_trainstep_like_object(tmp_path):
         setattr(like, a, getattr(step, a))
     checkpoint.save(like, tmp_path / "like.npz")
     _same_state(fastbp.load(tmp_path / "like.npz"), step)
+    gpu_like = Like()                                  # a device step: saved from its host copy
+    gpu_like.param_vector, gpu_like.to_cpu = object(), lambda: like
+    checkpoint.save(gpu_like, tmp_path / "gpu.npz", extra_arrays={"a": np.zeros(1)})
+    _same_state(checkpoint.load_bundle(tmp_path / "gpu.npz")[0], step)
     del like.rng
     with pytest.raises(TypeError, match=r"step must be a fastbp.TrainStep \(or an object with rng\), got Like"):
         checkpoint.save(like, tmp_path / "x.npz")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["like.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu.npz", "like.npz"]
