@@ -103,14 +103,18 @@ def step_bytes(model, n_state, batch_size, itemsize, init=True):
     n_params = 0
     largest = 0
     acts = batch_size * model.in_features           # the input buffer
+    n_bufs = 4                                      # input, targets, loss and its gradient
     for layer in model.layers:
         if isinstance(layer, Linear):
             k = layer.in_features * layer.out_features_ + (layer.out_features_ if layer.bias else 0)
             n_params += k
             largest = max(largest, k)
             acts += 2 * batch_size * layer.out_features_     # output and its gradient
+            n_bufs += 4 + (4 if layer.bias else 0)           # W, dW, output, its gradient (b, db)
     acts += batch_size * model.out_features()                # the target buffer
-    buffers = itemsize * (n_params * (2 + n_state) + acts) + 8 * 2 * batch_size   # + float64/int64 workspaces
+    # every buffer is padded to 16 values (64-byte alignment), plus the compiler's slack
+    elements = n_params * (2 + n_state) + acts + 16 * n_bufs + 48
+    buffers = itemsize * elements + 8 * 2 * batch_size      # + the float64/int64 workspaces
     # the graph keeps a float64 copy of every initial weight until the arena is
     # filled; the layer being drawn needs one more float64 array
     transient = 8 * (n_params + largest)
