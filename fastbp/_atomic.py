@@ -5,12 +5,14 @@ renames it over the target with :func:`os.replace` and fsyncs the
 directory; on any failure the target is untouched and the temporary file is
 removed.  Temporary names are ``.fastbp-<target>-<host>-<pid>-<random>.tmp``
 (8, 6 and 8 hex digits and the writer's process id: at most 47 characters,
-so any file name that is legal for the target is legal for the save).  A
-process killed outright (SIGKILL, power loss) cannot remove its temporary
-file; the next successful write to the same target deletes such leftovers
-when they are provably stale: written on this host (same host hash) by a
-process that no longer exists, and untouched for :data:`STALE_SECONDS`.
-Nothing else is ever deleted.  Symbolic links are written through: the
+so any file name that is legal for the target is legal for the save).
+``<target>`` hashes the target's base name, ``<host>`` the host name and,
+on Linux, the PID namespace.  A process killed outright (SIGKILL, power
+loss) cannot remove its temporary file; the next successful write to the
+same target deletes such leftovers when they are provably stale: same
+target, same host and PID namespace, and no process with that id exists.
+Nothing else is ever deleted (a leftover whose process id was reused stays
+until that process is gone).  Symbolic links are written through: the
 link's final target is replaced, the link stays.
 """
 from __future__ import annotations
@@ -21,10 +23,7 @@ import re
 import secrets
 import socket
 import stat
-import time
 
-#: Age after which a leftover temporary file of a killed save may be deleted.
-STALE_SECONDS = 600
 TEMP_NAME = re.compile(r"\.fastbp-([0-9a-f]{8})-([0-9a-f]{6})-([0-9]{1,10})-[0-9a-f]{8}\.tmp")
 
 
@@ -32,8 +31,17 @@ def _short_hash(text, n):
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:n]
 
 
+def _host():
+    """This host and PID namespace: where a process id names the same process."""
+    try:
+        ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        ns = ""
+    return f"{socket.gethostname()}/{ns}"
+
+
 def _tags(target):
-    return _short_hash(os.path.basename(target), 8), _short_hash(socket.gethostname(), 6)
+    return _short_hash(os.path.basename(target), 8), _short_hash(_host(), 6)
 
 
 def temp_name(target):
@@ -105,11 +113,11 @@ def _pid_alive(pid):
 
 
 def remove_stale_temps(target):
-    """Delete provably stale temporary files of killed writes to ``target``; best effort, POSIX only."""
+    """Delete temporary files of killed writes to ``target`` (same host and PID namespace, writer
+    gone); best effort, POSIX only."""
     if os.name != "posix":            # no safe liveness check (os.kill terminates on Windows)
         return
     tag, host = _tags(target)
-    now = time.time()
     try:
         with os.scandir(os.path.dirname(target)) as it:
             for entry in it:
@@ -118,8 +126,7 @@ def remove_stale_temps(target):
                     continue
                 pid = int(m.group(3))
                 try:
-                    if pid == os.getpid() or _pid_alive(pid) or not entry.is_file(follow_symlinks=False) or \
-                            now - entry.stat(follow_symlinks=False).st_mtime < STALE_SECONDS:
+                    if pid == os.getpid() or _pid_alive(pid) or not entry.is_file(follow_symlinks=False):
                         continue
                     os.unlink(entry.path)
                 except OSError:

@@ -47,9 +47,9 @@ Guarantees
   directory is fsync'ed.  A failure at any point leaves the previous file
   untouched and removes the temporary file.  A process killed outright
   (SIGKILL, power loss) cannot remove it: the next save to the same target
-  on the same host deletes such leftovers once they are provably stale (the
-  process named in them is gone and the file is untouched for 10 minutes);
-  elsewhere they are safe to delete by hand.
+  deletes such leftovers when they are provably stale (written on this host
+  and PID namespace by a process that no longer exists); any leftover may
+  also be deleted by hand while no save is running.
 * Symbolic links: saving to a link writes *through* it (like
   :func:`numpy.save` and most editors): the link's final target is replaced
   atomically, with the temporary file in the target's directory, and the
