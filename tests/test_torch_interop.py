@@ -1,5 +1,6 @@
 """fastbp.from_torch: same weights as PyTorch's own training loop, shared storage."""
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -98,3 +99,54 @@ def test_unsupported_models_and_options_are_rejected():
         fastbp.from_torch(m, loss=torch.nn.NLLLoss())
     with pytest.raises(TypeError, match="float32 or all float64"):
         fastbp.from_torch(torch.nn.Sequential(torch.nn.Linear(3, 2).half()))
+
+
+@pytest.mark.parametrize("loss,arg", [
+    (lambda: torch.nn.CrossEntropyLoss(ignore_index=0), "ignore_index=0"),           # issue 17 defect 5
+    (lambda: torch.nn.CrossEntropyLoss(ignore_index=-1), "ignore_index=-1"),
+    (lambda: torch.nn.CrossEntropyLoss(reduction="sum"), "reduction='sum'"),
+    (lambda: torch.nn.CrossEntropyLoss(reduction="none"), "reduction='none'"),
+    (lambda: torch.nn.CrossEntropyLoss(label_smoothing=0.1), "label_smoothing=0.1"),
+    (lambda: torch.nn.CrossEntropyLoss(weight=torch.ones(2)), "weight=a (2,) tensor"),
+    (lambda: torch.nn.MSELoss(reduction="sum"), "reduction='sum'"),
+    (lambda: torch.nn.MSELoss(size_average=False), "reduction='sum'"),                # the legacy spelling
+    (lambda: torch.nn.BCEWithLogitsLoss(reduction="sum"), "reduction='sum'"),
+    (lambda: torch.nn.BCEWithLogitsLoss(weight=torch.ones(2)), "weight=a (2,) tensor"),
+    (lambda: torch.nn.BCEWithLogitsLoss(pos_weight=torch.ones(2)), "pos_weight=a (2,) tensor"),
+])
+@pytest.mark.filterwarnings("ignore:size_average and reduce args")
+def test_loss_arguments_fastbp_does_not_implement_are_refused(loss, arg):
+    """Issue 17 defect 5: CrossEntropyLoss(ignore_index=0) trained another loss than torch's.
+    Every argument of a torch loss that fastbp does not implement is a ValueError naming it."""
+    m = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"loss: \w+\(" + re.escape(arg) + r"\) is not supported"):
+        fastbp.from_torch(m, loss=loss())
+
+
+def test_loss_subclasses_are_refused_and_defaults_accepted():
+    class Custom(torch.nn.CrossEntropyLoss):
+        def forward(self, a, b):          # a subclass may compute anything
+            return super().forward(a, b) * 2
+
+    m = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    with pytest.raises(ValueError, match="Custom has no fastbp equivalent"):
+        fastbp.from_torch(m, loss=Custom())
+    for loss, name in ((torch.nn.CrossEntropyLoss(ignore_index=-100, reduction="mean", label_smoothing=0.0),
+                        "softmax_cross_entropy"), (torch.nn.MSELoss(), "mse"),
+                       (torch.nn.BCEWithLogitsLoss(), "bce_with_logits")):
+        assert fastbp.from_torch(torch.nn.Sequential(torch.nn.Linear(3, 2)), loss=loss).loss == name
+
+
+def test_tensor_inputs_in_any_layout_are_converted_like_arrays():
+    """Tensors go through the same input path as numpy arrays: a transposed (non-contiguous)
+    tensor gives the result of its contiguous copy."""
+    torch.manual_seed(0)
+    a, b = (torch.nn.Sequential(torch.nn.Linear(4, 3)) for _ in range(2))
+    b.load_state_dict(a.state_dict())
+    sa, sb = fastbp.from_torch(a, batch_size=5), fastbp.from_torch(b, batch_size=5)
+    x = torch.randn(4, 5).T                      # (5, 4), not contiguous
+    y = torch.tensor([0, 1, 2, 0, 1])
+    assert not x.is_contiguous()
+    assert sa(x, y) == sb(x.contiguous(), y)
+    assert sa.predict(x).tobytes() == sb.predict(x.contiguous()).tobytes()
+    assert sa.param_vector.tobytes() == sb.param_vector.tobytes()
