@@ -98,6 +98,13 @@ def test_quiet_has_no_progress_bar_and_is_reproducible():
     (["train", "--frobnicate"], "--frobnicate"),
     (["tran"], "tran"),
     ([], "command"),
+    (["train", "--task", "regression", "--loss", "svm"], "--loss mse"),
+    (["train", "--task", "regression"], "needs --data"),
+    (["train", "--task", "ranking"], "--task"),
+    (["train", "--label-column", "x"], "--label-column"),
+    (["train", "--no-header"], "--header"),
+    (["predict", "--data", "x.csv"], "--model"),
+    (["evaluate", "--model", "m.npz"], "--data"),
 ])
 def test_bad_arguments_are_one_line(argv, needle, capsys):
     rc = cli.main(argv)
@@ -118,8 +125,14 @@ def test_help_exits_zero(capsys):
     out = capsys.readouterr().out
     for opt in ("--hidden", "--activation", "--loss", "--optimizer", "--lr", "--momentum", "--epochs",
                 "--batch-size", "--seed", "--dtype", "--device", "--save", "--plot", "--data",
-                "--compare", "--quiet"):
+                "--compare", "--quiet", "--label-column", "--delimiter", "--header", "--no-header",
+                "--task"):
         assert opt in out
+    for cmd, opts in (("predict", ("--model", "--data", "--proba", "--out", "--delimiter")),
+                      ("evaluate", ("--model", "--data"))):
+        assert cli.main([cmd, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert all(o in out for o in opts), out
 
 
 def test_missing_data_file(tmp_path):
@@ -302,10 +315,13 @@ def test_without_sklearn_digits_and_compare_are_one_line(monkeypatch, capsys, tm
     one_line_error(rc, "", capsys.readouterr().err, "scikit-learn", "pip install", "--data")
     rc = cli.main(["train", "--quiet", "--compare"])
     one_line_error(rc, "", capsys.readouterr().err, "--compare", "scikit-learn")
-    # training on the user's own data needs no scikit-learn
+    # the user's own data is split, scaled and label-encoded by scikit-learn too (issue 16)
     X, y = blobs()
     np.savez(tmp_path / "b.npz", X=X, y=y)
-    assert cli.main(["train", "--quiet", "--epochs", "2", "--data", str(tmp_path / "b.npz")]) == 0
+    for mod in ("sklearn.preprocessing", "sklearn.model_selection"):
+        monkeypatch.setitem(sys.modules, mod, None)
+    rc = cli.main(["train", "--quiet", "--epochs", "2", "--data", str(tmp_path / "b.npz")])
+    one_line_error(rc, "", capsys.readouterr().err, "scikit-learn", "pip install")
 
 
 def test_divergence_is_one_line(capsys):
@@ -378,3 +394,130 @@ def test_standardizer_uses_training_statistics():
     np.testing.assert_allclose(Z[:, :2].mean(0), 0, atol=1e-6)
     np.testing.assert_allclose(Z[:, :2].std(0), 1, atol=1e-5)
     np.testing.assert_array_equal(Z[:, 2], 0)
+
+
+# ------------------------------------------------------------------ issue 16: options and feedback
+def test_lr_100_on_digits_exits_non_zero_naming_the_learning_rate(capsys, tmp_path):
+    model = tmp_path / "m.npz"
+    rc = cli.main(["train", "--quiet", "--lr", "100", "--epochs", "3", "--hidden", "32",
+                   "--save", str(model)])
+    cap = capsys.readouterr()
+    one_line_error(rc, cap.out, cap.err, "diverged", "learning rate", "--lr 100")
+    assert "test accuracy" not in cap.out and not model.exists()    # no model of a diverged run
+
+
+def test_training_that_ends_at_chance_above_the_initial_loss_is_divergence(capsys):
+    # adam at lr 10: the loss does not grow a thousandfold, but the run ends at chance
+    rc = cli.main(["train", "--quiet", "--lr", "10", "--epochs", "4", "--hidden", "32"])
+    cap = capsys.readouterr()
+    one_line_error(rc, cap.out, cap.err, "diverged", "at chance", "learning rate")
+
+
+def test_progress_is_one_plain_line_per_epoch_off_a_terminal(capsys):
+    rc = cli.main(["train", "--epochs", "3", "--hidden", "8"])
+    cap = capsys.readouterr()
+    assert rc == 0
+    assert "\r" not in cap.err
+    lines = cap.err.strip().split("\n")
+    assert [ln.split(" loss=")[0] for ln in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert all(re.search(r"loss=[0-9.]+ acc=[0-9.]+ test_acc=[0-9.]+ time=", ln) for ln in lines)
+
+
+def test_progress_bar_on_a_terminal(monkeypatch):
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Tty())
+    bar = cli._Progress(3, False, False)
+    try:
+        assert bar.bar is not None and not bar.plain
+    finally:
+        bar.close()
+    assert cli._Progress(3, True, False).bar is None
+
+
+def _csv(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_bytes(text.encode() if isinstance(text, str) else text)
+    return str(p)
+
+
+def _blob_rows(n_per_class=20, sep=","):
+    X, y = blobs(n_per_class=n_per_class, n_features=2, n_classes=2)
+    return [sep.join(f"{v:.5f}" for v in row) + f"{sep}{lab}" for row, lab in zip(X, y)]
+
+
+def test_label_column_and_delimiter(tmp_path, capsys):
+    rows = [f"{r.rsplit(';', 1)[1]};{r.rsplit(';', 1)[0]}" for r in _blob_rows(sep=";")]
+    p = _csv(tmp_path, "semi.csv", "kind;a;b\n" + "\n".join(rows) + "\n")
+    rc = cli.main(["train", "--quiet", "--data", p, "--delimiter", ";", "--label-column", "kind",
+                   "--epochs", "3", "--hidden", "8"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "40 samples, 2 features, 2 classes" in cap.out
+    rc = cli.main(["train", "--quiet", "--data", p, "--delimiter", ";", "--label-column", "price"])
+    one_line_error(rc, "", capsys.readouterr().err, "no column named 'price'", "kind, a, b")
+
+
+@pytest.mark.parametrize("case", ["empty_label", "bom", "first_row_empty_cell", "numeric_header"])
+def test_csv_defects_of_issue_17(tmp_path, capsys, case):
+    rows = _blob_rows()
+    if case == "empty_label":
+        rows[2] = rows[2].rsplit(",", 1)[0] + ","
+        rc = cli.main(["train", "--quiet", "--data", _csv(tmp_path, "d.csv", "\n".join(rows))])
+        one_line_error(rc, "", capsys.readouterr().err, "d.csv: line 3: empty label")
+    elif case == "bom":
+        rc = cli.main(["train", "--quiet", "--epochs", "2", "--hidden", "8", "--data",
+                       _csv(tmp_path, "d.csv", b"\xef\xbb\xbf" + "\n".join(rows).encode())])
+        cap = capsys.readouterr()
+        assert rc == 0 and "40 samples" in cap.out           # the first row is data, not a header
+    elif case == "first_row_empty_cell":
+        rows[0] = "," + rows[0].split(",", 1)[1]
+        rc = cli.main(["train", "--quiet", "--data", _csv(tmp_path, "d.csv", "\n".join(rows))])
+        one_line_error(rc, "", capsys.readouterr().err, "line 1, column 0: missing value")
+    else:
+        rc = cli.main(["train", "--quiet", "--epochs", "2", "--hidden", "8", "--data",
+                       _csv(tmp_path, "d.csv", "0,1,label\n" + "\n".join(rows))])
+        cap = capsys.readouterr()
+        assert rc == 0 and "40 samples, 2 features, 2 classes" in cap.out, cap.err
+
+
+def test_features_near_1e300_train_without_overflow(tmp_path, capsys):
+    # issue 17, defect 8: the scaling neither overflows (RuntimeWarning, all-zero features) nor
+    # changes the result: the same data at 1e299 times the scale trains to the same accuracy
+    import warnings
+    X, y = blobs(n_per_class=30, n_features=3)
+    accs = []
+    for scale in (1.0, 1e299):
+        p = tmp_path / f"d{len(accs)}.csv"
+        np.savetxt(p, np.column_stack([X * scale, y]), delimiter=",", fmt="%.17g")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            rc = cli.main(["train", "--quiet", "--data", str(p), "--epochs", "40", "--hidden", "16",
+                           "--lr", "0.01"])
+        cap = capsys.readouterr()
+        assert rc == 0 and cap.err == "", cap.err
+        accs.append(accuracy_of(cap.out))
+    assert accs[0] >= 0.8 and accs[1] == accs[0]
+
+
+def test_regression_on_the_command_line(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 2))
+    y = 1e4 + 1e3 * (X[:, 0] - 2 * X[:, 1])
+    p = tmp_path / "r.csv"
+    np.savetxt(p, np.column_stack([X, y]), delimiter=",", fmt="%.10g", header="a,b,target", comments="")
+    rc = cli.main(["train", "--quiet", "--task", "regression", "--data", str(p), "--epochs", "40",
+                   "--hidden", "16", "--lr", "0.01"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "120 samples, 2 features, target 'target' (96 train / 24 test)" in cap.out
+    assert "loss mse" in cap.out
+    m = re.search(r"^test R\^2: ([-0-9.]+) \(RMSE ([0-9.e+]+) in target units, 24 samples\)$", cap.out, re.M)
+    assert m and float(m.group(1)) > 0.95 and float(m.group(2)) < 0.25 * y.std(), cap.out
+    rc = cli.main(["train", "--quiet", "--task", "regression", "--data",
+                   _csv(tmp_path, "bad.csv", "a,t\n1,2\n3,x\n4,5\n")])
+    one_line_error(rc, "", capsys.readouterr().err, "line 3", "not a finite number")
