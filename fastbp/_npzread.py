@@ -100,7 +100,7 @@ class Archive:
         for info in self._zip.infolist():
             name = info.filename
             if name in seen:
-                raise BadArchive(f"member {name!r} appears twice (corrupted or crafted archive)")
+                raise BadArchive(f"member {name[:80]!r} appears twice (corrupted or crafted archive)")
             seen.add(name)
             if not name.endswith(".npy"):
                 self.others.append(name)
@@ -116,6 +116,10 @@ class Archive:
                 raise BadArchive(f"member {key!r} declares {info.file_size} bytes, more than the "
                                  f"{self.size}-byte file holds (truncated or corrupted?)")
             self.members[key] = info
+        declared = sum(i.compress_size for i in self.members.values())
+        if declared > self.size:            # overlapping entries would multiply what a small file costs
+            raise BadArchive(f"the members declare {declared} bytes in all, more than the {self.size}-byte "
+                             "file holds (overlapping or corrupted entries)")
 
     def close(self):
         if self._zip is not None:

@@ -351,6 +351,12 @@ def _read_meta(arc):
     return meta
 
 
+def _listing(names, n=8):
+    """``a, b, c`` for an error message; long lists and names shortened (hostile files)."""
+    shown = [k if len(k) <= 80 else k[:77] + "..." for k in names[:n]]
+    return ", ".join(shown) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
 def _check_layout(arc, meta, dtype):
     """Check every member's zip entry and .npy header against the metadata; read no data.
     Returns ``{name: header}`` for every array to read."""
@@ -366,13 +372,13 @@ def _check_layout(arc, meta, dtype):
     stored = set(arc.members) - {"meta"}
     missing = [k for k in names if k not in stored]
     if missing:
-        raise _Bad(f"missing array(s) {', '.join(missing)}")
+        raise _Bad(f"missing array(s) {_listing(missing)}")
     unexpected = sorted(stored - set(names)) + arc.others
     if unexpected:
-        raise _Bad(f"unexpected array(s) {', '.join(unexpected)}")
+        raise _Bad(f"unexpected array(s) {_listing(unexpected)}")
     unknown = sorted(set(info) - set(names))
     if unknown:
-        raise _Bad(f"metadata lists unknown array(s) {', '.join(unknown)}")
+        raise _Bad(f"metadata lists unknown array(s) {_listing(unknown)}")
     headers = {}
     for k in names:
         h = arc.header(k)

@@ -174,7 +174,8 @@ def test_every_header_is_checked_before_any_data_is_read(tmp_path, monkeypatch):
     assert reads == ["meta"]
 
 
-@pytest.mark.parametrize("kind", ["compressed_copy", "duplicate_member", "stray_file", "fortran_extra"])
+@pytest.mark.parametrize("kind", ["compressed_copy", "duplicate_member", "stray_file", "fortran_extra",
+                                  "overlapping", "many_strays"])
 def test_archive_structure_problems(tmp_path, kind):
     step, src = _good(tmp_path)
     raw, meta = _members(src)
@@ -193,6 +194,17 @@ def test_archive_structure_problems(tmp_path, kind):
     elif kind == "stray_file":
         _zip(dst, raw | {"README.txt": b"hi"})
         pattern = r"unexpected array\(s\) README.txt"
+    elif kind == "overlapping":                      # extra.a's entry swallows extra.b's: zip-bomb layout
+        a, b = np.zeros(20_000), np.ones(20_000)
+        checkpoint.save(step, dst, extra_arrays={"a": a, "b": b})
+        with zipfile.ZipFile(dst) as z:
+            ia, ib = z.getinfo("extra.a.npy"), z.getinfo("extra.b.npy")
+            assert ib.header_offset > ia.header_offset
+            _patch_sizes(dst, "extra.a.npy", ib.header_offset + ib.compress_size - ia.header_offset - 30 - 11)
+        pattern = r"the members declare \d+ bytes in all, more than the \d+-byte file holds"
+    elif kind == "many_strays":
+        _zip(dst, raw | {f"junk{i:05d}-{'x' * 200}": b"" for i in range(3000)})
+        pattern = r"unexpected array\(s\) junk00000-x+\.\.\., .* and 2992 more$"
     else:
         w = np.asfortranarray(np.arange(6.0).reshape(2, 3))
         buf = io.BytesIO()
