@@ -175,3 +175,36 @@ def test_save_accepts_a_trainstep_like_object(tmp_path):
     with pytest.raises(TypeError, match=r"step must be a fastbp.TrainStep \(or an object with rng\), got Like"):
         checkpoint.save(like, tmp_path / "x.npz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu.npz", "like.npz"]
+
+
+def test_random_byte_damage_to_a_bundle_is_always_detected(tmp_path):
+    """Fuzz: flip, zero or cut bytes anywhere in a file with extras.  load_bundle either raises a
+    ValueError naming the file or returns exactly what was saved; never another error."""
+    step = _step()
+    src = tmp_path / "src.npz"
+    extras = {"classes": np.array([2, 7, 9]), "m": np.linspace(0, 1, 12).reshape(3, 4)}
+    checkpoint.save(step, src, extra_arrays=extras, extra_meta={"names": ["x", "y"], "v": 1.5})
+    good = src.read_bytes()
+    rng = np.random.default_rng(17)
+    dst = tmp_path / "fuzz.npz"
+    rejected = 0
+    for trial in range(600):
+        raw = bytearray(good)
+        pos = int(rng.integers(len(raw)))
+        if trial % 3 == 0:
+            raw[pos] ^= 1 << int(rng.integers(8))
+        elif trial % 3 == 1:
+            raw[pos:pos + 8] = bytes(len(raw[pos:pos + 8]))
+        else:
+            del raw[pos:]
+        dst.write_bytes(bytes(raw))
+        try:
+            back, arrays, meta = checkpoint.load_bundle(dst)
+        except ValueError as e:
+            assert "fuzz.npz" in str(e)
+            rejected += 1
+        else:
+            _same_state(back, step)
+            assert set(arrays) == set(extras) and all(np.array_equal(arrays[k], extras[k]) for k in extras)
+            assert meta == {"names": ["x", "y"], "v": 1.5}
+    assert rejected > 400
