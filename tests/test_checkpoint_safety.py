@@ -366,6 +366,8 @@ def test_save_killed_by_sigkill_leaves_a_recognisable_temp_file_that_a_later_sav
                                                                                f"-{child.pid}-"),
         "other_host": other_host,
         "not_ours": left[0] + ".bak",
+        "huge_pid": re.sub(r"-\d+-([0-9a-f]{8})\.tmp$", r"-9999999999-\g<1>.tmp", left[0]),
+        "pid_0": re.sub(r"-\d+-([0-9a-f]{8})\.tmp$", r"-0-\g<1>.tmp", left[0]),
     }
     for name in keep.values():
         (tmp_path / name).write_bytes(b"x")
