@@ -298,7 +298,9 @@ def _parse_int(s):
 
 
 def _parse_float(s):
-    v = float(s) if len(s) <= 1000 else math.inf
+    if len(s) > 1000:
+        raise _Bad(f"metadata contains a number written with {len(s)} characters (at most 1000)")
+    v = float(s)
     if not math.isfinite(v):
         raise _Bad(f"metadata contains the number {s[:40]}{'...' if len(s) > 40 else ''}, out of range")
     return v
