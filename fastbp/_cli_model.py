@@ -66,8 +66,8 @@ def predict(args):
         P = model.predict_proba(ds.X)
         for j, c in enumerate(_label_strings(model.classes_)):
             cols[f"proba_{c}"] = P[:, j]
-    import pandas as pd
-    frame = pd.DataFrame(cols)
+    from ._tables import _import
+    frame = _import("pandas", "fastbp predict writes CSV with pandas").DataFrame(cols)
     fmt = "%.9g" if model.step.dtype == np.float32 else "%.17g"
     if args.out:
         try:
@@ -155,9 +155,10 @@ def evaluate(args):
     pred = np.argmax(model.decision_function(ds.X), axis=1)
     correct = int(np.sum(pred == true))
     out(f"accuracy: {correct / n:.4f} ({correct}/{n})")
-    from sklearn.metrics import classification_report
+    from ._tables import _import
+    metrics = _import("sklearn.metrics", "fastbp evaluate's report uses scikit-learn")
     names = _label_strings(model.classes_)
-    report = classification_report(true, pred, labels=np.arange(len(names)), target_names=names,
+    report = metrics.classification_report(true, pred, labels=np.arange(len(names)), target_names=names,
                                    digits=4, zero_division=0)
     out(report.rstrip())
     return 0

@@ -596,7 +596,8 @@ def train(args, t_start, t_main):
          f"{_ms(float(np.median(ep)))}; the first, {_ms(ep[0])}, includes loading the native code)")
     if args.save:
         _save_model(args, step, comm, d, hist, ep)
-        _out(f"saved model: {args.save} (use it with: fastbp predict --model {args.save} --data FILE)")
+        _out(f"checkpoint: {args.save} (the model with its preprocessing; use it with: "
+             f"fastbp predict --model {args.save} --data FILE)")
     if args.plot:
         _plot(args.plot, hist, regression)
         _out(f"plot: {args.plot}")

@@ -258,7 +258,7 @@ def test_save_writes_a_checkpoint_that_loads(tmp_path):
     ckpt = tmp_path / "model.npz"
     rc, out, err = run_cli("train", "--quiet", "--epochs", "2", "--hidden", "16", "--save", ckpt)
     assert rc == 0, err
-    assert ckpt.exists() and f"saved model: {ckpt}" in out
+    assert ckpt.exists() and f"checkpoint: {ckpt} " in out
     step = fastbp.load(str(ckpt))
     assert step.params["0.W"].shape == (64, 16)
     # the checkpoint holds the trained weights: it reproduces the printed accuracy
