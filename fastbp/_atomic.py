@@ -79,7 +79,7 @@ def write(target, fill):
     """Replace ``target`` (from :func:`resolve`) atomically with what ``fill(file)`` writes."""
     directory = os.path.dirname(target)
     try:
-        mode = stat.S_IMODE(os.stat(target).st_mode)
+        mode = stat.S_IMODE(os.stat(target).st_mode) & 0o777     # never copy setuid/setgid/sticky bits
     except OSError:
         mode = None
     tmp = os.path.join(directory, temp_name(target))
