@@ -59,6 +59,9 @@ Guarantees
   metadata, and the metadata's own size (:data:`MAX_META_CHARS`), nesting
   depth and numbers are bounded, before any array data is read, so a small
   file can never make :func:`load` allocate more than about its own size.
+  For the same reason members must be stored uncompressed, as :func:`save`
+  writes them: an archive re-compressed (``numpy.savez_compressed``) is
+  rejected, since a compressed member's size is not bounded by the file's.
   A truncated or corrupted file, a directory or non-regular file, an
   unknown format or version, missing or extra arrays, arrays whose size,
   dtype or digest do not match the metadata or the architecture, and
