@@ -347,3 +347,108 @@ def test_mpi_bench_runs_and_reports(mpirun, tmp_path):
     assert r["comm_bytes"] >= 4 * (n_params + 3)
     for k in ("single_fit_step_s", "one_thread_fit_step_s", "dist_fit_step_s", "dist_grad_s", "allreduce_s"):
         assert 0 < r[k] < 10, k
+
+
+# ------------------------------------------------------------------ issue 17: one input path
+@pytest.fixture(scope="module")
+def layouts_run(mpirun, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mpi_layouts")
+    res = mpirun(sys.executable, os.path.join(SCRIPTS, "layouts.py"), str(out))
+    _assert_clean_end(res, "layouts.py")
+    return [json.loads((out / f"layouts_rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.mark.parametrize("scenario", ["read_only_x_rank1", "read_only_x_and_y_rank0", "unaligned_x_rank1",
+                                      "gaps_x_rank0", "fortran_x_rank1", "big_endian_x_rank0",
+                                      "column_view_x_rank1"])
+def test_an_odd_layout_on_one_rank_trains_like_c_contiguous_copies(layouts_run, scenario):
+    """Defect 1: a read-only minibatch on one rank deadlocked the job (TypingError before the
+    Allreduce).  Any layout is now converted before any collective, on every rank alike."""
+    for r, res in enumerate(layouts_run):
+        got = res[scenario]
+        assert got["type"] is None, (r, got)
+        assert got["same_loss"] and got["same_state"] and got["in_sync"], (r, got)
+
+
+def test_an_odd_layout_in_fit_on_one_rank_trains_like_copies(layouts_run):
+    for res in layouts_run:
+        assert res["fit_read_only_fortran_rank1"] == {"same_losses": True, "same_state": True, "in_sync": True}
+
+
+def test_an_unexpected_validation_error_on_one_rank_never_deadlocks(layouts_run):
+    """Whatever a rank's validation raises, it joins the collective first: its own error there,
+    RankError on the others, nothing changed anywhere."""
+    for scenario, bad_rank, error, words in (("evil_rank1", 1, "RuntimeError", "evil array"),
+                                             ("fit_bad_shuffle_rank0", 0, "TypeError", "shuffle must be a bool")):
+        for r, res in enumerate(layouts_run):
+            got = res[scenario]
+            assert got["type"] == (error if r == bad_rank else "RankError"), (r, got)
+            assert got["all_ranks"] is True and got["unchanged"] is True, (r, got)
+            if r == bad_rank:
+                assert words in got["msg"]
+    for res in layouts_run:
+        assert res["evil_rank1"]["in_sync"] is True
+
+
+def _one_rank_comm():
+    MPI = pytest.importorskip("mpi4py.MPI", reason="mpi4py is not installed")
+    return MPI.COMM_WORLD
+
+
+@pytest.mark.parametrize("kind", ["read_only", "unaligned", "column_view", "fortran_big_endian"])
+def test_one_process_distributed_step_accepts_what_trainstep_accepts(kind):
+    """Defect 1 with one process: DistributedStep rejected read-only (TypingError) and unaligned
+    (executor status 4) minibatches that TrainStep accepts.  Now both go through one path."""
+    comm = _one_rank_comm()
+    n_in = 1 if kind == "column_view" else 4
+    model = fastbp.Sequential(fastbp.Linear(n_in, 6), fastbp.ReLU(), fastbp.Linear(6, 3))
+    d, ref = (dist.compile(model, optimizer=fastbp.Adam(1e-2), batch_size=5, comm=comm, threads=None)
+              for _ in range(2))
+    plain = fastbp.compile(model, optimizer=fastbp.Adam(1e-2), batch_size=5)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, n_in)).astype(np.float32)
+    y = np.array([0, 1, 2, 1, 0])
+
+    def odd(a):
+        if kind == "read_only":
+            a = a.copy()
+            a.flags.writeable = False
+            return a
+        if kind == "unaligned":
+            u = np.zeros(a.nbytes + 1, np.uint8)[1:].view(np.float32).reshape(a.shape)
+            u[...] = a
+            return u
+        if kind == "column_view":
+            return np.ascontiguousarray(a[:, 0])[:, None]
+        return np.asfortranarray(a).astype(">f4")
+
+    a, b = d(odd(x), y), ref(x, y)               # bitwise: the same path as C-contiguous copies
+    assert a == b and d.param_vector.tobytes() == ref.param_vector.tobytes()
+    np.testing.assert_allclose(a, plain(x, y), rtol=1e-6)      # and TrainStep's step (up to rounding)
+    X, Y = np.repeat(x, 3, axis=0), np.repeat(y, 3)
+    la = d.fit(odd(X), Y, epochs=2, shuffle=False)
+    lb = ref.fit(X, Y, epochs=2, shuffle=False)
+    assert la.tobytes() == lb.tobytes()
+    assert d.param_vector.tobytes() == ref.param_vector.tobytes() and d.in_sync()
+
+
+def test_one_process_distributed_fit_validates_like_trainstep():
+    """Defect 13 for the data-parallel fit: shuffle must be a bool, seed an integer (TypeError);
+    a rejected fit leaves the weights and the generator alone."""
+    comm = _one_rank_comm()
+    d = dist.compile(fastbp.Sequential(fastbp.Linear(4, 3)), batch_size=4, comm=comm, threads=None)
+    X, Y = np.ones((8, 4), np.float32), np.arange(8) % 3
+    rng_state, params = d.rng.bit_generator.state, d.param_vector.tobytes()
+    for kw, exc, words in ((dict(shuffle="no"), TypeError, "shuffle must be a bool"),
+                           (dict(seed="a"), TypeError, "seed must be a non-negative integer or None, got str"),
+                           (dict(seed=-1), ValueError, "seed must be a non-negative integer"),
+                           (dict(seed=2**64), ValueError, "seed must be at most"),
+                           (dict(epochs=2**63), ValueError, "epochs must be a positive integer <="),
+                           (dict(verbose="yes"), TypeError, "verbose must be a bool")):
+        with pytest.raises(exc, match=words):
+            d.fit(X, Y, **kw)
+        assert d.rng.bit_generator.state == rng_state and d.param_vector.tobytes() == params
+    with pytest.raises(TypeError, match="threads must be 'auto', a positive integer or None, got float"):
+        dist.DistributedStep(d.step, comm, threads=2.0)
+    with pytest.raises(ValueError, match="threads must be 'auto'"):
+        dist.DistributedStep(d.step, comm, threads="all")
