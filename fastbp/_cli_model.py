@@ -101,7 +101,7 @@ def _true_indices(model, labels, ds):
     classes = model.classes_
     labels = np.asarray(labels)
     if labels.dtype.kind in "OUS":
-        labels = np.char.strip(labels.astype(str))
+        labels = data.strip_cells(labels.astype(str) if labels.dtype.kind == "S" else labels)
         empty = np.flatnonzero(labels == "")
         if empty.size:
             raise CliError(f"{ds.path}: empty label {data._where(empty[0], ds.lines)}")

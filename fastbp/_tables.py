@@ -45,6 +45,17 @@ def _to_numbers(text):
     return np.asarray(pd.to_numeric(pd.Series(text, dtype=object), errors="coerce"), dtype=np.float64)
 
 
+_strip = np.frompyfunc(lambda c: c.strip() if isinstance(c, str) else ("" if c is None else str(c).strip()),
+                      1, 1)
+
+
+def strip_cells(a):
+    """Strings stripped of surrounding whitespace, as an object array (no fixed-width copy:
+    one long cell must not widen every cell)."""
+    a = np.asarray(a, dtype=object)
+    return _strip(a).astype(object) if a.size else a
+
+
 # ------------------------------------------------------------------ files
 def _check_path(path):
     try:
@@ -134,7 +145,7 @@ class _Table:
                                 f"{m.group(1)} (as on the first line)") from None
             raise DataError(f"{path}: malformed CSV ({_one_line(e)})") from None
         cells = df.to_numpy(dtype=object)
-        cells = np.char.strip(cells.astype(str)) if cells.size else cells.astype(str)
+        cells = strip_cells(cells)
         keep = np.flatnonzero((cells != "").any(axis=1))      # blank lines are skipped
         if keep.size == 0:
             raise DataError(f"{path}: the CSV file is empty")
@@ -228,7 +239,7 @@ class _Table:
         return X
 
     def labels(self, j):
-        lab = self.cells[:, j].astype(str)
+        lab = self.cells[:, j].copy()
         empty = np.flatnonzero(lab == "")
         if empty.size:
             i = int(empty[0])

@@ -235,7 +235,7 @@ def _load(args):
     else:
         y, classes = data.encode_labels(ds.labels, what, ds.lines)
         if classes.shape[0] < 2:
-            raise CliError(f"{ds.path}: y has a single class ({classes[0].item()!r}); need at least 2 to "
+            raise CliError(f"{ds.path}: y has a single class ({data._py(classes[0])!r}); need at least 2 to "
                            "train a classifier")
         tr, te = data.stratified_split(y, args.test_size, args.seed, lines=ds.lines, classes=classes)
         ytr, yte = y[tr], y[te]

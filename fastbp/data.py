@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._tables import (_NA, DataError, _Table, _check_path, _delimiter, _feature_names, _import,
-                      _load_npz, _one_line, _resolve_label, _to_numbers, _where)
+                      _load_npz, _one_line, _resolve_label, _to_numbers, _where, strip_cells)
 
 __all__ = [
     "DataError",
@@ -100,14 +100,14 @@ def encode_labels(labels, what="y", lines=None):
     if labels.shape[0] == 0:
         raise DataError(f"{what} is empty: need at least one sample")
     kind = labels.dtype.kind
-    if kind == "O":
+    if kind == "O" and not all(isinstance(v, str) for v in labels):
         try:
             labels = labels.astype(str)
         except (TypeError, ValueError):
             raise DataError(f"{what} has labels of unsupported type {labels.dtype}") from None
         kind = "U"
-    if kind in "US":
-        labels = np.char.strip(labels.astype(str))
+    if kind in "OUS":
+        labels = strip_cells(labels.astype(str) if kind == "S" else labels)
         empty = np.flatnonzero(labels == "")
         if empty.size:
             raise DataError(f"{what}: empty label {_where(empty[0], lines)}")
@@ -127,11 +127,16 @@ def encode_labels(labels, what="y", lines=None):
             labels = labels.astype(np.int64)
     elif kind == "b":
         labels = labels.astype(np.int64)
-    elif kind not in "iuUS":
+    elif kind not in "iuOUS":
         raise DataError(f"{what} has labels of unsupported dtype {labels.dtype}")
     le = _import("sklearn.preprocessing", "class labels are encoded by scikit-learn").LabelEncoder()
     y = le.fit_transform(labels)
     return np.ascontiguousarray(y, dtype=np.int64), le.classes_
+
+
+def _py(v):
+    """A numpy scalar as the Python value (for messages); anything else as is."""
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def regression_targets(labels, what="y", lines=None):
@@ -146,7 +151,7 @@ def regression_targets(labels, what="y", lines=None):
     if labels.ndim != 1 or labels.shape[0] == 0:
         raise DataError(f"{what} must be a non-empty 1-D array of targets, got shape {labels.shape}")
     if labels.dtype.kind in "OUS":
-        text = np.char.strip(labels.astype(str))
+        text = strip_cells(labels.astype(str) if labels.dtype.kind == "S" else labels)
         y = _to_numbers(text)
         bad = np.flatnonzero(~np.isfinite(y))
         if bad.size:
@@ -323,7 +328,7 @@ def read_features(path, n_features, feature_names=None, label_name=None, label_i
             raise DataError(f"{path}: {t.width} columns, the model expects {n_features} features "
                             f"(plus, optionally, the label column){t.delimiter_hint()}")
     X = t.features(cols)
-    labels = t.cells[:, lab].astype(str) if lab is not None else None
+    labels = t.cells[:, lab].copy() if lab is not None else None
     return Dataset(path, X, labels, feature_names, label_name, lab, t.width, t.lines, t.has_header)
 
 
@@ -350,7 +355,7 @@ def load_file(path, label_column=None, delimiter=None, header=None):
     ds = read_dataset(path, label_column, delimiter, header)
     y, classes = encode_labels(ds.labels, f"{ds.path}: y" if ds.lines is None else ds.path, ds.lines)
     if classes.shape[0] < 2:
-        raise DataError(f"{ds.path}: y has a single class ({classes[0].item()!r}); need at least 2 to train "
+        raise DataError(f"{ds.path}: y has a single class ({_py(classes[0])!r}); need at least 2 to train "
                         "a classifier")
     return ds.X, y, classes
 
@@ -391,7 +396,7 @@ def stratified_split(y, test_size=0.2, seed=0, lines=None, stratify=True, classe
             i = int(np.flatnonzero(y == single[0])[0])
             hint = (" (if that line is a header, pass --header)"
                     if lines is not None and i == 0 else "")
-            name = repr(classes[single[0]].item()) if classes is not None else int(single[0])
+            name = repr(_py(classes[single[0]])) if classes is not None else int(single[0])
             raise DataError(f"class {name} has a single sample ({_where(i, lines)}); every "
                             f"class needs at least 2 samples to hold out a test set{hint}")
     try:
