@@ -296,8 +296,12 @@ def read_features(path, n_features, feature_names=None, label_name=None, label_i
             raise DataError(f"{path}: X has {X.shape[1]} features, the model expects {n_features}")
         if fn is not None and feature_names is not None and list(fn) != list(feature_names):
             raise DataError(f"{path}: feature_names {fn} differ from the model's {list(feature_names)}")
-        if y is not None and np.asarray(y).reshape(len(y), -1).shape[0] != X.shape[0]:
-            raise DataError(f"{path}: X has {X.shape[0]} rows but y has {len(y)} labels")
+        if y is not None:
+            y = np.asarray(y)
+            if y.ndim == 2 and y.shape[1] == 1:
+                y = y[:, 0]
+            if y.ndim != 1 or y.shape[0] != X.shape[0]:
+                raise DataError(f"{path}: y must hold one label per row of X ({X.shape[0]}), got shape {y.shape}")
         return Dataset(path, X, y, feature_names, label_name, None, X.shape[1], None, False)
     t = _Table(path, _delimiter(delimiter, ext), header, None, feature_names)
     lab = None
