@@ -104,8 +104,18 @@ def _float_in(low, high, low_open, high_open):
     return parse
 
 
+def _delimiter_arg(s):
+    from ._tables import DataError, _delimiter
+    try:
+        _delimiter(s, ".csv")
+    except DataError:
+        raise argparse.ArgumentTypeError(f"expected one character other than a letter, digit, sign, "
+                                         f"point, quote or newline (or 'tab'), got {s!r}") from None
+    return s
+
+
 def _csv_options(p):
-    p.add_argument("--delimiter", metavar="CHAR", default=None,
+    p.add_argument("--delimiter", metavar="CHAR", default=None, type=_delimiter_arg,
                    help="CSV field delimiter, one character or 'tab' (default: ',', tab for .tsv)")
     p.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
                    help="whether the CSV's first line is a header (default: decided from the file: "

@@ -103,6 +103,8 @@ def test_quiet_has_no_progress_bar_and_is_reproducible():
     (["train", "--task", "ranking"], "--task"),
     (["train", "--label-column", "x"], "--label-column"),
     (["train", "--no-header"], "--header"),
+    (["train", "--delimiter", "ab"], "--delimiter"),
+    (["predict", "--model", "m.npz", "--data", "x.csv", "--delimiter", "1"], "--delimiter"),
     (["predict", "--data", "x.csv"], "--model"),
     (["evaluate", "--model", "m.npz"], "--data"),
 ])
