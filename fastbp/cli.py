@@ -20,23 +20,19 @@ imported only where they are needed.
 """
 from __future__ import annotations
 
-import argparse
-import math
 import os
 import sys
 import time
 
 import numpy as np
 
-from ._cli_base import (EXTRA as _EXTRA, CliError, Parser as _Parser, State, UsageError as _UsageError,
+from ._cli_base import (EXTRA as _EXTRA, CliError, State, UsageError as _UsageError,
                         check_output_path as _check_output_path, err as _err, ms as _ms,
                         out as _out, require as _require)
+from ._cli_args import ACTIVATIONS as _ACTIVATIONS, DEFAULT_LR as _DEFAULT_LR, build_parser
 
-__all__ = ["main", "CliError"]
+__all__ = ["main", "build_parser", "CliError"]
 
-_ACTIVATIONS = {"relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh"}
-_LOSSES = ("softmax_cross_entropy", "svm", "mse", "bce_with_logits")
-_DEFAULT_LR = {"sgd": 0.05, "adam": 0.001}
 #: a loss this many times the untrained model's (and at least this large) is divergence
 _GROWTH, _GROWTH_FLOOR = 1e3, 1e-2
 
@@ -69,137 +65,6 @@ def _all_ranks_like(err, cause):
         err.fastbp_all_ranks = True
         err.fastbp_failed_ranks = getattr(cause, "fastbp_failed_ranks", None)
     return err
-
-
-# --------------------------------------------------------------------- args
-def _int_at_least(low, what):
-    def parse(s):
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {s!r}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {s!r}")
-        return v
-    return parse
-
-
-_positive_int = _int_at_least(1, "positive")
-_nonneg_int = _int_at_least(0, "non-negative")
-
-
-def _float_in(low, high, low_open, high_open):
-    def parse(s):
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-        ok = math.isfinite(v) and (v > low if low_open else v >= low) and (
-            high is None or (v < high if high_open else v <= high))
-        if not ok:
-            lo = f"{'(' if low_open else '['}{low}"
-            hi = f"{high if high is not None else 'inf'}{')' if high_open or high is None else ']'}"
-            raise argparse.ArgumentTypeError(f"expected a number in {lo}, {hi}, got {s!r}")
-        return v
-    return parse
-
-
-def _delimiter_arg(s):
-    from ._tables import DataError, _delimiter
-    try:
-        _delimiter(s, ".csv")
-    except DataError:
-        raise argparse.ArgumentTypeError(f"expected one character other than a letter, digit, sign, "
-                                         f"point, quote or newline (or 'tab'), got {s!r}") from None
-    return s
-
-
-def _csv_options(p):
-    p.add_argument("--delimiter", metavar="CHAR", default=None, type=_delimiter_arg,
-                   help="CSV field delimiter, one character or 'tab' (default: ',', tab for .tsv)")
-    p.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
-                   help="whether the CSV's first line is a header (default: decided from the file: "
-                        "a header has a non-numeric cell above a column of numbers)")
-
-
-def build_parser():
-    """The ``fastbp`` argument parser (sub-commands ``train``, ``predict``, ``evaluate``)."""
-    from . import __version__
-    p = _Parser(prog="fastbp", description="fastbp: fused JIT training steps for MLPs.")
-    p.add_argument("--version", action="version", version=f"fastbp {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-    t = sub.add_parser(
-        "train", prog="fastbp train",
-        help="train an MLP (digits by default) and report accuracy and timings",
-        description="Train a multi-layer perceptron with one fused native call per epoch. "
-                    "Without --data: the handwritten digits bundled with scikit-learn, "
-                    "stratified seeded 80/20 split, pixels scaled to [0, 1]. With --data: features "
-                    "standardised with the training split's mean and std (regression targets too).")
-    t.add_argument("--data", metavar="PATH",
-                   help="train on your own data: a .npz with arrays X and y, or a .csv (or .tsv) "
-                        "with one column of labels (by default the last) and numeric features")
-    t.add_argument("--label-column", metavar="COL", default=None,
-                   help="the CSV's label column: a header name or a 0-based index, negative from "
-                        "the end (default: the last column)")
-    _csv_options(t)
-    t.add_argument("--task", choices=("classification", "regression"), default="classification",
-                   help="classification (default) or regression (mse loss, R^2 and RMSE reported, "
-                        "targets standardised)")
-    t.add_argument("--hidden", type=_positive_int, nargs="*", default=[256, 128], metavar="N",
-                   help="hidden layer widths (default: 256 128; none for a linear model)")
-    t.add_argument("--activation", choices=sorted(_ACTIVATIONS), default="relu",
-                   help="hidden-layer activation (default: relu)")
-    t.add_argument("--loss", choices=_LOSSES, default=None,
-                   help="training loss (default: softmax_cross_entropy; mse for --task regression)")
-    t.add_argument("--optimizer", choices=("sgd", "adam"), default="adam",
-                   help="optimizer (default: adam)")
-    t.add_argument("--lr", type=_float_in(0.0, None, True, False), default=None,
-                   help="learning rate (default: 0.001 for adam, 0.05 for sgd)")
-    t.add_argument("--momentum", type=_float_in(0.0, 1.0, False, True), default=None,
-                   help="SGD momentum in [0, 1) (default: 0.9; sgd only)")
-    t.add_argument("--epochs", type=_positive_int, default=30, help="epochs (default: 30)")
-    t.add_argument("--batch-size", type=_positive_int, default=32,
-                   help="minibatch size (default: 32)")
-    t.add_argument("--test-size", type=_float_in(0.0, 1.0, True, True), default=0.2,
-                   help="fraction held out for testing (default: 0.2)")
-    t.add_argument("--seed", type=_nonneg_int, default=0,
-                   help="seed of the split, the initial weights and the shuffles (default: 0)")
-    t.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                   help="precision (default: float32)")
-    t.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="where the step runs (default: cpu)")
-    t.add_argument("--save", metavar="PATH",
-                   help="write the trained model: weights, preprocessing, class labels and "
-                        "metadata in one .npz (see fastbp predict)")
-    t.add_argument("--plot", metavar="PATH",
-                   help="write a PNG of the loss and accuracy curves (matplotlib)")
-    t.add_argument("--compare", action="store_true",
-                   help="also train scikit-learn's MLPClassifier (MLPRegressor) with the same "
-                        "architecture, optimizer and epochs on the same split")
-    t.add_argument("--quiet", action="store_true", help="no progress output")
-
-    pr = sub.add_parser("predict", prog="fastbp predict",
-                        help="predict with a saved model on raw features",
-                        description="Predict with a model saved by fastbp train --save (or an "
-                                    "estimator's save): raw features in (the model's preprocessing is "
-                                    "applied), labels out in their original names, one CSV row per "
-                                    "sample. A label column in the data is ignored.")
-    pr.add_argument("--model", metavar="PATH", required=True, help="the saved model (.npz)")
-    pr.add_argument("--data", metavar="PATH", required=True, help="features: .csv/.tsv or .npz (X)")
-    _csv_options(pr)
-    pr.add_argument("--proba", action="store_true", help="also write each class's probability")
-    pr.add_argument("--out", metavar="PATH", help="write the predictions there (default: stdout)")
-
-    ev = sub.add_parser("evaluate", prog="fastbp evaluate",
-                        help="score a saved model on labelled data",
-                        description="Accuracy and a per-class report (classification) or R^2, RMSE "
-                                    "and MAE (regression) of a saved model on raw labelled data.")
-    ev.add_argument("--model", metavar="PATH", required=True, help="the saved model (.npz)")
-    ev.add_argument("--data", metavar="PATH", required=True,
-                    help="features and labels: .csv/.tsv or .npz (X and y)")
-    _csv_options(ev)
-    return p
 
 
 # --------------------------------------------------------------------- pieces
