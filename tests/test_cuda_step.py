@@ -183,6 +183,40 @@ def test_gpu_fit_and_predict(on_device):
     np.testing.assert_allclose(out, cpu.predict(X), **tol(cpu.dtype))
 
 
+# ================================================= host inputs in any layout
+@requires_cuda
+def test_gpu_host_inputs_in_any_layout_are_those_of_copies():
+    """Issue 17: the GPU step's host inputs go through the CPU step's one input path: odd
+    layouts (x[:, None], read-only, Fortran, byte-swapped, strided) give bitwise the
+    results of C-contiguous copies, and each epoch's order of a fit is drawn when it starts."""
+    model = fastbp.Sequential(L(1, 4), fastbp.Tanh(), L(4, 1))
+    kw = dict(loss="mse", batch_size=4, dtype=np.float32, seed=2, device="cuda")
+    odd, ref = (fastbp.compile(model, optimizer=fastbp.Adam(lr=0.05), **kw) for _ in range(2))
+    x = np.linspace(-1, 1, 10).astype(np.float32)
+    y = np.cos(3 * x).astype(np.float32)
+    ro = y[:, None].copy()
+    ro.flags.writeable = False
+    wide = np.zeros((10, 3), ">f4")
+    wide[:, 1] = x
+    assert odd(x[:4, None], ro[:4]) == ref(x[:4, None].copy(), y[:4, None].copy())
+    assert odd.loss_and_grads(np.asfortranarray(wide[:4, 1:2]), y[:4]) == ref.loss_and_grads(x[:4, None].copy(),
+                                                                                            y[:4].copy())
+    lo = odd.fit(wide[:, 1:2], y[::-1][::-1], epochs=3, seed=5)
+    lr = ref.fit(x[:, None].copy(), y.copy(), epochs=3, seed=5)
+    assert lo.tobytes() == lr.tobytes() and lo.shape == (9,)
+    po, pr = odd.params_host(), ref.params_host()
+    assert all(po[k].tobytes() == pr[k].tobytes() for k in po)
+    assert odd.predict(x[:, None]).tobytes() == ref.predict(x[:, None].copy()).tobytes()
+    # the same minibatches as the CPU step's fit, epoch by epoch, from the step's own generator
+    cpu = fastbp.compile(model, loss="mse", optimizer=fastbp.Adam(lr=0.05), batch_size=4, dtype=np.float32,
+                         seed=2)
+    gpu = fastbp.compile(model, optimizer=fastbp.Adam(lr=0.05), **kw)
+    np.testing.assert_allclose(gpu.fit(x[:, None], y, epochs=3), cpu.fit(x[:, None], y, epochs=3), **tol(np.float32))
+    assert gpu.rng.bit_generator.state == cpu.rng.bit_generator.state
+    with pytest.raises(TypeError, match="shuffle must be a bool"):
+        gpu.fit(x[:, None], y, shuffle="no")
+
+
 # ===================================================== device inputs in place
 @requires_cuda
 def test_gpu_device_inputs_are_read_in_place():
