@@ -107,6 +107,8 @@ class TrainStep:
     model : Sequential
     loss : str
     optimizer : SGD or Adam
+        The step's own frozen copy of the optimizer it was compiled with
+        (set the learning rate with ``step.lr = value``).
     batch_size : int
         Largest minibatch; any batch of ``1..batch_size`` rows works.
     dtype : numpy.dtype
@@ -532,8 +534,25 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
 
     Raises
     ------
+    TypeError
+        An argument of the wrong type (``seed="a"``, ``batch_size=8.0``,
+        ``dtype=np.int32``, ``device=0`` ...); the message names it.
+    ValueError
+        A wrong value (``batch_size=0`` or ``2**63``, ``seed=-1``, an unknown
+        loss or device name ...).
+    MemoryError
+        The step would not fit in the memory left on this machine; checked
+        before anything is allocated, the message says how many bytes it
+        would need and how many are available.
     RuntimeError
         ``device="cuda"`` and no CUDA device or driver was found.
+
+    Notes
+    -----
+    The step keeps its own copy of ``optimizer``: changing the object
+    afterwards changes neither the training nor what :meth:`TrainStep.save`
+    writes.  ``step.optimizer`` is that copy, frozen; ``step.lr = value``
+    changes the learning rate.
 
     Examples
     --------

@@ -1,7 +1,6 @@
 """Regression tests of issue 17's defects in the compiled step (inputs, optimizer,
 memory, fit's schedule).  The layout property test is tests/test_input_layouts.py,
 the bad-argument matrix tests/test_bad_input.py."""
-import os
 import subprocess
 import sys
 import textwrap
