@@ -12,9 +12,10 @@ module would be too late whenever anything imported numba.cuda before
   kernels can be launched here: on a real GPU (no environment variable,
   ``cuda.is_available()`` true) or inside a simulator process.  Otherwise
   they are skipped, with the reason, and...
-* ``test_simulator_subprocess`` runs them: it starts
-  ``python -m pytest <the selected test_cuda_* node ids>`` in a child process
-  with ``NUMBA_ENABLE_CUDASIM=1`` and fails unless the child's JUnit report
+* ``test_simulator_subprocess`` checks them: ``python -m pytest <the selected
+  test_cuda_* node ids>`` runs in a child process with ``NUMBA_ENABLE_CUDASIM=1``,
+  started right after collection so that it uses the second core while the rest
+  of the suite runs (``conftest.py``, ``_simulator.py``), and the test fails unless the child's JUnit report
   shows every one of them passed (none failed, errored or skipped).  It is
   itself skipped where the kernel tests already ran in-process.  This is the
   path CI and developer machines take: a plain ``pytest`` checks the kernels
@@ -41,11 +42,12 @@ import re
 import shutil
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+import _simulator
 
 from fastbp.kernels import activations as cpu_act
 from fastbp.kernels import gates as cpu_gates
@@ -564,36 +566,18 @@ def test_import_without_numba_cuda():
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
 
 
-def test_simulator_subprocess(request, tmp_path):
-    """Run this file's test_cuda_* under the CUDA simulator in a child process."""
+def test_simulator_subprocess():
+    """This file's test_cuda_* under the CUDA simulator, in the child process that
+    ``conftest.py`` started after collection (``_simulator.py``)."""
     if AVAIL:
         pytest.skip(f"kernel tests ran in this process ({AVAIL.reason})")
     if "numba-cuda" in AVAIL.reason:
         pytest.skip(AVAIL.reason)
-    here = Path(__file__).resolve()
-    ids = [it.nodeid for it in request.session.items
-           if Path(str(it.path)).resolve() == here and it.name.startswith("test_cuda_")]
-    if not ids:   # this test was selected alone: run them all
-        ids = [f"{here}::{name}" for name in sorted(globals()) if name.startswith("test_cuda_")]
-    report = tmp_path / "sim.xml"
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-           f"--junitxml={report}", *ids]
-    r = subprocess.run(cmd, cwd=str(request.config.rootpath), env=env, capture_output=True,
-                       text=True, timeout=900)
-    tail = (r.stdout + r.stderr)[-6000:]
-    assert report.exists(), f"no report from the simulator run (rc={r.returncode}):\n{tail}"
-    suite = ET.parse(report).getroot()
-    if suite.tag == "testsuites":
-        suite = suite[0]
-    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-    assert r.returncode == 0 and counts["failures"] == counts["errors"] == 0, \
-        f"simulator run failed {counts}:\n{tail}"
+    rc, counts, ids, tail, reported = _simulator.result(Path(__file__).name)
+    assert reported, f"no report from the simulator run (rc={rc}):\n{tail}"
+    assert counts["failures"] == counts["errors"] == 0, f"simulator run failed {counts}:\n{tail}"
     assert counts["skipped"] == 0, f"kernel tests skipped under the simulator {counts}:\n{tail}"
-    if ids[0].startswith(str(here)):
-        assert counts["tests"] > 0, tail
-    else:
-        assert counts["tests"] == len(ids), f"ran {counts['tests']} of {len(ids)}:\n{tail}"
+    assert counts["tests"] == len(ids) > 0, f"ran {counts['tests']} of {len(ids)}:\n{tail}"
 
 
 # ------------------------------------------------------- compile for a GPU

@@ -9,8 +9,9 @@ CUDA target or the simulator (``NUMBA_ENABLE_CUDASIM=1``), so:
 * ``test_gpu_*`` run in-process whenever kernels can be launched: on a real
   GPU, or in a process started with the simulator variable.  Otherwise they
   are skipped and...
-* ``test_gpu_step_simulator_subprocess`` runs them in a child process under
-  the simulator and fails unless every one passed (none failed, errored or
+* ``test_gpu_step_simulator_subprocess`` checks them, run in a child process
+  under the simulator that starts right after collection (``_simulator.py``),
+  and fails unless every one passed (none failed, errored or
   was skipped).  It is skipped where they already ran in-process.
 * ``test_no_device_error`` and ``test_import_without_numba_cuda`` run a child
   *without* the simulator: with no driver, ``device="cuda"`` must raise the
@@ -32,11 +33,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+import _simulator
 
 import fastbp
 from fastbp.kernels.cuda import cuda_available
@@ -480,34 +482,18 @@ def test_bench_gpu_skips_cleanly():
 
 
 # ==================================================== orchestration (no GPU)
-def test_gpu_step_simulator_subprocess(request, tmp_path):
-    """Run this file's test_gpu_* under the CUDA simulator in a child process."""
+def test_gpu_step_simulator_subprocess():
+    """This file's test_gpu_* under the CUDA simulator, in the child process that
+    ``conftest.py`` started after collection (``_simulator.py``)."""
     if AVAIL:
         pytest.skip(f"the GPU step tests ran in this process ({AVAIL.reason})")
     if "numba-cuda" in AVAIL.reason:
         pytest.skip(AVAIL.reason)
-    here = Path(__file__).resolve()
-    ids = [it.nodeid for it in request.session.items
-           if Path(str(it.path)).resolve() == here and it.name.startswith("test_gpu_")
-           and it.name != "test_gpu_step_simulator_subprocess"]
-    if not ids:   # this test was selected alone: run them all
-        ids = [f"{here}::{name}" for name in sorted(globals())
-               if name.startswith("test_gpu_") and name != "test_gpu_step_simulator_subprocess"]
-    report = tmp_path / "sim.xml"
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", *ids]
-    r = subprocess.run(cmd, cwd=str(request.config.rootpath), env=env, capture_output=True, text=True,
-                       timeout=900)
-    tail = (r.stdout + r.stderr)[-6000:]
-    assert report.exists(), f"no report from the simulator run (rc={r.returncode}):\n{tail}"
-    suite = ET.parse(report).getroot()
-    if suite.tag == "testsuites":
-        suite = suite[0]
-    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-    assert r.returncode == 0 and counts["failures"] == counts["errors"] == 0, \
-        f"simulator run failed {counts}:\n{tail}"
+    rc, counts, ids, tail, reported = _simulator.result(Path(__file__).name)
+    assert reported, f"no report from the simulator run (rc={rc}):\n{tail}"
+    assert counts["failures"] == counts["errors"] == 0, f"simulator run failed {counts}:\n{tail}"
     assert counts["skipped"] == 0, f"GPU step tests skipped under the simulator {counts}:\n{tail}"
-    assert counts["tests"] >= 10, f"too few GPU step tests ran {counts}:\n{tail}"
+    assert counts["tests"] == len(ids) >= 10, f"ran {counts['tests']} of {len(ids)} GPU step tests:\n{tail}"
 
 
 _NO_DEVICE_CHILD = r"""

@@ -1,0 +1,108 @@
+"""The CUDA-simulator tests, run in ONE child pytest that starts as soon as collection ends.
+
+The CUDA kernels and the GPU step are tested on the CPU under numba's simulator
+(``NUMBA_ENABLE_CUDASIM=1``), which must be set before numba is imported: they run
+in a child process.  The simulator is single-threaded Python (a few minutes of one
+core), so the child is started right after collection (``conftest.py``) and runs on
+the second core while this session runs the rest of the suite; each file's runner
+test (``test_simulator_subprocess``, ``test_gpu_step_simulator_subprocess``) then
+waits for the child and checks its own file's share of the child's JUnit report.
+
+A file takes part when its runner test is selected and its module says the tests
+could not run in this process (``AVAIL`` false, for a reason other than numba-cuda
+missing).  Its simulator tests are the ones selected in this session or, when only
+the runner was selected (``pytest -k simulator``), all of them.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+#: file -> (its runner test, the predicate that picks its simulator tests by name)
+FILES = {
+    "test_cuda_kernels.py": ("test_simulator_subprocess", lambda n: n.startswith("test_cuda_")),
+    "test_cuda_step.py": ("test_gpu_step_simulator_subprocess",
+                          lambda n: n.startswith("test_gpu_") and n != "test_gpu_step_simulator_subprocess"),
+}
+TIMEOUT_S = 1500
+
+_child = {}     # "proc", "report", "files": {file: [node ids]}, "out"
+
+
+def _node_ids(session, fname, runner, pick, module):
+    here = Path(module.__file__).resolve()
+    ids = [it.nodeid for it in session.items
+           if Path(str(it.path)).resolve() == here and pick(it.name)]
+    if not ids:      # only the runner was selected: every simulator test of the file
+        ids = [f"{here}::{name}" for name in sorted(vars(module)) if pick(name)]
+    return ids
+
+
+def start(session):
+    """Start the child if any runner test is selected (``pytest_collection_finish``)."""
+    if session.config.option.collectonly:
+        return
+    files = {}
+    for it in session.items:
+        fname = Path(str(it.path)).name
+        if fname in FILES and it.name == FILES[fname][0] and fname not in files:
+            avail = getattr(it.module, "AVAIL", None)
+            if avail is None or avail or "numba-cuda" in getattr(avail, "reason", ""):
+                continue          # runs in this process, or cannot run at all: the runner skips
+            files[fname] = _node_ids(session, fname, *FILES[fname], it.module)
+    if not files:
+        return
+    ids = [i for v in files.values() for i in v]
+    report = Path(tempfile.mkdtemp(prefix="fastbp-sim-")) / "sim.xml"
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    out = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             f"--junitxml={report}", *ids],
+                            cwd=str(session.config.rootpath), env=env, stdout=out,
+                            stderr=subprocess.STDOUT, text=True)
+    _child.update(proc=proc, report=report, files=files, out=out)
+
+
+def stop():
+    """Kill a child still running when the session ends (``pytest_sessionfinish``)."""
+    proc = _child.get("proc")
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def result(fname):
+    """Wait for the child; ``(returncode, counts, ids, tail, reported)`` for file ``fname``.
+
+    ``counts`` has ``tests``, ``failures``, ``errors`` and ``skipped`` of that file's
+    tests in the child's JUnit report, ``ids`` the node ids it was asked to run,
+    ``tail`` the end of its output and ``reported`` whether it wrote its report.
+    The return code is the child's, for both files together.
+    """
+    if fname not in _child.get("files", {}):
+        raise RuntimeError(f"the simulator child was not started for {fname} (see tests/_simulator.py)")
+    proc = _child["proc"]
+    try:
+        proc.wait(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    out = _child["out"]
+    out.seek(0)
+    tail = out.read()[-6000:]
+    counts = dict(tests=0, failures=0, errors=0, skipped=0)
+    report = _child["report"]
+    if report.exists():
+        stem = fname[:-len(".py")]
+        for case in ET.parse(report).getroot().iter("testcase"):
+            if case.get("classname", "").split(".")[-1] != stem:
+                continue
+            counts["tests"] += 1
+            for kind, key in (("failure", "failures"), ("error", "errors"), ("skipped", "skipped")):
+                if case.find(kind) is not None:
+                    counts[key] += 1
+    return proc.returncode, counts, _child["files"][fname], tail, report.exists()
