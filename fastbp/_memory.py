@@ -117,7 +117,7 @@ def step_bytes(model, n_state, batch_size, itemsize, init=True):
     buffers = itemsize * elements + 8 * 2 * batch_size      # + the float64/int64 workspaces
     # the graph keeps a float64 copy of every initial weight until the arena is
     # filled; the layer being drawn needs one more float64 array
-    transient = 8 * (n_params + largest)
+    transient = 8 * (n_params + (largest if init else 0))
     return buffers + transient, buffers
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
+
 __all__ = ["SGD", "Adam"]
 
 
@@ -71,8 +73,8 @@ class SGD(_Optimizer):
     def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
         self.lr = _real("lr", lr, low=0.0, low_open=True, owner="SGD")
         self.momentum = _real("momentum", momentum, low=0.0, high=1.0, high_open=True, owner="SGD")
-        if not isinstance(nesterov, (bool, int)):
-            raise TypeError("SGD: nesterov must be a bool")
+        if not isinstance(nesterov, (bool, np.bool_)):     # the one bool policy (fastbp._validate.boolean)
+            raise TypeError(f"SGD: nesterov must be a bool (True or False), got {type(nesterov).__name__}")
         self.nesterov = bool(nesterov)
         if self.nesterov and self.momentum == 0.0:
             raise ValueError("SGD: nesterov=True needs momentum > 0")
@@ -118,8 +120,8 @@ class Adam(_Optimizer):
                       _real("betas[1]", b2, low=0.0, high=1.0, high_open=True, owner="Adam"))
         self.eps = _real("eps", eps, low=0.0, low_open=True, owner="Adam")
         self.weight_decay = _real("weight_decay", weight_decay, low=0.0, owner="Adam")
-        if not isinstance(decoupled, (bool, int)):
-            raise TypeError(f"Adam: decoupled must be a bool, got {type(decoupled).__name__}")
+        if not isinstance(decoupled, (bool, np.bool_)):
+            raise TypeError(f"Adam: decoupled must be a bool (True or False), got {type(decoupled).__name__}")
         self.decoupled = bool(decoupled)
 
     n_state = 2

@@ -459,6 +459,10 @@ CASES = [
       r"Adam: weight_decay must be finite"),
     C("adam_decoupled_str", "wrong type", "Adam", "", lambda _: fastbp.Adam(decoupled="no"), TypeError,
       r"decoupled must be a bool"),
+    C("adam_decoupled_int", "wrong type", "Adam", "", lambda _: fastbp.Adam(decoupled=1), TypeError,
+      r"Adam: decoupled must be a bool \(True or False\), got int"),
+    C("sgd_nesterov_int", "wrong type", "SGD", "", lambda _: fastbp.SGD(0.1, 0.9, nesterov=1), TypeError,
+      r"SGD: nesterov must be a bool \(True or False\), got int"),
     # ---- fastbp.grad and the function it returns
     C("grad_output_not_node", "wrong type", "grad", "", lambda _: fastbp.grad(np.ones(3), []), fastbp.GraphError,
       r"output must be a graph node, got ndarray"),
