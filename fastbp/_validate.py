@@ -393,7 +393,8 @@ def executor_form(a, dtype):
     else (read-only, unaligned, offset or strided views, reversed or
     transposed, broadcast, ``x[:, None]``, memory-mapped, byte-swapped,
     another integer width) is copied once into a fresh array with the same
-    values.  The input is never written.
+    values (a writeable, canonical memory-mapped array is read in place,
+    through a plain ``ndarray`` view).  The input is never written.
 
     Parameters
     ----------
@@ -406,10 +407,12 @@ def executor_form(a, dtype):
     -------
     numpy.ndarray
     """
-    if (type(a) is np.ndarray and a.dtype == dtype and a.dtype.isnative and a.flags.aligned
-            and a.flags.writeable and a.flags.c_contiguous and _canonical_strides(a)):
+    if type(a) is not np.ndarray:
+        a = np.asarray(a)       # a memmap, matrix or masked array: a plain view of its data, no copy
+    if (a.dtype == dtype and a.dtype.isnative and a.flags.aligned and a.flags.writeable
+            and a.flags.c_contiguous and _canonical_strides(a)):
         return a
-    return np.array(a, dtype=dtype, order="C", copy=True, subok=False)
+    return np.array(a, dtype=dtype, order="C", copy=True)
 
 
 def features(x, name, dtype, n_features, max_rows=None):

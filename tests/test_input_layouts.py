@@ -250,3 +250,9 @@ def test_executor_form_copies_only_when_needed(n_in):
         assert out.flags.c_contiguous and out.flags.aligned and out.flags.writeable
         assert out.strides == (4 * n_in, 4) and out.dtype == np.float32 and type(out) is np.ndarray
         np.testing.assert_array_equal(out, odd)
+        # read where it lies exactly when already in the executor's form (a writeable
+        # memory-mapped file in C order too, through a plain view); copied otherwise
+        in_form = (odd.flags.writeable and odd.flags.aligned and odd.dtype == np.float32
+                   and odd.strides == (4 * n_in, 4))
+        assert np.shares_memory(out, odd) == in_form, k
+        assert in_form or k != "memmap"
