@@ -383,7 +383,12 @@ def _canonical_strides(a):
     return True
 
 
-def executor_form(a, dtype):
+#: copies above this size check the memory left first (a broadcast view can stand for
+#: far more data than the machine holds)
+_CHECKED_COPY_BYTES = 1 << 26
+
+
+def executor_form(a, dtype, name="the input"):
     """``a`` as the compiled step reads it, copied only when needed.
 
     The executor's form: a plain ``numpy.ndarray`` of exactly ``dtype``
@@ -402,16 +407,29 @@ def executor_form(a, dtype):
         Already validated (kind, shape).
     dtype : numpy.dtype
         The executor's dtype for this argument.
+    name : str, optional
+        The argument's name, for a :class:`MemoryError`.
 
     Returns
     -------
     numpy.ndarray
+
+    Raises
+    ------
+    MemoryError
+        The copy would not fit in the memory left (checked before copying
+        anything larger than 64 MiB).
     """
     if type(a) is not np.ndarray:
         a = np.asarray(a)       # a memmap, matrix or masked array: a plain view of its data, no copy
     if (a.dtype == dtype and a.dtype.isnative and a.flags.aligned and a.flags.writeable
             and a.flags.c_contiguous and _canonical_strides(a)):
         return a
+    nbytes = a.size * np.dtype(dtype).itemsize
+    if nbytes > _CHECKED_COPY_BYTES:
+        from ._memory import check
+        check(nbytes, f"copying {name} into the layout the compiled step reads",
+              f"{a.size} values of {np.dtype(dtype).name}")
     return np.array(a, dtype=dtype, order="C", copy=True)
 
 
@@ -462,7 +480,7 @@ def features(x, name, dtype, n_features, max_rows=None):
         raise ValueError(f"{name} is empty: it must have at least one row")
     if max_rows is not None and n > max_rows:
         raise ValueError(f"{name} has {n} rows, more than batch_size={max_rows}")
-    return executor_form(x, dtype), n
+    return executor_form(x, dtype, name), n
 
 
 def class_labels(y, name, n, n_classes, loss, check_range=True):
@@ -494,7 +512,7 @@ def class_labels(y, name, n, n_classes, loss, check_range=True):
             bad = int(np.argmax(too_big))
             raise ValueError(f"{name}[{bad}] = {int(y[bad])} is not a class label in [0, {n_classes}); "
                              f"weights unchanged")
-    y = executor_form(y, _I64)
+    y = executor_form(y, _I64, name)
     if check_range and n and (y.min() < 0 or y.max() >= n_classes):
         bad = int(np.flatnonzero((y < 0) | (y >= n_classes))[0])
         raise ValueError(f"{name}[{bad}] = {int(y[bad])} is not a class label in [0, {n_classes})")
@@ -526,4 +544,4 @@ def targets(y, name, n, n_out, dtype, loss):
         y = y.reshape(n, 1)
     if y.shape != (n, n_out):
         raise ValueError(f"{name} must have shape ({n}, {n_out}), got {y.shape}")
-    return executor_form(y, dtype)
+    return executor_form(y, dtype, name)

@@ -277,3 +277,16 @@ def test_a_failed_fit_later_in_the_epochs_restores_the_rng_and_names_the_global_
     with pytest.raises(FloatingPointError, match=r"at step 4 of fit"):      # 3 steps per epoch
         s.fit(X, Y, epochs=5)
     assert s.rng.bit_generator.state == state and s.n_steps == 3 and len(calls) == 2
+
+
+def test_a_broadcast_view_too_big_to_copy_is_a_memory_error():
+    """A broadcast view can stand for far more data than the machine has: the copy into the
+    executor's layout checks the memory first (MemoryError naming the argument), nothing changes."""
+    s = fastbp.compile(fastbp.Sequential(fastbp.Linear(8, 2)), batch_size=4)
+    before = _state(s)
+    huge = np.broadcast_to(np.ones(8, np.float32), (10**13, 8))
+    with pytest.raises(MemoryError, match=r"copying X into the layout.*needs about .*bytes"):
+        s.predict(huge)
+    with pytest.raises(MemoryError, match=r"copying X"):
+        s.fit(huge, np.broadcast_to(np.int64(0), (10**13,)))
+    assert _state(s) == before
