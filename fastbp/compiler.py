@@ -372,7 +372,7 @@ def new_arena(plan):
         The arena would not fit in the memory left (checked before allocating).
     """
     from ._memory import check
-    check(max(plan.arena_size, 1) * np.dtype(plan.dtype).itemsize, "the step's buffers",
+    check(max(plan.arena_size, 1) * np.dtype(plan.dtype).itemsize, "allocating the compiled graph's buffers",
           f"{plan.arena_size} values of {np.dtype(plan.dtype).name}")
     arena = np.zeros(max(plan.arena_size, 1), dtype=plan.dtype)
     for name, node, off, shape in plan.params:

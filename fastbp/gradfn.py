@@ -13,6 +13,27 @@ from .graph import GraphError, Node
 __all__ = ["grad", "GradFunction"]
 
 
+def _check_memory(output, dtype, batch_size):
+    """MemoryError (before the compiler lays anything out) when the inputs the output
+    depends on and the output itself, at ``batch_size`` rows, cannot fit: a lower bound
+    of the buffers :func:`fastbp.compiler.new_arena` would allocate."""
+    from ._memory import check
+    seen, stack, count = set(), [output], 0
+    while stack:
+        n = stack.pop()
+        if n.id in seen:
+            continue
+        seen.add(n.id)
+        stack.extend(n.inputs)
+        if n.op == "input" or n is output:
+            size = 1
+            for d in n.shape:
+                size *= batch_size if d is None else d
+            count += size
+    check(count * dtype.itemsize, f"fastbp.grad with batch_size={batch_size}",
+          f"at least {count} values of {dtype.name} for the inputs and the output")
+
+
 class GradFunction:
     """The compiled ``value, grads = f(**inputs)`` of :func:`grad`.
 
@@ -26,6 +47,7 @@ class GradFunction:
         self.output = output
         self.wrt = list(wrt)
         self.dtype = np.dtype(dtype)
+        _check_memory(output, self.dtype, batch_size)
         self.plan = build_plan(self.graph, output, self.wrt, dtype=self.dtype, batch_size=batch_size)
         self.arena = new_arena(self.plan)
         self.inputs = [n for n in self.graph.inputs if n.id in self.plan.value_buf]

@@ -180,10 +180,18 @@ def test_the_memory_check_uses_what_the_machine_has(monkeypatch):
     monkeypatch.setattr(_memory, "available_bytes", lambda: 100)
     g = fastbp.Graph()
     x = g.input("x", (None, 50))
-    with pytest.raises(MemoryError, match="buffers"):
+    with pytest.raises(MemoryError, match=r"fastbp\.grad with batch_size=1000 needs about .*\(400008 bytes"):
         fastbp.grad(fastbp.sum(x), [x], batch_size=1000)
-    assert _memory.available_bytes() == 100
+    monkeypatch.setattr(_memory, "available_bytes", lambda: 500000)      # passes the first check ...
+    with pytest.raises(MemoryError, match=r"allocating the compiled graph's buffers needs about"):
+        fastbp.grad(fastbp.sum(x), [x], batch_size=1000)                 # ... not the exact arena's
     monkeypatch.undo()
+    # absurd batch sizes: MemoryError (how much), not an OverflowError from the compiler
+    for bs in (2**62, 2**63 - 1):
+        with pytest.raises(MemoryError, match="PiB"):
+            fastbp.grad(fastbp.sum(x), [x], batch_size=bs)
+        with pytest.raises(MemoryError, match="PiB"):
+            fastbp.compile(model, batch_size=bs)
     assert _memory.available_bytes() is None or _memory.available_bytes() > 0
 
 
