@@ -847,6 +847,7 @@ class CudaTrainStep:
             Wrong source type, another architecture, unknown names, wrong shapes.
         """
         from .step import TrainStep
+        optimizer_state = V.boolean("optimizer_state", optimizer_state)
         if isinstance(source, (TrainStep, CudaTrainStep)):
             if not self._same_layout(source, optimizer_state):
                 raise ValueError("load_params_from: source has another architecture"
