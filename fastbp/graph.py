@@ -218,11 +218,26 @@ class Graph:
         self._names[name] = node
         return node
 
-    def param(self, name, value):
-        """Declare a trainable parameter with its initial value (scalar, 1-D or 2-D)."""
+    def param(self, name, value, *, copy=True):
+        """Declare a trainable parameter with its initial value (scalar, 1-D or 2-D).
+
+        Parameters
+        ----------
+        name : str
+            Unique name of the parameter (the key of ``grads``).
+        value : array_like of real numbers, shape ``()``, ``(n,)`` or ``(m, n)``
+            Initial value; kept as float64.
+        copy : bool, default True
+            Keep a copy of ``value``.  ``False`` keeps ``value`` itself when it is
+            already a float64 array (no second copy of a large weight matrix): the
+            caller must not change it afterwards.
+        """
         self._unique(name, "param")
-        arr = np.asarray(value, dtype=np.float64)
-        node = Node(self, "param", (), _check_shape(arr.shape, f"param {name!r}"), name=name, value=arr.copy())
+        if not isinstance(copy, bool):
+            raise TypeError(f"copy must be a bool, got {type(copy).__name__}")
+        # np.array(copy=True) converts and copies in one pass (a single new array)
+        arr = np.array(value, dtype=np.float64, copy=True) if copy else np.asarray(value, dtype=np.float64)
+        node = Node(self, "param", (), _check_shape(arr.shape, f"param {name!r}"), name=name, value=arr)
         self._names[name] = node
         return node
 

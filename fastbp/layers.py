@@ -71,7 +71,8 @@ class Linear(Layer):
         """Initial ``(W, b)`` in float64 for the activation that follows."""
         fan_in, fan_out = self.in_features, self.out_features_
         if next_activation == "relu":
-            W = rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)
+            W = rng.standard_normal((fan_in, fan_out))
+            W *= np.sqrt(2.0 / fan_in)       # in place: no second array of the layer's size
         else:
             a = np.sqrt(6.0 / (fan_in + fan_out))
             W = rng.uniform(-a, a, size=(fan_in, fan_out))
@@ -81,10 +82,11 @@ class Linear(Layer):
         return W, b
 
     def build(self, g, x, prefix, W, b):
-        w = g.param(f"{prefix}.W", W)
+        # the initial values are the caller's fresh arrays: the graph keeps them without a copy
+        w = g.param(f"{prefix}.W", W, copy=False)
         y = x @ (w.T if self.layout == "out_in" else w)
         if self.bias:
-            y = y + g.param(f"{prefix}.b", b)
+            y = y + g.param(f"{prefix}.b", b, copy=False)
         return y
 
     def spec(self):
