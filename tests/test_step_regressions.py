@@ -150,6 +150,23 @@ def test_a_model_too_big_for_the_machine_is_a_memory_error_before_any_allocation
     assert need > 4 * 5 * 10**9 * 2                           # weights and gradients alone: 40 GB
 
 
+def test_compile_holds_at_most_one_float64_layer_beside_the_step_buffers():
+    """Defect 7's peak: building a step used to hold the float64 initial weights two or
+    three times over (scaled copy, graph copy) beside the arena.  Now at most one float64
+    copy of the largest layer's weights lives next to the step's buffers."""
+    model = fastbp.Sequential(fastbp.Linear(1500, 1000), fastbp.ReLU(), fastbp.Linear(1000, 10))
+    tracemalloc.start()
+    try:
+        step = fastbp.compile(model, optimizer=fastbp.SGD(0.1), batch_size=8, dtype=np.float32)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    largest_layer_f64 = 1500 * 1000 * 8
+    assert peak <= step.arena.nbytes + largest_layer_f64 + 2**20, (peak, step.arena.nbytes)
+    ref = model.init_params(0)                                  # still bitwise the documented weights
+    np.testing.assert_array_equal(step.params["0.W"], ref["0.W"].astype(np.float32))
+
+
 def test_estimator_with_a_huge_layer_raises_memory_error():
     """The issue's reproduction, in a subprocess: a kill would show as a negative return code."""
     code = textwrap.dedent("""
