@@ -60,7 +60,8 @@ def start(session):
     report = Path(tempfile.mkdtemp(prefix="fastbp-sim-")) / "sim.xml"
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     out = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+    # -m "": the ids were selected here; the child must not deselect them again (addopts)
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "",
                              f"--junitxml={report}", *ids],
                             cwd=str(session.config.rootpath), env=env, stdout=out,
                             stderr=subprocess.STDOUT, text=True)

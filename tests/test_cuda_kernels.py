@@ -79,6 +79,10 @@ requires_cuda = pytest.mark.skipif(
                       "test_simulator_subprocess runs them under the CUDA simulator")
 
 DTYPES = [np.float32, np.float64]
+#: the dtypes of the kernel tests: float64 is marked ``thorough`` (excluded from the README's
+#: test command, run by CI's last stage): under the simulator each test costs seconds of
+#: Python threads, and float32 already runs every kernel's code path
+PARAM_DTYPES = [np.float32, pytest.param(np.float64, marks=pytest.mark.thorough)]
 ACTS = [ACT_NONE, ACT_RELU, ACT_SIGMOID, ACT_TANH]
 GATES = [GATE_ADD, GATE_MUL, GATE_MAX]
 
@@ -123,7 +127,7 @@ def _operands(kind, m, k, n, rng, dtype):
 
 
 @requires_cuda
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", PARAM_DTYPES)
 @pytest.mark.parametrize("kind", ["nn", "nt", "tn"])
 @pytest.mark.parametrize("m,k,n", GEMM_SHAPES)
 def test_cuda_gemm(kind, m, k, n, dtype):
@@ -180,7 +184,7 @@ def test_cuda_gemm_empty_reduction_zeroes(kind):
 
 # ================================================================== linear
 @requires_cuda
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", PARAM_DTYPES)
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 33, 5)])
 def test_cuda_linear_fwd_all_activations(m, k, n, transposed, dtype):
@@ -205,7 +209,7 @@ def test_cuda_linear_fwd_all_activations(m, k, n, transposed, dtype):
 
 
 @requires_cuda
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", PARAM_DTYPES)
 @pytest.mark.parametrize("transposed", [False, True])
 def test_cuda_linear_fwd_multi_tile(transposed, dtype):
     m, k, n = 70, 9, 65
@@ -223,7 +227,8 @@ def test_cuda_linear_fwd_multi_tile(transposed, dtype):
 
 @requires_cuda
 @pytest.mark.parametrize("act,dtype", [(ACT_RELU, np.float32), (ACT_SIGMOID, np.float64),
-                                       (ACT_TANH, np.float32), (ACT_NONE, np.float64)])
+                                       (ACT_TANH, np.float32),
+                                       pytest.param(ACT_NONE, np.float64, marks=pytest.mark.thorough)])
 def test_cuda_linear_backward_pieces(act, dtype):
     """dZ = dY act'(Y), dW = X^T dZ, dX = dZ W^T, db = colsum(dZ): against numpy's
     analytic gradient of L = sum(G * act(X W + b))."""
@@ -256,7 +261,7 @@ def test_cuda_linear_backward_pieces(act, dtype):
 
 
 @requires_cuda
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", PARAM_DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1), (7, 33)])
 def test_cuda_bias_act(shape, dtype):
     rng = np.random.default_rng(1)
@@ -270,7 +275,7 @@ def test_cuda_bias_act(shape, dtype):
 
 
 @requires_cuda
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", PARAM_DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1), (7, 33), (33, 7), (70, 65)])
 def test_cuda_colsum(shape, dtype):
     rng = np.random.default_rng(shape[0])
@@ -304,7 +309,7 @@ def _act_input(rng, shape, dtype):
 
 
 @requires_cuda
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", PARAM_DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1), (7, 33)])
 def test_cuda_act_fwd_bwd(shape, dtype):
     rng = np.random.default_rng(2)
@@ -329,7 +334,7 @@ def test_cuda_act_fwd_bwd(shape, dtype):
 
 
 @requires_cuda
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", PARAM_DTYPES)
 def test_cuda_act_fwd_multi_block_in_place(dtype):
     shape = (70, 65)
     rng = np.random.default_rng(4)
@@ -340,7 +345,7 @@ def test_cuda_act_fwd_multi_block_in_place(dtype):
 
 
 @requires_cuda
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", PARAM_DTYPES)
 @pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh"])
 def test_cuda_named_activations(name, dtype):
     shape = (7, 33)
@@ -365,7 +370,7 @@ GATE_SHAPES = [((7, 33), (7, 33)), ((7, 33), (1, 33)), ((7, 1), (1, 33)), ((1, 1
 
 
 @requires_cuda
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", PARAM_DTYPES)
 @pytest.mark.parametrize("gate", GATES)
 @pytest.mark.parametrize("sa,sb", GATE_SHAPES)
 def test_cuda_gate_fwd_bwd(sa, sb, gate, dtype):
@@ -415,7 +420,7 @@ def test_cuda_gate_max_nan_and_ties():
 
 
 @requires_cuda
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", PARAM_DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1), (7, 33), (70, 65), (0, 3)])
 def test_cuda_sum_scale(shape, dtype):
     rng = np.random.default_rng(8)
@@ -446,7 +451,7 @@ LOSS_SHAPES = [(1, 1), (7, 10), (130, 3)]
 
 
 @requires_cuda
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", PARAM_DTYPES)
 @pytest.mark.parametrize("name", ["softmax_xent", "svm", "mse", "bce_logits"])
 @pytest.mark.parametrize("B,C", LOSS_SHAPES)
 def test_cuda_losses(B, C, name, dtype):
@@ -509,7 +514,7 @@ def test_cuda_check_labels(n):
 
 # =============================================================== optimizers
 @requires_cuda
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", PARAM_DTYPES)
 @pytest.mark.parametrize("n", [1, 7, 300])
 def test_cuda_sgd(n, dtype):
     rng = np.random.default_rng(n)
@@ -527,7 +532,7 @@ def test_cuda_sgd(n, dtype):
 
 
 @requires_cuda
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", PARAM_DTYPES)
 @pytest.mark.parametrize("n", [1, 7, 300])
 def test_cuda_adam(n, dtype):
     rng = np.random.default_rng(n + 1)
@@ -566,6 +571,7 @@ def test_import_without_numba_cuda():
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
 
 
+@pytest.mark.simulator
 def test_simulator_subprocess():
     """This file's test_cuda_* under the CUDA simulator, in the child process that
     ``conftest.py`` started after collection (``_simulator.py``)."""

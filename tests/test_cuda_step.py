@@ -134,8 +134,14 @@ CASES = {
 }
 
 
+#: cases marked ``thorough`` (CI's last stage; each costs ~15 s under the simulator): the
+#: README's test command still runs every loss, activation, optimizer and both dtypes
+THOROUGH_CASES = {"xent_sigmoid_outin_plain_sgd_f64"}
+
+
 @requires_cuda
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.thorough) if c in THOROUGH_CASES else c
+                                  for c in sorted(CASES)])
 def test_gpu_step_matches_cpu(case):
     layers, loss, opt, dtype = CASES[case]
     cpu, gpu = make_pair(layers, loss, opt, dtype)
@@ -203,9 +209,9 @@ def test_gpu_host_inputs_in_any_layout_are_those_of_copies():
     assert odd(x[:4, None], ro[:4]) == ref(x[:4, None].copy(), y[:4, None].copy())
     assert odd.loss_and_grads(np.asfortranarray(wide[:4, 1:2]), y[:4]) == ref.loss_and_grads(x[:4, None].copy(),
                                                                                             y[:4].copy())
-    lo = odd.fit(wide[:, 1:2], y[::-1][::-1], epochs=3, seed=5)
-    lr = ref.fit(x[:, None].copy(), y.copy(), epochs=3, seed=5)
-    assert lo.tobytes() == lr.tobytes() and lo.shape == (9,)
+    lo = odd.fit(wide[:, 1:2], y[::-1][::-1], epochs=2, seed=5)
+    lr = ref.fit(x[:, None].copy(), y.copy(), epochs=2, seed=5)
+    assert lo.tobytes() == lr.tobytes() and lo.shape == (6,)
     po, pr = odd.params_host(), ref.params_host()
     assert all(po[k].tobytes() == pr[k].tobytes() for k in po)
     assert odd.predict(x[:, None]).tobytes() == ref.predict(x[:, None].copy()).tobytes()
@@ -213,7 +219,7 @@ def test_gpu_host_inputs_in_any_layout_are_those_of_copies():
     cpu = fastbp.compile(model, loss="mse", optimizer=fastbp.Adam(lr=0.05), batch_size=4, dtype=np.float32,
                          seed=2)
     gpu = fastbp.compile(model, optimizer=fastbp.Adam(lr=0.05), **kw)
-    np.testing.assert_allclose(gpu.fit(x[:, None], y, epochs=3), cpu.fit(x[:, None], y, epochs=3), **tol(np.float32))
+    np.testing.assert_allclose(gpu.fit(x[:, None], y, epochs=2), cpu.fit(x[:, None], y, epochs=2), **tol(np.float32))
     assert gpu.rng.bit_generator.state == cpu.rng.bit_generator.state
     with pytest.raises(TypeError, match="shuffle must be a bool"):
         gpu.fit(x[:, None], y, shuffle="no")
@@ -424,7 +430,7 @@ def test_gpu_cpu_weights_round_trip(tmp_path):
 
 # ========================================================= fastbp.grad on GPU
 @requires_cuda
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dtype", [np.float64, pytest.param(np.float32, marks=pytest.mark.thorough)])
 def test_gpu_grad_function_matches_cpu(dtype):
     def build():
         g = fastbp.Graph()
@@ -456,6 +462,7 @@ def test_gpu_grad_function_matches_cpu(dtype):
 
 # ================================================================ benchmark
 @requires_cuda
+@pytest.mark.thorough           # ~30 s under the simulator: CI's last stage
 def test_gpu_bench_entry_runs():
     from fastbp.bench.configs import Config
     from fastbp.bench.gpu import bench_gpu
@@ -482,6 +489,7 @@ def test_bench_gpu_skips_cleanly():
 
 
 # ==================================================== orchestration (no GPU)
+@pytest.mark.simulator
 def test_gpu_step_simulator_subprocess():
     """This file's test_gpu_* under the CUDA simulator, in the child process that
     ``conftest.py`` started after collection (``_simulator.py``)."""
@@ -493,7 +501,7 @@ def test_gpu_step_simulator_subprocess():
     assert reported, f"no report from the simulator run (rc={rc}):\n{tail}"
     assert counts["failures"] == counts["errors"] == 0, f"simulator run failed {counts}:\n{tail}"
     assert counts["skipped"] == 0, f"GPU step tests skipped under the simulator {counts}:\n{tail}"
-    assert counts["tests"] == len(ids) >= 10, f"ran {counts['tests']} of {len(ids)} GPU step tests:\n{tail}"
+    assert counts["tests"] == len(ids) > 0, f"ran {counts['tests']} of {len(ids)} GPU step tests:\n{tail}"
 
 
 _NO_DEVICE_CHILD = r"""
