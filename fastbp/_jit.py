@@ -97,6 +97,51 @@ def _drop_stale_cache():
 _drop_stale_cache()
 
 
+def _internalize_linked_copies(module):
+    """Give every copy of a fastbp function linked into ``module`` internal linkage.
+
+    numba compiles each function into its own LLVM module and *links a copy*
+    of every callee into each caller's module, marked ``linkonce_odr`` (one
+    definition shared by all, to be picked at load time).  The copies are not
+    the same code: each module is optimised again after linking, and with
+    fast-math (reassociation, FMA contraction) the re-optimised copies round
+    differently.  The JIT linker resolves a call to such a symbol to the first
+    definition loaded in the process: the callee's own library in a process
+    that compiled it, the first cached caller in one that loaded its objects
+    from numba's disk cache.  So results depended on whether the cache was
+    warm, and on which entry point a process called first.
+
+    Internal copies are called only from their own module: a compiled object
+    runs exactly the code it was compiled with, wherever and whenever it is
+    loaded.  (LLVM may also inline or drop them: unused copies -- Python
+    wrappers of callees, for one -- are no longer compiled.)
+    """
+    for fn in module.functions:
+        if (not fn.is_declaration and "fastbp" in fn.name
+                and fn.linkage == _ll.Linkage.linkonce_odr):
+            fn.linkage = "internal"
+
+
+def _install_linkage_fix():
+    """Run :func:`_internalize_linked_copies` on every module numba optimises
+    after linking (``CPUCodeLibrary._optimize_final_module``); a no-op where
+    numba's internals differ from those this was written for."""
+    from numba.core import codegen as _cg
+    lib = getattr(_cg, "CPUCodeLibrary", None)
+    orig = getattr(lib, "_optimize_final_module", None)
+    if orig is None or getattr(orig, "_fastbp_linkage_fix", False):
+        return
+    def _optimize_final_module(self):
+        _internalize_linked_copies(self._final_module)
+        return orig(self)
+    _optimize_final_module._fastbp_linkage_fix = True
+    lib._optimize_final_module = _optimize_final_module
+
+
+import llvmlite.binding as _ll  # noqa: E402
+_install_linkage_fix()
+
+
 def _renamed(fn, suffix):
     """A copy of ``fn`` with its own qualified name.
 
