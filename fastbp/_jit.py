@@ -97,33 +97,48 @@ def _drop_stale_cache():
 _drop_stale_cache()
 
 
-def _internalize_linked_copies(module):
-    """Give every copy of a fastbp function linked into ``module`` internal linkage.
+def _internalize_linked_copies(library):
+    """Give the copies of other libraries' functions linked into ``library``
+    (a numba ``CPUCodeLibrary`` that holds fastbp code) internal linkage.
 
     numba compiles each function into its own LLVM module and *links a copy*
-    of every callee into each caller's module, marked ``linkonce_odr`` (one
-    definition shared by all, to be picked at load time).  The copies are not
-    the same code: each module is optimised again after linking, and with
-    fast-math (reassociation, FMA contraction) the re-optimised copies round
-    differently.  The JIT linker resolves a call to such a symbol to the first
-    definition loaded in the process: the callee's own library in a process
-    that compiled it, the first cached caller in one that loaded its objects
-    from numba's disk cache.  So results depended on whether the cache was
-    warm, and on which entry point a process called first.
+    of every callee into each caller's module, marked ``linkonce_odr`` (or
+    ``weak_odr``: parallel-loop bodies): one definition, to be picked at load
+    time, for all.  The copies are not the same code: each module is
+    optimised again after linking, and with fast-math (reassociation, FMA
+    contraction) the re-optimised copies round differently.  The JIT linker
+    resolves a call to such a symbol to the first definition loaded in the
+    process: the callee's own library in a process that compiled it, the
+    first cached caller in one that loaded its objects from numba's disk
+    cache.  Results depended on whether the cache was warm (1 ulp in ~7% of
+    the weights after a few epochs), and on which entry point a process called
+    first.  Worse, parallel-loop bodies are named after the address of a
+    Python object, which the process may reuse: two cached objects could
+    define the same name for different loops.
 
     Internal copies are called only from their own module: a compiled object
     runs exactly the code it was compiled with, wherever and whenever it is
-    loaded.  (LLVM may also inline or drop them: unused copies -- Python
-    wrappers of callees, for one -- are no longer compiled.)
+    loaded.  (LLVM may also inline them, or drop the unused ones -- Python
+    wrappers of callees, for one -- which shortens compilation.)  The
+    library's own functions keep their linkage.
     """
+    module = library._final_module
+    linked = set()
+    for lib in library._linking_libraries:
+        for fn in lib._get_module_for_linking().functions:
+            if not fn.is_declaration:
+                linked.add(fn.name)
+    if not any("fastbp" in name for name in linked) and not any(
+            "fastbp" in fn.name for fn in module.functions if not fn.is_declaration):
+        return
     for fn in module.functions:
-        if (not fn.is_declaration and "fastbp" in fn.name
-                and fn.linkage == _ll.Linkage.linkonce_odr):
+        if (not fn.is_declaration and fn.name in linked
+                and fn.linkage in (_ll.Linkage.linkonce_odr, _ll.Linkage.weak_odr)):
             fn.linkage = "internal"
 
 
 def _install_linkage_fix():
-    """Run :func:`_internalize_linked_copies` on every module numba optimises
+    """Run :func:`_internalize_linked_copies` on every library numba optimises
     after linking (``CPUCodeLibrary._optimize_final_module``); a no-op where
     numba's internals differ from those this was written for."""
     from numba.core import codegen as _cg
@@ -131,8 +146,12 @@ def _install_linkage_fix():
     orig = getattr(lib, "_optimize_final_module", None)
     if orig is None or getattr(orig, "_fastbp_linkage_fix", False):
         return
+    if not all(hasattr(lib, a) for a in ("_get_module_for_linking", "finalize")):
+        return
+
     def _optimize_final_module(self):
-        _internalize_linked_copies(self._final_module)
+        if hasattr(self, "_linking_libraries") and hasattr(self, "_final_module"):
+            _internalize_linked_copies(self)
         return orig(self)
     _optimize_final_module._fastbp_linkage_fix = True
     lib._optimize_final_module = _optimize_final_module
