@@ -419,3 +419,183 @@ def array_at(typingctx, addr, n, dtype):
                                itemsize=itemsize, meminfo=None)
         return out._getvalue()
     return ret(addr, n, dtype), impl
+
+
+# ----------------------------------------------------------- kernels called by address
+#: Kernels that compiled code calls by address (:func:`kcall`), not as linked
+#: callees: id -> (dispatcher, return type, function of the dtype's numba type
+#: giving the argument types).  Filled by :func:`native_kernel`.
+_NATIVE = {}
+
+
+def native_kernel(kid, dispatcher, restype, argtypes):
+    """Register ``dispatcher`` as native kernel ``kid``: compiled on its own,
+    for the signature ``argtypes(dtype) -> restype`` (``argtypes``: a function
+    of a numba float type returning a tuple of numba types), and called from
+    compiled code by address through :func:`kcall`.
+
+    Why: numba links a copy of every callee into its caller's module and
+    optimises the whole again -- the interpreter re-optimised all ~20 kernels,
+    those a model never uses included, on its first compilation (~60% of the
+    ~20 s).  Called by address, each kernel is compiled once, only when a step
+    needs it, and the interpreter compiles without them.
+    """
+    if kid in _NATIVE:
+        raise ValueError(f"native kernel id {kid} registered twice")
+    _NATIVE[kid] = (dispatcher, restype, argtypes)
+
+
+def native_signature(kid, dtype):
+    """``(restype, argtypes)`` of native kernel ``kid`` for ``dtype`` (a numpy dtype or numba type)."""
+    disp, ret, argf = _NATIVE[kid]
+    nt = dtype if isinstance(dtype, _types.Type) else numba.from_dtype(dtype)
+    return ret, tuple(argf(nt))
+
+
+def native_address(kid, dtype):
+    """The address of native kernel ``kid`` compiled for ``dtype`` (compiling
+    it, or loading it from numba's disk cache, on first use).
+
+    The code stays loaded for the life of the process (its dispatcher keeps it).
+    """
+    disp, _, _ = _NATIVE[kid]
+    ret, args = native_signature(kid, dtype)
+    cres = disp.overloads.get(args)
+    if cres is None:
+        disp.compile(args)
+        cres = disp.overloads[args]
+    if cres.signature.return_type != ret:
+        raise TypeError(f"native kernel {kid}: compiled to return {cres.signature.return_type}, "
+                        f"registered as returning {ret}")
+    return cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
+
+
+@_intrinsic
+def kcall(typingctx, table, kid, args):
+    """``kcall(table, KID, (arg, ...))``: call native kernel ``KID`` (a
+    constant; see :func:`native_kernel`) at the address ``table[KID]``.
+
+    The argument types are checked against the kernel's registered signature
+    when the caller is compiled; a zero address raises RuntimeError.  The
+    kernel's exceptions propagate.
+    """
+    if not (isinstance(table, _types.Array) and table.ndim == 1 and table.dtype == _types.int64
+            and isinstance(kid, _types.IntegerLiteral) and isinstance(args, _types.BaseTuple)):
+        return None
+    k = kid.literal_value
+    if k not in _NATIVE:
+        raise numba.core.errors.TypingError(f"kcall: no native kernel {k}")
+    arrays = [t for t in args.types if isinstance(t, _types.Array) and isinstance(t.dtype, _types.Float)]
+    if not arrays:
+        raise numba.core.errors.TypingError(f"kcall: native kernel {k} needs a float array argument")
+    ret, want = native_signature(k, arrays[0].dtype)
+    if tuple(args.types) != want:
+        raise numba.core.errors.TypingError(
+            f"kcall: native kernel {k} ({_NATIVE[k][0].py_func.__name__}) takes {want}, got {tuple(args.types)}")
+
+    def impl(context, builder, signature, llargs):
+        ary = context.make_array(signature.args[0])(context, builder, value=llargs[0])
+        addr = builder.load(builder.gep(ary.data, [context.get_constant(_types.intp, k)]))
+        zero = context.get_constant(_types.int64, 0)
+        with _cgutils.if_unlikely(builder, builder.icmp_signed("==", addr, zero)):
+            context.call_conv.return_user_exc(
+                builder, RuntimeError, (f"fastbp: native kernel {k} was not loaded for this step",))
+        fnty = context.call_conv.get_function_type(ret, want)
+        fn = builder.inttoptr(addr, fnty.as_pointer())
+        vals = [builder.extract_value(llargs[2], i) for i in range(len(want))]
+        status, res = context.call_conv.call_function(builder, fn, ret, want, vals)
+        with _cgutils.if_unlikely(builder, status.is_error):
+            context.call_conv.return_status_propagate(builder, status)
+        return res
+    return ret(table, kid, args), impl
+
+
+# ----------------------------------------------------------- compilation watch
+class CompileWatch:
+    """Measures the native compilation numba does while it is active
+    (:func:`compile_watch`): loading compiled code from the disk cache does
+    not count.
+
+    Attributes
+    ----------
+    seconds : float
+        Wall time spent compiling (outermost compilations only: a kernel
+        compiled for a caller is counted once, inside the caller's).
+    functions : int
+        Number of outermost compilations.
+    """
+
+    def __init__(self, on_first=None):
+        self.seconds = 0.0
+        self.functions = 0
+        self._on_first = on_first
+        self._depth = 0
+        self._t0 = 0.0
+        self._listener = None
+
+    @property
+    def compiled(self):
+        """Whether anything was compiled (the cache was cold for some code)."""
+        return self.functions > 0
+
+    def _start(self, event):
+        import time
+        if self._depth == 0:
+            self._t0 = time.perf_counter()
+            if self.functions == 0 and self._on_first is not None:
+                cb, self._on_first = self._on_first, None
+                try:
+                    cb()
+                except Exception:  # noqa: BLE001 - a message must never break a compilation
+                    pass
+        self._depth += 1
+
+    def _end(self, event):
+        import time
+        self._depth = max(self._depth - 1, 0)
+        if self._depth == 0:
+            self.seconds += time.perf_counter() - self._t0
+            self.functions += 1
+
+    def __enter__(self):
+        from numba.core import event as _ev
+
+        watch = self
+
+        class _Listener(_ev.Listener):
+            def on_start(self, event):
+                watch._start(event)
+
+            def on_end(self, event):
+                watch._end(event)
+
+        self._listener = _Listener()
+        _ev.register("numba:compile", self._listener)
+        return self
+
+    def __exit__(self, *exc):
+        from numba.core import event as _ev
+        if self._listener is not None:
+            _ev.unregister("numba:compile", self._listener)
+            self._listener = None
+        return False
+
+
+def compile_watch(on_first=None):
+    """A context manager (:class:`CompileWatch`) measuring numba compilation.
+
+    Parameters
+    ----------
+    on_first : callable, optional
+        Called with no arguments when the first compilation starts (not on a
+        warm cache): e.g. to tell the user that a one-time compilation is
+        under way.
+
+    Examples
+    --------
+    >>> with compile_watch() as w:                      # doctest: +SKIP
+    ...     step = fastbp.compile(model); step(x, y)
+    >>> if w.compiled:                                  # doctest: +SKIP
+    ...     print(f"compiling native code, one time: {w.seconds:.1f} s")
+    """
+    return CompileWatch(on_first)
