@@ -25,7 +25,7 @@ import numpy as np
 from . import _blas
 from numba import types as _nt
 
-from ._jit import array_at, block2d, jit, kcall, native_address, native_kernel, unmanaged
+from ._jit import array_at, block2d, jit, kcall, native_address, native_kernel, unmanaged_c
 from .kernels.activations import _act_bwd, _act_fwd
 from .kernels.codes import ACT_NONE, LOSS_MSE, LOSS_SOFTMAX_XENT, LOSS_SVM
 from .kernels.gates import _gate_bwd, _gate_fwd, _sum_bwd, _sum_fwd
@@ -376,9 +376,12 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
     # tiny step): all of them stay alive for the call, no view escapes.
     arena, bufs, tape, hyper, ws64, gjit = _arrays(ctx, x)
     kt = array_at(ctx[X_KTAB], N_KERNELS, np.int64)
-    x = unmanaged(x)
-    yi = unmanaged(yi)
-    yf = unmanaged(yf)
+    # Typed C-contiguous (one type for every kernel call, whatever the caller
+    # passed): their rows, widths and layout are checked below (LOAD_X, LOSS)
+    # before anything reads them.
+    x = unmanaged_c(x)
+    yi = unmanaged_c(yi)
+    yf = unmanaged_c(yf)
     # JIT GEMM kernels are made for full minibatches (gjit[0] rows) only
     jbase = -1
     if hyper[H_JIT_ON] != 0.0 and gjit.shape[0] >= 1 + JIT_SLOT * 2 * tape.shape[0] and gjit[0] == nb:

@@ -331,6 +331,32 @@ def unmanaged(typingctx, arr):
 
 
 @_intrinsic
+def unmanaged_c(typingctx, arr):
+    """:func:`unmanaged`, typed as a writeable, aligned, C-contiguous array of
+    the same dtype and dimensions whatever ``arr``'s numba type (same data,
+    shape and strides).
+
+    For arguments whose layout the compiled code checks at run time before
+    reading them (the executor's minibatch): the kernels then see one array
+    type whatever the caller passed (one compilation of each), and never run
+    on an array that is not what that type says.  Nothing may write to it
+    unless it was writeable.
+    """
+    if not isinstance(arr, _types.Array):
+        return None
+    ret = _types.Array(arr.dtype, arr.ndim, "C")
+
+    def impl(context, builder, signature, args):
+        src = context.make_array(signature.args[0])(context, builder, value=args[0])
+        out = context.make_array(signature.return_type)(context, builder)
+        _cgutils.copy_struct(out, src)
+        out.meminfo = _cgutils.get_null_value(out.meminfo.type)
+        out.parent = _cgutils.get_null_value(out.parent.type)
+        return out._getvalue()
+    return ret(arr), impl
+
+
+@_intrinsic
 def block2d(typingctx, flat, off, rows, cols):
     """Elements ``off .. off + rows*cols - 1`` of the 1-D C-contiguous array
     ``flat`` as an unmanaged (see :func:`unmanaged`) C-contiguous
