@@ -19,63 +19,18 @@ Status codes returned by :func:`run_step`: see ``STATUS_*``.
 import math
 import weakref
 
+import numba
 import numpy as np
 
-
 from . import _blas
-from numba import types as _nt
-
-from ._jit import array_at, block2d, jit, kcall, native_address, native_kernel, unmanaged_c
-from .kernels.activations import _act_bwd, _act_fwd
+from ._jit import array_at, block2d, jit, unmanaged_c
+from ._native import kcall, native_address
 from .kernels.codes import ACT_NONE, LOSS_MSE, LOSS_SOFTMAX_XENT, LOSS_SVM
-from .kernels.gates import _gate_bwd, _gate_fwd, _sum_bwd, _sum_fwd
-from .kernels.gemm import (BLAS_AVAILABLE, BLAS_THREAD_CONTROL, JIT_SLOT, _blas_mm, _jit_mm, _mm_small,
-                           blas_get_threads, blas_set_threads)
-from .kernels.linear import _bias_act, _colsum
-from .kernels.losses import _bce_logits, _check_labels, _mse, _softmax_xent, _svm
-from .kernels.optim import _adam_update, _sgd_update
-
-# ------------------------------------------------------- kernels called by address
-# The interpreter calls every kernel by address (fastbp._jit.kcall) from a
-# per-dtype table that :func:`context` fills with the kernels a step's tape
-# uses, compiled (or loaded from numba's disk cache) on first use: each kernel
-# is compiled once, on its own, and only if some step needs it; the
-# interpreter compiles without them (numba would otherwise re-optimise every
-# kernel inside it).
-(K_BIAS_ACT, K_ACT_FWD, K_ACT_BWD, K_COLSUM, K_GATE_FWD, K_GATE_BWD, K_SUM_FWD, K_SUM_BWD, K_SOFTMAX_XENT,
- K_SVM, K_MSE, K_BCE_LOGITS, K_SGD, K_ADAM, K_MM_SMALL, K_BLAS_MM, K_JIT_MM) = range(17)
-N_KERNELS = 17
-
-
-def _a1(d):
-    return _nt.Array(d, 1, "C")
-
-
-def _a2(d):
-    return _nt.Array(d, 2, "C")
-
-
-_I, _B, _F64 = _nt.int64, _nt.boolean, _nt.float64
-_I1, _F1 = _nt.Array(_nt.int64, 1, "C"), _nt.Array(_nt.float64, 1, "C")
-native_kernel(K_BIAS_ACT, _bias_act.serial, _nt.none, lambda d: (_a2(d), _a1(d), _I))
-native_kernel(K_ACT_FWD, _act_fwd.serial, _nt.none, lambda d: (_a2(d), _I, _a2(d)))
-native_kernel(K_ACT_BWD, _act_bwd.serial, _nt.none, lambda d: (_a2(d), _a2(d), _I, _a2(d), _B))
-native_kernel(K_COLSUM, _colsum.serial, _nt.none, lambda d: (_a2(d), _a1(d), _B))
-native_kernel(K_GATE_FWD, _gate_fwd.serial, _nt.none, lambda d: (_I, _a2(d), _a2(d), _a2(d)))
-native_kernel(K_GATE_BWD, _gate_bwd.serial, _nt.none,
-              lambda d: (_I, _a2(d), _a2(d), _a2(d), _a2(d), _a2(d), _B, _B))
-native_kernel(K_SUM_FWD, _sum_fwd.serial, _nt.none, lambda d: (_a2(d), _a2(d)))
-native_kernel(K_SUM_BWD, _sum_bwd.serial, _nt.none, lambda d: (_a2(d), _a2(d), _B))
-native_kernel(K_SOFTMAX_XENT, _softmax_xent.serial, _F64, lambda d: (_a2(d), _I1, _a2(d), _F1))
-native_kernel(K_SVM, _svm.serial, _F64, lambda d: (_a2(d), _I1, _a2(d), _F1))
-native_kernel(K_MSE, _mse.serial, _F64, lambda d: (_a2(d), _a2(d), _a2(d), _F1))
-native_kernel(K_BCE_LOGITS, _bce_logits.serial, _F64, lambda d: (_a2(d), _a2(d), _a2(d), _F1))
-native_kernel(K_SGD, _sgd_update.serial, _nt.none, lambda d: (_a1(d), _a1(d), _a1(d), _F64, _F64, _B, _F64))
-native_kernel(K_ADAM, _adam_update.serial, _nt.none,
-              lambda d: (_a1(d), _a1(d), _a1(d), _a1(d), _F64, _F64, _F64, _F64, _F64, _F64, _B))
-native_kernel(K_MM_SMALL, _mm_small, _nt.none, lambda d: (_a2(d), _a2(d), _a2(d), _B, _B, _B))
-native_kernel(K_BLAS_MM, _blas_mm, _nt.none, lambda d: (_a2(d), _a2(d), _a2(d), _B, _B, _B))
-native_kernel(K_JIT_MM, _jit_mm, _B, lambda d: (_a2(d), _a2(d), _a2(d), _B, _B, _B, _I1, _I))
+from .kernels.gemm import BLAS_AVAILABLE, BLAS_THREAD_CONTROL, JIT_SLOT, blas_get_threads, blas_set_threads
+from .kernels.losses import _check_labels
+from .kernels.table import (K_ACT_BWD, K_ACT_FWD, K_ADAM, K_BCE_LOGITS, K_BIAS_ACT, K_BLAS_MM, K_COLSUM,  # noqa: F401
+                            K_GATE_BWD, K_GATE_FWD, K_JIT_MM, K_MM_SMALL, K_MSE, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD,
+                            K_SUM_FWD, K_SVM, N_KERNELS, I1, I64, a2)
 
 # ---------------------------------------------------------------- opcodes
 OP_LOAD_X = 1      # out <- x argument (f1: read x in place instead, no copy)
@@ -259,6 +214,7 @@ def context(arena, bufs, tape, hyper, ws64, gjit, batch_size):
     if bufs.shape[1] != 3 or tape.shape[1] != TAPE_WIDTH or hyper.shape[0] != HYPER_SIZE:
         raise ValueError("executor context: bufs, tape or hyper has the wrong width")
     ktab = kernel_table(arena.dtype, tape)
+    _ensure_run_tape(arena.dtype)
     return np.array([arena.ctypes.data, arena.shape[0], bufs.ctypes.data, bufs.shape[0], tape.ctypes.data,
                      tape.shape[0], hyper.ctypes.data, ws64.ctypes.data, ws64.shape[0], gjit.ctypes.data,
                      gjit.shape[0], batch_size, ktab.ctypes.data], dtype=np.int64)
@@ -309,6 +265,16 @@ def kernels_for(tape):
         if _blas.GEMM_JIT:
             need.add(K_JIT_MM)
     return need
+
+
+def _ensure_run_tape(dtype):
+    """Compile (or load from the cache) :func:`run_tape` for the arguments a
+    step passes (C-contiguous arrays of ``dtype``), so that the one-time
+    compilation happens in :func:`fastbp.compile`, not inside the first step."""
+    d = numba.from_dtype(np.dtype(dtype))
+    sig = (I1, I64, I64, I64, a2(d), I1, a2(d))
+    if sig not in run_tape.overloads:
+        run_tape.compile(sig)
 
 
 def kernel_table(dtype, tape):

@@ -6,7 +6,7 @@ that the two run exactly the same code.
   by 1 ulp: numba links a re-optimised copy of every callee into each caller,
   and the JIT linker picked whichever copy was loaded first).
 * Kernels are called by address and loaded only for what a step's tape uses.
-* :func:`fastbp._jit.compile_watch` reports compilation, not cache loads.
+* :func:`fastbp._native.compile_watch` reports compilation, not cache loads.
 """
 import json
 import os
@@ -21,7 +21,7 @@ from numba.core.errors import TypingError
 
 import fastbp
 from fastbp import _executor as ex
-from fastbp import _jit
+from fastbp import _native
 from reference import mlp
 
 # Tanh and Adam in float64 (where the cached and the fresh code differed), the
@@ -121,7 +121,7 @@ def test_kcall_checks_the_kernel_signature_at_compile_time():
     signature does not compile (it would pass the wrong arguments)."""
     @njit
     def wrong(tab, Y, b):
-        _jit.kcall(tab, _K_BIAS_ACT, (Y, b, 1.5))      # act must be an int64
+        _native.kcall(tab, _K_BIAS_ACT, (Y, b, 1.5))      # act must be an int64
 
     with pytest.raises(TypingError, match="kcall"):
         wrong(np.zeros(ex.N_KERNELS, np.int64), np.zeros((2, 2)), np.zeros(2))
@@ -134,16 +134,16 @@ def test_compile_watch_reports_compilation_not_cache_loads():
     def fresh(a):              # defined here: never compiled before, not cached
         return a + 1
 
-    with _jit.compile_watch(on_first=lambda: calls.append(1)) as w:
+    with _native.compile_watch(on_first=lambda: calls.append(1)) as w:
         assert fresh(1) == 2
         assert fresh(2.5) == 3.5
     assert w.compiled and w.functions == 2 and w.seconds > 0 and calls == [1]
-    with _jit.compile_watch(on_first=lambda: calls.append(2)) as w2:
+    with _native.compile_watch(on_first=lambda: calls.append(2)) as w2:
         assert fresh(3) == 4
     assert not w2.compiled and w2.seconds == 0.0 and calls == [1]
     # a second step of an architecture and dtype already run compiles nothing
     fastbp.compile(mlp([6, 9, 3]), batch_size=4)(np.zeros((4, 6), np.float32), np.zeros(4, np.int64))
-    with _jit.compile_watch() as w3:
+    with _native.compile_watch() as w3:
         s = fastbp.compile(mlp([6, 11, 3]), batch_size=4)
         s(np.zeros((4, 6), np.float32), np.zeros(4, np.int64))
     assert not w3.compiled
