@@ -6,8 +6,14 @@ a buffer table ``bufs`` (offset, rows, cols; rows = -1 means "the minibatch
 size") and an instruction ``tape``.  This module is the only code that runs
 them, and it is compiled once per dtype and cached on disk: compiling a new
 architecture compiles nothing.  A step passes its arrays (those three, the
-hyper-parameters, a float64 workspace and its JIT GEMM table) by address,
-in one int64 vector (:func:`context`), and the minibatch as arrays.
+hyper-parameters, a float64 workspace, its JIT GEMM table and the table of
+kernel addresses) by address, in one int64 vector (:func:`context`), and the
+minibatch as arrays.
+
+The interpreter calls the loop kernels by address (:mod:`fastbp.kernels.table`,
+:func:`fastbp._native.kcall`): each is compiled on its own, once per dtype,
+when the first step whose tape uses it is built; the interpreter's own
+compilation does not include (and re-optimise) them.
 
 Threading: everything here runs serially in the calling thread; the large
 matrix products go to the BLAS (``_blas_mm``), whose own threads are then

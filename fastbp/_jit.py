@@ -100,8 +100,6 @@ _drop_stale_cache()
 from . import _native  # noqa: E402,F401
 
 
-
-
 def _renamed(fn, suffix):
     """A copy of ``fn`` with its own qualified name.
 
