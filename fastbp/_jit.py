@@ -115,10 +115,11 @@ def _renamed(fn, suffix):
     return new
 
 
-def jit(fn=None, *, inline=False):
-    """Compile ``fn`` serially with fastbp's flags (cached on disk)."""
+def jit(fn=None, *, inline=False, fastmath=True):
+    """Compile ``fn`` serially with fastbp's flags (cached on disk);
+    ``fastmath=False``: without fast-math (operations in the written order)."""
     def wrap(f):
-        opts = dict(cache=_CACHE, fastmath=FASTMATH, nogil=True)
+        opts = dict(cache=_CACHE, fastmath=FASTMATH if fastmath else False, nogil=True)
         if inline:
             opts["inline"] = "always"
         return numba.njit(**opts)(f)
@@ -242,6 +243,23 @@ def int64_bits_as_float64(typingctx, i):
     def impl(context, builder, signature, args):
         return builder.bitcast(args[0], context.get_value_type(_types.float64))
     return _types.float64(_types.int64), impl
+
+
+@_intrinsic
+def fma(typingctx, a, b, c):
+    """``a * b + c`` rounded once (``llvm.fma``), for three floats of one type.
+
+    Unlike ``a * b + c`` under fast-math, whose contraction into an FMA and
+    reassociation LLVM decides per compilation context, this is the same
+    operation wherever the caller is compiled (inlined into a serial loop or
+    a parallel one): results do not depend on the compilation.
+    """
+    if not (isinstance(a, _types.Float) and a == b == c):
+        return None
+
+    def impl(context, builder, signature, args):
+        return builder.fma(*args)
+    return a(a, b, c), impl
 
 
 @_intrinsic
