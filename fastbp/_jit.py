@@ -246,23 +246,6 @@ def int64_bits_as_float64(typingctx, i):
 
 
 @_intrinsic
-def fma(typingctx, a, b, c):
-    """``a * b + c`` rounded once (``llvm.fma``), for three floats of one type.
-
-    Unlike ``a * b + c`` under fast-math, whose contraction into an FMA and
-    reassociation LLVM decides per compilation context, this is the same
-    operation wherever the caller is compiled (inlined into a serial loop or
-    a parallel one): results do not depend on the compilation.
-    """
-    if not (isinstance(a, _types.Float) and a == b == c):
-        return None
-
-    def impl(context, builder, signature, args):
-        return builder.fma(*args)
-    return a(a, b, c), impl
-
-
-@_intrinsic
 def unmanaged(typingctx, arr):
     """The same array without its reference-counted owner (``meminfo``).
 

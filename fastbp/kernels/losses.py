@@ -13,7 +13,7 @@ import math
 
 from numba import prange
 
-from .._jit import fma, int64_bits_as_float64, jit, kernel
+from .._jit import int64_bits_as_float64, jit, kernel, stack_tile
 from .activations import _sigmoid1
 
 
@@ -45,23 +45,21 @@ def _exp_nonpos(x):
     x = float(x)
     if x < -80.0:
         x = -80.0
-    # explicit FMAs: fast-math would contract and reassociate ``p * r + c``
-    # differently in different compilation contexts (serial vs parallel loop)
-    k = float(math.floor(fma(x, 1.4426950408889634, 0.5)))
-    r = fma(-k, 1.9082149292705877e-10, fma(-k, 0.6931471803691238, x))
+    k = math.floor(x * 1.4426950408889634 + 0.5)
+    r = (x - k * 0.6931471803691238) - k * 1.9082149292705877e-10
     p = 1.0 / 479001600.0
-    p = fma(p, r, 1.0 / 39916800.0)
-    p = fma(p, r, 1.0 / 3628800.0)
-    p = fma(p, r, 1.0 / 362880.0)
-    p = fma(p, r, 1.0 / 40320.0)
-    p = fma(p, r, 1.0 / 5040.0)
-    p = fma(p, r, 1.0 / 720.0)
-    p = fma(p, r, 1.0 / 120.0)
-    p = fma(p, r, 1.0 / 24.0)
-    p = fma(p, r, 1.0 / 6.0)
-    p = fma(p, r, 0.5)
-    p = fma(p, r, 1.0)
-    p = fma(p, r, 1.0)
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0
     return p * int64_bits_as_float64((int(k) + 1023) << 52)
 
 
@@ -76,24 +74,27 @@ def _sum_rows(rowloss, n):
 @jit(fastmath=False)
 def _row_sum(A, i, scale):
     """``(s, scale / s)`` for the sum ``s`` of row ``i`` of ``A``, in one fixed
-    order of operations whatever the loop this is compiled into: four
-    interleaved partial sums, no fast-math.  (With fast-math, LLVM compiled
-    the sum and the reciprocal differently in the serial kernel and in the
-    parallel loop: float64 results 1 ulp apart between thread counts.)"""
+    order of operations whatever the loop this is compiled into (no
+    fast-math): 32 interleaved partial sums on the stack (independent lanes,
+    which vectorise without reassociation), then added up in order.  (With
+    fast-math, LLVM compiled the sum and the reciprocal differently in the
+    serial kernel and in the parallel loop: float64 results 1 ulp apart
+    between thread counts.)"""
     n = A.shape[1]
-    s0 = A.dtype.type(0.0)
-    s1 = s0
-    s2 = s0
-    s3 = s0
-    n4 = n - n % 4
-    for j in range(0, n4, 4):
-        s0 += A[i, j]
-        s1 += A[i, j + 1]
-        s2 += A[i, j + 2]
-        s3 += A[i, j + 3]
-    for j in range(n4, n):
-        s0 += A[i, j]
-    s = (s0 + s1) + (s2 + s3)
+    s = A.dtype.type(0.0)
+    j0 = 0
+    if n >= 64:
+        acc = stack_tile(A.dtype)
+        for l in range(32):
+            acc[l] = s
+        j0 = n - n % 32
+        for j in range(0, j0, 32):
+            for l in range(32):
+                acc[l] += A[i, j + l]
+        for l in range(32):
+            s += acc[l]
+    for j in range(j0, n):
+        s += A[i, j]
     return s, (A.dtype.type(1.0) / s) * scale
 
 
