@@ -6,8 +6,14 @@ a buffer table ``bufs`` (offset, rows, cols; rows = -1 means "the minibatch
 size") and an instruction ``tape``.  This module is the only code that runs
 them, and it is compiled once per dtype and cached on disk: compiling a new
 architecture compiles nothing.  A step passes its arrays (those three, the
-hyper-parameters, a float64 workspace and its JIT GEMM table) by address,
-in one int64 vector (:func:`context`), and the minibatch as arrays.
+hyper-parameters, a float64 workspace, its JIT GEMM table and the table of
+kernel addresses) by address, in one int64 vector (:func:`context`), and the
+minibatch as arrays.
+
+The interpreter calls the loop kernels by address (:mod:`fastbp.kernels.table`,
+:func:`fastbp._native.kcall`): each is compiled on its own, once per dtype,
+when the first step whose tape uses it is built; the interpreter's own
+compilation does not include (and re-optimise) them.
 
 Threading: everything here runs serially in the calling thread; the large
 matrix products go to the BLAS (``_blas_mm``), whose own threads are then
@@ -19,36 +25,18 @@ Status codes returned by :func:`run_step`: see ``STATUS_*``.
 import math
 import weakref
 
+import numba
 import numpy as np
 
-
 from . import _blas
-from ._jit import array_at, block2d, jit, unmanaged
-from .kernels.activations import _act_bwd, _act_fwd
+from ._jit import array_at, block2d, jit, unmanaged_c
+from ._native import kcall, native_address
 from .kernels.codes import ACT_NONE, LOSS_MSE, LOSS_SOFTMAX_XENT, LOSS_SVM
-from .kernels.gates import _gate_bwd, _gate_fwd, _sum_bwd, _sum_fwd
-from .kernels.gemm import (BLAS_AVAILABLE, BLAS_THREAD_CONTROL, JIT_SLOT, _blas_mm, _jit_mm, _mm_small,
-                           blas_get_threads, blas_set_threads)
-from .kernels.linear import _bias_act, _colsum
-from .kernels.losses import _bce_logits, _check_labels, _mse, _softmax_xent, _svm
-from .kernels.optim import _adam_update, _sgd_update
-
-# numba resolves module-level dispatchers, not attributes of Python objects:
-# bind the serial variant of every kernel the executor calls.
-_act_bwd_s = _act_bwd.serial
-_act_fwd_s = _act_fwd.serial
-_adam_update_s = _adam_update.serial
-_bce_logits_s = _bce_logits.serial
-_bias_act_s = _bias_act.serial
-_colsum_s = _colsum.serial
-_gate_bwd_s = _gate_bwd.serial
-_gate_fwd_s = _gate_fwd.serial
-_mse_s = _mse.serial
-_sgd_update_s = _sgd_update.serial
-_softmax_xent_s = _softmax_xent.serial
-_sum_bwd_s = _sum_bwd.serial
-_sum_fwd_s = _sum_fwd.serial
-_svm_s = _svm.serial
+from .kernels.gemm import BLAS_AVAILABLE, BLAS_THREAD_CONTROL, JIT_SLOT, blas_get_threads, blas_set_threads
+from .kernels.losses import _check_labels
+from .kernels.table import (K_ACT_BWD, K_ACT_FWD, K_ADAM, K_BCE_LOGITS, K_BIAS_ACT, K_BLAS_MM, K_COLSUM,  # noqa: F401
+                            K_GATE_BWD, K_GATE_FWD, K_JIT_MM, K_MM_SMALL, K_MSE, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD,
+                            K_SUM_FWD, K_SVM, N_KERNELS, I1, I64, a2)
 
 # ---------------------------------------------------------------- opcodes
 OP_LOAD_X = 1      # out <- x argument (f1: read x in place instead, no copy)
@@ -73,8 +61,8 @@ TAPE_WIDTH = 13
 
 # the executor context: addresses and sizes of a step's arrays, one int64 vector
 (X_ARENA, X_ARENA_N, X_BUFS, X_BUFS_N, X_TAPE, X_TAPE_N, X_HYPER, X_WS64, X_WS64_N, X_GJIT,
- X_GJIT_N, X_BATCH) = range(12)
-CONTEXT_SIZE = 12
+ X_GJIT_N, X_BATCH, X_KTAB) = range(13)
+CONTEXT_SIZE = 13
 
 # sections of the tape: [0, FWD) forward, [FWD, LOSS) loss, [LOSS, BWD) backward, [BWD, END) update
 S_FWD, S_LOSS, S_BWD, S_END = range(4)
@@ -182,20 +170,20 @@ def _blas_threads_for(macs, hyper):
 
 
 @jit
-def _mm(A, B, C, ta, tb, acc, hyper, gjit, slot):
+def _mm(A, B, C, ta, tb, acc, hyper, gjit, slot, kt):
     """``C (+)= op(A) @ op(B)``: own loops below ``hyper[H_BLAS_MIN]`` multiply-adds,
     BLAS above; below JIT_MAX_MACS through the JIT GEMM kernel at ``gjit[slot]``
     when ``slot >= 0`` (see :func:`jit_slot`)."""
     k = A.shape[0] if ta else A.shape[1]
     macs = C.shape[0] * C.shape[1] * k
     if macs >= hyper[H_BLAS_MIN]:
-        if slot >= 0 and macs < JIT_MAX_MACS and _jit_mm(A, B, C, ta, tb, acc, gjit, slot):
+        if slot >= 0 and macs < JIT_MAX_MACS and kcall(kt, K_JIT_MM, (A, B, C, ta, tb, acc, gjit, slot)):
             return
         _blas_threads_for(macs, hyper)
-        _blas_mm(A, B, C, ta, tb, acc)
+        kcall(kt, K_BLAS_MM, (A, B, C, ta, tb, acc))
     else:
         # a few thousand multiply-adds at most: plain loops beat a BLAS call
-        _mm_small(A, B, C, ta, tb, acc)
+        kcall(kt, K_MM_SMALL, (A, B, C, ta, tb, acc))
 
 
 @jit
@@ -231,9 +219,81 @@ def context(arena, bufs, tape, hyper, ws64, gjit, batch_size):
                              f"{'float' if dt is None else np.dtype(dt).name} array")
     if bufs.shape[1] != 3 or tape.shape[1] != TAPE_WIDTH or hyper.shape[0] != HYPER_SIZE:
         raise ValueError("executor context: bufs, tape or hyper has the wrong width")
+    ktab = kernel_table(arena.dtype, tape)
+    _ensure_run_tape(arena.dtype)
     return np.array([arena.ctypes.data, arena.shape[0], bufs.ctypes.data, bufs.shape[0], tape.ctypes.data,
                      tape.shape[0], hyper.ctypes.data, ws64.ctypes.data, ws64.shape[0], gjit.ctypes.data,
-                     gjit.shape[0], batch_size], dtype=np.int64)
+                     gjit.shape[0], batch_size, ktab.ctypes.data], dtype=np.int64)
+
+
+#: per dtype: the addresses of the native kernels loaded so far (0: not loaded)
+_KTABS = {}
+
+_LOSS_KERNEL = {LOSS_SOFTMAX_XENT: K_SOFTMAX_XENT, LOSS_SVM: K_SVM, LOSS_MSE: K_MSE}
+
+
+def kernels_for(tape):
+    """The native kernels (``K_*``) that running ``tape`` may call."""
+    need = set()
+    mm = False
+    for ins in np.asarray(tape):
+        op = int(ins[C_OP])
+        if op == OP_LINEAR:
+            mm = True
+            need.add(K_BIAS_ACT)
+        elif op in (OP_MATMUL, OP_MATMUL_BWD):
+            mm = True
+        elif op == OP_GATE:
+            need.add(K_GATE_FWD)
+        elif op == OP_ACT:
+            need.add(K_ACT_FWD)
+        elif op == OP_SUM:
+            need.add(K_SUM_FWD)
+        elif op == OP_LOSS:
+            need.add(_LOSS_KERNEL.get(int(ins[C_G]), K_BCE_LOGITS))
+        elif op == OP_LINEAR_BWD:
+            mm = True
+            need.update((K_ACT_BWD, K_COLSUM))
+        elif op == OP_GATE_BWD:
+            need.add(K_GATE_BWD)
+        elif op == OP_ACT_BWD:
+            need.add(K_ACT_BWD)
+        elif op == OP_SUM_BWD:
+            need.add(K_SUM_BWD)
+        elif op == OP_SGD:
+            need.add(K_SGD)
+        elif op == OP_ADAM:
+            need.add(K_ADAM)
+    if mm:
+        need.add(K_MM_SMALL)
+        if BLAS_AVAILABLE:
+            need.add(K_BLAS_MM)
+        if _blas.GEMM_JIT:
+            need.add(K_JIT_MM)
+    return need
+
+
+def _ensure_run_tape(dtype):
+    """Compile (or load from the cache) :func:`run_tape` for the arguments a
+    step passes (C-contiguous arrays of ``dtype``), so that the one-time
+    compilation happens in :func:`fastbp.compile`, not inside the first step."""
+    d = numba.from_dtype(np.dtype(dtype))
+    sig = (I1, I64, I64, I64, a2(d), I1, a2(d))
+    if sig not in run_tape.overloads:
+        run_tape.compile(sig)
+
+
+def kernel_table(dtype, tape):
+    """The table of native kernel addresses for ``dtype`` (int64, ``N_KERNELS``;
+    kept alive for the process), with every kernel ``tape`` uses loaded."""
+    dtype = np.dtype(dtype)
+    tab = _KTABS.get(dtype)
+    if tab is None:
+        tab = _KTABS.setdefault(dtype, np.zeros(N_KERNELS, dtype=np.int64))
+    for k in sorted(kernels_for(tape)):
+        if tab[k] == 0:
+            tab[k] = native_address(k, dtype)
+    return tab
 
 
 @jit
@@ -287,9 +347,13 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
     # Views of these arrays skip numba's atomic reference counting (~20% of a
     # tiny step): all of them stay alive for the call, no view escapes.
     arena, bufs, tape, hyper, ws64, gjit = _arrays(ctx, x)
-    x = unmanaged(x)
-    yi = unmanaged(yi)
-    yf = unmanaged(yf)
+    kt = array_at(ctx[X_KTAB], N_KERNELS, np.int64)
+    # Typed C-contiguous (one type for every kernel call, whatever the caller
+    # passed): their rows, widths and layout are checked below (LOAD_X, LOSS)
+    # before anything reads them.
+    x = unmanaged_c(x)
+    yi = unmanaged_c(yi)
+    yf = unmanaged_c(yf)
     # JIT GEMM kernels are made for full minibatches (gjit[0] rows) only
     jbase = -1
     if hyper[H_JIT_ON] != 0.0 and gjit.shape[0] >= 1 + JIT_SLOT * 2 * tape.shape[0] and gjit[0] == nb:
@@ -328,22 +392,22 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
             b = _vec(arena, bufs, ins[C_C])
             Y = _view(arena, bufs, ins[C_OUT], nb)
             act = ins[C_G]
-            _mm(X, W, Y, _F, ins[C_F1] != 0, _F, hyper, gjit, jit_slot(jbase, pc, 0))
+            _mm(X, W, Y, _F, ins[C_F1] != 0, _F, hyper, gjit, jit_slot(jbase, pc, 0), kt)
             if b.shape[0] > 0 or act != ACT_NONE:
-                _bias_act_s(Y, b, act)
+                kcall(kt, K_BIAS_ACT, (Y, b, act))
         elif op == OP_MATMUL:
             A = _xview(arena, bufs, x, xb, ins[C_A], nb)
             B = _xview(arena, bufs, x, xb, ins[C_B], nb)
             out = _view(arena, bufs, ins[C_OUT], nb)
-            _mm(A, B, out, _F, ins[C_F1] != 0, _F, hyper, gjit, jit_slot(jbase, pc, 0))
+            _mm(A, B, out, _F, ins[C_F1] != 0, _F, hyper, gjit, jit_slot(jbase, pc, 0), kt)
         elif op == OP_GATE:
             A = _xview(arena, bufs, x, xb, ins[C_A], nb)
             B = _xview(arena, bufs, x, xb, ins[C_B], nb)
-            _gate_fwd_s(ins[C_G], A, B, _view(arena, bufs, ins[C_OUT], nb))
+            kcall(kt, K_GATE_FWD, (ins[C_G], A, B, _view(arena, bufs, ins[C_OUT], nb)))
         elif op == OP_ACT:
-            _act_fwd_s(_xview(arena, bufs, x, xb, ins[C_A], nb), ins[C_G], _view(arena, bufs, ins[C_OUT], nb))
+            kcall(kt, K_ACT_FWD, (_xview(arena, bufs, x, xb, ins[C_A], nb), ins[C_G], _view(arena, bufs, ins[C_OUT], nb)))
         elif op == OP_SUM:
-            _sum_fwd_s(_xview(arena, bufs, x, xb, ins[C_A], nb), _view(arena, bufs, ins[C_OUT], nb))
+            kcall(kt, K_SUM_FWD, (_xview(arena, bufs, x, xb, ins[C_A], nb), _view(arena, bufs, ins[C_OUT], nb)))
         elif op == OP_LOSS:
             S = _xview(arena, bufs, x, xb, ins[C_A], nb)
             dS = _view(arena, bufs, ins[C_B], nb)
@@ -359,16 +423,16 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
                     info = bad
                     break
                 if kind == LOSS_SOFTMAX_XENT:
-                    loss = _softmax_xent_s(S, yi, dS, rowloss)
+                    loss = kcall(kt, K_SOFTMAX_XENT, (S, yi, dS, rowloss))
                 else:
-                    loss = _svm_s(S, yi, dS, rowloss)
+                    loss = kcall(kt, K_SVM, (S, yi, dS, rowloss))
             elif yf.shape[0] != S.shape[0] or yf.shape[1] != S.shape[1] or not _c_rows(yf):
                 status = STATUS_BAD_INPUT
                 break
             elif kind == LOSS_MSE:
-                loss = _mse_s(S, yf, dS, rowloss)
+                loss = kcall(kt, K_MSE, (S, yf, dS, rowloss))
             else:
-                loss = _bce_logits_s(S, yf, dS, rowloss)
+                loss = kcall(kt, K_BCE_LOGITS, (S, yf, dS, rowloss))
             if not math.isfinite(loss):
                 status = STATUS_LOSS_NONFINITE
                 break
@@ -388,18 +452,18 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
             acc_dx = ins[C_F2] != 0
             acc_w = ins[C_F3] != 0
             if act != ACT_NONE:
-                _act_bwd_s(Y, dZ, act, dZ, _F)
+                kcall(kt, K_ACT_BWD, (Y, dZ, act, dZ, _F))
             if ins[C_OUT] >= 0:
-                _colsum_s(dZ, _vec(arena, bufs, ins[C_OUT]), acc_w)
+                kcall(kt, K_COLSUM, (dZ, _vec(arena, bufs, ins[C_OUT]), acc_w))
             dW = _view(arena, bufs, ins[C_F], nb)
             if wt:   # dWt (out, in) = dZ^T X
-                _mm(dZ, X, dW, _T, _F, acc_w, hyper, gjit, jit_slot(jbase, pc, 0))
+                _mm(dZ, X, dW, _T, _F, acc_w, hyper, gjit, jit_slot(jbase, pc, 0), kt)
             else:    # dW (in, out) = X^T dZ
-                _mm(X, dZ, dW, _T, _F, acc_w, hyper, gjit, jit_slot(jbase, pc, 0))
+                _mm(X, dZ, dW, _T, _F, acc_w, hyper, gjit, jit_slot(jbase, pc, 0), kt)
             if ins[C_E] >= 0:
                 dX = _view(arena, bufs, ins[C_E], nb)
                 # dX = dZ W^T  (or dZ Wt)
-                _mm(dZ, W, dX, _F, not wt, acc_dx, hyper, gjit, jit_slot(jbase, pc, 1))
+                _mm(dZ, W, dX, _F, not wt, acc_dx, hyper, gjit, jit_slot(jbase, pc, 1), kt)
         elif op == OP_MATMUL_BWD:
             # out = A @ op(B): dA = dO @ op(B)^T ; d op(B) = A^T dO
             A = _xview(arena, bufs, x, xb, ins[C_A], nb)
@@ -408,26 +472,26 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
             tb = ins[C_F1] != 0
             if ins[C_E] >= 0:
                 _mm(dO, B, _view(arena, bufs, ins[C_E], nb), _F, not tb, ins[C_F2] != 0, hyper, gjit,
-                    jit_slot(jbase, pc, 0))
+                    jit_slot(jbase, pc, 0), kt)
             if ins[C_F] >= 0:
                 dB = _view(arena, bufs, ins[C_F], nb)
                 if tb:   # B stored transposed: dB = dO^T A
-                    _mm(dO, A, dB, _T, _F, ins[C_F3] != 0, hyper, gjit, jit_slot(jbase, pc, 1))
+                    _mm(dO, A, dB, _T, _F, ins[C_F3] != 0, hyper, gjit, jit_slot(jbase, pc, 1), kt)
                 else:
-                    _mm(A, dO, dB, _T, _F, ins[C_F3] != 0, hyper, gjit, jit_slot(jbase, pc, 1))
+                    _mm(A, dO, dB, _T, _F, ins[C_F3] != 0, hyper, gjit, jit_slot(jbase, pc, 1), kt)
         elif op == OP_GATE_BWD:
             A = _xview(arena, bufs, x, xb, ins[C_A], nb)
             B = _xview(arena, bufs, x, xb, ins[C_B], nb)
             dO = _xview(arena, bufs, x, xb, ins[C_D], nb)
-            _gate_bwd_s(ins[C_G], A, B, dO, _view_or_empty(arena, bufs, ins[C_E], nb),
-                        _view_or_empty(arena, bufs, ins[C_F], nb), ins[C_F2] != 0, ins[C_F3] != 0)
+            kcall(kt, K_GATE_BWD, (ins[C_G], A, B, dO, _view_or_empty(arena, bufs, ins[C_E], nb),
+                                   _view_or_empty(arena, bufs, ins[C_F], nb), ins[C_F2] != 0, ins[C_F3] != 0))
         elif op == OP_ACT_BWD:
             Y = _xview(arena, bufs, x, xb, ins[C_C], nb)
             dO = _xview(arena, bufs, x, xb, ins[C_D], nb)
-            _act_bwd_s(Y, dO, ins[C_G], _view(arena, bufs, ins[C_E], nb), ins[C_F2] != 0)
+            kcall(kt, K_ACT_BWD, (Y, dO, ins[C_G], _view(arena, bufs, ins[C_E], nb), ins[C_F2] != 0))
         elif op == OP_SUM_BWD:
             dO = _xview(arena, bufs, x, xb, ins[C_D], nb)
-            _sum_bwd_s(dO, _view(arena, bufs, ins[C_E], nb), ins[C_F2] != 0)
+            kcall(kt, K_SUM_BWD, (dO, _view(arena, bufs, ins[C_E], nb), ins[C_F2] != 0))
         elif op == OP_SGD or op == OP_ADAM:
             p0 = ins[C_A]
             g0 = ins[C_B]
@@ -440,14 +504,14 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
             if op == OP_SGD:
                 s0 = ins[C_C]
                 v = arena[s0:s0 + n] if s0 >= 0 else arena[0:0]
-                _sgd_update_s(p, g, v, hyper[H_LR], hyper[H_MOM], hyper[H_NESTEROV] != 0.0, hyper[H_WD])
+                kcall(kt, K_SGD, (p, g, v, hyper[H_LR], hyper[H_MOM], hyper[H_NESTEROV] != 0.0, hyper[H_WD]))
             else:
                 hyper[H_T] += 1.0
                 m0 = ins[C_C]
                 v0 = ins[C_D]
-                _adam_update_s(p, g, arena[m0:m0 + n], arena[v0:v0 + n], hyper[H_T], hyper[H_LR],
-                                    hyper[H_B1], hyper[H_B2], hyper[H_EPS], hyper[H_WD],
-                                    hyper[H_DECOUPLED] != 0.0)
+                kcall(kt, K_ADAM, (p, g, arena[m0:m0 + n], arena[v0:v0 + n], hyper[H_T], hyper[H_LR],
+                                   hyper[H_B1], hyper[H_B2], hyper[H_EPS], hyper[H_WD],
+                                   hyper[H_DECOUPLED] != 0.0))
             hyper[H_STEPS] += 1.0
     if hyper[H_BT_ON] != 0.0 and hyper[H_BT_CUR] >= 0.0 and hyper[H_BT_CUR] != hyper[H_BT_MAX]:
         blas_set_threads(int(hyper[H_BT_MAX]))

@@ -41,7 +41,7 @@ def _source_stamp():
     import hashlib
     here = os.path.dirname(os.path.abspath(__file__))
     h = hashlib.sha256(numba.__version__.encode())
-    files = [os.path.join(here, n) for n in ("_jit.py", "_executor.py", "_blas.py")]
+    files = [os.path.join(here, n) for n in ("_jit.py", "_native.py", "_executor.py", "_blas.py")]
     for sub in ("kernels", os.path.join("kernels", "cuda")):
         kdir = os.path.join(here, sub)
         if os.path.isdir(kdir):
@@ -96,6 +96,9 @@ def _drop_stale_cache():
 
 _drop_stale_cache()
 
+# numba links callees into callers as shared copies; make them private (see fastbp._native)
+from . import _native  # noqa: E402,F401
+
 
 def _renamed(fn, suffix):
     """A copy of ``fn`` with its own qualified name.
@@ -112,10 +115,11 @@ def _renamed(fn, suffix):
     return new
 
 
-def jit(fn=None, *, inline=False):
-    """Compile ``fn`` serially with fastbp's flags (cached on disk)."""
+def jit(fn=None, *, inline=False, fastmath=True):
+    """Compile ``fn`` serially with fastbp's flags (cached on disk);
+    ``fastmath=False``: without fast-math (operations in the written order)."""
     def wrap(f):
-        opts = dict(cache=_CACHE, fastmath=FASTMATH, nogil=True)
+        opts = dict(cache=_CACHE, fastmath=FASTMATH if fastmath else False, nogil=True)
         if inline:
             opts["inline"] = "always"
         return numba.njit(**opts)(f)
@@ -264,6 +268,32 @@ def unmanaged(typingctx, arr):
         out.parent = _cgutils.get_null_value(out.parent.type)
         return out._getvalue()
     return arr(arr), impl
+
+
+@_intrinsic
+def unmanaged_c(typingctx, arr):
+    """:func:`unmanaged`, typed as a writeable, aligned, C-contiguous array of
+    the same dtype and dimensions whatever ``arr``'s numba type (same data,
+    shape and strides).
+
+    For arguments whose layout the compiled code checks at run time before
+    reading them (the executor's minibatch): the kernels then see one array
+    type whatever the caller passed (one compilation of each), and never run
+    on an array that is not what that type says.  Nothing may write to it
+    unless it was writeable.
+    """
+    if not isinstance(arr, _types.Array):
+        return None
+    ret = _types.Array(arr.dtype, arr.ndim, "C")
+
+    def impl(context, builder, signature, args):
+        src = context.make_array(signature.args[0])(context, builder, value=args[0])
+        out = context.make_array(signature.return_type)(context, builder)
+        _cgutils.copy_struct(out, src)
+        out.meminfo = _cgutils.get_null_value(out.meminfo.type)
+        out.parent = _cgutils.get_null_value(out.parent.type)
+        return out._getvalue()
+    return ret(arr), impl
 
 
 @_intrinsic

@@ -1,0 +1,149 @@
+"""First runs: what numba compiles, what it loads from its disk cache, and
+that the two run exactly the same code.
+
+* A process that compiles fastbp's native code and one that loads it from
+  numba's on-disk cache give bitwise-identical results (they used to differ
+  by 1 ulp: numba links a re-optimised copy of every callee into each caller,
+  and the JIT linker picked whichever copy was loaded first).
+* Kernels are called by address and loaded only for what a step's tape uses.
+* :func:`fastbp._native.compile_watch` reports compilation, not cache loads.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from numba import njit
+from numba.core.errors import TypingError
+
+import fastbp
+from fastbp import _executor as ex
+from fastbp import _native
+from reference import mlp
+
+# Tanh and Adam in float64 (where the cached and the fresh code differed), the
+# step's own call and predict; fit with few steps (the Python driver).
+_RUN = textwrap.dedent("""
+    import json, sys
+    import numpy as np, fastbp
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((96, 40))
+    Y = rng.integers(0, 5, 96)
+    model = fastbp.Sequential(fastbp.Linear(40, 24), fastbp.Tanh(), fastbp.Linear(24, 5))
+    step = fastbp.compile(model, optimizer=fastbp.Adam(lr=1e-2), batch_size=32, dtype=np.float64, seed=3)
+    if sys.argv[1] == "fit-first":
+        losses = step.fit(X, Y, epochs=2).tolist()
+        losses += [step(X[i * 32:(i + 1) * 32], Y[i * 32:(i + 1) * 32]) for i in range(3)]
+    else:
+        losses = [step(X[i * 32:(i + 1) * 32], Y[i * 32:(i + 1) * 32]) for i in range(3)]
+        losses += step.fit(X, Y, epochs=2).tolist()
+    print(json.dumps({"losses": losses, "params": step.param_vector.tolist(),
+                      "predict": step.predict(X[:7]).ravel().tolist()}))
+""")
+
+
+def _run(order, **env):
+    e = dict(os.environ, OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1", MKL_NUM_THREADS="1", **env)
+    p = subprocess.run([sys.executable, "-c", _RUN, order], capture_output=True, text=True, env=e, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout)
+
+
+def test_compiled_and_cached_native_code_give_bitwise_identical_runs(tmp_path):
+    """Fresh compilation (its own, empty cache), then a load of that cache,
+    in the other order of calls, and a process that never caches: every float equal."""
+    cache = str(tmp_path / "numba-cache")
+    fresh = _run("step-first", NUMBA_CACHE_DIR=cache)
+    cached = _run("step-first", NUMBA_CACHE_DIR=cache)
+    assert cached == fresh
+    never = _run("step-first", FASTBP_NO_CACHE="1")
+    assert never == fresh
+    # the order in which a process first uses the entry points does not matter either
+    a = _run("fit-first", NUMBA_CACHE_DIR=cache)
+    b = _run("fit-first", FASTBP_NO_CACHE="1")
+    assert a == b
+
+
+def test_linked_callee_copies_are_internal():
+    """Every copy of a fastbp function linked into the interpreter's module is
+    internal to it: calls never resolve to another module's copy."""
+    import re
+    step = fastbp.compile(mlp([6, 9, 3]), batch_size=4, dtype=np.float64)
+    step(np.zeros((4, 6)), np.zeros(4, np.int64))
+    sig = next(iter(ex.run_tape.overloads))
+    lib = ex.run_tape.overloads[sig].library
+    if getattr(lib, "_disable_inspection", False):
+        pytest.skip("loaded from the disk cache: no IR to inspect")
+    ir = lib.get_llvm_str()
+    own = ex.run_tape.overloads[sig].fndesc.mangled_name
+    for m in re.finditer(r'^define ([^@]*)@"?([^"(]+)', ir, re.M):
+        linkage, name = m.group(1), m.group(2)
+        if "fastbp" in name and own not in name:
+            assert "linkonce_odr" not in linkage and "weak_odr" not in linkage, (name, linkage)
+
+
+def test_kernels_are_loaded_for_what_the_tape_uses():
+    sgd_mse = fastbp.compile(mlp([5, 7, 2]), "mse", fastbp.SGD(0.1), batch_size=4)
+    need = ex.kernels_for(sgd_mse.plan.tape)
+    assert {ex.K_MSE, ex.K_SGD, ex.K_BIAS_ACT, ex.K_ACT_BWD, ex.K_COLSUM, ex.K_MM_SMALL} <= need
+    assert not need & {ex.K_SOFTMAX_XENT, ex.K_SVM, ex.K_BCE_LOGITS, ex.K_ADAM, ex.K_GATE_FWD,
+                       ex.K_GATE_BWD, ex.K_SUM_FWD, ex.K_SUM_BWD}
+    adam = fastbp.compile(mlp([5, 7, 2]), "softmax_cross_entropy", fastbp.Adam(), batch_size=4)
+    need = ex.kernels_for(adam.plan.tape)
+    assert {ex.K_SOFTMAX_XENT, ex.K_ADAM} <= need and not need & {ex.K_MSE, ex.K_SGD}
+    # the table the step runs with holds an address for each of them
+    tab = ex._KTABS[np.dtype(np.float32)]
+    assert all(tab[k] != 0 for k in need)
+    assert ex.kernel_table(np.float32, adam.plan.tape) is tab
+
+
+def test_a_kernel_that_was_not_loaded_raises_instead_of_crashing():
+    step = fastbp.compile(mlp([6, 9, 3]), batch_size=4)
+    x, y = np.zeros((4, 6), np.float32), np.zeros(4, np.int64)
+    step(x, y)
+    empty = np.zeros(ex.N_KERNELS, dtype=np.int64)
+    ctx = step._ctx.copy()
+    ctx[ex.X_KTAB] = empty.ctypes.data
+    before = step.param_vector.copy()
+    with pytest.raises(RuntimeError, match="not loaded"):
+        ex.run_tape(ctx, 0, step._tape_end[ex.MODE_TRAIN], 4, x, y, step._no_yf)
+    np.testing.assert_array_equal(step.param_vector, before)
+
+
+_K_BIAS_ACT = ex.K_BIAS_ACT     # a global: numba types it as a constant
+
+
+def test_kcall_checks_the_kernel_signature_at_compile_time():
+    """A call whose argument types differ from the kernel's registered
+    signature does not compile (it would pass the wrong arguments)."""
+    @njit
+    def wrong(tab, Y, b):
+        _native.kcall(tab, _K_BIAS_ACT, (Y, b, 1.5))      # act must be an int64
+
+    with pytest.raises(TypingError, match="kcall"):
+        wrong(np.zeros(ex.N_KERNELS, np.int64), np.zeros((2, 2)), np.zeros(2))
+
+
+def test_compile_watch_reports_compilation_not_cache_loads():
+    calls = []
+
+    @njit
+    def fresh(a):              # defined here: never compiled before, not cached
+        return a + 1
+
+    with _native.compile_watch(on_first=lambda: calls.append(1)) as w:
+        assert fresh(1) == 2
+        assert fresh(2.5) == 3.5
+    assert w.compiled and w.functions == 2 and w.seconds > 0 and calls == [1]
+    with _native.compile_watch(on_first=lambda: calls.append(2)) as w2:
+        assert fresh(3) == 4
+    assert not w2.compiled and w2.seconds == 0.0 and calls == [1]
+    # a second step of an architecture and dtype already run compiles nothing
+    fastbp.compile(mlp([6, 9, 3]), batch_size=4)(np.zeros((4, 6), np.float32), np.zeros(4, np.int64))
+    with _native.compile_watch() as w3:
+        s = fastbp.compile(mlp([6, 11, 3]), batch_size=4)
+        s(np.zeros((4, 6), np.float32), np.zeros(4, np.int64))
+    assert not w3.compiled
