@@ -387,7 +387,11 @@ def train(args, t_start, t_main):
     share of every epoch, and only rank 0 prints, evaluates and writes
     ``--save``/``--plot`` files.
     """
+    from ._native import compile_watch
     from .distributed import RankError, launched_comm
+    # a cold numba cache (the very first run) compiles the native code: say so at once
+    watch = compile_watch(on_first=lambda: _out("compiling native code, one time (later runs load it "
+                                                "from the cache) ...")).start()
     comm = launched_comm("fastbp train")          # None unless started by mpiexec -n N>1
     if comm is None:
         d, t_loaded, step, opt = _setup(args, False)
@@ -453,6 +457,7 @@ def train(args, t_start, t_main):
     elif msg:
         raise CliError(msg)
     t_trained = time.perf_counter()
+    watch.stop()
     ep = np.array(hist["epoch_s"])
     if State.rank != 0:
         if args.save:
@@ -468,7 +473,9 @@ def train(args, t_start, t_main):
     else:
         _out(f"test accuracy: {score:.4f} ({int(round(score * n_te))}/{n_te})")
     _out(f"time per epoch: {_ms(float(ep.mean()))} (mean of {len(ep)} epochs; median "
-         f"{_ms(float(np.median(ep)))}; the first, {_ms(ep[0])}, includes loading the native code)")
+         f"{_ms(float(np.median(ep)))}; the first {_ms(ep[0])})")
+    if watch.compiled:
+        _out(f"compiling native code, one time: {watch.seconds:.1f} s (included in the times above)")
     if args.save:
         _save_model(args, step, comm, d, hist, ep)
         _out(f"checkpoint: {args.save} (the model with its preprocessing; use it with: "
