@@ -579,15 +579,22 @@ def run_fit(ctx, sec, X, Yi, Yf, perm, starts, in_order, xbuf, yfbuf, yi_stage, 
 
 @jit
 def run_predict(ctx, sec, X, out, batch_size, outbuf):
-    """Forward pass over ``X`` in chunks of ``batch_size``; network outputs into ``out``."""
+    """Forward pass over ``X`` in chunks of ``batch_size``; network outputs into ``out``.
+
+    Returns ``(status, row)``: ``STATUS_OK`` and ``n``, or the status of the first
+    chunk the tape rejected and its first row (``out`` filled only before it).
+    """
     arena, bufs, _, _, _, _ = _arrays(ctx, X)
     n = X.shape[0]
     yi = bufs[0, :0]        # an empty int64 vector that allocates nothing
     for lo in range(0, n, batch_size):
         hi = min(lo + batch_size, n)
         nb = hi - lo
-        run_tape(ctx, 0, sec[S_FWD], nb, X[lo:hi], yi, _empty(arena))
+        status, _, _ = run_tape(ctx, 0, sec[S_FWD], nb, X[lo:hi], yi, _empty(arena))
+        if status != STATUS_OK:
+            return status, lo
         out[lo:hi, :] = _view(arena, bufs, outbuf, nb)
+    return STATUS_OK, n
 
 
 @jit

@@ -259,15 +259,19 @@ def unmanaged(typingctx, arr):
     """
     if not isinstance(arr, _types.Array):
         return None
+    return arr(arr), _without_owner
 
-    def impl(context, builder, signature, args):
-        src = context.make_array(signature.args[0])(context, builder, value=args[0])
-        out = context.make_array(signature.return_type)(context, builder)
-        _cgutils.copy_struct(out, src)
-        out.meminfo = _cgutils.get_null_value(out.meminfo.type)
-        out.parent = _cgutils.get_null_value(out.parent.type)
-        return out._getvalue()
-    return arr(arr), impl
+
+def _without_owner(context, builder, signature, args):
+    """Codegen of :func:`unmanaged`/:func:`unmanaged_c`: the array struct of
+    ``args[0]`` with a null ``meminfo`` and ``parent``, typed as the signature's
+    return type (same data, shape and strides)."""
+    src = context.make_array(signature.args[0])(context, builder, value=args[0])
+    out = context.make_array(signature.return_type)(context, builder)
+    _cgutils.copy_struct(out, src)
+    out.meminfo = _cgutils.get_null_value(out.meminfo.type)
+    out.parent = _cgutils.get_null_value(out.parent.type)
+    return out._getvalue()
 
 
 @_intrinsic
@@ -284,16 +288,7 @@ def unmanaged_c(typingctx, arr):
     """
     if not isinstance(arr, _types.Array):
         return None
-    ret = _types.Array(arr.dtype, arr.ndim, "C")
-
-    def impl(context, builder, signature, args):
-        src = context.make_array(signature.args[0])(context, builder, value=args[0])
-        out = context.make_array(signature.return_type)(context, builder)
-        _cgutils.copy_struct(out, src)
-        out.meminfo = _cgutils.get_null_value(out.meminfo.type)
-        out.parent = _cgutils.get_null_value(out.parent.type)
-        return out._getvalue()
-    return ret(arr), impl
+    return _types.Array(arr.dtype, arr.ndim, "C")(arr), _without_owner
 
 
 @_intrinsic

@@ -467,15 +467,17 @@ class TrainStep:
         -------
         ndarray, shape (n, out_features), dtype ``self.dtype``
         """
-        # validated into the executor's form: every chunk passes the compiled
-        # step's layout check (run_predict has no status to report a rejection)
+        # validated into the executor's form: every chunk passes the compiled step's
+        # layout check; a rejection would still be reported, never returned as output
         X, n = self._features(X, "X")
         out = np.empty((n, self.n_out), dtype=self.dtype)
         p = self.plan
         bs = self.batch_size
         with self._lock:
             if -(-n // bs) >= PREDICT_NATIVE_MIN_CHUNKS:
-                ex.run_predict(self._ctx, p.sec, X, out, bs, p.out_buf)
+                status, row = ex.run_predict(self._ctx, p.sec, X, out, bs, p.out_buf)
+                if status:
+                    self._raise_status(status, 0, where=f" in predict (rows from {row})")
                 return out
             # few chunks: one already-compiled forward call each (the same code run_predict runs)
             off, _, cols = (int(v) for v in p.bufs[p.out_buf])

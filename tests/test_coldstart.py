@@ -53,15 +53,21 @@ def _run(order, **env):
 
 
 def test_compiled_and_cached_native_code_give_bitwise_identical_runs(tmp_path):
-    """Fresh compilation (its own, empty cache), then a load of that cache,
-    in the other order of calls, and a process that never caches: every float equal."""
+    """Fresh compilation (its own, empty cache), then a load of that cache: every float equal."""
     cache = str(tmp_path / "numba-cache")
     fresh = _run("step-first", NUMBA_CACHE_DIR=cache)
     cached = _run("step-first", NUMBA_CACHE_DIR=cache)
     assert cached == fresh
+
+
+@pytest.mark.thorough           # two more cold compilations (~40 s): CI's last stage
+def test_uncached_runs_and_the_order_of_first_calls_do_not_change_results(tmp_path):
+    """A process that never caches, and the other order of first calls (fit before step),
+    against a fresh compilation and a load of its cache: every float equal."""
+    cache = str(tmp_path / "numba-cache")
+    fresh = _run("step-first", NUMBA_CACHE_DIR=cache)
     never = _run("step-first", FASTBP_NO_CACHE="1")
     assert never == fresh
-    # the order in which a process first uses the entry points does not matter either
     a = _run("fit-first", NUMBA_CACHE_DIR=cache)
     b = _run("fit-first", FASTBP_NO_CACHE="1")
     assert a == b

@@ -315,3 +315,20 @@ def test_a_broadcast_view_too_big_to_copy_is_a_memory_error():
     with pytest.raises(MemoryError, match=r"copying X"):
         s.fit(huge, np.broadcast_to(np.int64(0), (10**13,)))
     assert _state(s) == before
+
+
+def test_native_predict_reports_a_rejected_chunk_instead_of_returning_stale_output():
+    """The class of defect 2: ``run_predict`` (the native predict loop) returned nothing
+    about chunks the tape rejected, leaving stale buffer contents in the output.  It now
+    returns the status and the first row of the rejected chunk; ``out`` is left alone."""
+    step = fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 2)), loss="mse", batch_size=4, seed=0)
+    p = step.plan
+    wrong_width = np.ones((6, 5), np.float32)          # C-contiguous, but not 3 features
+    out = np.full((6, 2), 7.0, np.float32)
+    status, row = ex.run_predict(step._ctx, p.sec, wrong_width, out, step.batch_size, p.out_buf)
+    assert status == ex.STATUS_BAD_INPUT and row == 0
+    assert (out == 7.0).all()
+    good = np.arange(18, dtype=np.float32).reshape(6, 3)
+    status, row = ex.run_predict(step._ctx, p.sec, good, out, step.batch_size, p.out_buf)
+    assert status == ex.STATUS_OK and row == 6
+    np.testing.assert_array_equal(out, step.predict(good))
