@@ -8,10 +8,9 @@ is no second code path for layer models.
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
+from . import _validate as _v
 from . import graph as _g
 
 __all__ = ["Linear", "ReLU", "Sigmoid", "Tanh", "Sequential"]
@@ -45,14 +44,12 @@ class Linear(Layer):
     """
 
     def __init__(self, in_features, out_features, bias=True, *, _layout="in_out"):
-        for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                raise ValueError(f"Linear: {name} must be a positive integer, got {v!r}")
+        # one error policy (fastbp._validate): a wrong type is a TypeError, a wrong value a ValueError
+        self.in_features = _v.positive_int("Linear: in_features", in_features)
+        self.out_features_ = _v.positive_int("Linear: out_features", out_features)
+        self.bias = _v.boolean("Linear: bias", bias)
         if _layout not in ("in_out", "out_in"):
             raise ValueError(f"Linear: unknown weight layout {_layout!r}")
-        self.in_features = int(in_features)
-        self.out_features_ = int(out_features)
-        self.bias = bool(bias)
         self.layout = _layout
 
     def out_features(self, in_features):

@@ -402,8 +402,10 @@ CASES = [
     # ---- building the model
     C("linear_zero_width", "zero-size", "Linear", "", lambda _: fastbp.Linear(0, 3), ValueError,
       r"Linear: in_features must be a positive integer, got 0"),
-    C("linear_float_width", "wrong type", "Linear", "", lambda _: fastbp.Linear(3, 2.5), ValueError,
-      r"Linear: out_features must be a positive integer, got 2\.5"),
+    C("linear_float_width", "wrong type", "Linear", "", lambda _: fastbp.Linear(3, 2.5), TypeError,
+      r"Linear: out_features must be a positive integer, got float"),
+    C("linear_bias_str", "wrong type", "Linear", "", lambda _: fastbp.Linear(3, 2, bias="no"), TypeError,
+      r"Linear: bias must be a bool \(True or False\), got str"),
     C("sequential_empty", "bad model", "Sequential", "", lambda _: fastbp.Sequential(), ValueError,
       r"Sequential needs at least one layer"),
     C("sequential_not_a_layer", "bad model", "Sequential", "", lambda _: fastbp.Sequential(fastbp.Linear(2, 2), "relu"),
