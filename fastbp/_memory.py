@@ -99,13 +99,12 @@ def step_bytes(model, n_state, batch_size, itemsize, init=True):
         The step's own arrays: parameters, gradients, optimizer state,
         activations and their gradients for ``batch_size`` rows.
     """
-    from .layers import Linear
     n_params = 0
     largest = 0
     acts = batch_size * model.in_features           # the input buffer
     n_bufs = 4                                      # input, targets, loss and its gradient
     for layer in model.layers:
-        if isinstance(layer, Linear):
+        if getattr(layer, "weight_shape", None) is not None:     # a Linear (no import of layers: no cycle)
             k = layer.in_features * layer.out_features_ + (layer.out_features_ if layer.bias else 0)
             n_params += k
             largest = max(largest, k)
