@@ -31,7 +31,7 @@ import numpy as np
 from . import _blas
 from ._jit import array_at, block2d, jit, unmanaged_c
 from ._native import kcall, native_address
-from .kernels.codes import ACT_NONE, LOSS_MSE, LOSS_SOFTMAX_XENT, LOSS_SVM
+from .kernels.codes import ACT_NONE, LOSS_BCE_LOGITS, LOSS_MSE, LOSS_SOFTMAX_XENT, LOSS_SVM
 from .kernels.gemm import BLAS_AVAILABLE, BLAS_THREAD_CONTROL, JIT_SLOT, blas_get_threads, blas_set_threads
 from .kernels.losses import _check_labels
 from .kernels.table import (K_ACT_BWD, K_ACT_FWD, K_ADAM, K_BCE_LOGITS, K_BIAS_ACT, K_BLAS_MM, K_COLSUM,  # noqa: F401
@@ -229,41 +229,43 @@ def context(arena, bufs, tape, hyper, ws64, gjit, batch_size):
 #: per dtype: the addresses of the native kernels loaded so far (0: not loaded)
 _KTABS = {}
 
-_LOSS_KERNEL = {LOSS_SOFTMAX_XENT: K_SOFTMAX_XENT, LOSS_SVM: K_SVM, LOSS_MSE: K_MSE}
+_LOSS_KERNEL = {LOSS_SOFTMAX_XENT: K_SOFTMAX_XENT, LOSS_SVM: K_SVM, LOSS_MSE: K_MSE,
+                LOSS_BCE_LOGITS: K_BCE_LOGITS}
+
+#: per opcode: the kernels it calls besides the matrix products (the loss kernel is
+#: chosen by the instruction's loss code), and whether it multiplies matrices
+_OP_KERNELS = {
+    OP_LOAD_X: ((), False), OP_SEED: ((), False),
+    OP_LINEAR: ((K_BIAS_ACT,), True), OP_MATMUL: ((), True), OP_GATE: ((K_GATE_FWD,), False),
+    OP_ACT: ((K_ACT_FWD,), False), OP_SUM: ((K_SUM_FWD,), False), OP_LOSS: ((), False),
+    OP_LINEAR_BWD: ((K_ACT_BWD, K_COLSUM), True), OP_MATMUL_BWD: ((), True),
+    OP_GATE_BWD: ((K_GATE_BWD,), False), OP_ACT_BWD: ((K_ACT_BWD,), False),
+    OP_SUM_BWD: ((K_SUM_BWD,), False), OP_SGD: ((K_SGD,), False), OP_ADAM: ((K_ADAM,), False),
+}
 
 
 def kernels_for(tape):
-    """The native kernels (``K_*``) that running ``tape`` may call."""
+    """The native kernels (``K_*``) that running ``tape`` may call.
+
+    Raises
+    ------
+    ValueError
+        The tape holds an opcode or a loss code this executor does not know.
+    """
     need = set()
     mm = False
     for ins in np.asarray(tape):
         op = int(ins[C_OP])
-        if op == OP_LINEAR:
-            mm = True
-            need.add(K_BIAS_ACT)
-        elif op in (OP_MATMUL, OP_MATMUL_BWD):
-            mm = True
-        elif op == OP_GATE:
-            need.add(K_GATE_FWD)
-        elif op == OP_ACT:
-            need.add(K_ACT_FWD)
-        elif op == OP_SUM:
-            need.add(K_SUM_FWD)
-        elif op == OP_LOSS:
-            need.add(_LOSS_KERNEL.get(int(ins[C_G]), K_BCE_LOGITS))
-        elif op == OP_LINEAR_BWD:
-            mm = True
-            need.update((K_ACT_BWD, K_COLSUM))
-        elif op == OP_GATE_BWD:
-            need.add(K_GATE_BWD)
-        elif op == OP_ACT_BWD:
-            need.add(K_ACT_BWD)
-        elif op == OP_SUM_BWD:
-            need.add(K_SUM_BWD)
-        elif op == OP_SGD:
-            need.add(K_SGD)
-        elif op == OP_ADAM:
-            need.add(K_ADAM)
+        if op not in _OP_KERNELS:
+            raise ValueError(f"executor: unknown opcode {op} in the tape")
+        kernels, products = _OP_KERNELS[op]
+        need.update(kernels)
+        mm = mm or products
+        if op == OP_LOSS:
+            code = int(ins[C_G])
+            if code not in _LOSS_KERNEL:
+                raise ValueError(f"executor: unknown loss code {code} in the tape")
+            need.add(_LOSS_KERNEL[code])
     if mm:
         need.add(K_MM_SMALL)
         if BLAS_AVAILABLE:

@@ -104,6 +104,21 @@ def test_kernels_are_loaded_for_what_the_tape_uses():
     tab = ex._KTABS[np.dtype(np.float32)]
     assert all(tab[k] != 0 for k in need)
     assert ex.kernel_table(np.float32, adam.plan.tape) is tab
+    bce = fastbp.compile(mlp([5, 7, 2]), "bce_with_logits", fastbp.SGD(0.1), batch_size=4)
+    assert ex.K_BCE_LOGITS in ex.kernels_for(bce.plan.tape)
+
+
+def test_an_unknown_opcode_or_loss_code_is_an_error_not_a_fallback():
+    step = fastbp.compile(mlp([5, 7, 2]), "mse", fastbp.SGD(0.1), batch_size=4)
+    tape = step.plan.tape.copy()
+    tape[0, ex.C_OP] = 99
+    with pytest.raises(ValueError, match="unknown opcode 99"):
+        ex.kernels_for(tape)
+    tape = step.plan.tape.copy()
+    loss_row = int(np.flatnonzero(tape[:, ex.C_OP] == ex.OP_LOSS)[0])
+    tape[loss_row, ex.C_G] = 42
+    with pytest.raises(ValueError, match="unknown loss code 42"):
+        ex.kernels_for(tape)
 
 
 def test_a_kernel_that_was_not_loaded_raises_instead_of_crashing():
