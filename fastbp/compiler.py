@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _executor as ex
-from .graph import ACTIVATION_OPS, GraphError, Node
+from .graph import ACTIVATION_OPS, GraphError, Node, upstream
 from .kernels.codes import ACTIVATIONS, GATE_ADD, GATE_MAX, GATE_MUL, LOSSES
 
 _GATES = {"add": GATE_ADD, "mul": GATE_MUL, "max": GATE_MAX}
@@ -133,14 +133,7 @@ def build_plan(graph, output, wrt, *, dtype, batch_size, loss=None, optimizer=No
         raise GraphError("wrt lists a node twice")
 
     # -- 1. what the output needs, and what needs a gradient
-    needed = set()
-    stack = [output]
-    while stack:
-        n = stack.pop()
-        if n.id in needed:
-            continue
-        needed.add(n.id)
-        stack.extend(n.inputs)
+    needed = upstream(output)
     nodes = [n for n in graph.nodes if n.id in needed]
     wrt_ids = {w.id for w in wrt}
     for w in wrt:

@@ -8,7 +8,7 @@ import numpy as np
 from . import _executor as ex
 from . import _validate as V
 from .compiler import build_plan, new_arena, view
-from .graph import GraphError, Node
+from .graph import GraphError, Node, upstream
 
 __all__ = ["grad", "GradFunction"]
 
@@ -18,13 +18,8 @@ def _check_memory(output, dtype, batch_size):
     depends on and the output itself, at ``batch_size`` rows, cannot fit: a lower bound
     of the buffers :func:`fastbp.compiler.new_arena` would allocate."""
     from ._memory import check
-    seen, stack, count = set(), [output], 0
-    while stack:
-        n = stack.pop()
-        if n.id in seen:
-            continue
-        seen.add(n.id)
-        stack.extend(n.inputs)
+    count = 0
+    for n in upstream(output).values():
         if n.op == "input" or n is output:
             size = 1
             for d in n.shape:

@@ -273,6 +273,27 @@ class Graph:
         return [n for n in self.nodes if n.op == "param"]
 
 
+def upstream(output):
+    """Every node ``output`` depends on (itself included), each once.
+
+    Parameters
+    ----------
+    output : Node
+
+    Returns
+    -------
+    dict of int -> Node
+        Keyed by node id.
+    """
+    found, stack = {}, [output]
+    while stack:
+        n = stack.pop()
+        if n.id not in found:
+            found[n.id] = n
+            stack.extend(n.inputs)
+    return found
+
+
 def _graph_of(x, op):
     if not isinstance(x, Node):
         raise GraphError(f"{op}: expected a graph node, got {type(x).__name__}")
