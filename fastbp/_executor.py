@@ -31,6 +31,7 @@ import numpy as np
 from . import _blas
 from ._jit import array_at, block2d, jit, unmanaged_c
 from ._native import kcall, native_address
+from .config import BLAS_MIN_MACS, BLAS_THREADS_MIN_MACS, JIT_MAX_MACS  # noqa: F401 - re-exported
 from .kernels.codes import ACT_NONE, LOSS_BCE_LOGITS, LOSS_MSE, LOSS_SOFTMAX_XENT, LOSS_SVM
 from .kernels.gemm import BLAS_AVAILABLE, BLAS_THREAD_CONTROL, JIT_SLOT, blas_get_threads, blas_set_threads
 from .kernels.losses import _check_labels
@@ -38,78 +39,18 @@ from .kernels.table import (K_ACT_BWD, K_ACT_FWD, K_ADAM, K_BCE_LOGITS, K_BIAS_A
                             K_GATE_BWD, K_GATE_FWD, K_JIT_MM, K_MM_SMALL, K_MSE, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD,
                             K_SUM_FWD, K_SVM, N_KERNELS, I1, I64, a2)
 
-# ---------------------------------------------------------------- opcodes
-OP_LOAD_X = 1      # out <- x argument (f1: read x in place instead, no copy)
-OP_LINEAR = 2      # out = act(a @ op(b) + c); g=act, f1=wt
-OP_MATMUL = 3      # out = a @ op(b); f1=tb
-OP_GATE = 4        # out = a (+|*|max) b; g=gate
-OP_ACT = 5         # out = act(a); g=act
-OP_SUM = 6         # out = sum(a)
-OP_LOSS = 7        # out = loss(a, targets); b = d scores; g=kind
-OP_SEED = 8        # out = 1
-OP_LINEAR_BWD = 9  # see run_tape
-OP_MATMUL_BWD = 10
-OP_GATE_BWD = 11
-OP_ACT_BWD = 12
-OP_SUM_BWD = 13
-OP_SGD = 20
-OP_ADAM = 21
+from ._isa import (  # noqa: F401 - re-exported: the executor reads and writes this format
+    OP_LOAD_X, OP_LINEAR, OP_MATMUL, OP_GATE, OP_ACT, OP_SUM, OP_LOSS, OP_SEED, OP_LINEAR_BWD, OP_MATMUL_BWD,
+    OP_GATE_BWD, OP_ACT_BWD, OP_SUM_BWD, OP_SGD, OP_ADAM, C_OP, C_OUT, C_A, C_B, C_C, C_D, C_E, C_F, C_G,
+    C_F1, C_F2, C_F3, C_F4, TAPE_WIDTH, X_ARENA, X_ARENA_N, X_BUFS, X_BUFS_N, X_TAPE, X_TAPE_N, X_HYPER,
+    X_WS64, X_WS64_N, X_GJIT, X_GJIT_N, X_BATCH, X_KTAB, CONTEXT_SIZE, S_FWD, S_LOSS, S_BWD, S_END, H_LR,
+    H_MOM, H_NESTEROV, H_WD, H_B1, H_B2, H_EPS, H_DECOUPLED, H_T, H_BLAS_MIN, H_STEPS, H_BT_ON, H_BT_MAX,
+    H_BT_CUR, H_BT_MIN, H_JIT_ON, RUNTIME_SLOTS, HYPER_SIZE, MODE_FORWARD, MODE_GRAD, MODE_TRAIN, STATUS_OK,
+    STATUS_LOSS_NONFINITE, STATUS_GRAD_NONFINITE, STATUS_BAD_LABEL, STATUS_BAD_INPUT)
 
-# tape columns
-C_OP, C_OUT, C_A, C_B, C_C, C_D, C_E, C_F, C_G, C_F1, C_F2, C_F3, C_F4 = range(13)
-TAPE_WIDTH = 13
 
-# the executor context: addresses and sizes of a step's arrays, one int64 vector
-(X_ARENA, X_ARENA_N, X_BUFS, X_BUFS_N, X_TAPE, X_TAPE_N, X_HYPER, X_WS64, X_WS64_N, X_GJIT,
- X_GJIT_N, X_BATCH, X_KTAB) = range(13)
-CONTEXT_SIZE = 13
 
-# sections of the tape: [0, FWD) forward, [FWD, LOSS) loss, [LOSS, BWD) backward, [BWD, END) update
-S_FWD, S_LOSS, S_BWD, S_END = range(4)
 
-# hyper-parameter / counter slots (float64 array)
-(H_LR, H_MOM, H_NESTEROV, H_WD, H_B1, H_B2, H_EPS, H_DECOUPLED, H_T, H_BLAS_MIN, H_STEPS,
- H_BT_ON, H_BT_MAX, H_BT_CUR, H_BT_MIN, H_JIT_ON) = range(16)
-#: hyper slots that describe this process (BLAS threading, JIT GEMM), not the training state
-RUNTIME_SLOTS = (H_BLAS_MIN, H_BT_ON, H_BT_MAX, H_BT_CUR, H_BT_MIN, H_JIT_ON)
-HYPER_SIZE = 16
-
-# run modes
-MODE_FORWARD = 0
-MODE_GRAD = 1
-MODE_TRAIN = 2
-
-#: Products with at least this many multiply-adds go to the BLAS; smaller ones
-#: run in plain loops (``_mm_small``).  OpenBLAS's small-matrix kernels beat
-#: loops from a few thousand multiply-adds up on the development machine (a
-#: 32x64x32 product: 1.4 us BLAS, 2-4 us even with fastbp's register-tiled
-#: loops, which ``fastbp.ops`` uses); the plain loops also keep the executor's
-#: one-time compilation short.  Runtime setting: hyper[H_BLAS_MIN].
-BLAS_MIN_MACS = 2048
-
-#: BLAS products below this many multiply-adds run on ONE BLAS thread, larger
-#: ones on the BLAS's configured number.  Measured on the development machine:
-#: 32x64x256 (0.5 M) is ~1.7x slower on 2 threads than on 1; 64x784x128
-#: (6.4 M) is 1.2x faster on 2.  Runtime setting: hyper[H_BT_MIN].
-BLAS_THREADS_MIN_MACS = 1 << 21
-
-#: With oneMKL (fastbp._blas.GEMM_JIT), BLAS products of a full minibatch
-#: that would run on one BLAS thread (below BLAS_THREADS_MIN_MACS) run through
-#: a JIT GEMM kernel made for their shapes (one per product of the tape, on
-#: first use; table from :func:`gemm_jit_table`).  Measured on the development
-#: machine, float32, one thread, cblas_sgemm -> JIT kernel: 32x64x32 0.97 ->
-#: 0.77 us, 32x32x10 0.36 -> 0.21, 64^3 3.6 -> 3.0, 200x100x10 5.2 -> 3.7,
-#: 256x512x10 34.5 -> 28.7, 512x512x8 69 -> 45 (128^3: MKL declines to make
-#: a kernel; such products stay with cblas).  Tiny step 8.1 -> 6.8 us.
-JIT_MAX_MACS = BLAS_THREADS_MIN_MACS
-
-STATUS_OK = 0
-STATUS_LOSS_NONFINITE = 1
-STATUS_GRAD_NONFINITE = 2
-STATUS_BAD_LABEL = 3
-#: the minibatch is not what the buffers were laid out for (rows, width,
-#: layout): nothing was changed.  Callers that validate never see it.
-STATUS_BAD_INPUT = 4
 
 
 @jit

@@ -23,15 +23,12 @@ import types
 
 import numba
 
+from .config import PARALLEL_THRESHOLD  # noqa: F401 - re-exported
+
 #: LLVM fast-math flags for every kernel.  ``nnan``/``ninf`` are left out on
 #: purpose: they would let LLVM delete NaN checks (the non-finite-loss guard).
 FASTMATH = {"reassoc", "contract", "arcp"}
 
-#: Work (elements, or multiply-adds for products) below which a kernel's
-#: serial variant is used.  Measured on the 2-core development machine: a
-#: numba parallel region costs ~5-20 us to start, which only pays off above
-#: roughly this much work.  Override with ``FASTBP_PARALLEL_THRESHOLD``.
-PARALLEL_THRESHOLD = int(os.environ.get("FASTBP_PARALLEL_THRESHOLD", 1 << 17))
 
 _CACHE = os.environ.get("FASTBP_NO_CACHE", "") == ""
 
@@ -41,7 +38,7 @@ def _source_stamp():
     import hashlib
     here = os.path.dirname(os.path.abspath(__file__))
     h = hashlib.sha256(numba.__version__.encode())
-    files = [os.path.join(here, n) for n in ("_jit.py", "_native.py", "_executor.py", "_blas.py")]
+    files = [os.path.join(here, n) for n in ("_jit.py", "_native.py", "_executor.py", "_blas.py", "_isa.py", "config.py")]
     for sub in ("kernels", os.path.join("kernels", "cuda")):
         kdir = os.path.join(here, sub)
         if os.path.isdir(kdir):

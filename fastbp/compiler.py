@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _executor as ex
+from . import _isa as ex
 from .graph import ACTIVATION_OPS, GraphError, Node, upstream
 from .kernels.codes import ACTIVATIONS, GATE_ADD, GATE_MAX, GATE_MUL, LOSSES
 

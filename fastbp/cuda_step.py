@@ -37,7 +37,7 @@ import threading
 
 import numpy as np
 
-from . import _executor as ex
+from . import _isa as ex
 from . import _validate as V
 from .kernels.codes import LOSS_BCE_LOGITS, LOSS_MSE, LOSS_SOFTMAX_XENT, LOSS_SVM
 from .kernels.cuda import cuda_available

@@ -29,6 +29,7 @@ from .kernels import gates as _G
 from .kernels import gemm as _M
 from .kernels import linear as _L
 from .kernels import losses as _Ls
+from .config import OPS_BLAS_THRESHOLD as BLAS_THRESHOLD
 from .kernels.codes import ACT_NONE, ACTIVATIONS, GATE_ADD, GATE_MAX, GATE_MUL
 
 __all__ = [
@@ -40,23 +41,6 @@ __all__ = [
     "max_forward", "max_backward",
     "softmax_cross_entropy", "svm_loss", "mse", "bce_with_logits",
 ]
-
-#: Matrix products of at least this many multiply-adds (``m * k * n``) run
-#: through the BLAS ``gemm`` (:func:`fastbp.kernels.gemm._blas_mm`); smaller
-#: ones through the own register-tiled loop kernels, which skip BLAS's call
-#: and packing overhead.  Measured on the 2-core development machine (timeit,
-#: best of 15-25 repeats, serial loops vs one BLAS thread, OPENBLAS_CORETYPE
-#: and OPENBLAS_L2_SIZE unset, float32 and float64, _mm_nn/_mm_nt/_mm_tn and
-#: the fused _linear_fwd vs _blas_mm + _bias_act, shapes 4^3 .. 64^3 and odd
-#: ones like 33x7x33, 10x20x30): up to ~2k multiply-adds the loops win
-#: (8x8x8: 0.6-1.0 us vs 1.0-1.4 us; 4x32x16 linear+relu: 0.7-0.9 vs 1.1-1.7),
-#: around 4k-8k the two tie on power-of-two shapes while BLAS already wins on
-#: odd ones (16x16x16: 1.9-2.5 vs 0.9-2.5 us; 10x20x30: 2.5 vs 1.3 us;
-#: 33x7x33: 4.4-5.0 vs 1.8-2.2 us), and from ~13k up BLAS wins by 1.5-8x
-#: (24^3: 5.3 vs 2.2 us; 64x64x64: 12-37 vs 8-13 us).  The machine was
-#: shared with other jobs while measuring, so the crossover is only good to
-#: a factor of ~2.
-BLAS_THRESHOLD = 4096
 
 _NOBIAS = {dt: np.empty(0, dt) for dt in V.FLOAT_DTYPES}
 #: columns of the 2-D view a long 1-D array is cut into for the parallel variants

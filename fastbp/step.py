@@ -9,6 +9,7 @@ from . import _executor as ex
 from . import _memory
 from . import _validate as V
 from ._jit import entry_point
+from .config import FIT_NATIVE_MIN_STEPS, PREDICT_NATIVE_MIN_CHUNKS
 from .compiler import build_plan, new_arena, view
 from .kernels.codes import CLASSIFICATION_LOSSES, LOSSES
 from .layers import Linear, Sequential, _Activation
@@ -24,20 +25,7 @@ _resolve_device = V.resolve_device
 _positive_int = V.positive_int
 
 
-#: ``predict`` runs its chunks (``batch_size`` rows each) in the native loop
-#: ``run_predict`` from this many chunks up, and fewer through a Python loop of
-#: the step's own compiled call (~1.5 us of overhead each).  run_predict's
-#: one-time compilation takes ~5 s on the development machine (numba
-#: re-optimises the whole interpreter inside it), which a small prediction,
-#: like the per-epoch evaluation of ``fastbp train``, should not pay.
-PREDICT_NATIVE_MIN_CHUNKS = 256
 
-#: ``fit`` runs in the native loop ``run_fit`` (one call for all its steps)
-#: from this many steps up, and fewer through a Python loop of the step's
-#: own compiled call (~2 us of overhead per step).  run_fit's one-time
-#: compilation takes ~3 s on the development machine; this keeps the first
-#: run of ``fastbp train`` (45 steps per epoch on digits) from paying it.
-FIT_NATIVE_MIN_STEPS = 64
 
 
 class _LazyInit:

@@ -395,7 +395,7 @@ def print_config(cfg, rec, peak_gflops, log):
             f"({peak_gflops:.0f} GFLOP/s)")
     if "fit_vs_loop" in rec:
         f = rec["fit_vs_loop"]
-        from ..step import FIT_NATIVE_MIN_STEPS
+        from ..config import FIT_NATIVE_MIN_STEPS
         driver = "one native call" if f["steps_per_epoch"] >= FIT_NATIVE_MIN_STEPS else "a Python loop inside fit"
         x = f["x"] if f["x"] >= 1 else 1 / f["x"]
         log(f"  fastbp fit over an epoch ({f['steps_per_epoch']} steps, {driver}): "

@@ -1,0 +1,59 @@
+"""fastbp's instruction set: what the compiler writes and both interpreters read.
+
+The compiler (:mod:`fastbp.compiler`) emits a tape of int64 instructions over
+one arena; the CPU interpreter (:mod:`fastbp._executor`) and the CUDA one
+(:mod:`fastbp.cuda_step`) run it.  This module is the only definition of the
+format they share: opcodes, tape columns, the executor context, tape sections,
+hyper-parameter slots, run modes and status codes.  It imports nothing, so the
+GPU path does not load the CPU interpreter or the BLAS binding.
+
+Plain module-level integers: numba treats them as compile-time constants.
+"""
+# opcodes
+OP_LOAD_X = 1      # out <- x argument (f1: read x in place instead, no copy)
+OP_LINEAR = 2      # out = act(a @ op(b) + c); g=act, f1=wt
+OP_MATMUL = 3      # out = a @ op(b); f1=tb
+OP_GATE = 4        # out = a (+|*|max) b; g=gate
+OP_ACT = 5         # out = act(a); g=act
+OP_SUM = 6         # out = sum(a)
+OP_LOSS = 7        # out = loss(a, targets); b = d scores; g=kind
+OP_SEED = 8        # out = 1
+OP_LINEAR_BWD = 9  # see run_tape
+OP_MATMUL_BWD = 10
+OP_GATE_BWD = 11
+OP_ACT_BWD = 12
+OP_SUM_BWD = 13
+OP_SGD = 20
+OP_ADAM = 21
+
+# tape columns
+C_OP, C_OUT, C_A, C_B, C_C, C_D, C_E, C_F, C_G, C_F1, C_F2, C_F3, C_F4 = range(13)
+TAPE_WIDTH = 13
+
+# the executor context: addresses and sizes of a step's arrays, one int64 vector
+(X_ARENA, X_ARENA_N, X_BUFS, X_BUFS_N, X_TAPE, X_TAPE_N, X_HYPER, X_WS64, X_WS64_N, X_GJIT,
+ X_GJIT_N, X_BATCH, X_KTAB) = range(13)
+CONTEXT_SIZE = 13
+
+# sections of the tape: [0, FWD) forward, [FWD, LOSS) loss, [LOSS, BWD) backward, [BWD, END) update
+S_FWD, S_LOSS, S_BWD, S_END = range(4)
+
+# hyper-parameter / counter slots (float64 array)
+(H_LR, H_MOM, H_NESTEROV, H_WD, H_B1, H_B2, H_EPS, H_DECOUPLED, H_T, H_BLAS_MIN, H_STEPS,
+ H_BT_ON, H_BT_MAX, H_BT_CUR, H_BT_MIN, H_JIT_ON) = range(16)
+#: hyper slots that describe this process (BLAS threading, JIT GEMM), not the training state
+RUNTIME_SLOTS = (H_BLAS_MIN, H_BT_ON, H_BT_MAX, H_BT_CUR, H_BT_MIN, H_JIT_ON)
+HYPER_SIZE = 16
+
+# run modes
+MODE_FORWARD = 0
+MODE_GRAD = 1
+MODE_TRAIN = 2
+
+STATUS_OK = 0
+STATUS_LOSS_NONFINITE = 1
+STATUS_GRAD_NONFINITE = 2
+STATUS_BAD_LABEL = 3
+#: the minibatch is not what the buffers were laid out for (rows, width,
+#: layout): nothing was changed.  Callers that validate never see it.
+STATUS_BAD_INPUT = 4

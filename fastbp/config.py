@@ -1,0 +1,78 @@
+"""Every tuning threshold of fastbp, in one place.
+
+Each constant is a measured crossover on the development machine (the
+measurements are next to it); ``FASTBP_PARALLEL_THRESHOLD`` overrides the one
+that users tune most.  Nothing here changes results, only which code path
+computes them (and with how many threads), except where stated.  The CUDA
+launch shapes live with the CUDA launch helpers
+(:mod:`fastbp.kernels.cuda.launch`): they are part of the kernels' contract.
+
+Plain module-level numbers: numba compiles them in as constants.
+"""
+import os
+
+# ------------------------------------------------------ numba kernels (CPU)
+#: Work (elements, or multiply-adds for products) below which a kernel's
+#: serial variant is used.  Measured on the 2-core development machine: a
+#: numba parallel region costs ~5-20 us to start, which only pays off above
+#: roughly this much work.  Override with ``FASTBP_PARALLEL_THRESHOLD``.
+PARALLEL_THRESHOLD = int(os.environ.get("FASTBP_PARALLEL_THRESHOLD", 1 << 17))
+
+# ------------------------------------------------------ the fused step's products
+#: Products with at least this many multiply-adds go to the BLAS; smaller ones
+#: run in plain loops (``_mm_small``).  OpenBLAS's small-matrix kernels beat
+#: loops from a few thousand multiply-adds up on the development machine (a
+#: 32x64x32 product: 1.4 us BLAS, 2-4 us even with fastbp's register-tiled
+#: loops, which ``fastbp.ops`` uses); the plain loops also keep the executor's
+#: one-time compilation short.  Runtime setting: hyper[H_BLAS_MIN].
+BLAS_MIN_MACS = 2048
+
+#: BLAS products below this many multiply-adds run on ONE BLAS thread, larger
+#: ones on the BLAS's configured number.  Measured on the development machine:
+#: 32x64x256 (0.5 M) is ~1.7x slower on 2 threads than on 1; 64x784x128
+#: (6.4 M) is 1.2x faster on 2.  Runtime setting: hyper[H_BT_MIN].
+BLAS_THREADS_MIN_MACS = 1 << 21
+
+#: With oneMKL (fastbp._blas.GEMM_JIT), BLAS products of a full minibatch
+#: that would run on one BLAS thread (below BLAS_THREADS_MIN_MACS) run through
+#: a JIT GEMM kernel made for their shapes (one per product of the tape, on
+#: first use; table from :func:`gemm_jit_table`).  Measured on the development
+#: machine, float32, one thread, cblas_sgemm -> JIT kernel: 32x64x32 0.97 ->
+#: 0.77 us, 32x32x10 0.36 -> 0.21, 64^3 3.6 -> 3.0, 200x100x10 5.2 -> 3.7,
+#: 256x512x10 34.5 -> 28.7, 512x512x8 69 -> 45 (128^3: MKL declines to make
+#: a kernel; such products stay with cblas).  Tiny step 8.1 -> 6.8 us.
+JIT_MAX_MACS = BLAS_THREADS_MIN_MACS
+
+# ------------------------------------------------------ the step's Python drivers
+#: ``predict`` runs its chunks (``batch_size`` rows each) in the native loop
+#: ``run_predict`` from this many chunks up, and fewer through a Python loop of
+#: the step's own compiled call (~1.5 us of overhead each).  run_predict's
+#: one-time compilation takes ~5 s on the development machine (numba
+#: re-optimises the whole interpreter inside it), which a small prediction,
+#: like the per-epoch evaluation of ``fastbp train``, should not pay.
+PREDICT_NATIVE_MIN_CHUNKS = 256
+
+#: ``fit`` runs in the native loop ``run_fit`` (one call for all its steps)
+#: from this many steps up, and fewer through a Python loop of the step's
+#: own compiled call (~2 us of overhead per step).  run_fit's one-time
+#: compilation takes ~3 s on the development machine; this keeps the first
+#: run of ``fastbp train`` (45 steps per epoch on digits) from paying it.
+FIT_NATIVE_MIN_STEPS = 64
+
+# ------------------------------------------------------ fastbp.ops wrappers
+#: Matrix products of at least this many multiply-adds (``m * k * n``) run
+#: through the BLAS ``gemm`` (:func:`fastbp.kernels.gemm._blas_mm`); smaller
+#: ones through the own register-tiled loop kernels, which skip BLAS's call
+#: and packing overhead.  Measured on the 2-core development machine (timeit,
+#: best of 15-25 repeats, serial loops vs one BLAS thread, OPENBLAS_CORETYPE
+#: and OPENBLAS_L2_SIZE unset, float32 and float64, _mm_nn/_mm_nt/_mm_tn and
+#: the fused _linear_fwd vs _blas_mm + _bias_act, shapes 4^3 .. 64^3 and odd
+#: ones like 33x7x33, 10x20x30): up to ~2k multiply-adds the loops win
+#: (8x8x8: 0.6-1.0 us vs 1.0-1.4 us; 4x32x16 linear+relu: 0.7-0.9 vs 1.1-1.7),
+#: around 4k-8k the two tie on power-of-two shapes while BLAS already wins on
+#: odd ones (16x16x16: 1.9-2.5 vs 0.9-2.5 us; 10x20x30: 2.5 vs 1.3 us;
+#: 33x7x33: 4.4-5.0 vs 1.8-2.2 us), and from ~13k up BLAS wins by 1.5-8x
+#: (24^3: 5.3 vs 2.2 us; 64x64x64: 12-37 vs 8-13 us).  The machine was
+#: shared with other jobs while measuring, so the crossover is only good to
+#: a factor of ~2.
+OPS_BLAS_THRESHOLD = 4096
