@@ -17,9 +17,9 @@ Quick tour
 from .checkpoint import load
 from .bundle import SavedModel, load_model
 from . import gradcheck, ops
-from .graph import Graph, GraphError, Node, maximum, relu, sigmoid, sum, tanh
+from .graph import Graph, GraphError, Node, maximum, sum
 from .gradfn import grad
-from .layers import Linear, ReLU, Sequential, Sigmoid, Tanh
+from .layers import Linear, Sequential
 from .optimizers import SGD, Adam
 from .step import TrainStep, compile
 from .distributed import DistributedStep, RankError   # mpi4py is imported only when used
@@ -40,7 +40,21 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastbp' has no attribute {name!r}")
 
 __all__ = [
-    "ops", "gradcheck", "Graph", "GraphError", "Node", "maximum", "relu", "sigmoid", "tanh", "sum", "grad",
-    "Linear", "ReLU", "Sigmoid", "Tanh", "Sequential", "SGD", "Adam", "TrainStep", "compile", "load", "from_torch",
+    "ops", "gradcheck", "Graph", "GraphError", "Node", "maximum", "sum", "grad",
+    "Linear", "Sequential", "SGD", "Adam", "TrainStep", "compile", "load", "from_torch",
     "DistributedStep", "RankError", "load_model", "SavedModel",
 ]
+
+
+def _export_activations():
+    """``fastbp.<name>`` (graph function) and ``fastbp.<Layer>`` for every
+    public entry of the activation registry (``relu``/``ReLU``, ...)."""
+    from . import graph as _graph, layers as _layers
+    from .registry import activations as _acts
+    for e in _acts.entries(public=True):
+        globals()[e.name] = getattr(_graph, e.name)
+        globals()[e.layer] = getattr(_layers, e.layer)
+        __all__.extend((e.name, e.layer))
+
+
+_export_activations()

@@ -32,21 +32,23 @@ from . import _blas
 from ._jit import array_at, block2d, jit, unmanaged_c
 from ._native import kcall, native_address
 from .config import BLAS_MIN_MACS, BLAS_THREADS_MIN_MACS, JIT_MAX_MACS  # noqa: F401 - re-exported
-from .kernels.codes import ACT_NONE, LOSS_BCE_LOGITS, LOSS_MSE, LOSS_SOFTMAX_XENT, LOSS_SVM
+from .kernels.codes import LOSS_BCE_LOGITS, LOSS_MSE, LOSS_SOFTMAX_XENT, LOSS_SVM
 from .kernels.gemm import BLAS_AVAILABLE, BLAS_THREAD_CONTROL, JIT_SLOT, blas_get_threads, blas_set_threads
 from .kernels.losses import _check_labels
-from .kernels.table import (K_ACT_BWD, K_ACT_FWD, K_ADAM, K_BCE_LOGITS, K_BIAS_ACT, K_BLAS_MM, K_COLSUM,  # noqa: F401
-                            K_GATE_BWD, K_GATE_FWD, K_JIT_MM, K_MM_SMALL, K_MSE, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD,
-                            K_SUM_FWD, K_SVM, N_KERNELS, I1, I64, a2)
+from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_COLSUM,  # noqa: F401
+                            K_GATE_BWD, K_GATE_FWD, K_JIT_MM, K_MM_SMALL, K_MSE, K_PROTO_BIAS_ACT, K_PROTO_BWD,
+                            K_PROTO_FWD, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD, K_SVM, N_KERNELS, N_ROLES, I1,
+                            I64, a2, ensure_act_kernels, kcall_at)
+from .registry.activations import CAPACITY as ACT_CAPACITY, IDENTITY as ACT_IDENTITY
 
 from ._isa import (  # noqa: F401 - re-exported: the executor reads and writes this format
     OP_LOAD_X, OP_LINEAR, OP_MATMUL, OP_GATE, OP_ACT, OP_SUM, OP_LOSS, OP_SEED, OP_LINEAR_BWD, OP_MATMUL_BWD,
     OP_GATE_BWD, OP_ACT_BWD, OP_SUM_BWD, OP_SGD, OP_ADAM, C_OP, C_OUT, C_A, C_B, C_C, C_D, C_E, C_F, C_G,
-    C_F1, C_F2, C_F3, C_F4, TAPE_WIDTH, X_ARENA, X_ARENA_N, X_BUFS, X_BUFS_N, X_TAPE, X_TAPE_N, X_HYPER,
+    C_F1, C_F2, C_F3, C_F4, C_P, TAPE_WIDTH, X_ARENA, X_ARENA_N, X_BUFS, X_BUFS_N, X_TAPE, X_TAPE_N, X_HYPER,
     X_WS64, X_WS64_N, X_GJIT, X_GJIT_N, X_BATCH, X_KTAB, CONTEXT_SIZE, S_FWD, S_LOSS, S_BWD, S_END, H_LR,
     H_MOM, H_NESTEROV, H_WD, H_B1, H_B2, H_EPS, H_DECOUPLED, H_T, H_BLAS_MIN, H_STEPS, H_BT_ON, H_BT_MAX,
     H_BT_CUR, H_BT_MIN, H_JIT_ON, RUNTIME_SLOTS, HYPER_SIZE, MODE_FORWARD, MODE_GRAD, MODE_TRAIN, STATUS_OK,
-    STATUS_LOSS_NONFINITE, STATUS_GRAD_NONFINITE, STATUS_BAD_LABEL, STATUS_BAD_INPUT)
+    STATUS_LOSS_NONFINITE, STATUS_GRAD_NONFINITE, STATUS_BAD_LABEL, STATUS_BAD_INPUT, STATUS_BAD_OP)
 
 
 
@@ -177,12 +179,14 @@ _LOSS_KERNEL = {LOSS_SOFTMAX_XENT: K_SOFTMAX_XENT, LOSS_SVM: K_SVM, LOSS_MSE: K_
 #: chosen by the instruction's loss code), and whether it multiplies matrices
 _OP_KERNELS = {
     OP_LOAD_X: ((), False), OP_SEED: ((), False),
-    OP_LINEAR: ((K_BIAS_ACT,), True), OP_MATMUL: ((), True), OP_GATE: ((K_GATE_FWD,), False),
-    OP_ACT: ((K_ACT_FWD,), False), OP_SUM: ((K_SUM_FWD,), False), OP_LOSS: ((), False),
-    OP_LINEAR_BWD: ((K_ACT_BWD, K_COLSUM), True), OP_MATMUL_BWD: ((), True),
-    OP_GATE_BWD: ((K_GATE_BWD,), False), OP_ACT_BWD: ((K_ACT_BWD,), False),
+    OP_LINEAR: ((), True), OP_MATMUL: ((), True), OP_GATE: ((K_GATE_FWD,), False),
+    OP_ACT: ((), False), OP_SUM: ((K_SUM_FWD,), False), OP_LOSS: ((), False),
+    OP_LINEAR_BWD: ((K_COLSUM,), True), OP_MATMUL_BWD: ((), True),
+    OP_GATE_BWD: ((K_GATE_BWD,), False), OP_ACT_BWD: ((), False),
     OP_SUM_BWD: ((K_SUM_BWD,), False), OP_SGD: ((K_SGD,), False), OP_ADAM: ((K_ADAM,), False),
 }
+#: opcodes whose C_G is an activation code, and the roles of its kernels they call
+_ACT_ROLES = {OP_LINEAR: (0,), OP_ACT: (1,), OP_LINEAR_BWD: (2,), OP_ACT_BWD: (2,)}
 
 
 def kernels_for(tape):
@@ -191,7 +195,8 @@ def kernels_for(tape):
     Raises
     ------
     ValueError
-        The tape holds an opcode or a loss code this executor does not know.
+        The tape holds an opcode, an activation code or a loss code this
+        executor does not know.
     """
     need = set()
     mm = False
@@ -207,6 +212,9 @@ def kernels_for(tape):
             if code not in _LOSS_KERNEL:
                 raise ValueError(f"executor: unknown loss code {code} in the tape")
             need.add(_LOSS_KERNEL[code])
+        if op in _ACT_ROLES:
+            ids = ensure_act_kernels(int(ins[C_G]))     # ValueError: unknown activation code
+            need.update(ids[r] for r in _ACT_ROLES[op])
     if mm:
         need.add(K_MM_SMALL)
         if BLAS_AVAILABLE:
@@ -330,14 +338,20 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
                 for i in range(out.shape[0]):
                     out[i] = src[i]
         elif op == OP_LINEAR:
+            # d: the pre-activation Z (activations whose derivative reads their
+            # input), else the product goes straight into Y and f applies in place
+            act = ins[C_G]
+            if act < 0 or act >= ACT_CAPACITY:
+                status = STATUS_BAD_OP
+                break
             X = _xview(arena, bufs, x, xb, ins[C_A], nb)
             W = _xview(arena, bufs, x, xb, ins[C_B], nb)
             b = _vec(arena, bufs, ins[C_C])
             Y = _view(arena, bufs, ins[C_OUT], nb)
-            act = ins[C_G]
-            _mm(X, W, Y, _F, ins[C_F1] != 0, _F, hyper, gjit, jit_slot(jbase, pc, 0), kt)
-            if b.shape[0] > 0 or act != ACT_NONE:
-                kcall(kt, K_BIAS_ACT, (Y, b, act))
+            Z = _view(arena, bufs, ins[C_D], nb) if ins[C_D] >= 0 else Y
+            _mm(X, W, Z, _F, ins[C_F1] != 0, _F, hyper, gjit, jit_slot(jbase, pc, 0), kt)
+            if b.shape[0] > 0 or act != ACT_IDENTITY or ins[C_D] >= 0:
+                kcall_at(kt, K_ACT + N_ROLES * act, K_PROTO_BIAS_ACT, (Z, b, Y, _vec(arena, bufs, ins[C_P])))
         elif op == OP_MATMUL:
             A = _xview(arena, bufs, x, xb, ins[C_A], nb)
             B = _xview(arena, bufs, x, xb, ins[C_B], nb)
@@ -348,7 +362,13 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
             B = _xview(arena, bufs, x, xb, ins[C_B], nb)
             kcall(kt, K_GATE_FWD, (ins[C_G], A, B, _view(arena, bufs, ins[C_OUT], nb)))
         elif op == OP_ACT:
-            kcall(kt, K_ACT_FWD, (_xview(arena, bufs, x, xb, ins[C_A], nb), ins[C_G], _view(arena, bufs, ins[C_OUT], nb)))
+            act = ins[C_G]
+            if act < 0 or act >= ACT_CAPACITY:
+                status = STATUS_BAD_OP
+                break
+            kcall_at(kt, K_ACT + N_ROLES * act + 1, K_PROTO_FWD,
+                     (_xview(arena, bufs, x, xb, ins[C_A], nb), _view(arena, bufs, ins[C_OUT], nb),
+                      _vec(arena, bufs, ins[C_P])))
         elif op == OP_SUM:
             kcall(kt, K_SUM_FWD, (_xview(arena, bufs, x, xb, ins[C_A], nb), _view(arena, bufs, ins[C_OUT], nb)))
         elif op == OP_LOSS:
@@ -385,17 +405,21 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
             out = _view(arena, bufs, ins[C_OUT], nb)
             out[:, :] = 1.0
         elif op == OP_LINEAR_BWD:
-            # a=X, b=W, c=Y, d=dY (overwritten by dZ), e=dX, f=dW, out=db
+            # a=X, b=W, c=what act' reads (Y, or the pre-activation Z), d=dY
+            # (overwritten by dZ), e=dX, f=dW, out=db, p=act params
+            act = ins[C_G]
+            if act < 0 or act >= ACT_CAPACITY:
+                status = STATUS_BAD_OP
+                break
             X = _xview(arena, bufs, x, xb, ins[C_A], nb)
             W = _xview(arena, bufs, x, xb, ins[C_B], nb)
-            Y = _xview(arena, bufs, x, xb, ins[C_C], nb)
+            T = _xview(arena, bufs, x, xb, ins[C_C], nb)
             dZ = _xview(arena, bufs, x, xb, ins[C_D], nb)
-            act = ins[C_G]
             wt = ins[C_F1] != 0
             acc_dx = ins[C_F2] != 0
             acc_w = ins[C_F3] != 0
-            if act != ACT_NONE:
-                kcall(kt, K_ACT_BWD, (Y, dZ, act, dZ, _F))
+            if act != ACT_IDENTITY:
+                kcall_at(kt, K_ACT + N_ROLES * act + 2, K_PROTO_BWD, (T, dZ, dZ, _F, _vec(arena, bufs, ins[C_P])))
             if ins[C_OUT] >= 0:
                 kcall(kt, K_COLSUM, (dZ, _vec(arena, bufs, ins[C_OUT]), acc_w))
             dW = _view(arena, bufs, ins[C_F], nb)
@@ -429,9 +453,15 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
             kcall(kt, K_GATE_BWD, (ins[C_G], A, B, dO, _view_or_empty(arena, bufs, ins[C_E], nb),
                                    _view_or_empty(arena, bufs, ins[C_F], nb), ins[C_F2] != 0, ins[C_F3] != 0))
         elif op == OP_ACT_BWD:
-            Y = _xview(arena, bufs, x, xb, ins[C_C], nb)
+            # c: what act' reads (the output, or the input)
+            act = ins[C_G]
+            if act < 0 or act >= ACT_CAPACITY:
+                status = STATUS_BAD_OP
+                break
+            T = _xview(arena, bufs, x, xb, ins[C_C], nb)
             dO = _xview(arena, bufs, x, xb, ins[C_D], nb)
-            kcall(kt, K_ACT_BWD, (Y, dO, ins[C_G], _view(arena, bufs, ins[C_E], nb), ins[C_F2] != 0))
+            kcall_at(kt, K_ACT + N_ROLES * act + 2, K_PROTO_BWD,
+                     (T, dO, _view(arena, bufs, ins[C_E], nb), ins[C_F2] != 0, _vec(arena, bufs, ins[C_P])))
         elif op == OP_SUM_BWD:
             dO = _xview(arena, bufs, x, xb, ins[C_D], nb)
             kcall(kt, K_SUM_BWD, (dO, _view(arena, bufs, ins[C_E], nb), ins[C_F2] != 0))

@@ -11,10 +11,10 @@ Plain module-level integers: numba treats them as compile-time constants.
 """
 # opcodes
 OP_LOAD_X = 1      # out <- x argument (f1: read x in place instead, no copy)
-OP_LINEAR = 2      # out = act(a @ op(b) + c); g=act, f1=wt
+OP_LINEAR = 2      # out = act(a @ op(b) + c); g=act, f1=wt, d=pre-activation (-1: none), p=act params
 OP_MATMUL = 3      # out = a @ op(b); f1=tb
 OP_GATE = 4        # out = a (+|*|max) b; g=gate
-OP_ACT = 5         # out = act(a); g=act
+OP_ACT = 5         # out = act(a); g=act, p=act params
 OP_SUM = 6         # out = sum(a)
 OP_LOSS = 7        # out = loss(a, targets); b = d scores; g=kind
 OP_SEED = 8        # out = 1
@@ -26,9 +26,10 @@ OP_SUM_BWD = 13
 OP_SGD = 20
 OP_ADAM = 21
 
-# tape columns
-C_OP, C_OUT, C_A, C_B, C_C, C_D, C_E, C_F, C_G, C_F1, C_F2, C_F3, C_F4 = range(13)
-TAPE_WIDTH = 13
+# tape columns; C_P: the buffer of an activation's parameters (a float row the
+# compiler fills, -1: none) -- parameters are floats, never in the int64 tape
+C_OP, C_OUT, C_A, C_B, C_C, C_D, C_E, C_F, C_G, C_F1, C_F2, C_F3, C_F4, C_P = range(14)
+TAPE_WIDTH = 14
 
 # the executor context: addresses and sizes of a step's arrays, one int64 vector
 (X_ARENA, X_ARENA_N, X_BUFS, X_BUFS_N, X_TAPE, X_TAPE_N, X_HYPER, X_WS64, X_WS64_N, X_GJIT,
@@ -57,3 +58,6 @@ STATUS_BAD_LABEL = 3
 #: the minibatch is not what the buffers were laid out for (rows, width,
 #: layout): nothing was changed.  Callers that validate never see it.
 STATUS_BAD_INPUT = 4
+#: an instruction names an op code no kernel implements (a corrupt tape: the
+#: compiler rejects unknown codes); nothing was changed
+STATUS_BAD_OP = 5

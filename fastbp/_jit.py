@@ -39,7 +39,7 @@ def _source_stamp():
     here = os.path.dirname(os.path.abspath(__file__))
     h = hashlib.sha256(numba.__version__.encode())
     files = [os.path.join(here, n) for n in ("_jit.py", "_native.py", "_executor.py", "_blas.py", "_isa.py", "config.py")]
-    for sub in ("kernels", os.path.join("kernels", "cuda")):
+    for sub in ("kernels", os.path.join("kernels", "cuda"), "registry"):
         kdir = os.path.join(here, sub)
         if os.path.isdir(kdir):
             files += [os.path.join(kdir, n) for n in sorted(os.listdir(kdir)) if n.endswith(".py")]

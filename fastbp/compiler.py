@@ -7,12 +7,16 @@ nodes to differentiate with respect to, :func:`build_plan`
    the output) -- shapes were already inferred as nodes were built;
 2. fuses every ``x @ W (+ b) (-> activation)`` chain of parameters into
    one linear instruction (forward with a fused epilogue, backward with
-   ``dZ`` computed in place);
+   ``dZ`` computed in place); an activation whose derivative reads its
+   input (registry ``uses="input"``) keeps the pre-activation ``Z`` in a
+   buffer of its own, the others only their output;
 3. lays out one flat arena: parameters, then their gradients (one
    contiguous block, in the same order), then optimizer state, then
    activations and activation gradients -- allocated once;
 4. emits the forward, loss, backward and update instructions that
-   :mod:`fastbp._executor` runs.  A value used by several nodes receives
+   :mod:`fastbp._executor` runs.  An activation's parameters (a slope) go
+   in a float buffer the tape points to (column ``C_P``), filled like a
+   constant.  A value used by several nodes receives
    the sum of their gradients: the first contribution writes its gradient
    buffer, later ones accumulate.
 """
@@ -23,8 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _isa as ex
-from .graph import ACTIVATION_OPS, GraphError, Node, upstream
-from .kernels.codes import ACTIVATIONS, GATE_ADD, GATE_MAX, GATE_MUL, LOSSES
+from .graph import GraphError, Node, activation_of, upstream
+from .kernels.codes import GATE_ADD, GATE_MAX, GATE_MUL, LOSSES
+from .registry import activations as _acts
 
 _GATES = {"add": GATE_ADD, "mul": GATE_MUL, "max": GATE_MAX}
 
@@ -83,7 +88,7 @@ class _Builder:
     def emit(self, op, **kw):
         row = [0] * ex.TAPE_WIDTH
         row[ex.C_OP] = op
-        for k in ("out", "a", "b", "c", "d", "e", "f"):
+        for k in ("out", "a", "b", "c", "d", "e", "f", "p"):
             row[getattr(ex, "C_" + k.upper())] = kw.get(k, -1)
         for k in ("g", "f1", "f2", "f3", "f4"):
             row[getattr(ex, "C_" + k.upper())] = int(kw.get(k, 0))
@@ -167,15 +172,15 @@ def build_plan(graph, output, wrt, *, dtype, batch_size, loss=None, optimizer=No
                 bias = other
                 chain.append(add)
                 last = add
-        act = "none"
+        act, aparams = _acts.get("identity"), ()
         u = users[last.id]
-        if len(u) == 1 and u[0].op in ACTIVATION_OPS and last is not output:
-            act = u[0].op
+        if len(u) == 1 and activation_of(u[0]) is not None and last is not output:
+            act, aparams = activation_of(u[0])
             chain.append(u[0])
             last = u[0]
         for c in chain[:-1]:
             hidden.add(c.id)
-        fused[last.id] = dict(x=a, W=W, b=bias, act=ACTIVATIONS[act], wt=m.attrs["tb"], chain=chain)
+        fused[last.id] = dict(x=a, W=W, b=bias, act=act, params=aparams, wt=m.attrs["tb"], chain=chain)
 
     # -- 3. buffers: params | grads | optimizer state | everything else
     b = _Builder(batch_size)
@@ -221,6 +226,19 @@ def build_plan(graph, output, wrt, *, dtype, batch_size, loss=None, optimizer=No
         if n.op == "param" or n.id in hidden or n.id not in rg:
             continue
         grad_buf[n.id] = b.alloc(*_canon(n.shape))
+    # activations: the pre-activation of fused ones that read their input, and
+    # every activation's parameters (a row of floats, written like a constant)
+    pre_buf, param_buf = {}, {}
+    for n in nodes:
+        f = fused.get(n.id)
+        entry, aparams = (f["act"], f["params"]) if f is not None else (activation_of(n) or (None, ()))
+        if entry is None:
+            continue
+        if f is not None and entry.uses == "input":
+            pre_buf[n.id] = b.alloc(*_canon(n.shape))
+        if aparams:
+            param_buf[n.id] = b.alloc(1, len(aparams))
+            consts.append((param_buf[n.id], np.array(aparams, dtype=np.float64)))
 
     # -- 4. the tape
     if train_input is not None:
@@ -246,15 +264,17 @@ def build_plan(graph, output, wrt, *, dtype, batch_size, loss=None, optimizer=No
         if n.id in fused:
             f = fused[n.id]
             b.emit(ex.OP_LINEAR, out=value_buf[n.id], a=value_buf[f["x"].id], b=value_buf[f["W"].id],
-                   c=value_buf[f["b"].id] if f["b"] is not None else -1, g=f["act"], f1=f["wt"])
+                   c=value_buf[f["b"].id] if f["b"] is not None else -1, d=pre_buf.get(n.id, -1),
+                   g=f["act"].code, f1=f["wt"], p=param_buf.get(n.id, -1))
         elif n.op == "matmul":
             va, vb, vo = mm_views(n, value_buf[n.inputs[0].id], value_buf[n.inputs[1].id], value_buf[n.id])
             b.emit(ex.OP_MATMUL, out=vo, a=va, b=vb, f1=n.attrs["tb"])
         elif n.op in _GATES:
             b.emit(ex.OP_GATE, out=value_buf[n.id], a=value_buf[n.inputs[0].id], b=value_buf[n.inputs[1].id],
                    g=_GATES[n.op])
-        elif n.op in ACTIVATION_OPS:
-            b.emit(ex.OP_ACT, out=value_buf[n.id], a=value_buf[n.inputs[0].id], g=ACTIVATIONS[n.op])
+        elif activation_of(n) is not None:
+            b.emit(ex.OP_ACT, out=value_buf[n.id], a=value_buf[n.inputs[0].id], g=activation_of(n)[0].code,
+                   p=param_buf.get(n.id, -1))
         elif n.op == "sum":
             b.emit(ex.OP_SUM, out=value_buf[n.id], a=value_buf[n.inputs[0].id])
         elif n.op == "loss":
@@ -294,8 +314,10 @@ def build_plan(graph, output, wrt, *, dtype, batch_size, loss=None, optimizer=No
             dx, acc_x = target(f["x"])
             dw, acc_w = target(f["W"])
             db, acc_b = target(f["b"]) if f["b"] is not None else (-1, 0)
+            # c: what the derivative reads, the output or the kept pre-activation
             b.emit(ex.OP_LINEAR_BWD, out=db, a=value_buf[f["x"].id], b=value_buf[f["W"].id],
-                   c=value_buf[n.id], d=dO, e=dx, f=dw, g=f["act"], f1=f["wt"], f2=acc_x, f3=acc_w, f4=acc_b)
+                   c=pre_buf.get(n.id, value_buf[n.id]), d=dO, e=dx, f=dw, g=f["act"].code, f1=f["wt"],
+                   f2=acc_x, f3=acc_w, f4=acc_b, p=param_buf.get(n.id, -1))
         elif n.op == "matmul":
             A, B = n.inputs
             da, acc_a = target(A)
@@ -314,9 +336,12 @@ def build_plan(graph, output, wrt, *, dtype, batch_size, loss=None, optimizer=No
             dbb, acc_bb = target(B)
             b.emit(ex.OP_GATE_BWD, a=value_buf[A.id], b=value_buf[B.id], d=dO, e=da, f=dbb,
                    g=_GATES[n.op], f2=acc_a, f3=acc_bb)
-        elif n.op in ACTIVATION_OPS:
+        elif activation_of(n) is not None:
+            entry = activation_of(n)[0]
             da, acc_a = target(n.inputs[0])
-            b.emit(ex.OP_ACT_BWD, c=value_buf[n.id], d=dO, e=da, g=ACTIVATIONS[n.op], f2=acc_a)
+            # c: what the derivative reads, the output or the input (kept: buffers are never reused)
+            t = value_buf[n.inputs[0].id] if entry.uses == "input" else value_buf[n.id]
+            b.emit(ex.OP_ACT_BWD, c=t, d=dO, e=da, g=entry.code, f2=acc_a, p=param_buf.get(n.id, -1))
         elif n.op == "sum":
             da, acc_a = target(n.inputs[0])
             b.emit(ex.OP_SUM_BWD, d=dO, e=da, f2=acc_a)

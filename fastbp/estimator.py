@@ -55,7 +55,25 @@ except ImportError:  # pragma: no cover - older scikit-learn
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
-_ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
+def _activation_entry(name):
+    """The activation registry entry of an ``activation=`` name: scikit-learn's
+    name where it has one ('logistic'), else fastbp's ('leaky_relu'); None if unknown."""
+    from .registry import activations as _acts
+    e = _acts.lookup(name, "sklearn")
+    if e is None:
+        e = _acts.lookup(name)
+        if e is not None and (e.sklearn is not None or e.layer is None):
+            e = None        # scikit-learn spells it differently ('sigmoid' is 'logistic' here)
+    return e
+
+
+def _activation_names():
+    from .registry import activations as _acts
+    return tuple([e.sklearn for e in _acts.entries() if e.sklearn]
+                 + [e.name for e in _acts.entries(public=True) if e.sklearn is None])
+
+
+_ACTIVATIONS = _activation_names()
 _SOLVERS = ("sgd", "adam")
 
 
@@ -168,7 +186,8 @@ class _BaseMLP(BaseEstimator):
             if not ok:
                 raise ValueError(f"{name} must be {what}, got {getattr(self, name)!r}")
 
-        need(self.activation in _ACTIVATIONS, "activation", f"one of {_ACTIVATIONS}")
+        need(isinstance(self.activation, str) and _activation_entry(self.activation) is not None, "activation",
+             f"one of {_activation_names()}")
         need(self.solver in _SOLVERS, "solver",
              f"one of {_SOLVERS} (fastbp has no 'lbfgs' solver)")
         need(_is_real(self.alpha) and self.alpha >= 0, "alpha", "a finite number >= 0")
@@ -238,9 +257,9 @@ class _BaseMLP(BaseEstimator):
     def _compile(arch):
         import fastbp
 
-        acts = {"relu": fastbp.ReLU, "logistic": fastbp.Sigmoid, "tanh": fastbp.Tanh,
-                "identity": None}
-        act = acts[arch["activation"]]
+        from .layers import activation_layer
+        entry = _activation_entry(arch["activation"])
+        act = None if entry.layer is None else activation_layer(entry)
         layers = []
         prev = arch["n_in"]
         for h in arch["hidden"]:
@@ -512,8 +531,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     ----------
     hidden_layer_sizes : int or tuple of int, default (100,)
         Widths of the hidden layers.
-    activation : {'relu', 'logistic', 'tanh', 'identity'}, default 'relu'
-        Hidden-layer activation (fastbp ``ReLU``, ``Sigmoid``, ``Tanh``, none).
+    activation : {'relu', 'logistic', 'tanh', 'identity', ...}, default 'relu'
+        Hidden-layer activation: scikit-learn's names (fastbp ``ReLU``,
+        ``Sigmoid``, ``Tanh``, none), or the name of any other activation of
+        fastbp's registry (e.g. ``'leaky_relu'``, with its default parameters).
     solver : {'adam', 'sgd'}, default 'adam'
     alpha : float, default 1e-4
         L2 penalty; becomes ``weight_decay = alpha / batch_size``.

@@ -2,8 +2,9 @@
 
 A :class:`Graph` holds nodes: inputs, parameters, constants and operations
 built with Python operators (``+``, ``-``, ``*``, ``@``) and the functions
-:func:`maximum`, :func:`relu`, :func:`sigmoid`, :func:`tanh` and
-:func:`sum`.  Shapes are inferred (numpy broadcasting, at most two
+:func:`maximum`, :func:`sum` and one per activation of the registry
+(:mod:`fastbp.registry.activations`: :func:`relu`, :func:`sigmoid`,
+:func:`tanh`, ...), generated from its entries.  Shapes are inferred (numpy broadcasting, at most two
 dimensions; a leading ``None`` is the minibatch dimension) and checked as
 each node is built, so a shape error names the nodes involved.
 
@@ -22,14 +23,25 @@ Examples
 """
 from __future__ import annotations
 
+import inspect
 import numbers
 
 import numpy as np
 
-__all__ = ["Graph", "Node", "maximum", "relu", "sigmoid", "tanh", "sum"]
+from .registry import activations as _acts
+
+__all__ = ["Graph", "Node", "maximum", "sum"]
 
 ELEMENTWISE_BINARY = ("add", "mul", "max")
-ACTIVATION_OPS = ("relu", "sigmoid", "tanh")
+
+
+def activation_of(node):
+    """``(entry, params)`` of an activation node (its registry entry and
+    parameter values), or None for any other node."""
+    entry = _acts.lookup(node.op)
+    if entry is None:
+        return None
+    return entry, node.attrs.get("params", entry.defaults)
 
 
 class GraphError(ValueError):
@@ -81,7 +93,8 @@ class Node:
     graph : Graph
     op : str
         ``"input"``, ``"param"``, ``"const"``, ``"matmul"``, ``"add"``, ``"mul"``,
-        ``"max"``, ``"relu"``, ``"sigmoid"``, ``"tanh"``, ``"sum"`` or ``"loss"``.
+        ``"max"``, ``"sum"``, ``"loss"`` or an activation's registry name
+        (``"relu"``, ``"sigmoid"``, ``"tanh"``, ...).
     inputs : tuple of Node
     shape : tuple
         At most two dimensions; a leading ``None`` is the minibatch size.
@@ -250,13 +263,13 @@ class Graph:
             raise GraphError(f"constant {value!r} is not finite")
         return Node(self, "const", (), _check_shape(arr.shape, "constant"), value=arr.copy())
 
-    def _unary(self, op, x):
+    def _unary(self, op, x, attrs=None):
         if not isinstance(x, Node):
             raise GraphError(f"{op}: expected a graph node, got {type(x).__name__}")
         if x.graph is not self:
             raise GraphError(f"{op}: {x!r} belongs to another graph")
         shape = () if op == "sum" else x.shape
-        return Node(self, op, (x,), shape)
+        return Node(self, op, (x,), shape, attrs=attrs)
 
     def _loss(self, kind, scores):
         """Internal: a loss node over ``scores`` whose targets are given at run time."""
@@ -308,19 +321,30 @@ def maximum(a, b):
     return b._binary(a, "max", swap=True)
 
 
-def relu(x):
-    """``max(x, 0)`` elementwise; gradient ``1[x > 0]``."""
-    return _graph_of(x, "relu")._unary("relu", x)
+def _graph_function(entry):
+    """The graph function of a registry activation: ``fastbp.<name>(x, *params)``."""
+    def fn(x, *args, **kwargs):
+        params = entry.bind(entry.name, args, kwargs)
+        g = _graph_of(x, entry.name)
+        return g._unary(entry.name, x, {"params": params} if params else None)
+    fn.__name__ = fn.__qualname__ = entry.name
+    fn.__module__ = __name__
+    ps = "".join(f", {p.name}={p.default!r}" for p in entry.params)
+    fn.__doc__ = (f"``{entry.formula}`` elementwise; gradient ``{entry.dformula}``.\n\n"
+                  f"Signature ``{entry.name}(x{ps})``: ``x`` a graph node; "
+                  + ("".join(f"``{p.name}``: {p.doc} " for p in entry.params) or "no parameters. ")
+                  + "Returns a node of ``x``'s shape.")
+    fn.__signature__ = inspect.Signature(
+        [inspect.Parameter("x", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default)
+           for p in entry.params])
+    return fn
 
 
-def sigmoid(x):
-    """``1 / (1 + exp(-x))`` elementwise; gradient ``(1 - s) s``."""
-    return _graph_of(x, "sigmoid")._unary("sigmoid", x)
-
-
-def tanh(x):
-    """``tanh(x)`` elementwise; gradient ``1 - tanh(x)^2``."""
-    return _graph_of(x, "tanh")._unary("tanh", x)
+for _e in _acts.entries(public=True):
+    globals()[_e.name] = _graph_function(_e)
+    __all__.append(_e.name)
+del _e
 
 
 def sum(x):  # noqa: A001  (mirrors numpy's name on purpose)

@@ -1,6 +1,10 @@
 """Layers, in the style of stax: each layer knows its output width and how to
 add itself to a :class:`~fastbp.graph.Graph`.
 
+The activation layers (``ReLU``, ``Sigmoid``, ``Tanh``, ...) are generated,
+one class per entry of :mod:`fastbp.registry.activations`, named after its
+``layer`` field, taking its parameters (e.g. ``negative_slope``).
+
 A :class:`Sequential` model is nothing but a graph builder: ``Linear`` emits
 ``x @ W + b`` and the activations emit their gates, and the graph compiler
 fuses each matmul + bias + activation chain into one linear kernel.  There
@@ -8,12 +12,15 @@ is no second code path for layer models.
 """
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from . import _validate as _v
 from . import graph as _g
+from .registry import activations as _acts
 
-__all__ = ["Linear", "ReLU", "Sigmoid", "Tanh", "Sequential"]
+__all__ = ["Linear", "Sequential"]
 
 
 class Layer:
@@ -38,9 +45,10 @@ class Linear(Layer):
 
     Notes
     -----
-    ``W`` is initialised when the model is compiled: He (normal,
-    ``std = sqrt(2 / in)``) when a ReLU follows, Glorot/Xavier uniform
-    otherwise; ``b`` starts at zero.
+    ``W`` is initialised when the model is compiled by the rule of the
+    activation that follows (its registry entry's ``init``): He (normal,
+    ``std = sqrt(2 / in)``) after a ReLU, Glorot/Xavier uniform otherwise
+    (and when no activation follows); ``b`` starts at zero.
     """
 
     def __init__(self, in_features, out_features, bias=True, *, _layout="in_out"):
@@ -65,9 +73,11 @@ class Linear(Layer):
         return (self.in_features, self.out_features_)
 
     def init(self, rng, next_activation):
-        """Initial ``(W, b)`` in float64 for the activation that follows."""
+        """Initial ``(W, b)`` in float64 for the activation that follows (its
+        registry name, or None)."""
         fan_in, fan_out = self.in_features, self.out_features_
-        if next_activation == "relu":
+        rule = _acts.get(next_activation).init if next_activation is not None else "glorot"
+        if rule == "he":
             W = rng.standard_normal((fan_in, fan_out))
             W *= np.sqrt(2.0 / fan_in)       # in place: no second array of the layer's size
         else:
@@ -95,31 +105,67 @@ class Linear(Layer):
 
 
 class _Activation(Layer):
-    op = None
+    """Base of the activation layers; each subclass is one registry entry (``entry``)."""
+    entry = None
+
+    def __init__(self, *args, **kwargs):
+        self.params = self.entry.bind(type(self).__name__, args, kwargs)
+
+    @property
+    def op(self):
+        """The entry's name (the graph op)."""
+        return self.entry.name
+
+    def __getattr__(self, name):
+        # the parameters by name (layer.negative_slope)
+        entry = type(self).entry
+        for p, v in zip(entry.params if entry is not None else (), self.__dict__.get("params", ())):
+            if p.name == name:
+                return v
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def build(self, g, x, prefix, W=None, b=None):
-        return g._unary(self.op, x)
+        return g._unary(self.op, x, {"params": self.params} if self.params else None)
+
+    def spec(self):
+        d = {"type": type(self).__name__}
+        d.update((p.name, v) for p, v in zip(self.entry.params, self.params))
+        return d
 
     def __repr__(self):
-        return f"{type(self).__name__}()"
+        args = ", ".join(f"{p.name}={v!r}" for p, v in zip(self.entry.params, self.params))
+        return f"{type(self).__name__}({args})"
 
 
-class ReLU(_Activation):
-    """``max(x, 0)``."""
-    op = "relu"
+def _layer_class(entry):
+    """The layer class of a registry activation."""
+    pdoc = "".join(f"    {p.name} : float, default {p.default!r}\n        {p.doc}\n" for p in entry.params)
+    doc = (f"Activation layer ``{entry.formula}`` elementwise (local gradient ``{entry.dformula}``).\n\n"
+           + (f"    Parameters\n    ----------\n{pdoc}" if pdoc else "")
+           + f"\n    PyTorch: ``torch.nn.{entry.torch}``."
+           + (f"  scikit-learn: ``activation='{entry.sklearn}'``." if entry.sklearn else ""))
+    cls = type(entry.layer, (_Activation,), {"entry": entry, "__doc__": doc, "__module__": __name__,
+                                             "__qualname__": entry.layer})
+    cls.__signature__ = inspect.Signature(
+        [inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default)
+         for p in entry.params])
+    return cls
 
 
-class Sigmoid(_Activation):
-    """``1 / (1 + exp(-x))``."""
-    op = "sigmoid"
+_LAYER_TYPES = {"Linear": Linear}
+for _e in _acts.entries(public=True):
+    globals()[_e.layer] = _LAYER_TYPES[_e.layer] = _layer_class(_e)
+    __all__.append(_e.layer)
+del _e
 
 
-class Tanh(_Activation):
-    """``tanh(x)``."""
-    op = "tanh"
-
-
-_LAYER_TYPES = {"Linear": Linear, "ReLU": ReLU, "Sigmoid": Sigmoid, "Tanh": Tanh}
+def activation_layer(entry):
+    """The layer class of registry entry ``entry`` (made on first use for
+    entries registered after import, e.g. by tests)."""
+    cls = _LAYER_TYPES.get(entry.layer)
+    if cls is None or cls.entry is not entry:
+        cls = _LAYER_TYPES[entry.layer] = _layer_class(entry)
+    return cls
 
 
 class Sequential(Layer):
@@ -127,7 +173,7 @@ class Sequential(Layer):
 
     Parameters
     ----------
-    *layers : Linear, ReLU, Sigmoid or Tanh
+    *layers : Linear or activation layers (ReLU, Sigmoid, Tanh, ...)
         At least one :class:`Linear`; widths must chain.
     """
 
@@ -138,7 +184,8 @@ class Sequential(Layer):
             raise ValueError("Sequential needs at least one layer")
         for i, layer in enumerate(layers):
             if not isinstance(layer, (Linear, _Activation)):
-                raise TypeError(f"Sequential: layer {i} must be a fastbp Linear, ReLU, Sigmoid or Tanh, "
+                names = ", ".join(e.layer for e in _acts.entries(public=True))
+                raise TypeError(f"Sequential: layer {i} must be a fastbp Linear or activation layer ({names}), "
                                 f"got {type(layer).__name__}")
         linears = [layer for layer in layers if isinstance(layer, Linear)]
         if not linears:
@@ -187,13 +234,17 @@ class Sequential(Layer):
         layers = []
         for ls in spec["layers"]:
             t = ls.get("type")
-            if t not in _LAYER_TYPES:
+            entry = _acts.lookup(t, "layer") if t != "Linear" else None
+            if t != "Linear" and entry is None:
                 raise ValueError(f"unknown layer type {t!r} in model spec")
             if t == "Linear":
                 layers.append(Linear(ls["in_features"], ls["out_features"], ls["bias"],
                                      _layout=ls.get("layout", "in_out")))
             else:
-                layers.append(_LAYER_TYPES[t]())
+                extra = set(ls) - {"type"} - {p.name for p in entry.params}
+                if extra:
+                    raise ValueError(f"layer {t!r} in model spec has unknown fields {sorted(extra)}")
+                layers.append(activation_layer(entry)(**{p.name: ls[p.name] for p in entry.params if p.name in ls}))
         return cls(*layers)
 
     def __repr__(self):

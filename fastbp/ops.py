@@ -11,10 +11,14 @@ and runs a compiled kernel.  Each call picks the kernel's serial or
 own loops.
 
 Forward functions return the output; backward functions take the upstream
-gradient ``d<out>`` (and whatever the forward cached: its inputs, or its
-output for the activations) and return the gradient with respect to each
-input, of the same shape as that input -- the chain rule of
-backpropagation, "upstream gradient times local gradient".
+gradient ``d<out>`` (and whatever the forward cached: its inputs, or, for
+an activation whose derivative reads it, its output) and return the gradient
+with respect to each input, of the same shape as that input -- the chain
+rule of backpropagation, "upstream gradient times local gradient".
+
+The activation wrappers ``<name>_forward``/``<name>_backward`` are generated
+from the activation registry (:mod:`fastbp.registry.activations`,
+:mod:`fastbp._ops_activations`): ``relu``, ``sigmoid``, ``tanh``, ...
 
 Non-finite data is not an error: NaN in an input propagates as NaN to the
 outputs it touches.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _ops_activations as _OA
 from . import _validate as V
 from .kernels import activations as _A
 from .kernels import gates as _G
@@ -30,63 +35,24 @@ from .kernels import gemm as _M
 from .kernels import linear as _L
 from .kernels import losses as _Ls
 from .config import OPS_BLAS_THRESHOLD as BLAS_THRESHOLD
-from .kernels.codes import ACT_NONE, ACTIVATIONS, GATE_ADD, GATE_MAX, GATE_MUL
+from .kernels.codes import GATE_ADD, GATE_MAX, GATE_MUL
+from .registry.activations import IDENTITY as _IDENTITY
+
+_ACTIVATION_WRAPPERS = _OA.wrappers()
+globals().update(_ACTIVATION_WRAPPERS)
 
 __all__ = [
     "BLAS_THRESHOLD",
     "linear_forward", "linear_backward", "matmul",
-    "relu_forward", "relu_backward", "sigmoid_forward", "sigmoid_backward",
-    "tanh_forward", "tanh_backward",
+    *_ACTIVATION_WRAPPERS,
     "add_forward", "add_backward", "mul_forward", "mul_backward",
     "max_forward", "max_backward",
     "softmax_cross_entropy", "svm_loss", "mse", "bce_with_logits",
 ]
 
 _NOBIAS = {dt: np.empty(0, dt) for dt in V.FLOAT_DTYPES}
-#: columns of the 2-D view a long 1-D array is cut into for the parallel variants
-_EW_COLS = 1024
-
-
-# ----------------------------------------------------------------- helpers
-def _act_code(activation):
-    if activation is None:
-        return ACT_NONE
-    try:
-        return ACTIVATIONS[activation]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}") from None
-
-
-def _view2d_shape(shape, size):
-    """The 2-D shape an elementwise kernel sees for an array of ``shape``."""
-    if len(shape) == 2:
-        return shape
-    if len(shape) == 0:
-        return (1, 1)
-    if len(shape) == 1:
-        return (1, size)
-    last = shape[-1]
-    return (size // last if last else int(np.prod(shape[:-1])), last)
-
-
-def _ew(kern, *arrays):
-    """Run an elementwise kernel over same-shaped arrays of any ndim (2-D views)."""
-    a0 = arrays[0]
-    n = a0.size
-    f = kern.pick(n)
-    if a0.ndim == 2:
-        f(*arrays)
-        return
-    if a0.ndim == 1 and n >= 2 * _EW_COLS and f is not kern.serial:
-        # a (1, n) view would give prange one row: cut into (rows, _EW_COLS) + tail
-        h = n - n % _EW_COLS
-        f(*[a[:h].reshape(h // _EW_COLS, _EW_COLS) for a in arrays])
-        if h < n:
-            kern.serial(*[a[h:].reshape(1, n - h) for a in arrays])
-        return
-    s = _view2d_shape(a0.shape, n)
-    f(*[a.reshape(s) for a in arrays])
+_view2d_shape = _OA.view2d_shape
+_check_out = _OA.check_out
 
 
 def _mm(a, b, c, ta, tb):
@@ -104,17 +70,8 @@ def _mm(a, b, c, ta, tb):
         _M._mm_nn.pick(work)(a, b, c, False)
 
 
-def _check_out(out, name, shape, dtype, inputs, allow_identical=False):
-    """Validate/allocate ``out`` and reject overlap with the ``(array, name)`` inputs."""
-    o = V.out_array(out, name, shape, dtype)
-    if out is not None:
-        for a, an in inputs:
-            V.no_overlap(o, name, a, an, allow_identical)
-    return o
-
-
 # ------------------------------------------------------------------ linear
-def linear_forward(x, W, b=None, activation="none", out=None):
+def linear_forward(x, W, b=None, activation="none", out=None, *, activation_params=None):
     """Fully connected layer ``y = act(x @ W + b)``.
 
     Parameters
@@ -125,16 +82,20 @@ def linear_forward(x, W, b=None, activation="none", out=None):
         Weights (same dtype as ``x``).
     b : numpy.ndarray, shape (out_features,), optional
         Bias; ``None`` for none.
-    activation : {"none", "relu", "sigmoid", "tanh"}
-        Activation fused into the epilogue.
+    activation : str, default "none"
+        Activation fused into the epilogue: ``"none"`` or the name of a
+        registry activation (``"relu"``, ``"sigmoid"``, ``"tanh"``, ...).
     out : numpy.ndarray, shape (batch, out_features), optional
         Where to write ``y``; must not overlap the inputs.
+    activation_params : dict, optional
+        The activation's parameters by name (default: the registry defaults).
 
     Returns
     -------
     y : numpy.ndarray, shape (batch, out_features)
         Same dtype as ``x``.  Keep it: :func:`linear_backward` needs the
-        cached output.
+        cached output (or, for an activation whose derivative reads its
+        input, the pre-activation ``linear_forward(x, W, b)``).
 
     Notes
     -----
@@ -154,19 +115,21 @@ def linear_forward(x, W, b=None, activation="none", out=None):
         V.float_array(b, "b", 1)
         V.same_dtype(x, "x", b, "b")
         V.shape(b, "b", (d_out,), "one bias per output feature, W.shape[1]")
-    act = _act_code(activation)
+    entry, params = _OA.resolve(activation, activation_params, "linear_forward")
     y = _check_out(out, "out", (n, d_out), dt, ((x, "x"), (W, "W"), (b, "b")))
     work = n * d_in * d_out
+    ks = _A.kernels(entry.code)
+    P = np.array(params, dt)
     if work >= BLAS_THRESHOLD and _M.BLAS_AVAILABLE:
         _M._blas_mm(x, W, y, False, False, False)
-        if b.shape[0] or act != ACT_NONE:
-            _L._bias_act.pick(n * d_out)(y, b, act)
+        if b.shape[0] or entry.code != _IDENTITY:
+            ks.bias_act.pick(n * d_out)(y, b, y, P)
     else:
-        _L._linear_fwd.pick(work)(x, W, b, act, y)
+        ks.linear_fwd.pick(work)(x, W, b, y, P)
     return y
 
 
-def linear_backward(x, W, y, dy, activation="none", need_dx=True):
+def linear_backward(x, W, y, dy, activation="none", need_dx=True, *, activation_params=None, z=None):
     """Gradients of a fully connected layer ``y = act(x @ W + b)``.
 
     Parameters
@@ -176,14 +139,19 @@ def linear_backward(x, W, y, dy, activation="none", need_dx=True):
     W : numpy.ndarray, shape (in_features, out_features)
         The weights.
     y : numpy.ndarray, shape (batch, out_features)
-        The cached forward *output* (the activation's local derivative is
-        computed from it).
+        The cached forward *output* (the local derivative of an activation
+        that reads its output is computed from it).
     dy : numpy.ndarray, shape (batch, out_features)
         Upstream gradient ``dL/dy``; not modified.
-    activation : {"none", "relu", "sigmoid", "tanh"}
-        The activation used in the forward pass.
+    activation : str, default "none"
+        The activation used in the forward pass (``"none"`` or a registry name).
     need_dx : bool
         Compute ``dx`` (False for a first layer, whose input needs no gradient).
+    activation_params : dict, optional
+        The activation's parameters by name (default: the registry defaults).
+    z : numpy.ndarray, shape (batch, out_features), optional
+        The pre-activation ``x @ W + b``: required for an activation whose
+        derivative reads its input (registry ``uses="input"``), unused otherwise.
 
     Returns
     -------
@@ -196,9 +164,10 @@ def linear_backward(x, W, y, dy, activation="none", need_dx=True):
 
     Notes
     -----
-    ``dz = dy * act'(y)`` elementwise, with ``act'`` expressed through the
-    output: relu ``1[y > 0]``, sigmoid ``y (1 - y)``, tanh ``1 - y^2``,
-    none ``1``.  All arrays share ``x``'s dtype (float32 or float64).
+    ``dz = dy * act'`` elementwise, with ``act'`` the registry entry's
+    derivative, of the output ``y`` (relu ``1[y > 0]``, sigmoid
+    ``y (1 - y)``, tanh ``1 - y^2``, none ``1``) or of the pre-activation
+    ``z``.  All arrays share ``x``'s dtype (float32 or float64).
     """
     V.float_array(x, "x", 2)
     V.float_array(W, "W", 2)
@@ -211,12 +180,20 @@ def linear_backward(x, W, y, dy, activation="none", need_dx=True):
     d_out = W.shape[1]
     V.shape(y, "y", (n, d_out), "the forward output, (x.shape[0], W.shape[1])")
     V.shape(dy, "dy", (n, d_out), "the gradient of the forward output, (x.shape[0], W.shape[1])")
-    act = _act_code(activation)
-    if act == ACT_NONE:
+    entry, params = _OA.resolve(activation, activation_params, "linear_backward")
+    t = y
+    if entry.uses == "input":
+        if z is None:
+            raise ValueError(f"z: activation {entry.name!r} needs the pre-activation z = x @ W + b, got None")
+        V.float_array(z, "z", 2)
+        V.same_dtype(x, "x", z, "z")
+        V.shape(z, "z", (n, d_out), "the pre-activation x @ W + b, (x.shape[0], W.shape[1])")
+        t = z
+    if entry.code == _IDENTITY:
         dz = dy  # read only
     else:
         dz = np.empty((n, d_out), dt)
-        _A._act_bwd.pick(n * d_out)(y, dy, act, dz, False)
+        _A.kernels(entry.code).bwd.pick(n * d_out)(t, dy, dz, False, np.array(params, dt))
     dW = np.empty((d_in, d_out), dt)
     _mm(x, dz, dW, True, False)
     db = np.empty(d_out, dt)
@@ -255,141 +232,6 @@ def matmul(a, b, out=None):
     c = _check_out(out, "out", (m, b.shape[1]), dt, ((a, "a"), (b, "b")))
     _mm(a, b, c, False, False)
     return c
-
-
-# ------------------------------------------------------------- activations
-def _unary_fwd(kern, x, out):
-    V.float_array(x, "x")
-    y = _check_out(out, "out", x.shape, x.dtype, ((x, "x"),), allow_identical=True)
-    _ew(kern, x, y)
-    return y
-
-
-def _unary_bwd(kern, y, dy, out):
-    V.float_array(y, "y")
-    V.float_array(dy, "dy")
-    V.same_dtype(y, "y", dy, "dy")
-    V.shape(dy, "dy", y.shape, "the gradient of y has y's shape")
-    dx = _check_out(out, "out", y.shape, y.dtype, ((y, "y"), (dy, "dy")), allow_identical=True)
-    _ew(kern, y, dy, dx)
-    return dx
-
-
-def relu_forward(x, out=None):
-    """Rectified linear unit ``y = max(x, 0)`` elementwise.
-
-    Parameters
-    ----------
-    x : numpy.ndarray, any shape
-        float32 or float64, C-contiguous.
-    out : numpy.ndarray, optional
-        Output of ``x``'s shape and dtype; may be ``x`` itself (in place).
-
-    Returns
-    -------
-    y : numpy.ndarray
-        Same shape and dtype as ``x``; NaN stays NaN.
-    """
-    return _unary_fwd(_A._relu_fwd, x, out)
-
-
-def relu_backward(y, dy, out=None):
-    """Gradient of ReLU from its cached output: ``dx = dy * 1[y > 0]``.
-
-    Parameters
-    ----------
-    y : numpy.ndarray, any shape
-        The forward output (float32 or float64).
-    dy : numpy.ndarray, shape of ``y``
-        Upstream gradient, same dtype.
-    out : numpy.ndarray, optional
-        Output array (``y``'s shape and dtype; may be ``dy`` itself).
-
-    Returns
-    -------
-    dx : numpy.ndarray
-        Same shape and dtype as ``y``.
-    """
-    return _unary_bwd(_A._relu_bwd, y, dy, out)
-
-
-def sigmoid_forward(x, out=None):
-    """Logistic sigmoid ``y = 1 / (1 + exp(-x))`` elementwise.
-
-    Computed without overflow: finite and warning-free for every finite
-    ``x`` (``exp`` is only evaluated at non-positive arguments).
-
-    Parameters
-    ----------
-    x : numpy.ndarray, any shape
-        float32 or float64, C-contiguous.
-    out : numpy.ndarray, optional
-        Output of ``x``'s shape and dtype; may be ``x`` itself.
-
-    Returns
-    -------
-    y : numpy.ndarray
-        Same shape and dtype, in ``[0, 1]``.
-    """
-    return _unary_fwd(_A._sigmoid_fwd, x, out)
-
-
-def sigmoid_backward(y, dy, out=None):
-    """Gradient of the sigmoid from its cached output: ``dx = dy * y * (1 - y)``.
-
-    Parameters
-    ----------
-    y : numpy.ndarray, any shape
-        The forward output ``sigma(x)`` (float32 or float64).
-    dy : numpy.ndarray, shape of ``y``
-        Upstream gradient, same dtype.
-    out : numpy.ndarray, optional
-        Output array (``y``'s shape and dtype; may be ``dy`` itself).
-
-    Returns
-    -------
-    dx : numpy.ndarray
-        Same shape and dtype as ``y``.
-    """
-    return _unary_bwd(_A._sigmoid_bwd, y, dy, out)
-
-
-def tanh_forward(x, out=None):
-    """Hyperbolic tangent ``y = tanh(x)`` elementwise.
-
-    Parameters
-    ----------
-    x : numpy.ndarray, any shape
-        float32 or float64, C-contiguous.
-    out : numpy.ndarray, optional
-        Output of ``x``'s shape and dtype; may be ``x`` itself.
-
-    Returns
-    -------
-    y : numpy.ndarray
-        Same shape and dtype, in ``[-1, 1]``.
-    """
-    return _unary_fwd(_A._tanh_fwd, x, out)
-
-
-def tanh_backward(y, dy, out=None):
-    """Gradient of tanh from its cached output: ``dx = dy * (1 - y^2)``.
-
-    Parameters
-    ----------
-    y : numpy.ndarray, any shape
-        The forward output ``tanh(x)`` (float32 or float64).
-    dy : numpy.ndarray, shape of ``y``
-        Upstream gradient, same dtype.
-    out : numpy.ndarray, optional
-        Output array (``y``'s shape and dtype; may be ``dy`` itself).
-
-    Returns
-    -------
-    dx : numpy.ndarray
-        Same shape and dtype as ``y``.
-    """
-    return _unary_bwd(_A._tanh_bwd, y, dy, out)
 
 
 # ------------------------------------------------------------------- gates

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import Linear, ReLU, Sequential, Sigmoid, Tanh
+from .layers import Linear, Sequential, activation_layer
 from .optimizers import Adam, SGD
+from .registry import activations as _acts
 from .step import TrainStep
 
 __all__ = ["from_torch", "TorchTrainStep"]
@@ -119,8 +120,9 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     Parameters
     ----------
     model : torch.nn.Sequential
-        Of ``Linear``, ``ReLU``, ``Sigmoid`` and ``Tanh`` modules, on the CPU,
-        all float32 or all float64.
+        Of ``Linear`` modules and the activation modules of fastbp's
+        activation registry (``ReLU``, ``Sigmoid``, ``Tanh``, ..., with their
+        parameters), on the CPU, all float32 or all float64.
     loss : str or torch loss module
         A fastbp loss name, or ``CrossEntropyLoss`` / ``MSELoss`` /
         ``BCEWithLogitsLoss`` (mean reduction).
@@ -142,7 +144,9 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
         raise TypeError(f"model must be a torch.nn.Sequential, got {type(model).__name__}")
     layers, names = [], []
     dtypes = set()
-    kinds = {torch.nn.ReLU: ReLU, torch.nn.Sigmoid: Sigmoid, torch.nn.Tanh: Tanh}
+    # the activation modules fastbp has: from the registry (exact classes only)
+    kinds = {getattr(torch.nn, e.torch): e for e in _acts.entries(public=True)
+             if e.torch is not None and hasattr(torch.nn, e.torch)}
     for i, m in enumerate(model):
         if isinstance(m, torch.nn.Linear):
             for p in m.parameters():
@@ -152,10 +156,11 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
             layers.append(Linear(m.in_features, m.out_features, bias=m.bias is not None, _layout="out_in"))
             names.append((str(i), m))
         elif type(m) in kinds:
-            layers.append(kinds[type(m)]())
+            entry = kinds[type(m)]
+            layers.append(activation_layer(entry)(**{p.name: getattr(m, p.name) for p in entry.params}))
         else:
-            raise ValueError(f"model layer {i} is a {type(m).__name__}; from_torch supports Linear, ReLU, "
-                             f"Sigmoid and Tanh")
+            names = ", ".join(["Linear"] + [c.__name__ for c in kinds])
+            raise ValueError(f"model layer {i} is a {type(m).__name__}; from_torch supports {names}")
     if len(dtypes) != 1 or next(iter(dtypes)) not in (torch.float32, torch.float64):
         raise TypeError(f"model parameters must all be float32 or all float64, got {sorted(map(str, dtypes))}")
     dtype = np.float32 if dtypes == {torch.float32} else np.float64

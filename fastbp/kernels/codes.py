@@ -1,15 +1,18 @@
 """Integer codes shared by the kernels, the compiler and the executor.
 
 They are plain module-level integers so that numba treats them as
-compile-time constants.
+compile-time constants.  Activation codes are defined by their registry
+entries (:mod:`fastbp.registry.activations`); the names here are derived.
 """
-# activations (fused into the linear epilogue or standalone)
-ACT_NONE = 0
-ACT_RELU = 1
-ACT_SIGMOID = 2
-ACT_TANH = 3
+from ..registry import activations as _R
 
-ACTIVATIONS = {"none": ACT_NONE, "relu": ACT_RELU, "sigmoid": ACT_SIGMOID, "tanh": ACT_TANH}
+# activations (fused into the linear epilogue or standalone): from the registry
+ACT_NONE = _R.IDENTITY
+ACT_RELU = _R.get("relu").code
+ACT_SIGMOID = _R.get("sigmoid").code
+ACT_TANH = _R.get("tanh").code
+#: name -> code of the entries registered at import ("none": the identity)
+ACTIVATIONS = {"none": ACT_NONE, **{e.name: e.code for e in _R.entries()}}
 
 # losses
 LOSS_SOFTMAX_XENT = 0

@@ -21,23 +21,23 @@ from numba import prange, types
 
 from .. import _blas
 from .._jit import TILE, call_fnptr4, jit, kernel, stack_tile
-from .activations import _bias_act_block
 
 
 @jit
-def _gemm_rows(A, B, C, i0, nr, ta, b, act, acc, overread):
-    """Rows ``i0 .. i0+nr-1`` (``nr`` <= 4) of ``C (+)= act(op(A) @ B + b)``.
+def _gemm_rows(A, B, C, i0, nr, ta, b, acc, overread):
+    """Rows ``i0 .. i0+nr-1`` (``nr`` <= 4) of ``C (+)= op(A) @ B + b``.
 
     ``op(A)`` is ``A`` (``ta`` False, ``A (m, k)``) or ``A.T`` (``ta`` True,
     ``A (k, m)``); ``B (k, n)``.  The 4 x 16 block of ``C`` being computed
     lives in a stack tile that cannot alias the operands and is only ever
     indexed by constants (every loop over it has a fixed trip count), so
     LLVM keeps it in vector registers across the whole ``k`` loop: one load
-    of ``B`` feeds four FMAs.  Bias and activation are applied to the stored
-    block right after (``_bias_act_block``), while it is still in L1.  ``overread`` lets a 16-column block read past
+    of ``B`` feeds four FMAs.  The bias is added to the stored block right
+    after, while it is still in L1 (an activation, by the caller: see
+    :mod:`fastbp.kernels.activations`).  ``overread`` lets a 16-column block read past
     the last column of ``B`` (arena buffers only: they have slack after
     them); otherwise partial blocks take the narrow path.  ``b`` of length 0
-    means no bias; ``act`` is an activation code applied on the way out.
+    means no bias.
     """
     K = B.shape[0]
     N = B.shape[1]
@@ -88,8 +88,10 @@ def _gemm_rows(A, B, C, i0, nr, ta, b, act, acc, overread):
                         C[i0 + r, j0 + jj] += s
                     else:
                         C[i0 + r, j0 + jj] = s
-        if b.shape[0] > 0 or act != 0:
-            _bias_act_block(C, i0, i0 + nr, j0, j0 + nj, b, act)
+        if b.shape[0] > 0:
+            for r in range(i0, i0 + nr):
+                for jj in range(j0, j0 + nj):
+                    C[r, jj] += b[jj]
         j0 += 16
 
 
@@ -121,7 +123,7 @@ def _mm_nn(A, B, C, acc):
     nob = C[0, :0] if m > 0 else C.ravel()[:0]
     for blk in prange((m + 3) // 4):
         i0 = blk * 4
-        _gemm_rows(A, B, C, i0, min(4, m - i0), False, nob, 0, acc, False)
+        _gemm_rows(A, B, C, i0, min(4, m - i0), False, nob, acc, False)
 
 
 @kernel
@@ -187,7 +189,7 @@ def _mm_tn(A, B, C, acc):
     nob = C[0, :0] if m > 0 else C.ravel()[:0]
     for blk in prange((m + 3) // 4):
         i0 = blk * 4
-        _gemm_rows(A, B, C, i0, min(4, m - i0), True, nob, 0, acc, False)
+        _gemm_rows(A, B, C, i0, min(4, m - i0), True, nob, acc, False)
 
 
 # --------------------------------------------------------------------- BLAS

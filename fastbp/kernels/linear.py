@@ -1,94 +1,20 @@
-"""Fully connected layer kernels with the activation fused into the epilogue.
+"""Fully connected layer kernels: the bias gradient, and the fused forward.
 
 Forward ``Y = act(X W + b)`` with ``X (B, in)``, ``W (in, out)``, ``b (out,)``
 (``_linear_fwd``), or with the weight stored transposed as ``Wt (out, in)``,
-PyTorch's layout (``_linear_fwd_t``).  Each block of rows of ``Y`` gets its
-bias and activation while it is still in cache.
+PyTorch's layout (``_linear_fwd_t``), and the epilogue after a BLAS product
+(``_bias_act``): per activation, compiled from its registry entry
+(:mod:`fastbp.kernels.activations`); the names here dispatch by code.
 
-Backward, from ``dY`` and the cached output ``Y``:
-``dZ = dY * act'(Y)`` (``_act_bwd``, in place), then ``dW = X^T dZ``,
-``dX = dZ W^T`` (:mod:`.gemm`) and ``db = sum_batch dZ`` (``_colsum``).
+Backward, from ``dY`` and what the activation's derivative reads (its output
+``Y``, or the pre-activation ``Z``): ``dZ = dY * act'(.)`` (the entry's
+``bwd`` kernel, in place), then ``dW = X^T dZ``, ``dX = dZ W^T``
+(:mod:`.gemm`) and ``db = sum_batch dZ`` (``_colsum``).
 """
-import math
-
 from numba import prange
 
 from .._jit import TILE, kernel, stack_tile
-from .activations import _act1, _sigmoid1
-from .codes import ACT_RELU, ACT_SIGMOID, ACT_TANH
-from .gemm import _gemm_rows
-
-
-@kernel
-def _linear_fwd(X, W, b, act, Y):
-    """``Y = act(X @ W + b)``; ``b`` of length 0 means no bias.
-
-    Register-tiled (see :func:`fastbp.kernels.gemm._gemm_rows`); each 4 x 16
-    block of ``Y`` gets its bias and activation while still in registers.
-    Derivative (used by the backward kernels): ``dY/dX = W^T act'``,
-    ``dY/dW = X^T act'``, ``dY/db = act'``.
-    """
-    m = Y.shape[0]
-    for blk in prange((m + 3) // 4):
-        i0 = blk * 4
-        _gemm_rows(X, W, Y, i0, min(4, m - i0), False, b, act, False, False)
-
-
-@kernel
-def _linear_fwd_t(X, Wt, b, act, Y):
-    """``Y = act(X @ Wt.T + b)`` for a weight stored as ``Wt (out, in)``."""
-    m, K = X.shape
-    N = Wt.shape[0]
-    has_bias = b.shape[0] > 0
-    for i in prange(m):
-        x = X[i]
-        for j in range(N):
-            w = Wt[j]
-            s = Y.dtype.type(0.0)
-            for k in range(K):
-                s += x[k] * w[k]
-            if has_bias:
-                s += b[j]
-            Y[i, j] = _act1(s, act)
-
-
-@kernel
-def _bias_act(Y, b, act):
-    """Epilogue after a BLAS product: ``Y = act(Y + b)`` in place; ``b`` of
-    length 0 means no bias.
-
-    One fused loop per activation, chosen outside the element loops, so the
-    bias add and ReLU vectorise in a single pass (measured: 7x faster on a
-    32 x 32 block and 2x on 256 x 512 than a bias pass followed by an
-    activation pass).
-    """
-    m, n = Y.shape
-    zero = Y.dtype.type(0.0)
-    has_bias = b.shape[0] > 0
-    if act == ACT_RELU:
-        if has_bias:
-            for i in prange(m):
-                y = Y[i]
-                for j in range(n):
-                    v = y[j] + b[j]
-                    y[j] = zero if v < zero else v
-        else:
-            for i in prange(m):
-                y = Y[i]
-                for j in range(n):
-                    v = y[j]
-                    y[j] = zero if v < zero else v
-    elif act == ACT_SIGMOID or act == ACT_TANH:
-        for i in prange(m):
-            y = Y[i]
-            for j in range(n):
-                v = y[j] + b[j] if has_bias else y[j]
-                y[j] = _sigmoid1(v) if act == ACT_SIGMOID else math.tanh(v)
-    elif has_bias:
-        for i in prange(m):
-            y = Y[i]
-            for j in range(n):
-                y[j] += b[j]
+from .activations import _bias_act, _linear_fwd, _linear_fwd_t  # noqa: F401 - re-exported
 
 
 @kernel

@@ -9,20 +9,31 @@ interpreter compiles without them (numba would otherwise re-optimise every
 kernel inside it).  The signatures here are the only ones the executor
 compiles: every array C-contiguous, aligned and writeable.
 """
+import numba
 from numba import types as _nt
+from numba.core import cgutils as _cgutils
+from numba.extending import intrinsic as _intrinsic
 
-from .._native import native_kernel
-from .activations import _act_bwd, _act_fwd
+from .._native import _NATIVE, native_kernel, native_signature
+from ..registry import activations as _R
+from . import activations as _act
 from .gates import _gate_bwd, _gate_fwd, _sum_bwd, _sum_fwd
 from .gemm import _blas_mm, _jit_mm, _mm_small
-from .linear import _bias_act, _colsum
+from .linear import _colsum
 from .losses import _bce_logits, _mse, _softmax_xent, _svm
 from .optim import _adam_update, _sgd_update
 
-(K_BIAS_ACT, K_ACT_FWD, K_ACT_BWD, K_COLSUM, K_GATE_FWD, K_GATE_BWD, K_SUM_FWD, K_SUM_BWD, K_SOFTMAX_XENT,
- K_SVM, K_MSE, K_BCE_LOGITS, K_SGD, K_ADAM, K_MM_SMALL, K_BLAS_MM, K_JIT_MM) = range(17)
+(K_COLSUM, K_GATE_FWD, K_GATE_BWD, K_SUM_FWD, K_SUM_BWD, K_SOFTMAX_XENT,
+ K_SVM, K_MSE, K_BCE_LOGITS, K_SGD, K_ADAM, K_MM_SMALL, K_BLAS_MM, K_JIT_MM) = range(14)
+#: the activation kernels: K_ACT + N_ROLES * code + role (role: activations.ROLE_*)
+K_ACT = 14
+N_ROLES = _act.N_ROLES
 #: entries of a kernel table
-N_KERNELS = 17
+N_KERNELS = K_ACT + N_ROLES * _R.CAPACITY
+#: the identity's kernels: the prototypes whose signatures every entry's kernels share
+K_PROTO_BIAS_ACT = K_ACT + _act.ROLE_BIAS_ACT
+K_PROTO_FWD = K_ACT + _act.ROLE_FWD
+K_PROTO_BWD = K_ACT + _act.ROLE_BWD
 
 
 def a1(d):
@@ -39,9 +50,6 @@ I64, B, F64 = _nt.int64, _nt.boolean, _nt.float64
 I1, F1 = a1(_nt.int64), a1(_nt.float64)
 NONE = _nt.none
 
-native_kernel(K_BIAS_ACT, _bias_act.serial, NONE, lambda d: (a2(d), a1(d), I64))
-native_kernel(K_ACT_FWD, _act_fwd.serial, NONE, lambda d: (a2(d), I64, a2(d)))
-native_kernel(K_ACT_BWD, _act_bwd.serial, NONE, lambda d: (a2(d), a2(d), I64, a2(d), B))
 native_kernel(K_COLSUM, _colsum.serial, NONE, lambda d: (a2(d), a1(d), B))
 native_kernel(K_GATE_FWD, _gate_fwd.serial, NONE, lambda d: (I64, a2(d), a2(d), a2(d)))
 native_kernel(K_GATE_BWD, _gate_bwd.serial, NONE, lambda d: (I64, a2(d), a2(d), a2(d), a2(d), a2(d), B, B))
@@ -57,3 +65,87 @@ native_kernel(K_ADAM, _adam_update.serial, NONE,
 native_kernel(K_MM_SMALL, _mm_small, NONE, lambda d: (a2(d), a2(d), a2(d), B, B, B))
 native_kernel(K_BLAS_MM, _blas_mm, NONE, lambda d: (a2(d), a2(d), a2(d), B, B, B))
 native_kernel(K_JIT_MM, _jit_mm, B, lambda d: (a2(d), a2(d), a2(d), B, B, B, I1, I64))
+
+#: argument types of the activation roles (bias_act, fwd, bwd)
+_ACT_SIGS = (lambda d: (a2(d), a1(d), a2(d), a1(d)),
+             lambda d: (a2(d), a2(d), a1(d)),
+             lambda d: (a2(d), a2(d), a2(d), B, a1(d)))
+#: kernel id -> the registry entry whose kernel it is
+_ACT_ENTRY = {}
+
+
+def act_kernel_id(code, role):
+    """The table index of activation ``code``'s kernel ``role``."""
+    return K_ACT + N_ROLES * code + role
+
+
+def ensure_act_kernels(code):
+    """Register activation ``code``'s kernels as native kernels (not compiled
+    yet: that happens when a table loads them); returns their ids.
+
+    Raises
+    ------
+    ValueError
+        No registry entry has that code.
+    """
+    entry = _R.by_code(code)
+    ks = _act.kernels(code).roles()
+    ids = []
+    for role, k in enumerate(ks):
+        kid = act_kernel_id(entry.code, role)
+        old = _ACT_ENTRY.get(kid)
+        if old is not None and old is not entry:
+            raise RuntimeError(f"activation code {entry.code} was {old.name!r} and is now {entry.name!r} "
+                               f"in this process: its native kernels are already loaded")
+        if old is None:
+            native_kernel(kid, k.serial, NONE, _ACT_SIGS[role])
+            _ACT_ENTRY[kid] = entry
+        ids.append(kid)
+    return ids
+
+
+ensure_act_kernels(_R.IDENTITY)     # the prototypes: kcall_at types calls by their signatures
+
+
+@_intrinsic
+def kcall_at(typingctx, table, idx, proto, args):
+    """``kcall_at(table, i, PROTO, (arg, ...))``: call the native kernel at the
+    address ``table[i]``, an index known only at run time (an activation's
+    kernel: ``act_kernel_id(code, role)``), typed by native kernel ``PROTO``
+    (a constant), whose signature every kernel that may sit at ``i`` shares.
+
+    An index outside the table or a zero address raises RuntimeError (the
+    executor checks codes before: an unknown code is a status, not a call).
+    """
+    if not (isinstance(table, _nt.Array) and table.ndim == 1 and table.dtype == _nt.int64
+            and isinstance(idx, _nt.Integer) and isinstance(proto, _nt.IntegerLiteral)
+            and isinstance(args, _nt.BaseTuple)):
+        return None
+    k = proto.literal_value
+    if k not in _NATIVE:
+        raise numba.core.errors.TypingError(f"kcall_at: no native kernel {k}")
+    arrays = [t for t in args.types if isinstance(t, _nt.Array) and isinstance(t.dtype, _nt.Float)]
+    ret, want = native_signature(k, arrays[0].dtype)
+    if tuple(args.types) != want:
+        raise numba.core.errors.TypingError(f"kcall_at: prototype {k} takes {want}, got {tuple(args.types)}")
+
+    def impl(context, builder, signature, llargs):
+        ary = context.make_array(signature.args[0])(context, builder, value=llargs[0])
+        i = context.cast(builder, llargs[1], signature.args[1], _nt.intp)
+        n = builder.extract_value(ary.shape, 0)
+        bad = builder.or_(builder.icmp_signed("<", i, context.get_constant(_nt.intp, 0)),
+                          builder.icmp_signed(">=", i, n))
+        with _cgutils.if_unlikely(builder, bad):
+            context.call_conv.return_user_exc(builder, RuntimeError, ("fastbp: kernel index outside the table",))
+        addr = builder.load(builder.gep(ary.data, [i]))
+        with _cgutils.if_unlikely(builder, builder.icmp_signed("==", addr, context.get_constant(_nt.int64, 0))):
+            context.call_conv.return_user_exc(
+                builder, RuntimeError, ("fastbp: an activation kernel was not loaded for this step",))
+        fnty = context.call_conv.get_function_type(ret, want)
+        fn = builder.inttoptr(addr, fnty.as_pointer())
+        vals = [builder.extract_value(llargs[3], j) for j in range(len(want))]
+        status, res = context.call_conv.call_function(builder, fn, ret, want, vals)
+        with _cgutils.if_unlikely(builder, status.is_error):
+            context.call_conv.return_status_propagate(builder, status)
+        return res
+    return ret(table, idx, proto, args), impl

@@ -1,0 +1,179 @@
+"""The ``fastbp.ops`` activation wrappers, generated from the registry.
+
+For every public entry of :mod:`fastbp.registry.activations`,
+``<name>_forward(x, *params, out=None)`` and
+``<name>_backward(t, dy, *params, out=None)`` (``t``: the forward output
+``y``, or the forward input ``x`` for entries whose derivative reads the
+input), with numpydoc docstrings built from the entry.  Each validates its
+arguments (:mod:`fastbp._validate`), allocates or checks ``out`` and runs the
+entry's compiled kernel (:mod:`fastbp.kernels.activations`), serial or
+parallel by size.
+"""
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+
+from . import _validate as V
+from .kernels import activations as _A
+from .registry import activations as _acts
+
+#: columns of the 2-D view a long 1-D array is cut into for the parallel variants
+EW_COLS = 1024
+
+
+def view2d_shape(shape, size):
+    """The 2-D shape an elementwise kernel sees for an array of ``shape``."""
+    if len(shape) == 2:
+        return shape
+    if len(shape) == 0:
+        return (1, 1)
+    if len(shape) == 1:
+        return (1, size)
+    last = shape[-1]
+    return (size // last if last else int(np.prod(shape[:-1])), last)
+
+
+def ew(kern, arrays, tail=()):
+    """Run an elementwise kernel over same-shaped ``arrays`` of any ndim (2-D
+    views), with the extra arguments ``tail`` after them."""
+    a0 = arrays[0]
+    n = a0.size
+    f = kern.pick(n)
+    if a0.ndim == 2:
+        f(*arrays, *tail)
+        return
+    if a0.ndim == 1 and n >= 2 * EW_COLS and f is not kern.serial:
+        # a (1, n) view would give prange one row: cut into (rows, EW_COLS) + tail
+        h = n - n % EW_COLS
+        f(*[a[:h].reshape(h // EW_COLS, EW_COLS) for a in arrays], *tail)
+        if h < n:
+            kern.serial(*[a[h:].reshape(1, n - h) for a in arrays], *tail)
+        return
+    s = view2d_shape(a0.shape, n)
+    f(*[a.reshape(s) for a in arrays], *tail)
+
+
+def check_out(out, name, shape, dtype, inputs, allow_identical=False):
+    """Validate/allocate ``out`` and reject overlap with the ``(array, name)`` inputs."""
+    o = V.out_array(out, name, shape, dtype)
+    if out is not None:
+        for a, an in inputs:
+            V.no_overlap(o, name, a, an, allow_identical)
+    return o
+
+
+def resolve(activation, activation_params, where):
+    """``(entry, params)`` of a linear layer's ``activation`` argument: a
+    registry name (``"none"``/None: the identity) and a mapping of its
+    parameters (None: the defaults)."""
+    if activation is None or activation == "none":
+        entry = _acts.get("identity")
+    else:
+        if not isinstance(activation, str):
+            raise TypeError(f"activation must be a string, got {type(activation).__name__}")
+        try:
+            entry = _acts.get(activation)
+        except ValueError:
+            names = ["none"] + [e.name for e in _acts.entries(public=True)]
+            raise ValueError(f"activation must be one of {names}, got {activation!r}") from None
+    if activation_params is not None and not isinstance(activation_params, dict):
+        raise TypeError(f"activation_params must be a dict or None, got {type(activation_params).__name__}")
+    return entry, entry.bind(f"{where}: activation {entry.name!r}", (), activation_params or {})
+
+
+def _forward(entry, x, params, out):
+    V.float_array(x, "x")
+    y = check_out(out, "out", x.shape, x.dtype, ((x, "x"),), allow_identical=True)
+    ew(_A.kernels(entry.code).fwd, (x, y), (np.array(params, x.dtype),))
+    return y
+
+
+def _backward(entry, t, dy, params, out):
+    tn = "x" if entry.uses == "input" else "y"
+    V.float_array(t, tn)
+    V.float_array(dy, "dy")
+    V.same_dtype(t, tn, dy, "dy")
+    V.shape(dy, "dy", t.shape, f"the gradient of y has {tn}'s shape")
+    dx = check_out(out, "out", t.shape, t.dtype, ((t, tn), (dy, "dy")), allow_identical=True)
+    ew(_A.kernels(entry.code).bwd, (t, dy, dx), (False, np.array(params, t.dtype)))
+    return dx
+
+
+def _param_doc(entry):
+    return "".join(f"    {p.name} : float, default {p.default!r}\n        {p.doc}\n" for p in entry.params)
+
+
+def _make(entry):
+    """``(<name>_forward, <name>_backward)`` of a registry entry."""
+    P = inspect.Parameter
+    pos = [P(p.name, P.POSITIONAL_OR_KEYWORD, default=p.default) for p in entry.params]
+    tn = "x" if entry.uses == "input" else "y"
+
+    # without parameters, ``out`` may also be given by position, as before the registry
+    kind = P.KEYWORD_ONLY if entry.params else P.POSITIONAL_OR_KEYWORD
+
+    def forward(x, *args, out=None, **kwargs):
+        if not entry.params and len(args) == 1 and out is None:
+            args, out = (), args[0]
+        return _forward(entry, x, entry.bind(f"{entry.name}_forward", args, kwargs), out)
+
+    def backward(t, dy, *args, out=None, **kwargs):
+        if not entry.params and len(args) == 1 and out is None:
+            args, out = (), args[0]
+        return _backward(entry, t, dy, entry.bind(f"{entry.name}_backward", args, kwargs), out)
+
+    forward.__name__ = forward.__qualname__ = f"{entry.name}_forward"
+    backward.__name__ = backward.__qualname__ = f"{entry.name}_backward"
+    forward.__module__ = backward.__module__ = "fastbp.ops"
+    forward.__signature__ = inspect.Signature(
+        [P("x", P.POSITIONAL_OR_KEYWORD)] + pos + [P("out", kind, default=None)])
+    backward.__signature__ = inspect.Signature(
+        [P(tn, P.POSITIONAL_OR_KEYWORD), P("dy", P.POSITIONAL_OR_KEYWORD)] + pos
+        + [P("out", kind, default=None)])
+    pdoc = _param_doc(entry)
+    forward.__doc__ = f"""{entry.layer} ``{entry.formula}`` elementwise (``torch.nn.{entry.torch}``).
+
+    Finite and warning-free for every finite input; NaN stays NaN.
+
+    Parameters
+    ----------
+    x : numpy.ndarray, any shape
+        float32 or float64, C-contiguous.
+{pdoc}    out : numpy.ndarray, optional
+        Output of ``x``'s shape and dtype; may be ``x`` itself (in place).
+
+    Returns
+    -------
+    y : numpy.ndarray
+        Same shape and dtype as ``x``.
+    """
+    what = "output ``y``" if entry.uses == "output" else "input ``x``"
+    backward.__doc__ = f"""Gradient of {entry.layer} from the forward {what}: ``dx = dy * f'``, ``{entry.dformula}``.
+
+    Parameters
+    ----------
+    {tn} : numpy.ndarray, any shape
+        The forward {what} (float32 or float64).
+    dy : numpy.ndarray, shape of ``{tn}``
+        Upstream gradient, same dtype.
+{pdoc}    out : numpy.ndarray, optional
+        Output array (``{tn}``'s shape and dtype; may be ``dy`` itself).
+
+    Returns
+    -------
+    dx : numpy.ndarray
+        Same shape and dtype as ``{tn}``.
+    """
+    return forward, backward
+
+
+def wrappers():
+    """``{name: function}`` of every generated wrapper, public entries in code order."""
+    out = {}
+    for e in _acts.entries(public=True):
+        f, b = _make(e)
+        out[f.__name__] = f
+        out[b.__name__] = b
+    return out

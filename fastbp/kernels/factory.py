@@ -1,0 +1,41 @@
+"""Kernels made per registry entry from one template: :func:`specialise`.
+
+A template is an ordinary module-level function whose body calls a few
+globals it does not define (``_F``, the entry's scalar forward, ``_D``, its
+derivative); :func:`specialise` makes a copy of it that sees the entry's
+functions under those names and carries its own qualified name.  numba then
+compiles (and inlines the scalar bodies into) one set of loops per entry.
+
+Why copies and not closures or ``exec``: numba caches a function on disk
+under its qualified name, keyed by its bytecode and the pickled contents of
+its closure cells.  A copy with its own name gets its own cache entry, and a
+copy's globals are not part of the key (a closure over a numba dispatcher
+would be, with a random id: never a cache hit), while an ``exec``-made
+function has no source file and cannot be cached at all.  A change to an
+entry's scalar body does not change the template's bytecode; fastbp's cache
+stamp (:func:`fastbp._jit._source_stamp`) covers the registry for that.
+"""
+import types
+
+
+def specialise(fn, suffix, **names):
+    """A copy of ``fn`` named ``fn.__name__ + suffix`` whose globals are
+    ``fn``'s plus ``names``.
+
+    Parameters
+    ----------
+    fn : function
+        The template (a module-level function).
+    suffix : str
+        Appended to its name and qualified name: one per entry and template,
+        a valid identifier part (numba names cache files after it).
+    **names
+        Globals the copy sees instead of (or besides) the module's.
+    """
+    g = dict(fn.__globals__)
+    g.update(names)
+    new = types.FunctionType(fn.__code__, g, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
+    new.__qualname__ = fn.__qualname__ + suffix
+    new.__doc__ = fn.__doc__
+    new.__module__ = fn.__module__
+    return new

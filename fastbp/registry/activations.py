@@ -1,0 +1,301 @@
+"""The activation registry: every elementwise activation, defined once.
+
+An :class:`Activation` entry holds everything fastbp knows about one
+activation: its code (in the instruction tape), its names (fastbp's, the
+``torch.nn`` class, scikit-learn's ``activation=`` string, the layer class),
+the scalar forward ``y = f(x, *params)`` and, next to it, the derivative
+``dy/dx``, expressed through the output ``y`` or through the input ``x``
+(``uses``), the parameters with their defaults, and the weight-init rule of
+the :class:`~fastbp.Linear` layer before it.
+
+The scalar functions are plain Python on one number: numba compiles each of
+them for the CPU (inlined into the loops of :mod:`fastbp.kernels.activations`,
+one set of kernels per entry) and as a CUDA device function
+(:mod:`fastbp.kernels.cuda.activations`).  Written with ``type(x)(c)`` for
+constants, they compute in the array's dtype (float32 kernels do float32
+arithmetic) and run unchanged as plain Python on numpy scalars.  They must
+propagate NaN (a NaN input gives a NaN output or derivative-times-NaN), and
+be finite and warning-free for every finite input.
+
+Everything else is generated from, or looks up, this table: the layers
+(``fastbp.ReLU``), the graph functions (``fastbp.relu``), the
+``fastbp.ops.<name>_forward``/``_backward`` wrappers, ``from_torch``, the
+CLI's ``--activation`` choices and the estimator's ``activation=`` names.
+Adding an activation is adding one entry below.
+
+An unknown name is a ValueError listing the known ones; an unknown code is a
+ValueError when a step is compiled, and an error status if one ever reaches
+an interpreter: there is no fall-through to the identity anywhere.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+__all__ = ["Param", "Activation", "register", "unregister", "get", "by_code", "entries", "lookup",
+           "IDENTITY", "CAPACITY"]
+
+#: the most entries (codes 0 .. CAPACITY-1): the size of the kernel tables
+CAPACITY = 32
+#: the code of the identity (a linear layer without activation)
+IDENTITY = 0
+#: the most parameters an entry may have (the kernels read them as scalars)
+MAX_PARAMS = 2
+
+
+@dataclass(frozen=True)
+class Param:
+    """A real parameter of an activation (e.g. LeakyReLU's ``negative_slope``).
+
+    ``low``/``high`` bound it (``None``: unbounded), ``open_low``/``open_high``
+    exclude the bound itself.  Values must be finite real numbers.
+    """
+    name: str
+    default: float
+    doc: str
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def check(self, value, owner):
+        """``value`` as a float, or TypeError/ValueError naming ``owner: name``."""
+        what = f"{owner}: {self.name}"
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{what} must be a real number, got {type(value).__name__}")
+        v = float(value)
+        if not math.isfinite(v):
+            raise ValueError(f"{what} must be finite, got {value!r}")
+        if self.low is not None and (v < self.low or (self.open_low and v == self.low)):
+            raise ValueError(f"{what} must be {'>' if self.open_low else '>='} {self.low}, got {value!r}")
+        if self.high is not None and (v > self.high or (self.open_high and v == self.high)):
+            raise ValueError(f"{what} must be {'<' if self.open_high else '<='} {self.high}, got {value!r}")
+        return v
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One activation.
+
+    Attributes
+    ----------
+    code : int
+        Its code in the tape, ``0 <= code < CAPACITY``.
+    name : str
+        fastbp's name: graph function ``fastbp.<name>``, ``fastbp.ops.<name>_forward``,
+        CLI ``--activation <name>``, estimator ``activation="<name>"``.
+    layer : str or None
+        The layer class ``fastbp.<layer>`` (None: no layer, graph function or ops wrapper).
+    torch : str or None
+        The ``torch.nn`` module class it corresponds to (``from_torch``).
+    sklearn : str or None
+        scikit-learn's ``activation=`` name, where scikit-learn has it.
+    forward : function
+        ``forward(x, *params)``: the activation of one scalar.
+    derivative : function
+        ``derivative(t, *params)``: ``dy/dx`` at the same point, where ``t``
+        is the output ``y`` (``uses="output"``) or the input ``x`` (``uses="input"``).
+    uses : {"output", "input"}
+        What the backward pass reads.  ``"input"``: the compiler keeps the
+        pre-activation ``z = x W + b`` beside ``y = f(z)`` (one more buffer).
+    params : tuple of Param
+        At most MAX_PARAMS; passed to both functions, in this order.
+    init : {"he", "glorot"}
+        Initialisation of the weights of a Linear layer followed by this
+        activation: He normal (``std = sqrt(2 / fan_in)``) or Glorot uniform.
+    formula, dformula : str
+        The forward and derivative as text, for the generated docstrings.
+    """
+    code: int
+    name: str
+    layer: str | None
+    torch: str | None
+    sklearn: str | None
+    forward: object
+    derivative: object
+    uses: str
+    formula: str
+    dformula: str
+    params: tuple = ()
+    init: str = "glorot"
+
+    def __post_init__(self):
+        if not (isinstance(self.code, int) and 0 <= self.code < CAPACITY):
+            raise ValueError(f"activation {self.name!r}: code must be an int in [0, {CAPACITY}), got {self.code!r}")
+        if not (isinstance(self.name, str) and self.name.isidentifier()):
+            raise ValueError(f"activation name must be an identifier, got {self.name!r}")
+        if self.uses not in ("output", "input"):
+            raise ValueError(f"activation {self.name!r}: uses must be 'output' or 'input', got {self.uses!r}")
+        if self.init not in ("he", "glorot"):
+            raise ValueError(f"activation {self.name!r}: init must be 'he' or 'glorot', got {self.init!r}")
+        if len(self.params) > MAX_PARAMS or not all(isinstance(p, Param) for p in self.params):
+            raise ValueError(f"activation {self.name!r}: params must be at most {MAX_PARAMS} Param objects")
+
+    @property
+    def defaults(self):
+        """The parameters' default values, a tuple of floats."""
+        return tuple(float(p.default) for p in self.params)
+
+    def bind(self, owner, args=(), kwargs=None):
+        """The parameter values of a call ``owner(*args, **kwargs)`` as a tuple of
+        floats in :attr:`params` order (defaults filled in), checked.
+
+        Raises
+        ------
+        TypeError
+            Too many arguments, an unknown keyword, or a value that is not a
+            real number.
+        ValueError
+            A value out of its range or not finite.
+        """
+        kwargs = dict(kwargs or {})
+        if len(args) > len(self.params):
+            raise TypeError(f"{owner} takes at most {len(self.params)} parameter(s) "
+                            f"({', '.join(p.name for p in self.params) or 'none'}), got {len(args)}")
+        values = []
+        for i, p in enumerate(self.params):
+            if i < len(args):
+                if p.name in kwargs:
+                    raise TypeError(f"{owner} got multiple values for {p.name!r}")
+                v = args[i]
+            else:
+                v = kwargs.pop(p.name, p.default)
+            values.append(p.check(v, owner))
+        if kwargs:
+            raise TypeError(f"{owner} got an unexpected keyword argument {next(iter(kwargs))!r}")
+        return tuple(values)
+
+
+_BY_NAME = {}
+_BY_CODE = {}
+
+
+def register(entry):
+    """Add ``entry`` to the registry (its code and every name must be new).
+
+    Entries are registered when this module is imported; tests may register
+    more (:func:`unregister` removes them).  Kernels are compiled for an entry
+    only when a step or an ops call first uses it.
+    """
+    if not isinstance(entry, Activation):
+        raise TypeError(f"entry must be an Activation, got {type(entry).__name__}")
+    if entry.code in _BY_CODE:
+        raise ValueError(f"activation code {entry.code} is already {_BY_CODE[entry.code].name!r}")
+    if entry.name in _BY_NAME:
+        raise ValueError(f"activation {entry.name!r} is already registered")
+    _BY_NAME[entry.name] = entry
+    _BY_CODE[entry.code] = entry
+    return entry
+
+
+def unregister(name):
+    """Remove the entry ``name`` (tests only: compiled steps keep their kernels)."""
+    entry = get(name)
+    if entry.code == IDENTITY:
+        raise ValueError("the identity cannot be unregistered")
+    del _BY_NAME[entry.name]
+    del _BY_CODE[entry.code]
+
+
+def entries(public=False):
+    """Every entry, by code; ``public=True``: only those with a layer class."""
+    return [e for _, e in sorted(_BY_CODE.items()) if not public or e.layer is not None]
+
+
+def get(name):
+    """The entry named ``name`` (fastbp's name).
+
+    Raises
+    ------
+    ValueError
+        No activation has that name; the message lists the known names.
+    """
+    try:
+        return _BY_NAME[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(_BY_NAME)}") from None
+
+
+def by_code(code):
+    """The entry with tape code ``code``; ValueError for an unknown code."""
+    try:
+        return _BY_CODE[int(code)]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"unknown activation code {code!r}; known codes are {sorted(_BY_CODE)}") from None
+
+
+def lookup(name, field="name"):
+    """The entry whose ``field`` (``"name"``, ``"layer"``, ``"torch"`` or
+    ``"sklearn"``) is ``name``, or None."""
+    for e in entries():
+        if getattr(e, field) == name:
+            return e
+    return None
+
+
+# ====================================================================== entries
+# Each forward is followed by its derivative.  Constants are written type(x)(c):
+# float32 kernels compute in float32.
+
+def identity(x):
+    return x
+
+
+def d_identity(y):
+    return type(y)(1.0)
+
+
+register(Activation(
+    code=IDENTITY, name="identity", layer=None, torch="Identity", sklearn="identity",
+    forward=identity, derivative=d_identity, uses="output",
+    formula="y = x", dformula="dy/dx = 1"))
+
+
+def relu(x):
+    # NaN < 0 is False: NaN stays NaN
+    return type(x)(0.0) if x < 0 else x
+
+
+def d_relu(y):
+    # a 0/1 factor, not a select: the backward loop stays branch-free and vectorised
+    return type(y)(y > 0)
+
+
+register(Activation(
+    code=1, name="relu", layer="ReLU", torch="ReLU", sklearn="relu",
+    forward=relu, derivative=d_relu, uses="output", init="he",
+    formula="y = max(x, 0)", dformula="dy/dx = 1[y > 0]"))
+
+
+def sigmoid(x):
+    # exp of a non-positive number only: no overflow for any finite x
+    one = type(x)(1.0)
+    if x >= 0:
+        return one / (one + math.exp(-x))
+    e = math.exp(x)
+    return e / (one + e)
+
+
+def d_sigmoid(y):
+    return y * (type(y)(1.0) - y)
+
+
+register(Activation(
+    code=2, name="sigmoid", layer="Sigmoid", torch="Sigmoid", sklearn="logistic",
+    forward=sigmoid, derivative=d_sigmoid, uses="output",
+    formula="y = 1 / (1 + exp(-x))", dformula="dy/dx = y (1 - y)"))
+
+
+def tanh(x):
+    return math.tanh(x)
+
+
+def d_tanh(y):
+    return type(y)(1.0) - y * y
+
+
+register(Activation(
+    code=3, name="tanh", layer="Tanh", torch="Tanh", sklearn="tanh",
+    forward=tanh, derivative=d_tanh, uses="output",
+    formula="y = tanh(x)", dformula="dy/dx = 1 - y^2"))
