@@ -9,17 +9,37 @@ import numpy as np
 import fastbp
 
 
-def act_fwd(kind, z):
-    if kind == "relu":
-        return np.maximum(z, 0)
-    if kind == "sigmoid":
-        return 0.5 * (1 + np.tanh(0.5 * z))
-    if kind == "tanh":
-        return np.tanh(z)
-    return z
+#: every activation of fastbp's registry, written again from its textbook
+#: definition: name -> (f(z, *params), df/dz(z, *params)), both of the input z.
+#: A registry entry without a reference here fails the registry-parametrised tests.
+ACTIVATIONS = {
+    "identity": (lambda z: z, lambda z: np.ones_like(z)),
+    "relu": (lambda z: np.maximum(z, 0), lambda z: (z > 0).astype(np.float64)),
+    "sigmoid": (lambda z: 0.5 * (1 + np.tanh(0.5 * z)),
+                lambda z: 0.25 * (1 - np.tanh(0.5 * z) ** 2)),
+    "tanh": (np.tanh, lambda z: 1 - np.tanh(z) ** 2),
+}
+
+
+def act_fwd(kind, z, params=()):
+    """The activation ``kind`` (a registry name; None: identity) of ``z``, float64."""
+    z = np.asarray(z, np.float64)
+    if kind is None or kind == "none":
+        return z
+    return ACTIVATIONS[kind][0](z, *params)
+
+
+def act_grad(kind, z, params=()):
+    """``d act / dz`` at ``z`` (float64)."""
+    z = np.asarray(z, np.float64)
+    if kind is None or kind == "none":
+        return np.ones_like(z)
+    return ACTIVATIONS[kind][1](z, *params)
 
 
 def act_bwd(kind, y, dy):
+    """``dy * act'`` from the output ``y``, for the activations whose derivative
+    is a function of their output (relu, sigmoid, tanh, identity)."""
     if kind == "relu":
         return dy * (y > 0)
     if kind == "sigmoid":
@@ -59,15 +79,19 @@ def loss_and_grad(kind, S, y):
     raise ValueError(kind)
 
 
-def layer_list(model):
-    """[(name_prefix, activation or None)] for each Linear of a Sequential."""
+def layer_list(model, with_params=False):
+    """[(name_prefix, activation or None, bias)] for each Linear of a Sequential
+    (``with_params``: a fourth item, the activation's parameter values)."""
     out = []
     layers = model.layers
     for i, layer in enumerate(layers):
         if isinstance(layer, fastbp.Linear):
             nxt = layers[i + 1] if i + 1 < len(layers) else None
             act = nxt.op if nxt is not None and not isinstance(nxt, fastbp.Linear) else None
-            out.append((str(i), act, layer.bias))
+            item = (str(i), act, layer.bias)
+            if with_params:
+                item += (tuple(nxt.params) if act is not None else (),)
+            out.append(item)
     return out
 
 
@@ -75,17 +99,19 @@ def forward_backward(model, params, x, y, loss):
     """Unfused forward + backward.  Returns (loss, grads dict)."""
     x = np.asarray(x, np.float64)
     acts = [x]
-    spec = layer_list(model)
-    for name, act, has_b in spec:
+    pre = []
+    spec = layer_list(model, with_params=True)
+    for name, act, has_b, ap in spec:
         z = acts[-1] @ params[name + ".W"]
         if has_b:
             z = z + params[name + ".b"]
-        acts.append(act_fwd(act, z))
+        pre.append(z)
+        acts.append(act_fwd(act, z, ap))
     L, d = loss_and_grad(loss, acts[-1], y)
     grads = {}
     for li in range(len(spec) - 1, -1, -1):
-        name, act, has_b = spec[li]
-        d = act_bwd(act, acts[li + 1], d)
+        name, act, has_b, ap = spec[li]
+        d = d * act_grad(act, pre[li], ap)
         grads[name + ".W"] = acts[li].T @ d
         if has_b:
             grads[name + ".b"] = d.sum(axis=0)
@@ -124,12 +150,17 @@ def optimizer_update(opt, params, grads, state):
             params[k] = p - opt.lr * mhat / (np.sqrt(vhat) + opt.eps)
 
 
-def mlp(widths, act="relu", bias=True):
+def mlp(widths, act="relu", bias=True, **act_params):
+    """A Sequential of Linear layers with the activation ``act`` (a registry
+    name) between them."""
+    from fastbp.layers import activation_layer
+    from fastbp.registry import activations as acts
+    layer = activation_layer(acts.get(act))
     layers = []
     for i in range(len(widths) - 1):
         layers.append(fastbp.Linear(widths[i], widths[i + 1], bias=bias))
         if i < len(widths) - 2:
-            layers.append({"relu": fastbp.ReLU, "sigmoid": fastbp.Sigmoid, "tanh": fastbp.Tanh}[act]())
+            layers.append(layer(**act_params))
     return fastbp.Sequential(*layers)
 
 

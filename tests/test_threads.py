@@ -27,6 +27,8 @@ R, C = THR // 67 + 5, 67          # R * C >= THR: elementwise work takes the par
 m, k, n = 97, 67, 45              # m * k * n >= THR for the default threshold
 out = {"threads": numba.get_num_threads(), "config_threads": numba.config.NUMBA_NUM_THREADS}
 out["picks_parallel"] = A._relu_fwd.pick(R * C) is A._relu_fwd.parallel
+from fastbp.registry import activations as _reg
+ACT_CODES = [e.code for e in _reg.entries()]
 hashes = {}
 
 
@@ -55,7 +57,7 @@ for dt in (np.float32, np.float64):
         def k_(kern):
             return getattr(kern, var)
         tag = f"{np.dtype(dt).name}/{{}}/{var}"
-        for act in range(4):
+        for act in ACT_CODES:     # every registry entry, through its own kernels
             Y = np.empty_like(X); k_(A._act_fwd)(X, act, Y)
             dX = np.empty_like(X); k_(A._act_bwd)(Y, DY, act, dX, False)
             acc = DY.copy(); k_(A._act_bwd)(Y, X, act, acc, True)
@@ -70,7 +72,7 @@ for dt in (np.float32, np.float64):
             c2 = Gm.copy(); k_(M._mm_nt)(Xm, np.ascontiguousarray(Wm.T), c2, acc)
             c3 = Wm.copy(); k_(M._mm_tn)(Xm, Gm, c3, acc)
             h(tag.format(f"mm/{acc}"), c1, c2, c3)
-        for act in range(4):
+        for act in ACT_CODES:
             for bias in (Bm, np.empty(0, dt)):
                 Y1 = np.empty((m, n), dt); k_(L._linear_fwd)(Xm, Wm, bias, act, Y1)
                 Y2 = np.empty((m, n), dt); k_(L._linear_fwd_t)(Xm, np.ascontiguousarray(Wm.T), bias, act, Y2)
@@ -107,14 +109,17 @@ for dt in (np.float32, np.float64):
     saved = ops.BLAS_THRESHOLD
     for path, thr in (("loops", 1 << 62), ("blas", 0)):
         ops.BLAS_THRESHOLD = thr
-        for act in ("none", "relu", "sigmoid", "tanh"):
+        for act in ["none"] + [e.name for e in _reg.entries(public=True)]:
             y = ops.linear_forward(Xm, Wm, Bm, act)
-            h(tag.format(f"linear/{path}/{act}"), y, *ops.linear_backward(Xm, Wm, y, Gm, act))
+            z = ops.linear_forward(Xm, Wm, Bm)
+            h(tag.format(f"linear/{path}/{act}"), y, *ops.linear_backward(Xm, Wm, y, Gm, act, z=z))
         h(tag.format(f"matmul/{path}"), ops.matmul(Xm, Wm))
     ops.BLAS_THRESHOLD = saved
-    for name in ("relu", "sigmoid", "tanh"):
+    for e in _reg.entries(public=True):
+        name = e.name
         y = getattr(ops, name + "_forward")(X)
-        h(tag.format(name), y, getattr(ops, name + "_backward")(y, DY), getattr(ops, name + "_forward")(P))
+        t = y if e.uses == "output" else X
+        h(tag.format(name), y, getattr(ops, name + "_backward")(t, DY), getattr(ops, name + "_forward")(P))
     for name in ("add", "mul", "max"):
         h(tag.format(name), getattr(ops, name + "_forward")(X, row), *getattr(ops, name + "_backward")(X, row, DY))
     for name, tgt in (("softmax_cross_entropy", lab), ("svm_loss", lab), ("mse", T), ("bce_with_logits", T)):
@@ -181,8 +186,7 @@ def test_parallel_variant_bitwise_equal_to_serial(runs):
 
 #: the Kernel objects the script runs (every one with a prange loop)
 COVERED = {
-    "_act_fwd", "_act_bwd", "_relu_fwd", "_relu_bwd", "_sigmoid_fwd", "_sigmoid_bwd", "_tanh_fwd",
-    "_tanh_bwd", "_mm_nn", "_mm_nt", "_mm_tn", "_linear_fwd", "_linear_fwd_t", "_bias_act", "_colsum",
+    "_mm_nn", "_mm_nt", "_mm_tn", "_colsum",
     "_gate_fwd", "_gate_bwd", "_sum_bwd", "_scale", "_softmax_xent", "_svm", "_mse", "_bce_logits",
     "_sgd_update", "_adam_update",
 }
@@ -199,6 +203,18 @@ def test_script_covers_every_parallel_kernel():
     found = {name for mod in (activations, gates, gemm, linear, losses, optim)
              for name, obj in vars(mod).items() if isinstance(obj, Kernel)}
     assert found - SERIAL_ONLY == COVERED, "update SCRIPT for new or removed kernels"
+    # the activation kernels are per registry entry (activations.kernels(code)); the
+    # script runs every role of every entry through these dispatchers, by code
+    from fastbp.registry import activations as reg
+    for name in ("_act_fwd", "_act_bwd", "_linear_fwd", "_linear_fwd_t", "_bias_act"):
+        assert f".{name})" in SCRIPT, name
+    assert "for act in ACT_CODES" in SCRIPT
+    roles = {"_act_fwd": "fwd", "_act_bwd": "bwd", "_linear_fwd": "linear_fwd", "_linear_fwd_t": "linear_fwd_t",
+             "_bias_act": "bias_act"}
+    for e in reg.entries():
+        assert set(activations.kernels(e.code).all()) == set(roles.values())
+        for k in activations.kernels(e.code).all().values():
+            assert isinstance(k, Kernel)
     for name in COVERED:
         assert f".{name})" in SCRIPT or f".{name}," in SCRIPT, name
     for name in SERIAL_ONLY:

@@ -25,6 +25,8 @@ The names ``_act_fwd(X, act, Y)``, ``_act_bwd(T, dY, act, dX, acc)``,
 ``_relu_fwd`` ... are dispatchers over these per-entry kernels (a code or a
 fixed entry, default parameters), for the ``fastbp.ops`` wrappers and tests.
 """
+import hashlib
+import marshal
 import math
 
 import numba
@@ -177,7 +179,12 @@ class EntryKernels:
 
     def __init__(self, entry):
         self.entry = entry
-        sfx = "__" + entry.name
+        # the kernels' names carry a hash of the scalar bodies: numba's disk cache
+        # keys a kernel by the template's bytecode, which an edited entry (or one
+        # registered from outside fastbp, not covered by fastbp's cache stamp)
+        # does not change
+        h = hashlib.sha1(marshal.dumps(entry.forward.__code__) + marshal.dumps(entry.derivative.__code__))
+        sfx = "__" + entry.name + "_" + h.hexdigest()[:10]
         n = len(entry.params)
         f = jit(inline=True)(specialise(_CALLS[n], "_f" + sfx, _S=jit(inline=True)(entry.forward)))
         d = jit(inline=True)(specialise(_CALLS[n], "_d" + sfx, _S=jit(inline=True)(entry.derivative)))

@@ -1,0 +1,353 @@
+"""Every activation of the registry through every path, parametrised over the registry.
+
+A new registry entry is covered here with no edit to this file: its kernels
+against the independent numpy reference (tests/reference.py, which must
+define it), the fused training step against the unfused reference, the
+standalone graph op, a float64 finite-difference gradient check, the ops
+wrappers, layers and their specs, the CLI and estimator names.  (1 vs 2
+threads: tests/test_threads.py; CUDA simulator vs CPU:
+tests/test_cuda_kernels.py; PyTorch: tests/test_torch_interop.py.)
+
+``TEST_ENTRY`` is registered only by the tests that use it: an activation
+whose derivative reads its input (so the compiler keeps the pre-activation)
+and that has a parameter.
+"""
+import numpy as np
+import pytest
+
+import fastbp
+import reference as ref
+from fastbp import _executor as ex
+from fastbp import ops
+from fastbp.gradcheck import numerical_gradient, relative_error
+from fastbp.kernels import activations as A
+from fastbp.layers import activation_layer
+from fastbp.registry import activations as R
+
+
+def _softsign(x, scale):
+    return scale * x / (type(x)(1.0) + abs(x))
+
+
+def _d_softsign(x, scale):
+    a = type(x)(1.0) + abs(x)
+    return scale / (a * a)
+
+
+TEST_ENTRY = R.Activation(
+    code=R.CAPACITY - 1, name="softsign_test", layer="SoftsignTest", torch=None, sklearn=None,
+    forward=_softsign, derivative=_d_softsign, uses="input",
+    params=(R.Param("scale", 1.0, "Output scale.", low=0.0, open_low=True),),
+    formula="y = scale x / (1 + |x|)", dformula="dy/dx = scale / (1 + |x|)^2")
+ref.ACTIVATIONS.setdefault("softsign_test", (lambda z, s: s * z / (1 + np.abs(z)),
+                                             lambda z, s: s / (1 + np.abs(z)) ** 2))
+
+ALL = [e.name for e in R.entries()] + [TEST_ENTRY.name]
+PUBLIC = [e.name for e in R.entries(public=True)] + [TEST_ENTRY.name]
+VARIANTS = ["serial", "parallel"]
+
+
+@pytest.fixture
+def use_entry():
+    """A function ``name -> entry`` that registers TEST_ENTRY for the test when asked."""
+    registered = []
+
+    def get(name):
+        if name == TEST_ENTRY.name and R.lookup(name) is None:
+            R.register(TEST_ENTRY)
+            registered.append(name)
+        return R.get(name)
+    yield get
+    for name in registered:
+        R.unregister(name)
+
+
+def _other_params(entry):
+    """Parameter values other than the defaults (in range), or None without parameters."""
+    if not entry.params:
+        return None
+    vals = []
+    for p in entry.params:
+        v = 3.0 * p.default + 0.5
+        try:
+            vals.append(p.check(v, "test"))
+        except ValueError:
+            vals.append(p.default)
+    return tuple(vals)
+
+
+def _close(got, want, dt, scale=1.0, what=""):
+    want = np.asarray(want, np.float64)
+    s = max(1.0, float(np.max(np.abs(want), initial=0.0)), scale)
+    if dt == np.float64:
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14 * s, err_msg=what)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6 * s, err_msg=what)
+
+
+def _away_from_zero(x, margin=1e-2):
+    x = x.copy()
+    small = np.abs(x) < margin
+    x[small] = np.where(x[small] >= 0, 1, -1) * (margin + np.abs(x[small]))
+    return x
+
+
+def test_every_entry_has_an_independent_reference():
+    missing = [e.name for e in R.entries() if e.name not in ref.ACTIVATIONS]
+    assert not missing, f"tests/reference.py has no numpy reference for {missing}"
+
+
+def test_registry_rejects_bad_entries_and_unknown_names():
+    with pytest.raises(ValueError, match="already"):
+        R.register(R.get("relu"))
+    with pytest.raises(ValueError, match="unknown activation 'nope'"):
+        R.get("nope")
+    with pytest.raises(ValueError, match="unknown activation code 29"):
+        R.by_code(29)
+    with pytest.raises(ValueError, match="uses"):
+        R.Activation(code=30, name="x", layer=None, torch=None, sklearn=None, forward=abs, derivative=abs,
+                     uses="both", formula="", dformula="")
+    with pytest.raises(ValueError):
+        A.kernels(29)
+
+
+def _kernel_case(entry, dt, variant, params):
+    rng = np.random.default_rng(entry.code)
+    P = np.array(params, dt)
+    for shape in [(1, 1), (3, 7), (33, 5), (4, 70)]:
+        x = _away_from_zero(rng.standard_normal(shape) * 3).astype(dt)
+        dy = rng.standard_normal(shape).astype(dt)
+        x64 = x.astype(np.float64)
+        want_y = ref.act_fwd(entry.name, x64, params)
+        want_dx = dy.astype(np.float64) * ref.act_grad(entry.name, x64, params)
+        ks = A.kernels(entry.code)
+        what = f"{entry.name} {shape} {params}"
+        y = np.full(shape, np.nan, dt)
+        getattr(ks.fwd, variant)(x, y, P)
+        _close(y, want_y, dt, what=what + " fwd")
+        t = y if entry.uses == "output" else x
+        dx = np.full(shape, np.nan, dt)
+        getattr(ks.bwd, variant)(t, dy, dx, False, P)
+        _close(dx, want_dx, dt, scale=np.abs(dy).max(), what=what + " bwd")
+        inplace = dy.copy()
+        getattr(ks.bwd, variant)(t, inplace, inplace, False, P)
+        np.testing.assert_array_equal(inplace, dx, err_msg=what + " bwd in place")
+        acc = rng.standard_normal(shape).astype(dt)
+        start = acc.astype(np.float64)
+        getattr(ks.bwd, variant)(t, dy, acc, True, P)
+        _close(acc, start + want_dx, dt, scale=np.abs(dy).max() + np.abs(start).max(), what=what + " bwd acc")
+        b = rng.standard_normal(shape[1]).astype(dt)
+        for bias in (b, np.empty(0, dt)):
+            z0 = (x64 + bias) if bias.size else x64
+            # in place (Z is Y) and with the pre-activation kept (Z != Y)
+            yz = x.copy()
+            getattr(ks.bias_act, variant)(yz, bias, yz, P)
+            _close(yz, ref.act_fwd(entry.name, z0, params), dt, scale=3, what=what + " bias_act in place")
+            z = x.copy()
+            y2 = np.full(shape, np.nan, dt)
+            getattr(ks.bias_act, variant)(z, bias, y2, P)
+            _close(z, z0, dt, what=what + " bias_act z")
+            np.testing.assert_array_equal(y2, yz, err_msg=what + " bias_act z != y")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("name", ALL)
+def test_kernels_match_reference(use_entry, name, variant):
+    entry = use_entry(name)
+    _kernel_case(entry, np.float32, variant, entry.defaults)
+    other = _other_params(entry)
+    if other is not None:
+        _kernel_case(entry, np.float32, variant, other)
+
+
+@pytest.mark.thorough
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("name", ALL)
+def test_kernels_match_reference_float64(use_entry, name, variant):
+    entry = use_entry(name)
+    _kernel_case(entry, np.float64, variant, entry.defaults)
+    if _other_params(entry) is not None:
+        _kernel_case(entry, np.float64, variant, _other_params(entry))
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ALL)
+def test_fused_linear_kernels_match_reference(use_entry, name, dt):
+    entry = use_entry(name)
+    rng = np.random.default_rng(7)
+    params = _other_params(entry) or ()
+    P = np.array(params, dt)
+    ks = A.kernels(entry.code)
+    for m, k, n in [(1, 1, 1), (5, 7, 33), (9, 17, 18)]:
+        X = rng.standard_normal((m, k)).astype(dt)
+        W = rng.standard_normal((k, n)).astype(dt)
+        b = rng.standard_normal(n).astype(dt)
+        for bias in (b, np.empty(0, dt)):
+            z = X.astype(np.float64) @ W.astype(np.float64) + (bias if bias.size else 0)
+            want = ref.act_fwd(entry.name, z, params)
+            Y = np.full((m, n), np.nan, dt)
+            ks.linear_fwd.serial(X, W, bias, Y, P)
+            _close(Y, want, dt, scale=k * 3, what=f"{name} linear_fwd {m, k, n}")
+            Yt = np.full((m, n), np.nan, dt)
+            ks.linear_fwd_t.serial(X, np.ascontiguousarray(W.T), bias, Yt, P)
+            _close(Yt, want, dt, scale=k * 3, what=f"{name} linear_fwd_t {m, k, n}")
+
+
+def _model(entry, params):
+    layer = activation_layer(entry)
+    kw = dict(zip((p.name for p in entry.params), params)) if params else {}
+    return fastbp.Sequential(fastbp.Linear(5, 7), layer(**kw), fastbp.Linear(7, 6), layer(**kw),
+                             fastbp.Linear(6, 3))
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("which", ["default", "other"])
+@pytest.mark.parametrize("name", PUBLIC)
+def test_fused_step_matches_unfused_reference(use_entry, name, which, dt):
+    entry = use_entry(name)
+    params = entry.defaults if which == "default" else _other_params(entry)
+    if params is None:
+        pytest.skip(f"{name} has no parameters")
+    model = _model(entry, params)
+    assert [tuple(l.params) for l in model.layers[1::2]] == [tuple(params)] * 2
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((8, 5)).astype(dt)
+    y = rng.integers(0, 3, 8)
+    step = fastbp.compile(model, loss="softmax_cross_entropy", optimizer=fastbp.SGD(lr=0.1), batch_size=8,
+                          dtype=dt, seed=1)
+    if entry.uses == "input":   # the compiler keeps the pre-activation of each fused layer
+        assert np.sum(step.plan.tape[:, ex.C_D][step.plan.tape[:, ex.C_OP] == ex.OP_LINEAR] >= 0) == 2
+    else:
+        assert np.all(step.plan.tape[:, ex.C_D][step.plan.tape[:, ex.C_OP] == ex.OP_LINEAR] < 0)
+    assert step.plan.n_fused == 3
+    p64 = {k: v.astype(np.float64) for k, v in step.params.items()}
+    want_loss, want = ref.forward_backward(model, p64, x, y, "softmax_cross_entropy")
+    loss = step.loss_and_grads(x, y)
+    tol = dict(rtol=1e-10, atol=1e-12) if dt == np.float64 else dict(rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(loss, want_loss, **tol)
+    for k in want:
+        np.testing.assert_allclose(step.grads[k], want[k], err_msg=k, **tol)
+    # a training step applies exactly those gradients; predict runs the same forward
+    step(x, y)
+    for k in want:
+        np.testing.assert_allclose(step.params[k], p64[k] - 0.1 * want[k], err_msg=k, **tol)
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_standalone_graph_op_and_float64_gradcheck(use_entry, name):
+    """The activation as its own instruction (OP_ACT/OP_ACT_BWD), used twice, with
+    a finite-difference check of fastbp.grad in float64."""
+    entry = use_entry(name)
+    params = _other_params(entry) or ()
+    fn = getattr(fastbp.graph, name, None) or fastbp.graph._graph_function(entry)
+    g = fastbp.Graph()
+    x = g.input("x", (None, 6))
+    h = fn(x, *params)
+    out = fastbp.sum(h * h + h)        # h used twice: its gradient accumulates
+    f = fastbp.grad(out, wrt=[x], dtype=np.float64, batch_size=4)
+    rng = np.random.default_rng(11)
+    xv = _away_from_zero(rng.standard_normal((4, 6)) * 2, 1e-3)
+    val, grads = f(x=xv)
+    y = ref.act_fwd(name, xv, params)
+    np.testing.assert_allclose(val, np.sum(y * y + y), rtol=1e-12)
+    np.testing.assert_allclose(grads["x"], (2 * y + 1) * ref.act_grad(name, xv, params), rtol=1e-10, atol=1e-12)
+    num = numerical_gradient(lambda v: f(x=v)[0], xv.copy())
+    assert relative_error(grads["x"], num) < 1e-6
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_ops_wrappers(use_entry, name):
+    entry = use_entry(name)
+    fwd = getattr(ops, f"{name}_forward", None)
+    bwd = getattr(ops, f"{name}_backward", None)
+    if fwd is None:         # registered after import (the test entry): made the same way
+        from fastbp import _ops_activations
+        fwd, bwd = _ops_activations._make(entry)
+    else:
+        assert f"{name}_forward" in ops.__all__ and f"{name}_backward" in ops.__all__
+    params = _other_params(entry) or ()
+    rng = np.random.default_rng(5)
+    for dt in (np.float32, np.float64):
+        x = _away_from_zero(rng.standard_normal((3, 4, 5)) * 2).astype(dt)
+        dy = rng.standard_normal(x.shape).astype(dt)
+        y = fwd(x, *params)
+        _close(y, ref.act_fwd(name, x.astype(np.float64), params), dt)
+        t = y if entry.uses == "output" else x
+        dx = bwd(t, dy, *params)
+        _close(dx, dy * ref.act_grad(name, x.astype(np.float64), params), dt, scale=np.abs(dy).max())
+        # linear_forward / linear_backward with the activation fused
+        X = rng.standard_normal((6, 4)).astype(dt)
+        W = rng.standard_normal((4, 3)).astype(dt)
+        b = rng.standard_normal(3).astype(dt)
+        kw = {"activation_params": dict(zip((p.name for p in entry.params), params))} if params else {}
+        yl = ops.linear_forward(X, W, b, name, **kw)
+        z = ops.linear_forward(X, W, b)
+        _close(yl, ref.act_fwd(name, z.astype(np.float64), params), dt, scale=4)
+        dyl = rng.standard_normal(yl.shape).astype(dt)
+        _, dW, db = ops.linear_backward(X, W, yl, dyl, name, z=z, **kw)
+        dz = dyl * ref.act_grad(name, z.astype(np.float64), params)
+        _close(db, dz.sum(0), dt, scale=10)
+        _close(dW, X.astype(np.float64).T @ dz, dt, scale=10)
+    if entry.uses == "input":
+        with pytest.raises(ValueError, match="z"):
+            ops.linear_backward(X, W, yl, dyl, name, **kw)
+    if entry.params:
+        with pytest.raises(TypeError, match=entry.params[0].name):
+            fwd(x, "a")
+        with pytest.raises(TypeError, match="unexpected keyword"):
+            fwd(x, nope=1.0)
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_layer_spec_roundtrip_and_checkpoint(use_entry, name, tmp_path):
+    entry = use_entry(name)
+    params = _other_params(entry) or entry.defaults
+    model = _model(entry, params)
+    spec = model.spec()
+    assert spec["layers"][1] == {"type": entry.layer, **dict(zip((p.name for p in entry.params), params))}
+    assert fastbp.Sequential.from_spec(spec).spec() == spec
+    step = fastbp.compile(model, optimizer=fastbp.Adam(lr=1e-2), batch_size=4, dtype=np.float64, seed=2)
+    x = np.random.default_rng(0).standard_normal((4, 5))
+    step(x, np.array([0, 1, 2, 0]))
+    step.save(tmp_path / "c.npz")
+    back = fastbp.load(tmp_path / "c.npz")
+    assert back.model.spec() == spec
+    np.testing.assert_array_equal(back.predict(x), step.predict(x))
+    for p in entry.params:       # wrong type / value: TypeError / ValueError naming the parameter
+        with pytest.raises(TypeError, match=p.name):
+            activation_layer(entry)(**{p.name: "1"})
+        with pytest.raises(ValueError, match=p.name):
+            activation_layer(entry)(**{p.name: float("nan")})
+
+
+@pytest.mark.parametrize("name", [e.name for e in R.entries(public=True)])
+def test_every_public_entry_is_exported_and_named_everywhere(name):
+    from fastbp import _cli_args
+    entry = R.get(name)
+    assert getattr(fastbp, entry.layer).entry is entry and entry.layer in fastbp.__all__
+    assert getattr(fastbp, name) is getattr(fastbp.graph, name) and name in fastbp.__all__
+    assert _cli_args.ACTIVATIONS[name] == entry.layer
+    pytest.importorskip("sklearn")
+    from fastbp import estimator
+    assert estimator._activation_entry(entry.sklearn or name) is entry
+
+
+def test_unknown_activation_code_is_an_error_never_the_identity():
+    model = fastbp.Sequential(fastbp.Linear(3, 4), fastbp.ReLU(), fastbp.Linear(4, 2))
+    step = fastbp.compile(model, loss="mse", optimizer=fastbp.SGD(lr=0.1), batch_size=2, dtype=np.float64)
+    tape = step.plan.tape.copy()
+    rows = np.flatnonzero(np.isin(tape[:, ex.C_OP], [ex.OP_LINEAR, ex.OP_LINEAR_BWD]))
+    bad = tape.copy()
+    bad[rows[0], ex.C_G] = 29          # no entry has it
+    with pytest.raises(ValueError, match="unknown activation code 29"):
+        ex.kernels_for(bad)
+    # a corrupt tape reaching the interpreter: an error status, nothing applied
+    before = step.param_vector.copy()
+    step.plan.tape[rows[0], ex.C_G] = R.CAPACITY + 3
+    x, y = np.ones((2, 3)), np.zeros((2, 2))
+    try:
+        status, _, _ = ex.run_tape(step._ctx, 0, step.plan.sec[ex.S_END], 2, x, np.zeros(0, np.int64), y)
+    finally:
+        step.plan.tape[...] = tape
+    assert status == ex.STATUS_BAD_OP
+    np.testing.assert_array_equal(step.param_vector, before)
