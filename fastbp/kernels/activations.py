@@ -25,8 +25,6 @@ The names ``_act_fwd(X, act, Y)``, ``_act_bwd(T, dY, act, dX, acc)``,
 ``_relu_fwd`` ... are dispatchers over these per-entry kernels (a code or a
 fixed entry, default parameters), for the ``fastbp.ops`` wrappers and tests.
 """
-import hashlib
-import marshal
 import math
 
 import numba
@@ -35,7 +33,7 @@ from numba import prange
 
 from .._jit import PARALLEL_THRESHOLD, Kernel, jit
 from ..registry import activations as R
-from .factory import specialise
+from .factory import ADAPTERS, entry_suffix, specialise
 from .gemm import _gemm_rows
 
 #: the logistic function of one scalar (the registry's sigmoid; the BCE loss uses it)
@@ -50,22 +48,6 @@ N_ROLES = 3
 def _param(P, k):
     """``P[k]``; NaN if ``P`` has no element ``k`` (a missing parameter shows, never defaults)."""
     return P[k] if k < P.shape[0] else P.dtype.type(math.nan)
-
-
-# adapters: the kernels call _F(v, p0, p1) whatever the entry's number of parameters
-def _call0(v, p0, p1):
-    return _S(v)  # noqa: F821 - injected by specialise
-
-
-def _call1(v, p0, p1):
-    return _S(v, p0)  # noqa: F821
-
-
-def _call2(v, p0, p1):
-    return _S(v, p0, p1)  # noqa: F821
-
-
-_CALLS = (_call0, _call1, _call2)
 
 
 # ------------------------------------------------------------------ templates
@@ -179,15 +161,10 @@ class EntryKernels:
 
     def __init__(self, entry):
         self.entry = entry
-        # the kernels' names carry a hash of the scalar bodies: numba's disk cache
-        # keys a kernel by the template's bytecode, which an edited entry (or one
-        # registered from outside fastbp, not covered by fastbp's cache stamp)
-        # does not change
-        h = hashlib.sha1(marshal.dumps(entry.forward.__code__) + marshal.dumps(entry.derivative.__code__))
-        sfx = "__" + entry.name + "_" + h.hexdigest()[:10]
+        sfx = entry_suffix(entry)
         n = len(entry.params)
-        f = jit(inline=True)(specialise(_CALLS[n], "_f" + sfx, _S=jit(inline=True)(entry.forward)))
-        d = jit(inline=True)(specialise(_CALLS[n], "_d" + sfx, _S=jit(inline=True)(entry.derivative)))
+        f = jit(inline=True)(specialise(ADAPTERS[n], "_f" + sfx, _S=jit(inline=True)(entry.forward)))
+        d = jit(inline=True)(specialise(ADAPTERS[n], "_d" + sfx, _S=jit(inline=True)(entry.derivative)))
         self.fwd = Kernel(specialise(_t_fwd, sfx, _F=f))
         self.bwd = Kernel(specialise(_t_bwd, sfx, _D=d))
         self.bias_act = Kernel(specialise(_t_bias_act, sfx, _F=f))

@@ -39,3 +39,32 @@ def specialise(fn, suffix, **names):
     new.__doc__ = fn.__doc__
     new.__module__ = fn.__module__
     return new
+
+
+# adapters: the kernels call _F(v, p0, p1) whatever the entry's number of parameters;
+# specialised with _S, the entry's scalar function, for the CPU and the CUDA target
+def _call0(v, p0, p1):
+    return _S(v)  # noqa: F821 - injected by specialise
+
+
+def _call1(v, p0, p1):
+    return _S(v, p0)  # noqa: F821
+
+
+def _call2(v, p0, p1):
+    return _S(v, p0, p1)  # noqa: F821
+
+
+#: the adapter for an entry with 0, 1 or 2 parameters
+ADAPTERS = (_call0, _call1, _call2)
+
+
+def entry_suffix(entry):
+    """The name suffix of an entry's kernels: its name and a hash of its scalar
+    bodies (numba's disk cache keys a kernel by the template's bytecode, which
+    an edited entry -- or one registered from outside fastbp, not covered by
+    fastbp's cache stamp -- does not change)."""
+    import hashlib
+    import marshal
+    h = hashlib.sha1(marshal.dumps(entry.forward.__code__) + marshal.dumps(entry.derivative.__code__))
+    return "__" + entry.name + "_" + h.hexdigest()[:10]

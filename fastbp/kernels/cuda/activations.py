@@ -1,81 +1,154 @@
-"""Elementwise activations for CUDA, forward and backward.
+"""Elementwise activations for CUDA, compiled per registry entry from the same
+scalar bodies as the CPU loops.
 
-Same contracts and formulas as :mod:`fastbp.kernels.activations` (2-D
-C-contiguous device arrays; backward kernels take the cached *output* ``Y``):
+Each entry of :mod:`fastbp.registry.activations` gives its forward ``f`` and
+derivative ``f'``; ``cuda.jit(device=True)`` compiles those very Python
+functions, and the kernel templates below are specialised
+(:func:`fastbp.kernels.factory.specialise`) into one set of kernels per
+entry (:func:`kernels`), with the contracts of :mod:`fastbp.kernels.activations`:
 
-* ReLU     ``y = max(x, 0)``            ``dx = dy * 1[y > 0]``
-* sigmoid  ``y = 1 / (1 + exp(-x))``    ``dx = dy * y (1 - y)``
-* tanh     ``y = tanh(x)``              ``dx = dy * (1 - y^2)``
+* ``fwd(X, Y, P)``:            ``Y = f(X)``;
+* ``bwd(T, dY, dX, acc, P)``:  ``dX (+)= dY * f'(T)``, ``T`` the forward output or input;
+* ``bias_act(Z, b, Y, P)``:    ``Z += b; Y = f(Z)`` (``Z`` may be ``Y``);
+* the fused linear kernels (:mod:`.linear`).
 
+``P``: the entry's parameters, a 1-D device array in the data's dtype.
 Launch shape: 2-D grid, ``x`` along columns (coalesced), grid-stride over
-rows (:func:`.launch.grid_ew`); one thread per element, in-place allowed
-(``Y`` may be ``X``, ``dX`` may be ``dY``).  All constants are taken in the
-array dtype, so float32 kernels do float32 arithmetic only.
+rows (:func:`.launch.grid_ew`); one thread per element, in-place allowed.
+All constants are taken in the array dtype, so float32 kernels do float32
+arithmetic only.  The launchers keep the signatures of the code-based API
+(``_act_fwd(X, act, Y, stream)``) with the parameters as an optional ``P``
+(default: the entry's defaults).
 """
 import math
 
+import numpy as np
 from numba import cuda
 
-from ..codes import ACT_RELU, ACT_SIGMOID, ACT_TANH
+from ...registry import activations as R
+from ..factory import ADAPTERS, entry_suffix, specialise
 from .launch import device, grid_ew, kernel
 
-
-@device
-def _sigmoid1(v):
-    """Overflow-free logistic function of one scalar (``exp`` of a non-positive number only)."""
-    one = type(v)(1.0)
-    if v >= 0:
-        e = math.exp(-v)
-        return one / (one + e)
-    e = math.exp(v)
-    return e / (one + e)
+#: the logistic function of one scalar (the registry's sigmoid; the BCE loss uses it)
+_sigmoid1 = device(R.sigmoid)
 
 
 @device
-def _act1(v, act):
-    """Activation ``act`` (a code from :mod:`fastbp.kernels.codes`) of one scalar."""
-    if act == ACT_RELU:
-        return type(v)(0.0) if v < 0 else v
-    if act == ACT_SIGMOID:
-        return _sigmoid1(v)
-    if act == ACT_TANH:
-        return math.tanh(v)
-    return v
+def _param(P, k):
+    """``P[k]``; NaN if ``P`` has no element ``k``."""
+    return P[k] if k < P.shape[0] else P.dtype.type(math.nan)
 
 
-@device
-def _dact1(y, act):
-    """Local derivative of ``act`` expressed through its output ``y``."""
-    one = type(y)(1.0)
-    if act == ACT_RELU:
-        return one if y > 0 else type(y)(0.0)
-    if act == ACT_SIGMOID:
-        return y * (one - y)
-    if act == ACT_TANH:
-        return one - y * y
-    return one
-
-
-@kernel
-def _k_act_fwd(X, act, Y):
+def _t_k_act_fwd(X, Y, P):
+    p0 = _param(P, 0)
+    p1 = _param(P, 1)
     x0, y0 = cuda.grid(2)
     sx, sy = cuda.gridsize(2)
     for i in range(y0, X.shape[0], sy):
         for j in range(x0, X.shape[1], sx):
-            Y[i, j] = _act1(X[i, j], act)
+            Y[i, j] = _F(X[i, j], p0, p1)  # noqa: F821 - injected
 
 
-@kernel
-def _k_act_bwd(Y, dY, act, dX, acc):
+def _t_k_act_bwd(T, dY, dX, acc, P):
+    p0 = _param(P, 0)
+    p1 = _param(P, 1)
     x0, y0 = cuda.grid(2)
     sx, sy = cuda.gridsize(2)
-    for i in range(y0, Y.shape[0], sy):
-        for j in range(x0, Y.shape[1], sx):
-            g = dY[i, j] * _dact1(Y[i, j], act)
+    for i in range(y0, T.shape[0], sy):
+        for j in range(x0, T.shape[1], sx):
+            g = dY[i, j] * _D(T[i, j], p0, p1)  # noqa: F821
             if acc:
                 dX[i, j] += g
             else:
                 dX[i, j] = g
+
+
+def _t_k_bias_act(Z, b, Y, P):
+    p0 = _param(P, 0)
+    p1 = _param(P, 1)
+    x0, y0 = cuda.grid(2)
+    sx, sy = cuda.gridsize(2)
+    has_bias = b.shape[0] > 0
+    for i in range(y0, Z.shape[0], sy):
+        for j in range(x0, Z.shape[1], sx):
+            v = Z[i, j]
+            if has_bias:
+                v += b[j]
+            Z[i, j] = v             # (Z may be Y: the next store wins, same thread)
+            Y[i, j] = _F(v, p0, p1)  # noqa: F821
+
+
+class EntryKernels:
+    """The CUDA kernels of one registry entry: ``fwd``, ``bwd``, ``bias_act``,
+    ``linear_fwd``, ``linear_fwd_t`` (``@cuda.jit`` dispatchers) and the
+    scalar device functions ``f``, ``d``."""
+
+    def __init__(self, entry):
+        from . import linear as _li     # the fused linear kernels (linear imports this module)
+        self.entry = entry
+        sfx = entry_suffix(entry)
+        n = len(entry.params)
+        self.f = device(specialise(ADAPTERS[n], "_f" + sfx, _S=device(entry.forward)))
+        self.d = device(specialise(ADAPTERS[n], "_d" + sfx, _S=device(entry.derivative)))
+        self.fwd = kernel(specialise(_t_k_act_fwd, sfx, _F=self.f))
+        self.bwd = kernel(specialise(_t_k_act_bwd, sfx, _D=self.d))
+        self.bias_act = kernel(specialise(_t_k_bias_act, sfx, _F=self.f))
+        self.linear_fwd, self.linear_fwd_t = _li.linear_kernels(self.f, sfx)
+
+    def all(self):
+        """``{role: kernel}`` (for the PTX compile tests)."""
+        return {"fwd": self.fwd, "bwd": self.bwd, "bias_act": self.bias_act, "linear_fwd": self.linear_fwd,
+                "linear_fwd_t": self.linear_fwd_t}
+
+
+_KERNELS = {}
+_DEFAULTS = {}
+
+
+def kernels(code):
+    """The :class:`EntryKernels` of activation ``code`` (made on first use).
+
+    Raises
+    ------
+    ValueError
+        No entry has that code.
+    """
+    entry = R.by_code(code)
+    k = _KERNELS.get(entry.code)
+    if k is None or k.entry is not entry:
+        k = _KERNELS[entry.code] = EntryKernels(entry)
+    return k
+
+
+def params_or_defaults(code, dtype, P):
+    """``P``, or the entry's default parameters as a device array of ``dtype``."""
+    if P is not None:
+        return P
+    entry = R.by_code(code)
+    key = (entry.code, np.dtype(dtype), entry)
+    d = _DEFAULTS.get(key)
+    if d is None:
+        d = _DEFAULTS[key] = cuda.to_device(np.array(entry.defaults, dtype=dtype))
+    return d
+
+
+def registry_kernels(dtype):
+    """Every activation kernel of every registry entry with example host
+    arguments of ``dtype``: ``{name: (kernel, args)}`` (for compiling each to PTX)."""
+    M = np.zeros((3, 3), dtype)
+    v = np.zeros(3, dtype)
+    out = {}
+    for e in R.entries():
+        P = np.array(e.defaults, dtype)
+        ks = kernels(e.code)
+        out.update({
+            f"{e.name}.fwd": (ks.fwd, (M, M, P)),
+            f"{e.name}.bwd": (ks.bwd, (M, M, M, True, P)),
+            f"{e.name}.bias_act": (ks.bias_act, (M, v, M, P)),
+            f"{e.name}.linear_fwd": (ks.linear_fwd, (M, M, v, M, P)),
+            f"{e.name}.linear_fwd_t": (ks.linear_fwd_t, (M, M, v, M, P)),
+        })
+    return out
 
 
 def _launch_ew(k, shape, args, stream):
@@ -86,28 +159,32 @@ def _launch_ew(k, shape, args, stream):
     k[grid, block, stream](*args)
 
 
-def _act_fwd(X, act, Y, stream=0):
+def _act_fwd(X, act, Y, stream=0, P=None):
     """``Y = act(X)`` elementwise on the GPU (``Y`` may be ``X``).
 
     Parameters
     ----------
     X : device array, (m, n), float32 or float64
     act : int
-        Activation code (``ACT_NONE``/``RELU``/``SIGMOID``/``TANH``).
+        Activation code (a registry entry's ``code``); ValueError if unknown.
     Y : device array, (m, n), same dtype
         Output (caller-allocated).
     stream : numba CUDA stream or 0
+    P : device array, (n_params,), same dtype, optional
+        The entry's parameters (default: its defaults).
     """
-    _launch_ew(_k_act_fwd, X.shape, (X, int(act), Y), stream)
+    k = kernels(act)
+    _launch_ew(k.fwd, X.shape, (X, Y, params_or_defaults(act, X.dtype, P)), stream)
 
 
-def _act_bwd(Y, dY, act, dX, acc, stream=0):
-    """``dX (+)= dY * act'(.)`` from the cached output ``Y`` on the GPU.
+def _act_bwd(Y, dY, act, dX, acc, stream=0, P=None):
+    """``dX (+)= dY * act'(.)`` on the GPU, from what the entry's derivative
+    reads: the cached output ``Y`` or, for ``uses="input"`` entries, the input.
 
     Parameters
     ----------
     Y : device array, (m, n), float32 or float64
-        Output of the forward activation.
+        The forward output (or input, see above).
     dY : device array, (m, n), same dtype
         Upstream gradient.
     act : int
@@ -117,36 +194,25 @@ def _act_bwd(Y, dY, act, dX, acc, stream=0):
     acc : bool
         Add into ``dX`` instead of overwriting it.
     stream : numba CUDA stream or 0
+    P : device array, optional
+        The entry's parameters (default: its defaults).
     """
-    _launch_ew(_k_act_bwd, Y.shape, (Y, dY, int(act), dX, bool(acc)), stream)
+    k = kernels(act)
+    _launch_ew(k.bwd, Y.shape, (Y, dY, dX, bool(acc), params_or_defaults(act, Y.dtype, P)), stream)
 
 
-def _relu_fwd(X, Y, stream=0):
-    """``Y = max(X, 0)`` on the GPU; NaN stays NaN.  Arrays (m, n), float32/float64."""
-    _act_fwd(X, ACT_RELU, Y, stream)
+def _fixed(code, name):
+    def fwd(X, Y, stream=0):
+        _act_fwd(X, code, Y, stream)
+
+    def bwd(Y, dY, dX, stream=0):
+        _act_bwd(Y, dY, code, dX, False, stream)
+    fwd.__name__, bwd.__name__ = f"_{name}_fwd", f"_{name}_bwd"
+    fwd.__doc__ = f"``Y = {name}(X)`` on the GPU (default parameters).  Arrays (m, n), float32/float64."
+    bwd.__doc__ = f"``dX = dY * {name}'`` on the GPU (default parameters).  Arrays (m, n), float32/float64."
+    return fwd, bwd
 
 
-def _relu_bwd(Y, dY, dX, stream=0):
-    """``dX = dY * 1[Y > 0]`` on the GPU.  Arrays (m, n), float32/float64."""
-    _act_bwd(Y, dY, ACT_RELU, dX, False, stream)
-
-
-def _sigmoid_fwd(X, Y, stream=0):
-    """``Y = 1 / (1 + exp(-X))`` on the GPU, without overflow.  Arrays (m, n)."""
-    _act_fwd(X, ACT_SIGMOID, Y, stream)
-
-
-def _sigmoid_bwd(Y, dY, dX, stream=0):
-    """``dX = dY * Y * (1 - Y)`` on the GPU.  Arrays (m, n), float32/float64."""
-    _act_bwd(Y, dY, ACT_SIGMOID, dX, False, stream)
-
-
-def _tanh_fwd(X, Y, stream=0):
-    """``Y = tanh(X)`` on the GPU.  Arrays (m, n), float32/float64."""
-    _act_fwd(X, ACT_TANH, Y, stream)
-
-
-def _tanh_bwd(Y, dY, dX, stream=0):
-    """``dX = dY * (1 - Y^2)`` on the GPU.  Arrays (m, n), float32/float64."""
-    _act_bwd(Y, dY, ACT_TANH, dX, False, stream)
-
+for _e in R.entries(public=True):
+    globals()[f"_{_e.name}_fwd"], globals()[f"_{_e.name}_bwd"] = _fixed(_e.code, _e.name)
+del _e

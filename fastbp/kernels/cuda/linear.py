@@ -6,26 +6,33 @@ Same contracts as :mod:`fastbp.kernels.linear`: forward
 (:func:`_linear_fwd_t`); a bias of length 0 means no bias.  The product is the
 tiled kernel of :mod:`.gemm`; bias and activation are applied to the
 register tile before it is stored, so ``X W`` never makes a round trip
-through global memory.
+through global memory.  The kernels are made per activation of the registry
+(:func:`linear_kernels`, called by :mod:`.activations`) from the templates
+below, with the entry's scalar forward ``_F``.  For an activation whose
+derivative reads its input, the launchers keep the pre-activation ``Z``:
+the identity's kernel writes ``Z = X W + b``, then ``Y = f(Z)``.
 
-Backward, from ``dY`` and the cached output ``Y``:
-``dZ = dY * act'(Y)`` (:func:`.activations._act_bwd`), ``dW = X^T dZ``
+Backward, from ``dY`` and the cached output ``Y`` (or ``Z``):
+``dZ = dY * act'(.)`` (:func:`.activations._act_bwd`), ``dW = X^T dZ``
 (:func:`.gemm._mm_tn`), ``dX = dZ W^T`` (:func:`.gemm._mm_nt`) and
 ``db = sum_batch dZ`` (:func:`_colsum`, a shared-memory tree reduction:
 no atomics, a fixed summation order).
 """
 from numba import cuda
 
-from .activations import _act1
+from ..factory import specialise
+from . import activations as _ga
+from .activations import _param
 from .gemm import (_load_panel_kmajor, _load_panel_kminor, _panel_fma,
                    _zero_acc)
 from .launch import (BK, BM, BN, COL_X, COL_Y, GEMM_TX, GEMM_TY, TILE_LD, TM,
                      TN, device, grid_cols, grid_ew, grid_gemm, kernel)
 
 
-@device
-def _store_bias_act(Y, acc, b, act, m0, n0, tx, ty):
-    """``Y[tile] = act(acc + b)`` for the in-range part of this thread's outputs."""
+def _t_store_bias_act(Y, acc, b, P, m0, n0, tx, ty):
+    """``Y[tile] = f(acc + b)`` for the in-range part of this thread's outputs."""
+    p0 = _param(P, 0)
+    p1 = _param(P, 1)
     M = Y.shape[0]
     N = Y.shape[1]
     has_bias = b.shape[0] > 0
@@ -38,11 +45,10 @@ def _store_bias_act(Y, acc, b, act, m0, n0, tx, ty):
                     v = acc[i, j]
                     if has_bias:
                         v += b[c]
-                    Y[r, c] = _act1(v, act)
+                    Y[r, c] = _F(v, p0, p1)  # noqa: F821 - injected
 
 
-@kernel
-def _k_linear_fwd(X, W, b, act, Y):
+def _t_k_linear_fwd(X, W, b, Y, P):
     """Kernel of :func:`_linear_fwd`: tiled ``X @ W`` with the bias/activation epilogue."""
     Ap = cuda.shared.array((BK, TILE_LD), dtype=X.dtype)
     Bp = cuda.shared.array((BK, TILE_LD), dtype=X.dtype)
@@ -62,11 +68,10 @@ def _k_linear_fwd(X, W, b, act, Y):
         cuda.syncthreads()
         _panel_fma(Ap, Bp, acc, a, bb, tx, ty)
         cuda.syncthreads()
-    _store_bias_act(Y, acc, b, act, m0, n0, tx, ty)
+    _store_bias_act(Y, acc, b, P, m0, n0, tx, ty)  # noqa: F821 - injected
 
 
-@kernel
-def _k_linear_fwd_t(X, Wt, b, act, Y):
+def _t_k_linear_fwd_t(X, Wt, b, Y, P):
     """Kernel of :func:`_linear_fwd_t`: tiled ``X @ Wt.T`` with the epilogue."""
     Ap = cuda.shared.array((BK, TILE_LD), dtype=X.dtype)
     Bp = cuda.shared.array((BK, TILE_LD), dtype=X.dtype)
@@ -86,20 +91,15 @@ def _k_linear_fwd_t(X, Wt, b, act, Y):
         cuda.syncthreads()
         _panel_fma(Ap, Bp, acc, a, bb, tx, ty)
         cuda.syncthreads()
-    _store_bias_act(Y, acc, b, act, m0, n0, tx, ty)
+    _store_bias_act(Y, acc, b, P, m0, n0, tx, ty)  # noqa: F821 - injected
 
 
-@kernel
-def _k_bias_act(Y, b, act):
-    x0, y0 = cuda.grid(2)
-    sx, sy = cuda.gridsize(2)
-    has_bias = b.shape[0] > 0
-    for i in range(y0, Y.shape[0], sy):
-        for j in range(x0, Y.shape[1], sx):
-            v = Y[i, j]
-            if has_bias:
-                v += b[j]
-            Y[i, j] = _act1(v, act)
+def linear_kernels(f, sfx):
+    """``(linear_fwd, linear_fwd_t)`` kernels whose epilogue applies the scalar
+    device function ``f(v, p0, p1)`` (an activation's adapter); ``sfx`` names them."""
+    store = device(specialise(_t_store_bias_act, sfx, _F=f))
+    return (kernel(specialise(_t_k_linear_fwd, sfx, _store_bias_act=store)),
+            kernel(specialise(_t_k_linear_fwd_t, sfx, _store_bias_act=store)))
 
 
 @kernel
@@ -130,7 +130,22 @@ def _k_colsum(dZ, db, acc):
             db[j] = part[0, tx]
 
 
-def _linear_fwd(X, W, b, act, Y, stream=0):
+def _linear(which, X, W, b, act, Y, stream, P, Z):
+    m, n = Y.shape
+    if m == 0 or n == 0:
+        return
+    grid, block = grid_gemm(m, n)
+    if Z is None:
+        k = getattr(_ga.kernels(act), which)
+        k[grid, block, stream](X, W, b, Y, _ga.params_or_defaults(act, Y.dtype, P))
+        return
+    # the pre-activation is kept: Z = X W + b (the identity's kernel), then Y = f(Z)
+    ident = _ga.R.IDENTITY
+    getattr(_ga.kernels(ident), which)[grid, block, stream](X, W, b, Z, _ga.params_or_defaults(ident, Y.dtype, None))
+    _ga._act_fwd(Z, act, Y, stream, P)
+
+
+def _linear_fwd(X, W, b, act, Y, stream=0, P=None, Z=None):
     """``Y = act(X @ W + b)`` on the GPU (one fused kernel).
 
     Parameters
@@ -139,19 +154,20 @@ def _linear_fwd(X, W, b, act, Y, stream=0):
     W : device array, (in, out), same dtype
     b : device array, (out,) or (0,) for no bias, same dtype
     act : int
-        Activation code (``ACT_NONE``/``RELU``/``SIGMOID``/``TANH``).
+        Activation code (a registry entry's ``code``; ValueError if unknown).
     Y : device array, (B, out), same dtype
         Output (caller-allocated).
     stream : numba CUDA stream or 0
+    P : device array, (n_params,), same dtype, optional
+        The activation's parameters (default: its defaults).
+    Z : device array, (B, out), same dtype, optional
+        Where to keep the pre-activation ``X @ W + b`` (activations whose
+        derivative reads their input); None: not kept.
     """
-    m, n = Y.shape
-    if m == 0 or n == 0:
-        return
-    grid, block = grid_gemm(m, n)
-    _k_linear_fwd[grid, block, stream](X, W, b, int(act), Y)
+    _linear("linear_fwd", X, W, b, act, Y, stream, P, Z)
 
 
-def _linear_fwd_t(X, Wt, b, act, Y, stream=0):
+def _linear_fwd_t(X, Wt, b, act, Y, stream=0, P=None, Z=None):
     """``Y = act(X @ Wt.T + b)`` on the GPU for a weight stored ``Wt (out, in)``.
 
     Parameters
@@ -164,16 +180,15 @@ def _linear_fwd_t(X, Wt, b, act, Y, stream=0):
     Y : device array, (B, out), same dtype
         Output (caller-allocated).
     stream : numba CUDA stream or 0
+    P, Z : device arrays, optional
+        As for :func:`_linear_fwd`.
     """
-    m, n = Y.shape
-    if m == 0 or n == 0:
-        return
-    grid, block = grid_gemm(m, n)
-    _k_linear_fwd_t[grid, block, stream](X, Wt, b, int(act), Y)
+    _linear("linear_fwd_t", X, Wt, b, act, Y, stream, P, Z)
 
 
-def _bias_act(Y, b, act, stream=0):
-    """Epilogue after a separate product: ``Y = act(Y + b)`` in place on the GPU.
+def _bias_act(Y, b, act, stream=0, P=None, Z=None):
+    """Epilogue after a separate product: ``Y = act(Y + b)`` in place on the GPU,
+    or, with ``Z`` (the product), ``Z += b; Y = act(Z)``.
 
     Parameters
     ----------
@@ -182,12 +197,17 @@ def _bias_act(Y, b, act, stream=0):
     act : int
         Activation code.
     stream : numba CUDA stream or 0
+    P : device array, optional
+        The activation's parameters (default: its defaults).
+    Z : device array, (B, out), optional
+        The product, kept as the pre-activation.
     """
     m, n = Y.shape
     if m == 0 or n == 0:
         return
     grid, block = grid_ew(m, n)
-    _k_bias_act[grid, block, stream](Y, b, int(act))
+    _ga.kernels(act).bias_act[grid, block, stream](Y if Z is None else Z, b, Y,
+                                                   _ga.params_or_defaults(act, Y.dtype, P))
 
 
 def _colsum(dZ, db, acc, stream=0):

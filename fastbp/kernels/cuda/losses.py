@@ -111,6 +111,7 @@ def _k_svm_rows(S, y, dS, rowloss):
     sy = S[i, yi]
     r = 0.0
     cnt = 0
+    nan = False
     for j in range(C):
         if j == yi:
             dS[i, j] = zero
@@ -120,9 +121,18 @@ def _k_svm_rows(S, y, dS, rowloss):
             r += mg
             cnt += 1
             dS[i, j] = scale
+        elif mg != mg:
+            # NaN score: propagate it to the loss and the gradient, as the CPU kernel
+            # does (the status check then rejects the step: nothing is applied)
+            r += mg
+            nan = True
+            dS[i, j] = mg
         else:
             dS[i, j] = zero
-    dS[i, yi] = -cnt * scale
+    if nan:
+        dS[i, yi] = r  # NaN
+    else:
+        dS[i, yi] = -cnt * scale
     rowloss[i] = r
 
 
