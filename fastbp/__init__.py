@@ -18,10 +18,10 @@ from .checkpoint import load
 from .bundle import SavedModel, load_model
 from . import gradcheck, ops
 from .graph import Graph, GraphError, Node, maximum, relu, sigmoid, sum, tanh
-from .gradfn import grad
+from .factories import compile, grad
 from .layers import Linear, ReLU, Sequential, Sigmoid, Tanh
 from .optimizers import SGD, Adam
-from .step import TrainStep, compile
+from .step import TrainStep
 from .distributed import DistributedStep, RankError   # mpi4py is imported only when used
 from .torch_interop import from_torch
 

@@ -536,7 +536,7 @@ def _load(path, expect_model):
     from . import _executor as ex
     from .layers import Sequential
     from .optimizers import optimizer_from_spec
-    from .step import compile
+    from .step import TrainStep
 
     meta, dtype, arrays = _read_all(path)
     spec = meta["model"]
@@ -551,8 +551,7 @@ def _load(path, expect_model):
     except Exception as e:  # noqa: BLE001 - untrusted spec: any failure is a bad file
         raise _Bad(f"invalid optimizer spec ({type(e).__name__}: {e})") from None
     try:
-        step = compile(model, loss=meta["loss"], optimizer=optimizer, batch_size=meta["batch_size"],
-                       dtype=dtype, seed=meta["seed"])
+        step = TrainStep(model, meta["loss"], optimizer, meta["batch_size"], dtype, meta["seed"])
     except (TypeError, ValueError, OverflowError, MemoryError) as e:
         raise _Bad(f"cannot rebuild the step ({type(e).__name__}: {e})") from None
 

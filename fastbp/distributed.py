@@ -812,14 +812,15 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
     -------
     DistributedStep
     """
-    from .step import compile as _compile
+    from .optimizers import optimizer_arg
+    from .step import TrainStep
     MPI = _mpi()
     if not isinstance(comm, MPI.Comm):
         raise TypeError(f"comm must be an mpi4py communicator such as MPI.COMM_WORLD, "
                         f"got {type(comm).__name__}")
     error, step = None, None
     try:
-        step = _compile(model, loss=loss, optimizer=optimizer, batch_size=batch_size, dtype=dtype, seed=seed)
+        step = TrainStep(model, loss, optimizer_arg(optimizer), batch_size, dtype, seed)
     except Exception as e:  # noqa: BLE001 - re-raised on every rank by agree()
         error = e
     if isinstance(comm, MPI.Intracomm) and comm != MPI.COMM_NULL:
