@@ -8,12 +8,12 @@ compile, validate and report in the same way.  This module holds that once:
 - the checks of the constructor's arguments, the memory check, the weight
   initialisation and the compiler call that builds the plan and its host
   arena (:meth:`StepBase.__init__`);
-- the input path of every call (:meth:`StepBase._features`,
-  :meth:`StepBase._targets`);
+- the input path of every call (:meth:`StepBase.check_features`,
+  :meth:`StepBase.check_targets`);
 - the schedule of a fit (:meth:`StepBase._epoch_starts`,
   :meth:`StepBase._fit_orders`);
 - the translation of an executor status into an exception
-  (:meth:`StepBase._raise_status`).
+  (:meth:`StepBase.raise_status`).
 
 The single-underscore methods are protected by design: the subclasses call
 them on themselves, nothing else calls them.  Nothing here runs a step, so
@@ -96,6 +96,36 @@ def hyper_from(optimizer):
     return h
 
 
+def gather_rows(rows, X, yi, yf, x_out, yi_out, yf_out, classification):
+    """Gather the minibatch ``rows`` of a data set into staging buffers (the one host gather).
+
+    Parameters
+    ----------
+    rows : ndarray of int64, shape (b,)
+    X : ndarray, shape (n, in_features)
+    yi : ndarray of int64, shape (n,) or (0,)
+        Labels (classification), or the empty placeholder.
+    yf : ndarray, shape (n, out_features) or (0, 0)
+        Float targets (regression), or the empty placeholder.
+    x_out, yi_out, yf_out : ndarray
+        Staging buffers of at least ``b`` rows (``yi_out``/``yf_out``: only
+        the one matching the targets is written).
+    classification : bool
+        Whether the targets are the labels ``yi`` (else the floats ``yf``).
+
+    Returns
+    -------
+    (xb, yib, yfb)
+        Views of the first ``b`` rows of the buffers; the placeholder is
+        passed through.
+    """
+    nb = len(rows)
+    xb = np.take(X, rows, axis=0, out=x_out[:nb])
+    if classification:
+        return xb, np.take(yi, rows, out=yi_out[:nb]), yf
+    return xb, yi, np.take(yf, rows, axis=0, out=yf_out[:nb])
+
+
 #: the hyper-parameter slots that are a step's training state (copied between steps)
 STATE_SLOTS = tuple(i for i in range(ex.HYPER_SIZE) if i not in ex.RUNTIME_SLOTS)
 
@@ -174,6 +204,13 @@ class StepBase:
 
     # ------------------------------------------------------------ state
     @property
+    def lock(self):
+        """The lock every call of this step holds (a :class:`threading.Lock`); a driver that
+        composes several calls (e.g. :class:`fastbp.distributed.DistributedStep`) holds it
+        around them."""
+        return self._lock
+
+    @property
     def n_steps(self):
         """Updates applied so far."""
         return int(self.hyper[ex.H_STEPS])
@@ -201,15 +238,58 @@ class StepBase:
     # ----------------------------------------------------- input path
     # the ONE input path (fastbp._validate): every entry point of the CPU step, the
     # data-parallel step and the GPU step's host inputs go through these two
-    def _features(self, x, name="x", max_rows=None):
-        """Validate ``x``; returns ``(x in the executor's form, rows)`` (see :func:`fastbp._validate.features`)."""
+    def check_features(self, x, name="x", max_rows=None):
+        """Validate features ``x`` as every call of the step does.
+
+        Parameters
+        ----------
+        x : ndarray, shape (n, in_features)
+            Any memory layout, a dtype that converts safely to :attr:`dtype`.
+        name : str
+            Its name in error messages.
+        max_rows : int, optional
+
+        Returns
+        -------
+        (x, n)
+            ``x`` in the executor's form (C-contiguous, aligned, native
+            :attr:`dtype`; a copy only where needed) and its rows.
+
+        Raises
+        ------
+        TypeError, ValueError
+            See :func:`fastbp._validate.features`.
+        """
         return V.features(x, name, self.dtype, self.n_in, max_rows)
 
-    def _targets(self, y, n, name="y", check_range=True):
-        """Validate targets for ``n`` rows; returns ``(yi, yf)`` in the executor's form."""
+    def check_targets(self, y, n, name="y", check_range=True):
+        """Validate the targets of ``n`` rows as every call of the step does.
+
+        Parameters
+        ----------
+        y : ndarray
+            Labels ``(n,)`` (classification losses) or targets ``(n, out_features)``.
+        n : int
+        name : str
+        check_range : bool, default True
+            Check the labels' range here (else the compiled step does).
+
+        Returns
+        -------
+        (yi, yf)
+            int64 labels and the empty float placeholder, or the empty label
+            placeholder and float targets of :attr:`dtype`: the executor's form.
+
+        Raises
+        ------
+        TypeError, ValueError
+        """
         if self.classification:
             return V.class_labels(y, name, n, self.n_out, self.loss, check_range), self._no_yf
         return self._no_yi, V.targets(y, name, n, self.n_out, self.dtype, self.loss)
+
+    _features = check_features
+    _targets = check_targets
 
     def _fit_args(self, epochs, shuffle, seed):
         """The checked ``(epochs, shuffle, seed)`` of a fit."""
@@ -241,11 +321,28 @@ class StepBase:
         return orders(), rng_state
 
     # ------------------------------------------------- status -> exception
-    def _raise_status(self, status, info, y=None, where=""):
-        """Raise the exception of a failed call's executor status (``_isa.STATUS_*``).
+    def raise_status(self, status, info, y=None, where=""):
+        """Raise the exception of a failed call's executor status.
 
-        ``info`` is the row of a bad label in ``y``; ``where`` ends the
-        message (``" at step 3 of fit"``).
+        Parameters
+        ----------
+        status : int
+            A nonzero ``fastbp._isa.STATUS_*`` code.
+        info : int
+            The row of the first bad label in ``y`` (``STATUS_BAD_LABEL``).
+        y : ndarray of int64, optional
+            The labels of the call (named in the message).
+        where : str
+            Ends the message (``" at step 3 of fit"``).
+
+        Raises
+        ------
+        ValueError
+            A label out of range.
+        FloatingPointError
+            A non-finite loss or gradient.
+        RuntimeError
+            Any other status (an internal error).
         """
         if status == ex.STATUS_BAD_LABEL:
             label = "?" if y is None else int(y[info])
@@ -262,6 +359,8 @@ class StepBase:
             raise RuntimeError(f"internal error: the compiled step rejected the layout of a validated "
                                f"minibatch{where} (executor status {status}); nothing was changed")
         raise RuntimeError(f"internal error: executor status {status}{where}")
+
+    _raise_status = raise_status
 
     def __repr__(self):
         return (f"<fastbp.{type(self).__name__} {self.model!r} loss={self.loss!r} optimizer={self.optimizer!r} "

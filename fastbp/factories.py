@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import numpy as np
 
+import os
+
+from . import _isa as ex
 from . import _validate as V
+from ._ckpt_format import BadArchive, _Bad, read
 from .graph import GraphError, Node
 from .gradfn import GradFunction
-from .optimizers import optimizer_arg
+from .layers import Sequential
+from .optimizers import optimizer_arg, optimizer_from_spec
 from .step import TrainStep
 
-__all__ = ["compile", "grad"]
+__all__ = ["compile", "grad", "load", "load_bundle"]
 
 
 def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, dtype=np.float32, seed=0,
@@ -135,3 +140,152 @@ def grad(output, wrt, *, dtype=np.float64, batch_size=1, device="cpu"):
     else:
         cls = GradFunction
     return cls(output, list(wrt), V.resolve_dtype(dtype), V.positive_int("batch_size", batch_size))
+
+
+# ---------------------------------------------------------------- fastbp.load
+def _check_args(path, expect_model):
+    if expect_model is not None and not isinstance(expect_model, Sequential):
+        raise TypeError(f"expect_model must be a fastbp.Sequential or None, got {type(expect_model).__name__}")
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
+
+
+def load(path, expect_model=None):
+    """Rebuild a :class:`TrainStep` from a checkpoint written by :func:`save`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by :meth:`TrainStep.save` / :func:`fastbp.checkpoint.save`.
+    expect_model : Sequential, optional
+        When given, the checkpoint's architecture must equal this model's
+        (same layers, widths, bias flags, weight layout); otherwise a
+        :class:`ValueError` is raised.
+
+    Returns
+    -------
+    TrainStep
+        Compiled with the checkpoint's model, loss, optimizer, batch size,
+        dtype and seed, with its weights, optimizer state, learning rate,
+        step counters and RNG state restored: continuing to train it gives
+        bitwise the weights the saved step would have reached.  Extra
+        arrays and metadata (see :func:`load_bundle`) are validated like
+        everything else, then ignored.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        ``path`` is a directory or not a regular file; the file is
+        truncated, corrupted, of an unknown format or version, lacks or adds
+        arrays, has arrays of the wrong size or dtype, or is inconsistent
+        (optimizer state vs. hyper-parameters), or does not match
+        ``expect_model``.  The message names the file.
+    TypeError
+        ``path`` or ``expect_model`` has the wrong type.
+
+    Notes
+    -----
+    Nothing in the file is unpickled or executed, and every size is checked
+    against the metadata before the data is read (see the module docstring).
+    """
+    return load_bundle(path, expect_model)[0]
+
+
+def load_bundle(path, expect_model=None):
+    """Like :func:`load`, also returning what ``save(extra_arrays=, extra_meta=)`` stored.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by :func:`save`.
+    expect_model : Sequential, optional
+        As in :func:`load`.
+
+    Returns
+    -------
+    step : TrainStep
+        As :func:`load` returns it.
+    extra_arrays : dict of str to numpy.ndarray
+        Each extra array by name (without the ``extra.`` prefix), with the
+        saved shape and dtype, SHA-256 verified; new writeable arrays.
+        Empty when the file has none.
+    extra_meta : dict
+        The saved ``extra_meta`` as parsed from JSON (tuples come back as
+        lists); empty when none was saved.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError, TypeError
+        As :func:`load`.
+    """
+    path = _check_args(path, expect_model)
+    try:
+        return _load(path, expect_model)
+    except (_Bad, BadArchive) as e:
+        raise ValueError(f"checkpoint {path!r}: {e}") from None
+
+
+def _load(path, expect_model):
+    meta, dtype, arrays = read(path)
+    spec = meta["model"]
+    try:
+        model = Sequential.from_spec(spec)
+    except Exception as e:  # noqa: BLE001 - untrusted spec: any failure is a bad file
+        raise _Bad(f"invalid model spec ({type(e).__name__}: {e})") from None
+    if expect_model is not None and model.spec() != expect_model.spec():
+        raise _Bad(f"architecture {model!r} differs from the expected {expect_model!r}")
+    try:
+        optimizer = optimizer_from_spec(meta["optimizer"])
+    except Exception as e:  # noqa: BLE001 - untrusted spec: any failure is a bad file
+        raise _Bad(f"invalid optimizer spec ({type(e).__name__}: {e})") from None
+    try:
+        step = TrainStep(model, meta["loss"], optimizer, meta["batch_size"], dtype, meta["seed"])
+    except (TypeError, ValueError, OverflowError, MemoryError) as e:
+        raise _Bad(f"cannot rebuild the step ({type(e).__name__}: {e})") from None
+
+    params, hyper = arrays["params"], arrays["hyper"]
+    if params.size != step.param_vector.size:
+        raise _Bad(f"'params' has {params.size} values but the architecture {model!r} needs "
+                   f"{step.param_vector.size} (wrong architecture)")
+    if meta["n_state"] != len(step.state_vectors):
+        raise _Bad(f"{meta['n_state']} optimizer state vector(s) stored, {optimizer!r} needs "
+                   f"{len(step.state_vectors)}")
+    if hyper.size != step.hyper.size:
+        raise _Bad(f"'hyper' has {hyper.size} values, expected {step.hyper.size}")
+    # hyper-parameters fixed by the optimizer must agree with its spec: the update kernels
+    # trust them (e.g. a momentum without a momentum buffer would write out of bounds)
+    free = {ex.H_LR, ex.H_T, ex.H_STEPS, *ex.RUNTIME_SLOTS}
+    fixed = [i for i in range(step.hyper.size) if i not in free]
+    if not np.array_equal(hyper[fixed], step.hyper[fixed]):
+        raise _Bad("hyper-parameters do not match the optimizer spec "
+                   f"{meta['optimizer']!r} (inconsistent checkpoint)")
+    if not np.all(np.isfinite(hyper)):
+        raise _Bad("'hyper' holds non-finite values")
+    for slot, name in ((ex.H_T, "Adam step t"), (ex.H_STEPS, "step count")):
+        v = hyper[slot]
+        if v < 0 or v != np.floor(v):
+            raise _Bad(f"{name} must be a non-negative integer, got {v}")
+    rng_state = meta["rng"]
+    if not isinstance(rng_state, dict) or rng_state.get("bit_generator") != type(step.rng.bit_generator).__name__:
+        raise _Bad(f"RNG state is not a {type(step.rng.bit_generator).__name__} state")
+
+    try:
+        step.lr = float(hyper[ex.H_LR])            # validates (> 0, finite) and syncs step.optimizer
+    except (TypeError, ValueError) as e:
+        raise _Bad(f"learning rate: {e}") from None
+    try:
+        step.rng.bit_generator.state = rng_state
+    except Exception as e:  # noqa: BLE001 - untrusted state: any failure is a bad file
+        raise _Bad(f"invalid RNG state ({type(e).__name__}: {e})") from None
+    step.param_vector[...] = params
+    for dst, i in zip(step.state_vectors, range(meta["n_state"])):
+        dst[...] = arrays[f"state_{i}"]
+    runtime = step.hyper[list(ex.RUNTIME_SLOTS)].copy()   # this process's BLAS policy, not training state
+    step.hyper[...] = hyper
+    step.hyper[list(ex.RUNTIME_SLOTS)] = runtime
+    extra_arrays = {k[6:]: a for k, a in arrays.items() if k.startswith("extra.")}
+    return step, extra_arrays, meta.get("extra", {})

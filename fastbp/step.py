@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import _executor as ex
+from ._ckpt_format import save
 from ._jit import entry_point
-from ._step_base import StepBase
+from ._step_base import StepBase, gather_rows
 from .compiler import view
 from .config import FIT_NATIVE_MIN_STEPS, PREDICT_NATIVE_MIN_CHUNKS
 
@@ -178,6 +179,32 @@ class TrainStep(StepBase):
             self._raise_status(status, info, yi)
         return loss
 
+    # --------------------------------------------------- driver interface
+    # A step split in two native calls around a reduction: DistributedStep runs
+    # the gradients of its rows, sums them over the ranks into comm_vector's
+    # gradients, then the update.  The caller holds self.lock around both.
+    def gradients_of(self, x, yi, yf, n):
+        """Forward, loss and backward of a checked minibatch (:meth:`check_features`,
+        :meth:`check_targets`), no update.
+
+        The caller holds :attr:`lock`.  Returns ``(status, loss, info)``:
+        a nonzero ``status`` goes to :meth:`raise_status` (with ``info`` and
+        ``yi``); nothing was changed then but the gradients.
+        """
+        return ex.run_step(self._ctx, self.plan.sec, n, x, yi, yf, ex.MODE_GRAD)
+
+    def apply_update(self):
+        """The optimizer update from the gradients in :attr:`grad_vector` (gradient
+        check included); the caller holds :attr:`lock`.  Returns ``(status, info)``:
+        with a nonzero status nothing was changed."""
+        status, _, info = ex.run_update(self._ctx, self.plan.sec, self._no_yf)
+        return status, info
+
+    def gather(self, rows, X, yi, yf, x_out, yi_out, yf_out):
+        """Rows ``rows`` of a checked data set gathered into staging buffers
+        (:func:`fastbp._step_base.gather_rows`); returns ``(xb, yib, yfb)``."""
+        return gather_rows(rows, X, yi, yf, x_out, yi_out, yf_out, self.classification)
+
     def fit(self, X, Y, epochs=1, shuffle=True, seed=None):
         """Train whole epochs inside native calls, one per epoch (from
         :data:`FIT_NATIVE_MIN_STEPS` steps up; fewer run as a loop of the
@@ -256,10 +283,8 @@ class TrainStep(StepBase):
                 if self._fit_stage is None:
                     self._fit_stage = (np.empty((self.batch_size, self.n_in), self.dtype),
                                        np.empty((self.batch_size, self.n_out), self.dtype))
-                rows = perm[lo:hi]
-                xb = np.take(X, rows, axis=0, out=self._fit_stage[0][:nb])
-                yib = np.take(yi, rows, out=self._yi_stage[:nb]) if classif else yi
-                yfb = yf if classif else np.take(yf, rows, axis=0, out=self._fit_stage[1][:nb])
+                xb, yib, yfb = gather_rows(perm[lo:hi], X, yi, yf, self._fit_stage[0], self._yi_stage,
+                                           self._fit_stage[1], classif)
             status, loss, info = ex.run_tape(self._ctx, 0, end, nb, xb, yib, yfb)
             if status:
                 return status, s, info
@@ -305,5 +330,4 @@ class TrainStep(StepBase):
     def save(self, path):
         """Write a checkpoint (see :func:`fastbp.load`): architecture, weights,
         optimizer state, step count, dtype and RNG state; atomically."""
-        from .checkpoint import save
         save(self, path)
