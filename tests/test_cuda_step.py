@@ -587,7 +587,7 @@ def test_step_kernels_compile_ptx(monkeypatch):
     import numba
     from numba import cuda as real_cuda
 
-    from fastbp import cuda_step as cs
+    from fastbp import _cuda_status as cs   # the step's own kernels
     cc = ptx_target(monkeypatch, AVAIL)
     res = np.zeros(4)
     y = np.zeros(3, np.int64)
