@@ -14,18 +14,17 @@ Quick tour
 >>> y = np.arange(32) % 10
 >>> loss = step(x, y)
 """
-from .checkpoint import load
 from .bundle import SavedModel, load_model
 from . import gradcheck, ops
 from .graph import Graph, GraphError, Node, maximum, sum
-from .gradfn import grad
+from .factories import compile, grad, load
 from .layers import Linear, Sequential
 from .optimizers import SGD, Adam
-from .step import TrainStep, compile
+from .step import TrainStep
 from .distributed import DistributedStep, RankError   # mpi4py is imported only when used
 from .torch_interop import from_torch
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 
 def __getattr__(name):

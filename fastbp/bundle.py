@@ -104,7 +104,8 @@ def save_model(step, path, *, task="classification", classes=None, feature_names
     estimator : dict, optional
         ``{'class': name, 'params': get_params()}`` of an estimator.
     """
-    from . import __version__, checkpoint
+    from . import checkpoint
+    from ._version import __version__
     step = _cpu_step(step)
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")

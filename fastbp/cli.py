@@ -29,7 +29,7 @@ import numpy as np
 from ._cli_base import (EXTRA as _EXTRA, CliError, State, UsageError as _UsageError,
                         check_output_path as _check_output_path, err as _err, ms as _ms,
                         out as _out, require as _require)
-from ._cli_args import ACTIVATIONS as _ACTIVATIONS, DEFAULT_LR as _DEFAULT_LR, build_parser
+from ._cli_args import DEFAULT_LR as _DEFAULT_LR, build_parser
 
 __all__ = ["main", "build_parser", "CliError"]
 
@@ -123,12 +123,9 @@ def _load(args):
 def _build_step(args, n_in, n_out, n_train):
     import fastbp
 
-    act = getattr(fastbp, _ACTIVATIONS[args.activation])
-    layers, prev = [], n_in
-    for h in args.hidden:
-        layers += [fastbp.Linear(prev, h), act()]
-        prev = h
-    layers.append(fastbp.Linear(prev, n_out))
+    from .builders import mlp
+
+    model = mlp([n_in, *args.hidden, n_out], args.activation)
     lr = args.lr if args.lr is not None else _DEFAULT_LR[args.optimizer]
     if args.optimizer == "sgd":
         mom = 0.9 if args.momentum is None else args.momentum
@@ -136,7 +133,7 @@ def _build_step(args, n_in, n_out, n_train):
     else:
         opt = fastbp.Adam(lr=lr)
     try:
-        step = fastbp.compile(fastbp.Sequential(*layers), loss=args.loss, optimizer=opt,
+        step = fastbp.compile(model, loss=args.loss, optimizer=opt,
                               batch_size=min(args.batch_size, n_train),
                               dtype=np.dtype(args.dtype).type, seed=args.seed, device=args.device)
     except Exception as e:
@@ -256,8 +253,12 @@ def _compare(args, d):
         raise CliError(f"--compare needs scikit-learn, which is not installed: {_EXTRA}") from None
     regression = args.task == "regression"
     lr = args.lr if args.lr is not None else _DEFAULT_LR[args.optimizer]
+    from .registry import activations as _acts
+    sk_act = _acts.get(args.activation).sklearn
+    if sk_act is None:
+        raise CliError(f"--compare: scikit-learn has no {args.activation!r} activation")
     kw = dict(hidden_layer_sizes=tuple(args.hidden),
-              activation={"sigmoid": "logistic"}.get(args.activation, args.activation),
+              activation=sk_act,
               solver=args.optimizer, alpha=0.0, batch_size=min(args.batch_size, len(d.ytr)),
               learning_rate="constant", learning_rate_init=lr, shuffle=True,
               random_state=np.random.RandomState(args.seed))

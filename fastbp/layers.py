@@ -159,7 +159,7 @@ for _e in _acts.entries(public=True):
 del _e
 
 
-def activation_layer(entry):
+def layer_class(entry):
     """The layer class of registry entry ``entry`` (made on first use for
     entries registered after import, e.g. by tests)."""
     cls = _LAYER_TYPES.get(entry.layer)
@@ -244,7 +244,7 @@ class Sequential(Layer):
                 extra = set(ls) - {"type"} - {p.name for p in entry.params}
                 if extra:
                     raise ValueError(f"layer {t!r} in model spec has unknown fields {sorted(extra)}")
-                layers.append(activation_layer(entry)(**{p.name: ls[p.name] for p in entry.params if p.name in ls}))
+                layers.append(layer_class(entry)(**{p.name: ls[p.name] for p in entry.params if p.name in ls}))
         return cls(*layers)
 
     def __repr__(self):

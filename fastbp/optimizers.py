@@ -145,6 +145,30 @@ def optimizer_from_spec(spec):
     raise ValueError(f"unknown optimizer spec {spec!r}")
 
 
+def optimizer_arg(optimizer):
+    """The ``optimizer=`` argument of :func:`fastbp.compile`: ``None`` is ``SGD(lr=0.1)``.
+
+    Parameters
+    ----------
+    optimizer : SGD, Adam, str or None
+
+    Returns
+    -------
+    SGD, Adam or str
+        Names are resolved by the step (:func:`resolve_optimizer`).
+
+    Raises
+    ------
+    TypeError
+        Any other type.
+    """
+    if optimizer is None:
+        return SGD(lr=0.1)
+    if not isinstance(optimizer, (SGD, Adam, str)):
+        raise TypeError(f"optimizer must be fastbp.SGD(...) or fastbp.Adam(...), got {type(optimizer).__name__}")
+    return optimizer
+
+
 def resolve_optimizer(optimizer):
     """Accept an optimizer instance or a name ('sgd', 'adam') with default settings."""
     if isinstance(optimizer, (SGD, Adam)):

@@ -1,89 +1,28 @@
-"""The compiled training step: ``fastbp.compile`` and :class:`TrainStep`."""
-from __future__ import annotations
+"""The compiled training step on the CPU: :class:`TrainStep`.
 
-import threading
+Everything a step kind shares (argument checks, plan, input path, fit
+schedule, status -> exception) is :class:`fastbp._step_base.StepBase`; this
+module adds the CPU executor's side: the executor context over the host
+arena, the fast call path, the native fit and predict.  The factories that
+choose a step kind (``fastbp.compile``) live in :mod:`fastbp.factories`.
+"""
+from __future__ import annotations
 
 import numpy as np
 
 from . import _executor as ex
-from . import _memory
-from . import _validate as V
+from ._ckpt_format import save
 from ._jit import entry_point
+from ._step_base import StepBase, gather_rows
+from .compiler import view
 from .config import FIT_NATIVE_MIN_STEPS, PREDICT_NATIVE_MIN_CHUNKS
-from .compiler import build_plan, new_arena, view
-from .kernels.codes import CLASSIFICATION_LOSSES, LOSSES
-from .layers import Linear, Sequential, _Activation
-from .optimizers import Adam, SGD, resolve_optimizer
 
 _INT64 = np.dtype(np.int64)
 
-__all__ = ["compile", "TrainStep"]
-
-# the shared validators (fastbp._validate), under the names other modules import
-_resolve_dtype = V.resolve_dtype
-_resolve_device = V.resolve_device
-_positive_int = V.positive_int
+__all__ = ["TrainStep"]
 
 
-
-
-
-class _LazyInit:
-    """``model.init_params(seed)``, drawn one layer at a time as the graph asks for it.
-
-    The same generator, the same draws in the same order (layer by layer):
-    bitwise the weights of :meth:`Sequential.init_params`.  Each layer's
-    float64 arrays live only until the graph has copied them, so building
-    a step never holds two float64 copies of all its weights.
-    """
-
-    def __init__(self, model, seed):
-        layers = model.layers
-        self._keys = set()
-        for i, layer in enumerate(layers):
-            if isinstance(layer, Linear):
-                self._keys.add(f"{i}.W")
-                if layer.bias:
-                    self._keys.add(f"{i}.b")
-        self._ready = {}
-        self._draws = self._draw(layers, seed)
-
-    @staticmethod
-    def _draw(layers, seed):
-        rng = np.random.default_rng(seed)
-        for i, layer in enumerate(layers):
-            if isinstance(layer, Linear):
-                nxt = layers[i + 1] if i + 1 < len(layers) else None
-                W, b = layer.init(rng, nxt.op if isinstance(nxt, _Activation) else None)
-                yield f"{i}.W", W
-                if b is not None:
-                    yield f"{i}.b", b
-
-    def get(self, key, default=None):
-        if key not in self._keys:
-            return default
-        while key not in self._ready:
-            k, v = next(self._draws)
-            self._ready[k] = v
-        self._keys.discard(key)
-        return self._ready.pop(key)
-
-
-def _hyper_from(optimizer):
-    h = np.zeros(ex.HYPER_SIZE, dtype=np.float64)
-    h[ex.H_LR] = optimizer.lr
-    h[ex.H_WD] = optimizer.weight_decay
-    if isinstance(optimizer, SGD):
-        h[ex.H_MOM] = optimizer.momentum
-        h[ex.H_NESTEROV] = float(optimizer.nesterov)
-    else:
-        h[ex.H_B1], h[ex.H_B2] = optimizer.betas
-        h[ex.H_EPS] = optimizer.eps
-        h[ex.H_DECOUPLED] = float(optimizer.decoupled)
-    return ex.runtime_hyper(h)
-
-
-class TrainStep:
+class TrainStep(StepBase):
     """A model compiled into one fused native training step.
 
     Create it with :func:`fastbp.compile`.  Calling it runs forward, loss,
@@ -111,44 +50,9 @@ class TrainStep:
     """
 
     def __init__(self, model, loss, optimizer, batch_size, dtype, seed, _params=None):
-        if not isinstance(model, Sequential):
-            raise TypeError(f"model must be a fastbp.Sequential, got {type(model).__name__}")
-        if not isinstance(loss, str) or loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}; valid losses: {', '.join(sorted(LOSSES))}")
-        self.model = model
-        self.loss = loss
-        # the step's own, frozen copy: a later change to the caller's object changes
-        # neither the training nor what save() writes (step.lr = v changes the rate)
-        self.optimizer = resolve_optimizer(optimizer)._owned_copy()
-        self.batch_size = V.positive_int("batch_size", batch_size)
-        self.dtype = V.resolve_dtype(dtype)
-        self.seed = V.seed(seed)
-        self.n_in = model.in_features
-        self.n_out = model.out_features()
-        self.classification = loss in CLASSIFICATION_LOSSES
-        if self.classification and self.n_out < 2:
-            raise ValueError(f"loss {loss!r} needs at least 2 outputs, the model has {self.n_out}")
-        # the size check comes before anything is allocated, the initial weights included
-        need, buffers = _memory.step_bytes(model, self.optimizer.n_state, self.batch_size, self.dtype.itemsize,
-                                           init=_params is None)
-        _memory.check(need, f"compiling {model!r} (batch_size={self.batch_size}, {self.dtype.name})",
-                      f"{_memory.fmt_bytes(buffers)} for the step's weights, gradients, optimizer state and "
-                      f"activations, the rest while its float64 initial weights are built")
-        self.rng = np.random.default_rng(self.seed)
-
-        init = _params if _params is not None else _LazyInit(model, self.seed if self.seed is not None else
-                                                             int(self.rng.integers(2**63)))
-        g, x, out = model.build_graph(init)
-        del init
-        lnode = g._loss(loss, out)
-        self.graph = g
-        self.plan = build_plan(g, lnode, g.params, dtype=self.dtype, batch_size=self.batch_size,
-                               loss=loss, optimizer=self.optimizer, train_input=x)
+        super().__init__(model, loss, optimizer, batch_size, dtype, seed, _params)
         p = self.plan
-        self.arena = new_arena(p)
-        for _, node, _, _ in p.params:
-            node.value = None       # written into the arena: the float64 initial values are not kept
-        self.hyper = _hyper_from(self.optimizer)
+        ex.runtime_hyper(self.hyper)        # this process's BLAS policy
         self.ws64 = np.zeros(self.batch_size, dtype=np.float64)
         #: the JIT GEMM kernels of small products (oneMKL only; see ex.gemm_jit_table)
         self.gjit = ex.gemm_jit_table(p, self.batch_size, self)
@@ -156,9 +60,6 @@ class TrainStep:
         self._ctx = ex.context(self.arena, p.bufs, p.tape, self.hyper, self.ws64, self.gjit,
                                 self.batch_size)
         self._yi_stage = np.zeros(self.batch_size, dtype=np.int64)
-        self._no_yi = np.zeros(0, dtype=np.int64)
-        self._no_yf = np.zeros((0, 0), dtype=self.dtype)
-        self._lock = threading.Lock()
         self._fit_stage = None      # gather buffers of a short shuffled fit, made on first use
         # where each run mode stops on the tape (see ex.run_step)
         self._tape_end = {ex.MODE_FORWARD: int(p.sec[ex.S_FWD]), ex.MODE_GRAD: int(p.sec[ex.S_BWD]),
@@ -178,52 +79,6 @@ class TrainStep:
         # the calls for minibatches already in the executor's form (see _make_fast)
         self._train_fast = self._make_fast(ex.MODE_TRAIN)
         self._grad_fast = self._make_fast(ex.MODE_GRAD)
-
-    # ------------------------------------------------------------ helpers
-    @property
-    def n_steps(self):
-        return int(self.hyper[ex.H_STEPS])
-
-    @property
-    def lr(self):
-        """The learning rate used by the next update (settable)."""
-        return float(self.hyper[ex.H_LR])
-
-    @lr.setter
-    def lr(self, value):
-        from .optimizers import _real
-        v = _real("lr", value, low=0.0, low_open=True, owner="TrainStep")
-        self.hyper[ex.H_LR] = v
-        self.optimizer._set_lr(v)
-
-    # the ONE input path (fastbp._validate): every entry point of the step, the
-    # data-parallel step and the GPU step's host inputs go through these two
-    def _features(self, x, name="x", max_rows=None):
-        """Validate ``x``; returns ``(x in the executor's form, rows)`` (see :func:`fastbp._validate.features`)."""
-        return V.features(x, name, self.dtype, self.n_in, max_rows)
-
-    def _targets(self, y, n, name="y", check_range=True):
-        """Validate targets for ``n`` rows; returns ``(yi, yf)`` in the executor's form."""
-        if self.classification:
-            return V.class_labels(y, name, n, self.n_out, self.loss, check_range), self._no_yf
-        return self._no_yi, V.targets(y, name, n, self.n_out, self.dtype, self.loss)
-
-    def _raise_status(self, status, info, y=None, where=""):
-        if status == ex.STATUS_BAD_LABEL:
-            label = "?" if y is None else int(y[info])
-            raise ValueError(f"y[{info}] = {label} is not a class label in [0, {self.n_out}){where}; "
-                             f"weights unchanged")
-        if status == ex.STATUS_LOSS_NONFINITE:
-            raise FloatingPointError(f"the loss is not finite{where} (NaN/Inf in the inputs or divergence); "
-                                     f"the update was skipped: weights and optimizer state unchanged")
-        if status == ex.STATUS_GRAD_NONFINITE:
-            raise FloatingPointError(f"a gradient is not finite{where}; the update was skipped: weights "
-                                     f"and optimizer state unchanged")
-        if status == ex.STATUS_BAD_INPUT:
-            # the validated path hands the executor only arrays in its form: a bug if seen
-            raise RuntimeError(f"internal error: the compiled step rejected the layout of a validated "
-                               f"minibatch{where} (executor status {status}); nothing was changed")
-        raise RuntimeError(f"internal error: executor status {status}{where}")
 
     # ------------------------------------------------------------- calls
     def __call__(self, x, y):
@@ -324,6 +179,32 @@ class TrainStep:
             self._raise_status(status, info, yi)
         return loss
 
+    # --------------------------------------------------- driver interface
+    # A step split in two native calls around a reduction: DistributedStep runs
+    # the gradients of its rows, sums them over the ranks into comm_vector's
+    # gradients, then the update.  The caller holds self.lock around both.
+    def gradients_of(self, x, yi, yf, n):
+        """Forward, loss and backward of a checked minibatch (:meth:`check_features`,
+        :meth:`check_targets`), no update.
+
+        The caller holds :attr:`lock`.  Returns ``(status, loss, info)``:
+        a nonzero ``status`` goes to :meth:`raise_status` (with ``info`` and
+        ``yi``); nothing was changed then but the gradients.
+        """
+        return ex.run_step(self._ctx, self.plan.sec, n, x, yi, yf, ex.MODE_GRAD)
+
+    def apply_update(self):
+        """The optimizer update from the gradients in :attr:`grad_vector` (gradient
+        check included); the caller holds :attr:`lock`.  Returns ``(status, info)``:
+        with a nonzero status nothing was changed."""
+        status, _, info = ex.run_update(self._ctx, self.plan.sec, self._no_yf)
+        return status, info
+
+    def gather(self, rows, X, yi, yf, x_out, yi_out, yf_out):
+        """Rows ``rows`` of a checked data set gathered into staging buffers
+        (:func:`fastbp._step_base.gather_rows`); returns ``(xb, yib, yfb)``."""
+        return gather_rows(rows, X, yi, yf, x_out, yi_out, yf_out, self.classification)
+
     def fit(self, X, Y, epochs=1, shuffle=True, seed=None):
         """Train whole epochs inside native calls, one per epoch (from
         :data:`FIT_NATIVE_MIN_STEPS` steps up; fewer run as a loop of the
@@ -362,9 +243,7 @@ class TrainStep:
             generator is left as it was before the call.
         """
         X, n = self._features(X, "X")
-        epochs = V.positive_int("epochs", epochs)
-        shuffle = V.boolean("shuffle", shuffle)
-        seed = V.seed(seed)
+        epochs, shuffle, seed = self._fit_args(epochs, shuffle, seed)
         yi, yf = self._targets(Y, n, name="Y")
         starts = self._epoch_starts(n)
         per_epoch = len(starts) - 1
@@ -404,43 +283,13 @@ class TrainStep:
                 if self._fit_stage is None:
                     self._fit_stage = (np.empty((self.batch_size, self.n_in), self.dtype),
                                        np.empty((self.batch_size, self.n_out), self.dtype))
-                rows = perm[lo:hi]
-                xb = np.take(X, rows, axis=0, out=self._fit_stage[0][:nb])
-                yib = np.take(yi, rows, out=self._yi_stage[:nb]) if classif else yi
-                yfb = yf if classif else np.take(yf, rows, axis=0, out=self._fit_stage[1][:nb])
+                xb, yib, yfb = gather_rows(perm[lo:hi], X, yi, yf, self._fit_stage[0], self._yi_stage,
+                                           self._fit_stage[1], classif)
             status, loss, info = ex.run_tape(self._ctx, 0, end, nb, xb, yib, yfb)
             if status:
                 return status, s, info
             losses[s] = loss
         return ex.STATUS_OK, len(losses), 0
-
-    @staticmethod
-    def _check_seed(seed):
-        V.seed(seed)
-
-    def _epoch_starts(self, n):
-        """Where each minibatch of an epoch of ``n`` rows starts: int64 ``(ceil(n / batch_size) + 1,)``."""
-        return np.minimum(np.arange(-(-n // self.batch_size) + 1, dtype=np.int64) * self.batch_size, n)
-
-    def _fit_orders(self, n, epochs, shuffle, seed):
-        """The visiting order of each epoch of a fit (shared with the GPU step).
-
-        Returns ``(orders, rng_state)``: ``orders`` yields, for each epoch
-        when it starts, the int64 row order (minibatch ``s`` of the epoch is
-        ``order[starts[s]:starts[s+1]]``, see :meth:`_epoch_starts`);
-        ``rng_state`` is the step generator's state before any shuffle was
-        drawn (restored when the fit fails).  The orders are those of one
-        generator drawn epoch after epoch: with the same seed, bitwise the
-        ones of drawing every epoch's permutation up front.
-        """
-        rng = self.rng if seed is None else np.random.default_rng(seed)
-        rng_state = self.rng.bit_generator.state
-
-        def orders():
-            in_order = None if shuffle else np.arange(n, dtype=np.int64)
-            for _ in range(epochs):
-                yield np.asarray(rng.permutation(n), dtype=np.int64) if shuffle else in_order
-        return orders(), rng_state
 
     def predict(self, X):
         """Network outputs (scores, before any loss) for every row of ``X``.
@@ -481,87 +330,4 @@ class TrainStep:
     def save(self, path):
         """Write a checkpoint (see :func:`fastbp.load`): architecture, weights,
         optimizer state, step count, dtype and RNG state; atomically."""
-        from .checkpoint import save
         save(self, path)
-
-    def __repr__(self):
-        return (f"<fastbp.TrainStep {self.model!r} loss={self.loss!r} optimizer={self.optimizer!r} "
-                f"batch_size={self.batch_size} dtype={self.dtype.name} steps={self.n_steps}>")
-
-
-def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, dtype=np.float32, seed=0,
-            device="cpu", comm=None):
-    """Compile a model into one fused training step.
-
-    Parameters
-    ----------
-    model : Sequential
-        Layers :class:`Linear`, :class:`ReLU`, :class:`Sigmoid`, :class:`Tanh`.
-    loss : {"softmax_cross_entropy", "mse", "bce_with_logits", "svm"}
-    optimizer : SGD or Adam, default ``SGD(lr=0.1)``
-        Applied inside the fused step.
-    batch_size : int, default 64
-        Largest minibatch; smaller ones work without recompiling.
-    dtype : float32 or float64, default float32
-    seed : int or None, default 0
-        Seeds the weight initialisation (He for layers feeding a ReLU,
-        Glorot otherwise; zero biases) and the shuffling of :meth:`TrainStep.fit`.
-    device : {"cpu", "cuda"}, default "cpu"
-        ``"cuda"``: the whole step runs on an NVIDIA GPU
-        (:class:`fastbp.cuda_step.CudaTrainStep`, same API; needs numba-cuda).
-
-    comm : mpi4py communicator, optional
-        Train data-parallel over the ranks of ``comm`` (e.g. ``MPI.COMM_WORLD``;
-        a collective call): returns a :class:`fastbp.distributed.DistributedStep`
-        whose ``batch_size`` is the per-rank batch, starting from rank 0's
-        weights, with one Allreduce of all gradients per step and each rank's
-        threads capped to its share of the cores.  Needs
-        ``pip install 'fastbp[distributed]'`` (ImportError saying so otherwise).
-
-    Returns
-    -------
-    TrainStep, CudaTrainStep (``device='cuda'``) or DistributedStep (``comm=``)
-
-    Raises
-    ------
-    TypeError
-        An argument of the wrong type (``seed="a"``, ``batch_size=8.0``,
-        ``dtype=np.int32``, ``device=0`` ...); the message names it.
-    ValueError
-        A wrong value (``batch_size=0`` or ``2**63``, ``seed=-1``, an unknown
-        loss or device name ...).
-    MemoryError
-        The step would not fit in the memory left on this machine; checked
-        before anything is allocated, the message says how many bytes it
-        would need and how many are available.
-    RuntimeError
-        ``device="cuda"`` and no CUDA device or driver was found.
-
-    Notes
-    -----
-    The step keeps its own copy of ``optimizer``: changing the object
-    afterwards changes neither the training nor what :meth:`TrainStep.save`
-    writes.  ``step.optimizer`` is that copy, frozen; ``step.lr = value``
-    changes the learning rate.
-
-    Examples
-    --------
-    >>> import numpy as np, fastbp
-    >>> model = fastbp.Sequential(fastbp.Linear(4, 8), fastbp.ReLU(), fastbp.Linear(8, 3))
-    >>> step = fastbp.compile(model, optimizer=fastbp.SGD(lr=0.1), batch_size=2)
-    >>> loss = step(np.ones((2, 4), np.float32), np.array([0, 2]))
-    """
-    if comm is not None:
-        if _resolve_device(device) != "cpu":
-            raise ValueError("comm= (data-parallel training) runs on the CPU; device must be 'cpu'")
-        from .distributed import compile as _compile_distributed   # imports mpi4py, or ImportError
-        return _compile_distributed(model, loss=loss, optimizer=optimizer, batch_size=batch_size,
-                                    dtype=dtype, seed=seed, comm=comm)
-    if optimizer is None:
-        optimizer = SGD(lr=0.1)
-    elif not isinstance(optimizer, (SGD, Adam, str)):
-        raise TypeError(f"optimizer must be fastbp.SGD(...) or fastbp.Adam(...), got {type(optimizer).__name__}")
-    if _resolve_device(device) == "cuda":
-        from .cuda_step import CudaTrainStep
-        return CudaTrainStep(model, loss, optimizer, batch_size, dtype, seed)
-    return TrainStep(model, loss, optimizer, batch_size, dtype, seed)

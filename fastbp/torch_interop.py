@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import Linear, Sequential, activation_layer
+from .layers import Linear, Sequential, layer_class
 from .optimizers import Adam, SGD
 from .registry import activations as _acts
 from .step import TrainStep
@@ -157,7 +157,7 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
             names.append((str(i), m))
         elif type(m) in kinds:
             entry = kinds[type(m)]
-            layers.append(activation_layer(entry)(**{p.name: getattr(m, p.name) for p in entry.params}))
+            layers.append(layer_class(entry)(**{p.name: getattr(m, p.name) for p in entry.params}))
         else:
             names = ", ".join(["Linear"] + [c.__name__ for c in kinds])
             raise ValueError(f"model layer {i} is a {type(m).__name__}; from_torch supports {names}")

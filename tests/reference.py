@@ -153,9 +153,9 @@ def optimizer_update(opt, params, grads, state):
 def mlp(widths, act="relu", bias=True, **act_params):
     """A Sequential of Linear layers with the activation ``act`` (a registry
     name) between them."""
-    from fastbp.layers import activation_layer
+    from fastbp.layers import layer_class
     from fastbp.registry import activations as acts
-    layer = activation_layer(acts.get(act))
+    layer = layer_class(acts.get(act))
     layers = []
     for i in range(len(widths) - 1):
         layers.append(fastbp.Linear(widths[i], widths[i + 1], bias=bias))

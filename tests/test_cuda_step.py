@@ -42,7 +42,7 @@ import _simulator
 
 import fastbp
 from fastbp.kernels.cuda import cuda_available
-from cuda_ptx import ptx_target
+from cuda_ptx import PTX_TARGETS, assemble, find_ptxas, ptx_target
 
 AVAIL = cuda_available()
 SIM_ENV = os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0")
@@ -582,13 +582,16 @@ def test_import_without_numba_cuda():
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
 
 
-def test_step_kernels_compile_ptx(monkeypatch):
-    """The step's own kernels compile for a real GPU (this one's, else sm_80) in both dtypes."""
+@pytest.mark.parametrize("target", PTX_TARGETS, ids=lambda c: f"sm_{c[0]}{c[1]}")
+def test_step_kernels_compile_ptx(monkeypatch, tmp_path, target):
+    """The step's own kernels compile for a real GPU (this one's, else sm_80 and sm_90) in
+    both dtypes, and assemble into machine code where ``ptxas`` is present."""
     import numba
     from numba import cuda as real_cuda
 
-    from fastbp import cuda_step as cs
-    cc = ptx_target(monkeypatch, AVAIL)
+    from fastbp import _cuda_status as cs   # the step's own kernels
+    cc = ptx_target(monkeypatch, AVAIL, target)
+    ptxas = find_ptxas()
     res = np.zeros(4)
     y = np.zeros(3, np.int64)
     for dtype in (np.float32, np.float64):
@@ -607,3 +610,5 @@ def test_step_kernels_compile_ptx(monkeypatch):
             sig = tuple(numba.typeof(a) for a in args)
             ptx, _ = real_cuda.compile_ptx(k.py_func, sig, cc=cc)
             assert ".entry" in ptx, name
+            if ptxas:
+                assemble(ptxas, ptx, cc, tmp_path / f"{name}_{np.dtype(dtype).name}.ptx")

@@ -21,7 +21,7 @@ from fastbp import _executor as ex
 from fastbp import ops
 from fastbp.gradcheck import numerical_gradient, relative_error
 from fastbp.kernels import activations as A
-from fastbp.layers import activation_layer
+from fastbp.layers import layer_class
 from fastbp.registry import activations as R
 
 
@@ -194,7 +194,7 @@ def test_fused_linear_kernels_match_reference(use_entry, name, dt):
 
 
 def _model(entry, params):
-    layer = activation_layer(entry)
+    layer = layer_class(entry)
     kw = dict(zip((p.name for p in entry.params), params)) if params else {}
     return fastbp.Sequential(fastbp.Linear(5, 7), layer(**kw), fastbp.Linear(7, 6), layer(**kw),
                              fastbp.Linear(6, 3))
@@ -315,9 +315,9 @@ def test_layer_spec_roundtrip_and_checkpoint(use_entry, name, tmp_path):
     np.testing.assert_array_equal(back.predict(x), step.predict(x))
     for p in entry.params:       # wrong type / value: TypeError / ValueError naming the parameter
         with pytest.raises(TypeError, match=p.name):
-            activation_layer(entry)(**{p.name: "1"})
+            layer_class(entry)(**{p.name: "1"})
         with pytest.raises(ValueError, match=p.name):
-            activation_layer(entry)(**{p.name: float("nan")})
+            layer_class(entry)(**{p.name: float("nan")})
 
 
 @pytest.mark.parametrize("name", [e.name for e in R.entries(public=True)])
@@ -327,9 +327,12 @@ def test_every_public_entry_is_exported_and_named_everywhere(name):
     assert getattr(fastbp, entry.layer).entry is entry and entry.layer in fastbp.__all__
     assert getattr(fastbp, name) is getattr(fastbp.graph, name) and name in fastbp.__all__
     assert _cli_args.ACTIVATIONS[name] == entry.layer
+    from fastbp import builders
+    assert builders.activation_layer(name).entry is entry
+    assert builders.activation_layer(entry.sklearn or name).entry is entry
     pytest.importorskip("sklearn")
-    from fastbp import estimator
-    assert estimator._activation_entry(entry.sklearn or name) is entry
+    from fastbp import _estimator_base
+    assert (entry.sklearn or name) in _estimator_base._activation_names()
 
 
 def test_unknown_activation_code_is_an_error_never_the_identity():

@@ -10,7 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Config", "CONFIGS", "get_configs", "make_weights", "make_data", "workspace_bytes"]
+#: Variables removed from the environment of the processes the bench starts
+#: (only there): both slow numpy's OpenBLAS down on this machine.
+SCRUBBED_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+__all__ = ["Config", "CONFIGS", "SCRUBBED_ENV", "get_configs", "make_weights", "make_data", "workspace_bytes"]
 
 
 @dataclass(frozen=True)

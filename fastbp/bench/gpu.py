@@ -30,13 +30,8 @@ __all__ = ["bench_gpu"]
 
 
 def _model(config):
-    import fastbp
-    layers = []
-    for i, (fan_in, fan_out) in enumerate(config.layers):
-        if i:
-            layers.append(fastbp.ReLU())
-        layers.append(fastbp.Linear(fan_in, fan_out))
-    return fastbp.Sequential(*layers)
+    from fastbp.builders import mlp
+    return mlp(config.widths, "relu")
 
 
 def _bench_one(config, steps, warmup, dtype, lr, seed, fit, n_batches):

@@ -56,13 +56,8 @@ def ring_allreduce_bytes(n_bytes, ranks):
 
 
 def _model(cfg):
-    import fastbp
-    layers = []
-    for i, (a, b) in enumerate(cfg.layers):
-        layers.append(fastbp.Linear(a, b))
-        if i < len(cfg.layers) - 1:
-            layers.append(fastbp.ReLU())
-    return fastbp.Sequential(*layers)
+    from fastbp.builders import mlp
+    return mlp(cfg.widths, "relu")
 
 
 def _median_time(fn, reps):
@@ -91,7 +86,6 @@ def _worker_dist(cfg, threads, steps, reps):
     from mpi4py import MPI
 
     import fastbp
-    from fastbp import _executor as ex
     from fastbp import distributed as dist
     comm = MPI.COMM_WORLD
     size = comm.Get_size()
@@ -120,19 +114,19 @@ def _worker_dist(cfg, threads, steps, reps):
     b_fit = []
     fit_step = timed(lambda: step.fit(X, y, epochs=1, shuffle=False), reps, b_fit) / steps
 
-    st = step.step
-    p = st.plan
-    xl, yl = X[:local], y[:local]
+    st = step.step          # the rank's TrainStep, driven through its driver interface
+    xl, nl = st.check_features(X[:local], "x")
+    yi, yf = st.check_targets(y[:local], nl)
 
     def grads(k):
         for _ in range(k):
-            ex.run_step(st._ctx, p.sec, local, xl, yl, st._no_yf, ex.MODE_GRAD)
+            st.gradients_of(xl, yi, yf, nl)
     k = max(steps, 10)
     grad_s = timed(lambda: grads(k), reps) / k
 
     def updates(k):
         for _ in range(k):
-            ex.run_update(st._ctx, p.sec, st._no_yf)
+            st.apply_update()
     update_s = timed(lambda: updates(k), reps) / k
 
     buf = np.zeros_like(step.comm_vector)

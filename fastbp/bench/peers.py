@@ -171,12 +171,8 @@ class FastbpPeer:
             raise RuntimeError("fastbp.compile is not available in this fastbp")
         self.config = config
         self.dtype = np.dtype(dtype)
-        layers = []
-        for l, (i, o) in enumerate(config.layers):
-            layers.append(fastbp.Linear(i, o))
-            if l < len(config.layers) - 1:
-                layers.append(fastbp.ReLU())
-        self.model = fastbp.Sequential(*layers)
+        from fastbp.builders import mlp
+        self.model = mlp(config.widths, "relu")
         self.compiled = fastbp.compile(self.model, loss="softmax_cross_entropy",
                                        optimizer=fastbp.SGD(lr=lr), batch_size=config.batch,
                                        dtype=self.dtype.type, seed=0)

@@ -24,15 +24,11 @@ import sys
 import tempfile
 import time
 
-from .configs import CONFIGS, get_configs, make_data, make_weights, n_batches_for, workspace_bytes
+from .configs import (SCRUBBED_ENV, CONFIGS, get_configs, make_data, make_weights, n_batches_for,
+                      workspace_bytes)
 from .peers import DISPLAY, PEERS, available
 
 __all__ = ["main", "peer_env", "compare_losses", "SCRUBBED_ENV", "format_time"]
-
-#: Variables removed from the environment of the processes the bench starts
-#: (only there): both slow numpy's OpenBLAS down on this machine.
-SCRUBBED_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-
 
 
 class WorkerError(RuntimeError):

@@ -39,7 +39,7 @@ import traceback
 
 import numpy as np
 
-from .configs import CONFIGS
+from .configs import CONFIGS, SCRUBBED_ENV
 
 def _rss_bytes():
     """Current resident set size (``/proc/self/statm``), or None."""
@@ -243,8 +243,6 @@ class Worker:
 
         dist = {"fastbp": "fastbp", "numpy": "numpy", "torch": "torch", "jax": "jax",
                 "sklearn": "scikit-learn"}[MODULES[self.name]]
-        from .runner import SCRUBBED_ENV
-
         out = {"version": md.version(dist), "numpy": np.__version__,
                "env": {k: os.environ[k] for k in SCRUBBED_ENV if k in os.environ}}
         if self.name == "fastbp":

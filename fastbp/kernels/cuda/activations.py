@@ -20,23 +20,16 @@ arithmetic only.  The launchers keep the signatures of the code-based API
 (``_act_fwd(X, act, Y, stream)``) with the parameters as an optional ``P``
 (default: the entry's defaults).
 """
-import math
-
 import numpy as np
 from numba import cuda
 
 from ...registry import activations as R
 from ..factory import ADAPTERS, entry_suffix, specialise
+from .fused import _param, linear_kernels
 from .launch import device, grid_ew, kernel
 
 #: the logistic function of one scalar (the registry's sigmoid; the BCE loss uses it)
 _sigmoid1 = device(R.sigmoid)
-
-
-@device
-def _param(P, k):
-    """``P[k]``; NaN if ``P`` has no element ``k``."""
-    return P[k] if k < P.shape[0] else P.dtype.type(math.nan)
 
 
 def _t_k_act_fwd(X, Y, P):
@@ -84,7 +77,6 @@ class EntryKernels:
     scalar device functions ``f``, ``d``."""
 
     def __init__(self, entry):
-        from . import linear as _li     # the fused linear kernels (linear imports this module)
         self.entry = entry
         sfx = entry_suffix(entry)
         n = len(entry.params)
@@ -93,7 +85,7 @@ class EntryKernels:
         self.fwd = kernel(specialise(_t_k_act_fwd, sfx, _F=self.f))
         self.bwd = kernel(specialise(_t_k_act_bwd, sfx, _D=self.d))
         self.bias_act = kernel(specialise(_t_k_bias_act, sfx, _F=self.f))
-        self.linear_fwd, self.linear_fwd_t = _li.linear_kernels(self.f, sfx)
+        self.linear_fwd, self.linear_fwd_t = linear_kernels(self.f, sfx)
 
     def all(self):
         """``{role: kernel}`` (for the PTX compile tests)."""

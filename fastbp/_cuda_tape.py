@@ -1,0 +1,268 @@
+"""The GPU interpreter of a plan's instruction tape: :class:`DeviceTape`.
+
+It walks the tape in order and launches, for each instruction, the CUDA
+kernels of :mod:`fastbp.kernels.cuda` with the semantics of the CPU
+interpreter (:func:`fastbp._executor.run_tape`), all on one CUDA stream,
+asynchronously.  Its device memory is the plan's flat arena as ONE device
+array, every buffer being a view of it, plus the status word of
+:mod:`fastbp._cuda_status`.
+
+The launches of each opcode are in :meth:`DeviceTape._compile` (activations:
+``OP_ACT``, ``OP_ACT_BWD`` and the fused one of ``OP_LINEAR_BWD``), the loss
+launches in :meth:`DeviceTape._loss_op`, the updates in
+:meth:`DeviceTape._update_op`.
+
+Importing this module needs numba-cuda (:mod:`fastbp.cuda_step` imports it
+only when numba-cuda is there).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from . import _isa as ex
+from ._cuda_status import (R_INFO, R_LOSS, R_STATUS, R_STEP, RES_SIZE, _k_adam_gated, _k_grad_status,
+                           _k_loss_status, _k_reset_status, _k_sgd_gated)
+from .kernels.codes import LOSS_BCE_LOGITS, LOSS_MSE, LOSS_SOFTMAX_XENT, LOSS_SVM
+from .kernels.cuda import activations as _ga
+from .kernels.cuda import gates as _gg
+from .kernels.cuda import gemm as _gm
+from .kernels.cuda import linear as _gl
+from .kernels.cuda import losses as _glo
+from .kernels.cuda.launch import grid_1d, grid_reduce
+
+__all__ = ["DeviceTape", "TapeCall"]
+
+#: cap on the blocks of the grid-stride gradient check
+_MAX_BLOCKS = 4096
+
+
+def _adam_scalars(hyper, t):
+    """Step-dependent scalars of Adam step ``t`` (as :func:`fastbp.kernels.cuda.optim._adam_update`)."""
+    lr, b1, b2, wd = hyper[ex.H_LR], hyper[ex.H_B1], hyper[ex.H_B2], hyper[ex.H_WD]
+    bc1 = 1.0 - b1 ** t
+    bc2 = 1.0 - b2 ** t
+    return lr / bc1, math.sqrt(bc2), 1.0 - lr * wd
+
+
+class TapeCall:
+    """Per-call values the tape programs read: stream, input, targets, loss slot, step."""
+    __slots__ = ("stream", "x", "target", "loss", "step", "t")
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.x = None
+        self.target = None
+        self.loss = None
+        self.step = 0
+        self.t = 1.0
+
+
+class DeviceTape:
+    """The GPU interpreter of a plan's tape over one device arena.
+
+    ``program(nb)`` turns the tape into, per instruction, a list of
+    closures ``run(ctx)`` that launch the CUDA kernels with the arena views
+    of a minibatch of ``nb`` rows (views and launch arguments are made once
+    per ``nb`` and cached).  Reads of the step's input buffer (``plan.x_buf``)
+    go to ``ctx.x``, so a device input is read in place.
+    """
+
+    def __init__(self, plan, host_arena, hyper):
+        self.plan = plan
+        self.hyper = hyper          # the owner's float64 host array (read at launch time)
+        self.dtype = plan.dtype
+        self.arena = cuda.to_device(host_arena)
+        self.ws64 = cuda.device_array(max(plan.batch_size, 1), dtype=np.float64)
+        self.res = cuda.to_device(np.zeros(RES_SIZE, dtype=np.float64))
+        self.res_loss = self.res[R_LOSS:R_LOSS + 1]
+        self.res_host = cuda.pinned_array(RES_SIZE, dtype=np.float64)
+        self.e1 = cuda.device_array(0, dtype=self.dtype)
+        self.e2 = cuda.device_array((0, 0), dtype=self.dtype)
+        self.no_labels = cuda.device_array(0, dtype=np.int64)
+        self.one = cuda.to_device(np.ones((1, 1), dtype=self.dtype))
+        self._programs = {}
+        self._views = {}
+
+    # ------------------------------------------------------------ views
+    def view(self, buf, nb):
+        """The 2-D device view of buffer ``buf`` for a minibatch of ``nb`` rows (cached)."""
+        key = (buf, nb)
+        v = self._views.get(key)
+        if v is None:
+            off, r, c = (int(x) for x in self.plan.bufs[buf])
+            if r < 0:
+                r = nb
+            v = self._views[key] = self.arena[off:off + r * c].reshape(r, c)
+        return v
+
+    def vec(self, buf):
+        if buf < 0:
+            return self.e1
+        off, r, c = (int(v) for v in self.plan.bufs[buf])
+        return self.arena[off:off + r * c]
+
+    def region(self, off, n):
+        return self.arena[off:off + n]
+
+    # ---------------------------------------------------------- programs
+    def program(self, nb):
+        prog = self._programs.get(nb)
+        if prog is None:
+            prog = self._programs[nb] = [self._compile(ins, nb) for ins in self.plan.tape]
+        return prog
+
+    def run(self, ctx, lo, hi, nb):
+        """Launch instructions ``lo .. hi-1`` (OP_LOAD_X is the caller's job)."""
+        prog = self.program(nb)
+        for pc in range(lo, hi):
+            for op in prog[pc]:
+                op(ctx)
+
+    def _compile(self, ins, nb):
+        X_SLOT = self.plan.x_buf
+
+        def V(i):
+            if i < 0:
+                return self.e2
+            if i == X_SLOT:
+                return _XSLOT
+            return self.view(i, nb)
+
+        def launch(fn, *args):
+            """A closure launching ``fn(*args, stream=...)``; ``_XSLOT`` arguments read ``ctx.x``."""
+            if any(a is _XSLOT for a in args):
+                def run(ctx):
+                    fn(*[ctx.x if a is _XSLOT else a for a in args], stream=ctx.stream)
+            else:
+                def run(ctx):
+                    fn(*args, stream=ctx.stream)
+            return run
+
+        op = int(ins[ex.C_OP])
+        out, a, b, c, d, e, f = (int(ins[k]) for k in (ex.C_OUT, ex.C_A, ex.C_B, ex.C_C, ex.C_D,
+                                                         ex.C_E, ex.C_F))
+        g, f1, f2, f3 = (int(ins[k]) for k in (ex.C_G, ex.C_F1, ex.C_F2, ex.C_F3))
+        if op == ex.OP_LOAD_X:
+            return []
+        if op == ex.OP_LINEAR:
+            fwd = _gl._linear_fwd_t if f1 else _gl._linear_fwd
+            return [launch(fwd, V(a), V(b), self.vec(c), g, V(out))]
+        if op == ex.OP_MATMUL:
+            mm = _gm._mm_nt if f1 else _gm._mm_nn
+            return [launch(mm, V(a), V(b), V(out), False)]
+        if op == ex.OP_GATE:
+            return [launch(_gg._gate_fwd, g, V(a), V(b), V(out))]
+        if op == ex.OP_ACT:
+            return [launch(_ga._act_fwd, V(a), g, V(out))]
+        if op == ex.OP_SUM:
+            return [launch(_gg._sum_fwd, V(a), V(out))]
+        if op == ex.OP_LOSS:
+            return [self._loss_op(V(a), V(b), V(out) if out >= 0 else self.e2, g, nb)]
+        if op == ex.OP_SEED:
+            return [launch(_gg._sum_bwd, self.one, V(out), False)]
+        if op == ex.OP_LINEAR_BWD:
+            # a=X, b=W, c=Y, d=dY (overwritten by dZ), e=dX, f=dW, out=db; the bias
+            # gradient accumulates like dW (flag f3), as on the CPU
+            X, W, Y, dZ = V(a), V(b), V(c), V(d)
+            ops = []
+            if g != 0:
+                ops.append(launch(_ga._act_bwd, Y, dZ, g, dZ, False))
+            if out >= 0:
+                ops.append(launch(_gl._colsum, dZ, self.vec(out), bool(f3)))
+            dW = V(f)
+            if f1:      # dWt (out, in) = dZ^T X
+                ops.append(launch(_gm._mm_tn, dZ, X, dW, bool(f3)))
+            else:       # dW (in, out) = X^T dZ
+                ops.append(launch(_gm._mm_tn, X, dZ, dW, bool(f3)))
+            if e >= 0:  # dX = dZ W^T  (or dZ Wt)
+                mm = _gm._mm_nn if f1 else _gm._mm_nt
+                ops.append(launch(mm, dZ, W, V(e), bool(f2)))
+            return ops
+        if op == ex.OP_MATMUL_BWD:
+            A, B, dO = V(a), V(b), V(d)
+            ops = []
+            if e >= 0:
+                mm = _gm._mm_nn if f1 else _gm._mm_nt
+                ops.append(launch(mm, dO, B, V(e), bool(f2)))
+            if f >= 0:
+                if f1:  # B stored transposed: dB = dO^T A
+                    ops.append(launch(_gm._mm_tn, dO, A, V(f), bool(f3)))
+                else:
+                    ops.append(launch(_gm._mm_tn, A, dO, V(f), bool(f3)))
+            return ops
+        if op == ex.OP_GATE_BWD:
+            return [launch(_gg._gate_bwd, g, V(a), V(b), V(d), V(e), V(f), bool(f2), bool(f3))]
+        if op == ex.OP_ACT_BWD:
+            return [launch(_ga._act_bwd, V(c), V(d), g, V(e), bool(f2))]
+        if op == ex.OP_SUM_BWD:
+            return [launch(_gg._sum_bwd, V(d), V(e), bool(f2))]
+        if op in (ex.OP_SGD, ex.OP_ADAM):
+            return [self._update_op(op, a, b, c, d, int(ins[ex.C_F4]))]
+        raise RuntimeError(f"internal: opcode {op} has no CUDA implementation")
+
+    def _loss_op(self, S, dS, out, kind, nb):
+        fn = {LOSS_SOFTMAX_XENT: _glo._softmax_xent, LOSS_SVM: _glo._svm,
+              LOSS_MSE: _glo._mse, LOSS_BCE_LOGITS: _glo._bce_logits}[kind]
+        rowloss = self.ws64[:nb]
+        classification = kind in (LOSS_SOFTMAX_XENT, LOSS_SVM)
+        n_classes = S.shape[1]
+        rgrid, rblock = grid_reduce()
+        res = self.res
+        no_labels = self.no_labels
+
+        def run(ctx):
+            fn(S, ctx.target, dS, rowloss, ctx.loss, stream=ctx.stream)
+            labels = ctx.target if classification else no_labels
+            _k_loss_status[rgrid, rblock, ctx.stream](labels, n_classes, ctx.loss, out, res, ctx.step)
+        return run
+
+    def _update_op(self, op, p0, g0, s0, s1, n):
+        p = self.region(p0, n)
+        gvec = self.region(g0, n)
+        res = self.res
+        blocks, threads = grid_1d(n)
+        blocks = min(blocks, _MAX_BLOCKS)
+        hyper = self.hyper
+        if op == ex.OP_SGD:
+            v = self.region(s0, n) if s0 >= 0 else self.e1
+
+            def run(ctx):
+                s = ctx.stream
+                _k_grad_status[blocks, threads, s](gvec, res, ctx.step)
+                _k_sgd_gated[blocks, threads, s](p, gvec, v, float(hyper[ex.H_LR]), float(hyper[ex.H_MOM]),
+                                                 bool(hyper[ex.H_NESTEROV] != 0.0), float(hyper[ex.H_WD]), res)
+            return run
+        m = self.region(s0, n)
+        v = self.region(s1, n)
+
+        def run(ctx):
+            s = ctx.stream
+            step, sbc2, decay = _adam_scalars(hyper, ctx.t)
+            _k_grad_status[blocks, threads, s](gvec, res, ctx.step)
+            _k_adam_gated[blocks, threads, s](p, gvec, m, v, float(step), float(sbc2), float(hyper[ex.H_B1]),
+                                              float(hyper[ex.H_B2]), float(hyper[ex.H_EPS]),
+                                              float(hyper[ex.H_WD]), float(decay),
+                                              bool(hyper[ex.H_DECOUPLED] != 0.0), res)
+        return run
+
+    # ----------------------------------------------------------- status
+    def reset_status(self, stream):
+        _k_reset_status[1, 1, stream](self.res)
+
+    def read_status(self, stream):
+        """One device-to-host copy of the status word; waits for the stream."""
+        self.res.copy_to_host(self.res_host, stream=stream)
+        stream.synchronize()
+        r = self.res_host
+        return int(r[R_STATUS]), int(r[R_INFO]), int(r[R_STEP]), float(r[R_LOSS])
+
+
+class _XSlotType:
+    def __repr__(self):
+        return "<the step's input>"
+
+
+_XSLOT = _XSlotType()

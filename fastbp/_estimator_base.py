@@ -1,0 +1,474 @@
+"""The machinery :class:`fastbp.estimator.MLPClassifier` and :class:`~fastbp.estimator.MLPRegressor`
+share: parameter checks, the step (built by :func:`fastbp.builders.mlp` and
+:func:`fastbp.compile`), the epochs, pickling and saving (:class:`_BaseMLP`).
+
+Imported by :mod:`fastbp.estimator` only; needs scikit-learn.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+import tempfile
+import warnings
+
+import numpy as np
+
+try:
+    from sklearn.base import BaseEstimator
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import train_test_split
+    from sklearn.utils import check_random_state
+    from sklearn.utils.validation import check_is_fitted
+except ImportError as _e:  # pragma: no cover - exercised only without sklearn
+    raise ImportError(
+        "fastbp.MLPClassifier and fastbp.MLPRegressor need scikit-learn, which is not "
+        "installed: pip install 'fastbp[examples]'"
+    ) from _e
+
+try:  # scikit-learn >= 1.6
+    from sklearn.utils.validation import validate_data as _sk_validate_data
+except ImportError:  # pragma: no cover - older scikit-learn
+    _sk_validate_data = None
+
+from .builders import mlp
+from .factories import compile as compile_step, load
+from .optimizers import SGD, Adam
+
+__all__ = ["_BaseMLP"]
+
+def _activation_names():
+    """scikit-learn's activation names, then fastbp's for the registry entries
+    scikit-learn does not have (e.g. 'leaky_relu')."""
+    from .registry import activations as _acts
+    return tuple([e.sklearn for e in _acts.entries() if e.sklearn]
+                 + [e.name for e in _acts.entries(public=True) if e.sklearn is None])
+
+
+_ACTIVATIONS = _activation_names()
+_SOLVERS = ("sgd", "adam")
+
+
+def _validate_data(est, X, y="no_validation", *, reset=True, **kw):
+    if _sk_validate_data is not None:
+        return _sk_validate_data(est, X, y, reset=reset, **kw)
+    return est._validate_data(X, y, reset=reset, **kw)  # pragma: no cover
+
+
+def _resolve_dtype(dtype, X_dtype):
+    if dtype is None:
+        return np.dtype(np.float32) if X_dtype == np.float32 else np.dtype(np.float64)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype must be None, 'float32' or 'float64', got {dtype!r}")
+    return dt
+
+
+def _is_int(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v):
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _batch_sizes(n, bs):
+    full, rem = divmod(n, bs)
+    sizes = np.full(full + (1 if rem else 0), bs, dtype=np.float64)
+    if rem:
+        sizes[-1] = rem
+    return sizes
+
+
+class _BaseMLP(BaseEstimator):
+    """Shared machinery of :class:`MLPClassifier` and :class:`MLPRegressor`."""
+
+    def _loss_scales(self, n_out):
+        """``(report, grad)``: scikit-learn's loss is ``report`` times fastbp's
+        mean loss, and its gradient ``grad`` times fastbp's gradient."""
+        return 1.0, 1.0
+
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate_init=0.001,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        dtype=None,
+    ):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.dtype = dtype
+
+    # ------------------------------------------------------------------ params
+    def _hidden(self):
+        h = self.hidden_layer_sizes
+        if _is_int(h):
+            h = [h]
+        try:
+            h = list(h)
+        except TypeError:
+            raise ValueError(
+                f"hidden_layer_sizes must be an int or a sequence of ints, got {self.hidden_layer_sizes!r}"
+            ) from None
+        if not all(_is_int(v) and v > 0 for v in h):
+            raise ValueError(f"hidden_layer_sizes must be > 0, got {self.hidden_layer_sizes!r}")
+        return [int(v) for v in h]
+
+    def _check_params(self):
+        def need(ok, name, what):
+            if not ok:
+                raise ValueError(f"{name} must be {what}, got {getattr(self, name)!r}")
+
+        need(isinstance(self.activation, str) and self.activation in _activation_names(), "activation",
+             f"one of {_activation_names()}")
+        need(self.solver in _SOLVERS, "solver",
+             f"one of {_SOLVERS} (fastbp has no 'lbfgs' solver)")
+        need(_is_real(self.alpha) and self.alpha >= 0, "alpha", "a finite number >= 0")
+        need(self.batch_size == "auto" or (_is_int(self.batch_size) and self.batch_size >= 1),
+             "batch_size", "'auto' or an int >= 1")
+        need(_is_real(self.learning_rate_init) and self.learning_rate_init > 0,
+             "learning_rate_init", "a finite number > 0")
+        need(_is_int(self.max_iter) and self.max_iter >= 1, "max_iter", "an int >= 1")
+        need(_is_real(self.tol) and self.tol >= 0, "tol", "a finite number >= 0")
+        need(_is_real(self.momentum) and 0 <= self.momentum < 1, "momentum", "in [0, 1)")
+        need(_is_real(self.validation_fraction) and 0 < self.validation_fraction < 1,
+             "validation_fraction", "in (0, 1)")
+        need(_is_real(self.beta_1) and 0 <= self.beta_1 < 1, "beta_1", "in [0, 1)")
+        need(_is_real(self.beta_2) and 0 <= self.beta_2 < 1, "beta_2", "in [0, 1)")
+        need(_is_real(self.epsilon) and self.epsilon > 0, "epsilon", "a finite number > 0")
+        need(_is_int(self.n_iter_no_change) and self.n_iter_no_change >= 1,
+             "n_iter_no_change", "an int >= 1")
+        for name in ("shuffle", "verbose", "warm_start", "nesterovs_momentum", "early_stopping"):
+            need(isinstance(getattr(self, name), (bool, np.bool_)) or getattr(self, name) in (0, 1),
+                 name, "a bool")
+        _resolve_dtype(self.dtype, np.dtype(np.float64))
+        return self._hidden()
+
+    # ------------------------------------------------------------------ steps
+    def _optimizer(self, batch_size, n_out):
+        # alpha * W / batch_size is scikit-learn's L2 gradient; fastbp's
+        # weight_decay adds weight_decay * p to the gradient.
+        wd = float(self.alpha) / batch_size
+        lr = float(self.learning_rate_init)
+        eps = float(self.epsilon)
+        # scikit-learn's gradient is s times fastbp's (see _loss_scales):
+        # rescale so that the same hyper-parameters take the same steps.
+        # SGD: lr * s * (g + wd / s * p); Adam is invariant to the gradient's
+        # scale except for epsilon.
+        s = self._loss_scales(n_out)[1]
+        wd /= s
+        if self.solver == "sgd":
+            lr *= s
+            m = float(self.momentum)
+            return SGD(lr=lr, momentum=m, nesterov=bool(self.nesterovs_momentum) and m > 0,
+                              weight_decay=wd)
+        return Adam(lr=lr, betas=(float(self.beta_1), float(self.beta_2)), eps=eps / s,
+                           weight_decay=wd)
+
+    def _make_step(self, hidden, n_in, n_out, batch_size, seed):
+        """Compile a fresh step; remember how, for pickling."""
+        arch = {
+            "hidden": list(hidden), "activation": self.activation, "n_in": int(n_in),
+            "n_out": int(n_out), "loss": self._fastbp_loss, "batch_size": int(batch_size),
+            "dtype": self._dtype.name, "seed": int(seed),
+            "optimizer": self._optimizer_params(batch_size, n_out),
+        }
+        self._step = self._compile(arch)
+        self._arch = arch
+
+    def _optimizer_params(self, batch_size, n_out):
+        opt = self._optimizer(batch_size, n_out)
+        if opt.name == "sgd":
+            return {"type": "sgd", "lr": opt.lr, "momentum": opt.momentum,
+                    "nesterov": opt.nesterov, "weight_decay": opt.weight_decay}
+        return {"type": "adam", "lr": opt.lr, "betas": tuple(opt.betas), "eps": opt.eps,
+                "weight_decay": opt.weight_decay}
+
+    @staticmethod
+    def _compile(arch):
+        o = dict(arch["optimizer"])
+        kind = o.pop("type")
+        opt = SGD(**o) if kind == "sgd" else Adam(**o)
+        return compile_step(mlp([arch["n_in"], *arch["hidden"], arch["n_out"]], arch["activation"]),
+                            loss=arch["loss"], optimizer=opt, batch_size=arch["batch_size"],
+                            dtype=np.dtype(arch["dtype"]).type, seed=arch["seed"])
+
+    def _weight_names(self):
+        names = [k for k in self._step.params if k.endswith(".W")]
+        return sorted(names, key=lambda k: int(k.split(".")[0]))
+
+    @property
+    def coefs_(self):
+        """Weight matrices, one ``(fan_in, fan_out)`` array per layer (the live buffers)."""
+        check_is_fitted(self)
+        return [self._step.params[k] for k in self._weight_names()]
+
+    @property
+    def intercepts_(self):
+        """Bias vectors, one ``(fan_out,)`` array per layer (the live buffers)."""
+        check_is_fitted(self)
+        return [self._step.params[k[:-1] + "b"] for k in self._weight_names()]
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # a copy: never touch self.__dict__
+        step = state.pop("_step", None)
+        if step is not None:
+            # the step itself holds native code; pickle its checkpoint instead
+            # (weights, optimizer state, counters: training resumes exactly)
+            with tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, "step.npz")
+                step.save(path)
+                with open(path, "rb") as f:
+                    state["_step_checkpoint"] = f.read()
+        return state
+
+    def __setstate__(self, state):
+        blob = state.pop("_step_checkpoint", None)
+        super().__setstate__(state)
+        if blob is not None:
+            with tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, "step.npz")
+                with open(path, "wb") as f:
+                    f.write(blob)
+                self._step = load(path)
+
+    # ------------------------------------------------------------------ data
+    def _as_array(self, X):
+        if hasattr(X, "toarray"):  # scipy sparse: fastbp works on dense arrays
+            X = X.toarray()
+        return np.ascontiguousarray(X, dtype=self._dtype)
+
+    def _forward(self, X):
+        """Network outputs (logits) for already-validated X."""
+        X = self._as_array(X)
+        return np.asarray(self._step.predict(X))
+
+    # ------------------------------------------------------------------ training
+    def _fit(self, X, y, incremental):
+        hidden = self._check_params()
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        first_pass = not hasattr(self, "_step") or (not self.warm_start and not incremental)
+        X, Y = self._validate_input(X, y, incremental, reset=first_pass)
+        n_samples, n_features = X.shape
+        if first_pass:
+            self._dtype = _resolve_dtype(self.dtype, X.dtype)
+        X = self._as_array(X)
+        self._random_state = rs = check_random_state(self.random_state)
+
+        if self.batch_size == "auto":
+            requested = 200
+        else:
+            requested = int(self.batch_size)
+
+        if first_pass:
+            # partial_fit keeps the requested batch size for the later calls
+            # (a call with fewer samples makes one smaller minibatch);
+            # fit works on one known dataset and needs no bigger workspace.
+            bs = requested if incremental else min(requested, n_samples)
+            seed = int(rs.randint(np.iinfo(np.int32).max))
+            self._make_step(hidden, n_features, self._n_outputs(), max(bs, 1), seed)
+            self.n_outputs_ = self._n_outputs()
+            self.n_layers_ = len(hidden) + 2
+            self.out_activation_ = self._out_activation()
+            self.t_ = 0
+            self.n_iter_ = 0
+            self.loss_curve_ = []
+            self._no_improvement_count = 0
+            if self.early_stopping:
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
+                self.best_loss_ = None
+            else:
+                self.validation_scores_ = None
+                self.best_validation_score_ = None
+                self.best_loss_ = np.inf
+        elif not incremental:
+            # warm start: same weights, fresh optimizer state (as scikit-learn)
+            if list(self._arch["hidden"]) != hidden or self._arch["activation"] != self.activation:
+                raise ValueError(
+                    "warm_start=True needs the same hidden_layer_sizes and activation as the "
+                    f"previous fit (was {tuple(self._arch['hidden'])}, {self._arch['activation']!r})"
+                )
+            old = {k: np.array(v) for k, v in self._step.params.items()}
+            seed = int(rs.randint(np.iinfo(np.int32).max))
+            self._make_step(hidden, n_features, self.n_outputs_,
+                            min(requested, n_samples), seed)
+            for k, v in old.items():
+                self._step.params[k][...] = v
+            self._no_improvement_count = 0
+            self.n_iter_ = 0
+            if self.early_stopping:
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
+
+        if self.batch_size != "auto" and self.batch_size > n_samples and not incremental:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. "
+                          "It is going to be clipped")
+
+        if self.early_stopping:
+            stratify = Y if (self._is_classifier_single_label()) else None
+            X_tr, X_val, Y_tr, Y_val = train_test_split(
+                X, Y, random_state=rs, test_size=self.validation_fraction, stratify=stratify)
+            if X_val.shape[0] < 2:
+                raise ValueError("The validation set is too small. Increase 'validation_fraction' "
+                                 "or the size of your dataset.")
+            X_tr, Y_tr = np.ascontiguousarray(X_tr), np.ascontiguousarray(Y_tr)
+            X_val = np.ascontiguousarray(X_val)
+        else:
+            X_tr, Y_tr, X_val, Y_val = X, Y, None, None
+
+        self._run_epochs(X_tr, Y_tr, X_val, Y_val, rs, incremental)
+        return self
+
+    def _run_epochs(self, X, Y, X_val, Y_val, rs, incremental):
+        step = self._step
+        n = X.shape[0]
+        bs = min(self._arch["batch_size"], n)
+        sizes = _batch_sizes(n, bs)
+        best_params = None
+        max_iter = 1 if incremental else self.max_iter
+        stopped = False
+        self.n_iter_ = 0  # epochs of this call, as scikit-learn counts them
+        try:
+            for _ in range(max_iter):
+                seed = int(rs.randint(np.iinfo(np.int32).max))
+                try:
+                    losses = np.asarray(step.fit(X, Y, epochs=1, shuffle=bool(self.shuffle),
+                                                 seed=seed), dtype=np.float64)
+                except FloatingPointError as e:
+                    raise ValueError(
+                        f"training diverged at iteration {self.n_iter_ + 1}: {e}. Lower "
+                        "learning_rate_init or scale the input features."
+                    ) from None
+                if losses.shape == sizes.shape:
+                    loss = float(losses @ sizes) / n
+                else:  # pragma: no cover - defensive: other minibatch schedules
+                    loss = float(losses.mean())
+                loss *= self._loss_scales(self._arch["n_out"])[0]
+                if self.alpha:
+                    sq = sum(float(np.vdot(w, w)) for w in self.coefs_)
+                    loss += 0.5 * float(self.alpha) * sq / bs
+                self.n_iter_ += 1
+                self.t_ += n
+                self.loss_ = loss
+                self.loss_curve_.append(loss)
+                if self.verbose:
+                    print(f"Iteration {self.n_iter_}, loss = {loss:.8f}")
+
+                if self.early_stopping:
+                    score = self._val_score(X_val, Y_val)
+                    self.validation_scores_.append(score)
+                    if self.verbose:
+                        print(f"Validation score: {score:f}")
+                    if score < self.best_validation_score_ + self.tol:
+                        self._no_improvement_count += 1
+                    else:
+                        self._no_improvement_count = 0
+                    if score > self.best_validation_score_:
+                        self.best_validation_score_ = score
+                        best_params = {k: np.array(v) for k, v in step.params.items()}
+                else:
+                    if loss > self.best_loss_ - self.tol:
+                        self._no_improvement_count += 1
+                    else:
+                        self._no_improvement_count = 0
+                    if loss < self.best_loss_:
+                        self.best_loss_ = loss
+
+                if self._no_improvement_count > self.n_iter_no_change:
+                    if self.verbose:
+                        what = "Validation score" if self.early_stopping else "Training loss"
+                        print(f"{what} did not improve more than tol={self.tol:f} for "
+                              f"{self.n_iter_no_change} consecutive epochs. Stopping.")
+                    stopped = True
+                    break
+            if not incremental and not stopped:
+                warnings.warn(
+                    f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
+                    "the optimization hasn't converged yet.", ConvergenceWarning)
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.")
+        if self.early_stopping and best_params is not None:
+            for k, v in best_params.items():
+                step.params[k][...] = v
+
+    def fit(self, X, y):
+        """Fit the model to ``X`` and ``y``, one fused native call per epoch.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data (sparse input is densified).
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Class labels (classifier) or targets (regressor).
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        return self._fit(X, y, incremental=False)
+
+    def _validate_X_predict(self, X):
+        check_is_fitted(self)
+        return _validate_data(self, X, accept_sparse=["csr", "csc"],
+                              dtype=(np.float64, np.float32), reset=False)
+
+    def save(self, path):
+        """Write the fitted model as a self-contained, pickle-free bundle.
+
+        The file (see :mod:`fastbp.bundle`) holds the weights and
+        architecture (a :func:`fastbp.load` checkpoint), ``classes_``, the
+        feature names (when fitted on a DataFrame), the estimator's class
+        and parameters and training metadata.  Load it with
+        :func:`fastbp.load_model`, whose ``predict``/``predict_proba``/
+        ``score`` give this estimator's results; ``fastbp predict --model
+        path`` uses it from the command line.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Destination (written atomically; no suffix is added).
+        """
+        check_is_fitted(self)
+        from .bundle import save_estimator
+        save_estimator(self, path)

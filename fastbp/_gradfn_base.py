@@ -1,0 +1,116 @@
+"""What the CPU and the GPU ``fastbp.grad`` functions share: :class:`GradFunctionBase`.
+
+The plan and its host arena, the checks of the keyword arguments and the
+reading of the results; running the plan is the subclass's job
+(:class:`fastbp.gradfn.GradFunction` on the CPU,
+:class:`fastbp.cuda_gradfn.CudaGradFunction` on the GPU).  Imports neither
+the CPU executor nor numba-cuda.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from . import _isa as ex
+from .compiler import build_plan, new_arena, view
+from .graph import upstream
+
+__all__ = ["GradFunctionBase"]
+
+
+def _check_memory(output, dtype, batch_size):
+    """MemoryError (before the compiler lays anything out) when the inputs the output
+    depends on and the output itself, at ``batch_size`` rows, cannot fit: a lower bound
+    of the buffers :func:`fastbp.compiler.new_arena` would allocate."""
+    from ._memory import check
+    count = 0
+    for n in upstream(output).values():
+        if n.op == "input" or n is output:
+            size = 1
+            for d in n.shape:
+                size *= batch_size if d is None else d
+            count += size
+    check(count * dtype.itemsize, f"fastbp.grad with batch_size={batch_size}",
+          f"at least {count} values of {dtype.name} for the inputs and the output")
+
+
+class GradFunctionBase:
+    """The compiled ``value, grads = f(**inputs)`` of :func:`fastbp.grad` (shared part).
+
+    Parameters
+    ----------
+    output : Node
+    wrt : list of Node
+    dtype : numpy.dtype
+        float32 or float64 (already resolved).
+    batch_size : int
+        Already checked.
+    """
+
+    def __init__(self, output, wrt, dtype, batch_size):
+        self.graph = output.graph
+        self.output = output
+        self.wrt = list(wrt)
+        self.dtype = np.dtype(dtype)
+        _check_memory(output, self.dtype, batch_size)
+        self.plan = build_plan(self.graph, output, self.wrt, dtype=self.dtype, batch_size=batch_size)
+        self.arena = new_arena(self.plan)
+        self.inputs = [n for n in self.graph.inputs if n.id in self.plan.value_buf]
+        self.param_nodes = [n for n in self.graph.params if n.id in self.plan.value_buf]
+        self.hyper = np.zeros(ex.HYPER_SIZE)
+        self._lock = threading.Lock()
+
+    def _asarray(self, v):
+        """How an argument is read (the CUDA variant keeps device arrays on the device)."""
+        return np.asarray(v)
+
+    def _stage(self, values):
+        """Validate the keyword arguments; returns ``(nb, [(node, array), ...])``."""
+        p = self.plan
+        known = {n.name for n in self.inputs} | {n.name for n in self.param_nodes}
+        unknown = set(values) - known
+        if unknown:
+            raise TypeError(f"unexpected argument(s) {sorted(unknown)}; this function takes "
+                            f"{sorted(known)}")
+        nb = None
+        staged = []
+        for n in self.inputs + self.param_nodes:
+            if n.name not in values:
+                if n.op == "input":
+                    raise TypeError(f"missing input {n.name!r} (shape {n.shape})")
+                continue
+            try:
+                v = self._asarray(values[n.name])
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"{n.name} cannot be converted to an array: {e}") from None
+            if v.dtype.kind not in "fiu" or v.dtype.kind == "b":
+                raise TypeError(f"{n.name} must be a real array, got dtype {v.dtype}")
+            shape = n.shape
+            if len(shape) == 2 and shape[0] is None:
+                if v.ndim != 2 or v.shape[1] != shape[1]:
+                    raise ValueError(f"{n.name} must have shape (batch, {shape[1]}), got {v.shape}")
+                if nb is None:
+                    nb = v.shape[0]
+                elif v.shape[0] != nb:
+                    raise ValueError(f"{n.name} has {v.shape[0]} rows but another input has {nb}")
+                if not 1 <= nb <= p.batch_size:
+                    raise ValueError(f"{n.name} has {nb} rows; 1..{p.batch_size} are supported "
+                                     f"(pass batch_size= to fastbp.grad)")
+            elif v.shape != tuple(shape):
+                raise ValueError(f"{n.name} must have shape {tuple(shape)}, got {v.shape}")
+            staged.append((n, v))
+        nb = p.batch_size if nb is None else nb
+        return nb, staged
+
+    def _results(self, nb):
+        """The output value and the gradients of the last run, read from the host arena (copies;
+        Python floats for scalars)."""
+        p = self.plan
+        out = view(self.arena, p, p.value_buf[self.output.id], self.output.shape, nb)
+        value = float(out) if out.ndim == 0 else out.copy()
+        grads = {w.name: np.array(view(self.arena, p, p.grad_buf[w.id], w.shape, nb)) for w in self.wrt}
+        for k, g in grads.items():
+            if g.ndim == 0:
+                grads[k] = float(g)
+        return value, grads

@@ -1,0 +1,104 @@
+"""One builder for "an MLP from layer widths and an activation": :func:`mlp`.
+
+The estimator, the command line and the benchmarks build their models here,
+and :func:`activation_layer` is the ONE place where an activation's name
+becomes a layer: looked up in the activation registry
+(:mod:`fastbp.registry.activations`) by fastbp's name or scikit-learn's.
+"""
+from __future__ import annotations
+
+from . import layers as _layers
+from .registry import activations as _acts
+
+__all__ = ["mlp", "activation_layer", "activation_names"]
+
+def _entry(name):
+    """The registry entry called ``name`` (fastbp's or scikit-learn's name; "none": the identity), or None."""
+    if name == "none":
+        return _acts.get("identity")
+    return _acts.lookup(name) or _acts.lookup(name, "sklearn")
+
+
+def activation_names():
+    """Every name :func:`activation_layer` accepts, sorted (``"none"`` and scikit-learn's names included)."""
+    return sorted({"none"} | {e.name for e in _acts.entries()} | {e.sklearn for e in _acts.entries() if e.sklearn})
+
+
+def activation_layer(name):
+    """The activation layer called ``name``, or ``None`` for the identity.
+
+    Parameters
+    ----------
+    name : str
+        A fastbp activation name (a registry entry: ``"relu"``, ``"sigmoid"``,
+        ``"tanh"``, ...; ``"none"``) or scikit-learn's name of one
+        (``"logistic"``, ``"identity"``).  The layer gets the entry's
+        default parameters.
+
+    Returns
+    -------
+    layer or None
+        A new layer instance (``fastbp.ReLU()`` ...); ``None`` for the identity.
+
+    Raises
+    ------
+    TypeError
+        ``name`` is not a str.
+    ValueError
+        An unknown name (the message lists the valid ones).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"activation must be a str, got {type(name).__name__}")
+    entry = _entry(name)
+    if entry is None:
+        raise ValueError(f"unknown activation {name!r}; valid: {', '.join(activation_names())}")
+    if entry.layer is None:
+        return None
+    return _layers.layer_class(entry)()
+
+
+def mlp(widths, activation="relu", *, bias=True):
+    """A :class:`~fastbp.Sequential` MLP: ``Linear`` layers with ``activation`` between them.
+
+    Parameters
+    ----------
+    widths : sequence of int
+        ``(in_features, hidden..., out_features)``: at least two widths;
+        layer ``i`` maps ``widths[i]`` to ``widths[i + 1]`` features.
+    activation : str, default "relu"
+        Applied after every layer but the last (see :func:`activation_layer`;
+        ``"none"``/``"identity"``: none).
+    bias : bool, default True
+        Whether the ``Linear`` layers have a bias.
+
+    Returns
+    -------
+    Sequential
+
+    Raises
+    ------
+    TypeError
+        ``widths`` is not a sequence of int, or ``activation`` not a str.
+    ValueError
+        Fewer than two widths, a width below 1, or an unknown activation.
+
+    Examples
+    --------
+    >>> from fastbp.builders import mlp
+    >>> mlp([4, 8, 3], "tanh")
+    Sequential(Linear(4, 8, bias=True), Tanh(), Linear(8, 3, bias=True))
+    """
+    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__"):
+        raise TypeError(f"widths must be a sequence of int, got {type(widths).__name__}")
+    widths = list(widths)
+    if len(widths) < 2:
+        raise ValueError(f"widths must hold at least two widths (in and out features), got {widths}")
+    activation_layer(activation)          # checks the name once, also for a one-layer model
+    layers = []
+    for i in range(len(widths) - 1):
+        layers.append(_layers.Linear(widths[i], widths[i + 1], bias=bias))
+        if i < len(widths) - 2:
+            act = activation_layer(activation)
+            if act is not None:
+                layers.append(act)
+    return _layers.Sequential(*layers)

@@ -1,0 +1,95 @@
+"""The fused linear kernels of CUDA, made per activation: templates and their factory.
+
+``linear_fwd(X, W, b, Y, P)`` / ``linear_fwd_t(X, Wt, b, Y, P)``: the tiled
+product of :mod:`.gemm` with the bias and the activation ``_F`` (an entry's
+scalar forward, injected by :func:`linear_kernels`) applied to the register
+tile before it is stored, so ``X W`` never makes a round trip through global
+memory.  The launchers are in :mod:`.linear`; :mod:`.activations` makes the
+kernels for each registry entry.
+"""
+import math
+
+from numba import cuda
+
+from ..factory import specialise
+from .gemm import _load_panel_kmajor, _load_panel_kminor, _panel_fma, _zero_acc
+from .launch import BK, BM, BN, GEMM_TX, GEMM_TY, TILE_LD, TM, TN, device, kernel
+
+
+@device
+def _param(P, k):
+    """``P[k]`` (an activation's parameter); NaN if ``P`` has no element ``k``."""
+    return P[k] if k < P.shape[0] else P.dtype.type(math.nan)
+
+
+def _t_store_bias_act(Y, acc, b, P, m0, n0, tx, ty):
+    """``Y[tile] = f(acc + b)`` for the in-range part of this thread's outputs."""
+    p0 = _param(P, 0)
+    p1 = _param(P, 1)
+    M = Y.shape[0]
+    N = Y.shape[1]
+    has_bias = b.shape[0] > 0
+    for i in range(TM):
+        r = m0 + ty + i * GEMM_TY
+        if r < M:
+            for j in range(TN):
+                c = n0 + tx + j * GEMM_TX
+                if c < N:
+                    v = acc[i, j]
+                    if has_bias:
+                        v += b[c]
+                    Y[r, c] = _F(v, p0, p1)  # noqa: F821 - injected
+
+
+def _t_k_linear_fwd(X, W, b, Y, P):
+    """Kernel of :func:`_linear_fwd`: tiled ``X @ W`` with the bias/activation epilogue."""
+    Ap = cuda.shared.array((BK, TILE_LD), dtype=X.dtype)
+    Bp = cuda.shared.array((BK, TILE_LD), dtype=X.dtype)
+    acc = cuda.local.array((TM, TN), dtype=X.dtype)
+    a = cuda.local.array(TM, dtype=X.dtype)
+    bb = cuda.local.array(TN, dtype=X.dtype)
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    tid = ty * GEMM_TX + tx
+    m0 = cuda.blockIdx.y * BM
+    n0 = cuda.blockIdx.x * BN
+    K = X.shape[1]
+    _zero_acc(acc)
+    for k0 in range(0, K, BK):
+        _load_panel_kminor(X, Ap, k0, m0, tid)
+        _load_panel_kmajor(W, Bp, k0, n0, tid)
+        cuda.syncthreads()
+        _panel_fma(Ap, Bp, acc, a, bb, tx, ty)
+        cuda.syncthreads()
+    _store_bias_act(Y, acc, b, P, m0, n0, tx, ty)  # noqa: F821 - injected
+
+
+def _t_k_linear_fwd_t(X, Wt, b, Y, P):
+    """Kernel of :func:`_linear_fwd_t`: tiled ``X @ Wt.T`` with the epilogue."""
+    Ap = cuda.shared.array((BK, TILE_LD), dtype=X.dtype)
+    Bp = cuda.shared.array((BK, TILE_LD), dtype=X.dtype)
+    acc = cuda.local.array((TM, TN), dtype=X.dtype)
+    a = cuda.local.array(TM, dtype=X.dtype)
+    bb = cuda.local.array(TN, dtype=X.dtype)
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    tid = ty * GEMM_TX + tx
+    m0 = cuda.blockIdx.y * BM
+    n0 = cuda.blockIdx.x * BN
+    K = X.shape[1]
+    _zero_acc(acc)
+    for k0 in range(0, K, BK):
+        _load_panel_kminor(X, Ap, k0, m0, tid)
+        _load_panel_kminor(Wt, Bp, k0, n0, tid)
+        cuda.syncthreads()
+        _panel_fma(Ap, Bp, acc, a, bb, tx, ty)
+        cuda.syncthreads()
+    _store_bias_act(Y, acc, b, P, m0, n0, tx, ty)  # noqa: F821 - injected
+
+
+def linear_kernels(f, sfx):
+    """``(linear_fwd, linear_fwd_t)`` kernels whose epilogue applies the scalar
+    device function ``f(v, p0, p1)`` (an activation's adapter); ``sfx`` names them."""
+    store = device(specialise(_t_store_bias_act, sfx, _F=f))
+    return (kernel(specialise(_t_k_linear_fwd, sfx, _store_bias_act=store)),
+            kernel(specialise(_t_k_linear_fwd_t, sfx, _store_bias_act=store)))
