@@ -36,9 +36,6 @@ from ..registry import activations as R
 from .factory import ADAPTERS, entry_suffix, specialise
 from .gemm import _gemm_rows
 
-#: the logistic function of one scalar (the registry's sigmoid; the BCE loss uses it)
-_sigmoid1 = jit(R.sigmoid)
-
 #: kernel roles in the executor's table (fastbp.kernels.table): K = base + 3 * code + role
 ROLE_BIAS_ACT, ROLE_FWD, ROLE_BWD = range(3)
 N_ROLES = 3

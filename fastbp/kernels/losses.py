@@ -14,7 +14,10 @@ import math
 from numba import prange
 
 from .._jit import int64_bits_as_float64, jit, kernel, stack_tile
-from .activations import _sigmoid1
+from ..registry.activations import sigmoid as _sigmoid
+
+#: the logistic function of one scalar: the activation registry's sigmoid
+_sigmoid1 = jit(_sigmoid)
 
 
 @jit
