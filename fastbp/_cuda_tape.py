@@ -17,6 +17,7 @@ only when numba-cuda is there).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -25,6 +26,7 @@ from numba import cuda
 from . import _isa as ex
 from ._cuda_status import (R_INFO, R_LOSS, R_STATUS, R_STEP, RES_SIZE, _k_adam_gated, _k_grad_status,
                            _k_loss_status, _k_reset_status, _k_sgd_gated)
+from .registry.activations import IDENTITY as ACT_IDENTITY
 from .kernels.codes import LOSS_BCE_LOGITS, LOSS_MSE, LOSS_SOFTMAX_XENT, LOSS_SVM
 from .kernels.cuda import activations as _ga
 from .kernels.cuda import gates as _gg
@@ -145,18 +147,22 @@ class DeviceTape:
         out, a, b, c, d, e, f = (int(ins[k]) for k in (ex.C_OUT, ex.C_A, ex.C_B, ex.C_C, ex.C_D,
                                                          ex.C_E, ex.C_F))
         g, f1, f2, f3 = (int(ins[k]) for k in (ex.C_G, ex.C_F1, ex.C_F2, ex.C_F3))
+        # an activation's parameters (its float buffer, -1: none) and, for OP_LINEAR,
+        # the pre-activation it keeps (d >= 0: the activation's derivative reads it)
+        P = self.vec(int(ins[ex.C_P]))
         if op == ex.OP_LOAD_X:
             return []
         if op == ex.OP_LINEAR:
             fwd = _gl._linear_fwd_t if f1 else _gl._linear_fwd
-            return [launch(fwd, V(a), V(b), self.vec(c), g, V(out))]
+            return [launch(functools.partial(fwd, P=P, Z=V(d) if d >= 0 else None), V(a), V(b), self.vec(c), g,
+                           V(out))]
         if op == ex.OP_MATMUL:
             mm = _gm._mm_nt if f1 else _gm._mm_nn
             return [launch(mm, V(a), V(b), V(out), False)]
         if op == ex.OP_GATE:
             return [launch(_gg._gate_fwd, g, V(a), V(b), V(out))]
         if op == ex.OP_ACT:
-            return [launch(_ga._act_fwd, V(a), g, V(out))]
+            return [launch(functools.partial(_ga._act_fwd, P=P), V(a), g, V(out))]
         if op == ex.OP_SUM:
             return [launch(_gg._sum_fwd, V(a), V(out))]
         if op == ex.OP_LOSS:
@@ -164,12 +170,13 @@ class DeviceTape:
         if op == ex.OP_SEED:
             return [launch(_gg._sum_bwd, self.one, V(out), False)]
         if op == ex.OP_LINEAR_BWD:
-            # a=X, b=W, c=Y, d=dY (overwritten by dZ), e=dX, f=dW, out=db; the bias
-            # gradient accumulates like dW (flag f3), as on the CPU
+            # a=X, b=W, c=what act' reads (Y or the pre-activation), d=dY (overwritten
+            # by dZ), e=dX, f=dW, out=db; the bias gradient accumulates like dW (flag
+            # f3), as on the CPU
             X, W, Y, dZ = V(a), V(b), V(c), V(d)
             ops = []
-            if g != 0:
-                ops.append(launch(_ga._act_bwd, Y, dZ, g, dZ, False))
+            if g != ACT_IDENTITY:
+                ops.append(launch(functools.partial(_ga._act_bwd, P=P), Y, dZ, g, dZ, False))
             if out >= 0:
                 ops.append(launch(_gl._colsum, dZ, self.vec(out), bool(f3)))
             dW = V(f)
@@ -196,7 +203,7 @@ class DeviceTape:
         if op == ex.OP_GATE_BWD:
             return [launch(_gg._gate_bwd, g, V(a), V(b), V(d), V(e), V(f), bool(f2), bool(f3))]
         if op == ex.OP_ACT_BWD:
-            return [launch(_ga._act_bwd, V(c), V(d), g, V(e), bool(f2))]
+            return [launch(functools.partial(_ga._act_bwd, P=P), V(c), V(d), g, V(e), bool(f2))]
         if op == ex.OP_SUM_BWD:
             return [launch(_gg._sum_bwd, V(d), V(e), bool(f2))]
         if op in (ex.OP_SGD, ex.OP_ADAM):

@@ -571,6 +571,164 @@ def test_import_without_numba_cuda():
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
 
 
+# ------------------------------------- every registry activation and loss: CPU vs CUDA
+from fastbp.registry import activations as REG  # noqa: E402
+
+REG_NAMES = [e.name for e in REG.entries()]
+REG_PUBLIC = [e.name for e in REG.entries(public=True)]
+LOSS_NAMES = ["softmax_cross_entropy", "svm", "mse", "bce_with_logits"]
+
+
+def _reg_params(entry):
+    """Parameters other than the defaults where the entry has any (in range)."""
+    vals = []
+    for p in entry.params:
+        try:
+            vals.append(p.check(3.0 * p.default + 0.5, "test"))
+        except ValueError:
+            vals.append(p.default)
+    return tuple(vals)
+
+
+def _nonfinite(rng, shape, dtype, scale=3.0):
+    """Random values with NaN, +inf, -inf, 0 and a large value among them."""
+    x = rnd(rng, shape, dtype, scale)
+    special = np.array([np.nan, np.inf, -np.inf, 0.0, 40.0, -40.0], dtype)
+    idx = rng.choice(x.size, size=len(special), replace=False)
+    x.ravel()[idx] = special
+    return x
+
+
+def _same(gpu, cpu, dtype, what):
+    """Same NaN and inf positions, finite values within rounding (FMA)."""
+    np.testing.assert_array_equal(np.isnan(gpu), np.isnan(cpu), err_msg=what + " (NaN positions)")
+    np.testing.assert_allclose(gpu, cpu, err_msg=what, equal_nan=True, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", PARAM_DTYPES)
+@pytest.mark.parametrize("name", REG_NAMES)
+def test_cuda_registry_activation_matches_cpu(name, dtype):
+    """Each entry's CUDA kernels (compiled from the same scalar bodies) against its CPU
+    kernels, with NaN and inf inputs: same NaNs, same infs, same finite values."""
+    entry = REG.get(name)
+    rng = np.random.default_rng(entry.code)
+    P = np.array(_reg_params(entry), dtype)
+    ks = cpu_act.kernels(entry.code)
+    m, n = 7, 33
+    x = _nonfinite(rng, (m, n), dtype)
+    dy = _nonfinite(rng, (m, n), dtype, 1.0)
+    y = np.empty_like(x)
+    ks.fwd.serial(x, y, P)
+    Yd = empty_dev((m, n), dtype)
+    g_act._act_fwd(dev(x), entry.code, Yd, P=dev(P))
+    _same(Yd.copy_to_host(), y, dtype, f"{name} fwd")
+    t = y if entry.uses == "output" else x
+    for acc in (False, True):
+        start = rnd(rng, (m, n), dtype)
+        dx = start.copy()
+        ks.bwd.serial(t, dy, dx, acc, P)
+        dXd = dev(start)
+        g_act._act_bwd(dev(t), dev(dy), entry.code, dXd, acc, P=dev(P))
+        _same(dXd.copy_to_host(), dx, dtype, f"{name} bwd acc={acc}")
+    b = _nonfinite(rng, (n,), dtype)
+    for bias in (b, np.empty(0, dtype)):
+        z = x.copy()
+        yb = np.empty_like(x)
+        ks.bias_act.serial(z, bias, yb, P)
+        Zd, Ybd = dev(x), empty_dev((m, n), dtype)
+        g_linear._bias_act(Ybd, dev(bias), entry.code, P=dev(P), Z=Zd)
+        _same(Zd.copy_to_host(), z, dtype, f"{name} bias_act Z")
+        _same(Ybd.copy_to_host(), yb, dtype, f"{name} bias_act Y")
+        Yi = dev(x)
+        g_linear._bias_act(Yi, dev(bias), entry.code, P=dev(P))
+        _same(Yi.copy_to_host(), yb, dtype, f"{name} bias_act in place")
+    # the fused linear forward, with and without the pre-activation kept
+    X = rnd(rng, (m, 5), dtype)
+    W = rnd(rng, (5, n), dtype)
+    X[0, 0] = np.nan
+    X[1, 1] = np.inf
+    want = np.empty((m, n), dtype)
+    ks.linear_fwd.serial(X, W, b, want, P)
+    for keep in (False, True):
+        Yd = empty_dev((m, n), dtype)
+        Zd = empty_dev((m, n), dtype) if keep else None
+        g_linear._linear_fwd(dev(X), dev(W), dev(b), entry.code, Yd, P=dev(P), Z=Zd)
+        _same(Yd.copy_to_host(), want, dtype, f"{name} linear_fwd keep={keep}")
+        Yt = empty_dev((m, n), dtype)
+        g_linear._linear_fwd_t(dev(X), dev(np.ascontiguousarray(W.T)), dev(b), entry.code, Yt, P=dev(P), Z=Zd)
+        _same(Yt.copy_to_host(), want, dtype, f"{name} linear_fwd_t keep={keep}")
+    with pytest.raises(ValueError, match="unknown activation code"):
+        g_act._act_fwd(dev(x), 29, empty_dev((m, n), dtype))
+
+
+@pytest.mark.parametrize("loss", LOSS_NAMES)
+@pytest.mark.parametrize("name", REG_PUBLIC)
+def test_cuda_step_nonfinite_parity(name, loss):
+    """A step on NaN or inf data: the GPU step (simulated) does what the CPU step does --
+    the same error (FloatingPointError, nothing applied) or the same finite loss and
+    update -- for every activation of the registry and every loss."""
+    import fastbp
+    from fastbp.builders import mlp
+    model = mlp([3, 4, 2], name)
+    kw = dict(loss=loss, optimizer=fastbp.SGD(lr=0.1), batch_size=2, dtype=np.float64, seed=0)
+    cpu = fastbp.compile(model, **kw)
+    gpu = fastbp.compile(model, device="cuda", **kw)
+    rng = np.random.default_rng(1)
+    y = np.array([0, 1]) if loss in ("softmax_cross_entropy", "svm") else rng.random((2, 2))
+    for bad in (np.nan, np.inf, -np.inf):
+        x = rng.standard_normal((2, 3))
+        x[0, 1] = bad
+        outcome = []
+        for step in (cpu, gpu):
+            before = dict(step.params if step is cpu else step.params_host())
+            before = {k: np.array(v) for k, v in before.items()}
+            try:
+                outcome.append(("ok", step(x, y)))
+            except FloatingPointError as exc:
+                outcome.append(("FloatingPointError", str(exc).split(";")[0]))
+                after = step.params if step is cpu else step.params_host()
+                for k in before:
+                    np.testing.assert_array_equal(after[k], before[k], err_msg=f"{name}/{loss}/{bad}: {k} changed")
+        (kc, vc), (kg, vg) = outcome
+        assert kc == kg, f"{name}/{loss}/x={bad}: CPU {outcome[0]}, GPU {outcome[1]}"
+        if kc == "ok":
+            np.testing.assert_allclose(vg, vc, rtol=1e-12, err_msg=f"{name}/{loss}/{bad}")
+        hp = gpu.params_host()
+        for k, v in cpu.params.items():
+            np.testing.assert_allclose(hp[k], v, rtol=1e-12, atol=1e-14, err_msg=f"{name}/{loss}/{bad}: {k}")
+
+
+@pytest.mark.parametrize("dtype", PARAM_DTYPES)
+@pytest.mark.parametrize("kind", LOSS_NAMES)
+def test_cuda_loss_kernels_nonfinite_match_cpu(kind, dtype):
+    """Each loss kernel with NaN and inf scores: the same loss (NaN, inf or finite) and
+    the same gradient on both targets (the CUDA SVM kernel once returned 0 for a NaN score)."""
+    cpu_k = {"softmax_cross_entropy": cpu_losses._softmax_xent, "svm": cpu_losses._svm,
+             "mse": cpu_losses._mse, "bce_with_logits": cpu_losses._bce_logits}[kind]
+    gpu_k = {"softmax_cross_entropy": g_losses._softmax_xent, "svm": g_losses._svm,
+             "mse": g_losses._mse, "bce_with_logits": g_losses._bce_logits}[kind]
+    rng = np.random.default_rng(4)
+    B, C = 5, 4
+    for bad in (np.nan, np.inf, -np.inf):
+        S = rnd(rng, (B, C), dtype)
+        S[1, 2] = bad
+        if kind in ("softmax_cross_entropy", "svm"):
+            tgt = rng.integers(0, C, B).astype(np.int64)
+            tgt[1] = 0
+        else:
+            tgt = np.ascontiguousarray(rng.random((B, C)).astype(dtype))
+        dS = np.empty_like(S)
+        loss = cpu_k.serial(S, tgt, dS, np.empty(B))
+        dSd = empty_dev((B, C), dtype)
+        lossd = cuda.to_device(np.zeros(1))
+        gpu_k(dev(S), dev(tgt), dSd, cuda.to_device(np.zeros(B)), lossd)
+        gl = lossd.copy_to_host()[0]
+        assert (np.isnan(gl), np.isinf(gl)) == (np.isnan(loss), np.isinf(loss)), f"{kind} {bad}: {gl} vs {loss}"
+        if np.isfinite(loss):
+            np.testing.assert_allclose(gl, loss, **tol(dtype))
+        _same(dSd.copy_to_host(), dS, dtype, f"{kind} dS with {bad}")
+
+
 @pytest.mark.simulator
 def test_simulator_subprocess():
     """This file's test_cuda_* under the CUDA simulator, in the child process that
@@ -599,12 +757,7 @@ def _ptx_table(dtype):
         "mm_nn": (gm._k_mm_nn, (M, M, M, True)),
         "mm_nt": (gm._k_mm_nt, (M, M, M, True)),
         "mm_tn": (gm._k_mm_tn, (M, M, M, True)),
-        "linear_fwd": (li._k_linear_fwd, (M, M, v, 1, M)),
-        "linear_fwd_t": (li._k_linear_fwd_t, (M, M, v, 1, M)),
-        "bias_act": (li._k_bias_act, (M, v, 1)),
         "colsum": (li._k_colsum, (M, v, True)),
-        "act_fwd": (a_._k_act_fwd, (M, 1, M)),
-        "act_bwd": (a_._k_act_bwd, (M, M, 1, M, True)),
         "gate_fwd": (ga._k_gate_fwd, (1, M, M, M)),
         "gate_bwd": (ga._k_gate_bwd_operand, (1, True, M, M, M, M, True)),
         "sum_fwd": (ga._k_sum_fwd, (M, M)),
@@ -618,6 +771,8 @@ def _ptx_table(dtype):
         "check_labels": (lo._k_check_labels, (y, 3, y)),
         "sgd": (op._k_sgd, (v, v, v, 0.1, 0.9, True, 0.1)),
         "adam": (op._k_adam, (v, v, v, v, 0.1, 0.1, 0.9, 0.99, 1e-8, 0.1, 1.0, True)),
+        # every kernel of every activation of the registry ("relu.linear_fwd", ...)
+        **a_.registry_kernels(dtype),
     }
 
 
@@ -625,7 +780,7 @@ def _ptx_table(dtype):
 #: accumulators and the mean are float64 by contract (as on the CPU)
 _F64_BY_CONTRACT = {"mse", "bce_logits", "svm", "mean"}
 _F64_OP = re.compile(r"\b(?:add|sub|mul|fma|div|sqrt|max|min|neg|abs)(?:\.[a-z]+)*\.f64\b")
-_PRODUCTS = ("mm_nn", "mm_nt", "mm_tn", "linear_fwd", "linear_fwd_t")
+_PRODUCTS = ("mm_nn", "mm_nt", "mm_tn")
 
 
 @pytest.mark.parametrize("target", PTX_TARGETS, ids=lambda c: f"sm_{c[0]}{c[1]}")
@@ -649,9 +804,9 @@ def test_ptx_compiles(monkeypatch, tmp_path, target):
             if dtype == np.float32 and name not in _F64_BY_CONTRACT:
                 bad = _F64_OP.findall(ptx)
                 assert not bad, f"float32 {name} does float64 arithmetic: {bad[:5]}"
-            if name in _PRODUCTS:
+            if name in _PRODUCTS or name.endswith((".linear_fwd", ".linear_fwd_t")):
                 assert ".local" not in ptx, f"{name} ({np.dtype(dtype).name}) uses local memory"
             if ptxas:
                 report = assemble(ptxas, ptx, cc, tmp_path / f"{name}_{np.dtype(dtype).name}.ptx")
-                if name in _PRODUCTS:
+                if name in _PRODUCTS or name.endswith((".linear_fwd", ".linear_fwd_t")):
                     assert "0 bytes spill stores" in report, f"{name}: {report}"
