@@ -6,10 +6,11 @@ import math
 
 from ._cli_base import Parser as _Parser
 from .registry import activations as _acts
+from .registry import losses as _losses
 
 #: ``--activation`` choices: the registry's activation names -> layer class names
 ACTIVATIONS = {e.name: e.layer for e in _acts.entries(public=True)}
-LOSSES = ("softmax_cross_entropy", "svm", "mse", "bce_with_logits")
+LOSSES = _losses.names()
 DEFAULT_LR = {"sgd": 0.05, "adam": 0.001}
 
 

@@ -27,7 +27,7 @@ from . import _isa as ex
 from ._cuda_status import (R_INFO, R_LOSS, R_STATUS, R_STEP, RES_SIZE, _k_adam_gated, _k_grad_status,
                            _k_loss_status, _k_reset_status, _k_sgd_gated)
 from .registry.activations import IDENTITY as ACT_IDENTITY
-from .kernels.codes import LOSS_BCE_LOGITS, LOSS_MSE, LOSS_SOFTMAX_XENT, LOSS_SVM
+from .registry import losses as _loss_registry
 from .kernels.cuda import activations as _ga
 from .kernels.cuda import gates as _gg
 from .kernels.cuda import gemm as _gm
@@ -211,10 +211,10 @@ class DeviceTape:
         raise RuntimeError(f"internal: opcode {op} has no CUDA implementation")
 
     def _loss_op(self, S, dS, out, kind, nb):
-        fn = {LOSS_SOFTMAX_XENT: _glo._softmax_xent, LOSS_SVM: _glo._svm,
-              LOSS_MSE: _glo._mse, LOSS_BCE_LOGITS: _glo._bce_logits}[kind]
+        entry = _loss_registry.by_code(kind)
+        fn = getattr(_glo, entry.cuda)
         rowloss = self.ws64[:nb]
-        classification = kind in (LOSS_SOFTMAX_XENT, LOSS_SVM)
+        classification = entry.targets == "labels"
         n_classes = S.shape[1]
         rgrid, rblock = grid_reduce()
         res = self.res

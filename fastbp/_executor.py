@@ -39,6 +39,8 @@ from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_COLSUM,  #
                             K_GATE_BWD, K_GATE_FWD, K_JIT_MM, K_MM_SMALL, K_MSE, K_PROTO_BIAS_ACT, K_PROTO_BWD,
                             K_PROTO_FWD, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD, K_SVM, N_KERNELS, N_ROLES, I1,
                             I64, a2, ensure_act_kernels, kcall_at)
+from .registry import gates as _gate_registry
+from .registry import losses as _loss_registry
 from .registry.activations import CAPACITY as ACT_CAPACITY, IDENTITY as ACT_IDENTITY
 
 from ._isa import (  # noqa: F401 - re-exported: the executor reads and writes this format
@@ -172,8 +174,9 @@ def context(arena, bufs, tape, hyper, ws64, gjit, batch_size):
 #: per dtype: the addresses of the native kernels loaded so far (0: not loaded)
 _KTABS = {}
 
-_LOSS_KERNEL = {LOSS_SOFTMAX_XENT: K_SOFTMAX_XENT, LOSS_SVM: K_SVM, LOSS_MSE: K_MSE,
-                LOSS_BCE_LOGITS: K_BCE_LOGITS}
+#: loss code -> its CPU kernel (the loss registry names the kernel of each entry)
+_LOSS_KERNEL = {e.code: {"_softmax_xent": K_SOFTMAX_XENT, "_svm": K_SVM, "_mse": K_MSE,
+                         "_bce_logits": K_BCE_LOGITS}[e.cpu] for e in _loss_registry.entries()}
 
 #: per opcode: the kernels it calls besides the matrix products (the loss kernel is
 #: chosen by the instruction's loss code), and whether it multiplies matrices
@@ -212,6 +215,8 @@ def kernels_for(tape):
             if code not in _LOSS_KERNEL:
                 raise ValueError(f"executor: unknown loss code {code} in the tape")
             need.add(_LOSS_KERNEL[code])
+        if op == OP_GATE or op == OP_GATE_BWD:
+            _gate_registry.by_code(int(ins[C_G]))          # ValueError: unknown gate code
         if op in _ACT_ROLES:
             ids = ensure_act_kernels(int(ins[C_G]))     # ValueError: unknown activation code
             need.update(ids[r] for r in _ACT_ROLES[op])
@@ -376,6 +381,9 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
             dS = _view(arena, bufs, ins[C_B], nb)
             kind = ins[C_G]
             rowloss = ws64[:S.shape[0]]
+            if kind != LOSS_SOFTMAX_XENT and kind != LOSS_SVM and kind != LOSS_MSE and kind != LOSS_BCE_LOGITS:
+                status = STATUS_BAD_OP      # a corrupt tape (the compiler emits registry codes only)
+                break
             if kind == LOSS_SOFTMAX_XENT or kind == LOSS_SVM:
                 if yi.shape[0] != S.shape[0] or not _c_vec(yi):
                     status = STATUS_BAD_INPUT

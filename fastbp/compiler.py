@@ -28,10 +28,12 @@ import numpy as np
 
 from . import _isa as ex
 from .graph import GraphError, Node, activation_of, upstream
-from .kernels.codes import GATE_ADD, GATE_MAX, GATE_MUL, LOSSES
 from .registry import activations as _acts
+from .registry import gates as _gates
+from .registry import losses as _losses
+from .registry import optimizers as _optimizers
 
-_GATES = {"add": GATE_ADD, "mul": GATE_MUL, "max": GATE_MAX}
+_GATES = {e.name: e.code for e in _gates.entries()}
 
 
 @dataclass
@@ -282,7 +284,7 @@ def build_plan(graph, output, wrt, *, dtype, batch_size, loss=None, optimizer=No
             s = n.inputs[0]
             if s.id not in grad_buf:
                 raise GraphError("the loss does not depend on any trained parameter")
-            b.emit(ex.OP_LOSS, out=value_buf[n.id], a=value_buf[s.id], b=grad_buf[s.id], g=LOSSES[n.attrs["kind"]])
+            b.emit(ex.OP_LOSS, out=value_buf[n.id], a=value_buf[s.id], b=grad_buf[s.id], g=_losses.get(n.attrs["kind"]).code)
         else:  # pragma: no cover - graph.py creates no other ops
             raise GraphError(f"unknown op {n.op!r} in {n!r}")
     fwd_end = len(b.tape) if loss_instr is None else loss_instr
@@ -348,10 +350,11 @@ def build_plan(graph, output, wrt, *, dtype, batch_size, loss=None, optimizer=No
     bwd_end = len(b.tape)
 
     if optimizer is not None and n_param:
-        if optimizer.name == "sgd":
-            b.emit(ex.OP_SGD, a=p_start, b=g_start, c=state_offsets[0] if state_offsets else -1, f4=n_param)
-        else:
-            b.emit(ex.OP_ADAM, a=p_start, b=g_start, c=state_offsets[0], d=state_offsets[1], f4=n_param)
+        # the update instruction of the optimizer's registry entry; its state vectors
+        # (none: SGD without momentum) in c, d
+        opcode = _optimizers.get(optimizer.name).opcode
+        st = state_offsets + [-1, -1]
+        b.emit(opcode, a=p_start, b=g_start, c=st[0], d=st[1], f4=n_param)
     end = len(b.tape)
 
     yf_buf = -1

@@ -35,7 +35,7 @@ from .kernels import gemm as _M
 from .kernels import linear as _L
 from .kernels import losses as _Ls
 from .config import OPS_BLAS_THRESHOLD as BLAS_THRESHOLD
-from .kernels.codes import GATE_ADD, GATE_MAX, GATE_MUL
+from .registry.gates import ADD as GATE_ADD, MAX as GATE_MAX, MUL as GATE_MUL
 from .registry.activations import IDENTITY as _IDENTITY
 
 _ACTIVATION_WRAPPERS = _OA.wrappers()

@@ -9,6 +9,7 @@ import numpy as np
 from .layers import Linear, Sequential, layer_class
 from .optimizers import Adam, SGD
 from .registry import activations as _acts
+from .registry import losses as _losses
 from .step import TrainStep
 
 __all__ = ["from_torch", "TorchTrainStep"]
@@ -62,19 +63,14 @@ def _loss_name(loss, torch):
     """
     if isinstance(loss, str):
         return loss
-    nn = torch.nn
-    supported = {
-        nn.CrossEntropyLoss: ("softmax_cross_entropy",
-                              (("reduction", "mean"), ("weight", None), ("ignore_index", -100),
-                               ("label_smoothing", 0.0))),
-        nn.MSELoss: ("mse", (("reduction", "mean"),)),
-        nn.BCEWithLogitsLoss: ("bce_with_logits",
-                               (("reduction", "mean"), ("weight", None), ("pos_weight", None))),
-    }
+    # the torch classes of the loss registry, with the arguments fastbp implements
+    supported = {getattr(torch.nn, e.torch): (e.name, e.torch_args) for e in _losses.entries()
+                 if e.torch is not None and hasattr(torch.nn, e.torch)}
     kind = type(loss)
     if kind not in supported:
-        raise ValueError(f"loss: {kind.__name__} has no fastbp equivalent; use torch.nn.CrossEntropyLoss, "
-                         f"MSELoss, BCEWithLogitsLoss (not subclasses) or a fastbp loss name")
+        names = ", ".join(c.__name__ for c in supported)
+        raise ValueError(f"loss: {kind.__name__} has no fastbp equivalent; use torch.nn.{names} "
+                         f"(not subclasses) or a fastbp loss name")
     name, wanted = supported[kind]
     for attr, want in wanted:
         got = getattr(loss, attr, want)

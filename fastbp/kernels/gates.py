@@ -14,11 +14,13 @@ gradient array of size 0 means "not needed"; ``acc_a``/``acc_b`` add into
 the gradient instead of overwriting it (a value used twice sums its
 gradients).
 """
+import math
+
 import numpy as np
 from numba import prange
 
 from .._jit import jit, kernel
-from .codes import GATE_ADD, GATE_MUL
+from .codes import GATE_ADD, GATE_MAX, GATE_MUL
 
 
 @jit
@@ -27,7 +29,9 @@ def _gate1(gate, a, b):
         return a + b
     if gate == GATE_MUL:
         return a * b
-    return a if a >= b or a != a else b
+    if gate == GATE_MAX:
+        return a if a >= b or a != a else b
+    return a * type(a)(math.nan)    # an unknown code (a corrupt tape): NaN, never another gate
 
 
 @kernel
@@ -68,6 +72,9 @@ def _gate_bwd_row(gate, A, B, dO, dA, dB, i):
         elif gate == GATE_MUL:
             ga = g * b
             gb = g * a
+        elif gate != GATE_MAX:
+            ga = g * dO.dtype.type(math.nan)    # unknown code: NaN, never another gate
+            gb = ga
         else:
             # same routing as the forward's ``a if a >= b or a != a else b``
             if a >= b or a != a:

@@ -14,9 +14,11 @@ broadcast rows/columns itself in row-major order (the order of the CPU
 kernel), so no two threads ever write one element and no atomics are used.
 :func:`_sum_fwd` is a single-block shared-memory tree reduction.
 """
+import math
+
 from numba import cuda
 
-from ..codes import GATE_ADD, GATE_MUL
+from ..codes import GATE_ADD, GATE_MAX, GATE_MUL
 from .launch import (REDUCE_THREADS, device, grid_ew, grid_reduce, kernel)
 
 
@@ -27,7 +29,9 @@ def _gate1(gate, a, b):
         return a + b
     if gate == GATE_MUL:
         return a * b
-    return a if a >= b or a != a else b
+    if gate == GATE_MAX:
+        return a if a >= b or a != a else b
+    return a * type(a)(math.nan)    # an unknown code (a corrupt tape): NaN, never another gate
 
 
 @device
@@ -37,8 +41,11 @@ def _gate_grad(gate, wrt_a, a, b, g):
         return g
     if gate == GATE_MUL:
         return g * b if wrt_a else g * a
+    if gate != GATE_MAX:
+        return g * type(g)(math.nan)    # unknown code: NaN, never another gate
     zero = type(g)(0.0)
-    if a >= b:
+    # the forward's routing, NaN included: a NaN ``a`` gets the gradient (as on the CPU)
+    if a >= b or a != a:
         return g if wrt_a else zero
     return zero if wrt_a else g
 

@@ -1,0 +1,102 @@
+"""The loss registry: every loss fastbp trains with, defined once.
+
+An entry gives the loss's code (in the tape), its names (fastbp's, the
+``torch.nn`` class ``from_torch`` maps, with the arguments fastbp implements),
+what its targets are (integer class labels or float arrays), its formula and
+gradient, and the kernels that implement it on each target: the CPU kernel
+in :mod:`fastbp.kernels.losses` (called by address from the executor,
+:mod:`fastbp.kernels.table`), the CUDA launcher in
+:mod:`fastbp.kernels.cuda.losses` and the ``fastbp.ops`` wrapper.  Every
+consumer (the compiler, the executor's kernel table, the CUDA interpreter,
+the step's target checks, the CLI's ``--loss`` choices, ``from_torch``)
+looks up this table; an unknown name or code is a ValueError.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Loss", "get", "by_code", "entries", "names", "classification_names"]
+
+
+@dataclass(frozen=True)
+class Loss:
+    """One loss.
+
+    Attributes
+    ----------
+    code : int
+        Its code in the tape (``OP_LOSS``'s ``C_G``).
+    name : str
+        fastbp's name (``compile(loss=...)``, CLI ``--loss``).
+    targets : {"labels", "float"}
+        Integer class labels ``(batch,)`` or float targets of the scores' shape.
+    formula, gradient : str
+        The mean loss and ``dL/dS``, as text.
+    cpu, cuda, ops : str
+        The CPU kernel (:mod:`fastbp.kernels.losses`), the CUDA launcher
+        (:mod:`fastbp.kernels.cuda.losses`) and the ``fastbp.ops`` wrapper.
+    torch : str or None
+        The ``torch.nn`` loss class ``from_torch`` maps to it.
+    torch_args : tuple of (str, object)
+        The arguments of that class fastbp implements, with the only value it
+        implements (``from_torch`` rejects others).
+    """
+    code: int
+    name: str
+    targets: str
+    formula: str
+    gradient: str
+    cpu: str
+    cuda: str
+    ops: str
+    torch: str | None = None
+    torch_args: tuple = ()
+
+
+_ENTRIES = (
+    Loss(0, "softmax_cross_entropy", "labels", "mean_i (log sum_j exp(s_ij) - s_{i, y_i})",
+         "(softmax(S) - onehot(y)) / B", "_softmax_xent", "_softmax_xent", "softmax_cross_entropy",
+         torch="CrossEntropyLoss",
+         torch_args=(("reduction", "mean"), ("weight", None), ("ignore_index", -100), ("label_smoothing", 0.0))),
+    Loss(1, "mse", "float", "mean((S - T)^2)", "2 (S - T) / S.size", "_mse", "_mse", "mse",
+         torch="MSELoss", torch_args=(("reduction", "mean"),)),
+    Loss(2, "bce_with_logits", "float", "mean(max(s, 0) - s t + log(1 + exp(-|s|)))", "(sigmoid(S) - T) / S.size",
+         "_bce_logits", "_bce_logits", "bce_with_logits",
+         torch="BCEWithLogitsLoss", torch_args=(("reduction", "mean"), ("weight", None), ("pos_weight", None))),
+    # torch.nn.MultiMarginLoss divides by the number of classes: not the same loss
+    Loss(3, "svm", "labels", "mean_i sum_{j != y_i} max(0, s_ij - s_{i, y_i} + 1)",
+         "1[margin > 0] / B (j != y_i), -(number of positive margins) / B (j = y_i)", "_svm", "_svm", "svm_loss"),
+)
+_BY_NAME = {e.name: e for e in _ENTRIES}
+_BY_CODE = {e.code: e for e in _ENTRIES}
+
+
+def entries():
+    """Every loss, by code."""
+    return list(_ENTRIES)
+
+
+def names():
+    """Every loss name, by code."""
+    return tuple(e.name for e in _ENTRIES)
+
+
+def classification_names():
+    """The losses whose targets are integer class labels."""
+    return frozenset(e.name for e in _ENTRIES if e.targets == "labels")
+
+
+def get(name):
+    """The loss named ``name``; ValueError (listing the names) if there is none."""
+    try:
+        return _BY_NAME[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown loss {name!r}; valid losses: {', '.join(sorted(_BY_NAME))}") from None
+
+
+def by_code(code):
+    """The loss with tape code ``code``; ValueError for an unknown code."""
+    try:
+        return _BY_CODE[int(code)]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"unknown loss code {code!r}; known codes are {sorted(_BY_CODE)}") from None
