@@ -38,9 +38,7 @@ from .kernels.losses import _check_labels
 from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_COLSUM,  # noqa: F401
                             K_GATE_BWD, K_GATE_FWD, K_JIT_MM, K_MM_SMALL, K_MSE, K_PROTO_BIAS_ACT, K_PROTO_BWD,
                             K_PROTO_FWD, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD, K_SVM, N_KERNELS, N_ROLES, I1,
-                            I64, a2, ensure_act_kernels, kcall_at)
-from .registry import gates as _gate_registry
-from .registry import losses as _loss_registry
+                            I64, a2, kcall_at, kernels_for)
 from .registry.activations import CAPACITY as ACT_CAPACITY, IDENTITY as ACT_IDENTITY
 
 from ._isa import (  # noqa: F401 - re-exported: the executor reads and writes this format
@@ -51,10 +49,6 @@ from ._isa import (  # noqa: F401 - re-exported: the executor reads and writes t
     H_MOM, H_NESTEROV, H_WD, H_B1, H_B2, H_EPS, H_DECOUPLED, H_T, H_BLAS_MIN, H_STEPS, H_BT_ON, H_BT_MAX,
     H_BT_CUR, H_BT_MIN, H_JIT_ON, RUNTIME_SLOTS, HYPER_SIZE, MODE_FORWARD, MODE_GRAD, MODE_TRAIN, STATUS_OK,
     STATUS_LOSS_NONFINITE, STATUS_GRAD_NONFINITE, STATUS_BAD_LABEL, STATUS_BAD_INPUT, STATUS_BAD_OP)
-
-
-
-
 
 
 @jit
@@ -173,61 +167,6 @@ def context(arena, bufs, tape, hyper, ws64, gjit, batch_size):
 
 #: per dtype: the addresses of the native kernels loaded so far (0: not loaded)
 _KTABS = {}
-
-#: loss code -> its CPU kernel (the loss registry names the kernel of each entry)
-_LOSS_KERNEL = {e.code: {"_softmax_xent": K_SOFTMAX_XENT, "_svm": K_SVM, "_mse": K_MSE,
-                         "_bce_logits": K_BCE_LOGITS}[e.cpu] for e in _loss_registry.entries()}
-
-#: per opcode: the kernels it calls besides the matrix products (the loss kernel is
-#: chosen by the instruction's loss code), and whether it multiplies matrices
-_OP_KERNELS = {
-    OP_LOAD_X: ((), False), OP_SEED: ((), False),
-    OP_LINEAR: ((), True), OP_MATMUL: ((), True), OP_GATE: ((K_GATE_FWD,), False),
-    OP_ACT: ((), False), OP_SUM: ((K_SUM_FWD,), False), OP_LOSS: ((), False),
-    OP_LINEAR_BWD: ((K_COLSUM,), True), OP_MATMUL_BWD: ((), True),
-    OP_GATE_BWD: ((K_GATE_BWD,), False), OP_ACT_BWD: ((), False),
-    OP_SUM_BWD: ((K_SUM_BWD,), False), OP_SGD: ((K_SGD,), False), OP_ADAM: ((K_ADAM,), False),
-}
-#: opcodes whose C_G is an activation code, and the roles of its kernels they call
-_ACT_ROLES = {OP_LINEAR: (0,), OP_ACT: (1,), OP_LINEAR_BWD: (2,), OP_ACT_BWD: (2,)}
-
-
-def kernels_for(tape):
-    """The native kernels (``K_*``) that running ``tape`` may call.
-
-    Raises
-    ------
-    ValueError
-        The tape holds an opcode, an activation code or a loss code this
-        executor does not know.
-    """
-    need = set()
-    mm = False
-    for ins in np.asarray(tape):
-        op = int(ins[C_OP])
-        if op not in _OP_KERNELS:
-            raise ValueError(f"executor: unknown opcode {op} in the tape")
-        kernels, products = _OP_KERNELS[op]
-        need.update(kernels)
-        mm = mm or products
-        if op == OP_LOSS:
-            code = int(ins[C_G])
-            if code not in _LOSS_KERNEL:
-                raise ValueError(f"executor: unknown loss code {code} in the tape")
-            need.add(_LOSS_KERNEL[code])
-        if op == OP_GATE or op == OP_GATE_BWD:
-            _gate_registry.by_code(int(ins[C_G]))          # ValueError: unknown gate code
-        if op in _ACT_ROLES:
-            ids = ensure_act_kernels(int(ins[C_G]))     # ValueError: unknown activation code
-            need.update(ids[r] for r in _ACT_ROLES[op])
-    if mm:
-        need.add(K_MM_SMALL)
-        if BLAS_AVAILABLE:
-            need.add(K_BLAS_MM)
-        if _blas.GEMM_JIT:
-            need.add(K_JIT_MM)
-    return need
-
 
 def _ensure_run_tape(dtype):
     """Compile (or load from the cache) :func:`run_tape` for the arguments a

@@ -94,7 +94,16 @@ def test_linked_callee_copies_are_internal():
 def test_kernels_are_loaded_for_what_the_tape_uses():
     sgd_mse = fastbp.compile(mlp([5, 7, 2]), "mse", fastbp.SGD(0.1), batch_size=4)
     need = ex.kernels_for(sgd_mse.plan.tape)
-    assert {ex.K_MSE, ex.K_SGD, ex.K_BIAS_ACT, ex.K_ACT_BWD, ex.K_COLSUM, ex.K_MM_SMALL} <= need
+    # the activation kernels are per registry entry: ReLU's epilogue and backward,
+    # the identity's epilogue (the output layer's bias)
+    from fastbp.kernels.activations import ROLE_BIAS_ACT, ROLE_BWD, ROLE_FWD
+    from fastbp.kernels.table import act_kernel_id
+    from fastbp.registry import activations as reg
+    relu, ident = reg.get("relu").code, reg.IDENTITY
+    K_BIAS_ACT, K_ACT_BWD = act_kernel_id(relu, ROLE_BIAS_ACT), act_kernel_id(relu, ROLE_BWD)
+    assert {ex.K_MSE, ex.K_SGD, K_BIAS_ACT, K_ACT_BWD, ex.K_COLSUM, ex.K_MM_SMALL} <= need
+    assert act_kernel_id(ident, ROLE_BIAS_ACT) in need
+    assert not need & {act_kernel_id(relu, ROLE_FWD), act_kernel_id(reg.get("tanh").code, ROLE_BIAS_ACT)}
     assert not need & {ex.K_SOFTMAX_XENT, ex.K_SVM, ex.K_BCE_LOGITS, ex.K_ADAM, ex.K_GATE_FWD,
                        ex.K_GATE_BWD, ex.K_SUM_FWD, ex.K_SUM_BWD}
     adam = fastbp.compile(mlp([5, 7, 2]), "softmax_cross_entropy", fastbp.Adam(), batch_size=4)
@@ -134,7 +143,7 @@ def test_a_kernel_that_was_not_loaded_raises_instead_of_crashing():
     np.testing.assert_array_equal(step.param_vector, before)
 
 
-_K_BIAS_ACT = ex.K_BIAS_ACT     # a global: numba types it as a constant
+_K_BIAS_ACT = ex.K_PROTO_BIAS_ACT     # (the identity's epilogue) a global: numba types it as a constant
 
 
 def test_kcall_checks_the_kernel_signature_at_compile_time():
@@ -142,7 +151,7 @@ def test_kcall_checks_the_kernel_signature_at_compile_time():
     signature does not compile (it would pass the wrong arguments)."""
     @njit
     def wrong(tab, Y, b):
-        _native.kcall(tab, _K_BIAS_ACT, (Y, b, 1.5))      # act must be an int64
+        _native.kcall(tab, _K_BIAS_ACT, (Y, b, 1.5))      # takes (Z, b, Y, P)
 
     with pytest.raises(TypingError, match="kcall"):
         wrong(np.zeros(ex.N_KERNELS, np.int64), np.zeros((2, 2)), np.zeros(2))

@@ -149,3 +149,69 @@ def kcall_at(typingctx, table, idx, proto, args):
             context.call_conv.return_status_propagate(builder, status)
         return res
     return ret(table, idx, proto, args), impl
+
+
+# ------------------------------------------------- which kernels a tape calls
+from .. import _blas  # noqa: E402
+from .. import _isa  # noqa: E402
+from ..registry import gates as _gate_registry  # noqa: E402
+from ..registry import losses as _loss_registry  # noqa: E402
+from .gemm import BLAS_AVAILABLE  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+#: loss code -> its CPU kernel (the loss registry names the kernel of each entry)
+_LOSS_KERNEL = {e.code: {"_softmax_xent": K_SOFTMAX_XENT, "_svm": K_SVM, "_mse": K_MSE,
+                         "_bce_logits": K_BCE_LOGITS}[e.cpu] for e in _loss_registry.entries()}
+
+#: per opcode: the kernels it calls besides the matrix products (the loss kernel is
+#: chosen by the instruction's loss code), and whether it multiplies matrices
+_OP_KERNELS = {
+    _isa.OP_LOAD_X: ((), False), _isa.OP_SEED: ((), False),
+    _isa.OP_LINEAR: ((), True), _isa.OP_MATMUL: ((), True), _isa.OP_GATE: ((K_GATE_FWD,), False),
+    _isa.OP_ACT: ((), False), _isa.OP_SUM: ((K_SUM_FWD,), False), _isa.OP_LOSS: ((), False),
+    _isa.OP_LINEAR_BWD: ((K_COLSUM,), True), _isa.OP_MATMUL_BWD: ((), True),
+    _isa.OP_GATE_BWD: ((K_GATE_BWD,), False), _isa.OP_ACT_BWD: ((), False),
+    _isa.OP_SUM_BWD: ((K_SUM_BWD,), False), _isa.OP_SGD: ((K_SGD,), False), _isa.OP_ADAM: ((K_ADAM,), False),
+}
+#: opcodes whose C_G is an activation code, and the roles of its kernels they call
+_ACT_ROLES = {_isa.OP_LINEAR: (0,), _isa.OP_ACT: (1,), _isa.OP_LINEAR_BWD: (2,), _isa.OP_ACT_BWD: (2,)}
+
+
+def kernels_for(tape):
+    """The native kernels (``K_*``) that running ``tape`` may call.
+
+    Raises
+    ------
+    ValueError
+        The tape holds an opcode, an activation code or a loss code this
+        executor does not know.
+    """
+    need = set()
+    mm = False
+    for ins in np.asarray(tape):
+        op = int(ins[_isa.C_OP])
+        if op not in _OP_KERNELS:
+            raise ValueError(f"executor: unknown opcode {op} in the tape")
+        kernels, products = _OP_KERNELS[op]
+        need.update(kernels)
+        mm = mm or products
+        if op == _isa.OP_LOSS:
+            code = int(ins[_isa.C_G])
+            if code not in _LOSS_KERNEL:
+                raise ValueError(f"executor: unknown loss code {code} in the tape")
+            need.add(_LOSS_KERNEL[code])
+        if op == _isa.OP_GATE or op == _isa.OP_GATE_BWD:
+            _gate_registry.by_code(int(ins[_isa.C_G]))          # ValueError: unknown gate code
+        if op in _ACT_ROLES:
+            ids = ensure_act_kernels(int(ins[_isa.C_G]))     # ValueError: unknown activation code
+            need.update(ids[r] for r in _ACT_ROLES[op])
+    if mm:
+        need.add(K_MM_SMALL)
+        if BLAS_AVAILABLE:
+            need.add(K_BLAS_MM)
+        if _blas.GEMM_JIT:
+            need.add(K_JIT_MM)
+    return need
+
+
