@@ -150,3 +150,64 @@ def test_tensor_inputs_in_any_layout_are_converted_like_arrays():
     assert sa(x, y) == sb(x.contiguous(), y)
     assert sa.predict(x).tobytes() == sb.predict(x.contiguous()).tobytes()
     assert sa.param_vector.tobytes() == sb.param_vector.tobytes()
+
+
+# ------------------------------------------ every registry activation against PyTorch
+from fastbp.registry import activations as _REG  # noqa: E402
+
+_TORCH_ACTS = [e.name for e in _REG.entries(public=True) if e.torch is not None]
+
+
+def _torch_act(entry, params):
+    return getattr(torch.nn, entry.torch)(**dict(zip((p.name for p in entry.params), params)))
+
+
+def _params_for(entry):
+    """The defaults, and other in-range values where the entry has parameters."""
+    out = [entry.defaults]
+    if entry.params:
+        vals = []
+        for p in entry.params:
+            try:
+                vals.append(p.check(3.0 * p.default + 0.5, "test"))
+            except ValueError:
+                vals.append(p.default)
+        out.append(tuple(vals))
+    return out
+
+
+@pytest.mark.parametrize("name", _TORCH_ACTS)
+def test_registry_activation_matches_pytorch(name):
+    """Forward and backward of each entry with a torch.nn module, float64, against
+    autograd (the ops wrappers), and ten SGD steps of a from_torch model with it."""
+    entry = _REG.get(name)
+    rng = np.random.default_rng(entry.code)
+    for params in _params_for(entry):
+        x = rng.standard_normal((6, 7)) * 3
+        x[np.abs(x) < 1e-3] = 0.5                        # off the kinks
+        dy = rng.standard_normal(x.shape)
+        xt = torch.tensor(x, requires_grad=True)
+        yt = _torch_act(entry, params)(xt)
+        yt.backward(torch.tensor(dy))
+        y = getattr(fastbp.ops, f"{name}_forward")(x, *params)
+        np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-14)
+        t = y if entry.uses == "output" else x
+        dx = getattr(fastbp.ops, f"{name}_backward")(t, dy, *params)
+        np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-12, atol=1e-14)
+        # a whole model: from_torch maps the module (parameters included)
+        torch.manual_seed(0)
+        ref = torch.nn.Sequential(torch.nn.Linear(6, 8), _torch_act(entry, params), torch.nn.Linear(8, 3)).double()
+        mine = copy.deepcopy(ref)
+        step = fastbp.from_torch(mine, loss=torch.nn.CrossEntropyLoss(),
+                                 optimizer=torch.optim.SGD(mine.parameters(), lr=0.1), batch_size=5)
+        assert tuple(step.model.layers[1].params) == tuple(params)
+        opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+        g = torch.Generator().manual_seed(2)
+        batches = [(torch.randn(5, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (5,), generator=g))
+                   for _ in range(10)]
+        expect = _torch_loop(ref, opt, torch.nn.CrossEntropyLoss(), batches)
+        got = [step(xb, yb) for xb, yb in batches]
+        np.testing.assert_allclose(got, expect, rtol=1e-10, atol=1e-12)
+        for (pn, pr), pm in zip(ref.named_parameters(), mine.parameters()):
+            np.testing.assert_allclose(pm.detach().numpy(), pr.detach().numpy(), rtol=1e-10, atol=1e-12,
+                                       err_msg=pn)
