@@ -18,6 +18,7 @@ ACTIVATIONS = {
     "sigmoid": (lambda z: 0.5 * (1 + np.tanh(0.5 * z)),
                 lambda z: 0.25 * (1 - np.tanh(0.5 * z) ** 2)),
     "tanh": (np.tanh, lambda z: 1 - np.tanh(z) ** 2),
+    "leaky_relu": (lambda z, s: np.where(z > 0, z, s * z), lambda z, s: np.where(z > 0, 1.0, s)),
 }
 
 

@@ -299,3 +299,19 @@ register(Activation(
     code=3, name="tanh", layer="Tanh", torch="Tanh", sklearn="tanh",
     forward=tanh, derivative=d_tanh, uses="output",
     formula="y = tanh(x)", dformula="dy/dx = 1 - y^2"))
+
+
+def leaky_relu(x, negative_slope):
+    return x if x > 0 else x * negative_slope
+
+
+def d_leaky_relu(x, negative_slope):
+    # of the input, as PyTorch's: the slope at 0 and for NaN, any sign of the slope
+    return type(x)(1.0) if x > 0 else negative_slope
+
+
+register(Activation(
+    code=4, name="leaky_relu", layer="LeakyReLU", torch="LeakyReLU", sklearn=None,
+    forward=leaky_relu, derivative=d_leaky_relu, uses="input", init="he",
+    params=(Param("negative_slope", 0.01, "Slope for negative inputs (any finite value, as in PyTorch)."),),
+    formula="y = x if x > 0 else negative_slope * x", dformula="dy/dx = 1 if x > 0 else negative_slope"))
