@@ -44,8 +44,7 @@ def _gate_grad(gate, wrt_a, a, b, g):
     if gate != GATE_MAX:
         return g * type(g)(math.nan)    # unknown code: NaN, never another gate
     zero = type(g)(0.0)
-    # the forward's routing, NaN included: a NaN ``a`` gets the gradient (as on the CPU)
-    if a >= b or a != a:
+    if a >= b:
         return g if wrt_a else zero
     return zero if wrt_a else g
 
