@@ -22,20 +22,29 @@ ACTIVATIONS = {
 }
 
 
-def act_fwd(kind, z, params=()):
-    """The activation ``kind`` (a registry name; None: identity) of ``z``, float64."""
+def _defaults(kind, params):
+    """``params``, or (None) the registry's default values of the activation's parameters."""
+    if params is not None:
+        return tuple(params)
+    from fastbp.registry import activations as reg
+    return reg.get(kind).defaults
+
+
+def act_fwd(kind, z, params=None):
+    """The activation ``kind`` (a registry name; None: identity) of ``z``, float64
+    (``params``: its parameter values; None: the defaults)."""
     z = np.asarray(z, np.float64)
     if kind is None or kind == "none":
         return z
-    return ACTIVATIONS[kind][0](z, *params)
+    return ACTIVATIONS[kind][0](z, *_defaults(kind, params))
 
 
-def act_grad(kind, z, params=()):
+def act_grad(kind, z, params=None):
     """``d act / dz`` at ``z`` (float64)."""
     z = np.asarray(z, np.float64)
     if kind is None or kind == "none":
         return np.ones_like(z)
-    return ACTIVATIONS[kind][1](z, *params)
+    return ACTIVATIONS[kind][1](z, *_defaults(kind, params))
 
 
 def act_bwd(kind, y, dy):

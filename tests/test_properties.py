@@ -25,7 +25,9 @@ from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 
 import fastbp
-from reference import act_fwd, forward_backward, layer_list, targets
+from reference import act_fwd, act_grad, forward_backward, layer_list, targets
+
+from fastbp.registry import activations as _REG
 
 settings.register_profile("ci", max_examples=200, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -35,7 +37,8 @@ _NAME = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 PROFILE = settings.get_profile(_NAME if _NAME in ("ci", "nightly") else "ci")
 
 LOSSES = ["softmax_cross_entropy", "svm", "mse", "bce_with_logits"]
-ACTS = {"relu": fastbp.ReLU, "sigmoid": fastbp.Sigmoid, "tanh": fastbp.Tanh}
+#: every public activation of the registry (default parameters)
+ACTS = {e.name: getattr(fastbp, e.layer) for e in _REG.entries(public=True)}
 # per-parameter tolerance: |g - ref| <= RTOL * max|ref_param| + ATOL * max|ref_all|
 TOL = {np.dtype(np.float64): (1e-9, 1e-12), np.dtype(np.float32): (2e-3, 2e-5)}
 KINK = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
@@ -49,7 +52,7 @@ def problems(draw):
     hidden = draw(st.lists(st.integers(1, 64), min_size=depth, max_size=depth))
     n_out = draw(st.integers(2 if loss in ("softmax_cross_entropy", "svm") else 1, 64))
     acts = draw(st.lists(st.sampled_from(sorted(ACTS)), min_size=depth, max_size=depth))
-    final_act = draw(st.sampled_from([None, None, "relu", "sigmoid", "tanh"]))
+    final_act = draw(st.sampled_from([None, None] + sorted(ACTS)))
     biases = draw(st.lists(st.booleans(), min_size=depth + 1, max_size=depth + 1))
     widths = [n_in] + hidden + [n_out]
     layers = []
@@ -68,7 +71,8 @@ def problems(draw):
 
 
 def _near_kink(model, params, x, y, loss, rel):
-    """Does the float64 forward pass put a ReLU input or an SVM margin within ``rel`` of its kink?"""
+    """Does the float64 forward pass put an activation's input (ReLU, LeakyReLU: any whose
+    derivative jumps) or an SVM margin within ``rel`` of its kink?"""
     h = np.asarray(x, np.float64)
     for name, act, has_b in layer_list(model):
         W = params[name + ".W"]
@@ -77,8 +81,10 @@ def _near_kink(model, params, x, y, loss, rel):
         if has_b:
             z = z + params[name + ".b"]
             mag = mag + np.abs(params[name + ".b"])
-        if act == "relu" and np.any(np.abs(z) <= rel * mag + 1e-300):
-            return True
+        if act is not None:
+            d = rel * mag + 1e-300
+            if np.any(np.abs(act_grad(act, z + d) - act_grad(act, z - d)) > 0.1):
+                return True
         h = act_fwd(act, z)
     if loss == "svm":
         rows = np.arange(h.shape[0])
