@@ -329,11 +329,10 @@ def _graph_function(entry):
         return g._unary(entry.name, x, {"params": params} if params else None)
     fn.__name__ = fn.__qualname__ = entry.name
     fn.__module__ = __name__
-    ps = "".join(f", {p.name}={p.default!r}" for p in entry.params)
+    pdoc = "".join(f"    {p.name} : float, default {p.default!r}\n        {p.doc}\n" for p in entry.params)
     fn.__doc__ = (f"``{entry.formula}`` elementwise; gradient ``{entry.dformula}``.\n\n"
-                  f"Signature ``{entry.name}(x{ps})``: ``x`` a graph node; "
-                  + ("".join(f"``{p.name}``: {p.doc} " for p in entry.params) or "no parameters. ")
-                  + "Returns a node of ``x``'s shape.")
+                  f"    Parameters\n    ----------\n    x : Node\n        A node of this graph, any shape.\n{pdoc}"
+                  f"\n    Returns\n    -------\n    Node\n        Same shape as ``x``.\n")
     fn.__signature__ = inspect.Signature(
         [inspect.Parameter("x", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
         + [inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default)
