@@ -159,6 +159,12 @@ for _e in _acts.entries(public=True):
 del _e
 
 
+def layer_names():
+    """"Linear, ReLU, Sigmoid or Tanh": the layer classes, for messages (the registry's order)."""
+    names = ["Linear"] + [e.layer for e in _acts.entries(public=True)]
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
 def layer_class(entry):
     """The layer class of registry entry ``entry`` (made on first use for
     entries registered after import, e.g. by tests)."""
@@ -184,9 +190,7 @@ class Sequential(Layer):
             raise ValueError("Sequential needs at least one layer")
         for i, layer in enumerate(layers):
             if not isinstance(layer, (Linear, _Activation)):
-                names = ", ".join(e.layer for e in _acts.entries(public=True))
-                raise TypeError(f"Sequential: layer {i} must be a fastbp Linear or activation layer ({names}), "
-                                f"got {type(layer).__name__}")
+                raise TypeError(f"Sequential: layer {i} must be a fastbp {layer_names()}, got {type(layer).__name__}")
         linears = [layer for layer in layers if isinstance(layer, Linear)]
         if not linears:
             raise ValueError("Sequential needs at least one Linear layer")
