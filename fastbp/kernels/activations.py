@@ -235,6 +235,10 @@ class _ByCode:
 
     pick = _pick
 
+    def __call__(self, *args, work=None):
+        """Run the variant chosen for ``work`` (serial if not given), as a Kernel."""
+        return (self.serial if work is None else self.pick(work))(*args)
+
     def _run(self, variant, args):
         code = args[self.pos]
         rest = args[:self.pos] + args[self.pos + 1:]
