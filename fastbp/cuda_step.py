@@ -123,6 +123,12 @@ class CudaTrainStep(StepBase):
         self.state_vectors = [self._tape.region(o, prn) for o in p.state_offsets]
         self._is_adam = self.optimizer.name != "sgd"
 
+    @property
+    def stream(self):
+        """The CUDA stream every kernel and copy of this step runs on, in order (record
+        ``numba.cuda`` events on it to time the step on the device)."""
+        return self._stream
+
     def _node_view(self, buf, shape):
         off, r, c = (int(v) for v in self.plan.bufs[buf])
         return self.arena[off:off + r * c].reshape(*shape) if shape else self.arena[off:off + 1]
