@@ -72,3 +72,20 @@ def test_cli_estimator_and_bench_build_the_same_model():
         warnings.simplefilter("ignore")     # one epoch: scikit-learn's ConvergenceWarning
         est = MLPClassifier(hidden_layer_sizes=(5, 4), activation="logistic", max_iter=1).fit(X, np.arange(20) % 2)
     assert describe(est._step.model) == describe(mlp([3, 5, 4, 2], "sigmoid"))
+
+
+@pytest.mark.parametrize("name", activation_names())
+def test_estimator_accepts_every_activation_name(name):
+    """The estimator's activation= takes every name of the one lookup (a new activation is there
+    with no estimator edit) and builds that layer; anything else names the parameter."""
+    pytest.importorskip("sklearn")
+    from fastbp.estimator import MLPRegressor
+    X = np.random.default_rng(1).standard_normal((12, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reg = MLPRegressor(hidden_layer_sizes=(3,), activation=name, max_iter=1).fit(X, X[:, 0])
+    act = activation_layer(name)
+    kinds = [type(ly).__name__ for ly in reg._step.model.layers]
+    assert kinds == (["Linear", "Linear"] if act is None else ["Linear", type(act).__name__, "Linear"])
+    with pytest.raises(ValueError, match=r"activation must be one of \("):
+        MLPRegressor(activation=name.upper() + "x").fit(X, X[:, 0])
