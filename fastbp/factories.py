@@ -153,7 +153,7 @@ def _check_args(path, expect_model):
 
 
 def load(path, expect_model=None):
-    """Rebuild a :class:`TrainStep` from a checkpoint written by :func:`save`.
+    """Rebuild a :class:`TrainStep` from a checkpoint written by :func:`fastbp.checkpoint.save`.
 
     Parameters
     ----------
