@@ -201,7 +201,7 @@ def load_bundle(path, expect_model=None):
     Parameters
     ----------
     path : str or os.PathLike
-        A file written by :func:`save`.
+        A file written by :func:`fastbp.checkpoint.save`.
     expect_model : Sequential, optional
         As in :func:`load`.
 
