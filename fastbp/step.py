@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _blas
 from . import _executor as ex
 from ._ckpt_format import save
 from ._jit import entry_point
@@ -20,6 +21,16 @@ from .config import FIT_NATIVE_MIN_STEPS, PREDICT_NATIVE_MIN_CHUNKS
 _INT64 = np.dtype(np.int64)
 
 __all__ = ["TrainStep"]
+
+
+def _may_call_blas(plan, batch_size, blas_min_macs):
+    """Whether any matrix product of ``plan`` can reach ``blas_min_macs`` multiply-adds (the
+    BLAS's share, see :data:`fastbp.config.BLAS_MIN_MACS`): a bound from the widest buffer."""
+    bufs = plan.bufs
+    if bufs.shape[0] == 0:
+        return False
+    width = int(max(bufs[:, 2].max(), bufs[:, 1].max()))
+    return max(width, batch_size) * width * width >= blas_min_macs
 
 
 class TrainStep(StepBase):
@@ -76,6 +87,13 @@ class TrainStep(StepBase):
         #: gradients followed by three spare slots (loss*rows, rows, error count): the one buffer a
         #: data-parallel step reduces across ranks
         self.comm_vector = self.arena[gr0:gr0 + grn + 3]
+        if self.hyper[ex.H_BT_ON] and _may_call_blas(p, self.batch_size, self.hyper[ex.H_BLAS_MIN]):
+            # the BLAS's thread count is one per process (OpenBLAS, oneMKL) and the executor
+            # sets it per product (one thread for a small one): steps that may call the BLAS
+            # share one lock, so that no step runs a product at another step's setting (the
+            # BLAS's result depends on its thread count; concurrent steps lost bitwise
+            # equality with serial runs, and could leave the count at one thread)
+            self._lock = _blas.THREADS_LOCK
         # the calls for minibatches already in the executor's form (see _make_fast)
         self._train_fast = self._make_fast(ex.MODE_TRAIN)
         self._grad_fast = self._make_fast(ex.MODE_GRAD)
