@@ -15,7 +15,7 @@ Quick tour
 >>> loss = step(x, y)
 """
 from .bundle import SavedModel, load_model
-from . import gradcheck, ops
+from . import checkpoint, gradcheck, ops
 from .graph import Graph, GraphError, Node, maximum, sum
 from .factories import compile, grad, load
 from .layers import Linear, Sequential
