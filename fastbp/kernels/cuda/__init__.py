@@ -2,7 +2,10 @@
 
 Layout mirrors the CPU side, one job per file: :mod:`.gemm` (tiled
 ``nn``/``nt``/``tn`` products), :mod:`.linear` (fused bias + activation
-forward, column-sum bias gradient), :mod:`.activations`, :mod:`.gates`,
+forward launchers, column-sum bias gradient), :mod:`.activations` (one set of
+kernels per entry of :mod:`fastbp.registry.activations`, compiled from the
+entry's scalar bodies as device functions), :mod:`.fused` (the tiled linear
+kernel templates with an activation epilogue), :mod:`.gates`,
 :mod:`.losses`, :mod:`.optim`, and :mod:`.launch` (decorators, block shapes
 and grids).
 
