@@ -605,6 +605,7 @@ def _same(gpu, cpu, dtype, what):
     np.testing.assert_allclose(gpu, cpu, err_msg=what, equal_nan=True, **tol(dtype))
 
 
+@requires_cuda
 @pytest.mark.parametrize("dtype", PARAM_DTYPES)
 @pytest.mark.parametrize("name", REG_NAMES)
 def test_cuda_registry_activation_matches_cpu(name, dtype):
@@ -661,6 +662,7 @@ def test_cuda_registry_activation_matches_cpu(name, dtype):
         g_act._act_fwd(dev(x), 29, empty_dev((m, n), dtype))
 
 
+@requires_cuda
 @pytest.mark.parametrize("loss", LOSS_NAMES)
 @pytest.mark.parametrize("name", REG_PUBLIC)
 def test_cuda_step_nonfinite_parity(name, loss):
@@ -698,6 +700,7 @@ def test_cuda_step_nonfinite_parity(name, loss):
             np.testing.assert_allclose(hp[k], v, rtol=1e-12, atol=1e-14, err_msg=f"{name}/{loss}/{bad}: {k}")
 
 
+@requires_cuda
 @pytest.mark.parametrize("dtype", PARAM_DTYPES)
 @pytest.mark.parametrize("kind", LOSS_NAMES)
 def test_cuda_loss_kernels_nonfinite_match_cpu(kind, dtype):
