@@ -15,7 +15,7 @@ Quick tour
 >>> loss = step(x, y)
 """
 from .bundle import SavedModel, load_model
-from . import gradcheck, ops
+from . import gradcheck, ops, schedules
 from .graph import Graph, GraphError, Node, maximum, relu, sigmoid, sum, tanh
 from .factories import compile, grad, load
 from .layers import Linear, ReLU, Sequential, Sigmoid, Tanh
@@ -39,7 +39,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastbp' has no attribute {name!r}")
 
 __all__ = [
-    "ops", "gradcheck", "Graph", "GraphError", "Node", "maximum", "relu", "sigmoid", "tanh", "sum", "grad",
+    "ops", "gradcheck", "schedules", "Graph", "GraphError", "Node", "maximum", "relu", "sigmoid", "tanh", "sum", "grad",
     "Linear", "ReLU", "Sigmoid", "Tanh", "Sequential", "SGD", "Adam", "TrainStep", "compile", "load", "from_torch",
     "DistributedStep", "RankError", "load_model", "SavedModel",
 ]
