@@ -15,12 +15,13 @@ Quick tour
 >>> loss = step(x, y)
 """
 from .bundle import SavedModel, load_model
-from . import gradcheck, ops, schedules
+from . import gradcheck, ops, schedules, training
 from .graph import Graph, GraphError, Node, maximum, relu, sigmoid, sum, tanh
 from .factories import compile, grad, load
 from .layers import Linear, ReLU, Sequential, Sigmoid, Tanh
 from .optimizers import SGD, Adam
 from .step import TrainStep
+from .training import EarlyStopping, History
 from .distributed import DistributedStep, RankError   # mpi4py is imported only when used
 from .torch_interop import from_torch
 
@@ -39,7 +40,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastbp' has no attribute {name!r}")
 
 __all__ = [
-    "ops", "gradcheck", "schedules", "Graph", "GraphError", "Node", "maximum", "relu", "sigmoid", "tanh", "sum", "grad",
+    "ops", "gradcheck", "schedules", "training", "EarlyStopping", "History", "Graph", "GraphError", "Node", "maximum", "relu", "sigmoid", "tanh", "sum", "grad",
     "Linear", "ReLU", "Sigmoid", "Tanh", "Sequential", "SGD", "Adam", "TrainStep", "compile", "load", "from_torch",
     "DistributedStep", "RankError", "load_model", "SavedModel",
 ]

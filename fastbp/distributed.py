@@ -544,10 +544,10 @@ class DistributedStep:
 
 
 def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, dtype=np.float32, seed=0,
-            *, comm, threads="auto"):
+            *, comm, threads="auto", schedule=None):
     """:func:`fastbp.compile` for data-parallel training over ``comm``; a collective call.
 
-    Same parameters as :func:`fastbp.compile`, plus ``comm`` (an mpi4py
+    Same parameters as :func:`fastbp.compile` (``schedule`` included), plus ``comm`` (an mpi4py
     intra-communicator) and ``threads`` (see :class:`DistributedStep`).
     ``batch_size`` is the per-rank batch.
 
@@ -563,7 +563,7 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
                         f"got {type(comm).__name__}")
     error, step = None, None
     try:
-        step = TrainStep(model, loss, optimizer_arg(optimizer), batch_size, dtype, seed)
+        step = TrainStep(model, loss, optimizer_arg(optimizer), batch_size, dtype, seed, schedule=schedule)
     except Exception as e:  # noqa: BLE001 - re-raised on every rank by agree()
         error = e
     if isinstance(comm, MPI.Intracomm) and comm != MPI.COMM_NULL:
