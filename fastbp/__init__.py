@@ -15,7 +15,7 @@ Quick tour
 >>> loss = step(x, y)
 """
 from .bundle import SavedModel, load_model
-from . import gradcheck, ops, schedules, training
+from . import checkpoint, gradcheck, ops, schedules, training
 from .graph import Graph, GraphError, Node, maximum, relu, sigmoid, sum, tanh
 from .factories import compile, grad, load
 from .layers import Linear, ReLU, Sequential, Sigmoid, Tanh

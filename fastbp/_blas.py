@@ -47,6 +47,7 @@ import glob
 import os
 import platform
 import sys
+import threading
 
 import llvmlite.binding as llvm
 
@@ -247,6 +248,13 @@ AVAILABLE = _backend is not None
 BACKEND = _backend.name if AVAILABLE else None
 #: whether the step can choose the number of BLAS threads per product
 THREAD_CONTROL = AVAILABLE
+
+#: Held by every call of a step that may set the BLAS's thread count (see
+#: :class:`fastbp.step.TrainStep`): that count is one per process in OpenBLAS and
+#: oneMKL (OpenBLAS's ``openblas_set_num_threads_local`` sets it for the whole
+#: process too), so such calls run one at a time.  Re-entrant: a callback that
+#: calls another step from inside a step's call does not deadlock.
+THREADS_LOCK = threading.RLock()
 
 if _backend is None:
     # never called (the executor sends every product to its own loops), but

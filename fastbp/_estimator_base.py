@@ -30,13 +30,12 @@ try:  # scikit-learn >= 1.6
 except ImportError:  # pragma: no cover - older scikit-learn
     _sk_validate_data = None
 
-from .builders import mlp
+from .builders import activation_names, mlp
 from .factories import compile as compile_step, load
 from .optimizers import SGD, Adam
 
 __all__ = ["_BaseMLP"]
 
-_ACTIVATIONS = ("identity", "logistic", "tanh", "relu")
 _SOLVERS = ("sgd", "adam")
 
 
@@ -149,7 +148,9 @@ class _BaseMLP(BaseEstimator):
             if not ok:
                 raise ValueError(f"{name} must be {what}, got {getattr(self, name)!r}")
 
-        need(self.activation in _ACTIVATIONS, "activation", f"one of {_ACTIVATIONS}")
+        names = activation_names()           # scikit-learn's names and fastbp's (fastbp.builders)
+        need(isinstance(self.activation, str) and self.activation in names, "activation",
+             f"one of {tuple(names)}")
         need(self.solver in _SOLVERS, "solver",
              f"one of {_SOLVERS} (fastbp has no 'lbfgs' solver)")
         need(_is_real(self.alpha) and self.alpha >= 0, "alpha", "a finite number >= 0")

@@ -217,7 +217,8 @@ class StepBase:
     # ------------------------------------------------------------ state
     @property
     def lock(self):
-        """The lock every call of this step holds (a :class:`threading.Lock`); a driver that
+        """The lock every call of this step holds (a :class:`threading.Lock`, or for a CPU
+        step that calls the BLAS the process-wide ``fastbp._blas.THREADS_LOCK``); a driver that
         composes several calls (e.g. :class:`fastbp.distributed.DistributedStep`) holds it
         around them."""
         return self._lock

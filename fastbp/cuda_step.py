@@ -123,6 +123,12 @@ class CudaTrainStep(StepBase):
         self.state_vectors = [self._tape.region(o, prn) for o in p.state_offsets]
         self._is_adam = self.optimizer.name != "sgd"
 
+    @property
+    def stream(self):
+        """The CUDA stream every kernel and copy of this step runs on, in order (record
+        ``numba.cuda`` events on it to time the step on the device)."""
+        return self._stream
+
     def _node_view(self, buf, shape):
         off, r, c = (int(v) for v in self.plan.bufs[buf])
         return self.arena[off:off + r * c].reshape(*shape) if shape else self.arena[off:off + 1]
@@ -422,7 +428,7 @@ class CudaTrainStep(StepBase):
             if optimizer_state:
                 pairs += list(zip(self.state_vectors, source.state_vectors))
             first, second = sorted((self, source), key=id)     # one lock order: no deadlock
-            with first._lock, second._lock:
+            with first.lock, second.lock:
                 if isinstance(source, CudaTrainStep):
                     source._stream.synchronize()
                 for dst, src in pairs:
@@ -478,7 +484,7 @@ class CudaTrainStep(StepBase):
             raise TypeError(f"step must be a fastbp.TrainStep, got {type(step).__name__}")
         gpu = cls(step.model, step.loss, optimizer_from_spec(step.optimizer.spec()), step.batch_size,
                   step.dtype, step.seed)
-        with step._lock, gpu._lock:
+        with step.lock, gpu.lock:
             gpu.arena.copy_to_device(step.arena, stream=gpu._stream)
             gpu._stream.synchronize()
             gpu._take_state_of(step)

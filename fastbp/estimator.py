@@ -61,8 +61,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     ----------
     hidden_layer_sizes : int or tuple of int, default (100,)
         Widths of the hidden layers.
-    activation : {'relu', 'logistic', 'tanh', 'identity'}, default 'relu'
-        Hidden-layer activation (fastbp ``ReLU``, ``Sigmoid``, ``Tanh``, none).
+    activation : {'relu', 'logistic', 'tanh', 'identity'} or a fastbp activation name, default 'relu'
+        Hidden-layer activation (fastbp ``ReLU``, ``Sigmoid``, ``Tanh``, none); any
+        name :func:`fastbp.builders.activation_layer` knows (``'sigmoid'``, ``'none'`` ...).
     solver : {'adam', 'sgd'}, default 'adam'
     alpha : float, default 1e-4
         L2 penalty; becomes ``weight_decay = alpha / batch_size``.

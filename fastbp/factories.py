@@ -157,7 +157,7 @@ def _check_args(path, expect_model):
 
 
 def load(path, expect_model=None):
-    """Rebuild a :class:`TrainStep` from a checkpoint written by :func:`save`.
+    """Rebuild a :class:`TrainStep` from a checkpoint written by :func:`fastbp.checkpoint.save`.
 
     Parameters
     ----------
@@ -205,7 +205,7 @@ def load_bundle(path, expect_model=None):
     Parameters
     ----------
     path : str or os.PathLike
-        A file written by :func:`save`.
+        A file written by :func:`fastbp.checkpoint.save`.
     expect_model : Sequential, optional
         As in :func:`load`.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _blas
 from . import _executor as ex
 from ._ckpt_format import save
 from ._jit import entry_point
@@ -20,6 +21,16 @@ from .config import FIT_NATIVE_MIN_STEPS, PREDICT_NATIVE_MIN_CHUNKS
 _INT64 = np.dtype(np.int64)
 
 __all__ = ["TrainStep"]
+
+
+def _may_call_blas(plan, batch_size, blas_min_macs):
+    """Whether any matrix product of ``plan`` can reach ``blas_min_macs`` multiply-adds (the
+    BLAS's share, see :data:`fastbp.config.BLAS_MIN_MACS`): a bound from the widest buffer."""
+    bufs = plan.bufs
+    if bufs.shape[0] == 0:
+        return False
+    width = int(max(bufs[:, 2].max(), bufs[:, 1].max()))
+    return max(width, batch_size) * width * width >= blas_min_macs
 
 
 class TrainStep(StepBase):
@@ -76,6 +87,13 @@ class TrainStep(StepBase):
         #: gradients followed by three spare slots (loss*rows, rows, error count): the one buffer a
         #: data-parallel step reduces across ranks
         self.comm_vector = self.arena[gr0:gr0 + grn + 3]
+        if self.hyper[ex.H_BT_ON] and _may_call_blas(p, self.batch_size, self.hyper[ex.H_BLAS_MIN]):
+            # the BLAS's thread count is one per process (OpenBLAS, oneMKL) and the executor
+            # sets it per product (one thread for a small one): steps that may call the BLAS
+            # share one lock, so that no step runs a product at another step's setting (the
+            # BLAS's result depends on its thread count; concurrent steps lost bitwise
+            # equality with serial runs, and could leave the count at one thread)
+            self._lock = _blas.THREADS_LOCK
         # the calls for minibatches already in the executor's form (see _make_fast)
         self._train_fast = self._make_fast(ex.MODE_TRAIN)
         self._grad_fast = self._make_fast(ex.MODE_GRAD)
@@ -184,25 +202,62 @@ class TrainStep(StepBase):
     # the gradients of its rows, sums them over the ranks into comm_vector's
     # gradients, then the update.  The caller holds self.lock around both.
     def gradients_of(self, x, yi, yf, n):
-        """Forward, loss and backward of a checked minibatch (:meth:`check_features`,
-        :meth:`check_targets`), no update.
+        """Forward, loss and backward of a checked minibatch, without the update.
 
-        The caller holds :attr:`lock`.  Returns ``(status, loss, info)``:
-        a nonzero ``status`` goes to :meth:`raise_status` (with ``info`` and
-        ``yi``); nothing was changed then but the gradients.
+        The caller holds :attr:`lock`.
+
+        Parameters
+        ----------
+        x : ndarray, shape (n, in_features), dtype ``self.dtype``
+            As :meth:`check_features` returns it.
+        yi, yf : ndarray
+            As :meth:`check_targets` returns them.
+        n : int
+            Rows, ``1 <= n <= batch_size``.
+
+        Returns
+        -------
+        status : int
+            0, or a ``fastbp._isa.STATUS_*`` code for :meth:`raise_status`
+            (with ``info`` and ``yi``); then only :attr:`grads` may have changed.
+        loss : float
+            The mean loss of the minibatch.
+        info : int
+            The row of a bad label.
         """
         return ex.run_step(self._ctx, self.plan.sec, n, x, yi, yf, ex.MODE_GRAD)
 
     def apply_update(self):
-        """The optimizer update from the gradients in :attr:`grad_vector` (gradient
-        check included); the caller holds :attr:`lock`.  Returns ``(status, info)``:
-        with a nonzero status nothing was changed."""
+        """The optimizer update from the gradients in :attr:`grad_vector`, after checking
+        that they are finite.  The caller holds :attr:`lock`.
+
+        Returns
+        -------
+        status : int
+            0, or ``fastbp._isa.STATUS_GRAD_NONFINITE`` (for :meth:`raise_status`):
+            then nothing was changed.
+        info : int
+        """
         status, _, info = ex.run_update(self._ctx, self.plan.sec, self._no_yf)
         return status, info
 
     def gather(self, rows, X, yi, yf, x_out, yi_out, yf_out):
-        """Rows ``rows`` of a checked data set gathered into staging buffers
-        (:func:`fastbp._step_base.gather_rows`); returns ``(xb, yib, yfb)``."""
+        """Rows ``rows`` of a checked data set gathered into staging buffers.
+
+        Parameters
+        ----------
+        rows : ndarray of int64, shape (b,)
+        X, yi, yf : ndarray
+            The data set as :meth:`check_features` / :meth:`check_targets` return it.
+        x_out : ndarray, shape (>= b, in_features)
+        yi_out : ndarray of int64, shape (>= b,)
+        yf_out : ndarray, shape (>= b, out_features)
+
+        Returns
+        -------
+        (xb, yib, yfb)
+            :meth:`gradients_of`'s arguments (see :func:`fastbp._step_base.gather_rows`).
+        """
         return gather_rows(rows, X, yi, yf, x_out, yi_out, yf_out, self.classification)
 
     def _fit_runner(self, data, n, starts, shuffle, epochs):

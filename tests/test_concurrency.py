@@ -243,3 +243,20 @@ def test_separate_steps_in_separate_threads_equal_serial_runs():
     got = _hammer(len(configs), lambda t, i: train(steps[t], *datasets[t]), 1)
     for k in range(len(configs)):
         assert got[k][0] == serial[k], k
+
+
+def test_steps_that_call_the_blas_share_one_lock_and_leave_its_thread_count_alone():
+    """The BLAS's thread count is one per process and a step sets it per product: steps that
+    may call the BLAS hold one process-wide lock, so concurrent ones never run a product at
+    another's setting, and the configured count is what it was after they ran."""
+    from fastbp import _blas
+    if not _blas.THREAD_CONTROL:
+        pytest.skip("no BLAS with thread control in this process")
+    big = [fastbp.compile(mlp([32, 256, 128, 10]), batch_size=64, dtype=np.float32, seed=k) for k in range(3)]
+    tiny = fastbp.compile(mlp([3, 4, 2]), batch_size=2, dtype=np.float64, seed=0)
+    assert all(s.lock is _blas.THREADS_LOCK for s in big)
+    assert tiny.lock is not _blas.THREADS_LOCK        # its products stay in fastbp's loops: runs in parallel
+    before = _blas._backend.get_threads()
+    X, Y = _data(64, 32, 10, 0, np.float32)
+    _hammer(3, lambda t, i: big[t](X, Y), 30)
+    assert _blas._backend.get_threads() == before

@@ -458,6 +458,36 @@ def test_gpu_cpu_weights_round_trip(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@requires_cuda
+def test_gpu_step_is_a_step_base_without_a_cpu_template():
+    """The GPU step shares StepBase with the CPU step instead of holding a CPU TrainStep; its
+    initial weights are the CPU step's; to_cpu/from_cpu carry the training state (learning
+    rate, counters, generator) but each step keeps its own process's BLAS policy slots."""
+    from fastbp import _isa
+    from fastbp._step_base import StepBase
+    cpu, gpu = make_pair([L(3, 5), fastbp.Tanh(), L(5, 2)], "mse", lambda: fastbp.SGD(lr=0.1, momentum=0.5),
+                         np.float64, seed=4)
+    assert isinstance(gpu, StepBase) and not isinstance(gpu, fastbp.TrainStep)
+    assert not any(isinstance(v, fastbp.TrainStep) for v in vars(gpu).values())
+    for k, v in gpu.params_host().items():
+        np.testing.assert_array_equal(v, cpu.params[k])
+    gpu.lr = 0.25
+    assert gpu.optimizer.lr == 0.25 and gpu.lr == 0.25
+    gpu.hyper[_isa.H_STEPS] = 5.0
+    gpu.rng.random()
+    back = gpu.to_cpu()
+    state = [i for i in range(_isa.HYPER_SIZE) if i not in _isa.RUNTIME_SLOTS]
+    np.testing.assert_array_equal(back.hyper[state], gpu.hyper[state])
+    np.testing.assert_array_equal(back.hyper[list(_isa.RUNTIME_SLOTS)], cpu.hyper[list(_isa.RUNTIME_SLOTS)])
+    assert back.lr == back.optimizer.lr == 0.25 and back.n_steps == 5
+    assert back.rng.bit_generator.state == gpu.rng.bit_generator.state
+    again = fastbp.cuda_step.CudaTrainStep.from_cpu(back)
+    np.testing.assert_array_equal(again.hyper[state], back.hyper[state])
+    assert again.lr == 0.25 and again.rng.bit_generator.state == back.rng.bit_generator.state
+    with pytest.raises(TypeError, match="step must be a fastbp.TrainStep, got CudaTrainStep"):
+        fastbp.cuda_step.CudaTrainStep.from_cpu(gpu)
+
+
 # ========================================================= fastbp.grad on GPU
 @requires_cuda
 @pytest.mark.parametrize("dtype", [np.float64, pytest.param(np.float32, marks=pytest.mark.thorough)])

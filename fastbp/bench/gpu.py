@@ -58,7 +58,7 @@ def _bench_one(config, steps, warmup, dtype, lr, seed, fit, n_batches):
     losses = [step(*batches[i % nb]) for i in range(max(1, warmup))]   # includes the kernels' JIT
     first_s = time.perf_counter() - t0
 
-    stream = step._stream
+    stream = step.stream
     start, end = cuda.event(), cuda.event()
     start.record(stream)
     t0 = time.perf_counter()

@@ -1,0 +1,91 @@
+"""fastbp.builders: the one "MLP from widths and an activation" builder and its activation lookup."""
+import warnings
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import layers
+from fastbp.builders import activation_layer, activation_names, mlp
+from fastbp.kernels.codes import ACTIVATIONS
+
+
+def describe(model):
+    out = []
+    for ly in model.layers:
+        if isinstance(ly, fastbp.Linear):
+            out.append(("Linear", ly.in_features, ly.out_features_, ly.bias))
+        else:
+            out.append(type(ly).__name__)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(set(ACTIVATIONS) - {"none"}))
+def test_every_activation_name_has_its_layer(name):
+    """Every activation the kernels know (fastbp.kernels.codes.ACTIVATIONS) builds the layer
+    whose op is that name, a fresh instance each time."""
+    a, b = activation_layer(name), activation_layer(name)
+    assert isinstance(a, layers.Layer) and a.op == name and a is not b
+
+
+def test_identity_and_scikit_learn_names():
+    assert activation_layer("none") is None and activation_layer("identity") is None
+    assert isinstance(activation_layer("logistic"), fastbp.Sigmoid)
+    assert set(activation_names()) >= set(ACTIVATIONS) | {"logistic", "identity"}
+
+
+def test_mlp_layers():
+    assert describe(mlp([4, 8, 6, 3], "tanh")) == [("Linear", 4, 8, True), "Tanh", ("Linear", 8, 6, True), "Tanh",
+                                                   ("Linear", 6, 3, True)]
+    assert describe(mlp((5, 2))) == [("Linear", 5, 2, True)]
+    assert describe(mlp([3, 4, 2], "identity", bias=False)) == [("Linear", 3, 4, False), ("Linear", 4, 2, False)]
+    assert describe(mlp(np.array([3, 4, 2]), "relu")) == [("Linear", 3, 4, True), "ReLU", ("Linear", 4, 2, True)]
+
+
+@pytest.mark.parametrize("args, error, match", [
+    (([4],), ValueError, r"at least two widths"),
+    (([4, 0],), ValueError, r"out_features must be a positive integer, got 0"),
+    ((4,), TypeError, r"widths must be a sequence of int, got int"),
+    (("43",), TypeError, r"widths must be a sequence of int, got str"),
+    (([4, 2.0],), TypeError, r"out_features must be a positive integer, got float"),
+    (([4, 3], "gelu"), ValueError, r"unknown activation 'gelu'; valid: identity, logistic, none, relu"),
+    (([4, 3], None), TypeError, r"activation must be a str, got NoneType"),
+    (([4, 3], "ReLU"), ValueError, r"unknown activation 'ReLU'"),
+])
+def test_mlp_rejects_bad_arguments(args, error, match):
+    """A one-layer model checks its activation name too (it is never used, but a typo is a typo)."""
+    with pytest.raises(error, match=match):
+        mlp(*args)
+
+
+def test_cli_estimator_and_bench_build_the_same_model():
+    """The CLI, the estimator and the benchmarks all build through builders.mlp."""
+    from fastbp.bench import gpu, mpi_bench
+    from fastbp.bench.configs import CONFIGS
+    cfg = next(iter(CONFIGS.values()))
+    expect = describe(mlp(cfg.widths, "relu"))
+    assert describe(gpu._model(cfg)) == describe(mpi_bench._model(cfg)) == expect
+    pytest.importorskip("sklearn")
+    from fastbp.estimator import MLPClassifier
+    X = np.random.default_rng(0).standard_normal((20, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")     # one epoch: scikit-learn's ConvergenceWarning
+        est = MLPClassifier(hidden_layer_sizes=(5, 4), activation="logistic", max_iter=1).fit(X, np.arange(20) % 2)
+    assert describe(est._step.model) == describe(mlp([3, 5, 4, 2], "sigmoid"))
+
+
+@pytest.mark.parametrize("name", activation_names())
+def test_estimator_accepts_every_activation_name(name):
+    """The estimator's activation= takes every name of the one lookup (a new activation is there
+    with no estimator edit) and builds that layer; anything else names the parameter."""
+    pytest.importorskip("sklearn")
+    from fastbp.estimator import MLPRegressor
+    X = np.random.default_rng(1).standard_normal((12, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reg = MLPRegressor(hidden_layer_sizes=(3,), activation=name, max_iter=1).fit(X, X[:, 0])
+    act = activation_layer(name)
+    kinds = [type(ly).__name__ for ly in reg._step.model.layers]
+    assert kinds == (["Linear", "Linear"] if act is None else ["Linear", type(act).__name__, "Linear"])
+    with pytest.raises(ValueError, match=r"activation must be one of \("):
+        MLPRegressor(activation=name.upper() + "x").fit(X, X[:, 0])
