@@ -376,9 +376,10 @@ class _BaseMLP(BaseEstimator):
                 bs = min(n_samples, 1024)      # lbfgs: full-batch, evaluated in chunks of this size
             seed = int(rs.randint(np.iinfo(np.int32).max))
             self._make_step(hidden, n_features, self._n_outputs(), max(bs, 1), seed)
-            # from the step's seed: random_state's later draws (shuffles, the validation split)
-            # are the ones they were before scikit-learn's initialisation was adopted
-            self._init_weights(np.random.RandomState(seed))
+            # an int random_state: scikit-learn's own draws (a fresh RandomState(random_state),
+            # whose first draws are its initialisation), leaving rs's later draws (shuffles, the
+            # validation split) as they were; otherwise rs itself
+            self._init_weights(np.random.RandomState(self.random_state) if _is_int(self.random_state) else rs)
             self.n_outputs_ = self._n_outputs()
             self.n_layers_ = len(hidden) + 2
             self.out_activation_ = self._out_activation()

@@ -158,12 +158,17 @@ DATASETS = {"iris": load_iris, "wine": load_wine, "breast_cancer": load_breast_c
 
 @pytest.mark.thorough
 @pytest.mark.parametrize("name", list(DATASETS))
-@pytest.mark.parametrize("solver", ["adam", "lbfgs"])
-def test_cross_validated_accuracy_within_one_point_of_sklearn(name, solver):
+@pytest.mark.parametrize("solver,dtype", [("adam", "float32"), ("sgd", "float32"), ("lbfgs", "float64")])
+def test_cross_validated_accuracy_within_one_point_of_sklearn(name, solver, dtype):
+    """The defaults of both (hidden (100,), max_iter 200), 5-fold CV on standardised features.
+    adam and sgd run in fastbp's default float32; lbfgs, which drives the training loss of
+    these small sets to ~0 where float32 rounding changes which interpolating solution is
+    found, in float64 (from scikit-learn's very initial weights: the same path)."""
     X, y = DATASETS[name](return_X_y=True)
     kw = dict(hidden_layer_sizes=(100,), solver=solver, max_iter=200, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        ours = cross_val_score(make_pipeline(StandardScaler(), MLPClassifier(**kw)), X, y, cv=5).mean()
+        ours = cross_val_score(make_pipeline(StandardScaler(), MLPClassifier(**kw, dtype=dtype)), X, y,
+                               cv=5).mean()
         theirs = cross_val_score(make_pipeline(StandardScaler(), SkC(**kw)), X, y, cv=5).mean()
-    assert ours >= theirs - 0.01, (name, solver, ours, theirs)
+    assert abs(ours - theirs) <= 0.01, (name, solver, ours, theirs)
