@@ -292,6 +292,10 @@ class _BaseMLP(BaseEstimator):
         for name in ("loss_curve_", "best_loss_", "validation_scores_", "best_validation_score_"):
             self.__dict__.pop(name, None)          # stochastic solvers only, as in scikit-learn
 
+    def _sklearn_n_outputs(self):
+        """The output units scikit-learn's MLP has for this problem (the classifier overrides it)."""
+        return self._n_outputs()
+
     def _check_solver(self):
         """``partial_fit`` exists for the stochastic solvers only (scikit-learn's ``available_if``)."""
         if self.solver not in ("sgd", "adam"):
@@ -376,10 +380,13 @@ class _BaseMLP(BaseEstimator):
                 bs = min(n_samples, 1024)      # lbfgs: full-batch, evaluated in chunks of this size
             seed = int(rs.randint(np.iinfo(np.int32).max))
             self._make_step(hidden, n_features, self._n_outputs(), max(bs, 1), seed)
-            # an int random_state: scikit-learn's own draws (a fresh RandomState(random_state),
-            # whose first draws are its initialisation), leaving rs's later draws (shuffles, the
-            # validation split) as they were; otherwise rs itself
-            self._init_weights(np.random.RandomState(self.random_state) if _is_int(self.random_state) else rs)
+            # an int random_state and scikit-learn's architecture: scikit-learn's own draws (a
+            # fresh RandomState(random_state), whose first draws are its initialisation), leaving
+            # rs's later draws (shuffles, the validation split) as they were; otherwise (a binary
+            # problem, where fastbp has two softmax units and scikit-learn one logistic unit, or
+            # no int seed) from the step's seed
+            same = _is_int(self.random_state) and self._n_outputs() == self._sklearn_n_outputs()
+            self._init_weights(np.random.RandomState(self.random_state if same else seed))
             self.n_outputs_ = self._n_outputs()
             self.n_layers_ = len(hidden) + 2
             self.out_activation_ = self._out_activation()

@@ -163,6 +163,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _out_activation(self):
         return "logistic" if self._multilabel else "softmax"
 
+    def _sklearn_n_outputs(self):
+        # scikit-learn: one logistic unit for a binary problem
+        return 1 if (not self._multilabel and len(self.classes_) == 2) else len(self.classes_)
+
     def _is_classifier_single_label(self):
         return not self._multilabel
 
