@@ -437,7 +437,8 @@ class StepBase:
         sched = self.schedule if schedule is None else schedule
         e0, s0 = (self.epochs_done, self.n_steps) if schedule is not None else self._sched_origin
         _training.check_schedule_span(sched, float(self.optimizer.lr), self.epochs_done - e0,
-                                      self.n_steps - s0, epochs, per_epoch)
+                                      self.n_steps - s0, epochs, per_epoch, val is not None)
+        _training.check_accuracy_monitors(self.loss, es, sched)
         if schedule is not None:
             self._attach_schedule(schedule)
         run_epoch = self._fit_runner(data, n, starts, shuffle, epochs)

@@ -386,7 +386,8 @@ class DistributedStep:
             per_epoch = len(_epoch_shard(np.arange(n, dtype=np.int64), self.size, self.rank, st.batch_size)[1]) - 1
             e0, s0 = (st.epochs_done, st.n_steps) if schedule is not None else st._sched_origin
             _training.check_schedule_span(st.schedule if schedule is None else schedule, float(st.optimizer.lr),
-                                          st.epochs_done - e0, st.n_steps - s0, ep, per_epoch)
+                                          st.epochs_done - e0, st.n_steps - s0, ep, per_epoch, val is not None)
+            _training.check_accuracy_monitors(st.loss, es, st.schedule if schedule is None else schedule)
             sd = int(st.rng.integers(2**62)) if seed is None else seed
         except Exception as e:  # noqa: BLE001 - re-raised on every rank after the collective
             error = e

@@ -347,6 +347,11 @@ class ReduceLROnPlateau:
     min_lr : float, default 0.0
     eps : float, default 1e-8
         A reduction smaller than ``eps`` is skipped.
+    monitor : {"val_loss", "loss", "val_accuracy"}, optional
+        fastbp's addition: the metric of ``fit`` it follows (PyTorch's is
+        given to ``scheduler.step(metric)`` by hand); default ``val_loss``
+        with validation data, else ``loss``.  Use ``mode="max"`` with
+        ``val_accuracy``.
 
     Attributes
     ----------
@@ -358,11 +363,11 @@ class ReduceLROnPlateau:
 
     interval = "epoch"
     stateful = True
-    _fields = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps")
+    _fields = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps", "monitor")
     _state = ("lr", "best", "num_bad_epochs", "cooldown_counter", "last_epoch")
 
     def __init__(self, mode="min", factor=0.1, patience=10, threshold=1e-4, threshold_mode="rel", cooldown=0,
-                 min_lr=0.0, eps=1e-8):
+                 min_lr=0.0, eps=1e-8, monitor=None):
         o = "ReduceLROnPlateau"
         self.mode = _choice("mode", mode, ("min", "max"), o)
         self.factor = _float("factor", factor, o, low=0.0, high=1.0, low_open=True, high_open=True)
@@ -372,6 +377,8 @@ class ReduceLROnPlateau:
         self.cooldown = _int("cooldown", cooldown, o)
         self.min_lr = _float("min_lr", min_lr, o, low=0.0)
         self.eps = _float("eps", eps, o, low=0.0)
+        self.monitor = None if monitor is None else _choice("monitor", monitor, ("val_loss", "loss", "val_accuracy"),
+                                                              o)
         self.lr = None
         self.best = math.inf if self.mode == "min" else -math.inf
         self.num_bad_epochs = 0

@@ -285,6 +285,17 @@ def early_stopping_arg(es, has_validation):
     return es
 
 
+def check_accuracy_monitors(loss, *watchers):
+    """A ValueError when an EarlyStopping or a ReduceLROnPlateau watches ``val_accuracy`` of a
+    loss without an accuracy (mse)."""
+    if loss != "mse":
+        return
+    for w in watchers:
+        if w is not None and getattr(w, "monitor", None) == "val_accuracy":
+            raise ValueError(f"{type(w).__name__} monitors 'val_accuracy', but loss 'mse' has no accuracy; "
+                             f"monitor 'val_loss' or 'loss'")
+
+
 def callbacks_arg(callbacks):
     """Check ``callbacks=``: a sequence of objects with ``on_epoch_end`` or callables; returns the
     list of functions ``f(epoch, logs)``."""
@@ -356,10 +367,16 @@ def epoch_lrs(schedule, base_lr, current_lr, epoch, first_step, n_steps):
     return np.array([schedule.lr_at(first_step + s, base_lr) for s in range(n_steps)], dtype=np.float64)
 
 
-def check_schedule_span(schedule, base_lr, epoch0, step0, epochs, per_epoch):
+def check_schedule_span(schedule, base_lr, epoch0, step0, epochs, per_epoch, has_validation=True):
     """Evaluate the schedule over every update of a fit up front (a OneCycleLR past its
-    ``total_steps`` is a ValueError before anything is trained)."""
-    if schedule is None or isinstance(schedule, ReduceLROnPlateau):
+    ``total_steps`` is a ValueError before anything is trained; a ReduceLROnPlateau
+    monitoring a validation metric needs validation data)."""
+    if schedule is None:
+        return
+    if isinstance(schedule, ReduceLROnPlateau):
+        if schedule.monitor is not None and schedule.monitor.startswith("val_") and not has_validation:
+            raise ValueError(f"the ReduceLROnPlateau schedule monitors {schedule.monitor!r}, which needs "
+                             f"validation_data=(X_val, y_val)")
         return
     if schedule.interval == "epoch":
         schedule.lr_at(epoch0 + epochs - 1, base_lr)
@@ -426,7 +443,8 @@ def drive(*, epochs, per_epoch, rows_per_step, orders, train_epoch, step, schedu
             hist.epoch.append(e)
             # the rate of the next update (what step.lr reports after the fit)
             if isinstance(schedule, ReduceLROnPlateau):
-                step._set_scheduled_lr(schedule.step(logs.get("val_loss", logs["loss"]), first_lr))
+                key = schedule.monitor or ("val_loss" if "val_loss" in logs else "loss")
+                step._set_scheduled_lr(schedule.step(logs[key], first_lr))
             elif schedule is not None:
                 t = step.epochs_done - e0 if schedule.interval == "epoch" else step.n_steps - s0
                 try:

@@ -311,3 +311,25 @@ def test_failed_fit_keeps_completed_epochs_in_the_counters():
     with pytest.raises(FloatingPointError):
         a.fit(Xb, y, epochs=2, shuffle=False)
     assert a.epochs_done == 0 and a.n_steps == 4 and a.rng.bit_generator.state == state
+
+
+def test_plateau_can_monitor_accuracy_and_monitors_are_checked():
+    X, y = _data()
+    a = _step()
+    h = a.fit(X, y, epochs=3, validation_data=(X, y),
+              schedule=S.ReduceLROnPlateau(mode="max", monitor="val_accuracy", patience=0, threshold=10.0))
+    ref = S.ReduceLROnPlateau(mode="max", patience=0, threshold=10.0)      # nothing improves 11-fold
+    lr, want = 0.1, []
+    for v in h.history["val_accuracy"]:
+        want.append(lr)
+        lr = ref.step(v, lr)
+    assert h.history["lr"] == want == [0.1, 0.1, 0.1 * 0.1]
+    with pytest.raises(ValueError, match="validation_data"):
+        _step().fit(X, y, schedule=S.ReduceLROnPlateau(monitor="val_loss"))
+    Y = np.eye(3)[y]
+    for kw in (dict(early_stopping=EarlyStopping(monitor="val_accuracy")),
+               dict(schedule=S.ReduceLROnPlateau(monitor="val_accuracy", mode="max"))):
+        with pytest.raises(ValueError, match="accuracy"):
+            _step(loss="mse").fit(X, Y, validation_data=(X, Y), **kw)
+    with pytest.raises(ValueError, match="monitor"):
+        S.ReduceLROnPlateau(monitor="acc")
