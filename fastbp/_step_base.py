@@ -469,11 +469,10 @@ class StepBase:
         """Check ``validation_data``: None or ``(X_val, y_val)`` -> (X, y, n) host arrays."""
         if validation_data is None:
             return None
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise TypeError(f"validation_data must be a tuple (X_val, y_val), got "
-                            f"{type(validation_data).__name__}"
-                            + (f" of length {len(validation_data)}" if isinstance(validation_data, (tuple, list))
-                               else ""))
+        if not isinstance(validation_data, (tuple, list)):
+            raise TypeError(f"validation_data must be a tuple (X_val, y_val), got {type(validation_data).__name__}")
+        if len(validation_data) != 2:
+            raise ValueError(f"validation_data must be a tuple (X_val, y_val), got {len(validation_data)} items")
         xv, yv = (self._host(a) for a in validation_data)
         xv, n = V.features(xv, "validation_data[0]", self.dtype, self.n_in)
         if self.classification:

@@ -321,7 +321,7 @@ class OneCycleLR(Schedule):
         phases = self._phases()
         for i, (end, a, b) in enumerate(phases):
             if t <= end or i == len(phases) - 1:
-                pct = (t - start) / (end - start)
+                pct = (t - start) / (end - start) if end != start else 1.0
                 if self.anneal_strategy == "cos":
                     return b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1)
                 return (b - a) * pct + a

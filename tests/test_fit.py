@@ -178,7 +178,7 @@ def test_validation_data_checked_before_anything_changes():
     X, y = _data()
     a = _step()
     before = a.param_vector.copy()
-    for bad, exc, match in [((X,), TypeError, "validation_data must be a tuple"),
+    for bad, exc, match in [((X,), ValueError, "validation_data must be a tuple"),
                             (X, TypeError, "validation_data must be a tuple"),
                             ((X[:, :2], y), ValueError, r"validation_data\[0\]"),
                             ((X, y[:-1]), ValueError, r"validation_data\[1\]"),

@@ -161,3 +161,8 @@ def test_schedule_arg():
     with pytest.raises(TypeError, match="schedule must be"):
         S.schedule_arg("cosine")
     assert S.schedule_arg(None) is None
+
+
+def test_onecycle_degenerate_phases_do_not_divide_by_zero():
+    o = S.OneCycleLR(1.0, total_steps=10, pct_start=1.0)
+    assert [o.lr_at(t) for t in (0, 9, 10)] == pytest.approx([1 / 25, 1.0, 1 / 25 / 1e4])
