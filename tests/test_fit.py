@@ -333,3 +333,16 @@ def test_plateau_can_monitor_accuracy_and_monitors_are_checked():
             _step(loss="mse").fit(X, Y, validation_data=(X, Y), **kw)
     with pytest.raises(ValueError, match="monitor"):
         S.ReduceLROnPlateau(monitor="acc")
+
+
+def test_one_fit_signature_on_every_step_kind():
+    import inspect
+
+    from fastbp.cuda_step import CudaTrainStep
+    from fastbp.distributed import DistributedStep
+    sigs = {cls.__name__: inspect.signature(cls.fit) for cls in (fastbp.TrainStep, CudaTrainStep, DistributedStep)}
+    assert len(set(map(str, sigs.values()))) == 1, sigs
+    assert list(sigs["TrainStep"].parameters) == ["self", "X", "Y", "epochs", "shuffle", "seed", "validation_data",
+                                                  "early_stopping", "callbacks", "verbose", "schedule"]
+    for cls in (fastbp.TrainStep, CudaTrainStep, DistributedStep):
+        assert callable(getattr(cls, "predict_proba"))
