@@ -403,9 +403,10 @@ class StepBase:
         verbose : bool, default False
             A progress bar on a terminal, one line per epoch otherwise.
         schedule : fastbp.schedules schedule, optional
-            Becomes the step's :attr:`schedule` (its count starts now); by
-            default the step's own (from ``compile(schedule=)`` or an
-            earlier fit) is continued.  The rate of every update of an epoch
+            Becomes the step's :attr:`schedule`, its count starting now; by
+            default (or given the step's own schedule object again) the
+            step's schedule (from ``compile(schedule=)`` or an earlier fit)
+            continues.  The rate of every update of an epoch
             is computed up front and handed to the compiled loop.
 
         Returns
@@ -432,6 +433,8 @@ class StepBase:
         cbs = _training.callbacks_arg(callbacks)
         verbose = V.boolean("verbose", verbose)
         schedule = schedule_arg(schedule)
+        if schedule is self.schedule:
+            schedule = None             # the step's own schedule object again: it continues
         starts = self._epoch_starts(n)
         per_epoch = len(starts) - 1
         sched = self.schedule if schedule is None else schedule

@@ -383,6 +383,8 @@ class DistributedStep:
             es = _training.early_stopping_arg(early_stopping, val is not None)
             cbs = _training.callbacks_arg(callbacks)
             schedule = schedule_arg(schedule)
+            if schedule is st.schedule:
+                schedule = None         # the step's own schedule object again: it continues
             per_epoch = len(_epoch_shard(np.arange(n, dtype=np.int64), self.size, self.rank, st.batch_size)[1]) - 1
             e0, s0 = (st.epochs_done, st.n_steps) if schedule is not None else st._sched_origin
             _training.check_schedule_span(st.schedule if schedule is None else schedule, float(st.optimizer.lr),

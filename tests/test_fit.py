@@ -70,9 +70,14 @@ def test_compile_schedule_continues_across_fits_and_epochs_counted():
     a.fit(X, y, epochs=2, seed=3)
     h = a.fit(X, y, epochs=2, seed=4)
     assert a.epochs_done == 4 and h.history["lr"] == [0.025, 0.0125]
-    # a schedule given to fit starts its count there
+    # the step's own schedule object given again continues (a loop of one-epoch fits)
+    h = a.fit(X, y, epochs=1, schedule=sched)
+    assert h.history["lr"] == [0.00625] and a.epochs_done == 5
+    # another schedule given to fit starts its count there (an equal one too: a new object)
     h = a.fit(X, y, epochs=1, schedule=S.ExponentialLR(0.5))
     assert h.history["lr"] == [0.1] and a.lr == 0.05
+    h = a.fit(X, y, epochs=1, schedule=S.ExponentialLR(0.5))
+    assert h.history["lr"] == [0.1]
 
 
 def test_onecycle_past_its_end_is_refused_before_training():
