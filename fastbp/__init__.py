@@ -15,12 +15,13 @@ Quick tour
 >>> loss = step(x, y)
 """
 from .bundle import SavedModel, load_model
-from . import checkpoint, gradcheck, ops
+from . import checkpoint, gradcheck, ops, schedules, training
 from .graph import Graph, GraphError, Node, maximum, sum
 from .factories import compile, grad, load
 from .layers import Linear, Sequential
 from .optimizers import SGD, Adam
 from .step import TrainStep
+from .training import EarlyStopping, History
 from .distributed import DistributedStep, RankError   # mpi4py is imported only when used
 from .torch_interop import from_torch
 
@@ -39,7 +40,8 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastbp' has no attribute {name!r}")
 
 __all__ = [
-    "ops", "gradcheck", "Graph", "GraphError", "Node", "maximum", "sum", "grad",
+    "ops", "gradcheck", "schedules", "training", "EarlyStopping", "History",
+    "Graph", "GraphError", "Node", "maximum", "sum", "grad",
     "Linear", "Sequential", "SGD", "Adam", "TrainStep", "compile", "load", "from_torch",
     "DistributedStep", "RankError", "load_model", "SavedModel",
 ]

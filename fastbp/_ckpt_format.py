@@ -146,6 +146,8 @@ def _snapshot(step):
             "rng": step.rng.bit_generator.state,
             "n_state": len(states),
         }
+        if callable(getattr(step, "schedule_state", None)):
+            meta["training"] = step.schedule_state()       # epochs done, learning-rate schedule
     return arrays, meta
 
 

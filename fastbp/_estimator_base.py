@@ -36,7 +36,8 @@ from .optimizers import SGD, Adam
 
 __all__ = ["_BaseMLP"]
 
-_SOLVERS = ("sgd", "adam")
+_SOLVERS = ("sgd", "adam", "lbfgs")
+_LEARNING_RATES = ("constant", "invscaling", "adaptive")
 
 
 def _validate_data(est, X, y="no_validation", *, reset=True, **kw):
@@ -89,7 +90,9 @@ class _BaseMLP(BaseEstimator):
         solver="adam",
         alpha=0.0001,
         batch_size="auto",
+        learning_rate="constant",
         learning_rate_init=0.001,
+        power_t=0.5,
         max_iter=200,
         shuffle=True,
         random_state=None,
@@ -104,14 +107,17 @@ class _BaseMLP(BaseEstimator):
         beta_2=0.999,
         epsilon=1e-8,
         n_iter_no_change=10,
-        dtype=None,
+        max_fun=15000,
+        dtype="float32",
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
         self.alpha = alpha
         self.batch_size = batch_size
+        self.learning_rate = learning_rate
         self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
         self.max_iter = max_iter
         self.shuffle = shuffle
         self.random_state = random_state
@@ -126,6 +132,7 @@ class _BaseMLP(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
         self.dtype = dtype
 
     # ------------------------------------------------------------------ params
@@ -151,8 +158,11 @@ class _BaseMLP(BaseEstimator):
         names = activation_names()           # scikit-learn's names and fastbp's (fastbp.builders)
         need(isinstance(self.activation, str) and self.activation in names, "activation",
              f"one of {tuple(names)}")
-        need(self.solver in _SOLVERS, "solver",
-             f"one of {_SOLVERS} (fastbp has no 'lbfgs' solver)")
+        need(isinstance(self.solver, str) and self.solver in _SOLVERS, "solver", f"one of {_SOLVERS}")
+        need(isinstance(self.learning_rate, str) and self.learning_rate in _LEARNING_RATES, "learning_rate",
+             f"one of {_LEARNING_RATES}")
+        need(_is_real(self.power_t) and self.power_t >= 0, "power_t", "a finite number >= 0")
+        need(_is_int(self.max_fun) and self.max_fun >= 1, "max_fun", "an int >= 1")
         need(_is_real(self.alpha) and self.alpha >= 0, "alpha", "a finite number >= 0")
         need(self.batch_size == "auto" or (_is_int(self.batch_size) and self.batch_size >= 1),
              "batch_size", "'auto' or an int >= 1")
@@ -222,6 +232,76 @@ class _BaseMLP(BaseEstimator):
         return compile_step(mlp([arch["n_in"], *arch["hidden"], arch["n_out"]], arch["activation"]),
                             loss=arch["loss"], optimizer=opt, batch_size=arch["batch_size"],
                             dtype=np.dtype(arch["dtype"]).type, seed=arch["seed"])
+
+    def _init_weights(self, rs):
+        """scikit-learn's initialisation rule (``BaseMultilayerPerceptron._init_coef``): weights
+        and biases of each layer uniform in ``+-sqrt(factor / (fan_in + fan_out))``, factor 2
+        for the logistic activation, 6 otherwise; drawn from ``rs`` layer by layer, weights
+        then biases."""
+        factor = 2.0 if self.activation in ("logistic", "sigmoid") else 6.0
+        self._sgd_lr = float(self.learning_rate_init)
+        for W, b in zip(self.coefs_, self.intercepts_):
+            fan_in, fan_out = W.shape
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            W[...] = rs.uniform(-bound, bound, (fan_in, fan_out))
+            b[...] = rs.uniform(-bound, bound, fan_out)
+
+    def _fit_lbfgs(self, X, Y):
+        """scikit-learn's ``solver='lbfgs'``: ``scipy.optimize.minimize(method='L-BFGS-B')`` on the
+        full-batch loss and gradient of the step (:meth:`fastbp.TrainStep.loss_and_grads`, in
+        chunks of the step's batch), with the L2 term ``0.5 * alpha * ||W||^2 / n`` on the
+        weights (not the biases), ``maxfun=max_fun``, ``maxiter=max_iter``, ``gtol=tol``."""
+        from scipy.optimize import minimize
+        from sklearn.utils.optimize import _check_optimize_result
+        step = self._step
+        n = X.shape[0]
+        bs = step.batch_size
+        rep, gs = self._loss_scales(self._arch["n_out"])
+        alpha = float(self.alpha)
+        pv = step.param_vector
+        saved = pv.copy()
+        pv[...] = 0
+        for W in self.coefs_:
+            W[...] = 1
+        wmask = pv != 0
+        pv[...] = saved
+        chunks = [(lo, min(lo + bs, n)) for lo in range(0, n, bs)]
+        g = np.zeros(pv.size, dtype=np.float64)
+
+        def loss_grad(x):
+            pv[...] = x
+            g[...] = 0.0
+            loss = 0.0
+            try:
+                for lo, hi in chunks:
+                    w = (hi - lo) / n
+                    loss += w * step.loss_and_grads(X[lo:hi], Y[lo:hi])
+                    np.add(g, w * step.grad_vector, out=g)
+            except FloatingPointError:
+                return np.inf, np.zeros_like(g)        # a line-search trial too far: not finite
+            wx = x[wmask]
+            g2 = g * gs
+            g2[wmask] += alpha / n * wx
+            return rep * loss + 0.5 * alpha * float(np.dot(wx, wx)) / n, g2
+
+        res = minimize(loss_grad, saved.astype(np.float64), method="L-BFGS-B", jac=True,
+                       options={"maxfun": int(self.max_fun), "maxiter": int(self.max_iter), "gtol": self.tol})
+        self.n_iter_ = _check_optimize_result("lbfgs", res, self.max_iter)
+        self.loss_ = float(res.fun)
+        pv[...] = res.x
+        for name in ("loss_curve_", "best_loss_", "validation_scores_", "best_validation_score_"):
+            self.__dict__.pop(name, None)          # stochastic solvers only, as in scikit-learn
+
+    def _sklearn_n_outputs(self):
+        """The output units scikit-learn's MLP has for this problem (the classifier overrides it)."""
+        return self._n_outputs()
+
+    def _check_solver(self):
+        """``partial_fit`` exists for the stochastic solvers only (scikit-learn's ``available_if``)."""
+        if self.solver not in ("sgd", "adam"):
+            raise AttributeError(f"partial_fit is only available for stochastic optimizers. {self.solver} "
+                                 f"is not stochastic.")
+        return True
 
     def _weight_names(self):
         names = [k for k in self._step.params if k.endswith(".W")]
@@ -296,8 +376,17 @@ class _BaseMLP(BaseEstimator):
             # (a call with fewer samples makes one smaller minibatch);
             # fit works on one known dataset and needs no bigger workspace.
             bs = requested if incremental else min(requested, n_samples)
+            if self.solver == "lbfgs":
+                bs = min(n_samples, 1024)      # lbfgs: full-batch, evaluated in chunks of this size
             seed = int(rs.randint(np.iinfo(np.int32).max))
             self._make_step(hidden, n_features, self._n_outputs(), max(bs, 1), seed)
+            # an int random_state and scikit-learn's architecture: scikit-learn's own draws (a
+            # fresh RandomState(random_state), whose first draws are its initialisation), leaving
+            # rs's later draws (shuffles, the validation split) as they were; otherwise (a binary
+            # problem, where fastbp has two softmax units and scikit-learn one logistic unit, or
+            # no int seed) from the step's seed
+            same = _is_int(self.random_state) and self._n_outputs() == self._sklearn_n_outputs()
+            self._init_weights(np.random.RandomState(self.random_state if same else seed))
             self.n_outputs_ = self._n_outputs()
             self.n_layers_ = len(hidden) + 2
             self.out_activation_ = self._out_activation()
@@ -326,7 +415,8 @@ class _BaseMLP(BaseEstimator):
                             min(requested, n_samples), seed)
             for k, v in old.items():
                 self._step.params[k][...] = v
-            self._no_improvement_count = 0
+            # a fresh optimizer, as scikit-learn (whose _no_improvement_count carries over)
+            self._sgd_lr = float(self.learning_rate_init)
             self.n_iter_ = 0
             if self.early_stopping:
                 self.validation_scores_ = []
@@ -336,6 +426,9 @@ class _BaseMLP(BaseEstimator):
             warnings.warn("Got `batch_size` less than 1 or larger than sample size. "
                           "It is going to be clipped")
 
+        if self.solver == "lbfgs":
+            self._fit_lbfgs(X, Y)
+            return self
         if self.early_stopping:
             stratify = Y if (self._is_classifier_single_label()) else None
             X_tr, X_val, Y_tr, Y_val = train_test_split(
@@ -362,6 +455,10 @@ class _BaseMLP(BaseEstimator):
         self.n_iter_ = 0  # epochs of this call, as scikit-learn counts them
         try:
             for _ in range(max_iter):
+                if self.solver == "sgd":
+                    # scikit-learn's SGD learning rate (learning_rate, power_t), on the step's scale
+                    lr = getattr(self, "_sgd_lr", float(self.learning_rate_init))
+                    step.lr = lr * self._loss_scales(self._arch["n_out"])[1]
                 seed = int(rs.randint(np.iinfo(np.int32).max))
                 try:
                     losses = np.asarray(step.fit(X, Y, epochs=1, shuffle=bool(self.shuffle),
@@ -406,11 +503,24 @@ class _BaseMLP(BaseEstimator):
                     if loss < self.best_loss_:
                         self.best_loss_ = loss
 
+                if self.solver == "sgd" and self.learning_rate == "invscaling":
+                    # SGDOptimizer.iteration_ends: eta = eta0 / (t + 1) ** power_t, t = samples seen
+                    self._sgd_lr = float(self.learning_rate_init) / (self.t_ + 1) ** float(self.power_t)
                 if self._no_improvement_count > self.n_iter_no_change:
+                    what = "Validation score" if self.early_stopping else "Training loss"
+                    msg = (f"{what} did not improve more than tol={self.tol:f} for "
+                           f"{self.n_iter_no_change} consecutive epochs.")
+                    # SGDOptimizer.trigger_stopping: 'adaptive' divides the rate by 5 instead of
+                    # stopping, until it is 1e-6 or less
+                    if self.solver == "sgd" and self.learning_rate == "adaptive" and self._sgd_lr > 1e-6:
+                        self._sgd_lr /= 5.0
+                        self._no_improvement_count = 0
+                        if self.verbose:
+                            print(f"{msg} Setting learning rate to {self._sgd_lr:f}")
+                        continue
                     if self.verbose:
-                        what = "Validation score" if self.early_stopping else "Training loss"
-                        print(f"{what} did not improve more than tol={self.tol:f} for "
-                              f"{self.n_iter_no_change} consecutive epochs. Stopping.")
+                        print(msg + (" Learning rate too small. Stopping." if self.solver == "sgd" and
+                                     self.learning_rate == "adaptive" else " Stopping."))
                     stopped = True
                     break
             if not incremental and not stopped:

@@ -454,8 +454,11 @@ def run_step(ctx, sec, nb, x, yi, yf, mode):
 
 
 @jit
-def run_fit(ctx, sec, X, Yi, Yf, perm, starts, in_order, xbuf, yfbuf, yi_stage, losses):
+def run_fit(ctx, sec, X, Yi, Yf, perm, starts, in_order, xbuf, yfbuf, yi_stage, losses, lrs):
     """Whole epochs in one call: each minibatch is the rows ``perm[starts[s]:starts[s+1]]``.
+
+    ``lrs``: float64, the learning rate of each step (a schedule), written into
+    ``hyper[H_LR]`` before the step; empty: the step's rate is kept.
 
     Shuffled (``in_order`` False), the rows are gathered into the input
     buffers first; in order (each minibatch's rows consecutive in ``X``), the
@@ -463,10 +466,12 @@ def run_fit(ctx, sec, X, Yi, Yf, perm, starts, in_order, xbuf, yfbuf, yi_stage, 
     slice.  Returns ``(status, step, info)``: on failure ``step`` is the index
     of the step that failed (earlier steps are applied).
     """
-    arena, bufs, _, _, _, _ = _arrays(ctx, X)
+    arena, bufs, _, hyper, _, _ = _arrays(ctx, X)
     n_steps = starts.shape[0] - 1
     classif = Yi.shape[0] > 0
     for s in range(n_steps):
+        if lrs.shape[0] > 0:
+            hyper[H_LR] = lrs[s]
         lo = starts[s]
         nb = starts[s + 1] - lo
         if in_order:

@@ -61,6 +61,11 @@ class GradFunctionBase:
         self.hyper = np.zeros(ex.HYPER_SIZE)
         self._lock = threading.Lock()
 
+    def __reduce_ex__(self, protocol):
+        raise TypeError(f"a compiled {type(self).__name__} cannot be pickled (it holds native code and "
+                        f"buffers); build it again with fastbp.grad(output, wrt) in the other process "
+                        f"(steps: step.save(path) and fastbp.load(path))")
+
     def _asarray(self, v):
         """How an argument is read (the CUDA variant keeps device arrays on the device)."""
         return np.asarray(v)

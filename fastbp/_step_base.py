@@ -10,8 +10,11 @@ compile, validate and report in the same way.  This module holds that once:
   arena (:meth:`StepBase.__init__`);
 - the input path of every call (:meth:`StepBase.check_features`,
   :meth:`StepBase.check_targets`);
-- the schedule of a fit (:meth:`StepBase._epoch_starts`,
-  :meth:`StepBase._fit_orders`);
+- ``fit`` itself (:meth:`StepBase.fit`: arguments, the minibatch schedule
+  :meth:`StepBase._epoch_starts` / :meth:`StepBase._fit_orders`, the
+  learning-rate schedule, validation, early stopping, callbacks; the epoch
+  loop is :func:`fastbp.training.drive`), around each kind's
+  ``_fit_runner`` (the training of one epoch), and ``predict_proba``;
 - the translation of an executor status into an exception
   (:meth:`StepBase.raise_status`).
 
@@ -32,6 +35,8 @@ from .compiler import build_plan, new_arena
 from .kernels.codes import CLASSIFICATION_LOSSES, LOSSES
 from .layers import Linear, Sequential, _Activation
 from .optimizers import SGD, _real, resolve_optimizer
+from .schedules import ReduceLROnPlateau, schedule_arg
+from . import training as _training
 
 __all__ = ["StepBase"]
 
@@ -160,7 +165,8 @@ class StepBase:
     #: the class name used in messages (``TrainStep.lr`` ...)
     kind = "TrainStep"
 
-    def __init__(self, model, loss, optimizer, batch_size, dtype, seed, _params=None):
+    def __init__(self, model, loss, optimizer, batch_size, dtype, seed, _params=None, schedule=None):
+        schedule = schedule_arg(schedule)
         if not isinstance(model, Sequential):
             raise TypeError(f"model must be a fastbp.Sequential, got {type(model).__name__}")
         if not isinstance(loss, str) or loss not in LOSSES:     # (None included: tests/test_bad_input.py)
@@ -201,6 +207,12 @@ class StepBase:
         self._no_yi = np.zeros(0, dtype=np.int64)
         self._no_yf = np.zeros((0, 0), dtype=self.dtype)
         self._lock = threading.Lock()       # one call at a time on this step's buffers
+        #: epochs completed by fit (what an epoch-interval schedule counts, from where it was attached)
+        self.epochs_done = 0
+        self.schedule = None
+        self._sched_origin = (0, 0)         # (epochs_done, n_steps) when the schedule was attached
+        if schedule is not None:
+            self._attach_schedule(schedule)
 
     # ------------------------------------------------------------ state
     @property
@@ -218,7 +230,11 @@ class StepBase:
 
     @property
     def lr(self):
-        """The learning rate used by the next update (settable)."""
+        """The learning rate used by the next update (settable).
+
+        With a :attr:`schedule`, setting it sets the base rate the schedule
+        scales (``fit`` then overwrites the rate of each update from it).
+        """
         return float(self.hyper[ex.H_LR])
 
     @lr.setter
@@ -227,14 +243,49 @@ class StepBase:
         self.hyper[ex.H_LR] = v
         self.optimizer._set_lr(v)
 
+    def _set_scheduled_lr(self, value):
+        """The rate of the next update, from the schedule (the base rate is kept)."""
+        self.hyper[ex.H_LR] = float(value)
+
+    def _attach_schedule(self, schedule):
+        """Make ``schedule`` the step's: its ``t`` counts from now."""
+        if isinstance(schedule, ReduceLROnPlateau) and schedule.lr is None:
+            schedule.lr = float(self.optimizer.lr)
+        self.schedule = schedule
+        self._sched_origin = (self.epochs_done, self.n_steps)
+        if not isinstance(schedule, ReduceLROnPlateau):
+            self.hyper[ex.H_LR] = schedule.lr_at(0, float(self.optimizer.lr))
+        else:
+            self.hyper[ex.H_LR] = schedule.lr
+
+    def schedule_state(self):
+        """The schedule's description and where its count started (JSON; saved in checkpoints)."""
+        return {"epochs_done": self.epochs_done, "origin": list(self._sched_origin),
+                "schedule": None if self.schedule is None else self.schedule.spec()}
+
+    def _restore_schedule_state(self, state):
+        """Undo :meth:`schedule_state` (from a checkpoint's metadata); ValueError/TypeError if bad."""
+        from .schedules import schedule_from_spec
+        if not isinstance(state, dict):
+            raise ValueError("the schedule state is not an object")
+        epochs = V.seed(state.get("epochs_done", 0), "epochs_done")
+        origin = state.get("origin", [0, 0])
+        if not isinstance(origin, list) or len(origin) != 2:
+            raise ValueError("the schedule origin is not a pair")
+        origin = (V.seed(origin[0], "origin[0]"), V.seed(origin[1], "origin[1]"))
+        spec = state.get("schedule")
+        sched = None if spec is None else schedule_from_spec(spec)
+        self.epochs_done, self.schedule, self._sched_origin = epochs, sched, origin
+
     def _take_state_of(self, other):
         """Take the learning rate, step counters and generator state of ``other`` (a step of
         another kind with the same plan, e.g. the GPU step of this CPU step); the arrays
         (weights, optimizer state) are the caller's job."""
         slots = list(STATE_SLOTS)
         self.hyper[slots] = other.hyper[slots]
-        self.optimizer._set_lr(float(self.hyper[ex.H_LR]))
+        self.optimizer._set_lr(float(other.optimizer.lr))       # the base rate (a schedule scales it)
         self.rng.bit_generator.state = other.rng.bit_generator.state
+        self._restore_schedule_state(other.schedule_state())
 
     # ----------------------------------------------------- input path
     # the ONE input path (fastbp._validate): every entry point of the CPU step, the
@@ -320,6 +371,169 @@ class StepBase:
             for _ in range(epochs):
                 yield np.asarray(rng.permutation(n), dtype=np.int64) if shuffle else in_order
         return orders(), rng_state
+
+    # ---------------------------------------------------------------- fit
+    def fit(self, X, Y, epochs=1, shuffle=True, seed=None, validation_data=None, early_stopping=None,
+            callbacks=(), verbose=False, schedule=None):
+        """Train whole epochs (one signature for the CPU, GPU and data-parallel steps).
+
+        Parameters
+        ----------
+        X : ndarray, shape (n, in_features)
+            Any memory layout, a dtype that converts safely to the step's
+            (the GPU step also takes CUDA device arrays).
+        Y : ndarray
+            Targets for all ``n`` rows (see :meth:`__call__`).
+        epochs : int, default 1
+        shuffle : bool, default True
+            Visit the rows in a fresh random order each epoch.
+        seed : int, optional
+            Seed of the shuffling; by default the step's own generator
+            (seeded at compile time, saved in checkpoints).
+        validation_data : tuple (X_val, y_val), optional
+            Evaluated after every epoch: ``val_loss`` (the step's loss) and,
+            for the classification losses, ``val_accuracy``.
+        early_stopping : fastbp.training.EarlyStopping or int, optional
+            Stop when the monitored metric stops improving (an int is the
+            patience, monitoring ``val_loss``, or ``loss`` without
+            validation data).
+        callbacks : sequence, default ()
+            Objects with ``on_epoch_end(epoch, logs)`` (or functions of
+            ``(epoch, logs)``); a true result stops the fit after that epoch.
+        verbose : bool, default False
+            A progress bar on a terminal, one line per epoch otherwise.
+        schedule : fastbp.schedules schedule, optional
+            Becomes the step's :attr:`schedule`, its count starting now; by
+            default (or given the step's own schedule object again) the
+            step's schedule (from ``compile(schedule=)`` or an earlier fit)
+            continues.  The rate of every update of an epoch
+            is computed up front and handed to the compiled loop.
+
+        Returns
+        -------
+        fastbp.training.History
+            The float64 loss of every update (shape ``(epochs_run *
+            ceil(n / batch_size),)``) with the per-epoch metrics in
+            ``history.history``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Bad arguments (a OneCycleLR that would run past its
+            ``total_steps`` included); nothing is changed.
+        FloatingPointError
+            A step's loss or gradient is not finite.  The steps before it
+            were applied; that step and the rest were not, and the step's
+            generator is left as it was before the call.
+        """
+        data, n = self._fit_data(X, Y)
+        epochs, shuffle, seed = self._fit_args(epochs, shuffle, seed)
+        val = self._validation_arg(validation_data)
+        es = _training.early_stopping_arg(early_stopping, val is not None)
+        cbs = _training.callbacks_arg(callbacks)
+        verbose = V.boolean("verbose", verbose)
+        schedule = schedule_arg(schedule)
+        if schedule is self.schedule:
+            schedule = None             # the step's own schedule object again: it continues
+        starts = self._epoch_starts(n)
+        per_epoch = len(starts) - 1
+        sched = self.schedule if schedule is None else schedule
+        e0, s0 = (self.epochs_done, self.n_steps) if schedule is not None else self._sched_origin
+        _training.check_schedule_span(sched, float(self.optimizer.lr), self.epochs_done - e0,
+                                      self.n_steps - s0, epochs, per_epoch, val is not None)
+        _training.check_accuracy_monitors(self.loss, es, sched)
+        if schedule is not None:
+            self._attach_schedule(schedule)
+        run_epoch = self._fit_runner(data, n, starts, shuffle, epochs)
+        orders, rng_state = self._fit_orders(n, epochs, shuffle, seed)
+        validate = None if val is None else (lambda: self._evaluate(*val))
+        try:
+            return _training.drive(epochs=epochs, per_epoch=per_epoch, rows_per_step=np.diff(starts),
+                                   orders=orders, train_epoch=run_epoch, step=self, schedule=self.schedule,
+                                   base_lr=float(self.optimizer.lr), validate=validate, early_stopping=es,
+                                   callbacks=cbs, verbose=verbose, get_weights=self._weights_copy,
+                                   set_weights=self._set_weights, loss_name=self.loss)
+        except BaseException:
+            self.rng.bit_generator.state = rng_state     # a failed fit consumes no shuffles
+            raise
+
+    def _fit_data(self, X, Y):
+        """The checked data set of a fit and its rows (host arrays in the executor's form)."""
+        X, n = self.check_features(X, "X")
+        yi, yf = self.check_targets(Y, n, name="Y")
+        return (X, yi, yf), n
+
+    def _fit_runner(self, data, n, starts, shuffle, epochs):
+        """``train_epoch(e, perm, lrs, out)`` of a fit: each kind trains one epoch its way
+        (``lrs``: the rate of each update, or empty to keep the step's); raises on failure."""
+        raise NotImplementedError
+
+    def _validation_arg(self, validation_data):
+        """Check ``validation_data``: None or ``(X_val, y_val)`` -> (X, y, n) host arrays."""
+        if validation_data is None:
+            return None
+        if not isinstance(validation_data, (tuple, list)):
+            raise TypeError(f"validation_data must be a tuple (X_val, y_val), got {type(validation_data).__name__}")
+        if len(validation_data) != 2:
+            raise ValueError(f"validation_data must be a tuple (X_val, y_val), got {len(validation_data)} items")
+        xv, yv = (self._host(a) for a in validation_data)
+        xv, n = V.features(xv, "validation_data[0]", self.dtype, self.n_in)
+        if self.classification:
+            y = V.class_labels(yv, "validation_data[1]", n, self.n_out, self.loss, True)
+        else:
+            y = V.targets(yv, "validation_data[1]", n, self.n_out, self.dtype, self.loss)
+        return xv, y
+
+    @staticmethod
+    def _host(a):
+        """A host array for a host array or a CUDA device array (copied back)."""
+        if hasattr(a, "copy_to_host"):
+            return a.copy_to_host()
+        return a
+
+    def _evaluate(self, X, y):
+        """``(loss, accuracy or None)`` of the current weights on checked data."""
+        scores = self._host(self.predict(X))
+        return _training.eval_loss(self.loss, scores, y), _training.accuracy(self.loss, scores, y)
+
+    def predict_proba(self, X):
+        """Class probabilities for every row of ``X``.
+
+        Parameters
+        ----------
+        X : ndarray, shape (n, in_features)
+
+        Returns
+        -------
+        ndarray, shape (n, out_features), dtype ``self.dtype``
+            Softmax of the outputs (``softmax_cross_entropy``: rows sum to
+            1) or the sigmoid of each output (``bce_with_logits``: one
+            independent probability per output).
+
+        Raises
+        ------
+        ValueError
+            The step's loss is ``mse`` or ``svm`` (its outputs are not
+            probabilities).
+        """
+        if self.loss not in ("softmax_cross_entropy", "bce_with_logits"):
+            _training.probabilities(self.loss, None)      # raises the ValueError naming the loss
+        return _training.probabilities(self.loss, self._host(self.predict(X)))
+
+    def _weights_copy(self):
+        """A host copy of all weights (``param_vector``)."""
+        with self._lock:
+            return self._host(self.param_vector).copy()
+
+    def _set_weights(self, vector):
+        """Set all weights from a copy made by :meth:`_weights_copy`."""
+        with self._lock:
+            self.param_vector[...] = vector
+
+    # ----------------------------------------------------------- pickling
+    def __reduce_ex__(self, protocol):
+        raise TypeError(f"a compiled {type(self).__name__} cannot be pickled (it holds native code and "
+                        f"buffers); save it with step.save(path) and rebuild it with fastbp.load(path)")
 
     # ------------------------------------------------- status -> exception
     def raise_status(self, status, info, y=None, where=""):

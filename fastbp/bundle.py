@@ -273,15 +273,17 @@ class SavedModel:
             raise ValueError(f"predict_proba: the model was trained with loss {self.step.loss!r}, whose "
                              f"outputs are not probabilities (use {' or '.join(_PROBA_LOSSES)})")
         S = self.decision_function(X).astype(np.float64)
+        # a bundle of a fastbp estimator answers as the estimator did: in its compute dtype
+        out = self.step.dtype if self.estimator is not None else np.float64
         if self.step.loss == "bce_with_logits":
             P = 0.5 * (1.0 + np.tanh(0.5 * S))          # sigmoid without overflow warnings
             if self.task == "classification":
                 P /= np.maximum(P.sum(axis=1, keepdims=True), np.finfo(np.float64).tiny)
-            return P
+            return P.astype(out, copy=False)
         S -= S.max(axis=1, keepdims=True)
         np.exp(S, out=S)
         S /= S.sum(axis=1, keepdims=True)
-        return S
+        return S.astype(out, copy=False)
 
     def predict(self, X):
         """Predictions for raw features: labels (classification), an indicator

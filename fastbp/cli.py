@@ -30,6 +30,7 @@ from ._cli_base import (EXTRA as _EXTRA, CliError, State, UsageError as _UsageEr
                         check_output_path as _check_output_path, err as _err, ms as _ms,
                         out as _out, require as _require)
 from ._cli_args import DEFAULT_LR as _DEFAULT_LR, build_parser
+from ._cli_schedule import extend_parser, schedule_from_args
 
 __all__ = ["main", "build_parser", "CliError"]
 
@@ -132,10 +133,12 @@ def _build_step(args, n_in, n_out, n_train):
         opt = fastbp.SGD(lr=lr, momentum=mom)
     else:
         opt = fastbp.Adam(lr=lr)
+    bs = min(args.batch_size, n_train)
+    schedule = schedule_from_args(args, -(-n_train // bs), lambda m: _UsageError(f"fastbp train: error: {m}"))
     try:
-        step = fastbp.compile(model, loss=args.loss, optimizer=opt,
-                              batch_size=min(args.batch_size, n_train),
-                              dtype=np.dtype(args.dtype).type, seed=args.seed, device=args.device)
+        step = fastbp.compile(model, loss=args.loss, optimizer=opt, batch_size=bs,
+                              dtype=np.dtype(args.dtype).type, seed=args.seed, device=args.device,
+                              schedule=schedule)
     except Exception as e:
         if args.device == "cuda":  # no device, no driver, ...: say which option failed
             raise CliError(f"--device cuda: {e}") from None
@@ -540,7 +543,7 @@ def main(argv=None):
     debug = os.environ.get("FASTBP_DEBUG", "") not in ("", "0")
     try:
         try:
-            args = build_parser().parse_args(argv)
+            args = extend_parser(build_parser()).parse_args(argv)
         except SystemExit as e:  # --help, --version
             return e.code if isinstance(e.code, int) else 0
         if args.command == "train":

@@ -104,10 +104,10 @@ class CudaTrainStep(StepBase):
         No CUDA device or driver was found (nothing else is done).
     """
 
-    def __init__(self, model, loss, optimizer, batch_size, dtype, seed, _params=None):
+    def __init__(self, model, loss, optimizer, batch_size, dtype, seed, _params=None, schedule=None):
         require_cuda("fastbp.compile(..., device='cuda')")
         # the shared part: validation, initialisation and the compiler call of the CPU step
-        super().__init__(model, loss, optimizer, batch_size, dtype, seed, _params)
+        super().__init__(model, loss, optimizer, batch_size, dtype, seed, _params, schedule)
         p = self.plan
         self._tape = DeviceTape(p, self.arena, self.hyper)   # the host arena: the initial contents
         self.arena = self._tape.arena
@@ -246,68 +246,50 @@ class CudaTrainStep(StepBase):
         """
         return self._run_one(x, y, ex.MODE_GRAD)
 
-    def fit(self, X, Y, epochs=1, shuffle=True, seed=None):
-        """Train whole epochs with the data set on the device.
+    def _fit_data(self, X, Y):
+        """The checked data set of :meth:`fit` (:meth:`StepBase.fit`): host or device arrays.
 
-        The data set is copied to the GPU once (not at all when it is there
-        already); each minibatch is gathered there by a kernel.  The
-        shuffling is the CPU step's (same generator, same draws), so a CPU
-        and a GPU step with the same weights see the same minibatches.
-
-        Parameters
-        ----------
-        X : ndarray or CUDA device array, shape (n, in_features), dtype ``self.dtype``
-        Y : ndarray or CUDA device array
-            Targets for all ``n`` rows (see :meth:`__call__`).
-        epochs : int, default 1
-        shuffle : bool, default True
-        seed : int, optional
-            Seed of the shuffling; by default the step's own generator.
-
-        Returns
-        -------
-        ndarray of float64, shape (epochs * ceil(n / batch_size),)
-            The loss of every step.
-
-        Raises
-        ------
-        ValueError
-            A label out of range (checked up front for host labels, on the
-            device for device labels; the steps before it were applied).
-        FloatingPointError
-            A step's loss or gradient is not finite.  The steps before it
-            were applied; that step and the rest were not.
+        The data set is copied to the GPU once when the fit starts (not at
+        all when it is there already); each minibatch is gathered there by a
+        kernel.  The shuffling is the CPU step's (same generator, same
+        draws), so a CPU and a GPU step with the same weights see the same
+        minibatches.  A host label out of range is a ValueError up front; a
+        device label out of range stops the fit at its step (the steps
+        before it were applied).
         """
         n, xd, xh = self._input_x(X, "X")
-        epochs, shuffle, seed = self._fit_args(epochs, shuffle, seed)
         yd, yh = self._input_y(Y, n, "Y", check_range=True)
-        # the CPU step's schedule: same generator, same draws, same minibatches,
-        # each epoch's order drawn when the epoch starts
-        starts = self._epoch_starts(n)
+        return (xd, xh, yd, yh), n
+
+    def _fit_runner(self, data, n, starts, shuffle, epochs):
+        """One epoch of :meth:`fit` on the device: a gather kernel and the tape per
+        minibatch, the status read once at the end of the epoch; the rate of every
+        update (``lrs``) is set before its launch."""
+        xd, xh, yd, yh = data
         per_epoch = len(starts) - 1
-        n_steps = epochs * per_epoch
-        losses = np.zeros(n_steps, dtype=np.float64)
         p = self.plan
         t = self._tape
-        with self._lock:
-            orders, rng_state = self._fit_orders(n, epochs, shuffle, seed)
-            ctx = self._begin()
-            s = ctx.stream
+        dev = {}
+
+        def upload(s):
             Xd = xd if xd is not None else cuda.to_device(xh, stream=s)
             Yd = yd if yd is not None else cuda.to_device(yh, stream=s)
-            if self.classification:
-                Y2 = Yd.reshape(n, 1)
-            else:
-                Y2 = Yd
-            perm_d = cuda.device_array(n, dtype=np.int64, stream=s)
-            losses_d = cuda.device_array(per_epoch, dtype=np.float64, stream=s)
-            t0 = self.hyper[ex.H_T]
-            end = int(p.sec[ex.S_END])
-            status = 0
-            for e, perm in enumerate(orders):
+            dev["X"] = Xd
+            dev["Y2"] = Yd.reshape(n, 1) if self.classification else Yd
+            dev["perm"] = cuda.device_array(n, dtype=np.int64, stream=s)
+            dev["losses"] = cuda.device_array(per_epoch, dtype=np.float64, stream=s)
+
+        def train_epoch(e, perm, lrs, out):
+            with self._lock:
+                ctx = self._begin()
+                s = ctx.stream
+                if not dev:
+                    upload(s)
+                Xd, Y2, perm_d, losses_d = dev["X"], dev["Y2"], dev["perm"], dev["losses"]
+                t0 = self.hyper[ex.H_T]
+                end = int(p.sec[ex.S_END])
                 perm_d.copy_to_device(perm, stream=s)
                 for j in range(per_epoch):
-                    k = e * per_epoch + j
                     lo = int(starts[j])
                     nb = int(starts[j + 1]) - lo
                     xv = t.view(p.x_buf, nb)
@@ -321,28 +303,32 @@ class CudaTrainStep(StepBase):
                     ctx.x = xv
                     ctx.target = yv
                     ctx.loss = losses_d[j:j + 1]
-                    ctx.step = k
-                    ctx.t = t0 + k + 1.0
+                    ctx.step = j
+                    ctx.t = t0 + j + 1.0
+                    if len(lrs):
+                        self.hyper[ex.H_LR] = lrs[j]      # read when the update is launched
                     t.run(ctx, 1, end, nb)
-                losses_d.copy_to_host(losses[e * per_epoch:(e + 1) * per_epoch], stream=s)
+                losses_d.copy_to_host(out, stream=s)
                 status, info, failed, _ = t.read_status(s)     # waits for the epoch
+                done = failed if status else per_epoch
+                if p.sec[ex.S_END] > p.sec[ex.S_BWD]:
+                    self.hyper[ex.H_STEPS] += done
+                    if self._is_adam:
+                        self.hyper[ex.H_T] += done
+                if status == ex.STATUS_BAD_LABEL:      # device labels: name the row of Y
+                    self._dirty = True
+                    row = int(perm[starts[failed] + info])
+                    raise ValueError(f"Y[{row}] = {int(Y2[row, 0])} is not a class label in [0, {self.n_out}) "
+                                     f"at step {e * per_epoch + failed} of fit; that step and the later ones "
+                                     f"were not applied")
                 if status:
-                    break
-            done = failed if status else n_steps
-            if p.sec[ex.S_END] > p.sec[ex.S_BWD]:
-                self.hyper[ex.H_STEPS] += done
-                if self._is_adam:
-                    self.hyper[ex.H_T] += done
-            if status:
-                self.rng.bit_generator.state = rng_state     # a failed fit consumes no shuffles
-            if status == ex.STATUS_BAD_LABEL:      # device labels: name the row of Y
-                self._dirty = True
-                row = int(perm[starts[failed - e * per_epoch] + info])
-                raise ValueError(f"Y[{row}] = {int(Y2[row, 0])} is not a class label in [0, {self.n_out}) "
-                                 f"at step {failed} of fit; that step and the later ones were not applied")
-            if status:
-                self._raise(status, info, where=f" at step {failed} of fit")
-        return losses
+                    self._raise(status, info, where=f" at step {e * per_epoch + failed} of fit")
+        return train_epoch
+
+    def _set_weights(self, vector):
+        with self._lock:
+            self.param_vector.copy_to_device(np.ascontiguousarray(vector, dtype=self.dtype), stream=self._stream)
+            self._stream.synchronize()
 
     def predict(self, X):
         """Network outputs (scores, before any loss) for every row of ``X``, on the GPU.

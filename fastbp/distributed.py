@@ -44,7 +44,9 @@ import functools
 import numpy as np
 
 from . import _validate as V
-from ._isa import RUNTIME_SLOTS, STATUS_OK
+from . import training as _training
+from ._isa import H_LR, RUNTIME_SLOTS, STATUS_OK
+from .schedules import schedule_arg
 from ._mpi import (  # noqa: F401 - re-exported: the public names of data-parallel training
     _N_SLOTS, MPI_MISSING, RankError, _epoch_shard, _mpi, _note, _on_all_ranks, _pack, _reraise,
     abort_unless_agreed, agree, launched_comm, limit_threads, mpi_world_rank, mpi_world_size, thread_share)
@@ -305,10 +307,12 @@ class DistributedStep:
                 raise_local = functools.partial(_reraise, error)
             return self._reduce_and_update(raise_local, "")
 
-    def fit(self, X, Y, epochs=1, shuffle=True, seed=None, verbose=False):
+    def fit(self, X, Y, epochs=1, shuffle=True, seed=None, validation_data=None, early_stopping=None,
+            callbacks=(), verbose=False, schedule=None):
         """Train whole epochs data-parallel; a collective call.
 
-        Every rank passes the *whole* data set (the same ``X`` and ``Y``).
+        The signature and the result of :meth:`fastbp.TrainStep.fit`.  Every
+        rank passes the *whole* data set (the same ``X`` and ``Y``).
         Each epoch, one permutation -- the same on every rank, from rank 0's
         seed -- is cut into global minibatches of ``size * batch_size`` rows
         and each of those into ``size`` equal parts, one per rank: each rank
@@ -334,13 +338,21 @@ class DistributedStep:
         seed : int, optional
             Seed of the shuffling; rank 0's value is used on every rank.
             Default: drawn from rank 0's step generator.
+        validation_data : tuple (X_val, y_val), optional
+            Evaluated by rank 0 after every epoch (the metrics are broadcast).
+        early_stopping : fastbp.training.EarlyStopping or int, optional
+        callbacks : sequence, default ()
+            Called on every rank; the fit stops when any rank's callback asks.
         verbose : bool, default False
-            Rank 0 prints the mean global loss of every epoch.
+            Rank 0 shows the progress of the epochs.
+        schedule : fastbp.schedules schedule, optional
+            As for :meth:`fastbp.TrainStep.fit` (kept by the wrapped step).
 
         Returns
         -------
-        ndarray of float64, shape (epochs * n_steps,)
-            The global loss of every step (the same array on every rank).
+        fastbp.training.History
+            The global loss of every step (the same on every rank) with the
+            per-epoch metrics.
 
         Raises
         ------
@@ -367,6 +379,17 @@ class DistributedStep:
             seed = V.seed(seed)
             if seed is not None and seed > V.INT64_MAX:
                 raise ValueError(f"seed must be at most {V.INT64_MAX} for data-parallel fit, got {seed}")
+            val = st._validation_arg(validation_data)
+            es = _training.early_stopping_arg(early_stopping, val is not None)
+            cbs = _training.callbacks_arg(callbacks)
+            schedule = schedule_arg(schedule)
+            if schedule is st.schedule:
+                schedule = None         # the step's own schedule object again: it continues
+            per_epoch = len(_epoch_shard(np.arange(n, dtype=np.int64), self.size, self.rank, st.batch_size)[1]) - 1
+            e0, s0 = (st.epochs_done, st.n_steps) if schedule is not None else st._sched_origin
+            _training.check_schedule_span(st.schedule if schedule is None else schedule, float(st.optimizer.lr),
+                                          st.epochs_done - e0, st.n_steps - s0, ep, per_epoch, val is not None)
+            _training.check_accuracy_monitors(st.loss, es, st.schedule if schedule is None else schedule)
             sd = int(st.rng.integers(2**62)) if seed is None else seed
         except Exception as e:  # noqa: BLE001 - re-raised on every rank after the collective
             error = e
@@ -394,26 +417,33 @@ class DistributedStep:
             raise _on_all_ranks(ValueError(f"fit: X has {n} rows, fewer than the {self.size} ranks"),
                                 self.size)
         seed = int(info[7])
+        if schedule is not None:
+            st._attach_schedule(schedule)
         try:
-            return self._fit_epochs(X, yi, yf, n, ep, bool(shuf), seed, verbose)
+            return self._fit_epochs(X, yi, yf, n, ep, bool(shuf), seed, verbose, val, es, cbs)
         except BaseException:
             st.rng.bit_generator.state = rng_state      # as TrainStep.fit: a failed fit consumes no seed
             raise
 
-    def _fit_epochs(self, X, yi, yf, n, ep, shuffle, seed, verbose):
+    def _fit_epochs(self, X, yi, yf, n, ep, shuffle, seed, verbose, val, es, cbs):
         """The steps of :meth:`fit` once every rank agreed on its arguments."""
         st = self.step
+        MPI = self._MPI
         rng = np.random.default_rng(seed)
-        losses = []
-        for e in range(ep):
-            perm = rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
+        def orders():
+            for _ in range(ep):
+                yield rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
+
+        def train_epoch(e, perm, lrs, out):
             rows, starts = _epoch_shard(perm, self.size, self.rank, st.batch_size)
-            first = len(losses)
-            for s in range(len(starts) - 1):
+            per_epoch = len(starts) - 1
+            for s in range(per_epoch):
                 r = rows[starts[s]:starts[s + 1]]
-                where = f" at step {len(losses)} of fit"
+                where = f" at step {e * per_epoch + s} of fit"
                 nb = len(r)
                 with st.lock:
+                    if len(lrs):
+                        st.hyper[H_LR] = lrs[s]
                     xs, ysi, ysf = st.gather(r, X, yi, yf, self._xs, self._yi, self._yf)
                     status, loss, inf = st.gradients_of(xs, ysi, ysf, nb)
                     if status == STATUS_OK:
@@ -423,12 +453,36 @@ class DistributedStep:
                         self._fail_local()
                         raise_local = functools.partial(st.raise_status, status, inf, y=ysi.copy(),
                                                         where=where)
-                    losses.append(self._reduce_and_update(raise_local, where))
-            if verbose and self.is_root:
-                print(f"epoch {e + 1}/{ep}: global loss {np.mean(losses[first:]):.6g} "
-                      f"({len(losses) - first} steps x {self.size} ranks x {st.batch_size} rows)",
-                      flush=True)
-        return np.asarray(losses, dtype=np.float64)
+                    out[s] = self._reduce_and_update(raise_local, where)
+
+        def validate():
+            m = np.full(2, np.nan)
+            if self.is_root:
+                vl, va = st._evaluate(*val)
+                m[:] = (vl, np.nan if va is None else va)
+            self.comm.Bcast(m, root=0)
+            return float(m[0]), (None if np.isnan(m[1]) else float(m[1]))
+
+        def agree_stop(stop):
+            flag = np.array([1 if stop else 0], dtype=np.int64)
+            self.comm.Allreduce(MPI.IN_PLACE, flag, op=MPI.MAX)
+            return bool(flag[0])
+
+        _, starts0 = _epoch_shard(np.arange(n, dtype=np.int64), self.size, self.rank, st.batch_size)
+        return _training.drive(epochs=ep, per_epoch=len(starts0) - 1, rows_per_step=np.diff(starts0),
+                               orders=orders(), train_epoch=train_epoch, step=st, schedule=st.schedule,
+                               base_lr=float(st.optimizer.lr), validate=None if val is None else validate,
+                               early_stopping=es, callbacks=cbs, verbose=verbose and self.is_root,
+                               get_weights=st._weights_copy, set_weights=st._set_weights, agree=agree_stop,
+                               loss_name=st.loss)
+
+    def predict_proba(self, X):
+        """Class probabilities on this rank (local); see :meth:`fastbp.TrainStep.predict_proba`."""
+        return self.step.predict_proba(X)
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError("a DistributedStep cannot be pickled (it holds a communicator and native code); "
+                        "save it with step.save(path) (a collective call) and rebuild it with fastbp.load(path)")
 
     # ----------------------------------------------------------- utilities
     def predict(self, X):
@@ -493,10 +547,10 @@ class DistributedStep:
 
 
 def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, dtype=np.float32, seed=0,
-            *, comm, threads="auto"):
+            *, comm, threads="auto", schedule=None):
     """:func:`fastbp.compile` for data-parallel training over ``comm``; a collective call.
 
-    Same parameters as :func:`fastbp.compile`, plus ``comm`` (an mpi4py
+    Same parameters as :func:`fastbp.compile` (``schedule`` included), plus ``comm`` (an mpi4py
     intra-communicator) and ``threads`` (see :class:`DistributedStep`).
     ``batch_size`` is the per-rank batch.
 
@@ -512,7 +566,7 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
                         f"got {type(comm).__name__}")
     error, step = None, None
     try:
-        step = TrainStep(model, loss, optimizer_arg(optimizer), batch_size, dtype, seed)
+        step = TrainStep(model, loss, optimizer_arg(optimizer), batch_size, dtype, seed, schedule=schedule)
     except Exception as e:  # noqa: BLE001 - re-raised on every rank by agree()
         error = e
     if isinstance(comm, MPI.Intracomm) and comm != MPI.COMM_NULL:

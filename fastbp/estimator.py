@@ -11,18 +11,32 @@ is imported by this module only.
 
 Differences from scikit-learn's MLP, all deliberate:
 
-* ``solver`` is ``'sgd'`` or ``'adam'`` (no ``'lbfgs'``); the learning rate is
-  constant (no ``learning_rate``/``power_t`` schedules).
-* Weights are initialised the fastbp way (He for ReLU, Glorot for
-  sigmoid/tanh/identity, zero biases).
+* Computation runs in float32 by default (``dtype='float32'``; scikit-learn
+  computes in X's dtype): ``dtype='float64'`` or ``dtype=None`` (X's dtype)
+  choose otherwise.  ``predict_proba`` returns the compute dtype;
+  ``predict`` of the regressor returns float64, as scikit-learn's does.
 * The classifier uses a softmax output for every single-label problem
   (two units for a binary problem), a sigmoid output per label for
   multilabel problems.
 * ``alpha`` becomes the optimizer's ``weight_decay = alpha / batch_size``,
   the same penalty gradient as scikit-learn's ``alpha * W / batch_size``; it
-  is applied to every parameter, biases included.
-* Computation runs in float32 when ``X`` is float32 and float64 otherwise,
-  unless ``dtype`` says which.
+  is applied to every parameter, biases included (``solver='lbfgs'``: to the
+  weights only, as scikit-learn).
+* With ``solver='sgd'`` and momentum, the velocity is PyTorch's (``v = m v +
+  g``, step ``lr * v``); scikit-learn's (``v = m v - lr g``) takes the same
+  steps while the learning rate is constant and slightly different ones
+  right after ``invscaling``/``adaptive`` change it.
+
+As in scikit-learn: the weights and biases are initialised uniform in
+``+-sqrt(6 / (fan_in + fan_out))`` (``sqrt(2 / ...)`` for the logistic
+activation) from ``random_state``; ``learning_rate`` ('constant',
+'invscaling': ``learning_rate_init / (t_ + 1) ** power_t`` after every epoch,
+``t_`` the samples seen; 'adaptive': the rate is divided by 5 instead of
+stopping each time ``n_iter_no_change`` epochs fail to improve by ``tol``,
+until it is at most 1e-6) applies to ``solver='sgd'``; ``solver='lbfgs'`` runs
+``scipy.optimize.minimize(method='L-BFGS-B')`` on the full-batch loss and
+gradient computed by the compiled step (``max_iter``, ``max_fun``, ``tol`` as
+in scikit-learn; no ``partial_fit``).
 """
 from __future__ import annotations
 
@@ -33,6 +47,7 @@ try:
     from sklearn.metrics import accuracy_score, r2_score
     from sklearn.preprocessing import LabelBinarizer
     from sklearn.utils.multiclass import type_of_target, unique_labels
+    from sklearn.utils.metaestimators import available_if
     from sklearn.utils.validation import column_or_1d
 except ImportError as _e:  # pragma: no cover - exercised only without sklearn
     raise ImportError(
@@ -64,13 +79,20 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     activation : {'relu', 'logistic', 'tanh', 'identity'} or a fastbp activation name, default 'relu'
         Hidden-layer activation (fastbp ``ReLU``, ``Sigmoid``, ``Tanh``, none); any
         name :func:`fastbp.builders.activation_layer` knows (``'sigmoid'``, ``'none'`` ...).
-    solver : {'adam', 'sgd'}, default 'adam'
+    solver : {'adam', 'sgd', 'lbfgs'}, default 'adam'
+        'lbfgs': scipy's L-BFGS-B on the full-batch loss (``max_iter`` iterations,
+        ``max_fun`` loss evaluations, ``tol`` on the projected gradient).
     alpha : float, default 1e-4
         L2 penalty; becomes ``weight_decay = alpha / batch_size``.
     batch_size : int or 'auto', default 'auto'
         Minibatch size; ``'auto'`` is ``min(200, n_samples)``.
+    learning_rate : {'constant', 'invscaling', 'adaptive'}, default 'constant'
+        scikit-learn's SGD learning-rate schedule (``solver='sgd'`` only; see
+        the module docstring).
     learning_rate_init : float, default 1e-3
-        Constant learning rate.
+        The (initial) learning rate.
+    power_t : float, default 0.5
+        Exponent of 'invscaling'.
     max_iter : int, default 200
         Maximum number of epochs.
     shuffle : bool, default True
@@ -97,8 +119,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     epsilon : float, default 1e-8
         Adam's epsilon.
     n_iter_no_change : int, default 10
-        Epochs without improvement before stopping.
-    dtype : {None, 'float32', 'float64'}, default None
+        Epochs without improvement before stopping (or, 'adaptive', before
+        dividing the learning rate by 5).
+    max_fun : int, default 15000
+        'lbfgs' only: the most loss evaluations.
+    dtype : {'float32', 'float64', None}, default 'float32'
         Precision of the computation; None: float32 if X is float32, else float64.
 
     Attributes
@@ -137,6 +162,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def _out_activation(self):
         return "logistic" if self._multilabel else "softmax"
+
+    def _sklearn_n_outputs(self):
+        # scikit-learn: one logistic unit for a binary problem
+        return 1 if (not self._multilabel and len(self.classes_) == 2) else len(self.classes_)
 
     def _is_classifier_single_label(self):
         return not self._multilabel
@@ -182,6 +211,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return accuracy_score(Y_val.astype(bool), proba > 0.5)
         return accuracy_score(Y_val, np.argmax(proba, axis=1))
 
+    @available_if(_BaseMLP._check_solver)
     def partial_fit(self, X, y, classes=None):
         """Update the model with one epoch over the given data.
 
@@ -321,6 +351,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _val_score(self, X_val, Y_val):
         return r2_score(Y_val, self._forward(X_val))
 
+    @available_if(_BaseMLP._check_solver)
     def partial_fit(self, X, y):
         """Update the model with one epoch over the given data.
 
@@ -345,10 +376,11 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         Returns
         -------
         y : ndarray of shape (n_samples,) or (n_samples, n_targets)
-            In the estimator's dtype; 1-D when it was fitted on a 1-D ``y``.
+            float64 (as scikit-learn's; computed in the estimator's dtype); 1-D when
+            it was fitted on a 1-D ``y``.
         """
         X = self._validate_X_predict(X)
-        out = self._forward(X)
+        out = self._forward(X).astype(np.float64, copy=False)
         if out.shape[1] == 1:
             return out.ravel()
         return out

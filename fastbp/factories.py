@@ -24,7 +24,7 @@ __all__ = ["compile", "grad", "load", "load_bundle"]
 
 
 def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, dtype=np.float32, seed=0,
-            device="cpu", comm=None):
+            device="cpu", comm=None, schedule=None):
     """Compile a model into one fused training step.
 
     Parameters
@@ -51,6 +51,10 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
         weights, with one Allreduce of all gradients per step and each rank's
         threads capped to its share of the cores.  Needs
         ``pip install 'fastbp[distributed]'`` (ImportError saying so otherwise).
+    schedule : fastbp.schedules schedule, optional
+        The learning-rate schedule ``fit`` follows (see
+        :mod:`fastbp.schedules`; scales the optimizer's ``lr``, counted from
+        the step's first update / epoch).
 
     Returns
     -------
@@ -90,12 +94,12 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
             raise ValueError("comm= (data-parallel training) runs on the CPU; device must be 'cpu'")
         from .distributed import compile as _compile_distributed   # imports mpi4py, or ImportError
         return _compile_distributed(model, loss=loss, optimizer=optimizer, batch_size=batch_size,
-                                    dtype=dtype, seed=seed, comm=comm)
+                                    dtype=dtype, seed=seed, comm=comm, schedule=schedule)
     optimizer = optimizer_arg(optimizer)
     if V.resolve_device(device) == "cuda":
         from .cuda_step import CudaTrainStep
-        return CudaTrainStep(model, loss, optimizer, batch_size, dtype, seed)
-    return TrainStep(model, loss, optimizer, batch_size, dtype, seed)
+        return CudaTrainStep(model, loss, optimizer, batch_size, dtype, seed, schedule=schedule)
+    return TrainStep(model, loss, optimizer, batch_size, dtype, seed, schedule=schedule)
 
 
 def grad(output, wrt, *, dtype=np.float64, batch_size=1, device="cpu"):
@@ -273,8 +277,14 @@ def _load(path, expect_model):
     if not isinstance(rng_state, dict) or rng_state.get("bit_generator") != type(step.rng.bit_generator).__name__:
         raise _Bad(f"RNG state is not a {type(step.rng.bit_generator).__name__} state")
 
+    training = meta.get("training")
+    scheduled = isinstance(training, dict) and training.get("schedule") is not None
     try:
-        step.lr = float(hyper[ex.H_LR])            # validates (> 0, finite) and syncs step.optimizer
+        if scheduled:       # a schedule may reach 0 (cosine to eta_min=0); the base rate is the spec's
+            if not hyper[ex.H_LR] >= 0.0:
+                raise ValueError(f"the scheduled learning rate must be >= 0, got {hyper[ex.H_LR]}")
+        else:
+            step.lr = float(hyper[ex.H_LR])        # validates (> 0, finite) and syncs step.optimizer
     except (TypeError, ValueError) as e:
         raise _Bad(f"learning rate: {e}") from None
     try:
@@ -287,5 +297,10 @@ def _load(path, expect_model):
     runtime = step.hyper[list(ex.RUNTIME_SLOTS)].copy()   # this process's BLAS policy, not training state
     step.hyper[...] = hyper
     step.hyper[list(ex.RUNTIME_SLOTS)] = runtime
+    if training is not None:
+        try:
+            step._restore_schedule_state(training)
+        except (TypeError, ValueError) as e:
+            raise _Bad(f"invalid schedule state ({type(e).__name__}: {e})") from None
     extra_arrays = {k[6:]: a for k, a in arrays.items() if k.startswith("extra.")}
     return step, extra_arrays, meta.get("extra", {})

@@ -60,8 +60,8 @@ class TrainStep(StepBase):
         Updates applied so far.
     """
 
-    def __init__(self, model, loss, optimizer, batch_size, dtype, seed, _params=None):
-        super().__init__(model, loss, optimizer, batch_size, dtype, seed, _params)
+    def __init__(self, model, loss, optimizer, batch_size, dtype, seed, _params=None, schedule=None):
+        super().__init__(model, loss, optimizer, batch_size, dtype, seed, _params, schedule)
         p = self.plan
         ex.runtime_hyper(self.hyper)        # this process's BLAS policy
         self.ws64 = np.zeros(self.batch_size, dtype=np.float64)
@@ -260,66 +260,28 @@ class TrainStep(StepBase):
         """
         return gather_rows(rows, X, yi, yf, x_out, yi_out, yf_out, self.classification)
 
-    def fit(self, X, Y, epochs=1, shuffle=True, seed=None):
-        """Train whole epochs inside native calls, one per epoch (from
-        :data:`FIT_NATIVE_MIN_STEPS` steps up; fewer run as a loop of the
-        step's own compiled call, with the same results).
-
-        Each epoch's visiting order is drawn when the epoch starts (memory:
-        one permutation of ``n`` rows, whatever ``epochs``).
-
-        Parameters
-        ----------
-        X : ndarray, shape (n, in_features), dtype ``self.dtype``
-            Any memory layout (copied once when the compiled step cannot
-            read it as it lies).
-        Y : ndarray
-            Targets for all ``n`` rows (see :meth:`__call__`).
-        epochs : int, default 1
-        shuffle : bool, default True
-            Visit the rows in a fresh random order each epoch.
-        seed : int, optional
-            Seed of the shuffling; by default the step's own generator
-            (seeded at compile time, saved in checkpoints) is used.
-
-        Returns
-        -------
-        ndarray of float64, shape (epochs * ceil(n / batch_size),)
-            The loss of every step, the last partial minibatch of each
-            epoch included.
-
-        Raises
-        ------
-        TypeError, ValueError
-            Bad arguments; nothing is changed.
-        FloatingPointError
-            A step's loss or gradient is not finite.  The steps before it
-            were applied; that step and the rest were not, and the step's
-            generator is left as it was before the call.
-        """
-        X, n = self._features(X, "X")
-        epochs, shuffle, seed = self._fit_args(epochs, shuffle, seed)
-        yi, yf = self._targets(Y, n, name="Y")
-        starts = self._epoch_starts(n)
+    def _fit_runner(self, data, n, starts, shuffle, epochs):
+        """One epoch of :meth:`fit` (:meth:`StepBase.fit`): inside one native call
+        (:func:`fastbp._executor.run_fit`) from :data:`FIT_NATIVE_MIN_STEPS` steps
+        per fit up, else a loop of the step's own compiled call (same results);
+        the rate of every update comes in ``lrs``."""
+        X, yi, yf = data
         per_epoch = len(starts) - 1
-        losses = np.zeros(epochs * per_epoch, dtype=np.float64)
+        native = epochs * per_epoch >= FIT_NATIVE_MIN_STEPS
         p = self.plan
-        native = len(losses) >= FIT_NATIVE_MIN_STEPS
-        with self._lock:
-            orders, rng_state = self._fit_orders(n, epochs, shuffle, seed)
-            for e, perm in enumerate(orders):
-                out = losses[e * per_epoch:(e + 1) * per_epoch]
+
+        def train_epoch(e, perm, lrs, out):
+            with self._lock:
                 if native:
                     status, done, info = ex.run_fit(self._ctx, p.sec, X, yi, yf, perm, starts, not shuffle,
-                                                    p.x_buf, p.yf_buf, self._yi_stage, out)
+                                                    p.x_buf, p.yf_buf, self._yi_stage, out, lrs)
                 else:
-                    status, done, info = self._fit_loop(X, yi, yf, perm, starts, not shuffle, out)
-                if status:
-                    self.rng.bit_generator.state = rng_state     # a failed fit consumes no shuffles
-                    self._raise_status(status, info, where=f" at step {e * per_epoch + done} of fit")
-        return losses
+                    status, done, info = self._fit_loop(X, yi, yf, perm, starts, not shuffle, out, lrs)
+            if status:
+                self._raise_status(status, info, where=f" at step {e * per_epoch + done} of fit")
+        return train_epoch
 
-    def _fit_loop(self, X, yi, yf, perm, starts, in_order, losses):
+    def _fit_loop(self, X, yi, yf, perm, starts, in_order, losses, lrs):
         """The driver of a short fit: :func:`fastbp._executor.run_fit`'s loop in
         Python around the step's own compiled call, with the same minibatches
         (in-order ones read where they lie, shuffled ones gathered) and the same
@@ -340,6 +302,8 @@ class TrainStep(StepBase):
                                        np.empty((self.batch_size, self.n_out), self.dtype))
                 xb, yib, yfb = gather_rows(perm[lo:hi], X, yi, yf, self._fit_stage[0], self._yi_stage,
                                            self._fit_stage[1], classif)
+            if len(lrs):
+                self.hyper[ex.H_LR] = lrs[s]
             status, loss, info = ex.run_tape(self._ctx, 0, end, nb, xb, yib, yfb)
             if status:
                 return status, s, info
@@ -384,5 +348,6 @@ class TrainStep(StepBase):
 
     def save(self, path):
         """Write a checkpoint (see :func:`fastbp.load`): architecture, weights,
-        optimizer state, step count, dtype and RNG state; atomically."""
+        optimizer state, step count, dtype, RNG state and learning-rate
+        schedule; atomically."""
         save(self, path)

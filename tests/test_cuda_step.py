@@ -192,6 +192,31 @@ def test_gpu_fit_and_predict(on_device):
     np.testing.assert_allclose(out, cpu.predict(X), **tol(cpu.dtype))
 
 
+@requires_cuda
+def test_gpu_fit_with_schedule_validation_and_callbacks_matches_cpu():
+    """Issue 15: the GPU step's fit has the CPU step's signature and results: a per-step
+    schedule (rate set before each update's launch), History, validation metrics, a callback
+    that stops, predict_proba."""
+    cpu, gpu = make_pair([L(3, 5), fastbp.Tanh(), L(5, 3)], "softmax_cross_entropy",
+                         lambda: fastbp.SGD(lr=0.2, momentum=0.9), np.float64, seed=3)
+    rng = np.random.default_rng(11)
+    X, Y = batch(cpu, 7, rng)
+    sched = fastbp.schedules.OneCycleLR(0.5, total_steps=6)
+    stop = lambda e, logs: e == 1           # noqa: E731
+    hc = cpu.fit(X, Y, epochs=3, schedule=sched, validation_data=(X, Y), callbacks=[stop])
+    hg = gpu.fit(X, Y, epochs=3, schedule=sched, validation_data=(X, Y), callbacks=[stop])
+    assert hg.shape == hc.shape == (4,) and hg.stopped_epoch == hc.stopped_epoch == 1
+    np.testing.assert_allclose(hg, hc, **tol(cpu.dtype))
+    assert hg.history["lr"] == hc.history["lr"] and gpu.lr == cpu.lr
+    np.testing.assert_allclose(hg.history["val_loss"], hc.history["val_loss"], **tol(cpu.dtype))
+    assert hg.history["val_accuracy"] == hc.history["val_accuracy"]
+    assert_same_state(cpu, gpu)
+    np.testing.assert_allclose(gpu.predict_proba(X), cpu.predict_proba(X), **tol(cpu.dtype))
+    import pickle
+    with pytest.raises(TypeError, match="step.save"):
+        pickle.dumps(gpu)
+
+
 # ================================================= host inputs in any layout
 @requires_cuda
 @pytest.mark.thorough           # 12-60 s under the simulator: CI's last stage

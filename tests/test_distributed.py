@@ -452,3 +452,36 @@ def test_one_process_distributed_fit_validates_like_trainstep():
         dist.DistributedStep(d.step, comm, threads=2.0)
     with pytest.raises(ValueError, match="threads must be 'auto'"):
         dist.DistributedStep(d.step, comm, threads="all")
+
+
+# ------------------------------------------------------------------ issue 15: one fit signature
+@pytest.fixture(scope="module")
+def fit_features_run(mpirun, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mpi_fit_features")
+    res = mpirun(sys.executable, os.path.join(SCRIPTS, "fit_features.py"), str(out))
+    _assert_clean_end(res, "fit_features.py")
+    return [json.loads((out / f"fit_features_rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_two_ranks_fit_with_a_schedule_and_validation_like_one_process(fit_features_run):
+    """2 ranks x batch 4 with a schedule == 1 process x batch 8 with the same schedule: the
+    rates, global losses, validation metrics and weights; the ranks identical."""
+    sched = fastbp.schedules.CosineAnnealingLR(T_max=3, warmup=1)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 6))
+    Y = rng.integers(0, 3, 64)
+    ref = fastbp.compile(fastbp.Sequential(fastbp.Linear(6, 8), fastbp.Tanh(), fastbp.Linear(8, 3)),
+                         optimizer=fastbp.SGD(lr=0.2, momentum=0.9), batch_size=8, dtype=np.float64, seed=1,
+                         schedule=sched)
+    h = ref.fit(X, Y, epochs=4, seed=7, validation_data=(X[:16], Y[:16]))
+    r0, r1 = fit_features_run
+    np.testing.assert_allclose(r0["losses"], np.asarray(h), rtol=1e-10)
+    np.testing.assert_allclose(r0["params"], ref.param_vector, rtol=1e-9, atol=1e-12)
+    assert r0["history"]["lr"] == h.history["lr"]
+    np.testing.assert_allclose(r0["history"]["val_loss"], h.history["val_loss"], rtol=1e-9)
+    assert r0["history"] == r1["history"] and r0["losses"] == r1["losses"] and r0["in_sync"] and r1["in_sync"]
+
+
+def test_a_callback_stopping_on_one_rank_stops_every_rank(fit_features_run):
+    for res in fit_features_run:
+        assert res["stopped"] == 1 and res["epochs_run"] == 2 and res["in_sync_after_stop"]

@@ -63,7 +63,7 @@ def test_predict_proba_is_softmax_and_agrees_with_predict():
     X, y = blobs()
     labels = np.array(["ant", "bee", "cow"])[y]
     clf = MLPClassifier(hidden_layer_sizes=(16,), max_iter=30, batch_size=20,
-                        random_state=1).fit(X, labels)
+                        random_state=1, dtype="float64").fit(X, labels)
     P = clf.predict_proba(X)
     assert P.shape == (200, 3)
     np.testing.assert_allclose(P.sum(1), 1.0, rtol=1e-12)
@@ -278,7 +278,7 @@ def test_batch_size_auto_and_clipping():
     ("hidden_layer_sizes", (10, 0), "hidden_layer_sizes"),
     ("hidden_layer_sizes", "wide", "hidden_layer_sizes"),
     ("activation", "softplus", "activation"),
-    ("solver", "lbfgs", "solver"),
+    ("solver", "newton-cg", "solver"),          # ('lbfgs' is a solver now: issue 15)
     ("alpha", -1.0, "alpha"),
     ("batch_size", 0, "batch_size"),
     ("learning_rate_init", 0.0, "learning_rate_init"),
@@ -323,8 +323,9 @@ def test_sklearn_parameter_names_match():
     from sklearn.neural_network import MLPClassifier as SkMLP
     ours = set(MLPClassifier().get_params())
     theirs = set(SkMLP().get_params())
-    # what fastbp does not have: lbfgs's max_fun, learning-rate schedules
-    assert theirs - ours == {"max_fun", "learning_rate", "power_t"}
+    # every scikit-learn parameter exists (lbfgs's max_fun and the learning-rate schedules
+    # were added by issue 15)
+    assert theirs - ours == set()
     assert ours - theirs == {"dtype"}
 
 
@@ -417,7 +418,7 @@ def test_regressor_sgd_takes_sklearns_steps():
     kw = dict(hidden_layer_sizes=(5,), activation="tanh", solver="sgd", learning_rate_init=0.05,
               momentum=0.9, nesterovs_momentum=True, batch_size=64, max_iter=3, shuffle=False,
               alpha=0.0, tol=0.0, n_iter_no_change=100, warm_start=True, random_state=0)
-    ours, theirs = MLPRegressor(**kw), SkMLPRegressor(**kw)
+    ours, theirs = MLPRegressor(**kw, dtype="float64"), SkMLPRegressor(**kw)
     _same_start_then_train(ours, theirs, X, y)
     for mine, sk in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
         np.testing.assert_allclose(mine, sk, rtol=1e-9, atol=1e-12)
@@ -433,7 +434,7 @@ def test_classifier_alpha_matches_sklearns_l2_gradient():
     kw = dict(hidden_layer_sizes=(6,), solver="sgd", learning_rate_init=0.1, momentum=0.0,
               batch_size=60, max_iter=1, shuffle=False, alpha=0.3, tol=0.0, warm_start=True,
               random_state=0)
-    ours, theirs = MLPClassifier(**kw), SkMLPClassifier(**kw)
+    ours, theirs = MLPClassifier(**kw, dtype="float64"), SkMLPClassifier(**kw)
     start = _same_start_then_train(ours, theirs, X, y)
     wd = 0.3 / 60
     assert ours._step.optimizer.weight_decay == pytest.approx(wd)
@@ -449,7 +450,7 @@ def test_adam_takes_sklearns_steps():
     kw = dict(hidden_layer_sizes=(7,), solver="adam", learning_rate_init=0.01, beta_1=0.8,
               beta_2=0.99, batch_size=90, max_iter=4, shuffle=False, alpha=0.0, tol=0.0,
               n_iter_no_change=100, warm_start=True, random_state=0)
-    ours, theirs = MLPClassifier(**kw), SkMLPClassifier(**kw)
+    ours, theirs = MLPClassifier(**kw, dtype="float64"), SkMLPClassifier(**kw)
     _same_start_then_train(ours, theirs, X, y)
     # torch's and scikit-learn's Adam differ only in where epsilon (1e-8) enters
     for mine, sk in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):

@@ -275,7 +275,7 @@ def test_fit_draws_each_epoch_when_it_starts_with_the_old_results(seed, shuffle)
     ref = np.zeros(len(starts) - 1)
     p = old.plan
     status, _, _ = ex.run_fit(old._ctx, p.sec, X, Y, old._no_yf, perm, starts, not shuffle, p.x_buf, p.yf_buf,
-                              old._yi_stage, ref)
+                              old._yi_stage, ref, np.zeros(0))
     assert status == 0
     assert losses.tobytes() == ref.tobytes()
     assert _state(new) == _state(old)

@@ -1,0 +1,477 @@
+"""What ``fit`` does around the compiled step, the same for every step kind.
+
+- :class:`History`: what ``fit`` returns -- the float64 loss of every update
+  (the array ``fit`` always returned) carrying the per-epoch metrics
+  (``history.history``: ``loss``, ``val_loss``, ``val_accuracy``, ``lr``,
+  like Keras's ``History.history``);
+- :class:`EarlyStopping`: stop when a monitored metric stops improving and
+  restore the best weights (Keras's ``EarlyStopping`` rule);
+- callbacks: any object with ``on_epoch_end(epoch, logs) -> bool | None``
+  (or a plain function of ``(epoch, logs)``); a true result stops the fit
+  after that epoch.  ``logs`` is a dict of the epoch's metrics;
+- :func:`drive`: the epoch loop of a fit (learning-rate schedule, metrics,
+  early stopping, callbacks, progress) around a step kind's "train one
+  epoch" function;
+- the metrics of a loss computed from the network's outputs
+  (:func:`eval_loss`, :func:`accuracy`, :func:`probabilities`).
+
+Nothing here runs a step: this module imports neither the executor nor numba-cuda.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import sys
+
+import numpy as np
+
+from . import _validate as V
+from .schedules import ReduceLROnPlateau
+
+__all__ = ["History", "EarlyStopping", "Callback", "drive", "eval_loss", "accuracy", "probabilities"]
+
+
+# ------------------------------------------------------------------ metrics
+def _log_sigmoid(z):
+    return -np.logaddexp(0.0, -z)
+
+
+def eval_loss(loss, scores, y):
+    """The mean loss of ``scores`` against ``y`` as the compiled step defines it (float64).
+
+    Parameters
+    ----------
+    loss : str
+    scores : ndarray, shape (n, out_features)
+    y : ndarray
+        int64 labels ``(n,)`` (softmax_cross_entropy, svm) or float targets
+        ``(n, out_features)`` (mse, bce_with_logits).
+
+    Returns
+    -------
+    float
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    n = s.shape[0]
+    if loss == "softmax_cross_entropy":
+        m = s.max(axis=1, keepdims=True)
+        lse = (m + np.log(np.exp(s - m).sum(axis=1, keepdims=True)))[:, 0]
+        return float(np.mean(lse - s[np.arange(n), y]))
+    if loss == "svm":
+        sy = s[np.arange(n), y][:, None]
+        margins = np.maximum(0.0, s - sy + 1.0)
+        margins[np.arange(n), y] = 0.0
+        return float(np.mean(margins.sum(axis=1)))
+    t = np.asarray(y, dtype=np.float64)
+    if loss == "mse":
+        return float(np.mean((s - t) ** 2))
+    if loss == "bce_with_logits":
+        return float(np.mean(-(t * _log_sigmoid(s) + (1.0 - t) * _log_sigmoid(-s))))
+    raise ValueError(f"no evaluation defined for loss {loss!r}")
+
+
+def accuracy(loss, scores, y):
+    """The accuracy of ``scores``: the argmax is the label (softmax_cross_entropy, svm), or every
+    output thresholded at 0 against targets thresholded at 0.5 (bce_with_logits, Keras's
+    binary accuracy); None for mse."""
+    if loss in ("softmax_cross_entropy", "svm"):
+        return float(np.mean(np.argmax(scores, axis=1) == y))
+    if loss == "bce_with_logits":
+        return float(np.mean((np.asarray(scores) > 0) == (np.asarray(y) > 0.5)))
+    return None
+
+
+def probabilities(loss, scores):
+    """Class probabilities from the network's outputs: softmax (softmax_cross_entropy) or
+    sigmoid (bce_with_logits), in the outputs' dtype.  ValueError for mse and svm."""
+    if loss == "softmax_cross_entropy":
+        e = np.exp(scores - scores.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    if loss == "bce_with_logits":
+        out = np.empty_like(scores)
+        pos = scores >= 0
+        out[pos] = 1.0 / (1.0 + np.exp(-scores[pos]))
+        ez = np.exp(scores[~pos])
+        out[~pos] = ez / (1.0 + ez)
+        return out
+    raise ValueError(f"predict_proba needs a probabilistic loss (softmax_cross_entropy or bce_with_logits); "
+                     f"this step's loss is {loss!r}, whose outputs are not probabilities (use predict)")
+
+
+# ------------------------------------------------------------------ History
+class History(np.ndarray):
+    """What ``fit`` returns: the loss of every update, with the per-epoch metrics.
+
+    As an array (float64, shape ``(steps,)``): the mean loss of every
+    minibatch, in order, as ``fit`` has always returned it.
+
+    Attributes
+    ----------
+    history : dict of str -> list of float
+        Per epoch, like Keras's ``History.history``: ``"loss"`` (the mean
+        training loss over the epoch's rows, weights changing along the
+        epoch), ``"lr"`` (the learning rate of the epoch's first update),
+        and with ``validation_data`` ``"val_loss"`` plus, for the
+        classification losses, ``"val_accuracy"``.
+    epoch : list of int
+        The epochs run (0-based, this fit's own count).
+    stopped_epoch : int or None
+        The epoch after which early stopping or a callback stopped the fit.
+    best_epoch : int or None
+        The best epoch of the early stopping's monitor (its weights were
+        restored when the fit stopped early and ``restore_best_weights``).
+    """
+
+    def __new__(cls, step_losses):
+        obj = np.asarray(step_losses, dtype=np.float64).view(cls)
+        obj.history = {}
+        obj.epoch = []
+        obj.stopped_epoch = None
+        obj.best_epoch = None
+        return obj
+
+    def __array_finalize__(self, obj):
+        if obj is None:
+            return
+        self.history = getattr(obj, "history", {})
+        self.epoch = getattr(obj, "epoch", [])
+        self.stopped_epoch = getattr(obj, "stopped_epoch", None)
+        self.best_epoch = getattr(obj, "best_epoch", None)
+
+    def __array_wrap__(self, arr, context=None, return_scalar=False):
+        # arithmetic and reductions give plain arrays / scalars, not Histories
+        out = np.asarray(arr).view(np.ndarray)
+        return out[()] if return_scalar else out
+
+    def __reduce__(self):
+        return (_rebuild_history, (np.asarray(self).view(np.ndarray).copy(), self.history, self.epoch,
+                                   self.stopped_epoch, self.best_epoch))
+
+    @property
+    def step_losses(self):
+        """The loss of every update as a plain ndarray."""
+        return self.view(np.ndarray)
+
+    @property
+    def loss(self):
+        """Per-epoch training loss (list)."""
+        return self.history.get("loss", [])
+
+    @property
+    def val_loss(self):
+        """Per-epoch validation loss (list; empty without validation data)."""
+        return self.history.get("val_loss", [])
+
+    @property
+    def val_accuracy(self):
+        """Per-epoch validation accuracy (list; empty without validation data or for regression)."""
+        return self.history.get("val_accuracy", [])
+
+
+def _rebuild_history(a, history, epoch, stopped, best):
+    h = History(a)
+    h.history, h.epoch, h.stopped_epoch, h.best_epoch = history, epoch, stopped, best
+    return h
+
+
+# ------------------------------------------------------------ callbacks
+class Callback:
+    """The callback protocol of ``fit`` (subclassing it is optional).
+
+    ``on_epoch_end(epoch, logs)`` is called after every epoch with the
+    epoch's index in this fit (0-based) and its metrics (``loss``, ``lr``,
+    ``val_loss``, ``val_accuracy`` where computed); returning True stops the
+    fit after this epoch.
+    """
+
+    def on_epoch_end(self, epoch, logs):
+        return None
+
+
+class EarlyStopping:
+    """Stop ``fit`` when a metric has stopped improving (Keras's rule).
+
+    After each epoch, the monitored value improves when it beats the best
+    so far by more than ``min_delta``; the fit stops once ``patience``
+    epochs in a row have not improved (``patience=0``: the first epoch that
+    does not improve), and the weights of the best epoch are restored then.
+
+    Parameters
+    ----------
+    patience : int, default 0
+    min_delta : float, default 0.0
+    restore_best_weights : bool, default True
+        Restore the weights (not the optimizer state) of the best epoch when
+        stopping early (Keras's default is False).
+    monitor : {"val_loss", "val_accuracy", "loss"}, default "val_loss"
+        "val_*" need ``validation_data`` (ValueError otherwise).
+    mode : {"auto", "min", "max"}, default "auto"
+        "auto": max for accuracies, min otherwise.
+    """
+
+    _MONITORS = ("val_loss", "val_accuracy", "loss")
+
+    def __init__(self, patience=0, min_delta=0.0, restore_best_weights=True, monitor="val_loss", mode="auto"):
+        self.patience = _nonneg("patience", patience)
+        if isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real):
+            raise TypeError(f"EarlyStopping: min_delta must be a real number, got {type(min_delta).__name__}")
+        if not math.isfinite(min_delta) or min_delta < 0:
+            raise ValueError(f"EarlyStopping: min_delta must be finite and >= 0, got {min_delta}")
+        self.min_delta = float(min_delta)
+        self.restore_best_weights = V.boolean("restore_best_weights", restore_best_weights)
+        if not isinstance(monitor, str):
+            raise TypeError(f"EarlyStopping: monitor must be a str, got {type(monitor).__name__}")
+        if monitor not in self._MONITORS:
+            raise ValueError(f"EarlyStopping: monitor must be one of {', '.join(self._MONITORS)}, got {monitor!r}")
+        self.monitor = monitor
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"EarlyStopping: mode must be 'auto', 'min' or 'max', got {mode!r}")
+        self.mode = mode
+        self._begin()
+
+    def _maximise(self):
+        return self.mode == "max" or (self.mode == "auto" and "accuracy" in self.monitor)
+
+    def _begin(self):
+        self.wait = 0
+        self.best = -math.inf if self._maximise() else math.inf
+        self.best_epoch = None
+        self.best_weights = None
+        self.stopped_epoch = None
+
+    def _improves(self, v):
+        return v - self.min_delta > self.best if self._maximise() else v + self.min_delta < self.best
+
+    def _update(self, epoch, logs, get_weights):
+        """Record the epoch; True when the fit must stop."""
+        v = logs[self.monitor]
+        if self.restore_best_weights and self.best_weights is None:
+            self.best_weights, self.best_epoch = get_weights(), epoch
+        self.wait += 1
+        if self._improves(v):
+            self.best, self.best_epoch, self.wait = v, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = get_weights()
+            return False
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            return True
+        return False
+
+    def __repr__(self):
+        return (f"EarlyStopping(patience={self.patience}, min_delta={self.min_delta}, "
+                f"restore_best_weights={self.restore_best_weights}, monitor={self.monitor!r}, mode={self.mode!r})")
+
+
+def _nonneg(name, v):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"EarlyStopping: {name} must be an int, got {type(v).__name__}")
+    if v < 0:
+        raise ValueError(f"EarlyStopping: {name} must be >= 0, got {v}")
+    return int(v)
+
+
+def early_stopping_arg(es, has_validation):
+    """Check ``early_stopping=`` (None, an :class:`EarlyStopping`, or an int patience)."""
+    if es is None:
+        return None
+    if isinstance(es, numbers.Integral) and not isinstance(es, bool):
+        es = EarlyStopping(patience=int(es), monitor="val_loss" if has_validation else "loss")
+    if not isinstance(es, EarlyStopping):
+        raise TypeError(f"early_stopping must be a fastbp.training.EarlyStopping, an int patience or None, "
+                        f"got {type(es).__name__}")
+    if es.monitor.startswith("val_") and not has_validation:
+        raise ValueError(f"early_stopping monitors {es.monitor!r}, which needs validation_data=(X_val, y_val)")
+    return es
+
+
+def check_accuracy_monitors(loss, *watchers):
+    """A ValueError when an EarlyStopping or a ReduceLROnPlateau watches ``val_accuracy`` of a
+    loss without an accuracy (mse)."""
+    if loss != "mse":
+        return
+    for w in watchers:
+        if w is not None and getattr(w, "monitor", None) == "val_accuracy":
+            raise ValueError(f"{type(w).__name__} monitors 'val_accuracy', but loss 'mse' has no accuracy; "
+                             f"monitor 'val_loss' or 'loss'")
+
+
+def callbacks_arg(callbacks):
+    """Check ``callbacks=``: a sequence of objects with ``on_epoch_end`` or callables; returns the
+    list of functions ``f(epoch, logs)``."""
+    if callbacks is None:
+        return []
+    if hasattr(callbacks, "on_epoch_end") or callable(callbacks):
+        callbacks = [callbacks]
+    if isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__"):
+        raise TypeError(f"callbacks must be a sequence of callbacks, got {type(callbacks).__name__}")
+    out = []
+    for i, cb in enumerate(callbacks):
+        f = getattr(cb, "on_epoch_end", None)
+        if f is None and callable(cb):
+            f = cb
+        if not callable(f):
+            raise TypeError(f"callbacks[{i}] must have an on_epoch_end(epoch, logs) method or be callable, "
+                            f"got {type(cb).__name__}")
+        out.append(f)
+    return out
+
+
+# ---------------------------------------------------------------- progress
+class Progress:
+    """A tqdm bar on a terminal (stderr), else one plain line per epoch (stdout); or nothing."""
+
+    def __init__(self, total, enabled, desc="fit"):
+        self.bar = None
+        self.enabled = enabled
+        self.total = total
+        if not enabled:
+            return
+        try:
+            tty = sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            tty = False
+        if tty:
+            try:
+                from tqdm import tqdm
+                self.bar = tqdm(total=total, desc=desc, unit="epoch", file=sys.stderr, mininterval=0,
+                                dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def update(self, epoch, logs):
+        if not self.enabled:
+            return
+        text = {k: f"{v:.4g}" for k, v in logs.items()}
+        if self.bar is not None:
+            self.bar.set_postfix(text, refresh=False)
+            self.bar.update(1)
+        else:
+            print(f"epoch {epoch + 1}/{self.total} " + " ".join(f"{k}={v}" for k, v in text.items()), flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+# -------------------------------------------------------------- the driver
+def epoch_lrs(schedule, base_lr, current_lr, epoch, first_step, n_steps):
+    """The learning rate of each update of an epoch (float64 ``(n_steps,)``), or an empty array
+    without a schedule (the step keeps its rate)."""
+    if schedule is None:
+        return np.zeros(0, dtype=np.float64)
+    if isinstance(schedule, ReduceLROnPlateau):
+        return np.full(n_steps, current_lr if schedule.lr is not None else base_lr, dtype=np.float64)
+    if schedule.interval == "epoch":
+        return np.full(n_steps, schedule.lr_at(epoch, base_lr), dtype=np.float64)
+    return np.array([schedule.lr_at(first_step + s, base_lr) for s in range(n_steps)], dtype=np.float64)
+
+
+def check_schedule_span(schedule, base_lr, epoch0, step0, epochs, per_epoch, has_validation=True):
+    """Evaluate the schedule over every update of a fit up front (a OneCycleLR past its
+    ``total_steps`` is a ValueError before anything is trained; a ReduceLROnPlateau
+    monitoring a validation metric needs validation data)."""
+    if schedule is None:
+        return
+    if isinstance(schedule, ReduceLROnPlateau):
+        if schedule.monitor is not None and schedule.monitor.startswith("val_") and not has_validation:
+            raise ValueError(f"the ReduceLROnPlateau schedule monitors {schedule.monitor!r}, which needs "
+                             f"validation_data=(X_val, y_val)")
+        return
+    if schedule.interval == "epoch":
+        schedule.lr_at(epoch0 + epochs - 1, base_lr)
+    else:
+        schedule.lr_at(step0 + epochs * per_epoch - 1, base_lr)
+
+
+def drive(*, epochs, per_epoch, rows_per_step, orders, train_epoch, step, schedule, base_lr, validate,
+          early_stopping, callbacks, verbose, get_weights, set_weights, agree=None, loss_name):
+    """The epoch loop of a fit.
+
+    Parameters
+    ----------
+    epochs, per_epoch : int
+        Epochs, and updates per epoch.
+    rows_per_step : ndarray of int64, shape (per_epoch,)
+        Rows of each minibatch (the epoch's loss is their weighted mean).
+    orders : iterator of ndarray
+        Each epoch's row order (drawn when the epoch starts).
+    train_epoch : callable ``(e, perm, lrs, out) -> None``
+        Trains one epoch, writing each update's loss into ``out``; raises on failure.
+    step : StepBase
+        Its ``n_steps``, ``epochs_done``, ``_sched_origin`` (where the schedule's count
+        starts) and learning rate (``step.lr``) are read; ``epochs_done`` is advanced.
+    schedule : schedule or None
+    base_lr : float
+    validate : callable ``() -> (val_loss, val_accuracy or None)`` or None
+    early_stopping : EarlyStopping or None
+    callbacks : list of callables ``(epoch, logs)``
+    verbose : bool
+    get_weights, set_weights : callables
+        A copy of the weights, and setting them back (early stopping).
+    agree : callable ``(bool) -> bool``, optional
+        Turns this process's "stop" into the decision of every process
+        (data-parallel fits).
+    loss_name : str
+
+    Returns
+    -------
+    History
+    """
+    losses = np.zeros(epochs * per_epoch, dtype=np.float64)
+    hist = History(losses)
+    w = rows_per_step.astype(np.float64)
+    if early_stopping is not None:
+        early_stopping._begin()
+    bar = Progress(epochs, verbose)
+    try:
+        for e, perm in enumerate(orders):
+            out = losses[e * per_epoch:(e + 1) * per_epoch]
+            e0, s0 = step._sched_origin
+            lrs = epoch_lrs(schedule, base_lr, step.lr, step.epochs_done - e0, step.n_steps - s0, per_epoch)
+            first_lr = float(lrs[0]) if len(lrs) else step.lr
+            train_epoch(e, perm, lrs, out)
+            step.epochs_done += 1
+            logs = {"loss": float(np.dot(out, w) / w.sum()), "lr": first_lr}
+            if validate is not None:
+                vl, va = validate()
+                logs["val_loss"] = vl
+                if va is not None:
+                    logs["val_accuracy"] = va
+            for k, v in logs.items():
+                hist.history.setdefault(k, []).append(v)
+            hist.epoch.append(e)
+            # the rate of the next update (what step.lr reports after the fit)
+            if isinstance(schedule, ReduceLROnPlateau):
+                key = schedule.monitor or ("val_loss" if "val_loss" in logs else "loss")
+                step._set_scheduled_lr(schedule.step(logs[key], first_lr))
+            elif schedule is not None:
+                t = step.epochs_done - e0 if schedule.interval == "epoch" else step.n_steps - s0
+                try:
+                    step._set_scheduled_lr(schedule.lr_at(t, base_lr))
+                except ValueError:
+                    pass        # a OneCycleLR at its end: the step keeps the last rate
+            bar.update(e, logs)
+            stop = False
+            if early_stopping is not None and early_stopping._update(e, logs, get_weights):
+                stop = True
+            for cb in callbacks:
+                if cb(e, dict(logs)):
+                    stop = True
+            if agree is not None:
+                stop = agree(stop)
+            if stop:
+                hist.stopped_epoch = e
+                if early_stopping is not None and early_stopping.restore_best_weights and \
+                        early_stopping.best_weights is not None:
+                    set_weights(early_stopping.best_weights)
+                break
+    finally:
+        bar.close()
+    if early_stopping is not None:
+        hist.best_epoch = early_stopping.best_epoch
+        early_stopping.best_weights = None          # not kept alive by the object
+    if hist.stopped_epoch is not None:
+        hist = _rebuild_history(losses[:(hist.stopped_epoch + 1) * per_epoch].copy(), hist.history, hist.epoch,
+                                hist.stopped_epoch, hist.best_epoch)
+    return hist
