@@ -44,8 +44,13 @@ class TorchTrainStep(TrainStep):
     def _run(self, x, y, mode):
         return super()._run(self._np(x, "x"), self._np(y, "y"), mode)
 
-    def fit(self, X, Y, epochs=1, shuffle=True, seed=None):
-        return super().fit(self._np(X, "X"), self._np(Y, "Y"), epochs=epochs, shuffle=shuffle, seed=seed)
+    def fit(self, X, Y, epochs=1, shuffle=True, seed=None, validation_data=None, **kwargs):
+        """:meth:`fastbp.TrainStep.fit` (same arguments) on tensors or arrays."""
+        if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
+            validation_data = (self._np(validation_data[0], "validation_data[0]"),
+                               self._np(validation_data[1], "validation_data[1]"))
+        return super().fit(self._np(X, "X"), self._np(Y, "Y"), epochs=epochs, shuffle=shuffle, seed=seed,
+                           validation_data=validation_data, **kwargs)
 
     def predict(self, X):
         return super().predict(self._np(X, "X"))

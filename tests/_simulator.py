@@ -5,8 +5,9 @@ The CUDA kernels and the GPU step are tested on the CPU under numba's simulator
 in a child process.  The simulator is single-threaded Python (a few minutes of one
 core), so the child is started right after collection (``conftest.py``) and runs on
 the second core while this session runs the rest of the suite; each file's runner
-test (``test_simulator_subprocess``, ``test_gpu_step_simulator_subprocess``) then
-waits for the child and checks its own file's share of the child's JUnit report.
+test (``test_simulator_subprocess``, ``test_gpu_step_simulator_subprocess``), moved to
+the end of the run, then waits for the child and checks its own file's share of the
+child's JUnit report.
 
 A file takes part when its runner test is selected and its module says the tests
 could not run in this process (``AVAIL`` false, for a reason other than numba-cuda
@@ -40,6 +41,16 @@ def _node_ids(session, fname, runner, pick, module):
     if not ids:      # only the runner was selected: every simulator test of the file
         ids = [f"{here}::{name}" for name in sorted(vars(module)) if pick(name)]
     return ids
+
+
+def runners_last(items):
+    """Move the runner tests to the end of the run (``pytest_collection_modifyitems``): each
+    waits for the child, and everything before it runs meanwhile."""
+    runners = {runner for runner, _ in FILES.values()}
+    last = [it for it in items if Path(str(it.path)).name in FILES and it.name in runners]
+    if last:
+        keep = [it for it in items if it not in last]
+        items[:] = keep + last
 
 
 def start(session):

@@ -573,10 +573,11 @@ def test_import_without_numba_cuda():
 
 # ------------------------------------- every registry activation and loss: CPU vs CUDA
 from fastbp.registry import activations as REG  # noqa: E402
+from fastbp.registry import losses as loss_registry  # noqa: E402
 
 REG_NAMES = [e.name for e in REG.entries()]
 REG_PUBLIC = [e.name for e in REG.entries(public=True)]
-LOSS_NAMES = ["softmax_cross_entropy", "svm", "mse", "bce_with_logits"]
+LOSS_NAMES = list(loss_registry.names())
 
 
 def _reg_params(entry):
@@ -662,9 +663,21 @@ def test_cuda_registry_activation_matches_cpu(name, dtype):
         g_act._act_fwd(dev(x), 29, empty_dev((m, n), dtype))
 
 
+def _parity_cases():
+    """Every (activation, loss) pair; the README's test command runs one pair per row and
+    column (each activation and each loss at least once), CI's thorough stage all of them:
+    under the simulator each case is seconds of Python threads."""
+    cases = []
+    for i, name in enumerate(REG_PUBLIC):
+        for j, loss in enumerate(LOSS_NAMES):
+            core = j == i % len(LOSS_NAMES) or i == j % len(REG_PUBLIC)
+            cases.append(pytest.param(name, loss, marks=() if core else pytest.mark.thorough,
+                                      id=f"{loss}-{name}"))
+    return cases
+
+
 @requires_cuda
-@pytest.mark.parametrize("loss", LOSS_NAMES)
-@pytest.mark.parametrize("name", REG_PUBLIC)
+@pytest.mark.parametrize("name,loss", _parity_cases())
 def test_cuda_step_nonfinite_parity(name, loss):
     """A step on NaN or inf data: the GPU step (simulated) does what the CPU step does --
     the same error (FloatingPointError, nothing applied) or the same finite loss and
@@ -676,7 +689,7 @@ def test_cuda_step_nonfinite_parity(name, loss):
     cpu = fastbp.compile(model, **kw)
     gpu = fastbp.compile(model, device="cuda", **kw)
     rng = np.random.default_rng(1)
-    y = np.array([0, 1]) if loss in ("softmax_cross_entropy", "svm") else rng.random((2, 2))
+    y = np.array([0, 1]) if loss in loss_registry.classification_names() else rng.random((2, 2))
     for bad in (np.nan, np.inf, -np.inf):
         x = rng.standard_normal((2, 3))
         x[0, 1] = bad

@@ -211,3 +211,26 @@ def test_registry_activation_matches_pytorch(name):
         for (pn, pr), pm in zip(ref.named_parameters(), mine.parameters()):
             np.testing.assert_allclose(pm.detach().numpy(), pr.detach().numpy(), rtol=1e-10, atol=1e-12,
                                        err_msg=pn)
+
+
+def test_fit_takes_tensors_and_the_whole_fit_signature():
+    """A from_torch step's fit has TrainStep.fit's signature and takes tensors, the
+    validation data included; on arrays it gives exactly the array-fed run."""
+    torch.manual_seed(0)
+    X = torch.randn(40, 4, dtype=torch.float64)
+    y = torch.arange(40) % 3
+
+    def run(convert):
+        torch.manual_seed(1)
+        mine = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).double()
+        step = fastbp.from_torch(mine, optimizer=torch.optim.SGD(mine.parameters(), lr=0.1), batch_size=8)
+        hist = step.fit(convert(X), convert(y), epochs=3, seed=0, validation_data=(convert(X[:10]), convert(y[:10])),
+                        early_stopping=fastbp.EarlyStopping(patience=5))
+        return hist, step
+
+    h_t, s_t = run(lambda t: t)
+    h_n, s_n = run(lambda t: t.numpy())
+    assert len(h_t.history["val_loss"]) == 3 and np.all(np.isfinite(h_t.history["val_loss"]))
+    np.testing.assert_array_equal(np.asarray(h_t), np.asarray(h_n))
+    assert h_t.history == h_n.history
+    np.testing.assert_array_equal(s_t.param_vector, s_n.param_vector)
