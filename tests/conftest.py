@@ -1,10 +1,20 @@
 """Session hooks: the CUDA-simulator child (see ``_simulator.py``) starts right after
 collection, so that it runs on the second core while the rest of the suite runs; the runner
 tests that wait for it run last, so that this process never idles while the child works."""
+import pytest
+
 import _simulator
 
 
+@pytest.hookimpl(tryfirst=True)        # before -m deselects by marker
 def pytest_collection_modifyitems(session, config, items):
+    # a test module may name some of its parametrised cases thorough (CI's last stage runs
+    # them; the README's test command does not): ``thorough_case(params) -> bool``
+    for item in items:
+        pick = getattr(getattr(item, "module", None), "thorough_case", None)
+        params = getattr(getattr(item, "callspec", None), "params", None)
+        if pick is not None and params is not None and pick(params):
+            item.add_marker(pytest.mark.thorough)
     _simulator.runners_last(items)
 
 

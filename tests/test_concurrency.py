@@ -89,10 +89,12 @@ def runs():
     return out
 
 
+@pytest.mark.thorough      # three processes (~20 s); tests/test_coldstart.py checks across processes by default
 def test_same_seed_and_thread_count_is_bitwise_identical_across_processes(runs):
     assert runs["2a"] == runs["2b"]                 # every float, exactly (JSON keeps float64 repr)
 
 
+@pytest.mark.thorough      # shares the fixture above; tests/test_threads.py checks 1 vs 2 threads by default
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_one_and_two_threads_agree_to_float_tolerance(runs, dtype):
     a, b = runs["1"][dtype], runs["2a"][dtype]

@@ -193,6 +193,7 @@ def test_gpu_fit_and_predict(on_device):
 
 
 @requires_cuda
+@pytest.mark.thorough      # ~25 s under the simulator; CI's last stage runs it
 def test_gpu_fit_with_schedule_validation_and_callbacks_matches_cpu():
     """Issue 15: the GPU step's fit has the CPU step's signature and results: a per-step
     schedule (rate set before each update's launch), History, validation metrics, a callback

@@ -331,6 +331,7 @@ def test_ring_allreduce_volume():
     assert 1990 < ring_allreduce_bytes(1000, 1000) < 2000      # about 2x the buffer for many ranks
 
 
+@pytest.mark.thorough      # ~5 s of mpiexec runs; the MPI step itself is tested above
 def test_mpi_bench_runs_and_reports(mpirun, tmp_path):
     """``python -m fastbp.bench.mpi_bench`` end to end on the tiny config (smoke test, no timing check)."""
     out = tmp_path / "bench.json"

@@ -33,6 +33,14 @@ GC_SHAPES = [(1, 1), (7, 5), (2, 11)]
 GC_RTOL = {np.float32: 2e-2, np.float64: 1e-6}
 
 
+def thorough_case(params):
+    """The float64 cases of the parallel variants run in CI's thorough stage only (see
+    conftest.py): each compiles a kernel's parallel variant for float64 (seconds), while
+    the float32 cases already run every parallel loop and the float64 serial ones every
+    float64 path."""
+    return params.get("variant") == "parallel" and params.get("dt") is np.float64
+
+
 def var(k, variant):
     return getattr(k, variant)
 
