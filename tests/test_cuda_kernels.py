@@ -369,6 +369,15 @@ GATE_SHAPES = [((7, 33), (7, 33)), ((7, 33), (1, 33)), ((7, 1), (1, 33)), ((1, 1
                ((1, 1), (1, 1))]
 
 
+def thorough_case(params):
+    """Cases that run in CI's thorough stage only (see conftest.py): the gates other than
+    add on the last three shape pairs (the broadcasting code is shared by the gates; add
+    runs every pair), ~2 s each under the simulator."""
+    sa = params.get("sa")
+    return (sa is not None and params.get("gate") != GATE_ADD
+            and GATE_SHAPES.index((sa, params["sb"])) >= 2)
+
+
 @requires_cuda
 @pytest.mark.parametrize("dtype", PARAM_DTYPES)
 @pytest.mark.parametrize("gate", GATES)

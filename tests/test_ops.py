@@ -39,6 +39,13 @@ def mm_path(request, monkeypatch):
     return request.param
 
 
+def thorough_case(params):
+    """The float64 cases of the parallel variants run in CI's thorough stage only (see
+    conftest.py): each compiles kernels' parallel variants for float64 (seconds), while the
+    float32 cases run every parallel loop and the float64 serial ones every float64 path."""
+    return params.get("variant") == "parallel" and params.get("dt") is np.float64
+
+
 def randn(rng, shape, dt, scale=1.0):
     return np.array(scale * rng.standard_normal(shape), dtype=dt)
 

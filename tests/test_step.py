@@ -499,7 +499,8 @@ def test_executor_context_takes_only_what_the_executor_reads():
             ex.context(**dict(good, **{name: bad}))
 
 
-@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse"])
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy",
+                                  pytest.param("mse", marks=pytest.mark.thorough)])   # ~6 s of compiling each
 def test_executor_checks_the_minibatch_itself(loss):
     """The step's fast path leaves rows, widths and layout to the compiled
     code: it answers STATUS_BAD_INPUT for anything else, with the weights,
