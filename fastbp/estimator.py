@@ -42,27 +42,17 @@ from __future__ import annotations
 
 import numpy as np
 
-try:
-    from sklearn.base import ClassifierMixin, RegressorMixin
-    from sklearn.metrics import accuracy_score, r2_score
-    from sklearn.preprocessing import LabelBinarizer
-    from sklearn.utils.multiclass import type_of_target, unique_labels
-    from sklearn.utils.metaestimators import available_if
-    from sklearn.utils.validation import column_or_1d
-except ImportError as _e:  # pragma: no cover - exercised only without sklearn
-    raise ImportError(
-        "fastbp.MLPClassifier and fastbp.MLPRegressor need scikit-learn, which is not "
-        "installed: pip install 'fastbp[examples]'"
-    ) from _e
+# first: it raises the ImportError that says how to install scikit-learn
+from ._estimator_base import _BaseMLP, _resolve_dtype, _validate_data
 
-try:  # scikit-learn >= 1.6
-    from sklearn.utils.validation import validate_data as _sk_validate_data
-except ImportError:  # pragma: no cover - older scikit-learn
-    _sk_validate_data = None
+from sklearn.base import ClassifierMixin, RegressorMixin  # noqa: E402
+from sklearn.metrics import accuracy_score, r2_score  # noqa: E402
+from sklearn.preprocessing import LabelBinarizer  # noqa: E402
+from sklearn.utils.metaestimators import available_if  # noqa: E402
+from sklearn.utils.multiclass import type_of_target, unique_labels  # noqa: E402
+from sklearn.utils.validation import column_or_1d  # noqa: E402
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
-
-from ._estimator_base import _BaseMLP, _resolve_dtype, _validate_data
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
