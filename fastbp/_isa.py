@@ -32,9 +32,10 @@ C_OP, C_OUT, C_A, C_B, C_C, C_D, C_E, C_F, C_G, C_F1, C_F2, C_F3, C_F4, C_P = ra
 TAPE_WIDTH = 14
 
 # the executor context: addresses and sizes of a step's arrays, one int64 vector
+# (X_RUN: the address of the interpreter itself, which the native loops call)
 (X_ARENA, X_ARENA_N, X_BUFS, X_BUFS_N, X_TAPE, X_TAPE_N, X_HYPER, X_WS64, X_WS64_N, X_GJIT,
- X_GJIT_N, X_BATCH, X_KTAB) = range(13)
-CONTEXT_SIZE = 13
+ X_GJIT_N, X_BATCH, X_KTAB, X_RUN) = range(14)
+CONTEXT_SIZE = 14
 
 # sections of the tape: [0, FWD) forward, [FWD, LOSS) loss, [LOSS, BWD) backward, [BWD, END) update
 S_FWD, S_LOSS, S_BWD, S_END = range(4)
