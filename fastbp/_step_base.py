@@ -30,6 +30,7 @@ import numpy as np
 
 from . import _isa as ex
 from . import _memory
+from . import _rng
 from . import _validate as V
 from .compiler import build_plan, new_arena
 from .kernels.codes import CLASSIFICATION_LOSSES, LOSSES
@@ -204,6 +205,10 @@ class StepBase:
         for _, node, _, _ in self.plan.params:
             node.value = None       # written into the arena: the float64 initial values are not kept
         self.hyper = hyper_from(self.optimizer)
+        # Dropout: the masks' seed (from the step's seed; saved in checkpoints with hyper)
+        # and training mode (predict switches to eval mode for its call)
+        self.hyper[ex.H_RNG_SEED] = float(_rng.seed_key(self.seed))
+        self.hyper[ex.H_TRAINING] = 1.0
         self._no_yi = np.zeros(0, dtype=np.int64)
         self._no_yf = np.zeros((0, 0), dtype=self.dtype)
         self._lock = threading.Lock()       # one call at a time on this step's buffers

@@ -20,7 +20,7 @@ from . import _validate as _v
 from . import graph as _g
 from .registry import activations as _acts
 
-__all__ = ["Linear", "Sequential"]
+__all__ = ["Linear", "Sequential", "Dropout"]
 
 
 class Layer:
@@ -152,6 +152,41 @@ def _layer_class(entry):
     return cls
 
 
+class Dropout(Layer):
+    """Inverted dropout (PyTorch's ``torch.nn.Dropout``): in training each element is
+    zeroed with probability ``p`` and the others scaled by ``1 / (1 - p)``; in
+    evaluation (``predict``) the identity.
+
+    Parameters
+    ----------
+    p : float, default 0.5
+        Probability of an element being zeroed, in [0, 1].  ``p=0`` emits no
+        instruction (bitwise the model without it); ``p=1`` gives zeros.
+
+    Notes
+    -----
+    The mask is not drawn from a stateful generator but computed from the
+    step's seed (``fastbp.compile(..., seed=...)``), the dropout's position in
+    the model, the number of updates applied and the element's index
+    (:mod:`fastbp._rng`): a step is reproducible, resumable from a checkpoint
+    bitwise, the same at any thread count and on the CPU and the GPU.  The
+    backward recomputes the mask (no mask is stored).  Calls without an update
+    in between (``loss_and_grads``, ``fastbp.grad``) see the same mask.
+    """
+
+    def __init__(self, p=0.5):
+        self.p = _g.dropout_probability(p, "Dropout")
+
+    def build(self, g, x, prefix, W=None, b=None):
+        return _g.dropout(x, self.p)
+
+    def spec(self):
+        return {"type": "Dropout", "p": self.p}
+
+    def __repr__(self):
+        return f"Dropout(p={self.p!r})"
+
+
 _LAYER_TYPES = {"Linear": Linear}
 for _e in _acts.entries(public=True):
     globals()[_e.layer] = _LAYER_TYPES[_e.layer] = _layer_class(_e)
@@ -189,7 +224,7 @@ class Sequential(Layer):
         if not layers:
             raise ValueError("Sequential needs at least one layer")
         for i, layer in enumerate(layers):
-            if not isinstance(layer, (Linear, _Activation)):
+            if not isinstance(layer, (Linear, _Activation, Dropout)):
                 raise TypeError(f"Sequential: layer {i} must be a fastbp {layer_names()}, got {type(layer).__name__}")
         linears = [layer for layer in layers if isinstance(layer, Linear)]
         if not linears:
@@ -238,6 +273,11 @@ class Sequential(Layer):
         layers = []
         for ls in spec["layers"]:
             t = ls.get("type")
+            if t == "Dropout":
+                if set(ls) != {"type", "p"}:
+                    raise ValueError(f"layer 'Dropout' in model spec has fields {sorted(ls)}, expected ['p', 'type']")
+                layers.append(Dropout(ls["p"]))
+                continue
             entry = _acts.lookup(t, "layer") if t != "Linear" else None
             if t != "Linear" and entry is None:
                 raise ValueError(f"unknown layer type {t!r} in model spec")
