@@ -61,5 +61,5 @@ def _export_activations():
 _export_activations()
 
 from .graph import dropout  # noqa: E402
-from .layers import Dropout  # noqa: E402
-__all__ += ["dropout", "Dropout"]
+from .layers import Dropout, Residual  # noqa: E402
+__all__ += ["dropout", "Dropout", "Residual"]
