@@ -162,6 +162,9 @@ class Dropout(Layer):
     p : float, default 0.5
         Probability of an element being zeroed, in [0, 1].  ``p=0`` emits no
         instruction (bitwise the model without it); ``p=1`` gives zeros.
+    inplace : bool, default False
+        Accepted for PyTorch's signature; it changes nothing (the fused step
+        writes every layer's output into a buffer of its own).
 
     Notes
     -----
@@ -174,8 +177,9 @@ class Dropout(Layer):
     in between (``loss_and_grads``, ``fastbp.grad``) see the same mask.
     """
 
-    def __init__(self, p=0.5):
+    def __init__(self, p=0.5, inplace=False):
         self.p = _g.dropout_probability(p, "Dropout")
+        self.inplace = _v.boolean("Dropout: inplace", inplace)
 
     def build(self, g, x, prefix, W=None, b=None):
         return _g.dropout(x, self.p)

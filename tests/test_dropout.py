@@ -67,10 +67,6 @@ def seed_key(seed):
     return int(np.random.SeedSequence([seed, 0x64726F70]).generate_state(1, dtype=np.uint32)[0])
 
 
-def thorough_case(params):
-    return params.get("dtype") == "float32"
-
-
 # ---------------------------------------------------------------- the mask
 def test_generator_matches_reference_scalar_and_key_words():
     """The scalar body (plain Python, the one compiled for CPU and CUDA) equals the
@@ -216,6 +212,9 @@ def test_spec_round_trip_and_repr():
     m = fastbp.Sequential(L(3, 4), fastbp.ReLU(), fastbp.Dropout(0.2), L(4, 2))
     assert fastbp.Sequential.from_spec(m.spec()).spec() == m.spec()
     assert repr(m.layers[2]) == "Dropout(p=0.2)" and fastbp.Dropout().p == 0.5
+    assert fastbp.Dropout(0.1, inplace=True).p == 0.1             # PyTorch's signature; no effect
+    with pytest.raises(TypeError, match="inplace"):
+        fastbp.Dropout(0.1, inplace="yes")
 
 
 # ------------------------------------------- fused step vs unfused reference
