@@ -29,7 +29,7 @@ import numba
 import numpy as np
 
 from . import _blas
-from ._jit import array_at, block2d, int64_bits_as_float64, jit, unmanaged_c
+from ._jit import array_at, block2d, jit, unmanaged_c
 from ._native import kcall, native_address
 from .config import BLAS_MIN_MACS, BLAS_THREADS_MIN_MACS, JIT_MAX_MACS  # noqa: F401 - re-exported
 from .kernels.codes import LOSS_BCE_LOGITS, LOSS_MSE, LOSS_SOFTMAX_XENT, LOSS_SVM
@@ -51,6 +51,7 @@ from ._isa import (  # noqa: F401 - re-exported: the executor reads and writes t
     H_BT_CUR, H_BT_MIN, H_JIT_ON, RUNTIME_SLOTS, HYPER_SIZE, MODE_FORWARD, MODE_GRAD, MODE_TRAIN, STATUS_OK,
     STATUS_LOSS_NONFINITE, STATUS_GRAD_NONFINITE, STATUS_BAD_LABEL, STATUS_BAD_INPUT, STATUS_BAD_OP)
 from ._isa import OP_DROPOUT, OP_DROPOUT_BWD, H_RNG_SEED, H_TRAINING  # noqa: F401 - re-exported
+from ._jit import int64_bits_as_float64  # dropout's p: float64 bits in the tape
 
 
 @jit
