@@ -39,6 +39,7 @@ from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_COLSUM,  #
                             K_GATE_BWD, K_GATE_FWD, K_JIT_MM, K_MM_SMALL, K_MSE, K_PROTO_BIAS_ACT, K_PROTO_BWD,
                             K_PROTO_FWD, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD, K_SVM, N_KERNELS, N_ROLES, I1,
                             I64, a2, kcall_at, kernels_for)
+from .kernels.table import K_DROPOUT
 from .registry.activations import CAPACITY as ACT_CAPACITY, IDENTITY as ACT_IDENTITY
 
 from ._isa import (  # noqa: F401 - re-exported: the executor reads and writes this format
@@ -49,6 +50,8 @@ from ._isa import (  # noqa: F401 - re-exported: the executor reads and writes t
     H_MOM, H_NESTEROV, H_WD, H_B1, H_B2, H_EPS, H_DECOUPLED, H_T, H_BLAS_MIN, H_STEPS, H_BT_ON, H_BT_MAX,
     H_BT_CUR, H_BT_MIN, H_JIT_ON, RUNTIME_SLOTS, HYPER_SIZE, MODE_FORWARD, MODE_GRAD, MODE_TRAIN, STATUS_OK,
     STATUS_LOSS_NONFINITE, STATUS_GRAD_NONFINITE, STATUS_BAD_LABEL, STATUS_BAD_INPUT, STATUS_BAD_OP)
+from ._isa import OP_DROPOUT, OP_DROPOUT_BWD, H_RNG_SEED, H_TRAINING  # noqa: F401 - re-exported
+from ._jit import int64_bits_as_float64  # dropout's p: float64 bits in the tape
 
 
 @jit
@@ -410,6 +413,18 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
         elif op == OP_SUM_BWD:
             dO = _xview(arena, bufs, x, xb, ins[C_D], nb)
             kcall(kt, K_SUM_BWD, (dO, _view(arena, bufs, ins[C_E], nb), ins[C_F2] != 0))
+        elif op == OP_DROPOUT or op == OP_DROPOUT_BWD:
+            # the mask of (seed, layer f1, updates so far, element): recomputed by the
+            # backward (fastbp._rng); eval mode (hyper[H_TRAINING] == 0) passes a through
+            pdrop = int64_bits_as_float64(ins[C_F3]) if hyper[H_TRAINING] != 0.0 else 0.0
+            if op == OP_DROPOUT:
+                src = _xview(arena, bufs, x, xb, ins[C_A], nb)
+                dst = _view(arena, bufs, ins[C_OUT], nb)
+            else:
+                src = _xview(arena, bufs, x, xb, ins[C_D], nb)
+                dst = _view(arena, bufs, ins[C_E], nb)
+            kcall(kt, K_DROPOUT, (src, dst, int(hyper[H_RNG_SEED]), ins[C_F1], int(hyper[H_STEPS]), pdrop,
+                                  op == OP_DROPOUT_BWD and ins[C_F2] != 0))
         elif op == OP_SGD or op == OP_ADAM:
             p0 = ins[C_A]
             g0 = ins[C_B]

@@ -23,6 +23,8 @@ OP_MATMUL_BWD = 10
 OP_GATE_BWD = 11
 OP_ACT_BWD = 12
 OP_SUM_BWD = 13
+OP_DROPOUT = 14      # out = a * mask / (1 - p); f1=the dropout's layer id (its mask's key), f3=p's float64 bits
+OP_DROPOUT_BWD = 15  # e (+)= d * the same mask (recomputed); f1, f3 as OP_DROPOUT, f2=accumulate
 OP_SGD = 20
 OP_ADAM = 21
 
@@ -45,7 +47,13 @@ S_FWD, S_LOSS, S_BWD, S_END = range(4)
  H_BT_ON, H_BT_MAX, H_BT_CUR, H_BT_MIN, H_JIT_ON) = range(16)
 #: hyper slots that describe this process (BLAS threading, JIT GEMM), not the training state
 RUNTIME_SLOTS = (H_BLAS_MIN, H_BT_ON, H_BT_MAX, H_BT_CUR, H_BT_MIN, H_JIT_ON)
-HYPER_SIZE = 16
+#: the dropout masks' 32-bit seed (fastbp._rng.seed_key of the step's seed; training state)
+H_RNG_SEED = 16
+#: 1.0 in training calls (step, fit, loss_and_grads, fastbp.grad), 0.0 in predict/evaluation:
+#: Dropout is off in eval mode
+H_TRAINING = 17
+RUNTIME_SLOTS = RUNTIME_SLOTS + (H_TRAINING,)
+HYPER_SIZE = 24
 
 # run modes
 MODE_FORWARD = 0
