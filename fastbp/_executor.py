@@ -560,7 +560,7 @@ def run_update(ctx, sec, x):
     """Only the optimizer update (after the gradients were reduced across ranks).
     ``x``: any 2-D array of the step's dtype (empty: it is not read)."""
     yi = sec[:0]            # an empty int64 vector that allocates nothing
-    return kcall_at(ctx, X_RUN, K_RUN_TAPE, (ctx, sec[S_BWD], sec[S_END], 1, x, yi, x))
+    return kcall_at(ctx, X_RUN, K_RUN_TAPE, (ctx, sec[S_BWD], sec[S_END], np.int64(1), x, yi, x))
 
 
 def runtime_hyper(hyper):
