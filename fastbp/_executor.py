@@ -40,6 +40,8 @@ from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_COLSUM,  #
                             K_PROTO_FWD, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD, K_SVM, N_KERNELS, N_ROLES, I1,
                             I64, a2, kcall_at, kernels_for)
 from .registry.activations import CAPACITY as ACT_CAPACITY, IDENTITY as ACT_IDENTITY
+from .kernels.table import K_BN_BWD, K_BN_FWD, K_BN_RUNNING, K_LN_BWD, K_LN_FWD
+from ._isa import OP_BATCHNORM, OP_BATCHNORM_BWD, OP_LAYERNORM, OP_LAYERNORM_BWD, H_TRAINING, INFO_ONE_ROW
 
 from ._isa import (  # noqa: F401 - re-exported: the executor reads and writes this format
     OP_LOAD_X, OP_LINEAR, OP_MATMUL, OP_GATE, OP_ACT, OP_SUM, OP_LOSS, OP_SEED, OP_LINEAR_BWD, OP_MATMUL_BWD,
@@ -265,6 +267,7 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
     _T = nb >= 0
     _F = nb < 0
     xb = -1         # the buffer read from x in place, once LOAD_X has run
+    grads_ok = -1   # BatchNorm's running update: the gradients' finiteness (-1: not checked yet)
     for pc in range(lo, hi):
         ins = tape[pc]
         op = ins[C_OP]
@@ -412,6 +415,46 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
         elif op == OP_SUM_BWD:
             dO = _xview(arena, bufs, x, xb, ins[C_D], nb)
             kcall(kt, K_SUM_BWD, (dO, _view(arena, bufs, ins[C_E], nb), ins[C_F2] != 0))
+        elif op == OP_LAYERNORM:
+            # a=X, b=w, c=bias, out=Y, d=(mean, rstd) per row, p=(eps,)
+            kcall(kt, K_LN_FWD, (_xview(arena, bufs, x, xb, ins[C_A], nb), _vec(arena, bufs, ins[C_B]),
+                                 _vec(arena, bufs, ins[C_C]), _view(arena, bufs, ins[C_OUT], nb),
+                                 _view(arena, bufs, ins[C_D], nb), _vec(arena, bufs, ins[C_P])))
+        elif op == OP_LAYERNORM_BWD:
+            # a=X, b=w, c=stats, d=dY, e=dX, f=dw, out=db; f2..f4: accumulate into dX, dw, db
+            kcall(kt, K_LN_BWD, (_xview(arena, bufs, x, xb, ins[C_A], nb), _vec(arena, bufs, ins[C_B]),
+                                 _view(arena, bufs, ins[C_C], nb), _view(arena, bufs, ins[C_D], nb),
+                                 _view_or_empty(arena, bufs, ins[C_E], nb), _vec(arena, bufs, ins[C_F]),
+                                 _vec(arena, bufs, ins[C_OUT]), ins[C_F2] != 0, ins[C_F3] != 0, ins[C_F4] != 0))
+        elif op == OP_BATCHNORM:
+            training = hyper[H_TRAINING] != 0.0
+            if ins[C_F1] == 0:
+                # forward: a=X, b=w, c=bias, out=Y, d=statistics (5, N), e=running (2, N) or -1
+                if (training or ins[C_E] < 0) and nb < 2:
+                    status = STATUS_BAD_INPUT      # one value per channel: no batch variance
+                    info = INFO_ONE_ROW
+                    break
+                kcall(kt, K_BN_FWD, (_xview(arena, bufs, x, xb, ins[C_A], nb), _vec(arena, bufs, ins[C_B]),
+                                     _vec(arena, bufs, ins[C_C]), _view(arena, bufs, ins[C_OUT], nb),
+                                     _view(arena, bufs, ins[C_D], nb), _view_or_empty(arena, bufs, ins[C_E], nb),
+                                     _vec(arena, bufs, ins[C_P]), training))
+            elif training:
+                # the running statistics (c=statistics, e=running, f=batches tracked), only
+                # when every gradient (a, f4: the gradient region) is finite: a step that
+                # fails changes nothing
+                if grads_ok < 0:
+                    grads_ok = 1 if _all_finite(arena[ins[C_A]:ins[C_A] + ins[C_F4]]) else 0
+                if grads_ok == 1:
+                    kcall(kt, K_BN_RUNNING, (_view(arena, bufs, ins[C_C], nb), _view(arena, bufs, ins[C_E], nb),
+                                             _vec(arena, bufs, ins[C_F]), _vec(arena, bufs, ins[C_P]), nb))
+        elif op == OP_BATCHNORM_BWD:
+            # a=X, b=w, c=statistics, d=dY, e=dX, f=dw, out=db; f1: running statistics exist
+            batch_stats = hyper[H_TRAINING] != 0.0 or ins[C_F1] == 0
+            kcall(kt, K_BN_BWD, (_xview(arena, bufs, x, xb, ins[C_A], nb), _vec(arena, bufs, ins[C_B]),
+                                 _view(arena, bufs, ins[C_C], nb), _view(arena, bufs, ins[C_D], nb),
+                                 _view_or_empty(arena, bufs, ins[C_E], nb), _vec(arena, bufs, ins[C_F]),
+                                 _vec(arena, bufs, ins[C_OUT]), ins[C_F2] != 0, ins[C_F3] != 0, ins[C_F4] != 0,
+                                 batch_stats))
         elif op == OP_SGD or op == OP_ADAM:
             p0 = ins[C_A]
             g0 = ins[C_B]

@@ -23,6 +23,14 @@ OP_MATMUL_BWD = 10
 OP_GATE_BWD = 11
 OP_ACT_BWD = 12
 OP_SUM_BWD = 13
+# normalisation layers (fastbp.kernels.norm): BATCHNORM with f1=0 is the forward
+# (batch statistics in training, running ones in eval), with f1=1 the update of
+# the running statistics (placed after the backward, run only when every gradient
+# is finite); *_BWD their backward
+OP_BATCHNORM = 16
+OP_BATCHNORM_BWD = 17
+OP_LAYERNORM = 18
+OP_LAYERNORM_BWD = 19
 OP_SGD = 20
 OP_ADAM = 21
 
@@ -42,9 +50,12 @@ S_FWD, S_LOSS, S_BWD, S_END = range(4)
 # hyper-parameter / counter slots (float64 array)
 (H_LR, H_MOM, H_NESTEROV, H_WD, H_B1, H_B2, H_EPS, H_DECOUPLED, H_T, H_BLAS_MIN, H_STEPS,
  H_BT_ON, H_BT_MAX, H_BT_CUR, H_BT_MIN, H_JIT_ON) = range(16)
-#: hyper slots that describe this process (BLAS threading, JIT GEMM), not the training state
-RUNTIME_SLOTS = (H_BLAS_MIN, H_BT_ON, H_BT_MAX, H_BT_CUR, H_BT_MIN, H_JIT_ON)
-HYPER_SIZE = 16
+#: 1.0 in training calls (step, loss_and_grads, fit, grad), 0.0 in eval ones (predict,
+#: validation): BatchNorm's batch or running statistics; written by the caller of each run
+H_TRAINING = 17
+#: hyper slots that describe this process (BLAS threading, JIT GEMM) or this call, not the training state
+RUNTIME_SLOTS = (H_BLAS_MIN, H_BT_ON, H_BT_MAX, H_BT_CUR, H_BT_MIN, H_JIT_ON, H_TRAINING)
+HYPER_SIZE = 24
 
 # run modes
 MODE_FORWARD = 0
@@ -58,6 +69,8 @@ STATUS_BAD_LABEL = 3
 #: the minibatch is not what the buffers were laid out for (rows, width,
 #: layout): nothing was changed.  Callers that validate never see it.
 STATUS_BAD_INPUT = 4
+#: the info of STATUS_BAD_INPUT from BatchNorm: a training call of one row
+INFO_ONE_ROW = -2
 #: an instruction names an op code no kernel implements (a corrupt tape: the
 #: compiler rejects unknown codes); nothing was changed
 STATUS_BAD_OP = 5

@@ -89,6 +89,7 @@ def hyper_from(optimizer):
     are left at 0; the CPU step fills them (the GPU step never reads them).
     """
     h = np.zeros(ex.HYPER_SIZE, dtype=np.float64)
+    h[ex.H_TRAINING] = 1.0      # training mode; eval calls (predict) set 0 for their duration
     h[ex.H_LR] = optimizer.lr
     h[ex.H_WD] = optimizer.weight_decay
     if isinstance(optimizer, SGD):
@@ -129,6 +130,18 @@ def gather_rows(rows, X, yi, yf, x_out, yi_out, yf_out, classification):
     if classification:
         return xb, np.take(yi, rows, out=yi_out[:nb]), yf
     return xb, yi, np.take(yf, rows, axis=0, out=yf_out[:nb])
+
+
+def _norm_buffer_views(plan, arena):
+    """``{name: view}`` of the running statistics of ``plan`` in ``arena``."""
+    out = {}
+    for name, (r, t) in plan.running.items():
+        off, _, c = (int(v) for v in plan.bufs[r])
+        out[f"{name}.running_mean"] = arena[off:off + c]
+        out[f"{name}.running_var"] = arena[off + c:off + 2 * c]
+        t0 = int(plan.bufs[t][0])
+        out[f"{name}.num_batches_tracked"] = arena[t0:t0 + 1]
+    return out
 
 
 #: the hyper-parameter slots that are a step's training state (copied between steps)
@@ -287,6 +300,27 @@ class StepBase:
         self.rng.bit_generator.state = other.rng.bit_generator.state
         self._restore_schedule_state(other.schedule_state())
 
+    # --------------------------------------------------- normalisation
+    @property
+    def buffers(self):
+        """The running statistics of the BatchNorm1d layers (not trained; saved in
+        checkpoints): ``"<i>.running_mean"``, ``"<i>.running_var"`` (float arrays of
+        shape ``(num_features,)``) and ``"<i>.num_batches_tracked"`` (shape ``(1,)``,
+        a count held as a float), live views of the step's memory (host copies on
+        a GPU step).  Empty without BatchNorm1d."""
+        return _norm_buffer_views(self.plan, self._buffer_host())
+
+    def _buffer_host(self):
+        """The host array that holds the plan's arena (a GPU step: a host copy)."""
+        return self.arena
+
+    def check_train_rows(self, n, where=""):
+        """ValueError unless a training call of ``n`` rows can run: BatchNorm needs more
+        than one value per channel (PyTorch's rule)."""
+        if n < 2 and any(nd.op == "batch_norm" for nd in self.graph.nodes):
+            raise ValueError(f"Expected more than 1 value per channel when training{where}: a minibatch "
+                             f"of {n} row reaches BatchNorm1d (x has 1 row); nothing was changed")
+
     # ----------------------------------------------------- input path
     # the ONE input path (fastbp._validate): every entry point of the CPU step, the
     # data-parallel step and the GPU step's host inputs go through these two
@@ -437,6 +471,8 @@ class StepBase:
             schedule = None             # the step's own schedule object again: it continues
         starts = self._epoch_starts(n)
         per_epoch = len(starts) - 1
+        if epochs > 0:
+            self.check_train_rows(int(np.diff(starts).min()), " (a minibatch of fit)")
         sched = self.schedule if schedule is None else schedule
         e0, s0 = (self.epochs_done, self.n_steps) if schedule is not None else self._sched_origin
         _training.check_schedule_span(sched, float(self.optimizer.lr), self.epochs_done - e0,
@@ -569,6 +605,8 @@ class StepBase:
         if status == ex.STATUS_GRAD_NONFINITE:
             raise FloatingPointError(f"a gradient is not finite{where}; the update was skipped: weights "
                                      f"and optimizer state unchanged")
+        if status == ex.STATUS_BAD_INPUT and info == ex.INFO_ONE_ROW:
+            self.check_train_rows(1, where)
         if status == ex.STATUS_BAD_INPUT:
             # the validated path hands the executor only arrays in its form: a bug if seen
             raise RuntimeError(f"internal error: the compiled step rejected the layout of a validated "

@@ -191,6 +191,7 @@ class TrainStep(StepBase):
         (:meth:`_make_fast`) does not take."""
         x, n = self._features(x, "x", self.batch_size)
         yi, yf = self._targets(y, n, check_range=False)
+        self.check_train_rows(n)
         with self._lock:
             status, loss, info = ex.run_tape(self._ctx, 0, self._tape_end[mode], n, x, yi, yf)
         if status:
@@ -327,23 +328,33 @@ class TrainStep(StepBase):
         # layout check; a rejection would still be reported, never returned as output
         X, n = self._features(X, "X")
         out = np.empty((n, self.n_out), dtype=self.dtype)
+        with self._lock:
+            # eval mode (BatchNorm's running statistics) for this call only
+            self.hyper[ex.H_TRAINING] = 0.0
+            try:
+                return self._predict_locked(X, n, out)
+            finally:
+                self.hyper[ex.H_TRAINING] = 1.0
+
+    def _predict_locked(self, X, n, out):
+        """:meth:`predict` under the lock, in eval mode."""
         p = self.plan
         bs = self.batch_size
-        with self._lock:
-            if -(-n // bs) >= PREDICT_NATIVE_MIN_CHUNKS:
-                status, row = ex.run_predict(self._ctx, p.sec, X, out, bs, p.out_buf)
-                if status:
-                    self._raise_status(status, 0, where=f" in predict (rows from {row})")
-                return out
-            # few chunks: one already-compiled forward call each (the same code run_predict runs)
-            off, _, cols = (int(v) for v in p.bufs[p.out_buf])
-            end = self._tape_end[ex.MODE_FORWARD]
-            for lo in range(0, n, bs):
-                nb = min(bs, n - lo)
-                status, _, info = ex.run_tape(self._ctx, 0, end, nb, X[lo:lo + nb], self._no_yi, self._no_yf)
-                if status:
-                    self._raise_status(status, info, where=" in predict")
-                out[lo:lo + nb] = self.arena[off:off + nb * cols].reshape(nb, cols)
+        if -(-n // bs) >= PREDICT_NATIVE_MIN_CHUNKS:
+            status, row = ex.run_predict(self._ctx, p.sec, X, out, bs, p.out_buf)
+            if status:
+                self._raise_status(status, ex.INFO_ONE_ROW if status == ex.STATUS_BAD_INPUT else 0,
+                                   where=f" in predict (rows from {row})")
+            return out
+        # few chunks: one already-compiled forward call each (the same code run_predict runs)
+        off, _, cols = (int(v) for v in p.bufs[p.out_buf])
+        end = self._tape_end[ex.MODE_FORWARD]
+        for lo in range(0, n, bs):
+            nb = min(bs, n - lo)
+            status, _, info = ex.run_tape(self._ctx, 0, end, nb, X[lo:lo + nb], self._no_yi, self._no_yf)
+            if status:
+                self._raise_status(status, info, where=" in predict")
+            out[lo:lo + nb] = self.arena[off:off + nb * cols].reshape(nb, cols)
         return out
 
     def save(self, path):
