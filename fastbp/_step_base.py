@@ -310,6 +310,13 @@ class StepBase:
         a GPU step).  Empty without BatchNorm1d."""
         return _norm_buffer_views(self.plan, self._buffer_host())
 
+    @property
+    def buffer_vector(self):
+        """The region of the running statistics (every BatchNorm1d's, in layer order;
+        size 0 without), a live 1-D view on a CPU step: what checkpoints save as ``buffers``."""
+        off, n = self.plan.buffer_region
+        return self._buffer_host()[off:off + n]
+
     def _buffer_host(self):
         """The host array that holds the plan's arena (a GPU step: a host copy)."""
         return self.arena

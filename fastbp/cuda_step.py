@@ -109,6 +109,9 @@ class CudaTrainStep(StepBase):
         # the shared part: validation, initialisation and the compiler call of the CPU step
         super().__init__(model, loss, optimizer, batch_size, dtype, seed, _params, schedule)
         p = self.plan
+        if any(n.op in ("layer_norm", "batch_norm") for n in self.graph.nodes):
+            raise ValueError("model: LayerNorm and BatchNorm1d run on the CPU only in this version "
+                             "(the CUDA interpreter has no normalisation instructions yet); use device='cpu'")
         self._tape = DeviceTape(p, self.arena, self.hyper)   # the host arena: the initial contents
         self.arena = self._tape.arena
         self._stream = cuda.stream()
