@@ -37,6 +37,7 @@ from .layers import Linear, Sequential, _Activation
 from .optimizers import SGD, _real, resolve_optimizer
 from .schedules import ReduceLROnPlateau, schedule_arg
 from . import training as _training
+from ._norm_step import NormState
 
 __all__ = ["StepBase"]
 
@@ -132,23 +133,11 @@ def gather_rows(rows, X, yi, yf, x_out, yi_out, yf_out, classification):
     return xb, yi, np.take(yf, rows, axis=0, out=yf_out[:nb])
 
 
-def _norm_buffer_views(plan, arena):
-    """``{name: view}`` of the running statistics of ``plan`` in ``arena``."""
-    out = {}
-    for name, (r, t) in plan.running.items():
-        off, _, c = (int(v) for v in plan.bufs[r])
-        out[f"{name}.running_mean"] = arena[off:off + c]
-        out[f"{name}.running_var"] = arena[off + c:off + 2 * c]
-        t0 = int(plan.bufs[t][0])
-        out[f"{name}.num_batches_tracked"] = arena[t0:t0 + 1]
-    return out
-
-
 #: the hyper-parameter slots that are a step's training state (copied between steps)
 STATE_SLOTS = tuple(i for i in range(ex.HYPER_SIZE) if i not in ex.RUNTIME_SLOTS)
 
 
-class StepBase:
+class StepBase(NormState):
     """The shared part of a compiled training step (not instantiated by itself).
 
     ``__init__`` validates the arguments, checks that the step fits in
@@ -299,34 +288,6 @@ class StepBase:
         self.optimizer._set_lr(float(other.optimizer.lr))       # the base rate (a schedule scales it)
         self.rng.bit_generator.state = other.rng.bit_generator.state
         self._restore_schedule_state(other.schedule_state())
-
-    # --------------------------------------------------- normalisation
-    @property
-    def buffers(self):
-        """The running statistics of the BatchNorm1d layers (not trained; saved in
-        checkpoints): ``"<i>.running_mean"``, ``"<i>.running_var"`` (float arrays of
-        shape ``(num_features,)``) and ``"<i>.num_batches_tracked"`` (shape ``(1,)``,
-        a count held as a float), live views of the step's memory (host copies on
-        a GPU step).  Empty without BatchNorm1d."""
-        return _norm_buffer_views(self.plan, self._buffer_host())
-
-    @property
-    def buffer_vector(self):
-        """The region of the running statistics (every BatchNorm1d's, in layer order;
-        size 0 without), a live 1-D view on a CPU step: what checkpoints save as ``buffers``."""
-        off, n = self.plan.buffer_region
-        return self._buffer_host()[off:off + n]
-
-    def _buffer_host(self):
-        """The host array that holds the plan's arena (a GPU step: a host copy)."""
-        return self.arena
-
-    def check_train_rows(self, n, where=""):
-        """ValueError unless a training call of ``n`` rows can run: BatchNorm needs more
-        than one value per channel (PyTorch's rule)."""
-        if n < 2 and any(nd.op == "batch_norm" for nd in self.graph.nodes):
-            raise ValueError(f"Expected more than 1 value per channel when training{where}: a minibatch "
-                             f"of {n} row reaches BatchNorm1d (x has 1 row); nothing was changed")
 
     # ----------------------------------------------------- input path
     # the ONE input path (fastbp._validate): every entry point of the CPU step, the
