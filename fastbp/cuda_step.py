@@ -109,9 +109,6 @@ class CudaTrainStep(StepBase):
         # the shared part: validation, initialisation and the compiler call of the CPU step
         super().__init__(model, loss, optimizer, batch_size, dtype, seed, _params, schedule)
         p = self.plan
-        if any(n.op in ("layer_norm", "batch_norm") for n in self.graph.nodes):
-            raise ValueError("model: LayerNorm and BatchNorm1d run on the CPU only in this version "
-                             "(the CUDA interpreter has no normalisation instructions yet); use device='cpu'")
         self._tape = DeviceTape(p, self.arena, self.hyper)   # the host arena: the initial contents
         self.arena = self._tape.arena
         self._stream = cuda.stream()
@@ -196,6 +193,7 @@ class CudaTrainStep(StepBase):
     def _run_one(self, x, y, mode):
         n, xd, xh = self._input_x(x, "x", self.batch_size)
         yd, yh = self._input_y(y, n, "y", check_range=False)
+        self.check_train_rows(n)
         p = self.plan
         hi = p.sec[ex.S_END] if mode == ex.MODE_TRAIN else p.sec[ex.S_BWD]
         with self._lock:
@@ -356,14 +354,25 @@ class CudaTrainStep(StepBase):
             Xd = xd if xd is not None else cuda.to_device(xh, stream=s)
             out = cuda.device_array((n, self.n_out), dtype=self.dtype, stream=s)
             bs = self.batch_size
-            for lo in range(0, n, bs):
-                hi = min(lo + bs, n)
-                ctx.x = Xd[lo:hi]
-                t.run(ctx, 1, fwd, hi - lo)
-                out[lo:hi].copy_to_device(t.view(p.out_buf, hi - lo), stream=s)
+            self.hyper[ex.H_TRAINING] = 0.0     # eval mode (read as each chunk is launched)
+            try:
+                for lo in range(0, n, bs):
+                    hi = min(lo + bs, n)
+                    ctx.x = Xd[lo:hi]
+                    t.run(ctx, 1, fwd, hi - lo)
+                    out[lo:hi].copy_to_device(t.view(p.out_buf, hi - lo), stream=s)
+            finally:
+                self.hyper[ex.H_TRAINING] = 1.0
             result = out.copy_to_host(stream=s) if xh is not None else out
             s.synchronize()
         return result
+
+    def _buffer_host(self):
+        """A host copy of the arena (for :attr:`buffers`, :attr:`buffer_vector`: copies)."""
+        with self._lock:
+            host = self.arena.copy_to_host(stream=self._stream)
+            self._stream.synchronize()
+        return host
 
     # ------------------------------------------------- host <-> device
     def params_host(self):
