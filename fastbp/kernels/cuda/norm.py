@@ -31,18 +31,18 @@ def _k_ln_fwd(X, w, b, Y, S, P):
         return
     dt = X.dtype.type
     eps = P[0]
-    inv_n = 1.0 / N
     one = dt(1.0)
     zero = dt(0.0)
+    inv_n = one / dt(N)
     s = zero
     for j in range(N):
         s += X[i, j]
-    mean = dt(s * inv_n)
+    mean = s * inv_n
     v = zero
     for j in range(N):
         d = X[i, j] - mean
         v += d * d
-    rstd = dt(1.0 / math.sqrt(v * inv_n + eps))
+    rstd = one / math.sqrt(v * inv_n + eps)
     S[i, 0] = mean
     S[i, 1] = rstd
     has_w = w.shape[0] > 0
@@ -83,7 +83,7 @@ def _k_ln_dx(X, w, S, dY, dX, acc_x):
     one = dt(1.0)
     zero = dt(0.0)
     has_w = w.shape[0] > 0
-    inv_n = dt(1.0 / N)
+    inv_n = one / dt(N)
     mean = S[i, 0]
     rstd = S[i, 1]
     sg = zero
@@ -113,21 +113,23 @@ def _k_bn_stats(X, S, R, P, batch):
         return
     dt = X.dtype.type
     eps = P[0]
+    one = dt(1.0)
     if batch:
+        inv_b = one / dt(B)
         s = dt(0.0)
         for i in range(B):
             s += X[i, j]
-        mean = dt(s * (1.0 / B))
+        mean = s * inv_b
         v = dt(0.0)
         for i in range(B):
             d = X[i, j] - mean
             v += d * d
         S[0, j] = mean
         S[2, j] = v
-        S[1, j] = dt(1.0 / math.sqrt(v * (1.0 / B) + eps))
+        S[1, j] = one / math.sqrt(v * inv_b + eps)
     else:
         S[0, j] = R[0, j]
-        S[1, j] = dt(1.0 / math.sqrt(R[1, j] + eps))
+        S[1, j] = one / math.sqrt(R[1, j] + eps)
 
 
 @kernel
@@ -180,7 +182,7 @@ def _k_bn_dx(X, w, S, dY, dX, acc_x, batch):
     dt = X.dtype.type
     ww = w[j] if w.shape[0] > 0 else dt(1.0)
     rstd = S[1, j]
-    inv_b = dt(1.0 / X.shape[0])
+    inv_b = dt(1.0) / dt(X.shape[0])
     mg = S[3, j] * ww * inv_b
     mgx = S[4, j] * ww * inv_b
     for i in range(i0, X.shape[0], sy):
@@ -219,12 +221,13 @@ def _k_bn_running(S, R, T, P, nb, flag, res):
     :func:`_k_bn_count`), skipped when ``flag[0]`` (a gradient is not finite) or the
     status word ``res[1]`` is set."""
     j = cuda.grid(1)
-    if j >= R.shape[1] or flag[0] != 0.0 or res[1] != 0.0:
+    if j >= R.shape[1] or flag[0] != 0.0 or res[1] != 0.0:      # flag, res: float64 by contract
         return
     dt = R.dtype.type
-    f = dt(1.0 / (T[0] + dt(1.0))) if P[2] != 0.0 else dt(P[1])
-    keep = dt(1.0) - f
-    inv = dt(1.0 / (nb - 1))
+    one = dt(1.0)
+    f = one / (T[0] + one) if P[2] != dt(0.0) else P[1]
+    keep = one - f
+    inv = one / dt(nb - 1)
     R[0, j] = f * S[0, j] + keep * R[0, j]
     R[1, j] = f * (S[2, j] * inv) + keep * R[1, j]
 
