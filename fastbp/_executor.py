@@ -446,7 +446,8 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
                     grads_ok = 1 if _all_finite(arena[ins[C_A]:ins[C_A] + ins[C_F4]]) else 0
                 if grads_ok == 1:
                     kcall(kt, K_BN_RUNNING, (_view(arena, bufs, ins[C_C], nb), _view(arena, bufs, ins[C_E], nb),
-                                             _vec(arena, bufs, ins[C_F]), _vec(arena, bufs, ins[C_P]), nb))
+                                             _vec(arena, bufs, ins[C_F]), _vec(arena, bufs, ins[C_P]),
+                                             np.int64(nb)))     # not a literal (run_update passes 1)
         elif op == OP_BATCHNORM_BWD:
             # a=X, b=w, c=statistics, d=dY, e=dX, f=dw, out=db; f1: running statistics exist
             batch_stats = hyper[H_TRAINING] != 0.0 or ins[C_F1] == 0
