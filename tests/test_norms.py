@@ -322,3 +322,42 @@ def test_one_vs_two_threads():
         out.append(subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], env=env, check=True,
                                   capture_output=True, text=True).stdout)
     assert out[0] == out[1] and out[0].count("\n") == 2
+
+
+_MPI_SCRIPT = """
+import numpy as np
+from mpi4py import MPI
+import fastbp
+from fastbp import distributed as dist
+comm = MPI.COMM_WORLD
+rank = comm.Get_rank()
+m = fastbp.Sequential(fastbp.Linear(4, 5), fastbp.BatchNorm1d(5, momentum=0.25), fastbp.Linear(5, 3))
+d = dist.compile(m, optimizer=fastbp.SGD(lr=0.1), batch_size=6, dtype=np.float64, seed=1, comm=comm, threads=None)
+r = np.random.default_rng(10 + rank)         # each rank its own rows
+rm, rv = np.zeros(5), np.ones(5)
+for _ in range(3):
+    x, y = r.standard_normal((6, 4)) + rank, r.integers(0, 3, 6)
+    h = x @ d.step.params["0.W"] + d.step.params["0.b"]
+    rm = 0.75 * rm + 0.25 * h.mean(0)
+    rv = 0.75 * rv + 0.25 * h.var(0, ddof=1)
+    d(x, y)
+b = d.step.buffers
+ok = (np.allclose(b["1.running_mean"], rm, rtol=1e-12, atol=1e-15) and np.allclose(b["1.running_var"], rv, rtol=1e-12)
+      and b["1.num_batches_tracked"][0] == 3 and d.in_sync())
+others = comm.allgather(b["1.running_mean"].copy())
+print("rank", rank, "ok" if ok and not np.array_equal(others[0], others[1]) else "BAD", flush=True)
+"""
+
+
+@pytest.mark.thorough
+def test_batchnorm_statistics_are_per_rank_under_mpi():
+    """Like PyTorch DDP without SyncBatchNorm: each rank's own statistics, the weights in sync."""
+    pytest.importorskip("mpi4py")
+    launcher = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if not os.path.exists(launcher):
+        pytest.skip("no mpiexec next to the interpreter")
+    env = {k: v for k, v in os.environ.items() if k not in ("PMI_SIZE", "PMI_RANK")}
+    res = subprocess.run([launcher, "-n", "2", sys.executable, "-c", _MPI_SCRIPT], capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert res.stdout.count(" ok") == 2, res.stdout + res.stderr[-2000:]
