@@ -178,8 +178,8 @@ def _norm_eps(owner, eps):
     if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)):
         raise TypeError(f"{owner}: eps must be a real number, got {type(eps).__name__}")
     eps = float(eps)
-    if not (np.isfinite(eps) and eps > 0.0):
-        raise ValueError(f"{owner}: eps must be a finite number > 0, got {eps}")
+    if not (np.isfinite(eps) and eps >= 0.0):
+        raise ValueError(f"{owner}: eps must be a finite number >= 0, got {eps}")
     return eps
 
 

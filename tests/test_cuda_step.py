@@ -186,6 +186,9 @@ def test_gpu_norm_layers_match_cpu(norm):
         with pytest.raises(ValueError, match="more than 1 value per channel"):
             gpu(x[:1], np.zeros(1, dtype=np.int64))
         np.testing.assert_array_equal(gpu.buffer_vector, before)
+        # load_params_from a CPU step takes its running statistics too
+        gpu.load_params_from(cpu)
+        np.testing.assert_array_equal(gpu.buffer_vector, cpu.buffer_vector)
 
 # ============================================================ fit / predict
 @requires_cuda
