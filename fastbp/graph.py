@@ -4,7 +4,8 @@ A :class:`Graph` holds nodes: inputs, parameters, constants and operations
 built with Python operators (``+``, ``-``, ``*``, ``@``) and the functions
 :func:`maximum`, :func:`sum` and one per activation of the registry
 (:mod:`fastbp.registry.activations`: :func:`relu`, :func:`sigmoid`,
-:func:`tanh`, ...), generated from its entries.  Shapes are inferred (numpy broadcasting, at most two
+:func:`tanh`, ...), generated from its entries, and the normalisations
+:func:`layer_norm` and :func:`batch_norm`.  Shapes are inferred (numpy broadcasting, at most two
 dimensions; a leading ``None`` is the minibatch dimension) and checked as
 each node is built, so a shape error names the nodes involved.
 
@@ -93,8 +94,8 @@ class Node:
     graph : Graph
     op : str
         ``"input"``, ``"param"``, ``"const"``, ``"matmul"``, ``"add"``, ``"mul"``,
-        ``"max"``, ``"sum"``, ``"loss"`` or an activation's registry name
-        (``"relu"``, ``"sigmoid"``, ``"tanh"``, ...).
+        ``"max"``, ``"sum"``, ``"loss"``, ``"layer_norm"``, ``"batch_norm"`` or an
+        activation's registry name (``"relu"``, ``"sigmoid"``, ``"tanh"``, ...).
     inputs : tuple of Node
     shape : tuple
         At most two dimensions; a leading ``None`` is the minibatch size.
