@@ -354,7 +354,7 @@ class CudaTrainStep(StepBase):
             Xd = xd if xd is not None else cuda.to_device(xh, stream=s)
             out = cuda.device_array((n, self.n_out), dtype=self.dtype, stream=s)
             bs = self.batch_size
-            self.hyper[ex.H_TRAINING] = 0.0     # eval mode (read as each chunk is launched)
+            self.hyper[ex.H_TRAINING] = 0.0     # eval mode (Dropout off), read as each launch is made
             try:
                 for lo in range(0, n, bs):
                     hi = min(lo + bs, n)

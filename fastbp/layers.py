@@ -19,8 +19,9 @@ import numpy as np
 from . import _validate as _v
 from . import graph as _g
 from .registry import activations as _acts
+from ._norm_layers import _NORM_TYPES, BatchNorm1d, LayerNorm, _Norm, _norm_from_spec
 
-__all__ = ["Linear", "Sequential"]
+__all__ = ["Linear", "Sequential", "Dropout", "Residual", "LayerNorm", "BatchNorm1d"]
 
 
 class Layer:
@@ -152,148 +153,44 @@ def _layer_class(entry):
     return cls
 
 
-class _Norm(Layer):
-    """Base of the normalisation layers: affine parameters ``{prefix}.weight``
-    (initialised to 1) and ``{prefix}.bias`` (0), trained like every parameter
-    (weight decay included, as PyTorch's optimizers apply it to them)."""
-
-    def out_features(self, in_features):
-        if in_features != self.num_features:
-            raise ValueError(f"{self!r} receives {in_features} features from the previous layer")
-        return in_features
-
-    def init(self):
-        """Initial ``(weight, bias)`` in float64 (``None`` where the layer has none)."""
-        n = self.num_features
-        return (np.ones(n) if self._has_w else None), (np.zeros(n) if self._has_b else None)
-
-    def _params(self, g, prefix, weight, bias):
-        w0, b0 = self.init()
-        w = g.param(f"{prefix}.weight", w0 if weight is None else weight) if self._has_w else None
-        b = g.param(f"{prefix}.bias", b0 if bias is None else bias) if self._has_b else None
-        return w, b
-
-
-def _norm_eps(owner, eps):
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{owner}: eps must be a real number, got {type(eps).__name__}")
-    eps = float(eps)
-    if not (np.isfinite(eps) and eps >= 0.0):
-        raise ValueError(f"{owner}: eps must be a finite number >= 0, got {eps}")
-    return eps
-
-
-class LayerNorm(_Norm):
-    """Layer normalisation over the features of each row (``torch.nn.LayerNorm``).
-
-    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` with the mean and the
-    biased variance of each row of ``x (batch, n)``.  Forward and backward are
-    each one fused instruction of the compiled step (statistics pass, then
-    normalise + affine).
+class Dropout(Layer):
+    """Inverted dropout (PyTorch's ``torch.nn.Dropout``): in training each element is
+    zeroed with probability ``p`` and the others scaled by ``1 / (1 - p)``; in
+    evaluation (``predict``) the identity.
 
     Parameters
     ----------
-    normalized_shape : int or tuple of one int
-        The feature width ``n`` (only the last dimension is normalised).
-    eps : float, default 1e-5
-    elementwise_affine : bool, default True
-        Learnable ``weight`` (init 1) and ``bias`` (init 0), shape ``(n,)``:
-        the step's parameters ``"<i>.weight"`` and ``"<i>.bias"``.
-    bias : bool, default True
-        With ``elementwise_affine``: whether there is a bias (PyTorch >= 2.1).
-    """
-
-    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True):
-        shape = normalized_shape
-        if isinstance(shape, (tuple, list)):
-            if len(shape) != 1:
-                raise ValueError(f"LayerNorm: normalized_shape must be an int or a 1-tuple (the feature "
-                                 f"width; fastbp normalises the last dimension only), got {tuple(shape)!r}")
-            shape = shape[0]
-        self.num_features = _v.positive_int("LayerNorm: normalized_shape", shape)
-        self.normalized_shape = (self.num_features,)
-        self.eps = _norm_eps("LayerNorm", eps)
-        self.elementwise_affine = _v.boolean("LayerNorm: elementwise_affine", elementwise_affine)
-        self.bias_ = _v.boolean("LayerNorm: bias", bias)
-        self._has_w = self.elementwise_affine
-        self._has_b = self.elementwise_affine and self.bias_
-
-    def build(self, g, x, prefix, weight=None, bias=None):
-        w, b = self._params(g, prefix, weight, bias)
-        return _g.layer_norm(x, w, b, eps=self.eps)
-
-    def spec(self):
-        return {"type": "LayerNorm", "normalized_shape": self.num_features, "eps": self.eps,
-                "elementwise_affine": self.elementwise_affine, "bias": self.bias_}
-
-    def __repr__(self):
-        return (f"LayerNorm(({self.num_features},), eps={self.eps}, elementwise_affine={self.elementwise_affine}"
-                + ("" if self.bias_ else ", bias=False") + ")")
-
-
-class BatchNorm1d(_Norm):
-    """Batch normalisation of each feature over the minibatch (``torch.nn.BatchNorm1d``).
-
-    In training calls (``step(x, y)``, ``loss_and_grads``, ``fit``) each feature
-    is normalised with the minibatch's mean and biased variance, and the
-    running statistics are updated with the unbiased variance,
-    ``running = (1 - momentum) * running + momentum * batch``; ``predict``
-    and the validation of ``fit`` (eval mode) normalise with the running
-    statistics.  They live in the step's arena (``step.buffers["<i>.running_mean"]``,
-    ``"<i>.running_var"``, ``"<i>.num_batches_tracked"``), are not trained, and
-    are saved in checkpoints.  A running update happens only in a call whose
-    loss and gradients are finite (a failed step changes nothing).
-
-    Parameters
-    ----------
-    num_features : int
-    eps : float, default 1e-5
-    momentum : float in [0, 1] or None, default 0.1
-        ``None``: the cumulative average (``1 / num_batches_tracked``).
-    affine : bool, default True
-        Learnable ``weight`` (init 1) and ``bias`` (init 0).
-    track_running_stats : bool, default True
-        False: batch statistics in eval mode too, no running statistics.
+    p : float, default 0.5
+        Probability of an element being zeroed, in [0, 1].  ``p=0`` emits no
+        instruction (bitwise the model without it); ``p=1`` gives zeros.
+    inplace : bool, default False
+        Accepted for PyTorch's signature; it changes nothing (the fused step
+        writes every layer's output into a buffer of its own).
 
     Notes
     -----
-    Input ``(batch, num_features)`` only.  A training call with one row raises
-    ValueError, like PyTorch.  Under MPI each rank normalises with its own
-    rows' statistics and keeps its own running statistics (PyTorch DDP's
-    default, without SyncBatchNorm); ranks' running statistics may differ.
+    The mask is not drawn from a stateful generator but computed from the
+    step's seed (``fastbp.compile(..., seed=...)``), the dropout's position in
+    the model, the number of updates applied and the element's index
+    (:mod:`fastbp._rng`): a step is reproducible, resumable from a checkpoint
+    bitwise, the same at any thread count and on the CPU and the GPU.  The
+    backward recomputes the mask (no mask is stored).  Calls without an update
+    in between (``loss_and_grads``, ``fastbp.grad``) see the same mask.
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
-        self.num_features = _v.positive_int("BatchNorm1d: num_features", num_features)
-        self.eps = _norm_eps("BatchNorm1d", eps)
-        if momentum is not None:
-            if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.integer, np.floating)):
-                raise TypeError(f"BatchNorm1d: momentum must be a real number or None, got {type(momentum).__name__}")
-            momentum = float(momentum)
-            if not 0.0 <= momentum <= 1.0:
-                raise ValueError(f"BatchNorm1d: momentum must be in [0, 1] or None, got {momentum}")
-        self.momentum = momentum
-        self.affine = _v.boolean("BatchNorm1d: affine", affine)
-        self.track_running_stats = _v.boolean("BatchNorm1d: track_running_stats", track_running_stats)
-        self._has_w = self._has_b = self.affine
+    def __init__(self, p=0.5, inplace=False):
+        self.p = _g.dropout_probability(p, "Dropout")
+        self.inplace = _v.boolean("Dropout: inplace", inplace)
 
-    def build(self, g, x, prefix, weight=None, bias=None, running=None):
-        w, b = self._params(g, prefix, weight, bias)
-        rm, rv, nbt = running if running is not None else (None, None, 0)
-        return _g.batch_norm(x, w, b, rm, rv, eps=self.eps, momentum=self.momentum,
-                             track_running_stats=self.track_running_stats, num_batches_tracked=nbt, name=prefix)
+    def build(self, g, x, prefix, W=None, b=None):
+        return _g.dropout(x, self.p)
 
     def spec(self):
-        return {"type": "BatchNorm1d", "num_features": self.num_features, "eps": self.eps,
-                "momentum": self.momentum, "affine": self.affine, "track_running_stats": self.track_running_stats}
+        return {"type": "Dropout", "p": self.p}
 
     def __repr__(self):
-        return (f"BatchNorm1d({self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-                f"track_running_stats={self.track_running_stats})")
+        return f"Dropout(p={self.p!r})"
 
-
-_NORM_TYPES = {"LayerNorm": LayerNorm, "BatchNorm1d": BatchNorm1d}
-__all__ += ["LayerNorm", "BatchNorm1d"]
 
 _LAYER_TYPES = {"Linear": Linear}
 for _e in _acts.entries(public=True):
@@ -317,6 +214,98 @@ def layer_class(entry):
     return cls
 
 
+class Residual(Layer):
+    """A residual block: ``x + f(x)``, ``f`` the chain of ``layers`` (as in :class:`Sequential`).
+
+    Built on the gate graph: ``f``'s layers, then an ``add`` gate with the
+    block's input (whose gradient is the sum of both paths').
+
+    Parameters
+    ----------
+    *layers : Linear, activation layers, Dropout, LayerNorm, BatchNorm1d or Residual
+        ``f``; it must map the block's width to itself (checked when the
+        model is built: a ValueError naming the block otherwise).
+
+    Examples
+    --------
+    >>> import fastbp
+    >>> model = fastbp.Sequential(fastbp.Linear(8, 16), fastbp.ReLU(),
+    ...                           fastbp.Residual(fastbp.Linear(16, 16), fastbp.ReLU()),
+    ...                           fastbp.Linear(16, 3))
+
+    Notes
+    -----
+    PyTorch has no such module; ``from_torch`` does not convert skip
+    connections written in a module's ``forward``.
+    """
+
+    def __init__(self, *layers):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        if not layers:
+            raise ValueError("Residual needs at least one layer (f in x + f(x))")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, (Linear, _Activation, Dropout, Residual, _Norm)):
+                raise TypeError(f"Residual: layer {i} must be a fastbp {layer_names()}, Dropout or Residual, "
+                                f"got {type(layer).__name__}")
+        self.layers = tuple(layers)
+
+    def out_features(self, in_features):
+        width = in_features
+        for layer in self.layers:
+            width = layer.out_features(width)
+        if width != in_features:
+            raise ValueError(f"{self!r}: f maps {in_features} features to {width}; the block x + f(x) "
+                             f"needs f to keep the width {in_features}")
+        return in_features
+
+    def build(self, g, x, prefix, params):
+        """``x + f(x)`` in graph ``g``; ``params``: the model's ``name -> initial value``
+        (this block's Linear ``j`` is ``f"{prefix}.{j}.W"``)."""
+        h = x
+        for j, layer in enumerate(self.layers):
+            key = f"{prefix}.{j}"
+            if isinstance(layer, Residual):
+                h = layer.build(g, h, key, params)
+            elif isinstance(layer, _Norm):
+                h = _build_norm(layer, g, h, key, params)
+            else:
+                h = layer.build(g, h, key, params.get(f"{key}.W"), params.get(f"{key}.b"))
+        if h.shape != x.shape:
+            raise _g.GraphError(f"residual block {prefix} {self!r}: f(x) has shape {h.shape}, x {x.shape}")
+        return x + h
+
+    def spec(self):
+        return {"type": "Residual", "layers": [layer.spec() for layer in self.layers]}
+
+    def __repr__(self):
+        return "Residual(" + ", ".join(map(repr, self.layers)) + ")"
+
+
+def linear_layers(layers, prefix=""):
+    """``(name prefix, Linear, the registry name of the activation after it or None)``
+    for every Linear of ``layers``, in order, inside Residual blocks too (their names
+    ``"i.j"``): the order in which the initial weights are drawn."""
+    for i, layer in enumerate(layers):
+        key = f"{prefix}{i}"
+        if isinstance(layer, Residual):
+            yield from linear_layers(layer.layers, key + ".")
+        elif isinstance(layer, Linear):
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            yield key, layer, (nxt.op if isinstance(nxt, _Activation) else None)
+
+
+def _first_linear(layers):
+    for layer in layers:
+        if isinstance(layer, Linear):
+            return layer
+        if isinstance(layer, Residual):
+            inner = _first_linear(layer.layers)
+            if inner is not None:
+                return inner
+    return None
+
+
 class Sequential(Layer):
     """A chain of layers.
 
@@ -332,16 +321,21 @@ class Sequential(Layer):
         if not layers:
             raise ValueError("Sequential needs at least one layer")
         for i, layer in enumerate(layers):
-            if not isinstance(layer, (Linear, _Activation, _Norm)):
+            if not isinstance(layer, (Linear, _Activation, Dropout, Residual, _Norm)):
                 raise TypeError(f"Sequential: layer {i} must be a fastbp {layer_names()}, got {type(layer).__name__}")
-        linears = [layer for layer in layers if isinstance(layer, Linear)]
-        if not linears:
+        first = _first_linear(layers)
+        if first is None:
             raise ValueError("Sequential needs at least one Linear layer")
-        width = linears[0].in_features
-        for layer in layers:
-            width = layer.out_features(width)
+        width = first.in_features
+        for i, layer in enumerate(layers):
+            try:
+                width = layer.out_features(width)
+            except ValueError as e:
+                if isinstance(layer, Residual):     # name the block by its place
+                    raise ValueError(f"Sequential layer {i}: {e}") from None
+                raise
         self.layers = tuple(layers)
-        self.in_features = linears[0].in_features
+        self.in_features = first.in_features
         self.out_features_ = width
 
     def out_features(self, in_features=None):
@@ -351,20 +345,17 @@ class Sequential(Layer):
         """Seeded initial parameters: a dict ``name -> float64 array``."""
         rng = np.random.default_rng(seed)
         params = {}
-        for i, layer in enumerate(self.layers):
-            if isinstance(layer, Linear):
-                nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
-                act = nxt.op if isinstance(nxt, _Activation) else None
-                W, b = layer.init(rng, act)
-                params[f"{i}.W"] = W
-                if b is not None:
-                    params[f"{i}.b"] = b
-            elif isinstance(layer, _Norm):
-                w, b = layer.init()     # draws nothing: the Linear layers' weights are unchanged
-                if w is not None:
-                    params[f"{i}.weight"] = w
-                if b is not None:
-                    params[f"{i}.bias"] = b
+        for key, layer, act in linear_layers(self.layers):
+            W, b = layer.init(rng, act)
+            params[f"{key}.W"] = W
+            if b is not None:
+                params[f"{key}.b"] = b
+        for key, layer in _norm_layers(self.layers):
+            w, b = layer.init()     # draws nothing: the Linear layers' weights are unchanged
+            if w is not None:
+                params[f"{key}.weight"] = w
+            if b is not None:
+                params[f"{key}.bias"] = b
         return params
 
     def build_graph(self, params):
@@ -373,14 +364,24 @@ class Sequential(Layer):
         x = g.input("x", (None, self.in_features))
         h = x
         for i, layer in enumerate(self.layers):
-            if isinstance(layer, BatchNorm1d):
-                run = params.get(f"{i}.running")       # (mean, var, batches tracked) from from_torch
-                h = layer.build(g, h, str(i), params.get(f"{i}.weight"), params.get(f"{i}.bias"), run)
-            elif isinstance(layer, _Norm):
-                h = layer.build(g, h, str(i), params.get(f"{i}.weight"), params.get(f"{i}.bias"))
-            else:
-                h = layer.build(g, h, str(i), params.get(f"{i}.W"), params.get(f"{i}.b"))
+            if isinstance(layer, Residual):
+                h = layer.build(g, h, str(i), params)
+                continue
+            if isinstance(layer, _Norm):
+                h = _build_norm(layer, g, h, str(i), params)
+                continue
+            h = layer.build(g, h, str(i), params.get(f"{i}.W"), params.get(f"{i}.b"))
         return g, x, h
+
+    def flat_layers(self):
+        """Every layer, those inside Residual blocks included (not the blocks), in order."""
+        def walk(layers):
+            for layer in layers:
+                if isinstance(layer, Residual):
+                    yield from walk(layer.layers)
+                else:
+                    yield layer
+        return list(walk(self.layers))
 
     def spec(self):
         return {"type": "Sequential", "layers": [layer.spec() for layer in self.layers]}
@@ -390,35 +391,64 @@ class Sequential(Layer):
         """Rebuild a model from :meth:`spec` output (checkpoints)."""
         if not isinstance(spec, dict) or spec.get("type") != "Sequential":
             raise ValueError("model spec is not a Sequential")
-        layers = []
-        for ls in spec["layers"]:
-            t = ls.get("type")
-            if t in _NORM_TYPES:
-                layers.append(_norm_from_spec(t, ls))
-                continue
-            entry = _acts.lookup(t, "layer") if t != "Linear" else None
-            if t != "Linear" and entry is None:
-                raise ValueError(f"unknown layer type {t!r} in model spec")
-            if t == "Linear":
-                layers.append(Linear(ls["in_features"], ls["out_features"], ls["bias"],
-                                     _layout=ls.get("layout", "in_out")))
-            else:
-                extra = set(ls) - {"type"} - {p.name for p in entry.params}
-                if extra:
-                    raise ValueError(f"layer {t!r} in model spec has unknown fields {sorted(extra)}")
-                layers.append(layer_class(entry)(**{p.name: ls[p.name] for p in entry.params if p.name in ls}))
-        return cls(*layers)
+        return cls(*_layers_from_spec(spec["layers"]))
 
     def __repr__(self):
         return "Sequential(" + ", ".join(map(repr, self.layers)) + ")"
 
 
-def _norm_from_spec(t, ls):
-    """A LayerNorm / BatchNorm1d from its :meth:`spec`."""
-    cls = _NORM_TYPES[t]
-    keys = {"LayerNorm": ("normalized_shape", "eps", "elementwise_affine", "bias"),
-            "BatchNorm1d": ("num_features", "eps", "momentum", "affine", "track_running_stats")}[t]
-    extra = set(ls) - {"type"} - set(keys)
-    if extra:
-        raise ValueError(f"layer {t!r} in model spec has unknown fields {sorted(extra)}")
-    return cls(**{k: ls[k] for k in keys if k in ls})
+def _layers_from_spec(specs):
+    """The layers of a list of :meth:`Layer.spec` outputs (ValueError for an unknown type)."""
+    if not isinstance(specs, list):
+        raise ValueError("model spec: 'layers' is not a list")
+    layers = []
+    for ls in specs:
+        if not isinstance(ls, dict):
+            raise ValueError(f"layer spec {ls!r} is not an object")
+        t = ls.get("type")
+        if t == "Residual":
+            if set(ls) != {"type", "layers"}:
+                raise ValueError(f"layer 'Residual' in model spec has fields {sorted(ls)}, "
+                                 f"expected ['layers', 'type']")
+            layers.append(Residual(*_layers_from_spec(ls["layers"])))
+            continue
+        if t in _NORM_TYPES:
+            layers.append(_norm_from_spec(t, ls))
+            continue
+        if t == "Dropout":
+            if set(ls) != {"type", "p"}:
+                raise ValueError(f"layer 'Dropout' in model spec has fields {sorted(ls)}, expected ['p', 'type']")
+            layers.append(Dropout(ls["p"]))
+            continue
+        entry = _acts.lookup(t, "layer") if t != "Linear" else None
+        if t != "Linear" and entry is None:
+            raise ValueError(f"unknown layer type {t!r} in model spec")
+        if t == "Linear":
+            layers.append(Linear(ls["in_features"], ls["out_features"], ls["bias"],
+                                 _layout=ls.get("layout", "in_out")))
+        else:
+            extra = set(ls) - {"type"} - {p.name for p in entry.params}
+            if extra:
+                raise ValueError(f"layer {t!r} in model spec has unknown fields {sorted(extra)}")
+            layers.append(layer_class(entry)(**{p.name: ls[p.name] for p in entry.params if p.name in ls}))
+    return layers
+
+
+def _norm_layers(layers, prefix=""):
+    """``(name prefix, layer)`` of every LayerNorm / BatchNorm1d of ``layers``, inside
+    Residual blocks too."""
+    for i, layer in enumerate(layers):
+        key = f"{prefix}{i}"
+        if isinstance(layer, Residual):
+            yield from _norm_layers(layer.layers, key + ".")
+        elif isinstance(layer, _Norm):
+            yield key, layer
+
+
+def _build_norm(layer, g, h, key, params):
+    """A norm layer in graph ``g``: its weight/bias (and BatchNorm's running statistics from
+    ``from_torch``: ``params["<key>.running"]``) from ``params`` when given."""
+    if isinstance(layer, BatchNorm1d):
+        return layer.build(g, h, key, params.get(f"{key}.weight"), params.get(f"{key}.bias"),
+                           params.get(f"{key}.running"))
+    return layer.build(g, h, key, params.get(f"{key}.weight"), params.get(f"{key}.bias"))

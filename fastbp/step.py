@@ -328,33 +328,28 @@ class TrainStep(StepBase):
         # layout check; a rejection would still be reported, never returned as output
         X, n = self._features(X, "X")
         out = np.empty((n, self.n_out), dtype=self.dtype)
-        with self._lock:
-            # eval mode (BatchNorm's running statistics) for this call only
-            self.hyper[ex.H_TRAINING] = 0.0
-            try:
-                return self._predict_locked(X, n, out)
-            finally:
-                self.hyper[ex.H_TRAINING] = 1.0
-
-    def _predict_locked(self, X, n, out):
-        """:meth:`predict` under the lock, in eval mode."""
         p = self.plan
         bs = self.batch_size
-        if -(-n // bs) >= PREDICT_NATIVE_MIN_CHUNKS:
-            status, row = ex.run_predict(self._ctx, p.sec, X, out, bs, p.out_buf)
-            if status:
-                self._raise_status(status, ex.INFO_ONE_ROW if status == ex.STATUS_BAD_INPUT else 0,
-                                   where=f" in predict (rows from {row})")
-            return out
-        # few chunks: one already-compiled forward call each (the same code run_predict runs)
-        off, _, cols = (int(v) for v in p.bufs[p.out_buf])
-        end = self._tape_end[ex.MODE_FORWARD]
-        for lo in range(0, n, bs):
-            nb = min(bs, n - lo)
-            status, _, info = ex.run_tape(self._ctx, 0, end, nb, X[lo:lo + nb], self._no_yi, self._no_yf)
-            if status:
-                self._raise_status(status, info, where=" in predict")
-            out[lo:lo + nb] = self.arena[off:off + nb * cols].reshape(nb, cols)
+        with self._lock:
+            self.hyper[ex.H_TRAINING] = 0.0     # eval mode (Dropout off, BatchNorm's running statistics)
+            try:
+                if -(-n // bs) >= PREDICT_NATIVE_MIN_CHUNKS:
+                    status, row = ex.run_predict(self._ctx, p.sec, X, out, bs, p.out_buf)
+                    if status:
+                        self._raise_status(status, ex.INFO_ONE_ROW if status == ex.STATUS_BAD_INPUT else 0,
+                                           where=f" in predict (rows from {row})")
+                    return out
+                # few chunks: one already-compiled forward call each (the same code run_predict runs)
+                off, _, cols = (int(v) for v in p.bufs[p.out_buf])
+                end = self._tape_end[ex.MODE_FORWARD]
+                for lo in range(0, n, bs):
+                    nb = min(bs, n - lo)
+                    status, _, info = ex.run_tape(self._ctx, 0, end, nb, X[lo:lo + nb], self._no_yi, self._no_yf)
+                    if status:
+                        self._raise_status(status, info, where=" in predict")
+                    out[lo:lo + nb] = self.arena[off:off + nb * cols].reshape(nb, cols)
+            finally:
+                self.hyper[ex.H_TRAINING] = 1.0
         return out
 
     def save(self, path):

@@ -23,17 +23,21 @@ from .linear import _colsum
 from .losses import _bce_logits, _mse, _softmax_xent, _svm
 from .optim import _adam_update, _sgd_update
 from .norm import _batchnorm_bwd, _batchnorm_fwd, _batchnorm_running, _layernorm_bwd, _layernorm_fwd
+from .dropout import _dropout
 
 (K_COLSUM, K_GATE_FWD, K_GATE_BWD, K_SUM_FWD, K_SUM_BWD, K_SOFTMAX_XENT,
  K_SVM, K_MSE, K_BCE_LOGITS, K_SGD, K_ADAM, K_MM_SMALL, K_BLAS_MM, K_JIT_MM) = range(14)
 #: the activation kernels: K_ACT + N_ROLES * code + role (role: activations.ROLE_*)
 K_ACT = 14
 N_ROLES = _act.N_ROLES
-#: the normalisation kernels (fastbp.kernels.norm), after the activations'
-(K_LN_FWD, K_LN_BWD, K_BN_FWD, K_BN_BWD, K_BN_RUNNING) = range(K_ACT + N_ROLES * _R.CAPACITY,
-                                                           K_ACT + N_ROLES * _R.CAPACITY + 5)
 #: entries of a kernel table
-N_KERNELS = K_ACT + N_ROLES * _R.CAPACITY + 5
+N_KERNELS = K_ACT + N_ROLES * _R.CAPACITY
+#: dropout's kernel (forward and backward), after the activations' block
+K_DROPOUT = N_KERNELS
+N_KERNELS = K_DROPOUT + 1
+#: the normalisation kernels (fastbp.kernels.norm), after dropout's
+(K_LN_FWD, K_LN_BWD, K_BN_FWD, K_BN_BWD, K_BN_RUNNING) = range(N_KERNELS, N_KERNELS + 5)
+N_KERNELS = K_BN_RUNNING + 1
 #: the identity's kernels: the prototypes whose signatures every entry's kernels share
 K_PROTO_BIAS_ACT = K_ACT + _act.ROLE_BIAS_ACT
 K_PROTO_FWD = K_ACT + _act.ROLE_FWD
@@ -77,6 +81,7 @@ native_kernel(K_BN_FWD, _batchnorm_fwd.serial, NONE,
 native_kernel(K_BN_BWD, _batchnorm_bwd.serial, NONE,
               lambda d: (a2(d), a1(d), a2(d), a2(d), a2(d), a1(d), a1(d), B, B, B, B))
 native_kernel(K_BN_RUNNING, _batchnorm_running.serial, NONE, lambda d: (a2(d), a2(d), a1(d), a1(d), I64))
+native_kernel(K_DROPOUT, _dropout.serial, NONE, lambda d: (a2(d), a2(d), I64, I64, I64, F64, B))
 
 #: argument types of the activation roles (bias_act, fwd, bwd)
 _ACT_SIGS = (lambda d: (a2(d), a1(d), a2(d), a1(d)),
@@ -190,6 +195,8 @@ _OP_KERNELS[_isa.OP_LAYERNORM] = ((K_LN_FWD,), False)
 _OP_KERNELS[_isa.OP_LAYERNORM_BWD] = ((K_LN_BWD,), False)
 _OP_KERNELS[_isa.OP_BATCHNORM] = ((K_BN_FWD, K_BN_RUNNING), False)
 _OP_KERNELS[_isa.OP_BATCHNORM_BWD] = ((K_BN_BWD,), False)
+_OP_KERNELS[_isa.OP_DROPOUT] = ((K_DROPOUT,), False)
+_OP_KERNELS[_isa.OP_DROPOUT_BWD] = ((K_DROPOUT,), False)
 #: opcodes whose C_G is an activation code, and the roles of its kernels they call
 _ACT_ROLES = {_isa.OP_LINEAR: (0,), _isa.OP_ACT: (1,), _isa.OP_LINEAR_BWD: (2,), _isa.OP_ACT_BWD: (2,)}
 
