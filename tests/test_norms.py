@@ -361,3 +361,26 @@ def test_batchnorm_statistics_are_per_rank_under_mpi():
                          timeout=600, env=env)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert res.stdout.count(" ok") == 2, res.stdout + res.stderr[-2000:]
+
+
+def test_norms_with_residual_and_dropout(tmp_path):
+    """Norm layers inside a Residual block and next to Dropout: parameters named by their
+    place, training resumes bitwise from a checkpoint, predict (eval) is deterministic."""
+    def model():
+        return fastbp.Sequential(fastbp.Linear(5, 8), fastbp.BatchNorm1d(8), fastbp.ReLU(), fastbp.Dropout(0.2),
+                                 fastbp.Residual(fastbp.Linear(8, 8), fastbp.LayerNorm(8), fastbp.Tanh()),
+                                 fastbp.Linear(8, 3))
+    m = model()
+    assert fastbp.Sequential.from_spec(m.spec()).spec() == m.spec()
+    X, y = _data(n=32, n_in=5)
+    a = fastbp.compile(m, optimizer=fastbp.Adam(1e-2), batch_size=8, dtype=np.float64, seed=2)
+    assert {"1.weight", "1.bias", "4.1.weight", "4.1.bias"} <= set(a.params)
+    np.testing.assert_array_equal(a.params["4.1.weight"], np.ones(8))
+    a.fit(X, y, epochs=1, seed=0)
+    a.save(tmp_path / "c.npz")
+    a.fit(X, y, epochs=1, seed=1)
+    b = fastbp.load(tmp_path / "c.npz")
+    b.fit(X, y, epochs=1, seed=1)
+    assert a.param_vector.tobytes() == b.param_vector.tobytes()
+    assert a.buffer_vector.tobytes() == b.buffer_vector.tobytes()
+    np.testing.assert_array_equal(a.predict(X), a.predict(X))
