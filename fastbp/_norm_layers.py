@@ -17,9 +17,10 @@ __all__ = ["LayerNorm", "BatchNorm1d"]
 
 
 class _Norm:
-    """Base of the normalisation layers (a fastbp layer: ``out_features``, ``spec``, ``build``): affine parameters ``{prefix}.weight``
-    (initialised to 1) and ``{prefix}.bias`` (0), trained like every parameter
-    (weight decay included, as PyTorch's optimizers apply it to them)."""
+    """Base of the normalisation layers (a fastbp layer: ``out_features``, ``spec``,
+    ``build``): affine parameters ``{prefix}.weight`` (initialised to 1) and
+    ``{prefix}.bias`` (0), trained like every parameter (weight decay included,
+    as PyTorch's optimizers apply it to them)."""
 
     def out_features(self, in_features):
         if in_features != self.num_features:
