@@ -19,6 +19,8 @@ from . import checkpoint, gradcheck, ops, schedules, training
 from .graph import Graph, GraphError, Node, maximum, sum
 from .factories import compile, grad, load
 from .layers import Linear, Sequential
+from .layers import BatchNorm1d, LayerNorm
+from .graph import batch_norm, layer_norm
 from .optimizers import SGD, Adam
 from .step import TrainStep
 from .training import EarlyStopping, History
@@ -44,6 +46,7 @@ __all__ = [
     "Graph", "GraphError", "Node", "maximum", "sum", "grad",
     "Linear", "Sequential", "SGD", "Adam", "TrainStep", "compile", "load", "from_torch",
     "DistributedStep", "RankError", "load_model", "SavedModel",
+    "LayerNorm", "BatchNorm1d", "layer_norm", "batch_norm",
 ]
 
 

@@ -133,6 +133,11 @@ def _snapshot(step):
         for i, s in enumerate(states):
             arrays[f"state_{i}"] = s.copy()
         arrays["hyper"] = hyper.copy()
+        buffers = getattr(step, "buffer_vector", None)      # BatchNorm's running statistics
+        if isinstance(buffers, np.ndarray) and buffers.size:
+            if buffers.ndim != 1 or buffers.dtype != params.dtype:
+                raise TypeError("step.buffer_vector must be a 1-D numpy array of the parameters' dtype")
+            arrays["buffers"] = buffers.copy()
         meta = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -306,6 +311,8 @@ def _check_layout(arc, meta, dtype):
     if not isinstance(info, dict):
         raise _Bad("metadata 'arrays' is not an object")
     base = _array_names(n_state)
+    if "buffers" in info:       # the running statistics of BatchNorm layers (when the model has them)
+        base.append("buffers")
     extras = sorted(k for k in info if k.startswith("extra.") and _EXTRA_NAME.fullmatch(k[6:]))
     names = base + extras
     stored = set(arc.members) - {"meta"}
@@ -328,6 +335,8 @@ def _check_layout(arc, meta, dtype):
                 raise _Bad(f"array {k!r} has dtype {h.dtype}, expected {want}")
             if len(h.shape) != 1:
                 raise _Bad(f"array {k!r} must be 1-D, got shape {h.shape}")
+            if k == "buffers" and h.size == 0:
+                raise _Bad("array 'buffers' is empty")
             if k.startswith("state_") and h.size != headers["params"].size:
                 raise _Bad(f"array {k!r} has {h.size} elements, the parameters {headers['params'].size}")
         elif h.dtype.kind not in _EXTRA_KINDS or not h.dtype.isnative:

@@ -34,6 +34,7 @@ from .kernels.cuda import gates as _gg
 from .kernels.cuda import gemm as _gm
 from .kernels.cuda import linear as _gl
 from .kernels.cuda import losses as _glo
+from .kernels.cuda import norm as _gn
 from .kernels.cuda.launch import grid_1d, grid_reduce
 
 __all__ = ["DeviceTape", "TapeCall"]
@@ -209,6 +210,8 @@ class DeviceTape:
             return [launch(_gg._sum_bwd, V(d), V(e), bool(f2))]
         if op in (ex.OP_SGD, ex.OP_ADAM):
             return [self._update_op(op, a, b, c, d, int(ins[ex.C_F4]))]
+        if op in (ex.OP_LAYERNORM, ex.OP_LAYERNORM_BWD, ex.OP_BATCHNORM, ex.OP_BATCHNORM_BWD):
+            return [self._norm_op(ins, V, nb)]
         if op in (ex.OP_DROPOUT, ex.OP_DROPOUT_BWD):
             if op == ex.OP_DROPOUT:
                 return [self._dropout_op(V(a), V(out), f1, int(ins[ex.C_F3]), False)]
@@ -246,6 +249,44 @@ class DeviceTape:
             fn(S, ctx.target, dS, rowloss, ctx.loss, stream=ctx.stream)
             labels = ctx.target if classification else no_labels
             _k_loss_status[rgrid, rblock, ctx.stream](labels, n_classes, ctx.loss, out, res, ctx.step)
+        return run
+
+    def _norm_op(self, ins, V, nb):
+        """The launches of a normalisation instruction (operands as on the CPU, see
+        :func:`fastbp._executor.run_tape`); BatchNorm reads the mode (``hyper[H_TRAINING]``)
+        when it is launched."""
+        op = int(ins[ex.C_OP])
+        a, b, c, d, e, f, out = (int(ins[k]) for k in (ex.C_A, ex.C_B, ex.C_C, ex.C_D, ex.C_E, ex.C_F, ex.C_OUT))
+        f1, f2, f3, f4 = (bool(ins[k]) for k in (ex.C_F1, ex.C_F2, ex.C_F3, ex.C_F4))
+        P = self.vec(int(ins[ex.C_P]))
+        hyper = self.hyper
+
+        def X(ctx):
+            return ctx.x if a == self.plan.x_buf else V(a)
+        if op == ex.OP_LAYERNORM:
+            w, bias, Y, S = self.vec(b), self.vec(c), V(out), V(d)
+            return lambda ctx: _gn.layernorm_fwd(X(ctx), w, bias, Y, S, P, stream=ctx.stream)
+        if op == ex.OP_LAYERNORM_BWD:
+            w, S, dY, dX, dw, db = self.vec(b), V(c), V(d), V(e), self.vec(f), self.vec(out)
+            return lambda ctx: _gn.layernorm_bwd(X(ctx), w, S, dY, dX, dw, db, f2, f3, f4, stream=ctx.stream)
+        if op == ex.OP_BATCHNORM_BWD:
+            w, S, dY, dX, dw, db = self.vec(b), V(c), V(d), V(e), self.vec(f), self.vec(out)
+            return lambda ctx: _gn.batchnorm_bwd(X(ctx), w, S, dY, dX, dw, db, f2, f3, f4,
+                                                 bool(hyper[ex.H_TRAINING] != 0.0) or not f1, stream=ctx.stream)
+        if not f1:
+            w, bias, Y, S, R = self.vec(b), self.vec(c), V(out), V(d), V(e)
+            return lambda ctx: _gn.batchnorm_fwd(X(ctx), w, bias, Y, S, R, P,
+                                                 bool(hyper[ex.H_TRAINING] != 0.0) or e < 0, stream=ctx.stream)
+        # the running statistics, gated on finite gradients (the region a, f4) and the status word
+        S, R, T = V(c), V(e), self.vec(f)
+        grads = self.region(a, int(ins[ex.C_F4]))
+        if getattr(self, "_bn_flag", None) is None:
+            self._bn_flag = cuda.device_array(1, dtype=np.float64)
+        flag, res = self._bn_flag, self.res
+
+        def run(ctx):
+            if hyper[ex.H_TRAINING] != 0.0:
+                _gn.batchnorm_running(S, R, T, P, nb, grads, flag, res, stream=ctx.stream)
         return run
 
     def _update_op(self, op, p0, g0, s0, s1, n):

@@ -30,6 +30,7 @@ import numpy as np
 
 from . import _blas
 from ._jit import array_at, block2d, jit, unmanaged_c
+from ._arena_views import _all_finite, _c_rows, _c_vec, _empty, _vec, _view, _view_or_empty, _xview
 from ._native import kcall, native_address, native_kernel
 from .config import BLAS_MIN_MACS, BLAS_THREADS_MIN_MACS, JIT_MAX_MACS  # noqa: F401 - re-exported
 from .kernels.codes import LOSS_BCE_LOGITS, LOSS_MSE, LOSS_SOFTMAX_XENT, LOSS_SVM
@@ -41,6 +42,8 @@ from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_COLSUM,  #
                             I64, a2, kcall_at, kernels_for)
 from .kernels.table import K_DROPOUT
 from .registry.activations import CAPACITY as ACT_CAPACITY, IDENTITY as ACT_IDENTITY
+from .kernels.table import K_BN_BWD, K_BN_FWD, K_BN_RUNNING, K_LN_BWD, K_LN_FWD
+from ._isa import OP_BATCHNORM, OP_BATCHNORM_BWD, OP_LAYERNORM, OP_LAYERNORM_BWD, H_TRAINING, INFO_ONE_ROW
 
 from ._isa import (  # noqa: F401 - re-exported: the executor reads and writes this format
     OP_LOAD_X, OP_LINEAR, OP_MATMUL, OP_GATE, OP_ACT, OP_SUM, OP_LOSS, OP_SEED, OP_LINEAR_BWD, OP_MATMUL_BWD,
@@ -52,48 +55,6 @@ from ._isa import (  # noqa: F401 - re-exported: the executor reads and writes t
     STATUS_LOSS_NONFINITE, STATUS_GRAD_NONFINITE, STATUS_BAD_LABEL, STATUS_BAD_INPUT, STATUS_BAD_OP)
 from ._isa import OP_DROPOUT, OP_DROPOUT_BWD, H_RNG_SEED, H_TRAINING  # noqa: F401 - re-exported
 from ._jit import int64_bits_as_float64  # dropout's p: float64 bits in the tape
-
-
-@jit
-def _view(arena, bufs, i, nb):
-    """The 2-D C-contiguous view of buffer ``i`` (``nb`` rows if batch-sized)."""
-    off = bufs[i, 0]
-    r = bufs[i, 1]
-    if r < 0:
-        r = nb
-    c = bufs[i, 2]
-    if off < 0 or off + r * c > arena.shape[0]:
-        raise IndexError("fastbp: buffer outside the arena (corrupt step)")
-    return block2d(arena, off, r, c)
-
-
-@jit
-def _xview(arena, bufs, x, xb, i, nb):
-    """:func:`_view`, except that buffer ``xb`` (the input, read in place) is ``x`` itself."""
-    if i == xb:
-        return x
-    return _view(arena, bufs, i, nb)
-
-
-@jit
-def _empty(arena):
-    return arena[0:0].reshape((0, 0))
-
-
-@jit
-def _view_or_empty(arena, bufs, i, nb):
-    if i < 0:
-        return arena[0:0].reshape((0, 0))
-    return _view(arena, bufs, i, nb)
-
-
-@jit
-def _vec(arena, bufs, i):
-    """Buffer ``i`` as a 1-D view (biases)."""
-    if i < 0:
-        return arena[0:0]
-    off = bufs[i, 0]
-    return arena[off:off + bufs[i, 1] * bufs[i, 2]]
 
 
 @jit
@@ -133,14 +94,6 @@ def jit_slot(jbase, pc, p):
     """Where in the JIT GEMM table product ``p`` (0 or 1) of instruction ``pc``
     keeps its kernel; -1 (no kernel) when ``jbase`` is."""
     return jbase + JIT_SLOT * (2 * pc + p) if jbase >= 0 else -1
-
-
-@jit
-def _all_finite(v):
-    s = v.dtype.type(0.0)
-    for i in range(v.shape[0]):
-        s += v[i] * v.dtype.type(0.0)
-    return s == 0.0
 
 
 def context(arena, bufs, tape, hyper, ws64, gjit, batch_size):
@@ -190,27 +143,6 @@ def kernel_table(dtype, tape):
         if tab[k] == 0:
             tab[k] = native_address(k, dtype)
     return tab
-
-
-@jit
-def _c_rows(a):
-    """Whether a 2-D array is laid out as the executor reads it: C-contiguous
-    rows (numba indexes a "C" array by its shape, whatever its strides), aligned."""
-    isz = a.itemsize
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        return True
-    if a.strides[1] != isz or (a.shape[0] > 1 and a.strides[0] != isz * a.shape[1]):
-        return False
-    return a.ctypes.data % isz == 0
-
-
-@jit
-def _c_vec(v):
-    """:func:`_c_rows` for a 1-D array."""
-    isz = v.itemsize
-    if v.shape[0] == 0:
-        return True
-    return (v.shape[0] == 1 or v.strides[0] == isz) and v.ctypes.data % isz == 0
 
 
 @jit
@@ -266,6 +198,7 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
     _T = nb >= 0
     _F = nb < 0
     xb = -1         # the buffer read from x in place, once LOAD_X has run
+    grads_ok = -1   # BatchNorm's running update: the gradients' finiteness (-1: not checked yet)
     for pc in range(lo, hi):
         ins = tape[pc]
         op = ins[C_OP]
@@ -413,6 +346,47 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
         elif op == OP_SUM_BWD:
             dO = _xview(arena, bufs, x, xb, ins[C_D], nb)
             kcall(kt, K_SUM_BWD, (dO, _view(arena, bufs, ins[C_E], nb), ins[C_F2] != 0))
+        elif op == OP_LAYERNORM:
+            # a=X, b=w, c=bias, out=Y, d=(mean, rstd) per row, p=(eps,)
+            kcall(kt, K_LN_FWD, (_xview(arena, bufs, x, xb, ins[C_A], nb), _vec(arena, bufs, ins[C_B]),
+                                 _vec(arena, bufs, ins[C_C]), _view(arena, bufs, ins[C_OUT], nb),
+                                 _view(arena, bufs, ins[C_D], nb), _vec(arena, bufs, ins[C_P])))
+        elif op == OP_LAYERNORM_BWD:
+            # a=X, b=w, c=stats, d=dY, e=dX, f=dw, out=db; f2..f4: accumulate into dX, dw, db
+            kcall(kt, K_LN_BWD, (_xview(arena, bufs, x, xb, ins[C_A], nb), _vec(arena, bufs, ins[C_B]),
+                                 _view(arena, bufs, ins[C_C], nb), _view(arena, bufs, ins[C_D], nb),
+                                 _view_or_empty(arena, bufs, ins[C_E], nb), _vec(arena, bufs, ins[C_F]),
+                                 _vec(arena, bufs, ins[C_OUT]), ins[C_F2] != 0, ins[C_F3] != 0, ins[C_F4] != 0))
+        elif op == OP_BATCHNORM:
+            training = hyper[H_TRAINING] != 0.0
+            if ins[C_F1] == 0:
+                # forward: a=X, b=w, c=bias, out=Y, d=statistics (5, N), e=running (2, N) or -1
+                if (training or ins[C_E] < 0) and nb < 2:
+                    status = STATUS_BAD_INPUT      # one value per channel: no batch variance
+                    info = INFO_ONE_ROW
+                    break
+                kcall(kt, K_BN_FWD, (_xview(arena, bufs, x, xb, ins[C_A], nb), _vec(arena, bufs, ins[C_B]),
+                                     _vec(arena, bufs, ins[C_C]), _view(arena, bufs, ins[C_OUT], nb),
+                                     _view(arena, bufs, ins[C_D], nb), _view_or_empty(arena, bufs, ins[C_E], nb),
+                                     _vec(arena, bufs, ins[C_P]), training))
+            elif training:
+                # the running statistics (c=statistics, e=running, f=batches tracked), only
+                # when every gradient (a, f4: the gradient region) is finite: a step that
+                # fails changes nothing
+                if grads_ok < 0:
+                    grads_ok = 1 if _all_finite(arena[ins[C_A]:ins[C_A] + ins[C_F4]]) else 0
+                if grads_ok == 1:
+                    kcall(kt, K_BN_RUNNING, (_view(arena, bufs, ins[C_C], nb), _view(arena, bufs, ins[C_E], nb),
+                                             _vec(arena, bufs, ins[C_F]), _vec(arena, bufs, ins[C_P]),
+                                             np.int64(nb)))     # not a literal (run_update passes 1)
+        elif op == OP_BATCHNORM_BWD:
+            # a=X, b=w, c=statistics, d=dY, e=dX, f=dw, out=db; f1: running statistics exist
+            batch_stats = hyper[H_TRAINING] != 0.0 or ins[C_F1] == 0
+            kcall(kt, K_BN_BWD, (_xview(arena, bufs, x, xb, ins[C_A], nb), _vec(arena, bufs, ins[C_B]),
+                                 _view(arena, bufs, ins[C_C], nb), _view(arena, bufs, ins[C_D], nb),
+                                 _view_or_empty(arena, bufs, ins[C_E], nb), _vec(arena, bufs, ins[C_F]),
+                                 _vec(arena, bufs, ins[C_OUT]), ins[C_F2] != 0, ins[C_F3] != 0, ins[C_F4] != 0,
+                                 batch_stats))
         elif op == OP_DROPOUT or op == OP_DROPOUT_BWD:
             # the mask of (seed, layer f1, updates so far, element): recomputed by the
             # backward (fastbp._rng); eval mode (hyper[H_TRAINING] == 0) passes a through

@@ -25,6 +25,14 @@ OP_ACT_BWD = 12
 OP_SUM_BWD = 13
 OP_DROPOUT = 14      # out = a * mask / (1 - p); f1=the dropout's layer id (its mask's key), f3=p's float64 bits
 OP_DROPOUT_BWD = 15  # e (+)= d * the same mask (recomputed); f1, f3 as OP_DROPOUT, f2=accumulate
+# normalisation layers (fastbp.kernels.norm): BATCHNORM with f1=0 is the forward
+# (batch statistics in training, running ones in eval), with f1=1 the update of
+# the running statistics (placed after the backward, run only when every gradient
+# is finite); *_BWD their backward
+OP_BATCHNORM = 16
+OP_BATCHNORM_BWD = 17
+OP_LAYERNORM = 18
+OP_LAYERNORM_BWD = 19
 OP_SGD = 20
 OP_ADAM = 21
 
@@ -50,7 +58,7 @@ RUNTIME_SLOTS = (H_BLAS_MIN, H_BT_ON, H_BT_MAX, H_BT_CUR, H_BT_MIN, H_JIT_ON)
 #: the dropout masks' 32-bit seed (fastbp._rng.seed_key of the step's seed; training state)
 H_RNG_SEED = 16
 #: 1.0 in training calls (step, fit, loss_and_grads, fastbp.grad), 0.0 in predict/evaluation:
-#: Dropout is off in eval mode
+#: Dropout is off and BatchNorm uses its running statistics in eval mode
 H_TRAINING = 17
 RUNTIME_SLOTS = RUNTIME_SLOTS + (H_TRAINING,)
 HYPER_SIZE = 24
@@ -67,6 +75,8 @@ STATUS_BAD_LABEL = 3
 #: the minibatch is not what the buffers were laid out for (rows, width,
 #: layout): nothing was changed.  Callers that validate never see it.
 STATUS_BAD_INPUT = 4
+#: the info of STATUS_BAD_INPUT from BatchNorm: a training call of one row
+INFO_ONE_ROW = -2
 #: an instruction names an op code no kernel implements (a corrupt tape: the
 #: compiler rejects unknown codes); nothing was changed
 STATUS_BAD_OP = 5

@@ -38,6 +38,7 @@ from .layers import Sequential, linear_layers
 from .optimizers import SGD, _real, resolve_optimizer
 from .schedules import ReduceLROnPlateau, schedule_arg
 from . import training as _training
+from ._norm_step import NormState
 
 __all__ = ["StepBase"]
 
@@ -87,6 +88,7 @@ def hyper_from(optimizer):
     are left at 0; the CPU step fills them (the GPU step never reads them).
     """
     h = np.zeros(ex.HYPER_SIZE, dtype=np.float64)
+    h[ex.H_TRAINING] = 1.0      # training mode; eval calls (predict) set 0 for their duration
     h[ex.H_LR] = optimizer.lr
     h[ex.H_WD] = optimizer.weight_decay
     if isinstance(optimizer, SGD):
@@ -133,7 +135,7 @@ def gather_rows(rows, X, yi, yf, x_out, yi_out, yf_out, classification):
 STATE_SLOTS = tuple(i for i in range(ex.HYPER_SIZE) if i not in ex.RUNTIME_SLOTS)
 
 
-class StepBase:
+class StepBase(NormState):
     """The shared part of a compiled training step (not instantiated by itself).
 
     ``__init__`` validates the arguments, checks that the step fits in
@@ -439,6 +441,8 @@ class StepBase:
             schedule = None             # the step's own schedule object again: it continues
         starts = self._epoch_starts(n)
         per_epoch = len(starts) - 1
+        if epochs > 0:
+            self.check_train_rows(int(np.diff(starts).min()), " (a minibatch of fit)")
         sched = self.schedule if schedule is None else schedule
         e0, s0 = (self.epochs_done, self.n_steps) if schedule is not None else self._sched_origin
         _training.check_schedule_span(sched, float(self.optimizer.lr), self.epochs_done - e0,
@@ -571,6 +575,8 @@ class StepBase:
         if status == ex.STATUS_GRAD_NONFINITE:
             raise FloatingPointError(f"a gradient is not finite{where}; the update was skipped: weights "
                                      f"and optimizer state unchanged")
+        if status == ex.STATUS_BAD_INPUT and info == ex.INFO_ONE_ROW:
+            self.check_train_rows(1, where)
         if status == ex.STATUS_BAD_INPUT:
             # the validated path hands the executor only arrays in its form: a bug if seen
             raise RuntimeError(f"internal error: the compiled step rejected the layout of a validated "

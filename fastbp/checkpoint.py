@@ -25,6 +25,10 @@ without executing anything from the file.  It holds
     rate, momentum, betas, eps, weight decay, Adam's ``t``, the step count).
     Its BLAS-threshold slots are tuning constants of the running fastbp and
     are not restored.
+``buffers`` (only for a model with ``BatchNorm1d`` layers)
+    The running statistics region (:attr:`TrainStep.buffer_vector`: each
+    layer's running mean, running variance and batches tracked), in the
+    step's dtype; not trained, restored on load.
 ``extra.<name>`` (optional)
     Arrays the caller attached with ``save(..., extra_arrays=...)`` (numeric
     or bool, C order, native byte order); a fastbp older than this reader

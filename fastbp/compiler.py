@@ -32,6 +32,7 @@ from .registry import activations as _acts
 from .registry import gates as _gates
 from .registry import losses as _losses
 from .registry import optimizers as _optimizers
+from .registry import norms as _norms
 
 _GATES = {e.name: e.code for e in _gates.entries()}
 
@@ -56,6 +57,10 @@ class Plan:
     yf_buf: int = -1
     consts: list = field(default_factory=list)   # [(buf id, float64 value)]
     n_fused: int = 0
+    #: the normalisation layers' running statistics (not trained): one contiguous region of the
+    #: arena (offset, size), saved in checkpoints, and node name -> (running buf, batches-tracked buf)
+    buffer_region: tuple = (0, 0)
+    running: dict = field(default_factory=dict)
 
 
 def _canon(shape):
@@ -142,6 +147,7 @@ def build_plan(graph, output, wrt, *, dtype, batch_size, loss=None, optimizer=No
     # -- 1. what the output needs, and what needs a gradient
     needed = upstream(output)
     nodes = [n for n in graph.nodes if n.id in needed]
+    nodes_by_id = {n.id: n for n in nodes}
     wrt_ids = {w.id for w in wrt}
     for w in wrt:
         if w.id not in needed:
@@ -215,8 +221,9 @@ def build_plan(graph, output, wrt, *, dtype, batch_size, loss=None, optimizer=No
         for _ in range(optimizer.n_state):
             state_offsets.append(b.size)
             b.size += n_param
+    run_start, run_bufs, run_consts = _running_buffers(b, nodes)
 
-    consts = []
+    consts = list(run_consts)
     for n in nodes:
         if n.op == "param" or n.id in hidden:
             continue
@@ -241,6 +248,7 @@ def build_plan(graph, output, wrt, *, dtype, batch_size, loss=None, optimizer=No
         if aparams:
             param_buf[n.id] = b.alloc(1, len(aparams))
             consts.append((param_buf[n.id], np.array(aparams, dtype=np.float64)))
+    stat_buf = _norm_buffers(b, nodes, param_buf, consts)
 
     # -- 4. the tape
     if train_input is not None:
@@ -285,6 +293,13 @@ def build_plan(graph, output, wrt, *, dtype, batch_size, loss=None, optimizer=No
                    p=param_buf.get(n.id, -1))
         elif n.op == "sum":
             b.emit(ex.OP_SUM, out=value_buf[n.id], a=value_buf[n.inputs[0].id])
+        elif n.op in _norms.OPS:
+            xin, w, bias = _norm_inputs(n)
+            vb = value_buf.get
+            opcode = ex.OP_LAYERNORM if n.op == _norms.LAYER_NORM else ex.OP_BATCHNORM
+            b.emit(opcode, out=value_buf[n.id], a=value_buf[xin.id], b=vb(w.id, -1) if w is not None else -1,
+                   c=vb(bias.id, -1) if bias is not None else -1, d=stat_buf[n.id],
+                   e=run_bufs[n.id][0] if n.id in run_bufs else -1, p=param_buf[n.id])
         elif n.op == "loss":
             loss_instr = len(b.tape)
             s = n.inputs[0]
@@ -356,6 +371,20 @@ def build_plan(graph, output, wrt, *, dtype, batch_size, loss=None, optimizer=No
         elif n.op == "sum":
             da, acc_a = target(n.inputs[0])
             b.emit(ex.OP_SUM_BWD, d=dO, e=da, f2=acc_a)
+        elif n.op in _norms.OPS:
+            xin, w, bias = _norm_inputs(n)
+            dx, acc_x = target(xin)
+            dw, acc_w = target(w) if w is not None else (-1, 0)
+            dbias, acc_b = target(bias) if bias is not None else (-1, 0)
+            opcode = ex.OP_LAYERNORM_BWD if n.op == _norms.LAYER_NORM else ex.OP_BATCHNORM_BWD
+            b.emit(opcode, out=dbias, a=value_buf[xin.id], b=value_buf[w.id] if w is not None else -1,
+                   c=stat_buf[n.id], d=dO, e=dx, f=dw, f1=int(n.id in run_bufs), f2=acc_x, f3=acc_w, f4=acc_b)
+    # BatchNorm's running statistics: after the backward, so that a step whose loss is not
+    # finite never reaches them (and the executor skips them when a gradient is not)
+    for n in nodes:
+        if n.id in run_bufs:
+            b.emit(ex.OP_BATCHNORM, a=g_start, c=stat_buf[n.id], e=run_bufs[n.id][0], f=run_bufs[n.id][1],
+                   f1=1, f4=g_end - g_start, p=param_buf[n.id])
     bwd_end = len(b.tape)
 
     if optimizer is not None and n_param:
@@ -390,9 +419,64 @@ def build_plan(graph, output, wrt, *, dtype, batch_size, loss=None, optimizer=No
         state_offsets=state_offsets,
         x_buf=value_buf[train_input.id] if train_input is not None else -1,
         out_buf=value_buf[out_node.id], yf_buf=yf_buf, consts=consts, n_fused=len(fused),
+        buffer_region=(run_start, _run_end(b, run_bufs, run_start)),
+        running={nodes_by_id[i].name: bufs for i, bufs in run_bufs.items()} if run_bufs else {},
     )
 
 
+def _run_end(b, run_bufs, start):
+    """The size of the running-statistics region that starts at ``start``."""
+    if not run_bufs:
+        return 0
+    last = max(max(pair) for pair in run_bufs.values())
+    off, r, c = b.bufs[last]
+    return off + r * c - start
+
+
+def _norm_inputs(n):
+    """``(x, weight or None, bias or None)`` of a normalisation node."""
+    it = iter(n.inputs[1:])
+    w = next(it) if n.attrs["has_w"] else None
+    bias = next(it) if n.attrs["has_b"] else None
+    return n.inputs[0], w, bias
+
+
+def _running_buffers(b, nodes):
+    """Allocate the running statistics of every BatchNorm that tracks them, one
+    contiguous region: per node ``(running (2, N): mean, var; batches tracked (1, 1))``.
+    Returns ``(region start, {node id: (running buf, tracked buf)}, consts)``: the
+    initial values are written like constants."""
+    start = b.size
+    bufs, consts = {}, []
+    for n in nodes:
+        if n.op == _norms.BATCH_NORM and n.attrs["track"]:
+            N = n.shape[-1]
+            r = b.alloc(2, N)
+            t = b.alloc(1, 1)
+            bufs[n.id] = (r, t)
+            consts.append((r, np.concatenate([np.asarray(n.attrs["running_mean"], dtype=np.float64).ravel(),
+                                              np.asarray(n.attrs["running_var"], dtype=np.float64).ravel()])))
+            consts.append((t, np.array([float(n.attrs["num_batches_tracked"])])))
+    return start, bufs, consts
+
+
+def _norm_buffers(b, nodes, param_buf, consts):
+    """The statistics buffer of every normalisation node (LayerNorm: (batch, 2),
+    BatchNorm: (5, N)) and its float row ``(eps, momentum, cumulative)`` in ``param_buf``."""
+    stat = {}
+    for n in nodes:
+        if n.op == _norms.LAYER_NORM:
+            stat[n.id] = b.alloc(_canon(n.shape)[0], _norms.LN_STAT_COLS)
+            row = [n.attrs["eps"]]
+        elif n.op == _norms.BATCH_NORM:
+            stat[n.id] = b.alloc(_norms.BN_STAT_ROWS, n.shape[-1])
+            mom = n.attrs["momentum"]
+            row = [n.attrs["eps"], 0.0 if mom is None else mom, 1.0 if mom is None else 0.0]
+        else:
+            continue
+        param_buf[n.id] = b.alloc(1, len(row))
+        consts.append((param_buf[n.id], np.array(row, dtype=np.float64)))
+    return stat
 def _dropout_bits(p):
     """A dropout probability's float64 bits as an int64 (the tape column f3): exact whatever the step's dtype."""
     return int(np.array(float(p), dtype=np.float64).view(np.int64))

@@ -193,6 +193,7 @@ class CudaTrainStep(StepBase):
     def _run_one(self, x, y, mode):
         n, xd, xh = self._input_x(x, "x", self.batch_size)
         yd, yh = self._input_y(y, n, "y", check_range=False)
+        self.check_train_rows(n)
         p = self.plan
         hi = p.sec[ex.S_END] if mode == ex.MODE_TRAIN else p.sec[ex.S_BWD]
         with self._lock:
@@ -366,6 +367,13 @@ class CudaTrainStep(StepBase):
             s.synchronize()
         return result
 
+    def _buffer_host(self):
+        """A host copy of the arena (for :attr:`buffers`, :attr:`buffer_vector`: copies)."""
+        with self._lock:
+            host = self.arena.copy_to_host(stream=self._stream)
+            self._stream.synchronize()
+        return host
+
     # ------------------------------------------------- host <-> device
     def params_host(self):
         """Copies of the weights on the host (one device-to-host copy).
@@ -389,7 +397,7 @@ class CudaTrainStep(StepBase):
     def _same_layout(self, other, optimizer_state):
         mine = [(name, tuple(shape)) for name, _, _, shape in self.plan.params]
         theirs = [(name, tuple(shape)) for name, _, _, shape in other.plan.params]
-        if mine != theirs:
+        if mine != theirs or self.plan.buffer_region[1] != other.plan.buffer_region[1]:
             return False
         return not optimizer_state or (other.optimizer.name == self.optimizer.name
                                        and len(self.state_vectors) == len(other.state_vectors))
@@ -400,7 +408,8 @@ class CudaTrainStep(StepBase):
         Parameters
         ----------
         source : TrainStep, CudaTrainStep or mapping of str -> array
-            A step of the same architecture (weights copied in one transfer:
+            A step of the same architecture (weights, and BatchNorm's running
+            statistics, copied in one transfer:
             host to device from a CPU step, device to device from a GPU
             step), or ``{name: array}`` with some of :attr:`params`' keys
             (numpy or device arrays of the same shapes).
@@ -431,6 +440,11 @@ class CudaTrainStep(StepBase):
             pairs = [(self.param_vector, source.param_vector)]
             if optimizer_state:
                 pairs += list(zip(self.state_vectors, source.state_vectors))
+            off, nbuf = self.plan.buffer_region        # BatchNorm's running statistics come along
+            if nbuf:
+                src = (source._tape.region(*source.plan.buffer_region) if isinstance(source, CudaTrainStep)
+                       else source.buffer_vector)
+                pairs.append((self._tape.region(off, nbuf), src))
             first, second = sorted((self, source), key=id)     # one lock order: no deadlock
             with first.lock, second.lock:
                 if isinstance(source, CudaTrainStep):

@@ -293,7 +293,16 @@ def _load(path, expect_model):
         step.rng.bit_generator.state = rng_state
     except Exception as e:  # noqa: BLE001 - untrusted state: any failure is a bad file
         raise _Bad(f"invalid RNG state ({type(e).__name__}: {e})") from None
+    buffers = arrays.get("buffers")       # BatchNorm's running statistics
+    want = step.buffer_vector.size
+    if (0 if buffers is None else buffers.size) != want:
+        raise _Bad(f"'buffers' (running statistics) has {0 if buffers is None else buffers.size} values, the "
+                   f"architecture {model!r} needs {want}")
+    if buffers is not None and not np.all(np.isfinite(buffers)):
+        raise _Bad("'buffers' (running statistics) holds non-finite values")
     step.param_vector[...] = params
+    if buffers is not None:
+        step.buffer_vector[...] = buffers
     for dst, i in zip(step.state_vectors, range(meta["n_state"])):
         dst[...] = arrays[f"state_{i}"]
     runtime = step.hyper[list(ex.RUNTIME_SLOTS)].copy()   # this process's BLAS policy, not training state

@@ -4,7 +4,8 @@ A :class:`Graph` holds nodes: inputs, parameters, constants and operations
 built with Python operators (``+``, ``-``, ``*``, ``@``) and the functions
 :func:`maximum`, :func:`sum` and one per activation of the registry
 (:mod:`fastbp.registry.activations`: :func:`relu`, :func:`sigmoid`,
-:func:`tanh`, ...), generated from its entries.  Shapes are inferred (numpy broadcasting, at most two
+:func:`tanh`, ...), generated from its entries, and the normalisations
+:func:`layer_norm` and :func:`batch_norm`.  Shapes are inferred (numpy broadcasting, at most two
 dimensions; a leading ``None`` is the minibatch dimension) and checked as
 each node is built, so a shape error names the nodes involved.
 
@@ -93,8 +94,8 @@ class Node:
     graph : Graph
     op : str
         ``"input"``, ``"param"``, ``"const"``, ``"matmul"``, ``"add"``, ``"mul"``,
-        ``"max"``, ``"sum"``, ``"loss"`` or an activation's registry name
-        (``"relu"``, ``"sigmoid"``, ``"tanh"``, ...).
+        ``"max"``, ``"sum"``, ``"loss"``, ``"layer_norm"``, ``"batch_norm"`` or an
+        activation's registry name (``"relu"``, ``"sigmoid"``, ``"tanh"``, ...).
     inputs : tuple of Node
     shape : tuple
         At most two dimensions; a leading ``None`` is the minibatch size.
@@ -397,3 +398,141 @@ def dropout_probability(p, owner="dropout"):
 
 
 __all__.append("dropout")
+
+
+def _norm_affine_inputs(op, x, n, weight, bias):
+    """The node's inputs ``(x, [weight], [bias])``, each affine parameter a node of
+    ``x``'s graph of shape ``(n,)``."""
+    inputs = [x]
+    for what, p in (("weight", weight), ("bias", bias)):
+        if p is None:
+            continue
+        if not isinstance(p, Node):
+            raise GraphError(f"{op}: {what} must be a graph node (a parameter of shape ({n},)) or None, "
+                             f"got {type(p).__name__}")
+        if p.graph is not x.graph:
+            raise GraphError(f"{op}: {what} {p!r} belongs to another graph than {x!r}")
+        if p.shape != (n,):
+            raise GraphError(f"{op}: {what} {p!r} has shape {_fmt_shape(p.shape)}, expected ({n},)")
+        inputs.append(p)
+    return inputs
+
+
+def _norm_eps(op, eps):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{op}: eps must be a real number, got {type(eps).__name__}")
+    eps = float(eps)
+    if not (np.isfinite(eps) and eps >= 0.0):
+        raise ValueError(f"{op}: eps must be a finite number >= 0, got {eps}")
+    return eps
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5):
+    """Layer normalisation over the last dimension (PyTorch's ``F.layer_norm``).
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias``, the mean and the
+    biased variance taken over each row's ``n`` features.
+
+    Parameters
+    ----------
+    x : Node, shape (batch, n) or (n,)
+    weight, bias : Node of shape (n,), optional
+        Parameters of the same graph (``None``: 1 and 0).
+    eps : float, default 1e-5
+
+    Returns
+    -------
+    Node
+        Same shape as ``x``.  Gradient: ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``
+        with ``g = dy * weight``, ``xhat`` the normalised row; ``dweight = sum dy * xhat``,
+        ``dbias = sum dy``.
+    """
+    g = _graph_of(x, "layer_norm")
+    if len(x.shape) not in (1, 2):
+        raise GraphError(f"layer_norm: {x!r} must be 1-D or 2-D, got shape {_fmt_shape(x.shape)}")
+    n = x.shape[-1]
+    inputs = _norm_affine_inputs("layer_norm", x, n, weight, bias)
+    attrs = {"eps": _norm_eps("layer_norm", eps), "has_w": weight is not None, "has_b": bias is not None}
+    return Node(g, "layer_norm", inputs, x.shape, attrs=attrs)
+
+
+def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, eps=1e-5, momentum=0.1,
+               track_running_stats=True, num_batches_tracked=0, name=None):
+    """Batch normalisation of each column over the minibatch (PyTorch's ``BatchNorm1d``).
+
+    In training calls (a step, ``loss_and_grads``, ``fit``, :func:`fastbp.grad`)
+    each feature is normalised with the minibatch's mean and biased variance,
+    and the running statistics are updated with the *unbiased* variance:
+    ``running = (1 - momentum) * running + momentum * batch`` (``momentum=None``:
+    the cumulative average, ``1 / num_batches_tracked``).  In eval calls
+    (``predict``, validation) the running statistics normalise.  Without
+    ``track_running_stats`` the batch statistics are used in both.
+
+    Parameters
+    ----------
+    x : Node, shape (batch, n)
+    weight, bias : Node of shape (n,), optional
+        Parameters of the same graph (``None``: 1 and 0).
+    running_mean, running_var : array_like of shape (n,), optional
+        Initial running statistics (default 0 and 1); they live in the
+        compiled step (``step.buffers``), are not trained, and are saved in
+        checkpoints.
+    eps : float, default 1e-5
+    momentum : float in [0, 1] or None, default 0.1
+    track_running_stats : bool, default True
+    num_batches_tracked : int, default 0
+    name : str, optional
+        The node's name: the running statistics are ``step.buffers[name + ".running_mean"]`` ...
+
+    Returns
+    -------
+    Node
+        Same shape as ``x``.  Gradient (batch statistics):
+        ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))`` over each column,
+        ``g = dy * weight``; with running statistics ``dx = g * rstd``.
+
+    Notes
+    -----
+    A training call with a minibatch of one row raises ValueError ("Expected
+    more than 1 value per channel when training"), as PyTorch does.  Under
+    MPI (:class:`fastbp.distributed.DistributedStep`) each rank normalises with
+    the statistics of its own rows and keeps its own running statistics, like
+    PyTorch's DistributedDataParallel without SyncBatchNorm.
+    """
+    g = _graph_of(x, "batch_norm")
+    if len(x.shape) != 2:
+        raise GraphError(f"batch_norm: {x!r} must be 2-D (batch, features), got shape {_fmt_shape(x.shape)}")
+    n = x.shape[-1]
+    inputs = _norm_affine_inputs("batch_norm", x, n, weight, bias)
+    if momentum is not None:
+        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+            raise TypeError(f"batch_norm: momentum must be a real number or None, got {type(momentum).__name__}")
+        momentum = float(momentum)
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"batch_norm: momentum must be in [0, 1] or None, got {momentum}")
+    if not isinstance(track_running_stats, (bool, np.bool_)):
+        raise TypeError(f"batch_norm: track_running_stats must be a bool, got {type(track_running_stats).__name__}")
+    stats = []
+    for what, v, default in (("running_mean", running_mean, 0.0), ("running_var", running_var, 1.0)):
+        arr = np.full(n, default) if v is None else np.array(v, dtype=np.float64)
+        if arr.shape != (n,):
+            raise ValueError(f"batch_norm: {what} must have shape ({n},), got {arr.shape}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"batch_norm: {what} must be finite")
+        stats.append(arr)
+    if isinstance(num_batches_tracked, bool) or not isinstance(num_batches_tracked, numbers.Integral):
+        raise TypeError(f"batch_norm: num_batches_tracked must be an int, got {type(num_batches_tracked).__name__}")
+    if num_batches_tracked < 0:
+        raise ValueError(f"batch_norm: num_batches_tracked must be >= 0, got {num_batches_tracked}")
+    attrs = {"eps": _norm_eps("batch_norm", eps), "has_w": weight is not None, "has_b": bias is not None,
+             "momentum": momentum, "track": bool(track_running_stats), "running_mean": stats[0],
+             "running_var": stats[1], "num_batches_tracked": int(num_batches_tracked)}
+    node = Node(g, "batch_norm", inputs, x.shape, attrs=attrs)
+    if name is not None:
+        g._unique(name, "batch_norm")
+        node.name = name
+        g._names[name] = node
+    return node
+
+
+__all__ += ["layer_norm", "batch_norm"]

@@ -19,8 +19,9 @@ import numpy as np
 from . import _validate as _v
 from . import graph as _g
 from .registry import activations as _acts
+from ._norm_layers import _NORM_TYPES, BatchNorm1d, LayerNorm, _Norm, _norm_from_spec
 
-__all__ = ["Linear", "Sequential", "Dropout", "Residual"]
+__all__ = ["Linear", "Sequential", "Dropout", "Residual", "LayerNorm", "BatchNorm1d"]
 
 
 class Layer:
@@ -200,7 +201,7 @@ del _e
 
 def layer_names():
     """"Linear, ReLU, Sigmoid or Tanh": the layer classes, for messages (the registry's order)."""
-    names = ["Linear"] + [e.layer for e in _acts.entries(public=True)]
+    names = ["Linear"] + [e.layer for e in _acts.entries(public=True)] + list(_NORM_TYPES)
     return ", ".join(names[:-1]) + " or " + names[-1]
 
 
@@ -221,7 +222,7 @@ class Residual(Layer):
 
     Parameters
     ----------
-    *layers : Linear, activation layers, Dropout or Residual
+    *layers : Linear, activation layers, Dropout, LayerNorm, BatchNorm1d or Residual
         ``f``; it must map the block's width to itself (checked when the
         model is built: a ValueError naming the block otherwise).
 
@@ -244,7 +245,7 @@ class Residual(Layer):
         if not layers:
             raise ValueError("Residual needs at least one layer (f in x + f(x))")
         for i, layer in enumerate(layers):
-            if not isinstance(layer, (Linear, _Activation, Dropout, Residual)):
+            if not isinstance(layer, (Linear, _Activation, Dropout, Residual, _Norm)):
                 raise TypeError(f"Residual: layer {i} must be a fastbp {layer_names()}, Dropout or Residual, "
                                 f"got {type(layer).__name__}")
         self.layers = tuple(layers)
@@ -266,6 +267,8 @@ class Residual(Layer):
             key = f"{prefix}.{j}"
             if isinstance(layer, Residual):
                 h = layer.build(g, h, key, params)
+            elif isinstance(layer, _Norm):
+                h = _build_norm(layer, g, h, key, params)
             else:
                 h = layer.build(g, h, key, params.get(f"{key}.W"), params.get(f"{key}.b"))
         if h.shape != x.shape:
@@ -318,7 +321,7 @@ class Sequential(Layer):
         if not layers:
             raise ValueError("Sequential needs at least one layer")
         for i, layer in enumerate(layers):
-            if not isinstance(layer, (Linear, _Activation, Dropout, Residual)):
+            if not isinstance(layer, (Linear, _Activation, Dropout, Residual, _Norm)):
                 raise TypeError(f"Sequential: layer {i} must be a fastbp {layer_names()}, got {type(layer).__name__}")
         first = _first_linear(layers)
         if first is None:
@@ -347,6 +350,12 @@ class Sequential(Layer):
             params[f"{key}.W"] = W
             if b is not None:
                 params[f"{key}.b"] = b
+        for key, layer in _norm_layers(self.layers):
+            w, b = layer.init()     # draws nothing: the Linear layers' weights are unchanged
+            if w is not None:
+                params[f"{key}.weight"] = w
+            if b is not None:
+                params[f"{key}.bias"] = b
         return params
 
     def build_graph(self, params):
@@ -357,6 +366,9 @@ class Sequential(Layer):
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Residual):
                 h = layer.build(g, h, str(i), params)
+                continue
+            if isinstance(layer, _Norm):
+                h = _build_norm(layer, g, h, str(i), params)
                 continue
             h = layer.build(g, h, str(i), params.get(f"{i}.W"), params.get(f"{i}.b"))
         return g, x, h
@@ -400,6 +412,9 @@ def _layers_from_spec(specs):
                                  f"expected ['layers', 'type']")
             layers.append(Residual(*_layers_from_spec(ls["layers"])))
             continue
+        if t in _NORM_TYPES:
+            layers.append(_norm_from_spec(t, ls))
+            continue
         if t == "Dropout":
             if set(ls) != {"type", "p"}:
                 raise ValueError(f"layer 'Dropout' in model spec has fields {sorted(ls)}, expected ['p', 'type']")
@@ -417,3 +432,23 @@ def _layers_from_spec(specs):
                 raise ValueError(f"layer {t!r} in model spec has unknown fields {sorted(extra)}")
             layers.append(layer_class(entry)(**{p.name: ls[p.name] for p in entry.params if p.name in ls}))
     return layers
+
+
+def _norm_layers(layers, prefix=""):
+    """``(name prefix, layer)`` of every LayerNorm / BatchNorm1d of ``layers``, inside
+    Residual blocks too."""
+    for i, layer in enumerate(layers):
+        key = f"{prefix}{i}"
+        if isinstance(layer, Residual):
+            yield from _norm_layers(layer.layers, key + ".")
+        elif isinstance(layer, _Norm):
+            yield key, layer
+
+
+def _build_norm(layer, g, h, key, params):
+    """A norm layer in graph ``g``: its weight/bias (and BatchNorm's running statistics from
+    ``from_torch``: ``params["<key>.running"]``) from ``params`` when given."""
+    if isinstance(layer, BatchNorm1d):
+        return layer.build(g, h, key, params.get(f"{key}.weight"), params.get(f"{key}.bias"),
+                           params.get(f"{key}.running"))
+    return layer.build(g, h, key, params.get(f"{key}.weight"), params.get(f"{key}.bias"))

@@ -191,6 +191,7 @@ class TrainStep(StepBase):
         (:meth:`_make_fast`) does not take."""
         x, n = self._features(x, "x", self.batch_size)
         yi, yf = self._targets(y, n, check_range=False)
+        self.check_train_rows(n)
         with self._lock:
             status, loss, info = ex.run_tape(self._ctx, 0, self._tape_end[mode], n, x, yi, yf)
         if status:
@@ -330,12 +331,13 @@ class TrainStep(StepBase):
         p = self.plan
         bs = self.batch_size
         with self._lock:
-            self.hyper[ex.H_TRAINING] = 0.0     # eval mode (Dropout off) for this call only
+            self.hyper[ex.H_TRAINING] = 0.0     # eval mode (Dropout off, BatchNorm's running statistics)
             try:
                 if -(-n // bs) >= PREDICT_NATIVE_MIN_CHUNKS:
                     status, row = ex.run_predict(self._ctx, p.sec, X, out, bs, p.out_buf)
                     if status:
-                        self._raise_status(status, 0, where=f" in predict (rows from {row})")
+                        self._raise_status(status, ex.INFO_ONE_ROW if status == ex.STATUS_BAD_INPUT else 0,
+                                           where=f" in predict (rows from {row})")
                     return out
                 # few chunks: one already-compiled forward call each (the same code run_predict runs)
                 off, _, cols = (int(v) for v in p.bufs[p.out_buf])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import Dropout, Linear, Sequential, layer_class
+from .layers import BatchNorm1d, Dropout, LayerNorm, Linear, Sequential, layer_class
 from .optimizers import Adam, SGD
 from .registry import activations as _acts
 from .registry import losses as _losses
@@ -164,8 +164,15 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
         elif type(m) in kinds:
             entry = kinds[type(m)]
             layers.append(layer_class(entry)(**{p.name: getattr(m, p.name) for p in entry.params}))
+        elif type(m) in (torch.nn.LayerNorm, torch.nn.BatchNorm1d):
+            layers.append(_norm_layer(m, i, torch))
+            for p in list(m.parameters()) + [b for b in m.buffers() if b.is_floating_point()]:
+                if p.device.type != "cpu":
+                    raise ValueError(f"model layer {i} is on {p.device}; from_torch needs a CPU model")
+                dtypes.add(p.dtype)
+            names.append((str(i), m))
         else:
-            names = ", ".join(["Linear", "Dropout"] + [c.__name__ for c in kinds])
+            names = ", ".join(["Linear", "Dropout"] + [c.__name__ for c in kinds] + ["LayerNorm", "BatchNorm1d"])
             raise ValueError(f"model layer {i} is a {type(m).__name__}; from_torch supports {names}")
     if len(dtypes) != 1 or next(iter(dtypes)) not in (torch.float32, torch.float64):
         raise TypeError(f"model parameters must all be float32 or all float64, got {sorted(map(str, dtypes))}")
@@ -174,6 +181,9 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     params = {}
     with torch.no_grad():
         for prefix, m in names:
+            if not isinstance(m, torch.nn.Linear):
+                _norm_params(m, prefix, params, torch)
+                continue
             params[f"{prefix}.W"] = m.weight.detach().numpy().astype(np.float64)
             if m.bias is not None:
                 params[f"{prefix}.b"] = m.bias.detach().numpy().astype(np.float64)
@@ -182,7 +192,10 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     # exact copy of the weights (the float64 round trip above is exact), then share storage
     with torch.no_grad():
         for prefix, m in names:
-            for attr, key in (("weight", "W"), ("bias", "b")):
+            lin = isinstance(m, torch.nn.Linear)
+            if not lin:
+                _share_running(m, prefix, step, torch)
+            for attr, key in (("weight", "W" if lin else "weight"), ("bias", "b" if lin else "bias")):
                 p = getattr(m, attr)
                 if p is None:
                     continue
@@ -201,7 +214,8 @@ def _import_optimizer_state(opt, names, step, torch):
     p0 = step.plan.param_region[0]
     steps = set()
     for prefix, m in names:
-        for attr, key in (("weight", "W"), ("bias", "b")):
+        lin = isinstance(m, torch.nn.Linear)
+        for attr, key in (("weight", "W" if lin else "weight"), ("bias", "b" if lin else "bias")):
             p = getattr(m, attr)
             st = opt.state.get(p) if p is not None else None
             if not st:
@@ -222,3 +236,40 @@ def _import_optimizer_state(opt, names, step, torch):
     if steps and isinstance(step.optimizer, Adam):
         from . import _executor as ex
         step.hyper[ex.H_T] = steps.pop()
+
+
+def _norm_layer(m, i, torch):
+    """The fastbp layer of a ``torch.nn.LayerNorm`` / ``BatchNorm1d`` (exact classes)."""
+    if isinstance(m, torch.nn.LayerNorm):
+        if len(m.normalized_shape) != 1:
+            raise ValueError(f"model layer {i}: LayerNorm{tuple(m.normalized_shape)}: fastbp normalises the last "
+                             f"dimension only (normalized_shape of one int)")
+        has_bias = getattr(m, "bias", None) is not None or not m.elementwise_affine
+        return LayerNorm(m.normalized_shape[0], eps=m.eps, elementwise_affine=m.elementwise_affine, bias=has_bias)
+    return BatchNorm1d(m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
+                       track_running_stats=m.track_running_stats and m.running_mean is not None)
+
+
+def _norm_params(m, prefix, params, torch):
+    """The initial values of a norm layer: weight, bias and the running statistics."""
+    if m.weight is not None:
+        params[f"{prefix}.weight"] = m.weight.detach().numpy().astype(np.float64)
+    if m.bias is not None:
+        params[f"{prefix}.bias"] = m.bias.detach().numpy().astype(np.float64)
+    if isinstance(m, torch.nn.BatchNorm1d) and m.running_mean is not None:
+        nbt = int(m.num_batches_tracked) if m.num_batches_tracked is not None else 0
+        params[f"{prefix}.running"] = (m.running_mean.detach().numpy().astype(np.float64),
+                                       m.running_var.detach().numpy().astype(np.float64), nbt)
+
+
+def _share_running(m, prefix, step, torch):
+    """A BatchNorm1d's running statistics become views of the step's own (exact copy
+    first), so ``model.eval(); model(x)`` sees the statistics the steps updated.
+    ``num_batches_tracked`` (an int64 tensor in PyTorch) is a copy, taken at compile
+    time: the step's count is ``step.buffers["<i>.num_batches_tracked"]``."""
+    if not isinstance(m, torch.nn.BatchNorm1d) or m.running_mean is None:
+        return
+    for attr in ("running_mean", "running_var"):
+        live = step.buffers[f"{prefix}.{attr}"]
+        live[...] = getattr(m, attr).detach().numpy()
+        setattr(m, attr, torch.from_numpy(live))

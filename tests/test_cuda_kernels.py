@@ -829,6 +829,29 @@ def _ptx_table(dtype):
         "dropout": (_dropout_kernel(), (M, M, 1, 2, 3, 0.5, True)),
         # every kernel of every activation of the registry ("relu.linear_fwd", ...)
         **a_.registry_kernels(dtype),
+        **_norm_ptx_table(dtype),
+    }
+
+
+def _norm_ptx_table(dtype):
+    """The normalisation kernels (fastbp.kernels.cuda.norm) with example arguments."""
+    from fastbp.kernels.cuda import norm as no
+    M = np.zeros((3, 3), dtype)
+    S = np.zeros((5, 3), dtype)
+    v = np.zeros(3, dtype)
+    one = np.zeros(1, dtype)
+    f = np.zeros(1)
+    return {
+        "ln_fwd": (no._k_ln_fwd, (M, v, v, M, M, v)),
+        "ln_dparams": (no._k_ln_dparams, (M, M, M, v, v, True, True)),
+        "ln_dx": (no._k_ln_dx, (M, v, M, M, M, True)),
+        "bn_stats": (no._k_bn_stats, (M, S, M, v, True)),
+        "bn_apply": (no._k_bn_apply, (M, v, v, M, S)),
+        "bn_dparams": (no._k_bn_dparams, (M, S, M, v, v, True, True)),
+        "bn_dx": (no._k_bn_dx, (M, v, S, M, M, True, True)),
+        "bn_flag_nonfinite": (no._k_flag_nonfinite, (v, f)),
+        "bn_running": (no._k_bn_running, (S, M, one, v, 4, f, np.zeros(4))),
+        "bn_count": (no._k_bn_count, (one, f, np.zeros(4))),
     }
 
 
@@ -841,6 +864,7 @@ def _dropout_kernel():
 #: accumulators and the mean are float64 by contract (as on the CPU); dropout
 #: compares its 24-bit uniform with 1 - p in float64 (p exact, as PyTorch's)
 _F64_BY_CONTRACT = {"mse", "bce_logits", "svm", "mean", "dropout"}
+_F64_BY_CONTRACT |= {"bn_flag_nonfinite"}     # a float64 flag: its NaN test of a float32 value
 _F64_OP = re.compile(r"\b(?:add|sub|mul|fma|div|sqrt|max|min|neg|abs)(?:\.[a-z]+)*\.f64\b")
 _PRODUCTS = ("mm_nn", "mm_nt", "mm_tn")
 

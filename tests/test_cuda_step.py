@@ -161,6 +161,34 @@ def test_gpu_step_matches_cpu(case):
     assert gpu.n_steps == 2
 
 
+
+# ============================================== normalisation layers (issue 14)
+@requires_cuda
+@pytest.mark.parametrize("norm", ["batchnorm", pytest.param("layernorm", marks=pytest.mark.thorough)])
+def test_gpu_norm_layers_match_cpu(norm):
+    """LayerNorm / BatchNorm1d instructions on the GPU: steps, gradients, running statistics,
+    eval-mode predict, and a one-row training call refused, as on the CPU."""
+    layer = fastbp.BatchNorm1d(6, momentum=0.3) if norm == "batchnorm" else fastbp.LayerNorm(6)
+    cpu, gpu = make_pair([L(5, 6), layer, fastbp.Tanh(), L(6, 3)], "softmax_cross_entropy",
+                         lambda: fastbp.SGD(lr=0.1, momentum=0.9), np.float64)
+    rng = np.random.default_rng(3)
+    for n in (4, 3):
+        x, y = batch(cpu, n, rng)
+        assert gpu(x, y) == approx(cpu(x, y), np.float64)
+    assert_same_state(cpu, gpu)
+    np.testing.assert_allclose(gpu.buffer_vector, cpu.buffer_vector, **tol(np.float64))
+    assert set(gpu.buffers) == set(cpu.buffers)
+    x, _ = batch(cpu, 5, rng)
+    np.testing.assert_allclose(gpu.predict(x), cpu.predict(x), **tol(np.float64))
+    if norm == "batchnorm":
+        assert gpu.buffers["1.num_batches_tracked"][0] == 2
+        before = gpu.buffer_vector.copy()
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            gpu(x[:1], np.zeros(1, dtype=np.int64))
+        np.testing.assert_array_equal(gpu.buffer_vector, before)
+        # load_params_from a CPU step takes its running statistics too
+        gpu.load_params_from(cpu)
+        np.testing.assert_array_equal(gpu.buffer_vector, cpu.buffer_vector)
 # ================================================================== dropout
 @requires_cuda
 @pytest.mark.parametrize("dtype", [np.float64, pytest.param(np.float32, marks=pytest.mark.thorough)])

@@ -22,6 +22,7 @@ from .gemm import _blas_mm, _jit_mm, _mm_small
 from .linear import _colsum
 from .losses import _bce_logits, _mse, _softmax_xent, _svm
 from .optim import _adam_update, _sgd_update
+from .norm import _batchnorm_bwd, _batchnorm_fwd, _batchnorm_running, _layernorm_bwd, _layernorm_fwd
 from .dropout import _dropout
 
 (K_COLSUM, K_GATE_FWD, K_GATE_BWD, K_SUM_FWD, K_SUM_BWD, K_SOFTMAX_XENT,
@@ -34,6 +35,9 @@ N_KERNELS = K_ACT + N_ROLES * _R.CAPACITY
 #: dropout's kernel (forward and backward), after the activations' block
 K_DROPOUT = N_KERNELS
 N_KERNELS = K_DROPOUT + 1
+#: the normalisation kernels (fastbp.kernels.norm), after dropout's
+(K_LN_FWD, K_LN_BWD, K_BN_FWD, K_BN_BWD, K_BN_RUNNING) = range(N_KERNELS, N_KERNELS + 5)
+N_KERNELS = K_BN_RUNNING + 1
 #: the identity's kernels: the prototypes whose signatures every entry's kernels share
 K_PROTO_BIAS_ACT = K_ACT + _act.ROLE_BIAS_ACT
 K_PROTO_FWD = K_ACT + _act.ROLE_FWD
@@ -69,6 +73,14 @@ native_kernel(K_ADAM, _adam_update.serial, NONE,
 native_kernel(K_MM_SMALL, _mm_small, NONE, lambda d: (a2(d), a2(d), a2(d), B, B, B))
 native_kernel(K_BLAS_MM, _blas_mm, NONE, lambda d: (a2(d), a2(d), a2(d), B, B, B))
 native_kernel(K_JIT_MM, _jit_mm, B, lambda d: (a2(d), a2(d), a2(d), B, B, B, I1, I64))
+native_kernel(K_LN_FWD, _layernorm_fwd.serial, NONE, lambda d: (a2(d), a1(d), a1(d), a2(d), a2(d), a1(d)))
+native_kernel(K_LN_BWD, _layernorm_bwd.serial, NONE,
+              lambda d: (a2(d), a1(d), a2(d), a2(d), a2(d), a1(d), a1(d), B, B, B))
+native_kernel(K_BN_FWD, _batchnorm_fwd.serial, NONE,
+              lambda d: (a2(d), a1(d), a1(d), a2(d), a2(d), a2(d), a1(d), B))
+native_kernel(K_BN_BWD, _batchnorm_bwd.serial, NONE,
+              lambda d: (a2(d), a1(d), a2(d), a2(d), a2(d), a1(d), a1(d), B, B, B, B))
+native_kernel(K_BN_RUNNING, _batchnorm_running.serial, NONE, lambda d: (a2(d), a2(d), a1(d), a1(d), I64))
 native_kernel(K_DROPOUT, _dropout.serial, NONE, lambda d: (a2(d), a2(d), I64, I64, I64, F64, B))
 
 #: argument types of the activation roles (bias_act, fwd, bwd)
@@ -179,6 +191,10 @@ _OP_KERNELS = {
     _isa.OP_GATE_BWD: ((K_GATE_BWD,), False), _isa.OP_ACT_BWD: ((), False),
     _isa.OP_SUM_BWD: ((K_SUM_BWD,), False), _isa.OP_SGD: ((K_SGD,), False), _isa.OP_ADAM: ((K_ADAM,), False),
 }
+_OP_KERNELS[_isa.OP_LAYERNORM] = ((K_LN_FWD,), False)
+_OP_KERNELS[_isa.OP_LAYERNORM_BWD] = ((K_LN_BWD,), False)
+_OP_KERNELS[_isa.OP_BATCHNORM] = ((K_BN_FWD, K_BN_RUNNING), False)
+_OP_KERNELS[_isa.OP_BATCHNORM_BWD] = ((K_BN_BWD,), False)
 _OP_KERNELS[_isa.OP_DROPOUT] = ((K_DROPOUT,), False)
 _OP_KERNELS[_isa.OP_DROPOUT_BWD] = ((K_DROPOUT,), False)
 #: opcodes whose C_G is an activation code, and the roles of its kernels they call

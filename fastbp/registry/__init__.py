@@ -10,6 +10,9 @@
   generated from, or look up, the entries.
 * :mod:`.losses`, :mod:`.gates`, :mod:`.optimizers` -- codes, names and the
   kernels that implement each entry, on both targets.
+* :mod:`.norms` -- the normalisation layers (LayerNorm, BatchNorm1d): their
+  graph op names and the scalar bodies of their elementwise parts, compiled
+  for both targets (:mod:`fastbp.kernels.norm`, :mod:`fastbp.kernels.cuda.norm`).
 
 These modules import neither numba nor numpy: the graph and layer layers can
 use them without loading any native code.

@@ -1,0 +1,221 @@
+"""Normalisation layers: LayerNorm and BatchNorm1d forward, backward and running statistics.
+
+Every kernel writes into caller-allocated arrays; the executor
+(:func:`fastbp._executor.run_tape`) calls them by address (:mod:`.table`).
+``w`` / ``b`` of size 0 mean "no weight" / "no bias" (``elementwise_affine``
+or ``affine`` False).  ``P`` is the layer's float row: ``P[0] = eps``
+(BatchNorm: ``P[1] = momentum``, ``P[2] = 1`` for the cumulative average of
+``momentum=None``).
+
+The elementwise parts (normalise + affine, and the per-element backward) are
+the scalar bodies of :mod:`fastbp.registry.norms`, the same Python functions
+the CUDA kernels (:mod:`fastbp.kernels.cuda.norm`) compile.
+
+Math (``xhat = (x - mean) * rstd``, ``rstd = 1 / sqrt(var + eps)``, ``var``
+the biased variance; ``g = dy * w``):
+
+* forward ``y = xhat * w + b``;
+* backward over the ``n`` values normalised together (a row for LayerNorm,
+  a column of the minibatch for BatchNorm in training)
+  ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``,
+  ``dw = sum dy * xhat``, ``db = sum dy`` (the last two summed over the
+  minibatch);
+* BatchNorm in eval mode normalises with the running statistics, constants:
+  ``dx = g * rstd``.
+
+Every reduction runs in a fixed order (rows in order), so the result does not
+depend on the thread count.
+"""
+import math
+
+import numba
+
+from .._jit import kernel
+from ..registry import norms as _body
+
+_norm_affine = numba.njit(inline="always")(_body.norm_affine)
+_norm_dx = numba.njit(inline="always")(_body.norm_dx)
+
+
+@kernel
+def _layernorm_fwd(X, w, b, Y, S, P):
+    """LayerNorm over each row of ``X (B, N)``: ``S[i] = (mean, rstd)`` of row ``i``
+    (one pass of statistics, mean then biased variance), then
+    ``Y = (X - mean) * rstd * w + b`` (one pass).  Derivative: see
+    :func:`_layernorm_bwd`."""
+    B, N = X.shape
+    dt = X.dtype.type
+    eps = P[0]
+    inv_n = 1.0 / N
+    has_w = w.shape[0] > 0
+    has_b = b.shape[0] > 0
+    one = dt(1.0)
+    zero = dt(0.0)
+    for i in range(B):
+        s = zero
+        for j in range(N):
+            s += X[i, j]
+        mean = dt(s * inv_n)
+        v = zero
+        for j in range(N):
+            d = X[i, j] - mean
+            v += d * d
+        rstd = dt(1.0 / math.sqrt(v * inv_n + eps))
+        S[i, 0] = mean
+        S[i, 1] = rstd
+        for j in range(N):
+            Y[i, j] = _norm_affine(X[i, j], mean, rstd, w[j] if has_w else one, b[j] if has_b else zero)
+
+
+@kernel
+def _layernorm_bwd(X, w, S, dY, dX, dw, db, acc_x, acc_w, acc_b):
+    """Backward of :func:`_layernorm_fwd`: per row
+    ``dX = rstd * (g - mean(g) - xhat * mean(g * xhat))`` with ``g = dY * w``,
+    ``xhat = (X - mean) * rstd``; ``dw (+)= sum_rows dY * xhat``, ``db (+)= sum_rows dY``.
+    An output of size 0 is not wanted; ``acc_*``: add to the output."""
+    B, N = X.shape
+    dt = X.dtype.type
+    zero = dt(0.0)
+    one = dt(1.0)
+    has_w = w.shape[0] > 0
+    inv_n = dt(1.0 / N)
+    if dw.shape[0] > 0:
+        if not acc_w:
+            for j in range(N):
+                dw[j] = zero
+        for i in range(B):
+            mean = S[i, 0]
+            rstd = S[i, 1]
+            for j in range(N):
+                dw[j] += dY[i, j] * ((X[i, j] - mean) * rstd)
+    if db.shape[0] > 0:
+        if not acc_b:
+            for j in range(N):
+                db[j] = zero
+        for i in range(B):
+            for j in range(N):
+                db[j] += dY[i, j]
+    if dX.shape[0] > 0:
+        for i in range(B):
+            mean = S[i, 0]
+            rstd = S[i, 1]
+            sg = zero
+            sgx = zero
+            for j in range(N):
+                g = dY[i, j] * (w[j] if has_w else one)
+                sg += g
+                sgx += g * ((X[i, j] - mean) * rstd)
+            mg = sg * inv_n
+            mgx = sgx * inv_n
+            for j in range(N):
+                g = dY[i, j] * (w[j] if has_w else one)
+                d = _norm_dx(g, (X[i, j] - mean) * rstd, rstd, mg, mgx)
+                if acc_x:
+                    dX[i, j] += d
+                else:
+                    dX[i, j] = d
+
+
+@kernel
+def _batchnorm_fwd(X, w, b, Y, S, R, P, training):
+    """BatchNorm1d over the columns of ``X (B, N)``.
+
+    Training (or no running statistics, ``R`` empty): ``S[0] = mean`` and
+    ``S[1] = rstd`` of each column over the minibatch (biased variance),
+    ``S[2]`` the column's sum of squared deviations (for the unbiased running
+    variance; ``S`` has 5 rows, the last two scratch of the backward); eval: ``S[0], S[1]`` from the running ``R[0] = mean``,
+    ``R[1] = var``.  Then ``Y = (X - mean) * rstd * w + b``.  Derivative: see
+    :func:`_batchnorm_bwd`."""
+    B, N = X.shape
+    dt = X.dtype.type
+    eps = P[0]
+    has_w = w.shape[0] > 0
+    has_b = b.shape[0] > 0
+    one = dt(1.0)
+    zero = dt(0.0)
+    if training or R.shape[0] == 0:
+        inv_b = 1.0 / B
+        for j in range(N):
+            S[0, j] = zero
+            S[2, j] = zero
+        for i in range(B):
+            for j in range(N):
+                S[0, j] += X[i, j]
+        for j in range(N):
+            S[0, j] = dt(S[0, j] * inv_b)
+        for i in range(B):
+            for j in range(N):
+                d = X[i, j] - S[0, j]
+                S[2, j] += d * d
+        for j in range(N):
+            S[1, j] = dt(1.0 / math.sqrt(S[2, j] * inv_b + eps))
+    else:
+        for j in range(N):
+            S[0, j] = R[0, j]
+            S[1, j] = dt(1.0 / math.sqrt(R[1, j] + eps))
+    for i in range(B):
+        for j in range(N):
+            Y[i, j] = _norm_affine(X[i, j], S[0, j], S[1, j], w[j] if has_w else one, b[j] if has_b else zero)
+
+
+@kernel
+def _batchnorm_bwd(X, w, S, dY, dX, dw, db, acc_x, acc_w, acc_b, batch_stats):
+    """Backward of :func:`_batchnorm_fwd`: ``dw (+)= sum_rows dY * xhat``,
+    ``db (+)= sum_rows dY``; with batch statistics (``batch_stats``) per column
+    ``dX = rstd * (g - mean(g) - xhat * mean(g * xhat))``, ``g = dY * w``,
+    else (running statistics, constants) ``dX = g * rstd``.  ``S[3]``, ``S[4]``:
+    scratch for the column sums of ``dY`` and ``dY * xhat``."""
+    B, N = X.shape
+    dt = X.dtype.type
+    zero = dt(0.0)
+    one = dt(1.0)
+    has_w = w.shape[0] > 0
+    inv_b = dt(1.0 / B)
+    for j in range(N):
+        S[3, j] = zero
+        S[4, j] = zero
+    for i in range(B):
+        for j in range(N):
+            S[3, j] += dY[i, j]
+    for i in range(B):
+        for j in range(N):
+            S[4, j] += dY[i, j] * ((X[i, j] - S[0, j]) * S[1, j])
+    if dw.shape[0] > 0:
+        for j in range(N):
+            dw[j] = dw[j] + S[4, j] if acc_w else S[4, j]
+    if db.shape[0] > 0:
+        for j in range(N):
+            db[j] = db[j] + S[3, j] if acc_b else S[3, j]
+    if dX.shape[0] == 0:
+        return
+    for i in range(B):
+        for j in range(N):
+            ww = w[j] if has_w else one
+            rstd = S[1, j]
+            g = dY[i, j] * ww
+            if batch_stats:
+                d = _norm_dx(g, (X[i, j] - S[0, j]) * rstd, rstd, S[3, j] * ww * inv_b, S[4, j] * ww * inv_b)
+            else:
+                d = g * rstd
+            if acc_x:
+                dX[i, j] += d
+            else:
+                dX[i, j] = d
+
+
+@kernel
+def _batchnorm_running(S, R, T, P, nb):
+    """The running statistics after a training minibatch of ``nb >= 2`` rows:
+    ``T[0] += 1`` (batches tracked), ``f = momentum`` (or ``1 / T[0]`` for the
+    cumulative average), ``R[0] = (1 - f) R[0] + f mean``,
+    ``R[1] = (1 - f) R[1] + f var_unbiased`` (PyTorch's update)."""
+    N = R.shape[1]
+    dt = R.dtype.type
+    T[0] += dt(1.0)
+    f = dt(1.0 / T[0]) if P[2] != 0.0 else dt(P[1])
+    keep = dt(1.0) - f
+    inv = dt(1.0 / (nb - 1))
+    for j in range(N):
+        R[0, j] = f * S[0, j] + keep * R[0, j]
+    for j in range(N):
+        R[1, j] = f * (S[2, j] * inv) + keep * R[1, j]
