@@ -146,7 +146,7 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     layers, names = [], []
     dtypes = set()
     # the activation modules fastbp has: from the registry (exact classes only)
-    kinds = {getattr(torch.nn, e.torch): e for e in _acts.entries(public=True)
+    kinds = {getattr(torch.nn, e.torch): e for e in _acts.layer_entries()
              if e.torch is not None and hasattr(torch.nn, e.torch)}
     for i, m in enumerate(model):
         if isinstance(m, torch.nn.Linear):
@@ -158,7 +158,10 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
             names.append((str(i), m))
         elif type(m) in kinds:
             entry = kinds[type(m)]
-            layers.append(layer_class(entry)(**{p.name: getattr(m, p.name) for p in entry.params}))
+            kw = {p.name: getattr(m, p.name) for p in entry.params}
+            if entry.choice is not None:        # nn.GELU(approximate=...)
+                kw[entry.choice.name] = getattr(m, entry.choice.name)
+            layers.append(layer_class(entry)(**kw))
         else:
             names = ", ".join(["Linear"] + [c.__name__ for c in kinds])
             raise ValueError(f"model layer {i} is a {type(m).__name__}; from_torch supports {names}")

@@ -11,6 +11,10 @@
 * :mod:`.losses`, :mod:`.gates`, :mod:`.optimizers` -- codes, names and the
   kernels that implement each entry, on both targets.
 
-These modules import neither numba nor numpy: the graph and layer layers can
-use them without loading any native code.
+* :mod:`.fastmath` -- ``exp``, ``erf``, ``log1p`` of one number that
+  vectorise in float32 (the activations' scalar bodies call them).
+
+These modules import neither numba nor numpy, but :mod:`.fastmath` (numba
+dispatchers: the scalar bodies can only call compiled functions), which
+:mod:`.activations` imports.
 """
