@@ -139,7 +139,7 @@ def _make(entry):
         + [P("out", kind, default=None)])
     pdoc = _param_doc(entry)
     forward.__doc__ = f"""{entry.layer} ``{entry.formula}`` elementwise (``torch.nn.{entry.torch}``).
-
+{_acts.variant_doc(entry)}
     Finite and warning-free for every finite input; NaN stays NaN.
 
     Parameters
@@ -156,7 +156,7 @@ def _make(entry):
     """
     what = "output ``y``" if entry.uses == "output" else "input ``x``"
     backward.__doc__ = f"""Gradient of {entry.layer} from the forward {what}: ``dx = dy * f'``, ``{entry.dformula}``.
-
+{_acts.variant_doc(entry)}
     Parameters
     ----------
     {tn} : numpy.ndarray, any shape

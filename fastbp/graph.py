@@ -331,7 +331,7 @@ def _graph_function(entry):
     fn.__name__ = fn.__qualname__ = entry.name
     fn.__module__ = __name__
     pdoc = _acts.param_doc(entry)
-    fn.__doc__ = (f"``{entry.formula}`` elementwise; gradient ``{entry.dformula}``.\n\n"
+    fn.__doc__ = (f"``{entry.formula}`` elementwise; gradient ``{entry.dformula}``.\n{_acts.variant_doc(entry)}\n"
                   f"    Parameters\n    ----------\n    x : Node\n        A node of this graph, any shape.\n{pdoc}"
                   f"\n    Returns\n    -------\n    Node\n        Same shape as ``x``.\n")
     fn.__signature__ = inspect.Signature(

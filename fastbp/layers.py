@@ -153,9 +153,7 @@ class _Activation(Layer):
 def _layer_class(entry):
     """The layer class of a registry activation."""
     pdoc = _acts.param_doc(entry)
-    variants = "".join(f"\n    ``{entry.choice.name}={v!r}``: ``{_acts.get(n).formula}`` (local gradient "
-                       f"``{_acts.get(n).dformula}``).\n" for v, n in (entry.choice.options if entry.choice else ())
-                       if n != entry.name)
+    variants = _acts.variant_doc(entry)
     doc = (f"Activation layer ``{entry.formula}`` elementwise (local gradient ``{entry.dformula}``).\n{variants}\n"
            + (f"    Parameters\n    ----------\n{pdoc}" if pdoc else "")
            + f"\n    PyTorch: ``torch.nn.{entry.torch}``."

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from . import fastmath as _fm
 
 __all__ = ["Param", "Choice", "Activation", "register", "unregister", "get", "by_code", "entries",
-           "layer_entries", "lookup", "select", "variant_of", "param_doc", "IDENTITY", "CAPACITY"]
+           "layer_entries", "lookup", "select", "variant_of", "param_doc", "variant_doc", "IDENTITY", "CAPACITY"]
 
 #: the most entries (codes 0 .. CAPACITY-1): the size of the kernel tables
 CAPACITY = 32
@@ -239,6 +239,13 @@ def param_doc(entry):
         values = ", ".join(repr(v) for v, _ in c.options)
         out += f"    {c.name} : {{{values}}}, default {c.default!r}\n        {c.doc}\n"
     return out
+
+
+def variant_doc(entry):
+    """Docstring lines (indented 4) on the entries ``entry``'s choice selects besides itself."""
+    c = entry.choice
+    return "".join(f"\n    ``{c.name}={v!r}``: ``{get(n).formula}`` (local gradient ``{get(n).dformula}``).\n"
+                   for v, n in (c.options if c is not None else ()) if n != entry.name)
 
 
 def variant_of(entry):
@@ -455,11 +462,12 @@ def gelu_tanh(x):
     # PyTorch's approximate="tanh": x (1 + tanh(u)) / 2, u = sqrt(2/pi) (x + 0.044715 x^3),
     # written x s with s = (1 + tanh(u)) / 2 = sigmoid(2 u) = 1 / (1 + exp(-2 u)):
     # one exp, no cancellation in 1 + tanh(u) for negative u, exp of a non-positive number only
+    # (every branch below selects between computed values: the loops stay vectorised)
     one = type(x)(1.0)
     u2 = type(x)(2.0 * _SQRT_2_PI) * (x + type(x)(0.044715) * (x * x * x))
     e = _fm.exp(-abs(u2))
-    s = one / (one + e) if u2 >= 0 else e / (one + e)
-    return x * s
+    num = one if u2 >= 0 else e
+    return x * _fm.div(num, one + e)
 
 
 def d_gelu_tanh(x):
@@ -474,8 +482,8 @@ def d_gelu_tanh(x):
     u2 = type(x)(2.0 * _SQRT_2_PI) * (x + type(x)(0.044715) * (xx * x))
     e = _fm.exp(-abs(u2))
     d = one + e
-    s = one / d if u2 >= 0 else e / d
-    sc = e / d if u2 >= 0 else one / d            # 1 - s, without cancellation
+    s = _fm.div(one if u2 >= 0 else e, d)
+    sc = _fm.div(e if u2 >= 0 else one, d)            # 1 - s, without cancellation
     du = type(x)(_SQRT_2_PI) * (one + type(x)(3.0 * 0.044715) * xx)
     return s + type(x)(2.0) * x * s * sc * du
 
@@ -500,7 +508,8 @@ def silu(x):
     # x sigmoid(x), one exp of a non-positive number (no overflow); NaN stays NaN
     one = type(x)(1.0)
     e = _fm.exp(-abs(x))
-    return x / (one + e) if x >= 0 else x * e / (one + e)
+    num = x if x >= 0 else x * e
+    return _fm.div(num, one + e)
 
 
 def d_silu(x):
@@ -508,8 +517,8 @@ def d_silu(x):
     one = type(x)(1.0)
     e = _fm.exp(-abs(x))
     d = one + e
-    s = one / d if x >= 0 else e / d
-    sc = e / d if x >= 0 else one / d
+    s = _fm.div(one if x >= 0 else e, d)
+    sc = _fm.div(e if x >= 0 else one, d)
     return s * (one + x * sc)
 
 
@@ -523,10 +532,9 @@ def softplus(x, beta, threshold):
     # PyTorch's: x where beta x > threshold, else log(1 + exp(beta x)) / beta, here as
     # (max(z, 0) + log1p(exp(-|z|))) / beta, z = beta x: finite for every finite x
     z = x * beta
-    if z > threshold:
-        return x
     zp = z if z > 0 else type(x)(0.0)
-    return (zp + _fm.log1p(_fm.exp(-abs(z)))) / beta
+    sp = _fm.div(zp + _fm.log1p(_fm.exp(-abs(z))), beta)
+    return x if z > threshold else sp
 
 
 def d_softplus(x, beta, threshold):
@@ -534,7 +542,7 @@ def d_softplus(x, beta, threshold):
     one = type(x)(1.0)
     z = x * beta
     e = _fm.exp(-abs(z))
-    s = one / (one + e) if z >= 0 else e / (one + e)
+    s = _fm.div(one if z >= 0 else e, one + e)
     return one if z > threshold else s
 
 

@@ -44,15 +44,25 @@ iteratively reweighted least squares toward the minimax polynomial
 
 These functions are compiled without fast-math flags: reassociation would
 fold the two-part ``ln2`` back into one constant and lose the reduction's
-precision.  LLVM still inlines them into the (fast-math) kernels.
+precision.  LLVM still inlines them into the (fast-math) kernels.  :func:`div`
+is the division the activations use: IEEE, without the zero-divisor test
+that numba's default (Python) error model puts before every ``/`` and that
+keeps a loop from vectorising.
 """
 import math
 
 import numpy as np
 
-from .._jit import jit
+import numba
 
-__all__ = ["exp", "erf", "log1p"]
+from .._jit import _CACHE
+
+__all__ = ["exp", "erf", "log1p", "div"]
+
+#: the functions' compilation flags: no fast-math (see the module docstring) and numpy's
+#: error model: ``a / b`` is IEEE division (``b == 0`` gives inf or NaN) without the
+#: ZeroDivisionError test of Python's model, a branch that keeps loops from vectorising
+_scalar = numba.njit(cache=_CACHE, fastmath=False, nogil=True, error_model="numpy")
 
 # ln 2 = LN2_HI + LN2_LO, LN2_HI with 9 significant bits: k * LN2_HI is exact for |k| <= 2^15
 _LN2_HI = 0.693359375
@@ -68,13 +78,13 @@ _ERFC_Q = (-7.8068152784633496, -5.352680703775408, -0.9438936163688671, -0.0108
            1.6029686942253818e-06, -1.8397753542842565e-08)
 
 
-@jit(fastmath=False)
+@_scalar
 def _pow2(k):
     """``2.0 ** k`` as float32 for an int32 ``k`` in [-126, 127], from its bits."""
     return np.int32((k + np.int32(127)) << np.int32(23)).view(np.float32)
 
 
-@jit(fastmath=False)
+@_scalar
 def _expf(x):
     """exp of a float32 (see the module docstring)."""
     f = type(x)
@@ -99,7 +109,7 @@ def _expf(x):
     return (p * _pow2(k1)) * _pow2(k - k1)
 
 
-@jit(fastmath=False)
+@_scalar
 def _erff(x):
     """erf of a float32 (see the module docstring)."""
     f = type(x)
@@ -132,7 +142,7 @@ def _erff(x):
     return big if a > f(1.0) else small
 
 
-@jit(fastmath=False)
+@_scalar
 def _log1pf(v):
     """log(1 + v) of a float32 ``v > -1`` (accurate to 2 ulp on [0, 1], see the module docstring)."""
     f = type(v)
@@ -149,7 +159,7 @@ def _log1pf(v):
     return s * f(2.0) + s * (s2 * p)
 
 
-@jit(fastmath=False)
+@_scalar
 def exp(x):
     """``exp(x)`` in ``x``'s type: vectorisable polynomial for float32, libm for float64."""
     if type(x)(16777217.0) == type(x)(16777216.0):     # float32 (folds at compile time)
@@ -157,7 +167,7 @@ def exp(x):
     return math.exp(x)
 
 
-@jit(fastmath=False)
+@_scalar
 def erf(x):
     """``erf(x)`` in ``x``'s type: vectorisable for float32, libm for float64."""
     if type(x)(16777217.0) == type(x)(16777216.0):
@@ -165,9 +175,19 @@ def erf(x):
     return math.erf(x)
 
 
-@jit(fastmath=False)
+@_scalar
 def log1p(x):
     """``log(1 + x)`` in ``x``'s type for ``x`` in [0, 1]: vectorisable for float32, libm for float64."""
     if type(x)(16777217.0) == type(x)(16777216.0):
         return _log1pf(x)
     return math.log1p(x)
+
+
+@_scalar
+def div(a, b):
+    """``a / b`` with IEEE semantics (``b == 0``: +-inf or NaN, never ZeroDivisionError).
+
+    numba compiles ``/`` in the kernels with Python's error model: a test for a zero
+    divisor and an exception path per division, which keeps the loop scalar.  The
+    activations divide through this function, inlined as a plain division."""
+    return a / b
