@@ -19,7 +19,7 @@ from . import checkpoint, gradcheck, ops, schedules, training
 from .graph import Graph, GraphError, Node, maximum, sum
 from .factories import compile, grad, load
 from .layers import Linear, Sequential
-from .optimizers import SGD, Adam
+from .optimizers import SGD, Adam, RMSprop
 from .step import TrainStep
 from .training import EarlyStopping, History
 from .distributed import DistributedStep, RankError   # mpi4py is imported only when used
@@ -42,7 +42,7 @@ def __getattr__(name):
 __all__ = [
     "ops", "gradcheck", "schedules", "training", "EarlyStopping", "History",
     "Graph", "GraphError", "Node", "maximum", "sum", "grad",
-    "Linear", "Sequential", "SGD", "Adam", "TrainStep", "compile", "load", "from_torch",
+    "Linear", "Sequential", "SGD", "Adam", "RMSprop", "TrainStep", "compile", "load", "from_torch",
     "DistributedStep", "RankError", "load_model", "SavedModel",
 ]
 

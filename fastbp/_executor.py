@@ -39,6 +39,7 @@ from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_COLSUM,  #
                             K_GATE_BWD, K_GATE_FWD, K_JIT_MM, K_MM_SMALL, K_MSE, K_PROTO_BIAS_ACT, K_PROTO_BWD,
                             K_PROTO_FWD, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD, K_SVM, N_KERNELS, N_ROLES, I1,
                             I64, a2, kcall_at, kernels_for)
+from .kernels.table import K_GRAD_SCALE, K_GRAD_SUMSQ, K_RMSPROP
 from .registry.activations import CAPACITY as ACT_CAPACITY, IDENTITY as ACT_IDENTITY
 
 from ._isa import (  # noqa: F401 - re-exported: the executor reads and writes this format
@@ -49,6 +50,7 @@ from ._isa import (  # noqa: F401 - re-exported: the executor reads and writes t
     H_MOM, H_NESTEROV, H_WD, H_B1, H_B2, H_EPS, H_DECOUPLED, H_T, H_BLAS_MIN, H_STEPS, H_BT_ON, H_BT_MAX,
     H_BT_CUR, H_BT_MIN, H_JIT_ON, RUNTIME_SLOTS, HYPER_SIZE, MODE_FORWARD, MODE_GRAD, MODE_TRAIN, STATUS_OK,
     STATUS_LOSS_NONFINITE, STATUS_GRAD_NONFINITE, STATUS_BAD_LABEL, STATUS_BAD_INPUT, STATUS_BAD_OP)
+from ._isa import OP_RMSPROP, H_CLIP, H_ALPHA, H_CENTERED, HYPER_SIZE_V1  # noqa: F401 - re-exported
 
 
 @jit
@@ -412,7 +414,7 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
         elif op == OP_SUM_BWD:
             dO = _xview(arena, bufs, x, xb, ins[C_D], nb)
             kcall(kt, K_SUM_BWD, (dO, _view(arena, bufs, ins[C_E], nb), ins[C_F2] != 0))
-        elif op == OP_SGD or op == OP_ADAM:
+        elif op == OP_SGD or op == OP_ADAM or op == OP_RMSPROP:
             p0 = ins[C_A]
             g0 = ins[C_B]
             n = ins[C_F4]
@@ -420,8 +422,20 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
             if not _all_finite(g):
                 status = STATUS_GRAD_NONFINITE
                 break
+            if hyper[H_CLIP] > 0.0:
+                # torch.nn.utils.clip_grad_norm_: g *= min(1, max_norm / (||g||_2 + 1e-6)),
+                # over every parameter's gradient at once (one contiguous region)
+                coef = hyper[H_CLIP] / (math.sqrt(kcall(kt, K_GRAD_SUMSQ, (g,))) + 1e-6)
+                kcall(kt, K_GRAD_SCALE, (g, min(coef, 1.0)))
             p = arena[p0:p0 + n]
-            if op == OP_SGD:
+            if op == OP_RMSPROP:
+                s0 = ins[C_C]
+                b0 = ins[C_D]
+                a0 = ins[C_E]
+                kcall(kt, K_RMSPROP, (p, g, arena[s0:s0 + n], arena[b0:b0 + n] if b0 >= 0 else arena[0:0],
+                                      arena[a0:a0 + n] if a0 >= 0 else arena[0:0], hyper[H_LR], hyper[H_ALPHA],
+                                      hyper[H_EPS], hyper[H_WD], hyper[H_MOM]))
+            elif op == OP_SGD:
                 s0 = ins[C_C]
                 v = arena[s0:s0 + n] if s0 >= 0 else arena[0:0]
                 kcall(kt, K_SGD, (p, g, v, hyper[H_LR], hyper[H_MOM], hyper[H_NESTEROV] != 0.0, hyper[H_WD]))

@@ -25,6 +25,9 @@ OP_ACT_BWD = 12
 OP_SUM_BWD = 13
 OP_SGD = 20
 OP_ADAM = 21
+OP_RMSPROP = 22  # torch.optim.RMSprop; c=square_avg, d=momentum buffer (-1: none), e=grad_avg (-1: none)
+# 23 (OP_CLIP in the shared plan) stays free: gradient clipping is part of the update
+# instruction, switched by the hyper slot H_CLIP, not an instruction of its own
 
 # tape columns; C_P: the buffer of an activation's parameters (a float row the
 # compiler fills, -1: none) -- parameters are floats, never in the int64 tape
@@ -44,7 +47,14 @@ S_FWD, S_LOSS, S_BWD, S_END = range(4)
  H_BT_ON, H_BT_MAX, H_BT_CUR, H_BT_MIN, H_JIT_ON) = range(16)
 #: hyper slots that describe this process (BLAS threading, JIT GEMM), not the training state
 RUNTIME_SLOTS = (H_BLAS_MIN, H_BT_ON, H_BT_MAX, H_BT_CUR, H_BT_MIN, H_JIT_ON)
-HYPER_SIZE = 16
+#: max_norm of the gradient clipping by global norm before the update (0: no clipping);
+#: RMSprop's smoothing constant alpha and its centered flag (1.0: centered)
+H_CLIP = 18
+H_ALPHA = 19
+H_CENTERED = 20
+#: the hyper vector's length before slots 16-23 existed (checkpoints of that length load: padded)
+HYPER_SIZE_V1 = 16
+HYPER_SIZE = 24
 
 # run modes
 MODE_FORWARD = 0

@@ -94,11 +94,24 @@ def hyper_from(optimizer):
     if isinstance(optimizer, SGD):
         h[ex.H_MOM] = optimizer.momentum
         h[ex.H_NESTEROV] = float(optimizer.nesterov)
+    elif optimizer.name == "rmsprop":
+        h[ex.H_MOM] = optimizer.momentum
+        h[ex.H_ALPHA] = optimizer.alpha
+        h[ex.H_EPS] = optimizer.eps
+        h[ex.H_CENTERED] = float(optimizer.centered)
     else:
         h[ex.H_B1], h[ex.H_B2] = optimizer.betas
         h[ex.H_EPS] = optimizer.eps
         h[ex.H_DECOUPLED] = float(optimizer.decoupled)
     return h
+
+
+def clip_grad_norm_arg(value, owner="compile"):
+    """The hyper slot value of ``clip_grad_norm=``: None is 0.0 (no clipping), else
+    a positive finite real number (TypeError / ValueError otherwise)."""
+    if value is None:
+        return 0.0
+    return _real("clip_grad_norm", value, low=0.0, low_open=True, owner=owner)
 
 
 def gather_rows(rows, X, yi, yf, x_out, yi_out, yf_out, classification):
@@ -242,6 +255,23 @@ class StepBase:
         v = _real("lr", value, low=0.0, low_open=True, owner=self.kind)
         self.hyper[ex.H_LR] = v
         self.optimizer._set_lr(v)
+
+    @property
+    def clip_grad_norm(self):
+        """The ``max_norm`` of gradient clipping by global norm, or None (settable).
+
+        Before each update every gradient is multiplied by
+        ``min(1, max_norm / (total_norm + 1e-6))``, ``total_norm`` being the
+        2-norm of all the parameters' gradients together, as
+        ``torch.nn.utils.clip_grad_norm_`` does (after the non-finite check;
+        weight decay is added by the optimizer after clipping).
+        """
+        v = float(self.hyper[ex.H_CLIP])
+        return v if v > 0.0 else None
+
+    @clip_grad_norm.setter
+    def clip_grad_norm(self, value):
+        self.hyper[ex.H_CLIP] = clip_grad_norm_arg(value, owner=self.kind)
 
     def _set_scheduled_lr(self, value):
         """The rate of the next update, from the schedule (the base rate is kept)."""

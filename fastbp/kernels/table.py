@@ -21,7 +21,7 @@ from .gates import _gate_bwd, _gate_fwd, _sum_bwd, _sum_fwd
 from .gemm import _blas_mm, _jit_mm, _mm_small
 from .linear import _colsum
 from .losses import _bce_logits, _mse, _softmax_xent, _svm
-from .optim import _adam_update, _sgd_update
+from .optim import _adam_update, _grad_scale, _grad_sumsq, _rmsprop_update, _sgd_update
 
 (K_COLSUM, K_GATE_FWD, K_GATE_BWD, K_SUM_FWD, K_SUM_BWD, K_SOFTMAX_XENT,
  K_SVM, K_MSE, K_BCE_LOGITS, K_SGD, K_ADAM, K_MM_SMALL, K_BLAS_MM, K_JIT_MM) = range(14)
@@ -34,6 +34,9 @@ N_KERNELS = K_ACT + N_ROLES * _R.CAPACITY
 K_PROTO_BIAS_ACT = K_ACT + _act.ROLE_BIAS_ACT
 K_PROTO_FWD = K_ACT + _act.ROLE_FWD
 K_PROTO_BWD = K_ACT + _act.ROLE_BWD
+#: kernels numbered after the activation range (the ids above stay as they were)
+K_RMSPROP, K_GRAD_SUMSQ, K_GRAD_SCALE = N_KERNELS, N_KERNELS + 1, N_KERNELS + 2
+N_KERNELS = K_GRAD_SCALE + 1
 
 
 def a1(d):
@@ -62,6 +65,10 @@ native_kernel(K_BCE_LOGITS, _bce_logits.serial, F64, lambda d: (a2(d), a2(d), a2
 native_kernel(K_SGD, _sgd_update.serial, NONE, lambda d: (a1(d), a1(d), a1(d), F64, F64, B, F64))
 native_kernel(K_ADAM, _adam_update.serial, NONE,
               lambda d: (a1(d), a1(d), a1(d), a1(d), F64, F64, F64, F64, F64, F64, B))
+native_kernel(K_RMSPROP, _rmsprop_update.serial, NONE,
+              lambda d: (a1(d), a1(d), a1(d), a1(d), a1(d), F64, F64, F64, F64, F64))
+native_kernel(K_GRAD_SUMSQ, _grad_sumsq.serial, F64, lambda d: (a1(d),))
+native_kernel(K_GRAD_SCALE, _grad_scale.serial, NONE, lambda d: (a1(d), F64))
 native_kernel(K_MM_SMALL, _mm_small, NONE, lambda d: (a2(d), a2(d), a2(d), B, B, B))
 native_kernel(K_BLAS_MM, _blas_mm, NONE, lambda d: (a2(d), a2(d), a2(d), B, B, B))
 native_kernel(K_JIT_MM, _jit_mm, B, lambda d: (a2(d), a2(d), a2(d), B, B, B, I1, I64))
@@ -173,7 +180,10 @@ _OP_KERNELS = {
     _isa.OP_LINEAR_BWD: ((K_COLSUM,), True), _isa.OP_MATMUL_BWD: ((), True),
     _isa.OP_GATE_BWD: ((K_GATE_BWD,), False), _isa.OP_ACT_BWD: ((), False),
     _isa.OP_SUM_BWD: ((K_SUM_BWD,), False), _isa.OP_SGD: ((K_SGD,), False), _isa.OP_ADAM: ((K_ADAM,), False),
+    _isa.OP_RMSPROP: ((K_RMSPROP,), False),
 }
+#: the update opcodes: each may clip the gradients first (hyper slot H_CLIP)
+_UPDATE_OPS = (_isa.OP_SGD, _isa.OP_ADAM, _isa.OP_RMSPROP)
 #: opcodes whose C_G is an activation code, and the roles of its kernels they call
 _ACT_ROLES = {_isa.OP_LINEAR: (0,), _isa.OP_ACT: (1,), _isa.OP_LINEAR_BWD: (2,), _isa.OP_ACT_BWD: (2,)}
 
@@ -196,6 +206,8 @@ def kernels_for(tape):
         kernels, products = _OP_KERNELS[op]
         need.update(kernels)
         mm = mm or products
+        if op in _UPDATE_OPS:
+            need.update((K_GRAD_SUMSQ, K_GRAD_SCALE))
         if op == _isa.OP_LOSS:
             code = int(ins[_isa.C_G])
             if code not in _LOSS_KERNEL:
