@@ -774,6 +774,40 @@ def test_simulator_subprocess():
     assert counts["tests"] == len(ids) > 0, f"ran {counts['tests']} of {len(ids)}:\n{tail}"
 
 
+@requires_cuda
+@pytest.mark.parametrize("dtype", PARAM_DTYPES)
+def test_cuda_rmsprop(dtype):
+    n = 300
+    rng = np.random.default_rng(n + 2)
+    for wd, momentum, centered in ((0.0, 0.0, False), (1e-2, 0.9, False), (0.0, 0.0, True), (1e-2, 0.9, True)):
+        p, sq = rnd(rng, (n,), dtype), np.zeros(n, dtype)
+        buf = np.zeros(n if momentum else 0, dtype)
+        ga = np.zeros(n if centered else 0, dtype)
+        pd, sqd, bd, gad = dev(p), dev(sq), dev(buf), dev(ga)
+        for _ in range(3):
+            g = rnd(rng, (n,), dtype)
+            g_optim._rmsprop_update(pd, dev(g), sqd, bd, gad, 1e-2, 0.99, 1e-8, wd, momentum)
+            cpu_optim._rmsprop_update(p, g, sq, buf, ga, 1e-2, 0.99, 1e-8, wd, momentum)
+        np.testing.assert_allclose(pd.copy_to_host(), p, **tol(dtype))
+        np.testing.assert_allclose(sqd.copy_to_host(), sq, **tol(dtype))
+        np.testing.assert_allclose(bd.copy_to_host(), buf, **tol(dtype))
+        np.testing.assert_allclose(gad.copy_to_host(), ga, **tol(dtype))
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", PARAM_DTYPES)
+def test_cuda_clip_grad_norm(dtype):
+    rng = np.random.default_rng(5)
+    for n, max_norm in ((1, 0.1), (700, 1.0), (700, 1e3)):     # clipped, clipped, left alone
+        g = rnd(rng, (n,), dtype)
+        gd = dev(g)
+        coef = dev(np.zeros(1))
+        g_optim._clip_grad_norm(gd, max_norm, coef)
+        c = min(1.0, max_norm / (np.sqrt(np.sum(g.astype(np.float64) ** 2)) + 1e-6))
+        assert coef.copy_to_host()[0] == pytest.approx(c, rel=1e-12)
+        np.testing.assert_allclose(gd.copy_to_host(), g * g.dtype.type(c), **tol(dtype))
+
+
 # ------------------------------------------------------- compile for a GPU
 def _ptx_table(dtype):
     """Every kernel with example arguments of ``dtype`` (the types decide the signature)."""
@@ -801,6 +835,9 @@ def _ptx_table(dtype):
         "check_labels": (lo._k_check_labels, (y, 3, y)),
         "sgd": (op._k_sgd, (v, v, v, 0.1, 0.9, True, 0.1)),
         "adam": (op._k_adam, (v, v, v, v, 0.1, 0.1, 0.9, 0.99, 1e-8, 0.1, 1.0, True)),
+        "rmsprop": (op._k_rmsprop, (v, v, v, v, v, 0.01, 0.99, 1e-8, 0.1, 0.9)),
+        "clip_coef": (op._k_clip_coef, (v, 1.0, f)),
+        "grad_scale": (op._k_grad_scale, (v, f)),
         # every kernel of every activation of the registry ("relu.linear_fwd", ...)
         **a_.registry_kernels(dtype),
     }
@@ -808,7 +845,7 @@ def _ptx_table(dtype):
 
 #: kernels whose float32 variant legitimately uses float64: the loss row
 #: accumulators and the mean are float64 by contract (as on the CPU)
-_F64_BY_CONTRACT = {"mse", "bce_logits", "svm", "mean"}
+_F64_BY_CONTRACT = {"mse", "bce_logits", "svm", "mean", "clip_coef"}
 _F64_OP = re.compile(r"\b(?:add|sub|mul|fma|div|sqrt|max|min|neg|abs)(?:\.[a-z]+)*\.f64\b")
 _PRODUCTS = ("mm_nn", "mm_nt", "mm_tn")
 
