@@ -34,7 +34,7 @@ from . import _validate as V
 from .compiler import build_plan, new_arena
 from .kernels.codes import CLASSIFICATION_LOSSES, LOSSES
 from .layers import Linear, Sequential, _Activation
-from .optimizers import SGD, _real, resolve_optimizer
+from .optimizers import SGD, _real, clip_grad_norm_arg, resolve_optimizer
 from .schedules import ReduceLROnPlateau, schedule_arg
 from . import training as _training
 
@@ -104,14 +104,6 @@ def hyper_from(optimizer):
         h[ex.H_EPS] = optimizer.eps
         h[ex.H_DECOUPLED] = float(optimizer.decoupled)
     return h
-
-
-def clip_grad_norm_arg(value, owner="compile"):
-    """The hyper slot value of ``clip_grad_norm=``: None is 0.0 (no clipping), else
-    a positive finite real number (TypeError / ValueError otherwise)."""
-    if value is None:
-        return 0.0
-    return _real("clip_grad_norm", value, low=0.0, low_open=True, owner=owner)
 
 
 def gather_rows(rows, X, yi, yf, x_out, yi_out, yf_out, classification):
@@ -258,14 +250,8 @@ class StepBase:
 
     @property
     def clip_grad_norm(self):
-        """The ``max_norm`` of gradient clipping by global norm, or None (settable).
-
-        Before each update every gradient is multiplied by
-        ``min(1, max_norm / (total_norm + 1e-6))``, ``total_norm`` being the
-        2-norm of all the parameters' gradients together, as
-        ``torch.nn.utils.clip_grad_norm_`` does (after the non-finite check;
-        weight decay is added by the optimizer after clipping).
-        """
+        """``max_norm`` of the gradient clipping before each update, or None (settable; see
+        :func:`fastbp.optimizers.clip_grad_norm_arg`)."""
         v = float(self.hyper[ex.H_CLIP])
         return v if v > 0.0 else None
 

@@ -19,7 +19,7 @@ from .gradfn import GradFunction
 from .layers import Sequential
 from .optimizers import optimizer_arg, optimizer_from_spec
 from .step import TrainStep
-from ._step_base import clip_grad_norm_arg
+from .optimizers import clip_grad_norm_arg
 
 __all__ = ["compile", "grad", "load", "load_bundle"]
 

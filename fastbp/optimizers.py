@@ -23,6 +23,26 @@ def _real(name, value, *, low=None, high=None, low_open=False, high_open=False, 
     return v
 
 
+def clip_grad_norm_arg(value, owner="compile"):
+    """The ``clip_grad_norm=`` of a step: None (no clipping) is 0.0, else a positive finite number.
+
+    With it, every update first multiplies all gradients by
+    ``min(1, max_norm / (total_norm + 1e-6))``, ``total_norm`` being the 2-norm
+    of every parameter's gradient together, as ``torch.nn.utils.clip_grad_norm_``
+    does; after the non-finite check, before the optimizer adds weight decay.
+
+    Raises
+    ------
+    TypeError
+        Not a real number (bools included).
+    ValueError
+        Not finite, or <= 0.
+    """
+    if value is None:
+        return 0.0
+    return _real("clip_grad_norm", value, low=0.0, low_open=True, owner=owner)
+
+
 class _Optimizer:
     """What SGD and Adam share: a compiled step's frozen copy of them.
 

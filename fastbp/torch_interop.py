@@ -263,7 +263,7 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
         The model's own parameter tensors are updated in place.
     """
     torch = _torch()
-    from ._step_base import clip_grad_norm_arg
+    from .optimizers import clip_grad_norm_arg
     clip = clip_grad_norm_arg(clip_grad_norm, owner="from_torch")
     if not isinstance(model, torch.nn.Sequential):
         raise TypeError(f"model must be a torch.nn.Sequential, got {type(model).__name__}")
