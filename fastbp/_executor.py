@@ -50,7 +50,7 @@ from ._isa import (  # noqa: F401 - re-exported: the executor reads and writes t
     H_MOM, H_NESTEROV, H_WD, H_B1, H_B2, H_EPS, H_DECOUPLED, H_T, H_BLAS_MIN, H_STEPS, H_BT_ON, H_BT_MAX,
     H_BT_CUR, H_BT_MIN, H_JIT_ON, RUNTIME_SLOTS, HYPER_SIZE, MODE_FORWARD, MODE_GRAD, MODE_TRAIN, STATUS_OK,
     STATUS_LOSS_NONFINITE, STATUS_GRAD_NONFINITE, STATUS_BAD_LABEL, STATUS_BAD_INPUT, STATUS_BAD_OP)
-from ._isa import OP_RMSPROP, H_CLIP, H_ALPHA, H_CENTERED, HYPER_SIZE_V1  # noqa: F401 - re-exported
+from ._isa import OP_RMSPROP, H_CLIP, H_ALPHA, H_WEIGHTED, HYPER_SIZE_V1  # noqa: F401 - re-exported
 
 
 @jit
@@ -140,6 +140,27 @@ def _all_finite(v):
     for i in range(v.shape[0]):
         s += v[i] * v.dtype.type(0.0)
     return s == 0.0
+
+
+@jit
+def _weigh_rows(dS, rowloss, w, k):
+    """Turn a loss kernel's unweighted mean (``sum_i rowloss_i / (B k)``, ``dS`` of it)
+    into the weighted mean ``sum_i w_i rowloss_i / (k sum_i w_i)``: row ``i`` of ``dS``
+    is multiplied by ``B w_i / sum(w)``.  Returns the weighted loss (NaN when the
+    weights sum to 0, which the caller reports as a non-finite loss)."""
+    B = dS.shape[0]
+    sw = 0.0
+    swl = 0.0
+    for i in range(B):
+        sw += w[i]
+        swl += w[i] * rowloss[i]
+    if sw == 0.0:
+        return math.nan
+    for i in range(B):
+        c = dS.dtype.type(B * w[i] / sw)
+        for j in range(dS.shape[1]):
+            dS[i, j] *= c
+    return swl / (sw * k)
 
 
 def context(arena, bufs, tape, hyper, ws64, gjit, batch_size):
@@ -345,6 +366,14 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
                 loss = kcall(kt, K_MSE, (S, yf, dS, rowloss))
             else:
                 loss = kcall(kt, K_BCE_LOGITS, (S, yf, dS, rowloss))
+            if hyper[H_WEIGHTED] != 0.0:
+                # sample weights: sum_i w_i l_i / sum_i w_i (scikit-learn's weighted mean)
+                w0 = ctx[X_BATCH]
+                if ws64.shape[0] < w0 + S.shape[0]:
+                    status = STATUS_BAD_INPUT
+                    break
+                per_elem = kind == LOSS_MSE or kind == LOSS_BCE_LOGITS     # means over rows and columns
+                loss = _weigh_rows(dS, rowloss, ws64[w0:w0 + S.shape[0]], S.shape[1] if per_elem else 1)
             if not math.isfinite(loss):
                 status = STATUS_LOSS_NONFINITE
                 break

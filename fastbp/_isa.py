@@ -48,10 +48,13 @@ S_FWD, S_LOSS, S_BWD, S_END = range(4)
 #: hyper slots that describe this process (BLAS threading, JIT GEMM), not the training state
 RUNTIME_SLOTS = (H_BLAS_MIN, H_BT_ON, H_BT_MAX, H_BT_CUR, H_BT_MIN, H_JIT_ON)
 #: max_norm of the gradient clipping by global norm before the update (0: no clipping);
-#: RMSprop's smoothing constant alpha and its centered flag (1.0: centered)
+#: RMSprop's smoothing constant alpha; H_WEIGHTED: 1.0 while a call's loss weighs its rows
+#: by the sample weights in ``ws64[batch_size : batch_size + rows]`` (set and reset around
+#: that one call, never saved as 1.0).  RMSprop's centered flag is not a slot: the update
+#: instruction's grad_avg column (-1: not centered) says it
 H_CLIP = 18
 H_ALPHA = 19
-H_CENTERED = 20
+H_WEIGHTED = 20
 #: the hyper vector's length before slots 16-23 existed (checkpoints of that length load: padded)
 HYPER_SIZE_V1 = 16
 HYPER_SIZE = 24

@@ -98,7 +98,6 @@ def hyper_from(optimizer):
         h[ex.H_MOM] = optimizer.momentum
         h[ex.H_ALPHA] = optimizer.alpha
         h[ex.H_EPS] = optimizer.eps
-        h[ex.H_CENTERED] = float(optimizer.centered)
     else:
         h[ex.H_B1], h[ex.H_B2] = optimizer.betas
         h[ex.H_EPS] = optimizer.eps

@@ -119,16 +119,18 @@ class TorchTrainStep(TrainStep):
             return t.detach().numpy()
         return t
 
-    def __call__(self, x, y):
+    def __call__(self, x, y, sample_weight=None):
         """:meth:`fastbp.TrainStep.__call__` on tensors or arrays, at the torch optimizer's
         current learning rate (see :func:`from_torch`)."""
         self._follow_torch_lr()
-        loss = super().__call__(self._np(x, "x"), self._np(y, "y"))
+        sw = None if sample_weight is None else self._np(sample_weight, "sample_weight")
+        loss = super().__call__(self._np(x, "x"), self._np(y, "y"), sw)
         self._torch_stepped()
         return loss
 
-    def _run(self, x, y, mode):
-        return super()._run(self._np(x, "x"), self._np(y, "y"), mode)
+    def _run(self, x, y, mode, sample_weight=None):
+        sw = None if sample_weight is None else self._np(sample_weight, "sample_weight")
+        return super()._run(self._np(x, "x"), self._np(y, "y"), mode, sw)
 
     def _torch_stepped(self):
         """Tell a torch lr scheduler that the optimizer stepped (the step replaces
