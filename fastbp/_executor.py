@@ -32,14 +32,14 @@ from . import _blas
 from ._jit import array_at, block2d, jit, unmanaged_c
 from ._native import kcall, native_address
 from .config import BLAS_MIN_MACS, BLAS_THREADS_MIN_MACS, JIT_MAX_MACS  # noqa: F401 - re-exported
-from .kernels.codes import LOSS_BCE_LOGITS, LOSS_MSE, LOSS_SOFTMAX_XENT, LOSS_SVM
+from .kernels.codes import LOSS_BCE_LOGITS, LOSS_MSE, LOSS_POISSON, LOSS_SOFTMAX_XENT, LOSS_SVM
 from .kernels.gemm import BLAS_AVAILABLE, BLAS_THREAD_CONTROL, JIT_SLOT, blas_get_threads, blas_set_threads
 from .kernels.losses import _check_labels
 from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_COLSUM,  # noqa: F401
                             K_GATE_BWD, K_GATE_FWD, K_JIT_MM, K_MM_SMALL, K_MSE, K_PROTO_BIAS_ACT, K_PROTO_BWD,
                             K_PROTO_FWD, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD, K_SVM, N_KERNELS, N_ROLES, I1,
                             I64, a2, kcall_at, kernels_for)
-from .kernels.table import K_GRAD_SCALE, K_GRAD_SUMSQ, K_RMSPROP
+from .kernels.table import K_GRAD_SCALE, K_GRAD_SUMSQ, K_POISSON, K_RMSPROP
 from .registry.activations import CAPACITY as ACT_CAPACITY, IDENTITY as ACT_IDENTITY
 
 from ._isa import (  # noqa: F401 - re-exported: the executor reads and writes this format
@@ -343,7 +343,8 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
             dS = _view(arena, bufs, ins[C_B], nb)
             kind = ins[C_G]
             rowloss = ws64[:S.shape[0]]
-            if kind != LOSS_SOFTMAX_XENT and kind != LOSS_SVM and kind != LOSS_MSE and kind != LOSS_BCE_LOGITS:
+            if (kind != LOSS_SOFTMAX_XENT and kind != LOSS_SVM and kind != LOSS_MSE and kind != LOSS_BCE_LOGITS
+                    and kind != LOSS_POISSON):
                 status = STATUS_BAD_OP      # a corrupt tape (the compiler emits registry codes only)
                 break
             if kind == LOSS_SOFTMAX_XENT or kind == LOSS_SVM:
@@ -364,6 +365,8 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
                 break
             elif kind == LOSS_MSE:
                 loss = kcall(kt, K_MSE, (S, yf, dS, rowloss))
+            elif kind == LOSS_POISSON:
+                loss = kcall(kt, K_POISSON, (S, yf, dS, rowloss))
             else:
                 loss = kcall(kt, K_BCE_LOGITS, (S, yf, dS, rowloss))
             if hyper[H_WEIGHTED] != 0.0:
@@ -372,7 +375,7 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
                 if ws64.shape[0] < w0 + S.shape[0]:
                     status = STATUS_BAD_INPUT
                     break
-                per_elem = kind == LOSS_MSE or kind == LOSS_BCE_LOGITS     # means over rows and columns
+                per_elem = kind == LOSS_MSE or kind == LOSS_BCE_LOGITS or kind == LOSS_POISSON   # over rows, columns
                 loss = _weigh_rows(dS, rowloss, ws64[w0:w0 + S.shape[0]], S.shape[1] if per_elem else 1)
             if not math.isfinite(loss):
                 status = STATUS_LOSS_NONFINITE

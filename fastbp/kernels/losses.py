@@ -180,6 +180,34 @@ def _bce_logits(S, T, dS, rowloss):
 
 
 @kernel
+def _poisson(S, T, dS, rowloss):
+    """Half Poisson deviance with a log link, mean over all elements.
+
+    ``l = exp(s) - t s + xlogy(t, t) - t`` (``= t log(t / mu) - t + mu``, ``mu =
+    exp(s)``: scikit-learn's ``poisson_loss`` of ``mu``; a negative target gives
+    NaN); derivative ``dL/ds = (exp(s) - t) / (B C)``.
+    """
+    B, C = S.shape
+    scale = S.dtype.type(1.0 / (B * C))
+    for i in prange(B):
+        r = 0.0
+        for j in range(C):
+            s = S[i, j]
+            t = T[i, j]
+            mu = math.exp(s)
+            dS[i, j] = (mu - t) * scale
+            if t > 0.0:
+                c = t * math.log(t) - t
+            elif t == 0.0:
+                c = 0.0 * t
+            else:
+                c = math.nan
+            r += mu - t * s + c
+        rowloss[i] = r
+    return _sum_rows(rowloss, B) / (B * C)
+
+
+@kernel
 def _svm(S, y, dS, rowloss):
     """Multiclass hinge loss (CS231n) ``L = mean_i sum_{j != y_i} max(0, S_ij - S_iy + 1)``.
 

@@ -20,7 +20,7 @@ from . import activations as _act
 from .gates import _gate_bwd, _gate_fwd, _sum_bwd, _sum_fwd
 from .gemm import _blas_mm, _jit_mm, _mm_small
 from .linear import _colsum
-from .losses import _bce_logits, _mse, _softmax_xent, _svm
+from .losses import _bce_logits, _mse, _poisson, _softmax_xent, _svm
 from .optim import _adam_update, _grad_scale, _grad_sumsq, _rmsprop_update, _sgd_update
 
 (K_COLSUM, K_GATE_FWD, K_GATE_BWD, K_SUM_FWD, K_SUM_BWD, K_SOFTMAX_XENT,
@@ -35,8 +35,8 @@ K_PROTO_BIAS_ACT = K_ACT + _act.ROLE_BIAS_ACT
 K_PROTO_FWD = K_ACT + _act.ROLE_FWD
 K_PROTO_BWD = K_ACT + _act.ROLE_BWD
 #: kernels numbered after the activation range (the ids above stay as they were)
-K_RMSPROP, K_GRAD_SUMSQ, K_GRAD_SCALE = N_KERNELS, N_KERNELS + 1, N_KERNELS + 2
-N_KERNELS = K_GRAD_SCALE + 1
+K_RMSPROP, K_GRAD_SUMSQ, K_GRAD_SCALE, K_POISSON = N_KERNELS, N_KERNELS + 1, N_KERNELS + 2, N_KERNELS + 3
+N_KERNELS = K_POISSON + 1
 
 
 def a1(d):
@@ -67,6 +67,7 @@ native_kernel(K_ADAM, _adam_update.serial, NONE,
               lambda d: (a1(d), a1(d), a1(d), a1(d), F64, F64, F64, F64, F64, F64, B))
 native_kernel(K_RMSPROP, _rmsprop_update.serial, NONE,
               lambda d: (a1(d), a1(d), a1(d), a1(d), a1(d), F64, F64, F64, F64, F64))
+native_kernel(K_POISSON, _poisson.serial, F64, lambda d: (a2(d), a2(d), a2(d), F1))
 native_kernel(K_GRAD_SUMSQ, _grad_sumsq.serial, F64, lambda d: (a1(d),))
 native_kernel(K_GRAD_SCALE, _grad_scale.serial, NONE, lambda d: (a1(d), F64))
 native_kernel(K_MM_SMALL, _mm_small, NONE, lambda d: (a2(d), a2(d), a2(d), B, B, B))
@@ -169,7 +170,7 @@ import numpy as np  # noqa: E402
 
 #: loss code -> its CPU kernel (the loss registry names the kernel of each entry)
 _LOSS_KERNEL = {e.code: {"_softmax_xent": K_SOFTMAX_XENT, "_svm": K_SVM, "_mse": K_MSE,
-                         "_bce_logits": K_BCE_LOGITS}[e.cpu] for e in _loss_registry.entries()}
+                         "_bce_logits": K_BCE_LOGITS, "_poisson": K_POISSON}[e.cpu] for e in _loss_registry.entries()}
 
 #: per opcode: the kernels it calls besides the matrix products (the loss kernel is
 #: chosen by the instruction's loss code), and whether it multiplies matrices
