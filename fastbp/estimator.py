@@ -55,6 +55,9 @@ from sklearn.utils.validation import column_or_1d  # noqa: E402
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
+#: MLPRegressor's ``loss`` -> the fastbp loss the step trains
+_REG_LOSS = {"squared_error": "mse", "poisson": "poisson"}
+
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
     """Multi-layer perceptron classifier trained by a fused fastbp step.
@@ -352,25 +355,53 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     Minimises the squared error (``loss_curve_`` reports half the mean
     squared error, as scikit-learn does; the learning rate is rescaled so
-    that the same hyper-parameters take the same steps).  Parameters and
-    attributes as :class:`MLPClassifier`, except that the output is linear
-    (``out_activation_ = 'identity'``), ``validation_scores_`` hold R^2,
-    and there is no ``classes_``.
+    that the same hyper-parameters take the same steps), or with
+    ``loss='poisson'`` scikit-learn's half Poisson deviance of ``exp`` of the
+    output (``out_activation_ = 'exp'``; ``predict`` returns the means, the
+    targets must be >= 0).  Parameters and attributes as
+    :class:`MLPClassifier`, except ``loss`` ({'squared_error', 'poisson'},
+    default 'squared_error', the first parameter as in scikit-learn), the
+    output (``out_activation_ = 'identity'`` for the squared error),
+    ``validation_scores_`` hold R^2, and there is no ``classes_`` nor
+    ``class_weight``.
     """
 
     _fastbp_loss = "mse"
 
+    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant", learning_rate_init=0.001,
+                 power_t=0.5, max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
+                 warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
+                 validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
+                 max_fun=15000, dtype="float32"):
+        super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
+                         learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
+                         max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol,
+                         verbose=verbose, warm_start=warm_start, momentum=momentum,
+                         nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
+                         validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
+                         epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun, dtype=dtype)
+        self.loss = loss
+
     def _loss_scales(self, n_out):
+        if self._fastbp_loss == "poisson":
+            # scikit-learn: the half Poisson deviance summed over the outputs (averaged over
+            # the samples), fastbp's averaged over both: n_out times, value and gradient
+            return float(n_out), float(n_out)
         # scikit-learn: loss = mean((y - p)^2) / 2 over all elements, but its
         # gradient is (p - y) / n_samples, i.e. n_out / 2 times fastbp's
         # 2 (p - y) / (n_samples n_out)
         return 0.5, n_out / 2.0
 
+    def _predict_from_outputs(self, out):
+        """Predictions from the network's outputs: exp of the log-means for ``loss='poisson'``."""
+        return np.exp(out) if self._fastbp_loss == "poisson" else out
+
     def _n_outputs(self):
         return self._n_targets
 
     def _out_activation(self):
-        return "identity"
+        return "exp" if self._fastbp_loss == "poisson" else "identity"
 
     def _is_classifier_single_label(self):
         return False
@@ -386,12 +417,21 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         elif k != self.n_outputs_:
             raise ValueError(f"y has {k} targets, but {type(self).__name__} was fitted with "
                              f"{self.n_outputs_}")
+        if self.loss not in ("squared_error", "poisson"):
+            raise ValueError(f"The 'loss' parameter of {type(self).__name__} must be a str among "
+                             f"{{'squared_error', 'poisson'}}. Got {self.loss!r} instead.")
+        if not reset and hasattr(self, "_arch") and self._arch["loss"] != _REG_LOSS[self.loss]:
+            raise ValueError(f"loss={self.loss!r} differs from the loss {self._fastbp_loss!r} this "
+                             f"estimator was fitted with; fit it again")
+        self._fastbp_loss = _REG_LOSS[self.loss]
+        if self.loss == "poisson" and np.any(y < 0):
+            raise ValueError("Some value(s) of y are negative which is not allowed for Poisson regression.")
         dt = _resolve_dtype(self.dtype, X.dtype) if reset else self._dtype
         Y = np.ascontiguousarray(y.reshape(y.shape[0], -1), dtype=dt)
         return X, Y
 
     def _val_score(self, X_val, Y_val, sample_weight=None):
-        return r2_score(Y_val, self._forward(X_val), sample_weight=sample_weight)
+        return r2_score(Y_val, self._predict_from_outputs(self._forward(X_val)), sample_weight=sample_weight)
 
     @available_if(_BaseMLP._check_solver)
     def partial_fit(self, X, y, sample_weight=None):
@@ -424,7 +464,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             it was fitted on a 1-D ``y``.
         """
         X = self._validate_X_predict(X)
-        out = self._forward(X).astype(np.float64, copy=False)
+        out = self._predict_from_outputs(self._forward(X)).astype(np.float64, copy=False)
         if out.shape[1] == 1:
             return out.ravel()
         return out

@@ -461,7 +461,7 @@ LOSS_SHAPES = [(1, 1), (7, 10), (130, 3)]
 
 @requires_cuda
 @pytest.mark.parametrize("dtype", PARAM_DTYPES)
-@pytest.mark.parametrize("name", ["softmax_xent", "svm", "mse", "bce_logits"])
+@pytest.mark.parametrize("name", ["softmax_xent", "svm", "mse", "bce_logits", "poisson"])
 @pytest.mark.parametrize("B,C", LOSS_SHAPES)
 def test_cuda_losses(B, C, name, dtype):
     rng = np.random.default_rng(B * 7 + C)
@@ -472,6 +472,8 @@ def test_cuda_losses(B, C, name, dtype):
             S[0, 0] = 80.0                        # exp would overflow without the max shift
     elif name == "mse":
         T = rnd(rng, (B, C), dtype)
+    elif name == "poisson":
+        T = rng.poisson(2.0, (B, C)).astype(dtype)     # counts, zeros among them
     else:
         T = rng.random((B, C)).astype(dtype)
         S[0, 0] = -200.0                          # log1p(exp(-|s|)) keeps this finite
@@ -734,9 +736,11 @@ def test_cuda_loss_kernels_nonfinite_match_cpu(kind, dtype):
     """Each loss kernel with NaN and inf scores: the same loss (NaN, inf or finite) and
     the same gradient on both targets (the CUDA SVM kernel once returned 0 for a NaN score)."""
     cpu_k = {"softmax_cross_entropy": cpu_losses._softmax_xent, "svm": cpu_losses._svm,
-             "mse": cpu_losses._mse, "bce_with_logits": cpu_losses._bce_logits}[kind]
+             "mse": cpu_losses._mse, "bce_with_logits": cpu_losses._bce_logits,
+             "poisson": cpu_losses._poisson}[kind]
     gpu_k = {"softmax_cross_entropy": g_losses._softmax_xent, "svm": g_losses._svm,
-             "mse": g_losses._mse, "bce_with_logits": g_losses._bce_logits}[kind]
+             "mse": g_losses._mse, "bce_with_logits": g_losses._bce_logits,
+             "poisson": g_losses._poisson}[kind]
     rng = np.random.default_rng(4)
     B, C = 5, 4
     for bad in (np.nan, np.inf, -np.inf):
@@ -831,6 +835,7 @@ def _ptx_table(dtype):
         "mse": (lo._k_mse_rows, (M, M, M, f)),
         "bce_logits": (lo._k_bce_logits_rows, (M, M, M, f)),
         "svm": (lo._k_svm_rows, (M, y, M, f)),
+        "poisson": (lo._k_poisson_rows, (M, M, M, f)),
         "mean": (lo._k_mean, (f, 3, 1.0, f)),
         "check_labels": (lo._k_check_labels, (y, 3, y)),
         "sgd": (op._k_sgd, (v, v, v, 0.1, 0.9, True, 0.1)),
@@ -845,7 +850,7 @@ def _ptx_table(dtype):
 
 #: kernels whose float32 variant legitimately uses float64: the loss row
 #: accumulators and the mean are float64 by contract (as on the CPU)
-_F64_BY_CONTRACT = {"mse", "bce_logits", "svm", "mean", "clip_coef"}
+_F64_BY_CONTRACT = {"mse", "bce_logits", "svm", "mean", "clip_coef", "poisson"}
 _F64_OP = re.compile(r"\b(?:add|sub|mul|fma|div|sqrt|max|min|neg|abs)(?:\.[a-z]+)*\.f64\b")
 _PRODUCTS = ("mm_nn", "mm_nt", "mm_tn")
 
