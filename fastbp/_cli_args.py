@@ -10,7 +10,9 @@ from .registry import losses as _losses
 
 #: ``--activation`` choices: the registry's activation names -> layer class names
 ACTIVATIONS = {e.name: e.layer for e in _acts.entries(public=True)}
-LOSSES = _losses.names()
+#: the CLI's --loss choices: not 'poisson' (count targets; the CLI standardises regression
+#: targets, which a log-link loss cannot take: use MLPRegressor(loss='poisson'))
+LOSSES = tuple(n for n in _losses.names() if n != "poisson")
 DEFAULT_LR = {"sgd": 0.05, "adam": 0.001, "rmsprop": 0.001}
 
 

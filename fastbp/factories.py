@@ -32,8 +32,10 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
     ----------
     model : Sequential
         Layers :class:`Linear`, :class:`ReLU`, :class:`Sigmoid`, :class:`Tanh`.
-    loss : {"softmax_cross_entropy", "mse", "bce_with_logits", "svm"}
-    optimizer : SGD or Adam, default ``SGD(lr=0.1)``
+    loss : {"softmax_cross_entropy", "mse", "bce_with_logits", "svm", "poisson"}
+        ``"poisson"``: the half Poisson deviance of ``exp`` of the outputs
+        (count targets >= 0; the network's outputs are log-means).
+    optimizer : SGD, Adam or RMSprop, default ``SGD(lr=0.1)``
         Applied inside the fused step.
     batch_size : int, default 64
         Largest minibatch; smaller ones work without recompiling.

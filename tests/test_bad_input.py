@@ -336,7 +336,7 @@ CASES = [
       r"model must be a fastbp\.Sequential, got NoneType"),
     C("compile_unknown_loss", "unknown names", "compile", "",
       lambda _: fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 2)), loss="cross_entropy"), ValueError,
-      r"unknown loss 'cross_entropy'; valid losses: bce_with_logits, mse, softmax_cross_entropy, svm"),
+      r"unknown loss 'cross_entropy'; valid losses: bce_with_logits, mse, poisson, softmax_cross_entropy, svm"),
     C("compile_loss_not_str", "wrong type", "compile", "",
       lambda _: fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 2)), loss=None), ValueError,
       r"unknown loss None; valid losses: "),

@@ -90,6 +90,7 @@ def test_quiet_has_no_progress_bar_and_is_reproducible():
     (["train", "--optimizer", "adagrad"], "--optimizer"),      # (rmsprop was refused until issue 15)
     (["train", "--clip-grad-norm", "0"], "--clip-grad-norm"),
     (["train", "--clip-grad-norm", "inf"], "--clip-grad-norm"),
+    (["train", "--loss", "poisson"], "--loss"),       # count targets: MLPRegressor(loss="poisson")
     (["train", "--hidden", "0"], "--hidden"),
     (["train", "--momentum", "1.5", "--optimizer", "sgd"], "--momentum"),
     (["train", "--momentum", "0.5"], "--momentum"),          # adam has no momentum
