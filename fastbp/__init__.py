@@ -59,3 +59,7 @@ def _export_activations():
 
 
 _export_activations()
+
+from .graph import dropout  # noqa: E402
+from .layers import Dropout, Residual  # noqa: E402
+__all__ += ["dropout", "Dropout", "Residual"]

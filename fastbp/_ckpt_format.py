@@ -345,6 +345,8 @@ def _raw_param_count(spec):
     total = 0
     layers = spec.get("layers")
     for ls in layers if isinstance(layers, list) else ():
+        if isinstance(ls, dict) and ls.get("type") == "Residual":      # its f's Linear layers
+            total += _raw_param_count(ls)
         if isinstance(ls, dict) and ls.get("type") == "Linear":
             i, o = ls.get("in_features"), ls.get("out_features")
             if isinstance(i, int) and isinstance(o, int) and i > 0 and o > 0:

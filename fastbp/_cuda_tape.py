@@ -31,6 +31,7 @@ from .kernels.cuda import optim as _go
 from .registry.activations import IDENTITY as ACT_IDENTITY
 from .registry import losses as _loss_registry
 from .kernels.cuda import activations as _ga
+from .kernels.cuda import dropout as _gdrop
 from .kernels.cuda import gates as _gg
 from .kernels.cuda import gemm as _gm
 from .kernels.cuda import linear as _gl
@@ -211,7 +212,28 @@ class DeviceTape:
             return [launch(_gg._sum_bwd, V(d), V(e), bool(f2))]
         if op in (ex.OP_SGD, ex.OP_ADAM, ex.OP_RMSPROP):
             return [self._clip_op(b, int(ins[ex.C_F4])), self._update_op(op, a, b, c, d, int(ins[ex.C_F4]), e)]
+        if op in (ex.OP_DROPOUT, ex.OP_DROPOUT_BWD):
+            if op == ex.OP_DROPOUT:
+                return [self._dropout_op(V(a), V(out), f1, int(ins[ex.C_F3]), False)]
+            return [self._dropout_op(V(d), V(e), f1, int(ins[ex.C_F3]), bool(f2))]
         raise RuntimeError(f"internal: opcode {op} has no CUDA implementation")
+
+    def _dropout_op(self, src, dst, layer, pbits, acc):
+        """Dropout forward (``src`` = input, ``dst`` = output) or backward (``dY``, ``dX``):
+        the mask of (the step's seed, ``layer``, the updates applied before this
+        launch, element), as the CPU's.  Read at launch time: the seed, the
+        training flag (eval mode: a copy) and the step count -- ``hyper[H_STEPS]``
+        plus ``ctx.step``, the index of this step among those launched before the
+        counter is advanced (a fit's epoch; 0 for a single call)."""
+        p = float(np.array(pbits, dtype=np.int64).view(np.float64))
+        hyper = self.hyper
+
+        def run(ctx):
+            a = ctx.x if src is _XSLOT else src
+            pd = p if hyper[ex.H_TRAINING] != 0.0 else 0.0
+            _gdrop._dropout(a, dst, int(hyper[ex.H_RNG_SEED]), layer, int(hyper[ex.H_STEPS]) + int(ctx.step), pd,
+                            acc, stream=ctx.stream)
+        return run
 
     def _loss_op(self, S, dS, out, kind, nb):
         entry = _loss_registry.by_code(kind)

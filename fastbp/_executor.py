@@ -30,7 +30,7 @@ import numpy as np
 
 from . import _blas
 from ._jit import array_at, block2d, jit, unmanaged_c
-from ._native import kcall, native_address
+from ._native import kcall, native_address, native_kernel
 from .config import BLAS_MIN_MACS, BLAS_THREADS_MIN_MACS, JIT_MAX_MACS  # noqa: F401 - re-exported
 from .kernels.codes import LOSS_BCE_LOGITS, LOSS_MSE, LOSS_POISSON, LOSS_SOFTMAX_XENT, LOSS_SVM
 from .kernels.gemm import BLAS_AVAILABLE, BLAS_THREAD_CONTROL, JIT_SLOT, blas_get_threads, blas_set_threads
@@ -40,17 +40,20 @@ from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_COLSUM,  #
                             K_PROTO_FWD, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD, K_SVM, N_KERNELS, N_ROLES, I1,
                             I64, a2, kcall_at, kernels_for)
 from .kernels.table import K_GRAD_SCALE, K_GRAD_SUMSQ, K_POISSON, K_RMSPROP
+from .kernels.table import K_DROPOUT
 from .registry.activations import CAPACITY as ACT_CAPACITY, IDENTITY as ACT_IDENTITY
 
 from ._isa import (  # noqa: F401 - re-exported: the executor reads and writes this format
     OP_LOAD_X, OP_LINEAR, OP_MATMUL, OP_GATE, OP_ACT, OP_SUM, OP_LOSS, OP_SEED, OP_LINEAR_BWD, OP_MATMUL_BWD,
     OP_GATE_BWD, OP_ACT_BWD, OP_SUM_BWD, OP_SGD, OP_ADAM, C_OP, C_OUT, C_A, C_B, C_C, C_D, C_E, C_F, C_G,
     C_F1, C_F2, C_F3, C_F4, C_P, TAPE_WIDTH, X_ARENA, X_ARENA_N, X_BUFS, X_BUFS_N, X_TAPE, X_TAPE_N, X_HYPER,
-    X_WS64, X_WS64_N, X_GJIT, X_GJIT_N, X_BATCH, X_KTAB, CONTEXT_SIZE, S_FWD, S_LOSS, S_BWD, S_END, H_LR,
+    X_WS64, X_WS64_N, X_GJIT, X_GJIT_N, X_BATCH, X_KTAB, X_RUN, CONTEXT_SIZE, S_FWD, S_LOSS, S_BWD, S_END, H_LR,
     H_MOM, H_NESTEROV, H_WD, H_B1, H_B2, H_EPS, H_DECOUPLED, H_T, H_BLAS_MIN, H_STEPS, H_BT_ON, H_BT_MAX,
     H_BT_CUR, H_BT_MIN, H_JIT_ON, RUNTIME_SLOTS, HYPER_SIZE, MODE_FORWARD, MODE_GRAD, MODE_TRAIN, STATUS_OK,
     STATUS_LOSS_NONFINITE, STATUS_GRAD_NONFINITE, STATUS_BAD_LABEL, STATUS_BAD_INPUT, STATUS_BAD_OP)
 from ._isa import OP_RMSPROP, H_CLIP, H_ALPHA, H_WEIGHTED, HYPER_SIZE_V1  # noqa: F401 - re-exported
+from ._isa import OP_DROPOUT, OP_DROPOUT_BWD, H_RNG_SEED, H_TRAINING  # noqa: F401 - re-exported
+from ._jit import int64_bits_as_float64  # dropout's p: float64 bits in the tape
 
 
 @jit
@@ -182,10 +185,10 @@ def context(arena, bufs, tape, hyper, ws64, gjit, batch_size):
     if bufs.shape[1] != 3 or tape.shape[1] != TAPE_WIDTH or hyper.shape[0] != HYPER_SIZE:
         raise ValueError("executor context: bufs, tape or hyper has the wrong width")
     ktab = kernel_table(arena.dtype, tape)
-    _ensure_run_tape(arena.dtype)
+    run = _ensure_run_tape(arena.dtype)
     return np.array([arena.ctypes.data, arena.shape[0], bufs.ctypes.data, bufs.shape[0], tape.ctypes.data,
                      tape.shape[0], hyper.ctypes.data, ws64.ctypes.data, ws64.shape[0], gjit.ctypes.data,
-                     gjit.shape[0], batch_size, ktab.ctypes.data], dtype=np.int64)
+                     gjit.shape[0], batch_size, ktab.ctypes.data, run], dtype=np.int64)
 
 
 #: per dtype: the addresses of the native kernels loaded so far (0: not loaded)
@@ -194,11 +197,9 @@ _KTABS = {}
 def _ensure_run_tape(dtype):
     """Compile (or load from the cache) :func:`run_tape` for the arguments a
     step passes (C-contiguous arrays of ``dtype``), so that the one-time
-    compilation happens in :func:`fastbp.compile`, not inside the first step."""
-    d = numba.from_dtype(np.dtype(dtype))
-    sig = (I1, I64, I64, I64, a2(d), I1, a2(d))
-    if sig not in run_tape.overloads:
-        run_tape.compile(sig)
+    compilation happens in :func:`fastbp.compile`, not inside the first step;
+    returns the address of its native code (context slot ``X_RUN``)."""
+    return native_address(K_RUN_TAPE, np.dtype(dtype))
 
 
 def kernel_table(dtype, tape):
@@ -446,6 +447,18 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
         elif op == OP_SUM_BWD:
             dO = _xview(arena, bufs, x, xb, ins[C_D], nb)
             kcall(kt, K_SUM_BWD, (dO, _view(arena, bufs, ins[C_E], nb), ins[C_F2] != 0))
+        elif op == OP_DROPOUT or op == OP_DROPOUT_BWD:
+            # the mask of (seed, layer f1, updates so far, element): recomputed by the
+            # backward (fastbp._rng); eval mode (hyper[H_TRAINING] == 0) passes a through
+            pdrop = int64_bits_as_float64(ins[C_F3]) if hyper[H_TRAINING] != 0.0 else 0.0
+            if op == OP_DROPOUT:
+                src = _xview(arena, bufs, x, xb, ins[C_A], nb)
+                dst = _view(arena, bufs, ins[C_OUT], nb)
+            else:
+                src = _xview(arena, bufs, x, xb, ins[C_D], nb)
+                dst = _view(arena, bufs, ins[C_E], nb)
+            kcall(kt, K_DROPOUT, (src, dst, int(hyper[H_RNG_SEED]), ins[C_F1], int(hyper[H_STEPS]), pdrop,
+                                  op == OP_DROPOUT_BWD and ins[C_F2] != 0))
         elif op == OP_SGD or op == OP_ADAM or op == OP_RMSPROP:
             p0 = ins[C_A]
             g0 = ins[C_B]
@@ -484,6 +497,15 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
     return status, (0.0 if status == STATUS_BAD_LABEL else loss), info
 
 
+#: the interpreter as a native kernel: the native loops (:func:`run_fit`,
+#: :func:`run_predict`, :func:`run_update`) call it by address (context slot
+#: ``X_RUN``), so each of them compiles in well under a second instead of
+#: re-optimising a copy of the interpreter (seconds each, per dtype), and runs
+#: exactly the code a single step runs.  (Not an index of the kernel table.)
+K_RUN_TAPE = 1 << 20
+native_kernel(K_RUN_TAPE, run_tape, numba.types.Tuple((I64, numba.types.float64, I64)),
+              lambda d: (I1, I64, I64, I64, a2(d), I1, a2(d)))
+
 def run_step(ctx, sec, nb, x, yi, yf, mode):
     """One call: forward (+ loss + backward (+ update)) for a minibatch of ``nb`` rows.
 
@@ -497,6 +519,16 @@ def run_step(ctx, sec, nb, x, yi, yf, mode):
     if mode != MODE_FORWARD:
         hi = sec[S_BWD] if mode == MODE_GRAD else sec[S_END]
     return run_tape(ctx, 0, hi, nb, x, yi, yf)
+
+
+@jit
+def _copy_row(src, i, dst, j):
+    """``dst[j, :] = src[i, :]`` as a loop (equal widths: the caller's buffers).
+
+    numba's slice assignment would compile its shape-mismatch error message,
+    which formats tuples into strings: seconds of compilation per caller."""
+    for c in range(dst.shape[1]):
+        dst[j, c] = src[i, c]
 
 
 @jit
@@ -529,8 +561,7 @@ def run_fit(ctx, sec, X, Yi, Yf, perm, starts, in_order, xbuf, yfbuf, yi_stage, 
         else:
             xin = _view(arena, bufs, xbuf, nb)
             for r in range(nb):
-                src = perm[lo + r]
-                xin[r, :] = X[src]
+                _copy_row(X, perm[lo + r], xin, r)
             yi_v = yi_stage[:nb]
             if classif:
                 for r in range(nb):
@@ -539,9 +570,9 @@ def run_fit(ctx, sec, X, Yi, Yf, perm, starts, in_order, xbuf, yfbuf, yi_stage, 
             else:
                 yf_v = _view(arena, bufs, yfbuf, nb)
                 for r in range(nb):
-                    yf_v[r, :] = Yf[perm[lo + r]]
+                    _copy_row(Yf, perm[lo + r], yf_v, r)
             first = 1   # the LOAD_X instruction (tape[0]) is skipped: the rows are in place
-        status, loss, info = run_tape(ctx, first, sec[S_END], nb, xin, yi_v, yf_v)
+        status, loss, info = kcall_at(ctx, X_RUN, K_RUN_TAPE, (ctx, first, sec[S_END], nb, xin, yi_v, yf_v))
         if status != STATUS_OK:
             return status, s, info
         losses[s] = loss
@@ -561,10 +592,12 @@ def run_predict(ctx, sec, X, out, batch_size, outbuf):
     for lo in range(0, n, batch_size):
         hi = min(lo + batch_size, n)
         nb = hi - lo
-        status, _, _ = run_tape(ctx, 0, sec[S_FWD], nb, X[lo:hi], yi, _empty(arena))
+        status, _, _ = kcall_at(ctx, X_RUN, K_RUN_TAPE, (ctx, np.int64(0), sec[S_FWD], nb, X[lo:hi], yi, _empty(arena)))
         if status != STATUS_OK:
             return status, lo
-        out[lo:hi, :] = _view(arena, bufs, outbuf, nb)
+        got = _view(arena, bufs, outbuf, nb)
+        for r in range(nb):
+            _copy_row(got, r, out, lo + r)
     return STATUS_OK, n
 
 
@@ -573,7 +606,7 @@ def run_update(ctx, sec, x):
     """Only the optimizer update (after the gradients were reduced across ranks).
     ``x``: any 2-D array of the step's dtype (empty: it is not read)."""
     yi = sec[:0]            # an empty int64 vector that allocates nothing
-    return run_tape(ctx, sec[S_BWD], sec[S_END], 1, x, yi, x)
+    return kcall_at(ctx, X_RUN, K_RUN_TAPE, (ctx, sec[S_BWD], sec[S_END], np.int64(1), x, yi, x))
 
 
 def runtime_hyper(hyper):

@@ -59,6 +59,7 @@ class GradFunctionBase:
         self.inputs = [n for n in self.graph.inputs if n.id in self.plan.value_buf]
         self.param_nodes = [n for n in self.graph.params if n.id in self.plan.value_buf]
         self.hyper = np.zeros(ex.HYPER_SIZE)
+        self.hyper[ex.H_TRAINING] = 1.0     # fastbp.grad is training mode (Dropout on; mask seed 0, step 0)
         self._lock = threading.Lock()
 
     def __reduce_ex__(self, protocol):

@@ -23,6 +23,8 @@ OP_MATMUL_BWD = 10
 OP_GATE_BWD = 11
 OP_ACT_BWD = 12
 OP_SUM_BWD = 13
+OP_DROPOUT = 14      # out = a * mask / (1 - p); f1=the dropout's layer id (its mask's key), f3=p's float64 bits
+OP_DROPOUT_BWD = 15  # e (+)= d * the same mask (recomputed); f1, f3 as OP_DROPOUT, f2=accumulate
 OP_SGD = 20
 OP_ADAM = 21
 OP_RMSPROP = 22  # torch.optim.RMSprop; c=square_avg, d=momentum buffer (-1: none), e=grad_avg (-1: none)
@@ -35,9 +37,10 @@ C_OP, C_OUT, C_A, C_B, C_C, C_D, C_E, C_F, C_G, C_F1, C_F2, C_F3, C_F4, C_P = ra
 TAPE_WIDTH = 14
 
 # the executor context: addresses and sizes of a step's arrays, one int64 vector
+# (X_RUN: the address of the interpreter itself, which the native loops call)
 (X_ARENA, X_ARENA_N, X_BUFS, X_BUFS_N, X_TAPE, X_TAPE_N, X_HYPER, X_WS64, X_WS64_N, X_GJIT,
- X_GJIT_N, X_BATCH, X_KTAB) = range(13)
-CONTEXT_SIZE = 13
+ X_GJIT_N, X_BATCH, X_KTAB, X_RUN) = range(14)
+CONTEXT_SIZE = 14
 
 # sections of the tape: [0, FWD) forward, [FWD, LOSS) loss, [LOSS, BWD) backward, [BWD, END) update
 S_FWD, S_LOSS, S_BWD, S_END = range(4)
@@ -47,6 +50,12 @@ S_FWD, S_LOSS, S_BWD, S_END = range(4)
  H_BT_ON, H_BT_MAX, H_BT_CUR, H_BT_MIN, H_JIT_ON) = range(16)
 #: hyper slots that describe this process (BLAS threading, JIT GEMM), not the training state
 RUNTIME_SLOTS = (H_BLAS_MIN, H_BT_ON, H_BT_MAX, H_BT_CUR, H_BT_MIN, H_JIT_ON)
+#: the dropout masks' 32-bit seed (fastbp._rng.seed_key of the step's seed; training state)
+H_RNG_SEED = 16
+#: 1.0 in training calls (step, fit, loss_and_grads, fastbp.grad), 0.0 in predict/evaluation:
+#: Dropout is off in eval mode
+H_TRAINING = 17
+RUNTIME_SLOTS = RUNTIME_SLOTS + (H_TRAINING,)
 #: max_norm of the gradient clipping by global norm before the update (0: no clipping);
 #: RMSprop's smoothing constant alpha; H_WEIGHTED: 1.0 while a call's loss weighs its rows
 #: by the sample weights in ``ws64[batch_size : batch_size + rows]`` (set and reset around

@@ -103,7 +103,7 @@ def step_bytes(model, n_state, batch_size, itemsize, init=True):
     largest = 0
     acts = batch_size * model.in_features           # the input buffer
     n_bufs = 4                                      # input, targets, loss and its gradient
-    for layer in model.layers:
+    for layer in (model.flat_layers() if hasattr(model, "flat_layers") else model.layers):
         if getattr(layer, "weight_shape", None) is not None:     # a Linear (no import of layers: no cycle)
             k = layer.in_features * layer.out_features_ + (layer.out_features_ if layer.bias else 0)
             n_params += k

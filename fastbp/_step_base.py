@@ -30,10 +30,11 @@ import numpy as np
 
 from . import _isa as ex
 from . import _memory
+from . import _rng
 from . import _validate as V
 from .compiler import build_plan, new_arena
 from .kernels.codes import CLASSIFICATION_LOSSES, LOSSES
-from .layers import Linear, Sequential, _Activation
+from .layers import Sequential, linear_layers
 from .optimizers import SGD, _real, clip_grad_norm_arg, resolve_optimizer
 from .schedules import ReduceLROnPlateau, schedule_arg
 from . import training as _training
@@ -53,24 +54,21 @@ class _LazyInit:
     def __init__(self, model, seed):
         layers = model.layers
         self._keys = set()
-        for i, layer in enumerate(layers):
-            if isinstance(layer, Linear):
-                self._keys.add(f"{i}.W")
-                if layer.bias:
-                    self._keys.add(f"{i}.b")
+        for key, layer, _ in linear_layers(layers):     # inside Residual blocks too ("i.j")
+            self._keys.add(f"{key}.W")
+            if layer.bias:
+                self._keys.add(f"{key}.b")
         self._ready = {}
         self._draws = self._draw(layers, seed)
 
     @staticmethod
     def _draw(layers, seed):
         rng = np.random.default_rng(seed)
-        for i, layer in enumerate(layers):
-            if isinstance(layer, Linear):
-                nxt = layers[i + 1] if i + 1 < len(layers) else None
-                W, b = layer.init(rng, nxt.op if isinstance(nxt, _Activation) else None)
-                yield f"{i}.W", W
-                if b is not None:
-                    yield f"{i}.b", b
+        for key, layer, act in linear_layers(layers):
+            W, b = layer.init(rng, act)
+            yield f"{key}.W", W
+            if b is not None:
+                yield f"{key}.b", b
 
     def get(self, key, default=None):
         if key not in self._keys:
@@ -208,6 +206,10 @@ class StepBase:
         for _, node, _, _ in self.plan.params:
             node.value = None       # written into the arena: the float64 initial values are not kept
         self.hyper = hyper_from(self.optimizer)
+        # Dropout: the masks' seed (from the step's seed; saved in checkpoints with hyper)
+        # and training mode (predict switches to eval mode for its call)
+        self.hyper[ex.H_RNG_SEED] = float(_rng.seed_key(self.seed))
+        self.hyper[ex.H_TRAINING] = 1.0
         self._no_yi = np.zeros(0, dtype=np.int64)
         self._no_yf = np.zeros((0, 0), dtype=self.dtype)
         self._lock = threading.Lock()       # one call at a time on this step's buffers

@@ -259,11 +259,17 @@ def build_plan(graph, output, wrt, *, dtype, batch_size, loss=None, optimizer=No
             vo = b.alias(vbuf_out, rows, 1)
         return va, vb, vo
 
+    # dropout: each node's layer id (the key of its masks) and p (as its float64 bits in f3)
+    drop = {n.id: (i, _dropout_bits(n.attrs["p"])) for i, n in enumerate(x for x in nodes if x.op == "dropout")}
+
     loss_instr = None
     for n in nodes:
         if n.op in ("input", "param", "const") or n.id in hidden:
             continue
-        if n.id in fused:
+        if n.op == "dropout":
+            b.emit(ex.OP_DROPOUT, out=value_buf[n.id], a=value_buf[n.inputs[0].id], f1=drop[n.id][0],
+                   f3=drop[n.id][1])
+        elif n.id in fused:
             f = fused[n.id]
             b.emit(ex.OP_LINEAR, out=value_buf[n.id], a=value_buf[f["x"].id], b=value_buf[f["W"].id],
                    c=value_buf[f["b"].id] if f["b"] is not None else -1, d=pre_buf.get(n.id, -1),
@@ -311,7 +317,10 @@ def build_plan(graph, output, wrt, *, dtype, batch_size, loss=None, optimizer=No
         if n.id not in rg or n.op in ("input", "param", "const", "loss") or n.id in hidden:
             continue
         dO = grad_buf[n.id]
-        if n.id in fused:
+        if n.op == "dropout":
+            da, acc_a = target(n.inputs[0])
+            b.emit(ex.OP_DROPOUT_BWD, d=dO, e=da, f1=drop[n.id][0], f2=acc_a, f3=drop[n.id][1])
+        elif n.id in fused:
             f = fused[n.id]
             dx, acc_x = target(f["x"])
             dw, acc_w = target(f["W"])
@@ -385,6 +394,11 @@ def build_plan(graph, output, wrt, *, dtype, batch_size, loss=None, optimizer=No
         x_buf=value_buf[train_input.id] if train_input is not None else -1,
         out_buf=value_buf[out_node.id], yf_buf=yf_buf, consts=consts, n_fused=len(fused),
     )
+
+
+def _dropout_bits(p):
+    """A dropout probability's float64 bits as an int64 (the tape column f3): exact whatever the step's dtype."""
+    return int(np.array(float(p), dtype=np.float64).view(np.int64))
 
 
 def new_arena(plan):

@@ -353,11 +353,15 @@ class CudaTrainStep(StepBase):
             Xd = xd if xd is not None else cuda.to_device(xh, stream=s)
             out = cuda.device_array((n, self.n_out), dtype=self.dtype, stream=s)
             bs = self.batch_size
-            for lo in range(0, n, bs):
-                hi = min(lo + bs, n)
-                ctx.x = Xd[lo:hi]
-                t.run(ctx, 1, fwd, hi - lo)
-                out[lo:hi].copy_to_device(t.view(p.out_buf, hi - lo), stream=s)
+            self.hyper[ex.H_TRAINING] = 0.0     # eval mode (Dropout off), read as each launch is made
+            try:
+                for lo in range(0, n, bs):
+                    hi = min(lo + bs, n)
+                    ctx.x = Xd[lo:hi]
+                    t.run(ctx, 1, fwd, hi - lo)
+                    out[lo:hi].copy_to_device(t.view(p.out_buf, hi - lo), stream=s)
+            finally:
+                self.hyper[ex.H_TRAINING] = 1.0
             result = out.copy_to_host(stream=s) if xh is not None else out
             s.synchronize()
         return result

@@ -279,7 +279,7 @@ def _load(path, expect_model):
         raise _Bad(f"'hyper' has {hyper.size} values, expected {step.hyper.size}")
     # hyper-parameters fixed by the optimizer must agree with its spec: the update kernels
     # trust them (e.g. a momentum without a momentum buffer would write out of bounds)
-    free = {ex.H_LR, ex.H_T, ex.H_STEPS, ex.H_CLIP, *ex.RUNTIME_SLOTS}
+    free = {ex.H_LR, ex.H_T, ex.H_STEPS, ex.H_CLIP, ex.H_RNG_SEED, *ex.RUNTIME_SLOTS}
     fixed = [i for i in range(step.hyper.size) if i not in free]
     if not np.array_equal(hyper[fixed], step.hyper[fixed]):
         raise _Bad("hyper-parameters do not match the optimizer spec "
@@ -292,6 +292,8 @@ def _load(path, expect_model):
         v = hyper[slot]
         if v < 0 or v != np.floor(v):
             raise _Bad(f"{name} must be a non-negative integer, got {v}")
+    if not (0 <= hyper[ex.H_RNG_SEED] < 2.0 ** 32 and hyper[ex.H_RNG_SEED] == np.floor(hyper[ex.H_RNG_SEED])):
+        raise _Bad(f"the dropout seed must be an integer in [0, 2**32), got {hyper[ex.H_RNG_SEED]}")
     rng_state = meta["rng"]
     if not isinstance(rng_state, dict) or rng_state.get("bit_generator") != type(step.rng.bit_generator).__name__:
         raise _Bad(f"RNG state is not a {type(step.rng.bit_generator).__name__} state")

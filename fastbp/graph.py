@@ -349,3 +349,51 @@ del _e
 def sum(x):  # noqa: A001  (mirrors numpy's name on purpose)
     """The sum of all elements (a scalar); gradient 1 everywhere."""
     return _graph_of(x, "sum")._unary("sum", x)
+
+
+def dropout(x, p=0.5):
+    """Inverted dropout: each element zeroed with probability ``p`` in training, the
+    others scaled by ``1 / (1 - p)``; the identity in evaluation (``predict``).
+
+    The mask is drawn by a counter-based generator keyed by the step's seed,
+    the dropout's position in the graph, the number of updates applied and the
+    element's index (:mod:`fastbp._rng`): the same on the CPU and the GPU, at
+    any thread count, and after a checkpoint is loaded.  Gradient: ``dx = dy * mask / (1 - p)``.
+
+    Parameters
+    ----------
+    x : Node
+        A node of this graph, any shape.
+    p : float, default 0.5
+        Probability of an element being zeroed, in [0, 1] (``p=1``: zeros, as PyTorch).
+
+    Returns
+    -------
+    Node
+        Same shape as ``x``; ``x`` itself when ``p == 0`` (no instruction: bitwise no dropout).
+
+    Raises
+    ------
+    TypeError
+        ``p`` is not a real number.
+    ValueError
+        ``p`` is outside [0, 1].
+    """
+    p = dropout_probability(p)
+    g = _graph_of(x, "dropout")
+    if p == 0.0:
+        return x
+    return g._unary("dropout", x, {"p": p})
+
+
+def dropout_probability(p, owner="dropout"):
+    """A checked dropout probability (float in [0, 1]); TypeError / ValueError naming ``p``."""
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{owner}: p must be a real number in [0, 1], got {type(p).__name__}")
+    p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{owner}: dropout probability p has to be between 0 and 1, but got {p}")
+    return p
+
+
+__all__.append("dropout")

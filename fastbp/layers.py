@@ -20,7 +20,7 @@ from . import _validate as _v
 from . import graph as _g
 from .registry import activations as _acts
 
-__all__ = ["Linear", "Sequential"]
+__all__ = ["Linear", "Sequential", "Dropout", "Residual"]
 
 
 class Layer:
@@ -152,6 +152,45 @@ def _layer_class(entry):
     return cls
 
 
+class Dropout(Layer):
+    """Inverted dropout (PyTorch's ``torch.nn.Dropout``): in training each element is
+    zeroed with probability ``p`` and the others scaled by ``1 / (1 - p)``; in
+    evaluation (``predict``) the identity.
+
+    Parameters
+    ----------
+    p : float, default 0.5
+        Probability of an element being zeroed, in [0, 1].  ``p=0`` emits no
+        instruction (bitwise the model without it); ``p=1`` gives zeros.
+    inplace : bool, default False
+        Accepted for PyTorch's signature; it changes nothing (the fused step
+        writes every layer's output into a buffer of its own).
+
+    Notes
+    -----
+    The mask is not drawn from a stateful generator but computed from the
+    step's seed (``fastbp.compile(..., seed=...)``), the dropout's position in
+    the model, the number of updates applied and the element's index
+    (:mod:`fastbp._rng`): a step is reproducible, resumable from a checkpoint
+    bitwise, the same at any thread count and on the CPU and the GPU.  The
+    backward recomputes the mask (no mask is stored).  Calls without an update
+    in between (``loss_and_grads``, ``fastbp.grad``) see the same mask.
+    """
+
+    def __init__(self, p=0.5, inplace=False):
+        self.p = _g.dropout_probability(p, "Dropout")
+        self.inplace = _v.boolean("Dropout: inplace", inplace)
+
+    def build(self, g, x, prefix, W=None, b=None):
+        return _g.dropout(x, self.p)
+
+    def spec(self):
+        return {"type": "Dropout", "p": self.p}
+
+    def __repr__(self):
+        return f"Dropout(p={self.p!r})"
+
+
 _LAYER_TYPES = {"Linear": Linear}
 for _e in _acts.entries(public=True):
     globals()[_e.layer] = _LAYER_TYPES[_e.layer] = _layer_class(_e)
@@ -174,6 +213,96 @@ def layer_class(entry):
     return cls
 
 
+class Residual(Layer):
+    """A residual block: ``x + f(x)``, ``f`` the chain of ``layers`` (as in :class:`Sequential`).
+
+    Built on the gate graph: ``f``'s layers, then an ``add`` gate with the
+    block's input (whose gradient is the sum of both paths').
+
+    Parameters
+    ----------
+    *layers : Linear, activation layers, Dropout or Residual
+        ``f``; it must map the block's width to itself (checked when the
+        model is built: a ValueError naming the block otherwise).
+
+    Examples
+    --------
+    >>> import fastbp
+    >>> model = fastbp.Sequential(fastbp.Linear(8, 16), fastbp.ReLU(),
+    ...                           fastbp.Residual(fastbp.Linear(16, 16), fastbp.ReLU()),
+    ...                           fastbp.Linear(16, 3))
+
+    Notes
+    -----
+    PyTorch has no such module; ``from_torch`` does not convert skip
+    connections written in a module's ``forward``.
+    """
+
+    def __init__(self, *layers):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        if not layers:
+            raise ValueError("Residual needs at least one layer (f in x + f(x))")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, (Linear, _Activation, Dropout, Residual)):
+                raise TypeError(f"Residual: layer {i} must be a fastbp {layer_names()}, Dropout or Residual, "
+                                f"got {type(layer).__name__}")
+        self.layers = tuple(layers)
+
+    def out_features(self, in_features):
+        width = in_features
+        for layer in self.layers:
+            width = layer.out_features(width)
+        if width != in_features:
+            raise ValueError(f"{self!r}: f maps {in_features} features to {width}; the block x + f(x) "
+                             f"needs f to keep the width {in_features}")
+        return in_features
+
+    def build(self, g, x, prefix, params):
+        """``x + f(x)`` in graph ``g``; ``params``: the model's ``name -> initial value``
+        (this block's Linear ``j`` is ``f"{prefix}.{j}.W"``)."""
+        h = x
+        for j, layer in enumerate(self.layers):
+            key = f"{prefix}.{j}"
+            if isinstance(layer, Residual):
+                h = layer.build(g, h, key, params)
+            else:
+                h = layer.build(g, h, key, params.get(f"{key}.W"), params.get(f"{key}.b"))
+        if h.shape != x.shape:
+            raise _g.GraphError(f"residual block {prefix} {self!r}: f(x) has shape {h.shape}, x {x.shape}")
+        return x + h
+
+    def spec(self):
+        return {"type": "Residual", "layers": [layer.spec() for layer in self.layers]}
+
+    def __repr__(self):
+        return "Residual(" + ", ".join(map(repr, self.layers)) + ")"
+
+
+def linear_layers(layers, prefix=""):
+    """``(name prefix, Linear, the registry name of the activation after it or None)``
+    for every Linear of ``layers``, in order, inside Residual blocks too (their names
+    ``"i.j"``): the order in which the initial weights are drawn."""
+    for i, layer in enumerate(layers):
+        key = f"{prefix}{i}"
+        if isinstance(layer, Residual):
+            yield from linear_layers(layer.layers, key + ".")
+        elif isinstance(layer, Linear):
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            yield key, layer, (nxt.op if isinstance(nxt, _Activation) else None)
+
+
+def _first_linear(layers):
+    for layer in layers:
+        if isinstance(layer, Linear):
+            return layer
+        if isinstance(layer, Residual):
+            inner = _first_linear(layer.layers)
+            if inner is not None:
+                return inner
+    return None
+
+
 class Sequential(Layer):
     """A chain of layers.
 
@@ -189,16 +318,21 @@ class Sequential(Layer):
         if not layers:
             raise ValueError("Sequential needs at least one layer")
         for i, layer in enumerate(layers):
-            if not isinstance(layer, (Linear, _Activation)):
+            if not isinstance(layer, (Linear, _Activation, Dropout, Residual)):
                 raise TypeError(f"Sequential: layer {i} must be a fastbp {layer_names()}, got {type(layer).__name__}")
-        linears = [layer for layer in layers if isinstance(layer, Linear)]
-        if not linears:
+        first = _first_linear(layers)
+        if first is None:
             raise ValueError("Sequential needs at least one Linear layer")
-        width = linears[0].in_features
-        for layer in layers:
-            width = layer.out_features(width)
+        width = first.in_features
+        for i, layer in enumerate(layers):
+            try:
+                width = layer.out_features(width)
+            except ValueError as e:
+                if isinstance(layer, Residual):     # name the block by its place
+                    raise ValueError(f"Sequential layer {i}: {e}") from None
+                raise
         self.layers = tuple(layers)
-        self.in_features = linears[0].in_features
+        self.in_features = first.in_features
         self.out_features_ = width
 
     def out_features(self, in_features=None):
@@ -208,14 +342,11 @@ class Sequential(Layer):
         """Seeded initial parameters: a dict ``name -> float64 array``."""
         rng = np.random.default_rng(seed)
         params = {}
-        for i, layer in enumerate(self.layers):
-            if isinstance(layer, Linear):
-                nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
-                act = nxt.op if isinstance(nxt, _Activation) else None
-                W, b = layer.init(rng, act)
-                params[f"{i}.W"] = W
-                if b is not None:
-                    params[f"{i}.b"] = b
+        for key, layer, act in linear_layers(self.layers):
+            W, b = layer.init(rng, act)
+            params[f"{key}.W"] = W
+            if b is not None:
+                params[f"{key}.b"] = b
         return params
 
     def build_graph(self, params):
@@ -224,8 +355,21 @@ class Sequential(Layer):
         x = g.input("x", (None, self.in_features))
         h = x
         for i, layer in enumerate(self.layers):
+            if isinstance(layer, Residual):
+                h = layer.build(g, h, str(i), params)
+                continue
             h = layer.build(g, h, str(i), params.get(f"{i}.W"), params.get(f"{i}.b"))
         return g, x, h
+
+    def flat_layers(self):
+        """Every layer, those inside Residual blocks included (not the blocks), in order."""
+        def walk(layers):
+            for layer in layers:
+                if isinstance(layer, Residual):
+                    yield from walk(layer.layers)
+                else:
+                    yield layer
+        return list(walk(self.layers))
 
     def spec(self):
         return {"type": "Sequential", "layers": [layer.spec() for layer in self.layers]}
@@ -235,21 +379,41 @@ class Sequential(Layer):
         """Rebuild a model from :meth:`spec` output (checkpoints)."""
         if not isinstance(spec, dict) or spec.get("type") != "Sequential":
             raise ValueError("model spec is not a Sequential")
-        layers = []
-        for ls in spec["layers"]:
-            t = ls.get("type")
-            entry = _acts.lookup(t, "layer") if t != "Linear" else None
-            if t != "Linear" and entry is None:
-                raise ValueError(f"unknown layer type {t!r} in model spec")
-            if t == "Linear":
-                layers.append(Linear(ls["in_features"], ls["out_features"], ls["bias"],
-                                     _layout=ls.get("layout", "in_out")))
-            else:
-                extra = set(ls) - {"type"} - {p.name for p in entry.params}
-                if extra:
-                    raise ValueError(f"layer {t!r} in model spec has unknown fields {sorted(extra)}")
-                layers.append(layer_class(entry)(**{p.name: ls[p.name] for p in entry.params if p.name in ls}))
-        return cls(*layers)
+        return cls(*_layers_from_spec(spec["layers"]))
 
     def __repr__(self):
         return "Sequential(" + ", ".join(map(repr, self.layers)) + ")"
+
+
+def _layers_from_spec(specs):
+    """The layers of a list of :meth:`Layer.spec` outputs (ValueError for an unknown type)."""
+    if not isinstance(specs, list):
+        raise ValueError("model spec: 'layers' is not a list")
+    layers = []
+    for ls in specs:
+        if not isinstance(ls, dict):
+            raise ValueError(f"layer spec {ls!r} is not an object")
+        t = ls.get("type")
+        if t == "Residual":
+            if set(ls) != {"type", "layers"}:
+                raise ValueError(f"layer 'Residual' in model spec has fields {sorted(ls)}, "
+                                 f"expected ['layers', 'type']")
+            layers.append(Residual(*_layers_from_spec(ls["layers"])))
+            continue
+        if t == "Dropout":
+            if set(ls) != {"type", "p"}:
+                raise ValueError(f"layer 'Dropout' in model spec has fields {sorted(ls)}, expected ['p', 'type']")
+            layers.append(Dropout(ls["p"]))
+            continue
+        entry = _acts.lookup(t, "layer") if t != "Linear" else None
+        if t != "Linear" and entry is None:
+            raise ValueError(f"unknown layer type {t!r} in model spec")
+        if t == "Linear":
+            layers.append(Linear(ls["in_features"], ls["out_features"], ls["bias"],
+                                 _layout=ls.get("layout", "in_out")))
+        else:
+            extra = set(ls) - {"type"} - {p.name for p in entry.params}
+            if extra:
+                raise ValueError(f"layer {t!r} in model spec has unknown fields {sorted(extra)}")
+            layers.append(layer_class(entry)(**{p.name: ls[p.name] for p in entry.params if p.name in ls}))
+    return layers

@@ -357,20 +357,24 @@ class TrainStep(StepBase):
         p = self.plan
         bs = self.batch_size
         with self._lock:
-            if -(-n // bs) >= PREDICT_NATIVE_MIN_CHUNKS:
-                status, row = ex.run_predict(self._ctx, p.sec, X, out, bs, p.out_buf)
-                if status:
-                    self._raise_status(status, 0, where=f" in predict (rows from {row})")
-                return out
-            # few chunks: one already-compiled forward call each (the same code run_predict runs)
-            off, _, cols = (int(v) for v in p.bufs[p.out_buf])
-            end = self._tape_end[ex.MODE_FORWARD]
-            for lo in range(0, n, bs):
-                nb = min(bs, n - lo)
-                status, _, info = ex.run_tape(self._ctx, 0, end, nb, X[lo:lo + nb], self._no_yi, self._no_yf)
-                if status:
-                    self._raise_status(status, info, where=" in predict")
-                out[lo:lo + nb] = self.arena[off:off + nb * cols].reshape(nb, cols)
+            self.hyper[ex.H_TRAINING] = 0.0     # eval mode (Dropout off) for this call only
+            try:
+                if -(-n // bs) >= PREDICT_NATIVE_MIN_CHUNKS:
+                    status, row = ex.run_predict(self._ctx, p.sec, X, out, bs, p.out_buf)
+                    if status:
+                        self._raise_status(status, 0, where=f" in predict (rows from {row})")
+                    return out
+                # few chunks: one already-compiled forward call each (the same code run_predict runs)
+                off, _, cols = (int(v) for v in p.bufs[p.out_buf])
+                end = self._tape_end[ex.MODE_FORWARD]
+                for lo in range(0, n, bs):
+                    nb = min(bs, n - lo)
+                    status, _, info = ex.run_tape(self._ctx, 0, end, nb, X[lo:lo + nb], self._no_yi, self._no_yf)
+                    if status:
+                        self._raise_status(status, info, where=" in predict")
+                    out[lo:lo + nb] = self.arena[off:off + nb * cols].reshape(nb, cols)
+            finally:
+                self.hyper[ex.H_TRAINING] = 1.0
         return out
 
     def save(self, path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import Linear, Sequential, layer_class
+from .layers import Dropout, Linear, Sequential, layer_class
 from . import _isa as ex
 from .optimizers import Adam, RMSprop, SGD
 from .registry import activations as _acts
@@ -237,7 +237,8 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     Parameters
     ----------
     model : torch.nn.Sequential
-        Of ``Linear`` modules and the activation modules of fastbp's
+        Of ``Linear`` modules, ``Dropout`` (``inplace`` is ignored; the masks are
+        fastbp's own generator's) and the activation modules of fastbp's
         activation registry (``ReLU``, ``Sigmoid``, ``Tanh``, ..., with their
         parameters), on the CPU, all float32 or all float64.
     loss : str or torch loss module
@@ -253,7 +254,7 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
         the optimizer state back into ``opt.state``.
     batch_size : int, default 64
     seed : int, default 0
-        Seeds the shuffling of ``fit``.
+        Seeds the shuffling of ``fit`` and the dropout masks.
     clip_grad_norm : float, optional
         What ``torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)``
         before each ``opt.step()`` does (a torch optimizer does not know it).
@@ -282,11 +283,15 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
                 dtypes.add(p.dtype)
             layers.append(Linear(m.in_features, m.out_features, bias=m.bias is not None, _layout="out_in"))
             names.append((str(i), m))
+        elif type(m) is torch.nn.Dropout:
+            # inplace=True is accepted: it changes nothing here (fastbp writes its own buffer);
+            # the mask is fastbp's generator's, not torch's (the same distribution)
+            layers.append(Dropout(m.p))
         elif type(m) in kinds:
             entry = kinds[type(m)]
             layers.append(layer_class(entry)(**{p.name: getattr(m, p.name) for p in entry.params}))
         else:
-            names = ", ".join(["Linear"] + [c.__name__ for c in kinds])
+            names = ", ".join(["Linear", "Dropout"] + [c.__name__ for c in kinds])
             raise ValueError(f"model layer {i} is a {type(m).__name__}; from_torch supports {names}")
     if len(dtypes) != 1 or next(iter(dtypes)) not in (torch.float32, torch.float64):
         raise TypeError(f"model parameters must all be float32 or all float64, got {sorted(map(str, dtypes))}")

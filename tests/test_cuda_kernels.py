@@ -523,6 +523,31 @@ def test_cuda_check_labels(n):
     assert out.copy_to_host()[0] == min(bad) == cpu_losses._check_labels(y, 5)
 
 
+# ================================================================== dropout
+@requires_cuda
+@pytest.mark.parametrize("dtype", PARAM_DTYPES)
+def test_cuda_dropout_matches_cpu_bitwise(dtype):
+    """The CUDA dropout kernel, compiled from the CPU kernel's generator bodies, gives
+    bitwise the CPU's result (the same mask, one product per element): p = 0.5, 0.2
+    (a step count above 2**32), 0 (a copy) and 1 (zeros).  Accumulating (the backward
+    into a gradient that sums contributions) agrees to rounding: the multiply-add may
+    be fused (FMA) on one side and not the other."""
+    from fastbp.kernels import dropout as cpu_drop
+    from fastbp.kernels.cuda import dropout as g_drop
+    rng = np.random.default_rng(3)
+    A = rnd(rng, (7, 33), dtype)
+    for p, step in ((0.5, 3), (0.2, 2**33 + 1), (0.0, 0), (1.0, 5)):
+        for acc in (False, True):
+            out = rnd(rng, (7, 33), dtype)
+            od = dev(out)
+            g_drop._dropout(dev(A), od, 12345, 2, step, p, acc)
+            cpu_drop._dropout.serial(A, out, 12345, 2, step, p, acc)
+            if acc:
+                np.testing.assert_allclose(od.copy_to_host(), out, **tol(dtype))
+            else:
+                np.testing.assert_array_equal(od.copy_to_host(), out)
+
+
 # =============================================================== optimizers
 @requires_cuda
 @pytest.mark.parametrize("dtype", PARAM_DTYPES)
@@ -843,14 +868,21 @@ def _ptx_table(dtype):
         "rmsprop": (op._k_rmsprop, (v, v, v, v, v, 0.01, 0.99, 1e-8, 0.1, 0.9)),
         "clip_coef": (op._k_clip_coef, (v, 1.0, f)),
         "grad_scale": (op._k_grad_scale, (v, f)),
+        "dropout": (_dropout_kernel(), (M, M, 1, 2, 3, 0.5, True)),
         # every kernel of every activation of the registry ("relu.linear_fwd", ...)
         **a_.registry_kernels(dtype),
     }
 
 
+def _dropout_kernel():
+    from fastbp.kernels.cuda import dropout as dr
+    return dr._k_dropout
+
+
 #: kernels whose float32 variant legitimately uses float64: the loss row
-#: accumulators and the mean are float64 by contract (as on the CPU)
-_F64_BY_CONTRACT = {"mse", "bce_logits", "svm", "mean", "clip_coef", "poisson"}
+#: accumulators and the mean are float64 by contract (as on the CPU); dropout
+#: compares its 24-bit uniform with 1 - p in float64 (p exact, as PyTorch's)
+_F64_BY_CONTRACT = {"mse", "bce_logits", "svm", "mean", "dropout", "clip_coef", "poisson"}
 _F64_OP = re.compile(r"\b(?:add|sub|mul|fma|div|sqrt|max|min|neg|abs)(?:\.[a-z]+)*\.f64\b")
 _PRODUCTS = ("mm_nn", "mm_nt", "mm_tn")
 

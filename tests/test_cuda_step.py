@@ -179,6 +179,47 @@ def test_gpu_rmsprop_with_gradient_clipping_matches_cpu():
     assert_same_state(cpu, gpu)
 
 
+# ================================================================== dropout
+@requires_cuda
+@pytest.mark.parametrize("dtype", [np.float64, pytest.param(np.float32, marks=pytest.mark.thorough)])
+def test_gpu_dropout_matches_cpu(dtype):
+    """Dropout on the GPU: bitwise the CPU's mask (single calls, and a fit, whose steps are
+    launched before the step count advances), close results, eval mode in predict.
+    float64 (the README's test command, ~15 s of simulator): a fit of two steps only."""
+    if dtype == np.float64:
+        layers = [L(5, 6), fastbp.ReLU(), fastbp.Dropout(0.4), L(6, 3)]
+        opt = lambda: fastbp.SGD(lr=0.1, momentum=0.9)      # noqa: E731
+    else:
+        layers = [L(5, 6), fastbp.ReLU(), fastbp.Dropout(0.4), L(6, 6), fastbp.Tanh(), fastbp.Dropout(0.5),
+                  L(6, 3)]
+        opt = lambda: fastbp.Adam(lr=0.01)      # noqa: E731
+    cpu, gpu = make_pair(layers, "softmax_cross_entropy", opt, dtype, seed=4)
+    assert gpu.hyper[fastbp._isa.H_RNG_SEED] == cpu.hyper[fastbp._isa.H_RNG_SEED]
+    drops = [n for n in cpu.graph.nodes if n.op == "dropout"]
+
+    def same_mask(n):
+        """The elements the last call dropped (its last minibatch: ``n`` rows) are the same."""
+        for node in drops:
+            buf = cpu.plan.value_buf[node.id]
+            off, _, c = (int(v) for v in cpu.plan.bufs[buf])
+            kept_cpu = cpu.arena[off:off + n * c].reshape(n, c) != 0
+            np.testing.assert_array_equal(gpu._tape.view(buf, n).copy_to_host() != 0, kept_cpu)
+
+    rng = np.random.default_rng(2)
+    if dtype != np.float64:
+        for n in (4, 3):
+            x, y = batch(cpu, n, rng)
+            assert gpu.loss_and_grads(x, y) == approx(cpu.loss_and_grads(x, y), dtype)
+            same_mask(n)
+            assert gpu(x, y) == approx(cpu(x, y), dtype)
+    X, Y = batch(cpu, 5, rng)           # two steps: 4 rows, then 1
+    np.testing.assert_allclose(gpu.fit(X, Y, epochs=1, seed=1), cpu.fit(X, Y, epochs=1, seed=1), **tol(dtype))
+    same_mask(1)                        # the second step's mask: step count + 1
+    assert_same_state(cpu, gpu, grads=False)
+    np.testing.assert_allclose(gpu.predict(X), cpu.predict(X), **tol(dtype))
+    assert gpu.hyper[fastbp._isa.H_TRAINING] == 1.0
+
+
 # ============================================================ fit / predict
 @requires_cuda
 @pytest.mark.parametrize("on_device", [False, pytest.param(True, marks=pytest.mark.thorough)])

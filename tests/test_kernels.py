@@ -23,6 +23,7 @@ from fastbp.kernels.codes import (ACT_NONE, ACT_RELU, ACT_SIGMOID, ACT_TANH, GAT
 DTYPES = [np.float32, np.float64]
 VARIANTS = ["serial", "parallel"]
 ACTS = [ACT_NONE, ACT_RELU, ACT_SIGMOID, ACT_TANH]
+ACT_IDS = ["identity", "relu", "sigmoid", "tanh"]
 #: odd shapes: 1, 7, 33, 257 along both axes
 SHAPES = [(1, 1), (1, 7), (7, 1), (7, 33), (33, 7), (257, 3), (3, 257)]
 #: (m, k, n) for products
@@ -37,8 +38,13 @@ def thorough_case(params):
     """The float64 cases of the parallel variants run in CI's thorough stage only (see
     conftest.py): each compiles a kernel's parallel variant for float64 (seconds), while
     the float32 cases already run every parallel loop and the float64 serial ones every
-    float64 path."""
-    return params.get("variant") == "parallel" and params.get("dt") is np.float64
+    float64 path.  Likewise the parallel variants of the sigmoid and tanh activation
+    kernels: every activation's kernels are copies of the same loop templates with its
+    scalar body inlined (kernels/factory.py), whose parallel loops the identity's and
+    ReLU's cases run, and whose scalar bodies every serial case checks."""
+    if params.get("variant") != "parallel":
+        return False
+    return params.get("dt") is np.float64 or params.get("act") in (ACT_SIGMOID, ACT_TANH)
 
 
 def var(k, variant):
@@ -100,103 +106,105 @@ FWD_BWD = {
 }
 
 
+@pytest.mark.parametrize("act", ACTS, ids=ACT_IDS)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dt", DTYPES)
-def test_activation_kernels_match_numpy(rng, dt, variant):
+def test_activation_kernels_match_numpy(rng, dt, variant, act):
     for shape in SHAPES:
         x = randn(rng, shape, dt, 3.0)
         dy = randn(rng, shape, dt)
         x64 = x.astype(np.float64)
-        for act in ACTS:
-            what = f"act={act} shape={shape}"
-            y = np.full(shape, np.nan, dt)
-            var(A._act_fwd, variant)(x, act, y)
-            close(y, ref_act(act, x64), dt, what=what)
-            ref_dx = dy.astype(np.float64) * ref_dact(act, y.astype(np.float64))
-            dx = np.full(shape, np.nan, dt)
-            var(A._act_bwd, variant)(y, dy, act, dx, False)
-            close(dx, ref_dx, dt, what=what)
-            # in place (dX is dY, as the fused step calls it): its own loops, same result
-            inplace = dy.copy()
-            var(A._act_bwd, variant)(y, inplace, act, inplace, False)
-            np.testing.assert_array_equal(inplace, dx, err_msg=what + " in place")
-            acc = randn(rng, shape, dt)
-            start = acc.astype(np.float64)
-            var(A._act_bwd, variant)(y, dy, act, acc, True)
-            close(acc, start + ref_dx, dt, what=what + " acc")
-            if act in FWD_BWD:
-                fwd, bwd = FWD_BWD[act]
-                y2 = np.full(shape, np.nan, dt)
-                var(fwd, variant)(x, y2)
-                close(y2, ref_act(act, x64), dt, what=what + " " + fwd.__name__)
-                dx2 = np.full(shape, np.nan, dt)
-                var(bwd, variant)(y, dy, dx2)
-                close(dx2, ref_dx, dt, what=what + " " + bwd.__name__)
-                inplace2 = dy.copy()
-                var(bwd, variant)(y, inplace2, inplace2)
-                np.testing.assert_array_equal(inplace2, dx2, err_msg=what + " " + bwd.__name__ + " in place")
+        what = f"act={act} shape={shape}"
+        y = np.full(shape, np.nan, dt)
+        var(A._act_fwd, variant)(x, act, y)
+        close(y, ref_act(act, x64), dt, what=what)
+        ref_dx = dy.astype(np.float64) * ref_dact(act, y.astype(np.float64))
+        dx = np.full(shape, np.nan, dt)
+        var(A._act_bwd, variant)(y, dy, act, dx, False)
+        close(dx, ref_dx, dt, what=what)
+        # in place (dX is dY, as the fused step calls it): its own loops, same result
+        inplace = dy.copy()
+        var(A._act_bwd, variant)(y, inplace, act, inplace, False)
+        np.testing.assert_array_equal(inplace, dx, err_msg=what + " in place")
+        acc = randn(rng, shape, dt)
+        start = acc.astype(np.float64)
+        var(A._act_bwd, variant)(y, dy, act, acc, True)
+        close(acc, start + ref_dx, dt, what=what + " acc")
+        if act in FWD_BWD:
+            fwd, bwd = FWD_BWD[act]
+            y2 = np.full(shape, np.nan, dt)
+            var(fwd, variant)(x, y2)
+            close(y2, ref_act(act, x64), dt, what=what + " " + fwd.__name__)
+            dx2 = np.full(shape, np.nan, dt)
+            var(bwd, variant)(y, dy, dx2)
+            close(dx2, ref_dx, dt, what=what + " " + bwd.__name__)
+            inplace2 = dy.copy()
+            var(bwd, variant)(y, inplace2, inplace2)
+            np.testing.assert_array_equal(inplace2, dx2, err_msg=what + " " + bwd.__name__ + " in place")
         # in place (Y is X, dX is dY)
         xi = x.copy()
-        var(A._act_fwd, variant)(xi, ACT_TANH, xi)
-        close(xi, np.tanh(x64), dt)
+        var(A._act_fwd, variant)(xi, act, xi)
+        close(xi, ref_act(act, x64), dt)
 
 
+@pytest.mark.parametrize("act", ACTS, ids=ACT_IDS)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dt", DTYPES)
-def test_activation_kernels_gradcheck(rng, dt, variant):
+def test_activation_kernels_gradcheck(rng, dt, variant, act):
     for shape in GC_SHAPES:
         x = away_from_zero(randn(rng, shape, dt, 2.0), 0.1).astype(dt)
         G_ = randn(rng, shape, dt)
-        for act in ACTS:
-            y = np.empty(shape, dt)
-            fwd = var(A._act_fwd, variant)
+        y = np.empty(shape, dt)
+        fwd = var(A._act_fwd, variant)
 
-            def f(xx):
-                fwd(xx, act, y)
-                return np.sum(G_.astype(np.float64) * y)
+        def f(xx):
+            fwd(xx, act, y)
+            return np.sum(G_.astype(np.float64) * y)
 
-            num = numerical_gradient(f, x)
-            fwd(x, act, y)
-            dx = np.empty(shape, dt)
-            var(A._act_bwd, variant)(y, G_, act, dx, False)
-            err = relative_error(dx, num)
-            assert err < GC_RTOL[dt], (act, shape, err)
+        num = numerical_gradient(f, x)
+        fwd(x, act, y)
+        dx = np.empty(shape, dt)
+        var(A._act_bwd, variant)(y, G_, act, dx, False)
+        err = relative_error(dx, num)
+        assert err < GC_RTOL[dt], (act, shape, err)
 
 
+@pytest.mark.parametrize("act", [ACT_SIGMOID, ACT_TANH], ids=["sigmoid", "tanh"])
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dt", DTYPES)
-def test_activation_kernels_extremes_finite_and_silent(dt, variant):
+def test_activation_kernels_extremes_finite_and_silent(dt, variant, act):
     x = np.array([[-1e4, -1000, -88.0, -1.0, 0.0, 1.0, 88.0, 1000, 1e4]], dt)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with np.errstate(all="raise"):
             ref_s = 0.5 * (1 + np.tanh(0.5 * x.astype(np.float64)))
             ref_t = np.tanh(x.astype(np.float64))
-        for act, ref in ((ACT_SIGMOID, ref_s), (ACT_TANH, ref_t)):
-            y = np.empty_like(x)
-            var(A._act_fwd, variant)(x, act, y)
-            assert np.all(np.isfinite(y))
-            close(y, ref, dt)
-            dx = np.empty_like(x)
-            var(A._act_bwd, variant)(y, np.ones_like(x), act, dx, False)
-            assert np.all(np.isfinite(dx))
-            assert dx[0, 0] == 0 and dx[0, -1] == 0
-        y = np.empty_like(x)
-        var(A._sigmoid_fwd, variant)(x, y)
-        assert y[0, 0] == 0 and y[0, -1] == 1 and y[0, 4] == 0.5
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("dt", DTYPES)
-def test_activation_kernels_propagate_nan(dt, variant):
-    x = np.array([[np.nan, 1.0, -1.0]], dt)
-    for act in (ACT_RELU, ACT_SIGMOID, ACT_TANH):
+        ref = ref_s if act == ACT_SIGMOID else ref_t
         y = np.empty_like(x)
         var(A._act_fwd, variant)(x, act, y)
-        assert np.isnan(y[0, 0]) and np.all(np.isfinite(y[0, 1:])), act
+        assert np.all(np.isfinite(y))
+        close(y, ref, dt)
         dx = np.empty_like(x)
-        var(A._act_bwd, variant)(np.abs(x), np.array([[1.0, np.nan, 1.0]], dt), act, dx, False)
-        assert np.isnan(dx[0, 1]), act
+        var(A._act_bwd, variant)(y, np.ones_like(x), act, dx, False)
+        assert np.all(np.isfinite(dx))
+        assert dx[0, 0] == 0 and dx[0, -1] == 0
+        if act == ACT_SIGMOID:
+            y = np.empty_like(x)
+            var(A._sigmoid_fwd, variant)(x, y)
+            assert y[0, 0] == 0 and y[0, -1] == 1 and y[0, 4] == 0.5
+
+
+@pytest.mark.parametrize("act", [ACT_RELU, ACT_SIGMOID, ACT_TANH], ids=["relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dt", DTYPES)
+def test_activation_kernels_propagate_nan(dt, variant, act):
+    x = np.array([[np.nan, 1.0, -1.0]], dt)
+    y = np.empty_like(x)
+    var(A._act_fwd, variant)(x, act, y)
+    assert np.isnan(y[0, 0]) and np.all(np.isfinite(y[0, 1:])), act
+    dx = np.empty_like(x)
+    var(A._act_bwd, variant)(np.abs(x), np.array([[1.0, np.nan, 1.0]], dt), act, dx, False)
+    assert np.isnan(dx[0, 1]), act
 
 
 # --------------------------------------------------------------------- gemm
@@ -263,28 +271,34 @@ def test_gemm_gradcheck(rng, dt, variant):
 
 
 # ------------------------------------------------------------------- linear
+@pytest.mark.parametrize("act", ACTS, ids=ACT_IDS)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dt", DTYPES)
-def test_linear_kernels_match_numpy(rng, dt, variant):
+def test_linear_kernels_match_numpy(rng, dt, variant, act):
     for m, k, n in MKN:
         x = randn(rng, (m, k), dt)
         w = randn(rng, (k, n), dt)
         b = randn(rng, (n,), dt)
         z = x.astype(np.float64) @ w.astype(np.float64)
         wt = np.ascontiguousarray(w.T)
-        for act in ACTS:
-            for bias in (b, np.empty(0, dt)):
-                what = f"act={act} bias={bias.size} {m, k, n}"
-                ref = ref_act(act, z + (bias.astype(np.float64) if bias.size else 0))
-                y = np.full((m, n), np.nan, dt)
-                var(L._linear_fwd, variant)(x, w, bias, act, y)
-                close(y, ref, dt, k, what)
-                y = np.full((m, n), np.nan, dt)
-                var(L._linear_fwd_t, variant)(x, wt, bias, act, y)
-                close(y, ref, dt, k, what + " (transposed W)")
-                y = z.astype(dt)
-                var(L._bias_act, variant)(y, bias, act)
-                close(y, ref, dt, k, what + " (epilogue)")
+        for bias in (b, np.empty(0, dt)):
+            what = f"act={act} bias={bias.size} {m, k, n}"
+            ref = ref_act(act, z + (bias.astype(np.float64) if bias.size else 0))
+            y = np.full((m, n), np.nan, dt)
+            var(L._linear_fwd, variant)(x, w, bias, act, y)
+            close(y, ref, dt, k, what)
+            y = np.full((m, n), np.nan, dt)
+            var(L._linear_fwd_t, variant)(x, wt, bias, act, y)
+            close(y, ref, dt, k, what + " (transposed W)")
+            y = z.astype(dt)
+            var(L._bias_act, variant)(y, bias, act)
+            close(y, ref, dt, k, what + " (epilogue)")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dt", DTYPES)
+def test_colsum_kernel_matches_numpy(rng, dt, variant):
+    for m, k, n in MKN:
         dz = randn(rng, (m, n), dt)
         db = np.full(n, np.nan, dt)
         var(L._colsum, variant)(dz, db, False)
@@ -300,9 +314,10 @@ def test_linear_kernels_match_numpy(rng, dt, variant):
     close(db, dz.astype(np.float64).sum(0), dt, 5)
 
 
+@pytest.mark.parametrize("act", ACTS, ids=ACT_IDS)
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("dt", DTYPES)
-def test_linear_backward_chain_gradcheck(rng, dt, variant):
+def test_linear_backward_chain_gradcheck(rng, dt, variant, act):
     """f = sum(G * act(X W + b)) through _linear_fwd; analytic gradients through
     _act_bwd, _mm_tn, _mm_nt and _colsum (the documented backward recipe)."""
     for (m, k, n) in [(1, 1, 1), (7, 5, 3), (4, 9, 6)]:
@@ -310,33 +325,32 @@ def test_linear_backward_chain_gradcheck(rng, dt, variant):
         w = randn(rng, (k, n), dt, 0.5)
         b = randn(rng, (n,), dt, 0.5)
         g = randn(rng, (m, n), dt)
-        for act in ACTS:
-            y = np.empty((m, n), dt)
-            fwd = var(L._linear_fwd, variant)
-            if act == ACT_RELU:  # keep the pre-activations off the kink
-                for _ in range(100):
-                    if np.abs(x.astype(np.float64) @ w + b).min() > 0.05:
-                        break
-                    b = randn(rng, (n,), dt, 0.5)
-                else:
-                    pytest.fail("no kink-free bias found")
+        y = np.empty((m, n), dt)
+        fwd = var(L._linear_fwd, variant)
+        if act == ACT_RELU:  # keep the pre-activations off the kink
+            for _ in range(100):
+                if np.abs(x.astype(np.float64) @ w + b).min() > 0.05:
+                    break
+                b = randn(rng, (n,), dt, 0.5)
+            else:
+                pytest.fail("no kink-free bias found")
 
-            def f(_):
-                fwd(x, w, b, act, y)
-                return np.sum(g.astype(np.float64) * y)
-
+        def f(_):
             fwd(x, w, b, act, y)
-            dz = np.empty_like(y)
-            var(A._act_bwd, variant)(y, g, act, dz, False)
-            dw = np.empty_like(w)
-            var(M._mm_tn, variant)(x, dz, dw, False)
-            dx = np.empty_like(x)
-            var(M._mm_nt, variant)(dz, w, dx, False)
-            db = np.empty_like(b)
-            var(L._colsum, variant)(dz, db, False)
-            for name, ana, arr in (("x", dx, x), ("w", dw, w), ("b", db, b)):
-                err = relative_error(ana, numerical_gradient(f, arr))
-                assert err < GC_RTOL[dt], (name, act, (m, k, n), err)
+            return np.sum(g.astype(np.float64) * y)
+
+        fwd(x, w, b, act, y)
+        dz = np.empty_like(y)
+        var(A._act_bwd, variant)(y, g, act, dz, False)
+        dw = np.empty_like(w)
+        var(M._mm_tn, variant)(x, dz, dw, False)
+        dx = np.empty_like(x)
+        var(M._mm_nt, variant)(dz, w, dx, False)
+        db = np.empty_like(b)
+        var(L._colsum, variant)(dz, db, False)
+        for name, ana, arr in (("x", dx, x), ("w", dw, w), ("b", db, b)):
+            err = relative_error(ana, numerical_gradient(f, arr))
+            assert err < GC_RTOL[dt], (name, act, (m, k, n), err)
 
 
 # -------------------------------------------------------------------- gates

@@ -22,6 +22,7 @@ from .gemm import _blas_mm, _jit_mm, _mm_small
 from .linear import _colsum
 from .losses import _bce_logits, _mse, _poisson, _softmax_xent, _svm
 from .optim import _adam_update, _grad_scale, _grad_sumsq, _rmsprop_update, _sgd_update
+from .dropout import _dropout
 
 (K_COLSUM, K_GATE_FWD, K_GATE_BWD, K_SUM_FWD, K_SUM_BWD, K_SOFTMAX_XENT,
  K_SVM, K_MSE, K_BCE_LOGITS, K_SGD, K_ADAM, K_MM_SMALL, K_BLAS_MM, K_JIT_MM) = range(14)
@@ -30,6 +31,9 @@ K_ACT = 14
 N_ROLES = _act.N_ROLES
 #: entries of a kernel table
 N_KERNELS = K_ACT + N_ROLES * _R.CAPACITY
+#: dropout's kernel (forward and backward), after the activations' block
+K_DROPOUT = N_KERNELS
+N_KERNELS = K_DROPOUT + 1
 #: the identity's kernels: the prototypes whose signatures every entry's kernels share
 K_PROTO_BIAS_ACT = K_ACT + _act.ROLE_BIAS_ACT
 K_PROTO_FWD = K_ACT + _act.ROLE_FWD
@@ -73,6 +77,7 @@ native_kernel(K_GRAD_SCALE, _grad_scale.serial, NONE, lambda d: (a1(d), F64))
 native_kernel(K_MM_SMALL, _mm_small, NONE, lambda d: (a2(d), a2(d), a2(d), B, B, B))
 native_kernel(K_BLAS_MM, _blas_mm, NONE, lambda d: (a2(d), a2(d), a2(d), B, B, B))
 native_kernel(K_JIT_MM, _jit_mm, B, lambda d: (a2(d), a2(d), a2(d), B, B, B, I1, I64))
+native_kernel(K_DROPOUT, _dropout.serial, NONE, lambda d: (a2(d), a2(d), I64, I64, I64, F64, B))
 
 #: argument types of the activation roles (bias_act, fwd, bwd)
 _ACT_SIGS = (lambda d: (a2(d), a1(d), a2(d), a1(d)),
@@ -185,6 +190,8 @@ _OP_KERNELS = {
 }
 #: the update opcodes: each may clip the gradients first (hyper slot H_CLIP)
 _UPDATE_OPS = (_isa.OP_SGD, _isa.OP_ADAM, _isa.OP_RMSPROP)
+_OP_KERNELS[_isa.OP_DROPOUT] = ((K_DROPOUT,), False)
+_OP_KERNELS[_isa.OP_DROPOUT_BWD] = ((K_DROPOUT,), False)
 #: opcodes whose C_G is an activation code, and the roles of its kernels they call
 _ACT_ROLES = {_isa.OP_LINEAR: (0,), _isa.OP_ACT: (1,), _isa.OP_LINEAR_BWD: (2,), _isa.OP_ACT_BWD: (2,)}
 

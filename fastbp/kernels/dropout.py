@@ -1,0 +1,64 @@
+"""Dropout's CPU kernel: inverted dropout with the counter-based mask of :mod:`fastbp._rng`.
+
+One kernel serves the forward and the backward of a dropout instruction:
+the mask is a pure function of ``(seed, layer, step, index)``, so the
+backward recomputes it instead of keeping it (no mask buffer: a dropout
+costs no memory beyond its output, and hashing an element is cheaper than
+the memory traffic of a stored mask on the CPU and the GPU alike).
+"""
+from .._jit import jit, kernel
+from .. import _rng
+from .factory import specialise
+
+_mix = jit(inline=True)(_rng.mix32)
+_bits = jit(inline=True)(specialise(_rng.element_bits, "__cpu", _mix=_mix))
+stream_key = jit(specialise(_rng.stream_key, "__cpu", _mix=_mix))
+_keep = jit(inline=True)(specialise(_rng.keep, "__cpu", _bits=_bits))
+
+
+@kernel
+def _dropout(A, out, seed, layer, step, p, acc):
+    """``out (+)= A * m``, ``m = 1[kept] / (1 - p)`` per element (inverted dropout).
+
+    Forward: ``A`` is the input, ``out`` the output.  Backward: ``A`` is the
+    output's gradient ``dY`` and ``out`` the input's ``dX``; the derivative of
+    ``y = x * m`` is ``dx = dy * m``, the same product with the same mask.
+
+    Parameters
+    ----------
+    A, out : ndarray, shape (r, c), float32 or float64
+    seed, layer, step : int64
+        The mask's key (:func:`fastbp._rng.stream_key`); element ``(i, j)``
+        has index ``i * c + j``.
+    p : float64
+        The probability of an element being zeroed, in [0, 1].  ``p == 0``:
+        ``out (+)= A`` exactly (eval mode); ``p == 1``: ``m = 0``.
+    acc : bool
+        Add into ``out`` instead of overwriting it.
+
+    Notes
+    -----
+    As PyTorch: the scale is ``1 / (1 - p)`` computed in the arrays' dtype and
+    the product is ``A * m`` (so ``inf`` or NaN in a dropped element gives NaN).
+    """
+    r, c = out.shape
+    if p == 0.0:
+        for i in range(r):
+            for j in range(c):
+                if acc:
+                    out[i, j] += A[i, j]
+                else:
+                    out[i, j] = A[i, j]
+        return
+    q = 1.0 - p
+    one = out.dtype.type(1.0)
+    zero = out.dtype.type(0.0)
+    scale = one / out.dtype.type(q) if q > 0.0 else zero
+    key = stream_key(seed, layer, step)
+    for i in range(r):
+        for j in range(c):
+            m = scale if _keep(key, i * c + j, q) else zero
+            if acc:
+                out[i, j] += A[i, j] * m
+            else:
+                out[i, j] = A[i, j] * m
