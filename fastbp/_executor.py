@@ -34,12 +34,12 @@ from ._native import kcall, native_address, native_kernel
 from .config import BLAS_MIN_MACS, BLAS_THREADS_MIN_MACS, JIT_MAX_MACS  # noqa: F401 - re-exported
 from .kernels.codes import LOSS_BCE_LOGITS, LOSS_MSE, LOSS_POISSON, LOSS_SOFTMAX_XENT, LOSS_SVM
 from .kernels.gemm import BLAS_AVAILABLE, BLAS_THREAD_CONTROL, JIT_SLOT, blas_get_threads, blas_set_threads
-from .kernels.losses import _check_labels
+from .kernels.losses import _check_labels, weigh_rows
 from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_COLSUM,  # noqa: F401
                             K_GATE_BWD, K_GATE_FWD, K_JIT_MM, K_MM_SMALL, K_MSE, K_PROTO_BIAS_ACT, K_PROTO_BWD,
                             K_PROTO_FWD, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD, K_SVM, N_KERNELS, N_ROLES, I1,
                             I64, a2, kcall_at, kernels_for)
-from .kernels.table import K_GRAD_SCALE, K_GRAD_SUMSQ, K_POISSON, K_RMSPROP
+from .kernels.table import K_CLIP_GRAD_NORM, K_POISSON, K_RMSPROP
 from .kernels.table import K_DROPOUT
 from .registry.activations import CAPACITY as ACT_CAPACITY, IDENTITY as ACT_IDENTITY
 
@@ -143,27 +143,6 @@ def _all_finite(v):
     for i in range(v.shape[0]):
         s += v[i] * v.dtype.type(0.0)
     return s == 0.0
-
-
-@jit
-def _weigh_rows(dS, rowloss, w, k):
-    """Turn a loss kernel's unweighted mean (``sum_i rowloss_i / (B k)``, ``dS`` of it)
-    into the weighted mean ``sum_i w_i rowloss_i / (k sum_i w_i)``: row ``i`` of ``dS``
-    is multiplied by ``B w_i / sum(w)``.  Returns the weighted loss (NaN when the
-    weights sum to 0, which the caller reports as a non-finite loss)."""
-    B = dS.shape[0]
-    sw = 0.0
-    swl = 0.0
-    for i in range(B):
-        sw += w[i]
-        swl += w[i] * rowloss[i]
-    if sw == 0.0:
-        return math.nan
-    for i in range(B):
-        c = dS.dtype.type(B * w[i] / sw)
-        for j in range(dS.shape[1]):
-            dS[i, j] *= c
-    return swl / (sw * k)
 
 
 def context(arena, bufs, tape, hyper, ws64, gjit, batch_size):
@@ -370,14 +349,8 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
                 loss = kcall(kt, K_POISSON, (S, yf, dS, rowloss))
             else:
                 loss = kcall(kt, K_BCE_LOGITS, (S, yf, dS, rowloss))
-            if hyper[H_WEIGHTED] != 0.0:
-                # sample weights: sum_i w_i l_i / sum_i w_i (scikit-learn's weighted mean)
-                w0 = ctx[X_BATCH]
-                if ws64.shape[0] < w0 + S.shape[0]:
-                    status = STATUS_BAD_INPUT
-                    break
-                per_elem = kind == LOSS_MSE or kind == LOSS_BCE_LOGITS or kind == LOSS_POISSON   # over rows, columns
-                loss = _weigh_rows(dS, rowloss, ws64[w0:w0 + S.shape[0]], S.shape[1] if per_elem else 1)
+            if hyper[H_WEIGHTED] != 0.0:    # sample weights, in ws64 after the row losses
+                loss = weigh_rows(dS, rowloss, ws64, ctx[X_BATCH], kind != LOSS_SOFTMAX_XENT and kind != LOSS_SVM)
             if not math.isfinite(loss):
                 status = STATUS_LOSS_NONFINITE
                 break
@@ -467,11 +440,8 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
             if not _all_finite(g):
                 status = STATUS_GRAD_NONFINITE
                 break
-            if hyper[H_CLIP] > 0.0:
-                # torch.nn.utils.clip_grad_norm_: g *= min(1, max_norm / (||g||_2 + 1e-6)),
-                # over every parameter's gradient at once (one contiguous region)
-                coef = hyper[H_CLIP] / (math.sqrt(kcall(kt, K_GRAD_SUMSQ, (g,))) + 1e-6)
-                kcall(kt, K_GRAD_SCALE, (g, min(coef, 1.0)))
+            if hyper[H_CLIP] > 0.0:     # torch's clip_grad_norm_ over every gradient (one region)
+                kcall(kt, K_CLIP_GRAD_NORM, (g, hyper[H_CLIP]))
             p = arena[p0:p0 + n]
             if op == OP_RMSPROP:
                 s0 = ins[C_C]

@@ -245,3 +245,29 @@ def _svm(S, y, dS, rowloss):
             dS[i, yi] = -cnt * scale
         rowloss[i] = r
     return _sum_rows(rowloss, B) / B
+
+
+@jit
+def weigh_rows(dS, rowloss, ws64, w0, per_element):
+    """Sample weights (``ws64[w0 : w0 + B]``) applied to a loss kernel's result: its
+    unweighted mean ``sum_i rowloss_i / (B k)`` (``k`` = C for a loss averaged over the
+    elements, else 1) becomes ``sum_i w_i rowloss_i / (k sum_i w_i)``, scikit-learn's
+    weighted mean, and row ``i`` of its gradient ``dS`` is multiplied by ``B w_i / sum(w)``.
+    Returns the weighted loss; NaN (a non-finite loss to the caller) when the weights sum
+    to 0 or ``ws64`` has no room for them.  Called inside the interpreter."""
+    B = dS.shape[0]
+    if ws64.shape[0] < w0 + B:
+        return math.nan
+    w = ws64[w0:w0 + B]
+    sw = 0.0
+    swl = 0.0
+    for i in range(B):
+        sw += w[i]
+        swl += w[i] * rowloss[i]
+    if sw == 0.0:
+        return math.nan
+    for i in range(B):
+        c = dS.dtype.type(B * w[i] / sw)
+        for j in range(dS.shape[1]):
+            dS[i, j] *= c
+    return swl / (sw * (dS.shape[1] if per_element else 1))

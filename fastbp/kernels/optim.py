@@ -124,18 +124,14 @@ def _rmsprop_update(p, g, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum)
 
 
 @kernel
-def _grad_sumsq(g):
-    """The squared 2-norm of ``g``, accumulated in float64 (gradient clipping by global norm)."""
+def _clip_grad_norm(g, max_norm):
+    """``torch.nn.utils.clip_grad_norm_`` on one flat gradient vector:
+    ``g *= min(1, max_norm / (||g||_2 + 1e-6))``, the squared norm accumulated in float64."""
     s = 0.0
     for i in range(g.shape[0]):
         v = float(g[i])
         s += v * v
-    return s
-
-
-@kernel
-def _grad_scale(g, coef):
-    """``g *= coef`` in ``g``'s dtype (``clip_grad_norm_``'s in-place multiply)."""
-    c = g.dtype.type(coef)
-    for i in prange(g.shape[0]):
+    coef = max_norm / (math.sqrt(s) + 1e-6)
+    c = g.dtype.type(min(coef, 1.0))
+    for i in range(g.shape[0]):
         g[i] = g[i] * c

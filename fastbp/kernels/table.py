@@ -21,7 +21,7 @@ from .gates import _gate_bwd, _gate_fwd, _sum_bwd, _sum_fwd
 from .gemm import _blas_mm, _jit_mm, _mm_small
 from .linear import _colsum
 from .losses import _bce_logits, _mse, _poisson, _softmax_xent, _svm
-from .optim import _adam_update, _grad_scale, _grad_sumsq, _rmsprop_update, _sgd_update
+from .optim import _adam_update, _clip_grad_norm, _rmsprop_update, _sgd_update
 from .dropout import _dropout
 
 (K_COLSUM, K_GATE_FWD, K_GATE_BWD, K_SUM_FWD, K_SUM_BWD, K_SOFTMAX_XENT,
@@ -39,7 +39,7 @@ K_PROTO_BIAS_ACT = K_ACT + _act.ROLE_BIAS_ACT
 K_PROTO_FWD = K_ACT + _act.ROLE_FWD
 K_PROTO_BWD = K_ACT + _act.ROLE_BWD
 #: kernels numbered after the activation range (the ids above stay as they were)
-K_RMSPROP, K_GRAD_SUMSQ, K_GRAD_SCALE, K_POISSON = N_KERNELS, N_KERNELS + 1, N_KERNELS + 2, N_KERNELS + 3
+K_RMSPROP, K_CLIP_GRAD_NORM, K_POISSON = N_KERNELS, N_KERNELS + 1, N_KERNELS + 2
 N_KERNELS = K_POISSON + 1
 
 
@@ -72,8 +72,7 @@ native_kernel(K_ADAM, _adam_update.serial, NONE,
 native_kernel(K_RMSPROP, _rmsprop_update.serial, NONE,
               lambda d: (a1(d), a1(d), a1(d), a1(d), a1(d), F64, F64, F64, F64, F64))
 native_kernel(K_POISSON, _poisson.serial, F64, lambda d: (a2(d), a2(d), a2(d), F1))
-native_kernel(K_GRAD_SUMSQ, _grad_sumsq.serial, F64, lambda d: (a1(d),))
-native_kernel(K_GRAD_SCALE, _grad_scale.serial, NONE, lambda d: (a1(d), F64))
+native_kernel(K_CLIP_GRAD_NORM, _clip_grad_norm.serial, NONE, lambda d: (a1(d), F64))
 native_kernel(K_MM_SMALL, _mm_small, NONE, lambda d: (a2(d), a2(d), a2(d), B, B, B))
 native_kernel(K_BLAS_MM, _blas_mm, NONE, lambda d: (a2(d), a2(d), a2(d), B, B, B))
 native_kernel(K_JIT_MM, _jit_mm, B, lambda d: (a2(d), a2(d), a2(d), B, B, B, I1, I64))
@@ -215,7 +214,7 @@ def kernels_for(tape):
         need.update(kernels)
         mm = mm or products
         if op in _UPDATE_OPS:
-            need.update((K_GRAD_SUMSQ, K_GRAD_SCALE))
+            need.add(K_CLIP_GRAD_NORM)
         if op == _isa.OP_LOSS:
             code = int(ins[_isa.C_G])
             if code not in _LOSS_KERNEL:
