@@ -162,6 +162,7 @@ def test_gpu_step_matches_cpu(case):
 
 
 @requires_cuda
+@pytest.mark.thorough       # ~14 s of simulator; the default run checks the kernels (test_cuda_kernels.py)
 def test_gpu_rmsprop_with_gradient_clipping_matches_cpu():
     """RMSprop (centered, momentum, weight decay) with clip_grad_norm: the GPU step's
     update, state vectors and clipped gradients are the CPU step's."""
