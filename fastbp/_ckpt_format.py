@@ -26,6 +26,8 @@ __all__ = ["save", "read", "FORMAT_NAME", "FORMAT_VERSION", "MAX_META_CHARS"]
 
 FORMAT_NAME = "fastbp-checkpoint"
 FORMAT_VERSION = 1
+#: the most optimizer state vectors a step keeps (RMSprop: square_avg, momentum buffer, grad_avg)
+MAX_STATE = 3
 #: Longest metadata JSON text written or read (characters; stored as UTF-32, 4 bytes each).
 MAX_META_CHARS = 4 * 2**20
 
@@ -127,8 +129,8 @@ def _snapshot(step):
                 raise TypeError(f"step.{name} must be a 1-D float32/float64 numpy array like step.param_vector")
         if not isinstance(hyper, np.ndarray) or hyper.ndim != 1 or hyper.dtype != np.float64:
             raise TypeError("step.hyper must be a 1-D float64 numpy array")
-        if len(states) > 2:
-            raise TypeError(f"step has {len(states)} optimizer state vectors; at most 2 are supported")
+        if len(states) > MAX_STATE:
+            raise TypeError(f"step has {len(states)} optimizer state vectors; at most {MAX_STATE} are supported")
         arrays = {"params": params.copy()}
         for i, s in enumerate(states):
             arrays[f"state_{i}"] = s.copy()
@@ -305,8 +307,8 @@ def _check_layout(arc, meta, dtype):
     """Check every member's zip entry and .npy header against the metadata; read no data.
     Returns ``{name: header}`` for every array to read."""
     n_state = meta["n_state"]
-    if isinstance(n_state, bool) or not isinstance(n_state, int) or not 0 <= n_state <= 2:
-        raise _Bad(f"n_state must be 0, 1 or 2, got {n_state!r}")
+    if isinstance(n_state, bool) or not isinstance(n_state, int) or not 0 <= n_state <= MAX_STATE:
+        raise _Bad(f"n_state must be 0, 1 or 2 (or 3: a centered RMSprop with momentum), got {n_state!r}")
     info = meta["arrays"]
     if not isinstance(info, dict):
         raise _Bad("metadata 'arrays' is not an object")

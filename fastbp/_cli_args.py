@@ -10,8 +10,10 @@ from .registry import losses as _losses
 
 #: ``--activation`` choices: the registry's activation names -> layer class names
 ACTIVATIONS = {e.name: e.layer for e in _acts.entries(public=True)}
-LOSSES = _losses.names()
-DEFAULT_LR = {"sgd": 0.05, "adam": 0.001}
+#: the CLI's --loss choices: not 'poisson' (count targets; the CLI standardises regression
+#: targets, which a log-link loss cannot take: use MLPRegressor(loss='poisson'))
+LOSSES = tuple(n for n in _losses.names() if n != "poisson")
+DEFAULT_LR = {"sgd": 0.05, "adam": 0.001, "rmsprop": 0.001}
 
 
 def _int_at_least(low, what):
@@ -94,12 +96,15 @@ def build_parser():
                    help="hidden-layer activation (default: relu)")
     t.add_argument("--loss", choices=LOSSES, default=None,
                    help="training loss (default: softmax_cross_entropy; mse for --task regression)")
-    t.add_argument("--optimizer", choices=("sgd", "adam"), default="adam",
+    t.add_argument("--optimizer", choices=("sgd", "adam", "rmsprop"), default="adam",
                    help="optimizer (default: adam)")
     t.add_argument("--lr", type=_float_in(0.0, None, True, False), default=None,
-                   help="learning rate (default: 0.001 for adam, 0.05 for sgd)")
+                   help="learning rate (default: 0.001 for adam and rmsprop, 0.05 for sgd)")
     t.add_argument("--momentum", type=_float_in(0.0, 1.0, False, True), default=None,
-                   help="SGD momentum in [0, 1) (default: 0.9; sgd only)")
+                   help="momentum in [0, 1) (sgd: default 0.9; rmsprop: default 0)")
+    t.add_argument("--clip-grad-norm", type=_float_in(0.0, None, True, False), default=None, metavar="MAX_NORM",
+                   help="clip the gradients to this global 2-norm before each update "
+                        "(torch.nn.utils.clip_grad_norm_; default: no clipping)")
     t.add_argument("--epochs", type=_positive_int, default=30, help="epochs (default: 30)")
     t.add_argument("--batch-size", type=_positive_int, default=32,
                    help="minibatch size (default: 32)")

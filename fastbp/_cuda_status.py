@@ -31,6 +31,8 @@ _GRAD_NONFINITE = ex.STATUS_GRAD_NONFINITE
 _sgd_body = device(_go._k_sgd.py_func)
 _first_bad_label = _glo._first_bad_label
 _adam_body = device(_go._k_adam.py_func)
+_rmsprop_body = device(_go._k_rmsprop.py_func)
+_grad_scale_body = device(_go._k_grad_scale.py_func)
 
 
 @kernel
@@ -47,6 +49,23 @@ def _k_adam_gated(p, g, m, v, step, sbc2, beta1, beta2, eps, weight_decay, decay
     if res[1] != 0.0:
         return
     _adam_body(p, g, m, v, step, sbc2, beta1, beta2, eps, weight_decay, decay, decoupled)
+
+
+@kernel
+def _k_rmsprop_gated(p, g, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum, res):
+    """``_rmsprop_update``, skipped when the status word ``res[1]`` is set."""
+    if res[1] != 0.0:
+        return
+    _rmsprop_body(p, g, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum)
+
+
+@kernel
+def _k_grad_scale_gated(g, coef, res):
+    """Gradient clipping's ``g *= coef[0]``, skipped when the status word ``res[1]`` is set
+    (the coefficient of non-finite gradients is never applied)."""
+    if res[1] != 0.0:
+        return
+    _grad_scale_body(g, coef)
 
 
 @kernel

@@ -26,6 +26,8 @@ from numba import cuda
 from . import _isa as ex
 from ._cuda_status import (R_INFO, R_LOSS, R_STATUS, R_STEP, RES_SIZE, _k_adam_gated, _k_grad_status,
                            _k_loss_status, _k_reset_status, _k_sgd_gated)
+from ._cuda_status import _k_grad_scale_gated, _k_rmsprop_gated
+from .kernels.cuda import optim as _go
 from .registry.activations import IDENTITY as ACT_IDENTITY
 from .registry import losses as _loss_registry
 from .kernels.cuda import activations as _ga
@@ -87,6 +89,7 @@ class DeviceTape:
         self.e2 = cuda.device_array((0, 0), dtype=self.dtype)
         self.no_labels = cuda.device_array(0, dtype=np.int64)
         self.one = cuda.to_device(np.ones((1, 1), dtype=self.dtype))
+        self.clip_coef = cuda.device_array(1, dtype=np.float64)   # gradient clipping's coefficient
         self._programs = {}
         self._views = {}
 
@@ -208,8 +211,8 @@ class DeviceTape:
             return [launch(functools.partial(_ga._act_bwd, P=P), V(c), V(d), g, V(e), bool(f2))]
         if op == ex.OP_SUM_BWD:
             return [launch(_gg._sum_bwd, V(d), V(e), bool(f2))]
-        if op in (ex.OP_SGD, ex.OP_ADAM):
-            return [self._update_op(op, a, b, c, d, int(ins[ex.C_F4]))]
+        if op in (ex.OP_SGD, ex.OP_ADAM, ex.OP_RMSPROP):
+            return [self._clip_op(b, int(ins[ex.C_F4])), self._update_op(op, a, b, c, d, int(ins[ex.C_F4]), e)]
         if op in (ex.OP_LAYERNORM, ex.OP_LAYERNORM_BWD, ex.OP_BATCHNORM, ex.OP_BATCHNORM_BWD):
             return [self._norm_op(ins, V, nb)]
         if op in (ex.OP_DROPOUT, ex.OP_DROPOUT_BWD):
@@ -289,13 +292,45 @@ class DeviceTape:
                 _gn.batchnorm_running(S, R, T, P, nb, grads, flag, res, stream=ctx.stream)
         return run
 
-    def _update_op(self, op, p0, g0, s0, s1, n):
+    def _clip_op(self, g0, n):
+        """Gradient clipping by global norm (``hyper[H_CLIP] > 0``, read at launch time),
+        after the non-finite check; the scaling is gated by the status word."""
+        gvec = self.region(g0, n)
+        res = self.res
+        blocks, threads = grid_1d(n)
+        blocks = min(blocks, _MAX_BLOCKS)
+        rgrid, rblock = grid_reduce()
+        hyper = self.hyper
+        coef = self.clip_coef
+
+        def run(ctx):
+            max_norm = float(hyper[ex.H_CLIP])
+            if max_norm > 0.0:
+                s = ctx.stream
+                _k_grad_status[blocks, threads, s](gvec, res, ctx.step)
+                _go._k_clip_coef[rgrid, rblock, s](gvec, max_norm, coef)
+                _k_grad_scale_gated[blocks, threads, s](gvec, coef, res)
+        return run
+
+    def _update_op(self, op, p0, g0, s0, s1, n, s2=-1):
         p = self.region(p0, n)
         gvec = self.region(g0, n)
         res = self.res
         blocks, threads = grid_1d(n)
         blocks = min(blocks, _MAX_BLOCKS)
         hyper = self.hyper
+        if op == ex.OP_RMSPROP:
+            sq = self.region(s0, n)
+            mbuf = self.region(s1, n) if s1 >= 0 else self.e1
+            gavg = self.region(s2, n) if s2 >= 0 else self.e1
+
+            def run(ctx):
+                s = ctx.stream
+                _k_grad_status[blocks, threads, s](gvec, res, ctx.step)
+                _k_rmsprop_gated[blocks, threads, s](p, gvec, sq, mbuf, gavg, float(hyper[ex.H_LR]),
+                                                     float(hyper[ex.H_ALPHA]), float(hyper[ex.H_EPS]),
+                                                     float(hyper[ex.H_WD]), float(hyper[ex.H_MOM]), res)
+            return run
         if op == ex.OP_SGD:
             v = self.region(s0, n) if s0 >= 0 else self.e1
 

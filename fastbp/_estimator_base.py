@@ -33,6 +33,7 @@ except ImportError:  # pragma: no cover - older scikit-learn
 from .builders import activation_names, mlp
 from .factories import compile as compile_step, load
 from .optimizers import SGD, Adam
+from ._estimator_fit import fit_lbfgs, fit_weights, weighted_epoch
 
 __all__ = ["_BaseMLP"]
 
@@ -246,51 +247,12 @@ class _BaseMLP(BaseEstimator):
             W[...] = rs.uniform(-bound, bound, (fan_in, fan_out))
             b[...] = rs.uniform(-bound, bound, fan_out)
 
-    def _fit_lbfgs(self, X, Y):
-        """scikit-learn's ``solver='lbfgs'``: ``scipy.optimize.minimize(method='L-BFGS-B')`` on the
-        full-batch loss and gradient of the step (:meth:`fastbp.TrainStep.loss_and_grads`, in
-        chunks of the step's batch), with the L2 term ``0.5 * alpha * ||W||^2 / n`` on the
-        weights (not the biases), ``maxfun=max_fun``, ``maxiter=max_iter``, ``gtol=tol``."""
-        from scipy.optimize import minimize
-        from sklearn.utils.optimize import _check_optimize_result
-        step = self._step
-        n = X.shape[0]
-        bs = step.batch_size
-        rep, gs = self._loss_scales(self._arch["n_out"])
-        alpha = float(self.alpha)
-        pv = step.param_vector
-        saved = pv.copy()
-        pv[...] = 0
-        for W in self.coefs_:
-            W[...] = 1
-        wmask = pv != 0
-        pv[...] = saved
-        chunks = [(lo, min(lo + bs, n)) for lo in range(0, n, bs)]
-        g = np.zeros(pv.size, dtype=np.float64)
+    def _fit_lbfgs(self, X, Y, W=None):
+        fit_lbfgs(self, X, Y, W)
 
-        def loss_grad(x):
-            pv[...] = x
-            g[...] = 0.0
-            loss = 0.0
-            try:
-                for lo, hi in chunks:
-                    w = (hi - lo) / n
-                    loss += w * step.loss_and_grads(X[lo:hi], Y[lo:hi])
-                    np.add(g, w * step.grad_vector, out=g)
-            except FloatingPointError:
-                return np.inf, np.zeros_like(g)        # a line-search trial too far: not finite
-            wx = x[wmask]
-            g2 = g * gs
-            g2[wmask] += alpha / n * wx
-            return rep * loss + 0.5 * alpha * float(np.dot(wx, wx)) / n, g2
-
-        res = minimize(loss_grad, saved.astype(np.float64), method="L-BFGS-B", jac=True,
-                       options={"maxfun": int(self.max_fun), "maxiter": int(self.max_iter), "gtol": self.tol})
-        self.n_iter_ = _check_optimize_result("lbfgs", res, self.max_iter)
-        self.loss_ = float(res.fun)
-        pv[...] = res.x
-        for name in ("loss_curve_", "best_loss_", "validation_scores_", "best_validation_score_"):
-            self.__dict__.pop(name, None)          # stochastic solvers only, as in scikit-learn
+    def _row_class_weights(self, Y, incremental):
+        """Per-row class weights (the classifier's ``class_weight``); None: none."""
+        return None
 
     def _sklearn_n_outputs(self):
         """The output units scikit-learn's MLP has for this problem (the classifier overrides it)."""
@@ -354,12 +316,13 @@ class _BaseMLP(BaseEstimator):
         return np.asarray(self._step.predict(X))
 
     # ------------------------------------------------------------------ training
-    def _fit(self, X, y, incremental):
+    def _fit(self, X, y, incremental, sample_weight=None):
         hidden = self._check_params()
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         first_pass = not hasattr(self, "_step") or (not self.warm_start and not incremental)
         X, Y = self._validate_input(X, y, incremental, reset=first_pass)
+        W = fit_weights(self, X, Y, sample_weight, incremental)
         n_samples, n_features = X.shape
         if first_pass:
             self._dtype = _resolve_dtype(self.dtype, X.dtype)
@@ -427,24 +390,29 @@ class _BaseMLP(BaseEstimator):
                           "It is going to be clipped")
 
         if self.solver == "lbfgs":
-            self._fit_lbfgs(X, Y)
+            self._fit_lbfgs(X, Y, W)
             return self
+        W_tr = W_val = None
         if self.early_stopping:
             stratify = Y if (self._is_classifier_single_label()) else None
-            X_tr, X_val, Y_tr, Y_val = train_test_split(
-                X, Y, random_state=rs, test_size=self.validation_fraction, stratify=stratify)
+            if W is None:
+                X_tr, X_val, Y_tr, Y_val = train_test_split(
+                    X, Y, random_state=rs, test_size=self.validation_fraction, stratify=stratify)
+            else:
+                X_tr, X_val, Y_tr, Y_val, W_tr, W_val = train_test_split(
+                    X, Y, W, random_state=rs, test_size=self.validation_fraction, stratify=stratify)
             if X_val.shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase 'validation_fraction' "
                                  "or the size of your dataset.")
             X_tr, Y_tr = np.ascontiguousarray(X_tr), np.ascontiguousarray(Y_tr)
             X_val = np.ascontiguousarray(X_val)
         else:
-            X_tr, Y_tr, X_val, Y_val = X, Y, None, None
+            X_tr, Y_tr, X_val, Y_val, W_tr = X, Y, None, None, W
 
-        self._run_epochs(X_tr, Y_tr, X_val, Y_val, rs, incremental)
+        self._run_epochs(X_tr, Y_tr, X_val, Y_val, rs, incremental, W_tr, W_val)
         return self
 
-    def _run_epochs(self, X, Y, X_val, Y_val, rs, incremental):
+    def _run_epochs(self, X, Y, X_val, Y_val, rs, incremental, W=None, W_val=None):
         step = self._step
         n = X.shape[0]
         bs = min(self._arch["batch_size"], n)
@@ -461,8 +429,13 @@ class _BaseMLP(BaseEstimator):
                     step.lr = lr * self._loss_scales(self._arch["n_out"])[1]
                 seed = int(rs.randint(np.iinfo(np.int32).max))
                 try:
-                    losses = np.asarray(step.fit(X, Y, epochs=1, shuffle=bool(self.shuffle),
-                                                 seed=seed), dtype=np.float64)
+                    if W is not None:
+                        order = np.random.default_rng(seed).permutation(n) if self.shuffle else np.arange(n)
+                        losses, sizes, l2 = weighted_epoch(step, X, Y, W, bs, order, self.alpha,
+                                                           self._loss_scales(self._arch["n_out"])[1])
+                    else:
+                        losses = np.asarray(step.fit(X, Y, epochs=1, shuffle=bool(self.shuffle),
+                                                     seed=seed), dtype=np.float64)
                 except FloatingPointError as e:
                     raise ValueError(
                         f"training diverged at iteration {self.n_iter_ + 1}: {e}. Lower "
@@ -475,7 +448,7 @@ class _BaseMLP(BaseEstimator):
                 loss *= self._loss_scales(self._arch["n_out"])[0]
                 if self.alpha:
                     sq = sum(float(np.vdot(w, w)) for w in self.coefs_)
-                    loss += 0.5 * float(self.alpha) * sq / bs
+                    loss += 0.5 * float(self.alpha) * sq * (l2 / n if W is not None else 1.0 / bs)
                 self.n_iter_ += 1
                 self.t_ += n
                 self.loss_ = loss
@@ -484,7 +457,7 @@ class _BaseMLP(BaseEstimator):
                     print(f"Iteration {self.n_iter_}, loss = {loss:.8f}")
 
                 if self.early_stopping:
-                    score = self._val_score(X_val, Y_val)
+                    score = self._val_score(X_val, Y_val, W_val)
                     self.validation_scores_.append(score)
                     if self.verbose:
                         print(f"Validation score: {score:f}")
@@ -533,7 +506,7 @@ class _BaseMLP(BaseEstimator):
             for k, v in best_params.items():
                 step.params[k][...] = v
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fit the model to ``X`` and ``y``, one fused native call per epoch.
 
         Parameters
@@ -542,13 +515,17 @@ class _BaseMLP(BaseEstimator):
             Training data (sparse input is densified).
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Class labels (classifier) or targets (regressor).
+        sample_weight : array-like of shape (n_samples,), default None
+            Weights of the samples, as scikit-learn's MLP: each minibatch's loss
+            is ``sum_i w_i l_i / sum_i w_i`` (plus ``alpha ||W||^2 / (2 sum_i w_i)``),
+            computed inside the fused step (one call per minibatch).
 
         Returns
         -------
         self : object
             The fitted estimator.
         """
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
     def _validate_X_predict(self, X):
         check_is_fitted(self)

@@ -33,13 +33,14 @@ from ._jit import array_at, block2d, jit, unmanaged_c
 from ._arena_views import _all_finite, _c_rows, _c_vec, _empty, _vec, _view, _view_or_empty, _xview
 from ._native import kcall, native_address, native_kernel
 from .config import BLAS_MIN_MACS, BLAS_THREADS_MIN_MACS, JIT_MAX_MACS  # noqa: F401 - re-exported
-from .kernels.codes import LOSS_BCE_LOGITS, LOSS_MSE, LOSS_SOFTMAX_XENT, LOSS_SVM
+from .kernels.codes import LOSS_BCE_LOGITS, LOSS_MSE, LOSS_POISSON, LOSS_SOFTMAX_XENT, LOSS_SVM
 from .kernels.gemm import BLAS_AVAILABLE, BLAS_THREAD_CONTROL, JIT_SLOT, blas_get_threads, blas_set_threads
-from .kernels.losses import _check_labels
+from .kernels.losses import _check_labels, weigh_rows
 from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_COLSUM,  # noqa: F401
                             K_GATE_BWD, K_GATE_FWD, K_JIT_MM, K_MM_SMALL, K_MSE, K_PROTO_BIAS_ACT, K_PROTO_BWD,
                             K_PROTO_FWD, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD, K_SVM, N_KERNELS, N_ROLES, I1,
                             I64, a2, kcall_at, kernels_for)
+from .kernels.table import K_CLIP_GRAD_NORM, K_POISSON, K_RMSPROP
 from .kernels.table import K_DROPOUT
 from .registry.activations import CAPACITY as ACT_CAPACITY, IDENTITY as ACT_IDENTITY
 from .kernels.table import K_BN_BWD, K_BN_FWD, K_BN_RUNNING, K_LN_BWD, K_LN_FWD
@@ -53,6 +54,7 @@ from ._isa import (  # noqa: F401 - re-exported: the executor reads and writes t
     H_MOM, H_NESTEROV, H_WD, H_B1, H_B2, H_EPS, H_DECOUPLED, H_T, H_BLAS_MIN, H_STEPS, H_BT_ON, H_BT_MAX,
     H_BT_CUR, H_BT_MIN, H_JIT_ON, RUNTIME_SLOTS, HYPER_SIZE, MODE_FORWARD, MODE_GRAD, MODE_TRAIN, STATUS_OK,
     STATUS_LOSS_NONFINITE, STATUS_GRAD_NONFINITE, STATUS_BAD_LABEL, STATUS_BAD_INPUT, STATUS_BAD_OP)
+from ._isa import OP_RMSPROP, H_CLIP, H_ALPHA, H_WEIGHTED, HYPER_SIZE_V1  # noqa: F401 - re-exported
 from ._isa import OP_DROPOUT, OP_DROPOUT_BWD, H_RNG_SEED, H_TRAINING  # noqa: F401 - re-exported
 from ._jit import int64_bits_as_float64  # dropout's p: float64 bits in the tape
 
@@ -254,7 +256,8 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
             dS = _view(arena, bufs, ins[C_B], nb)
             kind = ins[C_G]
             rowloss = ws64[:S.shape[0]]
-            if kind != LOSS_SOFTMAX_XENT and kind != LOSS_SVM and kind != LOSS_MSE and kind != LOSS_BCE_LOGITS:
+            if (kind != LOSS_SOFTMAX_XENT and kind != LOSS_SVM and kind != LOSS_MSE and kind != LOSS_BCE_LOGITS
+                    and kind != LOSS_POISSON):
                 status = STATUS_BAD_OP      # a corrupt tape (the compiler emits registry codes only)
                 break
             if kind == LOSS_SOFTMAX_XENT or kind == LOSS_SVM:
@@ -275,8 +278,12 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
                 break
             elif kind == LOSS_MSE:
                 loss = kcall(kt, K_MSE, (S, yf, dS, rowloss))
+            elif kind == LOSS_POISSON:
+                loss = kcall(kt, K_POISSON, (S, yf, dS, rowloss))
             else:
                 loss = kcall(kt, K_BCE_LOGITS, (S, yf, dS, rowloss))
+            if hyper[H_WEIGHTED] != 0.0:    # sample weights, in ws64 after the row losses
+                loss = weigh_rows(dS, rowloss, ws64, ctx[X_BATCH], kind != LOSS_SOFTMAX_XENT and kind != LOSS_SVM)
             if not math.isfinite(loss):
                 status = STATUS_LOSS_NONFINITE
                 break
@@ -399,7 +406,7 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
                 dst = _view(arena, bufs, ins[C_E], nb)
             kcall(kt, K_DROPOUT, (src, dst, int(hyper[H_RNG_SEED]), ins[C_F1], int(hyper[H_STEPS]), pdrop,
                                   op == OP_DROPOUT_BWD and ins[C_F2] != 0))
-        elif op == OP_SGD or op == OP_ADAM:
+        elif op == OP_SGD or op == OP_ADAM or op == OP_RMSPROP:
             p0 = ins[C_A]
             g0 = ins[C_B]
             n = ins[C_F4]
@@ -407,8 +414,17 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
             if not _all_finite(g):
                 status = STATUS_GRAD_NONFINITE
                 break
+            if hyper[H_CLIP] > 0.0:     # torch's clip_grad_norm_ over every gradient (one region)
+                kcall(kt, K_CLIP_GRAD_NORM, (g, hyper[H_CLIP]))
             p = arena[p0:p0 + n]
-            if op == OP_SGD:
+            if op == OP_RMSPROP:
+                s0 = ins[C_C]
+                b0 = ins[C_D]
+                a0 = ins[C_E]
+                kcall(kt, K_RMSPROP, (p, g, arena[s0:s0 + n], arena[b0:b0 + n] if b0 >= 0 else arena[0:0],
+                                      arena[a0:a0 + n] if a0 >= 0 else arena[0:0], hyper[H_LR], hyper[H_ALPHA],
+                                      hyper[H_EPS], hyper[H_WD], hyper[H_MOM]))
+            elif op == OP_SGD:
                 s0 = ins[C_C]
                 v = arena[s0:s0 + n] if s0 >= 0 else arena[0:0]
                 kcall(kt, K_SGD, (p, g, v, hyper[H_LR], hyper[H_MOM], hyper[H_NESTEROV] != 0.0, hyper[H_WD]))

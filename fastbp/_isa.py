@@ -35,6 +35,9 @@ OP_LAYERNORM = 18
 OP_LAYERNORM_BWD = 19
 OP_SGD = 20
 OP_ADAM = 21
+OP_RMSPROP = 22  # torch.optim.RMSprop; c=square_avg, d=momentum buffer (-1: none), e=grad_avg (-1: none)
+# 23 (OP_CLIP in the shared plan) stays free: gradient clipping is part of the update
+# instruction, switched by the hyper slot H_CLIP, not an instruction of its own
 
 # tape columns; C_P: the buffer of an activation's parameters (a float row the
 # compiler fills, -1: none) -- parameters are floats, never in the int64 tape
@@ -61,6 +64,16 @@ H_RNG_SEED = 16
 #: Dropout is off and BatchNorm uses its running statistics in eval mode
 H_TRAINING = 17
 RUNTIME_SLOTS = RUNTIME_SLOTS + (H_TRAINING,)
+#: max_norm of the gradient clipping by global norm before the update (0: no clipping);
+#: RMSprop's smoothing constant alpha; H_WEIGHTED: 1.0 while a call's loss weighs its rows
+#: by the sample weights in ``ws64[batch_size : batch_size + rows]`` (set and reset around
+#: that one call, never saved as 1.0).  RMSprop's centered flag is not a slot: the update
+#: instruction's grad_avg column (-1: not centered) says it
+H_CLIP = 18
+H_ALPHA = 19
+H_WEIGHTED = 20
+#: the hyper vector's length before slots 16-23 existed (checkpoints of that length load: padded)
+HYPER_SIZE_V1 = 16
 HYPER_SIZE = 24
 
 # run modes

@@ -35,7 +35,7 @@ from . import _validate as V
 from .compiler import build_plan, new_arena
 from .kernels.codes import CLASSIFICATION_LOSSES, LOSSES
 from .layers import Sequential, linear_layers
-from .optimizers import SGD, _real, resolve_optimizer
+from .optimizers import SGD, _real, clip_grad_norm_arg, resolve_optimizer
 from .schedules import ReduceLROnPlateau, schedule_arg
 from . import training as _training
 from ._norm_step import NormState
@@ -94,6 +94,10 @@ def hyper_from(optimizer):
     if isinstance(optimizer, SGD):
         h[ex.H_MOM] = optimizer.momentum
         h[ex.H_NESTEROV] = float(optimizer.nesterov)
+    elif optimizer.name == "rmsprop":
+        h[ex.H_MOM] = optimizer.momentum
+        h[ex.H_ALPHA] = optimizer.alpha
+        h[ex.H_EPS] = optimizer.eps
     else:
         h[ex.H_B1], h[ex.H_B2] = optimizer.betas
         h[ex.H_EPS] = optimizer.eps
@@ -246,6 +250,17 @@ class StepBase(NormState):
         v = _real("lr", value, low=0.0, low_open=True, owner=self.kind)
         self.hyper[ex.H_LR] = v
         self.optimizer._set_lr(v)
+
+    @property
+    def clip_grad_norm(self):
+        """``max_norm`` of the gradient clipping before each update, or None (settable; see
+        :func:`fastbp.optimizers.clip_grad_norm_arg`)."""
+        v = float(self.hyper[ex.H_CLIP])
+        return v if v > 0.0 else None
+
+    @clip_grad_norm.setter
+    def clip_grad_norm(self, value):
+        self.hyper[ex.H_CLIP] = clip_grad_norm_arg(value, owner=self.kind)
 
     def _set_scheduled_lr(self, value):
         """The rate of the next update, from the schedule (the base rate is kept)."""

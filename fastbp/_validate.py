@@ -545,3 +545,31 @@ def targets(y, name, n, n_out, dtype, loss):
     if y.shape != (n, n_out):
         raise ValueError(f"{name} must have shape ({n}, {n_out}), got {y.shape}")
     return executor_form(y, dtype, name)
+
+
+def sample_weight(w, name, n):
+    """Per-row sample weights: a 1-D array-like of ``n`` finite real numbers >= 0, as float64.
+
+    Raises
+    ------
+    TypeError
+        Not numeric (bools, strings, objects), or not array-like.
+    ValueError
+        Not 1-D of length ``n``, a negative or non-finite weight.
+    """
+    try:
+        a = np.asarray(w)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an array of real numbers, got {type(w).__name__}") from None
+    if a.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    if a.ndim == 0:
+        a = np.full(n, a, dtype=np.float64)
+    if a.ndim != 1 or a.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},) (one weight per row), got {fmt_shape(a.shape)}")
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} must be finite")
+    if np.any(a < 0):
+        raise ValueError(f"{name} must be >= 0 (row {int(np.argmax(a < 0))} is {a[a < 0][0]!r})")
+    return a

@@ -295,6 +295,8 @@ class SavedModel:
         if self.task == "multilabel":
             return (S > 0).astype(np.int64)
         Y = S.astype(np.float64)
+        if self.step.loss == "poisson":     # the network outputs log-means (MLPRegressor(loss='poisson'))
+            Y = np.exp(Y)
         if self.y_mean_ is not None:
             Y = Y * self.y_scale_ + self.y_mean_
         return Y[:, 0] if Y.shape[1] == 1 else Y

@@ -131,6 +131,8 @@ def _build_step(args, n_in, n_out, n_train):
     if args.optimizer == "sgd":
         mom = 0.9 if args.momentum is None else args.momentum
         opt = fastbp.SGD(lr=lr, momentum=mom)
+    elif args.optimizer == "rmsprop":
+        opt = fastbp.RMSprop(lr=lr, momentum=args.momentum or 0.0)
     else:
         opt = fastbp.Adam(lr=lr)
     bs = min(args.batch_size, n_train)
@@ -138,7 +140,7 @@ def _build_step(args, n_in, n_out, n_train):
     try:
         step = fastbp.compile(model, loss=args.loss, optimizer=opt, batch_size=bs,
                               dtype=np.dtype(args.dtype).type, seed=args.seed, device=args.device,
-                              schedule=schedule)
+                              schedule=schedule, clip_grad_norm=args.clip_grad_norm)
     except Exception as e:
         if args.device == "cuda":  # no device, no driver, ...: say which option failed
             raise CliError(f"--device cuda: {e}") from None
@@ -257,6 +259,9 @@ def _compare(args, d):
     regression = args.task == "regression"
     lr = args.lr if args.lr is not None else _DEFAULT_LR[args.optimizer]
     from .registry import activations as _acts
+    if args.optimizer == "rmsprop" or args.clip_grad_norm is not None:
+        raise CliError("--compare: scikit-learn's MLP has no " + ("'rmsprop' solver" if args.optimizer == "rmsprop"
+                                                                  else "gradient clipping (--clip-grad-norm)"))
     sk_act = _acts.get(args.activation).sklearn
     if sk_act is None:
         raise CliError(f"--compare: scikit-learn has no {args.activation!r} activation")
@@ -357,8 +362,8 @@ def _setup(args, mpi):
     if mpi and args.device == "cuda":
         raise _UsageError("fastbp train: error: --device cuda cannot run under mpiexec yet "
                           "(use --device cpu)")
-    if args.momentum is not None and args.optimizer != "sgd":
-        raise _UsageError("fastbp train: error: --momentum applies only to --optimizer sgd")
+    if args.momentum is not None and args.optimizer not in ("sgd", "rmsprop"):
+        raise _UsageError("fastbp train: error: --momentum applies only to --optimizer sgd or rmsprop")
     if args.task == "regression":
         if args.loss not in (None, "mse"):
             raise _UsageError(f"fastbp train: error: --task regression trains with --loss mse, "

@@ -392,7 +392,10 @@ def build_plan(graph, output, wrt, *, dtype, batch_size, loss=None, optimizer=No
         # (none: SGD without momentum) in c, d
         opcode = _optimizers.get(optimizer.name).opcode
         st = state_offsets + [-1, -1]
-        b.emit(opcode, a=p_start, b=g_start, c=st[0], d=st[1], f4=n_param)
+        cols = dict(c=st[0], d=st[1])
+        if hasattr(optimizer, "tape_state"):    # an optimizer with optional state vectors (RMSprop)
+            cols = optimizer.tape_state(state_offsets)
+        b.emit(opcode, a=p_start, b=g_start, f4=n_param, **cols)
     end = len(b.tape)
 
     yf_buf = -1

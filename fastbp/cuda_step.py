@@ -121,7 +121,7 @@ class CudaTrainStep(StepBase):
         self.param_vector = self._tape.region(pr0, prn)
         self.grad_vector = self._tape.region(gr0, grn)
         self.state_vectors = [self._tape.region(o, prn) for o in p.state_offsets]
-        self._is_adam = self.optimizer.name != "sgd"
+        self._is_adam = self.optimizer.name == "adam"      # the optimizer that counts its steps in H_T
 
     @property
     def stream(self):

@@ -49,10 +49,14 @@ from sklearn.base import ClassifierMixin, RegressorMixin  # noqa: E402
 from sklearn.metrics import accuracy_score, r2_score  # noqa: E402
 from sklearn.preprocessing import LabelBinarizer  # noqa: E402
 from sklearn.utils.metaestimators import available_if  # noqa: E402
+from sklearn.utils.class_weight import compute_class_weight  # noqa: E402
 from sklearn.utils.multiclass import type_of_target, unique_labels  # noqa: E402
 from sklearn.utils.validation import column_or_1d  # noqa: E402
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
+
+#: MLPRegressor's ``loss`` -> the fastbp loss the step trains
+_REG_LOSS = {"squared_error": "mse", "poisson": "poisson"}
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):
@@ -113,6 +117,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         dividing the learning rate by 5).
     max_fun : int, default 15000
         'lbfgs' only: the most loss evaluations.
+    class_weight : dict, 'balanced' or None, default None
+        Weights of the classes, multiplying the samples' weights (scikit-learn's
+        ``compute_class_weight``: ``'balanced'`` is ``n_samples / (n_classes *
+        bincount(y))``; a dict maps a class to its weight, 1 for the others).
+        Single-label targets only.
     dtype : {'float32', 'float64', None}, default 'float32'
         Precision of the computation; None: float32 if X is float32, else float64.
 
@@ -140,6 +149,21 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     """
 
     _fastbp_loss = "softmax_cross_entropy"
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
+                 batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
+                 max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
+                 momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 class_weight=None, dtype="float32"):
+        super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
+                         learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
+                         max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol,
+                         verbose=verbose, warm_start=warm_start, momentum=momentum,
+                         nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
+                         validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
+                         epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun, dtype=dtype)
+        self.class_weight = class_weight
 
     def _loss_scales(self, n_out):
         # multilabel: scikit-learn sums the binary log-losses over the labels,
@@ -195,20 +219,51 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             Y = np.searchsorted(self.classes_, y).astype(np.int64)
         return X, Y
 
-    def _val_score(self, X_val, Y_val):
+    def _val_score(self, X_val, Y_val, sample_weight=None):
         proba = self._proba_from_logits(self._forward(X_val))
         if self._multilabel:
-            return accuracy_score(Y_val.astype(bool), proba > 0.5)
-        return accuracy_score(Y_val, np.argmax(proba, axis=1))
+            return accuracy_score(Y_val.astype(bool), proba > 0.5, sample_weight=sample_weight)
+        return accuracy_score(Y_val, np.argmax(proba, axis=1), sample_weight=sample_weight)
+
+    def _row_class_weights(self, Y, incremental):
+        """``class_weight`` as per-row weights (scikit-learn's ``compute_class_weight``)."""
+        cw = self.class_weight
+        if cw is None:
+            return None
+        if self._multilabel:
+            raise ValueError("class_weight is not supported for multilabel targets")
+        if isinstance(cw, str) and cw == "balanced" and incremental:
+            raise ValueError("class_weight 'balanced' is not supported for partial_fit: it needs "
+                             "the class frequencies of all the data; pass them as a dict instead")
+        if not (isinstance(cw, dict) or (isinstance(cw, str) and cw == "balanced")):
+            raise ValueError(f"class_weight must be 'balanced', a dict or None, got {cw!r}")
+        if isinstance(cw, dict):
+            classes = self.classes_.tolist()
+            unknown = [k for k in cw if k not in classes]
+            if unknown:
+                raise ValueError(f"class_weight has classes {unknown!r} that are not in y's classes {classes!r}")
+            per_class = np.array([cw.get(c, 1.0) for c in classes])
+            if per_class.dtype.kind not in "iuf" or not np.all(np.isfinite(per_class)) or np.any(per_class < 0):
+                raise ValueError(f"class_weight values must be finite numbers >= 0, got {cw!r}")
+            per_class = per_class.astype(np.float64)
+        else:       # 'balanced': n_samples / (n_classes * bincount(y)) over the classes present
+            present = np.unique(Y)
+            per_class = np.ones(len(self.classes_))
+            per_class[present] = compute_class_weight("balanced", classes=self.classes_[present],
+                                                      y=self.classes_[Y])
+        return per_class[Y]
 
     @available_if(_BaseMLP._check_solver)
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
         """Update the model with one epoch over the given data.
 
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
         y : array-like of shape (n_samples,) or (n_samples, n_labels)
+        sample_weight : array-like of shape (n_samples,), default None
+            As in :meth:`fit` (``class_weight='balanced'`` is refused here, as
+            scikit-learn's ``SGDClassifier.partial_fit`` does: it needs all the data).
         classes : array-like of shape (n_classes,), default None
             All classes of all calls; required on the first call (not for
             multilabel targets), may be omitted later.
@@ -232,7 +287,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 self._label_binarizer.fit(classes)
             self.classes_ = self._label_binarizer.classes_
         try:
-            return self._fit(X, y, incremental=True)
+            return self._fit(X, y, incremental=True, sample_weight=sample_weight)
         except BaseException:
             if first:  # leave the estimator unfitted, not half-initialised
                 for attr in ("classes_", "_label_binarizer"):
@@ -300,25 +355,53 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     Minimises the squared error (``loss_curve_`` reports half the mean
     squared error, as scikit-learn does; the learning rate is rescaled so
-    that the same hyper-parameters take the same steps).  Parameters and
-    attributes as :class:`MLPClassifier`, except that the output is linear
-    (``out_activation_ = 'identity'``), ``validation_scores_`` hold R^2,
-    and there is no ``classes_``.
+    that the same hyper-parameters take the same steps), or with
+    ``loss='poisson'`` scikit-learn's half Poisson deviance of ``exp`` of the
+    output (``out_activation_ = 'exp'``; ``predict`` returns the means, the
+    targets must be >= 0).  Parameters and attributes as
+    :class:`MLPClassifier`, except ``loss`` ({'squared_error', 'poisson'},
+    default 'squared_error', the first parameter as in scikit-learn), the
+    output (``out_activation_ = 'identity'`` for the squared error),
+    ``validation_scores_`` hold R^2, and there is no ``classes_`` nor
+    ``class_weight``.
     """
 
     _fastbp_loss = "mse"
 
+    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
+                 alpha=0.0001, batch_size="auto", learning_rate="constant", learning_rate_init=0.001,
+                 power_t=0.5, max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
+                 warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
+                 validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
+                 max_fun=15000, dtype="float32"):
+        super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
+                         learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
+                         max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol,
+                         verbose=verbose, warm_start=warm_start, momentum=momentum,
+                         nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
+                         validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
+                         epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun, dtype=dtype)
+        self.loss = loss
+
     def _loss_scales(self, n_out):
+        if self._fastbp_loss == "poisson":
+            # scikit-learn: the half Poisson deviance summed over the outputs (averaged over
+            # the samples), fastbp's averaged over both: n_out times, value and gradient
+            return float(n_out), float(n_out)
         # scikit-learn: loss = mean((y - p)^2) / 2 over all elements, but its
         # gradient is (p - y) / n_samples, i.e. n_out / 2 times fastbp's
         # 2 (p - y) / (n_samples n_out)
         return 0.5, n_out / 2.0
 
+    def _predict_from_outputs(self, out):
+        """Predictions from the network's outputs: exp of the log-means for ``loss='poisson'``."""
+        return np.exp(out) if self._fastbp_loss == "poisson" else out
+
     def _n_outputs(self):
         return self._n_targets
 
     def _out_activation(self):
-        return "identity"
+        return "exp" if self._fastbp_loss == "poisson" else "identity"
 
     def _is_classifier_single_label(self):
         return False
@@ -334,27 +417,38 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         elif k != self.n_outputs_:
             raise ValueError(f"y has {k} targets, but {type(self).__name__} was fitted with "
                              f"{self.n_outputs_}")
+        if self.loss not in ("squared_error", "poisson"):
+            raise ValueError(f"The 'loss' parameter of {type(self).__name__} must be a str among "
+                             f"{{'squared_error', 'poisson'}}. Got {self.loss!r} instead.")
+        if not reset and hasattr(self, "_arch") and self._arch["loss"] != _REG_LOSS[self.loss]:
+            raise ValueError(f"loss={self.loss!r} differs from the loss {self._fastbp_loss!r} this "
+                             f"estimator was fitted with; fit it again")
+        self._fastbp_loss = _REG_LOSS[self.loss]
+        if self.loss == "poisson" and np.any(y < 0):
+            raise ValueError("Some value(s) of y are negative which is not allowed for Poisson regression.")
         dt = _resolve_dtype(self.dtype, X.dtype) if reset else self._dtype
         Y = np.ascontiguousarray(y.reshape(y.shape[0], -1), dtype=dt)
         return X, Y
 
-    def _val_score(self, X_val, Y_val):
-        return r2_score(Y_val, self._forward(X_val))
+    def _val_score(self, X_val, Y_val, sample_weight=None):
+        return r2_score(Y_val, self._predict_from_outputs(self._forward(X_val)), sample_weight=sample_weight)
 
     @available_if(_BaseMLP._check_solver)
-    def partial_fit(self, X, y):
+    def partial_fit(self, X, y, sample_weight=None):
         """Update the model with one epoch over the given data.
 
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        sample_weight : array-like of shape (n_samples,), default None
+            As in :meth:`fit`.
 
         Returns
         -------
         self : object
         """
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
     def predict(self, X):
         """Predicted targets.
@@ -370,7 +464,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             it was fitted on a 1-D ``y``.
         """
         X = self._validate_X_predict(X)
-        out = self._forward(X).astype(np.float64, copy=False)
+        out = self._predict_from_outputs(self._forward(X)).astype(np.float64, copy=False)
         if out.shape[1] == 1:
             return out.ravel()
         return out

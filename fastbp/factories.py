@@ -19,20 +19,23 @@ from .gradfn import GradFunction
 from .layers import Sequential
 from .optimizers import optimizer_arg, optimizer_from_spec
 from .step import TrainStep
+from .optimizers import clip_grad_norm_arg
 
 __all__ = ["compile", "grad", "load", "load_bundle"]
 
 
 def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, dtype=np.float32, seed=0,
-            device="cpu", comm=None, schedule=None):
+            device="cpu", comm=None, schedule=None, clip_grad_norm=None):
     """Compile a model into one fused training step.
 
     Parameters
     ----------
     model : Sequential
         Layers :class:`Linear`, :class:`ReLU`, :class:`Sigmoid`, :class:`Tanh`.
-    loss : {"softmax_cross_entropy", "mse", "bce_with_logits", "svm"}
-    optimizer : SGD or Adam, default ``SGD(lr=0.1)``
+    loss : {"softmax_cross_entropy", "mse", "bce_with_logits", "svm", "poisson"}
+        ``"poisson"``: the half Poisson deviance of ``exp`` of the outputs
+        (count targets >= 0; the network's outputs are log-means).
+    optimizer : SGD, Adam or RMSprop, default ``SGD(lr=0.1)``
         Applied inside the fused step.
     batch_size : int, default 64
         Largest minibatch; smaller ones work without recompiling.
@@ -55,6 +58,10 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
         The learning-rate schedule ``fit`` follows (see
         :mod:`fastbp.schedules`; scales the optimizer's ``lr``, counted from
         the step's first update / epoch).
+    clip_grad_norm : float, optional
+        Clip the gradients by their global 2-norm before each update, as
+        ``torch.nn.utils.clip_grad_norm_(params, max_norm=clip_grad_norm)``
+        (positive, finite; ``step.clip_grad_norm`` reads and sets it).
 
     Returns
     -------
@@ -89,17 +96,23 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
     >>> step = fastbp.compile(model, optimizer=fastbp.SGD(lr=0.1), batch_size=2)
     >>> loss = step(np.ones((2, 4), np.float32), np.array([0, 2]))
     """
+    clip = clip_grad_norm_arg(clip_grad_norm)       # checked first: a rejected call builds nothing
     if comm is not None:
         if V.resolve_device(device) != "cpu":
             raise ValueError("comm= (data-parallel training) runs on the CPU; device must be 'cpu'")
         from .distributed import compile as _compile_distributed   # imports mpi4py, or ImportError
-        return _compile_distributed(model, loss=loss, optimizer=optimizer, batch_size=batch_size,
-                                    dtype=dtype, seed=seed, comm=comm, schedule=schedule)
+        ds = _compile_distributed(model, loss=loss, optimizer=optimizer, batch_size=batch_size,
+                                  dtype=dtype, seed=seed, comm=comm, schedule=schedule)
+        ds.step.hyper[ex.H_CLIP] = clip
+        return ds
     optimizer = optimizer_arg(optimizer)
     if V.resolve_device(device) == "cuda":
         from .cuda_step import CudaTrainStep
-        return CudaTrainStep(model, loss, optimizer, batch_size, dtype, seed, schedule=schedule)
-    return TrainStep(model, loss, optimizer, batch_size, dtype, seed, schedule=schedule)
+        step = CudaTrainStep(model, loss, optimizer, batch_size, dtype, seed, schedule=schedule)
+    else:
+        step = TrainStep(model, loss, optimizer, batch_size, dtype, seed, schedule=schedule)
+    step.hyper[ex.H_CLIP] = clip
+    return step
 
 
 def grad(output, wrt, *, dtype=np.float64, batch_size=1, device="cpu"):
@@ -258,17 +271,23 @@ def _load(path, expect_model):
     if meta["n_state"] != len(step.state_vectors):
         raise _Bad(f"{meta['n_state']} optimizer state vector(s) stored, {optimizer!r} needs "
                    f"{len(step.state_vectors)}")
+    if hyper.size == ex.HYPER_SIZE_V1 and step.hyper.size > hyper.size:
+        # a checkpoint written before slots 16-23 existed: they take their defaults
+        # (no clipping; the optimizer's constants, which an SGD/Adam step never reads)
+        hyper = np.concatenate([hyper, step.hyper[hyper.size:]])
     if hyper.size != step.hyper.size:
         raise _Bad(f"'hyper' has {hyper.size} values, expected {step.hyper.size}")
     # hyper-parameters fixed by the optimizer must agree with its spec: the update kernels
     # trust them (e.g. a momentum without a momentum buffer would write out of bounds)
-    free = {ex.H_LR, ex.H_T, ex.H_STEPS, ex.H_RNG_SEED, *ex.RUNTIME_SLOTS}
+    free = {ex.H_LR, ex.H_T, ex.H_STEPS, ex.H_CLIP, ex.H_RNG_SEED, *ex.RUNTIME_SLOTS}
     fixed = [i for i in range(step.hyper.size) if i not in free]
     if not np.array_equal(hyper[fixed], step.hyper[fixed]):
         raise _Bad("hyper-parameters do not match the optimizer spec "
                    f"{meta['optimizer']!r} (inconsistent checkpoint)")
     if not np.all(np.isfinite(hyper)):
         raise _Bad("'hyper' holds non-finite values")
+    if hyper[ex.H_CLIP] < 0:
+        raise _Bad(f"clip_grad_norm must be >= 0 (0: none), got {hyper[ex.H_CLIP]}")
     for slot, name in ((ex.H_T, "Adam step t"), (ex.H_STEPS, "step count")):
         v = hyper[slot]
         if v < 0 or v != np.floor(v):

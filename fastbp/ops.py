@@ -47,7 +47,7 @@ __all__ = [
     *_ACTIVATION_WRAPPERS,
     "add_forward", "add_backward", "mul_forward", "mul_backward",
     "max_forward", "max_backward",
-    "softmax_cross_entropy", "svm_loss", "mse", "bce_with_logits",
+    "softmax_cross_entropy", "svm_loss", "mse", "bce_with_logits", "poisson_loss",
 ]
 
 _NOBIAS = {dt: np.empty(0, dt) for dt in V.FLOAT_DTYPES}
@@ -523,3 +523,28 @@ def bce_with_logits(scores, targets, out=None):
         ``(sigmoid(scores) - targets) / scores.size``.
     """
     return _target_loss(_Ls._bce_logits, scores, targets, out)
+
+
+def poisson_loss(scores, targets, out=None):
+    """Half Poisson deviance of ``mu = exp(scores)``, mean over all elements, and its gradient.
+
+    ``l = exp(s) - t s + xlogy(t, t) - t`` per element (``t log(t / mu) - t +
+    mu``: scikit-learn's ``poisson_loss``, the loss of ``MLPRegressor(loss='poisson')``).
+
+    Parameters
+    ----------
+    scores : numpy.ndarray, shape (batch, n) or (n,)
+        Log-means, float32 or float64, non-empty.
+    targets : numpy.ndarray, shape of ``scores``
+        Non-negative targets, same dtype (a negative one gives a NaN loss).
+    out : numpy.ndarray, shape of ``scores``, optional
+        Where to write ``dscores``; must not overlap the inputs.
+
+    Returns
+    -------
+    loss : float
+        The mean loss.
+    dscores : numpy.ndarray, shape of ``scores``
+        ``(exp(scores) - targets) / scores.size``.
+    """
+    return _target_loss(_Ls._poisson, scores, targets, out)

@@ -7,7 +7,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["SGD", "Adam"]
+__all__ = ["SGD", "Adam", "RMSprop"]
 
 
 def _real(name, value, *, low=None, high=None, low_open=False, high_open=False, owner=""):
@@ -21,6 +21,26 @@ def _real(name, value, *, low=None, high=None, low_open=False, high_open=False, 
     if high is not None and (v > high or (high_open and v == high)):
         raise ValueError(f"{owner}: {name} must be {'<' if high_open else '<='} {high}, got {value!r}")
     return v
+
+
+def clip_grad_norm_arg(value, owner="compile"):
+    """The ``clip_grad_norm=`` of a step: None (no clipping) is 0.0, else a positive finite number.
+
+    With it, every update first multiplies all gradients by
+    ``min(1, max_norm / (total_norm + 1e-6))``, ``total_norm`` being the 2-norm
+    of every parameter's gradient together, as ``torch.nn.utils.clip_grad_norm_``
+    does; after the non-finite check, before the optimizer adds weight decay.
+
+    Raises
+    ------
+    TypeError
+        Not a real number (bools included).
+    ValueError
+        Not finite, or <= 0.
+    """
+    if value is None:
+        return 0.0
+    return _real("clip_grad_norm", value, low=0.0, low_open=True, owner=owner)
 
 
 class _Optimizer:
@@ -135,6 +155,69 @@ class Adam(_Optimizer):
                 f"weight_decay={self.weight_decay}, decoupled={self.decoupled})")
 
 
+class RMSprop(_Optimizer):
+    """RMSprop, ``torch.optim.RMSprop`` semantics (and defaults).
+
+    ``g += wd p``; ``s = alpha s + (1 - alpha) g^2``; centered:
+    ``a = alpha a + (1 - alpha) g``, ``d = sqrt(s - a^2) + eps``, else
+    ``d = sqrt(s) + eps``; with momentum ``b = mu b + g / d``, ``p -= lr b``,
+    else ``p -= lr g / d``.
+
+    Parameters
+    ----------
+    lr : float, default 1e-2
+        > 0.
+    alpha : float, default 0.99
+        Smoothing constant, in [0, 1].
+    eps : float, default 1e-8
+        > 0.
+    weight_decay : float, default 0
+        L2 penalty added to the gradient, >= 0.
+    momentum : float, default 0
+        In [0, 1).
+    centered : bool, default False
+        Normalise by the estimated variance of the gradient instead of its
+        second moment.
+    """
+    name = "rmsprop"
+
+    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False):
+        self.lr = _real("lr", lr, low=0.0, low_open=True, owner="RMSprop")
+        self.alpha = _real("alpha", alpha, low=0.0, high=1.0, owner="RMSprop")
+        self.eps = _real("eps", eps, low=0.0, low_open=True, owner="RMSprop")
+        self.weight_decay = _real("weight_decay", weight_decay, low=0.0, owner="RMSprop")
+        self.momentum = _real("momentum", momentum, low=0.0, high=1.0, high_open=True, owner="RMSprop")
+        if not isinstance(centered, (bool, np.bool_)):
+            raise TypeError(f"RMSprop: centered must be a bool (True or False), got {type(centered).__name__}")
+        self.centered = bool(centered)
+
+    @property
+    def n_state(self):
+        """Number of state vectors: ``square_avg``, then ``momentum_buffer`` (momentum > 0),
+        then ``grad_avg`` (centered)."""
+        return 1 + (self.momentum != 0.0) + self.centered
+
+    @property
+    def state_names(self):
+        """The ``torch.optim.RMSprop`` state key of each state vector, in order."""
+        return (("square_avg",) + (("momentum_buffer",) if self.momentum != 0.0 else ())
+                + (("grad_avg",) if self.centered else ()))
+
+    def tape_state(self, offsets):
+        """The update instruction's state columns (``c`` square_avg, ``d`` momentum buffer,
+        ``e`` grad_avg; -1: none) for the state vectors at ``offsets``."""
+        at = dict(zip(self.state_names, offsets))
+        return dict(c=at["square_avg"], d=at.get("momentum_buffer", -1), e=at.get("grad_avg", -1))
+
+    def spec(self):
+        return {"type": "RMSprop", "lr": self.lr, "alpha": self.alpha, "eps": self.eps,
+                "weight_decay": self.weight_decay, "momentum": self.momentum, "centered": self.centered}
+
+    def __repr__(self):
+        return (f"RMSprop(lr={self.lr}, alpha={self.alpha}, eps={self.eps}, weight_decay={self.weight_decay}, "
+                f"momentum={self.momentum}, centered={self.centered})")
+
+
 def optimizer_from_spec(spec):
     """Rebuild an optimizer from its :meth:`spec` (checkpoints)."""
     t = spec.get("type") if isinstance(spec, dict) else None
@@ -142,6 +225,9 @@ def optimizer_from_spec(spec):
         return SGD(spec["lr"], spec["momentum"], spec["nesterov"], spec["weight_decay"])
     if t == "Adam":
         return Adam(spec["lr"], tuple(spec["betas"]), spec["eps"], spec["weight_decay"], spec["decoupled"])
+    if t == "RMSprop":
+        return RMSprop(spec["lr"], spec["alpha"], spec["eps"], spec["weight_decay"], spec["momentum"],
+                       spec["centered"])
     raise ValueError(f"unknown optimizer spec {spec!r}")
 
 
@@ -150,11 +236,11 @@ def optimizer_arg(optimizer):
 
     Parameters
     ----------
-    optimizer : SGD, Adam, str or None
+    optimizer : SGD, Adam, RMSprop, str or None
 
     Returns
     -------
-    SGD, Adam or str
+    SGD, Adam, RMSprop or str
         Names are resolved by the step (:func:`resolve_optimizer`).
 
     Raises
@@ -164,14 +250,15 @@ def optimizer_arg(optimizer):
     """
     if optimizer is None:
         return SGD(lr=0.1)
-    if not isinstance(optimizer, (SGD, Adam, str)):
-        raise TypeError(f"optimizer must be fastbp.SGD(...) or fastbp.Adam(...), got {type(optimizer).__name__}")
+    if not isinstance(optimizer, (SGD, Adam, RMSprop, str)):
+        raise TypeError(f"optimizer must be fastbp.SGD(...), fastbp.Adam(...) or fastbp.RMSprop(...), "
+                        f"got {type(optimizer).__name__}")
     return optimizer
 
 
 def resolve_optimizer(optimizer):
-    """Accept an optimizer instance or a name ('sgd', 'adam') with default settings."""
-    if isinstance(optimizer, (SGD, Adam)):
+    """Accept an optimizer instance or a name ('sgd', 'adam', 'rmsprop') with default settings."""
+    if isinstance(optimizer, (SGD, Adam, RMSprop)):
         return optimizer
     if isinstance(optimizer, str):
         key = optimizer.lower()
@@ -179,4 +266,7 @@ def resolve_optimizer(optimizer):
             return SGD(lr=0.01)
         if key == "adam":
             return Adam()
-    raise ValueError(f"unknown optimizer {optimizer!r}; valid: fastbp.SGD(...), fastbp.Adam(...), 'sgd', 'adam'")
+        if key == "rmsprop":
+            return RMSprop()
+    raise ValueError(f"unknown optimizer {optimizer!r}; valid: fastbp.SGD(...), fastbp.Adam(...), "
+                     f"fastbp.RMSprop(...), 'sgd', 'adam', 'rmsprop'")

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import _blas
 from . import _executor as ex
+from . import _validate as V
 from ._ckpt_format import save
 from ._jit import entry_point
 from ._step_base import StepBase, gather_rows
@@ -64,7 +65,8 @@ class TrainStep(StepBase):
         super().__init__(model, loss, optimizer, batch_size, dtype, seed, _params, schedule)
         p = self.plan
         ex.runtime_hyper(self.hyper)        # this process's BLAS policy
-        self.ws64 = np.zeros(self.batch_size, dtype=np.float64)
+        # per-row losses, then the sample weights of a weighted call (see ex.H_WEIGHTED)
+        self.ws64 = np.zeros(2 * self.batch_size, dtype=np.float64)
         #: the JIT GEMM kernels of small products (oneMKL only; see ex.gemm_jit_table)
         self.gjit = ex.gemm_jit_table(p, self.batch_size, self)
         #: the addresses of the arrays above, which the executor takes (see ex.context)
@@ -99,7 +101,7 @@ class TrainStep(StepBase):
         self._grad_fast = self._make_fast(ex.MODE_GRAD)
 
     # ------------------------------------------------------------- calls
-    def __call__(self, x, y):
+    def __call__(self, x, y, sample_weight=None):
         """One training step on a minibatch.
 
         Parameters
@@ -112,11 +114,16 @@ class TrainStep(StepBase):
             Integer labels of shape ``(b,)`` for ``softmax_cross_entropy``
             and ``svm``; float targets ``(b, out_features)`` for ``mse`` and
             ``bce_with_logits``.
+        sample_weight : array-like of shape (b,), optional
+            Non-negative weights of the rows: the loss is the weighted mean
+            ``sum_i w_i l_i / sum_i w_i`` (``l_i`` the row's loss, averaged over
+            the outputs for ``mse``/``bce_with_logits``), as scikit-learn weighs
+            a minibatch.  Their sum must be positive.
 
         Returns
         -------
         float
-            The mean loss of the minibatch before the update.
+            The mean (weighted mean) loss of the minibatch before the update.
 
         Raises
         ------
@@ -125,14 +132,18 @@ class TrainStep(StepBase):
         FloatingPointError
             The loss or a gradient is not finite; nothing is changed.
         """
+        if sample_weight is not None:
+            return self._run(x, y, ex.MODE_TRAIN, sample_weight)
         loss = self._train_fast(x, y)
         return self._run(x, y, ex.MODE_TRAIN) if loss is None else loss
 
-    def loss_and_grads(self, x, y):
+    def loss_and_grads(self, x, y, sample_weight=None):
         """Forward, loss and backward without an update; fills :attr:`grads`.
 
         Returns the mean loss.  Same arguments as :meth:`__call__`.
         """
+        if sample_weight is not None:
+            return self._run(x, y, ex.MODE_GRAD, sample_weight)
         loss = self._grad_fast(x, y)
         return self._run(x, y, ex.MODE_GRAD) if loss is None else loss
 
@@ -185,13 +196,29 @@ class TrainStep(StepBase):
             return loss
         return fast
 
-    def _run(self, x, y, mode):
+    def _run(self, x, y, mode, sample_weight=None):
         """Validate (and convert) one minibatch, run it through the executor
         in ``mode`` and report a failure: the path of every call the fast one
         (:meth:`_make_fast`) does not take."""
         x, n = self._features(x, "x", self.batch_size)
         yi, yf = self._targets(y, n, check_range=False)
         self.check_train_rows(n)
+        if sample_weight is not None:
+            w = V.sample_weight(sample_weight, "sample_weight", n)
+            if not w.sum() > 0.0:
+                raise ValueError("sample_weight: the weights of the minibatch sum to 0; at least one "
+                                 "must be positive")
+            with self._lock:
+                b = self.batch_size
+                self.ws64[b:b + n] = w
+                self.hyper[ex.H_WEIGHTED] = 1.0
+                try:
+                    status, loss, info = ex.run_tape(self._ctx, 0, self._tape_end[mode], n, x, yi, yf)
+                finally:
+                    self.hyper[ex.H_WEIGHTED] = 0.0
+            if status:
+                self._raise_status(status, info, yi)
+            return loss
         with self._lock:
             status, loss, info = ex.run_tape(self._ctx, 0, self._tape_end[mode], n, x, yi, yf)
         if status:

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from .layers import BatchNorm1d, Dropout, LayerNorm, Linear, Sequential, layer_class
-from .optimizers import Adam, SGD
+from . import _isa as ex
+from .optimizers import Adam, RMSprop, SGD
 from .registry import activations as _acts
 from .registry import losses as _losses
 from .step import TrainStep
@@ -33,6 +34,83 @@ class TorchTrainStep(TrainStep):
     CPU tensors or numpy arrays.
     """
 
+    #: the torch optimizer the step was made from (None: a fastbp optimizer or none), the
+    #: learning rate last taken from its ``param_groups``, and its parameters by state key
+    _torch_opt = None
+    _torch_lr = None
+    _torch_params = ()
+    _torch_step0 = (0.0, 0)
+
+    def _follow_torch_lr(self):
+        """Take the torch optimizer's current ``param_groups`` learning rate when it changed
+        since the step last read it (a ``torch.optim.lr_scheduler`` stepped it, or the user
+        set it), as ``opt.step()`` would use it.  ``step.lr = v`` set on the step stays in
+        force until the torch rate changes again."""
+        opt = self._torch_opt
+        if opt is None:
+            return
+        lrs = {float(g["lr"]) for g in opt.param_groups}
+        if len(lrs) != 1:
+            raise ValueError(f"optimizer: its parameter groups now have different learning rates "
+                             f"{sorted(lrs)}; fastbp trains every parameter with one rate")
+        lr = lrs.pop()
+        if lr != self._torch_lr:
+            self.lr = lr                 # validates (> 0, finite)
+            self._torch_lr = lr
+
+    def sync_to_torch(self):
+        """Write the optimizer state into the torch optimizer's ``opt.state``, in PyTorch's layout.
+
+        Per parameter: SGD ``momentum_buffer`` (with momentum), Adam/AdamW ``step``,
+        ``exp_avg``, ``exp_avg_sq``, RMSprop ``step``, ``square_avg``,
+        ``momentum_buffer`` (with momentum), ``grad_avg`` (centered); copies, so a
+        plain PyTorch loop continues exactly where the fused step stopped.  The
+        parameter group's ``lr`` is set to the step's current rate.  Does nothing for a
+        step made without a torch optimizer.
+
+        Returns
+        -------
+        TorchTrainStep
+            ``self``.
+        """
+        torch = _torch()
+        opt = self._torch_opt
+        if opt is None:
+            return self
+        with self._lock:
+            name = self.optimizer.name
+            if name == "sgd":
+                keys = ("momentum_buffer",) if self.optimizer.momentum != 0.0 else ()
+            elif name == "adam":
+                keys = ("exp_avg", "exp_avg_sq")
+            else:
+                keys = self.optimizer.state_names
+            steps = self.n_steps
+            if name == "adam":
+                t = float(self.hyper[ex.H_T])
+            else:
+                t = self._torch_step0[0] + (steps - self._torch_step0[1])
+            p0 = self.plan.param_region[0]
+            for p, key in self._torch_params:
+                live = self.params[key]
+                off = live.__array_interface__["data"][0] - self.arena.__array_interface__["data"][0]
+                off = off // self.arena.itemsize - p0
+                n = live.size
+                st = opt.state[p]
+                for k, vec in zip(keys, self.state_vectors):
+                    st[k] = torch.from_numpy(vec[off:off + n].reshape(live.shape).copy())
+                if name != "sgd" and t > 0:
+                    st["step"] = torch.tensor(float(t), dtype=_step_dtype(torch))
+            lr = float(self.hyper[ex.H_LR])
+            for g in opt.param_groups:
+                g["lr"] = lr
+            self._torch_lr = lr
+        return self
+
+    def close(self):
+        """Hand the training back to PyTorch: :meth:`sync_to_torch`."""
+        self.sync_to_torch()
+
     def _np(self, t, name):
         torch = _torch()
         if isinstance(t, torch.Tensor):
@@ -41,19 +119,54 @@ class TorchTrainStep(TrainStep):
             return t.detach().numpy()
         return t
 
-    def _run(self, x, y, mode):
-        return super()._run(self._np(x, "x"), self._np(y, "y"), mode)
+    def __call__(self, x, y, sample_weight=None):
+        """:meth:`fastbp.TrainStep.__call__` on tensors or arrays, at the torch optimizer's
+        current learning rate (see :func:`from_torch`)."""
+        self._follow_torch_lr()
+        sw = None if sample_weight is None else self._np(sample_weight, "sample_weight")
+        loss = super().__call__(self._np(x, "x"), self._np(y, "y"), sw)
+        self._torch_stepped()
+        return loss
+
+    def _run(self, x, y, mode, sample_weight=None):
+        sw = None if sample_weight is None else self._np(sample_weight, "sample_weight")
+        return super()._run(self._np(x, "x"), self._np(y, "y"), mode, sw)
+
+    def _torch_stepped(self):
+        """Tell a torch lr scheduler that the optimizer stepped (the step replaces
+        ``opt.step()``; else ``scheduler.step()`` warns that it came first)."""
+        if self._torch_opt is not None:
+            self._torch_opt._opt_called = True
+
+    @property
+    def lr(self):
+        """The learning rate of the next update (settable); with a torch optimizer, its current
+        ``param_groups`` rate once that changed (see :func:`from_torch`)."""
+        self._follow_torch_lr()
+        return float(self.hyper[ex.H_LR])
+
+    @lr.setter
+    def lr(self, value):
+        TrainStep.lr.fset(self, value)
 
     def fit(self, X, Y, epochs=1, shuffle=True, seed=None, validation_data=None, **kwargs):
         """:meth:`fastbp.TrainStep.fit` (same arguments) on tensors or arrays."""
         if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
             validation_data = (self._np(validation_data[0], "validation_data[0]"),
                                self._np(validation_data[1], "validation_data[1]"))
-        return super().fit(self._np(X, "X"), self._np(Y, "Y"), epochs=epochs, shuffle=shuffle, seed=seed,
-                           validation_data=validation_data, **kwargs)
+        self._follow_torch_lr()
+        history = super().fit(self._np(X, "X"), self._np(Y, "Y"), epochs=epochs, shuffle=shuffle, seed=seed,
+                              validation_data=validation_data, **kwargs)
+        self._torch_stepped()
+        return history
 
     def predict(self, X):
         return super().predict(self._np(X, "X"))
+
+
+def _step_dtype(torch):
+    """The dtype of ``opt.state[p]["step"]`` (torch.optim's ``_get_scalar_dtype``)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
 def _loss_name(loss, torch):
@@ -89,14 +202,14 @@ def _loss_name(loss, torch):
 
 def _optimizer(opt, torch):
     """A fastbp optimizer from a torch.optim instance (its hyper-parameters)."""
-    if opt is None or isinstance(opt, (SGD, Adam)):
+    if opt is None or isinstance(opt, (SGD, Adam, RMSprop)):
         return opt if opt is not None else SGD(lr=0.01)
     optim = torch.optim
-    if not isinstance(opt, (optim.SGD, optim.Adam, optim.AdamW)):
-        raise ValueError(f"optimizer: {type(opt).__name__} is not supported; use torch.optim.SGD, Adam, AdamW "
-                         f"or a fastbp optimizer")
+    if not isinstance(opt, (optim.SGD, optim.Adam, optim.AdamW, optim.RMSprop)):
+        raise ValueError(f"optimizer: {type(opt).__name__} is not supported; use torch.optim.SGD, Adam, AdamW, "
+                         f"RMSprop or a fastbp optimizer")
     groups = opt.param_groups
-    keys = ("lr", "momentum", "nesterov", "weight_decay", "dampening", "betas", "eps")
+    keys = ("lr", "momentum", "nesterov", "weight_decay", "dampening", "betas", "eps", "alpha", "centered")
     first = {k: groups[0].get(k) for k in keys}
     if any({k: g.get(k) for k in keys} != first for g in groups[1:]):
         raise ValueError("optimizer: parameter groups with different hyper-parameters are not supported")
@@ -109,13 +222,16 @@ def _optimizer(opt, torch):
             raise ValueError("optimizer: SGD dampening is not supported")
         return SGD(lr, momentum=g.get("momentum", 0.0), nesterov=g.get("nesterov", False),
                    weight_decay=g.get("weight_decay", 0.0))
+    if isinstance(opt, optim.RMSprop):
+        return RMSprop(lr, alpha=g["alpha"], eps=g["eps"], weight_decay=g.get("weight_decay", 0.0),
+                       momentum=g.get("momentum", 0.0), centered=g.get("centered", False))
     if g.get("amsgrad"):
         raise ValueError("optimizer: amsgrad is not supported")
     return Adam(lr, betas=tuple(g["betas"]), eps=g["eps"], weight_decay=g.get("weight_decay", 0.0),
                 decoupled=isinstance(opt, optim.AdamW))
 
 
-def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, seed=0):
+def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, seed=0, clip_grad_norm=None):
     """Compile an existing ``torch.nn.Sequential`` into a fused fastbp step.
 
     Parameters
@@ -128,12 +244,20 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     loss : str or torch loss module
         A fastbp loss name, or ``CrossEntropyLoss`` / ``MSELoss`` /
         ``BCEWithLogitsLoss`` (mean reduction).
-    optimizer : torch.optim.SGD, Adam or AdamW, or a fastbp optimizer
+    optimizer : torch.optim.SGD, Adam, AdamW or RMSprop, or a fastbp optimizer
         Its hyper-parameters (and, if it has already taken steps, its
-        momentum / moment buffers and step count) are taken over.
+        momentum / moment buffers and step count) are taken over.  A torch
+        optimizer stays linked: each call of the step (and each ``fit``) uses
+        its current ``param_groups`` learning rate when that changed, so a
+        ``torch.optim.lr_scheduler`` stepped between calls works as with
+        ``opt.step()``; ``step.sync_to_torch()`` (and ``step.close()``) write
+        the optimizer state back into ``opt.state``.
     batch_size : int, default 64
     seed : int, default 0
         Seeds the shuffling of ``fit`` and the dropout masks.
+    clip_grad_norm : float, optional
+        What ``torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)``
+        before each ``opt.step()`` does (a torch optimizer does not know it).
 
     Returns
     -------
@@ -142,6 +266,8 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
         The model's own parameter tensors are updated in place.
     """
     torch = _torch()
+    from .optimizers import clip_grad_norm_arg
+    clip = clip_grad_norm_arg(clip_grad_norm, owner="from_torch")
     if not isinstance(model, torch.nn.Sequential):
         raise TypeError(f"model must be a torch.nn.Sequential, got {type(model).__name__}")
     layers, names = [], []
@@ -207,6 +333,12 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
                 p.data = torch.from_numpy(live)
                 p.grad = torch.from_numpy(step.grads[f"{prefix}.{key}"])
     _import_optimizer_state(optimizer, names, step, torch)
+    step.hyper[ex.H_CLIP] = clip
+    if isinstance(optimizer, torch.optim.Optimizer):
+        step._torch_opt = optimizer
+        step._torch_lr = float(optimizer.param_groups[0]["lr"])
+        step._torch_params = [(getattr(m, attr), f"{prefix}.{key}") for prefix, m in names
+                              for attr, key in (("weight", "W"), ("bias", "b")) if getattr(m, attr) is not None]
     return step
 
 
@@ -227,8 +359,12 @@ def _import_optimizer_state(opt, names, step, torch):
             off = live.__array_interface__["data"][0] - step.arena.__array_interface__["data"][0]
             off = off // step.arena.itemsize - p0
             n = live.size
-            bufs = ([st.get("momentum_buffer")] if isinstance(step.optimizer, SGD)
-                    else [st.get("exp_avg"), st.get("exp_avg_sq")])
+            if isinstance(step.optimizer, SGD):
+                bufs = [st.get("momentum_buffer")]
+            elif isinstance(step.optimizer, RMSprop):
+                bufs = [st.get(k) for k in step.optimizer.state_names]
+            else:
+                bufs = [st.get("exp_avg"), st.get("exp_avg_sq")]
             for vec, b in zip(step.state_vectors, bufs):
                 if b is not None:
                     vec[off:off + n] = b.detach().numpy().ravel()
@@ -237,8 +373,9 @@ def _import_optimizer_state(opt, names, step, torch):
     if len(steps) > 1:
         raise ValueError("optimizer: parameters have taken different numbers of steps")
     if steps and isinstance(step.optimizer, Adam):
-        from . import _executor as ex
         step.hyper[ex.H_T] = steps.pop()
+    elif steps and isinstance(step.optimizer, RMSprop):
+        step._torch_step0 = (steps.pop(), step.n_steps)
 
 
 def _norm_layer(m, i, torch):

@@ -67,6 +67,10 @@ def eval_loss(loss, scores, y):
         return float(np.mean((s - t) ** 2))
     if loss == "bce_with_logits":
         return float(np.mean(-(t * _log_sigmoid(s) + (1.0 - t) * _log_sigmoid(-s))))
+    if loss == "poisson":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c = np.where(t > 0, t * np.log(np.where(t > 0, t, 1.0)) - t, np.where(t == 0, 0.0, np.nan))
+        return float(np.mean(np.exp(s) - t * s + c))
     raise ValueError(f"no evaluation defined for loss {loss!r}")
 
 
@@ -288,11 +292,11 @@ def early_stopping_arg(es, has_validation):
 def check_accuracy_monitors(loss, *watchers):
     """A ValueError when an EarlyStopping or a ReduceLROnPlateau watches ``val_accuracy`` of a
     loss without an accuracy (mse)."""
-    if loss != "mse":
+    if loss not in ("mse", "poisson"):
         return
     for w in watchers:
         if w is not None and getattr(w, "monitor", None) == "val_accuracy":
-            raise ValueError(f"{type(w).__name__} monitors 'val_accuracy', but loss 'mse' has no accuracy; "
+            raise ValueError(f"{type(w).__name__} monitors 'val_accuracy', but loss {loss!r} has no accuracy; "
                              f"monitor 'val_loss' or 'loss'")
 
 

@@ -87,7 +87,10 @@ def test_quiet_has_no_progress_bar_and_is_reproducible():
     (["train", "--lr", "nan"], "--lr"),
     (["train", "--activation", "gelu"], "--activation"),
     (["train", "--loss", "hinge"], "--loss"),
-    (["train", "--optimizer", "rmsprop"], "--optimizer"),
+    (["train", "--optimizer", "adagrad"], "--optimizer"),      # (rmsprop was refused until issue 15)
+    (["train", "--clip-grad-norm", "0"], "--clip-grad-norm"),
+    (["train", "--clip-grad-norm", "inf"], "--clip-grad-norm"),
+    (["train", "--loss", "poisson"], "--loss"),       # count targets: MLPRegressor(loss="poisson")
     (["train", "--hidden", "0"], "--hidden"),
     (["train", "--momentum", "1.5", "--optimizer", "sgd"], "--momentum"),
     (["train", "--momentum", "0.5"], "--momentum"),          # adam has no momentum
@@ -523,3 +526,14 @@ def test_regression_on_the_command_line(tmp_path, capsys):
     rc = cli.main(["train", "--quiet", "--task", "regression", "--data",
                    _csv(tmp_path, "bad.csv", "a,t\n1,2\n3,x\n4,5\n")])
     one_line_error(rc, "", capsys.readouterr().err, "line 3", "not a finite number")
+
+
+def test_train_with_rmsprop_and_gradient_clipping(capsys):
+    rc = cli.main(["train", "--quiet", "--epochs", "5", "--hidden", "16", "--optimizer", "rmsprop",
+                   "--momentum", "0.5", "--clip-grad-norm", "1.0", "--lr", "0.005"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert accuracy_of(cap.out) > 0.5
+    rc = cli.main(["train", "--quiet", "--epochs", "1", "--optimizer", "rmsprop", "--compare"])
+    cap = capsys.readouterr()
+    assert rc != 0 and "rmsprop" in cap.err

@@ -464,7 +464,7 @@ LOSS_SHAPES = [(1, 1), (7, 10), (130, 3)]
 
 @requires_cuda
 @pytest.mark.parametrize("dtype", PARAM_DTYPES)
-@pytest.mark.parametrize("name", ["softmax_xent", "svm", "mse", "bce_logits"])
+@pytest.mark.parametrize("name", ["softmax_xent", "svm", "mse", "bce_logits", "poisson"])
 @pytest.mark.parametrize("B,C", LOSS_SHAPES)
 def test_cuda_losses(B, C, name, dtype):
     rng = np.random.default_rng(B * 7 + C)
@@ -475,6 +475,8 @@ def test_cuda_losses(B, C, name, dtype):
             S[0, 0] = 80.0                        # exp would overflow without the max shift
     elif name == "mse":
         T = rnd(rng, (B, C), dtype)
+    elif name == "poisson":
+        T = rng.poisson(2.0, (B, C)).astype(dtype)     # counts, zeros among them
     else:
         T = rng.random((B, C)).astype(dtype)
         S[0, 0] = -200.0                          # log1p(exp(-|s|)) keeps this finite
@@ -765,9 +767,11 @@ def test_cuda_loss_kernels_nonfinite_match_cpu(kind, dtype):
     """Each loss kernel with NaN and inf scores: the same loss (NaN, inf or finite) and
     the same gradient on both targets (the CUDA SVM kernel once returned 0 for a NaN score)."""
     cpu_k = {"softmax_cross_entropy": cpu_losses._softmax_xent, "svm": cpu_losses._svm,
-             "mse": cpu_losses._mse, "bce_with_logits": cpu_losses._bce_logits}[kind]
+             "mse": cpu_losses._mse, "bce_with_logits": cpu_losses._bce_logits,
+             "poisson": cpu_losses._poisson}[kind]
     gpu_k = {"softmax_cross_entropy": g_losses._softmax_xent, "svm": g_losses._svm,
-             "mse": g_losses._mse, "bce_with_logits": g_losses._bce_logits}[kind]
+             "mse": g_losses._mse, "bce_with_logits": g_losses._bce_logits,
+             "poisson": g_losses._poisson}[kind]
     rng = np.random.default_rng(4)
     B, C = 5, 4
     for bad in (np.nan, np.inf, -np.inf):
@@ -805,6 +809,40 @@ def test_simulator_subprocess():
     assert counts["tests"] == len(ids) > 0, f"ran {counts['tests']} of {len(ids)}:\n{tail}"
 
 
+@requires_cuda
+@pytest.mark.parametrize("dtype", PARAM_DTYPES)
+def test_cuda_rmsprop(dtype):
+    n = 300
+    rng = np.random.default_rng(n + 2)
+    for wd, momentum, centered in ((0.0, 0.0, False), (1e-2, 0.9, False), (0.0, 0.0, True), (1e-2, 0.9, True)):
+        p, sq = rnd(rng, (n,), dtype), np.zeros(n, dtype)
+        buf = np.zeros(n if momentum else 0, dtype)
+        ga = np.zeros(n if centered else 0, dtype)
+        pd, sqd, bd, gad = dev(p), dev(sq), dev(buf), dev(ga)
+        for _ in range(3):
+            g = rnd(rng, (n,), dtype)
+            g_optim._rmsprop_update(pd, dev(g), sqd, bd, gad, 1e-2, 0.99, 1e-8, wd, momentum)
+            cpu_optim._rmsprop_update(p, g, sq, buf, ga, 1e-2, 0.99, 1e-8, wd, momentum)
+        np.testing.assert_allclose(pd.copy_to_host(), p, **tol(dtype))
+        np.testing.assert_allclose(sqd.copy_to_host(), sq, **tol(dtype))
+        np.testing.assert_allclose(bd.copy_to_host(), buf, **tol(dtype))
+        np.testing.assert_allclose(gad.copy_to_host(), ga, **tol(dtype))
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", PARAM_DTYPES)
+def test_cuda_clip_grad_norm(dtype):
+    rng = np.random.default_rng(5)
+    for n, max_norm in ((1, 0.1), (700, 1.0), (700, 1e3)):     # clipped, clipped, left alone
+        g = rnd(rng, (n,), dtype)
+        gd = dev(g)
+        coef = dev(np.zeros(1))
+        g_optim._clip_grad_norm(gd, max_norm, coef)
+        c = min(1.0, max_norm / (np.sqrt(np.sum(g.astype(np.float64) ** 2)) + 1e-6))
+        assert coef.copy_to_host()[0] == pytest.approx(c, rel=1e-12)
+        np.testing.assert_allclose(gd.copy_to_host(), g * g.dtype.type(c), **tol(dtype))
+
+
 # ------------------------------------------------------- compile for a GPU
 def _ptx_table(dtype):
     """Every kernel with example arguments of ``dtype`` (the types decide the signature)."""
@@ -828,10 +866,14 @@ def _ptx_table(dtype):
         "mse": (lo._k_mse_rows, (M, M, M, f)),
         "bce_logits": (lo._k_bce_logits_rows, (M, M, M, f)),
         "svm": (lo._k_svm_rows, (M, y, M, f)),
+        "poisson": (lo._k_poisson_rows, (M, M, M, f)),
         "mean": (lo._k_mean, (f, 3, 1.0, f)),
         "check_labels": (lo._k_check_labels, (y, 3, y)),
         "sgd": (op._k_sgd, (v, v, v, 0.1, 0.9, True, 0.1)),
         "adam": (op._k_adam, (v, v, v, v, 0.1, 0.1, 0.9, 0.99, 1e-8, 0.1, 1.0, True)),
+        "rmsprop": (op._k_rmsprop, (v, v, v, v, v, 0.01, 0.99, 1e-8, 0.1, 0.9)),
+        "clip_coef": (op._k_clip_coef, (v, 1.0, f)),
+        "grad_scale": (op._k_grad_scale, (v, f)),
         "dropout": (_dropout_kernel(), (M, M, 1, 2, 3, 0.5, True)),
         # every kernel of every activation of the registry ("relu.linear_fwd", ...)
         **a_.registry_kernels(dtype),
@@ -869,7 +911,7 @@ def _dropout_kernel():
 #: kernels whose float32 variant legitimately uses float64: the loss row
 #: accumulators and the mean are float64 by contract (as on the CPU); dropout
 #: compares its 24-bit uniform with 1 - p in float64 (p exact, as PyTorch's)
-_F64_BY_CONTRACT = {"mse", "bce_logits", "svm", "mean", "dropout"}
+_F64_BY_CONTRACT = {"mse", "bce_logits", "svm", "mean", "dropout", "clip_coef", "poisson"}
 _F64_BY_CONTRACT |= {"bn_flag_nonfinite"}     # a float64 flag: its NaN test of a float32 value
 _F64_OP = re.compile(r"\b(?:add|sub|mul|fma|div|sqrt|max|min|neg|abs)(?:\.[a-z]+)*\.f64\b")
 _PRODUCTS = ("mm_nn", "mm_nt", "mm_tn")

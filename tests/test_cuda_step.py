@@ -161,6 +161,24 @@ def test_gpu_step_matches_cpu(case):
     assert gpu.n_steps == 2
 
 
+@requires_cuda
+@pytest.mark.thorough       # ~14 s of simulator; the default run checks the kernels (test_cuda_kernels.py)
+def test_gpu_rmsprop_with_gradient_clipping_matches_cpu():
+    """RMSprop (centered, momentum, weight decay) with clip_grad_norm: the GPU step's
+    update, state vectors and clipped gradients are the CPU step's."""
+    model = fastbp.Sequential(L(5, 6), fastbp.Tanh(), L(6, 3))
+    kw = dict(loss="softmax_cross_entropy", batch_size=4, dtype=np.float64, seed=0, clip_grad_norm=0.05)
+    opt = dict(lr=0.01, momentum=0.9, centered=True, weight_decay=0.01)
+    cpu = fastbp.compile(model, optimizer=fastbp.RMSprop(**opt), **kw)
+    gpu = fastbp.compile(model, optimizer=fastbp.RMSprop(**opt), device="cuda", **kw)
+    assert gpu.clip_grad_norm == 0.05
+    rng = np.random.default_rng(3)
+    for n in (4, 3):
+        x, y = batch(cpu, n, rng)
+        assert gpu(x, y) == approx(cpu(x, y), np.float64)
+    assert len(cpu.state_vectors) == 3
+    assert_same_state(cpu, gpu)
+
 
 # ============================================== normalisation layers (issue 14)
 @requires_cuda
@@ -189,6 +207,8 @@ def test_gpu_norm_layers_match_cpu(norm):
         # load_params_from a CPU step takes its running statistics too
         gpu.load_params_from(cpu)
         np.testing.assert_array_equal(gpu.buffer_vector, cpu.buffer_vector)
+
+
 # ================================================================== dropout
 @requires_cuda
 @pytest.mark.parametrize("dtype", [np.float64, pytest.param(np.float32, marks=pytest.mark.thorough)])
@@ -725,6 +745,8 @@ def test_step_kernels_compile_ptx(monkeypatch, tmp_path, target):
         table = {
             "sgd_gated": (cs._k_sgd_gated, (v, v, v, 0.1, 0.9, True, 0.1, res)),
             "adam_gated": (cs._k_adam_gated, (v, v, v, v, 0.1, 0.1, 0.9, 0.99, 1e-8, 0.1, 1.0, True, res)),
+            "rmsprop_gated": (cs._k_rmsprop_gated, (v, v, v, v, v, 0.01, 0.99, 1e-8, 0.1, 0.9, res)),
+            "grad_scale_gated": (cs._k_grad_scale_gated, (v, res[:1], res)),
             "loss_status": (cs._k_loss_status, (y, 3, res, M, res, 0)),
             "grad_status": (cs._k_grad_status, (v, res, 0)),
             "reset_status": (cs._k_reset_status, (res,)),

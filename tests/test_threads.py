@@ -92,7 +92,8 @@ for dt in [np.dtype(name).type for name in sys.argv[1].split(",")]:
         sb = np.empty_like(X); k_(G._sum_bwd)(np.array([[0.3]], dt), sb, False)
         h(tag.format("scale_sum"), s, s2, sb)
         for name, kern, tgt in (("xent", Ls._softmax_xent, lab), ("svm", Ls._svm, lab),
-                                ("mse", Ls._mse, T), ("bce", Ls._bce_logits, T)):
+                                ("mse", Ls._mse, T), ("bce", Ls._bce_logits, T),
+                                ("poisson", Ls._poisson, np.abs(T))):
             dS = np.empty_like(X); rl = np.empty(R)
             loss = k_(kern)(X, tgt, dS, rl)
             h(tag.format(name), dS, rl, np.float64(loss))
@@ -103,6 +104,10 @@ for dt in [np.dtype(name).type for name in sys.argv[1].split(",")]:
         for t in (1, 2):
             k_(O._adam_update)(pa, DY.ravel(), ma, va, t, 1e-3, 0.9, 0.999, 1e-8, 0.01, True)
         h(tag.format("optim"), p, v, pa, ma, va)
+        pr, sq, bf, ga = P.copy(), np.zeros_like(P), np.zeros_like(P), np.zeros_like(P)
+        for _ in range(2):
+            k_(O._rmsprop_update)(pr, DY.ravel(), sq, bf, ga, 1e-2, 0.99, 1e-8, 0.01, 0.9)
+        h(tag.format("rmsprop"), pr, sq, bf, ga)
 
     # the ops wrappers, which pick serial/parallel by size (loops forced for products)
     tag = f"{np.dtype(dt).name}/ops/{{}}"
@@ -191,10 +196,10 @@ def test_parallel_variant_bitwise_equal_to_serial(runs):
 COVERED = {
     "_mm_nn", "_mm_nt", "_mm_tn", "_colsum",
     "_gate_fwd", "_gate_bwd", "_sum_bwd", "_scale", "_softmax_xent", "_svm", "_mse", "_bce_logits",
-    "_sgd_update", "_adam_update",
+    "_sgd_update", "_adam_update", "_rmsprop_update", "_poisson",
 }
 #: kernels without a prange loop (nothing to parallelise)
-SERIAL_ONLY = {"_sum_fwd"}
+SERIAL_ONLY = {"_sum_fwd", "_clip_grad_norm"}
 
 
 def test_script_covers_every_parallel_kernel():

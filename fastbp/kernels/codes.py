@@ -22,6 +22,7 @@ LOSS_SOFTMAX_XENT = _L.get("softmax_cross_entropy").code
 LOSS_MSE = _L.get("mse").code
 LOSS_BCE_LOGITS = _L.get("bce_with_logits").code
 LOSS_SVM = _L.get("svm").code
+LOSS_POISSON = _L.get("poisson").code
 
 #: name -> code of every loss
 LOSSES = {e.name: e.code for e in _L.entries()}

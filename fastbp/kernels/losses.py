@@ -180,6 +180,34 @@ def _bce_logits(S, T, dS, rowloss):
 
 
 @kernel
+def _poisson(S, T, dS, rowloss):
+    """Half Poisson deviance with a log link, mean over all elements.
+
+    ``l = exp(s) - t s + xlogy(t, t) - t`` (``= t log(t / mu) - t + mu``, ``mu =
+    exp(s)``: scikit-learn's ``poisson_loss`` of ``mu``; a negative target gives
+    NaN); derivative ``dL/ds = (exp(s) - t) / (B C)``.
+    """
+    B, C = S.shape
+    scale = S.dtype.type(1.0 / (B * C))
+    for i in prange(B):
+        r = 0.0
+        for j in range(C):
+            s = S[i, j]
+            t = T[i, j]
+            mu = math.exp(s)
+            dS[i, j] = (mu - t) * scale
+            if t > 0.0:
+                c = t * math.log(t) - t
+            elif t == 0.0:
+                c = 0.0 * t
+            else:
+                c = math.nan
+            r += mu - t * s + c
+        rowloss[i] = r
+    return _sum_rows(rowloss, B) / (B * C)
+
+
+@kernel
 def _svm(S, y, dS, rowloss):
     """Multiclass hinge loss (CS231n) ``L = mean_i sum_{j != y_i} max(0, S_ij - S_iy + 1)``.
 
@@ -217,3 +245,29 @@ def _svm(S, y, dS, rowloss):
             dS[i, yi] = -cnt * scale
         rowloss[i] = r
     return _sum_rows(rowloss, B) / B
+
+
+@jit
+def weigh_rows(dS, rowloss, ws64, w0, per_element):
+    """Sample weights (``ws64[w0 : w0 + B]``) applied to a loss kernel's result: its
+    unweighted mean ``sum_i rowloss_i / (B k)`` (``k`` = C for a loss averaged over the
+    elements, else 1) becomes ``sum_i w_i rowloss_i / (k sum_i w_i)``, scikit-learn's
+    weighted mean, and row ``i`` of its gradient ``dS`` is multiplied by ``B w_i / sum(w)``.
+    Returns the weighted loss; NaN (a non-finite loss to the caller) when the weights sum
+    to 0 or ``ws64`` has no room for them.  Called inside the interpreter."""
+    B = dS.shape[0]
+    if ws64.shape[0] < w0 + B:
+        return math.nan
+    w = ws64[w0:w0 + B]
+    sw = 0.0
+    swl = 0.0
+    for i in range(B):
+        sw += w[i]
+        swl += w[i] * rowloss[i]
+    if sw == 0.0:
+        return math.nan
+    for i in range(B):
+        c = dS.dtype.type(B * w[i] / sw)
+        for j in range(dS.shape[1]):
+            dS[i, j] *= c
+    return swl / (sw * (dS.shape[1] if per_element else 1))

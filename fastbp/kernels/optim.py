@@ -82,3 +82,56 @@ def _adam_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled):
             m[i] = mi
             v[i] = vi
             p[i] = pi - step * mi / (math.sqrt(vi) / sbc2 + e)
+
+
+@kernel
+def _rmsprop_update(p, g, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum):
+    """RMSprop, ``torch.optim.RMSprop`` semantics.
+
+    ``g += wd p``; ``s = alpha s + (1 - alpha) g^2``; centered (``gavg`` of
+    size ``n``, else size 0): ``a = alpha a + (1 - alpha) g`` and
+    ``d = sqrt(s - a^2) + eps``, else ``d = sqrt(s) + eps``; with momentum
+    (``buf`` of size ``n``, else size 0): ``b = mu b + g / d``, ``p -= lr b``,
+    else ``p -= lr g / d``.
+    """
+    dt = p.dtype.type
+    lr_ = dt(lr)
+    a = dt(alpha)
+    one = dt(1.0)
+    e = dt(eps)
+    wd = dt(weight_decay)
+    mu = dt(momentum)
+    centered = gavg.shape[0] > 0
+    use_mom = buf.shape[0] > 0
+    for i in prange(p.shape[0]):
+        gi = g[i]
+        if weight_decay != 0.0:
+            gi = gi + wd * p[i]
+        si = a * sq[i] + (one - a) * gi * gi
+        sq[i] = si
+        if centered:
+            ai = gavg[i] + (one - a) * (gi - gavg[i])
+            gavg[i] = ai
+            d = math.sqrt(si - ai * ai) + e
+        else:
+            d = math.sqrt(si) + e
+        if use_mom:
+            bi = mu * buf[i] + gi / d
+            buf[i] = bi
+            p[i] -= lr_ * bi
+        else:
+            p[i] -= lr_ * gi / d
+
+
+@kernel
+def _clip_grad_norm(g, max_norm):
+    """``torch.nn.utils.clip_grad_norm_`` on one flat gradient vector:
+    ``g *= min(1, max_norm / (||g||_2 + 1e-6))``, the squared norm accumulated in float64."""
+    s = 0.0
+    for i in range(g.shape[0]):
+        v = float(g[i])
+        s += v * v
+    coef = max_norm / (math.sqrt(s) + 1e-6)
+    c = g.dtype.type(min(coef, 1.0))
+    for i in range(g.shape[0]):
+        g[i] = g[i] * c

@@ -20,8 +20,8 @@ from . import activations as _act
 from .gates import _gate_bwd, _gate_fwd, _sum_bwd, _sum_fwd
 from .gemm import _blas_mm, _jit_mm, _mm_small
 from .linear import _colsum
-from .losses import _bce_logits, _mse, _softmax_xent, _svm
-from .optim import _adam_update, _sgd_update
+from .losses import _bce_logits, _mse, _poisson, _softmax_xent, _svm
+from .optim import _adam_update, _clip_grad_norm, _rmsprop_update, _sgd_update
 from .norm import _batchnorm_bwd, _batchnorm_fwd, _batchnorm_running, _layernorm_bwd, _layernorm_fwd
 from .dropout import _dropout
 
@@ -42,6 +42,9 @@ N_KERNELS = K_BN_RUNNING + 1
 K_PROTO_BIAS_ACT = K_ACT + _act.ROLE_BIAS_ACT
 K_PROTO_FWD = K_ACT + _act.ROLE_FWD
 K_PROTO_BWD = K_ACT + _act.ROLE_BWD
+#: kernels numbered after the activation range (the ids above stay as they were)
+K_RMSPROP, K_CLIP_GRAD_NORM, K_POISSON = N_KERNELS, N_KERNELS + 1, N_KERNELS + 2
+N_KERNELS = K_POISSON + 1
 
 
 def a1(d):
@@ -70,6 +73,10 @@ native_kernel(K_BCE_LOGITS, _bce_logits.serial, F64, lambda d: (a2(d), a2(d), a2
 native_kernel(K_SGD, _sgd_update.serial, NONE, lambda d: (a1(d), a1(d), a1(d), F64, F64, B, F64))
 native_kernel(K_ADAM, _adam_update.serial, NONE,
               lambda d: (a1(d), a1(d), a1(d), a1(d), F64, F64, F64, F64, F64, F64, B))
+native_kernel(K_RMSPROP, _rmsprop_update.serial, NONE,
+              lambda d: (a1(d), a1(d), a1(d), a1(d), a1(d), F64, F64, F64, F64, F64))
+native_kernel(K_POISSON, _poisson.serial, F64, lambda d: (a2(d), a2(d), a2(d), F1))
+native_kernel(K_CLIP_GRAD_NORM, _clip_grad_norm.serial, NONE, lambda d: (a1(d), F64))
 native_kernel(K_MM_SMALL, _mm_small, NONE, lambda d: (a2(d), a2(d), a2(d), B, B, B))
 native_kernel(K_BLAS_MM, _blas_mm, NONE, lambda d: (a2(d), a2(d), a2(d), B, B, B))
 native_kernel(K_JIT_MM, _jit_mm, B, lambda d: (a2(d), a2(d), a2(d), B, B, B, I1, I64))
@@ -179,7 +186,7 @@ import numpy as np  # noqa: E402
 
 #: loss code -> its CPU kernel (the loss registry names the kernel of each entry)
 _LOSS_KERNEL = {e.code: {"_softmax_xent": K_SOFTMAX_XENT, "_svm": K_SVM, "_mse": K_MSE,
-                         "_bce_logits": K_BCE_LOGITS}[e.cpu] for e in _loss_registry.entries()}
+                         "_bce_logits": K_BCE_LOGITS, "_poisson": K_POISSON}[e.cpu] for e in _loss_registry.entries()}
 
 #: per opcode: the kernels it calls besides the matrix products (the loss kernel is
 #: chosen by the instruction's loss code), and whether it multiplies matrices
@@ -190,11 +197,14 @@ _OP_KERNELS = {
     _isa.OP_LINEAR_BWD: ((K_COLSUM,), True), _isa.OP_MATMUL_BWD: ((), True),
     _isa.OP_GATE_BWD: ((K_GATE_BWD,), False), _isa.OP_ACT_BWD: ((), False),
     _isa.OP_SUM_BWD: ((K_SUM_BWD,), False), _isa.OP_SGD: ((K_SGD,), False), _isa.OP_ADAM: ((K_ADAM,), False),
+    _isa.OP_RMSPROP: ((K_RMSPROP,), False),
 }
 _OP_KERNELS[_isa.OP_LAYERNORM] = ((K_LN_FWD,), False)
 _OP_KERNELS[_isa.OP_LAYERNORM_BWD] = ((K_LN_BWD,), False)
 _OP_KERNELS[_isa.OP_BATCHNORM] = ((K_BN_FWD, K_BN_RUNNING), False)
 _OP_KERNELS[_isa.OP_BATCHNORM_BWD] = ((K_BN_BWD,), False)
+#: the update opcodes: each may clip the gradients first (hyper slot H_CLIP)
+_UPDATE_OPS = (_isa.OP_SGD, _isa.OP_ADAM, _isa.OP_RMSPROP)
 _OP_KERNELS[_isa.OP_DROPOUT] = ((K_DROPOUT,), False)
 _OP_KERNELS[_isa.OP_DROPOUT_BWD] = ((K_DROPOUT,), False)
 #: opcodes whose C_G is an activation code, and the roles of its kernels they call
@@ -219,6 +229,8 @@ def kernels_for(tape):
         kernels, products = _OP_KERNELS[op]
         need.update(kernels)
         mm = mm or products
+        if op in _UPDATE_OPS:
+            need.add(K_CLIP_GRAD_NORM)
         if op == _isa.OP_LOSS:
             code = int(ins[_isa.C_G])
             if code not in _LOSS_KERNEL:

@@ -66,6 +66,9 @@ _ENTRIES = (
     # torch.nn.MultiMarginLoss divides by the number of classes: not the same loss
     Loss(3, "svm", "labels", "mean_i sum_{j != y_i} max(0, s_ij - s_{i, y_i} + 1)",
          "1[margin > 0] / B (j != y_i), -(number of positive margins) / B (j = y_i)", "_svm", "_svm", "svm_loss"),
+    Loss(4, "poisson", "float", "mean(exp(s) - t s + xlogy(t, t) - t): the half Poisson deviance of mu = exp(s), "
+         "scikit-learn's MLPRegressor(loss='poisson') with its exp output", "(exp(S) - T) / S.size",
+         "_poisson", "_poisson", "poisson_loss"),
 )
 _BY_NAME = {e.name: e for e in _ENTRIES}
 _BY_CODE = {e.code: e for e in _ENTRIES}

@@ -38,6 +38,10 @@ _ENTRIES = (
     Optimizer("adam", _isa.OP_ADAM, 2, ("Adam", "AdamW"),
               "m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; p -= lr m_hat / (sqrt(v_hat) + eps) "
               "(AdamW: decoupled weight decay)", "_adam_update", "_k_adam"),
+    Optimizer("rmsprop", _isa.OP_RMSPROP, 3, ("RMSprop",),
+              "g += wd p; s = alpha s + (1 - alpha) g^2; d = sqrt(s - a^2 if centered else s) + eps "
+              "(a = alpha a + (1 - alpha) g); b = mu b + g / d, p -= lr b (p -= lr g / d without momentum)",
+              "_rmsprop_update", "_k_rmsprop"),
 )
 _BY_NAME = {e.name: e for e in _ENTRIES}
 

@@ -79,6 +79,30 @@ def _k_mse_rows(S, T, dS, rowloss):
 
 
 @kernel
+def _k_poisson_rows(S, T, dS, rowloss):
+    i = cuda.grid(1)
+    B = S.shape[0]
+    C = S.shape[1]
+    if i >= B:
+        return
+    scale = S.dtype.type(1.0 / (B * C))
+    r = 0.0
+    for j in range(C):
+        s = S[i, j]
+        t = T[i, j]
+        mu = math.exp(s)
+        dS[i, j] = (mu - t) * scale
+        if t > 0.0:
+            c = t * math.log(t) - t
+        elif t == 0.0:
+            c = 0.0 * t
+        else:
+            c = math.nan
+        r += mu - t * s + c
+    rowloss[i] = r
+
+
+@kernel
 def _k_bce_logits_rows(S, T, dS, rowloss):
     i = cuda.grid(1)
     B = S.shape[0]
@@ -229,6 +253,29 @@ def _mse(S, T, dS, rowloss, loss, stream=0):
     stream : numba CUDA stream or 0
     """
     _launch_loss(_k_mse_rows, S, T, dS, rowloss, loss, True, stream)
+
+
+def _poisson(S, T, dS, rowloss, loss, stream=0):
+    """Half Poisson deviance of ``mu = exp(S)`` (mean over all elements) and its gradient
+    ``(exp(S) - T) / (B C)``, on the GPU.
+
+    ``l = exp(s) - t s + xlogy(t, t) - t``; a negative target gives NaN.
+
+    Parameters
+    ----------
+    S : device array, (B, C), float32 or float64
+        Log-means (the network's raw output).
+    T : device array, (B, C), same dtype
+        Non-negative targets (counts, rates).
+    dS : device array, (B, C), same dtype
+        Output gradient.
+    rowloss : device array, (B,), float64
+        Output per-row sums.
+    loss : device array, (>= 1,), float64
+        ``loss[0]`` receives the mean loss.
+    stream : numba CUDA stream or 0
+    """
+    _launch_loss(_k_poisson_rows, S, T, dS, rowloss, loss, True, stream)
 
 
 def _bce_logits(S, T, dS, rowloss, loss, stream=0):

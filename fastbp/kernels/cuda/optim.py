@@ -8,9 +8,10 @@ kernel, so float32 updates do float32 arithmetic only.
 """
 import math
 
-from numba import cuda
+from numba import cuda, float64
 
-from .launch import grid_1d, kernel
+from .gates import _block_sum
+from .launch import REDUCE_THREADS, grid_1d, grid_reduce, kernel
 
 #: cap on blocks of the grid-stride update kernels
 _MAX_BLOCKS = 4096
@@ -67,6 +68,65 @@ def _k_adam(p, g, m, v, step, sbc2, beta1, beta2, eps, weight_decay, decay, deco
         m[i] = mi
         v[i] = vi
         p[i] = pi - step_ * mi / (math.sqrt(vi) / sbc2_ + e)
+
+
+@kernel
+def _k_rmsprop(p, g, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum):
+    dt = p.dtype.type
+    lr_ = dt(lr)
+    a = dt(alpha)
+    one = dt(1.0)
+    e = dt(eps)
+    wd = dt(weight_decay)
+    mu = dt(momentum)
+    use_wd = weight_decay != 0.0
+    centered = gavg.shape[0] > 0
+    use_mom = buf.shape[0] > 0
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for i in range(start, p.shape[0], stride):
+        gi = g[i]
+        if use_wd:
+            gi = gi + wd * p[i]
+        si = a * sq[i] + (one - a) * gi * gi
+        sq[i] = si
+        if centered:
+            ai = gavg[i] + (one - a) * (gi - gavg[i])
+            gavg[i] = ai
+            d = math.sqrt(si - ai * ai) + e
+        else:
+            d = math.sqrt(si) + e
+        if use_mom:
+            bi = mu * buf[i] + gi / d
+            buf[i] = bi
+            p[i] -= lr_ * bi
+        else:
+            p[i] -= lr_ * gi / d
+
+
+@kernel
+def _k_clip_coef(g, max_norm, coef):
+    """One block: ``coef[0] = min(1, max_norm / (||g||_2 + 1e-6))``, the sum of squares
+    in float64 (a fixed-order tree sum: deterministic)."""
+    sh = cuda.shared.array(REDUCE_THREADS, dtype=float64)
+    tid = cuda.threadIdx.x
+    s = 0.0
+    for i in range(tid, g.shape[0], REDUCE_THREADS):
+        v = float64(g[i])
+        s += v * v
+    sh[tid] = s
+    _block_sum(sh, tid)
+    if tid == 0:
+        c = max_norm / (math.sqrt(sh[0]) + 1e-6)
+        coef[0] = c if c < 1.0 else 1.0
+
+
+@kernel
+def _k_grad_scale(g, coef):
+    """``g *= coef[0]`` (cast to ``g``'s dtype)."""
+    c = g.dtype.type(coef[0])
+    for i in range(cuda.grid(1), g.shape[0], cuda.gridsize(1)):
+        g[i] = g[i] * c
 
 
 def _grid(n):
@@ -129,3 +189,51 @@ def _adam_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled, 
     _k_adam[blocks, threads, stream](p, g, m, v, float(step), float(sbc2), float(beta1),
                                      float(beta2), float(eps), float(weight_decay),
                                      float(decay), bool(decoupled))
+
+
+def _rmsprop_update(p, g, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum, stream=0):
+    """RMSprop (``torch.optim.RMSprop``) on the GPU: ``g += wd p``; ``s = alpha s + (1 - alpha) g^2``;
+    centered: ``a = alpha a + (1 - alpha) g``, ``d = sqrt(s - a^2) + eps``, else ``d = sqrt(s) + eps``;
+    ``b = mu b + g / d``, ``p -= lr b`` (without momentum ``p -= lr g / d``).
+
+    Parameters
+    ----------
+    p : device array, (n,), float32 or float64
+        Parameters, updated in place.
+    g : device array, (n,), same dtype
+    sq : device array, (n,), same dtype
+        ``square_avg``, updated in place.
+    buf, gavg : device arrays, (n,) or (0,), same dtype
+        Momentum buffer (size 0: momentum 0) and ``grad_avg`` (size 0: not centered).
+    lr, alpha, eps, weight_decay, momentum : float
+    stream : numba CUDA stream or 0
+    """
+    n = p.shape[0]
+    if n == 0:
+        return
+    blocks, threads = _grid(n)
+    _k_rmsprop[blocks, threads, stream](p, g, sq, buf, gavg, float(lr), float(alpha), float(eps),
+                                        float(weight_decay), float(momentum))
+
+
+def _clip_grad_norm(g, max_norm, coef, stream=0):
+    """``torch.nn.utils.clip_grad_norm_`` on one flat gradient vector on the GPU:
+    ``g *= min(1, max_norm / (||g||_2 + 1e-6))``.
+
+    Parameters
+    ----------
+    g : device array, (n,), float32 or float64
+        Gradients, scaled in place.
+    max_norm : float
+        > 0.
+    coef : device array, (1,), float64
+        Receives the clipping coefficient.
+    stream : numba CUDA stream or 0
+    """
+    n = g.shape[0]
+    if n == 0:
+        return
+    rgrid, rblock = grid_reduce()
+    _k_clip_coef[rgrid, rblock, stream](g, float(max_norm), coef)
+    blocks, threads = _grid(n)
+    _k_grad_scale[blocks, threads, stream](g, coef)

@@ -1,0 +1,121 @@
+"""Training paths of the estimators beyond one ``step.fit`` per epoch: sample and class
+weights, and ``solver='lbfgs'`` (used by :class:`fastbp._estimator_base._BaseMLP`).
+
+Sample weights follow scikit-learn's MLP (``BaseMultilayerPerceptron._backprop``):
+each minibatch's loss is the weighted mean ``sum_i w_i l_i / sum_i w_i`` and its L2
+term ``alpha ||W||^2 / (2 sum_i w_i)``; the weights enter the loss inside the fused
+step (:meth:`fastbp.TrainStep.__call__` with ``sample_weight``), not by resampling.
+
+Imported by :mod:`fastbp._estimator_base` only; needs scikit-learn.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.utils.validation import _check_sample_weight
+
+from . import _isa
+
+__all__ = ["fit_weights", "weighted_epoch", "fit_lbfgs"]
+
+
+def fit_weights(est, X, Y, sample_weight, incremental):
+    """The per-row weights of a fit: ``sample_weight`` (scikit-learn's checks) times the
+    class weights of ``est`` (a classifier's ``class_weight``); None when both are absent."""
+    w = None
+    if sample_weight is not None:
+        w = _check_sample_weight(sample_weight, X, dtype=np.float64)
+    cw = est._row_class_weights(Y, incremental)
+    if cw is not None:
+        w = cw if w is None else w * cw
+    if w is not None and not np.sum(w) > 0:
+        raise ValueError("sample_weight: the weights (times the class weights) sum to 0; at least one "
+                         "must be positive")
+    return w
+
+
+def weighted_epoch(step, X, Y, W, bs, order, alpha, grad_scale):
+    """One epoch of weighted minibatches of ``bs`` rows in ``order``.
+
+    The weight decay of each minibatch is scikit-learn's ``alpha / sum(w)`` (on the
+    step's gradient scale ``grad_scale``); minibatches whose weights are all 0 are
+    skipped (scikit-learn divides by their sum).
+
+    Returns
+    -------
+    (losses, rows, l2)
+        The weighted loss and the rows of each minibatch run, and
+        ``sum_b rows_b / sum(w_b)`` (the factor of ``alpha ||W||^2 / 2`` in the
+        epoch's loss).
+    """
+    hyper = step.hyper
+    wd0 = float(hyper[_isa.H_WD])
+    losses, rows, l2 = [], [], 0.0
+    try:
+        for lo in range(0, X.shape[0], bs):
+            idx = order[lo:lo + bs]
+            w = W[idx]
+            sw = float(w.sum())
+            if sw <= 0.0:
+                continue
+            hyper[_isa.H_WD] = float(alpha) / sw / grad_scale
+            losses.append(step(X[idx], Y[idx], sample_weight=w))
+            rows.append(len(idx))
+            l2 += len(idx) / sw
+    finally:
+        hyper[_isa.H_WD] = wd0          # the optimizer's own value (what a checkpoint records)
+    return np.asarray(losses, dtype=np.float64), np.asarray(rows, dtype=np.float64), l2
+
+
+def fit_lbfgs(est, X, Y, W=None):
+    """scikit-learn's ``solver='lbfgs'``: ``scipy.optimize.minimize(method='L-BFGS-B')`` on the
+    full-batch loss and gradient of the step (:meth:`fastbp.TrainStep.loss_and_grads`, in
+    chunks of the step's batch), with the L2 term ``0.5 * alpha * ||W||^2 / n`` on the
+    weights (not the biases), ``maxfun=max_fun``, ``maxiter=max_iter``, ``gtol=tol``.
+    With sample weights ``W``: the weighted mean loss and ``n = sum(W)``."""
+    from scipy.optimize import minimize
+    from sklearn.utils.optimize import _check_optimize_result
+    step = est._step
+    n = X.shape[0]
+    bs = step.batch_size
+    rep, gs = est._loss_scales(est._arch["n_out"])
+    alpha = float(est.alpha)
+    pv = step.param_vector
+    saved = pv.copy()
+    pv[...] = 0
+    for Wl in est.coefs_:
+        Wl[...] = 1
+    wmask = pv != 0
+    pv[...] = saved
+    chunks = [(lo, min(lo + bs, n)) for lo in range(0, n, bs)]
+    total = float(n) if W is None else float(W.sum())
+    if W is not None:
+        chunks = [(lo, hi) for lo, hi in chunks if W[lo:hi].sum() > 0]
+    g = np.zeros(pv.size, dtype=np.float64)
+
+    def loss_grad(x):
+        pv[...] = x
+        g[...] = 0.0
+        loss = 0.0
+        try:
+            for lo, hi in chunks:
+                if W is None:
+                    share = (hi - lo) / n
+                    loss += share * step.loss_and_grads(X[lo:hi], Y[lo:hi])
+                else:
+                    share = float(W[lo:hi].sum()) / total
+                    loss += share * step.loss_and_grads(X[lo:hi], Y[lo:hi], sample_weight=W[lo:hi])
+                np.add(g, share * step.grad_vector, out=g)
+        except FloatingPointError:
+            return np.inf, np.zeros_like(g)        # a line-search trial too far: not finite
+        wx = x[wmask]
+        g2 = g * gs
+        g2[wmask] += alpha / total * wx
+        return rep * loss + 0.5 * alpha * float(np.dot(wx, wx)) / total, g2
+
+    res = minimize(loss_grad, saved.astype(np.float64), method="L-BFGS-B", jac=True,
+                   options={"maxfun": int(est.max_fun), "maxiter": int(est.max_iter), "gtol": est.tol})
+    est.n_iter_ = _check_optimize_result("lbfgs", res, est.max_iter)
+    est.loss_ = float(res.fun)
+    pv[...] = res.x
+    for name in ("loss_curve_", "best_loss_", "validation_scores_", "best_validation_score_"):
+        est.__dict__.pop(name, None)          # stochastic solvers only, as in scikit-learn

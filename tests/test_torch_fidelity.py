@@ -1,0 +1,166 @@
+"""from_torch against PyTorch's own loop: gradient clipping, RMSprop, lr schedulers, state write-back.
+
+Each case trains a copy of one torch model with PyTorch (``opt.step()`` after
+``clip_grad_norm_``) and the other with the fused step, float64, 10 steps,
+and compares weights to 1e-10 relative.
+"""
+import copy
+
+import numpy as np
+import pytest
+
+import fastbp
+
+pytestmark = pytest.mark.extras          # needs torch (CI's second stage installs it)
+torch = pytest.importorskip("torch")
+
+RTOL = 1e-10
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+
+
+def _batches(n=10, b=8):
+    rng = np.random.default_rng(0)
+    return [(torch.from_numpy(rng.standard_normal((b, 5))), torch.from_numpy(rng.integers(0, 3, b)))
+            for _ in range(n)]
+
+
+def _torch_step(model, opt, x, y, clip=None):
+    opt.zero_grad()
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    return loss.item()
+
+
+def _assert_same(a, b):
+    for (na, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        np.testing.assert_allclose(pa.detach().numpy(), pb.detach().numpy(), rtol=RTOL, atol=1e-13, err_msg=na)
+
+
+OPTS = {
+    "sgd_momentum_wd": lambda ps: torch.optim.SGD(ps, lr=0.2, momentum=0.9, weight_decay=0.01),
+    "adamw": lambda ps: torch.optim.AdamW(ps, lr=0.02, weight_decay=0.1),
+    "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=0.01),
+    "rmsprop_momentum": lambda ps: torch.optim.RMSprop(ps, lr=0.01, momentum=0.9, weight_decay=0.01),
+    "rmsprop_centered": lambda ps: torch.optim.RMSprop(ps, lr=0.01, alpha=0.9, centered=True),
+    "rmsprop_centered_momentum": lambda ps: torch.optim.RMSprop(ps, lr=0.005, momentum=0.5, centered=True,
+                                                                eps=1e-6),
+}
+
+
+#: every optimizer without clipping; clipping with SGD + momentum, AdamW and one RMSprop
+CASES = [(name, None) for name in OPTS] + [(name, 0.05) for name in ("sgd_momentum_wd", "adamw",
+                                                                     "rmsprop_centered_momentum")]
+
+
+@pytest.mark.parametrize("name, clip", CASES)
+def test_ten_steps_match_torch(name, clip):
+    ref = _model()
+    mine = copy.deepcopy(ref)
+    ref_opt = OPTS[name](ref.parameters())
+    step = fastbp.from_torch(mine, optimizer=OPTS[name](mine.parameters()), batch_size=8, clip_grad_norm=clip)
+    clipped = False
+    for x, y in _batches():
+        if clip is not None:
+            ref_opt.zero_grad()
+            torch.nn.functional.cross_entropy(ref(x), y).backward()
+            clipped |= float(torch.nn.utils.get_total_norm([p.grad for p in ref.parameters()])) > clip
+        lt = _torch_step(ref, ref_opt, x, y, clip)
+        lf = step(x, y)
+        assert lf == pytest.approx(lt, rel=RTOL)
+    assert clip is None or clipped         # the clipping case really clips
+    _assert_same(ref, mine)
+
+
+def test_from_torch_follows_an_lr_scheduler():
+    """A torch scheduler stepped between calls changes the rate the fused step uses."""
+    ref = _model()
+    mine = copy.deepcopy(ref)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.5, momentum=0.9)
+    opt = torch.optim.SGD(mine.parameters(), lr=0.5, momentum=0.9)
+    ref_sched = torch.optim.lr_scheduler.StepLR(ref_opt, step_size=2, gamma=0.3)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.3)
+    step = fastbp.from_torch(mine, optimizer=opt, batch_size=8)
+    for x, y in _batches():
+        _torch_step(ref, ref_opt, x, y)
+        ref_sched.step()
+        step(x, y)
+        sched.step()
+        assert step.lr == opt.param_groups[0]["lr"]          # the rate of the next call
+    _assert_same(ref, mine)
+    # step.lr set on the step stays until the torch rate changes again
+    step.lr = 0.123
+    step(*_batches(1)[0])
+    assert step.lr == 0.123
+    opt.param_groups[0]["lr"] = 0.01
+    step(*_batches(1)[0])
+    assert step.lr == 0.01
+
+
+def test_from_torch_rejects_groups_with_different_rates_at_call_time():
+    mine = _model()
+    opt = torch.optim.SGD([{"params": mine[0].parameters()}, {"params": mine[2].parameters()}], lr=0.1)
+    step = fastbp.from_torch(mine, optimizer=opt, batch_size=8)
+    opt.param_groups[1]["lr"] = 0.5
+    w = mine[0].weight.detach().numpy().copy()
+    with pytest.raises(ValueError, match="learning rates"):
+        step(*_batches(1)[0])
+    np.testing.assert_array_equal(mine[0].weight.detach().numpy(), w)
+
+
+@pytest.mark.parametrize("name", ["sgd_momentum_wd", "adamw", "rmsprop_centered_momentum"])
+def test_sync_to_torch_continues_in_plain_pytorch(name):
+    """5 fused steps, sync_to_torch, 5 torch steps == 10 torch steps (momentum, moments, step)."""
+    ref = _model()
+    mine = copy.deepcopy(ref)
+    ref_opt = OPTS[name](ref.parameters())
+    opt = OPTS[name](mine.parameters())
+    step = fastbp.from_torch(mine, optimizer=opt, batch_size=8)
+    batches = _batches()
+    for x, y in batches[:5]:
+        _torch_step(ref, ref_opt, x, y)
+        step(x, y)
+    assert not opt.state                # nothing written until asked
+    step.sync_to_torch()
+    for (pr, pm) in zip(ref.parameters(), mine.parameters()):
+        sr, sm = ref_opt.state[pr], opt.state[pm]
+        assert set(sr) == set(sm)
+        for k in sr:
+            np.testing.assert_allclose(np.asarray(sm[k]), np.asarray(sr[k]), rtol=RTOL, atol=1e-14, err_msg=k)
+            assert sm[k].dtype == sr[k].dtype and sm[k].shape == sr[k].shape, k
+    for x, y in batches[5:]:
+        _torch_step(ref, ref_opt, x, y)
+        mine.zero_grad()
+        _torch_step(mine, opt, x, y)
+    _assert_same(ref, mine)
+
+
+def test_from_torch_imports_rmsprop_state():
+    ref = _model()
+    ref_opt = torch.optim.RMSprop(ref.parameters(), lr=0.01, momentum=0.9, centered=True)
+    batches = _batches()
+    for x, y in batches[:3]:
+        _torch_step(ref, ref_opt, x, y)
+    mine = copy.deepcopy(ref)
+    opt = torch.optim.RMSprop(mine.parameters(), lr=0.01, momentum=0.9, centered=True)
+    opt.load_state_dict(copy.deepcopy(ref_opt.state_dict()))
+    step = fastbp.from_torch(mine, optimizer=opt, batch_size=8)
+    for x, y in batches[3:]:
+        _torch_step(ref, ref_opt, x, y)
+        step(x, y)
+    _assert_same(ref, mine)
+    step.sync_to_torch()
+    assert float(opt.state[mine[0].weight]["step"]) == 10.0
+
+
+def test_from_torch_clip_grad_norm_is_validated():
+    with pytest.raises(ValueError, match="clip_grad_norm"):
+        fastbp.from_torch(_model(), clip_grad_norm=-1.0)
+    with pytest.raises(TypeError, match="clip_grad_norm"):
+        fastbp.from_torch(_model(), clip_grad_norm="1")
