@@ -35,7 +35,7 @@ from . import _validate as V
 from .compiler import build_plan, new_arena
 from .kernels.codes import CLASSIFICATION_LOSSES, LOSSES
 from .layers import Sequential, linear_layers
-from .optimizers import SGD, _real, clip_grad_norm_arg, resolve_optimizer
+from .optimizers import _real, clip_grad_norm_arg, hyper_from, resolve_optimizer
 from .schedules import ReduceLROnPlateau, schedule_arg
 from . import training as _training
 from ._norm_step import NormState
@@ -79,30 +79,6 @@ class _LazyInit:
             self._ready[k] = v
         self._keys.discard(key)
         return self._ready.pop(key)
-
-
-def hyper_from(optimizer):
-    """The step's float64 hyper-parameter vector (``_isa.HYPER_SIZE``) for ``optimizer``.
-
-    The process-specific slots (``_isa.RUNTIME_SLOTS``: the BLAS policy)
-    are left at 0; the CPU step fills them (the GPU step never reads them).
-    """
-    h = np.zeros(ex.HYPER_SIZE, dtype=np.float64)
-    h[ex.H_TRAINING] = 1.0      # training mode; eval calls (predict) set 0 for their duration
-    h[ex.H_LR] = optimizer.lr
-    h[ex.H_WD] = optimizer.weight_decay
-    if isinstance(optimizer, SGD):
-        h[ex.H_MOM] = optimizer.momentum
-        h[ex.H_NESTEROV] = float(optimizer.nesterov)
-    elif optimizer.name == "rmsprop":
-        h[ex.H_MOM] = optimizer.momentum
-        h[ex.H_ALPHA] = optimizer.alpha
-        h[ex.H_EPS] = optimizer.eps
-    else:
-        h[ex.H_B1], h[ex.H_B2] = optimizer.betas
-        h[ex.H_EPS] = optimizer.eps
-        h[ex.H_DECOUPLED] = float(optimizer.decoupled)
-    return h
 
 
 def gather_rows(rows, X, yi, yf, x_out, yi_out, yf_out, classification):
@@ -151,7 +127,7 @@ class StepBase(NormState):
     ----------
     model : Sequential
     loss : str
-    optimizer : SGD or Adam
+    optimizer : SGD, Adam or RMSprop
         The step's own frozen copy.
     batch_size : int
     dtype : numpy.dtype

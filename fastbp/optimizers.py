@@ -7,6 +7,8 @@ import numbers
 
 import numpy as np
 
+from . import _isa as ex
+
 __all__ = ["SGD", "Adam", "RMSprop"]
 
 
@@ -270,3 +272,27 @@ def resolve_optimizer(optimizer):
             return RMSprop()
     raise ValueError(f"unknown optimizer {optimizer!r}; valid: fastbp.SGD(...), fastbp.Adam(...), "
                      f"fastbp.RMSprop(...), 'sgd', 'adam', 'rmsprop'")
+
+
+def hyper_from(optimizer):
+    """The step's float64 hyper-parameter vector (``_isa.HYPER_SIZE``) for ``optimizer``.
+
+    The process-specific slots (``_isa.RUNTIME_SLOTS``: the BLAS policy)
+    are left at 0; the CPU step fills them (the GPU step never reads them).
+    """
+    h = np.zeros(ex.HYPER_SIZE, dtype=np.float64)
+    h[ex.H_TRAINING] = 1.0      # training mode; eval calls (predict) set 0 for their duration
+    h[ex.H_LR] = optimizer.lr
+    h[ex.H_WD] = optimizer.weight_decay
+    if isinstance(optimizer, SGD):
+        h[ex.H_MOM] = optimizer.momentum
+        h[ex.H_NESTEROV] = float(optimizer.nesterov)
+    elif optimizer.name == "rmsprop":
+        h[ex.H_MOM] = optimizer.momentum
+        h[ex.H_ALPHA] = optimizer.alpha
+        h[ex.H_EPS] = optimizer.eps
+    else:
+        h[ex.H_B1], h[ex.H_B2] = optimizer.betas
+        h[ex.H_EPS] = optimizer.eps
+        h[ex.H_DECOUPLED] = float(optimizer.decoupled)
+    return h

@@ -85,7 +85,7 @@ def test_quiet_has_no_progress_bar_and_is_reproducible():
     (["train", "--epochs", "ten"], "--epochs"),
     (["train", "--lr", "-1"], "--lr"),
     (["train", "--lr", "nan"], "--lr"),
-    (["train", "--activation", "gelu"], "--activation"),
+    (["train", "--activation", "mish"], "--activation"),
     (["train", "--loss", "hinge"], "--loss"),
     (["train", "--optimizer", "adagrad"], "--optimizer"),      # (rmsprop was refused until issue 15)
     (["train", "--clip-grad-norm", "0"], "--clip-grad-norm"),

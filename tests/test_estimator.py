@@ -301,7 +301,7 @@ def test_batch_size_auto_and_clipping():
 @pytest.mark.parametrize("param, value, match", [
     ("hidden_layer_sizes", (10, 0), "hidden_layer_sizes"),
     ("hidden_layer_sizes", "wide", "hidden_layer_sizes"),
-    ("activation", "softplus", "activation"),
+    ("activation", "mish", "activation"),
     ("solver", "newton-cg", "solver"),          # ('lbfgs' is a solver now: issue 15)
     ("alpha", -1.0, "alpha"),
     ("batch_size", 0, "batch_size"),

@@ -62,10 +62,10 @@ def test_duplicate_names_and_bad_shapes():
 
 def test_unknown_loss_and_optimizer_list_valid_ones():
     model = fastbp.Sequential(fastbp.Linear(3, 2))
-    with pytest.raises(ValueError, match="valid losses: bce_with_logits, mse, softmax_cross_entropy, svm"):
+    with pytest.raises(ValueError, match="valid losses: bce_with_logits, mse, poisson, softmax_cross_entropy, svm"):
         fastbp.compile(model, loss="hinge")
-    with pytest.raises(ValueError, match="valid: fastbp.SGD.*fastbp.Adam.*'sgd', 'adam'"):
-        fastbp.compile(model, optimizer="rmsprop")
+    with pytest.raises(ValueError, match="valid: fastbp.SGD.*fastbp.Adam.*fastbp.RMSprop.*'sgd', 'adam', 'rmsprop'"):
+        fastbp.compile(model, optimizer="adagrad")
 
 
 def test_incompatible_layer_widths():
