@@ -40,6 +40,8 @@ from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_COLSUM,  #
                             K_PROTO_FWD, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD, K_SVM, N_KERNELS, N_ROLES, I1,
                             I64, a2, kcall_at, kernels_for)
 from .kernels.table import K_DROPOUT
+from .kernels.table import GATE_ROLES, K_GATE
+from .registry.gates import CAPACITY as GATE_CAPACITY
 from .registry.activations import CAPACITY as ACT_CAPACITY, IDENTITY as ACT_IDENTITY
 
 from ._isa import (  # noqa: F401 - re-exported: the executor reads and writes this format
@@ -305,7 +307,11 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
         elif op == OP_GATE:
             A = _xview(arena, bufs, x, xb, ins[C_A], nb)
             B = _xview(arena, bufs, x, xb, ins[C_B], nb)
-            kcall(kt, K_GATE_FWD, (ins[C_G], A, B, _view(arena, bufs, ins[C_OUT], nb)))
+            gate = ins[C_G]
+            if gate < 0 or gate >= GATE_CAPACITY:
+                status = STATUS_BAD_OP      # a corrupt tape (the compiler emits registry codes only)
+                break
+            kcall_at(kt, K_GATE + GATE_ROLES * gate, K_GATE_FWD, (gate, A, B, _view(arena, bufs, ins[C_OUT], nb)))
         elif op == OP_ACT:
             act = ins[C_G]
             if act < 0 or act >= ACT_CAPACITY:
@@ -398,8 +404,13 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
             A = _xview(arena, bufs, x, xb, ins[C_A], nb)
             B = _xview(arena, bufs, x, xb, ins[C_B], nb)
             dO = _xview(arena, bufs, x, xb, ins[C_D], nb)
-            kcall(kt, K_GATE_BWD, (ins[C_G], A, B, dO, _view_or_empty(arena, bufs, ins[C_E], nb),
-                                   _view_or_empty(arena, bufs, ins[C_F], nb), ins[C_F2] != 0, ins[C_F3] != 0))
+            gate = ins[C_G]
+            if gate < 0 or gate >= GATE_CAPACITY:
+                status = STATUS_BAD_OP
+                break
+            kcall_at(kt, K_GATE + GATE_ROLES * gate + 1, K_GATE_BWD,
+                     (gate, A, B, dO, _view_or_empty(arena, bufs, ins[C_E], nb),
+                      _view_or_empty(arena, bufs, ins[C_F], nb), ins[C_F2] != 0, ins[C_F3] != 0))
         elif op == OP_ACT_BWD:
             # c: what act' reads (the output, or the input)
             act = ins[C_G]
