@@ -490,6 +490,34 @@ def test_cuda_gates_match_cpu_with_nan_and_inf(gate, pair):
 
 
 @requires_cuda
+def test_cuda_new_gate_is_one_entry():
+    """The test-only min gate of test_gate_registry.py, registered here, runs on the GPU
+    from its registry entry alone and matches the CPU kernels (NaN, ties, broadcasting)."""
+    from fastbp.registry import gates as reg
+    from test_gate_registry import MIN_TEST
+    reg.register(MIN_TEST)
+    try:
+        code = MIN_TEST.code
+        A = np.array([[np.nan, 1.0, 2.0, -np.inf], [3.0, 3.0, np.nan, 0.0]], np.float32)
+        B = np.array([[1.0, 1.0, 5.0, -1.0]], np.float32)
+        dO = np.arange(8, dtype=np.float32).reshape(2, 4) + 1
+        Od = empty_dev((2, 4), np.float32)
+        g_gates._gate_fwd(code, dev(A), dev(B), Od)
+        O = np.empty((2, 4), np.float32)
+        cpu_gates._gate_fwd(code, A, B, O)
+        np.testing.assert_array_equal(Od.copy_to_host(), O)
+        gAd, gBd = empty_dev((2, 4), np.float32), empty_dev((1, 4), np.float32)
+        g_gates._gate_bwd(code, dev(A), dev(B), dev(dO), gAd, gBd, False, False)
+        gA, gB = np.empty((2, 4), np.float32), np.empty((1, 4), np.float32)
+        cpu_gates._gate_bwd(code, A, B, dO, gA, gB, False, False)
+        np.testing.assert_array_equal(gAd.copy_to_host(), gA)
+        np.testing.assert_array_equal(gBd.copy_to_host(), gB)
+        np.testing.assert_array_equal(gA, [[1, 2, 3, 4], [0, 0, 7, 0]])     # ties and NaN: to A
+    finally:
+        reg.unregister(MIN_TEST.name)
+
+
+@requires_cuda
 def test_cuda_gate_unknown_code_is_an_error_or_nan():
     """An unknown code: ValueError from the launchers; a kernel handed another
     entry's code writes NaN, never another gate (as the CPU kernels)."""
