@@ -65,6 +65,7 @@ def test_entries_hold_their_scalar_math():
         R.Gate(R.CAPACITY, "x", _min, _d_min, "", "")
 
 
+@pytest.mark.extras
 def test_max_gate_matches_torch_nan_rule():
     """With NaN on either side torch.maximum sends dout to both inputs (its comparisons with
     NaN are false); fastbp's kernels do the same.  Ties: torch splits, fastbp routes to a."""
@@ -136,3 +137,25 @@ def test_a_new_gate_is_one_entry(min_gate):
     to_a = 2 * xv <= yv        # ties to a
     np.testing.assert_allclose(grads["x"], np.where(to_a, 2 * yv, 0.0), atol=1e-12)
     np.testing.assert_allclose(grads["y"], m + np.where(to_a, 0.0, yv), atol=1e-12)
+
+
+def test_an_unknown_gate_code_in_a_tape_is_an_error_when_compiled():
+    """The executor checks every gate code of a tape before it runs (ValueError), and
+    registers only the kernels of the gates the tape uses."""
+    from fastbp import _executor as ex
+    from fastbp.kernels.table import gate_kernel_id
+    gr = fastbp.Graph()
+    x, y = gr.input("x", (3,)), gr.input("y", (3,))
+    fn = fastbp.grad(fastbp.sum(fastbp.maximum(x, y)), wrt=[x])
+    tape = fn.plan.tape.copy()
+    need = ex.kernels_for(tape)
+    assert {gate_kernel_id(R.MAX, 0), gate_kernel_id(R.MAX, 1)} <= need
+    assert not need & {gate_kernel_id(R.ADD, 0), gate_kernel_id(R.MUL, 1)}
+    rows = np.flatnonzero(np.isin(tape[:, ex.C_OP], (ex.OP_GATE, ex.OP_GATE_BWD)))
+    assert rows.size == 2
+    for row in rows:
+        for bad in (R.CAPACITY - 1, R.CAPACITY + 3, -1):
+            t = tape.copy()
+            t[row, ex.C_G] = bad
+            with pytest.raises(ValueError, match=f"unknown gate code {bad}"):
+                ex.kernels_for(t)
