@@ -34,7 +34,7 @@ from numba import prange
 
 from .._jit import PARALLEL_THRESHOLD, Kernel, jit, kernel
 from ..registry import gates as R
-from .factory import specialise
+from .factory import PerEntry, specialise
 
 #: kernel roles (fastbp.kernels.table: K_GATE + N_ROLES * code + role)
 ROLE_FWD, ROLE_BWD = range(2)
@@ -136,7 +136,7 @@ class EntryKernels:
         return (self.fwd, self.bwd)
 
 
-_KERNELS = {}
+_KERNELS = PerEntry(R.by_code, EntryKernels)
 
 
 def kernels(code):
@@ -147,11 +147,7 @@ def kernels(code):
     ValueError
         No entry has that code.
     """
-    entry = R.by_code(code)
-    k = _KERNELS.get(entry.code)
-    if k is None or k.entry is not entry:
-        k = _KERNELS[entry.code] = EntryKernels(entry)
-    return k
+    return _KERNELS(code)
 
 
 # ------------------------------------------------------- dispatch by code

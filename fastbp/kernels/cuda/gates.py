@@ -26,7 +26,7 @@ import numpy as np
 from numba import cuda
 
 from ...registry import gates as R
-from ..factory import specialise
+from ..factory import PerEntry, specialise
 from .launch import (REDUCE_THREADS, device, grid_ew, grid_reduce, kernel)
 
 
@@ -154,7 +154,7 @@ class EntryKernels:
         return {"fwd": self.fwd, "bwd_operand": self.bwd_operand}
 
 
-_KERNELS = {}
+_KERNELS = PerEntry(R.by_code, EntryKernels)
 
 
 def kernels(code):
@@ -165,11 +165,7 @@ def kernels(code):
     ValueError
         No entry has that code.
     """
-    entry = R.by_code(code)
-    k = _KERNELS.get(entry.code)
-    if k is None or k.entry is not entry:
-        k = _KERNELS[entry.code] = EntryKernels(entry)
-    return k
+    return _KERNELS(code)
 
 
 def registry_kernels(dtype):
