@@ -315,7 +315,8 @@ def _graph_of(x, op):
 
 
 def maximum(a, b):
-    """Elementwise ``max(a, b)`` (router gate: the gradient goes to the larger input; ties to ``a``)."""
+    """Elementwise ``max(a, b)`` (router gate: the gradient goes to the larger input; ties to
+    ``a``; NaN on either side: NaN, and both inputs receive the gradient, as ``torch.maximum``)."""
     if isinstance(a, Node):
         return a._binary(b, "max")
     _graph_of(b, "maximum")     # raises unless b is a node

@@ -187,7 +187,7 @@ def kcall_at(typingctx, table, idx, proto, args):
         addr = builder.load(builder.gep(ary.data, [i]))
         with _cgutils.if_unlikely(builder, builder.icmp_signed("==", addr, context.get_constant(_nt.int64, 0))):
             context.call_conv.return_user_exc(
-                builder, RuntimeError, ("fastbp: an activation kernel was not loaded for this step",))
+                builder, RuntimeError, ("fastbp: an activation or gate kernel was not loaded for this step",))
         fnty = context.call_conv.get_function_type(ret, want)
         fn = builder.inttoptr(addr, fnty.as_pointer())
         vals = [builder.extract_value(llargs[3], j) for j in range(len(want))]
