@@ -159,3 +159,24 @@ def test_an_unknown_gate_code_in_a_tape_is_an_error_when_compiled():
             t[row, ex.C_G] = bad
             with pytest.raises(ValueError, match=f"unknown gate code {bad}"):
                 ex.kernels_for(t)
+
+
+def test_a_corrupt_gate_code_reaching_the_interpreter_is_an_error_status():
+    """A gate code outside the kernel table in a tape that is run anyway: STATUS_BAD_OP,
+    nothing applied (never another gate)."""
+    from fastbp import _executor as ex
+    model = fastbp.Sequential(fastbp.Linear(3, 3), fastbp.Residual(fastbp.Linear(3, 3)), fastbp.Linear(3, 2))
+    step = fastbp.compile(model, loss="mse", optimizer=fastbp.SGD(lr=0.1), batch_size=2, dtype=np.float64)
+    tape = step.plan.tape.copy()
+    x, y = np.ones((2, 3)), np.zeros((2, 2))
+    for op in (ex.OP_GATE, ex.OP_GATE_BWD):
+        row = int(np.flatnonzero(tape[:, ex.C_OP] == op)[0])
+        for bad in (R.CAPACITY + 3, -1):
+            before = step.param_vector.copy()
+            step.plan.tape[row, ex.C_G] = bad
+            try:
+                status, _, _ = ex.run_tape(step._ctx, 0, step.plan.sec[ex.S_END], 2, x, np.zeros(0, np.int64), y)
+            finally:
+                step.plan.tape[...] = tape
+            assert status == ex.STATUS_BAD_OP, (op, bad)
+            np.testing.assert_array_equal(step.param_vector, before)
