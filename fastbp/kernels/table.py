@@ -35,10 +35,6 @@ N_KERNELS = K_ACT + N_ROLES * _R.CAPACITY
 #: dropout's kernel (forward and backward), after the activations' block
 K_DROPOUT = N_KERNELS
 N_KERNELS = K_DROPOUT + 1
-#: the gate kernels: K_GATE + GATE_ROLES * code + role (role: gates.ROLE_FWD / ROLE_BWD)
-K_GATE = N_KERNELS
-GATE_ROLES = _gates.N_ROLES
-N_KERNELS = K_GATE + GATE_ROLES * _gates.R.CAPACITY
 #: the identity's kernels: the prototypes whose signatures every entry's kernels share
 K_PROTO_BIAS_ACT = K_ACT + _act.ROLE_BIAS_ACT
 K_PROTO_FWD = K_ACT + _act.ROLE_FWD
@@ -60,6 +56,11 @@ I1, F1 = a1(_nt.int64), a1(_nt.float64)
 NONE = _nt.none
 
 native_kernel(K_COLSUM, _colsum.serial, NONE, lambda d: (a2(d), a1(d), B))
+#: the gate kernels, after every other block: K_GATE + GATE_ROLES * code + role
+#: (role: gates.ROLE_FWD / ROLE_BWD)
+K_GATE = N_KERNELS
+GATE_ROLES = _gates.N_ROLES
+N_KERNELS = K_GATE + GATE_ROLES * _gates.R.CAPACITY
 #: argument types of the gate roles (fwd, bwd); K_GATE_FWD / K_GATE_BWD hold the add gate's
 #: kernels as the prototypes (kcall_at types a gate's call by them), the executor calls
 #: every gate, add included, at K_GATE + GATE_ROLES * code + role
