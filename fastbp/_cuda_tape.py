@@ -165,6 +165,7 @@ class DeviceTape:
             mm = _gm._mm_nt if f1 else _gm._mm_nn
             return [launch(mm, V(a), V(b), V(out), False)]
         if op == ex.OP_GATE:
+            _gg.kernels(g)      # ValueError now, when the step is compiled, for an unknown gate code
             return [launch(_gg._gate_fwd, g, V(a), V(b), V(out))]
         if op == ex.OP_ACT:
             return [launch(functools.partial(_ga._act_fwd, P=P), V(a), g, V(out))]
@@ -206,6 +207,7 @@ class DeviceTape:
                     ops.append(launch(_gm._mm_tn, A, dO, V(f), bool(f3)))
             return ops
         if op == ex.OP_GATE_BWD:
+            _gg.kernels(g)
             return [launch(_gg._gate_bwd, g, V(a), V(b), V(d), V(e), V(f), bool(f2), bool(f3))]
         if op == ex.OP_ACT_BWD:
             return [launch(functools.partial(_ga._act_bwd, P=P), V(c), V(d), g, V(e), bool(f2))]

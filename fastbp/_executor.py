@@ -42,6 +42,8 @@ from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_COLSUM,  #
                             I64, a2, kcall_at, kernels_for)
 from .kernels.table import K_CLIP_GRAD_NORM, K_POISSON, K_RMSPROP
 from .kernels.table import K_DROPOUT
+from .kernels.table import GATE_ROLES, K_GATE
+from .registry.gates import CAPACITY as GATE_CAPACITY
 from .registry.activations import CAPACITY as ACT_CAPACITY, IDENTITY as ACT_IDENTITY
 from .kernels.table import K_BN_BWD, K_BN_FWD, K_BN_RUNNING, K_LN_BWD, K_LN_FWD
 from ._isa import OP_BATCHNORM, OP_BATCHNORM_BWD, OP_LAYERNORM, OP_LAYERNORM_BWD, H_TRAINING, INFO_ONE_ROW
@@ -240,7 +242,11 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
         elif op == OP_GATE:
             A = _xview(arena, bufs, x, xb, ins[C_A], nb)
             B = _xview(arena, bufs, x, xb, ins[C_B], nb)
-            kcall(kt, K_GATE_FWD, (ins[C_G], A, B, _view(arena, bufs, ins[C_OUT], nb)))
+            gate = ins[C_G]
+            if gate < 0 or gate >= GATE_CAPACITY:
+                status = STATUS_BAD_OP      # a corrupt tape (the compiler emits registry codes only)
+                break
+            kcall_at(kt, K_GATE + GATE_ROLES * gate, K_GATE_FWD, (gate, A, B, _view(arena, bufs, ins[C_OUT], nb)))
         elif op == OP_ACT:
             act = ins[C_G]
             if act < 0 or act >= ACT_CAPACITY:
@@ -338,8 +344,13 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
             A = _xview(arena, bufs, x, xb, ins[C_A], nb)
             B = _xview(arena, bufs, x, xb, ins[C_B], nb)
             dO = _xview(arena, bufs, x, xb, ins[C_D], nb)
-            kcall(kt, K_GATE_BWD, (ins[C_G], A, B, dO, _view_or_empty(arena, bufs, ins[C_E], nb),
-                                   _view_or_empty(arena, bufs, ins[C_F], nb), ins[C_F2] != 0, ins[C_F3] != 0))
+            gate = ins[C_G]
+            if gate < 0 or gate >= GATE_CAPACITY:
+                status = STATUS_BAD_OP
+                break
+            kcall_at(kt, K_GATE + GATE_ROLES * gate + 1, K_GATE_BWD,
+                     (gate, A, B, dO, _view_or_empty(arena, bufs, ins[C_E], nb),
+                      _view_or_empty(arena, bufs, ins[C_F], nb), ins[C_F2] != 0, ins[C_F3] != 0))
         elif op == OP_ACT_BWD:
             # c: what act' reads (the output, or the input)
             act = ins[C_G]

@@ -34,7 +34,7 @@ from .registry import losses as _losses
 from .registry import optimizers as _optimizers
 from .registry import norms as _norms
 
-_GATES = {e.name: e.code for e in _gates.entries()}
+_GATES = _gates.CODES     # name -> code, live: a gate registered later compiles too
 
 
 @dataclass

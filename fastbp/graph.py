@@ -30,8 +30,9 @@ import numbers
 import numpy as np
 
 from .registry import activations as _acts
+from .registry import gates as _gates
 
-__all__ = ["Graph", "Node", "maximum", "sum"]
+__all__ = ["Graph", "Node", "gate", "maximum", "sum"]
 
 ELEMENTWISE_BINARY = ("add", "mul", "max")
 
@@ -315,11 +316,31 @@ def _graph_of(x, op):
 
 
 def maximum(a, b):
-    """Elementwise ``max(a, b)`` (router gate: the gradient goes to the larger input; ties to ``a``)."""
+    """Elementwise ``max(a, b)`` (router gate: the gradient goes to the larger input; ties to
+    ``a``; NaN on either side: NaN, and both inputs receive the gradient, as ``torch.maximum``)."""
     if isinstance(a, Node):
         return a._binary(b, "max")
     _graph_of(b, "maximum")     # raises unless b is a node
     return b._binary(a, "max", swap=True)
+
+
+def gate(name, a, b):
+    """Elementwise gate ``name`` of :mod:`fastbp.registry.gates` (``"add"``,
+    ``"mul"``, ``"max"``, or an entry registered later) of ``a`` and ``b``,
+    with numpy broadcasting; at least one of them a node.
+
+    Raises
+    ------
+    ValueError
+        No gate has that name.
+    GraphError
+        Neither operand is a node of a graph.
+    """
+    _gates.get(name)            # ValueError naming the known gates
+    if isinstance(a, Node):
+        return a._binary(b, name)
+    _graph_of(b, name)
+    return b._binary(a, name, swap=True)
 
 
 def _graph_function(entry):

@@ -370,9 +370,11 @@ def max_forward(a, b, out=None):
 
 
 def max_backward(a, b, dout):
-    """Gradients of the max gate (a router): ``da = dout * 1[a >= b]``, ``db = dout * 1[a < b]``.
+    """Gradients of the max gate (a router): ``da = dout * 1[not a < b]``, ``db = dout * 1[not a >= b]``.
 
-    The whole upstream gradient goes to the larger input; ties go to ``a``.
+    The whole upstream gradient goes to the larger input; ties go to ``a``;
+    with a NaN on either side both inputs receive it (as ``torch.maximum``).
+    A gradient that does not flow is an exact 0, even for a NaN or inf ``dout``.
     An input that was broadcast receives the sum over its broadcast axes.
 
     Parameters

@@ -374,6 +374,8 @@ def thorough_case(params):
     add on the last three shape pairs (the broadcasting code is shared by the gates; add
     runs every pair), ~2 s each under the simulator; and the registry activations outside
     REG_DEFAULT_RUN (their float32 CPU kernels run in the default run of test_registry)."""
+    if "pair" in params:    # the non-finite parity test: one broadcast pair per gate by default
+        return params["pair"] != 0
     sa = params.get("sa")
     if params.get("name") in REG_NAMES and params["name"] not in REG_DEFAULT_RUN:
         return True
@@ -426,9 +428,113 @@ def test_cuda_gate_max_nan_and_ties():
     np.testing.assert_array_equal(Od.copy_to_host(), [[np.nan, np.nan, 2.0, 4.0]])
     gA, gB = empty_dev((1, 4), np.float64), empty_dev((1, 4), np.float64)
     g_gates._gate_bwd(GATE_MAX, dev(A), dev(B), dev(np.ones((1, 4))), gA, gB, False, False)
-    # comparisons with NaN are false: the gradient goes to B; ties go to A
-    np.testing.assert_array_equal(gA.copy_to_host(), [[0.0, 0.0, 1.0, 0.0]])
+    # the registry's rule, as on the CPU: a NaN on either side sends dout to both inputs
+    # (torch.maximum's backward: its comparisons with NaN are false); ties go to A
+    np.testing.assert_array_equal(gA.copy_to_host(), [[1.0, 1.0, 1.0, 0.0]])
     np.testing.assert_array_equal(gB.copy_to_host(), [[1.0, 1.0, 0.0, 1.0]])
+
+
+#: every broadcast pair of tests/test_kernels.py's gate tests, both ways round
+from test_kernels import GATE_SHAPE_PAIRS as _CPU_GATE_PAIRS  # noqa: E402
+
+NONFINITE_GATE_PAIRS = _CPU_GATE_PAIRS + [(sb, sa) for sa, sb in _CPU_GATE_PAIRS]
+
+
+def _gate_nonfinite(rng, shape, dtype):
+    """Values from a pool of NaN, +-inf, signed zeros, and small integers (ties for max)."""
+    pool = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 2.0, 0.5, -3.0])
+    return np.ascontiguousarray(pool[rng.integers(0, pool.size, shape)].astype(dtype))
+
+
+def _gate_same(got, want, exact, dtype, what):
+    """NaN and inf in the same places; the rest bitwise (``exact``) or to rounding."""
+    assert got.shape == want.shape, what
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=what)
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want), err_msg=what)
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want), err_msg=what)
+    num = ~np.isnan(want)       # (a NaN's sign and payload carry no meaning)
+    if exact:   # bitwise, signed zeros included
+        np.testing.assert_array_equal(got[num].view(f"u{got.itemsize}"), want[num].view(f"u{want.itemsize}"),
+                                      err_msg=what)
+    else:
+        fin = np.isfinite(want)
+        np.testing.assert_allclose(got[fin], want[fin], **tol(dtype), err_msg=what)
+
+
+@requires_cuda
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")     # the simulator's numpy scalars: inf * 0
+@pytest.mark.parametrize("pair", range(len(NONFINITE_GATE_PAIRS)))
+@pytest.mark.parametrize("gate", GATES)
+def test_cuda_gates_match_cpu_with_nan_and_inf(gate, pair):
+    """CPU/CUDA parity of every gate with NaN, inf and ties in both inputs and in dout:
+    the same outputs and gradients (bitwise: one rounding per element, and the broadcast
+    sums run in the CPU's order; the simulator runs Python arithmetic, a GPU may fuse
+    mul's sums into FMAs: to rounding there), plus accumulation into finite gradients."""
+    dtype = np.float32
+    sa, sb = NONFINITE_GATE_PAIRS[pair]
+    rng = np.random.default_rng(100 * gate + pair)
+    out_shape = (max(sa[0], sb[0]), max(sa[1], sb[1]))
+    A, B, dO = _gate_nonfinite(rng, sa, dtype), _gate_nonfinite(rng, sb, dtype), _gate_nonfinite(rng, out_shape, dtype)
+    exact = SIM_ENV or gate != GATE_MUL
+    what = f"gate {gate} {sa} {sb}"
+    Od = empty_dev(out_shape, dtype)
+    g_gates._gate_fwd(gate, dev(A), dev(B), Od)
+    O = np.empty(out_shape, dtype)
+    cpu_gates._gate_fwd(gate, A, B, O)
+    _gate_same(Od.copy_to_host(), O, True, dtype, what)
+    for acc in (False, True):
+        gA0, gB0 = np.round(rnd(rng, sa, dtype, 2.0)), np.round(rnd(rng, sb, dtype, 2.0))
+        gAd, gBd = dev(gA0), dev(gB0)
+        g_gates._gate_bwd(gate, dev(A), dev(B), dev(dO), gAd, gBd, acc, acc)
+        gA, gB = gA0.copy(), gB0.copy()
+        cpu_gates._gate_bwd(gate, A, B, dO, gA, gB, acc, acc)
+        _gate_same(gAd.copy_to_host(), gA, exact, dtype, what + f" dA acc={acc}")
+        _gate_same(gBd.copy_to_host(), gB, exact, dtype, what + f" dB acc={acc}")
+
+
+@requires_cuda
+def test_cuda_new_gate_is_one_entry():
+    """The test-only min gate of test_gate_registry.py, registered here, runs on the GPU
+    from its registry entry alone and matches the CPU kernels (NaN, ties, broadcasting)."""
+    from fastbp.registry import gates as reg
+    from test_gate_registry import MIN_TEST
+    reg.register(MIN_TEST)
+    try:
+        code = MIN_TEST.code
+        A = np.array([[np.nan, 1.0, 2.0, -np.inf], [3.0, 3.0, np.nan, 0.0]], np.float32)
+        B = np.array([[1.0, 1.0, 5.0, -1.0]], np.float32)
+        dO = np.arange(8, dtype=np.float32).reshape(2, 4) + 1
+        Od = empty_dev((2, 4), np.float32)
+        g_gates._gate_fwd(code, dev(A), dev(B), Od)
+        O = np.empty((2, 4), np.float32)
+        cpu_gates._gate_fwd(code, A, B, O)
+        np.testing.assert_array_equal(Od.copy_to_host(), O)
+        gAd, gBd = empty_dev((2, 4), np.float32), empty_dev((1, 4), np.float32)
+        g_gates._gate_bwd(code, dev(A), dev(B), dev(dO), gAd, gBd, False, False)
+        gA, gB = np.empty((2, 4), np.float32), np.empty((1, 4), np.float32)
+        cpu_gates._gate_bwd(code, A, B, dO, gA, gB, False, False)
+        np.testing.assert_array_equal(gAd.copy_to_host(), gA)
+        np.testing.assert_array_equal(gBd.copy_to_host(), gB)
+        np.testing.assert_array_equal(gA, [[1, 2, 3, 4], [0, 0, 7, 0]])     # ties and NaN: to A
+    finally:
+        reg.unregister(MIN_TEST.name)
+
+
+@requires_cuda
+def test_cuda_gate_unknown_code_is_an_error_or_nan():
+    """An unknown code: ValueError from the launchers; a kernel handed another
+    entry's code writes NaN, never another gate (as the CPU kernels)."""
+    A = dev(np.ones((2, 3), np.float32))
+    O = empty_dev((2, 3), np.float32)
+    with pytest.raises(ValueError, match="unknown gate code"):
+        g_gates._gate_fwd(99, A, A, O)
+    with pytest.raises(ValueError, match="unknown gate code"):
+        g_gates._gate_bwd(-1, A, A, A, O, O, False, False)
+    k = g_gates.kernels(GATE_ADD)
+    k.fwd[(1, 1), (4, 4)](GATE_MUL, A, A, O)
+    assert np.isnan(O.copy_to_host()).all()
+    k.bwd_operand[(1, 1), (4, 4)](GATE_MAX, True, A, A, A, O, False)
+    assert np.isnan(O.copy_to_host()).all()
 
 
 @requires_cuda
@@ -857,8 +963,8 @@ def _ptx_table(dtype):
         "mm_nt": (gm._k_mm_nt, (M, M, M, True)),
         "mm_tn": (gm._k_mm_tn, (M, M, M, True)),
         "colsum": (li._k_colsum, (M, v, True)),
-        "gate_fwd": (ga._k_gate_fwd, (1, M, M, M)),
-        "gate_bwd": (ga._k_gate_bwd_operand, (1, True, M, M, M, M, True)),
+        # every kernel of every gate of the registry ("gate.max.fwd", ...)
+        **ga.registry_kernels(dtype),
         "sum_fwd": (ga._k_sum_fwd, (M, M)),
         "sum_bwd": (ga._k_sum_bwd, (M, M, True)),
         "scale": (ga._k_scale, (M, 1.0, M, True)),

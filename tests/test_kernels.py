@@ -441,9 +441,14 @@ def test_max_gate_ties_and_nan(dt, variant):
     assert out[0, 0] == 1 and np.isnan(out[0, 1]) and np.isnan(out[0, 2]) and out[0, 3] == 4
     da, db = np.empty_like(a), np.empty_like(b)
     var(G._gate_bwd, variant)(GATE_MAX, a, b, np.ones_like(a), da, db, False, False)
-    # ties go to A; a NaN routes the gradient to the operand the forward picked
-    np.testing.assert_array_equal(da, [[1, 1, 0, 0]])
-    np.testing.assert_array_equal(db, [[0, 0, 1, 1]])
+    # ties go to A; a NaN on either side routes dout to both (torch.maximum's backward,
+    # whose comparisons with NaN are false); CPU and CUDA share this rule (the registry's)
+    np.testing.assert_array_equal(da, [[1, 1, 1, 0]])
+    np.testing.assert_array_equal(db, [[0, 1, 1, 1]])
+    # a gradient that does not flow is an exact zero, even for an infinite or NaN dout
+    var(G._gate_bwd, variant)(GATE_MAX, a, b, np.array([[np.inf, 1, 1, np.nan]], dt), da, db, False, False)
+    np.testing.assert_array_equal(da, [[np.inf, 1, 1, 0]])
+    np.testing.assert_array_equal(db, [[0, 1, 1, np.nan]])
     for gate in (GATE_ADD, GATE_MUL):
         var(G._gate_fwd, variant)(gate, a, b, out)
         assert np.isnan(out[0, 1]) and np.isnan(out[0, 2]) and np.isfinite(out[0, 0])

@@ -195,7 +195,7 @@ def test_parallel_variant_bitwise_equal_to_serial(runs):
 #: the Kernel objects the script runs (every one with a prange loop)
 COVERED = {
     "_mm_nn", "_mm_nt", "_mm_tn", "_colsum",
-    "_gate_fwd", "_gate_bwd", "_sum_bwd", "_scale", "_softmax_xent", "_svm", "_mse", "_bce_logits",
+    "_sum_bwd", "_scale", "_softmax_xent", "_svm", "_mse", "_bce_logits",
     "_sgd_update", "_adam_update", "_rmsprop_update", "_poisson",
 }
 #: kernels without a prange loop (nothing to parallelise)
@@ -223,6 +223,14 @@ def test_script_covers_every_parallel_kernel():
         assert set(activations.kernels(e.code).all()) == set(roles.values())
         for k in activations.kernels(e.code).all().values():
             assert isinstance(k, Kernel)
+    # the gate kernels are per registry entry too (gates.kernels(code)); the script runs
+    # every built-in gate through the by-code dispatchers
+    from fastbp.registry import gates as greg
+    for name in ("_gate_fwd", "_gate_bwd"):
+        assert f".{name})" in SCRIPT, name
+    assert "for gate in range(3)" in SCRIPT and [e.code for e in greg.entries()] == [0, 1, 2]
+    for e in greg.entries():
+        assert all(isinstance(k, Kernel) for k in gates.kernels(e.code).roles())
     for name in COVERED:
         assert f".{name})" in SCRIPT or f".{name}," in SCRIPT, name
     for name in SERIAL_ONLY:

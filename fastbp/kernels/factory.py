@@ -68,3 +68,23 @@ def entry_suffix(entry):
     import marshal
     h = hashlib.sha1(marshal.dumps(entry.forward.__code__) + marshal.dumps(entry.derivative.__code__))
     return "__" + entry.name + "_" + h.hexdigest()[:10]
+
+
+class PerEntry:
+    """``PerEntry(by_code, make)(code)``: ``make(entry)`` for the registry entry
+    ``by_code(code)``, made on first use and kept; made again if the code now
+    names another entry (a test registered and removed one).  ``by_code``
+    raises ValueError for an unknown code.  ``make(entry)`` must return an
+    object with an ``entry`` attribute (a set of kernels of one entry).
+    """
+
+    def __init__(self, by_code, make):
+        self.by_code, self.make = by_code, make
+        self._made = {}
+
+    def __call__(self, code):
+        entry = self.by_code(code)
+        k = self._made.get(entry.code)
+        if k is None or k.entry is not entry:
+            k = self._made[entry.code] = self.make(entry)
+        return k

@@ -1,43 +1,54 @@
-"""The gates of the notes on 2-D arrays with numpy broadcasting.
+"""The gates of the notes on 2-D arrays with numpy broadcasting, compiled per
+registry entry from its scalar bodies.
 
 ``A (ra, ca)`` and ``B (rb, cb)`` broadcast to ``out (r, c)`` where each of
 ``ra, rb`` is 1 or ``r`` and each of ``ca, cb`` is 1 or ``c``.
 
-Backward patterns (``dO`` is the upstream gradient):
+For every entry of :mod:`fastbp.registry.gates` (``forward(a, b)`` and
+``grads(a, b, dout) -> (da, db)``) the two templates below are specialised
+(:func:`fastbp.kernels.factory.specialise`) into loops that call that
+entry's functions; numba inlines the scalar bodies (the add and mul forwards
+vectorise).  Backward patterns (``dO`` is the upstream gradient):
 
 * add: distributor  ``dA = dO``, ``dB = dO``
 * mul: switcher     ``dA = dO * B``, ``dB = dO * A``
-* max: router       ``dA = dO * 1[A >= B]``, ``dB = dO * 1[A < B]`` (ties go to ``A``)
+* max: router       ``dA = dO * 1[not A < B]``, ``dB = dO * 1[not A >= B]``
+  (ties go to ``A``; a NaN on either side: both get ``dO``, as ``torch.maximum``)
 
 A broadcast operand receives the sum of ``dO`` over its broadcast axes.  A
 gradient array of size 0 means "not needed"; ``acc_a``/``acc_b`` add into
 the gradient instead of overwriting it (a value used twice sums its
-gradients).
+gradients).  Each kernel takes the gate code first and checks it against its
+entry's: another code writes NaN, never another gate.
+
+``_gate_fwd(gate, A, B, out)`` and ``_gate_bwd(gate, A, B, dO, dA, dB, acc_a,
+acc_b)`` dispatch to the kernels of the entry with code ``gate`` (``serial``,
+``parallel``, ``pick(work)`` as a :class:`fastbp._jit.Kernel`); an unknown
+code is a ValueError.
 """
 import math
 
+import numba
 import numpy as np
 from numba import prange
 
-from .._jit import jit, kernel
-from .codes import GATE_ADD, GATE_MAX, GATE_MUL
+from .._jit import PARALLEL_THRESHOLD, Kernel, jit, kernel
+from ..registry import gates as R
+from .factory import PerEntry, specialise
+
+#: kernel roles (fastbp.kernels.table: K_GATE + N_ROLES * code + role)
+ROLE_FWD, ROLE_BWD = range(2)
+N_ROLES = 2
 
 
-@jit
-def _gate1(gate, a, b):
-    if gate == GATE_ADD:
-        return a + b
-    if gate == GATE_MUL:
-        return a * b
-    if gate == GATE_MAX:
-        return a if a >= b or a != a else b
-    return a * type(a)(math.nan)    # an unknown code (a corrupt tape): NaN, never another gate
-
-
-@kernel
-def _gate_fwd(gate, A, B, out):
-    """``out = A (+ | * | max) B`` with broadcasting."""
+# ------------------------------------------------------------------ templates
+# _F (forward), _G (local gradients), _ROW (the backward of a row) and _CODE are the entry's, injected.
+def _t_gate_fwd(gate, A, B, out):
+    """``out = f(A, B)`` with broadcasting (``f``: the entry's forward)."""
     r, c = out.shape
+    if gate != _CODE:  # noqa: F821 - a kernel handed another code: NaN, never another gate
+        out[:, :] = out.dtype.type(math.nan)
+        return
     ra1 = A.shape[0] > 1
     ca1 = A.shape[1] > 1
     rb1 = B.shape[0] > 1
@@ -48,12 +59,26 @@ def _gate_fwd(gate, A, B, out):
         i = np.intp(ii)
         ia = i if ra1 else 0
         ib = i if rb1 else 0
-        for j in range(c):
-            out[i, j] = _gate1(gate, A[ia, j if ca1 else 0], B[ib, j if cb1 else 0])
+        # the column cases hoisted out of the inner loop: each inner loop vectorises
+        if ca1 and cb1:
+            for j in range(c):
+                out[i, j] = _F(A[ia, j], B[ib, j])  # noqa: F821
+        elif ca1:
+            b = B[ib, 0]
+            for j in range(c):
+                out[i, j] = _F(A[ia, j], b)  # noqa: F821
+        elif cb1:
+            a = A[ia, 0]
+            for j in range(c):
+                out[i, j] = _F(a, B[ib, j])  # noqa: F821
+        else:
+            v = _F(A[ia, 0], B[ib, 0])  # noqa: F821
+            for j in range(c):
+                out[i, j] = v
 
 
-@jit
-def _gate_bwd_row(gate, A, B, dO, dA, dB, i):
+def _t_bwd_row(A, B, dO, dA, dB, i):
+    """Row ``i`` of the backward: ``dA``/``dB`` ``+=`` the local gradients ``_G(a, b, dO)``."""
     c = dO.shape[1]
     need_a = dA.size > 0
     need_b = dB.size > 0
@@ -61,38 +86,24 @@ def _gate_bwd_row(gate, A, B, dO, dA, dB, i):
     ib = i if B.shape[0] > 1 else 0
     ca1 = A.shape[1] > 1
     cb1 = B.shape[1] > 1
-    zero = dO.dtype.type(0.0)
     for j in range(c):
-        g = dO[i, j]
-        a = A[ia, j if ca1 else 0]
-        b = B[ib, j if cb1 else 0]
-        if gate == GATE_ADD:
-            ga = g
-            gb = g
-        elif gate == GATE_MUL:
-            ga = g * b
-            gb = g * a
-        elif gate != GATE_MAX:
-            ga = g * dO.dtype.type(math.nan)    # unknown code: NaN, never another gate
-            gb = ga
-        else:
-            # same routing as the forward's ``a if a >= b or a != a else b``
-            if a >= b or a != a:
-                ga = g
-                gb = zero
-            else:
-                ga = zero
-                gb = g
+        ga, gb = _G(A[ia, j if ca1 else 0], B[ib, j if cb1 else 0], dO[i, j])  # noqa: F821
         if need_a:
             dA[ia, j if ca1 else 0] += ga
         if need_b:
             dB[ib, j if cb1 else 0] += gb
 
 
-@kernel
-def _gate_bwd(gate, A, B, dO, dA, dB, acc_a, acc_b):
-    """Gradients of a gate w.r.t. both inputs (see module docstring)."""
+def _t_gate_bwd(gate, A, B, dO, dA, dB, acc_a, acc_b):
+    """Gradients of the gate w.r.t. both inputs (see the module docstring)."""
     r = dO.shape[0]
+    if gate != _CODE:  # noqa: F821 - another code: NaN gradients, never another gate
+        nan = dO.dtype.type(math.nan)
+        if dA.size > 0:
+            dA[:, :] = nan
+        if dB.size > 0:
+            dB[:, :] = nan
+        return
     if dA.size > 0 and not acc_a:
         dA[:, :] = 0
     if dB.size > 0 and not acc_b:
@@ -102,10 +113,98 @@ def _gate_bwd(gate, A, B, dO, dA, dB, acc_a, acc_b):
     if rows_a and rows_b:
         # every row of dO updates only its own rows of dA and dB
         for i in prange(r):
-            _gate_bwd_row(gate, A, B, dO, dA, dB, np.intp(i))
+            _ROW(A, B, dO, dA, dB, np.intp(i))  # noqa: F821
     else:
         for i in range(r):
-            _gate_bwd_row(gate, A, B, dO, dA, dB, i)
+            _ROW(A, B, dO, dA, dB, i)  # noqa: F821
+
+
+class EntryKernels:
+    """The kernels of one gate entry: ``fwd``, ``bwd`` (:class:`fastbp._jit.Kernel`)."""
+
+    def __init__(self, entry):
+        self.entry = entry
+        sfx = entry.suffix
+        f = jit(inline=True)(entry.forward)
+        g = jit(inline=True)(entry.grads)
+        self.fwd = Kernel(specialise(_t_gate_fwd, sfx, _F=f, _CODE=entry.code))
+        row = jit(specialise(_t_bwd_row, sfx, _G=g))
+        self.bwd = Kernel(specialise(_t_gate_bwd, sfx, _ROW=row, _CODE=entry.code))
+
+    def roles(self):
+        """The executor's kernels, by role: ``(fwd, bwd)``."""
+        return (self.fwd, self.bwd)
+
+
+_KERNELS = PerEntry(R.by_code, EntryKernels)
+
+
+def kernels(code):
+    """The :class:`EntryKernels` of gate ``code`` (made on first use).
+
+    Raises
+    ------
+    ValueError
+        No entry has that code.
+    """
+    return _KERNELS(code)
+
+
+# ------------------------------------------------------- dispatch by code
+class _Call:
+    def __init__(self, owner, variant):
+        self.owner, self.variant = owner, variant
+
+    def __call__(self, gate, *args):
+        return getattr(getattr(kernels(gate), self.owner.role), self.variant)(gate, *args)
+
+
+class _ByCode:
+    """A role of the per-entry gate kernels, the entry chosen by the first
+    argument (the gate code), with the interface of a :class:`fastbp._jit.Kernel`."""
+
+    def __init__(self, name, role, doc):
+        self.__name__, self.role, self.__doc__ = name, role, doc
+        self.serial, self.parallel = _Call(self, "serial"), _Call(self, "parallel")
+
+    def pick(self, work):
+        """The variant to use for ``work`` units of work (see PARALLEL_THRESHOLD)."""
+        if work >= PARALLEL_THRESHOLD and numba.config.NUMBA_NUM_THREADS > 1:
+            return self.parallel
+        return self.serial
+
+    def __call__(self, *args, work=None):
+        return (self.serial if work is None else self.pick(work))(*args)
+
+    def __repr__(self):
+        return f"<fastbp gate kernel {self.__name__} (by code)>"
+
+
+_gate_fwd = _ByCode("_gate_fwd", "fwd", """``out = A (gate) B`` with broadcasting.
+
+Parameters
+----------
+gate : int
+    A gate code of :mod:`fastbp.registry.gates` (ValueError if unknown).
+A : ndarray, (ra, ca), float32 or float64
+B : ndarray, (rb, cb), same dtype
+out : ndarray, (r, c), same dtype
+    Output (caller-allocated); ``ra, rb`` in ``{1, r}``, ``ca, cb`` in ``{1, c}``.
+""")
+_gate_bwd = _ByCode("_gate_bwd", "bwd", """Gradients of a gate w.r.t. both inputs.
+
+Parameters
+----------
+gate : int
+    A gate code (ValueError if unknown).
+A, B : ndarrays, shapes as in ``_gate_fwd``, float32 or float64
+dO : ndarray, (r, c), same dtype
+    Upstream gradient.
+dA, dB : ndarrays of the shapes of ``A`` / ``B``, or of size 0 (not needed)
+    Outputs: ``dA (+)= sum over broadcast axes of da``, likewise ``dB``.
+acc_a, acc_b : bool
+    Add into ``dA`` / ``dB`` instead of overwriting.
+""")
 
 
 @kernel

@@ -17,7 +17,8 @@ from numba.extending import intrinsic as _intrinsic
 from .._native import _NATIVE, native_kernel, native_signature
 from ..registry import activations as _R
 from . import activations as _act
-from .gates import _gate_bwd, _gate_fwd, _sum_bwd, _sum_fwd
+from . import gates as _gates
+from .gates import _sum_bwd, _sum_fwd
 from .gemm import _blas_mm, _jit_mm, _mm_small
 from .linear import _colsum
 from .losses import _bce_logits, _mse, _poisson, _softmax_xent, _svm
@@ -62,8 +63,18 @@ I1, F1 = a1(_nt.int64), a1(_nt.float64)
 NONE = _nt.none
 
 native_kernel(K_COLSUM, _colsum.serial, NONE, lambda d: (a2(d), a1(d), B))
-native_kernel(K_GATE_FWD, _gate_fwd.serial, NONE, lambda d: (I64, a2(d), a2(d), a2(d)))
-native_kernel(K_GATE_BWD, _gate_bwd.serial, NONE, lambda d: (I64, a2(d), a2(d), a2(d), a2(d), a2(d), B, B))
+#: the gate kernels, after every other block: K_GATE + GATE_ROLES * code + role
+#: (role: gates.ROLE_FWD / ROLE_BWD)
+K_GATE = N_KERNELS
+GATE_ROLES = _gates.N_ROLES
+N_KERNELS = K_GATE + GATE_ROLES * _gates.R.CAPACITY
+#: argument types of the gate roles (fwd, bwd); K_GATE_FWD / K_GATE_BWD hold the add gate's
+#: kernels as the prototypes (kcall_at types a gate's call by them), the executor calls
+#: every gate, add included, at K_GATE + GATE_ROLES * code + role
+_GATE_SIGS = (lambda d: (I64, a2(d), a2(d), a2(d)),
+              lambda d: (I64, a2(d), a2(d), a2(d), a2(d), a2(d), B, B))
+native_kernel(K_GATE_FWD, _gates.kernels(_gates.R.ADD).fwd.serial, NONE, _GATE_SIGS[0])
+native_kernel(K_GATE_BWD, _gates.kernels(_gates.R.ADD).bwd.serial, NONE, _GATE_SIGS[1])
 native_kernel(K_SUM_FWD, _sum_fwd.serial, NONE, lambda d: (a2(d), a2(d)))
 native_kernel(K_SUM_BWD, _sum_bwd.serial, NONE, lambda d: (a2(d), a2(d), B))
 native_kernel(K_SOFTMAX_XENT, _softmax_xent.serial, F64, lambda d: (a2(d), I1, a2(d), F1))
@@ -130,6 +141,38 @@ def ensure_act_kernels(code):
 
 ensure_act_kernels(_R.IDENTITY)     # the prototypes: kcall_at types calls by their signatures
 
+#: kernel id -> the gate entry whose kernel it is
+_GATE_ENTRY = {}
+
+
+def gate_kernel_id(code, role):
+    """The table index of gate ``code``'s kernel ``role`` (gates.ROLE_FWD / ROLE_BWD)."""
+    return K_GATE + GATE_ROLES * code + role
+
+
+def ensure_gate_kernels(code):
+    """Register gate ``code``'s kernels as native kernels (compiled when a
+    table loads them); returns their ids ``(fwd, bwd)``.
+
+    Raises
+    ------
+    ValueError
+        No gate registry entry has that code.
+    """
+    entry = _gates.R.by_code(code)
+    ids = []
+    for role, k in enumerate(_gates.kernels(entry.code).roles()):
+        kid = gate_kernel_id(entry.code, role)
+        old = _GATE_ENTRY.get(kid)
+        if old is not None and old is not entry:
+            raise RuntimeError(f"gate code {entry.code} was {old.name!r} and is now {entry.name!r} "
+                               f"in this process: its native kernels are already loaded")
+        if old is None:
+            native_kernel(kid, k.serial, NONE, _GATE_SIGS[role])
+            _GATE_ENTRY[kid] = entry
+        ids.append(kid)
+    return ids
+
 
 @_intrinsic
 def kcall_at(typingctx, table, idx, proto, args):
@@ -164,7 +207,7 @@ def kcall_at(typingctx, table, idx, proto, args):
         addr = builder.load(builder.gep(ary.data, [i]))
         with _cgutils.if_unlikely(builder, builder.icmp_signed("==", addr, context.get_constant(_nt.int64, 0))):
             context.call_conv.return_user_exc(
-                builder, RuntimeError, ("fastbp: an activation kernel was not loaded for this step",))
+                builder, RuntimeError, ("fastbp: an activation or gate kernel was not loaded for this step",))
         fnty = context.call_conv.get_function_type(ret, want)
         fn = builder.inttoptr(addr, fnty.as_pointer())
         vals = [builder.extract_value(llargs[3], j) for j in range(len(want))]
@@ -178,7 +221,6 @@ def kcall_at(typingctx, table, idx, proto, args):
 # ------------------------------------------------- which kernels a tape calls
 from .. import _blas  # noqa: E402
 from .. import _isa  # noqa: E402
-from ..registry import gates as _gate_registry  # noqa: E402
 from ..registry import losses as _loss_registry  # noqa: E402
 from .gemm import BLAS_AVAILABLE  # noqa: E402
 
@@ -192,10 +234,10 @@ _LOSS_KERNEL = {e.code: {"_softmax_xent": K_SOFTMAX_XENT, "_svm": K_SVM, "_mse":
 #: chosen by the instruction's loss code), and whether it multiplies matrices
 _OP_KERNELS = {
     _isa.OP_LOAD_X: ((), False), _isa.OP_SEED: ((), False),
-    _isa.OP_LINEAR: ((), True), _isa.OP_MATMUL: ((), True), _isa.OP_GATE: ((K_GATE_FWD,), False),
+    _isa.OP_LINEAR: ((), True), _isa.OP_MATMUL: ((), True), _isa.OP_GATE: ((), False),
     _isa.OP_ACT: ((), False), _isa.OP_SUM: ((K_SUM_FWD,), False), _isa.OP_LOSS: ((), False),
     _isa.OP_LINEAR_BWD: ((K_COLSUM,), True), _isa.OP_MATMUL_BWD: ((), True),
-    _isa.OP_GATE_BWD: ((K_GATE_BWD,), False), _isa.OP_ACT_BWD: ((), False),
+    _isa.OP_GATE_BWD: ((), False), _isa.OP_ACT_BWD: ((), False),
     _isa.OP_SUM_BWD: ((K_SUM_BWD,), False), _isa.OP_SGD: ((K_SGD,), False), _isa.OP_ADAM: ((K_ADAM,), False),
     _isa.OP_RMSPROP: ((K_RMSPROP,), False),
 }
@@ -237,7 +279,8 @@ def kernels_for(tape):
                 raise ValueError(f"executor: unknown loss code {code} in the tape")
             need.add(_LOSS_KERNEL[code])
         if op == _isa.OP_GATE or op == _isa.OP_GATE_BWD:
-            _gate_registry.by_code(int(ins[_isa.C_G]))          # ValueError: unknown gate code
+            ids = ensure_gate_kernels(int(ins[_isa.C_G]))    # ValueError: unknown gate code
+            need.add(ids[0 if op == _isa.OP_GATE else 1])
         if op in _ACT_ROLES:
             ids = ensure_act_kernels(int(ins[_isa.C_G]))     # ValueError: unknown activation code
             need.update(ids[r] for r in _ACT_ROLES[op])

@@ -1,12 +1,18 @@
-"""The gates of the notes for CUDA, on 2-D device arrays with numpy broadcasting.
+"""The gates of the notes for CUDA, on 2-D device arrays with numpy broadcasting,
+compiled per registry entry from the same scalar bodies as the CPU loops.
 
 Same contracts as :mod:`fastbp.kernels.gates`: ``A (ra, ca)`` and
 ``B (rb, cb)`` broadcast to ``out (r, c)`` (each of ``ra, rb`` is 1 or
-``r``, each of ``ca, cb`` is 1 or ``c``).  Backward patterns: add
-distributes (``dA = dO``), mul switches (``dA = dO * B``), max routes
-(``dA = dO * 1[A >= B]``, ties go to ``A``); a broadcast operand receives
-the sum of ``dO`` over its broadcast axes; a gradient of size 0 is not
-computed; ``acc_a``/``acc_b`` add into the gradient.
+``r``, each of ``ca, cb`` is 1 or ``c``).  Each entry of
+:mod:`fastbp.registry.gates` gives ``forward(a, b)`` and
+``grads(a, b, dout) -> (da, db)``; ``cuda.jit(device=True)`` compiles those
+very functions and the kernel templates below are specialised per entry
+(:func:`kernels`).  add distributes, mul switches, max routes (ties go to
+``A``, a NaN on either side sends ``dout`` to both, as on the CPU); a
+broadcast operand receives the sum of ``dO`` over its broadcast axes; a
+gradient of size 0 is not computed; ``acc_a``/``acc_b`` add into the
+gradient.  A kernel handed a code other than its entry's writes NaN; the
+launchers raise ValueError for an unknown code.
 
 Race-free broadcasting backward: one kernel launch per requested operand
 gradient, one thread per element of that gradient, each summing its
@@ -16,37 +22,12 @@ kernel), so no two threads ever write one element and no atomics are used.
 """
 import math
 
+import numpy as np
 from numba import cuda
 
-from ..codes import GATE_ADD, GATE_MAX, GATE_MUL
+from ...registry import gates as R
+from ..factory import PerEntry, specialise
 from .launch import (REDUCE_THREADS, device, grid_ew, grid_reduce, kernel)
-
-
-@device
-def _gate1(gate, a, b):
-    """``a (+ | * | max) b``; ``max`` returns ``a`` on ties and when ``a`` is NaN."""
-    if gate == GATE_ADD:
-        return a + b
-    if gate == GATE_MUL:
-        return a * b
-    if gate == GATE_MAX:
-        return a if a >= b or a != a else b
-    return a * type(a)(math.nan)    # an unknown code (a corrupt tape): NaN, never another gate
-
-
-@device
-def _gate_grad(gate, wrt_a, a, b, g):
-    """Local gradient of the gate w.r.t. ``a`` (``wrt_a``) or ``b``, times ``g``."""
-    if gate == GATE_ADD:
-        return g
-    if gate == GATE_MUL:
-        return g * b if wrt_a else g * a
-    if gate != GATE_MAX:
-        return g * type(g)(math.nan)    # unknown code: NaN, never another gate
-    zero = type(g)(0.0)
-    if a >= b:
-        return g if wrt_a else zero
-    return zero if wrt_a else g
 
 
 @device
@@ -62,52 +43,6 @@ def _block_sum(buf, tid):
             buf[tid] += buf[tid + h]
         cuda.syncthreads()
         h //= 2
-
-
-@kernel
-def _k_gate_fwd(gate, A, B, out):
-    x0, y0 = cuda.grid(2)
-    sx, sy = cuda.gridsize(2)
-    ra1 = A.shape[0] > 1
-    ca1 = A.shape[1] > 1
-    rb1 = B.shape[0] > 1
-    cb1 = B.shape[1] > 1
-    for i in range(y0, out.shape[0], sy):
-        ia = i if ra1 else 0
-        ib = i if rb1 else 0
-        for j in range(x0, out.shape[1], sx):
-            out[i, j] = _gate1(gate, A[ia, j if ca1 else 0], B[ib, j if cb1 else 0])
-
-
-@kernel
-def _k_gate_bwd_operand(gate, wrt_a, A, B, dO, dX, acc):
-    """``dX (+)= sum over broadcast axes of d(gate)/d(operand) * dO``; ``dX`` is A's or B's shape."""
-    x0, y0 = cuda.grid(2)
-    sx, sy = cuda.gridsize(2)
-    r = dO.shape[0]
-    c = dO.shape[1]
-    rx = dX.shape[0]
-    cx = dX.shape[1]
-    ra1 = A.shape[0] > 1
-    ca1 = A.shape[1] > 1
-    rb1 = B.shape[0] > 1
-    cb1 = B.shape[1] > 1
-    zero = dX.dtype.type(0.0)
-    for ii in range(y0, rx, sy):
-        i_lo = 0 if rx == 1 else ii
-        i_hi = r if rx == 1 else ii + 1
-        for jj in range(x0, cx, sx):
-            j_lo = 0 if cx == 1 else jj
-            j_hi = c if cx == 1 else jj + 1
-            s = dX[ii, jj] if acc else zero
-            for i in range(i_lo, i_hi):
-                ia = i if ra1 else 0
-                ib = i if rb1 else 0
-                for j in range(j_lo, j_hi):
-                    a = A[ia, j if ca1 else 0]
-                    b = B[ib, j if cb1 else 0]
-                    s += _gate_grad(gate, wrt_a, a, b, dO[i, j])
-            dX[ii, jj] = s
 
 
 @kernel
@@ -152,24 +87,118 @@ def _k_scale(A, alpha, out, acc):
                 out[i, j] = a * A[i, j]
 
 
+# ------------------------------------------------------------------ templates
+# _F (forward), _G (local gradients) and _CODE are the entry's, injected.
+def _t_k_gate_fwd(gate, A, B, out):
+    x0, y0 = cuda.grid(2)
+    sx, sy = cuda.gridsize(2)
+    bad = gate != _CODE  # noqa: F821 - another code: NaN, never another gate
+    ra1 = A.shape[0] > 1
+    ca1 = A.shape[1] > 1
+    rb1 = B.shape[0] > 1
+    cb1 = B.shape[1] > 1
+    for i in range(y0, out.shape[0], sy):
+        ia = i if ra1 else 0
+        ib = i if rb1 else 0
+        for j in range(x0, out.shape[1], sx):
+            if bad:
+                out[i, j] = out.dtype.type(math.nan)
+            else:
+                out[i, j] = _F(A[ia, j if ca1 else 0], B[ib, j if cb1 else 0])  # noqa: F821
+
+
+def _t_k_gate_bwd_operand(gate, wrt_a, A, B, dO, dX, acc):
+    """``dX (+)= sum over broadcast axes of d(gate)/d(operand) * dO``; ``dX`` is A's or B's shape."""
+    x0, y0 = cuda.grid(2)
+    sx, sy = cuda.gridsize(2)
+    bad = gate != _CODE  # noqa: F821
+    r = dO.shape[0]
+    c = dO.shape[1]
+    rx = dX.shape[0]
+    cx = dX.shape[1]
+    ra1 = A.shape[0] > 1
+    ca1 = A.shape[1] > 1
+    rb1 = B.shape[0] > 1
+    cb1 = B.shape[1] > 1
+    zero = dX.dtype.type(0.0)
+    for ii in range(y0, rx, sy):
+        i_lo = 0 if rx == 1 else ii
+        i_hi = r if rx == 1 else ii + 1
+        for jj in range(x0, cx, sx):
+            j_lo = 0 if cx == 1 else jj
+            j_hi = c if cx == 1 else jj + 1
+            s = dX[ii, jj] if acc else zero
+            for i in range(i_lo, i_hi):
+                ia = i if ra1 else 0
+                ib = i if rb1 else 0
+                for j in range(j_lo, j_hi):
+                    ga, gb = _G(A[ia, j if ca1 else 0], B[ib, j if cb1 else 0], dO[i, j])  # noqa: F821
+                    s += ga if wrt_a else gb
+            dX[ii, jj] = dX.dtype.type(math.nan) if bad else s
+
+
+class EntryKernels:
+    """The CUDA kernels of one gate entry: ``fwd`` and ``bwd_operand``
+    (``@cuda.jit`` dispatchers) and the scalar device functions ``f``, ``g``."""
+
+    def __init__(self, entry):
+        self.entry = entry
+        sfx = entry.suffix
+        self.f = device(entry.forward)
+        self.g = device(entry.grads)
+        self.fwd = kernel(specialise(_t_k_gate_fwd, sfx, _F=self.f, _CODE=entry.code))
+        self.bwd_operand = kernel(specialise(_t_k_gate_bwd_operand, sfx, _G=self.g, _CODE=entry.code))
+
+    def all(self):
+        """``{role: kernel}`` (for the PTX compile tests)."""
+        return {"fwd": self.fwd, "bwd_operand": self.bwd_operand}
+
+
+_KERNELS = PerEntry(R.by_code, EntryKernels)
+
+
+def kernels(code):
+    """The :class:`EntryKernels` of gate ``code`` (made on first use).
+
+    Raises
+    ------
+    ValueError
+        No entry has that code.
+    """
+    return _KERNELS(code)
+
+
+def registry_kernels(dtype):
+    """Every gate kernel of every registry entry with example host arguments of
+    ``dtype``: ``{name: (kernel, args)}`` (for compiling each to PTX)."""
+    M = np.zeros((3, 3), dtype)
+    out = {}
+    for e in R.entries():
+        ks = kernels(e.code)
+        out[f"gate.{e.name}.fwd"] = (ks.fwd, (e.code, M, M, M))
+        out[f"gate.{e.name}.bwd_operand"] = (ks.bwd_operand, (e.code, True, M, M, M, M, True))
+    return out
+
+
 def _gate_fwd(gate, A, B, out, stream=0):
-    """``out = A (+ | * | max) B`` with broadcasting, on the GPU.
+    """``out = A (gate) B`` with broadcasting, on the GPU.
 
     Parameters
     ----------
     gate : int
-        ``GATE_ADD``, ``GATE_MUL`` or ``GATE_MAX``.
+        A gate code of :mod:`fastbp.registry.gates` (ValueError if unknown).
     A : device array, (ra, ca), float32 or float64
     B : device array, (rb, cb), same dtype
     out : device array, (r, c), same dtype
         Output (caller-allocated); ``ra, rb`` in ``{1, r}``, ``ca, cb`` in ``{1, c}``.
     stream : numba CUDA stream or 0
     """
+    k = kernels(gate).fwd
     r, c = out.shape
     if r == 0 or c == 0:
         return
     grid, block = grid_ew(r, c)
-    _k_gate_fwd[grid, block, stream](int(gate), A, B, out)
+    k[grid, block, stream](int(gate), A, B, out)
 
 
 def _gate_bwd(gate, A, B, dO, dA, dB, acc_a, acc_b, stream=0):
@@ -178,7 +207,7 @@ def _gate_bwd(gate, A, B, dO, dA, dB, acc_a, acc_b, stream=0):
     Parameters
     ----------
     gate : int
-        ``GATE_ADD``, ``GATE_MUL`` or ``GATE_MAX`` (ties go to ``A``).
+        A gate code (ValueError if unknown).
     A, B : device arrays, shapes as in :func:`_gate_fwd`, float32 or float64
     dO : device array, (r, c), same dtype
         Upstream gradient.
@@ -188,11 +217,12 @@ def _gate_bwd(gate, A, B, dO, dA, dB, acc_a, acc_b, stream=0):
         Add into ``dA`` / ``dB`` instead of overwriting.
     stream : numba CUDA stream or 0
     """
+    k = kernels(gate).bwd_operand
     for wrt_a, dX, acc in ((True, dA, acc_a), (False, dB, acc_b)):
         if dX.size == 0:
             continue
         grid, block = grid_ew(dX.shape[0], dX.shape[1])
-        _k_gate_bwd_operand[grid, block, stream](int(gate), wrt_a, A, B, dO, dX, bool(acc))
+        k[grid, block, stream](int(gate), wrt_a, A, B, dO, dX, bool(acc))
 
 
 def _sum_fwd(A, out, stream=0):
