@@ -59,6 +59,10 @@ def _export_activations():
         globals()[e.name] = getattr(_graph, e.name)
         globals()[e.layer] = getattr(_layers, e.layer)
         __all__.extend((e.name, e.layer))
+    # the identity: a layer (fastbp.Identity), no graph function (its code is "no activation")
+    e = _acts.by_code(_acts.IDENTITY)
+    globals()[e.layer] = getattr(_layers, e.layer)
+    __all__.append(e.layer)
 
 
 _export_activations()

@@ -80,7 +80,7 @@ def resolve(activation, activation_params, where):
             raise ValueError(f"activation must be one of {names}, got {activation!r}") from None
     if activation_params is not None and not isinstance(activation_params, dict):
         raise TypeError(f"activation_params must be a dict or None, got {type(activation_params).__name__}")
-    return entry, entry.bind(f"{where}: activation {entry.name!r}", (), activation_params or {})
+    return _acts.select(entry, f"{where}: activation {entry.name!r}", (), activation_params or {})
 
 
 def _forward(entry, x, params, out):
@@ -102,27 +102,32 @@ def _backward(entry, t, dy, params, out):
 
 
 def _param_doc(entry):
-    return "".join(f"    {p.name} : float, default {p.default!r}\n        {p.doc}\n" for p in entry.params)
+    return _acts.param_doc(entry)
 
 
 def _make(entry):
     """``(<name>_forward, <name>_backward)`` of a registry entry."""
     P = inspect.Parameter
     pos = [P(p.name, P.POSITIONAL_OR_KEYWORD, default=p.default) for p in entry.params]
+    if entry.choice is not None:        # GELU's approximate: selects the entry that runs
+        pos.append(P(entry.choice.name, P.POSITIONAL_OR_KEYWORD, default=entry.choice.default))
     tn = "x" if entry.uses == "input" else "y"
 
     # without parameters, ``out`` may also be given by position, as before the registry
-    kind = P.KEYWORD_ONLY if entry.params else P.POSITIONAL_OR_KEYWORD
+    legacy_out = not entry.params and entry.choice is None
+    kind = P.POSITIONAL_OR_KEYWORD if legacy_out else P.KEYWORD_ONLY
 
     def forward(x, *args, out=None, **kwargs):
-        if not entry.params and len(args) == 1 and out is None:
+        if legacy_out and len(args) == 1 and out is None:
             args, out = (), args[0]
-        return _forward(entry, x, entry.bind(f"{entry.name}_forward", args, kwargs), out)
+        chosen, params = _acts.select(entry, f"{entry.name}_forward", args, kwargs)
+        return _forward(chosen, x, params, out)
 
     def backward(t, dy, *args, out=None, **kwargs):
-        if not entry.params and len(args) == 1 and out is None:
+        if legacy_out and len(args) == 1 and out is None:
             args, out = (), args[0]
-        return _backward(entry, t, dy, entry.bind(f"{entry.name}_backward", args, kwargs), out)
+        chosen, params = _acts.select(entry, f"{entry.name}_backward", args, kwargs)
+        return _backward(chosen, t, dy, params, out)
 
     forward.__name__ = forward.__qualname__ = f"{entry.name}_forward"
     backward.__name__ = backward.__qualname__ = f"{entry.name}_backward"
@@ -134,7 +139,7 @@ def _make(entry):
         + [P("out", kind, default=None)])
     pdoc = _param_doc(entry)
     forward.__doc__ = f"""{entry.layer} ``{entry.formula}`` elementwise (``torch.nn.{entry.torch}``).
-
+{_acts.variant_doc(entry)}
     Finite and warning-free for every finite input; NaN stays NaN.
 
     Parameters
@@ -151,7 +156,7 @@ def _make(entry):
     """
     what = "output ``y``" if entry.uses == "output" else "input ``x``"
     backward.__doc__ = f"""Gradient of {entry.layer} from the forward {what}: ``dx = dy * f'``, ``{entry.dformula}``.
-
+{_acts.variant_doc(entry)}
     Parameters
     ----------
     {tn} : numpy.ndarray, any shape

@@ -52,7 +52,10 @@ def activation_layer(name):
     entry = _entry(name)
     if entry is None:
         raise ValueError(f"unknown activation {name!r}; valid: {', '.join(activation_names())}")
-    if entry.layer is None:
+    head, value = _acts.variant_of(entry)    # "gelu_tanh": GELU(approximate="tanh")
+    if value is not None:
+        return _layers.layer_class(head)(**{head.choice.name: value})
+    if entry.layer is None or entry.code == _acts.IDENTITY:
         return None
     return _layers.layer_class(entry)()
 

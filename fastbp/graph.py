@@ -325,19 +325,22 @@ def maximum(a, b):
 def _graph_function(entry):
     """The graph function of a registry activation: ``fastbp.<name>(x, *params)``."""
     def fn(x, *args, **kwargs):
-        params = entry.bind(entry.name, args, kwargs)
+        # a string choice (GELU's approximate) selects the entry the node computes
+        chosen, params = _acts.select(entry, entry.name, args, kwargs)
         g = _graph_of(x, entry.name)
-        return g._unary(entry.name, x, {"params": params} if params else None)
+        return g._unary(chosen.name, x, {"params": params} if params else None)
     fn.__name__ = fn.__qualname__ = entry.name
     fn.__module__ = __name__
-    pdoc = "".join(f"    {p.name} : float, default {p.default!r}\n        {p.doc}\n" for p in entry.params)
-    fn.__doc__ = (f"``{entry.formula}`` elementwise; gradient ``{entry.dformula}``.\n\n"
+    pdoc = _acts.param_doc(entry)
+    fn.__doc__ = (f"``{entry.formula}`` elementwise; gradient ``{entry.dformula}``.\n{_acts.variant_doc(entry)}\n"
                   f"    Parameters\n    ----------\n    x : Node\n        A node of this graph, any shape.\n{pdoc}"
                   f"\n    Returns\n    -------\n    Node\n        Same shape as ``x``.\n")
     fn.__signature__ = inspect.Signature(
         [inspect.Parameter("x", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
         + [inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default)
-           for p in entry.params])
+           for p in entry.params]
+        + ([inspect.Parameter(entry.choice.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                              default=entry.choice.default)] if entry.choice is not None else []))
     return fn
 
 

@@ -110,7 +110,8 @@ class _Activation(Layer):
     entry = None
 
     def __init__(self, *args, **kwargs):
-        self.params = self.entry.bind(type(self).__name__, args, kwargs)
+        # a layer with a string choice (GELU's approximate) stands for the entry it selects
+        self.entry, self.params = _acts.select(type(self).entry, type(self).__name__, args, kwargs)
 
     @property
     def op(self):
@@ -123,25 +124,38 @@ class _Activation(Layer):
         for p, v in zip(entry.params if entry is not None else (), self.__dict__.get("params", ())):
             if p.name == name:
                 return v
+        if entry is not None and entry.choice is not None and entry.choice.name == name and "entry" in self.__dict__:
+            return _acts.variant_of(self.__dict__["entry"])[1] or entry.choice.default
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def build(self, g, x, prefix, W=None, b=None):
+        if self.entry.code == _acts.IDENTITY:     # fastbp.Identity: no node at all
+            return x
         return g._unary(self.op, x, {"params": self.params} if self.params else None)
+
+    def _choice(self):
+        """``{name: value}`` of the layer's string choice (GELU's approximate), or ``{}``."""
+        c = type(self).entry.choice
+        return {c.name: getattr(self, c.name)} if c is not None else {}
 
     def spec(self):
         d = {"type": type(self).__name__}
         d.update((p.name, v) for p, v in zip(self.entry.params, self.params))
+        c = type(self).entry.choice         # a string choice: only where it is not its default
+        d.update((k, v) for k, v in self._choice().items() if v != c.default)
         return d
 
     def __repr__(self):
-        args = ", ".join(f"{p.name}={v!r}" for p, v in zip(self.entry.params, self.params))
-        return f"{type(self).__name__}({args})"
+        args = [f"{p.name}={v!r}" for p, v in zip(self.entry.params, self.params)]
+        args += [f"{k}={v!r}" for k, v in self._choice().items()]
+        return f"{type(self).__name__}({', '.join(args)})"
 
 
 def _layer_class(entry):
     """The layer class of a registry activation."""
-    pdoc = "".join(f"    {p.name} : float, default {p.default!r}\n        {p.doc}\n" for p in entry.params)
-    doc = (f"Activation layer ``{entry.formula}`` elementwise (local gradient ``{entry.dformula}``).\n\n"
+    pdoc = _acts.param_doc(entry)
+    variants = _acts.variant_doc(entry)
+    doc = (f"Activation layer ``{entry.formula}`` elementwise (local gradient ``{entry.dformula}``).\n{variants}\n"
            + (f"    Parameters\n    ----------\n{pdoc}" if pdoc else "")
            + f"\n    PyTorch: ``torch.nn.{entry.torch}``."
            + (f"  scikit-learn: ``activation='{entry.sklearn}'``." if entry.sklearn else ""))
@@ -149,7 +163,9 @@ def _layer_class(entry):
                                              "__qualname__": entry.layer})
     cls.__signature__ = inspect.Signature(
         [inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default)
-         for p in entry.params])
+         for p in entry.params]
+        + ([inspect.Parameter(entry.choice.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                              default=entry.choice.default)] if entry.choice is not None else []))
     return cls
 
 
@@ -193,7 +209,7 @@ class Dropout(Layer):
 
 
 _LAYER_TYPES = {"Linear": Linear}
-for _e in _acts.entries(public=True):
+for _e in _acts.layer_entries():
     globals()[_e.layer] = _LAYER_TYPES[_e.layer] = _layer_class(_e)
     __all__.append(_e.layer)
 del _e
@@ -427,10 +443,11 @@ def _layers_from_spec(specs):
             layers.append(Linear(ls["in_features"], ls["out_features"], ls["bias"],
                                  _layout=ls.get("layout", "in_out")))
         else:
-            extra = set(ls) - {"type"} - {p.name for p in entry.params}
+            names = [p.name for p in entry.params] + ([entry.choice.name] if entry.choice else [])
+            extra = set(ls) - {"type"} - set(names)
             if extra:
                 raise ValueError(f"layer {t!r} in model spec has unknown fields {sorted(extra)}")
-            layers.append(layer_class(entry)(**{p.name: ls[p.name] for p in entry.params if p.name in ls}))
+            layers.append(layer_class(entry)(**{n: ls[n] for n in names if n in ls}))
     return layers
 
 

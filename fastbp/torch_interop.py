@@ -147,7 +147,7 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     layers, names = [], []
     dtypes = set()
     # the activation modules fastbp has: from the registry (exact classes only)
-    kinds = {getattr(torch.nn, e.torch): e for e in _acts.entries(public=True)
+    kinds = {getattr(torch.nn, e.torch): e for e in _acts.layer_entries()
              if e.torch is not None and hasattr(torch.nn, e.torch)}
     for i, m in enumerate(model):
         if isinstance(m, torch.nn.Linear):
@@ -163,7 +163,10 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
             layers.append(Dropout(m.p))
         elif type(m) in kinds:
             entry = kinds[type(m)]
-            layers.append(layer_class(entry)(**{p.name: getattr(m, p.name) for p in entry.params}))
+            kw = {p.name: getattr(m, p.name) for p in entry.params}
+            if entry.choice is not None:        # nn.GELU(approximate=...)
+                kw[entry.choice.name] = getattr(m, entry.choice.name)
+            layers.append(layer_class(entry)(**kw))
         elif type(m) in (torch.nn.LayerNorm, torch.nn.BatchNorm1d):
             layers.append(_norm_layer(m, i, torch))
             for p in list(m.parameters()) + [b for b in m.buffers() if b.is_floating_point()]:

@@ -19,7 +19,30 @@ ACTIVATIONS = {
                 lambda z: 0.25 * (1 - np.tanh(0.5 * z) ** 2)),
     "tanh": (np.tanh, lambda z: 1 - np.tanh(z) ** 2),
     "leaky_relu": (lambda z, s: np.where(z > 0, z, s * z), lambda z, s: np.where(z > 0, 1.0, s)),
+    "elu": (lambda z, a: np.where(z > 0, z, a * np.expm1(np.minimum(z, 0))),
+            lambda z, a: np.where(z > 0, 1.0, a * np.exp(np.minimum(z, 0)))),
+    # the normal CDF Phi and density phi (scipy's erf)
+    "gelu": (lambda z: z * _Phi(z), lambda z: _Phi(z) + z * np.exp(-0.5 * z * z) / np.sqrt(2 * np.pi)),
+    "gelu_tanh": (lambda z: 0.5 * z * (1 + np.tanh(_gelu_u(z))),
+                  lambda z: 0.5 * (1 + np.tanh(_gelu_u(z)))
+                  + 0.5 * z * (1 - np.tanh(_gelu_u(z)) ** 2) * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * z * z)),
+    "silu": (lambda z: z * _logistic(z), lambda z: _logistic(z) * (1 + z * (1 - _logistic(z)))),
+    "softplus": (lambda z, b, t: np.where(b * z > t, z, np.logaddexp(0.0, b * z) / b),
+                 lambda z, b, t: np.where(b * z > t, 1.0, _logistic(b * z))),
 }
+
+
+def _Phi(z):
+    from scipy.special import erf
+    return 0.5 * (1 + erf(z / np.sqrt(2)))
+
+
+def _gelu_u(z):
+    return np.sqrt(2 / np.pi) * (z + 0.044715 * z ** 3)
+
+
+def _logistic(z):
+    return 0.5 * (1 + np.tanh(0.5 * z))
 
 
 def _defaults(kind, params):

@@ -49,7 +49,7 @@ def test_mlp_layers():
     ((4,), TypeError, r"widths must be a sequence of int, got int"),
     (("43",), TypeError, r"widths must be a sequence of int, got str"),
     (([4, 2.0],), TypeError, r"out_features must be a positive integer, got float"),
-    (([4, 3], "gelu"), ValueError, r"unknown activation 'gelu'; valid: identity, .*logistic, .*none, .*relu"),
+    (([4, 3], "mish"), ValueError, r"unknown activation 'mish'; valid: elu, gelu, gelu_tanh, identity, .*logistic, .*none, .*relu"),
     (([4, 3], None), TypeError, r"activation must be a str, got NoneType"),
     (([4, 3], "ReLU"), ValueError, r"unknown activation 'ReLU'"),
 ])

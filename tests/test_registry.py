@@ -46,6 +46,25 @@ ALL = [e.name for e in R.entries()] + [TEST_ENTRY.name]
 PUBLIC = [e.name for e in R.entries(public=True)] + [TEST_ENTRY.name]
 VARIANTS = ["serial", "parallel"]
 
+#: the entries whose expensive cases (parallel variants, float64, the ops wrappers, the float64
+#: gradient check and checkpoint) run in the README's test command; every other entry runs them
+#: in CI's thorough stage (tests/conftest.py) and its float32 serial checks (kernels vs the
+#: reference, fused linear kernels, fused step) everywhere.  gelu (erf and exp polynomials, a
+#: string choice) stands for the activations added with it (elu, gelu_tanh, silu, softplus).
+DEFAULT_RUN = {"identity", "relu", "sigmoid", "tanh", "leaky_relu", "gelu", TEST_ENTRY.name}
+
+
+def thorough_case(params):
+    """Expensive cases of the entries outside :data:`DEFAULT_RUN` (see there)."""
+    name = params.get("name")
+    if name is None or name in DEFAULT_RUN:
+        return False
+    if "variant" in params:
+        return params["variant"] == "parallel"
+    if "dt" in params:
+        return params["dt"] is np.float64
+    return True         # name only: the ops wrappers (both dtypes), the float64 gradcheck and checkpoint
+
 
 @pytest.fixture
 def use_entry():
@@ -320,8 +339,9 @@ def test_layer_spec_roundtrip_and_checkpoint(use_entry, name, tmp_path):
             layer_class(entry)(**{p.name: float("nan")})
 
 
-@pytest.mark.parametrize("name", [e.name for e in R.entries(public=True)])
-def test_every_public_entry_is_exported_and_named_everywhere(name):
+@pytest.mark.parametrize("public_name", [e.name for e in R.entries(public=True)])
+def test_every_public_entry_is_exported_and_named_everywhere(public_name):
+    name = public_name      # (not "name": cheap, in the default run for every entry, see thorough_case)
     from fastbp import _cli_args
     entry = R.get(name)
     assert getattr(fastbp, entry.layer).entry is entry and entry.layer in fastbp.__all__
@@ -352,3 +372,62 @@ def test_unknown_activation_code_is_an_error_never_the_identity():
         step.plan.tape[...] = tape
     assert status == ex.STATUS_BAD_OP
     np.testing.assert_array_equal(step.param_vector, before)
+
+
+def test_gelu_choice_selects_the_entry_everywhere(tmp_path):
+    """GELU(approximate=...) is one layer over two entries (gelu, gelu_tanh): the layer, the
+    graph function, the ops wrappers, the builders' names, the spec and checkpoints."""
+    exact, tanh_ = R.get("gelu"), R.get("gelu_tanh")
+    assert fastbp.GELU().entry is exact and fastbp.GELU("tanh").entry is tanh_
+    assert fastbp.GELU(approximate="tanh").approximate == "tanh" and fastbp.GELU().approximate == "none"
+    assert repr(fastbp.GELU(approximate="tanh")) == "GELU(approximate='tanh')"
+    assert R.variant_of(tanh_) == (exact, "tanh") and R.variant_of(exact) == (exact, "none")
+    assert R.variant_of(R.get("relu")) == (R.get("relu"), None)
+    assert tanh_ not in R.entries(public=True) and not hasattr(ops, "gelu_tanh_forward")
+    from fastbp import builders
+    assert builders.activation_layer("gelu_tanh").entry is tanh_
+    x = np.linspace(-6, 6, 25).reshape(5, 5)
+    np.testing.assert_allclose(ops.gelu_forward(x, approximate="tanh"), ref.act_fwd("gelu_tanh", x), rtol=1e-13,
+                               atol=1e-15)     # (the reference cancels in 1 + tanh(u) for x << 0)
+    np.testing.assert_allclose(ops.gelu_backward(x, np.ones_like(x), "tanh"), ref.act_grad("gelu_tanh", x), atol=1e-15,
+                               rtol=1e-13)
+    g = fastbp.Graph()
+    xi = g.input("x", (None, 3))
+    assert fastbp.gelu(xi, approximate="tanh").op == "gelu_tanh" and fastbp.gelu(xi).op == "gelu"
+    for bad, err in (("sigmoid", ValueError), (0, TypeError)):
+        with pytest.raises(err, match="approximate"):
+            fastbp.GELU(approximate=bad)
+    with pytest.raises(TypeError, match="multiple values"):
+        fastbp.GELU("tanh", approximate="tanh")
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        fastbp.GELU(alpha=1.0)
+    model = fastbp.Sequential(fastbp.Linear(3, 4), fastbp.GELU(approximate="tanh"), fastbp.Linear(4, 4),
+                              fastbp.GELU(), fastbp.Identity(), fastbp.Linear(4, 2))
+    spec = model.spec()
+    assert spec["layers"][1] == {"type": "GELU", "approximate": "tanh"} and spec["layers"][3] == {"type": "GELU"}
+    assert spec["layers"][4] == {"type": "Identity"}
+    assert fastbp.Sequential.from_spec(spec).spec() == spec
+    step = fastbp.compile(model, optimizer=fastbp.SGD(lr=0.1), batch_size=4, dtype=np.float32, seed=2)
+    assert step.plan.n_fused == 3        # Identity adds no instruction
+    xv = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    step(xv, np.array([0, 1, 1, 0]))
+    step.save(tmp_path / "g.npz")
+    back = fastbp.load(tmp_path / "g.npz")
+    assert back.model.spec() == spec and back.model.layers[1].entry is tanh_
+    np.testing.assert_array_equal(back.predict(xv), step.predict(xv))
+
+
+def test_identity_is_the_no_activation_entry():
+    """fastbp.Identity is the layer of code 0 ("no activation"): no graph function, ops wrapper
+    or CLI/estimator name of its own besides "identity"/"none", and no node in a graph."""
+    e = R.by_code(R.IDENTITY)
+    assert e.layer == "Identity" and fastbp.Identity.entry is e and "Identity" in fastbp.__all__
+    assert e not in R.entries(public=True) and e in R.layer_entries()
+    assert not hasattr(fastbp, "identity") and not hasattr(ops, "identity_forward")
+    from fastbp import builders
+    assert builders.activation_layer("identity") is None and builders.activation_layer("none") is None
+    g = fastbp.Graph()
+    x = g.input("x", (None, 3))
+    assert fastbp.Identity().build(g, x, "p") is x
+    with pytest.raises(TypeError):
+        fastbp.Identity(1.0)

@@ -14,6 +14,10 @@
   graph op names and the scalar bodies of their elementwise parts, compiled
   for both targets (:mod:`fastbp.kernels.norm`, :mod:`fastbp.kernels.cuda.norm`).
 
-These modules import neither numba nor numpy: the graph and layer layers can
-use them without loading any native code.
+* :mod:`.fastmath` -- ``exp``, ``erf``, ``log1p`` of one number that
+  vectorise in float32 (the activations' scalar bodies call them).
+
+These modules import neither numba nor numpy, but :mod:`.fastmath` (numba
+dispatchers: the scalar bodies can only call compiled functions), which
+:mod:`.activations` imports.
 """

@@ -33,8 +33,10 @@ import math
 import numbers
 from dataclasses import dataclass
 
-__all__ = ["Param", "Activation", "register", "unregister", "get", "by_code", "entries", "lookup",
-           "IDENTITY", "CAPACITY"]
+from . import fastmath as _fm
+
+__all__ = ["Param", "Choice", "Activation", "register", "unregister", "get", "by_code", "entries",
+           "layer_entries", "lookup", "select", "variant_of", "param_doc", "variant_doc", "IDENTITY", "CAPACITY"]
 
 #: the most entries (codes 0 .. CAPACITY-1): the size of the kernel tables
 CAPACITY = 32
@@ -75,6 +77,31 @@ class Param:
 
 
 @dataclass(frozen=True)
+class Choice:
+    """A string parameter that selects one of several entries sharing one layer
+    (GELU's ``approximate``: ``"none"`` -> ``gelu``, ``"tanh"`` -> ``gelu_tanh``).
+
+    Held by the entry that owns the layer; ``options`` is a tuple of
+    ``(value, entry name)`` pairs, ``default`` one of the values.
+    """
+    name: str
+    default: str
+    options: tuple
+    doc: str
+
+    def check(self, value, owner):
+        """The entry name ``value`` selects, or TypeError/ValueError naming ``owner: name``."""
+        what = f"{owner}: {self.name}"
+        if not isinstance(value, str):
+            raise TypeError(f"{what} must be a str, one of {[v for v, _ in self.options]}, "
+                            f"got {type(value).__name__}")
+        for v, entry_name in self.options:
+            if v == value:
+                return entry_name
+        raise ValueError(f"{what} must be one of {[v for v, _ in self.options]}, got {value!r}")
+
+
+@dataclass(frozen=True)
 class Activation:
     """One activation.
 
@@ -106,6 +133,9 @@ class Activation:
         activation: He normal (``std = sqrt(2 / fan_in)``) or Glorot uniform.
     formula, dformula : str
         The forward and derivative as text, for the generated docstrings.
+    choice : Choice or None
+        A string parameter of the layer that selects another entry (GELU's
+        ``approximate``); the selected entries have ``layer=None``.
     """
     code: int
     name: str
@@ -119,6 +149,7 @@ class Activation:
     dformula: str
     params: tuple = ()
     init: str = "glorot"
+    choice: Choice | None = None
 
     def __post_init__(self):
         if not (isinstance(self.code, int) and 0 <= self.code < CAPACITY):
@@ -131,6 +162,8 @@ class Activation:
             raise ValueError(f"activation {self.name!r}: init must be 'he' or 'glorot', got {self.init!r}")
         if len(self.params) > MAX_PARAMS or not all(isinstance(p, Param) for p in self.params):
             raise ValueError(f"activation {self.name!r}: params must be at most {MAX_PARAMS} Param objects")
+        if self.choice is not None and not isinstance(self.choice, Choice):
+            raise ValueError(f"activation {self.name!r}: choice must be a Choice or None")
 
     @property
     def defaults(self):
@@ -167,6 +200,67 @@ class Activation:
         return tuple(values)
 
 
+def select(entry, owner, args=(), kwargs=None):
+    """``(entry, params)`` of a call ``owner(*args, **kwargs)`` of ``entry``'s
+    layer, graph function or ops wrapper: the entry its :class:`Choice` selects
+    (``GELU(approximate="tanh")`` -> ``gelu_tanh``; ``entry`` itself without a
+    choice) and its parameters bound by :meth:`Activation.bind`.  The choice
+    comes after the real parameters, by position or keyword.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :meth:`Activation.bind`, and for a choice that is not a str /
+        not one of its values (the message names the choice).
+    """
+    c = entry.choice
+    if c is None:
+        return entry, entry.bind(owner, args, kwargs)
+    kwargs = dict(kwargs or {})
+    args = tuple(args)
+    n = len(entry.params)
+    if len(args) > n:
+        if c.name in kwargs:
+            raise TypeError(f"{owner} got multiple values for {c.name!r}")
+        value, args = args[n], args[:n] + args[n + 1:]
+        if len(args) > n:
+            raise TypeError(f"{owner} takes at most {n + 1} argument(s), got {len(args) + 1}")
+    else:
+        value = kwargs.pop(c.name, c.default)
+    chosen = get(c.check(value, owner))
+    return chosen, chosen.bind(owner, args, kwargs)
+
+
+def param_doc(entry):
+    """The numpydoc lines (indented 4) of ``entry``'s parameters and choice, for generated docstrings."""
+    out = "".join(f"    {p.name} : float, default {p.default!r}\n        {p.doc}\n" for p in entry.params)
+    c = entry.choice
+    if c is not None:
+        values = ", ".join(repr(v) for v, _ in c.options)
+        out += f"    {c.name} : {{{values}}}, default {c.default!r}\n        {c.doc}\n"
+    return out
+
+
+def variant_doc(entry):
+    """Docstring lines (indented 4) on the entries ``entry``'s choice selects besides itself."""
+    c = entry.choice
+    return "".join(f"\n    ``{c.name}={v!r}``: ``{get(n).formula}`` (local gradient ``{get(n).dformula}``).\n"
+                   for v, n in (c.options if c is not None else ()) if n != entry.name)
+
+
+def variant_of(entry):
+    """``(head, value)`` when ``entry`` is selected through a :class:`Choice`
+    (``gelu_tanh`` -> ``(gelu, "tanh")``, ``gelu`` -> ``(gelu, "none")``),
+    ``(entry, None)`` otherwise: the entry whose layer class stands for
+    ``entry``, and the choice value that selects it."""
+    for e in entries():
+        if e.choice is not None:
+            for v, name in e.choice.options:
+                if name == entry.name:
+                    return e, v
+    return entry, None
+
+
 _BY_NAME = {}
 _BY_CODE = {}
 
@@ -199,8 +293,17 @@ def unregister(name):
 
 
 def entries(public=False):
-    """Every entry, by code; ``public=True``: only those with a layer class."""
-    return [e for _, e in sorted(_BY_CODE.items()) if not public or e.layer is not None]
+    """Every entry, by code; ``public=True``: those with their own name everywhere
+    (a layer class, a graph function, ops wrappers, a CLI/estimator name): every
+    entry with a layer class but the identity, which is a layer
+    (``fastbp.Identity``) and the code for "no activation" (``"none"``)."""
+    return [e for _, e in sorted(_BY_CODE.items())
+            if not public or (e.layer is not None and e.code != IDENTITY)]
+
+
+def layer_entries():
+    """Every entry with a layer class (the public ones and the identity), by code."""
+    return [e for _, e in sorted(_BY_CODE.items()) if e.layer is not None]
 
 
 def get(name):
@@ -247,7 +350,7 @@ def d_identity(y):
 
 
 register(Activation(
-    code=IDENTITY, name="identity", layer=None, torch="Identity", sklearn="identity",
+    code=IDENTITY, name="identity", layer="Identity", torch="Identity", sklearn="identity",
     forward=identity, derivative=d_identity, uses="output",
     formula="y = x", dformula="dy/dx = 1"))
 
@@ -315,3 +418,138 @@ register(Activation(
     forward=leaky_relu, derivative=d_leaky_relu, uses="input", init="he",
     params=(Param("negative_slope", 0.01, "Slope for negative inputs (any finite value, as in PyTorch)."),),
     formula="y = x if x > 0 else negative_slope * x", dformula="dy/dx = 1 if x > 0 else negative_slope"))
+
+
+def elu(x, alpha):
+    # PyTorch's: x if x > 0 else alpha * (exp(x) - 1) (NaN > 0 is False: NaN stays NaN)
+    return x if x > 0 else alpha * (_fm.exp(x) - type(x)(1.0))
+
+
+def d_elu(x, alpha):
+    # of the input, as PyTorch's nn.ELU backward (elu_backward with is_result=False):
+    # alpha * exp(x) for x <= 0 (alpha at 0), 1 for x > 0 (and for NaN)
+    return alpha * _fm.exp(x) if x <= 0 else type(x)(1.0)
+
+
+register(Activation(
+    code=5, name="elu", layer="ELU", torch="ELU", sklearn=None,
+    forward=elu, derivative=d_elu, uses="input", init="he",
+    params=(Param("alpha", 1.0, "Value the output tends to for large negative inputs, "
+                                "``-alpha`` (any finite value, as in PyTorch)."),),
+    formula="y = x if x > 0 else alpha (exp(x) - 1)", dformula="dy/dx = 1 if x > 0 else alpha exp(x)"))
+
+
+# GELU's constants: 1/sqrt(2), 1/sqrt(2 pi), sqrt(2/pi)
+_SQRT1_2 = 0.70710678118654752440
+_INV_SQRT_2PI = 0.39894228040143267794
+_SQRT_2_PI = 0.79788456080286535588
+
+
+def gelu(x):
+    # PyTorch's approximate="none": x Phi(x), Phi the standard normal CDF through erf
+    h = type(x)(0.5)
+    return x * (h + h * _fm.erf(x * type(x)(_SQRT1_2)))
+
+
+def d_gelu(x):
+    # Phi(x) + x phi(x); phi(x) = exp(-x^2/2) / sqrt(2 pi); NaN stays NaN
+    h = type(x)(0.5)
+    cdf = h + h * _fm.erf(x * type(x)(_SQRT1_2))
+    return cdf + x * (type(x)(_INV_SQRT_2PI) * _fm.exp(-h * x * x))
+
+
+def gelu_tanh(x):
+    # PyTorch's approximate="tanh": x (1 + tanh(u)) / 2, u = sqrt(2/pi) (x + 0.044715 x^3),
+    # written x s with s = (1 + tanh(u)) / 2 = sigmoid(2 u) = 1 / (1 + exp(-2 u)):
+    # one exp, no cancellation in 1 + tanh(u) for negative u, exp of a non-positive number only
+    # (every branch below selects between computed values: the loops stay vectorised)
+    one = type(x)(1.0)
+    u2 = type(x)(2.0 * _SQRT_2_PI) * (x + type(x)(0.044715) * (x * x * x))
+    e = _fm.exp(-abs(u2))
+    num = one if u2 >= 0 else e
+    return x * _fm.div(num, one + e)
+
+
+def d_gelu_tanh(x):
+    # s + x (1 - tanh(u)^2) u' / 2 with 1 - tanh(u)^2 = 4 s (1 - s), u' = sqrt(2/pi) (1 + 3 0.044715 x^2)
+    one = type(x)(1.0)
+    # beyond |x| = 1000 the derivative is exactly 1 or 0: clamp (NaN stays NaN), so x^2 cannot
+    # overflow into 0 * inf
+    c = type(x)(1000.0)
+    x = c if x > c else x
+    x = -c if x < -c else x
+    xx = x * x
+    u2 = type(x)(2.0 * _SQRT_2_PI) * (x + type(x)(0.044715) * (xx * x))
+    e = _fm.exp(-abs(u2))
+    d = one + e
+    s = _fm.div(one if u2 >= 0 else e, d)
+    sc = _fm.div(e if u2 >= 0 else one, d)            # 1 - s, without cancellation
+    du = type(x)(_SQRT_2_PI) * (one + type(x)(3.0 * 0.044715) * xx)
+    return s + type(x)(2.0) * x * s * sc * du
+
+
+register(Activation(
+    code=6, name="gelu", layer="GELU", torch="GELU", sklearn=None,
+    forward=gelu, derivative=d_gelu, uses="input", init="he",
+    choice=Choice("approximate", "none", (("none", "gelu"), ("tanh", "gelu_tanh")),
+                  "``'none'``: the exact ``x Phi(x)`` through ``erf``; ``'tanh'``: PyTorch's tanh "
+                  "approximation ``x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2``."),
+    formula="y = x Phi(x) = x (1 + erf(x / sqrt(2))) / 2",
+    dformula="dy/dx = Phi(x) + x exp(-x^2 / 2) / sqrt(2 pi)"))
+
+register(Activation(
+    code=7, name="gelu_tanh", layer=None, torch=None, sklearn=None,
+    forward=gelu_tanh, derivative=d_gelu_tanh, uses="input", init="he",
+    formula="y = x (1 + tanh(u)) / 2, u = sqrt(2/pi) (x + 0.044715 x^3)",
+    dformula="dy/dx = (1 + tanh(u)) / 2 + x (1 - tanh(u)^2) sqrt(2/pi) (1 + 3 0.044715 x^2) / 2"))
+
+
+def silu(x):
+    # x sigmoid(x), one exp of a non-positive number (no overflow); NaN stays NaN
+    one = type(x)(1.0)
+    e = _fm.exp(-abs(x))
+    num = x if x >= 0 else x * e
+    return _fm.div(num, one + e)
+
+
+def d_silu(x):
+    # s (1 + x (1 - s)), s = sigmoid(x), 1 - s without cancellation
+    one = type(x)(1.0)
+    e = _fm.exp(-abs(x))
+    d = one + e
+    s = _fm.div(one if x >= 0 else e, d)
+    sc = _fm.div(e if x >= 0 else one, d)
+    return s * (one + x * sc)
+
+
+register(Activation(
+    code=8, name="silu", layer="SiLU", torch="SiLU", sklearn=None,
+    forward=silu, derivative=d_silu, uses="input", init="he",
+    formula="y = x sigmoid(x) = x / (1 + exp(-x))", dformula="dy/dx = s (1 + x (1 - s)), s = sigmoid(x)"))
+
+
+def softplus(x, beta, threshold):
+    # PyTorch's: x where beta x > threshold, else log(1 + exp(beta x)) / beta, here as
+    # (max(z, 0) + log1p(exp(-|z|))) / beta, z = beta x: finite for every finite x
+    z = x * beta
+    zp = z if z > 0 else type(x)(0.0)
+    sp = _fm.div(zp + _fm.log1p(_fm.exp(-abs(z))), beta)
+    return x if z > threshold else sp
+
+
+def d_softplus(x, beta, threshold):
+    # PyTorch's threshold rule: 1 where beta x > threshold, else sigmoid(beta x)
+    one = type(x)(1.0)
+    z = x * beta
+    e = _fm.exp(-abs(z))
+    s = _fm.div(one if z >= 0 else e, one + e)
+    return one if z > threshold else s
+
+
+register(Activation(
+    code=9, name="softplus", layer="Softplus", torch="Softplus", sklearn=None,
+    forward=softplus, derivative=d_softplus, uses="input",
+    params=(Param("beta", 1.0, "Sharpness: ``log(1 + exp(beta x)) / beta`` (> 0).", low=0.0, open_low=True),
+            Param("threshold", 20.0, "Above ``beta x > threshold`` the layer is the identity (as in PyTorch).")),
+    formula="y = x if beta x > threshold else log(1 + exp(beta x)) / beta",
+    dformula="dy/dx = 1 if beta x > threshold else sigmoid(beta x)"))

@@ -85,12 +85,24 @@ class EntryKernels:
         self.fwd = kernel(specialise(_t_k_act_fwd, sfx, _F=self.f))
         self.bwd = kernel(specialise(_t_k_act_bwd, sfx, _D=self.d))
         self.bias_act = kernel(specialise(_t_k_bias_act, sfx, _F=self.f))
-        self.linear_fwd, self.linear_fwd_t = linear_kernels(self.f, sfx)
+        self.linear_fwd, self.linear_fwd_t = linear_kernels(self.f, sfx, separate=_large(entry))
 
     def all(self):
         """``{role: kernel}`` (for the PTX compile tests)."""
         return {"fwd": self.fwd, "bwd": self.bwd, "bias_act": self.bias_act, "linear_fwd": self.linear_fwd,
                 "linear_fwd_t": self.linear_fwd_t}
+
+
+def _large(entry):
+    """Whether ``entry``'s forward calls the polynomial functions of
+    :mod:`fastbp.registry.fastmath` (``exp``, ``erf``, ``log1p``): a body too
+    large for the fused linear kernels' unrolled epilogue, which then stores
+    the pre-activations first and activates in a second loop (PTX without
+    ``.local``: tests/test_cuda_kernels.py)."""
+    from ...registry import fastmath
+    fm = {id(getattr(fastmath, n)) for n in fastmath.__all__} | {id(fastmath)}
+    g = entry.forward.__globals__
+    return any(id(g.get(n)) in fm for n in entry.forward.__code__.co_names)
 
 
 _KERNELS = {}
