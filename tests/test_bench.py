@@ -398,6 +398,7 @@ def test_tabular_fastbp_and_torch_build_the_same_network():
 
 
 @needs_compile
+@pytest.mark.thorough       # ~19 s on the loaded 2-core development machine (two peers, two builds each)
 def test_bench_quick_tabular_end_to_end(tmp_path):
     """The tabular configuration through the runner: numpy is skipped (not an error), losses are
     compared on the dropout-free variant, the memory check runs and fastbp allocates no array per step."""
