@@ -419,3 +419,13 @@ def test_bench_quick_tabular_end_to_end(tmp_path):
     # no per-step array: one 256x512 float32 activation would be 512 KiB
     assert m["traced_peak_per_step"] < 16384 and m["traced_growth"] < 1024, m
     assert "fastbp allocations per step" in stdout
+
+
+def test_asv_tabular_comes_from_the_bench_configs():
+    common = _asv_module("common")
+    assert "tabular" in common.ALL_CONFIGS
+    assert common.bench_config("tabular") is configs.CONFIGS["tabular"]
+    assert common.bench_config("tiny") == configs.CONFIGS["tiny"]
+    w = configs.make_weights(configs.CONFIGS["tabular"])
+    with pytest.raises(NotImplementedError, match="ReLU MLPs with plain SGD only"):
+        common.DataBenchmark.peer("numpy", "tabular", w)
