@@ -359,6 +359,9 @@ def _setup(args, mpi):
                           "(use --device cpu)")
     if args.momentum is not None and args.optimizer != "sgd":
         raise _UsageError("fastbp train: error: --momentum applies only to --optimizer sgd")
+    if not args.hidden and (args.dropout or args.batchnorm):
+        raise _UsageError("fastbp train: error: " + ("--dropout" if args.dropout else "--batchnorm")
+                          + " applies to hidden layers, and --hidden gives none")
     if args.compare and (args.dropout or args.batchnorm):
         raise _UsageError("fastbp train: error: --compare: scikit-learn's MLP has no "
                           + ("--dropout" if args.dropout else "--batchnorm") + " (train without it to compare)")

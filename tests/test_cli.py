@@ -93,6 +93,8 @@ def test_quiet_has_no_progress_bar_and_is_reproducible():
     (["train", "--batchnorm", "yes"], "yes"),
     (["train", "--compare", "--dropout", "0.1"], "--dropout"),
     (["train", "--compare", "--batchnorm"], "--batchnorm"),
+    (["train", "--hidden", "--dropout", "0.2"], "--dropout applies to hidden layers"),
+    (["train", "--batchnorm", "--hidden"], "--batchnorm applies to hidden layers"),
     (["train", "--loss", "hinge"], "--loss"),
     (["train", "--optimizer", "rmsprop"], "--optimizer"),
     (["train", "--hidden", "0"], "--hidden"),
