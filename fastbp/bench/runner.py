@@ -261,7 +261,7 @@ def run_config(cfg, peers, args, env, tmp, log):
         f"{n_batches} batches ==")
     if not cfg.plain:
         log(f"  {cfg.describe()}"
-            + (f"; losses compared on the same network with dropout 0 (each library draws its own masks)"
+            + ("; losses compared on the same network with dropout 0 (each library draws its own masks)"
                if cfg.dropout else ""))
     for p in list(peers):
         why = PEERS[p].supports(cfg)
@@ -522,8 +522,8 @@ def main(argv=None):
         log(f"environment: {' and '.join(SCRUBBED_ENV)} not set (nothing to remove for the peers)")
     log(f"peers: {', '.join(DISPLAY[p] for p in peers)}"
         + (f"; not installed, skipped: {', '.join(missing)}" if missing else ""))
-    log(f"float32, lr {args.lr:g} (SGD, or AdamW where a configuration says), {args.repeat} interleaved rounds of ~{args.round_time:g} s per peer, "
-        f"median per step; losses compared over {args.check_steps} steps (rtol {args.rtol:g})")
+    log(f"float32, lr {args.lr:g} (SGD, or AdamW where a configuration says), {args.repeat} interleaved "
+        f"rounds of ~{args.round_time:g} s per peer, median per step; losses compared over {args.check_steps} steps (rtol {args.rtol:g})")
 
     peak = None
     if not args.no_peak and not args.check_only:

@@ -35,6 +35,7 @@ instead (run by path, so that ``import fastbp`` is inside the clock).
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -121,8 +122,6 @@ class Worker:
             batches = check.batches(X, y)
             check_losses = [check.loss_value(check.step(*batches[k % len(batches)])) for k in range(n_check)]
             del check, batches
-            import gc
-
             gc.collect()
         self.hwm_reset = _reset_hwm()
         self.rss0 = _rss_bytes() if self.hwm_reset else _hwm_bytes()
