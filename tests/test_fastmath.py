@@ -10,6 +10,7 @@ import numba
 import numpy as np
 import pytest
 
+from fastbp.registry import activations as _acts
 from fastbp.registry import fastmath as FM
 
 special = pytest.importorskip("scipy.special")
@@ -105,3 +106,39 @@ def test_float32_loop_has_no_libm_call():
     _loop_exp(x, np.empty_like(x))
     asm = next(iter(_loop_exp.inspect_asm().values()))
     assert not re.search(r"\b(expf|erff|log1pf|exp|erf)\b", asm)
+
+
+def test_div_is_ieee_division():
+    assert FM.div(np.float32(1.0), np.float32(0.0)) == np.inf
+    assert FM.div(-1.0, 0.0) == -np.inf and math.isnan(FM.div(0.0, 0.0))
+
+
+_FL = {"reassoc", "contract", "arcp"}       # fastbp's kernel flags (fastbp._jit.FASTMATH)
+_gelu = numba.njit(inline="always", fastmath=_FL)(_acts.gelu)
+_d_silu = numba.njit(inline="always", fastmath=_FL)(_acts.d_silu)
+
+
+@numba.njit(fastmath=_FL)
+def _loop_gelu(x, y):
+    for i in range(x.shape[0]):
+        y[i] = _gelu(x[i])
+
+
+@numba.njit(fastmath=_FL)
+def _loop_d_silu(x, y):
+    for i in range(x.shape[0]):
+        y[i] *= _d_silu(x[i])
+
+
+def test_float32_activation_loop_is_vectorised_without_libm():
+    """A float32 loop over GELU's forward (erf and exp through the polynomials) and over SiLU's
+    derivative (exp and divisions), inlined as in the kernels (whose cached compilations have
+    no assembly to inspect), calls no libm function; on x86 it uses packed instructions."""
+    import platform
+    x = np.linspace(-3, 3, 256, dtype=np.float32)
+    for loop in (_loop_gelu, _loop_d_silu):
+        loop(x, x.copy())
+        asm = next(iter(loop.inspect_asm().values()))
+        assert not re.search(r"\b(expf|erff|log1pf|exp|erf|log1p)\b", asm), loop
+        if platform.machine() in ("x86_64", "AMD64"):
+            assert re.search(r"\bv?(mul|add|fmadd\d*)ps\b", asm), f"{loop}: no packed float32 arithmetic"
