@@ -94,6 +94,12 @@ def build_parser():
                    help="hidden layer widths (default: 256 128; none for a linear model)")
     t.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu",
                    help="hidden-layer activation (default: relu)")
+    t.add_argument("--dropout", type=_float_in(0.0, 1.0, False, True), default=0.0, metavar="P",
+                   help="Dropout(P) after each hidden activation, P in [0, 1) (default: 0, none); "
+                        "off when evaluating and predicting")
+    t.add_argument("--batchnorm", action="store_true",
+                   help="BatchNorm1d after each hidden Linear, before the activation (batch "
+                        "statistics in training, running statistics when evaluating and predicting)")
     t.add_argument("--loss", choices=LOSSES, default=None,
                    help="training loss (default: softmax_cross_entropy; mse for --task regression)")
     t.add_argument("--optimizer", choices=("sgd", "adam", "rmsprop"), default="adam",

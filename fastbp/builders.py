@@ -1,4 +1,5 @@
-"""One builder for "an MLP from layer widths and an activation": :func:`mlp`.
+"""One builder for "an MLP from layer widths and an activation": :func:`mlp`
+(optionally with BatchNorm1d and Dropout in each hidden block).
 
 The estimator, the command line and the benchmarks build their models here,
 and :func:`activation_layer` is the ONE place where an activation's name
@@ -6,6 +7,10 @@ becomes a layer: looked up in the activation registry
 (:mod:`fastbp.registry.activations`) by fastbp's name or scikit-learn's.
 """
 from __future__ import annotations
+
+import numbers
+
+import numpy as np
 
 from . import layers as _layers
 from .registry import activations as _acts
@@ -60,8 +65,21 @@ def activation_layer(name):
     return _layers.layer_class(entry)()
 
 
-def mlp(widths, activation="relu", *, bias=True):
+def _check_dropout(p):
+    """A checked hidden-block dropout probability: float in [0, 1)."""
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
+        raise TypeError(f"dropout must be a real number in [0, 1), got {type(p).__name__}")
+    p = float(p)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {p}")
+    return p
+
+
+def mlp(widths, activation="relu", *, bias=True, batchnorm=False, dropout=0.0):
     """A :class:`~fastbp.Sequential` MLP: ``Linear`` layers with ``activation`` between them.
+
+    Every hidden block is ``Linear -> [BatchNorm1d] -> activation -> [Dropout(dropout)]``;
+    the last layer is a plain ``Linear`` (the logits).
 
     Parameters
     ----------
@@ -72,7 +90,16 @@ def mlp(widths, activation="relu", *, bias=True):
         Applied after every layer but the last (see :func:`activation_layer`;
         ``"none"``/``"identity"``: none).
     bias : bool, default True
-        Whether the ``Linear`` layers have a bias.
+        Whether the ``Linear`` layers have a bias.  With ``batchnorm`` the
+        hidden layers' bias is still there (PyTorch's ``nn.Linear`` default;
+        BatchNorm's mean subtraction makes it have zero gradient).
+    batchnorm : bool, default False
+        A :class:`~fastbp.BatchNorm1d` (PyTorch's defaults: ``eps=1e-5``,
+        ``momentum=0.1``, affine) after each hidden ``Linear``, before the
+        activation.
+    dropout : float in [0, 1), default 0.0
+        A :class:`~fastbp.Dropout` of this probability after each hidden
+        activation; ``0``: no Dropout layer at all.
 
     Returns
     -------
@@ -81,15 +108,20 @@ def mlp(widths, activation="relu", *, bias=True):
     Raises
     ------
     TypeError
-        ``widths`` is not a sequence of int, or ``activation`` not a str.
+        ``widths`` is not a sequence of int, ``activation`` not a str,
+        ``batchnorm`` not a bool, ``dropout`` not a real number.
     ValueError
-        Fewer than two widths, a width below 1, or an unknown activation.
+        Fewer than two widths, a width below 1, an unknown activation, or
+        ``dropout`` outside [0, 1).
 
     Examples
     --------
     >>> from fastbp.builders import mlp
     >>> mlp([4, 8, 3], "tanh")
     Sequential(Linear(4, 8, bias=True), Tanh(), Linear(8, 3, bias=True))
+    >>> mlp([4, 8, 3], "gelu", batchnorm=True, dropout=0.1)  # doctest: +NORMALIZE_WHITESPACE
+    Sequential(Linear(4, 8, bias=True), BatchNorm1d(8, eps=1e-05, momentum=0.1, affine=True,
+    track_running_stats=True), GELU(approximate='none'), Dropout(p=0.1), Linear(8, 3, bias=True))
     """
     if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__"):
         raise TypeError(f"widths must be a sequence of int, got {type(widths).__name__}")
@@ -97,11 +129,18 @@ def mlp(widths, activation="relu", *, bias=True):
     if len(widths) < 2:
         raise ValueError(f"widths must hold at least two widths (in and out features), got {widths}")
     activation_layer(activation)          # checks the name once, also for a one-layer model
+    if not isinstance(batchnorm, (bool, np.bool_)):
+        raise TypeError(f"batchnorm must be a bool, got {type(batchnorm).__name__}")
+    dropout = _check_dropout(dropout)
     layers = []
     for i in range(len(widths) - 1):
         layers.append(_layers.Linear(widths[i], widths[i + 1], bias=bias))
         if i < len(widths) - 2:
+            if batchnorm:
+                layers.append(_layers.BatchNorm1d(widths[i + 1]))
             act = activation_layer(activation)
             if act is not None:
                 layers.append(act)
+            if dropout > 0.0:
+                layers.append(_layers.Dropout(dropout))
     return _layers.Sequential(*layers)

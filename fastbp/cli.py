@@ -126,7 +126,7 @@ def _build_step(args, n_in, n_out, n_train):
 
     from .builders import mlp
 
-    model = mlp([n_in, *args.hidden, n_out], args.activation)
+    model = mlp([n_in, *args.hidden, n_out], args.activation, batchnorm=args.batchnorm, dropout=args.dropout)
     lr = args.lr if args.lr is not None else _DEFAULT_LR[args.optimizer]
     if args.optimizer == "sgd":
         mom = 0.9 if args.momentum is None else args.momentum
@@ -364,6 +364,12 @@ def _setup(args, mpi):
                           "(use --device cpu)")
     if args.momentum is not None and args.optimizer not in ("sgd", "rmsprop"):
         raise _UsageError("fastbp train: error: --momentum applies only to --optimizer sgd or rmsprop")
+    if not args.hidden and (args.dropout or args.batchnorm):
+        raise _UsageError("fastbp train: error: " + ("--dropout" if args.dropout else "--batchnorm")
+                          + " applies to hidden layers, and --hidden gives none")
+    if args.compare and (args.dropout or args.batchnorm):
+        raise _UsageError("fastbp train: error: --compare: scikit-learn's MLP has no "
+                          + ("--dropout" if args.dropout else "--batchnorm") + " (train without it to compare)")
     if args.task == "regression":
         if args.loss not in (None, "mse"):
             raise _UsageError(f"fastbp train: error: --task regression trains with --loss mse, "
@@ -427,7 +433,9 @@ def train(args, t_start, t_main):
          f"({d.Xtr.shape[0]} train / {d.Xte.shape[0]} test)")
     batch = (f"batch {step.batch_size}" if comm is None else
              f"batch {step.batch_size} per rank x {comm.Get_size()} ranks")
-    _out(f"model: {widths} {args.activation}, loss {args.loss}, {opt!r}, {batch}, "
+    blocks = "".join([" + batchnorm" if args.batchnorm else "",
+                      f" + dropout {args.dropout:g}" if args.dropout else ""]) if args.hidden else ""
+    _out(f"model: {widths} {args.activation}{blocks}, loss {args.loss}, {opt!r}, {batch}, "
          f"{args.epochs} epochs, {args.dtype}, {args.device}")
 
     hist = {"loss": [], "train_acc": [], "test_acc": [], "epoch_s": []}

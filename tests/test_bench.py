@@ -344,3 +344,88 @@ def test_startup_script_times_import_compile_and_first_step(tmp_path):
     assert math.isclose(out["total_s"], out["import_s"] + out["compile_s"] + out["first_step_s"], rel_tol=1e-9)
     expect = peers.NumpyPeer(c, weights, 0.01).forward_backward(X[:32], y[:32])
     assert math.isclose(out["loss"], expect, rel_tol=1e-3)
+
+
+# ----------------------------------------------------------------- tabular (issue 14)
+def test_tabular_config_is_the_issue_14_network():
+    c = configs.CONFIGS["tabular"]
+    assert (c.widths, c.batch, c.activation, c.batchnorm, c.dropout, c.optim) == (
+        (256, 512, 512, 10), 256, "gelu", True, 0.1, "adamw")
+    assert c.describe() == "Linear -> BatchNorm1d -> GELU -> Dropout(0.1) blocks, AdamW (weight decay 0.01)"
+    kinds = [type(ly).__name__ for ly in c.model().layers]
+    assert kinds == ["Linear", "BatchNorm1d", "GELU", "Dropout"] * 2 + ["Linear"]
+    assert [ly.approximate for ly in c.model().layers if type(ly).__name__ == "GELU"] == ["none", "none"]
+    opt = c.fastbp_optimizer(0.01)
+    assert (type(opt).__name__, opt.decoupled, opt.weight_decay) == ("Adam", True, 0.01)
+    assert c.without_dropout().dropout == 0.0 and c.without_dropout().batchnorm
+    assert not c.plain and all(configs.CONFIGS[n].plain for n in ("tiny", "small", "medium", "large", "cs231n"))
+    assert configs.workspace_bytes(c) > configs.workspace_bytes(configs.Config("x", c.widths, c.batch))
+    with pytest.raises(ValueError, match="dropout"):
+        configs.Config("x", (4, 3), 2, dropout=1.0)
+    with pytest.raises(ValueError, match="optim"):
+        configs.Config("x", (4, 3), 2, optim="rmsprop")
+    # numpy and scikit-learn implement the ReLU/SGD step only: skipped, not failed
+    assert "ReLU MLPs with plain SGD only" in peers.NumpyPeer.supports(c)
+    assert peers.SklearnPeer.supports(c) is not None
+    assert all(peers.PEERS[p].supports(c) is None for p in ("fastbp", "torch", "torch_compile", "jax"))
+    assert all(peers.PEERS[p].supports(configs.CONFIGS["tiny"]) is None for p in peers.PEERS)
+
+
+@needs_compile
+@pytest.mark.skipif(not peers.available("torch"), reason="PyTorch is not installed")
+def test_tabular_fastbp_and_torch_build_the_same_network():
+    """Same weights, batches, BatchNorm (training mode), exact GELU and AdamW: with dropout 0 the
+    losses agree step by step; with dropout 0.1 both train (their masks differ)."""
+    c = configs.CONFIGS["tabular"]
+    small = configs.Config("t", (16, 32, 24, 5), 32, activation="gelu", batchnorm=True, dropout=0.1, optim="adamw")
+    for cfg in (small, small.without_dropout()):
+        weights = configs.make_weights(cfg, seed=3)
+        X, y = configs.make_data(cfg, n_batches=4, seed=4)
+        fb, tp = peers.FastbpPeer(cfg, weights, 0.01), peers.TorchPeer(cfg, weights, 0.01)
+        lf = [fb.loss_value(fb.step(*b)) for b in fb.batches(X, y)]
+        lt = [tp.loss_value(tp.step(*b)) for b in tp.batches(X, y)]
+        if cfg.dropout:
+            assert all(np.isfinite(lf)) and not np.allclose(lf, lt, rtol=1e-4)
+        else:
+            np.testing.assert_allclose(lf, lt, rtol=1e-4)
+            for (Wf, bf), (Wt, bt) in zip(fb.weights(), tp.weights()):
+                np.testing.assert_allclose(Wf, Wt, rtol=1e-3, atol=1e-5)
+            # the biases before a BatchNorm have a zero gradient up to rounding, which Adam
+            # normalises into +-lr steps of either sign: only the last layer's bias is compared
+            np.testing.assert_allclose(fb.weights()[-1][1], tp.weights()[-1][1], rtol=1e-3, atol=1e-5)
+    assert [type(m).__name__ for m in peers.TorchPeer(c, configs.make_weights(c), 0.01).model] == [
+        "Linear", "BatchNorm1d", "GELU", "Dropout"] * 2 + ["Linear"]
+
+
+@needs_compile
+@pytest.mark.thorough       # ~19 s on the loaded 2-core development machine (two peers, two builds each)
+def test_bench_quick_tabular_end_to_end(tmp_path):
+    """The tabular configuration through the runner: numpy is skipped (not an error), losses are
+    compared on the dropout-free variant, the memory check runs and fastbp allocates no array per step."""
+    wanted = ["fastbp", "numpy"] + (["torch"] if peers.available("torch") else [])
+    stdout, res = _run_bench(["--quick", "--configs", "tabular", "--peers", ",".join(wanted), "--no-peak",
+                              "--no-fit", "--repeat", "1", "--round-time", "0.01"], tmp_path)
+    rec = res["configs"]["tabular"]
+    assert rec["errors"] == {} and rec["loss_mismatches"] == {}
+    assert set(rec["skipped"]) == {"numpy"} and "numpy" not in rec["peers"]
+    assert "losses compared on the same network with dropout 0" in stdout
+    fb = rec["peers"]["fastbp"]
+    assert len(fb["check_losses"]) == 3 and len(fb["dropout_losses"]) == 3
+    assert fb["check_losses"] != fb["dropout_losses"]
+    if "torch" in wanted:
+        assert rec["loss_reference"] == "torch" and fb["loss_check"] == "ok"
+        np.testing.assert_allclose(fb["check_losses"], rec["peers"]["torch"]["check_losses"], rtol=1e-3)
+    m = fb["memory"]
+    # no per-step array: one 256x512 float32 activation would be 512 KiB
+    assert m["traced_peak_per_step"] < 16384 and m["traced_growth"] < 1024, m
+    assert "fastbp allocations per step" in stdout
+
+
+def test_asv_tabular_comes_from_the_bench_configs():
+    common = _asv_module("common")
+    assert "tabular" in common.ALL_CONFIGS
+    assert common.bench_config("tabular") is configs.CONFIGS["tabular"]
+    assert common.bench_config("tiny") == configs.CONFIGS["tiny"]
+    w = configs.make_weights(configs.CONFIGS["tabular"])
+    with pytest.raises(NotImplementedError, match="ReLU MLPs with plain SGD only"):
+        common.DataBenchmark.peer("numpy", "tabular", w)

@@ -101,3 +101,53 @@ def test_estimator_accepts_every_activation_name(est_name):
     assert kinds == (["Linear", "Linear"] if act is None else ["Linear", type(act).__name__, "Linear"])
     with pytest.raises(ValueError, match=r"activation must be one of \("):
         MLPRegressor(activation=name.upper() + "x").fit(X, X[:, 0])
+
+
+def test_mlp_batchnorm_and_dropout_blocks():
+    """Hidden blocks are Linear -> [BatchNorm1d] -> activation -> [Dropout(p)]; the output layer
+    is a plain Linear; dropout=0 adds no Dropout layer; the identity keeps the norm and dropout."""
+    m = mlp([6, 8, 5, 3], "gelu", batchnorm=True, dropout=0.25)
+    assert describe(m) == [("Linear", 6, 8, True), "BatchNorm1d", "GELU", "Dropout",
+                           ("Linear", 8, 5, True), "BatchNorm1d", "GELU", "Dropout", ("Linear", 5, 3, True)]
+    bns = [ly for ly in m.layers if isinstance(ly, fastbp.BatchNorm1d)]
+    assert [b.num_features for b in bns] == [8, 5]
+    assert all(b.eps == 1e-5 and b.momentum == 0.1 and b.affine and b.track_running_stats for b in bns)
+    assert [ly.p for ly in m.layers if isinstance(ly, fastbp.Dropout)] == [0.25, 0.25]
+    assert [ly.approximate for ly in m.layers if isinstance(ly, fastbp.GELU)] == ["none", "none"]
+    assert describe(mlp([6, 8, 3], "relu", dropout=0.0)) == describe(mlp([6, 8, 3], "relu"))
+    assert describe(mlp([6, 8, 3], "relu", dropout=0)) == [("Linear", 6, 8, True), "ReLU", ("Linear", 8, 3, True)]
+    assert describe(mlp([6, 8, 3], "none", batchnorm=True, dropout=0.5)) == [
+        ("Linear", 6, 8, True), "BatchNorm1d", "Dropout", ("Linear", 8, 3, True)]
+    assert describe(mlp([6, 3], "relu", batchnorm=True, dropout=0.5)) == [("Linear", 6, 3, True)]
+    # the spec round-trips (checkpoints)
+    assert describe(fastbp.Sequential.from_spec(m.spec())) == describe(m)
+
+
+@pytest.mark.parametrize("kw, error, match", [
+    (dict(dropout=1.0), ValueError, r"dropout must be in \[0, 1\), got 1.0"),
+    (dict(dropout=-0.1), ValueError, r"dropout must be in \[0, 1\), got -0.1"),
+    (dict(dropout=float("nan")), ValueError, r"dropout must be in \[0, 1\), got nan"),
+    (dict(dropout="0.1"), TypeError, r"dropout must be a real number in \[0, 1\), got str"),
+    (dict(dropout=True), TypeError, r"dropout must be a real number in \[0, 1\), got bool"),
+    (dict(dropout=None), TypeError, r"dropout must be a real number in \[0, 1\), got NoneType"),
+    (dict(batchnorm=1), TypeError, r"batchnorm must be a bool, got int"),
+    (dict(batchnorm="yes"), TypeError, r"batchnorm must be a bool, got str"),
+])
+def test_mlp_rejects_bad_block_options(kw, error, match):
+    with pytest.raises(error, match=match):
+        mlp([4, 5, 3], "relu", **kw)
+
+
+def test_mlp_with_blocks_trains_and_predicts_in_eval_mode():
+    """A model from the builder with BatchNorm and Dropout compiles and trains; predict is
+    deterministic (dropout off, running statistics)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    step = fastbp.compile(mlp([4, 16, 2], "gelu", batchnorm=True, dropout=0.1), loss="softmax_cross_entropy",
+                          optimizer=fastbp.Adam(lr=0.01, weight_decay=0.01, decoupled=True), batch_size=16, dtype=np.float32, seed=0)
+    losses = np.asarray(step.fit(X, y, epochs=20, shuffle=True, seed=0))
+    assert np.all(np.isfinite(losses)) and losses[-4:].mean() < losses[:4].mean()
+    p1, p2 = step.predict(X), step.predict(X)
+    assert np.array_equal(p1, p2)
+    assert np.mean(p1.argmax(1) == y) > 0.85

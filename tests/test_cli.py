@@ -85,7 +85,16 @@ def test_quiet_has_no_progress_bar_and_is_reproducible():
     (["train", "--epochs", "ten"], "--epochs"),
     (["train", "--lr", "-1"], "--lr"),
     (["train", "--lr", "nan"], "--lr"),
-    (["train", "--activation", "mish"], "--activation"),
+    (["train", "--activation", "mish"], "--activation"),     # (gelu was unknown before issue 14)
+    (["train", "--dropout", "1"], "--dropout"),
+    (["train", "--dropout", "-0.1"], "--dropout"),
+    (["train", "--dropout", "nan"], "--dropout"),
+    (["train", "--dropout", "half"], "--dropout"),
+    (["train", "--batchnorm", "yes"], "yes"),
+    (["train", "--compare", "--dropout", "0.1"], "--dropout"),
+    (["train", "--compare", "--batchnorm"], "--batchnorm"),
+    (["train", "--hidden", "--dropout", "0.2"], "--dropout applies to hidden layers"),
+    (["train", "--batchnorm", "--hidden"], "--batchnorm applies to hidden layers"),
     (["train", "--loss", "hinge"], "--loss"),
     (["train", "--optimizer", "adagrad"], "--optimizer"),      # (rmsprop was refused until issue 15)
     (["train", "--clip-grad-norm", "0"], "--clip-grad-norm"),
@@ -131,7 +140,7 @@ def test_help_exits_zero(capsys):
     for opt in ("--hidden", "--activation", "--loss", "--optimizer", "--lr", "--momentum", "--epochs",
                 "--batch-size", "--seed", "--dtype", "--device", "--save", "--plot", "--data",
                 "--compare", "--quiet", "--label-column", "--delimiter", "--header", "--no-header",
-                "--task"):
+                "--task", "--dropout", "--batchnorm"):
         assert opt in out
     for cmd, opts in (("predict", ("--model", "--data", "--proba", "--out", "--delimiter")),
                       ("evaluate", ("--model", "--data"))):
@@ -271,6 +280,34 @@ def test_save_writes_a_checkpoint_that_loads(tmp_path):
     _, te = data.stratified_split(y, 0.2, seed=0)
     pred = step.predict(np.ascontiguousarray(X[te] / 16.0, dtype=np.float32)).argmax(1)
     assert f"test accuracy: {np.mean(pred == y[te]):.4f}" in out
+
+
+def test_gelu_dropout_batchnorm_model_is_saved_and_predicts(tmp_path):
+    """fastbp train --activation gelu --dropout 0.1 --batchnorm: the saved model has those
+    layers (BatchNorm's running statistics included) and predicts in eval mode (no dropout,
+    running statistics): it reproduces the printed accuracy, and fastbp predict agrees."""
+    ckpt = tmp_path / "model.npz"
+    rc, out, err = run_cli("train", "--quiet", "--epochs", "3", "--hidden", "32", "16", "--activation", "gelu",
+                           "--dropout", "0.1", "--batchnorm", "--save", ckpt)
+    assert rc == 0, err
+    assert "model: 64-32-16-10 gelu + batchnorm + dropout 0.1," in out
+    from fastbp import bundle
+    model = bundle.load_model(str(ckpt))
+    kinds = [type(ly).__name__ for ly in model.step.model.layers]
+    assert kinds == ["Linear", "BatchNorm1d", "GELU", "Dropout"] * 2 + ["Linear"]
+    assert [ly.p for ly in model.step.model.layers if type(ly).__name__ == "Dropout"] == [0.1, 0.1]
+    rm = model.step.buffers["1.running_mean"]
+    assert rm.shape == (32,) and np.any(rm != 0)             # trained running statistics were saved
+    X, y, _ = data.load_digits()
+    _, te = data.stratified_split(y, 0.2, seed=0)
+    pred = model.predict(X[te])
+    assert f"test accuracy: {np.mean(pred == y[te]):.4f}" in out
+    assert np.array_equal(model.predict(X[te]), pred)        # eval mode: deterministic
+    csv = tmp_path / "x.csv"
+    np.savetxt(csv, X[te][:20], delimiter=",", fmt="%g")
+    rc, out2, err2 = run_cli("predict", "--model", ckpt, "--data", csv, "--no-header")
+    assert rc == 0, err2
+    assert [int(v) for v in out2.split()[1:]] == pred[:20].tolist()
 
 
 @pytest.mark.skipif(hasattr(fastbp.TrainStep, "save"),

@@ -14,7 +14,7 @@ Environment variables (read when asv imports the suite):
     one call per benchmark, no warm-up: a smoke run).
 ``FASTBP_ASV_CONFIGS``
     Comma-separated configuration names to benchmark (default: all of
-    ``tiny,small,medium,large,cs231n``).
+    ``tiny,small,medium,large,cs231n,tabular``).
 
 Libraries a benchmark needs but cannot import (PyTorch, JAX, or a part
 of fastbp that an older commit does not have) make its ``setup`` raise
@@ -35,7 +35,13 @@ ALL_CONFIGS = {
     "medium": ((784, 512, 512, 10), 256),
     "large": ((1024, 2048, 2048, 1024), 1024),
     "cs231n": ((3072, 100, 10), 200),
+    # issue 14: Linear -> BatchNorm1d -> GELU -> Dropout(0.1) blocks, AdamW; the blocks and the
+    # optimizer come from fastbp.bench.configs (a commit without them skips it)
+    "tabular": ((256, 512, 512, 10), 256),
 }
+
+#: configurations whose network is not the plain ReLU/SGD MLP of ``(widths, batch)``
+FROM_FASTBP_BENCH = ("tabular",)
 
 PROFILE = os.environ.get("FASTBP_ASV_PROFILE", "regular")
 CONFIGS = [c.strip() for c in os.environ.get("FASTBP_ASV_CONFIGS", ",".join(ALL_CONFIGS)).split(",")
@@ -153,5 +159,19 @@ class DataBenchmark(Benchmark):
             raise NotImplementedError(f"{peers.MODULES[name]} is not installed")
         if name == "fastbp":
             require_attr("fastbp", "compile")
-        widths, batch = ALL_CONFIGS[config]
-        return peers.PEERS[name](configs.Config(config, widths, batch), weights, LR)
+        cfg = bench_config(config)
+        why = peers.PEERS[name].supports(cfg) if hasattr(peers.PEERS[name], "supports") else None
+        if why is not None:
+            raise NotImplementedError(why)
+        return peers.PEERS[name](cfg, weights, LR)
+
+
+def bench_config(config):
+    """The :class:`fastbp.bench.configs.Config` of ``config`` (NotImplementedError: this fastbp lacks it)."""
+    configs = require("fastbp.bench.configs")
+    if config in FROM_FASTBP_BENCH:
+        if config not in configs.CONFIGS:
+            raise NotImplementedError(f"this fastbp.bench has no configuration {config!r}")
+        return configs.CONFIGS[config]
+    widths, batch = ALL_CONFIGS[config]
+    return configs.Config(config, widths, batch)

@@ -1,7 +1,9 @@
 """The training step per configuration and peer, fit per epoch, compile time, memory.
 
 float32 MLPs with ReLU between layers, softmax cross-entropy and plain SGD
-(lr 0.01), all peers from the same weights on the same batches.  The
+(lr 0.01), and ``tabular`` (Linear -> BatchNorm1d -> GELU -> Dropout(0.1)
+blocks, AdamW lr 0.01; numpy has no such peer: skipped), all peers from
+the same weights on the same batches.  The
 peers come from :mod:`fastbp.bench.peers`; ``torch.compile`` is left to
 ``python -m fastbp.bench`` (its minute-long compilation would be paid in
 every asv ``setup``).
@@ -79,29 +81,37 @@ class Fit(DataBenchmark):
 _STARTUP = r"""
 import sys, time, json
 import numpy as np
-widths, batch = json.loads(sys.argv[1])
+name, (widths, batch), from_bench = json.loads(sys.argv[1])
 rng = np.random.default_rng(0)
 x = rng.standard_normal((batch, widths[0]), dtype=np.float32)
 y = rng.integers(0, widths[-1], size=batch, dtype=np.int64)
 t0 = time.perf_counter()
 import fastbp
-layers = []
-for l, (i, o) in enumerate(zip(widths[:-1], widths[1:])):
-    layers.append(fastbp.Linear(i, o))
-    if l < len(widths) - 2:
-        layers.append(fastbp.ReLU())
-step = fastbp.compile(fastbp.Sequential(*layers), loss="softmax_cross_entropy",
-                      optimizer=fastbp.SGD(lr=0.01), batch_size=batch, dtype=np.float32, seed=0)
+if from_bench:      # its blocks and optimizer (tabular): the bench's Config builds them
+    from fastbp.bench.configs import CONFIGS
+    model, opt = CONFIGS[name].model(), CONFIGS[name].fastbp_optimizer(0.01)
+else:
+    layers = []
+    for l, (i, o) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(fastbp.Linear(i, o))
+        if l < len(widths) - 2:
+            layers.append(fastbp.ReLU())
+    model, opt = fastbp.Sequential(*layers), fastbp.SGD(lr=0.01)
+step = fastbp.compile(model, loss="softmax_cross_entropy",
+                      optimizer=opt, batch_size=batch, dtype=np.float32, seed=0)
 step(x, y)
 print(json.dumps({"first_step_s": time.perf_counter() - t0}))
 """
 
 
 def _first_step_in_fresh_process(config, cache_dir):
-    from .common import ALL_CONFIGS
+    from .common import ALL_CONFIGS, FROM_FASTBP_BENCH, bench_config
 
+    if config in FROM_FASTBP_BENCH:
+        bench_config(config)        # NotImplementedError where this fastbp lacks it
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
-    p = subprocess.run([sys.executable, "-c", _STARTUP, json.dumps(ALL_CONFIGS[config])], env=env,
+    arg = [config, ALL_CONFIGS[config], config in FROM_FASTBP_BENCH]
+    p = subprocess.run([sys.executable, "-c", _STARTUP, json.dumps(arg)], env=env,
                        capture_output=True, text=True, timeout=600)
     if p.returncode != 0:
         raise RuntimeError(f"fresh-process first step failed:\n{p.stderr[-2000:]}")

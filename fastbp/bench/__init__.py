@@ -3,10 +3,12 @@
 Run ``python -m fastbp.bench --help``.  Modules:
 
 :mod:`fastbp.bench.configs`
-    The configurations of issue 4 and the shared initial weights and data.
+    The configurations of issue 4 and ``tabular`` (issue 14: BatchNorm, GELU,
+    Dropout, AdamW) and the shared initial weights and data.
 :mod:`fastbp.bench.peers`
     The same training step in numpy, PyTorch (eager and ``torch.compile``),
-    JAX and fastbp, and scikit-learn's ``MLPClassifier`` per epoch.
+    JAX and fastbp, and scikit-learn's ``MLPClassifier`` per epoch
+    (numpy and scikit-learn: the ReLU/SGD configurations only).
 :mod:`fastbp.bench.worker`
     One peer in a process of its own, driven over a pipe.
 :mod:`fastbp.bench.machine`

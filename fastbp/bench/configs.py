@@ -1,4 +1,4 @@
-"""The benchmark configurations of issue 4 and the shared weights and data.
+"""The benchmark configurations of issue 4 (and ``tabular``, issue 14) and the shared weights and data.
 
 Every peer starts from the same weights and sees the same batches: both are
 generated here, with numpy, from a seed, and handed to each peer (the peer
@@ -6,6 +6,7 @@ command writes them to one ``.npz`` file that every worker process loads).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,22 +20,77 @@ __all__ = ["Config", "CONFIGS", "SCRUBBED_ENV", "get_configs", "make_weights", "
 
 @dataclass(frozen=True)
 class Config:
-    """One benchmark configuration: an MLP and its minibatch size.
+    """One benchmark configuration: an MLP, its minibatch size and its optimizer.
 
     Attributes
     ----------
     name : str
         Short name (``tiny``, ``small``, ...).
     widths : tuple of int
-        Layer widths ``(in, hidden..., out)``; ReLU between consecutive
-        linear layers, none after the last one.
+        Layer widths ``(in, hidden..., out)``; every hidden block is
+        ``Linear -> [BatchNorm1d] -> activation -> [Dropout(dropout)]``
+        (:func:`fastbp.builders.mlp`), the last layer a plain ``Linear``.
     batch : int
         Minibatch size.
+    activation : str, default "relu"
+        ``"relu"`` or ``"gelu"`` (exact, erf form: PyTorch's ``nn.GELU()``).
+    batchnorm : bool, default False
+        BatchNorm1d after each hidden Linear (PyTorch's defaults, training mode).
+    dropout : float, default 0.0
+        Dropout probability after each hidden activation (0: no Dropout layer).
+    optim : str, default "sgd"
+        ``"sgd"`` (plain SGD) or ``"adamw"`` (``torch.optim.AdamW``'s defaults:
+        betas (0.9, 0.999), eps 1e-8, with ``weight_decay``).
+    weight_decay : float, default 0.01
+        AdamW's decoupled weight decay (PyTorch's default).
     """
 
     name: str
     widths: tuple
     batch: int
+    activation: str = "relu"
+    batchnorm: bool = False
+    dropout: float = 0.0
+    optim: str = "sgd"
+    weight_decay: float = 0.01
+
+    def __post_init__(self):
+        if self.activation not in ("relu", "gelu"):
+            raise ValueError(f"Config {self.name}: activation must be 'relu' or 'gelu', got {self.activation!r}")
+        if self.optim not in ("sgd", "adamw"):
+            raise ValueError(f"Config {self.name}: optim must be 'sgd' or 'adamw', got {self.optim!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"Config {self.name}: dropout must be in [0, 1), got {self.dropout!r}")
+
+    @property
+    def plain(self):
+        """Whether this is the issue-4 network: ReLU blocks only, plain SGD."""
+        return self.activation == "relu" and not self.batchnorm and not self.dropout and self.optim == "sgd"
+
+    def without_dropout(self):
+        """The same configuration with ``dropout=0`` (the peers' masks differ: losses are compared on it)."""
+        return dataclasses.replace(self, dropout=0.0)
+
+    def describe(self):
+        """``"Linear -> BatchNorm1d -> GELU -> Dropout(0.1) blocks, AdamW"``-style description."""
+        parts = ["Linear"] + (["BatchNorm1d"] if self.batchnorm else []) + [
+            {"relu": "ReLU", "gelu": "GELU"}[self.activation]] + ([f"Dropout({self.dropout:g})"] if self.dropout else [])
+        opt = "SGD" if self.optim == "sgd" else f"AdamW (weight decay {self.weight_decay:g})"
+        return f"{' -> '.join(parts)} blocks, {opt}"
+
+    def model(self):
+        """The fastbp model (:func:`fastbp.builders.mlp`, the one builder)."""
+        from ..builders import mlp
+
+        return mlp(self.widths, self.activation, batchnorm=self.batchnorm, dropout=self.dropout)
+
+    def fastbp_optimizer(self, lr):
+        """The fastbp optimizer: ``SGD(lr)`` or ``Adam(lr, weight_decay, decoupled=True)`` (AdamW)."""
+        import fastbp
+
+        if self.optim == "sgd":
+            return fastbp.SGD(lr=lr)
+        return fastbp.Adam(lr=lr, weight_decay=self.weight_decay, decoupled=True)
 
     @property
     def layers(self):
@@ -52,7 +108,8 @@ class Config:
 
         2 for the forward product, 4 for the two backward products (the
         input gradient of the first layer is counted although no peer needs
-        it); bias, activation, loss and update are not counted.
+        it); bias, normalisation, activation, dropout, loss and update are
+        not counted.
         """
         return 6 * self.batch * sum(i * o for i, o in self.layers)
 
@@ -71,6 +128,9 @@ CONFIGS = {
         Config("medium", (784, 512, 512, 10), 256),
         Config("large", (1024, 2048, 2048, 1024), 1024),
         Config("cs231n", (3072, 100, 10), 200),
+        # issue 14: the layers of CS231n's second assignment on a tabular-sized MLP
+        Config("tabular", (256, 512, 512, 10), 256, activation="gelu", batchnorm=True, dropout=0.1,
+               optim="adamw"),
     )
 }
 
@@ -166,9 +226,14 @@ def workspace_bytes(config, itemsize=4):
     """Bytes that a training step cannot do without.
 
     Parameters, their gradients, and one activation per layer output plus
-    the input batch (plain SGD has no optimizer state).  A lower bound for
+    the input batch (plain SGD has no optimizer state; AdamW keeps two
+    moments per parameter; BatchNorm adds its weight, bias and running
+    statistics and one more activation per hidden layer).  A lower bound for
     the memory a step keeps, used as a reference next to measured peaks.
     """
-    params = sum(i * o + o for i, o in config.layers)
-    acts = config.batch * sum(config.widths)
-    return int((2 * params + acts) * itemsize)
+    hidden = sum(config.widths[1:-1])
+    params = sum(i * o + o for i, o in config.layers) + (2 * hidden if config.batchnorm else 0)
+    state = 2 * params if config.optim == "adamw" else 0
+    buffers = 2 * hidden if config.batchnorm else 0
+    acts = config.batch * (sum(config.widths) + (hidden if config.batchnorm else 0))
+    return int((2 * params + state + buffers + acts) * itemsize)

@@ -30,8 +30,7 @@ __all__ = ["bench_gpu"]
 
 
 def _model(config):
-    from fastbp.builders import mlp
-    return mlp(config.widths, "relu")
+    return config.model()
 
 
 def _bench_one(config, steps, warmup, dtype, lr, seed, fit, n_batches):
@@ -39,12 +38,13 @@ def _bench_one(config, steps, warmup, dtype, lr, seed, fit, n_batches):
     from numba import cuda
 
     t0 = time.perf_counter()
-    step = fastbp.compile(_model(config), loss="softmax_cross_entropy", optimizer=fastbp.SGD(lr=lr),
+    step = fastbp.compile(_model(config), loss="softmax_cross_entropy", optimizer=config.fastbp_optimizer(lr),
                           batch_size=config.batch, dtype=dtype, seed=seed, device="cuda")
+    from .peers import _fastbp_param_keys
     weights = {}
-    for i, (W, b) in enumerate(make_weights(config, seed=seed, dtype=dtype)):
-        weights[f"{2 * i}.W"] = W
-        weights[f"{2 * i}.b"] = b
+    for (kW, kb), (W, b) in zip(_fastbp_param_keys(step.params), make_weights(config, seed=seed, dtype=dtype)):
+        weights[kW] = W
+        weights[kb] = b
     step.load_params_from(weights)
     X, y = make_data(config, n_batches=n_batches, seed=seed + 1, dtype=dtype)
     Xd = cuda.to_device(X)
@@ -102,7 +102,7 @@ def bench_gpu(configs, steps=50, warmup=3, dtype=np.float32, lr=0.01, seed=0, fi
     warmup : int, default 3
     dtype : float32 or float64, default float32
     lr : float, default 0.01
-        SGD learning rate (softmax cross-entropy, as the other peers).
+        Learning rate of the configuration's optimizer (SGD, or AdamW), softmax cross-entropy as the other peers.
     seed : int, default 0
         Seed of the shared weights (data: ``seed + 1``).
     fit : bool, default True

@@ -56,8 +56,7 @@ def ring_allreduce_bytes(n_bytes, ranks):
 
 
 def _model(cfg):
-    from fastbp.builders import mlp
-    return mlp(cfg.widths, "relu")
+    return cfg.model()
 
 
 def _median_time(fn, reps):
@@ -75,7 +74,7 @@ def _worker_single(cfg, threads, steps, reps):
     import fastbp
     from fastbp.distributed import limit_threads
     lim = limit_threads(threads)
-    step = fastbp.compile(_model(cfg), optimizer=fastbp.SGD(lr=0.01), batch_size=cfg.batch, seed=0)
+    step = fastbp.compile(_model(cfg), optimizer=cfg.fastbp_optimizer(0.01), batch_size=cfg.batch, seed=0)
     X, y = make_data(cfg, n_batches=steps)
     step.fit(X[:2 * cfg.batch], y[:2 * cfg.batch], epochs=1)           # warm up (cache load, BLAS)
     med, best = _median_time(lambda: step.fit(X, y, epochs=1, shuffle=False), reps)
@@ -92,7 +91,7 @@ def _worker_dist(cfg, threads, steps, reps):
     if cfg.batch % size:
         raise SystemExit(f"batch {cfg.batch} is not divisible by {size} ranks")
     local = cfg.batch // size
-    step = dist.compile(_model(cfg), optimizer=fastbp.SGD(lr=0.01), batch_size=local, seed=0, comm=comm,
+    step = dist.compile(_model(cfg), optimizer=cfg.fastbp_optimizer(0.01), batch_size=local, seed=0, comm=comm,
                         threads="auto" if threads is None else threads)
     X, y = make_data(cfg, n_batches=steps)
     step.fit(X[:2 * cfg.batch], y[:2 * cfg.batch], epochs=1)           # warm up

@@ -1,10 +1,17 @@
 """The training steps that fastbp is compared with, one class per peer.
 
 Every peer implements the same step as :func:`fastbp.compile` with
-``loss="softmax_cross_entropy"`` and ``optimizer=fastbp.SGD(lr)``: an MLP
-with ReLU between its linear layers (none after the last), mean softmax
-cross-entropy over the batch, and a plain SGD update of every weight and
-bias.  Each peer is built from the same initial weights
+``loss="softmax_cross_entropy"`` and the configuration's optimizer: an MLP
+whose hidden blocks are ``Linear -> [BatchNorm1d] -> ReLU|GELU -> [Dropout]``
+(:class:`fastbp.bench.configs.Config`; the issue-4 configurations: ReLU
+only), mean softmax cross-entropy over the batch, and a plain SGD (or
+AdamW) update of every parameter.  BatchNorm runs in training mode (batch
+statistics, running statistics updated), GELU is the exact (erf) form.
+Dropout masks come from each library's own generator, so they differ
+between peers: the runner compares losses on the dropout-free variant
+(:meth:`Config.without_dropout`).  A peer that cannot build a configuration
+says why in ``Peer.supports(config)`` (None: it can) and is skipped for it.
+Each peer is built from the same initial weights
 (:func:`fastbp.bench.configs.make_weights`: ``W`` of shape ``(in, out)``)
 and runs on the same batches, so their losses can be compared step by step.
 
@@ -46,6 +53,13 @@ def _check_weights(config, weights):
             raise ValueError(f"weights: layer {l} expected W {(i, o)} and b {(o,)}, got {W.shape} and {b.shape}")
 
 
+def _plain_only(cls, config):
+    """``supports`` of the peers that implement only the issue-4 network (ReLU, SGD)."""
+    if config.plain:
+        return None
+    return f"{cls.name} implements ReLU MLPs with plain SGD only, not {config.describe()}"
+
+
 def _cut(X, y, batch):
     n = X.shape[0] // batch
     if n < 1:
@@ -70,6 +84,7 @@ class NumpyPeer:
     """
 
     name = "numpy"
+    supports = classmethod(_plain_only)
 
     def __init__(self, config, weights, lr, dtype=np.float32):
         _check_weights(config, weights)
@@ -163,6 +178,10 @@ class FastbpPeer:
 
     name = "fastbp"
 
+    @classmethod
+    def supports(cls, config):
+        return None
+
     def __init__(self, config, weights, lr, dtype=np.float32):
         import fastbp
 
@@ -171,10 +190,9 @@ class FastbpPeer:
             raise RuntimeError("fastbp.compile is not available in this fastbp")
         self.config = config
         self.dtype = np.dtype(dtype)
-        from fastbp.builders import mlp
-        self.model = mlp(config.widths, "relu")
+        self.model = config.model()
         self.compiled = fastbp.compile(self.model, loss="softmax_cross_entropy",
-                                       optimizer=fastbp.SGD(lr=lr), batch_size=config.batch,
+                                       optimizer=config.fastbp_optimizer(lr), batch_size=config.batch,
                                        dtype=self.dtype.type, seed=0)
         self.keys = _fastbp_param_keys(self.compiled.params)
         if len(self.keys) != len(weights):
@@ -206,9 +224,14 @@ class FastbpPeer:
 
 
 class TorchPeer:
-    """PyTorch eager: ``nn.Sequential`` of ``nn.Linear``/``nn.ReLU``, ``nn.CrossEntropyLoss``, ``optim.SGD``."""
+    """PyTorch eager: ``nn.Sequential`` of ``nn.Linear`` (``nn.BatchNorm1d``) ``nn.ReLU``/``nn.GELU()``
+    (``nn.Dropout``), ``nn.CrossEntropyLoss``, ``optim.SGD`` or ``optim.AdamW``; training mode."""
 
     name = "torch"
+
+    @classmethod
+    def supports(cls, config):
+        return None
 
     def __init__(self, config, weights, lr, dtype=np.float32):
         import torch
@@ -228,9 +251,17 @@ class TorchPeer:
             mods.append(lin)
             self.linears.append(lin)
             if l < len(config.layers) - 1:
-                mods.append(torch.nn.ReLU())
-        self.model = torch.nn.Sequential(*mods)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=lr)
+                if config.batchnorm:
+                    mods.append(torch.nn.BatchNorm1d(o, dtype=self.tdtype))
+                mods.append(torch.nn.GELU() if config.activation == "gelu" else torch.nn.ReLU())
+                if config.dropout:
+                    mods.append(torch.nn.Dropout(config.dropout))
+        torch.manual_seed(0)    # the dropout masks
+        self.model = torch.nn.Sequential(*mods).train()
+        if config.optim == "sgd":
+            self.opt = torch.optim.SGD(self.model.parameters(), lr=lr)
+        else:
+            self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=config.weight_decay)
         self.loss_fn = torch.nn.CrossEntropyLoss()
 
     def batches(self, X, y):
@@ -276,9 +307,20 @@ class TorchCompilePeer(TorchPeer):
 
 
 class JaxPeer:
-    """JAX: ``jax.jit`` of ``value_and_grad`` of the loss plus the SGD update (params donated)."""
+    """JAX: ``jax.jit`` of ``value_and_grad`` of the loss plus the SGD or AdamW update (state donated).
+
+    BatchNorm in training mode (batch mean and biased variance; the running
+    statistics updated with the unbiased variance, momentum 0.1, as
+    PyTorch), exact GELU (``jax.nn.gelu(approximate=False)``), inverted
+    dropout from ``jax.random`` keyed by the step count, AdamW as
+    ``torch.optim.AdamW`` (decay first, bias-corrected moments).
+    """
 
     name = "jax"
+
+    @classmethod
+    def supports(cls, config):
+        return None
 
     def __init__(self, config, weights, lr, dtype=np.float32):
         import jax
@@ -292,31 +334,74 @@ class JaxPeer:
         self.dtype = np.dtype(dtype)
         n_layers = len(config.layers)
         lr = float(lr)
+        bn, p_drop, eps_bn, mom = config.batchnorm, float(config.dropout), 1e-5, 0.1
+        gelu = config.activation == "gelu"
+        wd, b1, b2, eps = float(config.weight_decay), 0.9, 0.999, 1e-8
 
-        def loss_fn(params, x, y):
+        def forward(params, stats, x, key):
             h = x
-            for l, (W, b) in enumerate(params):
+            new_stats = []
+            for l in range(n_layers):
+                W, b = params[l]["W"], params[l]["b"]
                 h = h @ W + b
-                if l < n_layers - 1:
-                    h = jax.nn.relu(h)
-            logp = jax.nn.log_softmax(h, axis=1)
-            return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+                if l == n_layers - 1:
+                    break
+                if bn:
+                    mu = jnp.mean(h, axis=0)
+                    var = jnp.mean(jnp.square(h - mu), axis=0)
+                    n = h.shape[0]
+                    rm, rv = stats[l]
+                    new_stats.append(((1 - mom) * rm + mom * mu, (1 - mom) * rv + mom * var * (n / (n - 1))))
+                    h = (h - mu) * jax.lax.rsqrt(var + eps_bn) * params[l]["gamma"] + params[l]["beta"]
+                h = jax.nn.gelu(h, approximate=False) if gelu else jax.nn.relu(h)
+                if p_drop:
+                    keep = jax.random.bernoulli(jax.random.fold_in(key, l), 1.0 - p_drop, h.shape)
+                    h = jnp.where(keep, h / (1.0 - p_drop), 0.0)
+            return h, new_stats
 
-        def train_step(params, x, y):
-            loss, g = jax.value_and_grad(loss_fn)(params, x, y)
-            params = jax.tree_util.tree_map(lambda p, dp: p - lr * dp, params, g)
-            return params, loss
+        def loss_fn(params, stats, x, y, key):
+            h, new_stats = forward(params, stats, x, key)
+            logp = jax.nn.log_softmax(h, axis=1)
+            return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1)), new_stats
+
+        def train_step(state, x, y):
+            params, stats, m, v, t = state
+            key = jax.random.fold_in(jax.random.PRNGKey(0), t)
+            (loss, new_stats), g = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, x, y, key)
+            t1 = t + 1
+            if config.optim == "sgd":
+                params = jax.tree_util.tree_map(lambda p, dp: p - lr * dp, params, g)
+            else:
+                m = jax.tree_util.tree_map(lambda a, dp: b1 * a + (1 - b1) * dp, m, g)
+                v = jax.tree_util.tree_map(lambda a, dp: b2 * a + (1 - b2) * dp * dp, v, g)
+                c1 = 1 - b1 ** t1.astype(jnp.float32)
+                c2 = 1 - b2 ** t1.astype(jnp.float32)
+                params = jax.tree_util.tree_map(
+                    lambda p, a, s: p * (1 - lr * wd) - lr * (a / c1) / (jnp.sqrt(s / c2) + eps), params, m, v)
+            return (params, new_stats if bn else stats, m, v, t1), loss
 
         self._step = jax.jit(train_step, donate_argnums=0)
-        self.params = [(jnp.asarray(np.asarray(W, np.float32)), jnp.asarray(np.asarray(b, np.float32)))
-                       for W, b in weights]
+        params = []
+        for l, (W, b) in enumerate(weights):
+            p = {"W": jnp.asarray(np.asarray(W, np.float32)), "b": jnp.asarray(np.asarray(b, np.float32))}
+            if bn and l < n_layers - 1:
+                o = W.shape[1]
+                p["gamma"], p["beta"] = jnp.ones(o, jnp.float32), jnp.zeros(o, jnp.float32)
+            params.append(p)
+        stats = [(jnp.zeros(o, jnp.float32), jnp.ones(o, jnp.float32)) for o in config.widths[1:-1]] if bn else []
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        self.state = (params, stats, zeros, jax.tree_util.tree_map(jnp.zeros_like, params), jnp.int32(0))
+
+    @property
+    def params(self):
+        return self.state[0]
 
     def batches(self, X, y):
         pairs = _cut(np.ascontiguousarray(X, dtype=np.float32), np.asarray(y), self.config.batch)
         return [(self.jax.device_put(x), self.jax.device_put(t.astype(np.int32))) for x, t in pairs]
 
     def step(self, x, y):
-        self.params, loss = self._step(self.params, x, y)
+        self.state, loss = self._step(self.state, x, y)
         return loss
 
     def loss_value(self, handle):
@@ -326,7 +411,7 @@ class JaxPeer:
         handle.block_until_ready()
 
     def weights(self):
-        return [(np.array(W), np.array(b)) for W, b in self.params]
+        return [(np.array(p["W"]), np.array(p["b"])) for p in self.state[0]]
 
 
 class SklearnPeer:
@@ -338,6 +423,7 @@ class SklearnPeer:
     """
 
     name = "sklearn"
+    supports = classmethod(_plain_only)
 
     def __init__(self, config, weights, lr, dtype=np.float32):
         from sklearn.neural_network import MLPClassifier

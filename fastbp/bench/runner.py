@@ -247,7 +247,8 @@ def _say(*a):
 
 def run_config(cfg, peers, args, env, tmp, log):
     """Everything for one configuration; returns its JSON record."""
-    rec = {"widths": list(cfg.widths), "batch": cfg.batch, "flops": cfg.flops, "peers": {}, "errors": {}}
+    rec = {"widths": list(cfg.widths), "batch": cfg.batch, "flops": cfg.flops, "peers": {}, "errors": {},
+           "network": cfg.describe(), "skipped": {}}
     weights = make_weights(cfg, seed=args.seed)
     n_batches = n_batches_for(cfg, samples=1024 if args.quick else 4096)
     X, y = make_data(cfg, n_batches=n_batches, seed=args.seed + 1)
@@ -258,6 +259,16 @@ def run_config(cfg, peers, args, env, tmp, log):
     rec["n_batches"] = n_batches
     log(f"\n== {cfg.name}: {cfg.arch}, batch {cfg.batch}, {cfg.flops / 1e6:.3g} MFLOP per step, "
         f"{n_batches} batches ==")
+    if not cfg.plain:
+        log(f"  {cfg.describe()}"
+            + ("; losses compared on the same network with dropout 0 (each library draws its own masks)"
+               if cfg.dropout else ""))
+    for p in list(peers):
+        why = PEERS[p].supports(cfg)
+        if why is not None:
+            rec["skipped"][p] = why
+            log(f"  {DISPLAY[p]}: skipped: {why}")
+    peers = [p for p in peers if p not in rec["skipped"]]
 
     workers = {}
     try:
@@ -270,6 +281,8 @@ def run_config(cfg, peers, args, env, tmp, log):
                                     n_check=args.check_steps)
                 rec["peers"][p] = {"check_losses": r["losses"], "build_s": r["build_s"],
                                    "first_step_s": r["first_step_s"]}
+                if "dropout_losses" in r:
+                    rec["peers"][p]["dropout_losses"] = r["dropout_losses"]
                 if p == "sklearn":
                     rec["peers"][p]["steps_per_epoch"] = r["steps_per_epoch"]
                 live.append(p)
@@ -410,6 +423,12 @@ def print_config(cfg, rec, peak_gflops, log):
         if "fastbp_arena_bytes" in m:
             s += f" (arena {format_bytes(m['fastbp_arena_bytes'])})"
         mem.append(s)
+    fm = rec["peers"].get("fastbp", {}).get("memory")
+    if fm:
+        log(f"  fastbp allocations per step (tracemalloc over a few steps): peak "
+            f"{format_bytes(fm['traced_peak_per_step'])}, retained {format_bytes(fm['traced_growth'])} per step "
+            f"(no array is allocated per step: one {cfg.batch}x{max(cfg.widths)} activation would be "
+            f"{format_bytes(cfg.batch * max(cfg.widths) * 4)})")
     if mem:
         log(f"  memory, peak RSS growth over build+steps / over timed steps alone: {', '.join(mem)}")
         log(f"    parameters + gradients + activations: {format_bytes(rec['workspace_bytes'])}; traced = peak "
@@ -422,8 +441,9 @@ def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m fastbp.bench",
         description="Compare fastbp's fused training step with numpy, PyTorch (eager and torch.compile), JAX and "
-                    "scikit-learn, each in its own process, interleaved; float32, ReLU MLPs, softmax "
-                    "cross-entropy, plain SGD.")
+                    "scikit-learn, each in its own process, interleaved; float32, softmax cross-entropy; "
+                    "ReLU MLPs with plain SGD, and 'tabular': Linear -> BatchNorm1d -> GELU -> Dropout(0.1) "
+                    "blocks with AdamW (numpy and scikit-learn run the ReLU/SGD configurations only).")
     p.add_argument("--configs", default=",".join(CONFIGS),
                    help=f"comma-separated configurations (default: all of {','.join(CONFIGS)})")
     p.add_argument("--peers", default=None,
@@ -438,7 +458,7 @@ def build_parser():
     p.add_argument("--quick", action="store_true",
                    help="few short rounds, small data, short peak measurement, no cold/warm start-up runs")
     p.add_argument("--json", metavar="PATH", help="write all numbers to PATH as JSON")
-    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
+    p.add_argument("--lr", type=float, default=0.01, help="learning rate, SGD or AdamW (default 0.01)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shared weights (data: seed + 1)")
     p.add_argument("--check-steps", type=int, default=None, help="steps whose losses are compared (default 3)")
     p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance of the loss check (default 1e-3)")
@@ -502,8 +522,8 @@ def main(argv=None):
         log(f"environment: {' and '.join(SCRUBBED_ENV)} not set (nothing to remove for the peers)")
     log(f"peers: {', '.join(DISPLAY[p] for p in peers)}"
         + (f"; not installed, skipped: {', '.join(missing)}" if missing else ""))
-    log(f"float32, SGD lr {args.lr:g}, {args.repeat} interleaved rounds of ~{args.round_time:g} s per peer, "
-        f"median per step; losses compared over {args.check_steps} steps (rtol {args.rtol:g})")
+    log(f"float32, lr {args.lr:g} (SGD, or AdamW where a configuration says), {args.repeat} interleaved "
+        f"rounds of ~{args.round_time:g} s per peer, median per step; losses compared over {args.check_steps} steps (rtol {args.rtol:g})")
 
     peak = None
     if not args.no_peak and not args.check_only:

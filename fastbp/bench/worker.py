@@ -10,7 +10,11 @@ Requests (``{"cmd": ..., "args": {...}}``):
 ``init`` (peer, config, data, lr, n_check)
     Import the library, load the shared weights and data (``.npz``), build
     the peer and run ``n_check`` steps on batches ``0 .. n_check-1``;
-    answers their losses, the build time and the first step's time.
+    answers their losses, the build time and the first step's time.  A
+    configuration with dropout is checked on its dropout-free variant (each
+    library draws its own masks): that peer is built first, steps
+    ``n_check`` times for the answered ``losses`` and is dropped; the timed
+    peer's own first losses are answered as ``dropout_losses``.
 ``calibrate`` (min_time)
     Warm up and estimate the time of one step (at least 3 steps).
 ``time`` (number)
@@ -31,6 +35,7 @@ instead (run by path, so that ``import fastbp`` is inside the clock).
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -110,6 +115,14 @@ class Worker:
         weights, X, y = load_shared(data)
         self.config = CONFIGS[config]
         self.name = peer
+        check_losses = None
+        if self.config.dropout and peer != "sklearn" and n_check:
+            # the same network with p=0, same weights and batches: comparable across peers
+            check = PEERS[peer](self.config.without_dropout(), weights, lr)
+            batches = check.batches(X, y)
+            check_losses = [check.loss_value(check.step(*batches[k % len(batches)])) for k in range(n_check)]
+            del check, batches
+            gc.collect()
         self.hwm_reset = _reset_hwm()
         self.rss0 = _rss_bytes() if self.hwm_reset else _hwm_bytes()
         t0 = time.perf_counter()
@@ -133,7 +146,10 @@ class Worker:
             if first is None:
                 first = time.perf_counter() - t0
         self.k = n_check
-        return {"losses": losses, "build_s": build_s, "first_step_s": first, "n_batches": len(self.batches)}
+        out = {"losses": losses, "build_s": build_s, "first_step_s": first, "n_batches": len(self.batches)}
+        if check_losses is not None:
+            out["losses"], out["dropout_losses"] = check_losses, losses
+        return out
 
     def _run(self, number):
         if self.name == "sklearn":
