@@ -43,20 +43,40 @@ class Linear(Layer):
     in_features, out_features : int
         ``W`` has shape ``(in_features, out_features)``, ``b`` ``(out_features,)``.
     bias : bool, default True
+    init : {None, "he", "glorot", "sklearn"} or callable, default None
+        How ``W`` (and ``b``) are initialised when the model is compiled:
 
-    Notes
-    -----
-    ``W`` is initialised when the model is compiled by the rule of the
-    activation that follows (its registry entry's ``init``): He (normal,
-    ``std = sqrt(2 / in)``) after a ReLU, Glorot/Xavier uniform otherwise
-    (and when no activation follows); ``b`` starts at zero.
+        * None: the rule of the activation that follows (its registry entry's
+          ``init``): He after a ReLU, Glorot otherwise (and when no activation
+          follows);
+        * ``"he"``: normal, ``std = sqrt(2 / in_features)`` (PyTorch's
+          ``kaiming_normal_`` for ReLU); ``b`` zero;
+        * ``"glorot"``: uniform in ``+-sqrt(6 / (in + out))`` (Xavier); ``b`` zero;
+        * ``"sklearn"``: scikit-learn's MLP rule: ``W`` and ``b`` uniform in
+          ``+-sqrt(factor / (in + out))``, factor 2 before a sigmoid, else 6;
+        * a callable ``init(rng, in_features, out_features)`` returning ``W``
+          of shape ``(in_features, out_features)`` (finite reals; ``rng`` a
+          seeded :class:`numpy.random.Generator`); ``b`` zero.
+
+        Checkpoints keep the weights, not the rule (a callable is not saved).
     """
 
-    def __init__(self, in_features, out_features, bias=True, *, _layout="in_out"):
+    #: the named rules of ``init=``
+    INIT_RULES = ("he", "glorot", "sklearn")
+
+    def __init__(self, in_features, out_features, bias=True, *, init=None, _layout="in_out"):
         # one error policy (fastbp._validate): a wrong type is a TypeError, a wrong value a ValueError
         self.in_features = _v.positive_int("Linear: in_features", in_features)
         self.out_features_ = _v.positive_int("Linear: out_features", out_features)
         self.bias = _v.boolean("Linear: bias", bias)
+        if init is not None and not callable(init):
+            if not isinstance(init, str):
+                raise TypeError(f"Linear: init must be None, one of {list(self.INIT_RULES)} or a callable, "
+                                f"got {type(init).__name__}")
+            if init not in self.INIT_RULES:
+                raise ValueError(f"Linear: init must be None, one of {list(self.INIT_RULES)} or a callable, "
+                                 f"got {init!r}")
+        self.init_rule = init
         if _layout not in ("in_out", "out_in"):
             raise ValueError(f"Linear: unknown weight layout {_layout!r}")
         self.layout = _layout
@@ -77,16 +97,29 @@ class Linear(Layer):
         """Initial ``(W, b)`` in float64 for the activation that follows (its
         registry name, or None)."""
         fan_in, fan_out = self.in_features, self.out_features_
-        rule = _acts.get(next_activation).init if next_activation is not None else "glorot"
-        if rule == "he":
+        rule = self.init_rule
+        if rule is None:
+            rule = _acts.get(next_activation).init if next_activation is not None else "glorot"
+        b = np.zeros(fan_out) if self.bias else None
+        if callable(rule):
+            W = np.array(rule(rng, fan_in, fan_out), dtype=np.float64)
+            if W.shape != (fan_in, fan_out) or not np.isfinite(W).all():
+                raise ValueError(f"Linear({fan_in}, {fan_out}): init returned an array of shape {W.shape}; "
+                                 f"expected finite values of shape {(fan_in, fan_out)}")
+        elif rule == "he":
             W = rng.standard_normal((fan_in, fan_out))
             W *= np.sqrt(2.0 / fan_in)       # in place: no second array of the layer's size
+        elif rule == "sklearn":
+            factor = 2.0 if next_activation == "sigmoid" else 6.0
+            a = np.sqrt(factor / (fan_in + fan_out))
+            W = rng.uniform(-a, a, size=(fan_in, fan_out))
+            if self.bias:
+                b = rng.uniform(-a, a, size=fan_out)
         else:
             a = np.sqrt(6.0 / (fan_in + fan_out))
             W = rng.uniform(-a, a, size=(fan_in, fan_out))
         if self.layout == "out_in":
             W = np.ascontiguousarray(W.T)
-        b = np.zeros(fan_out) if self.bias else None
         return W, b
 
     def build(self, g, x, prefix, W, b):
@@ -98,11 +131,15 @@ class Linear(Layer):
         return y
 
     def spec(self):
-        return {"type": "Linear", "in_features": self.in_features, "out_features": self.out_features_,
-                "bias": self.bias, "layout": self.layout}
+        d = {"type": "Linear", "in_features": self.in_features, "out_features": self.out_features_,
+             "bias": self.bias, "layout": self.layout}
+        if isinstance(self.init_rule, str):
+            d["init"] = self.init_rule
+        return d
 
     def __repr__(self):
-        return f"Linear({self.in_features}, {self.out_features_}, bias={self.bias})"
+        init = "" if self.init_rule is None else f", init={self.init_rule!r}"
+        return f"Linear({self.in_features}, {self.out_features_}, bias={self.bias}{init})"
 
 
 class _Activation(Layer):
@@ -440,7 +477,7 @@ def _layers_from_spec(specs):
         if t != "Linear" and entry is None:
             raise ValueError(f"unknown layer type {t!r} in model spec")
         if t == "Linear":
-            layers.append(Linear(ls["in_features"], ls["out_features"], ls["bias"],
+            layers.append(Linear(ls["in_features"], ls["out_features"], ls["bias"], init=ls.get("init"),
                                  _layout=ls.get("layout", "in_out")))
         else:
             names = [p.name for p in entry.params] + ([entry.choice.name] if entry.choice else [])

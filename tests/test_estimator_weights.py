@@ -148,3 +148,29 @@ def test_set_fit_request_routes_sample_weight():
             warnings.simplefilter("ignore")
             res = cross_validate(clf, X, y, cv=2, params={"sample_weight": w})
         assert len(res["test_score"]) == 2
+
+
+_WORKER = """
+import sys, numpy as np, warnings
+warnings.simplefilter("ignore")
+from fastbp import MLPClassifier
+from fastbp._native import compile_watch
+X = np.random.default_rng(0).standard_normal((60, 4)); y = (X[:, 0] > 0).astype(int)
+with compile_watch() as w:
+    MLPClassifier(hidden_layer_sizes=(5,), max_iter=3, random_state=0).fit(X, y, sample_weight=np.ones(60))
+print("COMPILED", w.functions)
+"""
+
+
+def test_a_fresh_worker_process_loads_the_compiled_code_from_disk():
+    """What a joblib worker (GridSearchCV(n_jobs=...)) does: a new process fitting an
+    estimator compiles nothing once the on-disk cache holds the code; its cost is the
+    process start, the imports and numba's first load, not compilation (issue 15)."""
+    import subprocess
+    import sys
+    X = np.random.default_rng(0).standard_normal((60, 4))
+    y = (X[:, 0] > 0).astype(int)
+    MLPClassifier(hidden_layer_sizes=(5,), max_iter=3, random_state=0).fit(X, y, sample_weight=np.ones(60))
+    out = subprocess.run([sys.executable, "-c", _WORKER], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "COMPILED 0" in out.stdout, out.stdout + out.stderr[-2000:]
