@@ -469,6 +469,10 @@ class _BaseMLP(BaseEstimator):
                         self.best_validation_score_ = score
                         best_params = {k: np.array(v) for k, v in step.params.items()}
                 else:
+                    if self.best_loss_ is None:
+                        # fitted with early_stopping=True, now trained on without it (scikit-learn
+                        # raises TypeError here): the training loss starts its own record
+                        self.best_loss_ = np.inf
                     if loss > self.best_loss_ - self.tol:
                         self._no_improvement_count += 1
                     else:

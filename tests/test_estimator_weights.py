@@ -174,3 +174,14 @@ def test_a_fresh_worker_process_loads_the_compiled_code_from_disk():
     out = subprocess.run([sys.executable, "-c", _WORKER], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "COMPILED 0" in out.stdout, out.stdout + out.stderr[-2000:]
+
+
+def test_partial_fit_after_an_early_stopping_fit_without_it():
+    """fit(early_stopping=True), then set_params(early_stopping=False).partial_fit: the
+    training-loss record starts afresh (scikit-learn raises TypeError: best_loss_ is None)."""
+    X = np.random.default_rng(0).standard_normal((100, 4))
+    y = (X[:, 0] > 0).astype(int)
+    m = MLPClassifier(hidden_layer_sizes=(5,), max_iter=5, early_stopping=True, random_state=0).fit(X, y)
+    assert m.best_loss_ is None
+    m.set_params(early_stopping=False).partial_fit(X, y)
+    assert m.best_loss_ == m.loss_curve_[-1] and np.isfinite(m.best_loss_)
