@@ -190,21 +190,30 @@ def _poisson(S, T, dS, rowloss):
     B, C = S.shape
     scale = S.dtype.type(1.0 / (B * C))
     for i in prange(B):
-        r = 0.0
-        for j in range(C):
-            s = S[i, j]
-            t = T[i, j]
-            mu = math.exp(s)
-            dS[i, j] = (mu - t) * scale
-            if t > 0.0:
-                c = t * math.log(t) - t
-            elif t == 0.0:
-                c = 0.0 * t
-            else:
-                c = math.nan
-            r += mu - t * s + c
-        rowloss[i] = r
+        rowloss[i] = _poisson_row(S, T, dS, i, scale)
     return _sum_rows(rowloss, B) / (B * C)
+
+
+@jit(fastmath=False)
+def _poisson_row(S, T, dS, i, scale):
+    """Row ``i`` of :func:`_poisson`: writes ``dS[i]``, returns the row's loss, in one
+    fixed order of operations whatever the loop this is compiled into (no fast-math:
+    LLVM reassociated the row's sum differently in the serial kernel and in the
+    parallel loop, float64 row losses 1 ulp apart between thread counts)."""
+    r = 0.0
+    for j in range(S.shape[1]):
+        s = S[i, j]
+        t = T[i, j]
+        mu = math.exp(s)
+        dS[i, j] = (mu - t) * scale
+        if t > 0.0:
+            c = t * math.log(t) - t
+        elif t == 0.0:
+            c = 0.0 * t
+        else:
+            c = math.nan
+        r += mu - t * s + c
+    return r
 
 
 @kernel
