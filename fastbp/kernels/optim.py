@@ -5,9 +5,14 @@ so a whole update is one loop.  Semantics follow ``torch.optim``.
 """
 import math
 
+import numba
 from numba import prange
 
 from .._jit import kernel
+from ..registry.optimizers import rmsprop_element as _rmsprop_body
+
+#: RMSprop's element update: the registry's body, inlined (the CUDA kernel compiles the same)
+_rmsprop_element = numba.njit(inline="always")(_rmsprop_body)
 
 
 @kernel
@@ -103,24 +108,9 @@ def _rmsprop_update(p, g, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum)
     mu = dt(momentum)
     centered = gavg.shape[0] > 0
     use_mom = buf.shape[0] > 0
+    use_wd = weight_decay != 0.0
     for i in prange(p.shape[0]):
-        gi = g[i]
-        if weight_decay != 0.0:
-            gi = gi + wd * p[i]
-        si = a * sq[i] + (one - a) * gi * gi
-        sq[i] = si
-        if centered:
-            ai = gavg[i] + (one - a) * (gi - gavg[i])
-            gavg[i] = ai
-            d = math.sqrt(si - ai * ai) + e
-        else:
-            d = math.sqrt(si) + e
-        if use_mom:
-            bi = mu * buf[i] + gi / d
-            buf[i] = bi
-            p[i] -= lr_ * bi
-        else:
-            p[i] -= lr_ * gi / d
+        _rmsprop_element(p, g, sq, buf, gavg, i, lr_, a, one, e, wd, use_wd, mu, centered, use_mom)
 
 
 @kernel

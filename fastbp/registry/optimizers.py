@@ -11,6 +11,7 @@ executor's kernel table).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .. import _isa
@@ -57,3 +58,26 @@ def get(name):
         return _BY_NAME[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(sorted(_BY_NAME))}") from None
+
+
+def rmsprop_element(p, g, sq, buf, gavg, i, lr, a, one, e, wd, use_wd, mu, centered, use_mom):
+    """Element ``i`` of RMSprop's update (``torch.optim.RMSprop``), in place: the one body
+    the CPU kernel (:func:`fastbp.kernels.optim._rmsprop_update`) and the CUDA kernel
+    (:func:`fastbp.kernels.cuda.optim._k_rmsprop`) compile.  Constants in the arrays' dtype."""
+    gi = g[i]
+    if use_wd:
+        gi = gi + wd * p[i]
+    si = a * sq[i] + (one - a) * gi * gi
+    sq[i] = si
+    if centered:
+        ai = gavg[i] + (one - a) * (gi - gavg[i])
+        gavg[i] = ai
+        d = math.sqrt(si - ai * ai) + e
+    else:
+        d = math.sqrt(si) + e
+    if use_mom:
+        bi = mu * buf[i] + gi / d
+        buf[i] = bi
+        p[i] -= lr * bi
+    else:
+        p[i] -= lr * gi / d

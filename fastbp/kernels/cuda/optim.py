@@ -11,7 +11,11 @@ import math
 from numba import cuda, float64
 
 from .gates import _block_sum
-from .launch import REDUCE_THREADS, grid_1d, grid_reduce, kernel
+from ...registry.optimizers import rmsprop_element as _rmsprop_body
+from .launch import REDUCE_THREADS, device, grid_1d, grid_reduce, kernel
+
+#: RMSprop's element update: the registry's body (the CPU kernel compiles the same)
+_rmsprop_element = device(_rmsprop_body)
 
 #: cap on blocks of the grid-stride update kernels
 _MAX_BLOCKS = 4096
@@ -85,23 +89,7 @@ def _k_rmsprop(p, g, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum):
     start = cuda.grid(1)
     stride = cuda.gridsize(1)
     for i in range(start, p.shape[0], stride):
-        gi = g[i]
-        if use_wd:
-            gi = gi + wd * p[i]
-        si = a * sq[i] + (one - a) * gi * gi
-        sq[i] = si
-        if centered:
-            ai = gavg[i] + (one - a) * (gi - gavg[i])
-            gavg[i] = ai
-            d = math.sqrt(si - ai * ai) + e
-        else:
-            d = math.sqrt(si) + e
-        if use_mom:
-            bi = mu * buf[i] + gi / d
-            buf[i] = bi
-            p[i] -= lr_ * bi
-        else:
-            p[i] -= lr_ * gi / d
+        _rmsprop_element(p, g, sq, buf, gavg, i, lr_, a, one, e, wd, use_wd, mu, centered, use_mom)
 
 
 @kernel
