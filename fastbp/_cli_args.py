@@ -10,6 +10,9 @@ from .registry import losses as _losses
 
 #: ``--activation`` choices: the registry's activation names -> layer class names
 ACTIVATIONS = {e.name: e.layer for e in _acts.entries(public=True)}
+#: ... and the names of a layer's variants (``gelu_tanh``: ``GELU(approximate="tanh")``)
+ACTIVATION_CHOICES = sorted(set(ACTIVATIONS) | {e.name for e in _acts.entries()
+                                                if e.layer is None and _acts.variant_of(e)[1] is not None})
 #: the CLI's --loss choices: not 'poisson' (count targets; the CLI standardises regression
 #: targets, which a log-link loss cannot take: use MLPRegressor(loss='poisson'))
 LOSSES = tuple(n for n in _losses.names() if n != "poisson")
@@ -92,7 +95,7 @@ def build_parser():
                         "targets standardised)")
     t.add_argument("--hidden", type=_positive_int, nargs="*", default=[256, 128], metavar="N",
                    help="hidden layer widths (default: 256 128; none for a linear model)")
-    t.add_argument("--activation", choices=sorted(ACTIVATIONS), default="relu",
+    t.add_argument("--activation", choices=ACTIVATION_CHOICES, default="relu",
                    help="hidden-layer activation (default: relu)")
     t.add_argument("--dropout", type=_float_in(0.0, 1.0, False, True), default=0.0, metavar="P",
                    help="Dropout(P) after each hidden activation, P in [0, 1) (default: 0, none); "

@@ -236,8 +236,8 @@ class DeviceTape:
         def run(ctx):
             a = ctx.x if src is _XSLOT else src
             pd = p if hyper[ex.H_TRAINING] != 0.0 else 0.0
-            _gdrop._dropout(a, dst, int(hyper[ex.H_RNG_SEED]), layer, int(hyper[ex.H_STEPS]) + int(ctx.step), pd,
-                            acc, stream=ctx.stream)
+            _gdrop._dropout(a, dst, int(hyper[ex.H_RNG_SEED]), layer, int(hyper[ex.H_STEPS]) + int(ctx.step),
+                            int(hyper[ex.H_ROW0]), pd, acc, stream=ctx.stream)
         return run
 
     def _loss_op(self, S, dS, out, kind, nb):

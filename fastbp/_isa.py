@@ -36,6 +36,8 @@ OP_LAYERNORM_BWD = 19
 OP_SGD = 20
 OP_ADAM = 21
 OP_RMSPROP = 22  # torch.optim.RMSprop; c=square_avg, d=momentum buffer (-1: none), e=grad_avg (-1: none)
+#: opcodes are 0 .. OP_CAPACITY - 1 (the interpreter's table of handlers has that many slots)
+OP_CAPACITY = 32
 # 23 (OP_CLIP in the shared plan) stays free: gradient clipping is part of the update
 # instruction, switched by the hyper slot H_CLIP, not an instruction of its own
 
@@ -72,6 +74,12 @@ RUNTIME_SLOTS = RUNTIME_SLOTS + (H_TRAINING,)
 H_CLIP = 18
 H_ALPHA = 19
 H_WEIGHTED = 20
+#: the index of the minibatch's first row in the global minibatch (data-parallel
+#: ranks: dropout's mask of element (i, j) is keyed by row ``H_ROW0 + i``, so that
+#: ranks draw the masks one process would draw for the global minibatch); set per
+#: call by the data-parallel step, 0 otherwise
+H_ROW0 = 21
+RUNTIME_SLOTS = RUNTIME_SLOTS + (H_ROW0,)
 #: the hyper vector's length before slots 16-23 existed (checkpoints of that length load: padded)
 HYPER_SIZE_V1 = 16
 HYPER_SIZE = 24

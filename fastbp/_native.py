@@ -121,7 +121,9 @@ def native_address(kid, dtype):
     ret, args = native_signature(kid, dtype)
     cres = disp.overloads.get(args)
     if cres is None:
-        disp.compile(args)
+        # with the registered return type: a function whose every return is
+        # one constant (a handler that cannot fail) would type it as a literal
+        disp.compile(ret(*args))
         cres = disp.overloads[args]
     if cres.signature.return_type != ret:
         raise TypeError(f"native kernel {kid}: compiled to return {cres.signature.return_type}, "

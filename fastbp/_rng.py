@@ -8,7 +8,8 @@ the GPU:
 * ``key = stream_key(seed, layer, step)``: the 32-bit seed of the step's
   ``layer``-th dropout (``step``: updates applied so far, ``hyper[H_STEPS]``);
 * ``bits = element_bits(key, index)``: 32 random bits of element ``index``
-  (the row-major flat index ``row * cols + col`` in the minibatch);
+  (the row-major flat index ``row * cols + col`` in the minibatch, ``row``
+  counted in the global minibatch: a data-parallel rank adds its offset);
 * the element is kept when ``(bits >> 8) * 2**-24 < 1 - p`` (a 24-bit uniform
   in [0, 1), exact in float32 and float64).
 

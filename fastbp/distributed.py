@@ -45,7 +45,7 @@ import numpy as np
 
 from . import _validate as V
 from . import training as _training
-from ._isa import H_LR, RUNTIME_SLOTS, STATUS_OK
+from ._isa import C_OP, H_LR, H_ROW0, OP_DROPOUT, RUNTIME_SLOTS, STATUS_OK
 from .schedules import schedule_arg
 from ._mpi import (  # noqa: F401 - re-exported: the public names of data-parallel training
     _N_SLOTS, MPI_MISSING, RankError, _epoch_shard, _mpi, _note, _on_all_ranks, _pack, _reraise,
@@ -165,6 +165,10 @@ class DistributedStep:
             comm.Bcast(v, root=0)
         comm.Bcast(step.hyper, root=0)
 
+        # dropout's masks are keyed by the row in the global minibatch (hyper[H_ROW0]:
+        # this rank's first row), so that ranks draw the masks of one process
+        self._dropout = bool(np.any(p.tape[:, C_OP] == OP_DROPOUT))
+
         # staging buffers for the rows fit gathers each step
         bs = step.batch_size
         self._xs = np.empty((bs, step.n_in), dtype=step.dtype)
@@ -261,7 +265,10 @@ class DistributedStep:
 
         Each rank passes its own minibatch; the update uses the mean gradient
         over all ranks' rows (weighted by each rank's row count, so ranks may
-        pass different numbers of rows).
+        pass different numbers of rows).  Dropout draws, on each rank, the
+        masks one process draws for the ranks' minibatches concatenated in
+        rank order (one more small collective per call, only for a model
+        with dropout).
 
         Parameters
         ----------
@@ -293,6 +300,10 @@ class DistributedStep:
             yi, yf = st.check_targets(y, n, check_range=False)
         except Exception as e:  # noqa: BLE001 - re-raised on this rank after the collective
             error = e
+        if self._dropout:
+            # this rank's first row in the global minibatch (ranks before it, in rank order)
+            row0 = self.comm.exscan(n if error is None else 0)
+            st.hyper[H_ROW0] = float(row0 or 0)
         with st.lock:
             if error is None:
                 status, loss, info = st.gradients_of(x, yi, yf, n)
@@ -444,6 +455,7 @@ class DistributedStep:
                 with st.lock:
                     if len(lrs):
                         st.hyper[H_LR] = lrs[s]
+                    st.hyper[H_ROW0] = float(self.rank * nb)   # equal parts: this rank's first row
                     xs, ysi, ysf = st.gather(r, X, yi, yf, self._xs, self._yi, self._yf)
                     status, loss, inf = st.gradients_of(xs, ysi, ysf, nb)
                     if status == STATUS_OK:

@@ -574,3 +574,15 @@ def test_train_with_rmsprop_and_gradient_clipping(capsys):
     rc = cli.main(["train", "--quiet", "--epochs", "1", "--optimizer", "rmsprop", "--compare"])
     cap = capsys.readouterr()
     assert rc != 0 and "rmsprop" in cap.err
+
+
+def test_gelu_tanh_is_an_activation_choice(tmp_path):
+    """--activation gelu_tanh: GELU(approximate="tanh") hidden layers (the estimator's name)."""
+    ckpt = tmp_path / "m.npz"
+    rc, out, err = run_cli("train", "--quiet", "--epochs", "1", "--hidden", "8", "--activation", "gelu_tanh",
+                           "--save", ckpt)
+    assert rc == 0, err
+    from fastbp import bundle
+    layers = bundle.load_model(str(ckpt)).step.model.layers
+    gelus = [ly for ly in layers if type(ly).__name__ == "GELU"]
+    assert len(gelus) == 1 and gelus[0].approximate == "tanh"

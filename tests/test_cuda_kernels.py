@@ -649,8 +649,8 @@ def test_cuda_dropout_matches_cpu_bitwise(dtype):
         for acc in (False, True):
             out = rnd(rng, (7, 33), dtype)
             od = dev(out)
-            g_drop._dropout(dev(A), od, 12345, 2, step, p, acc)
-            cpu_drop._dropout.serial(A, out, 12345, 2, step, p, acc)
+            g_drop._dropout(dev(A), od, 12345, 2, step, 3 * step, p, acc)
+            cpu_drop._dropout.serial(A, out, 12345, 2, step, 3 * step, p, acc)
             if acc:
                 np.testing.assert_allclose(od.copy_to_host(), out, **tol(dtype))
             else:

@@ -17,7 +17,7 @@ _keep = jit(inline=True)(specialise(_rng.keep, "__cpu", _bits=_bits))
 
 
 @kernel
-def _dropout(A, out, seed, layer, step, p, acc):
+def _dropout(A, out, seed, layer, step, row0, p, acc):
     """``out (+)= A * m``, ``m = 1[kept] / (1 - p)`` per element (inverted dropout).
 
     Forward: ``A`` is the input, ``out`` the output.  Backward: ``A`` is the
@@ -28,8 +28,12 @@ def _dropout(A, out, seed, layer, step, p, acc):
     ----------
     A, out : ndarray, shape (r, c), float32 or float64
     seed, layer, step : int64
-        The mask's key (:func:`fastbp._rng.stream_key`); element ``(i, j)``
-        has index ``i * c + j``.
+        The mask's key (:func:`fastbp._rng.stream_key`).
+    row0 : int64
+        The index of ``A``'s first row in the global minibatch (0 on one
+        process; a data-parallel rank's offset): element ``(i, j)`` has
+        index ``(row0 + i) * c + j``, so that ranks draw the masks one
+        process draws for the global minibatch.
     p : float64
         The probability of an element being zeroed, in [0, 1].  ``p == 0``:
         ``out (+)= A`` exactly (eval mode); ``p == 1``: ``m = 0``.
@@ -57,7 +61,7 @@ def _dropout(A, out, seed, layer, step, p, acc):
     key = stream_key(seed, layer, step)
     for i in range(r):
         for j in range(c):
-            m = scale if _keep(key, i * c + j, q) else zero
+            m = scale if _keep(key, (row0 + i) * c + j, q) else zero
             if acc:
                 out[i, j] += A[i, j] * m
             else:

@@ -14,6 +14,7 @@ from numba import types as _nt
 from numba.core import cgutils as _cgutils
 from numba.extending import intrinsic as _intrinsic
 
+from .. import _isa
 from .._native import _NATIVE, native_kernel, native_signature
 from ..registry import activations as _R
 from . import activations as _act
@@ -46,6 +47,11 @@ K_PROTO_BWD = K_ACT + _act.ROLE_BWD
 #: kernels numbered after the activation range (the ids above stay as they were)
 K_RMSPROP, K_CLIP_GRAD_NORM, K_POISSON = N_KERNELS, N_KERNELS + 1, N_KERNELS + 2
 N_KERNELS = K_POISSON + 1
+#: the interpreter's matrix product (own loops, JIT GEMM or BLAS by size) and its
+#: instruction handlers, K_HANDLER + opcode (both in fastbp._handlers, which registers them)
+K_MM = N_KERNELS
+K_HANDLER = K_MM + 1
+N_KERNELS = K_HANDLER + _isa.OP_CAPACITY
 
 
 def a1(d):
@@ -99,7 +105,7 @@ native_kernel(K_BN_FWD, _batchnorm_fwd.serial, NONE,
 native_kernel(K_BN_BWD, _batchnorm_bwd.serial, NONE,
               lambda d: (a2(d), a1(d), a2(d), a2(d), a2(d), a1(d), a1(d), B, B, B, B))
 native_kernel(K_BN_RUNNING, _batchnorm_running.serial, NONE, lambda d: (a2(d), a2(d), a1(d), a1(d), I64))
-native_kernel(K_DROPOUT, _dropout.serial, NONE, lambda d: (a2(d), a2(d), I64, I64, I64, F64, B))
+native_kernel(K_DROPOUT, _dropout.serial, NONE, lambda d: (a2(d), a2(d), I64, I64, I64, I64, F64, B))
 
 #: argument types of the activation roles (bias_act, fwd, bwd)
 _ACT_SIGS = (lambda d: (a2(d), a1(d), a2(d), a1(d)),
@@ -207,7 +213,7 @@ def kcall_at(typingctx, table, idx, proto, args):
         addr = builder.load(builder.gep(ary.data, [i]))
         with _cgutils.if_unlikely(builder, builder.icmp_signed("==", addr, context.get_constant(_nt.int64, 0))):
             context.call_conv.return_user_exc(
-                builder, RuntimeError, ("fastbp: an activation or gate kernel was not loaded for this step",))
+                builder, RuntimeError, ("fastbp: a native kernel (a handler, an activation's or a gate's) was not loaded for this step",))
         fnty = context.call_conv.get_function_type(ret, want)
         fn = builder.inttoptr(addr, fnty.as_pointer())
         vals = [builder.extract_value(llargs[3], j) for j in range(len(want))]
@@ -220,7 +226,6 @@ def kcall_at(typingctx, table, idx, proto, args):
 
 # ------------------------------------------------- which kernels a tape calls
 from .. import _blas  # noqa: E402
-from .. import _isa  # noqa: E402
 from ..registry import losses as _loss_registry  # noqa: E402
 from .gemm import BLAS_AVAILABLE  # noqa: E402
 
@@ -249,6 +254,10 @@ _OP_KERNELS[_isa.OP_BATCHNORM_BWD] = ((K_BN_BWD,), False)
 _UPDATE_OPS = (_isa.OP_SGD, _isa.OP_ADAM, _isa.OP_RMSPROP)
 _OP_KERNELS[_isa.OP_DROPOUT] = ((K_DROPOUT,), False)
 _OP_KERNELS[_isa.OP_DROPOUT_BWD] = ((K_DROPOUT,), False)
+#: opcodes the interpreter runs itself (every other has a handler, K_HANDLER + opcode)
+_INLINE_OPS = (_isa.OP_LOAD_X, _isa.OP_SEED)
+#: the opcodes with a handler
+HANDLED_OPS = tuple(sorted(op for op in _OP_KERNELS if op not in _INLINE_OPS))
 #: opcodes whose C_G is an activation code, and the roles of its kernels they call
 _ACT_ROLES = {_isa.OP_LINEAR: (0,), _isa.OP_ACT: (1,), _isa.OP_LINEAR_BWD: (2,), _isa.OP_ACT_BWD: (2,)}
 
@@ -270,6 +279,8 @@ def kernels_for(tape):
             raise ValueError(f"executor: unknown opcode {op} in the tape")
         kernels, products = _OP_KERNELS[op]
         need.update(kernels)
+        if op not in _INLINE_OPS:
+            need.add(K_HANDLER + op)
         mm = mm or products
         if op in _UPDATE_OPS:
             need.add(K_CLIP_GRAD_NORM)
@@ -282,9 +293,13 @@ def kernels_for(tape):
             ids = ensure_gate_kernels(int(ins[_isa.C_G]))    # ValueError: unknown gate code
             need.add(ids[0 if op == _isa.OP_GATE else 1])
         if op in _ACT_ROLES:
-            ids = ensure_act_kernels(int(ins[_isa.C_G]))     # ValueError: unknown activation code
-            need.update(ids[r] for r in _ACT_ROLES[op])
+            code = int(ins[_isa.C_G])
+            ids = ensure_act_kernels(code)     # ValueError: unknown activation code
+            if not (op == _isa.OP_LINEAR_BWD and code == _R.IDENTITY):
+                # (a linear layer's backward skips the identity's derivative)
+                need.update(ids[r] for r in _ACT_ROLES[op])
     if mm:
+        need.add(K_MM)
         need.add(K_MM_SMALL)
         if BLAS_AVAILABLE:
             need.add(K_BLAS_MM)

@@ -25,6 +25,14 @@ CASES = {
                                 opt=("sgd", dict(lr=0.2, momentum=0.5, nesterov=True, weight_decay=1e-3)),
                                 dtype=np.float32, n=20 * 64, steps=20, rows=(40, 24), rank_batch=40,
                                 global_batch=64, seed=2),
+    # dropout: each rank draws the masks of its rows' places in the global minibatch
+    # (fit: equal parts, shuffled, with a partial last batch; calls: uneven 40 + 24 rows)
+    "fit_dropout_f64": dict(mode="fit", widths=(12, 16, 16, 4), act="relu", loss="softmax_cross_entropy",
+                            opt=("sgd", dict(lr=0.1, momentum=0.9)), dtype=np.float64, n=650, epochs=2,
+                            rank_batch=32, global_batch=64, seed=7, shuffle_seed=5, dropout=0.3),
+    "call_dropout_uneven_f64": dict(mode="call", widths=(16, 12, 6), act="relu", loss="mse",
+                                    opt=("adam", dict(lr=1e-2)), dtype=np.float64, n=20 * 64, steps=20,
+                                    rows=(40, 24), rank_batch=40, global_batch=64, seed=4, dropout=0.5),
 }
 
 
@@ -48,6 +56,8 @@ def make_step(case, batch_size, seed):
         layers.append(fastbp.Linear(a, b))
         if i < len(w) - 2:
             layers.append(act())
+            if case.get("dropout"):
+                layers.append(fastbp.Dropout(case["dropout"]))
     kind, kw = case["opt"]
     opt = fastbp.SGD(**kw) if kind == "sgd" else fastbp.Adam(**kw)
     return fastbp.compile(fastbp.Sequential(*layers), loss=case["loss"], optimizer=opt,

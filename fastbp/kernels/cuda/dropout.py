@@ -22,7 +22,7 @@ _keep = device(specialise(_rng.keep, "__cuda", _bits=_bits))
 
 
 @kernel
-def _k_dropout(A, out, seed, layer, step, p, acc):
+def _k_dropout(A, out, seed, layer, step, row0, p, acc):
     """``out (+)= A * m``, ``m = 1[kept] / (1 - p)``; ``p == 0``: ``out (+)= A`` exactly."""
     x0, y0 = cuda.grid(2)
     sx, sy = cuda.gridsize(2)
@@ -36,7 +36,7 @@ def _k_dropout(A, out, seed, layer, step, p, acc):
             if p == 0.0:
                 v = A[i, j]
             else:
-                m = scale if _keep(key, i * c + j, q) else zero
+                m = scale if _keep(key, (row0 + i) * c + j, q) else zero
                 v = A[i, j] * m
             if acc:
                 out[i, j] += v
@@ -44,7 +44,8 @@ def _k_dropout(A, out, seed, layer, step, p, acc):
                 out[i, j] = v
 
 
-def _dropout(A, out, seed, layer, step, p, acc, stream=0):
+def _dropout(A, out, seed, layer, step, row0, p, acc, stream=0):
     """Launch :func:`_k_dropout` over ``out`` (``(r, c)`` device arrays of one float dtype)."""
     grid, block = grid_ew(out.shape[0], out.shape[1])
-    _k_dropout[grid, block, stream](A, out, int(seed), int(layer), int(step), float(p), bool(acc))
+    _k_dropout[grid, block, stream](A, out, int(seed), int(layer), int(step), int(row0), float(p),
+                                      bool(acc))
