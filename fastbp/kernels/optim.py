@@ -9,15 +9,19 @@ import numba
 from numba import prange
 
 from .._jit import kernel
-from ..registry.optimizers import rmsprop_element as _rmsprop_body
+from ..registry import optimizers as _opt
+from ..registry.optimizers import ADAM_DECOUPLED, ADAM_L2, ADAM_NO_DECAY
 
-#: RMSprop's element update: the registry's body, inlined (the CUDA kernel compiles the same)
-_rmsprop_element = numba.njit(inline="always")(_rmsprop_body)
+# the element updates: the registry's bodies, inlined (the CUDA kernels compile the same)
+_sgd_element = numba.njit(inline="always")(_opt.sgd_element)
+_adam_element = numba.njit(inline="always")(_opt.adam_element)
+_rmsprop_element = numba.njit(inline="always")(_opt.rmsprop_element)
 
 
 @kernel
 def _sgd_update(p, g, v, lr, momentum, nesterov, weight_decay):
-    """SGD with momentum: ``g += wd p``; ``v = mu v + g``; ``p -= lr (g + mu v if nesterov else v)``.
+    """SGD with momentum: ``g += wd p``; ``v = mu v + g``; ``p -= lr (g + mu v if nesterov else v)``
+    (the registry's element body, :func:`fastbp.registry.optimizers.sgd_element`).
 
     ``v`` may have size 0 when ``momentum == 0``.
     """
@@ -26,23 +30,15 @@ def _sgd_update(p, g, v, lr, momentum, nesterov, weight_decay):
     mu = dt(momentum)
     wd = dt(weight_decay)
     use_mom = momentum != 0.0
+    use_wd = weight_decay != 0.0
     for i in prange(p.shape[0]):
-        gi = g[i]
-        if weight_decay != 0.0:
-            gi = gi + wd * p[i]
-        if use_mom:
-            vi = mu * v[i] + gi
-            v[i] = vi
-            if nesterov:
-                gi = gi + mu * vi
-            else:
-                gi = vi
-        p[i] -= lr_ * gi
+        _sgd_element(p, g, v, i, lr_, mu, wd, use_wd, use_mom, nesterov)
 
 
 @kernel
 def _adam_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled):
-    """Adam (``decoupled=True``: AdamW), step number ``t >= 1``.
+    """Adam (``decoupled=True``: AdamW), step number ``t >= 1``
+    (the registry's element body, :func:`fastbp.registry.optimizers.adam_element`).
 
     ``m = b1 m + (1 - b1) g``; ``v = b2 v + (1 - b2) g^2``;
     ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
@@ -58,35 +54,19 @@ def _adam_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled):
     e = dt(eps)
     wd = dt(weight_decay)
     decay = dt(1.0 - lr * weight_decay)
-    # One branch-free loop per weight-decay mode.  With a branch inside a
-    # single loop the serial and the parallel compilations contracted the
-    # update into FMAs differently and disagreed in the last bit (float64,
-    # ~0.3% of the elements); branch-free bodies compile alike.
+    # One branch-free loop per weight-decay mode (the mode a constant in each):
+    # with a branch inside a single loop the serial and the parallel
+    # compilations contracted the update into FMAs differently and disagreed
+    # in the last bit (float64, ~0.3% of the elements).
     if weight_decay == 0.0:
         for i in prange(p.shape[0]):
-            gi = g[i]
-            mi = b1 * m[i] + (one - b1) * gi
-            vi = b2 * v[i] + (one - b2) * gi * gi
-            m[i] = mi
-            v[i] = vi
-            p[i] = p[i] - step * mi / (math.sqrt(vi) / sbc2 + e)
+            _adam_element(p, g, m, v, i, step, sbc2, b1, b2, one, e, wd, decay, ADAM_NO_DECAY)
     elif decoupled:
         for i in prange(p.shape[0]):
-            gi = g[i]
-            mi = b1 * m[i] + (one - b1) * gi
-            vi = b2 * v[i] + (one - b2) * gi * gi
-            m[i] = mi
-            v[i] = vi
-            p[i] = p[i] * decay - step * mi / (math.sqrt(vi) / sbc2 + e)
+            _adam_element(p, g, m, v, i, step, sbc2, b1, b2, one, e, wd, decay, ADAM_DECOUPLED)
     else:
         for i in prange(p.shape[0]):
-            pi = p[i]
-            gi = g[i] + wd * pi
-            mi = b1 * m[i] + (one - b1) * gi
-            vi = b2 * v[i] + (one - b2) * gi * gi
-            m[i] = mi
-            v[i] = vi
-            p[i] = pi - step * mi / (math.sqrt(vi) / sbc2 + e)
+            _adam_element(p, g, m, v, i, step, sbc2, b1, b2, one, e, wd, decay, ADAM_L2)
 
 
 @kernel

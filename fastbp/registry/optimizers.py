@@ -60,6 +60,51 @@ def get(name):
         raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(sorted(_BY_NAME))}") from None
 
 
+def sgd_element(p, g, v, i, lr, mu, wd, use_wd, use_mom, nesterov):
+    """Element ``i`` of SGD's update (``torch.optim.SGD``), in place: ``g += wd p``;
+    with momentum ``v = mu v + g`` and ``g = g + mu v`` (Nesterov) or ``g = v``;
+    ``p -= lr g``.  The one body the CPU kernel (:func:`fastbp.kernels.optim._sgd_update`)
+    and the CUDA kernel (:func:`fastbp.kernels.cuda.optim._k_sgd`) compile.  Constants
+    in the arrays' dtype."""
+    gi = g[i]
+    if use_wd:
+        gi = gi + wd * p[i]
+    if use_mom:
+        vi = mu * v[i] + gi
+        v[i] = vi
+        if nesterov:
+            gi = gi + mu * vi
+        else:
+            gi = vi
+    p[i] -= lr * gi
+
+
+#: Adam's weight-decay modes (:func:`adam_element`)
+ADAM_NO_DECAY, ADAM_DECOUPLED, ADAM_L2 = 0, 1, 2
+
+
+def adam_element(p, g, m, v, i, step, sbc2, b1, b2, one, e, wd, decay, mode):
+    """Element ``i`` of Adam's update (``torch.optim.Adam``; ``mode`` ADAM_DECOUPLED:
+    ``AdamW``), in place: ``m = b1 m + (1 - b1) g``; ``v = b2 v + (1 - b2) g^2``;
+    ``p -= step m / (sqrt(v) / sbc2 + e)`` with ``step = lr / (1 - b1^t)`` and
+    ``sbc2 = sqrt(1 - b2^t)`` (computed once per update, in float64, by the caller).
+    Weight decay: ADAM_L2 ``g += wd p`` first, ADAM_DECOUPLED ``p *= decay``
+    (``1 - lr wd``) first.  The one body the CPU kernel
+    (:func:`fastbp.kernels.optim._adam_update`) and the CUDA kernel
+    (:func:`fastbp.kernels.cuda.optim._k_adam`) compile.  Constants in the arrays' dtype."""
+    gi = g[i]
+    pi = p[i]
+    if mode == ADAM_DECOUPLED:
+        pi = pi * decay
+    elif mode == ADAM_L2:
+        gi = gi + wd * pi
+    mi = b1 * m[i] + (one - b1) * gi
+    vi = b2 * v[i] + (one - b2) * gi * gi
+    m[i] = mi
+    v[i] = vi
+    p[i] = pi - step * mi / (math.sqrt(vi) / sbc2 + e)
+
+
 def rmsprop_element(p, g, sq, buf, gavg, i, lr, a, one, e, wd, use_wd, mu, centered, use_mom):
     """Element ``i`` of RMSprop's update (``torch.optim.RMSprop``), in place: the one body
     the CPU kernel (:func:`fastbp.kernels.optim._rmsprop_update`) and the CUDA kernel

@@ -11,11 +11,14 @@ import math
 from numba import cuda, float64
 
 from .gates import _block_sum
-from ...registry.optimizers import rmsprop_element as _rmsprop_body
+from ...registry import optimizers as _opt
+from ...registry.optimizers import ADAM_DECOUPLED, ADAM_L2, ADAM_NO_DECAY
 from .launch import REDUCE_THREADS, device, grid_1d, grid_reduce, kernel
 
-#: RMSprop's element update: the registry's body (the CPU kernel compiles the same)
-_rmsprop_element = device(_rmsprop_body)
+# the element updates: the registry's bodies (the CPU kernels compile the same)
+_sgd_element = device(_opt.sgd_element)
+_adam_element = device(_opt.adam_element)
+_rmsprop_element = device(_opt.rmsprop_element)
 
 #: cap on blocks of the grid-stride update kernels
 _MAX_BLOCKS = 4096
@@ -23,6 +26,7 @@ _MAX_BLOCKS = 4096
 
 @kernel
 def _k_sgd(p, g, v, lr, momentum, nesterov, weight_decay):
+    """SGD (the registry's element body, :func:`fastbp.registry.optimizers.sgd_element`)."""
     dt = p.dtype.type
     lr_ = dt(lr)
     mu = dt(momentum)
@@ -32,21 +36,13 @@ def _k_sgd(p, g, v, lr, momentum, nesterov, weight_decay):
     start = cuda.grid(1)
     stride = cuda.gridsize(1)
     for i in range(start, p.shape[0], stride):
-        gi = g[i]
-        if use_wd:
-            gi = gi + wd * p[i]
-        if use_mom:
-            vi = mu * v[i] + gi
-            v[i] = vi
-            if nesterov:
-                gi = gi + mu * vi
-            else:
-                gi = vi
-        p[i] -= lr_ * gi
+        _sgd_element(p, g, v, i, lr_, mu, wd, use_wd, use_mom, nesterov)
 
 
 @kernel
 def _k_adam(p, g, m, v, step, sbc2, beta1, beta2, eps, weight_decay, decay, decoupled):
+    """Adam / AdamW (the registry's element body, :func:`fastbp.registry.optimizers.adam_element`);
+    ``step``, ``sbc2`` and ``decay`` computed on the host in float64 as the CPU kernel does."""
     dt = p.dtype.type
     step_ = dt(step)
     sbc2_ = dt(sbc2)
@@ -56,22 +52,13 @@ def _k_adam(p, g, m, v, step, sbc2, beta1, beta2, eps, weight_decay, decay, deco
     e = dt(eps)
     wd = dt(weight_decay)
     decay_ = dt(decay)
-    use_wd = weight_decay != 0.0
+    mode = ADAM_NO_DECAY
+    if weight_decay != 0.0:
+        mode = ADAM_DECOUPLED if decoupled else ADAM_L2
     start = cuda.grid(1)
     stride = cuda.gridsize(1)
     for i in range(start, p.shape[0], stride):
-        gi = g[i]
-        pi = p[i]
-        if use_wd:
-            if decoupled:
-                pi = pi * decay_
-            else:
-                gi = gi + wd * pi
-        mi = b1 * m[i] + (one - b1) * gi
-        vi = b2 * v[i] + (one - b2) * gi * gi
-        m[i] = mi
-        v[i] = vi
-        p[i] = pi - step_ * mi / (math.sqrt(vi) / sbc2_ + e)
+        _adam_element(p, g, m, v, i, step_, sbc2_, b1, b2, one, e, wd, decay_, mode)
 
 
 @kernel
