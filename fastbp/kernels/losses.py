@@ -14,10 +14,20 @@ import math
 from numba import prange
 
 from .._jit import int64_bits_as_float64, jit, kernel, stack_tile
+from ..registry import losses as _L
 from ..registry.activations import sigmoid as _sigmoid
+from .factory import specialise
 
 #: the logistic function of one scalar: the activation registry's sigmoid
 _sigmoid1 = jit(_sigmoid)
+
+# the loss registry's row bodies, compiled for the CPU (inlined into the kernels' loops)
+_mse_row = jit(inline=True)(_L.mse_row)
+_bce_logits_row = jit(inline=True)(specialise(_L.bce_logits_row, "__cpu", _sigmoid=_sigmoid1))
+_svm_row = jit(inline=True)(_L.svm_row)
+#: no fast-math: LLVM reassociated the row's sum differently in the serial kernel and in
+#: the parallel loop (float64 row losses 1 ulp apart between thread counts)
+_poisson_row = jit(fastmath=False)(_L.poisson_row)
 
 
 @jit
@@ -145,17 +155,12 @@ def _softmax_xent(S, y, dS, rowloss):
 def _mse(S, T, dS, rowloss):
     """Mean squared error over all elements ``L = mean((S - T)^2)``.
 
-    Derivative: ``dL/dS = 2 (S - T) / (B C)``.
+    Derivative: ``dL/dS = 2 (S - T) / (B C)`` (rows: :func:`fastbp.registry.losses.mse_row`).
     """
     B, C = S.shape
     scale = S.dtype.type(2.0 / (B * C))
     for i in prange(B):
-        r = 0.0
-        for j in range(C):
-            d = S[i, j] - T[i, j]
-            dS[i, j] = scale * d
-            r += d * d
-        rowloss[i] = r
+        rowloss[i] = _mse_row(S, T, dS, i, scale)
     return _sum_rows(rowloss, B) / (B * C)
 
 
@@ -164,18 +169,13 @@ def _bce_logits(S, T, dS, rowloss):
     """Binary cross-entropy on logits, mean over all elements.
 
     ``l = max(s, 0) - s t + log(1 + exp(-|s|))`` (finite for any finite
-    ``s``); derivative ``dL/ds = (sigmoid(s) - t) / (B C)``.
+    ``s``); derivative ``dL/ds = (sigmoid(s) - t) / (B C)`` (rows:
+    :func:`fastbp.registry.losses.bce_logits_row`).
     """
     B, C = S.shape
     scale = S.dtype.type(1.0 / (B * C))
     for i in prange(B):
-        r = 0.0
-        for j in range(C):
-            s = S[i, j]
-            t = T[i, j]
-            r += max(s, 0.0) - s * t + math.log1p(math.exp(-abs(s)))
-            dS[i, j] = (_sigmoid1(s) - t) * scale
-        rowloss[i] = r
+        rowloss[i] = _bce_logits_row(S, T, dS, i, scale)
     return _sum_rows(rowloss, B) / (B * C)
 
 
@@ -185,7 +185,8 @@ def _poisson(S, T, dS, rowloss):
 
     ``l = exp(s) - t s + xlogy(t, t) - t`` (``= t log(t / mu) - t + mu``, ``mu =
     exp(s)``: scikit-learn's ``poisson_loss`` of ``mu``; a negative target gives
-    NaN); derivative ``dL/ds = (exp(s) - t) / (B C)``.
+    NaN); derivative ``dL/ds = (exp(s) - t) / (B C)`` (rows:
+    :func:`fastbp.registry.losses.poisson_row`).
     """
     B, C = S.shape
     scale = S.dtype.type(1.0 / (B * C))
@@ -194,65 +195,18 @@ def _poisson(S, T, dS, rowloss):
     return _sum_rows(rowloss, B) / (B * C)
 
 
-@jit(fastmath=False)
-def _poisson_row(S, T, dS, i, scale):
-    """Row ``i`` of :func:`_poisson`: writes ``dS[i]``, returns the row's loss, in one
-    fixed order of operations whatever the loop this is compiled into (no fast-math:
-    LLVM reassociated the row's sum differently in the serial kernel and in the
-    parallel loop, float64 row losses 1 ulp apart between thread counts)."""
-    r = 0.0
-    for j in range(S.shape[1]):
-        s = S[i, j]
-        t = T[i, j]
-        mu = math.exp(s)
-        dS[i, j] = (mu - t) * scale
-        if t > 0.0:
-            c = t * math.log(t) - t
-        elif t == 0.0:
-            c = 0.0 * t
-        else:
-            c = math.nan
-        r += mu - t * s + c
-    return r
-
-
 @kernel
 def _svm(S, y, dS, rowloss):
     """Multiclass hinge loss (CS231n) ``L = mean_i sum_{j != y_i} max(0, S_ij - S_iy + 1)``.
 
     Derivative: ``dL/dS_ij = 1[margin_ij > 0] / B`` for ``j != y_i`` and
-    ``dL/dS_iy = -(number of positive margins) / B``.
+    ``dL/dS_iy = -(number of positive margins) / B`` (rows:
+    :func:`fastbp.registry.losses.svm_row`).
     """
     B, C = S.shape
     scale = S.dtype.type(1.0 / B)
-    zero = S.dtype.type(0.0)
     for i in prange(B):
-        yi = y[i]
-        sy = S[i, yi]
-        r = 0.0
-        cnt = 0
-        nan = False
-        for j in range(C):
-            if j == yi:
-                dS[i, j] = zero
-                continue
-            mg = S[i, j] - sy + 1.0
-            if mg > 0:
-                r += mg
-                cnt += 1
-                dS[i, j] = scale
-            elif mg != mg:
-                # NaN score: propagate it to the loss and the gradient
-                r += mg
-                nan = True
-                dS[i, j] = mg
-            else:
-                dS[i, j] = zero
-        if nan:
-            dS[i, yi] = r  # NaN
-        else:
-            dS[i, yi] = -cnt * scale
-        rowloss[i] = r
+        rowloss[i] = _svm_row(S, y, dS, i, scale)
     return _sum_rows(rowloss, B) / B
 
 

@@ -13,6 +13,7 @@ looks up this table; an unknown name or code is a ValueError.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 __all__ = ["Loss", "get", "by_code", "entries", "names", "classification_names"]
@@ -103,3 +104,88 @@ def by_code(code):
         return _BY_CODE[int(code)]
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"unknown loss code {code!r}; known codes are {sorted(_BY_CODE)}") from None
+
+
+# ------------------------------------------------------------------ row bodies
+# Row i of a loss: writes dL/dS for row i into dS (``scale``: 1/B, or 1/(B C)
+# for the losses averaged over the elements) and returns the row's loss (a
+# float64 accumulator).  The one body the CPU kernels (:mod:`fastbp.kernels.losses`,
+# a loop over rows) and the CUDA kernels (:mod:`fastbp.kernels.cuda.losses`, one
+# thread per row) compile; ``_sigmoid`` is the activation registry's sigmoid,
+# compiled for the same target (``fastbp.kernels.factory.specialise``).
+
+def mse_row(S, T, dS, i, scale):
+    """``sum_j (s_ij - t_ij)^2``; ``dL/ds_ij = scale * 2 (s_ij - t_ij)`` (``scale`` = 2/(B C))."""
+    r = 0.0
+    for j in range(S.shape[1]):
+        d = S[i, j] - T[i, j]
+        dS[i, j] = scale * d
+        r += d * d
+    return r
+
+
+def bce_logits_row(S, T, dS, i, scale):
+    """``sum_j max(s, 0) - s t + log(1 + exp(-|s|))`` (finite for any finite ``s``);
+    ``dL/ds = (sigmoid(s) - t) * scale``."""
+    r = 0.0
+    for j in range(S.shape[1]):
+        s = S[i, j]
+        t = T[i, j]
+        r += max(s, 0.0) - s * t + math.log1p(math.exp(-abs(s)))
+        dS[i, j] = (_sigmoid(s) - t) * scale  # noqa: F821 - injected per target
+    return r
+
+
+def poisson_row(S, T, dS, i, scale):
+    """``sum_j exp(s) - t s + xlogy(t, t) - t`` (a negative target: NaN);
+    ``dL/ds = (exp(s) - t) * scale``.  Compiled without fast-math on the CPU
+    (one order of operations in the serial and the parallel kernel)."""
+    r = 0.0
+    for j in range(S.shape[1]):
+        s = S[i, j]
+        t = T[i, j]
+        mu = math.exp(s)
+        dS[i, j] = (mu - t) * scale
+        if t > 0.0:
+            c = t * math.log(t) - t
+        elif t == 0.0:
+            c = 0.0 * t
+        else:
+            c = math.nan
+        r += mu - t * s + c
+    return r
+
+
+def svm_row(S, y, dS, i, scale):
+    """Multiclass hinge ``sum_{j != y} max(0, s_j - s_y + 1)``; ``dL/ds_j = scale *
+    1[margin_j > 0]`` (j != y), ``dL/ds_y = -scale * (number of positive margins)``.
+    A NaN margin makes the row's loss and ``dS[i, y]`` NaN.  ``y[i]`` must be a
+    valid class (checked by the caller)."""
+    zero = S.dtype.type(0.0)
+    yi = y[i]
+    sy = S[i, yi]
+    r = 0.0
+    cnt = 0
+    nan = False
+    for j in range(S.shape[1]):
+        if j == yi:
+            dS[i, j] = zero
+            continue
+        mg = S[i, j] - sy + 1.0
+        if mg > 0:
+            r += mg
+            cnt += 1
+            dS[i, j] = scale
+        elif mg != mg:
+            # NaN score: propagate it to the loss and the gradient (the step's
+            # status check then rejects the step: nothing is applied)
+            r += mg
+            nan = True
+            dS[i, j] = mg
+        else:
+            dS[i, j] = zero
+    if nan:
+        dS[i, yi] = r  # NaN
+    else:
+        dS[i, yi] = -cnt * scale
+    return r

@@ -9,9 +9,9 @@ length >= 1 and a second, single-block kernel writes the mean into
 atomics).  Nothing is copied back to the host; read ``loss`` when needed.
 
 One thread per row of ``S`` (rows are independent and ``C`` is the number
-of classes, small in the intended use).  Arithmetic follows the CPU kernels
-line by line, including where they promote to float64 (the row
-accumulators of mse/bce/svm).
+of classes, small in the intended use).  mse, bce_with_logits, poisson and
+svm compute each row with the loss registry's row bodies
+(:mod:`fastbp.registry.losses`), which the CPU kernels compile too.
 
 Labels must be checked with :func:`_check_labels` first; a label outside
 ``[0, C)`` that slips through does not touch memory out of bounds: its row
@@ -21,9 +21,17 @@ import math
 
 from numba import cuda, float64, int64
 
+from ...registry import losses as _L
+from ..factory import specialise
 from .activations import _sigmoid1
 from .launch import REDUCE_THREADS, device, grid_1d, grid_reduce, kernel
 from .gates import _block_sum
+
+# the loss registry's row bodies, compiled for CUDA (the CPU kernels compile the same)
+_mse_row = device(_L.mse_row)
+_bce_logits_row = device(specialise(_L.bce_logits_row, "__cuda", _sigmoid=_sigmoid1))
+_poisson_row = device(_L.poisson_row)
+_svm_row = device(_L.svm_row)
 
 
 @device
@@ -66,98 +74,40 @@ def _k_softmax_xent_rows(S, y, dS, rowloss):
 def _k_mse_rows(S, T, dS, rowloss):
     i = cuda.grid(1)
     B = S.shape[0]
-    C = S.shape[1]
     if i >= B:
         return
-    scale = S.dtype.type(2.0 / (B * C))
-    r = 0.0
-    for j in range(C):
-        d = S[i, j] - T[i, j]
-        dS[i, j] = scale * d
-        r += d * d
-    rowloss[i] = r
+    rowloss[i] = _mse_row(S, T, dS, i, S.dtype.type(2.0 / (B * S.shape[1])))
 
 
 @kernel
 def _k_poisson_rows(S, T, dS, rowloss):
     i = cuda.grid(1)
     B = S.shape[0]
-    C = S.shape[1]
     if i >= B:
         return
-    scale = S.dtype.type(1.0 / (B * C))
-    r = 0.0
-    for j in range(C):
-        s = S[i, j]
-        t = T[i, j]
-        mu = math.exp(s)
-        dS[i, j] = (mu - t) * scale
-        if t > 0.0:
-            c = t * math.log(t) - t
-        elif t == 0.0:
-            c = 0.0 * t
-        else:
-            c = math.nan
-        r += mu - t * s + c
-    rowloss[i] = r
+    rowloss[i] = _poisson_row(S, T, dS, i, S.dtype.type(1.0 / (B * S.shape[1])))
 
 
 @kernel
 def _k_bce_logits_rows(S, T, dS, rowloss):
     i = cuda.grid(1)
     B = S.shape[0]
-    C = S.shape[1]
     if i >= B:
         return
-    scale = S.dtype.type(1.0 / (B * C))
-    r = 0.0
-    for j in range(C):
-        s = S[i, j]
-        t = T[i, j]
-        r += max(s, 0.0) - s * t + math.log1p(math.exp(-abs(s)))
-        dS[i, j] = (_sigmoid1(s) - t) * scale
-    rowloss[i] = r
+    rowloss[i] = _bce_logits_row(S, T, dS, i, S.dtype.type(1.0 / (B * S.shape[1])))
 
 
 @kernel
 def _k_svm_rows(S, y, dS, rowloss):
     i = cuda.grid(1)
     B = S.shape[0]
-    C = S.shape[1]
     if i >= B:
         return
     yi = y[i]
-    if yi < 0 or yi >= C:
+    if yi < 0 or yi >= S.shape[1]:
         _bad_row(S, dS, rowloss, i)
         return
-    scale = S.dtype.type(1.0 / B)
-    zero = S.dtype.type(0.0)
-    sy = S[i, yi]
-    r = 0.0
-    cnt = 0
-    nan = False
-    for j in range(C):
-        if j == yi:
-            dS[i, j] = zero
-            continue
-        mg = S[i, j] - sy + 1.0
-        if mg > 0:
-            r += mg
-            cnt += 1
-            dS[i, j] = scale
-        elif mg != mg:
-            # NaN score: propagate it to the loss and the gradient, as the CPU kernel
-            # does (the status check then rejects the step: nothing is applied)
-            r += mg
-            nan = True
-            dS[i, j] = mg
-        else:
-            dS[i, j] = zero
-    if nan:
-        dS[i, yi] = r  # NaN
-    else:
-        dS[i, yi] = -cnt * scale
-    rowloss[i] = r
+    rowloss[i] = _svm_row(S, y, dS, i, S.dtype.type(1.0 / B))
 
 
 @kernel
