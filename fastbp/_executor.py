@@ -42,6 +42,7 @@ from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_COLSUM,  #
                             K_CLIP_GRAD_NORM, K_POISSON, K_RMSPROP, K_DROPOUT, GATE_ROLES, K_GATE, K_BN_BWD,
                             K_BN_FWD, K_BN_RUNNING, K_LN_BWD, K_LN_FWD)
 from ._handlers import arrays, jit_slot  # noqa: F401 - jit_slot re-exported
+from . import _compile_pool
 from ._jit import jit
 
 from ._isa import (  # noqa: F401 - re-exported: the executor reads and writes this format
@@ -106,9 +107,13 @@ def kernel_table(dtype, tape):
     tab = _KTABS.get(dtype)
     if tab is None:
         tab = _KTABS.setdefault(dtype, np.zeros(N_KERNELS, dtype=np.int64))
-    for k in sorted(kernels_for(tape)):
-        if tab[k] == 0:
-            tab[k] = native_address(k, dtype)
+    missing = [k for k in sorted(kernels_for(tape)) if tab[k] == 0]
+    if missing:
+        # with the interpreter: the first step of a process loads (or compiles) all at once,
+        # on two cores when much must be compiled (fastbp._compile_pool)
+        got = _compile_pool.load(dtype, missing + [K_RUN_TAPE], keep_here=_COMPILE_HERE)
+        for k in missing:
+            tab[k] = got[k]
     return tab
 
 
@@ -192,6 +197,9 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
 K_RUN_TAPE = 1 << 20
 native_kernel(K_RUN_TAPE, run_tape, numba.types.Tuple((I64, numba.types.float64, I64)),
               lambda d: (I1, I64, I64, I64, a2(d), I1, a2(d)))
+#: what this process compiles when a helper process compiles the rest (fastbp._compile_pool):
+#: the interpreter, its handlers and its product dispatcher
+_COMPILE_HERE = frozenset([K_RUN_TAPE, K_MM, *range(K_HANDLER, K_HANDLER + OP_CAPACITY)])
 
 def run_step(ctx, sec, nb, x, yi, yf, mode):
     """One call: forward (+ loss + backward (+ update)) for a minibatch of ``nb`` rows.

@@ -131,6 +131,33 @@ def native_address(kid, dtype):
     return cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
 
 
+def native_cached(kid, dtype):
+    """Whether native kernel ``kid`` for ``dtype`` is loaded, loading it from
+    numba's disk cache if it is there (never compiling): True; False when it
+    would have to be compiled; None when numba has no disk cache for it
+    (caching off), or where numba's internals differ from those this was
+    written for (numba 0.68: what ``Dispatcher.compile`` does before compiling)."""
+    disp, _, _ = _NATIVE[kid]
+    ret, args = native_signature(kid, dtype)
+    if disp.overloads.get(args) is not None:
+        return True
+    from numba.core import caching
+    cache = getattr(disp, "_cache", None)
+    if cache is None or isinstance(cache, caching.NullCache) or not hasattr(disp, "targetctx"):
+        return None
+    from numba.core.compiler_lock import global_compiler_lock
+    try:
+        with global_compiler_lock:
+            cres = cache.load_overload(ret(*args), disp.targetctx)
+            if cres is None:
+                return False
+            disp.targetctx.insert_user_function(cres.entry_point, cres.fndesc, [cres.library])
+            disp.add_overload(cres)
+    except Exception:  # noqa: BLE001 - unknown internals: no answer, the caller compiles as usual
+        return None
+    return True
+
+
 @_intrinsic
 def kcall(typingctx, table, kid, args):
     """``kcall(table, KID, (arg, ...))``: call native kernel ``KID`` (a

@@ -76,3 +76,18 @@ FIT_NATIVE_MIN_STEPS = 64
 #: shared with other jobs while measuring, so the crossover is only good to
 #: a factor of ~2.
 OPS_BLAS_THRESHOLD = 4096
+
+# ------------------------------------------------------ one-time compilation
+#: When a step needs at least this many native kernels that are neither loaded
+#: nor in numba's disk cache (the first run on a machine), a second process
+#: compiles part of them into the disk cache while this one compiles the rest
+#: (:mod:`fastbp._compile_pool`): numba compiles on one core, and the first
+#: ``fastbp train`` on the 2-core development machine compiled ~13 s of native
+#: code.  ``FASTBP_COMPILE_WORKERS``: ``auto`` (the default: when more than one
+#: CPU is idle by the load average), ``1`` (whenever there are 2 CPUs) or ``0``
+#: (off: the test suite, but for the tests of the pool itself).  Always off on a
+#: single CPU, in frozen applications and when numba's disk cache is off.
+#: Nothing here changes results: the code loaded from the cache is the code
+#: compiled in process.
+COMPILE_WORKERS = os.environ.get("FASTBP_COMPILE_WORKERS", "auto").strip().lower() or "auto"
+COMPILE_OFFLOAD_MIN = 4

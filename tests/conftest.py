@@ -1,7 +1,15 @@
 """Session hooks: the CUDA-simulator child (see ``_simulator.py``) starts right after
 collection, so that it runs on the second core while the rest of the suite runs; the runner
-tests that wait for it run last, so that this process never idles while the child works."""
-import pytest
+tests that wait for it run last, so that this process never idles while the child works.
+
+The one-time compilation's helper process (fastbp._compile_pool) is off in the test
+processes (its own tests, test_compile_pool.py, turn it on): the suite already keeps both
+cores busy."""
+import os
+
+os.environ.setdefault("FASTBP_COMPILE_WORKERS", "0")
+
+import pytest  # noqa: E402
 
 import _simulator
 

@@ -1,0 +1,148 @@
+"""The one-time compilation on two cores: a helper process fills numba's disk cache.
+
+numba compiles on the calling thread, holding the GIL: the first step built on
+a machine (an empty disk cache) compiled its ~15 native units one after the
+other on one core (~13 s for ``fastbp train``'s model on the 2-core
+development machine).  :func:`load` splits the units a step needs and that
+are not cached between this process and one helper process
+(``python -m fastbp._compile_pool``), which compiles its share into the disk
+cache and exits; this process then loads that share from the cache.
+
+Correctness does not depend on the helper: whatever it did not leave in the
+cache (it failed, timed out, or could not be started) is compiled here, and
+code loaded from the cache is the code compiled in process (numba's cache,
+with fastbp's linkage fix: :mod:`fastbp._native`).  The helper inherits the
+environment (``NUMBA_CACHE_DIR``, numba's flags) and imports the same fastbp.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from . import config
+from ._native import _NATIVE, native_address, native_cached, native_signature
+
+
+def _cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _idle_cpus():
+    """CPUs not busy by the 1-minute load average (all of them where it is unknown)."""
+    try:
+        return _cpus() - os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return _cpus()
+
+
+def enabled():
+    """Whether :func:`load` may start a helper process (see :data:`fastbp.config.COMPILE_WORKERS`):
+    on at least 2 CPUs, outside frozen applications; by default (``auto``) only when
+    more than one CPU is idle (a helper on a busy machine only slows this process down)."""
+    mode = config.COMPILE_WORKERS
+    if mode in ("0", "off", "no", "false") or _cpus() < 2 or getattr(sys, "frozen", False):
+        return False
+    return mode in ("1", "on", "yes", "true") or _idle_cpus() > 1.0
+
+
+def _helper_share(kids, keep_here):
+    """The uncached units for the helper: every one but ``keep_here``'s, and only
+    units whose registration the helper process reproduces (fastbp's own code)."""
+    out = []
+    for k in kids:
+        disp = _NATIVE[k][0]
+        mod = getattr(disp.py_func, "__module__", "") or ""
+        if k not in keep_here and mod.startswith("fastbp."):
+            out.append((int(k), disp.py_func.__qualname__))
+    return out
+
+
+def _start_helper(dtype, share):
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
+    env["FASTBP_COMPILE_WORKERS"] = "0"
+    cmd = [sys.executable, "-m", "fastbp._compile_pool", np.dtype(dtype).name, json.dumps(share)]
+    try:
+        return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    except OSError:
+        return None
+
+
+def _wait(proc, timeout):
+    """Wait for the helper, inside a ``numba:compile`` event: the wait is
+    compilation time to :func:`fastbp._native.compile_watch`."""
+    from numba.core import event
+    try:
+        with event.trigger_event("numba:compile", data={"dispatcher": None, "args": (), "return_type": None}):
+            proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def load(dtype, kids, keep_here=()):
+    """The addresses of native kernels ``kids`` for ``dtype`` (``{kid: address}``),
+    loading each from numba's disk cache or compiling it.
+
+    When at least :data:`fastbp.config.COMPILE_OFFLOAD_MIN` of them must be
+    compiled and :func:`enabled`, a helper process compiles those not in
+    ``keep_here`` (into the disk cache) while this process compiles the others.
+    """
+    dtype = np.dtype(dtype)
+    kids = list(dict.fromkeys(int(k) for k in kids))
+    proc = None
+    share = []
+    if enabled():
+        cached = {k: native_cached(k, dtype) for k in kids}
+        todo = [k for k in kids if cached[k] is False]
+        if len(todo) >= config.COMPILE_OFFLOAD_MIN and not any(v is None for v in cached.values()):
+            share = _helper_share(todo, set(keep_here))
+            if len(share) >= 2 and len(share) < len(todo):
+                proc = _start_helper(dtype, share)
+    theirs = {k for k, _ in share} if proc is not None else set()
+    out = {}
+    for k in kids:
+        if k not in theirs:
+            out[k] = native_address(k, dtype)
+    if proc is not None:
+        _wait(proc, timeout=300)
+        for k in theirs:
+            out[k] = native_address(k, dtype)      # from the cache (compiled here if the helper did not)
+    return out
+
+
+def _main(argv):
+    """The helper: compile ``share`` (JSON list of ``[kid, qualname]``) for the
+    dtype named ``argv[0]`` into numba's disk cache."""
+    dtype = np.dtype(argv[0])
+    share = json.loads(argv[1])
+    from . import _executor  # noqa: F401 - registers the interpreter and its handlers
+    from .kernels import table
+    for kid, qualname in share:
+        if table.K_ACT <= kid < table.K_ACT + table.N_ROLES * table._R.CAPACITY and kid not in _NATIVE:
+            try:
+                table.ensure_act_kernels((kid - table.K_ACT) // table.N_ROLES)
+            except (ValueError, RuntimeError):
+                continue
+        if table.K_GATE <= kid < table.K_GATE + table.GATE_ROLES * table._gates.R.CAPACITY and kid not in _NATIVE:
+            try:
+                table.ensure_gate_kernels((kid - table.K_GATE) // table.GATE_ROLES)
+            except (ValueError, RuntimeError):
+                continue
+        entry = _NATIVE.get(kid)
+        if entry is None or entry[0].py_func.__qualname__ != qualname:
+            continue        # not the parent's kernel: the parent compiles it
+        native_signature(kid, dtype)
+        native_address(kid, dtype)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
