@@ -1,6 +1,8 @@
 """Session hooks: the CUDA-simulator child (see ``_simulator.py``) starts right after
 collection, so that it runs on the second core while the rest of the suite runs; the runner
-tests that wait for it run last, so that this process never idles while the child works."""
+tests that wait for it run last, so that this process never idles while the child works.
+Likewise a test module's children that need nothing this session compiles (``start_early``,
+e.g. test_coldstart.py's cold compilation in an empty cache) start right after collection."""
 import pytest
 
 import _simulator
@@ -20,6 +22,18 @@ def pytest_collection_modifyitems(session, config, items):
 
 def pytest_collection_finish(session):
     _simulator.start(session)
+    # a test module may start the children of its selected tests that need nothing this
+    # session compiles (their own empty numba cache) now, in the background, so that they
+    # run while the rest of the suite does: ``start_early(names of its selected tests)``
+    if session.config.option.collectonly:
+        return
+    selected = {}
+    for item in session.items:
+        mod = getattr(item, "module", None)
+        if callable(getattr(mod, "start_early", None)):
+            selected.setdefault(mod, set()).add(getattr(item, "originalname", None) or item.name)
+    for mod, names in selected.items():
+        mod.start_early(names)
 
 
 def pytest_sessionfinish(session, exitstatus):
