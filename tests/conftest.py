@@ -1,8 +1,9 @@
 """Session hooks: the CUDA-simulator child (see ``_simulator.py``) starts right after
 collection, so that it runs on the second core while the rest of the suite runs; the runner
 tests that wait for it run last, so that this process never idles while the child works.
-Likewise a test module's children that need nothing this session compiles (``start_early``,
-e.g. test_coldstart.py's cold compilation in an empty cache) start right after collection."""
+Likewise the children of a test module that do not need this process (``start_early``:
+test_coldstart.py's cold compilation in an empty cache, test_threads.py's 1- and 2-thread
+runs) start right after collection, in background threads."""
 import pytest
 
 import _simulator
@@ -22,18 +23,18 @@ def pytest_collection_modifyitems(session, config, items):
 
 def pytest_collection_finish(session):
     _simulator.start(session)
-    # a test module may start the children of its selected tests that need nothing this
-    # session compiles (their own empty numba cache) now, in the background, so that they
-    # run while the rest of the suite does: ``start_early(names of its selected tests)``
+    # a test module may start the child processes of its selected tests that do not need
+    # this process now, in the background, so that they run while the rest of the suite
+    # does instead of this process waiting for them: ``start_early(its selected items)``
     if session.config.option.collectonly:
         return
     selected = {}
     for item in session.items:
         mod = getattr(item, "module", None)
         if callable(getattr(mod, "start_early", None)):
-            selected.setdefault(mod, set()).add(getattr(item, "originalname", None) or item.name)
-    for mod, names in selected.items():
-        mod.start_early(names)
+            selected.setdefault(mod, []).append(item)
+    for mod, items in selected.items():
+        mod.start_early(items)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -67,12 +67,13 @@ def _fresh_then_cached(cache, base=None):
 _EARLY = {}
 
 
-def start_early(names):
-    """Called by conftest.py when collection ends, with the names of this module's selected
-    tests: the two processes of the test below (a cold compilation, ~20 s of one core,
-    in an empty cache of their own, so they need nothing this session compiles) start now,
-    in a background thread, and run while the rest of the suite does, instead of this
-    process waiting for them when the test comes."""
+def start_early(items):
+    """Called by conftest.py when collection ends, with this module's selected tests: the
+    two processes of the test below (a cold compilation, ~20 s of one core, in an empty
+    cache of their own, so they need nothing this session compiles) start now, in a
+    background thread, and run while the rest of the suite does, instead of this process
+    waiting for them when the test comes."""
+    names = {getattr(it, "originalname", None) or it.name for it in items}
     if "test_compiled_and_cached_native_code_give_bitwise_identical_runs" not in names or _EARLY:
         return
     tmp = tempfile.mkdtemp(prefix="fastbp-coldstart-")
