@@ -10,12 +10,8 @@ size) on shapes large enough for the parallel path, in subprocesses with
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-import threading
-from pathlib import Path
 
 import pytest
 
@@ -147,10 +143,10 @@ print("RESULT" + json.dumps(out))
 '''
 
 
-def _run(tmp_path, nthreads, dtypes, entries="all", base=None):
+def _run(tmp_path, nthreads, dtypes, entries="all"):
     script = tmp_path / "threads_script.py"
     script.write_text(SCRIPT)
-    env = dict(os.environ if base is None else base)
+    env = dict(os.environ)
     env["NUMBA_NUM_THREADS"] = str(nthreads)
     env.pop("FASTBP_PARALLEL_THRESHOLD", None)
     return subprocess.Popen([sys.executable, str(script), dtypes, entries], env=env, cwd=str(tmp_path),
@@ -164,66 +160,20 @@ def _result(proc):
     return json.loads(line[len("RESULT"):])
 
 
-def _one_and_two(param, d1, d2, base=None):
-    dtypes, entries = param.split("-")
-    # one after the other: if the kernels are not in numba's on-disk cache yet,
-    # the first run compiles them and the second loads them
-    one = _result(_run(d1, 1, dtypes, entries, base))
-    two = _result(_run(d2, 2, dtypes, entries, base))
-    return one, two
-
-
-#: the runs of the selected ``runs`` parameters, started early in a background thread
-#: (see start_early): parameter -> {"done": Event, "result" or "error", "tmp"}
-_EARLY = {}
-
-
-def start_early(items):
-    """Called by conftest.py when collection ends, with this module's selected tests: the
-    script's processes for the selected ``runs`` parameters (seconds of compilation, when
-    numba's disk cache does not hold the kernels yet, and of loading them) start now, one
-    after the other in a background thread, and run while the rest of the suite does,
-    instead of this process waiting for them when the tests come.  They compile what they
-    run into the session's disk cache, from which the kernel tests then load it."""
-    params = [getattr(it, "callspec", None) and it.callspec.params.get("runs") for it in items]
-    params = list(dict.fromkeys(p for p in params if p))
-    if not params or _EARLY:
-        return
-    base = dict(os.environ)             # this session's environment now, not a test's monkeypatched one
-    for p in params:
-        _EARLY[p] = {"done": threading.Event(), "tmp": tempfile.mkdtemp(prefix="fastbp-threads-")}
-
-    def work():
-        for p in params:
-            e = _EARLY[p]
-            try:
-                d1, d2 = Path(e["tmp"], "t1"), Path(e["tmp"], "t2")
-                d1.mkdir()
-                d2.mkdir()
-                e["result"] = _one_and_two(p, d1, d2, base)
-            except BaseException as exc:        # re-raised by the fixture
-                e["error"] = exc
-            finally:
-                e["done"].set()
-
-    threading.Thread(target=work, name="threads-early", daemon=True).start()
-
-
 @pytest.fixture(scope="module", params=["float32-some", pytest.param("float32-all", marks=pytest.mark.thorough),
                                         pytest.param("float64-all", marks=pytest.mark.thorough)])
 def runs(tmp_path_factory, request):
     """The script's results at 1 and 2 threads: float32 with one registry entry per kind of
     loop body (the README's test command), and every entry in float32 and float64 (CI's
     thorough stage: compiling every entry's parallel kernels is ~40 s per dtype on two cores)."""
-    early = _EARLY.get(request.param)
-    if early is None:       # not started by conftest.py (another runner): run them now
-        return _one_and_two(request.param, tmp_path_factory.mktemp("t1"), tmp_path_factory.mktemp("t2"))
-    finished = early["done"].wait(timeout=1300)
-    shutil.rmtree(early["tmp"], ignore_errors=True)
-    assert finished, "the early 1- and 2-thread runs did not finish"
-    if "error" in early:
-        raise early["error"]
-    return early["result"]
+    dtypes, entries = request.param.split("-")
+    d1 = tmp_path_factory.mktemp("t1")
+    d2 = tmp_path_factory.mktemp("t2")
+    # one after the other: if the kernels are not in numba's on-disk cache yet,
+    # the first run compiles them and the second loads them
+    one = _result(_run(d1, 1, dtypes, entries))
+    two = _result(_run(d2, 2, dtypes, entries))
+    return one, two
 
 
 def test_subprocesses_really_ran_with_1_and_2_threads(runs):
