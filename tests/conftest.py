@@ -1,6 +1,11 @@
 """Session hooks: the CUDA-simulator child (see ``_simulator.py``) starts right after
 collection, so that it runs on the second core while the rest of the suite runs; the runner
 tests that wait for it run last, so that this process never idles while the child works.
+Likewise the children of a test module that need nothing this session compiles
+(``start_early``: test_coldstart.py's cold compilation in an empty cache of its own) start
+right after collection, in a background thread.  (Not children that compile into the
+session's disk cache, such as test_threads.py's: started early, they compiled the kernels
+at the same time as this process, twice the work.)
 
 The one-time compilation's helper process (fastbp._compile_pool) is off in the test
 processes (its own tests, test_compile_pool.py, turn it on): the suite already keeps both
@@ -28,6 +33,18 @@ def pytest_collection_modifyitems(session, config, items):
 
 def pytest_collection_finish(session):
     _simulator.start(session)
+    # a test module may start the child processes of its selected tests that need nothing
+    # this session compiles now, in the background, so that they run while the rest of the
+    # suite does instead of this process waiting for them: ``start_early(its selected items)``
+    if session.config.option.collectonly:
+        return
+    selected = {}
+    for item in session.items:
+        mod = getattr(item, "module", None)
+        if callable(getattr(mod, "start_early", None)):
+            selected.setdefault(mod, []).append(item)
+    for mod, items in selected.items():
+        mod.start_early(items)
 
 
 def pytest_sessionfinish(session, exitstatus):

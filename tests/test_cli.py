@@ -26,6 +26,20 @@ def run_cli(*args, timeout=300):
     return p.returncode, p.stdout, p.stderr
 
 
+def run_here(capsys, *args):
+    """``fastbp ARGS`` in this process (``cli.main``); returns (rc, stdout, stderr).
+
+    For the runs whose subject is what training writes or prints, not the process: a
+    fresh interpreter costs seconds of imports (scikit-learn, pandas) per run.  The
+    process itself (``python -m fastbp.cli``, its exit status, stdout/stderr, a
+    reproducible result in a new interpreter, a saved model predicted by another
+    process) is checked by the tests that call :func:`run_cli`."""
+    capsys.readouterr()
+    rc = cli.main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
 def accuracy_of(out):
     m = re.search(r"^test accuracy: ([0-9.]+) \((\d+)/(\d+)\)$", out, re.M)
     assert m, out
@@ -203,12 +217,12 @@ def test_npz_object_arrays_are_refused_without_pickle(tmp_path, capsys):
     one_line_error(rc, "", capsys.readouterr().err, "obj.npz")
 
 
-def test_train_on_user_npz(tmp_path):
+def test_train_on_user_npz(tmp_path, capsys):
     X, y = blobs()
     p = tmp_path / "blobs.npz"
     np.savez(p, X=X, y=y + 5)  # labels need not start at 0
-    rc, out, err = run_cli("train", "--quiet", "--data", p, "--epochs", "30", "--hidden", "16",
-                          "--lr", "0.01")
+    rc, out, err = run_here(capsys, "train", "--quiet", "--data", p, "--epochs", "30", "--hidden", "16",
+                            "--lr", "0.01")
     assert rc == 0, err
     assert "120 samples, 5 features, 3 classes (96 train / 24 test)" in out
     assert accuracy_of(out) >= 0.9
@@ -240,9 +254,9 @@ def test_other_losses(loss, capsys):
     assert accuracy_of(cap.out) > 0.5
 
 
-def test_plot_writes_png(tmp_path):
+def test_plot_writes_png(tmp_path, capsys):
     png = tmp_path / "curves.png"
-    rc, out, err = run_cli("train", "--quiet", "--epochs", "4", "--hidden", "16", "--plot", png)
+    rc, out, err = run_here(capsys, "train", "--quiet", "--epochs", "4", "--hidden", "16", "--plot", png)
     assert rc == 0, err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"plot: {png}" in out
@@ -255,8 +269,8 @@ def test_plot_into_missing_directory_fails_before_training(tmp_path, capsys):
     assert "test accuracy" not in cap.out
 
 
-def test_compare_prints_both_accuracies():
-    rc, out, err = run_cli("train", "--quiet", "--compare", "--epochs", "5")
+def test_compare_prints_both_accuracies(capsys):
+    rc, out, err = run_here(capsys, "train", "--quiet", "--compare", "--epochs", "5")
     assert rc == 0, err
     fb = re.search(r"^\s+fastbp\s+([0-9.]+)\s+", out, re.M)
     sk = re.search(r"^\s+scikit-learn\s+([0-9.]+)\s+", out, re.M)
@@ -268,9 +282,9 @@ def test_compare_prints_both_accuracies():
 
 @pytest.mark.skipif(not hasattr(fastbp.TrainStep, "save"),
                     reason="TrainStep.save (checkpoints, issue 5) is not implemented yet")
-def test_save_writes_a_checkpoint_that_loads(tmp_path):
+def test_save_writes_a_checkpoint_that_loads(tmp_path, capsys):
     ckpt = tmp_path / "model.npz"
-    rc, out, err = run_cli("train", "--quiet", "--epochs", "2", "--hidden", "16", "--save", ckpt)
+    rc, out, err = run_here(capsys, "train", "--quiet", "--epochs", "2", "--hidden", "16", "--save", ckpt)
     assert rc == 0, err
     assert ckpt.exists() and f"checkpoint: {ckpt} " in out
     step = fastbp.load(str(ckpt))
@@ -282,13 +296,14 @@ def test_save_writes_a_checkpoint_that_loads(tmp_path):
     assert f"test accuracy: {np.mean(pred == y[te]):.4f}" in out
 
 
-def test_gelu_dropout_batchnorm_model_is_saved_and_predicts(tmp_path):
+def test_gelu_dropout_batchnorm_model_is_saved_and_predicts(tmp_path, capsys):
     """fastbp train --activation gelu --dropout 0.1 --batchnorm: the saved model has those
     layers (BatchNorm's running statistics included) and predicts in eval mode (no dropout,
-    running statistics): it reproduces the printed accuracy, and fastbp predict agrees."""
+    running statistics): it reproduces the printed accuracy, and fastbp predict (in a new
+    process) agrees."""
     ckpt = tmp_path / "model.npz"
-    rc, out, err = run_cli("train", "--quiet", "--epochs", "3", "--hidden", "32", "16", "--activation", "gelu",
-                           "--dropout", "0.1", "--batchnorm", "--save", ckpt)
+    rc, out, err = run_here(capsys, "train", "--quiet", "--epochs", "3", "--hidden", "32", "16",
+                            "--activation", "gelu", "--dropout", "0.1", "--batchnorm", "--save", ckpt)
     assert rc == 0, err
     assert "model: 64-32-16-10 gelu + batchnorm + dropout 0.1," in out
     from fastbp import bundle

@@ -42,8 +42,17 @@ def mm_path(request, monkeypatch):
 def thorough_case(params):
     """The float64 cases of the parallel variants run in CI's thorough stage only (see
     conftest.py): each compiles kernels' parallel variants for float64 (seconds), while the
-    float32 cases run every parallel loop and the float64 serial ones every float64 path."""
-    return params.get("variant") == "parallel" and params.get("dt") is np.float64
+    float32 cases run every parallel loop and the float64 serial ones every float64 path.
+    Likewise the parallel cases of the linear wrappers with sigmoid and tanh (each compiles
+    that entry's parallel fused-linear and epilogue kernels, seconds): every activation's
+    kernels are copies of the same loop templates with its scalar body inlined
+    (kernels/factory.py), whose parallel loops the "none" and "relu" cases run
+    (test_linear_*[parallel-*-float32-none/relu]), and whose scalar bodies the serial cases
+    check (test_linear_*[serial-*-float32-sigmoid/tanh]); test_kernels.thorough_case argues
+    the same for the kernels themselves."""
+    if params.get("variant") != "parallel":
+        return False
+    return params.get("dt") is np.float64 or params.get("act") in ("sigmoid", "tanh")
 
 
 def randn(rng, shape, dt, scale=1.0):
@@ -73,57 +82,59 @@ def dact_ref(act, y):
 
 
 # ------------------------------------------------------------------- linear
+# one case per activation (the parallel cases of sigmoid and tanh are thorough: thorough_case)
+@pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("dt", DTYPES)
-def test_linear_forward_backward_match_numpy(rng, dt, variant, mm_path):
+def test_linear_forward_backward_match_numpy(rng, dt, variant, mm_path, act):
     for n, d_in, d_out in [(1, 1, 1), (7, 33, 1), (33, 7, 5), (5, 257, 7), (257, 3, 33)]:
         x = randn(rng, (n, d_in), dt)
         W = randn(rng, (d_in, d_out), dt)
         b = randn(rng, (d_out,), dt)
         x64, W64, b64 = (a.astype(np.float64) for a in (x, W, b))
-        for act in ACTS:
-            for bias in (b, None):
-                what = f"{act} bias={bias is not None} {n, d_in, d_out} {mm_path}"
-                z = x64 @ W64 + (b64 if bias is not None else 0)
-                y = ops.linear_forward(x, W, bias, act)
-                close(y, act_ref(act, z), dt, d_in, what)
-            dy = randn(rng, (n, d_out), dt)
-            dy_before = dy.copy()
-            y = ops.linear_forward(x, W, b, act)
-            dx, dW, db = ops.linear_backward(x, W, y, dy, act)
-            np.testing.assert_array_equal(dy, dy_before)  # the caller's dy is not touched
-            dz = dy.astype(np.float64) * dact_ref(act, y.astype(np.float64))
-            close(dW, x64.T @ dz, dt, n, what)
-            close(dx, dz @ W64.T, dt, d_out, what)
-            close(db, dz.sum(0), dt, n, what)
-            dx2, dW2, db2 = ops.linear_backward(x, W, y, dy, act, need_dx=False)
-            assert dx2 is None
-            np.testing.assert_array_equal(dW2, dW)
-            np.testing.assert_array_equal(db2, db)
+        for bias in (b, None):
+            what = f"{act} bias={bias is not None} {n, d_in, d_out} {mm_path}"
+            z = x64 @ W64 + (b64 if bias is not None else 0)
+            y = ops.linear_forward(x, W, bias, act)
+            close(y, act_ref(act, z), dt, d_in, what)
+        dy = randn(rng, (n, d_out), dt)
+        dy_before = dy.copy()
+        y = ops.linear_forward(x, W, b, act)
+        dx, dW, db = ops.linear_backward(x, W, y, dy, act)
+        np.testing.assert_array_equal(dy, dy_before)  # the caller's dy is not touched
+        dz = dy.astype(np.float64) * dact_ref(act, y.astype(np.float64))
+        close(dW, x64.T @ dz, dt, n, what)
+        close(dx, dz @ W64.T, dt, d_out, what)
+        close(db, dz.sum(0), dt, n, what)
+        dx2, dW2, db2 = ops.linear_backward(x, W, y, dy, act, need_dx=False)
+        assert dx2 is None
+        np.testing.assert_array_equal(dW2, dW)
+        np.testing.assert_array_equal(db2, db)
 
 
+# one case per activation (the parallel cases of sigmoid and tanh are thorough: thorough_case)
+@pytest.mark.parametrize("act", ["none", "sigmoid", "tanh", "relu"])
 @pytest.mark.parametrize("dt", DTYPES)
-def test_linear_gradcheck(rng, dt, variant, mm_path):
+def test_linear_gradcheck(rng, dt, variant, mm_path, act):
     x = randn(rng, (5, 4), dt)
     W = randn(rng, (4, 3), dt, 0.5)
     b = randn(rng, (3,), dt, 0.5)
     G = randn(rng, (5, 3), dt)
-    for act in ("none", "sigmoid", "tanh", "relu"):
-        if act == "relu":  # keep the pre-activations off ReLU's kink
-            for _ in range(100):
-                if np.abs(x.astype(np.float64) @ W + b).min() > 0.05:
-                    break
-                b = randn(rng, (3,), dt, 0.5)
-            else:
-                pytest.fail("no kink-free bias found")
+    if act == "relu":  # keep the pre-activations off ReLU's kink
+        for _ in range(100):
+            if np.abs(x.astype(np.float64) @ W + b).min() > 0.05:
+                break
+            b = randn(rng, (3,), dt, 0.5)
+        else:
+            pytest.fail("no kink-free bias found")
 
-        def f(x, W, b):
-            return np.sum(G.astype(np.float64) * ops.linear_forward(x, W, b, act))
+    def f(x, W, b):
+        return np.sum(G.astype(np.float64) * ops.linear_forward(x, W, b, act))
 
-        def grads(x, W, b):
-            dx, dW, db = ops.linear_backward(x, W, ops.linear_forward(x, W, b, act), G, act)
-            return {"x": dx, "W": dW, "b": db}
+    def grads(x, W, b):
+        dx, dW, db = ops.linear_backward(x, W, ops.linear_forward(x, W, b, act), G, act)
+        return {"x": dx, "W": dW, "b": db}
 
-        assert gradcheck(f, {"x": x, "W": W, "b": b}, grads)
+    assert gradcheck(f, {"x": x, "W": W, "b": b}, grads)
 
 
 @pytest.mark.parametrize("dt", DTYPES)

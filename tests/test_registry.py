@@ -53,11 +53,27 @@ VARIANTS = ["serial", "parallel"]
 #: string choice) stands for the activations added with it (elu, gelu_tanh, silu, softplus).
 DEFAULT_RUN = {"identity", "relu", "sigmoid", "tanh", "leaky_relu", "gelu", TEST_ENTRY.name}
 
+#: the entries whose parallel kernel variants run in the README's test command: one per kind of
+#: loop body, the entries tests/test_threads.py runs by default (its "some"), whose parallel
+#: kernels that run compiles anyway: the identity, an output-reading entry (relu), an
+#: input-reading one with a parameter (leaky_relu), one of the float32 polynomials (gelu).  The
+#: parallel cases of sigmoid, tanh (output-reading, as relu) and TEST_ENTRY (input-reading with
+#: a parameter, as leaky_relu) run in CI's thorough stage: every entry's kernels are copies of
+#: the same loop templates with its scalar bodies inlined (kernels/factory.py), whose parallel
+#: loops those four entries' parallel cases run, and whose scalar bodies their serial cases
+#: (test_kernels_match_reference[<name>-serial]) check (test_kernels.thorough_case argues the same).
+PARALLEL_DEFAULT_RUN = {"identity", "relu", "leaky_relu", "gelu"}
+
 
 def thorough_case(params):
-    """Expensive cases of the entries outside :data:`DEFAULT_RUN` (see there)."""
+    """Expensive cases of the entries outside :data:`DEFAULT_RUN`, and parallel cases of
+    the entries outside :data:`PARALLEL_DEFAULT_RUN` (see there)."""
     name = params.get("name")
-    if name is None or name in DEFAULT_RUN:
+    if name is None:
+        return False
+    if params.get("variant") == "parallel" and name not in PARALLEL_DEFAULT_RUN:
+        return True
+    if name in DEFAULT_RUN:
         return False
     if "variant" in params:
         return params["variant"] == "parallel"
