@@ -123,8 +123,7 @@ def _main(argv):
     dtype named ``argv[0]`` into numba's disk cache."""
     dtype = np.dtype(argv[0])
     share = json.loads(argv[1])
-    from . import _executor  # noqa: F401 - registers the interpreter and its handlers
-    from .kernels import table
+    from .kernels import table      # registers the loop kernels (the helper's share is only those)
     for kid, qualname in share:
         if table.K_ACT <= kid < table.K_ACT + table.N_ROLES * table._R.CAPACITY and kid not in _NATIVE:
             try:
