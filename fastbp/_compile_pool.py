@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -32,8 +33,27 @@ def _cpus():
         return os.cpu_count() or 1
 
 
-def _idle_cpus():
-    """CPUs not busy by the 1-minute load average (all of them where it is unknown)."""
+def _cpu_times():
+    """(idle, total) jiffies of all CPUs from /proc/stat (Linux), or None."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return v[3] + (v[4] if len(v) > 4 else 0), sum(v[:8])
+
+
+def _idle_cpus(interval=0.05):
+    """How many CPUs are idle now: the idle share of the machine's CPU time over
+    ``interval`` seconds times the CPUs (Linux); elsewhere by the 1-minute load
+    average, or all of them where neither is known.  (The load average lags: a
+    job that just ended still counts for a minute.)"""
+    a = _cpu_times()
+    if a is not None:
+        time.sleep(interval)
+        b = _cpu_times()
+        if b is not None and b[1] > a[1]:
+            return (os.cpu_count() or 1) * (b[0] - a[0]) / (b[1] - a[1])
     try:
         return _cpus() - os.getloadavg()[0]
     except (AttributeError, OSError):
@@ -99,10 +119,11 @@ def load(dtype, kids, keep_here=()):
     kids = list(dict.fromkeys(int(k) for k in kids))
     proc = None
     share = []
-    if enabled():
-        cached = {k: native_cached(k, dtype) for k in kids}
+    if config.COMPILE_WORKERS not in ("0", "off", "no", "false"):
+        cached = {k: native_cached(k, dtype) for k in kids}       # (loads what is in the cache)
         todo = [k for k in kids if cached[k] is False]
-        if len(todo) >= config.COMPILE_OFFLOAD_MIN and not any(v is None for v in cached.values()):
+        if (len(todo) >= config.COMPILE_OFFLOAD_MIN and not any(v is None for v in cached.values())
+                and enabled()):
             share = _helper_share(todo, set(keep_here))
             if len(share) >= 2 and len(share) < len(todo):
                 proc = _start_helper(dtype, share)
