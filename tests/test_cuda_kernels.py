@@ -983,7 +983,7 @@ def _ptx_table(dtype):
         "rmsprop": (op._k_rmsprop, (v, v, v, v, v, 0.01, 0.99, 1e-8, 0.1, 0.9)),
         "clip_coef": (op._k_clip_coef, (v, 1.0, f)),
         "grad_scale": (op._k_grad_scale, (v, f)),
-        "dropout": (_dropout_kernel(), (M, M, 1, 2, 3, 0.5, True)),
+        "dropout": (_dropout_kernel(), (M, M, 1, 2, 3, 4, 0.5, True)),
         # every kernel of every activation of the registry ("relu.linear_fwd", ...)
         **a_.registry_kernels(dtype),
         **_norm_ptx_table(dtype),
