@@ -62,11 +62,15 @@ def _idle_cpus(interval=0.05):
 
 def enabled():
     """Whether :func:`load` may start a helper process (see :data:`fastbp.config.COMPILE_WORKERS`):
-    on at least 2 CPUs, outside frozen applications; by default (``auto``) only when
+    on at least 2 CPUs, where ``sys.executable`` is a Python interpreter (not a frozen
+    application or a program embedding Python); by default (``auto``) only when
     more than one CPU is idle (a helper on a busy machine only slows this process down)."""
     mode = config.COMPILE_WORKERS
     if mode in ("0", "off", "no", "false") or _cpus() < 2 or getattr(sys, "frozen", False):
         return False
+    if not os.path.basename(sys.executable or "").lower().startswith(("python", "pypy")):
+        return False        # an embedding program (a server, an application), not an interpreter to run
+
     return mode in ("1", "on", "yes", "true") or _idle_cpus() > 1.0
 
 

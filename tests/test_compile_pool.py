@@ -83,6 +83,9 @@ def test_the_pool_is_off_when_asked(monkeypatch):
     assert not pool.enabled()
     monkeypatch.setattr(pool.config, "COMPILE_WORKERS", "1")
     assert pool.enabled()
+    monkeypatch.setattr(pool.sys, "executable", "/usr/bin/uwsgi")     # Python embedded in a server
+    assert not pool.enabled()
+    monkeypatch.setattr(pool.sys, "executable", sys.executable)
     monkeypatch.setattr(pool, "_cpus", lambda: 1)
     assert not pool.enabled()
 
