@@ -23,7 +23,15 @@ import time
 import numpy as np
 
 from . import config
-from ._native import _NATIVE, native_address, native_cached, native_signature
+from ._native import _NATIVE, native_address, native_cached
+
+#: values of FASTBP_COMPILE_WORKERS (fastbp.config.COMPILE_WORKERS) that turn the helper off / always on
+_OFF = ("0", "off", "no", "false")
+_ON = ("1", "on", "yes", "true")
+
+
+def _off():
+    return config.COMPILE_WORKERS in _OFF
 
 
 def _cpus():
@@ -65,13 +73,11 @@ def enabled():
     on at least 2 CPUs, where ``sys.executable`` is a Python interpreter (not a frozen
     application or a program embedding Python); by default (``auto``) only when
     more than one CPU is idle (a helper on a busy machine only slows this process down)."""
-    mode = config.COMPILE_WORKERS
-    if mode in ("0", "off", "no", "false") or _cpus() < 2 or getattr(sys, "frozen", False):
+    if _off() or _cpus() < 2 or getattr(sys, "frozen", False):
         return False
     if not os.path.basename(sys.executable or "").lower().startswith(("python", "pypy")):
         return False        # an embedding program (a server, an application), not an interpreter to run
-
-    return mode in ("1", "on", "yes", "true") or _idle_cpus() > 1.0
+    return config.COMPILE_WORKERS in _ON or _idle_cpus() > 1.0
 
 
 def _helper_share(kids, keep_here):
@@ -123,7 +129,7 @@ def load(dtype, kids, keep_here=()):
     kids = list(dict.fromkeys(int(k) for k in kids))
     proc = None
     share = []
-    if config.COMPILE_WORKERS not in ("0", "off", "no", "false"):
+    if not _off():
         cached = {k: native_cached(k, dtype) for k in kids}       # (loads what is in the cache)
         todo = [k for k in kids if cached[k] is False]
         if (len(todo) >= config.COMPILE_OFFLOAD_MIN and not any(v is None for v in cached.values())
@@ -163,7 +169,6 @@ def _main(argv):
         entry = _NATIVE.get(kid)
         if entry is None or entry[0].py_func.__qualname__ != qualname:
             continue        # not the parent's kernel: the parent compiles it
-        native_signature(kid, dtype)
         native_address(kid, dtype)
     return 0
 

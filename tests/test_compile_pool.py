@@ -13,6 +13,16 @@ from fastbp import _compile_pool as pool
 from fastbp import _executor as ex
 from fastbp.kernels import table
 
+#: the step both the child and this process train (one definition, run by each)
+_TRAIN = r"""
+model = fastbp.Sequential(fastbp.Linear(6, 9), fastbp.Tanh(), fastbp.Linear(9, 4))
+step = fastbp.compile(model, loss="softmax_cross_entropy", optimizer=fastbp.Adam(lr=1e-2), batch_size=8,
+                      dtype=np.float64, seed=3)
+rng = np.random.default_rng(0)
+for _ in range(3):
+    step(rng.standard_normal((8, 6)), rng.integers(0, 4, 8))
+"""
+
 _CHILD = r"""
 import json, sys, numpy as np, fastbp
 from numba.core import event
@@ -24,12 +34,7 @@ class L(event.Listener):
     def on_end(self, ev):
         pass
 event.register("numba:compile", L())
-model = fastbp.Sequential(fastbp.Linear(6, 9), fastbp.Tanh(), fastbp.Linear(9, 4))
-step = fastbp.compile(model, loss="softmax_cross_entropy", optimizer=fastbp.Adam(lr=1e-2), batch_size=8,
-                      dtype=np.float64, seed=3)
-rng = np.random.default_rng(0)
-for _ in range(3):
-    step(rng.standard_normal((8, 6)), rng.integers(0, 4, 8))
+""" + _TRAIN + r"""
 np.save(sys.argv[1], step.param_vector)
 print(json.dumps({"compiled": compiled, "enabled": fastbp._compile_pool.enabled()}))
 """
@@ -46,13 +51,9 @@ def _run_child(tmp_path, workers):
 
 
 def _same_step_here():
-    model = fastbp.Sequential(fastbp.Linear(6, 9), fastbp.Tanh(), fastbp.Linear(9, 4))
-    step = fastbp.compile(model, loss="softmax_cross_entropy", optimizer=fastbp.Adam(lr=1e-2), batch_size=8,
-                          dtype=np.float64, seed=3)
-    rng = np.random.default_rng(0)
-    for _ in range(3):
-        step(rng.standard_normal((8, 6)), rng.integers(0, 4, 8))
-    return step.param_vector
+    ns = {"fastbp": fastbp, "np": np}
+    exec(_TRAIN, ns)
+    return ns["step"].param_vector
 
 
 def test_a_cold_first_step_compiles_on_two_processes_and_trains_bitwise_alike(tmp_path):
