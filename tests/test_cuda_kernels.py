@@ -108,6 +108,22 @@ def empty_dev(shape, dtype):
     return cuda.device_array(shape, dtype=dtype)
 
 
+# ============================================================ launch shapes
+@requires_cuda
+def test_cuda_launch_shapes_follow_the_target():
+    """The simulator runs the kernels with scaled-down blocks unless FASTBP_SIM_FULL_BLOCKS
+    is set (CI's last stage sets it); a real GPU always gets its own shapes.  Either way the
+    tile loaders' invariants hold and the grids cover any array."""
+    from fastbp.kernels.cuda import launch as L
+    small = L.SIMULATOR and os.environ.get("FASTBP_SIM_FULL_BLOCKS", "") in ("", "0")
+    assert L.SIM_SMALL_BLOCKS == small
+    assert (L.BM, L.THREADS_1D, L.REDUCE_THREADS) == ((16, 32, 32) if small else (64, 128, 256))
+    assert L.GEMM_THREADS == (L.BM // L.TM) * (L.BN // L.TN)
+    assert (L.BK * L.BM) % L.GEMM_THREADS == 0 and L.GEMM_THREADS % L.BM == 0
+    (gx, gy), (bx, by) = L.grid_ew(100, 37)
+    assert gx * bx >= 37 and gy * by >= 100
+
+
 # ================================================================ products
 GEMM_SHAPES = [(1, 1, 1), (7, 33, 1), (33, 7, 33), (70, 9, 65)]
 

@@ -32,27 +32,32 @@ SIMULATOR = bool(_config.ENABLE_CUDASIM)
 _CACHE = os.environ.get("FASTBP_NO_CACHE", "") == "" and not SIMULATOR
 
 # ------------------------------------------------------------ block shapes
+#: Under the simulator every CUDA thread of a block is a Python thread, so a launch costs about
+#: its thread count in Python thread switches.  The simulator therefore runs the same kernels
+#: with scaled-down blocks (``SIM_SMALL_BLOCKS``): every code path is the same, small arrays
+#: span more blocks (which also exercises the multi-block paths), and the launches cost an
+#: eighth.  ``FASTBP_SIM_FULL_BLOCKS=1`` keeps the GPU's shapes under the simulator too (CI's
+#: last stage runs the simulator tests both ways).
+SIM_SMALL_BLOCKS = SIMULATOR and os.environ.get("FASTBP_SIM_FULL_BLOCKS", "") in ("", "0")
+
 #: threads per block of the 1-D kernels (rows of a loss, flat optimizer vectors)
-THREADS_1D = 128
+THREADS_1D = 32 if SIM_SMALL_BLOCKS else 128
 #: threads per block of the single-block reductions (a power of two)
-REDUCE_THREADS = 256
+REDUCE_THREADS = 32 if SIM_SMALL_BLOCKS else 256
 #: block of the 2-D elementwise kernels: x runs along columns (coalesced)
-EW_X = 32
-EW_Y = 8
+EW_X, EW_Y = (8, 4) if SIM_SMALL_BLOCKS else (32, 8)
 #: block of the column reduction (``_colsum``, broadcast gate gradients)
-COL_X = 32
-COL_Y = 8
+COL_X, COL_Y = (8, 4) if SIM_SMALL_BLOCKS else (32, 8)
 
 #: matrix-product tile: a block computes a ``BM x BN`` tile of ``C``,
 #: marching over the reduction in steps of ``BK``; each of its
 #: ``(BN // TN) x (BM // TM)`` threads holds a ``TM x TN`` block of
 #: outputs in registers.
-BM = 64
-BN = 64
+BM = BN = 16 if SIM_SMALL_BLOCKS else 64
 BK = 8
 TM = 4
 TN = 4
-GEMM_TX = BN // TN            # 16 threads along the columns of a tile
+GEMM_TX = BN // TN            # 16 threads along the columns of a tile (4 under the simulator)
 GEMM_TY = BM // TM            # 16 threads along the rows
 GEMM_THREADS = GEMM_TX * GEMM_TY
 #: shared tiles are stored ``(BK, BM + PAD)``; the padding makes the
