@@ -16,6 +16,7 @@ os.environ.setdefault("FASTBP_COMPILE_WORKERS", "0")
 
 import pytest  # noqa: E402
 
+import _lanes
 import _simulator
 
 
@@ -31,8 +32,14 @@ def pytest_collection_modifyitems(session, config, items):
     _simulator.runners_last(items)
 
 
+def pytest_configure(config):
+    # the lane (``_lanes.py``): its files' tests run in a child on the second core
+    config.pluginmanager.register(_lanes.Plugin(), "fastbp-lane")
+
+
 def pytest_collection_finish(session):
     _simulator.start(session)
+    _lanes.start(session)
     # a test module may start the child processes of its selected tests that need nothing
     # this session compiles now, in the background, so that they run while the rest of the
     # suite does instead of this process waiting for them: ``start_early(its selected items)``
@@ -40,6 +47,8 @@ def pytest_collection_finish(session):
         return
     selected = {}
     for item in session.items:
+        if _lanes.delegated(item):
+            continue              # its module's start_early runs in the lane child
         mod = getattr(item, "module", None)
         if callable(getattr(mod, "start_early", None)):
             selected.setdefault(mod, []).append(item)
@@ -49,3 +58,4 @@ def pytest_collection_finish(session):
 
 def pytest_sessionfinish(session, exitstatus):
     _simulator.stop()
+    _lanes.stop()
