@@ -3,7 +3,7 @@
 On the 2-core machine the suite is mostly numba compiling (one core) plus the CUDA-simulator
 child (``_simulator.py``), which leaves the second core idle once it ends.  The files named in
 ``LANE_FILES`` (chosen for running long on few kernels of their own: subprocesses, the MPI
-ranks, the CLI, the estimators) therefore run in a child pytest that starts right after
+ranks, the CLI, the estimators, the benchmark runner) therefore run in a child pytest that starts right after
 collection; this process runs everything else, then reports each delegated test from the
 child's JUnit report under the test's own node id, with its own outcome (passed, failed with
 the child's traceback, skipped, xfailed), as if it had run here.  Both processes share numba's
@@ -29,12 +29,16 @@ from _pytest.reports import TestReport
 
 import _simulator
 
-#: the files the lane runs (see the module docstring); measured with ``--durations=0``
+#: the files the lane runs (see the module docstring), picked from a ``--junitxml`` report of the
+#: README's test command so that the lane (with the simulator child) ends about when this
+#: process does; never a file with a simulator runner test (``_simulator.FILES``)
 LANE_FILES = {
     "test_distributed.py", "test_cli.py", "test_estimator.py", "test_estimator_parity.py",
     "test_estimator_weights.py", "test_checkpoint.py", "test_checkpoint_safety.py",
-    "test_bench.py",
+    "test_bench.py", "test_compile_pool.py", "test_structure.py", "test_lanes.py",
+    "test_handlers.py", "test_concurrency.py", "test_blas_backend.py",
 }
+assert not LANE_FILES & set(_simulator.FILES)
 TIMEOUT_S = 1500
 ENV_CHILD = "FASTBP_TEST_LANE"
 ENV_SWITCH = "FASTBP_TEST_LANES"
