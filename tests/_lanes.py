@@ -37,6 +37,7 @@ LANE_FILES = {
     "test_estimator_weights.py", "test_checkpoint.py", "test_checkpoint_safety.py",
     "test_bench.py", "test_compile_pool.py", "test_structure.py", "test_lanes.py",
     "test_handlers.py", "test_concurrency.py", "test_blas_backend.py", "test_kernels.py",
+    "test_registry.py",
 }
 assert not LANE_FILES & set(_simulator.FILES)
 TIMEOUT_S = 1500
