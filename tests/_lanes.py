@@ -1,9 +1,8 @@
 """A second lane: some test files run in ONE child pytest on the second core.
 
-On the 2-core machine the suite is mostly numba compiling (one core) plus the CUDA-simulator
-child (``_simulator.py``), which leaves the second core idle once it ends.  The files named in
-``LANE_FILES`` (chosen for running long on few kernels of their own: subprocesses, the MPI
-ranks, the CLI, the estimators, the benchmark runner) therefore run in a child pytest that starts right after
+On the 2-core machine the suite is mostly numba compiling, one process at a time, plus the
+CUDA-simulator child (``_simulator.py``), which left the second core idle once it ended.  The
+files named in ``LANE_FILES`` therefore run in a child pytest that starts right after
 collection; this process runs everything else, then reports each delegated test from the
 child's JUnit report under the test's own node id, with its own outcome (passed, failed with
 the child's traceback, skipped, xfailed), as if it had run here.  Both processes share numba's
@@ -29,18 +28,17 @@ from _pytest.reports import TestReport
 
 import _simulator
 
-#: the files the lane runs (see the module docstring), in the order it runs them, picked from a
-#: ``--junitxml`` report of the README's test command so that the lane (with the simulator
-#: child) ends about when this process does; never a file with a simulator runner test
-#: (``_simulator.FILES``).  The kernel tests come first: this process starts with whole steps
-#: (test_bad_input.py), so the two compile different things at the start, and the kernels are
-#: in the disk cache by the time this process's test_ops.py calls them.
-LANE_FILES = [
-    "test_kernels.py", "test_registry.py", "test_bench.py", "test_blas_backend.py", "test_checkpoint.py",
-    "test_checkpoint_safety.py", "test_cli.py", "test_compile_pool.py", "test_concurrency.py",
-    "test_distributed.py", "test_estimator.py", "test_estimator_parity.py", "test_estimator_weights.py",
-    "test_handlers.py", "test_lanes.py", "test_structure.py",
-]
+#: the files the lane runs (see the module docstring), picked from a ``--junitxml`` report of the
+#: README's test command so that the lane (with the simulator child) ends about when this
+#: process does; never a file with a simulator runner test (``_simulator.FILES``).  The lane
+#: runs them in collection order (running the kernel tests first measured 40 s slower: the
+#: simulator child compiles the same CPU kernels at the start)
+LANE_FILES = {
+    "test_bench.py", "test_blas_backend.py", "test_checkpoint.py", "test_checkpoint_safety.py",
+    "test_cli.py", "test_compile_pool.py", "test_concurrency.py", "test_distributed.py",
+    "test_estimator.py", "test_estimator_parity.py", "test_estimator_weights.py", "test_handlers.py",
+    "test_kernels.py", "test_lanes.py", "test_registry.py", "test_structure.py",
+}
 assert not set(LANE_FILES) & set(_simulator.FILES)
 TIMEOUT_S = 1500
 ENV_CHILD = "FASTBP_TEST_LANE"
@@ -96,9 +94,7 @@ def start(session):
     ids = _lane.get("ids")
     if not ids:
         return
-    rank = {name: i for i, name in enumerate(LANE_FILES)}
-    mine = [it for it in session.items if it.nodeid in ids]
-    ordered = [it.nodeid for it in sorted(mine, key=lambda it: rank[Path(str(it.path)).name])]   # stable
+    ordered = [it.nodeid for it in session.items if it.nodeid in ids]
     report = Path(tempfile.mkdtemp(prefix="fastbp-lane-")) / "lane.xml"
     out = tempfile.TemporaryFile(mode="w+")
     env = dict(os.environ, **{ENV_CHILD: "1"})

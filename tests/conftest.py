@@ -7,6 +7,10 @@ right after collection, in a background thread.  (Not children that compile into
 session's disk cache, such as test_threads.py's: started early, they compiled the kernels
 at the same time as this process, twice the work.)
 
+The tests of the files in ``_lanes.LANE_FILES`` run in a second child pytest (the lane) that
+also starts right after collection; this process reports their outcomes there under their
+own ids (``_lanes.py``; ``FASTBP_TEST_LANES=0`` runs everything here).
+
 The one-time compilation's helper process (fastbp._compile_pool) is off in the test
 processes (its own tests, test_compile_pool.py, turn it on): the suite already keeps both
 cores busy."""
