@@ -1073,3 +1073,16 @@ def test_ptx_compiles(monkeypatch, tmp_path, target):
                 report = assemble(ptxas, ptx, cc, tmp_path / f"{name}_{np.dtype(dtype).name}.ptx")
                 if name in _PRODUCTS or name.endswith((".linear_fwd", ".linear_fwd_t")):
                     assert "0 bytes spill stores" in report, f"{name}: {report}"
+
+
+def test_loss_kernels_of_both_targets_compile_the_registry_bodies():
+    """One body per loss (issue 13): the CPU kernels and the CUDA kernels compile the loss
+    registry's row functions (softmax cross-entropy: its three phases), not copies."""
+    from fastbp.kernels import losses as cpu
+    from fastbp.kernels.cuda import losses as gpu
+    from fastbp.registry import losses as R
+    for name in ("mse_row", "bce_logits_row", "poisson_row", "svm_row", "xent_shift_row", "xent_prob",
+                 "xent_finish_row"):
+        body = getattr(R, name).__code__
+        for mod in (cpu, gpu):
+            assert getattr(mod, "_" + name).py_func.__code__ is body, f"{mod.__name__}._{name}"

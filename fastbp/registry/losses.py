@@ -112,7 +112,51 @@ def by_code(code):
 # float64 accumulator).  The one body the CPU kernels (:mod:`fastbp.kernels.losses`,
 # a loop over rows) and the CUDA kernels (:mod:`fastbp.kernels.cuda.losses`, one
 # thread per row) compile; ``_sigmoid`` is the activation registry's sigmoid,
-# compiled for the same target (``fastbp.kernels.factory.specialise``).
+# compiled for the same target (``fastbp.kernels.factory.specialise``).  Softmax
+# cross-entropy comes in three phases (shift, exp, normalise), because the CPU runs its exp
+# as one flat vectorised loop over the whole minibatch; the CUDA kernel runs the three on
+# its row.
+
+#: ln(1e-30): softmax probabilities below exp of this are flushed to 0 on every target (they
+#: change no float32 sum, and as subnormal gradients they would slow every later product)
+XENT_FLUSH_BELOW = -69.07755278982137
+
+
+def xent_shift_row(S, dS, i):
+    """Softmax cross-entropy, first phase, row ``i``: ``dS[i] = S[i] - m`` with ``m`` the
+    row's maximum (so that every ``exp`` below is of a non-positive number: finite for any
+    finite score); returns ``m``."""
+    m = S[i, 0]
+    for j in range(1, S.shape[1]):
+        if S[i, j] > m:
+            m = S[i, j]
+    for j in range(S.shape[1]):
+        dS[i, j] = S[i, j] - m
+    return m
+
+
+def xent_prob(v, zero):
+    """Softmax cross-entropy, second phase, one element: the unnormalised probability
+    ``exp(v)`` of a shifted score ``v <= 0`` (``_exp``: the target's exp, injected), ``zero``
+    below ``XENT_FLUSH_BELOW``; NaN stays NaN.  An elementwise body, so that the CPU kernel
+    runs it as one flat loop that vectorises."""
+    e = _exp(v)  # noqa: F821 - injected per target
+    return zero if v < XENT_FLUSH_BELOW else e
+
+
+def xent_finish_row(S, y, dS, i, m, scale):
+    """Softmax cross-entropy, third phase, row ``i`` (``dS[i]`` holds the unnormalised
+    probabilities, ``m`` the row's maximum): ``dL/ds_ij = (p_ij - 1[j = y_i]) * scale`` with
+    ``p_ij = exp(s_ij - m) / sum_k exp(s_ik - m)`` (``scale`` = 1/B); returns the row's loss
+    ``log sum_k exp(s_ik - m) + m - s_{i, y_i}``.  ``_row_sum(A, i, scale) -> (sum of row i,
+    scale / that sum)`` is the target's (injected).  ``y[i]`` must be a valid class."""
+    s, w = _row_sum(dS, i, scale)  # noqa: F821 - injected per target
+    for j in range(S.shape[1]):
+        dS[i, j] = dS[i, j] * w
+    yi = y[i]
+    dS[i, yi] -= scale
+    return math.log(s) + m - S[i, yi]
+
 
 def mse_row(S, T, dS, i, scale):
     """``sum_j (s_ij - t_ij)^2``; ``dL/ds_ij = scale * 2 (s_ij - t_ij)`` (``scale`` = 2/(B C))."""

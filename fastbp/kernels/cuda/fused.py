@@ -1,7 +1,7 @@
 """The fused linear kernels of CUDA, made per activation: templates and their factory.
 
-``linear_fwd(X, W, b, Y, P)`` / ``linear_fwd_t(X, Wt, b, Y, P)``: the tiled
-product of :mod:`.gemm` with the bias and the activation ``_F`` (an entry's
+``linear_fwd(X, W, b, Y, P)`` / ``linear_fwd_t(X, Wt, b, Y, P)``: the tile loop
+of :mod:`.gemm` (``_tiles_nn``/``_tiles_nt``) with the bias and the activation ``_F`` (an entry's
 scalar forward, injected by :func:`linear_kernels`) applied to the register
 tile before it is stored, so ``X W`` never makes a round trip through global
 memory.  The launchers are in :mod:`.linear`; :mod:`.activations` makes the
@@ -12,8 +12,8 @@ import math
 from numba import cuda
 
 from ..factory import specialise
-from .gemm import _load_panel_kmajor, _load_panel_kminor, _panel_fma, _zero_acc
-from .launch import BK, BM, BN, GEMM_TX, GEMM_TY, TILE_LD, TM, TN, device, kernel
+from .gemm import _tiles_nn, _tiles_nt
+from .launch import BM, BN, GEMM_TX, GEMM_TY, TM, TN, device, kernel
 
 
 @device
@@ -74,48 +74,20 @@ def _t_store_bias_then_act(Y, acc, b, P, m0, n0, tx, ty):
 
 def _t_k_linear_fwd(X, W, b, Y, P):
     """Kernel of :func:`_linear_fwd`: tiled ``X @ W`` with the bias/activation epilogue."""
-    Ap = cuda.shared.array((BK, TILE_LD), dtype=X.dtype)
-    Bp = cuda.shared.array((BK, TILE_LD), dtype=X.dtype)
     acc = cuda.local.array((TM, TN), dtype=X.dtype)
-    a = cuda.local.array(TM, dtype=X.dtype)
-    bb = cuda.local.array(TN, dtype=X.dtype)
-    tx = cuda.threadIdx.x
-    ty = cuda.threadIdx.y
-    tid = ty * GEMM_TX + tx
     m0 = cuda.blockIdx.y * BM
     n0 = cuda.blockIdx.x * BN
-    K = X.shape[1]
-    _zero_acc(acc)
-    for k0 in range(0, K, BK):
-        _load_panel_kminor(X, Ap, k0, m0, tid)
-        _load_panel_kmajor(W, Bp, k0, n0, tid)
-        cuda.syncthreads()
-        _panel_fma(Ap, Bp, acc, a, bb, tx, ty)
-        cuda.syncthreads()
-    _store_bias_act(Y, acc, b, P, m0, n0, tx, ty)  # noqa: F821 - injected
+    _tiles_nn(X, W, acc, X.shape[1], m0, n0, cuda.threadIdx.x, cuda.threadIdx.y)
+    _store_bias_act(Y, acc, b, P, m0, n0, cuda.threadIdx.x, cuda.threadIdx.y)  # noqa: F821 - injected
 
 
 def _t_k_linear_fwd_t(X, Wt, b, Y, P):
     """Kernel of :func:`_linear_fwd_t`: tiled ``X @ Wt.T`` with the epilogue."""
-    Ap = cuda.shared.array((BK, TILE_LD), dtype=X.dtype)
-    Bp = cuda.shared.array((BK, TILE_LD), dtype=X.dtype)
     acc = cuda.local.array((TM, TN), dtype=X.dtype)
-    a = cuda.local.array(TM, dtype=X.dtype)
-    bb = cuda.local.array(TN, dtype=X.dtype)
-    tx = cuda.threadIdx.x
-    ty = cuda.threadIdx.y
-    tid = ty * GEMM_TX + tx
     m0 = cuda.blockIdx.y * BM
     n0 = cuda.blockIdx.x * BN
-    K = X.shape[1]
-    _zero_acc(acc)
-    for k0 in range(0, K, BK):
-        _load_panel_kminor(X, Ap, k0, m0, tid)
-        _load_panel_kminor(Wt, Bp, k0, n0, tid)
-        cuda.syncthreads()
-        _panel_fma(Ap, Bp, acc, a, bb, tx, ty)
-        cuda.syncthreads()
-    _store_bias_act(Y, acc, b, P, m0, n0, tx, ty)  # noqa: F821 - injected
+    _tiles_nt(X, Wt, acc, X.shape[1], m0, n0, cuda.threadIdx.x, cuda.threadIdx.y)
+    _store_bias_act(Y, acc, b, P, m0, n0, cuda.threadIdx.x, cuda.threadIdx.y)  # noqa: F821 - injected
 
 
 def linear_kernels(f, sfx, separate=False):

@@ -30,6 +30,7 @@ as zeros, so any ``m, n, k >= 0`` works (``k = 0`` yields ``C = 0``).
 """
 from numba import cuda
 
+from ..factory import specialise
 from .launch import (BK, BM, BN, GEMM_THREADS, GEMM_TX, GEMM_TY, TILE_LD, TM,
                      TN, device, grid_gemm, kernel)
 
@@ -118,76 +119,62 @@ def _store_tile(C, acc, m0, n0, tx, ty, accumulate):
                         C[r, c] = acc[i, j]
 
 
-@kernel
-def _k_mm_nn(A, B, C, accumulate):
-    """Kernel of :func:`_mm_nn`: ``A (m, k)`` panels via rows, ``B (k, n)`` via columns."""
+def _t_tiles(A, B, acc, K, m0, n0, tx, ty):
+    """``acc = this thread's TM x TN outputs of the block's BM x BN tile of op(A) op(B)``:
+    the reduction of length ``K`` in panels of ``BK``, each staged in shared memory by
+    ``_LOAD_A``/``_LOAD_B`` (the operand's layout: :func:`_load_panel_kminor` when the
+    reduction runs along its columns, :func:`_load_panel_kmajor` along its rows; injected)
+    and applied by :func:`_panel_fma`.  The one tile loop of every product kernel (the three
+    layouts here and the fused linear kernels of :mod:`.fused`)."""
     Ap = cuda.shared.array((BK, TILE_LD), dtype=A.dtype)
     Bp = cuda.shared.array((BK, TILE_LD), dtype=A.dtype)
-    acc = cuda.local.array((TM, TN), dtype=A.dtype)
     a = cuda.local.array(TM, dtype=A.dtype)
     b = cuda.local.array(TN, dtype=A.dtype)
-    tx = cuda.threadIdx.x
-    ty = cuda.threadIdx.y
     tid = ty * GEMM_TX + tx
-    m0 = cuda.blockIdx.y * BM
-    n0 = cuda.blockIdx.x * BN
-    K = A.shape[1]
     _zero_acc(acc)
     for k0 in range(0, K, BK):
-        _load_panel_kminor(A, Ap, k0, m0, tid)
-        _load_panel_kmajor(B, Bp, k0, n0, tid)
+        _LOAD_A(A, Ap, k0, m0, tid)  # noqa: F821 - injected
+        _LOAD_B(B, Bp, k0, n0, tid)  # noqa: F821 - injected
         cuda.syncthreads()
         _panel_fma(Ap, Bp, acc, a, b, tx, ty)
         cuda.syncthreads()
-    _store_tile(C, acc, m0, n0, tx, ty, accumulate)
+
+
+#: the tile loops by operand layouts: ``A (m, k) @ B (k, n)``, ``A (m, k) @ B (n, k).T``,
+#: ``A (k, m).T @ B (k, n)``
+_tiles_nn = device(specialise(_t_tiles, "_nn", _LOAD_A=_load_panel_kminor, _LOAD_B=_load_panel_kmajor))
+_tiles_nt = device(specialise(_t_tiles, "_nt", _LOAD_A=_load_panel_kminor, _LOAD_B=_load_panel_kminor))
+_tiles_tn = device(specialise(_t_tiles, "_tn", _LOAD_A=_load_panel_kmajor, _LOAD_B=_load_panel_kmajor))
+
+
+@kernel
+def _k_mm_nn(A, B, C, accumulate):
+    """Kernel of :func:`_mm_nn`: ``A (m, k)`` panels via rows, ``B (k, n)`` via columns."""
+    acc = cuda.local.array((TM, TN), dtype=A.dtype)
+    m0 = cuda.blockIdx.y * BM
+    n0 = cuda.blockIdx.x * BN
+    _tiles_nn(A, B, acc, A.shape[1], m0, n0, cuda.threadIdx.x, cuda.threadIdx.y)
+    _store_tile(C, acc, m0, n0, cuda.threadIdx.x, cuda.threadIdx.y, accumulate)
 
 
 @kernel
 def _k_mm_nt(A, B, C, accumulate):
     """Kernel of :func:`_mm_nt`: ``A (m, k)`` and ``B (n, k)`` both via rows."""
-    Ap = cuda.shared.array((BK, TILE_LD), dtype=A.dtype)
-    Bp = cuda.shared.array((BK, TILE_LD), dtype=A.dtype)
     acc = cuda.local.array((TM, TN), dtype=A.dtype)
-    a = cuda.local.array(TM, dtype=A.dtype)
-    b = cuda.local.array(TN, dtype=A.dtype)
-    tx = cuda.threadIdx.x
-    ty = cuda.threadIdx.y
-    tid = ty * GEMM_TX + tx
     m0 = cuda.blockIdx.y * BM
     n0 = cuda.blockIdx.x * BN
-    K = A.shape[1]
-    _zero_acc(acc)
-    for k0 in range(0, K, BK):
-        _load_panel_kminor(A, Ap, k0, m0, tid)
-        _load_panel_kminor(B, Bp, k0, n0, tid)
-        cuda.syncthreads()
-        _panel_fma(Ap, Bp, acc, a, b, tx, ty)
-        cuda.syncthreads()
-    _store_tile(C, acc, m0, n0, tx, ty, accumulate)
+    _tiles_nt(A, B, acc, A.shape[1], m0, n0, cuda.threadIdx.x, cuda.threadIdx.y)
+    _store_tile(C, acc, m0, n0, cuda.threadIdx.x, cuda.threadIdx.y, accumulate)
 
 
 @kernel
 def _k_mm_tn(A, B, C, accumulate):
     """Kernel of :func:`_mm_tn`: ``A (r, m)`` and ``B (r, n)`` both via columns."""
-    Ap = cuda.shared.array((BK, TILE_LD), dtype=A.dtype)
-    Bp = cuda.shared.array((BK, TILE_LD), dtype=A.dtype)
     acc = cuda.local.array((TM, TN), dtype=A.dtype)
-    a = cuda.local.array(TM, dtype=A.dtype)
-    b = cuda.local.array(TN, dtype=A.dtype)
-    tx = cuda.threadIdx.x
-    ty = cuda.threadIdx.y
-    tid = ty * GEMM_TX + tx
     m0 = cuda.blockIdx.y * BM
     n0 = cuda.blockIdx.x * BN
-    R = A.shape[0]
-    _zero_acc(acc)
-    for k0 in range(0, R, BK):
-        _load_panel_kmajor(A, Ap, k0, m0, tid)
-        _load_panel_kmajor(B, Bp, k0, n0, tid)
-        cuda.syncthreads()
-        _panel_fma(Ap, Bp, acc, a, b, tx, ty)
-        cuda.syncthreads()
-    _store_tile(C, acc, m0, n0, tx, ty, accumulate)
+    _tiles_tn(A, B, acc, A.shape[0], m0, n0, cuda.threadIdx.x, cuda.threadIdx.y)
+    _store_tile(C, acc, m0, n0, cuda.threadIdx.x, cuda.threadIdx.y, accumulate)
 
 
 def _launch_mm(k, A, B, C, acc, stream):

@@ -9,9 +9,9 @@ length >= 1 and a second, single-block kernel writes the mean into
 atomics).  Nothing is copied back to the host; read ``loss`` when needed.
 
 One thread per row of ``S`` (rows are independent and ``C`` is the number
-of classes, small in the intended use).  mse, bce_with_logits, poisson and
-svm compute each row with the loss registry's row bodies
-(:mod:`fastbp.registry.losses`), which the CPU kernels compile too.
+of classes, small in the intended use).  Every loss computes its row with the loss
+registry's bodies (:mod:`fastbp.registry.losses`; softmax cross-entropy's three phases),
+which the CPU kernels compile too.
 
 Labels must be checked with :func:`_check_labels` first; a label outside
 ``[0, C)`` that slips through does not touch memory out of bounds: its row
@@ -35,6 +35,21 @@ _svm_row = device(_L.svm_row)
 
 
 @device
+def _row_sum(A, i, scale):
+    """``(s, scale / s)`` for the sum ``s`` of row ``i`` of ``A``, in column order."""
+    s = A.dtype.type(0.0)
+    for j in range(A.shape[1]):
+        s += A[i, j]
+    return s, (A.dtype.type(1.0) / s) * scale
+
+
+# softmax cross-entropy's phases (the loss registry's bodies) with the device's exp and row sum
+_xent_shift_row = device(_L.xent_shift_row)
+_xent_prob = device(specialise(_L.xent_prob, "__cuda", _exp=math.exp))
+_xent_finish_row = device(specialise(_L.xent_finish_row, "__cuda", _row_sum=_row_sum))
+
+
+@device
 def _bad_row(S, dS, rowloss, i):
     nan = S.dtype.type(math.nan)
     for j in range(S.shape[1]):
@@ -44,6 +59,7 @@ def _bad_row(S, dS, rowloss, i):
 
 @kernel
 def _k_softmax_xent_rows(S, y, dS, rowloss):
+    """Row ``i`` of softmax cross-entropy: the registry's three phases on one thread."""
     i = cuda.grid(1)
     B = S.shape[0]
     C = S.shape[1]
@@ -53,21 +69,11 @@ def _k_softmax_xent_rows(S, y, dS, rowloss):
     if yi < 0 or yi >= C:
         _bad_row(S, dS, rowloss, i)
         return
-    scale = S.dtype.type(1.0 / B)
-    m = S[i, 0]
-    for j in range(1, C):
-        if S[i, j] > m:
-            m = S[i, j]
-    s = S.dtype.type(0.0)
+    zero = S.dtype.type(0.0)
+    m = _xent_shift_row(S, dS, i)           # in the scores' dtype: no float64 arithmetic in float32
     for j in range(C):
-        e = math.exp(S[i, j] - m)
-        dS[i, j] = e
-        s += e
-    inv = S.dtype.type(1.0) / s
-    for j in range(C):
-        dS[i, j] = dS[i, j] * inv * scale
-    dS[i, yi] -= scale
-    rowloss[i] = math.log(s) + m - S[i, yi]
+        dS[i, j] = _xent_prob(dS[i, j], zero)
+    rowloss[i] = _xent_finish_row(S, y, dS, i, m, S.dtype.type(1.0 / B))
 
 
 @kernel
