@@ -1075,14 +1075,17 @@ def test_ptx_compiles(monkeypatch, tmp_path, target):
                     assert "0 bytes spill stores" in report, f"{name}: {report}"
 
 
-def test_loss_kernels_of_both_targets_compile_the_registry_bodies():
-    """One body per loss (issue 13): the CPU kernels and the CUDA kernels compile the loss
-    registry's row functions (softmax cross-entropy: its three phases), not copies."""
-    from fastbp.kernels import losses as cpu
-    from fastbp.kernels.cuda import losses as gpu
-    from fastbp.registry import losses as R
-    for name in ("mse_row", "bce_logits_row", "poisson_row", "svm_row", "xent_shift_row", "xent_prob",
-                 "xent_finish_row"):
-        body = getattr(R, name).__code__
+def test_loss_and_norm_kernels_of_both_targets_compile_the_registry_bodies():
+    """One body per op (issue 13): the CPU kernels and the CUDA kernels compile the loss
+    registry's row functions (softmax cross-entropy: its three phases) and the normalisation
+    registry's bodies (LayerNorm's rows too), not copies."""
+    from fastbp.kernels import losses as cpu_l, norm as cpu_n
+    from fastbp.kernels.cuda import losses as gpu_l, norm as gpu_n
+    from fastbp.registry import losses as RL, norms as RN
+    shared = [(RL, cpu_l, gpu_l, n) for n in ("mse_row", "bce_logits_row", "poisson_row", "svm_row",
+                                              "xent_shift_row", "xent_prob", "xent_finish_row")]
+    shared += [(RN, cpu_n, gpu_n, n) for n in ("norm_affine", "norm_dx", "ln_fwd_row", "ln_dx_row")]
+    for reg, cpu, gpu, name in shared:
+        body = getattr(reg, name).__code__
         for mod in (cpu, gpu):
             assert getattr(mod, "_" + name).py_func.__code__ is body, f"{mod.__name__}._{name}"

@@ -32,39 +32,24 @@ import numba
 
 from .._jit import kernel
 from ..registry import norms as _body
+from .factory import specialise
 
 _norm_affine = numba.njit(inline="always")(_body.norm_affine)
 _norm_dx = numba.njit(inline="always")(_body.norm_dx)
+# LayerNorm's row bodies (shared with the CUDA kernels)
+_ln_fwd_row = numba.njit(inline="always")(specialise(_body.ln_fwd_row, "__cpu", _norm_affine=_norm_affine))
+_ln_dx_row = numba.njit(inline="always")(specialise(_body.ln_dx_row, "__cpu", _norm_dx=_norm_dx))
 
 
 @kernel
 def _layernorm_fwd(X, w, b, Y, S, P):
     """LayerNorm over each row of ``X (B, N)``: ``S[i] = (mean, rstd)`` of row ``i``
     (one pass of statistics, mean then biased variance), then
-    ``Y = (X - mean) * rstd * w + b`` (one pass).  Derivative: see
-    :func:`_layernorm_bwd`."""
-    B, N = X.shape
-    dt = X.dtype.type
+    ``Y = (X - mean) * rstd * w + b`` (one pass): the registry's row body
+    (:func:`fastbp.registry.norms.ln_fwd_row`).  Derivative: see :func:`_layernorm_bwd`."""
     eps = P[0]
-    inv_n = 1.0 / N
-    has_w = w.shape[0] > 0
-    has_b = b.shape[0] > 0
-    one = dt(1.0)
-    zero = dt(0.0)
-    for i in range(B):
-        s = zero
-        for j in range(N):
-            s += X[i, j]
-        mean = dt(s * inv_n)
-        v = zero
-        for j in range(N):
-            d = X[i, j] - mean
-            v += d * d
-        rstd = dt(1.0 / math.sqrt(v * inv_n + eps))
-        S[i, 0] = mean
-        S[i, 1] = rstd
-        for j in range(N):
-            Y[i, j] = _norm_affine(X[i, j], mean, rstd, w[j] if has_w else one, b[j] if has_b else zero)
+    for i in range(X.shape[0]):
+        _ln_fwd_row(X, w, b, Y, S, i, eps)
 
 
 @kernel
@@ -74,11 +59,7 @@ def _layernorm_bwd(X, w, S, dY, dX, dw, db, acc_x, acc_w, acc_b):
     ``xhat = (X - mean) * rstd``; ``dw (+)= sum_rows dY * xhat``, ``db (+)= sum_rows dY``.
     An output of size 0 is not wanted; ``acc_*``: add to the output."""
     B, N = X.shape
-    dt = X.dtype.type
-    zero = dt(0.0)
-    one = dt(1.0)
-    has_w = w.shape[0] > 0
-    inv_n = dt(1.0 / N)
+    zero = X.dtype.type(0.0)
     if dw.shape[0] > 0:
         if not acc_w:
             for j in range(N):
@@ -97,23 +78,7 @@ def _layernorm_bwd(X, w, S, dY, dX, dw, db, acc_x, acc_w, acc_b):
                 db[j] += dY[i, j]
     if dX.shape[0] > 0:
         for i in range(B):
-            mean = S[i, 0]
-            rstd = S[i, 1]
-            sg = zero
-            sgx = zero
-            for j in range(N):
-                g = dY[i, j] * (w[j] if has_w else one)
-                sg += g
-                sgx += g * ((X[i, j] - mean) * rstd)
-            mg = sg * inv_n
-            mgx = sgx * inv_n
-            for j in range(N):
-                g = dY[i, j] * (w[j] if has_w else one)
-                d = _norm_dx(g, (X[i, j] - mean) * rstd, rstd, mg, mgx)
-                if acc_x:
-                    dX[i, j] += d
-                else:
-                    dX[i, j] = d
+            _ln_dx_row(X, w, S, dY, dX, i, acc_x)     # the registry's row body
 
 
 @kernel

@@ -5,8 +5,10 @@ input gradient take one thread per row, BatchNorm's statistics, the
 weight/bias gradients and the running update one thread per column; each
 line is summed in the CPU kernels' order (rows or columns in order), so
 no atomics and a fixed order.  The elementwise parts are the scalar bodies
-of :mod:`fastbp.registry.norms` (``norm_affine``, ``norm_dx``), compiled
-here as device functions from the same Python functions the CPU loops use.
+of :mod:`fastbp.registry.norms` (``norm_affine``, ``norm_dx``), and
+LayerNorm's forward and input gradient its row bodies (``ln_fwd_row``,
+``ln_dx_row``), compiled here as device functions from the same Python
+functions the CPU loops use.
 
 The launchers take the arrays and the stream; ``w``/``b`` of size 0 mean
 no weight/bias, an output of size 0 is not computed.
@@ -16,39 +18,22 @@ import math
 from numba import cuda
 
 from ...registry import norms as _body
+from ..factory import specialise
 from .launch import device, grid_1d, grid_ew, kernel
 
 _norm_affine = device(_body.norm_affine)
 _norm_dx = device(_body.norm_dx)
+# LayerNorm's row bodies (shared with the CPU loops)
+_ln_fwd_row = device(specialise(_body.ln_fwd_row, "__cuda", _norm_affine=_norm_affine))
+_ln_dx_row = device(specialise(_body.ln_dx_row, "__cuda", _norm_dx=_norm_dx))
 
 
 @kernel
 def _k_ln_fwd(X, w, b, Y, S, P):
+    """LayerNorm's forward: one thread per row (the registry's row body)."""
     i = cuda.grid(1)
-    B = X.shape[0]
-    N = X.shape[1]
-    if i >= B:
-        return
-    dt = X.dtype.type
-    eps = P[0]
-    one = dt(1.0)
-    zero = dt(0.0)
-    inv_n = one / dt(N)
-    s = zero
-    for j in range(N):
-        s += X[i, j]
-    mean = s * inv_n
-    v = zero
-    for j in range(N):
-        d = X[i, j] - mean
-        v += d * d
-    rstd = one / math.sqrt(v * inv_n + eps)
-    S[i, 0] = mean
-    S[i, 1] = rstd
-    has_w = w.shape[0] > 0
-    has_b = b.shape[0] > 0
-    for j in range(N):
-        Y[i, j] = _norm_affine(X[i, j], mean, rstd, w[j] if has_w else one, b[j] if has_b else zero)
+    if i < X.shape[0]:
+        _ln_fwd_row(X, w, b, Y, S, i, P[0])
 
 
 @kernel
@@ -73,34 +58,10 @@ def _k_ln_dparams(X, S, dY, dw, db, acc_w, acc_b):
 
 @kernel
 def _k_ln_dx(X, w, S, dY, dX, acc_x):
-    """The input gradient of LayerNorm: one thread per row."""
+    """The input gradient of LayerNorm: one thread per row (the registry's row body)."""
     i = cuda.grid(1)
-    B = X.shape[0]
-    N = X.shape[1]
-    if i >= B:
-        return
-    dt = X.dtype.type
-    one = dt(1.0)
-    zero = dt(0.0)
-    has_w = w.shape[0] > 0
-    inv_n = one / dt(N)
-    mean = S[i, 0]
-    rstd = S[i, 1]
-    sg = zero
-    sgx = zero
-    for j in range(N):
-        g = dY[i, j] * (w[j] if has_w else one)
-        sg += g
-        sgx += g * ((X[i, j] - mean) * rstd)
-    mg = sg * inv_n
-    mgx = sgx * inv_n
-    for j in range(N):
-        g = dY[i, j] * (w[j] if has_w else one)
-        d = _norm_dx(g, (X[i, j] - mean) * rstd, rstd, mg, mgx)
-        if acc_x:
-            dX[i, j] += d
-        else:
-            dX[i, j] = d
+    if i < X.shape[0]:
+        _ln_dx_row(X, w, S, dY, dX, i, acc_x)
 
 
 @kernel
