@@ -17,9 +17,6 @@ child did not report (it crashed or timed out) fails here with the end of the ch
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -95,37 +92,19 @@ def start(session):
     if not ids:
         return
     ordered = [it.nodeid for it in session.items if it.nodeid in ids]
-    report = Path(tempfile.mkdtemp(prefix="fastbp-lane-")) / "lane.xml"
-    out = tempfile.TemporaryFile(mode="w+")
-    env = dict(os.environ, **{ENV_CHILD: "1"})
-    # -m "": the ids were selected here; the child must not deselect them again (addopts)
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "",
-                             f"--junitxml={report}", *ordered],
-                            cwd=str(session.config.rootpath), env=env, stdout=out,
-                            stderr=subprocess.STDOUT, text=True)
+    proc, report, out = _simulator.spawn(session, ordered, "lane", **{ENV_CHILD: "1"})
     _lane.update(proc=proc, report=report, out=out)
 
 
 def stop():
     """Kill a child still running when the session ends (``pytest_sessionfinish``)."""
-    proc = _lane.get("proc")
-    if proc is not None and proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    _simulator.kill(_lane.get("proc"))
 
 
 def _results():
     if "results" in _lane:
         return _lane["results"]
-    proc = _lane["proc"]
-    try:
-        proc.wait(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    out = _lane["out"]
-    out.seek(0)
-    _lane["tail"] = out.read()[-6000:]
+    _lane["tail"] = _simulator.finish(_lane["proc"], _lane["out"], TIMEOUT_S)
     results = {}
     if _lane["report"].exists():
         for case in ET.parse(_lane["report"]).getroot().iter("testcase"):

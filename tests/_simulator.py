@@ -68,23 +68,45 @@ def start(session):
     if not files:
         return
     ids = [i for v in files.values() for i in v]
-    report = Path(tempfile.mkdtemp(prefix="fastbp-sim-")) / "sim.xml"
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    proc, report, out = spawn(session, ids, "sim", NUMBA_ENABLE_CUDASIM="1")
+    _child.update(proc=proc, report=report, files=files, out=out)
+
+
+def spawn(session, ids, name, **env):
+    """A child pytest that runs the tests ``ids`` (node ids) with ``env`` added to this
+    session's environment: ``(process, its JUnit report's path, its output file)``.
+    Also used by the lane (``_lanes.py``)."""
+    report = Path(tempfile.mkdtemp(prefix=f"fastbp-{name}-")) / f"{name}.xml"
     out = tempfile.TemporaryFile(mode="w+")
     # -m "": the ids were selected here; the child must not deselect them again (addopts)
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "",
                              f"--junitxml={report}", *ids],
-                            cwd=str(session.config.rootpath), env=env, stdout=out,
+                            cwd=str(session.config.rootpath), env=dict(os.environ, **env), stdout=out,
                             stderr=subprocess.STDOUT, text=True)
-    _child.update(proc=proc, report=report, files=files, out=out)
+    return proc, report, out
+
+
+def finish(proc, out, timeout=TIMEOUT_S):
+    """Wait for a child of :func:`spawn` (killed after ``timeout`` s); the end of its output."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    out.seek(0)
+    return out.read()[-6000:]
+
+
+def kill(proc):
+    """Kill a child of :func:`spawn` that is still running."""
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 def stop():
     """Kill a child still running when the session ends (``pytest_sessionfinish``)."""
-    proc = _child.get("proc")
-    if proc is not None and proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    kill(_child.get("proc"))
 
 
 def result(fname):
@@ -98,14 +120,7 @@ def result(fname):
     if fname not in _child.get("files", {}):
         raise RuntimeError(f"the simulator child was not started for {fname} (see tests/_simulator.py)")
     proc = _child["proc"]
-    try:
-        proc.wait(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    out = _child["out"]
-    out.seek(0)
-    tail = out.read()[-6000:]
+    tail = finish(proc, _child["out"])
     counts = dict(tests=0, failures=0, errors=0, skipped=0)
     report = _child["report"]
     if report.exists():

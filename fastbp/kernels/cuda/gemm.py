@@ -147,34 +147,22 @@ _tiles_nt = device(specialise(_t_tiles, "_nt", _LOAD_A=_load_panel_kminor, _LOAD
 _tiles_tn = device(specialise(_t_tiles, "_tn", _LOAD_A=_load_panel_kmajor, _LOAD_B=_load_panel_kmajor))
 
 
-@kernel
-def _k_mm_nn(A, B, C, accumulate):
-    """Kernel of :func:`_mm_nn`: ``A (m, k)`` panels via rows, ``B (k, n)`` via columns."""
+def _t_k_mm(A, B, C, accumulate):
+    """Kernel of a product: ``C (+)= op(A) op(B)``, the layout's tile loop ``_TILES`` over a
+    reduction of length ``A.shape[_K_AXIS]`` (injected), then the tile stored."""
     acc = cuda.local.array((TM, TN), dtype=A.dtype)
     m0 = cuda.blockIdx.y * BM
     n0 = cuda.blockIdx.x * BN
-    _tiles_nn(A, B, acc, A.shape[1], m0, n0, cuda.threadIdx.x, cuda.threadIdx.y)
+    _TILES(A, B, acc, A.shape[_K_AXIS], m0, n0, cuda.threadIdx.x, cuda.threadIdx.y)  # noqa: F821
     _store_tile(C, acc, m0, n0, cuda.threadIdx.x, cuda.threadIdx.y, accumulate)
 
 
-@kernel
-def _k_mm_nt(A, B, C, accumulate):
-    """Kernel of :func:`_mm_nt`: ``A (m, k)`` and ``B (n, k)`` both via rows."""
-    acc = cuda.local.array((TM, TN), dtype=A.dtype)
-    m0 = cuda.blockIdx.y * BM
-    n0 = cuda.blockIdx.x * BN
-    _tiles_nt(A, B, acc, A.shape[1], m0, n0, cuda.threadIdx.x, cuda.threadIdx.y)
-    _store_tile(C, acc, m0, n0, cuda.threadIdx.x, cuda.threadIdx.y, accumulate)
-
-
-@kernel
-def _k_mm_tn(A, B, C, accumulate):
-    """Kernel of :func:`_mm_tn`: ``A (r, m)`` and ``B (r, n)`` both via columns."""
-    acc = cuda.local.array((TM, TN), dtype=A.dtype)
-    m0 = cuda.blockIdx.y * BM
-    n0 = cuda.blockIdx.x * BN
-    _tiles_tn(A, B, acc, A.shape[0], m0, n0, cuda.threadIdx.x, cuda.threadIdx.y)
-    _store_tile(C, acc, m0, n0, cuda.threadIdx.x, cuda.threadIdx.y, accumulate)
+#: kernels of :func:`_mm_nn` (``A (m, k)`` panels via rows, ``B (k, n)`` via columns),
+#: :func:`_mm_nt` (``A (m, k)`` and ``B (n, k)`` both via rows) and :func:`_mm_tn`
+#: (``A (r, m)`` and ``B (r, n)`` both via columns)
+_k_mm_nn = kernel(specialise(_t_k_mm, "_nn", _TILES=_tiles_nn, _K_AXIS=1))
+_k_mm_nt = kernel(specialise(_t_k_mm, "_nt", _TILES=_tiles_nt, _K_AXIS=1))
+_k_mm_tn = kernel(specialise(_t_k_mm, "_tn", _TILES=_tiles_tn, _K_AXIS=0))
 
 
 def _launch_mm(k, A, B, C, acc, stream):
