@@ -37,7 +37,6 @@ LANE_FILES = {
     "test_kernels.py", "test_lanes.py", "test_registry.py", "test_structure.py",
 }
 assert not set(LANE_FILES) & set(_simulator.FILES)
-TIMEOUT_S = 1500
 ENV_CHILD = "FASTBP_TEST_LANE"
 ENV_SWITCH = "FASTBP_TEST_LANES"
 
@@ -104,7 +103,7 @@ def stop():
 def _results():
     if "results" in _lane:
         return _lane["results"]
-    _lane["tail"] = _simulator.finish(_lane["proc"], _lane["out"], TIMEOUT_S)
+    _lane["tail"] = _simulator.finish(_lane["proc"], _lane["out"])
     results = {}
     if _lane["report"].exists():
         for case in ET.parse(_lane["report"]).getroot().iter("testcase"):
@@ -134,7 +133,7 @@ def _reports(item, case):
             text = f"{text}\n(run in the lane child, tests/_lanes.py)"
             if kind == "error" and case.find("failure") is None:
                 # an error in setup: no call; in teardown: after a passed call
-                if "teardown" in (el.get("message") or ""):
+                if "teardown" in msg:
                     return [ok_setup, rep("call", "passed", duration=duration),
                             rep("teardown", "failed", text)]
                 return [rep("setup", "failed", text), ok_teardown]
@@ -160,7 +159,7 @@ def delegated(item):
 
 def run_delegated(item):
     """``pytest_runtest_protocol`` for a delegated item: report its outcome in the child."""
-    if item.nodeid not in _lane.get("ids", ()) or "proc" not in _lane:
+    if not delegated(item) or "proc" not in _lane:
         return None
     ihook = item.ihook
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
@@ -168,8 +167,6 @@ def run_delegated(item):
         ihook.pytest_runtest_logreport(report=r)
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True
-
-
 
 
 class Plugin:

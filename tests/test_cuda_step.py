@@ -26,8 +26,9 @@ and seed, feeds both the same minibatches and compares losses, weights,
 gradients and optimizer state to float tolerance.  The simulator runs every
 CUDA thread as a Python thread, so it runs the kernels with scaled-down
 blocks (``fastbp.kernels.cuda.launch.SIM_SMALL_BLOCKS``; CI's last stage runs
-them with the GPU's block shapes too, ``FASTBP_SIM_FULL_BLOCKS=1``), shapes are tiny and the cases cover each loss, activation, optimizer and
-dtype without taking their full product.
+them with the GPU's block shapes too, ``FASTBP_SIM_FULL_BLOCKS=1``), shapes
+are tiny, and the cases cover each loss, activation, optimizer and dtype
+without taking their full product.
 """
 from __future__ import annotations
 

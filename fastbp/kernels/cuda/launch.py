@@ -37,7 +37,7 @@ _CACHE = os.environ.get("FASTBP_NO_CACHE", "") == "" and not SIMULATOR
 #: with scaled-down blocks (``SIM_SMALL_BLOCKS``): every code path is the same, small arrays
 #: span more blocks (which also exercises the multi-block paths), and the launches cost an
 #: eighth.  ``FASTBP_SIM_FULL_BLOCKS=1`` keeps the GPU's shapes under the simulator too (CI's
-#: last stage runs the simulator tests both ways).
+#: first stage runs the simulator tests with the small blocks, its last stage with the GPU's).
 SIM_SMALL_BLOCKS = SIMULATOR and os.environ.get("FASTBP_SIM_FULL_BLOCKS", "") in ("", "0")
 
 #: threads per block of the 1-D kernels (rows of a loss, flat optimizer vectors)
