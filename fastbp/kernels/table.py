@@ -111,8 +111,26 @@ native_kernel(K_DROPOUT, _dropout.serial, NONE, lambda d: (a2(d), a2(d), I64, I6
 _ACT_SIGS = (lambda d: (a2(d), a1(d), a2(d), a1(d)),
              lambda d: (a2(d), a2(d), a1(d)),
              lambda d: (a2(d), a2(d), a2(d), B, a1(d)))
-#: kernel id -> the registry entry whose kernel it is
-_ACT_ENTRY = {}
+#: kernel id -> the registry entry (activation or gate) whose kernel it is
+_ENTRY_OF = {}
+
+
+def _ensure_entry_kernels(kind, entry, kernels, first_id, sigs):
+    """Register ``entry``'s kernel of each role (``kernels.roles()``) as native kernels
+    ``first_id + role``, with the role's argument types from ``sigs``; returns the ids.
+    A code already registered for another entry of that family is a RuntimeError."""
+    ids = []
+    for role, k in enumerate(kernels.roles()):
+        kid = first_id + role
+        old = _ENTRY_OF.get(kid)
+        if old is not None and old is not entry:
+            raise RuntimeError(f"{kind} code {entry.code} was {old.name!r} and is now {entry.name!r} "
+                               f"in this process: its native kernels are already loaded")
+        if old is None:
+            native_kernel(kid, k.serial, NONE, sigs[role])
+            _ENTRY_OF[kid] = entry
+        ids.append(kid)
+    return ids
 
 
 def act_kernel_id(code, role):
@@ -130,25 +148,10 @@ def ensure_act_kernels(code):
         No registry entry has that code.
     """
     entry = _R.by_code(code)
-    ks = _act.kernels(code).roles()
-    ids = []
-    for role, k in enumerate(ks):
-        kid = act_kernel_id(entry.code, role)
-        old = _ACT_ENTRY.get(kid)
-        if old is not None and old is not entry:
-            raise RuntimeError(f"activation code {entry.code} was {old.name!r} and is now {entry.name!r} "
-                               f"in this process: its native kernels are already loaded")
-        if old is None:
-            native_kernel(kid, k.serial, NONE, _ACT_SIGS[role])
-            _ACT_ENTRY[kid] = entry
-        ids.append(kid)
-    return ids
+    return _ensure_entry_kernels("activation", entry, _act.kernels(code), act_kernel_id(entry.code, 0), _ACT_SIGS)
 
 
 ensure_act_kernels(_R.IDENTITY)     # the prototypes: kcall_at types calls by their signatures
-
-#: kernel id -> the gate entry whose kernel it is
-_GATE_ENTRY = {}
 
 
 def gate_kernel_id(code, role):
@@ -166,18 +169,8 @@ def ensure_gate_kernels(code):
         No gate registry entry has that code.
     """
     entry = _gates.R.by_code(code)
-    ids = []
-    for role, k in enumerate(_gates.kernels(entry.code).roles()):
-        kid = gate_kernel_id(entry.code, role)
-        old = _GATE_ENTRY.get(kid)
-        if old is not None and old is not entry:
-            raise RuntimeError(f"gate code {entry.code} was {old.name!r} and is now {entry.name!r} "
-                               f"in this process: its native kernels are already loaded")
-        if old is None:
-            native_kernel(kid, k.serial, NONE, _GATE_SIGS[role])
-            _GATE_ENTRY[kid] = entry
-        ids.append(kid)
-    return ids
+    return _ensure_entry_kernels("gate", entry, _gates.kernels(entry.code), gate_kernel_id(entry.code, 0),
+                                 _GATE_SIGS)
 
 
 @_intrinsic
