@@ -147,8 +147,22 @@ class _Activation(Layer):
     entry = None
 
     def __init__(self, *args, **kwargs):
+        owner, entry = type(self).__name__, type(self).entry
+        inplace = False
+        if entry is not None and entry.inplace:     # PyTorch's flag, after the parameters
+            kwargs = dict(kwargs)
+            if len(args) > len(entry.params):
+                if "inplace" in kwargs:
+                    raise TypeError(f"{owner} got multiple values for 'inplace'")
+                inplace, args = args[len(entry.params)], args[:len(entry.params)] + args[len(entry.params) + 1:]
+            else:
+                inplace = kwargs.pop("inplace", False)
+            inplace = _v.boolean(f"{owner}: inplace", inplace)
+        #: PyTorch's flag, kept for its signature: it changes nothing (every layer's output has a
+        #: buffer of its own in the fused step)
+        self.inplace = inplace
         # a layer with a string choice (GELU's approximate) stands for the entry it selects
-        self.entry, self.params = _acts.select(type(self).entry, type(self).__name__, args, kwargs)
+        self.entry, self.params = _acts.select(entry, owner, args, kwargs)
 
     @property
     def op(self):
@@ -185,6 +199,7 @@ class _Activation(Layer):
     def __repr__(self):
         args = [f"{p.name}={v!r}" for p, v in zip(self.entry.params, self.params)]
         args += [f"{k}={v!r}" for k, v in self._choice().items()]
+        args += ["inplace=True"] if self.inplace else []
         return f"{type(self).__name__}({', '.join(args)})"
 
 
@@ -193,7 +208,10 @@ def _layer_class(entry):
     pdoc = _acts.param_doc(entry)
     variants = _acts.variant_doc(entry)
     doc = (f"Activation layer ``{entry.formula}`` elementwise (local gradient ``{entry.dformula}``).\n{variants}\n"
-           + (f"    Parameters\n    ----------\n{pdoc}" if pdoc else "")
+           + (f"    Parameters\n    ----------\n{pdoc}" if pdoc or entry.inplace else "")
+           + ("    inplace : bool, default False\n        Accepted for PyTorch's signature; it changes nothing "
+              "(the fused step\n        writes every layer's output into a buffer of its own).\n"
+              if entry.inplace else "")
            + f"\n    PyTorch: ``torch.nn.{entry.torch}``."
            + (f"  scikit-learn: ``activation='{entry.sklearn}'``." if entry.sklearn else ""))
     cls = type(entry.layer, (_Activation,), {"entry": entry, "__doc__": doc, "__module__": __name__,
@@ -202,7 +220,9 @@ def _layer_class(entry):
         [inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default)
          for p in entry.params]
         + ([inspect.Parameter(entry.choice.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                              default=entry.choice.default)] if entry.choice is not None else []))
+                              default=entry.choice.default)] if entry.choice is not None else [])
+        + ([inspect.Parameter("inplace", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=False)]
+           if entry.inplace else []))
     return cls
 
 

@@ -134,3 +134,21 @@ def test_invalid_approximate_is_a_value_error_naming_it_everywhere():
     model[1].approximate = "fast"              # torch itself only checks at forward time
     with pytest.raises(ValueError, match="approximate"):
         fastbp.from_torch(model.double())
+
+
+@pytest.mark.parametrize("entry", fastbp.registry.activations.layer_entries(), ids=lambda e: e.layer)
+def test_layers_take_the_inplace_flag_exactly_where_the_torch_module_does(entry):
+    import inspect
+    params = inspect.signature(getattr(nn, entry.torch)).parameters
+    takes = "inplace" in params
+    assert entry.inplace == takes
+    cls = getattr(fastbp, entry.layer)
+    if takes:       # by keyword and by position after the parameters, as torch; from_torch too
+        defaults = [p.default for p in entry.params]
+        assert cls(inplace=True).inplace and cls(*defaults, True).inplace and not cls().inplace
+        step = fastbp.from_torch(nn.Sequential(nn.Linear(3, 4), getattr(nn, entry.torch)(inplace=True),
+                                               nn.Linear(4, 2)).double())
+        assert step.model.layers[1].entry is entry and step.model.layers[1].params == entry.defaults
+    elif not any(p.kind is p.VAR_KEYWORD for p in params.values()):    # (nn.Identity takes anything)
+        with pytest.raises(TypeError, match="inplace"):
+            cls(inplace=True)

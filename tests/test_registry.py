@@ -447,3 +447,19 @@ def test_identity_is_the_no_activation_entry():
     assert fastbp.Identity().build(g, x, "p") is x
     with pytest.raises(TypeError):
         fastbp.Identity(1.0)
+
+
+def test_pytorchs_inplace_flag_is_accepted_and_changes_nothing():
+    x = np.random.default_rng(0).standard_normal((4, 5))
+    y = np.array([0, 1, 2, 0])
+    for layer in ("ReLU", "LeakyReLU", "ELU", "SiLU"):
+        cls = getattr(fastbp, layer)
+        steps = [fastbp.compile(fastbp.Sequential(fastbp.Linear(5, 6), act, fastbp.Linear(6, 3)),
+                                optimizer=fastbp.SGD(lr=0.1), batch_size=4, dtype=np.float64, seed=3)
+                 for act in (cls(), cls(inplace=True))]
+        losses = [s(x, y) for s in steps]
+        assert losses[0] == losses[1]
+        np.testing.assert_array_equal(steps[0].predict(x), steps[1].predict(x))
+        assert repr(cls(inplace=True)).endswith("inplace=True)") and "inplace" not in repr(cls())
+        with pytest.raises(TypeError, match="inplace"):
+            cls(inplace="yes")

@@ -136,6 +136,10 @@ class Activation:
     choice : Choice or None
         A string parameter of the layer that selects another entry (GELU's
         ``approximate``); the selected entries have ``layer=None``.
+    inplace : bool
+        The layer takes PyTorch's ``inplace=`` flag after its parameters, as the
+        ``torch.nn`` module does (accepted and kept; it changes nothing: the fused
+        step writes every layer's output into a buffer of its own).
     """
     code: int
     name: str
@@ -150,6 +154,7 @@ class Activation:
     params: tuple = ()
     init: str = "glorot"
     choice: Choice | None = None
+    inplace: bool = False
 
     def __post_init__(self):
         if not (isinstance(self.code, int) and 0 <= self.code < CAPACITY):
@@ -164,6 +169,8 @@ class Activation:
             raise ValueError(f"activation {self.name!r}: params must be at most {MAX_PARAMS} Param objects")
         if self.choice is not None and not isinstance(self.choice, Choice):
             raise ValueError(f"activation {self.name!r}: choice must be a Choice or None")
+        if self.inplace not in (False, True) or (self.inplace and self.choice is not None):
+            raise ValueError(f"activation {self.name!r}: inplace must be a bool, and False with a choice")
 
     @property
     def defaults(self):
@@ -368,6 +375,7 @@ def d_relu(y):
 register(Activation(
     code=1, name="relu", layer="ReLU", torch="ReLU", sklearn="relu",
     forward=relu, derivative=d_relu, uses="output", init="he",
+    inplace=True,
     formula="y = max(x, 0)", dformula="dy/dx = 1[y > 0]"))
 
 
@@ -417,6 +425,7 @@ register(Activation(
     code=4, name="leaky_relu", layer="LeakyReLU", torch="LeakyReLU", sklearn=None,
     forward=leaky_relu, derivative=d_leaky_relu, uses="input", init="he",
     params=(Param("negative_slope", 0.01, "Slope for negative inputs (any finite value, as in PyTorch)."),),
+    inplace=True,
     formula="y = x if x > 0 else negative_slope * x", dformula="dy/dx = 1 if x > 0 else negative_slope"))
 
 
@@ -436,6 +445,7 @@ register(Activation(
     forward=elu, derivative=d_elu, uses="input", init="he",
     params=(Param("alpha", 1.0, "Value the output tends to for large negative inputs, "
                                 "``-alpha`` (any finite value, as in PyTorch)."),),
+    inplace=True,
     formula="y = x if x > 0 else alpha (exp(x) - 1)", dformula="dy/dx = 1 if x > 0 else alpha exp(x)"))
 
 
@@ -525,6 +535,7 @@ def d_silu(x):
 register(Activation(
     code=8, name="silu", layer="SiLU", torch="SiLU", sklearn=None,
     forward=silu, derivative=d_silu, uses="input", init="he",
+    inplace=True,
     formula="y = x sigmoid(x) = x / (1 + exp(-x))", dformula="dy/dx = s (1 + x (1 - s)), s = sigmoid(x)"))
 
 
