@@ -5,7 +5,8 @@ says how much it would need, not get the process killed by the kernel's
 out-of-memory killer halfway through building its initial weights (numpy
 allocations are lazy: an array far larger than the memory is often
 "allocated" fine and the process dies when it is written).  So
-:func:`fastbp.TrainStep` calls :func:`check` with :func:`step_bytes` before
+:func:`fastbp.TrainStep` calls :func:`check` with :func:`step_bytes` (of the
+plan of the model's shapes: :func:`fastbp._init_weights.step_bytes`) before
 it draws a single initial weight, and :func:`fastbp.compiler.new_arena`
 checks the exact arena size before allocating it.
 """
@@ -77,43 +78,32 @@ def available_bytes():
     return min(room)
 
 
-def step_bytes(model, n_state, batch_size, itemsize, init=True):
-    """What compiling ``model`` into a step will allocate, in bytes (a close lower bound).
+def step_bytes(arena_size, itemsize, batch_size, n_params, largest, init=True):
+    """The bytes a training step allocates, from its plan's sizes.
 
     Parameters
     ----------
-    model : fastbp.Sequential
-    n_state : int
-        Optimizer state vectors (each the size of the parameters).
-    batch_size : int
+    arena_size : int
+        Values in the step's arena (``plan.arena_size``).
     itemsize : int
         4 (float32) or 8 (float64).
+    batch_size : int
+    n_params : int
+        Values of all the parameters.
+    largest : int
+        Values of the largest parameter.
     init : bool, default True
         The step draws its initial weights (float64, one layer at a time,
-        held by the graph until they are written into the step's buffers).
+        held by the graph until they are written into the arena).
 
     Returns
     -------
     total : int
     buffers : int
-        The step's own arrays: parameters, gradients, optimizer state,
-        activations and their gradients for ``batch_size`` rows.
+        The step's own arrays: the arena and the float64/int64 staging of one
+        minibatch.
     """
-    n_params = 0
-    largest = 0
-    acts = batch_size * model.in_features           # the input buffer
-    n_bufs = 4                                      # input, targets, loss and its gradient
-    for layer in (model.flat_layers() if hasattr(model, "flat_layers") else model.layers):
-        if getattr(layer, "weight_shape", None) is not None:     # a Linear (no import of layers: no cycle)
-            k = layer.in_features * layer.out_features_ + (layer.out_features_ if layer.bias else 0)
-            n_params += k
-            largest = max(largest, k)
-            acts += 2 * batch_size * layer.out_features_     # output and its gradient
-            n_bufs += 4 + (4 if layer.bias else 0)           # W, dW, output, its gradient (b, db)
-    acts += batch_size * model.out_features()                # the target buffer
-    # every buffer is padded to 16 values (64-byte alignment), plus the compiler's slack
-    elements = n_params * (2 + n_state) + acts + 16 * n_bufs + 48
-    buffers = itemsize * elements + 8 * 2 * batch_size      # + the float64/int64 workspaces
+    buffers = itemsize * max(arena_size, 1) + 8 * 2 * batch_size
     # the graph keeps a float64 copy of every initial weight until the arena is
     # filled; the layer being drawn needs one more float64 array
     transient = 8 * (n_params + (largest if init else 0))

@@ -34,51 +34,14 @@ from . import _rng
 from . import _validate as V
 from .compiler import build_plan, new_arena
 from .kernels.codes import CLASSIFICATION_LOSSES, LOSSES
-from .layers import Sequential, linear_layers
+from .layers import Sequential
 from .optimizers import _real, clip_grad_norm_arg, hyper_from, resolve_optimizer
 from .schedules import ReduceLROnPlateau, schedule_arg
 from . import training as _training
 from ._norm_step import NormState
+from ._init_weights import LazyInit, step_bytes
 
 __all__ = ["StepBase"]
-
-
-class _LazyInit:
-    """``model.init_params(seed)``, drawn one layer at a time as the graph asks for it.
-
-    The same generator, the same draws in the same order (layer by layer):
-    bitwise the weights of :meth:`Sequential.init_params`.  Each layer's
-    float64 arrays live only until the graph has copied them, so building
-    a step never holds two float64 copies of all its weights.
-    """
-
-    def __init__(self, model, seed):
-        layers = model.layers
-        self._keys = set()
-        for key, layer, _ in linear_layers(layers):     # inside Residual blocks too ("i.j")
-            self._keys.add(f"{key}.W")
-            if layer.bias:
-                self._keys.add(f"{key}.b")
-        self._ready = {}
-        self._draws = self._draw(layers, seed)
-
-    @staticmethod
-    def _draw(layers, seed):
-        rng = np.random.default_rng(seed)
-        for key, layer, act in linear_layers(layers):
-            W, b = layer.init(rng, act)
-            yield f"{key}.W", W
-            if b is not None:
-                yield f"{key}.b", b
-
-    def get(self, key, default=None):
-        if key not in self._keys:
-            return default
-        while key not in self._ready:
-            k, v = next(self._draws)
-            self._ready[k] = v
-        self._keys.discard(key)
-        return self._ready.pop(key)
 
 
 def gather_rows(rows, X, yi, yf, x_out, yi_out, yf_out, classification):
@@ -165,15 +128,14 @@ class StepBase(NormState):
         if self.classification and self.n_out < 2:
             raise ValueError(f"loss {loss!r} needs at least 2 outputs, the model has {self.n_out}")
         # the size check comes before anything is allocated, the initial weights included
-        need, buffers = _memory.step_bytes(model, self.optimizer.n_state, self.batch_size, self.dtype.itemsize,
-                                           init=_params is None)
+        need, buffers = step_bytes(model, loss, self.optimizer, self.batch_size, self.dtype, init=_params is None)
         _memory.check(need, f"compiling {model!r} (batch_size={self.batch_size}, {self.dtype.name})",
                       f"{_memory.fmt_bytes(buffers)} for the step's weights, gradients, optimizer state and "
                       f"activations, the rest while its float64 initial weights are built")
         self.rng = np.random.default_rng(self.seed)
 
-        init = _params if _params is not None else _LazyInit(model, self.seed if self.seed is not None else
-                                                             int(self.rng.integers(2**63)))
+        init = _params if _params is not None else LazyInit(model, self.seed if self.seed is not None else
+                                                            int(self.rng.integers(2**63)))
         g, x, out = model.build_graph(init)
         del init
         lnode = g._loss(loss, out)

@@ -286,6 +286,10 @@ def _lay_out(g, fusion, batch_size, optimizer):
 def _finish(g, fusion, lay, output, train_input, dtype, batch_size, sec):
     """The loss's target buffer, the arena's slack, the in-place input flag, and the Plan."""
     b, value_buf = lay.b, lay.value_buf
+    if b.size * np.dtype(dtype).itemsize >= 2**62:     # offsets past int64 (an absurd batch size)
+        from ._memory import check
+        check(b.size * np.dtype(dtype).itemsize, "laying out the compiled graph's buffers",
+              f"{b.size} values of {np.dtype(dtype).name}")
     yf_buf = -1
     if output.op == "loss":
         yf_buf = b.alloc(*canon(output.inputs[0].shape))
