@@ -300,23 +300,25 @@ class DistributedStep:
             yi, yf = st.check_targets(y, n, check_range=False)
         except Exception as e:  # noqa: BLE001 - re-raised on this rank after the collective
             error = e
-        if self._dropout:
-            # this rank's first row in the global minibatch (ranks before it, in rank order)
-            row0 = self.comm.exscan(n if error is None else 0)
-            st.hyper[H_ROW0] = float(row0 or 0)
+        # this rank's first row in the global minibatch (ranks before it, in rank order)
+        row0 = (self.comm.exscan(n if error is None else 0) or 0) if self._dropout else 0
         with st.lock:
-            if error is None:
-                status, loss, info = st.gradients_of(x, yi, yf, n)
-                if status == STATUS_OK:
-                    _pack(self.comm_vector, self._gn, n, loss)
-                    raise_local = None
+            st.hyper[H_ROW0] = float(row0)
+            try:
+                if error is None:
+                    status, loss, info = st.gradients_of(x, yi, yf, n)
+                    if status == STATUS_OK:
+                        _pack(self.comm_vector, self._gn, n, loss)
+                        raise_local = None
+                    else:
+                        self._fail_local()
+                        raise_local = functools.partial(st.raise_status, status, info, yi)
                 else:
                     self._fail_local()
-                    raise_local = functools.partial(st.raise_status, status, info, yi)
-            else:
-                self._fail_local()
-                raise_local = functools.partial(_reraise, error)
-            return self._reduce_and_update(raise_local, "")
+                    raise_local = functools.partial(_reraise, error)
+                return self._reduce_and_update(raise_local, "")
+            finally:
+                st.hyper[H_ROW0] = 0.0      # the step called on its own keys masks by its own rows
 
     def fit(self, X, Y, epochs=1, shuffle=True, seed=None, validation_data=None, early_stopping=None,
             callbacks=(), verbose=False, schedule=None):
@@ -456,16 +458,19 @@ class DistributedStep:
                     if len(lrs):
                         st.hyper[H_LR] = lrs[s]
                     st.hyper[H_ROW0] = float(self.rank * nb)   # equal parts: this rank's first row
-                    xs, ysi, ysf = st.gather(r, X, yi, yf, self._xs, self._yi, self._yf)
-                    status, loss, inf = st.gradients_of(xs, ysi, ysf, nb)
-                    if status == STATUS_OK:
-                        _pack(self.comm_vector, self._gn, nb, loss)
-                        raise_local = None
-                    else:
-                        self._fail_local()
-                        raise_local = functools.partial(st.raise_status, status, inf, y=ysi.copy(),
-                                                        where=where)
-                    out[s] = self._reduce_and_update(raise_local, where)
+                    try:
+                        xs, ysi, ysf = st.gather(r, X, yi, yf, self._xs, self._yi, self._yf)
+                        status, loss, inf = st.gradients_of(xs, ysi, ysf, nb)
+                        if status == STATUS_OK:
+                            _pack(self.comm_vector, self._gn, nb, loss)
+                            raise_local = None
+                        else:
+                            self._fail_local()
+                            raise_local = functools.partial(st.raise_status, status, inf, y=ysi.copy(),
+                                                            where=where)
+                        out[s] = self._reduce_and_update(raise_local, where)
+                    finally:
+                        st.hyper[H_ROW0] = 0.0
 
         def validate():
             m = np.full(2, np.nan)

@@ -20,6 +20,7 @@ import pytest
 
 import fastbp
 from fastbp import _executor as ex
+from fastbp import _isa
 from fastbp import distributed as dist
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -211,6 +212,9 @@ def test_two_ranks_train_like_one_process_with_the_global_batch(equivalence_run,
     assert r0["hyper"][state_slots].tobytes() == r1["hyper"][state_slots].tobytes()
     assert r0["losses"].tobytes() == r1["losses"].tobytes()                # same global loss everywhere
     assert bool(r0["in_sync"]) and bool(r1["in_sync"])
+    # dropout's row offset is this rank's only while a data-parallel step runs: the step called on
+    # its own afterwards keys its masks by its own rows (rank 1's offset used to stay behind)
+    assert r0["hyper"][_isa.H_ROW0] == r1["hyper"][_isa.H_ROW0] == 0.0
 
 
 @pytest.fixture(scope="module")
