@@ -8,14 +8,18 @@ import math
 import numba
 from numba import prange
 
-from .._jit import kernel
+from .._jit import jit, kernel
 from ..registry import optimizers as _opt
 from ..registry.optimizers import ADAM_DECOUPLED, ADAM_L2, ADAM_NO_DECAY
 
-# the element updates: the registry's bodies, inlined (the CUDA kernels compile the same)
+# the element updates: the registry's bodies (the CUDA kernels compile the same).  Adam's and
+# RMSprop's are compiled as functions of their own that LLVM inlines into the loops: inlined by
+# numba instead (inline="always"), their loops stayed scalar (Adam: 1.5 ms for an update of
+# 400k float32 parameters, 0.2 ms vectorised).  SGD's, whose loop-invariant flags numba's
+# inlining lets LLVM unswitch, is the other way round (0.05 ms inlined by numba, 4 ms as a call).
 _sgd_element = numba.njit(inline="always")(_opt.sgd_element)
-_adam_element = numba.njit(inline="always")(_opt.adam_element)
-_rmsprop_element = numba.njit(inline="always")(_opt.rmsprop_element)
+_adam_element = jit(_opt.adam_element)
+_rmsprop_element = jit(_opt.rmsprop_element)
 
 
 @kernel
@@ -89,8 +93,22 @@ def _rmsprop_update(p, g, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum)
     centered = gavg.shape[0] > 0
     use_mom = buf.shape[0] > 0
     use_wd = weight_decay != 0.0
-    for i in prange(p.shape[0]):
-        _rmsprop_element(p, g, sq, buf, gavg, i, lr_, a, one, e, wd, use_wd, mu, centered, use_mom)
+    # one loop per (centered, momentum) pair, the pair a constant in each (as Adam's modes): with
+    # the flags read at run time the loop stayed scalar (1.4 ms plain, 8.7 ms centered with
+    # momentum for 400k float32 parameters; 0.15 and 0.3 ms vectorised)
+    n = p.shape[0]
+    if centered and use_mom:
+        for i in prange(n):
+            _rmsprop_element(p, g, sq, buf, gavg, i, lr_, a, one, e, wd, use_wd, mu, True, True)
+    elif centered:
+        for i in prange(n):
+            _rmsprop_element(p, g, sq, buf, gavg, i, lr_, a, one, e, wd, use_wd, mu, True, False)
+    elif use_mom:
+        for i in prange(n):
+            _rmsprop_element(p, g, sq, buf, gavg, i, lr_, a, one, e, wd, use_wd, mu, False, True)
+    else:
+        for i in prange(n):
+            _rmsprop_element(p, g, sq, buf, gavg, i, lr_, a, one, e, wd, use_wd, mu, False, False)
 
 
 @kernel

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 from .. import _isa
+from .fastmath import div as _div
 
 __all__ = ["Optimizer", "get", "entries"]
 
@@ -102,7 +103,9 @@ def adam_element(p, g, m, v, i, step, sbc2, b1, b2, one, e, wd, decay, mode):
     vi = b2 * v[i] + (one - b2) * gi * gi
     m[i] = mi
     v[i] = vi
-    p[i] = pi - step * mi / (math.sqrt(vi) / sbc2 + e)
+    # divisions through fastmath.div: IEEE division, without the zero-divisor test and
+    # exception path of numba's Python error model, which kept the CPU loop scalar
+    p[i] = pi - _div(step * mi, _div(math.sqrt(vi), sbc2) + e)
 
 
 def rmsprop_element(p, g, sq, buf, gavg, i, lr, a, one, e, wd, use_wd, mu, centered, use_mom):
@@ -121,8 +124,8 @@ def rmsprop_element(p, g, sq, buf, gavg, i, lr, a, one, e, wd, use_wd, mu, cente
     else:
         d = math.sqrt(si) + e
     if use_mom:
-        bi = mu * buf[i] + gi / d
+        bi = mu * buf[i] + _div(gi, d)
         buf[i] = bi
         p[i] -= lr * bi
     else:
-        p[i] -= lr * gi / d
+        p[i] -= _div(lr * gi, d)
