@@ -34,9 +34,30 @@ def _run_log1p(x, y):
         y[i] = FM.log1p(x[i])
 
 
-RUN = {"exp": (_run_exp, np.exp), "erf": (_run_erf, special.erf), "log1p": (_run_log1p, np.log1p)}
+@numba.njit
+def _run_tanh(x, y):
+    for i in range(x.shape[0]):
+        y[i] = FM.tanh(x[i])
+
+
+_sigmoid = numba.njit(_acts.sigmoid)
+
+
+@numba.njit
+def _run_sigmoid(x, y):
+    for i in range(x.shape[0]):
+        y[i] = _sigmoid(x[i])
+
+
+def _sigmoid_ref(x):
+    return np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
+
+
+RUN = {"exp": (_run_exp, np.exp), "erf": (_run_erf, special.erf), "log1p": (_run_log1p, np.log1p),
+       "tanh": (_run_tanh, np.tanh), "sigmoid": (_run_sigmoid, _sigmoid_ref)}
 #: (sample range, max ulp) -- the module docstring's measured maxima, rounded up
-BOUND = {"exp": ((-87.3, 88.7), 1.25), "erf": ((-4.5, 4.5), 2.7), "log1p": ((0.0, 1.0), 2.0)}
+BOUND = {"exp": ((-87.3, 88.7), 1.25), "erf": ((-4.5, 4.5), 2.7), "log1p": ((0.0, 1.0), 2.0),
+         "tanh": ((-12.0, 12.0), 1.6), "sigmoid": ((-30.0, 30.0), 2.45)}
 
 
 def _ulps(got, want):
@@ -83,6 +104,9 @@ def test_special_values_and_float64_is_libm():
     w = np.empty_like(v)
     _run_log1p(v, w)
     assert np.isnan(w[0]) and w[1] == 0.0 and w[3] == np.float32(1e-30)
+    _run_tanh(x, y)
+    assert np.isnan(y[0]) and y[1] == 1.0 and y[2] == -1.0 and y[5] == 1.0 and y[7] == -1.0
+    assert y[8] == 0.0 and np.signbit(y[9]) and y[10] == -y[11]
     # float64: libm, bitwise
     x64 = np.random.default_rng(1).standard_normal(1000) * 10
     y64 = np.empty_like(x64)
@@ -90,6 +114,8 @@ def test_special_values_and_float64_is_libm():
     assert y64.tolist() == [math.exp(t) for t in x64]
     _run_erf(x64, y64)
     assert y64.tolist() == [math.erf(t) for t in x64]
+    _run_tanh(x64, y64)
+    assert y64.tolist() == [math.tanh(t) for t in x64]
     # called from Python on a numpy float32: the same float32 computation
     assert FM.exp(np.float32(1.0)) == e32
 
@@ -130,15 +156,31 @@ def _loop_d_silu(x, y):
         y[i] *= _d_silu(x[i])
 
 
+_tanh = numba.njit(inline="always", fastmath=_FL)(_acts.tanh)
+_sigmoid_i = numba.njit(inline="always", fastmath=_FL)(_acts.sigmoid)
+
+
+@numba.njit(fastmath=_FL)
+def _loop_tanh(x, y):
+    for i in range(x.shape[0]):
+        y[i] = _tanh(x[i])
+
+
+@numba.njit(fastmath=_FL)
+def _loop_sigmoid(x, y):
+    for i in range(x.shape[0]):
+        y[i] = _sigmoid_i(x[i])
+
+
 def test_float32_activation_loop_is_vectorised_without_libm():
     """A float32 loop over GELU's forward (erf and exp through the polynomials) and over SiLU's
     derivative (exp and divisions), inlined as in the kernels (whose cached compilations have
     no assembly to inspect), calls no libm function; on x86 it uses packed instructions."""
     import platform
     x = np.linspace(-3, 3, 256, dtype=np.float32)
-    for loop in (_loop_gelu, _loop_d_silu):
+    for loop in (_loop_gelu, _loop_d_silu, _loop_tanh, _loop_sigmoid):
         loop(x, x.copy())
         asm = next(iter(loop.inspect_asm().values()))
-        assert not re.search(r"\b(expf|erff|log1pf|exp|erf|log1p)\b", asm), loop
+        assert not re.search(r"\b(expf|erff|log1pf|tanhf|exp|erf|log1p|tanh)\b", asm), loop
         if platform.machine() in ("x86_64", "AMD64"):
             assert re.search(r"\bv?(mul|add|fmadd\d*)ps\b", asm), f"{loop}: no packed float32 arithmetic"
