@@ -38,3 +38,23 @@ def test_a_short_healthy_run_is_not_called_divergence(tmp_path, capsys, seed):
                             "--seed", seed, "--quiet")
     assert rc == 0, err
     assert "diverged" not in err and "test accuracy" in out
+
+
+@pytest.mark.parametrize("na", ["NA", "nan"])
+def test_na_in_a_numeric_label_column_is_a_missing_label_naming_the_line(tmp_path, capsys, na):
+    rows = [f"{i},{i % 7},{i % 2}" for i in range(40)]
+    rows[9] = rows[11] = f"9,2,{na}"          # twice: it would have trained as a third class
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,y\n" + "\n".join(rows) + "\n")
+    rc, out, err = run_here(capsys, "train", "--data", path, "--epochs", "1",
+                            "--hidden", "4", "--quiet")
+    assert rc == 1 and "Traceback" not in err
+    assert f"line 11: missing label ('{na}') in column 'y'" in err, err
+
+
+def test_na_is_a_class_in_a_column_of_words(tmp_path):
+    from fastbp import data
+    p = tmp_path / "w.csv"
+    p.write_text("x,y\n" + "\n".join(["1,a", "2,b", "3,NA", "4,a", "5,b", "6,NA"]) + "\n")
+    X, y, classes = data.load_file(p)
+    assert list(classes) == ["NA", "a", "b"]
