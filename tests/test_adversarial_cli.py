@@ -58,3 +58,19 @@ def test_na_is_a_class_in_a_column_of_words(tmp_path):
     p.write_text("x,y\n" + "\n".join(["1,a", "2,b", "3,NA", "4,a", "5,b", "6,NA"]) + "\n")
     X, y, classes = data.load_file(p)
     assert list(classes) == ["NA", "a", "b"]
+
+
+def test_estimator_float32_overflow_of_finite_x_is_a_clear_error():
+    # finite float64 values beyond float32's range became inf in the float32 step: fit failed
+    # as "divergence, lower learning_rate_init", predict returned labels from inf inputs
+    from fastbp import MLPClassifier
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 4))
+    y = np.where(X[:, 0] > 0, "cat", "dog")
+    with pytest.raises(ValueError, match=r"too large for float32.*dtype='float64'"):
+        MLPClassifier(hidden_layer_sizes=(4,), max_iter=2).fit(X * 1e39, y)
+    clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2).fit(X, y)
+    with pytest.raises(ValueError, match=r"too large for float32 \(1e\+39 at row 0, column 0\)"):
+        clf.predict(np.full((3, 4), 1e39))
+    big = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, dtype="float64").fit(X * 1e39, y)
+    assert big.predict(X[:2] * 1e39).shape == (2,)
