@@ -228,7 +228,7 @@ class _Table:
             j = cols[k]
             cell = str(self.cells[i, j])
             line = int(self.lines[i])
-            if cell == "" and self._short(i):
+            if self._short(i):          # a short row: its cells moved left, say so
                 raise DataError(self._short(i))
             where = f"{self.path}: line {line}, {self.column(j)}"
             if cell.lower() in _NA:

@@ -74,3 +74,14 @@ def test_estimator_float32_overflow_of_finite_x_is_a_clear_error():
         clf.predict(np.full((3, 4), 1e39))
     big = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, dtype="float64").fit(X * 1e39, y)
     assert big.predict(X[:2] * 1e39).shape == (2,)
+
+
+def test_a_short_row_is_reported_as_short_even_when_a_label_moved_into_a_feature(tmp_path, capsys):
+    # "1.0,b" on a 3-column file: pandas fills the row from the left, so the label 'b' sat in
+    # feature column x2 and the error was "non-numeric feature value 'b'"
+    rows = [f"{i / 10:.1f},{i % 3},{'ab'[i % 2]}" for i in range(30)]
+    rows[5] = "1.0,b"
+    path = tmp_path / "short.csv"
+    path.write_text("x1,x2,y\n" + "\n".join(rows) + "\n")
+    rc, out, err = run_here(capsys, "train", "--data", path, "--epochs", "1", "--hidden", "4", "--quiet")
+    assert rc == 1 and "line 7 has 2 columns, expected 3" in err, err
