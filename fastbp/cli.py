@@ -567,6 +567,12 @@ def main(argv=None):
         return _report(str(e), 2, e)
     except KeyboardInterrupt as e:
         return _report("fastbp: interrupted", 130, e)
+    except BrokenPipeError:      # stdout closed early (| head): no message, nothing more to flush
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
     except CliError as e:
         if debug:
             raise

@@ -85,3 +85,27 @@ def test_a_short_row_is_reported_as_short_even_when_a_label_moved_into_a_feature
     path.write_text("x1,x2,y\n" + "\n".join(rows) + "\n")
     rc, out, err = run_here(capsys, "train", "--data", path, "--epochs", "1", "--hidden", "4", "--quiet")
     assert rc == 1 and "line 7 has 2 columns, expected 3" in err, err
+
+
+def test_predict_into_a_closed_pipe_is_quiet(tmp_path, capsys):
+    # `fastbp predict ... | head -1`: the reader goes away; no "error: [Errno 32] Broken pipe"
+    import os
+    import subprocess
+    import sys
+    data = write_csv(tmp_path / "a.csv", n=400)
+    model = tmp_path / "m.npz"
+    rc, out, err = run_here(capsys, "train", "--data", data, "--epochs", "1", "--hidden", "4",
+                            "--quiet", "--save", model)
+    assert rc == 0, err
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("FASTBP_DEBUG", None)
+    r, w = os.pipe()
+    os.close(r)                                 # nobody reads stdout
+    try:
+        p = subprocess.run([sys.executable, "-m", "fastbp.cli", "predict", "--model", str(model),
+                            "--data", str(data)], stdout=w, stderr=subprocess.PIPE, text=True,
+                           cwd=root, env=env, timeout=300)
+    finally:
+        os.close(w)
+    assert p.returncode == 141 and p.stderr == "", (p.returncode, p.stderr)
