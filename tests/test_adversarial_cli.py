@@ -109,3 +109,21 @@ def test_predict_into_a_closed_pipe_is_quiet(tmp_path, capsys):
     finally:
         os.close(w)
     assert p.returncode == 141 and p.stderr == "", (p.returncode, p.stderr)
+
+
+def test_saved_estimator_predicts_on_the_dataframe_it_was_fitted_on(tmp_path):
+    # a bool column makes the frame an object array: the estimator converts it (scikit-learn's
+    # check_array), fastbp.load_model(path).predict raised "X must hold numbers, got dtype object"
+    pd = pytest.importorskip("pandas")
+    import fastbp
+    from fastbp import MLPClassifier
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"a": rng.normal(size=60), "b": rng.normal(size=60) > 0, "c": rng.integers(0, 5, 60)})
+    y = np.where(df.a > 0, "x", "z")
+    clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=5, random_state=0).fit(df, y)
+    clf.save(tmp_path / "m.npz")
+    model = fastbp.load_model(tmp_path / "m.npz")
+    np.testing.assert_array_equal(model.predict(df), clf.predict(df))
+    np.testing.assert_array_equal(model.predict_proba(df[["c", "b", "a"]]), clf.predict_proba(df))
+    with pytest.raises(TypeError, match="must hold numbers"):
+        model.predict(np.array([["a", "b", "c"]], dtype=object))
