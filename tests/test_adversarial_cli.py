@@ -127,3 +127,10 @@ def test_saved_estimator_predicts_on_the_dataframe_it_was_fitted_on(tmp_path):
     np.testing.assert_array_equal(model.predict_proba(df[["c", "b", "a"]]), clf.predict_proba(df))
     with pytest.raises(TypeError, match="must hold numbers"):
         model.predict(np.array([["a", "b", "c"]], dtype=object))
+
+
+def test_regressor_float32_overflow_of_finite_y_is_a_clear_error():
+    from fastbp import MLPRegressor
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    with pytest.raises(ValueError, match=r"y has a value too large for float32.*dtype='float64'"):
+        MLPRegressor(hidden_layer_sizes=(4,), max_iter=2).fit(X, X[:, 0] * 1e39)
