@@ -134,3 +134,20 @@ def test_regressor_float32_overflow_of_finite_y_is_a_clear_error():
     X = np.random.default_rng(0).normal(size=(40, 3))
     with pytest.raises(ValueError, match=r"y has a value too large for float32.*dtype='float64'"):
         MLPRegressor(hidden_layer_sizes=(4,), max_iter=2).fit(X, X[:, 0] * 1e39)
+
+
+def test_saved_model_matches_feature_names_to_non_string_dataframe_columns(tmp_path, capsys):
+    # feature names '0', '1', '2' and a DataFrame with int column labels 0, 1, 2: it found the
+    # names (as strings) and then raised KeyError selecting them
+    pd = pytest.importorskip("pandas")
+    import fastbp
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3))
+    np.savez(tmp_path / "d.npz", X=X, y=(X[:, 0] > 0).astype(int), feature_names=np.array(["0", "1", "2"]))
+    rc, out, err = run_here(capsys, "train", "--data", tmp_path / "d.npz", "--epochs", "1", "--hidden", "4",
+                            "--quiet", "--save", tmp_path / "m.npz")
+    assert rc == 0, err
+    model = fastbp.load_model(tmp_path / "m.npz")
+    np.testing.assert_array_equal(model.predict(pd.DataFrame(X)), model.predict(X))
+    np.testing.assert_array_equal(model.predict(pd.DataFrame(X[:, [2, 0, 1]], columns=[2, 0, 1])),
+                                  model.predict(X))
