@@ -151,3 +151,13 @@ def test_saved_model_matches_feature_names_to_non_string_dataframe_columns(tmp_p
     np.testing.assert_array_equal(model.predict(pd.DataFrame(X)), model.predict(X))
     np.testing.assert_array_equal(model.predict(pd.DataFrame(X[:, [2, 0, 1]], columns=[2, 0, 1])),
                                   model.predict(X))
+
+
+def test_seed_beyond_32_bits_is_a_usage_error(tmp_path, capsys):
+    # it reached scikit-learn's split, reported as "the dataset is too small to split"
+    data = write_csv(tmp_path / "a.csv")
+    rc, out, err = run_here(capsys, "train", "--data", data, "--epochs", "1", "--seed", 2 ** 32, "--quiet")
+    assert rc == 2 and "--seed" in err and "4294967295" in err and "too small" not in err, err
+    rc, out, err = run_here(capsys, "train", "--data", data, "--epochs", "1", "--hidden", "4",
+                            "--seed", 2 ** 32 - 1, "--quiet")
+    assert rc == 0, err
