@@ -161,3 +161,14 @@ def test_seed_beyond_32_bits_is_a_usage_error(tmp_path, capsys):
     rc, out, err = run_here(capsys, "train", "--data", data, "--epochs", "1", "--hidden", "4",
                             "--seed", 2 ** 32 - 1, "--quiet")
     assert rc == 0, err
+
+
+def test_negative_sample_weights_are_reported_with_their_sum():
+    # all-negative weights were refused as "the weights sum to 0"
+    from fastbp import MLPClassifier
+    X = np.random.default_rng(0).normal(size=(30, 3))
+    y = (X[:, 0] > 0).astype(int)
+    with pytest.raises(ValueError, match=r"sum to -30; their sum must be positive"):
+        MLPClassifier(max_iter=2).fit(X, y, sample_weight=-np.ones(30))
+    with pytest.raises(ValueError, match=r"sum to 0;"):
+        MLPClassifier(max_iter=2, class_weight={0: 0, 1: 0}).fit(X, y)
