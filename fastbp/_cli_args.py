@@ -35,6 +35,14 @@ _positive_int = _int_at_least(1, "positive")
 _nonneg_int = _int_at_least(0, "non-negative")
 
 
+def _seed(s):
+    """A seed scikit-learn's split and ``RandomState`` take: 0 .. 2**32 - 1."""
+    v = _nonneg_int(s)
+    if v > 2 ** 32 - 1:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, {2 ** 32 - 1}], got {s!r}")
+    return v
+
+
 def _float_in(low, high, low_open, high_open):
     def parse(s):
         try:
@@ -119,7 +127,7 @@ def build_parser():
                    help="minibatch size (default: 32)")
     t.add_argument("--test-size", type=_float_in(0.0, 1.0, True, True), default=0.2,
                    help="fraction held out for testing (default: 0.2)")
-    t.add_argument("--seed", type=_nonneg_int, default=0,
+    t.add_argument("--seed", type=_seed, default=0,
                    help="seed of the split, the initial weights and the shuffles (default: 0)")
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="precision (default: float32)")

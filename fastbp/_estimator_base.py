@@ -308,7 +308,13 @@ class _BaseMLP(BaseEstimator):
     def _as_array(self, X):
         if hasattr(X, "toarray"):  # scipy sparse: fastbp works on dense arrays
             X = X.toarray()
-        return np.ascontiguousarray(X, dtype=self._dtype)
+        with np.errstate(over="ignore"):
+            out = np.ascontiguousarray(X, dtype=self._dtype)
+        if out.dtype != np.float64 and not np.isfinite(out).all():    # X was checked finite
+            i, j = (int(v) for v in np.argwhere(~np.isfinite(out))[0])
+            raise ValueError(f"X has a value too large for {out.dtype} ({float(np.asarray(X)[i, j])!r} at row "
+                             f"{i}, column {j}), the estimator's dtype: pass dtype='float64'")
+        return out
 
     def _forward(self, X):
         """Network outputs (logits) for already-validated X."""

@@ -28,8 +28,8 @@ def fit_weights(est, X, Y, sample_weight, incremental):
     if cw is not None:
         w = cw if w is None else w * cw
     if w is not None and not np.sum(w) > 0:
-        raise ValueError("sample_weight: the weights (times the class weights) sum to 0; at least one "
-                         "must be positive")
+        raise ValueError(f"sample_weight: the weights (times the class weights) sum to {float(np.sum(w)):g}; "
+                         "their sum must be positive")
     return w
 
 

@@ -228,7 +228,7 @@ class _Table:
             j = cols[k]
             cell = str(self.cells[i, j])
             line = int(self.lines[i])
-            if cell == "" and self._short(i):
+            if self._short(i):          # a short row: its cells moved left, say so
                 raise DataError(self._short(i))
             where = f"{self.path}: line {line}, {self.column(j)}"
             if cell.lower() in _NA:
@@ -246,6 +246,13 @@ class _Table:
             if self._short(i):
                 raise DataError(self._short(i))
             raise DataError(f"{self.path}: line {int(self.lines[i])}: empty label in {self.column(j)}")
+        # a column of numbers with 'NA' (or 'nan', 'null', ...) cells: those are missing labels,
+        # not a class named 'NA' (a column of words may have a class 'NA' or 'None')
+        na = np.flatnonzero([str(c).lower() in _NA for c in lab])
+        if na.size and na.size < lab.size and not np.isnan(np.delete(self.num[:, j], na)).any():
+            i = int(na[0])
+            raise DataError(f"{self.path}: line {int(self.lines[i])}: missing label ({str(lab[i])!r}) "
+                            f"in {self.column(j)}")
         return lab
 
     def delimiter_hint(self):

@@ -237,8 +237,16 @@ class SavedModel:
             missing = [n for n in self.feature_names if n not in cols]
             if missing:
                 raise ValueError(f"X lacks the feature column(s) {missing}")
-            X = X[self.feature_names]
+            if hasattr(X, "iloc"):      # pandas, by position: its column labels may be numbers
+                X = X.iloc[:, [cols.index(n) for n in self.feature_names]]
+            else:
+                X = X[self.feature_names]
         X = np.asarray(X)
+        if X.dtype.kind == "O":        # a DataFrame of bool and number columns: numbers, as scikit-learn
+            try:
+                X = X.astype(np.float64)
+            except (TypeError, ValueError):
+                pass
         if X.dtype.kind not in "biuf":
             raise TypeError(f"X must hold numbers, got dtype {X.dtype}")
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:

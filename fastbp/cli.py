@@ -293,23 +293,21 @@ def _chance(d):
     return float(np.bincount(d.ytr).max()) / d.ytr.shape[0]
 
 
-def _initial_loss(step, X, T):
-    """Mean loss of the untrained model on up to 1024 training rows (no update)."""
+def _model_loss(step, X, T):
+    """Mean loss of the model on up to 1024 training rows, in eval mode (no update, no dropout,
+    BatchNorm's running statistics untouched): before and after training, the same rows."""
+    from .training import eval_loss
     inner = getattr(step, "step", step)      # a DistributedStep's own (local) step
-    bs = inner.batch_size
-    total, rows = 0.0, 0
-    for lo in range(0, min(X.shape[0], max(1024, bs)), bs):
-        x, t = X[lo:lo + bs], T[lo:lo + bs]
-        total += float(inner.loss_and_grads(x, t)) * x.shape[0]
-        rows += x.shape[0]
-    return total / rows
+    n = min(X.shape[0], 1024)
+    return eval_loss(inner.loss, np.asarray(inner.predict(X[:n])), T[:n])
 
 
 def _diverged(args, hist, initial, final, chance):
     """A message if the losses so far show divergence, else None.
 
     Divergence: a loss more than a thousand times the untrained model's
-    (``initial``), or, once training is over, a final loss above the
+    (``initial``), or, once training is over, the trained model's loss on the
+    same rows (``final``; not the epoch's mean of minibatch losses) above the
     untrained model's with a training score at chance.
     """
     lr = args.lr if args.lr is not None else _DEFAULT_LR[args.optimizer]
@@ -320,9 +318,9 @@ def _diverged(args, hist, initial, final, chance):
     if loss > _GROWTH * max(initial, _GROWTH_FLOOR):
         return (f"training diverged: the loss grew from {initial:.4g} (before training) to {loss:.4g} "
                 f"(epoch {epoch}); {advice}")
-    if final and loss > initial and hist["train_acc"][-1] <= chance + 0.01:
+    if final is not None and final > initial and hist["train_acc"][-1] <= chance + 0.01:
         what = "R^2" if args.task == "regression" else "accuracy"
-        return (f"training diverged: the final loss {loss:.4g} is above the untrained model's "
+        return (f"training diverged: the final loss {final:.4g} is above the untrained model's "
                 f"{initial:.4g} and the training {what} {hist['train_acc'][-1]:.4f} is at chance; {advice}")
     return None
 
@@ -441,7 +439,7 @@ def train(args, t_start, t_main):
     hist = {"loss": [], "train_acc": [], "test_acc": [], "epoch_s": []}
     bar = _Progress(args.epochs, args.quiet or State.rank != 0, regression)
     chance = _chance(d)
-    initial = _initial_loss(step, d.Xtr, Ttr)
+    initial = _model_loss(step, d.Xtr, Ttr)
     epoch = 0
     try:
         for epoch in range(1, args.epochs + 1):
@@ -456,7 +454,7 @@ def train(args, t_start, t_main):
                 bar.update(epoch, hist["loss"][-1], hist["train_acc"][-1], hist["test_acc"][-1],
                            hist["epoch_s"][-1])
             # every rank sees the same (global) losses: all stop together
-            msg = _diverged(args, hist, initial, False, chance)
+            msg = _diverged(args, hist, initial, None, chance)
             if msg:
                 raise _all_ranks_like(CliError(msg), _every_rank(comm))
     except (FloatingPointError, RankError) as e:
@@ -465,7 +463,7 @@ def train(args, t_start, t_main):
     finally:
         bar.close()
     if State.rank == 0:
-        msg = _diverged(args, hist, initial, True, chance)
+        msg = _diverged(args, hist, initial, _model_loss(step, d.Xtr, Ttr), chance)
     else:
         msg = None
     if comm is not None:
@@ -569,6 +567,12 @@ def main(argv=None):
         return _report(str(e), 2, e)
     except KeyboardInterrupt as e:
         return _report("fastbp: interrupted", 130, e)
+    except BrokenPipeError:      # stdout closed early (| head): no message, nothing more to flush
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
     except CliError as e:
         if debug:
             raise

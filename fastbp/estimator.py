@@ -427,7 +427,11 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         if self.loss == "poisson" and np.any(y < 0):
             raise ValueError("Some value(s) of y are negative which is not allowed for Poisson regression.")
         dt = _resolve_dtype(self.dtype, X.dtype) if reset else self._dtype
-        Y = np.ascontiguousarray(y.reshape(y.shape[0], -1), dtype=dt)
+        with np.errstate(over="ignore"):
+            Y = np.ascontiguousarray(y.reshape(y.shape[0], -1), dtype=dt)
+        if not np.isfinite(Y).all():            # y was checked finite: beyond float32's range
+            raise ValueError(f"y has a value too large for {dt} ({float(np.abs(y).max())!r}), the "
+                             "estimator's dtype: pass dtype='float64' or scale the targets")
         return X, Y
 
     def _val_score(self, X_val, Y_val, sample_weight=None):

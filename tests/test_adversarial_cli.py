@@ -1,0 +1,174 @@
+"""Adversarial checks of the user-facing surface: the CLI on odd data files, saved models,
+the estimators against scikit-learn's documented behaviour (regressions of defects found)."""
+import numpy as np
+import pytest
+
+from fastbp import cli
+
+pytest.importorskip("sklearn")
+pytest.importorskip("pandas")
+
+
+def run_here(capsys, *args):
+    capsys.readouterr()
+    rc = cli.main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def write_csv(path, n=60, seed=0):
+    """A small two-class CSV with a header and string labels (the last column)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    y = np.where(X[:, 0] + X[:, 1] > 0, "yes", "no")
+    with open(path, "w") as f:
+        f.write("f1,f2,f3,label\n")
+        for r, lab in zip(X, y):
+            f.write(",".join(f"{v:.4f}" for v in r) + f",{lab}\n")
+    return path
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_a_short_healthy_run_is_not_called_divergence(tmp_path, capsys, seed):
+    # 48 training rows, batch 32: the epoch's losses are one batch of 32 and one of 16;
+    # their plain mean (1.505 for seed 3) was compared with the untrained model's loss
+    # over all rows (1.430), while the model's loss on those rows had gone down (1.414)
+    data = write_csv(tmp_path / "a.csv")
+    rc, out, err = run_here(capsys, "train", "--data", data, "--epochs", "1", "--hidden", "8",
+                            "--seed", seed, "--quiet")
+    assert rc == 0, err
+    assert "diverged" not in err and "test accuracy" in out
+
+
+@pytest.mark.parametrize("na", ["NA", "nan"])
+def test_na_in_a_numeric_label_column_is_a_missing_label_naming_the_line(tmp_path, capsys, na):
+    rows = [f"{i},{i % 7},{i % 2}" for i in range(40)]
+    rows[9] = rows[11] = f"9,2,{na}"          # twice: it would have trained as a third class
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,y\n" + "\n".join(rows) + "\n")
+    rc, out, err = run_here(capsys, "train", "--data", path, "--epochs", "1",
+                            "--hidden", "4", "--quiet")
+    assert rc == 1 and "Traceback" not in err
+    assert f"line 11: missing label ('{na}') in column 'y'" in err, err
+
+
+def test_na_is_a_class_in_a_column_of_words(tmp_path):
+    from fastbp import data
+    p = tmp_path / "w.csv"
+    p.write_text("x,y\n" + "\n".join(["1,a", "2,b", "3,NA", "4,a", "5,b", "6,NA"]) + "\n")
+    X, y, classes = data.load_file(p)
+    assert list(classes) == ["NA", "a", "b"]
+
+
+def test_estimator_float32_overflow_of_finite_x_is_a_clear_error():
+    # finite float64 values beyond float32's range became inf in the float32 step: fit failed
+    # as "divergence, lower learning_rate_init", predict returned labels from inf inputs
+    from fastbp import MLPClassifier
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 4))
+    y = np.where(X[:, 0] > 0, "cat", "dog")
+    with pytest.raises(ValueError, match=r"too large for float32.*dtype='float64'"):
+        MLPClassifier(hidden_layer_sizes=(4,), max_iter=2).fit(X * 1e39, y)
+    clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2).fit(X, y)
+    with pytest.raises(ValueError, match=r"too large for float32 \(1e\+39 at row 0, column 0\)"):
+        clf.predict(np.full((3, 4), 1e39))
+    big = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, dtype="float64").fit(X * 1e39, y)
+    assert big.predict(X[:2] * 1e39).shape == (2,)
+
+
+def test_a_short_row_is_reported_as_short_even_when_a_label_moved_into_a_feature(tmp_path, capsys):
+    # "1.0,b" on a 3-column file: pandas fills the row from the left, so the label 'b' sat in
+    # feature column x2 and the error was "non-numeric feature value 'b'"
+    rows = [f"{i / 10:.1f},{i % 3},{'ab'[i % 2]}" for i in range(30)]
+    rows[5] = "1.0,b"
+    path = tmp_path / "short.csv"
+    path.write_text("x1,x2,y\n" + "\n".join(rows) + "\n")
+    rc, out, err = run_here(capsys, "train", "--data", path, "--epochs", "1", "--hidden", "4", "--quiet")
+    assert rc == 1 and "line 7 has 2 columns, expected 3" in err, err
+
+
+def test_predict_into_a_closed_pipe_is_quiet(tmp_path, capsys):
+    # `fastbp predict ... | head -1`: the reader goes away; no "error: [Errno 32] Broken pipe"
+    import os
+    import subprocess
+    import sys
+    data = write_csv(tmp_path / "a.csv", n=400)
+    model = tmp_path / "m.npz"
+    rc, out, err = run_here(capsys, "train", "--data", data, "--epochs", "1", "--hidden", "4",
+                            "--quiet", "--save", model)
+    assert rc == 0, err
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("FASTBP_DEBUG", None)
+    r, w = os.pipe()
+    os.close(r)                                 # nobody reads stdout
+    try:
+        p = subprocess.run([sys.executable, "-m", "fastbp.cli", "predict", "--model", str(model),
+                            "--data", str(data)], stdout=w, stderr=subprocess.PIPE, text=True,
+                           cwd=root, env=env, timeout=300)
+    finally:
+        os.close(w)
+    assert p.returncode == 141 and p.stderr == "", (p.returncode, p.stderr)
+
+
+def test_saved_estimator_predicts_on_the_dataframe_it_was_fitted_on(tmp_path):
+    # a bool column makes the frame an object array: the estimator converts it (scikit-learn's
+    # check_array), fastbp.load_model(path).predict raised "X must hold numbers, got dtype object"
+    pd = pytest.importorskip("pandas")
+    import fastbp
+    from fastbp import MLPClassifier
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"a": rng.normal(size=60), "b": rng.normal(size=60) > 0, "c": rng.integers(0, 5, 60)})
+    y = np.where(df.a > 0, "x", "z")
+    clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=5, random_state=0).fit(df, y)
+    clf.save(tmp_path / "m.npz")
+    model = fastbp.load_model(tmp_path / "m.npz")
+    np.testing.assert_array_equal(model.predict(df), clf.predict(df))
+    np.testing.assert_array_equal(model.predict_proba(df[["c", "b", "a"]]), clf.predict_proba(df))
+    with pytest.raises(TypeError, match="must hold numbers"):
+        model.predict(np.array([["a", "b", "c"]], dtype=object))
+
+
+def test_regressor_float32_overflow_of_finite_y_is_a_clear_error():
+    from fastbp import MLPRegressor
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    with pytest.raises(ValueError, match=r"y has a value too large for float32.*dtype='float64'"):
+        MLPRegressor(hidden_layer_sizes=(4,), max_iter=2).fit(X, X[:, 0] * 1e39)
+
+
+def test_saved_model_matches_feature_names_to_non_string_dataframe_columns(tmp_path, capsys):
+    # feature names '0', '1', '2' and a DataFrame with int column labels 0, 1, 2: it found the
+    # names (as strings) and then raised KeyError selecting them
+    pd = pytest.importorskip("pandas")
+    import fastbp
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3))
+    np.savez(tmp_path / "d.npz", X=X, y=(X[:, 0] > 0).astype(int), feature_names=np.array(["0", "1", "2"]))
+    rc, out, err = run_here(capsys, "train", "--data", tmp_path / "d.npz", "--epochs", "1", "--hidden", "4",
+                            "--quiet", "--save", tmp_path / "m.npz")
+    assert rc == 0, err
+    model = fastbp.load_model(tmp_path / "m.npz")
+    np.testing.assert_array_equal(model.predict(pd.DataFrame(X)), model.predict(X))
+    np.testing.assert_array_equal(model.predict(pd.DataFrame(X[:, [2, 0, 1]], columns=[2, 0, 1])),
+                                  model.predict(X))
+
+
+def test_seed_beyond_32_bits_is_a_usage_error(tmp_path, capsys):
+    # it reached scikit-learn's split, reported as "the dataset is too small to split"
+    data = write_csv(tmp_path / "a.csv")
+    rc, out, err = run_here(capsys, "train", "--data", data, "--epochs", "1", "--seed", 2 ** 32, "--quiet")
+    assert rc == 2 and "--seed" in err and "4294967295" in err and "too small" not in err, err
+    rc, out, err = run_here(capsys, "train", "--data", data, "--epochs", "1", "--hidden", "4",
+                            "--seed", 2 ** 32 - 1, "--quiet")
+    assert rc == 0, err
+
+
+def test_negative_sample_weights_are_reported_with_their_sum():
+    # all-negative weights were refused as "the weights sum to 0"
+    from fastbp import MLPClassifier
+    X = np.random.default_rng(0).normal(size=(30, 3))
+    y = (X[:, 0] > 0).astype(int)
+    with pytest.raises(ValueError, match=r"sum to -30; their sum must be positive"):
+        MLPClassifier(max_iter=2).fit(X, y, sample_weight=-np.ones(30))
+    with pytest.raises(ValueError, match=r"sum to 0;"):
+        MLPClassifier(max_iter=2, class_weight={0: 0, 1: 0}).fit(X, y)
