@@ -32,7 +32,7 @@ import numpy as np
 from .registry import activations as _acts
 from .registry import gates as _gates
 
-__all__ = ["Graph", "Node", "gate", "maximum", "sum"]
+__all__ = ["Graph", "GraphError", "GraphTypeError", "Node", "gate", "maximum", "sum"]
 
 ELEMENTWISE_BINARY = ("add", "mul", "max")
 
@@ -50,11 +50,18 @@ class GraphError(ValueError):
     """A graph is malformed: incompatible shapes, foreign nodes, bad wrt."""
 
 
+class GraphTypeError(GraphError, TypeError):
+    """An argument of the wrong type (not a node, a name that is not a string, a
+    non-real constant): a :class:`TypeError`, and a :class:`GraphError` too."""
+
+
 def _fmt_shape(shape):
     return "(" + ", ".join("batch" if d is None else str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
 
 
 def _check_shape(shape, what):
+    if not isinstance(shape, (tuple, list)):
+        raise GraphTypeError(f"{what}: shape must be a tuple, got {type(shape).__name__}")
     shape = tuple(shape)
     if len(shape) > 2:
         raise GraphError(f"{what}: shapes of at most 2 dimensions are supported, got {shape}")
@@ -62,9 +69,23 @@ def _check_shape(shape, what):
         if d is None:
             if i != 0 or len(shape) != 2:
                 raise GraphError(f"{what}: only the first of two dimensions may be None (the batch), got {shape}")
-        elif not isinstance(d, numbers.Integral) or d < 1:
+        elif isinstance(d, (bool, np.bool_)) or not isinstance(d, numbers.Integral):
+            raise GraphTypeError(f"{what}: dimensions must be positive integers or a leading None, got {shape}")
+        elif d < 1:
             raise GraphError(f"{what}: dimensions must be positive integers or a leading None, got {shape}")
     return tuple(None if d is None else int(d) for d in shape)
+
+
+def _real_array(value, what):
+    """``value`` as a new float64 array; GraphTypeError naming ``what`` unless it holds real
+    numbers (no bool, complex, string or other object: nothing is silently converted)."""
+    arr = np.asarray(value)
+    if arr.dtype.kind == "O" and all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+                                     for v in arr.flat):
+        arr = arr.astype(np.float64)
+    if arr.dtype.kind not in "fiu":
+        raise GraphTypeError(f"{what} must hold real numbers, got dtype {arr.dtype}")
+    return np.array(arr, dtype=np.float64)
 
 
 def _broadcast(a, b, op):
@@ -127,7 +148,7 @@ class Node:
                 raise GraphError(f"{op}: {other!r} belongs to another graph than {self!r}")
             return other
         if isinstance(other, _Transposed):
-            raise GraphError(f"{op}: a transposed parameter can only be the right operand of @")
+            raise GraphTypeError(f"{op}: a transposed parameter can only be the right operand of @")
         return self.graph.const(other)
 
     def _binary(self, other, op, swap=False):
@@ -208,7 +229,9 @@ class Graph:
         self._names = {}
 
     def _unique(self, name, kind):
-        if not isinstance(name, str) or not name:
+        if not isinstance(name, str):
+            raise GraphTypeError(f"{kind} name must be a non-empty string, got {type(name).__name__}")
+        if not name:
             raise GraphError(f"{kind} name must be a non-empty string, got {name!r}")
         if name in self._names:
             raise GraphError(f"{kind} name {name!r} is already used by {self._names[name]!r}")
@@ -246,12 +269,20 @@ class Graph:
             Keep a copy of ``value``.  ``False`` keeps ``value`` itself when it is
             already a float64 array (no second copy of a large weight matrix): the
             caller must not change it afterwards.
+
+        Raises
+        ------
+        TypeError
+            ``value`` is not real numbers (bool, complex, str, object): never silently converted.
         """
         self._unique(name, "param")
         if not isinstance(copy, bool):
             raise TypeError(f"copy must be a bool, got {type(copy).__name__}")
-        # np.array(copy=True) converts and copies in one pass (a single new array)
-        arr = np.array(value, dtype=np.float64, copy=True) if copy else np.asarray(value, dtype=np.float64)
+        # a float64 array is kept as it is (copy=False) or copied once; anything else is checked and converted
+        if isinstance(value, np.ndarray) and value.dtype == np.float64:
+            arr = np.array(value, dtype=np.float64, copy=True) if copy else np.asarray(value, dtype=np.float64)
+        else:
+            arr = _real_array(value, f"param {name!r}: value")
         node = Node(self, "param", (), _check_shape(arr.shape, f"param {name!r}"), name=name, value=arr)
         self._names[name] = node
         return node
@@ -259,15 +290,15 @@ class Graph:
     def const(self, value):
         """A constant (no gradient), e.g. the ``2`` in ``2 * x``."""
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.ndarray, list, tuple)):
-            raise GraphError(f"constants must be real numbers or arrays, got {type(value).__name__}")
-        arr = np.asarray(value, dtype=np.float64)
+            raise GraphTypeError(f"constants must be real numbers or arrays, got {type(value).__name__}")
+        arr = _real_array(value, "constant")
         if not np.all(np.isfinite(arr)):
             raise GraphError(f"constant {value!r} is not finite")
-        return Node(self, "const", (), _check_shape(arr.shape, "constant"), value=arr.copy())
+        return Node(self, "const", (), _check_shape(arr.shape, "constant"), value=arr)
 
     def _unary(self, op, x, attrs=None):
         if not isinstance(x, Node):
-            raise GraphError(f"{op}: expected a graph node, got {type(x).__name__}")
+            raise GraphTypeError(f"{op}: expected a graph node, got {type(x).__name__}")
         if x.graph is not self:
             raise GraphError(f"{op}: {x!r} belongs to another graph")
         shape = () if op == "sum" else x.shape
@@ -311,7 +342,7 @@ def upstream(output):
 
 def _graph_of(x, op):
     if not isinstance(x, Node):
-        raise GraphError(f"{op}: expected a graph node, got {type(x).__name__}")
+        raise GraphTypeError(f"{op}: expected a graph node, got {type(x).__name__}")
     return x.graph
 
 
@@ -432,7 +463,7 @@ def _norm_affine_inputs(op, x, n, weight, bias):
         if p is None:
             continue
         if not isinstance(p, Node):
-            raise GraphError(f"{op}: {what} must be a graph node (a parameter of shape ({n},)) or None, "
+            raise GraphTypeError(f"{op}: {what} must be a graph node (a parameter of shape ({n},)) or None, "
                              f"got {type(p).__name__}")
         if p.graph is not x.graph:
             raise GraphError(f"{op}: {what} {p!r} belongs to another graph than {x!r}")

@@ -1,0 +1,97 @@
+"""Adversarial inputs to the gate-graph API (``fastbp.Graph``, ``fastbp.grad``), the
+``fastbp.ops`` wrappers and ``fastbp.gradcheck``: wrong types are ``TypeError`` naming the
+argument, nothing is silently converted or lost, a compiled function has no hidden state
+between calls, and results follow numpy / PyTorch semantics."""
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import GraphError
+from fastbp.gradcheck import gradcheck, numerical_gradient, relative_error
+
+
+# ---------------------------------------------------------------- graph construction
+@pytest.mark.parametrize("value", [
+    np.array([1 + 2j, 3.0]),            # the imaginary part was dropped (a ComplexWarning only)
+    np.array([True, False]),             # bool arrays became 1.0 / 0.0 (Python's True was refused)
+    np.array(["1", "2"]),                # strings were parsed as numbers
+    ["1.5", "2"],
+    np.array([1.0, None], dtype=object),
+])
+def test_constants_and_params_of_non_real_values_are_type_errors(value):
+    g = fastbp.Graph()
+    x = g.input("x", (2,))
+    with pytest.raises(TypeError, match="constant must hold real numbers"):
+        x + value
+    with pytest.raises(TypeError, match="constant must hold real numbers"):
+        g.const(value)
+    with pytest.raises(TypeError, match=r"param 'p': value must hold real numbers"):
+        g.param("p", value)
+    # still GraphErrors (what the graph API raised before), so old handlers keep working
+    with pytest.raises(GraphError):
+        g.param("p", value)
+
+
+def test_real_constants_and_params_are_still_accepted_exactly():
+    g = fastbp.Graph()
+    assert g.param("a", [1, 2]).value.dtype == np.float64
+    assert g.param("b", np.float32(1.5)).value == 1.5
+    w = np.ones((2, 3))
+    assert g.param("c", w, copy=False).value is w           # no copy of a float64 array
+    assert g.param("d", w).value is not w
+    assert g.param("e", np.array([1, 2], dtype=object)).value.tolist() == [1.0, 2.0]
+    assert g.param("f", np.arange(3, dtype=">f8")).value.tolist() == [0.0, 1.0, 2.0]
+    assert g.const(np.int8(3)).value == 3.0
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda g, x: x + "a", "constants must be real numbers or arrays, got str"),
+    (lambda g, x: x * None, "constants must be real numbers or arrays, got NoneType"),
+    (lambda g, x: x + 1j, "constants must be real numbers or arrays, got complex"),
+    (lambda g, x: fastbp.relu(3.0), "relu: expected a graph node, got float"),
+    (lambda g, x: fastbp.sum(np.ones(3)), "sum: expected a graph node, got ndarray"),
+    (lambda g, x: fastbp.maximum(1.0, 2.0), "maximum: expected a graph node, got float"),
+    (lambda g, x: fastbp.layer_norm(x, weight=np.ones(2)), "layer_norm: weight must be a graph node"),
+    (lambda g, x: g.input(3, (2,)), "input name must be a non-empty string, got int"),
+    (lambda g, x: g.param(None, 1.0), "param name must be a non-empty string, got NoneType"),
+    (lambda g, x: g.input("y", 3), r"input 'y': shape must be a tuple, got int"),
+    (lambda g, x: g.input("y", "ab"), r"input 'y': shape must be a tuple, got str"),
+    (lambda g, x: g.input("y", (2.0,)), r"input 'y': dimensions must be positive integers"),
+    (lambda g, x: g.input("y", (True,)), r"input 'y': dimensions must be positive integers"),
+    (lambda g, x: fastbp.grad(np.ones(3), []), "output must be a graph node, got ndarray"),
+    (lambda g, x: fastbp.grad(fastbp.sum(x), [x, "x"]), "wrt entries must be graph nodes, got str"),
+    (lambda g, x: fastbp.grad(fastbp.sum(x), None), "wrt must be a node or a list of nodes, got NoneType"),
+    (lambda g, x: fastbp.grad(fastbp.sum(x), "x"), "wrt must be a node or a list of nodes, got str"),
+])
+def test_wrong_argument_types_are_type_errors_naming_the_argument(make, match):
+    g = fastbp.Graph()
+    x = g.input("x", (2,))
+    with pytest.raises(TypeError, match=match) as e:
+        make(g, x)
+    assert isinstance(e.value, GraphError)          # and still a GraphError (a ValueError)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda g, x: g.input("y", (0,)), "dimensions must be positive integers"),
+    (lambda g, x: g.input("", (2,)), "input name must be a non-empty string"),
+    (lambda g, x: x + np.nan, "is not finite"),
+    (lambda g, x: x + np.ones(3), "do not broadcast"),
+])
+def test_wrong_values_stay_value_errors(make, match):
+    g = fastbp.Graph()
+    x = g.input("x", (2,))
+    with pytest.raises(ValueError, match=match) as e:
+        make(g, x)
+    assert not isinstance(e.value, TypeError)
+
+
+# ---------------------------------------------------------------- fastbp.grad
+def test_grad_with_an_empty_wrt_is_a_clear_error():
+    """It raised KeyError from the compiler (torch.autograd.grad: "grad requires non-empty inputs")."""
+    g = fastbp.Graph()
+    x = g.input("x", (2,))
+    for out in (fastbp.sum(x), g.const(2.0)):
+        with pytest.raises(GraphError, match="wrt is empty"):
+            fastbp.grad(out, [])
+        with pytest.raises(GraphError, match="wrt is empty"):
+            fastbp.grad(out, ())
