@@ -61,6 +61,7 @@ class GradFunctionBase:
         self.hyper = np.zeros(ex.HYPER_SIZE)
         self.hyper[ex.H_TRAINING] = 1.0     # fastbp.grad is training mode (Dropout on; BatchNorm: batch statistics)
         self._lock = threading.Lock()
+        self._overridden = set()    # ids of the parameters a call has overridden
 
     def __reduce_ex__(self, protocol):
         raise TypeError(f"a compiled {type(self).__name__} cannot be pickled (it holds native code and "
@@ -108,6 +109,14 @@ class GradFunctionBase:
             staged.append((n, v))
         nb = p.batch_size if nb is None else nb
         return nb, staged
+
+    def _with_defaults(self, staged):
+        """``staged`` plus ``(param, its graph value)`` for every parameter a previous call
+        overrode and this one does not pass: a call's result depends on its own arguments
+        only.  Called under the lock."""
+        passed = {n.id for n, _ in staged}
+        self._overridden |= {n.id for n, _ in staged if n.op == "param"}   # kept: a failed copy is redone
+        return staged + [(n, n.value) for n in self.param_nodes if n.id in self._overridden and n.id not in passed]
 
     def _results(self, nb):
         """The output value and the gradients of the last run, read from the host arena (copies;

@@ -36,7 +36,7 @@ class GradFunction(GradFunctionBase):
         p = self.plan
         nb, staged = self._stage(values)
         with self._lock:
-            for n, v in staged:
+            for n, v in self._with_defaults(staged):
                 view(self.arena, p, p.value_buf[n.id], n.shape, nb)[...] = v
             status, _, _ = ex.run_step(self._ctx, p.sec, nb, self._x, self._yi, self._x, ex.MODE_GRAD)
             if status:      # every input was validated and written into the arena: a bug if seen

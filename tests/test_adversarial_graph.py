@@ -95,3 +95,26 @@ def test_grad_with_an_empty_wrt_is_a_clear_error():
             fastbp.grad(out, [])
         with pytest.raises(GraphError, match="wrt is empty"):
             fastbp.grad(out, ())
+
+
+def test_grad_function_has_no_hidden_state_from_parameter_overrides():
+    """A parameter passed to one call was kept by every later call that did not pass it:
+    f(x=a) gave another result after f(x=a, W=...)."""
+    g = fastbp.Graph()
+    x = g.input("x", (None, 3))
+    W = g.param("W", np.arange(6.0).reshape(3, 2) / 10)
+    b = g.param("b", np.array([0.5, -0.5]))
+    f = fastbp.grad(fastbp.sum(fastbp.tanh(x @ W + b)), [x, W], batch_size=4)
+    xv = np.linspace(-1, 1, 6).reshape(2, 3)
+    v0, g0 = f(x=xv)
+    v1, g1 = f(x=xv, W=np.zeros((3, 2)), b=np.full(2, np.nan))
+    assert np.isnan(v1)
+    for _ in range(2):
+        v2, g2 = f(x=xv)
+        assert v2 == v0
+        for k in g0:
+            np.testing.assert_array_equal(g2[k], g0[k])
+    # an override is the given value, in that call
+    v3, _ = f(x=xv, W=np.zeros((3, 2)))
+    assert v3 == pytest.approx(np.sum(np.tanh(np.tile(b.value, (2, 1)))))
+    assert f(x=xv, b=b.value)[0] == v0
