@@ -118,3 +118,14 @@ def test_grad_function_has_no_hidden_state_from_parameter_overrides():
     v3, _ = f(x=xv, W=np.zeros((3, 2)))
     assert v3 == pytest.approx(np.sum(np.tanh(np.tile(b.value, (2, 1)))))
     assert f(x=xv, b=b.value)[0] == v0
+
+
+# ---------------------------------------------------------------- fastbp.ops
+@pytest.mark.parametrize("flag", ["no", 0, 1, None, 1.0])
+def test_linear_backward_need_dx_must_be_a_bool(flag):
+    """``need_dx="no"`` was truthy: dx was computed and returned."""
+    x, W = np.ones((2, 3)), np.ones((3, 4))
+    y = fastbp.ops.linear_forward(x, W)
+    with pytest.raises(TypeError, match="need_dx must be a bool"):
+        fastbp.ops.linear_backward(x, W, y, np.ones_like(y), need_dx=flag)
+    assert fastbp.ops.linear_backward(x, W, y, np.ones_like(y), need_dx=np.bool_(False))[0] is None
