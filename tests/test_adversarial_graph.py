@@ -129,3 +129,40 @@ def test_linear_backward_need_dx_must_be_a_bool(flag):
     with pytest.raises(TypeError, match="need_dx must be a bool"):
         fastbp.ops.linear_backward(x, W, y, np.ones_like(y), need_dx=flag)
     assert fastbp.ops.linear_backward(x, W, y, np.ones_like(y), need_dx=np.bool_(False))[0] is None
+
+
+# ---------------------------------------------------------------- fastbp.gradcheck
+@pytest.mark.parametrize("x, eps", [
+    (np.array([1e20]), None),                                   # x + 1e-6 == x - 1e-6: it divided by zero
+    (np.array([np.finfo(np.float32).max], np.float32), None),   # likewise in float32
+    (np.array([1.0, 3e38], np.float32), 1e38),                  # x + eps overflows
+])
+def test_numerical_gradient_refuses_a_step_lost_in_rounding(x, eps):
+    before = x.copy()
+    with pytest.raises(ValueError, match=r"eps=.* is lost at x\[\d\]"):
+        numerical_gradient(lambda v: float(v.ravel()[0]), x, eps)
+    np.testing.assert_array_equal(x, before)
+
+
+@pytest.mark.parametrize("eps, exc", [("1e-3", TypeError), (True, TypeError), ([1e-3], TypeError),
+                                      (np.inf, ValueError), (np.nan, ValueError), (0.0, ValueError),
+                                      (-1e-3, ValueError)])
+def test_numerical_gradient_eps_is_checked(eps, exc):
+    with pytest.raises(exc, match="eps must be"):
+        numerical_gradient(lambda v: float(np.sum(v)), np.ones(2), eps)
+    assert numerical_gradient(lambda v: float(np.sum(v * v)), np.ones(2), np.float32(1e-3)) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("ret", ["1.0", None, 1j, True])
+def test_numerical_gradient_needs_a_real_scalar_from_f(ret):
+    """``f`` returning the string "1.0" was read as 1.0; None gave float()'s message."""
+    with pytest.raises(TypeError, match="f must return a real scalar"):
+        numerical_gradient(lambda v: ret, np.ones(2))
+
+
+def test_relative_error_of_identical_infinite_and_of_complex_gradients():
+    assert relative_error(np.array([np.inf, -np.inf, 1.0]), np.array([np.inf, -np.inf, 1.0])) == 0.0   # was NaN
+    assert relative_error(np.array([np.inf]), np.array([1.0])) != 0.0
+    with pytest.raises(TypeError, match="relative_error: b must hold real numbers, got dtype complex128"):
+        relative_error(np.ones(2), np.array([1.0, 1j]))       # the imaginary part was dropped
+    assert gradcheck(lambda v: float(np.sum(v ** 2)), [np.array([1.0, -2.0])], [np.array([2.0, -4.0])])
