@@ -166,3 +166,24 @@ def test_relative_error_of_identical_infinite_and_of_complex_gradients():
     with pytest.raises(TypeError, match="relative_error: b must hold real numbers, got dtype complex128"):
         relative_error(np.ones(2), np.array([1.0, 1j]))       # the imaginary part was dropped
     assert gradcheck(lambda v: float(np.sum(v ** 2)), [np.array([1.0, -2.0])], [np.array([2.0, -4.0])])
+
+
+# ---------------------------------------------------------------- normalisations
+def test_norms_with_eps_zero_and_no_variance_give_nan_like_torch():
+    """eps=0 and a constant row (LayerNorm) or column (BatchNorm): 1 / sqrt(0) raised
+    ZeroDivisionError from the compiled kernel; PyTorch gives NaN."""
+    g = fastbp.Graph()
+    x = g.input("x", (None, 3))
+    for y in (fastbp.layer_norm(x, eps=0.0), fastbp.batch_norm(x, eps=0.0)):
+        value, grads = fastbp.grad(fastbp.sum(y), [x], batch_size=2)(x=np.ones((2, 3)))
+        assert np.isnan(value) and np.isnan(grads["x"]).all()
+    # the training step: a non-finite loss, weights unchanged; eval with a zero running variance: inf/NaN
+    for norm in (fastbp.LayerNorm(3, eps=0.0), fastbp.BatchNorm1d(3, eps=0.0)):
+        step = fastbp.compile(fastbp.Sequential(norm, fastbp.Linear(3, 2)), loss="mse", batch_size=4,
+                              dtype=np.float64)
+        before = step.param_vector.copy()
+        with pytest.raises(FloatingPointError):
+            step(np.ones((2, 3)), np.zeros((2, 2)))
+        np.testing.assert_array_equal(step.param_vector, before)
+    step.buffers["0.running_var"][...] = 0.0
+    assert not np.isfinite(step.predict(np.zeros((2, 3)))).all()
