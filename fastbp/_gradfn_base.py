@@ -62,6 +62,7 @@ class GradFunctionBase:
         self.hyper[ex.H_TRAINING] = 1.0     # fastbp.grad is training mode (Dropout on; BatchNorm: batch statistics)
         self._lock = threading.Lock()
         self._overridden = set()    # ids of the parameters a call has overridden
+        self._batch_norms = [n for n in upstream(output).values() if n.op == "batch_norm"]
 
     def __reduce_ex__(self, protocol):
         raise TypeError(f"a compiled {type(self).__name__} cannot be pickled (it holds native code and "
@@ -108,6 +109,11 @@ class GradFunctionBase:
                 raise ValueError(f"{n.name} must have shape {tuple(shape)}, got {v.shape}")
             staged.append((n, v))
         nb = p.batch_size if nb is None else nb
+        for n in self._batch_norms:         # a training call (PyTorch's rule; the executor refuses it too)
+            rows = nb if n.shape[0] is None else n.shape[0]
+            if rows < 2:
+                raise ValueError(f"Expected more than 1 value per channel when training: batch_norm {n.name!r} "
+                                 f"gets {rows} row (fastbp.grad is a training call; pass at least 2 rows)")
         return nb, staged
 
     def _with_defaults(self, staged):

@@ -187,3 +187,18 @@ def test_norms_with_eps_zero_and_no_variance_give_nan_like_torch():
         np.testing.assert_array_equal(step.param_vector, before)
     step.buffers["0.running_var"][...] = 0.0
     assert not np.isfinite(step.predict(np.zeros((2, 3)))).all()
+
+
+def test_grad_of_batch_norm_with_one_row_is_pytorchs_value_error():
+    """fastbp.grad is a training call: one row was a RuntimeError ("internal error: executor status 4")."""
+    g = fastbp.Graph()
+    x = g.input("x", (None, 4))
+    f = fastbp.grad(fastbp.sum(fastbp.batch_norm(x) * np.arange(4.0)), [x], batch_size=3)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        f(x=np.ones((1, 4)))
+    value, grads = f(x=np.arange(8.0).reshape(2, 4))      # and the function still works
+    assert value == pytest.approx(np.sum(np.tile([-1.0, 1.0], (4, 1)).T * np.arange(4.0)), abs=1e-4)
+    g = fastbp.Graph()
+    x1 = g.input("x", (1, 4))
+    with pytest.raises(ValueError, match="gets 1 row"):
+        fastbp.grad(fastbp.sum(fastbp.batch_norm(x1)), [x1])(x=np.ones((1, 4)))
