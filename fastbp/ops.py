@@ -166,7 +166,7 @@ def linear_backward(x, W, y, dy, activation="none", need_dx=True, *, activation_
     Notes
     -----
     ``dz = dy * act'`` elementwise, with ``act'`` the registry entry's
-    derivative, of the output ``y`` (relu ``1[y > 0]``, sigmoid
+    derivative, of the output ``y`` (relu ``0 if y <= 0 else 1``, sigmoid
     ``y (1 - y)``, tanh ``1 - y^2``, none ``1``) or of the pre-activation
     ``z``.  All arrays share ``x``'s dtype (float32 or float64).
     """

@@ -202,3 +202,21 @@ def test_grad_of_batch_norm_with_one_row_is_pytorchs_value_error():
     x1 = g.input("x", (1, 4))
     with pytest.raises(ValueError, match="gets 1 row"):
         fastbp.grad(fastbp.sum(fastbp.batch_norm(x1)), [x1])(x=np.ones((1, 4)))
+
+
+# ---------------------------------------------------------------- activations at NaN
+def test_relu_gradient_at_nan_passes_like_pytorch():
+    """PyTorch's ReLU backward blocks the gradient only where y <= 0: at NaN it passes
+    (threshold_backward); fastbp's 1[y > 0] gave 0 there, on every path."""
+    x = np.array([np.nan, -1.0, 0.0, -0.0, 2.0, np.inf, -np.inf])
+    expect = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0])      # torch.relu(x).backward(ones)
+    for dt in (np.float64, np.float32):
+        y = fastbp.ops.relu_forward(x.astype(dt))
+        np.testing.assert_array_equal(fastbp.ops.relu_backward(y, np.ones(7, dt)), expect)
+    g = fastbp.Graph()
+    xi = g.input("x", (7,))
+    np.testing.assert_array_equal(fastbp.grad(fastbp.sum(fastbp.relu(xi)), [xi])(x=x)[1]["x"], expect)
+    xx = np.array([[np.nan, 1.0], [-1.0, 2.0]])
+    W = np.eye(2)
+    yl = fastbp.ops.linear_forward(xx, W, activation="relu")
+    np.testing.assert_array_equal(fastbp.ops.linear_backward(xx, W, yl, np.ones((2, 2)), "relu")[2], [1.0, 2.0])
