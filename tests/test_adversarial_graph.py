@@ -220,3 +220,41 @@ def test_relu_gradient_at_nan_passes_like_pytorch():
     W = np.eye(2)
     yl = fastbp.ops.linear_forward(xx, W, activation="relu")
     np.testing.assert_array_equal(fastbp.ops.linear_backward(xx, W, yl, np.ones((2, 2)), "relu")[2], [1.0, 2.0])
+
+
+# ---------------------------------------------------------------- fused linear chains
+def _np_tanh_relu_reference(xv, Wv, bv, cv, bias_twice):
+    z1 = xv @ Wv + bv
+    h1 = np.maximum(z1, 0)
+    z2 = xv @ Wv
+    value = np.sum(h1 * cv) + np.sum(np.tanh(z2)) + (np.sum(bv * bv) if bias_twice else 0.0)
+    dz1 = cv * (z1 > 0)
+    dz2 = 1 - np.tanh(z2) ** 2
+    dW = xv.T @ dz1 + xv.T @ dz2
+    db = dz1.sum(axis=0) + (2 * bv if bias_twice else 0.0)
+    dx = dz1 @ Wv.T + dz2 @ Wv.T
+    return value, {"x": dx, "W": dW, "b": db}
+
+
+@pytest.mark.parametrize("bias_twice", [False, True])
+def test_fused_bias_gradient_accumulates_by_its_own_flag(bias_twice):
+    """``relu(x @ W + b)`` is one fused instruction whose bias gradient accumulated under
+    W's flag: a bias also used elsewhere lost that contribution (db wrong), and a W used by
+    another product made db accumulate onto the previous call's value."""
+    rng = np.random.default_rng(7)
+    Wv, bv, cv = rng.standard_normal((3, 4)), rng.standard_normal(4), rng.standard_normal((5, 4))
+    g = fastbp.Graph()
+    x = g.input("x", (None, 3))
+    c = g.input("c", (None, 4))
+    W, b = g.param("W", Wv), g.param("b", bv)
+    out = fastbp.sum(fastbp.relu(x @ W + b) * c) + fastbp.sum(fastbp.tanh(x @ W))
+    if bias_twice:
+        out = out + fastbp.sum(b * b)
+    f = fastbp.grad(out, [x, W, b], batch_size=5)
+    for _ in range(3):
+        xv = rng.standard_normal((5, 3))
+        value, grads = f(x=xv, c=cv)
+        ref_v, ref_g = _np_tanh_relu_reference(xv, Wv, bv, cv, bias_twice)
+        assert value == pytest.approx(ref_v, rel=1e-12)
+        for k in ref_g:
+            np.testing.assert_allclose(grads[k], ref_g[k], rtol=1e-10, atol=1e-12, err_msg=k)
