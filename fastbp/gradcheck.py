@@ -34,12 +34,30 @@ class GradcheckError(AssertionError):
 
 
 def default_eps(dtype):
-    """Default finite-difference step for ``dtype`` (1e-6 for float64, 1e-2 for float32)."""
+    """Default finite-difference step for ``dtype`` (1e-6 for float64, 1e-2 for float32).
+
+    Parameters
+    ----------
+    dtype : float32 or float64
+
+    Returns
+    -------
+    float
+    """
     return _EPS[np.dtype(dtype)]
 
 
 def default_rtol(dtype):
-    """Default :func:`gradcheck` tolerance for ``dtype`` (1e-6 for float64, 2e-2 for float32)."""
+    """Default :func:`gradcheck` tolerance for ``dtype`` (1e-6 for float64, 2e-2 for float32).
+
+    Parameters
+    ----------
+    dtype : float32 or float64
+
+    Returns
+    -------
+    float
+    """
     return _RTOL[np.dtype(dtype)]
 
 

@@ -33,6 +33,22 @@ class GradFunction(GradFunctionBase):
         self._yi = np.zeros(0, np.int64)
 
     def __call__(self, **values):
+        """Run forward and backward once.
+
+        Parameters
+        ----------
+        **values : array_like
+            Every input by name (shape as declared; a ``None`` dimension: 1 to
+            ``batch_size`` rows, the same for all inputs), and optionally parameters
+            (their graph values otherwise).  Real numbers, converted to the dtype.
+
+        Returns
+        -------
+        value : float or numpy.ndarray
+            The output (a float for a scalar output).
+        grads : dict of str -> float or numpy.ndarray
+            The gradient of the output's sum w.r.t. each ``wrt`` node, by name, with its shape.
+        """
         p = self.plan
         nb, staged = self._stage(values)
         with self._lock:

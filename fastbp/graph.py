@@ -29,6 +29,8 @@ import numbers
 
 import numpy as np
 
+from ._graph_base import (GraphError, GraphTypeError, _check_shape, _fmt_shape, _norm_eps, _real_array,
+                          dropout_probability)
 from .registry import activations as _acts
 from .registry import gates as _gates
 
@@ -44,48 +46,6 @@ def activation_of(node):
     if entry is None:
         return None
     return entry, node.attrs.get("params", entry.defaults)
-
-
-class GraphError(ValueError):
-    """A graph is malformed: incompatible shapes, foreign nodes, bad wrt."""
-
-
-class GraphTypeError(GraphError, TypeError):
-    """An argument of the wrong type (not a node, a name that is not a string, a
-    non-real constant): a :class:`TypeError`, and a :class:`GraphError` too."""
-
-
-def _fmt_shape(shape):
-    return "(" + ", ".join("batch" if d is None else str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
-
-
-def _check_shape(shape, what):
-    if not isinstance(shape, (tuple, list)):
-        raise GraphTypeError(f"{what}: shape must be a tuple, got {type(shape).__name__}")
-    shape = tuple(shape)
-    if len(shape) > 2:
-        raise GraphError(f"{what}: shapes of at most 2 dimensions are supported, got {shape}")
-    for i, d in enumerate(shape):
-        if d is None:
-            if i != 0 or len(shape) != 2:
-                raise GraphError(f"{what}: only the first of two dimensions may be None (the batch), got {shape}")
-        elif isinstance(d, (bool, np.bool_)) or not isinstance(d, numbers.Integral):
-            raise GraphTypeError(f"{what}: dimensions must be positive integers or a leading None, got {shape}")
-        elif d < 1:
-            raise GraphError(f"{what}: dimensions must be positive integers or a leading None, got {shape}")
-    return tuple(None if d is None else int(d) for d in shape)
-
-
-def _real_array(value, what):
-    """``value`` as a new float64 array; GraphTypeError naming ``what`` unless it holds real
-    numbers (no bool, complex, string or other object: nothing is silently converted)."""
-    arr = np.asarray(value)
-    if arr.dtype.kind == "O" and all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
-                                     for v in arr.flat):
-        arr = arr.astype(np.float64)
-    if arr.dtype.kind not in "fiu":
-        raise GraphTypeError(f"{what} must hold real numbers, got dtype {arr.dtype}")
-    return np.array(arr, dtype=np.float64)
 
 
 def _broadcast(a, b, op):
@@ -270,6 +230,10 @@ class Graph:
             already a float64 array (no second copy of a large weight matrix): the
             caller must not change it afterwards.
 
+        Returns
+        -------
+        Node
+
         Raises
         ------
         TypeError
@@ -288,7 +252,24 @@ class Graph:
         return node
 
     def const(self, value):
-        """A constant (no gradient), e.g. the ``2`` in ``2 * x``."""
+        """A constant (no gradient), e.g. the ``2`` in ``2 * x``.
+
+        Parameters
+        ----------
+        value : real number or array_like of real numbers, at most 2-D
+            Kept as a float64 copy; ints are converted, finite values only.
+
+        Returns
+        -------
+        Node
+
+        Raises
+        ------
+        TypeError
+            A bool, complex, string, None or other non-real value (never silently converted).
+        GraphError
+            A non-finite value, or more than 2 dimensions, or an empty dimension.
+        """
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.ndarray, list, tuple)):
             raise GraphTypeError(f"constants must be real numbers or arrays, got {type(value).__name__}")
         arr = _real_array(value, "constant")
@@ -348,7 +329,25 @@ def _graph_of(x, op):
 
 def maximum(a, b):
     """Elementwise ``max(a, b)`` (router gate: the gradient goes to the larger input; ties to
-    ``a``; NaN on either side: NaN, and both inputs receive the gradient, as ``torch.maximum``)."""
+    ``a``; NaN on either side: NaN, and both inputs receive the gradient, as ``torch.maximum``).
+
+    Parameters
+    ----------
+    a, b : Node or real number or array_like
+        At least one a node; the other may be a constant (real numbers, at most 2-D).
+
+    Returns
+    -------
+    Node
+        The numpy broadcast shape of ``a`` and ``b``.
+
+    Raises
+    ------
+    TypeError
+        Neither is a node, or a constant that is not real numbers.
+    GraphError
+        The shapes do not broadcast, or nodes of two graphs.
+    """
     if isinstance(a, Node):
         return a._binary(b, "max")
     _graph_of(b, "maximum")     # raises unless b is a node
@@ -360,12 +359,24 @@ def gate(name, a, b):
     ``"mul"``, ``"max"``, or an entry registered later) of ``a`` and ``b``,
     with numpy broadcasting; at least one of them a node.
 
+    Parameters
+    ----------
+    name : str
+        The gate's registry name.
+    a, b : Node or real number or array_like
+        At least one a node; the other may be a constant (at most 2-D).
+
+    Returns
+    -------
+    Node
+        The numpy broadcast shape of ``a`` and ``b``.
+
     Raises
     ------
     ValueError
         No gate has that name.
     GraphError
-        Neither operand is a node of a graph.
+        Neither operand is a node of a graph (also a TypeError), or the shapes do not broadcast.
     """
     _gates.get(name)            # ValueError naming the known gates
     if isinstance(a, Node):
@@ -403,7 +414,18 @@ del _e
 
 
 def sum(x):  # noqa: A001  (mirrors numpy's name on purpose)
-    """The sum of all elements (a scalar); gradient 1 everywhere."""
+    """The sum of all elements (a scalar); gradient 1 everywhere.
+
+    Parameters
+    ----------
+    x : Node
+        Any shape (a batch dimension included: the sum over every row).
+
+    Returns
+    -------
+    Node
+        Shape ``()``.
+    """
     return _graph_of(x, "sum")._unary("sum", x)
 
 
@@ -442,16 +464,6 @@ def dropout(x, p=0.5):
     return g._unary("dropout", x, {"p": p})
 
 
-def dropout_probability(p, owner="dropout"):
-    """A checked dropout probability (float in [0, 1]); TypeError / ValueError naming ``p``."""
-    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
-        raise TypeError(f"{owner}: p must be a real number in [0, 1], got {type(p).__name__}")
-    p = float(p)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"{owner}: dropout probability p has to be between 0 and 1, but got {p}")
-    return p
-
-
 __all__.append("dropout")
 
 
@@ -471,15 +483,6 @@ def _norm_affine_inputs(op, x, n, weight, bias):
             raise GraphError(f"{op}: {what} {p!r} has shape {_fmt_shape(p.shape)}, expected ({n},)")
         inputs.append(p)
     return inputs
-
-
-def _norm_eps(op, eps):
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"{op}: eps must be a real number, got {type(eps).__name__}")
-    eps = float(eps)
-    if not (np.isfinite(eps) and eps >= 0.0):
-        raise ValueError(f"{op}: eps must be a finite number >= 0, got {eps}")
-    return eps
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):

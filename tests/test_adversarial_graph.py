@@ -258,3 +258,14 @@ def test_fused_bias_gradient_accumulates_by_its_own_flag(bias_twice):
         assert value == pytest.approx(ref_v, rel=1e-12)
         for k in ref_g:
             np.testing.assert_allclose(grads[k], ref_g[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+# ---------------------------------------------------------------- docstrings
+@pytest.mark.parametrize("fn", [fastbp.maximum, fastbp.sum, fastbp.graph.gate, fastbp.Graph.const,
+                                fastbp.Graph.param, fastbp.Graph.input, fastbp.gradcheck.default_eps,
+                                fastbp.gradcheck.default_rtol, fastbp.gradfn.GradFunction.__call__,
+                                fastbp.grad, fastbp.layer_norm, fastbp.dropout, fastbp.relu],
+                         ids=lambda f: f.__qualname__)
+def test_public_graph_functions_have_numpydoc_sections(fn):
+    doc = fn.__doc__ or ""
+    assert "Parameters\n" in doc and "Returns\n" in doc, fn
