@@ -269,3 +269,17 @@ def test_fused_bias_gradient_accumulates_by_its_own_flag(bias_twice):
 def test_public_graph_functions_have_numpydoc_sections(fn):
     doc = fn.__doc__ or ""
     assert "Parameters\n" in doc and "Returns\n" in doc, fn
+
+
+def test_elu_float64_near_zero_matches_pytorchs_expm1():
+    """ELU computed alpha * (exp(x) - 1): for small negative x the subtraction cancels
+    (x = -1e-12: 9e-5 relative error, -1e-300: 0 instead of -1e-300); PyTorch uses expm1."""
+    x = np.array([-1e-300, -1e-12, -1e-8, -1e-3, -0.5, -30.0, -800.0, -np.inf, 0.0, 2.0])
+    expect = 0.7 * np.expm1(np.minimum(x, 0)) + np.maximum(x, 0)       # torch.nn.functional.elu(x, 0.7)
+    np.testing.assert_allclose(fastbp.ops.elu_forward(x, 0.7), expect, rtol=1e-15, atol=0)
+    g = fastbp.Graph()
+    xi = g.input("x", (None, 10))
+    value, _ = fastbp.grad(fastbp.sum(fastbp.elu(xi, 0.7) * np.arange(1.0, 11.0)), [xi])(x=x[None, :])
+    assert value == pytest.approx(np.sum(expect * np.arange(1.0, 11.0)), rel=1e-15)
+    y = fastbp.ops.linear_forward(x[:7, None], np.ones((1, 1)), activation="elu", activation_params={"alpha": 0.7})
+    np.testing.assert_allclose(y[:, 0], expect[:7], rtol=1e-15, atol=0)

@@ -431,8 +431,8 @@ register(Activation(
 
 
 def elu(x, alpha):
-    # PyTorch's: x if x > 0 else alpha * (exp(x) - 1) (NaN > 0 is False: NaN stays NaN)
-    return x if x > 0 else alpha * (_fm.exp(x) - type(x)(1.0))
+    # PyTorch's: x if x > 0 else alpha * expm1(x) (NaN > 0 is False: NaN stays NaN)
+    return x if x > 0 else alpha * _fm.expm1(x)
 
 
 def d_elu(x, alpha):
