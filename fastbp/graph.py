@@ -378,6 +378,8 @@ def gate(name, a, b):
     GraphError
         Neither operand is a node of a graph (also a TypeError), or the shapes do not broadcast.
     """
+    if not isinstance(name, str):
+        raise GraphTypeError(f"gate: name must be a str, got {type(name).__name__}")
     _gates.get(name)            # ValueError naming the known gates
     if isinstance(a, Node):
         return a._binary(b, name)

@@ -51,6 +51,8 @@ def test_real_constants_and_params_are_still_accepted_exactly():
     (lambda g, x: fastbp.relu(3.0), "relu: expected a graph node, got float"),
     (lambda g, x: fastbp.sum(np.ones(3)), "sum: expected a graph node, got ndarray"),
     (lambda g, x: fastbp.maximum(1.0, 2.0), "maximum: expected a graph node, got float"),
+    (lambda g, x: fastbp.graph.gate(2, x, x), "gate: name must be a str, got int"),
+    (lambda g, x: fastbp.graph.gate("add", 1.0, 2.0), "add: expected a graph node, got float"),
     (lambda g, x: fastbp.layer_norm(x, weight=np.ones(2)), "layer_norm: weight must be a graph node"),
     (lambda g, x: g.input(3, (2,)), "input name must be a non-empty string, got int"),
     (lambda g, x: g.param(None, 1.0), "param name must be a non-empty string, got NoneType"),
