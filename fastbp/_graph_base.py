@@ -43,7 +43,10 @@ def _check_shape(shape, what):
 def _real_array(value, what):
     """``value`` as a new float64 array; GraphTypeError naming ``what`` unless it holds real
     numbers (no bool, complex, string or other object: nothing is silently converted)."""
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except ValueError as e:             # a ragged list
+        raise GraphError(f"{what} is not a rectangular array: {e}") from None
     if arr.dtype.kind == "O" and all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
                                      for v in arr.flat):
         arr = arr.astype(np.float64)

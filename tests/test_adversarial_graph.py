@@ -78,6 +78,8 @@ def test_wrong_argument_types_are_type_errors_naming_the_argument(make, match):
     (lambda g, x: g.input("", (2,)), "input name must be a non-empty string"),
     (lambda g, x: x + np.nan, "is not finite"),
     (lambda g, x: x + np.ones(3), "do not broadcast"),
+    (lambda g, x: g.param("p", [[1.0, 2.0], [3.0]]), r"param 'p': value is not a rectangular array"),
+    (lambda g, x: x + [[1.0], [2.0, 3.0]], "constant is not a rectangular array"),
 ])
 def test_wrong_values_stay_value_errors(make, match):
     g = fastbp.Graph()
