@@ -574,7 +574,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, e
         raise TypeError(f"batch_norm: track_running_stats must be a bool, got {type(track_running_stats).__name__}")
     stats = []
     for what, v, default in (("running_mean", running_mean, 0.0), ("running_var", running_var, 1.0)):
-        arr = np.full(n, default) if v is None else np.array(v, dtype=np.float64)
+        arr = np.full(n, default) if v is None else _real_array(v, f"batch_norm: {what}")
         if arr.shape != (n,):
             raise ValueError(f"batch_norm: {what} must have shape ({n},), got {arr.shape}")
         if not np.all(np.isfinite(arr)):
