@@ -177,14 +177,14 @@ class DeviceTape:
             return [launch(_gg._sum_bwd, self.one, V(out), False)]
         if op == ex.OP_LINEAR_BWD:
             # a=X, b=W, c=what act' reads (Y or the pre-activation), d=dY (overwritten
-            # by dZ), e=dX, f=dW, out=db; the bias gradient accumulates like dW (flag
-            # f3), as on the CPU
+            # by dZ), e=dX, f=dW, out=db; the bias gradient accumulates by its own flag
+            # (f4: the bias may have other consumers), as on the CPU
             X, W, Y, dZ = V(a), V(b), V(c), V(d)
             ops = []
             if g != ACT_IDENTITY:
                 ops.append(launch(functools.partial(_ga._act_bwd, P=P), Y, dZ, g, dZ, False))
             if out >= 0:
-                ops.append(launch(_gl._colsum, dZ, self.vec(out), bool(f3)))
+                ops.append(launch(_gl._colsum, dZ, self.vec(out), bool(ins[ex.C_F4])))
             dW = V(f)
             if f1:      # dWt (out, in) = dZ^T X
                 ops.append(launch(_gm._mm_tn, dZ, X, dW, bool(f3)))

@@ -61,6 +61,8 @@ class GradFunctionBase:
         self.hyper = np.zeros(ex.HYPER_SIZE)
         self.hyper[ex.H_TRAINING] = 1.0     # fastbp.grad is training mode (Dropout on; BatchNorm: batch statistics)
         self._lock = threading.Lock()
+        self._overridden = set()    # ids of the parameters a call has overridden
+        self._batch_norms = [n for n in upstream(output).values() if n.op == "batch_norm"]
 
     def __reduce_ex__(self, protocol):
         raise TypeError(f"a compiled {type(self).__name__} cannot be pickled (it holds native code and "
@@ -107,7 +109,20 @@ class GradFunctionBase:
                 raise ValueError(f"{n.name} must have shape {tuple(shape)}, got {v.shape}")
             staged.append((n, v))
         nb = p.batch_size if nb is None else nb
+        for n in self._batch_norms:         # a training call (PyTorch's rule; the executor refuses it too)
+            rows = nb if n.shape[0] is None else n.shape[0]
+            if rows < 2:
+                raise ValueError(f"Expected more than 1 value per channel when training: batch_norm {n.name!r} "
+                                 f"gets {rows} row (fastbp.grad is a training call; pass at least 2 rows)")
         return nb, staged
+
+    def _with_defaults(self, staged):
+        """``staged`` plus ``(param, its graph value)`` for every parameter a previous call
+        overrode and this one does not pass: a call's result depends on its own arguments
+        only.  Called under the lock."""
+        passed = {n.id for n, _ in staged}
+        self._overridden |= {n.id for n, _ in staged if n.op == "param"}   # kept: a failed copy is redone
+        return staged + [(n, n.value) for n in self.param_nodes if n.id in self._overridden and n.id not in passed]
 
     def _results(self, nb):
         """The output value and the gradients of the last run, read from the host arena (copies;

@@ -259,7 +259,8 @@ def _h_loss(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
 def _h_linear_bwd(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     """a=X, b=W, c=what act' reads (Y, or the pre-activation Z), d=dY
     (overwritten by dZ = dY * act'), e=dX, f=dW, out=db, p=act params;
-    f1: W stored transposed, f2..f3: accumulate into dX, into dW and db.
+    f1: W stored transposed, f2..f4: accumulate into dX, into dW, into db (a bias may
+    have other consumers than this layer: its flag is its own).
     ``dW = X^T dZ``, ``dX = dZ W^T``, ``db = 1^T dZ``."""
     arena, bufs, tape, hyper, _, gjit, kt = arrays(ctx, x)
     ins = tape[pc]
@@ -278,7 +279,7 @@ def _h_linear_bwd(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     if act != ACT_IDENTITY:
         kcall_at(kt, K_ACT + N_ROLES * act + 2, K_PROTO_BWD, (T, dZ, dZ, _F, _vec(arena, bufs, ins[C_P])))
     if ins[C_OUT] >= 0:
-        kcall(kt, K_COLSUM, (dZ, _vec(arena, bufs, ins[C_OUT]), acc_w))
+        kcall(kt, K_COLSUM, (dZ, _vec(arena, bufs, ins[C_OUT]), ins[C_F4] != 0))
     dW = _view(arena, bufs, ins[C_F], nb)
     if wt:   # dWt (out, in) = dZ^T X
         kcall(kt, K_MM, (dZ, X, dW, _T, _F, acc_w, hyper, gjit, jit_slot(jbase, pc, 0), kt))

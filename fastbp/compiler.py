@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _isa as ex
 from ._emit import Builder, canon, emit_backward, emit_forward, emit_update
-from .graph import GraphError, Node, activation_of, upstream
+from .graph import GraphError, GraphTypeError, Node, activation_of, upstream
 from .registry import activations as _acts
 from .registry import norms as _norms
 
@@ -119,7 +119,7 @@ def _check_arguments(graph, output, wrt):
         raise GraphError(f"output {output!r} is not a node of this graph")
     for w in wrt:
         if not isinstance(w, Node):
-            raise GraphError(f"wrt entries must be graph nodes, got {type(w).__name__}")
+            raise GraphTypeError(f"wrt entries must be graph nodes, got {type(w).__name__}")
         if w.graph is not graph:
             raise GraphError(f"wrt node {w!r} belongs to another graph than the output {output!r}")
         if w.op not in ("input", "param"):

@@ -53,7 +53,7 @@ class CudaGradFunction(GradFunctionBase):
         with self._lock:
             s = self._stream
             copies = []         # every argument checked before anything is copied
-            for n, v in staged:
+            for n, v in self._with_defaults(staged):
                 dst = t.view(p.value_buf[n.id], nb)
                 if device_array(v) is None:
                     v = np.ascontiguousarray(v, dtype=self.dtype).reshape(dst.shape)

@@ -14,7 +14,7 @@ import os
 from . import _isa as ex
 from . import _validate as V
 from ._ckpt_format import BadArchive, _Bad, read
-from .graph import GraphError, Node
+from .graph import GraphError, GraphTypeError, Node
 from .gradfn import GradFunction
 from .layers import Sequential
 from .optimizers import optimizer_arg, optimizer_from_spec
@@ -144,19 +144,26 @@ def grad(output, wrt, *, dtype=np.float64, batch_size=1, device="cpu"):
     ------
     GraphError
         ``output`` does not depend on a ``wrt`` node, nodes from another
-        graph, or a ``wrt`` entry that is not an input or parameter.
+        graph, a ``wrt`` entry that is not an input or parameter, or an empty ``wrt``.
+        ``output`` or a ``wrt`` entry that is not a node is also a TypeError
+        (:class:`fastbp.graph.GraphTypeError`).
     RuntimeError
         ``device="cuda"`` and no CUDA device or driver was found.
     """
     if not isinstance(output, Node):
-        raise GraphError(f"output must be a graph node, got {type(output).__name__}")
+        raise GraphTypeError(f"output must be a graph node, got {type(output).__name__}")
     if isinstance(wrt, Node):
         wrt = [wrt]
+    if isinstance(wrt, (str, bytes, dict)) or not hasattr(wrt, "__iter__"):
+        raise GraphTypeError(f"wrt must be a node or a list of nodes, got {type(wrt).__name__}")
+    wrt = list(wrt)
+    if not wrt:     # torch.autograd.grad: "grad requires non-empty inputs"
+        raise GraphError("wrt is empty: name at least one input or parameter to differentiate with respect to")
     if V.resolve_device(device) == "cuda":
         from .cuda_gradfn import CudaGradFunction as cls
     else:
         cls = GradFunction
-    return cls(output, list(wrt), V.resolve_dtype(dtype), V.positive_int("batch_size", batch_size))
+    return cls(output, wrt, V.resolve_dtype(dtype), V.positive_int("batch_size", batch_size))
 
 
 # ---------------------------------------------------------------- fastbp.load

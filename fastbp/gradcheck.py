@@ -34,20 +34,52 @@ class GradcheckError(AssertionError):
 
 
 def default_eps(dtype):
-    """Default finite-difference step for ``dtype`` (1e-6 for float64, 1e-2 for float32)."""
+    """Default finite-difference step for ``dtype`` (1e-6 for float64, 1e-2 for float32).
+
+    Parameters
+    ----------
+    dtype : float32 or float64
+
+    Returns
+    -------
+    float
+    """
     return _EPS[np.dtype(dtype)]
 
 
 def default_rtol(dtype):
-    """Default :func:`gradcheck` tolerance for ``dtype`` (1e-6 for float64, 2e-2 for float32)."""
+    """Default :func:`gradcheck` tolerance for ``dtype`` (1e-6 for float64, 2e-2 for float32).
+
+    Parameters
+    ----------
+    dtype : float32 or float64
+
+    Returns
+    -------
+    float
+    """
     return _RTOL[np.dtype(dtype)]
 
 
 def _scalar(v):
     a = np.asarray(v)
+    if a.dtype.kind not in "fiu":        # None, a string, a complex: never silently read as a number
+        raise TypeError(f"f must return a real scalar, got {type(v).__name__} of dtype {a.dtype}")
     if a.size != 1:
         raise TypeError(f"f must return a scalar, got an array of shape {a.shape}")
     return float(a.reshape(()))
+
+
+def _step(eps, dtype):
+    """The finite-difference step: a finite real number > 0 (TypeError / ValueError naming ``eps``)."""
+    if eps is None:
+        return default_eps(dtype)
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (int, float, np.integer, np.floating)):
+        raise TypeError(f"eps must be a positive real number, got {type(eps).__name__}")
+    h = float(eps)
+    if not (np.isfinite(h) and h > 0):
+        raise ValueError(f"eps must be positive and finite, got {eps!r}")
+    return h
 
 
 def numerical_gradient(f, x, eps=None):
@@ -78,23 +110,27 @@ def numerical_gradient(f, x, eps=None):
     Raises
     ------
     TypeError
-        ``x`` is not a float32/float64 ndarray, or ``f`` does not return a scalar.
+        ``x`` is not a float32/float64 ndarray, ``f`` does not return a real
+        scalar, or ``eps`` is not a real number.
     ValueError
-        ``x`` is read-only.
+        ``x`` is read-only, ``eps`` is not finite and positive, or ``x_i +- eps``
+        round to one value (or overflow) in ``x``'s dtype.
     """
     V.array(x, "x")
     if x.dtype not in V.FLOAT_DTYPES:
         raise TypeError(f"x has dtype {x.dtype}; expected float32 or float64")
     V.writeable(x, "x")
-    h = default_eps(x.dtype) if eps is None else float(eps)
-    if not h > 0:
-        raise ValueError(f"eps must be positive, got {eps!r}")
+    h = _step(eps, x.dtype)
     dt = x.dtype.type
     grad = np.empty(x.shape, np.float64)
     for idx in np.ndindex(*x.shape):
         old = x[idx].copy()              # a numpy scalar: restoring it is bitwise exact (-0.0, NaN payloads)
-        xp = dt(old + h)
-        xm = dt(old - h)
+        with np.errstate(over="ignore"):     # an overflow is reported below, by name
+            xp, xm = dt(old + h), dt(old - h)
+        if np.isfinite(old) and not (np.isfinite(xp) and np.isfinite(xm) and xp > xm):
+            # the step vanished in x's precision, or overflowed (it divided by zero)
+            raise ValueError(f"eps={h!r} is lost at x{list(idx)} = {float(old)!r} in {x.dtype}: x + eps and "
+                             f"x - eps are not two finite distinct values; pass a larger eps")
         try:
             x[idx] = xp
             fp = _scalar(f(x))
@@ -116,23 +152,37 @@ def relative_error(a, b):
     Parameters
     ----------
     a, b : array_like
-        Same shape; computed in float64.
+        Same shape, real numbers; computed in float64.
 
     Returns
     -------
     float
+
+    Raises
+    ------
+    TypeError
+        A complex or non-numeric input.
+    ValueError
+        The shapes differ.
     """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
+    a, b = np.asarray(a), np.asarray(b)
+    for v, name in ((a, "a"), (b, "b")):
+        if v.dtype.kind not in "biuf":      # a complex gradient would lose its imaginary part
+            raise TypeError(f"relative_error: {name} must hold real numbers, got dtype {v.dtype}")
+    a, b = a.astype(np.float64), b.astype(np.float64)
     if a.shape != b.shape:
         raise ValueError(f"relative_error: shapes differ, {a.shape} vs {b.shape}")
     if a.size == 0:
         return 0.0
     if np.isnan(a).any() or np.isnan(b).any():
         return float("nan")
-    num = np.max(np.abs(a - b))
+    with np.errstate(invalid="ignore"):
+        num = np.max(np.where(a == b, 0.0, np.abs(a - b)))     # equal infinities: 0, not inf - inf = NaN
+    if num == 0.0:
+        return 0.0
     den = max(float(np.max(np.abs(a) + np.abs(b))), np.finfo(np.float64).tiny)
-    return float(num / den)
+    with np.errstate(invalid="ignore"):
+        return float(num / den)             # inf / inf: NaN, as for a NaN input
 
 
 def _items(inputs, what):

@@ -33,10 +33,26 @@ class GradFunction(GradFunctionBase):
         self._yi = np.zeros(0, np.int64)
 
     def __call__(self, **values):
+        """Run forward and backward once.
+
+        Parameters
+        ----------
+        **values : array_like
+            Every input by name (shape as declared; a ``None`` dimension: 1 to
+            ``batch_size`` rows, the same for all inputs), and optionally parameters
+            (their graph values otherwise).  Real numbers, converted to the dtype.
+
+        Returns
+        -------
+        value : float or numpy.ndarray
+            The output (a float for a scalar output).
+        grads : dict of str -> float or numpy.ndarray
+            The gradient of the output's sum w.r.t. each ``wrt`` node, by name, with its shape.
+        """
         p = self.plan
         nb, staged = self._stage(values)
         with self._lock:
-            for n, v in staged:
+            for n, v in self._with_defaults(staged):
                 view(self.arena, p, p.value_buf[n.id], n.shape, nb)[...] = v
             status, _, _ = ex.run_step(self._ctx, p.sec, nb, self._x, self._yi, self._x, ex.MODE_GRAD)
             if status:      # every input was validated and written into the arena: a bug if seen

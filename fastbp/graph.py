@@ -29,10 +29,12 @@ import numbers
 
 import numpy as np
 
+from ._graph_base import (GraphError, GraphTypeError, _check_shape, _fmt_shape, _norm_eps, _real_array,
+                          dropout_probability)
 from .registry import activations as _acts
 from .registry import gates as _gates
 
-__all__ = ["Graph", "Node", "gate", "maximum", "sum"]
+__all__ = ["Graph", "GraphError", "GraphTypeError", "Node", "gate", "maximum", "sum"]
 
 ELEMENTWISE_BINARY = ("add", "mul", "max")
 
@@ -44,27 +46,6 @@ def activation_of(node):
     if entry is None:
         return None
     return entry, node.attrs.get("params", entry.defaults)
-
-
-class GraphError(ValueError):
-    """A graph is malformed: incompatible shapes, foreign nodes, bad wrt."""
-
-
-def _fmt_shape(shape):
-    return "(" + ", ".join("batch" if d is None else str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
-
-
-def _check_shape(shape, what):
-    shape = tuple(shape)
-    if len(shape) > 2:
-        raise GraphError(f"{what}: shapes of at most 2 dimensions are supported, got {shape}")
-    for i, d in enumerate(shape):
-        if d is None:
-            if i != 0 or len(shape) != 2:
-                raise GraphError(f"{what}: only the first of two dimensions may be None (the batch), got {shape}")
-        elif not isinstance(d, numbers.Integral) or d < 1:
-            raise GraphError(f"{what}: dimensions must be positive integers or a leading None, got {shape}")
-    return tuple(None if d is None else int(d) for d in shape)
 
 
 def _broadcast(a, b, op):
@@ -127,7 +108,7 @@ class Node:
                 raise GraphError(f"{op}: {other!r} belongs to another graph than {self!r}")
             return other
         if isinstance(other, _Transposed):
-            raise GraphError(f"{op}: a transposed parameter can only be the right operand of @")
+            raise GraphTypeError(f"{op}: a transposed parameter can only be the right operand of @")
         return self.graph.const(other)
 
     def _binary(self, other, op, swap=False):
@@ -208,7 +189,9 @@ class Graph:
         self._names = {}
 
     def _unique(self, name, kind):
-        if not isinstance(name, str) or not name:
+        if not isinstance(name, str):
+            raise GraphTypeError(f"{kind} name must be a non-empty string, got {type(name).__name__}")
+        if not name:
             raise GraphError(f"{kind} name must be a non-empty string, got {name!r}")
         if name in self._names:
             raise GraphError(f"{kind} name {name!r} is already used by {self._names[name]!r}")
@@ -246,28 +229,57 @@ class Graph:
             Keep a copy of ``value``.  ``False`` keeps ``value`` itself when it is
             already a float64 array (no second copy of a large weight matrix): the
             caller must not change it afterwards.
+
+        Returns
+        -------
+        Node
+
+        Raises
+        ------
+        TypeError
+            ``value`` is not real numbers (bool, complex, str, object): never silently converted.
         """
         self._unique(name, "param")
         if not isinstance(copy, bool):
             raise TypeError(f"copy must be a bool, got {type(copy).__name__}")
-        # np.array(copy=True) converts and copies in one pass (a single new array)
-        arr = np.array(value, dtype=np.float64, copy=True) if copy else np.asarray(value, dtype=np.float64)
+        # a float64 array is kept as it is (copy=False) or copied once; anything else is checked and converted
+        if isinstance(value, np.ndarray) and value.dtype == np.float64:
+            arr = np.array(value, dtype=np.float64, copy=True) if copy else np.asarray(value, dtype=np.float64)
+        else:
+            arr = _real_array(value, f"param {name!r}: value")
         node = Node(self, "param", (), _check_shape(arr.shape, f"param {name!r}"), name=name, value=arr)
         self._names[name] = node
         return node
 
     def const(self, value):
-        """A constant (no gradient), e.g. the ``2`` in ``2 * x``."""
+        """A constant (no gradient), e.g. the ``2`` in ``2 * x``.
+
+        Parameters
+        ----------
+        value : real number or array_like of real numbers, at most 2-D
+            Kept as a float64 copy; ints are converted, finite values only.
+
+        Returns
+        -------
+        Node
+
+        Raises
+        ------
+        TypeError
+            A bool, complex, string, None or other non-real value (never silently converted).
+        GraphError
+            A non-finite value, or more than 2 dimensions, or an empty dimension.
+        """
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.ndarray, list, tuple)):
-            raise GraphError(f"constants must be real numbers or arrays, got {type(value).__name__}")
-        arr = np.asarray(value, dtype=np.float64)
+            raise GraphTypeError(f"constants must be real numbers or arrays, got {type(value).__name__}")
+        arr = _real_array(value, "constant")
         if not np.all(np.isfinite(arr)):
             raise GraphError(f"constant {value!r} is not finite")
-        return Node(self, "const", (), _check_shape(arr.shape, "constant"), value=arr.copy())
+        return Node(self, "const", (), _check_shape(arr.shape, "constant"), value=arr)
 
     def _unary(self, op, x, attrs=None):
         if not isinstance(x, Node):
-            raise GraphError(f"{op}: expected a graph node, got {type(x).__name__}")
+            raise GraphTypeError(f"{op}: expected a graph node, got {type(x).__name__}")
         if x.graph is not self:
             raise GraphError(f"{op}: {x!r} belongs to another graph")
         shape = () if op == "sum" else x.shape
@@ -311,13 +323,31 @@ def upstream(output):
 
 def _graph_of(x, op):
     if not isinstance(x, Node):
-        raise GraphError(f"{op}: expected a graph node, got {type(x).__name__}")
+        raise GraphTypeError(f"{op}: expected a graph node, got {type(x).__name__}")
     return x.graph
 
 
 def maximum(a, b):
     """Elementwise ``max(a, b)`` (router gate: the gradient goes to the larger input; ties to
-    ``a``; NaN on either side: NaN, and both inputs receive the gradient, as ``torch.maximum``)."""
+    ``a``; NaN on either side: NaN, and both inputs receive the gradient, as ``torch.maximum``).
+
+    Parameters
+    ----------
+    a, b : Node or real number or array_like
+        At least one a node; the other may be a constant (real numbers, at most 2-D).
+
+    Returns
+    -------
+    Node
+        The numpy broadcast shape of ``a`` and ``b``.
+
+    Raises
+    ------
+    TypeError
+        Neither is a node, or a constant that is not real numbers.
+    GraphError
+        The shapes do not broadcast, or nodes of two graphs.
+    """
     if isinstance(a, Node):
         return a._binary(b, "max")
     _graph_of(b, "maximum")     # raises unless b is a node
@@ -329,13 +359,27 @@ def gate(name, a, b):
     ``"mul"``, ``"max"``, or an entry registered later) of ``a`` and ``b``,
     with numpy broadcasting; at least one of them a node.
 
+    Parameters
+    ----------
+    name : str
+        The gate's registry name.
+    a, b : Node or real number or array_like
+        At least one a node; the other may be a constant (at most 2-D).
+
+    Returns
+    -------
+    Node
+        The numpy broadcast shape of ``a`` and ``b``.
+
     Raises
     ------
     ValueError
         No gate has that name.
     GraphError
-        Neither operand is a node of a graph.
+        Neither operand is a node of a graph (also a TypeError), or the shapes do not broadcast.
     """
+    if not isinstance(name, str):
+        raise GraphTypeError(f"gate: name must be a str, got {type(name).__name__}")
     _gates.get(name)            # ValueError naming the known gates
     if isinstance(a, Node):
         return a._binary(b, name)
@@ -372,7 +416,18 @@ del _e
 
 
 def sum(x):  # noqa: A001  (mirrors numpy's name on purpose)
-    """The sum of all elements (a scalar); gradient 1 everywhere."""
+    """The sum of all elements (a scalar); gradient 1 everywhere.
+
+    Parameters
+    ----------
+    x : Node
+        Any shape (a batch dimension included: the sum over every row).
+
+    Returns
+    -------
+    Node
+        Shape ``()``.
+    """
     return _graph_of(x, "sum")._unary("sum", x)
 
 
@@ -411,16 +466,6 @@ def dropout(x, p=0.5):
     return g._unary("dropout", x, {"p": p})
 
 
-def dropout_probability(p, owner="dropout"):
-    """A checked dropout probability (float in [0, 1]); TypeError / ValueError naming ``p``."""
-    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
-        raise TypeError(f"{owner}: p must be a real number in [0, 1], got {type(p).__name__}")
-    p = float(p)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"{owner}: dropout probability p has to be between 0 and 1, but got {p}")
-    return p
-
-
 __all__.append("dropout")
 
 
@@ -432,7 +477,7 @@ def _norm_affine_inputs(op, x, n, weight, bias):
         if p is None:
             continue
         if not isinstance(p, Node):
-            raise GraphError(f"{op}: {what} must be a graph node (a parameter of shape ({n},)) or None, "
+            raise GraphTypeError(f"{op}: {what} must be a graph node (a parameter of shape ({n},)) or None, "
                              f"got {type(p).__name__}")
         if p.graph is not x.graph:
             raise GraphError(f"{op}: {what} {p!r} belongs to another graph than {x!r}")
@@ -440,15 +485,6 @@ def _norm_affine_inputs(op, x, n, weight, bias):
             raise GraphError(f"{op}: {what} {p!r} has shape {_fmt_shape(p.shape)}, expected ({n},)")
         inputs.append(p)
     return inputs
-
-
-def _norm_eps(op, eps):
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"{op}: eps must be a real number, got {type(eps).__name__}")
-    eps = float(eps)
-    if not (np.isfinite(eps) and eps >= 0.0):
-        raise ValueError(f"{op}: eps must be a finite number >= 0, got {eps}")
-    return eps
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
@@ -538,7 +574,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, e
         raise TypeError(f"batch_norm: track_running_stats must be a bool, got {type(track_running_stats).__name__}")
     stats = []
     for what, v, default in (("running_mean", running_mean, 0.0), ("running_var", running_var, 1.0)):
-        arr = np.full(n, default) if v is None else np.array(v, dtype=np.float64)
+        arr = np.full(n, default) if v is None else _real_array(v, f"batch_norm: {what}")
         if arr.shape != (n,):
             raise ValueError(f"batch_norm: {what} must have shape ({n},), got {arr.shape}")
         if not np.all(np.isfinite(arr)):

@@ -145,8 +145,9 @@ def linear_backward(x, W, y, dy, activation="none", need_dx=True, *, activation_
         Upstream gradient ``dL/dy``; not modified.
     activation : str, default "none"
         The activation used in the forward pass (``"none"`` or a registry name).
-    need_dx : bool
-        Compute ``dx`` (False for a first layer, whose input needs no gradient).
+    need_dx : bool, default True
+        Compute ``dx`` (False for a first layer, whose input needs no gradient);
+        anything but a bool is a TypeError.
     activation_params : dict, optional
         The activation's parameters by name (default: the registry defaults).
     z : numpy.ndarray, shape (batch, out_features), optional
@@ -165,10 +166,11 @@ def linear_backward(x, W, y, dy, activation="none", need_dx=True, *, activation_
     Notes
     -----
     ``dz = dy * act'`` elementwise, with ``act'`` the registry entry's
-    derivative, of the output ``y`` (relu ``1[y > 0]``, sigmoid
+    derivative, of the output ``y`` (relu ``0 if y <= 0 else 1``, sigmoid
     ``y (1 - y)``, tanh ``1 - y^2``, none ``1``) or of the pre-activation
     ``z``.  All arrays share ``x``'s dtype (float32 or float64).
     """
+    need_dx = V.boolean("need_dx", need_dx)     # a flag: "no" is not True
     V.float_array(x, "x", 2)
     V.float_array(W, "W", 2)
     V.float_array(y, "y", 2)

@@ -113,11 +113,13 @@ def _batchnorm_fwd(X, w, b, Y, S, R, P, training):
                 d = X[i, j] - S[0, j]
                 S[2, j] += d * d
         for j in range(N):
-            S[1, j] = dt(1.0 / math.sqrt(S[2, j] * inv_b + eps))
+            sd = math.sqrt(S[2, j] * inv_b + eps)
+            S[1, j] = dt(1.0 / sd) if sd != 0.0 else dt(math.inf)   # eps = 0 and no variance: inf, not an exception
     else:
         for j in range(N):
             S[0, j] = R[0, j]
-            S[1, j] = dt(1.0 / math.sqrt(R[1, j] + eps))
+            sd = math.sqrt(R[1, j] + eps)
+            S[1, j] = dt(1.0 / sd) if sd != 0.0 else dt(math.inf)   # eps = 0 and no variance: inf, not an exception
     for i in range(B):
         for j in range(N):
             Y[i, j] = _norm_affine(X[i, j], S[0, j], S[1, j], w[j] if has_w else one, b[j] if has_b else zero)

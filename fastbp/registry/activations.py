@@ -368,15 +368,16 @@ def relu(x):
 
 
 def d_relu(y):
-    # a 0/1 factor, not a select: the backward loop stays branch-free and vectorised
-    return type(y)(y > 0)
+    # a 0/1 factor, not a select: the backward loop stays branch-free and vectorised;
+    # 1 for NaN, as PyTorch's threshold_backward (only y <= 0 blocks the gradient)
+    return type(y)(not y <= 0)
 
 
 register(Activation(
     code=1, name="relu", layer="ReLU", torch="ReLU", sklearn="relu",
     forward=relu, derivative=d_relu, uses="output", init="he",
     inplace=True,
-    formula="y = max(x, 0)", dformula="dy/dx = 1[y > 0]"))
+    formula="y = max(x, 0)", dformula="dy/dx = 0 if y <= 0 else 1 (1 for NaN, as PyTorch)"))
 
 
 def sigmoid(x):
@@ -431,8 +432,8 @@ register(Activation(
 
 
 def elu(x, alpha):
-    # PyTorch's: x if x > 0 else alpha * (exp(x) - 1) (NaN > 0 is False: NaN stays NaN)
-    return x if x > 0 else alpha * (_fm.exp(x) - type(x)(1.0))
+    # PyTorch's: x if x > 0 else alpha * expm1(x) (NaN > 0 is False: NaN stays NaN)
+    return x if x > 0 else alpha * _fm.expm1(x)
 
 
 def d_elu(x, alpha):

@@ -64,7 +64,7 @@ import numba
 
 from .._jit import _CACHE
 
-__all__ = ["exp", "erf", "tanh", "log1p", "div"]
+__all__ = ["exp", "expm1", "erf", "tanh", "log1p", "div"]
 
 #: the functions' compilation flags: no fast-math (see the module docstring) and numpy's
 #: error model: ``a / b`` is IEEE division (``b == 0`` gives inf or NaN) without the
@@ -204,6 +204,15 @@ def exp(x):
     if type(x)(16777217.0) == type(x)(16777216.0):     # float32 (folds at compile time)
         return _expf(x)
     return math.exp(x)
+
+
+@_scalar
+def expm1(x):
+    """``exp(x) - 1`` in ``x``'s type: the float32 polynomial minus 1 (vectorisable), libm's
+    ``expm1`` for float64 (exact near 0, as PyTorch's ELU: ``exp(x) - 1`` cancels there)."""
+    if type(x)(16777217.0) == type(x)(16777216.0):
+        return _expf(x) - type(x)(1.0)
+    return math.expm1(x)
 
 
 @_scalar

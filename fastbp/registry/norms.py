@@ -59,7 +59,8 @@ def ln_fwd_row(X, w, b, Y, S, i, eps):
     for j in range(N):
         d = X[i, j] - mean
         v += d * d
-    rstd = one / math.sqrt(v * inv_n + eps)
+    sd = math.sqrt(v * inv_n + eps)
+    rstd = one / sd if sd != zero else dt(math.inf)     # eps = 0, a constant row: inf (then NaN), as torch
     S[i, 0] = mean
     S[i, 1] = rstd
     has_w = w.shape[0] > 0

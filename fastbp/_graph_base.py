@@ -1,0 +1,77 @@
+"""The checks of :mod:`fastbp.graph` that need no node: its exceptions, shapes, constant
+values, a dropout probability and a normalisation's ``eps`` (kept apart so that the graph
+module stays small; :mod:`fastbp.graph` re-exports the exceptions)."""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+__all__ = ["GraphError", "GraphTypeError", "dropout_probability"]
+
+
+class GraphError(ValueError):
+    """A graph is malformed: incompatible shapes, foreign nodes, bad wrt."""
+
+
+class GraphTypeError(GraphError, TypeError):
+    """An argument of the wrong type (not a node, a name that is not a string, a
+    non-real constant): a :class:`TypeError`, and a :class:`GraphError` too."""
+
+
+def _fmt_shape(shape):
+    return "(" + ", ".join("batch" if d is None else str(d) for d in shape) + (",)" if len(shape) == 1 else ")")
+
+
+def _check_shape(shape, what):
+    if not isinstance(shape, (tuple, list)):
+        raise GraphTypeError(f"{what}: shape must be a tuple, got {type(shape).__name__}")
+    shape = tuple(shape)
+    if len(shape) > 2:
+        raise GraphError(f"{what}: shapes of at most 2 dimensions are supported, got {shape}")
+    for i, d in enumerate(shape):
+        if d is None:
+            if i != 0 or len(shape) != 2:
+                raise GraphError(f"{what}: only the first of two dimensions may be None (the batch), got {shape}")
+        elif isinstance(d, (bool, np.bool_)) or not isinstance(d, numbers.Integral):
+            raise GraphTypeError(f"{what}: dimensions must be positive integers or a leading None, got {shape}")
+        elif d < 1:
+            raise GraphError(f"{what}: dimensions must be positive integers or a leading None, got {shape}")
+    return tuple(None if d is None else int(d) for d in shape)
+
+
+def _real_array(value, what):
+    """``value`` as a new float64 array; GraphTypeError naming ``what`` unless it holds real
+    numbers (no bool, complex, string or other object: nothing is silently converted)."""
+    try:
+        arr = np.asarray(value)
+    except ValueError as e:             # a ragged list
+        raise GraphError(f"{what} is not a rectangular array: {e}") from None
+    if arr.dtype.kind == "O" and all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+                                     for v in arr.flat):
+        arr = arr.astype(np.float64)
+    if arr.dtype.kind not in "fiu":
+        raise GraphTypeError(f"{what} must hold real numbers, got dtype {arr.dtype}")
+    return np.array(arr, dtype=np.float64)
+
+
+def dropout_probability(p, owner="dropout"):
+    """A checked dropout probability (float in [0, 1]); TypeError / ValueError naming ``p``."""
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{owner}: p must be a real number in [0, 1], got {type(p).__name__}")
+    p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{owner}: dropout probability p has to be between 0 and 1, but got {p}")
+    return p
+
+
+def _norm_eps(op, eps):
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{op}: eps must be a real number, got {type(eps).__name__}")
+    eps = float(eps)
+    if not (np.isfinite(eps) and eps >= 0.0):
+        raise ValueError(f"{op}: eps must be a finite number >= 0, got {eps}")
+    return eps
+
+
+GraphError.__module__ = GraphTypeError.__module__ = "fastbp.graph"      # where users import them from

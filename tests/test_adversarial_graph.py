@@ -1,0 +1,293 @@
+"""Adversarial inputs to the gate-graph API (``fastbp.Graph``, ``fastbp.grad``), the
+``fastbp.ops`` wrappers and ``fastbp.gradcheck``: wrong types are ``TypeError`` naming the
+argument, nothing is silently converted or lost, a compiled function has no hidden state
+between calls, and results follow numpy / PyTorch semantics."""
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import GraphError
+from fastbp.gradcheck import gradcheck, numerical_gradient, relative_error
+
+
+# ---------------------------------------------------------------- graph construction
+@pytest.mark.parametrize("value", [
+    np.array([1 + 2j, 3.0]),            # the imaginary part was dropped (a ComplexWarning only)
+    np.array([True, False]),             # bool arrays became 1.0 / 0.0 (Python's True was refused)
+    np.array(["1", "2"]),                # strings were parsed as numbers
+    ["1.5", "2"],
+    np.array([1.0, None], dtype=object),
+])
+def test_constants_and_params_of_non_real_values_are_type_errors(value):
+    g = fastbp.Graph()
+    x = g.input("x", (2,))
+    with pytest.raises(TypeError, match="constant must hold real numbers"):
+        x + value
+    with pytest.raises(TypeError, match="constant must hold real numbers"):
+        g.const(value)
+    with pytest.raises(TypeError, match=r"param 'p': value must hold real numbers"):
+        g.param("p", value)
+    # still GraphErrors (what the graph API raised before), so old handlers keep working
+    with pytest.raises(GraphError):
+        g.param("p", value)
+
+
+def test_real_constants_and_params_are_still_accepted_exactly():
+    g = fastbp.Graph()
+    assert g.param("a", [1, 2]).value.dtype == np.float64
+    assert g.param("b", np.float32(1.5)).value == 1.5
+    w = np.ones((2, 3))
+    assert g.param("c", w, copy=False).value is w           # no copy of a float64 array
+    assert g.param("d", w).value is not w
+    assert g.param("e", np.array([1, 2], dtype=object)).value.tolist() == [1.0, 2.0]
+    assert g.param("f", np.arange(3, dtype=">f8")).value.tolist() == [0.0, 1.0, 2.0]
+    assert g.const(np.int8(3)).value == 3.0
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda g, x: x + "a", "constants must be real numbers or arrays, got str"),
+    (lambda g, x: x * None, "constants must be real numbers or arrays, got NoneType"),
+    (lambda g, x: x + 1j, "constants must be real numbers or arrays, got complex"),
+    (lambda g, x: fastbp.relu(3.0), "relu: expected a graph node, got float"),
+    (lambda g, x: fastbp.sum(np.ones(3)), "sum: expected a graph node, got ndarray"),
+    (lambda g, x: fastbp.maximum(1.0, 2.0), "maximum: expected a graph node, got float"),
+    (lambda g, x: fastbp.graph.gate(2, x, x), "gate: name must be a str, got int"),
+    (lambda g, x: fastbp.graph.gate("add", 1.0, 2.0), "add: expected a graph node, got float"),
+    (lambda g, x: fastbp.layer_norm(x, weight=np.ones(2)), "layer_norm: weight must be a graph node"),
+    (lambda g, x: g.input(3, (2,)), "input name must be a non-empty string, got int"),
+    (lambda g, x: g.param(None, 1.0), "param name must be a non-empty string, got NoneType"),
+    (lambda g, x: g.input("y", 3), r"input 'y': shape must be a tuple, got int"),
+    (lambda g, x: g.input("y", "ab"), r"input 'y': shape must be a tuple, got str"),
+    (lambda g, x: g.input("y", (2.0,)), r"input 'y': dimensions must be positive integers"),
+    (lambda g, x: g.input("y", (True,)), r"input 'y': dimensions must be positive integers"),
+    (lambda g, x: fastbp.batch_norm(g.input("b", (None, 2)), running_mean=np.array([1j, 0])),
+     "batch_norm: running_mean must hold real numbers, got dtype complex128"),
+    (lambda g, x: fastbp.batch_norm(g.input("b", (None, 2)), running_var=["1", "1"]),
+     "batch_norm: running_var must hold real numbers"),
+    (lambda g, x: fastbp.grad(np.ones(3), []), "output must be a graph node, got ndarray"),
+    (lambda g, x: fastbp.grad(fastbp.sum(x), [x, "x"]), "wrt entries must be graph nodes, got str"),
+    (lambda g, x: fastbp.grad(fastbp.sum(x), None), "wrt must be a node or a list of nodes, got NoneType"),
+    (lambda g, x: fastbp.grad(fastbp.sum(x), "x"), "wrt must be a node or a list of nodes, got str"),
+])
+def test_wrong_argument_types_are_type_errors_naming_the_argument(make, match):
+    g = fastbp.Graph()
+    x = g.input("x", (2,))
+    with pytest.raises(TypeError, match=match) as e:
+        make(g, x)
+    assert isinstance(e.value, GraphError)          # and still a GraphError (a ValueError)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda g, x: g.input("y", (0,)), "dimensions must be positive integers"),
+    (lambda g, x: g.input("", (2,)), "input name must be a non-empty string"),
+    (lambda g, x: x + np.nan, "is not finite"),
+    (lambda g, x: x + np.ones(3), "do not broadcast"),
+    (lambda g, x: g.param("p", [[1.0, 2.0], [3.0]]), r"param 'p': value is not a rectangular array"),
+    (lambda g, x: x + [[1.0], [2.0, 3.0]], "constant is not a rectangular array"),
+])
+def test_wrong_values_stay_value_errors(make, match):
+    g = fastbp.Graph()
+    x = g.input("x", (2,))
+    with pytest.raises(ValueError, match=match) as e:
+        make(g, x)
+    assert not isinstance(e.value, TypeError)
+
+
+# ---------------------------------------------------------------- fastbp.grad
+def test_grad_with_an_empty_wrt_is_a_clear_error():
+    """It raised KeyError from the compiler (torch.autograd.grad: "grad requires non-empty inputs")."""
+    g = fastbp.Graph()
+    x = g.input("x", (2,))
+    for out in (fastbp.sum(x), g.const(2.0)):
+        with pytest.raises(GraphError, match="wrt is empty"):
+            fastbp.grad(out, [])
+        with pytest.raises(GraphError, match="wrt is empty"):
+            fastbp.grad(out, ())
+
+
+def test_grad_function_has_no_hidden_state_from_parameter_overrides():
+    """A parameter passed to one call was kept by every later call that did not pass it:
+    f(x=a) gave another result after f(x=a, W=...)."""
+    g = fastbp.Graph()
+    x = g.input("x", (None, 3))
+    W = g.param("W", np.arange(6.0).reshape(3, 2) / 10)
+    b = g.param("b", np.array([0.5, -0.5]))
+    f = fastbp.grad(fastbp.sum(fastbp.tanh(x @ W + b)), [x, W], batch_size=4)
+    xv = np.linspace(-1, 1, 6).reshape(2, 3)
+    v0, g0 = f(x=xv)
+    v1, g1 = f(x=xv, W=np.zeros((3, 2)), b=np.full(2, np.nan))
+    assert np.isnan(v1)
+    for _ in range(2):
+        v2, g2 = f(x=xv)
+        assert v2 == v0
+        for k in g0:
+            np.testing.assert_array_equal(g2[k], g0[k])
+    # an override is the given value, in that call
+    v3, _ = f(x=xv, W=np.zeros((3, 2)))
+    assert v3 == pytest.approx(np.sum(np.tanh(np.tile(b.value, (2, 1)))))
+    assert f(x=xv, b=b.value)[0] == v0
+
+
+# ---------------------------------------------------------------- fastbp.ops
+@pytest.mark.parametrize("flag", ["no", 0, 1, None, 1.0])
+def test_linear_backward_need_dx_must_be_a_bool(flag):
+    """``need_dx="no"`` was truthy: dx was computed and returned."""
+    x, W = np.ones((2, 3)), np.ones((3, 4))
+    y = fastbp.ops.linear_forward(x, W)
+    with pytest.raises(TypeError, match="need_dx must be a bool"):
+        fastbp.ops.linear_backward(x, W, y, np.ones_like(y), need_dx=flag)
+    assert fastbp.ops.linear_backward(x, W, y, np.ones_like(y), need_dx=np.bool_(False))[0] is None
+
+
+# ---------------------------------------------------------------- fastbp.gradcheck
+@pytest.mark.parametrize("x, eps", [
+    (np.array([1e20]), None),                                   # x + 1e-6 == x - 1e-6: it divided by zero
+    (np.array([np.finfo(np.float32).max], np.float32), None),   # likewise in float32
+    (np.array([1.0, 3e38], np.float32), 1e38),                  # x + eps overflows
+])
+def test_numerical_gradient_refuses_a_step_lost_in_rounding(x, eps):
+    before = x.copy()
+    with pytest.raises(ValueError, match=r"eps=.* is lost at x\[\d\]"):
+        numerical_gradient(lambda v: float(v.ravel()[0]), x, eps)
+    np.testing.assert_array_equal(x, before)
+
+
+@pytest.mark.parametrize("eps, exc", [("1e-3", TypeError), (True, TypeError), ([1e-3], TypeError),
+                                      (np.inf, ValueError), (np.nan, ValueError), (0.0, ValueError),
+                                      (-1e-3, ValueError)])
+def test_numerical_gradient_eps_is_checked(eps, exc):
+    with pytest.raises(exc, match="eps must be"):
+        numerical_gradient(lambda v: float(np.sum(v)), np.ones(2), eps)
+    assert numerical_gradient(lambda v: float(np.sum(v * v)), np.ones(2), np.float32(1e-3)) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("ret", ["1.0", None, 1j, True])
+def test_numerical_gradient_needs_a_real_scalar_from_f(ret):
+    """``f`` returning the string "1.0" was read as 1.0; None gave float()'s message."""
+    with pytest.raises(TypeError, match="f must return a real scalar"):
+        numerical_gradient(lambda v: ret, np.ones(2))
+
+
+def test_relative_error_of_identical_infinite_and_of_complex_gradients():
+    assert relative_error(np.array([np.inf, -np.inf, 1.0]), np.array([np.inf, -np.inf, 1.0])) == 0.0   # was NaN
+    assert relative_error(np.array([np.inf]), np.array([1.0])) != 0.0
+    with pytest.raises(TypeError, match="relative_error: b must hold real numbers, got dtype complex128"):
+        relative_error(np.ones(2), np.array([1.0, 1j]))       # the imaginary part was dropped
+    assert gradcheck(lambda v: float(np.sum(v ** 2)), [np.array([1.0, -2.0])], [np.array([2.0, -4.0])])
+
+
+# ---------------------------------------------------------------- normalisations
+def test_norms_with_eps_zero_and_no_variance_give_nan_like_torch():
+    """eps=0 and a constant row (LayerNorm) or column (BatchNorm): 1 / sqrt(0) raised
+    ZeroDivisionError from the compiled kernel; PyTorch gives NaN."""
+    g = fastbp.Graph()
+    x = g.input("x", (None, 3))
+    for y in (fastbp.layer_norm(x, eps=0.0), fastbp.batch_norm(x, eps=0.0)):
+        value, grads = fastbp.grad(fastbp.sum(y), [x], batch_size=2)(x=np.ones((2, 3)))
+        assert np.isnan(value) and np.isnan(grads["x"]).all()
+    # the training step: a non-finite loss, weights unchanged; eval with a zero running variance: inf/NaN
+    for norm in (fastbp.LayerNorm(3, eps=0.0), fastbp.BatchNorm1d(3, eps=0.0)):
+        step = fastbp.compile(fastbp.Sequential(norm, fastbp.Linear(3, 2)), loss="mse", batch_size=4,
+                              dtype=np.float64)
+        before = step.param_vector.copy()
+        with pytest.raises(FloatingPointError):
+            step(np.ones((2, 3)), np.zeros((2, 2)))
+        np.testing.assert_array_equal(step.param_vector, before)
+    step.buffers["0.running_var"][...] = 0.0
+    assert not np.isfinite(step.predict(np.zeros((2, 3)))).all()
+
+
+def test_grad_of_batch_norm_with_one_row_is_pytorchs_value_error():
+    """fastbp.grad is a training call: one row was a RuntimeError ("internal error: executor status 4")."""
+    g = fastbp.Graph()
+    x = g.input("x", (None, 4))
+    f = fastbp.grad(fastbp.sum(fastbp.batch_norm(x) * np.arange(4.0)), [x], batch_size=3)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        f(x=np.ones((1, 4)))
+    value, grads = f(x=np.arange(8.0).reshape(2, 4))      # and the function still works
+    assert value == pytest.approx(np.sum(np.tile([-1.0, 1.0], (4, 1)).T * np.arange(4.0)), abs=1e-4)
+    g = fastbp.Graph()
+    x1 = g.input("x", (1, 4))
+    with pytest.raises(ValueError, match="gets 1 row"):
+        fastbp.grad(fastbp.sum(fastbp.batch_norm(x1)), [x1])(x=np.ones((1, 4)))
+
+
+# ---------------------------------------------------------------- activations at NaN
+def test_relu_gradient_at_nan_passes_like_pytorch():
+    """PyTorch's ReLU backward blocks the gradient only where y <= 0: at NaN it passes
+    (threshold_backward); fastbp's 1[y > 0] gave 0 there, on every path."""
+    x = np.array([np.nan, -1.0, 0.0, -0.0, 2.0, np.inf, -np.inf])
+    expect = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0])      # torch.relu(x).backward(ones)
+    for dt in (np.float64, np.float32):
+        y = fastbp.ops.relu_forward(x.astype(dt))
+        np.testing.assert_array_equal(fastbp.ops.relu_backward(y, np.ones(7, dt)), expect)
+    g = fastbp.Graph()
+    xi = g.input("x", (7,))
+    np.testing.assert_array_equal(fastbp.grad(fastbp.sum(fastbp.relu(xi)), [xi])(x=x)[1]["x"], expect)
+    xx = np.array([[np.nan, 1.0], [-1.0, 2.0]])
+    W = np.eye(2)
+    yl = fastbp.ops.linear_forward(xx, W, activation="relu")
+    np.testing.assert_array_equal(fastbp.ops.linear_backward(xx, W, yl, np.ones((2, 2)), "relu")[2], [1.0, 2.0])
+
+
+# ---------------------------------------------------------------- fused linear chains
+def _np_tanh_relu_reference(xv, Wv, bv, cv, bias_twice):
+    z1 = xv @ Wv + bv
+    h1 = np.maximum(z1, 0)
+    z2 = xv @ Wv
+    value = np.sum(h1 * cv) + np.sum(np.tanh(z2)) + (np.sum(bv * bv) if bias_twice else 0.0)
+    dz1 = cv * (z1 > 0)
+    dz2 = 1 - np.tanh(z2) ** 2
+    dW = xv.T @ dz1 + xv.T @ dz2
+    db = dz1.sum(axis=0) + (2 * bv if bias_twice else 0.0)
+    dx = dz1 @ Wv.T + dz2 @ Wv.T
+    return value, {"x": dx, "W": dW, "b": db}
+
+
+@pytest.mark.parametrize("bias_twice", [False, True])
+def test_fused_bias_gradient_accumulates_by_its_own_flag(bias_twice):
+    """``relu(x @ W + b)`` is one fused instruction whose bias gradient accumulated under
+    W's flag: a bias also used elsewhere lost that contribution (db wrong), and a W used by
+    another product made db accumulate onto the previous call's value."""
+    rng = np.random.default_rng(7)
+    Wv, bv, cv = rng.standard_normal((3, 4)), rng.standard_normal(4), rng.standard_normal((5, 4))
+    g = fastbp.Graph()
+    x = g.input("x", (None, 3))
+    c = g.input("c", (None, 4))
+    W, b = g.param("W", Wv), g.param("b", bv)
+    out = fastbp.sum(fastbp.relu(x @ W + b) * c) + fastbp.sum(fastbp.tanh(x @ W))
+    if bias_twice:
+        out = out + fastbp.sum(b * b)
+    f = fastbp.grad(out, [x, W, b], batch_size=5)
+    for _ in range(3):
+        xv = rng.standard_normal((5, 3))
+        value, grads = f(x=xv, c=cv)
+        ref_v, ref_g = _np_tanh_relu_reference(xv, Wv, bv, cv, bias_twice)
+        assert value == pytest.approx(ref_v, rel=1e-12)
+        for k in ref_g:
+            np.testing.assert_allclose(grads[k], ref_g[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+# ---------------------------------------------------------------- docstrings
+@pytest.mark.parametrize("fn", [fastbp.maximum, fastbp.sum, fastbp.graph.gate, fastbp.Graph.const,
+                                fastbp.Graph.param, fastbp.Graph.input, fastbp.gradcheck.default_eps,
+                                fastbp.gradcheck.default_rtol, fastbp.gradfn.GradFunction.__call__,
+                                fastbp.grad, fastbp.layer_norm, fastbp.dropout, fastbp.relu],
+                         ids=lambda f: f.__qualname__)
+def test_public_graph_functions_have_numpydoc_sections(fn):
+    doc = fn.__doc__ or ""
+    assert "Parameters\n" in doc and "Returns\n" in doc, fn
+
+
+def test_elu_float64_near_zero_matches_pytorchs_expm1():
+    """ELU computed alpha * (exp(x) - 1): for small negative x the subtraction cancels
+    (x = -1e-12: 9e-5 relative error, -1e-300: 0 instead of -1e-300); PyTorch uses expm1."""
+    x = np.array([-1e-300, -1e-12, -1e-8, -1e-3, -0.5, -30.0, -800.0, -np.inf, 0.0, 2.0])
+    expect = 0.7 * np.expm1(np.minimum(x, 0)) + np.maximum(x, 0)       # torch.nn.functional.elu(x, 0.7)
+    np.testing.assert_allclose(fastbp.ops.elu_forward(x, 0.7), expect, rtol=1e-15, atol=0)
+    g = fastbp.Graph()
+    xi = g.input("x", (None, 10))
+    value, _ = fastbp.grad(fastbp.sum(fastbp.elu(xi, 0.7) * np.arange(1.0, 11.0)), [xi])(x=x[None, :])
+    assert value == pytest.approx(np.sum(expect * np.arange(1.0, 11.0)), rel=1e-15)
+    y = fastbp.ops.linear_forward(x[:7, None], np.ones((1, 1)), activation="elu", activation_params={"alpha": 0.7})
+    np.testing.assert_allclose(y[:, 0], expect[:7], rtol=1e-15, atol=0)
