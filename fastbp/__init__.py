@@ -16,7 +16,7 @@ Quick tour
 """
 from .bundle import SavedModel, load_model
 from . import checkpoint, gradcheck, ops, schedules, training
-from .graph import Graph, GraphError, Node, maximum, sum
+from .graph import Graph, GraphError, GraphTypeError, Node, maximum, sum
 from .factories import compile, grad, load
 from .layers import Linear, Sequential
 from .layers import BatchNorm1d, LayerNorm
@@ -43,7 +43,7 @@ def __getattr__(name):
 
 __all__ = [
     "ops", "gradcheck", "schedules", "training", "EarlyStopping", "History",
-    "Graph", "GraphError", "Node", "maximum", "sum", "grad",
+    "Graph", "GraphError", "GraphTypeError", "Node", "maximum", "sum", "grad",
     "Linear", "Sequential", "SGD", "Adam", "RMSprop", "TrainStep", "compile", "load", "from_torch",
     "DistributedStep", "RankError", "load_model", "SavedModel",
     "LayerNorm", "BatchNorm1d", "layer_norm", "batch_norm",
