@@ -39,6 +39,7 @@ imports it only when a communicator is used.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import numpy as np
@@ -302,23 +303,38 @@ class DistributedStep:
             error = e
         # this rank's first row in the global minibatch (ranks before it, in rank order)
         row0 = (self.comm.exscan(n if error is None else 0) or 0) if self._dropout else 0
+        with self._at_row(row0):
+            if error is None:
+                raise_local = self._local_gradients(x, yi, yf, n, "")
+            else:
+                self._fail_local()
+                raise_local = functools.partial(_reraise, error)
+            return self._reduce_and_update(raise_local, "")
+
+    @contextlib.contextmanager
+    def _at_row(self, row0):
+        """The step's lock, with dropout's row offset (``hyper[H_ROW0]``) at ``row0``, this
+        rank's first row in the global minibatch, for this data-parallel step only: reset
+        after it, so that the step called on its own keys its masks by its own rows."""
+        st = self.step
         with st.lock:
             st.hyper[H_ROW0] = float(row0)
             try:
-                if error is None:
-                    status, loss, info = st.gradients_of(x, yi, yf, n)
-                    if status == STATUS_OK:
-                        _pack(self.comm_vector, self._gn, n, loss)
-                        raise_local = None
-                    else:
-                        self._fail_local()
-                        raise_local = functools.partial(st.raise_status, status, info, yi)
-                else:
-                    self._fail_local()
-                    raise_local = functools.partial(_reraise, error)
-                return self._reduce_and_update(raise_local, "")
+                yield
             finally:
-                st.hyper[H_ROW0] = 0.0      # the step called on its own keys masks by its own rows
+                st.hyper[H_ROW0] = 0.0
+
+    def _local_gradients(self, x, yi, yf, n, where):
+        """This rank's gradients and loss of a checked minibatch, packed for the reduction;
+        returns None, or (having marked this rank failed) the call that raises its status
+        (with a copy of the labels: fit's staging buffer is reused)."""
+        st = self.step
+        status, loss, info = st.gradients_of(x, yi, yf, n)
+        if status == STATUS_OK:
+            _pack(self.comm_vector, self._gn, n, loss)
+            return None
+        self._fail_local()
+        return functools.partial(st.raise_status, status, info, yi.copy(), where=where)
 
     def fit(self, X, Y, epochs=1, shuffle=True, seed=None, validation_data=None, early_stopping=None,
             callbacks=(), verbose=False, schedule=None):
@@ -454,23 +470,12 @@ class DistributedStep:
                 r = rows[starts[s]:starts[s + 1]]
                 where = f" at step {e * per_epoch + s} of fit"
                 nb = len(r)
-                with st.lock:
+                with self._at_row(self.rank * nb):     # equal parts: this rank's first row
                     if len(lrs):
                         st.hyper[H_LR] = lrs[s]
-                    st.hyper[H_ROW0] = float(self.rank * nb)   # equal parts: this rank's first row
-                    try:
-                        xs, ysi, ysf = st.gather(r, X, yi, yf, self._xs, self._yi, self._yf)
-                        status, loss, inf = st.gradients_of(xs, ysi, ysf, nb)
-                        if status == STATUS_OK:
-                            _pack(self.comm_vector, self._gn, nb, loss)
-                            raise_local = None
-                        else:
-                            self._fail_local()
-                            raise_local = functools.partial(st.raise_status, status, inf, y=ysi.copy(),
-                                                            where=where)
-                        out[s] = self._reduce_and_update(raise_local, where)
-                    finally:
-                        st.hyper[H_ROW0] = 0.0
+                    xs, ysi, ysf = st.gather(r, X, yi, yf, self._xs, self._yi, self._yf)
+                    raise_local = self._local_gradients(xs, ysi, ysf, nb, where)
+                    out[s] = self._reduce_and_update(raise_local, where)
 
         def validate():
             m = np.full(2, np.nan)
