@@ -150,13 +150,7 @@ class _Activation(Layer):
         owner, entry = type(self).__name__, type(self).entry
         inplace = False
         if entry is not None and entry.inplace:     # PyTorch's flag, after the parameters
-            kwargs = dict(kwargs)
-            if len(args) > len(entry.params):
-                if "inplace" in kwargs:
-                    raise TypeError(f"{owner} got multiple values for 'inplace'")
-                inplace, args = args[len(entry.params)], args[:len(entry.params)] + args[len(entry.params) + 1:]
-            else:
-                inplace = kwargs.pop("inplace", False)
+            inplace, args, kwargs = _acts.take_trailing(owner, "inplace", False, len(entry.params), args, kwargs)
             inplace = _v.boolean(f"{owner}: inplace", inplace)
         #: PyTorch's flag, kept for its signature: it changes nothing (every layer's output has a
         #: buffer of its own in the fused step)

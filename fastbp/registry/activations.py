@@ -223,19 +223,25 @@ def select(entry, owner, args=(), kwargs=None):
     c = entry.choice
     if c is None:
         return entry, entry.bind(owner, args, kwargs)
-    kwargs = dict(kwargs or {})
-    args = tuple(args)
     n = len(entry.params)
+    value, args, kwargs = take_trailing(owner, c.name, c.default, n, args, kwargs)
     if len(args) > n:
-        if c.name in kwargs:
-            raise TypeError(f"{owner} got multiple values for {c.name!r}")
-        value, args = args[n], args[:n] + args[n + 1:]
-        if len(args) > n:
-            raise TypeError(f"{owner} takes at most {n + 1} argument(s), got {len(args) + 1}")
-    else:
-        value = kwargs.pop(c.name, c.default)
+        raise TypeError(f"{owner} takes at most {n + 1} argument(s), got {len(args) + 1}")
     chosen = get(c.check(value, owner))
     return chosen, chosen.bind(owner, args, kwargs)
+
+
+def take_trailing(owner, name, default, n, args=(), kwargs=None):
+    """The argument ``name`` that follows ``n`` parameters in a call ``owner(*args, **kwargs)``,
+    by position (``args[n]``) or keyword (else ``default``): ``(value, the other args, the other
+    kwargs)``.  TypeError when it is given both ways."""
+    kwargs = dict(kwargs or {})
+    args = tuple(args)
+    if len(args) > n:
+        if name in kwargs:
+            raise TypeError(f"{owner} got multiple values for {name!r}")
+        return args[n], args[:n] + args[n + 1:], kwargs
+    return kwargs.pop(name, default), args, kwargs
 
 
 def param_doc(entry):
