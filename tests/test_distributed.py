@@ -157,7 +157,7 @@ def mpirun():
         return _launch(launcher + extra + ["-n", "2"] + list(args), timeout=timeout)
 
     probe = run(sys.executable, "-c", "from mpi4py import MPI; c = MPI.COMM_WORLD; "
-                "print('probe', c.Get_rank(), c.Get_size())", timeout=60)
+                "print(f'probe {c.Get_rank()} {c.Get_size()}')", timeout=60)
     if probe.returncode != 0 or probe.stdout.count("probe") != 2 or " 2\n" not in probe.stdout:
         pytest.skip(f"{launcher[0]} cannot start 2 MPI ranks here (exit {probe.returncode}): "
                     f"{(probe.stderr or probe.stdout)[-500:]}")

@@ -345,7 +345,8 @@ b = d.step.buffers
 ok = (np.allclose(b["1.running_mean"], rm, rtol=1e-12, atol=1e-15) and np.allclose(b["1.running_var"], rv, rtol=1e-12)
       and b["1.num_batches_tracked"][0] == 3 and d.in_sync())
 others = comm.allgather(b["1.running_mean"].copy())
-print("rank", rank, "ok" if ok and not np.array_equal(others[0], others[1]) else "BAD", flush=True)
+verdict = "ok" if ok and not np.array_equal(others[0], others[1]) else "BAD"
+print(f"rank {rank} {verdict}", flush=True)   # one string: mpiexec may interleave the ranks' separate writes
 """
 
 
