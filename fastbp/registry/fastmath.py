@@ -21,9 +21,9 @@ references (``tests/test_fastmath.py`` checks bounds on a sample of them):
 * :func:`exp`:   max 1.22 ulp over every float32 in [-87.3, 88.7] (2.2e9
   values: the range with a normal result) and over 1e7 uniform samples;
   ``exp(+inf) = inf``, ``exp(-inf) = 0``, ``exp(x > 88.73) = inf``, NaN stays NaN.
-* :func:`erf`:   max 2.65 ulp (at 0.97874) over every float32 in
-  [2^-10, 4.5] (1.0e8 values), 1e7 uniform samples in [-5, 5] and 1e7
-  samples of magnitude down to 1e-13; exactly +-1 beyond 3.92; NaN stays NaN.
+* :func:`erf`:   max 0.531 ulp (at 2.87902) over every float32 from the
+  smallest subnormal to 4.5 (1.08e9 values; odd by construction, checked on
+  all of them); exactly +-1 from 3.92 on; NaN stays NaN.
 * :func:`log1p`: max 1.97 ulp over every float32 in [2^-10, 1] (8.4e7
   values; the activations use it on ``exp(-|z|)`` in (0, 1]).
 * :func:`tanh`:  max 1.57 ulp (at 0.85641) over every float32 in [2^-30, 12]
@@ -41,10 +41,15 @@ Rounding: Cody-Waite reduction ``x = k ln2 + r``, ``|r| <= ln2 / 2`` with
 ``ln2`` split in two float32 parts; ``exp(r)`` by its Taylor polynomial of
 degree 7 (truncation < 0.1 ulp); ``2^k`` as two factors ``2^(k//2) 2^(k - k//2)``
 built from their bits (so ``k`` from -150 to 128 needs no special case).
-``erf(a) = a P(a^2)`` for ``|a| <= 1`` and ``1 - exp(Q(|a|))`` above, ``P``
-(degree 6 in ``a^2``) and ``Q`` (degree 9, ``Q ~ log erfc``) fitted by
-iteratively reweighted least squares toward the minimax polynomial
-(relative error of P 1.2e-9, absolute error of Q 9e-9 on [0.9, 4]).
+``erf(x) = x P(x^2) / Q(x^2)`` on ``|x| <= 3.92`` (``x`` clamped there), one
+rational function of degrees 6 and 5 in ``x^2`` fitted by iteratively reweighted
+linearised least squares toward the minimax (relative error 1.8e-9), evaluated in
+float64 from the float32 argument and rounded once: in float32 arithmetic the
+rounding of its terms reached 7 ulp; in float64 the loop is still vectorised (4
+lanes, one division per element) and about 2.3 times as fast as
+the former float32 ``a P(a^2)`` / ``1 - exp(Q(a))`` pair, which computed both
+branches and an ``exp`` for every element (measured on 256 x 512 values: 236 us
+against 542 us).
 ``log1p(v) = 2 atanh(s)``, ``s = v / (2 + v)``, by its series to ``s^17``.
 ``tanh(x) = x + x^3 P(x^2)`` (its Taylor series to ``x^17``) for ``|x| < 0.55``
 (``x`` itself below ``2^-12``), ``(1 - e) / (1 + e)`` with ``e = exp(-2|x|)`` above.
@@ -76,13 +81,15 @@ _LN2_HI = 0.693359375
 _LN2_LO = -2.12194440e-4
 _LOG2E = 1.44269504088896341
 
-# erf(a) / a = P(a^2) on [0, 1]
-_ERF_P = (1.1283791657436995, -0.37612625873091865, 0.11283585540772467, -0.026853825338855802,
-          0.005188349908830769, -0.000801037037051977, 7.854401950553591e-05)
-# log(erfc(a)) = Q(a - 2.5) on [0.9, 4]
-_ERFC_Q = (-7.8068152784633496, -5.352680703775408, -0.9438936163688671, -0.010858394015726247,
-           0.0021651002319106327, -0.0004203257819354045, 7.744114984875594e-05, -1.320976376750771e-05,
-           1.6029686942253818e-06, -1.8397753542842565e-08)
+# erf(x) = x P(x^2) / Q(x^2) on [0, 3.92], evaluated in float64: a rational fit (degrees 6 and 5
+# in x^2) by iteratively reweighted linearised least squares toward the minimax (Lawson);
+# relative error 1.8e-9 in exact arithmetic
+_ERF_P = (1.1283791691441296, 0.18513530656624289, 0.054243983711838646, 0.003838622907327291,
+          0.0003767588529660624, 4.609230534513237e-06, -1.2799780001045753e-08)
+_ERF_Q = (1.0, 0.4974052997984808, 0.11387376570658478, 0.015430048264205562, 0.0013015248038695617,
+          6.239914447442847e-05)
+# beyond 3.92 (erfc < 2^-25) erf rounds to +-1 in float32
+_ERF_CLAMP = 3.92
 
 
 @_scalar
@@ -118,35 +125,27 @@ def _expf(x):
 
 @_scalar
 def _erff(x):
-    """erf of a float32 (see the module docstring)."""
-    f = type(x)
-    a = abs(x)
-    a2 = a * a
-    # |x| <= 1: x P(x^2)
-    p = f(_ERF_P[6])
-    p = p * a2 + f(_ERF_P[5])
-    p = p * a2 + f(_ERF_P[4])
-    p = p * a2 + f(_ERF_P[3])
-    p = p * a2 + f(_ERF_P[2])
-    p = p * a2 + f(_ERF_P[1])
-    p = p * a2 + f(_ERF_P[0])
-    small = x * p
-    # |x| > 1: 1 - exp(Q(|x|)), |x| clamped to 4 (erf = 1 in float32 beyond 3.92)
-    u = (f(4.0) if a > f(4.0) else a) - f(2.5)
-    q = f(_ERFC_Q[9])
-    q = q * u + f(_ERFC_Q[8])
-    q = q * u + f(_ERFC_Q[7])
-    q = q * u + f(_ERFC_Q[6])
-    q = q * u + f(_ERFC_Q[5])
-    q = q * u + f(_ERFC_Q[4])
-    q = q * u + f(_ERFC_Q[3])
-    q = q * u + f(_ERFC_Q[2])
-    q = q * u + f(_ERFC_Q[1])
-    q = q * u + f(_ERFC_Q[0])
-    big = f(1.0) - _expf(q)
-    big = -big if x < 0 else big
-    # NaN: a > 1 is False -> small = NaN * p = NaN
-    return big if a > f(1.0) else small
+    """erf of a float32 (see the module docstring): one rational function, in float64."""
+    xd = np.float64(x)
+    # clamp to [-3.92, 3.92] (NaN-preserving: NaN > c is False), where the fit ends
+    xc = _ERF_CLAMP if xd > _ERF_CLAMP else xd
+    xc = -_ERF_CLAMP if xc < -_ERF_CLAMP else xc
+    t = xc * xc
+    p = _ERF_P[6]
+    p = p * t + _ERF_P[5]
+    p = p * t + _ERF_P[4]
+    p = p * t + _ERF_P[3]
+    p = p * t + _ERF_P[2]
+    p = p * t + _ERF_P[1]
+    p = p * t + _ERF_P[0]
+    q = _ERF_Q[5]
+    q = q * t + _ERF_Q[4]
+    q = q * t + _ERF_Q[3]
+    q = q * t + _ERF_Q[2]
+    q = q * t + _ERF_Q[1]
+    q = q * t + _ERF_Q[0]
+    # odd by construction; -0.0 stays -0.0 (xc * p keeps the sign of zero)
+    return type(x)((xc * p) / q)
 
 
 @_scalar
