@@ -95,7 +95,7 @@ _ERF_CLAMP = 3.92
 @_scalar
 def _pow2(k):
     """``2.0 ** k`` as float32 for an int32 ``k`` in [-126, 127], from its bits."""
-    return np.int32((k + np.int32(127)) << np.int32(23)).view(np.float32)
+    return np.int32(np.int32(k + np.int32(127)) << np.int32(23)).view(np.float32)
 
 
 @_scalar
@@ -108,7 +108,9 @@ def _expf(x):
     t = xc * f(_LOG2E)
     # k = round(t), an int32 in [-150, 128]; NaN goes to -200 here (and stays NaN in r)
     tk = t if t > f(-200.0) else f(-200.0)
-    k = np.int32(tk + f(256.5)) - np.int32(256)
+    # every integer step cast back to int32: numba widens int32 arithmetic to int64, and
+    # int64 -> float32 has no AVX2 instruction (the loop converted one element at a time)
+    k = np.int32(np.int32(tk + f(256.5)) - np.int32(256))
     kf = f(k)
     r = (xc - kf * f(_LN2_HI)) - kf * f(_LN2_LO)
     p = f(1.0 / 5040.0)
@@ -119,8 +121,8 @@ def _expf(x):
     p = p * r + f(0.5)
     p = p * r + f(1.0)
     p = p * r + f(1.0)
-    k1 = k >> np.int32(1)
-    return (p * _pow2(k1)) * _pow2(k - k1)
+    k1 = np.int32(k >> np.int32(1))
+    return (p * _pow2(k1)) * _pow2(np.int32(k - k1))
 
 
 @_scalar
