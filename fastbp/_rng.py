@@ -11,7 +11,8 @@ the GPU:
   (the row-major flat index ``row * cols + col`` in the minibatch, ``row``
   counted in the global minibatch: a data-parallel rank adds its offset);
 * the element is kept when ``(bits >> 8) * 2**-24 < 1 - p`` (a 24-bit uniform
-  in [0, 1), exact in float32 and float64).
+  in [0, 1), exact in float32 and float64), tested in integers as
+  ``bits >> 8 < ceil((1 - p) 2**24)`` (:func:`keep_threshold`).
 
 The mixing function is Chris Wellons' ``lowbias32`` (a bijective 32-bit
 integer hash: xor-shift, multiply, xor-shift, multiply, xor-shift), chained
@@ -28,6 +29,8 @@ which :func:`fastbp.kernels.dropout` (CPU) and
 :func:`mix32` (:func:`fastbp.kernels.factory.specialise`).  As plain Python
 they run with ``_mix = mix32``.
 """
+import math
+
 import numpy as np
 
 M32 = np.uint64(0xFFFFFFFF)
@@ -74,10 +77,27 @@ def element_bits(key, index):
     return h
 
 
-def keep(key, index, q):
+def keep_threshold(q):
+    """The integer form of the test ``u < q`` (``q = 1 - p``, float64): an element is kept
+    when its 24 high bits, as an integer ``n``, are below ``ceil(q 2**24)`` (a ``uint64``
+    in [0, 2**24]).
+
+    Exact: ``u = n 2**-24`` and scaling by a power of two does not round, so
+    ``u < q`` if and only if ``n < q 2**24``, and for an integer ``n`` if and only
+    if ``n < ceil(q 2**24)``.  The kernels compare integers (no integer -> float
+    conversion per element: AVX2 has none for 64-bit integers, so the loop would
+    convert one lane at a time)."""
+    if q <= 0.0:
+        return np.uint64(0)
+    if q >= 1.0:
+        return np.uint64(16777216)
+    return np.uint64(math.ceil(q * 16777216.0))
+
+
+def keep(key, index, threshold):
     """Whether element ``index`` of the stream ``key`` is kept: its uniform is below
-    ``q = 1 - p`` (float64)."""
-    return np.float64(_bits(key, index) >> _S8) * INV_2_24 < q  # noqa: F821 - injected (element_bits)
+    ``q = 1 - p``, tested as ``bits >> 8 < threshold``, ``threshold = keep_threshold(q)``."""
+    return (_bits(key, index) >> _S8) < threshold  # noqa: F821 - injected (element_bits)
 
 
 _mix = mix32

@@ -14,6 +14,7 @@ _mix = jit(inline=True)(_rng.mix32)
 _bits = jit(inline=True)(specialise(_rng.element_bits, "__cpu", _mix=_mix))
 stream_key = jit(specialise(_rng.stream_key, "__cpu", _mix=_mix))
 _keep = jit(inline=True)(specialise(_rng.keep, "__cpu", _bits=_bits))
+_threshold = jit(inline=True)(_rng.keep_threshold)
 
 
 @kernel
@@ -59,9 +60,10 @@ def _dropout(A, out, seed, layer, step, row0, p, acc):
     zero = out.dtype.type(0.0)
     scale = one / out.dtype.type(q) if q > 0.0 else zero
     key = stream_key(seed, layer, step)
+    thr = _threshold(q)
     for i in range(r):
         for j in range(c):
-            m = scale if _keep(key, (row0 + i) * c + j, q) else zero
+            m = scale if _keep(key, (row0 + i) * c + j, thr) else zero
             if acc:
                 out[i, j] += A[i, j] * m
             else:

@@ -19,6 +19,7 @@ _mix = device(_rng.mix32)
 _bits = device(specialise(_rng.element_bits, "__cuda", _mix=_mix))
 _key = device(specialise(_rng.stream_key, "__cuda", _mix=_mix))
 _keep = device(specialise(_rng.keep, "__cuda", _bits=_bits))
+_threshold = device(_rng.keep_threshold)
 
 
 @kernel
@@ -31,12 +32,13 @@ def _k_dropout(A, out, seed, layer, step, row0, p, acc):
     q = 1.0 - p
     scale = out.dtype.type(1.0) / out.dtype.type(q) if q > 0.0 else zero
     key = _key(seed, layer, step)
+    thr = _threshold(q)
     for i in range(y0, out.shape[0], sy):
         for j in range(x0, c, sx):
             if p == 0.0:
                 v = A[i, j]
             else:
-                m = scale if _keep(key, (row0 + i) * c + j, q) else zero
+                m = scale if _keep(key, (row0 + i) * c + j, thr) else zero
                 v = A[i, j] * m
             if acc:
                 out[i, j] += v
