@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import numpy as _np
 
+from . import _validate as _V
+
 from ._tables import (_NA, DataError, _Table, _check_path, _delimiter, _feature_names, _import,
                       _load_npz, _one_line, _resolve_label, _to_numbers, _where, strip_cells)
 
@@ -395,6 +397,9 @@ def stratified_split(y, test_size=0.2, seed=0, lines=None, stratify=True, classe
     """
     if not 0.0 < float(test_size) < 1.0:
         raise ValueError(f"test_size must be in (0, 1), got {test_size}")
+    seed = _V.seed(seed)
+    if seed is not None and seed > 2**32 - 1:       # scikit-learn's random_state range
+        raise ValueError(f"seed must be None or an integer in [0, {2**32 - 1}], got {seed}")
     ms = _import("sklearn.model_selection", "splitting the data uses scikit-learn")
     y = _np.asarray(y)
     n = y.shape[0]
