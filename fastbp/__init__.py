@@ -30,6 +30,14 @@ from .torch_interop import from_torch
 from ._version import __version__
 
 
+_LAZY = ("CudaTrainStep", "CudaGradFunction", "MLPClassifier", "MLPRegressor")
+
+
+def __dir__():
+    # dir(fastbp) and tab completion: the public API (the lazily loaded classes included)
+    return sorted(set(__all__) | set(_LAZY) | {"__version__"})
+
+
 def __getattr__(name):
     # the GPU classes load on first use: importing fastbp never imports numba.cuda
     if name in ("CudaTrainStep", "CudaGradFunction"):
@@ -42,7 +50,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastbp' has no attribute {name!r}")
 
 __all__ = [
-    "ops", "gradcheck", "schedules", "training", "EarlyStopping", "History",
+    "ops", "gradcheck", "schedules", "training", "checkpoint", "EarlyStopping", "History",
     "Graph", "GraphError", "GraphTypeError", "Node", "maximum", "sum", "grad",
     "Linear", "Sequential", "SGD", "Adam", "RMSprop", "TrainStep", "compile", "load", "from_torch",
     "DistributedStep", "RankError", "load_model", "SavedModel",

@@ -5,6 +5,7 @@ import argparse
 import math
 
 from ._cli_base import Parser as _Parser
+from ._validate import INT64_MAX as _INT64_MAX
 from .registry import activations as _acts
 from .registry import losses as _losses
 
@@ -27,6 +28,8 @@ def _int_at_least(low, what):
             raise argparse.ArgumentTypeError(f"expected a {what} integer, got {s!r}") from None
         if v < low:
             raise argparse.ArgumentTypeError(f"expected a {what} integer, got {s!r}")
+        if v > _INT64_MAX:      # sizes and counts are int64 inside the executor (the API's limit too)
+            raise argparse.ArgumentTypeError(f"expected a {what} integer <= {_INT64_MAX}, got {s!r}")
         return v
     return parse
 

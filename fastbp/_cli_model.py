@@ -140,8 +140,8 @@ def evaluate(args):
             raise CliError(f"--model {args.model}: evaluate scores models of one target; this one has "
                            f"{pred.shape[1]}")
         err = pred - y
-        ss = float(np.sum((y - y.mean()) ** 2))
-        r2 = 1.0 - float(np.sum(err ** 2)) / ss if ss > 0 else float("nan")
+        from .training import r2_score
+        r2 = r2_score(y, pred)
         out(f"R^2: {r2:.4f}")
         out(f"RMSE: {float(np.sqrt(np.mean(err ** 2))):.6g}")
         out(f"MAE: {float(np.mean(np.abs(err))):.6g}")

@@ -94,6 +94,13 @@ class GradFunctionBase:
                 raise ValueError(f"{n.name} cannot be converted to an array: {e}") from None
             if v.dtype.kind not in "fiu" or v.dtype.kind == "b":
                 raise TypeError(f"{n.name} must be a real array, got dtype {v.dtype}")
+            given = getattr(values[n.name], "dtype", None)
+            if given is not None and not (v.dtype.kind == "f" and v.dtype.itemsize == self.dtype.itemsize):
+                # the step's policy (fastbp._validate.features): an array of another dtype is not
+                # silently converted (float64 -> float32 loses precision; ints are not features)
+                raise TypeError(f"{n.name} has dtype {v.dtype}; this function was compiled for "
+                                f"{self.dtype} (convert with {n.name}.astype(np.{self.dtype.name}), "
+                                f"or compile it with fastbp.grad(..., dtype=np.{v.dtype.name}))")
             shape = n.shape
             if len(shape) == 2 and shape[0] is None:
                 if v.ndim != 2 or v.shape[1] != shape[1]:

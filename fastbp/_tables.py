@@ -150,7 +150,12 @@ class _Table:
         if keep.size == 0:
             raise DataError(f"{path}: the CSV file is empty")
         self.rec = keep
-        self.cells = cells[keep]
+        cells = cells[keep]
+        # rows ending in the delimiter ("1,2,3,0,"): pandas reads an extra, empty last column;
+        # an entirely empty trailing column (no header name, no value) is no column at all
+        while cells.shape[1] > 1 and not (cells[:, -1] != "").any():
+            cells = cells[:, :-1]
+        self.cells = cells
         self.width = self.cells.shape[1]
         self.num = np.empty(self.cells.shape, dtype=np.float64)
         for j in range(self.width):

@@ -23,14 +23,19 @@ model then has no preprocessing and its classes are the output indices
 """
 from __future__ import annotations
 
-import datetime
-import math
-import numbers
-import os
+import datetime as _datetime
+import math as _math
+import numbers as _numbers
+import os as _os
 
-import numpy as np
+import numpy as _np
 
 __all__ = ["SavedModel", "save_model", "load_model", "save_estimator", "FORMAT_NAME", "FORMAT_VERSION"]
+
+
+def __dir__():
+    # dir(module) and tab completion list the public API, not the imports and helpers
+    return sorted(__all__)
 
 FORMAT_NAME = "fastbp-bundle"
 FORMAT_VERSION = 1
@@ -45,12 +50,12 @@ def _jsonable(v):
         return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
-    if isinstance(v, (bool, np.bool_)):
+    if isinstance(v, (bool, _np.bool_)):
         return bool(v)
-    if isinstance(v, numbers.Integral):
+    if isinstance(v, _numbers.Integral):
         return int(v)
-    if isinstance(v, numbers.Real):
-        return float(v) if math.isfinite(v) else None
+    if isinstance(v, _numbers.Real):
+        return float(v) if _math.isfinite(v) else None
     if v is None or isinstance(v, str):
         return v
     return repr(v)
@@ -69,12 +74,12 @@ def _cpu_step(step):
 
 
 def _vector(name, v, n, positive=False):
-    a = np.asarray(v, dtype=np.float64)
+    a = _np.asarray(v, dtype=_np.float64)
     if a.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},), got {a.shape}")
-    if not np.all(np.isfinite(a)) or (positive and not np.all(a > 0)):
+    if not _np.all(_np.isfinite(a)) or (positive and not _np.all(a > 0)):
         raise ValueError(f"{name} must be finite{' and > 0' if positive else ''}")
-    return np.ascontiguousarray(a)
+    return _np.ascontiguousarray(a)
 
 
 def save_model(step, path, *, task="classification", classes=None, feature_names=None, label_name=None,
@@ -112,7 +117,7 @@ def save_model(step, path, *, task="classification", classes=None, feature_names
     n_in, n_out = step.n_in, step.n_out
     arrays, meta = {}, {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "task": task}
     if task != "regression":
-        c = np.arange(n_out) if classes is None else np.asarray(classes)
+        c = _np.arange(n_out) if classes is None else _np.asarray(classes)
         if c.dtype.kind == "O":
             if not all(isinstance(v, str) for v in c.ravel()):
                 raise TypeError("classes must be all numbers or all strings")
@@ -122,7 +127,7 @@ def save_model(step, path, *, task="classification", classes=None, feature_names
         if c.dtype.kind in "US":
             meta["classes"] = [str(v) for v in c]
         elif c.dtype.kind in "biuf":
-            arrays["classes"] = np.ascontiguousarray(c)
+            arrays["classes"] = _np.ascontiguousarray(c)
         else:
             raise TypeError(f"classes must be numbers or strings, got dtype {c.dtype}")
     elif classes is not None:
@@ -147,7 +152,7 @@ def save_model(step, path, *, task="classification", classes=None, feature_names
     meta["label_name"] = None if label_name is None else str(label_name)
     meta["label_index"] = None if label_index is None else int(label_index)
     base = {"fastbp_version": __version__,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "created": _datetime.datetime.now(_datetime.timezone.utc).isoformat(timespec="seconds")}
     meta["info"] = _jsonable({**base, **(info or {})})
     meta["estimator"] = _jsonable(estimator) if estimator is not None else None
     checkpoint.save(step, path, extra_arrays=arrays, extra_meta={_KEY: meta})
@@ -168,7 +173,7 @@ def save_estimator(est, path):
             "loss": getattr(est, "loss_", None), "t": getattr(est, "t_", None)}
     params = {k: v for k, v in est.get_params(deep=False).items()}
     rs = params.get("random_state")
-    if rs is not None and not isinstance(rs, numbers.Integral):
+    if rs is not None and not isinstance(rs, _numbers.Integral):
         params["random_state"] = None          # a RandomState instance is not data
     save_model(step, path, task=task, classes=classes,
                feature_names=None if names is None else list(names), info=info,
@@ -209,11 +214,11 @@ class SavedModel:
             if "classes" in arrays:
                 self.classes_ = arrays["classes"]
             elif meta.get("classes") is not None:
-                self.classes_ = np.array(meta["classes"], dtype=str)
+                self.classes_ = _np.array(meta["classes"], dtype=str)
             else:
-                self.classes_ = np.arange(step.n_out)
+                self.classes_ = _np.arange(step.n_out)
         fn = meta.get("feature_names")
-        self.feature_names_in_ = None if fn is None else np.array(fn, dtype=str)
+        self.feature_names_in_ = None if fn is None else _np.array(fn, dtype=str)
         self.label_name = meta.get("label_name")
         self.label_index = meta.get("label_index")
         self.x_mean_, self.x_scale_ = arrays.get("x_mean"), arrays.get("x_scale")
@@ -241,22 +246,22 @@ class SavedModel:
                 X = X.iloc[:, [cols.index(n) for n in self.feature_names]]
             else:
                 X = X[self.feature_names]
-        X = np.asarray(X)
+        X = _np.asarray(X)
         if X.dtype.kind == "O":        # a DataFrame of bool and number columns: numbers, as scikit-learn
             try:
-                X = X.astype(np.float64)
+                X = X.astype(_np.float64)
             except (TypeError, ValueError):
                 pass
         if X.dtype.kind not in "biuf":
             raise TypeError(f"X must hold numbers, got dtype {X.dtype}")
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise ValueError(f"X must have shape (n_samples, {self.n_features_in_}), got {X.shape}")
-        if not np.all(np.isfinite(X)):
+        if not _np.all(_np.isfinite(X)):
             raise ValueError("X contains NaN or infinite values")
         if self.x_mean_ is None:
-            with np.errstate(over="ignore"):
-                Z = np.ascontiguousarray(X, dtype=self.step.dtype)
-            if not np.all(np.isfinite(Z)):
+            with _np.errstate(over="ignore"):
+                Z = _np.ascontiguousarray(X, dtype=self.step.dtype)
+            if not _np.all(_np.isfinite(Z)):
                 raise ValueError(f"X has values outside the {self.step.dtype.name} range")
             return Z
         from .data import Standardizer
@@ -266,8 +271,8 @@ class SavedModel:
         """Network outputs for raw features, shape (n_samples, n_outputs), in the step's dtype."""
         Z = self._inputs(X)
         if Z.shape[0] == 0:
-            return np.empty((0, self.step.n_out), dtype=self.step.dtype)
-        return np.asarray(self.step.predict(Z))
+            return _np.empty((0, self.step.n_out), dtype=self.step.dtype)
+        return _np.asarray(self.step.predict(Z))
 
     def predict_proba(self, X):
         """Class probabilities, shape (n_samples, n_classes), columns in the order of ``classes_``.
@@ -280,16 +285,16 @@ class SavedModel:
         if self.step.loss not in _PROBA_LOSSES:
             raise ValueError(f"predict_proba: the model was trained with loss {self.step.loss!r}, whose "
                              f"outputs are not probabilities (use {' or '.join(_PROBA_LOSSES)})")
-        S = self.decision_function(X).astype(np.float64)
+        S = self.decision_function(X).astype(_np.float64)
         # a bundle of a fastbp estimator answers as the estimator did: in its compute dtype
-        out = self.step.dtype if self.estimator is not None else np.float64
+        out = self.step.dtype if self.estimator is not None else _np.float64
         if self.step.loss == "bce_with_logits":
-            P = 0.5 * (1.0 + np.tanh(0.5 * S))          # sigmoid without overflow warnings
+            P = 0.5 * (1.0 + _np.tanh(0.5 * S))          # sigmoid without overflow warnings
             if self.task == "classification":
-                P /= np.maximum(P.sum(axis=1, keepdims=True), np.finfo(np.float64).tiny)
+                P /= _np.maximum(P.sum(axis=1, keepdims=True), _np.finfo(_np.float64).tiny)
             return P.astype(out, copy=False)
         S -= S.max(axis=1, keepdims=True)
-        np.exp(S, out=S)
+        _np.exp(S, out=S)
         S /= S.sum(axis=1, keepdims=True)
         return S.astype(out, copy=False)
 
@@ -299,12 +304,12 @@ class SavedModel:
         1-D for one target)."""
         S = self.decision_function(X)
         if self.task == "classification":
-            return self.classes_[np.argmax(S, axis=1)]
+            return self.classes_[_np.argmax(S, axis=1)]
         if self.task == "multilabel":
-            return (S > 0).astype(np.int64)
-        Y = S.astype(np.float64)
+            return (S > 0).astype(_np.int64)
+        Y = S.astype(_np.float64)
         if self.step.loss == "poisson":     # the network outputs log-means (MLPRegressor(loss='poisson'))
-            Y = np.exp(Y)
+            Y = _np.exp(Y)
         if self.y_mean_ is not None:
             Y = Y * self.y_scale_ + self.y_mean_
         return Y[:, 0] if Y.shape[1] == 1 else Y
@@ -312,14 +317,13 @@ class SavedModel:
     def score(self, X, y):
         """Accuracy (classification, multilabel: exact match) or R^2 (regression)."""
         pred = self.predict(X)
-        y = np.asarray(y)
+        y = _np.asarray(y)
         if self.task == "regression":
-            y = y.astype(np.float64).reshape(pred.shape)
-            ss = float(np.sum((y - y.mean(axis=0)) ** 2))
-            return 1.0 - float(np.sum((y - pred) ** 2)) / ss if ss > 0 else float("nan")
+            from .training import r2_score
+            return r2_score(y.astype(_np.float64).reshape(pred.shape), pred)
         if self.task == "multilabel":
-            return float(np.mean(np.all(pred == y, axis=1)))
-        return float(np.mean(pred == y))
+            return float(_np.mean(_np.all(pred == y, axis=1)))
+        return float(_np.mean(pred == y))
 
 
 def _check_bundle(meta, arrays, step):
@@ -391,7 +395,7 @@ def load_model(path):
     """
     from . import checkpoint
     try:
-        spath = os.fspath(path)
+        spath = _os.fspath(path)
     except TypeError:
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
     step, arrays, extra = checkpoint.load_bundle(spath)

@@ -92,3 +92,8 @@ from ._ckpt_format import FORMAT_NAME, FORMAT_VERSION, MAX_META_CHARS, _digest, 
 from .factories import load, load_bundle
 
 __all__ = ["save", "load", "load_bundle", "FORMAT_NAME", "FORMAT_VERSION", "MAX_META_CHARS", "_digest"]
+
+
+def __dir__():
+    # dir(module) and tab completion list the public API, not the imports and helpers
+    return sorted(__all__)

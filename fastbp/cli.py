@@ -165,10 +165,8 @@ def _score(step, X, y):
 
 
 def _r2(y, pred):
-    y = np.asarray(y, dtype=np.float64).reshape(-1)
-    pred = np.asarray(pred, dtype=np.float64).reshape(-1)
-    ss = float(np.sum((y - y.mean()) ** 2))
-    return 1.0 - float(np.sum((y - pred) ** 2)) / ss if ss > 0 else float("nan")
+    from .training import r2_score
+    return r2_score(np.reshape(y, -1), np.reshape(pred, -1))
 
 
 class _Progress:

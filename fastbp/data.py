@@ -23,7 +23,9 @@ CSV file, the array ``y`` of an ``.npz``), the feature and label names.
 """
 from __future__ import annotations
 
-import numpy as np
+import numpy as _np
+
+from . import _validate as _V
 
 from ._tables import (_NA, DataError, _Table, _check_path, _delimiter, _feature_names, _import,
                       _load_npz, _one_line, _resolve_label, _to_numbers, _where, strip_cells)
@@ -41,6 +43,11 @@ __all__ = [
     "Standardizer",
 ]
 
+
+def __dir__():
+    # dir(module) and tab completion list the public API, not the imports and helpers
+    return sorted(__all__)
+
 _EXTRA = "install it with: pip install 'fastbp[examples]'"
 
 
@@ -57,7 +64,7 @@ def load_digits():
         ``arange(10)``.
     """
     ds = _digits_module().load_digits()
-    X = np.ascontiguousarray(ds.data, dtype=np.float64)
+    X = _np.ascontiguousarray(ds.data, dtype=_np.float64)
     y, classes = encode_labels(ds.target, "digits target")
     return X, y, classes
 
@@ -92,7 +99,7 @@ def encode_labels(labels, what="y", lines=None):
         The sorted distinct labels (scikit-learn's ``LabelEncoder.classes_``);
         ``classes[y]`` gives the labels back.
     """
-    labels = np.asarray(labels)
+    labels = _np.asarray(labels)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1:
@@ -108,35 +115,35 @@ def encode_labels(labels, what="y", lines=None):
         kind = "U"
     if kind in "OUS":
         labels = strip_cells(labels.astype(str) if kind == "S" else labels)
-        empty = np.flatnonzero(labels == "")
+        empty = _np.flatnonzero(labels == "")
         if empty.size:
             raise DataError(f"{what}: empty label {_where(empty[0], lines)}")
         num = _to_numbers(labels)
-        if not np.isnan(num).any():
+        if not _np.isnan(num).any():
             labels, kind = num, "f"
     if kind == "f":
-        if not np.all(np.isfinite(labels)):
-            i = int(np.flatnonzero(~np.isfinite(labels))[0])
+        if not _np.all(_np.isfinite(labels)):
+            i = int(_np.flatnonzero(~_np.isfinite(labels))[0])
             raise DataError(f"{what} contains NaN or infinite labels ({labels[i].item()} {_where(i, lines)})")
-        frac = np.flatnonzero(labels != np.round(labels))
+        frac = _np.flatnonzero(labels != _np.round(labels))
         if frac.size:
             raise DataError(
                 f"{what} contains non-integer values ({labels[frac[0]].item()!r} {_where(frac[0], lines)}): "
                 "class labels must be integers or strings (or train with --task regression)")
-        if np.all(np.abs(labels) < 2.0 ** 53):
-            labels = labels.astype(np.int64)
+        if _np.all(_np.abs(labels) < 2.0 ** 53):
+            labels = labels.astype(_np.int64)
     elif kind == "b":
-        labels = labels.astype(np.int64)
+        labels = labels.astype(_np.int64)
     elif kind not in "iuOUS":
         raise DataError(f"{what} has labels of unsupported dtype {labels.dtype}")
     le = _import("sklearn.preprocessing", "class labels are encoded by scikit-learn").LabelEncoder()
     y = le.fit_transform(labels)
-    return np.ascontiguousarray(y, dtype=np.int64), le.classes_
+    return _np.ascontiguousarray(y, dtype=_np.int64), le.classes_
 
 
 def _py(v):
     """A numpy scalar as the Python value (for messages); anything else as is."""
-    return v.item() if isinstance(v, np.generic) else v
+    return v.item() if isinstance(v, _np.generic) else v
 
 
 def regression_targets(labels, what="y", lines=None):
@@ -145,7 +152,7 @@ def regression_targets(labels, what="y", lines=None):
     Strings (a CSV label column) are parsed as numbers; an empty, missing,
     non-numeric or non-finite target raises :class:`DataError` naming its line.
     """
-    labels = np.asarray(labels)
+    labels = _np.asarray(labels)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1 or labels.shape[0] == 0:
@@ -153,7 +160,7 @@ def regression_targets(labels, what="y", lines=None):
     if labels.dtype.kind in "OUS":
         text = strip_cells(labels.astype(str) if labels.dtype.kind == "S" else labels)
         y = _to_numbers(text)
-        bad = np.flatnonzero(~np.isfinite(y))
+        bad = _np.flatnonzero(~_np.isfinite(y))
         if bad.size:
             i = int(bad[0])
             if text[i] == "" or text[i].lower() in _NA:
@@ -163,8 +170,8 @@ def regression_targets(labels, what="y", lines=None):
         return y
     if labels.dtype.kind not in "biuf":
         raise DataError(f"{what} has targets of unsupported dtype {labels.dtype}")
-    y = labels.astype(np.float64)
-    bad = np.flatnonzero(~np.isfinite(y))
+    y = labels.astype(_np.float64)
+    bad = _np.flatnonzero(~_np.isfinite(y))
     if bad.size:
         raise DataError(f"{what} contains NaN or infinite targets ({_where(bad[0], lines)})")
     return y
@@ -240,7 +247,7 @@ def read_dataset(path, label_column=None, delimiter=None, header=None):
             raise DataError(f"{path}: the label column, delimiter and header options apply to CSV "
                             "files (an .npz holds arrays X and y)")
         X, y, fn = _load_npz(path, need_y=True)
-        y = np.asarray(y)
+        y = _np.asarray(y)
         if y.ndim == 2 and y.shape[1] == 1:
             y = y[:, 0]
         if y.ndim != 1:
@@ -297,7 +304,7 @@ def read_features(path, n_features, feature_names=None, label_name=None, label_i
         if fn is not None and feature_names is not None and list(fn) != list(feature_names):
             raise DataError(f"{path}: feature_names {fn} differ from the model's {list(feature_names)}")
         if y is not None:
-            y = np.asarray(y)
+            y = _np.asarray(y)
             if y.ndim == 2 and y.shape[1] == 1:
                 y = y[:, 0]
             if y.ndim != 1 or y.shape[0] != X.shape[0]:
@@ -390,26 +397,29 @@ def stratified_split(y, test_size=0.2, seed=0, lines=None, stratify=True, classe
     """
     if not 0.0 < float(test_size) < 1.0:
         raise ValueError(f"test_size must be in (0, 1), got {test_size}")
+    seed = _V.seed(seed)
+    if seed is not None and seed > 2**32 - 1:       # scikit-learn's random_state range
+        raise ValueError(f"seed must be None or an integer in [0, {2**32 - 1}], got {seed}")
     ms = _import("sklearn.model_selection", "splitting the data uses scikit-learn")
-    y = np.asarray(y)
+    y = _np.asarray(y)
     n = y.shape[0]
     if stratify:
-        counts = np.bincount(y)
-        single = np.flatnonzero(counts == 1)
+        counts = _np.bincount(y)
+        single = _np.flatnonzero(counts == 1)
         if single.size:
-            i = int(np.flatnonzero(y == single[0])[0])
+            i = int(_np.flatnonzero(y == single[0])[0])
             hint = (" (if that line is a header, pass --header)"
                     if lines is not None and i == 0 else "")
             name = repr(_py(classes[single[0]])) if classes is not None else int(single[0])
             raise DataError(f"class {name} has a single sample ({_where(i, lines)}); every "
                             f"class needs at least 2 samples to hold out a test set{hint}")
     try:
-        tr, te = ms.train_test_split(np.arange(n), test_size=float(test_size), random_state=seed,
+        tr, te = ms.train_test_split(_np.arange(n), test_size=float(test_size), random_state=seed,
                                      stratify=y if stratify else None)
     except ValueError as e:
         raise DataError(f"the dataset is too small to split ({n} samples, --test-size {test_size}): "
                         f"{_one_line(e)}") from None
-    return np.sort(tr).astype(np.int64), np.sort(te).astype(np.int64)
+    return _np.sort(tr).astype(_np.int64), _np.sort(te).astype(_np.int64)
 
 
 class Standardizer:
@@ -428,45 +438,45 @@ class Standardizer:
 
     def __init__(self, mean=None, scale=None):
         if mean is not None:
-            self.mean_ = np.ascontiguousarray(mean, dtype=np.float64)
-            self.scale_ = np.ascontiguousarray(scale, dtype=np.float64)
+            self.mean_ = _np.ascontiguousarray(mean, dtype=_np.float64)
+            self.scale_ = _np.ascontiguousarray(scale, dtype=_np.float64)
 
     def fit(self, X):
         """Learn each column's mean and standard deviation of ``X (n, d)``; returns self."""
         pre = _import("sklearn.preprocessing", "feature scaling uses scikit-learn")
-        X = np.asarray(X, dtype=np.float64)
-        p = _pow2_below(np.max(np.abs(X), axis=0))
+        X = _np.asarray(X, dtype=_np.float64)
+        p = _pow2_below(_np.max(_np.abs(X), axis=0))
         sc = pre.StandardScaler().fit(X / p)
         self.mean_ = sc.mean_ * p
         self.scale_ = sc.scale_ * p
-        self.scale_[np.all(X == X[:1], axis=0)] = 1.0      # constant: only centred
+        self.scale_[_np.all(X == X[:1], axis=0)] = 1.0      # constant: only centred
         return self
 
-    def transform(self, X, dtype=np.float64, names=None):
+    def transform(self, X, dtype=_np.float64, names=None):
         """``(X - mean_) / scale_`` as a C-contiguous array of ``dtype``.
 
         Raises :class:`DataError` naming the feature (``names[j]`` or its
         index) if a result is not finite in ``dtype``.
         """
-        X = np.asarray(X, dtype=np.float64)
+        X = _np.asarray(X, dtype=_np.float64)
         p = _pow2_below(self.scale_)
-        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        with _np.errstate(over="ignore", invalid="ignore", under="ignore"):
             Z = (X / p - self.mean_ / p) / (self.scale_ / p)
-            out = np.ascontiguousarray(Z, dtype=dtype)
-        ok = np.isfinite(out)
+            out = _np.ascontiguousarray(Z, dtype=dtype)
+        ok = _np.isfinite(out)
         if not ok.all():
-            i, j = (int(v) for v in np.argwhere(~ok)[0])
+            i, j = (int(v) for v in _np.argwhere(~ok)[0])
             name = repr(names[j]) if names is not None else str(j)
             raise DataError(f"feature {name} is not finite after scaling (value {float(X[i, j])!r} is "
-                            f"{'far ' if np.isfinite(Z[i, j]) else ''}outside the {np.dtype(dtype).name} range "
+                            f"{'far ' if _np.isfinite(Z[i, j]) else ''}outside the {_np.dtype(dtype).name} range "
                             f"at scale {self.scale_[j]:.3g})")
         return out
 
 
 def _pow2_below(a):
     """The largest power of two <= ``a`` elementwise (1 where ``a`` is 0 or not finite)."""
-    a = np.asarray(a, dtype=np.float64)
-    good = np.isfinite(a) & (a > 0)
-    _, e = np.frexp(np.where(good, a, 1.0))
-    return np.where(good, np.ldexp(1.0, e - 1), 1.0)
+    a = _np.asarray(a, dtype=_np.float64)
+    good = _np.isfinite(a) & (a > 0)
+    _, e = _np.frexp(_np.where(good, a, 1.0))
+    return _np.where(good, _np.ldexp(1.0, e - 1), 1.0)
 

@@ -16,17 +16,22 @@ Functions with kinks (ReLU, max, hinge) must be checked away from the kinks.
 """
 from __future__ import annotations
 
-import numpy as np
+import numpy as _np
 
-from . import _validate as V
+from . import _validate as _V
 
 __all__ = ["numerical_gradient", "relative_error", "gradcheck", "GradcheckError",
            "default_eps", "default_rtol"]
 
+
+def __dir__():
+    # dir(module) and tab completion list the public API, not the imports and helpers
+    return sorted(__all__)
+
 #: Default centered-difference steps per dtype, near the optimum ``u^(1/3)``.
-_EPS = {np.dtype(np.float64): 1e-6, np.dtype(np.float32): 1e-2}
+_EPS = {_np.dtype(_np.float64): 1e-6, _np.dtype(_np.float32): 1e-2}
 #: Default tolerances on :func:`relative_error` per dtype.
-_RTOL = {np.dtype(np.float64): 1e-6, np.dtype(np.float32): 2e-2}
+_RTOL = {_np.dtype(_np.float64): 1e-6, _np.dtype(_np.float32): 2e-2}
 
 
 class GradcheckError(AssertionError):
@@ -44,7 +49,7 @@ def default_eps(dtype):
     -------
     float
     """
-    return _EPS[np.dtype(dtype)]
+    return _EPS[_np.dtype(dtype)]
 
 
 def default_rtol(dtype):
@@ -58,11 +63,11 @@ def default_rtol(dtype):
     -------
     float
     """
-    return _RTOL[np.dtype(dtype)]
+    return _RTOL[_np.dtype(dtype)]
 
 
 def _scalar(v):
-    a = np.asarray(v)
+    a = _np.asarray(v)
     if a.dtype.kind not in "fiu":        # None, a string, a complex: never silently read as a number
         raise TypeError(f"f must return a real scalar, got {type(v).__name__} of dtype {a.dtype}")
     if a.size != 1:
@@ -74,10 +79,10 @@ def _step(eps, dtype):
     """The finite-difference step: a finite real number > 0 (TypeError / ValueError naming ``eps``)."""
     if eps is None:
         return default_eps(dtype)
-    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (int, float, np.integer, np.floating)):
+    if isinstance(eps, (bool, _np.bool_)) or not isinstance(eps, (int, float, _np.integer, _np.floating)):
         raise TypeError(f"eps must be a positive real number, got {type(eps).__name__}")
     h = float(eps)
-    if not (np.isfinite(h) and h > 0):
+    if not (_np.isfinite(h) and h > 0):
         raise ValueError(f"eps must be positive and finite, got {eps!r}")
     return h
 
@@ -116,18 +121,18 @@ def numerical_gradient(f, x, eps=None):
         ``x`` is read-only, ``eps`` is not finite and positive, or ``x_i +- eps``
         round to one value (or overflow) in ``x``'s dtype.
     """
-    V.array(x, "x")
-    if x.dtype not in V.FLOAT_DTYPES:
+    _V.array(x, "x")
+    if x.dtype not in _V.FLOAT_DTYPES:
         raise TypeError(f"x has dtype {x.dtype}; expected float32 or float64")
-    V.writeable(x, "x")
+    _V.writeable(x, "x")
     h = _step(eps, x.dtype)
     dt = x.dtype.type
-    grad = np.empty(x.shape, np.float64)
-    for idx in np.ndindex(*x.shape):
+    grad = _np.empty(x.shape, _np.float64)
+    for idx in _np.ndindex(*x.shape):
         old = x[idx].copy()              # a numpy scalar: restoring it is bitwise exact (-0.0, NaN payloads)
-        with np.errstate(over="ignore"):     # an overflow is reported below, by name
+        with _np.errstate(over="ignore"):     # an overflow is reported below, by name
             xp, xm = dt(old + h), dt(old - h)
-        if np.isfinite(old) and not (np.isfinite(xp) and np.isfinite(xm) and xp > xm):
+        if _np.isfinite(old) and not (_np.isfinite(xp) and _np.isfinite(xm) and xp > xm):
             # the step vanished in x's precision, or overflowed (it divided by zero)
             raise ValueError(f"eps={h!r} is lost at x{list(idx)} = {float(old)!r} in {x.dtype}: x + eps and "
                              f"x - eps are not two finite distinct values; pass a larger eps")
@@ -165,23 +170,23 @@ def relative_error(a, b):
     ValueError
         The shapes differ.
     """
-    a, b = np.asarray(a), np.asarray(b)
+    a, b = _np.asarray(a), _np.asarray(b)
     for v, name in ((a, "a"), (b, "b")):
         if v.dtype.kind not in "biuf":      # a complex gradient would lose its imaginary part
             raise TypeError(f"relative_error: {name} must hold real numbers, got dtype {v.dtype}")
-    a, b = a.astype(np.float64), b.astype(np.float64)
+    a, b = a.astype(_np.float64), b.astype(_np.float64)
     if a.shape != b.shape:
         raise ValueError(f"relative_error: shapes differ, {a.shape} vs {b.shape}")
     if a.size == 0:
         return 0.0
-    if np.isnan(a).any() or np.isnan(b).any():
+    if _np.isnan(a).any() or _np.isnan(b).any():
         return float("nan")
-    with np.errstate(invalid="ignore"):
-        num = np.max(np.where(a == b, 0.0, np.abs(a - b)))     # equal infinities: 0, not inf - inf = NaN
+    with _np.errstate(invalid="ignore"):
+        num = _np.max(_np.where(a == b, 0.0, _np.abs(a - b)))     # equal infinities: 0, not inf - inf = NaN
     if num == 0.0:
         return 0.0
-    den = max(float(np.max(np.abs(a) + np.abs(b))), np.finfo(np.float64).tiny)
-    with np.errstate(invalid="ignore"):
+    den = max(float(_np.max(_np.abs(a) + _np.abs(b))), _np.finfo(_np.float64).tiny)
+    with _np.errstate(invalid="ignore"):
         return float(num / den)             # inf / inf: NaN, as for a NaN input
 
 
@@ -254,21 +259,21 @@ def gradcheck(f, inputs, analytic_grads, eps=None, rtol=None, atol=0.0, raise_ex
         g = grads.get(k)
         if g is None:
             continue
-        V.array(x, f"inputs[{k!r}]")
-        g = np.asarray(g)
+        _V.array(x, f"inputs[{k!r}]")
+        g = _np.asarray(g)
         if g.shape != x.shape:
             raise ValueError(f"analytic_grads[{k!r}] has shape {g.shape}; input {k!r} has {x.shape}")
         num = numerical_gradient(lambda _x: call(), x, eps)
         err = relative_error(g, num)
-        diff = np.abs(g.astype(np.float64) - num)
+        diff = _np.abs(g.astype(_np.float64) - num)
         tol = default_rtol(x.dtype) if rtol is None else rtol
-        passed = err <= tol or (atol > 0 and float(np.max(diff, initial=0.0)) <= atol)
+        passed = err <= tol or (atol > 0 and float(_np.max(diff, initial=0.0)) <= atol)
         if not passed:
             ok = False
-            if np.isnan(diff).any():
-                worst = np.unravel_index(int(np.argmax(np.isnan(diff))), diff.shape) if diff.ndim else ()
+            if _np.isnan(diff).any():
+                worst = _np.unravel_index(int(_np.argmax(_np.isnan(diff))), diff.shape) if diff.ndim else ()
             else:
-                worst = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.ndim else ()
+                worst = _np.unravel_index(int(_np.argmax(diff)), diff.shape) if diff.ndim else ()
             lines.append(
                 f"  {k!r} {x.dtype} {x.shape}: relative error {err:.3g} > rtol {tol:.3g}; "
                 f"worst at index {tuple(int(i) for i in worst)}: analytic {float(g[worst]):.9g}, "

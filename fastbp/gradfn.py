@@ -40,7 +40,12 @@ class GradFunction(GradFunctionBase):
         **values : array_like
             Every input by name (shape as declared; a ``None`` dimension: 1 to
             ``batch_size`` rows, the same for all inputs), and optionally parameters
-            (their graph values otherwise).  Real numbers, converted to the dtype.
+            (their graph values otherwise).  A numpy array (or scalar, or any
+            array with a ``dtype``) must have the function's dtype, in either
+            byte order: another one (float64 for a float32 function, float32 for
+            a float64 one, integers) is a ``TypeError``, as for the step's ``x``
+            (``step(X, y)``), never a silent (lossy) conversion.  Python numbers
+            and nested lists of them are converted to the dtype.
 
         Returns
         -------
@@ -48,6 +53,13 @@ class GradFunction(GradFunctionBase):
             The output (a float for a scalar output).
         grads : dict of str -> float or numpy.ndarray
             The gradient of the output's sum w.r.t. each ``wrt`` node, by name, with its shape.
+
+        Raises
+        ------
+        TypeError
+            An unknown or missing name, or an array whose dtype is not the function's.
+        ValueError
+            A wrong shape or number of rows.
         """
         p = self.plan
         nb, staged = self._stage(values)

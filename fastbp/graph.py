@@ -24,28 +24,29 @@ Examples
 """
 from __future__ import annotations
 
-import inspect
-import numbers
+import inspect as _inspect
+import numbers as _numbers
 
-import numpy as np
+import numpy as _np
 
 from ._graph_base import (GraphError, GraphTypeError, _check_shape, _fmt_shape, _norm_eps, _real_array,
                           dropout_probability)
-from .registry import activations as _acts
-from .registry import gates as _gates
+from .registry import activations as _acts, gates as _gates
 
 __all__ = ["Graph", "GraphError", "GraphTypeError", "Node", "gate", "maximum", "sum"]
+
+
+def __dir__():  # dir(module), tab completion: the public API, not the imports and helpers
+    return sorted(__all__)
+
 
 ELEMENTWISE_BINARY = ("add", "mul", "max")
 
 
 def activation_of(node):
-    """``(entry, params)`` of an activation node (its registry entry and
-    parameter values), or None for any other node."""
+    """``(entry, params)`` of an activation node (its registry entry, parameter values), else None."""
     entry = _acts.lookup(node.op)
-    if entry is None:
-        return None
-    return entry, node.attrs.get("params", entry.defaults)
+    return None if entry is None else (entry, node.attrs.get("params", entry.defaults))
 
 
 def _broadcast(a, b, op):
@@ -243,8 +244,8 @@ class Graph:
         if not isinstance(copy, bool):
             raise TypeError(f"copy must be a bool, got {type(copy).__name__}")
         # a float64 array is kept as it is (copy=False) or copied once; anything else is checked and converted
-        if isinstance(value, np.ndarray) and value.dtype == np.float64:
-            arr = np.array(value, dtype=np.float64, copy=True) if copy else np.asarray(value, dtype=np.float64)
+        if isinstance(value, _np.ndarray) and value.dtype == _np.float64:
+            arr = _np.array(value, dtype=_np.float64, copy=True) if copy else _np.asarray(value, dtype=_np.float64)
         else:
             arr = _real_array(value, f"param {name!r}: value")
         node = Node(self, "param", (), _check_shape(arr.shape, f"param {name!r}"), name=name, value=arr)
@@ -270,10 +271,10 @@ class Graph:
         GraphError
             A non-finite value, or more than 2 dimensions, or an empty dimension.
         """
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.ndarray, list, tuple)):
+        if isinstance(value, (bool, _np.bool_)) or not isinstance(value, (_numbers.Real, _np.ndarray, list, tuple)):
             raise GraphTypeError(f"constants must be real numbers or arrays, got {type(value).__name__}")
         arr = _real_array(value, "constant")
-        if not np.all(np.isfinite(arr)):
+        if not _np.all(_np.isfinite(arr)):
             raise GraphError(f"constant {value!r} is not finite")
         return Node(self, "const", (), _check_shape(arr.shape, "constant"), value=arr)
 
@@ -400,11 +401,11 @@ def _graph_function(entry):
     fn.__doc__ = (f"``{entry.formula}`` elementwise; gradient ``{entry.dformula}``.\n{_acts.variant_doc(entry)}\n"
                   f"    Parameters\n    ----------\n    x : Node\n        A node of this graph, any shape.\n{pdoc}"
                   f"\n    Returns\n    -------\n    Node\n        Same shape as ``x``.\n")
-    fn.__signature__ = inspect.Signature(
-        [inspect.Parameter("x", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-        + [inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default)
+    fn.__signature__ = _inspect.Signature(
+        [_inspect.Parameter("x", _inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [_inspect.Parameter(p.name, _inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default)
            for p in entry.params]
-        + ([inspect.Parameter(entry.choice.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        + ([_inspect.Parameter(entry.choice.name, _inspect.Parameter.POSITIONAL_OR_KEYWORD,
                               default=entry.choice.default)] if entry.choice is not None else []))
     return fn
 
@@ -565,22 +566,22 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, e
     n = x.shape[-1]
     inputs = _norm_affine_inputs("batch_norm", x, n, weight, bias)
     if momentum is not None:
-        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        if isinstance(momentum, bool) or not isinstance(momentum, _numbers.Real):
             raise TypeError(f"batch_norm: momentum must be a real number or None, got {type(momentum).__name__}")
         momentum = float(momentum)
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"batch_norm: momentum must be in [0, 1] or None, got {momentum}")
-    if not isinstance(track_running_stats, (bool, np.bool_)):
+    if not isinstance(track_running_stats, (bool, _np.bool_)):
         raise TypeError(f"batch_norm: track_running_stats must be a bool, got {type(track_running_stats).__name__}")
     stats = []
     for what, v, default in (("running_mean", running_mean, 0.0), ("running_var", running_var, 1.0)):
-        arr = np.full(n, default) if v is None else _real_array(v, f"batch_norm: {what}")
+        arr = _np.full(n, default) if v is None else _real_array(v, f"batch_norm: {what}")
         if arr.shape != (n,):
             raise ValueError(f"batch_norm: {what} must have shape ({n},), got {arr.shape}")
-        if not np.all(np.isfinite(arr)):
+        if not _np.all(_np.isfinite(arr)):
             raise ValueError(f"batch_norm: {what} must be finite")
         stats.append(arr)
-    if isinstance(num_batches_tracked, bool) or not isinstance(num_batches_tracked, numbers.Integral):
+    if isinstance(num_batches_tracked, bool) or not isinstance(num_batches_tracked, _numbers.Integral):
         raise TypeError(f"batch_norm: num_batches_tracked must be an int, got {type(num_batches_tracked).__name__}")
     if num_batches_tracked < 0:
         raise ValueError(f"batch_norm: num_batches_tracked must be >= 0, got {num_batches_tracked}")

@@ -12,9 +12,9 @@ is no second code path for layer models.
 """
 from __future__ import annotations
 
-import inspect
+import inspect as _inspect
 
-import numpy as np
+import numpy as _np
 
 from . import _validate as _v
 from . import graph as _g
@@ -22,6 +22,11 @@ from .registry import activations as _acts
 from ._norm_layers import _NORM_TYPES, BatchNorm1d, LayerNorm, _Norm, _norm_from_spec
 
 __all__ = ["Linear", "Sequential", "Dropout", "Residual", "LayerNorm", "BatchNorm1d"]
+
+
+def __dir__():
+    # dir(module) and tab completion list the public API, not the imports and helpers
+    return sorted(__all__)
 
 
 class Layer:
@@ -100,26 +105,26 @@ class Linear(Layer):
         rule = self.init_rule
         if rule is None:
             rule = _acts.get(next_activation).init if next_activation is not None else "glorot"
-        b = np.zeros(fan_out) if self.bias else None
+        b = _np.zeros(fan_out) if self.bias else None
         if callable(rule):
-            W = np.array(rule(rng, fan_in, fan_out), dtype=np.float64)
-            if W.shape != (fan_in, fan_out) or not np.isfinite(W).all():
+            W = _np.array(rule(rng, fan_in, fan_out), dtype=_np.float64)
+            if W.shape != (fan_in, fan_out) or not _np.isfinite(W).all():
                 raise ValueError(f"Linear({fan_in}, {fan_out}): init returned an array of shape {W.shape}; "
                                  f"expected finite values of shape {(fan_in, fan_out)}")
         elif rule == "he":
             W = rng.standard_normal((fan_in, fan_out))
-            W *= np.sqrt(2.0 / fan_in)       # in place: no second array of the layer's size
+            W *= _np.sqrt(2.0 / fan_in)       # in place: no second array of the layer's size
         elif rule == "sklearn":
             factor = 2.0 if next_activation == "sigmoid" else 6.0
-            a = np.sqrt(factor / (fan_in + fan_out))
+            a = _np.sqrt(factor / (fan_in + fan_out))
             W = rng.uniform(-a, a, size=(fan_in, fan_out))
             if self.bias:
                 b = rng.uniform(-a, a, size=fan_out)
         else:
-            a = np.sqrt(6.0 / (fan_in + fan_out))
+            a = _np.sqrt(6.0 / (fan_in + fan_out))
             W = rng.uniform(-a, a, size=(fan_in, fan_out))
         if self.layout == "out_in":
-            W = np.ascontiguousarray(W.T)
+            W = _np.ascontiguousarray(W.T)
         return W, b
 
     def build(self, g, x, prefix, W, b):
@@ -210,12 +215,12 @@ def _layer_class(entry):
            + (f"  scikit-learn: ``activation='{entry.sklearn}'``." if entry.sklearn else ""))
     cls = type(entry.layer, (_Activation,), {"entry": entry, "__doc__": doc, "__module__": __name__,
                                              "__qualname__": entry.layer})
-    cls.__signature__ = inspect.Signature(
-        [inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default)
+    cls.__signature__ = _inspect.Signature(
+        [_inspect.Parameter(p.name, _inspect.Parameter.POSITIONAL_OR_KEYWORD, default=p.default)
          for p in entry.params]
-        + ([inspect.Parameter(entry.choice.name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        + ([_inspect.Parameter(entry.choice.name, _inspect.Parameter.POSITIONAL_OR_KEYWORD,
                               default=entry.choice.default)] if entry.choice is not None else [])
-        + ([inspect.Parameter("inplace", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=False)]
+        + ([_inspect.Parameter("inplace", _inspect.Parameter.POSITIONAL_OR_KEYWORD, default=False)]
            if entry.inplace else []))
     return cls
 
@@ -410,7 +415,7 @@ class Sequential(Layer):
 
     def init_params(self, seed):
         """Seeded initial parameters: a dict ``name -> float64 array``."""
-        rng = np.random.default_rng(seed)
+        rng = _np.random.default_rng(seed)
         params = {}
         for key, layer, act in linear_layers(self.layers):
             W, b = layer.init(rng, act)

@@ -25,17 +25,17 @@ outputs it touches.
 """
 from __future__ import annotations
 
-import numpy as np
+import numpy as _np
 
 from . import _ops_activations as _OA
-from . import _validate as V
+from . import _validate as _V
 from .kernels import activations as _A
 from .kernels import gates as _G
 from .kernels import gemm as _M
 from .kernels import linear as _L
 from .kernels import losses as _Ls
 from .config import OPS_BLAS_THRESHOLD as BLAS_THRESHOLD
-from .registry.gates import ADD as GATE_ADD, MAX as GATE_MAX, MUL as GATE_MUL
+from .registry.gates import ADD as _GATE_ADD, MAX as _GATE_MAX, MUL as _GATE_MUL
 from .registry.activations import IDENTITY as _IDENTITY
 
 _ACTIVATION_WRAPPERS = _OA.wrappers()
@@ -50,7 +50,12 @@ __all__ = [
     "softmax_cross_entropy", "svm_loss", "mse", "bce_with_logits", "poisson_loss",
 ]
 
-_NOBIAS = {dt: np.empty(0, dt) for dt in V.FLOAT_DTYPES}
+
+def __dir__():
+    # dir(module) and tab completion list the public API, not the imports and helpers
+    return sorted(__all__)
+
+_NOBIAS = {dt: _np.empty(0, dt) for dt in _V.FLOAT_DTYPES}
 _view2d_shape = _OA.view2d_shape
 _check_out = _OA.check_out
 
@@ -102,24 +107,24 @@ def linear_forward(x, W, b=None, activation="none", out=None, *, activation_para
     With ``z = x W + b``: ``dy/dz = act'(z)`` and ``dz/dx = W^T``,
     ``dz/dW = x^T``, ``dz/db = 1`` (see :func:`linear_backward`).
     """
-    V.float_array(x, "x", 2)
-    V.float_array(W, "W", 2)
-    dt = V.same_dtype(x, "x", W, "W")
+    _V.float_array(x, "x", 2)
+    _V.float_array(W, "W", 2)
+    dt = _V.same_dtype(x, "x", W, "W")
     n, d_in = x.shape
     if W.shape[0] != d_in:
-        V.shape(W, "W", (d_in, None), "W is (in_features, out_features) with in_features = x.shape[1]")
+        _V.shape(W, "W", (d_in, None), "W is (in_features, out_features) with in_features = x.shape[1]")
     d_out = W.shape[1]
     if b is None:
         b = _NOBIAS[dt]
     else:
-        V.float_array(b, "b", 1)
-        V.same_dtype(x, "x", b, "b")
-        V.shape(b, "b", (d_out,), "one bias per output feature, W.shape[1]")
+        _V.float_array(b, "b", 1)
+        _V.same_dtype(x, "x", b, "b")
+        _V.shape(b, "b", (d_out,), "one bias per output feature, W.shape[1]")
     entry, params = _OA.resolve(activation, activation_params, "linear_forward")
     y = _check_out(out, "out", (n, d_out), dt, ((x, "x"), (W, "W"), (b, "b")))
     work = n * d_in * d_out
     ks = _A.kernels(entry.code)
-    P = np.array(params, dt)
+    P = _np.array(params, dt)
     if work >= BLAS_THRESHOLD and _M.BLAS_AVAILABLE:
         _M._blas_mm(x, W, y, False, False, False)
         if b.shape[0] or entry.code != _IDENTITY:
@@ -170,39 +175,39 @@ def linear_backward(x, W, y, dy, activation="none", need_dx=True, *, activation_
     ``y (1 - y)``, tanh ``1 - y^2``, none ``1``) or of the pre-activation
     ``z``.  All arrays share ``x``'s dtype (float32 or float64).
     """
-    need_dx = V.boolean("need_dx", need_dx)     # a flag: "no" is not True
-    V.float_array(x, "x", 2)
-    V.float_array(W, "W", 2)
-    V.float_array(y, "y", 2)
-    V.float_array(dy, "dy", 2)
-    dt = V.same_dtype(x, "x", W, "W", y, "y", dy, "dy")
+    need_dx = _V.boolean("need_dx", need_dx)     # a flag: "no" is not True
+    _V.float_array(x, "x", 2)
+    _V.float_array(W, "W", 2)
+    _V.float_array(y, "y", 2)
+    _V.float_array(dy, "dy", 2)
+    dt = _V.same_dtype(x, "x", W, "W", y, "y", dy, "dy")
     n, d_in = x.shape
     if W.shape[0] != d_in:
-        V.shape(W, "W", (d_in, None), "W is (in_features, out_features) with in_features = x.shape[1]")
+        _V.shape(W, "W", (d_in, None), "W is (in_features, out_features) with in_features = x.shape[1]")
     d_out = W.shape[1]
-    V.shape(y, "y", (n, d_out), "the forward output, (x.shape[0], W.shape[1])")
-    V.shape(dy, "dy", (n, d_out), "the gradient of the forward output, (x.shape[0], W.shape[1])")
+    _V.shape(y, "y", (n, d_out), "the forward output, (x.shape[0], W.shape[1])")
+    _V.shape(dy, "dy", (n, d_out), "the gradient of the forward output, (x.shape[0], W.shape[1])")
     entry, params = _OA.resolve(activation, activation_params, "linear_backward")
     t = y
     if entry.uses == "input":
         if z is None:
             raise ValueError(f"z: activation {entry.name!r} needs the pre-activation z = x @ W + b, got None")
-        V.float_array(z, "z", 2)
-        V.same_dtype(x, "x", z, "z")
-        V.shape(z, "z", (n, d_out), "the pre-activation x @ W + b, (x.shape[0], W.shape[1])")
+        _V.float_array(z, "z", 2)
+        _V.same_dtype(x, "x", z, "z")
+        _V.shape(z, "z", (n, d_out), "the pre-activation x @ W + b, (x.shape[0], W.shape[1])")
         t = z
     if entry.code == _IDENTITY:
         dz = dy  # read only
     else:
-        dz = np.empty((n, d_out), dt)
-        _A.kernels(entry.code).bwd.pick(n * d_out)(t, dy, dz, False, np.array(params, dt))
-    dW = np.empty((d_in, d_out), dt)
+        dz = _np.empty((n, d_out), dt)
+        _A.kernels(entry.code).bwd.pick(n * d_out)(t, dy, dz, False, _np.array(params, dt))
+    dW = _np.empty((d_in, d_out), dt)
     _mm(x, dz, dW, True, False)
-    db = np.empty(d_out, dt)
+    db = _np.empty(d_out, dt)
     _L._colsum.pick(n * d_out)(dz, db, False)
     dx = None
     if need_dx:
-        dx = np.empty((n, d_in), dt)
+        dx = _np.empty((n, d_in), dt)
         _mm(dz, W, dx, False, True)
     return dx, dW, db
 
@@ -225,12 +230,12 @@ def matmul(a, b, out=None):
         Same dtype.  Gradients (for reference): ``da = dout @ b.T``,
         ``db = a.T @ dout``.
     """
-    V.float_array(a, "a", 2)
-    V.float_array(b, "b", 2)
-    dt = V.same_dtype(a, "a", b, "b")
+    _V.float_array(a, "a", 2)
+    _V.float_array(b, "b", 2)
+    dt = _V.same_dtype(a, "a", b, "b")
     m, k = a.shape
     if b.shape[0] != k:
-        V.shape(b, "b", (k, None), "b.shape[0] must equal a.shape[1]")
+        _V.shape(b, "b", (k, None), "b.shape[0] must equal a.shape[1]")
     c = _check_out(out, "out", (m, b.shape[1]), dt, ((a, "a"), (b, "b")))
     _mm(a, b, c, False, False)
     return c
@@ -242,14 +247,14 @@ def _as2d(a):
 
 
 def _gate_shapes(a, b):
-    V.float_array(a, "a", (0, 1, 2))
-    V.float_array(b, "b", (0, 1, 2))
-    V.same_dtype(a, "a", b, "b")
+    _V.float_array(a, "a", (0, 1, 2))
+    _V.float_array(b, "b", (0, 1, 2))
+    _V.same_dtype(a, "a", b, "b")
     try:
-        return np.broadcast_shapes(a.shape, b.shape)
+        return _np.broadcast_shapes(a.shape, b.shape)
     except ValueError:
         raise ValueError(
-            f"a of shape {V.fmt_shape(a.shape)} and b of shape {V.fmt_shape(b.shape)} "
+            f"a of shape {_V.fmt_shape(a.shape)} and b of shape {_V.fmt_shape(b.shape)} "
             f"cannot be broadcast together") from None
 
 
@@ -262,11 +267,11 @@ def _gate_forward(gate, a, b, out):
 
 def _gate_backward(gate, a, b, dout):
     oshape = _gate_shapes(a, b)
-    V.float_array(dout, "dout")
-    V.same_dtype(a, "a", dout, "dout")
-    V.shape(dout, "dout", oshape, "the broadcast shape of a and b")
-    da = np.empty(a.shape, a.dtype)
-    db = np.empty(b.shape, b.dtype)
+    _V.float_array(dout, "dout")
+    _V.same_dtype(a, "a", dout, "dout")
+    _V.shape(dout, "dout", oshape, "the broadcast shape of a and b")
+    da = _np.empty(a.shape, a.dtype)
+    db = _np.empty(b.shape, b.dtype)
     d2 = _as2d(dout)
     _G._gate_bwd.pick(dout.size)(gate, _as2d(a), _as2d(b), d2, _as2d(da), _as2d(db), False, False)
     return da, db
@@ -288,7 +293,7 @@ def add_forward(a, b, out=None):
     numpy.ndarray
         The broadcast shape, same dtype.
     """
-    return _gate_forward(GATE_ADD, a, b, out)
+    return _gate_forward(_GATE_ADD, a, b, out)
 
 
 def add_backward(a, b, dout):
@@ -308,7 +313,7 @@ def add_backward(a, b, dout):
     da, db : numpy.ndarray
         Shapes of ``a`` and ``b``.
     """
-    return _gate_backward(GATE_ADD, a, b, dout)
+    return _gate_backward(_GATE_ADD, a, b, dout)
 
 
 def mul_forward(a, b, out=None):
@@ -327,7 +332,7 @@ def mul_forward(a, b, out=None):
     numpy.ndarray
         The broadcast shape, same dtype.
     """
-    return _gate_forward(GATE_MUL, a, b, out)
+    return _gate_forward(_GATE_MUL, a, b, out)
 
 
 def mul_backward(a, b, dout):
@@ -347,7 +352,7 @@ def mul_backward(a, b, dout):
     da, db : numpy.ndarray
         Shapes of ``a`` and ``b``.
     """
-    return _gate_backward(GATE_MUL, a, b, dout)
+    return _gate_backward(_GATE_MUL, a, b, dout)
 
 
 def max_forward(a, b, out=None):
@@ -368,7 +373,7 @@ def max_forward(a, b, out=None):
     numpy.ndarray
         The broadcast shape, same dtype.
     """
-    return _gate_forward(GATE_MAX, a, b, out)
+    return _gate_forward(_GATE_MAX, a, b, out)
 
 
 def max_backward(a, b, dout):
@@ -391,35 +396,35 @@ def max_backward(a, b, dout):
     da, db : numpy.ndarray
         Shapes of ``a`` and ``b``.
     """
-    return _gate_backward(GATE_MAX, a, b, dout)
+    return _gate_backward(_GATE_MAX, a, b, dout)
 
 
 # ------------------------------------------------------------------ losses
 def _scores(scores, nd=2):
-    V.float_array(scores, "scores", nd)
+    _V.float_array(scores, "scores", nd)
     if scores.size == 0:
-        raise ValueError(f"scores: expected a non-empty array, got shape {V.fmt_shape(scores.shape)}")
+        raise ValueError(f"scores: expected a non-empty array, got shape {_V.fmt_shape(scores.shape)}")
     return scores
 
 
 def _class_loss(kern, scores, labels, out):
     _scores(scores)
     n, c = scores.shape
-    y = V.labels(labels, "labels", n, c)
+    y = _V.labels(labels, "labels", n, c)
     ds = _check_out(out, "out", (n, c), scores.dtype, ((scores, "scores"),))
-    rowloss = np.empty(n, np.float64)
+    rowloss = _np.empty(n, _np.float64)
     loss = kern.pick(n * c)(scores, y, ds, rowloss)
     return float(loss), ds
 
 
 def _target_loss(kern, scores, targets, out):
     _scores(scores, (1, 2))
-    V.float_array(targets, "targets")
-    V.same_dtype(scores, "scores", targets, "targets")
-    V.shape(targets, "targets", scores.shape, "one target per score")
+    _V.float_array(targets, "targets")
+    _V.same_dtype(scores, "scores", targets, "targets")
+    _V.shape(targets, "targets", scores.shape, "one target per score")
     ds = _check_out(out, "out", scores.shape, scores.dtype, ((scores, "scores"), (targets, "targets")))
     s2, t2, d2 = _as2d(scores), _as2d(targets), _as2d(ds)
-    rowloss = np.empty(s2.shape[0], np.float64)
+    rowloss = _np.empty(s2.shape[0], _np.float64)
     loss = kern.pick(scores.size)(s2, t2, d2, rowloss)
     return float(loss), ds
 

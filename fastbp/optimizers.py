@@ -2,21 +2,26 @@
 (:mod:`fastbp.kernels.optim`)."""
 from __future__ import annotations
 
-import math
-import numbers
+import math as _math
+import numbers as _numbers
 
-import numpy as np
+import numpy as _np
 
-from . import _isa as ex
+from . import _isa as _ex
 
 __all__ = ["SGD", "Adam", "RMSprop"]
 
 
+def __dir__():
+    # dir(module) and tab completion list the public API, not the imports and helpers
+    return sorted(__all__)
+
+
 def _real(name, value, *, low=None, high=None, low_open=False, high_open=False, owner=""):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if isinstance(value, bool) or not isinstance(value, _numbers.Real):
         raise TypeError(f"{owner}: {name} must be a real number, got {type(value).__name__}")
     v = float(value)
-    if not math.isfinite(v):
+    if not _math.isfinite(v):
         raise ValueError(f"{owner}: {name} must be finite, got {value!r}")
     if low is not None and (v < low or (low_open and v == low)):
         raise ValueError(f"{owner}: {name} must be {'>' if low_open else '>='} {low}, got {value!r}")
@@ -95,7 +100,7 @@ class SGD(_Optimizer):
     def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
         self.lr = _real("lr", lr, low=0.0, low_open=True, owner="SGD")
         self.momentum = _real("momentum", momentum, low=0.0, high=1.0, high_open=True, owner="SGD")
-        if not isinstance(nesterov, (bool, np.bool_)):     # the one bool policy (fastbp._validate.boolean)
+        if not isinstance(nesterov, (bool, _np.bool_)):     # the one bool policy (fastbp._validate.boolean)
             raise TypeError(f"SGD: nesterov must be a bool (True or False), got {type(nesterov).__name__}")
         self.nesterov = bool(nesterov)
         if self.nesterov and self.momentum == 0.0:
@@ -142,7 +147,7 @@ class Adam(_Optimizer):
                       _real("betas[1]", b2, low=0.0, high=1.0, high_open=True, owner="Adam"))
         self.eps = _real("eps", eps, low=0.0, low_open=True, owner="Adam")
         self.weight_decay = _real("weight_decay", weight_decay, low=0.0, owner="Adam")
-        if not isinstance(decoupled, (bool, np.bool_)):
+        if not isinstance(decoupled, (bool, _np.bool_)):
             raise TypeError(f"Adam: decoupled must be a bool (True or False), got {type(decoupled).__name__}")
         self.decoupled = bool(decoupled)
 
@@ -189,7 +194,7 @@ class RMSprop(_Optimizer):
         self.eps = _real("eps", eps, low=0.0, low_open=True, owner="RMSprop")
         self.weight_decay = _real("weight_decay", weight_decay, low=0.0, owner="RMSprop")
         self.momentum = _real("momentum", momentum, low=0.0, high=1.0, high_open=True, owner="RMSprop")
-        if not isinstance(centered, (bool, np.bool_)):
+        if not isinstance(centered, (bool, _np.bool_)):
             raise TypeError(f"RMSprop: centered must be a bool (True or False), got {type(centered).__name__}")
         self.centered = bool(centered)
 
@@ -280,19 +285,19 @@ def hyper_from(optimizer):
     The process-specific slots (``_isa.RUNTIME_SLOTS``: the BLAS policy)
     are left at 0; the CPU step fills them (the GPU step never reads them).
     """
-    h = np.zeros(ex.HYPER_SIZE, dtype=np.float64)
-    h[ex.H_TRAINING] = 1.0      # training mode; eval calls (predict) set 0 for their duration
-    h[ex.H_LR] = optimizer.lr
-    h[ex.H_WD] = optimizer.weight_decay
+    h = _np.zeros(_ex.HYPER_SIZE, dtype=_np.float64)
+    h[_ex.H_TRAINING] = 1.0      # training mode; eval calls (predict) set 0 for their duration
+    h[_ex.H_LR] = optimizer.lr
+    h[_ex.H_WD] = optimizer.weight_decay
     if isinstance(optimizer, SGD):
-        h[ex.H_MOM] = optimizer.momentum
-        h[ex.H_NESTEROV] = float(optimizer.nesterov)
+        h[_ex.H_MOM] = optimizer.momentum
+        h[_ex.H_NESTEROV] = float(optimizer.nesterov)
     elif optimizer.name == "rmsprop":
-        h[ex.H_MOM] = optimizer.momentum
-        h[ex.H_ALPHA] = optimizer.alpha
-        h[ex.H_EPS] = optimizer.eps
+        h[_ex.H_MOM] = optimizer.momentum
+        h[_ex.H_ALPHA] = optimizer.alpha
+        h[_ex.H_EPS] = optimizer.eps
     else:
-        h[ex.H_B1], h[ex.H_B2] = optimizer.betas
-        h[ex.H_EPS] = optimizer.eps
-        h[ex.H_DECOUPLED] = float(optimizer.decoupled)
+        h[_ex.H_B1], h[_ex.H_B2] = optimizer.betas
+        h[_ex.H_EPS] = optimizer.eps
+        h[_ex.H_DECOUPLED] = float(optimizer.decoupled)
     return h

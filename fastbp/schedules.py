@@ -29,18 +29,23 @@ schedule=...)``::
 """
 from __future__ import annotations
 
-import math
-import numbers
-from bisect import bisect_right
+import math as _math
+import numbers as _numbers
+from bisect import bisect_right as _bisect_right
 
 __all__ = ["Schedule", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "OneCycleLR",
            "ReduceLROnPlateau", "schedule_arg", "schedule_from_spec"]
+
+
+def __dir__():
+    # dir(module) and tab completion list the public API, not the imports and helpers
+    return sorted(__all__)
 
 _INTERVALS = ("epoch", "step")
 
 
 def _int(name, value, owner, low=0):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if isinstance(value, bool) or not isinstance(value, _numbers.Integral):
         raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__}")
     value = int(value)
     if value < low:
@@ -49,10 +54,10 @@ def _int(name, value, owner, low=0):
 
 
 def _float(name, value, owner, low=None, high=None, low_open=False, high_open=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if isinstance(value, bool) or not isinstance(value, _numbers.Real):
         raise TypeError(f"{owner}: {name} must be a real number, got {type(value).__name__}")
     value = float(value)
-    if not math.isfinite(value):
+    if not _math.isfinite(value):
         raise ValueError(f"{owner}: {name} must be finite, got {value}")
     if low is not None and (value < low or (low_open and value == low)):
         raise ValueError(f"{owner}: {name} must be {'>' if low_open else '>='} {low}, got {value}")
@@ -70,7 +75,7 @@ def _choice(name, value, choices, owner):
 
 
 def _t(t):
-    if isinstance(t, bool) or not isinstance(t, numbers.Integral):
+    if isinstance(t, bool) or not isinstance(t, _numbers.Integral):
         raise TypeError(f"t must be an int, got {type(t).__name__}")
     if t < 0:
         raise ValueError(f"t must be >= 0, got {t}")
@@ -174,7 +179,7 @@ class MultiStepLR(Schedule):
                   interval=_choice("interval", interval, _INTERVALS, "MultiStepLR"))
 
     def lr_at(self, t, base_lr):
-        return base_lr * self.gamma ** bisect_right(self.milestones, _t(t))
+        return base_lr * self.gamma ** _bisect_right(self.milestones, _t(t))
 
 
 class ExponentialLR(Schedule):
@@ -243,7 +248,7 @@ class CosineAnnealingLR(Schedule):
         if t < w:
             f = self.warmup_start_factor
             return base_lr * (f + (1.0 - f) * t / w)
-        return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * (t - w) / self.T_max)) / 2
+        return self.eta_min + (base_lr - self.eta_min) * (1 + _math.cos(_math.pi * (t - w) / self.T_max)) / 2
 
 
 class OneCycleLR(Schedule):
@@ -323,7 +328,7 @@ class OneCycleLR(Schedule):
             if t <= end or i == len(phases) - 1:
                 pct = (t - start) / (end - start) if end != start else 1.0
                 if self.anneal_strategy == "cos":
-                    return b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1)
+                    return b + (a - b) / 2.0 * (_math.cos(_math.pi * pct) + 1)
                 return (b - a) * pct + a
             start = end
         raise AssertionError("unreachable")
@@ -380,7 +385,7 @@ class ReduceLROnPlateau:
         self.monitor = None if monitor is None else _choice("monitor", monitor, ("val_loss", "loss", "val_accuracy"),
                                                               o)
         self.lr = None
-        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best = _math.inf if self.mode == "min" else -_math.inf
         self.num_bad_epochs = 0
         self.cooldown_counter = 0
         self.last_epoch = 0
@@ -419,7 +424,7 @@ class ReduceLROnPlateau:
         """Parameters and state, JSON-serialisable (``schedule_from_spec`` rebuilds it)."""
         d = {"type": "ReduceLROnPlateau", **{f: getattr(self, f) for f in self._fields}}
         state = {f: getattr(self, f) for f in self._state}
-        if math.isinf(state["best"]):
+        if _math.isinf(state["best"]):
             state["best"] = None
         d["state"] = state
         return d
@@ -445,7 +450,7 @@ def schedule_from_spec(spec):
         lr = state.get("lr")
         s.lr = None if lr is None else _float("state.lr", lr, "ReduceLROnPlateau", low=0.0, low_open=True)
         best = state.get("best")
-        s.best = (math.inf if s.mode == "min" else -math.inf) if best is None else \
+        s.best = (_math.inf if s.mode == "min" else -_math.inf) if best is None else \
             _float("state.best", best, "ReduceLROnPlateau")
         for k in ("num_bad_epochs", "cooldown_counter", "last_epoch"):
             setattr(s, k, _int(f"state.{k}", state.get(k, 0), "ReduceLROnPlateau"))

@@ -13,27 +13,33 @@
   early stopping, callbacks, progress) around a step kind's "train one
   epoch" function;
 - the metrics of a loss computed from the network's outputs
-  (:func:`eval_loss`, :func:`accuracy`, :func:`probabilities`).
+  (:func:`eval_loss`, :func:`accuracy`, :func:`probabilities`) and :func:`r2_score`.
 
 Nothing here runs a step: this module imports neither the executor nor numba-cuda.
 """
 from __future__ import annotations
 
-import math
-import numbers
-import sys
+import math as _math
+import numbers as _numbers
+import sys as _sys
 
-import numpy as np
+import numpy as _np
 
-from . import _validate as V
-from .schedules import ReduceLROnPlateau
+from . import _validate as _V
+from .schedules import ReduceLROnPlateau as _ReduceLROnPlateau
 
-__all__ = ["History", "EarlyStopping", "Callback", "drive", "eval_loss", "accuracy", "probabilities"]
+__all__ = ["History", "EarlyStopping", "Callback", "drive", "eval_loss", "accuracy", "probabilities",
+           "r2_score"]
+
+
+def __dir__():
+    # dir(module) and tab completion list the public API, not the imports and helpers
+    return sorted(__all__)
 
 
 # ------------------------------------------------------------------ metrics
 def _log_sigmoid(z):
-    return -np.logaddexp(0.0, -z)
+    return -_np.logaddexp(0.0, -z)
 
 
 def eval_loss(loss, scores, y):
@@ -51,26 +57,26 @@ def eval_loss(loss, scores, y):
     -------
     float
     """
-    s = np.asarray(scores, dtype=np.float64)
+    s = _np.asarray(scores, dtype=_np.float64)
     n = s.shape[0]
     if loss == "softmax_cross_entropy":
         m = s.max(axis=1, keepdims=True)
-        lse = (m + np.log(np.exp(s - m).sum(axis=1, keepdims=True)))[:, 0]
-        return float(np.mean(lse - s[np.arange(n), y]))
+        lse = (m + _np.log(_np.exp(s - m).sum(axis=1, keepdims=True)))[:, 0]
+        return float(_np.mean(lse - s[_np.arange(n), y]))
     if loss == "svm":
-        sy = s[np.arange(n), y][:, None]
-        margins = np.maximum(0.0, s - sy + 1.0)
-        margins[np.arange(n), y] = 0.0
-        return float(np.mean(margins.sum(axis=1)))
-    t = np.asarray(y, dtype=np.float64)
+        sy = s[_np.arange(n), y][:, None]
+        margins = _np.maximum(0.0, s - sy + 1.0)
+        margins[_np.arange(n), y] = 0.0
+        return float(_np.mean(margins.sum(axis=1)))
+    t = _np.asarray(y, dtype=_np.float64)
     if loss == "mse":
-        return float(np.mean((s - t) ** 2))
+        return float(_np.mean((s - t) ** 2))
     if loss == "bce_with_logits":
-        return float(np.mean(-(t * _log_sigmoid(s) + (1.0 - t) * _log_sigmoid(-s))))
+        return float(_np.mean(-(t * _log_sigmoid(s) + (1.0 - t) * _log_sigmoid(-s))))
     if loss == "poisson":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            c = np.where(t > 0, t * np.log(np.where(t > 0, t, 1.0)) - t, np.where(t == 0, 0.0, np.nan))
-        return float(np.mean(np.exp(s) - t * s + c))
+        with _np.errstate(divide="ignore", invalid="ignore"):
+            c = _np.where(t > 0, t * _np.log(_np.where(t > 0, t, 1.0)) - t, _np.where(t == 0, 0.0, _np.nan))
+        return float(_np.mean(_np.exp(s) - t * s + c))
     raise ValueError(f"no evaluation defined for loss {loss!r}")
 
 
@@ -79,23 +85,43 @@ def accuracy(loss, scores, y):
     output thresholded at 0 against targets thresholded at 0.5 (bce_with_logits, Keras's
     binary accuracy); None for mse."""
     if loss in ("softmax_cross_entropy", "svm"):
-        return float(np.mean(np.argmax(scores, axis=1) == y))
+        return float(_np.mean(_np.argmax(scores, axis=1) == y))
     if loss == "bce_with_logits":
-        return float(np.mean((np.asarray(scores) > 0) == (np.asarray(y) > 0.5)))
+        return float(_np.mean((_np.asarray(scores) > 0) == (_np.asarray(y) > 0.5)))
     return None
+
+
+def r2_score(y, pred):
+    """R^2 as ``sklearn.metrics.r2_score(y, pred)`` computes it by default, as a float.
+
+    Per output (column), averaged over outputs (``multioutput="uniform_average"``);
+    ``force_finite=True``: an output whose targets are all equal scores 1.0 when
+    it is predicted exactly and 0.0 otherwise (never NaN or -inf).
+    """
+    y = _np.asarray(y, dtype=_np.float64)
+    pred = _np.asarray(pred, dtype=_np.float64)
+    if y.ndim <= 1 or pred.ndim <= 1:
+        y, pred = y.reshape(-1, 1), pred.reshape(-1, 1)
+    num = _np.sum((y - pred) ** 2, axis=0)
+    den = _np.sum((y - _np.mean(y, axis=0)) ** 2, axis=0)
+    scores = _np.ones(y.shape[1])
+    ok = (den != 0) & (num != 0)
+    scores[ok] = 1.0 - num[ok] / den[ok]
+    scores[(num != 0) & (den == 0)] = 0.0
+    return float(_np.mean(scores))
 
 
 def probabilities(loss, scores):
     """Class probabilities from the network's outputs: softmax (softmax_cross_entropy) or
     sigmoid (bce_with_logits), in the outputs' dtype.  ValueError for mse and svm."""
     if loss == "softmax_cross_entropy":
-        e = np.exp(scores - scores.max(axis=1, keepdims=True))
+        e = _np.exp(scores - scores.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
     if loss == "bce_with_logits":
-        out = np.empty_like(scores)
+        out = _np.empty_like(scores)
         pos = scores >= 0
-        out[pos] = 1.0 / (1.0 + np.exp(-scores[pos]))
-        ez = np.exp(scores[~pos])
+        out[pos] = 1.0 / (1.0 + _np.exp(-scores[pos]))
+        ez = _np.exp(scores[~pos])
         out[~pos] = ez / (1.0 + ez)
         return out
     raise ValueError(f"predict_proba needs a probabilistic loss (softmax_cross_entropy or bce_with_logits); "
@@ -103,7 +129,7 @@ def probabilities(loss, scores):
 
 
 # ------------------------------------------------------------------ History
-class History(np.ndarray):
+class History(_np.ndarray):
     """What ``fit`` returns: the loss of every update, with the per-epoch metrics.
 
     As an array (float64, shape ``(steps,)``): the mean loss of every
@@ -127,7 +153,7 @@ class History(np.ndarray):
     """
 
     def __new__(cls, step_losses):
-        obj = np.asarray(step_losses, dtype=np.float64).view(cls)
+        obj = _np.asarray(step_losses, dtype=_np.float64).view(cls)
         obj.history = {}
         obj.epoch = []
         obj.stopped_epoch = None
@@ -144,17 +170,17 @@ class History(np.ndarray):
 
     def __array_wrap__(self, arr, context=None, return_scalar=False):
         # arithmetic and reductions give plain arrays / scalars, not Histories
-        out = np.asarray(arr).view(np.ndarray)
+        out = _np.asarray(arr).view(_np.ndarray)
         return out[()] if return_scalar else out
 
     def __reduce__(self):
-        return (_rebuild_history, (np.asarray(self).view(np.ndarray).copy(), self.history, self.epoch,
+        return (_rebuild_history, (_np.asarray(self).view(_np.ndarray).copy(), self.history, self.epoch,
                                    self.stopped_epoch, self.best_epoch))
 
     @property
     def step_losses(self):
         """The loss of every update as a plain ndarray."""
-        return self.view(np.ndarray)
+        return self.view(_np.ndarray)
 
     @property
     def loss(self):
@@ -217,12 +243,12 @@ class EarlyStopping:
 
     def __init__(self, patience=0, min_delta=0.0, restore_best_weights=True, monitor="val_loss", mode="auto"):
         self.patience = _nonneg("patience", patience)
-        if isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real):
+        if isinstance(min_delta, bool) or not isinstance(min_delta, _numbers.Real):
             raise TypeError(f"EarlyStopping: min_delta must be a real number, got {type(min_delta).__name__}")
-        if not math.isfinite(min_delta) or min_delta < 0:
+        if not _math.isfinite(min_delta) or min_delta < 0:
             raise ValueError(f"EarlyStopping: min_delta must be finite and >= 0, got {min_delta}")
         self.min_delta = float(min_delta)
-        self.restore_best_weights = V.boolean("restore_best_weights", restore_best_weights)
+        self.restore_best_weights = _V.boolean("restore_best_weights", restore_best_weights)
         if not isinstance(monitor, str):
             raise TypeError(f"EarlyStopping: monitor must be a str, got {type(monitor).__name__}")
         if monitor not in self._MONITORS:
@@ -238,7 +264,7 @@ class EarlyStopping:
 
     def _begin(self):
         self.wait = 0
-        self.best = -math.inf if self._maximise() else math.inf
+        self.best = -_math.inf if self._maximise() else _math.inf
         self.best_epoch = None
         self.best_weights = None
         self.stopped_epoch = None
@@ -268,7 +294,7 @@ class EarlyStopping:
 
 
 def _nonneg(name, v):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+    if isinstance(v, bool) or not isinstance(v, _numbers.Integral):
         raise TypeError(f"EarlyStopping: {name} must be an int, got {type(v).__name__}")
     if v < 0:
         raise ValueError(f"EarlyStopping: {name} must be >= 0, got {v}")
@@ -279,7 +305,7 @@ def early_stopping_arg(es, has_validation):
     """Check ``early_stopping=`` (None, an :class:`EarlyStopping`, or an int patience)."""
     if es is None:
         return None
-    if isinstance(es, numbers.Integral) and not isinstance(es, bool):
+    if isinstance(es, _numbers.Integral) and not isinstance(es, bool):
         es = EarlyStopping(patience=int(es), monitor="val_loss" if has_validation else "loss")
     if not isinstance(es, EarlyStopping):
         raise TypeError(f"early_stopping must be a fastbp.training.EarlyStopping, an int patience or None, "
@@ -332,13 +358,13 @@ class Progress:
         if not enabled:
             return
         try:
-            tty = sys.stderr.isatty()
+            tty = _sys.stderr.isatty()
         except (AttributeError, ValueError):
             tty = False
         if tty:
             try:
                 from tqdm import tqdm
-                self.bar = tqdm(total=total, desc=desc, unit="epoch", file=sys.stderr, mininterval=0,
+                self.bar = tqdm(total=total, desc=desc, unit="epoch", file=_sys.stderr, mininterval=0,
                                 dynamic_ncols=True)
             except ImportError:
                 pass
@@ -363,12 +389,12 @@ def epoch_lrs(schedule, base_lr, current_lr, epoch, first_step, n_steps):
     """The learning rate of each update of an epoch (float64 ``(n_steps,)``), or an empty array
     without a schedule (the step keeps its rate)."""
     if schedule is None:
-        return np.zeros(0, dtype=np.float64)
-    if isinstance(schedule, ReduceLROnPlateau):
-        return np.full(n_steps, current_lr if schedule.lr is not None else base_lr, dtype=np.float64)
+        return _np.zeros(0, dtype=_np.float64)
+    if isinstance(schedule, _ReduceLROnPlateau):
+        return _np.full(n_steps, current_lr if schedule.lr is not None else base_lr, dtype=_np.float64)
     if schedule.interval == "epoch":
-        return np.full(n_steps, schedule.lr_at(epoch, base_lr), dtype=np.float64)
-    return np.array([schedule.lr_at(first_step + s, base_lr) for s in range(n_steps)], dtype=np.float64)
+        return _np.full(n_steps, schedule.lr_at(epoch, base_lr), dtype=_np.float64)
+    return _np.array([schedule.lr_at(first_step + s, base_lr) for s in range(n_steps)], dtype=_np.float64)
 
 
 def check_schedule_span(schedule, base_lr, epoch0, step0, epochs, per_epoch, has_validation=True):
@@ -377,7 +403,7 @@ def check_schedule_span(schedule, base_lr, epoch0, step0, epochs, per_epoch, has
     monitoring a validation metric needs validation data)."""
     if schedule is None:
         return
-    if isinstance(schedule, ReduceLROnPlateau):
+    if isinstance(schedule, _ReduceLROnPlateau):
         if schedule.monitor is not None and schedule.monitor.startswith("val_") and not has_validation:
             raise ValueError(f"the ReduceLROnPlateau schedule monitors {schedule.monitor!r}, which needs "
                              f"validation_data=(X_val, y_val)")
@@ -422,9 +448,9 @@ def drive(*, epochs, per_epoch, rows_per_step, orders, train_epoch, step, schedu
     -------
     History
     """
-    losses = np.zeros(epochs * per_epoch, dtype=np.float64)
+    losses = _np.zeros(epochs * per_epoch, dtype=_np.float64)
     hist = History(losses)
-    w = rows_per_step.astype(np.float64)
+    w = rows_per_step.astype(_np.float64)
     if early_stopping is not None:
         early_stopping._begin()
     bar = Progress(epochs, verbose)
@@ -436,7 +462,7 @@ def drive(*, epochs, per_epoch, rows_per_step, orders, train_epoch, step, schedu
             first_lr = float(lrs[0]) if len(lrs) else step.lr
             train_epoch(e, perm, lrs, out)
             step.epochs_done += 1
-            logs = {"loss": float(np.dot(out, w) / w.sum()), "lr": first_lr}
+            logs = {"loss": float(_np.dot(out, w) / w.sum()), "lr": first_lr}
             if validate is not None:
                 vl, va = validate()
                 logs["val_loss"] = vl
@@ -446,7 +472,7 @@ def drive(*, epochs, per_epoch, rows_per_step, orders, train_epoch, step, schedu
                 hist.history.setdefault(k, []).append(v)
             hist.epoch.append(e)
             # the rate of the next update (what step.lr reports after the fit)
-            if isinstance(schedule, ReduceLROnPlateau):
+            if isinstance(schedule, _ReduceLROnPlateau):
                 key = schedule.monitor or ("val_loss" if "val_loss" in logs else "loss")
                 step._set_scheduled_lr(schedule.step(logs[key], first_lr))
             elif schedule is not None:

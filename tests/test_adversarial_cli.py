@@ -172,3 +172,78 @@ def test_negative_sample_weights_are_reported_with_their_sum():
         MLPClassifier(max_iter=2).fit(X, y, sample_weight=-np.ones(30))
     with pytest.raises(ValueError, match=r"sum to 0;"):
         MLPClassifier(max_iter=2, class_weight={0: 0, 1: 0}).fit(X, y)
+
+
+@pytest.mark.parametrize("name, args", [("--epochs", ["--epochs"]), ("--batch-size", ["--batch-size"]),
+                                        ("--hidden", ["--hidden", "8"]),
+                                        ("--step-size", ["--schedule", "step", "--step-size"]),
+                                        ("--warmup", ["--schedule", "cosine", "--warmup"])])
+def test_integer_flags_beyond_int64_are_usage_errors_naming_the_flag(capsys, name, args):
+    # was: --epochs 2**70 trained (practically) forever, --hidden 2**70 failed later in Linear
+    rc, out, err = run_here(capsys, "train", *args, 2**70, "--quiet")
+    assert rc == 2
+    assert f"argument {name}: expected a" in err and "<= 9223372036854775807" in err
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_rows_ending_in_the_delimiter_train_on_the_right_columns(tmp_path, capsys, header):
+    # "1,2,3,yes,": pandas reads an extra empty column; it was taken as the label column
+    # ("line 2: empty label in column 4")
+    src = write_csv(tmp_path / "a.csv").read_text().splitlines()
+    if not header:
+        src = src[1:]
+    (tmp_path / "t.csv").write_text("".join(line + ",\n" for line in src))
+    rc, out, err = run_here(capsys, "train", "--data", tmp_path / "t.csv", "--epochs", "1",
+                            "--hidden", "8", "--quiet")
+    assert rc == 0, err
+    assert "60 samples, 3 features, 2 classes" in out
+    from fastbp import data
+    d = data.read_dataset(tmp_path / "t.csv")
+    ref = data.read_dataset(tmp_path / "a.csv")
+    assert np.array_equal(d.X, ref.X) and list(d.labels) == list(ref.labels)
+    assert (d.feature_names == ref.feature_names) == header
+
+
+def test_a_partly_empty_last_column_is_still_an_error(tmp_path, capsys):
+    (tmp_path / "p.csv").write_text("1,2,0,\n3,4,1,5\n5,6,0,\n7,8,1,\n")
+    rc, out, err = run_here(capsys, "train", "--data", tmp_path / "p.csv", "--epochs", "1", "--quiet")
+    assert rc != 0 and "empty label" in err and "line 1" in err
+
+
+def _regression_csv(path, target):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    path.write_text("a,b,c,t\n" + "".join(",".join(f"{v:.4f}" for v in r) + f",{target}\n" for r in X))
+    return path
+
+
+def test_constant_target_r2_is_finite_like_sklearn(tmp_path, capsys):
+    # sklearn.metrics.r2_score (force_finite=True): 0.0 for an imperfect prediction of a constant
+    # target; the CLI printed "test R^2: nan"
+    data = _regression_csv(tmp_path / "c.csv", 5.0)
+    model = tmp_path / "m.npz"
+    rc, out, err = run_here(capsys, "train", "--data", data, "--task", "regression", "--epochs", "1",
+                            "--hidden", "4", "--quiet", "--save", model)
+    assert rc == 0, err
+    assert "test R^2: 0.0000" in out and "nan" not in out.lower()
+    rc, out, err = run_here(capsys, "evaluate", "--model", model, "--data", data)
+    assert rc == 0, err
+    assert "R^2: 0.0000" in out and "nan" not in out.lower()
+    from fastbp import load_model
+    from fastbp.data import read_dataset
+    d = read_dataset(data)
+    m = load_model(model)
+    assert m.score(d.X, np.full(40, 5.0)) == 0.0
+    assert m.score(d.X, m.predict(d.X)) == 1.0
+
+
+def test_r2_score_matches_sklearn():
+    from sklearn.metrics import r2_score as sk
+    from fastbp.training import r2_score
+    rng = np.random.default_rng(1)
+    cases = [(np.full(5, 2.0), np.full(5, 2.0)), (np.full(5, 2.0), np.arange(5.0)),
+             (np.arange(5.0), np.arange(5.0) + 0.3), (rng.normal(size=(6, 3)), rng.normal(size=(6, 3))),
+             (np.c_[np.ones(6), rng.normal(size=6)], rng.normal(size=(6, 2))),
+             (np.c_[np.ones(6), rng.normal(size=6)], np.c_[np.ones(6), rng.normal(size=6)])]
+    for y, p in cases:
+        assert r2_score(y, p) == pytest.approx(sk(y, p), abs=1e-12)

@@ -909,3 +909,58 @@ def test_ops_accept_read_only_and_unaligned_inputs():
     assert ops.matmul(_ro(_F), _unaligned(_G)).tobytes() == ref_y.tobytes()
     loss, g = ops.softmax_cross_entropy(_ro(_S), _ro(_L3))
     assert loss == ref_g[0] and g.tobytes() == ref_g[1].tobytes()
+
+
+# --------------------------- fastbp.grad functions take their dtype only (the step's policy)
+def _grad32():
+    g = fastbp.Graph()
+    x = g.input("x", (None, 3))
+    W = g.param("W", np.linspace(-0.5, 0.5, 6).reshape(3, 2))
+    return fastbp.grad(fastbp.sum(fastbp.tanh(x @ W)), [W, x], dtype=np.float32, batch_size=4)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16, np.int64, np.int32, np.uint8])
+def test_gradfn_rejects_another_dtype_like_the_step(dtype):
+    # the step: step(x.astype(np.float64), y) on a float32 step is a TypeError (no silent
+    # float64 -> float32 rounding); a float32 fastbp.grad function converted the array silently
+    f = _grad32()
+    x = (np.arange(6).reshape(2, 3) % 3).astype(dtype)
+    with pytest.raises(TypeError, match=r"x has dtype .*; this function was compiled for float32"):
+        f(x=x)
+    with pytest.raises(TypeError, match=r"W has dtype float64; this function was compiled for float32"):
+        f(x=x.astype(np.float32), W=np.ones((3, 2)))
+    s = fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 2)), batch_size=4, dtype=np.float32)
+    with pytest.raises(TypeError, match="compiled for float32"):
+        s(x, np.zeros(2, np.int64))
+
+
+def test_gradfn_takes_its_own_dtype_in_either_byte_order_and_python_numbers():
+    f = _grad32()
+    x = np.linspace(-1, 1, 6).reshape(2, 3).astype(np.float32)
+    v, g = f(x=x)
+    v2, g2 = f(x=x.astype(x.dtype.newbyteorder()))
+    v3, g3 = f(x=x.tolist())
+    assert v == v2 == v3 and all(np.array_equal(g[k], g2[k]) and np.array_equal(g[k], g3[k]) for k in g)
+    g64 = fastbp.Graph()
+    x64 = g64.input("x", (None, 3))
+    f64 = fastbp.grad(fastbp.sum(x64 * x64), [x64], batch_size=2)
+    with pytest.raises(TypeError, match="x has dtype float32; this function was compiled for float64"):
+        f64(x=x)
+
+
+# ------------------------------------- integers beyond int64 are a ValueError everywhere
+@pytest.mark.parametrize("shape", [(None, 2**70), (2**70, 3), (2**63, 1)])
+def test_graph_dimensions_beyond_int64_are_a_value_error(shape):
+    # was: accepted, then a MemoryError from fastbp.grad
+    g = fastbp.Graph()
+    with pytest.raises(ValueError, match=r"input 'x': dimensions must be at most 9223372036854775807"):
+        g.input("x", shape)
+
+
+@pytest.mark.parametrize("seed", [2**32, 2**70])
+def test_split_seed_beyond_the_range_names_the_seed(seed):
+    # was: "the dataset is too small to split (20 samples ...)" for a valid dataset
+    pytest.importorskip("sklearn")
+    from fastbp import data
+    with pytest.raises(ValueError, match=rf"seed must be None or an integer in \[0, 4294967295\], got {seed}"):
+        data.stratified_split(np.arange(20) % 2, seed=seed)

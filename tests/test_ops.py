@@ -656,3 +656,23 @@ def test_validate_helpers_directly():
     with pytest.raises(ValueError, match=r"y\[1\] = 3 is out of range \[0, 3\)"):
         V.labels(np.array([0, 3, 0], np.uint8), "y", 3, 3)
     assert V.fmt_shape(()) == "()" and V.fmt_shape((2,)) == "(2,)" and V.fmt_shape((None, 3)) == "(*, 3)"
+
+
+def test_public_modules_list_only_their_api():
+    """``dir()`` of the public modules (and ``fastbp``): no ``np``, ``V``, ``annotations``,
+    module aliases or imported helpers; ``__all__`` holds public names that exist."""
+    import importlib
+    import fastbp
+    leaks = {"np", "V", "ex", "annotations", "math", "numbers", "os", "sys", "inspect", "datetime",
+             "bisect_right", "GATE_ADD", "GATE_MAX", "GATE_MUL"}
+    for name in ("ops", "layers", "graph", "optimizers", "schedules", "data", "gradcheck", "bundle",
+                 "training", "checkpoint"):
+        m = importlib.import_module(f"fastbp.{name}")
+        assert not leaks & set(dir(m)), (name, leaks & set(dir(m)))
+        assert not leaks & set(m.__all__), name
+        assert all(hasattr(m, n) for n in m.__all__), name
+        assert set(dir(m)) == set(m.__all__), name
+    assert not leaks & set(dir(fastbp))
+    assert {"compile", "grad", "MLPClassifier", "__version__", "checkpoint"} <= set(dir(fastbp))
+    for n in ("np", "V", "GATE_ADD"):
+        assert not hasattr(fastbp.ops, n)
