@@ -21,7 +21,7 @@ from .factories import compile, grad, load
 from .layers import Linear, Sequential
 from .layers import BatchNorm1d, LayerNorm
 from .graph import batch_norm, layer_norm
-from .optimizers import SGD, Adam, RMSprop
+from .optimizers import SGD, Adam, AdamW, RMSprop
 from .step import TrainStep
 from .training import EarlyStopping, History
 from .distributed import DistributedStep, RankError   # mpi4py is imported only when used
@@ -52,7 +52,7 @@ def __getattr__(name):
 __all__ = [
     "ops", "gradcheck", "schedules", "training", "checkpoint", "EarlyStopping", "History",
     "Graph", "GraphError", "GraphTypeError", "Node", "maximum", "sum", "grad",
-    "Linear", "Sequential", "SGD", "Adam", "RMSprop", "TrainStep", "compile", "load", "from_torch",
+    "Linear", "Sequential", "SGD", "Adam", "AdamW", "RMSprop", "TrainStep", "compile", "load", "from_torch",
     "DistributedStep", "RankError", "load_model", "SavedModel",
     "LayerNorm", "BatchNorm1d", "layer_norm", "batch_norm",
 ]

@@ -90,7 +90,7 @@ class StepBase(NormState):
     ----------
     model : Sequential
     loss : str
-    optimizer : SGD, Adam or RMSprop
+    optimizer : SGD, Adam, AdamW or RMSprop
         The step's own frozen copy.
     batch_size : int
     dtype : numpy.dtype

@@ -35,7 +35,7 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
     loss : {"softmax_cross_entropy", "mse", "bce_with_logits", "svm", "poisson"}
         ``"poisson"``: the half Poisson deviance of ``exp`` of the outputs
         (count targets >= 0; the network's outputs are log-means).
-    optimizer : SGD, Adam or RMSprop, default ``SGD(lr=0.1)``
+    optimizer : SGD, Adam, AdamW, RMSprop or a name ('sgd', 'adam', 'adamw', 'rmsprop'), default ``SGD(lr=0.1)``
         Applied inside the fused step.
     batch_size : int, default 64
         Largest minibatch; smaller ones work without recompiling.

@@ -9,7 +9,7 @@ import numpy as _np
 
 from . import _isa as _ex
 
-__all__ = ["SGD", "Adam", "RMSprop"]
+__all__ = ["SGD", "Adam", "AdamW", "RMSprop"]
 
 
 def __dir__():
@@ -138,17 +138,18 @@ class Adam(_Optimizer):
     name = "adam"
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False):
-        self.lr = _real("lr", lr, low=0.0, low_open=True, owner="Adam")
+        who = type(self).__name__
+        self.lr = _real("lr", lr, low=0.0, low_open=True, owner=who)
         try:
             b1, b2 = betas
         except (TypeError, ValueError):
-            raise ValueError(f"Adam: betas must be a pair of floats, got {betas!r}") from None
-        self.betas = (_real("betas[0]", b1, low=0.0, high=1.0, high_open=True, owner="Adam"),
-                      _real("betas[1]", b2, low=0.0, high=1.0, high_open=True, owner="Adam"))
-        self.eps = _real("eps", eps, low=0.0, low_open=True, owner="Adam")
-        self.weight_decay = _real("weight_decay", weight_decay, low=0.0, owner="Adam")
+            raise ValueError(f"{who}: betas must be a pair of floats, got {betas!r}") from None
+        self.betas = (_real("betas[0]", b1, low=0.0, high=1.0, high_open=True, owner=who),
+                      _real("betas[1]", b2, low=0.0, high=1.0, high_open=True, owner=who))
+        self.eps = _real("eps", eps, low=0.0, low_open=True, owner=who)
+        self.weight_decay = _real("weight_decay", weight_decay, low=0.0, owner=who)
         if not isinstance(decoupled, (bool, _np.bool_)):
-            raise TypeError(f"Adam: decoupled must be a bool (True or False), got {type(decoupled).__name__}")
+            raise TypeError(f"{who}: decoupled must be a bool (True or False), got {type(decoupled).__name__}")
         self.decoupled = bool(decoupled)
 
     n_state = 2
@@ -160,6 +161,36 @@ class Adam(_Optimizer):
     def __repr__(self):
         return (f"Adam(lr={self.lr}, betas={self.betas}, eps={self.eps}, "
                 f"weight_decay={self.weight_decay}, decoupled={self.decoupled})")
+
+
+class AdamW(Adam):
+    """AdamW: Adam with decoupled weight decay, ``torch.optim.AdamW`` semantics and defaults.
+
+    The same update as ``Adam(..., decoupled=True)`` (bitwise): ``p -= lr wd p``
+    before the Adam step, instead of adding ``wd p`` to the gradient.  Like
+    PyTorch's, its default ``weight_decay`` is 0.01 (Adam's is 0).
+
+    Parameters
+    ----------
+    lr : float, default 1e-3
+        > 0.
+    betas : (float, float), default (0.9, 0.999)
+        Each in [0, 1).
+    eps : float, default 1e-8
+        > 0.
+    weight_decay : float, default 1e-2
+        Decoupled weight decay, >= 0.
+    """
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(lr, betas, eps, weight_decay, decoupled=True)
+
+    def spec(self):
+        return {"type": "AdamW", "lr": self.lr, "betas": list(self.betas), "eps": self.eps,
+                "weight_decay": self.weight_decay}
+
+    def __repr__(self):
+        return f"AdamW(lr={self.lr}, betas={self.betas}, eps={self.eps}, weight_decay={self.weight_decay})"
 
 
 class RMSprop(_Optimizer):
@@ -232,6 +263,8 @@ def optimizer_from_spec(spec):
         return SGD(spec["lr"], spec["momentum"], spec["nesterov"], spec["weight_decay"])
     if t == "Adam":
         return Adam(spec["lr"], tuple(spec["betas"]), spec["eps"], spec["weight_decay"], spec["decoupled"])
+    if t == "AdamW":
+        return AdamW(spec["lr"], tuple(spec["betas"]), spec["eps"], spec["weight_decay"])
     if t == "RMSprop":
         return RMSprop(spec["lr"], spec["alpha"], spec["eps"], spec["weight_decay"], spec["momentum"],
                        spec["centered"])
@@ -243,11 +276,11 @@ def optimizer_arg(optimizer):
 
     Parameters
     ----------
-    optimizer : SGD, Adam, RMSprop, str or None
+    optimizer : SGD, Adam, AdamW, RMSprop, str or None
 
     Returns
     -------
-    SGD, Adam, RMSprop or str
+    SGD, Adam, AdamW, RMSprop or str
         Names are resolved by the step (:func:`resolve_optimizer`).
 
     Raises
@@ -258,13 +291,13 @@ def optimizer_arg(optimizer):
     if optimizer is None:
         return SGD(lr=0.1)
     if not isinstance(optimizer, (SGD, Adam, RMSprop, str)):
-        raise TypeError(f"optimizer must be fastbp.SGD(...), fastbp.Adam(...) or fastbp.RMSprop(...), "
+        raise TypeError(f"optimizer must be fastbp.SGD(...), fastbp.Adam(...), fastbp.AdamW(...) or fastbp.RMSprop(...), "
                         f"got {type(optimizer).__name__}")
     return optimizer
 
 
 def resolve_optimizer(optimizer):
-    """Accept an optimizer instance or a name ('sgd', 'adam', 'rmsprop') with default settings."""
+    """Accept an optimizer instance or a name ('sgd', 'adam', 'adamw', 'rmsprop') with default settings."""
     if isinstance(optimizer, (SGD, Adam, RMSprop)):
         return optimizer
     if isinstance(optimizer, str):
@@ -273,10 +306,12 @@ def resolve_optimizer(optimizer):
             return SGD(lr=0.01)
         if key == "adam":
             return Adam()
+        if key == "adamw":
+            return AdamW()
         if key == "rmsprop":
             return RMSprop()
     raise ValueError(f"unknown optimizer {optimizer!r}; valid: fastbp.SGD(...), fastbp.Adam(...), "
-                     f"fastbp.RMSprop(...), 'sgd', 'adam', 'rmsprop'")
+                     f"fastbp.AdamW(...), fastbp.RMSprop(...), 'sgd', 'adam', 'adamw', 'rmsprop'")
 
 
 def hyper_from(optimizer):

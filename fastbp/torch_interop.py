@@ -8,7 +8,7 @@ import numpy as np
 
 from .layers import BatchNorm1d, Dropout, LayerNorm, Linear, Sequential, layer_class
 from . import _isa as ex
-from .optimizers import Adam, RMSprop, SGD
+from .optimizers import Adam, AdamW, RMSprop, SGD
 from .registry import activations as _acts
 from .registry import losses as _losses
 from .step import TrainStep
@@ -227,8 +227,9 @@ def _optimizer(opt, torch):
                        momentum=g.get("momentum", 0.0), centered=g.get("centered", False))
     if g.get("amsgrad"):
         raise ValueError("optimizer: amsgrad is not supported")
-    return Adam(lr, betas=tuple(g["betas"]), eps=g["eps"], weight_decay=g.get("weight_decay", 0.0),
-                decoupled=isinstance(opt, optim.AdamW))
+    if isinstance(opt, optim.AdamW):
+        return AdamW(lr, betas=tuple(g["betas"]), eps=g["eps"], weight_decay=g.get("weight_decay", 0.0))
+    return Adam(lr, betas=tuple(g["betas"]), eps=g["eps"], weight_decay=g.get("weight_decay", 0.0))
 
 
 def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, seed=0, clip_grad_norm=None):

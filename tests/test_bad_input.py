@@ -343,10 +343,11 @@ CASES = [
     C("compile_unknown_optimizer", "unknown names", "compile", "",
       lambda _: fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 2)), optimizer="adagrad"), ValueError,
       r"unknown optimizer 'adagrad'; valid: fastbp\.SGD\(\.\.\.\), fastbp\.Adam\(\.\.\.\), "
-      r"fastbp\.RMSprop\(\.\.\.\), 'sgd', 'adam', 'rmsprop'"),
+      r"fastbp\.AdamW\(\.\.\.\), fastbp\.RMSprop\(\.\.\.\), 'sgd', 'adam', 'adamw', 'rmsprop'"),
     C("compile_optimizer_wrong_type", "wrong type", "compile", "",
       lambda _: fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 2)), optimizer=0.1), TypeError,
-      r"optimizer must be fastbp\.SGD\(\.\.\.\), fastbp\.Adam\(\.\.\.\) or fastbp\.RMSprop\(\.\.\.\), got float"),
+      r"optimizer must be fastbp\.SGD\(\.\.\.\), fastbp\.Adam\(\.\.\.\), fastbp\.AdamW\(\.\.\.\) or "
+      r"fastbp\.RMSprop\(\.\.\.\), got float"),
     C("compile_batch_size_zero", "zero batch size", "compile", "",
       lambda _: fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 2)), batch_size=0), ValueError,
       r"batch_size must be a positive integer, got 0"),

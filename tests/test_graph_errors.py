@@ -64,7 +64,7 @@ def test_unknown_loss_and_optimizer_list_valid_ones():
     model = fastbp.Sequential(fastbp.Linear(3, 2))
     with pytest.raises(ValueError, match="valid losses: bce_with_logits, mse, poisson, softmax_cross_entropy, svm"):
         fastbp.compile(model, loss="hinge")
-    with pytest.raises(ValueError, match="valid: fastbp.SGD.*fastbp.Adam.*fastbp.RMSprop.*'sgd', 'adam', 'rmsprop'"):
+    with pytest.raises(ValueError, match="valid: fastbp.SGD.*fastbp.Adam.*fastbp.AdamW.*fastbp.RMSprop.*'sgd', 'adam', 'adamw', 'rmsprop'"):
         fastbp.compile(model, optimizer="adagrad")
 
 

@@ -235,3 +235,13 @@ def test_fit_takes_tensors_and_the_whole_fit_signature():
     np.testing.assert_array_equal(np.asarray(h_t), np.asarray(h_n))
     assert h_t.history == h_n.history
     np.testing.assert_array_equal(s_t.param_vector, s_n.param_vector)
+
+
+def test_torch_adam_and_adamw_map_to_their_fastbp_classes():
+    for make, cls in ((lambda ps: torch.optim.AdamW(ps, lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05),
+                       fastbp.AdamW),
+                      (lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=0.05), fastbp.Adam)):
+        m = _model(torch.float64)
+        step = fastbp.from_torch(m, optimizer=make(m.parameters()), batch_size=5)
+        assert type(step.optimizer) is cls
+        assert step.optimizer.weight_decay == 0.05 and step.optimizer.decoupled == (cls is fastbp.AdamW)

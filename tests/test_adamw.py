@@ -1,0 +1,92 @@
+"""fastbp.AdamW: torch.optim.AdamW's name, defaults and update (Adam with decoupled weight decay)."""
+import inspect
+
+import numpy as np
+import pytest
+
+import fastbp
+
+
+def _data(n=24, n_in=5, n_out=3, seed=0):
+    r = np.random.default_rng(seed)
+    return r.standard_normal((n, n_in)), r.integers(0, n_out, n)
+
+
+def _train(opt, dtype, steps=6, save_at=None, path=None):
+    m = fastbp.Sequential(fastbp.Linear(5, 7), fastbp.Tanh(), fastbp.Linear(7, 3))
+    s = fastbp.compile(m, optimizer=opt, batch_size=8, dtype=dtype, seed=3)
+    X, y = _data()
+    X = X.astype(dtype)
+    for k in range(steps):
+        if k == save_at:
+            s.save(path)
+        s(X[8 * (k % 3):8 * (k % 3) + 8], y[8 * (k % 3):8 * (k % 3) + 8])
+    return s
+
+
+def test_defaults_are_pytorchs():
+    o = fastbp.AdamW()
+    assert (o.lr, o.betas, o.eps, o.weight_decay, o.decoupled) == (1e-3, (0.9, 0.999), 1e-8, 1e-2, True)
+    assert isinstance(o, fastbp.Adam) and o.name == "adam"
+    assert repr(o) == "AdamW(lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01)"
+    assert fastbp.Adam().weight_decay == 0.0      # Adam's default stays 0, as torch.optim.Adam's
+
+
+def test_defaults_match_torch_optim_adamw_signature():
+    torch = pytest.importorskip("torch")
+    sig = inspect.signature(torch.optim.AdamW).parameters
+    o = fastbp.AdamW()
+    assert sig["lr"].default == o.lr and tuple(sig["betas"].default) == o.betas
+    assert sig["eps"].default == o.eps and sig["weight_decay"].default == o.weight_decay
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_same_update_as_adam_decoupled_bitwise(dtype):
+    a = _train(fastbp.AdamW(lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1), dtype)
+    b = _train(fastbp.Adam(lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1, decoupled=True), dtype)
+    c = _train(fastbp.Adam(lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1), dtype)
+    assert a.param_vector.tobytes() == b.param_vector.tobytes()
+    assert a.param_vector.tobytes() != c.param_vector.tobytes()     # L2 in the gradient differs
+
+
+def test_decoupled_decay_against_numpy():
+    """One step by hand: p <- p (1 - lr wd), then Adam's step with bias correction."""
+    lr, wd, b1, b2, eps = 0.05, 0.2, 0.9, 0.999, 1e-8
+    m = fastbp.Sequential(fastbp.Linear(5, 3))
+    s = fastbp.compile(m, optimizer=fastbp.AdamW(lr=lr, weight_decay=wd), batch_size=8, dtype=np.float64,
+                       loss="mse")
+    X = np.random.default_rng(1).standard_normal((8, 5))
+    Y = np.random.default_rng(2).standard_normal((8, 3))
+    p0 = s.param_vector.copy()
+    s.loss_and_grads(X, Y)
+    gv = s.grad_vector.copy()
+    s(X, Y)
+    mt, vt = (1 - b1) * gv, (1 - b2) * gv * gv
+    want = p0 * (1 - lr * wd) - lr * (mt / (1 - b1)) / (np.sqrt(vt / (1 - b2)) + eps)
+    np.testing.assert_allclose(s.param_vector, want, rtol=1e-12, atol=1e-15)
+
+
+def test_by_name_and_checkpoint_keep_the_class(tmp_path):
+    s = fastbp.compile(fastbp.Sequential(fastbp.Linear(5, 3)), optimizer="adamw", batch_size=8)
+    assert type(s.optimizer) is fastbp.AdamW and s.optimizer.weight_decay == 0.01
+    a = _train(fastbp.AdamW(lr=1e-2), np.float32, steps=6, save_at=3, path=tmp_path / "c.npz")
+    b = fastbp.load(tmp_path / "c.npz")
+    assert type(b.optimizer) is fastbp.AdamW and b.optimizer.spec() == a.optimizer.spec()
+    X, y = _data()
+    X = X.astype(np.float32)
+    for k in range(3, 6):
+        b(X[8 * (k % 3):8 * (k % 3) + 8], y[8 * (k % 3):8 * (k % 3) + 8])
+    assert a.param_vector.tobytes() == b.param_vector.tobytes()
+
+
+@pytest.mark.parametrize("kw, exc, msg", [
+    (dict(lr=0.0), ValueError, "AdamW: lr must be > 0"),
+    (dict(weight_decay=-1.0), ValueError, "AdamW: weight_decay must be >= 0"),
+    (dict(betas=(0.9, 1.0)), ValueError, r"AdamW: betas\[1\] must be < 1"),
+    (dict(betas=0.9), ValueError, "AdamW: betas must be a pair"),
+    (dict(eps="1e-8"), TypeError, "AdamW: eps must be a real number"),
+    (dict(decoupled=False), TypeError, "decoupled"),
+])
+def test_bad_arguments_name_adamw(kw, exc, msg):
+    with pytest.raises(exc, match=msg):
+        fastbp.AdamW(**kw)
