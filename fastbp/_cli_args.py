@@ -17,7 +17,9 @@ ACTIVATION_CHOICES = sorted(set(ACTIVATIONS) | {e.name for e in _acts.entries()
 #: the CLI's --loss choices: not 'poisson' (count targets; the CLI standardises regression
 #: targets, which a log-link loss cannot take: use MLPRegressor(loss='poisson'))
 LOSSES = tuple(n for n in _losses.names() if n != "poisson")
-DEFAULT_LR = {"sgd": 0.05, "adam": 0.001, "rmsprop": 0.001}
+DEFAULT_LR = {"sgd": 0.05, "adam": 0.001, "adamw": 0.001, "rmsprop": 0.001}
+#: --weight-decay's default per optimizer (torch.optim's: AdamW 0.01, the others 0)
+DEFAULT_WD = {"sgd": 0.0, "adam": 0.0, "adamw": 0.01, "rmsprop": 0.0}
 
 
 def _int_at_least(low, what):
@@ -116,8 +118,11 @@ def build_parser():
                         "statistics in training, running statistics when evaluating and predicting)")
     t.add_argument("--loss", choices=LOSSES, default=None,
                    help="training loss (default: softmax_cross_entropy; mse for --task regression)")
-    t.add_argument("--optimizer", choices=("sgd", "adam", "rmsprop"), default="adam",
-                   help="optimizer (default: adam)")
+    t.add_argument("--optimizer", choices=("sgd", "adam", "adamw", "rmsprop"), default="adam",
+                   help="optimizer (default: adam; adamw: Adam with decoupled weight decay)")
+    t.add_argument("--weight-decay", type=_float_in(0.0, None, False, False), default=None, metavar="WD",
+                   help="weight decay >= 0: decoupled for adamw (default 0.01), an L2 term in the "
+                        "gradient for sgd, adam and rmsprop (default 0), as in torch.optim")
     t.add_argument("--lr", type=_float_in(0.0, None, True, False), default=None,
                    help="learning rate (default: 0.001 for adam and rmsprop, 0.05 for sgd)")
     t.add_argument("--momentum", type=_float_in(0.0, 1.0, False, True), default=None,
@@ -167,3 +172,21 @@ def build_parser():
                     help="features and labels: .csv/.tsv or .npz (X and y)")
     _csv_options(ev)
     return p
+
+
+def optimizer_from_args(args):
+    """The fastbp optimizer of ``fastbp train``'s ``--optimizer``, ``--lr``, ``--momentum``
+    and ``--weight-decay`` (each default per optimizer: :data:`DEFAULT_LR`, :data:`DEFAULT_WD`;
+    momentum 0.9 for sgd, 0 for rmsprop)."""
+    import fastbp
+
+    name = args.optimizer
+    lr = args.lr if args.lr is not None else DEFAULT_LR[name]
+    wd = args.weight_decay if args.weight_decay is not None else DEFAULT_WD[name]
+    if name == "sgd":
+        return fastbp.SGD(lr=lr, momentum=0.9 if args.momentum is None else args.momentum, weight_decay=wd)
+    if name == "rmsprop":
+        return fastbp.RMSprop(lr=lr, momentum=args.momentum or 0.0, weight_decay=wd)
+    if name == "adamw":
+        return fastbp.AdamW(lr=lr, weight_decay=wd)
+    return fastbp.Adam(lr=lr, weight_decay=wd)

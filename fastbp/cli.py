@@ -29,7 +29,7 @@ import numpy as np
 from ._cli_base import (EXTRA as _EXTRA, CliError, State, UsageError as _UsageError,
                         check_output_path as _check_output_path, err as _err, ms as _ms,
                         out as _out, require as _require)
-from ._cli_args import DEFAULT_LR as _DEFAULT_LR, build_parser
+from ._cli_args import DEFAULT_LR as _DEFAULT_LR, build_parser, optimizer_from_args
 from ._cli_schedule import extend_parser, schedule_from_args
 
 __all__ = ["main", "build_parser", "CliError"]
@@ -127,14 +127,7 @@ def _build_step(args, n_in, n_out, n_train):
     from .builders import mlp
 
     model = mlp([n_in, *args.hidden, n_out], args.activation, batchnorm=args.batchnorm, dropout=args.dropout)
-    lr = args.lr if args.lr is not None else _DEFAULT_LR[args.optimizer]
-    if args.optimizer == "sgd":
-        mom = 0.9 if args.momentum is None else args.momentum
-        opt = fastbp.SGD(lr=lr, momentum=mom)
-    elif args.optimizer == "rmsprop":
-        opt = fastbp.RMSprop(lr=lr, momentum=args.momentum or 0.0)
-    else:
-        opt = fastbp.Adam(lr=lr)
+    opt = optimizer_from_args(args)
     bs = min(args.batch_size, n_train)
     schedule = schedule_from_args(args, -(-n_train // bs), lambda m: _UsageError(f"fastbp train: error: {m}"))
     try:
@@ -257,9 +250,11 @@ def _compare(args, d):
     regression = args.task == "regression"
     lr = args.lr if args.lr is not None else _DEFAULT_LR[args.optimizer]
     from .registry import activations as _acts
-    if args.optimizer == "rmsprop" or args.clip_grad_norm is not None:
-        raise CliError("--compare: scikit-learn's MLP has no " + ("'rmsprop' solver" if args.optimizer == "rmsprop"
-                                                                  else "gradient clipping (--clip-grad-norm)"))
+    if args.optimizer in ("rmsprop", "adamw") or args.clip_grad_norm is not None or args.weight_decay:
+        raise CliError("--compare: scikit-learn's MLP has no " + (
+            f"{args.optimizer!r} solver" if args.optimizer in ("rmsprop", "adamw") else
+            "gradient clipping (--clip-grad-norm)" if args.clip_grad_norm is not None else
+            "weight decay of the optimizer (--weight-decay; its alpha is an L2 penalty on the loss)"))
     sk_act = _acts.get(args.activation).sklearn
     if sk_act is None:
         raise CliError(f"--compare: scikit-learn has no {args.activation!r} activation")

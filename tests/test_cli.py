@@ -116,6 +116,8 @@ def test_quiet_has_no_progress_bar_and_is_reproducible():
     (["train", "--loss", "poisson"], "--loss"),       # count targets: MLPRegressor(loss="poisson")
     (["train", "--hidden", "0"], "--hidden"),
     (["train", "--momentum", "1.5", "--optimizer", "sgd"], "--momentum"),
+    (["train", "--weight-decay", "-0.1", "--optimizer", "adamw"], "--weight-decay"),
+    (["train", "--weight-decay", "nan"], "--weight-decay"),
     (["train", "--momentum", "0.5"], "--momentum"),          # adam has no momentum
     (["train", "--dtype", "float16"], "--dtype"),
     (["train", "--test-size", "1"], "--test-size"),
@@ -154,7 +156,7 @@ def test_help_exits_zero(capsys):
     for opt in ("--hidden", "--activation", "--loss", "--optimizer", "--lr", "--momentum", "--epochs",
                 "--batch-size", "--seed", "--dtype", "--device", "--save", "--plot", "--data",
                 "--compare", "--quiet", "--label-column", "--delimiter", "--header", "--no-header",
-                "--task", "--dropout", "--batchnorm"):
+                "--task", "--dropout", "--batchnorm", "--weight-decay", "adamw"):
         assert opt in out
     for cmd, opts in (("predict", ("--model", "--data", "--proba", "--out", "--delimiter")),
                       ("evaluate", ("--model", "--data"))):
@@ -589,6 +591,33 @@ def test_train_with_rmsprop_and_gradient_clipping(capsys):
     rc = cli.main(["train", "--quiet", "--epochs", "1", "--optimizer", "rmsprop", "--compare"])
     cap = capsys.readouterr()
     assert rc != 0 and "rmsprop" in cap.err
+
+
+def test_adamw_and_weight_decay(tmp_path, capsys):
+    """--optimizer adamw: fastbp.AdamW with PyTorch's default weight decay (0.01) unless
+    --weight-decay says otherwise; --weight-decay is the L2 term of the other optimizers."""
+    from fastbp import _cli_args, bundle
+    args = _cli_args.build_parser().parse_args(["train", "--optimizer", "adamw"])
+    opt = _cli_args.optimizer_from_args(args)
+    assert type(opt) is fastbp.AdamW and (opt.lr, opt.weight_decay) == (1e-3, 0.01)
+    for name, cls in (("sgd", fastbp.SGD), ("adam", fastbp.Adam), ("rmsprop", fastbp.RMSprop)):
+        args = _cli_args.build_parser().parse_args(["train", "--optimizer", name, "--weight-decay", "0.25"])
+        opt = _cli_args.optimizer_from_args(args)
+        assert type(opt) is cls and opt.weight_decay == 0.25
+        assert _cli_args.optimizer_from_args(_cli_args.build_parser().parse_args(
+            ["train", "--optimizer", name])).weight_decay == 0.0
+    ckpt = tmp_path / "m.npz"
+    rc = cli.main(["train", "--quiet", "--epochs", "3", "--hidden", "16", "--optimizer", "adamw",
+                   "--weight-decay", "0.05", "--lr", "0.01", "--save", str(ckpt)])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert accuracy_of(cap.out) > 0.8
+    opt = bundle.load_model(str(ckpt)).step.optimizer
+    assert type(opt) is fastbp.AdamW and (opt.lr, opt.weight_decay) == (0.01, 0.05)
+    for extra in (["--optimizer", "adamw"], ["--weight-decay", "0.1"]):
+        rc = cli.main(["train", "--quiet", "--epochs", "1", "--compare"] + extra)
+        cap = capsys.readouterr()
+        assert rc != 0 and ("adamw" in cap.err or "--weight-decay" in cap.err), cap.err
 
 
 def test_gelu_tanh_is_an_activation_choice(tmp_path):
