@@ -31,7 +31,8 @@ import _simulator
 #: runs them in collection order (running the kernel tests first measured 40 s slower: the
 #: simulator child compiles the same CPU kernels at the start)
 LANE_FILES = {
-    "test_adversarial_cli.py", "test_bench.py", "test_blas_backend.py", "test_checkpoint.py", "test_checkpoint_safety.py",
+    "test_adversarial_cli.py", "test_bench.py", "test_blas_backend.py", "test_builders.py", "test_checkpoint.py",
+    "test_checkpoint_safety.py",
     "test_cli.py", "test_compile_pool.py", "test_concurrency.py", "test_distributed.py",
     "test_estimator.py", "test_estimator_parity.py", "test_estimator_weights.py", "test_handlers.py",
     "test_kernels.py", "test_lanes.py", "test_registry.py", "test_structure.py",

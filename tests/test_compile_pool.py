@@ -56,6 +56,7 @@ def _same_step_here():
     return ns["step"].param_vector
 
 
+@pytest.mark.thorough      # two processes compiling a step from an empty cache: 19 s of the README command
 def test_a_cold_first_step_compiles_on_two_processes_and_trains_bitwise_alike(tmp_path):
     """With an empty disk cache, the helper compiles the loop kernels (the process
     compiles the interpreter and its handlers, then loads the helper's kernels from
