@@ -595,8 +595,9 @@ def test_gpu_grad_function_matches_cpu(dtype):
         f = fastbp.sum(fastbp.relu(u @ v) * fastbp.tanh(u @ v))   # mat-vec, two uses of one value
         return f, [x, A, b, v]
     rng = np.random.default_rng(3)
-    args = dict(x=rng.standard_normal((3, 3)), A=rng.standard_normal((3, 2)), v=rng.standard_normal(2),
-                b=np.array([0.1, -0.3]))
+    # in the functions' dtype: a grad function refuses arrays of another dtype, as the step does
+    args = {k: np.asarray(a, dtype) for k, a in dict(x=rng.standard_normal((3, 3)), A=rng.standard_normal((3, 2)),
+                                                     v=rng.standard_normal(2), b=np.array([0.1, -0.3])).items()}
     f, wrt = build()
     vc, gc = fastbp.grad(f, wrt, dtype=dtype, batch_size=4)(**args)
     f, wrt = build()

@@ -66,6 +66,7 @@ import math
 import numpy as np
 
 import numba
+from numba.core.extending import overload as _overload
 
 from .._jit import _CACHE
 
@@ -125,9 +126,14 @@ def _expf(x):
     return (p * _pow2(k1)) * _pow2(np.int32(k - k1))
 
 
-@_scalar
 def _erff(x):
-    """erf of a float32 (see the module docstring): one rational function, in float64."""
+    """erf of a float32 (see the module docstring): one rational function, in float64.
+
+    Plain Python (numpy scalars; the CUDA simulator runs it so) and, through the
+    overloads below, the CPU's compilation.  On a GPU the compiled float32 ``erf``
+    is libdevice's ``erff`` instead: float64 arithmetic runs at a fraction of the
+    float32 rate there, and a float32 kernel does none (tests/test_cuda_kernels.py
+    checks the PTX)."""
     xd = np.float64(x)
     # clamp to [-3.92, 3.92] (NaN-preserving: NaN > c is False), where the fit ends
     xc = _ERF_CLAMP if xd > _ERF_CLAMP else xd
@@ -148,6 +154,21 @@ def _erff(x):
     q = q * t + _ERF_Q[0]
     # odd by construction; -0.0 stays -0.0 (xc * p keeps the sign of zero)
     return type(x)((xc * p) / q)
+
+
+@_overload(_erff, target="cpu", jit_options={"error_model": "numpy"})
+def _erff_cpu(x):
+    return _erff
+
+
+try:        # numba-cuda present (and not the simulator, which runs the Python body above)
+    @_overload(_erff, target="cuda")
+    def _erff_cuda(x):
+        def impl(x):
+            return math.erf(x)      # libdevice erff: float32 arithmetic, 2 ulp
+        return impl
+except Exception:  # noqa: BLE001 - no CUDA target registered: nothing to overload
+    pass
 
 
 @_scalar
