@@ -7,8 +7,10 @@ The functions below are the same math as branch-free arithmetic on one
 number -- range reduction, a polynomial, a power of two made from its bits
 -- which LLVM inlines and vectorises like any other loop body, and which
 numba-cuda compiles unchanged as device functions (a CPU dispatcher called
-from a CUDA kernel is compiled for the GPU).  They also run as plain Python
-on numpy scalars.
+from a CUDA kernel is compiled for the GPU) -- except float32 ``erf``, whose
+float64 evaluation is the CPU's only: on a GPU it is libdevice's ``erff``
+(an overload per target), so that float32 kernels do no float64 arithmetic.
+They also run as plain Python on numpy scalars.
 
 float32 arguments take the polynomial; float64 arguments call libm
 (``math.exp``/``math.erf``/``math.tanh``/``math.log1p``: a float64 polynomial within 2
