@@ -5,7 +5,7 @@ import argparse
 import math
 
 from ._cli_base import Parser as _Parser
-from ._validate import INT64_MAX as _INT64_MAX
+from ._validate import INT64_MAX as _INT64_MAX, RANDOM_STATE_MAX as _RANDOM_STATE_MAX
 from .registry import activations as _acts
 from .registry import losses as _losses
 
@@ -43,8 +43,8 @@ _nonneg_int = _int_at_least(0, "non-negative")
 def _seed(s):
     """A seed scikit-learn's split and ``RandomState`` take: 0 .. 2**32 - 1."""
     v = _nonneg_int(s)
-    if v > 2 ** 32 - 1:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, {2 ** 32 - 1}], got {s!r}")
+    if v > _RANDOM_STATE_MAX:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, {_RANDOM_STATE_MAX}], got {s!r}")
     return v
 
 

@@ -13,6 +13,7 @@ import threading
 import numpy as np
 
 from . import _isa as ex
+from ._validate import same_precision
 from .compiler import build_plan, new_arena, view
 from .graph import upstream
 
@@ -95,7 +96,7 @@ class GradFunctionBase:
             if v.dtype.kind not in "fiu" or v.dtype.kind == "b":
                 raise TypeError(f"{n.name} must be a real array, got dtype {v.dtype}")
             given = getattr(values[n.name], "dtype", None)
-            if given is not None and not (v.dtype.kind == "f" and v.dtype.itemsize == self.dtype.itemsize):
+            if given is not None and not same_precision(v.dtype, self.dtype):
                 # the step's policy (fastbp._validate.features): an array of another dtype is not
                 # silently converted (float64 -> float32 loses precision; ints are not features)
                 raise TypeError(f"{n.name} has dtype {v.dtype}; this function was compiled for "

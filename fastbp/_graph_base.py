@@ -7,6 +7,8 @@ import numbers
 
 import numpy as np
 
+from ._validate import INT64_MAX
+
 __all__ = ["GraphError", "GraphTypeError", "dropout_probability"]
 
 
@@ -37,8 +39,8 @@ def _check_shape(shape, what):
             raise GraphTypeError(f"{what}: dimensions must be positive integers or a leading None, got {shape}")
         elif d < 1:
             raise GraphError(f"{what}: dimensions must be positive integers or a leading None, got {shape}")
-        elif d > 2**63 - 1:     # sizes are int64 inside the executor (fastbp._validate.INT64_MAX)
-            raise GraphError(f"{what}: dimensions must be at most {2**63 - 1}, got {shape}")
+        elif d > INT64_MAX:     # sizes are int64 inside the executor
+            raise GraphError(f"{what}: dimensions must be at most {INT64_MAX}, got {shape}")
     return tuple(None if d is None else int(d) for d in shape)
 
 

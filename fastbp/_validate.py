@@ -36,7 +36,8 @@ from .kernels.losses import _check_labels
 __all__ = [
     "FLOAT_DTYPES", "array", "float_array", "ndim", "shape", "contiguous",
     "same_dtype", "writeable", "out_array", "no_overlap", "labels", "fmt_shape",
-    "INT64_MAX", "positive_int", "seed", "boolean", "resolve_dtype", "resolve_device",
+    "INT64_MAX", "RANDOM_STATE_MAX", "positive_int", "seed", "same_precision", "boolean", "resolve_dtype",
+    "resolve_device",
     "executor_form", "features", "class_labels", "targets",
 ]
 
@@ -276,6 +277,8 @@ def labels(y, name, n, n_classes):
 # ====================================================== scalar arguments
 #: the largest value an integer argument may have (sizes are int64 inside the executor)
 INT64_MAX = 2**63 - 1
+#: the largest seed scikit-learn's ``random_state`` (numpy's ``RandomState``) takes
+RANDOM_STATE_MAX = 2**32 - 1
 
 
 def positive_int(name, v, max_value=INT64_MAX):
@@ -299,15 +302,16 @@ def positive_int(name, v, max_value=INT64_MAX):
     return v
 
 
-def seed(v, name="seed"):
-    """A seed argument: None, or a non-negative integer (returned as a Python int).
+def seed(v, name="seed", max_value=None):
+    """A seed argument: None, or a non-negative integer (returned as a Python int),
+    at most ``max_value`` if given (e.g. :data:`RANDOM_STATE_MAX`).
 
     Raises
     ------
     TypeError
         Not None and not an integer (``"a"``, ``0.5``, ``True`` ...).
     ValueError
-        A negative integer.
+        A negative integer, or one above ``max_value``.
     """
     if v is None:
         return None
@@ -316,7 +320,15 @@ def seed(v, name="seed"):
     v = int(v)
     if v < 0:
         raise ValueError(f"{name} must be a non-negative integer or None, got {v}")
+    if max_value is not None and v > max_value:
+        raise ValueError(f"{name} must be None or an integer in [0, {max_value}], got {v}")
     return v
+
+
+def same_precision(dt, dtype):
+    """Whether an array of dtype ``dt`` is taken as ``dtype`` without conversion: the same
+    dtype in either byte order (a float of another size, or an integer, is not)."""
+    return dt == dtype or (dt.kind == "f" and dt.itemsize == dtype.itemsize)
 
 
 def boolean(name, v):
@@ -468,7 +480,7 @@ def features(x, name, dtype, n_features, max_rows=None):
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
     dt = x.dtype
-    if dt != dtype and not (dt.kind == "f" and dt.itemsize == dtype.itemsize):
+    if not same_precision(dt, dtype):
         if dt.kind in "fiubcOUS":
             raise TypeError(f"{name} has dtype {dt}; this step was compiled for {dtype} "
                             f"(convert with {name}.astype(np.{dtype.name}))")

@@ -397,9 +397,7 @@ def stratified_split(y, test_size=0.2, seed=0, lines=None, stratify=True, classe
     """
     if not 0.0 < float(test_size) < 1.0:
         raise ValueError(f"test_size must be in (0, 1), got {test_size}")
-    seed = _V.seed(seed)
-    if seed is not None and seed > 2**32 - 1:       # scikit-learn's random_state range
-        raise ValueError(f"seed must be None or an integer in [0, {2**32 - 1}], got {seed}")
+    seed = _V.seed(seed, max_value=_V.RANDOM_STATE_MAX)       # scikit-learn's random_state range
     ms = _import("sklearn.model_selection", "splitting the data uses scikit-learn")
     y = _np.asarray(y)
     n = y.shape[0]
