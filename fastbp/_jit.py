@@ -38,7 +38,7 @@ def _source_stamp():
     import hashlib
     here = os.path.dirname(os.path.abspath(__file__))
     h = hashlib.sha256(numba.__version__.encode())
-    files = [os.path.join(here, n) for n in ("_jit.py", "_native.py", "_executor.py", "_blas.py", "_isa.py", "config.py")]
+    files = [os.path.join(here, n) for n in ("_jit.py", "_native.py", "_executor.py", "_blas.py", "_isa.py", "_rng.py", "config.py")]
     for sub in ("kernels", os.path.join("kernels", "cuda"), "registry"):
         kdir = os.path.join(here, sub)
         if os.path.isdir(kdir):

@@ -16,18 +16,21 @@ the GPU:
 
 The mixing function is Chris Wellons' ``lowbias32`` (a bijective 32-bit
 integer hash: xor-shift, multiply, xor-shift, multiply, xor-shift), chained
-over the 32-bit words of the keys.  Every value is a 32-bit word held in a
-``uint64`` and masked after each multiplication, so the same Python body
-runs bit-exactly as numba CPU code, as CUDA device code, under the CUDA
-simulator (numpy ``uint64`` scalars: a 32x32-bit product never overflows)
-and vectorised in numpy (the tests' reference).
+over the 32-bit words of the keys.  The bodies are written with six word
+operations (:data:`WORD_OPS`: xor, xor-shift, multiply modulo 2**32, the
+low and high word of an index, the 24-bit test), so the same Python bodies
+run bit-exactly as numba CPU code, as CUDA device code, under the CUDA
+simulator and in numpy (the tests' reference).
 
 The functions here are templates: :func:`stream_key` and
 :func:`element_bits` call the mixing function through the global ``_mix``,
-which :func:`fastbp.kernels.dropout` (CPU) and
-:mod:`fastbp.kernels.cuda.dropout` bind to their target's compilation of
-:func:`mix32` (:func:`fastbp.kernels.factory.specialise`).  As plain Python
-they run with ``_mix = mix32``.
+:func:`keep` calls ``_bits``, and all of them call the word operations;
+:mod:`fastbp.kernels.dropout` (CPU) and :mod:`fastbp.kernels.cuda.dropout`
+bind these names to their target's compilations
+(:func:`fastbp.kernels.factory.specialise`): on the CPU the word operations
+are numba intrinsics on 32-bit integers (:mod:`fastbp.kernels.words`), on a
+GPU the device compilation of the plain ones.  As plain Python they run with
+``_mix = mix32`` and the plain word operations (words held in ``uint64``).
 """
 import math
 
@@ -48,33 +51,69 @@ _K2 = np.uint64(0xC2B2AE35)
 INV_2_24 = 1.0 / 16777216.0
 
 
+# The word operations the templates below are written with.  As plain Python they
+# compute on 32-bit words held in numpy uint64 (a 32x32-bit product never overflows);
+# the CPU kernel binds them to numba intrinsics on LLVM i32 (fastbp.kernels.words:
+# numba would widen every operation to 64 bits, four lanes per AVX2 vector instead of
+# eight), the GPU to their device compilation.  Bit for bit the same everywhere.
+def _word(v):
+    """The low 32 bits of a non-negative integer ``v``, as a word."""
+    return np.uint64(v) & M32
+
+
+def _high_word(v):
+    """Bits 32..63 of a non-negative int64 ``v``, as a word."""
+    return (np.uint64(v) >> _S32) & M32
+
+
+def _xorw(a, b):
+    """``a ^ b`` of two words."""
+    return np.uint64(a) ^ np.uint64(b)
+
+
+def _xorshift(x, s):
+    """``x ^ (x >> s)`` of a word."""
+    return x ^ (x >> s)
+
+
+def _mulw(a, b):
+    """``a * b`` modulo 2**32 of two words."""
+    return (np.uint64(a) * np.uint64(b)) & M32
+
+
+def _top24_below(bits, threshold):
+    """``bits >> 8 < threshold``: the 24 high bits of the word ``bits`` below ``threshold``
+    (an integer in [0, 2**24], :func:`keep_threshold`)."""
+    return (np.uint64(bits) >> _S8) < np.uint64(threshold)
+
+
+#: the word operations by the names the templates call them (plain Python)
+WORD_OPS = {"_word": _word, "_high_word": _high_word, "_xorw": _xorw, "_xorshift": _xorshift,
+            "_mulw": _mulw, "_top24_below": _top24_below}
+
+
 def mix32(x):
-    """lowbias32: a bijective hash of a 32-bit word ``x`` (a ``uint64`` below 2**32)."""
-    x = x ^ (x >> _S16)
-    x = (x * _C1) & M32
-    x = x ^ (x >> _S15)
-    x = (x * _C2) & M32
-    x = x ^ (x >> _S16)
-    return x
+    """lowbias32: a bijective hash of a 32-bit word ``x``."""
+    x = _xorshift(x, _S16)
+    x = _mulw(x, _C1)
+    x = _xorshift(x, _S15)
+    x = _mulw(x, _C2)
+    return _xorshift(x, _S16)
 
 
 def stream_key(seed, layer, step):
     """The 32-bit key of dropout ``layer`` at update ``step`` under ``seed``
     (all three non-negative int64; ``seed`` below 2**32, ``layer`` below 2**32)."""
-    h = _mix((np.uint64(seed) & M32) ^ _K0)  # noqa: F821 - injected (plain Python: mix32)
-    h = _mix(h ^ (np.uint64(layer) & M32) ^ _K1)  # noqa: F821
-    s = np.uint64(step)
-    h = _mix(h ^ (s & M32))  # noqa: F821
-    h = _mix(h ^ ((s >> _S32) & M32) ^ _K2)  # noqa: F821
-    return h
+    h = _mix(_xorw(_word(seed), _K0))  # noqa: F821 - injected (plain Python: mix32)
+    h = _mix(_xorw(_xorw(h, _word(layer)), _K1))  # noqa: F821
+    h = _mix(_xorw(h, _word(step)))  # noqa: F821
+    return _mix(_xorw(_xorw(h, _high_word(step)), _K2))  # noqa: F821
 
 
 def element_bits(key, index):
     """32 random bits of element ``index`` (non-negative int64) of the stream ``key``."""
-    i = np.uint64(index)
-    h = _mix(key ^ (i & M32))  # noqa: F821 - injected
-    h = _mix(h ^ ((i >> _S32) & M32) ^ _K1)  # noqa: F821
-    return h
+    h = _mix(_xorw(key, _word(index)))  # noqa: F821 - injected
+    return _mix(_xorw(_xorw(h, _high_word(index)), _K1))  # noqa: F821
 
 
 def keep_threshold(q):
@@ -97,7 +136,7 @@ def keep_threshold(q):
 def keep(key, index, threshold):
     """Whether element ``index`` of the stream ``key`` is kept: its uniform is below
     ``q = 1 - p``, tested as ``bits >> 8 < threshold``, ``threshold = keep_threshold(q)``."""
-    return (_bits(key, index) >> _S8) < threshold  # noqa: F821 - injected (element_bits)
+    return _top24_below(_bits(key, index), threshold)  # noqa: F821 - _bits injected (element_bits)
 
 
 _mix = mix32

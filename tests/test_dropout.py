@@ -83,6 +83,40 @@ def test_generator_matches_reference_scalar_and_key_words():
     assert _rng.seed_key(5) == seed_key(5) and 0 <= _rng.seed_key(None) < 2**32
 
 
+def test_cpu_word_operations_match_the_reference():
+    """The CPU compiles the generator with 32-bit integer intrinsics (fastbp.kernels.words):
+    its lowbias32 equals the reference on edge words and 2**18 random ones, and its kernel's
+    mask equals the reference where the element index crosses 2**32 inside a row (the high
+    word changes mid-row) and with a step above 2**32, in both dtypes."""
+    from numba import njit
+    from fastbp.kernels import dropout as kd
+
+    @njit
+    def mix_all(words, out):
+        for i in range(words.shape[0]):
+            out[i] = kd._mix(words[i])
+
+    words = np.concatenate([np.array([0, 1, 2**31 - 1, 2**31, 2**32 - 1], dtype=np.uint64),
+                            np.random.default_rng(3).integers(0, 2**32, 2**18, dtype=np.uint64)])
+    out = np.empty_like(words)
+    mix_all(words, out)
+    np.testing.assert_array_equal(out, ref_mix(words))
+    rows, cols, p = 3, 1000, 0.4
+    row0 = 2**32 // cols - 1                  # rows 4294966 .. 4294968: index 2**32 in the middle
+    seed, layer, step = 2**32 - 1, 5, 2**33 + 7
+    for dtype in (np.float32, np.float64):
+        A = np.random.default_rng(4).standard_normal((rows, cols)).astype(dtype)
+        out = np.full_like(A, np.nan)
+        kd._dropout.serial(A, out, seed, layer, step, row0, p, False)
+        idx = (row0 + np.arange(rows, dtype=np.uint64)[:, None]) * U(cols) + np.arange(cols, dtype=np.uint64)
+        key = ref_key(seed, layer, step)
+        bits = ref_mix(ref_mix(key ^ (idx & M32)) ^ ((idx >> U(32)) & M32) ^ U(0x85EBCA6B))
+        keep = (bits >> U(8)).astype(np.float64) * 2.0 ** -24 < 1.0 - p
+        scale = dtype(1) / dtype(1 - p)
+        np.testing.assert_array_equal(out, np.where(keep, A * scale, dtype(0)))
+        assert 0 < keep[:, :cols // 2].sum() and (idx >= 2**32).any() and (idx < 2**32).any()
+
+
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 1.0])
 def test_mask_exact_vs_reference_and_gradient(p):
     """fastbp.grad of sum(dropout(x)): the value is sum(x * mask) and d/dx is the mask

@@ -9,11 +9,13 @@ the memory traffic of a stored mask on the CPU and the GPU alike).
 from .._jit import jit, kernel
 from .. import _rng
 from .factory import specialise
+from .words import CPU_WORD_OPS
 
-_mix = jit(inline=True)(_rng.mix32)
-_bits = jit(inline=True)(specialise(_rng.element_bits, "__cpu", _mix=_mix))
-stream_key = jit(specialise(_rng.stream_key, "__cpu", _mix=_mix))
-_keep = jit(inline=True)(specialise(_rng.keep, "__cpu", _bits=_bits))
+# the generator's templates, bound to the CPU's 32-bit word operations (fastbp.kernels.words)
+_mix = jit(inline=True)(specialise(_rng.mix32, "__cpu", **CPU_WORD_OPS))
+_bits = jit(inline=True)(specialise(_rng.element_bits, "__cpu", _mix=_mix, **CPU_WORD_OPS))
+stream_key = jit(specialise(_rng.stream_key, "__cpu", _mix=_mix, **CPU_WORD_OPS))
+_keep = jit(inline=True)(specialise(_rng.keep, "__cpu", _bits=_bits, **CPU_WORD_OPS))
 _threshold = jit(inline=True)(_rng.keep_threshold)
 
 

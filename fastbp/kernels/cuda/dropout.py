@@ -3,7 +3,7 @@
 ``cuda.jit(device=True)`` compiles the templates of :mod:`fastbp._rng`
 (:func:`~fastbp._rng.stream_key`, :func:`~fastbp._rng.element_bits`,
 :func:`~fastbp._rng.keep`) bound to the device compilation of
-:func:`~fastbp._rng.mix32`: the CPU kernel (:mod:`fastbp.kernels.dropout`)
+:func:`~fastbp._rng.mix32` and of the word operations (``_rng.WORD_OPS``): the CPU kernel (:mod:`fastbp.kernels.dropout`)
 compiles the very same bodies, so both draw bitwise the same mask.  One
 thread per element (2-D grid, grid-stride over rows); each thread derives
 the stream key itself (four hashes: cheaper than a launch argument computed
@@ -15,10 +15,11 @@ from ... import _rng
 from ..factory import specialise
 from .launch import device, grid_ew, kernel
 
-_mix = device(_rng.mix32)
-_bits = device(specialise(_rng.element_bits, "__cuda", _mix=_mix))
-_key = device(specialise(_rng.stream_key, "__cuda", _mix=_mix))
-_keep = device(specialise(_rng.keep, "__cuda", _bits=_bits))
+_ops = {name: device(fn) for name, fn in _rng.WORD_OPS.items()}
+_mix = device(specialise(_rng.mix32, "__cuda", **_ops))
+_bits = device(specialise(_rng.element_bits, "__cuda", _mix=_mix, **_ops))
+_key = device(specialise(_rng.stream_key, "__cuda", _mix=_mix, **_ops))
+_keep = device(specialise(_rng.keep, "__cuda", _bits=_bits, **_ops))
 _threshold = device(_rng.keep_threshold)
 
 
