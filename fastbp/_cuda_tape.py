@@ -168,6 +168,8 @@ class DeviceTape:
             _gg.kernels(g)      # ValueError now, when the step is compiled, for an unknown gate code
             return [launch(_gg._gate_fwd, g, V(a), V(b), V(out))]
         if op == ex.OP_ACT:
+            if c >= 0:      # keeps act'(a) in c in training mode (read at launch time), as the CPU's
+                return [self._act_fwd_d_op(V(a), g, V(out), V(c), P)]
             return [launch(functools.partial(_ga._act_fwd, P=P), V(a), g, V(out))]
         if op == ex.OP_SUM:
             return [launch(_gg._sum_fwd, V(a), V(out))]
@@ -210,6 +212,8 @@ class DeviceTape:
             _gg.kernels(g)
             return [launch(_gg._gate_bwd, g, V(a), V(b), V(d), V(e), V(f), bool(f2), bool(f3))]
         if op == ex.OP_ACT_BWD:
+            if f1:          # c: the derivative the forward kept
+                return [launch(_ga._mul_d, V(c), V(d), V(e), bool(f2))]
             return [launch(functools.partial(_ga._act_bwd, P=P), V(c), V(d), g, V(e), bool(f2))]
         if op == ex.OP_SUM_BWD:
             return [launch(_gg._sum_bwd, V(d), V(e), bool(f2))]
@@ -238,6 +242,20 @@ class DeviceTape:
             pd = p if hyper[ex.H_TRAINING] != 0.0 else 0.0
             _gdrop._dropout(a, dst, int(hyper[ex.H_RNG_SEED]), layer, int(hyper[ex.H_STEPS]) + int(ctx.step),
                             int(hyper[ex.H_ROW0]), pd, acc, stream=ctx.stream)
+        return run
+
+    def _act_fwd_d_op(self, X, code, Y, D, P):
+        """``Y = act(X)``, and in training mode (``hyper[H_TRAINING]``, read at launch
+        time) ``D = act'(X)`` in the same pass; eval mode: the forward alone."""
+        _ga.kernels(code)       # ValueError now, when the step is compiled, for an unknown code
+        hyper = self.hyper
+
+        def run(ctx):
+            x = ctx.x if X is _XSLOT else X
+            if hyper[ex.H_TRAINING] != 0.0:
+                _ga._act_fwd_d(x, code, Y, D, stream=ctx.stream, P=P)
+            else:
+                _ga._act_fwd(x, code, Y, stream=ctx.stream, P=P)
         return run
 
     def _loss_op(self, S, dS, out, kind, nb):

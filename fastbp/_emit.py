@@ -126,8 +126,9 @@ def emit_forward(g, fusion, lay, output, train_input):
             b.emit(ex.OP_GATE, out=value_buf[n.id], a=value_buf[n.inputs[0].id], b=value_buf[n.inputs[1].id],
                    g=_GATES[n.op])
         elif activation_of(n) is not None:
-            b.emit(ex.OP_ACT, out=value_buf[n.id], a=value_buf[n.inputs[0].id], g=activation_of(n)[0].code,
-                   p=param_buf.get(n.id, -1))
+            # c: the derivative the training forward keeps for the backward (-1: none)
+            b.emit(ex.OP_ACT, out=value_buf[n.id], a=value_buf[n.inputs[0].id], c=lay.deriv_buf.get(n.id, -1),
+                   g=activation_of(n)[0].code, p=param_buf.get(n.id, -1))
         elif n.op == "sum":
             b.emit(ex.OP_SUM, out=value_buf[n.id], a=value_buf[n.inputs[0].id])
         elif n.op in _norms.OPS:
@@ -209,9 +210,13 @@ def emit_backward(g, fusion, lay, output):
         elif activation_of(n) is not None:
             entry = activation_of(n)[0]
             da, acc_a = target(n.inputs[0])
-            # c: what the derivative reads, the output or the input (kept: buffers are never reused)
-            t = value_buf[n.inputs[0].id] if entry.uses == "input" else value_buf[n.id]
-            b.emit(ex.OP_ACT_BWD, c=t, d=dO, e=da, g=entry.code, f2=acc_a, p=param_buf.get(n.id, -1))
+            # c: what the derivative reads, the output or the input (kept: buffers are never
+            # reused), or (f1 = 1) the derivative the forward kept
+            if n.id in lay.deriv_buf:
+                t, kept = lay.deriv_buf[n.id], 1
+            else:
+                t, kept = (value_buf[n.inputs[0].id] if entry.uses == "input" else value_buf[n.id]), 0
+            b.emit(ex.OP_ACT_BWD, c=t, d=dO, e=da, g=entry.code, f1=kept, f2=acc_a, p=param_buf.get(n.id, -1))
         elif n.op == "sum":
             da, acc_a = target(n.inputs[0])
             b.emit(ex.OP_SUM_BWD, d=dO, e=da, f2=acc_a)

@@ -43,7 +43,7 @@ from .kernels.losses import _check_labels, weigh_rows
 from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_BN_BWD, K_BN_FWD, K_BN_RUNNING,
                             K_CLIP_GRAD_NORM, K_COLSUM, K_DROPOUT, K_GATE, K_GATE_BWD, K_GATE_FWD, K_HANDLER,
                             K_JIT_MM, K_LN_BWD, K_LN_FWD, K_MM, K_MM_SMALL, K_MSE, K_POISSON, K_PROTO_BIAS_ACT,
-                            K_PROTO_BWD, K_PROTO_FWD, K_RMSPROP, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD,
+                            K_PROTO_BWD, K_PROTO_FWD, K_PROTO_FWD_D, K_MUL_D, K_RMSPROP, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD,
                             K_SVM, N_KERNELS, N_ROLES, GATE_ROLES, B, F1, I1, I64, NONE, F64, a2, kcall_at)
 from .registry.activations import CAPACITY as ACT_CAPACITY, IDENTITY as ACT_IDENTITY
 from .registry.gates import CAPACITY as GATE_CAPACITY
@@ -192,15 +192,21 @@ def _h_gate(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
 
 @_handles(OP_ACT)
 def _h_act(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
-    """``out = act(a)`` (the activation registry's entry ``g``, parameters ``p``)."""
-    arena, bufs, tape, _, _, _, kt = arrays(ctx, x)
+    """``out = act(a)`` (the activation registry's entry ``g``, parameters ``p``);
+    c >= 0: in training mode also ``c = act'(a)``, the derivative the backward reads
+    (ACT_BWD with f1), computed in the same pass (role fwd_d)."""
+    arena, bufs, tape, hyper, _, _, kt = arrays(ctx, x)
     ins = tape[pc]
     act = ins[C_G]
     if act < 0 or act >= ACT_CAPACITY:
         return STATUS_BAD_OP, 0.0, 0
-    kcall_at(kt, K_ACT + N_ROLES * act + 1, K_PROTO_FWD,
-             (_xview(arena, bufs, x, xb, ins[C_A], nb), _view(arena, bufs, ins[C_OUT], nb),
-              _vec(arena, bufs, ins[C_P])))
+    X = _xview(arena, bufs, x, xb, ins[C_A], nb)
+    Y = _view(arena, bufs, ins[C_OUT], nb)
+    P = _vec(arena, bufs, ins[C_P])
+    if ins[C_C] >= 0 and hyper[H_TRAINING] != 0.0:
+        kcall_at(kt, K_ACT + N_ROLES * act + 3, K_PROTO_FWD_D, (X, Y, _view(arena, bufs, ins[C_C], nb), P))
+    else:
+        kcall_at(kt, K_ACT + N_ROLES * act + 1, K_PROTO_FWD, (X, Y, P))
     return STATUS_OK, 0.0, carry
 
 
@@ -333,12 +339,17 @@ def _h_gate_bwd(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
 
 @_handles(OP_ACT_BWD)
 def _h_act_bwd(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
-    """e (+)= d * act'(c), c: what act' reads (the output, or the input); f2: accumulate."""
+    """e (+)= d * act'(c), c: what act' reads (the output, or the input); f1: c is
+    the derivative itself, kept by the forward (e (+)= d * c); f2: accumulate."""
     arena, bufs, tape, _, _, _, kt = arrays(ctx, x)
     ins = tape[pc]
     act = ins[C_G]
     if act < 0 or act >= ACT_CAPACITY:
         return STATUS_BAD_OP, 0.0, 0
+    if ins[C_F1] != 0:
+        kcall(kt, K_MUL_D, (_xview(arena, bufs, x, xb, ins[C_C], nb), _xview(arena, bufs, x, xb, ins[C_D], nb),
+                            _view(arena, bufs, ins[C_E], nb), ins[C_F2] != 0))
+        return STATUS_OK, 0.0, carry
     kcall_at(kt, K_ACT + N_ROLES * act + 2, K_PROTO_BWD,
              (_xview(arena, bufs, x, xb, ins[C_C], nb), _xview(arena, bufs, x, xb, ins[C_D], nb),
               _view(arena, bufs, ins[C_E], nb), ins[C_F2] != 0, _vec(arena, bufs, ins[C_P])))

@@ -14,14 +14,14 @@ OP_LOAD_X = 1      # out <- x argument (f1: read x in place instead, no copy)
 OP_LINEAR = 2      # out = act(a @ op(b) + c); g=act, f1=wt, d=pre-activation (-1: none), p=act params
 OP_MATMUL = 3      # out = a @ op(b); f1=tb
 OP_GATE = 4        # out = a (+|*|max) b; g=gate
-OP_ACT = 5         # out = act(a); g=act, p=act params
+OP_ACT = 5         # out = act(a); g=act, p=act params, c=act'(a) kept in training mode (-1: none)
 OP_SUM = 6         # out = sum(a)
 OP_LOSS = 7        # out = loss(a, targets); b = d scores; g=kind
 OP_SEED = 8        # out = 1
 OP_LINEAR_BWD = 9  # see run_tape
 OP_MATMUL_BWD = 10
 OP_GATE_BWD = 11
-OP_ACT_BWD = 12
+OP_ACT_BWD = 12    # e (+)= d * act'(c); f1=1: e (+)= d * c (c: OP_ACT's kept derivative), f2=accumulate
 OP_SUM_BWD = 13
 OP_DROPOUT = 14      # out = a * mask / (1 - p); f1=the dropout's layer id (its mask's key), f3=p's float64 bits
 OP_DROPOUT_BWD = 15  # e (+)= d * the same mask (recomputed); f1, f3 as OP_DROPOUT, f2=accumulate

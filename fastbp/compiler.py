@@ -10,7 +10,11 @@ one function each:
    one linear instruction (forward with a fused epilogue, backward with
    ``dZ`` computed in place); an activation whose derivative reads its
    input (registry ``uses="input"``) keeps the pre-activation ``Z`` in a
-   buffer of its own, the others only their output;
+   buffer of its own, the others only their output; such an activation
+   standing alone (after a normalisation layer, a gate) keeps its
+   derivative instead, computed by the training forward in the same pass
+   as the activation (their costly part, GELU's ``erf``, is shared), so
+   that its backward is a product;
 3. lays out one flat arena: parameters, then their gradients (one
    contiguous block, in the same order), then optimizer state, then
    activations and activation gradients -- allocated once;
@@ -216,6 +220,7 @@ class _Layout:
     pre_buf: dict       # node id -> kept pre-activation (entries with uses="input")
     param_buf: dict     # node id -> its float row (activation parameters, norm eps/momentum)
     stat_buf: dict      # normalisation node id -> its statistics buffer
+    deriv_buf: dict     # standalone activation node id -> its kept derivative (uses="input")
 
 
 def _lay_out(g, fusion, batch_size, optimizer):
@@ -265,7 +270,7 @@ def _lay_out(g, fusion, batch_size, optimizer):
         grad_buf[n.id] = b.alloc(*canon(n.shape))
     # activations: the pre-activation of fused ones that read their input, and
     # every activation's parameters (a row of floats, written like a constant)
-    pre_buf, param_buf = {}, {}
+    pre_buf, param_buf, deriv_buf = {}, {}, {}
     for n in g.nodes:
         f = fusion.fused.get(n.id)
         entry, aparams = (f["act"], f["params"]) if f is not None else (activation_of(n) or (None, ()))
@@ -273,12 +278,17 @@ def _lay_out(g, fusion, batch_size, optimizer):
             continue
         if f is not None and entry.uses == "input":
             pre_buf[n.id] = b.alloc(*canon(n.shape))
+        elif f is None and entry.uses == "input" and n.id in g.rg and n.id not in fusion.hidden:
+            # a standalone activation whose derivative reads its input: the training forward
+            # keeps the derivative itself (one pass of f and f' together, which share their
+            # costly part), the backward multiplies by it
+            deriv_buf[n.id] = b.alloc(*canon(n.shape))
         if aparams:
             param_buf[n.id] = b.alloc(1, len(aparams))
             consts.append((param_buf[n.id], np.array(aparams, dtype=np.float64)))
     stat_buf = _norm_buffers(b, g.nodes, param_buf, consts)
     return _Layout(b, value_buf, grad_buf, plist, p_start, n_param, g_start, g_end, state_offsets,
-                   run_start, run_bufs, consts, pre_buf, param_buf, stat_buf)
+                   run_start, run_bufs, consts, pre_buf, param_buf, stat_buf, deriv_buf)
 
 
 # -- the plan ------------------------------------------------------------------------------

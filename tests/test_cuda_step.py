@@ -187,14 +187,21 @@ def test_gpu_rmsprop_with_gradient_clipping_matches_cpu():
 @pytest.mark.parametrize("norm", ["batchnorm", pytest.param("layernorm", marks=pytest.mark.thorough)])
 def test_gpu_norm_layers_match_cpu(norm):
     """LayerNorm / BatchNorm1d instructions on the GPU: steps, gradients, running statistics,
-    eval-mode predict, and a one-row training call refused, as on the CPU."""
+    eval-mode predict, and a one-row training call refused, as on the CPU.  After BatchNorm a
+    GELU, whose training forward keeps its derivative for the backward (OP_ACT's c, OP_ACT_BWD's
+    f1), with a predict (eval mode: no derivative) between the steps."""
     layer = fastbp.BatchNorm1d(6, momentum=0.3) if norm == "batchnorm" else fastbp.LayerNorm(6)
-    cpu, gpu = make_pair([L(5, 6), layer, fastbp.Tanh(), L(6, 3)], "softmax_cross_entropy",
+    act = fastbp.GELU() if norm == "batchnorm" else fastbp.Tanh()
+    cpu, gpu = make_pair([L(5, 6), layer, act, L(6, 3)], "softmax_cross_entropy",
                          lambda: fastbp.SGD(lr=0.1, momentum=0.9), np.float64)
+    if norm == "batchnorm":
+        isa = fastbp._isa
+        assert any(row[isa.C_OP] == isa.OP_ACT_BWD and row[isa.C_F1] == 1 for row in cpu.plan.tape)
     rng = np.random.default_rng(3)
     for n in (4, 3):
         x, y = batch(cpu, n, rng)
         assert gpu(x, y) == approx(cpu(x, y), np.float64)
+        gpu.predict(x)
     assert_same_state(cpu, gpu)
     np.testing.assert_allclose(gpu.buffer_vector, cpu.buffer_vector, **tol(np.float64))
     assert set(gpu.buffers) == set(cpu.buffers)

@@ -690,3 +690,40 @@ def test_vectorisable_exp_is_accurate():
     assert np.isnan(_exp_nonpos(np.nan))
     assert _exp_nonpos(-np.inf) == _exp_nonpos(-80.0) == _exp_nonpos(-1e300)
     assert np.float32(_exp_nonpos(np.float32(-3.5))) == np.float32(np.exp(np.float64(np.float32(-3.5))))
+
+
+# ------------------------------------------- kept derivatives (uses="input" entries)
+@pytest.mark.parametrize("dt", DTYPES)
+def test_fwd_d_is_the_forward_and_the_derivative_bitwise(rng, dt):
+    """``fwd_d`` (the training forward of an activation whose derivative reads its input)
+    writes bitwise what ``fwd`` writes and what ``bwd`` multiplies by (``bwd`` with
+    ``dY = 1``), for every such entry, with non-default parameters, NaN and extremes; and
+    ``_mul_d`` (the backward then) is ``dX (+)= dY * D``, in place too."""
+    from fastbp.registry import activations as R
+    entries = [e for e in R.entries() if e.uses == "input"]
+    assert {"gelu", "gelu_tanh", "silu", "elu", "leaky_relu", "softplus"} <= {e.name for e in entries}
+    x = randn(rng, (7, 33), dt, 4.0)
+    x[0, :6] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e30 if dt == np.float64 else 1e30]
+    for e in entries:
+        ks = A.kernels(e.code)
+        P = np.array([v * 0.75 + 0.1 for v in e.defaults], dtype=dt)
+        y_ref, d_ref = np.empty_like(x), np.empty_like(x)
+        with np.errstate(all="ignore"):
+            ks.fwd.serial(x, y_ref, P)
+            ks.bwd.serial(x, np.ones_like(x), d_ref, False, P)
+        y, d = np.full_like(x, 7.0), np.full_like(x, 7.0)
+        ks.fwd_d.serial(x, y, d, P)
+        np.testing.assert_array_equal(y, y_ref, err_msg=e.name)
+        np.testing.assert_array_equal(d, d_ref, err_msg=e.name)
+    D, dY = randn(rng, (5, 9), dt), randn(rng, (5, 9), dt)
+    out = np.empty_like(D)
+    A._mul_d.serial(D, dY, out, False)
+    np.testing.assert_array_equal(out, dY * D)
+    acc = np.ones_like(D)
+    A._mul_d.serial(D, dY, acc, True)
+    # (accumulating, the product and the sum may be one fused multiply-add: one rounding)
+    prod = dY.astype(np.float64) * D
+    assert np.all(np.abs(acc - (1.0 + prod)) <= 2 * np.finfo(dt).eps * (1.0 + np.abs(prod)))
+    same = dY.copy()
+    A._mul_d.serial(D, same, same, False)
+    np.testing.assert_array_equal(same, dY * D)

@@ -205,6 +205,61 @@ def test_training_vs_torch(kind, opt):
     np.testing.assert_allclose(step.predict(X), ref(torch.tensor(X)).detach().numpy(), rtol=1e-10, atol=1e-12)
 
 
+def test_kept_derivative_after_a_norm_layer():
+    """BatchNorm1d -> GELU: the GELU is an instruction of its own whose derivative reads its
+    input, so the training forward keeps that derivative (OP_ACT's column c) and the backward
+    multiplies by it (OP_ACT_BWD's f1); ReLU, whose derivative reads its output, keeps none.
+    predict (eval mode: the forward alone, no derivative) between the steps changes nothing:
+    the steps are bitwise those without it."""
+    from fastbp import _isa
+
+    def make(act):
+        m = fastbp.Sequential(fastbp.Linear(6, 8), fastbp.BatchNorm1d(8), act, fastbp.Linear(8, 3))
+        return fastbp.compile(m, loss="softmax_cross_entropy", optimizer=fastbp.AdamW(lr=0.05), batch_size=8,
+                              dtype=np.float64, seed=1)
+
+    def act_rows(step, op):
+        return [row for row in step.plan.tape if row[_isa.C_OP] == op]
+    gelu, relu = make(fastbp.GELU()), make(fastbp.ReLU())
+    (fwd,), (bwd,) = act_rows(gelu, _isa.OP_ACT), act_rows(gelu, _isa.OP_ACT_BWD)
+    assert fwd[_isa.C_C] >= 0 and bwd[_isa.C_F1] == 1 and bwd[_isa.C_C] == fwd[_isa.C_C]
+    (fwd,), (bwd,) = act_rows(relu, _isa.OP_ACT), act_rows(relu, _isa.OP_ACT_BWD)
+    assert fwd[_isa.C_C] == -1 and bwd[_isa.C_F1] == 0
+    other = make(fastbp.GELU())
+    X, y = _data()
+    for s in range(4):
+        xb, yb = X[4 * s:4 * s + 8], y[4 * s:4 * s + 8]
+        assert gelu(xb, yb) == other(xb, yb)
+        gelu.predict(X[::-1])
+    for name in gelu.params:
+        np.testing.assert_array_equal(gelu.params[name], other.params[name])
+
+
+@pytest.mark.extras
+@pytest.mark.parametrize("kind", ["ln", "bn"])
+def test_kept_derivative_training_vs_torch(kind):
+    """LayerNorm -> SiLU and BatchNorm1d -> GELU (derivatives kept by the forward), AdamW,
+    10 steps against PyTorch in float64, to 1e-10."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(1)
+    norm, act = (torch.nn.LayerNorm(8), torch.nn.SiLU()) if kind == "ln" else (torch.nn.BatchNorm1d(8), torch.nn.GELU())
+    tm = torch.nn.Sequential(torch.nn.Linear(6, 8, bias=kind == "ln"), norm, act, torch.nn.Linear(8, 3)).double()
+    ref = copy.deepcopy(tm)
+    step = fastbp.from_torch(tm, optimizer=torch.optim.AdamW(tm.parameters(), lr=1e-2), batch_size=8)
+    topt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
+    X, y = _data()
+    for s in range(10):
+        xb, yb = X[4 * s:4 * s + 8], y[4 * s:4 * s + 8]
+        loss = step(xb, yb)
+        topt.zero_grad()
+        lt = torch.nn.functional.cross_entropy(ref(torch.tensor(xb)), torch.tensor(yb))
+        lt.backward()
+        topt.step()
+        assert abs(loss - lt.item()) <= 1e-10 * abs(lt.item())
+    ref.eval()
+    np.testing.assert_allclose(step.predict(X), ref(torch.tensor(X)).detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
 # ------------------------------------------------------- state, modes, errors
 @pytest.mark.parametrize("kind", ["ln", "bn"])
 def test_checkpoint_resume_bitwise(kind, tmp_path):

@@ -68,7 +68,11 @@ for dt in [np.dtype(name).type for name in sys.argv[1].split(",")]:
             Y = np.empty_like(X); k_(A._act_fwd)(X, act, Y)
             dX = np.empty_like(X); k_(A._act_bwd)(Y, DY, act, dX, False)
             acc = DY.copy(); k_(A._act_bwd)(Y, X, act, acc, True)
-            h(tag.format(f"act{act}"), Y, dX, acc)
+            Yd, D = np.empty_like(X), np.empty_like(X); k_(A._act_fwd_d)(X, act, Yd, D)
+            h(tag.format(f"act{act}"), Y, dX, acc, Yd, D)
+        md = np.empty_like(X); k_(A._mul_d)(X, DY, md, False)
+        md2 = DY.copy(); k_(A._mul_d)(X, X, md2, True)
+        h(tag.format("mul_d"), md, md2)
         for name, f, b in (("relu", A._relu_fwd, A._relu_bwd), ("sigmoid", A._sigmoid_fwd, A._sigmoid_bwd),
                            ("tanh", A._tanh_fwd, A._tanh_bwd)):
             Y = np.empty_like(X); k_(f)(X, Y)
@@ -205,7 +209,7 @@ def test_parallel_variant_bitwise_equal_to_serial(runs):
 COVERED = {
     "_mm_nn", "_mm_nt", "_mm_tn", "_colsum",
     "_sum_bwd", "_scale", "_softmax_xent", "_svm", "_mse", "_bce_logits",
-    "_sgd_update", "_adam_update", "_rmsprop_update", "_poisson",
+    "_sgd_update", "_adam_update", "_rmsprop_update", "_poisson", "_mul_d",
 }
 #: kernels without a prange loop (nothing to parallelise)
 SERIAL_ONLY = {"_sum_fwd", "_clip_grad_norm"}
@@ -223,11 +227,11 @@ def test_script_covers_every_parallel_kernel():
     # the activation kernels are per registry entry (activations.kernels(code)); the
     # script runs every role of every entry through these dispatchers, by code
     from fastbp.registry import activations as reg
-    for name in ("_act_fwd", "_act_bwd", "_linear_fwd", "_linear_fwd_t", "_bias_act"):
+    for name in ("_act_fwd", "_act_bwd", "_act_fwd_d", "_linear_fwd", "_linear_fwd_t", "_bias_act"):
         assert f".{name})" in SCRIPT, name
     assert "for act in ACT_CODES" in SCRIPT
-    roles = {"_act_fwd": "fwd", "_act_bwd": "bwd", "_linear_fwd": "linear_fwd", "_linear_fwd_t": "linear_fwd_t",
-             "_bias_act": "bias_act"}
+    roles = {"_act_fwd": "fwd", "_act_bwd": "bwd", "_act_fwd_d": "fwd_d", "_linear_fwd": "linear_fwd",
+             "_linear_fwd_t": "linear_fwd_t", "_bias_act": "bias_act"}
     for e in reg.entries():
         assert set(activations.kernels(e.code).all()) == set(roles.values())
         for k in activations.kernels(e.code).all().values():

@@ -14,6 +14,12 @@ entry, compiled on first use (:func:`kernels`), each a serial/parallel
   (``uses="output"``) or input (``uses="input"``); ``dX`` may be ``dY``;
 * ``bias_act(Z, b, Y, P)``:     epilogue of a product: ``Z += b; Y = f(Z)``; with
   ``Z`` and ``Y`` the same array (entries that use the output), in place;
+* ``fwd_d(X, Y, D, P)``:        ``Y = f(X)`` and ``D = f'(X)`` in one pass, for an
+  entry whose derivative reads its input: the training forward keeps ``D`` and
+  the backward is then a product (:data:`_mul_d`), one pass of ``f`` and ``f'``
+  together instead of ``f`` forward and ``f'`` backward (they share their
+  expensive part: GELU's ``erf``, SiLU's and ELU's ``exp``; 245 + 396 us ->
+  406 + 35 us for float32 GELU on 256 x 512);
 * ``linear_fwd(X, W, b, Y, P)`` and ``linear_fwd_t(X, Wt, b, Y, P)``: the fused
   ``Y = f(X W + b)`` (register-tiled, activation applied per block of rows
   while in cache) and its variant for a weight stored ``(out, in)``.
@@ -36,9 +42,9 @@ from ..registry import activations as R
 from .factory import ADAPTERS, entry_suffix, specialise
 from .gemm import _gemm_rows
 
-#: kernel roles in the executor's table (fastbp.kernels.table): K = base + 3 * code + role
-ROLE_BIAS_ACT, ROLE_FWD, ROLE_BWD = range(3)
-N_ROLES = 3
+#: kernel roles in the executor's table (fastbp.kernels.table): K = base + N_ROLES * code + role
+ROLE_BIAS_ACT, ROLE_FWD, ROLE_BWD, ROLE_FWD_D = range(4)
+N_ROLES = 4
 
 
 @jit(inline=True)
@@ -81,6 +87,41 @@ def _t_bwd(T, dY, dX, acc, P):
         else:
             for j in range(n):
                 dX[i, j] = dY[i, j] * _D(T[i, j], p0, p1)  # noqa: F821
+
+
+def _t_fwd_d(X, Y, D, P):
+    """``Y = f(X)`` and ``D = f'(X)`` elementwise (``f'`` of the input: entries with
+    ``uses="input"``); three distinct arrays.  numba inlines both scalar bodies into
+    one loop, where LLVM computes their common part once."""
+    p0 = _param(P, 0)
+    p1 = _param(P, 1)
+    for i in prange(X.shape[0]):
+        for j in range(X.shape[1]):
+            v = X[i, j]
+            Y[i, j] = _F(v, p0, p1)  # noqa: F821
+            D[i, j] = _D(v, p0, p1)  # noqa: F821
+
+
+def _t_mul_d(D, dY, dX, acc):
+    """``dX (+)= dY * D`` elementwise: the backward of an activation whose derivative
+    ``D`` the forward kept (:func:`_t_fwd_d`); ``dX`` may be ``dY`` (in place, as
+    :func:`_t_bwd`: loops that read and write ``dX`` only, so that they vectorise)."""
+    inplace = dX.ctypes.data == dY.ctypes.data and not acc
+    n = D.shape[1]
+    for i in prange(D.shape[0]):
+        if inplace:
+            for j in range(n):
+                dX[i, j] *= D[i, j]
+        elif acc:
+            for j in range(n):
+                dX[i, j] += dY[i, j] * D[i, j]
+        else:
+            for j in range(n):
+                dX[i, j] = dY[i, j] * D[i, j]
+
+
+#: the backward of every entry whose forward kept its derivative (one kernel for all)
+_mul_d = Kernel(_t_mul_d)
 
 
 def _t_bias_act(Z, b, Y, P):
@@ -154,7 +195,7 @@ def _t_linear_fwd_t(X, Wt, b, Y, P):
 
 class EntryKernels:
     """The kernels of one registry entry (attributes ``fwd``, ``bwd``,
-    ``bias_act``, ``linear_fwd``, ``linear_fwd_t``: :class:`fastbp._jit.Kernel`)."""
+    ``bias_act``, ``fwd_d``, ``linear_fwd``, ``linear_fwd_t``: :class:`fastbp._jit.Kernel`)."""
 
     def __init__(self, entry):
         self.entry = entry
@@ -165,17 +206,18 @@ class EntryKernels:
         self.fwd = Kernel(specialise(_t_fwd, sfx, _F=f))
         self.bwd = Kernel(specialise(_t_bwd, sfx, _D=d))
         self.bias_act = Kernel(specialise(_t_bias_act, sfx, _F=f))
+        self.fwd_d = Kernel(specialise(_t_fwd_d, sfx, _F=f, _D=d))
         self.linear_fwd = Kernel(specialise(_t_linear_fwd, sfx, _F=f, _ACTIVE=entry.code != R.IDENTITY))
         self.linear_fwd_t = Kernel(specialise(_t_linear_fwd_t, sfx, _F=f))
 
     def roles(self):
-        """The executor's kernels, by role: ``(bias_act, fwd, bwd)``."""
-        return (self.bias_act, self.fwd, self.bwd)
+        """The executor's kernels, by role: ``(bias_act, fwd, bwd, fwd_d)``."""
+        return (self.bias_act, self.fwd, self.bwd, self.fwd_d)
 
     def all(self):
         """Every kernel of the entry (for compile/threading checks)."""
-        return {"fwd": self.fwd, "bwd": self.bwd, "bias_act": self.bias_act, "linear_fwd": self.linear_fwd,
-                "linear_fwd_t": self.linear_fwd_t}
+        return {"fwd": self.fwd, "bwd": self.bwd, "bias_act": self.bias_act, "fwd_d": self.fwd_d,
+                "linear_fwd": self.linear_fwd, "linear_fwd_t": self.linear_fwd_t}
 
 
 _KERNELS = {}
@@ -263,6 +305,7 @@ class _Fixed(_ByCode):
 
 _act_fwd = _ByCode("_act_fwd", "fwd", 1, lambda a: a)
 _act_bwd = _ByCode("_act_bwd", "bwd", 2, lambda a: a)
+_act_fwd_d = _ByCode("_act_fwd_d", "fwd_d", 1, lambda a: a)
 _bias_act = _ByCode("_bias_act", "bias_act", 2, lambda a: (a[0], a[1], a[0]))
 _linear_fwd = _ByCode("_linear_fwd", "linear_fwd", 3, lambda a: a)
 _linear_fwd_t = _ByCode("_linear_fwd_t", "linear_fwd_t", 3, lambda a: a)

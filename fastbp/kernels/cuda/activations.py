@@ -10,6 +10,8 @@ entry (:func:`kernels`), with the contracts of :mod:`fastbp.kernels.activations`
 * ``fwd(X, Y, P)``:            ``Y = f(X)``;
 * ``bwd(T, dY, dX, acc, P)``:  ``dX (+)= dY * f'(T)``, ``T`` the forward output or input;
 * ``bias_act(Z, b, Y, P)``:    ``Z += b; Y = f(Z)`` (``Z`` may be ``Y``);
+* ``fwd_d(X, Y, D, P)``:       ``Y = f(X)``, ``D = f'(X)`` (the training forward of an
+  entry whose derivative reads its input; the backward is then :func:`_mul_d`);
 * the fused linear kernels (:mod:`.linear`).
 
 ``P``: the entry's parameters, a 1-D device array in the data's dtype.
@@ -56,6 +58,32 @@ def _t_k_act_bwd(T, dY, dX, acc, P):
                 dX[i, j] = g
 
 
+def _t_k_act_fwd_d(X, Y, D, P):
+    p0 = _param(P, 0)
+    p1 = _param(P, 1)
+    x0, y0 = cuda.grid(2)
+    sx, sy = cuda.gridsize(2)
+    for i in range(y0, X.shape[0], sy):
+        for j in range(x0, X.shape[1], sx):
+            v = X[i, j]
+            Y[i, j] = _F(v, p0, p1)  # noqa: F821 - injected
+            D[i, j] = _D(v, p0, p1)  # noqa: F821
+
+
+@kernel
+def _k_mul_d(D, dY, dX, acc):
+    """``dX (+)= dY * D``: the backward of an activation whose derivative ``D`` the forward kept."""
+    x0, y0 = cuda.grid(2)
+    sx, sy = cuda.gridsize(2)
+    for i in range(y0, D.shape[0], sy):
+        for j in range(x0, D.shape[1], sx):
+            g = dY[i, j] * D[i, j]
+            if acc:
+                dX[i, j] += g
+            else:
+                dX[i, j] = g
+
+
 def _t_k_bias_act(Z, b, Y, P):
     p0 = _param(P, 0)
     p1 = _param(P, 1)
@@ -72,7 +100,7 @@ def _t_k_bias_act(Z, b, Y, P):
 
 
 class EntryKernels:
-    """The CUDA kernels of one registry entry: ``fwd``, ``bwd``, ``bias_act``,
+    """The CUDA kernels of one registry entry: ``fwd``, ``bwd``, ``bias_act``, ``fwd_d``,
     ``linear_fwd``, ``linear_fwd_t`` (``@cuda.jit`` dispatchers) and the
     scalar device functions ``f``, ``d``."""
 
@@ -85,12 +113,13 @@ class EntryKernels:
         self.fwd = kernel(specialise(_t_k_act_fwd, sfx, _F=self.f))
         self.bwd = kernel(specialise(_t_k_act_bwd, sfx, _D=self.d))
         self.bias_act = kernel(specialise(_t_k_bias_act, sfx, _F=self.f))
+        self.fwd_d = kernel(specialise(_t_k_act_fwd_d, sfx, _F=self.f, _D=self.d))
         self.linear_fwd, self.linear_fwd_t = linear_kernels(self.f, sfx, separate=_large(entry))
 
     def all(self):
         """``{role: kernel}`` (for the PTX compile tests)."""
-        return {"fwd": self.fwd, "bwd": self.bwd, "bias_act": self.bias_act, "linear_fwd": self.linear_fwd,
-                "linear_fwd_t": self.linear_fwd_t}
+        return {"fwd": self.fwd, "bwd": self.bwd, "bias_act": self.bias_act, "fwd_d": self.fwd_d,
+                "linear_fwd": self.linear_fwd, "linear_fwd_t": self.linear_fwd_t}
 
 
 def _large(entry):
@@ -149,9 +178,11 @@ def registry_kernels(dtype):
             f"{e.name}.fwd": (ks.fwd, (M, M, P)),
             f"{e.name}.bwd": (ks.bwd, (M, M, M, True, P)),
             f"{e.name}.bias_act": (ks.bias_act, (M, v, M, P)),
+            f"{e.name}.fwd_d": (ks.fwd_d, (M, M, M, P)),
             f"{e.name}.linear_fwd": (ks.linear_fwd, (M, M, v, M, P)),
             f"{e.name}.linear_fwd_t": (ks.linear_fwd_t, (M, M, v, M, P)),
         })
+    out["mul_d"] = (_k_mul_d, (M, M, M, True))
     return out
 
 
@@ -203,6 +234,18 @@ def _act_bwd(Y, dY, act, dX, acc, stream=0, P=None):
     """
     k = kernels(act)
     _launch_ew(k.bwd, Y.shape, (Y, dY, dX, bool(acc), params_or_defaults(act, Y.dtype, P)), stream)
+
+
+def _act_fwd_d(X, act, Y, D, stream=0, P=None):
+    """``Y = act(X)`` and ``D = act'(X)`` on the GPU, one pass (arrays (m, n), float32 or
+    float64, distinct; ``act`` a registry code, ValueError if unknown; ``P`` as :func:`_act_fwd`)."""
+    k = kernels(act)
+    _launch_ew(k.fwd_d, X.shape, (X, Y, D, params_or_defaults(act, X.dtype, P)), stream)
+
+
+def _mul_d(D, dY, dX, acc, stream=0):
+    """``dX (+)= dY * D`` on the GPU (arrays (m, n), one float dtype; ``dX`` may be ``dY``)."""
+    _launch_ew(_k_mul_d, D.shape, (D, dY, dX, bool(acc)), stream)
 
 
 def _fixed(code, name):
