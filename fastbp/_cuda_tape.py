@@ -159,8 +159,13 @@ class DeviceTape:
             return []
         if op == ex.OP_LINEAR:
             fwd = _gl._linear_fwd_t if f1 else _gl._linear_fwd
-            return [launch(functools.partial(fwd, P=P, Z=V(d) if d >= 0 else None), V(a), V(b), self.vec(c), g,
-                           V(out))]
+            ops = [launch(functools.partial(fwd, P=P, Z=V(d) if d >= 0 else None), V(a), V(b), self.vec(c), g,
+                          V(out))]
+            if d >= 0 and int(ins[ex.C_F5]):
+                # the derivative the backward reads (f5): act'(Z) over Z in training mode, as the
+                # CPU's (a second pass here; it rewrites Y with the same values)
+                ops.append(self._act_fwd_d_op(V(d), g, V(out), V(d), P, eval_forward=False))
+            return ops
         if op == ex.OP_MATMUL:
             mm = _gm._mm_nt if f1 else _gm._mm_nn
             return [launch(mm, V(a), V(b), V(out), False)]
@@ -183,7 +188,9 @@ class DeviceTape:
             # (f4: the bias may have other consumers), as on the CPU
             X, W, Y, dZ = V(a), V(b), V(c), V(d)
             ops = []
-            if g != ACT_IDENTITY:
+            if int(ins[ex.C_F5]):       # c: the derivative the forward kept
+                ops.append(launch(_ga._mul_d, Y, dZ, dZ, False))
+            elif g != ACT_IDENTITY:
                 ops.append(launch(functools.partial(_ga._act_bwd, P=P), Y, dZ, g, dZ, False))
             if out >= 0:
                 ops.append(launch(_gl._colsum, dZ, self.vec(out), bool(ins[ex.C_F4])))
@@ -244,9 +251,10 @@ class DeviceTape:
                             int(hyper[ex.H_ROW0]), pd, acc, stream=ctx.stream)
         return run
 
-    def _act_fwd_d_op(self, X, code, Y, D, P):
+    def _act_fwd_d_op(self, X, code, Y, D, P, eval_forward=True):
         """``Y = act(X)``, and in training mode (``hyper[H_TRAINING]``, read at launch
-        time) ``D = act'(X)`` in the same pass; eval mode: the forward alone."""
+        time) ``D = act'(X)`` in the same pass (``D`` may be ``X``: one thread reads and then
+        writes each element); eval mode: the forward alone (``eval_forward``), or nothing."""
         _ga.kernels(code)       # ValueError now, when the step is compiled, for an unknown code
         hyper = self.hyper
 
@@ -254,7 +262,7 @@ class DeviceTape:
             x = ctx.x if X is _XSLOT else X
             if hyper[ex.H_TRAINING] != 0.0:
                 _ga._act_fwd_d(x, code, Y, D, stream=ctx.stream, P=P)
-            else:
+            elif eval_forward:
                 _ga._act_fwd(x, code, Y, stream=ctx.stream, P=P)
         return run
 

@@ -59,7 +59,7 @@ class Builder:
         row[ex.C_OP] = op
         for k in ("out", "a", "b", "c", "d", "e", "f", "p"):
             row[getattr(ex, "C_" + k.upper())] = kw.get(k, -1)
-        for k in ("g", "f1", "f2", "f3", "f4"):
+        for k in ("g", "f1", "f2", "f3", "f4", "f5"):
             row[getattr(ex, "C_" + k.upper())] = int(kw.get(k, 0))
         self.tape.append(row)
 
@@ -118,7 +118,7 @@ def emit_forward(g, fusion, lay, output, train_input):
             f = fusion.fused[n.id]
             b.emit(ex.OP_LINEAR, out=value_buf[n.id], a=value_buf[f["x"].id], b=value_buf[f["W"].id],
                    c=value_buf[f["b"].id] if f["b"] is not None else -1, d=lay.pre_buf.get(n.id, -1),
-                   g=f["act"].code, f1=f["wt"], p=param_buf.get(n.id, -1))
+                   g=f["act"].code, f1=f["wt"], f5=int(n.id in lay.pre_buf), p=param_buf.get(n.id, -1))
         elif n.op == "matmul":
             va, vb, vo = mm_views(b, n, value_buf[n.inputs[0].id], value_buf[n.inputs[1].id], value_buf[n.id])
             b.emit(ex.OP_MATMUL, out=vo, a=va, b=vb, f1=n.attrs["tb"])
@@ -185,10 +185,10 @@ def emit_backward(g, fusion, lay, output):
             dx, acc_x = target(f["x"])
             dw, acc_w = target(f["W"])
             db, acc_b = target(f["b"]) if f["b"] is not None else (-1, 0)
-            # c: what the derivative reads, the output or the kept pre-activation
+            # c: what the derivative reads, the output, or (f5) the derivative the forward kept
             b.emit(ex.OP_LINEAR_BWD, out=db, a=value_buf[f["x"].id], b=value_buf[f["W"].id],
                    c=lay.pre_buf.get(n.id, value_buf[n.id]), d=dO, e=dx, f=dw, g=f["act"].code, f1=f["wt"],
-                   f2=acc_x, f3=acc_w, f4=acc_b, p=param_buf.get(n.id, -1))
+                   f2=acc_x, f3=acc_w, f4=acc_b, f5=int(n.id in lay.pre_buf), p=param_buf.get(n.id, -1))
         elif n.op == "matmul":
             A, B = n.inputs
             da, acc_a = target(A)

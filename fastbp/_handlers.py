@@ -43,7 +43,7 @@ from .kernels.losses import _check_labels, weigh_rows
 from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_BN_BWD, K_BN_FWD, K_BN_RUNNING,
                             K_CLIP_GRAD_NORM, K_COLSUM, K_DROPOUT, K_GATE, K_GATE_BWD, K_GATE_FWD, K_HANDLER,
                             K_JIT_MM, K_LN_BWD, K_LN_FWD, K_MM, K_MM_SMALL, K_MSE, K_POISSON, K_PROTO_BIAS_ACT,
-                            K_PROTO_BWD, K_PROTO_FWD, K_PROTO_FWD_D, K_MUL_D, K_RMSPROP, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD,
+                            K_PROTO_BWD, K_PROTO_FWD, K_PROTO_FWD_D, K_PROTO_BIAS_ACT_D, K_MUL_D, K_RMSPROP, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD,
                             K_SVM, N_KERNELS, N_ROLES, GATE_ROLES, B, F1, I1, I64, NONE, F64, a2, kcall_at)
 from .registry.activations import CAPACITY as ACT_CAPACITY, IDENTITY as ACT_IDENTITY
 from .registry.gates import CAPACITY as GATE_CAPACITY
@@ -51,7 +51,7 @@ from ._jit import int64_bits_as_float64  # dropout's p: float64 bits in the tape
 from ._isa import (OP_ACT, OP_ACT_BWD, OP_ADAM, OP_BATCHNORM, OP_BATCHNORM_BWD, OP_DROPOUT, OP_DROPOUT_BWD,
                    OP_GATE, OP_GATE_BWD, OP_LAYERNORM, OP_LAYERNORM_BWD, OP_LINEAR, OP_LINEAR_BWD, OP_LOSS,
                    OP_MATMUL, OP_MATMUL_BWD, OP_RMSPROP, OP_SGD, OP_SUM, OP_SUM_BWD, C_OP, C_OUT, C_A, C_B, C_C, C_D,
-                   C_E, C_F, C_G, C_F1, C_F2, C_F3, C_F4, C_P, TAPE_WIDTH, X_ARENA, X_ARENA_N, X_BUFS, X_BUFS_N,
+                   C_E, C_F, C_G, C_F1, C_F2, C_F3, C_F4, C_F5, C_P, TAPE_WIDTH, X_ARENA, X_ARENA_N, X_BUFS, X_BUFS_N,
                    X_TAPE, X_TAPE_N, X_HYPER, X_WS64, X_WS64_N, X_GJIT, X_GJIT_N, X_BATCH, X_KTAB, H_LR, H_MOM,
                    H_NESTEROV, H_WD, H_B1, H_B2, H_EPS, H_DECOUPLED, H_T, H_BLAS_MIN, H_STEPS, H_BT_ON, H_BT_MAX,
                    H_BT_CUR, H_BT_MIN, H_CLIP, H_ALPHA, H_WEIGHTED, H_ROW0, H_RNG_SEED, H_TRAINING, HYPER_SIZE,
@@ -145,7 +145,8 @@ def jit_slot(jbase, pc, p):
 def _h_linear(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     """``out = act(a @ op(b) + c)``; d: the pre-activation Z (activations whose
     derivative reads their input), else the product goes straight into the
-    output and the activation applies in place."""
+    output and the activation applies in place; f5 (with d): in training mode
+    d keeps ``act'(Z)`` instead, computed in the same pass (role bias_act_d)."""
     arena, bufs, tape, hyper, _, gjit, kt = arrays(ctx, x)
     ins = tape[pc]
     act = ins[C_G]
@@ -158,7 +159,9 @@ def _h_linear(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     Y = _view(arena, bufs, ins[C_OUT], nb)
     Z = _view(arena, bufs, ins[C_D], nb) if ins[C_D] >= 0 else Y
     kcall(kt, K_MM, (X, W, Z, _F, ins[C_F1] != 0, _F, hyper, gjit, jit_slot(jbase, pc, 0), kt))
-    if b.shape[0] > 0 or act != ACT_IDENTITY or ins[C_D] >= 0:
+    if ins[C_F5] != 0 and ins[C_D] >= 0 and hyper[H_TRAINING] != 0.0:
+        kcall_at(kt, K_ACT + N_ROLES * act + 4, K_PROTO_BIAS_ACT_D, (Z, b, Y, _vec(arena, bufs, ins[C_P])))
+    elif b.shape[0] > 0 or act != ACT_IDENTITY or ins[C_D] >= 0:
         kcall_at(kt, K_ACT + N_ROLES * act, K_PROTO_BIAS_ACT, (Z, b, Y, _vec(arena, bufs, ins[C_P])))
     return STATUS_OK, 0.0, carry
 
@@ -263,8 +266,8 @@ def _h_loss(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
 # ------------------------------------------------------------ backward
 @_handles(OP_LINEAR_BWD)
 def _h_linear_bwd(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
-    """a=X, b=W, c=what act' reads (Y, or the pre-activation Z), d=dY
-    (overwritten by dZ = dY * act'), e=dX, f=dW, out=db, p=act params;
+    """a=X, b=W, c=what act' reads (Y, or with f5 the derivative act'(Z) the
+    forward kept), d=dY (overwritten by dZ = dY * act'), e=dX, f=dW, out=db, p=act params;
     f1: W stored transposed, f2..f4: accumulate into dX, into dW, into db (a bias may
     have other consumers than this layer: its flag is its own).
     ``dW = X^T dZ``, ``dX = dZ W^T``, ``db = 1^T dZ``."""
@@ -282,7 +285,9 @@ def _h_linear_bwd(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     wt = ins[C_F1] != 0
     acc_dx = ins[C_F2] != 0
     acc_w = ins[C_F3] != 0
-    if act != ACT_IDENTITY:
+    if ins[C_F5] != 0:
+        kcall(kt, K_MUL_D, (T, dZ, dZ, _F))
+    elif act != ACT_IDENTITY:
         kcall_at(kt, K_ACT + N_ROLES * act + 2, K_PROTO_BWD, (T, dZ, dZ, _F, _vec(arena, bufs, ins[C_P])))
     if ins[C_OUT] >= 0:
         kcall(kt, K_COLSUM, (dZ, _vec(arena, bufs, ins[C_OUT]), ins[C_F4] != 0))

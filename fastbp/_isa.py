@@ -11,14 +11,15 @@ Plain module-level integers: numba treats them as compile-time constants.
 """
 # opcodes
 OP_LOAD_X = 1      # out <- x argument (f1: read x in place instead, no copy)
-OP_LINEAR = 2      # out = act(a @ op(b) + c); g=act, f1=wt, d=pre-activation (-1: none), p=act params
+OP_LINEAR = 2      # out = act(a @ op(b) + c); g=act, f1=wt, d=pre-activation (-1: none), p=act params,
+#                    f5=1: d keeps act'(pre-activation) instead, in training mode (LINEAR_BWD's f5)
 OP_MATMUL = 3      # out = a @ op(b); f1=tb
 OP_GATE = 4        # out = a (+|*|max) b; g=gate
 OP_ACT = 5         # out = act(a); g=act, p=act params, c=act'(a) kept in training mode (-1: none)
 OP_SUM = 6         # out = sum(a)
 OP_LOSS = 7        # out = loss(a, targets); b = d scores; g=kind
 OP_SEED = 8        # out = 1
-OP_LINEAR_BWD = 9  # see run_tape
+OP_LINEAR_BWD = 9  # see fastbp._handlers; f5=1: c is the derivative OP_LINEAR kept (dZ = dY * c)
 OP_MATMUL_BWD = 10
 OP_GATE_BWD = 11
 OP_ACT_BWD = 12    # e (+)= d * act'(c); f1=1: e (+)= d * c (c: OP_ACT's kept derivative), f2=accumulate
@@ -42,9 +43,10 @@ OP_CAPACITY = 32
 # instruction, switched by the hyper slot H_CLIP, not an instruction of its own
 
 # tape columns; C_P: the buffer of an activation's parameters (a float row the
-# compiler fills, -1: none) -- parameters are floats, never in the int64 tape
-C_OP, C_OUT, C_A, C_B, C_C, C_D, C_E, C_F, C_G, C_F1, C_F2, C_F3, C_F4, C_P = range(14)
-TAPE_WIDTH = 14
+# compiler fills, -1: none) -- parameters are floats, never in the int64 tape; C_F5 a
+# fifth flag (OP_LINEAR / OP_LINEAR_BWD: the derivative kept)
+C_OP, C_OUT, C_A, C_B, C_C, C_D, C_E, C_F, C_G, C_F1, C_F2, C_F3, C_F4, C_P, C_F5 = range(15)
+TAPE_WIDTH = 15
 
 # the executor context: addresses and sizes of a step's arrays, one int64 vector
 # (X_RUN: the address of the interpreter itself, which the native loops call)

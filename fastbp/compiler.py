@@ -9,12 +9,12 @@ one function each:
 2. fuses every ``x @ W (+ b) (-> activation)`` chain of parameters into
    one linear instruction (forward with a fused epilogue, backward with
    ``dZ`` computed in place); an activation whose derivative reads its
-   input (registry ``uses="input"``) keeps the pre-activation ``Z`` in a
-   buffer of its own, the others only their output; such an activation
-   standing alone (after a normalisation layer, a gate) keeps its
-   derivative instead, computed by the training forward in the same pass
-   as the activation (their costly part, GELU's ``erf``, is shared), so
-   that its backward is a product;
+   input (registry ``uses="input"``) keeps, in a buffer of its own, its
+   derivative at the pre-activation ``Z`` (the others only their output),
+   as does such an activation standing alone (after a normalisation layer,
+   a gate): the training forward computes ``f`` and ``f'`` in one pass
+   (their costly part, GELU's ``erf``, is shared), and the backward is a
+   product (eval mode: the forward alone, the buffer holds ``Z``);
 3. lays out one flat arena: parameters, then their gradients (one
    contiguous block, in the same order), then optimizer state, then
    activations and activation gradients -- allocated once;
@@ -217,7 +217,7 @@ class _Layout:
     run_start: int      # the running statistics: region start, node id -> (running, tracked) buffers
     run_bufs: dict
     consts: list        # [(buffer, float64 values)] written into a new arena
-    pre_buf: dict       # node id -> kept pre-activation (entries with uses="input")
+    pre_buf: dict       # fused node id -> kept pre-activation or derivative (entries with uses="input")
     param_buf: dict     # node id -> its float row (activation parameters, norm eps/momentum)
     stat_buf: dict      # normalisation node id -> its statistics buffer
     deriv_buf: dict     # standalone activation node id -> its kept derivative (uses="input")

@@ -218,6 +218,23 @@ def test_gpu_norm_layers_match_cpu(norm):
         np.testing.assert_array_equal(gpu.buffer_vector, cpu.buffer_vector)
 
 
+@requires_cuda
+def test_gpu_fused_linear_keeps_the_derivative():
+    """Linear -> SiLU fused: the training forward keeps act'(Z) in the pre-activation's buffer
+    (OP_LINEAR / OP_LINEAR_BWD flag f5) and the backward multiplies by it, on the GPU as on the
+    CPU; a predict (eval mode) between the steps changes nothing."""
+    cpu, gpu = make_pair([L(5, 6), fastbp.SiLU(), L(6, 3)], "softmax_cross_entropy",
+                         lambda: fastbp.SGD(lr=0.1, momentum=0.9), np.float64)
+    isa = fastbp._isa
+    assert sum(row[isa.C_F5] for row in cpu.plan.tape if row[isa.C_OP] in (isa.OP_LINEAR, isa.OP_LINEAR_BWD)) == 2
+    rng = np.random.default_rng(5)
+    for n in (4, 3):
+        x, y = batch(cpu, n, rng)
+        assert gpu(x, y) == approx(cpu(x, y), np.float64)
+        np.testing.assert_allclose(gpu.predict(x), cpu.predict(x), **tol(np.float64))
+    assert_same_state(cpu, gpu)
+
+
 # ================================================================== dropout
 @requires_cuda
 @pytest.mark.parametrize("dtype", [np.float64, pytest.param(np.float32, marks=pytest.mark.thorough)])

@@ -696,8 +696,8 @@ def test_vectorisable_exp_is_accurate():
 @pytest.mark.parametrize("dt", DTYPES)
 def test_fwd_d_is_the_forward_and_the_derivative_bitwise(rng, dt):
     """``fwd_d`` (the training forward of an activation whose derivative reads its input)
-    writes bitwise what ``fwd`` writes and what ``bwd`` multiplies by (``bwd`` with
-    ``dY = 1``), for every such entry, with non-default parameters, NaN and extremes; and
+    and ``bias_act_d`` (the same after a product's bias) write bitwise what ``fwd`` writes
+    and what ``bwd`` multiplies by (``bwd`` with ``dY = 1``), for every such entry, with non-default parameters, NaN and extremes; and
     ``_mul_d`` (the backward then) is ``dX (+)= dY * D``, in place too."""
     from fastbp.registry import activations as R
     entries = [e for e in R.entries() if e.uses == "input"]
@@ -715,6 +715,18 @@ def test_fwd_d_is_the_forward_and_the_derivative_bitwise(rng, dt):
         ks.fwd_d.serial(x, y, d, P)
         np.testing.assert_array_equal(y, y_ref, err_msg=e.name)
         np.testing.assert_array_equal(d, d_ref, err_msg=e.name)
+        # the training epilogue of a fused product: z = Z + b, Y = f(z), Z = f'(z); no bias too
+        b = x[1].copy()
+        for bias in (b, np.empty(0, dt)):
+            z = x + bias if bias.size else x.copy()
+            zy, zd = np.empty_like(x), np.empty_like(x)
+            with np.errstate(all="ignore"):
+                ks.fwd.serial(z, zy, P)
+                ks.bwd.serial(z, np.ones_like(x), zd, False, P)
+            Z, Y = x.copy(), np.full_like(x, 7.0)
+            ks.bias_act_d.serial(Z, bias, Y, P)
+            np.testing.assert_array_equal(Y, zy, err_msg=e.name)
+            np.testing.assert_array_equal(Z, zd, err_msg=e.name)
     D, dY = randn(rng, (5, 9), dt), randn(rng, (5, 9), dt)
     out = np.empty_like(D)
     A._mul_d.serial(D, dY, out, False)

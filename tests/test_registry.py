@@ -250,10 +250,13 @@ def test_fused_step_matches_unfused_reference(use_entry, name, which, dt):
     y = rng.integers(0, 3, 8)
     step = fastbp.compile(model, loss="softmax_cross_entropy", optimizer=fastbp.SGD(lr=0.1), batch_size=8,
                           dtype=dt, seed=1)
-    if entry.uses == "input":   # the compiler keeps the pre-activation of each fused layer
-        assert np.sum(step.plan.tape[:, ex.C_D][step.plan.tape[:, ex.C_OP] == ex.OP_LINEAR] >= 0) == 2
+    lin = step.plan.tape[step.plan.tape[:, ex.C_OP] == ex.OP_LINEAR]
+    lin_bwd = step.plan.tape[step.plan.tape[:, ex.C_OP] == ex.OP_LINEAR_BWD]
+    if entry.uses == "input":   # each fused layer keeps the derivative at its pre-activation (f5)
+        assert np.sum(lin[:, ex.C_D] >= 0) == 2 and np.sum(lin[:, ex.C_F5]) == 2
+        assert np.sum(lin_bwd[:, ex.C_F5]) == 2
     else:
-        assert np.all(step.plan.tape[:, ex.C_D][step.plan.tape[:, ex.C_OP] == ex.OP_LINEAR] < 0)
+        assert np.all(lin[:, ex.C_D] < 0) and not lin[:, ex.C_F5].any() and not lin_bwd[:, ex.C_F5].any()
     assert step.plan.n_fused == 3
     p64 = {k: v.astype(np.float64) for k, v in step.params.items()}
     want_loss, want = ref.forward_backward(model, p64, x, y, "softmax_cross_entropy")

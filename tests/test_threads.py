@@ -69,7 +69,8 @@ for dt in [np.dtype(name).type for name in sys.argv[1].split(",")]:
             dX = np.empty_like(X); k_(A._act_bwd)(Y, DY, act, dX, False)
             acc = DY.copy(); k_(A._act_bwd)(Y, X, act, acc, True)
             Yd, D = np.empty_like(X), np.empty_like(X); k_(A._act_fwd_d)(X, act, Yd, D)
-            h(tag.format(f"act{act}"), Y, dX, acc, Yd, D)
+            Zb, Yb = X.copy(), np.empty_like(X); k_(A._bias_act_d)(Zb, X[0].copy(), act, Yb)
+            h(tag.format(f"act{act}"), Y, dX, acc, Yd, D, Zb, Yb)
         md = np.empty_like(X); k_(A._mul_d)(X, DY, md, False)
         md2 = DY.copy(); k_(A._mul_d)(X, X, md2, True)
         h(tag.format("mul_d"), md, md2)
@@ -227,11 +228,11 @@ def test_script_covers_every_parallel_kernel():
     # the activation kernels are per registry entry (activations.kernels(code)); the
     # script runs every role of every entry through these dispatchers, by code
     from fastbp.registry import activations as reg
-    for name in ("_act_fwd", "_act_bwd", "_act_fwd_d", "_linear_fwd", "_linear_fwd_t", "_bias_act"):
+    for name in ("_act_fwd", "_act_bwd", "_act_fwd_d", "_bias_act_d", "_linear_fwd", "_linear_fwd_t", "_bias_act"):
         assert f".{name})" in SCRIPT, name
     assert "for act in ACT_CODES" in SCRIPT
-    roles = {"_act_fwd": "fwd", "_act_bwd": "bwd", "_act_fwd_d": "fwd_d", "_linear_fwd": "linear_fwd",
-             "_linear_fwd_t": "linear_fwd_t", "_bias_act": "bias_act"}
+    roles = {"_act_fwd": "fwd", "_act_bwd": "bwd", "_act_fwd_d": "fwd_d", "_bias_act_d": "bias_act_d",
+             "_linear_fwd": "linear_fwd", "_linear_fwd_t": "linear_fwd_t", "_bias_act": "bias_act"}
     for e in reg.entries():
         assert set(activations.kernels(e.code).all()) == set(roles.values())
         for k in activations.kernels(e.code).all().values():

@@ -14,6 +14,8 @@ entry, compiled on first use (:func:`kernels`), each a serial/parallel
   (``uses="output"``) or input (``uses="input"``); ``dX`` may be ``dY``;
 * ``bias_act(Z, b, Y, P)``:     epilogue of a product: ``Z += b; Y = f(Z)``; with
   ``Z`` and ``Y`` the same array (entries that use the output), in place;
+* ``bias_act_d(Z, b, Y, P)``:   the training epilogue of a product followed by such an
+  entry: ``z = Z + b; Y = f(z); Z = f'(z)`` (``Z`` keeps the derivative);
 * ``fwd_d(X, Y, D, P)``:        ``Y = f(X)`` and ``D = f'(X)`` in one pass, for an
   entry whose derivative reads its input: the training forward keeps ``D`` and
   the backward is then a product (:data:`_mul_d`), one pass of ``f`` and ``f'``
@@ -43,8 +45,8 @@ from .factory import ADAPTERS, entry_suffix, specialise
 from .gemm import _gemm_rows
 
 #: kernel roles in the executor's table (fastbp.kernels.table): K = base + N_ROLES * code + role
-ROLE_BIAS_ACT, ROLE_FWD, ROLE_BWD, ROLE_FWD_D = range(4)
-N_ROLES = 4
+ROLE_BIAS_ACT, ROLE_FWD, ROLE_BWD, ROLE_FWD_D, ROLE_BIAS_ACT_D = range(5)
+N_ROLES = 5
 
 
 @jit(inline=True)
@@ -100,6 +102,27 @@ def _t_fwd_d(X, Y, D, P):
             v = X[i, j]
             Y[i, j] = _F(v, p0, p1)  # noqa: F821
             D[i, j] = _D(v, p0, p1)  # noqa: F821
+
+
+def _t_bias_act_d(Z, b, Y, P):
+    """Training epilogue after a product, for an entry whose derivative reads its input:
+    ``z = Z + b`` (``b`` of length 0: no bias), ``Y = f(z)``, ``Z = f'(z)`` (``Z`` and ``Y``
+    distinct): the derivative the backward multiplies by (:func:`_t_mul_d`)."""
+    p0 = _param(P, 0)
+    p1 = _param(P, 1)
+    m, n = Z.shape
+    has_bias = b.shape[0] > 0
+    for i in prange(m):
+        if has_bias:
+            for j in range(n):
+                v = Z[i, j] + b[j]
+                Y[i, j] = _F(v, p0, p1)  # noqa: F821
+                Z[i, j] = _D(v, p0, p1)  # noqa: F821
+        else:
+            for j in range(n):
+                v = Z[i, j]
+                Y[i, j] = _F(v, p0, p1)  # noqa: F821
+                Z[i, j] = _D(v, p0, p1)  # noqa: F821
 
 
 def _t_mul_d(D, dY, dX, acc):
@@ -195,7 +218,7 @@ def _t_linear_fwd_t(X, Wt, b, Y, P):
 
 class EntryKernels:
     """The kernels of one registry entry (attributes ``fwd``, ``bwd``,
-    ``bias_act``, ``fwd_d``, ``linear_fwd``, ``linear_fwd_t``: :class:`fastbp._jit.Kernel`)."""
+    ``bias_act``, ``fwd_d``, ``bias_act_d``, ``linear_fwd``, ``linear_fwd_t``: :class:`fastbp._jit.Kernel`)."""
 
     def __init__(self, entry):
         self.entry = entry
@@ -207,17 +230,18 @@ class EntryKernels:
         self.bwd = Kernel(specialise(_t_bwd, sfx, _D=d))
         self.bias_act = Kernel(specialise(_t_bias_act, sfx, _F=f))
         self.fwd_d = Kernel(specialise(_t_fwd_d, sfx, _F=f, _D=d))
+        self.bias_act_d = Kernel(specialise(_t_bias_act_d, sfx, _F=f, _D=d))
         self.linear_fwd = Kernel(specialise(_t_linear_fwd, sfx, _F=f, _ACTIVE=entry.code != R.IDENTITY))
         self.linear_fwd_t = Kernel(specialise(_t_linear_fwd_t, sfx, _F=f))
 
     def roles(self):
-        """The executor's kernels, by role: ``(bias_act, fwd, bwd, fwd_d)``."""
-        return (self.bias_act, self.fwd, self.bwd, self.fwd_d)
+        """The executor's kernels, by role: ``(bias_act, fwd, bwd, fwd_d, bias_act_d)``."""
+        return (self.bias_act, self.fwd, self.bwd, self.fwd_d, self.bias_act_d)
 
     def all(self):
         """Every kernel of the entry (for compile/threading checks)."""
         return {"fwd": self.fwd, "bwd": self.bwd, "bias_act": self.bias_act, "fwd_d": self.fwd_d,
-                "linear_fwd": self.linear_fwd, "linear_fwd_t": self.linear_fwd_t}
+                "bias_act_d": self.bias_act_d, "linear_fwd": self.linear_fwd, "linear_fwd_t": self.linear_fwd_t}
 
 
 _KERNELS = {}
@@ -306,6 +330,7 @@ class _Fixed(_ByCode):
 _act_fwd = _ByCode("_act_fwd", "fwd", 1, lambda a: a)
 _act_bwd = _ByCode("_act_bwd", "bwd", 2, lambda a: a)
 _act_fwd_d = _ByCode("_act_fwd_d", "fwd_d", 1, lambda a: a)
+_bias_act_d = _ByCode("_bias_act_d", "bias_act_d", 2, lambda a: a)
 _bias_act = _ByCode("_bias_act", "bias_act", 2, lambda a: (a[0], a[1], a[0]))
 _linear_fwd = _ByCode("_linear_fwd", "linear_fwd", 3, lambda a: a)
 _linear_fwd_t = _ByCode("_linear_fwd_t", "linear_fwd_t", 3, lambda a: a)

@@ -45,6 +45,7 @@ K_PROTO_BIAS_ACT = K_ACT + _act.ROLE_BIAS_ACT
 K_PROTO_FWD = K_ACT + _act.ROLE_FWD
 K_PROTO_BWD = K_ACT + _act.ROLE_BWD
 K_PROTO_FWD_D = K_ACT + _act.ROLE_FWD_D
+K_PROTO_BIAS_ACT_D = K_ACT + _act.ROLE_BIAS_ACT_D
 #: kernels numbered after the activation range (the ids above stay as they were)
 K_RMSPROP, K_CLIP_GRAD_NORM, K_POISSON, K_MUL_D = range(N_KERNELS, N_KERNELS + 4)
 N_KERNELS = K_MUL_D + 1
@@ -109,11 +110,12 @@ native_kernel(K_BN_RUNNING, _batchnorm_running.serial, NONE, lambda d: (a2(d), a
 native_kernel(K_DROPOUT, _dropout.serial, NONE, lambda d: (a2(d), a2(d), I64, I64, I64, I64, F64, B))
 native_kernel(K_MUL_D, _act._mul_d.serial, NONE, lambda d: (a2(d), a2(d), a2(d), B))
 
-#: argument types of the activation roles (bias_act, fwd, bwd, fwd_d)
+#: argument types of the activation roles (bias_act, fwd, bwd, fwd_d, bias_act_d)
 _ACT_SIGS = (lambda d: (a2(d), a1(d), a2(d), a1(d)),
              lambda d: (a2(d), a2(d), a1(d)),
              lambda d: (a2(d), a2(d), a2(d), B, a1(d)),
-             lambda d: (a2(d), a2(d), a2(d), a1(d)))
+             lambda d: (a2(d), a2(d), a2(d), a1(d)),
+             lambda d: (a2(d), a1(d), a2(d), a1(d)))
 #: kernel id -> the registry entry (activation or gate) whose kernel it is
 _ENTRY_OF = {}
 
@@ -255,8 +257,9 @@ _INLINE_OPS = (_isa.OP_LOAD_X, _isa.OP_SEED)
 #: the opcodes with a handler
 HANDLED_OPS = tuple(sorted(op for op in _OP_KERNELS if op not in _INLINE_OPS))
 #: opcodes whose C_G is an activation code, and the roles of its kernels they call
-#: (OP_ACT keeping the derivative, c >= 0, calls fwd_d too: fwd in eval mode; OP_ACT_BWD
-#: reading a kept derivative, f1 = 1, calls K_MUL_D instead)
+#: (OP_ACT keeping the derivative, c >= 0, calls fwd_d too: fwd in eval mode; OP_LINEAR with
+#: f5 = 1 bias_act_d too; OP_ACT_BWD reading a kept derivative, f1 = 1, and OP_LINEAR_BWD with
+#: f5 = 1 call K_MUL_D instead)
 _ACT_ROLES = {_isa.OP_LINEAR: (0,), _isa.OP_ACT: (1,), _isa.OP_LINEAR_BWD: (2,), _isa.OP_ACT_BWD: (2,)}
 
 
@@ -295,7 +298,10 @@ def kernels_for(tape):
             ids = ensure_act_kernels(code)     # ValueError: unknown activation code
             if op == _isa.OP_ACT and int(ins[_isa.C_C]) >= 0:
                 need.add(ids[_act.ROLE_FWD_D])
-            if op == _isa.OP_ACT_BWD and int(ins[_isa.C_F1]) != 0:
+            if op == _isa.OP_LINEAR and int(ins[_isa.C_F5]) != 0:
+                need.add(ids[_act.ROLE_BIAS_ACT_D])
+            if ((op == _isa.OP_ACT_BWD and int(ins[_isa.C_F1]) != 0)
+                    or (op == _isa.OP_LINEAR_BWD and int(ins[_isa.C_F5]) != 0)):
                 need.add(K_MUL_D)
             elif not (op == _isa.OP_LINEAR_BWD and code == _R.IDENTITY):
                 # (a linear layer's backward skips the identity's derivative)
