@@ -35,6 +35,8 @@ SOME = {"identity", "relu", "leaky_relu", "gelu"}
 ENTRIES = [e for e in _reg.entries() if sys.argv[2] == "all" or e.name in SOME]
 PUBLIC = [e for e in _reg.entries(public=True) if e in ENTRIES]
 ACT_CODES = [e.code for e in ENTRIES]
+# "some": one entry (gelu) for the kept-derivative templates (copies of one loop each)
+KEEP_D_CODES = [e.code for e in ENTRIES if e.uses == "input" and (sys.argv[2] == "all" or e.name == "gelu")]
 out["entries"] = sys.argv[2]
 hashes = {}
 
@@ -68,9 +70,11 @@ for dt in [np.dtype(name).type for name in sys.argv[1].split(",")]:
             Y = np.empty_like(X); k_(A._act_fwd)(X, act, Y)
             dX = np.empty_like(X); k_(A._act_bwd)(Y, DY, act, dX, False)
             acc = DY.copy(); k_(A._act_bwd)(Y, X, act, acc, True)
+            h(tag.format(f"act{act}"), Y, dX, acc)
+        for act in KEEP_D_CODES:  # the training forwards that keep the derivative (uses="input")
             Yd, D = np.empty_like(X), np.empty_like(X); k_(A._act_fwd_d)(X, act, Yd, D)
             Zb, Yb = X.copy(), np.empty_like(X); k_(A._bias_act_d)(Zb, X[0].copy(), act, Yb)
-            h(tag.format(f"act{act}"), Y, dX, acc, Yd, D, Zb, Yb)
+            h(tag.format(f"keep_d{act}"), Yd, D, Zb, Yb)
         md = np.empty_like(X); k_(A._mul_d)(X, DY, md, False)
         md2 = DY.copy(); k_(A._mul_d)(X, X, md2, True)
         h(tag.format("mul_d"), md, md2)
@@ -230,7 +234,7 @@ def test_script_covers_every_parallel_kernel():
     from fastbp.registry import activations as reg
     for name in ("_act_fwd", "_act_bwd", "_act_fwd_d", "_bias_act_d", "_linear_fwd", "_linear_fwd_t", "_bias_act"):
         assert f".{name})" in SCRIPT, name
-    assert "for act in ACT_CODES" in SCRIPT
+    assert "for act in ACT_CODES" in SCRIPT and "for act in KEEP_D_CODES" in SCRIPT
     roles = {"_act_fwd": "fwd", "_act_bwd": "bwd", "_act_fwd_d": "fwd_d", "_bias_act_d": "bias_act_d",
              "_linear_fwd": "linear_fwd", "_linear_fwd_t": "linear_fwd_t", "_bias_act": "bias_act"}
     for e in reg.entries():
