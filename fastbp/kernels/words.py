@@ -62,35 +62,23 @@ def _high_word(typingctx, v):
     return types.uint32(v), codegen
 
 
-@intrinsic
-def _xorw(typingctx, a, b):
-    """``a ^ b`` of two words."""
-    _check_ints("xorw", a, b)
+def _binary(name, build, doc):
+    """A numba intrinsic ``name(a, b)`` on two words: ``build(builder, a32, b32)`` (LLVM i32)."""
+    def typer(typingctx, a, b):
+        _check_ints(name, a, b)
 
-    def codegen(context, builder, sig, args):
-        return builder.xor(_word_ir(builder, args[0], sig.args[0]), _word_ir(builder, args[1], sig.args[1]))
-    return types.uint32(a, b), codegen
-
-
-@intrinsic
-def _xorshift(typingctx, x, s):
-    """``x ^ (x >> s)`` of a word (``0 <= s < 32``)."""
-    _check_ints("xorshift", x, s)
-
-    def codegen(context, builder, sig, args):
-        w = _word_ir(builder, args[0], sig.args[0])
-        return builder.xor(w, builder.lshr(w, _word_ir(builder, args[1], sig.args[1])))
-    return types.uint32(x, s), codegen
+        def codegen(context, builder, sig, args):
+            return build(builder, _word_ir(builder, args[0], sig.args[0]), _word_ir(builder, args[1], sig.args[1]))
+        return types.uint32(a, b), codegen
+    typer.__name__ = typer.__qualname__ = name
+    typer.__doc__ = doc
+    return intrinsic(typer)
 
 
-@intrinsic
-def _mulw(typingctx, a, b):
-    """``a * b`` modulo 2**32 of two words."""
-    _check_ints("mulw", a, b)
-
-    def codegen(context, builder, sig, args):
-        return builder.mul(_word_ir(builder, args[0], sig.args[0]), _word_ir(builder, args[1], sig.args[1]))
-    return types.uint32(a, b), codegen
+_xorw = _binary("xorw", lambda builder, a, b: builder.xor(a, b), "``a ^ b`` of two words.")
+_mulw = _binary("mulw", lambda builder, a, b: builder.mul(a, b), "``a * b`` modulo 2**32 of two words.")
+_xorshift = _binary("xorshift", lambda builder, x, s: builder.xor(x, builder.lshr(x, s)),
+                    "``x ^ (x >> s)`` of a word (``0 <= s < 32``).")
 
 
 @intrinsic
