@@ -157,6 +157,21 @@ def test_cumulative_momentum_none():
                                rtol=1e-12)
 
 
+def _ten_steps_like_torch(torch, step, ref, topt):
+    """Ten minibatches of ``_data()`` through the fastbp step and the PyTorch copy ``ref``
+    (optimizer ``topt``): each loss equal to 1e-10 relative.  Returns the features."""
+    X, y = _data()
+    for s in range(10):
+        xb, yb = X[4 * s:4 * s + 8], y[4 * s:4 * s + 8]
+        loss = step(xb, yb)
+        topt.zero_grad()
+        lt = torch.nn.functional.cross_entropy(ref(torch.tensor(xb)), torch.tensor(yb))
+        lt.backward()
+        topt.step()
+        assert abs(loss - lt.item()) <= 1e-10 * abs(lt.item())
+    return X
+
+
 @pytest.mark.extras
 @pytest.mark.parametrize("kind", ["ln", "bn"])
 @pytest.mark.parametrize("opt", ["sgd", "adamw"])
@@ -178,15 +193,7 @@ def test_training_vs_torch(kind, opt):
         return torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
     step = fastbp.from_torch(tm, optimizer=make(tm.parameters()), batch_size=8)
     topt = make(ref.parameters())
-    X, y = _data()
-    for s in range(10):
-        xb, yb = X[4 * s:4 * s + 8], y[4 * s:4 * s + 8]
-        loss = step(xb, yb)
-        topt.zero_grad()
-        lt = torch.nn.functional.cross_entropy(ref(torch.tensor(xb)), torch.tensor(yb))
-        lt.backward()
-        topt.step()
-        assert abs(loss - lt.item()) <= 1e-10 * abs(lt.item())
+    X = _ten_steps_like_torch(torch, step, ref, topt)
     theirs = dict(ref.named_parameters())
     for name, live in step.params.items():
         i, key = name.split(".")
@@ -247,15 +254,7 @@ def test_kept_derivative_training_vs_torch(kind):
     ref = copy.deepcopy(tm)
     step = fastbp.from_torch(tm, optimizer=torch.optim.AdamW(tm.parameters(), lr=1e-2), batch_size=8)
     topt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
-    X, y = _data()
-    for s in range(10):
-        xb, yb = X[4 * s:4 * s + 8], y[4 * s:4 * s + 8]
-        loss = step(xb, yb)
-        topt.zero_grad()
-        lt = torch.nn.functional.cross_entropy(ref(torch.tensor(xb)), torch.tensor(yb))
-        lt.backward()
-        topt.step()
-        assert abs(loss - lt.item()) <= 1e-10 * abs(lt.item())
+    X = _ten_steps_like_torch(torch, step, ref, topt)
     ref.eval()
     np.testing.assert_allclose(step.predict(X), ref(torch.tensor(X)).detach().numpy(), rtol=1e-10, atol=1e-12)
 
