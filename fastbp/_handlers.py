@@ -39,6 +39,7 @@ from ._native import kcall, native_kernel
 from .config import JIT_MAX_MACS
 from .kernels.codes import LOSS_BCE_LOGITS, LOSS_MSE, LOSS_POISSON, LOSS_SOFTMAX_XENT, LOSS_SVM
 from .kernels.gemm import JIT_SLOT, blas_get_threads, blas_set_threads
+from .kernels.activations import ROLE_BIAS_ACT, ROLE_BIAS_ACT_D, ROLE_BWD, ROLE_FWD, ROLE_FWD_D
 from .kernels.losses import _check_labels, weigh_rows
 from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_BN_BWD, K_BN_FWD, K_BN_RUNNING,
                             K_CLIP_GRAD_NORM, K_COLSUM, K_DROPOUT, K_GATE, K_GATE_BWD, K_GATE_FWD, K_HANDLER,
@@ -160,9 +161,9 @@ def _h_linear(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     Z = _view(arena, bufs, ins[C_D], nb) if ins[C_D] >= 0 else Y
     kcall(kt, K_MM, (X, W, Z, _F, ins[C_F1] != 0, _F, hyper, gjit, jit_slot(jbase, pc, 0), kt))
     if ins[C_F5] != 0 and ins[C_D] >= 0 and hyper[H_TRAINING] != 0.0:
-        kcall_at(kt, K_ACT + N_ROLES * act + 4, K_PROTO_BIAS_ACT_D, (Z, b, Y, _vec(arena, bufs, ins[C_P])))
+        kcall_at(kt, K_ACT + N_ROLES * act + ROLE_BIAS_ACT_D, K_PROTO_BIAS_ACT_D, (Z, b, Y, _vec(arena, bufs, ins[C_P])))
     elif b.shape[0] > 0 or act != ACT_IDENTITY or ins[C_D] >= 0:
-        kcall_at(kt, K_ACT + N_ROLES * act, K_PROTO_BIAS_ACT, (Z, b, Y, _vec(arena, bufs, ins[C_P])))
+        kcall_at(kt, K_ACT + N_ROLES * act + ROLE_BIAS_ACT, K_PROTO_BIAS_ACT, (Z, b, Y, _vec(arena, bufs, ins[C_P])))
     return STATUS_OK, 0.0, carry
 
 
@@ -207,9 +208,9 @@ def _h_act(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     Y = _view(arena, bufs, ins[C_OUT], nb)
     P = _vec(arena, bufs, ins[C_P])
     if ins[C_C] >= 0 and hyper[H_TRAINING] != 0.0:
-        kcall_at(kt, K_ACT + N_ROLES * act + 3, K_PROTO_FWD_D, (X, Y, _view(arena, bufs, ins[C_C], nb), P))
+        kcall_at(kt, K_ACT + N_ROLES * act + ROLE_FWD_D, K_PROTO_FWD_D, (X, Y, _view(arena, bufs, ins[C_C], nb), P))
     else:
-        kcall_at(kt, K_ACT + N_ROLES * act + 1, K_PROTO_FWD, (X, Y, P))
+        kcall_at(kt, K_ACT + N_ROLES * act + ROLE_FWD, K_PROTO_FWD, (X, Y, P))
     return STATUS_OK, 0.0, carry
 
 
@@ -288,7 +289,7 @@ def _h_linear_bwd(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     if ins[C_F5] != 0:
         kcall(kt, K_MUL_D, (T, dZ, dZ, _F))
     elif act != ACT_IDENTITY:
-        kcall_at(kt, K_ACT + N_ROLES * act + 2, K_PROTO_BWD, (T, dZ, dZ, _F, _vec(arena, bufs, ins[C_P])))
+        kcall_at(kt, K_ACT + N_ROLES * act + ROLE_BWD, K_PROTO_BWD, (T, dZ, dZ, _F, _vec(arena, bufs, ins[C_P])))
     if ins[C_OUT] >= 0:
         kcall(kt, K_COLSUM, (dZ, _vec(arena, bufs, ins[C_OUT]), ins[C_F4] != 0))
     dW = _view(arena, bufs, ins[C_F], nb)
@@ -355,7 +356,7 @@ def _h_act_bwd(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
         kcall(kt, K_MUL_D, (_xview(arena, bufs, x, xb, ins[C_C], nb), _xview(arena, bufs, x, xb, ins[C_D], nb),
                             _view(arena, bufs, ins[C_E], nb), ins[C_F2] != 0))
         return STATUS_OK, 0.0, carry
-    kcall_at(kt, K_ACT + N_ROLES * act + 2, K_PROTO_BWD,
+    kcall_at(kt, K_ACT + N_ROLES * act + ROLE_BWD, K_PROTO_BWD,
              (_xview(arena, bufs, x, xb, ins[C_C], nb), _xview(arena, bufs, x, xb, ins[C_D], nb),
               _view(arena, bufs, ins[C_E], nb), ins[C_F2] != 0, _vec(arena, bufs, ins[C_P])))
     return STATUS_OK, 0.0, carry

@@ -33,17 +33,30 @@ FASTMATH = {"reassoc", "contract", "arcp"}
 _CACHE = os.environ.get("FASTBP_NO_CACHE", "") == ""
 
 
-def _source_stamp():
-    """A hash of the source files of fastbp's compiled code (kernels, CUDA kernels, executor)."""
-    import hashlib
+#: the top-level modules whose code numba compiles and caches, or inlines into cached code
+#: (bodies, constants); with every file of ``kernels``, ``kernels/cuda`` and ``registry``
+#: (tests/test_jit.py checks that every module with compiled code is listed)
+STAMPED_MODULES = ("_jit.py", "_native.py", "_executor.py", "_handlers.py", "_arena_views.py", "_blas.py",
+                   "_isa.py", "_rng.py", "_cuda_status.py", "config.py")
+
+
+def _stamped_files():
+    """The source files whose hash keys fastbp's numba cache (:func:`_source_stamp`)."""
     here = os.path.dirname(os.path.abspath(__file__))
-    h = hashlib.sha256(numba.__version__.encode())
-    files = [os.path.join(here, n) for n in ("_jit.py", "_native.py", "_executor.py", "_blas.py", "_isa.py", "_rng.py", "config.py")]
+    files = [os.path.join(here, n) for n in STAMPED_MODULES]
     for sub in ("kernels", os.path.join("kernels", "cuda"), "registry"):
         kdir = os.path.join(here, sub)
         if os.path.isdir(kdir):
             files += [os.path.join(kdir, n) for n in sorted(os.listdir(kdir)) if n.endswith(".py")]
-    for path in files:
+    return files
+
+
+def _source_stamp():
+    """A hash of the source files of fastbp's compiled code (kernels, CUDA kernels, executor,
+    handlers, and the modules whose functions or constants they inline)."""
+    import hashlib
+    h = hashlib.sha256(numba.__version__.encode())
+    for path in _stamped_files():
         with open(path, "rb") as f:
             h.update(os.path.basename(path).encode() + b"\0" + f.read())
     return h.hexdigest()

@@ -1,10 +1,13 @@
 """The numba machinery in fastbp._jit: the intrinsics the executor builds its views with."""
+import re
 import sys
+from pathlib import Path
 
 import numba
 import numpy as np
 import pytest
 
+from fastbp import _jit
 from fastbp._jit import block2d, call_fnptr4, int64_bits_as_float64, unmanaged
 
 
@@ -77,3 +80,32 @@ def test_call_fnptr4_calls_the_address_with_four_pointers():
 
     f(addr, 1, 2, 3, 2 ** 40)
     assert seen == [(1, 2, 3, 2 ** 40)]
+
+
+#: what marks a module whose functions numba compiles (and caches on disk)
+_COMPILED = re.compile(r"@jit\b|@numba\.njit|numba\.njit\(|cuda\.jit\(|@intrinsic|@kernel\b|\bKernel\(")
+
+
+def test_the_cache_stamp_covers_every_module_with_compiled_code():
+    """numba invalidates a cached function only when its own file changes, so the
+    stamp of fastbp's sources must include every module with compiled code: the
+    executor inlines the handlers and the arena views; a stale copy would run."""
+    pkg = Path(_jit.__file__).parent
+    stamped = {Path(p).resolve() for p in _jit._stamped_files()}
+    compiled = {p.resolve() for p in pkg.rglob("*.py")
+                if p.parent.name != "bench" and _COMPILED.search(p.read_text())}
+    assert {"_handlers.py", "_arena_views.py", "_executor.py", "activations.py"} <= {p.name for p in compiled}
+    assert not compiled - stamped, sorted(str(p.relative_to(pkg)) for p in compiled - stamped)
+    for name in _jit.STAMPED_MODULES:
+        assert (pkg / name).is_file(), name
+
+
+def test_the_cache_stamp_changes_with_a_handler(tmp_path, monkeypatch):
+    """Editing a stamped file changes the stamp (and so drops the cache)."""
+    before = _jit._source_stamp()
+    files = _jit._stamped_files()
+    handlers = next(p for p in files if p.endswith("_handlers.py"))
+    copy = tmp_path / "_handlers.py"
+    copy.write_text(Path(handlers).read_text() + "\n# edited\n")
+    monkeypatch.setattr(_jit, "_stamped_files", lambda: [str(copy) if p == handlers else p for p in files])
+    assert _jit._source_stamp() != before
