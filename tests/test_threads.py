@@ -257,3 +257,29 @@ def test_script_covers_every_parallel_kernel():
     for name in SERIAL_ONLY:
         mod = next(m for m in (activations, gates, gemm, linear, losses, optim) if hasattr(m, name))
         assert "prange" not in inspect.getsource(getattr(mod, name).py_func)
+
+
+@pytest.mark.parametrize("code", [0, 1, 2])
+def test_broadcast_gate_gradient_is_the_sum_in_row_order(code):
+    """A broadcast operand's gradient (a column of a (r, 1) operand against (r, c)) is the sum
+    along the row in order, in the serial and in the parallel compilation alike.  With fast-math
+    reassociation the parallel one vectorised that sum differently on an AVX-512 CPU (float64,
+    r=1961, c=67: the last bit differed); the row's backward is now compiled without it."""
+    import numpy as np
+    from fastbp.kernels import gates as G
+    from fastbp.registry import gates as greg
+    rng = np.random.default_rng(2024)
+    r, c = 1961, 67
+    A = rng.standard_normal((r, 1))
+    B = rng.standard_normal((r, c))
+    dO = rng.standard_normal((r, c))
+    local = greg.by_code(code).grads
+    ga = np.array([[local(A[i, 0], B[i, j], dO[i, j])[0] for j in range(c)] for i in range(r)])
+    expect = np.zeros((r, 1))
+    for j in range(c):              # the row's sum, in order
+        expect[:, 0] += ga[:, j]
+    k = G._KERNELS(code).bwd
+    for variant in (k.serial, k.parallel):
+        dA, dB = np.zeros((r, 1)), np.zeros((r, c))
+        variant(code, A, B, dO, dA, dB, False, False)
+        assert np.array_equal(dA, expect), variant

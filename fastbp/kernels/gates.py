@@ -128,7 +128,10 @@ class EntryKernels:
         f = jit(inline=True)(entry.forward)
         g = jit(inline=True)(entry.grads)
         self.fwd = Kernel(specialise(_t_gate_fwd, sfx, _F=f, _CODE=entry.code))
-        row = jit(specialise(_t_bwd_row, sfx, _G=g))
+        # the row's backward without fast-math: a broadcast operand's gradient is a sum along the
+        # row, which reassociation let the serial and the parallel compilations vectorise in
+        # different orders (AVX-512: float64 (1961, 1) + (1961, 67) differed in the last bit)
+        row = jit(specialise(_t_bwd_row, sfx, _G=g), fastmath=False)
         self.bwd = Kernel(specialise(_t_gate_bwd, sfx, _ROW=row, _CODE=entry.code))
 
     def roles(self):

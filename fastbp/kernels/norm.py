@@ -141,11 +141,9 @@ def _batchnorm_bwd(X, w, S, dY, dX, dw, db, acc_x, acc_w, acc_b, batch_stats):
     for j in range(N):
         S[3, j] = zero
         S[4, j] = zero
-    for i in range(B):
+    for i in range(B):          # both column sums in one pass over dY (each in row order)
         for j in range(N):
             S[3, j] += dY[i, j]
-    for i in range(B):
-        for j in range(N):
             S[4, j] += dY[i, j] * ((X[i, j] - S[0, j]) * S[1, j])
     if dw.shape[0] > 0:
         for j in range(N):
