@@ -106,6 +106,47 @@ def _drop_stale_cache():
 
 _drop_stale_cache()
 
+
+def _numba_numpy_support_without_scipy_import():
+    """Load numba's numpy support (``numba.np.arraymath``) without its import of ``scipy.linalg``.
+
+    When numba's CPU target first loads (the first compilation, or the first function loaded
+    from the disk cache, in a process), ``numba.np.arraymath`` probes whether scipy's BLAS can
+    be used by importing ``scipy.linalg`` (``numba.np.linalg.ensure_blas``): 0.22-0.38 s, most
+    of a warm process's first step, for an answer that only picks ``np.correlate``'s and
+    ``np.convolve``'s inner product (and ``np.dot`` checks again, with the real probe, when a
+    function using it compiles).  Where scipy is installed, fastbp answers that probe from the
+    installation (as numba would) and imports ``arraymath`` now (0.04 s); numba's probe is
+    restored right after.  Without scipy, or if numba's support is already loaded, or on any
+    surprise, nothing changes.  Returns whether the probe was answered here.
+    """
+    import importlib.util
+    import sys
+    if "numba.np.arraymath" in sys.modules or "scipy.linalg" in sys.modules:
+        return False
+    try:
+        if importlib.util.find_spec("scipy") is None:
+            return False
+        from numba.np import linalg as _la
+    except Exception:  # noqa: BLE001 - an optimisation: never a reason to fail an import
+        return False
+    probe = getattr(_la, "ensure_blas", None)
+    if probe is None:
+        return False
+    _la.ensure_blas = lambda: None      # what the probe returns where scipy imports
+    try:
+        from numba.np import arraymath as _am
+    except Exception:  # noqa: BLE001
+        return False
+    finally:
+        _la.ensure_blas = probe
+    if getattr(_am, "ensure_blas", None) is not None:
+        _am.ensure_blas = probe         # arraymath bound the name when it imported
+    return True
+
+
+_NUMPY_SUPPORT_EARLY = _numba_numpy_support_without_scipy_import()
+
 # numba links callees into callers as shared copies; make them private (see fastbp._native)
 from . import _native  # noqa: E402,F401
 

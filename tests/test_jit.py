@@ -109,3 +109,37 @@ def test_the_cache_stamp_changes_with_a_handler(tmp_path, monkeypatch):
     copy.write_text(Path(handlers).read_text() + "\n# edited\n")
     monkeypatch.setattr(_jit, "_stamped_files", lambda: [str(copy) if p == handlers else p for p in files])
     assert _jit._source_stamp() != before
+
+
+_PROBE_SCRIPT = r"""
+import sys, importlib.util
+import fastbp, numba, numpy as np
+from fastbp import _jit
+from numba.np import arraymath, linalg
+have_scipy = importlib.util.find_spec("scipy") is not None
+assert _jit._NUMPY_SUPPORT_EARLY == have_scipy, _jit._NUMPY_SUPPORT_EARLY
+assert arraymath._HAVE_BLAS == have_scipy            # numba's own probe's answer
+assert arraymath.ensure_blas is linalg.ensure_blas   # the real probe is back in both places
+assert linalg.ensure_blas.__module__ == "numba.np.linalg"
+
+@numba.njit(cache=False)
+def plain(a):
+    return a.sum() * 2.0
+
+assert plain(np.ones(3)) == 6.0                       # numba's CPU target loaded
+assert "scipy.linalg" not in sys.modules, "numba imported scipy.linalg"
+if have_scipy:
+    @numba.njit(cache=False)
+    def dot(a, b):
+        return np.dot(a, b)
+    assert dot(np.ones(3), np.arange(3.0)) == 3.0       # np.dot still finds scipy's BLAS
+print("ok")
+"""
+
+
+def test_numba_numpy_support_loads_without_importing_scipy_linalg():
+    """A process's first compilation or cache load no longer pays numba's import of
+    scipy.linalg (0.22-0.38 s of a warm first step); numba's answer and probe stay its own."""
+    import subprocess
+    out = subprocess.run([sys.executable, "-c", _PROBE_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
