@@ -128,10 +128,11 @@ def layer_list(model, with_params=False):
     return out
 
 
-def forward_backward(model, params, x, y, loss):
-    """Unfused forward + backward.  Returns (loss, grads dict)."""
-    x = np.asarray(x, np.float64)
-    acts = [x]
+def forward(model, params, x):
+    """The unfused float64 forward pass.  Returns ``(spec, pre, acts)``: the layers
+    (``layer_list(model, with_params=True)``), their pre-activations, and the activations
+    (``acts[0]`` is ``x``, ``acts[-1]`` the scores)."""
+    acts = [np.asarray(x, np.float64)]
     pre = []
     spec = layer_list(model, with_params=True)
     for name, act, has_b, ap in spec:
@@ -140,16 +141,29 @@ def forward_backward(model, params, x, y, loss):
             z = z + params[name + ".b"]
         pre.append(z)
         acts.append(act_fwd(act, z, ap))
-    L, d = loss_and_grad(loss, acts[-1], y)
+    return spec, pre, acts
+
+
+def backward(spec, params, pre, acts, d, term=None):
+    """The gradient of every parameter from ``d = dL/d(scores)`` (``forward``'s pass), each
+    factor passed through ``term`` (``np.abs``: the magnitudes of the terms of each gradient)."""
+    term = term or (lambda v: v)
     grads = {}
     for li in range(len(spec) - 1, -1, -1):
         name, act, has_b, ap = spec[li]
-        d = d * act_grad(act, pre[li], ap)
-        grads[name + ".W"] = acts[li].T @ d
+        d = d * term(act_grad(act, pre[li], ap))
+        grads[name + ".W"] = term(acts[li]).T @ d
         if has_b:
             grads[name + ".b"] = d.sum(axis=0)
-        d = d @ params[name + ".W"].T
-    return L, grads
+        d = d @ term(params[name + ".W"]).T
+    return grads
+
+
+def forward_backward(model, params, x, y, loss):
+    """Unfused forward + backward.  Returns (loss, grads dict)."""
+    spec, pre, acts = forward(model, params, x)
+    L, d = loss_and_grad(loss, acts[-1], y)
+    return L, backward(spec, params, pre, acts, d)
 
 
 def optimizer_update(opt, params, grads, state):

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 
 import fastbp
-from reference import act_fwd, act_grad, forward_backward, layer_list, targets
+from reference import act_grad, backward, forward, forward_backward, targets
 
 from fastbp.registry import activations as _REG
 
@@ -82,19 +82,17 @@ def problems(draw):
 def _near_kink(model, params, x, y, loss, rel):
     """Does the float64 forward pass put an activation's input (ReLU, LeakyReLU: any whose
     derivative jumps) or an SVM margin within ``rel`` of its kink?"""
-    h = np.asarray(x, np.float64)
-    for name, act, has_b in layer_list(model):
-        W = params[name + ".W"]
-        z = h @ W
-        mag = np.abs(h) @ np.abs(W)
+    spec, pre, acts = forward(model, params, x)
+    for li, (name, act, has_b, ap) in enumerate(spec):
+        if act is None:
+            continue
+        mag = np.abs(acts[li]) @ np.abs(params[name + ".W"])
         if has_b:
-            z = z + params[name + ".b"]
             mag = mag + np.abs(params[name + ".b"])
-        if act is not None:
-            d = rel * mag + 1e-300
-            if np.any(np.abs(act_grad(act, z + d) - act_grad(act, z - d)) > 0.1):
-                return True
-        h = act_fwd(act, z)
+        z, d = pre[li], rel * mag + 1e-300
+        if np.any(np.abs(act_grad(act, z + d, ap) - act_grad(act, z - d, ap)) > 0.1):
+            return True
+    h = acts[-1]
     if loss == "svm":
         rows = np.arange(h.shape[0])
         sy = h[rows, y][:, None]
@@ -113,27 +111,13 @@ def _magnitudes(model, params, x, y, loss):
     two-class softmax) the gradient itself is far below them, and so is what float32 can know
     of it (hypothesis found such a net: fastbp's error 1.5e-8, PyTorch float32's 8.9e-9, on a
     gradient of 3.2e-6 made of terms of magnitude 13.5)."""
-    h = np.asarray(x, np.float64)
-    acts, pre = [np.abs(h)], []
-    spec = layer_list(model, with_params=True)
-    for name, act, has_b, ap in spec:
-        z = h @ params[name + ".W"] + (params[name + ".b"] if has_b else 0.0)
-        pre.append(z)
-        h = act_fwd(act, z, ap)
-        acts.append(np.abs(h))
+    spec, pre, acts = forward(model, params, x)
+    h = acts[-1]
     if loss == "mse":
         d = (np.abs(h) + np.abs(np.asarray(y, np.float64).reshape(h.shape))) * (2.0 / h.size)
     else:
         d = np.full_like(h, 1.0 / h.shape[0])
-    out = {}
-    for li in range(len(spec) - 1, -1, -1):
-        name, act, has_b, ap = spec[li]
-        d = d * np.abs(act_grad(act, pre[li], ap))
-        out[name + ".W"] = acts[li].T @ d
-        if has_b:
-            out[name + ".b"] = d.sum(axis=0)
-        d = d @ np.abs(params[name + ".W"]).T
-    return out
+    return backward(spec, params, pre, acts, d, term=np.abs)
 
 
 #: ulp of the magnitudes (_magnitudes) allowed on top of the relative tolerance.  Over 768
@@ -205,12 +189,7 @@ def test_predict_matches_reference_forward_at_any_row_count(p, n):
     rng = np.random.default_rng(p["seed"])
     step = fastbp.compile(model, loss=p["loss"], batch_size=p["batch_size"], dtype=dtype, seed=0)
     X = (rng.standard_normal((n, model.in_features)) * p["scale"]).astype(dtype)
-    h = X.astype(np.float64)
-    for name, act, has_b in layer_list(model):
-        h = h @ step.params[name + ".W"].astype(np.float64)
-        if has_b:
-            h = h + step.params[name + ".b"]
-        h = act_fwd(act, h)
+    h = forward(model, {k: v.astype(np.float64) for k, v in step.params.items()}, X)[2][-1]
     out = step.predict(X)
     assert out.shape == (n, model.out_features()) and out.dtype == dtype
     rtol, atol = TOL[dtype]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import fastbp
-from reference import forward_backward, layer_list, mlp, optimizer_update, targets
+from reference import forward, forward_backward, mlp, optimizer_update, targets
 
 LOSSES = ["softmax_cross_entropy", "mse", "bce_with_logits", "svm"]
 OPTIMIZERS = {
@@ -369,10 +369,7 @@ def test_predict_native_loop_equals_python_loop(monkeypatch, n):
     monkeypatch.setattr(S, "PREDICT_NATIVE_MIN_CHUNKS", 1)
     many = step.predict(X)
     np.testing.assert_array_equal(few, many)
-    ref = X.astype(np.float64)
-    for name, act, _ in layer_list(step.model):
-        ref = ref @ step.params[name + ".W"].astype(np.float64) + step.params[name + ".b"]
-        ref = np.tanh(ref) if act == "tanh" else ref
+    ref = forward(step.model, {k: v.astype(np.float64) for k, v in step.params.items()}, X)[2][-1]
     np.testing.assert_allclose(few, ref, rtol=1e-4, atol=1e-5)
 
 
@@ -445,6 +442,11 @@ def test_jit_gemm_kernels_match_the_blas_path(dtype):
         # MKL_NO_JIT for every shape); then every product stays with cblas, as compared above
         assert len(made) == 0 and not _mkl_makes_jit_kernels(dtype)
     assert not jit_off.gjit[1:].any()
+    # fit's native loop and the Python driver use the same kernels
+    X = rng.standard_normal((32 * 70, 48)).astype(dtype)
+    Y = rng.integers(0, 10, 32 * 70)
+    np.testing.assert_allclose(jit_on.fit(X, Y, shuffle=False), jit_off.fit(X, Y, shuffle=False),
+                               rtol=50 * tol)
 
 
 def _mkl_makes_jit_kernels(dtype):
@@ -456,11 +458,6 @@ def _mkl_makes_jit_kernels(dtype):
         return bool(G._jit_mm(A, B, C, False, False, False, table, 1))
     finally:
         fastbp._blas.gemm_jit_destroy(table[2::G.JIT_SLOT])
-    # fit's native loop and the Python driver use the same kernels
-    X = rng.standard_normal((32 * 70, 48)).astype(dtype)
-    Y = rng.integers(0, 10, 32 * 70)
-    np.testing.assert_allclose(jit_on.fit(X, Y, shuffle=False), jit_off.fit(X, Y, shuffle=False),
-                               rtol=50 * tol)
 
 
 def test_jit_gemm_kernels_are_freed_with_the_step(monkeypatch):
