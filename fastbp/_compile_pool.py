@@ -7,6 +7,9 @@ development machine).  :func:`load` splits the units a step needs and that
 are not cached between this process and one helper process
 (``python -m fastbp._compile_pool``), which compiles its share into the disk
 cache and exits; this process then loads that share from the cache.
+A program with other work to do first starts the helper ahead
+(:func:`start_ahead`: ``fastbp train`` before it reads its data), so that the
+helper compiles on the other core while this process reads.
 
 Correctness does not depend on the helper: whatever it did not leave in the
 cache (it failed, timed out, or could not be started) is compiled here, and
@@ -14,6 +17,7 @@ code loaded from the cache is the code compiled in process (numba's cache,
 with fastbp's linkage fix: :mod:`fastbp._native`).  The helper inherits the
 environment (``NUMBA_CACHE_DIR``, numba's flags) and imports the same fastbp.
 """
+import atexit
 import json
 import os
 import subprocess
@@ -117,6 +121,59 @@ def _wait(proc, timeout):
         proc.wait()
 
 
+#: helpers started by :func:`start_ahead` that no :func:`load` has waited for yet:
+#: ``{dtype: (process, the units it compiles)}``
+_AHEAD = {}
+
+
+def _uncached(dtype, kids):
+    """The units of ``kids`` to compile (not in numba's disk cache; those that are
+    get loaded), or None where one of them cannot be cached (no helper then)."""
+    cached = {k: native_cached(k, dtype) for k in kids}
+    if any(v is None for v in cached.values()):
+        return None
+    return [k for k in kids if cached[k] is False]
+
+
+def start_ahead(dtype, kids, keep_here=()):
+    """Start the helper process for the units ``kids`` of ``dtype`` that are not
+    cached, but ``keep_here``'s, before this process needs them: a program that
+    knows which step it will build and has other work first (``fastbp train``
+    reads its data) lets the helper compile on the other core meanwhile.  The
+    next :func:`load` of ``dtype`` waits for it and loads its share from the
+    cache.  Returns whether a helper was started (not when :func:`enabled` says
+    no, or fewer than :data:`fastbp.config.COMPILE_OFFLOAD_MIN` units are to be
+    compiled).  A helper nobody waited for is stopped when this process exits.
+    """
+    dtype = np.dtype(dtype)
+    if _off() or dtype in _AHEAD:
+        return False
+    kids = list(dict.fromkeys(int(k) for k in kids))
+    todo = _uncached(dtype, kids)
+    if todo is None or len(todo) < config.COMPILE_OFFLOAD_MIN or not enabled():
+        return False
+    share = _helper_share(todo, set(keep_here))
+    if len(share) < 2:
+        return False
+    proc = _start_helper(dtype, share)
+    if proc is None:
+        return False
+    if not _AHEAD:
+        atexit.register(_stop_ahead)
+    _AHEAD[dtype] = (proc, {k for k, _ in share})
+    return True
+
+
+def _stop_ahead():
+    """At exit: stop the helpers no step waited for (the program failed before
+    building its step); numba writes each cache file whole, so none is left half-written."""
+    for proc, _ in _AHEAD.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _AHEAD.clear()
+
+
 def load(dtype, kids, keep_here=()):
     """The addresses of native kernels ``kids`` for ``dtype`` (``{kid: address}``),
     loading each from numba's disk cache or compiling it.
@@ -128,16 +185,17 @@ def load(dtype, kids, keep_here=()):
     dtype = np.dtype(dtype)
     kids = list(dict.fromkeys(int(k) for k in kids))
     proc = None
-    share = []
-    if not _off():
-        cached = {k: native_cached(k, dtype) for k in kids}       # (loads what is in the cache)
-        todo = [k for k in kids if cached[k] is False]
-        if (len(todo) >= config.COMPILE_OFFLOAD_MIN and not any(v is None for v in cached.values())
-                and enabled()):
+    theirs = set()
+    if dtype in _AHEAD:                 # started by start_ahead: its share is compiled there
+        proc, theirs = _AHEAD.pop(dtype)
+        theirs = theirs.intersection(kids)
+    elif not _off():
+        todo = _uncached(dtype, kids)                               # (loads what is in the cache)
+        if todo is not None and len(todo) >= config.COMPILE_OFFLOAD_MIN and enabled():
             share = _helper_share(todo, set(keep_here))
             if len(share) >= 2 and len(share) < len(todo):
                 proc = _start_helper(dtype, share)
-    theirs = {k for k, _ in share} if proc is not None else set()
+                theirs = {k for k, _ in share} if proc is not None else set()
     out = {}
     for k in kids:
         if k not in theirs:
@@ -154,7 +212,9 @@ def _main(argv):
     dtype named ``argv[0]`` into numba's disk cache."""
     dtype = np.dtype(argv[0])
     share = json.loads(argv[1])
-    from .kernels import table      # registers the loop kernels (the helper's share is only those)
+    from .kernels import table      # registers the loop kernels
+    if any(kid >= table.K_MM for kid, _ in share):
+        from . import _handlers     # noqa: F401 - registers the product dispatcher and the handlers
     for kid, qualname in share:
         if table.K_ACT <= kid < table.K_ACT + table.N_ROLES * table._R.CAPACITY and kid not in _NATIVE:
             try:

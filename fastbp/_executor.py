@@ -201,6 +201,27 @@ native_kernel(K_RUN_TAPE, run_tape, numba.types.Tuple((I64, numba.types.float64,
 #: the interpreter, its handlers and its product dispatcher
 _COMPILE_HERE = frozenset([K_RUN_TAPE, K_MM, *range(K_HANDLER, K_HANDLER + OP_CAPACITY)])
 
+#: what this process keeps when the helper starts ahead of the step (compile_ahead): the
+#: interpreter and its handlers; the helper also takes the product dispatcher, as this
+#: process has other work first
+_COMPILE_HERE_AHEAD = frozenset([K_RUN_TAPE, *range(K_HANDLER, K_HANDLER + OP_CAPACITY)])
+
+
+def compile_ahead(dtype, tape):
+    """Start compiling the native kernels that running ``tape`` needs for ``dtype``,
+    and that numba's disk cache lacks, in a helper process, before any step is
+    built (:func:`fastbp._compile_pool.start_ahead`); the first step built for
+    ``dtype`` then compiles only the rest.  Returns whether a helper started.
+
+    Raises
+    ------
+    ValueError
+        ``tape`` holds an opcode or a code this executor does not know.
+    """
+    kids = sorted(kernels_for(tape)) + [K_RUN_TAPE]
+    return _compile_pool.start_ahead(dtype, kids, keep_here=_COMPILE_HERE_AHEAD)
+
+
 def run_step(ctx, sec, nb, x, yi, yf, mode):
     """One call: forward (+ loss + backward (+ update)) for a minibatch of ``nb`` rows.
 

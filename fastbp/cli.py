@@ -29,8 +29,9 @@ import numpy as np
 from ._cli_base import (EXTRA as _EXTRA, CliError, State, UsageError as _UsageError,
                         check_output_path as _check_output_path, err as _err, ms as _ms,
                         out as _out, require as _require)
-from ._cli_args import DEFAULT_LR as _DEFAULT_LR, build_parser, optimizer_from_args
-from ._cli_schedule import extend_parser, schedule_from_args
+from ._cli_args import DEFAULT_LR as _DEFAULT_LR, build_parser
+from ._cli_schedule import extend_parser
+from ._cli_step import build_step as _build_step, compile_ahead as _compile_ahead
 
 __all__ = ["main", "build_parser", "CliError"]
 
@@ -119,26 +120,6 @@ def _load(args):
     scaler = data.Standardizer().fit(ds.X[tr])
     return _Prepared(Xtr=scaler.transform(ds.X[tr], dt, ds.feature_names), ytr=ytr,
                      Xte=scaler.transform(ds.X[te], dt, ds.feature_names), yte=yte, scaler=scaler, **kw)
-
-
-def _build_step(args, n_in, n_out, n_train):
-    import fastbp
-
-    from .builders import mlp
-
-    model = mlp([n_in, *args.hidden, n_out], args.activation, batchnorm=args.batchnorm, dropout=args.dropout)
-    opt = optimizer_from_args(args)
-    bs = min(args.batch_size, n_train)
-    schedule = schedule_from_args(args, -(-n_train // bs), lambda m: _UsageError(f"fastbp train: error: {m}"))
-    try:
-        step = fastbp.compile(model, loss=args.loss, optimizer=opt, batch_size=bs,
-                              dtype=np.dtype(args.dtype).type, seed=args.seed, device=args.device,
-                              schedule=schedule, clip_grad_norm=args.clip_grad_norm)
-    except Exception as e:
-        if args.device == "cuda":  # no device, no driver, ...: say which option failed
-            raise CliError(f"--device cuda: {e}") from None
-        raise
-    return step, opt
 
 
 def _targets(loss, y, n_classes, dtype):
@@ -377,6 +358,8 @@ def _setup(args, mpi):
     if args.compare and State.rank == 0:
         _require("sklearn", "--compare needs scikit-learn")
 
+    if not mpi and args.device == "cpu":
+        _compile_ahead(args)
     d = _load(args)
     n_out = 1 if args.task == "regression" else len(d.classes)
     t_loaded = time.perf_counter()

@@ -117,3 +117,156 @@ def test_whatever_the_helper_did_not_compile_is_compiled_here(monkeypatch):
     # this process's share first, the helper's after the wait
     n_here = len(kids) + 1 - len(started[0])
     assert set(calls[:n_here]) & set(started[0]) == set() and set(calls[n_here:]) == set(started[0])
+
+
+def _fake_pool(monkeypatch, calls, started):
+    monkeypatch.setattr(pool.config, "COMPILE_WORKERS", "1")
+    monkeypatch.setattr(pool, "_cpus", lambda: 2)
+    monkeypatch.setattr(pool, "_idle_cpus", lambda: 2.0)
+    monkeypatch.setattr(pool, "native_cached", lambda k, d: False)
+    monkeypatch.setattr(pool, "native_address", lambda k, d: calls.append(k) or 1000 + k)
+
+    def fake_helper(dtype, share):
+        started.append([k for k, _ in share])
+        return subprocess.Popen([sys.executable, "-c", "pass"])
+    monkeypatch.setattr(pool, "_start_helper", fake_helper)
+    monkeypatch.setattr(pool, "_AHEAD", {})
+
+
+def _tape():
+    return fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 4), fastbp.ReLU(), fastbp.Linear(4, 2)),
+                          loss="softmax_cross_entropy", optimizer=fastbp.Adam(), batch_size=2,
+                          dtype=np.float64).plan.tape
+
+
+def test_a_helper_started_ahead_compiles_its_share_for_the_next_load(monkeypatch):
+    """compile_ahead (fastbp train, before reading its data): the helper takes the
+    loop kernels and the product dispatcher; the step built later compiles the
+    interpreter and its handlers here, waits, and starts no second helper."""
+    calls, started = [], []
+    tape = _tape()
+    kids = sorted(table.kernels_for(tape)) + [ex.K_RUN_TAPE]
+    _fake_pool(monkeypatch, calls, started)
+    assert ex.compile_ahead(np.float64, tape)
+    assert not ex.compile_ahead(np.float64, tape)        # one helper per dtype at a time
+    assert len(started) == 1 and calls == []
+    share = set(started[0])
+    here = {ex.K_RUN_TAPE, *range(table.K_HANDLER, table.K_HANDLER + ex.OP_CAPACITY)}
+    assert table.K_MM in share and not share & here and share | (here & set(kids)) == set(kids)
+    out = pool.load(np.float64, kids, keep_here=ex._COMPILE_HERE)
+    assert out == {k: 1000 + k for k in kids} and len(started) == 1 and pool._AHEAD == {}
+    n_here = len(kids) - len(share)
+    assert not set(calls[:n_here]) & share and set(calls[n_here:]) == share
+    # a later cold load of that dtype starts its own helper again
+    calls.clear()
+    pool.load(np.float64, kids, keep_here=ex._COMPILE_HERE)
+    assert len(started) == 2
+
+
+def test_no_helper_ahead_when_the_pool_is_off_or_little_is_to_compile(monkeypatch):
+    calls, started = [], []
+    tape = _tape()
+    _fake_pool(monkeypatch, calls, started)
+    monkeypatch.setattr(pool.config, "COMPILE_WORKERS", "0")
+    assert not ex.compile_ahead(np.float64, tape)
+    monkeypatch.setattr(pool.config, "COMPILE_WORKERS", "1")
+    monkeypatch.setattr(pool, "native_cached", lambda k, d: True)       # a warm cache
+    assert not ex.compile_ahead(np.float32, tape)
+    assert started == [] and pool._AHEAD == {}
+
+
+def test_a_helper_nobody_waited_for_is_stopped_at_exit(monkeypatch):
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    monkeypatch.setattr(pool, "_AHEAD", {np.dtype(np.float32): (proc, {1, 2})})
+    pool._stop_ahead()
+    assert proc.poll() is not None and pool._AHEAD == {}
+
+
+def test_the_helper_compiles_the_product_dispatcher_into_the_cache(tmp_path):
+    """The helper process itself (python -m fastbp._compile_pool) with the share
+    compile_ahead gives it beyond the loop kernels: the product dispatcher, registered
+    by fastbp._handlers, which the helper then imports; a new process finds it cached."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), FASTBP_COMPILE_WORKERS="0")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [os.path.dirname(os.path.dirname(fastbp.__file__)),
+                                                    env.get("PYTHONPATH", "")] if p)
+    share = json.dumps([[table.K_MM, "_mm"], [table.K_MM_SMALL, "_mm_small"]])
+    run = subprocess.run([sys.executable, "-m", "fastbp._compile_pool", "float64", share], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    probe = ("import numpy as np; from fastbp import _handlers; from fastbp._native import native_cached; "
+             f"print(native_cached({table.K_MM}, np.dtype('float64')), "
+             f"native_cached({table.K_MM_SMALL}, np.dtype('float64')), "
+             f"native_cached({table.K_COLSUM}, np.dtype('float64')))")
+    got = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=600)
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert got.stdout.split() == ["True", "True", "False"]
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["--activation", "gelu", "--dropout", "0.1", "--batchnorm", "--optimizer", "sgd", "--momentum", "0.9"],
+    ["--activation", "tanh", "--optimizer", "rmsprop", "--loss", "svm", "--hidden", "7"],
+    ["--task", "regression", "--dtype", "float64", "--hidden", "5", "3", "--clip-grad-norm", "1.0"],
+])
+def test_fastbp_train_starts_ahead_the_kernels_its_step_runs(monkeypatch, tmp_path, argv, capsys):
+    """fastbp train names the kernels to compile ahead (before reading the data)
+    from a model of width 2 with its layers: exactly the kernels of the step it builds."""
+    from fastbp import cli
+    ahead, built = [], []
+    monkeypatch.setattr(ex, "compile_ahead", lambda dtype, tape: ahead.append((np.dtype(dtype), tape)))
+    real = cli._build_step
+    monkeypatch.setattr(cli, "_build_step", lambda *a: built.append(real(*a)) or built[-1])
+    if "regression" in argv:
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((40, 3))
+        np.savetxt(tmp_path / "r.csv", np.column_stack([X, X @ [1.0, -2.0, 0.5]]), delimiter=",",
+                   header="a,b,c,y", comments="")
+        argv = argv + ["--data", str(tmp_path / "r.csv")]
+    assert cli.main(["train", "--quiet", "--epochs", "1", *argv]) == 0, capsys.readouterr()
+    (dtype, tape), = ahead
+    step = built[0][0]
+    assert dtype == step.dtype
+    assert table.kernels_for(tape) == table.kernels_for(step.plan.tape)
+
+
+_CLI_CHILD = r"""
+import json, sys
+from numba.core import event
+compiled = []
+class L(event.Listener):
+    def on_start(self, ev):
+        d = ev.data.get("dispatcher")
+        compiled.append(getattr(getattr(d, "py_func", None), "__qualname__", None))
+    def on_end(self, ev):
+        pass
+event.register("numba:compile", L())
+from fastbp import cli, _compile_pool
+status = cli.main(["train", "--quiet", "--epochs", "2", "--dtype", "float64"])
+print(json.dumps({"status": status, "compiled": compiled, "enabled": _compile_pool.enabled()}))
+"""
+
+
+@pytest.mark.thorough      # a cold compilation of fastbp train's step on two processes
+def test_a_cold_fastbp_train_compiles_the_loop_kernels_ahead_in_the_helper(tmp_path):
+    """On an empty cache, fastbp train starts the helper before it reads the data:
+    the helper compiles the loop kernels and the product dispatcher, this process
+    the interpreter and its handlers; then the same run on the warm cache prints
+    the same result."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), FASTBP_COMPILE_WORKERS="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [os.path.dirname(os.path.dirname(fastbp.__file__)),
+                                                    env.get("PYTHONPATH", "")] if p)
+    runs = [subprocess.run([sys.executable, "-c", _CLI_CHILD], capture_output=True, text=True, env=env,
+                           timeout=900) for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-3000:]
+    cold, warm = (json.loads(r.stdout.strip().splitlines()[-1]) for r in runs)
+    if not cold["enabled"]:
+        pytest.skip("the pool is off on one CPU")
+    assert cold["status"] == warm["status"] == 0
+    names = [n for n in cold["compiled"] if n]
+    assert "run_tape" in names and "_h_linear" in names
+    assert not any(n == "_mm" or n.startswith(("_softmax_xent", "_adam_update", "_mm_small", "_t_bias_act"))
+                   for n in names), names
+    assert [n for n in warm["compiled"] if n] == []
+    accuracy = [[ln for ln in r.stdout.splitlines() if ln.startswith("test accuracy")] for r in runs]
+    assert accuracy[0] and accuracy[0] == accuracy[1]

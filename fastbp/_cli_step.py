@@ -1,0 +1,51 @@
+"""The training step of a ``fastbp train`` run: built from the parsed arguments,
+and its native code compiled ahead, while the data is read."""
+from __future__ import annotations
+
+import numpy as np
+
+from ._cli_args import optimizer_from_args
+from ._cli_base import CliError, UsageError
+from ._cli_schedule import schedule_from_args
+
+
+def build_step(args, n_in, n_out, n_train):
+    """The compiled step of ``fastbp train`` for ``n_in`` features, ``n_out``
+    outputs and ``n_train`` training rows; returns ``(step, optimizer)``."""
+    import fastbp
+
+    from .builders import mlp
+
+    model = mlp([n_in, *args.hidden, n_out], args.activation, batchnorm=args.batchnorm, dropout=args.dropout)
+    opt = optimizer_from_args(args)
+    bs = min(args.batch_size, n_train)
+    schedule = schedule_from_args(args, -(-n_train // bs), lambda m: UsageError(f"fastbp train: error: {m}"))
+    try:
+        step = fastbp.compile(model, loss=args.loss, optimizer=opt, batch_size=bs,
+                              dtype=np.dtype(args.dtype).type, seed=args.seed, device=args.device,
+                              schedule=schedule, clip_grad_norm=args.clip_grad_norm)
+    except Exception as e:
+        if args.device == "cuda":  # no device, no driver, ...: say which option failed
+            raise CliError(f"--device cuda: {e}") from None
+        raise
+    return step, opt
+
+
+def compile_ahead(args):
+    """On a cold numba cache, start compiling the step's native code on the other
+    core while this process reads the data (:func:`fastbp._executor.compile_ahead`).
+    Which kernels a step runs does not depend on the layer widths, so a model of
+    width 2 with the same layers names them; the step built after the data
+    compiles only what the helper does not."""
+    from ._executor import compile_ahead
+    from ._step_base import StepBase
+    from .builders import mlp
+
+    n_out = 1 if args.task == "regression" else 2
+    try:
+        probe = StepBase(mlp([2] * (len(args.hidden) + 1) + [n_out], args.activation, batchnorm=args.batchnorm,
+                             dropout=args.dropout), args.loss, optimizer_from_args(args), 2,
+                         np.dtype(args.dtype).type, 0)
+    except (TypeError, ValueError):
+        return      # the step built after the data says what is wrong
+    compile_ahead(probe.dtype, probe.plan.tape)
