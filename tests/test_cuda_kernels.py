@@ -1078,14 +1078,24 @@ def test_ptx_compiles(monkeypatch, tmp_path, target):
 def test_loss_and_norm_kernels_of_both_targets_compile_the_registry_bodies():
     """One body per op (issue 13): the CPU kernels and the CUDA kernels compile the loss
     registry's row functions (softmax cross-entropy: its three phases) and the normalisation
-    registry's bodies (LayerNorm's rows too), not copies."""
+    registry's bodies (the statistics, LayerNorm's rows, BatchNorm's input-gradient element
+    and running update too), not copies."""
     from fastbp.kernels import losses as cpu_l, norm as cpu_n
     from fastbp.kernels.cuda import losses as gpu_l, norm as gpu_n
     from fastbp.registry import losses as RL, norms as RN
     shared = [(RL, cpu_l, gpu_l, n) for n in ("mse_row", "bce_logits_row", "poisson_row", "svm_row",
                                               "xent_shift_row", "xent_prob", "xent_finish_row")]
-    shared += [(RN, cpu_n, gpu_n, n) for n in ("norm_affine", "norm_dx", "ln_fwd_row", "ln_dx_row")]
+    shared += [(RN, cpu_n, gpu_n, n) for n in ("norm_mean", "norm_rstd", "norm_affine", "norm_dx", "ln_fwd_row",
+                                              "ln_dx_row", "bn_dx", "bn_factor", "bn_running")]
     for reg, cpu, gpu, name in shared:
         body = getattr(reg, name).__code__
         for mod in (cpu, gpu):
             assert getattr(mod, "_" + name).py_func.__code__ is body, f"{mod.__name__}._{name}"
+    # the bodies that call bodies call that target's compilations of them
+    calls = {"ln_fwd_row": ("norm_mean", "norm_rstd", "norm_affine"), "ln_dx_row": ("norm_mean", "norm_dx"),
+             "bn_dx": ("norm_dx",)}
+    for name, callees in calls.items():
+        for mod in (cpu_n, gpu_n):
+            seen = getattr(mod, "_" + name).py_func.__globals__
+            for c in callees:
+                assert seen["_" + c] is getattr(mod, "_" + c), f"{mod.__name__}._{name} -> _{c}"

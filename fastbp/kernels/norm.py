@@ -7,9 +7,12 @@ or ``affine`` False).  ``P`` is the layer's float row: ``P[0] = eps``
 (BatchNorm: ``P[1] = momentum``, ``P[2] = 1`` for the cumulative average of
 ``momentum=None``).
 
-The elementwise parts (normalise + affine, and the per-element backward) are
-the scalar bodies of :mod:`fastbp.registry.norms`, the same Python functions
-the CUDA kernels (:mod:`fastbp.kernels.cuda.norm`) compile.
+The math is the scalar bodies of :mod:`fastbp.registry.norms`, the same
+Python functions the CUDA kernels (:mod:`fastbp.kernels.cuda.norm`) compile:
+the statistics (mean, ``rstd``; in the arrays' dtype), normalise + affine,
+the input-gradient element, LayerNorm's rows, BatchNorm's running update.
+What is written here is BatchNorm's column loops: the minibatch is summed row
+by row, contiguous and vectorised over the columns.
 
 Math (``xhat = (x - mean) * rstd``, ``rstd = 1 / sqrt(var + eps)``, ``var``
 the biased variance; ``g = dy * w``):
@@ -26,19 +29,24 @@ the biased variance; ``g = dy * w``):
 Every reduction runs in a fixed order (rows in order), so the result does not
 depend on the thread count.
 """
-import math
-
 import numba
 
 from .._jit import kernel
 from ..registry import norms as _body
 from .factory import specialise
 
-_norm_affine = numba.njit(inline="always")(_body.norm_affine)
-_norm_dx = numba.njit(inline="always")(_body.norm_dx)
-# LayerNorm's row bodies (shared with the CUDA kernels)
-_ln_fwd_row = numba.njit(inline="always")(specialise(_body.ln_fwd_row, "__cpu", _norm_affine=_norm_affine))
-_ln_dx_row = numba.njit(inline="always")(specialise(_body.ln_dx_row, "__cpu", _norm_dx=_norm_dx))
+_inline = numba.njit(inline="always")
+_norm_mean = _inline(_body.norm_mean)
+_norm_rstd = _inline(_body.norm_rstd)
+_norm_affine = _inline(_body.norm_affine)
+_norm_dx = _inline(_body.norm_dx)
+# LayerNorm's row bodies and BatchNorm's element bodies (shared with the CUDA kernels)
+_ln_fwd_row = _inline(specialise(_body.ln_fwd_row, "__cpu", _norm_mean=_norm_mean, _norm_rstd=_norm_rstd,
+                                 _norm_affine=_norm_affine))
+_ln_dx_row = _inline(specialise(_body.ln_dx_row, "__cpu", _norm_mean=_norm_mean, _norm_dx=_norm_dx))
+_bn_dx = _inline(specialise(_body.bn_dx, "__cpu", _norm_dx=_norm_dx))
+_bn_factor = _inline(_body.bn_factor)
+_bn_running = _inline(_body.bn_running)
 
 
 @kernel
@@ -88,9 +96,10 @@ def _batchnorm_fwd(X, w, b, Y, S, R, P, training):
     Training (or no running statistics, ``R`` empty): ``S[0] = mean`` and
     ``S[1] = rstd`` of each column over the minibatch (biased variance),
     ``S[2]`` the column's sum of squared deviations (for the unbiased running
-    variance; ``S`` has 5 rows, the last two scratch of the backward); eval: ``S[0], S[1]`` from the running ``R[0] = mean``,
-    ``R[1] = var``.  Then ``Y = (X - mean) * rstd * w + b``.  Derivative: see
-    :func:`_batchnorm_bwd`."""
+    variance; ``S`` has 5 rows, the last two scratch of the backward); eval: ``S[0], S[1]``
+    from the running ``R[0] = mean``, ``R[1] = var``.  Then ``Y = (X - mean) * rstd * w + b``.
+    The statistics are the registry's ``norm_mean`` / ``norm_rstd`` of the column sums (in
+    the dtype of ``X``).  Derivative: see :func:`_batchnorm_bwd`."""
     B, N = X.shape
     dt = X.dtype.type
     eps = P[0]
@@ -99,7 +108,6 @@ def _batchnorm_fwd(X, w, b, Y, S, R, P, training):
     one = dt(1.0)
     zero = dt(0.0)
     if training or R.shape[0] == 0:
-        inv_b = 1.0 / B
         for j in range(N):
             S[0, j] = zero
             S[2, j] = zero
@@ -107,19 +115,17 @@ def _batchnorm_fwd(X, w, b, Y, S, R, P, training):
             for j in range(N):
                 S[0, j] += X[i, j]
         for j in range(N):
-            S[0, j] = dt(S[0, j] * inv_b)
+            S[0, j] = _norm_mean(S[0, j], B, dt)
         for i in range(B):
             for j in range(N):
                 d = X[i, j] - S[0, j]
                 S[2, j] += d * d
         for j in range(N):
-            sd = math.sqrt(S[2, j] * inv_b + eps)
-            S[1, j] = dt(1.0 / sd) if sd != 0.0 else dt(math.inf)   # eps = 0 and no variance: inf, not an exception
+            S[1, j] = _norm_rstd(_norm_mean(S[2, j], B, dt), eps, dt)   # the biased variance's rstd
     else:
         for j in range(N):
             S[0, j] = R[0, j]
-            sd = math.sqrt(R[1, j] + eps)
-            S[1, j] = dt(1.0 / sd) if sd != 0.0 else dt(math.inf)   # eps = 0 and no variance: inf, not an exception
+            S[1, j] = _norm_rstd(R[1, j], eps, dt)
     for i in range(B):
         for j in range(N):
             Y[i, j] = _norm_affine(X[i, j], S[0, j], S[1, j], w[j] if has_w else one, b[j] if has_b else zero)
@@ -130,14 +136,13 @@ def _batchnorm_bwd(X, w, S, dY, dX, dw, db, acc_x, acc_w, acc_b, batch_stats):
     """Backward of :func:`_batchnorm_fwd`: ``dw (+)= sum_rows dY * xhat``,
     ``db (+)= sum_rows dY``; with batch statistics (``batch_stats``) per column
     ``dX = rstd * (g - mean(g) - xhat * mean(g * xhat))``, ``g = dY * w``,
-    else (running statistics, constants) ``dX = g * rstd``.  ``S[3]``, ``S[4]``:
-    scratch for the column sums of ``dY`` and ``dY * xhat``."""
+    else (running statistics, constants) ``dX = g * rstd`` (the registry's ``bn_dx``).
+    ``S[3]``, ``S[4]``: scratch for the column sums of ``dY`` and ``dY * xhat``."""
     B, N = X.shape
     dt = X.dtype.type
     zero = dt(0.0)
     one = dt(1.0)
     has_w = w.shape[0] > 0
-    inv_b = dt(1.0 / B)
     for j in range(N):
         S[3, j] = zero
         S[4, j] = zero
@@ -156,12 +161,8 @@ def _batchnorm_bwd(X, w, S, dY, dX, dw, db, acc_x, acc_w, acc_b, batch_stats):
     for i in range(B):
         for j in range(N):
             ww = w[j] if has_w else one
-            rstd = S[1, j]
-            g = dY[i, j] * ww
-            if batch_stats:
-                d = _norm_dx(g, (X[i, j] - S[0, j]) * rstd, rstd, S[3, j] * ww * inv_b, S[4, j] * ww * inv_b)
-            else:
-                d = g * rstd
+            d = _bn_dx(dY[i, j], X[i, j], ww, S[0, j], S[1, j],
+                       _norm_mean(S[3, j] * ww, B, dt), _norm_mean(S[4, j] * ww, B, dt), batch_stats)
             if acc_x:
                 dX[i, j] += d
             else:
@@ -171,16 +172,14 @@ def _batchnorm_bwd(X, w, S, dY, dX, dw, db, acc_x, acc_w, acc_b, batch_stats):
 @kernel
 def _batchnorm_running(S, R, T, P, nb):
     """The running statistics after a training minibatch of ``nb >= 2`` rows:
-    ``T[0] += 1`` (batches tracked), ``f = momentum`` (or ``1 / T[0]`` for the
-    cumulative average), ``R[0] = (1 - f) R[0] + f mean``,
-    ``R[1] = (1 - f) R[1] + f var_unbiased`` (PyTorch's update)."""
+    ``f = momentum`` (or ``1 / (T[0] + 1)`` for the cumulative average), ``T[0] += 1``
+    (batches tracked), ``R[0] = (1 - f) R[0] + f mean``, ``R[1] = (1 - f) R[1] + f
+    var_unbiased`` (PyTorch's update; the registry's ``bn_factor``, ``bn_running``)."""
     N = R.shape[1]
     dt = R.dtype.type
+    f = _bn_factor(T[0], P[2] != dt(0.0), P[1], dt)
     T[0] += dt(1.0)
-    f = dt(1.0 / T[0]) if P[2] != 0.0 else dt(P[1])
-    keep = dt(1.0) - f
-    inv = dt(1.0 / (nb - 1))
     for j in range(N):
-        R[0, j] = f * S[0, j] + keep * R[0, j]
+        R[0, j] = _bn_running(S[0, j], R[0, j], f, dt)
     for j in range(N):
-        R[1, j] = f * (S[2, j] * inv) + keep * R[1, j]
+        R[1, j] = _bn_running(_norm_mean(S[2, j], nb - 1, dt), R[1, j], f, dt)

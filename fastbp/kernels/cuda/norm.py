@@ -4,28 +4,34 @@ Simple kernels, one thread per reduced line: LayerNorm's statistics and
 input gradient take one thread per row, BatchNorm's statistics, the
 weight/bias gradients and the running update one thread per column; each
 line is summed in the CPU kernels' order (rows or columns in order), so
-no atomics and a fixed order.  The elementwise parts are the scalar bodies
-of :mod:`fastbp.registry.norms` (``norm_affine``, ``norm_dx``), and
-LayerNorm's forward and input gradient its row bodies (``ln_fwd_row``,
-``ln_dx_row``), compiled here as device functions from the same Python
-functions the CPU loops use.
+no atomics and a fixed order.  The math is the scalar bodies of
+:mod:`fastbp.registry.norms`, compiled here as device functions from the same
+Python functions the CPU loops use: the statistics (``norm_mean``,
+``norm_rstd``), ``norm_affine``, ``norm_dx``, LayerNorm's rows (``ln_fwd_row``,
+``ln_dx_row``), BatchNorm's input-gradient element (``bn_dx``) and running
+update (``bn_factor``, ``bn_running``).  What is written here is the loops:
+a BatchNorm column per thread.
 
 The launchers take the arrays and the stream; ``w``/``b`` of size 0 mean
 no weight/bias, an output of size 0 is not computed.
 """
-import math
-
 from numba import cuda
 
 from ...registry import norms as _body
 from ..factory import specialise
 from .launch import device, grid_1d, grid_ew, kernel
 
+_norm_mean = device(_body.norm_mean)
+_norm_rstd = device(_body.norm_rstd)
 _norm_affine = device(_body.norm_affine)
 _norm_dx = device(_body.norm_dx)
-# LayerNorm's row bodies (shared with the CPU loops)
-_ln_fwd_row = device(specialise(_body.ln_fwd_row, "__cuda", _norm_affine=_norm_affine))
-_ln_dx_row = device(specialise(_body.ln_dx_row, "__cuda", _norm_dx=_norm_dx))
+# LayerNorm's row bodies and BatchNorm's element bodies (shared with the CPU loops)
+_ln_fwd_row = device(specialise(_body.ln_fwd_row, "__cuda", _norm_mean=_norm_mean, _norm_rstd=_norm_rstd,
+                                _norm_affine=_norm_affine))
+_ln_dx_row = device(specialise(_body.ln_dx_row, "__cuda", _norm_mean=_norm_mean, _norm_dx=_norm_dx))
+_bn_dx = device(specialise(_body.bn_dx, "__cuda", _norm_dx=_norm_dx))
+_bn_factor = device(_body.bn_factor)
+_bn_running = device(_body.bn_running)
 
 
 @kernel
@@ -67,30 +73,28 @@ def _k_ln_dx(X, w, S, dY, dX, acc_x):
 @kernel
 def _k_bn_stats(X, S, R, P, batch):
     """Per column: batch mean / rstd / sum of squared deviations (``batch``), or the
-    running statistics' mean and rstd."""
+    running statistics' mean and rstd (the registry's ``norm_mean``, ``norm_rstd``)."""
     j = cuda.grid(1)
     B = X.shape[0]
     if j >= X.shape[1]:
         return
     dt = X.dtype.type
     eps = P[0]
-    one = dt(1.0)
     if batch:
-        inv_b = one / dt(B)
         s = dt(0.0)
         for i in range(B):
             s += X[i, j]
-        mean = s * inv_b
+        mean = _norm_mean(s, B, dt)
         v = dt(0.0)
         for i in range(B):
             d = X[i, j] - mean
             v += d * d
         S[0, j] = mean
         S[2, j] = v
-        S[1, j] = one / math.sqrt(v * inv_b + eps)
+        S[1, j] = _norm_rstd(_norm_mean(v, B, dt), eps, dt)     # the biased variance's rstd
     else:
         S[0, j] = R[0, j]
-        S[1, j] = one / math.sqrt(R[1, j] + eps)
+        S[1, j] = _norm_rstd(R[1, j], eps, dt)
 
 
 @kernel
@@ -134,24 +138,22 @@ def _k_bn_dparams(X, S, dY, dw, db, acc_w, acc_b):
 
 @kernel
 def _k_bn_dx(X, w, S, dY, dX, acc_x, batch):
-    """The input gradient of BatchNorm per element (column sums in ``S[3]``, ``S[4]``)."""
+    """The input gradient of BatchNorm per element (the registry's ``bn_dx``; column sums
+    in ``S[3]``, ``S[4]``)."""
     j, i0 = cuda.grid(2)
     sy = cuda.gridsize(2)[1]
     N = X.shape[1]
     if j >= N:
         return
     dt = X.dtype.type
+    B = X.shape[0]
     ww = w[j] if w.shape[0] > 0 else dt(1.0)
+    mean = S[0, j]
     rstd = S[1, j]
-    inv_b = dt(1.0) / dt(X.shape[0])
-    mg = S[3, j] * ww * inv_b
-    mgx = S[4, j] * ww * inv_b
-    for i in range(i0, X.shape[0], sy):
-        g = dY[i, j] * ww
-        if batch:
-            d = _norm_dx(g, (X[i, j] - S[0, j]) * rstd, rstd, mg, mgx)
-        else:
-            d = g * rstd
+    mg = _norm_mean(S[3, j] * ww, B, dt)
+    mgx = _norm_mean(S[4, j] * ww, B, dt)
+    for i in range(i0, B, sy):
+        d = _bn_dx(dY[i, j], X[i, j], ww, mean, rstd, mg, mgx, batch)
         if acc_x:
             dX[i, j] += d
         else:
@@ -178,19 +180,16 @@ def _k_flag_nonfinite(g, flag):
 
 @kernel
 def _k_bn_running(S, R, T, P, nb, flag, res):
-    """The running update of one column per thread (``T`` read, not written: see
-    :func:`_k_bn_count`), skipped when ``flag[0]`` (a gradient is not finite) or the
-    status word ``res[1]`` is set."""
+    """The running update of one column per thread (the registry's ``bn_factor``,
+    ``bn_running``; ``T`` read, not written: see :func:`_k_bn_count`), skipped when
+    ``flag[0]`` (a gradient is not finite) or the status word ``res[1]`` is set."""
     j = cuda.grid(1)
     if j >= R.shape[1] or flag[0] != 0.0 or res[1] != 0.0:      # flag, res: float64 by contract
         return
     dt = R.dtype.type
-    one = dt(1.0)
-    f = one / (T[0] + one) if P[2] != dt(0.0) else P[1]
-    keep = one - f
-    inv = one / dt(nb - 1)
-    R[0, j] = f * S[0, j] + keep * R[0, j]
-    R[1, j] = f * (S[2, j] * inv) + keep * R[1, j]
+    f = _bn_factor(T[0], P[2] != dt(0.0), P[1], dt)
+    R[0, j] = _bn_running(S[0, j], R[0, j], f, dt)
+    R[1, j] = _bn_running(_norm_mean(S[2, j], nb - 1, dt), R[1, j], f, dt)
 
 
 @kernel
