@@ -20,6 +20,7 @@ imported only where they are needed.
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -524,7 +525,22 @@ def _process_age():
 
 
 def main(argv=None):
-    """Entry point of the ``fastbp`` console script; returns the exit status."""
+    """Entry point of the ``fastbp`` console script; returns the exit status.
+
+    ``argv``: the arguments (default: ``sys.argv[1:]``).  Without ``argv`` (the
+    console script, which exits with the status) the objects left at the end
+    are frozen out of Python's garbage collector (:func:`gc.freeze`): the
+    interpreter's collections at exit walked every object that numba,
+    scikit-learn and pandas had made, 0.3-0.4 s of a 1.7 s ``fastbp train``
+    on the 2-core machine; the memory goes back to the system at exit anyway.
+    """
+    status = _run(argv)
+    if argv is None:
+        gc.freeze()
+    return status
+
+
+def _run(argv):
     t_main = time.perf_counter()
     t_start = t_main - (_process_age() if argv is None else 0.0)
     debug = os.environ.get("FASTBP_DEBUG", "") not in ("", "0")
