@@ -5,7 +5,9 @@
   (numba, CuPy, PyTorch CUDA: anything with ``__cuda_array_interface__``),
   read in place, without a copy;
 - :func:`device_features`, :func:`device_targets`: the checks of device
-  inputs (host inputs go through :mod:`fastbp._validate`, as on the CPU);
+  inputs: the shape checks of :mod:`fastbp._validate` (through which host
+  inputs go, as on the CPU), then the device's own rules (no dtype
+  conversion on the device, C order);
 - :func:`stage_params`: the checked ``(destination, source)`` pairs of a
   mapping of weights.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _validate as V
 from .kernels.cuda import cuda_available
 
 try:  # numba-cuda is optional: without it nothing is a device array
@@ -101,13 +104,7 @@ def device_features(d, name, dtype, n_in, max_rows=None):
     if np.dtype(d.dtype) != dtype:
         raise TypeError(f"{name} has dtype {np.dtype(d.dtype)}; this step was compiled for {dtype} "
                         f"(convert it on the device first)")
-    if len(d.shape) != 2 or d.shape[1] != n_in:
-        raise ValueError(f"{name} must have shape (n, {n_in}), got {tuple(d.shape)}")
-    n = int(d.shape[0])
-    if n < 1:
-        raise ValueError(f"{name} is empty: it must have at least one row")
-    if max_rows is not None and n > max_rows:
-        raise ValueError(f"{name} has {n} rows, more than batch_size={max_rows}")
+    n = V.feature_rows(d.shape, name, n_in, max_rows)
     if not is_c_contiguous(d):
         raise ValueError(f"{name} must be C-contiguous (row-major)")
     return n
@@ -132,17 +129,13 @@ def device_targets(d, name, n, n_out, dtype, loss, classification):
         if dt != np.int64:
             raise TypeError(f"{name} on the device must hold int64 class labels for loss {loss!r}, "
                             f"got dtype {dt}")
-        if shape != (n,):
-            raise ValueError(f"{name} must have shape ({n},) to match the {n} rows of x, got {shape}")
+        V.label_shape(shape, name, n)
     else:
         if dt != dtype:
             raise TypeError(f"{name} on the device must have dtype {dtype} for loss {loss!r}, "
                             f"got {dt}")
-        if shape == (n,) and n_out == 1:
+        if V.target_shape(shape, name, n, n_out) != shape:
             d = d.reshape(n, 1)
-            shape = (n, 1)
-        if shape != (n, n_out):
-            raise ValueError(f"{name} must have shape ({n}, {n_out}), got {shape}")
     if not is_c_contiguous(d):
         raise ValueError(f"{name} must be C-contiguous")
     return d

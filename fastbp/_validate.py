@@ -20,10 +20,10 @@ values are valid -- read-only, unaligned, offset, strided, reversed,
 transposed, broadcast, ``x[:, None]``, memory-mapped, byte-swapped, other
 integer label widths -- and hand back the array the executor reads
 (:func:`executor_form`), copying only when it is not already in that form;
-and the scalar validators (:func:`positive_int`, :func:`seed`,
-:func:`boolean`, :func:`resolve_dtype`, :func:`resolve_device`) give every
-entry point one error policy: a wrong type is a ``TypeError``, a wrong
-value a ``ValueError``, and the message names the argument.
+their shape checks also check CUDA device arrays (:mod:`fastbp._cuda_device`).
+The scalar validators (:func:`positive_int`, :func:`seed`, :func:`boolean`,
+:func:`resolve_dtype`, :func:`resolve_device`) complete one error policy: a wrong
+type is a ``TypeError``, a wrong value a ``ValueError``, the message names the argument.
 """
 from __future__ import annotations
 
@@ -37,9 +37,7 @@ __all__ = [
     "FLOAT_DTYPES", "array", "float_array", "ndim", "shape", "contiguous",
     "same_dtype", "writeable", "out_array", "no_overlap", "labels", "fmt_shape",
     "INT64_MAX", "RANDOM_STATE_MAX", "positive_int", "seed", "same_precision", "boolean", "resolve_dtype",
-    "resolve_device",
-    "executor_form", "features", "class_labels", "targets",
-]
+    "resolve_device", "executor_form", "features", "class_labels", "targets", "feature_rows", "label_shape", "target_shape"]
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
@@ -485,14 +483,34 @@ def features(x, name, dtype, n_features, max_rows=None):
             raise TypeError(f"{name} has dtype {dt}; this step was compiled for {dtype} "
                             f"(convert with {name}.astype(np.{dtype.name}))")
         raise TypeError(f"{name} has dtype {dt}, expected {dtype}")
-    if x.ndim != 2 or x.shape[1] != n_features:
-        raise ValueError(f"{name} must have shape (n, {n_features}), got {x.shape}")
-    n = x.shape[0]
+    return executor_form(x, dtype, name), feature_rows(x.shape, name, n_features, max_rows)
+
+
+def feature_rows(shape, name, n_features, max_rows=None):
+    """Rows ``n`` of features shaped ``(n, n_features)``, ``1 <= n <= max_rows``, else ValueError."""
+    if len(shape) != 2 or shape[1] != n_features:
+        raise ValueError(f"{name} must have shape (n, {n_features}), got {tuple(shape)}")
+    n = int(shape[0])
     if n < 1:
         raise ValueError(f"{name} is empty: it must have at least one row")
     if max_rows is not None and n > max_rows:
         raise ValueError(f"{name} has {n} rows, more than batch_size={max_rows}")
-    return executor_form(x, dtype, name), n
+    return n
+
+
+def label_shape(shape, name, n):
+    """ValueError naming ``name`` unless labels are shaped ``(n,)``."""
+    if tuple(shape) != (n,):
+        raise ValueError(f"{name} must have shape ({n},) to match the {n} rows of x, got {tuple(shape)}")
+
+
+def target_shape(shape, name, n, n_out):
+    """``(n, n_out)`` for targets shaped so (or ``(n,)`` with ``n_out == 1``), else ValueError."""
+    if tuple(shape) == (n,) and n_out == 1:
+        return n, 1
+    if tuple(shape) != (n, n_out):
+        raise ValueError(f"{name} must have shape ({n}, {n_out}), got {tuple(shape)}")
+    return n, n_out
 
 
 def class_labels(y, name, n, n_classes, loss, check_range=True):
@@ -516,8 +534,7 @@ def class_labels(y, name, n, n_classes, loss, check_range=True):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(y).__name__}")
     if y.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer class labels for loss {loss!r}, got dtype {y.dtype}")
-    if y.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},) to match the {n} rows of x, got {y.shape}")
+    label_shape(y.shape, name, n)
     if y.dtype.kind == "u" and y.dtype.itemsize >= 8 and n:
         too_big = y > np.uint64(INT64_MAX)
         if too_big.any():
@@ -552,11 +569,7 @@ def targets(y, name, n, n_out, dtype, loss):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(y).__name__}")
     if y.dtype.kind not in "fiu":
         raise TypeError(f"{name} must be a float array of targets for loss {loss!r}, got dtype {y.dtype}")
-    if y.shape == (n,) and n_out == 1:
-        y = y.reshape(n, 1)
-    if y.shape != (n, n_out):
-        raise ValueError(f"{name} must have shape ({n}, {n_out}), got {y.shape}")
-    return executor_form(y, dtype, name)
+    return executor_form(y.reshape(target_shape(y.shape, name, n, n_out)), dtype, name)
 
 
 def sample_weight(w, name, n):
