@@ -23,8 +23,9 @@ for _ in range(3):
     step(rng.standard_normal((8, 6)), rng.integers(0, 4, 8))
 """
 
-_CHILD = r"""
-import json, sys, numpy as np, fastbp
+#: a child's preamble: ``compiled`` lists the functions numba compiles in it (None: the wait for the helper)
+_LISTEN = r"""
+import json, sys
 from numba.core import event
 compiled = []
 class L(event.Listener):
@@ -34,6 +35,10 @@ class L(event.Listener):
     def on_end(self, ev):
         pass
 event.register("numba:compile", L())
+"""
+
+_CHILD = _LISTEN + r"""
+import numpy as np, fastbp
 """ + _TRAIN + r"""
 np.save(sys.argv[1], step.param_vector)
 print(json.dumps({"compiled": compiled, "enabled": fastbp._compile_pool.enabled()}))
@@ -92,34 +97,10 @@ def test_the_pool_is_off_when_asked(monkeypatch):
     assert not pool.enabled()
 
 
-def test_whatever_the_helper_did_not_compile_is_compiled_here(monkeypatch):
-    """A helper that exits without compiling anything: every kernel still gets its
-    address, the helper's share after the wait (loaded or compiled here)."""
-    kids = sorted(table.kernels_for(fastbp.compile(
-        fastbp.Sequential(fastbp.Linear(3, 4), fastbp.ReLU(), fastbp.Linear(4, 2)), loss="mse",
-        optimizer=fastbp.SGD(lr=0.1), batch_size=2, dtype=np.float64).plan.tape))
-    calls = []
-    started = []
-    monkeypatch.setattr(pool.config, "COMPILE_WORKERS", "1")
-    monkeypatch.setattr(pool, "_cpus", lambda: 2)
-    monkeypatch.setattr(pool, "_idle_cpus", lambda: 2.0)
-    monkeypatch.setattr(pool, "native_cached", lambda k, d: False)
-    monkeypatch.setattr(pool, "native_address", lambda k, d: calls.append(k) or 1000 + k)
-
-    def fake_helper(dtype, share):
-        started.append([k for k, _ in share])
-        return subprocess.Popen([sys.executable, "-c", "pass"])
-    monkeypatch.setattr(pool, "_start_helper", fake_helper)
-    here = {table.K_MM, *range(table.K_HANDLER, table.K_HANDLER + ex.OP_CAPACITY)}
-    out = pool.load(np.float64, kids + [ex.K_RUN_TAPE], keep_here=here | {ex.K_RUN_TAPE})
-    assert out == {k: 1000 + k for k in kids + [ex.K_RUN_TAPE]}
-    assert len(started) == 1 and started[0] and not set(started[0]) & here
-    # this process's share first, the helper's after the wait
-    n_here = len(kids) + 1 - len(started[0])
-    assert set(calls[:n_here]) & set(started[0]) == set() and set(calls[n_here:]) == set(started[0])
-
-
 def _fake_pool(monkeypatch, calls, started):
+    """The pool on 2 idle CPUs with nothing cached: ``native_address`` records the
+    units asked for in ``calls``, a helper is a process that does nothing and
+    records its share in ``started``."""
     monkeypatch.setattr(pool.config, "COMPILE_WORKERS", "1")
     monkeypatch.setattr(pool, "_cpus", lambda: 2)
     monkeypatch.setattr(pool, "_idle_cpus", lambda: 2.0)
@@ -131,6 +112,23 @@ def _fake_pool(monkeypatch, calls, started):
         return subprocess.Popen([sys.executable, "-c", "pass"])
     monkeypatch.setattr(pool, "_start_helper", fake_helper)
     monkeypatch.setattr(pool, "_AHEAD", {})
+
+
+def test_whatever_the_helper_did_not_compile_is_compiled_here(monkeypatch):
+    """A helper that exits without compiling anything: every kernel still gets its
+    address, the helper's share after the wait (loaded or compiled here)."""
+    kids = sorted(table.kernels_for(fastbp.compile(
+        fastbp.Sequential(fastbp.Linear(3, 4), fastbp.ReLU(), fastbp.Linear(4, 2)), loss="mse",
+        optimizer=fastbp.SGD(lr=0.1), batch_size=2, dtype=np.float64).plan.tape))
+    calls, started = [], []
+    _fake_pool(monkeypatch, calls, started)
+    here = {table.K_MM, *range(table.K_HANDLER, table.K_HANDLER + ex.OP_CAPACITY)}
+    out = pool.load(np.float64, kids + [ex.K_RUN_TAPE], keep_here=here | {ex.K_RUN_TAPE})
+    assert out == {k: 1000 + k for k in kids + [ex.K_RUN_TAPE]}
+    assert len(started) == 1 and started[0] and not set(started[0]) & here
+    # this process's share first, the helper's after the wait
+    n_here = len(kids) + 1 - len(started[0])
+    assert set(calls[:n_here]) & set(started[0]) == set() and set(calls[n_here:]) == set(started[0])
 
 
 def _tape():
@@ -229,17 +227,7 @@ def test_fastbp_train_starts_ahead_the_kernels_its_step_runs(monkeypatch, tmp_pa
     assert table.kernels_for(tape) == table.kernels_for(step.plan.tape)
 
 
-_CLI_CHILD = r"""
-import json, sys
-from numba.core import event
-compiled = []
-class L(event.Listener):
-    def on_start(self, ev):
-        d = ev.data.get("dispatcher")
-        compiled.append(getattr(getattr(d, "py_func", None), "__qualname__", None))
-    def on_end(self, ev):
-        pass
-event.register("numba:compile", L())
+_CLI_CHILD = _LISTEN + r"""
 from fastbp import cli, _compile_pool
 status = cli.main(["train", "--quiet", "--epochs", "2", "--dtype", "float64"])
 print(json.dumps({"status": status, "compiled": compiled, "enabled": _compile_pool.enabled()}))
