@@ -215,7 +215,6 @@ def test_no_allocation_per_step():
         x = rng.standard_normal((4, 8)).astype(np.float32)
         y = rng.integers(0, 3, 4)
         step(x, y)
-        p = step.plan
         # the array arguments of ex.run_tape, the one compiled call of a step
         args = (step._ctx, x, y, step._no_yf)
         touch(*args)
