@@ -55,33 +55,56 @@ def _cpu_times():
     return v[3] + (v[4] if len(v) > 4 else 0), sum(v[:8])
 
 
-def _idle_cpus(interval=0.05):
+def usage_sample():
+    """A starting point for :func:`_idle_cpus`: /proc/stat's ``(idle, total)``
+    jiffies (or None) and this process's CPU seconds so far."""
+    t = os.times()
+    return _cpu_times(), t.user + t.system
+
+
+def _idle_cpus(interval=0.05, since=None):
     """How many CPUs are idle now: the idle share of the machine's CPU time over
     ``interval`` seconds times the CPUs (Linux); elsewhere by the 1-minute load
     average, or all of them where neither is known.  (The load average lags: a
-    job that just ended still counts for a minute.)"""
-    a = _cpu_times()
-    if a is not None:
-        time.sleep(interval)
-        b = _cpu_times()
-        if b is not None and b[1] > a[1]:
-            return (os.cpu_count() or 1) * (b[0] - a[0]) / (b[1] - a[1])
+    job that just ended still counts for a minute.)
+
+    ``since``: a :func:`usage_sample` taken earlier, measured from then instead
+    of sleeping (a caller with work to do first need not wait); this process's
+    own CPU time since then counts as idle (the same work it would otherwise
+    have waited for).  Too short an interval falls back to sleeping."""
+    n = os.cpu_count() or 1
+    a, own = since if since is not None else (None, None)
+    b = _cpu_times() if a is not None else None
+    if b is None or b[1] - a[1] < 2 * n:        # no sample, or under 2 ticks per CPU
+        a, own = _cpu_times(), None
+        if a is not None:
+            time.sleep(interval)
+            b = _cpu_times()
+    if a is not None and b is not None and b[1] > a[1]:
+        idle = b[0] - a[0]
+        if own is not None:
+            t = os.times()
+            idle += (t.user + t.system - own) * os.sysconf("SC_CLK_TCK")
+        return min(float(n), n * idle / (b[1] - a[1]))
     try:
         return _cpus() - os.getloadavg()[0]
     except (AttributeError, OSError):
         return _cpus()
 
 
-def enabled():
+def enabled(since=None):
     """Whether :func:`load` may start a helper process (see :data:`fastbp.config.COMPILE_WORKERS`):
     on at least 2 CPUs, where ``sys.executable`` is a Python interpreter (not a frozen
     application or a program embedding Python); by default (``auto``) only when
-    more than one CPU is idle (a helper on a busy machine only slows this process down)."""
+    more than one CPU is idle (a helper on a busy machine only slows this process down),
+    measured from ``since`` (a :func:`usage_sample`) when given."""
     if _off() or _cpus() < 2 or getattr(sys, "frozen", False):
         return False
     if not os.path.basename(sys.executable or "").lower().startswith(("python", "pypy")):
         return False        # an embedding program (a server, an application), not an interpreter to run
-    return config.COMPILE_WORKERS in _ON or _idle_cpus() > 1.0
+    if config.COMPILE_WORKERS in _ON:
+        return True
+    return (_idle_cpus() if since is None else _idle_cpus(since=since)) > 1.0
 
 
 def _helper_share(kids, keep_here):
@@ -149,8 +172,9 @@ def start_ahead(dtype, kids, keep_here=()):
     if _off() or dtype in _AHEAD:
         return False
     kids = list(dict.fromkeys(int(k) for k in kids))
+    start = usage_sample()              # the machine's load, measured over the cache check
     todo = _uncached(dtype, kids)
-    if todo is None or len(todo) < config.COMPILE_OFFLOAD_MIN or not enabled():
+    if todo is None or len(todo) < config.COMPILE_OFFLOAD_MIN or not enabled(since=start):
         return False
     share = _helper_share(todo, set(keep_here))
     if len(share) < 2:

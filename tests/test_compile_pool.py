@@ -80,13 +80,13 @@ def test_a_cold_first_step_compiles_on_two_processes_and_trains_bitwise_alike(tm
 
 def test_the_pool_is_off_when_asked(monkeypatch):
     monkeypatch.setattr(pool, "_cpus", lambda: 2)
-    monkeypatch.setattr(pool, "_idle_cpus", lambda: 2.0)
+    monkeypatch.setattr(pool, "_idle_cpus", lambda **k: 2.0)
     for off in ("0", "off"):
         monkeypatch.setattr(pool.config, "COMPILE_WORKERS", off)
         assert not pool.enabled()
     monkeypatch.setattr(pool.config, "COMPILE_WORKERS", "auto")
     assert pool.enabled()
-    monkeypatch.setattr(pool, "_idle_cpus", lambda: 0.7)      # the other CPU is busy
+    monkeypatch.setattr(pool, "_idle_cpus", lambda **k: 0.7)      # the other CPU is busy
     assert not pool.enabled()
     monkeypatch.setattr(pool.config, "COMPILE_WORKERS", "1")
     assert pool.enabled()
@@ -97,13 +97,35 @@ def test_the_pool_is_off_when_asked(monkeypatch):
     assert not pool.enabled()
 
 
+def test_idle_cpus_measured_from_an_earlier_sample(monkeypatch):
+    """start_ahead measures the machine's load over its own cache check instead of
+    sleeping: the process's CPU time since the sample counts as idle; too short an
+    interval falls back to the sleeping measurement."""
+    class T:
+        user, system = 5.1, 0.0
+    ticks = [(110, 1020)]
+    slept = []
+    monkeypatch.setattr(pool.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(pool.os, "sysconf", lambda name: 100)
+    monkeypatch.setattr(pool.os, "times", lambda: T)
+    monkeypatch.setattr(pool, "_cpu_times", lambda: ticks[-1])
+    monkeypatch.setattr(pool.time, "sleep", lambda dt: slept.append(dt) or ticks.append((112, 1030)))
+    # 20 jiffies on 2 CPUs, 10 of them idle, and this process busy for 0.1 s (10 jiffies)
+    assert pool._idle_cpus(since=((100, 1000), 5.0)) == pytest.approx(2.0)
+    assert pool._idle_cpus(since=((100, 1000), 5.1)) == pytest.approx(1.0)     # busy elsewhere: one CPU idle
+    assert slept == []
+    assert pool.usage_sample() == ((110, 1020), 5.1)
+    # an interval under 2 ticks per CPU: measured again over a sleep (2 of 10 jiffies idle)
+    assert pool._idle_cpus(since=((109, 1018), 5.0)) == pytest.approx(0.4) and slept == [0.05]
+
+
 def _fake_pool(monkeypatch, calls, started):
     """The pool on 2 idle CPUs with nothing cached: ``native_address`` records the
     units asked for in ``calls``, a helper is a process that does nothing and
     records its share in ``started``."""
     monkeypatch.setattr(pool.config, "COMPILE_WORKERS", "1")
     monkeypatch.setattr(pool, "_cpus", lambda: 2)
-    monkeypatch.setattr(pool, "_idle_cpus", lambda: 2.0)
+    monkeypatch.setattr(pool, "_idle_cpus", lambda **k: 2.0)
     monkeypatch.setattr(pool, "native_cached", lambda k, d: False)
     monkeypatch.setattr(pool, "native_address", lambda k, d: calls.append(k) or 1000 + k)
 
