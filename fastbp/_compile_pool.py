@@ -183,6 +183,7 @@ def start_ahead(dtype, kids, keep_here=()):
     if proc is None:
         return False
     if not _AHEAD:
+        atexit.unregister(_stop_ahead)      # registered once, however many helpers start ahead
         atexit.register(_stop_ahead)
     _AHEAD[dtype] = (proc, {k for k, _ in share})
     return True
