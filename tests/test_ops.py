@@ -262,6 +262,38 @@ def test_sigmoid_tanh_softmax_bce_at_extremes(dt, variant):
             np.testing.assert_allclose(loss, ref_bce, rtol=1e-6)
 
 
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("n_classes", [2, 10, 100])
+def test_softmax_xent_keeps_the_loss_and_gradient_of_rows_predicted_right(dt, n_classes, variant):
+    """Rows whose target's probability is 1 to within the float type's resolution (float32:
+    1 - 3.4e-9 rounds to 1) keep their loss and the target's derivative ``p_t - 1``: both
+    computed from the other classes' probabilities (``log1p``, ``-r / s``), not by
+    cancelling against 1.  Reference: float64 from the other classes' exps directly."""
+    rng = np.random.default_rng(n_classes)
+    B = 6
+    S = rng.uniform(-1.0, 1.0, (B, n_classes))
+    labels = rng.integers(0, n_classes, B)
+    margin = np.array([25.0, 28.0, 32.0, 40.0, 0.5, 3.0])        # four rows saturated in float32
+    S[np.arange(B), labels] += margin
+    S[5, (labels[5] + 1) % n_classes] += 5.0                      # the last row's target is not the max
+    S = S.astype(dt)
+    S64 = S.astype(np.float64)
+    m = S64.max(1, keepdims=True)
+    e = np.exp(S64 - m)
+    e_t = e[np.arange(B), labels]
+    other = np.array([np.delete(e[i], labels[i]).sum() for i in range(B)])
+    ref_rows = np.log1p(other / e_t)
+    ref_d = e / e.sum(1, keepdims=True)
+    ref_d[np.arange(B), labels] = -other / e.sum(1)
+    ref_d /= B
+    loss, d = ops.softmax_cross_entropy(S, labels)
+    assert ref_rows[:4].max() < 1e-7              # saturated: below float32's resolution of 1
+    rtol = 2e-6 if dt == np.float32 else 1e-12
+    np.testing.assert_allclose(loss, ref_rows.mean(), rtol=rtol)
+    np.testing.assert_allclose(d, ref_d, rtol=rtol, atol=0)
+    assert np.all(d[np.arange(B), labels] < 0)    # never 0: the target's derivative survives
+
+
 # -------------------------------------------------------------------- gates
 GATES = {
     "add": (ops.add_forward, ops.add_backward),

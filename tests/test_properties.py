@@ -15,11 +15,13 @@ The only examples thrown away are those whose float64 forward pass puts a ReLU
 input or an SVM margin within rounding distance of its kink (|z| below 1e-4, or
 1e-10 in float64, of the magnitude of the terms that make up z). There the
 float32 step may legitimately take the other side of the kink. Such examples are
-a few percent of the draws. Also thrown away: float32 examples of softmax
-cross-entropy or BCE-with-logits whose float64 mean loss is below 1e-4 (every row
-predicted right to within float32's resolution of a probability: the gradient
-``p - 1`` is then mostly rounding; hypothesis found a deep ELU net with loss
-3.4e-9, whose float32 loss and gradient are 0, as in PyTorch). Where a gradient's terms
+a few percent of the draws. Also thrown away: float32 examples of BCE-with-logits
+whose float64 mean loss is below 1e-4 (every prediction right to within float32's
+resolution of a probability: the gradient ``sigmoid(s) - t`` is then mostly rounding,
+as in PyTorch). Softmax cross-entropy is kept: it computes the target's ``p - 1`` as
+minus the other classes' probabilities and the loss through ``log1p`` (hypothesis had
+found a deep ELU net with loss 3.4e-9, whose float32 loss and gradient were 0, as
+PyTorch's float32 gives). Where a gradient's terms
 cancel, the tolerance also allows a few ulp of their magnitude (``_magnitudes``).
 """
 import os
@@ -47,9 +49,10 @@ ACTS = {e.name: getattr(fastbp, e.layer) for e in _REG.entries(public=True)}
 # per-parameter tolerance: |g - ref| <= RTOL * max|ref_param| + ATOL * max|ref_all|
 TOL = {np.dtype(np.float64): (1e-9, 1e-12), np.dtype(np.float32): (2e-3, 2e-5)}
 KINK = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
-#: losses whose logit gradient is a probability minus its target, and the float32 mean loss
-#: below which that difference is mostly rounding (its error ~6e-8 against RTOL 2e-3: 3e-5)
-SATURATING = ("softmax_cross_entropy", "bce_with_logits")
+#: losses whose logit gradient is a probability minus its target, computed by that difference,
+#: and the float32 mean loss below which it is mostly rounding (its error ~6e-8 against RTOL
+#: 2e-3: 3e-5); softmax cross-entropy computes the target's without the cancellation
+SATURATING = ("bce_with_logits",)
 SATURATED_BELOW = 1e-4
 
 

@@ -81,16 +81,19 @@ def _sum_rows(rowloss, n):
 
 
 @jit(fastmath=False)
-def _row_sum(A, i, scale):
-    """``(s, scale / s)`` for the sum ``s`` of row ``i`` of ``A``, in one fixed
-    order of operations whatever the loop this is compiled into (no
-    fast-math): 32 interleaved partial sums on the stack (independent lanes,
-    which vectorise without reassociation), then added up in order.  (With
-    fast-math, LLVM compiled the sum and the reciprocal differently in the
-    serial kernel and in the parallel loop: float64 results 1 ulp apart
-    between thread counts.)"""
+def _row_sum(A, i, t, scale):
+    """``(r, scale / (r + A[i, t]))`` for the sum ``r`` of row ``i`` of ``A`` but its
+    column ``t`` (softmax cross-entropy's other classes), in one fixed order of operations
+    whatever the loop this is compiled into (no fast-math): 32 interleaved partial sums on
+    the stack (independent lanes, which vectorise without reassociation), then added up in
+    order, with ``A[i, t]`` read as 0 (set to 0 and restored).  (With fast-math, LLVM
+    compiled the sum and the reciprocal differently in the serial kernel and in the
+    parallel loop: float64 results 1 ulp apart between thread counts.)"""
     n = A.shape[1]
-    s = A.dtype.type(0.0)
+    zero = A.dtype.type(0.0)
+    et = A[i, t]
+    A[i, t] = zero
+    s = zero
     j0 = 0
     if n >= 64:
         acc = stack_tile(A.dtype)
@@ -104,7 +107,8 @@ def _row_sum(A, i, scale):
             s += acc[l]
     for j in range(j0, n):
         s += A[i, j]
-    return s, (A.dtype.type(1.0) / s) * scale
+    A[i, t] = et
+    return s, (A.dtype.type(1.0) / (s + et)) * scale
 
 
 # softmax cross-entropy's phases (the loss registry's bodies) with the CPU's exp and row sum

@@ -146,16 +146,27 @@ def xent_prob(v, zero):
 
 def xent_finish_row(S, y, dS, i, m, scale):
     """Softmax cross-entropy, third phase, row ``i`` (``dS[i]`` holds the unnormalised
-    probabilities, ``m`` the row's maximum): ``dL/ds_ij = (p_ij - 1[j = y_i]) * scale`` with
-    ``p_ij = exp(s_ij - m) / sum_k exp(s_ik - m)`` (``scale`` = 1/B); returns the row's loss
-    ``log sum_k exp(s_ik - m) + m - s_{i, y_i}``.  ``_row_sum(A, i, scale) -> (sum of row i,
-    scale / that sum)`` is the target's (injected).  ``y[i]`` must be a valid class."""
-    s, w = _row_sum(dS, i, scale)  # noqa: F821 - injected per target
+    probabilities ``e_j = exp(s_ij - m)``, ``m`` the row's maximum): ``dL/ds_ij =
+    (p_ij - 1[j = y_i]) * scale`` with ``p_ij = e_j / s``, ``s = sum_k e_k`` (``scale`` = 1/B);
+    returns the row's loss ``-log p_{i, y_i}``.  ``y[i]`` must be a valid class.
+
+    The target's ``e_t`` is left out of the row sum: ``r``, the other classes' sum, gives the
+    target's derivative as ``p_t - 1 = -r / s`` and, where the target is at (or within a
+    factor 2 of) the row's maximum, the loss as ``log(1 + r / e_t)`` (``log1p``), without
+    the cancellation of ``p_t - 1`` and ``log(s) - log(e_t)`` when the prediction is right to
+    within the float type's resolution (in float32 ``1 + 3.4e-9`` is 1: that loss and that
+    derivative would be 0); elsewhere the loss is ``log(s) + m - s_{i, y_i}``.
+    ``_row_sum(A, i, t, scale) -> (sum of row i but column t, scale / (that sum + A[i, t]))``
+    is the target's (injected)."""
+    yi = y[i]
+    et = dS[i, yi]
+    r, w = _row_sum(dS, i, yi, scale)  # noqa: F821 - injected per target
     for j in range(S.shape[1]):
         dS[i, j] = dS[i, j] * w
-    yi = y[i]
-    dS[i, yi] -= scale
-    return math.log(s) + m - S[i, yi]
+    dS[i, yi] = -(r * w)
+    if et >= type(et)(0.5):     # (in the scores' type: no float64 arithmetic in a float32 kernel)
+        return math.log1p(r / et)
+    return math.log(r + et) + m - S[i, yi]
 
 
 def mse_row(S, T, dS, i, scale):

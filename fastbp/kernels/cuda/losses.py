@@ -35,12 +35,14 @@ _svm_row = device(_L.svm_row)
 
 
 @device
-def _row_sum(A, i, scale):
-    """``(s, scale / s)`` for the sum ``s`` of row ``i`` of ``A``, in column order."""
+def _row_sum(A, i, t, scale):
+    """``(r, scale / (r + A[i, t]))`` for the sum ``r`` of row ``i`` of ``A`` but its
+    column ``t``, in column order."""
     s = A.dtype.type(0.0)
     for j in range(A.shape[1]):
-        s += A[i, j]
-    return s, (A.dtype.type(1.0) / s) * scale
+        if j != t:
+            s += A[i, j]
+    return s, (A.dtype.type(1.0) / (s + A[i, t])) * scale
 
 
 # softmax cross-entropy's phases (the loss registry's bodies) with the device's exp and row sum
