@@ -294,6 +294,22 @@ def test_softmax_xent_keeps_the_loss_and_gradient_of_rows_predicted_right(dt, n_
     assert np.all(d[np.arange(B), labels] < 0)    # never 0: the target's derivative survives
 
 
+@pytest.mark.parametrize("dt", DTYPES)
+def test_bce_with_logits_keeps_the_gradient_of_predictions_right_to_rounding(dt, variant):
+    """``sigmoid(s) - t`` where ``sigmoid(s)`` rounds to a target of 1 (or 0) keeps its value:
+    computed as ``sigmoid(s) (1 - t) - t sigmoid(-s)``.  Reference: float64, the same identity."""
+    S = np.array([[20.0, -20.0, 30.0, 3.0], [-25.0, 25.0, 0.5, -60.0]], dt)
+    T = np.array([[1.0, 0.0, 1.0, 0.25], [0.0, 1.0, 0.7, 0.0]], dt)
+    S64, T64 = S.astype(np.float64), T.astype(np.float64)
+    sig = 1.0 / (1.0 + np.exp(-S64))
+    sig_neg = 1.0 / (1.0 + np.exp(S64))
+    ref = (sig * (1.0 - T64) - T64 * sig_neg) / S.size
+    loss, d = ops.bce_with_logits(S, T)
+    rtol = 4e-6 if dt == np.float32 else 1e-13
+    np.testing.assert_allclose(d, ref, rtol=rtol, atol=0)
+    assert d[0, 0] < 0 and d[0, 1] > 0 and d[1, 1] < 0          # never 0: the derivative survives
+
+
 # -------------------------------------------------------------------- gates
 GATES = {
     "add": (ops.add_forward, ops.add_backward),

@@ -181,13 +181,15 @@ def mse_row(S, T, dS, i, scale):
 
 def bce_logits_row(S, T, dS, i, scale):
     """``sum_j max(s, 0) - s t + log(1 + exp(-|s|))`` (finite for any finite ``s``);
-    ``dL/ds = (sigmoid(s) - t) * scale``."""
+    ``dL/ds = (sigmoid(s) - t) * scale``, computed as ``sigmoid(s) (1 - t) - t sigmoid(-s)``
+    (the same for any ``t``): no cancellation where ``sigmoid(s)`` rounds to a target of 1
+    (in float32 ``sigmoid(20) - 1`` is 0; this gives ``-sigmoid(-20) = -2.06e-9``)."""
     r = 0.0
     for j in range(S.shape[1]):
         s = S[i, j]
         t = T[i, j]
         r += max(s, 0.0) - s * t + math.log1p(math.exp(-abs(s)))
-        dS[i, j] = (_sigmoid(s) - t) * scale  # noqa: F821 - injected per target
+        dS[i, j] = (_sigmoid(s) * (type(t)(1.0) - t) - t * _sigmoid(-s)) * scale  # noqa: F821 - injected
     return r
 
 
