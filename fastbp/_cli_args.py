@@ -138,7 +138,11 @@ def build_parser():
     t.add_argument("--seed", type=_seed, default=0,
                    help="seed of the split, the initial weights and the shuffles (default: 0)")
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32",
-                   help="precision (default: float32)")
+                   help="precision of the weights and the computation (default: float32)")
+    t.add_argument("--precision", choices=("full", "bf16", "auto"), default="full",
+                   help="bf16: the linear layers' matrix products on bfloat16 copies, accumulated in "
+                        "float32 (CPUs with AVX512-BF16 or AMX; pip install 'fastbp[bf16]'); weights stay "
+                        "float32; auto: bf16 where available (default: full)")
     t.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the step runs (default: cpu)")
     t.add_argument("--save", metavar="PATH",

@@ -23,10 +23,13 @@ def build_step(args, n_in, n_out, n_train):
     try:
         step = fastbp.compile(model, loss=args.loss, optimizer=opt, batch_size=bs,
                               dtype=np.dtype(args.dtype).type, seed=args.seed, device=args.device,
-                              schedule=schedule, clip_grad_norm=args.clip_grad_norm)
+                              schedule=schedule, clip_grad_norm=args.clip_grad_norm, precision=args.precision)
     except Exception as e:
         if args.device == "cuda":  # no device, no driver, ...: say which option failed
             raise CliError(f"--device cuda: {e}") from None
+        if args.precision != "full" and isinstance(e, (ImportError, RuntimeError, ValueError)) \
+                and "precision" in str(e):
+            raise CliError(f"--precision {args.precision}: {e}") from None
         raise
     return step, opt
 
@@ -45,7 +48,7 @@ def compile_ahead(args):
     try:
         probe = StepBase(mlp([2] * (len(args.hidden) + 1) + [n_out], args.activation, batchnorm=args.batchnorm,
                              dropout=args.dropout), args.loss, optimizer_from_args(args), 2,
-                         np.dtype(args.dtype).type, 0)
-    except (TypeError, ValueError):
+                         np.dtype(args.dtype).type, 0, precision=args.precision)
+    except (TypeError, ValueError, ImportError, RuntimeError):
         return      # the step built after the data says what is wrong
     compile_ahead(probe.dtype, probe.plan.tape)

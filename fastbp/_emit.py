@@ -57,7 +57,7 @@ class Builder:
         """Append one instruction: buffer columns default to -1, the integer ones to 0."""
         row = [0] * ex.TAPE_WIDTH
         row[ex.C_OP] = op
-        for k in ("out", "a", "b", "c", "d", "e", "f", "p"):
+        for k in ("out", "a", "b", "c", "d", "e", "f", "p", "h"):
             row[getattr(ex, "C_" + k.upper())] = kw.get(k, -1)
         for k in ("g", "f1", "f2", "f3", "f4", "f5"):
             row[getattr(ex, "C_" + k.upper())] = int(kw.get(k, 0))

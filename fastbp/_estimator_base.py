@@ -30,6 +30,7 @@ try:  # scikit-learn >= 1.6
 except ImportError:  # pragma: no cover - older scikit-learn
     _sk_validate_data = None
 
+from ._bf16 import PRECISIONS
 from .builders import activation_names, mlp
 from .factories import compile as compile_step, load
 from .optimizers import SGD, Adam
@@ -110,6 +111,7 @@ class _BaseMLP(BaseEstimator):
         n_iter_no_change=10,
         max_fun=15000,
         dtype="float32",
+        precision="full",
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -135,6 +137,7 @@ class _BaseMLP(BaseEstimator):
         self.n_iter_no_change = n_iter_no_change
         self.max_fun = max_fun
         self.dtype = dtype
+        self.precision = precision
 
     # ------------------------------------------------------------------ params
     def _hidden(self):
@@ -183,6 +186,8 @@ class _BaseMLP(BaseEstimator):
             need(isinstance(getattr(self, name), (bool, np.bool_)) or getattr(self, name) in (0, 1),
                  name, "a bool")
         _resolve_dtype(self.dtype, np.dtype(np.float64))
+        need(isinstance(self.precision, str) and self.precision.lower() in PRECISIONS, "precision",
+             f"one of {PRECISIONS}")
         return self._hidden()
 
     # ------------------------------------------------------------------ steps
@@ -211,7 +216,7 @@ class _BaseMLP(BaseEstimator):
         arch = {
             "hidden": list(hidden), "activation": self.activation, "n_in": int(n_in),
             "n_out": int(n_out), "loss": self._fastbp_loss, "batch_size": int(batch_size),
-            "dtype": self._dtype.name, "seed": int(seed),
+            "dtype": self._dtype.name, "seed": int(seed), "precision": self.precision,
             "optimizer": self._optimizer_params(batch_size, n_out),
         }
         self._step = self._compile(arch)
@@ -232,7 +237,8 @@ class _BaseMLP(BaseEstimator):
         opt = SGD(**o) if kind == "sgd" else Adam(**o)
         return compile_step(mlp([arch["n_in"], *arch["hidden"], arch["n_out"]], arch["activation"]),
                             loss=arch["loss"], optimizer=opt, batch_size=arch["batch_size"],
-                            dtype=np.dtype(arch["dtype"]).type, seed=arch["seed"])
+                            dtype=np.dtype(arch["dtype"]).type, seed=arch["seed"],
+                            precision=arch.get("precision", "full"))
 
     def _init_weights(self, rs):
         """scikit-learn's initialisation rule (``BaseMultilayerPerceptron._init_coef``): weights

@@ -37,6 +37,11 @@ OP_LAYERNORM_BWD = 19
 OP_SGD = 20
 OP_ADAM = 21
 OP_RMSPROP = 22  # torch.optim.RMSprop; c=square_avg, d=momentum buffer (-1: none), e=grad_avg (-1: none)
+# precision="bf16" (fastbp._handlers_bf16): OP_LINEAR / OP_LINEAR_BWD with the products on bf16
+# copies.  LINEAR_BF16: OP_LINEAR's columns, plus e=X's bf16 copy, f=W's (both written here);
+# LINEAR_BWD_BF16: OP_LINEAR_BWD's columns, a=X's bf16 copy, b=W's (the forward's), h=dZ's
+OP_LINEAR_BF16 = 24
+OP_LINEAR_BWD_BF16 = 25
 #: opcodes are 0 .. OP_CAPACITY - 1 (the interpreter's table of handlers has that many slots)
 OP_CAPACITY = 32
 # 23 (OP_CLIP in the shared plan) stays free: gradient clipping is part of the update
@@ -44,9 +49,9 @@ OP_CAPACITY = 32
 
 # tape columns; C_P: the buffer of an activation's parameters (a float row the
 # compiler fills, -1: none) -- parameters are floats, never in the int64 tape; C_F5 a
-# fifth flag (OP_LINEAR / OP_LINEAR_BWD: the derivative kept)
-C_OP, C_OUT, C_A, C_B, C_C, C_D, C_E, C_F, C_G, C_F1, C_F2, C_F3, C_F4, C_P, C_F5 = range(15)
-TAPE_WIDTH = 15
+# fifth flag (OP_LINEAR / OP_LINEAR_BWD: the derivative kept); C_H an eighth buffer
+C_OP, C_OUT, C_A, C_B, C_C, C_D, C_E, C_F, C_G, C_F1, C_F2, C_F3, C_F4, C_P, C_F5, C_H = range(16)
+TAPE_WIDTH = 16
 
 # the executor context: addresses and sizes of a step's arrays, one int64 vector
 # (X_RUN: the address of the interpreter itself, which the native loops call)

@@ -32,6 +32,8 @@ from . import _isa as ex
 from . import _memory
 from . import _rng
 from . import _validate as V
+from . import _bf16
+from ._bf16_plan import bf16_plan
 from .compiler import build_plan, new_arena
 from .kernels.codes import CLASSIFICATION_LOSSES, LOSSES
 from .layers import Sequential
@@ -108,7 +110,11 @@ class StepBase(NormState):
     #: the class name used in messages (``TrainStep.lr`` ...)
     kind = "TrainStep"
 
-    def __init__(self, model, loss, optimizer, batch_size, dtype, seed, _params=None, schedule=None):
+    #: the device a ``precision`` is resolved for (fastbp._bf16.resolve)
+    _device = "cpu"
+
+    def __init__(self, model, loss, optimizer, batch_size, dtype, seed, _params=None, schedule=None,
+                 precision="full"):
         schedule = schedule_arg(schedule)
         if not isinstance(model, Sequential):
             raise TypeError(f"model must be a fastbp.Sequential, got {type(model).__name__}")
@@ -122,6 +128,8 @@ class StepBase(NormState):
         self.batch_size = V.positive_int("batch_size", batch_size)
         self.dtype = V.resolve_dtype(dtype)
         self.seed = V.seed(seed)
+        #: "full" or "bf16" (the linear layers' products on bfloat16 copies; fastbp._bf16)
+        self.precision = _bf16.resolve(precision, self.dtype, self._device)
         self.n_in = model.in_features
         self.n_out = model.out_features()
         self.classification = loss in CLASSIFICATION_LOSSES
@@ -142,6 +150,9 @@ class StepBase(NormState):
         self.graph = g
         self.plan = build_plan(g, lnode, g.params, dtype=self.dtype, batch_size=self.batch_size,
                                loss=loss, optimizer=self.optimizer, train_input=x)
+        if self.precision == "bf16":
+            _bf16.require()
+            self.plan = bf16_plan(self.plan)
         self.arena = new_arena(self.plan)
         for _, node, _, _ in self.plan.params:
             node.value = None       # written into the arena: the float64 initial values are not kept

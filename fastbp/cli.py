@@ -411,7 +411,8 @@ def train(args, t_start, t_main):
     blocks = "".join([" + batchnorm" if args.batchnorm else "",
                       f" + dropout {args.dropout:g}" if args.dropout else ""]) if args.hidden else ""
     _out(f"model: {widths} {args.activation}{blocks}, loss {args.loss}, {opt!r}, {batch}, "
-         f"{args.epochs} epochs, {args.dtype}, {args.device}")
+         f"{args.epochs} epochs, {args.dtype}{' (bf16 products)' if step.precision == 'bf16' else ''}, "
+         f"{args.device}")
 
     hist = {"loss": [], "train_acc": [], "test_acc": [], "epoch_s": []}
     bar = _Progress(args.epochs, args.quiet or State.rank != 0, regression)

@@ -43,6 +43,15 @@ BLAS_THREADS_MIN_MACS = 1 << 21
 #: a kernel; such products stay with cblas).  Tiny step 8.1 -> 6.8 us.
 JIT_MAX_MACS = BLAS_THREADS_MIN_MACS
 
+#: precision="bf16" (oneDNN's bf16 gemm, fastbp.kernels.bf16): products below
+#: this many multiply-adds run on ONE OpenMP thread (set around the call and
+#: restored), larger ones on OpenMP's configured number.  Measured on the
+#: development machine (AMD EPYC, AVX512-BF16, 2 cores, oneDNN 3.2): 32x100x64
+#: 7.7 us on 1 thread and 8.2 on 2; 64x128x784 (6.4 M) 68 us on 1, 41 on 2; and
+#: on a machine busy with another process a 2-thread product waits for its
+#: second thread (256x512x512: 0.6 ms on 1 thread, 8 ms on 2).
+BF16_THREADS_MIN_MACS = 1 << 21
+
 # ------------------------------------------------------ the step's Python drivers
 #: ``predict`` runs its chunks (``batch_size`` rows each) in the native loop
 #: ``run_predict`` from this many chunks up, and fewer through a Python loop of

@@ -104,10 +104,13 @@ class CudaTrainStep(StepBase):
         No CUDA device or driver was found (nothing else is done).
     """
 
-    def __init__(self, model, loss, optimizer, batch_size, dtype, seed, _params=None, schedule=None):
+    _device = "cuda"     # precision="bf16" is the CPU's (a ValueError here); "auto" is "full"
+
+    def __init__(self, model, loss, optimizer, batch_size, dtype, seed, _params=None, schedule=None,
+                 precision="full"):
         require_cuda("fastbp.compile(..., device='cuda')")
         # the shared part: validation, initialisation and the compiler call of the CPU step
-        super().__init__(model, loss, optimizer, batch_size, dtype, seed, _params, schedule)
+        super().__init__(model, loss, optimizer, batch_size, dtype, seed, _params, schedule, precision)
         p = self.plan
         self._tape = DeviceTape(p, self.arena, self.hyper)   # the host arena: the initial contents
         self.arena = self._tape.arena

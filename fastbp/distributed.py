@@ -569,7 +569,7 @@ class DistributedStep:
 
 
 def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, dtype=np.float32, seed=0,
-            *, comm, threads="auto", schedule=None):
+            *, comm, threads="auto", schedule=None, precision="full"):
     """:func:`fastbp.compile` for data-parallel training over ``comm``; a collective call.
 
     Same parameters as :func:`fastbp.compile` (``schedule`` included), plus ``comm`` (an mpi4py
@@ -588,7 +588,8 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
                         f"got {type(comm).__name__}")
     error, step = None, None
     try:
-        step = TrainStep(model, loss, optimizer_arg(optimizer), batch_size, dtype, seed, schedule=schedule)
+        step = TrainStep(model, loss, optimizer_arg(optimizer), batch_size, dtype, seed, schedule=schedule,
+                         precision=precision)
     except Exception as e:  # noqa: BLE001 - re-raised on every rank by agree()
         error = e
     if isinstance(comm, MPI.Intracomm) and comm != MPI.COMM_NULL:

@@ -124,6 +124,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         Single-label targets only.
     dtype : {'float32', 'float64', None}, default 'float32'
         Precision of the computation; None: float32 if X is float32, else float64.
+    precision : {'full', 'bf16', 'auto'}, default 'full'
+        ``'bf16'``: the linear layers' matrix products on bfloat16 copies of
+        their operands, accumulated in float32 (CPUs with AVX512-BF16 or AMX;
+        ``pip install 'fastbp[bf16]'``); weights and everything else stay
+        float32 (needs dtype float32).  ``'auto'``: bf16 where available.
+        See :func:`fastbp.compile`.
 
     Attributes
     ----------
@@ -155,14 +161,15 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 class_weight=None, dtype="float32"):
+                 class_weight=None, dtype="float32", precision="full"):
         super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
                          learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
                          max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol,
                          verbose=verbose, warm_start=warm_start, momentum=momentum,
                          nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
                          validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
-                         epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun, dtype=dtype)
+                         epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun, dtype=dtype,
+                         precision=precision)
         self.class_weight = class_weight
 
     def _loss_scales(self, n_out):
@@ -373,14 +380,15 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  power_t=0.5, max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
                  warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
-                 max_fun=15000, dtype="float32"):
+                 max_fun=15000, dtype="float32", precision="full"):
         super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
                          learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
                          max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol,
                          verbose=verbose, warm_start=warm_start, momentum=momentum,
                          nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
                          validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
-                         epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun, dtype=dtype)
+                         epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun, dtype=dtype,
+                         precision=precision)
         self.loss = loss
 
     def _loss_scales(self, n_out):

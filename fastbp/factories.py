@@ -25,7 +25,7 @@ __all__ = ["compile", "grad", "load", "load_bundle"]
 
 
 def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, dtype=np.float32, seed=0,
-            device="cpu", comm=None, schedule=None, clip_grad_norm=None):
+            device="cpu", comm=None, schedule=None, clip_grad_norm=None, precision="full"):
     """Compile a model into one fused training step.
 
     Parameters
@@ -62,6 +62,16 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
         Clip the gradients by their global 2-norm before each update, as
         ``torch.nn.utils.clip_grad_norm_(params, max_norm=clip_grad_norm)``
         (positive, finite; ``step.clip_grad_norm`` reads and sets it).
+    precision : {"full", "bf16", "auto"}, default "full"
+        ``"bf16"``: the linear layers' matrix products (forward and backward)
+        read bfloat16 copies of their operands and accumulate in float32 on
+        the CPU's bf16 instructions (AVX512-BF16 or AMX, through oneDNN:
+        ``pip install 'fastbp[bf16]'``); weights, optimizer state,
+        activations, loss and checkpoints stay float32, and the weights' bf16
+        copies are made once per call (once per update), not per product.
+        Needs ``dtype=float32`` and ``device="cpu"``.  ``"auto"``: ``"bf16"``
+        where this machine and installation allow it, ``"full"`` otherwise.
+        ``step.precision`` says which the step uses.
 
     Returns
     -------
@@ -74,13 +84,16 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
         ``dtype=np.int32``, ``device=0`` ...); the message names it.
     ValueError
         A wrong value (``batch_size=0`` or ``2**63``, ``seed=-1``, an unknown
-        loss or device name ...).
+        loss or device name, ``precision="bf16"`` with float64 or on CUDA ...).
+    ImportError
+        ``precision="bf16"`` without oneDNN installed (or ``comm=`` without mpi4py).
     MemoryError
         The step would not fit in the memory left on this machine; checked
         before anything is allocated, the message says how many bytes it
         would need and how many are available.
     RuntimeError
-        ``device="cuda"`` and no CUDA device or driver was found.
+        ``device="cuda"`` and no CUDA device or driver was found;
+        ``precision="bf16"`` on a CPU without AVX512-BF16 or AMX-BF16.
 
     Notes
     -----
@@ -102,15 +115,16 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
             raise ValueError("comm= (data-parallel training) runs on the CPU; device must be 'cpu'")
         from .distributed import compile as _compile_distributed   # imports mpi4py, or ImportError
         ds = _compile_distributed(model, loss=loss, optimizer=optimizer, batch_size=batch_size,
-                                  dtype=dtype, seed=seed, comm=comm, schedule=schedule)
+                                  dtype=dtype, seed=seed, comm=comm, schedule=schedule, precision=precision)
         ds.step.hyper[ex.H_CLIP] = clip
         return ds
     optimizer = optimizer_arg(optimizer)
     if V.resolve_device(device) == "cuda":
         from .cuda_step import CudaTrainStep
-        step = CudaTrainStep(model, loss, optimizer, batch_size, dtype, seed, schedule=schedule)
+        step = CudaTrainStep(model, loss, optimizer, batch_size, dtype, seed, schedule=schedule,
+                             precision=precision)
     else:
-        step = TrainStep(model, loss, optimizer, batch_size, dtype, seed, schedule=schedule)
+        step = TrainStep(model, loss, optimizer, batch_size, dtype, seed, schedule=schedule, precision=precision)
     step.hyper[ex.H_CLIP] = clip
     return step
 
@@ -176,7 +190,7 @@ def _check_args(path, expect_model):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
 
 
-def load(path, expect_model=None):
+def load(path, expect_model=None, precision="full"):
     """Rebuild a :class:`TrainStep` from a checkpoint written by :func:`fastbp.checkpoint.save`.
 
     Parameters
@@ -187,6 +201,10 @@ def load(path, expect_model=None):
         When given, the checkpoint's architecture must equal this model's
         (same layers, widths, bias flags, weight layout); otherwise a
         :class:`ValueError` is raised.
+    precision : {"full", "bf16", "auto"}, default "full"
+        The precision of the rebuilt step's products (see :func:`compile`).
+        A checkpoint holds float32 (or float64) weights whatever precision
+        trained them: it is not a property of the file.
 
     Returns
     -------
@@ -216,10 +234,10 @@ def load(path, expect_model=None):
     Nothing in the file is unpickled or executed, and every size is checked
     against the metadata before the data is read (see the module docstring).
     """
-    return load_bundle(path, expect_model)[0]
+    return load_bundle(path, expect_model, precision)[0]
 
 
-def load_bundle(path, expect_model=None):
+def load_bundle(path, expect_model=None, precision="full"):
     """Like :func:`load`, also returning what ``save(extra_arrays=, extra_meta=)`` stored.
 
     Parameters
@@ -227,6 +245,8 @@ def load_bundle(path, expect_model=None):
     path : str or os.PathLike
         A file written by :func:`fastbp.checkpoint.save`.
     expect_model : Sequential, optional
+        As in :func:`load`.
+    precision : {"full", "bf16", "auto"}, default "full"
         As in :func:`load`.
 
     Returns
@@ -247,13 +267,17 @@ def load_bundle(path, expect_model=None):
         As :func:`load`.
     """
     path = _check_args(path, expect_model)
+    from ._bf16 import PRECISIONS
+    if not isinstance(precision, str) or precision.lower() not in PRECISIONS:
+        raise (ValueError if isinstance(precision, str) else TypeError)(
+            f"precision must be one of {PRECISIONS}, got {precision!r}")
     try:
-        return _load(path, expect_model)
+        return _load(path, expect_model, precision)
     except (_Bad, BadArchive) as e:
         raise ValueError(f"checkpoint {path!r}: {e}") from None
 
 
-def _load(path, expect_model):
+def _load(path, expect_model, precision="full"):
     meta, dtype, arrays = read(path)
     spec = meta["model"]
     try:
@@ -267,7 +291,8 @@ def _load(path, expect_model):
     except Exception as e:  # noqa: BLE001 - untrusted spec: any failure is a bad file
         raise _Bad(f"invalid optimizer spec ({type(e).__name__}: {e})") from None
     try:
-        step = TrainStep(model, meta["loss"], optimizer, meta["batch_size"], dtype, meta["seed"])
+        step = TrainStep(model, meta["loss"], optimizer, meta["batch_size"], dtype, meta["seed"],
+                         precision=precision)
     except (TypeError, ValueError, OverflowError, MemoryError) as e:
         raise _Bad(f"cannot rebuild the step ({type(e).__name__}: {e})") from None
 

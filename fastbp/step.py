@@ -61,8 +61,9 @@ class TrainStep(StepBase):
         Updates applied so far.
     """
 
-    def __init__(self, model, loss, optimizer, batch_size, dtype, seed, _params=None, schedule=None):
-        super().__init__(model, loss, optimizer, batch_size, dtype, seed, _params, schedule)
+    def __init__(self, model, loss, optimizer, batch_size, dtype, seed, _params=None, schedule=None,
+                 precision="full"):
+        super().__init__(model, loss, optimizer, batch_size, dtype, seed, _params, schedule, precision)
         p = self.plan
         ex.runtime_hyper(self.hyper)        # this process's BLAS policy
         # per-row losses, then the sample weights of a weighted call (see ex.H_WEIGHTED)

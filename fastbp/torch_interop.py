@@ -232,7 +232,8 @@ def _optimizer(opt, torch):
     return Adam(lr, betas=tuple(g["betas"]), eps=g["eps"], weight_decay=g.get("weight_decay", 0.0))
 
 
-def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, seed=0, clip_grad_norm=None):
+def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, seed=0, clip_grad_norm=None,
+               precision="full"):
     """Compile an existing ``torch.nn.Sequential`` into a fused fastbp step.
 
     Parameters
@@ -259,6 +260,9 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     clip_grad_norm : float, optional
         What ``torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)``
         before each ``opt.step()`` does (a torch optimizer does not know it).
+    precision : {"full", "bf16", "auto"}, default "full"
+        As in :func:`fastbp.compile` (``"bf16"``: float32 models only; the
+        products on bfloat16 copies, the torch parameters stay float32).
 
     Returns
     -------
@@ -318,7 +322,7 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
             if m.bias is not None:
                 params[f"{prefix}.b"] = m.bias.detach().numpy().astype(np.float64)
     step = TorchTrainStep(fb_model, _loss_name(loss, torch), _optimizer(optimizer, torch), batch_size, dtype,
-                          seed, _params=params)
+                          seed, _params=params, precision=precision)
     # exact copy of the weights (the float64 round trip above is exact), then share storage
     with torch.no_grad():
         for prefix, m in names:

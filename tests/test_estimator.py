@@ -379,8 +379,9 @@ def test_sklearn_parameter_names_match():
     # every scikit-learn parameter exists (lbfgs's max_fun and the learning-rate schedules
     # were added by issue 15)
     assert theirs - ours == set()
-    # fastbp's additions: dtype, and class_weight (issue 15; scikit-learn's MLP has none)
-    assert ours - theirs == {"dtype", "class_weight"}
+    # fastbp's additions: dtype, class_weight (issue 15; scikit-learn's MLP has none) and
+    # precision (bf16 products, issue 18)
+    assert ours - theirs == {"dtype", "class_weight", "precision"}
 
 
 def test_pickle_round_trip_then_keep_training():

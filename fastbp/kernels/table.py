@@ -76,6 +76,10 @@ native_kernel(K_COLSUM, _colsum.serial, NONE, lambda d: (a2(d), a1(d), B))
 K_GATE = N_KERNELS
 GATE_ROLES = _gates.N_ROLES
 N_KERNELS = K_GATE + GATE_ROLES * _gates.R.CAPACITY
+#: precision="bf16": float32 -> bf16 rounding and the bf16 product (fastbp.kernels.bf16,
+#: registered by fastbp._bf16.require, which loads oneDNN first)
+K_TO_BF16, K_MM_BF16 = range(N_KERNELS, N_KERNELS + 2)
+N_KERNELS = K_MM_BF16 + 1
 #: argument types of the gate roles (fwd, bwd); K_GATE_FWD / K_GATE_BWD hold the add gate's
 #: kernels as the prototypes (kcall_at types a gate's call by them), the executor calls
 #: every gate, add included, at K_GATE + GATE_ROLES * code + role
@@ -252,6 +256,10 @@ _OP_KERNELS[_isa.OP_BATCHNORM_BWD] = ((K_BN_BWD,), False)
 _UPDATE_OPS = (_isa.OP_SGD, _isa.OP_ADAM, _isa.OP_RMSPROP)
 _OP_KERNELS[_isa.OP_DROPOUT] = ((K_DROPOUT,), False)
 _OP_KERNELS[_isa.OP_DROPOUT_BWD] = ((K_DROPOUT,), False)
+_OP_KERNELS[_isa.OP_LINEAR_BF16] = ((K_TO_BF16, K_MM_BF16), False)
+_OP_KERNELS[_isa.OP_LINEAR_BWD_BF16] = ((K_COLSUM, K_TO_BF16, K_MM_BF16), False)
+#: the bf16 opcodes' float twins: the same activation kernels
+_BF16_TWIN = {_isa.OP_LINEAR_BF16: _isa.OP_LINEAR, _isa.OP_LINEAR_BWD_BF16: _isa.OP_LINEAR_BWD}
 #: opcodes the interpreter runs itself (every other has a handler, K_HANDLER + opcode)
 _INLINE_OPS = (_isa.OP_LOAD_X, _isa.OP_SEED)
 #: the opcodes with a handler
@@ -293,6 +301,7 @@ def kernels_for(tape):
         if op == _isa.OP_GATE or op == _isa.OP_GATE_BWD:
             ids = ensure_gate_kernels(int(ins[_isa.C_G]))    # ValueError: unknown gate code
             need.add(ids[0 if op == _isa.OP_GATE else 1])
+        op = _BF16_TWIN.get(op, op)
         if op in _ACT_ROLES:
             code = int(ins[_isa.C_G])
             ids = ensure_act_kernels(code)     # ValueError: unknown activation code
