@@ -51,19 +51,15 @@ def bf16_bits(v):
 def _to_bf16(src, dst):
     """Round the float32 matrix ``src`` (r, c) to bf16 into ``dst`` (r, ceil(c / 2)),
     two values per element, column ``2j`` in the low half of ``dst[i, j]``
-    (:func:`bf16_bits`).  An odd ``c`` leaves the last element's high half 0.
+    (:func:`bf16_bits`).  An odd ``c`` leaves the last element's high half as it was
+    (no product reads it).
 
     Not differentiated: the products that read ``dst`` stand for products of
     ``src`` (their derivatives are taken as the float32 products')."""
-    r = src.shape[0]
-    c = src.shape[1]
-    half = c // 2
-    d = dst.view(np.uint32)
-    for i in range(r):
-        for j in range(half):
-            d[i, j] = bf16_bits(src[i, 2 * j]) | (bf16_bits(src[i, 2 * j + 1]) << np.uint32(16))
-        if c % 2 == 1:
-            d[i, half] = bf16_bits(src[i, c - 1])
+    d = dst.view(np.uint16)       # (r, 2 ceil(c / 2)): bf16 j of row i is d[i, j]
+    for i in range(src.shape[0]):
+        for j in range(src.shape[1]):
+            d[i, j] = np.uint16(bf16_bits(src[i, j]))
 
 
 @jit(inline=True)
