@@ -25,6 +25,7 @@ bf16 kernels (once per process).
 import ctypes
 import ctypes.util
 import glob
+import importlib
 import os
 import platform
 import sys
@@ -191,5 +192,5 @@ def require():
     omp = _openmp()
     llvm.add_symbol(_kernels.OMP_SET_SYM, ctypes.cast(omp.omp_set_num_threads, ctypes.c_void_p).value)
     llvm.add_symbol(_kernels.OMP_GET_SYM, ctypes.cast(omp.omp_get_max_threads, ctypes.c_void_p).value)
-    from . import _handlers_bf16            # noqa: F401 - registers the bf16 linear handlers
+    importlib.import_module("fastbp._handlers_bf16")     # registers the bf16 linear handlers
     _state["ready"] = True

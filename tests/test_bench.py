@@ -429,3 +429,171 @@ def test_asv_tabular_comes_from_the_bench_configs():
     w = configs.make_weights(configs.CONFIGS["tabular"])
     with pytest.raises(NotImplementedError, match="ReLU MLPs with plain SGD only"):
         common.DataBenchmark.peer("numpy", "tabular", w)
+
+
+# ------------------------------------------------------------ bf16 section (issue 18)
+def test_precision_option_parses():
+    from fastbp.bench import bf16
+    from fastbp.bench.runner import build_parser, main
+
+    assert build_parser().parse_args([]).precision == "fp32"     # default: the float32 comparison alone
+    args = build_parser().parse_args(["--precision", "fp32,bf16", "--bf16-rtol", "0.05"])
+    assert (args.precision, args.bf16_rtol) == ("fp32,bf16", 0.05)
+    assert build_parser().parse_args([]).bf16_rtol == 0.03
+    assert bf16.parse_precision("fp32") == ("fp32",)
+    assert bf16.parse_precision(" BF16, fp32,bf16") == ("fp32", "bf16")
+    assert bf16.parse_precision("bf16") == ("bf16",)
+    for bad in ("fp16", "", "fp32,half"):
+        with pytest.raises(ValueError, match="--precision"):
+            bf16.parse_precision(bad)
+    assert main(["--precision", "fp16", "--configs", "tiny"]) == 2       # before any work is started
+
+
+def test_bf16_peers_follow_the_chosen_libraries():
+    from fastbp.bench import bf16
+
+    assert bf16.bf16_peers_for(["fastbp", "numpy"]) == ["fastbp_bf16"]
+    assert bf16.bf16_peers_for(["numpy", "torch", "fastbp"]) == ["fastbp_bf16", "torch_autocast", "torch_bf16_matmul"]
+    assert bf16.bf16_peers_for(["numpy", "jax"]) == []
+    assert set(bf16.BF16_PEERS) == set(bf16.BASE) and not set(bf16.BF16_PEERS) & set(peers.PEERS)
+    assert all(bf16.ALL_MODULES[p] == peers.MODULES[bf16.BASE[p]] for p in bf16.BF16_PEERS)
+    assert [bf16.precision_of(p) for p in ("fastbp", "torch", "fastbp_bf16", "torch_autocast")] == [
+        "fp32", "fp32", "bf16", "bf16"]
+    assert bf16.FastbpBf16Peer.precision == "bf16" and peers.FastbpPeer.precision == "full"
+    assert all(bf16.BF16_PEERS[p].supports(configs.CONFIGS[c]) is None
+               for p in bf16.BF16_PEERS for c in ("tiny", "tabular"))
+
+
+def _bf16_rec():
+    return {"peers": {
+        "fastbp": {"precision": "fp32", "check_losses": [2.30, 2.20, 2.10], "median_s": 4e-3},
+        "numpy": {"precision": "fp32", "check_losses": [2.30, 2.20, 2.10], "median_s": 6e-3},
+        "fastbp_bf16": {"precision": "bf16", "check_losses": [2.301, 2.199, 2.102], "median_s": 2e-3},
+        "torch_autocast": {"precision": "bf16", "check_losses": [2.30, 2.30, 2.10], "median_s": 3e-3},
+        "torch_bf16_matmul": {"precision": "bf16", "check_losses": [2.30, 2.20, 2.10], "median_s": 5e-3}},
+        "loss_reference": "numpy"}
+
+
+def test_bf16_losses_are_checked_against_fastbp_float32():
+    from fastbp.bench import bf16
+
+    rec = _bf16_rec()
+    live = ["fastbp_bf16", "torch_autocast", "torch_bf16_matmul"]
+    mism = bf16.check_losses(rec, live, rtol=0.03)
+    assert rec["bf16"]["loss_reference"] == "fastbp" and rec["bf16"]["loss_rtol"] == 0.03
+    assert list(mism) == ["torch_autocast"] and "torch_autocast step 1" in mism["torch_autocast"][0]
+    p = rec["peers"]
+    assert [p[q]["loss_check"] for q in live] == ["ok", "MISMATCH", "ok"]
+    assert math.isclose(p["fastbp_bf16"]["loss_rel_diff"], 0.002 / 2.1, rel_tol=1e-9)
+    assert p["torch_bf16_matmul"]["loss_rel_diff"] == 0.0
+    assert rec["loss_reference"] == "numpy"          # the float32 check is left alone
+    # without fastbp float32: the float32 reference; without any float32 peer: the first bf16 peer
+    rec = _bf16_rec()
+    del rec["peers"]["fastbp"]
+    bf16.check_losses(rec, live, rtol=0.03)
+    assert rec["bf16"]["loss_reference"] == "numpy"
+    rec = _bf16_rec()
+    for q in ("fastbp", "numpy"):
+        del rec["peers"][q]
+    rec["loss_reference"] = None
+    bf16.check_losses(rec, live, rtol=0.03)
+    assert rec["bf16"]["loss_reference"] == "fastbp_bf16" and rec["peers"]["fastbp_bf16"]["loss_check"] == "reference"
+
+
+def test_bf16_summary_ratios():
+    from fastbp.bench import bf16
+
+    rec = _bf16_rec()
+    bf16.summarize(rec, list(rec["peers"]))
+    s = rec["bf16"]
+    assert s["fastest"] == "fastbp_bf16"
+    assert s["fastbp_bf16"]["vs_fp32"] == {"over": "fastbp", "x": 2.0}
+    assert s["fastbp_bf16"]["vs_torch_bf16"] == {"over": "torch_autocast", "x": 1.5}
+    assert rec["peers"]["torch_bf16_matmul"]["vs_fastest"] == 2.5
+    assert "vs_fastest" not in rec["peers"]["fastbp"]        # the float32 rows keep their own
+    rec = _bf16_rec()
+    bf16.summarize(rec, ["fastbp", "torch_autocast"])          # fastbp bf16 failed: no ratio of it
+    assert "fastbp_bf16" not in rec["bf16"] and rec["bf16"]["fastest"] == "torch_autocast"
+
+
+def test_bf16_status_agrees_with_fastbp():
+    from fastbp import _bf16
+    from fastbp.bench import bf16
+
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    ok, why, cpu = bf16.bf16_status(env)
+    assert (ok, why) == tuple(_bf16.available()) and tuple(cpu) == _bf16.cpu_support()
+    assert bf16.unavailable_line("no oneDNN") == "bf16 section skipped: no oneDNN"
+
+
+def test_bench_says_why_bf16_is_skipped(tmp_path, monkeypatch, capsys):
+    """--precision fp32,bf16 where bf16 is unavailable: one line with the reason, no bf16 rows, no failure."""
+    from fastbp.bench import bf16
+    from fastbp.bench.runner import main
+
+    monkeypatch.setattr(bf16, "bf16_status", lambda env=None, timeout=120: (False, "no bf16 on this CPU (test)", []))
+    out = tmp_path / "b.json"
+    rc = main(["--check-only", "--configs", "tiny", "--peers", "numpy", "--precision", "fp32,bf16", "--no-peak",
+               "--json", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0
+    lines = [ln for ln in text.splitlines() if "bf16" in ln and not ln.startswith("wrote ")]
+    assert lines == ["bf16 section skipped: no bf16 on this CPU (test)"]
+    with open(out) as f:
+        res = json.load(f)
+    assert res["precisions"] == ["fp32", "bf16"]
+    assert res["bf16"] == {"available": False, "why": "no bf16 on this CPU (test)", "cpu": [], "peers": []}
+    assert list(res["configs"]["tiny"]["peers"]) == ["numpy"]
+    assert res["configs"]["tiny"]["peers"]["numpy"]["precision"] == "fp32"
+
+
+def test_worker_runs_a_bf16_peer(tmp_path):
+    from fastbp import _bf16
+    from fastbp.bench.runner import WorkerProc
+    from fastbp.bench.worker import save_shared
+
+    ok, why = _bf16.available()
+    if not ok:
+        pytest.skip(why)
+    c = configs.CONFIGS["tiny"]
+    weights = configs.make_weights(c)
+    X, y = configs.make_data(c, n_batches=4)
+    data = str(tmp_path / "d.npz")
+    save_shared(data, weights, X, y)
+    w = WorkerProc("fastbp_bf16", dict(os.environ), str(tmp_path))
+    try:
+        r = w.call("init", peer="fastbp_bf16", config="tiny", data=data, lr=0.01, n_check=2)
+        ref = peers.NumpyPeer(c, weights, 0.01)
+        expect = [ref.step(xb, yb) for xb, yb in ref.batches(X, y)[:2]]
+        np.testing.assert_allclose(r["losses"], expect, rtol=0.03)
+        info = w.call("info")
+        assert info["precision"] == "bf16" and info["cpu_bf16"] and "threading" in info
+    finally:
+        w.close()
+
+
+def test_asv_bf16_step_runs_or_is_skipped(tmp_path, monkeypatch):
+    from fastbp import _bf16
+
+    step = _asv_module("step")
+    assert step.TrainStepBf16.params[1] == ["fastbp_bf16", "torch_autocast", "torch_bf16_matmul"]
+    assert step.TrainStepBf16.param_names == step.TrainStep.param_names
+    assert hasattr(step.TrainStepBf16, "time_step") and hasattr(step.TrainStepBf16, "peakmem_step")
+    monkeypatch.chdir(tmp_path)
+    b = step.TrainStepBf16()
+    cache = b.setup_cache()
+    with pytest.raises(NotImplementedError):
+        b.bf16_peer("fastbp", "tiny", b.load(cache, "tiny")[0])      # a float32 peer is not a bf16 one
+    ok, why = _bf16.available()
+    if not ok:
+        with pytest.raises(NotImplementedError, match=why[:20]):
+            b.setup(cache, "tiny", "fastbp_bf16")
+        return
+    b.setup(cache, "tiny", "fastbp_bf16")
+    k = b.k
+    b.time_step(cache, "tiny", "fastbp_bf16")
+    assert b.k == k + 1 and b.p.compiled.precision == "bf16"
+    # unavailable: skipped, not failed
+    monkeypatch.setattr(_bf16, "available", lambda: (False, "no bf16 here (test)"))
+    with pytest.raises(NotImplementedError, match="no bf16 here"):
+        b.setup(cache, "tiny", "fastbp_bf16")

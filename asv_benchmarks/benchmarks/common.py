@@ -165,6 +165,37 @@ class DataBenchmark(Benchmark):
             raise NotImplementedError(why)
         return peers.PEERS[name](cfg, weights, LR)
 
+    @staticmethod
+    def bf16_peer(name, config, weights):
+        """A peer of the bf16 section (:data:`fastbp.bench.bf16.BF16_PEERS`) built on ``weights``.
+
+        Raises NotImplementedError (asv: skipped) where this fastbp has no
+        ``precision="bf16"``, where the peer's library is missing, where
+        ``fastbp._bf16.available()`` is false (``fastbp_bf16``: the CPU's
+        instructions or oneDNN missing) or where the CPU has no bf16
+        instructions (the PyTorch peers: ``fastbp._bf16.cpu_support()``,
+        which loads no library into PyTorch's process).
+        """
+        bf16 = require("fastbp.bench.bf16")
+        hw = require("fastbp._bf16")
+        peers = require("fastbp.bench.peers")
+        if name not in bf16.BF16_PEERS:
+            raise NotImplementedError(f"no bf16 peer {name!r} in this fastbp.bench")
+        base = bf16.BASE[name]
+        if not peers.available(base):
+            raise NotImplementedError(f"{peers.MODULES[base]} is not installed")
+        if base == "fastbp":
+            ok, why = hw.available()
+        else:
+            ok, why = bool(hw.cpu_support()), "this CPU has no bf16 instructions (avx512_bf16 or amx_bf16)"
+        if not ok:
+            raise NotImplementedError(why)
+        cfg = bench_config(config)
+        why = bf16.BF16_PEERS[name].supports(cfg)
+        if why is not None:
+            raise NotImplementedError(why)
+        return bf16.BF16_PEERS[name](cfg, weights, LR)
+
 
 def bench_config(config):
     """The :class:`fastbp.bench.configs.Config` of ``config`` (NotImplementedError: this fastbp lacks it)."""

@@ -6,7 +6,9 @@ blocks, AdamW lr 0.01; numpy has no such peer: skipped), all peers from
 the same weights on the same batches.  The
 peers come from :mod:`fastbp.bench.peers`; ``torch.compile`` is left to
 ``python -m fastbp.bench`` (its minute-long compilation would be paid in
-every asv ``setup``).
+every asv ``setup``).  ``TrainStepBf16`` is the same step with its matrix
+products in bfloat16 (the peers of :mod:`fastbp.bench.bf16`), skipped where
+the CPU or the installation has no bf16.
 """
 import json
 import os
@@ -21,6 +23,8 @@ import numpy as np
 from .common import CONFIGS, DataBenchmark, require_attr
 
 STEP_PEERS = ["fastbp", "numpy", "torch", "jax"]
+#: fastbp precision="bf16", PyTorch under torch.autocast(bfloat16), PyTorch with float32 matmuls in bf16
+BF16_STEP_PEERS = ["fastbp_bf16", "torch_autocast", "torch_bf16_matmul"]
 
 
 class TrainStep(DataBenchmark):
@@ -31,10 +35,13 @@ class TrainStep(DataBenchmark):
 
     def setup(self, cache, config, peer):
         weights, X, y = self.load(cache, config)
-        self.p = self.peer(peer, config, weights)
+        self.p = self.make_peer(peer, config, weights)
         self.batches = self.p.batches(X, y)
         self.k = 0
         self._step()  # compiles (JAX) / loads cached code (fastbp)
+
+    def make_peer(self, peer, config, weights):
+        return self.peer(peer, config, weights)
 
     def _step(self):
         xb, yb = self.batches[self.k % len(self.batches)]
@@ -47,6 +54,19 @@ class TrainStep(DataBenchmark):
     def peakmem_step(self, cache, config, peer):
         # peak RSS of the process: library, model, data and one more step
         self._step()
+
+
+class TrainStepBf16(TrainStep):
+    """The same training step with the linear layers' products in bfloat16 (float32
+    weights, optimizer and loss): fastbp ``precision="bf16"``, PyTorch eager under
+    ``torch.autocast("cpu", dtype=torch.bfloat16)``, and PyTorch with float32 matmuls
+    allowed in bf16.  Skipped (``NotImplementedError`` in ``setup``) where bf16 is
+    unavailable: see ``DataBenchmark.bf16_peer``."""
+
+    params = [CONFIGS, BF16_STEP_PEERS]
+
+    def make_peer(self, peer, config, weights):
+        return self.bf16_peer(peer, config, weights)
 
 
 class Fit(DataBenchmark):

@@ -14,6 +14,13 @@ Run ``python -m fastbp.bench --help``.  Modules:
 :mod:`fastbp.bench.machine`
     CPU model, core count and the measured float32 peak (numba FMA loop,
     numpy sgemm).
+:mod:`fastbp.bench.bf16`
+    The bf16 section (``--precision fp32,bf16``): fastbp ``precision="bf16"``,
+    PyTorch under ``torch.autocast`` and with float32 matmuls in bf16.
+:mod:`fastbp.bench.checks`
+    The loss check against a reference peer.
+:mod:`fastbp.bench.report`
+    The printed tables and ratios.
 :mod:`fastbp.bench.runner`
     The command: interleaved rounds, loss check, table, ``--json``.
 

@@ -177,6 +177,8 @@ class FastbpPeer:
     """
 
     name = "fastbp"
+    #: ``fastbp.compile``'s ``precision`` (:class:`fastbp.bench.bf16.FastbpBf16Peer`: ``"bf16"``)
+    precision = "full"
 
     @classmethod
     def supports(cls, config):
@@ -191,9 +193,13 @@ class FastbpPeer:
         self.config = config
         self.dtype = np.dtype(dtype)
         self.model = config.model()
+        extra = {} if self.precision == "full" else {"precision": self.precision}
         self.compiled = fastbp.compile(self.model, loss="softmax_cross_entropy",
                                        optimizer=config.fastbp_optimizer(lr), batch_size=config.batch,
-                                       dtype=self.dtype.type, seed=0)
+                                       dtype=self.dtype.type, seed=0, **extra)
+        if getattr(self.compiled, "precision", "full") != self.precision:
+            raise RuntimeError(f"fastbp.compile(precision={self.precision!r}) built a step of precision "
+                               f"{getattr(self.compiled, 'precision', 'full')!r}")
         self.keys = _fastbp_param_keys(self.compiled.params)
         if len(self.keys) != len(weights):
             raise RuntimeError(f"fastbp step has weights {sorted(self.compiled.params)}, "

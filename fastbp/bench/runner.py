@@ -10,6 +10,12 @@ the median time per step is reported with GFLOP/s and the ratio to the
 fastest peer.  For fastbp it also reports ``fit`` per step against a loop of
 ``step(x, y)``, the first step in a fresh process with a cold and a warm
 on-disk cache, and memory next to the peers'.
+
+``--precision fp32,bf16`` adds a bf16 section to each configuration
+(:mod:`fastbp.bench.bf16`): fastbp with ``precision="bf16"`` and PyTorch
+with bf16 products, timed in the same interleaved rounds, losses checked
+against the float32 ones, printed below the float32 table.  The default,
+``--precision fp32``, is the float32 comparison alone.
 """
 from __future__ import annotations
 
@@ -26,9 +32,14 @@ import time
 
 from .configs import (SCRUBBED_ENV, CONFIGS, get_configs, make_data, make_weights, n_batches_for,
                       workspace_bytes)
-from .peers import DISPLAY, PEERS, available
+from . import bf16
+from .bf16 import ALL_DISPLAY as DISPLAY, ALL_PEERS
+from .peers import PEERS, available
+from .checks import compare_losses
+from .report import format_bytes, format_startup, format_time, print_config  # noqa: F401 - re-exported
 
-__all__ = ["main", "peer_env", "compare_losses", "SCRUBBED_ENV", "format_time"]
+__all__ = ["main", "peer_env", "compare_losses", "SCRUBBED_ENV", "format_time", "format_bytes",
+           "format_startup", "print_config"]
 
 
 class WorkerError(RuntimeError):
@@ -59,69 +70,6 @@ def peer_env(environ=None, scrub=True):
             if k in env:
                 removed[k] = env.pop(k)
     return env, removed
-
-
-def compare_losses(losses, rtol=1e-3, atol=1e-6, order=("numpy", "torch", "jax", "fastbp", "torch_compile")):
-    """Compare the peers' losses over the first steps.
-
-    Parameters
-    ----------
-    losses : dict
-        Peer name -> list of losses (None for peers that are not compared).
-    rtol, atol : float
-        Loss ``a`` matches reference ``r`` when ``|a - r| <= atol + rtol |r|``.
-    order : sequence of str
-        Preference order for the reference peer.
-
-    Returns
-    -------
-    ref : str or None
-        The reference peer (None if fewer than one peer has losses).
-    mismatches : dict
-        Peer name -> human-readable lines, one per mismatching step; only
-        peers that mismatch appear (empty: all agree).
-    """
-    have = {k: v for k, v in losses.items() if v is not None}
-    if not have:
-        return None, {}
-    ref = next((k for k in order if k in have), next(iter(have)))
-    r = have[ref]
-    out = {}
-    for name, ls in have.items():
-        if name == ref:
-            continue
-        lines = []
-        if len(ls) != len(r):
-            lines.append(f"{name}: {len(ls)} check losses vs {len(r)} for {ref}")
-        else:
-            for k, (a, b) in enumerate(zip(ls, r)):
-                if not (abs(a - b) <= atol + rtol * abs(b)):  # NaN never matches
-                    rel = abs(a - b) / abs(b) if b else float("inf")
-                    lines.append(f"{name} step {k}: loss {a:.7g} vs {ref} {b:.7g} "
-                                 f"(relative difference {rel:.2e} > {rtol:g})")
-        if lines:
-            out[name] = lines
-    return ref, out
-
-
-def format_time(s):
-    """``1.23 us`` / ``45.6 ms`` / ``1.20 s``."""
-    if s is None:
-        return "-"
-    for unit, f in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
-        if s >= f or unit == "ns":
-            v = s / f
-            return f"{v:.3g} {unit}" if v < 100 else f"{v:.0f} {unit}"
-    return str(s)
-
-
-def format_bytes(n):
-    if n is None:
-        return "-"
-    for unit, f in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= f:
-            return f"{n / f:.3g} {unit}"
-    return f"{int(n)} B"
 
 
 class WorkerProc:
@@ -225,16 +173,6 @@ def measure_train_startup(env, timeout=900):
         shutil.rmtree(cache, ignore_errors=True)
 
 
-def format_startup(what, s):
-    """One line of the cold and warm start-up times ``s`` (from :func:`measure_startup`)."""
-    parts = []
-    for k, word in (("cold", "empty cache, everything compiled"), ("warm", "compiled code loaded from the cache")):
-        v = s[k]
-        parts.append(f"{word}: {v['compile_s'] + v['first_step_s']:.2f} s (fastbp.compile {v['compile_s']:.2f} s "
-                     f"+ first step {v['first_step_s']:.3f} s; import fastbp {v['import_s']:.2f} s more)")
-    return f"{what}: {'; '.join(parts)}"
-
-
 def measure_machine(env, quick):
     cmd = [sys.executable, "-m", "fastbp.bench.machine"] + (["--quick"] if quick else [])
     out, _ = _run_json(cmd, env, 600)
@@ -264,7 +202,7 @@ def run_config(cfg, peers, args, env, tmp, log):
             + ("; losses compared on the same network with dropout 0 (each library draws its own masks)"
                if cfg.dropout else ""))
     for p in list(peers):
-        why = PEERS[p].supports(cfg)
+        why = ALL_PEERS[p].supports(cfg)
         if why is not None:
             rec["skipped"][p] = why
             log(f"  {DISPLAY[p]}: skipped: {why}")
@@ -279,8 +217,8 @@ def run_config(cfg, peers, args, env, tmp, log):
             try:
                 r = workers[p].call("init", peer=p, config=cfg.name, data=data, lr=args.lr,
                                     n_check=args.check_steps)
-                rec["peers"][p] = {"check_losses": r["losses"], "build_s": r["build_s"],
-                                   "first_step_s": r["first_step_s"]}
+                rec["peers"][p] = {"precision": bf16.precision_of(p), "check_losses": r["losses"],
+                                   "build_s": r["build_s"], "first_step_s": r["first_step_s"]}
                 if "dropout_losses" in r:
                     rec["peers"][p]["dropout_losses"] = r["dropout_losses"]
                 if p == "sklearn":
@@ -291,10 +229,11 @@ def run_config(cfg, peers, args, env, tmp, log):
                 log(f"  {DISPLAY[p]}: FAILED to build or step: {str(e).splitlines()[0]}")
                 workers.pop(p).kill()
 
-        ref, mism = compare_losses({p: rec["peers"][p]["check_losses"] for p in live}, rtol=args.rtol)
+        fp32 = [p for p in live if bf16.precision_of(p) == "fp32"]
+        ref, mism = compare_losses({p: rec["peers"][p]["check_losses"] for p in fp32}, rtol=args.rtol)
         rec["loss_reference"] = ref
         rec["loss_mismatches"] = mism
-        for p in live:
+        for p in fp32:
             if rec["peers"][p]["check_losses"] is None:
                 verdict = "not compared (own init)"
             elif p == ref:
@@ -307,6 +246,14 @@ def run_config(cfg, peers, args, env, tmp, log):
             for lines in mism.values():
                 for m in lines:
                     log(f"    {m}")
+        if len(live) > len(fp32):
+            b_mism = bf16.check_losses(rec, [p for p in live if p not in fp32], args.bf16_rtol)
+            if b_mism:
+                log(f"  bf16 LOSS MISMATCH over the first {args.check_steps} steps (reference "
+                    f"{rec['bf16']['loss_reference']}, rtol {args.bf16_rtol:g}):")
+                for lines in b_mism.values():
+                    for m in lines:
+                        log(f"    {m}")
         if args.check_only:
             for p in live:
                 log(f"  {DISPLAY[p]:<22} losses {rec['peers'][p]['check_losses']}  {rec['peers'][p]['loss_check']}")
@@ -350,16 +297,18 @@ def run_config(cfg, peers, args, env, tmp, log):
                 pr["info"] = workers[p].call("info")
             except WorkerError as e:
                 rec["errors"][p] = str(e)
-        if live:
-            fastest = min(live, key=lambda p: rec["peers"][p]["median_s"])
+        fp32 = [p for p in live if bf16.precision_of(p) == "fp32"]
+        if fp32:
+            fastest = min(fp32, key=lambda p: rec["peers"][p]["median_s"])
             rec["fastest"] = fastest
-            for p in live:
+            for p in fp32:
                 rec["peers"][p]["vs_fastest"] = rec["peers"][p]["median_s"] / rec["peers"][fastest]["median_s"]
-            others = [p for p in live if p != "fastbp"]
+            others = [p for p in fp32 if p != "fastbp"]
             if "fastbp" in live and others:
                 best = min(others, key=lambda p: rec["peers"][p]["median_s"])
                 rec["fastbp_speedup"] = {"over": best,
                                          "x": rec["peers"][best]["median_s"] / rec["peers"]["fastbp"]["median_s"]}
+        bf16.summarize(rec, live)
         if "fastbp" in live and not args.no_fit:
             try:
                 f = workers["fastbp"].call("fit_vs_loop", rounds=3 if args.quick else args.repeat,
@@ -384,66 +333,14 @@ def run_config(cfg, peers, args, env, tmp, log):
     return rec
 
 
-def print_config(cfg, rec, peak_gflops, log):
-    rows = [p for p in rec["peers"] if "median_s" in rec["peers"][p]]
-    if not rows:
-        return
-    log(f"  {'peer':<22}{'median/step':>12}{'min':>11}{'GFLOP/s':>10}{'vs fastest':>12}  loss check")
-    for p in sorted(rows, key=lambda p: rec["peers"][p]["median_s"]):
-        r = rec["peers"][p]
-        log(f"  {DISPLAY[p]:<22}{format_time(r['median_s']):>12}{format_time(r['min_s']):>11}{r['gflops']:>10.3g}"
-            f"{r['vs_fastest']:>11.2f}x  {r['loss_check']}")
-    if "fastbp_speedup" in rec:
-        s = rec["fastbp_speedup"]
-        word = "faster" if s["x"] >= 1 else "slower"
-        x = s["x"] if s["x"] >= 1 else 1 / s["x"]
-        log(f"  fastbp is {x:.2f}x {word} per step than the fastest other peer ({DISPLAY[s['over']]})")
-    if "fastbp" in rows and peak_gflops:
-        g = rec["peers"]["fastbp"]["gflops"]
-        log(f"  fastbp runs at {100 * g / peak_gflops:.0f}% of this machine's measured float32 peak "
-            f"({peak_gflops:.0f} GFLOP/s)")
-    if "fit_vs_loop" in rec:
-        f = rec["fit_vs_loop"]
-        from ..config import FIT_NATIVE_MIN_STEPS
-        driver = "one native call" if f["steps_per_epoch"] >= FIT_NATIVE_MIN_STEPS else "a Python loop inside fit"
-        x = f["x"] if f["x"] >= 1 else 1 / f["x"]
-        log(f"  fastbp fit over an epoch ({f['steps_per_epoch']} steps, {driver}): "
-            f"{format_time(f['fit_median_s'])} per step; a Python loop of step(x, y): "
-            f"{format_time(f['loop_median_s'])} per step; fit is {x:.2f}x {'faster' if f['x'] >= 1 else 'slower'}")
-    if "startup" in rec:
-        log(format_startup("  fastbp's first step in a new process", rec["startup"]))
-    mem = []
-    for p in rows:
-        m = rec["peers"][p].get("memory")
-        if not m:
-            continue
-        s = f"{DISPLAY[p]} {format_bytes(m['peak_rss_growth'])} / {format_bytes(m['steps_rss_growth'])}"
-        if p in ("fastbp", "numpy", "sklearn"):
-            s += f" (traced {format_bytes(m['traced_peak_per_step'])})"
-        if "fastbp_arena_bytes" in m:
-            s += f" (arena {format_bytes(m['fastbp_arena_bytes'])})"
-        mem.append(s)
-    fm = rec["peers"].get("fastbp", {}).get("memory")
-    if fm:
-        log(f"  fastbp allocations per step (tracemalloc over a few steps): peak "
-            f"{format_bytes(fm['traced_peak_per_step'])}, retained {format_bytes(fm['traced_growth'])} per step "
-            f"(no array is allocated per step: one {cfg.batch}x{max(cfg.widths)} activation would be "
-            f"{format_bytes(cfg.batch * max(cfg.widths) * 4)})")
-    if mem:
-        log(f"  memory, peak RSS growth over build+steps / over timed steps alone: {', '.join(mem)}")
-        log(f"    parameters + gradients + activations: {format_bytes(rec['workspace_bytes'])}; traced = peak "
-            f"numpy/Python allocations during a few steps (tracemalloc)")
-    for p, e in rec["errors"].items():
-        log(f"  error, {p}: {e.splitlines()[0]}")
-
-
 def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m fastbp.bench",
         description="Compare fastbp's fused training step with numpy, PyTorch (eager and torch.compile), JAX and "
                     "scikit-learn, each in its own process, interleaved; float32, softmax cross-entropy; "
                     "ReLU MLPs with plain SGD, and 'tabular': Linear -> BatchNorm1d -> GELU -> Dropout(0.1) "
-                    "blocks with AdamW (numpy and scikit-learn run the ReLU/SGD configurations only).")
+                    "blocks with AdamW (numpy and scikit-learn run the ReLU/SGD configurations only). "
+                    "--precision fp32,bf16 adds a bf16 section (fastbp precision='bf16' and PyTorch in bf16).")
     p.add_argument("--configs", default=",".join(CONFIGS),
                    help=f"comma-separated configurations (default: all of {','.join(CONFIGS)})")
     p.add_argument("--peers", default=None,
@@ -462,6 +359,14 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of the shared weights (data: seed + 1)")
     p.add_argument("--check-steps", type=int, default=None, help="steps whose losses are compared (default 3)")
     p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance of the loss check (default 1e-3)")
+    p.add_argument("--precision", default="fp32",
+                   help="comma-separated sections: fp32 (the float32 peers; the default alone) and bf16 (fastbp "
+                        "with precision='bf16', PyTorch eager under torch.autocast bfloat16 and PyTorch with float32 "
+                        "matmuls in bf16: the bf16 variants of fastbp and torch among --peers, timed in the same "
+                        "rounds, printed below the float32 table; skipped with the reason where "
+                        "fastbp._bf16.available() is false). Both: --precision fp32,bf16")
+    p.add_argument("--bf16-rtol", type=float, default=0.03,
+                   help="relative tolerance of the bf16 peers' losses against fastbp's float32 losses (default 0.03)")
     p.add_argument("--check-only", action="store_true", help="only build the peers and compare their losses")
     p.add_argument("--startup", dest="startup", action="store_true", default=None,
                    help="measure fastbp's first step in a fresh process, cold and warm cache (default unless --quick)")
@@ -499,6 +404,7 @@ def main(argv=None):
                 available(p)  # raises on an unknown name
             peers = [p for p in asked if available(p)]
             missing = [p for p in asked if p not in peers]
+        precisions = bf16.parse_precision(args.precision)
     except ValueError as e:
         print(str(e), file=sys.stderr)
         return 2
@@ -510,8 +416,27 @@ def main(argv=None):
 
     from .machine import machine_info
 
+    fp32_peers = peers if "fp32" in precisions else []
     result = {"machine": machine_info(), "argv": sys.argv[1:] if argv is None else list(argv),
-              "removed_env": removed, "peers": peers, "missing_peers": missing, "configs": {}}
+              "removed_env": removed, "peers": fp32_peers, "missing_peers": missing, "precisions": list(precisions),
+              "configs": {}}
+    bf16_peers, bf16_lines = [], []
+    if "bf16" in precisions:
+        ok, why, cpu = bf16.bf16_status(env)
+        if ok:
+            bf16_peers = bf16.bf16_peers_for(peers)
+            if bf16_peers:
+                against = ("fastbp float32" if "fastbp" in fp32_peers else
+                           "the float32 reference peer" if fp32_peers else "the first bf16 peer (no float32 peer)")
+                bf16_lines.append(f"bf16 section: {', '.join(DISPLAY[p] for p in bf16_peers)}; CPU bf16 "
+                                  f"instructions: {', '.join(cpu)}; losses checked against {against} "
+                                  f"(rtol {args.bf16_rtol:g})")
+            else:
+                bf16_lines.append(f"bf16 section: none of these peers has a bf16 variant (those of "
+                                  f"{' and '.join(dict.fromkeys(bf16.BASE.values()))} do)")
+        else:
+            bf16_lines.append(bf16.unavailable_line(why))
+        result["bf16"] = {"available": ok, "why": why, "cpu": cpu, "peers": bf16_peers}
     m = result["machine"]
     log(f"fastbp.bench on {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), {m['platform']}, "
         f"Python {m['python']}, numpy {m['numpy']}")
@@ -520,10 +445,13 @@ def main(argv=None):
             + ", ".join(f"{k}={v}" for k, v in removed.items()))
     elif not args.keep_openblas_env:
         log(f"environment: {' and '.join(SCRUBBED_ENV)} not set (nothing to remove for the peers)")
-    log(f"peers: {', '.join(DISPLAY[p] for p in peers)}"
+    log(f"peers: {', '.join(DISPLAY[p] for p in fp32_peers) or 'none in float32'}"
         + (f"; not installed, skipped: {', '.join(missing)}" if missing else ""))
-    log(f"float32, lr {args.lr:g} (SGD, or AdamW where a configuration says), {args.repeat} interleaved "
-        f"rounds of ~{args.round_time:g} s per peer, median per step; losses compared over {args.check_steps} steps (rtol {args.rtol:g})")
+    for line in bf16_lines:
+        log(line)
+    log(f"{'float32' if fp32_peers else 'bf16 section only'}, lr {args.lr:g} (SGD, or AdamW where a configuration "
+        f"says), {args.repeat} interleaved rounds of ~{args.round_time:g} s per peer, median per step; losses "
+        f"compared over {args.check_steps} steps (rtol {args.rtol:g})")
 
     peak = None
     if not args.no_peak and not args.check_only:
@@ -542,17 +470,18 @@ def main(argv=None):
     tmp = tempfile.mkdtemp(prefix="fastbp-bench-")
     try:
         for cfg in configs:
-            rec = run_config(cfg, peers, args, env, tmp, log)
+            rec = run_config(cfg, fp32_peers + bf16_peers, args, env, tmp, log)
             result["configs"][cfg.name] = rec
             if not args.check_only:
                 print_config(cfg, rec, peak, log)
             failed |= bool(rec["loss_mismatches"]) or bool(rec["errors"])
-            fb = rec["peers"].get("fastbp", {}).get("info", {}).get("threading")
+            failed |= bool(rec.get("bf16", {}).get("loss_mismatches"))
+            fb = (rec["peers"].get("fastbp") or rec["peers"].get("fastbp_bf16") or {}).get("info", {}).get("threading")
             if fb and "threading" not in result:
                 result["threading"] = fb
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if args.startup and not args.check_only and "fastbp" in peers:
+    if args.startup and not args.check_only and "fastbp" in fp32_peers:
         try:
             t = measure_train_startup(env)
             result["train_startup"] = t

@@ -27,7 +27,13 @@ Requests (``{"cmd": ..., "args": {...}}``):
     Per-step time of ``step.fit`` over one epoch vs a Python loop of
     ``step(x, y)`` over the same batches, interleaved; answers both lists.
 ``info``
-    Library versions and, for fastbp, ``fastbp._jit.threading_info()``.
+    Library versions and, for fastbp, ``fastbp._jit.threading_info()``;
+    a peer's own ``info()`` where it has one (the bf16 peers of
+    :mod:`fastbp.bench.bf16`: their precision, mode and CPU flags).
+
+The peer is any of :data:`fastbp.bench.bf16.ALL_PEERS`: the float32 peers
+of :mod:`fastbp.bench.peers` and the bf16 ones, each in a process of its
+own (oneDNN's GNU OpenMP threads and OpenBLAS's never share a process).
 ``quit``
 
 The first step in a fresh process is timed by :mod:`fastbp.bench._startup`
@@ -107,7 +113,7 @@ class Worker:
 
     # -- requests ---------------------------------------------------------
     def init(self, peer, config, data, lr, n_check):
-        from .peers import PEERS, MODULES
+        from .bf16 import ALL_PEERS as PEERS, ALL_MODULES as MODULES
 
         import importlib
 
@@ -255,17 +261,17 @@ class Worker:
     def info(self):
         import importlib.metadata as md
 
-        from .peers import MODULES
+        from .bf16 import ALL_MODULES as MODULES
 
         dist = {"fastbp": "fastbp", "numpy": "numpy", "torch": "torch", "jax": "jax",
                 "sklearn": "scikit-learn"}[MODULES[self.name]]
         out = {"version": md.version(dist), "numpy": np.__version__,
                "env": {k: os.environ[k] for k in SCRUBBED_ENV if k in os.environ}}
-        if self.name == "fastbp":
+        if MODULES[self.name] == "fastbp":
             from fastbp import _jit
 
             out["threading"] = _jit.threading_info()
-        elif self.name in ("torch", "torch_compile"):
+        elif MODULES[self.name] == "torch":
             import torch
 
             out["threads"] = torch.get_num_threads()
@@ -273,6 +279,8 @@ class Worker:
             import jax
 
             out["devices"] = [str(d) for d in jax.devices()]
+        if callable(getattr(self.peer, "info", None)):      # the bf16 peers' mode and CPU flags
+            out.update(self.peer.info())
         return out
 
 
