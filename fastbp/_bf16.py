@@ -32,7 +32,7 @@ import sys
 
 import numpy as np
 
-__all__ = ["PRECISIONS", "ENV_VAR", "cpu_support", "available", "resolve", "require"]
+__all__ = ["PRECISIONS", "ENV_VAR", "cpu_support", "available", "info", "resolve", "require"]
 
 #: the values ``precision`` takes
 PRECISIONS = ("full", "bf16", "auto")
@@ -40,7 +40,7 @@ PRECISIONS = ("full", "bf16", "auto")
 ENV_VAR = "FASTBP_DNNL"
 _CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
-_state = {"lib": None, "error": None, "ready": False}
+_state = {"lib": None, "error": None, "ready": False, "path": None}
 
 
 def _cpu_flags(path="/proc/cpuinfo"):
@@ -91,6 +91,7 @@ def _load_library():
         try:
             lib = ctypes.CDLL(path)
             getattr(lib, "dnnl_gemm_bf16bf16f32")
+            _state["path"] = path
             return lib, None
         except (OSError, AttributeError) as e:
             tried.append(f"{path}: {e}")
@@ -129,6 +130,28 @@ def available():
     if lib is None:
         return False, err
     return True, ""
+
+
+def info():
+    """What ``precision="bf16"`` would use here (``fastbp._jit.threading_info()["bf16"]``),
+    without loading oneDNN into the process if it is not loaded yet.
+
+    Returns
+    -------
+    dict
+        ``cpu`` (the bf16 CPU flags found), ``library`` (the oneDNN file
+        loaded, else the first one found, else None), ``available`` (both
+        present) and ``why`` (what is missing, "" when nothing is).
+    """
+    cpu = list(cpu_support())
+    path = _state["path"] or next((p for p in _candidates() if os.path.exists(p)), None)
+    if not cpu:
+        why = available()[1] if sys.platform == "linux" else "precision='bf16' needs Linux x86-64"
+    elif path is None:
+        why = _library()[1] or ""
+    else:
+        why = ""
+    return {"cpu": cpu, "library": path, "available": bool(cpu) and path is not None, "why": why}
 
 
 def resolve(precision, dtype, device="cpu"):

@@ -235,15 +235,16 @@ def threading_info():
         kernel has run yet in this process), ``blas_backend`` (the BLAS the
         fused step calls: :func:`fastbp._blas.backend_info`) and ``blas``
         (what threadpoolctl reports about the BLAS libraries loaded, if
-        importable).
+        importable), ``bf16`` (whether ``precision="bf16"`` works here, and
+        why not: :func:`fastbp._bf16.info`).
     """
-    from . import _blas
+    from . import _bf16, _blas
     try:
         layer = numba.threading_layer()
     except ValueError:
         layer = "not started"
     info = {"numba_threads": numba.config.NUMBA_NUM_THREADS, "numba_layer": layer,
-            "blas_backend": _blas.backend_info()}
+            "blas_backend": _blas.backend_info(), "bf16": _bf16.info()}
     try:
         from threadpoolctl import threadpool_info
         info["blas"] = [

@@ -285,13 +285,13 @@ def test_a_cpu_without_bf16_instructions_is_named(monkeypatch):
 
 def test_a_missing_onednn_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setattr(_bf16, "cpu_support", lambda flags=None: ("avx512_bf16",))
-    monkeypatch.setattr(_bf16, "_state", {"lib": None, "error": None, "ready": False})
+    monkeypatch.setattr(_bf16, "_state", {"lib": None, "error": None, "ready": False, "path": None})
     monkeypatch.setenv(_bf16.ENV_VAR, str(tmp_path / "libdnnl.so.3"))
     with pytest.raises(ImportError, match=_bf16.ENV_VAR):
         fastbp.compile(_mlp((4, 3)), precision="bf16")
     monkeypatch.delenv(_bf16.ENV_VAR)
     monkeypatch.setattr(_bf16, "_candidates", lambda: [])
-    monkeypatch.setattr(_bf16, "_state", {"lib": None, "error": None, "ready": False})
+    monkeypatch.setattr(_bf16, "_state", {"lib": None, "error": None, "ready": False, "path": None})
     with pytest.raises(ImportError, match=r"pip install 'fastbp\[bf16\]'"):
         fastbp.compile(_mlp((4, 3)), precision="bf16")
 
@@ -344,3 +344,12 @@ def test_the_cli_trains_the_digits_in_bf16_as_accurately_as_in_float32(capsys):
         acc[p] = float(re.search(r"^test accuracy: ([0-9.]+)", out, re.M).group(1))
         assert ("(bf16 products)" in out) == (p == "bf16")
     assert abs(acc["bf16"] - acc["full"]) <= 0.005, acc
+
+
+def test_threading_info_says_whether_bf16_works_here():
+    from fastbp._jit import threading_info
+    got = threading_info()["bf16"]
+    assert got["available"] == OK and got["why"] == WHY
+    assert got["cpu"] == list(_bf16.cpu_support())
+    if OK:
+        assert os.path.exists(got["library"])
