@@ -6,7 +6,9 @@ multiply bfloat16 copies (see :mod:`fastbp._handlers_bf16`).
 ``OP_LINEAR_BWD_BF16``, with three kinds of new buffers appended to the arena
 (after everything else, so every other offset, the parameters' included, is
 unchanged): the bf16 copy of each linear layer's input and weight (written by
-the forward, read again by the backward) and of each layer's ``dZ``.  A bf16
+the forward, read again by the backward) and of each layer's ``dZ``.  A layer
+whose product has fewer than :data:`fastbp.config.BF16_MIN_MACS`
+multiply-adds at the full batch stays float32 (read when the plan is made).  A bf16
 matrix of ``c`` columns takes ``ceil(c / 2)`` float32 columns
 (:mod:`fastbp.kernels.bf16`).  Products outside linear layers (a graph's
 ``matmul`` of two activations) stay in float32.
@@ -15,7 +17,7 @@ import dataclasses
 
 import numpy as np
 
-from . import _isa
+from . import _isa, config
 
 __all__ = ["bf16_plan"]
 
@@ -48,20 +50,26 @@ def bf16_plan(plan):
         bufs.append((off, rows, half))
         return len(bufs) - 1
 
+    def macs(row):          # the forward product's multiply-adds at the full batch
+        _, xr, xc = bufs[int(row[_isa.C_A])]
+        _, wr, wc = bufs[int(row[_isa.C_B])]
+        return (plan.batch_size if xr < 0 else xr) * xc * (wr if row[_isa.C_F1] else wc)
+
     tape = plan.tape.copy()
-    xh, wh = {}, {}
+    xh, wh, converted = {}, {}, set()
     for row in tape:
-        if row[_isa.C_OP] == _isa.OP_LINEAR:
+        if row[_isa.C_OP] == _isa.OP_LINEAR and macs(row) >= config.BF16_MIN_MACS:
             a, b = int(row[_isa.C_A]), int(row[_isa.C_B])
             if a not in xh:
                 xh[a] = alloc_half(a)
             if b not in wh:
                 wh[b] = alloc_half(b)
+            converted.add((a, b))
             row[_isa.C_OP] = _isa.OP_LINEAR_BF16
             row[_isa.C_E] = xh[a]
             row[_isa.C_F] = wh[b]
     for row in tape:
-        if row[_isa.C_OP] == _isa.OP_LINEAR_BWD:
+        if row[_isa.C_OP] == _isa.OP_LINEAR_BWD and (int(row[_isa.C_A]), int(row[_isa.C_B])) in converted:
             a, b = int(row[_isa.C_A]), int(row[_isa.C_B])
             row[_isa.C_OP] = _isa.OP_LINEAR_BWD_BF16
             row[_isa.C_A] = xh[a]

@@ -20,6 +20,13 @@ OK, WHY = _bf16.available()
 bf16_only = pytest.mark.skipif(not OK, reason=WHY or "bf16 available")
 
 
+@pytest.fixture(autouse=True)
+def every_layer_in_bf16(monkeypatch):
+    """The tests' small models in bf16 too: layers below config.BF16_MIN_MACS stay float32
+    otherwise (tested by test_layers_below_the_size_threshold_stay_float32)."""
+    monkeypatch.setattr(fastbp.config, "BF16_MIN_MACS", 0)
+
+
 # ------------------------------------------------------------------ reference
 def bf16_ref(x):
     """float32 -> nearest bfloat16 (ties to even) by float64 arithmetic: an independent
@@ -252,6 +259,31 @@ def test_bf16_results_are_the_same_on_one_and_two_openmp_threads():
         outs.append(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                                    timeout=300, check=True).stdout)
     assert outs[0] == outs[1]
+
+
+@pytest.mark.extras
+@bf16_only
+def test_layers_below_the_size_threshold_stay_float32(monkeypatch):
+    from fastbp import _isa
+    rng = np.random.default_rng(5)
+    model = _mlp((300, 100, 10))                   # batch 40: 1.2 M and 40 K multiply-adds
+    X = rng.standard_normal((40, 300)).astype(np.float32)
+    y = rng.integers(0, 10, 40)
+    monkeypatch.setattr(fastbp.config, "BF16_MIN_MACS", 1 << 20)
+    mixed = fastbp.compile(model, batch_size=40, precision="bf16")
+    ops = list(mixed.plan.tape[:, _isa.C_OP])
+    assert ops.count(_isa.OP_LINEAR_BF16) == 1 and ops.count(_isa.OP_LINEAR) == 1
+    assert ops.count(_isa.OP_LINEAR_BWD_BF16) == 1 and ops.count(_isa.OP_LINEAR_BWD) == 1
+    monkeypatch.setattr(fastbp.config, "BF16_MIN_MACS", 1 << 30)
+    none = fastbp.compile(model, batch_size=40, precision="bf16")
+    full = fastbp.compile(model, batch_size=40)
+    assert none.precision == "bf16" and not set(none.plan.tape[:, _isa.C_OP]) & {_isa.OP_LINEAR_BF16,
+                                                                                _isa.OP_LINEAR_BWD_BF16}
+    for _ in range(3):
+        assert none(X, y) == full(X, y)              # all float32: bitwise the full step
+        mixed(X, y)
+    np.testing.assert_array_equal(none.param_vector, full.param_vector)
+    assert not np.array_equal(mixed.param_vector, full.param_vector)
 
 
 # ------------------------------------------------------------------ what a user is told
