@@ -385,3 +385,19 @@ def test_threading_info_says_whether_bf16_works_here():
     assert got["cpu"] == list(_bf16.cpu_support())
     if OK:
         assert os.path.exists(got["library"])
+
+
+@pytest.mark.extras
+@bf16_only
+def test_a_data_parallel_step_takes_precision():
+    MPI = pytest.importorskip("mpi4py.MPI")
+    rng = np.random.default_rng(6)
+    model = _mlp((30, 40, 5))
+    X = rng.standard_normal((16, 30)).astype(np.float32)
+    y = rng.integers(0, 5, 16)
+    ds = fastbp.compile(model, batch_size=16, comm=MPI.COMM_SELF, precision="bf16")
+    one = fastbp.compile(model, batch_size=16, precision="bf16")
+    assert ds.step.precision == "bf16"
+    for _ in range(3):
+        assert ds(X, y) == pytest.approx(one(X, y), rel=1e-6)
+    np.testing.assert_array_equal(ds.step.param_vector, one.param_vector)
