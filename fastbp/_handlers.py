@@ -160,11 +160,19 @@ def _h_linear(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     Y = _view(arena, bufs, ins[C_OUT], nb)
     Z = _view(arena, bufs, ins[C_D], nb) if ins[C_D] >= 0 else Y
     kcall(kt, K_MM, (X, W, Z, _F, ins[C_F1] != 0, _F, hyper, gjit, jit_slot(jbase, pc, 0), kt))
+    linear_epilogue(arena, bufs, ins, hyper, kt, act, b, Z, Y)
+    return STATUS_OK, 0.0, carry
+
+
+@jit
+def linear_epilogue(arena, bufs, ins, hyper, kt, act, b, Z, Y):
+    """A linear instruction's pass after its product ``Z``: ``Y = act(Z + b)``, and
+    with f5 (in training mode) the kept derivative ``act'(Z + b)`` into d instead of Z;
+    nothing when there is neither bias, activation nor pre-activation buffer."""
     if ins[C_F5] != 0 and ins[C_D] >= 0 and hyper[H_TRAINING] != 0.0:
         kcall_at(kt, K_ACT + N_ROLES * act + ROLE_BIAS_ACT_D, K_PROTO_BIAS_ACT_D, (Z, b, Y, _vec(arena, bufs, ins[C_P])))
     elif b.shape[0] > 0 or act != ACT_IDENTITY or ins[C_D] >= 0:
         kcall_at(kt, K_ACT + N_ROLES * act + ROLE_BIAS_ACT, K_PROTO_BIAS_ACT, (Z, b, Y, _vec(arena, bufs, ins[C_P])))
-    return STATUS_OK, 0.0, carry
 
 
 @_handles(OP_MATMUL)
@@ -286,12 +294,7 @@ def _h_linear_bwd(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     wt = ins[C_F1] != 0
     acc_dx = ins[C_F2] != 0
     acc_w = ins[C_F3] != 0
-    if ins[C_F5] != 0:
-        kcall(kt, K_MUL_D, (T, dZ, dZ, _F))
-    elif act != ACT_IDENTITY:
-        kcall_at(kt, K_ACT + N_ROLES * act + ROLE_BWD, K_PROTO_BWD, (T, dZ, dZ, _F, _vec(arena, bufs, ins[C_P])))
-    if ins[C_OUT] >= 0:
-        kcall(kt, K_COLSUM, (dZ, _vec(arena, bufs, ins[C_OUT]), ins[C_F4] != 0))
+    linear_dz(arena, bufs, ins, kt, act, T, dZ, _F)
     dW = _view(arena, bufs, ins[C_F], nb)
     if wt:   # dWt (out, in) = dZ^T X
         kcall(kt, K_MM, (dZ, X, dW, _T, _F, acc_w, hyper, gjit, jit_slot(jbase, pc, 0), kt))
@@ -302,6 +305,19 @@ def _h_linear_bwd(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
         kcall(kt, K_MM, (dZ, W, _view(arena, bufs, ins[C_E], nb), _F, not wt, acc_dx, hyper, gjit,
                          jit_slot(jbase, pc, 1), kt))
     return STATUS_OK, 0.0, carry
+
+
+@jit
+def linear_dz(arena, bufs, ins, kt, act, T, dZ, _F):
+    """A linear backward's pass before its products: ``dZ = dY * act'`` in place (f5:
+    times the derivative the forward kept, c; else act' of c), then the bias
+    gradient into out (f4: accumulate)."""
+    if ins[C_F5] != 0:
+        kcall(kt, K_MUL_D, (T, dZ, dZ, _F))
+    elif act != ACT_IDENTITY:
+        kcall_at(kt, K_ACT + N_ROLES * act + ROLE_BWD, K_PROTO_BWD, (T, dZ, dZ, _F, _vec(arena, bufs, ins[C_P])))
+    if ins[C_OUT] >= 0:
+        kcall(kt, K_COLSUM, (dZ, _vec(arena, bufs, ins[C_OUT]), ins[C_F4] != 0))
 
 
 @_handles(OP_MATMUL_BWD)

@@ -16,14 +16,12 @@ Registered by :func:`fastbp._bf16.require` (imported there, after oneDNN is
 loaded), never by a step of full precision.
 """
 from ._arena_views import _vec, _view, _xview
-from ._handlers import _handles, arrays
+from ._handlers import _handles, arrays, linear_dz, linear_epilogue
 from ._native import kcall
-from .kernels.activations import ROLE_BIAS_ACT, ROLE_BIAS_ACT_D, ROLE_BWD
-from .kernels.table import (K_ACT, K_COLSUM, K_MM_BF16, K_MUL_D, K_PROTO_BIAS_ACT, K_PROTO_BIAS_ACT_D,
-                            K_PROTO_BWD, K_TO_BF16, N_ROLES, kcall_at)
-from .registry.activations import CAPACITY as ACT_CAPACITY, IDENTITY as ACT_IDENTITY
+from .kernels.table import K_MM_BF16, K_TO_BF16
+from .registry.activations import CAPACITY as ACT_CAPACITY
 from ._isa import (OP_LINEAR_BF16, OP_LINEAR_BWD_BF16, C_OUT, C_A, C_B, C_C, C_D, C_E, C_F, C_G, C_H, C_F1,
-                   C_F2, C_F3, C_F4, C_F5, C_P, H_TRAINING, STATUS_OK, STATUS_BAD_OP)
+                   C_F2, C_F3, STATUS_OK, STATUS_BAD_OP)
 
 
 @_handles(OP_LINEAR_BF16)
@@ -46,10 +44,7 @@ def _h_linear_bf16(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     Y = _view(arena, bufs, ins[C_OUT], nb)
     Z = _view(arena, bufs, ins[C_D], nb) if ins[C_D] >= 0 else Y
     kcall(kt, K_MM_BF16, (Xh, Wh, Z, _F, ins[C_F1] != 0, _F, X.shape[1]))
-    if ins[C_F5] != 0 and ins[C_D] >= 0 and hyper[H_TRAINING] != 0.0:
-        kcall_at(kt, K_ACT + N_ROLES * act + ROLE_BIAS_ACT_D, K_PROTO_BIAS_ACT_D, (Z, b, Y, _vec(arena, bufs, ins[C_P])))
-    elif b.shape[0] > 0 or act != ACT_IDENTITY or ins[C_D] >= 0:
-        kcall_at(kt, K_ACT + N_ROLES * act + ROLE_BIAS_ACT, K_PROTO_BIAS_ACT, (Z, b, Y, _vec(arena, bufs, ins[C_P])))
+    linear_epilogue(arena, bufs, ins, hyper, kt, act, b, Z, Y)
     return STATUS_OK, 0.0, carry
 
 
@@ -71,12 +66,7 @@ def _h_linear_bwd_bf16(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     dZ = _xview(arena, bufs, x, xb, ins[C_D], nb)
     dZh = _view(arena, bufs, ins[C_H], nb)
     wt = ins[C_F1] != 0
-    if ins[C_F5] != 0:
-        kcall(kt, K_MUL_D, (T, dZ, dZ, _F))
-    elif act != ACT_IDENTITY:
-        kcall_at(kt, K_ACT + N_ROLES * act + ROLE_BWD, K_PROTO_BWD, (T, dZ, dZ, _F, _vec(arena, bufs, ins[C_P])))
-    if ins[C_OUT] >= 0:
-        kcall(kt, K_COLSUM, (dZ, _vec(arena, bufs, ins[C_OUT]), ins[C_F4] != 0))
+    linear_dz(arena, bufs, ins, kt, act, T, dZ, _F)
     kcall(kt, K_TO_BF16, (dZ, dZh))
     dW = _view(arena, bufs, ins[C_F], nb)
     n_out = dZ.shape[1]
