@@ -26,6 +26,7 @@ from .step import TrainStep
 from .training import EarlyStopping, History
 from .distributed import DistributedStep, RankError   # mpi4py is imported only when used
 from .torch_interop import from_torch
+from ._bf16 import info as bf16_info
 
 from ._version import __version__
 
@@ -54,7 +55,7 @@ __all__ = [
     "Graph", "GraphError", "GraphTypeError", "Node", "maximum", "sum", "grad",
     "Linear", "Sequential", "SGD", "Adam", "AdamW", "RMSprop", "TrainStep", "compile", "load", "from_torch",
     "DistributedStep", "RankError", "load_model", "SavedModel",
-    "LayerNorm", "BatchNorm1d", "layer_norm", "batch_norm",
+    "LayerNorm", "BatchNorm1d", "layer_norm", "batch_norm", "bf16_info",
 ]
 
 

@@ -25,7 +25,6 @@ bf16 kernels (once per process).
 import ctypes
 import ctypes.util
 import glob
-import importlib
 import os
 import platform
 import sys
@@ -133,7 +132,7 @@ def available():
 
 
 def info():
-    """What ``precision="bf16"`` would use here (``fastbp._jit.threading_info()["bf16"]``),
+    """What ``precision="bf16"`` would use here (public as ``fastbp.bf16_info()``),
     without loading oneDNN into the process if it is not loaded yet.
 
     Returns
@@ -215,5 +214,6 @@ def require():
     omp = _openmp()
     llvm.add_symbol(_kernels.OMP_SET_SYM, ctypes.cast(omp.omp_set_num_threads, ctypes.c_void_p).value)
     llvm.add_symbol(_kernels.OMP_GET_SYM, ctypes.cast(omp.omp_get_max_threads, ctypes.c_void_p).value)
-    importlib.import_module("fastbp._handlers_bf16")     # registers the bf16 linear handlers
+    from . import _handlers_bf16            # registers the bf16 linear handlers
+    _state["modules"] = (_kernels, _handlers_bf16)
     _state["ready"] = True

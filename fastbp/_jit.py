@@ -235,16 +235,15 @@ def threading_info():
         kernel has run yet in this process), ``blas_backend`` (the BLAS the
         fused step calls: :func:`fastbp._blas.backend_info`) and ``blas``
         (what threadpoolctl reports about the BLAS libraries loaded, if
-        importable), ``bf16`` (whether ``precision="bf16"`` works here, and
-        why not: :func:`fastbp._bf16.info`).
+        importable).
     """
-    from . import _bf16, _blas
+    from . import _blas
     try:
         layer = numba.threading_layer()
     except ValueError:
         layer = "not started"
     info = {"numba_threads": numba.config.NUMBA_NUM_THREADS, "numba_layer": layer,
-            "blas_backend": _blas.backend_info(), "bf16": _bf16.info()}
+            "blas_backend": _blas.backend_info()}
     try:
         from threadpoolctl import threadpool_info
         info["blas"] = [

@@ -378,9 +378,8 @@ def test_the_cli_trains_the_digits_in_bf16_as_accurately_as_in_float32(capsys):
     assert abs(acc["bf16"] - acc["full"]) <= 0.005, acc
 
 
-def test_threading_info_says_whether_bf16_works_here():
-    from fastbp._jit import threading_info
-    got = threading_info()["bf16"]
+def test_bf16_info_says_whether_bf16_works_here():
+    got = fastbp.bf16_info()
     assert got["available"] == OK and got["why"] == WHY
     assert got["cpu"] == list(_bf16.cpu_support())
     if OK:
