@@ -42,7 +42,7 @@ from .kernels.gemm import JIT_SLOT, blas_get_threads, blas_set_threads
 from .kernels.activations import ROLE_BIAS_ACT, ROLE_BIAS_ACT_D, ROLE_BWD, ROLE_FWD, ROLE_FWD_D
 from .kernels.losses import _check_labels, weigh_rows
 from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_BN_BWD, K_BN_FWD, K_BN_RUNNING,
-                            K_CLIP_GRAD_NORM, K_COLSUM, K_DROPOUT, K_GATE, K_GATE_BWD, K_GATE_FWD, K_HANDLER,
+                            K_CLIP_GRAD_NORM, K_COLSUM, K_DROPOUT, K_DROPOUT_D, K_GATE, K_GATE_BWD, K_GATE_FWD, K_HANDLER,
                             K_JIT_MM, K_LN_BWD, K_LN_FWD, K_MM, K_MM_SMALL, K_MSE, K_POISSON, K_PROTO_BIAS_ACT,
                             K_PROTO_BWD, K_PROTO_FWD, K_PROTO_FWD_D, K_PROTO_BIAS_ACT_D, K_MUL_D, K_RMSPROP, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD,
                             K_SVM, N_KERNELS, N_ROLES, GATE_ROLES, B, F1, I1, I64, NONE, F64, a2, kcall_at)
@@ -457,8 +457,8 @@ def _h_batchnorm_bwd(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
 def _h_dropout(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     """The mask of (seed, layer f1, updates so far, element: global row
     ``hyper[H_ROW0] + i``, column), f3: p's float64 bits; recomputed by the backward (fastbp._rng); eval mode
-    (``hyper[H_TRAINING] == 0``) passes a through.  Forward: out = a * mask;
-    backward: e (+)= d * mask (f2: accumulate)."""
+    (``hyper[H_TRAINING] == 0``) passes a through.  Forward: out = a * mask (c >= 0, in
+    training: also c *= mask, see fastbp._fold_plan); backward: e (+)= d * mask (f2: accumulate)."""
     arena, bufs, tape, hyper, _, _, kt = arrays(ctx, x)
     ins = tape[pc]
     pdrop = int64_bits_as_float64(ins[C_F3]) if hyper[H_TRAINING] != 0.0 else 0.0
@@ -466,6 +466,12 @@ def _h_dropout(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     if not bwd:
         src = _xview(arena, bufs, x, xb, ins[C_A], nb)
         dst = _view(arena, bufs, ins[C_OUT], nb)
+        if ins[C_C] >= 0 and pdrop > 0.0:
+            # c: the preceding activation's kept derivative, scaled by the same mask
+            # (fastbp._fold_plan: the backward then has no dropout instruction)
+            kcall(kt, K_DROPOUT_D, (src, dst, _view(arena, bufs, ins[C_C], nb), int(hyper[H_RNG_SEED]),
+                                    ins[C_F1], int(hyper[H_STEPS]), int(hyper[H_ROW0]), pdrop))
+            return STATUS_OK, 0.0, carry
     else:
         src = _xview(arena, bufs, x, xb, ins[C_D], nb)
         dst = _view(arena, bufs, ins[C_E], nb)

@@ -70,3 +70,25 @@ def _dropout(A, out, seed, layer, step, row0, p, acc):
                 out[i, j] += A[i, j] * m
             else:
                 out[i, j] = A[i, j] * m
+
+
+@kernel
+def _dropout_d(A, out, D, seed, layer, step, row0, p):
+    """:func:`_dropout`'s forward (``out = A * m``) that also scales ``D`` by the same
+    mask in place (``D *= m``): with ``D`` the derivative ``act'`` that the preceding
+    activation kept, the backward of ``out = m * act(z)`` is then one product,
+    ``dz = dout * D`` (``d out / dz = m act'(z)``), with no pass of its own for the
+    dropout (:mod:`fastbp._fold_plan`).  ``p`` in (0, 1]; ``p == 0`` never comes
+    here (the instruction copies then and leaves ``D`` as it is)."""
+    r, c = out.shape
+    q = 1.0 - p
+    one = out.dtype.type(1.0)
+    zero = out.dtype.type(0.0)
+    scale = one / out.dtype.type(q) if q > 0.0 else zero
+    key = stream_key(seed, layer, step)
+    thr = _threshold(q)
+    for i in range(r):
+        for j in range(c):
+            m = scale if _keep(key, (row0 + i) * c + j, thr) else zero
+            out[i, j] = A[i, j] * m
+            D[i, j] = D[i, j] * m

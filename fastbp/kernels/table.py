@@ -25,7 +25,7 @@ from .linear import _colsum
 from .losses import _bce_logits, _mse, _poisson, _softmax_xent, _svm
 from .optim import _adam_update, _clip_grad_norm, _rmsprop_update, _sgd_update
 from .norm import _batchnorm_bwd, _batchnorm_fwd, _batchnorm_running, _layernorm_bwd, _layernorm_fwd
-from .dropout import _dropout
+from .dropout import _dropout, _dropout_d
 
 (K_COLSUM, K_GATE_FWD, K_GATE_BWD, K_SUM_FWD, K_SUM_BWD, K_SOFTMAX_XENT,
  K_SVM, K_MSE, K_BCE_LOGITS, K_SGD, K_ADAM, K_MM_SMALL, K_BLAS_MM, K_JIT_MM) = range(14)
@@ -37,6 +37,9 @@ N_KERNELS = K_ACT + N_ROLES * _R.CAPACITY
 #: dropout's kernel (forward and backward), after the activations' block
 K_DROPOUT = N_KERNELS
 N_KERNELS = K_DROPOUT + 1
+#: dropout's forward scaling the preceding activation's kept derivative too (fastbp._fold_plan)
+K_DROPOUT_D = N_KERNELS
+N_KERNELS = K_DROPOUT_D + 1
 #: the normalisation kernels (fastbp.kernels.norm), after dropout's
 (K_LN_FWD, K_LN_BWD, K_BN_FWD, K_BN_BWD, K_BN_RUNNING) = range(N_KERNELS, N_KERNELS + 5)
 N_KERNELS = K_BN_RUNNING + 1
@@ -112,6 +115,7 @@ native_kernel(K_BN_BWD, _batchnorm_bwd.serial, NONE,
               lambda d: (a2(d), a1(d), a2(d), a2(d), a2(d), a1(d), a1(d), B, B, B, B))
 native_kernel(K_BN_RUNNING, _batchnorm_running.serial, NONE, lambda d: (a2(d), a2(d), a1(d), a1(d), I64))
 native_kernel(K_DROPOUT, _dropout.serial, NONE, lambda d: (a2(d), a2(d), I64, I64, I64, I64, F64, B))
+native_kernel(K_DROPOUT_D, _dropout_d.serial, NONE, lambda d: (a2(d), a2(d), a2(d), I64, I64, I64, I64, F64))
 native_kernel(K_MUL_D, _act._mul_d.serial, NONE, lambda d: (a2(d), a2(d), a2(d), B))
 
 #: argument types of the activation roles (bias_act, fwd, bwd, fwd_d, bias_act_d)
@@ -298,6 +302,8 @@ def kernels_for(tape):
             if code not in _LOSS_KERNEL:
                 raise ValueError(f"executor: unknown loss code {code} in the tape")
             need.add(_LOSS_KERNEL[code])
+        if op == _isa.OP_DROPOUT and int(ins[_isa.C_C]) >= 0:
+            need.add(K_DROPOUT_D)
         if op == _isa.OP_GATE or op == _isa.OP_GATE_BWD:
             ids = ensure_gate_kernels(int(ins[_isa.C_G]))    # ValueError: unknown gate code
             need.add(ids[0 if op == _isa.OP_GATE else 1])
