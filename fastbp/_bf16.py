@@ -31,7 +31,8 @@ import sys
 
 import numpy as np
 
-__all__ = ["PRECISIONS", "ENV_VAR", "cpu_support", "available", "info", "resolve", "require"]
+__all__ = ["PRECISIONS", "ENV_VAR", "cpu_support", "available", "info", "known", "precision_name", "resolve",
+           "require"]
 
 #: the values ``precision`` takes
 PRECISIONS = ("full", "bf16", "auto")
@@ -153,6 +154,21 @@ def info():
     return {"cpu": cpu, "library": path, "available": bool(cpu) and path is not None, "why": why}
 
 
+def known(precision):
+    """Whether ``precision`` names one of :data:`PRECISIONS` (any case)."""
+    return isinstance(precision, str) and precision.lower() in PRECISIONS
+
+
+def precision_name(precision):
+    """``precision`` lower-cased, checked: ``TypeError`` for a non-string, ``ValueError``
+    for an unknown name (both naming the argument and the choices)."""
+    if not isinstance(precision, str):
+        raise TypeError(f"precision must be one of {PRECISIONS}, got {type(precision).__name__} {precision!r}")
+    if not known(precision):
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision.lower()
+
+
 def resolve(precision, dtype, device="cpu"):
     """``"full"`` or ``"bf16"``: the precision a step of ``dtype`` on ``device`` uses.
 
@@ -180,11 +196,7 @@ def resolve(precision, dtype, device="cpu"):
     ImportError
         ``"bf16"`` without oneDNN installed.
     """
-    if not isinstance(precision, str):
-        raise TypeError(f"precision must be one of {PRECISIONS}, got {type(precision).__name__} {precision!r}")
-    p = precision.lower()
-    if p not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    p = precision_name(precision)
     if p == "full":
         return "full"
     ok_dtype = np.dtype(dtype) == np.float32

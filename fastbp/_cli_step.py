@@ -51,6 +51,5 @@ def compile_ahead(args):
                          np.dtype(args.dtype).type, 0, precision=args.precision)
     except (TypeError, ValueError, ImportError, RuntimeError):
         return      # the step built after the data says what is wrong
-    from . import config
     from ._fold_plan import fold_dropout
-    compile_ahead(probe.dtype, (fold_dropout(probe.plan) if config.FOLD_DROPOUT else probe.plan).tape)
+    compile_ahead(probe.dtype, fold_dropout(probe.plan).tape)     # the tape the CPU step will run

@@ -30,7 +30,7 @@ try:  # scikit-learn >= 1.6
 except ImportError:  # pragma: no cover - older scikit-learn
     _sk_validate_data = None
 
-from ._bf16 import PRECISIONS
+from ._bf16 import PRECISIONS, known as known_precision
 from .builders import activation_names, mlp
 from .factories import compile as compile_step, load
 from .optimizers import SGD, Adam
@@ -186,8 +186,7 @@ class _BaseMLP(BaseEstimator):
             need(isinstance(getattr(self, name), (bool, np.bool_)) or getattr(self, name) in (0, 1),
                  name, "a bool")
         _resolve_dtype(self.dtype, np.dtype(np.float64))
-        need(isinstance(self.precision, str) and self.precision.lower() in PRECISIONS, "precision",
-             f"one of {PRECISIONS}")
+        need(known_precision(self.precision), "precision", f"one of {PRECISIONS}")
         return self._hidden()
 
     # ------------------------------------------------------------------ steps

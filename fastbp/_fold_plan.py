@@ -21,7 +21,7 @@ import dataclasses
 
 import numpy as np
 
-from . import _isa
+from . import _isa, config
 
 __all__ = ["fold_dropout"]
 
@@ -47,7 +47,7 @@ def _is_region(row, col):
 
 def fold_dropout(plan):
     """``plan`` with every foldable dropout's backward folded (see the module docstring);
-    the same plan object when nothing folds.
+    the same plan object when nothing folds or ``config.FOLD_DROPOUT`` is off.
 
     Parameters
     ----------
@@ -59,6 +59,8 @@ def fold_dropout(plan):
         Same buffers and arena; a tape without the folded ``OP_DROPOUT_BWD`` rows
         and section ends moved accordingly.
     """
+    if not config.FOLD_DROPOUT:
+        return plan
     tape = [list(map(int, row)) for row in plan.tape]
     bufs = [tuple(int(v) for v in row) for row in plan.bufs]
     drop_rows = []

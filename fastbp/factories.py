@@ -267,10 +267,8 @@ def load_bundle(path, expect_model=None, precision="full"):
         As :func:`load`.
     """
     path = _check_args(path, expect_model)
-    from ._bf16 import PRECISIONS
-    if not isinstance(precision, str) or precision.lower() not in PRECISIONS:
-        raise (ValueError if isinstance(precision, str) else TypeError)(
-            f"precision must be one of {PRECISIONS}, got {precision!r}")
+    from ._bf16 import precision_name
+    precision = precision_name(precision)       # checked before the file is read
     try:
         return _load(path, expect_model, precision)
     except (_Bad, BadArchive) as e:

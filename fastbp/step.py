@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _blas, config
+from . import _blas
 from . import _executor as ex
 from . import _validate as V
 from ._ckpt_format import save
@@ -65,8 +65,7 @@ class TrainStep(StepBase):
     def __init__(self, model, loss, optimizer, batch_size, dtype, seed, _params=None, schedule=None,
                  precision="full"):
         super().__init__(model, loss, optimizer, batch_size, dtype, seed, _params, schedule, precision)
-        if config.FOLD_DROPOUT:
-            self.plan = fold_dropout(self.plan)     # the CPU's backward of activation + dropout in one pass
+        self.plan = fold_dropout(self.plan)     # the CPU's backward of activation + dropout in one pass
         p = self.plan
         ex.runtime_hyper(self.hyper)        # this process's BLAS policy
         # per-row losses, then the sample weights of a weighted call (see ex.H_WEIGHTED)

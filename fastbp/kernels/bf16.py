@@ -14,6 +14,7 @@ from numba import types
 from .._jit import jit
 from .._native import native_kernel
 from ..config import BF16_THREADS_MIN_MACS, BLAS_MIN_MACS
+from .gemm import empty_product
 from .table import K_MM_BF16, K_TO_BF16, NONE, B, I64, a2
 
 #: the symbol name the product calls oneDNN's ``dnnl_gemm_bf16bf16f32`` by
@@ -98,11 +99,7 @@ def _mm_bf16(A, B_, C, ta, tb, acc, k):
     valid shapes) leaves ``C`` as it was."""
     m = C.shape[0]
     n = C.shape[1]
-    if m == 0 or n == 0:
-        return
-    if k == 0:
-        if not acc:
-            C[:, :] = 0
+    if empty_product(C, k, acc):
         return
     macs = m * n * k
     if macs < BLAS_MIN_MACS:

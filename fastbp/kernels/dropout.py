@@ -19,6 +19,18 @@ _keep = jit(inline=True)(specialise(_rng.keep, "__cpu", _bits=_bits, **CPU_WORD_
 _threshold = jit(inline=True)(_rng.keep_threshold)
 
 
+@jit(inline=True)
+def _mask_setup(out, seed, layer, step, p):
+    """``(key, threshold, scale, zero)`` of the mask of ``p`` > 0: an element is kept
+    (factor ``scale = 1 / (1 - p)`` in ``out``'s dtype) where ``_keep(key, index,
+    threshold)``, else multiplied by ``zero``."""
+    q = 1.0 - p
+    one = out.dtype.type(1.0)
+    zero = out.dtype.type(0.0)
+    scale = one / out.dtype.type(q) if q > 0.0 else zero
+    return stream_key(seed, layer, step), _threshold(q), scale, zero
+
+
 @kernel
 def _dropout(A, out, seed, layer, step, row0, p, acc):
     """``out (+)= A * m``, ``m = 1[kept] / (1 - p)`` per element (inverted dropout).
@@ -57,12 +69,7 @@ def _dropout(A, out, seed, layer, step, row0, p, acc):
                 else:
                     out[i, j] = A[i, j]
         return
-    q = 1.0 - p
-    one = out.dtype.type(1.0)
-    zero = out.dtype.type(0.0)
-    scale = one / out.dtype.type(q) if q > 0.0 else zero
-    key = stream_key(seed, layer, step)
-    thr = _threshold(q)
+    key, thr, scale, zero = _mask_setup(out, seed, layer, step, p)
     for i in range(r):
         for j in range(c):
             m = scale if _keep(key, (row0 + i) * c + j, thr) else zero
@@ -81,12 +88,7 @@ def _dropout_d(A, out, D, seed, layer, step, row0, p):
     dropout (:mod:`fastbp._fold_plan`).  ``p`` in (0, 1]; ``p == 0`` never comes
     here (the instruction copies then and leaves ``D`` as it is)."""
     r, c = out.shape
-    q = 1.0 - p
-    one = out.dtype.type(1.0)
-    zero = out.dtype.type(0.0)
-    scale = one / out.dtype.type(q) if q > 0.0 else zero
-    key = stream_key(seed, layer, step)
-    thr = _threshold(q)
+    key, thr, scale, zero = _mask_setup(out, seed, layer, step, p)
     for i in range(r):
         for j in range(c):
             m = scale if _keep(key, (row0 + i) * c + j, thr) else zero

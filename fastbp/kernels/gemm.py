@@ -223,6 +223,20 @@ BLAS_AVAILABLE = _blas.AVAILABLE
 BLAS_THREAD_CONTROL = _blas.THREAD_CONTROL
 
 
+@jit(inline=True)
+def empty_product(C, k, acc):
+    """Whether ``C (+)= op(A) @ op(B)`` with inner dimension ``k`` is done without a
+    library call: ``C`` empty, or ``k == 0`` (``C`` zeroed unless ``acc``); a BLAS is
+    not asked for those (some reject a zero leading dimension)."""
+    if C.shape[0] == 0 or C.shape[1] == 0:
+        return True
+    if k == 0:
+        if not acc:
+            C[:, :] = 0
+        return True
+    return False
+
+
 @jit
 def _blas_mm(A, B, C, ta, tb, acc):
     """``C (+)= op(A) @ op(B)`` through the BLAS; ``op`` transposes when ``ta``/``tb``.
@@ -233,11 +247,7 @@ def _blas_mm(A, B, C, ta, tb, acc):
     m = C.shape[0]
     n = C.shape[1]
     k = A.shape[0] if ta else A.shape[1]
-    if m == 0 or n == 0:
-        return
-    if k == 0:
-        if not acc:
-            C[:, :] = 0
+    if empty_product(C, k, acc):
         return
     one = C.dtype.type(1.0)
     beta = one if acc else C.dtype.type(0.0)
