@@ -400,3 +400,14 @@ def test_a_data_parallel_step_takes_precision():
     for _ in range(3):
         assert ds(X, y) == pytest.approx(one(X, y), rel=1e-6)
     np.testing.assert_array_equal(ds.step.param_vector, one.param_vector)
+
+
+@pytest.mark.extras
+def test_rounding_to_bf16_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    a = (rng.standard_normal((6, 33)) * 10.0 ** rng.integers(-38, 38, (6, 33))).astype(np.float32)
+    a[0, :4] = [np.inf, -np.inf, 0.0, -0.0]
+    a[1, :3] = np.uint32([0x3F808000, 0x3F818000, 0x3F807FFF]).view(np.float32)     # ties and a near-tie
+    theirs = torch.from_numpy(a).to(torch.bfloat16).to(torch.float32).numpy()
+    np.testing.assert_array_equal(unpack(to_bf16(a), 33), theirs)
