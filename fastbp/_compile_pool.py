@@ -5,11 +5,22 @@ a machine (an empty disk cache) compiled its ~15 native units one after the
 other on one core (~13 s for ``fastbp train``'s model on the 2-core
 development machine).  :func:`load` splits the units a step needs and that
 are not cached between this process and one helper process
-(``python -m fastbp._compile_pool``), which compiles its share into the disk
+(``python -m fastbp._compile_helper``), which compiles its share into the disk
 cache and exits; this process then loads that share from the cache.
 A program with other work to do first starts the helper ahead
 (:func:`start_ahead`: ``fastbp train`` before it reads its data), so that the
 helper compiles on the other core while this process reads.
+
+The two processes share the work as it goes: the helper compiles its share
+from the start and reports each unit it begins (a line on its standard
+output); this process, once its own units are done, compiles the helper's from
+the end and reports each unit it takes (a line on the helper's standard
+input), which the helper then skips.  So neither waits while the other has
+units left, whatever the units cost and however long this process's other
+work took (a static split left one process idle for a second or more).  At
+the meeting point both may begin the same unit: it is then compiled twice,
+the same code, and numba writes its cache file whole (a rename), so this only
+costs time.
 
 Correctness does not depend on the helper: whatever it did not leave in the
 cache (it failed, timed out, or could not be started) is compiled here, and
@@ -22,6 +33,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -119,33 +131,94 @@ def _helper_share(kids, keep_here):
     return out
 
 
+class _Helper:
+    """A started helper process: ``proc``, its share ``order`` (kernel ids in the
+    order it compiles them), the ids it reported beginning (``claimed``, filled
+    by a reader thread from its standard output) and those this process took
+    from it (``taken``)."""
+
+    def __init__(self, proc, order):
+        self.proc = proc
+        self.order = list(order)
+        self.claimed = set()
+        self.taken = set()
+        self._reader = None
+        if proc.stdout is not None:
+            self._reader = threading.Thread(target=self._read_claims, daemon=True)
+            self._reader.start()
+
+    def _read_claims(self):
+        try:
+            for line in self.proc.stdout:
+                try:
+                    self.claimed.add(int(line))
+                except ValueError:
+                    pass
+        except (OSError, ValueError):
+            pass
+
+    def share_work(self, dtype, out):
+        """Compile the helper's units from the end of its share into ``out`` (``{kid:
+        address}``) until reaching one it has begun, or until it has exited; each
+        unit is first reported to the helper, which then skips it."""
+        if self.proc.stdin is None or self.proc.stdout is None:
+            return
+        for k in reversed(self.order):
+            if k in self.claimed or self.proc.poll() is not None:
+                break
+            try:
+                self.proc.stdin.write(f"{k}\n".encode())
+                self.proc.stdin.flush()
+            except (OSError, ValueError):       # the helper has exited
+                break
+            out[k] = native_address(k, dtype)
+            self.taken.add(k)
+        self.close_input()
+
+    def close_input(self):
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+
+
 def _start_helper(dtype, share):
+    """Start ``python -m fastbp._compile_helper`` for ``share`` (``[(kid, qualname)]``);
+    a :class:`_Helper`, or None where the process could not be started."""
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
     env["FASTBP_COMPILE_WORKERS"] = "0"
-    cmd = [sys.executable, "-m", "fastbp._compile_pool", np.dtype(dtype).name, json.dumps(share)]
+    cmd = [sys.executable, "-m", "fastbp._compile_helper", np.dtype(dtype).name, json.dumps(share), "--share"]
     try:
-        return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL)
     except OSError:
         return None
+    return _Helper(proc, [k for k, _ in share])
 
 
-def _wait(proc, timeout):
+def _wait(helper, timeout):
     """Wait for the helper, inside a ``numba:compile`` event: the wait is
     compilation time to :func:`fastbp._native.compile_watch`."""
     from numba.core import event
+    helper.close_input()
+    proc = helper.proc
     try:
         with event.trigger_event("numba:compile", data={"dispatcher": None, "args": (), "return_type": None}):
             proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    if helper._reader is not None:
+        helper._reader.join(timeout=5)      # the helper has exited: its output ends
+        if not helper._reader.is_alive():
+            proc.stdout.close()
 
 
 #: helpers started by :func:`start_ahead` that no :func:`load` has waited for yet:
-#: ``{dtype: (process, the units it compiles)}``
+#: ``{dtype: _Helper}``
 _AHEAD = {}
 
 
@@ -179,23 +252,23 @@ def start_ahead(dtype, kids, keep_here=()):
     share = _helper_share(todo, set(keep_here))
     if len(share) < 2:
         return False
-    proc = _start_helper(dtype, share)
-    if proc is None:
+    helper = _start_helper(dtype, share)
+    if helper is None:
         return False
     if not _AHEAD:
         atexit.unregister(_stop_ahead)      # registered once, however many helpers start ahead
         atexit.register(_stop_ahead)
-    _AHEAD[dtype] = (proc, {k for k, _ in share})
+    _AHEAD[dtype] = helper
     return True
 
 
 def _stop_ahead():
     """At exit: stop the helpers no step waited for (the program failed before
     building its step); numba writes each cache file whole, so none is left half-written."""
-    for proc, _ in _AHEAD.values():
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    for helper in _AHEAD.values():
+        if helper.proc.poll() is None:
+            helper.proc.kill()
+            helper.proc.wait()
     _AHEAD.clear()
 
 
@@ -205,58 +278,32 @@ def load(dtype, kids, keep_here=()):
 
     When at least :data:`fastbp.config.COMPILE_OFFLOAD_MIN` of them must be
     compiled and :func:`enabled`, a helper process compiles those not in
-    ``keep_here`` (into the disk cache) while this process compiles the others.
+    ``keep_here`` (into the disk cache) while this process compiles the others,
+    then shares the helper's work from the end of its list (see the module's
+    docstring) and loads the rest from the cache.
     """
     dtype = np.dtype(dtype)
     kids = list(dict.fromkeys(int(k) for k in kids))
-    proc = None
+    helper = None
     theirs = set()
     if dtype in _AHEAD:                 # started by start_ahead: its share is compiled there
-        proc, theirs = _AHEAD.pop(dtype)
-        theirs = theirs.intersection(kids)
+        helper = _AHEAD.pop(dtype)
     elif not _off():
         todo = _uncached(dtype, kids)                               # (loads what is in the cache)
         if todo is not None and len(todo) >= config.COMPILE_OFFLOAD_MIN and enabled():
             share = _helper_share(todo, set(keep_here))
             if len(share) >= 2 and len(share) < len(todo):
-                proc = _start_helper(dtype, share)
-                theirs = {k for k, _ in share} if proc is not None else set()
+                helper = _start_helper(dtype, share)
+    if helper is not None:
+        theirs = set(helper.order).intersection(kids)
     out = {}
     for k in kids:
         if k not in theirs:
             out[k] = native_address(k, dtype)
-    if proc is not None:
-        _wait(proc, timeout=300)
+    if helper is not None:
+        helper.share_work(dtype, out)
+        _wait(helper, timeout=300)
         for k in theirs:
-            out[k] = native_address(k, dtype)      # from the cache (compiled here if the helper did not)
+            if k not in out:
+                out[k] = native_address(k, dtype)      # from the cache (compiled here if the helper did not)
     return out
-
-
-def _main(argv):
-    """The helper: compile ``share`` (JSON list of ``[kid, qualname]``) for the
-    dtype named ``argv[0]`` into numba's disk cache."""
-    dtype = np.dtype(argv[0])
-    share = json.loads(argv[1])
-    from .kernels import table      # registers the loop kernels
-    if any(kid >= table.K_MM for kid, _ in share):
-        from . import _handlers     # noqa: F401 - registers the product dispatcher and the handlers
-    for kid, qualname in share:
-        if table.K_ACT <= kid < table.K_ACT + table.N_ROLES * table._R.CAPACITY and kid not in _NATIVE:
-            try:
-                table.ensure_act_kernels((kid - table.K_ACT) // table.N_ROLES)
-            except (ValueError, RuntimeError):
-                continue
-        if table.K_GATE <= kid < table.K_GATE + table.GATE_ROLES * table._gates.R.CAPACITY and kid not in _NATIVE:
-            try:
-                table.ensure_gate_kernels((kid - table.K_GATE) // table.GATE_ROLES)
-            except (ValueError, RuntimeError):
-                continue
-        entry = _NATIVE.get(kid)
-        if entry is None or entry[0].py_func.__qualname__ != qualname:
-            continue        # not the parent's kernel: the parent compiles it
-        native_address(kid, dtype)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))

@@ -201,10 +201,10 @@ native_kernel(K_RUN_TAPE, run_tape, numba.types.Tuple((I64, numba.types.float64,
 #: the interpreter, its handlers and its product dispatcher
 _COMPILE_HERE = frozenset([K_RUN_TAPE, K_MM, *range(K_HANDLER, K_HANDLER + OP_CAPACITY)])
 
-#: what this process keeps when the helper starts ahead of the step (compile_ahead): the
-#: interpreter and its handlers; the helper also takes the product dispatcher, as this
-#: process has other work first
-_COMPILE_HERE_AHEAD = frozenset([K_RUN_TAPE, *range(K_HANDLER, K_HANDLER + OP_CAPACITY)])
+#: what this process keeps when the helper starts ahead of the step (compile_ahead): nothing,
+#: as this process has other work first; it takes units from the end of the helper's list
+#: when that work is done (fastbp._compile_pool)
+_COMPILE_HERE_AHEAD = frozenset()
 
 
 def compile_ahead(dtype, tape):
@@ -218,7 +218,11 @@ def compile_ahead(dtype, tape):
     ValueError
         ``tape`` holds an opcode or a code this executor does not know.
     """
-    kids = sorted(kernels_for(tape)) + [K_RUN_TAPE]
+    # the helper compiles from the start of the list, this process takes units from its end:
+    # the larger units first (the handlers, which compile their inlined helpers, then the
+    # interpreter), so that the two meet on small ones
+    kids = sorted(kernels_for(tape))
+    kids = [k for k in kids if k >= K_HANDLER] + [K_RUN_TAPE] + [k for k in kids if k < K_HANDLER]
     return _compile_pool.start_ahead(dtype, kids, keep_here=_COMPILE_HERE_AHEAD)
 
 

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -71,9 +72,10 @@ def test_a_cold_first_step_compiles_on_two_processes_and_trains_bitwise_alike(tm
         pytest.skip("the pool is off on one CPU")
     names = [n for n in got["compiled"] if n]
     assert "run_tape" in names and "_h_linear" in names
-    # the helper's share was loaded from the cache, not compiled here
-    assert not any(n.startswith(("_softmax_xent", "_adam_update", "_colsum", "_mm_small", "_t_bias_act",
-                                 "_t_bwd")) for n in names), names
+    # the helper's share (the loop kernels) was compiled there and loaded from the cache, but
+    # for those this process took from the end of the helper's list once its own were done
+    loops = ("_softmax_xent", "_adam_update", "_colsum", "_mm_small", "_t_bias_act", "_t_bwd")
+    assert not all(any(n.startswith(p) for n in names) for p in loops), names
     assert any(n is None for n in got["compiled"])          # the wait for the helper counts as compiling
     np.testing.assert_array_equal(params, _same_step_here())
 
@@ -131,7 +133,7 @@ def _fake_pool(monkeypatch, calls, started):
 
     def fake_helper(dtype, share):
         started.append([k for k, _ in share])
-        return subprocess.Popen([sys.executable, "-c", "pass"])
+        return pool._Helper(subprocess.Popen([sys.executable, "-c", "pass"]), started[-1])
     monkeypatch.setattr(pool, "_start_helper", fake_helper)
     monkeypatch.setattr(pool, "_AHEAD", {})
 
@@ -160,9 +162,10 @@ def _tape():
 
 
 def test_a_helper_started_ahead_compiles_its_share_for_the_next_load(monkeypatch):
-    """compile_ahead (fastbp train, before reading its data): the helper takes the
-    loop kernels and the product dispatcher; the step built later compiles the
-    interpreter and its handlers here, waits, and starts no second helper."""
+    """compile_ahead (fastbp train, before reading its data): the helper takes every
+    unit, the handlers and the interpreter first (the larger ones); the step built later
+    waits for it (a helper that does not report its work: nothing is taken from it),
+    loads the units and starts no second helper."""
     calls, started = [], []
     tape = _tape()
     kids = sorted(table.kernels_for(tape)) + [ex.K_RUN_TAPE]
@@ -170,13 +173,13 @@ def test_a_helper_started_ahead_compiles_its_share_for_the_next_load(monkeypatch
     assert ex.compile_ahead(np.float64, tape)
     assert not ex.compile_ahead(np.float64, tape)        # one helper per dtype at a time
     assert len(started) == 1 and calls == []
-    share = set(started[0])
-    here = {ex.K_RUN_TAPE, *range(table.K_HANDLER, table.K_HANDLER + ex.OP_CAPACITY)}
-    assert table.K_MM in share and not share & here and share | (here & set(kids)) == set(kids)
+    order = started[0]
+    handlers = sorted(k for k in kids if k >= table.K_HANDLER and k != ex.K_RUN_TAPE)
+    assert sorted(order) == sorted(kids) and table.K_MM in order
+    assert order[:len(handlers) + 1] == handlers + [ex.K_RUN_TAPE]
     out = pool.load(np.float64, kids, keep_here=ex._COMPILE_HERE)
     assert out == {k: 1000 + k for k in kids} and len(started) == 1 and pool._AHEAD == {}
-    n_here = len(kids) - len(share)
-    assert not set(calls[:n_here]) & share and set(calls[n_here:]) == share
+    assert sorted(calls) == sorted(kids)        # each loaded once, after the wait
     # a later cold load of that dtype starts its own helper again
     calls.clear()
     pool.load(np.float64, kids, keep_here=ex._COMPILE_HERE)
@@ -195,24 +198,89 @@ def test_no_helper_ahead_when_the_pool_is_off_or_little_is_to_compile(monkeypatc
     assert started == [] and pool._AHEAD == {}
 
 
+#: a helper that speaks the work-sharing protocol (fastbp._compile_helper with --share):
+#: reports each unit before "compiling" it (0.2 s), skips the units the parent took
+_SHARING_HELPER = r"""
+import sys, threading, time
+taken = set()
+def read():
+    for line in sys.stdin:
+        taken.add(int(line))
+threading.Thread(target=read, daemon=True).start()
+for k in [int(k) for k in sys.argv[1].split(",")]:
+    if k in taken:
+        continue
+    print(k, flush=True)
+    time.sleep(0.2)
+"""
+
+
+def test_this_process_takes_the_helpers_units_from_the_end_of_its_list(monkeypatch):
+    """Work sharing: once its own units are done, this process compiles the
+    helper's from the end of its list, telling the helper, which skips them; the
+    helper compiles from the start and reports each unit it begins.  They meet in
+    the middle, and every unit gets its address."""
+    calls, started = [], []
+    _fake_pool(monkeypatch, calls, started)
+    order = list(range(100, 110))
+    mine = [1]
+
+    def sharing_helper(dtype, share):
+        started.append([k for k, _ in share])
+        proc = subprocess.Popen([sys.executable, "-c", _SHARING_HELPER, ",".join(map(str, started[-1]))],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        return pool._Helper(proc, started[-1])
+    monkeypatch.setattr(pool, "_start_helper", sharing_helper)
+    monkeypatch.setattr(pool, "_NATIVE", {k: (_named("kernel"),) for k in mine + order})
+
+    def compile_here(k, dtype):       # 0.3 s a unit, a little slower than the helper
+        calls.append(k)
+        time.sleep(0.3)
+        return 1000 + k
+    monkeypatch.setattr(pool, "native_address", compile_here)
+    helpers = []
+    real_wait = pool._wait
+    monkeypatch.setattr(pool, "_wait", lambda h, timeout: helpers.append(h) or real_wait(h, timeout))
+    out = pool.load(np.float64, mine + order, keep_here=set(mine))
+    assert out == {k: 1000 + k for k in mine + order}
+    assert started == [order]
+    (helper,) = helpers
+    taken = [k for k in order if k in helper.taken]
+    claimed = [k for k in order if k in helper.claimed]
+    assert calls[0] == 1 and calls[1:1 + len(taken)] == taken[::-1]     # its own first, then from the end
+    assert taken and claimed and taken == order[len(order) - len(taken):] and claimed == order[:len(claimed)]
+    assert set(taken) | set(claimed) == set(order) and len(set(taken) & set(claimed)) <= 1
+    assert sorted(calls[1 + len(taken):]) == sorted(set(order) - set(taken))    # the rest: from the cache
+
+
+def _named(qualname):
+    def f():
+        pass
+    f.__qualname__, f.__module__ = qualname, "fastbp.kernels.fake"
+    return type("D", (), {"py_func": f})()
+
+
 def test_a_helper_nobody_waited_for_is_stopped_at_exit(monkeypatch):
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    monkeypatch.setattr(pool, "_AHEAD", {np.dtype(np.float32): (proc, {1, 2})})
+    monkeypatch.setattr(pool, "_AHEAD", {np.dtype(np.float32): pool._Helper(proc, [1, 2])})
     pool._stop_ahead()
     assert proc.poll() is not None and pool._AHEAD == {}
 
 
 def test_the_helper_compiles_the_product_dispatcher_into_the_cache(tmp_path):
-    """The helper process itself (python -m fastbp._compile_pool) with the share
-    compile_ahead gives it beyond the loop kernels: the product dispatcher, registered
-    by fastbp._handlers, which the helper then imports; a new process finds it cached."""
+    """The helper process itself (python -m fastbp._compile_helper) with a share beyond
+    the loop kernels: the product dispatcher, registered by fastbp._handlers, which
+    the helper then imports; a new process finds it cached.  A unit the parent
+    took (written on the helper's input) is not compiled there."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), FASTBP_COMPILE_WORKERS="0")
     env["PYTHONPATH"] = os.pathsep.join(p for p in [os.path.dirname(os.path.dirname(fastbp.__file__)),
                                                     env.get("PYTHONPATH", "")] if p)
-    share = json.dumps([[table.K_MM, "_mm"], [table.K_MM_SMALL, "_mm_small"]])
-    run = subprocess.run([sys.executable, "-m", "fastbp._compile_pool", "float64", share], env=env,
-                         capture_output=True, text=True, timeout=600)
+    share = json.dumps([[table.K_MM, "_mm"], [table.K_MM_SMALL, "_mm_small"], [table.K_COLSUM, "_colsum"]])
+    # with --share: it reports each unit it begins, and skips one the parent took (_colsum)
+    run = subprocess.run([sys.executable, "-m", "fastbp._compile_helper", "float64", share, "--share"], env=env,
+                         input=f"{table.K_COLSUM}\n", capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == [str(table.K_MM), str(table.K_MM_SMALL)]
     probe = ("import numpy as np; from fastbp import _handlers; from fastbp._native import native_cached; "
              f"print(native_cached({table.K_MM}, np.dtype('float64')), "
              f"native_cached({table.K_MM_SMALL}, np.dtype('float64')), "
@@ -259,9 +327,9 @@ print(json.dumps({"status": status, "compiled": compiled, "enabled": _compile_po
 @pytest.mark.thorough      # a cold compilation of fastbp train's step on two processes
 def test_a_cold_fastbp_train_compiles_the_loop_kernels_ahead_in_the_helper(tmp_path):
     """On an empty cache, fastbp train starts the helper before it reads the data:
-    the helper compiles the loop kernels and the product dispatcher, this process
-    the interpreter and its handlers; then the same run on the warm cache prints
-    the same result."""
+    the helper begins with the handlers, and this process, after the data, takes
+    units from the end of the helper's list (the loop kernels); then the same run
+    on the warm cache prints the same result."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), FASTBP_COMPILE_WORKERS="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in [os.path.dirname(os.path.dirname(fastbp.__file__)),
                                                     env.get("PYTHONPATH", "")] if p)
@@ -274,9 +342,8 @@ def test_a_cold_fastbp_train_compiles_the_loop_kernels_ahead_in_the_helper(tmp_p
         pytest.skip("the pool is off on one CPU")
     assert cold["status"] == warm["status"] == 0
     names = [n for n in cold["compiled"] if n]
-    assert "run_tape" in names and "_h_linear" in names
-    assert not any(n == "_mm" or n.startswith(("_softmax_xent", "_adam_update", "_mm_small", "_t_bias_act"))
-                   for n in names), names
+    assert "_h_linear" not in names and "_h_loss" not in names, names      # the helper's first units
+    assert names, "this process compiled nothing: no work was shared"
     assert [n for n in warm["compiled"] if n] == []
     accuracy = [[ln for ln in r.stdout.splitlines() if ln.startswith("test accuracy")] for r in runs]
     assert accuracy[0] and accuracy[0] == accuracy[1]
