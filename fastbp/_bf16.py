@@ -94,9 +94,10 @@ def _load_library():
             _state["path"] = path
             return lib, None
         except (OSError, AttributeError) as e:
-            tried.append(f"{path}: {e}")
+            tried.append(str(e))
     if os.environ.get(ENV_VAR):
-        return None, f"{ENV_VAR}={os.environ[ENV_VAR]!r} is not a oneDNN library with dnnl_gemm_bf16bf16f32 ({tried[0]})"
+        return None, (f"precision='bf16': {ENV_VAR}={os.environ[ENV_VAR]!r} is not a oneDNN library with "
+                      f"dnnl_gemm_bf16bf16f32 ({tried[0]})")
     return None, ("precision='bf16' needs oneDNN, which is not installed: pip install 'fastbp[bf16]' "
                   f"(or set {ENV_VAR} to a libdnnl.so.3)")
 
@@ -132,6 +133,16 @@ def available():
     return True, ""
 
 
+def _is_elf(path):
+    """Whether ``path`` is a readable ELF file (a shared library can be; a text file,
+    a folder or a missing path cannot), read without loading it."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
 def info():
     """What ``precision="bf16"`` would use here (public as ``fastbp.bf16_info()``),
     without loading oneDNN into the process if it is not loaded yet.
@@ -140,11 +151,12 @@ def info():
     -------
     dict
         ``cpu`` (the bf16 CPU flags found), ``library`` (the oneDNN file
-        loaded, else the first one found, else None), ``available`` (both
-        present) and ``why`` (what is missing, "" when nothing is).
+        loaded, else the first shared-library file found, else None),
+        ``available`` (both present) and ``why`` (what is missing, "" when
+        nothing is).
     """
     cpu = list(cpu_support())
-    path = _state["path"] or next((p for p in _candidates() if os.path.exists(p)), None)
+    path = _state["path"] or next((p for p in _candidates() if _is_elf(p)), None)
     if not cpu:
         why = available()[1] if sys.platform == "linux" else "precision='bf16' needs Linux x86-64"
     elif path is None:

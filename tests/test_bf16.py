@@ -386,6 +386,28 @@ def test_bf16_info_says_whether_bf16_works_here():
         assert os.path.exists(got["library"])
 
 
+@pytest.mark.parametrize("bad", ["text", "folder", "missing"])
+def test_a_bad_fastbp_dnnl_is_named_by_bf16_info_the_api_and_the_cli(monkeypatch, tmp_path, capsys, bad):
+    """FASTBP_DNNL pointing at a text file, a folder or nothing: bf16_info says bf16 is
+    not available and why (without loading anything), compile raises ImportError naming
+    the variable, the CLI says which option failed, in one line."""
+    path = {"text": tmp_path / "notes.txt", "folder": tmp_path, "missing": tmp_path / "libdnnl.so.3"}[bad]
+    if bad == "text":
+        path.write_text("not a library\n")
+    monkeypatch.setattr(_bf16, "cpu_support", lambda flags=None: ("avx512_bf16",))
+    monkeypatch.setattr(_bf16, "_state", {"lib": None, "error": None, "ready": False, "path": None})
+    monkeypatch.setenv(_bf16.ENV_VAR, str(path))
+    got = fastbp.bf16_info()
+    assert got["available"] is False and got["library"] is None
+    assert _bf16.ENV_VAR in got["why"] and str(path) in got["why"] and "precision='bf16'" in got["why"]
+    with pytest.raises(ImportError, match=_bf16.ENV_VAR):
+        fastbp.compile(_mlp((4, 3)), precision="bf16")
+    assert fastbp.compile(_mlp((4, 3)), precision="auto").precision == "full"
+    rc, out, err = _train(capsys, "--precision", "bf16", "--epochs", "1")
+    assert rc != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "--precision bf16" in err and _bf16.ENV_VAR in err
+
+
 @pytest.mark.extras
 @bf16_only
 def test_a_data_parallel_step_takes_precision():
