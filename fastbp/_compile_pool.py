@@ -157,15 +157,17 @@ class _Helper:
         except (OSError, ValueError):
             pass
 
-    def share_work(self, dtype, out):
-        """Compile the helper's units from the end of its share into ``out`` (``{kid:
-        address}``) until reaching one it has begun, or until it has exited; each
-        unit is first reported to the helper, which then skips it."""
+    def share_work(self, dtype, out, wanted):
+        """Compile the helper's units of ``wanted`` from the end of its share into
+        ``out`` (``{kid: address}``) until reaching one it has begun, or until it has
+        exited; each unit is first reported to the helper, which then skips it."""
         if self.proc.stdin is None or self.proc.stdout is None:
             return
         for k in reversed(self.order):
             if k in self.claimed or self.proc.poll() is not None:
                 break
+            if k not in wanted:
+                continue
             try:
                 self.proc.stdin.write(f"{k}\n".encode())
                 self.proc.stdin.flush()
@@ -301,7 +303,7 @@ def load(dtype, kids, keep_here=()):
         if k not in theirs:
             out[k] = native_address(k, dtype)
     if helper is not None:
-        helper.share_work(dtype, out)
+        helper.share_work(dtype, out, theirs)
         _wait(helper, timeout=300)
         for k in theirs:
             if k not in out:

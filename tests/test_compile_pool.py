@@ -253,6 +253,20 @@ def test_this_process_takes_the_helpers_units_from_the_end_of_its_list(monkeypat
     assert sorted(calls[1 + len(taken):]) == sorted(set(order) - set(taken))    # the rest: from the cache
 
 
+def test_a_unit_the_step_does_not_need_is_left_to_the_helper(monkeypatch):
+    """A helper started ahead for more units than the step then needs: this process
+    takes only the units it needs from the helper's list."""
+    calls, started = [], []
+    _fake_pool(monkeypatch, calls, started)
+    order = list(range(100, 106))
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.stdin.read(); time.sleep(0.2)"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    monkeypatch.setattr(pool, "_AHEAD", {np.dtype(np.float64): pool._Helper(proc, order)})
+    out = pool.load(np.float64, [100, 101, 102, 104])
+    assert out == {k: 1000 + k for k in (100, 101, 102, 104)}
+    assert calls == [104, 102, 101, 100] and started == []      # taken from the end; 103 and 105 not
+
+
 def _named(qualname):
     def f():
         pass
