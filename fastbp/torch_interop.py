@@ -40,6 +40,8 @@ class TorchTrainStep(TrainStep):
     _torch_lr = None
     _torch_params = ()
     _torch_step0 = (0.0, 0)
+    #: the BatchNorm1d modules whose num_batches_tracked sync_to_torch writes: (prefix, module)
+    _torch_counts = ()
 
     def _follow_torch_lr(self):
         """Take the torch optimizer's current ``param_groups`` learning rate when it changed
@@ -59,14 +61,17 @@ class TorchTrainStep(TrainStep):
             self._torch_lr = lr
 
     def sync_to_torch(self):
-        """Write the optimizer state into the torch optimizer's ``opt.state``, in PyTorch's layout.
+        """Write the optimizer state into the torch optimizer's ``opt.state``, in PyTorch's layout,
+        and each ``BatchNorm1d``'s ``num_batches_tracked`` into the module.
 
         Per parameter: SGD ``momentum_buffer`` (with momentum), Adam/AdamW ``step``,
         ``exp_avg``, ``exp_avg_sq``, RMSprop ``step``, ``square_avg``,
         ``momentum_buffer`` (with momentum), ``grad_avg`` (centered); copies, so a
         plain PyTorch loop continues exactly where the fused step stopped.  The
-        parameter group's ``lr`` is set to the step's current rate.  Does nothing for a
-        step made without a torch optimizer.
+        parameter group's ``lr`` is set to the step's current rate.  (The weights
+        and the running statistics need no copy: the modules' tensors are the
+        step's own storage.)  A step made without a torch optimizer writes only
+        the ``num_batches_tracked`` counts.
 
         Returns
         -------
@@ -74,6 +79,9 @@ class TorchTrainStep(TrainStep):
             ``self``.
         """
         torch = _torch()
+        with self._lock:
+            for prefix, m in self._torch_counts:
+                m.num_batches_tracked.fill_(int(self.buffers[f"{prefix}.num_batches_tracked"][0]))
         opt = self._torch_opt
         if opt is None:
             return self
@@ -209,10 +217,15 @@ def _optimizer(opt, torch):
         raise ValueError(f"optimizer: {type(opt).__name__} is not supported; use torch.optim.SGD, Adam, AdamW, "
                          f"RMSprop or a fastbp optimizer")
     groups = opt.param_groups
-    keys = ("lr", "momentum", "nesterov", "weight_decay", "dampening", "betas", "eps", "alpha", "centered")
+    keys = ("lr", "momentum", "nesterov", "weight_decay", "dampening", "betas", "eps", "alpha", "centered",
+            "maximize", "amsgrad", "decoupled_weight_decay")
     first = {k: groups[0].get(k) for k in keys}
-    if any({k: g.get(k) for k in keys} != first for g in groups[1:]):
-        raise ValueError("optimizer: parameter groups with different hyper-parameters are not supported")
+    for i, g in enumerate(groups[1:], 1):
+        diff = [k for k in keys if g.get(k) != first[k]]
+        if diff:
+            raise ValueError(f"optimizer: parameter group {i} has {diff[0]}={g.get(diff[0])!r} and group 0 "
+                             f"{diff[0]}={first[diff[0]]!r}; fastbp trains every parameter with the same "
+                             f"hyper-parameters")
     g = groups[0]
     if g.get("maximize"):
         raise ValueError("optimizer: maximize=True is not supported")
@@ -227,7 +240,7 @@ def _optimizer(opt, torch):
                        momentum=g.get("momentum", 0.0), centered=g.get("centered", False))
     if g.get("amsgrad"):
         raise ValueError("optimizer: amsgrad is not supported")
-    if isinstance(opt, optim.AdamW):
+    if isinstance(opt, optim.AdamW) or g.get("decoupled_weight_decay"):     # Adam(decoupled_weight_decay=True)
         return AdamW(lr, betas=tuple(g["betas"]), eps=g["eps"], weight_decay=g.get("weight_decay", 0.0))
     return Adam(lr, betas=tuple(g["betas"]), eps=g["eps"], weight_decay=g.get("weight_decay", 0.0))
 
@@ -248,7 +261,13 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
         ``BCEWithLogitsLoss`` (mean reduction).
     optimizer : torch.optim.SGD, Adam, AdamW or RMSprop, or a fastbp optimizer
         Its hyper-parameters (and, if it has already taken steps, its
-        momentum / moment buffers and step count) are taken over.  A torch
+        momentum / moment buffers and step count) are taken over
+        (``Adam(decoupled_weight_decay=True)`` is AdamW).  The step trains
+        every parameter of the model with one set of hyper-parameters: a
+        parameter with ``requires_grad=False`` or missing from the torch
+        optimizer's groups, groups that differ in anything but their
+        parameters, and a parameter shared by two layers (tied weights, one
+        module used twice) are refused with a ``ValueError``.  A torch
         optimizer stays linked: each call of the step (and each ``fit``) uses
         its current ``param_groups`` learning rate when that changed, so a
         ``torch.optim.lr_scheduler`` stepped between calls works as with
@@ -308,6 +327,7 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
         else:
             names = ", ".join(["Linear", "Dropout"] + [c.__name__ for c in kinds] + ["LayerNorm", "BatchNorm1d"])
             raise ValueError(f"model layer {i} is a {type(m).__name__}; from_torch supports {names}")
+    _check_trainable(model, optimizer, torch)
     if len(dtypes) != 1 or next(iter(dtypes)) not in (torch.float32, torch.float64):
         raise TypeError(f"model parameters must all be float32 or all float64, got {sorted(map(str, dtypes))}")
     dtype = np.float32 if dtypes == {torch.float32} else np.float64
@@ -326,10 +346,9 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     # exact copy of the weights (the float64 round trip above is exact), then share storage
     with torch.no_grad():
         for prefix, m in names:
-            lin = isinstance(m, torch.nn.Linear)
-            if not lin:
+            if not isinstance(m, torch.nn.Linear):
                 _share_running(m, prefix, step, torch)
-            for attr, key in (("weight", "W" if lin else "weight"), ("bias", "b" if lin else "bias")):
+            for attr, key in _param_keys(m, torch):
                 p = getattr(m, attr)
                 if p is None:
                     continue
@@ -343,8 +362,46 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
         step._torch_opt = optimizer
         step._torch_lr = float(optimizer.param_groups[0]["lr"])
         step._torch_params = [(getattr(m, attr), f"{prefix}.{key}") for prefix, m in names
-                              for attr, key in (("weight", "W"), ("bias", "b")) if getattr(m, attr) is not None]
+                              for attr, key in _param_keys(m, torch) if getattr(m, attr) is not None]
+    step._torch_counts = [(prefix, m) for prefix, m in names if isinstance(m, torch.nn.BatchNorm1d)
+                          and m.running_mean is not None and m.num_batches_tracked is not None]
     return step
+
+
+def _param_keys(m, torch):
+    """``(attribute, fastbp key)`` of a module's parameters: a Linear's ``weight`` and
+    ``bias`` are fastbp's ``W`` and ``b``; a norm layer's keep their names."""
+    if isinstance(m, torch.nn.Linear):
+        return (("weight", "W"), ("bias", "b"))
+    return (("weight", "weight"), ("bias", "bias"))
+
+
+def _check_trainable(model, optimizer, torch):
+    """Every parameter of ``model`` is trained by the step: refuse frozen parameters
+    (``requires_grad=False``, or left out of a torch optimizer's groups), and
+    parameters or buffers shared between layers (tied weights: PyTorch sums their
+    gradients into one tensor; fastbp gives every layer its own)."""
+    seen = {}
+    for i, m in enumerate(model):
+        tensors = [(n, t) for n, t in m.named_parameters(recurse=False)]
+        tensors += [(n, t) for n, t in m.named_buffers(recurse=False) if t is not None and t.is_floating_point()]
+        for n, t in tensors:
+            if id(t) in seen:
+                raise ValueError(f"model layer {i}'s {n} is also layer {seen[id(t)]}'s (tied weights, or one "
+                                 f"module used twice); fastbp gives every layer its own parameters: give each "
+                                 f"position its own module")
+            seen[id(t)] = i
+    in_opt = None
+    if isinstance(optimizer, torch.optim.Optimizer):
+        in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    for i, m in enumerate(model):
+        for n, p in m.named_parameters(recurse=False):
+            if not p.requires_grad:
+                raise ValueError(f"model layer {i}'s {n} has requires_grad=False; fastbp trains every parameter "
+                                 f"of the model (frozen parameters are not supported)")
+            if in_opt is not None and id(p) not in in_opt:
+                raise ValueError(f"model layer {i}'s {n} is not in the optimizer's parameter groups; fastbp "
+                                 f"trains every parameter of the model (give the optimizer model.parameters())")
 
 
 def _import_optimizer_state(opt, names, step, torch):
@@ -354,8 +411,7 @@ def _import_optimizer_state(opt, names, step, torch):
     p0 = step.plan.param_region[0]
     steps = set()
     for prefix, m in names:
-        lin = isinstance(m, torch.nn.Linear)
-        for attr, key in (("weight", "W" if lin else "weight"), ("bias", "b" if lin else "bias")):
+        for attr, key in _param_keys(m, torch):
             p = getattr(m, attr)
             st = opt.state.get(p) if p is not None else None
             if not st:
@@ -411,7 +467,8 @@ def _share_running(m, prefix, step, torch):
     """A BatchNorm1d's running statistics become views of the step's own (exact copy
     first), so ``model.eval(); model(x)`` sees the statistics the steps updated.
     ``num_batches_tracked`` (an int64 tensor in PyTorch) is a copy, taken at compile
-    time: the step's count is ``step.buffers["<i>.num_batches_tracked"]``."""
+    time: the step's count is ``step.buffers["<i>.num_batches_tracked"]``, written back
+    into the module by ``sync_to_torch`` / ``close``."""
     if not isinstance(m, torch.nn.BatchNorm1d) or m.running_mean is None:
         return
     for attr in ("running_mean", "running_var"):

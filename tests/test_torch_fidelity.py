@@ -164,3 +164,113 @@ def test_from_torch_clip_grad_norm_is_validated():
         fastbp.from_torch(_model(), clip_grad_norm=-1.0)
     with pytest.raises(TypeError, match="clip_grad_norm"):
         fastbp.from_torch(_model(), clip_grad_norm="1")
+
+
+def _norm_model(norm):
+    # no bias before the norm layer: BatchNorm removes it, so its gradient is rounding noise,
+    # which Adam scales up to steps of the learning rate (in PyTorch as in fastbp)
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 8, bias=False), norm(8), torch.nn.Tanh(),
+                               torch.nn.Linear(8, 3)).double()
+
+
+@pytest.mark.parametrize("norm", [
+    lambda n: torch.nn.LayerNorm(n),
+    lambda n: torch.nn.BatchNorm1d(n),
+    lambda n: torch.nn.BatchNorm1d(n, momentum=None),           # the cumulative average: reads the count
+    lambda n: torch.nn.BatchNorm1d(n, momentum=None, affine=False),
+], ids=["layernorm", "batchnorm", "batchnorm_cumulative", "batchnorm_cumulative_no_affine"])
+@pytest.mark.parametrize("name", ["sgd_momentum_wd", "adamw"])
+def test_sync_to_torch_with_norm_layers_continues_in_plain_pytorch(norm, name):
+    """Norm layers' weights and biases are written back under their own names, and a
+    BatchNorm1d's num_batches_tracked too: 4 fused steps, close(), 4 torch steps == 8
+    torch steps (weights, running statistics, the count)."""
+    ref = _norm_model(norm)
+    mine = copy.deepcopy(ref)
+    ref_opt = OPTS[name](ref.parameters())
+    opt = OPTS[name](mine.parameters())
+    step = fastbp.from_torch(mine, optimizer=opt, batch_size=8)
+    batches = _batches(8)
+    for x, y in batches[:4]:
+        _torch_step(ref, ref_opt, x, y)
+        step(x, y)
+    step.close()
+    for (pr, pm) in zip(ref.parameters(), mine.parameters()):
+        sr, sm = ref_opt.state[pr], opt.state[pm]
+        assert set(sr) == set(sm)
+        for k in sr:
+            np.testing.assert_allclose(np.asarray(sm[k]), np.asarray(sr[k]), rtol=RTOL, atol=1e-14, err_msg=k)
+    if isinstance(mine[1], torch.nn.BatchNorm1d):
+        assert int(mine[1].num_batches_tracked) == int(ref[1].num_batches_tracked) == 4
+    for x, y in batches[4:]:
+        _torch_step(ref, ref_opt, x, y)
+        _torch_step(mine, opt, x, y)
+    _assert_same(ref, mine)
+    for (br, bm) in zip(ref.buffers(), mine.buffers()):
+        np.testing.assert_allclose(bm.numpy(), br.numpy(), rtol=RTOL, atol=1e-14)
+
+
+def test_sync_to_torch_without_a_torch_optimizer_writes_the_batchnorm_count():
+    mine = _norm_model(lambda n: torch.nn.BatchNorm1d(n, momentum=None))
+    step = fastbp.from_torch(mine, optimizer=fastbp.SGD(lr=0.1), batch_size=8)
+    for x, y in _batches(3):
+        step(x, y)
+    assert int(mine[1].num_batches_tracked) == 0
+    step.sync_to_torch()
+    assert int(mine[1].num_batches_tracked) == 3
+
+
+def test_adam_with_decoupled_weight_decay_is_adamw():
+    """torch.optim.Adam(decoupled_weight_decay=True) is AdamW (PyTorch 2.x): trained as AdamW."""
+    ref = _model()
+    mine = copy.deepcopy(ref)
+    make = lambda ps: torch.optim.Adam(ps, lr=0.01, weight_decay=0.5, decoupled_weight_decay=True)  # noqa: E731
+    if "decoupled_weight_decay" not in make(_model().parameters()).param_groups[0]:
+        pytest.skip("this PyTorch's Adam has no decoupled_weight_decay")
+    ref_opt = make(ref.parameters())
+    step = fastbp.from_torch(mine, optimizer=make(mine.parameters()), batch_size=8)
+    assert type(step.optimizer) is fastbp.AdamW and step.optimizer.decoupled
+    for x, y in _batches(5):
+        _torch_step(ref, ref_opt, x, y)
+        step(x, y)
+    _assert_same(ref, mine)
+
+
+@pytest.mark.parametrize("option", [{"amsgrad": True}, {"maximize": True}, {"decoupled_weight_decay": True},
+                                    {"eps": 1e-3}])
+def test_an_option_set_in_a_later_parameter_group_only_is_refused(option):
+    m = _model()
+    groups = [{"params": m[0].parameters()}, {"params": m[2].parameters(), **option}]
+    opt = torch.optim.Adam(groups, lr=0.01)
+    key = next(iter(option))
+    with pytest.raises(ValueError, match=f"group 1 has {key}="):
+        fastbp.from_torch(m, optimizer=opt)
+
+
+def test_frozen_parameters_are_refused_not_trained():
+    """PyTorch does not update a parameter left out of the optimizer or with
+    requires_grad=False; fastbp trains every parameter, so it refuses such a model."""
+    m = _model()
+    with pytest.raises(ValueError, match=r"layer 2's weight is not in the optimizer's parameter groups"):
+        fastbp.from_torch(m, optimizer=torch.optim.SGD(m[0].parameters(), lr=0.1))
+    m[2].requires_grad_(False)
+    for opt in (torch.optim.SGD(m[0].parameters(), lr=0.1), fastbp.SGD(lr=0.1), None):
+        with pytest.raises(ValueError, match=r"layer 2's weight has requires_grad=False"):
+            fastbp.from_torch(m, optimizer=opt)
+
+
+def test_tied_weights_are_refused_not_untied():
+    lin = torch.nn.Linear(4, 4).double()
+    m = torch.nn.Sequential(lin, torch.nn.Tanh(), lin)
+    with pytest.raises(ValueError, match=r"layer 2's weight is also layer 0's"):
+        fastbp.from_torch(m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1))
+    other = torch.nn.Linear(4, 4).double()
+    other.weight = lin.weight                       # a shared Parameter in two modules
+    with pytest.raises(ValueError, match=r"layer 2's weight is also layer 0's"):
+        fastbp.from_torch(torch.nn.Sequential(lin, torch.nn.Tanh(), other))
+    bn = torch.nn.BatchNorm1d(4, affine=False).double()      # shared running statistics
+    with pytest.raises(ValueError, match=r"layer 3's running_mean is also layer 1's"):
+        fastbp.from_torch(torch.nn.Sequential(torch.nn.Linear(4, 4).double(), bn, torch.nn.Linear(4, 4).double(),
+                                              bn))
+    act = torch.nn.Tanh()                          # a module without parameters may repeat
+    fastbp.from_torch(torch.nn.Sequential(torch.nn.Linear(4, 4).double(), act, torch.nn.Linear(4, 4).double(), act))
