@@ -182,9 +182,12 @@ def emit_backward(g, fusion, lay, output):
             b.emit(ex.OP_DROPOUT_BWD, d=dO, e=da, f1=drop[n.id][0], f2=acc_a, f3=drop[n.id][1])
         elif n.id in fusion.fused:
             f = fusion.fused[n.id]
-            dx, acc_x = target(f["x"])
-            dw, acc_w = target(f["W"])
+            # in the order every backend computes them (db, then dW, then dX), so that where
+            # two are one value's gradient (x @ W with x = W: a Gram matrix W @ W.T) the
+            # first written is the one that writes and the later one accumulates
             db, acc_b = target(f["b"]) if f["b"] is not None else (-1, 0)
+            dw, acc_w = target(f["W"])
+            dx, acc_x = target(f["x"])
             # c: what the derivative reads, the output, or (f5) the derivative the forward kept
             b.emit(ex.OP_LINEAR_BWD, out=db, a=value_buf[f["x"].id], b=value_buf[f["W"].id],
                    c=lay.pre_buf.get(n.id, value_buf[n.id]), d=dO, e=dx, f=dw, g=f["act"].code, f1=f["wt"],

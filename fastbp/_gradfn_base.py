@@ -99,9 +99,10 @@ class GradFunctionBase:
             if given is not None and not same_precision(v.dtype, self.dtype):
                 # the step's policy (fastbp._validate.features): an array of another dtype is not
                 # silently converted (float64 -> float32 loses precision; ints are not features)
+                other = (f", or compile it with fastbp.grad(..., dtype=np.{v.dtype.name})"
+                         if v.dtype in (np.float32, np.float64) else "")
                 raise TypeError(f"{n.name} has dtype {v.dtype}; this function was compiled for "
-                                f"{self.dtype} (convert with {n.name}.astype(np.{self.dtype.name}), "
-                                f"or compile it with fastbp.grad(..., dtype=np.{v.dtype.name}))")
+                                f"{self.dtype} (convert with {n.name}.astype(np.{self.dtype.name}){other})")
             shape = n.shape
             if len(shape) == 2 and shape[0] is None:
                 if v.ndim != 2 or v.shape[1] != shape[1]:

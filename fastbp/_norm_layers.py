@@ -118,7 +118,10 @@ class BatchNorm1d(_Norm):
     affine : bool, default True
         Learnable ``weight`` (init 1) and ``bias`` (init 0).
     track_running_stats : bool, default True
-        False: batch statistics in eval mode too, no running statistics.
+        False: batch statistics in eval mode too, no running statistics; an
+        eval call (``predict``) then normalises with the statistics of the rows
+        it is given, so it takes at most ``batch_size`` rows (a ``ValueError``
+        beyond: cutting them into minibatches would normalise each separately).
 
     Notes
     -----

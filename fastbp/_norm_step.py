@@ -52,3 +52,16 @@ class NormState:
         if n < 2 and any(nd.op == "batch_norm" for nd in self.graph.nodes):
             raise ValueError(f"Expected more than 1 value per channel when training{where}: BatchNorm1d "
                              f"gets a minibatch of {n} row (x needs at least 2 rows); nothing was changed")
+
+    def check_eval_rows(self, n, where="predict"):
+        """ValueError when an eval call of ``n`` rows would be cut into minibatches
+        that a BatchNorm1d without running statistics (``track_running_stats=False``:
+        batch statistics in eval too, as in PyTorch) would normalise separately,
+        each row with its own minibatch's statistics instead of those of all ``n``."""
+        if n <= self.batch_size:
+            return
+        if any(nd.op == "batch_norm" and not nd.attrs["track"] for nd in self.graph.nodes):
+            raise ValueError(f"{where}: a BatchNorm1d with track_running_stats=False normalises with the "
+                             f"statistics of the rows it is given, so {where} takes at most batch_size="
+                             f"{self.batch_size} rows at once (got {n}): pass fewer rows per call, or use "
+                             f"track_running_stats=True")

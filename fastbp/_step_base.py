@@ -25,6 +25,7 @@ this module imports neither the CPU executor nor numba-cuda.
 from __future__ import annotations
 
 import threading
+import weakref
 
 import numpy as np
 
@@ -78,6 +79,22 @@ def gather_rows(rows, X, yi, yf, x_out, yi_out, yf_out, classification):
 
 #: the hyper-parameter slots that are a step's training state (copied between steps)
 STATE_SLOTS = tuple(i for i in range(ex.HYPER_SIZE) if i not in ex.RUNTIME_SLOTS)
+
+
+#: the step each ReduceLROnPlateau belongs to: id(schedule) -> (weakref to it, weakref to the step)
+_PLATEAU_OWNERS = {}
+
+
+def _claim_plateau(schedule, step):
+    """Record ``step`` as ``schedule``'s step; ValueError if another live step has it."""
+    for k, (s_ref, o_ref) in list(_PLATEAU_OWNERS.items()):
+        if s_ref() is None or o_ref() is None:
+            del _PLATEAU_OWNERS[k]          # a schedule or a step gone: its id may be reused
+    held = _PLATEAU_OWNERS.get(id(schedule))
+    if held is not None and held[0]() is schedule and held[1]() is not step:
+        raise ValueError("schedule: this ReduceLROnPlateau is already another step's schedule (it holds that "
+                         "step's rate, best metric and counters); give each step its own ReduceLROnPlateau")
+    _PLATEAU_OWNERS[id(schedule)] = (weakref.ref(schedule), weakref.ref(step))
 
 
 class StepBase(NormState):
@@ -216,7 +233,12 @@ class StepBase(NormState):
         self.hyper[ex.H_LR] = float(value)
 
     def _attach_schedule(self, schedule):
-        """Make ``schedule`` the step's: its ``t`` counts from now."""
+        """Make ``schedule`` the step's: its ``t`` counts from now.  A ReduceLROnPlateau
+        holds its step's state (rate, best metric, counters), so it belongs to one step
+        at a time, as PyTorch's belongs to one optimizer: ValueError for one that
+        another live step has."""
+        if isinstance(schedule, ReduceLROnPlateau):
+            _claim_plateau(schedule, self)
         if isinstance(schedule, ReduceLROnPlateau) and schedule.lr is None:
             schedule.lr = float(self.optimizer.lr)
         self.schedule = schedule
@@ -448,6 +470,7 @@ class StepBase(NormState):
             raise ValueError(f"validation_data must be a tuple (X_val, y_val), got {len(validation_data)} items")
         xv, yv = (self._host(a) for a in validation_data)
         xv, n = V.features(xv, "validation_data[0]", self.dtype, self.n_in)
+        self.check_eval_rows(n, "validation_data")     # before any training
         if self.classification:
             y = V.class_labels(yv, "validation_data[1]", n, self.n_out, self.loss, True)
         else:

@@ -348,6 +348,7 @@ class CudaTrainStep(StepBase):
             copied back) for a device ``X``.
         """
         n, xd, xh = self._input_x(X, "X")
+        self.check_eval_rows(n)
         p = self.plan
         t = self._tape
         fwd = int(p.sec[ex.S_FWD])

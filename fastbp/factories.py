@@ -120,6 +120,9 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
         return ds
     optimizer = optimizer_arg(optimizer)
     if V.resolve_device(device) == "cuda":
+        from ._bf16 import precision_name, resolve
+        if precision_name(precision) == "bf16":
+            resolve(precision, np.float32, "cuda")      # the argument's ValueError before any device is needed
         from .cuda_step import CudaTrainStep
         step = CudaTrainStep(model, loss, optimizer, batch_size, dtype, seed, schedule=schedule,
                              precision=precision)
@@ -288,6 +291,11 @@ def _load(path, expect_model, precision="full"):
         optimizer = optimizer_from_spec(meta["optimizer"])
     except Exception as e:  # noqa: BLE001 - untrusted spec: any failure is a bad file
         raise _Bad(f"invalid optimizer spec ({type(e).__name__}: {e})") from None
+    from ._bf16 import resolve
+    try:
+        resolve(precision, dtype)   # a precision this checkpoint's dtype cannot take: the argument's error
+    except ValueError as e:
+        raise ValueError(f"{e} (this checkpoint holds a {np.dtype(dtype).name} step)") from None
     try:
         step = TrainStep(model, meta["loss"], optimizer, meta["batch_size"], dtype, meta["seed"],
                          precision=precision)

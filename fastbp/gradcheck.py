@@ -152,7 +152,10 @@ def relative_error(a, b):
 
     ``max |a - b| / max(max(|a| + |b|), tiny)``: 0 for identical arrays, up
     to 1 for unrelated ones, never divided by zero (two all-zero arrays give
-    0); NaN anywhere gives NaN.
+    0); NaN anywhere gives NaN.  Equal infinities are equal elements that
+    carry no scale (they leave the other elements' error as it is); an
+    infinity against any other value gives NaN.  Computed without overflow
+    (values near float64's largest are scaled by a power of two first).
 
     Parameters
     ----------
@@ -181,13 +184,20 @@ def relative_error(a, b):
         return 0.0
     if _np.isnan(a).any() or _np.isnan(b).any():
         return float("nan")
-    with _np.errstate(invalid="ignore"):
-        num = _np.max(_np.where(a == b, 0.0, _np.abs(a - b)))     # equal infinities: 0, not inf - inf = NaN
-    if num == 0.0:
+    differ = a != b                         # equal infinities are equal (not inf - inf = NaN)
+    if not differ.any():
         return 0.0
+    finite = _np.isfinite(a) & _np.isfinite(b)
+    if (differ & ~finite).any():
+        return float("nan")                 # an infinity against another value, as for a NaN input
+    a, b = a[finite], b[finite]             # equal infinities carry no scale
+    # scaled by a power of two (exact) near the largest magnitude: |a - b| and |a| + |b| cannot overflow
+    top = max(float(_np.max(_np.abs(a))), float(_np.max(_np.abs(b))))      # > 0: some elements differ
+    scale = _np.ldexp(1.0, int(_np.frexp(top)[1]) - 1)                    # top / scale in [1, 2)
+    a, b = a / scale, b / scale
+    num = float(_np.max(_np.abs(a - b)))
     den = max(float(_np.max(_np.abs(a) + _np.abs(b))), _np.finfo(_np.float64).tiny)
-    with _np.errstate(invalid="ignore"):
-        return float(num / den)             # inf / inf: NaN, as for a NaN input
+    return num / den
 
 
 def _items(inputs, what):
@@ -240,6 +250,7 @@ def gradcheck(f, inputs, analytic_grads, eps=None, rtol=None, atol=0.0, raise_ex
         With a report naming each failing input: its relative error, the
         worst element's index, analytic and numerical values.
     """
+    raise_exception = _V.boolean("raise_exception", raise_exception)
     items = _items(inputs, "inputs")
     is_dict = isinstance(inputs, dict)
 

@@ -338,7 +338,9 @@ class ReduceLROnPlateau:
     """Reduce the learning rate when a metric stops improving (PyTorch's ``ReduceLROnPlateau``).
 
     Stateful, updated once per epoch by ``fit`` with its validation loss
-    (training loss without ``validation_data``) through :meth:`step`.
+    (training loss without ``validation_data``) through :meth:`step`.  It
+    belongs to one step at a time (as PyTorch's to one optimizer): giving one
+    object to a second live step is a ``ValueError``.
 
     Parameters
     ----------

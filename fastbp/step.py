@@ -353,10 +353,19 @@ class TrainStep(StepBase):
         Returns
         -------
         ndarray, shape (n, out_features), dtype ``self.dtype``
+
+        Raises
+        ------
+        ValueError
+            More than ``batch_size`` rows for a model with a
+            ``BatchNorm1d(track_running_stats=False)``, which normalises an
+            eval call with the statistics of its rows (predict would cut them
+            into minibatches normalised separately).
         """
         # validated into the executor's form: every chunk passes the compiled step's
         # layout check; a rejection would still be reported, never returned as output
         X, n = self._features(X, "X")
+        self.check_eval_rows(n)
         out = np.empty((n, self.n_out), dtype=self.dtype)
         p = self.plan
         bs = self.batch_size

@@ -268,6 +268,58 @@ def test_fused_bias_gradient_accumulates_by_its_own_flag(bias_twice):
             np.testing.assert_allclose(grads[k], ref_g[k], rtol=1e-10, atol=1e-12, err_msg=k)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", ["W@W", "W@W.T", "relu(W@W+b)", "gram_penalty", "x@W@W"])
+def test_a_parameter_on_both_sides_of_one_product_gets_both_gradients(name, dtype):
+    """``W @ W`` with W a parameter is one fused linear instruction whose dX and dW are
+    the same buffer: dX overwrote the dW just accumulated there (only ``dO W^T`` came
+    back).  Against the hand-derived ``dO W^T + W^T dO`` (and ``(dO + dO^T) W`` for
+    ``W W^T``) through numpy's reference of each expression."""
+    rng = np.random.default_rng(3)
+    Wv, bv, xv = rng.standard_normal((3, 3)), rng.standard_normal(3), rng.standard_normal((4, 3))
+    g = fastbp.Graph()
+    W, b, x = g.param("W", Wv), g.param("b", bv), g.input("x", (None, 3))
+    eye = np.eye(3)
+    exprs = {"W@W": (lambda: fastbp.sum(W @ W), lambda w: np.sum(w @ w)),
+             "W@W.T": (lambda: fastbp.sum(W @ W.T), lambda w: np.sum(w @ w.T)),
+             "relu(W@W+b)": (lambda: fastbp.sum(fastbp.relu(W @ W + b)), lambda w: np.sum(np.maximum(w @ w + bv, 0))),
+             "gram_penalty": (lambda: fastbp.sum((W @ W.T - eye) * (W @ W.T - eye)),
+                              lambda w: np.sum((w @ w.T - eye) ** 2)),
+             "x@W@W": (lambda: fastbp.sum((x @ W) @ W), lambda w: np.sum((xv @ w) @ w))}
+    make, ref = exprs[name]
+    f = fastbp.grad(make(), [W], dtype=dtype, batch_size=4)
+    value, grads = f(x=xv.astype(dtype)) if "x" in name else f()
+    num = numerical_gradient(ref, Wv.copy())
+    assert value == pytest.approx(ref(Wv), rel=1e-12 if dtype == np.float64 else 1e-5)
+    np.testing.assert_allclose(grads["W"], num, rtol=1e-6 if dtype == np.float64 else 2e-4, atol=1e-6)
+
+
+def test_relative_error_is_not_hidden_by_an_infinity_or_an_overflow():
+    assert relative_error([np.inf, 1.0], [np.inf, 2.0]) == pytest.approx(1 / 3)     # was 0
+    assert relative_error([1.7e308, 0.0], [1.7e308, 1e300]) == pytest.approx(1e300 / 1.7e308 / 2)   # was 0
+    assert relative_error([1.7e308], [-1.7e308]) == 1.0                  # |a - b| overflowed
+    assert relative_error([5e-324], [1e-323]) == pytest.approx(1 / 3)
+    assert np.isnan(relative_error([np.inf], [1.0]))
+    with pytest.raises(fastbp.gradcheck.GradcheckError):
+        gradcheck(lambda v: float(np.sum(v ** 2)), [np.array([1.0, 2.0])], [np.array([2.0, 0.0])])
+
+
+@pytest.mark.parametrize("flag", ["no", 0, None])
+def test_gradcheck_raise_exception_must_be_a_bool(flag):
+    with pytest.raises(TypeError, match="raise_exception must be a bool"):
+        gradcheck(lambda v: float(np.sum(v ** 2)), [np.array([1.0])], [np.array([2.0])], raise_exception=flag)
+
+
+def test_a_grad_function_given_integers_does_not_suggest_an_integer_dtype():
+    g = fastbp.Graph()
+    x = g.input("x", (3,))
+    f = fastbp.grad(fastbp.sum(x * x), [x])
+    with pytest.raises(TypeError, match=r"convert with x.astype\(np.float64\)\)$"):
+        f(x=np.arange(3))
+    with pytest.raises(TypeError, match=r"compile it with fastbp.grad\(..., dtype=np.float32\)"):
+        f(x=np.ones(3, np.float32))
+
+
 # ---------------------------------------------------------------- docstrings
 @pytest.mark.parametrize("fn", [fastbp.maximum, fastbp.sum, fastbp.graph.gate, fastbp.Graph.const,
                                 fastbp.Graph.param, fastbp.Graph.input, fastbp.gradcheck.default_eps,

@@ -91,3 +91,10 @@ def test_bf16_section_slower_and_alone():
     lines = []
     print_config(CONFIGS["tiny"], _rec(1.0), 100.0, lines.append)
     assert not any("bf16" in ln for ln in lines)
+
+
+def test_the_gemm_jit_line_says_why_not_without_blaming_an_unset_variable():
+    from fastbp.bench.runner import _gemm_jit
+    assert _gemm_jit({"backend": "openblas", "gemm_jit": False}) == "no (they need the mkl backend)"
+    assert _gemm_jit({"backend": "mkl", "gemm_jit": True}).startswith("yes")
+    assert "FASTBP_GEMM_JIT=0" in _gemm_jit({"backend": "mkl", "gemm_jit": False})

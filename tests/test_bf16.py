@@ -304,6 +304,18 @@ def test_bf16_on_cuda_is_a_value_error_before_any_device_is_needed():
     with pytest.raises(ValueError, match="CPU only"):
         _bf16.resolve("bf16", np.float32, "cuda")
     assert _bf16.resolve("auto", np.float32, "cuda") == "full"
+    # compile checks the argument before looking for a GPU (a RuntimeError without one)
+    with pytest.raises(ValueError, match="CPU only"):
+        fastbp.compile(_mlp((4, 3)), device="cuda", precision="bf16")
+
+
+def test_loading_a_float64_checkpoint_in_bf16_names_the_argument_not_the_file(tmp_path):
+    path = tmp_path / "f64.npz"
+    fastbp.compile(_mlp((4, 3)), dtype=np.float64, batch_size=4).save(path)
+    with pytest.raises(ValueError, match=r"^precision='bf16' keeps float32 master weights.*this checkpoint "
+                                         r"holds a float64 step"):
+        fastbp.load(path, precision="bf16")
+    assert fastbp.load(path, precision="auto").precision == "full"
 
 
 def test_a_cpu_without_bf16_instructions_is_named(monkeypatch):

@@ -637,6 +637,19 @@ def test_gpu_grad_function_matches_cpu(dtype):
         np.testing.assert_allclose(gg[k], gc[k], err_msg=k, **tol(dtype))
 
 
+@requires_cuda
+def test_gpu_grad_of_a_parameter_on_both_sides_of_one_product():
+    """``W @ W.T`` (one fused linear instruction whose dX and dW are one buffer): the GPU
+    tape runs dW before dX, as the CPU does, so both contributions arrive."""
+    Wv = np.array([[1.0, 2.0], [3.0, 4.0]])
+    g = fastbp.Graph()
+    W = g.param("W", Wv)
+    fg = fastbp.grad(fastbp.sum(W @ W.T), [W], device="cuda")
+    v, gr = fg()
+    assert v == approx(np.sum(Wv @ Wv.T), np.float64)
+    np.testing.assert_allclose(gr["W"], 2 * np.ones((2, 2)) @ Wv, **tol(np.float64))
+
+
 # ================================================================ benchmark
 @requires_cuda
 @pytest.mark.thorough           # ~30 s under the simulator: CI's last stage

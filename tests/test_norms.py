@@ -324,6 +324,28 @@ def test_track_running_stats_false_and_layers():
     assert fastbp.Sequential.from_spec(m.spec()).spec() == m.spec()
 
 
+def test_batch_statistics_in_eval_take_at_most_one_minibatch():
+    """track_running_stats=False normalises an eval call with the statistics of its rows:
+    predict (and fit's validation data) of more than batch_size rows, which would be cut
+    into minibatches normalised separately, is refused, before any training."""
+    m = fastbp.Sequential(fastbp.Linear(4, 4), fastbp.BatchNorm1d(4, track_running_stats=False),
+                          fastbp.Linear(4, 2))
+    step = fastbp.compile(m, loss="mse", batch_size=8, dtype=np.float64, seed=0)
+    X = np.random.default_rng(0).standard_normal((16, 4))
+    assert step.predict(X[:8]).shape == (8, 2)
+    with pytest.raises(ValueError, match=r"predict takes at most batch_size=8 rows at once \(got 9\)"):
+        step.predict(X[:9])
+    w = step.param_vector.copy()
+    with pytest.raises(ValueError, match=r"validation_data takes at most batch_size=8 rows at once \(got 16\)"):
+        step.fit(X, X[:, :2], epochs=1, validation_data=(X, X[:, :2]))
+    assert step.n_steps == 0 and step.param_vector.tobytes() == w.tobytes()
+    step.fit(X, X[:, :2], epochs=1, validation_data=(X[:8], X[:8, :2]))       # one minibatch: fine
+    # with running statistics, any number of rows (each row normalised alike)
+    tracked = fastbp.compile(_model("bn"), batch_size=4, dtype=np.float64, seed=0)
+    Xt = _data(n=9)[0]
+    np.testing.assert_array_equal(tracked.predict(Xt)[:4], tracked.predict(Xt[:4]))
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="normalized_shape"):
         fastbp.LayerNorm((2, 3))

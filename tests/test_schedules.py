@@ -166,3 +166,26 @@ def test_schedule_arg():
 def test_onecycle_degenerate_phases_do_not_divide_by_zero():
     o = S.OneCycleLR(1.0, total_steps=10, pct_start=1.0)
     assert [o.lr_at(t) for t in (0, 9, 10)] == pytest.approx([1 / 25, 1.0, 1 / 25 / 1e4])
+
+
+def test_a_reduce_lr_on_plateau_belongs_to_one_step_at_a_time():
+    """It holds its step's rate, best metric and counters (PyTorch's belongs to one
+    optimizer): a second live step is refused, in compile and in fit; the same step
+    again, or a new one after the first is gone, is fine."""
+    import gc
+    import numpy as np
+    import fastbp
+    m = fastbp.Sequential(fastbp.Linear(4, 3))
+    s = S.ReduceLROnPlateau(patience=0)
+    a = fastbp.compile(m, schedule=s, batch_size=4)
+    with pytest.raises(ValueError, match="already another step's schedule"):
+        fastbp.compile(m, schedule=s, batch_size=4)
+    X, y = np.ones((8, 4), np.float32), np.zeros(8, int)
+    a.fit(X, y, epochs=2, schedule=s)
+    b = fastbp.compile(m, batch_size=4)
+    with pytest.raises(ValueError, match="already another step's schedule"):
+        b.fit(X, y, epochs=1, schedule=s)
+    assert b.n_steps == 0
+    del a
+    gc.collect()
+    assert fastbp.compile(m, schedule=s, batch_size=4).schedule is s

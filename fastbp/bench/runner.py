@@ -378,6 +378,15 @@ def build_parser():
     return p
 
 
+def _gemm_jit(backend):
+    """Whether the step's small products run through oneMKL's JIT GEMM kernels, and why not."""
+    if backend.get("gemm_jit"):
+        return "yes (FASTBP_GEMM_JIT=0 turns them off)"
+    if backend.get("backend") != "mkl":
+        return "no (they need the mkl backend)"
+    return "no (FASTBP_GEMM_JIT=0, or this oneMKL has none)"
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.repeat is None:
@@ -499,8 +508,8 @@ def main(argv=None):
         bk = t.get("blas_backend") or {}
         log(f"\nfastbp threading: numba {t.get('numba_threads')} threads, layer {t.get('numba_layer')}; "
             f"the fused step's BLAS: {bk.get('backend')} ({bk.get('version')}, {bk.get('threads')} threads; "
-            f"set FASTBP_BLAS to choose); small products through oneMKL's JIT GEMM kernels: "
-            f"{'yes' if bk.get('gemm_jit') else 'no'} (FASTBP_GEMM_JIT=0: off); BLAS libraries loaded: {blas}")
+            f"set FASTBP_BLAS to choose); small products through oneMKL's JIT GEMM kernels: {_gemm_jit(bk)}; "
+            f"BLAS libraries loaded: {blas}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
