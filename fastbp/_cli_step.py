@@ -53,3 +53,13 @@ def compile_ahead(args):
         return      # the step built after the data says what is wrong
     from ._fold_plan import fold_dropout
     compile_ahead(probe.dtype, fold_dropout(probe.plan).tape)     # the tape the CPU step will run
+
+
+def bf16_note(step):
+    """What ``--precision bf16`` changed: the products in bf16, or none (every layer below
+    fastbp.config.BF16_MIN_MACS keeps float32 products)."""
+    if step.precision != "bf16":
+        return ""
+    from ._isa import C_OP, OP_LINEAR_BF16
+    n = int((step.plan.tape[:, C_OP] == OP_LINEAR_BF16).sum())
+    return " (bf16 products)" if n else " (bf16 precision, but every layer is too small for bf16 products)"

@@ -35,6 +35,7 @@ from .builders import activation_names, mlp
 from .factories import compile as compile_step, load
 from .optimizers import SGD, Adam
 from ._estimator_fit import fit_lbfgs, fit_weights, weighted_epoch
+from ._estimator_attrs import _LiveList
 
 __all__ = ["_BaseMLP"]
 
@@ -276,15 +277,28 @@ class _BaseMLP(BaseEstimator):
 
     @property
     def coefs_(self):
-        """Weight matrices, one ``(fan_in, fan_out)`` array per layer (the live buffers)."""
+        """Weight matrices, one ``(fan_in, fan_out)`` array per layer: the live buffers, in
+        a list that writes through (``est.coefs_[i] = A`` and ``est.coefs_ = [...]`` copy
+        the values in, as assigning scikit-learn's list changes its model)."""
         check_is_fitted(self)
-        return [self._step.params[k] for k in self._weight_names()]
+        return _LiveList("coefs_", [self._step.params[k] for k in self._weight_names()])
+
+    @coefs_.setter
+    def coefs_(self, values):
+        check_is_fitted(self)
+        _LiveList("coefs_", self.coefs_)[:] = values
 
     @property
     def intercepts_(self):
-        """Bias vectors, one ``(fan_out,)`` array per layer (the live buffers)."""
+        """Bias vectors, one ``(fan_out,)`` array per layer: the live buffers, in a list
+        that writes through (as :attr:`coefs_`)."""
         check_is_fitted(self)
-        return [self._step.params[k[:-1] + "b"] for k in self._weight_names()]
+        return _LiveList("intercepts_", [self._step.params[k[:-1] + "b"] for k in self._weight_names()])
+
+    @intercepts_.setter
+    def intercepts_(self, values):
+        check_is_fitted(self)
+        _LiveList("intercepts_", self.intercepts_)[:] = values
 
     def __getstate__(self):
         state = dict(super().__getstate__())  # a copy: never touch self.__dict__
@@ -335,8 +349,11 @@ class _BaseMLP(BaseEstimator):
         X, Y = self._validate_input(X, y, incremental, reset=first_pass)
         W = fit_weights(self, X, Y, sample_weight, incremental)
         n_samples, n_features = X.shape
-        if first_pass:
+        if first_pass or not incremental:       # a new fit, or a warm start (rebuilt below)
             self._dtype = _resolve_dtype(self.dtype, X.dtype)
+        elif self.dtype is not None and _resolve_dtype(self.dtype, X.dtype) != self._dtype:
+            raise ValueError(f"dtype={self.dtype!r}: partial_fit continues the fitted model in "
+                             f"{self._dtype.name}; call fit (warm_start=True keeps the weights) to change it")
         X = self._as_array(X)
         self._random_state = rs = check_random_state(self.random_state)
 
@@ -458,8 +475,11 @@ class _BaseMLP(BaseEstimator):
                     loss = float(losses.mean())
                 loss *= self._loss_scales(self._arch["n_out"])[0]
                 if self.alpha:
+                    # scikit-learn adds alpha ||W||^2 / (2 n_b) to each minibatch's loss and weighs
+                    # it by n_b / n: the epoch's term has the factor (minibatches) / n (1 / bs when
+                    # bs divides n), here with the epoch's final weights
                     sq = sum(float(np.vdot(w, w)) for w in self.coefs_)
-                    loss += 0.5 * float(self.alpha) * sq * (l2 / n if W is not None else 1.0 / bs)
+                    loss += 0.5 * float(self.alpha) * sq * (l2 if W is not None else len(sizes)) / n
                 self.n_iter_ += 1
                 self.t_ += n
                 self.loss_ = loss

@@ -32,7 +32,7 @@ from ._cli_base import (EXTRA as _EXTRA, CliError, State, UsageError as _UsageEr
                         out as _out, require as _require)
 from ._cli_args import DEFAULT_LR as _DEFAULT_LR, build_parser
 from ._cli_schedule import extend_parser
-from ._cli_step import build_step as _build_step, compile_ahead as _compile_ahead
+from ._cli_step import bf16_note, build_step as _build_step, compile_ahead as _compile_ahead
 
 __all__ = ["main", "build_parser", "CliError"]
 
@@ -410,9 +410,9 @@ def train(args, t_start, t_main):
              f"batch {step.batch_size} per rank x {comm.Get_size()} ranks")
     blocks = "".join([" + batchnorm" if args.batchnorm else "",
                       f" + dropout {args.dropout:g}" if args.dropout else ""]) if args.hidden else ""
-    _out(f"model: {widths} {args.activation}{blocks}, loss {args.loss}, {opt!r}, {batch}, "
-         f"{args.epochs} epochs, {args.dtype}{' (bf16 products)' if step.precision == 'bf16' else ''}, "
-         f"{args.device}")
+    act = f" {args.activation}" if args.hidden else " (linear)"
+    _out(f"model: {widths}{act}{blocks}, loss {args.loss}, {opt!r}, {batch}, "
+         f"{args.epochs} epochs, {args.dtype}{bf16_note(step)}, {args.device}")
 
     hist = {"loss": [], "train_acc": [], "test_acc": [], "epoch_s": []}
     bar = _Progress(args.epochs, args.quiet or State.rank != 0, regression)

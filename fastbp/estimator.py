@@ -21,7 +21,10 @@ Differences from scikit-learn's MLP, all deliberate:
 * ``alpha`` becomes the optimizer's ``weight_decay = alpha / batch_size``,
   the same penalty gradient as scikit-learn's ``alpha * W / batch_size``; it
   is applied to every parameter, biases included (``solver='lbfgs'``: to the
-  weights only, as scikit-learn).
+  weights only, as scikit-learn), and to a last, smaller minibatch of an epoch
+  too (scikit-learn's is ``alpha / n_b`` there).  The reported loss adds
+  scikit-learn's epoch penalty (``alpha ||W||^2 / 2`` times minibatches per
+  sample) with the epoch's final weights instead of each minibatch's.
 * With ``solver='sgd'`` and momentum, the velocity is PyTorch's (``v = m v +
   g``, step ``lr * v``); scikit-learn's (``v = m v - lr g``) takes the same
   steps while the learning rate is constant and slightly different ones

@@ -445,3 +445,15 @@ def test_rounding_to_bf16_matches_pytorch():
     a[1, :3] = np.uint32([0x3F808000, 0x3F818000, 0x3F807FFF]).view(np.float32)     # ties and a near-tie
     theirs = torch.from_numpy(a).to(torch.bfloat16).to(torch.float32).numpy()
     np.testing.assert_array_equal(unpack(to_bf16(a), 33), theirs)
+
+
+def test_the_cli_model_line_says_what_the_precision_and_layers_are(capsys, monkeypatch):
+    """A linear model (no --hidden widths) has no activation; --precision bf16 on a model
+    whose layers are all below BF16_MIN_MACS says its products stay float32."""
+    rc, out, err = _train(capsys, "--hidden", "--epochs", "1")
+    assert rc == 0, err
+    assert "model: 64-10 (linear)," in out
+    if OK:
+        rc, out, err = _train(capsys, "--precision", "bf16", "--hidden", "4", "--epochs", "1")
+        assert rc == 0, err
+        assert "(bf16 precision, but every layer is too small for bf16 products)" in out

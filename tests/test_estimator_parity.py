@@ -172,3 +172,59 @@ def test_cross_validated_accuracy_within_one_point_of_sklearn(name, solver, dtyp
                                cv=5).mean()
         theirs = cross_val_score(make_pipeline(StandardScaler(), SkC(**kw)), X, y, cv=5).mean()
     assert abs(ours - theirs) <= 0.01, (name, solver, ours, theirs)
+
+
+def test_coefs_and_intercepts_assignment_changes_the_model_as_in_sklearn():
+    """scikit-learn's coefs_/intercepts_ are plain lists that predict reads: assigning an
+    item or the attribute changes the model; fastbp's write through into the step."""
+    X, y = _reg_data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = MLPRegressor(hidden_layer_sizes=(5,), max_iter=2, random_state=0, dtype="float64").fit(X, y)
+        theirs = SkR(hidden_layer_sizes=(5,), max_iter=2, random_state=0).fit(X, y)
+    ours.coefs_ = [np.array(c) for c in theirs.coefs_]          # the attribute
+    for i, b in enumerate(theirs.intercepts_):
+        ours.intercepts_[i] = b                                  # an item
+    np.testing.assert_allclose(ours.predict(X), theirs.predict(X), rtol=1e-12, atol=1e-12)
+    ours.coefs_[-2:] = [np.zeros_like(c) for c in theirs.coefs_]        # a slice
+    np.testing.assert_allclose(ours.predict(X), np.broadcast_to(ours.intercepts_[-1], (len(X), 2)))
+    with pytest.raises(ValueError, match=r"coefs_\[0\] has shape \(3, 5\)"):
+        ours.coefs_[0] = np.zeros((5, 3))
+    with pytest.raises(ValueError, match="coefs_ has 2 arrays"):
+        ours.coefs_ = [np.zeros((3, 5))]
+    with pytest.raises(TypeError, match="architecture cannot change"):
+        ours.coefs_.append(np.zeros((2, 2)))
+
+
+def test_a_dtype_set_between_fits_is_honoured_or_refused_never_ignored():
+    X, y = load_iris(return_X_y=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        c = MLPClassifier((8,), max_iter=3, random_state=0, warm_start=True).fit(X, y)
+        w = [np.array(a) for a in c.coefs_]
+        c.set_params(dtype="float64", max_iter=1)
+        c.fit(X, y)                          # warm start: rebuilt in float64 from the float32 weights
+        assert c._step.dtype == np.float64 and c.predict_proba(X).dtype == np.float64
+        d = MLPClassifier((8,), random_state=0).partial_fit(X, y, classes=[0, 1, 2])
+        d.set_params(dtype="float64")
+        with pytest.raises(ValueError, match="partial_fit continues the fitted model in float32"):
+            d.partial_fit(X, y)
+        d.set_params(dtype=None)             # X's dtype: the model's is kept
+        d.partial_fit(X, y)
+    assert [a.dtype for a in w] == [np.float32, np.float32]
+
+
+def test_the_reported_l2_term_is_sklearns_with_a_smaller_last_minibatch():
+    """scikit-learn adds alpha ||W||^2 / (2 n_b) per minibatch, weighted by n_b / n: with
+    60 rows in minibatches of 7 the epoch's factor is 9 / 60, not 1 / 7.  With a learning
+    rate too small to move the weights, the two reported losses agree."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 4))
+    y = X @ np.array([1.0, -2.0, 0.5, 3.0])
+    kw = dict(hidden_layer_sizes=(6,), solver="sgd", learning_rate_init=1e-12, alpha=5.0, batch_size=7,
+              max_iter=1, shuffle=False, random_state=0, momentum=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        theirs = SkR(**kw).fit(X, y)
+        ours = MLPRegressor(dtype="float64", **kw).fit(X, y)
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-9)
