@@ -454,6 +454,7 @@ def test_the_cli_model_line_says_what_the_precision_and_layers_are(capsys, monke
     assert rc == 0, err
     assert "model: 64-10 (linear)," in out
     if OK:
+        monkeypatch.setattr(fastbp.config, "BF16_MIN_MACS", 1 << 20)       # the default (the fixture: 0)
         rc, out, err = _train(capsys, "--precision", "bf16", "--hidden", "4", "--epochs", "1")
         assert rc == 0, err
         assert "(bf16 precision, but every layer is too small for bf16 products)" in out
