@@ -314,6 +314,20 @@ def test_asv_kernel_benchmarks_run_outside_asv():
         np.testing.assert_allclose(b.dX, b.dZ @ b.W.T, rtol=1e-4, atol=1e-4)
 
 
+def test_asv_adam_threads_benchmark_runs_both_variants_alike_outside_asv():
+    """The serial kernel the step runs and its prange twin update alike (bitwise: each
+    element on its own), so the benchmark compares their speed only."""
+    kernels = _asv_module("kernels")
+    out = {}
+    for variant in ("serial", "parallel"):
+        b = kernels.AdamUpdateThreads()
+        b.setup(101770, variant)            # setup runs one update
+        b.time_update(101770, variant)
+        out[variant] = (b.p, b.m, b.v)
+    for a, c in zip(out["serial"], out["parallel"]):
+        np.testing.assert_array_equal(a, c)
+
+
 def test_asv_ops_benchmarks_run_outside_asv():
     kernels = _asv_module("kernels")
     b = kernels.Ops()

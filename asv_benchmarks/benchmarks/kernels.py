@@ -144,6 +144,27 @@ class SGDUpdate(Benchmark):
         self.k(self.p, self.g, self.v, 1e-6, 0.0, False, 0.0)
 
 
+class AdamUpdateThreads(Benchmark):
+    """Adam's update of a flat parameter vector (small's and large's sizes) by the serial
+    kernel the fused step runs and by its ``prange`` twin on numba's threads: the
+    measurement behind the step's elementwise work staying on one thread (issue 18,
+    item 3: where the update is memory-bound, a second core adds no bandwidth)."""
+
+    param_names = ["n_params", "variant"]
+    params = [[101770, 8393728], ["serial", "parallel"]]
+
+    def setup(self, n, variant):
+        optim = require("fastbp.kernels.optim")
+        rng = np.random.default_rng(0)
+        self.p, self.g = _rand(rng, n), _rand(rng, n)
+        self.m, self.v = np.zeros(n, np.float32), np.zeros(n, np.float32)
+        self.k = getattr(optim._adam_update, variant)
+        self.time_update(n, variant)
+
+    def time_update(self, n, variant):
+        self.k(self.p, self.g, self.m, self.v, 1, 1e-6, 0.9, 0.999, 1e-8, 0.0, False)
+
+
 class Ops(Benchmark):
     """The public, validating :mod:`fastbp.ops` functions (they allocate their outputs)."""
 
