@@ -58,6 +58,14 @@ def resolve(path):
         raise FileNotFoundError(f"path {path!r}: directory {directory!r} does not exist")
     if os.path.isdir(target):
         raise IsADirectoryError(f"path {path!r} is a directory")
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return target
+    if not stat.S_ISREG(st.st_mode):
+        # a device (/dev/null), a FIFO or a socket: the atomic rename would unlink it
+        raise ValueError(f"path {path!r} is not a regular file (a device, a pipe or a socket); "
+                         f"fastbp writes a file there by replacing it, which would remove it")
     return target
 
 

@@ -57,12 +57,17 @@ def require(module, what):
         raise CliError(f"{what}, which is not installed: {EXTRA}") from None
 
 
-def check_output_path(path, what):
+def check_output_path(path, what, replaced=False):
+    """CliError naming ``what`` unless ``path`` can be written; ``replaced``: the file is
+    written by an atomic rename over it, so an existing device, pipe or socket is refused."""
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise CliError(f"{what} {path}: directory {parent} does not exist")
     if os.path.isdir(path):
         raise CliError(f"{what} {path}: is a directory")
+    if replaced and os.path.exists(path) and not os.path.isfile(path):
+        raise CliError(f"{what} {path}: is not a regular file (a device, a pipe or a socket), which saving "
+                       f"would replace")
     if not os.access(parent, os.W_OK):
         raise CliError(f"{what} {path}: directory {parent} is not writable")
 

@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _memory
@@ -63,6 +65,8 @@ class ShapesOnly:
             self._shapes[f"{key}.W"] = layer.weight_shape
             if layer.bias:
                 self._shapes[f"{key}.b"] = (layer.out_features_,)
+        #: how many weights, counted in Python integers (no numpy size limit)
+        self.n_values = sum(math.prod(shape) for shape in self._shapes.values())
 
     def get(self, key, default=None):
         shape = self._shapes.get(key)
@@ -98,7 +102,11 @@ def step_bytes(model, loss, optimizer, batch_size, dtype, init=True):
     buffers : int
         The step's own arrays: the arena and the minibatch staging.
     """
-    g, x, out = model.build_graph(ShapesOnly(model))
+    shapes = ShapesOnly(model)
+    lower = shapes.n_values * np.dtype(dtype).itemsize * 2      # the weights and their gradients, at least
+    if lower >= 1 << 62:
+        return lower, lower     # past numpy's array sizes: the caller's memory check raises MemoryError
+    g, x, out = model.build_graph(shapes)
     plan = build_plan(g, g._loss(loss, out), g.params, dtype=dtype, batch_size=batch_size, loss=loss,
                       optimizer=optimizer, train_input=x)
     sizes = [int(np.prod(shape, dtype=np.int64)) if shape else 1 for _, _, _, shape in plan.params]

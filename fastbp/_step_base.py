@@ -213,7 +213,7 @@ class StepBase(NormState):
 
     @lr.setter
     def lr(self, value):
-        v = _real("lr", value, low=0.0, low_open=True, owner=self.kind)
+        v = _real("lr", value, low=0.0, owner=self.kind)
         self.hyper[ex.H_LR] = v
         self.optimizer._set_lr(v)
 

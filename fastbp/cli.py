@@ -351,7 +351,7 @@ def _setup(args, mpi):
     elif args.loss is None:
         args.loss = "softmax_cross_entropy"
     if args.save and State.rank == 0:
-        _check_output_path(args.save, "--save")
+        _check_output_path(args.save, "--save", replaced=True)
     # optional dependencies: fail before training, not after (rank 0 uses them)
     if args.plot and State.rank == 0:
         _check_output_path(args.plot, "--plot")

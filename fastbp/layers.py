@@ -273,7 +273,9 @@ del _e
 
 def layer_names():
     """"Linear, ReLU, Sigmoid or Tanh": the layer classes, for messages (the registry's order)."""
-    names = ["Linear"] + [e.layer for e in _acts.entries(public=True)] + list(_NORM_TYPES)
+    names = ["Linear"] + [e.layer for e in _acts.entries(public=True)] + ["Identity", "Dropout"] + \
+        list(_NORM_TYPES) + ["Residual"]
+    names = list(dict.fromkeys(names))
     return ", ".join(names[:-1]) + " or " + names[-1]
 
 
@@ -383,8 +385,16 @@ class Sequential(Layer):
 
     Parameters
     ----------
-    *layers : Linear or activation layers (ReLU, Sigmoid, Tanh, ...)
+    *layers : Linear, activation (ReLU, Sigmoid, Tanh, ...), Identity, Dropout, LayerNorm, BatchNorm1d or Residual layers
         At least one :class:`Linear`; widths must chain.
+
+    Notes
+    -----
+    Layers are descriptions, not weight holders (a compiled step owns the
+    weights): the same layer object at two positions gives two layers with
+    their own weights, never tied ones.  Like ``torch.nn.Sequential``:
+    ``len(model)``, ``model[i]`` (a layer), ``model[i:j]`` (a Sequential of
+    those layers) and iteration over the layers (also ``model.layers``, a tuple).
     """
 
     def __init__(self, *layers):
@@ -402,16 +412,26 @@ class Sequential(Layer):
         for i, layer in enumerate(layers):
             try:
                 width = layer.out_features(width)
-            except ValueError as e:
-                if isinstance(layer, Residual):     # name the block by its place
-                    raise ValueError(f"Sequential layer {i}: {e}") from None
-                raise
+            except ValueError as e:                 # name the layer by its place
+                raise ValueError(f"Sequential layer {i}: {e}") from None
         self.layers = tuple(layers)
         self.in_features = first.in_features
         self.out_features_ = width
 
     def out_features(self, in_features=None):
         return self.out_features_
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __getitem__(self, index):
+        """A layer (``model[i]``), or a Sequential of a slice of them (``model[i:j]``)."""
+        if isinstance(index, slice):
+            return Sequential(*self.layers[index])
+        return self.layers[index]
 
     def init_params(self, seed):
         """Seeded initial parameters: a dict ``name -> float64 array``."""

@@ -87,7 +87,7 @@ class SGD(_Optimizer):
     Parameters
     ----------
     lr : float
-        Learning rate, > 0.
+        Learning rate, >= 0 (0 as PyTorch allows it: a schedule may reach it).
     momentum : float, default 0
         In [0, 1).
     nesterov : bool, default False
@@ -98,7 +98,7 @@ class SGD(_Optimizer):
     name = "sgd"
 
     def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
-        self.lr = _real("lr", lr, low=0.0, low_open=True, owner="SGD")
+        self.lr = _real("lr", lr, low=0.0, owner="SGD")
         self.momentum = _real("momentum", momentum, low=0.0, high=1.0, high_open=True, owner="SGD")
         if not isinstance(nesterov, (bool, _np.bool_)):     # the one bool policy (fastbp._validate.boolean)
             raise TypeError(f"SGD: nesterov must be a bool (True or False), got {type(nesterov).__name__}")
@@ -139,7 +139,7 @@ class Adam(_Optimizer):
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False):
         who = type(self).__name__
-        self.lr = _real("lr", lr, low=0.0, low_open=True, owner=who)
+        self.lr = _real("lr", lr, low=0.0, owner=who)
         try:
             b1, b2 = betas
         except (TypeError, ValueError):
@@ -173,7 +173,7 @@ class AdamW(Adam):
     Parameters
     ----------
     lr : float, default 1e-3
-        > 0.
+        >= 0.
     betas : (float, float), default (0.9, 0.999)
         Each in [0, 1).
     eps : float, default 1e-8
@@ -204,7 +204,7 @@ class RMSprop(_Optimizer):
     Parameters
     ----------
     lr : float, default 1e-2
-        > 0.
+        >= 0.
     alpha : float, default 0.99
         Smoothing constant, in [0, 1].
     eps : float, default 1e-8
@@ -220,7 +220,7 @@ class RMSprop(_Optimizer):
     name = "rmsprop"
 
     def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False):
-        self.lr = _real("lr", lr, low=0.0, low_open=True, owner="RMSprop")
+        self.lr = _real("lr", lr, low=0.0, owner="RMSprop")
         self.alpha = _real("alpha", alpha, low=0.0, high=1.0, owner="RMSprop")
         self.eps = _real("eps", eps, low=0.0, low_open=True, owner="RMSprop")
         self.weight_decay = _real("weight_decay", weight_decay, low=0.0, owner="RMSprop")

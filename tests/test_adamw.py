@@ -80,7 +80,7 @@ def test_by_name_and_checkpoint_keep_the_class(tmp_path):
 
 
 @pytest.mark.parametrize("kw, exc, msg", [
-    (dict(lr=0.0), ValueError, "AdamW: lr must be > 0"),
+    (dict(lr=-1e-3), ValueError, "AdamW: lr must be >= 0"),
     (dict(weight_decay=-1.0), ValueError, "AdamW: weight_decay must be >= 0"),
     (dict(betas=(0.9, 1.0)), ValueError, r"AdamW: betas\[1\] must be < 1"),
     (dict(betas=0.9), ValueError, "AdamW: betas must be a pair"),

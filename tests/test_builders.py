@@ -151,3 +151,24 @@ def test_mlp_with_blocks_trains_and_predicts_in_eval_mode():
     p1, p2 = step.predict(X), step.predict(X)
     assert np.array_equal(p1, p2)
     assert np.mean(p1.argmax(1) == y) > 0.85
+
+
+def test_sequential_is_sized_indexable_sliceable_and_iterable_like_torchs():
+    m = fastbp.Sequential(fastbp.Linear(4, 8), fastbp.ReLU(), fastbp.Dropout(0.1), fastbp.Linear(8, 3))
+    assert len(m) == 4 and list(m) == list(m.layers)
+    assert m[0] is m.layers[0] and m[-1] is m.layers[-1]
+    head = m[:2]
+    assert isinstance(head, fastbp.Sequential) and head.layers == m.layers[:2] and head.out_features() == 8
+    with pytest.raises(IndexError):
+        m[4]
+    with pytest.raises(ValueError, match="at least one Linear"):
+        m[1:3]          # ReLU, Dropout: no Linear
+
+
+def test_sequential_errors_name_the_layer_and_every_accepted_type():
+    with pytest.raises(ValueError, match=r"^Sequential layer 2: Linear\(7, 3\) receives 8 features"):
+        fastbp.Sequential(fastbp.Linear(4, 8), fastbp.ReLU(), fastbp.Linear(7, 3))
+    with pytest.raises(TypeError) as e:
+        fastbp.Sequential(fastbp.Linear(4, 8), "relu")
+    for name in ("Linear", "ReLU", "Identity", "Dropout", "LayerNorm", "BatchNorm1d", "Residual"):
+        assert name in str(e.value)

@@ -387,7 +387,7 @@ BAD_FILES = {
     "unknown_optimizer": (_mut(lambda a, m, t: _set(m, "optimizer", {"type": "RMSprop"})),
                           r"invalid optimizer spec"),
     "optimizer_negative_lr": (_mut(lambda a, m, t: m["optimizer"].update(lr=-1.0)),
-                              r"invalid optimizer spec.*lr must be > 0"),
+                              r"invalid optimizer spec.*lr must be >= 0"),
     "state_count_vs_optimizer": (_mut(lambda a, m, t: (m.update(n_state=0), a.pop("state_0"))),
                                  r"0 optimizer state vector\(s\) stored, SGD\(.*\) needs 1"),
     "momentum_without_buffer": (
@@ -397,7 +397,7 @@ BAD_FILES = {
         r"hyper-parameters do not match the optimizer spec"),
     "hyper_nan_lr": (_mut(lambda a, m, t: a["hyper"].__setitem__(ex.H_LR, np.nan)), r"non-finite"),
     "hyper_negative_lr": (_mut(lambda a, m, t: a["hyper"].__setitem__(ex.H_LR, -0.1)),
-                          r"learning rate: .*lr must be > 0"),
+                          r"learning rate: .*lr must be >= 0"),
     "hyper_fractional_steps": (_mut(lambda a, m, t: a["hyper"].__setitem__(ex.H_STEPS, 2.5)),
                                r"step count must be a non-negative integer"),
     "hyper_wrong_size": (_mut(lambda a, m, t: _set(a, "hyper", a["hyper"][:11])), r"'hyper' has 11 values"),

@@ -383,3 +383,29 @@ def test_save_killed_by_sigkill_leaves_a_recognisable_temp_file_that_a_later_sav
     assert not leftover.exists()
     assert sorted(os.listdir(tmp_path)) == sorted(["model.npz", "unrelated.npz", *keep.values()])
     assert fastbp.load(path).n_steps == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
+def test_save_refuses_a_pipe_or_device_instead_of_replacing_it(tmp_path, capsys):
+    """The atomic rename replaced whatever was at the path: as root, step.save('/dev/null')
+    removed the system's /dev/null.  Anything that exists and is not a regular file (or a
+    link to one) is refused, and left as it was."""
+    import stat as st
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.npz"
+    os.symlink(fifo, link)
+    step = fastbp.compile(mlp([3, 4, 2]), batch_size=2, dtype=np.float64)
+    for target in (fifo, link):
+        with pytest.raises(ValueError, match="is not a regular file"):
+            step.save(target)
+        assert st.S_ISFIFO(os.stat(fifo).st_mode)
+    from fastbp import cli
+    assert cli.main(["train", "--epochs", "1", "--quiet", "--save", str(fifo)]) != 0
+    assert "--save" in capsys.readouterr().err and st.S_ISFIFO(os.stat(fifo).st_mode)
+    regular = tmp_path / "ok.npz"
+    step.save(regular)
+    link2 = tmp_path / "link2.npz"
+    os.symlink(regular, link2)
+    step.save(link2)                 # a link to a regular file: written through, as before
+    assert os.path.islink(link2) and fastbp.load(link2).n_steps == 0

@@ -466,3 +466,100 @@ def test_pytorchs_inplace_flag_is_accepted_and_changes_nothing():
         assert repr(cls(inplace=True)).endswith("inplace=True)") and "inplace" not in repr(cls())
         with pytest.raises(TypeError, match="inplace"):
             cls(inplace="yes")
+
+
+# ------------------------------------------------------------ names and cache keys
+def _entry(code=30, name="custom_act", **kw):
+    base = dict(layer=None, torch=None, sklearn=None, forward=abs, derivative=abs, uses="input", formula="",
+                dformula="")
+    base.update(kw)
+    return R.Activation(code=code, name=name, **base)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(name="myrelu", layer="ReLU"), "layer='ReLU' is taken by activation 'relu'"),
+    (dict(name="myrelu", torch="ReLU"), "torch='ReLU' is taken by activation 'relu'"),
+    (dict(name="myrelu", sklearn="relu"), "sklearn='relu' is taken by activation 'relu'"),
+    (dict(name="sum"), "'sum' is the name of a graph operation"),
+    (dict(name="dropout"), "'dropout' is the name of a graph operation"),
+    (dict(name="add"), "the name 'add' is taken by gate 'add'"),
+    (dict(forward=None), "forward and derivative must be functions"),
+])
+def test_an_entry_may_not_take_another_ops_name(kw, match):
+    """Only code and name were checked: a layer/torch/sklearn name could take over nn.ReLU in
+    from_torch, a graph op's name failed late with KeyErrors, a gate's broke its functions."""
+    with pytest.raises((ValueError, TypeError), match=match):
+        R.register(_entry(**kw))
+    assert not {"custom_act", "myrelu"} & {e.name for e in R.entries()}
+
+
+def test_a_gate_may_not_take_an_activations_or_a_graph_ops_name():
+    from fastbp.registry import gates as G
+    for name, match in (("relu", "taken by activation 'relu'"), ("sum", "name of a graph operation")):
+        with pytest.raises(ValueError, match=match):
+            G.register(G.Gate(code=12, name=name, forward=lambda a, b: a, grads=lambda a, b, d: (d, d),
+                              formula="a", gradient="(1, 1)"))
+    x = fastbp.Graph().input("x", (2,))
+    assert fastbp.relu(x).op == "relu" and fastbp.sum(x).op == "sum"      # the built-ins still work
+
+
+def test_the_kernel_names_follow_what_a_body_reads_from_outside_its_code():
+    """numba's cache keys a kernel by bytecode: a closure value or a module constant
+    edited between runs gave the old kernel.  The entry's hash covers them."""
+    from fastbp.registry.fingerprint import fingerprint
+
+    def make(k):
+        def f(x):
+            return x * k
+        return f
+    assert fingerprint(make(2.0)) == fingerprint(make(2.0)) != fingerprint(make(3.0))
+    ns = {}
+    exec("K = 2\ndef f(x):\n    return x * K\n", ns)
+    a = fingerprint(ns["f"])
+    ns["K"] = 5
+    assert fingerprint(ns["f"]) != a
+    ns["K"] = 2
+    assert fingerprint(ns["f"]) == a
+    # a called helper's constant too
+    exec("C = 1.0\ndef h(x):\n    return x + C\ndef g(x):\n    return h(x) * 2\n", ns)
+    b = fingerprint(ns["g"])
+    ns["C"] = 4.0
+    assert fingerprint(ns["g"]) != b
+
+
+_CLOSURE_CHILD = r"""
+import sys, numpy as np, fastbp
+from fastbp.registry import activations as R
+from fastbp.layers import layer_class
+k = float(sys.argv[1])
+def make(k):
+    def f(x):
+        return x * type(x)(k)
+    def d(x):
+        return type(x)(k)
+    return f, d
+f, d = make(k)
+e = R.register(R.Activation(code=30, name="scaled", layer="Scaled", torch=None, sklearn=None, forward=f,
+                            derivative=d, uses="output", formula="y = k x", dformula="k"))
+m = fastbp.Sequential(fastbp.Linear(2, 2, bias=False), layer_class(e)())
+step = fastbp.compile(m, loss="mse", batch_size=2, dtype=np.float64, seed=0)
+W = step.params["0.W"]
+print(float(np.abs(step.predict(np.eye(2)) - k * W).max()))
+"""
+
+
+@pytest.mark.thorough      # two processes compiling an activation's kernels
+def test_a_closure_value_changed_between_processes_compiles_new_kernels(tmp_path):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), FASTBP_COMPILE_WORKERS="0")
+    root = os.path.dirname(os.path.dirname(fastbp.__file__))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [root, env.get("PYTHONPATH", "")] if p)
+    script = tmp_path / "child.py"         # a file: numba caches no function defined in a -c string
+    script.write_text(_CLOSURE_CHILD)
+    for k in ("2", "3"):
+        r = subprocess.run([sys.executable, str(script), k], capture_output=True, text=True, env=env,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert float(r.stdout.split()[-1]) < 1e-12, (k, r.stdout)

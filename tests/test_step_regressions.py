@@ -151,6 +151,17 @@ def test_a_model_too_big_for_the_machine_is_a_memory_error_before_any_allocation
     assert need > 4 * 5 * 10**9 * 2                           # weights and gradients alone: 40 GB
 
 
+@pytest.mark.parametrize("layers", [
+    lambda: (fastbp.Linear(2 ** 31, 2 ** 31), fastbp.ReLU(), fastbp.Linear(2 ** 31, 2)),
+    lambda: (fastbp.Linear(2, 2 ** 62),),
+], ids=["2^62 weights", "2^63 weights"])
+def test_a_model_past_numpys_array_sizes_is_the_same_memory_error(layers):
+    """Past what numpy can index, the shape-only weights raised numpy's "array is too big"
+    ValueError (naming no argument) before the memory check: now its MemoryError."""
+    with pytest.raises(MemoryError, match=r"needs about .* bytes.*nothing was allocated"):
+        fastbp.compile(fastbp.Sequential(*layers()), batch_size=2)
+
+
 def test_compile_holds_at_most_one_float64_layer_beside_the_step_buffers():
     """Defect 7's peak: building a step used to hold the float64 initial weights two or
     three times over (scaled copy, graph copy) beside the arena.  Now at most one float64

@@ -274,3 +274,27 @@ def test_tied_weights_are_refused_not_untied():
                                               bn))
     act = torch.nn.Tanh()                          # a module without parameters may repeat
     fastbp.from_torch(torch.nn.Sequential(torch.nn.Linear(4, 4).double(), act, torch.nn.Linear(4, 4).double(), act))
+
+
+@pytest.mark.parametrize("name", ["sgd_momentum_wd", "adamw"])
+@pytest.mark.parametrize("sched", ["linear_to_zero", "warmup_from_zero"])
+def test_schedulers_that_reach_a_zero_rate_are_followed(name, sched):
+    """PyTorch allows lr = 0 (only a negative rate is invalid): LinearLR(end_factor=0) and the
+    usual LambdaLR warmup from 0 were refused ("lr must be > 0") mid-training or at compile."""
+    ref = _model()
+    mine = copy.deepcopy(ref)
+    ref_opt, opt = OPTS[name](ref.parameters()), OPTS[name](mine.parameters())
+
+    def make(o):
+        if sched == "linear_to_zero":
+            return torch.optim.lr_scheduler.LinearLR(o, start_factor=1.0, end_factor=0.0, total_iters=3)
+        return torch.optim.lr_scheduler.LambdaLR(o, lambda e: min(e / 3, 1.0))
+    ref_s, s = make(ref_opt), make(opt)
+    step = fastbp.from_torch(mine, optimizer=opt, batch_size=8)
+    for x, y in _batches(6):
+        _torch_step(ref, ref_opt, x, y)
+        step(x, y)
+        ref_s.step()
+        s.step()
+    _assert_same(ref, mine)
+    assert step.lr == opt.param_groups[0]["lr"]

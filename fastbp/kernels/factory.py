@@ -61,13 +61,12 @@ ADAPTERS = (_call0, _call1, _call2)
 
 def entry_suffix(entry):
     """The name suffix of an entry's kernels: its name and a hash of its scalar
-    bodies (numba's disk cache keys a kernel by the template's bytecode, which
-    an edited entry -- or one registered from outside fastbp, not covered by
-    fastbp's cache stamp -- does not change)."""
-    import hashlib
-    import marshal
-    h = hashlib.sha1(marshal.dumps(entry.forward.__code__) + marshal.dumps(entry.derivative.__code__))
-    return "__" + entry.name + "_" + h.hexdigest()[:10]
+    bodies, their closure values and the globals they read
+    (:mod:`fastbp.registry.fingerprint`: numba's disk cache keys a kernel by the
+    template's bytecode, which an edited entry -- or one registered from outside
+    fastbp, not covered by fastbp's cache stamp -- does not change)."""
+    from ..registry.fingerprint import fingerprint     # code, closure values, the globals it reads
+    return "__" + entry.name + "_" + fingerprint(entry.forward, entry.derivative)[:10]
 
 
 class PerEntry:

@@ -34,6 +34,7 @@ import numbers
 from dataclasses import dataclass
 
 from . import fastmath as _fm
+from . import names as _names
 
 __all__ = ["Param", "Choice", "Activation", "register", "unregister", "get", "by_code", "entries",
            "layer_entries", "lookup", "select", "variant_of", "param_doc", "variant_doc", "IDENTITY", "CAPACITY"]
@@ -291,6 +292,16 @@ def register(entry):
         raise ValueError(f"activation code {entry.code} is already {_BY_CODE[entry.code].name!r}")
     if entry.name in _BY_NAME:
         raise ValueError(f"activation {entry.name!r} is already registered")
+    if not (callable(entry.forward) and callable(entry.derivative)):
+        raise TypeError(f"activation {entry.name!r}: forward and derivative must be functions")
+    owner = f"activation {entry.name!r}"
+    _names.claim(entry.name, owner)
+    for field in ("layer", "torch", "sklearn"):     # each maps one outside name to one entry
+        value = getattr(entry, field)
+        other = next((e for e in _BY_NAME.values() if value is not None and getattr(e, field) == value), None)
+        if other is not None:
+            raise ValueError(f"{owner}: {field}={value!r} is taken by activation {other.name!r}")
+    _names.take(entry.name, owner)
     _BY_NAME[entry.name] = entry
     _BY_CODE[entry.code] = entry
     return entry
@@ -303,6 +314,7 @@ def unregister(name):
         raise ValueError("the identity cannot be unregistered")
     del _BY_NAME[entry.name]
     del _BY_CODE[entry.code]
+    _names.release(entry.name)
 
 
 def entries(public=False):

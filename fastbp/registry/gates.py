@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import names as _names
+
 __all__ = ["Gate", "CODES", "register", "unregister", "get", "by_code", "entries", "ADD", "MUL", "MAX", "CAPACITY"]
 
 #: the most entries (codes 0 .. CAPACITY-1): the size of the kernel tables
@@ -72,10 +74,8 @@ class Gate:
         """The name suffix of the entry's compiled kernels (CPU and CUDA): its
         name and a hash of its scalar bodies (numba's disk cache keys a kernel
         by the template's bytecode, which an edited entry does not change)."""
-        import hashlib
-        import marshal
-        h = hashlib.sha1(marshal.dumps(self.forward.__code__) + marshal.dumps(self.grads.__code__))
-        return "__gate_" + self.name + "_" + h.hexdigest()[:10]
+        from .fingerprint import fingerprint        # code, closure values, the globals it reads
+        return "__gate_" + self.name + "_" + fingerprint(self.forward, self.grads)[:10]
 
 
 _BY_NAME = {}
@@ -97,6 +97,8 @@ def register(entry):
         raise ValueError(f"gate code {entry.code} is already {_BY_CODE[entry.code].name!r}")
     if entry.name in _BY_NAME:
         raise ValueError(f"gate {entry.name!r} is already registered")
+    _names.claim(entry.name, f"gate {entry.name!r}")
+    _names.take(entry.name, f"gate {entry.name!r}")
     _BY_NAME[entry.name] = entry
     _BY_CODE[entry.code] = entry
     CODES[entry.name] = entry.code
@@ -111,6 +113,7 @@ def unregister(name):
     del _BY_NAME[entry.name]
     del _BY_CODE[entry.code]
     del CODES[entry.name]
+    _names.release(entry.name)
 
 
 def entries():

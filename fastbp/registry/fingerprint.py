@@ -1,0 +1,70 @@
+"""A registry entry's scalar bodies as one hash: what its compiled kernels are named by.
+
+numba's disk cache keys a kernel by the bytecode of the function it compiles.
+An entry's kernels are specialised copies of a template, so fastbp names them
+by a hash of the entry's bodies (``_<name>_<hash>``).  Bytecode alone misses
+what a body reads from outside its code: the values in its closure cells and
+the module globals it names (a constant edited between runs, a factory's
+argument), and a kernel compiled for the old values would be loaded from the
+cache for the new ones.  :func:`fingerprint` hashes those too, following the
+functions a body calls; an object it cannot hash by value is hashed by its
+``repr`` (an address in it makes the key new in every process: recompiled,
+never stale).
+"""
+from __future__ import annotations
+
+import hashlib
+import marshal
+import types
+
+_MAX_DEPTH = 6
+
+
+def fingerprint(*functions):
+    """A hex digest of ``functions``' code, closure values and the globals they name."""
+    h = hashlib.sha1()
+    seen = set()
+    for fn in functions:
+        _feed(h, fn, 0, seen)
+    return h.hexdigest()
+
+
+def _global_names(code):
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            names |= _global_names(c)
+    return names
+
+
+def _feed(h, obj, depth, seen):
+    fn = getattr(obj, "py_func", obj)           # a numba dispatcher: its Python function
+    if isinstance(fn, types.FunctionType):
+        if id(fn) in seen or depth > _MAX_DEPTH:
+            h.update(b"fn:" + fn.__qualname__.encode())
+            return
+        seen.add(id(fn))
+        h.update(marshal.dumps(fn.__code__))
+        for cell in fn.__closure__ or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:                  # an empty cell
+                value = None
+            _feed(h, value, depth + 1, seen)
+        g = fn.__globals__
+        for name in sorted(_global_names(fn.__code__)):
+            if name in g:
+                h.update(b"global:" + name.encode())
+                _feed(h, g[name], depth + 1, seen)
+    elif isinstance(obj, types.ModuleType):
+        h.update(b"module:" + obj.__name__.encode())
+    elif obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
+        h.update(type(obj).__name__.encode() + b":" + repr(obj).encode())
+    elif isinstance(obj, (tuple, list, frozenset)):
+        h.update(b"seq:")
+        for v in (sorted(obj, key=repr) if isinstance(obj, frozenset) else obj):
+            _feed(h, v, depth + 1, seen)
+    elif hasattr(obj, "tobytes") and hasattr(obj, "dtype"):     # a numpy array or scalar
+        h.update(b"array:" + str(obj.dtype).encode() + repr(getattr(obj, "shape", ())).encode() + obj.tobytes())
+    else:
+        h.update(b"repr:" + repr(obj).encode())
