@@ -43,6 +43,16 @@ def _assert_same(a, b):
         np.testing.assert_allclose(pa.detach().numpy(), pb.detach().numpy(), rtol=RTOL, atol=1e-13, err_msg=na)
 
 
+def _assert_same_state(ref, ref_opt, mine, opt):
+    """The torch optimizers' per-parameter state agrees: keys, values, dtypes and shapes."""
+    for (pr, pm) in zip(ref.parameters(), mine.parameters()):
+        sr, sm = ref_opt.state[pr], opt.state[pm]
+        assert set(sr) == set(sm)
+        for k in sr:
+            np.testing.assert_allclose(np.asarray(sm[k]), np.asarray(sr[k]), rtol=RTOL, atol=1e-14, err_msg=k)
+            assert sm[k].dtype == sr[k].dtype and sm[k].shape == sr[k].shape, k
+
+
 OPTS = {
     "sgd_momentum_wd": lambda ps: torch.optim.SGD(ps, lr=0.2, momentum=0.9, weight_decay=0.01),
     "adamw": lambda ps: torch.optim.AdamW(ps, lr=0.02, weight_decay=0.1),
@@ -128,12 +138,7 @@ def test_sync_to_torch_continues_in_plain_pytorch(name):
         step(x, y)
     assert not opt.state                # nothing written until asked
     step.sync_to_torch()
-    for (pr, pm) in zip(ref.parameters(), mine.parameters()):
-        sr, sm = ref_opt.state[pr], opt.state[pm]
-        assert set(sr) == set(sm)
-        for k in sr:
-            np.testing.assert_allclose(np.asarray(sm[k]), np.asarray(sr[k]), rtol=RTOL, atol=1e-14, err_msg=k)
-            assert sm[k].dtype == sr[k].dtype and sm[k].shape == sr[k].shape, k
+    _assert_same_state(ref, ref_opt, mine, opt)
     for x, y in batches[5:]:
         _torch_step(ref, ref_opt, x, y)
         mine.zero_grad()
@@ -195,11 +200,7 @@ def test_sync_to_torch_with_norm_layers_continues_in_plain_pytorch(norm, name):
         _torch_step(ref, ref_opt, x, y)
         step(x, y)
     step.close()
-    for (pr, pm) in zip(ref.parameters(), mine.parameters()):
-        sr, sm = ref_opt.state[pr], opt.state[pm]
-        assert set(sr) == set(sm)
-        for k in sr:
-            np.testing.assert_allclose(np.asarray(sm[k]), np.asarray(sr[k]), rtol=RTOL, atol=1e-14, err_msg=k)
+    _assert_same_state(ref, ref_opt, mine, opt)
     if isinstance(mine[1], torch.nn.BatchNorm1d):
         assert int(mine[1].num_batches_tracked) == int(ref[1].num_batches_tracked) == 4
     for x, y in batches[4:]:
