@@ -65,9 +65,12 @@ def check_output_path(path, what, replaced=False):
         raise CliError(f"{what} {path}: directory {parent} does not exist")
     if os.path.isdir(path):
         raise CliError(f"{what} {path}: is a directory")
-    if replaced and os.path.exists(path) and not os.path.isfile(path):
-        raise CliError(f"{what} {path}: is not a regular file (a device, a pipe or a socket), which saving "
-                       f"would replace")
+    if replaced:
+        from ._atomic import resolve        # the writer's own rule: a device, pipe or socket is refused
+        try:
+            resolve(path)
+        except ValueError as e:
+            raise CliError(f"{what}: {e}") from None
     if not os.access(parent, os.W_OK):
         raise CliError(f"{what} {path}: directory {parent} is not writable")
 

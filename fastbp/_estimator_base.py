@@ -286,7 +286,7 @@ class _BaseMLP(BaseEstimator):
     @coefs_.setter
     def coefs_(self, values):
         check_is_fitted(self)
-        _LiveList("coefs_", self.coefs_)[:] = values
+        self.coefs_[:] = values
 
     @property
     def intercepts_(self):
@@ -298,7 +298,7 @@ class _BaseMLP(BaseEstimator):
     @intercepts_.setter
     def intercepts_(self, values):
         check_is_fitted(self)
-        _LiveList("intercepts_", self.intercepts_)[:] = values
+        self.intercepts_[:] = values
 
     def __getstate__(self):
         state = dict(super().__getstate__())  # a copy: never touch self.__dict__

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _bf16
 from . import _isa as ex
 from . import _validate as V
 from ._cuda_device import (device_array, device_features, device_targets, kind_error, require_cuda,
@@ -108,6 +109,7 @@ class CudaTrainStep(StepBase):
 
     def __init__(self, model, loss, optimizer, batch_size, dtype, seed, _params=None, schedule=None,
                  precision="full"):
+        _bf16.resolve(precision, np.float32, "cuda")   # the argument's error (bf16 is CPU-only) before the probe
         require_cuda("fastbp.compile(..., device='cuda')")
         # the shared part: validation, initialisation and the compiler call of the CPU step
         super().__init__(model, loss, optimizer, batch_size, dtype, seed, _params, schedule, precision)

@@ -120,9 +120,6 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
         return ds
     optimizer = optimizer_arg(optimizer)
     if V.resolve_device(device) == "cuda":
-        from ._bf16 import precision_name, resolve
-        if precision_name(precision) == "bf16":
-            resolve(precision, np.float32, "cuda")      # the argument's ValueError before any device is needed
         from .cuda_step import CudaTrainStep
         step = CudaTrainStep(model, loss, optimizer, batch_size, dtype, seed, schedule=schedule,
                              precision=precision)
