@@ -40,7 +40,7 @@ def compile_ahead(args):
     Which kernels a step runs does not depend on the layer widths, so a model of
     width 2 with the same layers names them; the step built after the data
     compiles only what the helper does not."""
-    from ._executor import compile_ahead
+    from ._executor import compile_ahead, threads_for
     from ._step_base import StepBase
     from .builders import mlp
 
@@ -52,7 +52,10 @@ def compile_ahead(args):
     except (TypeError, ValueError, ImportError, RuntimeError):
         return      # the step built after the data says what is wrong
     from ._fold_plan import fold_dropout
-    compile_ahead(probe.dtype, fold_dropout(probe.plan).tape)     # the tape the CPU step will run
+    # the tape the CPU step will run, and whether on numba's threads (its widths are the CLI's)
+    threads = probe.precision != "bf16" and threads_for(max(list(args.hidden) + [n_out]), args.batch_size,
+                                                        probe.dtype)
+    compile_ahead(probe.dtype, fold_dropout(probe.plan).tape, threads)
 
 
 def bf16_note(step):

@@ -12,7 +12,7 @@ import threading
 import numpy as np
 
 from . import _executor  # noqa: F401 - registers the product dispatcher, the handlers and the interpreter
-from ._native import _NATIVE, native_address
+from ._native import _NATIVE, PARALLEL_TWIN, native_address
 from .kernels import table
 
 
@@ -38,14 +38,15 @@ def _main(argv):
     for kid, qualname in share:
         if kid in taken:
             continue
-        if table.K_ACT <= kid < table.K_ACT + table.N_ROLES * table._R.CAPACITY and kid not in _NATIVE:
+        base = kid % PARALLEL_TWIN        # a parallel twin registers with its kernel
+        if table.K_ACT <= base < table.K_ACT + table.N_ROLES * table._R.CAPACITY and kid not in _NATIVE:
             try:
-                table.ensure_act_kernels((kid - table.K_ACT) // table.N_ROLES)
+                table.ensure_act_kernels((base - table.K_ACT) // table.N_ROLES)
             except (ValueError, RuntimeError):
                 continue
-        if table.K_GATE <= kid < table.K_GATE + table.GATE_ROLES * table._gates.R.CAPACITY and kid not in _NATIVE:
+        if table.K_GATE <= base < table.K_GATE + table.GATE_ROLES * table._gates.R.CAPACITY and kid not in _NATIVE:
             try:
-                table.ensure_gate_kernels((kid - table.K_GATE) // table.GATE_ROLES)
+                table.ensure_gate_kernels((base - table.K_GATE) // table.GATE_ROLES)
             except (ValueError, RuntimeError):
                 continue
         entry = _NATIVE.get(kid)

@@ -32,7 +32,8 @@ import numpy as np
 from . import _blas
 from ._jit import unmanaged_c
 from ._arena_views import _c_rows, _empty, _view
-from ._native import native_address, native_kernel
+from ._native import PARALLEL_TWIN, native_address, native_kernel, twin
+from . import config as _config
 from .config import BLAS_MIN_MACS, BLAS_THREADS_MIN_MACS, JIT_MAX_MACS  # noqa: F401 - re-exported
 from .kernels.gemm import BLAS_AVAILABLE, BLAS_THREAD_CONTROL, JIT_SLOT, blas_set_threads
 from .kernels.table import HANDLED_OPS, K_HANDLER, N_KERNELS, I1, I64, a2, kcall_at, kernels_for
@@ -64,11 +65,16 @@ _HANDLED = np.zeros(OP_CAPACITY, dtype=np.bool_)
 _HANDLED[list(HANDLED_OPS)] = True
 
 
-def context(arena, bufs, tape, hyper, ws64, gjit, batch_size):
+def context(arena, bufs, tape, hyper, ws64, gjit, batch_size, threads=False):
     """The executor context of a step: one int64 vector of the addresses and
     sizes of its arrays, which the compiled entry points take instead of
     the arrays themselves (each array argument costs ~55 ns to unbox: 0.23 us
     of a tiny step), and the most rows a minibatch may have.
+
+    ``threads``: the step runs on numba's threads (the parallel twins of its
+    kernels, its products split over them on one BLAS thread each; see
+    :func:`step_threads`), else its kernels are serial and its large products
+    run on the BLAS's threads.
 
     The caller keeps every one of these arrays alive, unmoved, for as long as
     it uses the context; only C-contiguous arrays of the executor's dtypes.
@@ -82,15 +88,46 @@ def context(arena, bufs, tape, hyper, ws64, gjit, batch_size):
                              f"{'float' if dt is None else np.dtype(dt).name} array")
     if bufs.shape[1] != 3 or tape.shape[1] != TAPE_WIDTH or hyper.shape[0] != HYPER_SIZE:
         raise ValueError("executor context: bufs, tape or hyper has the wrong width")
-    ktab = kernel_table(arena.dtype, tape)
+    ktab = kernel_table(arena.dtype, tape, threads)
     run = _ensure_run_tape(arena.dtype)
     return np.array([arena.ctypes.data, arena.shape[0], bufs.ctypes.data, bufs.shape[0], tape.ctypes.data,
                      tape.shape[0], hyper.ctypes.data, ws64.ctypes.data, ws64.shape[0], gjit.ctypes.data,
                      gjit.shape[0], batch_size, ktab.ctypes.data, run], dtype=np.int64)
 
 
-#: per dtype: the addresses of the native kernels loaded so far (0: not loaded)
+#: per (dtype, threads): the addresses of the native kernels loaded so far (0: not loaded)
 _KTABS = {}
+
+
+def step_threads(plan, batch_size, dtype):
+    """Whether a step runs on numba's threads (``context(threads=True)``): its
+    elementwise kernels' parallel twins and its products split over the same
+    threads, one BLAS thread each -- one threading runtime for the whole step,
+    where the BLAS's own threads and numba's would spin against each other.
+
+    Only with a BLAS whose products split by rows give the same bits as one
+    call (OpenBLAS: each element is one dot product over ``k``), and for a step
+    whose largest minibatch activation has at least
+    :data:`fastbp.config.STEP_THREADS_MIN_ELEMENTS` elements (smaller steps lose
+    more to starting parallel regions than they gain).  Not a function of the
+    number of threads: a parallel twin may round differently from its serial
+    kernel (fast-math contraction is decided per compilation), so a step runs
+    the same compiled code at any thread count (one thread runs each parallel
+    loop, and each product in one block)."""
+    batch_sized = plan.bufs[:, 1] < 0
+    if 0 <= plan.x_buf < batch_sized.shape[0]:
+        batch_sized[plan.x_buf] = False     # the input: read by the first product, no elementwise pass
+    widest = int(plan.bufs[batch_sized, 2].max()) if batch_sized.any() else 0
+    return threads_for(widest, batch_size, dtype)
+
+
+def threads_for(widest, batch_size, dtype):
+    """:func:`step_threads` of a step whose widest minibatch activation (not
+    its input) has ``widest`` columns."""
+    if (not BLAS_AVAILABLE or _blas.BACKEND not in ("openblas", "scipy") or not BLAS_THREAD_CONTROL
+            or np.dtype(dtype) not in (np.float32, np.float64)):
+        return False
+    return batch_size * widest >= _config.STEP_THREADS_MIN_ELEMENTS      # (read per step)
 
 def _ensure_run_tape(dtype):
     """Compile (or load from the cache) :func:`run_tape` for the arguments a
@@ -100,20 +137,22 @@ def _ensure_run_tape(dtype):
     return native_address(K_RUN_TAPE, np.dtype(dtype))
 
 
-def kernel_table(dtype, tape):
+def kernel_table(dtype, tape, threads=False):
     """The table of native kernel addresses for ``dtype`` (int64, ``N_KERNELS``;
-    kept alive for the process), with every kernel ``tape`` uses loaded."""
+    kept alive for the process), with every kernel ``tape`` uses loaded;
+    ``threads``: each kernel's parallel twin where it has one (see :func:`context`)."""
     dtype = np.dtype(dtype)
-    tab = _KTABS.get(dtype)
+    tab = _KTABS.get((dtype, bool(threads)))
     if tab is None:
-        tab = _KTABS.setdefault(dtype, np.zeros(N_KERNELS, dtype=np.int64))
+        tab = _KTABS.setdefault((dtype, bool(threads)), np.zeros(N_KERNELS, dtype=np.int64))
     missing = [k for k in sorted(kernels_for(tape)) if tab[k] == 0]
     if missing:
+        load = [twin(k) for k in missing] if threads else missing
         # with the interpreter: the first step of a process loads (or compiles) all at once,
         # on two cores when much must be compiled (fastbp._compile_pool)
-        got = _compile_pool.load(dtype, missing + [K_RUN_TAPE], keep_here=_COMPILE_HERE)
-        for k in missing:
-            tab[k] = got[k]
+        got = _compile_pool.load(dtype, load + [K_RUN_TAPE], keep_here=_COMPILE_HERE)
+        for k, lk in zip(missing, load):
+            tab[k] = got[lk]
     return tab
 
 
@@ -207,11 +246,12 @@ _COMPILE_HERE = frozenset([K_RUN_TAPE, K_MM, *range(K_HANDLER, K_HANDLER + OP_CA
 _COMPILE_HERE_AHEAD = frozenset()
 
 
-def compile_ahead(dtype, tape):
+def compile_ahead(dtype, tape, threads=False):
     """Start compiling the native kernels that running ``tape`` needs for ``dtype``,
     and that numba's disk cache lacks, in a helper process, before any step is
     built (:func:`fastbp._compile_pool.start_ahead`); the first step built for
-    ``dtype`` then compiles only the rest.  Returns whether a helper started.
+    ``dtype`` then compiles only the rest.  ``threads``: the step will run on
+    numba's threads (:func:`step_threads`).  Returns whether a helper started.
 
     Raises
     ------
@@ -222,7 +262,10 @@ def compile_ahead(dtype, tape):
     # the larger units first (the handlers, which compile their inlined helpers, then the
     # interpreter), so that the two meet on small ones
     kids = sorted(kernels_for(tape))
-    kids = [k for k in kids if k >= K_HANDLER] + [K_RUN_TAPE] + [k for k in kids if k < K_HANDLER]
+    if threads:         # a step on numba's threads (see step_threads) loads the parallel twins
+        kids = [twin(k) for k in kids]
+    kids = [k for k in kids if k % PARALLEL_TWIN >= K_HANDLER] + [K_RUN_TAPE] + [
+        k for k in kids if k % PARALLEL_TWIN < K_HANDLER]
     return _compile_pool.start_ahead(dtype, kids, keep_here=_COMPILE_HERE_AHEAD)
 
 
@@ -329,12 +372,14 @@ def run_update(ctx, sec, x):
     return kcall_at(ctx, X_RUN, K_RUN_TAPE, (ctx, sec[S_BWD], sec[S_END], np.int64(1), x, yi, x))
 
 
-def runtime_hyper(hyper):
-    """Fill the process-specific slots of a hyper-parameter array (BLAS policy)."""
+def runtime_hyper(hyper, threads=False):
+    """Fill the process-specific slots of a hyper-parameter array (BLAS policy);
+    ``threads``: a step on numba's threads (:func:`step_threads`), whose every
+    product runs on one BLAS thread (the split products run one per numba thread)."""
     # without a BLAS every product runs in the plain loops
     hyper[H_BLAS_MIN] = BLAS_MIN_MACS if BLAS_AVAILABLE else float(2 ** 62)
     hyper[H_BT_ON] = 1.0 if BLAS_THREAD_CONTROL else 0.0
-    hyper[H_BT_MIN] = BLAS_THREADS_MIN_MACS
+    hyper[H_BT_MIN] = float(2 ** 62) if threads else BLAS_THREADS_MIN_MACS
     hyper[H_JIT_ON] = 1.0 if _blas.GEMM_JIT else 0.0
     return hyper
 

@@ -177,6 +177,11 @@ def jit(fn=None, *, inline=False, fastmath=True):
     return wrap(fn) if fn is not None else wrap
 
 
+def parallel_jit(fn):
+    """Compile ``fn`` with ``parallel=True`` (``prange``) only, with fastbp's flags (cached on disk)."""
+    return numba.njit(cache=_CACHE, fastmath=FASTMATH, nogil=True, parallel=True)(fn)
+
+
 class Kernel:
     """A kernel compiled twice: ``serial`` and ``parallel`` (``prange``).
 
@@ -189,10 +194,12 @@ class Kernel:
     Attributes
     ----------
     serial, parallel : numba dispatchers
-        The two compilations.  Both give bitwise-identical results: every
-        kernel parallelises over independent output rows (or columns), never
-        over a reduction, so the order of floating-point operations does not
-        depend on the number of threads.
+        The two compilations.  Every kernel parallelises over independent
+        output rows (or columns), never over a reduction, so the parallel
+        variant's results do not depend on the number of threads; and but for
+        the normalisation kernels (whose fast-math contractions LLVM decides
+        differently in the two compilations) the two variants give the same
+        bits (tests/test_threads.py).
     """
 
     def __init__(self, fn):
@@ -233,7 +240,11 @@ def threading_info():
         ``numba_threads`` (``NUMBA_NUM_THREADS``), ``numba_layer`` (the
         threading layer numba chose, or ``"not started"`` if no parallel
         kernel has run yet in this process), ``blas_backend`` (the BLAS the
-        fused step calls: :func:`fastbp._blas.backend_info`) and ``blas``
+        fused step calls: :func:`fastbp._blas.backend_info`),
+        ``step_threads_min_elements`` (steps whose widest minibatch activation
+        has at least this many elements run on numba's threads alone, see
+        :func:`fastbp._executor.step_threads`; None: no step does, with this
+        BLAS) and ``blas``
         (what threadpoolctl reports about the BLAS libraries loaded, if
         importable).
     """
@@ -242,8 +253,11 @@ def threading_info():
         layer = numba.threading_layer()
     except ValueError:
         layer = "not started"
+    from . import config
     info = {"numba_threads": numba.config.NUMBA_NUM_THREADS, "numba_layer": layer,
-            "blas_backend": _blas.backend_info()}
+            "blas_backend": _blas.backend_info(),
+            "step_threads_min_elements": (config.STEP_THREADS_MIN_ELEMENTS
+                                          if _blas.BACKEND in ("openblas", "scipy") else None)}
     try:
         from threadpoolctl import threadpool_info
         info["blas"] = [

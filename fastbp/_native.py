@@ -87,11 +87,22 @@ _install_linkage_fix()
 _NATIVE = {}
 
 
-def native_kernel(kid, dispatcher, restype, argtypes):
+#: Added to a kernel's id: the id of its parallel twin (see :func:`native_kernel`),
+#: the variant a step that runs its own threads loads (:func:`twin`).
+PARALLEL_TWIN = 1 << 22
+
+
+def native_kernel(kid, dispatcher, restype, argtypes, parallel=None):
     """Register ``dispatcher`` as native kernel ``kid``: compiled on its own,
     for the signature ``argtypes(dtype) -> restype`` (``argtypes``: a function
     of a numba float type returning a tuple of numba types), and called from
     compiled code by address through :func:`kcall`.
+
+    ``dispatcher`` may be a :class:`fastbp._jit.Kernel` (anything with
+    ``serial`` and ``parallel`` dispatchers): its serial variant is kernel
+    ``kid`` and its parallel one (``prange`` over independent outputs: the
+    same results at any thread count) kernel ``kid + PARALLEL_TWIN``; or give
+    the parallel twin as ``parallel``.
 
     Why: numba links a copy of every callee into its caller's module and
     optimises the whole again -- the interpreter re-optimised all ~20 kernels,
@@ -99,9 +110,18 @@ def native_kernel(kid, dispatcher, restype, argtypes):
     ~20 s).  Called by address, each kernel is compiled once, only when a step
     needs it, and the interpreter compiles without them.
     """
-    if kid in _NATIVE:
-        raise ValueError(f"native kernel id {kid} registered twice")
+    if kid in _NATIVE or not 0 <= kid < PARALLEL_TWIN:
+        raise ValueError(f"native kernel id {kid} registered twice or out of range")
+    if hasattr(dispatcher, "serial") and hasattr(dispatcher, "parallel"):
+        dispatcher, parallel = dispatcher.serial, dispatcher.parallel
     _NATIVE[kid] = (dispatcher, restype, argtypes)
+    if parallel is not None:
+        _NATIVE[kid + PARALLEL_TWIN] = (parallel, restype, argtypes)
+
+
+def twin(kid):
+    """The id of native kernel ``kid``'s parallel twin, or ``kid`` where it has none."""
+    return kid + PARALLEL_TWIN if kid + PARALLEL_TWIN in _NATIVE else kid
 
 
 def native_signature(kid, dtype):

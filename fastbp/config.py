@@ -18,6 +18,16 @@ import os
 #: roughly this much work.  Override with ``FASTBP_PARALLEL_THRESHOLD``.
 PARALLEL_THRESHOLD = int(os.environ.get("FASTBP_PARALLEL_THRESHOLD", 1 << 17))
 
+#: A float32/float64 CPU step whose widest minibatch activation (batch rows x
+#: columns) has at least this many elements runs on numba's threads alone
+#: (fastbp._executor.step_threads): the parallel twins of its elementwise
+#: kernels, and its BLAS products split by rows over the same threads, one BLAS
+#: thread each (OpenBLAS; the BLAS's own threads would spin against numba's).
+#: Measured on the development machine (2 cores, OpenBLAS, python -m
+#: fastbp.bench): tabular (256x512 activations) 4.7 -> 4.1 ms per step.
+#: Override with ``FASTBP_STEP_THREADS_MIN``; read when a step is built.
+STEP_THREADS_MIN_ELEMENTS = int(os.environ.get("FASTBP_STEP_THREADS_MIN", 1 << 17))
+
 # ------------------------------------------------------ the fused step's products
 #: Products with at least this many multiply-adds go to the BLAS; smaller ones
 #: run in plain loops (``_mm_small``).  OpenBLAS's small-matrix kernels beat

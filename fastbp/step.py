@@ -67,14 +67,16 @@ class TrainStep(StepBase):
         super().__init__(model, loss, optimizer, batch_size, dtype, seed, _params, schedule, precision)
         self.plan = fold_dropout(self.plan)     # the CPU's backward of activation + dropout in one pass
         p = self.plan
-        ex.runtime_hyper(self.hyper)        # this process's BLAS policy
+        #: whether the step runs on numba's threads alone (see fastbp._executor.step_threads)
+        self.threads = self.precision != "bf16" and ex.step_threads(p, self.batch_size, self.dtype)
+        ex.runtime_hyper(self.hyper, self.threads)      # this process's BLAS policy
         # per-row losses, then the sample weights of a weighted call (see ex.H_WEIGHTED)
         self.ws64 = np.zeros(2 * self.batch_size, dtype=np.float64)
         #: the JIT GEMM kernels of small products (oneMKL only; see ex.gemm_jit_table)
         self.gjit = ex.gemm_jit_table(p, self.batch_size, self)
         #: the addresses of the arrays above, which the executor takes (see ex.context)
         self._ctx = ex.context(self.arena, p.bufs, p.tape, self.hyper, self.ws64, self.gjit,
-                                self.batch_size)
+                                self.batch_size, self.threads)
         self._yi_stage = np.zeros(self.batch_size, dtype=np.int64)
         self._fit_stage = None      # gather buffers of a short shuffled fit, made on first use
         # where each run mode stops on the tape (see ex.run_step)

@@ -19,8 +19,10 @@ SCRIPT = r'''
 import hashlib, json, sys
 import numpy as np
 import numba
+import fastbp
 from fastbp import _jit, ops
 from fastbp.kernels import activations as A, gates as G, gemm as M, linear as L, losses as Ls, optim as O
+from fastbp.kernels import dropout as Dr, norm as N
 
 THR = _jit.PARALLEL_THRESHOLD
 R, C = THR // 67 + 5, 67          # R * C >= THR: elementwise work takes the parallel path
@@ -127,6 +129,50 @@ for dt in [np.dtype(name).type for name in sys.argv[1].split(",")]:
         for _ in range(2):
             k_(O._rmsprop_update)(pr, DY.ravel(), sq, bf, ga, 1e-2, 0.99, 1e-8, 0.01, 0.9)
         h(tag.format("rmsprop"), pr, sq, bf, ga)
+        # the norm kernels' variants may round differently from each other (fast-math contraction
+        # is decided per compilation: a step uses one by its size, never by the thread count):
+        # each variant is compared with itself at 1 and 2 threads, not paired
+        ntag = f"{np.dtype(dt).name}/{{}}/{var}-only"
+        wN, bN, PN = rn(C), rn(C), np.array([1e-5, 0.1, 0.0], dt)
+        for train in (True, False):
+            S = np.zeros((5, C), dt); Rn = np.array([rn(C), np.abs(rn(C)) + 0.5]); Yn = np.empty_like(X)
+            k_(N._batchnorm_fwd)(X, wN, bN, Yn, S, Rn, PN, train)
+            dXn, dwn, dbn = DY.copy(), wN.copy(), bN.copy()
+            k_(N._batchnorm_bwd)(X, wN, S, DY, dXn, dwn, dbn, train, True, False, train)
+            h(ntag.format(f"batchnorm/{train}"), Yn, S, dXn, dwn, dbn)
+        SL, YL = np.zeros((R, 2), dt), np.empty_like(X)
+        k_(N._layernorm_fwd)(X, wN, bN, YL, SL, PN)
+        dXL, dwL, dbL = np.empty_like(X), np.empty(C, dt), bN.copy()
+        k_(N._layernorm_bwd)(X, wN, SL, DY, dXL, dwL, dbL, False, False, True)
+        h(ntag.format("layernorm"), YL, SL, dXL, dwL, dbL)
+        for p_ in (0.0, 0.3):
+            o1 = np.empty_like(X); k_(Dr._dropout)(X, o1, 7, 2, 5, 3, p_, False)
+            o2 = DY.copy(); k_(Dr._dropout)(X, o2, 7, 2, 5, 3, p_, True)
+            h(tag.format(f"dropout/{p_}"), o1, o2)
+        o3, D3 = np.empty_like(X), DY.copy(); k_(Dr._dropout_d)(X, o3, D3, 7, 2, 5, 3, 0.3)
+        h(tag.format("dropout_d"), o3, D3)
+
+    # the split BLAS products of a step on numba's threads against one BLAS call (as serial and
+    # parallel: the pairs test compares them), on shapes split by rows, by columns, and unevenly
+    for (mm, kk, nn) in ((301, 190, 70), (40, 150, 601), (1031, 64, 65)):
+        for ta in (False, True):
+            for tb in (False, True):
+                Aa = rn(kk, mm) if ta else rn(mm, kk)
+                Bb = rn(nn, kk) if tb else rn(kk, nn)
+                C0 = rn(mm, nn)
+                for acc in (False, True):
+                    for var, f in (("serial", M._blas_mm), ("parallel", M._blas_mm_split)):
+                        Cc = C0.copy(); f(Aa, Bb, Cc, ta, tb, acc)
+                        h(f"{np.dtype(dt).name}/split/{mm}x{kk}x{nn}/{ta}/{tb}/{acc}/{var}", Cc)
+
+    # whole steps: on numba's threads at 2 threads (context(threads=True)), serial at 1
+    model = fastbp.Sequential(fastbp.Linear(96, 512), fastbp.BatchNorm1d(512), fastbp.GELU(), fastbp.Dropout(0.1),
+                              fastbp.Linear(512, 256), fastbp.LayerNorm(256), fastbp.ReLU(), fastbp.Linear(256, 10))
+    st = fastbp.compile(model, optimizer=fastbp.AdamW(1e-3, weight_decay=0.01), batch_size=256, dtype=dt, seed=0)
+    out[f"step_threads/{np.dtype(dt).name}"] = bool(st.threads)
+    Xs, ys = rn(600, 96), rng.integers(0, 10, 600)
+    st.fit(Xs, ys, epochs=2, seed=1)
+    h(f"{np.dtype(dt).name}/step", st.param_vector, st.buffer_vector, *st.state_vectors, st.predict(Xs))
 
     # the ops wrappers, which pick serial/parallel by size (loops forced for products)
     tag = f"{np.dtype(dt).name}/ops/{{}}"
@@ -194,6 +240,9 @@ def test_subprocesses_really_ran_with_1_and_2_threads(runs):
     assert two["threads"] == 2 and two["config_threads"] == 2
     assert not one["picks_parallel"]  # one thread: pick() stays serial
     assert two["picks_parallel"]      # two threads: these shapes take the parallel path
+    steps = [k for k in one if k.startswith("step_threads/")]
+    # the steps run on numba's threads (the parallel twins, split products) at any thread count
+    assert steps and all(one[k] for k in steps) and all(two[k] for k in steps)
 
 
 def test_outputs_bitwise_equal_at_1_and_2_threads(runs):
@@ -218,18 +267,19 @@ COVERED = {
     "_mm_nn", "_mm_nt", "_mm_tn", "_colsum",
     "_sum_bwd", "_scale", "_softmax_xent", "_svm", "_mse", "_bce_logits",
     "_sgd_update", "_adam_update", "_rmsprop_update", "_poisson", "_mul_d",
+    "_batchnorm_fwd", "_batchnorm_bwd", "_layernorm_fwd", "_layernorm_bwd", "_dropout", "_dropout_d",
 }
 #: kernels without a prange loop (nothing to parallelise)
-SERIAL_ONLY = {"_sum_fwd", "_clip_grad_norm"}
+SERIAL_ONLY = {"_sum_fwd", "_clip_grad_norm", "_batchnorm_running"}
 
 
 def test_script_covers_every_parallel_kernel():
     import inspect
 
     from fastbp._jit import Kernel
-    from fastbp.kernels import activations, gates, gemm, linear, losses, optim
+    from fastbp.kernels import activations, dropout, gates, gemm, linear, losses, norm, optim
 
-    found = {name for mod in (activations, gates, gemm, linear, losses, optim)
+    found = {name for mod in (activations, dropout, gates, gemm, linear, losses, norm, optim)
              for name, obj in vars(mod).items() if isinstance(obj, Kernel)}
     assert found - SERIAL_ONLY == COVERED, "update SCRIPT for new or removed kernels"
     # the activation kernels are per registry entry (activations.kernels(code)); the
@@ -255,7 +305,7 @@ def test_script_covers_every_parallel_kernel():
     for name in COVERED:
         assert f".{name})" in SCRIPT or f".{name}," in SCRIPT, name
     for name in SERIAL_ONLY:
-        mod = next(m for m in (activations, gates, gemm, linear, losses, optim) if hasattr(m, name))
+        mod = next(m for m in (activations, dropout, gates, gemm, linear, losses, norm, optim) if hasattr(m, name))
         assert "prange" not in inspect.getsource(getattr(mod, name).py_func)
 
 

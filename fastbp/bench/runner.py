@@ -510,6 +510,10 @@ def main(argv=None):
             f"the fused step's BLAS: {bk.get('backend')} ({bk.get('version')}, {bk.get('threads')} threads; "
             f"set FASTBP_BLAS to choose); small products through oneMKL's JIT GEMM kernels: {_gemm_jit(bk)}; "
             f"BLAS libraries loaded: {blas}")
+        if t.get("step_threads_min_elements"):
+            log(f"steps whose widest minibatch activation has at least {t['step_threads_min_elements']} elements "
+                "run on numba's threads alone: elementwise kernels in parallel, products split over the same "
+                "threads on one BLAS thread each (FASTBP_STEP_THREADS_MIN)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -6,6 +6,9 @@ backward recomputes it instead of keeping it (no mask buffer: a dropout
 costs no memory beyond its output, and hashing an element is cheaper than
 the memory traffic of a stored mask on the CPU and the GPU alike).
 """
+import numpy as np
+from numba import prange
+
 from .._jit import jit, kernel
 from .. import _rng
 from .factory import specialise
@@ -62,7 +65,7 @@ def _dropout(A, out, seed, layer, step, row0, p, acc):
     """
     r, c = out.shape
     if p == 0.0:
-        for i in range(r):
+        for i in prange(r):
             for j in range(c):
                 if acc:
                     out[i, j] += A[i, j]
@@ -70,7 +73,8 @@ def _dropout(A, out, seed, layer, step, row0, p, acc):
                     out[i, j] = A[i, j]
         return
     key, thr, scale, zero = _mask_setup(out, seed, layer, step, p)
-    for i in range(r):
+    for ii in prange(r):        # each element's mask is a function of its index alone
+        i = np.intp(ii)         # (the prange index is unsigned in the parallel variant)
         for j in range(c):
             m = scale if _keep(key, (row0 + i) * c + j, thr) else zero
             if acc:
@@ -89,7 +93,8 @@ def _dropout_d(A, out, D, seed, layer, step, row0, p):
     here (the instruction copies then and leaves ``D`` as it is)."""
     r, c = out.shape
     key, thr, scale, zero = _mask_setup(out, seed, layer, step, p)
-    for i in range(r):
+    for ii in prange(r):
+        i = np.intp(ii)
         for j in range(c):
             m = scale if _keep(key, (row0 + i) * c + j, thr) else zero
             out[i, j] = A[i, j] * m

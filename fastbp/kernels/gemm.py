@@ -17,10 +17,12 @@ a value used twice receives the sum of its gradients.
 backend :mod:`fastbp._blas` chose (MKL or OpenBLAS), with the transposes
 passed as flags; it allocates nothing.
 """
+import numpy as np
 from numba import prange, types
 
 from .. import _blas
-from .._jit import TILE, call_fnptr4, jit, kernel, stack_tile
+from ..config import BLAS_THREADS_MIN_MACS
+from .._jit import TILE, call_fnptr4, jit, kernel, parallel_jit, stack_tile
 
 
 @jit
@@ -213,6 +215,9 @@ _jit_create_d = types.ExternalFunction(
                                          _i, _i, types.float64, _i))
 _jit_get_s = types.ExternalFunction(_blas.JIT_GET_SYMS[0], types.uintp(types.uintp))
 _jit_get_d = types.ExternalFunction(_blas.JIT_GET_SYMS[1], types.uintp(types.uintp))
+#: numba's threading layer's current thread count (the symbol numba defines when it starts its
+#: threads; declared here, not through numba.get_num_threads, whose code numba cannot cache)
+_numba_threads = types.ExternalFunction("get_num_threads", types.intp())
 _ROW = _blas.ROW_MAJOR
 _NT = _blas.NO_TRANS
 _TR = _blas.TRANS
@@ -257,6 +262,70 @@ def _blas_mm(A, B, C, ta, tb, acc):
     else:
         _cblas_dgemm(_ROW, _TR if ta else _NT, _TR if tb else _NT, m, n, k, one,
                      A.ctypes.data, A.shape[1], B.ctypes.data, B.shape[1], beta, C.ctypes.data, n)
+
+
+@jit(inline=True)
+def _gemm_block(A, B, C, ta, tb, beta, r0, r1, c0, c1):
+    """Rows ``r0:r1``, columns ``c0:c1`` of ``C = op(A) @ op(B) + beta C`` in one
+    BLAS call on that block (a row block reads rows of ``op(A)``, a column block
+    columns of ``op(B)``; the leading dimensions stay the whole arrays')."""
+    k = A.shape[0] if ta else A.shape[1]
+    isz = C.itemsize
+    lda = A.shape[1]
+    ldb = B.shape[1]
+    n = C.shape[1]
+    a = A.ctypes.data + (r0 if ta else r0 * lda) * isz
+    b = B.ctypes.data + (c0 * ldb if tb else c0) * isz
+    c = C.ctypes.data + (r0 * n + c0) * isz
+    one = C.dtype.type(1.0)
+    if isz == 4:
+        _cblas_sgemm(_ROW, _TR if ta else _NT, _TR if tb else _NT, r1 - r0, c1 - c0, k, one,
+                     a, lda, b, ldb, C.dtype.type(beta), c, n)
+    else:
+        _cblas_dgemm(_ROW, _TR if ta else _NT, _TR if tb else _NT, r1 - r0, c1 - c0, k, one,
+                     a, lda, b, ldb, C.dtype.type(beta), c, n)
+
+
+@parallel_jit
+def _blas_mm_split(A, B, C, ta, tb, acc):
+    """``C (+)= op(A) @ op(B)`` as :func:`_blas_mm`, its rows (or, for a wide
+    ``C``, its columns) cut into one block per numba thread, each block one
+    BLAS call on one BLAS thread (the caller sets the BLAS to one thread).
+
+    The step's threads in one runtime: a step that runs its elementwise
+    kernels on numba's threads runs its products on them too, instead of the
+    BLAS's own threads spinning against numba's (see
+    :data:`fastbp.config.STEP_THREADS_MIN_ELEMENTS`).  Every element of ``C``
+    is the same dot product in the same order whatever the blocks (the BLAS
+    splits a product over ``m`` and ``n``, never ``k``): results do not depend
+    on the thread count.  Products below twice BLAS_THREADS_MIN_MACS are one call.
+    Compiled with ``parallel=True`` only (a ``prange`` makes numba start its
+    threads before this code loads: they define the threading layer's
+    ``get_num_threads``).
+    """
+    m = C.shape[0]
+    n = C.shape[1]
+    k = A.shape[0] if ta else A.shape[1]
+    if empty_product(C, k, acc):
+        return
+    beta = 1.0 if acc else 0.0
+    nt = _numba_threads() & 0xFFFF      # a C int (the register's upper half is not part of it)
+    rows = m >= n
+    dim = m if rows else n
+    # every block keeps at least BLAS_THREADS_MIN_MACS multiply-adds: the BLAS's own kernel for
+    # small products (OpenBLAS: below ~1e6, on one thread only) never gets a block of a product
+    # that one call would have run through its general kernel
+    nblk = min(nt, (m * n * k) // BLAS_THREADS_MIN_MACS, dim)
+    if nblk < 2:
+        _gemm_block(A, B, C, ta, tb, beta, 0, m, 0, n)
+        return
+    for t in prange(nblk):
+        lo = (np.intp(t) * dim) // nblk      # (the prange index is unsigned in the parallel variant)
+        hi = ((np.intp(t) + 1) * dim) // nblk
+        if rows:
+            _gemm_block(A, B, C, ta, tb, beta, lo, hi, 0, n)
+        else:
+            _gemm_block(A, B, C, ta, tb, beta, 0, m, lo, hi)
 
 
 #: int64 values per product in a JIT GEMM table: kernel, jitter, m, n, k

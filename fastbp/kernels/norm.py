@@ -26,16 +26,24 @@ the biased variance; ``g = dy * w``):
 * BatchNorm in eval mode normalises with the running statistics, constants:
   ``dx = g * rstd``.
 
-Every reduction runs in a fixed order (rows in order), so the result does not
-depend on the thread count.
+Every reduction runs in a fixed order (rows in order; BatchNorm's column sums in
+blocks of columns, one thread per block), so the result does not depend on the
+thread count.  The serial and parallel compilations of a kernel may round
+differently (LLVM decides fast-math contractions per compilation): a step uses
+one or the other by its size (:func:`fastbp._executor.step_threads`), never by
+the thread count.
 """
 import numba
+import numpy as np
+from numba import prange
 
 from .._jit import kernel
 from ..registry import norms as _body
 from .factory import specialise
 
 _inline = numba.njit(inline="always")
+#: columns per block of BatchNorm's column sums (a thread's share; each column summed in row order)
+_COLS = 64
 _norm_mean = _inline(_body.norm_mean)
 _norm_rstd = _inline(_body.norm_rstd)
 _norm_affine = _inline(_body.norm_affine)
@@ -56,8 +64,8 @@ def _layernorm_fwd(X, w, b, Y, S, P):
     ``Y = (X - mean) * rstd * w + b`` (one pass): the registry's row body
     (:func:`fastbp.registry.norms.ln_fwd_row`).  Derivative: see :func:`_layernorm_bwd`."""
     eps = P[0]
-    for i in range(X.shape[0]):
-        _ln_fwd_row(X, w, b, Y, S, i, eps)
+    for i in prange(X.shape[0]):
+        _ln_fwd_row(X, w, b, Y, S, np.intp(i), eps)
 
 
 @kernel
@@ -85,8 +93,8 @@ def _layernorm_bwd(X, w, S, dY, dX, dw, db, acc_x, acc_w, acc_b):
             for j in range(N):
                 db[j] += dY[i, j]
     if dX.shape[0] > 0:
-        for i in range(B):
-            _ln_dx_row(X, w, S, dY, dX, i, acc_x)     # the registry's row body
+        for i in prange(B):
+            _ln_dx_row(X, w, S, dY, dX, np.intp(i), acc_x)     # the registry's row body
 
 
 @kernel
@@ -108,25 +116,28 @@ def _batchnorm_fwd(X, w, b, Y, S, R, P, training):
     one = dt(1.0)
     zero = dt(0.0)
     if training or R.shape[0] == 0:
-        for j in range(N):
-            S[0, j] = zero
-            S[2, j] = zero
-        for i in range(B):
-            for j in range(N):
-                S[0, j] += X[i, j]
-        for j in range(N):
-            S[0, j] = _norm_mean(S[0, j], B, dt)
-        for i in range(B):
-            for j in range(N):
-                d = X[i, j] - S[0, j]
-                S[2, j] += d * d
-        for j in range(N):
-            S[1, j] = _norm_rstd(_norm_mean(S[2, j], B, dt), eps, dt)   # the biased variance's rstd
+        for blk in prange((N + _COLS - 1) // _COLS):     # blocks of columns, rows in order in each
+            j0 = np.intp(blk) * _COLS
+            j1 = min(j0 + _COLS, N)
+            for j in range(j0, j1):
+                S[0, j] = zero
+                S[2, j] = zero
+            for i in range(B):
+                for j in range(j0, j1):
+                    S[0, j] += X[i, j]
+            for j in range(j0, j1):
+                S[0, j] = _norm_mean(S[0, j], B, dt)
+            for i in range(B):
+                for j in range(j0, j1):
+                    d = X[i, j] - S[0, j]
+                    S[2, j] += d * d
+            for j in range(j0, j1):
+                S[1, j] = _norm_rstd(_norm_mean(S[2, j], B, dt), eps, dt)   # the biased variance's rstd
     else:
         for j in range(N):
             S[0, j] = R[0, j]
             S[1, j] = _norm_rstd(R[1, j], eps, dt)
-    for i in range(B):
+    for i in prange(B):
         for j in range(N):
             Y[i, j] = _norm_affine(X[i, j], S[0, j], S[1, j], w[j] if has_w else one, b[j] if has_b else zero)
 
@@ -143,13 +154,16 @@ def _batchnorm_bwd(X, w, S, dY, dX, dw, db, acc_x, acc_w, acc_b, batch_stats):
     zero = dt(0.0)
     one = dt(1.0)
     has_w = w.shape[0] > 0
-    for j in range(N):
-        S[3, j] = zero
-        S[4, j] = zero
-    for i in range(B):          # both column sums in one pass over dY (each in row order)
-        for j in range(N):
-            S[3, j] += dY[i, j]
-            S[4, j] += dY[i, j] * ((X[i, j] - S[0, j]) * S[1, j])
+    for blk in prange((N + _COLS - 1) // _COLS):     # blocks of columns, rows in order in each
+        j0 = np.intp(blk) * _COLS
+        j1 = min(j0 + _COLS, N)
+        for j in range(j0, j1):
+            S[3, j] = zero
+            S[4, j] = zero
+        for i in range(B):          # both column sums in one pass over dY (each in row order)
+            for j in range(j0, j1):
+                S[3, j] += dY[i, j]
+                S[4, j] += dY[i, j] * ((X[i, j] - S[0, j]) * S[1, j])
     if dw.shape[0] > 0:
         for j in range(N):
             dw[j] = dw[j] + S[4, j] if acc_w else S[4, j]
@@ -158,7 +172,7 @@ def _batchnorm_bwd(X, w, S, dY, dX, dw, db, acc_x, acc_w, acc_b, batch_stats):
             db[j] = db[j] + S[3, j] if acc_b else S[3, j]
     if dX.shape[0] == 0:
         return
-    for i in range(B):
+    for i in prange(B):
         for j in range(N):
             ww = w[j] if has_w else one
             d = _bn_dx(dY[i, j], X[i, j], ww, S[0, j], S[1, j],

@@ -20,7 +20,7 @@ from ..registry import activations as _R
 from . import activations as _act
 from . import gates as _gates
 from .gates import _sum_bwd, _sum_fwd
-from .gemm import _blas_mm, _jit_mm, _mm_small
+from .gemm import _blas_mm, _blas_mm_split, _jit_mm, _mm_small
 from .linear import _colsum
 from .losses import _bce_logits, _mse, _poisson, _softmax_xent, _svm
 from .optim import _adam_update, _clip_grad_norm, _rmsprop_update, _sgd_update
@@ -73,7 +73,7 @@ I64, B, F64 = _nt.int64, _nt.boolean, _nt.float64
 I1, F1 = a1(_nt.int64), a1(_nt.float64)
 NONE = _nt.none
 
-native_kernel(K_COLSUM, _colsum.serial, NONE, lambda d: (a2(d), a1(d), B))
+native_kernel(K_COLSUM, _colsum, NONE, lambda d: (a2(d), a1(d), B))
 #: the gate kernels, after every other block: K_GATE + GATE_ROLES * code + role
 #: (role: gates.ROLE_FWD / ROLE_BWD)
 K_GATE = N_KERNELS
@@ -88,35 +88,35 @@ N_KERNELS = K_MM_BF16 + 1
 #: every gate, add included, at K_GATE + GATE_ROLES * code + role
 _GATE_SIGS = (lambda d: (I64, a2(d), a2(d), a2(d)),
               lambda d: (I64, a2(d), a2(d), a2(d), a2(d), a2(d), B, B))
-native_kernel(K_GATE_FWD, _gates.kernels(_gates.R.ADD).fwd.serial, NONE, _GATE_SIGS[0])
-native_kernel(K_GATE_BWD, _gates.kernels(_gates.R.ADD).bwd.serial, NONE, _GATE_SIGS[1])
+native_kernel(K_GATE_FWD, _gates.kernels(_gates.R.ADD).fwd, NONE, _GATE_SIGS[0])
+native_kernel(K_GATE_BWD, _gates.kernels(_gates.R.ADD).bwd, NONE, _GATE_SIGS[1])
 native_kernel(K_SUM_FWD, _sum_fwd.serial, NONE, lambda d: (a2(d), a2(d)))
-native_kernel(K_SUM_BWD, _sum_bwd.serial, NONE, lambda d: (a2(d), a2(d), B))
-native_kernel(K_SOFTMAX_XENT, _softmax_xent.serial, F64, lambda d: (a2(d), I1, a2(d), F1))
-native_kernel(K_SVM, _svm.serial, F64, lambda d: (a2(d), I1, a2(d), F1))
-native_kernel(K_MSE, _mse.serial, F64, lambda d: (a2(d), a2(d), a2(d), F1))
-native_kernel(K_BCE_LOGITS, _bce_logits.serial, F64, lambda d: (a2(d), a2(d), a2(d), F1))
-native_kernel(K_SGD, _sgd_update.serial, NONE, lambda d: (a1(d), a1(d), a1(d), F64, F64, B, F64))
-native_kernel(K_ADAM, _adam_update.serial, NONE,
+native_kernel(K_SUM_BWD, _sum_bwd, NONE, lambda d: (a2(d), a2(d), B))
+native_kernel(K_SOFTMAX_XENT, _softmax_xent, F64, lambda d: (a2(d), I1, a2(d), F1))
+native_kernel(K_SVM, _svm, F64, lambda d: (a2(d), I1, a2(d), F1))
+native_kernel(K_MSE, _mse, F64, lambda d: (a2(d), a2(d), a2(d), F1))
+native_kernel(K_BCE_LOGITS, _bce_logits, F64, lambda d: (a2(d), a2(d), a2(d), F1))
+native_kernel(K_SGD, _sgd_update, NONE, lambda d: (a1(d), a1(d), a1(d), F64, F64, B, F64))
+native_kernel(K_ADAM, _adam_update, NONE,
               lambda d: (a1(d), a1(d), a1(d), a1(d), F64, F64, F64, F64, F64, F64, B))
-native_kernel(K_RMSPROP, _rmsprop_update.serial, NONE,
+native_kernel(K_RMSPROP, _rmsprop_update, NONE,
               lambda d: (a1(d), a1(d), a1(d), a1(d), a1(d), F64, F64, F64, F64, F64))
-native_kernel(K_POISSON, _poisson.serial, F64, lambda d: (a2(d), a2(d), a2(d), F1))
+native_kernel(K_POISSON, _poisson, F64, lambda d: (a2(d), a2(d), a2(d), F1))
 native_kernel(K_CLIP_GRAD_NORM, _clip_grad_norm.serial, NONE, lambda d: (a1(d), F64))
 native_kernel(K_MM_SMALL, _mm_small, NONE, lambda d: (a2(d), a2(d), a2(d), B, B, B))
-native_kernel(K_BLAS_MM, _blas_mm, NONE, lambda d: (a2(d), a2(d), a2(d), B, B, B))
+native_kernel(K_BLAS_MM, _blas_mm, NONE, lambda d: (a2(d), a2(d), a2(d), B, B, B), parallel=_blas_mm_split)
 native_kernel(K_JIT_MM, _jit_mm, B, lambda d: (a2(d), a2(d), a2(d), B, B, B, I1, I64))
-native_kernel(K_LN_FWD, _layernorm_fwd.serial, NONE, lambda d: (a2(d), a1(d), a1(d), a2(d), a2(d), a1(d)))
-native_kernel(K_LN_BWD, _layernorm_bwd.serial, NONE,
+native_kernel(K_LN_FWD, _layernorm_fwd, NONE, lambda d: (a2(d), a1(d), a1(d), a2(d), a2(d), a1(d)))
+native_kernel(K_LN_BWD, _layernorm_bwd, NONE,
               lambda d: (a2(d), a1(d), a2(d), a2(d), a2(d), a1(d), a1(d), B, B, B))
-native_kernel(K_BN_FWD, _batchnorm_fwd.serial, NONE,
+native_kernel(K_BN_FWD, _batchnorm_fwd, NONE,
               lambda d: (a2(d), a1(d), a1(d), a2(d), a2(d), a2(d), a1(d), B))
-native_kernel(K_BN_BWD, _batchnorm_bwd.serial, NONE,
+native_kernel(K_BN_BWD, _batchnorm_bwd, NONE,
               lambda d: (a2(d), a1(d), a2(d), a2(d), a2(d), a1(d), a1(d), B, B, B, B))
 native_kernel(K_BN_RUNNING, _batchnorm_running.serial, NONE, lambda d: (a2(d), a2(d), a1(d), a1(d), I64))
-native_kernel(K_DROPOUT, _dropout.serial, NONE, lambda d: (a2(d), a2(d), I64, I64, I64, I64, F64, B))
-native_kernel(K_DROPOUT_D, _dropout_d.serial, NONE, lambda d: (a2(d), a2(d), a2(d), I64, I64, I64, I64, F64))
-native_kernel(K_MUL_D, _act._mul_d.serial, NONE, lambda d: (a2(d), a2(d), a2(d), B))
+native_kernel(K_DROPOUT, _dropout, NONE, lambda d: (a2(d), a2(d), I64, I64, I64, I64, F64, B))
+native_kernel(K_DROPOUT_D, _dropout_d, NONE, lambda d: (a2(d), a2(d), a2(d), I64, I64, I64, I64, F64))
+native_kernel(K_MUL_D, _act._mul_d, NONE, lambda d: (a2(d), a2(d), a2(d), B))
 
 #: argument types of the activation roles (bias_act, fwd, bwd, fwd_d, bias_act_d)
 _ACT_SIGS = (lambda d: (a2(d), a1(d), a2(d), a1(d)),
@@ -140,7 +140,7 @@ def _ensure_entry_kernels(kind, entry, kernels, first_id, sigs):
             raise RuntimeError(f"{kind} code {entry.code} was {old.name!r} and is now {entry.name!r} "
                                f"in this process: its native kernels are already loaded")
         if old is None:
-            native_kernel(kid, k.serial, NONE, sigs[role])
+            native_kernel(kid, k, NONE, sigs[role])      # with its parallel twin
             _ENTRY_OF[kid] = entry
         ids.append(kid)
     return ids
