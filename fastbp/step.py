@@ -60,6 +60,12 @@ class TrainStep(StepBase):
         Gradients of the last step, same keys and shapes.
     n_steps : int
         Updates applied so far.
+    threads : bool
+        Whether the step runs on numba's threads alone (its elementwise
+        kernels in parallel, its products split over the same threads on one
+        BLAS thread each) instead of serial kernels and the BLAS's threads:
+        a property of the step's shapes and the BLAS backend, not of the thread
+        count (see ``fastbp._executor.step_threads``).
     """
 
     def __init__(self, model, loss, optimizer, batch_size, dtype, seed, _params=None, schedule=None,

@@ -186,6 +186,22 @@ def test_a_helper_started_ahead_compiles_its_share_for_the_next_load(monkeypatch
     assert len(started) == 2
 
 
+def test_a_helper_started_ahead_for_a_step_on_numbas_threads_compiles_the_parallel_twins(monkeypatch):
+    """compile_ahead(threads=True): the helper's units are the parallel twins of the kernels
+    that have one (what kernel_table(threads=True) loads), the others as they are."""
+    from fastbp._native import PARALLEL_TWIN, twin
+    calls, started = [], []
+    tape = _tape()
+    _fake_pool(monkeypatch, calls, started)
+    assert ex.compile_ahead(np.float64, tape, threads=True)
+    order = started[0]
+    kids = sorted(table.kernels_for(tape))
+    assert sorted(order) == sorted([twin(k) for k in kids] + [ex.K_RUN_TAPE])
+    assert twin(table.K_ADAM) in order and twin(table.K_ADAM) == table.K_ADAM + PARALLEL_TWIN
+    assert table.K_MM in order and twin(table.K_MM) == table.K_MM       # the handlers have no twin
+    pool._AHEAD.clear()
+
+
 def test_no_helper_ahead_when_the_pool_is_off_or_little_is_to_compile(monkeypatch):
     calls, started = [], []
     tape = _tape()
@@ -309,13 +325,15 @@ def test_the_helper_compiles_the_product_dispatcher_into_the_cache(tmp_path):
     ["--activation", "gelu", "--dropout", "0.1", "--batchnorm", "--optimizer", "sgd", "--momentum", "0.9"],
     ["--activation", "tanh", "--optimizer", "rmsprop", "--loss", "svm", "--hidden", "7"],
     ["--task", "regression", "--dtype", "float64", "--hidden", "5", "3", "--clip-grad-norm", "1.0"],
+    ["--hidden", "512", "--batch-size", "256", "--activation", "gelu", "--batchnorm"],   # on numba's threads
 ])
 def test_fastbp_train_starts_ahead_the_kernels_its_step_runs(monkeypatch, tmp_path, argv, capsys):
     """fastbp train names the kernels to compile ahead (before reading the data)
     from a model of width 2 with its layers: exactly the kernels of the step it builds."""
     from fastbp import cli
     ahead, built = [], []
-    monkeypatch.setattr(ex, "compile_ahead", lambda dtype, tape: ahead.append((np.dtype(dtype), tape)))
+    monkeypatch.setattr(ex, "compile_ahead",
+                        lambda dtype, tape, threads=False: ahead.append((np.dtype(dtype), tape, threads)))
     real = cli._build_step
     monkeypatch.setattr(cli, "_build_step", lambda *a: built.append(real(*a)) or built[-1])
     if "regression" in argv:
@@ -325,9 +343,9 @@ def test_fastbp_train_starts_ahead_the_kernels_its_step_runs(monkeypatch, tmp_pa
                    header="a,b,c,y", comments="")
         argv = argv + ["--data", str(tmp_path / "r.csv")]
     assert cli.main(["train", "--quiet", "--epochs", "1", *argv]) == 0, capsys.readouterr()
-    (dtype, tape), = ahead
+    (dtype, tape, threads), = ahead
     step = built[0][0]
-    assert dtype == step.dtype
+    assert dtype == step.dtype and threads == step.threads == ("512" in argv)
     assert table.kernels_for(tape) == table.kernels_for(step.plan.tape)
 
 
