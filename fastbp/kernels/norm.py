@@ -44,6 +44,19 @@ from .factory import specialise
 _inline = numba.njit(inline="always")
 #: columns per block of BatchNorm's column sums (a thread's share; each column summed in row order)
 _COLS = 64
+
+
+@_inline
+def _n_blocks(N):
+    """The number of column blocks of ``N`` columns."""
+    return (N + _COLS - 1) // _COLS
+
+
+@_inline
+def _block(blk, N):
+    """Columns ``j0:j1`` of block ``blk`` (the prange index is unsigned in the parallel variant)."""
+    j0 = np.intp(blk) * _COLS
+    return j0, min(j0 + _COLS, N)
 _norm_mean = _inline(_body.norm_mean)
 _norm_rstd = _inline(_body.norm_rstd)
 _norm_affine = _inline(_body.norm_affine)
@@ -116,9 +129,8 @@ def _batchnorm_fwd(X, w, b, Y, S, R, P, training):
     one = dt(1.0)
     zero = dt(0.0)
     if training or R.shape[0] == 0:
-        for blk in prange((N + _COLS - 1) // _COLS):     # blocks of columns, rows in order in each
-            j0 = np.intp(blk) * _COLS
-            j1 = min(j0 + _COLS, N)
+        for blk in prange(_n_blocks(N)):     # blocks of columns, rows in order in each
+            j0, j1 = _block(blk, N)
             for j in range(j0, j1):
                 S[0, j] = zero
                 S[2, j] = zero
@@ -154,9 +166,8 @@ def _batchnorm_bwd(X, w, S, dY, dX, dw, db, acc_x, acc_w, acc_b, batch_stats):
     zero = dt(0.0)
     one = dt(1.0)
     has_w = w.shape[0] > 0
-    for blk in prange((N + _COLS - 1) // _COLS):     # blocks of columns, rows in order in each
-        j0 = np.intp(blk) * _COLS
-        j1 = min(j0 + _COLS, N)
+    for blk in prange(_n_blocks(N)):     # blocks of columns, rows in order in each
+        j0, j1 = _block(blk, N)
         for j in range(j0, j1):
             S[3, j] = zero
             S[4, j] = zero
