@@ -23,8 +23,10 @@ PARALLEL_THRESHOLD = int(os.environ.get("FASTBP_PARALLEL_THRESHOLD", 1 << 17))
 #: (fastbp._executor.step_threads): the parallel twins of its elementwise
 #: kernels, and its BLAS products split by rows over the same threads, one BLAS
 #: thread each (OpenBLAS; the BLAS's own threads would spin against numba's).
-#: Measured on the development machine (2 cores, OpenBLAS, python -m
-#: fastbp.bench): tabular (256x512 activations) 4.7 -> 4.1 ms per step.
+#: Measured on the development machine (2 cores, OpenBLAS; asv StepThreads, the
+#: same step built both ways): tabular (256x512 activations) 4.92 -> 4.22 ms per
+#: step, medium (256x512) 4.78 -> 4.65 ms; small (64x128) stays serial (a
+#: parallel region costs ~5-20 us to start, of a 0.25 ms step).
 #: Override with ``FASTBP_STEP_THREADS_MIN``; read when a step is built.
 STEP_THREADS_MIN_ELEMENTS = int(os.environ.get("FASTBP_STEP_THREADS_MIN", 1 << 17))
 
