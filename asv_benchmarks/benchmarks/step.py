@@ -69,7 +69,7 @@ class TrainStepBf16(TrainStep):
         return self.bf16_peer(peer, config, weights)
 
 
-class StepThreads(DataBenchmark):
+class StepThreads(TrainStep):
     """fastbp's training step on numba's threads (the parallel twins of its elementwise
     kernels, its products split over the same threads on one BLAS thread each: what a
     step with a 256x512 activation or larger runs) against the same step with serial
@@ -79,27 +79,19 @@ class StepThreads(DataBenchmark):
     param_names = ["config", "threads"]
     params = [["medium", "tabular"], ["blas", "numba"]]
 
-    def setup(self, cache, config, threads):
+    def make_peer(self, threads, config, weights):
         cfg = require_attr("fastbp", "config")
         require_attr("fastbp._executor", "step_threads")
-        weights, X, y = self.load(cache, config)
         saved = cfg.STEP_THREADS_MIN_ELEMENTS
         if threads == "blas":
             cfg.STEP_THREADS_MIN_ELEMENTS = 1 << 62
         try:
-            self.p = self.peer("fastbp", config, weights)
+            p = self.peer("fastbp", config, weights)
         finally:
             cfg.STEP_THREADS_MIN_ELEMENTS = saved
-        if getattr(self.p.compiled, "threads", False) != (threads == "numba"):
+        if getattr(p.compiled, "threads", False) != (threads == "numba"):
             raise NotImplementedError("this BLAS backend runs no step on numba's threads")
-        self.batches = self.p.batches(X, y)
-        self.k = 0
-        self.time_step(cache, config, threads)
-
-    def time_step(self, cache, config, threads):
-        xb, yb = self.batches[self.k % len(self.batches)]
-        self.k += 1
-        self.p.sync(self.p.step(xb, yb))
+        return p
 
 
 class Fit(DataBenchmark):

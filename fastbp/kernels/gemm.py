@@ -242,28 +242,6 @@ def empty_product(C, k, acc):
     return False
 
 
-@jit
-def _blas_mm(A, B, C, ta, tb, acc):
-    """``C (+)= op(A) @ op(B)`` through the BLAS; ``op`` transposes when ``ta``/``tb``.
-
-    All arrays C-contiguous and of one dtype (float32 or float64); the call
-    allocates nothing.  Only valid when :data:`BLAS_AVAILABLE`.
-    """
-    m = C.shape[0]
-    n = C.shape[1]
-    k = A.shape[0] if ta else A.shape[1]
-    if empty_product(C, k, acc):
-        return
-    one = C.dtype.type(1.0)
-    beta = one if acc else C.dtype.type(0.0)
-    if C.itemsize == 4:    # float32 (both branches compile; the dead one is pruned)
-        _cblas_sgemm(_ROW, _TR if ta else _NT, _TR if tb else _NT, m, n, k, one,
-                     A.ctypes.data, A.shape[1], B.ctypes.data, B.shape[1], beta, C.ctypes.data, n)
-    else:
-        _cblas_dgemm(_ROW, _TR if ta else _NT, _TR if tb else _NT, m, n, k, one,
-                     A.ctypes.data, A.shape[1], B.ctypes.data, B.shape[1], beta, C.ctypes.data, n)
-
-
 @jit(inline=True)
 def _gemm_block(A, B, C, ta, tb, beta, r0, r1, c0, c1):
     """Rows ``r0:r1``, columns ``c0:c1`` of ``C = op(A) @ op(B) + beta C`` in one
@@ -278,12 +256,25 @@ def _gemm_block(A, B, C, ta, tb, beta, r0, r1, c0, c1):
     b = B.ctypes.data + (c0 * ldb if tb else c0) * isz
     c = C.ctypes.data + (r0 * n + c0) * isz
     one = C.dtype.type(1.0)
-    if isz == 4:
+    if isz == 4:    # float32 (both branches compile; the dead one is pruned)
         _cblas_sgemm(_ROW, _TR if ta else _NT, _TR if tb else _NT, r1 - r0, c1 - c0, k, one,
                      a, lda, b, ldb, C.dtype.type(beta), c, n)
     else:
         _cblas_dgemm(_ROW, _TR if ta else _NT, _TR if tb else _NT, r1 - r0, c1 - c0, k, one,
                      a, lda, b, ldb, C.dtype.type(beta), c, n)
+
+
+@jit
+def _blas_mm(A, B, C, ta, tb, acc):
+    """``C (+)= op(A) @ op(B)`` through the BLAS; ``op`` transposes when ``ta``/``tb``.
+
+    All arrays C-contiguous and of one dtype (float32 or float64); the call
+    allocates nothing.  Only valid when :data:`BLAS_AVAILABLE`.
+    """
+    k = A.shape[0] if ta else A.shape[1]
+    if empty_product(C, k, acc):
+        return
+    _gemm_block(A, B, C, ta, tb, 1.0 if acc else 0.0, 0, C.shape[0], 0, C.shape[1])
 
 
 @parallel_jit
