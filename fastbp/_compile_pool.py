@@ -4,9 +4,10 @@ numba compiles on the calling thread, holding the GIL: the first step built on
 a machine (an empty disk cache) compiled its ~15 native units one after the
 other on one core (~13 s for ``fastbp train``'s model on the 2-core
 development machine).  :func:`load` splits the units a step needs and that
-are not cached between this process and one helper process
-(``python -m fastbp._compile_helper``), which compiles its share into the disk
-cache and exits; this process then loads that share from the cache.
+are not cached between this process and one helper process (a fork of this
+one where that is safe, :func:`_fork_safe`; else ``python -m
+fastbp._compile_helper``), which compiles its share into the disk cache and
+exits; this process then loads that share from the cache.
 A program with other work to do first starts the helper ahead
 (:func:`start_ahead`: ``fastbp train`` before it reads its data), so that the
 helper compiles on the other core while this process reads.
@@ -26,20 +27,24 @@ Correctness does not depend on the helper: whatever it did not leave in the
 cache (it failed, timed out, or could not be started) is compiled here, and
 code loaded from the cache is the code compiled in process (numba's cache,
 with fastbp's linkage fix: :mod:`fastbp._native`).  The helper inherits the
-environment (``NUMBA_CACHE_DIR``, numba's flags) and imports the same fastbp.
+environment (``NUMBA_CACHE_DIR``, numba's flags) and imports the same fastbp
+(a fork has it imported).
 """
 import atexit
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 
 from . import config
-from ._native import _NATIVE, native_address, native_cached
+from ._native import _NATIVE, PARALLEL_TWIN, native_address, native_cached
+from .kernels import table
 
 #: values of FASTBP_COMPILE_WORKERS (fastbp.config.COMPILE_WORKERS) that turn the helper off / always on
 _OFF = ("0", "off", "no", "false")
@@ -119,16 +124,47 @@ def enabled(since=None):
     return (_idle_cpus() if since is None else _idle_cpus(since=since)) > 1.0
 
 
+def _code_size(fn, seen):
+    """Bytecode instructions of ``fn`` (its nested functions included) and of the
+    numba-compiled functions it calls by a global name, each counted once."""
+    if fn in seen or not hasattr(fn, "__code__"):
+        return 0
+    seen.add(fn)
+    codes, n = [fn.__code__], 0
+    while codes:
+        co = codes.pop()
+        n += len(co.co_code) // 2
+        codes.extend(c for c in co.co_consts if isinstance(c, type(co)))
+        g = getattr(fn, "__globals__", {})
+        for name in co.co_names:
+            n += _code_size(getattr(g.get(name), "py_func", None), seen)
+    return n
+
+
+def _compile_order(units):
+    """``units`` (``[(kid, qualname)]``) in the helper's order: the largest at
+    both ends, the smallest in the middle (by :func:`_code_size`, a proxy for
+    numba's compile time: measured 0.1-1.1 s a unit on the development machine).
+    The helper compiles from the start, this process takes units from the end,
+    and they meet in the middle, on small units: neither process is left idle
+    for long while the other finishes a large one (a list in kernel-id order
+    once ended on the 0.9 s softmax cross-entropy kernel, the helper idle)."""
+    size = {k: _code_size(_NATIVE[k][0].py_func, set()) for k, _ in units}
+    by_size = sorted(units, key=lambda u: -size[u[0]])     # stable: ties keep their order
+    return by_size[0::2] + by_size[1::2][::-1]
+
+
 def _helper_share(kids, keep_here):
-    """The uncached units for the helper: every one but ``keep_here``'s, and only
-    units whose registration the helper process reproduces (fastbp's own code)."""
+    """The uncached units for the helper, in its order (:func:`_compile_order`):
+    every one but ``keep_here``'s, and only units whose registration the helper
+    process reproduces (fastbp's own code)."""
     out = []
     for k in kids:
         disp = _NATIVE[k][0]
         mod = getattr(disp.py_func, "__module__", "") or ""
         if k not in keep_here and mod.startswith("fastbp."):
             out.append((int(k), disp.py_func.__qualname__))
-    return out
+    return _compile_order(out)
 
 
 class _Helper:
@@ -186,8 +222,16 @@ class _Helper:
 
 
 def _start_helper(dtype, share):
-    """Start ``python -m fastbp._compile_helper`` for ``share`` (``[(kid, qualname)]``);
-    a :class:`_Helper`, or None where the process could not be started."""
+    """Start the helper for ``share`` (``[(kid, qualname)]``): a fork of this
+    process where that is safe (:func:`_fork_helper`), else ``python -m
+    fastbp._compile_helper``; a :class:`_Helper`, or None where no process could
+    be started."""
+    helper = _fork_helper(dtype, share) if _fork_safe() else None
+    return helper if helper is not None else _spawn_helper(dtype, share)
+
+
+def _spawn_helper(dtype, share):
+    """Start ``python -m fastbp._compile_helper`` for ``share``; a :class:`_Helper`, or None."""
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
@@ -199,6 +243,155 @@ def _start_helper(dtype, share):
     except OSError:
         return None
     return _Helper(proc, [k for k, _ in share])
+
+
+def _fork_safe():
+    """Whether the helper may be a fork of this process: on Linux
+    (:data:`fastbp.config.COMPILE_START`), with no other Python thread (one
+    could hold a lock the child then needs), before numba has started its
+    threads (a threading layer does not survive a fork) and outside MPI (MPI
+    libraries warn of, or break on, a fork).  The BLAS's threads may run:
+    OpenBLAS stops them around a fork."""
+    if config.COMPILE_START == "spawn" or not sys.platform.startswith("linux") or not hasattr(os, "fork"):
+        return False
+    if threading.active_count() != 1 or "mpi4py.MPI" in sys.modules:
+        return False
+    par = sys.modules.get("numba.np.ufunc.parallel")
+    return not getattr(par, "_is_initialized", False)
+
+
+class _Forked:
+    """A forked helper, with the part of :class:`subprocess.Popen`'s interface
+    that :class:`_Helper` and :func:`_wait` use: ``stdin``/``stdout`` (binary
+    pipes), :meth:`poll`, :meth:`wait` and :meth:`kill`."""
+
+    def __init__(self, pid, stdin, stdout):
+        self.pid, self.stdin, self.stdout = pid, stdin, stdout
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:       # reaped by someone else
+                self.returncode = -1
+            else:
+                if pid == self.pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        end = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        while self.poll() is None:
+            if end is not None and time.monotonic() >= end:
+                raise subprocess.TimeoutExpired(f"compile helper {self.pid}", timeout)
+            time.sleep(delay)
+            delay = min(2 * delay, 0.005)
+        return self.returncode
+
+    def kill(self):
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _fork_helper(dtype, share):
+    """Fork this process as the helper for ``share``: the child has fastbp and
+    numba imported already (a new interpreter spends ~0.45 s of CPU importing
+    them, on the core the two processes share), compiles its share into the disk
+    cache (:func:`compile_share`) with its output on pipes to this process and
+    its standard streams on ``/dev/null``, and leaves by ``os._exit`` (none of
+    this process's exit handlers run there).  A :class:`_Helper`, or None where
+    the fork failed."""
+    try:
+        r_claims, w_claims = os.pipe()
+        r_taken, w_taken = os.pipe()
+    except OSError:
+        return None
+    for f in (sys.stdout, sys.stderr):      # nothing buffered here is written twice
+        try:
+            f.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    try:
+        with warnings.catch_warnings():
+            # Python >= 3.12 warns of a fork with other threads: the BLAS's (stopped by it)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except OSError:
+        for fd in (r_claims, w_claims, r_taken, w_taken):
+            os.close(fd)
+        return None
+    if pid == 0:                            # the child: never returns
+        code = 1
+        try:
+            os.close(r_claims)
+            os.close(w_taken)
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            config.COMPILE_WORKERS = "0"
+            with os.fdopen(w_claims, "w") as claims, os.fdopen(r_taken, "r") as taken:
+                compile_share(dtype, share, claims, taken)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w_claims)
+    os.close(r_taken)
+    return _Helper(_Forked(pid, os.fdopen(w_taken, "wb"), os.fdopen(r_claims, "rb")), [k for k, _ in share])
+
+
+def compile_share(dtype, share, claims=None, taken=None):
+    """The helper's work: compile ``share`` (``[(kid, qualname)]``) for ``dtype``
+    into numba's disk cache, in that order.  With ``claims`` and ``taken`` (text
+    streams): before each unit, write its id on a line of ``claims``, and skip
+    the units whose ids the parent wrote on ``taken`` (it compiles them).  A
+    unit this process does not register as the parent did (another fastbp) is
+    left to the parent."""
+    got = set()
+    if taken is not None:
+        def read_taken():
+            try:
+                for line in taken:
+                    try:
+                        got.add(int(line))
+                    except ValueError:
+                        pass
+            except (OSError, ValueError):
+                pass
+        threading.Thread(target=read_taken, daemon=True).start()
+    bf16_tried = False
+    for kid, qualname in share:
+        if kid in got:
+            continue
+        base = kid % PARALLEL_TWIN        # a parallel twin registers with its kernel
+        if table.K_ACT <= base < table.K_ACT + table.N_ROLES * table._R.CAPACITY and kid not in _NATIVE:
+            try:
+                table.ensure_act_kernels((base - table.K_ACT) // table.N_ROLES)
+            except (ValueError, RuntimeError):
+                continue
+        if table.K_GATE <= base < table.K_GATE + table.GATE_ROLES * table._gates.R.CAPACITY and kid not in _NATIVE:
+            try:
+                table.ensure_gate_kernels((base - table.K_GATE) // table.GATE_ROLES)
+            except (ValueError, RuntimeError):
+                continue
+        entry = _NATIVE.get(kid)
+        if entry is None and not bf16_tried:     # the bf16 kernels and handlers register on demand
+            bf16_tried = True
+            try:
+                from . import _bf16
+                _bf16.require()
+            except (ImportError, OSError, RuntimeError, ValueError):
+                pass
+            entry = _NATIVE.get(kid)
+        if entry is None or entry[0].py_func.__qualname__ != qualname or kid in got:
+            continue        # not the parent's kernel: the parent compiles it
+        if claims is not None:
+            print(kid, file=claims, flush=True)
+        native_address(kid, dtype)
 
 
 def _wait(helper, timeout):

@@ -32,7 +32,7 @@ import numpy as np
 from . import _blas
 from ._jit import unmanaged_c
 from ._arena_views import _c_rows, _empty, _view
-from ._native import PARALLEL_TWIN, native_address, native_kernel, twin
+from ._native import native_address, native_kernel, twin
 from . import config as _config
 from .config import BLAS_MIN_MACS, BLAS_THREADS_MIN_MACS, JIT_MAX_MACS  # noqa: F401 - re-exported
 from .kernels.gemm import BLAS_AVAILABLE, BLAS_THREAD_CONTROL, JIT_SLOT, blas_set_threads
@@ -258,14 +258,11 @@ def compile_ahead(dtype, tape, threads=False):
     ValueError
         ``tape`` holds an opcode or a code this executor does not know.
     """
-    # the helper compiles from the start of the list, this process takes units from its end:
-    # the larger units first (the handlers, which compile their inlined helpers, then the
-    # interpreter), so that the two meet on small ones
+    # (the pool orders the helper's list: fastbp._compile_pool._compile_order)
     kids = sorted(kernels_for(tape))
     if threads:         # a step on numba's threads (see step_threads) loads the parallel twins
         kids = [twin(k) for k in kids]
-    kids = [k for k in kids if k % PARALLEL_TWIN >= K_HANDLER] + [K_RUN_TAPE] + [
-        k for k in kids if k % PARALLEL_TWIN < K_HANDLER]
+    kids.append(K_RUN_TAPE)
     return _compile_pool.start_ahead(dtype, kids, keep_here=_COMPILE_HERE_AHEAD)
 
 

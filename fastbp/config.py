@@ -127,3 +127,11 @@ OPS_BLAS_THRESHOLD = 4096
 #: compiled in process.
 COMPILE_WORKERS = os.environ.get("FASTBP_COMPILE_WORKERS", "auto").strip().lower() or "auto"
 COMPILE_OFFLOAD_MIN = 4
+#: How that second process starts: ``auto`` (the default) forks this process on
+#: Linux when it runs no other Python thread and numba has not started its
+#: threads (the child has fastbp and numba imported: a new interpreter spent
+#: ~0.45 s of CPU importing them, on the first ``fastbp train`` of the 2-core
+#: development machine, while both cores are busy), else starts ``python -m
+#: fastbp._compile_helper``; ``spawn``: always the latter.
+#: ``FASTBP_COMPILE_START``.
+COMPILE_START = os.environ.get("FASTBP_COMPILE_START", "auto").strip().lower() or "auto"

@@ -46,8 +46,9 @@ print(json.dumps({"compiled": compiled, "enabled": fastbp._compile_pool.enabled(
 """
 
 
-def _run_child(tmp_path, workers):
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), FASTBP_COMPILE_WORKERS=str(workers))
+def _run_child(tmp_path, workers, start="auto"):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), FASTBP_COMPILE_WORKERS=str(workers),
+               FASTBP_COMPILE_START=start)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [os.path.dirname(os.path.dirname(fastbp.__file__)),
                                                     env.get("PYTHONPATH", "")] if p)
     out = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "p.npy")], capture_output=True, text=True,
@@ -63,11 +64,12 @@ def _same_step_here():
 
 
 @pytest.mark.thorough      # two processes compiling a step from an empty cache: 19 s of the README command
-def test_a_cold_first_step_compiles_on_two_processes_and_trains_bitwise_alike(tmp_path):
+@pytest.mark.parametrize("start", ["auto", "spawn"])       # the helper forked, or a new interpreter
+def test_a_cold_first_step_compiles_on_two_processes_and_trains_bitwise_alike(tmp_path, start):
     """With an empty disk cache, the helper compiles the loop kernels (the process
     compiles the interpreter and its handlers, then loads the helper's kernels from
     the cache), and the trained weights are bitwise those of code compiled in one process."""
-    got, params = _run_child(tmp_path, workers=1)
+    got, params = _run_child(tmp_path, workers=1, start=start)
     if not got["enabled"]:
         pytest.skip("the pool is off on one CPU")
     names = [n for n in got["compiled"] if n]
@@ -174,9 +176,12 @@ def test_a_helper_started_ahead_compiles_its_share_for_the_next_load(monkeypatch
     assert not ex.compile_ahead(np.float64, tape)        # one helper per dtype at a time
     assert len(started) == 1 and calls == []
     order = started[0]
-    handlers = sorted(k for k in kids if k >= table.K_HANDLER and k != ex.K_RUN_TAPE)
     assert sorted(order) == sorted(kids) and table.K_MM in order
-    assert order[:len(handlers) + 1] == handlers + [ex.K_RUN_TAPE]
+    # the largest units at both ends, the smallest in the middle (_compile_order)
+    size = [pool._code_size(pool._NATIVE[k][0].py_func, set()) for k in order]
+    low = size.index(min(size))
+    assert size[:low + 1] == sorted(size[:low + 1], reverse=True) and size[low:] == sorted(size[low:])
+    assert max(size) in (size[0], size[-1]) and order[0] >= table.K_HANDLER     # a handler first
     out = pool.load(np.float64, kids, keep_here=ex._COMPILE_HERE)
     assert out == {k: 1000 + k for k in kids} and len(started) == 1 and pool._AHEAD == {}
     assert sorted(calls) == sorted(kids)        # each loaded once, after the wait
@@ -248,6 +253,7 @@ def test_this_process_takes_the_helpers_units_from_the_end_of_its_list(monkeypat
         return pool._Helper(proc, started[-1])
     monkeypatch.setattr(pool, "_start_helper", sharing_helper)
     monkeypatch.setattr(pool, "_NATIVE", {k: (_named("kernel"),) for k in mine + order})
+    monkeypatch.setattr(pool, "_compile_order", lambda units: units)     # the list as given
 
     def compile_here(k, dtype):       # 0.3 s a unit, a little slower than the helper
         calls.append(k)
@@ -351,8 +357,17 @@ def test_fastbp_train_starts_ahead_the_kernels_its_step_runs(monkeypatch, tmp_pa
 
 _CLI_CHILD = _LISTEN + r"""
 from fastbp import cli, _compile_pool
+order, forked = [], []
+start = _compile_pool._start_helper
+def recorded(dtype, share):
+    order.extend(q for _, q in share)
+    helper = start(dtype, share)
+    forked.append(type(helper.proc).__name__ == "_Forked")
+    return helper
+_compile_pool._start_helper = recorded
 status = cli.main(["train", "--quiet", "--epochs", "2", "--dtype", "float64"])
-print(json.dumps({"status": status, "compiled": compiled, "enabled": _compile_pool.enabled()}))
+print(json.dumps({"status": status, "compiled": compiled, "enabled": _compile_pool.enabled(), "order": order,
+                  "forked": forked}))
 """
 
 
@@ -374,8 +389,123 @@ def test_a_cold_fastbp_train_compiles_the_loop_kernels_ahead_in_the_helper(tmp_p
         pytest.skip("the pool is off on one CPU")
     assert cold["status"] == warm["status"] == 0
     names = [n for n in cold["compiled"] if n]
-    assert "_h_linear" not in names and "_h_loss" not in names, names      # the helper's first units
-    assert names, "this process compiled nothing: no work was shared"
+    order = cold["order"]
+    assert cold["forked"] == [True] and warm["order"] == []         # forked on Linux; nothing to compile warm
+    here = [n for n in names if n in order]
+    assert here, "this process compiled nothing: no work was shared"
+    # taken from the end of the helper's list (the two may both begin the unit where they meet)
+    assert order[0] not in here and set(order[len(order) - len(here):]) <= set(here) | {order[-len(here) - 1]}
     assert [n for n in warm["compiled"] if n] == []
     accuracy = [[ln for ln in r.stdout.splitlines() if ln.startswith("test accuracy")] for r in runs]
     assert accuracy[0] and accuracy[0] == accuracy[1]
+
+
+#: fork a helper (fastbp._compile_pool._fork_helper) for three units, the last taken by this
+#: process; then report what the helper claimed, its exit status and what the cache holds
+_FORK_CHILD = r"""
+import json, sys
+import numpy as np
+from fastbp import _executor, _compile_pool as pool
+from fastbp._native import native_cached
+from fastbp.kernels import table
+dt = np.dtype(np.float64)
+kids = [table.K_MM_SMALL, table.K_COLSUM, table.K_SGD]
+safe = pool._fork_safe()
+helper = pool._fork_helper(dt, [(k, pool._NATIVE[k][0].py_func.__qualname__) for k in kids])
+helper.proc.stdin.write(f"{kids[-1]}\n".encode())
+helper.proc.stdin.flush()
+pool._wait(helper, timeout=600)
+print(json.dumps({"safe": safe, "forked": type(helper.proc).__name__, "claimed": sorted(helper.claimed),
+                  "status": helper.proc.returncode, "cached": [native_cached(k, dt) for k in kids],
+                  "kids": kids}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the helper is forked on Linux only")
+def test_a_forked_helper_compiles_its_share_into_the_cache(tmp_path):
+    """The helper as a fork of this process: it reports each unit it begins on its pipe,
+    skips the unit this process took, writes the others into the disk cache (found there
+    by this process) and exits with status 0, printing nothing."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), FASTBP_COMPILE_WORKERS="0")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [os.path.dirname(os.path.dirname(fastbp.__file__)),
+                                                    env.get("PYTHONPATH", "")] if p)
+    run = subprocess.run([sys.executable, "-c", _FORK_CHILD], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(run.stdout.strip().splitlines()) == 1 and run.stderr == ""     # the child wrote nothing
+    assert got["safe"] and got["forked"] == "_Forked" and got["status"] == 0
+    assert got["claimed"] == sorted(got["kids"][:2])
+    assert got["cached"] == [True, True, False]
+
+
+def test_the_helper_is_not_forked_beside_another_thread_or_when_asked(monkeypatch):
+    """A fork copies only the calling thread: where another Python thread runs (it
+    could hold a lock the child needs), or with FASTBP_COMPILE_START=spawn, the helper
+    is a new interpreter."""
+    import threading
+    monkeypatch.setattr(pool.config, "COMPILE_START", "auto")
+    monkeypatch.setattr(pool.threading, "active_count", lambda: 1)
+    monkeypatch.delitem(sys.modules, "mpi4py.MPI", raising=False)
+    par = sys.modules.get("numba.np.ufunc.parallel")
+    assert pool._fork_safe() == (sys.platform.startswith("linux") and not getattr(par, "_is_initialized", False))
+    monkeypatch.setitem(sys.modules, "mpi4py.MPI", object())     # MPI loaded: no fork
+    assert not pool._fork_safe()
+    monkeypatch.delitem(sys.modules, "mpi4py.MPI")
+    monkeypatch.setattr(pool.config, "COMPILE_START", "spawn")
+    assert not pool._fork_safe()
+    monkeypatch.setattr(pool.config, "COMPILE_START", "auto")
+    monkeypatch.undo()
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        assert not pool._fork_safe()
+    finally:
+        stop.set()
+        t.join()
+    spawned = []
+    monkeypatch.setattr(pool, "_fork_safe", lambda: False)
+    monkeypatch.setattr(pool, "_spawn_helper", lambda d, s: spawned.append(s) or "spawned")
+    assert pool._start_helper(np.float64, [(1, "a")]) == "spawned" and spawned == [[(1, "a")]]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork")
+def test_a_forked_helper_that_does_not_finish_is_killed_at_the_timeout():
+    """_Forked (a forked helper's process handle): wait with a timeout raises
+    subprocess.TimeoutExpired as Popen's does, kill ends the child, poll and wait give its status."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    proc = pool._Forked(pid, None, None)
+    assert proc.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(timeout=0.05)
+    proc.kill()
+    assert proc.wait(timeout=10) == -9 and proc.poll() == -9
+    proc.kill()         # once ended: nothing to kill
+
+
+def test_the_helpers_list_has_its_largest_units_at_both_ends(monkeypatch):
+    """_compile_order: by the units' code size, the largest first, the second largest
+    last, the smallest in the middle (where the two processes meet); ties keep their order."""
+    sizes = {"a": 5, "b": 50, "c": 20, "d": 1, "e": 40, "f": 10, "g": 10}
+    monkeypatch.setattr(pool, "_NATIVE", {i: (_named(q),) for i, q in enumerate(sizes)})
+    monkeypatch.setattr(pool, "_code_size", lambda fn, seen: sizes[fn.__qualname__])
+    got = [q for _, q in pool._compile_order([(i, q) for i, q in enumerate(sizes)])]
+    assert got == ["b", "c", "g", "d", "a", "f", "e"]
+    assert pool._compile_order([]) == []
+
+
+def test_code_size_counts_the_compiled_functions_a_kernel_calls_once():
+    from fastbp.kernels import losses
+    own = pool._code_size(losses._check_labels.py_func, set())
+    assert own > 0
+    whole = pool._code_size(losses._softmax_xent.serial.py_func, set())
+    seen = set()
+    assert whole > pool._code_size(losses._exp_nonpos.py_func, seen) > 0
+    assert pool._code_size(losses._exp_nonpos.py_func, seen) == 0       # counted once
+    assert pool._code_size(None, set()) == 0
