@@ -142,16 +142,20 @@ def _code_size(fn, seen):
 
 
 def _compile_order(units):
-    """``units`` (``[(kid, qualname)]``) in the helper's order: the largest at
-    both ends, the smallest in the middle (by :func:`_code_size`, a proxy for
-    numba's compile time: measured 0.1-1.1 s a unit on the development machine).
-    The helper compiles from the start, this process takes units from the end,
-    and they meet in the middle, on small units: neither process is left idle
-    for long while the other finishes a large one (a list in kernel-id order
-    once ended on the 0.9 s softmax cross-entropy kernel, the helper idle)."""
+    """``units`` (``[(kid, qualname)]``) in the helper's order: the interpreter
+    and its handlers first, largest first (they share many small compiled
+    helpers, which a process compiles once for all of them), then the loop
+    kernels with the largest at both ends and the smallest in the middle (by
+    :func:`_code_size`, a proxy for numba's compile time: 0.1-1.1 s a unit on
+    the development machine).  The helper compiles from the start, this process
+    takes units from the end, and they meet on small kernels: neither process is
+    left idle for long while the other finishes a large unit (the kernel-id
+    order once ended on the 0.9 s softmax cross-entropy kernel, the helper idle)."""
     size = {k: _code_size(_NATIVE[k][0].py_func, set()) for k, _ in units}
     by_size = sorted(units, key=lambda u: -size[u[0]])     # stable: ties keep their order
-    return by_size[0::2] + by_size[1::2][::-1]
+    handlers = [u for u in by_size if u[0] % PARALLEL_TWIN >= table.K_HANDLER]
+    loops = [u for u in by_size if u[0] % PARALLEL_TWIN < table.K_HANDLER]
+    return handlers + loops[0::2] + loops[1::2][::-1]
 
 
 def _helper_share(kids, keep_here):
