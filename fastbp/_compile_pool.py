@@ -142,20 +142,27 @@ def _code_size(fn, seen):
 
 
 def _compile_order(units):
-    """``units`` (``[(kid, qualname)]``) in the helper's order: the interpreter
-    and its handlers first, largest first (they share many small compiled
-    helpers, which a process compiles once for all of them), then the loop
-    kernels with the largest at both ends and the smallest in the middle (by
-    :func:`_code_size`, a proxy for numba's compile time: 0.1-1.1 s a unit on
+    """``units`` (``[(kid, qualname)]``) in the helper's order, by
+    :func:`_code_size` (a proxy for numba's compile time: 0.1-1.1 s a unit on
     the development machine).  The helper compiles from the start, this process
-    takes units from the end, and they meet on small kernels: neither process is
-    left idle for long while the other finishes a large unit (the kernel-id
-    order once ended on the 0.9 s softmax cross-entropy kernel, the helper idle)."""
+    takes units from the end; the one that reaches the loop kernels last should
+    find small ones there, so that neither is left idle for long while the
+    other finishes a large unit (an order that ended on the 0.9 s softmax
+    cross-entropy kernel left the helper idle):
+
+    * with the interpreter or handlers in the share (started ahead: this process
+      has other work first), those come first, largest first (they share small
+      compiled helpers, which one process then compiles once for all), and the
+      loop kernels after them smallest first: this process, free early, takes
+      the largest from the end while the helper is still on the handlers;
+    * else (this process compiles the handlers first) the loop kernels largest
+      first: the helper starts on them, this process takes the small ones left.
+    """
     size = {k: _code_size(_NATIVE[k][0].py_func, set()) for k, _ in units}
     by_size = sorted(units, key=lambda u: -size[u[0]])     # stable: ties keep their order
     handlers = [u for u in by_size if u[0] % PARALLEL_TWIN >= table.K_HANDLER]
     loops = [u for u in by_size if u[0] % PARALLEL_TWIN < table.K_HANDLER]
-    return handlers + loops[0::2] + loops[1::2][::-1]
+    return handlers + loops[::-1] if handlers else loops
 
 
 def _helper_share(kids, keep_here):

@@ -177,16 +177,12 @@ def test_a_helper_started_ahead_compiles_its_share_for_the_next_load(monkeypatch
     assert len(started) == 1 and calls == []
     order = started[0]
     assert sorted(order) == sorted(kids) and table.K_MM in order
-    # the handlers and the interpreter first, largest first; then the loop kernels with the
-    # largest at both ends, the smallest in the middle (_compile_order)
+    # the handlers and the interpreter first, largest first; then the loop kernels smallest
+    # first, so that this process takes the largest from the end (_compile_order)
     n = sum(k >= table.K_HANDLER for k in order)
-    assert all(k >= table.K_HANDLER for k in order[:n]) and ex.K_RUN_TAPE in order[:n]
+    assert all(k >= table.K_HANDLER for k in order[:n]) and ex.K_RUN_TAPE in order[:n] and n < len(order)
     size = [pool._code_size(pool._NATIVE[k][0].py_func, set()) for k in order]
-    assert size[:n] == sorted(size[:n], reverse=True)
-    loops = size[n:]
-    low = loops.index(min(loops))
-    assert loops[:low + 1] == sorted(loops[:low + 1], reverse=True) and loops[low:] == sorted(loops[low:])
-    assert max(loops) in (loops[0], loops[-1])
+    assert size[:n] == sorted(size[:n], reverse=True) and size[n:] == sorted(size[n:])
     out = pool.load(np.float64, kids, keep_here=ex._COMPILE_HERE)
     assert out == {k: 1000 + k for k in kids} and len(started) == 1 and pool._AHEAD == {}
     assert sorted(calls) == sorted(kids)        # each loaded once, after the wait
@@ -494,16 +490,19 @@ def test_a_forked_helper_that_does_not_finish_is_killed_at_the_timeout():
     proc.kill()         # once ended: nothing to kill
 
 
-def test_the_helpers_list_has_its_largest_units_at_both_ends(monkeypatch):
-    """_compile_order: the handlers first, largest first; then the loop kernels by
-    code size, the largest first, the second largest last, the smallest in the middle
-    (where the two processes meet); ties keep their order."""
+def test_the_helpers_list_leaves_small_units_to_whoever_reaches_the_loop_kernels_last(monkeypatch):
+    """_compile_order, by the units' code size: with handlers in the share (started
+    ahead), the handlers first, largest first, then the loop kernels smallest first
+    (this process takes the largest from the end); without, the loop kernels largest
+    first (the helper starts on them, this process comes late).  Ties keep their order."""
     sizes = {"a": 5, "b": 50, "c": 20, "d": 1, "e": 40, "f": 10, "g": 10, "h1": 3, "h2": 30, "run": 9}
     ids = dict(zip(sizes, [0, 1, 2, 3, 4, 5, 6, table.K_HANDLER + 1, table.K_HANDLER + 2, ex.K_RUN_TAPE]))
     monkeypatch.setattr(pool, "_NATIVE", {i: (_named(q),) for q, i in ids.items()})
     monkeypatch.setattr(pool, "_code_size", lambda fn, seen: sizes[fn.__qualname__])
     got = [q for _, q in pool._compile_order([(i, q) for q, i in ids.items()])]
-    assert got == ["h2", "run", "h1", "b", "c", "g", "d", "a", "f", "e"]
+    assert got == ["h2", "run", "h1", "d", "a", "g", "f", "c", "e", "b"]
+    got = [q for _, q in pool._compile_order([(i, q) for q, i in ids.items() if i < table.K_HANDLER])]
+    assert got == ["b", "e", "c", "f", "g", "a", "d"]
     assert pool._compile_order([]) == []
 
 
