@@ -257,12 +257,12 @@ def _spawn_helper(dtype, share):
 
 
 def _fork_safe():
-    """Whether the helper may be a fork of this process: on Linux
-    (:data:`fastbp.config.COMPILE_START`), with no other Python thread (one
+    """Whether the helper may be a fork of this process: on Linux, unless
+    :data:`fastbp.config.COMPILE_START` says ``spawn``; with no other Python thread (one
     could hold a lock the child then needs), before numba has started its
     threads (a threading layer does not survive a fork) and outside MPI (MPI
-    libraries warn of, or break on, a fork).  The BLAS's threads may run:
-    OpenBLAS stops them around a fork."""
+    libraries warn of, or break on, a fork).  The BLAS's threads may run: the
+    child never calls the BLAS (and OpenBLAS stops its threads around a fork)."""
     if config.COMPILE_START == "spawn" or not sys.platform.startswith("linux") or not hasattr(os, "fork"):
         return False
     if threading.active_count() != 1 or "mpi4py.MPI" in sys.modules:
