@@ -248,6 +248,11 @@ AVAILABLE = _backend is not None
 BACKEND = _backend.name if AVAILABLE else None
 #: whether the step can choose the number of BLAS threads per product
 THREAD_CONTROL = AVAILABLE
+#: whether a product cut into blocks of rows or columns, one BLAS call each, gives the
+#: bits of one call over the whole product: OpenBLAS computes each element as one dot
+#: product over ``k`` in a fixed order; oneMKL's results depend on its calls' shapes.
+#: A step on numba's threads splits its products so (fastbp._executor.step_threads).
+SPLIT_EXACT = BACKEND in ("openblas", "scipy")
 
 #: Held by every call of a step that may set the BLAS's thread count (see
 #: :class:`fastbp.step.TrainStep`): that count is one per process in OpenBLAS and

@@ -130,12 +130,12 @@ def _code_size(fn, seen):
     if fn in seen or not hasattr(fn, "__code__"):
         return 0
     seen.add(fn)
+    g = getattr(fn, "__globals__", {})
     codes, n = [fn.__code__], 0
     while codes:
         co = codes.pop()
         n += len(co.co_code) // 2
         codes.extend(c for c in co.co_consts if isinstance(c, type(co)))
-        g = getattr(fn, "__globals__", {})
         for name in co.co_names:
             n += _code_size(getattr(g.get(name), "py_func", None), seen)
     return n

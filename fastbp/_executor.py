@@ -124,7 +124,7 @@ def step_threads(plan, batch_size, dtype):
 def threads_for(widest, batch_size, dtype):
     """:func:`step_threads` of a step whose widest minibatch activation (not
     its input) has ``widest`` columns."""
-    if (not BLAS_AVAILABLE or _blas.BACKEND not in ("openblas", "scipy") or not BLAS_THREAD_CONTROL
+    if (not BLAS_AVAILABLE or not _blas.SPLIT_EXACT or not BLAS_THREAD_CONTROL
             or np.dtype(dtype) not in (np.float32, np.float64)):
         return False
     return batch_size * widest >= _config.STEP_THREADS_MIN_ELEMENTS      # (read per step)

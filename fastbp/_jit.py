@@ -257,7 +257,7 @@ def threading_info():
     info = {"numba_threads": numba.config.NUMBA_NUM_THREADS, "numba_layer": layer,
             "blas_backend": _blas.backend_info(),
             "step_threads_min_elements": (config.STEP_THREADS_MIN_ELEMENTS
-                                          if _blas.BACKEND in ("openblas", "scipy") else None)}
+                                          if _blas.SPLIT_EXACT else None)}
     try:
         from threadpoolctl import threadpool_info
         info["blas"] = [

@@ -46,11 +46,17 @@ print(json.dumps({"compiled": compiled, "enabled": fastbp._compile_pool.enabled(
 """
 
 
-def _run_child(tmp_path, workers, start="auto"):
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), FASTBP_COMPILE_WORKERS=str(workers),
-               FASTBP_COMPILE_START=start)
+def _child_env(tmp_path, workers, **more):
+    """The environment of a child process: this fastbp on its path, an empty numba cache
+    under ``tmp_path``, the pool as ``workers`` says (``FASTBP_COMPILE_WORKERS``), and ``more``."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), FASTBP_COMPILE_WORKERS=str(workers), **more)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [os.path.dirname(os.path.dirname(fastbp.__file__)),
                                                     env.get("PYTHONPATH", "")] if p)
+    return env
+
+
+def _run_child(tmp_path, workers, start="auto"):
+    env = _child_env(tmp_path, workers, FASTBP_COMPILE_START=start)
     out = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "p.npy")], capture_output=True, text=True,
                          env=env, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -309,9 +315,7 @@ def test_the_helper_compiles_the_product_dispatcher_into_the_cache(tmp_path):
     the loop kernels: the product dispatcher, registered by fastbp._handlers, which
     the helper then imports; a new process finds it cached.  A unit the parent
     took (written on the helper's input) is not compiled there."""
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), FASTBP_COMPILE_WORKERS="0")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [os.path.dirname(os.path.dirname(fastbp.__file__)),
-                                                    env.get("PYTHONPATH", "")] if p)
+    env = _child_env(tmp_path, "0")
     share = json.dumps([[table.K_MM, "_mm"], [table.K_MM_SMALL, "_mm_small"], [table.K_COLSUM, "_colsum"]])
     # with --share: it reports each unit it begins, and skips one the parent took (_colsum)
     run = subprocess.run([sys.executable, "-m", "fastbp._compile_helper", "float64", share, "--share"], env=env,
@@ -378,9 +382,7 @@ def test_a_cold_fastbp_train_compiles_the_loop_kernels_ahead_in_the_helper(tmp_p
     the helper begins with the handlers, and this process, after the data, takes
     units from the end of the helper's list (the loop kernels); then the same run
     on the warm cache prints the same result."""
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), FASTBP_COMPILE_WORKERS="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [os.path.dirname(os.path.dirname(fastbp.__file__)),
-                                                    env.get("PYTHONPATH", "")] if p)
+    env = _child_env(tmp_path, "1")
     runs = [subprocess.run([sys.executable, "-c", _CLI_CHILD], capture_output=True, text=True, env=env,
                            timeout=900) for _ in range(2)]
     for r in runs:
@@ -427,9 +429,7 @@ def test_a_forked_helper_compiles_its_share_into_the_cache(tmp_path):
     """The helper as a fork of this process: it reports each unit it begins on its pipe,
     skips the unit this process took, writes the others into the disk cache (found there
     by this process) and exits with status 0, printing nothing."""
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), FASTBP_COMPILE_WORKERS="0")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [os.path.dirname(os.path.dirname(fastbp.__file__)),
-                                                    env.get("PYTHONPATH", "")] if p)
+    env = _child_env(tmp_path, "0")
     run = subprocess.run([sys.executable, "-c", _FORK_CHILD], env=env, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

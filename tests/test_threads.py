@@ -157,7 +157,7 @@ for dt in [np.dtype(name).type for name in sys.argv[1].split(",")]:
     # with the OpenBLAS backends, the only ones a step splits its products for (oneMKL's results
     # depend on the shapes of its calls: CI's later stages run with it)
     split_shapes = ((301, 190, 70), (40, 150, 601), (1031, 64, 65))
-    for (mm, kk, nn) in split_shapes if fastbp._blas.BACKEND in ("openblas", "scipy") else ():
+    for (mm, kk, nn) in split_shapes if fastbp._blas.SPLIT_EXACT else ():
         for ta in (False, True):
             for tb in (False, True):
                 Aa = rn(kk, mm) if ta else rn(mm, kk)
@@ -173,7 +173,7 @@ for dt in [np.dtype(name).type for name in sys.argv[1].split(",")]:
                               fastbp.Linear(512, 256), fastbp.LayerNorm(256), fastbp.ReLU(), fastbp.Linear(256, 10))
     st = fastbp.compile(model, optimizer=fastbp.AdamW(1e-3, weight_decay=0.01), batch_size=256, dtype=dt, seed=0)
     out[f"step_threads/{np.dtype(dt).name}"] = bool(st.threads)
-    out["threads_backend"] = fastbp._blas.BACKEND in ("openblas", "scipy")   # (oneMKL: never)
+    out["threads_backend"] = fastbp._blas.SPLIT_EXACT   # (oneMKL: never)
     Xs, ys = rn(600, 96), rng.integers(0, 10, 600)
     st.fit(Xs, ys, epochs=2, seed=1)
     h(f"{np.dtype(dt).name}/step", st.param_vector, st.buffer_vector, *st.state_vectors, st.predict(Xs))
