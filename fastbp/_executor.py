@@ -40,7 +40,7 @@ from .kernels.table import HANDLED_OPS, K_HANDLER, N_KERNELS, I1, I64, a2, kcall
 from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_COLSUM,  # noqa: F401 - re-exported
                             K_GATE_BWD, K_GATE_FWD, K_JIT_MM, K_MM_SMALL, K_MSE, K_PROTO_BIAS_ACT, K_PROTO_BWD,
                             K_PROTO_FWD, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD, K_SVM, N_ROLES, K_MM,
-                            K_CLIP_GRAD_NORM, K_POISSON, K_RMSPROP, K_DROPOUT, GATE_ROLES, K_GATE, K_BN_BWD,
+                            K_CLIP_GRAD_NORM, K_WEIGH_ROWS, K_POISSON, K_RMSPROP, K_DROPOUT, GATE_ROLES, K_GATE, K_BN_BWD,
                             K_BN_FWD, K_BN_RUNNING, K_LN_BWD, K_LN_FWD)
 from ._handlers import arrays, jit_slot  # noqa: F401 - jit_slot re-exported
 from . import _compile_pool
@@ -141,11 +141,25 @@ def kernel_table(dtype, tape, threads=False):
     """The table of native kernel addresses for ``dtype`` (int64, ``N_KERNELS``;
     kept alive for the process), with every kernel ``tape`` uses loaded;
     ``threads``: each kernel's parallel twin where it has one (see :func:`context`)."""
+    return load_kernels(dtype, kernels_for(tape), threads)
+
+
+def load_kernels(dtype, kids, threads=False):
+    """Load the native kernels ``kids`` (``K_*``) for ``dtype`` into the process's
+    table of kernel addresses (compiling them, or loading them from numba's disk
+    cache, where not loaded yet) and return the table (see :func:`kernel_table`).
+
+    A step loads the kernels of its tape when it is built, and the optional ones
+    when it first needs them: gradient clipping (``K_CLIP_GRAD_NORM``, when
+    ``clip_grad_norm`` is set) and sample weights (``K_WEIGH_ROWS``, on the first
+    weighted call).  A kernel called before it is loaded raises RuntimeError in
+    the step, never a call to address 0 (:func:`fastbp._native.kcall`).
+    """
     dtype = np.dtype(dtype)
     tab = _KTABS.get((dtype, bool(threads)))
     if tab is None:
         tab = _KTABS.setdefault((dtype, bool(threads)), np.zeros(N_KERNELS, dtype=np.int64))
-    missing = [k for k in sorted(kernels_for(tape)) if tab[k] == 0]
+    missing = [k for k in sorted(kids) if tab[k] == 0]
     if missing:
         load = [twin(k) for k in missing] if threads else missing
         # with the interpreter: the first step of a process loads (or compiles) all at once,
@@ -156,7 +170,7 @@ def kernel_table(dtype, tape, threads=False):
     return tab
 
 
-@jit
+@jit(python=True)
 def run_tape(ctx, lo, hi, nb, x, yi, yf):
     """Run instructions ``lo .. hi-1`` of the step whose executor context
     (:func:`context`) is ``ctx``.  Returns ``(status, loss, info)``.
@@ -235,7 +249,7 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
 #: exactly the code a single step runs.  (Not an index of the kernel table.)
 K_RUN_TAPE = 1 << 20
 native_kernel(K_RUN_TAPE, run_tape, numba.types.Tuple((I64, numba.types.float64, I64)),
-              lambda d: (I1, I64, I64, I64, a2(d), I1, a2(d)))
+              lambda d: (I1, I64, I64, I64, a2(d), I1, a2(d)), python=True)     # (the step's checked path calls it)
 #: what this process compiles when a helper process compiles the rest (fastbp._compile_pool):
 #: the interpreter, its handlers and its product dispatcher
 _COMPILE_HERE = frozenset([K_RUN_TAPE, K_MM, *range(K_HANDLER, K_HANDLER + OP_CAPACITY)])
@@ -291,7 +305,7 @@ def _copy_row(src, i, dst, j):
         dst[j, c] = src[i, c]
 
 
-@jit
+@jit(python=True)
 def run_fit(ctx, sec, X, Yi, Yf, perm, starts, in_order, xbuf, yfbuf, yi_stage, losses, lrs):
     """Whole epochs in one call: each minibatch is the rows ``perm[starts[s]:starts[s+1]]``.
 
@@ -339,7 +353,7 @@ def run_fit(ctx, sec, X, Yi, Yf, perm, starts, in_order, xbuf, yfbuf, yi_stage, 
     return STATUS_OK, n_steps, 0
 
 
-@jit
+@jit(python=True)
 def run_predict(ctx, sec, X, out, batch_size, outbuf):
     """Forward pass over ``X`` in chunks of ``batch_size``; network outputs into ``out``.
 
@@ -361,7 +375,7 @@ def run_predict(ctx, sec, X, out, batch_size, outbuf):
     return STATUS_OK, n
 
 
-@jit
+@jit(python=True)
 def run_update(ctx, sec, x):
     """Only the optimizer update (after the gradients were reduced across ranks).
     ``x``: any 2-D array of the step's dtype (empty: it is not read)."""

@@ -40,12 +40,12 @@ from .config import JIT_MAX_MACS
 from .kernels.codes import LOSS_BCE_LOGITS, LOSS_MSE, LOSS_POISSON, LOSS_SOFTMAX_XENT, LOSS_SVM
 from .kernels.gemm import JIT_SLOT, blas_get_threads, blas_set_threads
 from .kernels.activations import ROLE_BIAS_ACT, ROLE_BIAS_ACT_D, ROLE_BWD, ROLE_FWD, ROLE_FWD_D
-from .kernels.losses import _check_labels, weigh_rows
+from .kernels.losses import _check_labels
 from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_BN_BWD, K_BN_FWD, K_BN_RUNNING,
                             K_CLIP_GRAD_NORM, K_COLSUM, K_DROPOUT, K_DROPOUT_D, K_GATE, K_GATE_BWD, K_GATE_FWD, K_HANDLER,
                             K_JIT_MM, K_LN_BWD, K_LN_FWD, K_MM, K_MM_SMALL, K_MSE, K_POISSON, K_PROTO_BIAS_ACT,
                             K_PROTO_BWD, K_PROTO_FWD, K_PROTO_FWD_D, K_PROTO_BIAS_ACT_D, K_MUL_D, K_RMSPROP, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD,
-                            K_SVM, N_KERNELS, N_ROLES, GATE_ROLES, B, F1, I1, I64, NONE, F64, a2, kcall_at)
+                            K_SVM, K_WEIGH_ROWS, N_KERNELS, N_ROLES, GATE_ROLES, B, F1, I1, I64, NONE, F64, a2, kcall_at)
 from .registry.activations import CAPACITY as ACT_CAPACITY, IDENTITY as ACT_IDENTITY
 from .registry.gates import CAPACITY as GATE_CAPACITY
 from ._jit import int64_bits_as_float64  # dropout's p: float64 bits in the tape
@@ -264,7 +264,8 @@ def _h_loss(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     else:
         loss = kcall(kt, K_BCE_LOGITS, (S, yf, dS, rowloss))
     if hyper[H_WEIGHTED] != 0.0:
-        loss = weigh_rows(dS, rowloss, ws64, ctx[X_BATCH], kind != LOSS_SOFTMAX_XENT and kind != LOSS_SVM)
+        loss = kcall(kt, K_WEIGH_ROWS, (dS, rowloss, ws64, ctx[X_BATCH],
+                                        kind != LOSS_SOFTMAX_XENT and kind != LOSS_SVM))
     if not math.isfinite(loss):
         return STATUS_LOSS_NONFINITE, loss, 0
     if ins[C_OUT] >= 0:

@@ -10,9 +10,12 @@ watch on numba's compilation.
   whether it was compiled in this process or loaded from the disk cache.
 * :func:`compile_watch`: how long numba compiled (not loaded from the cache).
 """
+import types
+
 import numba
 import llvmlite.binding as _ll
 from numba import types as _types
+from numba.core import caching as _caching
 from numba.core import cgutils as _cgutils
 from numba.extending import intrinsic as _intrinsic
 
@@ -92,7 +95,7 @@ _NATIVE = {}
 PARALLEL_TWIN = 1 << 22
 
 
-def native_kernel(kid, dispatcher, restype, argtypes, parallel=None):
+def native_kernel(kid, dispatcher, restype, argtypes, parallel=None, python=False):
     """Register ``dispatcher`` as native kernel ``kid``: compiled on its own,
     for the signature ``argtypes(dtype) -> restype`` (``argtypes``: a function
     of a numba float type returning a tuple of numba types), and called from
@@ -114,9 +117,52 @@ def native_kernel(kid, dispatcher, restype, argtypes, parallel=None):
         raise ValueError(f"native kernel id {kid} registered twice or out of range")
     if hasattr(dispatcher, "serial") and hasattr(dispatcher, "parallel"):
         dispatcher, parallel = dispatcher.serial, dispatcher.parallel
-    _NATIVE[kid] = (dispatcher, restype, argtypes)
+    keep = (lambda d: d) if python else unwrapped
+    _NATIVE[kid] = (keep(dispatcher), restype, argtypes)
     if parallel is not None:
-        _NATIVE[kid + PARALLEL_TWIN] = (parallel, restype, argtypes)
+        _NATIVE[kid + PARALLEL_TWIN] = (keep(parallel), restype, argtypes)
+
+
+def renamed(fn, suffix, name=True):
+    """A copy of ``fn`` whose qualified name (and, with ``name``, name) ends in ``suffix``.
+
+    numba's disk cache names its index files after the qualified name and keys
+    their entries by signature and bytecode, not by compilation flags: two
+    compilations of one function with different flags (serial and parallel,
+    with and without wrappers) must not share a name.
+    """
+    new = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix if name else fn.__name__,
+                             fn.__defaults__, fn.__closure__)
+    new.__qualname__ = fn.__qualname__ + suffix
+    new.__doc__ = fn.__doc__
+    new.__module__ = fn.__module__
+    return new
+
+
+#: dispatcher -> its native-only twin (:func:`unwrapped`)
+_UNWRAPPED = {}
+
+
+def unwrapped(dispatcher):
+    """A dispatcher compiling ``dispatcher``'s function with its options, but
+    without the two wrappers numba adds to every compiled function (one that
+    unboxes Python arguments, one with the C calling convention): a native
+    kernel is only ever called by address, in numba's calling convention
+    (:func:`native_address`).  The native kernels' wrappers were ~10% of a cold
+    ``fastbp train``'s compilation (a handler's nine arguments unboxed, lowered and
+    optimised once per kernel; their callees' wrappers ~15% more, see
+    :class:`fastbp._jit.CompiledOnly`).  Never call the twin from Python.
+    """
+    if dispatcher.targetoptions.get("no_cpython_wrapper") and dispatcher.targetoptions.get("no_cfunc_wrapper"):
+        return dispatcher       # compiled without them already (fastbp._jit.CompiledOnly)
+    twin_ = _UNWRAPPED.get(dispatcher)
+    if twin_ is None:
+        opts = dict(dispatcher.targetoptions, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+        opts.pop("nopython", None)      # (njit's own)
+        cached = not isinstance(getattr(dispatcher, "_cache", None), (type(None), _caching.NullCache))
+        twin_ = numba.njit(cache=cached, **opts)(renamed(dispatcher.py_func, "__native", name=False))
+        _UNWRAPPED[dispatcher] = twin_
+    return twin_
 
 
 def twin(kid):

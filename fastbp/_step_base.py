@@ -227,6 +227,11 @@ class StepBase(NormState):
     @clip_grad_norm.setter
     def clip_grad_norm(self, value):
         self.hyper[ex.H_CLIP] = clip_grad_norm_arg(value, owner=self.kind)
+        self._settings_changed()
+
+    def _settings_changed(self):
+        """Called after a setting in ``hyper`` changed (clipping; a checkpoint's
+        values): a step whose code is loaded per setting loads what it now needs."""
 
     def _set_scheduled_lr(self, value):
         """The rate of the next update, from the schedule (the base rate is kept)."""

@@ -116,7 +116,7 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
         from .distributed import compile as _compile_distributed   # imports mpi4py, or ImportError
         ds = _compile_distributed(model, loss=loss, optimizer=optimizer, batch_size=batch_size,
                                   dtype=dtype, seed=seed, comm=comm, schedule=schedule, precision=precision)
-        ds.step.hyper[ex.H_CLIP] = clip
+        ds.step.clip_grad_norm = clip or None
         return ds
     optimizer = optimizer_arg(optimizer)
     if V.resolve_device(device) == "cuda":
@@ -125,7 +125,7 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
                              precision=precision)
     else:
         step = TrainStep(model, loss, optimizer, batch_size, dtype, seed, schedule=schedule, precision=precision)
-    step.hyper[ex.H_CLIP] = clip
+    step.clip_grad_norm = clip or None
     return step
 
 
@@ -362,6 +362,7 @@ def _load(path, expect_model, precision="full"):
     runtime = step.hyper[list(ex.RUNTIME_SLOTS)].copy()   # this process's BLAS policy, not training state
     step.hyper[...] = hyper
     step.hyper[list(ex.RUNTIME_SLOTS)] = runtime
+    step._settings_changed()
     if training is not None:
         try:
             step._restore_schedule_state(training)

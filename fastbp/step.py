@@ -207,6 +207,11 @@ class TrainStep(StepBase):
             return loss
         return fast
 
+    def _settings_changed(self):
+        # gradient clipping's kernel, loaded when a step first clips (once per process)
+        if self.hyper[ex.H_CLIP] > 0.0:
+            ex.load_kernels(self.dtype, (ex.K_CLIP_GRAD_NORM,), self.threads)
+
     def _run(self, x, y, mode, sample_weight=None):
         """Validate (and convert) one minibatch, run it through the executor
         in ``mode`` and report a failure: the path of every call the fast one
@@ -219,6 +224,7 @@ class TrainStep(StepBase):
             if not w.sum() > 0.0:
                 raise ValueError("sample_weight: the weights of the minibatch sum to 0; at least one "
                                  "must be positive")
+            ex.load_kernels(self.dtype, (ex.K_WEIGH_ROWS,), self.threads)     # (once per process)
             with self._lock:
                 b = self.batch_size
                 self.ws64[b:b + n] = w

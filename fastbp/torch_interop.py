@@ -357,7 +357,7 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
                 p.data = torch.from_numpy(live)
                 p.grad = torch.from_numpy(step.grads[f"{prefix}.{key}"])
     _import_optimizer_state(optimizer, names, step, torch)
-    step.hyper[ex.H_CLIP] = clip
+    step.clip_grad_norm = clip or None
     if isinstance(optimizer, torch.optim.Optimizer):
         step._torch_opt = optimizer
         step._torch_lr = float(optimizer.param_groups[0]["lr"])

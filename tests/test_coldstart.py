@@ -9,6 +9,7 @@ that the two run exactly the same code.
 * :func:`fastbp._native.compile_watch` reports compilation, not cache loads.
 """
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -223,3 +224,75 @@ def test_compile_watch_reports_compilation_not_cache_loads():
         s = fastbp.compile(mlp([6, 11, 3]), batch_size=4)
         s(np.zeros((4, 6), np.float32), np.zeros(4, np.int64))
     assert not w3.compiled
+
+
+_LAZY = textwrap.dedent("""
+    import json, sys
+    import numpy as np, fastbp
+    from fastbp import _executor as ex
+    from reference import mlp
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((64, 6))
+    Y = rng.integers(0, 3, 64)
+    tab = lambda: ex._KTABS[np.dtype(np.float64), False]
+    out = {}
+    if sys.argv[1] == "train":
+        a = fastbp.compile(mlp([6, 9, 3]), optimizer=fastbp.SGD(lr=0.5), batch_size=16, dtype=np.float64)
+        a(X[:16], Y[:16])
+        out["before"] = [int(tab()[ex.K_CLIP_GRAD_NORM]), int(tab()[ex.K_WEIGH_ROWS])]
+        b = fastbp.compile(mlp([6, 9, 3]), optimizer=fastbp.SGD(lr=0.5), batch_size=16, dtype=np.float64)
+        b.param_vector[...] = a.param_vector
+        a.clip_grad_norm = 0.05                  # set on a live step: its kernel loads now
+        out["after_clip"] = int(tab()[ex.K_CLIP_GRAD_NORM])
+        a(X[16:32], Y[16:32], sample_weight=np.linspace(0.5, 2.0, 16))      # the first weighted call
+        out["after_weights"] = int(tab()[ex.K_WEIGH_ROWS])
+        c = fastbp.compile(mlp([6, 9, 3]), optimizer=fastbp.SGD(lr=0.5), batch_size=16, dtype=np.float64,
+                           clip_grad_norm=0.05)
+        c.param_vector[...] = b.param_vector
+        for s in (b, c):
+            s(X[16:32], Y[16:32], sample_weight=np.linspace(0.5, 2.0, 16))
+        out["clipped_like_compiled_with_it"] = bool(np.array_equal(a.param_vector, c.param_vector))
+        out["unclipped_differs"] = not np.array_equal(a.param_vector, b.param_vector)
+        a.save(sys.argv[2])
+    else:
+        s = fastbp.load(sys.argv[2])
+        out["loaded"] = int(tab()[ex.K_CLIP_GRAD_NORM])
+        s(X[:16], Y[:16])
+        out["clip"] = s.clip_grad_norm
+    print(json.dumps(out))
+""")
+
+
+def test_clipping_and_sample_weights_load_their_kernels_when_first_used(tmp_path):
+    """Gradient clipping's and the sample weights' kernels are not among a tape's
+    (most steps never use them: compiling them cost every first run ~0.3 s of CPU):
+    a step loads them when clipping is set (compile, the setter, a checkpoint) and on
+    its first weighted call, in a fresh process each time here."""
+    assert ex.K_CLIP_GRAD_NORM not in ex.kernels_for(fastbp.compile(mlp([4, 3]), batch_size=2).plan.tape)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    ckpt = str(tmp_path / "a.npz")
+    runs = []
+    for mode in ("train", "load"):
+        p = subprocess.run([sys.executable, "-c", _LAZY, mode, ckpt], capture_output=True, text=True, env=env,
+                           timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        runs.append(json.loads(p.stdout))
+    train, load = runs
+    assert train["before"] == [0, 0]
+    assert train["after_clip"] != 0 and train["after_weights"] != 0
+    assert train["clipped_like_compiled_with_it"] and train["unclipped_differs"]
+    assert load["loaded"] != 0 and load["clip"] == 0.05
+
+
+def test_every_write_of_the_clipping_setting_loads_its_kernel():
+    """Only the ``clip_grad_norm`` setter and a checkpoint's restore (which calls the
+    step's ``_settings_changed`` after it) write the clipping slot: a write that skipped
+    the load would make the step raise RuntimeError (kernel not loaded) at its update."""
+    import pathlib
+    root = pathlib.Path(fastbp.__file__).parent
+    writes = [(p.name, line.strip()) for p in root.rglob("*.py") for line in p.read_text().splitlines()
+              if re.search(r"H_CLIP\]\s*=[^=]", line)]
+    assert writes == [("_step_base.py", "self.hyper[ex.H_CLIP] = clip_grad_norm_arg(value, owner=self.kind)")]
+    restore = (root / "factories.py").read_text()
+    assert "step.hyper[...] = hyper" in restore
+    assert restore.index("step._settings_changed()") > restore.index("step.hyper[...] = hyper")

@@ -143,3 +143,67 @@ def test_numba_numpy_support_loads_without_importing_scipy_linalg():
     import subprocess
     out = subprocess.run([sys.executable, "-c", _PROBE_SCRIPT], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+# ------------------------------------------------ functions that compiled code calls
+def _twice_plus(a, k):
+    """A helper for the tests below (compiled with fastbp's jit)."""
+    s = 0.0
+    for i in range(a.shape[0]):
+        s += 2.0 * a[i] + k
+    return s
+
+
+def test_a_helper_compiles_without_wrappers_and_python_calls_run_a_wrapped_twin():
+    """jit() makes a CompiledOnly dispatcher: compiled code links it as usual, its own
+    compilation has neither numba's Python wrapper nor its C wrapper, and a call from
+    Python runs a twin compiled with them (same result, no call into missing code)."""
+    helper = _jit.jit(_twice_plus)
+    assert isinstance(helper, _jit.CompiledOnly)
+    assert helper.targetoptions["no_cpython_wrapper"] and helper.targetoptions["no_cfunc_wrapper"]
+
+    @numba.njit
+    def caller(a):
+        return helper(a, 1.5)
+
+    a = np.arange(5.0)
+    want = _twice_plus(a, 1.5)
+    assert caller(a) == want                            # linked into a compiled caller
+    (sig,) = helper.overloads                          # compiled for the caller, without wrappers
+    lib = helper.overloads[sig].library
+    fndesc = helper.overloads[sig].fndesc
+    assert lib.get_pointer_to_function(fndesc.llvm_cpython_wrapper_name) == 0
+    assert lib.get_pointer_to_function(fndesc.llvm_func_name) != 0
+    assert helper(a, 1.5) == want                       # from Python: the wrapped twin
+    twin = helper.for_python()
+    assert twin is helper.for_python() and not isinstance(twin, _jit.CompiledOnly)
+    assert twin.py_func.__qualname__ == _twice_plus.__qualname__ + "__py"     # its own cache entries
+    assert _jit.entry_point(helper, (a, 1.5))(a, 1.5) == want
+
+
+def test_python_entry_points_and_inlined_helpers_are_plain_dispatchers():
+    assert not isinstance(_jit.jit(_twice_plus, python=True), _jit.CompiledOnly)
+    assert not isinstance(_jit.jit(_twice_plus, inline=True), _jit.CompiledOnly)
+    from fastbp import _executor as ex
+    for fn in (ex.run_tape, ex.run_fit, ex.run_predict, ex.run_update):
+        assert not isinstance(fn, _jit.CompiledOnly), fn
+    with pytest.raises(TypeError, match="not a plain Python function"):
+        _jit.jit(_jit.jit(_twice_plus))
+
+
+def test_native_kernels_compile_without_wrappers():
+    """What compiled code calls by address (every native kernel but the interpreter, which
+    the step's checked path calls from Python) is compiled without numba's wrappers; a
+    kernel that Python also calls (fastbp.ops, the tests) has its own wrapped dispatcher."""
+    from fastbp import _executor as ex
+    from fastbp._native import _NATIVE
+    from fastbp.kernels import losses
+    for kid, (disp, _, _) in _NATIVE.items():
+        opts = disp.targetoptions
+        if kid == ex.K_RUN_TAPE:
+            assert disp is ex.run_tape and not opts.get("no_cpython_wrapper")
+        else:
+            assert opts.get("no_cpython_wrapper") and opts.get("no_cfunc_wrapper"), disp.py_func.__qualname__
+    native = _NATIVE[ex.K_SOFTMAX_XENT][0]
+    assert native is not losses._softmax_xent.serial
+    assert native.py_func.__qualname__ == losses._softmax_xent.serial.py_func.__qualname__ + "__native"

@@ -264,7 +264,7 @@ def _gemm_block(A, B, C, ta, tb, beta, r0, r1, c0, c1):
                      a, lda, b, ldb, C.dtype.type(beta), c, n)
 
 
-@jit
+@jit(python=True)      # (fastbp.ops calls it)
 def _blas_mm(A, B, C, ta, tb, acc):
     """``C (+)= op(A) @ op(B)`` through the BLAS; ``op`` transposes when ``ta``/``tb``.
 

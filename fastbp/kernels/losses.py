@@ -30,7 +30,7 @@ _svm_row = jit(inline=True)(_L.svm_row)
 _poisson_row = jit(fastmath=False)(_L.poisson_row)
 
 
-@jit
+@jit(python=True)      # (fastbp._validate checks labels with it)
 def _check_labels(y, n_classes):
     """Index of the first label outside ``[0, n_classes)``, or -1."""
     for i in range(y.shape[0]):

@@ -22,7 +22,7 @@ from . import gates as _gates
 from .gates import _sum_bwd, _sum_fwd
 from .gemm import _blas_mm, _blas_mm_split, _jit_mm, _mm_small
 from .linear import _colsum
-from .losses import _bce_logits, _mse, _poisson, _softmax_xent, _svm
+from .losses import _bce_logits, _mse, _poisson, _softmax_xent, _svm, weigh_rows
 from .optim import _adam_update, _clip_grad_norm, _rmsprop_update, _sgd_update
 from .norm import _batchnorm_bwd, _batchnorm_fwd, _batchnorm_running, _layernorm_bwd, _layernorm_fwd
 from .dropout import _dropout, _dropout_d
@@ -83,6 +83,11 @@ N_KERNELS = K_GATE + GATE_ROLES * _gates.R.CAPACITY
 #: registered by fastbp._bf16.require, which loads oneDNN first)
 K_TO_BF16, K_MM_BF16 = range(N_KERNELS, N_KERNELS + 2)
 N_KERNELS = K_MM_BF16 + 1
+#: the sample weights of a weighted call (fastbp.kernels.losses.weigh_rows); like gradient
+#: clipping (K_CLIP_GRAD_NORM) not among a tape's kernels (kernels_for): loaded when a
+#: step first uses it (fastbp._executor.load_kernels), as most never do
+K_WEIGH_ROWS = N_KERNELS
+N_KERNELS = K_WEIGH_ROWS + 1
 #: argument types of the gate roles (fwd, bwd); K_GATE_FWD / K_GATE_BWD hold the add gate's
 #: kernels as the prototypes (kcall_at types a gate's call by them), the executor calls
 #: every gate, add included, at K_GATE + GATE_ROLES * code + role
@@ -103,6 +108,7 @@ native_kernel(K_RMSPROP, _rmsprop_update, NONE,
               lambda d: (a1(d), a1(d), a1(d), a1(d), a1(d), F64, F64, F64, F64, F64))
 native_kernel(K_POISSON, _poisson, F64, lambda d: (a2(d), a2(d), a2(d), F1))
 native_kernel(K_CLIP_GRAD_NORM, _clip_grad_norm.serial, NONE, lambda d: (a1(d), F64))
+native_kernel(K_WEIGH_ROWS, weigh_rows, F64, lambda d: (a2(d), F1, F1, I64, B))
 native_kernel(K_MM_SMALL, _mm_small, NONE, lambda d: (a2(d), a2(d), a2(d), B, B, B))
 native_kernel(K_BLAS_MM, _blas_mm, NONE, lambda d: (a2(d), a2(d), a2(d), B, B, B), parallel=_blas_mm_split)
 native_kernel(K_JIT_MM, _jit_mm, B, lambda d: (a2(d), a2(d), a2(d), B, B, B, I1, I64))
@@ -276,7 +282,10 @@ _ACT_ROLES = {_isa.OP_LINEAR: (0,), _isa.OP_ACT: (1,), _isa.OP_LINEAR_BWD: (2,),
 
 
 def kernels_for(tape):
-    """The native kernels (``K_*``) that running ``tape`` may call.
+    """The native kernels (``K_*``) that running ``tape`` may call, but for those
+    that a step's settings call for (gradient clipping, ``K_CLIP_GRAD_NORM``) or a
+    call (sample weights, ``K_WEIGH_ROWS``): the step loads them when it first
+    needs them (:func:`fastbp._executor.load_kernels`).
 
     Raises
     ------
@@ -295,8 +304,6 @@ def kernels_for(tape):
         if op not in _INLINE_OPS:
             need.add(K_HANDLER + op)
         mm = mm or products
-        if op in _UPDATE_OPS:
-            need.add(K_CLIP_GRAD_NORM)
         if op == _isa.OP_LOSS:
             code = int(ins[_isa.C_G])
             if code not in _LOSS_KERNEL:
