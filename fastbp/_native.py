@@ -153,8 +153,10 @@ def unwrapped(dispatcher):
     optimised once per kernel; their callees' wrappers ~15% more, see
     :class:`fastbp._jit.CompiledOnly`).  Never call the twin from Python.
     """
-    if dispatcher.targetoptions.get("no_cpython_wrapper") and dispatcher.targetoptions.get("no_cfunc_wrapper"):
-        return dispatcher       # compiled without them already (fastbp._jit.CompiledOnly)
+    opts = getattr(dispatcher, "targetoptions", None)
+    if opts is None or (opts.get("no_cpython_wrapper") and opts.get("no_cfunc_wrapper")):
+        # a plain function (NUMBA_DISABLE_JIT), or compiled without them already (CompiledOnly)
+        return dispatcher
     twin_ = _UNWRAPPED.get(dispatcher)
     if twin_ is None:
         opts = dict(dispatcher.targetoptions, no_cpython_wrapper=True, no_cfunc_wrapper=True)

@@ -207,3 +207,13 @@ def test_native_kernels_compile_without_wrappers():
     native = _NATIVE[ex.K_SOFTMAX_XENT][0]
     assert native is not losses._softmax_xent.serial
     assert native.py_func.__qualname__ == losses._softmax_xent.serial.py_func.__qualname__ + "__native"
+
+
+def test_fastbp_imports_with_numbas_jit_disabled():
+    """NUMBA_DISABLE_JIT=1 (numba's debugging switch) leaves plain functions: the import
+    that registers the native kernels must not assume dispatchers."""
+    import os
+    import subprocess
+    p = subprocess.run([sys.executable, "-c", "import fastbp._executor, fastbp.ops; print('ok')"],
+                       capture_output=True, text=True, env=dict(os.environ, NUMBA_DISABLE_JIT="1"), timeout=300)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]
