@@ -47,8 +47,8 @@ from ._native import _NATIVE, PARALLEL_TWIN, native_address, native_cached
 from .kernels import table
 
 #: values of FASTBP_COMPILE_WORKERS (fastbp.config.COMPILE_WORKERS) that turn the helper off / always on
-_OFF = ("0", "off", "no", "false")
-_ON = ("1", "on", "yes", "true")
+_OFF = config.COMPILE_WORKERS_OFF
+_ON = config.COMPILE_WORKERS_ON
 
 
 def _off():

@@ -11,12 +11,37 @@ Plain module-level numbers: numba compiles them in as constants.
 """
 import os
 
+
+def _env_int(name, default):
+    """The non-negative integer in environment variable ``name`` (unset or empty: ``default``);
+    ValueError naming the variable otherwise."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"{name}={os.environ[name]!r}: expected a non-negative integer")
+    return value
+
+
+def _env_choice(name, default, choices):
+    """The value of environment variable ``name``, lower-cased (unset or empty: ``default``);
+    ValueError naming the variable and ``choices`` for any other value."""
+    raw = os.environ.get(name, "").strip().lower() or default
+    if raw not in choices:
+        raise ValueError(f"{name}={os.environ[name]!r} is not one of: {', '.join(choices)}")
+    return raw
+
+
 # ------------------------------------------------------ numba kernels (CPU)
 #: Work (elements, or multiply-adds for products) below which a kernel's
 #: serial variant is used.  Measured on the 2-core development machine: a
 #: numba parallel region costs ~5-20 us to start, which only pays off above
 #: roughly this much work.  Override with ``FASTBP_PARALLEL_THRESHOLD``.
-PARALLEL_THRESHOLD = int(os.environ.get("FASTBP_PARALLEL_THRESHOLD", 1 << 17))
+PARALLEL_THRESHOLD = _env_int("FASTBP_PARALLEL_THRESHOLD", 1 << 17)
 
 #: A float32/float64 CPU step whose widest minibatch activation (batch rows x
 #: columns) has at least this many elements runs on numba's threads alone
@@ -28,7 +53,7 @@ PARALLEL_THRESHOLD = int(os.environ.get("FASTBP_PARALLEL_THRESHOLD", 1 << 17))
 #: step, medium (256x512) 4.78 -> 4.65 ms; small (64x128) stays serial (a
 #: parallel region costs ~5-20 us to start, of a 0.25 ms step).
 #: Override with ``FASTBP_STEP_THREADS_MIN``; read when a step is built.
-STEP_THREADS_MIN_ELEMENTS = int(os.environ.get("FASTBP_STEP_THREADS_MIN", 1 << 17))
+STEP_THREADS_MIN_ELEMENTS = _env_int("FASTBP_STEP_THREADS_MIN", 1 << 17)
 
 # ------------------------------------------------------ the fused step's products
 #: Products with at least this many multiply-adds go to the BLAS; smaller ones
@@ -125,7 +150,11 @@ OPS_BLAS_THRESHOLD = 4096
 #: single CPU, in frozen applications and when numba's disk cache is off.
 #: Nothing here changes results: the code loaded from the cache is the code
 #: compiled in process.
-COMPILE_WORKERS = os.environ.get("FASTBP_COMPILE_WORKERS", "auto").strip().lower() or "auto"
+#: (the spellings of off and on: COMPILE_WORKERS_OFF, COMPILE_WORKERS_ON)
+COMPILE_WORKERS_OFF = ("0", "off", "no", "false")
+COMPILE_WORKERS_ON = ("1", "on", "yes", "true")
+COMPILE_WORKERS = _env_choice("FASTBP_COMPILE_WORKERS", "auto",
+                              ("auto",) + COMPILE_WORKERS_OFF + COMPILE_WORKERS_ON)
 COMPILE_OFFLOAD_MIN = 4
 #: How that second process starts: ``auto`` (the default) forks this process on
 #: Linux when it runs no other Python thread and numba has not started its
@@ -134,4 +163,4 @@ COMPILE_OFFLOAD_MIN = 4
 #: development machine, while both cores are busy), else starts ``python -m
 #: fastbp._compile_helper``; ``spawn``: always the latter.
 #: ``FASTBP_COMPILE_START``.
-COMPILE_START = os.environ.get("FASTBP_COMPILE_START", "auto").strip().lower() or "auto"
+COMPILE_START = _env_choice("FASTBP_COMPILE_START", "auto", ("auto", "spawn"))

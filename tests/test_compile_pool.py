@@ -515,3 +515,16 @@ def test_code_size_counts_the_compiled_functions_a_kernel_calls_once():
     assert whole > pool._code_size(losses._exp_nonpos.py_func, seen) > 0
     assert pool._code_size(losses._exp_nonpos.py_func, seen) == 0       # counted once
     assert pool._code_size(None, set()) == 0
+
+
+@pytest.mark.parametrize("var, value", [("FASTBP_COMPILE_WORKERS", "2"), ("FASTBP_COMPILE_START", "forkserver"),
+                                        ("FASTBP_PARALLEL_THRESHOLD", "lots"), ("FASTBP_STEP_THREADS_MIN", "-1")])
+def test_an_unknown_setting_in_the_environment_is_an_error_naming_it(var, value):
+    """A misspelt setting is not silently the default (fastbp.config reads them at import)."""
+    p = subprocess.run([sys.executable, "-c", "import fastbp.config"], capture_output=True, text=True,
+                       env=dict(os.environ, **{var: value}), timeout=120)
+    assert p.returncode != 0 and "ValueError" in p.stderr and f"{var}={value!r}" in p.stderr, p.stderr[-2000:]
+    ok = subprocess.run([sys.executable, "-c", "import fastbp.config as c; print(c.COMPILE_WORKERS, c.COMPILE_START)"],
+                        capture_output=True, text=True, timeout=120,
+                        env=dict(os.environ, FASTBP_COMPILE_WORKERS=" Off ", FASTBP_COMPILE_START="SPAWN"))
+    assert ok.returncode == 0 and ok.stdout.split() == ["off", "spawn"], ok.stderr[-2000:]
