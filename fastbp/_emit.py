@@ -251,6 +251,6 @@ def emit_update(lay, optimizer):
     opcode = _optimizers.get(optimizer.name).opcode
     st = lay.state_offsets + [-1, -1]
     cols = dict(c=st[0], d=st[1])
-    if hasattr(optimizer, "tape_state"):    # an optimizer with optional state vectors (RMSprop)
+    if hasattr(optimizer, "tape_state"):    # optional state vectors (RMSprop); Adam's decay mode
         cols = optimizer.tape_state(lay.state_offsets)
     lay.b.emit(opcode, a=lay.p_start, b=lay.g_start, f4=lay.n_param, **cols)

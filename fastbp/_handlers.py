@@ -41,13 +41,14 @@ from .kernels.codes import LOSS_BCE_LOGITS, LOSS_MSE, LOSS_POISSON, LOSS_SOFTMAX
 from .kernels.gemm import JIT_SLOT, blas_get_threads, blas_set_threads
 from .kernels.activations import ROLE_BIAS_ACT, ROLE_BIAS_ACT_D, ROLE_BWD, ROLE_FWD, ROLE_FWD_D
 from .kernels.losses import _check_labels
-from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_BN_BWD, K_BN_FWD, K_BN_RUNNING,
+from .kernels.table import (K_ACT, K_ADAM, K_ADAM_DECOUPLED, K_ADAM_L2, K_BCE_LOGITS, K_BLAS_MM, K_BN_BWD, K_BN_FWD, K_BN_RUNNING,
                             K_CLIP_GRAD_NORM, K_COLSUM, K_DROPOUT, K_DROPOUT_D, K_GATE, K_GATE_BWD, K_GATE_FWD, K_HANDLER,
                             K_JIT_MM, K_LN_BWD, K_LN_FWD, K_MM, K_MM_SMALL, K_MSE, K_POISSON, K_PROTO_BIAS_ACT,
                             K_PROTO_BWD, K_PROTO_FWD, K_PROTO_FWD_D, K_PROTO_BIAS_ACT_D, K_MUL_D, K_RMSPROP, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD,
                             K_SVM, K_WEIGH_ROWS, N_KERNELS, N_ROLES, GATE_ROLES, B, F1, I1, I64, NONE, F64, a2, kcall_at)
 from .registry.activations import CAPACITY as ACT_CAPACITY, IDENTITY as ACT_IDENTITY
 from .registry.gates import CAPACITY as GATE_CAPACITY
+from .registry.optimizers import ADAM_DECOUPLED, ADAM_L2, ADAM_NO_DECAY
 from ._jit import int64_bits_as_float64  # dropout's p: float64 bits in the tape
 from ._isa import (OP_ACT, OP_ACT_BWD, OP_ADAM, OP_BATCHNORM, OP_BATCHNORM_BWD, OP_DROPOUT, OP_DROPOUT_BWD,
                    OP_GATE, OP_GATE_BWD, OP_LAYERNORM, OP_LAYERNORM_BWD, OP_LINEAR, OP_LINEAR_BWD, OP_LOSS,
@@ -527,9 +528,18 @@ def _h_adam(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     p0 = ins[C_A]
     m0 = ins[C_C]
     v0 = ins[C_D]
+    mode = ins[C_G]         # the weight-decay mode: each has its kernel (kernels.optim.ADAM_KERNELS)
+    if mode != ADAM_NO_DECAY and mode != ADAM_DECOUPLED and mode != ADAM_L2:
+        return STATUS_BAD_OP, 0.0, 0
     hyper[H_T] += 1.0
-    kcall(kt, K_ADAM, (arena[p0:p0 + n], g, arena[m0:m0 + n], arena[v0:v0 + n], hyper[H_T], hyper[H_LR],
-                       hyper[H_B1], hyper[H_B2], hyper[H_EPS], hyper[H_WD], hyper[H_DECOUPLED] != 0.0))
+    args = (arena[p0:p0 + n], g, arena[m0:m0 + n], arena[v0:v0 + n], hyper[H_T], hyper[H_LR],
+            hyper[H_B1], hyper[H_B2], hyper[H_EPS], hyper[H_WD], hyper[H_DECOUPLED] != 0.0)
+    if mode == ADAM_NO_DECAY:
+        kcall(kt, K_ADAM, args)
+    elif mode == ADAM_DECOUPLED:
+        kcall(kt, K_ADAM_DECOUPLED, args)
+    else:
+        kcall(kt, K_ADAM_L2, args)
     hyper[H_STEPS] += 1.0
     return STATUS_OK, 0.0, carry
 

@@ -230,6 +230,9 @@ class Kernel:
     fn : function
         Plain Python function made of loops; it writes its results into
         caller-allocated output arrays.
+    fastmath : bool, default True
+        False: both compilations without fast-math (operations in the
+        written order).
 
     Attributes
     ----------
@@ -242,13 +245,14 @@ class Kernel:
         bits (tests/test_threads.py).
     """
 
-    def __init__(self, fn):
+    def __init__(self, fn, fastmath=True):
         self.py_func = fn
         self.__doc__ = fn.__doc__
         self.__name__ = fn.__name__
-        self.serial = numba.njit(cache=_CACHE, fastmath=FASTMATH, nogil=True)(
+        fm = FASTMATH if fastmath else False
+        self.serial = numba.njit(cache=_CACHE, fastmath=fm, nogil=True)(
             _renamed(fn, "__serial"))
-        self.parallel = numba.njit(cache=_CACHE, fastmath=FASTMATH, nogil=True,
+        self.parallel = numba.njit(cache=_CACHE, fastmath=fm, nogil=True,
                                    parallel=True)(_renamed(fn, "__parallel"))
 
     def pick(self, work):

@@ -8,6 +8,7 @@ import numbers as _numbers
 import numpy as _np
 
 from . import _isa as _ex
+from .registry.optimizers import adam_mode as _adam_mode
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop"]
 
@@ -153,6 +154,12 @@ class Adam(_Optimizer):
         self.decoupled = bool(decoupled)
 
     n_state = 2
+
+    def tape_state(self, offsets):
+        """The update instruction's state columns (``c`` exp_avg, ``d`` exp_avg_sq) for the
+        state vectors at ``offsets``, and its weight-decay mode (``g``; the CPU kernel is
+        the mode's own, see :func:`fastbp.registry.optimizers.adam_mode`)."""
+        return dict(c=offsets[0], d=offsets[1], g=_adam_mode(self.weight_decay, self.decoupled))
 
     def spec(self):
         return {"type": "Adam", "lr": self.lr, "betas": list(self.betas), "eps": self.eps,

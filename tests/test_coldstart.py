@@ -162,6 +162,32 @@ def test_kernels_are_loaded_for_what_the_tape_uses():
     assert ex.kernel_table(np.float32, adam.plan.tape) is tab
     bce = fastbp.compile(mlp([5, 7, 2]), "bce_with_logits", fastbp.SGD(0.1), batch_size=4)
     assert ex.K_BCE_LOGITS in ex.kernels_for(bce.plan.tape)
+    # Adam: the kernel of the step's weight-decay mode only (the update instruction's column g)
+    from fastbp.kernels.table import ADAM_KERNEL_IDS
+    for opt, want in ((fastbp.Adam(), ex.K_ADAM), (fastbp.AdamW(), ex.K_ADAM_DECOUPLED),
+                      (fastbp.Adam(weight_decay=0.1), ex.K_ADAM_L2)):
+        s = fastbp.compile(mlp([5, 7, 2]), "softmax_cross_entropy", opt, batch_size=4)
+        assert ex.kernels_for(s.plan.tape) & set(ADAM_KERNEL_IDS) == {want}, opt
+
+
+def test_an_unknown_adam_mode_is_an_error_not_a_fallback():
+    step = fastbp.compile(mlp([5, 7, 2]), "softmax_cross_entropy", fastbp.AdamW(lr=0.1), batch_size=4)
+    row = int(np.flatnonzero(step.plan.tape[:, ex.C_OP] == ex.OP_ADAM)[0])
+    tape = step.plan.tape.copy()
+    tape[row, ex.C_G] = 3
+    with pytest.raises(ValueError, match="unknown Adam weight-decay mode 3"):
+        ex.kernels_for(tape)
+    # a corrupt mode reaching the handler: an error status, the weights untouched
+    x, y = np.ones((4, 5), np.float32), np.zeros(4, np.int64)
+    step(x, y)
+    before = step.param_vector.copy()
+    step.plan.tape[row, ex.C_G] = 7
+    try:
+        with pytest.raises(RuntimeError, match="status 5"):
+            step(x, y)
+    finally:
+        step.plan.tape[row, ex.C_G] = 1
+    np.testing.assert_array_equal(step.param_vector, before)
 
 
 def test_an_unknown_opcode_or_loss_code_is_an_error_not_a_fallback():

@@ -121,10 +121,13 @@ for dt in [np.dtype(name).type for name in sys.argv[1].split(",")]:
         p, v = P.copy(), np.zeros_like(P)
         for _ in range(2):
             k_(O._sgd_update)(p, DY.ravel(), v, 0.1, 0.9, True, 0.01)
-        pa, ma, va = P.copy(), np.zeros_like(P), np.zeros_like(P)
-        for t in (1, 2):
-            k_(O._adam_update)(pa, DY.ravel(), ma, va, t, 1e-3, 0.9, 0.999, 1e-8, 0.01, True)
-        h(tag.format("optim"), p, v, pa, ma, va)
+        h(tag.format("optim"), p, v)
+        for kern, wd, dec in ((O._adam_no_decay, 0.0, False), (O._adam_decoupled, 0.01, True),
+                              (O._adam_l2, 0.01, False)):        # Adam's kernel of each weight-decay mode
+            pa, ma, va = P.copy(), np.zeros_like(P), np.zeros_like(P)
+            for t in (1, 2):
+                k_(kern)(pa, DY.ravel(), ma, va, t, 1e-3, 0.9, 0.999, 1e-8, wd, dec)
+            h(tag.format(f"adam/{wd}/{dec}"), pa, ma, va)
         pr, sq, bf, ga = P.copy(), np.zeros_like(P), np.zeros_like(P), np.zeros_like(P)
         for _ in range(2):
             k_(O._rmsprop_update)(pr, DY.ravel(), sq, bf, ga, 1e-2, 0.99, 1e-8, 0.01, 0.9)
@@ -272,7 +275,7 @@ def test_parallel_variant_bitwise_equal_to_serial(runs):
 COVERED = {
     "_mm_nn", "_mm_nt", "_mm_tn", "_colsum",
     "_sum_bwd", "_scale", "_softmax_xent", "_svm", "_mse", "_bce_logits",
-    "_sgd_update", "_adam_update", "_rmsprop_update", "_poisson", "_mul_d",
+    "_sgd_update", "_adam_no_decay", "_adam_decoupled", "_adam_l2", "_rmsprop_update", "_poisson", "_mul_d",
     "_batchnorm_fwd", "_batchnorm_bwd", "_layernorm_fwd", "_layernorm_bwd", "_dropout", "_dropout_d",
 }
 #: kernels without a prange loop (nothing to parallelise)

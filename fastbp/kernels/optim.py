@@ -8,17 +8,18 @@ import math
 import numba
 from numba import prange
 
-from .._jit import jit, kernel
+from .._jit import Kernel, jit, kernel
 from ..registry import optimizers as _opt
+from .factory import specialise
 from ..registry.optimizers import ADAM_DECOUPLED, ADAM_L2, ADAM_NO_DECAY
 
-# the element updates: the registry's bodies (the CUDA kernels compile the same).  Adam's and
-# RMSprop's are compiled as functions of their own that LLVM inlines into the loops: inlined by
+# the element updates: the registry's bodies (the CUDA kernels compile the same; Adam's without
+# fast-math, see ADAM_KERNELS).  Adam's and RMSprop's are compiled as functions of their own that LLVM inlines into the loops: inlined by
 # numba instead (inline="always"), their loops stayed scalar (Adam: 1.5 ms for an update of
 # 400k float32 parameters, 0.2 ms vectorised).  SGD's, whose loop-invariant flags numba's
 # inlining lets LLVM unswitch, is the other way round (0.05 ms inlined by numba, 4 ms as a call).
 _sgd_element = numba.njit(inline="always")(_opt.sgd_element)
-_adam_element = jit(_opt.adam_element)
+_adam_element = jit(_opt.adam_element, fastmath=False)
 _rmsprop_element = jit(_opt.rmsprop_element)
 
 
@@ -39,10 +40,10 @@ def _sgd_update(p, g, v, lr, momentum, nesterov, weight_decay):
         _sgd_element(p, g, v, i, lr_, mu, wd, use_wd, use_mom, nesterov)
 
 
-@kernel
-def _adam_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled):
+def _t_adam(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled):
     """Adam (``decoupled=True``: AdamW), step number ``t >= 1``
-    (the registry's element body, :func:`fastbp.registry.optimizers.adam_element`).
+    (the registry's element body, :func:`fastbp.registry.optimizers.adam_element`),
+    in one weight-decay mode, ``_MODE`` (``ADAM_*``, a constant of each copy).
 
     ``m = b1 m + (1 - b1) g``; ``v = b2 v + (1 - b2) g^2``;
     ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
@@ -58,19 +59,57 @@ def _adam_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled):
     e = dt(eps)
     wd = dt(weight_decay)
     decay = dt(1.0 - lr * weight_decay)
-    # One branch-free loop per weight-decay mode (the mode a constant in each):
-    # with a branch inside a single loop the serial and the parallel
-    # compilations contracted the update into FMAs differently and disagreed
-    # in the last bit (float64, ~0.3% of the elements).
-    if weight_decay == 0.0:
-        for i in prange(p.shape[0]):
-            _adam_element(p, g, m, v, i, step, sbc2, b1, b2, one, e, wd, decay, ADAM_NO_DECAY)
-    elif decoupled:
-        for i in prange(p.shape[0]):
-            _adam_element(p, g, m, v, i, step, sbc2, b1, b2, one, e, wd, decay, ADAM_DECOUPLED)
-    else:
-        for i in prange(p.shape[0]):
-            _adam_element(p, g, m, v, i, step, sbc2, b1, b2, one, e, wd, decay, ADAM_L2)
+    for i in prange(p.shape[0]):
+        _adam_element(p, g, m, v, i, step, sbc2, b1, b2, one, e, wd, decay, _MODE)  # noqa: F821
+
+
+# One kernel per weight-decay mode, the mode a constant in each: a step compiles (or loads)
+# the kernel of its own mode only (the update instruction holds it; the three modes in one
+# kernel were 0.35 s of a cold `fastbp train`'s compilation).  Without fast-math, the update
+# and its element body: with it, the serial and the parallel compilations contracted the
+# update into FMAs differently and disagreed in the last bit (float64, ~0.1-0.3% of the
+# elements); in IEEE order they agree, and the loop stays vectorised (0.16 ms for 400k
+# float32 parameters, as with fast-math).
+_adam_no_decay = Kernel(specialise(_t_adam, "_no_decay", _MODE=ADAM_NO_DECAY), fastmath=False)
+_adam_decoupled = Kernel(specialise(_t_adam, "_decoupled", _MODE=ADAM_DECOUPLED), fastmath=False)
+_adam_l2 = Kernel(specialise(_t_adam, "_l2", _MODE=ADAM_L2), fastmath=False)
+#: the kernel of each mode, by ADAM_* code
+ADAM_KERNELS = (_adam_no_decay, _adam_decoupled, _adam_l2)
+
+
+class _AdamByMode:
+    """``_adam_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled)``:
+    Adam's update through the kernel of its weight-decay mode (:data:`ADAM_KERNELS`),
+    with a :class:`fastbp._jit.Kernel`'s interface (``serial``, ``parallel``,
+    ``pick(work)``, called: serial).  For callers from Python; the executor calls the
+    mode's kernel itself."""
+
+    __name__ = "_adam_update"
+    __doc__ = _t_adam.__doc__
+
+    def __init__(self):
+        self.serial = self._variant("serial")
+        self.parallel = self._variant("parallel")
+
+    @staticmethod
+    def _variant(name):
+        def run(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled):
+            k = ADAM_KERNELS[_opt.adam_mode(weight_decay, decoupled)]
+            return getattr(k, name)(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled)
+        run.__name__ = f"_adam_update.{name}"
+        return run
+
+    def pick(self, work):
+        return self.parallel if _adam_no_decay.pick(work) is _adam_no_decay.parallel else self.serial
+
+    def __call__(self, *args, work=None):
+        return (self.serial if work is None else self.pick(work))(*args)
+
+    def __repr__(self):
+        return "<fastbp kernel _adam_update (by weight-decay mode)>"
+
+
+_adam_update = _AdamByMode()
 
 
 @kernel

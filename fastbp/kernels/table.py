@@ -23,7 +23,7 @@ from .gates import _sum_bwd, _sum_fwd
 from .gemm import _blas_mm, _blas_mm_split, _jit_mm, _mm_small
 from .linear import _colsum
 from .losses import _bce_logits, _mse, _poisson, _softmax_xent, _svm, weigh_rows
-from .optim import _adam_update, _clip_grad_norm, _rmsprop_update, _sgd_update
+from .optim import ADAM_KERNELS, _clip_grad_norm, _rmsprop_update, _sgd_update
 from .norm import _batchnorm_bwd, _batchnorm_fwd, _batchnorm_running, _layernorm_bwd, _layernorm_fwd
 from .dropout import _dropout, _dropout_d
 
@@ -88,6 +88,11 @@ N_KERNELS = K_MM_BF16 + 1
 #: step first uses it (fastbp._executor.load_kernels), as most never do
 K_WEIGH_ROWS = N_KERNELS
 N_KERNELS = K_WEIGH_ROWS + 1
+#: Adam's kernels of the two weight-decay modes besides none (K_ADAM); ADAM_KERNEL_IDS: by
+#: mode (registry ADAM_* code, the update instruction's column g)
+K_ADAM_DECOUPLED, K_ADAM_L2 = range(N_KERNELS, N_KERNELS + 2)
+N_KERNELS = K_ADAM_L2 + 1
+ADAM_KERNEL_IDS = (K_ADAM, K_ADAM_DECOUPLED, K_ADAM_L2)
 #: argument types of the gate roles (fwd, bwd); K_GATE_FWD / K_GATE_BWD hold the add gate's
 #: kernels as the prototypes (kcall_at types a gate's call by them), the executor calls
 #: every gate, add included, at K_GATE + GATE_ROLES * code + role
@@ -102,8 +107,8 @@ native_kernel(K_SVM, _svm, F64, lambda d: (a2(d), I1, a2(d), F1))
 native_kernel(K_MSE, _mse, F64, lambda d: (a2(d), a2(d), a2(d), F1))
 native_kernel(K_BCE_LOGITS, _bce_logits, F64, lambda d: (a2(d), a2(d), a2(d), F1))
 native_kernel(K_SGD, _sgd_update, NONE, lambda d: (a1(d), a1(d), a1(d), F64, F64, B, F64))
-native_kernel(K_ADAM, _adam_update, NONE,
-              lambda d: (a1(d), a1(d), a1(d), a1(d), F64, F64, F64, F64, F64, F64, B))
+for _kid, _k in zip(ADAM_KERNEL_IDS, ADAM_KERNELS):
+    native_kernel(_kid, _k, NONE, lambda d: (a1(d), a1(d), a1(d), a1(d), F64, F64, F64, F64, F64, F64, B))
 native_kernel(K_RMSPROP, _rmsprop_update, NONE,
               lambda d: (a1(d), a1(d), a1(d), a1(d), a1(d), F64, F64, F64, F64, F64))
 native_kernel(K_POISSON, _poisson, F64, lambda d: (a2(d), a2(d), a2(d), F1))
@@ -255,7 +260,7 @@ _OP_KERNELS = {
     _isa.OP_ACT: ((), False), _isa.OP_SUM: ((K_SUM_FWD,), False), _isa.OP_LOSS: ((), False),
     _isa.OP_LINEAR_BWD: ((K_COLSUM,), True), _isa.OP_MATMUL_BWD: ((), True),
     _isa.OP_GATE_BWD: ((), False), _isa.OP_ACT_BWD: ((), False),
-    _isa.OP_SUM_BWD: ((K_SUM_BWD,), False), _isa.OP_SGD: ((K_SGD,), False), _isa.OP_ADAM: ((K_ADAM,), False),
+    _isa.OP_SUM_BWD: ((K_SUM_BWD,), False), _isa.OP_SGD: ((K_SGD,), False), _isa.OP_ADAM: ((), False),
     _isa.OP_RMSPROP: ((K_RMSPROP,), False),
 }
 _OP_KERNELS[_isa.OP_LAYERNORM] = ((K_LN_FWD,), False)
@@ -304,6 +309,11 @@ def kernels_for(tape):
         if op not in _INLINE_OPS:
             need.add(K_HANDLER + op)
         mm = mm or products
+        if op == _isa.OP_ADAM:          # the kernel of the instruction's weight-decay mode
+            mode = int(ins[_isa.C_G])
+            if not 0 <= mode < len(ADAM_KERNEL_IDS):
+                raise ValueError(f"executor: unknown Adam weight-decay mode {mode} in the tape")
+            need.add(ADAM_KERNEL_IDS[mode])
         if op == _isa.OP_LOSS:
             code = int(ins[_isa.C_G])
             if code not in _LOSS_KERNEL:

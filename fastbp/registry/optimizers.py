@@ -84,6 +84,15 @@ def sgd_element(p, g, v, i, lr, mu, wd, use_wd, use_mom, nesterov):
 ADAM_NO_DECAY, ADAM_DECOUPLED, ADAM_L2 = 0, 1, 2
 
 
+def adam_mode(weight_decay, decoupled):
+    """Adam's weight-decay mode (``ADAM_*``): none with ``weight_decay == 0``, else
+    decoupled (AdamW) or L2 (``torch.optim.Adam``'s).  The update instruction holds
+    it (tape column g), and each mode has a CPU kernel of its own."""
+    if weight_decay == 0.0:
+        return ADAM_NO_DECAY
+    return ADAM_DECOUPLED if decoupled else ADAM_L2
+
+
 def adam_element(p, g, m, v, i, step, sbc2, b1, b2, one, e, wd, decay, mode):
     """Element ``i`` of Adam's update (``torch.optim.Adam``; ``mode`` ADAM_DECOUPLED:
     ``AdamW``), in place: ``m = b1 m + (1 - b1) g``; ``v = b2 v + (1 - b2) g^2``;
