@@ -13,11 +13,12 @@ from ..registry import optimizers as _opt
 from .factory import specialise
 from ..registry.optimizers import ADAM_DECOUPLED, ADAM_L2, ADAM_NO_DECAY
 
-# the element updates: the registry's bodies (the CUDA kernels compile the same; Adam's without
-# fast-math, see ADAM_KERNELS).  Adam's and RMSprop's are compiled as functions of their own that LLVM inlines into the loops: inlined by
-# numba instead (inline="always"), their loops stayed scalar (Adam: 1.5 ms for an update of
-# 400k float32 parameters, 0.2 ms vectorised).  SGD's, whose loop-invariant flags numba's
-# inlining lets LLVM unswitch, is the other way round (0.05 ms inlined by numba, 4 ms as a call).
+# the element updates: the registry's bodies (the CUDA kernels compile the same; Adam's here
+# without fast-math, see ADAM_KERNELS).  Adam's and RMSprop's are compiled as functions of their
+# own that LLVM inlines into the loops: inlined by numba instead (inline="always"), their loops
+# stayed scalar (Adam: 1.5 ms for an update of 400k float32 parameters, 0.2 ms vectorised).
+# SGD's, whose loop-invariant flags numba's inlining lets LLVM unswitch, is the other way round
+# (0.05 ms inlined by numba, 4 ms as a call).
 _sgd_element = numba.njit(inline="always")(_opt.sgd_element)
 _adam_element = jit(_opt.adam_element, fastmath=False)
 _rmsprop_element = jit(_opt.rmsprop_element)
@@ -85,7 +86,6 @@ class _AdamByMode:
     mode's kernel itself."""
 
     __name__ = "_adam_update"
-    __doc__ = _t_adam.__doc__
 
     def __init__(self):
         self.serial = self._variant("serial")
