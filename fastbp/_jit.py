@@ -25,7 +25,6 @@ import types
 
 import numba
 import numba.extending
-from numba.core.registry import CPUDispatcher as _CPUDispatcher
 
 from .config import PARALLEL_THRESHOLD  # noqa: F401 - re-exported
 
@@ -155,39 +154,8 @@ _NUMPY_SUPPORT_EARLY = _numba_numpy_support_without_scipy_import()
 from . import _native  # noqa: E402,F401
 
 
-def _renamed(fn, suffix):
-    """A copy of ``fn`` with its own qualified name (see :func:`fastbp._native.renamed`):
-    the serial and the parallel compilation of one kernel must not overwrite each
-    other's cache entries."""
-    return _native.renamed(fn, suffix)
-
-
-class CompiledOnly(_CPUDispatcher):
-    """A numba dispatcher for a function that compiled code calls: compiled
-    without the two wrappers numba adds to every function it compiles (one that
-    unboxes Python arguments and boxes the result, one with the C calling
-    convention), which compiled callers never use.  Lowering and optimising
-    them was ~15% of a cold ``fastbp train``'s compilation (the native kernels'
-    own wrappers ~10% more: :func:`fastbp._native.unwrapped`).
-
-    Called from Python, it runs a twin compiled with the wrappers
-    (:meth:`for_python`, compiled on the first such call): the same results,
-    never a call into missing code.
-    """
-    _python_twin = None
-
-    def for_python(self):
-        """The twin of this dispatcher that Python can call (same options, with the wrappers)."""
-        twin = self._python_twin
-        if twin is None:
-            opts = {k: v for k, v in self.targetoptions.items()
-                    if k not in ("nopython", "no_cpython_wrapper", "no_cfunc_wrapper")}
-            twin = numba.njit(cache=_CACHE, **opts)(_native.renamed(self.py_func, "__py", name=False))
-            self._python_twin = twin
-        return twin
-
-    def __call__(self, *args, **kwargs):
-        return self.for_python()(*args, **kwargs)
+#: compiled without numba's wrappers (see fastbp._native.CompiledOnly)
+CompiledOnly = _native.CompiledOnly
 
 
 def jit(fn=None, *, inline=False, fastmath=True, python=False):
@@ -208,12 +176,7 @@ def jit(fn=None, *, inline=False, fastmath=True, python=False):
             return numba.njit(cache=_CACHE, **opts)(f)
         if numba.extending.is_jitted(f) or not isinstance(f, types.FunctionType):
             raise TypeError(f"jit: {f!r} is not a plain Python function")
-        disp = CompiledOnly(py_func=f, locals={},
-                            targetoptions=dict(opts, nopython=True, no_cpython_wrapper=True,
-                                               no_cfunc_wrapper=True))
-        if _CACHE:
-            disp.enable_caching()
-        return disp
+        return CompiledOnly.of(f, opts, _CACHE)
     return wrap(fn) if fn is not None else wrap
 
 
@@ -251,9 +214,9 @@ class Kernel:
         self.__name__ = fn.__name__
         fm = FASTMATH if fastmath else False
         self.serial = numba.njit(cache=_CACHE, fastmath=fm, nogil=True)(
-            _renamed(fn, "__serial"))
+            _native.renamed(fn, "__serial"))
         self.parallel = numba.njit(cache=_CACHE, fastmath=fm, nogil=True,
-                                   parallel=True)(_renamed(fn, "__parallel"))
+                                   parallel=True)(_native.renamed(fn, "__parallel"))
 
     def pick(self, work):
         """The variant to use for ``work`` units of work (see PARALLEL_THRESHOLD)."""

@@ -16,6 +16,7 @@ import numba
 import llvmlite.binding as _ll
 from numba import types as _types
 from numba.core import caching as _caching
+from numba.core.registry import CPUDispatcher
 from numba.core import cgutils as _cgutils
 from numba.extending import intrinsic as _intrinsic
 
@@ -123,15 +124,18 @@ def native_kernel(kid, dispatcher, restype, argtypes, parallel=None, python=Fals
         _NATIVE[kid + PARALLEL_TWIN] = (keep(parallel), restype, argtypes)
 
 
-def renamed(fn, suffix, name=True):
-    """A copy of ``fn`` whose qualified name (and, with ``name``, name) ends in ``suffix``.
+def renamed(fn, suffix, name=True, globals_=None):
+    """A copy of ``fn`` whose qualified name (and, with ``name``, name) ends in ``suffix``;
+    ``globals_``: names it sees besides (or instead of) its module's
+    (:func:`fastbp.kernels.factory.specialise`).
 
     numba's disk cache names its index files after the qualified name and keys
     their entries by signature and bytecode, not by compilation flags: two
     compilations of one function with different flags (serial and parallel,
     with and without wrappers) must not share a name.
     """
-    new = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix if name else fn.__name__,
+    g = fn.__globals__ if globals_ is None else {**fn.__globals__, **globals_}
+    new = types.FunctionType(fn.__code__, g, fn.__name__ + suffix if name else fn.__name__,
                              fn.__defaults__, fn.__closure__)
     new.__qualname__ = fn.__qualname__ + suffix
     new.__doc__ = fn.__doc__
@@ -139,30 +143,65 @@ def renamed(fn, suffix, name=True):
     return new
 
 
-#: dispatcher -> its native-only twin (:func:`unwrapped`)
+#: the flags of numba's two wrappers, off in a CompiledOnly dispatcher
+_NO_WRAPPERS = {"no_cpython_wrapper": True, "no_cfunc_wrapper": True}
+
+
+class CompiledOnly(CPUDispatcher):
+    """A numba dispatcher for a function that compiled code calls: compiled
+    without the two wrappers numba adds to every function it compiles (one that
+    unboxes Python arguments and boxes the result, one with the C calling
+    convention), which compiled callers never use -- the callees linked into
+    compiled code (:func:`fastbp._jit.jit`) and the kernels called by address
+    (:func:`unwrapped`).  Lowering and optimising those wrappers was a quarter
+    of a cold ``fastbp train``'s compilation.
+
+    Called from Python, it runs a twin compiled with the wrappers
+    (:meth:`for_python`, compiled on the first such call): the same results,
+    never a call into missing code.
+    """
+    _python_twin = None
+
+    @classmethod
+    def of(cls, fn, options, cache):
+        """``fn`` (a plain function) compiled with numba ``options`` but the wrappers;
+        cached on disk with ``cache``."""
+        disp = cls(py_func=fn, locals={}, targetoptions=dict(options, nopython=True, **_NO_WRAPPERS))
+        if cache:
+            disp.enable_caching()
+        return disp
+
+    def for_python(self):
+        """The twin of this dispatcher that Python can call (same options, with the wrappers)."""
+        twin_ = self._python_twin
+        if twin_ is None:
+            opts = {k: v for k, v in self.targetoptions.items() if k != "nopython" and k not in _NO_WRAPPERS}
+            cached = not isinstance(self._cache, _caching.NullCache)
+            twin_ = numba.njit(cache=cached, **opts)(renamed(self.py_func, "__py", name=False))
+            self._python_twin = twin_
+        return twin_
+
+    def __call__(self, *args, **kwargs):
+        return self.for_python()(*args, **kwargs)
+
+
+#: dispatcher -> its CompiledOnly twin (:func:`unwrapped`)
 _UNWRAPPED = {}
 
 
 def unwrapped(dispatcher):
-    """A dispatcher compiling ``dispatcher``'s function with its options, but
-    without the two wrappers numba adds to every compiled function (one that
-    unboxes Python arguments, one with the C calling convention): a native
-    kernel is only ever called by address, in numba's calling convention
-    (:func:`native_address`).  The native kernels' wrappers were ~10% of a cold
-    ``fastbp train``'s compilation (a handler's nine arguments unboxed, lowered and
-    optimised once per kernel; their callees' wrappers ~15% more, see
-    :class:`fastbp._jit.CompiledOnly`).  Never call the twin from Python.
-    """
-    opts = getattr(dispatcher, "targetoptions", None)
-    if opts is None or (opts.get("no_cpython_wrapper") and opts.get("no_cfunc_wrapper")):
-        # a plain function (NUMBA_DISABLE_JIT), or compiled without them already (CompiledOnly)
+    """``dispatcher``'s function as a :class:`CompiledOnly` dispatcher with its options
+    (cached where it is): a native kernel is only ever called by address, in numba's
+    calling convention (:func:`native_address`), never through the wrappers.
+    ``dispatcher`` itself when it is one already, or a plain function
+    (``NUMBA_DISABLE_JIT``)."""
+    if isinstance(dispatcher, CompiledOnly) or not hasattr(dispatcher, "targetoptions"):
         return dispatcher
     twin_ = _UNWRAPPED.get(dispatcher)
     if twin_ is None:
-        opts = dict(dispatcher.targetoptions, no_cpython_wrapper=True, no_cfunc_wrapper=True)
-        opts.pop("nopython", None)      # (njit's own)
+        opts = {k: v for k, v in dispatcher.targetoptions.items() if k != "nopython"}
         cached = not isinstance(getattr(dispatcher, "_cache", None), (type(None), _caching.NullCache))
-        twin_ = numba.njit(cache=cached, **opts)(renamed(dispatcher.py_func, "__native", name=False))
+        twin_ = CompiledOnly.of(renamed(dispatcher.py_func, "__native", name=False), opts, cached)
         _UNWRAPPED[dispatcher] = twin_
     return twin_
 

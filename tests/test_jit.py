@@ -206,6 +206,7 @@ def test_native_kernels_compile_without_wrappers():
             assert opts.get("no_cpython_wrapper") and opts.get("no_cfunc_wrapper"), disp.py_func.__qualname__
     native = _NATIVE[ex.K_SOFTMAX_XENT][0]
     assert native is not losses._softmax_xent.serial
+    assert isinstance(native, _jit.CompiledOnly)        # a call from Python runs a wrapped twin
     assert native.py_func.__qualname__ == losses._softmax_xent.serial.py_func.__qualname__ + "__native"
 
 

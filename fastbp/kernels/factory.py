@@ -15,7 +15,7 @@ function has no source file and cannot be cached at all.  A change to an
 entry's scalar body does not change the template's bytecode; fastbp's cache
 stamp (:func:`fastbp._jit._source_stamp`) covers the registry for that.
 """
-import types
+from .._native import renamed
 
 
 def specialise(fn, suffix, **names):
@@ -32,13 +32,7 @@ def specialise(fn, suffix, **names):
     **names
         Globals the copy sees instead of (or besides) the module's.
     """
-    g = dict(fn.__globals__)
-    g.update(names)
-    new = types.FunctionType(fn.__code__, g, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
-    new.__qualname__ = fn.__qualname__ + suffix
-    new.__doc__ = fn.__doc__
-    new.__module__ = fn.__module__
-    return new
+    return renamed(fn, suffix, globals_=names)
 
 
 # adapters: the kernels call _F(v, p0, p1) whatever the entry's number of parameters;
