@@ -32,6 +32,12 @@ that finds no BLAS falls back to ``none`` with a ``RuntimeWarning``.
 The thread functions let the fused step run a small product on one BLAS
 thread and a large one on all of them (see :mod:`fastbp._executor`).
 
+The backend's ``?axpy`` (``fastbp_cblas_saxpy``/``daxpy``) runs plain SGD's
+update (``p += -lr g``) of a large model on the BLAS's threads, which its
+products left awake and whose caches hold the weights (see
+:data:`fastbp.config.SGD_AXPY_MIN_PARAMS`); only where :func:`axpy_exact`
+finds that it gives the bits of fastbp's own SGD kernel.
+
 With oneMKL, small products can also run through kernels that MKL generates
 for one fixed shape (its "JIT GEMM": ``mkl_cblas_jit_create_sgemm``), which
 skip the argument checks and dispatch of a ``cblas_sgemm`` call: 0.1-0.2 us
@@ -51,7 +57,8 @@ import threading
 
 import llvmlite.binding as llvm
 
-__all__ = ["BACKEND", "AVAILABLE", "THREAD_CONTROL", "GEMM_JIT", "backend_info", "gemm_jit_destroy", "ENV_VAR"]
+__all__ = ["BACKEND", "AVAILABLE", "THREAD_CONTROL", "GEMM_JIT", "backend_info", "gemm_jit_destroy", "axpy_exact",
+           "ENV_VAR"]
 
 #: the environment variable that picks the backend
 ENV_VAR = "FASTBP_BLAS"
@@ -60,6 +67,8 @@ _CHOICES = ("auto", "mkl", "openblas", "scipy", "none")
 #: symbol names the compiled code links against
 SGEMM_SYM = "fastbp_cblas_sgemm"
 DGEMM_SYM = "fastbp_cblas_dgemm"
+SAXPY_SYM = "fastbp_cblas_saxpy"
+DAXPY_SYM = "fastbp_cblas_daxpy"
 SET_THREADS_SYM = "fastbp_blas_set_num_threads"
 GET_THREADS_SYM = "fastbp_blas_get_num_threads"
 JIT_CREATE_SYMS = ("fastbp_gemm_jit_create_s", "fastbp_gemm_jit_create_d")
@@ -76,7 +85,7 @@ TRANS = 112
 class _Backend:
     """A loaded BLAS: its CBLAS gemm addresses and thread functions."""
 
-    def __init__(self, name, path, lib, sgemm, dgemm, set_threads, get_threads, version):
+    def __init__(self, name, path, lib, sgemm, dgemm, set_threads, get_threads, version, axpy=(None, None)):
         self.name = name
         self.path = path
         self.lib = lib            # keeps the library loaded
@@ -85,6 +94,7 @@ class _Backend:
         self.set_threads = set_threads
         self.get_threads = get_threads
         self.version = version
+        self.saxpy, self.daxpy = axpy     # CBLAS ?axpy addresses (None: not found)
 
 
 def _load(path):
@@ -140,7 +150,8 @@ def _find_mkl():
                 version = buf.value.decode(errors="replace").strip()
             except AttributeError:
                 pass
-            return _Backend("mkl", path, lib, s, d, setf, getf, version)
+            return _Backend("mkl", path, lib, s, d, setf, getf, version,
+                            (_addr(lib, "cblas_saxpy_64"), _addr(lib, "cblas_daxpy_64")))
     return None
 
 
@@ -179,7 +190,8 @@ def _find_numpy_openblas():
                                    "scipy_openblas_get_num_threads64_")
         if s and dg and setf:
             return _Backend("openblas", path, lib, s, dg, setf, getf,
-                            _openblas_version(lib, "scipy_openblas_get_config64_"))
+                            _openblas_version(lib, "scipy_openblas_get_config64_"),
+                            (_addr(lib, "scipy_cblas_saxpy64_"), _addr(lib, "scipy_cblas_daxpy64_")))
     return None
 
 
@@ -208,7 +220,8 @@ def _find_scipy_openblas():
                                        prefix + "openblas_get_num_threads")
             if s and dg and setf:
                 return _Backend("scipy", path, lib, s, dg, setf, getf,
-                                _openblas_version(lib, prefix + "openblas_get_config"))
+                                _openblas_version(lib, prefix + "openblas_get_config"),
+                                (_addr(lib, prefix + "cblas_saxpy"), _addr(lib, prefix + "cblas_daxpy")))
     return None
 
 
@@ -274,6 +287,14 @@ else:
               ctypes.cast(_backend.get_threads, ctypes.c_void_p).value]
 for _sym, _a in zip((SGEMM_SYM, DGEMM_SYM, SET_THREADS_SYM, GET_THREADS_SYM), _addrs):
     llvm.add_symbol(_sym, _a)
+# CBLAS ?axpy(n, alpha, x, incx, y, incy): y += alpha x (plain SGD's update; see axpy_exact)
+_AXPY_TYPES = [ctypes.CFUNCTYPE(None, ctypes.c_int64, real, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                                ctypes.c_int64) for real in (ctypes.c_float, ctypes.c_double)]
+_axpy_stubs = [t(lambda *a: None) for t in _AXPY_TYPES]    # never called: axpy_exact is False
+_axpy_addrs = [(getattr(_backend, name, None) if _backend is not None else None)
+               or ctypes.cast(stub, ctypes.c_void_p).value for name, stub in zip(("saxpy", "daxpy"), _axpy_stubs)]
+for _sym, _a in zip((SAXPY_SYM, DAXPY_SYM), _axpy_addrs):
+    llvm.add_symbol(_sym, _a)
 
 
 # ------------------------------------------------- oneMKL's JIT GEMM kernels
@@ -334,3 +355,80 @@ def backend_info():
         return {"backend": None, "version": None, "path": None, "threads": 1, "gemm_jit": False}
     return {"backend": _backend.name, "version": _backend.version, "path": _backend.path,
             "threads": int(_backend.get_threads()), "gemm_jit": GEMM_JIT}
+
+
+# ------------------------------------------------- the BLAS's axpy for plain SGD
+_AXPY_EXACT = {}
+
+
+def _contracts():
+    """Whether numba's target CPU fuses the SGD kernel's ``p - lr g`` into one
+    fused multiply-add (its loops are compiled with fast-math ``contract``, so
+    LLVM fuses wherever the target has the instruction)."""
+    machine = platform.machine().lower()
+    if machine in ("aarch64", "arm64"):
+        return True
+    if machine not in ("x86_64", "amd64"):
+        return False
+    from numba.core import config as numba_config
+    features = numba_config.CPU_FEATURES
+    if features is None:
+        features = llvm.get_host_cpu_features().flatten()
+    return "+fma" in features.split(",")
+
+
+def _axpy_probe(dtype):
+    """``(y, x, alpha, fused)``: vectors on which ``y += alpha x`` rounded once
+    (a fused multiply-add: ``fused``) and rounded twice differ in many elements.
+
+    With ``h`` just over half the dtype's ``m`` significand bits (13 of 24,
+    27 of 53), ``x`` and ``y`` are multiples of ``2**-h`` in ``[0.5, 1)`` and
+    ``alpha = -(1 + 2**-h)``: ``y - x`` and ``x 2**-h`` are exact, so
+    ``(y - x) - x 2**-h``, one rounding, is the correctly rounded
+    ``y + alpha x``, while the product ``alpha x`` alone needs ``2h > m``
+    bits (rounded, it changes about half of the sums)."""
+    import numpy as np
+    dt = np.dtype(dtype)
+    h = (np.finfo(dt).nmant + 1) // 2 + 1
+    rng = np.random.default_rng(20261201)
+    n = 40_009                 # over OpenBLAS's one-thread limit for axpy (10,000), an odd tail
+    x, y = (np.ldexp(rng.integers(2 ** (h - 1), 2 ** h, n + 1).astype(dt), -h) for _ in range(2))
+    fused = (y - x) - np.ldexp(x, -h)
+    return y, x, -(1.0 + 2.0 ** -h), fused
+
+
+def axpy_exact(dtype):
+    """Whether the BLAS's ``?axpy`` (``y += alpha x``) gives, at one thread and
+    at several, the bits of fastbp's SGD kernel (``p -= lr g``, one fused
+    multiply-add per element where the CPU has the instruction, else two
+    roundings).
+
+    Checked once per process and dtype, on vectors whose two roundings differ
+    (an unaligned start and an odd tail included); ``False`` without a BLAS or
+    its axpy, and for dtypes other than float32 and float64.  Only where this
+    holds does a plain SGD step (:func:`fastbp._handlers._h_sgd`) run its
+    update through the BLAS, on the threads that ran its products."""
+    import numpy as np
+    dt = np.dtype(dtype)
+    if dt in _AXPY_EXACT:
+        return _AXPY_EXACT[dt]
+    ok = False
+    k = {np.dtype(np.float32): 0, np.dtype(np.float64): 1}.get(dt)
+    if k is not None and _backend is not None and (_backend.saxpy, _backend.daxpy)[k]:
+        axpy = _AXPY_TYPES[k]((_backend.saxpy, _backend.daxpy)[k])
+        y, x, alpha, fused = _axpy_probe(dt)
+        want = fused if _contracts() else y + alpha * x
+        ok = True
+        with THREADS_LOCK:
+            before = int(_backend.get_threads())
+            try:
+                for threads in (1, max(2, before)):
+                    _backend.set_threads(threads)
+                    for lo in (0, 1):         # an aligned and an unaligned start
+                        got = y[lo:].copy()
+                        axpy(got.shape[0], alpha, x[lo:].ctypes.data, 1, got.ctypes.data, 1)
+                        ok = ok and got.tobytes() == want[lo:].tobytes()
+            finally:
+                _backend.set_threads(before)
+    _AXPY_EXACT[dt] = ok
+    return ok

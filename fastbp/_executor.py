@@ -55,7 +55,7 @@ from ._isa import (  # noqa: F401 - re-exported: the executor reads and writes t
     H_BT_CUR, H_BT_MIN, H_JIT_ON, RUNTIME_SLOTS, HYPER_SIZE, MODE_FORWARD, MODE_GRAD, MODE_TRAIN, STATUS_OK,
     STATUS_LOSS_NONFINITE, STATUS_GRAD_NONFINITE, STATUS_BAD_LABEL, STATUS_BAD_INPUT, STATUS_BAD_OP, OP_CAPACITY)
 from ._isa import OP_RMSPROP, H_CLIP, H_ALPHA, H_WEIGHTED, HYPER_SIZE_V1  # noqa: F401 - re-exported
-from ._isa import OP_DROPOUT, OP_DROPOUT_BWD, H_RNG_SEED, H_TRAINING  # noqa: F401 - re-exported
+from ._isa import OP_DROPOUT, OP_DROPOUT_BWD, H_RNG_SEED, H_TRAINING, H_AXPY_MIN  # noqa: F401 - re-exported
 from ._isa import OP_BATCHNORM, OP_BATCHNORM_BWD, OP_LAYERNORM, OP_LAYERNORM_BWD  # noqa: F401 - re-exported
 
 #: the handlers' prototype: kcall_at types every handler call by its signature
@@ -383,15 +383,25 @@ def run_update(ctx, sec, x):
     return kcall_at(ctx, X_RUN, K_RUN_TAPE, (ctx, sec[S_BWD], sec[S_END], np.int64(1), x, yi, x))
 
 
-def runtime_hyper(hyper, threads=False):
+def runtime_hyper(hyper, threads=False, axpy_dtype=None):
     """Fill the process-specific slots of a hyper-parameter array (BLAS policy);
     ``threads``: a step on numba's threads (:func:`step_threads`), whose every
-    product runs on one BLAS thread (the split products run one per numba thread)."""
+    product runs on one BLAS thread (the split products run one per numba thread).
+
+    ``axpy_dtype``: the dtype of a step whose plain SGD update may run through
+    the BLAS's axpy on the threads of its products (``hyper[H_AXPY_MIN]``, from
+    :data:`fastbp.config.SGD_AXPY_MIN_PARAMS`); only on the BLAS's threads
+    (not ``threads``) and where :func:`fastbp._blas.axpy_exact` holds (the bits
+    of fastbp's own kernel).  ``None``: never (a step without an update, or
+    whose products run elsewhere)."""
     # without a BLAS every product runs in the plain loops
     hyper[H_BLAS_MIN] = BLAS_MIN_MACS if BLAS_AVAILABLE else float(2 ** 62)
     hyper[H_BT_ON] = 1.0 if BLAS_THREAD_CONTROL else 0.0
     hyper[H_BT_MIN] = float(2 ** 62) if threads else BLAS_THREADS_MIN_MACS
     hyper[H_JIT_ON] = 1.0 if _blas.GEMM_JIT else 0.0
+    axpy = (axpy_dtype is not None and not threads and BLAS_THREAD_CONTROL
+            and _blas.axpy_exact(axpy_dtype))
+    hyper[H_AXPY_MIN] = float(_config.SGD_AXPY_MIN_PARAMS) if axpy else 0.0
     return hyper
 
 

@@ -38,7 +38,7 @@ from ._arena_views import _all_finite, _c_vec, _c_rows, _view, _view_or_empty, _
 from ._native import kcall, native_kernel
 from .config import JIT_MAX_MACS
 from .kernels.codes import LOSS_BCE_LOGITS, LOSS_MSE, LOSS_POISSON, LOSS_SOFTMAX_XENT, LOSS_SVM
-from .kernels.gemm import JIT_SLOT, blas_get_threads, blas_set_threads
+from .kernels.gemm import JIT_SLOT, blas_axpy, blas_get_threads, blas_set_threads
 from .kernels.activations import ROLE_BIAS_ACT, ROLE_BIAS_ACT_D, ROLE_BWD, ROLE_FWD, ROLE_FWD_D
 from .kernels.losses import _check_labels
 from .kernels.table import (K_ACT, K_ADAM, K_ADAM_DECOUPLED, K_ADAM_L2, K_BCE_LOGITS, K_BLAS_MM, K_BN_BWD, K_BN_FWD, K_BN_RUNNING,
@@ -56,8 +56,8 @@ from ._isa import (OP_ACT, OP_ACT_BWD, OP_ADAM, OP_BATCHNORM, OP_BATCHNORM_BWD, 
                    C_E, C_F, C_G, C_F1, C_F2, C_F3, C_F4, C_F5, C_P, TAPE_WIDTH, X_ARENA, X_ARENA_N, X_BUFS, X_BUFS_N,
                    X_TAPE, X_TAPE_N, X_HYPER, X_WS64, X_WS64_N, X_GJIT, X_GJIT_N, X_BATCH, X_KTAB, H_LR, H_MOM,
                    H_NESTEROV, H_WD, H_B1, H_B2, H_EPS, H_DECOUPLED, H_T, H_BLAS_MIN, H_STEPS, H_BT_ON, H_BT_MAX,
-                   H_BT_CUR, H_BT_MIN, H_CLIP, H_ALPHA, H_WEIGHTED, H_ROW0, H_RNG_SEED, H_TRAINING, HYPER_SIZE,
-                   INFO_ONE_ROW, STATUS_OK, STATUS_LOSS_NONFINITE, STATUS_GRAD_NONFINITE, STATUS_BAD_LABEL,
+                   H_BT_CUR, H_BT_MIN, H_AXPY_MIN, H_CLIP, H_ALPHA, H_WEIGHTED, H_ROW0, H_RNG_SEED, H_TRAINING,
+                   HYPER_SIZE, INFO_ONE_ROW, STATUS_OK, STATUS_LOSS_NONFINITE, STATUS_GRAD_NONFINITE, STATUS_BAD_LABEL,
                    STATUS_BAD_INPUT, STATUS_BAD_OP)
 
 #: what every handler returns: (status, loss, carry or info)
@@ -511,6 +511,13 @@ def _h_sgd(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     p0 = ins[C_A]
     s0 = ins[C_C]
     v = arena[s0:s0 + n] if s0 >= 0 else arena[0:0]
+    if hyper[H_MOM] == 0.0 and hyper[H_WD] == 0.0 and 0.0 < hyper[H_AXPY_MIN] <= n:
+        # plain SGD on the BLAS's threads, awake after the products (fastbp.config.SGD_AXPY_MIN_PARAMS;
+        # the kernel's bits: fastbp._blas.axpy_exact)
+        _blas_threads_for(hyper[H_BT_MIN], hyper)
+        blas_axpy(-hyper[H_LR], g, arena[p0:p0 + n])
+        hyper[H_STEPS] += 1.0
+        return STATUS_OK, 0.0, carry
     kcall(kt, K_SGD, (arena[p0:p0 + n], g, v, hyper[H_LR], hyper[H_MOM], hyper[H_NESTEROV] != 0.0, hyper[H_WD]))
     hyper[H_STEPS] += 1.0
     return STATUS_OK, 0.0, carry

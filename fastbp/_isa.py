@@ -87,6 +87,10 @@ H_WEIGHTED = 20
 #: call by the data-parallel step, 0 otherwise
 H_ROW0 = 21
 RUNTIME_SLOTS = RUNTIME_SLOTS + (H_ROW0,)
+#: plain SGD's updates of at least this many parameters run through the BLAS's axpy
+#: (0: never; this process's BLAS policy, see fastbp._executor.runtime_hyper)
+H_AXPY_MIN = 22
+RUNTIME_SLOTS = RUNTIME_SLOTS + (H_AXPY_MIN,)
 #: the hyper vector's length before slots 16-23 existed (checkpoints of that length load: padded)
 HYPER_SIZE_V1 = 16
 HYPER_SIZE = 24

@@ -70,6 +70,18 @@ BLAS_MIN_MACS = 2048
 #: (6.4 M) is 1.2x faster on 2.  Runtime setting: hyper[H_BT_MIN].
 BLAS_THREADS_MIN_MACS = 1 << 21
 
+#: A plain SGD update (no momentum, no weight decay) of at least this many
+#: parameters, in a step whose products run on the BLAS's threads, runs
+#: through the BLAS's axpy on those threads (where fastbp._blas.axpy_exact:
+#: the same bits as fastbp's kernel).  After a product on two BLAS threads,
+#: the weights' cache lines are shared by both cores, and one core's stores
+#: wait for the other's copies: measured on the development machine (numpy's
+#: OpenBLAS, float32, update after a 64x784 @ 784xn product): 25,088
+#: parameters 12.2 -> 9.4 us, 100,352: 43.9 -> 24.5, 200,704: 57.8 -> 26.7;
+#: OpenBLAS runs axpy on one thread up to 10,000 elements.  Runtime setting:
+#: hyper[H_AXPY_MIN].
+SGD_AXPY_MIN_PARAMS = 1 << 14
+
 #: With oneMKL (fastbp._blas.GEMM_JIT), BLAS products of a full minibatch
 #: that would run on one BLAS thread (below BLAS_THREADS_MIN_MACS) run through
 #: a JIT GEMM kernel made for their shapes (one per product of the tape, on

@@ -205,6 +205,8 @@ _cblas_sgemm = types.ExternalFunction(
 _cblas_dgemm = types.ExternalFunction(
     _blas.DGEMM_SYM, types.void(_i, _i, _i, _i, _i, _i, types.float64, types.uintp, _i,
                                 types.uintp, _i, types.float64, types.uintp, _i))
+_cblas_saxpy = types.ExternalFunction(_blas.SAXPY_SYM, types.void(_i, types.float32, types.uintp, _i, types.uintp, _i))
+_cblas_daxpy = types.ExternalFunction(_blas.DAXPY_SYM, types.void(_i, types.float64, types.uintp, _i, types.uintp, _i))
 _blas_set_threads = types.ExternalFunction(_blas.SET_THREADS_SYM, types.void(types.intc))
 _blas_get_threads = types.ExternalFunction(_blas.GET_THREADS_SYM, types.intc())
 _jit_create_s = types.ExternalFunction(
@@ -262,6 +264,18 @@ def _gemm_block(A, B, C, ta, tb, beta, r0, r1, c0, c1):
     else:
         _cblas_dgemm(_ROW, _TR if ta else _NT, _TR if tb else _NT, r1 - r0, c1 - c0, k, one,
                      a, lda, b, ldb, C.dtype.type(beta), c, n)
+
+
+@jit
+def blas_axpy(alpha, x, y):
+    """``y += alpha x`` through the BLAS's ``?axpy`` on its own threads (a
+    product's threads, still awake after it), for contiguous 1-D ``x`` and
+    ``y`` of one dtype (float32 or float64; ``alpha`` converted to it).  Only
+    where :func:`fastbp._blas.axpy_exact` holds for the dtype."""
+    if y.itemsize == 4:     # (both branches compile; the dead one is pruned)
+        _cblas_saxpy(y.shape[0], np.float32(alpha), x.ctypes.data, 1, y.ctypes.data, 1)
+    else:
+        _cblas_daxpy(y.shape[0], np.float64(alpha), x.ctypes.data, 1, y.ctypes.data, 1)
 
 
 @jit(python=True)      # (fastbp.ops calls it)
