@@ -220,9 +220,7 @@ class Kernel:
 
     def pick(self, work):
         """The variant to use for ``work`` units of work (see PARALLEL_THRESHOLD)."""
-        if work >= PARALLEL_THRESHOLD and numba.config.NUMBA_NUM_THREADS > 1:
-            return self.parallel
-        return self.serial
+        return pick_variant(self, work)
 
     def __call__(self, *args, work=None):
         """Run the variant chosen for ``work`` (serial if not given)."""
@@ -231,6 +229,71 @@ class Kernel:
 
     def __repr__(self):
         return f"<fastbp kernel {self.__name__}>"
+
+
+def pick_variant(pair, work):
+    """``pair.parallel`` for ``work`` units of work at or over
+    PARALLEL_THRESHOLD when numba runs more than one thread, else ``pair.serial``
+    (the rule of every :class:`Kernel` and :class:`ChosenKernel`)."""
+    if work >= PARALLEL_THRESHOLD and numba.config.NUMBA_NUM_THREADS > 1:
+        return pair.parallel
+    return pair.serial
+
+
+class ChosenKernel:
+    """A kernel chosen at each call from its arguments (an op's code, a mode)
+    among :class:`Kernel` pairs, with a Kernel's interface: ``serial`` and
+    ``parallel`` (each chooses, then runs that variant of the chosen kernel),
+    ``pick(work)``, and a call (serial, or the variant for ``work=``).  For
+    callers from Python; the executor calls the chosen kernels itself.
+
+    Subclasses define :meth:`choose`.
+
+    Parameters
+    ----------
+    name : str
+    doc : str, optional
+        The docstring (default: the class's).
+    """
+
+    #: how the kernel is chosen, for the repr
+    by = "code"
+
+    def __init__(self, name, doc=None):
+        self.__name__ = name
+        if doc is not None:
+            self.__doc__ = doc
+        self.serial = _ChosenVariant(self, "serial")
+        self.parallel = _ChosenVariant(self, "parallel")
+
+    def choose(self, args):
+        """``(kernel, call_args)``: the :class:`Kernel` (or pair with ``serial``
+        and ``parallel``) for the call's arguments ``args``, and the arguments
+        to pass it."""
+        raise NotImplementedError
+
+    def pick(self, work):
+        """The variant to use for ``work`` units of work (see PARALLEL_THRESHOLD)."""
+        return pick_variant(self, work)
+
+    def __call__(self, *args, work=None):
+        """Run the variant chosen for ``work`` (serial if not given)."""
+        return (self.serial if work is None else self.pick(work))(*args)
+
+    def __repr__(self):
+        return f"<fastbp kernel {self.__name__} (by {self.by})>"
+
+
+class _ChosenVariant:
+    """One variant (``"serial"``/``"parallel"``) of a :class:`ChosenKernel`."""
+
+    def __init__(self, owner, variant):
+        self.owner, self.variant = owner, variant
+        self.__name__ = f"{owner.__name__}.{variant}"
+
+    def __call__(self, *args):
+        k, call_args = self.owner.choose(args)
+        return getattr(k, self.variant)(*call_args)
 
 
 def kernel(fn):

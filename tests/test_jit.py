@@ -218,3 +218,35 @@ def test_fastbp_imports_with_numbas_jit_disabled():
     p = subprocess.run([sys.executable, "-c", "import fastbp._executor, fastbp.ops; print('ok')"],
                        capture_output=True, text=True, env=dict(os.environ, NUMBA_DISABLE_JIT="1"), timeout=300)
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]
+
+
+def test_chosen_kernels_share_one_dispatch_rule(monkeypatch):
+    """The kernels chosen per call by code or mode (activations, gates, Adam) are
+    ChosenKernels: each variant runs that variant of the chosen Kernel, ``pick``
+    follows the Kernels' rule, and a bare ChosenKernel cannot choose."""
+    from fastbp.kernels import activations, gates, optim
+    from fastbp.registry import activations as acts, gates as gate_reg
+    relu = acts.get("relu").code
+    X = np.array([[-1.0, 2.0], [3.0, -4.0]])
+    for pick in ("serial", "parallel"):
+        Y = np.zeros_like(X)
+        getattr(activations._act_fwd, pick)(X, relu, Y)
+        assert np.array_equal(Y, np.maximum(X, 0))
+    add = gate_reg.get("add").code
+    out = np.zeros_like(X)
+    gates._gate_fwd.parallel(add, X, X, out)
+    assert np.array_equal(out, 2 * X)
+    p = np.ones(4)
+    optim._adam_update(p, np.ones(4), np.zeros(4), np.zeros(4), 1.0, 0.1, 0.9, 0.999, 1e-8, 0.0, True)
+    assert np.allclose(p, 0.9)
+    for k in (activations._act_fwd, activations._relu_fwd, gates._gate_bwd, optim._adam_update):
+        assert isinstance(k, _jit.ChosenKernel)
+        monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 2)
+        assert k.pick(_jit.PARALLEL_THRESHOLD) is k.parallel and k.pick(_jit.PARALLEL_THRESHOLD - 1) is k.serial
+        monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 1)
+        assert k.pick(10 ** 12) is k.serial
+        assert k.__name__ in repr(k) and "(by " in repr(k)
+    assert "weight-decay mode" in repr(optim._adam_update)
+    assert gates._gate_fwd.__doc__.startswith("``out = A (gate) B``")
+    with pytest.raises(NotImplementedError):
+        _jit.ChosenKernel("bare").serial(1)

@@ -35,11 +35,10 @@ fixed entry, default parameters), for the ``fastbp.ops`` wrappers and tests.
 """
 import math
 
-import numba
 import numpy as np
 from numba import prange
 
-from .._jit import PARALLEL_THRESHOLD, Kernel, jit
+from .._jit import ChosenKernel, Kernel, jit
 from ..registry import activations as R
 from .factory import ADAPTERS, entry_suffix, specialise
 from .gemm import _gemm_rows
@@ -273,58 +272,29 @@ def params_array(code, dtype, values=None):
 
 
 # ------------------------------------------------------- dispatch by code
-def _pick(obj, work):
-    if work >= PARALLEL_THRESHOLD and numba.config.NUMBA_NUM_THREADS > 1:
-        return obj.parallel
-    return obj.serial
-
-
-class _Call:
-    """One variant of a :class:`_ByCode` or :class:`_Fixed` dispatcher."""
-
-    def __init__(self, owner, variant):
-        self.owner = owner
-        self.variant = variant
-
-    def __call__(self, *args):
-        return self.owner._run(self.variant, args)
-
-
-class _ByCode:
+class _ByCode(ChosenKernel):
     """A role of the per-entry kernels, the entry chosen by a code argument
     (the older kernel signatures with ``act``), with default parameters."""
 
     def __init__(self, name, role, pos, adapt):
-        self.__name__ = name
+        super().__init__(name)
         self.role, self.pos, self.adapt = role, pos, adapt
-        self.serial, self.parallel = _Call(self, "serial"), _Call(self, "parallel")
 
-    pick = _pick
-
-    def __call__(self, *args, work=None):
-        """Run the variant chosen for ``work`` (serial if not given), as a Kernel."""
-        return (self.serial if work is None else self.pick(work))(*args)
-
-    def _run(self, variant, args):
+    def choose(self, args):
         code = args[self.pos]
         rest = args[:self.pos] + args[self.pos + 1:]
-        k = getattr(getattr(kernels(code), self.role), variant)
-        return k(*self.adapt(rest), params_array(code, rest[0].dtype))
-
-    def __repr__(self):
-        return f"<fastbp activation kernel {self.__name__} (by code)>"
+        return getattr(kernels(code), self.role), (*self.adapt(rest), params_array(code, rest[0].dtype))
 
 
-class _Fixed(_ByCode):
+class _Fixed(ChosenKernel):
     """A role of one entry's kernels, default parameters (``_relu_fwd(X, Y)``)."""
 
     def __init__(self, name, role, code, adapt):
-        super().__init__(name, role, 0, adapt)
-        self.code = code
+        super().__init__(name)
+        self.role, self.code, self.adapt = role, code, adapt
 
-    def _run(self, variant, args):
-        k = getattr(getattr(kernels(self.code), self.role), variant)
-        return k(*self.adapt(args), params_array(self.code, args[0].dtype))
+    def choose(self, args):
+        return getattr(kernels(self.code), self.role), (*self.adapt(args), params_array(self.code, args[0].dtype))
 
 
 _act_fwd = _ByCode("_act_fwd", "fwd", 1, lambda a: a)

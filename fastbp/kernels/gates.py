@@ -28,11 +28,10 @@ code is a ValueError.
 """
 import math
 
-import numba
 import numpy as np
 from numba import prange
 
-from .._jit import PARALLEL_THRESHOLD, Kernel, jit, kernel
+from .._jit import ChosenKernel, Kernel, jit, kernel
 from ..registry import gates as R
 from .factory import PerEntry, specialise
 
@@ -154,33 +153,16 @@ def kernels(code):
 
 
 # ------------------------------------------------------- dispatch by code
-class _Call:
-    def __init__(self, owner, variant):
-        self.owner, self.variant = owner, variant
-
-    def __call__(self, gate, *args):
-        return getattr(getattr(kernels(gate), self.owner.role), self.variant)(gate, *args)
-
-
-class _ByCode:
+class _ByCode(ChosenKernel):
     """A role of the per-entry gate kernels, the entry chosen by the first
     argument (the gate code), with the interface of a :class:`fastbp._jit.Kernel`."""
 
     def __init__(self, name, role, doc):
-        self.__name__, self.role, self.__doc__ = name, role, doc
-        self.serial, self.parallel = _Call(self, "serial"), _Call(self, "parallel")
+        super().__init__(name, doc)
+        self.role = role
 
-    def pick(self, work):
-        """The variant to use for ``work`` units of work (see PARALLEL_THRESHOLD)."""
-        if work >= PARALLEL_THRESHOLD and numba.config.NUMBA_NUM_THREADS > 1:
-            return self.parallel
-        return self.serial
-
-    def __call__(self, *args, work=None):
-        return (self.serial if work is None else self.pick(work))(*args)
-
-    def __repr__(self):
-        return f"<fastbp gate kernel {self.__name__} (by code)>"
+    def choose(self, args):
+        return getattr(kernels(args[0]), self.role), args
 
 
 _gate_fwd = _ByCode("_gate_fwd", "fwd", """``out = A (gate) B`` with broadcasting.

@@ -8,7 +8,7 @@ import math
 import numba
 from numba import prange
 
-from .._jit import Kernel, jit, kernel
+from .._jit import ChosenKernel, Kernel, jit, kernel
 from ..registry import optimizers as _opt
 from .factory import specialise
 from ..registry.optimizers import ADAM_DECOUPLED, ADAM_L2, ADAM_NO_DECAY
@@ -78,38 +78,20 @@ _adam_l2 = Kernel(specialise(_t_adam, "_l2", _MODE=ADAM_L2), fastmath=False)
 ADAM_KERNELS = (_adam_no_decay, _adam_decoupled, _adam_l2)
 
 
-class _AdamByMode:
+class _AdamByMode(ChosenKernel):
     """``_adam_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled)``:
     Adam's update through the kernel of its weight-decay mode (:data:`ADAM_KERNELS`),
     with a :class:`fastbp._jit.Kernel`'s interface (``serial``, ``parallel``,
     ``pick(work)``, called: serial).  For callers from Python; the executor calls the
     mode's kernel itself."""
 
-    __name__ = "_adam_update"
+    by = "weight-decay mode"
 
-    def __init__(self):
-        self.serial = self._variant("serial")
-        self.parallel = self._variant("parallel")
-
-    @staticmethod
-    def _variant(name):
-        def run(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled):
-            k = ADAM_KERNELS[_opt.adam_mode(weight_decay, decoupled)]
-            return getattr(k, name)(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled)
-        run.__name__ = f"_adam_update.{name}"
-        return run
-
-    def pick(self, work):
-        return self.parallel if _adam_no_decay.pick(work) is _adam_no_decay.parallel else self.serial
-
-    def __call__(self, *args, work=None):
-        return (self.serial if work is None else self.pick(work))(*args)
-
-    def __repr__(self):
-        return "<fastbp kernel _adam_update (by weight-decay mode)>"
+    def choose(self, args):
+        return ADAM_KERNELS[_opt.adam_mode(args[9], args[10])], args
 
 
-_adam_update = _AdamByMode()
+_adam_update = _AdamByMode("_adam_update")
 
 
 @kernel
