@@ -258,3 +258,24 @@ def test_no_blas_no_axpy():
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().endswith("ok")
+
+
+def test_checkpoint_keeps_this_process_policy(tmp_path):
+    """The slot is this process's BLAS policy: a checkpoint saved with it set
+    loads with the loading process's value, and trains on bitwise as the
+    saved step does."""
+    X, y = _data(np.float32)
+    step = _step(np.float32)
+    step(X[:32], y[:32])
+    path = str(tmp_path / "m.npz")
+    step.save(path)
+    loaded = fastbp.load(path)
+    assert loaded.hyper[ex.H_AXPY_MIN] == step.hyper[ex.H_AXPY_MIN]
+    step.hyper[ex.H_AXPY_MIN] = 0.0           # as in a process whose BLAS has no exact axpy
+    step.save(path)
+    loaded = fastbp.load(path)
+    want = config.SGD_AXPY_MIN_PARAMS if _blas.axpy_exact(np.float32) else 0
+    assert loaded.hyper[ex.H_AXPY_MIN] == want
+    step(X[32:64], y[32:64])
+    loaded(X[32:64], y[32:64])
+    assert loaded.param_vector.tobytes() == step.param_vector.tobytes()
