@@ -19,6 +19,9 @@ rule of backpropagation, "upstream gradient times local gradient".
 The activation wrappers ``<name>_forward``/``<name>_backward`` are generated
 from the activation registry (:mod:`fastbp.registry.activations`,
 :mod:`fastbp._ops_activations`): ``relu``, ``sigmoid``, ``tanh``, ...
+LayerNorm, BatchNorm1d and dropout: ``layer_norm_forward``/``_backward``,
+``batch_norm_forward``/``_backward``, ``dropout_forward``/``_backward``
+(:mod:`fastbp._ops_norm`; PyTorch's ``torch.nn.functional`` semantics).
 
 Non-finite data is not an error: NaN in an input propagates as NaN to the
 outputs it touches.
@@ -28,6 +31,7 @@ from __future__ import annotations
 import numpy as _np
 
 from . import _ops_activations as _OA
+from . import _ops_norm as _ON
 from . import _validate as _V
 from .kernels import activations as _A
 from .kernels import gates as _G
@@ -48,7 +52,9 @@ __all__ = [
     "add_forward", "add_backward", "mul_forward", "mul_backward",
     "max_forward", "max_backward",
     "softmax_cross_entropy", "svm_loss", "mse", "bce_with_logits", "poisson_loss",
+    *_ON.__all__,
 ]
+globals().update({_name: getattr(_ON, _name) for _name in _ON.__all__})
 
 
 def __dir__():
