@@ -67,44 +67,51 @@ def _backward_args(x, dy, stats, weight, bias, stats_shape, stats_what):
     V.float_array(stats, "stats", 2)
     V.same_dtype(x, "x", stats, "stats")
     V.shape(stats, "stats", stats_shape, stats_what)
-    w = _vector(weight, "weight", N, dt, "one weight per feature, x.shape[1]")
+    w = _vector(weight, "weight", N, dt, "one weight per feature, x.shape[-1]")
     dw = _grad_of(weight, "weight", N, dt, "")
-    db = _grad_of(bias, "bias", N, dt, "one bias per feature, x.shape[1]")
+    db = _grad_of(bias, "bias", N, dt, "one bias per feature, x.shape[-1]")
     return dt, w, dw, db, np.empty((B, N), dt)
 
 
 # ------------------------------------------------------------------ LayerNorm
-def layer_norm_forward(x, weight=None, bias=None, eps=1e-5, out=None):
-    """LayerNorm over each row: ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
+def _rows(x, name="x"):
+    """``(rows, N)``: an array of 1-4 dimensions as rows of its last dimension."""
+    V.float_array(x, name, (1, 2, 3, 4))
+    N = x.shape[-1]
+    return (x.size // N if N else int(np.prod(x.shape[:-1]))), N
 
-    ``torch.nn.functional.layer_norm(x, (N,), weight, bias, eps)`` for 2-D
-    ``x``: the mean and the biased variance of each row.
+
+def layer_norm_forward(x, weight=None, bias=None, eps=1e-5, out=None):
+    """LayerNorm over the last dimension: ``y = (x - mean) / sqrt(var + eps) * weight + bias``.
+
+    ``torch.nn.functional.layer_norm(x, (N,), weight, bias, eps)``: the mean
+    and the biased variance of each row (each vector along the last axis).
 
     Parameters
     ----------
-    x : numpy.ndarray, shape (batch, N), float32 or float64
+    x : numpy.ndarray, shape (..., N) (1 to 4 dimensions), float32 or float64
     weight, bias : numpy.ndarray, shape (N,), same dtype, optional
         The elementwise affine parameters (``None``: 1 and 0).
     eps : float, default 1e-5
         Added to the variance; finite, >= 0.
-    out : numpy.ndarray, shape (batch, N), optional
+    out : numpy.ndarray, the shape of ``x``, optional
         Where to write ``y``; must not overlap the inputs.
 
     Returns
     -------
-    y : numpy.ndarray, shape (batch, N)
-    stats : numpy.ndarray, shape (batch, 2)
+    y : numpy.ndarray, the shape and dtype of ``x``
+    stats : numpy.ndarray, shape (..., 2)
         Each row's mean and ``rstd = 1 / sqrt(var + eps)``, for
         :func:`layer_norm_backward`.
     """
-    dt = _x(x)
-    B, N = x.shape
-    w = _vector(weight, "weight", N, dt, "one weight per feature, x.shape[1]")
-    b = _vector(bias, "bias", N, dt, "one bias per feature, x.shape[1]")
+    B, N = _rows(x)
+    dt = x.dtype
+    w = _vector(weight, "weight", N, dt, "one weight per feature, x.shape[-1]")
+    b = _vector(bias, "bias", N, dt, "one bias per feature, x.shape[-1]")
     P = np.array([_norm_eps("layer_norm_forward", eps)], dt)
-    y = check_out(out, "out", (B, N), dt, ((x, "x"), (w, "weight"), (b, "bias")))
-    S = np.empty((B, 2), dt)
-    _N._layernorm_fwd.pick(B * N)(x, w, b, y, S, P)
+    y = check_out(out, "out", x.shape, dt, ((x, "x"), (w, "weight"), (b, "bias")))
+    S = np.empty(x.shape[:-1] + (2,), dt)
+    _N._layernorm_fwd.pick(B * N)(x.reshape(B, N), w, b, y.reshape(B, N), S.reshape(B, 2), P)
     return y, S
 
 
@@ -117,26 +124,30 @@ def layer_norm_backward(x, dy, stats, weight=None, bias=None):
 
     Parameters
     ----------
-    x : numpy.ndarray, shape (batch, N)
+    x : numpy.ndarray, shape (..., N)
         The forward's input.
-    dy : numpy.ndarray, shape (batch, N)
+    dy : numpy.ndarray, the shape of ``x``
         The gradient of the output.
-    stats : numpy.ndarray, shape (batch, 2)
+    stats : numpy.ndarray, shape (..., 2)
         The forward's ``stats``.
     weight, bias : numpy.ndarray, shape (N,), optional
         The forward's parameters; a gradient is returned for each one given.
 
     Returns
     -------
-    dx : numpy.ndarray, shape (batch, N)
+    dx : numpy.ndarray, the shape of ``x``
     dweight, dbias : numpy.ndarray, shape (N,), or None
         ``None`` where the forward had no such parameter.
     """
-    B, N = x.shape if isinstance(x, np.ndarray) and x.ndim == 2 else (0, 0)
-    dt, w, dw, db, dx = _backward_args(x, dy, stats, weight, bias, (B, 2),
-                                       "layer_norm_forward's stats: (mean, rstd) per row of x")
-    _N._layernorm_bwd.pick(B * N)(x, w, stats, dy, dx, dw, db, False, False, False)
-    return dx, (dw if weight is not None else None), (db if bias is not None else None)
+    B, N = _rows(x)
+    V.float_array(dy, "dy", x.ndim)
+    V.shape(dy, "dy", x.shape, "the output's gradient has the input's shape")
+    V.float_array(stats, "stats", x.ndim)
+    V.shape(stats, "stats", x.shape[:-1] + (2,), "layer_norm_forward's stats: (mean, rstd) per row of x")
+    x2, dy2, s2 = x.reshape(B, N), dy.reshape(B, N), stats.reshape(B, 2)
+    dt, w, dw, db, dx = _backward_args(x2, dy2, s2, weight, bias, (B, 2), "")
+    _N._layernorm_bwd.pick(B * N)(x2, w, s2, dy2, dx, dw, db, False, False, False)
+    return dx.reshape(x.shape), (dw if weight is not None else None), (db if bias is not None else None)
 
 
 # ------------------------------------------------------------------ BatchNorm1d

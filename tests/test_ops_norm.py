@@ -94,6 +94,31 @@ def test_layer_norm_against_torch(dtype):
         np.testing.assert_allclose(mine, theirs.detach().numpy(), **tol)
 
 
+@pytest.mark.parametrize("shape", [(13,), (3, 4, 13), (2, 3, 2, 13)])
+def test_layer_norm_over_the_last_axis_of_nd_arrays(shape):
+    """As torch.nn.functional.layer_norm(x, (N,)): rows are the vectors along the last axis."""
+    r = _rng(10)
+    x = r.standard_normal(shape)
+    w, b = r.standard_normal(13), r.standard_normal(13)
+    dy = r.standard_normal(shape)
+    y, stats = ops.layer_norm_forward(x, w, b)
+    assert y.shape == shape and stats.shape == shape[:-1] + (2,)
+    y2, s2 = ops.layer_norm_forward(x.reshape(-1, 13), w, b)
+    assert np.array_equal(y.reshape(-1, 13), y2) and np.array_equal(stats.reshape(-1, 2), s2)
+    dx, dw, db = ops.layer_norm_backward(x, dy, stats, w, b)
+    dx2, dw2, db2 = ops.layer_norm_backward(x.reshape(-1, 13), dy.reshape(-1, 13), s2, w, b)
+    assert dx.shape == shape and np.array_equal(dx.reshape(-1, 13), dx2)
+    assert np.array_equal(dw, dw2) and np.array_equal(db, db2)
+    np.testing.assert_allclose(y.reshape(-1, 13), _ln_ref(x.reshape(-1, 13), w, b, 1e-5), rtol=1e-12, atol=1e-12)
+    torch = pytest.importorskip("torch")
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.nn.functional.layer_norm(tx, (13,), torch.tensor(w), torch.tensor(b))
+    ty.backward(torch.tensor(dy))
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="stats"):
+        ops.layer_norm_backward(x, dy, s2 if len(shape) > 2 else np.ones((2, 2)), w, b)
+
+
 # ------------------------------------------------------------------ BatchNorm1d
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_batch_norm_forward_training_and_eval_against_numpy(dtype):
