@@ -209,6 +209,25 @@ def test_momentum_and_weight_decay_stay_on_the_kernel(opt):
 
 
 @needs_axpy
+def test_clipped_and_fit_updates_through_the_axpy():
+    """Clipping by global norm scales the gradients before the axpy, and fit's native
+    epoch loop takes the same path: the slot set or cleared gives the same bits."""
+    X, y = _data(np.float32)
+    runs = []
+    for slot in (config.SGD_AXPY_MIN_PARAMS, 0.0):
+        step = _step(np.float32, clip_grad_norm=0.5)
+        step.hyper[ex.H_AXPY_MIN] = slot
+        _train(step, [(X[:32], y[:32])], 2)
+        step.fit(X, y, epochs=2, shuffle=False)
+        runs.append(step.param_vector.copy())
+    assert runs[0].tobytes() == runs[1].tobytes()
+    unclipped = _step(np.float32)
+    _train(unclipped, [(X[:32], y[:32])], 2)
+    unclipped.fit(X, y, epochs=2, shuffle=False)
+    assert unclipped.param_vector.tobytes() != runs[0].tobytes()
+
+
+@needs_axpy
 def test_lr_change_reaches_the_axpy():
     """The BLAS path reads the learning rate at every step, like the kernel."""
     X, y = _data(np.float32)
