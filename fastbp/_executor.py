@@ -383,6 +383,16 @@ def run_update(ctx, sec, x):
     return kcall_at(ctx, X_RUN, K_RUN_TAPE, (ctx, sec[S_BWD], sec[S_END], np.int64(1), x, yi, x))
 
 
+def sgd_axpy_candidate(tape):
+    """Whether a step's tape has an SGD update of at least
+    :data:`fastbp.config.SGD_AXPY_MIN_PARAMS` parameters (one that may run through
+    the BLAS's axpy, see :func:`runtime_hyper`); a step without one never asks
+    :func:`fastbp._blas.axpy_exact` (the check sets the BLAS's threads, whose spinning
+    would take a core from a cold start's compilation)."""
+    sgd = tape[:, C_OP] == OP_SGD
+    return bool(sgd.any()) and int(tape[sgd, C_F4].max()) >= _config.SGD_AXPY_MIN_PARAMS
+
+
 def runtime_hyper(hyper, threads=False, axpy_dtype=None):
     """Fill the process-specific slots of a hyper-parameter array (BLAS policy);
     ``threads``: a step on numba's threads (:func:`step_threads`), whose every

@@ -76,8 +76,9 @@ class TrainStep(StepBase):
         #: whether the step runs on numba's threads alone (see fastbp._executor.step_threads)
         self.threads = self.precision != "bf16" and ex.step_threads(p, self.batch_size, self.dtype)
         # this process's BLAS policy; plain SGD's update through the BLAS's axpy in an fp32/fp64
-        # step (a bf16 step's products run on oneDNN's OpenMP threads, not the BLAS's)
-        ex.runtime_hyper(self.hyper, self.threads, None if self.precision == "bf16" else self.dtype)
+        # step with a large SGD update (a bf16 step's products run on oneDNN's OpenMP threads)
+        axpy = self.precision != "bf16" and ex.sgd_axpy_candidate(p.tape)
+        ex.runtime_hyper(self.hyper, self.threads, self.dtype if axpy else None)
         # per-row losses, then the sample weights of a weighted call (see ex.H_WEIGHTED)
         self.ws64 = np.zeros(2 * self.batch_size, dtype=np.float64)
         #: the JIT GEMM kernels of small products (oneMKL only; see ex.gemm_jit_table)

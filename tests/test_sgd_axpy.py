@@ -257,8 +257,28 @@ def test_below_threshold_and_nonfinite_gradients():
     assert step.param_vector.tobytes() == before.tobytes()
     small = fastbp.compile(R.mlp([20, 16, 3]), "softmax_cross_entropy", fastbp.SGD(lr=0.05), batch_size=8,
                            dtype=np.float32, seed=1)
-    assert small.param_vector.size < small.hyper[ex.H_AXPY_MIN]
+    assert small.param_vector.size < config.SGD_AXPY_MIN_PARAMS and small.hyper[ex.H_AXPY_MIN] == 0
     small(X[:8, :20], y[:8] % 3)
+
+
+def test_only_a_large_sgd_step_runs_the_check():
+    """The check sets the BLAS's threads (whose spinning would take a core from a cold
+    start's compilation): an Adam step, or a small SGD step, never runs it."""
+    script = (
+        "import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import fastbp, reference as R\n"
+        "from fastbp import _blas, _executor as ex\n"
+        "a = fastbp.compile(R.mlp([784, 24, 10]), 'softmax_cross_entropy', fastbp.Adam(), batch_size=8)\n"
+        "s = fastbp.compile(R.mlp([20, 16, 3]), 'softmax_cross_entropy', fastbp.SGD(lr=0.1), batch_size=8)\n"
+        "assert a.hyper[ex.H_AXPY_MIN] == 0 and s.hyper[ex.H_AXPY_MIN] == 0\n"
+        "assert not ex.sgd_axpy_candidate(a.plan.tape) and not ex.sgd_axpy_candidate(s.plan.tape)\n"
+        "assert _blas._AXPY_EXACT == {}, _blas._AXPY_EXACT\n"
+        "b = fastbp.compile(R.mlp([784, 24, 10]), 'softmax_cross_entropy', fastbp.SGD(lr=0.1, momentum=0.9),\n"
+        "                   batch_size=8)\n"
+        "assert ex.sgd_axpy_candidate(b.plan.tape) and np.dtype(np.float32) in _blas._AXPY_EXACT\n"
+        "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", script, HERE], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().endswith("ok")
 
 
 def test_no_blas_no_axpy():
