@@ -387,8 +387,10 @@ def sgd_axpy_candidate(tape):
     """Whether a step's tape has an SGD update of at least
     :data:`fastbp.config.SGD_AXPY_MIN_PARAMS` parameters (one that may run through
     the BLAS's axpy, see :func:`runtime_hyper`); a step without one never asks
-    :func:`fastbp._blas.axpy_exact` (the check sets the BLAS's threads, whose spinning
-    would take a core from a cold start's compilation)."""
+    :func:`fastbp._blas.axpy_exact`: the check sets the BLAS's thread count, and
+    OpenBLAS's woken threads might spin on a core that a cold start's compilation
+    could use (not measurable here: interleaved cold runs with and without the
+    check agreed within this machine's noise)."""
     sgd = tape[:, C_OP] == OP_SGD
     return bool(sgd.any()) and int(tape[sgd, C_F4].max()) >= _config.SGD_AXPY_MIN_PARAMS
 

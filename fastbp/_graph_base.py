@@ -7,6 +7,7 @@ import numbers
 
 import numpy as np
 
+from . import _scalars
 from ._validate import INT64_MAX
 
 __all__ = ["GraphError", "GraphTypeError", "dropout_probability"]
@@ -70,12 +71,8 @@ def dropout_probability(p, owner="dropout"):
 
 
 def _norm_eps(op, eps):
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"{op}: eps must be a real number, got {type(eps).__name__}")
-    eps = float(eps)
-    if not (np.isfinite(eps) and eps >= 0.0):
-        raise ValueError(f"{op}: eps must be a finite number >= 0, got {eps}")
-    return eps
+    """A normalisation's ``eps``: a finite real number >= 0."""
+    return _scalars.real("eps", eps, op, low=0.0)
 
 
 GraphError.__module__ = GraphTypeError.__module__ = "fastbp.graph"      # where users import them from

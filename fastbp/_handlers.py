@@ -516,9 +516,9 @@ def _h_sgd(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
         # the kernel's bits: fastbp._blas.axpy_exact)
         _blas_threads_for(hyper[H_BT_MIN], hyper)
         blas_axpy(-hyper[H_LR], g, arena[p0:p0 + n])
-        hyper[H_STEPS] += 1.0
-        return STATUS_OK, 0.0, carry
-    kcall(kt, K_SGD, (arena[p0:p0 + n], g, v, hyper[H_LR], hyper[H_MOM], hyper[H_NESTEROV] != 0.0, hyper[H_WD]))
+    else:
+        kcall(kt, K_SGD, (arena[p0:p0 + n], g, v, hyper[H_LR], hyper[H_MOM], hyper[H_NESTEROV] != 0.0,
+                          hyper[H_WD]))
     hyper[H_STEPS] += 1.0
     return STATUS_OK, 0.0, carry
 

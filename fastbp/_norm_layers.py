@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import _scalars
 from . import _validate as _v
+from ._graph_base import _norm_eps
 from . import graph as _g
 
 __all__ = ["LayerNorm", "BatchNorm1d"]
@@ -37,15 +39,6 @@ class _Norm:
         w = g.param(f"{prefix}.weight", w0 if weight is None else weight) if self._has_w else None
         b = g.param(f"{prefix}.bias", b0 if bias is None else bias) if self._has_b else None
         return w, b
-
-
-def _norm_eps(owner, eps):
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{owner}: eps must be a real number, got {type(eps).__name__}")
-    eps = float(eps)
-    if not (np.isfinite(eps) and eps >= 0.0):
-        raise ValueError(f"{owner}: eps must be a finite number >= 0, got {eps}")
-    return eps
 
 
 class LayerNorm(_Norm):
@@ -134,13 +127,7 @@ class BatchNorm1d(_Norm):
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
         self.num_features = _v.positive_int("BatchNorm1d: num_features", num_features)
         self.eps = _norm_eps("BatchNorm1d", eps)
-        if momentum is not None:
-            if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.integer, np.floating)):
-                raise TypeError(f"BatchNorm1d: momentum must be a real number or None, got {type(momentum).__name__}")
-            momentum = float(momentum)
-            if not 0.0 <= momentum <= 1.0:
-                raise ValueError(f"BatchNorm1d: momentum must be in [0, 1] or None, got {momentum}")
-        self.momentum = momentum
+        self.momentum = _scalars.real("momentum", momentum, "BatchNorm1d", low=0.0, high=1.0, or_none=True)
         self.affine = _v.boolean("BatchNorm1d: affine", affine)
         self.track_running_stats = _v.boolean("BatchNorm1d: track_running_stats", track_running_stats)
         self._has_w = self._has_b = self.affine

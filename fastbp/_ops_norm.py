@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validate as V
-from ._norm_layers import _norm_eps
+from . import _scalars
+from ._graph_base import _norm_eps, dropout_probability
 from . import _rng
 from ._ops_activations import check_out, view2d_shape
 from .kernels import dropout as _D
@@ -46,31 +47,21 @@ def _grad_of(v, name, n, dt, what):
     return np.empty(n, dt) if v is not None else _EMPTY[dt]
 
 
-def _unit(v, name, where):
-    """A real number in [0, 1] (a probability, a momentum), as a float."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{where}: {name} must be a real number, got {type(v).__name__}")
-    v = float(v)
-    if not 0.0 <= v <= 1.0:
-        raise ValueError(f"{where}: {name} must be in [0, 1], got {v}")
-    return v
-
-
 def _backward_args(x, dy, stats, weight, bias, stats_shape, stats_what):
-    """Check a normalisation backward's arguments; ``(dtype, weight or the empty vector,
-    dweight, dbias, dx)``, the gradients allocated (size 0 where not wanted)."""
-    dt = _x(x)
-    B, N = x.shape
-    V.float_array(dy, "dy", 2)
+    """Check a normalisation backward's ``dy``, ``stats`` and parameters against the
+    checked input ``x (..., N)``; ``(weight or the empty vector, dweight, dbias, dx)``,
+    the gradients allocated (size 0 where not wanted), ``dx`` in ``x``'s shape."""
+    dt, N = x.dtype, x.shape[-1]
+    V.float_array(dy, "dy", x.ndim)
     V.same_dtype(x, "x", dy, "dy")
     V.shape(dy, "dy", x.shape, "the output's gradient has the input's shape")
-    V.float_array(stats, "stats", 2)
+    V.float_array(stats, "stats", x.ndim)
     V.same_dtype(x, "x", stats, "stats")
     V.shape(stats, "stats", stats_shape, stats_what)
     w = _vector(weight, "weight", N, dt, "one weight per feature, x.shape[-1]")
     dw = _grad_of(weight, "weight", N, dt, "")
     db = _grad_of(bias, "bias", N, dt, "one bias per feature, x.shape[-1]")
-    return dt, w, dw, db, np.empty((B, N), dt)
+    return w, dw, db, np.empty(x.shape, dt)
 
 
 # ------------------------------------------------------------------ LayerNorm
@@ -140,14 +131,11 @@ def layer_norm_backward(x, dy, stats, weight=None, bias=None):
         ``None`` where the forward had no such parameter.
     """
     B, N = _rows(x)
-    V.float_array(dy, "dy", x.ndim)
-    V.shape(dy, "dy", x.shape, "the output's gradient has the input's shape")
-    V.float_array(stats, "stats", x.ndim)
-    V.shape(stats, "stats", x.shape[:-1] + (2,), "layer_norm_forward's stats: (mean, rstd) per row of x")
-    x2, dy2, s2 = x.reshape(B, N), dy.reshape(B, N), stats.reshape(B, 2)
-    dt, w, dw, db, dx = _backward_args(x2, dy2, s2, weight, bias, (B, 2), "")
-    _N._layernorm_bwd.pick(B * N)(x2, w, s2, dy2, dx, dw, db, False, False, False)
-    return dx.reshape(x.shape), (dw if weight is not None else None), (db if bias is not None else None)
+    w, dw, db, dx = _backward_args(x, dy, stats, weight, bias, x.shape[:-1] + (2,),
+                                   "layer_norm_forward's stats: (mean, rstd) per row of x")
+    _N._layernorm_bwd.pick(B * N)(x.reshape(B, N), w, stats.reshape(B, 2), dy.reshape(B, N), dx.reshape(B, N),
+                                  dw, db, False, False, False)
+    return dx, (dw if weight is not None else None), (db if bias is not None else None)
 
 
 # ------------------------------------------------------------------ BatchNorm1d
@@ -189,12 +177,13 @@ def batch_norm_forward(x, running_mean=None, running_var=None, weight=None, bias
         raise ValueError("batch_norm_forward: give both running_mean and running_var, or neither")
     rm = _vector(running_mean, "running_mean", N, dt, "one mean per feature, x.shape[1]")
     rv = _vector(running_var, "running_var", N, dt, "one variance per feature, x.shape[1]")
-    for v, name in ((rm, "running_mean"), (rv, "running_var")):
-        if running_mean is not None:
-            V.writeable(v, name)
+    if running_mean is not None:
+        V.writeable(rm, "running_mean")
+        V.writeable(rv, "running_var")
     w = _vector(weight, "weight", N, dt, "one weight per feature, x.shape[1]")
     b = _vector(bias, "bias", N, dt, "one bias per feature, x.shape[1]")
-    P = np.array([_norm_eps("batch_norm_forward", eps), _unit(momentum, "momentum", "batch_norm_forward"), 0.0], dt)
+    momentum = _scalars.real("momentum", momentum, "batch_norm_forward", low=0.0, high=1.0)
+    P = np.array([_norm_eps("batch_norm_forward", eps), momentum, 0.0], dt)
     update = training and running_mean is not None
     if training and B < 2:
         raise ValueError(f"batch_norm_forward: expected more than 1 row per feature in training, got x of "
@@ -238,9 +227,10 @@ def batch_norm_backward(x, dy, stats, weight=None, bias=None, batch_stats=True):
     dx : numpy.ndarray, shape (batch, N)
     dweight, dbias : numpy.ndarray, shape (N,), or None
     """
-    B, N = x.shape if isinstance(x, np.ndarray) and x.ndim == 2 else (0, 0)
-    dt, w, dw, db, dx = _backward_args(x, dy, stats, weight, bias, (2, N),
-                                       "batch_norm_forward's stats: (mean, rstd) per column of x")
+    dt = _x(x)
+    B, N = x.shape
+    w, dw, db, dx = _backward_args(x, dy, stats, weight, bias, (2, N),
+                                   "batch_norm_forward's stats: (mean, rstd) per column of x")
     batch_stats = V.boolean("batch_stats", batch_stats)
     S = np.empty((5, N), dt)          # rows 3-4: the kernel's column sums
     S[:2] = stats
@@ -251,7 +241,7 @@ def batch_norm_backward(x, dy, stats, weight=None, bias=None, batch_stats=True):
 # ------------------------------------------------------------------ dropout
 def _dropout(a, name, p, seed, training, out):
     V.float_array(a, name, (1, 2, 3, 4))
-    p = _unit(p, "p", "dropout")
+    p = dropout_probability(p, "dropout")
     if seed is None:
         raise TypeError("dropout: seed must be a non-negative integer (the backward redraws the forward's "
                         "mask from it), got None")

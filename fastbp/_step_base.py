@@ -38,7 +38,8 @@ from ._bf16_plan import bf16_plan
 from .compiler import build_plan, new_arena
 from .kernels.codes import CLASSIFICATION_LOSSES, LOSSES
 from .layers import Sequential
-from .optimizers import _real, clip_grad_norm_arg, hyper_from, resolve_optimizer
+from ._scalars import real as _real
+from .optimizers import clip_grad_norm_arg, hyper_from, resolve_optimizer
 from .schedules import ReduceLROnPlateau, schedule_arg
 from . import training as _training
 from ._norm_step import NormState
@@ -213,7 +214,7 @@ class StepBase(NormState):
 
     @lr.setter
     def lr(self, value):
-        v = _real("lr", value, low=0.0, owner=self.kind)
+        v = _real("lr", value, self.kind, low=0.0)
         self.hyper[ex.H_LR] = v
         self.optimizer._set_lr(v)
 

@@ -29,6 +29,7 @@ import numbers as _numbers
 
 import numpy as _np
 
+from . import _scalars
 from ._graph_base import (GraphError, GraphTypeError, _check_shape, _fmt_shape, _norm_eps, _real_array,
                           dropout_probability)
 from .registry import activations as _acts, gates as _gates
@@ -565,12 +566,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, e
         raise GraphError(f"batch_norm: {x!r} must be 2-D (batch, features), got shape {_fmt_shape(x.shape)}")
     n = x.shape[-1]
     inputs = _norm_affine_inputs("batch_norm", x, n, weight, bias)
-    if momentum is not None:
-        if isinstance(momentum, bool) or not isinstance(momentum, _numbers.Real):
-            raise TypeError(f"batch_norm: momentum must be a real number or None, got {type(momentum).__name__}")
-        momentum = float(momentum)
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"batch_norm: momentum must be in [0, 1] or None, got {momentum}")
+    momentum = _scalars.real("momentum", momentum, "batch_norm", low=0.0, high=1.0, or_none=True)
     if not isinstance(track_running_stats, (bool, _np.bool_)):
         raise TypeError(f"batch_norm: track_running_stats must be a bool, got {type(track_running_stats).__name__}")
     stats = []

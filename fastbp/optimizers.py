@@ -2,12 +2,10 @@
 (:mod:`fastbp.kernels.optim`)."""
 from __future__ import annotations
 
-import math as _math
-import numbers as _numbers
-
 import numpy as _np
 
 from . import _isa as _ex
+from ._scalars import real as _real
 from .registry.optimizers import adam_mode as _adam_mode
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop"]
@@ -16,19 +14,6 @@ __all__ = ["SGD", "Adam", "AdamW", "RMSprop"]
 def __dir__():
     # dir(module) and tab completion list the public API, not the imports and helpers
     return sorted(__all__)
-
-
-def _real(name, value, *, low=None, high=None, low_open=False, high_open=False, owner=""):
-    if isinstance(value, bool) or not isinstance(value, _numbers.Real):
-        raise TypeError(f"{owner}: {name} must be a real number, got {type(value).__name__}")
-    v = float(value)
-    if not _math.isfinite(v):
-        raise ValueError(f"{owner}: {name} must be finite, got {value!r}")
-    if low is not None and (v < low or (low_open and v == low)):
-        raise ValueError(f"{owner}: {name} must be {'>' if low_open else '>='} {low}, got {value!r}")
-    if high is not None and (v > high or (high_open and v == high)):
-        raise ValueError(f"{owner}: {name} must be {'<' if high_open else '<='} {high}, got {value!r}")
-    return v
 
 
 def clip_grad_norm_arg(value, owner="compile"):
@@ -48,7 +33,7 @@ def clip_grad_norm_arg(value, owner="compile"):
     """
     if value is None:
         return 0.0
-    return _real("clip_grad_norm", value, low=0.0, low_open=True, owner=owner)
+    return _real("clip_grad_norm", value, owner, low=0.0, low_open=True)
 
 
 class _Optimizer:
@@ -99,14 +84,14 @@ class SGD(_Optimizer):
     name = "sgd"
 
     def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
-        self.lr = _real("lr", lr, low=0.0, owner="SGD")
-        self.momentum = _real("momentum", momentum, low=0.0, high=1.0, high_open=True, owner="SGD")
+        self.lr = _real("lr", lr, "SGD", low=0.0)
+        self.momentum = _real("momentum", momentum, "SGD", low=0.0, high=1.0, high_open=True)
         if not isinstance(nesterov, (bool, _np.bool_)):     # the one bool policy (fastbp._validate.boolean)
             raise TypeError(f"SGD: nesterov must be a bool (True or False), got {type(nesterov).__name__}")
         self.nesterov = bool(nesterov)
         if self.nesterov and self.momentum == 0.0:
             raise ValueError("SGD: nesterov=True needs momentum > 0")
-        self.weight_decay = _real("weight_decay", weight_decay, low=0.0, owner="SGD")
+        self.weight_decay = _real("weight_decay", weight_decay, "SGD", low=0.0)
 
     @property
     def n_state(self):
@@ -140,15 +125,15 @@ class Adam(_Optimizer):
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False):
         who = type(self).__name__
-        self.lr = _real("lr", lr, low=0.0, owner=who)
+        self.lr = _real("lr", lr, who, low=0.0)
         try:
             b1, b2 = betas
         except (TypeError, ValueError):
             raise ValueError(f"{who}: betas must be a pair of floats, got {betas!r}") from None
-        self.betas = (_real("betas[0]", b1, low=0.0, high=1.0, high_open=True, owner=who),
-                      _real("betas[1]", b2, low=0.0, high=1.0, high_open=True, owner=who))
-        self.eps = _real("eps", eps, low=0.0, low_open=True, owner=who)
-        self.weight_decay = _real("weight_decay", weight_decay, low=0.0, owner=who)
+        self.betas = (_real("betas[0]", b1, who, low=0.0, high=1.0, high_open=True),
+                      _real("betas[1]", b2, who, low=0.0, high=1.0, high_open=True))
+        self.eps = _real("eps", eps, who, low=0.0, low_open=True)
+        self.weight_decay = _real("weight_decay", weight_decay, who, low=0.0)
         if not isinstance(decoupled, (bool, _np.bool_)):
             raise TypeError(f"{who}: decoupled must be a bool (True or False), got {type(decoupled).__name__}")
         self.decoupled = bool(decoupled)
@@ -227,11 +212,11 @@ class RMSprop(_Optimizer):
     name = "rmsprop"
 
     def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False):
-        self.lr = _real("lr", lr, low=0.0, owner="RMSprop")
-        self.alpha = _real("alpha", alpha, low=0.0, high=1.0, owner="RMSprop")
-        self.eps = _real("eps", eps, low=0.0, low_open=True, owner="RMSprop")
-        self.weight_decay = _real("weight_decay", weight_decay, low=0.0, owner="RMSprop")
-        self.momentum = _real("momentum", momentum, low=0.0, high=1.0, high_open=True, owner="RMSprop")
+        self.lr = _real("lr", lr, "RMSprop", low=0.0)
+        self.alpha = _real("alpha", alpha, "RMSprop", low=0.0, high=1.0)
+        self.eps = _real("eps", eps, "RMSprop", low=0.0, low_open=True)
+        self.weight_decay = _real("weight_decay", weight_decay, "RMSprop", low=0.0)
+        self.momentum = _real("momentum", momentum, "RMSprop", low=0.0, high=1.0, high_open=True)
         if not isinstance(centered, (bool, _np.bool_)):
             raise TypeError(f"RMSprop: centered must be a bool (True or False), got {type(centered).__name__}")
         self.centered = bool(centered)

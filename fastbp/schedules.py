@@ -33,6 +33,8 @@ import math as _math
 import numbers as _numbers
 from bisect import bisect_right as _bisect_right
 
+from ._scalars import real as _float
+
 __all__ = ["Schedule", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "OneCycleLR",
            "ReduceLROnPlateau", "schedule_arg", "schedule_from_spec"]
 
@@ -50,19 +52,6 @@ def _int(name, value, owner, low=0):
     value = int(value)
     if value < low:
         raise ValueError(f"{owner}: {name} must be >= {low}, got {value}")
-    return value
-
-
-def _float(name, value, owner, low=None, high=None, low_open=False, high_open=False):
-    if isinstance(value, bool) or not isinstance(value, _numbers.Real):
-        raise TypeError(f"{owner}: {name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not _math.isfinite(value):
-        raise ValueError(f"{owner}: {name} must be finite, got {value}")
-    if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"{owner}: {name} must be {'>' if low_open else '>='} {low}, got {value}")
-    if high is not None and (value > high or (high_open and value == high)):
-        raise ValueError(f"{owner}: {name} must be {'<' if high_open else '<='} {high}, got {value}")
     return value
 
 

@@ -25,6 +25,7 @@ import sys as _sys
 
 import numpy as _np
 
+from . import _scalars
 from . import _validate as _V
 from .schedules import ReduceLROnPlateau as _ReduceLROnPlateau
 
@@ -243,11 +244,7 @@ class EarlyStopping:
 
     def __init__(self, patience=0, min_delta=0.0, restore_best_weights=True, monitor="val_loss", mode="auto"):
         self.patience = _nonneg("patience", patience)
-        if isinstance(min_delta, bool) or not isinstance(min_delta, _numbers.Real):
-            raise TypeError(f"EarlyStopping: min_delta must be a real number, got {type(min_delta).__name__}")
-        if not _math.isfinite(min_delta) or min_delta < 0:
-            raise ValueError(f"EarlyStopping: min_delta must be finite and >= 0, got {min_delta}")
-        self.min_delta = float(min_delta)
+        self.min_delta = _scalars.real("min_delta", min_delta, "EarlyStopping", low=0.0)
         self.restore_best_weights = _V.boolean("restore_best_weights", restore_best_weights)
         if not isinstance(monitor, str):
             raise TypeError(f"EarlyStopping: monitor must be a str, got {type(monitor).__name__}")

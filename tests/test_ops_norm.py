@@ -247,7 +247,7 @@ def test_errors_name_the_argument():
         ops.batch_norm_forward(x, ro, np.ones(3), training=True)
     with pytest.raises(ValueError, match="stats"):
         ops.batch_norm_backward(x, x, np.ones((4, 3)))
-    with pytest.raises(ValueError, match="p must be in"):
+    with pytest.raises(ValueError, match="dropout probability p has to be between 0 and 1"):
         ops.dropout_forward(x, 1.5)
     with pytest.raises(TypeError, match="seed"):
         ops.dropout_forward(x, 0.5, seed=None)

@@ -29,10 +29,9 @@ an interpreter: there is no fall-through to the identity anywhere.
 """
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 
+from .. import _scalars
 from . import fastmath as _fm
 from . import names as _names
 
@@ -64,17 +63,8 @@ class Param:
 
     def check(self, value, owner):
         """``value`` as a float, or TypeError/ValueError naming ``owner: name``."""
-        what = f"{owner}: {self.name}"
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{what} must be a real number, got {type(value).__name__}")
-        v = float(value)
-        if not math.isfinite(v):
-            raise ValueError(f"{what} must be finite, got {value!r}")
-        if self.low is not None and (v < self.low or (self.open_low and v == self.low)):
-            raise ValueError(f"{what} must be {'>' if self.open_low else '>='} {self.low}, got {value!r}")
-        if self.high is not None and (v > self.high or (self.open_high and v == self.high)):
-            raise ValueError(f"{what} must be {'<' if self.open_high else '<='} {self.high}, got {value!r}")
-        return v
+        return _scalars.real(self.name, value, owner, low=self.low, high=self.high,
+                             low_open=self.open_low, high_open=self.open_high)
 
 
 @dataclass(frozen=True)

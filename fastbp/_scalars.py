@@ -1,0 +1,60 @@
+"""Checks of scalar arguments: a real number within bounds, one wording for the whole package.
+
+The optimizers, schedules, activations' parameters, normalisation layers and
+``fastbp.ops`` check their real-valued arguments here, so that a wrong one is
+refused the same way everywhere: ``TypeError`` for what is not a real number
+(``bool`` included), ``ValueError`` for NaN, an infinity, or a value out of
+bounds, each naming ``owner: name`` and the value given.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+__all__ = ["real"]
+
+
+def real(name, value, owner, *, low=None, high=None, low_open=False, high_open=False, or_none=False):
+    """``value`` as a float, checked.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, as the caller's signature spells it.
+    value : object
+        What the user passed.
+    owner : str
+        The function or class that takes it (the message's prefix).
+    low, high : float, optional
+        Bounds (``None``: unbounded on that side).
+    low_open, high_open : bool, default False
+        Whether the bound itself is excluded.
+    or_none : bool, default False
+        Whether ``None`` is accepted (and returned as is).
+
+    Returns
+    -------
+    float or None
+
+    Raises
+    ------
+    TypeError
+        ``value`` is not a real number (a ``bool`` is not one here).
+    ValueError
+        ``value`` is NaN, infinite, or out of bounds.
+    """
+    if or_none and value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        kind = "a real number or None" if or_none else "a real number"
+        raise TypeError(f"{owner}: {name} must be {kind}, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{owner}: {name} must be finite, got {v!r}")
+    if low is not None and (v < low or (low_open and v == low)):
+        raise ValueError(f"{owner}: {name} must be {'>' if low_open else '>='} {low}, got {v!r}")
+    if high is not None and (v > high or (high_open and v == high)):
+        raise ValueError(f"{owner}: {name} must be {'<' if high_open else '<='} {high}, got {v!r}")
+    return v

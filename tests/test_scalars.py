@@ -1,0 +1,84 @@
+"""fastbp._scalars.real: the one check of real-valued arguments, and its users' messages."""
+import math
+
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import _scalars
+from fastbp import ops
+
+
+@pytest.mark.parametrize("value, expected", [(0, 0.0), (1, 1.0), (0.25, 0.25), (np.float32(0.5), 0.5),
+                                             (np.int64(1), 1.0), (np.float64(0.75), 0.75)])
+def test_real_accepts_real_numbers_as_float(value, expected):
+    v = _scalars.real("x", value, "f", low=0.0, high=1.0)
+    assert type(v) is float and v == expected
+
+
+@pytest.mark.parametrize("value", [True, np.bool_(False), "0.5", None, 1j, [0.5], np.array([0.5])])
+def test_real_refuses_what_is_not_a_real_number(value):
+    with pytest.raises(TypeError, match=rf"f: x must be a real number, got {type(value).__name__}$"):
+        _scalars.real("x", value, "f")
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, np.float32("nan")])
+def test_real_refuses_nan_and_infinities(value):
+    with pytest.raises(ValueError, match="f: x must be finite, got"):
+        _scalars.real("x", value, "f")
+
+
+@pytest.mark.parametrize("kw, value, message", [
+    (dict(low=0.0), -1e-300, r"f: x must be >= 0.0, got -1e-300"),
+    (dict(low=0.0, low_open=True), 0.0, r"f: x must be > 0.0, got 0.0"),
+    (dict(high=1.0), 1.5, r"f: x must be <= 1.0, got 1.5"),
+    (dict(high=1.0, high_open=True), 1, r"f: x must be < 1.0, got 1.0"),
+])
+def test_real_bounds_name_the_bound_and_the_value(kw, value, message):
+    with pytest.raises(ValueError, match=message):
+        _scalars.real("x", value, "f", **kw)
+
+
+def test_real_bounds_themselves_pass_unless_open():
+    assert _scalars.real("x", 0, "f", low=0.0) == 0.0
+    assert _scalars.real("x", 1, "f", high=1.0) == 1.0
+    assert _scalars.real("x", 1e-300, "f", low=0.0, low_open=True) == 1e-300
+
+
+def test_real_or_none():
+    assert _scalars.real("m", None, "f", or_none=True) is None
+    with pytest.raises(TypeError, match="f: m must be a real number or None, got str"):
+        _scalars.real("m", "0.1", "f", or_none=True)
+    with pytest.raises(TypeError, match="f: m must be a real number, got NoneType"):
+        _scalars.real("m", None, "f")
+
+
+# the users: one wording everywhere, the owner and the argument named
+@pytest.mark.parametrize("make, exc, message", [
+    (lambda: fastbp.LayerNorm(4, eps=math.inf), ValueError, "LayerNorm: eps must be finite"),
+    (lambda: fastbp.LayerNorm(4, eps=-1.0), ValueError, r"LayerNorm: eps must be >= 0.0, got -1.0"),
+    (lambda: fastbp.BatchNorm1d(4, eps=True), TypeError, "BatchNorm1d: eps must be a real number, got bool"),
+    (lambda: fastbp.BatchNorm1d(4, momentum=1.5), ValueError, r"BatchNorm1d: momentum must be <= 1.0, got 1.5"),
+    (lambda: fastbp.BatchNorm1d(4, momentum=math.nan), ValueError, "BatchNorm1d: momentum must be finite"),
+    (lambda: fastbp.BatchNorm1d(4, momentum="0.1"), TypeError,
+     "BatchNorm1d: momentum must be a real number or None, got str"),
+    (lambda: fastbp.EarlyStopping(min_delta=-0.1), ValueError, r"EarlyStopping: min_delta must be >= 0.0"),
+    (lambda: fastbp.EarlyStopping(min_delta=np.bool_(True)), TypeError,
+     "EarlyStopping: min_delta must be a real number, got bool"),
+    (lambda: fastbp.SGD(lr=0.1, momentum=np.bool_(True)), TypeError, "SGD: momentum must be a real number"),
+    (lambda: fastbp.schedules.StepLR(2, gamma=math.inf), ValueError, "StepLR: gamma must be finite"),
+    (lambda: fastbp.LeakyReLU(negative_slope=math.nan), ValueError, "negative_slope must be finite"),
+    (lambda: ops.layer_norm_forward(np.ones((2, 3)), eps=-1), ValueError, "layer_norm_forward: eps must be >= 0.0"),
+    (lambda: ops.batch_norm_forward(np.ones((2, 3)), momentum=-0.5), ValueError,
+     r"batch_norm_forward: momentum must be >= 0.0, got -0.5"),
+    (lambda: ops.dropout_forward(np.ones((2, 3)), p=1.5), ValueError,
+     "dropout: dropout probability p has to be between 0 and 1, but got 1.5"),
+])
+def test_users_share_the_wording(make, exc, message):
+    with pytest.raises(exc, match=message):
+        make()
+
+
+def test_batch_norm_momentum_none_is_cumulative():
+    assert fastbp.BatchNorm1d(4, momentum=None).momentum is None
+    assert fastbp.BatchNorm1d(4, momentum=np.float32(0.5)).momentum == 0.5
