@@ -54,20 +54,28 @@ def _real_array(value, what):
         raise GraphError(f"{what} is not a rectangular array: {e}") from None
     if arr.dtype.kind == "O" and all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
                                      for v in arr.flat):
-        arr = arr.astype(np.float64)
+        try:
+            arr = arr.astype(np.float64)
+        except OverflowError:           # ints beyond float's range
+            raise GraphError(f"{what} holds an integer too large for a float") from None
     if arr.dtype.kind not in "fiu":
         raise GraphTypeError(f"{what} must hold real numbers, got dtype {arr.dtype}")
     return np.array(arr, dtype=np.float64)
+
+
+def short_repr(v):
+    """``v`` for a message: a float as is, an int of more than 20 digits by its length."""
+    s = str(v)
+    return s if len(s) <= 20 else f"an integer of {len(s.lstrip('-'))} digits"
 
 
 def dropout_probability(p, owner="dropout"):
     """A checked dropout probability (float in [0, 1]); TypeError / ValueError naming ``p``."""
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
         raise TypeError(f"{owner}: p must be a real number in [0, 1], got {type(p).__name__}")
-    p = float(p)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"{owner}: dropout probability p has to be between 0 and 1, but got {p}")
-    return p
+    if not 0 <= p <= 1:           # (compared before float(): an int too large for a float)
+        raise ValueError(f"{owner}: dropout probability p has to be between 0 and 1, but got {short_repr(p)}")
+    return float(p)
 
 
 def _norm_eps(op, eps):

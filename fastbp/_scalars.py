@@ -43,14 +43,19 @@ def real(name, value, owner, *, low=None, high=None, low_open=False, high_open=F
     TypeError
         ``value`` is not a real number (a ``bool`` is not one here).
     ValueError
-        ``value`` is NaN, infinite, or out of bounds.
+        ``value`` is NaN, infinite (an int too large for a float included), or
+        out of bounds.
     """
     if or_none and value is None:
         return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         kind = "a real number or None" if or_none else "a real number"
         raise TypeError(f"{owner}: {name} must be {kind}, got {type(value).__name__}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:               # an int beyond float's range
+        raise ValueError(f"{owner}: {name} must be finite, got an integer of {len(str(abs(value)))} "
+                         f"digits, too large for a float") from None
     if not math.isfinite(v):
         raise ValueError(f"{owner}: {name} must be finite, got {v!r}")
     if low is not None and (v < low or (low_open and v == low)):

@@ -13,6 +13,7 @@ import numbers
 import numpy as np
 
 from . import layers as _layers
+from ._graph_base import short_repr
 from .registry import activations as _acts
 
 __all__ = ["mlp", "activation_layer", "activation_names"]
@@ -69,10 +70,9 @@ def _check_dropout(p):
     """A checked hidden-block dropout probability: float in [0, 1)."""
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real):
         raise TypeError(f"dropout must be a real number in [0, 1), got {type(p).__name__}")
-    p = float(p)
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {p}")
-    return p
+    if not 0 <= p < 1:            # (compared before float(): an int too large for a float)
+        raise ValueError(f"dropout must be in [0, 1), got {short_repr(p)}")
+    return float(p)
 
 
 def mlp(widths, activation="relu", *, bias=True, batchnorm=False, dropout=0.0):

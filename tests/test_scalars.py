@@ -82,3 +82,31 @@ def test_users_share_the_wording(make, exc, message):
 def test_batch_norm_momentum_none_is_cumulative():
     assert fastbp.BatchNorm1d(4, momentum=None).momentum is None
     assert fastbp.BatchNorm1d(4, momentum=np.float32(0.5)).momentum == 0.5
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: fastbp.SGD(lr=10 ** 400), "SGD: lr must be finite, got an integer of 401 digits"),
+    (lambda: fastbp.EarlyStopping(min_delta=10 ** 400), "EarlyStopping: min_delta must be finite"),
+    (lambda: fastbp.BatchNorm1d(4, eps=-10 ** 400), "BatchNorm1d: eps must be finite"),
+    (lambda: fastbp.schedules.StepLR(2, gamma=10 ** 400), "StepLR: gamma must be finite"),
+    (lambda: fastbp.Dropout(10 ** 400), "Dropout: dropout probability p has to be between 0 and 1, but got an integer"),
+    (lambda: fastbp.Dropout(-10 ** 400), "Dropout: dropout probability p has to be between 0 and 1, but got an integer"),
+    (lambda: fastbp.builders.mlp([3, 4, 2], dropout=10 ** 400), r"dropout must be in \[0, 1\), got an integer"),
+    (lambda: fastbp.Graph().param("p", [1.0, 10 ** 400]), "param 'p': value holds an integer too large for a float"),
+])
+def test_integers_beyond_float_are_value_errors_naming_the_argument(make, message):
+    """An int too large for a float is a ValueError naming the argument, never a bare OverflowError."""
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_step_lr_beyond_float():
+    import sys
+    sys.path.insert(0, __import__("os").path.dirname(__file__))
+    import reference as R
+    step = fastbp.compile(R.mlp([4, 3]), "softmax_cross_entropy", fastbp.SGD(lr=0.1), batch_size=2)
+    with pytest.raises(ValueError, match="lr must be finite"):
+        step.lr = 10 ** 400
+    with pytest.raises(ValueError, match="clip_grad_norm must be finite"):
+        step.clip_grad_norm = 10 ** 400
+    assert step.lr == pytest.approx(0.1)
