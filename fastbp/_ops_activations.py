@@ -2,9 +2,9 @@
 
 For every public entry of :mod:`fastbp.registry.activations`,
 ``<name>_forward(x, *params, out=None)`` and
-``<name>_backward(t, dy, *params, out=None)`` (``t``: the forward output
-``y``, or the forward input ``x`` for entries whose derivative reads the
-input), with numpydoc docstrings built from the entry.  Each validates its
+``<name>_backward(y, dy, *params, out=None)`` (``y``: the forward output;
+``<name>_backward(x, dy, ...)``, the forward input, for entries whose
+derivative reads the input), with numpydoc docstrings built from the entry.  Each validates its
 arguments (:mod:`fastbp._validate`), allocates or checks ``out`` and runs the
 entry's compiled kernel (:mod:`fastbp.kernels.activations`), serial or
 parallel by size.
@@ -83,21 +83,48 @@ def resolve(activation, activation_params, where):
     return _acts.select(entry, f"{where}: activation {entry.name!r}", (), activation_params or {})
 
 
-def _forward(entry, x, params, out):
+def scalar_array(owner, names, values, dtype):
+    """The (already checked, finite) scalar arguments ``values`` as an array of ``dtype``
+    (the kernels' parameter row).
+
+    Raises
+    ------
+    ValueError
+        A value that ``dtype`` cannot represent (it would become +-inf: e.g.
+        ``negative_slope=1e39`` for float32 arrays); the message names it.
+    """
+    dt = np.dtype(dtype)
+    with np.errstate(over="ignore"):
+        P = np.array(values, dt)
+    for name, v, c in zip(names, values, P):
+        if not np.isfinite(c):
+            raise ValueError(f"{owner}: {name}={v!r} cannot be represented in {dt.name} (largest finite "
+                             f"value {np.finfo(dt).max:.6g}); use a smaller {name} or float64 arrays")
+    return P
+
+
+def param_array(entry, params, dtype, owner):
+    """``entry``'s bound ``params`` as the kernels' row of ``dtype`` (:func:`scalar_array`)."""
+    return scalar_array(owner, [p.name for p in entry.params], params, dtype)
+
+
+def _forward(entry, x, params, out, owner):
     V.float_array(x, "x")
+    P = param_array(entry, params, x.dtype, owner)
     y = check_out(out, "out", x.shape, x.dtype, ((x, "x"),), allow_identical=True)
-    ew(_A.kernels(entry.code).fwd, (x, y), (np.array(params, x.dtype),))
+    ew(_A.kernels(entry.code).fwd, (x, y), (P,))
     return y
 
 
-def _backward(entry, t, dy, params, out):
+def _backward(entry, t, dy, params, out, owner):
     tn = "x" if entry.uses == "input" else "y"
     V.float_array(t, tn)
     V.float_array(dy, "dy")
     V.same_dtype(t, tn, dy, "dy")
     V.shape(dy, "dy", t.shape, f"the gradient of y has {tn}'s shape")
+    P = param_array(entry, params, t.dtype, owner)
     dx = check_out(out, "out", t.shape, t.dtype, ((t, tn), (dy, "dy")), allow_identical=True)
-    ew(_A.kernels(entry.code).bwd, (t, dy, dx), (False, np.array(params, t.dtype)))
+    ew(_A.kernels(entry.code).bwd, (t, dy, dx), (False, P))
     return dx
 
 
@@ -120,14 +147,25 @@ def _make(entry):
     def forward(x, *args, out=None, **kwargs):
         if legacy_out and len(args) == 1 and out is None:
             args, out = (), args[0]
-        chosen, params = _acts.select(entry, f"{entry.name}_forward", args, kwargs)
-        return _forward(chosen, x, params, out)
+        owner = f"{entry.name}_forward"
+        chosen, params = _acts.select(entry, owner, args, kwargs)
+        return _forward(chosen, x, params, out, owner)
 
-    def backward(t, dy, *args, out=None, **kwargs):
+    def _run_backward(t, dy, args, out, kwargs):
         if legacy_out and len(args) == 1 and out is None:
             args, out = (), args[0]
-        chosen, params = _acts.select(entry, f"{entry.name}_backward", args, kwargs)
-        return _backward(chosen, t, dy, params, out)
+        owner = f"{entry.name}_backward"
+        chosen, params = _acts.select(entry, owner, args, kwargs)
+        return _backward(chosen, t, dy, params, out, owner)
+
+    # the first parameter has the documented name (``y``, or ``x`` for an entry whose
+    # derivative reads the input), so that it can be passed by keyword
+    if tn == "x":
+        def backward(x, dy, *args, out=None, **kwargs):
+            return _run_backward(x, dy, args, out, kwargs)
+    else:
+        def backward(y, dy, *args, out=None, **kwargs):
+            return _run_backward(y, dy, args, out, kwargs)
 
     forward.__name__ = forward.__qualname__ = f"{entry.name}_forward"
     backward.__name__ = backward.__qualname__ = f"{entry.name}_backward"

@@ -16,7 +16,7 @@ from . import _validate as V
 from . import _scalars
 from ._graph_base import _norm_eps, dropout_probability
 from . import _rng
-from ._ops_activations import check_out, view2d_shape
+from ._ops_activations import check_out, scalar_array, view2d_shape
 from .kernels import dropout as _D
 from .kernels import norm as _N
 
@@ -24,6 +24,13 @@ __all__ = ["layer_norm_forward", "layer_norm_backward", "batch_norm_forward", "b
            "dropout_forward", "dropout_backward"]
 
 _EMPTY = {dt: np.empty(0, dt) for dt in V.FLOAT_DTYPES}
+
+
+def _empty_stats(shape, dt, axis):
+    """The stats of normalisations over no values at all, (mean, rstd) stacked on ``axis``:
+    mean 0 and rstd NaN (the variance of nothing is undefined), what
+    ``torch.ops.aten.native_layer_norm`` returns for a normalised size of 0."""
+    return np.stack([np.zeros(shape, dt), np.full(shape, np.nan, dt)], axis=axis)
 
 
 def _x(x, name="x"):
@@ -94,13 +101,21 @@ def layer_norm_forward(x, weight=None, bias=None, eps=1e-5, out=None):
     stats : numpy.ndarray, shape (..., 2)
         Each row's mean and ``rstd = 1 / sqrt(var + eps)``, for
         :func:`layer_norm_backward`.
+
+    Notes
+    -----
+    Empty arrays give empty outputs, as in PyTorch; with ``N = 0`` each
+    (empty) row's stats are mean 0 and rstd NaN, as
+    ``torch.ops.aten.native_layer_norm`` returns.
     """
     B, N = _rows(x)
     dt = x.dtype
     w = _vector(weight, "weight", N, dt, "one weight per feature, x.shape[-1]")
     b = _vector(bias, "bias", N, dt, "one bias per feature, x.shape[-1]")
-    P = np.array([_norm_eps("layer_norm_forward", eps)], dt)
+    P = scalar_array("layer_norm_forward", ("eps",), (_norm_eps("layer_norm_forward", eps),), dt)
     y = check_out(out, "out", x.shape, dt, ((x, "x"), (w, "weight"), (b, "bias")))
+    if N == 0:                  # no values to normalise (the kernel would divide by N)
+        return y, _empty_stats(x.shape[:-1], dt, -1)
     S = np.empty(x.shape[:-1] + (2,), dt)
     _N._layernorm_fwd.pick(B * N)(x.reshape(B, N), w, b, y.reshape(B, N), S.reshape(B, 2), P)
     return y, S
@@ -133,6 +148,8 @@ def layer_norm_backward(x, dy, stats, weight=None, bias=None):
     B, N = _rows(x)
     w, dw, db, dx = _backward_args(x, dy, stats, weight, bias, x.shape[:-1] + (2,),
                                    "layer_norm_forward's stats: (mean, rstd) per row of x")
+    if N == 0:                  # every output is empty (the kernel would divide by N)
+        return dx, (dw if weight is not None else None), (db if bias is not None else None)
     _N._layernorm_bwd.pick(B * N)(x.reshape(B, N), w, stats.reshape(B, 2), dy.reshape(B, N), dx.reshape(B, N),
                                   dw, db, False, False, False)
     return dx, (dw if weight is not None else None), (db if bias is not None else None)
@@ -152,9 +169,10 @@ def batch_norm_forward(x, running_mean=None, running_var=None, weight=None, bias
     Parameters
     ----------
     x : numpy.ndarray, shape (batch, N), float32 or float64
-        At least 2 rows in training (as PyTorch).
+        Not exactly 1 row in training (as PyTorch).
     running_mean, running_var : numpy.ndarray, shape (N,), same dtype, optional
-        Both or neither; written in training mode.
+        Both or neither, not overlapping each other in memory; written in
+        training mode.
     weight, bias : numpy.ndarray, shape (N,), optional
         The affine parameters (``None``: 1 and 0).
     training : bool, default False
@@ -169,6 +187,13 @@ def batch_norm_forward(x, running_mean=None, running_var=None, weight=None, bias
     stats : numpy.ndarray, shape (2, N)
         The mean and ``rstd = 1 / sqrt(var + eps)`` that normalised each
         column, for :func:`batch_norm_backward`.
+
+    Notes
+    -----
+    An empty batch (``batch = 0``) gives an empty ``y`` and leaves the
+    running statistics unchanged, as PyTorch; normalised by the minibatch
+    (training, or no running statistics), its stats are mean 0 and rstd NaN
+    (the statistics of no values; cf. :func:`layer_norm_forward`).
     """
     dt = _x(x)
     B, N = x.shape
@@ -180,17 +205,21 @@ def batch_norm_forward(x, running_mean=None, running_var=None, weight=None, bias
     if running_mean is not None:
         V.writeable(rm, "running_mean")
         V.writeable(rv, "running_var")
+        V.no_overlap(rv, "running_var", rm, "running_mean")     # both written: the last would win
     w = _vector(weight, "weight", N, dt, "one weight per feature, x.shape[1]")
     b = _vector(bias, "bias", N, dt, "one bias per feature, x.shape[1]")
     momentum = _scalars.real("momentum", momentum, "batch_norm_forward", low=0.0, high=1.0)
-    P = np.array([_norm_eps("batch_norm_forward", eps), momentum, 0.0], dt)
-    update = training and running_mean is not None
-    if training and B < 2:
+    P = scalar_array("batch_norm_forward", ("eps", "momentum", "cumulative"),
+                     (_norm_eps("batch_norm_forward", eps), momentum, 0.0), dt)
+    update = training and running_mean is not None and B > 0
+    if training and B == 1:     # PyTorch: an empty batch is allowed (an empty output)
         raise ValueError(f"batch_norm_forward: expected more than 1 row per feature in training, got x of "
                          f"shape {V.fmt_shape(x.shape)}")
     y = check_out(out, "out", (B, N), dt, ((x, "x"), (w, "weight"), (b, "bias"), (rm, "running_mean"),
                                            (rv, "running_var")))
     R = np.stack([rm, rv]) if running_mean is not None else np.empty((0, N), dt)
+    if B == 0 and (training or running_mean is None):   # the minibatch's statistics of no rows
+        return y, _empty_stats((N,), dt, 0)
     S = np.empty((5, N), dt)
     _N._batchnorm_fwd.pick(B * N)(x, w, b, y, S, R, P, training)
     if update:

@@ -51,8 +51,8 @@ def fmt_shape(shape):
     return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
 
 
-def array(a, name):
-    """Check that ``a`` is a numpy ndarray.
+def array(a, name, dtype_hint="np.float32 or np.float64"):
+    """Check that ``a`` is a numpy ndarray (``dtype_hint``: the dtype the message suggests).
 
     Raises
     ------
@@ -62,7 +62,7 @@ def array(a, name):
     if not isinstance(a, np.ndarray):
         raise TypeError(
             f"{name} must be a numpy.ndarray, got {type(a).__name__}; "
-            f"convert it with np.asarray({name}, dtype=np.float32 or np.float64)")
+            f"convert it with np.asarray({name}, dtype={dtype_hint})")
     return a
 
 
@@ -256,7 +256,7 @@ def labels(y, name, n, n_classes):
         offending index and value).
     """
     if not isinstance(y, np.ndarray):
-        array(y, name)
+        array(y, name, "np.int64")     # integer labels: a float hint would fail the next check
     if y.dtype.kind not in "iu":
         raise TypeError(f"{name} has dtype {y.dtype}; expected integer class labels (e.g. int64)")
     if y.ndim != 1 or y.shape[0] != n:

@@ -130,7 +130,7 @@ def linear_forward(x, W, b=None, activation="none", out=None, *, activation_para
     y = _check_out(out, "out", (n, d_out), dt, ((x, "x"), (W, "W"), (b, "b")))
     work = n * d_in * d_out
     ks = _A.kernels(entry.code)
-    P = _np.array(params, dt)
+    P = _OA.param_array(entry, params, dt, f"linear_forward: activation {entry.name!r}")
     if work >= BLAS_THRESHOLD and _M.BLAS_AVAILABLE:
         _M._blas_mm(x, W, y, False, False, False)
         if b.shape[0] or entry.code != _IDENTITY:
@@ -202,11 +202,12 @@ def linear_backward(x, W, y, dy, activation="none", need_dx=True, *, activation_
         _V.same_dtype(x, "x", z, "z")
         _V.shape(z, "z", (n, d_out), "the pre-activation x @ W + b, (x.shape[0], W.shape[1])")
         t = z
+    P = _OA.param_array(entry, params, dt, f"linear_backward: activation {entry.name!r}")
     if entry.code == _IDENTITY:
         dz = dy  # read only
     else:
         dz = _np.empty((n, d_out), dt)
-        _A.kernels(entry.code).bwd.pick(n * d_out)(t, dy, dz, False, _np.array(params, dt))
+        _A.kernels(entry.code).bwd.pick(n * d_out)(t, dy, dz, False, P)
     dW = _np.empty((d_in, d_out), dt)
     _mm(x, dz, dW, True, False)
     db = _np.empty(d_out, dt)
@@ -416,8 +417,9 @@ def _scores(scores, nd=2):
 def _class_loss(kern, scores, labels, out):
     _scores(scores)
     n, c = scores.shape
-    y = _V.labels(labels, "labels", n, c)
-    ds = _check_out(out, "out", (n, c), scores.dtype, ((scores, "scores"),))
+    y = _V.labels(labels, "labels", n, c)     # the caller's array itself when already int64
+    # the kernel reads the labels while it writes out: an out that overlaps them is rejected too
+    ds = _check_out(out, "out", (n, c), scores.dtype, ((scores, "scores"), (labels, "labels")))
     rowloss = _np.empty(n, _np.float64)
     loss = kern.pick(n * c)(scores, y, ds, rowloss)
     return float(loss), ds
@@ -447,7 +449,7 @@ def softmax_cross_entropy(scores, labels, out=None):
     labels : numpy.ndarray of int, shape (batch,)
         Class indices in ``[0, n_classes)`` (any integer dtype).
     out : numpy.ndarray, shape (batch, n_classes), optional
-        Where to write ``dscores``; must not overlap ``scores``.
+        Where to write ``dscores``; must not overlap ``scores`` or ``labels``.
 
     Returns
     -------
@@ -477,7 +479,7 @@ def svm_loss(scores, labels, out=None):
     labels : numpy.ndarray of int, shape (batch,)
         Class indices in ``[0, n_classes)``.
     out : numpy.ndarray, shape (batch, n_classes), optional
-        Where to write ``dscores``; must not overlap ``scores``.
+        Where to write ``dscores``; must not overlap ``scores`` or ``labels``.
 
     Returns
     -------
@@ -543,8 +545,15 @@ def bce_with_logits(scores, targets, out=None):
 def poisson_loss(scores, targets, out=None):
     """Half Poisson deviance of ``mu = exp(scores)``, mean over all elements, and its gradient.
 
-    ``l = exp(s) - t s + xlogy(t, t) - t`` per element (``t log(t / mu) - t +
-    mu``: scikit-learn's ``poisson_loss``, the loss of ``MLPRegressor(loss='poisson')``).
+    ``L = mean(l)`` over all ``scores.size`` elements, with
+    ``l = exp(s) - t s + xlogy(t, t) - t`` per element (``t log(t / mu) - t + mu``,
+    the per-element term of scikit-learn's ``poisson_loss``).
+
+    scikit-learn's ``sklearn.neural_network._base.poisson_loss(targets, exp(scores))``
+    (the loss of ``MLPRegressor(loss='poisson')``) averages over the rows but *sums*
+    over the outputs: for 2-D ``scores`` of shape ``(batch, n)`` it is ``n * L``
+    (the same for 1-D ``scores`` or ``n == 1``).  :class:`fastbp.MLPRegressor`
+    scales by ``n`` itself, so its ``loss_curve_`` is scikit-learn's.
 
     Parameters
     ----------
@@ -558,7 +567,7 @@ def poisson_loss(scores, targets, out=None):
     Returns
     -------
     loss : float
-        The mean loss.
+        The mean loss ``L`` over all elements (scikit-learn's divided by ``n``).
     dscores : numpy.ndarray, shape of ``scores``
         ``(exp(scores) - targets) / scores.size``.
     """
