@@ -1,12 +1,14 @@
 """The machinery :class:`fastbp.estimator.MLPClassifier` and :class:`~fastbp.estimator.MLPRegressor`
-share: parameter checks, the step (built by :func:`fastbp.builders.mlp` and
-:func:`fastbp.compile`), the epochs, pickling and saving (:class:`_BaseMLP`).
+share: the step (built by :func:`fastbp.builders.mlp` and :func:`fastbp.compile`), the
+epochs, pickling and saving (:class:`_BaseMLP`).  The parameter checks are
+:mod:`fastbp._estimator_params`, the all-or-nothing guard of ``fit``/``partial_fit``
+:mod:`fastbp._estimator_state`, the weighted and L-BFGS training paths
+:mod:`fastbp._estimator_fit`.
 
 Imported by :mod:`fastbp.estimator` only; needs scikit-learn.
 """
 from __future__ import annotations
 
-import numbers
 import os
 import tempfile
 import warnings
@@ -30,43 +32,21 @@ try:  # scikit-learn >= 1.6
 except ImportError:  # pragma: no cover - older scikit-learn
     _sk_validate_data = None
 
-from ._bf16 import PRECISIONS, known as known_precision
-from .builders import activation_names, mlp
+from .builders import mlp
 from .factories import compile as compile_step, load
 from .optimizers import SGD, Adam
-from ._estimator_fit import fit_lbfgs, fit_weights, weighted_epoch
+from ._estimator_fit import fit_lbfgs, fit_weights, validation_stratify, weighted_epoch
 from ._estimator_attrs import _LiveList
+from ._estimator_params import check_params, is_int as _is_int, resolve_dtype as _resolve_dtype
+from ._estimator_state import restore, snapshot
 
 __all__ = ["_BaseMLP"]
-
-_SOLVERS = ("sgd", "adam", "lbfgs")
-_LEARNING_RATES = ("constant", "invscaling", "adaptive")
 
 
 def _validate_data(est, X, y="no_validation", *, reset=True, **kw):
     if _sk_validate_data is not None:
         return _sk_validate_data(est, X, y, reset=reset, **kw)
     return est._validate_data(X, y, reset=reset, **kw)  # pragma: no cover
-
-
-def _resolve_dtype(dtype, X_dtype):
-    if dtype is None:
-        return np.dtype(np.float32) if X_dtype == np.float32 else np.dtype(np.float64)
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"dtype must be None, 'float32' or 'float64', got {dtype!r}")
-    return dt
-
-
-def _is_int(v):
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v):
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v)
 
 
 def _batch_sizes(n, bs):
@@ -141,54 +121,10 @@ class _BaseMLP(BaseEstimator):
         self.precision = precision
 
     # ------------------------------------------------------------------ params
-    def _hidden(self):
-        h = self.hidden_layer_sizes
-        if _is_int(h):
-            h = [h]
-        try:
-            h = list(h)
-        except TypeError:
-            raise ValueError(
-                f"hidden_layer_sizes must be an int or a sequence of ints, got {self.hidden_layer_sizes!r}"
-            ) from None
-        if not all(_is_int(v) and v > 0 for v in h):
-            raise ValueError(f"hidden_layer_sizes must be > 0, got {self.hidden_layer_sizes!r}")
-        return [int(v) for v in h]
-
     def _check_params(self):
-        def need(ok, name, what):
-            if not ok:
-                raise ValueError(f"{name} must be {what}, got {getattr(self, name)!r}")
-
-        names = activation_names()           # scikit-learn's names and fastbp's (fastbp.builders)
-        need(isinstance(self.activation, str) and self.activation in names, "activation",
-             f"one of {tuple(names)}")
-        need(isinstance(self.solver, str) and self.solver in _SOLVERS, "solver", f"one of {_SOLVERS}")
-        need(isinstance(self.learning_rate, str) and self.learning_rate in _LEARNING_RATES, "learning_rate",
-             f"one of {_LEARNING_RATES}")
-        need(_is_real(self.power_t) and self.power_t >= 0, "power_t", "a finite number >= 0")
-        need(_is_int(self.max_fun) and self.max_fun >= 1, "max_fun", "an int >= 1")
-        need(_is_real(self.alpha) and self.alpha >= 0, "alpha", "a finite number >= 0")
-        need(self.batch_size == "auto" or (_is_int(self.batch_size) and self.batch_size >= 1),
-             "batch_size", "'auto' or an int >= 1")
-        need(_is_real(self.learning_rate_init) and self.learning_rate_init > 0,
-             "learning_rate_init", "a finite number > 0")
-        need(_is_int(self.max_iter) and self.max_iter >= 1, "max_iter", "an int >= 1")
-        need(_is_real(self.tol) and self.tol >= 0, "tol", "a finite number >= 0")
-        need(_is_real(self.momentum) and 0 <= self.momentum < 1, "momentum", "in [0, 1)")
-        need(_is_real(self.validation_fraction) and 0 < self.validation_fraction < 1,
-             "validation_fraction", "in (0, 1)")
-        need(_is_real(self.beta_1) and 0 <= self.beta_1 < 1, "beta_1", "in [0, 1)")
-        need(_is_real(self.beta_2) and 0 <= self.beta_2 < 1, "beta_2", "in [0, 1)")
-        need(_is_real(self.epsilon) and self.epsilon > 0, "epsilon", "a finite number > 0")
-        need(_is_int(self.n_iter_no_change) and self.n_iter_no_change >= 1,
-             "n_iter_no_change", "an int >= 1")
-        for name in ("shuffle", "verbose", "warm_start", "nesterovs_momentum", "early_stopping"):
-            need(isinstance(getattr(self, name), (bool, np.bool_)) or getattr(self, name) in (0, 1),
-                 name, "a bool")
-        _resolve_dtype(self.dtype, np.dtype(np.float64))
-        need(known_precision(self.precision), "precision", f"one of {PRECISIONS}")
-        return self._hidden()
+        """Check every hyper-parameter (:func:`fastbp._estimator_params.check_params`);
+        return the hidden layer sizes."""
+        return check_params(self)
 
     # ------------------------------------------------------------------ steps
     def _optimizer(self, batch_size, n_out):
@@ -341,13 +277,50 @@ class _BaseMLP(BaseEstimator):
         return np.asarray(self._step.predict(X))
 
     # ------------------------------------------------------------------ training
-    def _fit(self, X, y, incremental, sample_weight=None):
+    def _fit(self, X, y, incremental, sample_weight=None, prepare=None):
+        """``fit`` (``incremental=False``) or ``partial_fit``, all or nothing: a call that
+        raises leaves the estimator exactly as it was, fitted or not
+        (:mod:`fastbp._estimator_state`).  ``prepare``: called first, inside that guard."""
+        saved = snapshot(self, in_place=incremental and hasattr(self, "_step"))
+        try:
+            if prepare is not None:
+                prepare()
+            return self._fit_guarded(X, y, incremental, sample_weight)
+        except BaseException:
+            restore(self, saved)
+            raise
+
+    def _record_fresh(self):
+        """The records of a first stochastic fit (scikit-learn's ``_initialize``)."""
+        self.loss_curve_ = []
+        self._no_improvement_count = 0
+        self.__dict__.pop("_best_params", None)
+        if self.early_stopping:
+            self.validation_scores_ = []
+            self.best_validation_score_ = -np.inf
+            self.best_loss_ = None
+        else:
+            self.validation_scores_ = None
+            self.best_validation_score_ = None
+            self.best_loss_ = np.inf
+
+    def _fit_guarded(self, X, y, incremental, sample_weight):
+        """The body of :meth:`_fit`: every check (parameters, input, sample weights, room for
+        a validation set) before the step is built or trained."""
         hidden = self._check_params()
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         first_pass = not hasattr(self, "_step") or (not self.warm_start and not incremental)
+        if not first_pass and not incremental and (
+                list(self._arch["hidden"]) != hidden or self._arch["activation"] != self.activation):
+            raise ValueError(
+                "warm_start=True needs the same hidden_layer_sizes and activation as the "
+                f"previous fit (was {tuple(self._arch['hidden'])}, {self._arch['activation']!r})"
+            )
         X, Y = self._validate_input(X, y, incremental, reset=first_pass)
         W = fit_weights(self, X, Y, sample_weight, incremental)
+        early = self.early_stopping and self.solver != "lbfgs"
+        stratify = validation_stratify(self, Y) if early else None
         n_samples, n_features = X.shape
         if first_pass or not incremental:       # a new fit, or a warm start (rebuilt below)
             self._dtype = _resolve_dtype(self.dtype, X.dtype)
@@ -383,23 +356,9 @@ class _BaseMLP(BaseEstimator):
             self.out_activation_ = self._out_activation()
             self.t_ = 0
             self.n_iter_ = 0
-            self.loss_curve_ = []
-            self._no_improvement_count = 0
-            if self.early_stopping:
-                self.validation_scores_ = []
-                self.best_validation_score_ = -np.inf
-                self.best_loss_ = None
-            else:
-                self.validation_scores_ = None
-                self.best_validation_score_ = None
-                self.best_loss_ = np.inf
+            self._record_fresh()
         elif not incremental:
             # warm start: same weights, fresh optimizer state (as scikit-learn)
-            if list(self._arch["hidden"]) != hidden or self._arch["activation"] != self.activation:
-                raise ValueError(
-                    "warm_start=True needs the same hidden_layer_sizes and activation as the "
-                    f"previous fit (was {tuple(self._arch['hidden'])}, {self._arch['activation']!r})"
-                )
             old = {k: np.array(v) for k, v in self._step.params.items()}
             seed = int(rs.randint(np.iinfo(np.int32).max))
             self._make_step(hidden, n_features, self.n_outputs_,
@@ -409,9 +368,15 @@ class _BaseMLP(BaseEstimator):
             # a fresh optimizer, as scikit-learn (whose _no_improvement_count carries over)
             self._sgd_lr = float(self.learning_rate_init)
             self.n_iter_ = 0
-            if self.early_stopping:
+            if not hasattr(self, "loss_curve_"):        # the previous fit was solver='lbfgs'
+                self._record_fresh()
+            elif self.early_stopping and not isinstance(self.validation_scores_, list):
+                # the previous fit had no early stopping: the validation record starts here
+                # (otherwise it goes on, as scikit-learn's: scores appended, the best score
+                # and its weights kept)
                 self.validation_scores_ = []
                 self.best_validation_score_ = -np.inf
+                self.__dict__.pop("_best_params", None)
 
         if self.batch_size != "auto" and self.batch_size > n_samples and not incremental:
             warnings.warn("Got `batch_size` less than 1 or larger than sample size. "
@@ -421,17 +386,13 @@ class _BaseMLP(BaseEstimator):
             self._fit_lbfgs(X, Y, W)
             return self
         W_tr = W_val = None
-        if self.early_stopping:
-            stratify = Y if (self._is_classifier_single_label()) else None
+        if early:
             if W is None:
                 X_tr, X_val, Y_tr, Y_val = train_test_split(
                     X, Y, random_state=rs, test_size=self.validation_fraction, stratify=stratify)
             else:
                 X_tr, X_val, Y_tr, Y_val, W_tr, W_val = train_test_split(
                     X, Y, W, random_state=rs, test_size=self.validation_fraction, stratify=stratify)
-            if X_val.shape[0] < 2:
-                raise ValueError("The validation set is too small. Increase 'validation_fraction' "
-                                 "or the size of your dataset.")
             X_tr, Y_tr = np.ascontiguousarray(X_tr), np.ascontiguousarray(Y_tr)
             X_val = np.ascontiguousarray(X_val)
         else:
@@ -445,7 +406,8 @@ class _BaseMLP(BaseEstimator):
         n = X.shape[0]
         bs = min(self._arch["batch_size"], n)
         sizes = _batch_sizes(n, bs)
-        best_params = None
+        # the best weights so far: a warm start's previous fit's, as scikit-learn's _best_coefs
+        best_params = self.__dict__.get("_best_params") if self.early_stopping else None
         max_iter = 1 if incremental else self.max_iter
         stopped = False
         self.n_iter_ = 0  # epochs of this call, as scikit-learn counts them
@@ -466,8 +428,8 @@ class _BaseMLP(BaseEstimator):
                                                      seed=seed), dtype=np.float64)
                 except FloatingPointError as e:
                     raise ValueError(
-                        f"training diverged at iteration {self.n_iter_ + 1}: {e}. Lower "
-                        "learning_rate_init or scale the input features."
+                        f"training diverged at iteration {self.n_iter_ + 1}: {e}. The estimator is "
+                        "left as it was before this call. Lower learning_rate_init or scale the input features."
                     ) from None
                 if losses.shape == sizes.shape:
                     loss = float(losses @ sizes) / n
@@ -538,6 +500,7 @@ class _BaseMLP(BaseEstimator):
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.")
         if self.early_stopping and best_params is not None:
+            self._best_params = best_params
             for k, v in best_params.items():
                 step.params[k][...] = v
 
@@ -553,12 +516,20 @@ class _BaseMLP(BaseEstimator):
         sample_weight : array-like of shape (n_samples,), default None
             Weights of the samples, as scikit-learn's MLP: each minibatch's loss
             is ``sum_i w_i l_i / sum_i w_i`` (plus ``alpha ||W||^2 / (2 sum_i w_i)``),
-            computed inside the fused step (one call per minibatch).
+            computed inside the fused step (one call per minibatch).  Finite and
+            >= 0 (checked before any training), with a positive sum.
 
         Returns
         -------
         self : object
             The fitted estimator.
+
+        Raises
+        ------
+        ValueError
+            A bad parameter or input, naming it; the estimator is then left as it
+            was before the call (fitted or not), as after any failed ``fit`` or
+            ``partial_fit``.
         """
         return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 

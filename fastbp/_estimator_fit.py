@@ -15,22 +15,71 @@ from sklearn.utils.validation import _check_sample_weight
 
 from . import _isa
 
-__all__ = ["fit_weights", "weighted_epoch", "fit_lbfgs"]
+__all__ = ["fit_weights", "validation_stratify", "weighted_epoch", "fit_lbfgs"]
 
 
 def fit_weights(est, X, Y, sample_weight, incremental):
     """The per-row weights of a fit: ``sample_weight`` (scikit-learn's checks) times the
-    class weights of ``est`` (a classifier's ``class_weight``); None when both are absent."""
+    class weights of ``est`` (a classifier's ``class_weight``); None when both are absent.
+
+    Raises
+    ------
+    ValueError
+        ``sample_weight`` of the wrong length or not finite (scikit-learn's messages), with a
+        negative value (naming the first one's row in the caller's order), or weights whose
+        sum is not positive; all found before any training.
+    """
     w = None
+    negative = ""
     if sample_weight is not None:
+        # scikit-learn's checks (length, finite), then fastbp's: no negative weight, found
+        # here, before any update, by the user's row number
         w = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        neg = np.flatnonzero(w < 0)
+        if neg.size:
+            i = int(neg[0])
+            negative = (f"sample_weight[{i}] is {float(w[i])!r}"
+                        + (f", and {neg.size - 1} more are negative" if neg.size > 1 else ""))
     cw = est._row_class_weights(Y, incremental)
     if cw is not None:
         w = cw if w is None else w * cw
     if w is not None and not np.sum(w) > 0:
         raise ValueError(f"sample_weight: the weights (times the class weights) sum to {float(np.sum(w)):g}; "
-                         "their sum must be positive")
+                         "their sum must be positive" + (f", and each weight >= 0 ({negative})" if negative else ""))
+    if negative:
+        raise ValueError(f"sample_weight must be >= 0 (fastbp refuses negative weights): {negative}")
     return w
+
+
+def validation_stratify(est, Y):
+    """Check that ``early_stopping=True`` can hold out a validation set; return the labels
+    to stratify its split by (``train_test_split``'s ``stratify``), or None.
+
+    The validation set is ``ceil(validation_fraction * n_samples)`` rows, as
+    ``train_test_split`` takes them; fewer than 2 (``validation_fraction=0`` included), or
+    no row left to train on, is a ValueError naming ``validation_fraction``, as
+    scikit-learn's "validation set is too small".  A single-label classifier's split is
+    stratified by class where it can be (every class present has 2 or more rows, and both
+    sets room for one row of each); otherwise, e.g. a small multiclass problem, it is a
+    plain random split, the one scikit-learn makes for every multiclass problem.
+    """
+    n = Y.shape[0]
+    vf = float(est.validation_fraction)
+    n_val = int(np.ceil(vf * n))
+    held = (f"early_stopping=True holds out ceil(validation_fraction * n_samples) = ceil({vf!r} * {n}) = "
+            f"{n_val} of the {n} samples for validation")
+    if n_val < 2:
+        raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of "
+                         f"your dataset: {held}; it needs at least 2.")
+    if n_val >= n:
+        raise ValueError(f"No sample is left to train on. Decrease 'validation_fraction' or increase the size "
+                         f"of your dataset: {held}.")
+    if not est._is_classifier_single_label():
+        return None
+    counts = np.bincount(Y)
+    counts = counts[counts > 0]
+    k = counts.size
+    return Y if (counts.min() >= 2 and n_val >= k and n - n_val >= k) else None
 
 
 def weighted_epoch(step, X, Y, W, bs, order, alpha, grad_scale):
@@ -117,5 +166,5 @@ def fit_lbfgs(est, X, Y, W=None):
     est.n_iter_ = _check_optimize_result("lbfgs", res, est.max_iter)
     est.loss_ = float(res.fun)
     pv[...] = res.x
-    for name in ("loss_curve_", "best_loss_", "validation_scores_", "best_validation_score_"):
+    for name in ("loss_curve_", "best_loss_", "validation_scores_", "best_validation_score_", "_best_params"):
         est.__dict__.pop(name, None)          # stochastic solvers only, as in scikit-learn

@@ -14,7 +14,22 @@ Differences from scikit-learn's MLP, all deliberate:
 * Computation runs in float32 by default (``dtype='float32'``; scikit-learn
   computes in X's dtype): ``dtype='float64'`` or ``dtype=None`` (X's dtype)
   choose otherwise.  ``predict_proba`` returns the compute dtype;
-  ``predict`` of the regressor returns float64, as scikit-learn's does.
+  ``predict`` of the regressor always returns float64 (scikit-learn's returns
+  X's dtype: float32 for float32 X, float64 otherwise).
+* ``y`` with a single class is a ValueError (scikit-learn's classifier fits it
+  and always predicts that class).
+* Negative ``sample_weight`` values are refused, before any training, naming
+  the first negative row (scikit-learn accepts them).  ``momentum`` must be
+  below 1 (scikit-learn also takes 1.0, which fastbp's SGD optimizer refuses).
+* ``fit`` and ``partial_fit`` are all or nothing: a call that raises (bad
+  input, a bad parameter, training that diverges) leaves the estimator exactly
+  as it was before the call, fitted or not, its predictions unchanged.
+* ``early_stopping=True``: the validation split of a classifier is stratified
+  by class for every single-label problem where it can be (scikit-learn
+  stratifies binary problems only), a plain random split otherwise (a class
+  with one sample, or fewer validation or training samples than classes).  A
+  validation set of fewer than 2 samples (``validation_fraction=0`` included)
+  is a ValueError naming ``validation_fraction``, as in scikit-learn.
 * The classifier uses a softmax output for every single-label problem
   (two units for a binary problem), a sigmoid output per label for
   multilabel problems.
@@ -27,8 +42,15 @@ Differences from scikit-learn's MLP, all deliberate:
   sample) with the epoch's final weights instead of each minibatch's.
 * With ``solver='sgd'`` and momentum, the velocity is PyTorch's (``v = m v +
   g``, step ``lr * v``); scikit-learn's (``v = m v - lr g``) takes the same
-  steps while the learning rate is constant and slightly different ones
-  right after ``invscaling``/``adaptive`` change it.
+  steps while the learning rate is constant.  When the rate changes, the
+  velocity carried over is applied at the new rate here, at the old rates
+  there, so fastbp's momentum term is the smaller after a decrease.
+  ``invscaling`` lowers the rate after every epoch: every epoch's steps
+  differ and the two trajectories drift further apart epoch after epoch; this
+  is a real difference in training, not rounding (one measured case, momentum
+  0.9, ``alpha=0``, no shuffling, float64: a training loss of 0.133 after 30
+  epochs against scikit-learn's 0.105).  ``adaptive`` differs after each
+  division of the rate by 5.  Without momentum the steps are the same.
 * With ``solver='adam'``, ``epsilon`` is added as PyTorch adds it, to the
   bias-corrected ``sqrt(v / (1 - beta_2^t))``; scikit-learn adds it to
   ``sqrt(v)`` and corrects the step size instead, which is PyTorch's form with
@@ -42,7 +64,10 @@ activation) from ``random_state``; ``learning_rate`` ('constant',
 'invscaling': ``learning_rate_init / (t_ + 1) ** power_t`` after every epoch,
 ``t_`` the samples seen; 'adaptive': the rate is divided by 5 instead of
 stopping each time ``n_iter_no_change`` epochs fail to improve by ``tol``,
-until it is at most 1e-6) applies to ``solver='sgd'``; ``solver='lbfgs'`` runs
+until it is at most 1e-6) applies to ``solver='sgd'``; ``warm_start=True``
+with ``early_stopping=True`` continues the validation record (``validation_scores_``
+appended to, ``best_validation_score_`` and its weights kept: a fit that never
+beats the previous best ends with the previous best weights); ``solver='lbfgs'`` runs
 ``scipy.optimize.minimize(method='L-BFGS-B')`` on the full-batch loss and
 gradient computed by the compiled step (``max_iter``, ``max_fun``, ``tol`` as
 in scikit-learn; no ``partial_fit``).
@@ -101,29 +126,34 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     shuffle : bool, default True
         Shuffle the samples every epoch.
     random_state : int, RandomState instance or None, default None
-        Seeds the initial weights, the shuffles and the validation split.
+        Seeds the initial weights, the shuffles and the validation split (an int
+        in [0, 2**32 - 1], as numpy's RandomState takes).
     tol : float, default 1e-4
         Improvement below which an epoch counts as no improvement.
-    verbose : bool, default False
-        Print the loss after every epoch.
+    verbose : bool or int >= 0, default False
+        Print the loss after every epoch (any true value).
     warm_start : bool, default False
         Start ``fit`` from the weights of the previous fit.
     momentum : float, default 0.9
-        SGD momentum, in [0, 1).
+        SGD momentum, in [0, 1) (scikit-learn's is [0, 1]; fastbp's SGD
+        optimizer refuses 1.0).
     nesterovs_momentum : bool, default True
         Nesterov momentum for SGD.
     early_stopping : bool, default False
         Stop when the validation accuracy stops improving; the best weights
-        are restored.
-    validation_fraction : float, default 0.1
-        Share of the training data held out for early stopping.
+        are restored (with ``warm_start``: the best of all the fits since the
+        validation record started, as scikit-learn).
+    validation_fraction : float in [0, 1), default 0.1
+        Share of the training data held out for early stopping
+        (``ceil(validation_fraction * n_samples)`` rows; fewer than 2 is a
+        ValueError; unused without early stopping).
     beta_1, beta_2 : float, default 0.9, 0.999
         Adam's decay rates, in [0, 1).
     epsilon : float, default 1e-8
         Adam's epsilon.
-    n_iter_no_change : int, default 10
+    n_iter_no_change : int or np.inf, default 10
         Epochs without improvement before stopping (or, 'adaptive', before
-        dividing the learning rate by 5).
+        dividing the learning rate by 5); ``np.inf``: never.
     max_fun : int, default 15000
         'lbfgs' only: the most loss evaluations.
     class_weight : dict, 'balanced' or None, default None
@@ -205,11 +235,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                               dtype=(np.float64, np.float32), reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
+        # checks first, then the new state (a failure after this is undone by _BaseMLP._fit)
         if (not hasattr(self, "classes_")) or (not self.warm_start and not incremental):
-            self._label_binarizer = LabelBinarizer()
-            self._label_binarizer.fit(y)
-            self.classes_ = self._label_binarizer.classes_
+            lb = LabelBinarizer().fit(y)
         else:
+            lb = self._label_binarizer
             classes = unique_labels(y)
             if self.warm_start and not incremental:
                 if set(classes) != set(self.classes_):
@@ -219,20 +249,20 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             elif len(np.setdiff1d(classes, self.classes_, assume_unique=True)):
                 raise ValueError("`y` has classes not in `self.classes_`. "
                                  f"`self.classes_` has {self.classes_}. 'y' has {classes}.")
-        self._multilabel = self._label_binarizer.y_type_.startswith("multilabel")
-        if not self._multilabel and len(self.classes_) < 2:
+        multilabel = lb.y_type_.startswith("multilabel")
+        if not multilabel and len(lb.classes_) < 2:
             raise ValueError(f"{type(self).__name__} needs at least 2 classes to train; y has only "
-                             f"1 class: {self.classes_[0]!r}")
-        if self._multilabel:
-            self._fastbp_loss = "bce_with_logits"
+                             f"1 class: {lb.classes_[0]!r}")
+        if not multilabel and y.ndim != 1:
+            raise ValueError(f"y must be 1-D class labels or a multilabel indicator matrix, "
+                             f"got shape {y.shape}")
+        if multilabel:
             dt = _resolve_dtype(self.dtype, X.dtype) if reset else self._dtype
-            Y = np.ascontiguousarray(self._label_binarizer.transform(y), dtype=dt)
+            Y = np.ascontiguousarray(lb.transform(y), dtype=dt)
         else:
-            self._fastbp_loss = "softmax_cross_entropy"
-            if y.ndim != 1:
-                raise ValueError(f"y must be 1-D class labels or a multilabel indicator matrix, "
-                                 f"got shape {y.shape}")
-            Y = np.searchsorted(self.classes_, y).astype(np.int64)
+            Y = np.searchsorted(lb.classes_, y).astype(np.int64)
+        self._label_binarizer, self.classes_, self._multilabel = lb, lb.classes_, multilabel
+        self._fastbp_loss = "bce_with_logits" if multilabel else "softmax_cross_entropy"
         return X, Y
 
     def _val_score(self, X_val, Y_val, sample_weight=None):
@@ -288,6 +318,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         -------
         self : object
         """
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight,
+                         prepare=lambda: self._partial_fit_classes(y, classes))
+
+    def _partial_fit_classes(self, y, classes):
+        """``classes_`` on the first call to :meth:`partial_fit`, their check on the later ones
+        (inside the call's guard: a first call that fails leaves the estimator unfitted)."""
         first = not hasattr(self, "classes_")
         if first and classes is None and not type_of_target(y).startswith("multilabel"):
             raise ValueError("classes must be passed on the first call to partial_fit.")
@@ -302,13 +338,6 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             else:
                 self._label_binarizer.fit(classes)
             self.classes_ = self._label_binarizer.classes_
-        try:
-            return self._fit(X, y, incremental=True, sample_weight=sample_weight)
-        except BaseException:
-            if first:  # leave the estimator unfitted, not half-initialised
-                for attr in ("classes_", "_label_binarizer"):
-                    self.__dict__.pop(attr, None)
-            raise
 
     def _proba_from_logits(self, S):
         S = np.asarray(S, dtype=np.float64)
@@ -429,9 +458,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         k = 1 if y.ndim == 1 else y.shape[1]
-        if reset:
-            self._n_targets = k
-        elif k != self.n_outputs_:
+        # checks first, then the new state (a failure after this is undone by _BaseMLP._fit)
+        if not reset and k != self.n_outputs_:
             raise ValueError(f"y has {k} targets, but {type(self).__name__} was fitted with "
                              f"{self.n_outputs_}")
         if self.loss not in ("squared_error", "poisson"):
@@ -440,7 +468,6 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         if not reset and hasattr(self, "_arch") and self._arch["loss"] != _REG_LOSS[self.loss]:
             raise ValueError(f"loss={self.loss!r} differs from the loss {self._fastbp_loss!r} this "
                              f"estimator was fitted with; fit it again")
-        self._fastbp_loss = _REG_LOSS[self.loss]
         if self.loss == "poisson" and np.any(y < 0):
             raise ValueError("Some value(s) of y are negative which is not allowed for Poisson regression.")
         dt = _resolve_dtype(self.dtype, X.dtype) if reset else self._dtype
@@ -449,6 +476,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         if not np.isfinite(Y).all():            # y was checked finite: beyond float32's range
             raise ValueError(f"y has a value too large for {dt} ({float(np.abs(y).max())!r}), the "
                              "estimator's dtype: pass dtype='float64' or scale the targets")
+        if reset:
+            self._n_targets = k
+        self._fastbp_loss = _REG_LOSS[self.loss]
         return X, Y
 
     def _val_score(self, X_val, Y_val, sample_weight=None):
@@ -481,8 +511,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         Returns
         -------
         y : ndarray of shape (n_samples,) or (n_samples, n_targets)
-            float64 (as scikit-learn's; computed in the estimator's dtype); 1-D when
-            it was fitted on a 1-D ``y``.
+            float64 whatever X's dtype (computed in the estimator's dtype;
+            scikit-learn's is X's dtype: float32 for float32 X); 1-D when it was
+            fitted on a 1-D ``y``.
         """
         X = self._validate_X_predict(X)
         out = self._predict_from_outputs(self._forward(X)).astype(np.float64, copy=False)

@@ -1,0 +1,134 @@
+"""The hyper-parameter checks of :class:`fastbp.estimator.MLPClassifier` and
+:class:`~fastbp.estimator.MLPRegressor`: scikit-learn's ``_parameter_constraints`` of its
+MLP (the same accepted values, a ValueError naming the parameter otherwise), plus
+fastbp's own parameters (``dtype``, ``precision``, its activation names).
+
+Imported by :mod:`fastbp._estimator_base` only; reads no estimator state but the
+parameters, changes none.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ._bf16 import PRECISIONS, known as known_precision
+from .builders import activation_names
+
+__all__ = ["check_params", "resolve_dtype", "is_int", "is_real", "SOLVERS", "LEARNING_RATES"]
+
+SOLVERS = ("sgd", "adam", "lbfgs")
+LEARNING_RATES = ("constant", "invscaling", "adaptive")
+
+#: the largest seed of numpy's RandomState (scikit-learn's ``random_state`` constraint)
+_MAX_SEED = 2**32 - 1
+
+
+def is_int(v):
+    """An integer that is not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_real(v):
+    """A finite real number that is not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
+def _is_bool(v):
+    """A bool, or 0 or 1."""
+    return isinstance(v, (bool, np.bool_)) or (isinstance(v, numbers.Real) and v in (0, 1))
+
+
+def resolve_dtype(dtype, X_dtype):
+    """The compute dtype for the ``dtype`` parameter and X's dtype.
+
+    Raises
+    ------
+    TypeError
+        ``dtype`` is not None, float32 or float64 (in any spelling numpy
+        understands); the message names ``dtype``.
+    """
+    if dtype is None:
+        return np.dtype(np.float32) if X_dtype == np.float32 else np.dtype(np.float64)
+    try:
+        dt = np.dtype(dtype)
+    except Exception:           # numpy raises TypeError, ValueError, ... for what it cannot read
+        dt = None
+    if dt is None or dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype must be None, 'float32' or 'float64', got {dtype!r}")
+    return dt
+
+
+def hidden_sizes(est):
+    """``hidden_layer_sizes`` as a list of ints (ValueError naming it otherwise)."""
+    h = est.hidden_layer_sizes
+    if is_int(h):
+        h = [h]
+    try:
+        h = list(h)
+    except TypeError:
+        raise ValueError(
+            f"hidden_layer_sizes must be an int or a sequence of ints, got {est.hidden_layer_sizes!r}"
+        ) from None
+    if not all(is_int(v) and v > 0 for v in h):
+        raise ValueError(f"hidden_layer_sizes must be > 0, got {est.hidden_layer_sizes!r}")
+    return [int(v) for v in h]
+
+
+def check_params(est):
+    """Check every hyper-parameter of ``est``; return the hidden layer sizes (a list).
+
+    The accepted values are scikit-learn's (``BaseMultilayerPerceptron._parameter_constraints``)
+    but for ``momentum`` (< 1: fastbp's SGD optimizer refuses 1.0), the activations
+    (fastbp's names too) and the booleans (0 and 1 too).
+
+    Raises
+    ------
+    ValueError
+        A bad value, the message naming the parameter.
+    TypeError
+        A bad ``dtype`` (see :func:`resolve_dtype`).
+    """
+    def need(ok, name, what):
+        """ValueError naming ``name`` unless ``ok``."""
+        if not ok:
+            raise ValueError(f"{name} must be {what}, got {getattr(est, name)!r}")
+
+    names = activation_names()           # scikit-learn's names and fastbp's (fastbp.builders)
+    need(isinstance(est.activation, str) and est.activation in names, "activation",
+         f"one of {tuple(names)}")
+    need(isinstance(est.solver, str) and est.solver in SOLVERS, "solver", f"one of {SOLVERS}")
+    need(isinstance(est.learning_rate, str) and est.learning_rate in LEARNING_RATES, "learning_rate",
+         f"one of {LEARNING_RATES}")
+    need(is_real(est.power_t) and est.power_t >= 0, "power_t", "a finite number >= 0")
+    need(is_int(est.max_fun) and est.max_fun >= 1, "max_fun", "an int >= 1")
+    need(is_real(est.alpha) and est.alpha >= 0, "alpha", "a finite number >= 0")
+    need(est.batch_size == "auto" or (is_int(est.batch_size) and est.batch_size >= 1),
+         "batch_size", "'auto' or an int >= 1")
+    need(is_real(est.learning_rate_init) and est.learning_rate_init > 0,
+         "learning_rate_init", "a finite number > 0")
+    need(is_int(est.max_iter) and est.max_iter >= 1, "max_iter", "an int >= 1")
+    need(is_real(est.tol) and est.tol >= 0, "tol", "a finite number >= 0")
+    need(is_real(est.momentum) and 0 <= est.momentum < 1, "momentum",
+         "in [0, 1) (scikit-learn also takes 1.0; fastbp's SGD optimizer does not)")
+    # [0, 1) as scikit-learn: 0 holds nothing out, refused only where early_stopping needs a
+    # validation set (fastbp._estimator_fit.plan_validation_split)
+    need(is_real(est.validation_fraction) and 0 <= est.validation_fraction < 1,
+         "validation_fraction", "in [0, 1)")
+    need(is_real(est.beta_1) and 0 <= est.beta_1 < 1, "beta_1", "in [0, 1)")
+    need(is_real(est.beta_2) and 0 <= est.beta_2 < 1, "beta_2", "in [0, 1)")
+    need(is_real(est.epsilon) and est.epsilon > 0, "epsilon", "a finite number > 0")
+    nic = est.n_iter_no_change
+    need((is_int(nic) and nic >= 1) or (isinstance(nic, numbers.Real) and nic == np.inf),
+         "n_iter_no_change", "an int >= 1 or np.inf")
+    need(_is_bool(est.verbose) or (is_int(est.verbose) and est.verbose >= 0), "verbose",
+         "a bool or an int >= 0")
+    for name in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping"):
+        need(_is_bool(getattr(est, name)), name, "a bool")
+    rs = est.random_state
+    need(rs is None or isinstance(rs, np.random.RandomState)
+         or (isinstance(rs, numbers.Integral) and 0 <= rs <= _MAX_SEED),
+         "random_state", f"an int in [0, {_MAX_SEED}], a numpy.random.RandomState instance or None")
+    resolve_dtype(est.dtype, np.dtype(np.float64))
+    need(known_precision(est.precision), "precision", f"one of {PRECISIONS}")
+    return hidden_sizes(est)

@@ -1,0 +1,285 @@
+"""The estimators when a call fails, and the parameter values scikit-learn's MLP takes:
+a fit or partial_fit that raises leaves the estimator exactly as it was (fitted or not);
+sample weights are checked before any update; scikit-learn's accepted values are accepted;
+early stopping on small data, and across warm starts, as scikit-learn."""
+import warnings
+
+import numpy as np
+import pytest
+
+sklearn = pytest.importorskip("sklearn")
+
+from sklearn.exceptions import NotFittedError  # noqa: E402
+from sklearn.neural_network import MLPClassifier as SkC, MLPRegressor as SkR  # noqa: E402
+
+from fastbp.estimator import MLPClassifier, MLPRegressor  # noqa: E402
+
+pytestmark = [pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning"),
+              pytest.mark.filterwarnings("ignore:Got `batch_size`:UserWarning")]
+
+
+def _data(n=120, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 4))
+    y = rng.permutation(np.arange(n) % 3)          # every class present from n = 3 on
+    return X, y
+
+
+def _state(est):
+    """Everything a fitted estimator's behaviour depends on but its parameters (which
+    set_params changes): attributes, live weights."""
+    params = est.get_params(deep=False)
+    attrs = {k: (list(v) if isinstance(v, list) else v) for k, v in vars(est).items() if k not in params}
+    weights = [np.array(a) for a in est.coefs_ + est.intercepts_]
+    return attrs, weights
+
+
+def _assert_same_state(est, before):
+    attrs, weights = before
+    now_attrs, now_weights = _state(est)
+    assert now_attrs.keys() == attrs.keys()
+    for k, v in attrs.items():
+        w = now_attrs[k]
+        if isinstance(v, np.ndarray):
+            np.testing.assert_array_equal(w, v, err_msg=k)
+        elif isinstance(v, (list, str, int, float, tuple, type(None))):
+            assert w == v, k
+        else:
+            assert w is v, k
+    for a, b in zip(now_weights, weights):
+        np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------ a failed call changes nothing
+def test_failed_classifier_fits_keep_the_previous_model():
+    X, y = _data()
+    e = MLPClassifier(hidden_layer_sizes=(5,), max_iter=10, random_state=0).fit(X, y)
+    before, pred, proba = _state(e), e.predict(X), e.predict_proba(X)
+    failures = [
+        ((X, np.array(list("abc"))[y]), {"sample_weight": -np.ones(len(y))}, "sample_weight"),
+        ((X, np.full(len(y), 7)), {}, "at least 2 classes"),
+        ((X[:, :3], np.full(len(y), 7)), {}, "at least 2 classes"),   # n_features_in_ reset, then refused
+        ((X, np.array(list("abc"))[y]), {"sample_weight": np.r_[np.nan, np.ones(len(y) - 1)]}, "NaN"),
+    ]
+    for args, kw, match in failures:
+        with pytest.raises(ValueError, match=match):
+            e.fit(*args, **kw)
+        _assert_same_state(e, before)
+        np.testing.assert_array_equal(e.predict(X), pred)
+        np.testing.assert_array_equal(e.predict_proba(X), proba)
+    # a bad parameter found after the input checks (warm start on another architecture)
+    with pytest.raises(ValueError, match="warm_start"):
+        e.set_params(warm_start=True, hidden_layer_sizes=(6,)).fit(X, np.array(list("abc"))[y])
+    _assert_same_state(e, before)
+    np.testing.assert_array_equal(e.predict(X), pred)
+
+
+def test_failed_poisson_refit_keeps_the_squared_error_model():
+    X, y = _data()
+    r = MLPRegressor(hidden_layer_sizes=(5,), max_iter=10, random_state=0).fit(X, y * 1.0)
+    before, pred = _state(r), r.predict(X)
+    with pytest.raises(ValueError, match="negative"):
+        r.set_params(loss="poisson").fit(X, y - 1.0)
+    _assert_same_state(r, before)
+    np.testing.assert_array_equal(r.predict(X), pred)          # not exp(pred)
+    assert r.out_activation_ == "identity"
+    r.set_params(loss="squared_error").partial_fit(X, y * 1.0)   # still the squared-error model
+    assert r.out_activation_ == "identity"
+
+
+def _diverging(X):
+    """X whose second half drives a float32 squared error to infinity: the first minibatches
+    train, a later one diverges (mid-epoch)."""
+    Xbad = X.copy()
+    Xbad[len(X) // 2:] *= 1e30
+    return Xbad
+
+
+def test_partial_fit_that_diverges_mid_epoch_changes_nothing():
+    X, y = _data()
+    y = y * 1.0
+    kw = dict(hidden_layer_sizes=(5,), batch_size=10, shuffle=False, random_state=0)
+    a, b = MLPRegressor(**kw), MLPRegressor(**kw)
+    for est in (a, b):
+        est.partial_fit(X, y)
+    before = _state(a)
+    with pytest.raises(ValueError, match="diverged.*left as it was"):
+        a.partial_fit(_diverging(X), y)            # 6 minibatches train before the 7th diverges
+    _assert_same_state(a, before)
+    assert a._step.n_steps == b._step.n_steps == 12
+    # the optimizer state and counters too: training on gives bitwise the twin's results
+    a.partial_fit(X, y)
+    b.partial_fit(X, y)
+    for p, q in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
+        np.testing.assert_array_equal(p, q)
+    assert a.loss_curve_ == b.loss_curve_ and a.t_ == b.t_ == 240
+
+
+def test_first_fit_or_partial_fit_that_fails_leaves_the_estimator_unfitted():
+    X, y = _data()
+    sw = np.ones(len(y))
+    sw[100] = -1.0
+    for call in (lambda e: e.fit(_diverging(X), y * 1.0),
+                 lambda e: e.partial_fit(_diverging(X), y * 1.0),
+                 lambda e: e.fit(X, y * 1.0, sample_weight=sw)):
+        e = MLPRegressor(hidden_layer_sizes=(5,), batch_size=10, shuffle=False, random_state=0)
+        with pytest.raises(ValueError):
+            call(e)
+        assert set(vars(e)) == set(e.get_params())           # nothing but the parameters
+        with pytest.raises(NotFittedError):
+            e.predict(X)
+    c = MLPClassifier(hidden_layer_sizes=(5,))
+    with pytest.raises(ValueError, match="sample_weight"):
+        c.partial_fit(X, y, classes=[0, 1, 2], sample_weight=sw)
+    assert not hasattr(c, "classes_") and set(vars(c)) == set(c.get_params())
+
+
+# ------------------------------------------------------------------ sample_weight, up front
+@pytest.mark.parametrize("incremental", [False, True])
+def test_negative_sample_weight_is_refused_before_any_update_naming_the_users_row(incremental):
+    X, y = _data()
+    sw = np.ones(len(y))
+    sw[100] = -1.0
+    sw[110] = -2.0
+    e = MLPClassifier(hidden_layer_sizes=(5,), batch_size=16, shuffle=True, random_state=0, max_iter=3)
+    e.fit(X, y)
+    n_steps, before = e._step.n_steps, _state(e)
+    msg = r"sample_weight must be >= 0.*sample_weight\[100\] is -1.0, and 1 more"
+    with pytest.raises(ValueError, match=msg):
+        (e.partial_fit if incremental else e.fit)(X, y, sample_weight=sw)
+    assert e._step.n_steps == n_steps
+    _assert_same_state(e, before)
+
+
+# ------------------------------------------------------------------ scikit-learn's parameter values
+@pytest.mark.parametrize("params", [dict(n_iter_no_change=np.inf), dict(n_iter_no_change=float("inf")),
+                                    dict(verbose=2), dict(verbose=np.int64(0)),
+                                    dict(validation_fraction=0.0), dict(momentum=0.0, solver="sgd"),
+                                    dict(random_state=np.random.RandomState(0)),
+                                    dict(random_state=2**32 - 1)])
+@pytest.mark.parametrize("Ours, Theirs", [(MLPClassifier, SkC), (MLPRegressor, SkR)])
+def test_values_sklearn_accepts_are_accepted(params, Ours, Theirs, capsys):
+    X, y = _data(n=40)
+    y = y if Ours is MLPClassifier else y * 1.0
+    Theirs(**params)._validate_params()                 # scikit-learn's own constraints take it
+    est = Ours(hidden_layer_sizes=(3,), max_iter=3, random_state=0).set_params(**params).fit(X, y)
+    assert est.n_iter_ == 3
+
+
+def test_n_iter_no_change_inf_never_stops():
+    X, y = _data(n=40)
+    est = MLPClassifier(hidden_layer_sizes=(3,), max_iter=30, tol=10.0, n_iter_no_change=np.inf,
+                        random_state=0).fit(X, y)
+    assert est.n_iter_ == 30
+
+
+@pytest.mark.parametrize("bad", ["abc", -1, 2**32, 1.5, np.random.default_rng(0)])
+def test_bad_random_state_names_the_parameter(bad):
+    X, y = _data(n=40)
+    with pytest.raises(ValueError, match="random_state"):
+        SkC(random_state=bad)._validate_params()        # scikit-learn refuses it too
+    with pytest.raises(ValueError, match="random_state must be"):
+        MLPClassifier(hidden_layer_sizes=(3,), max_iter=2, random_state=bad).fit(X, y)
+
+
+@pytest.mark.parametrize("bad", ["float16", "f4,(2", ("f4", -1), np.zeros(3)])
+def test_bad_dtype_is_a_type_error_naming_dtype(bad):
+    X, y = _data(n=40)
+    with pytest.raises(TypeError, match="dtype must be"):
+        MLPClassifier(hidden_layer_sizes=(3,), max_iter=2, dtype=bad).fit(X, y)
+
+
+@pytest.mark.parametrize("params, match", [(dict(momentum=1.0, solver="sgd"), "momentum"),
+                                           (dict(verbose=-1), "verbose"),
+                                           (dict(n_iter_no_change=2.5), "n_iter_no_change"),
+                                           (dict(validation_fraction=-0.1), "validation_fraction")])
+def test_values_still_refused_name_the_parameter(params, match):
+    X, y = _data(n=40)
+    with pytest.raises(ValueError, match=match):
+        MLPClassifier(hidden_layer_sizes=(3,), max_iter=2, **params).fit(X, y)
+
+
+# ------------------------------------------------------------------ early stopping
+def test_early_stopping_on_small_multiclass_data_falls_back_to_a_random_split():
+    X, y = _data(n=20)
+    # ceil(0.1 * 20) = 2 validation rows, 3 classes: no stratified split (scikit-learn
+    # does not stratify multiclass problems at all)
+    e = MLPClassifier(hidden_layer_sizes=(3,), max_iter=5, early_stopping=True, random_state=0).fit(X, y)
+    assert len(e.validation_scores_) == e.n_iter_ >= 1
+    SkC(hidden_layer_sizes=(3,), max_iter=5, early_stopping=True, random_state=0).fit(X, y)
+
+
+@pytest.mark.parametrize("n, fraction, match", [(120, 0.0, "validation set is too small.*validation_fraction"),
+                                                (10, 0.1, "validation set is too small.*validation_fraction"),
+                                                (3, 0.9, "No sample is left.*validation_fraction")])
+@pytest.mark.parametrize("Est", [MLPClassifier, MLPRegressor])
+def test_early_stopping_without_room_for_a_validation_set_names_validation_fraction(n, fraction, match, Est):
+    X, y = _data(n=n)
+    y = y if Est is MLPClassifier else y * 1.0
+    with pytest.raises(ValueError, match=match):
+        Est(hidden_layer_sizes=(3,), early_stopping=True, validation_fraction=fraction).fit(X, y)
+    # without early stopping the fraction is not used (scikit-learn's [0, 1) is accepted)
+    Est(hidden_layer_sizes=(3,), max_iter=2, validation_fraction=fraction).fit(X, y)
+
+
+def test_warm_start_continues_the_validation_record_as_sklearn():
+    X, y = _data(n=200)
+    kw = dict(hidden_layer_sizes=(8,), max_iter=4, early_stopping=True, warm_start=True, random_state=0,
+              n_iter_no_change=100)
+    ours, theirs = MLPClassifier(**kw, dtype="float64"), SkC(**kw)
+    for est in (ours, theirs):
+        est.fit(X, y)
+        first = list(est.validation_scores_)
+        est.fit(X, y)
+        assert est.validation_scores_[:len(first)] == first
+        assert len(est.validation_scores_) == 8
+        assert est.best_validation_score_ == max(est.validation_scores_)
+
+
+def test_warm_start_that_never_beats_the_best_score_keeps_the_best_weights():
+    X, y = _data(n=200)
+    e = MLPClassifier(hidden_layer_sizes=(8,), max_iter=5, early_stopping=True, warm_start=True,
+                      random_state=0, dtype="float64").fit(X, y)
+    best, best_score = [np.array(c) for c in e.coefs_], e.best_validation_score_
+    # a rate so small the validation accuracy cannot change: no epoch beats the best score,
+    # so the fit ends with the previous best weights (scikit-learn's _best_coefs)
+    e.set_params(learning_rate_init=1e-9, max_iter=2).fit(X, y)
+    assert e.best_validation_score_ == best_score and len(e.validation_scores_) == e.n_iter_ + 5
+    for a, b in zip(e.coefs_, best):
+        np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------ documented differences
+def test_regressor_predict_is_float64_where_sklearns_is_float32():
+    """What MLPRegressor.predict's docstring says: always float64 (scikit-learn: X's dtype)."""
+    X, y = _data(n=40)
+    X32 = X.astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = MLPRegressor(hidden_layer_sizes=(3,), max_iter=2, random_state=0).fit(X32, y * 1.0)
+        theirs = SkR(hidden_layer_sizes=(3,), max_iter=2, random_state=0).fit(X32, y * 1.0)
+    assert ours.predict(X32).dtype == np.float64 and theirs.predict(X32).dtype == np.float32
+
+
+def test_single_class_is_refused_and_the_difference_documented():
+    import fastbp.estimator as mod
+    X, y = _data(n=40)
+    SkC(hidden_layer_sizes=(3,), max_iter=2).fit(X, np.zeros(40))        # scikit-learn fits it
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        MLPClassifier(hidden_layer_sizes=(3,), max_iter=2).fit(X, np.zeros(40))
+    assert "single class" in mod.__doc__
+
+
+def test_warm_start_after_lbfgs_or_without_early_stopping_starts_the_missing_records():
+    """An lbfgs fit has no loss_curve_ (as scikit-learn's): a stochastic warm start after it
+    starts one (it raised AttributeError); early stopping after a fit without it starts the
+    validation record (scikit-learn raises: its validation_scores_ is None)."""
+    X, y = _data()
+    e = MLPClassifier(hidden_layer_sizes=(5,), solver="lbfgs", max_iter=5, warm_start=True,
+                      random_state=0).fit(X, y)
+    assert not hasattr(e, "loss_curve_")
+    e.set_params(solver="adam").fit(X, y)
+    assert len(e.loss_curve_) == 5 and e.validation_scores_ is None
+    e.set_params(early_stopping=True).fit(X, y)
+    assert len(e.loss_curve_) == 10 and len(e.validation_scores_) == 5
+    assert e.best_validation_score_ == max(e.validation_scores_)
