@@ -36,7 +36,12 @@ The backend's ``?axpy`` (``fastbp_cblas_saxpy``/``daxpy``) runs plain SGD's
 update (``p += -lr g``) of a large model on the BLAS's threads, which its
 products left awake and whose caches hold the weights (see
 :data:`fastbp.config.SGD_AXPY_MIN_PARAMS`); only where :func:`axpy_exact`
-finds that it gives the bits of fastbp's own SGD kernel.
+finds that it gives the bits of fastbp's own SGD kernel.  Its ``?asum``
+(``fastbp_cblas_sasum``/``dasum``) checks a large update's gradients for
+NaN and infinities on those threads (see
+:data:`fastbp.config.GRAD_ASUM_MIN_PARAMS`); only where
+:func:`asum_propagates` finds that a NaN or an infinity anywhere makes the
+sum non-finite.
 
 With oneMKL, small products can also run through kernels that MKL generates
 for one fixed shape (its "JIT GEMM": ``mkl_cblas_jit_create_sgemm``), which
@@ -49,6 +54,7 @@ kernels (the symbols are stubs that report "no kernel").
 """
 import ctypes
 import ctypes.util
+import functools
 import glob
 import os
 import platform
@@ -58,7 +64,7 @@ import threading
 import llvmlite.binding as llvm
 
 __all__ = ["BACKEND", "AVAILABLE", "THREAD_CONTROL", "GEMM_JIT", "backend_info", "gemm_jit_destroy", "axpy_exact",
-           "ENV_VAR"]
+           "asum_propagates", "ENV_VAR"]
 
 #: the environment variable that picks the backend
 ENV_VAR = "FASTBP_BLAS"
@@ -69,6 +75,10 @@ SGEMM_SYM = "fastbp_cblas_sgemm"
 DGEMM_SYM = "fastbp_cblas_dgemm"
 SAXPY_SYM = "fastbp_cblas_saxpy"
 DAXPY_SYM = "fastbp_cblas_daxpy"
+SASUM_SYM = "fastbp_cblas_sasum"
+DASUM_SYM = "fastbp_cblas_dasum"
+#: the level-1 routines fastbp calls (CBLAS names without the prefix), each linked as "fastbp_cblas_" + name
+LEVEL1 = ("saxpy", "daxpy", "sasum", "dasum")
 SET_THREADS_SYM = "fastbp_blas_set_num_threads"
 GET_THREADS_SYM = "fastbp_blas_get_num_threads"
 JIT_CREATE_SYMS = ("fastbp_gemm_jit_create_s", "fastbp_gemm_jit_create_d")
@@ -85,7 +95,7 @@ TRANS = 112
 class _Backend:
     """A loaded BLAS: its CBLAS gemm addresses and thread functions."""
 
-    def __init__(self, name, path, lib, sgemm, dgemm, set_threads, get_threads, version, axpy=(None, None)):
+    def __init__(self, name, path, lib, sgemm, dgemm, set_threads, get_threads, version, level1=None):
         self.name = name
         self.path = path
         self.lib = lib            # keeps the library loaded
@@ -94,7 +104,8 @@ class _Backend:
         self.set_threads = set_threads
         self.get_threads = get_threads
         self.version = version
-        self.saxpy, self.daxpy = axpy     # CBLAS ?axpy addresses (None: not found)
+        #: the CBLAS addresses of the routines of LEVEL1, by name (None: not found)
+        self.level1 = {name: (level1 or {}).get(name) for name in LEVEL1}
 
 
 def _load(path):
@@ -109,6 +120,12 @@ def _addr(lib, name):
         return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
     except AttributeError:
         return None
+
+
+def _level1(lib, pattern):
+    """The addresses of the routines of :data:`LEVEL1` in ``lib``, whose symbol
+    for ``saxpy`` is ``pattern.format("saxpy")``."""
+    return {name: _addr(lib, pattern.format(name)) for name in LEVEL1}
 
 
 def _thread_funcs(lib, set_name, get_name):
@@ -151,7 +168,7 @@ def _find_mkl():
             except AttributeError:
                 pass
             return _Backend("mkl", path, lib, s, d, setf, getf, version,
-                            (_addr(lib, "cblas_saxpy_64"), _addr(lib, "cblas_daxpy_64")))
+                            _level1(lib, "cblas_{}_64"))
     return None
 
 
@@ -191,7 +208,7 @@ def _find_numpy_openblas():
         if s and dg and setf:
             return _Backend("openblas", path, lib, s, dg, setf, getf,
                             _openblas_version(lib, "scipy_openblas_get_config64_"),
-                            (_addr(lib, "scipy_cblas_saxpy64_"), _addr(lib, "scipy_cblas_daxpy64_")))
+                            _level1(lib, "scipy_cblas_{}64_"))
     return None
 
 
@@ -221,7 +238,7 @@ def _find_scipy_openblas():
             if s and dg and setf:
                 return _Backend("scipy", path, lib, s, dg, setf, getf,
                                 _openblas_version(lib, prefix + "openblas_get_config"),
-                                (_addr(lib, prefix + "cblas_saxpy"), _addr(lib, prefix + "cblas_daxpy")))
+                                _level1(lib, prefix + "cblas_{}"))
     return None
 
 
@@ -287,14 +304,26 @@ else:
               ctypes.cast(_backend.get_threads, ctypes.c_void_p).value]
 for _sym, _a in zip((SGEMM_SYM, DGEMM_SYM, SET_THREADS_SYM, GET_THREADS_SYM), _addrs):
     llvm.add_symbol(_sym, _a)
-# CBLAS ?axpy(n, alpha, x, incx, y, incy): y += alpha x (plain SGD's update; see axpy_exact)
-_AXPY_TYPES = [ctypes.CFUNCTYPE(None, ctypes.c_int64, real, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
-                                ctypes.c_int64) for real in (ctypes.c_float, ctypes.c_double)]
-_axpy_stubs = [t(lambda *a: None) for t in _AXPY_TYPES]    # never called: axpy_exact is False
-_axpy_addrs = [(getattr(_backend, name, None) if _backend is not None else None)
-               or ctypes.cast(stub, ctypes.c_void_p).value for name, stub in zip(("saxpy", "daxpy"), _axpy_stubs)]
-for _sym, _a in zip((SAXPY_SYM, DAXPY_SYM), _axpy_addrs):
-    llvm.add_symbol(_sym, _a)
+# the level-1 routines' ctypes signatures (ILP64):
+# ?axpy(n, alpha, x, incx, y, incy): y += alpha x (plain SGD's update; see axpy_exact)
+# ?asum(n, x, incx) -> sum |x_i| (the gradients' finiteness check; see asum_propagates)
+_LEVEL1_TYPES = {}
+for _p, _real in (("s", ctypes.c_float), ("d", ctypes.c_double)):
+    _LEVEL1_TYPES[_p + "axpy"] = ctypes.CFUNCTYPE(None, ctypes.c_int64, _real, ctypes.c_void_p, ctypes.c_int64,
+                                                  ctypes.c_void_p, ctypes.c_int64)
+    _LEVEL1_TYPES[_p + "asum"] = ctypes.CFUNCTYPE(_real, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64)
+# a routine the backend lacks links to a stub, never called (its probe is False)
+_level1_stubs = {name: t((lambda *a: 0.0) if name.endswith("asum") else (lambda *a: None))
+                 for name, t in _LEVEL1_TYPES.items()}
+for _name in LEVEL1:
+    _a = _backend.level1[_name] if _backend is not None else None
+    llvm.add_symbol("fastbp_cblas_" + _name, _a or ctypes.cast(_level1_stubs[_name], ctypes.c_void_p).value)
+
+
+def _level1_routine(name):
+    """The backend's level-1 routine ``name`` as a ctypes function, or None."""
+    addr = _backend.level1[name] if _backend is not None else None
+    return _LEVEL1_TYPES[name](addr) if addr else None
 
 
 # ------------------------------------------------- oneMKL's JIT GEMM kernels
@@ -359,6 +388,28 @@ def backend_info():
 
 # ------------------------------------------------- the BLAS's axpy for plain SGD
 _AXPY_EXACT = {}
+_ASUM_PROPAGATES = {}
+
+
+def _level1_probe(kind, cache):
+    """Make ``check(routine, dtype) -> bool``, a check of the backend's level-1
+    routine ``kind`` (``"axpy"``, ``"asum"``), the public ``probe(dtype)``: run
+    once per process and dtype (results in ``cache``), with the ctypes routine
+    of the dtype's precision; ``False`` without a BLAS or the routine, and for
+    dtypes other than float32 and float64."""
+    def wrap(check):
+        @functools.wraps(check)
+        def probe(dtype):
+            import numpy as np
+            dt = np.dtype(dtype)
+            if dt not in cache:
+                prefix = {np.dtype(np.float32): "s", np.dtype(np.float64): "d"}.get(dt)
+                routine = _level1_routine(prefix + kind) if prefix else None
+                cache[dt] = routine is not None and bool(check(routine, dt))
+            return cache[dt]
+        del probe.__wrapped__           # its signature is (dtype)
+        return probe
+    return wrap
 
 
 def _contracts():
@@ -397,7 +448,8 @@ def _axpy_probe(dtype):
     return y, x, -(1.0 + 2.0 ** -h), fused
 
 
-def axpy_exact(dtype):
+@_level1_probe("axpy", _AXPY_EXACT)
+def axpy_exact(axpy, dtype):
     """Whether the BLAS's ``?axpy`` (``y += alpha x``) gives, at one thread and
     at several, the bits of fastbp's SGD kernel (``p -= lr g``, one fused
     multiply-add per element where the CPU has the instruction, else two
@@ -408,27 +460,62 @@ def axpy_exact(dtype):
     its axpy, and for dtypes other than float32 and float64.  Only where this
     holds does a plain SGD step (:func:`fastbp._handlers._h_sgd`) run its
     update through the BLAS, on the threads that ran its products."""
+    y, x, alpha, fused = _axpy_probe(dtype)
+    want = fused if _contracts() else y + alpha * x
+    ok = True
+    for _ in _probe_threads():
+        for lo in (0, 1):         # an aligned and an unaligned start
+            got = y[lo:].copy()
+            axpy(got.shape[0], alpha, x[lo:].ctypes.data, 1, got.ctypes.data, 1)
+            ok = ok and got.tobytes() == want[lo:].tobytes()
+    return ok
+
+
+def _probe_threads():
+    """Run the loop's body at one BLAS thread, then at max(2, the configured
+    count), holding THREADS_LOCK; the configured count restored after."""
+    with THREADS_LOCK:
+        before = int(_backend.get_threads())
+        try:
+            for threads in (1, max(2, before)):
+                _backend.set_threads(threads)
+                yield threads
+        finally:
+            _backend.set_threads(before)
+
+
+# --------------------------------------- the BLAS's asum: are the gradients finite?
+
+
+@_level1_probe("asum", _ASUM_PROPAGATES)
+def asum_propagates(asum, dtype):
+    """Whether the BLAS's ``?asum`` (``sum |x_i|``) is NaN or infinite, at one
+    thread and at several, whenever one element is NaN, ``+inf`` or ``-inf``,
+    and finite on finite data.
+
+    Where it holds, a finite ``asum(g)`` proves every gradient finite, and the
+    update handlers (:func:`fastbp._handlers._gradients`) check a large
+    update's gradients through it on the BLAS's threads; a non-finite sum
+    (a non-finite element, or finite ones whose sum overflows) is settled by
+    fastbp's own element-wise check, so the result never differs from it.
+
+    Checked once per process and dtype on 100,003 elements (over OpenBLAS's
+    one-thread limit for asum, 10,000, an odd tail), each special value in
+    turn at the first, the last, and positions in each thread's share, from
+    an aligned and an unaligned start; ``False`` without a BLAS or its asum,
+    and for dtypes other than float32 and float64."""
     import numpy as np
-    dt = np.dtype(dtype)
-    if dt in _AXPY_EXACT:
-        return _AXPY_EXACT[dt]
-    ok = False
-    k = {np.dtype(np.float32): 0, np.dtype(np.float64): 1}.get(dt)
-    if k is not None and _backend is not None and (_backend.saxpy, _backend.daxpy)[k]:
-        axpy = _AXPY_TYPES[k]((_backend.saxpy, _backend.daxpy)[k])
-        y, x, alpha, fused = _axpy_probe(dt)
-        want = fused if _contracts() else y + alpha * x
-        ok = True
-        with THREADS_LOCK:
-            before = int(_backend.get_threads())
-            try:
-                for threads in (1, max(2, before)):
-                    _backend.set_threads(threads)
-                    for lo in (0, 1):         # an aligned and an unaligned start
-                        got = y[lo:].copy()
-                        axpy(got.shape[0], alpha, x[lo:].ctypes.data, 1, got.ctypes.data, 1)
-                        ok = ok and got.tobytes() == want[lo:].tobytes()
-            finally:
-                _backend.set_threads(before)
-    _AXPY_EXACT[dt] = ok
+    n = 100_003
+    x = np.random.default_rng(20261201).uniform(-1.0, 1.0, n + 1).astype(dtype)
+    ok = True
+    for _ in _probe_threads():
+        for lo in (0, 1):
+            v = x[lo:]
+            total = float(asum(n, v.ctypes.data, 1))
+            ok = ok and np.isfinite(total) and abs(total - np.abs(v).sum(dtype=np.float64)) <= 1e-3 * n
+            for i in (0, 1, 15, n // 4, n // 2 - 1, n // 2, 3 * n // 4, n - 2, n - 1):
+                for bad in (np.nan, np.inf, -np.inf):
+                    keep, v[i] = v[i], bad
+                    ok = ok and not np.isfinite(asum(n, v.ctypes.data, 1))
+                    v[i] = keep
     return ok

@@ -55,7 +55,7 @@ from ._isa import (  # noqa: F401 - re-exported: the executor reads and writes t
     H_BT_CUR, H_BT_MIN, H_JIT_ON, RUNTIME_SLOTS, HYPER_SIZE, MODE_FORWARD, MODE_GRAD, MODE_TRAIN, STATUS_OK,
     STATUS_LOSS_NONFINITE, STATUS_GRAD_NONFINITE, STATUS_BAD_LABEL, STATUS_BAD_INPUT, STATUS_BAD_OP, OP_CAPACITY)
 from ._isa import OP_RMSPROP, H_CLIP, H_ALPHA, H_WEIGHTED, HYPER_SIZE_V1  # noqa: F401 - re-exported
-from ._isa import OP_DROPOUT, OP_DROPOUT_BWD, H_RNG_SEED, H_TRAINING, H_AXPY_MIN  # noqa: F401 - re-exported
+from ._isa import OP_DROPOUT, OP_DROPOUT_BWD, H_RNG_SEED, H_TRAINING, H_AXPY_MIN, H_ASUM_MIN  # noqa: F401 - re-exported
 from ._isa import OP_BATCHNORM, OP_BATCHNORM_BWD, OP_LAYERNORM, OP_LAYERNORM_BWD  # noqa: F401 - re-exported
 
 #: the handlers' prototype: kcall_at types every handler call by its signature
@@ -383,19 +383,23 @@ def run_update(ctx, sec, x):
     return kcall_at(ctx, X_RUN, K_RUN_TAPE, (ctx, sec[S_BWD], sec[S_END], np.int64(1), x, yi, x))
 
 
-def sgd_axpy_candidate(tape):
-    """Whether a step's tape has an SGD update of at least
-    :data:`fastbp.config.SGD_AXPY_MIN_PARAMS` parameters (one that may run through
-    the BLAS's axpy, see :func:`runtime_hyper`); a step without one never asks
-    :func:`fastbp._blas.axpy_exact`: the check sets the BLAS's thread count, and
+def sgd_axpy_candidate(tape, min_params=None):
+    """Whether a step's tape has an SGD update of at least ``min_params``
+    (default :data:`fastbp.config.SGD_AXPY_MIN_PARAMS`) parameters, one that may
+    run through the BLAS's axpy (and, from :data:`fastbp.config.SGD_ASUM_MIN_PARAMS`,
+    check its gradients through the BLAS's asum; see :func:`runtime_hyper`); a
+    step without one never asks :func:`fastbp._blas.axpy_exact` (or
+    :func:`fastbp._blas.asum_propagates`): the check sets the BLAS's thread count, and
     OpenBLAS's woken threads might spin on a core that a cold start's compilation
     could use (not measurable here: interleaved cold runs with and without the
     check agreed within this machine's noise)."""
     sgd = tape[:, C_OP] == OP_SGD
-    return bool(sgd.any()) and int(tape[sgd, C_F4].max()) >= _config.SGD_AXPY_MIN_PARAMS
+    if min_params is None:
+        min_params = _config.SGD_AXPY_MIN_PARAMS
+    return bool(sgd.any()) and int(tape[sgd, C_F4].max()) >= min_params
 
 
-def runtime_hyper(hyper, threads=False, axpy_dtype=None):
+def runtime_hyper(hyper, threads=False, axpy_dtype=None, asum_dtype=None):
     """Fill the process-specific slots of a hyper-parameter array (BLAS policy);
     ``threads``: a step on numba's threads (:func:`step_threads`), whose every
     product runs on one BLAS thread (the split products run one per numba thread).
@@ -405,7 +409,13 @@ def runtime_hyper(hyper, threads=False, axpy_dtype=None):
     :data:`fastbp.config.SGD_AXPY_MIN_PARAMS`); only on the BLAS's threads
     (not ``threads``) and where :func:`fastbp._blas.axpy_exact` holds (the bits
     of fastbp's own kernel).  ``None``: never (a step without an update, or
-    whose products run elsewhere)."""
+    whose products run elsewhere).
+
+    ``asum_dtype``: likewise, the dtype of a step whose large plain SGD updates
+    through the axpy may check their gradients for NaN and infinities through
+    the BLAS's asum on the same threads (``hyper[H_ASUM_MIN]``, from
+    :data:`fastbp.config.SGD_ASUM_MIN_PARAMS`), where
+    :func:`fastbp._blas.asum_propagates` holds."""
     # without a BLAS every product runs in the plain loops
     hyper[H_BLAS_MIN] = BLAS_MIN_MACS if BLAS_AVAILABLE else float(2 ** 62)
     hyper[H_BT_ON] = 1.0 if BLAS_THREAD_CONTROL else 0.0
@@ -414,6 +424,9 @@ def runtime_hyper(hyper, threads=False, axpy_dtype=None):
     axpy = (axpy_dtype is not None and not threads and BLAS_THREAD_CONTROL
             and _blas.axpy_exact(axpy_dtype))
     hyper[H_AXPY_MIN] = float(_config.SGD_AXPY_MIN_PARAMS) if axpy else 0.0
+    asum = (asum_dtype is not None and not threads and BLAS_THREAD_CONTROL
+            and _blas.asum_propagates(asum_dtype))
+    hyper[H_ASUM_MIN] = float(_config.SGD_ASUM_MIN_PARAMS) if asum else 0.0
     return hyper
 
 

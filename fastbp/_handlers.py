@@ -38,7 +38,7 @@ from ._arena_views import _all_finite, _c_vec, _c_rows, _view, _view_or_empty, _
 from ._native import kcall, native_kernel
 from .config import JIT_MAX_MACS
 from .kernels.codes import LOSS_BCE_LOGITS, LOSS_MSE, LOSS_POISSON, LOSS_SOFTMAX_XENT, LOSS_SVM
-from .kernels.gemm import JIT_SLOT, blas_axpy, blas_get_threads, blas_set_threads
+from .kernels.gemm import JIT_SLOT, blas_asum, blas_axpy, blas_get_threads, blas_set_threads
 from .kernels.activations import ROLE_BIAS_ACT, ROLE_BIAS_ACT_D, ROLE_BWD, ROLE_FWD, ROLE_FWD_D
 from .kernels.losses import _check_labels
 from .kernels.table import (K_ACT, K_ADAM, K_ADAM_DECOUPLED, K_ADAM_L2, K_BCE_LOGITS, K_BLAS_MM, K_BN_BWD, K_BN_FWD, K_BN_RUNNING,
@@ -56,7 +56,7 @@ from ._isa import (OP_ACT, OP_ACT_BWD, OP_ADAM, OP_BATCHNORM, OP_BATCHNORM_BWD, 
                    C_E, C_F, C_G, C_F1, C_F2, C_F3, C_F4, C_F5, C_P, TAPE_WIDTH, X_ARENA, X_ARENA_N, X_BUFS, X_BUFS_N,
                    X_TAPE, X_TAPE_N, X_HYPER, X_WS64, X_WS64_N, X_GJIT, X_GJIT_N, X_BATCH, X_KTAB, H_LR, H_MOM,
                    H_NESTEROV, H_WD, H_B1, H_B2, H_EPS, H_DECOUPLED, H_T, H_BLAS_MIN, H_STEPS, H_BT_ON, H_BT_MAX,
-                   H_BT_CUR, H_BT_MIN, H_AXPY_MIN, H_CLIP, H_ALPHA, H_WEIGHTED, H_ROW0, H_RNG_SEED, H_TRAINING,
+                   H_BT_CUR, H_BT_MIN, H_AXPY_MIN, H_ASUM_MIN, H_CLIP, H_ALPHA, H_WEIGHTED, H_ROW0, H_RNG_SEED, H_TRAINING,
                    HYPER_SIZE, INFO_ONE_ROW, STATUS_OK, STATUS_LOSS_NONFINITE, STATUS_GRAD_NONFINITE, STATUS_BAD_LABEL,
                    STATUS_BAD_INPUT, STATUS_BAD_OP)
 
@@ -484,14 +484,22 @@ def _h_dropout(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
 
 # ------------------------------------------------------------ updates
 @jit
-def _gradients(arena, hyper, ins, kt):
+def _gradients(arena, hyper, ins, kt, by_asum):
     """The gradient region of an update instruction (b, f4: start, length),
     clipped by global norm when ``hyper[H_CLIP] > 0`` (torch's
     ``clip_grad_norm_``); ``(False, region)``, unclipped, when a gradient is
-    not finite."""
+    not finite.  ``by_asum``: the check is the BLAS's asum on its threads
+    (fastbp._blas.asum_propagates: a finite sum proves every element finite),
+    and fastbp's own scan only when the sum is not finite (a non-finite element,
+    or finite ones whose sum overflows)."""
     g0 = ins[C_B]
     g = arena[g0:g0 + ins[C_F4]]
-    if not _all_finite(g):
+    if by_asum:
+        _blas_threads_for(hyper[H_BT_MIN], hyper)
+        finite = np.isfinite(blas_asum(g)) or _all_finite(g)
+    else:
+        finite = _all_finite(g)
+    if not finite:
         return False, g
     if hyper[H_CLIP] > 0.0:
         kcall(kt, K_CLIP_GRAD_NORM, (g, hyper[H_CLIP]))
@@ -504,16 +512,17 @@ def _h_sgd(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     values), gradients b, momentum buffer c (-1: none)."""
     arena, _, tape, hyper, _, _, kt = arrays(ctx, x)
     ins = tape[pc]
-    ok, g = _gradients(arena, hyper, ins, kt)
+    n = ins[C_F4]
+    # plain SGD on the BLAS's threads, awake after the products (fastbp.config.SGD_AXPY_MIN_PARAMS;
+    # the kernel's bits: fastbp._blas.axpy_exact), a large one checked there too (SGD_ASUM_MIN_PARAMS)
+    by_blas = hyper[H_MOM] == 0.0 and hyper[H_WD] == 0.0 and 0.0 < hyper[H_AXPY_MIN] <= n
+    ok, g = _gradients(arena, hyper, ins, kt, by_blas and 0.0 < hyper[H_ASUM_MIN] <= n)
     if not ok:
         return STATUS_GRAD_NONFINITE, 0.0, 0
-    n = ins[C_F4]
     p0 = ins[C_A]
     s0 = ins[C_C]
     v = arena[s0:s0 + n] if s0 >= 0 else arena[0:0]
-    if hyper[H_MOM] == 0.0 and hyper[H_WD] == 0.0 and 0.0 < hyper[H_AXPY_MIN] <= n:
-        # plain SGD on the BLAS's threads, awake after the products (fastbp.config.SGD_AXPY_MIN_PARAMS;
-        # the kernel's bits: fastbp._blas.axpy_exact)
+    if by_blas:
         _blas_threads_for(hyper[H_BT_MIN], hyper)
         blas_axpy(-hyper[H_LR], g, arena[p0:p0 + n])
     else:
@@ -528,7 +537,7 @@ def _h_adam(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     """Adam / AdamW on the parameter region a (f4 values), gradients b, moments c and d."""
     arena, _, tape, hyper, _, _, kt = arrays(ctx, x)
     ins = tape[pc]
-    ok, g = _gradients(arena, hyper, ins, kt)
+    ok, g = _gradients(arena, hyper, ins, kt, False)
     if not ok:
         return STATUS_GRAD_NONFINITE, 0.0, 0
     n = ins[C_F4]
@@ -557,7 +566,7 @@ def _h_rmsprop(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     momentum buffer d (-1: none), grad_avg e (-1: none: not centered)."""
     arena, _, tape, hyper, _, _, kt = arrays(ctx, x)
     ins = tape[pc]
-    ok, g = _gradients(arena, hyper, ins, kt)
+    ok, g = _gradients(arena, hyper, ins, kt, False)
     if not ok:
         return STATUS_GRAD_NONFINITE, 0.0, 0
     n = ins[C_F4]

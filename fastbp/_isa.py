@@ -91,6 +91,11 @@ RUNTIME_SLOTS = RUNTIME_SLOTS + (H_ROW0,)
 #: (0: never; this process's BLAS policy, see fastbp._executor.runtime_hyper)
 H_AXPY_MIN = 22
 RUNTIME_SLOTS = RUNTIME_SLOTS + (H_AXPY_MIN,)
+#: plain SGD's updates through the axpy of at least this many parameters check their
+#: gradients for NaN and infinities through the BLAS's asum (0: never; see
+#: fastbp._executor.runtime_hyper)
+H_ASUM_MIN = 23
+RUNTIME_SLOTS = RUNTIME_SLOTS + (H_ASUM_MIN,)
 #: the hyper vector's length before slots 16-23 existed (checkpoints of that length load: padded)
 HYPER_SIZE_V1 = 16
 HYPER_SIZE = 24

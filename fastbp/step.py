@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _blas
+from . import config as _config
 from . import _executor as ex
 from . import _validate as V
 from ._ckpt_format import save
@@ -77,8 +78,11 @@ class TrainStep(StepBase):
         self.threads = self.precision != "bf16" and ex.step_threads(p, self.batch_size, self.dtype)
         # this process's BLAS policy; plain SGD's update through the BLAS's axpy in an fp32/fp64
         # step with a large SGD update (a bf16 step's products run on oneDNN's OpenMP threads)
-        axpy = self.precision != "bf16" and ex.sgd_axpy_candidate(p.tape)
-        ex.runtime_hyper(self.hyper, self.threads, self.dtype if axpy else None)
+        # and a large update's finiteness check through the BLAS's asum
+        level1 = self.precision != "bf16"
+        axpy = level1 and ex.sgd_axpy_candidate(p.tape)
+        asum = axpy and ex.sgd_axpy_candidate(p.tape, _config.SGD_ASUM_MIN_PARAMS)
+        ex.runtime_hyper(self.hyper, self.threads, self.dtype if axpy else None, self.dtype if asum else None)
         # per-row losses, then the sample weights of a weighted call (see ex.H_WEIGHTED)
         self.ws64 = np.zeros(2 * self.batch_size, dtype=np.float64)
         #: the JIT GEMM kernels of small products (oneMKL only; see ex.gemm_jit_table)

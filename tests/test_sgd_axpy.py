@@ -72,23 +72,31 @@ def test_probe_is_correctly_rounded_and_discriminates(dtype):
         assert fused[i] == want, (i, fused[i], want)
 
 
-def test_axpy_exact_other_dtypes_and_cache():
-    assert _blas.axpy_exact(np.float16) is False
-    assert _blas.axpy_exact(np.int64) is False
-    first = _blas.axpy_exact(np.float32)
-    assert _blas.axpy_exact("float32") is first       # cached per dtype, any spelling
+PROBES = [(_blas.axpy_exact, _blas._AXPY_EXACT), (_blas.asum_propagates, _blas._ASUM_PROPAGATES)]
 
 
-def test_axpy_exact_leaves_blas_threads():
+@pytest.mark.parametrize("probe, cache", PROBES, ids=["axpy_exact", "asum_propagates"])
+def test_level1_probes_other_dtypes_and_cache(probe, cache):
+    assert probe(np.float16) is False
+    assert probe(np.int64) is False
+    first = probe(np.float32)
+    assert probe("float32") is first       # cached per dtype, any spelling
+    assert cache[np.dtype(np.float32)] is first
+
+
+@pytest.mark.parametrize("probe, cache", PROBES, ids=["axpy_exact", "asum_propagates"])
+def test_level1_probes_leave_blas_threads(probe, cache):
     if not _blas.AVAILABLE:
         pytest.skip("no BLAS")
-    _blas._AXPY_EXACT.clear()
+    saved = dict(cache)
+    cache.clear()
     before = _blas_threads(1)
     try:
-        _blas.axpy_exact(np.float64)
+        probe(np.float64)
         assert int(_blas._backend.get_threads()) == 1
     finally:
         _blas._backend.set_threads(before)
+        cache.update(saved)
 
 
 def test_openblas_axpy_is_exact_on_x86_64_with_fma():
@@ -271,10 +279,11 @@ def test_only_a_large_sgd_step_runs_the_check():
         "s = fastbp.compile(R.mlp([20, 16, 3]), 'softmax_cross_entropy', fastbp.SGD(lr=0.1), batch_size=8)\n"
         "assert a.hyper[ex.H_AXPY_MIN] == 0 and s.hyper[ex.H_AXPY_MIN] == 0\n"
         "assert not ex.sgd_axpy_candidate(a.plan.tape) and not ex.sgd_axpy_candidate(s.plan.tape)\n"
-        "assert _blas._AXPY_EXACT == {}, _blas._AXPY_EXACT\n"
+        "assert _blas._AXPY_EXACT == {} and _blas._ASUM_PROPAGATES == {}, _blas._AXPY_EXACT\n"
         "b = fastbp.compile(R.mlp([784, 24, 10]), 'softmax_cross_entropy', fastbp.SGD(lr=0.1, momentum=0.9),\n"
         "                   batch_size=8)\n"
         "assert ex.sgd_axpy_candidate(b.plan.tape) and np.dtype(np.float32) in _blas._AXPY_EXACT\n"
+        "assert _blas._ASUM_PROPAGATES == {}      # 19,090 parameters: under SGD_ASUM_MIN_PARAMS\n"
         "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", script, HERE], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -287,8 +296,9 @@ def test_no_blas_no_axpy():
         "import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import fastbp, reference as R\n"
         "from fastbp import _blas, _executor as ex\n"
         "assert not _blas.axpy_exact(np.float32) and not _blas.axpy_exact(np.float64)\n"
+        "assert not _blas.asum_propagates(np.float32) and not _blas.asum_propagates(np.float64)\n"
         "s = fastbp.compile(R.mlp([784, 24, 10]), 'softmax_cross_entropy', fastbp.SGD(lr=0.05), batch_size=8)\n"
-        "assert s.hyper[ex.H_AXPY_MIN] == 0\n"
+        "assert s.hyper[ex.H_AXPY_MIN] == 0 and s.hyper[ex.H_ASUM_MIN] == 0\n"
         "rng = np.random.default_rng(0)\n"
         "s(rng.standard_normal((8, 784)).astype(np.float32), rng.integers(0, 10, 8))\n"
         "print('ok')\n")
