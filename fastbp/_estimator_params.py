@@ -79,7 +79,7 @@ def check_params(est):
     """Check every hyper-parameter of ``est``; return the hidden layer sizes (a list).
 
     The accepted values are scikit-learn's (``BaseMultilayerPerceptron._parameter_constraints``)
-    but for ``momentum`` (< 1: fastbp's SGD optimizer refuses 1.0), the activations
+    but for the activations
     (fastbp's names too) and the booleans (0 and 1 too).
 
     Raises
@@ -109,8 +109,7 @@ def check_params(est):
          "learning_rate_init", "a finite number > 0")
     need(is_int(est.max_iter) and est.max_iter >= 1, "max_iter", "an int >= 1")
     need(is_real(est.tol) and est.tol >= 0, "tol", "a finite number >= 0")
-    need(is_real(est.momentum) and 0 <= est.momentum < 1, "momentum",
-         "in [0, 1) (scikit-learn also takes 1.0; fastbp's SGD optimizer does not)")
+    need(is_real(est.momentum) and 0 <= est.momentum <= 1, "momentum", "in [0, 1]")
     # [0, 1) as scikit-learn: 0 holds nothing out, refused only where early_stopping needs a
     # validation set (fastbp._estimator_fit.plan_validation_split)
     need(is_real(est.validation_fraction) and 0 <= est.validation_fraction < 1,

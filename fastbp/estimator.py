@@ -19,8 +19,7 @@ Differences from scikit-learn's MLP, all deliberate:
 * ``y`` with a single class is a ValueError (scikit-learn's classifier fits it
   and always predicts that class).
 * Negative ``sample_weight`` values are refused, before any training, naming
-  the first negative row (scikit-learn accepts them).  ``momentum`` must be
-  below 1 (scikit-learn also takes 1.0, which fastbp's SGD optimizer refuses).
+  the first negative row (scikit-learn accepts them).
 * ``fit`` and ``partial_fit`` are all or nothing: a call that raises (bad
   input, a bad parameter, training that diverges) leaves the estimator exactly
   as it was before the call, fitted or not, its predictions unchanged.
@@ -135,8 +134,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     warm_start : bool, default False
         Start ``fit`` from the weights of the previous fit.
     momentum : float, default 0.9
-        SGD momentum, in [0, 1) (scikit-learn's is [0, 1]; fastbp's SGD
-        optimizer refuses 1.0).
+        SGD momentum, in [0, 1] as scikit-learn's.
     nesterovs_momentum : bool, default True
         Nesterov momentum for SGD.
     early_stopping : bool, default False

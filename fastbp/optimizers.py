@@ -75,7 +75,8 @@ class SGD(_Optimizer):
     lr : float
         Learning rate, >= 0 (0 as PyTorch allows it: a schedule may reach it).
     momentum : float, default 0
-        In [0, 1).
+        >= 0, as PyTorch's (1 or more keeps every past gradient undamped:
+        rarely what one wants, but not refused).
     nesterov : bool, default False
         Nesterov momentum (needs ``momentum > 0``).
     weight_decay : float, default 0
@@ -85,7 +86,7 @@ class SGD(_Optimizer):
 
     def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
         self.lr = _real("lr", lr, "SGD", low=0.0)
-        self.momentum = _real("momentum", momentum, "SGD", low=0.0, high=1.0, high_open=True)
+        self.momentum = _real("momentum", momentum, "SGD", low=0.0)
         if not isinstance(nesterov, (bool, _np.bool_)):     # the one bool policy (fastbp._validate.boolean)
             raise TypeError(f"SGD: nesterov must be a bool (True or False), got {type(nesterov).__name__}")
         self.nesterov = bool(nesterov)
@@ -204,7 +205,7 @@ class RMSprop(_Optimizer):
     weight_decay : float, default 0
         L2 penalty added to the gradient, >= 0.
     momentum : float, default 0
-        In [0, 1).
+        >= 0, as PyTorch's.
     centered : bool, default False
         Normalise by the estimated variance of the gradient instead of its
         second moment.
@@ -216,7 +217,7 @@ class RMSprop(_Optimizer):
         self.alpha = _real("alpha", alpha, "RMSprop", low=0.0, high=1.0)
         self.eps = _real("eps", eps, "RMSprop", low=0.0, low_open=True)
         self.weight_decay = _real("weight_decay", weight_decay, "RMSprop", low=0.0)
-        self.momentum = _real("momentum", momentum, "RMSprop", low=0.0, high=1.0, high_open=True)
+        self.momentum = _real("momentum", momentum, "RMSprop", low=0.0)
         if not isinstance(centered, (bool, _np.bool_)):
             raise TypeError(f"RMSprop: centered must be a bool (True or False), got {type(centered).__name__}")
         self.centered = bool(centered)

@@ -155,7 +155,7 @@ def test_rmsprop_defaults_and_validation():
     assert (o.lr, o.alpha, o.eps, o.weight_decay, o.momentum, o.centered) == (0.01, 0.99, 1e-8, 0.0, 0.0, False)
     assert fastbp.optimizers.resolve_optimizer("rmsprop").spec() == o.spec()
     for kw, exc in (({"lr": -0.1}, ValueError), ({"alpha": 1.5}, ValueError), ({"eps": 0}, ValueError),
-                    ({"momentum": 1.0}, ValueError), ({"weight_decay": -1}, ValueError),
+                    ({"momentum": -0.1}, ValueError), ({"weight_decay": -1}, ValueError),
                     ({"centered": 1}, TypeError), ({"lr": "0.1"}, TypeError)):
         with pytest.raises(exc, match=next(iter(kw))):
             fastbp.RMSprop(**kw)

@@ -155,6 +155,7 @@ def test_negative_sample_weight_is_refused_before_any_update_naming_the_users_ro
 @pytest.mark.parametrize("params", [dict(n_iter_no_change=np.inf), dict(n_iter_no_change=float("inf")),
                                     dict(verbose=2), dict(verbose=np.int64(0)),
                                     dict(validation_fraction=0.0), dict(momentum=0.0, solver="sgd"),
+                                    dict(momentum=1.0, solver="sgd"),
                                     dict(random_state=np.random.RandomState(0)),
                                     dict(random_state=2**32 - 1)])
 @pytest.mark.parametrize("Ours, Theirs", [(MLPClassifier, SkC), (MLPRegressor, SkR)])
@@ -189,7 +190,7 @@ def test_bad_dtype_is_a_type_error_naming_dtype(bad):
         MLPClassifier(hidden_layer_sizes=(3,), max_iter=2, dtype=bad).fit(X, y)
 
 
-@pytest.mark.parametrize("params, match", [(dict(momentum=1.0, solver="sgd"), "momentum"),
+@pytest.mark.parametrize("params, match", [(dict(momentum=1.5, solver="sgd"), "momentum"),
                                            (dict(verbose=-1), "verbose"),
                                            (dict(n_iter_no_change=2.5), "n_iter_no_change"),
                                            (dict(validation_fraction=-0.1), "validation_fraction")])

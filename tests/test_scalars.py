@@ -6,6 +6,7 @@ import pytest
 
 import fastbp
 from fastbp import _scalars
+from fastbp import builders
 from fastbp import ops
 
 
@@ -91,7 +92,7 @@ def test_batch_norm_momentum_none_is_cumulative():
     (lambda: fastbp.schedules.StepLR(2, gamma=10 ** 400), "StepLR: gamma must be finite"),
     (lambda: fastbp.Dropout(10 ** 400), "Dropout: dropout probability p has to be between 0 and 1, but got an integer"),
     (lambda: fastbp.Dropout(-10 ** 400), "Dropout: dropout probability p has to be between 0 and 1, but got an integer"),
-    (lambda: fastbp.builders.mlp([3, 4, 2], dropout=10 ** 400), r"dropout must be in \[0, 1\), got an integer"),
+    (lambda: builders.mlp([3, 4, 2], dropout=10 ** 400), r"dropout must be in \[0, 1\), got an integer"),
     (lambda: fastbp.Graph().param("p", [1.0, 10 ** 400]), "param 'p': value holds an integer too large for a float"),
 ])
 def test_integers_beyond_float_are_value_errors_naming_the_argument(make, message):
@@ -110,3 +111,33 @@ def test_step_lr_beyond_float():
     with pytest.raises(ValueError, match="clip_grad_norm must be finite"):
         step.clip_grad_norm = 10 ** 400
     assert step.lr == pytest.approx(0.1)
+
+
+def test_momentum_of_one_or_more_as_pytorch():
+    """torch.optim.SGD and RMSprop take any momentum >= 0 (1 keeps every past gradient)."""
+    assert fastbp.SGD(0.1, momentum=1.0).momentum == 1.0
+    assert fastbp.SGD(0.1, momentum=1.5, nesterov=True).momentum == 1.5
+    assert fastbp.RMSprop(momentum=1.0).momentum == 1.0
+    with pytest.raises(ValueError, match=r"SGD: momentum must be >= 0.0"):
+        fastbp.SGD(0.1, momentum=-1e-9)
+
+
+def test_from_torch_takes_momentum_one_and_trains_as_torch():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(3, 2)).double()
+    ref = torch.nn.Sequential(torch.nn.Linear(3, 2)).double()
+    ref.load_state_dict(m.state_dict())
+    opt_ref = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=1.0, nesterov=True)
+    step = fastbp.from_torch(m, loss=torch.nn.CrossEntropyLoss(),
+                             optimizer=torch.optim.SGD(m.parameters(), lr=0.1, momentum=1.0, nesterov=True),
+                             batch_size=4)
+    x, y = torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 1, 0, 1])
+    for _ in range(3):
+        step(x, y)
+        opt_ref.zero_grad()
+        torch.nn.functional.cross_entropy(ref(x), y).backward()
+        opt_ref.step()
+    step.sync_to_torch()
+    for a, b in zip(m.parameters(), ref.parameters()):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-12, atol=1e-14)
