@@ -28,8 +28,10 @@ def _load_model(path):
     except ValueError as e:
         raise CliError(f"--model {path}: {e}") from None
     if model.plain:
+        what = ("a regression model" if model.task == "regression"
+                else "its classes are the output indices")
         warn(f"{path} is a plain checkpoint, not a model saved by fastbp train --save: its features "
-             "are used as given (no scaling) and its classes are the output indices")
+             f"are used as given (no scaling) and {what}")
     return model
 
 

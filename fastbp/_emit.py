@@ -234,10 +234,12 @@ def emit_backward(g, fusion, lay, output):
                    f4=acc_b)
     # BatchNorm's running statistics: after the backward, so that a step whose loss is not
     # finite never reaches them (and the executor skips them when a gradient is not)
+    # (d: the input, whose rows -- fixed, or the call's -- the unbiased variance divides by)
     for n in g.nodes:
         if n.id in lay.run_bufs:
-            b.emit(ex.OP_BATCHNORM, a=lay.g_start, c=lay.stat_buf[n.id], e=lay.run_bufs[n.id][0],
-                   f=lay.run_bufs[n.id][1], f1=1, f4=lay.g_end - lay.g_start, p=param_buf[n.id])
+            b.emit(ex.OP_BATCHNORM, a=lay.g_start, c=lay.stat_buf[n.id], d=value_buf[norm_inputs(n)[0].id],
+                   e=lay.run_bufs[n.id][0], f=lay.run_bufs[n.id][1], f1=1, f4=lay.g_end - lay.g_start,
+                   p=param_buf[n.id])
     return len(b.tape)
 
 

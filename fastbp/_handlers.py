@@ -417,15 +417,18 @@ def _h_layernorm_bwd(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
 @_handles(OP_BATCHNORM)
 def _h_batchnorm(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     """f1 = 0, forward: a=X, b=w, c=bias, out=Y, d=statistics (5, N), e=running
-    (2, N) or -1.  f1 = 1, in the update section: the running statistics
-    (c=statistics, e=running, f=batches tracked), only when every gradient
+    (2, N) or -1.  f1 = 1, after the backward: the running statistics
+    (c=statistics, d=X, e=running, f=batches tracked), only when every gradient
     (a, f4: the gradient region) is finite, so that a step that fails changes
     nothing; ``carry``: that finiteness (-1: not checked yet)."""
     arena, bufs, tape, hyper, _, _, kt = arrays(ctx, x)
     ins = tape[pc]
     training = hyper[H_TRAINING] != 0.0
+    # the input's rows: fixed (a graph node without a batch dimension), or (-1) the call's
+    rows = bufs[ins[C_A] if ins[C_F1] == 0 else ins[C_D], 1]
+    rows = nb if rows < 0 else rows
     if ins[C_F1] == 0:
-        if (training or ins[C_E] < 0) and nb < 2:
+        if (training or ins[C_E] < 0) and rows < 2:
             return STATUS_BAD_INPUT, 0.0, INFO_ONE_ROW     # one value per channel: no batch variance
         kcall(kt, K_BN_FWD, (_xview(arena, bufs, x, xb, ins[C_A], nb), _vec(arena, bufs, ins[C_B]),
                              _vec(arena, bufs, ins[C_C]), _view(arena, bufs, ins[C_OUT], nb),
@@ -436,7 +439,7 @@ def _h_batchnorm(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
             carry = 1 if _all_finite(arena[ins[C_A]:ins[C_A] + ins[C_F4]]) else 0
         if carry == 1:
             kcall(kt, K_BN_RUNNING, (_view(arena, bufs, ins[C_C], nb), _view(arena, bufs, ins[C_E], nb),
-                                     _vec(arena, bufs, ins[C_F]), _vec(arena, bufs, ins[C_P]), nb))
+                                     _vec(arena, bufs, ins[C_F]), _vec(arena, bufs, ins[C_P]), rows))
     return STATUS_OK, 0.0, carry
 
 

@@ -35,6 +35,7 @@ from . import _rng
 from . import _validate as V
 from . import _bf16
 from ._bf16_plan import bf16_plan
+from ._loss_targets import float_targets
 from .compiler import build_plan, new_arena
 from .kernels.codes import CLASSIFICATION_LOSSES, LOSSES
 from .layers import Sequential
@@ -331,10 +332,11 @@ class StepBase(NormState):
         Raises
         ------
         TypeError, ValueError
+            Also a target outside the loss's domain (``poisson``: negative or not finite).
         """
         if self.classification:
             return V.class_labels(y, name, n, self.n_out, self.loss, check_range), self._no_yf
-        return self._no_yi, V.targets(y, name, n, self.n_out, self.dtype, self.loss)
+        return self._no_yi, float_targets(y, name, n, self.n_out, self.dtype, self.loss)
 
     _features = check_features
     _targets = check_targets
@@ -480,7 +482,7 @@ class StepBase(NormState):
         if self.classification:
             y = V.class_labels(yv, "validation_data[1]", n, self.n_out, self.loss, True)
         else:
-            y = V.targets(yv, "validation_data[1]", n, self.n_out, self.dtype, self.loss)
+            y = float_targets(yv, "validation_data[1]", n, self.n_out, self.dtype, self.loss)
         return xv, y
 
     @staticmethod
@@ -520,14 +522,19 @@ class StepBase(NormState):
         return _training.probabilities(self.loss, self._host(self.predict(X)))
 
     def _weights_copy(self):
-        """A host copy of all weights (``param_vector``)."""
+        """Host copies of everything :meth:`predict` depends on: ``(param_vector,
+        buffer_vector)``, the weights and BatchNorm1d's running statistics (their
+        counts included, as in a torch ``state_dict``; early stopping's best epoch)."""
         with self._lock:
-            return self._host(self.param_vector).copy()
+            params = self._host(self.param_vector).copy()
+        return params, np.array(self.buffer_vector, copy=True)   # a GPU step's takes the lock itself
 
-    def _set_weights(self, vector):
-        """Set all weights from a copy made by :meth:`_weights_copy`."""
+    def _set_weights(self, state):
+        """Set the weights and the running statistics from a copy made by :meth:`_weights_copy`."""
+        params, buffers = state
         with self._lock:
-            self.param_vector[...] = vector
+            self.param_vector[...] = params
+            self.buffer_vector[...] = buffers
 
     # ----------------------------------------------------------- pickling
     def __reduce_ex__(self, protocol):

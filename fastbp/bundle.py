@@ -18,7 +18,9 @@ extra arrays and metadata also hold
 Like every checkpoint it is pickle-free (``allow_pickle=False``, JSON
 metadata) and versioned (``FORMAT_VERSION`` of the bundle part, checked on
 load).  :func:`load_model` also accepts a plain checkpoint (no extras): the
-model then has no preprocessing and its classes are the output indices
+model then has no preprocessing, is a regression model when its loss is one
+(``mse``, ``poisson``: predictions are the outputs, ``exp`` of them for
+``poisson``) and a classifier otherwise, its classes the output indices
 (``plain`` is True; ``fastbp predict`` warns).
 """
 from __future__ import annotations
@@ -29,6 +31,8 @@ import numbers as _numbers
 import os as _os
 
 import numpy as _np
+
+from .registry import losses as _losses
 
 __all__ = ["SavedModel", "save_model", "load_model", "save_estimator", "FORMAT_NAME", "FORMAT_VERSION"]
 
@@ -208,7 +212,9 @@ class SavedModel:
         self.step, self.path, self.plain = step, path, plain
         self.n_features_in_ = step.n_in
         loss = step.loss
-        self.task = meta.get("task", "regression" if loss == "mse" and plain else "classification")
+        # a plain checkpoint: the loss tells the task (every regression loss: mse, poisson)
+        regression = plain and loss in _losses.regression_names()
+        self.task = meta.get("task", "regression" if regression else "classification")
         self.classes_ = None
         if self.task != "regression":
             if "classes" in arrays:

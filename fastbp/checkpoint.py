@@ -28,7 +28,9 @@ without executing anything from the file.  It holds
 ``buffers`` (only for a model with ``BatchNorm1d`` layers)
     The running statistics region (:attr:`TrainStep.buffer_vector`: each
     layer's running mean, running variance and batches tracked), in the
-    step's dtype; not trained, restored on load.
+    step's dtype; not trained, restored on load as saved: a running mean
+    or variance that training overflowed to inf (or NaN) is kept, as in a
+    PyTorch ``state_dict`` (only the counts must be finite and >= 0).
 ``extra.<name>`` (optional)
     Arrays the caller attached with ``save(..., extra_arrays=...)`` (numeric
     or bool, C order, native byte order); a fastbp older than this reader

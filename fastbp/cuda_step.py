@@ -331,9 +331,14 @@ class CudaTrainStep(StepBase):
                     self._raise(status, info, where=f" at step {e * per_epoch + failed} of fit")
         return train_epoch
 
-    def _set_weights(self, vector):
+    def _set_weights(self, state):
+        params, buffers = state
+        off, nbuf = self.plan.buffer_region
         with self._lock:
-            self.param_vector.copy_to_device(np.ascontiguousarray(vector, dtype=self.dtype), stream=self._stream)
+            self.param_vector.copy_to_device(np.ascontiguousarray(params, dtype=self.dtype), stream=self._stream)
+            if nbuf:
+                dst = self._tape.region(off, nbuf)
+                dst.copy_to_device(np.ascontiguousarray(buffers, dtype=dst.dtype), stream=self._stream)
             self._stream.synchronize()
 
     def predict(self, X):

@@ -283,7 +283,9 @@ def _load(path, expect_model, precision="full"):
     except Exception as e:  # noqa: BLE001 - untrusted spec: any failure is a bad file
         raise _Bad(f"invalid model spec ({type(e).__name__}: {e})") from None
     if expect_model is not None and model.spec() != expect_model.spec():
-        raise _Bad(f"architecture {model!r} differs from the expected {expect_model!r}")
+        from ._spec_diff import spec_differences
+        diff = "; ".join(spec_differences(model.spec(), expect_model.spec()))
+        raise _Bad(f"architecture {model!r} differs from the expected {expect_model!r}: {diff}")
     try:
         optimizer = optimizer_from_spec(meta["optimizer"])
     except Exception as e:  # noqa: BLE001 - untrusted spec: any failure is a bad file
@@ -352,11 +354,17 @@ def _load(path, expect_model, precision="full"):
     if (0 if buffers is None else buffers.size) != want:
         raise _Bad(f"'buffers' (running statistics) has {0 if buffers is None else buffers.size} values, the "
                    f"architecture {model!r} needs {want}")
-    if buffers is not None and not np.all(np.isfinite(buffers)):
-        raise _Bad("'buffers' (running statistics) holds non-finite values")
-    step.param_vector[...] = params
     if buffers is not None:
+        # running means/variances may be inf/NaN (finite inputs can overflow them in training, as
+        # in PyTorch, whose state_dicts round-trip them): what save wrote, load reads back; only
+        # the counts must be counts
         step.buffer_vector[...] = buffers
+        counts = {k: float(v[0]) for k, v in step.buffers.items() if k.endswith(".num_batches_tracked")}
+        bad = {k: c for k, c in counts.items() if not (np.isfinite(c) and c >= 0)}
+        if bad:
+            k, c = next(iter(bad.items()))
+            raise _Bad(f"'buffers' (running statistics): {k} must be a finite count >= 0, got {c}")
+    step.param_vector[...] = params
     for dst, i in zip(step.state_vectors, range(meta["n_state"])):
         dst[...] = arrays[f"state_{i}"]
     runtime = step.hyper[list(ex.RUNTIME_SLOTS)].copy()   # this process's BLAS policy, not training state

@@ -68,7 +68,9 @@ class TorchTrainStep(TrainStep):
         ``exp_avg``, ``exp_avg_sq``, RMSprop ``step``, ``square_avg``,
         ``momentum_buffer`` (with momentum), ``grad_avg`` (centered); copies, so a
         plain PyTorch loop continues exactly where the fused step stopped.  The
-        parameter group's ``lr`` is set to the step's current rate.  (The weights
+        parameter group's ``lr`` is set to the step's current rate, :attr:`lr`
+        (which first follows a rate a torch scheduler or the user set in
+        ``param_groups`` since the last step, so that rate is kept).  (The weights
         and the running statistics need no copy: the modules' tensors are the
         step's own storage.)  A step made without a torch optimizer writes only
         the ``num_batches_tracked`` counts.
@@ -85,6 +87,7 @@ class TorchTrainStep(TrainStep):
         opt = self._torch_opt
         if opt is None:
             return self
+        self._follow_torch_lr()          # a scheduler's rate set after the last step wins
         with self._lock:
             name = self.optimizer.name
             if name == "sgd":

@@ -232,8 +232,9 @@ class EarlyStopping:
     patience : int, default 0
     min_delta : float, default 0.0
     restore_best_weights : bool, default True
-        Restore the weights (not the optimizer state) of the best epoch when
-        stopping early (Keras's default is False).
+        Restore the weights and BatchNorm1d's running statistics (not the
+        optimizer state) of the best epoch when stopping early, so the model
+        scores the best epoch's value again (Keras's default is False).
     monitor : {"val_loss", "val_accuracy", "loss"}, default "val_loss"
         "val_*" need ``validation_data`` (ValueError otherwise).
     mode : {"auto", "min", "max"}, default "auto"

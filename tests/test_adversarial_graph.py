@@ -212,6 +212,39 @@ def test_grad_of_batch_norm_with_one_row_is_pytorchs_value_error():
         fastbp.grad(fastbp.sum(fastbp.batch_norm(x1)), [x1])(x=np.ones((1, 4)))
 
 
+@pytest.mark.parametrize("batch_size", [1, 2, 5])
+def test_grad_of_batch_norm_on_a_fixed_shape_node_matches_pytorch(batch_size):
+    """A batch_norm of a fixed (3, 2) node normalises its 3 rows whatever batch_size is: with the
+    default batch_size=1 it was "internal error: executor status 4" (the one-row check read the
+    call's batch rows, not the node's 3)."""
+    torch = pytest.importorskip("torch")
+    X = np.arange(6.0).reshape(3, 2) ** 1.5
+    W = np.array([[1.0, -2.0], [3.0, 0.5], [-1.0, 2.0]])
+    g = fastbp.Graph()
+    x = g.input("x", (3, 2))
+    value, grads = fastbp.grad(fastbp.sum(fastbp.batch_norm(x) * g.param("w", W)), [x],
+                               batch_size=batch_size)(x=X)
+    t = torch.tensor(X, requires_grad=True)
+    ref = (torch.nn.functional.batch_norm(t, None, None, training=True) * torch.tensor(W)).sum()
+    ref.backward()
+    assert value == pytest.approx(ref.item(), rel=1e-12)
+    np.testing.assert_allclose(grads["x"], t.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_grad_of_a_fixed_shape_batch_norm_next_to_one_batch_row():
+    """With a batched input of one row too: the fixed node's 3 rows decide, not the call's 1."""
+    g = fastbp.Graph()
+    x = g.input("x", (3, 2))
+    z = g.input("z", (None, 2))
+    f = fastbp.grad(fastbp.sum(fastbp.batch_norm(x)) + fastbp.sum(z), [x, z], batch_size=4)
+    X = np.arange(6.0).reshape(3, 2) ** 1.5
+    for rows in (1, 2):
+        value, grads = f(x=X, z=np.ones((rows, 2)))
+        assert value == pytest.approx(2.0 * rows, abs=1e-12)
+        np.testing.assert_allclose(grads["x"], np.zeros((3, 2)), atol=1e-12)
+        np.testing.assert_array_equal(grads["z"], np.ones((rows, 2)))
+
+
 # ---------------------------------------------------------------- activations at NaN
 def test_relu_gradient_at_nan_passes_like_pytorch():
     """PyTorch's ReLU backward blocks the gradient only where y <= 0: at NaN it passes

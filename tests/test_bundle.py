@@ -218,6 +218,29 @@ def test_plain_checkpoint_predicts_with_a_warning(tmp_path):
     assert len(lines) == 1 and "warning" in lines[0] and "plain checkpoint" in lines[0]
 
 
+@pytest.mark.parametrize("loss", sorted(fastbp.registry.losses.regression_names()))
+def test_plain_checkpoint_of_every_regression_loss_is_a_regression_model(tmp_path, loss):
+    """A plain checkpoint of a poisson (or mse) step predicts its targets (exp of the outputs for
+    poisson, as MLPRegressor(loss='poisson')), not class 0; so does fastbp predict."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 3)).astype(np.float32)
+    Y = rng.poisson(2.0, (40, 1)).astype(np.float32)
+    step = fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 1)), loss=loss, batch_size=8)
+    step.fit(X, Y)
+    path = str(tmp_path / f"{loss}.npz")
+    step.save(path)
+    m = fastbp.load_model(path)
+    assert m.plain and m.task == "regression" and m.classes_ is None
+    out = step.predict(X).astype(np.float64)[:, 0]
+    want = np.exp(out) if loss == "poisson" else out
+    np.testing.assert_allclose(m.predict(X), want, rtol=1e-12)
+    rc, text, err = _run_rc(["predict", "--model", path, "--data", write_csv(tmp_path / "x.csv", X)])
+    assert rc == 0 and "plain checkpoint" in err and "regression" in err
+    lines = text.splitlines()
+    assert lines[0] == "prediction"
+    np.testing.assert_allclose([float(v) for v in lines[1:]], want, rtol=1e-6)
+
+
 # ------------------------------------------------------------------ estimators
 def test_estimators_save_bundles(tmp_path):
     from sklearn.datasets import load_iris

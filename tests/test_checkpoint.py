@@ -468,9 +468,13 @@ def test_expect_model_rejects_another_architecture(tmp_path):
     model = mlp([6, 5, 3])
     fastbp.compile(model, batch_size=4).save(tmp_path / "c.npz")
     assert fastbp.load(tmp_path / "c.npz", expect_model=mlp([6, 5, 3])).model.spec() == model.spec()
-    for other in (mlp([6, 6, 3]), mlp([6, 5, 3], "tanh"), mlp([6, 5, 3], bias=False), mlp([6, 5, 5, 3])):
-        with pytest.raises(ValueError, match=r"c\.npz'.*architecture .* differs from the expected"):
+    for other, what in ((mlp([6, 6, 3]), "layer 0 (Linear): out_features 5 saved, 6 expected"),
+                        (mlp([6, 5, 3], "tanh"), "layer 1 (ReLU): saved a ReLU, expected a Tanh"),
+                        (mlp([6, 5, 3], bias=False), "layer 0 (Linear): bias True saved, False expected"),
+                        (mlp([6, 5, 5, 3]), "the model (Sequential): 3 layers saved, 5 expected")):
+        with pytest.raises(ValueError, match=r"c\.npz'.*architecture .* differs from the expected") as e:
             fastbp.load(tmp_path / "c.npz", expect_model=other)
+        assert what in str(e.value)           # the message names the difference
     with pytest.raises(TypeError, match="expect_model must be a fastbp.Sequential"):
         fastbp.load(tmp_path / "c.npz", expect_model="mlp")
 
@@ -522,3 +526,29 @@ def test_random_byte_damage_is_always_detected(tmp_path):
             assert _state(back) == want, (trial, kind, pos)
             outcomes["harmless"] += 1
     assert outcomes["rejected"] > 1000, outcomes
+
+
+def test_running_statistics_that_overflowed_save_and_load_back(tmp_path):
+    """BatchNorm running statistics that training on finite (huge) inputs overflowed to inf are
+    saved and read back as they are (as a torch state_dict round-trips them), with the weights
+    and the optimizer state: save and load agree, nothing is lost."""
+    step = fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 4), fastbp.BatchNorm1d(4), fastbp.Linear(4, 2)),
+                          optimizer=fastbp.SGD(lr=0.1, momentum=0.9), batch_size=8)
+    x = np.full((8, 3), 1e20, np.float32) * np.arange(8, dtype=np.float32)[:, None]
+    step(x, np.arange(8) % 2)
+    assert not np.all(np.isfinite(step.buffers["1.running_var"]))     # the overflow happened
+    path = tmp_path / "bn.npz"
+    step.save(path)
+    back = fastbp.load(path)
+    np.testing.assert_array_equal(back.buffer_vector, step.buffer_vector)
+    np.testing.assert_array_equal(back.param_vector, step.param_vector)
+    np.testing.assert_array_equal(back.state_vectors[0], step.state_vectors[0])
+    assert back.n_steps == step.n_steps == 1
+    # a count is still checked: it must be a finite count
+    arrays, meta = _arrays(path)
+    off = back.plan.buffer_region[0]
+    t = next(int(back.plan.bufs[tb][0]) for _, tb in back.plan.running.values())
+    arrays["buffers"][t - off] = np.inf
+    _write(tmp_path / "bad.npz", arrays, meta)
+    with pytest.raises(ValueError, match=r"num_batches_tracked must be a finite count"):
+        fastbp.load(tmp_path / "bad.npz")

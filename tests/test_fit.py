@@ -213,6 +213,25 @@ def test_early_stopping_stops_and_restores_the_best_weights():
     assert np.array_equal(a.param_vector, snaps[best][0])
 
 
+def test_early_stopping_restores_batchnorm_running_statistics_too():
+    """restore_best_weights restores what predict depends on (Keras restores BatchNorm's moving
+    statistics, a torch state_dict has the buffers): the restored model scores the best val_loss."""
+    r = np.random.default_rng(0)
+    X = r.standard_normal((200, 6)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    Xv = r.standard_normal((100, 6)).astype(np.float32)
+    yv = (Xv[:, 0] > 0).astype(np.int64)
+    st = fastbp.compile(fastbp.Sequential(L(6, 16), fastbp.BatchNorm1d(16), fastbp.ReLU(), L(16, 2)),
+                        optimizer=fastbp.SGD(lr=2.0, momentum=0.9), batch_size=20, seed=0)
+    snaps = []
+    h = st.fit(X, y, epochs=30, validation_data=(Xv, yv), early_stopping=EarlyStopping(patience=2),
+               callbacks=[lambda e, logs: snaps.append(st.buffer_vector.copy())])
+    assert h.stopped_epoch is not None and h.best_epoch < h.stopped_epoch
+    np.testing.assert_array_equal(st.buffer_vector, snaps[h.best_epoch])
+    val = fastbp.training.eval_loss("softmax_cross_entropy", st.predict(Xv), yv)
+    assert val == min(h.history["val_loss"])
+
+
 def test_early_stopping_without_restore_and_on_training_loss():
     X, y = _data()
     a = _step(opt=fastbp.SGD(lr=1e-12))

@@ -28,16 +28,43 @@ def test_poisson_loss_matches_numpy_reference(dtype):
     np.testing.assert_allclose(dS, dwant, **tol)
 
 
-def test_poisson_negative_target_is_a_nonfinite_loss():
+def test_poisson_negative_target_is_a_nonfinite_loss_in_ops_and_a_value_error_in_a_step():
+    """fastbp.ops computes the formula (NaN); a step refuses the target before it runs, with a
+    ValueError naming it (scikit-learn's Poisson regression refuses negative y), not a
+    FloatingPointError about the loss."""
     S = np.zeros((2, 1))
     loss, _ = fastbp.ops.poisson_loss(S, np.array([[1.0], [-1.0]]))
     assert np.isnan(loss)
     step = fastbp.compile(fastbp.Sequential(fastbp.Linear(2, 1)), loss="poisson", batch_size=2,
                           dtype=np.float64)
     p0 = step.param_vector.copy()
-    with pytest.raises(FloatingPointError):
+    with pytest.raises(ValueError, match=r"^y holds a target that is negative \(row 1, output 0: -1.0\); "
+                                         r"loss 'poisson' needs count targets that are finite and >= 0"):
         step(np.ones((2, 2)), np.array([[1.0], [-1.0]]))
     np.testing.assert_array_equal(step.param_vector, p0)
+    assert step.n_steps == 0
+
+
+@pytest.mark.parametrize("bad", [-1.0, np.nan, np.inf])
+def test_poisson_targets_outside_the_counts_are_refused_by_every_entry_point(bad):
+    X = np.ones((8, 3), np.float32)
+    Y = np.ones((8, 1), np.float32)
+    Yb = Y.copy()
+    Yb[5, 0] = bad
+    what = "negative" if bad == -1.0 else "not finite"
+    s = fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 1)), loss="poisson", batch_size=8)
+    p0 = s.param_vector.copy()
+    with pytest.raises(ValueError, match=rf"^y holds a target that is {what} \(row 5, output 0"):
+        s(X, Yb)
+    with pytest.raises(ValueError, match=rf"^y holds a target that is {what}"):
+        s(X, Yb[:, 0])                                      # (n,) targets of one output too
+    with pytest.raises(ValueError, match=rf"^Y holds a target that is {what}"):
+        s.fit(X, Yb)
+    with pytest.raises(ValueError, match=rf"^validation_data\[1\] holds a target that is {what}"):
+        s.fit(X, Y, validation_data=(X, Yb))
+    np.testing.assert_array_equal(s.param_vector, p0)
+    assert s.n_steps == 0 and s.epochs_done == 0
+    s(X, np.zeros((8, 1), np.float32))                      # zero counts are valid targets
 
 
 def test_poisson_step_gradient_and_update():

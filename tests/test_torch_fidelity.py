@@ -113,6 +113,22 @@ def test_from_torch_follows_an_lr_scheduler():
     assert step.lr == 0.01
 
 
+@pytest.mark.parametrize("finish", ["sync_to_torch", "close"])
+def test_sync_to_torch_keeps_a_rate_a_scheduler_set_after_the_last_step(finish):
+    """sync_to_torch/close after scheduler.step() keeps the scheduler's rate (PyTorch's loop
+    would continue at it), not the rate of the last fused step."""
+    mine = _model()
+    opt = torch.optim.SGD(mine.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    step = fastbp.from_torch(mine, optimizer=opt, batch_size=8)
+    step(*_batches(1)[0])
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    getattr(step, finish)()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert step.lr == pytest.approx(0.05)
+
+
 def test_from_torch_rejects_groups_with_different_rates_at_call_time():
     mine = _model()
     opt = torch.optim.SGD([{"params": mine[0].parameters()}, {"params": mine[2].parameters()}], lr=0.1)

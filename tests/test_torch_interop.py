@@ -245,3 +245,22 @@ def test_torch_adam_and_adamw_map_to_their_fastbp_classes():
         step = fastbp.from_torch(m, optimizer=make(m.parameters()), batch_size=5)
         assert type(step.optimizer) is cls
         assert step.optimizer.weight_decay == 0.05 and step.optimizer.decoupled == (cls is fastbp.AdamW)
+
+
+def test_load_with_expect_model_names_the_weight_layout_of_a_from_torch_checkpoint(tmp_path):
+    """The saved and expected models print alike; the message must name what differs (each
+    Linear's weight layout), not only show two identical reprs."""
+    m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).double()
+    step = fastbp.from_torch(m, loss=torch.nn.CrossEntropyLoss(),
+                             optimizer=torch.optim.SGD(m.parameters(), lr=0.1), batch_size=4)
+    step.save(tmp_path / "t.npz")
+    expected = fastbp.Sequential(fastbp.Linear(4, 8), fastbp.ReLU(), fastbp.Linear(8, 3))
+    assert repr(expected) == repr(step.model)
+    with pytest.raises(ValueError) as e:
+        fastbp.load(tmp_path / "t.npz", expect_model=expected)
+    msg = str(e.value)
+    assert "layer 0 (Linear): layout 'out_in' saved, 'in_out' expected" in msg
+    assert "layer 2 (Linear): layout 'out_in' saved, 'in_out' expected" in msg
+    assert "weight layout" in msg and "from_torch" in msg
+    back = fastbp.load(tmp_path / "t.npz", expect_model=step.model)      # the same spec loads
+    np.testing.assert_array_equal(back.param_vector, step.param_vector)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Loss", "get", "by_code", "entries", "names", "classification_names"]
+__all__ = ["Loss", "get", "by_code", "entries", "names", "classification_names", "regression_names"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,13 @@ class Loss:
     torch_args : tuple of (str, object)
         The arguments of that class fastbp implements, with the only value it
         implements (``from_torch`` rejects others).
+    regression : bool
+        Its targets are real values the outputs predict (a regression
+        model: a plain checkpoint of it loads as ``task='regression'``),
+        not class labels or 0/1 indicators.
+    nonnegative_targets : bool
+        Its targets must be finite and >= 0 (counts); the step refuses
+        others with a ValueError before it runs.
     """
     code: int
     name: str
@@ -52,6 +59,8 @@ class Loss:
     ops: str
     torch: str | None = None
     torch_args: tuple = ()
+    regression: bool = False
+    nonnegative_targets: bool = False
 
 
 _ENTRIES = (
@@ -60,7 +69,7 @@ _ENTRIES = (
          torch="CrossEntropyLoss",
          torch_args=(("reduction", "mean"), ("weight", None), ("ignore_index", -100), ("label_smoothing", 0.0))),
     Loss(1, "mse", "float", "mean((S - T)^2)", "2 (S - T) / S.size", "_mse", "_mse", "mse",
-         torch="MSELoss", torch_args=(("reduction", "mean"),)),
+         torch="MSELoss", torch_args=(("reduction", "mean"),), regression=True),
     Loss(2, "bce_with_logits", "float", "mean(max(s, 0) - s t + log(1 + exp(-|s|)))", "(sigmoid(S) - T) / S.size",
          "_bce_logits", "_bce_logits", "bce_with_logits",
          torch="BCEWithLogitsLoss", torch_args=(("reduction", "mean"), ("weight", None), ("pos_weight", None))),
@@ -69,7 +78,7 @@ _ENTRIES = (
          "1[margin > 0] / B (j != y_i), -(number of positive margins) / B (j = y_i)", "_svm", "_svm", "svm_loss"),
     Loss(4, "poisson", "float", "mean(exp(s) - t s + xlogy(t, t) - t): the half Poisson deviance of mu = exp(s), "
          "scikit-learn's MLPRegressor(loss='poisson') with its exp output", "(exp(S) - T) / S.size",
-         "_poisson", "_poisson", "poisson_loss"),
+         "_poisson", "_poisson", "poisson_loss", regression=True, nonnegative_targets=True),
 )
 _BY_NAME = {e.name: e for e in _ENTRIES}
 _BY_CODE = {e.code: e for e in _ENTRIES}
@@ -88,6 +97,11 @@ def names():
 def classification_names():
     """The losses whose targets are integer class labels."""
     return frozenset(e.name for e in _ENTRIES if e.targets == "labels")
+
+
+def regression_names():
+    """The losses of regression models (real-valued targets: ``mse``, ``poisson``)."""
+    return frozenset(e.name for e in _ENTRIES if e.regression)
 
 
 def get(name):
