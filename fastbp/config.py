@@ -94,7 +94,9 @@ SGD_AXPY_MIN_PARAMS = 1 << 14
 #: serial check.)  Measured on the
 #: development machine (numpy's OpenBLAS, float32, check + axpy update after
 #: the dW product X^T dZ, median of 1,500): 3072x100 (cs231n's first layer)
-#: 107 -> 64 us, 784x256 55 -> 29 us, 784x128 (100,352) 32 -> 34 us.
+#: 107 -> 64 us, 784x256 55 -> 29 us, 784x128 (100,352) 32 -> 34 us.  Whole
+#: cs231n steps (the bench peer), the slot set and cleared in turn in one process:
+#: 0-1% faster on the idle machine, 8-9% while other processes kept both cores busy.
 #: Runtime setting: hyper[H_ASUM_MIN].
 SGD_ASUM_MIN_PARAMS = 1 << 17
 
