@@ -32,6 +32,7 @@ from ._cli_base import (EXTRA as _EXTRA, CliError, State, UsageError as _UsageEr
                         out as _out, require as _require)
 from ._cli_args import DEFAULT_LR as _DEFAULT_LR, build_parser
 from ._cli_schedule import extend_parser
+from ._cli_compare import compare as _compare, compare_refusal as _compare_refusal
 from ._cli_step import bf16_note, build_step as _build_step, compile_ahead as _compile_ahead
 
 __all__ = ["main", "build_parser", "CliError"]
@@ -218,49 +219,6 @@ def _plot(path, hist, regression):
         plt.close(fig)
 
 
-def _compare(args, d):
-    """scikit-learn's MLPClassifier (MLPRegressor), same split, architecture, optimizer and epochs.
-
-    Trained one ``partial_fit`` epoch at a time (its optimizer state and
-    random stream carry over, as in ``fit``) so that each epoch is timed.
-    Returns ``(test accuracy or R^2, per-epoch seconds)``.
-    """
-    try:
-        from sklearn.neural_network import MLPClassifier, MLPRegressor
-    except ImportError:
-        raise CliError(f"--compare needs scikit-learn, which is not installed: {_EXTRA}") from None
-    regression = args.task == "regression"
-    lr = args.lr if args.lr is not None else _DEFAULT_LR[args.optimizer]
-    from .registry import activations as _acts
-    if args.optimizer in ("rmsprop", "adamw") or args.clip_grad_norm is not None or args.weight_decay:
-        raise CliError("--compare: scikit-learn's MLP has no " + (
-            f"{args.optimizer!r} solver" if args.optimizer in ("rmsprop", "adamw") else
-            "gradient clipping (--clip-grad-norm)" if args.clip_grad_norm is not None else
-            "weight decay of the optimizer (--weight-decay; its alpha is an L2 penalty on the loss)"))
-    sk_act = _acts.get(args.activation).sklearn
-    if sk_act is None:
-        raise CliError(f"--compare: scikit-learn has no {args.activation!r} activation")
-    kw = dict(hidden_layer_sizes=tuple(args.hidden),
-              activation=sk_act,
-              solver=args.optimizer, alpha=0.0, batch_size=min(args.batch_size, len(d.ytr)),
-              learning_rate="constant", learning_rate_init=lr, shuffle=True,
-              random_state=np.random.RandomState(args.seed))
-    if args.optimizer == "sgd":
-        kw.update(momentum=0.9 if args.momentum is None else args.momentum,
-                  nesterovs_momentum=False)
-    est = MLPRegressor(**kw) if regression else MLPClassifier(**kw)
-    extra = {} if regression else {"classes": np.unique(d.ytr)}
-    ytr = d.ytr.ravel() if regression else d.ytr
-    times = []
-    for _ in range(args.epochs):
-        t = time.perf_counter()
-        est.partial_fit(d.Xtr, ytr, **extra)
-        times.append(time.perf_counter() - t)
-    if regression:
-        return _r2(d.yte, est.predict(d.Xte)), np.array(times)
-    return float(np.mean(est.predict(d.Xte) == d.yte)), np.array(times)
-
-
 def _chance(d):
     """Training score a model without information reaches (majority class, or R^2 0)."""
     if d.ytr.ndim == 2:
@@ -340,9 +298,8 @@ def _setup(args, mpi):
     if not args.hidden and (args.dropout or args.batchnorm):
         raise _UsageError("fastbp train: error: " + ("--dropout" if args.dropout else "--batchnorm")
                           + " applies to hidden layers, and --hidden gives none")
-    if args.compare and (args.dropout or args.batchnorm):
-        raise _UsageError("fastbp train: error: --compare: scikit-learn's MLP has no "
-                          + ("--dropout" if args.dropout else "--batchnorm") + " (train without it to compare)")
+    if args.compare and _compare_refusal(args):
+        raise _UsageError("fastbp train: error: " + _compare_refusal(args))
     if args.task == "regression":
         if args.loss not in (None, "mse"):
             raise _UsageError(f"fastbp train: error: --task regression trains with --loss mse, "

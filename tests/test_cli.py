@@ -122,6 +122,12 @@ def test_quiet_has_no_progress_bar_and_is_reproducible():
     (["train", "--batchnorm", "yes"], "yes"),
     (["train", "--compare", "--dropout", "0.1"], "--dropout"),
     (["train", "--compare", "--batchnorm"], "--batchnorm"),
+    # refused before any training (they trained the whole fastbp job first until 2026-12-01)
+    (["train", "--compare", "--optimizer", "adamw"], "'adamw' solver"),
+    (["train", "--compare", "--optimizer", "rmsprop"], "'rmsprop' solver"),
+    (["train", "--compare", "--weight-decay", "0.1"], "--weight-decay"),
+    (["train", "--compare", "--clip-grad-norm", "1"], "--clip-grad-norm"),
+    (["train", "--compare", "--activation", "gelu"], "'gelu' activation"),
     (["train", "--hidden", "--dropout", "0.2"], "--dropout applies to hidden layers"),
     (["train", "--batchnorm", "--hidden"], "--batchnorm applies to hidden layers"),
     (["train", "--loss", "hinge"], "--loss"),
