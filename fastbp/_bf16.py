@@ -27,6 +27,7 @@ import ctypes.util
 import glob
 import os
 import platform
+import struct
 import sys
 
 import numpy as np
@@ -38,6 +39,8 @@ __all__ = ["PRECISIONS", "ENV_VAR", "cpu_support", "available", "info", "known",
 PRECISIONS = ("full", "bf16", "auto")
 #: the environment variable naming a ``libdnnl`` to load instead of searching
 ENV_VAR = "FASTBP_DNNL"
+#: oneDNN's bf16 gemm, the one routine of the library fastbp calls
+GEMM = "dnnl_gemm_bf16bf16f32"
 _CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 _state = {"lib": None, "error": None, "ready": False, "path": None}
@@ -90,14 +93,14 @@ def _load_library():
     for path in _candidates():
         try:
             lib = ctypes.CDLL(path)
-            getattr(lib, "dnnl_gemm_bf16bf16f32")
+            getattr(lib, GEMM)
             _state["path"] = path
             return lib, None
         except (OSError, AttributeError) as e:
             tried.append(str(e))
     if os.environ.get(ENV_VAR):
         return None, (f"precision='bf16': {ENV_VAR}={os.environ[ENV_VAR]!r} is not a oneDNN library with "
-                      f"dnnl_gemm_bf16bf16f32 ({tried[0]})")
+                      f"{GEMM} ({tried[0]})")
     return None, ("precision='bf16' needs oneDNN, which is not installed: pip install 'fastbp[bf16]' "
                   f"(or set {ENV_VAR} to a libdnnl.so.3)")
 
@@ -143,6 +146,58 @@ def _is_elf(path):
         return False
 
 
+def _elf_defines(path, symbol):
+    """Whether the ELF file ``path`` defines ``symbol`` in its dynamic symbol table, read
+    without loading it (False for anything else: not a 64-bit little-endian ELF file,
+    unreadable, or the symbol only imported or absent)."""
+    want = symbol.encode() + b"\0"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+                return False
+            shoff = struct.unpack_from("<Q", head, 0x28)[0]
+            shentsize, shnum = struct.unpack_from("<HH", head, 0x3A)
+            f.seek(shoff)
+            table = f.read(shentsize * shnum)
+            # (type, offset, size, link, entsize) of every section
+            sections = [struct.unpack_from("<4xI16xQQI12xQ", table, i * shentsize) for i in range(shnum)]
+            for kind, off, size, link, entsize in sections:
+                if kind != 11 or not entsize:           # SHT_DYNSYM
+                    continue
+                f.seek(sections[link][1])
+                names = f.read(sections[link][2])
+                at, i = set(), names.find(want)         # the name's offsets (a longer name's tail too)
+                while i >= 0:
+                    at.add(i)
+                    i = names.find(want, i + 1)
+                if not at:
+                    continue
+                f.seek(off)
+                syms = f.read(size)
+                for i in range(0, len(syms) - 23, entsize):
+                    name, shndx = struct.unpack_from("<I2xH", syms, i)
+                    if shndx != 0 and name in at:       # SHN_UNDEF (0): imported, not defined
+                        return True
+    except (OSError, struct.error, IndexError):
+        pass
+    return False
+
+
+def _library_file():
+    """``(path, why)`` of the library :func:`info` reports, without loading it: the first
+    candidate that defines the gemm, else the first ELF file found (with why it is not
+    usable), else ``(None, None)``."""
+    found = [p for p in _candidates() if _is_elf(p)]
+    for p in found:
+        if _elf_defines(p, GEMM):
+            return p, None
+    if not found:
+        return None, None
+    lib = f"{ENV_VAR}={found[0]!r}" if os.environ.get(ENV_VAR) else repr(found[0])
+    return found[0], f"precision='bf16': {lib} is not a oneDNN library with {GEMM} (it does not define it)"
+
+
 def info():
     """What ``precision="bf16"`` would use here (public as ``fastbp.bf16_info()``),
     without loading oneDNN into the process if it is not loaded yet.
@@ -151,19 +206,21 @@ def info():
     -------
     dict
         ``cpu`` (the bf16 CPU flags found), ``library`` (the oneDNN file
-        loaded, else the first shared-library file found, else None),
-        ``available`` (both present) and ``why`` (what is missing, "" when
-        nothing is).
+        loaded, else the first shared-library file found that defines
+        ``dnnl_gemm_bf16bf16f32``, else the first one found, else None),
+        ``available`` (the CPU's instructions and a library with that
+        routine) and ``why`` (what is missing, "" when nothing is).
     """
     cpu = list(cpu_support())
-    path = _state["path"] or next((p for p in _candidates() if _is_elf(p)), None)
+    path, lacking = (_state["path"], None) if _state["path"] else _library_file()
     if not cpu:
         why = available()[1] if sys.platform == "linux" else "precision='bf16' needs Linux x86-64"
     elif path is None:
         why = _library()[1] or ""
     else:
-        why = ""
-    return {"cpu": cpu, "library": path, "available": bool(cpu) and path is not None, "why": why}
+        why = lacking or ""
+    return {"cpu": cpu, "library": path, "available": bool(cpu) and path is not None and lacking is None,
+            "why": why}
 
 
 def known(precision):

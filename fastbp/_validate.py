@@ -159,10 +159,10 @@ def same_dtype(ref, ref_name, *pairs):
     return dt
 
 
-def writeable(a, name):
-    """Check ``a`` can be written into (ValueError for read-only arrays)."""
+def writeable(a, name, hint=""):
+    """Check ``a`` can be written into (ValueError for read-only arrays; ``hint`` ends the message)."""
     if not a.flags.writeable:
-        raise ValueError(f"{name} is read-only; pass a writeable array (or out=None to allocate one)")
+        raise ValueError(f"{name} is read-only; pass a writeable array{hint}")
     return a
 
 
@@ -203,7 +203,7 @@ def out_array(out, name, shape_, dtype):
     if not out.flags.c_contiguous:
         contiguous(out, name)
     if not out.flags.writeable:
-        writeable(out, name)
+        writeable(out, name, " (or out=None to allocate one)")
     return out
 
 

@@ -501,6 +501,11 @@ class CudaTrainStep(StepBase):
     def from_cpu(cls, step):
         """A GPU step in exactly the state of the CPU step ``step`` (e.g. from :func:`fastbp.load`).
 
+        The GPU step has ``precision="full"`` whatever ``step``'s: a
+        ``precision="bf16"`` step's weights and optimizer state are float32
+        already (its bf16 copies are scratch, remade every call), so they are
+        copied as they are and the GPU step multiplies them in float32.
+
         Parameters
         ----------
         step : TrainStep
@@ -508,13 +513,28 @@ class CudaTrainStep(StepBase):
         Returns
         -------
         CudaTrainStep
+
+        Raises
+        ------
+        TypeError
+            ``step`` is not a CPU :class:`fastbp.TrainStep`.
         """
         if not isinstance(step, StepBase) or isinstance(step, CudaTrainStep):
             raise TypeError(f"step must be a fastbp.TrainStep, got {type(step).__name__}")
         gpu = cls(step.model, step.loss, optimizer_from_spec(step.optimizer.spec()), step.batch_size,
                   step.dtype, step.seed)
+        # the GPU plan is the CPU plan without a bf16 plan's copies, which come after everything
+        # else (fastbp._bf16_plan): the weights, gradients, optimizer state and running statistics
+        # lie at the same offsets, in the first gpu.arena.size elements
+        gp, cp = gpu.plan, step.plan
+        n = int(gpu.arena.size)
+        if ([tuple(gp.param_region), tuple(gp.grad_region), list(gp.state_offsets), tuple(gp.buffer_region)]
+                != [tuple(cp.param_region), tuple(cp.grad_region), list(cp.state_offsets),
+                    tuple(cp.buffer_region)] or n > step.arena.size):
+            raise RuntimeError(f"internal: the GPU step's memory layout differs from the CPU step's "
+                               f"(precision={step.precision!r})")
         with step.lock, gpu.lock:
-            gpu.arena.copy_to_device(step.arena, stream=gpu._stream)
+            gpu.arena.copy_to_device(step.arena[:n], stream=gpu._stream)
             gpu._stream.synchronize()
             gpu._take_state_of(step)
         return gpu

@@ -23,6 +23,8 @@ CSV file, the array ``y`` of an ``.npz``), the feature and label names.
 """
 from __future__ import annotations
 
+import re as _re
+
 import numpy as _np
 
 from . import _validate as _V
@@ -86,7 +88,9 @@ def encode_labels(labels, what="y", lines=None):
     ----------
     labels : array_like, shape (n_samples,)
         Integer, float (integral values) or string labels.  Strings that all
-        parse as numbers (a CSV label column) are treated as numbers.
+        parse as numbers (a CSV label column) are treated as numbers: as
+        int64 when every one is written as an integer (so that integers
+        beyond float64's 2**53 stay distinct), else as float64.
     what : str
         Name used in error messages.
     lines : ndarray of int, shape (n_samples,), optional
@@ -118,9 +122,13 @@ def encode_labels(labels, what="y", lines=None):
         empty = _np.flatnonzero(labels == "")
         if empty.size:
             raise DataError(f"{what}: empty label {_where(empty[0], lines)}")
-        num = _to_numbers(labels)
-        if not _np.isnan(num).any():
-            labels, kind = num, "f"
+        ints = _integer_labels(labels, what, lines)
+        if ints is not None:
+            labels, kind = ints, ints.dtype.kind
+        else:
+            num = _to_numbers(labels)
+            if not _np.isnan(num).any():
+                labels, kind = num, "f"
     if kind == "f":
         if not _np.all(_np.isfinite(labels)):
             i = int(_np.flatnonzero(~_np.isfinite(labels))[0])
@@ -139,6 +147,25 @@ def encode_labels(labels, what="y", lines=None):
     le = _import("sklearn.preprocessing", "class labels are encoded by scikit-learn").LabelEncoder()
     y = le.fit_transform(labels)
     return _np.ascontiguousarray(y, dtype=_np.int64), le.classes_
+
+
+_INTEGER = _re.compile(r"[-+]?[0-9]+")
+
+
+def _integer_labels(text, what, lines):
+    """String labels that are all written as integers (``"12"``, ``"-0"``, ``"+7"``) as int64, or
+    float64 where some do not fit int64 but every one is exact in float64 (else DataError: two
+    of them could become one class); None when some label is not an integer."""
+    if not all(_INTEGER.fullmatch(t) for t in text):
+        return None
+    ints = [int(t) for t in text]
+    if all(-2**63 <= v < 2**63 for v in ints):
+        return _np.array(ints, dtype=_np.int64)
+    for i, v in enumerate(ints):
+        if float(v) != v:
+            raise DataError(f"{what}: class label {text[i]} {_where(i, lines)} is an integer beyond int64 that "
+                            "float64 cannot hold exactly either (labels would merge): use shorter labels")
+    return _np.array(ints, dtype=_np.float64)
 
 
 def _py(v):

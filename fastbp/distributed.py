@@ -45,8 +45,8 @@ import functools
 import numpy as np
 
 from . import _validate as V
-from . import training as _training
-from ._isa import C_OP, H_LR, H_ROW0, OP_DROPOUT, RUNTIME_SLOTS, STATUS_OK
+from ._dist_fit import DataParallelFit
+from ._isa import C_OP, H_ROW0, OP_DROPOUT, RUNTIME_SLOTS, STATUS_OK
 from .schedules import schedule_arg
 from ._mpi import (  # noqa: F401 - re-exported: the public names of data-parallel training
     _N_SLOTS, MPI_MISSING, RankError, _epoch_shard, _mpi, _note, _on_all_ranks, _pack, _reraise,
@@ -56,13 +56,15 @@ __all__ = ["DistributedStep", "RankError", "compile", "agree", "thread_share", "
            "mpi_world_size", "mpi_world_rank", "launched_comm", "abort_unless_agreed", "MPI_MISSING"]
 
 
-class DistributedStep:
+class DistributedStep(DataParallelFit):
     """A :class:`fastbp.TrainStep` trained data-parallel over an MPI communicator.
 
     Every rank of ``comm`` must create it (a collective call) from the same
-    model, loss, optimizer, batch size and dtype; this is checked.  Rank 0's
-    weights, optimizer state and step counter are then broadcast, so the
-    ranks start identical (seeding differently on each rank is harmless).
+    model, loss, optimizer, batch size, dtype, gradient clipping
+    (``clip_grad_norm``) and learning-rate schedule; this is checked.  Rank
+    0's weights, optimizer state, step counter and epoch count are then
+    broadcast, so the ranks start identical (seeding differently on each rank
+    is harmless).
 
     Parameters
     ----------
@@ -80,8 +82,10 @@ class DistributedStep:
     ----------
     step : TrainStep
         The wrapped step; ``params``, ``grads``, ``predict``, ``n_steps``,
-        ``dtype`` ... are forwarded to it.  After a step, ``grads`` hold the
-        global mean gradients every rank applied.
+        ``dtype`` ... are forwarded to it, and so are the settings assigned
+        on this object (``lr``, ``clip_grad_norm``, ``schedule`` ...: set them
+        on every rank).  After a step (or :meth:`loss_and_grads`), ``grads``
+        hold the global mean gradients.
     comm : mpi4py.MPI.Intracomm
     rank, size : int
     is_root : bool
@@ -147,24 +151,29 @@ class DistributedStep:
         self._check_reserved_slots()
         self.comm_vector = step.arena[self._g0:self._g0 + self._gn + _N_SLOTS]
 
-        # every rank must have compiled the same step (pickled once, at setup only)
+        # every rank must have compiled the same step (pickled once, at setup only): clipping
+        # and the schedule too, which would otherwise make the ranks' updates differ
+        sched = None if step.schedule is None else step.schedule.spec()
         sig = (step.model.spec(), step.loss, step.optimizer.spec(), step.batch_size, step.dtype.str,
-               int(step.param_vector.size), int(self._gn))
+               step.clip_grad_norm, sched, int(step.param_vector.size), int(self._gn))
         sigs = comm.allgather(sig)
         for r, s in enumerate(sigs):
             if s != sigs[0]:
-                names = ("model", "loss", "optimizer", "batch_size", "dtype", "parameters", "gradients")
+                names = ("model", "loss", "optimizer", "batch_size", "dtype", "clip_grad_norm", "schedule",
+                         "parameters", "gradients")
                 diff = [nm for nm, a, b in zip(names, sigs[0], s) if a != b]
                 raise _on_all_ranks(ValueError(
                     f"rank {r} compiled a different step than rank 0 (different {', '.join(diff)}): "
-                    f"every rank must compile the same model, loss, optimizer, batch_size and dtype"),
-                    self.size)
+                    f"every rank must compile the same model, loss, optimizer, batch_size, dtype, "
+                    f"clip_grad_norm and schedule"), self.size)
 
-        # rank 0's weights, optimizer state and counters everywhere
+        # rank 0's weights, optimizer state and counters everywhere (the epoch count and where
+        # the schedule started counting too: they go with the step counter in hyper)
         comm.Bcast(step.param_vector, root=0)
         for v in step.state_vectors:
             comm.Bcast(v, root=0)
         comm.Bcast(step.hyper, root=0)
+        step.epochs_done, step._sched_origin = comm.bcast((step.epochs_done, step._sched_origin), root=0)
 
         # dropout's masks are keyed by the row in the global minibatch (hyper[H_ROW0]:
         # this rank's first row), so that ranks draw the masks of one process
@@ -199,10 +208,22 @@ class DistributedStep:
             raise RuntimeError("internal: the arena ends right after the gradients")
 
     # --------------------------------------------------------- forwarding
+    #: this object's own attributes (the rest are the wrapped step's: read and set there)
+    _OWN = frozenset({"step", "comm", "rank", "size", "is_root", "threads", "comm_vector"})
+
     def __getattr__(self, name):
         if name == "step":          # not yet set (during __init__ errors)
             raise AttributeError(name)
         return getattr(self.step, name)
+
+    def __setattr__(self, name, value):
+        # a setting of the wrapped step (clip_grad_norm, schedule, epochs_done ...) is set on it:
+        # kept here, it would be read back but never used by the step
+        if (name.startswith("_") or name in self._OWN or hasattr(type(self), name)
+                or "step" not in vars(self) or not hasattr(self.step, name)):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.step, name, value)
 
     @property
     def lr(self):
@@ -212,6 +233,27 @@ class DistributedStep:
     @lr.setter
     def lr(self, value):
         self.step.lr = value
+
+    @property
+    def clip_grad_norm(self):
+        """``max_norm`` of the gradient clipping before each update, or None (settable, as
+        :attr:`fastbp.TrainStep.clip_grad_norm`: a positive finite number or None; set it on
+        every rank)."""
+        return self.step.clip_grad_norm
+
+    @clip_grad_norm.setter
+    def clip_grad_norm(self, value):
+        self.step.clip_grad_norm = value
+
+    @property
+    def schedule(self):
+        """The wrapped step's learning-rate schedule, or None (settable, as on the step: a
+        :mod:`fastbp.schedules` schedule or None; set it on every rank)."""
+        return self.step.schedule
+
+    @schedule.setter
+    def schedule(self, value):
+        self.step.schedule = schedule_arg(value)
 
     @property
     def global_batch_size(self):
@@ -227,8 +269,9 @@ class DistributedStep:
         v[self._gn + 1] = 0
         v[self._gn + 2] = 1
 
-    def _reduce_and_update(self, error, what):
-        """Allreduce the comm vector; raise everywhere on error; else update.
+    def _reduce_and_update(self, error, what, update=True):
+        """Allreduce the comm vector; raise everywhere on error; else the global mean
+        gradients and (``update``) the update.
 
         ``error`` is a zero-argument callable raising this rank's exception,
         or None.  Returns the global mean loss.
@@ -252,6 +295,8 @@ class DistributedStep:
         st = self.step
         g = v[:self._gn]
         np.divide(g, rows, out=g)
+        if not update:
+            return loss
         status, info = st.apply_update()
         if status:
             # identical reduced gradients: every rank gets here together
@@ -292,6 +337,39 @@ class DistributedStep:
         RankError
             On the other ranks.  Either way no rank changed its weights.
         """
+        return self._collective(x, y, update=True)
+
+    def loss_and_grads(self, x, y):
+        """Forward, loss and backward over every rank's minibatch, without an update; a
+        collective call.
+
+        What one process's :meth:`fastbp.TrainStep.loss_and_grads` gives for the
+        ranks' minibatches concatenated in rank order: the gradients are
+        summed over the ranks (one Allreduce) and divided by the global row
+        count, the loss likewise (each rank's mean weighted by its rows).
+
+        Parameters
+        ----------
+        x, y : ndarray
+            This rank's minibatch, as for :meth:`__call__`.
+
+        Returns
+        -------
+        float
+            The global mean loss; the same on every rank.  :attr:`grads` then
+            hold the global mean gradients on every rank.
+
+        Raises
+        ------
+        TypeError, ValueError, FloatingPointError
+            On the rank whose minibatch was rejected.
+        RankError
+            On the other ranks.  Weights and optimizer state are never changed.
+        """
+        return self._collective(x, y, update=False)
+
+    def _collective(self, x, y, update):
+        """:meth:`__call__` (``update``) or :meth:`loss_and_grads`."""
         st = self.step
         error = None
         try:
@@ -309,7 +387,7 @@ class DistributedStep:
             else:
                 self._fail_local()
                 raise_local = functools.partial(_reraise, error)
-            return self._reduce_and_update(raise_local, "")
+            return self._reduce_and_update(raise_local, "", update)
 
     @contextlib.contextmanager
     def _at_row(self, row0):
@@ -335,168 +413,6 @@ class DistributedStep:
             return None
         self._fail_local()
         return functools.partial(st.raise_status, status, info, yi.copy(), where=where)
-
-    def fit(self, X, Y, epochs=1, shuffle=True, seed=None, validation_data=None, early_stopping=None,
-            callbacks=(), verbose=False, schedule=None):
-        """Train whole epochs data-parallel; a collective call.
-
-        The signature and the result of :meth:`fastbp.TrainStep.fit`.  Every
-        rank passes the *whole* data set (the same ``X`` and ``Y``).
-        Each epoch, one permutation -- the same on every rank, from rank 0's
-        seed -- is cut into global minibatches of ``size * batch_size`` rows
-        and each of those into ``size`` equal parts, one per rank: each rank
-        trains on a disjoint, equally sized share of the epoch.  With the
-        same seed, the global minibatches are exactly those of
-        ``TrainStep.fit`` with batch ``size * batch_size`` on one process.
-        The last ``n % size`` rows of each epoch's permutation are left out
-        (different ones each epoch when shuffling).
-
-        Per step: this rank's rows are gathered into staging buffers, then
-        forward, loss and backward run in one native call, the gradients are
-        summed over ranks (one Allreduce) and the update runs in a second
-        native call.
-
-        Parameters
-        ----------
-        X : ndarray, shape (n, in_features), dtype ``dtype`` (any memory layout)
-            ``n >= size``; the same on every rank.
-        Y : ndarray
-            Targets for all ``n`` rows.
-        epochs : int, default 1
-        shuffle : bool, default True
-        seed : int, optional
-            Seed of the shuffling; rank 0's value is used on every rank.
-            Default: drawn from rank 0's step generator.
-        validation_data : tuple (X_val, y_val), optional
-            Evaluated by rank 0 after every epoch (the metrics are broadcast).
-        early_stopping : fastbp.training.EarlyStopping or int, optional
-        callbacks : sequence, default ()
-            Called on every rank; the fit stops when any rank's callback asks.
-        verbose : bool, default False
-            Rank 0 shows the progress of the epochs.
-        schedule : fastbp.schedules schedule, optional
-            As for :meth:`fastbp.TrainStep.fit` (kept by the wrapped step).
-
-        Returns
-        -------
-        fastbp.training.History
-            The global loss of every step (the same on every rank) with the
-            per-epoch metrics.
-
-        Raises
-        ------
-        TypeError, ValueError
-            Bad arguments on any rank, or ranks passing data sets of
-            different sizes or different ``epochs``/``shuffle``: raised on
-            every rank before any step.
-        FloatingPointError, ValueError, RankError
-            A step failed on some rank; the steps before it were applied on
-            every rank, that step and the rest were not.
-        """
-        st = self.step
-        MPI = self._MPI
-        error = None
-        n, ep, shuf, sd = 0, 0, 0, 0
-        rng_state = st.rng.bit_generator.state
-        try:
-            # the same validation and conversion as TrainStep.fit; raised after the collective
-            X, n = st.check_features(X, "X")
-            ep = V.positive_int("epochs", epochs)
-            shuf = 1 if V.boolean("shuffle", shuffle) else 0
-            verbose = V.boolean("verbose", verbose)
-            yi, yf = st.check_targets(Y, n, name="Y")
-            seed = V.seed(seed)
-            if seed is not None and seed > V.INT64_MAX:
-                raise ValueError(f"seed must be at most {V.INT64_MAX} for data-parallel fit, got {seed}")
-            val = st._validation_arg(validation_data)
-            es = _training.early_stopping_arg(early_stopping, val is not None)
-            cbs = _training.callbacks_arg(callbacks)
-            schedule = schedule_arg(schedule)
-            if schedule is st.schedule:
-                schedule = None         # the step's own schedule object again: it continues
-            per_epoch = len(_epoch_shard(np.arange(n, dtype=np.int64), self.size, self.rank, st.batch_size)[1]) - 1
-            e0, s0 = (st.epochs_done, st.n_steps) if schedule is not None else st._sched_origin
-            _training.check_schedule_span(st.schedule if schedule is None else schedule, float(st.optimizer.lr),
-                                          st.epochs_done - e0, st.n_steps - s0, ep, per_epoch, val is not None)
-            _training.check_accuracy_monitors(st.loss, es, st.schedule if schedule is None else schedule)
-            sd = int(st.rng.integers(2**62)) if seed is None else seed
-        except Exception as e:  # noqa: BLE001 - re-raised on every rank after the collective
-            error = e
-        # one collective agrees on errors, sizes, epochs, shuffle and rank 0's seed (MAX)
-        failed = 0 if error is None else 1
-        info = np.array([failed, n, -n, ep, -ep, shuf, -shuf, sd if self.is_root else -1, -failed],
-                        dtype=np.int64)
-        self.comm.Allreduce(MPI.IN_PLACE, info, op=MPI.MAX)
-        if info[0] or info[1] != -info[2] or info[3] != -info[4] or info[5] != -info[6] or n < self.size:
-            st.rng.bit_generator.state = rng_state      # a rejected fit draws nothing
-        if info[0]:
-            n_failed = self.size if info[8] == -1 else None      # every rank / some ranks
-            if error is not None:
-                _note(error, self.comm)
-                raise _on_all_ranks(error, n_failed)
-            raise _on_all_ranks(RankError("fit: another rank rejected its arguments (see its "
-                                          "message); nothing was trained", 1, self.size), n_failed)
-        for name, a, b in (("X rows", info[1], -info[2]), ("epochs", info[3], -info[4]),
-                           ("shuffle", info[5], -info[6])):
-            if a != b:
-                raise _on_all_ranks(ValueError(
-                    f"fit: the ranks passed different {name} ({b} .. {a}): every rank must pass the "
-                    f"whole data set and the same epochs and shuffle"), self.size)
-        if n < self.size:
-            raise _on_all_ranks(ValueError(f"fit: X has {n} rows, fewer than the {self.size} ranks"),
-                                self.size)
-        seed = int(info[7])
-        if schedule is not None:
-            st._attach_schedule(schedule)
-        try:
-            return self._fit_epochs(X, yi, yf, n, ep, bool(shuf), seed, verbose, val, es, cbs)
-        except BaseException:
-            st.rng.bit_generator.state = rng_state      # as TrainStep.fit: a failed fit consumes no seed
-            raise
-
-    def _fit_epochs(self, X, yi, yf, n, ep, shuffle, seed, verbose, val, es, cbs):
-        """The steps of :meth:`fit` once every rank agreed on its arguments."""
-        st = self.step
-        MPI = self._MPI
-        rng = np.random.default_rng(seed)
-        def orders():
-            for _ in range(ep):
-                yield rng.permutation(n) if shuffle else np.arange(n, dtype=np.int64)
-
-        def train_epoch(e, perm, lrs, out):
-            rows, starts = _epoch_shard(perm, self.size, self.rank, st.batch_size)
-            per_epoch = len(starts) - 1
-            for s in range(per_epoch):
-                r = rows[starts[s]:starts[s + 1]]
-                where = f" at step {e * per_epoch + s} of fit"
-                nb = len(r)
-                with self._at_row(self.rank * nb):     # equal parts: this rank's first row
-                    if len(lrs):
-                        st.hyper[H_LR] = lrs[s]
-                    xs, ysi, ysf = st.gather(r, X, yi, yf, self._xs, self._yi, self._yf)
-                    raise_local = self._local_gradients(xs, ysi, ysf, nb, where)
-                    out[s] = self._reduce_and_update(raise_local, where)
-
-        def validate():
-            m = np.full(2, np.nan)
-            if self.is_root:
-                vl, va = st._evaluate(*val)
-                m[:] = (vl, np.nan if va is None else va)
-            self.comm.Bcast(m, root=0)
-            return float(m[0]), (None if np.isnan(m[1]) else float(m[1]))
-
-        def agree_stop(stop):
-            flag = np.array([1 if stop else 0], dtype=np.int64)
-            self.comm.Allreduce(MPI.IN_PLACE, flag, op=MPI.MAX)
-            return bool(flag[0])
-
-        _, starts0 = _epoch_shard(np.arange(n, dtype=np.int64), self.size, self.rank, st.batch_size)
-        return _training.drive(epochs=ep, per_epoch=len(starts0) - 1, rows_per_step=np.diff(starts0),
-                               orders=orders(), train_epoch=train_epoch, step=st, schedule=st.schedule,
-                               base_lr=float(st.optimizer.lr), validate=None if val is None else validate,
-                               early_stopping=es, callbacks=cbs, verbose=verbose and self.is_root,
-                               get_weights=st._weights_copy, set_weights=st._set_weights, agree=agree_stop,
-                               loss_name=st.loss)
 
     def predict_proba(self, X):
         """Class probabilities on this rank (local); see :meth:`fastbp.TrainStep.predict_proba`."""
@@ -569,10 +485,11 @@ class DistributedStep:
 
 
 def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, dtype=np.float32, seed=0,
-            *, comm, threads="auto", schedule=None, precision="full"):
+            *, comm, threads="auto", schedule=None, precision="full", clip_grad_norm=None):
     """:func:`fastbp.compile` for data-parallel training over ``comm``; a collective call.
 
-    Same parameters as :func:`fastbp.compile` (``schedule`` included), plus ``comm`` (an mpi4py
+    Same parameters as :func:`fastbp.compile` (``schedule`` and ``clip_grad_norm`` included,
+    the same on every rank: checked), plus ``comm`` (an mpi4py
     intra-communicator) and ``threads`` (see :class:`DistributedStep`).
     ``batch_size`` is the per-rank batch.
 
@@ -580,7 +497,7 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
     -------
     DistributedStep
     """
-    from .optimizers import optimizer_arg
+    from .optimizers import clip_grad_norm_arg, optimizer_arg
     from .step import TrainStep
     MPI = _mpi()
     if not isinstance(comm, MPI.Comm):
@@ -588,8 +505,10 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
                         f"got {type(comm).__name__}")
     error, step = None, None
     try:
+        clip = clip_grad_norm_arg(clip_grad_norm)
         step = TrainStep(model, loss, optimizer_arg(optimizer), batch_size, dtype, seed, schedule=schedule,
                          precision=precision)
+        step.clip_grad_norm = clip or None      # before the ranks compare their steps
     except Exception as e:  # noqa: BLE001 - re-raised on every rank by agree()
         error = e
     if isinstance(comm, MPI.Intracomm) and comm != MPI.COMM_NULL:

@@ -52,8 +52,11 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
         a collective call): returns a :class:`fastbp.distributed.DistributedStep`
         whose ``batch_size`` is the per-rank batch, starting from rank 0's
         weights, with one Allreduce of all gradients per step and each rank's
-        threads capped to its share of the cores.  Needs
-        ``pip install 'fastbp[distributed]'`` (ImportError saying so otherwise).
+        threads capped to its share of the cores.  Every rank must pass the
+        same model, loss, optimizer, batch_size, dtype, schedule and
+        clip_grad_norm (checked: a ValueError on every rank naming what
+        differs).  Needs ``pip install 'fastbp[distributed]'`` (ImportError
+        saying so otherwise).
     schedule : fastbp.schedules schedule, optional
         The learning-rate schedule ``fit`` follows (see
         :mod:`fastbp.schedules`; scales the optimizer's ``lr``, counted from
@@ -114,10 +117,10 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
         if V.resolve_device(device) != "cpu":
             raise ValueError("comm= (data-parallel training) runs on the CPU; device must be 'cpu'")
         from .distributed import compile as _compile_distributed   # imports mpi4py, or ImportError
-        ds = _compile_distributed(model, loss=loss, optimizer=optimizer, batch_size=batch_size,
-                                  dtype=dtype, seed=seed, comm=comm, schedule=schedule, precision=precision)
-        ds.step.clip_grad_norm = clip or None
-        return ds
+        # clipping is set before the ranks compare their steps (a mismatch is an error everywhere)
+        return _compile_distributed(model, loss=loss, optimizer=optimizer, batch_size=batch_size, dtype=dtype,
+                                    seed=seed, comm=comm, schedule=schedule, precision=precision,
+                                    clip_grad_norm=clip or None)
     optimizer = optimizer_arg(optimizer)
     if V.resolve_device(device) == "cuda":
         from .cuda_step import CudaTrainStep

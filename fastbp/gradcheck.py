@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as _np
 
 from . import _validate as _V
+from ._scalars import real as _real
 
 __all__ = ["numerical_gradient", "relative_error", "gradcheck", "GradcheckError",
            "default_eps", "default_rtol"]
@@ -118,13 +119,14 @@ def numerical_gradient(f, x, eps=None):
         ``x`` is not a float32/float64 ndarray, ``f`` does not return a real
         scalar, or ``eps`` is not a real number.
     ValueError
-        ``x`` is read-only, ``eps`` is not finite and positive, or ``x_i +- eps``
-        round to one value (or overflow) in ``x``'s dtype.
+        ``x`` is read-only, ``eps`` is not finite and positive, ``x_i +- eps``
+        round to one value (or overflow) in ``x``'s dtype, or the step between
+        them overflows float64.
     """
     _V.array(x, "x")
     if x.dtype not in _V.FLOAT_DTYPES:
         raise TypeError(f"x has dtype {x.dtype}; expected float32 or float64")
-    _V.writeable(x, "x")
+    _V.writeable(x, "x", " (it is perturbed in place, then restored)")
     h = _step(eps, x.dtype)
     dt = x.dtype.type
     grad = _np.empty(x.shape, _np.float64)
@@ -136,6 +138,10 @@ def numerical_gradient(f, x, eps=None):
             # the step vanished in x's precision, or overflowed (it divided by zero)
             raise ValueError(f"eps={h!r} is lost at x{list(idx)} = {float(old)!r} in {x.dtype}: x + eps and "
                              f"x - eps are not two finite distinct values; pass a larger eps")
+        if _np.isfinite(old) and not _np.isfinite(float(xp) - float(xm)):
+            # both finite, but the step between them is not (eps near float64's largest)
+            raise ValueError(f"eps={h!r} overflows at x{list(idx)} = {float(old)!r}: (x + eps) - (x - eps) "
+                             f"is not a finite float64; pass a smaller eps")
         try:
             x[idx] = xp
             fp = _scalar(f(x))
@@ -229,12 +235,13 @@ def gradcheck(f, inputs, analytic_grads, eps=None, rtol=None, atol=0.0, raise_ex
     eps : float, optional
         Finite-difference step (default per dtype, see :func:`numerical_gradient`).
     rtol : float, optional
-        Largest :func:`relative_error` accepted; default 1e-6 for float64
-        inputs, 2e-2 for float32 (float32 is too coarse for centered
-        differences to agree more closely).
-    atol : float
+        Largest :func:`relative_error` accepted, finite and >= 0; default
+        1e-6 for float64 inputs, 2e-2 for float32 (float32 is too coarse for
+        centered differences to agree more closely).
+    atol : float, default 0.0
         Also accept a gradient whose largest absolute difference from the
-        estimate is at most ``atol`` (for gradients that are ~0).
+        estimate is at most ``atol`` (for gradients that are ~0); finite and
+        >= 0 (None: 0.0).
     raise_exception : bool
         Raise :class:`GradcheckError` on failure (default) instead of
         returning False.
@@ -249,8 +256,16 @@ def gradcheck(f, inputs, analytic_grads, eps=None, rtol=None, atol=0.0, raise_ex
     GradcheckError
         With a report naming each failing input: its relative error, the
         worst element's index, analytic and numerical values.
+    TypeError
+        ``rtol``, ``atol`` or ``eps`` is not a real number,
+        ``raise_exception`` not a bool, or an input or gradient of the wrong kind.
+    ValueError
+        ``rtol`` or ``atol`` negative or not finite, a read-only input, a
+        gradient of the wrong shape, or an ``eps`` :func:`numerical_gradient` refuses.
     """
     raise_exception = _V.boolean("raise_exception", raise_exception)
+    rtol = _real("rtol", rtol, "gradcheck", low=0.0, or_none=True)
+    atol = _real("atol", 0.0 if atol is None else atol, "gradcheck", low=0.0)
     items = _items(inputs, "inputs")
     is_dict = isinstance(inputs, dict)
 
@@ -271,6 +286,7 @@ def gradcheck(f, inputs, analytic_grads, eps=None, rtol=None, atol=0.0, raise_ex
         if g is None:
             continue
         _V.array(x, f"inputs[{k!r}]")
+        _V.writeable(x, f"inputs[{k!r}]", " (gradcheck perturbs it in place, then restores it)")
         g = _np.asarray(g)
         if g.shape != x.shape:
             raise ValueError(f"analytic_grads[{k!r}] has shape {g.shape}; input {k!r} has {x.shape}")

@@ -420,6 +420,35 @@ def test_a_bad_fastbp_dnnl_is_named_by_bf16_info_the_api_and_the_cli(monkeypatch
     assert "--precision bf16" in err and _bf16.ENV_VAR in err
 
 
+def test_bf16_info_checks_the_library_defines_the_gemm(monkeypatch):
+    """Review defect 9: a FASTBP_DNNL library without ``dnnl_gemm_bf16bf16f32`` (any ELF
+    shared library) was reported available.  Now its dynamic symbols are read (nothing
+    is loaded) and ``why`` names the missing routine."""
+    real = fastbp.bf16_info()["library"] if OK else None
+    other = getattr(np, "_core", getattr(np, "core", None))._multiarray_umath.__file__    # an ELF library
+    gemm = "dnnl_gemm_bf16bf16f32"
+    monkeypatch.setattr(_bf16, "cpu_support", lambda flags=None: ("avx512_bf16",))
+    monkeypatch.setattr(_bf16, "_state", {"lib": None, "error": None, "ready": False, "path": None})
+    monkeypatch.setenv(_bf16.ENV_VAR, other)
+    got = fastbp.bf16_info()
+    assert got["available"] is False and got["library"] == other
+    assert gemm in got["why"] and _bf16.ENV_VAR in got["why"] and "precision='bf16'" in got["why"]
+    assert _bf16._state["lib"] is None and _bf16._state["error"] is None      # read, not loaded
+    with pytest.raises(ImportError, match=gemm):
+        fastbp.compile(_mlp((4, 3)), precision="bf16")
+    assert fastbp.compile(_mlp((4, 3)), precision="auto").precision == "full"
+    # the symbol table reader: defined, imported (undefined) and absent symbols, a text file
+    assert _bf16._elf_defines(other, "PyInit__multiarray_umath")
+    assert not _bf16._elf_defines(other, gemm) and not _bf16._elf_defines(other, "PyInit__multiarray")
+    assert not _bf16._elf_defines(other, "malloc")          # imported from libc, not defined
+    assert not _bf16._elf_defines(__file__, gemm)
+    if real is not None:        # the real library, named by the variable: available
+        assert _bf16._elf_defines(real, gemm)
+        monkeypatch.setattr(_bf16, "_state", {"lib": None, "error": None, "ready": False, "path": None})
+        monkeypatch.setenv(_bf16.ENV_VAR, real)
+        assert fastbp.bf16_info() == {"cpu": ["avx512_bf16"], "library": real, "available": True, "why": ""}
+
+
 @pytest.mark.extras
 @bf16_only
 def test_a_data_parallel_step_takes_precision():

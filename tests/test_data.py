@@ -254,3 +254,39 @@ def test_read_features_matches_columns_by_name_or_count(tmp_path):
     np.testing.assert_array_equal(ds.X[:, 0], [1, 4])
     with pytest.raises(DataError, match=r"5 columns, the model expects 3 features"):
         data.read_features(write(tmp_path, "w.csv", "1,2,3,4,5\n"), 3)
+
+
+# ------------------------------------------------------------------ review defects 5 and 6
+def test_a_single_npy_array_named_npz_is_a_one_line_data_error(tmp_path, capsys):
+    """np.load returns the array, which the reader used as an archive: a bare TypeError
+    ("does not support the context manager protocol"), printed as such by the CLI."""
+    p = tmp_path / "d.npz"
+    with open(p, "wb") as f:
+        np.save(f, np.zeros((4, 2)))
+    for read in (data.load_file, lambda q: data.read_features(q, 2)):
+        with pytest.raises(DataError, match=r"not an \.npz archive \(a single \.npy array\?\)"):
+            read(p)
+    from fastbp import cli
+    capsys.readouterr()
+    assert cli.main(["train", "--quiet", "--data", str(p)]) != 0
+    err = capsys.readouterr().err
+    assert "not an .npz archive (a single .npy array?)" in err and len(err.strip().splitlines()) == 1
+    assert "context manager" not in err and "Traceback" not in err
+
+
+def test_integer_labels_beyond_2_53_stay_distinct_classes(tmp_path):
+    """They were parsed as float64: 9007199254740993 and 9007199254740992 became one class."""
+    p = write(tmp_path, "big.csv", "x1,x2,label\n1,2,9007199254740993\n3,4,9007199254740992\n5,6,1\n"
+                                   "7,8,-9223372036854775808\n")
+    X, y, classes = data.load_file(p)
+    assert classes.dtype == np.int64
+    assert classes.tolist() == [-2**63, 1, 2**53, 2**53 + 1] and y.tolist() == [3, 2, 1, 0]
+    y, classes = data.encode_labels(np.array(["+7", "-0", "0", "007", "7"]))       # integers as written
+    assert classes.dtype == np.int64 and classes.tolist() == [0, 7] and y.tolist() == [1, 0, 0, 1, 1]
+    y, classes = data.encode_labels(np.array(["1", "1.0", "2"]))                    # a float among them: as before
+    assert classes.tolist() == [1, 2] and y.tolist() == [0, 0, 1]
+    _, classes = data.encode_labels(np.array(["100000000000000000000", "3"]))      # beyond int64, exact in float64
+    assert classes.dtype == np.float64 and classes.tolist() == [3.0, 1e20]
+    with pytest.raises(DataError, match=r"f.csv: class label 100000000000000000001 on line 2 .*beyond int64"):
+        data.encode_labels(np.array(["100000000000000000000", "100000000000000000001"]), "f.csv",
+                           lines=np.array([1, 2]))

@@ -277,3 +277,45 @@ def test_example_two_layer_net(rng, act):
     _, dW1, db1 = ops.linear_backward(X, W1, h, dh, act, need_dx=False)
     assert gradcheck(f, {"W1": W1, "b1": b1, "W2": W2, "b2": b2},
                      {"W1": dW1, "b1": db1, "W2": dW2, "b2": db2})
+
+
+# ------------------------------------------------------- argument checks (review defects 7, 8)
+@pytest.mark.parametrize("name", ["rtol", "atol"])
+@pytest.mark.parametrize("value,exc,words", [
+    ("1e-3", TypeError, "must be a real number"),
+    (True, TypeError, "must be a real number"),
+    (-1.0, ValueError, "must be >= 0"),
+    (float("nan"), ValueError, "must be finite"),
+    (float("inf"), ValueError, "must be finite"),
+])
+def test_gradcheck_checks_its_tolerances(name, value, exc, words):
+    """Strings used to fail on a comparison without naming the argument; a negative or NaN
+    tolerance was taken (and failed every check), an infinite one passed any gradient."""
+    x = np.array([1.0, 2.0])
+    with pytest.raises(exc, match=f"gradcheck: {name} {words}"):
+        gradcheck(lambda x: float(np.sum(x ** 2)), {"x": x}, {"x": 2 * x}, **{name: value})
+    ok = {name: 0.0 if name == "atol" else 1e-6}
+    assert gradcheck(lambda x: float(np.sum(x ** 2)), {"x": x}, {"x": 2 * x}, **ok)
+    assert gradcheck(lambda x: float(np.sum(x ** 2)), {"x": x}, {"x": 2 * x}, rtol=None, atol=None)
+
+
+def test_gradcheck_names_a_read_only_input_without_mentioning_out():
+    x = np.array([1.0, 2.0])
+    x.flags.writeable = False
+    with pytest.raises(ValueError, match=r"inputs\['x'\] is read-only") as e:
+        gradcheck(lambda x: float(np.sum(x ** 2)), {"x": x}, {"x": 2 * x})
+    assert "out=" not in str(e.value)
+    with pytest.raises(ValueError, match="x is read-only") as e:
+        numerical_gradient(np.sum, x)
+    assert "out=" not in str(e.value)
+
+
+def test_a_step_whose_difference_overflows_is_an_error_naming_eps():
+    """eps=1e308: x + eps and x - eps are finite, their difference is not (the quotient was 0)."""
+    x = np.array([0.5, -1.0])
+    with pytest.raises(ValueError, match=r"eps=1e\+308 overflows at x\[0\]"):
+        numerical_gradient(lambda v: float(np.sum(v)), x, eps=1e308)
+    assert x.tolist() == [0.5, -1.0]
+    with pytest.raises(ValueError, match="eps=1e\\+308 overflows"):
+        gradcheck(lambda x: float(np.sum(x)), {"x": x}, {"x": np.ones(2)}, eps=1e308)
+    np.testing.assert_allclose(numerical_gradient(lambda v: float(np.sum(v)), x, eps=1e300), [1.0, 1.0])
