@@ -77,8 +77,12 @@ def _drop_stale_cache():
         return
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.environ.get("NUMBA_CACHE_DIR")
-    dirs = ([os.path.join(here, "__pycache__"), os.path.join(here, "kernels", "__pycache__"),
-             os.path.join(here, "kernels", "cuda", "__pycache__")] if not root else [root])
+    # the cache of every folder with stamped sources (the package's first): the registry's
+    # element bodies are compiled and cached too, and numba keys an entry by signature and
+    # bytecode, not by flags (a body once compiled with fast-math was loaded by a later
+    # kernel compiled without it, when the registry's cache outlived a stamp change)
+    folders = sorted({os.path.dirname(p) for p in _stamped_files()} - {here})
+    dirs = ([os.path.join(d, "__pycache__") for d in [here] + folders] if not root else [root])
     stamp = _source_stamp()
     stamp_file = os.path.join(dirs[0], "fastbp-numba-cache.stamp")
     try:

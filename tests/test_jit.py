@@ -250,3 +250,29 @@ def test_chosen_kernels_share_one_dispatch_rule(monkeypatch):
     assert gates._gate_fwd.__doc__.startswith("``out = A (gate) B``")
     with pytest.raises(NotImplementedError):
         _jit.ChosenKernel("bare").serial(1)
+
+
+def test_a_stamp_change_drops_the_cache_of_every_stamped_folder(tmp_path, monkeypatch):
+    """The registry's element bodies are compiled and cached too: a stamp change drops their
+    cache files with the package's and the kernels' (the registry's once outlived a change,
+    and a body compiled with fast-math was loaded by a kernel compiled without it)."""
+    if not _jit._CACHE:
+        pytest.skip("FASTBP_NO_CACHE")
+    pkg = tmp_path / "fastbp"
+    files = []
+    for sub in ("", "kernels", "kernels/cuda", "registry"):
+        (pkg / sub / "__pycache__").mkdir(parents=True, exist_ok=True)
+        src = pkg / sub / "mod.py"
+        src.write_text(f"# {sub}\n")
+        files.append(str(src))
+        for ext in ("nbi", "nbc"):
+            (pkg / sub / "__pycache__" / f"mod.f-1.py311.{ext}").write_bytes(b"stale")
+    (pkg / "__pycache__" / "mod.cpython-311.pyc").write_bytes(b"kept")
+    (pkg / "__pycache__" / "fastbp-numba-cache.stamp").write_text("an older stamp")
+    monkeypatch.setattr(_jit, "__file__", str(pkg / "_jit.py"))
+    monkeypatch.setattr(_jit, "_stamped_files", lambda: files)
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    _jit._drop_stale_cache()
+    assert not list(pkg.rglob("*.nbi")) and not list(pkg.rglob("*.nbc"))
+    assert (pkg / "__pycache__" / "mod.cpython-311.pyc").read_bytes() == b"kept"
+    assert (pkg / "__pycache__" / "fastbp-numba-cache.stamp").read_text() == _jit._source_stamp()
