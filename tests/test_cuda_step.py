@@ -604,6 +604,7 @@ def test_gpu_step_is_a_step_base_without_a_cpu_template():
         fastbp.cuda_step.CudaTrainStep.from_cpu(gpu)
 
 
+@pytest.mark.thorough       # needs the bf16 extra: CI's last stage has it (its default stage would skip)
 @requires_cuda
 def test_gpu_step_from_a_bf16_cpu_step_takes_its_weights_and_optimizer_state():
     """Defect: ``from_cpu`` of a ``precision="bf16"`` step failed ("incompatible shape"): its
