@@ -217,33 +217,13 @@ class DistributedStep(DataParallelFit):
         return getattr(self.step, name)
 
     def __setattr__(self, name, value):
-        # a setting of the wrapped step (clip_grad_norm, schedule, epochs_done ...) is set on it:
-        # kept here, it would be read back but never used by the step
+        # a setting of the wrapped step (lr, clip_grad_norm, epochs_done ...) is set on it, as
+        # reads come from it (__getattr__): kept here, it would be read back but never used
         if (name.startswith("_") or name in self._OWN or hasattr(type(self), name)
                 or "step" not in vars(self) or not hasattr(self.step, name)):
             object.__setattr__(self, name, value)
         else:
             setattr(self.step, name, value)
-
-    @property
-    def lr(self):
-        """The learning rate of the next update (settable; set it on every rank)."""
-        return self.step.lr
-
-    @lr.setter
-    def lr(self, value):
-        self.step.lr = value
-
-    @property
-    def clip_grad_norm(self):
-        """``max_norm`` of the gradient clipping before each update, or None (settable, as
-        :attr:`fastbp.TrainStep.clip_grad_norm`: a positive finite number or None; set it on
-        every rank)."""
-        return self.step.clip_grad_norm
-
-    @clip_grad_norm.setter
-    def clip_grad_norm(self, value):
-        self.step.clip_grad_norm = value
 
     @property
     def schedule(self):
