@@ -25,7 +25,6 @@ this module imports neither the CPU executor nor numba-cuda.
 from __future__ import annotations
 
 import threading
-import weakref
 
 import numpy as np
 
@@ -41,7 +40,7 @@ from .kernels.codes import CLASSIFICATION_LOSSES, LOSSES
 from .layers import Sequential
 from ._scalars import real as _real
 from .optimizers import clip_grad_norm_arg, hyper_from, resolve_optimizer
-from .schedules import ReduceLROnPlateau, schedule_arg
+from .schedules import ReduceLROnPlateau, _claim_plateau, schedule_arg
 from . import training as _training
 from ._norm_step import NormState
 from ._init_weights import LazyInit, step_bytes
@@ -81,22 +80,6 @@ def gather_rows(rows, X, yi, yf, x_out, yi_out, yf_out, classification):
 
 #: the hyper-parameter slots that are a step's training state (copied between steps)
 STATE_SLOTS = tuple(i for i in range(ex.HYPER_SIZE) if i not in ex.RUNTIME_SLOTS)
-
-
-#: the step each ReduceLROnPlateau belongs to: id(schedule) -> (weakref to it, weakref to the step)
-_PLATEAU_OWNERS = {}
-
-
-def _claim_plateau(schedule, step):
-    """Record ``step`` as ``schedule``'s step; ValueError if another live step has it."""
-    for k, (s_ref, o_ref) in list(_PLATEAU_OWNERS.items()):
-        if s_ref() is None or o_ref() is None:
-            del _PLATEAU_OWNERS[k]          # a schedule or a step gone: its id may be reused
-    held = _PLATEAU_OWNERS.get(id(schedule))
-    if held is not None and held[0]() is schedule and held[1]() is not step:
-        raise ValueError("schedule: this ReduceLROnPlateau is already another step's schedule (it holds that "
-                         "step's rate, best metric and counters); give each step its own ReduceLROnPlateau")
-    _PLATEAU_OWNERS[id(schedule)] = (weakref.ref(schedule), weakref.ref(step))
 
 
 class StepBase(NormState):
@@ -185,7 +168,7 @@ class StepBase(NormState):
         self._lock = threading.Lock()       # one call at a time on this step's buffers
         #: epochs completed by fit (what an epoch-interval schedule counts, from where it was attached)
         self.epochs_done = 0
-        self.schedule = None
+        self._schedule = None
         self._sched_origin = (0, 0)         # (epochs_done, n_steps) when the schedule was attached
         if schedule is not None:
             self._attach_schedule(schedule)
@@ -235,6 +218,26 @@ class StepBase(NormState):
         """Called after a setting in ``hyper`` changed (clipping; a checkpoint's
         values): a step whose code is loaded per setting loads what it now needs."""
 
+    @property
+    def schedule(self):
+        """The learning-rate schedule :meth:`fit` follows, or None (settable).
+
+        Setting a :mod:`fastbp.schedules` schedule attaches it as ``schedule=``
+        does: its count starts at the next update (the step's own schedule set
+        again continues); None detaches it and keeps the current rate.  Anything
+        else is a TypeError; a ReduceLROnPlateau another live step holds, a
+        ValueError.
+        """
+        return self._schedule
+
+    @schedule.setter
+    def schedule(self, value):
+        value = schedule_arg(value)
+        if value is None:
+            self._schedule = None
+        elif value is not self._schedule:
+            self._attach_schedule(value)
+
     def _set_scheduled_lr(self, value):
         """The rate of the next update, from the schedule (the base rate is kept)."""
         self.hyper[ex.H_LR] = float(value)
@@ -248,7 +251,7 @@ class StepBase(NormState):
             _claim_plateau(schedule, self)
         if isinstance(schedule, ReduceLROnPlateau) and schedule.lr is None:
             schedule.lr = float(self.optimizer.lr)
-        self.schedule = schedule
+        self._schedule = schedule
         self._sched_origin = (self.epochs_done, self.n_steps)
         if not isinstance(schedule, ReduceLROnPlateau):
             self.hyper[ex.H_LR] = schedule.lr_at(0, float(self.optimizer.lr))
@@ -272,7 +275,7 @@ class StepBase(NormState):
         origin = (V.seed(origin[0], "origin[0]"), V.seed(origin[1], "origin[1]"))
         spec = state.get("schedule")
         sched = None if spec is None else schedule_from_spec(spec)
-        self.epochs_done, self.schedule, self._sched_origin = epochs, sched, origin
+        self.epochs_done, self._schedule, self._sched_origin = epochs, sched, origin
 
     def _take_state_of(self, other):
         """Take the learning rate, step counters and generator state of ``other`` (a step of

@@ -243,7 +243,9 @@ def read_dataset(path, label_column=None, delimiter=None, header=None):
     path : str or os.PathLike
         ``.csv`` (``.tsv``: tab-delimited) or ``.npz`` with arrays ``X``
         ``(n_samples, n_features)`` and ``y`` ``(n_samples,)`` (and optionally
-        ``feature_names``, strings).
+        ``feature_names``, strings).  An ``.npz``'s 1-D ``X`` is one feature;
+        one of more dimensions, ``(n_samples, ...)`` (images), is flattened per
+        sample in C order.
     label_column : str or int, optional
         CSV only: the label column, by header name or 0-based index
         (negative counts from the end); default the last column.

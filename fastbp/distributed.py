@@ -47,7 +47,6 @@ import numpy as np
 from . import _validate as V
 from ._dist_fit import DataParallelFit
 from ._isa import C_OP, H_ROW0, OP_DROPOUT, RUNTIME_SLOTS, STATUS_OK
-from .schedules import schedule_arg
 from ._mpi import (  # noqa: F401 - re-exported: the public names of data-parallel training
     _N_SLOTS, MPI_MISSING, RankError, _epoch_shard, _mpi, _note, _on_all_ranks, _pack, _reraise,
     abort_unless_agreed, agree, launched_comm, limit_threads, mpi_world_rank, mpi_world_size, thread_share)
@@ -155,17 +154,17 @@ class DistributedStep(DataParallelFit):
         # and the schedule too, which would otherwise make the ranks' updates differ
         sched = None if step.schedule is None else step.schedule.spec()
         sig = (step.model.spec(), step.loss, step.optimizer.spec(), step.batch_size, step.dtype.str,
-               step.clip_grad_norm, sched, int(step.param_vector.size), int(self._gn))
+               step.precision, step.clip_grad_norm, sched, int(step.param_vector.size), int(self._gn))
         sigs = comm.allgather(sig)
         for r, s in enumerate(sigs):
             if s != sigs[0]:
-                names = ("model", "loss", "optimizer", "batch_size", "dtype", "clip_grad_norm", "schedule",
-                         "parameters", "gradients")
+                names = ("model", "loss", "optimizer", "batch_size", "dtype", "precision", "clip_grad_norm",
+                         "schedule", "parameters", "gradients")
                 diff = [nm for nm, a, b in zip(names, sigs[0], s) if a != b]
                 raise _on_all_ranks(ValueError(
                     f"rank {r} compiled a different step than rank 0 (different {', '.join(diff)}): "
                     f"every rank must compile the same model, loss, optimizer, batch_size, dtype, "
-                    f"clip_grad_norm and schedule"), self.size)
+                    f"precision (as resolved), clip_grad_norm and schedule"), self.size)
 
         # rank 0's weights, optimizer state and counters everywhere (the epoch count and where
         # the schedule started counting too: they go with the step counter in hyper)
@@ -233,7 +232,7 @@ class DistributedStep(DataParallelFit):
 
     @schedule.setter
     def schedule(self, value):
-        self.step.schedule = schedule_arg(value)
+        self.step.schedule = value
 
     @property
     def global_batch_size(self):

@@ -76,16 +76,12 @@ def _scalar(v):
     return float(a.reshape(()))
 
 
-def _step(eps, dtype):
-    """The finite-difference step: a finite real number > 0 (TypeError / ValueError naming ``eps``)."""
+def _step(eps, dtype, owner="numerical_gradient"):
+    """The finite-difference step: ``dtype``'s default, or a finite real number > 0
+    (TypeError / ValueError naming ``eps``, as every real-valued argument of the package)."""
     if eps is None:
         return default_eps(dtype)
-    if isinstance(eps, (bool, _np.bool_)) or not isinstance(eps, (int, float, _np.integer, _np.floating)):
-        raise TypeError(f"eps must be a positive real number, got {type(eps).__name__}")
-    h = float(eps)
-    if not (_np.isfinite(h) and h > 0):
-        raise ValueError(f"eps must be positive and finite, got {eps!r}")
-    return h
+    return _real("eps", eps, owner, low=0.0, low_open=True)
 
 
 def numerical_gradient(f, x, eps=None):
@@ -266,6 +262,7 @@ def gradcheck(f, inputs, analytic_grads, eps=None, rtol=None, atol=0.0, raise_ex
     raise_exception = _V.boolean("raise_exception", raise_exception)
     rtol = _real("rtol", rtol, "gradcheck", low=0.0, or_none=True)
     atol = _real("atol", 0.0 if atol is None else atol, "gradcheck", low=0.0)
+    eps = None if eps is None else _step(eps, None, "gradcheck")     # before f is called
     items = _items(inputs, "inputs")
     is_dict = isinstance(inputs, dict)
 

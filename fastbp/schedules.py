@@ -30,6 +30,7 @@ schedule=...)``::
 from __future__ import annotations
 
 import math as _math
+import weakref as _weakref
 import numbers as _numbers
 from bisect import bisect_right as _bisect_right
 
@@ -454,3 +455,19 @@ def schedule_arg(schedule, name="schedule"):
         return schedule
     raise TypeError(f"{name} must be a fastbp.schedules schedule (StepLR, MultiStepLR, ExponentialLR, "
                     f"CosineAnnealingLR, OneCycleLR, ReduceLROnPlateau) or None, got {type(schedule).__name__}")
+
+
+#: the step each ReduceLROnPlateau belongs to: id(schedule) -> (weakref to it, weakref to the step)
+_PLATEAU_OWNERS = {}
+
+
+def _claim_plateau(schedule, step):
+    """Record ``step`` as ``schedule``'s step; ValueError if another live step has it."""
+    for k, (s_ref, o_ref) in list(_PLATEAU_OWNERS.items()):
+        if s_ref() is None or o_ref() is None:
+            del _PLATEAU_OWNERS[k]          # a schedule or a step gone: its id may be reused
+    held = _PLATEAU_OWNERS.get(id(schedule))
+    if held is not None and held[0]() is schedule and held[1]() is not step:
+        raise ValueError("schedule: this ReduceLROnPlateau is already another step's schedule (it holds that "
+                         "step's rate, best metric and counters); give each step its own ReduceLROnPlateau")
+    _PLATEAU_OWNERS[id(schedule)] = (_weakref.ref(schedule), _weakref.ref(step))

@@ -101,8 +101,10 @@ def test_numerical_gradient_bad_arguments():
         numerical_gradient(np.sum, ro)
     with pytest.raises(TypeError, match="f must return a scalar"):
         numerical_gradient(lambda v: v * 2, np.ones(3))
-    with pytest.raises(ValueError, match="eps must be positive"):
+    with pytest.raises(ValueError, match=r"numerical_gradient: eps must be > 0.0, got 0.0"):
         numerical_gradient(np.sum, np.ones(3), eps=0.0)
+    with pytest.raises(ValueError, match="numerical_gradient: eps must be finite, got an integer of 401 digits"):
+        numerical_gradient(np.sum, np.ones(3), eps=10**400)
 
 
 def test_default_steps_and_tolerances():
@@ -319,3 +321,19 @@ def test_a_step_whose_difference_overflows_is_an_error_naming_eps():
     with pytest.raises(ValueError, match="eps=1e\\+308 overflows"):
         gradcheck(lambda x: float(np.sum(x)), {"x": x}, {"x": np.ones(2)}, eps=1e308)
     np.testing.assert_allclose(numerical_gradient(lambda v: float(np.sum(v)), x, eps=1e300), [1.0, 1.0])
+
+
+@pytest.mark.parametrize("eps, exc, msg", [("1e-3", TypeError, "gradcheck: eps must be a real number, got str"),
+                                           (-1e-3, ValueError, r"gradcheck: eps must be > 0.0"),
+                                           (10**400, ValueError, "gradcheck: eps must be finite, got an integer")],
+                         ids=["str", "negative", "int-beyond-float"])
+def test_gradcheck_checks_eps_before_calling_f(eps, exc, msg):
+    calls = []
+
+    def f(x):
+        calls.append(1)
+        return float(np.sum(x))
+
+    with pytest.raises(exc, match=msg):
+        gradcheck(f, {"x": np.ones(2)}, {"x": np.ones(2)}, eps=eps)
+    assert calls == []

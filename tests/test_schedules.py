@@ -189,3 +189,42 @@ def test_a_reduce_lr_on_plateau_belongs_to_one_step_at_a_time():
     del a
     gc.collect()
     assert fastbp.compile(m, schedule=s, batch_size=4).schedule is s
+
+
+def test_setting_a_steps_schedule_attaches_it_as_the_argument_does():
+    """``step.schedule = s`` was a plain attribute: anything was taken (a string failed
+    later, in fit), the count did not restart, and a ReduceLROnPlateau of another step
+    was shared.  It now attaches as ``fit(schedule=s)`` does."""
+    import numpy as np
+    import fastbp
+
+    def model():
+        return fastbp.Sequential(fastbp.Linear(4, 3))
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((16, 4)).astype(np.float32), rng.integers(0, 3, 16)
+    a = fastbp.compile(model(), optimizer=fastbp.SGD(lr=0.1), batch_size=8, seed=3)
+    b = fastbp.compile(model(), optimizer=fastbp.SGD(lr=0.1), batch_size=8, seed=3)
+    for st in (a, b):
+        st.fit(X, y, epochs=2)
+    a.schedule = S.StepLR(step_size=1, gamma=0.5)
+    assert isinstance(a.schedule, S.StepLR) and a.lr == pytest.approx(0.1)
+    a.fit(X, y, epochs=2)
+    b.fit(X, y, epochs=2, schedule=S.StepLR(step_size=1, gamma=0.5))
+    np.testing.assert_array_equal(a.param_vector, b.param_vector)
+    assert a.lr == b.lr == pytest.approx(0.025)        # the rate of the next update (t = 2)
+    sched = a.schedule
+    a.schedule = sched                     # its own schedule again: it continues
+    a.fit(X, y, epochs=1)
+    b.fit(X, y, epochs=1)
+    np.testing.assert_array_equal(a.param_vector, b.param_vector)
+    assert a.lr == pytest.approx(0.0125)
+    with pytest.raises(TypeError, match="schedule must be"):
+        a.schedule = "cosine"
+    assert a.schedule is sched
+    a.schedule = None                      # detached: the rate stays where it is
+    assert a.schedule is None and a.lr == pytest.approx(0.0125)
+    p = S.ReduceLROnPlateau(patience=0)
+    b.schedule = p
+    with pytest.raises(ValueError, match="already another step's schedule"):
+        a.schedule = p
+    assert a.schedule is None

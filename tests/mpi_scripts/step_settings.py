@@ -5,8 +5,9 @@ The settings of a data-parallel step and its global gradients:
 * ``clip_grad_norm`` set on the DistributedStep reaches the wrapped step and
   clips (the weights after a step are recorded for the test to compare with
   one process);
-* ranks compiling with a different ``clip_grad_norm`` or ``schedule`` are
-  refused on every rank, as a different model is;
+* ranks compiling with a different ``clip_grad_norm``, ``schedule`` or
+  ``precision`` (where bf16 is available) are refused on every rank, as a
+  different model is;
 * a setting changed on one rank only is refused by ``fit`` on every rank
   before any step;
 * ``loss_and_grads`` returns the global loss and leaves the global mean
@@ -73,6 +74,9 @@ def main(out):
     res["compile_schedule"] = outcome(lambda: dist.compile(
         model(), optimizer="sgd", batch_size=4, comm=comm,
         schedule=S.StepLR(step_size=1, gamma=0.1) if rank == 1 else None))
+    if fastbp._bf16.available()[0]:     # the bf16 extra on a CPU with bf16 products
+        res["compile_precision"] = outcome(lambda: fastbp.compile(model(), optimizer="sgd", batch_size=4, comm=comm,
+                                                                  precision="bf16" if rank == 1 else "full"))
     res["compile_same"] = outcome(lambda: fastbp.compile(model(), optimizer="sgd", batch_size=4, comm=comm,
                                                          clip_grad_norm=0.5, schedule=S.StepLR(1, 0.5)))
 
