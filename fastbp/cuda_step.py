@@ -46,9 +46,11 @@ from . import _isa as ex
 from . import _validate as V
 from ._cuda_device import (device_array, device_features, device_targets, kind_error, require_cuda,
                            stage_params)
+from ._loss_targets import float_targets
 from ._step_base import StepBase
 from .cuda_gradfn import CudaGradFunction
 from .optimizers import optimizer_from_spec
+from .registry import losses as _loss_registry
 
 try:  # numba-cuda is optional: without it only require_cuda() is usable
     from numba import cuda
@@ -195,6 +197,12 @@ class CudaTrainStep(StepBase):
         self._dirty = True
         self._raise_status(status, info, y, where)
 
+    def _check_device_domain(self, yd, n, name):
+        """ValueError naming a device target outside the loss's domain (``poisson``: negative or
+        not finite), from one copy to the host; nothing for other losses."""
+        if _loss_registry.get(self.loss).nonnegative_targets:
+            float_targets(yd.copy_to_host(), name, n, self.n_out, self.dtype, self.loss)
+
     def _run_one(self, x, y, mode):
         n, xd, xh = self._input_x(x, "x", self.batch_size)
         yd, yh = self._input_y(y, n, "y", check_range=False)
@@ -208,6 +216,9 @@ class CudaTrainStep(StepBase):
             ctx.t = self.hyper[ex.H_T] + 1.0
             self._tape.run(ctx, 1, int(hi), n)
             status, info, _, loss = self._tape.read_status(ctx.stream)
+            if status == ex.STATUS_LOSS_NONFINITE and yd is not None:
+                self._dirty = True
+                self._check_device_domain(yd, n, "y")    # (the update was skipped)
             if status:
                 self._raise(status, info, yh if yh is not None else yd)
             if mode == ex.MODE_TRAIN and p.sec[ex.S_END] > p.sec[ex.S_BWD]:
@@ -261,10 +272,13 @@ class CudaTrainStep(StepBase):
         draws), so a CPU and a GPU step with the same weights see the same
         minibatches.  A host label out of range is a ValueError up front; a
         device label out of range stops the fit at its step (the steps
-        before it were applied).
+        before it were applied).  Device targets of a loss with a domain
+        (``poisson``) are copied to the host once and checked up front.
         """
         n, xd, xh = self._input_x(X, "X")
         yd, yh = self._input_y(Y, n, "Y", check_range=True)
+        if yd is not None:
+            self._check_device_domain(yd, n, "Y")
         return (xd, xh, yd, yh), n
 
     def _fit_runner(self, data, n, starts, shuffle, epochs):

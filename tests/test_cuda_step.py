@@ -524,6 +524,33 @@ def test_gpu_fit_failure_keeps_earlier_steps_only():
     assert_same_state(cpu, gpu, grads=False)
 
 
+@requires_cuda
+def test_gpu_poisson_device_targets_outside_the_domain_are_a_value_error():
+    """Device targets of poisson were not checked: a negative count was a FloatingPointError
+    ("the loss is not finite"), where host targets (and the CPU step) give a ValueError
+    naming the target; a fit stopped at the failing step after applying the earlier ones."""
+    cpu, gpu = make_pair([L(3, 2)], "poisson", lambda: fastbp.SGD(lr=0.1), np.float32)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    y = rng.poisson(2.0, (4, 2)).astype(np.float32)
+    before = snapshot(gpu)
+    for v, what in ((-1.0, "negative"), (np.nan, "not finite")):
+        bad = y.copy()
+        bad[2, 1] = v
+        for step, yb in ((cpu, bad), (gpu, bad), (gpu, cuda.to_device(bad))):
+            with pytest.raises(ValueError, match=rf"y holds a target that is {what} \(row 2, output 1"):
+                step(x, yb)
+    X = np.concatenate([x, x])
+    Y = np.concatenate([y, y])
+    Y[6, 0] = -2.0
+    with pytest.raises(ValueError, match=r"Y holds a target that is negative \(row 6, output 0"):
+        gpu.fit(X, cuda.to_device(Y), shuffle=False)
+    for a, b in zip(before, snapshot(gpu)):
+        np.testing.assert_array_equal(a, b)
+    assert gpu.n_steps == 0
+    assert gpu(x, cuda.to_device(y)) == pytest.approx(cpu(x, y), rel=1e-5)
+
+
 # =============================================== CPU <-> GPU weights, saving
 @requires_cuda
 @pytest.mark.thorough           # 12-60 s under the simulator: CI's last stage
