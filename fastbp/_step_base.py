@@ -40,7 +40,7 @@ from .kernels.codes import CLASSIFICATION_LOSSES, LOSSES
 from .layers import Sequential
 from ._scalars import real as _real
 from .optimizers import clip_grad_norm_arg, hyper_from, resolve_optimizer
-from .schedules import ReduceLROnPlateau, _claim_plateau, schedule_arg
+from .schedules import ReduceLROnPlateau, _claim_plateau, _release_plateau, schedule_arg
 from . import training as _training
 from ._norm_step import NormState
 from ._init_weights import LazyInit, step_bytes
@@ -234,6 +234,7 @@ class StepBase(NormState):
     def schedule(self, value):
         value = schedule_arg(value)
         if value is None:
+            _release_plateau(self._schedule, self)
             self._schedule = None
         elif value is not self._schedule:
             self._attach_schedule(value)
@@ -249,6 +250,8 @@ class StepBase(NormState):
         another live step has."""
         if isinstance(schedule, ReduceLROnPlateau):
             _claim_plateau(schedule, self)
+        if self._schedule is not schedule:
+            _release_plateau(self._schedule, self)
         if isinstance(schedule, ReduceLROnPlateau) and schedule.lr is None:
             schedule.lr = float(self.optimizer.lr)
         self._schedule = schedule
@@ -275,6 +278,7 @@ class StepBase(NormState):
         origin = (V.seed(origin[0], "origin[0]"), V.seed(origin[1], "origin[1]"))
         spec = state.get("schedule")
         sched = None if spec is None else schedule_from_spec(spec)
+        _release_plateau(self._schedule, self)
         self.epochs_done, self._schedule, self._sched_origin = epochs, sched, origin
 
     def _take_state_of(self, other):

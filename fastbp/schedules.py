@@ -471,3 +471,11 @@ def _claim_plateau(schedule, step):
         raise ValueError("schedule: this ReduceLROnPlateau is already another step's schedule (it holds that "
                          "step's rate, best metric and counters); give each step its own ReduceLROnPlateau")
     _PLATEAU_OWNERS[id(schedule)] = (_weakref.ref(schedule), _weakref.ref(step))
+
+
+def _release_plateau(schedule, step):
+    """Undo :func:`_claim_plateau`: ``step`` lets go of ``schedule`` (detached or replaced), which
+    another step may then take; nothing for another schedule or another step's."""
+    held = _PLATEAU_OWNERS.get(id(schedule))
+    if held is not None and held[0]() is schedule and held[1]() is step:
+        del _PLATEAU_OWNERS[id(schedule)]

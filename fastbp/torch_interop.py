@@ -40,14 +40,17 @@ class TorchTrainStep(TrainStep):
     _torch_lr = None
     _torch_params = ()
     _torch_step0 = (0.0, 0)
+    #: the torch optimizer's other hyper-parameters when the step was made (fastbp compiled them in)
+    _torch_hyper = ()
     #: the BatchNorm1d modules whose num_batches_tracked sync_to_torch writes: (prefix, module)
     _torch_counts = ()
 
-    def _follow_torch_lr(self):
+    def _follow_torch_lr(self, check_hyper=True):
         """Take the torch optimizer's current ``param_groups`` learning rate when it changed
         since the step last read it (a ``torch.optim.lr_scheduler`` stepped it, or the user
         set it), as ``opt.step()`` would use it.  ``step.lr = v`` set on the step stays in
-        force until the torch rate changes again."""
+        force until the torch rate changes again.  With ``check_hyper``, a ValueError if
+        another hyper-parameter changed there (the step cannot follow it)."""
         opt = self._torch_opt
         if opt is None:
             return
@@ -56,6 +59,14 @@ class TorchTrainStep(TrainStep):
             raise ValueError(f"optimizer: its parameter groups now have different learning rates "
                              f"{sorted(lrs)}; fastbp trains every parameter with one rate")
         lr = lrs.pop()
+        for g in opt.param_groups if check_hyper else ():
+            for k, v in self._torch_hyper:
+                if _plain(g.get(k)) != v:
+                    raise ValueError(
+                        f"optimizer: its param_groups' {k} is now {g.get(k)!r}, was {v!r} when the step was "
+                        f"made; the step keeps the hyper-parameters it was compiled with and follows only the "
+                        f"learning rate (a torch scheduler that cycles momentum or betas, such as OneCycleLR "
+                        f"or CyclicLR, needs cycle_momentum=False); nothing was changed")
         if lr != self._torch_lr:
             self.lr = lr                 # validates (> 0, finite)
             self._torch_lr = lr
@@ -87,7 +98,7 @@ class TorchTrainStep(TrainStep):
         opt = self._torch_opt
         if opt is None:
             return self
-        self._follow_torch_lr()          # a scheduler's rate set after the last step wins
+        self._follow_torch_lr(check_hyper=False)    # a scheduler's rate set after the last step wins
         with self._lock:
             name = self.optimizer.name
             if name == "sgd":
@@ -110,7 +121,7 @@ class TorchTrainStep(TrainStep):
                 st = opt.state[p]
                 for k, vec in zip(keys, self.state_vectors):
                     st[k] = torch.from_numpy(vec[off:off + n].reshape(live.shape).copy())
-                if name != "sgd" and t > 0:
+                if name != "sgd":       # (0 before any update: torch's own first state)
                     st["step"] = torch.tensor(float(t), dtype=_step_dtype(torch))
             lr = float(self.hyper[ex.H_LR])
             for g in opt.param_groups:
@@ -211,6 +222,21 @@ def _loss_name(loss, torch):
     return name
 
 
+#: the torch optimizers' hyper-parameters besides the rate that fastbp reads (and compiles in)
+_HYPER_KEYS = ("momentum", "nesterov", "weight_decay", "dampening", "betas", "eps", "alpha", "centered",
+               "maximize", "amsgrad", "decoupled_weight_decay")
+
+
+def _plain(v):
+    """A hyper-parameter's value to compare: a tuple for a list or tuple (torch's schedulers
+    write ``betas`` back as a tuple), a float for a one-element tensor."""
+    if isinstance(v, (list, tuple)):
+        return tuple(_plain(e) for e in v)
+    if hasattr(v, "numel") and hasattr(v, "item") and v.numel() == 1:
+        return float(v.item())
+    return v
+
+
 def _optimizer(opt, torch):
     """A fastbp optimizer from a torch.optim instance (its hyper-parameters)."""
     if opt is None or isinstance(opt, (SGD, Adam, RMSprop)):
@@ -220,8 +246,7 @@ def _optimizer(opt, torch):
         raise ValueError(f"optimizer: {type(opt).__name__} is not supported; use torch.optim.SGD, Adam, AdamW, "
                          f"RMSprop or a fastbp optimizer")
     groups = opt.param_groups
-    keys = ("lr", "momentum", "nesterov", "weight_decay", "dampening", "betas", "eps", "alpha", "centered",
-            "maximize", "amsgrad", "decoupled_weight_decay")
+    keys = ("lr",) + _HYPER_KEYS
     first = {k: groups[0].get(k) for k in keys}
     for i, g in enumerate(groups[1:], 1):
         diff = [k for k in keys if g.get(k) != first[k]]
@@ -364,6 +389,8 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     if isinstance(optimizer, torch.optim.Optimizer):
         step._torch_opt = optimizer
         step._torch_lr = float(optimizer.param_groups[0]["lr"])
+        g0 = optimizer.param_groups[0]
+        step._torch_hyper = tuple((k, _plain(g0[k])) for k in _HYPER_KEYS if k in g0)
         step._torch_params = [(getattr(m, attr), f"{prefix}.{key}") for prefix, m in names
                               for attr, key in _param_keys(m, torch) if getattr(m, attr) is not None]
     step._torch_counts = [(prefix, m) for prefix, m in names if isinstance(m, torch.nn.BatchNorm1d)

@@ -228,3 +228,12 @@ def test_setting_a_steps_schedule_attaches_it_as_the_argument_does():
     with pytest.raises(ValueError, match="already another step's schedule"):
         a.schedule = p
     assert a.schedule is None
+    b.schedule = None                      # b lets go of it: a may take it
+    a.schedule = p
+    assert a.schedule is p
+    a.schedule = S.StepLR(step_size=1)     # replaced: free again
+    b.schedule = p
+    assert b.schedule is p
+    b.fit(X, y, epochs=1, schedule=S.ExponentialLR(0.9))     # replaced by fit's schedule=
+    a.fit(X, y, epochs=1, schedule=p)
+    assert a.schedule is p

@@ -315,3 +315,54 @@ def test_schedulers_that_reach_a_zero_rate_are_followed(name, sched):
         s.step()
     _assert_same(ref, mine)
     assert step.lr == opt.param_groups[0]["lr"]
+
+
+@pytest.mark.parametrize("name", ["sgd_momentum_wd", "adamw", "rmsprop_centered_momentum"])
+def test_sync_to_torch_before_any_step_leaves_a_usable_torch_optimizer(name):
+    """Handing back an untrained step wrote the moments without ``step``: the next
+    ``opt.step()`` of Adam, AdamW and RMSprop raised KeyError: 'step'."""
+    ref = _model()
+    mine = copy.deepcopy(ref)
+    ref_opt, opt = OPTS[name](ref.parameters()), OPTS[name](mine.parameters())
+    fastbp.from_torch(mine, optimizer=opt, batch_size=8).close()
+    for x, y in _batches(3):
+        _torch_step(ref, ref_opt, x, y)
+        mine.zero_grad()
+        _torch_step(mine, opt, x, y)
+    _assert_same(ref, mine)
+    _assert_same_state(ref, ref_opt, mine, opt)
+
+
+@pytest.mark.parametrize("make, key", [
+    (lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 0.1, total_steps=20), "momentum"),
+    (lambda o: torch.optim.lr_scheduler.CyclicLR(o, 0.01, 0.1, step_size_up=2, max_momentum=0.95), "momentum")])
+def test_a_torch_scheduler_that_cycles_momentum_is_refused_not_ignored(make, key):
+    """fastbp follows the torch optimizer's rate only: a momentum (or betas) a scheduler
+    changed was ignored, and the training silently differed from PyTorch's."""
+    mine = _model()
+    opt = torch.optim.SGD(mine.parameters(), lr=0.1, momentum=0.9)
+    step = fastbp.from_torch(mine, optimizer=opt, batch_size=8)
+    sched = make(opt)                       # moves momentum at once (to its maximum)
+    x, y = _batches(1)[0]
+    before = step.param_vector.copy()
+    with pytest.raises(ValueError, match=rf"param_groups' {key} is now .* cycle_momentum=False"):
+        step(x, y)
+    np.testing.assert_array_equal(step.param_vector, before)
+    assert step.n_steps == 0
+    step.close()                            # handing back still works
+    # without cycling, the rate is followed and the training is PyTorch's
+    ref = _model()
+    mine = copy.deepcopy(ref)
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=0.1, betas=[0.9, 0.99])
+    opt = torch.optim.Adam(mine.parameters(), lr=0.1, betas=[0.9, 0.99])
+    kw = dict(max_lr=0.1, total_steps=20, cycle_momentum=False)
+    ref_s = torch.optim.lr_scheduler.OneCycleLR(ref_opt, **kw)
+    step = fastbp.from_torch(mine, optimizer=opt, batch_size=8)
+    s = torch.optim.lr_scheduler.OneCycleLR(opt, **kw)
+    for x, y in _batches(4):
+        _torch_step(ref, ref_opt, x, y)
+        step(x, y)
+        ref_s.step()
+        s.step()
+    _assert_same(ref, mine)
+    del sched
