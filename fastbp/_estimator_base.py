@@ -35,7 +35,9 @@ except ImportError:  # pragma: no cover - older scikit-learn
 from .builders import mlp
 from .factories import compile as compile_step, load
 from .optimizers import SGD, Adam
-from ._estimator_fit import fit_lbfgs, fit_weights, validation_stratify, weighted_epoch
+from . import _isa
+from ._estimator_fit import (batch_sizes, check_split_weights, fit_batch_size, fit_lbfgs, fit_weights, validation_stratify,
+                             weighted_epoch)
 from ._estimator_attrs import _LiveList
 from ._estimator_params import check_params, is_int as _is_int, resolve_dtype as _resolve_dtype
 from ._estimator_state import restore, snapshot
@@ -47,14 +49,6 @@ def _validate_data(est, X, y="no_validation", *, reset=True, **kw):
     if _sk_validate_data is not None:
         return _sk_validate_data(est, X, y, reset=reset, **kw)
     return est._validate_data(X, y, reset=reset, **kw)  # pragma: no cover
-
-
-def _batch_sizes(n, bs):
-    full, rem = divmod(n, bs)
-    sizes = np.full(full + (1 if rem else 0), bs, dtype=np.float64)
-    if rem:
-        sizes[-1] = rem
-    return sizes
 
 
 class _BaseMLP(BaseEstimator):
@@ -130,7 +124,7 @@ class _BaseMLP(BaseEstimator):
     def _optimizer(self, batch_size, n_out):
         # alpha * W / batch_size is scikit-learn's L2 gradient; fastbp's
         # weight_decay adds weight_decay * p to the gradient.
-        wd = float(self.alpha) / batch_size
+        wd = self._weight_decay(batch_size, n_out)
         lr = float(self.learning_rate_init)
         eps = float(self.epsilon)
         # scikit-learn's gradient is s times fastbp's (see _loss_scales):
@@ -138,7 +132,6 @@ class _BaseMLP(BaseEstimator):
         # SGD: lr * s * (g + wd / s * p); Adam is invariant to the gradient's
         # scale except for epsilon.
         s = self._loss_scales(n_out)[1]
-        wd /= s
         if self.solver == "sgd":
             lr *= s
             m = float(self.momentum)
@@ -147,8 +140,14 @@ class _BaseMLP(BaseEstimator):
         return Adam(lr=lr, betas=(float(self.beta_1), float(self.beta_2)), eps=eps / s,
                            weight_decay=wd)
 
+    def _weight_decay(self, batch_size, n_out):
+        """The optimizer's ``weight_decay`` of minibatches of ``batch_size`` rows: scikit-learn's
+        L2 gradient ``alpha * W / batch_size`` on the step's scale (see :meth:`_loss_scales`)."""
+        return float(self.alpha) / batch_size / self._loss_scales(n_out)[1]
+
     def _make_step(self, hidden, n_in, n_out, batch_size, seed):
-        """Compile a fresh step; remember how, for pickling."""
+        """Compile a fresh step with a fresh optimizer; remember how, for pickling, and the
+        settings the optimizer follows (:meth:`_opt_settings`)."""
         arch = {
             "hidden": list(hidden), "activation": self.activation, "n_in": int(n_in),
             "n_out": int(n_out), "loss": self._fastbp_loss, "batch_size": int(batch_size),
@@ -157,6 +156,20 @@ class _BaseMLP(BaseEstimator):
         }
         self._step = self._compile(arch)
         self._arch = arch
+        # scikit-learn's _optimizer is made by fit and by the first partial_fit only: later calls
+        # keep it and the settings it was made with (set_params(solver=...) in between is not read)
+        self._optimizer_settings = self._current_opt_settings(self.solver)
+
+    def _current_opt_settings(self, solver):
+        return {"solver": solver, "learning_rate": self.learning_rate,
+                "learning_rate_init": float(self.learning_rate_init), "power_t": float(self.power_t)}
+
+    def _opt_settings(self):
+        """The settings of the step's optimizer (``solver``, and for 'sgd' ``learning_rate``,
+        ``learning_rate_init``, ``power_t``) as they were when it was made (a step pickled by
+        a fastbp that did not record them: its optimizer's type and the parameters)."""
+        return (self.__dict__.get("_optimizer_settings")
+                or self._current_opt_settings(self._arch["optimizer"]["type"]))
 
     def _optimizer_params(self, batch_size, n_out):
         opt = self._optimizer(batch_size, n_out)
@@ -378,11 +391,10 @@ class _BaseMLP(BaseEstimator):
                 self.best_validation_score_ = -np.inf
                 self.__dict__.pop("_best_params", None)
 
-        if self.batch_size != "auto" and self.batch_size > n_samples and not incremental:
-            warnings.warn("Got `batch_size` less than 1 or larger than sample size. "
-                          "It is going to be clipped")
-
         if self.solver == "lbfgs":
+            if self.batch_size != "auto" and self.batch_size > n_samples:
+                warnings.warn("Got `batch_size` less than 1 or larger than sample size. "
+                              "It is going to be clipped")
             self._fit_lbfgs(X, Y, W)
             return self
         W_tr = W_val = None
@@ -395,17 +407,40 @@ class _BaseMLP(BaseEstimator):
                     X, Y, W, random_state=rs, test_size=self.validation_fraction, stratify=stratify)
             X_tr, Y_tr = np.ascontiguousarray(X_tr), np.ascontiguousarray(Y_tr)
             X_val = np.ascontiguousarray(X_val)
+            if W is not None:
+                check_split_weights(W_tr, W_val)
         else:
             X_tr, Y_tr, X_val, Y_val, W_tr = X, Y, None, None, W
 
-        self._run_epochs(X_tr, Y_tr, X_val, Y_val, rs, incremental, W_tr, W_val)
+        # scikit-learn's minibatch size, on every call: min(batch_size, the rows trained on)
+        n_train = X_tr.shape[0]
+        if self.batch_size != "auto" and self.batch_size > n_train:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. "
+                          "It is going to be clipped")
+        bs = min(requested, n_train)
+        fit_batch_size(self, bs, n_train)
+        self._run_epochs(X_tr, Y_tr, X_val, Y_val, rs, incremental, bs, W_tr, W_val)
         return self
 
-    def _run_epochs(self, X, Y, X_val, Y_val, rs, incremental, W=None, W_val=None):
+    def _run_epochs(self, X, Y, X_val, Y_val, rs, incremental, bs, W=None, W_val=None):
+        """The epochs of a stochastic fit (one for ``partial_fit``) in minibatches of ``bs``
+        rows, with the weight decay ``alpha / bs`` of this call's ``alpha`` and ``bs``."""
         step = self._step
+        hyper = step.hyper
+        wd0 = float(hyper[_isa.H_WD])
+        # alpha and batch_size are read on every call, as scikit-learn reads them; the
+        # step's own value (what its checkpoint records) is put back after the call
+        hyper[_isa.H_WD] = self._weight_decay(bs, self._arch["n_out"])
+        try:
+            self._epochs(step, X, Y, X_val, Y_val, rs, incremental, bs, W, W_val)
+        finally:
+            hyper[_isa.H_WD] = wd0
+
+    def _epochs(self, step, X, Y, X_val, Y_val, rs, incremental, bs, W, W_val):
         n = X.shape[0]
-        bs = min(self._arch["batch_size"], n)
-        sizes = _batch_sizes(n, bs)
+        sizes = batch_sizes(n, bs)
+        opt = self._opt_settings()
+        sgd = opt["solver"] == "sgd"
         # the best weights so far: a warm start's previous fit's, as scikit-learn's _best_coefs
         best_params = self.__dict__.get("_best_params") if self.early_stopping else None
         max_iter = 1 if incremental else self.max_iter
@@ -413,9 +448,9 @@ class _BaseMLP(BaseEstimator):
         self.n_iter_ = 0  # epochs of this call, as scikit-learn counts them
         try:
             for _ in range(max_iter):
-                if self.solver == "sgd":
+                if sgd:
                     # scikit-learn's SGD learning rate (learning_rate, power_t), on the step's scale
-                    lr = getattr(self, "_sgd_lr", float(self.learning_rate_init))
+                    lr = getattr(self, "_sgd_lr", opt["learning_rate_init"])
                     step.lr = lr * self._loss_scales(self._arch["n_out"])[1]
                 seed = int(rs.randint(np.iinfo(np.int32).max))
                 try:
@@ -431,8 +466,12 @@ class _BaseMLP(BaseEstimator):
                         f"training diverged at iteration {self.n_iter_ + 1}: {e}. The estimator is "
                         "left as it was before this call. Lower learning_rate_init or scale the input features."
                     ) from None
+                # scikit-learn's epoch loss: each minibatch's loss weighed by its rows; the
+                # minibatches skipped for their zero weights (scikit-learn's would divide by
+                # 0) count for nothing, their rows neither
+                rows = float(sizes.sum()) or 1.0
                 if losses.shape == sizes.shape:
-                    loss = float(losses @ sizes) / n
+                    loss = float(losses @ sizes) / rows
                 else:  # pragma: no cover - defensive: other minibatch schedules
                     loss = float(losses.mean())
                 loss *= self._loss_scales(self._arch["n_out"])[0]
@@ -441,7 +480,7 @@ class _BaseMLP(BaseEstimator):
                     # it by n_b / n: the epoch's term has the factor (minibatches) / n (1 / bs when
                     # bs divides n), here with the epoch's final weights
                     sq = sum(float(np.vdot(w, w)) for w in self.coefs_)
-                    loss += 0.5 * float(self.alpha) * sq * (l2 if W is not None else len(sizes)) / n
+                    loss += 0.5 * float(self.alpha) * sq * (l2 if W is not None else len(sizes)) / rows
                 self.n_iter_ += 1
                 self.t_ += n
                 self.loss_ = loss
@@ -473,24 +512,24 @@ class _BaseMLP(BaseEstimator):
                     if loss < self.best_loss_:
                         self.best_loss_ = loss
 
-                if self.solver == "sgd" and self.learning_rate == "invscaling":
+                if sgd and opt["learning_rate"] == "invscaling":
                     # SGDOptimizer.iteration_ends: eta = eta0 / (t + 1) ** power_t, t = samples seen
-                    self._sgd_lr = float(self.learning_rate_init) / (self.t_ + 1) ** float(self.power_t)
+                    self._sgd_lr = opt["learning_rate_init"] / (self.t_ + 1) ** opt["power_t"]
                 if self._no_improvement_count > self.n_iter_no_change:
                     what = "Validation score" if self.early_stopping else "Training loss"
                     msg = (f"{what} did not improve more than tol={self.tol:f} for "
                            f"{self.n_iter_no_change} consecutive epochs.")
                     # SGDOptimizer.trigger_stopping: 'adaptive' divides the rate by 5 instead of
                     # stopping, until it is 1e-6 or less
-                    if self.solver == "sgd" and self.learning_rate == "adaptive" and self._sgd_lr > 1e-6:
+                    adaptive = sgd and opt["learning_rate"] == "adaptive"
+                    if adaptive and self._sgd_lr > 1e-6:
                         self._sgd_lr /= 5.0
                         self._no_improvement_count = 0
                         if self.verbose:
                             print(f"{msg} Setting learning rate to {self._sgd_lr:f}")
                         continue
                     if self.verbose:
-                        print(msg + (" Learning rate too small. Stopping." if self.solver == "sgd" and
-                                     self.learning_rate == "adaptive" else " Stopping."))
+                        print(msg + (" Learning rate too small. Stopping." if adaptive else " Stopping."))
                     stopped = True
                     break
             if not incremental and not stopped:

@@ -1,5 +1,6 @@
 """Training paths of the estimators beyond one ``step.fit`` per epoch: sample and class
-weights, and ``solver='lbfgs'`` (used by :class:`fastbp._estimator_base._BaseMLP`).
+weights, the minibatch size of each call (:func:`fit_batch_size`), and ``solver='lbfgs'``
+(used by :class:`fastbp._estimator_base._BaseMLP`).
 
 Sample weights follow scikit-learn's MLP (``BaseMultilayerPerceptron._backprop``):
 each minibatch's loss is the weighted mean ``sum_i w_i l_i / sum_i w_i`` and its L2
@@ -14,8 +15,10 @@ import numpy as np
 from sklearn.utils.validation import _check_sample_weight
 
 from . import _isa
+from ._estimator_state import transfer_step_state
 
-__all__ = ["fit_weights", "validation_stratify", "weighted_epoch", "fit_lbfgs"]
+__all__ = ["fit_weights", "check_split_weights", "validation_stratify", "batch_sizes", "fit_batch_size",
+           "weighted_epoch", "fit_lbfgs"]
 
 
 def fit_weights(est, X, Y, sample_weight, incremental):
@@ -51,6 +54,25 @@ def fit_weights(est, X, Y, sample_weight, incremental):
     return w
 
 
+def check_split_weights(W_train, W_val):
+    """Check the weights of the two sides of ``early_stopping=True``'s split, before any
+    training: each needs a positive sum (scikit-learn's message: its training fails on
+    them, its validation score refuses them).
+
+    Raises
+    ------
+    ValueError
+        The training or the validation rows' ``sample_weight`` (times the class weights)
+        are all 0, naming ``sample_weight`` and ``validation_fraction``.
+    """
+    for what, w in (("training", W_train), ("validation", W_val)):
+        if not float(np.sum(w)) > 0:
+            raise ValueError(
+                "Sample weights must contain at least one non-zero number. sample_weight (times the "
+                f"class weights) is 0 on every one of the {w.size} {what} rows of early_stopping=True's "
+                "split; change sample_weight, validation_fraction or random_state")
+
+
 def validation_stratify(est, Y):
     """Check that ``early_stopping=True`` can hold out a validation set; return the labels
     to stratify its split by (``train_test_split``'s ``stratify``), or None.
@@ -80,6 +102,40 @@ def validation_stratify(est, Y):
     counts = counts[counts > 0]
     k = counts.size
     return Y if (counts.min() >= 2 and n_val >= k and n - n_val >= k) else None
+
+
+def batch_sizes(n, bs):
+    """The rows of each minibatch of an epoch of ``n`` rows in minibatches of ``bs`` (float64)."""
+    full, rem = divmod(n, bs)
+    sizes = np.full(full + (1 if rem else 0), bs, dtype=np.float64)
+    if rem:
+        sizes[-1] = rem
+    return sizes
+
+
+def fit_batch_size(est, bs, n):
+    """Make ``est``'s step train an ``n``-row call in minibatches of ``bs`` rows, ``bs <= n``.
+
+    The compiled step trains any minibatch of 1 to its ``batch_size`` rows, and its
+    ``fit`` cuts an epoch into minibatches of ``batch_size`` rows: it serves as it is
+    when that is ``bs``, or when the call is one minibatch (``bs == n``) that fits.
+    Otherwise (a later ``partial_fit`` with more rows or another ``batch_size``, or an
+    ``alpha`` set from or to 0) it is compiled again for ``bs`` and this ``alpha``,
+    keeping the weights, the optimizer and its state, the counters and the generator
+    (:func:`fastbp._estimator_state.transfer_step_state`);
+    the previous step is left as it was (the all-or-nothing guard keeps it).
+    """
+    cap = est._step.batch_size
+    wd = est._weight_decay(bs, est._arch["n_out"])
+    # a step compiled without weight decay has no decay in its update (Adam's kernel is
+    # compiled per mode): an alpha set from or to 0 since needs a new step too
+    same_mode = (wd == 0.0) == (est._arch["optimizer"]["weight_decay"] == 0.0)
+    if same_mode and (cap == bs or (bs == n and n <= cap)):
+        return
+    arch = dict(est._arch, batch_size=int(bs), optimizer=dict(est._arch["optimizer"], weight_decay=wd))
+    step = est._compile(arch)
+    transfer_step_state(est._step, step)
+    est._step, est._arch = step, arch
 
 
 def weighted_epoch(step, X, Y, W, bs, order, alpha, grad_scale):

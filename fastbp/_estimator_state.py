@@ -5,7 +5,9 @@ diverges ...) leaves the estimator exactly as it was before the call: its fitted
 attributes (``classes_``, ``n_features_in_``, the label binarizer, the loss it was fitted
 with, ``loss_curve_`` ...) and its compiled step, whose weights, optimizer state and
 counters a ``partial_fit`` trains in place.  ``fit`` (warm start included) always trains
-a new step, so the previous one only needs to be kept, not copied.
+a new step, and so does a ``partial_fit`` that compiles the step again for another
+minibatch size (:func:`transfer_step_state`): the previous one only needs to be kept,
+not copied.
 
 Imported by :mod:`fastbp._estimator_base` only.
 """
@@ -15,7 +17,7 @@ import numpy as np
 
 from . import _isa
 
-__all__ = ["snapshot", "restore"]
+__all__ = ["snapshot", "restore", "transfer_step_state"]
 
 
 def _step_state(step):
@@ -43,6 +45,13 @@ def _set_step_state(step, saved):
     step._settings_changed()
     step.rng.bit_generator.state = saved["rng"]
     step.epochs_done = saved["epochs_done"]
+
+
+def transfer_step_state(src, dst):
+    """Give ``dst``, a step compiled from ``src``'s architecture and optimizer with another
+    ``batch_size``, everything training has changed in ``src``: weights, optimizer state,
+    counters and generator; ``src`` is left as it is."""
+    _set_step_state(dst, _step_state(src))
 
 
 def snapshot(est, in_place):

@@ -65,6 +65,21 @@ def _jsonable(v):
     return repr(v)
 
 
+def regression_predictions(loss, S):
+    """A regression network's predictions from its outputs ``S``, float64: the outputs
+    themselves, ``exp`` of them (the inverse of the log link) for ``loss='poisson'``.
+
+    The inverse link is applied after the cast to float64, so that a float32 output
+    beyond ``log(float32 max)`` (about 88.7) gives its float64 mean, as scikit-learn's
+    ``MLPRegressor(loss='poisson')`` does, not ``inf``.  The one definition of the
+    link used by :class:`SavedModel` and :class:`fastbp.MLPRegressor`.
+    """
+    Y = _np.array(S, dtype=_np.float64)        # a copy: the caller's outputs are not changed
+    if loss == "poisson":
+        _np.exp(Y, out=Y)
+    return Y
+
+
 def _cpu_step(step):
     from .step import TrainStep
     if hasattr(step, "to_cpu") and not isinstance(step, TrainStep):     # CudaTrainStep
@@ -169,7 +184,9 @@ def save_estimator(est, path):
         raise ValueError(f"this {type(est).__name__} is not fitted yet: call fit before save")
     if hasattr(est, "classes_"):
         task = "multilabel" if getattr(est, "_multilabel", False) else "classification"
-        classes = est.classes_
+        # the label of each output: a multilabel target's columns (its binarizer's classes;
+        # classes_ may hold partial_fit's classes beyond them, as scikit-learn's)
+        classes = est._label_binarizer.classes_ if task == "multilabel" else est.classes_
     else:
         task, classes = "regression", None
     names = getattr(est, "feature_names_in_", None)
@@ -313,9 +330,8 @@ class SavedModel:
             return self.classes_[_np.argmax(S, axis=1)]
         if self.task == "multilabel":
             return (S > 0).astype(_np.int64)
-        Y = S.astype(_np.float64)
-        if self.step.loss == "poisson":     # the network outputs log-means (MLPRegressor(loss='poisson'))
-            Y = _np.exp(Y)
+        # the network outputs log-means for loss='poisson' (MLPRegressor(loss='poisson'))
+        Y = regression_predictions(self.step.loss, S)
         if self.y_mean_ is not None:
             Y = Y * self.y_scale_ + self.y_mean_
         return Y[:, 0] if Y.shape[1] == 1 else Y

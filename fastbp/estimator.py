@@ -33,7 +33,9 @@ Differences from scikit-learn's MLP, all deliberate:
   (two units for a binary problem), a sigmoid output per label for
   multilabel problems.
 * ``alpha`` becomes the optimizer's ``weight_decay = alpha / batch_size``,
-  the same penalty gradient as scikit-learn's ``alpha * W / batch_size``; it
+  the same penalty gradient as scikit-learn's ``alpha * W / batch_size``
+  (both read on every call, ``partial_fit`` included, the batch size being
+  ``min(batch_size, rows trained on)`` as in scikit-learn); it
   is applied to every parameter, biases included (``solver='lbfgs'``: to the
   weights only, as scikit-learn), and to a last, smaller minibatch of an epoch
   too (scikit-learn's is ``alpha / n_b`` there).  The reported loss adds
@@ -63,7 +65,11 @@ activation) from ``random_state``; ``learning_rate`` ('constant',
 'invscaling': ``learning_rate_init / (t_ + 1) ** power_t`` after every epoch,
 ``t_`` the samples seen; 'adaptive': the rate is divided by 5 instead of
 stopping each time ``n_iter_no_change`` epochs fail to improve by ``tol``,
-until it is at most 1e-6) applies to ``solver='sgd'``; ``warm_start=True``
+until it is at most 1e-6) applies to ``solver='sgd'``; the optimizer is made by
+``fit`` and by the first ``partial_fit``, and later ``partial_fit`` calls continue
+it with the ``solver``, ``learning_rate``, ``learning_rate_init`` ... it was
+made with (a ``set_params`` in between changes them for the next ``fit``);
+``warm_start=True``
 with ``early_stopping=True`` continues the validation record (``validation_scores_``
 appended to, ``best_validation_score_`` and its weights kept: a fit that never
 beats the previous best ends with the previous best weights); ``solver='lbfgs'`` runs
@@ -77,6 +83,7 @@ import numpy as np
 
 # first: it raises the ImportError that says how to install scikit-learn
 from ._estimator_base import _BaseMLP, _resolve_dtype, _validate_data
+from .bundle import regression_predictions
 
 from sklearn.base import ClassifierMixin, RegressorMixin  # noqa: E402
 from sklearn.metrics import accuracy_score, r2_score  # noqa: E402
@@ -110,9 +117,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         'lbfgs': scipy's L-BFGS-B on the full-batch loss (``max_iter`` iterations,
         ``max_fun`` loss evaluations, ``tol`` on the projected gradient).
     alpha : float, default 1e-4
-        L2 penalty; becomes ``weight_decay = alpha / batch_size``.
+        L2 penalty; becomes ``weight_decay = alpha / batch_size`` (read on every call).
     batch_size : int or 'auto', default 'auto'
-        Minibatch size; ``'auto'`` is ``min(200, n_samples)``.
+        Minibatch size; ``'auto'`` is ``min(200, n_samples)``; at most the rows
+        trained on in each call (``fit``, ``partial_fit``), as in scikit-learn.
     learning_rate : {'constant', 'invscaling', 'adaptive'}, default 'constant'
         scikit-learn's SGD learning-rate schedule (``solver='sgd'`` only; see
         the module docstring).
@@ -215,15 +223,16 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return (float(n_out), float(n_out)) if self._multilabel else (1.0, 1.0)
 
     def _n_outputs(self):
-        # one unit per class (two for a binary problem, softmax over both)
-        return len(self.classes_)
+        # one unit per class (two for a binary problem, softmax over both), per label of a
+        # multilabel problem (the label binarizer's: classes_ may be partial_fit's classes)
+        return len(self._label_binarizer.classes_)
 
     def _out_activation(self):
         return "logistic" if self._multilabel else "softmax"
 
     def _sklearn_n_outputs(self):
         # scikit-learn: one logistic unit for a binary problem
-        return 1 if (not self._multilabel and len(self.classes_) == 2) else len(self.classes_)
+        return 1 if (not self._multilabel and len(self.classes_) == 2) else self._n_outputs()
 
     def _is_classifier_single_label(self):
         return not self._multilabel
@@ -234,7 +243,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         # checks first, then the new state (a failure after this is undone by _BaseMLP._fit)
-        if (not hasattr(self, "classes_")) or (not self.warm_start and not incremental):
+        new = (not hasattr(self, "classes_")) or (not self.warm_start and not incremental)
+        if new:
             lb = LabelBinarizer().fit(y)
         else:
             lb = self._label_binarizer
@@ -259,7 +269,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             Y = np.ascontiguousarray(lb.transform(y), dtype=dt)
         else:
             Y = np.searchsorted(lb.classes_, y).astype(np.int64)
-        self._label_binarizer, self.classes_, self._multilabel = lb, lb.classes_, multilabel
+        if new:     # otherwise classes_ stays (partial_fit's classes, as scikit-learn's)
+            self.classes_ = lb.classes_
+        self._label_binarizer, self._multilabel = lb, multilabel
         self._fastbp_loss = "bce_with_logits" if multilabel else "softmax_cross_entropy"
         return X, Y
 
@@ -310,7 +322,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             scikit-learn's ``SGDClassifier.partial_fit`` does: it needs all the data).
         classes : array-like of shape (n_classes,), default None
             All classes of all calls; required on the first call (not for
-            multilabel targets), may be omitted later.
+            multilabel targets), may be omitted later.  They become
+            ``classes_`` (sorted), as in scikit-learn; ``y``'s classes must be
+            among them (a multilabel ``y``'s classes are its column indices
+            ``0 .. n_labels - 1``; it has one output per column whatever
+            ``classes`` holds).
 
         Returns
         -------
@@ -330,12 +346,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 raise ValueError(f"`classes={classes!r}` is not the same as on last call "
                                  f"to partial_fit, was: {self.classes_!r}")
         if first:
+            # scikit-learn's _check_partial_fit_first_call: classes_ are the classes given
+            # (checked against y's by _validate_input); the binarizer is y's for a multilabel y
             self._label_binarizer = LabelBinarizer()
             if type_of_target(y).startswith("multilabel"):
                 self._label_binarizer.fit(y)
             else:
                 self._label_binarizer.fit(classes)
-            self.classes_ = self._label_binarizer.classes_
+            self.classes_ = self._label_binarizer.classes_ if classes is None else unique_labels(classes)
 
     def _proba_from_logits(self, S):
         S = np.asarray(S, dtype=np.float64)
@@ -438,8 +456,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return 0.5, n_out / 2.0
 
     def _predict_from_outputs(self, out):
-        """Predictions from the network's outputs: exp of the log-means for ``loss='poisson'``."""
-        return np.exp(out) if self._fastbp_loss == "poisson" else out
+        """float64 predictions from the network's outputs: exp of the log-means for
+        ``loss='poisson'``, applied in float64 (:func:`fastbp.bundle.regression_predictions`,
+        the saved bundle's own code)."""
+        return regression_predictions(self._fastbp_loss, out)
 
     def _n_outputs(self):
         return self._n_targets
@@ -480,7 +500,11 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         return X, Y
 
     def _val_score(self, X_val, Y_val, sample_weight=None):
-        return r2_score(Y_val, self._predict_from_outputs(self._forward(X_val)), sample_weight=sample_weight)
+        pred = self._predict_from_outputs(self._forward(X_val))
+        if not np.isfinite(pred).all():
+            # scikit-learn's validation score (_score_with_function) of non-finite predictions
+            return np.nan
+        return r2_score(Y_val, pred, sample_weight=sample_weight)
 
     @available_if(_BaseMLP._check_solver)
     def partial_fit(self, X, y, sample_weight=None):
@@ -514,7 +538,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             fitted on a 1-D ``y``.
         """
         X = self._validate_X_predict(X)
-        out = self._predict_from_outputs(self._forward(X)).astype(np.float64, copy=False)
+        out = self._predict_from_outputs(self._forward(X))
         if out.shape[1] == 1:
             return out.ravel()
         return out
