@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import os
+import stat
 import sys
 
 EXTRA = "pip install 'fastbp[examples]'"
@@ -73,6 +75,80 @@ def check_output_path(path, what, replaced=False):
             raise CliError(f"{what}: {e}") from None
     if not os.access(parent, os.W_OK):
         raise CliError(f"{what} {path}: directory {parent} is not writable")
+
+
+def check_paths(prog, outputs, inputs):
+    """Check the paths of a command before any work: ``outputs`` and ``inputs`` are
+    ``(option, path or None)`` pairs.  An empty output path is a UsageError naming the
+    option; an output that is the same file as an input, or as an earlier output, is a
+    CliError naming both options (writing it would destroy the other)."""
+    for opt, path in outputs:
+        if path is not None and path == "":
+            raise UsageError(f"{prog}: error: {opt}: expected a file path, got an empty string")
+    named = [(opt, path) for opt, path in outputs if path is not None]
+    for i, (opt, path) in enumerate(named):
+        for other, q in [*inputs, *named[:i]]:
+            if q is not None and q != "" and same_file(path, q):
+                raise CliError(f"{opt} {path}: is the same file as {other} {q} (it would be overwritten)")
+
+
+def check_csv_options(prog, args):
+    """A UsageError if CSV-only options (``--delimiter``, ``--header``, ``--label-column``) are
+    given with an ``.npz`` data file, which holds arrays, not text."""
+    data = getattr(args, "data", None)
+    if data is None or os.path.splitext(data)[1].lower() != ".npz":
+        return
+    for opt in ("label_column", "delimiter", "header"):
+        if getattr(args, opt, None) is not None:
+            flag = f"--{opt.replace('_', '-')}" if opt != "header" or args.header else "--no-header"
+            raise UsageError(f"{prog}: error: {flag} applies to CSV files, not to the .npz file {data} "
+                             "(it holds arrays, not delimited text)")
+
+
+def same_file(a, b):
+    """Whether paths ``a`` and ``b`` name one file: the same path once symbolic links are
+    resolved, or (both existing) the same inode (hard links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
+def write_output(path, what, fill):
+    """Write an output file (``--out``, ``--plot``) with what ``fill(binary_file)`` writes.
+
+    A regular file (or a new one) is replaced atomically (:mod:`fastbp._atomic`: a
+    temporary file renamed over it), so a failure (a full disk) leaves the old file as
+    it was; a device or a pipe (``/dev/stdout``) is written in place.  An OSError is a
+    CliError naming ``what``.
+    """
+    from . import _atomic
+    try:
+        try:
+            special = not stat.S_ISREG(os.stat(path).st_mode)
+        except FileNotFoundError:
+            special = False
+        if special:
+            with open(path, "wb") as f:
+                fill(f)
+            return
+        _atomic.write(_atomic.resolve(path), fill)
+    except OSError as e:
+        raise CliError(f"{what} {path}: {e.strerror or e}") from None
+
+
+def text_writer(fill_text):
+    """A ``fill`` for :func:`write_output` from a function that writes text (UTF-8, newlines as given)."""
+    def fill(f):
+        w = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        try:
+            fill_text(w)
+            w.flush()
+        finally:
+            w.detach()
+    return fill
 
 
 def ms(s):

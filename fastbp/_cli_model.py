@@ -5,11 +5,13 @@ import sys
 
 import numpy as np
 
-from ._cli_base import CliError, check_output_path, out, warn
+from ._cli_base import (CliError, check_csv_options, check_output_path, check_paths, err, out, text_writer,
+                        warn, write_output)
 
 
 def run(args):
     """Run ``fastbp predict`` or ``fastbp evaluate`` with parsed ``args``; returns the exit status."""
+    check_csv_options(f"fastbp {args.command}", args)
     if args.command == "predict":
         return predict(args)
     return evaluate(args)
@@ -37,18 +39,31 @@ def _load_model(path):
 
 def _read(args, model):
     from . import data
-    return data.read_features(args.data, model.n_features_in_, model.feature_names, model.label_name,
-                              model.label_index, args.delimiter, args.header)
+    ds = data.read_features(args.data, model.n_features_in_, model.feature_names, model.label_name,
+                            model.label_index, args.delimiter, args.header)
+    note_header(ds)
+    return ds
+
+
+def note_header(ds):
+    """The note (stderr, rank 0) of a header decided from a CSV file whose first row holds numbers."""
+    from ._cli_base import State
+    if getattr(ds, "header_note", None) and State.rank == 0:
+        err(f"fastbp: note: {ds.header_note}")
 
 
 def _label_strings(values):
-    return [str(v) for v in np.asarray(values).tolist()]
+    """Class labels as text: integral floats (labels beyond int64, exact in float64) in full,
+    ``18446744073709551616`` rather than ``1.8446744073709552e+19``."""
+    return [str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+            for v in np.asarray(values).tolist()]
 
 
 def predict(args):
     """Predictions as CSV (stdout or ``--out``): a ``prediction`` column, and with
     ``--proba`` one ``proba_<class>`` column per class."""
-    if args.out:
+    check_paths("fastbp predict", [("--out", args.out)], [("--model", args.model), ("--data", args.data)])
+    if args.out is not None:
         check_output_path(args.out, "--out")
     model = _load_model(args.model)
     if args.proba and model.task == "regression":
@@ -62,6 +77,8 @@ def predict(args):
     elif pred.ndim == 2:
         for j in range(pred.shape[1]):
             cols[f"prediction_{j}"] = pred[:, j]
+    elif model.task == "classification":
+        cols["prediction"] = np.array(_label_strings(pred), dtype=object)    # as in the training file
     else:
         cols["prediction"] = pred
     if args.proba:
@@ -71,11 +88,9 @@ def predict(args):
     from ._tables import _import
     frame = _import("pandas", "fastbp predict writes CSV with pandas").DataFrame(cols)
     fmt = "%.9g" if model.step.dtype == np.float32 else "%.17g"
-    if args.out:
-        try:
-            frame.to_csv(args.out, index=False, float_format=fmt, lineterminator="\n")
-        except OSError as e:
-            raise CliError(f"--out {args.out}: {e.strerror or e}") from None
+    if args.out is not None:
+        write_output(args.out, "--out", text_writer(
+            lambda f: frame.to_csv(f, index=False, float_format=fmt, lineterminator="\n")))
         out(f"predictions: {len(frame)} rows written to {args.out}")
     else:
         frame.to_csv(sys.stdout, index=False, float_format=fmt, lineterminator="\n")
@@ -83,8 +98,12 @@ def predict(args):
     return 0
 
 
-def _describe(model):
+def _describe(model, path):
     info = model.info
+    for key in ("data", "fastbp_version", "created"):
+        if info.get(key) is not None and not isinstance(info[key], str):
+            raise CliError(f"--model {path}: info field {key!r} must be a string, got "
+                           f"{type(info[key]).__name__} (a damaged or hand-edited model file)")
     bits = [model.task]
     if info.get("data"):
         bits.append(f"trained on {info['data']}")
@@ -126,12 +145,13 @@ def evaluate(args):
     if model.task == "multilabel":
         raise CliError(f"--model {args.model}: evaluate scores single-label and regression models; "
                        "this one is multilabel (use its predict and your own metric)")
+    described = _describe(model, args.model)
     ds = _read(args, model)
     if ds.labels is None:
         name = f" {model.label_name!r}" if model.label_name else ""
         raise CliError(f"{ds.path}: no label column{name}: evaluate needs the true labels "
                        f"({ds.X.shape[1]} feature columns found)")
-    out(f"model: {args.model}: {_describe(model)}")
+    out(f"model: {args.model}: {described}")
     n = ds.X.shape[0]
     out(f"data: {ds.path}: {n} samples")
     if model.task == "regression":

@@ -125,7 +125,20 @@ def _load_npz(path, need_y):
             raise DataError(f"{path}: feature_names must be {X.shape[1]} strings, got dtype {fn.dtype} "
                             f"and shape {fn.shape}")
         fn = [str(s) for s in fn]
+        twice = _first_repeat(fn)
+        if twice is not None:
+            raise DataError(f"{path}: feature_names names {twice!r} twice; feature names must differ")
     return X, y, fn
+
+
+def _first_repeat(names):
+    """The first name that occurs twice in ``names``, or None."""
+    seen = set()
+    for n in names:
+        if n in seen:
+            return n
+        seen.add(n)
+    return None
 
 
 class _Table:
@@ -165,7 +178,17 @@ class _Table:
         for j in range(self.width):
             self.num[:, j] = _to_numbers(self.cells[:, j])
         self._lines = None
+        self.header_note = None
+        self._from_cells = False        # set by _decide_header: decided from the cells alone
         self.has_header = self._decide_header(header, label_column, names_hint)
+        if self.has_header and self._from_cells and np.isfinite(self.num[0]).any():
+            # decided from the cells, on a first row that holds numbers: it may be a data row
+            # with a typo ('?,0.7580,cat'), dropped as a header; say which line was taken
+            row = self.sep.join(str(c) for c in self.cells[0])
+            row = row if len(row) <= 60 else row[:57] + "..."
+            self.header_note = (f"{path}: line {int(self.lines[0])} ({row!r}) was taken as the header "
+                                "(a cell that is not a number above a column of numbers); if it is a "
+                                "data row, pass --no-header")
         if self.has_header:
             self.names = [str(c) for c in self.cells[0]]
             self.cells, self.num, self.rec = self.cells[1:], self.num[1:], self.rec[1:]
@@ -180,7 +203,7 @@ class _Table:
         row0 = [str(c) for c in self.cells[0]]
         if isinstance(label_column, str) and label_column in row0 and _as_int(label_column) is None:
             return True
-        if names_hint and set(names_hint) <= set(row0):
+        if names_hint and set(names_hint) <= set(_column_names(row0)):
             return True
         body = self.cells[1:]
         if body.shape[0] == 0:      # a lone line of words is a header without data
@@ -191,6 +214,7 @@ class _Table:
             filled = body[:, j] != ""
             numbers = np.count_nonzero(filled & ~np.isnan(self.num[1:, j]))
             if numbers and 2 * numbers > np.count_nonzero(filled):
+                self._from_cells = True
                 return True   # a word above a column of numbers: a header
         return False
 
@@ -303,15 +327,22 @@ def _resolve_label(label_column, names, width, path):
     raise DataError(f"{path}: no column named {label_column!r} (columns: {', '.join(names)})")
 
 
+def _column_names(names):
+    """A header's column names, an empty one named ``column j`` (its 0-based index): the names a
+    model is trained with and matched by, the same on both sides."""
+    if names is None:
+        return None
+    return [n if n != "" else f"column {j}" for j, n in enumerate(names)]
+
+
 def _feature_names(names, cols, path):
     if names is None:
         return None
-    fn = [names[j] if names[j] != "" else f"column {j}" for j in cols]
-    seen = set()
-    for n in fn:
-        if n in seen:
-            raise DataError(f"{path}: two feature columns are named {n!r}; column names must differ")
-        seen.add(n)
+    names = _column_names(names)
+    fn = [names[j] for j in cols]
+    twice = _first_repeat(fn)
+    if twice is not None:
+        raise DataError(f"{path}: two feature columns are named {twice!r}; column names must differ")
     return fn
 
 

@@ -28,10 +28,11 @@ import time
 import numpy as np
 
 from ._cli_base import (EXTRA as _EXTRA, CliError, State, UsageError as _UsageError,
-                        check_output_path as _check_output_path, err as _err, ms as _ms,
-                        out as _out, require as _require)
+                        check_csv_options as _check_csv_options, check_output_path as _check_output_path,
+                        check_paths as _check_paths, err as _err, ms as _ms, out as _out,
+                        require as _require, write_output as _write_output)
 from ._cli_args import DEFAULT_LR as _DEFAULT_LR, build_parser
-from ._cli_schedule import extend_parser
+from ._cli_schedule import check_schedule_args as _check_schedule_args, extend_parser
 from ._cli_compare import compare as _compare, compare_refusal as _compare_refusal
 from ._cli_step import bf16_note, build_step as _build_step, compile_ahead as _compile_ahead
 
@@ -102,6 +103,8 @@ def _load(args):
                          Xtr=scaler.transform(X[tr], dt), ytr=y[tr], Xte=scaler.transform(X[te], dt),
                          yte=y[te], scaler=scaler)
     ds = data.read_dataset(args.data, args.label_column, args.delimiter, args.header)
+    from ._cli_model import note_header
+    note_header(ds)
     what = ds.path if ds.lines is not None else f"{ds.path}: y"
     kw = dict(name=ds.path, file=os.path.basename(ds.path), feature_names=ds.feature_names,
               label_name=ds.label_name, label_index=ds.label_index)
@@ -211,10 +214,8 @@ def _plot(path, hist, regression):
     a2.grid(True, alpha=0.3)
     a2.legend()
     fig.tight_layout()
-    try:
-        fig.savefig(path, format="png", dpi=100)
-    except OSError as e:
-        raise CliError(f"--plot {path}: {e.strerror or e}") from None
+    try:        # atomically: a failed write (a full disk) leaves an existing file as it was
+        _write_output(path, "--plot", lambda f: fig.savefig(f, format="png", dpi=100))
     finally:
         plt.close(fig)
 
@@ -232,25 +233,33 @@ def _model_loss(step, X, T):
     from .training import eval_loss
     inner = getattr(step, "step", step)      # a DistributedStep's own (local) step
     n = min(X.shape[0], 1024)
-    return eval_loss(inner.loss, np.asarray(inner.predict(X[:n])), T[:n])
+    scores = np.asarray(inner.predict(X[:n]))
+    if not np.all(np.isfinite(scores)):      # weights overflowed (the last update diverged)
+        return float("nan")
+    with np.errstate(all="ignore"):
+        return eval_loss(inner.loss, scores, T[:n])
 
 
 def _diverged(args, hist, initial, final, chance):
     """A message if the losses so far show divergence, else None.
 
     Divergence: a loss more than a thousand times the untrained model's
-    (``initial``), or, once training is over, the trained model's loss on the
-    same rows (``final``; not the epoch's mean of minibatch losses) above the
-    untrained model's with a training score at chance.
+    (``initial``), or not finite, or, once training is over, the trained
+    model's loss on the same rows (``final``; not the epoch's mean of
+    minibatch losses) not finite (the last update made the weights overflow)
+    or above the untrained model's with a training score at chance.
     """
     lr = args.lr if args.lr is not None else _DEFAULT_LR[args.optimizer]
     loss, epoch = hist["loss"][-1], len(hist["loss"])
     advice = (f"the learning rate is probably too large (--lr {lr:g}"
               f"{'' if args.lr is not None else ', the default'} for {args.optimizer}); "
               f"try --lr {lr / 10:g}")
-    if loss > _GROWTH * max(initial, _GROWTH_FLOOR):
+    if not np.isfinite(loss) or loss > _GROWTH * max(initial, _GROWTH_FLOOR):
         return (f"training diverged: the loss grew from {initial:.4g} (before training) to {loss:.4g} "
                 f"(epoch {epoch}); {advice}")
+    if final is not None and not np.isfinite(final):
+        return (f"training diverged: the trained model's outputs are not finite after epoch {epoch} "
+                f"(the weights overflowed); {advice}")
     if final is not None and final > initial and hist["train_acc"][-1] <= chance + 0.01:
         what = "R^2" if args.task == "regression" else "accuracy"
         return (f"training diverged: the final loss {final:.4g} is above the untrained model's "
@@ -290,6 +299,9 @@ def _save_model(args, step, comm, d, hist, ep):
 # --------------------------------------------------------------------- train
 def _setup(args, mpi):
     """Check the arguments, load the data and compile the step (this rank only)."""
+    _check_paths("fastbp train", [("--save", args.save), ("--plot", args.plot)], [("--data", args.data)])
+    _check_csv_options("fastbp train", args)
+    _check_schedule_args(args, lambda m: _UsageError(f"fastbp train: error: {m}"))
     if mpi and args.device == "cuda":
         raise _UsageError("fastbp train: error: --device cuda cannot run under mpiexec yet "
                           "(use --device cpu)")
@@ -307,10 +319,10 @@ def _setup(args, mpi):
         args.loss = "mse"
     elif args.loss is None:
         args.loss = "softmax_cross_entropy"
-    if args.save and State.rank == 0:
+    if args.save is not None and State.rank == 0:
         _check_output_path(args.save, "--save", replaced=True)
     # optional dependencies: fail before training, not after (rank 0 uses them)
-    if args.plot and State.rank == 0:
+    if args.plot is not None and State.rank == 0:
         _check_output_path(args.plot, "--plot")
         _require("matplotlib", "--plot needs matplotlib")
     if args.compare and State.rank == 0:
@@ -410,7 +422,7 @@ def train(args, t_start, t_main):
     watch.stop()
     ep = np.array(hist["epoch_s"])
     if State.rank != 0:
-        if args.save:
+        if args.save is not None:
             _save_model(args, step, comm, d, hist, ep)
         return 0
 
@@ -426,11 +438,11 @@ def train(args, t_start, t_main):
          f"{_ms(float(np.median(ep)))}; the first {_ms(ep[0])})")
     if watch.compiled:
         _out(f"compiling native code, one time: {watch.seconds:.1f} s (included in the times above)")
-    if args.save:
+    if args.save is not None:
         _save_model(args, step, comm, d, hist, ep)
         _out(f"checkpoint: {args.save} (the model with its preprocessing; use it with: "
              f"fastbp predict --model {args.save} --data FILE)")
-    if args.plot:
+    if args.plot is not None:
         _plot(args.plot, hist, regression)
         _out(f"plot: {args.plot}")
     t_end = time.perf_counter()

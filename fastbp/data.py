@@ -29,8 +29,9 @@ import numpy as _np
 
 from . import _validate as _V
 
-from ._tables import (_NA, DataError, _Table, _check_path, _delimiter, _feature_names, _import,
-                      _load_npz, _one_line, _resolve_label, _to_numbers, _where, strip_cells)
+from ._tables import (_NA, DataError, _Table, _check_path, _column_names, _delimiter, _feature_names,
+                      _first_repeat, _import, _load_npz, _one_line, _resolve_label, _to_numbers, _where,
+                      strip_cells)
 
 __all__ = [
     "DataError",
@@ -217,7 +218,8 @@ class Dataset:
         The raw label column (strings from a CSV file), None when the file
         has no label column (prediction input).
     feature_names : list of str or None
-        From the CSV header (or an ``.npz`` member ``feature_names``).
+        From the CSV header (an empty name is ``column j``, its 0-based
+        index), or an ``.npz`` member ``feature_names``.
     label_name : str or None
     label_index : int or None
         0-based column of the label in the file.
@@ -226,13 +228,18 @@ class Dataset:
     lines : ndarray of int64, shape (n_samples,), or None
         1-based line of each sample in a CSV file (None for ``.npz``).
     has_header : bool
+    header_note : str or None
+        A note for the user when the header was decided from the cells of
+        a first row that holds numbers (it may be a data row with a typo,
+        which is then dropped); None otherwise.
     """
 
     def __init__(self, path, X, labels, feature_names, label_name, label_index, n_columns,
-                 lines, has_header):
+                 lines, has_header, header_note=None):
         self.path, self.X, self.labels = path, X, labels
         self.feature_names, self.label_name, self.label_index = feature_names, label_name, label_index
         self.n_columns, self.lines, self.has_header = n_columns, lines, has_header
+        self.header_note = header_note
 
 
 def read_dataset(path, label_column=None, delimiter=None, header=None):
@@ -243,7 +250,7 @@ def read_dataset(path, label_column=None, delimiter=None, header=None):
     path : str or os.PathLike
         ``.csv`` (``.tsv``: tab-delimited) or ``.npz`` with arrays ``X``
         ``(n_samples, n_features)`` and ``y`` ``(n_samples,)`` (and optionally
-        ``feature_names``, strings).  An ``.npz``'s 1-D ``X`` is one feature;
+        ``feature_names``, distinct strings).  An ``.npz``'s 1-D ``X`` is one feature;
         one of more dimensions, ``(n_samples, ...)`` (images), is flattened per
         sample in C order.
     label_column : str or int, optional
@@ -293,8 +300,8 @@ def read_dataset(path, label_column=None, delimiter=None, header=None):
     fn = _feature_names(t.names, cols, path)
     X = t.features(cols)
     labels = t.labels(lab)
-    name = t.names[lab] if t.names is not None else None
-    return Dataset(path, X, labels, fn, name, lab, t.width, t.lines, t.has_header)
+    name = _column_names(t.names)[lab] if t.names is not None else None
+    return Dataset(path, X, labels, fn, name, lab, t.width, t.lines, t.has_header, t.header_note)
 
 
 def read_features(path, n_features, feature_names=None, label_name=None, label_index=None,
@@ -302,7 +309,8 @@ def read_features(path, n_features, feature_names=None, label_name=None, label_i
     """Read new data for a trained model: its feature columns, and the label column if present.
 
     Columns are matched to the model by name when the file has a header and
-    the model knows its feature names (order free; the label column, if
+    the model knows its feature names (order free; an empty header cell is
+    named ``column j`` as in :func:`read_dataset`; the label column, if
     present, is returned apart; any other column is an error); otherwise by
     count: ``n_features`` columns (no label) or ``n_features + 1`` (the label
     at ``label_index``, default the last column).
@@ -327,6 +335,9 @@ def read_features(path, n_features, feature_names=None, label_name=None, label_i
     """
     path, ext = _check_path(path)
     if ext == ".npz":
+        if delimiter is not None or header is not None:
+            raise DataError(f"{path}: the delimiter and header options apply to CSV files (an .npz "
+                            "holds arrays X and y)")
         X, y, fn = _load_npz(path, need_y=False)
         if X.shape[1] != n_features:
             raise DataError(f"{path}: X has {X.shape[1]} features, the model expects {n_features}")
@@ -342,13 +353,20 @@ def read_features(path, n_features, feature_names=None, label_name=None, label_i
     t = _Table(path, _delimiter(delimiter, ext), header, None, feature_names)
     lab = None
     if t.names is not None and feature_names is not None:
-        where = {n: j for j, n in enumerate(t.names)}
+        twice = _first_repeat(list(feature_names))
+        if twice is not None:
+            raise DataError(f"{path}: the model names the feature {twice!r} twice: the file's columns "
+                            "cannot be matched to its features by name")
+        names = _column_names(t.names)
+        where = {n: j for j, n in enumerate(names)}
+        if label_name == "" and label_index is not None:      # saved before empty names were named
+            label_name = f"column {int(label_index)}"
         missing = [n for n in feature_names if n not in where]
         if missing:
             raise DataError(f"{path}: missing feature column(s) {', '.join(map(repr, missing))} "
                             f"(the model's features: {', '.join(feature_names)})")
         lab = where.get(label_name) if label_name is not None else None
-        extra = [n for j, n in enumerate(t.names) if n not in feature_names and j != lab]
+        extra = [n for j, n in enumerate(names) if n not in feature_names and j != lab]
         if extra:
             raise DataError(f"{path}: column(s) {', '.join(map(repr, extra))} are not features of the "
                             f"model (its features: {', '.join(feature_names)}"
@@ -369,7 +387,8 @@ def read_features(path, n_features, feature_names=None, label_name=None, label_i
                             f"(plus, optionally, the label column){t.delimiter_hint()}")
     X = t.features(cols)
     labels = t.cells[:, lab].copy() if lab is not None else None
-    return Dataset(path, X, labels, feature_names, label_name, lab, t.width, t.lines, t.has_header)
+    return Dataset(path, X, labels, feature_names, label_name, lab, t.width, t.lines, t.has_header,
+                   t.header_note)
 
 
 def load_file(path, label_column=None, delimiter=None, header=None):
