@@ -337,3 +337,30 @@ def test_gradcheck_checks_eps_before_calling_f(eps, exc, msg):
     with pytest.raises(exc, match=msg):
         gradcheck(f, {"x": np.ones(2)}, {"x": np.ones(2)}, eps=eps)
     assert calls == []
+
+
+def test_every_element_is_judged_on_its_own_scale():
+    """The verdict was relative_error <= rtol, one number for the whole array: an element a
+    million times smaller than the largest could have any sign, and float32 passed
+    gradients 4% off everywhere.  torch.autograd.gradcheck judges every element."""
+    y = np.array([1000.0, 1e-3])
+    f = lambda y: 0.5 * float(np.sum(y ** 2))           # noqa: E731
+    assert gradcheck(f, [y], [np.array([1000.0, 1e-3])])
+    with pytest.raises(GradcheckError, match=r"1 of 2 elements beyond rtol 1e-06.*index \(1,\): analytic -0.001"):
+        gradcheck(f, [y], [np.array([1000.0, -1e-3])])
+    assert not gradcheck(f, [y], [np.array([1000.0, 0.0])], raise_exception=False)
+    x = np.array([1.0, -2.0, 3.0], np.float32)
+    cube = lambda x: float(np.sum(x.astype(np.float64) ** 3))     # noqa: E731
+    assert gradcheck(cube, [x], [3 * x ** 2])
+    assert not gradcheck(cube, [x], [3 * x ** 2 * 1.04], raise_exception=False)
+    # the rounding noise of the differences is allowed for: a large constant in f does not
+    # fail a correct gradient whose elements are far below it
+    v = np.linspace(-1e-3, 1e-3, 7)
+    assert gradcheck(lambda v: 1e6 + float(np.sum(v ** 2)), [v], [2 * v])
+    assert not gradcheck(lambda v: 1e6 + float(np.sum(v ** 2)), [v], [2 * v + 1e-2], raise_exception=False)
+
+
+def test_a_non_finite_function_value_fails_rather_than_widening_the_noise():
+    x = np.array([0.0, 1.0])
+    g = np.array([1.0, 1.0])
+    assert not gradcheck(lambda x: float(np.sum(x)) if x[0] < 1e-7 else np.inf, [x], [g], raise_exception=False)
