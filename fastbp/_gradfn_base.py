@@ -36,6 +36,16 @@ def _check_memory(output, dtype, batch_size):
           f"at least {count} values of {dtype.name} for the inputs and the output")
 
 
+def _check_range(name, v, dtype):
+    """ValueError if a finite value of ``v`` (Python numbers read as an array) is beyond
+    ``dtype``'s range: staged into the arena it would silently become an infinity."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        bad = np.isfinite(v) & ~np.isfinite(v.astype(dtype))
+    if bad.any():
+        raise ValueError(f"{name} holds {float(v[bad].flat[0])!r}, beyond the range of {np.dtype(dtype)} "
+                         f"(largest {float(np.finfo(dtype).max):.6g}) that this function was compiled for")
+
+
 class GradFunctionBase:
     """The compiled ``value, grads = f(**inputs)`` of :func:`fastbp.grad` (shared part).
 
@@ -103,6 +113,8 @@ class GradFunctionBase:
                          if v.dtype in (np.float32, np.float64) else "")
                 raise TypeError(f"{n.name} has dtype {v.dtype}; this function was compiled for "
                                 f"{self.dtype} (convert with {n.name}.astype(np.{self.dtype.name}){other})")
+            if given is None:
+                _check_range(n.name, v, self.dtype)     # Python numbers become self.dtype
             shape = n.shape
             if len(shape) == 2 and shape[0] is None:
                 if v.ndim != 2 or v.shape[1] != shape[1]:

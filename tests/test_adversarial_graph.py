@@ -376,3 +376,18 @@ def test_elu_float64_near_zero_matches_pytorchs_expm1():
     assert value == pytest.approx(np.sum(expect * np.arange(1.0, 11.0)), rel=1e-15)
     y = fastbp.ops.linear_forward(x[:7, None], np.ones((1, 1)), activation="elu", activation_params={"alpha": 0.7})
     np.testing.assert_allclose(y[:, 0], expect[:7], rtol=1e-15, atol=0)
+
+
+def test_python_numbers_beyond_float32_are_refused_not_made_infinite():
+    """A float32 function staged 1e39 given as a Python number as inf (only numpy's
+    RuntimeWarning said so); an ndarray of the wrong dtype was already a TypeError."""
+    g = fastbp.Graph()
+    x, s = g.input("x", (None, 2)), g.input("s", ())
+    f = fastbp.grad(fastbp.sum(x * s), wrt=[x, s], dtype=np.float32)
+    with pytest.raises(ValueError, match=r"x holds 1e\+39, beyond the range of float32"):
+        f(x=[[1e39, 2.0]], s=2.0)
+    with pytest.raises(ValueError, match=r"s holds 1e\+39, beyond the range of float32"):
+        f(x=[[1.0, 2.0]], s=1e39)
+    out, grads = f(x=[[np.inf, 2.0]], s=2.0)         # an infinity given is the user's own
+    assert out == np.inf
+    assert f(x=[[1.0, 2.0]], s=2.0)[0] == 6.0
