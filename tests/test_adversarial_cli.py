@@ -3,17 +3,10 @@ the estimators against scikit-learn's documented behaviour (regressions of defec
 import numpy as np
 import pytest
 
-from fastbp import cli
+from _cli_run import run_here
 
 pytest.importorskip("sklearn")
 pytest.importorskip("pandas")
-
-
-def run_here(capsys, *args):
-    capsys.readouterr()
-    rc = cli.main([str(a) for a in args])
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
 
 
 def write_csv(path, n=60, seed=0):

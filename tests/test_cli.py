@@ -10,6 +10,7 @@ import pytest
 
 import fastbp
 from fastbp import cli, data
+from _cli_run import run_here
 
 pytest.importorskip("sklearn")
 pytest.importorskip("tqdm")
@@ -24,20 +25,6 @@ def run_cli(*args, timeout=300):
     p = subprocess.run([sys.executable, "-m", "fastbp.cli", *map(str, args)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=timeout)
     return p.returncode, p.stdout, p.stderr
-
-
-def run_here(capsys, *args):
-    """``fastbp ARGS`` in this process (``cli.main``); returns (rc, stdout, stderr).
-
-    For the runs whose subject is what training writes or prints, not the process: a
-    fresh interpreter costs seconds of imports (scikit-learn, pandas) per run.  The
-    process itself (``python -m fastbp.cli``, its exit status, stdout/stderr, a
-    reproducible result in a new interpreter, a saved model predicted by another
-    process) is checked by the tests that call :func:`run_cli`."""
-    capsys.readouterr()
-    rc = cli.main([str(a) for a in args])
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
 
 
 def accuracy_of(out):

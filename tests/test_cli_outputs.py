@@ -9,17 +9,11 @@ import numpy as np
 import pytest
 
 from fastbp import cli, data
+from _cli_run import run_here
 from fastbp.data import DataError
 
 pytest.importorskip("sklearn")
 pytest.importorskip("pandas")
-
-
-def run_here(capsys, *args):
-    capsys.readouterr()
-    rc = cli.main([str(a) for a in args])
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
 
 
 def one_line(err):

@@ -293,6 +293,18 @@ def test_tied_weights_are_refused_not_untied():
     fastbp.from_torch(torch.nn.Sequential(torch.nn.Linear(4, 4).double(), act, torch.nn.Linear(4, 4).double(), act))
 
 
+def _scheduled_side_by_side(ref, ref_opt, ref_sched, mine, step, sched, n):
+    """``n`` minibatches in plain PyTorch (``ref``, its optimizer and scheduler) and through
+    ``step``, made from ``mine`` (a copy of ``ref``; its torch scheduler stepped alike): the
+    same weights after."""
+    for x, y in _batches(n):
+        _torch_step(ref, ref_opt, x, y)
+        step(x, y)
+        ref_sched.step()
+        sched.step()
+    _assert_same(ref, mine)
+
+
 @pytest.mark.parametrize("name", ["sgd_momentum_wd", "adamw"])
 @pytest.mark.parametrize("sched", ["linear_to_zero", "warmup_from_zero"])
 def test_schedulers_that_reach_a_zero_rate_are_followed(name, sched):
@@ -308,12 +320,7 @@ def test_schedulers_that_reach_a_zero_rate_are_followed(name, sched):
         return torch.optim.lr_scheduler.LambdaLR(o, lambda e: min(e / 3, 1.0))
     ref_s, s = make(ref_opt), make(opt)
     step = fastbp.from_torch(mine, optimizer=opt, batch_size=8)
-    for x, y in _batches(6):
-        _torch_step(ref, ref_opt, x, y)
-        step(x, y)
-        ref_s.step()
-        s.step()
-    _assert_same(ref, mine)
+    _scheduled_side_by_side(ref, ref_opt, ref_s, mine, step, s, 6)
     assert step.lr == opt.param_groups[0]["lr"]
 
 
@@ -359,10 +366,5 @@ def test_a_torch_scheduler_that_cycles_momentum_is_refused_not_ignored(make, key
     ref_s = torch.optim.lr_scheduler.OneCycleLR(ref_opt, **kw)
     step = fastbp.from_torch(mine, optimizer=opt, batch_size=8)
     s = torch.optim.lr_scheduler.OneCycleLR(opt, **kw)
-    for x, y in _batches(4):
-        _torch_step(ref, ref_opt, x, y)
-        step(x, y)
-        ref_s.step()
-        s.step()
-    _assert_same(ref, mine)
+    _scheduled_side_by_side(ref, ref_opt, ref_s, mine, step, s, 4)
     del sched
