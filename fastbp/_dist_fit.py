@@ -24,13 +24,19 @@ from .schedules import schedule_arg
 __all__ = ["DataParallelFit"]
 
 
-def settings_key(step, schedule):
+def settings_key(step, schedule, validation=False, early_stopping=None):
     """A 56-bit digest of what makes the ranks' updates differ beyond the arguments of
     ``fit``: the schedule in effect (``schedule``, else the step's), the gradient
-    clipping and the learning rates (base and next).  Equal on ranks that agree."""
+    clipping, the learning rates (base and next), whether validation data is given
+    (its evaluation is collective) and the early stopping (it decides the stop and the
+    weights kept).  Callbacks may differ (a rank's logging): their stop and their
+    errors are agreed each epoch.  Equal on ranks that agree."""
     sched = step.schedule if schedule is None else schedule
+    es = None if early_stopping is None else [early_stopping.patience, early_stopping.min_delta,
+                                              early_stopping.restore_best_weights, early_stopping.monitor,
+                                              early_stopping.mode]
     text = json.dumps([None if sched is None else sched.spec(), step.clip_grad_norm, float(step.optimizer.lr),
-                       step.lr], sort_keys=True, default=str)
+                       step.lr, bool(validation), es], sort_keys=True, default=str)
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=7).digest(), "little")
 
 
@@ -122,7 +128,7 @@ class DataParallelFit:
             _training.check_schedule_span(st.schedule if schedule is None else schedule, float(st.optimizer.lr),
                                           st.epochs_done - e0, st.n_steps - s0, ep, per_epoch, val is not None)
             _training.check_accuracy_monitors(st.loss, es, st.schedule if schedule is None else schedule)
-            key = settings_key(st, schedule)
+            key = settings_key(st, schedule, val is not None, es)
             sd = int(st.rng.integers(2**62)) if seed is None else seed
         except Exception as e:  # noqa: BLE001 - re-raised on every rank after the collective
             error = e
@@ -149,8 +155,8 @@ class DataParallelFit:
                     f"whole data set and the same epochs and shuffle"), self.size)
         if info[9] != -info[10]:
             raise _on_all_ranks(ValueError(
-                "fit: the ranks' training settings differ (schedule, clip_grad_norm or lr): set them "
-                "alike on every rank; nothing was trained"), self.size)
+                "fit: the ranks' training settings differ (schedule, clip_grad_norm, lr, validation_data "
+                "given or not, or early_stopping): set them alike on every rank; nothing was trained"), self.size)
         if n < self.size:
             raise _on_all_ranks(ValueError(f"fit: X has {n} rows, fewer than the {self.size} ranks"),
                                 self.size)
@@ -194,9 +200,18 @@ class DataParallelFit:
             self.comm.Bcast(m, root=0)
             return float(m[0]), (None if np.isnan(m[1]) else float(m[1]))
 
-        def agree_stop(stop):
-            flag = np.array([1 if stop else 0], dtype=np.int64)
-            self.comm.Allreduce(MPI.IN_PLACE, flag, op=MPI.MAX)
+        def agree_stop(stop, error):
+            # a callback that raised on some rank raises on every rank (the others would wait
+            # in the next collective): after this epoch's steps, applied on every rank
+            flag = np.array([1 if stop else 0, 0 if error is None else 1], dtype=np.int64)
+            self.comm.Allreduce(MPI.IN_PLACE, flag, op=MPI.SUM)
+            if flag[1]:
+                if error is not None:
+                    _note(error, self.comm)
+                    raise _on_all_ranks(error, int(flag[1]))
+                raise _on_all_ranks(RankError("fit: a callback raised on another rank (see its message); the "
+                                              "epochs before and this epoch's steps were applied on every "
+                                              "rank", int(flag[1]), self.size), int(flag[1]))
             return bool(flag[0])
 
         _, starts0 = _epoch_shard(np.arange(n, dtype=np.int64), self.size, self.rank, st.batch_size)

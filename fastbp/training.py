@@ -437,9 +437,10 @@ def drive(*, epochs, per_epoch, rows_per_step, orders, train_epoch, step, schedu
     verbose : bool
     get_weights, set_weights : callables
         A copy of the weights, and setting them back (early stopping).
-    agree : callable ``(bool) -> bool``, optional
+    agree : callable ``(bool, BaseException or None) -> bool``, optional
         Turns this process's "stop" into the decision of every process
-        (data-parallel fits).
+        (data-parallel fits); given the exception a callback raised here
+        (then not raised by ``drive``), it raises on every process.
     loss_name : str
 
     Returns
@@ -483,11 +484,18 @@ def drive(*, epochs, per_epoch, rows_per_step, orders, train_epoch, step, schedu
             stop = False
             if early_stopping is not None and early_stopping._update(e, logs, get_weights):
                 stop = True
+            failed = None
             for cb in callbacks:
-                if cb(e, dict(logs)):
-                    stop = True
+                try:
+                    if cb(e, dict(logs)):
+                        stop = True
+                except Exception as exc:  # noqa: BLE001 - raised by agree on every process
+                    if agree is None:
+                        raise
+                    failed = exc
+                    break
             if agree is not None:
-                stop = agree(stop)
+                stop = agree(stop, failed)
             if stop:
                 hist.stopped_epoch = e
                 if early_stopping is not None and early_stopping.restore_best_weights and \

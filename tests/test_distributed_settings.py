@@ -76,6 +76,27 @@ def test_fit_refuses_a_setting_changed_on_one_rank_only(settings_run):
         assert "settings differ" in got["msg"] and got["unchanged"] is True
 
 
+@pytest.mark.parametrize("scenario", ["fit_val_one_rank", "fit_es_one_rank"])
+def test_validation_or_early_stopping_on_one_rank_only_is_refused_everywhere(settings_run, scenario):
+    """Defects: validation_data on rank 0 only hung rank 1 (or desynchronised the next
+    collective); early stopping on one rank restored the best weights there alone."""
+    for res in settings_run:
+        got = res[scenario]
+        assert got["type"] == "ValueError" and got["all_ranks"] is True, got
+        assert "settings differ" in got["msg"] and "early_stopping" in got["msg"], got
+        assert res["fit_one_rank_unchanged"] is True
+
+
+def test_a_callback_raising_on_one_rank_raises_on_every_rank(settings_run):
+    """Defect: rank 0 waited for good in the next collective."""
+    r0, r1 = (res["fit_callback_raises"] for res in settings_run)
+    assert r1["type"] == "RuntimeError" and "callback failed here" in r1["msg"] and r1["all_ranks"] is True
+    assert r0["type"] == "RankError" and "callback raised on another rank" in r0["msg"] and r0["all_ranks"] is True
+    for res in settings_run:
+        assert res["fit_callback_steps"] == 2 * 1        # epochs 0 and 1 applied (one step each)
+        assert res["fit_callback_in_sync"] is True
+
+
 def test_loss_and_grads_over_two_ranks_is_one_process_on_the_concatenated_rows(settings_run):
     """Defect: it returned this rank's own loss and gradients (no Allreduce)."""
     X, y = script.data()

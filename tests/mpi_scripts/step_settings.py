@@ -8,8 +8,10 @@ The settings of a data-parallel step and its global gradients:
 * ranks compiling with a different ``clip_grad_norm``, ``schedule`` or
   ``precision`` (where bf16 is available) are refused on every rank, as a
   different model is;
-* a setting changed on one rank only is refused by ``fit`` on every rank
-  before any step;
+* a setting changed on one rank only (``validation_data`` or
+  ``early_stopping`` given on one rank only included) is refused by ``fit`` on
+  every rank before any step; a callback raising on one rank raises on every
+  rank after that epoch;
 * ``loss_and_grads`` returns the global loss and leaves the global mean
   gradients in ``grads`` (ranks passing 3 and 4 rows), without an update;
   a bad label on one rank raises on every rank.
@@ -87,6 +89,26 @@ def main(out):
     before = f.step.param_vector.tobytes()
     res["fit_clip_one_rank"] = outcome(lambda: f.fit(X, y, epochs=1, seed=0))
     res["fit_clip_one_rank"]["unchanged"] = f.step.param_vector.tobytes() == before
+
+    # validation_data or early_stopping on one rank only: refused on every rank before any step
+    # (rank 1's missing validation hung in the collective evaluation; an early stopping on
+    # rank 0 only restored its best weights there alone)
+    v = fastbp.compile(model(), optimizer="sgd", batch_size=4, seed=1, comm=comm)
+    before = v.step.param_vector.tobytes()
+    res["fit_val_one_rank"] = outcome(lambda: v.fit(X, y, epochs=2, seed=0,
+                                                    validation_data=(X, y) if rank == 0 else None))
+    res["fit_es_one_rank"] = outcome(lambda: v.fit(
+        X, y, epochs=2, seed=0, validation_data=(X, y),
+        early_stopping=fastbp.EarlyStopping(patience=0) if rank == 0 else None))
+    res["fit_one_rank_unchanged"] = v.step.param_vector.tobytes() == before and v.n_steps == 0
+
+    # a callback that raises on one rank: raised on every rank after that epoch, no hang
+    def failing(e, logs):
+        if rank == 1 and e == 1:
+            raise RuntimeError("callback failed here")
+    res["fit_callback_raises"] = outcome(lambda: v.fit(X, y, epochs=3, seed=0, callbacks=[failing]))
+    res["fit_callback_steps"] = v.n_steps
+    res["fit_callback_in_sync"] = v.in_sync()
 
     # loss_and_grads: the global result over 3 + 4 rows, no update
     g = fastbp.compile(model(), optimizer="sgd", batch_size=4, seed=1, comm=comm)
