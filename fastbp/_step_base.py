@@ -276,6 +276,9 @@ class StepBase(NormState):
         if not isinstance(origin, list) or len(origin) != 2:
             raise ValueError("the schedule origin is not a pair")
         origin = (V.seed(origin[0], "origin[0]"), V.seed(origin[1], "origin[1]"))
+        if origin[0] > epochs or origin[1] > self.n_steps:      # (every fit failed: t < 0)
+            raise ValueError(f"the schedule origin {list(origin)} (epochs, steps) lies beyond the step's "
+                             f"progress ({epochs} epochs, {self.n_steps} steps)")
         spec = state.get("schedule")
         sched = None if spec is None else schedule_from_spec(spec)
         _release_plateau(self._schedule, self)

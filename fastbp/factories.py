@@ -330,8 +330,8 @@ def _load(path, expect_model, precision="full"):
         raise _Bad(f"clip_grad_norm must be >= 0 (0: none), got {hyper[ex.H_CLIP]}")
     for slot, name in ((ex.H_T, "Adam step t"), (ex.H_STEPS, "step count")):
         v = hyper[slot]
-        if v < 0 or v != np.floor(v):
-            raise _Bad(f"{name} must be a non-negative integer, got {v}")
+        if v < 0 or v != np.floor(v) or v > 2.0 ** 53:     # counted exactly in float64 (and an int64)
+            raise _Bad(f"{name} must be a non-negative integer of at most 2**53, got {v}")
     if not (0 <= hyper[ex.H_RNG_SEED] < 2.0 ** 32 and hyper[ex.H_RNG_SEED] == np.floor(hyper[ex.H_RNG_SEED])):
         raise _Bad(f"the dropout seed must be an integer in [0, 2**32), got {hyper[ex.H_RNG_SEED]}")
     rng_state = meta["rng"]

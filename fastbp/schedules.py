@@ -64,6 +64,15 @@ def _choice(name, value, choices, owner):
     return value
 
 
+def _power(gamma, k):
+    """``gamma ** k``, an infinity where it overflows (as torch's rate would become: a fit
+    refuses a non-finite rate up front, see :func:`fastbp.training.check_schedule_span`)."""
+    try:
+        return gamma ** k
+    except OverflowError:
+        return _math.inf
+
+
 def _t(t):
     if isinstance(t, bool) or not isinstance(t, _numbers.Integral):
         raise TypeError(f"t must be an int, got {type(t).__name__}")
@@ -139,7 +148,7 @@ class StepLR(Schedule):
                   interval=_choice("interval", interval, _INTERVALS, "StepLR"))
 
     def lr_at(self, t, base_lr):
-        return base_lr * self.gamma ** (_t(t) // self.step_size)
+        return base_lr * _power(self.gamma, _t(t) // self.step_size)
 
 
 class MultiStepLR(Schedule):
@@ -169,7 +178,7 @@ class MultiStepLR(Schedule):
                   interval=_choice("interval", interval, _INTERVALS, "MultiStepLR"))
 
     def lr_at(self, t, base_lr):
-        return base_lr * self.gamma ** _bisect_right(self.milestones, _t(t))
+        return base_lr * _power(self.gamma, _bisect_right(self.milestones, _t(t)))
 
 
 class ExponentialLR(Schedule):
@@ -190,7 +199,7 @@ class ExponentialLR(Schedule):
                   interval=_choice("interval", interval, _INTERVALS, "ExponentialLR"))
 
     def lr_at(self, t, base_lr):
-        return base_lr * self.gamma ** _t(t)
+        return base_lr * _power(self.gamma, _t(t))
 
 
 class CosineAnnealingLR(Schedule):

@@ -406,10 +406,12 @@ def check_schedule_span(schedule, base_lr, epoch0, step0, epochs, per_epoch, has
             raise ValueError(f"the ReduceLROnPlateau schedule monitors {schedule.monitor!r}, which needs "
                              f"validation_data=(X_val, y_val)")
         return
-    if schedule.interval == "epoch":
-        schedule.lr_at(epoch0 + epochs - 1, base_lr)
-    else:
-        schedule.lr_at(step0 + epochs * per_epoch - 1, base_lr)
+    last = epoch0 + epochs - 1 if schedule.interval == "epoch" else step0 + epochs * per_epoch - 1
+    lr = schedule.lr_at(last, base_lr)
+    # the rate at the end of the fit: the largest a rising schedule (gamma > 1) reaches
+    if not _math.isfinite(lr):
+        raise ValueError(f"schedule: the rate of {schedule.spec()} at {schedule.interval} {last} of this fit "
+                         f"is {lr!r} (base rate {base_lr!r}): not a finite learning rate")
 
 
 def drive(*, epochs, per_epoch, rows_per_step, orders, train_epoch, step, schedule, base_lr, validate,

@@ -409,3 +409,40 @@ def test_save_refuses_a_pipe_or_device_instead_of_replacing_it(tmp_path, capsys)
     os.symlink(regular, link2)
     step.save(link2)                 # a link to a regular file: written through, as before
     assert os.path.islink(link2) and fastbp.load(link2).n_steps == 0
+
+
+def _with_meta(tmp_path, name, edit, hyper_edit=None):
+    """A copy of a good checkpoint with its metadata (and its 'hyper' array, digest updated) edited."""
+    _, src = _good(tmp_path)
+    raw, meta = _members(src)
+    edit(meta)
+    members = {k: v for k, v in raw.items() if k != "meta.npy"}
+    if hyper_edit is not None:
+        with np.load(src, allow_pickle=False) as z:
+            hyper = np.array(z["hyper"])
+        hyper_edit(hyper)
+        buf = io.BytesIO()
+        np.save(buf, hyper)
+        members["hyper.npy"] = buf.getvalue()
+        meta["arrays"]["hyper"]["sha256"] = checkpoint._digest(hyper)
+    dst = tmp_path / name
+    _zip(dst, members | {"meta.npy": _meta_npy(meta)})
+    return dst
+
+
+def test_a_schedule_origin_beyond_the_progress_is_refused_by_load(tmp_path):
+    """It loaded, then every fit failed with 't must be >= 0, got -98', naming neither."""
+    dst = _with_meta(tmp_path, "origin.npz", lambda m: m["training"].update(origin=[100, 1000]))
+    with pytest.raises(ValueError, match=r"origin\.npz': .*schedule origin \[100, 1000\] .* lies beyond"):
+        fastbp.load(dst)
+
+
+@pytest.mark.parametrize("value", [2.0 ** 63, 1e300])
+def test_a_step_count_beyond_2_53_is_refused_by_load(tmp_path, value):
+    from fastbp import _isa
+
+    def edit(h):
+        h[_isa.H_STEPS] = value
+    dst = _with_meta(tmp_path, "steps.npz", lambda m: None, edit)
+    with pytest.raises(ValueError, match=r"steps\.npz': .*step count must be a non-negative integer of at most 2\*\*53"):
+        fastbp.load(dst)

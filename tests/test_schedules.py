@@ -237,3 +237,18 @@ def test_setting_a_steps_schedule_attaches_it_as_the_argument_does():
     b.fit(X, y, epochs=1, schedule=S.ExponentialLR(0.9))     # replaced by fit's schedule=
     a.fit(X, y, epochs=1, schedule=p)
     assert a.schedule is p
+
+
+@pytest.mark.parametrize("make", [lambda: S.StepLR(step_size=1, gamma=1e308), lambda: S.ExponentialLR(1e200),
+                                  lambda: S.MultiStepLR([1, 2], gamma=1e308)])
+def test_a_rate_that_overflows_is_refused_before_fit_trains(make):
+    """gamma ** t overflowed: a bare OverflowError (34, 'Numerical result out of range')."""
+    import numpy as np
+    import fastbp
+    sched = make()
+    assert sched.lr_at(5, 0.1) == math.inf
+    step = fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 2)), optimizer=fastbp.SGD(lr=0.1), batch_size=4)
+    X, y = np.ones((8, 3), np.float32), np.zeros(8, int)
+    with pytest.raises(ValueError, match=r"schedule: the rate of .* at epoch 2 of this fit is inf"):
+        step.fit(X, y, epochs=3, schedule=sched)
+    assert step.n_steps == 0
