@@ -108,7 +108,7 @@ def build_parser():
                         "targets standardised)")
     t.add_argument("--hidden", type=_positive_int, nargs="*", default=[256, 128], metavar="N",
                    help="hidden layer widths (default: 256 128; none for a linear model)")
-    t.add_argument("--activation", choices=ACTIVATION_CHOICES, default="relu",
+    t.add_argument("--activation", choices=ACTIVATION_CHOICES, default=None,
                    help="hidden-layer activation (default: relu)")
     t.add_argument("--dropout", type=_float_in(0.0, 1.0, False, True), default=0.0, metavar="P",
                    help="Dropout(P) after each hidden activation, P in [0, 1) (default: 0, none); "
@@ -124,7 +124,7 @@ def build_parser():
                    help="weight decay >= 0: decoupled for adamw (default 0.01), an L2 term in the "
                         "gradient for sgd, adam and rmsprop (default 0), as in torch.optim")
     t.add_argument("--lr", type=_float_in(0.0, None, True, False), default=None,
-                   help="learning rate (default: 0.001 for adam and rmsprop, 0.05 for sgd)")
+                   help="learning rate (default: 0.001 for adam, adamw and rmsprop, 0.05 for sgd)")
     t.add_argument("--momentum", type=_float_in(0.0, 1.0, False, True), default=None,
                    help="momentum in [0, 1) (sgd: default 0.9; rmsprop: default 0)")
     t.add_argument("--clip-grad-norm", type=_float_in(0.0, None, True, False), default=None, metavar="MAX_NORM",

@@ -25,6 +25,9 @@ def compare_refusal(args):
     if args.weight_decay:
         return ("--compare: scikit-learn's MLP has no weight decay of the optimizer (--weight-decay; "
                 "its alpha is an L2 penalty on the loss)")
+    if getattr(args, "schedule", "constant") != "constant":
+        return (f"--compare: scikit-learn's MLP has no --schedule {args.schedule} (its learning_rate "
+                "schedules are sgd's 'invscaling' and 'adaptive'; compare with a constant rate)")
     if _acts.get(args.activation).sklearn is None:
         return f"--compare: scikit-learn has no {args.activation!r} activation"
     return None

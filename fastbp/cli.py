@@ -307,9 +307,11 @@ def _setup(args, mpi):
                           "(use --device cpu)")
     if args.momentum is not None and args.optimizer not in ("sgd", "rmsprop"):
         raise _UsageError("fastbp train: error: --momentum applies only to --optimizer sgd or rmsprop")
-    if not args.hidden and (args.dropout or args.batchnorm):
-        raise _UsageError("fastbp train: error: " + ("--dropout" if args.dropout else "--batchnorm")
-                          + " applies to hidden layers, and --hidden gives none")
+    if not args.hidden and (args.dropout or args.batchnorm or args.activation is not None):
+        opt = "--dropout" if args.dropout else "--batchnorm" if args.batchnorm else "--activation"
+        raise _UsageError(f"fastbp train: error: {opt} applies to hidden layers, and --hidden gives none")
+    if args.activation is None:
+        args.activation = "relu"
     if args.compare and _compare_refusal(args):
         raise _UsageError("fastbp train: error: " + _compare_refusal(args))
     if args.task == "regression":
@@ -452,8 +454,9 @@ def train(args, t_start, t_main):
 
     if args.compare:
         sk_score, sk_ep = _compare(args, d)
-        note = "" if args.loss in ("softmax_cross_entropy", "mse") else \
-            " (scikit-learn always trains with log-loss)"
+        # scikit-learn's classifier trains log-loss, its regressor squared error
+        same_loss = args.loss == ("mse" if regression else "softmax_cross_entropy")
+        note = "" if same_loss else " (scikit-learn always trains with log-loss)"
         fb_med, sk_med = float(np.median(ep)), float(np.median(sk_ep))
         col = "test R^2" if regression else "test acc"
         _out("")

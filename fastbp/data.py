@@ -295,11 +295,17 @@ def read_dataset(path, label_column=None, delimiter=None, header=None):
     if t.width < 2:
         raise DataError(f"{path}: each CSV row needs at least 2 columns (features..., label), "
                         f"found 1{t.delimiter_hint()}")
-    lab = _resolve_label(label_column, t.names, t.width, path)
-    cols = [j for j in range(t.width) if j != lab]
-    fn = _feature_names(t.names, cols, path)
-    X = t.features(cols)
-    labels = t.labels(lab)
+    try:
+        lab = _resolve_label(label_column, t.names, t.width, path)
+        cols = [j for j in range(t.width) if j != lab]
+        fn = _feature_names(t.names, cols, path)
+        X = t.features(cols)
+        labels = t.labels(lab)
+    except DataError as e:
+        if t.header_note is None:
+            raise
+        # the header was a guess that may be the cause (a data row with a typo): say so
+        raise DataError(f"{e}; note: {t.header_note.split(': ', 1)[1]}") from None
     name = _column_names(t.names)[lab] if t.names is not None else None
     return Dataset(path, X, labels, fn, name, lab, t.width, t.lines, t.has_header, t.header_note)
 

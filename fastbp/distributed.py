@@ -107,7 +107,8 @@ class DistributedStep(DataParallelFit):
 
     Examples
     --------
-    Run with ``mpiexec -n 2 python train.py``::
+    Run with ``mpiexec -n 2 python -m mpi4py train.py`` (``-m mpi4py``: an uncaught
+    exception on one rank aborts them all, see the README)::
 
         from mpi4py import MPI
         import fastbp

@@ -31,12 +31,17 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
     Parameters
     ----------
     model : Sequential
-        Layers :class:`Linear`, :class:`ReLU`, :class:`Sigmoid`, :class:`Tanh`.
+        Of :class:`Linear` layers, the activations of the registry (:class:`ReLU`,
+        :class:`Tanh`, :class:`GELU`, ...), :class:`Dropout`, :class:`LayerNorm`,
+        :class:`BatchNorm1d` and :class:`Residual` blocks.
     loss : {"softmax_cross_entropy", "mse", "bce_with_logits", "svm", "poisson"}
         ``"poisson"``: the half Poisson deviance of ``exp`` of the outputs
         (count targets >= 0; the network's outputs are log-means).
     optimizer : SGD, Adam, AdamW, RMSprop or a name ('sgd', 'adam', 'adamw', 'rmsprop'), default ``SGD(lr=0.1)``
-        Applied inside the fused step.
+        Applied inside the fused step.  A name takes fastbp's defaults: ``'sgd'`` is
+        ``SGD(lr=0.01)``, ``'adam'`` ``Adam()`` (lr 1e-3), ``'adamw'`` ``AdamW()`` (lr
+        1e-3, weight_decay 0.01), ``'rmsprop'`` ``RMSprop()`` (lr 1e-2), as PyTorch's
+        except SGD's rate (PyTorch's is 1e-3).
     batch_size : int, default 64
         Largest minibatch; smaller ones work without recompiling.
     dtype : float32 or float64, default float32

@@ -13,8 +13,9 @@ default step gives relative errors around 1e-8 or better, but in float32
 (``u`` ~ 6e-8) far less, so float32 checks need a looser ``rtol`` (the
 defaults here are dtype-aware).  :func:`gradcheck` judges every element on
 its own scale, allowing for that rounding noise (:data:`NOISE_ULPS`), as
-:func:`torch.autograd.gradcheck` judges every element: a wrong sign on a
-gradient element a million times smaller than the largest one fails.
+:func:`torch.autograd.gradcheck` judges every element: in float64, a wrong
+sign on a gradient element a million times smaller than the largest one
+fails (in float32 the noise of ``f``'s largest values hides far less).
 Functions with kinks (ReLU, max, hinge) must be checked away from the kinks.
 """
 from __future__ import annotations

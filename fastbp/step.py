@@ -47,7 +47,7 @@ class TrainStep(StepBase):
     ----------
     model : Sequential
     loss : str
-    optimizer : SGD or Adam
+    optimizer : SGD, Adam, AdamW or RMSprop
         The step's own frozen copy of the optimizer it was compiled with
         (set the learning rate with ``step.lr = value``).
     batch_size : int

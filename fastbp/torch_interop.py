@@ -281,9 +281,11 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     ----------
     model : torch.nn.Sequential
         Of ``Linear`` modules, ``Dropout`` (``inplace`` is ignored; the masks are
-        fastbp's own generator's) and the activation modules of fastbp's
-        activation registry (``ReLU``, ``Sigmoid``, ``Tanh``, ..., with their
-        parameters), on the CPU, all float32 or all float64.
+        fastbp's own generator's), ``LayerNorm`` and ``BatchNorm1d`` (their
+        weights and running statistics shared as the Linear weights are) and the
+        activation modules of fastbp's activation registry (``ReLU``,
+        ``Sigmoid``, ``Tanh``, ..., with their parameters), on the CPU, all
+        float32 or all float64.
     loss : str or torch loss module
         A fastbp loss name, or ``CrossEntropyLoss`` / ``MSELoss`` /
         ``BCEWithLogitsLoss`` (mean reduction).

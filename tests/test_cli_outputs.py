@@ -280,3 +280,37 @@ def test_a_header_decided_from_a_row_with_numbers_is_noted(tmp_path, capsys):
     rc, _, err = run_here(capsys, "train", "--data", write_csv(tmp_path / "ok.csv"), "--hidden", "4",
                           "--epochs", "1", "--quiet")
     assert rc == 0 and err == ""
+
+
+def test_a_header_guess_behind_a_failed_read_is_named_in_the_error(tmp_path, capsys):
+    """A first data row with a typo taken as the header made equal 'names' of its numbers:
+    the error said two columns were named '0', without the note that explains it."""
+    typo = tmp_path / "typo.csv"
+    rows = ["0,0,5,1x,cat"] + [f"0,{i % 3},{i},{i % 5},{'cat' if i % 2 else 'dog'}" for i in range(30)]
+    typo.write_text("\n".join(rows) + "\n")
+    rc, out, err = run_here(capsys, "train", "--data", typo, "--hidden", "4", "--epochs", "1", "--quiet")
+    line = one_line(err)
+    assert rc == 1 and "named '0'" in line and "note: line 1 ('0,0,5,1x,cat') was taken as the header" in line
+    assert "--no-header" in line
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--compare", "--schedule", "cosine"], "--compare: scikit-learn's MLP has no --schedule cosine"),
+    (["--hidden", "--activation", "tanh"], "--activation applies to hidden layers, and --hidden gives none"),
+])
+def test_options_that_would_be_ignored_by_compare_or_a_linear_model_are_usage_errors(capsys, argv, words):
+    """--compare trained scikit-learn at a constant rate beside a scheduled fastbp; an
+    --activation of a model without hidden layers did nothing (its siblings were refused)."""
+    args = ["--hidden", "4", *argv] if argv[0] != "--hidden" else argv
+    rc, out, err = run_here(capsys, "train", "--quiet", "--epochs", "2", *args)
+    assert rc == 2 and out == ""
+    assert words in one_line(err)
+
+
+def test_compare_notes_that_scikit_learn_trains_log_loss_beside_an_mse_classifier(capsys):
+    rc, out, err = run_here(capsys, "train", "--quiet", "--epochs", "1", "--hidden", "8", "--loss", "mse",
+                            "--compare")
+    assert rc == 0, err
+    assert "(scikit-learn always trains with log-loss)" in out
+    rc, out, err = run_here(capsys, "train", "--quiet", "--epochs", "1", "--hidden", "8", "--compare")
+    assert rc == 0 and "log-loss" not in out
