@@ -111,8 +111,9 @@ def _describe(model, path):
         bits.append(f"fastbp {info['fastbp_version']}")
     if info.get("created"):
         bits.append(info["created"])
-    widths = [model.n_features_in_] + [ly.out_features_ for ly in model.step.model.layers
-                                        if hasattr(ly, "out_features_")]
+    from .layers import Linear
+    widths = [model.n_features_in_] + [ly.out_features for ly in model.step.model.layers
+                                        if isinstance(ly, Linear)]
     return f"{'-'.join(map(str, widths))}, " + ", ".join(bits)
 
 

@@ -35,8 +35,8 @@ def is_real(v):
 
 
 def _is_bool(v):
-    """A bool, or 0 or 1."""
-    return isinstance(v, (bool, np.bool_)) or (isinstance(v, numbers.Real) and v in (0, 1))
+    """A bool (numpy's included), as scikit-learn's "boolean" constraint: 0, 1 and 1.0 are not."""
+    return isinstance(v, (bool, np.bool_))
 
 
 def resolve_dtype(dtype, X_dtype):

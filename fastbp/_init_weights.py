@@ -64,7 +64,7 @@ class ShapesOnly:
         for key, layer, _ in linear_layers(model.layers):
             self._shapes[f"{key}.W"] = layer.weight_shape
             if layer.bias:
-                self._shapes[f"{key}.b"] = (layer.out_features_,)
+                self._shapes[f"{key}.b"] = (layer.out_features,)
         #: how many weights, counted in Python integers (no numpy size limit)
         self.n_values = sum(math.prod(shape) for shape in self._shapes.values())
 

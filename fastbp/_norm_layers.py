@@ -19,12 +19,12 @@ __all__ = ["LayerNorm", "BatchNorm1d"]
 
 
 class _Norm:
-    """Base of the normalisation layers (a fastbp layer: ``out_features``, ``spec``,
+    """Base of the normalisation layers (a fastbp layer: ``_out_width``, ``spec``,
     ``build``): affine parameters ``{prefix}.weight`` (initialised to 1) and
     ``{prefix}.bias`` (0), trained like every parameter (weight decay included,
     as PyTorch's optimizers apply it to them)."""
 
-    def out_features(self, in_features):
+    def _out_width(self, in_features):
         if in_features != self.num_features:
             raise ValueError(f"{self!r} receives {in_features} features from the previous layer")
         return in_features
@@ -158,4 +158,6 @@ def _norm_from_spec(t, ls):
     extra = set(ls) - {"type"} - set(keys)
     if extra:
         raise ValueError(f"layer {t!r} in model spec has unknown fields {sorted(extra)}")
+    if keys[0] not in ls:
+        raise ValueError(f"layer {t!r} in model spec has no field {keys[0]!r}")
     return cls(**{k: ls[k] for k in keys if k in ls})

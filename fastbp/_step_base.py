@@ -1,8 +1,7 @@
 """What every kind of training step shares: :class:`StepBase`.
 
-The CPU step (:class:`fastbp.step.TrainStep`), the GPU step
-(:class:`fastbp.cuda_step.CudaTrainStep`) and, through the CPU step it
-drives, the data-parallel step (:class:`fastbp.distributed.DistributedStep`)
+The CPU step (:class:`fastbp.step.TrainStep`), the GPU step (:class:`fastbp.cuda_step.CudaTrainStep`)
+and, through the CPU step it drives, the data-parallel step (:class:`fastbp.distributed.DistributedStep`)
 compile, validate and report in the same way.  This module holds that once:
 
 - the checks of the constructor's arguments, the memory check, the weight
@@ -18,12 +17,13 @@ compile, validate and report in the same way.  This module holds that once:
 - the translation of an executor status into an exception
   (:meth:`StepBase.raise_status`).
 
-The single-underscore methods are protected by design: the subclasses call
-them on themselves, nothing else calls them.  Nothing here runs a step, so
-this module imports neither the CPU executor nor numba-cuda.
+The single-underscore methods are protected by design: the subclasses call them on themselves,
+nothing else calls them.  Nothing here runs a step: this module imports neither the CPU executor
+nor numba-cuda.
 """
 from __future__ import annotations
 
+import copy
 import threading
 
 import numpy as np
@@ -122,7 +122,7 @@ class StepBase(NormState):
             raise TypeError(f"model must be a fastbp.Sequential, got {type(model).__name__}")
         if not isinstance(loss, str) or loss not in LOSSES:     # (None included: tests/test_bad_input.py)
             raise ValueError(f"unknown loss {loss!r}; valid losses: {', '.join(sorted(LOSSES))}")
-        self.model = model
+        self.model = copy.deepcopy(model)   # its own: a layer changed later changed save(), not the step
         self.loss = loss
         # the step's own, frozen copy: a later change to the caller's object changes
         # neither the training nor what save() writes (step.lr = v changes the rate)
@@ -133,7 +133,7 @@ class StepBase(NormState):
         #: "full" or "bf16" (the linear layers' products on bfloat16 copies; fastbp._bf16)
         self.precision = _bf16.resolve(precision, self.dtype, self._device)
         self.n_in = model.in_features
-        self.n_out = model.out_features()
+        self.n_out = model.out_features
         self.classification = loss in CLASSIFICATION_LOSSES
         if self.classification and self.n_out < 2:
             raise ValueError(f"loss {loss!r} needs at least 2 outputs, the model has {self.n_out}")

@@ -32,7 +32,8 @@ def __dir__():
 class Layer:
     """Base class of fastbp layers."""
 
-    def out_features(self, in_features):
+    def _out_width(self, in_features):
+        """The width this layer outputs for ``in_features`` inputs (ValueError if it cannot take them)."""
         return in_features
 
     def spec(self):
@@ -72,7 +73,7 @@ class Linear(Layer):
     def __init__(self, in_features, out_features, bias=True, *, init=None, _layout="in_out"):
         # one error policy (fastbp._validate): a wrong type is a TypeError, a wrong value a ValueError
         self.in_features = _v.positive_int("Linear: in_features", in_features)
-        self.out_features_ = _v.positive_int("Linear: out_features", out_features)
+        self.out_features = _v.positive_int("Linear: out_features", out_features)
         self.bias = _v.boolean("Linear: bias", bias)
         if init is not None and not callable(init):
             if not isinstance(init, str):
@@ -86,22 +87,22 @@ class Linear(Layer):
             raise ValueError(f"Linear: unknown weight layout {_layout!r}")
         self.layout = _layout
 
-    def out_features(self, in_features):
+    def _out_width(self, in_features):
         if in_features != self.in_features:
-            raise ValueError(f"Linear({self.in_features}, {self.out_features_}) receives "
+            raise ValueError(f"Linear({self.in_features}, {self.out_features}) receives "
                              f"{in_features} features from the previous layer")
-        return self.out_features_
+        return self.out_features
 
     @property
     def weight_shape(self):
         if self.layout == "out_in":
-            return (self.out_features_, self.in_features)
-        return (self.in_features, self.out_features_)
+            return (self.out_features, self.in_features)
+        return (self.in_features, self.out_features)
 
     def init(self, rng, next_activation):
         """Initial ``(W, b)`` in float64 for the activation that follows (its
         registry name, or None)."""
-        fan_in, fan_out = self.in_features, self.out_features_
+        fan_in, fan_out = self.in_features, self.out_features
         rule = self.init_rule
         if rule is None:
             rule = _acts.get(next_activation).init if next_activation is not None else "glorot"
@@ -136,7 +137,7 @@ class Linear(Layer):
         return y
 
     def spec(self):
-        d = {"type": "Linear", "in_features": self.in_features, "out_features": self.out_features_,
+        d = {"type": "Linear", "in_features": self.in_features, "out_features": self.out_features,
              "bias": self.bias, "layout": self.layout}
         if isinstance(self.init_rule, str):
             d["init"] = self.init_rule
@@ -144,7 +145,7 @@ class Linear(Layer):
 
     def __repr__(self):
         init = "" if self.init_rule is None else f", init={self.init_rule!r}"
-        return f"Linear({self.in_features}, {self.out_features_}, bias={self.bias}{init})"
+        return f"Linear({self.in_features}, {self.out_features}, bias={self.bias}{init})"
 
 
 class _Activation(Layer):
@@ -316,18 +317,19 @@ class Residual(Layer):
     def __init__(self, *layers):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
+        layers = _flatten(layers)
         if not layers:
             raise ValueError("Residual needs at least one layer (f in x + f(x))")
         for i, layer in enumerate(layers):
             if not isinstance(layer, (Linear, _Activation, Dropout, Residual, _Norm)):
-                raise TypeError(f"Residual: layer {i} must be a fastbp {layer_names()}, Dropout or Residual, "
-                                f"got {type(layer).__name__}")
+                raise TypeError(f"Residual: layer {i} must be a fastbp layer ({layer_names()}) or a "
+                                f"Sequential, got {type(layer).__name__}")
         self.layers = tuple(layers)
 
-    def out_features(self, in_features):
+    def _out_width(self, in_features):
         width = in_features
         for layer in self.layers:
-            width = layer.out_features(width)
+            width = layer._out_width(width)
         if width != in_features:
             raise ValueError(f"{self!r}: f maps {in_features} features to {width}; the block x + f(x) "
                              f"needs f to keep the width {in_features}")
@@ -380,13 +382,23 @@ def _first_linear(layers):
     return None
 
 
+def _flatten(layers):
+    """``layers`` with each nested :class:`Sequential` replaced by its layers (the same model:
+    ``torch.nn.Sequential`` nests them as submodules, fastbp keeps one chain)."""
+    out = []
+    for layer in layers:
+        out.extend(layer.layers if isinstance(layer, Sequential) else (layer,))
+    return tuple(out)
+
+
 class Sequential(Layer):
     """A chain of layers.
 
     Parameters
     ----------
-    *layers : Linear, activation (ReLU, Sigmoid, Tanh, ...), Identity, Dropout, LayerNorm, BatchNorm1d or Residual layers
-        At least one :class:`Linear`; widths must chain.
+    *layers : Linear, activation (ReLU, Sigmoid, Tanh, ...), Identity, Dropout, LayerNorm, BatchNorm1d, Residual or Sequential layers
+        At least one :class:`Linear`; widths must chain.  A nested Sequential
+        stands for its layers (``Sequential(m[:2], m[2:])`` is ``m``'s chain).
 
     Notes
     -----
@@ -394,32 +406,35 @@ class Sequential(Layer):
     weights): the same layer object at two positions gives two layers with
     their own weights, never tied ones.  Like ``torch.nn.Sequential``:
     ``len(model)``, ``model[i]`` (a layer), ``model[i:j]`` (a Sequential of
-    those layers) and iteration over the layers (also ``model.layers``, a tuple).
+    those layers: it needs a Linear too, as every Sequential, to know its
+    width) and iteration over the layers (also ``model.layers``, a tuple).
     """
 
     def __init__(self, *layers):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
+        layers = _flatten(layers)
         if not layers:
             raise ValueError("Sequential needs at least one layer")
         for i, layer in enumerate(layers):
             if not isinstance(layer, (Linear, _Activation, Dropout, Residual, _Norm)):
-                raise TypeError(f"Sequential: layer {i} must be a fastbp {layer_names()}, got {type(layer).__name__}")
+                raise TypeError(f"Sequential: layer {i} must be a fastbp layer ({layer_names()}) or a "
+                                f"Sequential, got {type(layer).__name__}")
         first = _first_linear(layers)
         if first is None:
             raise ValueError("Sequential needs at least one Linear layer")
         width = first.in_features
         for i, layer in enumerate(layers):
             try:
-                width = layer.out_features(width)
+                width = layer._out_width(width)
             except ValueError as e:                 # name the layer by its place
                 raise ValueError(f"Sequential layer {i}: {e}") from None
         self.layers = tuple(layers)
         self.in_features = first.in_features
-        self.out_features_ = width
+        self.out_features = width
 
-    def out_features(self, in_features=None):
-        return self.out_features_
+    def _out_width(self, in_features=None):
+        return self.out_features
 
     def __len__(self):
         return len(self.layers)
@@ -430,7 +445,12 @@ class Sequential(Layer):
     def __getitem__(self, index):
         """A layer (``model[i]``), or a Sequential of a slice of them (``model[i:j]``)."""
         if isinstance(index, slice):
-            return Sequential(*self.layers[index])
+            part = self.layers[index]
+            if _first_linear(part) is None:
+                raise ValueError(f"model[{index.start}:{index.stop}{'' if index.step is None else f':{index.step}'}] "
+                                 f"holds no Linear layer ({len(part)} layers): a fastbp Sequential needs one to "
+                                 f"know its width")
+            return Sequential(*part)
         return self.layers[index]
 
     def init_params(self, seed):
@@ -483,7 +503,7 @@ class Sequential(Layer):
         """Rebuild a model from :meth:`spec` output (checkpoints)."""
         if not isinstance(spec, dict) or spec.get("type") != "Sequential":
             raise ValueError("model spec is not a Sequential")
-        return cls(*_layers_from_spec(spec["layers"]))
+        return cls(*_layers_from_spec(spec.get("layers")))
 
     def __repr__(self):
         return "Sequential(" + ", ".join(map(repr, self.layers)) + ")"
@@ -498,6 +518,8 @@ def _layers_from_spec(specs):
         if not isinstance(ls, dict):
             raise ValueError(f"layer spec {ls!r} is not an object")
         t = ls.get("type")
+        if not isinstance(t, str):
+            raise ValueError(f"layer spec {ls!r} has no 'type' string")
         if t == "Residual":
             if set(ls) != {"type", "layers"}:
                 raise ValueError(f"layer 'Residual' in model spec has fields {sorted(ls)}, "
@@ -516,6 +538,10 @@ def _layers_from_spec(specs):
         if t != "Linear" and entry is None:
             raise ValueError(f"unknown layer type {t!r} in model spec")
         if t == "Linear":
+            fields, needed = set(ls) - {"type"}, {"in_features", "out_features", "bias"}
+            if not needed <= fields <= needed | {"init", "layout"}:
+                raise ValueError(f"layer 'Linear' in model spec has fields {sorted(fields)}: it needs "
+                                 f"{sorted(needed)} and may have 'init' and 'layout'")
             layers.append(Linear(ls["in_features"], ls["out_features"], ls["bias"], init=ls.get("init"),
                                  _layout=ls.get("layout", "in_out")))
         else:

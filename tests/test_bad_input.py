@@ -411,7 +411,8 @@ CASES = [
       r"Sequential needs at least one layer"),
     C("sequential_not_a_layer", "bad model", "Sequential", "", lambda _: fastbp.Sequential(fastbp.Linear(2, 2), "relu"),
       # the layer classes of the activation registry ("Linear, ReLU, Sigmoid or Tanh" before LeakyReLU)
-      TypeError, r"Sequential: layer 1 must be a fastbp " + re.escape(fastbp.layers.layer_names()) + ", got str"),
+      TypeError, r"Sequential: layer 1 must be a fastbp layer \(" + re.escape(fastbp.layers.layer_names())
+      + r"\) or a Sequential, got str"),
     C("sequential_widths_do_not_chain", "shape", "Sequential", "",
       lambda _: fastbp.Sequential(fastbp.Linear(3, 4), fastbp.ReLU(), fastbp.Linear(5, 2)), ValueError,
       r"Linear\(5, 2\) receives 4 features from the previous layer"),

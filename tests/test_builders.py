@@ -25,7 +25,7 @@ def describe(model):
     out = []
     for ly in model.layers:
         if isinstance(ly, fastbp.Linear):
-            out.append(("Linear", ly.in_features, ly.out_features_, ly.bias))
+            out.append(("Linear", ly.in_features, ly.out_features, ly.bias))
         else:
             out.append(type(ly).__name__)
     return out
@@ -158,10 +158,10 @@ def test_sequential_is_sized_indexable_sliceable_and_iterable_like_torchs():
     assert len(m) == 4 and list(m) == list(m.layers)
     assert m[0] is m.layers[0] and m[-1] is m.layers[-1]
     head = m[:2]
-    assert isinstance(head, fastbp.Sequential) and head.layers == m.layers[:2] and head.out_features() == 8
+    assert isinstance(head, fastbp.Sequential) and head.layers == m.layers[:2] and head.out_features == 8
     with pytest.raises(IndexError):
         m[4]
-    with pytest.raises(ValueError, match="at least one Linear"):
+    with pytest.raises(ValueError, match=r"model\[1:3\] holds no Linear layer"):
         m[1:3]          # ReLU, Dropout: no Linear
 
 

@@ -380,7 +380,8 @@ BAD_FILES = {
     "unknown_layer_type": (_mut(lambda a, m, t: m["model"]["layers"].append({"type": "Conv2d"})),
                            r"invalid model spec.*Conv2d"),
     "layer_spec_missing_key": (_mut(lambda a, m, t: m["model"]["layers"][0].pop("in_features")),
-                               r"invalid model spec \(KeyError"),
+                               r"invalid model spec \(ValueError: layer 'Linear' in model spec has fields "
+                               r"\['bias', 'layout', 'out_features'\]: it needs \['bias', 'in_features'"),
     "unknown_loss": (_mut(lambda a, m, t: _set(m, "loss", "hinge2")), r"cannot rebuild.*unknown loss 'hinge2'"),
     "bad_batch_size": (_mut(lambda a, m, t: _set(m, "batch_size", 0)), r"cannot rebuild.*batch_size"),
     "bad_dtype": (_mut(lambda a, m, t: _set(m, "dtype", "float16")), r"dtype: dtype must be float32 or float64"),

@@ -240,7 +240,7 @@ def test_separate_steps_in_separate_threads_equal_serial_runs():
 
     def data(k):
         model, _, dtype, bs = configs[k]
-        return _data(10 * bs, model.in_features, model.out_features(), 10 + k, dtype)
+        return _data(10 * bs, model.in_features, model.out_features, 10 + k, dtype)
 
     def train(step, X, Y):
         bs = step.batch_size

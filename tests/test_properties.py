@@ -151,7 +151,7 @@ def test_fused_gradients_match_float64_reference(p):
         if k.endswith(".b"):
             v[...] = rng.standard_normal(v.shape) * 0.5
     x = (rng.standard_normal((nb, model.in_features)) * p["scale"]).astype(dtype)
-    y = targets(loss, rng, nb, model.out_features())
+    y = targets(loss, rng, nb, model.out_features)
     if y.dtype.kind == "f":
         y = y.astype(dtype)
     params = {k: v.astype(np.float64) for k, v in step.params.items()}   # exactly the step's weights
@@ -184,7 +184,7 @@ def test_predict_matches_reference_forward_at_any_row_count(p, n):
     X = (rng.standard_normal((n, model.in_features)) * p["scale"]).astype(dtype)
     h = forward(model, {k: v.astype(np.float64) for k, v in step.params.items()}, X)[2][-1]
     out = step.predict(X)
-    assert out.shape == (n, model.out_features()) and out.dtype == dtype
+    assert out.shape == (n, model.out_features) and out.dtype == dtype
     rtol, atol = TOL[dtype]
     scale = max(float(np.max(np.abs(h))), 1.0)
     assert float(np.max(np.abs(out - h))) <= 10 * rtol * scale

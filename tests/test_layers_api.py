@@ -1,0 +1,79 @@
+"""The layers as a PyTorch user meets them (regressions of reviewed defects): the step's own
+copy of its model, ``out_features`` as an int, nested Sequentials, specs that are not a
+model's, and the estimators' boolean parameters."""
+import numpy as np
+import pytest
+
+import fastbp
+from fastbp import Sequential, Linear, ReLU, Residual, LayerNorm
+
+
+def _model():
+    return Sequential(Linear(4, 8), LayerNorm(8), ReLU(), Linear(8, 2))
+
+
+def test_a_layer_changed_after_compile_changes_neither_the_step_nor_what_it_saves(tmp_path):
+    """m[1].eps = 10 after compile: the step kept eps 1e-5 but saved eps 10 (a loaded model
+    predicted up to 1.26 away from the trained one)."""
+    m = _model()
+    step = fastbp.compile(m, loss="mse", batch_size=8, dtype=np.float64, seed=0)
+    X = np.random.default_rng(0).standard_normal((8, 4))
+    p0 = step.predict(X)
+    m[1].eps = 10.0
+    m[0].bias = False
+    assert step.model is not m and step.model[1].eps == 1e-5 and step.model[0].bias is True
+    np.testing.assert_array_equal(step.predict(X), p0)
+    step.save(tmp_path / "m.npz")
+    np.testing.assert_array_equal(fastbp.load(tmp_path / "m.npz").predict(X), p0)
+
+
+def test_out_features_is_an_int_as_torch_nn_linear():
+    lin = Linear(2, 3)
+    assert lin.in_features == 2 and lin.out_features == 3 and isinstance(lin.out_features, int)
+    m = _model()
+    assert m.in_features == 4 and m.out_features == 2 and m[-1].out_features == 2
+
+
+def test_a_nested_sequential_stands_for_its_layers():
+    """torch nests Sequentials; fastbp refused them, so Sequential(m[:2], m[2:]) failed."""
+    m = _model()
+    again = Sequential(m[:2], m[2:])
+    assert again.layers == m.layers
+    nested = Sequential(Sequential(Linear(4, 8), ReLU()), Linear(8, 3))
+    assert [type(ly).__name__ for ly in nested] == ["Linear", "ReLU", "Linear"] and nested.out_features == 3
+    block = Residual(Sequential(Linear(8, 8), ReLU()))
+    assert [type(ly).__name__ for ly in block.layers] == ["Linear", "ReLU"]
+    with pytest.raises(ValueError, match=r"model\[1:2\] holds no Linear layer \(1 layers\)"):
+        Sequential(Linear(4, 8), ReLU(), Linear(8, 2))[1:2]
+    with pytest.raises(TypeError, match=r"layer 1 must be a fastbp layer \(.*\) or a Sequential, got str"):
+        Sequential(Linear(2, 2), "relu")
+
+
+@pytest.mark.parametrize("spec, match", [
+    ({"type": "Sequential"}, "'layers' is not a list"),
+    ({"type": "Sequential", "layers": [{"type": [1]}]}, "has no 'type' string"),
+    ({"type": "Sequential", "layers": [{"type": "Linear", "in_features": 2, "out_features": 2}]},
+     r"'Linear' in model spec has fields \['in_features', 'out_features'\]: it needs"),
+    ({"type": "Sequential", "layers": [{"type": "Linear", "in_features": 2, "out_features": 2, "bias": True,
+                                        "foo": 1}]}, r"'Linear' in model spec has fields .*'foo'"),
+    ({"type": "Sequential", "layers": [{"type": "Linear", "in_features": 2, "out_features": 2, "bias": True},
+                                       {"type": "LayerNorm"}]}, r"'LayerNorm' in model spec has no field 'normalized_shape'"),
+])
+def test_a_spec_that_is_not_a_model_is_a_value_error(spec, match):
+    """KeyError, TypeError (unhashable type) or a constructor's missing-argument TypeError
+    before; an unknown field of a Linear was accepted."""
+    with pytest.raises(ValueError, match=match):
+        Sequential.from_spec(spec)
+
+
+@pytest.mark.parametrize("name", ["shuffle", "warm_start", "early_stopping", "nesterovs_momentum"])
+@pytest.mark.parametrize("value", [1, 0, 1.0])
+def test_the_estimators_boolean_parameters_take_bools_only_as_scikit_learn(name, value):
+    pytest.importorskip("sklearn")
+    from fastbp.estimator import MLPClassifier
+    X, y = np.random.default_rng(0).standard_normal((20, 3)), np.arange(20) % 2
+    est = MLPClassifier(max_iter=2, **{name: value})
+    with pytest.raises(ValueError, match=rf"{name} must be a bool, got {value!r}"):
+        est.fit(X, y)
+    assert not hasattr(est, "classes_")
+    MLPClassifier(max_iter=2, **{name: np.True_ if value else np.False_})
