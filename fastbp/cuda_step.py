@@ -439,9 +439,11 @@ class CudaTrainStep(StepBase):
             step), or ``{name: array}`` with some of :attr:`params`' keys
             (numpy or device arrays of the same shapes).
         optimizer_state : bool, default False
-            With a step as ``source``: also copy its optimizer state and its
-            step counters (same optimizer type needed), so training continues
-            exactly as ``source`` would.
+            With a step as ``source``: also copy its optimizer state, its step
+            counters, its learning rate (base and scheduled), schedule, dropout
+            seed and shuffling generator (same optimizer type needed), so
+            training continues exactly as ``source`` would (with this step's
+            own optimizer constants and clipping).
 
         Returns
         -------
@@ -478,8 +480,13 @@ class CudaTrainStep(StepBase):
                     dst.copy_to_device(src, stream=self._stream)
                 self._stream.synchronize()
                 if optimizer_state:
-                    for k in (ex.H_T, ex.H_STEPS):
+                    # the training progress: counters, rates (the base one and the scheduled
+                    # next), the dropout stream and the shuffling generator, the schedule
+                    for k in (ex.H_T, ex.H_STEPS, ex.H_LR, ex.H_RNG_SEED):
                         self.hyper[k] = source.hyper[k]
+                    self.optimizer._set_lr(float(source.optimizer.lr))
+                    self.rng.bit_generator.state = source.rng.bit_generator.state
+                    self._restore_schedule_state(source.schedule_state())
             return self
         if not hasattr(source, "items"):
             raise TypeError("load_params_from: source must be a fastbp.TrainStep, a CudaTrainStep or a "
