@@ -33,6 +33,7 @@ except ImportError:  # pragma: no cover - older scikit-learn
     _sk_validate_data = None
 
 from .builders import mlp
+from .bundle import saved_precision
 from .factories import compile as compile_step, load
 from .optimizers import SGD, Adam
 from . import _isa
@@ -270,7 +271,8 @@ class _BaseMLP(BaseEstimator):
                 path = os.path.join(d, "step.npz")
                 with open(path, "wb") as f:
                     f.write(blob)
-                self._step = load(path)
+                # the precision it trained at (bf16 products where this machine has them)
+                self._step = load(path, precision=saved_precision(self._arch.get("precision")))
 
     # ------------------------------------------------------------------ data
     def _as_array(self, X):

@@ -134,7 +134,8 @@ def save_model(step, path, *, task="classification", classes=None, feature_names
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     n_in, n_out = step.n_in, step.n_out
-    arrays, meta = {}, {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "task": task}
+    arrays, meta = {}, {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "task": task,
+                        "precision": getattr(step, "precision", "full")}
     if task != "regression":
         c = _np.arange(n_out) if classes is None else _np.asarray(classes)
         if c.dtype.kind == "O":
@@ -395,13 +396,25 @@ def _check_bundle(meta, arrays, step):
             raise ValueError(f"{k} must be an object")
 
 
-def load_model(path):
+def saved_precision(recorded):
+    """The precision to rebuild a step trained at ``recorded`` precision with: "auto" for
+    "bf16" (bf16 products where this machine has them, full precision elsewhere, so
+    that the model loads anywhere), "full" otherwise."""
+    return "auto" if recorded == "bf16" else "full"
+
+
+def load_model(path, precision=None):
     """Load a bundle (or a plain checkpoint) written by :func:`save_model`,
     ``fastbp train --save`` or an estimator's ``save``.
 
     Parameters
     ----------
     path : str or os.PathLike
+    precision : {"full", "bf16", "auto"}, optional
+        The precision of the rebuilt step's products.  Default: as the
+        model was trained (a bf16 model's products in bf16 where this
+        machine has them, in full precision elsewhere), so that its
+        predictions are the trained model's.
 
     Returns
     -------
@@ -420,7 +433,11 @@ def load_model(path):
         spath = _os.fspath(path)
     except TypeError:
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
-    step, arrays, extra = checkpoint.load_bundle(spath)
+    if precision is None:
+        def precision(meta):         # as saved: the bundle's record (a plain checkpoint: full)
+            rec = ((meta.get("extra") or {}).get(_KEY) or {}) if isinstance(meta, dict) else {}
+            return saved_precision(rec.get("precision") if isinstance(rec, dict) else None)
+    step, arrays, extra = checkpoint.load_bundle(spath, precision=precision)
     arrays = dict(arrays or {})
     meta = (extra or {}).get(_KEY)
     if meta is None:

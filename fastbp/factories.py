@@ -276,7 +276,8 @@ def load_bundle(path, expect_model=None, precision="full"):
     """
     path = _check_args(path, expect_model)
     from ._bf16 import precision_name
-    precision = precision_name(precision)       # checked before the file is read
+    if not callable(precision):     # (a callable of the metadata: fastbp.bundle.load_model's "as saved")
+        precision = precision_name(precision)       # checked before the file is read
     try:
         return _load(path, expect_model, precision)
     except (_Bad, BadArchive) as e:
@@ -299,6 +300,8 @@ def _load(path, expect_model, precision="full"):
     except Exception as e:  # noqa: BLE001 - untrusted spec: any failure is a bad file
         raise _Bad(f"invalid optimizer spec ({type(e).__name__}: {e})") from None
     from ._bf16 import resolve
+    if callable(precision):
+        precision = precision(meta)
     try:
         resolve(precision, dtype)   # a precision this checkpoint's dtype cannot take: the argument's error
     except ValueError as e:
