@@ -12,6 +12,7 @@ import numbers
 
 import numpy as np
 
+from . import _validate as _v
 from . import layers as _layers
 from ._graph_base import short_repr
 from .registry import activations as _acts
@@ -123,11 +124,13 @@ def mlp(widths, activation="relu", *, bias=True, batchnorm=False, dropout=0.0):
     Sequential(Linear(4, 8, bias=True), BatchNorm1d(8, eps=1e-05, momentum=0.1, affine=True,
     track_running_stats=True), GELU(approximate='none'), Dropout(p=0.1), Linear(8, 3, bias=True))
     """
-    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__"):
+    if isinstance(widths, (str, bytes, dict, set, frozenset)) or not hasattr(widths, "__len__"):
         raise TypeError(f"widths must be a sequence of int, got {type(widths).__name__}")
     widths = list(widths)
     if len(widths) < 2:
         raise ValueError(f"widths must hold at least two widths (in and out features), got {widths}")
+    for i, w in enumerate(widths):         # named as the caller passed them (not as a Linear's)
+        _v.positive_int(f"widths[{i}]", w)
     activation_layer(activation)          # checks the name once, also for a one-layer model
     if not isinstance(batchnorm, (bool, np.bool_)):
         raise TypeError(f"batchnorm must be a bool, got {type(batchnorm).__name__}")

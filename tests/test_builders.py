@@ -55,10 +55,11 @@ def test_mlp_layers():
 
 @pytest.mark.parametrize("args, error, match", [
     (([4],), ValueError, r"at least two widths"),
-    (([4, 0],), ValueError, r"out_features must be a positive integer, got 0"),
+    (([4, 0],), ValueError, r"^widths\[1\] must be a positive integer, got 0"),
     ((4,), TypeError, r"widths must be a sequence of int, got int"),
     (("43",), TypeError, r"widths must be a sequence of int, got str"),
-    (([4, 2.0],), TypeError, r"out_features must be a positive integer, got float"),
+    (([4, 2.0],), TypeError, r"^widths\[1\] must be a positive integer, got float"),
+    (({4: 1, 3: 2},), TypeError, r"widths must be a sequence of int, got dict"),
     (([4, 3], "mish"), ValueError, r"unknown activation 'mish'; valid: elu, gelu, gelu_tanh, identity, .*logistic, .*none, .*relu"),
     (([4, 3], None), TypeError, r"activation must be a str, got NoneType"),
     (([4, 3], "ReLU"), ValueError, r"unknown activation 'ReLU'"),
