@@ -147,6 +147,12 @@ class Activation:
     choice: Choice | None = None
     inplace: bool = False
 
+    def __copy__(self):
+        return self             # a registry entry is one immutable object: layers compare it by identity
+
+    def __deepcopy__(self, memo):
+        return self
+
     def __post_init__(self):
         if not (isinstance(self.code, int) and 0 <= self.code < CAPACITY):
             raise ValueError(f"activation {self.name!r}: code must be an int in [0, {CAPACITY}), got {self.code!r}")
