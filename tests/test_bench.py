@@ -173,6 +173,28 @@ def test_unknown_peer_is_rejected():
     assert r.returncode == 2 and "tensorflow" in r.stderr
 
 
+@pytest.mark.parametrize("argv, words", [
+    (["--round-time", "nan"], "--round-time must be a finite number > 0, got nan"),     # it never ended
+    (["--round-time", "inf"], "--round-time must be a finite number > 0, got inf"),
+    (["--gap", "-1"], "--gap must be a finite number >= 0"),
+    (["--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["--rtol", "-1"], "--rtol must be a finite number >= 0"),
+    (["--bf16-rtol", "nan"], "--bf16-rtol must be a finite number >= 0"),
+    (["--lr", "nan"], "--lr must be a finite number > 0"),
+    (["--configs", ""], "names no configuration"),
+    (["--peers", ","], "names no peer"),
+    (["--json", "/nonexistent-dir/x.json"], "directory /nonexistent-dir does not exist"),
+])
+def test_bad_options_are_refused_before_any_work(capsys, argv, words):
+    """A NaN --round-time hung the calibration; --seed -1, --gap -1 and an unwritable --json
+    were tracebacks after the work (the last after the whole run); empty selections ran
+    nothing and exited 0."""
+    from fastbp.bench.runner import main
+    assert main(["--configs", "tiny", "--peers", "numpy", "--check-only", *argv]) == 2
+    cap = capsys.readouterr()
+    assert words in cap.err and cap.out == ""
+
+
 # ------------------------------------------------------------ the workers
 def test_worker_reports_errors_over_its_channel(tmp_path):
     from fastbp.bench.runner import WorkerError, WorkerProc

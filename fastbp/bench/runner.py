@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import select
 import shutil
@@ -387,6 +388,32 @@ def _gemm_jit(backend):
     return "no (FASTBP_GEMM_JIT=0, or this oneMKL has none)"
 
 
+def _check_numbers(args):
+    """What is wrong with the numeric options (a message), or None: checked before any work
+    (a NaN or infinite --round-time never ended the calibration)."""
+    if args.repeat < 1 or args.check_steps < 1:
+        return "--repeat and --check-steps must be >= 1"
+    for name, v, low_open in (("--round-time", args.round_time, True), ("--gap", args.gap, False),
+                              ("--lr", args.lr, True), ("--rtol", args.rtol, False),
+                              ("--bf16-rtol", args.bf16_rtol, False)):
+        if not math.isfinite(v) or v < 0 or (low_open and v == 0):
+            return f"{name} must be a finite number {'>' if low_open else '>='} 0, got {v!r}"
+    if args.seed < 0:
+        return f"--seed must be >= 0, got {args.seed}"
+    return None
+
+
+def _check_json_path(path):
+    """ValueError if ``--json PATH`` cannot be written (found before the run, not after it)."""
+    parent = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        raise ValueError(f"--json {path}: is a directory")
+    if not os.path.isdir(parent):
+        raise ValueError(f"--json {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--json {path}: directory {parent} is not writable")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.repeat is None:
@@ -399,21 +426,28 @@ def main(argv=None):
         args.check_steps = 3
     if args.startup is None:
         args.startup = not args.quick
-    if args.repeat < 1 or args.check_steps < 1 or args.round_time <= 0:
-        print("--repeat and --check-steps must be >= 1 and --round-time > 0", file=sys.stderr)
+    problem = _check_numbers(args)
+    if problem:
+        print(f"python -m fastbp.bench: error: {problem}", file=sys.stderr)
         return 2
     try:
         configs = get_configs(args.configs)
+        if not configs:
+            raise ValueError(f"--configs {args.configs!r} names no configuration (choose from {','.join(CONFIGS)})")
         if args.peers is None:
             peers = [p for p in PEERS if available(p)]
             missing = [p for p in PEERS if p not in peers]
         else:
-            asked = [p.strip() for p in args.peers.split(",") if p.strip()]
+            asked = list(dict.fromkeys(p.strip() for p in args.peers.split(",") if p.strip()))   # once each
+            if not asked:
+                raise ValueError(f"--peers {args.peers!r} names no peer (choose from {','.join(PEERS)})")
             for p in asked:
                 available(p)  # raises on an unknown name
             peers = [p for p in asked if available(p)]
             missing = [p for p in asked if p not in peers]
         precisions = bf16.parse_precision(args.precision)
+        if args.json is not None:
+            _check_json_path(args.json)
     except ValueError as e:
         print(str(e), file=sys.stderr)
         return 2
