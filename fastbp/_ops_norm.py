@@ -202,7 +202,7 @@ def batch_norm_forward(x, running_mean=None, running_var=None, weight=None, bias
         raise ValueError("batch_norm_forward: give both running_mean and running_var, or neither")
     rm = _vector(running_mean, "running_mean", N, dt, "one mean per feature, x.shape[1]")
     rv = _vector(running_var, "running_var", N, dt, "one variance per feature, x.shape[1]")
-    if running_mean is not None:
+    if running_mean is not None and training:    # written in training only (eval reads them: a mmap is fine)
         V.writeable(rm, "running_mean")
         V.writeable(rv, "running_var")
         V.no_overlap(rv, "running_var", rm, "running_mean")     # both written: the last would win
@@ -212,8 +212,11 @@ def batch_norm_forward(x, running_mean=None, running_var=None, weight=None, bias
     P = scalar_array("batch_norm_forward", ("eps", "momentum", "cumulative"),
                      (_norm_eps("batch_norm_forward", eps), momentum, 0.0), dt)
     update = training and running_mean is not None and B > 0
-    if training and B == 1:     # PyTorch: an empty batch is allowed (an empty output)
-        raise ValueError(f"batch_norm_forward: expected more than 1 row per feature in training, got x of "
+    if (training or running_mean is None) and B == 1:     # PyTorch: an empty batch is allowed (an empty output)
+        # the minibatch's statistics (training, or eval without running statistics, as
+        # BatchNorm1d(track_running_stats=False).eval()): one row has no variance
+        raise ValueError(f"batch_norm_forward: expected more than 1 row per feature "
+                         f"{'in training' if training else 'without running statistics'}, got x of "
                          f"shape {V.fmt_shape(x.shape)}")
     y = check_out(out, "out", (B, N), dt, ((x, "x"), (w, "weight"), (b, "bias"), (rm, "running_mean"),
                                            (rv, "running_var")))

@@ -255,3 +255,26 @@ def test_errors_name_the_argument():
         ops.dropout_forward(x, 0.5, seed=-1)
     with pytest.raises(ValueError, match="out"):
         ops.dropout_forward(x, 0.5, out=x)
+
+
+def test_batch_norm_of_one_row_without_running_statistics_is_refused_in_eval_too():
+    """It returned the bias (rstd 316): one row has no variance, in eval mode without running
+    statistics as in training (PyTorch's BatchNorm1d(track_running_stats=False).eval()
+    raises 'Expected more than 1 value per channel')."""
+    x = np.array([[1.0, 2.0, 3.0]])
+    with pytest.raises(ValueError, match=r"expected more than 1 row per feature without running statistics"):
+        ops.batch_norm_forward(x, bias=np.full(3, 0.5), training=False)
+    rm, rv = np.zeros(3), np.ones(3)
+    y, _ = ops.batch_norm_forward(x, running_mean=rm, running_var=rv, training=False)    # the running ones
+    np.testing.assert_allclose(y, x / np.sqrt(1 + 1e-5))
+
+
+def test_read_only_running_statistics_are_read_in_eval():
+    """Refused as 'read-only' although eval mode never writes them (a memory-mapped file)."""
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    rm, rv = np.zeros(3), np.ones(3)
+    rm.flags.writeable = rv.flags.writeable = False
+    y, _ = ops.batch_norm_forward(x, running_mean=rm, running_var=rv, training=False)
+    np.testing.assert_allclose(y, x / np.sqrt(1 + 1e-5))
+    with pytest.raises(ValueError, match="running_mean is read-only"):
+        ops.batch_norm_forward(x, running_mean=rm, running_var=rv, training=True)
