@@ -18,7 +18,7 @@ import numpy as np
 from . import _validate as V
 from . import training as _training
 from ._isa import H_LR
-from ._mpi import RankError, _epoch_shard, _note, _on_all_ranks
+from ._mpi import RankError, _epoch_shard, _note, _on_all_ranks, agree
 from .schedules import schedule_arg
 
 __all__ = ["DataParallelFit"]
@@ -202,16 +202,11 @@ class DataParallelFit:
 
         def agree_stop(stop, error):
             # a callback that raised on some rank raises on every rank (the others would wait
-            # in the next collective): after this epoch's steps, applied on every rank
-            flag = np.array([1 if stop else 0, 0 if error is None else 1], dtype=np.int64)
-            self.comm.Allreduce(MPI.IN_PLACE, flag, op=MPI.SUM)
-            if flag[1]:
-                if error is not None:
-                    _note(error, self.comm)
-                    raise _on_all_ranks(error, int(flag[1]))
-                raise _on_all_ranks(RankError("fit: a callback raised on another rank (see its message); the "
-                                              "epochs before and this epoch's steps were applied on every "
-                                              "rank", int(flag[1]), self.size), int(flag[1]))
+            # in the next collective), after this epoch's steps, applied on every rank alike
+            agree(self.comm, error, "fit: a callback raised on another rank after this epoch's steps "
+                                    "(applied on every rank)")
+            flag = np.array([1 if stop else 0], dtype=np.int64)
+            self.comm.Allreduce(MPI.IN_PLACE, flag, op=MPI.MAX)
             return bool(flag[0])
 
         _, starts0 = _epoch_shard(np.arange(n, dtype=np.int64), self.size, self.rank, st.batch_size)

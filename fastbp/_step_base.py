@@ -284,11 +284,11 @@ class StepBase(NormState):
         _release_plateau(self._schedule, self)
         self.epochs_done, self._schedule, self._sched_origin = epochs, sched, origin
 
-    def _take_state_of(self, other):
+    def _take_state_of(self, other, slots=STATE_SLOTS):
         """Take the learning rate, step counters and generator state of ``other`` (a step of
-        another kind with the same plan, e.g. the GPU step of this CPU step); the arrays
-        (weights, optimizer state) are the caller's job."""
-        slots = list(STATE_SLOTS)
+        another kind with the same plan, e.g. the GPU step of this CPU step), its ``hyper``
+        ``slots`` and schedule; the arrays (weights, optimizer state) are the caller's job."""
+        slots = list(slots)
         self.hyper[slots] = other.hyper[slots]
         self.optimizer._set_lr(float(other.optimizer.lr))       # the base rate (a schedule scales it)
         self.rng.bit_generator.state = other.rng.bit_generator.state

@@ -481,12 +481,9 @@ class CudaTrainStep(StepBase):
                 self._stream.synchronize()
                 if optimizer_state:
                     # the training progress: counters, rates (the base one and the scheduled
-                    # next), the dropout stream and the shuffling generator, the schedule
-                    for k in (ex.H_T, ex.H_STEPS, ex.H_LR, ex.H_RNG_SEED):
-                        self.hyper[k] = source.hyper[k]
-                    self.optimizer._set_lr(float(source.optimizer.lr))
-                    self.rng.bit_generator.state = source.rng.bit_generator.state
-                    self._restore_schedule_state(source.schedule_state())
+                    # next), the dropout stream and the shuffling generator, the schedule (not
+                    # this step's own optimizer constants and clipping)
+                    self._take_state_of(source, (ex.H_T, ex.H_STEPS, ex.H_LR, ex.H_RNG_SEED))
             return self
         if not hasattr(source, "items"):
             raise TypeError("load_params_from: source must be a fastbp.TrainStep, a CudaTrainStep or a "

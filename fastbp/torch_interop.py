@@ -61,7 +61,8 @@ class TorchTrainStep(TrainStep):
         lr = lrs.pop()
         for g in opt.param_groups if check_hyper else ():
             for k, v in self._torch_hyper:
-                if _plain(g.get(k)) != v:
+                w = g.get(k)
+                if w != v and _plain(w) != v:       # (_plain only for another container: once per step)
                     raise ValueError(
                         f"optimizer: its param_groups' {k} is now {g.get(k)!r}, was {v!r} when the step was "
                         f"made; the step keeps the hyper-parameters it was compiled with and follows only the "

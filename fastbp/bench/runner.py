@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 
+from .._cli_base import CliError, check_output_path
 from .configs import (SCRUBBED_ENV, CONFIGS, get_configs, make_data, make_weights, n_batches_for,
                       workspace_bytes)
 from . import bf16
@@ -403,17 +404,6 @@ def _check_numbers(args):
     return None
 
 
-def _check_json_path(path):
-    """ValueError if ``--json PATH`` cannot be written (found before the run, not after it)."""
-    parent = os.path.dirname(os.path.abspath(path)) or "."
-    if os.path.isdir(path):
-        raise ValueError(f"--json {path}: is a directory")
-    if not os.path.isdir(parent):
-        raise ValueError(f"--json {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"--json {path}: directory {parent} is not writable")
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.repeat is None:
@@ -446,9 +436,9 @@ def main(argv=None):
             peers = [p for p in asked if available(p)]
             missing = [p for p in asked if p not in peers]
         precisions = bf16.parse_precision(args.precision)
-        if args.json is not None:
-            _check_json_path(args.json)
-    except ValueError as e:
+        if args.json is not None:       # found before the run, not after it
+            check_output_path(args.json, "--json")
+    except (ValueError, CliError) as e:
         print(str(e), file=sys.stderr)
         return 2
     log = _say
