@@ -337,8 +337,13 @@ _CREATE_TYPES = [ctypes.CFUNCTYPE(_INT, _VP, _INT, _INT, _INT, _I64, _I64, _I64,
 _GET_TYPE = ctypes.CFUNCTYPE(_VP, _VP)
 _jit_destroy = None
 _jit_addrs = None
-if (_backend is not None and _backend.name == "mkl"
-        and os.environ.get(JIT_ENV_VAR, "1").strip() not in ("0", "false", "no", "off")):
+_jit_off = os.environ.get(JIT_ENV_VAR, "").strip().lower()
+if _jit_off not in ("", "1", "true", "yes", "on", "0", "false", "no", "off"):
+    # checked with every backend: a typo must not pass unnoticed until oneMKL is installed
+    raise ValueError(f"{JIT_ENV_VAR}={os.environ[JIT_ENV_VAR]!r} is not one of: 1, true, yes, on, "
+                     "0, false, no, off")
+_jit_off = _jit_off in ("0", "false", "no", "off")
+if _backend is not None and _backend.name == "mkl" and not _jit_off:
     _names = ("mkl_cblas_jit_create_sgemm_64", "mkl_cblas_jit_create_dgemm_64",
               "mkl_jit_get_sgemm_ptr_64", "mkl_jit_get_dgemm_ptr_64")
     _found = [_addr(_backend.lib, n) for n in _names]

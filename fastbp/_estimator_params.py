@@ -1,6 +1,7 @@
 """The hyper-parameter checks of :class:`fastbp.estimator.MLPClassifier` and
 :class:`~fastbp.estimator.MLPRegressor`: scikit-learn's ``_parameter_constraints`` of its
-MLP (the same accepted values, a ValueError naming the parameter otherwise), plus
+MLP (the same accepted values; scikit-learn's InvalidParameterError, a ValueError and a
+TypeError, naming the parameter otherwise), plus
 fastbp's own parameters (``dtype``, ``precision``, its activation names).
 
 Imported by :mod:`fastbp._estimator_base` only; reads no estimator state but the
@@ -15,7 +16,14 @@ import numpy as np
 from ._bf16 import PRECISIONS, known as known_precision
 from .builders import activation_names
 
-__all__ = ["check_params", "resolve_dtype", "is_int", "is_real", "SOLVERS", "LEARNING_RATES"]
+try:    # scikit-learn's class (since 1.2): code that catches it catches fastbp's checks too
+    from sklearn.utils._param_validation import InvalidParameterError
+except ImportError:                                 # pragma: no cover
+    class InvalidParameterError(ValueError, TypeError):
+        """A hyper-parameter of the wrong type or value (scikit-learn's name)."""
+
+__all__ = ["check_params", "resolve_dtype", "is_int", "is_real", "SOLVERS", "LEARNING_RATES",
+           "InvalidParameterError"]
 
 SOLVERS = ("sgd", "adam", "lbfgs")
 LEARNING_RATES = ("constant", "invscaling", "adaptive")
@@ -44,9 +52,9 @@ def resolve_dtype(dtype, X_dtype):
 
     Raises
     ------
-    TypeError
-        ``dtype`` is not None, float32 or float64 (in any spelling numpy
-        understands); the message names ``dtype``.
+    InvalidParameterError
+        (a TypeError and a ValueError) ``dtype`` is not None, float32 or
+        float64 (in any spelling numpy understands); the message names ``dtype``.
     """
     if dtype is None:
         return np.dtype(np.float32) if X_dtype == np.float32 else np.dtype(np.float64)
@@ -55,7 +63,7 @@ def resolve_dtype(dtype, X_dtype):
     except Exception:           # numpy raises TypeError, ValueError, ... for what it cannot read
         dt = None
     if dt is None or dt not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"dtype must be None, 'float32' or 'float64', got {dtype!r}")
+        raise InvalidParameterError(f"dtype must be None, 'float32' or 'float64', got {dtype!r}")
     return dt
 
 
@@ -84,15 +92,14 @@ def check_params(est):
 
     Raises
     ------
-    ValueError
-        A bad value, the message naming the parameter.
-    TypeError
-        A bad ``dtype`` (see :func:`resolve_dtype`).
+    InvalidParameterError
+        scikit-learn's (a ValueError and a TypeError, as scikit-learn raises for
+        a bad type or value): a bad value, the message naming the parameter.
     """
     def need(ok, name, what):
-        """ValueError naming ``name`` unless ``ok``."""
+        """InvalidParameterError naming ``name`` unless ``ok``."""
         if not ok:
-            raise ValueError(f"{name} must be {what}, got {getattr(est, name)!r}")
+            raise InvalidParameterError(f"{name} must be {what}, got {getattr(est, name)!r}")
 
     names = activation_names()           # scikit-learn's names and fastbp's (fastbp.builders)
     need(isinstance(est.activation, str) and est.activation in names, "activation",

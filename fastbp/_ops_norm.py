@@ -274,10 +274,8 @@ def batch_norm_backward(x, dy, stats, weight=None, bias=None, batch_stats=True):
 def _dropout(a, name, p, seed, training, out):
     V.float_array(a, name, (1, 2, 3, 4))
     p = dropout_probability(p, "dropout")
-    if seed is None:
-        raise TypeError("dropout: seed must be a non-negative integer (the backward redraws the forward's "
-                        "mask from it), got None")
-    key = _rng.seed_key(V.seed(seed))
+    # no None: the backward redraws the forward's mask from the seed
+    key = _rng.seed_key(V.seed(seed, none=False))
     if not V.boolean("training", training):
         p = 0.0
     y = check_out(out, "out", a.shape, a.dtype, ((a, name),))

@@ -300,26 +300,26 @@ def positive_int(name, v, max_value=INT64_MAX):
     return v
 
 
-def seed(v, name="seed", max_value=None):
-    """A seed argument: None, or a non-negative integer (returned as a Python int),
-    at most ``max_value`` if given (e.g. :data:`RANDOM_STATE_MAX`).
+def seed(v, name="seed", max_value=None, none=True):
+    """A seed argument: None (where ``none``), or a non-negative integer (returned as a
+    Python int), at most ``max_value`` if given (e.g. :data:`RANDOM_STATE_MAX`).
 
     Raises
     ------
     TypeError
-        Not None and not an integer (``"a"``, ``0.5``, ``True`` ...).
+        Not an integer (``"a"``, ``0.5``, ``True`` ..., None unless ``none``).
     ValueError
-        A negative integer, or one above ``max_value``.
-    """
-    if v is None:
+        A negative integer, or one above ``max_value``."""
+    if v is None and none:
         return None
+    what = f"{name} must be a non-negative integer" + (" or None" if none else "")
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"{name} must be a non-negative integer or None, got {type(v).__name__}")
+        raise TypeError(f"{what}, got {type(v).__name__}")
     v = int(v)
     if v < 0:
-        raise ValueError(f"{name} must be a non-negative integer or None, got {v}")
+        raise ValueError(f"{what}, got {v}")
     if max_value is not None and v > max_value:
-        raise ValueError(f"{name} must be None or an integer in [0, {max_value}], got {v}")
+        raise ValueError(f"{name} must be {'None or ' * none}an integer in [0, {max_value}], got {v}")
     return v
 
 

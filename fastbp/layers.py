@@ -154,6 +154,13 @@ class _Activation(Layer):
 
     def __init__(self, *args, **kwargs):
         owner, entry = type(self).__name__, type(self).entry
+        if entry is not None:
+            # the count of the whole signature (the parameters, PyTorch's inplace, a string choice)
+            names = [p.name for p in entry.params] + ["inplace"] * bool(entry.inplace)
+            names += [entry.choice.name] if entry.choice is not None else []
+            if len(args) > len(names):
+                raise TypeError(f"{owner} takes at most {len(names)} positional argument(s) "
+                                f"({', '.join(names) or 'none'}), got {len(args)}")
         inplace = False
         if entry is not None and entry.inplace:     # PyTorch's flag, after the parameters
             inplace, args, kwargs = _acts.take_trailing(owner, "inplace", False, len(entry.params), args, kwargs)
@@ -424,11 +431,16 @@ class Sequential(Layer):
         if first is None:
             raise ValueError("Sequential needs at least one Linear layer")
         width = first.in_features
+        seen_linear = False             # before the first Linear, the width is the model's input
         for i, layer in enumerate(layers):
             try:
                 width = layer._out_width(width)
             except ValueError as e:                 # name the layer by its place
+                if not seen_linear:
+                    e = str(e).replace("from the previous layer", "from the model's input (the "
+                                       "in_features of its first Linear)")
                 raise ValueError(f"Sequential layer {i}: {e}") from None
+            seen_linear = seen_linear or _first_linear((layer,)) is not None
         self.layers = tuple(layers)
         self.in_features = first.in_features
         self.out_features = width

@@ -63,6 +63,8 @@ def test_forward_and_backward_match_pytorch_float64(case):
     # the ops wrappers
     y = getattr(ops, f"{name}_forward")(x, **kw)
     np.testing.assert_allclose(y, ty, **TOL)
+    # the sign of a zero output at +-0 too (ELU with a negative alpha flipped it)
+    np.testing.assert_array_equal(np.signbit(y[0, :2]), np.signbit(np.asarray(ty)[0, :2]))
     dx = getattr(ops, f"{name}_backward")(x, dy, **kw)      # every new entry's derivative reads its input
     np.testing.assert_allclose(dx, tdx, **TOL)
     # the graph function (the activation as its own instruction) through fastbp.grad

@@ -284,3 +284,18 @@ def test_warm_start_after_lbfgs_or_without_early_stopping_starts_the_missing_rec
     e.set_params(early_stopping=True).fit(X, y)
     assert len(e.loss_curve_) == 10 and len(e.validation_scores_) == 5
     assert e.best_validation_score_ == max(e.validation_scores_)
+
+
+@pytest.mark.parametrize("params", [{"max_iter": "a"}, {"max_iter": 0}, {"precision": None}, {"activation": 3},
+                                    {"dtype": "float16"}, {"shuffle": 1}])
+def test_bad_hyper_parameters_raise_scikit_learns_invalid_parameter_error(params):
+    # scikit-learn raises InvalidParameterError (a ValueError and a TypeError) for a bad type or
+    # value: code written for its MLP catches fastbp's alike (precision=None was a ValueError
+    # here and a TypeError in fastbp.compile)
+    from sklearn.utils._param_validation import InvalidParameterError
+    X = np.random.default_rng(0).standard_normal((20, 3))
+    y = np.arange(20) % 2
+    for cls in (MLPClassifier, MLPRegressor):
+        for kind in (InvalidParameterError, ValueError, TypeError):
+            with pytest.raises(kind, match=next(iter(params))):
+                cls(**params).fit(X, y)

@@ -77,3 +77,26 @@ def test_the_estimators_boolean_parameters_take_bools_only_as_scikit_learn(name,
         est.fit(X, y)
     assert not hasattr(est, "classes_")
     MLPClassifier(max_iter=2, **{name: np.True_ if value else np.False_})
+
+
+def test_activation_layer_positional_count_names_the_whole_signature():
+    # LeakyReLU(negative_slope, inplace): three positionals are one too many (the count was 2,
+    # after the inplace flag had been taken out)
+    with pytest.raises(TypeError, match=r"LeakyReLU takes at most 2 positional argument\(s\) "
+                                        r"\(negative_slope, inplace\), got 3"):
+        fastbp.LeakyReLU(0.1, False, 3)
+    with pytest.raises(TypeError, match=r"GELU takes at most 1 positional argument\(s\) \(approximate\), got 2"):
+        fastbp.GELU("tanh", 1)
+    with pytest.raises(TypeError, match=r"ReLU takes at most 1 positional argument\(s\) \(inplace\), got 2"):
+        fastbp.ReLU(False, 1)
+    assert fastbp.LeakyReLU(0.1, True).negative_slope == 0.1
+
+
+def test_a_norm_before_the_first_linear_names_the_models_input_not_a_previous_layer():
+    for norm in (LayerNorm(5), fastbp.BatchNorm1d(5)):
+        with pytest.raises(ValueError, match=r"Sequential layer 0: .* receives 4 features from the model's "
+                                             r"input \(the in_features of its first Linear\)"):
+            Sequential(norm, Linear(4, 2))
+    with pytest.raises(ValueError, match=r"Sequential layer 2: LayerNorm.* receives 4 features from the "
+                                         r"previous layer"):
+        Sequential(LayerNorm(3), Linear(3, 4), LayerNorm(5), Linear(4, 2))

@@ -249,10 +249,14 @@ def test_errors_name_the_argument():
         ops.batch_norm_backward(x, x, np.ones((4, 3)))
     with pytest.raises(ValueError, match="dropout probability p has to be between 0 and 1"):
         ops.dropout_forward(x, 1.5)
-    with pytest.raises(TypeError, match="seed"):
+    # the seed is required (the backward redraws the forward's mask from it): the messages
+    # offer no None
+    with pytest.raises(TypeError, match=r"^seed must be a non-negative integer, got NoneType$"):
         ops.dropout_forward(x, 0.5, seed=None)
-    with pytest.raises(ValueError, match="seed"):
+    with pytest.raises(ValueError, match=r"^seed must be a non-negative integer, got -1$"):
         ops.dropout_forward(x, 0.5, seed=-1)
+    with pytest.raises(TypeError, match=r"^seed must be a non-negative integer, got float$"):
+        ops.dropout_backward(x, 0.5, seed=1.0)
     with pytest.raises(ValueError, match="out"):
         ops.dropout_forward(x, 0.5, out=x)
 

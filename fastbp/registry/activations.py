@@ -446,8 +446,10 @@ register(Activation(
 
 
 def elu(x, alpha):
-    # PyTorch's: x if x > 0 else alpha * expm1(x) (NaN > 0 is False: NaN stays NaN)
-    return x if x > 0 else alpha * _fm.expm1(x)
+    # PyTorch's: x if x > 0 else alpha * expm1(x), except that +-0 come out as they went in
+    # (as PyTorch's, also for a negative alpha, where alpha * expm1(+-0) flips the sign);
+    # NaN >= 0 is False: NaN stays NaN
+    return x if x >= 0 else alpha * _fm.expm1(x)
 
 
 def d_elu(x, alpha):
