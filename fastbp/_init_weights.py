@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _memory
 from .compiler import build_plan
-from .layers import linear_layers
+from .layers import init_order, linear_layers
 
 
 class LazyInit:
@@ -39,7 +39,7 @@ class LazyInit:
     @staticmethod
     def _draw(layers, seed):
         rng = np.random.default_rng(seed)
-        for key, layer, act in linear_layers(layers):
+        for key, layer, act in init_order(layers):
             W, b = layer.init(rng, act)
             yield f"{key}.W", W
             if b is not None:

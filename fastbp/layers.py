@@ -59,7 +59,8 @@ class Linear(Layer):
           ``kaiming_normal_`` for ReLU); ``b`` zero;
         * ``"glorot"``: uniform in ``+-sqrt(6 / (in + out))`` (Xavier); ``b`` zero;
         * ``"sklearn"``: scikit-learn's MLP rule: ``W`` and ``b`` uniform in
-          ``+-sqrt(factor / (in + out))``, factor 2 before a sigmoid, else 6;
+          ``+-sqrt(factor / (in + out))``, factor 2 before a sigmoid (and on
+          the output layer of a model whose hidden layers end in sigmoids), else 6;
         * a callable ``init(rng, in_features, out_features)`` returning ``W``
           of shape ``(in_features, out_features)`` (finite reals; ``rng`` a
           seeded :class:`numpy.random.Generator`); ``b`` zero.
@@ -154,6 +155,8 @@ class _Activation(Layer):
 
     def __init__(self, *args, **kwargs):
         owner, entry = type(self).__name__, type(self).entry
+        if entry is not None and entry.code == _acts.IDENTITY:
+            args, kwargs = (), {}       # torch.nn.Identity(*args, **kwargs): "any argument (unused)"
         if entry is not None:
             # the count of the whole signature (the parameters, PyTorch's inplace, a string choice)
             names = [p.name for p in entry.params] + ["inplace"] * bool(entry.inplace)
@@ -230,6 +233,10 @@ def _layer_class(entry):
                               default=entry.choice.default)] if entry.choice is not None else [])
         + ([_inspect.Parameter("inplace", _inspect.Parameter.POSITIONAL_OR_KEYWORD, default=False)]
            if entry.inplace else []))
+    if entry.code == _acts.IDENTITY:    # PyTorch's signature: any arguments, unused
+        cls.__signature__ = _inspect.Signature([_inspect.Parameter("args", _inspect.Parameter.VAR_POSITIONAL),
+                                                _inspect.Parameter("kwargs", _inspect.Parameter.VAR_KEYWORD)])
+        cls.__doc__ += "  Any arguments are accepted and unused, as PyTorch's."
     return cls
 
 
@@ -378,6 +385,20 @@ def linear_layers(layers, prefix=""):
             yield key, layer, (nxt.op if isinstance(nxt, _Activation) else None)
 
 
+def init_order(layers):
+    """:func:`linear_layers` with the activation each Linear's initial weights are drawn
+    for: for ``init="sklearn"``, a Linear that no activation follows (the output layer)
+    takes the model's, the last one before it (scikit-learn's factor is one per model:
+    2 for every layer of a logistic MLP)."""
+    last = None
+    for key, layer, act in linear_layers(layers):
+        if act is not None:
+            last = act
+        elif layer.init_rule == "sklearn":
+            act = last
+        yield key, layer, act
+
+
 def _first_linear(layers):
     for layer in layers:
         if isinstance(layer, Linear):
@@ -469,7 +490,7 @@ class Sequential(Layer):
         """Seeded initial parameters: a dict ``name -> float64 array``."""
         rng = _np.random.default_rng(seed)
         params = {}
-        for key, layer, act in linear_layers(self.layers):
+        for key, layer, act in init_order(self.layers):
             W, b = layer.init(rng, act)
             params[f"{key}.W"] = W
             if b is not None:
@@ -499,13 +520,8 @@ class Sequential(Layer):
 
     def flat_layers(self):
         """Every layer, those inside Residual blocks included (not the blocks), in order."""
-        def walk(layers):
-            for layer in layers:
-                if isinstance(layer, Residual):
-                    yield from walk(layer.layers)
-                else:
-                    yield layer
-        return list(walk(self.layers))
+        return [inner for layer in self.layers
+                for inner in (Sequential.flat_layers(layer) if isinstance(layer, Residual) else (layer,))]
 
     def spec(self):
         return {"type": "Sequential", "layers": [layer.spec() for layer in self.layers]}
@@ -537,26 +553,23 @@ def _layers_from_spec(specs):
                 raise ValueError(f"layer 'Residual' in model spec has fields {sorted(ls)}, "
                                  f"expected ['layers', 'type']")
             layers.append(Residual(*_layers_from_spec(ls["layers"])))
-            continue
-        if t in _NORM_TYPES:
+        elif t in _NORM_TYPES:
             layers.append(_norm_from_spec(t, ls))
-            continue
-        if t == "Dropout":
+        elif t == "Dropout":
             if set(ls) != {"type", "p"}:
                 raise ValueError(f"layer 'Dropout' in model spec has fields {sorted(ls)}, expected ['p', 'type']")
             layers.append(Dropout(ls["p"]))
-            continue
-        entry = _acts.lookup(t, "layer") if t != "Linear" else None
-        if t != "Linear" and entry is None:
-            raise ValueError(f"unknown layer type {t!r} in model spec")
-        if t == "Linear":
+        elif t == "Linear":
             fields, needed = set(ls) - {"type"}, {"in_features", "out_features", "bias"}
             if not needed <= fields <= needed | {"init", "layout"}:
                 raise ValueError(f"layer 'Linear' in model spec has fields {sorted(fields)}: it needs "
                                  f"{sorted(needed)} and may have 'init' and 'layout'")
             layers.append(Linear(ls["in_features"], ls["out_features"], ls["bias"], init=ls.get("init"),
                                  _layout=ls.get("layout", "in_out")))
+        elif _acts.lookup(t, "layer") is None:
+            raise ValueError(f"unknown layer type {t!r} in model spec")
         else:
+            entry = _acts.lookup(t, "layer")
             names = [p.name for p in entry.params] + ([entry.choice.name] if entry.choice else [])
             extra = set(ls) - {"type"} - set(names)
             if extra:

@@ -30,7 +30,8 @@ class TorchTrainStep(TrainStep):
     The model's ``Parameter`` objects keep their identity; their storage is
     fastbp's arena (shared through the buffer protocol, no copy per step),
     so ``model(x)`` always sees the weights the last ``step(x, y)`` wrote,
-    and ``p.grad`` holds the last step's gradients.  ``x`` and ``y`` may be
+    and ``p.grad`` holds the last step's gradients (linked again by each call
+    after ``opt.zero_grad()`` or a torch ``backward()`` replaced it).  ``x`` and ``y`` may be
     CPU tensors or numpy arrays.
     """
 
@@ -44,6 +45,8 @@ class TorchTrainStep(TrainStep):
     _torch_hyper = ()
     #: the BatchNorm1d modules whose num_batches_tracked sync_to_torch writes: (prefix, module)
     _torch_counts = ()
+    #: (parameter, the tensor over its gradient in the step's arena) for each model parameter
+    _torch_grads = ()
 
     def _follow_torch_lr(self, check_hyper=True):
         """Take the torch optimizer's current ``param_groups`` learning rate when it changed
@@ -155,11 +158,26 @@ class TorchTrainStep(TrainStep):
         sw = None if sample_weight is None else self._np(sample_weight, "sample_weight")
         return super()._run(self._np(x, "x"), self._np(y, "y"), mode, sw)
 
+    def loss_and_grads(self, x, y, sample_weight=None):
+        """:meth:`fastbp.TrainStep.loss_and_grads` on tensors or arrays; ``p.grad`` holds the gradients."""
+        loss = super().loss_and_grads(x, y, sample_weight)
+        self._link_grads()
+        return loss
+
+    def _link_grads(self):
+        """Each ``p.grad`` the tensor over the step's gradient again, after ``opt.zero_grad()``
+        set it to None or a torch ``backward()`` replaced it."""
+        for p, g in self._torch_grads:
+            if p.grad is not g:
+                p.grad = g
+
     def _torch_stepped(self):
         """Tell a torch lr scheduler that the optimizer stepped (the step replaces
-        ``opt.step()``; else ``scheduler.step()`` warns that it came first)."""
+        ``opt.step()``; else ``scheduler.step()`` warns that it came first), and link
+        ``p.grad`` to the step's gradients (:meth:`_link_grads`)."""
         if self._torch_opt is not None:
             self._torch_opt._opt_called = True
+        self._link_grads()
 
     @property
     def lr(self):
@@ -330,8 +348,10 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     # the activation modules fastbp has: from the registry (exact classes only)
     kinds = {getattr(torch.nn, e.torch): e for e in _acts.layer_entries()
              if e.torch is not None and hasattr(torch.nn, e.torch)}
+    _check_hooks(model, "model")
     for i, m in enumerate(model):
-        if isinstance(m, torch.nn.Linear):
+        _check_hooks(m, f"model layer {i}")
+        if type(m) is torch.nn.Linear:
             for p in m.parameters():
                 if p.device.type != "cpu":
                     raise ValueError(f"model layer {i} is on {p.device}; from_torch needs a CPU model")
@@ -357,7 +377,11 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
             names.append((str(i), m))
         else:
             names = ", ".join(["Linear", "Dropout"] + [c.__name__ for c in kinds] + ["LayerNorm", "BatchNorm1d"])
-            raise ValueError(f"model layer {i} is a {type(m).__name__}; from_torch supports {names}")
+            sub = next((c.__name__ for c in (torch.nn.Linear, torch.nn.Dropout, torch.nn.LayerNorm,
+                                               torch.nn.BatchNorm1d, *kinds) if isinstance(m, c)), None)
+            why = (f" (a subclass of {sub}, or a parametrized one such as weight_norm's: it may compute "
+                   f"something else)" if sub else "")
+            raise ValueError(f"model layer {i} is a {type(m).__name__}{why}; from_torch supports exactly {names}")
     _check_trainable(model, optimizer, torch)
     if len(dtypes) != 1 or next(iter(dtypes)) not in (torch.float32, torch.float64):
         raise TypeError(f"model parameters must all be float32 or all float64, got {sorted(map(str, dtypes))}")
@@ -374,6 +398,7 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
                 params[f"{prefix}.b"] = m.bias.detach().numpy().astype(np.float64)
     step = TorchTrainStep(fb_model, _loss_name(loss, torch), _optimizer(optimizer, torch), batch_size, dtype,
                           seed, _params=params, precision=precision)
+    step._torch_grads = []
     # exact copy of the weights (the float64 round trip above is exact), then share storage
     with torch.no_grad():
         for prefix, m in names:
@@ -387,6 +412,7 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
                 live[...] = p.detach().numpy()
                 p.data = torch.from_numpy(live)
                 p.grad = torch.from_numpy(step.grads[f"{prefix}.{key}"])
+                step._torch_grads.append((p, p.grad))
     _import_optimizer_state(optimizer, names, step, torch)
     step.clip_grad_norm = clip or None
     if isinstance(optimizer, torch.optim.Optimizer):
@@ -409,13 +435,29 @@ def _param_keys(m, torch):
     return (("weight", "weight"), ("bias", "bias"))
 
 
+def _check_hooks(m, what):
+    """Refuse a module with forward or backward hooks: the fused step cannot run them
+    (torch.nn.utils.weight_norm's pre-hook computes the weight the step would train)."""
+    for attr in ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks"):
+        if getattr(m, attr, None):
+            raise ValueError(f"{what} has {attr.strip('_').replace('_', ' ')} (such as "
+                             f"torch.nn.utils.weight_norm's); the fused step cannot run them")
+
+
 def _check_trainable(model, optimizer, torch):
     """Every parameter of ``model`` is trained by the step: refuse frozen parameters
-    (``requires_grad=False``, or left out of a torch optimizer's groups), and
-    parameters or buffers shared between layers (tied weights: PyTorch sums their
+    (``requires_grad=False``, or left out of a torch optimizer's groups), parameters the
+    step has no place for (registered beside a layer's weight and bias, or in a submodule),
+    and parameters or buffers shared between layers (tied weights: PyTorch sums their
     gradients into one tensor; fastbp gives every layer its own)."""
     seen = {}
     for i, m in enumerate(model):
+        own = ({a for a, _ in _param_keys(m, torch)}
+               if type(m) in (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.BatchNorm1d) else set())
+        extra = sorted({n for n, _ in m.named_parameters()} - own)
+        if extra:
+            raise ValueError(f"model layer {i} has parameters {extra} that the step would not train (it "
+                             f"trains a layer's weight and bias only)")
         tensors = [(n, t) for n, t in m.named_parameters(recurse=False)]
         tensors += [(n, t) for n, t in m.named_buffers(recurse=False) if t is not None and t.is_floating_point()]
         for n, t in tensors:

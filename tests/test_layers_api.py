@@ -100,3 +100,27 @@ def test_a_norm_before_the_first_linear_names_the_models_input_not_a_previous_la
     with pytest.raises(ValueError, match=r"Sequential layer 2: LayerNorm.* receives 4 features from the "
                                          r"previous layer"):
         Sequential(LayerNorm(3), Linear(3, 4), LayerNorm(5), Linear(4, 2))
+
+
+def test_identity_takes_any_arguments_as_pytorch():
+    # torch.nn.Identity(*args, **kwargs): "any argument (unused)"
+    assert repr(fastbp.Identity(54, unused_argument1=0.1)) == repr(fastbp.Identity()) == "Identity()"
+    import inspect
+    assert str(inspect.signature(fastbp.Identity)) == "(*args, **kwargs)"
+
+
+def test_sklearn_init_of_the_output_layer_follows_the_models_activation():
+    """scikit-learn's factor is one per model (2 for every layer of a logistic MLP, the output
+    layer included); the output Linear, which no activation follows, took 6."""
+    def bounds(act):
+        m = Sequential(Linear(64, 32, init="sklearn"), act, Linear(32, 10, init="sklearn"))
+        p = m.init_params(0)
+        step = fastbp.compile(m, loss="mse", optimizer=fastbp.SGD(lr=0.1), batch_size=4, seed=0,
+                              dtype=np.float64)
+        np.testing.assert_array_equal(step.params["2.W"], p["2.W"])        # the compiled step draws alike
+        return np.abs(p["0.W"]).max(), np.abs(p["2.W"]).max(), np.abs(p["2.b"]).max()
+    h, o, ob = bounds(fastbp.Sigmoid())
+    assert h <= np.sqrt(2 / 96) and o <= np.sqrt(2 / 42) and ob <= np.sqrt(2 / 42)
+    assert o > 0.8 * np.sqrt(2 / 42)
+    h, o, _ = bounds(ReLU())
+    assert h > np.sqrt(2 / 96) and o > np.sqrt(2 / 42) and o <= np.sqrt(6 / 42)

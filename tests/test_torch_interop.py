@@ -264,3 +264,70 @@ def test_load_with_expect_model_names_the_weight_layout_of_a_from_torch_checkpoi
     assert "weight layout" in msg and "from_torch" in msg
     back = fastbp.load(tmp_path / "t.npz", expect_model=step.model)      # the same spec loads
     np.testing.assert_array_equal(back.param_vector, step.param_vector)
+
+
+def _refused(model, match):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=match):
+        fastbp.from_torch(model, loss=torch.nn.CrossEntropyLoss(), optimizer=opt, batch_size=4)
+
+
+def test_modules_the_step_cannot_reproduce_are_refused():
+    """A Linear subclass (its forward may compute something else), a parametrized Linear
+    (weight_norm: the step trained a copy of the computed weight and never the module's
+    parameters), hooks, and parameters besides a layer's weight and bias were accepted."""
+    nn = torch.nn
+
+    class Scaled(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    _refused(nn.Sequential(Scaled(4, 3)), r"model layer 0 is a Scaled \(a subclass of Linear")
+    wn = torch.nn.utils.parametrizations.weight_norm(nn.Linear(4, 3))
+    _refused(nn.Sequential(nn.Linear(5, 4), nn.ReLU(), wn), r"model layer 2 is a ParametrizedLinear \(a subclass "
+                                                            r"of Linear, or a parametrized one such as weight_norm")
+
+    class Relu2(nn.ReLU):
+        pass
+
+    _refused(nn.Sequential(nn.Linear(4, 3), Relu2()), r"model layer 1 is a Relu2 \(a subclass of ReLU")
+    hooked = nn.Linear(4, 3)
+    hooked.register_forward_hook(lambda m, i, o: o * 2)
+    _refused(nn.Sequential(hooked), r"model layer 0 has forward hooks")
+    pre = nn.Sequential(nn.Linear(4, 3), nn.Tanh())
+    pre[1].register_forward_pre_hook(lambda m, i: i)
+    _refused(pre, r"model layer 1 has forward pre hooks")
+    top = nn.Sequential(nn.Linear(4, 3))
+    top.register_forward_hook(lambda m, i, o: o)
+    _refused(top, r"model has forward hooks")
+    extra = nn.Linear(4, 3)
+    extra.scale = nn.Parameter(torch.ones(3))
+    _refused(nn.Sequential(extra), r"model layer 0 has parameters \['scale'\] that the step would not train")
+    child = nn.Linear(4, 3)
+    child.aux = nn.Linear(2, 2)
+    _refused(nn.Sequential(child), r"parameters \['aux.bias', 'aux.weight'\]")
+    act = nn.ReLU()
+    act.w = nn.Parameter(torch.ones(1))
+    _refused(nn.Sequential(nn.Linear(4, 3), act), r"model layer 1 has parameters \['w'\]")
+
+
+def test_p_grad_is_the_steps_gradient_again_after_zero_grad_or_a_torch_backward():
+    nn = torch.nn
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3)).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = fastbp.from_torch(model, loss=nn.CrossEntropyLoss(), optimizer=opt, batch_size=8)
+    x = torch.randn(8, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (8,))
+    w = model[0].weight
+    for reset in (lambda: opt.zero_grad(),                                  # p.grad = None
+                  lambda: setattr(w, "grad", torch.zeros_like(w)),          # another tensor
+                  lambda: nn.CrossEntropyLoss()(model(x), y).backward()):   # accumulates
+        reset()
+        step(x, y)
+        np.testing.assert_array_equal(w.grad.numpy(), step.grads["0.W"])
+        assert np.shares_memory(w.grad.numpy(), step.grads["0.W"])
+        opt.zero_grad()
+        step.loss_and_grads(x, y)
+        np.testing.assert_array_equal(w.grad.numpy(), step.grads["0.W"])
+        np.testing.assert_array_equal(model[0].bias.grad.numpy(), step.grads["0.b"])
