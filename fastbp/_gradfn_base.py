@@ -15,6 +15,7 @@ import numpy as np
 from . import _isa as ex
 from ._validate import same_precision
 from .compiler import build_plan, new_arena, view
+from ._graph_base import _real_array
 from .graph import upstream
 
 __all__ = ["GradFunctionBase"]
@@ -65,6 +66,9 @@ class GradFunctionBase:
         self.wrt = list(wrt)
         self.dtype = np.dtype(dtype)
         _check_memory(output, self.dtype, batch_size)
+        for n in upstream(output).values():    # the graph's own values, staged into the arena below
+            if n.op in ("param", "const"):
+                _check_range(f"{n.op} {n.name!r}" if n.op == "const" else n.name, np.asarray(n.value), self.dtype)
         self.plan = build_plan(self.graph, output, self.wrt, dtype=self.dtype, batch_size=batch_size)
         self.arena = new_arena(self.plan)
         self.inputs = [n for n in self.graph.inputs if n.id in self.plan.value_buf]
@@ -103,6 +107,9 @@ class GradFunctionBase:
                 v = self._asarray(values[n.name])
             except (ValueError, TypeError) as e:
                 raise ValueError(f"{n.name} cannot be converted to an array: {e}") from None
+            if v.dtype.kind == "O" and not hasattr(values[n.name], "dtype"):
+                # Python ints beyond int64 (2**70) read as the graph reads its values
+                v = _real_array(values[n.name], n.name)
             if v.dtype.kind not in "fiu" or v.dtype.kind == "b":
                 raise TypeError(f"{n.name} must be a real array, got dtype {v.dtype}")
             given = getattr(values[n.name], "dtype", None)

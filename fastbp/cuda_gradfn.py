@@ -45,7 +45,7 @@ class CudaGradFunction(GradFunctionBase):
         d = device_array(v)
         return np.asarray(v) if d is None else d
 
-    def __call__(self, **values):
+    def __call__(self, /, **values):      # (an input may be named 'self')
         from ._cuda_tape import TapeCall
         p = self.plan
         nb, staged = self._stage(values)

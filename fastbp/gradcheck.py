@@ -54,7 +54,18 @@ def default_eps(dtype):
     -------
     float
     """
-    return _EPS[_np.dtype(dtype)]
+    return _EPS[_float_dtype(dtype)]
+
+
+def _float_dtype(dtype):
+    """``dtype`` as float32 or float64 (native byte order); TypeError naming ``dtype`` otherwise."""
+    try:
+        dt = _np.dtype(dtype).newbyteorder("=")
+    except (TypeError, ValueError):
+        dt = None
+    if dt not in _EPS:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}")
+    return dt
 
 
 def default_rtol(dtype):
@@ -68,7 +79,7 @@ def default_rtol(dtype):
     -------
     float
     """
-    return _RTOL[_np.dtype(dtype)]
+    return _RTOL[_float_dtype(dtype)]
 
 
 def _scalar(v):

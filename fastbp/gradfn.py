@@ -32,7 +32,7 @@ class GradFunction(GradFunctionBase):
         self._x = np.zeros((0, 0), self.dtype)
         self._yi = np.zeros(0, np.int64)
 
-    def __call__(self, **values):
+    def __call__(self, /, **values):      # (an input may be named 'self')
         """Run forward and backward once.
 
         Parameters

@@ -175,9 +175,14 @@ class Node:
 class _Transposed:
     """``W.T`` of a 2-D parameter ``W``: only meaningful as ``x @ W.T``."""
     __slots__ = ("node",)
+    __array_ufunc__ = None      # ``ndarray @ W.T``: numpy defers to __rmatmul__
 
     def __init__(self, node):
         self.node = node
+
+    def __rmatmul__(self, other):
+        # a constant left operand (an array, a list) becomes a constant node of W's graph
+        return self.node._lift(other, "matmul") @ self
 
 
 class Graph:

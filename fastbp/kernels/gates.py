@@ -194,8 +194,9 @@ acc_a, acc_b : bool
 
 @kernel
 def _sum_fwd(A, out):
-    """``out[0, 0] = sum(A)`` (serial, in row order)."""
-    s = A.dtype.type(0.0)
+    """``out[0, 0] = sum(A)``, accumulated in float64 and rounded once (float32: a
+    float32 running sum of 10^6 elements was 4e-3 off; numpy and PyTorch sum pairwise)."""
+    s = 0.0
     for i in range(A.shape[0]):
         for j in range(A.shape[1]):
             s += A[i, j]

@@ -23,7 +23,7 @@ kernel), so no two threads ever write one element and no atomics are used.
 import math
 
 import numpy as np
-from numba import cuda
+from numba import cuda, float64
 
 from ...registry import gates as R
 from ..factory import PerEntry, specialise
@@ -47,11 +47,12 @@ def _block_sum(buf, tid):
 
 @kernel
 def _k_sum_fwd(A, out):
-    buf = cuda.shared.array(REDUCE_THREADS, dtype=A.dtype)
+    # accumulated in float64 and rounded once, as the CPU's _sum_fwd
+    buf = cuda.shared.array(REDUCE_THREADS, dtype=float64)
     tid = cuda.threadIdx.x
     n = A.shape[1]
     total = A.shape[0] * n
-    s = A.dtype.type(0.0)
+    s = 0.0
     for idx in range(tid, total, REDUCE_THREADS):
         i = idx // n
         s += A[i, idx - i * n]
