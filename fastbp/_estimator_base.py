@@ -393,10 +393,7 @@ class _BaseMLP(BaseEstimator):
                 self.best_validation_score_ = -np.inf
                 self.__dict__.pop("_best_params", None)
 
-        if self.solver == "lbfgs":
-            if self.batch_size != "auto" and self.batch_size > n_samples:
-                warnings.warn("Got `batch_size` less than 1 or larger than sample size. "
-                              "It is going to be clipped")
+        if self.solver == "lbfgs":      # (full batch: batch_size unused, no warning, as scikit-learn)
             self._fit_lbfgs(X, Y, W)
             return self
         W_tr = W_val = None

@@ -382,10 +382,17 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self._proba_from_logits(self._forward(X)).astype(self._dtype, copy=False)
 
     def predict_log_proba(self, X):
-        """Logarithm of :meth:`predict_proba`, shape (n_samples, n_classes)."""
-        p = self.predict_proba(X)
-        with np.errstate(divide="ignore"):
-            return np.log(p, out=p)
+        """Logarithm of :meth:`predict_proba`, shape (n_samples, n_classes): the log-softmax
+        (log-sigmoid for multilabel targets) of the network outputs in float64, so that it stays
+        finite where a probability underflows the estimator's dtype (float32: below 1e-45)."""
+        X = self._validate_X_predict(X)
+        S = np.asarray(self._forward(X), dtype=np.float64)
+        if self._multilabel:
+            S = -np.logaddexp(0.0, -S)
+        else:
+            S = S - S.max(axis=1, keepdims=True)
+            S -= np.log(np.exp(S).sum(axis=1, keepdims=True))
+        return S.astype(self._dtype, copy=False)
 
     def predict(self, X):
         """Predicted class labels.

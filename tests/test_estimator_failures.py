@@ -9,7 +9,7 @@ import pytest
 
 sklearn = pytest.importorskip("sklearn")
 
-from sklearn.exceptions import NotFittedError  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: E402
 from sklearn.neural_network import MLPClassifier as SkC, MLPRegressor as SkR  # noqa: E402
 
 from fastbp.estimator import MLPClassifier, MLPRegressor  # noqa: E402
@@ -299,3 +299,28 @@ def test_bad_hyper_parameters_raise_scikit_learns_invalid_parameter_error(params
         for kind in (InvalidParameterError, ValueError, TypeError):
             with pytest.raises(kind, match=next(iter(params))):
                 cls(**params).fit(X, y)
+
+
+def test_predict_log_proba_stays_finite_where_float32_probabilities_underflow():
+    # the log of float32 probabilities that had underflowed to 0 was -inf (scikit-learn: finite)
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:400], y[:400]
+    for clf in (MLPClassifier(solver="lbfgs", max_iter=200, random_state=0).fit(X, y),
+                MLPClassifier(solver="lbfgs", max_iter=50, random_state=0).fit(X, np.eye(10)[y].astype(int))):
+        for Xp in (X, 30 * X):                      # 30 X: outputs far apart, probabilities underflow
+            lp = clf.predict_log_proba(Xp)
+            assert lp.dtype == np.float32 and np.isfinite(lp).all()
+            P = clf.predict_proba(Xp)
+            big = P > 1e-30
+            np.testing.assert_allclose(lp[big], np.log(P[big]), rtol=1e-5, atol=1e-5)
+        assert (P == 0).any()                       # the underflowing case was there
+
+
+def test_lbfgs_does_not_warn_about_batch_size():
+    # lbfgs uses the whole data set: scikit-learn does not warn that batch_size is clipped
+    X = np.random.default_rng(0).standard_normal((20, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        MLPRegressor(solver="lbfgs", batch_size=500, max_iter=5).fit(X, X[:, 0])
