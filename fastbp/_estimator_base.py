@@ -344,6 +344,8 @@ class _BaseMLP(BaseEstimator):
                              f"{self._dtype.name}; call fit (warm_start=True keeps the weights) to change it")
         X = self._as_array(X)
         self._random_state = rs = check_random_state(self.random_state)
+        # an int random_state: early stopping's split as scikit-learn's (from its generator, fresh per fit)
+        split_rs = np.random.RandomState(self.random_state) if _is_int(self.random_state) else rs
 
         if self.batch_size == "auto":
             requested = 200
@@ -365,7 +367,8 @@ class _BaseMLP(BaseEstimator):
             # problem, where fastbp has two softmax units and scikit-learn one logistic unit, or
             # no int seed) from the step's seed
             same = _is_int(self.random_state) and self._n_outputs() == self._sklearn_n_outputs()
-            self._init_weights(np.random.RandomState(self.random_state if same else seed))
+            self._init_weights(init_rs := np.random.RandomState(self.random_state if same else seed))
+            split_rs = init_rs if same else split_rs    # scikit-learn's split: after its initialisation
             self.n_outputs_ = self._n_outputs()
             self.n_layers_ = len(hidden) + 2
             self.out_activation_ = self._out_activation()
@@ -400,10 +403,10 @@ class _BaseMLP(BaseEstimator):
         if early:
             if W is None:
                 X_tr, X_val, Y_tr, Y_val = train_test_split(
-                    X, Y, random_state=rs, test_size=self.validation_fraction, stratify=stratify)
+                    X, Y, random_state=split_rs, test_size=self.validation_fraction, stratify=stratify)
             else:
                 X_tr, X_val, Y_tr, Y_val, W_tr, W_val = train_test_split(
-                    X, Y, W, random_state=rs, test_size=self.validation_fraction, stratify=stratify)
+                    X, Y, W, random_state=split_rs, test_size=self.validation_fraction, stratify=stratify)
             X_tr, Y_tr = np.ascontiguousarray(X_tr), np.ascontiguousarray(Y_tr)
             X_val = np.ascontiguousarray(X_val)
             if W is not None:

@@ -28,7 +28,10 @@ Differences from scikit-learn's MLP, all deliberate:
   stratifies binary problems only), a plain random split otherwise (a class
   with one sample, or fewer validation or training samples than classes).  A
   validation set of fewer than 2 samples (``validation_fraction=0`` included)
-  is a ValueError naming ``validation_fraction``, as in scikit-learn.
+  is a ValueError naming ``validation_fraction``, as in scikit-learn.  With an
+  int ``random_state`` the split's draws are scikit-learn's (its generator
+  after the initialisation): a regressor or a multilabel classifier holds out
+  the rows scikit-learn's does.
 * The classifier uses a softmax output for every single-label problem
   (two units for a binary problem), a sigmoid output per label for
   multilabel problems.

@@ -217,3 +217,14 @@ def targets(loss, rng, n, n_out):
     if loss == "bce_with_logits":
         return (rng.random((n, n_out)) > 0.5).astype(np.float64)
     return rng.standard_normal((n, n_out))
+
+
+def sklearn_split_state(random_state, widths):
+    """scikit-learn's MLP generator where it splits off early stopping's validation set:
+    ``RandomState(random_state)`` after its initialisation drew ``W`` then ``b`` of each layer
+    (``widths``: inputs, hidden sizes, outputs).  fastbp's estimators split with the same state."""
+    rs = np.random.RandomState(random_state)
+    for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+        rs.uniform(size=(fan_in, fan_out))
+        rs.uniform(size=fan_out)
+    return rs

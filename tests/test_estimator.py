@@ -175,9 +175,9 @@ def test_early_stopping_restores_the_best_weights(digits):
     # stopped n_iter_no_change + 1 epochs after the (first) best one
     assert int(np.argmax(clf.validation_scores_)) == clf.n_iter_ - 5
     # the restored weights reproduce the best validation score on the same split
-    # (the estimator's RandomState drew the initialisation seed first, then split)
-    rs = np.random.RandomState(0)
-    rs.randint(np.iinfo(np.int32).max)
+    # (scikit-learn's generator after its initialisation: tests.reference.sklearn_split_state)
+    from reference import sklearn_split_state
+    rs = sklearn_split_state(0, (64, 32, 10))
     _, Xval, _, yval = train_test_split(Xtr, ytr, test_size=0.2, stratify=ytr, random_state=rs)
     assert clf.score(Xval, yval) == clf.best_validation_score_
     assert clf.score(Xte, yte) > 0.9

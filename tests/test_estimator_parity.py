@@ -228,3 +228,31 @@ def test_the_reported_l2_term_is_sklearns_with_a_smaller_last_minibatch():
         theirs = SkR(**kw).fit(X, y)
         ours = MLPRegressor(dtype="float64", **kw).fit(X, y)
     assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-9)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_early_stopping_holds_out_scikit_learns_validation_rows():
+    """An int random_state: the validation split is scikit-learn's (drawn from its generator after
+    the initialisation), so early stopping stops where scikit-learn's does (n_iter_ was 12 against
+    200 on diabetes)."""
+    from sklearn.datasets import load_diabetes
+    X, y = load_diabetes(return_X_y=True)
+    y = (y - y.mean()) / y.std()
+    kw = dict(solver="sgd", alpha=0.0, shuffle=False, random_state=0, max_iter=60, early_stopping=True)
+    ours, theirs = MLPRegressor(dtype="float64", **kw).fit(X, y), SkR(**kw).fit(X, y)
+    assert ours.n_iter_ == theirs.n_iter_
+    np.testing.assert_allclose(ours.validation_scores_, theirs.validation_scores_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-9)
+    # a warm start's split too (scikit-learn's generator is fresh in every fit)
+    ours.set_params(warm_start=True, max_iter=5).fit(X, y)
+    theirs.set_params(warm_start=True, max_iter=5).fit(X, y)
+    np.testing.assert_allclose(ours.validation_scores_, theirs.validation_scores_, rtol=1e-9, atol=1e-12)
+    # a multilabel classifier (unstratified in both; a single-label one is stratified by class
+    # here where it can be, a documented difference)
+    Xi, yi = load_iris(return_X_y=True)
+    Y = np.stack([yi == 0, yi == 2, Xi[:, 0] > 5.8], axis=1).astype(int)
+    kw = dict(solver="sgd", alpha=0.0, shuffle=False, random_state=3, max_iter=30, early_stopping=True,
+              validation_fraction=0.2, hidden_layer_sizes=(7,))
+    ours, theirs = MLPClassifier(dtype="float64", **kw).fit(Xi, Y), SkC(**kw).fit(Xi, Y)
+    np.testing.assert_allclose(ours.validation_scores_, theirs.validation_scores_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-9)

@@ -145,8 +145,11 @@ def test_poisson_validation_score_of_non_finite_predictions_is_nan():
 def test_early_stopping_with_a_weightless_training_split_raises_before_training():
     X = np.random.RandomState(0).randn(20, 4)
     y = (X[:, 0] > 0).astype(float)
+    from sklearn.model_selection import train_test_split
+    from reference import sklearn_split_state
+    _, val = train_test_split(np.arange(20), random_state=sklearn_split_state(2, (4, 100, 1)), test_size=0.2)
     w = np.zeros(20)
-    w[0] = 1
+    w[val[0]] = 1                               # only a validation row weighs
     est = MLPRegressor(max_iter=3, random_state=2, early_stopping=True, validation_fraction=0.2)
     with pytest.raises(ValueError, match="Sample weights must contain at least one non-zero number.*training"):
         est.fit(X, y, sample_weight=w)
@@ -163,9 +166,8 @@ def test_early_stopping_with_a_weightless_validation_split_raises_before_trainin
     from sklearn.model_selection import train_test_split
     X = np.random.RandomState(0).randn(20, 4)
     y = (X[:, 0] > 0).astype(float)
-    rs = np.random.RandomState(2)
-    rs.randint(np.iinfo(np.int32).max)          # the step's seed, drawn before the split
-    _, val = train_test_split(np.arange(20), random_state=rs, test_size=0.2)
+    from reference import sklearn_split_state
+    _, val = train_test_split(np.arange(20), random_state=sklearn_split_state(2, (4, 100, 1)), test_size=0.2)
     w = np.ones(20)
     w[val] = 0
     est = MLPRegressor(max_iter=3, random_state=2, early_stopping=True, validation_fraction=0.2)
