@@ -6,10 +6,8 @@ kernel runs, and reported as a ``TypeError`` (wrong kind of object or dtype)
 or ``ValueError`` (wrong shape, layout, writeability or value) whose message
 names the argument, what was expected and what was given.
 
-The helpers sit on hot paths (one call per op, per training step), so they
-only read attributes and compare; none of them copies or allocates, except
-:func:`labels` which converts integer labels to contiguous int64 (a no-op
-when they already are).
+The helpers sit on hot paths (one call per op, per training step): they only read
+attributes and compare, except :func:`labels`, which converts labels to contiguous int64.
 
 The second half of the module is the ONE input path of the compiled steps
 (:class:`fastbp.TrainStep`, its ``fit``/``predict``/``loss_and_grads``,
@@ -94,7 +92,9 @@ def float_array(a, name, nd=None):
         array(a, name)
     dt = a.dtype
     if dt is not _F64 and dt is not _F32 and dt != _F64 and dt != _F32:
-        raise TypeError(f"{name} has dtype {dt}; expected float32 or float64")
+        raise TypeError(f"{name} has dtype {dt}; expected float32 or float64" + (  # byte-swapped: say so
+            f" in native byte order (convert with {name}.astype({name}.dtype.newbyteorder('=')))"
+            if dt.kind == "f" and not dt.isnative and dt.newbyteorder("=") in (_F32, _F64) else ""))
     if nd is not None:
         ndim(a, name, nd)
     if not a.flags.c_contiguous:

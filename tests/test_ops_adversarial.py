@@ -250,3 +250,14 @@ def test_poisson_loss_docstring_states_the_factor_to_sklearn():
     doc = " ".join(ops.poisson_loss.__doc__.split())
     assert "*sums* over the outputs" in doc and "``n * L``" in doc
     assert "the loss of ``MLPRegressor(loss='poisson')``)." not in doc     # the old claim of equality
+
+
+def test_byte_swapped_float_arrays_are_refused_naming_the_byte_order():
+    x = np.ones((2, 3), ">f8")
+    with pytest.raises(TypeError, match=r"x has dtype >f8; expected float32 or float64 in native byte order "
+                                        r"\(convert with x.astype\(x.dtype.newbyteorder\('='\)\)\)"):
+        ops.relu_forward(x)
+    with pytest.raises(TypeError, match=r"has dtype float16; expected float32 or float64$"):
+        ops.relu_forward(np.ones((2, 3), np.float16))
+    y = ops.relu_forward(x.astype(x.dtype.newbyteorder("=")))      # the advice works
+    assert y.dtype == np.float64
