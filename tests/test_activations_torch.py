@@ -154,3 +154,32 @@ def test_layers_take_the_inplace_flag_exactly_where_the_torch_module_does(entry)
     elif not any(p.kind is p.VAR_KEYWORD for p in params.values()):    # (nn.Identity takes anything)
         with pytest.raises(TypeError, match="inplace"):
             cls(inplace=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_blocks_an_infinite_or_nan_gradient_exactly_as_pytorch(dtype):
+    """ReLU's backward is PyTorch's threshold_backward, a select: a blocked unit's gradient is
+    exactly 0 also for dy = inf or NaN (dy * 0 gave NaN there); tanh's, a product, stays NaN
+    as PyTorch's."""
+    x = np.array([[-2.0, 0.0, 3.0, -1.0, 5.0, np.nan]], dtype)
+    dy = np.array([[np.inf, np.inf, 1.0, np.nan, -np.inf, 2.0]], dtype)
+    t = torch.tensor(x, requires_grad=True)
+    torch.relu(t).backward(torch.tensor(dy))
+    want = t.grad.numpy()
+    np.testing.assert_array_equal(ops.relu_backward(ops.relu_forward(x), dy), want)
+    g = fastbp.Graph()
+    xi = g.input("x", (None, x.shape[1]))
+    d = g.input("dy", (None, x.shape[1]))
+    f = fastbp.grad(fastbp.sum(fastbp.relu(xi) * d), wrt=[xi], dtype=dtype, batch_size=1)
+    np.testing.assert_array_equal(f(x=x, dy=dy)[1]["x"], want)
+    # a product followed by a ReLU: the gated gradient flows into the product (whose own
+    # inf * 0 terms are NaN in PyTorch too); the weights' gradient
+    W = np.diag(np.arange(1.0, 7.0)).astype(dtype)
+    w = g.param("W", W)
+    f = fastbp.grad(fastbp.sum(fastbp.relu(xi @ w) * d), wrt=[w], dtype=dtype, batch_size=1)
+    tw = torch.tensor(W, requires_grad=True)
+    torch.relu(torch.tensor(x) @ tw).backward(torch.tensor(dy))
+    np.testing.assert_array_equal(f(x=x, dy=dy)[1]["W"], tw.grad.numpy())
+    tt = torch.tensor(np.array([[30.0, -30.0]], dtype), requires_grad=True)
+    torch.tanh(tt).backward(torch.full((1, 2), np.inf, dtype=tt.dtype))
+    assert np.isnan(tt.grad.numpy()).all()

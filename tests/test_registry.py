@@ -448,8 +448,8 @@ def test_identity_is_the_no_activation_entry():
     g = fastbp.Graph()
     x = g.input("x", (None, 3))
     assert fastbp.Identity().build(g, x, "p") is x
-    with pytest.raises(TypeError):
-        fastbp.Identity(1.0)
+    # torch.nn.Identity(*args, **kwargs): any arguments, unused
+    assert fastbp.Identity(1.0, foo=2).spec() == fastbp.Identity().spec() == {"type": "Identity"}
 
 
 def test_pytorchs_inplace_flag_is_accepted_and_changes_nothing():

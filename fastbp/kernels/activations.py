@@ -66,7 +66,8 @@ def _t_fwd(X, Y, P):
 
 
 def _t_bwd(T, dY, dX, acc, P):
-    """``dX (+)= dY * f'(T)`` elementwise (``dX`` may be ``dY``).
+    """``dX (+)= dY * f'(T)`` elementwise (``dX`` may be ``dY``); for a gate entry
+    (ReLU) the select ``dY if f'(T) else 0`` (``_G``: the entry's ``combine``).
 
     In place (``dX`` is ``dY``, no accumulation): loops that read and write
     only ``dX``; the general loops would see ``dX`` and ``dY`` overlap at run
@@ -81,13 +82,13 @@ def _t_bwd(T, dY, dX, acc, P):
     for i in prange(T.shape[0]):
         if inplace:
             for j in range(n):
-                dX[i, j] *= _D(T[i, j], p0, p1)  # noqa: F821
+                dX[i, j] = _G(dX[i, j], _D(T[i, j], p0, p1))  # noqa: F821
         elif acc:
             for j in range(n):
-                dX[i, j] += dY[i, j] * _D(T[i, j], p0, p1)  # noqa: F821
+                dX[i, j] += _G(dY[i, j], _D(T[i, j], p0, p1))  # noqa: F821
         else:
             for j in range(n):
-                dX[i, j] = dY[i, j] * _D(T[i, j], p0, p1)  # noqa: F821
+                dX[i, j] = _G(dY[i, j], _D(T[i, j], p0, p1))  # noqa: F821
 
 
 def _t_fwd_d(X, Y, D, P):
@@ -226,7 +227,7 @@ class EntryKernels:
         f = jit(inline=True)(specialise(ADAPTERS[n], "_f" + sfx, _S=jit(inline=True)(entry.forward)))
         d = jit(inline=True)(specialise(ADAPTERS[n], "_d" + sfx, _S=jit(inline=True)(entry.derivative)))
         self.fwd = Kernel(specialise(_t_fwd, sfx, _F=f))
-        self.bwd = Kernel(specialise(_t_bwd, sfx, _D=d))
+        self.bwd = Kernel(specialise(_t_bwd, sfx, _D=d, _G=jit(inline=True)(entry.combine)))
         self.bias_act = Kernel(specialise(_t_bias_act, sfx, _F=f))
         self.fwd_d = Kernel(specialise(_t_fwd_d, sfx, _F=f, _D=d))
         self.bias_act_d = Kernel(specialise(_t_bias_act_d, sfx, _F=f, _D=d))

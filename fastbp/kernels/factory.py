@@ -60,7 +60,8 @@ def entry_suffix(entry):
     template's bytecode, which an edited entry -- or one registered from outside
     fastbp, not covered by fastbp's cache stamp -- does not change)."""
     from ..registry.fingerprint import fingerprint     # code, closure values, the globals it reads
-    return "__" + entry.name + "_" + fingerprint(entry.forward, entry.derivative)[:10]
+    bodies = (entry.forward, entry.derivative, entry.combine)   # combine: dy * d, or a gate's select
+    return "__" + entry.name + "_" + fingerprint(*bodies)[:10]
 
 
 class PerEntry:

@@ -92,6 +92,16 @@ class Choice:
         raise ValueError(f"{what} must be one of {[v for v, _ in self.options]}, got {value!r}")
 
 
+def times(dy, d):
+    """The backward's ``dx = dy * d`` (:attr:`Activation.combine`)."""
+    return dy * d
+
+
+def gated(dy, d):
+    """The backward's ``dx`` of a gate entry: ``dy`` where ``d`` is not 0, else exactly 0."""
+    return dy if d != 0 else type(dy)(0.0)
+
+
 @dataclass(frozen=True)
 class Activation:
     """One activation.
@@ -131,6 +141,11 @@ class Activation:
         The layer takes PyTorch's ``inplace=`` flag after its parameters, as the
         ``torch.nn`` module does (accepted and kept; it changes nothing: the fused
         step writes every layer's output into a buffer of its own).
+    gate : bool
+        The derivative is 0 or 1 and the backward selects (:attr:`combine`):
+        ``dx = dy`` where it is 1 and exactly 0 where it is 0, also for an
+        infinite or NaN ``dy`` (PyTorch's ``threshold_backward`` for ReLU), where
+        the product ``dy * 0`` would be NaN.
     """
     code: int
     name: str
@@ -146,6 +161,13 @@ class Activation:
     init: str = "glorot"
     choice: Choice | None = None
     inplace: bool = False
+    gate: bool = False
+
+    @property
+    def combine(self):
+        """``combine(dy, d)``: the backward's ``dx`` from the upstream gradient and the
+        local derivative -- ``dy * d``, or for a :attr:`gate` entry the select."""
+        return gated if self.gate else times
 
     def __copy__(self):
         return self             # a registry entry is one immutable object: layers compare it by identity
@@ -166,6 +188,8 @@ class Activation:
             raise ValueError(f"activation {self.name!r}: params must be at most {MAX_PARAMS} Param objects")
         if self.choice is not None and not isinstance(self.choice, Choice):
             raise ValueError(f"activation {self.name!r}: choice must be a Choice or None")
+        if self.gate not in (False, True):
+            raise ValueError(f"activation {self.name!r}: gate must be a bool")
         if self.inplace not in (False, True) or (self.inplace and self.choice is not None):
             raise ValueError(f"activation {self.name!r}: inplace must be a bool, and False with a choice")
 
@@ -382,15 +406,15 @@ def relu(x):
 
 
 def d_relu(y):
-    # a 0/1 factor, not a select: the backward loop stays branch-free and vectorised;
-    # 1 for NaN, as PyTorch's threshold_backward (only y <= 0 blocks the gradient)
+    # 0 or 1, applied as a select (gate=True: a blocked gradient is exactly 0 even for an
+    # infinite dy); 1 for NaN, as PyTorch's threshold_backward (only y <= 0 blocks the gradient)
     return type(y)(not y <= 0)
 
 
 register(Activation(
     code=1, name="relu", layer="ReLU", torch="ReLU", sklearn="relu",
     forward=relu, derivative=d_relu, uses="output", init="he",
-    inplace=True,
+    inplace=True, gate=True,
     formula="y = max(x, 0)", dformula="dy/dx = 0 if y <= 0 else 1 (1 for NaN, as PyTorch)"))
 
 

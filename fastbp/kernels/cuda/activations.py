@@ -51,7 +51,7 @@ def _t_k_act_bwd(T, dY, dX, acc, P):
     sx, sy = cuda.gridsize(2)
     for i in range(y0, T.shape[0], sy):
         for j in range(x0, T.shape[1], sx):
-            g = dY[i, j] * _D(T[i, j], p0, p1)  # noqa: F821
+            g = _G(dY[i, j], _D(T[i, j], p0, p1))  # noqa: F821 - the entry's combine
             if acc:
                 dX[i, j] += g
             else:
@@ -111,7 +111,7 @@ class EntryKernels:
         self.f = device(specialise(ADAPTERS[n], "_f" + sfx, _S=device(entry.forward)))
         self.d = device(specialise(ADAPTERS[n], "_d" + sfx, _S=device(entry.derivative)))
         self.fwd = kernel(specialise(_t_k_act_fwd, sfx, _F=self.f))
-        self.bwd = kernel(specialise(_t_k_act_bwd, sfx, _D=self.d))
+        self.bwd = kernel(specialise(_t_k_act_bwd, sfx, _D=self.d, _G=device(entry.combine)))
         self.bias_act = kernel(specialise(_t_k_bias_act, sfx, _F=self.f))
         self.fwd_d = kernel(specialise(_t_k_act_fwd_d, sfx, _F=self.f, _D=self.d))
         self.linear_fwd, self.linear_fwd_t = linear_kernels(self.f, sfx, separate=_large(entry))
