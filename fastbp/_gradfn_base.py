@@ -66,8 +66,8 @@ class GradFunctionBase:
         self.wrt = list(wrt)
         self.dtype = np.dtype(dtype)
         _check_memory(output, self.dtype, batch_size)
-        for n in upstream(output).values():    # the graph's own values, staged into the arena below
-            if n.op in ("param", "const"):
+        for n in upstream(output).values():    # the graph's own (float64) values, staged into the arena below
+            if n.op in ("param", "const") and self.dtype != np.float64:
                 _check_range(f"{n.op} {n.name!r}" if n.op == "const" else n.name, np.asarray(n.value), self.dtype)
         self.plan = build_plan(self.graph, output, self.wrt, dtype=self.dtype, batch_size=batch_size)
         self.arena = new_arena(self.plan)

@@ -92,13 +92,11 @@ class Choice:
         raise ValueError(f"{what} must be one of {[v for v, _ in self.options]}, got {value!r}")
 
 
-def times(dy, d):
-    """The backward's ``dx = dy * d`` (:attr:`Activation.combine`)."""
+def times(dy, d):       # the backward's dx = dy * d (Activation.combine)
     return dy * d
 
 
-def gated(dy, d):
-    """The backward's ``dx`` of a gate entry: ``dy`` where ``d`` is not 0, else exactly 0."""
+def gated(dy, d):       # a gate entry's: dy where d is not 0, else exactly 0
     return dy if d != 0 else type(dy)(0.0)
 
 
@@ -142,10 +140,8 @@ class Activation:
         ``torch.nn`` module does (accepted and kept; it changes nothing: the fused
         step writes every layer's output into a buffer of its own).
     gate : bool
-        The derivative is 0 or 1 and the backward selects (:attr:`combine`):
-        ``dx = dy`` where it is 1 and exactly 0 where it is 0, also for an
-        infinite or NaN ``dy`` (PyTorch's ``threshold_backward`` for ReLU), where
-        the product ``dy * 0`` would be NaN.
+        The derivative is 0 or 1 and the backward selects (:attr:`combine`): exactly 0
+        where it is 0, also for an infinite or NaN ``dy`` (PyTorch's ``threshold_backward``).
     """
     code: int
     name: str
@@ -165,8 +161,7 @@ class Activation:
 
     @property
     def combine(self):
-        """``combine(dy, d)``: the backward's ``dx`` from the upstream gradient and the
-        local derivative -- ``dy * d``, or for a :attr:`gate` entry the select."""
+        """``combine(dy, d)``: the backward's ``dx``, ``dy * d`` or a :attr:`gate` entry's select."""
         return gated if self.gate else times
 
     def __copy__(self):
@@ -188,10 +183,8 @@ class Activation:
             raise ValueError(f"activation {self.name!r}: params must be at most {MAX_PARAMS} Param objects")
         if self.choice is not None and not isinstance(self.choice, Choice):
             raise ValueError(f"activation {self.name!r}: choice must be a Choice or None")
-        if self.gate not in (False, True):
-            raise ValueError(f"activation {self.name!r}: gate must be a bool")
-        if self.inplace not in (False, True) or (self.inplace and self.choice is not None):
-            raise ValueError(f"activation {self.name!r}: inplace must be a bool, and False with a choice")
+        if self.gate not in (False, True) or self.inplace not in (False, True) or (self.inplace and self.choice):
+            raise ValueError(f"activation {self.name!r}: gate and inplace must be bools, inplace False with a choice")
 
     @property
     def defaults(self):
@@ -406,8 +399,7 @@ def relu(x):
 
 
 def d_relu(y):
-    # 0 or 1, applied as a select (gate=True: a blocked gradient is exactly 0 even for an
-    # infinite dy); 1 for NaN, as PyTorch's threshold_backward (only y <= 0 blocks the gradient)
+    # 0 or 1, a select (gate=True); 1 for NaN, as PyTorch's threshold_backward (only y <= 0 blocks)
     return type(y)(not y <= 0)
 
 
