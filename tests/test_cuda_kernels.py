@@ -1042,6 +1042,7 @@ def _dropout_kernel():
 #: compares its 24-bit uniform with 1 - p in float64 (p exact, as PyTorch's)
 _F64_BY_CONTRACT = {"mse", "bce_logits", "svm", "mean", "dropout", "clip_coef", "poisson"}
 _F64_BY_CONTRACT |= {"bn_flag_nonfinite"}     # a float64 flag: its NaN test of a float32 value
+_F64_BY_CONTRACT |= {"sum_fwd"}     # fastbp.sum accumulates in float64, as on the CPU
 _F64_OP = re.compile(r"\b(?:add|sub|mul|fma|div|sqrt|max|min|neg|abs)(?:\.[a-z]+)*\.f64\b")
 _PRODUCTS = ("mm_nn", "mm_nt", "mm_tn")
 
