@@ -21,13 +21,13 @@ from .graph import upstream
 __all__ = ["GradFunctionBase"]
 
 
-def _check_memory(output, dtype, batch_size):
+def _check_memory(nodes, output, dtype, batch_size):
     """MemoryError (before the compiler lays anything out) when the inputs the output
-    depends on and the output itself, at ``batch_size`` rows, cannot fit: a lower bound
-    of the buffers :func:`fastbp.compiler.new_arena` would allocate."""
+    depends on (``nodes``: its upstream nodes) and the output itself, at ``batch_size``
+    rows, cannot fit: a lower bound of the buffers :func:`fastbp.compiler.new_arena` would allocate."""
     from ._memory import check
     count = 0
-    for n in upstream(output).values():
+    for n in nodes:
         if n.op == "input" or n is output:
             size = 1
             for d in n.shape:
@@ -65,8 +65,9 @@ class GradFunctionBase:
         self.output = output
         self.wrt = list(wrt)
         self.dtype = np.dtype(dtype)
-        _check_memory(output, self.dtype, batch_size)
-        for n in upstream(output).values():    # the graph's own (float64) values, staged into the arena below
+        nodes = list(upstream(output).values())     # walked once, for the three uses below
+        _check_memory(nodes, output, self.dtype, batch_size)
+        for n in nodes:     # the graph's own (float64) values, staged into the arena below
             if n.op in ("param", "const") and self.dtype != np.float64:
                 _check_range(f"{n.op} {n.name!r}" if n.op == "const" else n.name, np.asarray(n.value), self.dtype)
         self.plan = build_plan(self.graph, output, self.wrt, dtype=self.dtype, batch_size=batch_size)
@@ -77,7 +78,7 @@ class GradFunctionBase:
         self.hyper[ex.H_TRAINING] = 1.0     # fastbp.grad is training mode (Dropout on; BatchNorm: batch statistics)
         self._lock = threading.Lock()
         self._overridden = set()    # ids of the parameters a call has overridden
-        self._batch_norms = [n for n in upstream(output).values() if n.op == "batch_norm"]
+        self._batch_norms = [n for n in nodes if n.op == "batch_norm"]
 
     def __reduce_ex__(self, protocol):
         raise TypeError(f"a compiled {type(self).__name__} cannot be pickled (it holds native code and "
