@@ -463,7 +463,7 @@ def axpy_exact(axpy, dtype):
     Checked once per process and dtype, on vectors whose two roundings differ
     (an unaligned start and an odd tail included); ``False`` without a BLAS or
     its axpy, and for dtypes other than float32 and float64.  Only where this
-    holds does a plain SGD step (:func:`fastbp._handlers._h_sgd`) run its
+    holds does a plain SGD step (:func:`fastbp._handlers_update._h_sgd`) run its
     update through the BLAS, on the threads that ran its products."""
     y, x, alpha, fused = _axpy_probe(dtype)
     want = fused if _contracts() else y + alpha * x
@@ -499,7 +499,7 @@ def asum_propagates(asum, dtype):
     and finite on finite data.
 
     Where it holds, a finite ``asum(g)`` proves every gradient finite, and the
-    update handlers (:func:`fastbp._handlers._gradients`) check a large
+    update handlers (:func:`fastbp._handlers_update._gradients`) check a large
     update's gradients through it on the BLAS's threads; a non-finite sum
     (a non-finite element, or finite ones whose sum overflows) is settled by
     fastbp's own element-wise check, so the result never differs from it.

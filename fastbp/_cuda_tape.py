@@ -30,6 +30,7 @@ from ._cuda_status import _k_grad_scale_gated, _k_rmsprop_gated
 from .kernels.cuda import optim as _go
 from .registry.activations import IDENTITY as ACT_IDENTITY
 from .registry import losses as _loss_registry
+from .registry import optimizers as _opt_registry
 from .kernels.cuda import activations as _ga
 from .kernels.cuda import dropout as _gdrop
 from .kernels.cuda import gates as _gg
@@ -45,12 +46,14 @@ __all__ = ["DeviceTape", "TapeCall"]
 _MAX_BLOCKS = 4096
 
 
-def _adam_scalars(hyper, t):
-    """Step-dependent scalars of Adam step ``t`` (as :func:`fastbp.kernels.cuda.optim._adam_update`)."""
-    lr, b1, b2, wd = hyper[ex.H_LR], hyper[ex.H_B1], hyper[ex.H_B2], hyper[ex.H_WD]
+def _adam_scalars(hyper, t, wd, eps_hat=False):
+    """Step-dependent scalars of Adam step ``t`` with weight decay ``wd`` (as
+    :func:`fastbp.kernels.cuda.optim._adam_update`): ``(step, sbc2, decay, eps)``, ``eps``
+    the one the kernel adds (:func:`fastbp.registry.optimizers.adam_eps`)."""
+    lr, b1, b2 = hyper[ex.H_LR], hyper[ex.H_B1], hyper[ex.H_B2]
     bc1 = 1.0 - b1 ** t
     bc2 = 1.0 - b2 ** t
-    return lr / bc1, math.sqrt(bc2), 1.0 - lr * wd
+    return lr / bc1, math.sqrt(bc2), 1.0 - lr * wd, _opt_registry.adam_eps(hyper[ex.H_EPS], b2, t, eps_hat)
 
 
 class TapeCall:
@@ -225,7 +228,7 @@ class DeviceTape:
         if op == ex.OP_SUM_BWD:
             return [launch(_gg._sum_bwd, V(d), V(e), bool(f2))]
         if op in (ex.OP_SGD, ex.OP_ADAM, ex.OP_RMSPROP):
-            return [self._clip_op(b, int(ins[ex.C_F4])), self._update_op(op, a, b, c, d, int(ins[ex.C_F4]), e)]
+            return [self._clip_op(b, int(ins[ex.C_F4])), self._update_op(op, ins, nb)]
         if op in (ex.OP_LAYERNORM, ex.OP_LAYERNORM_BWD, ex.OP_BATCHNORM, ex.OP_BATCHNORM_BWD):
             return [self._norm_op(ins, V, nb)]
         if op in (ex.OP_DROPOUT, ex.OP_DROPOUT_BWD):
@@ -340,45 +343,57 @@ class DeviceTape:
                 _k_grad_scale_gated[blocks, threads, s](gvec, coef, res)
         return run
 
-    def _update_op(self, op, p0, g0, s0, s1, n, s2=-1):
-        p = self.region(p0, n)
+    def _update_op(self, op, ins, nb):
+        """The update instruction ``ins`` after a minibatch of ``nb`` rows: the gradient check
+        over the whole region, then the optimizer's kernel on each piece of it (one piece, or
+        the decayed and undecayed stretches of ``decay_1d=False``:
+        :func:`fastbp.registry.optimizers.update_piece`); the weight decay read at launch
+        time (:func:`fastbp.registry.optimizers.weight_decay`)."""
+        p0, g0, s0, s1, s2, n = (int(ins[c]) for c in (ex.C_A, ex.C_B, ex.C_C, ex.C_D, ex.C_E, ex.C_F4))
+        eps_hat = op == ex.OP_ADAM and int(ins[ex.C_F1]) == 1
         gvec = self.region(g0, n)
         res = self.res
+        hyper = self.hyper
         blocks, threads = grid_1d(n)
         blocks = min(blocks, _MAX_BLOCKS)
-        hyper = self.hyper
-        if op == ex.OP_RMSPROP:
-            sq = self.region(s0, n)
-            mbuf = self.region(s1, n) if s1 >= 0 else self.e1
-            gavg = self.region(s2, n) if s2 >= 0 else self.e1
+        pieces = []     # per piece: its views of the parameters, gradients and state vectors, decayed, grid
+        for i in range(_opt_registry.n_pieces(ins)):
+            lo, hi, decayed = (int(v) for v in _opt_registry.update_piece(self.plan.bufs, ins, i))
+            if hi > lo:
+                pb, pt = grid_1d(hi - lo)
+                views = [self.region(o + lo, hi - lo) if o >= 0 else self.e1 for o in (p0, g0, s0, s1, s2)]
+                pieces.append((*views, bool(decayed), min(pb, _MAX_BLOCKS), pt))
 
+        if op == ex.OP_RMSPROP:
             def run(ctx):
                 s = ctx.stream
+                wd = _opt_registry.weight_decay(float(hyper[ex.H_WD]), float(hyper[ex.H_WD_ROWS]), nb)
                 _k_grad_status[blocks, threads, s](gvec, res, ctx.step)
-                _k_rmsprop_gated[blocks, threads, s](p, gvec, sq, mbuf, gavg, float(hyper[ex.H_LR]),
-                                                     float(hyper[ex.H_ALPHA]), float(hyper[ex.H_EPS]),
-                                                     float(hyper[ex.H_WD]), float(hyper[ex.H_MOM]), res)
+                for p, g, sq, mbuf, gavg, dec, pb, pt in pieces:
+                    _k_rmsprop_gated[pb, pt, s](p, g, sq, mbuf, gavg, float(hyper[ex.H_LR]), float(hyper[ex.H_ALPHA]),
+                                                float(hyper[ex.H_EPS]), wd if dec else 0.0, float(hyper[ex.H_MOM]),
+                                                res)
             return run
         if op == ex.OP_SGD:
-            v = self.region(s0, n) if s0 >= 0 else self.e1
-
             def run(ctx):
                 s = ctx.stream
+                wd = _opt_registry.weight_decay(float(hyper[ex.H_WD]), float(hyper[ex.H_WD_ROWS]), nb)
                 _k_grad_status[blocks, threads, s](gvec, res, ctx.step)
-                _k_sgd_gated[blocks, threads, s](p, gvec, v, float(hyper[ex.H_LR]), float(hyper[ex.H_MOM]),
-                                                 bool(hyper[ex.H_NESTEROV] != 0.0), float(hyper[ex.H_WD]), res)
+                for p, g, v, _, _, dec, pb, pt in pieces:
+                    _k_sgd_gated[pb, pt, s](p, g, v, float(hyper[ex.H_LR]), float(hyper[ex.H_MOM]),
+                                            bool(hyper[ex.H_NESTEROV] != 0.0), wd if dec else 0.0, res)
             return run
-        m = self.region(s0, n)
-        v = self.region(s1, n)
 
         def run(ctx):
             s = ctx.stream
-            step, sbc2, decay = _adam_scalars(hyper, ctx.t)
+            wd = _opt_registry.weight_decay(float(hyper[ex.H_WD]), float(hyper[ex.H_WD_ROWS]), nb)
+            step, sbc2, decay, eps = _adam_scalars(hyper, ctx.t, wd, eps_hat)
             _k_grad_status[blocks, threads, s](gvec, res, ctx.step)
-            _k_adam_gated[blocks, threads, s](p, gvec, m, v, float(step), float(sbc2), float(hyper[ex.H_B1]),
-                                              float(hyper[ex.H_B2]), float(hyper[ex.H_EPS]),
-                                              float(hyper[ex.H_WD]), float(decay),
-                                              bool(hyper[ex.H_DECOUPLED] != 0.0), res)
+            for p, g, m, v, _, dec, pb, pt in pieces:
+                _k_adam_gated[pb, pt, s](p, g, m, v, float(step), float(sbc2), float(hyper[ex.H_B1]),
+                                         float(hyper[ex.H_B2]), float(eps),
+                                         wd if dec else 0.0, float(decay) if dec else 1.0,
+                                         bool(hyper[ex.H_DECOUPLED] != 0.0), res)
         return run
 
     # ----------------------------------------------------------- status

@@ -247,7 +247,12 @@ def emit_backward(g, fusion, lay, output):
 
 def emit_update(lay, optimizer):
     """The update instruction of the optimizer's registry entry, over the whole parameter
-    region; its state vectors (none: SGD without momentum) in columns c, d."""
+    region; its state vectors (none: SGD without momentum) in columns c, d.
+
+    ``decay_1d=False`` (weight decay on the matrices only): f5=1, and the decayed
+    parameters are the ``f3`` buffers from ``h`` on (aliases of their values, in the
+    region's order); the rest of the region is updated without decay
+    (:func:`fastbp.registry.optimizers.update_piece`)."""
     if optimizer is None or not lay.n_param:
         return
     opcode = _optimizers.get(optimizer.name).opcode
@@ -255,4 +260,8 @@ def emit_update(lay, optimizer):
     cols = dict(c=st[0], d=st[1])
     if hasattr(optimizer, "tape_state"):    # optional state vectors (RMSprop); Adam's decay mode
         cols = optimizer.tape_state(lay.state_offsets)
+    if not getattr(optimizer, "decay_1d", True):
+        segs = [lay.b.alias(lay.value_buf[node.id], *canon(shape))
+                for _, node, _, shape in lay.plist if len(shape) >= 2]
+        cols.update(f5=1, f3=len(segs), h=segs[0] if segs else -1)
     lay.b.emit(opcode, a=lay.p_start, b=lay.g_start, f4=lay.n_param, **cols)

@@ -19,7 +19,7 @@ try:
     from sklearn.base import BaseEstimator
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import train_test_split
-    from sklearn.utils import check_random_state
+    from sklearn.utils import check_random_state, shuffle as sk_shuffle
     from sklearn.utils.validation import check_is_fitted
 except ImportError as _e:  # pragma: no cover - exercised only without sklearn
     raise ImportError(
@@ -37,8 +37,8 @@ from .bundle import saved_precision
 from .factories import compile as compile_step, load
 from .optimizers import SGD, Adam
 from . import _isa
-from ._estimator_fit import (batch_sizes, check_split_weights, fit_batch_size, fit_lbfgs, fit_weights, validation_stratify,
-                             weighted_epoch)
+from ._estimator_fit import (batch_sizes, check_split_weights, fit_batch_size, fit_lbfgs, fit_weights, ordered_epoch,
+                             validation_stratify, weighted_epoch)
 from ._estimator_attrs import _LiveList
 from ._estimator_params import check_params, is_int as _is_int, resolve_dtype as _resolve_dtype
 from ._estimator_state import restore, snapshot
@@ -123,8 +123,7 @@ class _BaseMLP(BaseEstimator):
 
     # ------------------------------------------------------------------ steps
     def _optimizer(self, batch_size, n_out):
-        # alpha * W / batch_size is scikit-learn's L2 gradient; fastbp's
-        # weight_decay adds weight_decay * p to the gradient.
+        # alpha * W / batch_size is scikit-learn's L2 gradient; weight_decay adds weight_decay * p
         wd = self._weight_decay(batch_size, n_out)
         lr = float(self.learning_rate_init)
         eps = float(self.epsilon)
@@ -184,7 +183,8 @@ class _BaseMLP(BaseEstimator):
     def _compile(arch):
         o = dict(arch["optimizer"])
         kind = o.pop("type")
-        opt = SGD(**o) if kind == "sgd" else Adam(**o)
+        # scikit-learn's alpha decays coefs_ only; its Adam adds epsilon before the bias correction
+        opt = SGD(**o, decay_1d=False) if kind == "sgd" else Adam(**o, decay_1d=False, eps_hat=True)
         return compile_step(mlp([arch["n_in"], *arch["hidden"], arch["n_out"]], arch["activation"]),
                             loss=arch["loss"], optimizer=opt, batch_size=arch["batch_size"],
                             dtype=np.dtype(arch["dtype"]).type, seed=arch["seed"],
@@ -421,26 +421,27 @@ class _BaseMLP(BaseEstimator):
                           "It is going to be clipped")
         bs = min(requested, n_train)
         fit_batch_size(self, bs, n_train)
-        self._run_epochs(X_tr, Y_tr, X_val, Y_val, rs, incremental, bs, W_tr, W_val)
+        self._run_epochs(X_tr, Y_tr, X_val, Y_val, split_rs, incremental, bs, W_tr, W_val)   # shuffles: sklearn's
         return self
 
     def _run_epochs(self, X, Y, X_val, Y_val, rs, incremental, bs, W=None, W_val=None):
         """The epochs of a stochastic fit (one for ``partial_fit``) in minibatches of ``bs``
-        rows, with the weight decay ``alpha / bs`` of this call's ``alpha`` and ``bs``."""
+        rows, with scikit-learn's weight decay ``alpha / n_b`` of this call's ``alpha``, ``n_b``
+        the rows of each minibatch (``hyper[H_WD_ROWS]``)."""
         step = self._step
         hyper = step.hyper
         wd0 = float(hyper[_isa.H_WD])
-        # alpha and batch_size are read on every call, as scikit-learn reads them; the
-        # step's own value (what its checkpoint records) is put back after the call
-        hyper[_isa.H_WD] = self._weight_decay(bs, self._arch["n_out"])
+        # alpha is read on every call, as scikit-learn reads it; the step's own values (what
+        # its checkpoint records) are put back after the call
+        hyper[_isa.H_WD], hyper[_isa.H_WD_ROWS] = self._weight_decay(1, self._arch["n_out"]), 1.0
         try:
             self._epochs(step, X, Y, X_val, Y_val, rs, incremental, bs, W, W_val)
         finally:
-            hyper[_isa.H_WD] = wd0
+            hyper[_isa.H_WD], hyper[_isa.H_WD_ROWS] = wd0, 0.0
 
     def _epochs(self, step, X, Y, X_val, Y_val, rs, incremental, bs, W, W_val):
         n = X.shape[0]
-        sizes = batch_sizes(n, bs)
+        sizes, order = batch_sizes(n, bs), np.arange(n)
         opt = self._opt_settings()
         sgd = opt["solver"] == "sgd"
         # the best weights so far: a warm start's previous fit's, as scikit-learn's _best_coefs
@@ -454,15 +455,14 @@ class _BaseMLP(BaseEstimator):
                     # scikit-learn's SGD learning rate (learning_rate, power_t), on the step's scale
                     lr = getattr(self, "_sgd_lr", opt["learning_rate_init"])
                     step.lr = lr * self._loss_scales(self._arch["n_out"])[1]
-                seed = int(rs.randint(np.iinfo(np.int32).max))
+                # scikit-learn's order: its shuffle of the last epoch's order, drawn from its generator
+                order = sk_shuffle(order, random_state=rs) if self.shuffle else order
                 try:
                     if W is not None:
-                        order = np.random.default_rng(seed).permutation(n) if self.shuffle else np.arange(n)
                         losses, sizes, l2 = weighted_epoch(step, X, Y, W, bs, order, self.alpha,
                                                            self._loss_scales(self._arch["n_out"])[1])
                     else:
-                        losses = np.asarray(step.fit(X, Y, epochs=1, shuffle=bool(self.shuffle),
-                                                     seed=seed), dtype=np.float64)
+                        losses = ordered_epoch(step, X, Y, order if self.shuffle else None, bs)
                 except FloatingPointError as e:
                     raise ValueError(
                         f"training diverged at iteration {self.n_iter_ + 1}: {e}. The estimator is "

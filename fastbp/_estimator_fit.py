@@ -138,6 +138,23 @@ def fit_batch_size(est, bs, n):
     est._step, est._arch = step, arch
 
 
+def ordered_epoch(step, X, Y, order, bs):
+    """One epoch of minibatches of ``bs`` rows (the step's own cut) in ``order`` (None: the
+    rows' order), through the step's fused loop: the rows are gathered in chunks of whole
+    minibatches, about 2**22 values each, and each chunk is trained without shuffling.
+
+    Returns
+    -------
+    ndarray of float64
+        The loss of every minibatch.
+    """
+    if order is None:
+        return np.asarray(step.fit(X, Y, epochs=1, shuffle=False), dtype=np.float64)
+    per = max(1, (1 << 22) // max(1, bs * X.shape[1])) * bs
+    return np.concatenate([np.asarray(step.fit(X[idx], Y[idx], epochs=1, shuffle=False), dtype=np.float64)
+                           for idx in (order[lo:lo + per] for lo in range(0, len(order), per))])
+
+
 def weighted_epoch(step, X, Y, W, bs, order, alpha, grad_scale):
     """One epoch of weighted minibatches of ``bs`` rows in ``order``.
 
@@ -153,7 +170,7 @@ def weighted_epoch(step, X, Y, W, bs, order, alpha, grad_scale):
         epoch's loss).
     """
     hyper = step.hyper
-    wd0 = float(hyper[_isa.H_WD])
+    wd0, per_row = float(hyper[_isa.H_WD]), float(hyper[_isa.H_WD_ROWS])
     losses, rows, l2 = [], [], 0.0
     try:
         for lo in range(0, X.shape[0], bs):
@@ -162,12 +179,13 @@ def weighted_epoch(step, X, Y, W, bs, order, alpha, grad_scale):
             sw = float(w.sum())
             if sw <= 0.0:
                 continue
-            hyper[_isa.H_WD] = float(alpha) / sw / grad_scale
+            hyper[_isa.H_WD], hyper[_isa.H_WD_ROWS] = float(alpha) / sw / grad_scale, 0.0
             losses.append(step(X[idx], Y[idx], sample_weight=w))
             rows.append(len(idx))
             l2 += len(idx) / sw
     finally:
-        hyper[_isa.H_WD] = wd0          # the optimizer's own value (what a checkpoint records)
+        # the caller's values (the estimator's epochs put the optimizer's own back after)
+        hyper[_isa.H_WD], hyper[_isa.H_WD_ROWS] = wd0, per_row
     return np.asarray(losses, dtype=np.float64), np.asarray(rows, dtype=np.float64), l2
 
 

@@ -43,6 +43,7 @@ from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_COLSUM,  #
                             K_CLIP_GRAD_NORM, K_WEIGH_ROWS, K_ADAM_DECOUPLED, K_ADAM_L2, K_POISSON, K_RMSPROP, K_DROPOUT, GATE_ROLES, K_GATE, K_BN_BWD,
                             K_BN_FWD, K_BN_RUNNING, K_LN_BWD, K_LN_FWD)
 from ._handlers import arrays, jit_slot  # noqa: F401 - jit_slot re-exported
+from . import _handlers_update  # noqa: F401 - registers the update instructions' handlers
 from . import _compile_pool
 from ._jit import jit
 

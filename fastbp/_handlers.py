@@ -38,26 +38,24 @@ from ._arena_views import _all_finite, _c_vec, _c_rows, _view, _view_or_empty, _
 from ._native import kcall, native_kernel
 from .config import JIT_MAX_MACS
 from .kernels.codes import LOSS_BCE_LOGITS, LOSS_MSE, LOSS_POISSON, LOSS_SOFTMAX_XENT, LOSS_SVM
-from .kernels.gemm import JIT_SLOT, blas_asum, blas_axpy, blas_get_threads, blas_set_threads
+from .kernels.gemm import JIT_SLOT, blas_get_threads, blas_set_threads
 from .kernels.activations import ROLE_BIAS_ACT, ROLE_BIAS_ACT_D, ROLE_BWD, ROLE_FWD, ROLE_FWD_D
 from .kernels.losses import _check_labels
-from .kernels.table import (K_ACT, K_ADAM, K_ADAM_DECOUPLED, K_ADAM_L2, K_BCE_LOGITS, K_BLAS_MM, K_BN_BWD, K_BN_FWD, K_BN_RUNNING,
-                            K_CLIP_GRAD_NORM, K_COLSUM, K_DROPOUT, K_DROPOUT_D, K_GATE, K_GATE_BWD, K_GATE_FWD, K_HANDLER,
+from .kernels.table import (K_ACT, K_BCE_LOGITS, K_BLAS_MM, K_BN_BWD, K_BN_FWD, K_BN_RUNNING,
+                            K_COLSUM, K_DROPOUT, K_DROPOUT_D, K_GATE, K_GATE_BWD, K_GATE_FWD, K_HANDLER,
                             K_JIT_MM, K_LN_BWD, K_LN_FWD, K_MM, K_MM_SMALL, K_MSE, K_POISSON, K_PROTO_BIAS_ACT,
-                            K_PROTO_BWD, K_PROTO_FWD, K_PROTO_FWD_D, K_PROTO_BIAS_ACT_D, K_MUL_D, K_RMSPROP, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD,
+                            K_PROTO_BWD, K_PROTO_FWD, K_PROTO_FWD_D, K_PROTO_BIAS_ACT_D, K_MUL_D, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD,
                             K_SVM, K_WEIGH_ROWS, N_KERNELS, N_ROLES, GATE_ROLES, B, F1, I1, I64, NONE, F64, a2, kcall_at)
 from .registry.activations import CAPACITY as ACT_CAPACITY, IDENTITY as ACT_IDENTITY
 from .registry.gates import CAPACITY as GATE_CAPACITY
-from .registry.optimizers import ADAM_DECOUPLED, ADAM_L2, ADAM_NO_DECAY
 from ._jit import int64_bits_as_float64  # dropout's p: float64 bits in the tape
-from ._isa import (OP_ACT, OP_ACT_BWD, OP_ADAM, OP_BATCHNORM, OP_BATCHNORM_BWD, OP_DROPOUT, OP_DROPOUT_BWD,
-                   OP_GATE, OP_GATE_BWD, OP_LAYERNORM, OP_LAYERNORM_BWD, OP_LINEAR, OP_LINEAR_BWD, OP_LOSS,
-                   OP_MATMUL, OP_MATMUL_BWD, OP_RMSPROP, OP_SGD, OP_SUM, OP_SUM_BWD, C_OP, C_OUT, C_A, C_B, C_C, C_D,
-                   C_E, C_F, C_G, C_F1, C_F2, C_F3, C_F4, C_F5, C_P, TAPE_WIDTH, X_ARENA, X_ARENA_N, X_BUFS, X_BUFS_N,
-                   X_TAPE, X_TAPE_N, X_HYPER, X_WS64, X_WS64_N, X_GJIT, X_GJIT_N, X_BATCH, X_KTAB, H_LR, H_MOM,
-                   H_NESTEROV, H_WD, H_B1, H_B2, H_EPS, H_DECOUPLED, H_T, H_BLAS_MIN, H_STEPS, H_BT_ON, H_BT_MAX,
-                   H_BT_CUR, H_BT_MIN, H_AXPY_MIN, H_ASUM_MIN, H_CLIP, H_ALPHA, H_WEIGHTED, H_ROW0, H_RNG_SEED, H_TRAINING,
-                   HYPER_SIZE, INFO_ONE_ROW, STATUS_OK, STATUS_LOSS_NONFINITE, STATUS_GRAD_NONFINITE, STATUS_BAD_LABEL,
+from ._isa import (OP_ACT, OP_ACT_BWD, OP_BATCHNORM, OP_BATCHNORM_BWD, OP_DROPOUT, OP_DROPOUT_BWD, OP_GATE,
+                   OP_GATE_BWD, OP_LAYERNORM, OP_LAYERNORM_BWD, OP_LINEAR, OP_LINEAR_BWD, OP_LOSS, OP_MATMUL,
+                   OP_MATMUL_BWD, OP_SUM, OP_SUM_BWD, C_OP, C_OUT, C_A, C_B, C_C, C_D, C_E, C_F, C_G, C_F1,
+                   C_F2, C_F3, C_F4, C_F5, C_P, TAPE_WIDTH, X_ARENA, X_ARENA_N, X_BUFS, X_BUFS_N, X_TAPE,
+                   X_TAPE_N, X_HYPER, X_WS64, X_WS64_N, X_GJIT, X_GJIT_N, X_BATCH, X_KTAB, H_BLAS_MIN,
+                   H_STEPS, H_BT_ON, H_BT_MAX, H_BT_CUR, H_BT_MIN, H_WEIGHTED, H_ROW0, H_RNG_SEED, H_TRAINING,
+                   HYPER_SIZE, INFO_ONE_ROW, STATUS_OK, STATUS_LOSS_NONFINITE, STATUS_BAD_LABEL,
                    STATUS_BAD_INPUT, STATUS_BAD_OP)
 
 #: what every handler returns: (status, loss, carry or info)
@@ -482,103 +480,4 @@ def _h_dropout(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
         dst = _view(arena, bufs, ins[C_E], nb)
     kcall(kt, K_DROPOUT, (src, dst, int(hyper[H_RNG_SEED]), ins[C_F1], int(hyper[H_STEPS]),
                           int(hyper[H_ROW0]), pdrop, bwd and ins[C_F2] != 0))
-    return STATUS_OK, 0.0, carry
-
-
-# ------------------------------------------------------------ updates
-@jit
-def _gradients(arena, hyper, ins, kt, by_asum):
-    """The gradient region of an update instruction (b, f4: start, length),
-    clipped by global norm when ``hyper[H_CLIP] > 0`` (torch's
-    ``clip_grad_norm_``); ``(False, region)``, unclipped, when a gradient is
-    not finite.  ``by_asum``: the check is the BLAS's asum on its threads
-    (fastbp._blas.asum_propagates: a finite sum proves every element finite),
-    and fastbp's own scan only when the sum is not finite (a non-finite element,
-    or finite ones whose sum overflows)."""
-    g0 = ins[C_B]
-    g = arena[g0:g0 + ins[C_F4]]
-    if by_asum:
-        _blas_threads_for(hyper[H_BT_MIN], hyper)
-        finite = np.isfinite(blas_asum(g)) or _all_finite(g)
-    else:
-        finite = _all_finite(g)
-    if not finite:
-        return False, g
-    if hyper[H_CLIP] > 0.0:
-        kcall(kt, K_CLIP_GRAD_NORM, (g, hyper[H_CLIP]))
-    return True, g
-
-
-@_handles(OP_SGD)
-def _h_sgd(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
-    """SGD (momentum, Nesterov, weight decay) on the parameter region a (f4
-    values), gradients b, momentum buffer c (-1: none)."""
-    arena, _, tape, hyper, _, _, kt = arrays(ctx, x)
-    ins = tape[pc]
-    n = ins[C_F4]
-    # plain SGD on the BLAS's threads, awake after the products (fastbp.config.SGD_AXPY_MIN_PARAMS;
-    # the kernel's bits: fastbp._blas.axpy_exact), a large one checked there too (SGD_ASUM_MIN_PARAMS)
-    by_blas = hyper[H_MOM] == 0.0 and hyper[H_WD] == 0.0 and 0.0 < hyper[H_AXPY_MIN] <= n
-    ok, g = _gradients(arena, hyper, ins, kt, by_blas and 0.0 < hyper[H_ASUM_MIN] <= n)
-    if not ok:
-        return STATUS_GRAD_NONFINITE, 0.0, 0
-    p0 = ins[C_A]
-    s0 = ins[C_C]
-    v = arena[s0:s0 + n] if s0 >= 0 else arena[0:0]
-    if by_blas:
-        _blas_threads_for(hyper[H_BT_MIN], hyper)
-        blas_axpy(-hyper[H_LR], g, arena[p0:p0 + n])
-    else:
-        kcall(kt, K_SGD, (arena[p0:p0 + n], g, v, hyper[H_LR], hyper[H_MOM], hyper[H_NESTEROV] != 0.0,
-                          hyper[H_WD]))
-    hyper[H_STEPS] += 1.0
-    return STATUS_OK, 0.0, carry
-
-
-@_handles(OP_ADAM)
-def _h_adam(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
-    """Adam / AdamW on the parameter region a (f4 values), gradients b, moments c and d."""
-    arena, _, tape, hyper, _, _, kt = arrays(ctx, x)
-    ins = tape[pc]
-    ok, g = _gradients(arena, hyper, ins, kt, False)
-    if not ok:
-        return STATUS_GRAD_NONFINITE, 0.0, 0
-    n = ins[C_F4]
-    p0 = ins[C_A]
-    m0 = ins[C_C]
-    v0 = ins[C_D]
-    mode = ins[C_G]         # the weight-decay mode: each has its kernel (kernels.optim.ADAM_KERNELS)
-    if mode != ADAM_NO_DECAY and mode != ADAM_DECOUPLED and mode != ADAM_L2:
-        return STATUS_BAD_OP, 0.0, 0
-    hyper[H_T] += 1.0
-    args = (arena[p0:p0 + n], g, arena[m0:m0 + n], arena[v0:v0 + n], hyper[H_T], hyper[H_LR],
-            hyper[H_B1], hyper[H_B2], hyper[H_EPS], hyper[H_WD], hyper[H_DECOUPLED] != 0.0)
-    if mode == ADAM_NO_DECAY:
-        kcall(kt, K_ADAM, args)
-    elif mode == ADAM_DECOUPLED:
-        kcall(kt, K_ADAM_DECOUPLED, args)
-    else:
-        kcall(kt, K_ADAM_L2, args)
-    hyper[H_STEPS] += 1.0
-    return STATUS_OK, 0.0, carry
-
-
-@_handles(OP_RMSPROP)
-def _h_rmsprop(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
-    """RMSprop on the parameter region a (f4 values), gradients b, square_avg c,
-    momentum buffer d (-1: none), grad_avg e (-1: none: not centered)."""
-    arena, _, tape, hyper, _, _, kt = arrays(ctx, x)
-    ins = tape[pc]
-    ok, g = _gradients(arena, hyper, ins, kt, False)
-    if not ok:
-        return STATUS_GRAD_NONFINITE, 0.0, 0
-    n = ins[C_F4]
-    p0 = ins[C_A]
-    s0 = ins[C_C]
-    b0 = ins[C_D]
-    a0 = ins[C_E]
-    kcall(kt, K_RMSPROP, (arena[p0:p0 + n], g, arena[s0:s0 + n], arena[b0:b0 + n] if b0 >= 0 else arena[0:0],
-                          arena[a0:a0 + n] if a0 >= 0 else arena[0:0], hyper[H_LR], hyper[H_ALPHA],
-                          hyper[H_EPS], hyper[H_WD], hyper[H_MOM]))
-    hyper[H_STEPS] += 1.0
     return STATUS_OK, 0.0, carry

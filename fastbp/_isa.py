@@ -96,9 +96,15 @@ RUNTIME_SLOTS = RUNTIME_SLOTS + (H_AXPY_MIN,)
 #: fastbp._executor.runtime_hyper)
 H_ASUM_MIN = 23
 RUNTIME_SLOTS = RUNTIME_SLOTS + (H_ASUM_MIN,)
-#: the hyper vector's length before slots 16-23 existed (checkpoints of that length load: padded)
+#: 1.0 while the weight decay of an update is ``hyper[H_WD]`` divided by the rows of its
+#: minibatch (scikit-learn's ``alpha / n_b``: the estimators set and reset it around their
+#: calls, never saved as 1.0); 0.0: ``hyper[H_WD]`` itself
+H_WD_ROWS = 24
+#: the hyper vector's length before slots 16-23 existed, and before slot 24 (checkpoints
+#: of those lengths load: padded)
 HYPER_SIZE_V1 = 16
-HYPER_SIZE = 24
+HYPER_SIZE_V2 = 24
+HYPER_SIZE = 25
 
 # run modes
 MODE_FORWARD = 0

@@ -39,8 +39,8 @@ _CACHE = os.environ.get("FASTBP_NO_CACHE", "") == ""
 #: the top-level modules whose code numba compiles and caches, or inlines into cached code
 #: (bodies, constants); with every file of ``kernels``, ``kernels/cuda`` and ``registry``
 #: (tests/test_jit.py checks that every module with compiled code is listed)
-STAMPED_MODULES = ("_jit.py", "_native.py", "_executor.py", "_handlers.py", "_arena_views.py", "_blas.py",
-                   "_isa.py", "_rng.py", "_cuda_status.py", "config.py")
+STAMPED_MODULES = ("_jit.py", "_native.py", "_executor.py", "_handlers.py", "_handlers_update.py",
+                   "_arena_views.py", "_blas.py", "_isa.py", "_rng.py", "_cuda_status.py", "config.py")
 
 
 def _stamped_files():

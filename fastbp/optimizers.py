@@ -62,6 +62,26 @@ class _Optimizer:
         object.__setattr__(c, "_frozen", True)
         return c
 
+    def _decay_1d_arg(self, decay_1d):
+        """Validate and keep ``decay_1d`` (a bool)."""
+        if not isinstance(decay_1d, (bool, _np.bool_)):     # the one bool policy (fastbp._validate.boolean)
+            raise TypeError(f"{type(self).__name__}: decay_1d must be a bool (True or False), "
+                            f"got {type(decay_1d).__name__}")
+        object.__setattr__(self, "decay_1d", bool(decay_1d))
+
+    def _spec_decay(self, spec):
+        """``spec`` with ``decay_1d`` and ``eps_hat`` when not the defaults (older fastbp reads the rest)."""
+        if not self.decay_1d:
+            spec["decay_1d"] = False
+        if getattr(self, "eps_hat", False):
+            spec["eps_hat"] = True
+        return spec
+
+    def _repr_decay(self):
+        """The non-default ``decay_1d`` and ``eps_hat`` for ``repr``."""
+        return ("" if self.decay_1d else ", decay_1d=False") + (", eps_hat=True" if getattr(self, "eps_hat", False)
+                                                                 else "")
+
     def _set_lr(self, lr):
         """Set the learning rate (already validated) of this (possibly frozen) object."""
         object.__setattr__(self, "lr", float(lr))
@@ -81,10 +101,17 @@ class SGD(_Optimizer):
         Nesterov momentum (needs ``momentum > 0``).
     weight_decay : float, default 0
         L2 penalty added to the gradient, >= 0.
+    decay_1d : bool, default True
+        Whether ``weight_decay`` applies to the parameters of fewer than two
+        dimensions too (biases, the norm layers' weight and bias), as in
+        PyTorch.  False decays the matrices only: scikit-learn's ``alpha``
+        (on ``coefs_``, not ``intercepts_``), and the usual practice of a
+        second PyTorch parameter group with ``weight_decay=0`` for the 1-D
+        parameters.
     """
     name = "sgd"
 
-    def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+    def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0, *, decay_1d=True):
         self.lr = _real("lr", lr, "SGD", low=0.0)
         self.momentum = _real("momentum", momentum, "SGD", low=0.0)
         if not isinstance(nesterov, (bool, _np.bool_)):     # the one bool policy (fastbp._validate.boolean)
@@ -93,6 +120,7 @@ class SGD(_Optimizer):
         if self.nesterov and self.momentum == 0.0:
             raise ValueError("SGD: nesterov=True needs momentum > 0")
         self.weight_decay = _real("weight_decay", weight_decay, "SGD", low=0.0)
+        self._decay_1d_arg(decay_1d)
 
     @property
     def n_state(self):
@@ -100,12 +128,12 @@ class SGD(_Optimizer):
         return 1 if self.momentum != 0.0 else 0
 
     def spec(self):
-        return {"type": "SGD", "lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
-                "weight_decay": self.weight_decay}
+        return self._spec_decay({"type": "SGD", "lr": self.lr, "momentum": self.momentum,
+                                 "nesterov": self.nesterov, "weight_decay": self.weight_decay})
 
     def __repr__(self):
         return (f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
-                f"weight_decay={self.weight_decay})")
+                f"weight_decay={self.weight_decay}{self._repr_decay()})")
 
 
 class Adam(_Optimizer):
@@ -121,10 +149,20 @@ class Adam(_Optimizer):
     weight_decay : float, default 0
     decoupled : bool, default False
         Apply weight decay to the weights directly (AdamW) instead of the gradient.
+    decay_1d : bool, default True
+        Decay the parameters of fewer than two dimensions too, as PyTorch;
+        False: the matrices only, as scikit-learn's ``alpha`` (see :class:`SGD`).
+    eps_hat : bool, default False
+        Add ``eps`` to ``sqrt(v)`` before the bias correction (Kingma and Ba's
+        epsilon-hat: ``p -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)``,
+        scikit-learn's and Keras's Adam) instead of to ``sqrt(v_hat)``, after it
+        (PyTorch's).  The two differ where ``sqrt(v)`` is not much larger than
+        ``eps``.
     """
     name = "adam"
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False):
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False, *,
+                 decay_1d=True, eps_hat=False):
         who = type(self).__name__
         self.lr = _real("lr", lr, who, low=0.0)
         try:
@@ -138,22 +176,28 @@ class Adam(_Optimizer):
         if not isinstance(decoupled, (bool, _np.bool_)):
             raise TypeError(f"{who}: decoupled must be a bool (True or False), got {type(decoupled).__name__}")
         self.decoupled = bool(decoupled)
+        self._decay_1d_arg(decay_1d)
+        if not isinstance(eps_hat, (bool, _np.bool_)):
+            raise TypeError(f"{who}: eps_hat must be a bool (True or False), got {type(eps_hat).__name__}")
+        self.eps_hat = bool(eps_hat)
 
     n_state = 2
 
     def tape_state(self, offsets):
         """The update instruction's state columns (``c`` exp_avg, ``d`` exp_avg_sq) for the
-        state vectors at ``offsets``, and its weight-decay mode (``g``; the CPU kernel is
-        the mode's own, see :func:`fastbp.registry.optimizers.adam_mode`)."""
-        return dict(c=offsets[0], d=offsets[1], g=_adam_mode(self.weight_decay, self.decoupled))
+        state vectors at ``offsets``, its weight-decay mode (``g``; the CPU kernel is
+        the mode's own, see :func:`fastbp.registry.optimizers.adam_mode`) and ``f1``
+        ``eps_hat``."""
+        return dict(c=offsets[0], d=offsets[1], g=_adam_mode(self.weight_decay, self.decoupled),
+                    f1=int(self.eps_hat))
 
     def spec(self):
-        return {"type": "Adam", "lr": self.lr, "betas": list(self.betas), "eps": self.eps,
-                "weight_decay": self.weight_decay, "decoupled": self.decoupled}
+        return self._spec_decay({"type": "Adam", "lr": self.lr, "betas": list(self.betas), "eps": self.eps,
+                                 "weight_decay": self.weight_decay, "decoupled": self.decoupled})
 
     def __repr__(self):
         return (f"Adam(lr={self.lr}, betas={self.betas}, eps={self.eps}, "
-                f"weight_decay={self.weight_decay}, decoupled={self.decoupled})")
+                f"weight_decay={self.weight_decay}, decoupled={self.decoupled}{self._repr_decay()})")
 
 
 class AdamW(Adam):
@@ -173,17 +217,23 @@ class AdamW(Adam):
         > 0.
     weight_decay : float, default 1e-2
         Decoupled weight decay, >= 0.
+    decay_1d : bool, default True
+        Decay the parameters of fewer than two dimensions too, as PyTorch;
+        False: the matrices only, as scikit-learn's ``alpha`` (see :class:`SGD`).
+    eps_hat : bool, default False
+        Add ``eps`` before the bias correction, as scikit-learn (see :class:`Adam`).
     """
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
-        super().__init__(lr, betas, eps, weight_decay, decoupled=True)
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *, decay_1d=True, eps_hat=False):
+        super().__init__(lr, betas, eps, weight_decay, decoupled=True, decay_1d=decay_1d, eps_hat=eps_hat)
 
     def spec(self):
-        return {"type": "AdamW", "lr": self.lr, "betas": list(self.betas), "eps": self.eps,
-                "weight_decay": self.weight_decay}
+        return self._spec_decay({"type": "AdamW", "lr": self.lr, "betas": list(self.betas), "eps": self.eps,
+                                 "weight_decay": self.weight_decay})
 
     def __repr__(self):
-        return f"AdamW(lr={self.lr}, betas={self.betas}, eps={self.eps}, weight_decay={self.weight_decay})"
+        return (f"AdamW(lr={self.lr}, betas={self.betas}, eps={self.eps}, weight_decay={self.weight_decay}"
+                f"{self._repr_decay()})")
 
 
 class RMSprop(_Optimizer):
@@ -209,10 +259,14 @@ class RMSprop(_Optimizer):
     centered : bool, default False
         Normalise by the estimated variance of the gradient instead of its
         second moment.
+    decay_1d : bool, default True
+        Decay the parameters of fewer than two dimensions too, as PyTorch;
+        False: the matrices only, as scikit-learn's ``alpha`` (see :class:`SGD`).
     """
     name = "rmsprop"
 
-    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False):
+    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, *,
+                 decay_1d=True):
         self.lr = _real("lr", lr, "RMSprop", low=0.0)
         self.alpha = _real("alpha", alpha, "RMSprop", low=0.0, high=1.0)
         self.eps = _real("eps", eps, "RMSprop", low=0.0, low_open=True)
@@ -221,6 +275,7 @@ class RMSprop(_Optimizer):
         if not isinstance(centered, (bool, _np.bool_)):
             raise TypeError(f"RMSprop: centered must be a bool (True or False), got {type(centered).__name__}")
         self.centered = bool(centered)
+        self._decay_1d_arg(decay_1d)
 
     @property
     def n_state(self):
@@ -241,26 +296,30 @@ class RMSprop(_Optimizer):
         return dict(c=at["square_avg"], d=at.get("momentum_buffer", -1), e=at.get("grad_avg", -1))
 
     def spec(self):
-        return {"type": "RMSprop", "lr": self.lr, "alpha": self.alpha, "eps": self.eps,
-                "weight_decay": self.weight_decay, "momentum": self.momentum, "centered": self.centered}
+        return self._spec_decay({"type": "RMSprop", "lr": self.lr, "alpha": self.alpha, "eps": self.eps,
+                                 "weight_decay": self.weight_decay, "momentum": self.momentum,
+                                 "centered": self.centered})
 
     def __repr__(self):
         return (f"RMSprop(lr={self.lr}, alpha={self.alpha}, eps={self.eps}, weight_decay={self.weight_decay}, "
-                f"momentum={self.momentum}, centered={self.centered})")
+                f"momentum={self.momentum}, centered={self.centered}{self._repr_decay()})")
 
 
 def optimizer_from_spec(spec):
     """Rebuild an optimizer from its :meth:`spec` (checkpoints)."""
     t = spec.get("type") if isinstance(spec, dict) else None
+    d1 = spec.get("decay_1d", True) if isinstance(spec, dict) else True    # absent before fastbp had it
     if t == "SGD":
-        return SGD(spec["lr"], spec["momentum"], spec["nesterov"], spec["weight_decay"])
+        return SGD(spec["lr"], spec["momentum"], spec["nesterov"], spec["weight_decay"], decay_1d=d1)
     if t == "Adam":
-        return Adam(spec["lr"], tuple(spec["betas"]), spec["eps"], spec["weight_decay"], spec["decoupled"])
+        return Adam(spec["lr"], tuple(spec["betas"]), spec["eps"], spec["weight_decay"], spec["decoupled"],
+                    decay_1d=d1, eps_hat=spec.get("eps_hat", False))
     if t == "AdamW":
-        return AdamW(spec["lr"], tuple(spec["betas"]), spec["eps"], spec["weight_decay"])
+        return AdamW(spec["lr"], tuple(spec["betas"]), spec["eps"], spec["weight_decay"], decay_1d=d1,
+                     eps_hat=spec.get("eps_hat", False))
     if t == "RMSprop":
         return RMSprop(spec["lr"], spec["alpha"], spec["eps"], spec["weight_decay"], spec["momentum"],
-                       spec["centered"])
+                       spec["centered"], decay_1d=d1)
     raise ValueError(f"unknown optimizer spec {spec!r}")
 
 

@@ -41,7 +41,8 @@ class TorchTrainStep(TrainStep):
     _torch_lr = None
     _torch_params = ()
     _torch_step0 = (0.0, 0)
-    #: the torch optimizer's other hyper-parameters when the step was made (fastbp compiled them in)
+    #: the torch optimizer's other hyper-parameters when the step was made (fastbp compiled them
+    #: in), per parameter group
     _torch_hyper = ()
     #: the BatchNorm1d modules whose num_batches_tracked sync_to_torch writes: (prefix, module)
     _torch_counts = ()
@@ -62,8 +63,8 @@ class TorchTrainStep(TrainStep):
             raise ValueError(f"optimizer: its parameter groups now have different learning rates "
                              f"{sorted(lrs)}; fastbp trains every parameter with one rate")
         lr = lrs.pop()
-        for g in opt.param_groups if check_hyper else ():
-            for k, v in self._torch_hyper:
+        for g, hyper in zip(opt.param_groups, self._torch_hyper) if check_hyper else ():
+            for k, v in hyper:
                 w = g.get(k)
                 if w != v and _plain(w) != v:       # (_plain only for another container: once per step)
                     raise ValueError(
@@ -256,6 +257,21 @@ def _plain(v):
     return v
 
 
+def _decay_1d_of(groups):
+    """``False`` (weight decay on the matrices only) for torch parameter groups that differ
+    in ``weight_decay`` alone, as the usual two groups do: one value ``wd > 0`` on exactly
+    the parameters of 2 or more dimensions, 0 on the others; ``True`` otherwise (groups
+    that differ are then refused by the caller)."""
+    wds = [float(g.get("weight_decay", 0.0)) for g in groups]
+    decayed = {w for w in wds if w != 0.0}
+    if len(decayed) != 1 or 0.0 not in wds:
+        return True
+    for g, w in zip(groups, wds):
+        if any((p.dim() >= 2) != (w != 0.0) for p in g["params"]):
+            return True
+    return False
+
+
 def _optimizer(opt, torch):
     """A fastbp optimizer from a torch.optim instance (its hyper-parameters)."""
     if opt is None or isinstance(opt, (SGD, Adam, RMSprop)):
@@ -267,13 +283,15 @@ def _optimizer(opt, torch):
     groups = opt.param_groups
     keys = ("lr",) + _HYPER_KEYS
     first = {k: groups[0].get(k) for k in keys}
+    decay_1d = _decay_1d_of(groups)
     for i, g in enumerate(groups[1:], 1):
-        diff = [k for k in keys if g.get(k) != first[k]]
+        diff = [k for k in keys if g.get(k) != first[k] and (k != "weight_decay" or decay_1d)]
         if diff:
             raise ValueError(f"optimizer: parameter group {i} has {diff[0]}={g.get(diff[0])!r} and group 0 "
                              f"{diff[0]}={first[diff[0]]!r}; fastbp trains every parameter with the same "
-                             f"hyper-parameters")
-    g = groups[0]
+                             f"hyper-parameters (but for weight_decay=0 on exactly the parameters of fewer "
+                             f"than 2 dimensions: decay_1d=False)")
+    g = dict(groups[0], weight_decay=max(float(h.get("weight_decay", 0.0)) for h in groups))
     if g.get("maximize"):
         raise ValueError("optimizer: maximize=True is not supported")
     lr = float(g["lr"])
@@ -281,15 +299,16 @@ def _optimizer(opt, torch):
         if g.get("dampening", 0):
             raise ValueError("optimizer: SGD dampening is not supported")
         return SGD(lr, momentum=g.get("momentum", 0.0), nesterov=g.get("nesterov", False),
-                   weight_decay=g.get("weight_decay", 0.0))
+                   weight_decay=g.get("weight_decay", 0.0), decay_1d=decay_1d)
     if isinstance(opt, optim.RMSprop):
         return RMSprop(lr, alpha=g["alpha"], eps=g["eps"], weight_decay=g.get("weight_decay", 0.0),
-                       momentum=g.get("momentum", 0.0), centered=g.get("centered", False))
+                       momentum=g.get("momentum", 0.0), centered=g.get("centered", False), decay_1d=decay_1d)
     if g.get("amsgrad"):
         raise ValueError("optimizer: amsgrad is not supported")
     if isinstance(opt, optim.AdamW) or g.get("decoupled_weight_decay"):     # Adam(decoupled_weight_decay=True)
-        return AdamW(lr, betas=tuple(g["betas"]), eps=g["eps"], weight_decay=g.get("weight_decay", 0.0))
-    return Adam(lr, betas=tuple(g["betas"]), eps=g["eps"], weight_decay=g.get("weight_decay", 0.0))
+        return AdamW(lr, betas=tuple(g["betas"]), eps=g["eps"], weight_decay=g.get("weight_decay", 0.0),
+                     decay_1d=decay_1d)
+    return Adam(lr, betas=tuple(g["betas"]), eps=g["eps"], weight_decay=g.get("weight_decay", 0.0), decay_1d=decay_1d)
 
 
 def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, seed=0, clip_grad_norm=None,
@@ -316,7 +335,10 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
         parameter with ``requires_grad=False`` or missing from the torch
         optimizer's groups, groups that differ in anything but their
         parameters, and a parameter shared by two layers (tied weights, one
-        module used twice) are refused with a ``ValueError``.  A torch
+        module used twice) are refused with a ``ValueError``; but groups that
+        differ in ``weight_decay`` alone, one value on exactly the parameters
+        of 2 or more dimensions and 0 on the others (the usual split), are
+        trained as the optimizer's ``decay_1d=False``.  A torch
         optimizer stays linked: each call of the step (and each ``fit``) uses
         its current ``param_groups`` learning rate when that changed, so a
         ``torch.optim.lr_scheduler`` stepped between calls works as with
@@ -418,8 +440,8 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     if isinstance(optimizer, torch.optim.Optimizer):
         step._torch_opt = optimizer
         step._torch_lr = float(optimizer.param_groups[0]["lr"])
-        g0 = optimizer.param_groups[0]
-        step._torch_hyper = tuple((k, _plain(g0[k])) for k in _HYPER_KEYS if k in g0)
+        step._torch_hyper = tuple(tuple((k, _plain(g[k])) for k in _HYPER_KEYS if k in g)
+                                  for g in optimizer.param_groups)
         step._torch_params = [(getattr(m, attr), f"{prefix}.{key}") for prefix, m in names
                               for attr, key in _param_keys(m, torch) if getattr(m, attr) is not None]
     step._torch_counts = [(prefix, m) for prefix, m in names if isinstance(m, torch.nn.BatchNorm1d)

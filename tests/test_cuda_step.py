@@ -133,13 +133,21 @@ CASES = {
                                 lambda: fastbp.Adam(lr=0.05, weight_decay=0.1, decoupled=True), np.float32),
     "xent_sigmoid_outin_plain_sgd_f64": ([L(5, 4), fastbp.Sigmoid(), L(4, 3, _layout="out_in")],
                                          "softmax_cross_entropy", lambda: fastbp.SGD(lr=0.3), np.float64),
+    # weight decay on the matrices only: the update in pieces (fastbp.registry.optimizers.update_piece)
+    "xent_tanh_adam_decay1d_epshat_f64": ([L(5, 6), fastbp.Tanh(), L(6, 3)], "softmax_cross_entropy",
+                                          lambda: fastbp.Adam(lr=0.05, eps=1e-3, weight_decay=0.1, decay_1d=False,
+                                                              eps_hat=True), np.float64),
+    "mse_relu_sgd_decay1d_f32": ([L(5, 6), fastbp.ReLU(), L(6, 3)], "mse",
+                                 lambda: fastbp.SGD(lr=0.1, momentum=0.9, weight_decay=0.05, decay_1d=False),
+                                 np.float32),
 }
 
 
 #: cases marked ``thorough`` (CI's last stage; each costs ~15 s under the simulator, whose
 #: every launch runs 128-256 Python threads): the README's test command runs a cross-entropy
 #: SGD-momentum float32 step and an mse Adam float64 step on the simulator, CI all five
-THOROUGH_CASES = {"xent_sigmoid_outin_plain_sgd_f64", "bce_tanh_outin_nobias_sgd_f32", "svm_relu_tanh_adamw_f32"}
+THOROUGH_CASES = {"xent_sigmoid_outin_plain_sgd_f64", "bce_tanh_outin_nobias_sgd_f32", "svm_relu_tanh_adamw_f32",
+                  "xent_tanh_adam_decay1d_epshat_f64", "mse_relu_sgd_decay1d_f32"}
 
 
 @requires_cuda

@@ -64,10 +64,10 @@ def test_set_params_alpha_between_partial_fits_is_trained_and_reported(weighted,
         est.set_params(alpha=100.0)
         for _ in range(3):
             est.partial_fit(X, y, sample_weight=sw)
-    # fastbp decays the biases too (a documented difference): close, not equal, while the
-    # alpha ignored (the defect) left the weights about 10% larger
-    for a, b in zip(ours.coefs_, theirs.coefs_):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    # the weights only are decayed, as scikit-learn's (the alpha ignored, the defect, left the
+    # weights about 10% larger); Adam's epsilon enters as PyTorch's (a documented difference)
+    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     # (the reported loss: its L2 term with the epoch's final weights, another documented difference)
     np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-2)
 

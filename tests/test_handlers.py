@@ -53,7 +53,7 @@ def test_a_corrupt_opcode_is_an_error_status_and_changes_nothing(which, bad):
 
 _CHILD = r"""
 import json, numpy as np, fastbp
-from fastbp import _executor as ex, _handlers as h
+from fastbp import _executor as ex, _handlers as h, _handlers_update as hu
 from fastbp.kernels.table import K_HANDLER
 est = fastbp.MLPClassifier(hidden_layer_sizes=(8,), max_iter=3, batch_size=16, random_state=0)
 X = np.random.default_rng(0).standard_normal((64, 5)).astype(np.float32)
@@ -62,7 +62,7 @@ est.fit(X, y)
 est.predict(X)
 tab = ex._KTABS[np.dtype(np.float32), False]      # a small step: the serial kernels' table
 loaded = sorted(int(op) for op in range(ex.OP_CAPACITY) if tab[K_HANDLER + op] != 0)
-compiled = {name: len(getattr(h, name).overloads) for name in dir(h) if name.startswith("_h_")}
+compiled = {name: len(getattr(m, name).overloads) for m in (h, hu) for name in dir(m) if name.startswith("_h_")}
 print(json.dumps({"loaded": loaded, "compiled": compiled, "run_tape": len(ex.run_tape.overloads),
                   "dtypes": sorted(f"{d}/{t}" for d, t in ex._KTABS)}))
 """

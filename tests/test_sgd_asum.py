@@ -1,5 +1,5 @@
 """The gradients' finiteness check through the BLAS's asum (fastbp._blas.asum_propagates,
-fastbp.config.SGD_ASUM_MIN_PARAMS, fastbp._handlers._gradients).
+fastbp.config.SGD_ASUM_MIN_PARAMS, fastbp._handlers_update._gradients).
 
 A large plain SGD update through the BLAS's axpy first checks its gradients
 with the BLAS's ``?asum`` on the same threads: a finite sum proves every

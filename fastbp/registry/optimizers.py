@@ -93,6 +93,18 @@ def adam_mode(weight_decay, decoupled):
     return ADAM_DECOUPLED if decoupled else ADAM_L2
 
 
+def adam_eps(eps, beta2, t, eps_hat):
+    """The epsilon Adam's kernels add to ``sqrt(v_hat)`` at step ``t``: ``eps`` (PyTorch's
+    placement), or with ``eps_hat`` (Kingma and Ba's epsilon-hat, scikit-learn's and
+    Keras's placement: ``p -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)``)
+    ``eps / sqrt(1 - beta2^t)``, which is that update.  Float64, computed once per
+    update by the CPU handler (:mod:`fastbp._handlers_update`) and the CUDA step
+    (:mod:`fastbp._cuda_tape`)."""
+    if eps_hat:
+        return eps / math.sqrt(1.0 - beta2 ** t)
+    return eps
+
+
 def adam_element(p, g, m, v, i, step, sbc2, b1, b2, one, e, wd, decay, mode):
     """Element ``i`` of Adam's update (``torch.optim.Adam``; ``mode`` ADAM_DECOUPLED:
     ``AdamW``), in place: ``m = b1 m + (1 - b1) g``; ``v = b2 v + (1 - b2) g^2``;
@@ -138,3 +150,46 @@ def rmsprop_element(p, g, sq, buf, gavg, i, lr, a, one, e, wd, use_wd, mu, cente
         p[i] -= lr * bi
     else:
         p[i] -= _div(lr * gi, d)
+
+
+def weight_decay(wd, per_row, rows):
+    """The weight decay of an update: ``wd`` (``hyper[H_WD]``), or divided by the ``rows`` of
+    the minibatch when ``per_row`` (``hyper[H_WD_ROWS]``: scikit-learn's ``alpha / n_b``)."""
+    if per_row != 0.0 and rows > 0:
+        return wd / rows
+    return wd
+
+
+def n_pieces(ins):
+    """How many pieces :func:`update_piece` cuts an update instruction's region into:
+    1 (every parameter decayed), or ``2 k + 1`` for ``k`` decayed buffers (f3).
+    Compiled into the CPU handlers (:mod:`fastbp._handlers_update`), called as it is by
+    the CUDA step (:mod:`fastbp._cuda_tape`)."""
+    return 2 * ins[_isa.C_F3] + 1 if ins[_isa.C_F5] == 1 else 1
+
+
+def update_piece(bufs, ins, i):
+    """Piece ``i`` of an update instruction's region: ``(lo, hi, decayed)``, offsets
+    from the region's start (a), ``hi <= lo`` for an empty piece.
+
+    Without f5 the one piece is the whole region, decayed.  With f5=1 (the
+    optimizer's ``decay_1d=False``), the decayed parameters are the f3 buffers
+    from h on, in the region's order: piece ``2 j + 1`` is buffer ``j``,
+    piece ``2 j`` the undecayed stretch before it, piece ``2 f3`` the stretch
+    after the last one."""
+    n = ins[_isa.C_F4]
+    if ins[_isa.C_F5] != 1:
+        return 0, n, True
+    k = ins[_isa.C_F3]
+    p0 = ins[_isa.C_A]
+    j = i // 2
+    if i % 2 == 1:
+        s = ins[_isa.C_H] + j
+        lo = bufs[s, 0] - p0
+        return lo, lo + bufs[s, 1] * bufs[s, 2], True
+    lo = 0
+    if j > 0:
+        s = ins[_isa.C_H] + j - 1
+        lo = bufs[s, 0] - p0 + bufs[s, 1] * bufs[s, 2]
+    hi = n if j == k else bufs[ins[_isa.C_H] + j, 0] - p0
+    return lo, hi, False
