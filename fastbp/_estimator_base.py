@@ -40,6 +40,7 @@ from . import _isa
 from ._estimator_fit import (batch_sizes, check_split_weights, fit_batch_size, fit_lbfgs, fit_weights, ordered_epoch,
                              validation_stratify, weighted_epoch)
 from ._estimator_attrs import _LiveList
+from ._estimator_rows import as_array, as_rows, predict_rows, unwrap
 from ._estimator_params import check_params, is_int as _is_int, resolve_dtype as _resolve_dtype
 from ._estimator_state import restore, snapshot
 
@@ -276,20 +277,12 @@ class _BaseMLP(BaseEstimator):
 
     # ------------------------------------------------------------------ data
     def _as_array(self, X):
-        if hasattr(X, "toarray"):  # scipy sparse: fastbp works on dense arrays
-            X = X.toarray()
-        with np.errstate(over="ignore"):
-            out = np.ascontiguousarray(X, dtype=self._dtype)
-        if out.dtype != np.float64 and not np.isfinite(out).all():    # X was checked finite
-            i, j = (int(v) for v in np.argwhere(~np.isfinite(out))[0])
-            raise ValueError(f"X has a value too large for {out.dtype} ({float(np.asarray(X)[i, j])!r} at row "
-                             f"{i}, column {j}), the estimator's dtype: pass dtype='float64'")
-        return out
+        """Validated X as the step reads it (sparse X densified in chunks: fastbp._estimator_rows)."""
+        return as_array(X, self._dtype)
 
     def _forward(self, X):
         """Network outputs (logits) for already-validated X."""
-        X = self._as_array(X)
-        return np.asarray(self._step.predict(X))
+        return predict_rows(self._step, self._as_array(X))
 
     # ------------------------------------------------------------------ training
     def _fit(self, X, y, incremental, sample_weight=None, prepare=None):
@@ -403,12 +396,11 @@ class _BaseMLP(BaseEstimator):
         if early:
             if W is None:
                 X_tr, X_val, Y_tr, Y_val = train_test_split(
-                    X, Y, random_state=split_rs, test_size=self.validation_fraction, stratify=stratify)
+                    unwrap(X), Y, random_state=split_rs, test_size=self.validation_fraction, stratify=stratify)
             else:
                 X_tr, X_val, Y_tr, Y_val, W_tr, W_val = train_test_split(
-                    X, Y, W, random_state=split_rs, test_size=self.validation_fraction, stratify=stratify)
-            X_tr, Y_tr = np.ascontiguousarray(X_tr), np.ascontiguousarray(Y_tr)
-            X_val = np.ascontiguousarray(X_val)
+                    unwrap(X), Y, W, random_state=split_rs, test_size=self.validation_fraction, stratify=stratify)
+            X_tr, Y_tr, X_val = as_rows(X_tr), np.ascontiguousarray(Y_tr), as_rows(X_val)
             if W is not None:
                 check_split_weights(W_tr, W_val)
         else:
@@ -551,7 +543,7 @@ class _BaseMLP(BaseEstimator):
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
-            Training data (sparse input is densified).
+            Training data (sparse input is densified a chunk of rows at a time).
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             Class labels (classifier) or targets (regressor).
         sample_weight : array-like of shape (n_samples,), default None

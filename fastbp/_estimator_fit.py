@@ -15,10 +15,11 @@ import numpy as np
 from sklearn.utils.validation import _check_sample_weight
 
 from . import _isa
+from ._estimator_rows import chunk_rows
 from ._estimator_state import transfer_step_state
 
 __all__ = ["fit_weights", "check_split_weights", "validation_stratify", "batch_sizes", "fit_batch_size",
-           "weighted_epoch", "fit_lbfgs"]
+           "ordered_epoch", "weighted_epoch", "fit_lbfgs"]
 
 
 def fit_weights(est, X, Y, sample_weight, incremental):
@@ -141,16 +142,18 @@ def fit_batch_size(est, bs, n):
 def ordered_epoch(step, X, Y, order, bs):
     """One epoch of minibatches of ``bs`` rows (the step's own cut) in ``order`` (None: the
     rows' order), through the step's fused loop: the rows are gathered in chunks of whole
-    minibatches, about 2**22 values each, and each chunk is trained without shuffling.
+    minibatches, about 2**22 values each (:func:`fastbp._estimator_rows.chunk_rows`; a
+    sparse X is densified a chunk at a time), and each chunk is trained without shuffling.
 
     Returns
     -------
     ndarray of float64
         The loss of every minibatch.
     """
-    if order is None:
+    if order is None and isinstance(X, np.ndarray):
         return np.asarray(step.fit(X, Y, epochs=1, shuffle=False), dtype=np.float64)
-    per = max(1, (1 << 22) // max(1, bs * X.shape[1])) * bs
+    order = np.arange(X.shape[0]) if order is None else order      # (sparse X: densified per chunk)
+    per = chunk_rows(X.shape[1], bs)
     return np.concatenate([np.asarray(step.fit(X[idx], Y[idx], epochs=1, shuffle=False), dtype=np.float64)
                            for idx in (order[lo:lo + per] for lo in range(0, len(order), per))])
 

@@ -134,10 +134,14 @@ class Node:
         return self * -1.0
 
     def __sub__(self, other):
-        return self + (-self._lift(other, "sub"))
+        other = self._lift(other, "sub")
+        _broadcast(self, other, "sub")      # a shape error names the subtraction, before -other exists
+        return self + (-other)
 
     def __rsub__(self, other):
-        return self._lift(other, "sub") + (-self)
+        other = self._lift(other, "sub")
+        _broadcast(other, self, "sub")
+        return other + (-self)
 
     def __matmul__(self, other):
         transposed = isinstance(other, _Transposed)
@@ -308,17 +312,8 @@ class Graph:
 
 
 def upstream(output):
-    """Every node ``output`` depends on (itself included), each once.
-
-    Parameters
-    ----------
-    output : Node
-
-    Returns
-    -------
-    dict of int -> Node
-        Keyed by node id.
-    """
+    """Every node the Node ``output`` depends on (itself included), each once: a dict keyed by
+    node id."""
     found, stack = {}, [output]
     while stack:
         n = stack.pop()
@@ -328,7 +323,9 @@ def upstream(output):
     return found
 
 
-def _graph_of(x, op):
+def _graph_of(x, op, other=None):
+    if isinstance(x, _Transposed) or isinstance(other, _Transposed):
+        raise GraphTypeError(f"{op}: a transposed parameter can only be the right operand of @")
     if not isinstance(x, Node):
         raise GraphTypeError(f"{op}: expected a graph node, got {type(x).__name__}")
     return x.graph
@@ -357,7 +354,7 @@ def maximum(a, b):
     """
     if isinstance(a, Node):
         return a._binary(b, "max")
-    _graph_of(b, "maximum")     # raises unless b is a node
+    _graph_of(b, "maximum", a)     # raises unless b is a node
     return b._binary(a, "max", swap=True)
 
 
@@ -390,7 +387,7 @@ def gate(name, a, b):
     _gates.get(name)            # ValueError naming the known gates
     if isinstance(a, Node):
         return a._binary(b, name)
-    _graph_of(b, name)
+    _graph_of(b, name, a)
     return b._binary(a, name, swap=True)
 
 

@@ -459,3 +459,22 @@ def test_gradcheck_defaults_name_a_bad_dtype():
             with pytest.raises(TypeError, match="dtype must be float32 or float64"):
                 fn(dt)
         assert fn(">f8") == fn(np.float64)
+
+
+def test_subtraction_shape_error_names_the_subtraction_and_its_operands():
+    g = fastbp.Graph()
+    a, b = g.input("a", (None, 3)), g.input("b", (None, 4))
+    n = len(g.nodes)
+    for f in (lambda: a - b, lambda: b.__rsub__(a)):
+        with pytest.raises(fastbp.GraphError, match=r"^sub: .*input node 'a'.*input node 'b'"):
+            f()
+    assert len(g.nodes) == n         # no negation node was left behind
+
+
+@pytest.mark.parametrize("call", [lambda W: fastbp.maximum(W.T, 1.0), lambda W: fastbp.maximum(1.0, W.T),
+                                  lambda W: fastbp.graph.gate("mul", W.T, 2.0)])
+def test_transposed_parameter_outside_matmul_is_named(call):
+    g = fastbp.Graph()
+    W = g.param("W", np.ones((3, 4)))
+    with pytest.raises(TypeError, match="transposed parameter can only be the right operand of @"):
+        call(W)

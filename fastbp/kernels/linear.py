@@ -11,6 +11,7 @@ Backward, from ``dY`` and what the activation's derivative reads (its output
 ``bwd`` kernel, in place), then ``dW = X^T dZ``, ``dX = dZ W^T``
 (:mod:`.gemm`) and ``db = sum_batch dZ`` (``_colsum``).
 """
+import numpy as np
 from numba import prange
 
 from .._jit import TILE, kernel, stack_tile
@@ -22,27 +23,28 @@ def _colsum(dZ, db, acc):
     """``db (+)= sum over rows of dZ`` (the bias gradient ``db = 1^T dZ``).
 
     Parallel over blocks of columns; each column is summed in row order by
-    one thread.
+    one thread, in float64 whatever dZ's dtype (float32 rows summed in float32
+    drift: 1.2e-4 relative at 1e6 rows; torch's pairwise sums 5e-7), rounded
+    once into ``db`` (with ``acc``: ``db + sum`` rounded once).
     """
     B, N = dZ.shape
     nblk = (N + 63) // 64
-    zero = dZ.dtype.type(0.0)
     for blk in prange(nblk):
         j0 = blk * 64
         j1 = min(j0 + 64, N)
-        # sum into a stack tile (cannot alias dZ, so the row loop vectorises);
+        # sum into a float64 stack tile (cannot alias dZ, so the row loop vectorises);
         # every column is summed in row order, on either path
-        t = stack_tile(dZ.dtype)
+        t = stack_tile(np.float64)
         if j1 - j0 == TILE:
             # full block: fixed trip counts keep the tile in registers
             for q in range(TILE):
-                t[q] = zero
+                t[q] = 0.0
             for i in range(B):
                 for q in range(TILE):
                     t[q] += dZ[i, j0 + q]
             for q in range(TILE):
                 if acc:
-                    db[j0 + q] += t[q]
+                    db[j0 + q] = db[j0 + q] + t[q]
                 else:
                     db[j0 + q] = t[q]
         else:
@@ -50,12 +52,12 @@ def _colsum(dZ, db, acc):
             # 2.5x slower on 32 x 32 and 200 x 100)
             nq = j1 - j0
             for q in range(nq):
-                t[q] = zero
+                t[q] = 0.0
             for i in range(B):
                 for q in range(nq):
                     t[q] += dZ[i, j0 + q]
             for q in range(nq):
                 if acc:
-                    db[j0 + q] += t[q]
+                    db[j0 + q] = db[j0 + q] + t[q]
                 else:
                     db[j0 + q] = t[q]
