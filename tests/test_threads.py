@@ -318,7 +318,8 @@ def test_script_covers_every_parallel_kernel():
         assert "prange" not in inspect.getsource(getattr(mod, name).py_func)
 
 
-@pytest.mark.parametrize("code", [0, 1, 2])
+@pytest.mark.parametrize("code", [0, pytest.param(1, marks=pytest.mark.thorough),
+                                  pytest.param(2, marks=pytest.mark.thorough)])     # (~4 s each, cold)
 def test_broadcast_gate_gradient_is_the_sum_in_row_order(code):
     """A broadcast operand's gradient (a column of a (r, 1) operand against (r, c)) is the sum
     along the row in order, in the serial and in the parallel compilation alike.  With fast-math
