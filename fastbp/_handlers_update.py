@@ -4,10 +4,11 @@ Each update instruction covers the whole parameter region (a, f4 values) and
 its gradients (b): the gradients are checked for NaN and infinities, clipped
 when ``hyper[H_CLIP] > 0``, then the optimizer's kernel updates the region.
 With ``decay_1d=False`` (f5=1) the region is updated in pieces, the weight
-decay on the matrices' pieces only; ``hyper[H_WD_ROWS]``: the weight decay is divided by the
-minibatch's rows (:func:`fastbp.registry.optimizers.update_piece`); the update is
-elementwise, so the pieces give the bits of one call.  Registered like every
-handler (:func:`fastbp._handlers._handles`), by importing this module.
+decay on the matrices' pieces only (:func:`fastbp.registry.optimizers.update_piece`);
+the update is elementwise, so the pieces give the bits of one call.  With
+``hyper[H_WD_ROWS]`` set (the estimators), the weight decay is ``hyper[H_WD]``
+divided by the minibatch's rows.  Registered like every handler
+(:func:`fastbp._handlers._handles`), by importing this module.
 """
 import numpy as np
 
