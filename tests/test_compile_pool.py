@@ -336,9 +336,7 @@ def test_the_helper_compiles_the_product_dispatcher_into_the_cache(tmp_path):
     ["--activation", "gelu", "--dropout", "0.1", "--batchnorm", "--optimizer", "sgd", "--momentum", "0.9"],
     ["--activation", "tanh", "--optimizer", "rmsprop", "--loss", "svm", "--hidden", "7"],
     ["--task", "regression", "--dtype", "float64", "--hidden", "5", "3", "--clip-grad-norm", "1.0"],
-    # on numba's threads: ~15 s of cold compilation of the parallel twins, in CI's thorough stage
-    pytest.param(["--hidden", "512", "--batch-size", "256", "--activation", "gelu", "--batchnorm"],
-                 marks=pytest.mark.thorough),
+    ["--hidden", "512", "--batch-size", "256", "--activation", "gelu", "--batchnorm"],   # on numba's threads
 ])
 def test_fastbp_train_starts_ahead_the_kernels_its_step_runs(monkeypatch, tmp_path, argv, capsys):
     """fastbp train names the kernels to compile ahead (before reading the data)
