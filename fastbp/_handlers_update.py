@@ -55,25 +55,35 @@ _adam_eps = jit(_optimizers.adam_eps)
 _weight_decay = jit(_optimizers.weight_decay)
 
 
+@jit
+def _opening(ctx, pc, nb, x, sgd):
+    """What every update handler starts with: ``(ok, arena, bufs, hyper, kt, ins, g, wd,
+    by_blas)``: the instruction ``ins`` at ``pc``, its gradients ``g`` checked (and clipped)
+    by :func:`_gradients`, the weight decay ``wd`` of an ``nb``-row minibatch, and (``sgd``)
+    whether the update is plain SGD on the BLAS's threads, awake after the products
+    (fastbp.config.SGD_AXPY_MIN_PARAMS; the kernel's bits: fastbp._blas.axpy_exact), a
+    large one's gradients checked there too (SGD_ASUM_MIN_PARAMS)."""
+    arena, bufs, tape, hyper, _, _, kt = arrays(ctx, x)
+    ins = tape[pc]
+    n = ins[C_F4]
+    wd = _weight_decay(hyper[H_WD], hyper[H_WD_ROWS], nb)
+    by_blas = sgd and hyper[H_MOM] == 0.0 and wd == 0.0 and 0.0 < hyper[H_AXPY_MIN] <= n
+    ok, g = _gradients(arena, hyper, ins, kt, by_blas and 0.0 < hyper[H_ASUM_MIN] <= n)
+    return ok, arena, bufs, hyper, kt, ins, g, wd, by_blas
+
+
 @_handles(OP_SGD)
 def _h_sgd(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     """SGD (momentum, Nesterov, weight decay) on the parameter region a (f4
     values), gradients b, momentum buffer c (-1: none)."""
-    arena, bufs, tape, hyper, _, _, kt = arrays(ctx, x)
-    ins = tape[pc]
-    n = ins[C_F4]
-    # plain SGD on the BLAS's threads, awake after the products (fastbp.config.SGD_AXPY_MIN_PARAMS;
-    # the kernel's bits: fastbp._blas.axpy_exact), a large one checked there too (SGD_ASUM_MIN_PARAMS)
-    wd = _weight_decay(hyper[H_WD], hyper[H_WD_ROWS], nb)
-    by_blas = hyper[H_MOM] == 0.0 and wd == 0.0 and 0.0 < hyper[H_AXPY_MIN] <= n
-    ok, g = _gradients(arena, hyper, ins, kt, by_blas and 0.0 < hyper[H_ASUM_MIN] <= n)
+    ok, arena, bufs, hyper, kt, ins, g, wd, by_blas = _opening(ctx, pc, nb, x, True)
     if not ok:
         return STATUS_GRAD_NONFINITE, 0.0, 0
     p0 = ins[C_A]
     s0 = ins[C_C]
     if by_blas:
         _blas_threads_for(hyper[H_BT_MIN], hyper)
-        blas_axpy(-hyper[H_LR], g, arena[p0:p0 + n])
+        blas_axpy(-hyper[H_LR], g, arena[p0:p0 + ins[C_F4]])
     else:
         for i in range(n_pieces(ins)):
             lo, hi, decayed = update_piece(bufs, ins, i)
@@ -89,9 +99,7 @@ def _h_sgd(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
 def _h_adam(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     """Adam / AdamW on the parameter region a (f4 values), gradients b, moments c and d;
     f1=1: epsilon-hat (:func:`fastbp.registry.optimizers.adam_eps`)."""
-    arena, bufs, tape, hyper, _, _, kt = arrays(ctx, x)
-    ins = tape[pc]
-    ok, g = _gradients(arena, hyper, ins, kt, False)
+    ok, arena, bufs, hyper, kt, ins, g, wd, _ = _opening(ctx, pc, nb, x, False)
     if not ok:
         return STATUS_GRAD_NONFINITE, 0.0, 0
     p0 = ins[C_A]
@@ -102,7 +110,6 @@ def _h_adam(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
         return STATUS_BAD_OP, 0.0, 0
     hyper[H_T] += 1.0
     eps = _adam_eps(hyper[H_EPS], hyper[H_B2], hyper[H_T], ins[C_F1] == 1)     # f1=1: eps_hat
-    wd = _weight_decay(hyper[H_WD], hyper[H_WD_ROWS], nb)
     for i in range(n_pieces(ins)):
         lo, hi, decayed = update_piece(bufs, ins, i)
         if hi <= lo:
@@ -124,16 +131,13 @@ def _h_adam(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
 def _h_rmsprop(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     """RMSprop on the parameter region a (f4 values), gradients b, square_avg c,
     momentum buffer d (-1: none), grad_avg e (-1: none: not centered)."""
-    arena, bufs, tape, hyper, _, _, kt = arrays(ctx, x)
-    ins = tape[pc]
-    ok, g = _gradients(arena, hyper, ins, kt, False)
+    ok, arena, bufs, hyper, kt, ins, g, wd, _ = _opening(ctx, pc, nb, x, False)
     if not ok:
         return STATUS_GRAD_NONFINITE, 0.0, 0
     p0 = ins[C_A]
     s0 = ins[C_C]
     b0 = ins[C_D]
     a0 = ins[C_E]
-    wd = _weight_decay(hyper[H_WD], hyper[H_WD_ROWS], nb)
     for i in range(n_pieces(ins)):
         lo, hi, decayed = update_piece(bufs, ins, i)
         if hi <= lo:

@@ -137,13 +137,14 @@ def numerical_gradient(f, x, eps=None):
     return _differences(f, x, eps)[0]
 
 
-def _differences(f, x, eps):
-    """:func:`numerical_gradient`'s estimate, the step ``h`` and the largest ``|f|`` it saw."""
-    _V.array(x, "x")
+def _differences(f, x, eps, name="x", owner="numerical_gradient"):
+    """:func:`numerical_gradient`'s estimate, the step ``h`` and the largest ``|f|`` it saw;
+    errors name the point ``name`` (gradcheck: ``inputs['W']``)."""
+    _V.array(x, name)
     if x.dtype not in _V.FLOAT_DTYPES:
-        raise TypeError(f"x has dtype {x.dtype}; expected float32 or float64")
-    _V.writeable(x, "x", " (it is perturbed in place, then restored)")
-    h = _step(eps, x.dtype)
+        raise TypeError(f"{name} has dtype {x.dtype}; expected float32 or float64")
+    _V.writeable(x, name, " (it is perturbed in place, then restored)")
+    h = _step(eps, x.dtype, owner)
     dt = x.dtype.type
     grad = _np.empty(x.shape, _np.float64)
     fmax = 0.0
@@ -153,11 +154,11 @@ def _differences(f, x, eps):
             xp, xm = dt(old + h), dt(old - h)
         if _np.isfinite(old) and not (_np.isfinite(xp) and _np.isfinite(xm) and xp > xm):
             # the step vanished in x's precision, or overflowed (it divided by zero)
-            raise ValueError(f"eps={h!r} is lost at x{list(idx)} = {float(old)!r} in {x.dtype}: x + eps and "
-                             f"x - eps are not two finite distinct values; pass a larger eps")
+            raise ValueError(f"eps={h!r} is lost at {name}{list(idx)} = {float(old)!r} in {x.dtype}: "
+                             f"x + eps and x - eps are not two finite distinct values; pass a larger eps")
         if _np.isfinite(old) and not _np.isfinite(float(xp) - float(xm)):
             # both finite, but the step between them is not (eps near float64's largest)
-            raise ValueError(f"eps={h!r} overflows at x{list(idx)} = {float(old)!r}: (x + eps) - (x - eps) "
+            raise ValueError(f"eps={h!r} overflows at {name}{list(idx)} = {float(old)!r}: (x + eps) - (x - eps) "
                              f"is not a finite float64; pass a smaller eps")
         try:
             x[idx] = xp
@@ -324,7 +325,7 @@ def gradcheck(f, inputs, analytic_grads, eps=None, rtol=None, atol=0.0, raise_ex
         g = _np.asarray(g)
         if g.shape != x.shape:
             raise ValueError(f"analytic_grads[{k!r}] has shape {g.shape}; input {k!r} has {x.shape}")
-        num, h, fmax = _differences(lambda _x: call(), x, eps)
+        num, h, fmax = _differences(lambda _x: call(), x, eps, f"inputs[{k!r}]", "gradcheck")
         err = relative_error(g, num)
         a = g.astype(_np.float64)
         tol = default_rtol(x.dtype) if rtol is None else rtol

@@ -323,6 +323,17 @@ def test_a_step_whose_difference_overflows_is_an_error_naming_eps():
     np.testing.assert_allclose(numerical_gradient(lambda v: float(np.sum(v)), x, eps=1e300), [1.0, 1.0])
 
 
+def test_gradcheck_errors_name_the_callers_input():
+    """Errors found while differencing name the input by its key (they named an internal x)."""
+    W = np.array([[0.5, 1e30]], np.float32)
+    with pytest.raises(ValueError, match=r"eps=0\.01 is lost at inputs\['W'\]\[0, 1\]"):
+        gradcheck(lambda W, b: float(np.sum(W)), {"W": W, "b": 1.0}, {"W": np.ones((1, 2))})
+    with pytest.raises(ValueError, match=r"overflows at inputs\[1\]\[0\]"):
+        gradcheck(lambda a, v: float(np.sum(v)), [np.zeros(1), np.array([0.5])], [None, np.ones(1)], eps=1e308)
+    with pytest.raises(ValueError, match=r"eps=1e\+308 overflows at x\[0\]"):      # numerical_gradient's own name
+        numerical_gradient(lambda v: float(np.sum(v)), np.array([0.5]), eps=1e308)
+
+
 @pytest.mark.parametrize("eps, exc, msg", [("1e-3", TypeError, "gradcheck: eps must be a real number, got str"),
                                            (-1e-3, ValueError, r"gradcheck: eps must be > 0.0"),
                                            (10**400, ValueError, "gradcheck: eps must be finite, got an integer")],

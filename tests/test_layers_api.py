@@ -124,3 +124,34 @@ def test_sklearn_init_of_the_output_layer_follows_the_models_activation():
     assert o > 0.8 * np.sqrt(2 / 42)
     h, o, _ = bounds(ReLU())
     assert h > np.sqrt(2 / 96) and o > np.sqrt(2 / 42) and o <= np.sqrt(6 / 42)
+
+
+def test_an_activations_parameter_set_by_name_is_checked_and_used_as_torch():
+    """``act.negative_slope = 0.3`` (as on torch.nn.LeakyReLU) became an unused attribute: the
+    layer kept training with its old slope, and a string was taken silently."""
+    X = np.random.default_rng(0).standard_normal((16, 3))
+
+    def forward(act):
+        step = fastbp.compile(Sequential(Linear(3, 5), act, Linear(5, 2)), loss="mse", batch_size=16,
+                              dtype=np.float64, seed=0)
+        return step.predict(X)
+
+    act = fastbp.LeakyReLU(0.01)
+    act.negative_slope = 0.3
+    assert act.negative_slope == 0.3 and act.spec()["negative_slope"] == 0.3 and "0.3" in repr(act)
+    np.testing.assert_array_equal(forward(act), forward(fastbp.LeakyReLU(0.3)))
+    assert not np.array_equal(forward(act), forward(fastbp.LeakyReLU(0.01)))
+    with pytest.raises(TypeError, match="LeakyReLU: negative_slope must be a real number, got str"):
+        act.negative_slope = "abc"
+    assert act.negative_slope == 0.3                # a refused value changes nothing
+    gelu = fastbp.GELU()
+    gelu.approximate = "tanh"                       # the choice selects its registry entry
+    assert gelu.op == "gelu_tanh" and gelu.approximate == "tanh"
+    np.testing.assert_array_equal(forward(gelu), forward(fastbp.GELU(approximate="tanh")))
+    with pytest.raises(ValueError, match="approximate must be one of"):
+        gelu.approximate = "exact"
+    relu = ReLU()
+    with pytest.raises(TypeError, match="ReLU: inplace must be a bool"):
+        relu.inplace = "yes"
+    relu.inplace = True
+    assert relu.inplace is True and repr(relu) == "ReLU(inplace=True)"
