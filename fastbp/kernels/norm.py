@@ -37,13 +37,14 @@ import numba
 import numpy as np
 from numba import prange
 
-from .._jit import kernel
+from .._jit import TILE, kernel, stack_tile
 from ..registry import norms as _body
 from .factory import specialise
 
 _inline = numba.njit(inline="always")
-#: columns per block of BatchNorm's column sums (a thread's share; each column summed in row order)
-_COLS = 64
+#: columns per block of BatchNorm's column sums (a thread's share; each column summed in row order,
+#: in a float64 stack tile of TILE elements)
+_COLS = TILE
 
 
 @_inline
@@ -57,6 +58,42 @@ def _block(blk, N):
     """Columns ``j0:j1`` of block ``blk`` (the prange index is unsigned in the parallel variant)."""
     j0 = np.intp(blk) * _COLS
     return j0, min(j0 + _COLS, N)
+
+
+@_inline
+def _col_sums64(X, Y, M, j0, nq, t, u):
+    """Per column ``j0 + q`` (``q < nq``), summed over the rows in row order in float64:
+    ``t[q] = sum X``, or with ``M`` non-empty ``t[q] = sum (X - M[0])^2``; and with ``Y``
+    non-empty, the backward's ``t[q] = sum Y``, ``u[q] = sum Y (X - M[0]) M[1]`` (``M = S``).
+    Called with ``nq = TILE`` for a full block: fixed trip counts keep the tiles in registers."""
+    for q in range(nq):
+        t[q] = 0.0
+        u[q] = 0.0
+    if Y.shape[0] > 0:
+        for i in range(X.shape[0]):
+            for q in range(nq):
+                t[q] += Y[i, j0 + q]
+                u[q] += Y[i, j0 + q] * ((X[i, j0 + q] - M[0, j0 + q]) * M[1, j0 + q])
+    elif M.shape[0] > 0:
+        for i in range(X.shape[0]):
+            for q in range(nq):
+                d = X[i, j0 + q] - M[0, j0 + q]
+                t[q] += d * d
+    else:
+        for i in range(X.shape[0]):
+            for q in range(nq):
+                t[q] += X[i, j0 + q]
+
+
+@_inline
+def _block_sums64(X, Y, M, j0, j1, t, u):
+    """:func:`_col_sums64` over the columns ``j0:j1`` of one block."""
+    if j1 - j0 == TILE:
+        _col_sums64(X, Y, M, j0, TILE, t, u)
+    else:
+        _col_sums64(X, Y, M, j0, j1 - j0, t, u)
+
+
 _norm_mean = _inline(_body.norm_mean)
 _norm_rstd = _inline(_body.norm_rstd)
 _norm_affine = _inline(_body.norm_affine)
@@ -119,8 +156,10 @@ def _batchnorm_fwd(X, w, b, Y, S, R, P, training):
     ``S[2]`` the column's sum of squared deviations (for the unbiased running
     variance; ``S`` has 5 rows, the last two scratch of the backward); eval: ``S[0], S[1]``
     from the running ``R[0] = mean``, ``R[1] = var``.  Then ``Y = (X - mean) * rstd * w + b``.
-    The statistics are the registry's ``norm_mean`` / ``norm_rstd`` of the column sums (in
-    the dtype of ``X``).  Derivative: see :func:`_batchnorm_bwd`."""
+    The column sums are float64 (float32 ones drifted: a mean 1e-3 off at 1e6 rows), each
+    rounded once to the dtype of ``X``; the mean and biased variance are the registry's
+    ``norm_mean`` of them in float64, rounded, and ``rstd`` its ``norm_rstd`` in that dtype.
+    Derivative: see :func:`_batchnorm_bwd`."""
     B, N = X.shape
     dt = X.dtype.type
     eps = P[0]
@@ -131,20 +170,15 @@ def _batchnorm_fwd(X, w, b, Y, S, R, P, training):
     if training or R.shape[0] == 0:
         for blk in prange(_n_blocks(N)):     # blocks of columns, rows in order in each
             j0, j1 = _block(blk, N)
+            t = stack_tile(np.float64)
+            u = stack_tile(np.float64)
+            _block_sums64(X, X[:0], S[:0], j0, j1, t, u)
             for j in range(j0, j1):
-                S[0, j] = zero
-                S[2, j] = zero
-            for i in range(B):
-                for j in range(j0, j1):
-                    S[0, j] += X[i, j]
+                S[0, j] = dt(_norm_mean(t[j - j0], B, np.float64))
+            _block_sums64(X, X[:0], S, j0, j1, t, u)      # the deviations from the rounded mean
             for j in range(j0, j1):
-                S[0, j] = _norm_mean(S[0, j], B, dt)
-            for i in range(B):
-                for j in range(j0, j1):
-                    d = X[i, j] - S[0, j]
-                    S[2, j] += d * d
-            for j in range(j0, j1):
-                S[1, j] = _norm_rstd(_norm_mean(S[2, j], B, dt), eps, dt)   # the biased variance's rstd
+                S[2, j] = dt(t[j - j0])
+                S[1, j] = _norm_rstd(dt(_norm_mean(t[j - j0], B, np.float64)), eps, dt)   # biased variance
     else:
         for j in range(N):
             S[0, j] = R[0, j]
@@ -160,21 +194,20 @@ def _batchnorm_bwd(X, w, S, dY, dX, dw, db, acc_x, acc_w, acc_b, batch_stats):
     ``db (+)= sum_rows dY``; with batch statistics (``batch_stats``) per column
     ``dX = rstd * (g - mean(g) - xhat * mean(g * xhat))``, ``g = dY * w``,
     else (running statistics, constants) ``dX = g * rstd`` (the registry's ``bn_dx``).
-    ``S[3]``, ``S[4]``: scratch for the column sums of ``dY`` and ``dY * xhat``."""
+    ``S[3]``, ``S[4]``: scratch for the column sums of ``dY`` and ``dY * xhat`` (summed in
+    float64, rounded once)."""
     B, N = X.shape
     dt = X.dtype.type
-    zero = dt(0.0)
     one = dt(1.0)
     has_w = w.shape[0] > 0
     for blk in prange(_n_blocks(N)):     # blocks of columns, rows in order in each
         j0, j1 = _block(blk, N)
+        t = stack_tile(np.float64)
+        u = stack_tile(np.float64)
+        _block_sums64(X, dY, S, j0, j1, t, u)     # both column sums in one pass over dY
         for j in range(j0, j1):
-            S[3, j] = zero
-            S[4, j] = zero
-        for i in range(B):          # both column sums in one pass over dY (each in row order)
-            for j in range(j0, j1):
-                S[3, j] += dY[i, j]
-                S[4, j] += dY[i, j] * ((X[i, j] - S[0, j]) * S[1, j])
+            S[3, j] = dt(t[j - j0])
+            S[4, j] = dt(u[j - j0])
     if dw.shape[0] > 0:
         for j in range(N):
             dw[j] = dw[j] + S[4, j] if acc_w else S[4, j]
