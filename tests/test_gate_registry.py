@@ -180,3 +180,39 @@ def test_a_corrupt_gate_code_reaching_the_interpreter_is_an_error_status():
                 step.plan.tape[...] = tape
             assert status == ex.STATUS_BAD_OP, (op, bad)
             np.testing.assert_array_equal(step.param_vector, before)
+
+
+@pytest.mark.parametrize("code", [0, 1])
+def test_a_broadcast_operands_gradient_is_summed_in_float64(code):
+    """The gradient of an operand broadcast over 1e6 float32 rows: each element the float64 sum of
+    the local gradients, rounded once (a float32 running sum drifted ~1e-4 relative; torch sums
+    pairwise), for (1, c), (1, 1) and (r, 1) operands, on both sides of the gate."""
+    rng = np.random.default_rng(5)
+    r, c = 1_000_000, 70            # a full and a narrow block of columns
+    dO = (rng.standard_normal((r, c)) + 0.5).astype(np.float32)
+    Bfull = rng.standard_normal((r, c)).astype(np.float32)
+    k = G.kernels(code).bwd.serial
+    for shape in [(1, c), (1, 1)]:
+        A = rng.standard_normal(shape).astype(np.float32)
+        dA, dB = np.zeros(shape, np.float32), np.zeros((r, c), np.float32)
+        k(code, A, Bfull, dO, dA, dB, False, False)
+        ga = dO if code == 0 else dO * Bfull                 # the local gradient, in float32
+        want = ga.astype(np.float64).sum(0, keepdims=True)
+        if shape == (1, c):
+            np.testing.assert_array_equal(dA, want.astype(np.float32))
+        else:
+            np.testing.assert_allclose(dA, want.sum(keepdims=True), rtol=1e-7)
+        np.testing.assert_array_equal(dB, dO if code == 0 else dO * A)
+        # the other side of the gate, and accumulation into an existing gradient
+        dB1, dA1 = np.full(shape, 2.0, np.float32), np.zeros((r, c), np.float32)
+        k(code, Bfull, A, dO, dA1, dB1, False, True)
+        total = want if shape == (1, c) else want.sum(keepdims=True)
+        np.testing.assert_allclose(dB1, (total + 2.0).astype(np.float32), rtol=1e-7)
+    # an (r, 1) operand against a (1, c) one: each row's sum over the columns in float64
+    A, Brow = rng.standard_normal((r, 1)).astype(np.float32), rng.standard_normal((1, c)).astype(np.float32)
+    dA, dB = np.zeros((r, 1), np.float32), np.zeros((1, c), np.float32)
+    k(code, A, Brow, dO, dA, dB, False, False)
+    ga = dO if code == 0 else dO * Brow
+    np.testing.assert_allclose(dA, ga.astype(np.float64).sum(1, keepdims=True), rtol=1e-6, atol=1e-6)
+    gb = dO if code == 0 else dO * A
+    np.testing.assert_array_equal(dB, gb.astype(np.float64).sum(0, keepdims=True).astype(np.float32))

@@ -15,7 +15,8 @@ vectorise).  Backward patterns (``dO`` is the upstream gradient):
 * max: router       ``dA = dO * 1[not A < B]``, ``dB = dO * 1[not A >= B]``
   (ties go to ``A``; a NaN on either side: both get ``dO``, as ``torch.maximum``)
 
-A broadcast operand receives the sum of ``dO`` over its broadcast axes.  A
+A broadcast operand receives the sum of ``dO`` over its broadcast axes, in float64,
+rounded once (a float32 running sum over 1e6 rows drifted by 1e-4 relative).  A
 gradient array of size 0 means "not needed"; ``acc_a``/``acc_b`` add into
 the gradient instead of overwriting it (a value used twice sums its
 gradients).  Each kernel takes the gate code first and checks it against its
@@ -31,7 +32,7 @@ import math
 import numpy as np
 from numba import prange
 
-from .._jit import ChosenKernel, Kernel, jit, kernel
+from .._jit import TILE, ChosenKernel, Kernel, jit, kernel, stack_tile
 from ..registry import gates as R
 from .factory import PerEntry, specialise
 
@@ -41,7 +42,8 @@ N_ROLES = 2
 
 
 # ------------------------------------------------------------------ templates
-# _F (forward), _G (local gradients), _ROW (the backward of a row) and _CODE are the entry's, injected.
+# _F (forward), _G (local gradients), _ROW (the backward of a row), _BCAST (the backward with a
+# gradient broadcast over the rows) and _CODE are the entry's, injected.
 def _t_gate_fwd(gate, A, B, out):
     """``out = f(A, B)`` with broadcasting (``f``: the entry's forward)."""
     r, c = out.shape
@@ -77,7 +79,9 @@ def _t_gate_fwd(gate, A, B, out):
 
 
 def _t_bwd_row(A, B, dO, dA, dB, i):
-    """Row ``i`` of the backward: ``dA``/``dB`` ``+=`` the local gradients ``_G(a, b, dO)``."""
+    """Row ``i`` of the backward where no gradient is broadcast over the rows: ``dA``/``dB``
+    ``+=`` the local gradients ``_G(a, b, dO)``; an operand broadcast over the columns gets
+    the row's sum, in float64 in column order, rounded once."""
     c = dO.shape[1]
     need_a = dA.size > 0
     need_b = dB.size > 0
@@ -85,12 +89,87 @@ def _t_bwd_row(A, B, dO, dA, dB, i):
     ib = i if B.shape[0] > 1 else 0
     ca1 = A.shape[1] > 1
     cb1 = B.shape[1] > 1
+    sa = 0.0
+    sb = 0.0
     for j in range(c):
         ga, gb = _G(A[ia, j if ca1 else 0], B[ib, j if cb1 else 0], dO[i, j])  # noqa: F821
         if need_a:
-            dA[ia, j if ca1 else 0] += ga
+            if ca1:
+                dA[ia, j] += ga
+            else:
+                sa += ga
         if need_b:
-            dB[ib, j if cb1 else 0] += gb
+            if cb1:
+                dB[ib, j] += gb
+            else:
+                sb += gb
+    if need_a and not ca1:
+        dA[ia, 0] += sa
+    if need_b and not cb1:
+        dB[ib, 0] += sb
+
+
+def _t_bwd_bcast(A, B, dO, dA, dB):
+    """The backward where a gradient is broadcast over the rows (serial): that operand's
+    gradient summed over the rows in row order (and over its columns too, for a (1, 1) one),
+    in float64 tiles of TILE columns, rounded once per element; an operand broadcast over
+    the columns only gets each row's sum over a block of TILE columns in float64."""
+    r, c = dO.shape
+    need_a = dA.size > 0
+    need_b = dB.size > 0
+    ra1 = A.shape[0] > 1
+    rb1 = B.shape[0] > 1
+    ca1 = A.shape[1] > 1
+    cb1 = B.shape[1] > 1
+    ta = stack_tile(np.float64)
+    tb = stack_tile(np.float64)
+    all_a = 0.0
+    all_b = 0.0
+    for j0 in range(0, c, TILE):
+        j1 = min(j0 + TILE, c)
+        for q in range(TILE):
+            ta[q] = 0.0
+            tb[q] = 0.0
+        for i in range(r):
+            ia = i if ra1 else 0
+            ib = i if rb1 else 0
+            sa = 0.0
+            sb = 0.0
+            for j in range(j0, j1):
+                ga, gb = _G(A[ia, j if ca1 else 0], B[ib, j if cb1 else 0], dO[i, j])  # noqa: F821
+                if not ra1:
+                    ta[j - j0] += ga
+                elif ca1:
+                    if need_a:
+                        dA[i, j] += ga
+                else:
+                    sa += ga
+                if not rb1:
+                    tb[j - j0] += gb
+                elif cb1:
+                    if need_b:
+                        dB[i, j] += gb
+                else:
+                    sb += gb
+            if need_a and ra1 and not ca1:
+                dA[i, 0] += sa
+            if need_b and rb1 and not cb1:
+                dB[i, 0] += sb
+        for j in range(j0, j1):
+            if need_a and not ra1:
+                if ca1:
+                    dA[0, j] += ta[j - j0]
+                else:
+                    all_a += ta[j - j0]
+            if need_b and not rb1:
+                if cb1:
+                    dB[0, j] += tb[j - j0]
+                else:
+                    all_b += tb[j - j0]
+    if need_a and not ra1 and not ca1:
+        dA[0, 0] += all_a
+    if need_b and not rb1 and not cb1:
+        dB[0, 0] += all_b
 
 
 def _t_gate_bwd(gate, A, B, dO, dA, dB, acc_a, acc_b):
@@ -114,8 +193,7 @@ def _t_gate_bwd(gate, A, B, dO, dA, dB, acc_a, acc_b):
         for i in prange(r):
             _ROW(A, B, dO, dA, dB, np.intp(i))  # noqa: F821
     else:
-        for i in range(r):
-            _ROW(A, B, dO, dA, dB, i)  # noqa: F821
+        _BCAST(A, B, dO, dA, dB)  # noqa: F821
 
 
 class EntryKernels:
@@ -131,7 +209,8 @@ class EntryKernels:
         # row, which reassociation let the serial and the parallel compilations vectorise in
         # different orders (AVX-512: float64 (1961, 1) + (1961, 67) differed in the last bit)
         row = jit(specialise(_t_bwd_row, sfx, _G=g), fastmath=False)
-        self.bwd = Kernel(specialise(_t_gate_bwd, sfx, _ROW=row, _CODE=entry.code))
+        bcast = jit(specialise(_t_bwd_bcast, sfx, _G=g), fastmath=False)
+        self.bwd = Kernel(specialise(_t_gate_bwd, sfx, _ROW=row, _BCAST=bcast, _CODE=entry.code))
 
     def roles(self):
         """The executor's kernels, by role: ``(fwd, bwd)``."""
