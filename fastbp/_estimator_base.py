@@ -38,6 +38,7 @@ from .factories import compile as compile_step, load
 from .optimizers import SGD, Adam
 from . import _isa
 from ._estimator_fit import (batch_sizes, check_split_weights, fit_batch_size, fit_lbfgs, fit_weights, ordered_epoch,
+                             set_sgd_rate as _set_sgd_rate,
                              validation_stratify, weighted_epoch)
 from ._estimator_attrs import _LiveList
 from ._estimator_rows import as_array, as_rows, predict_rows, unwrap
@@ -446,7 +447,7 @@ class _BaseMLP(BaseEstimator):
                 if sgd:
                     # scikit-learn's SGD learning rate (learning_rate, power_t), on the step's scale
                     lr = getattr(self, "_sgd_lr", opt["learning_rate_init"])
-                    step.lr = lr * self._loss_scales(self._arch["n_out"])[1]
+                    _set_sgd_rate(step, lr * self._loss_scales(self._arch["n_out"])[1])
                 # scikit-learn's order: its shuffle of the last epoch's order, drawn from its generator
                 order = sk_shuffle(order, random_state=rs) if self.shuffle else order
                 try:

@@ -139,6 +139,22 @@ def fit_batch_size(est, bs, n):
     est._step, est._arch = step, arch
 
 
+def set_sgd_rate(step, lr):
+    """``step.lr = lr`` for scikit-learn's SGD rate schedules, its momentum carried over in
+    scikit-learn's form.
+
+    scikit-learn's velocity is ``v = m v - lr g`` (``p += v``), PyTorch's, which the step
+    keeps, ``u = m u + g`` (``p -= lr u``): the same steps while ``u = -v / lr``.  When the
+    rate changes from ``old`` to ``lr`` (``invscaling`` after every epoch, ``adaptive``'s
+    divisions by 5), ``u`` is scaled by ``old / lr``, so the velocity already gathered keeps
+    the size it had, as in scikit-learn, and the steps stay the same to rounding (Nesterov's
+    too: its step ``m v - lr g`` is ``-lr (m u + g)``)."""
+    old = float(step.lr)
+    if old != lr and step.optimizer.momentum and step.state_vectors:
+        step.state_vectors[0] *= old / lr       # the momentum buffer (SGD's only state vector)
+    step.lr = lr
+
+
 def ordered_epoch(step, X, Y, order, bs):
     """One epoch of minibatches of ``bs`` rows (the step's own cut) in ``order`` (None: the
     rows' order), through the step's fused loop: the rows are gathered in chunks of whole
