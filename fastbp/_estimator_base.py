@@ -450,10 +450,12 @@ class _BaseMLP(BaseEstimator):
                     _set_sgd_rate(step, lr * self._loss_scales(self._arch["n_out"])[1])
                 # scikit-learn's order: its shuffle of the last epoch's order, drawn from its generator
                 order = sk_shuffle(order, random_state=rs) if self.shuffle else order
+                step.hyper[_isa.H_WD_SQ] = 0.0      # each update adds its ||W||^2 (with alpha)
                 try:
                     if W is not None:
                         losses, sizes, l2 = weighted_epoch(step, X, Y, W, bs, order, self.alpha,
-                                                           self._loss_scales(self._arch["n_out"])[1])
+                                                           self._loss_scales(self._arch["n_out"])[1],
+                                                           lambda: sum(float(np.vdot(w, w)) for w in self.coefs_))
                     else:
                         losses = ordered_epoch(step, X, Y, order if self.shuffle else None, bs)
                 except FloatingPointError as e:
@@ -471,11 +473,11 @@ class _BaseMLP(BaseEstimator):
                     loss = float(losses.mean())
                 loss *= self._loss_scales(self._arch["n_out"])[0]
                 if self.alpha:
-                    # scikit-learn adds alpha ||W||^2 / (2 n_b) to each minibatch's loss and weighs
-                    # it by n_b / n: the epoch's term has the factor (minibatches) / n (1 / bs when
-                    # bs divides n), here with the epoch's final weights
-                    sq = sum(float(np.vdot(w, w)) for w in self.coefs_)
-                    loss += 0.5 * float(self.alpha) * sq * (l2 if W is not None else len(sizes)) / rows
+                    # scikit-learn adds alpha ||W||^2 / (2 n_b) to each minibatch's loss, with the
+                    # minibatch's weights before its update, and weighs it by n_b / n: the sum of
+                    # ||W||^2 over the epoch's updates (hyper[H_WD_SQ]) / n
+                    sq = l2 if W is not None else float(step.hyper[_isa.H_WD_SQ])
+                    loss += 0.5 * float(self.alpha) * sq / rows
                 self.n_iter_ += 1
                 self.t_ += n
                 self.loss_ = loss

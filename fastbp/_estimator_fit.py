@@ -174,19 +174,20 @@ def ordered_epoch(step, X, Y, order, bs):
                            for idx in (order[lo:lo + per] for lo in range(0, len(order), per))])
 
 
-def weighted_epoch(step, X, Y, W, bs, order, alpha, grad_scale):
+def weighted_epoch(step, X, Y, W, bs, order, alpha, grad_scale, sq_weights):
     """One epoch of weighted minibatches of ``bs`` rows in ``order``.
 
     The weight decay of each minibatch is scikit-learn's ``alpha / sum(w)`` (on the
     step's gradient scale ``grad_scale``); minibatches whose weights are all 0 are
-    skipped (scikit-learn divides by their sum).
+    skipped (scikit-learn divides by their sum).  ``sq_weights()``: ``||W||^2`` of the
+    decayed weights now.
 
     Returns
     -------
     (losses, rows, l2)
         The weighted loss and the rows of each minibatch run, and
-        ``sum_b rows_b / sum(w_b)`` (the factor of ``alpha ||W||^2 / 2`` in the
-        epoch's loss).
+        ``sum_b ||W_b||^2 rows_b / sum(w_b)``, ``W_b`` the weights before minibatch
+        ``b``'s update (``alpha / 2`` times it, over the rows, is the epoch's L2 term).
     """
     hyper = step.hyper
     wd0, per_row = float(hyper[_isa.H_WD]), float(hyper[_isa.H_WD_ROWS])
@@ -199,9 +200,10 @@ def weighted_epoch(step, X, Y, W, bs, order, alpha, grad_scale):
             if sw <= 0.0:
                 continue
             hyper[_isa.H_WD], hyper[_isa.H_WD_ROWS] = float(alpha) / sw / grad_scale, 0.0
+            sq = sq_weights() if alpha else 0.0
             losses.append(step(X[idx], Y[idx], sample_weight=w))
             rows.append(len(idx))
-            l2 += len(idx) / sw
+            l2 += sq * len(idx) / sw
     finally:
         # the caller's values (the estimator's epochs put the optimizer's own back after)
         hyper[_isa.H_WD], hyper[_isa.H_WD_ROWS] = wd0, per_row

@@ -7,8 +7,10 @@ With ``decay_1d=False`` (f5=1) the region is updated in pieces, the weight
 decay on the matrices' pieces only (:func:`fastbp.registry.optimizers.update_piece`);
 the update is elementwise, so the pieces give the bits of one call.  With
 ``hyper[H_WD_ROWS]`` set (the estimators), the weight decay is ``hyper[H_WD]``
-divided by the minibatch's rows.  Registered like every handler
-(:func:`fastbp._handlers._handles`), by importing this module.
+divided by the minibatch's rows, and the decayed parameters' sum of squares before
+the update is added to ``hyper[H_WD_SQ]`` (scikit-learn's reported L2 term).
+Registered like every handler (:func:`fastbp._handlers._handles`), by importing
+this module.
 """
 import numpy as np
 
@@ -22,7 +24,7 @@ from .registry import optimizers as _optimizers
 from .registry.optimizers import ADAM_DECOUPLED, ADAM_L2, ADAM_NO_DECAY
 from ._isa import (OP_ADAM, OP_RMSPROP, OP_SGD, C_A, C_B, C_C, C_D, C_E, C_G, C_F1, C_F4, H_LR,
                    H_MOM, H_NESTEROV, H_WD, H_B1, H_B2, H_EPS, H_DECOUPLED, H_T, H_STEPS, H_BT_MIN, H_AXPY_MIN,
-                   H_ASUM_MIN, H_CLIP, H_ALPHA, H_WD_ROWS, STATUS_OK, STATUS_GRAD_NONFINITE, STATUS_BAD_OP)
+                   H_ASUM_MIN, H_CLIP, H_ALPHA, H_WD_ROWS, H_WD_SQ, STATUS_OK, STATUS_GRAD_NONFINITE, STATUS_BAD_OP)
 
 
 @jit
@@ -69,7 +71,24 @@ def _opening(ctx, pc, nb, x, sgd):
     wd = _weight_decay(hyper[H_WD], hyper[H_WD_ROWS], nb)
     by_blas = sgd and hyper[H_MOM] == 0.0 and wd == 0.0 and 0.0 < hyper[H_AXPY_MIN] <= n
     ok, g = _gradients(arena, hyper, ins, kt, by_blas and 0.0 < hyper[H_ASUM_MIN] <= n)
+    if ok and wd != 0.0 and hyper[H_WD_ROWS] != 0.0:
+        hyper[H_WD_SQ] += _decayed_sq(arena, bufs, ins)
     return ok, arena, bufs, hyper, kt, ins, g, wd, by_blas
+
+
+@jit
+def _decayed_sq(arena, bufs, ins):
+    """The sum of squares, in float64, of the parameters an update instruction decays
+    (its pieces with ``decayed``), before the update."""
+    p0 = ins[C_A]
+    sq = 0.0
+    for i in range(n_pieces(ins)):
+        lo, hi, decayed = update_piece(bufs, ins, i)
+        if decayed:
+            for k in range(p0 + lo, p0 + hi):
+                v = np.float64(arena[k])
+                sq += v * v
+    return sq
 
 
 @_handles(OP_SGD)

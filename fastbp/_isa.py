@@ -100,11 +100,18 @@ RUNTIME_SLOTS = RUNTIME_SLOTS + (H_ASUM_MIN,)
 #: minibatch (scikit-learn's ``alpha / n_b``: the estimators set and reset it around their
 #: calls, never saved as 1.0); 0.0: ``hyper[H_WD]`` itself
 H_WD_ROWS = 24
-#: the hyper vector's length before slots 16-23 existed, and before slot 24 (checkpoints
-#: of those lengths load: padded)
+#: while ``H_WD_ROWS`` is set and the weight decay is not 0, each update adds the sum of
+#: squares of its decayed parameters, as they were before it, to this slot (the estimators
+#: zero it before an epoch: scikit-learn's loss adds ``alpha ||W||^2 / 2`` with each
+#: minibatch's weights); a runtime slot, never saved
+H_WD_SQ = 25
+RUNTIME_SLOTS = RUNTIME_SLOTS + (H_WD_SQ,)
+#: the hyper vector's length before slots 16-23 existed, before slot 24 and before slot 25
+#: (checkpoints of those lengths load: padded)
 HYPER_SIZE_V1 = 16
 HYPER_SIZE_V2 = 24
-HYPER_SIZE = 25
+HYPER_SIZE_V3 = 25
+HYPER_SIZE = 26
 
 # run modes
 MODE_FORWARD = 0

@@ -39,10 +39,9 @@ Differences from scikit-learn's MLP, all deliberate:
   minibatch of ``n_b`` rows (the step's ``hyper[H_WD_ROWS]``; read on every
   call, ``partial_fit`` included), on the weights only (``coefs_``, not
   ``intercepts_``: the optimizer's ``decay_1d=False``), as scikit-learn.
-  The reported loss adds scikit-learn's epoch penalty (``alpha ||W||^2 / 2``
-  times minibatches per sample) with the epoch's final weights instead of
-  each minibatch's (the loss curves differ by about 1e-7 to 1e-6 with the
-  default ``alpha``, 5e-4 relative with ``alpha=0.5``).
+  The reported loss adds scikit-learn's penalty, ``alpha ||W||^2 / (2 n)``
+  summed over the epoch's minibatches with each one's weights before its
+  update (the fused update adds them up: the step's ``hyper[H_WD_SQ]``).
 * ``shuffle=True`` visits the rows in scikit-learn's order: each epoch's
   order is its shuffle of the last one, drawn from the same generator (with
   an int ``random_state``, after the initialisation and the validation
