@@ -109,6 +109,22 @@ def _t_bwd_row(A, B, dO, dA, dB, i):
         dB[ib, 0] += sb
 
 
+@jit(inline=True)
+def _take(g, rows1, cols1, need, D, t, i, j, j0, s):
+    """The local gradient ``g`` of element (i, j) for one operand of :func:`_t_bwd_bcast`:
+    into its column's float64 tile ``t`` (an operand broadcast over the rows), its own
+    element of ``D``, or the row's float64 sum ``s`` (broadcast over the columns only);
+    returns ``s``."""
+    if not rows1:
+        t[j - j0] += g
+    elif cols1:
+        if need:
+            D[i, j] += g
+    else:
+        s += g
+    return s
+
+
 def _t_bwd_bcast(A, B, dO, dA, dB):
     """The backward where a gradient is broadcast over the rows (serial): that operand's
     gradient summed over the rows in row order (and over its columns too, for a (1, 1) one),
@@ -137,20 +153,8 @@ def _t_bwd_bcast(A, B, dO, dA, dB):
             sb = 0.0
             for j in range(j0, j1):
                 ga, gb = _G(A[ia, j if ca1 else 0], B[ib, j if cb1 else 0], dO[i, j])  # noqa: F821
-                if not ra1:
-                    ta[j - j0] += ga
-                elif ca1:
-                    if need_a:
-                        dA[i, j] += ga
-                else:
-                    sa += ga
-                if not rb1:
-                    tb[j - j0] += gb
-                elif cb1:
-                    if need_b:
-                        dB[i, j] += gb
-                else:
-                    sb += gb
+                sa = _take(ga, ra1, ca1, need_a, dA, ta, i, j, j0, sa)
+                sb = _take(gb, rb1, cb1, need_b, dB, tb, i, j, j0, sb)
             if need_a and ra1 and not ca1:
                 dA[i, 0] += sa
             if need_b and rb1 and not cb1:
