@@ -60,40 +60,6 @@ def _block(blk, N):
     return j0, min(j0 + _COLS, N)
 
 
-@_inline
-def _col_sums64(X, Y, M, j0, nq, t, u):
-    """Per column ``j0 + q`` (``q < nq``), summed over the rows in row order in float64:
-    ``t[q] = sum X``, or with ``M`` non-empty ``t[q] = sum (X - M[0])^2``; and with ``Y``
-    non-empty, the backward's ``t[q] = sum Y``, ``u[q] = sum Y (X - M[0]) M[1]`` (``M = S``).
-    Called with ``nq = TILE`` for a full block: fixed trip counts keep the tiles in registers."""
-    for q in range(nq):
-        t[q] = 0.0
-        u[q] = 0.0
-    if Y.shape[0] > 0:
-        for i in range(X.shape[0]):
-            for q in range(nq):
-                t[q] += Y[i, j0 + q]
-                u[q] += Y[i, j0 + q] * ((X[i, j0 + q] - M[0, j0 + q]) * M[1, j0 + q])
-    elif M.shape[0] > 0:
-        for i in range(X.shape[0]):
-            for q in range(nq):
-                d = X[i, j0 + q] - M[0, j0 + q]
-                t[q] += d * d
-    else:
-        for i in range(X.shape[0]):
-            for q in range(nq):
-                t[q] += X[i, j0 + q]
-
-
-@_inline
-def _block_sums64(X, Y, M, j0, j1, t, u):
-    """:func:`_col_sums64` over the columns ``j0:j1`` of one block."""
-    if j1 - j0 == TILE:
-        _col_sums64(X, Y, M, j0, TILE, t, u)
-    else:
-        _col_sums64(X, Y, M, j0, j1 - j0, t, u)
-
-
 _norm_mean = _inline(_body.norm_mean)
 _norm_rstd = _inline(_body.norm_rstd)
 _norm_affine = _inline(_body.norm_affine)
@@ -170,12 +136,19 @@ def _batchnorm_fwd(X, w, b, Y, S, R, P, training):
     if training or R.shape[0] == 0:
         for blk in prange(_n_blocks(N)):     # blocks of columns, rows in order in each
             j0, j1 = _block(blk, N)
-            t = stack_tile(np.float64)
-            u = stack_tile(np.float64)
-            _block_sums64(X, X[:0], S[:0], j0, j1, t, u)
+            t = stack_tile(np.float64)      # the block's column sums, in float64
+            for j in range(j0, j1):
+                t[j - j0] = 0.0
+            for i in range(B):
+                for j in range(j0, j1):
+                    t[j - j0] += X[i, j]
             for j in range(j0, j1):
                 S[0, j] = dt(_norm_mean(t[j - j0], B, np.float64))
-            _block_sums64(X, X[:0], S, j0, j1, t, u)      # the deviations from the rounded mean
+                t[j - j0] = 0.0
+            for i in range(B):              # the squared deviations from the rounded mean
+                for j in range(j0, j1):
+                    d = X[i, j] - S[0, j]
+                    t[j - j0] += d * d
             for j in range(j0, j1):
                 S[2, j] = dt(t[j - j0])
                 S[1, j] = _norm_rstd(dt(_norm_mean(t[j - j0], B, np.float64)), eps, dt)   # biased variance
@@ -202,9 +175,15 @@ def _batchnorm_bwd(X, w, S, dY, dX, dw, db, acc_x, acc_w, acc_b, batch_stats):
     has_w = w.shape[0] > 0
     for blk in prange(_n_blocks(N)):     # blocks of columns, rows in order in each
         j0, j1 = _block(blk, N)
-        t = stack_tile(np.float64)
+        t = stack_tile(np.float64)          # the block's sums of dY and dY * xhat, in float64
         u = stack_tile(np.float64)
-        _block_sums64(X, dY, S, j0, j1, t, u)     # both column sums in one pass over dY
+        for j in range(j0, j1):
+            t[j - j0] = 0.0
+            u[j - j0] = 0.0
+        for i in range(B):          # both column sums in one pass over dY (each in row order)
+            for j in range(j0, j1):
+                t[j - j0] += dY[i, j]
+                u[j - j0] += dY[i, j] * ((X[i, j] - S[0, j]) * S[1, j])
         for j in range(j0, j1):
             S[3, j] = dt(t[j - j0])
             S[4, j] = dt(u[j - j0])
