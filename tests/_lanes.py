@@ -36,7 +36,7 @@ LANE_FILES = {
     "test_cli.py", "test_compile_pool.py", "test_concurrency.py", "test_distributed.py",
     "test_estimator.py", "test_estimator_parity.py", "test_estimator_weights.py", "test_fold_plan.py",
     "test_gate_registry.py", "test_handlers.py", "test_kernels.py", "test_lanes.py", "test_layers_api.py",
-    "test_registry.py", "test_structure.py",
+    "test_properties.py", "test_registry.py", "test_structure.py",
 }
 assert not set(LANE_FILES) & set(_simulator.FILES)
 ENV_CHILD = "FASTBP_TEST_LANE"
