@@ -37,6 +37,7 @@ from .bundle import saved_precision
 from .factories import compile as compile_step, load
 from .optimizers import SGD, Adam
 from . import _isa
+from . import _executor as ex
 from ._estimator_fit import (batch_sizes, check_split_weights, fit_batch_size, fit_lbfgs, fit_weights, ordered_epoch,
                              set_sgd_rate as _set_sgd_rate,
                              validation_stratify, weighted_epoch)
@@ -424,6 +425,8 @@ class _BaseMLP(BaseEstimator):
         step = self._step
         hyper = step.hyper
         wd0 = float(hyper[_isa.H_WD])
+        # the update sums the weights' squares for the reported L2 term: its kernel (once per process)
+        ex.load_kernels(step.dtype, (ex.K_SUM_SQ,), step.threads)
         # alpha is read on every call, as scikit-learn reads it; the step's own values (what
         # its checkpoint records) are put back after the call
         hyper[_isa.H_WD], hyper[_isa.H_WD_ROWS] = self._weight_decay(1, self._arch["n_out"]), 1.0

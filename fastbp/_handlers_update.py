@@ -19,7 +19,7 @@ from ._arena_views import _all_finite
 from ._handlers import _blas_threads_for, _handles, arrays
 from ._native import kcall
 from .kernels.gemm import blas_asum, blas_axpy
-from .kernels.table import K_ADAM, K_ADAM_DECOUPLED, K_ADAM_L2, K_CLIP_GRAD_NORM, K_RMSPROP, K_SGD
+from .kernels.table import K_ADAM, K_ADAM_DECOUPLED, K_ADAM_L2, K_CLIP_GRAD_NORM, K_RMSPROP, K_SGD, K_SUM_SQ
 from .registry import optimizers as _optimizers
 from .registry.optimizers import ADAM_DECOUPLED, ADAM_L2, ADAM_NO_DECAY
 from ._isa import (OP_ADAM, OP_RMSPROP, OP_SGD, C_A, C_B, C_C, C_D, C_E, C_G, C_F1, C_F4, H_LR,
@@ -72,22 +72,23 @@ def _opening(ctx, pc, nb, x, sgd):
     by_blas = sgd and hyper[H_MOM] == 0.0 and wd == 0.0 and 0.0 < hyper[H_AXPY_MIN] <= n
     ok, g = _gradients(arena, hyper, ins, kt, by_blas and 0.0 < hyper[H_ASUM_MIN] <= n)
     if ok and wd != 0.0 and hyper[H_WD_ROWS] != 0.0:
-        hyper[H_WD_SQ] += _decayed_sq(arena, bufs, ins)
+        hyper[H_WD_SQ] += _decayed_sq(arena, bufs, ins, kt)
     return ok, arena, bufs, hyper, kt, ins, g, wd, by_blas
 
 
 @jit
-def _decayed_sq(arena, bufs, ins):
+def _decayed_sq(arena, bufs, ins, kt):
     """The sum of squares, in float64, of the parameters an update instruction decays
-    (its pieces with ``decayed``), before the update."""
+    (its pieces with ``decayed``), before the update (``K_SUM_SQ``; 0.0 where no estimator
+    loaded that kernel)."""
     p0 = ins[C_A]
     sq = 0.0
+    if kt[K_SUM_SQ] == 0:
+        return sq
     for i in range(n_pieces(ins)):
         lo, hi, decayed = update_piece(bufs, ins, i)
-        if decayed:
-            for k in range(p0 + lo, p0 + hi):
-                v = np.float64(arena[k])
-                sq += v * v
+        if decayed and hi > lo:
+            sq += kcall(kt, K_SUM_SQ, (arena[p0 + lo:p0 + hi],))
     return sq
 
 

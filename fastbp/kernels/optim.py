@@ -133,6 +133,17 @@ def _rmsprop_update(p, g, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum)
 
 
 @kernel
+def _sum_sq(v):
+    """``sum(v ** 2)`` accumulated in float64: the weights' ``||W||^2`` of the L2 term that
+    the estimators report (a value, not a step: no derivative)."""
+    s = 0.0
+    for i in range(v.shape[0]):
+        x = float(v[i])
+        s += x * x
+    return s
+
+
+@kernel
 def _clip_grad_norm(g, max_norm):
     """``torch.nn.utils.clip_grad_norm_`` on one flat gradient vector:
     ``g *= min(1, max_norm / (||g||_2 + 1e-6))``, the squared norm accumulated in float64."""
