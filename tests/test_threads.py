@@ -279,7 +279,7 @@ COVERED = {
     "_batchnorm_fwd", "_batchnorm_bwd", "_layernorm_fwd", "_layernorm_bwd", "_dropout", "_dropout_d",
 }
 #: kernels without a prange loop (nothing to parallelise)
-SERIAL_ONLY = {"_sum_fwd", "_clip_grad_norm", "_batchnorm_running"}
+SERIAL_ONLY = {"_sum_fwd", "_clip_grad_norm", "_sum_sq", "_batchnorm_running"}
 
 
 def test_script_covers_every_parallel_kernel():
