@@ -125,6 +125,20 @@ def _take(g, rows1, cols1, need, D, t, i, j, j0, s):
     return s
 
 
+@jit(inline=True)
+def _give(need, rows1, cols1, D, t, j0, j1, total):
+    """A block's float64 tile ``t`` of one operand of :func:`_t_bwd_bcast` into its gradient
+    ``D``, where that operand is broadcast over the rows: each column's sum into its row of
+    one (rounded once), or, for a (1, 1) operand, added to the float64 ``total`` (returned)."""
+    if need and not rows1:
+        for j in range(j0, j1):
+            if cols1:
+                D[0, j] += t[j - j0]
+            else:
+                total += t[j - j0]
+    return total
+
+
 def _t_bwd_bcast(A, B, dO, dA, dB):
     """The backward where a gradient is broadcast over the rows (serial): that operand's
     gradient summed over the rows in row order (and over its columns too, for a (1, 1) one),
@@ -159,17 +173,8 @@ def _t_bwd_bcast(A, B, dO, dA, dB):
                 dA[i, 0] += sa
             if need_b and rb1 and not cb1:
                 dB[i, 0] += sb
-        for j in range(j0, j1):
-            if need_a and not ra1:
-                if ca1:
-                    dA[0, j] += ta[j - j0]
-                else:
-                    all_a += ta[j - j0]
-            if need_b and not rb1:
-                if cb1:
-                    dB[0, j] += tb[j - j0]
-                else:
-                    all_b += tb[j - j0]
+        all_a = _give(need_a, ra1, ca1, dA, ta, j0, j1, all_a)
+        all_b = _give(need_b, rb1, cb1, dB, tb, j0, j1, all_b)
     if need_a and not ra1 and not ca1:
         dA[0, 0] += all_a
     if need_b and not rb1 and not cb1:

@@ -143,14 +143,16 @@ def _sum_sq(v):
     return s
 
 
+#: the serial compilation, which the clipping kernel calls (a Kernel object is not typed in numba)
+_sum_sq_serial = _sum_sq.serial
+
+
 @kernel
 def _clip_grad_norm(g, max_norm):
     """``torch.nn.utils.clip_grad_norm_`` on one flat gradient vector:
-    ``g *= min(1, max_norm / (||g||_2 + 1e-6))``, the squared norm accumulated in float64."""
-    s = 0.0
-    for i in range(g.shape[0]):
-        v = float(g[i])
-        s += v * v
+    ``g *= min(1, max_norm / (||g||_2 + 1e-6))``, the squared norm accumulated in float64
+    (:func:`_sum_sq`)."""
+    s = _sum_sq_serial(g)
     coef = max_norm / (math.sqrt(s) + 1e-6)
     c = g.dtype.type(min(coef, 1.0))
     for i in range(g.shape[0]):
