@@ -39,11 +39,11 @@ from .optimizers import SGD, Adam
 from . import _isa
 from . import _executor as ex
 from ._estimator_fit import (batch_sizes, check_split_weights, fit_batch_size, fit_lbfgs, fit_weights, ordered_epoch,
-                             set_sgd_rate as _set_sgd_rate,
+                             set_sgd_rate as _set_sgd_rate, sklearn_log_loss,
                              validation_stratify, weighted_epoch)
 from ._estimator_attrs import _LiveList
 from ._estimator_rows import as_array, as_rows, predict_rows, unwrap
-from ._estimator_params import check_params, is_int as _is_int, resolve_dtype as _resolve_dtype
+from ._estimator_params import check_params, check_same_model, is_int as _is_int, resolve_dtype as _resolve_dtype
 from ._estimator_state import restore, snapshot
 
 __all__ = ["_BaseMLP"]
@@ -321,12 +321,8 @@ class _BaseMLP(BaseEstimator):
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         first_pass = not hasattr(self, "_step") or (not self.warm_start and not incremental)
-        if not first_pass and not incremental and (
-                list(self._arch["hidden"]) != hidden or self._arch["activation"] != self.activation):
-            raise ValueError(
-                "warm_start=True needs the same hidden_layer_sizes and activation as the "
-                f"previous fit (was {tuple(self._arch['hidden'])}, {self._arch['activation']!r})"
-            )
+        if not first_pass:
+            check_same_model(self, hidden, incremental, "partial_fit" if incremental else "warm_start=True")
         X, Y = self._validate_input(X, y, incremental, reset=first_pass)
         W = fit_weights(self, X, Y, sample_weight, incremental)
         early = self.early_stopping and self.solver != "lbfgs"
@@ -431,7 +427,8 @@ class _BaseMLP(BaseEstimator):
         # its checkpoint records) are put back after the call
         hyper[_isa.H_WD], hyper[_isa.H_WD_ROWS] = self._weight_decay(1, self._arch["n_out"]), 1.0
         try:
-            self._epochs(step, X, Y, X_val, Y_val, rs, incremental, bs, W, W_val)
+            with sklearn_log_loss(self):        # the loss value: probabilities clipped, as scikit-learn's
+                self._epochs(step, X, Y, X_val, Y_val, rs, incremental, bs, W, W_val)
         finally:
             hyper[_isa.H_WD], hyper[_isa.H_WD_ROWS] = wd0, 0.0
 
@@ -574,6 +571,7 @@ class _BaseMLP(BaseEstimator):
 
     def _validate_X_predict(self, X):
         check_is_fitted(self)
+        check_same_model(self, call="predict")
         return _validate_data(self, X, accept_sparse=["csr", "csc"],
                               dtype=(np.float64, np.float32), reset=False)
 

@@ -11,10 +11,13 @@ Imported by :mod:`fastbp._estimator_base` only; needs scikit-learn.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from sklearn.utils.validation import _check_sample_weight
 
 from . import _isa
+from . import _executor as ex
 from ._estimator_rows import chunk_rows
 from ._estimator_state import transfer_step_state
 
@@ -210,6 +213,27 @@ def weighted_epoch(step, X, Y, W, bs, order, alpha, grad_scale, sq_weights):
     return np.asarray(losses, dtype=np.float64), np.asarray(rows, dtype=np.float64), l2
 
 
+@contextlib.contextmanager
+def sklearn_log_loss(est):
+    """The step's calls inside report (and, for ``lbfgs``, minimise) scikit-learn's log-loss
+    value: the probabilities of a classifier (softmax cross-entropy, BCE on logits) clipped to
+    ``[eps, 1 - eps]`` before the log, ``eps`` the machine epsilon of the step's dtype
+    (``np.finfo(dtype).eps``, as ``sklearn.neural_network._base.log_loss``): a sample's loss
+    is at most ``-log(eps)`` (36.04 in float64, 15.94 in float32).  The gradient stays the
+    unclipped ``p - y``, scikit-learn's.  The step's ``hyper[H_LOSS_CLIP]``, set here and
+    reset after; its kernel is loaded once per process.  A regressor's loss is not clipped."""
+    step = est._step
+    if est._fastbp_loss not in ("softmax_cross_entropy", "bce_with_logits"):
+        yield
+        return
+    ex.load_kernels(step.dtype, (ex.K_CLIP_LOSS,), step.threads)
+    step.hyper[_isa.H_LOSS_CLIP] = float(np.finfo(step.dtype).eps)
+    try:
+        yield
+    finally:
+        step.hyper[_isa.H_LOSS_CLIP] = 0.0
+
+
 def fit_lbfgs(est, X, Y, W=None):
     """scikit-learn's ``solver='lbfgs'``: ``scipy.optimize.minimize(method='L-BFGS-B')`` on the
     full-batch loss and gradient of the step (:meth:`fastbp.TrainStep.loss_and_grads`, in
@@ -256,8 +280,9 @@ def fit_lbfgs(est, X, Y, W=None):
         g2[wmask] += alpha / total * wx
         return rep * loss + 0.5 * alpha * float(np.dot(wx, wx)) / total, g2
 
-    res = minimize(loss_grad, saved.astype(np.float64), method="L-BFGS-B", jac=True,
-                   options={"maxfun": int(est.max_fun), "maxiter": int(est.max_iter), "gtol": est.tol})
+    with sklearn_log_loss(est):
+        res = minimize(loss_grad, saved.astype(np.float64), method="L-BFGS-B", jac=True,
+                       options={"maxfun": int(est.max_fun), "maxiter": int(est.max_iter), "gtol": est.tol})
     est.n_iter_ = _check_optimize_result("lbfgs", res, est.max_iter)
     est.loss_ = float(res.fun)
     pv[...] = res.x

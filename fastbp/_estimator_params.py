@@ -5,7 +5,7 @@ TypeError, naming the parameter otherwise), plus
 fastbp's own parameters (``dtype``, ``precision``, its activation names).
 
 Imported by :mod:`fastbp._estimator_base` only; reads no estimator state but the
-parameters, changes none.
+parameters (and the fitted architecture, :func:`check_same_model`), changes none.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ except ImportError:                                 # pragma: no cover
     class InvalidParameterError(ValueError, TypeError):
         """A hyper-parameter of the wrong type or value (scikit-learn's name)."""
 
-__all__ = ["check_params", "resolve_dtype", "is_int", "is_real", "SOLVERS", "LEARNING_RATES",
+__all__ = ["check_params", "check_same_model", "resolve_dtype", "is_int", "is_real", "SOLVERS", "LEARNING_RATES",
            "InvalidParameterError"]
 
 SOLVERS = ("sgd", "adam", "lbfgs")
@@ -73,14 +73,30 @@ def hidden_sizes(est):
     if is_int(h):
         h = [h]
     try:
-        h = list(h)
+        h = list(h) if not isinstance(h, (str, bytes)) else None
     except TypeError:
-        raise ValueError(
-            f"hidden_layer_sizes must be an int or a sequence of ints, got {est.hidden_layer_sizes!r}"
-        ) from None
-    if not all(is_int(v) and v > 0 for v in h):
-        raise ValueError(f"hidden_layer_sizes must be > 0, got {est.hidden_layer_sizes!r}")
+        h = None
+    if h is None or not all(is_int(v) for v in h):
+        raise InvalidParameterError(f"hidden_layer_sizes must be an int or a sequence of ints, "
+                                    f"got {est.hidden_layer_sizes!r}")
+    if not all(v > 0 for v in h):
+        raise InvalidParameterError(f"hidden_layer_sizes must be > 0, got {est.hidden_layer_sizes!r}")
     return [int(v) for v in h]
+
+
+def check_same_model(est, hidden=None, incremental=True, call="partial_fit"):
+    """A call that continues a fitted estimator's compiled model (``partial_fit``, a warm-start
+    ``fit``, ``predict``): ValueError naming the parameter when ``activation`` (or, for a warm
+    start, ``hidden_layer_sizes``) was changed by ``set_params`` since the fit.  The model's
+    activation is compiled into its step, so it would go on with the old one silently
+    (scikit-learn reads ``activation`` at every call; a ``partial_fit`` keeps the old
+    ``hidden_layer_sizes`` in both)."""
+    arch = est._arch
+    if arch["activation"] != est.activation or (not incremental and list(arch["hidden"]) != hidden):
+        raise ValueError(
+            f"{call} needs the hidden_layer_sizes and activation of the fitted model (was "
+            f"{tuple(arch['hidden'])}, {arch['activation']!r}; set by set_params after the fit: set them "
+            f"back, or fit anew with warm_start=False)")
 
 
 def check_params(est):

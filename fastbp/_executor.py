@@ -40,7 +40,7 @@ from .kernels.table import HANDLED_OPS, K_HANDLER, N_KERNELS, I1, I64, a2, kcall
 from .kernels.table import (K_ACT, K_ADAM, K_BCE_LOGITS, K_BLAS_MM, K_COLSUM,  # noqa: F401 - re-exported
                             K_GATE_BWD, K_GATE_FWD, K_JIT_MM, K_MM_SMALL, K_MSE, K_PROTO_BIAS_ACT, K_PROTO_BWD,
                             K_PROTO_FWD, K_SGD, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD, K_SVM, N_ROLES, K_MM,
-                            K_CLIP_GRAD_NORM, K_WEIGH_ROWS, K_SUM_SQ, K_ADAM_DECOUPLED, K_ADAM_L2, K_POISSON, K_RMSPROP, K_DROPOUT, GATE_ROLES, K_GATE, K_BN_BWD,
+                            K_CLIP_GRAD_NORM, K_WEIGH_ROWS, K_SUM_SQ, K_CLIP_LOSS, K_ADAM_DECOUPLED, K_ADAM_L2, K_POISSON, K_RMSPROP, K_DROPOUT, GATE_ROLES, K_GATE, K_BN_BWD,
                             K_BN_FWD, K_BN_RUNNING, K_LN_BWD, K_LN_FWD)
 from ._handlers import arrays, jit_slot  # noqa: F401 - jit_slot re-exported
 from . import _handlers_update  # noqa: F401 - registers the update instructions' handlers

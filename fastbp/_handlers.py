@@ -45,7 +45,7 @@ from .kernels.table import (K_ACT, K_BCE_LOGITS, K_BLAS_MM, K_BN_BWD, K_BN_FWD, 
                             K_COLSUM, K_DROPOUT, K_DROPOUT_D, K_GATE, K_GATE_BWD, K_GATE_FWD, K_HANDLER,
                             K_JIT_MM, K_LN_BWD, K_LN_FWD, K_MM, K_MM_SMALL, K_MSE, K_POISSON, K_PROTO_BIAS_ACT,
                             K_PROTO_BWD, K_PROTO_FWD, K_PROTO_FWD_D, K_PROTO_BIAS_ACT_D, K_MUL_D, K_SOFTMAX_XENT, K_SUM_BWD, K_SUM_FWD,
-                            K_SVM, K_WEIGH_ROWS, N_KERNELS, N_ROLES, GATE_ROLES, B, F1, I1, I64, NONE, F64, a2, kcall_at)
+                            K_SVM, K_WEIGH_ROWS, K_CLIP_LOSS, N_KERNELS, N_ROLES, GATE_ROLES, B, F1, I1, I64, NONE, F64, a2, kcall_at)
 from .registry.activations import CAPACITY as ACT_CAPACITY, IDENTITY as ACT_IDENTITY
 from .registry.gates import CAPACITY as GATE_CAPACITY
 from ._jit import int64_bits_as_float64  # dropout's p: float64 bits in the tape
@@ -55,7 +55,7 @@ from ._isa import (OP_ACT, OP_ACT_BWD, OP_BATCHNORM, OP_BATCHNORM_BWD, OP_DROPOU
                    C_F2, C_F3, C_F4, C_F5, C_P, TAPE_WIDTH, X_ARENA, X_ARENA_N, X_BUFS, X_BUFS_N, X_TAPE,
                    X_TAPE_N, X_HYPER, X_WS64, X_WS64_N, X_GJIT, X_GJIT_N, X_BATCH, X_KTAB, H_BLAS_MIN,
                    H_STEPS, H_BT_ON, H_BT_MAX, H_BT_CUR, H_BT_MIN, H_WEIGHTED, H_ROW0, H_RNG_SEED, H_TRAINING,
-                   HYPER_SIZE, INFO_ONE_ROW, STATUS_OK, STATUS_LOSS_NONFINITE, STATUS_BAD_LABEL,
+                   H_LOSS_CLIP, HYPER_SIZE, INFO_ONE_ROW, STATUS_OK, STATUS_LOSS_NONFINITE, STATUS_BAD_LABEL,
                    STATUS_BAD_INPUT, STATUS_BAD_OP)
 
 #: what every handler returns: (status, loss, carry or info)
@@ -234,7 +234,9 @@ def _h_sum(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
 def _h_loss(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
     """The loss of scores ``a`` against the targets (``yi``: class labels,
     ``yf``: float targets), its gradient into ``b``; ``g``: the loss code.
-    Sample weights (``hyper[H_WEIGHTED]``) sit in ws64 after the row losses."""
+    Sample weights (``hyper[H_WEIGHTED]``) sit in ws64 after the row losses; with
+    ``hyper[H_LOSS_CLIP]`` set (and its kernel loaded) the value is scikit-learn's clipped
+    log-loss."""
     arena, bufs, tape, hyper, ws64, _, kt = arrays(ctx, x)
     ins = tape[pc]
     S = _xview(arena, bufs, x, xb, ins[C_A], nb)
@@ -262,6 +264,11 @@ def _h_loss(ctx, pc, nb, x, yi, yf, xb, jbase, carry):
         loss = kcall(kt, K_POISSON, (S, yf, dS, rowloss))
     else:
         loss = kcall(kt, K_BCE_LOGITS, (S, yf, dS, rowloss))
+    eps = hyper[H_LOSS_CLIP]
+    if eps > 0.0 and kt[K_CLIP_LOSS] != 0 and (kind == LOSS_SOFTMAX_XENT or kind == LOSS_BCE_LOGITS):
+        # scikit-learn's value: probabilities clipped to [eps, 1 - eps] (the estimators)
+        bce = kind == LOSS_BCE_LOGITS
+        loss = kcall(kt, K_CLIP_LOSS, (S, yf if bce else S, rowloss, bce, eps))
     if hyper[H_WEIGHTED] != 0.0:
         loss = kcall(kt, K_WEIGH_ROWS, (dS, rowloss, ws64, ctx[X_BATCH],
                                         kind != LOSS_SOFTMAX_XENT and kind != LOSS_SVM))

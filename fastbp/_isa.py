@@ -106,12 +106,18 @@ H_WD_ROWS = 24
 #: minibatch's weights); a runtime slot, never saved
 H_WD_SQ = 25
 RUNTIME_SLOTS = RUNTIME_SLOTS + (H_WD_SQ,)
-#: the hyper vector's length before slots 16-23 existed, before slot 24 and before slot 25
+#: ``eps`` > 0 while a call's loss value is scikit-learn's log-loss, probabilities clipped to
+#: ``[eps, 1 - eps]`` before the log (softmax cross-entropy and BCE on logits; the gradient
+#: is not clipped): the estimators set it to their dtype's machine epsilon and reset it
+#: around their calls, never saved but as 0.0
+H_LOSS_CLIP = 26
+#: the hyper vector's length before slots 16-23 existed, before slot 24, 25 and 26
 #: (checkpoints of those lengths load: padded)
 HYPER_SIZE_V1 = 16
 HYPER_SIZE_V2 = 24
 HYPER_SIZE_V3 = 25
-HYPER_SIZE = 26
+HYPER_SIZE_V4 = 26
+HYPER_SIZE = 27
 
 # run modes
 MODE_FORWARD = 0

@@ -87,6 +87,7 @@ import numpy as np
 
 # first: it raises the ImportError that says how to install scikit-learn
 from ._estimator_base import _BaseMLP, _resolve_dtype, _validate_data
+from ._estimator_params import InvalidParameterError
 from .bundle import regression_predictions
 
 from sklearn.base import ClassifierMixin, RegressorMixin  # noqa: E402
@@ -481,6 +482,13 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     def _is_classifier_single_label(self):
         return False
 
+    def _check_params(self):
+        # loss first, with the others: before X and y are validated, as scikit-learn checks it
+        if not (isinstance(self.loss, str) and self.loss in ("squared_error", "poisson")):
+            raise InvalidParameterError(f"The 'loss' parameter of {type(self).__name__} must be a str among "
+                                        f"{{'squared_error', 'poisson'}}. Got {self.loss!r} instead.")
+        return super()._check_params()
+
     def _validate_input(self, X, y, incremental, reset):
         X, y = _validate_data(self, X, y, accept_sparse=["csr", "csc"], multi_output=True,
                               y_numeric=True, dtype=(np.float64, np.float32), reset=reset)
@@ -491,9 +499,6 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         if not reset and k != self.n_outputs_:
             raise ValueError(f"y has {k} targets, but {type(self).__name__} was fitted with "
                              f"{self.n_outputs_}")
-        if self.loss not in ("squared_error", "poisson"):
-            raise ValueError(f"The 'loss' parameter of {type(self).__name__} must be a str among "
-                             f"{{'squared_error', 'poisson'}}. Got {self.loss!r} instead.")
         if not reset and hasattr(self, "_arch") and self._arch["loss"] != _REG_LOSS[self.loss]:
             raise ValueError(f"loss={self.loss!r} differs from the loss {self._fastbp_loss!r} this "
                              f"estimator was fitted with; fit it again")

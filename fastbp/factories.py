@@ -319,8 +319,9 @@ def _load(path, expect_model, precision="full"):
     if meta["n_state"] != len(step.state_vectors):
         raise _Bad(f"{meta['n_state']} optimizer state vector(s) stored, {optimizer!r} needs "
                    f"{len(step.state_vectors)}")
-    if hyper.size in (ex.HYPER_SIZE_V1, ex.HYPER_SIZE_V2, ex.HYPER_SIZE_V3) and step.hyper.size > hyper.size:
-        # a checkpoint written before slots 16-23 (or 24, 25) existed: they take their defaults
+    if hyper.size in (ex.HYPER_SIZE_V1, ex.HYPER_SIZE_V2, ex.HYPER_SIZE_V3, ex.HYPER_SIZE_V4) \
+            and step.hyper.size > hyper.size:
+        # a checkpoint written before slots 16-23 (or 24, 25, 26) existed: they take their defaults
         # (no clipping; the optimizer's constants, which an SGD/Adam step never reads)
         hyper = np.concatenate([hyper, step.hyper[hyper.size:]])
     if hyper.size != step.hyper.size:

@@ -287,7 +287,9 @@ def test_warm_start_after_lbfgs_or_without_early_stopping_starts_the_missing_rec
 
 
 @pytest.mark.parametrize("params", [{"max_iter": "a"}, {"max_iter": 0}, {"precision": None}, {"activation": 3},
-                                    {"dtype": "float16"}, {"shuffle": 1}])
+                                    {"dtype": "float16"}, {"shuffle": 1}, {"hidden_layer_sizes": 0},
+                                    {"hidden_layer_sizes": (5.0,)}, {"hidden_layer_sizes": "5"},
+                                    {"hidden_layer_sizes": None}, {"hidden_layer_sizes": (4, -1)}])
 def test_bad_hyper_parameters_raise_scikit_learns_invalid_parameter_error(params):
     # scikit-learn raises InvalidParameterError (a ValueError and a TypeError) for a bad type or
     # value: code written for its MLP catches fastbp's alike (precision=None was a ValueError
@@ -324,3 +326,40 @@ def test_lbfgs_does_not_warn_about_batch_size():
         warnings.simplefilter("error")
         warnings.simplefilter("ignore", ConvergenceWarning)
         MLPRegressor(solver="lbfgs", batch_size=500, max_iter=5).fit(X, X[:, 0])
+
+
+@pytest.mark.parametrize("bad", [(5.0,), "5", None, [np.float64(3)]])
+def test_hidden_layer_sizes_that_are_not_ints_say_so(bad):
+    """``(5.0,)`` was refused as 'must be > 0'."""
+    X, y = _data()
+    with pytest.raises(ValueError, match=r"hidden_layer_sizes must be an int or a sequence of ints"):
+        MLPClassifier(hidden_layer_sizes=bad).fit(X, y)
+
+
+def test_a_regressors_bad_loss_is_refused_before_its_data():
+    from sklearn.utils._param_validation import InvalidParameterError
+    with pytest.raises(InvalidParameterError, match="'loss' parameter of MLPRegressor"):
+        MLPRegressor(loss="bogus").fit(np.array([["a"]]), [1.0])       # X bad too: loss named first
+
+
+def test_an_activation_set_after_the_fit_is_refused_not_ignored():
+    """``set_params(activation=...)`` after a fit: partial_fit trained on with the compiled
+    activation and predict used it, silently (scikit-learn reads the new one); both now say
+    so, and nothing changes.  Set back, the model works as before."""
+    X, y = _data()
+    e = MLPClassifier(hidden_layer_sizes=(5,), max_iter=3, random_state=0).fit(X, y)
+    p = e.predict_proba(X)
+    coefs = [c.copy() for c in e.coefs_]
+    e.set_params(activation="tanh")
+    for call in (lambda: e.partial_fit(X, y), lambda: e.predict(X), lambda: e.predict_proba(X)):
+        with pytest.raises(ValueError, match=r"activation of the fitted model \(was \(5,\), 'relu'"):
+            call()
+    for a, b in zip(e.coefs_, coefs):
+        np.testing.assert_array_equal(a, b)
+    e.set_params(activation="relu")
+    np.testing.assert_array_equal(e.predict_proba(X), p)
+    e.set_params(activation="tanh", warm_start=True)
+    with pytest.raises(ValueError, match="warm_start=True needs the hidden_layer_sizes and activation"):
+        e.fit(X, y)
+    e.set_params(warm_start=False).fit(X, y)           # a new fit takes the new activation
+    assert e.predict_proba(X).shape == p.shape

@@ -84,9 +84,9 @@ def test_the_per_row_slot_is_reset_and_a_plain_step_ignores_it():
     np.testing.assert_allclose(s.params["0.W"], p0 - 0.1 * (g + 0.5 / 8 * p0), rtol=1e-13)
 
 
-@pytest.mark.parametrize("size", [_isa.HYPER_SIZE_V2, _isa.HYPER_SIZE_V3])
+@pytest.mark.parametrize("size", [_isa.HYPER_SIZE_V2, _isa.HYPER_SIZE_V3, _isa.HYPER_SIZE_V4])
 def test_a_checkpoint_of_the_previous_hyper_length_loads(tmp_path, size):
-    """Checkpoints written before the slots existed (24 or 25 hyper values) load, the slots 0."""
+    """Checkpoints written before the slots existed (24, 25 or 26 hyper values) load, the slots 0."""
     s = fastbp.compile(fastbp.Sequential(fastbp.Linear(6, 3)), optimizer=fastbp.Adam(), batch_size=8)
     X, y = _blobs(8)
     s(X.astype(np.float32), y)
@@ -101,6 +101,7 @@ def test_a_checkpoint_of_the_previous_hyper_length_loads(tmp_path, size):
     keep = [i for i in range(size) if i not in _isa.RUNTIME_SLOTS]
     np.testing.assert_array_equal(back.hyper[keep], s.hyper[keep])
     assert back.hyper[_isa.H_WD_ROWS] == 0.0 and back.hyper[_isa.H_WD_SQ] == 0.0
+    assert back.hyper[_isa.H_LOSS_CLIP] == 0.0
 
 
 @pytest.mark.parametrize("solver", ["adam", "sgd"])
@@ -117,3 +118,67 @@ def test_weighted_fit_reports_sklearns_loss_with_each_minibatchs_weights(solver)
         theirs.fit(X, y, sample_weight=w)
     np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
     np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=1e-10, atol=1e-12)
+
+
+def _far_off_digits():
+    """Digits times 10: unscaled features, so that the first epochs put probabilities of
+    training rows below float64's eps (scikit-learn caps their loss at -log(eps) = 36.04)."""
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True)
+    return X[:300] * 10.0, y[:300]
+
+
+def test_the_log_loss_clips_probabilities_as_sklearns_and_lbfgs_minimises_it():
+    """scikit-learn's log-loss clips probabilities to [eps, 1 - eps] before the log; L-BFGS
+    minimises that value (with the unclipped gradient). Unclipped, fastbp's loss was 0.0042
+    against 0.161 and its probabilities up to 0.98 off."""
+    X, y = _far_off_digits()
+    kw = dict(random_state=0, solver="lbfgs", max_iter=30, hidden_layer_sizes=(30,))
+    ours, theirs = _fit_both(fastbp.MLPClassifier(dtype="float64", **kw), SkC(**kw), X, y)
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-9)
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), atol=1e-8)
+    assert ours._step.hyper[_isa.H_LOSS_CLIP] == 0.0        # set around the calls only
+    # multilabel: scikit-learn's binary log-loss of its clipped expit, term by term
+    Y = np.stack([y % 2, (y > 4).astype(int), (y == 3).astype(int)], 1)
+    ours, theirs = _fit_both(fastbp.MLPClassifier(dtype="float64", **kw), SkC(**kw), X, Y)
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-9)
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), atol=1e-8)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_clipped_loss_curves_and_the_tol_stopping_epoch_are_sklearns(weighted):
+    """The loss curve (first epoch 141 unclipped against scikit-learn's 33.2) and so the
+    ``tol``/``n_iter_no_change`` stopping epoch (67 against 64)."""
+    X, y = _far_off_digits()
+    w = np.random.default_rng(0).uniform(0.1, 2.0, len(y)) if weighted else None
+    kw = dict(random_state=0, hidden_layer_sizes=(30,), max_iter=200, tol=0.1, n_iter_no_change=2)
+    ours, theirs = _fit_both(fastbp.MLPClassifier(dtype="float64", **kw), SkC(**kw), X, y, sample_weight=w)
+    assert ours.n_iter_ == theirs.n_iter_
+    assert theirs.loss_curve_[0] > 30.0                 # rows clipped in the first epochs
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), atol=1e-10)
+
+
+def test_the_clipped_row_losses_against_sklearns_functions():
+    """The kernel against scikit-learn's own ``log_loss`` and ``binary_log_loss`` of the
+    probabilities, in float64, rows with probabilities below eps, above 1 - eps and between."""
+    from sklearn.neural_network._base import binary_log_loss, log_loss
+    from fastbp.kernels.losses import _bce_logits, _softmax_xent, clip_log_loss
+    eps = np.finfo(np.float64).eps
+    S = np.array([[0.0, 50.0, -3.0], [40.0, -1.0, 2.0], [0.5, 0.25, 0.125], [-60.0, 60.0, 0.0],
+                  [36.5, 0.0, 0.0], [-37.0, 1.0, 33.0]])
+    y = np.array([0, 0, 2, 1, 1, 0])
+    rowloss, dS = np.empty(len(y)), np.empty_like(S)
+    _softmax_xent.serial(S, y, dS, rowloss)
+    got = clip_log_loss(S, S, rowloss, False, eps)
+    P = np.exp(S - S.max(1, keepdims=True))
+    P /= P.sum(1, keepdims=True)
+    assert got == pytest.approx(log_loss(np.eye(3)[y], P), rel=1e-14)
+    assert rowloss.max() == pytest.approx(-np.log(eps)) and rowloss[3] == pytest.approx(-np.log(1 - eps))
+    T = np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 1.0, 1.0], [0.0, 0.0, 0.0],
+                  [1.0, 1.0, 1.0]])
+    _bce_logits.serial(S, T, dS, rowloss)
+    got = clip_log_loss(S, T, rowloss, True, eps) * S.shape[1]      # scikit-learn sums over labels
+    assert got == pytest.approx(binary_log_loss(T, 1.0 / (1.0 + np.exp(-S))), rel=1e-14)
+    rowloss[0] = np.nan
+    assert np.isnan(clip_log_loss(S, S, rowloss, False, eps))

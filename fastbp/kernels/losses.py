@@ -204,6 +204,26 @@ def _svm(S, y, dS, rowloss):
     return _sum_rows(rowloss, B) / B
 
 
+_clipped_log_loss_row = jit(inline=True)(_L.clipped_log_loss_row)
+
+
+@jit
+def clip_log_loss(S, T, rowloss, bce, eps):
+    """scikit-learn's reported log-loss after a softmax cross-entropy (``bce`` false) or BCE
+    on logits kernel (``bce`` true) has filled ``rowloss[:B]``: each row's loss with its
+    probabilities clipped to ``[eps, 1 - eps]``
+    (:func:`fastbp.registry.losses.clipped_log_loss_row`), written back into ``rowloss``; returns the
+    mean the loss kernel returns (over the rows, or over the elements for BCE).  ``T``: the
+    float targets (BCE; the scores otherwise, unread).  No derivative: the value only (the
+    gradient the loss kernel wrote stays).  Called inside the interpreter while
+    ``hyper[H_LOSS_CLIP]`` holds ``eps`` (the estimators)."""
+    B = S.shape[0]
+    for i in range(B):
+        rowloss[i] = _clipped_log_loss_row(S, T, rowloss, i, bce, eps)
+    s = _sum_rows(rowloss, B)
+    return s / (B * S.shape[1]) if bce else s / B
+
+
 @jit
 def weigh_rows(dS, rowloss, ws64, w0, per_element):
     """Sample weights (``ws64[w0 : w0 + B]``) applied to a loss kernel's result: its

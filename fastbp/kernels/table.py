@@ -22,7 +22,7 @@ from . import gates as _gates
 from .gates import _sum_bwd, _sum_fwd
 from .gemm import _blas_mm, _blas_mm_split, _jit_mm, _mm_small
 from .linear import _colsum
-from .losses import _bce_logits, _mse, _poisson, _softmax_xent, _svm, weigh_rows
+from .losses import _bce_logits, _mse, _poisson, _softmax_xent, _svm, clip_log_loss, weigh_rows
 from .optim import ADAM_KERNELS, _clip_grad_norm, _rmsprop_update, _sgd_update, _sum_sq
 from .norm import _batchnorm_bwd, _batchnorm_fwd, _batchnorm_running, _layernorm_bwd, _layernorm_fwd
 from .dropout import _dropout, _dropout_d
@@ -92,6 +92,10 @@ N_KERNELS = K_WEIGH_ROWS + 1
 #: hyper[H_WD_SQ]): loaded by the estimators, the only callers that set H_WD_ROWS
 K_SUM_SQ = N_KERNELS
 N_KERNELS = K_SUM_SQ + 1
+#: scikit-learn's clipped log-loss value after a loss kernel (fastbp.kernels.losses.clip_log_loss,
+#: hyper[H_LOSS_CLIP]): loaded by the estimators, the only callers that set H_LOSS_CLIP
+K_CLIP_LOSS = N_KERNELS
+N_KERNELS = K_CLIP_LOSS + 1
 #: Adam's kernels of the two weight-decay modes besides none (K_ADAM); ADAM_KERNEL_IDS: by
 #: mode (registry ADAM_* code, the update instruction's column g)
 K_ADAM_DECOUPLED, K_ADAM_L2 = range(N_KERNELS, N_KERNELS + 2)
@@ -119,6 +123,7 @@ native_kernel(K_POISSON, _poisson, F64, lambda d: (a2(d), a2(d), a2(d), F1))
 native_kernel(K_CLIP_GRAD_NORM, _clip_grad_norm.serial, NONE, lambda d: (a1(d), F64))
 native_kernel(K_WEIGH_ROWS, weigh_rows, F64, lambda d: (a2(d), F1, F1, I64, B))
 native_kernel(K_SUM_SQ, _sum_sq.serial, F64, lambda d: (a1(d),))
+native_kernel(K_CLIP_LOSS, clip_log_loss, F64, lambda d: (a2(d), a2(d), F1, B, F64))
 native_kernel(K_MM_SMALL, _mm_small, NONE, lambda d: (a2(d), a2(d), a2(d), B, B, B))
 native_kernel(K_BLAS_MM, _blas_mm, NONE, lambda d: (a2(d), a2(d), a2(d), B, B, B), parallel=_blas_mm_split)
 native_kernel(K_JIT_MM, _jit_mm, B, lambda d: (a2(d), a2(d), a2(d), B, B, B, I1, I64))

@@ -207,6 +207,42 @@ def bce_logits_row(S, T, dS, i, scale):
     return r
 
 
+def clipped_log_loss_row(S, T, rowloss, i, bce, eps):
+    """Row ``i``'s loss as scikit-learn's MLP reports it: the log-loss of probabilities
+    clipped to ``[eps, 1 - eps]`` before the log (``sklearn.neural_network._base.log_loss``
+    and ``binary_log_loss``).  A value only: the gradient stays the unclipped one, as
+    scikit-learn's ``p - y``.
+
+    Softmax cross-entropy (``bce`` false): ``rowloss[i]``, the kernel's ``-log p_{i, y_i}``,
+    clamped to ``[-log(1 - eps), -log(eps)]``.  BCE on logits: scikit-learn's own
+    evaluation, ``-sum_j xlogy(t, p) + xlogy(1 - t, 1 - p)`` with ``p = 1 / (1 + exp(-s))``
+    (its ``expit``) clipped, so that its rounding of ``1 - p`` near ``p = 1`` (which makes
+    ``-log(1 - p)`` up to 1e-3 off at ``s = 30``) is reproduced too: the value, not a better
+    one, is what its stopping rule and L-BFGS read.  NaN stays NaN."""
+    if not bce:
+        v = rowloss[i]
+        lo = -math.log(1.0 - eps)
+        hi = -math.log(eps)
+        if v < lo:
+            return lo
+        if v > hi:
+            return hi
+        return v
+    r = 0.0
+    for j in range(S.shape[1]):
+        t = float(T[i, j])
+        p = 1.0 / (1.0 + math.exp(-float(S[i, j])))
+        if p < eps:
+            p = eps
+        elif p > 1.0 - eps:
+            p = 1.0 - eps
+        if t != 0.0:
+            r -= t * math.log(p)
+        if t != 1.0:
+            r -= (1.0 - t) * math.log(1.0 - p)
+    return r
+
+
 def poisson_row(S, T, dS, i, scale):
     """``sum_j exp(s) - t s + xlogy(t, t) - t`` (a negative target: NaN);
     ``dL/ds = (exp(s) - t) * scale``.  Compiled without fast-math on the CPU
