@@ -44,6 +44,7 @@ import numpy as np
 from . import _bf16
 from . import _isa as ex
 from . import _validate as V
+from . import training as _training
 from ._cuda_device import (device_array, device_features, device_targets, kind_error, require_cuda,
                            stage_params)
 from ._loss_targets import float_targets
@@ -253,8 +254,19 @@ class CudaTrainStep(StepBase):
         FloatingPointError
             The loss or a gradient is not finite; weights and optimizer
             state unchanged.
+
+        Notes
+        -----
+        With a :attr:`schedule` of ``interval="step"``, the call runs at the schedule's
+        rate of this update, as :meth:`fit`'s updates do, and :attr:`lr` then reports the
+        next update's.
         """
-        return self._run_one(x, y, ex.MODE_TRAIN)
+        if self._schedule is None:
+            return self._run_one(x, y, ex.MODE_TRAIN)
+        _training.rate_of_a_call(self)
+        loss = self._run_one(x, y, ex.MODE_TRAIN)
+        _training.rate_of_a_call(self, after=True)
+        return loss
 
     def loss_and_grads(self, x, y):
         """Forward, loss and backward without an update; fills :attr:`grads` (on the device).

@@ -45,6 +45,7 @@ import functools
 import numpy as np
 
 from . import _validate as V
+from . import training as _training
 from ._dist_fit import DataParallelFit
 from ._isa import C_OP, H_ROW0, OP_DROPOUT, RUNTIME_SLOTS, STATUS_OK
 from ._mpi import (  # noqa: F401 - re-exported: the public names of data-parallel training
@@ -317,7 +318,14 @@ class DistributedStep(DataParallelFit):
         RankError
             On the other ranks.  Either way no rank changed its weights.
         """
-        return self._collective(x, y, update=True)
+        st = self.step
+        if st.schedule is None:
+            return self._collective(x, y, update=True)
+        # a step-interval schedule's rates of this update and the next: the same on every rank
+        _training.rate_of_a_call(st)
+        loss = self._collective(x, y, update=True)
+        _training.rate_of_a_call(st, after=True)
+        return loss
 
     def loss_and_grads(self, x, y):
         """Forward, loss and backward over every rank's minibatch, without an update; a

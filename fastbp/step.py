@@ -14,6 +14,7 @@ from . import _blas
 from . import config as _config
 from . import _executor as ex
 from . import _validate as V
+from . import training as _training
 from ._ckpt_format import save
 from ._fold_plan import fold_dropout
 from ._jit import entry_point
@@ -149,11 +150,29 @@ class TrainStep(StepBase):
             Bad ``x`` or ``y``; nothing is changed.
         FloatingPointError
             The loss or a gradient is not finite; nothing is changed.
+
+        Notes
+        -----
+        With a :attr:`schedule` of ``interval="step"``, the call runs at the schedule's
+        rate of this update, as :meth:`fit`'s updates do, and :attr:`lr` then reports the
+        next update's (an epoch-interval schedule's rate changes at ``fit``'s epoch ends
+        only).
         """
+        if self._schedule is not None:
+            return self._scheduled_call(x, y, sample_weight)
         if sample_weight is not None:
             return self._run(x, y, ex.MODE_TRAIN, sample_weight)
         loss = self._train_fast(x, y)
         return self._run(x, y, ex.MODE_TRAIN) if loss is None else loss
+
+    def _scheduled_call(self, x, y, sample_weight):
+        """:meth:`__call__` under a schedule: its rate of this update, then of the next."""
+        _training.rate_of_a_call(self)
+        loss = None if sample_weight is not None else self._train_fast(x, y)
+        if loss is None:
+            loss = self._run(x, y, ex.MODE_TRAIN, sample_weight)
+        _training.rate_of_a_call(self, after=True)
+        return loss
 
     def loss_and_grads(self, x, y, sample_weight=None):
         """Forward, loss and backward without an update; fills :attr:`grads`.

@@ -395,6 +395,27 @@ def epoch_lrs(schedule, base_lr, current_lr, epoch, first_step, n_steps):
     return _np.array([schedule.lr_at(first_step + s, base_lr) for s in range(n_steps)], dtype=_np.float64)
 
 
+def rate_of_a_call(step, after=False):
+    """The rate of a training call outside ``fit`` (``step(x, y)``) under the step's
+    schedule: with ``interval="step"``, the schedule's rate of this update, its ``t`` being
+    the updates since the schedule was attached (as ``fit`` counts them), so that a loop of
+    calls follows the schedule as ``fit`` does and a later ``fit`` goes on from it.  An
+    epoch-interval schedule's rate changes at ``fit``'s epoch ends only (a call between them
+    runs at the current epoch's rate), a ReduceLROnPlateau's at its metric: nothing to do.
+    Called before the update (ValueError past a OneCycleLR's ``total_steps``: nothing is
+    changed, as PyTorch's scheduler raises past its end) and, with ``after``, after it: the
+    next update's rate is then what ``step.lr`` reports, as after ``fit`` (at a OneCycleLR's
+    end the rate is kept)."""
+    s = step.schedule
+    if s is None or isinstance(s, _ReduceLROnPlateau) or s.interval != "step":
+        return
+    try:
+        step._set_scheduled_lr(s.lr_at(step.n_steps - step._sched_origin[1], float(step.optimizer.lr)))
+    except ValueError:
+        if not after:
+            raise
+
+
 def check_schedule_span(schedule, base_lr, epoch0, step0, epochs, per_epoch, has_validation=True):
     """Evaluate the schedule over every update of a fit up front (a OneCycleLR past its
     ``total_steps`` is a ValueError before anything is trained; a ReduceLROnPlateau

@@ -341,6 +341,23 @@ def test_gpu_fit_with_schedule_validation_and_callbacks_matches_cpu():
         pickle.dumps(gpu)
 
 
+
+@requires_cuda
+def test_gpu_calls_outside_fit_follow_a_step_interval_schedule_as_the_cpu_steps():
+    """A step-interval schedule given to the step: each call runs at its rate of that update
+    and ``lr`` then reports the next one, as on the CPU (both ignored it)."""
+    sched = lambda: fastbp.schedules.StepLR(1, 0.5, interval="step")      # noqa: E731
+    cpu, gpu = make_pair([L(3, 4), fastbp.ReLU(), L(4, 3)], "softmax_cross_entropy",
+                         lambda: fastbp.SGD(lr=0.2), np.float64, seed=3)
+    cpu.schedule, gpu.schedule = sched(), sched()
+    X, Y = batch(cpu, 4, np.random.default_rng(5))
+    for _ in range(3):
+        lc, lg = cpu(X, Y), gpu(X, Y)
+        np.testing.assert_allclose(lg, lc, **tol(cpu.dtype))
+        assert gpu.lr == cpu.lr
+    assert cpu.lr == pytest.approx(0.2 * 0.5 ** 3)
+    assert_same_state(cpu, gpu)
+
 # ================================================= host inputs in any layout
 @requires_cuda
 @pytest.mark.thorough           # 12-60 s under the simulator: CI's last stage

@@ -252,3 +252,65 @@ def test_a_rate_that_overflows_is_refused_before_fit_trains(make):
     with pytest.raises(ValueError, match=r"schedule: the rate of .* at epoch 2 of this fit is inf"):
         step.fit(X, y, epochs=3, schedule=sched)
     assert step.n_steps == 0
+
+
+def _manual_and_fit(make_schedule, calls=4):
+    import numpy as np
+    import fastbp
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((16, 4)), rng.integers(0, 3, 16)
+
+    def step():
+        return fastbp.compile(fastbp.Sequential(fastbp.Linear(4, 3)), optimizer=fastbp.SGD(lr=0.1),
+                              batch_size=4, seed=3, dtype=np.float64, schedule=make_schedule())
+    return X, y, step(), step()
+
+
+@pytest.mark.parametrize("make", [lambda: S.StepLR(1, 0.5, interval="step"),
+                                  lambda: S.OneCycleLR(max_lr=0.4, total_steps=12),
+                                  lambda: S.CosineAnnealingLR(T_max=6, interval="step")])
+def test_calls_outside_fit_follow_a_step_interval_schedule_as_fit_does(make):
+    """A step-interval schedule given to compile was ignored by ``step(x, y)`` (four calls all
+    at 0.1) while the calls counted: a later fit jumped to 0.1 * 0.5**4.  Each call now runs at
+    the schedule's rate of its update, and ``step.lr`` reports the next update's, as after fit."""
+    import numpy as np
+    X, y, hand, fit = _manual_and_fit(make)
+    sched = hand.schedule
+    for k in range(4):
+        assert hand.lr == pytest.approx(sched.lr_at(k, 0.1), rel=1e-15)
+        hand(X[4 * k:4 * k + 4], y[4 * k:4 * k + 4])
+    assert hand.lr == pytest.approx(sched.lr_at(4, 0.1), rel=1e-15)
+    fit.fit(X, y, epochs=1, shuffle=False)
+    np.testing.assert_array_equal(hand.param_vector, fit.param_vector)
+    assert hand.lr == fit.lr
+    h = hand.fit(X, y, epochs=1, shuffle=False)          # fit goes on from the calls' count
+    fit.fit(X, y, epochs=1, shuffle=False)
+    assert h.history["lr"] == [pytest.approx(sched.lr_at(4, 0.1), rel=1e-15)]
+    np.testing.assert_array_equal(hand.param_vector, fit.param_vector)
+    hand(X[:4], y[:4], sample_weight=np.ones(4))          # the weighted path too
+    assert hand.lr == pytest.approx(sched.lr_at(9, 0.1), rel=1e-15)
+
+
+def test_calls_past_a_onecycle_end_are_an_error_that_changes_nothing():
+    import numpy as np
+    X, y, s, _ = _manual_and_fit(lambda: S.OneCycleLR(max_lr=0.4, total_steps=2))
+    for k in range(3):                 # updates 0, 1 and 2 (PyTorch's scheduler steps to total_steps)
+        s(X[:4], y[:4])
+    p, lr = s.param_vector.copy(), s.lr
+    with pytest.raises(ValueError, match="past total_steps=2"):
+        s(X[:4], y[:4])
+    np.testing.assert_array_equal(s.param_vector, p)
+    assert s.n_steps == 3 and s.lr == lr
+
+
+def test_an_epoch_interval_schedule_keeps_the_epochs_rate_between_fits():
+    import numpy as np
+    X, y, s, _ = _manual_and_fit(lambda: S.StepLR(1, 0.5))
+    s(X[:4], y[:4])
+    s(X[:4], y[:4])
+    assert s.lr == pytest.approx(0.1)
+    s.fit(X, y, epochs=1)
+    assert s.lr == pytest.approx(0.05)
+    s(X[:4], y[:4])
+    assert s.lr == pytest.approx(0.05) and s.n_steps == 7
+    assert np.isfinite(s.param_vector).all()
