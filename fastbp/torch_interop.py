@@ -458,12 +458,20 @@ def _param_keys(m, torch):
 
 
 def _check_hooks(m, what):
-    """Refuse a module with forward or backward hooks: the fused step cannot run them
-    (torch.nn.utils.weight_norm's pre-hook computes the weight the step would train)."""
+    """Refuse a module with forward or backward hooks, or a parameter tensor with gradient
+    hooks (``p.register_hook``, ``p.register_post_accumulate_grad_hook``: the usual way to
+    mask or freeze part of a weight): the fused step cannot run them (torch.nn.utils.weight_norm's
+    pre-hook computes the weight the step would train)."""
     for attr in ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks"):
         if getattr(m, attr, None):
             raise ValueError(f"{what} has {attr.strip('_').replace('_', ' ')} (such as "
                              f"torch.nn.utils.weight_norm's); the fused step cannot run them")
+    for name, p in m.named_parameters(recurse=False):
+        for attr, how in (("_backward_hooks", "register_hook"),
+                          ("_post_accumulate_grad_hooks", "register_post_accumulate_grad_hook")):
+            if getattr(p, attr, None):
+                raise ValueError(f"{what}'s parameter {name!r} has a gradient hook ({how}); the fused "
+                                 f"step cannot run it (remove it, or train in PyTorch)")
 
 
 def _check_trainable(model, optimizer, torch):

@@ -300,6 +300,14 @@ def test_modules_the_step_cannot_reproduce_are_refused():
     top = nn.Sequential(nn.Linear(4, 3))
     top.register_forward_hook(lambda m, i, o: o)
     _refused(top, r"model has forward hooks")
+    # a gradient hook on a parameter tensor (masking or freezing part of a weight) was dropped
+    # silently: the weight the hook froze moved
+    masked = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    handle = masked[0].weight.register_hook(lambda g: g * 0)
+    _refused(masked, r"model layer 0's parameter 'weight' has a gradient hook \(register_hook\)")
+    handle.remove()
+    masked[2].bias.register_post_accumulate_grad_hook(lambda p: None)
+    _refused(masked, r"model layer 2's parameter 'bias' has a gradient hook \(register_post_accumulate_grad_hook\)")
     extra = nn.Linear(4, 3)
     extra.scale = nn.Parameter(torch.ones(3))
     _refused(nn.Sequential(extra), r"model layer 0 has parameters \['scale'\] that the step would not train")
