@@ -171,7 +171,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         Weights of the classes, multiplying the samples' weights (scikit-learn's
         ``compute_class_weight``: ``'balanced'`` is ``n_samples / (n_classes *
         bincount(y))``; a dict maps a class to its weight, 1 for the others).
-        Single-label targets only.
+        Single-label targets only.  With ``early_stopping``, the validation
+        rows are weighted alike: ``validation_scores_`` are class-weighted
+        accuracies (balanced accuracy for ``'balanced'``), while :meth:`score`
+        without ``sample_weight`` is the plain accuracy.
     dtype : {'float32', 'float64', None}, default 'float32'
         Precision of the computation; None: float32 if X is float32, else float64.
     precision : {'full', 'bf16', 'auto'}, default 'full'
@@ -344,6 +347,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         """``classes_`` on the first call to :meth:`partial_fit`, their check on the later ones
         (inside the call's guard: a first call that fails leaves the estimator unfitted)."""
         first = not hasattr(self, "classes_")
+        if classes is not None and np.ndim(classes) != 1:
+            raise ValueError(f"classes must be a 1-D array-like of the class labels, got one of shape "
+                             f"{np.shape(classes)}")
         if first and classes is None and not type_of_target(y).startswith("multilabel"):
             raise ValueError("classes must be passed on the first call to partial_fit.")
         if not first and classes is not None:

@@ -363,3 +363,15 @@ def test_an_activation_set_after_the_fit_is_refused_not_ignored():
         e.fit(X, y)
     e.set_params(warm_start=False).fit(X, y)           # a new fit takes the new activation
     assert e.predict_proba(X).shape == p.shape
+
+
+def test_partial_fit_classes_of_two_dimensions_are_named():
+    """``classes=[[0, 1]]`` was read as a label indicator matrix: 'Y must have shape (n, 2)'."""
+    X, y = _data()
+    e = MLPClassifier(hidden_layer_sizes=(4,))
+    with pytest.raises(ValueError, match=r"classes must be a 1-D array-like of the class labels, got one of "
+                                         r"shape \(1, 2\)"):
+        e.partial_fit(X, y % 2, classes=[[0, 1]])
+    assert not hasattr(e, "classes_")
+    e.partial_fit(X, y % 2, classes=[0, 1])
+    assert list(e.classes_) == [0, 1]
