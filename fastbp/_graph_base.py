@@ -3,6 +3,7 @@ values, a dropout probability and a normalisation's ``eps`` (kept apart so that 
 module stays small; :mod:`fastbp.graph` re-exports the exceptions)."""
 from __future__ import annotations
 
+import functools
 import numbers
 
 import numpy as np
@@ -84,3 +85,32 @@ def _norm_eps(op, eps):
 
 
 GraphError.__module__ = GraphTypeError.__module__ = "fastbp.graph"      # where users import them from
+
+
+class Transposed:
+    """``W.T`` of a 2-D parameter ``W``: only meaningful as ``x @ W.T``."""
+    __slots__ = ("node",)
+    __array_ufunc__ = None      # ``ndarray @ W.T``: numpy defers to __rmatmul__
+
+    def __init__(self, node):
+        self.node = node
+
+    def __rmatmul__(self, other):
+        # a constant left operand (an array, a list) becomes a constant node of W's graph
+        return self.node._lift(other, "matmul") @ self
+
+
+def atomic(method):
+    """A node's graph-building operator that adds no node when it raises: an operand lifted
+    into the graph as a constant before the shapes were found not to fit is taken out again,
+    so that a rejected call leaves ``graph.nodes`` as it was."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        nodes = self.graph.nodes
+        n = len(nodes)
+        try:
+            return method(self, *args, **kwargs)
+        except BaseException:
+            del nodes[n:]
+            raise
+    return wrapper

@@ -30,7 +30,8 @@ import numbers as _numbers
 import numpy as _np
 
 from . import _scalars
-from ._graph_base import (GraphError, GraphTypeError, _check_shape, _fmt_shape, _norm_eps, _real_array,
+from ._graph_base import (GraphError, GraphTypeError, Transposed as _Transposed, atomic as _atomic,
+                          _check_shape, _fmt_shape, _norm_eps, _real_array,
                           dropout_probability)
 from .registry import activations as _acts, gates as _gates
 
@@ -88,6 +89,12 @@ class Node:
 
     __slots__ = ("graph", "id", "op", "inputs", "shape", "attrs", "name", "value")
     __array_priority__ = 1000  # make ``ndarray * node`` call Node.__rmul__
+    __array_ufunc__ = None     # ``ndarray + node`` defers to the reflected operators; np.exp(node): TypeError
+
+    def __array_function__(self, func, types, args, kwargs):
+        # np.sum(node) returned the node itself (a 0-d object array's sum), silently
+        raise GraphTypeError(f"numpy.{func.__name__} does not take graph nodes ({self!r}); use the "
+                             f"graph's own functions (fastbp.sum, fastbp.maximum, fastbp.relu, ...)")
 
     def __init__(self, graph, op, inputs, shape, name=None, attrs=None, value=None):
         self.graph = graph
@@ -176,17 +183,9 @@ class Node:
         return _Transposed(self)
 
 
-class _Transposed:
-    """``W.T`` of a 2-D parameter ``W``: only meaningful as ``x @ W.T``."""
-    __slots__ = ("node",)
-    __array_ufunc__ = None      # ``ndarray @ W.T``: numpy defers to __rmatmul__
-
-    def __init__(self, node):
-        self.node = node
-
-    def __rmatmul__(self, other):
-        # a constant left operand (an array, a list) becomes a constant node of W's graph
-        return self.node._lift(other, "matmul") @ self
+# a rejected operation adds no node (the constant it lifted into the graph is taken out again)
+for _name in ("_binary", "__sub__", "__rsub__", "__matmul__", "__rmatmul__"):
+    setattr(Node, _name, _atomic(getattr(Node, _name)))
 
 
 class Graph:
@@ -586,10 +585,10 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, e
     attrs = {"eps": _norm_eps("batch_norm", eps), "has_w": weight is not None, "has_b": bias is not None,
              "momentum": momentum, "track": bool(track_running_stats), "running_mean": stats[0],
              "running_var": stats[1], "num_batches_tracked": int(num_batches_tracked)}
-    node = Node(g, "batch_norm", inputs, x.shape, attrs=attrs)
     if name is not None:
-        g._unique(name, "batch_norm")
-        node.name = name
+        g._unique(name, "batch_norm")       # before the node: a rejected name adds none
+    node = Node(g, "batch_norm", inputs, x.shape, name=name, attrs=attrs)
+    if name is not None:
         g._names[name] = node
     return node
 

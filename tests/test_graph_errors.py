@@ -71,3 +71,40 @@ def test_unknown_loss_and_optimizer_list_valid_ones():
 def test_incompatible_layer_widths():
     with pytest.raises(ValueError, match=r"Linear\(4, 2\) receives 3 features"):
         fastbp.Sequential(fastbp.Linear(5, 3), fastbp.ReLU(), fastbp.Linear(4, 2))
+
+
+@pytest.mark.parametrize("bad", [lambda x, W: x + np.ones((2, 3)), lambda x, W: np.ones((2, 3)) - x,
+                                 lambda x, W: x - np.ones((2, 3)), lambda x, W: x @ np.ones((5, 5)),
+                                 lambda x, W: np.ones((5, 5)) @ x, lambda x, W: fastbp.maximum(x, np.ones((2, 3))),
+                                 lambda x, W: fastbp.maximum(np.ones((2, 3)), x),
+                                 lambda x, W: fastbp.batch_norm(x, name="W")])
+def test_a_rejected_operation_adds_no_node(bad):
+    """The constant lifted for an operation whose shapes do not fit (and a batch_norm node
+    whose name was taken) stayed in ``g.nodes``; node ids and default names then shifted."""
+    g = fastbp.Graph()
+    x = g.input("x", (None, 3))
+    W = g.param("W", np.ones((3, 3)))
+    before = list(g.nodes)
+    with pytest.raises(GraphError):
+        bad(x, W)
+    assert g.nodes == before
+    y = x @ W + 1.0
+    assert [n.id for n in g.nodes] == list(range(len(g.nodes))) and y.name == f"add{y.id}"
+
+
+def test_numpy_functions_on_a_node_are_refused_and_operators_still_work():
+    """``np.sum(node)`` returned the node itself (its gradients then those of an unsummed output)."""
+    g = fastbp.Graph()
+    x = g.input("x", (None, 3))
+    W = g.param("W", np.ones((3, 3)))
+    with pytest.raises(TypeError, match=r"numpy.sum does not take graph nodes .*fastbp.sum"):
+        np.sum(x @ W)
+    with pytest.raises(TypeError):
+        np.maximum(x, 0)
+    for y in (np.ones(3) + x, np.ones(3) * x, np.ones(3) - x, np.ones((3, 3)) @ W, 2.0 * x):
+        assert isinstance(y, fastbp.Node)
+    out = fastbp.sum(np.ones((1, 3)) * (x @ W))
+    f = fastbp.grad(out, wrt=[W], batch_size=2)
+    val, grads = f(x=np.ones((2, 3)))
+    assert float(val) == 18.0
+    np.testing.assert_array_equal(grads["W"], np.full((3, 3), 2.0))
