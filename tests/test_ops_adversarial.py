@@ -261,3 +261,19 @@ def test_byte_swapped_float_arrays_are_refused_naming_the_byte_order():
         ops.relu_forward(np.ones((2, 3), np.float16))
     y = ops.relu_forward(x.astype(x.dtype.newbyteorder("=")))      # the advice works
     assert y.dtype == np.float64
+
+
+@pytest.mark.parametrize("dt", [np.float64, np.float32])
+def test_bce_with_logits_at_an_infinite_logit_is_the_losss_limit(dt):
+    """``max(s, 0) - s t`` at ``s = inf`` was ``inf - inf t``: NaN for t = 0.5 and t = 1 where
+    the loss is inf and 0 (PyTorch: inf and NaN).  The limit: ``(1 - t) inf`` at ``+inf``,
+    ``t inf`` at ``-inf``; the gradient ``sigmoid(s) - t`` stays."""
+    S = np.array([[np.inf, np.inf, np.inf, -np.inf, -np.inf, -np.inf]], dt)
+    T = np.array([[0.0, 0.5, 1.0, 0.0, 0.5, 1.0]], dt)
+    want = [np.inf, np.inf, 0.0, 0.0, np.inf, np.inf]
+    for j in range(S.shape[1]):
+        loss, dS = ops.bce_with_logits(S[:, j:j + 1], T[:, j:j + 1])
+        assert loss == want[j], (j, loss)
+        assert dS[0, 0] == dt((1.0 if S[0, j] > 0 else 0.0) - T[0, j])
+    loss, _ = ops.bce_with_logits(S[:, [2, 3]], T[:, [2, 3]])
+    assert loss == 0.0

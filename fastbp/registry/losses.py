@@ -194,7 +194,8 @@ def mse_row(S, T, dS, i, scale):
 
 
 def bce_logits_row(S, T, dS, i, scale):
-    """``sum_j max(s, 0) - s t + log(1 + exp(-|s|))`` (finite for any finite ``s``);
+    """``sum_j max(s, 0) - s t + log(1 + exp(-|s|))`` (finite for any finite ``s``; at an
+    infinite ``s`` its limit: ``(1 - t) inf`` at ``+inf``, ``t inf`` at ``-inf``, 0 for ``t`` 1 or 0);
     ``dL/ds = (sigmoid(s) - t) * scale``, computed as ``sigmoid(s) (1 - t) - t sigmoid(-s)``
     (the same for any ``t``): no cancellation where ``sigmoid(s)`` rounds to a target of 1
     (in float32 ``sigmoid(20) - 1`` is 0; this gives ``-sigmoid(-20) = -2.06e-9``)."""
@@ -202,7 +203,12 @@ def bce_logits_row(S, T, dS, i, scale):
     for j in range(S.shape[1]):
         s = S[i, j]
         t = T[i, j]
-        r += max(s, 0.0) - s * t + math.log1p(math.exp(-abs(s)))
+        if s == math.inf or s == -math.inf:
+            # the loss's limit at an infinite logit, (1 - t) inf or t inf (inf - inf t was NaN)
+            c = (1.0 - t) if s > 0.0 else t
+            r += 0.0 if c == 0.0 else c * math.inf
+        else:
+            r += max(s, 0.0) - s * t + math.log1p(math.exp(-abs(s)))
         dS[i, j] = (_sigmoid(s) * (type(t)(1.0) - t) - t * _sigmoid(-s)) * scale  # noqa: F821 - injected
     return r
 
