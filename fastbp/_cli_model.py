@@ -87,7 +87,9 @@ def predict(args):
             cols[f"proba_{c}"] = P[:, j]
     from ._tables import _import
     frame = _import("pandas", "fastbp predict writes CSV with pandas").DataFrame(cols)
-    fmt = "%.9g" if model.step.dtype == np.float32 else "%.17g"
+    # float32 probabilities to 9 digits (they round-trip); a regression's predictions in the
+    # targets' units are float64: their shortest exact repr (%.9g lost up to 5 units at 1.6e9)
+    fmt = None if model.task == "regression" else "%.9g" if model.step.dtype == np.float32 else "%.17g"
     if args.out is not None:
         write_output(args.out, "--out", text_writer(
             lambda f: frame.to_csv(f, index=False, float_format=fmt, lineterminator="\n")))

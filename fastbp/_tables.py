@@ -66,6 +66,9 @@ def _check_path(path):
         raise DataError(f"{path}: no such file")
     if os.path.isdir(path):
         raise DataError(f"{path}: is a directory, expected a .npz or .csv file")
+    if not os.path.isfile(path):
+        # a named pipe or a device: read twice (the data, then its lines), a pipe would hang
+        raise DataError(f"{path}: not a regular file (a pipe or a device); write the data to a file")
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".npz", ".csv", ".tsv", ".txt"):
         raise DataError(f"{path}: unknown file type {ext or '(no extension)'!r}, expected .npz or .csv")
@@ -180,15 +183,21 @@ class _Table:
         self._lines = None
         self.header_note = None
         self._from_cells = False        # set by _decide_header: decided from the cells alone
+        self._numbers_note = None       # set by _decide_header: a first row of numbers only, why
         self.has_header = self._decide_header(header, label_column, names_hint)
+        row = self.sep.join(str(c) for c in self.cells[0])
+        row = row if len(row) <= 60 else row[:57] + "..."
         if self.has_header and self._from_cells and np.isfinite(self.num[0]).any():
             # decided from the cells, on a first row that holds numbers: it may be a data row
             # with a typo ('?,0.7580,cat'), dropped as a header; say which line was taken
-            row = self.sep.join(str(c) for c in self.cells[0])
-            row = row if len(row) <= 60 else row[:57] + "..."
             self.header_note = (f"{path}: line {int(self.lines[0])} ({row!r}) was taken as the header "
                                 "(a cell that is not a number above a column of numbers); if it is a "
                                 "data row, pass --no-header")
+        elif header is None and self._numbers_note is not None:
+            self.header_note = (f"{path}: line {int(self.lines[0])} ({row!r}) was "
+                                f"{'taken as the header' if self.has_header else 'read as data'}: "
+                                f"{self._numbers_note}; if it is "
+                                f"{'a data row, pass --no-header' if self.has_header else 'the header, pass --header'}")
         if self.has_header:
             self.names = [str(c) for c in self.cells[0]]
             self.cells, self.num, self.rec = self.cells[1:], self.num[1:], self.rec[1:]
@@ -203,8 +212,18 @@ class _Table:
         row0 = [str(c) for c in self.cells[0]]
         if isinstance(label_column, str) and label_column in row0 and _as_int(label_column) is None:
             return True
+        numbers = bool(np.isfinite(self.num[0]).all())
         if names_hint and set(names_hint) <= set(_column_names(row0)):
-            return True
+            if not numbers:
+                return True
+            # numbers that are the model's (numeric) feature names: a header when they list them
+            # in the model's order (pandas' 0,1,2,...), a data row otherwise (counts '2,0,1')
+            in_order = [c for c in _column_names(row0) if c in set(names_hint)] == list(names_hint)
+            self._numbers_note = "numbers only, which are the model's feature names" + (
+                "" if in_order else " in another order")
+            return in_order
+        if numbers and self.width > 1 and row0 == [str(j) for j in range(self.width)]:
+            self._numbers_note = f"0 to {self.width - 1}, the header pandas writes by default"
         body = self.cells[1:]
         if body.shape[0] == 0:      # a lone line of words is a header without data
             return any(c.lower() not in _NA and np.isnan(v) for c, v in zip(row0, self.num[0]))

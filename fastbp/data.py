@@ -373,6 +373,10 @@ def read_features(path, n_features, feature_names=None, label_name=None, label_i
                             f"(the model's features: {', '.join(feature_names)})")
         lab = where.get(label_name) if label_name is not None else None
         extra = [n for j, n in enumerate(names) if n not in feature_names and j != lab]
+        if label_name is None and len(extra) == 1:
+            # a model that knows its features' names but not its label's (an estimator's save, an
+            # .npz's feature_names): the one other column is the label, as when matched by count
+            lab, extra = where[extra[0]], []
         if extra:
             raise DataError(f"{path}: column(s) {', '.join(map(repr, extra))} are not features of the "
                             f"model (its features: {', '.join(feature_names)}"

@@ -588,6 +588,19 @@ def test_regression_on_the_command_line(tmp_path, capsys):
     rc = cli.main(["train", "--quiet", "--task", "regression", "--data",
                    _csv(tmp_path, "bad.csv", "a,t\n1,2\n3,x\n4,5\n")])
     one_line_error(rc, "", capsys.readouterr().err, "line 3", "not a finite number")
+    # predictions in the targets' units, written exactly: a float32 model's were written with
+    # %.9g, up to 5 units off at 1.6e9 (timestamps, prices in cents)
+    big = tmp_path / "big.csv"
+    np.savetxt(big, np.column_stack([X, 1.6e9 + y]), delimiter=",", fmt="%.12g", header="a,b,target", comments="")
+    rc = cli.main(["train", "--quiet", "--task", "regression", "--data", str(big), "--epochs", "2",
+                   "--hidden", "16", "--save", str(tmp_path / "big.npz")])
+    assert rc == 0, capsys.readouterr().err
+    rc = cli.main(["predict", "--model", str(tmp_path / "big.npz"), "--data", str(big), "--out",
+                   str(tmp_path / "pred.csv")])
+    assert rc == 0, capsys.readouterr().err
+    want = fastbp.load_model(tmp_path / "big.npz").predict(X)
+    got = np.loadtxt(tmp_path / "pred.csv", delimiter=",", skiprows=1)
+    np.testing.assert_array_equal(got, want)
 
 
 def test_train_with_rmsprop_and_gradient_clipping(capsys):

@@ -1,5 +1,6 @@
 """fastbp.data: CSV/.npz reading on pandas, header decision, errors naming line and column,
 scikit-learn splits, labels and overflow-free scaling (issue 16 part 4, issue 17 defects 6 and 8)."""
+import os
 import sys
 import warnings
 
@@ -290,3 +291,46 @@ def test_integer_labels_beyond_2_53_stay_distinct_classes(tmp_path):
     with pytest.raises(DataError, match=r"f.csv: class label 100000000000000000001 on line 2 .*beyond int64"):
         data.encode_labels(np.array(["100000000000000000000", "100000000000000000001"]), "f.csv",
                            lines=np.array([1, 2]))
+
+
+def test_a_first_row_of_numbers_that_are_the_models_feature_names(tmp_path):
+    """A header-less file whose first row held the model's numeric feature names in another
+    order ('2,0,1' of counts) was taken as the header: the row was dropped and the others read
+    by name, permuted.  In the names' order (pandas' header '0,1,2') it is the header; either
+    way a note says which and how to override."""
+    names = ["0", "1", "2"]
+    p = write(tmp_path, "counts.csv", "2,0,1\n4,0,0\n0,4,0\n")
+    ds = data.read_features(p, 3, names)
+    np.testing.assert_array_equal(ds.X, [[2, 0, 1], [4, 0, 0], [0, 4, 0]])
+    assert "line 1 ('2,0,1') was read as data" in ds.header_note and "pass --header" in ds.header_note
+    p = write(tmp_path, "pandas.csv", "0,1,2\n2,0,1\n4,0,0\n")
+    ds = data.read_features(p, 3, names)
+    np.testing.assert_array_equal(ds.X, [[2, 0, 1], [4, 0, 0]])
+    assert "was taken as the header" in ds.header_note and "pass --no-header" in ds.header_note
+    ds = data.read_features(p, 3, names, header=False)        # said: data
+    assert ds.X.shape == (3, 3) and ds.header_note is None
+    # a model without feature names: pandas' default header is read as data, with a note
+    ds = data.read_features(p, 3)
+    assert ds.X.shape == (3, 3) and "0 to 2, the header pandas writes by default" in ds.header_note
+
+
+def test_a_model_without_a_label_name_takes_the_one_other_column_as_the_label(tmp_path):
+    """An estimator's save knows its features' names but not its label's: the file's label
+    column was 'not a feature of the model', in predict and evaluate alike."""
+    p = write(tmp_path, "d.csv", "b,y,a\n1,cat,2\n3,dog,4\n")
+    ds = data.read_features(p, 2, ["a", "b"])
+    np.testing.assert_array_equal(ds.X, [[2, 1], [4, 3]])
+    assert list(ds.labels) == ["cat", "dog"]
+    p = write(tmp_path, "e.csv", "b,y,z,a\n1,cat,0,2\n")
+    with pytest.raises(DataError, match=r"column\(s\) 'y', 'z' are not features of the model"):
+        data.read_features(p, 2, ["a", "b"])
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_named_pipe_is_refused_not_read_until_it_hangs(tmp_path):
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="not a regular file"):
+        data.read_dataset(str(fifo))
+    with pytest.raises(DataError, match="not a regular file"):
+        data.read_features(str(fifo), 3)
