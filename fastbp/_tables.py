@@ -57,6 +57,20 @@ def strip_cells(a):
 
 
 # ------------------------------------------------------------------ files
+def _blank_start(path):
+    """What is wrong when the file starts with a blank line (or one of spaces) before its content
+    (pandas reads no columns, or one), else ''."""
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as fh:
+            first = fh.readline()
+            rest = fh.read(1 << 16)
+    except OSError:
+        return ""
+    if first.strip() == "" and rest.strip() != "":
+        return "its first line is blank: remove the blank lines before the header or the first data row"
+    return ""
+
+
 def _check_path(path):
     try:
         path = os.fspath(path)
@@ -157,8 +171,10 @@ class _Table:
         except UnicodeDecodeError:
             raise DataError(f"{path}: not a text CSV file (cannot decode it as UTF-8)") from None
         except pd.errors.EmptyDataError:
-            raise DataError(f"{path}: the CSV file is empty") from None
+            raise DataError(f"{path}: {_blank_start(path) or 'the CSV file is empty'}") from None
         except pd.errors.ParserError as e:
+            if _blank_start(path):
+                raise DataError(f"{path}: {_blank_start(path)}") from None
             m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
             if m:
                 raise DataError(f"{path}: line {m.group(2)} has {m.group(3)} columns, expected "
@@ -166,6 +182,9 @@ class _Table:
             raise DataError(f"{path}: malformed CSV ({_one_line(e)})") from None
         cells = df.to_numpy(dtype=object)
         cells = strip_cells(cells)
+        if cells.shape[1] == 1 and cells[0, 0] == "" and _blank_start(path):
+            # a line of spaces first: pandas takes it for a one-column header row
+            raise DataError(f"{path}: {_blank_start(path)}")
         keep = np.flatnonzero((cells != "").any(axis=1))      # blank lines are skipped
         if keep.size == 0:
             raise DataError(f"{path}: the CSV file is empty")
@@ -202,7 +221,8 @@ class _Table:
             self.names = [str(c) for c in self.cells[0]]
             self.cells, self.num, self.rec = self.cells[1:], self.num[1:], self.rec[1:]
             if self.cells.shape[0] == 0:
-                raise DataError(f"{path}: the CSV file has a header but no data rows")
+                raise DataError(f"{path}: the CSV file has a header but no data rows (if its one line "
+                                "is a data row, pass --no-header)")
         else:
             self.names = None
 
@@ -225,8 +245,8 @@ class _Table:
         if numbers and self.width > 1 and row0 == [str(j) for j in range(self.width)]:
             self._numbers_note = f"0 to {self.width - 1}, the header pandas writes by default"
         body = self.cells[1:]
-        if body.shape[0] == 0:      # a lone line of words is a header without data
-            return any(c.lower() not in _NA and np.isnan(v) for c, v in zip(row0, self.num[0]))
+        if body.shape[0] == 0:      # a lone line of words (no number) is a header without data
+            return not np.isfinite(self.num[0]).any() and any(c.lower() not in _NA for c in row0)
         for j, c in enumerate(row0):
             if c.lower() in _NA or not np.isnan(self.num[0, j]):
                 continue

@@ -307,6 +307,10 @@ def read_dataset(path, label_column=None, delimiter=None, header=None):
         # the header was a guess that may be the cause (a data row with a typo): say so
         raise DataError(f"{e}; note: {t.header_note.split(': ', 1)[1]}") from None
     name = _column_names(t.names)[lab] if t.names is not None else None
+    if name is not None and name in fn:
+        # the model could not tell them apart when it reads a file by name (predict, evaluate)
+        raise DataError(f"{path}: the label column and a feature column are both named {name!r}; "
+                        "column names must differ")
     return Dataset(path, X, labels, fn, name, lab, t.width, t.lines, t.has_header, t.header_note)
 
 

@@ -334,3 +334,31 @@ def test_a_named_pipe_is_refused_not_read_until_it_hangs(tmp_path):
         data.read_dataset(str(fifo))
     with pytest.raises(DataError, match="not a regular file"):
         data.read_features(str(fifo), 3)
+
+
+@pytest.mark.parametrize("first", ["\n", "   \n", "\r\n"])
+def test_a_blank_first_line_is_named(tmp_path, first):
+    """A blank first line made the file 'empty'; one of spaces gave 'line 2 has 3 columns,
+    expected 1'."""
+    p = write(tmp_path, "b.csv", first + "x1,x2,label\n" + BODY)
+    with pytest.raises(DataError, match="its first line is blank: remove the blank lines"):
+        data.read_dataset(p)
+    with pytest.raises(DataError, match="the CSV file is empty"):
+        data.read_dataset(write(tmp_path, "e.csv", "\n\n"))
+
+
+def test_a_lone_line_with_numbers_is_a_data_row_and_a_lone_header_says_so(tmp_path):
+    ds = data.read_features(write(tmp_path, "one.csv", "0.1,0.2,0.3,dog\n"), 3)
+    np.testing.assert_array_equal(ds.X, [[0.1, 0.2, 0.3]])
+    assert list(ds.labels) == ["dog"]
+    with pytest.raises(DataError, match=r"a header but no data rows \(if its one line is a data row, "
+                                        r"pass --no-header\)"):
+        data.read_features(write(tmp_path, "h.csv", "a,b,c,label\n"), 3)
+
+
+def test_a_label_named_as_a_feature_is_refused_at_training(tmp_path):
+    """The model trained, then could not read its own training file (the header names a
+    column twice), and read a feature named like the label as the labels in evaluate."""
+    p = write(tmp_path, "d.csv", "a,label,label\n1,2,x\n3,4,y\n5,6,x\n")
+    with pytest.raises(DataError, match="label column and a feature column are both named 'label'"):
+        data.read_dataset(p, label_column=2)
