@@ -68,6 +68,9 @@ def predict(args):
     model = _load_model(args.model)
     if args.proba and model.task == "regression":
         raise CliError("--proba: a regression model has no class probabilities")
+    if args.proba and model.step.loss not in ("softmax_cross_entropy", "bce_with_logits"):
+        raise CliError(f"--proba: the model was trained with loss {model.step.loss!r}, whose outputs are "
+                       "not probabilities")
     ds = _read(args, model)
     pred = model.predict(ds.X)
     cols = {}

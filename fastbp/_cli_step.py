@@ -19,6 +19,10 @@ def build_step(args, n_in, n_out, n_train):
     model = mlp([n_in, *args.hidden, n_out], args.activation, batchnorm=args.batchnorm, dropout=args.dropout)
     opt = optimizer_from_args(args)
     bs = min(args.batch_size, n_train)
+    if args.batchnorm and n_train % bs == 1:
+        # said before anything is compiled or trained (the step would raise at that minibatch)
+        raise CliError(f"--batchnorm: with --batch-size {args.batch_size} the {n_train} training rows leave a "
+                       "minibatch of 1 row, which cannot be batch-normalised; pick another --batch-size")
     schedule = schedule_from_args(args, -(-n_train // bs), lambda m: UsageError(f"fastbp train: error: {m}"))
     try:
         step = fastbp.compile(model, loss=args.loss, optimizer=opt, batch_size=bs,

@@ -255,13 +255,28 @@ def test_train_on_user_csv_with_header_and_string_labels(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("loss", ["svm", "mse", "bce_with_logits"])
-def test_other_losses(loss, capsys):
+def test_other_losses(loss, capsys, tmp_path):
+    model = tmp_path / "m.npz"
     rc = cli.main(["train", "--quiet", "--epochs", "3", "--hidden", "32", "--loss", loss,
-                   "--activation", "tanh"])
+                   "--activation", "tanh", "--save", str(model)])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert f"loss {loss}" in cap.out
     assert accuracy_of(cap.out) > 0.5
+    if loss != "bce_with_logits":
+        # said before the data is read (it came from the API after the predictions, without --proba)
+        data_file = _csv(tmp_path, "x.csv", "1,2\n")
+        rc = cli.main(["predict", "--model", str(model), "--data", data_file, "--proba"])
+        one_line_error(rc, "", capsys.readouterr().err, f"--proba: the model was trained with loss '{loss}'")
+
+
+def test_batchnorm_with_a_last_minibatch_of_one_row_is_refused_before_training(tmp_path, capsys):
+    p = _csv(tmp_path, "b.csv", "\n".join(_blob_rows(20)) + "\n")         # 40 rows: 32 to train
+    rc = cli.main(["train", "--quiet", "--batchnorm", "--data", p, "--batch-size", "31"])
+    cap = capsys.readouterr()
+    one_line_error(rc, cap.out, cap.err, "--batchnorm", "--batch-size 31", "32 training rows",
+                   "minibatch of 1 row")
+    assert "test accuracy" not in cap.out
 
 
 def test_plot_writes_png(tmp_path, capsys):
