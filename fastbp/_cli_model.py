@@ -170,6 +170,9 @@ def evaluate(args):
         err = pred - y
         from .training import r2_score
         r2 = r2_score(y, pred)
+        if n < 2 or np.ptp(y) == 0:
+            warn(f"R^2 is not defined for {'one sample' if n < 2 else 'targets that are all equal'}: "
+                 "the value is scikit-learn's convention (1 if predicted exactly, else 0)")
         out(f"R^2: {r2:.4f}")
         out(f"RMSE: {float(np.sqrt(np.mean(err ** 2))):.6g}")
         out(f"MAE: {float(np.mean(np.abs(err))):.6g}")
@@ -177,9 +180,10 @@ def evaluate(args):
     true = _true_indices(model, ds.labels, ds)
     unseen = np.flatnonzero(true < 0)
     if unseen.size:
-        names = sorted({str(v) for v in np.asarray(ds.labels)[unseen].tolist()})[:5]
-        warn(f"{unseen.size} samples have labels the model never saw ({', '.join(map(repr, names))}"
-             f"{', ...' if unseen.size > 5 else ''}): counted as errors")
+        names = sorted({str(v) for v in np.asarray(ds.labels)[unseen].tolist()})
+        warn(f"{unseen.size} samples have labels the model never saw ({', '.join(map(repr, names[:5]))}"
+             f"{', ...' if len(names) > 5 else ''}): counted as errors in the accuracy, left out of the "
+             "report's rows")
     pred = np.argmax(model.decision_function(ds.X), axis=1)
     correct = int(np.sum(pred == true))
     out(f"accuracy: {correct / n:.4f} ({correct}/{n})")

@@ -616,6 +616,11 @@ def test_regression_on_the_command_line(tmp_path, capsys):
     want = fastbp.load_model(tmp_path / "big.npz").predict(X)
     got = np.loadtxt(tmp_path / "pred.csv", delimiter=",", skiprows=1)
     np.testing.assert_array_equal(got, want)
+    # R^2 of one sample is undefined: printed with scikit-learn's convention, and said so
+    rc = cli.main(["evaluate", "--model", str(tmp_path / "big.npz"), "--data",
+                   _csv(tmp_path, "one.csv", "a,b,target\n0.5,0.25,1600000000\n")])
+    cap = capsys.readouterr()
+    assert rc == 0 and "R^2 is not defined for one sample" in cap.err and "R^2: " in cap.out
 
 
 def test_train_with_rmsprop_and_gradient_clipping(capsys):
