@@ -366,3 +366,27 @@ def test_the_memory_check_counts_every_layers_buffers_exactly(dtype):
         assert buffers == step.arena.nbytes + 8 * 2 * 48
         n_params = sum(v.size for v in step.params.values())
         assert need == buffers + 8 * (n_params + 64 * 64)       # + the float64 initial weights
+
+
+@pytest.mark.parametrize("scale", [2.0 ** -1070, 2.0 ** -1000, 1e300, 1.7e308, "equal 5e-324"])
+def test_sample_weights_weigh_by_their_ratios_at_any_scale(scale):
+    """All-equal weights of 5e-324 gave a loss of 0.5 and NaN gradients, 1.7e308 an infinite
+    sum: the weights are scaled by an exact power of two before they are summed."""
+    m = fastbp.Sequential(fastbp.Linear(3, 4), fastbp.Tanh(), fastbp.Linear(4, 3))
+    s = fastbp.compile(m, optimizer=fastbp.SGD(lr=0.1), batch_size=4, dtype=np.float64, seed=0)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 3)), np.array([0, 1, 2, 0])
+    w = np.array([1.0, 2.0, 0.5, 1.0])
+    want = s.loss_and_grads(x, y, sample_weight=w)
+    g = s.grad_vector.copy()
+    if scale == "equal 5e-324":         # the smallest float64, all equal: unweighted
+        w = np.ones(4)
+        want = s.loss_and_grads(x, y, sample_weight=w)
+        g = s.grad_vector.copy()
+        tiny = np.full(4, 5e-324)
+    else:
+        tiny = w * scale if scale < 1 else w / w.max() * scale       # the same ratios
+    with np.errstate(over="ignore"):
+        got = s.loss_and_grads(x, y, sample_weight=tiny)
+    assert got == pytest.approx(want, rel=1e-14)
+    np.testing.assert_allclose(s.grad_vector, g, rtol=1e-13, atol=1e-16)

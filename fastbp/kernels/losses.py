@@ -231,11 +231,21 @@ def weigh_rows(dS, rowloss, ws64, w0, per_element):
     elements, else 1) becomes ``sum_i w_i rowloss_i / (k sum_i w_i)``, scikit-learn's
     weighted mean, and row ``i`` of its gradient ``dS`` is multiplied by ``B w_i / sum(w)``.
     Returns the weighted loss; NaN (a non-finite loss to the caller) when the weights sum
-    to 0 or ``ws64`` has no room for them.  Called inside the interpreter."""
+    to 0 or ``ws64`` has no room for them.  Weights beyond ``2^+-400`` are first scaled in
+    ``ws64`` by an exact power of two (scale-invariant).  Called inside the interpreter."""
     B = dS.shape[0]
     if ws64.shape[0] < w0 + B:
         return math.nan
     w = ws64[w0:w0 + B]
+    wmax = 0.0
+    for i in range(B):
+        wmax = max(wmax, w[i])
+    if 0.0 < wmax < math.inf and not 2.0 ** -400 <= wmax <= 2.0 ** 400:
+        # subnormal or huge weights (all 5e-324 gave a loss of 0.5 and NaN gradients): scaled
+        # in their buffer by an exact power of two, so that they weigh as their ratios say
+        e = math.frexp(wmax)[1]
+        for i in range(B):
+            w[i] = math.ldexp(w[i], -e)
     sw = 0.0
     swl = 0.0
     for i in range(B):
