@@ -12,6 +12,7 @@ from .optimizers import Adam, AdamW, RMSprop, SGD
 from .registry import activations as _acts
 from .registry import losses as _losses
 from .step import TrainStep
+from ._torch_state import export_state, import_state, record, torch_moved
 
 __all__ = ["from_torch", "TorchTrainStep"]
 
@@ -48,6 +49,19 @@ class TorchTrainStep(TrainStep):
     _torch_counts = ()
     #: (parameter, the tensor over its gradient in the step's arena) for each model parameter
     _torch_grads = ()
+    #: the torch state tensors sync_to_torch wrote, with their versions (fastbp._torch_state.record)
+    _torch_synced = ()
+
+    def _follow_torch(self):
+        """Before a training call: the torch optimizer's state, when PyTorch stepped it (or
+        replaced it) since :meth:`sync_to_torch` wrote it there (a stretch of plain PyTorch
+        training between fused steps: fastbp went on with its own older momentum or moments,
+        and the next sync overwrote PyTorch's), then its learning rate."""
+        if self._torch_synced and torch_moved(self._torch_synced, self._torch_opt):
+            with self._lock:
+                import_state(self._torch_opt, self._torch_params, self, _torch())
+                self._torch_synced = record(self._torch_synced, self._torch_opt)
+        self._follow_torch_lr()
 
     def _follow_torch_lr(self, check_hyper=True):
         """Take the torch optimizer's current ``param_groups`` learning rate when it changed
@@ -105,29 +119,7 @@ class TorchTrainStep(TrainStep):
             return self
         self._follow_torch_lr(check_hyper=False)    # a scheduler's rate set after the last step wins
         with self._lock:
-            name = self.optimizer.name
-            if name == "sgd":
-                keys = ("momentum_buffer",) if self.optimizer.momentum != 0.0 else ()
-            elif name == "adam":
-                keys = ("exp_avg", "exp_avg_sq")
-            else:
-                keys = self.optimizer.state_names
-            steps = self.n_steps
-            if name == "adam":
-                t = float(self.hyper[ex.H_T])
-            else:
-                t = self._torch_step0[0] + (steps - self._torch_step0[1])
-            p0 = self.plan.param_region[0]
-            for p, key in self._torch_params:
-                live = self.params[key]
-                off = live.__array_interface__["data"][0] - self.arena.__array_interface__["data"][0]
-                off = off // self.arena.itemsize - p0
-                n = live.size
-                st = opt.state[p]
-                for k, vec in zip(keys, self.state_vectors):
-                    st[k] = torch.from_numpy(vec[off:off + n].reshape(live.shape).copy())
-                if name != "sgd":       # (0 before any update: torch's own first state)
-                    st["step"] = torch.tensor(float(t), dtype=_step_dtype(torch))
+            self._torch_synced = export_state(self, opt, torch)
             lr = float(self.hyper[ex.H_LR])
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -149,7 +141,7 @@ class TorchTrainStep(TrainStep):
     def __call__(self, x, y, sample_weight=None):
         """:meth:`fastbp.TrainStep.__call__` on tensors or arrays, at the torch optimizer's
         current learning rate (see :func:`from_torch`)."""
-        self._follow_torch_lr()
+        self._follow_torch()
         sw = None if sample_weight is None else self._np(sample_weight, "sample_weight")
         loss = super().__call__(self._np(x, "x"), self._np(y, "y"), sw)
         self._torch_stepped()
@@ -196,7 +188,7 @@ class TorchTrainStep(TrainStep):
         if isinstance(validation_data, (tuple, list)) and len(validation_data) == 2:
             validation_data = (self._np(validation_data[0], "validation_data[0]"),
                                self._np(validation_data[1], "validation_data[1]"))
-        self._follow_torch_lr()
+        self._follow_torch()
         history = super().fit(self._np(X, "X"), self._np(Y, "Y"), epochs=epochs, shuffle=shuffle, seed=seed,
                               validation_data=validation_data, **kwargs)
         self._torch_stepped()
@@ -204,11 +196,6 @@ class TorchTrainStep(TrainStep):
 
     def predict(self, X):
         return super().predict(self._np(X, "X"))
-
-
-def _step_dtype(torch):
-    """The dtype of ``opt.state[p]["step"]`` (torch.optim's ``_get_scalar_dtype``)."""
-    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
 def _loss_name(loss, torch):
@@ -435,7 +422,8 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
                 p.data = torch.from_numpy(live)
                 p.grad = torch.from_numpy(step.grads[f"{prefix}.{key}"])
                 step._torch_grads.append((p, p.grad))
-    _import_optimizer_state(optimizer, names, step, torch)
+    import_state(optimizer, [(getattr(m, attr), f"{prefix}.{key}") for prefix, m in names
+                             for attr, key in _param_keys(m, torch)], step, torch)
     step.clip_grad_norm = clip or None
     if isinstance(optimizer, torch.optim.Optimizer):
         step._torch_opt = optimizer
@@ -507,41 +495,6 @@ def _check_trainable(model, optimizer, torch):
             if in_opt is not None and id(p) not in in_opt:
                 raise ValueError(f"model layer {i}'s {n} is not in the optimizer's parameter groups; fastbp "
                                  f"trains every parameter of the model (give the optimizer model.parameters())")
-
-
-def _import_optimizer_state(opt, names, step, torch):
-    """Carry over momentum / Adam moments of a torch optimizer that already stepped."""
-    if opt is None or not isinstance(opt, torch.optim.Optimizer) or not opt.state:
-        return
-    p0 = step.plan.param_region[0]
-    steps = set()
-    for prefix, m in names:
-        for attr, key in _param_keys(m, torch):
-            p = getattr(m, attr)
-            st = opt.state.get(p) if p is not None else None
-            if not st:
-                continue
-            live = step.params[f"{prefix}.{key}"]
-            off = live.__array_interface__["data"][0] - step.arena.__array_interface__["data"][0]
-            off = off // step.arena.itemsize - p0
-            n = live.size
-            if isinstance(step.optimizer, SGD):
-                bufs = [st.get("momentum_buffer")]
-            elif isinstance(step.optimizer, RMSprop):
-                bufs = [st.get(k) for k in step.optimizer.state_names]
-            else:
-                bufs = [st.get("exp_avg"), st.get("exp_avg_sq")]
-            for vec, b in zip(step.state_vectors, bufs):
-                if b is not None:
-                    vec[off:off + n] = b.detach().numpy().ravel()
-            if "step" in st:
-                steps.add(float(st["step"]))
-    if len(steps) > 1:
-        raise ValueError("optimizer: parameters have taken different numbers of steps")
-    if steps and isinstance(step.optimizer, Adam):
-        step.hyper[ex.H_T] = steps.pop()
-    elif steps and isinstance(step.optimizer, RMSprop):
-        step._torch_step0 = (steps.pop(), step.n_steps)
 
 
 def _norm_layer(m, i, torch):

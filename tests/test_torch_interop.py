@@ -339,3 +339,42 @@ def test_p_grad_is_the_steps_gradient_again_after_zero_grad_or_a_torch_backward(
         step.loss_and_grads(x, y)
         np.testing.assert_array_equal(w.grad.numpy(), step.grads["0.W"])
         np.testing.assert_array_equal(model[0].bias.grad.numpy(), step.grads["0.b"])
+
+
+@pytest.mark.parametrize("make", [lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+                                  lambda p: torch.optim.Adam(p, lr=0.01),
+                                  lambda p: torch.optim.RMSprop(p, lr=0.01, momentum=0.5, centered=True)],
+                         ids=["sgd", "adam", "rmsprop"])
+def test_fused_then_torch_then_fused_again_is_one_torch_run(make):
+    """After sync_to_torch and a stretch of plain PyTorch steps, the step went on with its own
+    older momentum / moments (weights 7e-2 off a pure PyTorch run, Adam's step 10 for 15): it
+    now takes PyTorch's state first when PyTorch stepped it."""
+    import copy
+    nn = torch.nn
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3)).double()
+    b = copy.deepcopy(a)
+    X, Y = torch.randn(40, 5, dtype=torch.float64), torch.randint(0, 3, (40,))
+    batches = [(X[(k % 5) * 8:(k % 5) * 8 + 8], Y[(k % 5) * 8:(k % 5) * 8 + 8]) for k in range(15)]
+    ob = make(b.parameters())
+    for xb, yb in batches:
+        ob.zero_grad()
+        nn.functional.cross_entropy(b(xb), yb).backward()
+        ob.step()
+    oa = make(a.parameters())
+    s = fastbp.from_torch(a, loss=nn.CrossEntropyLoss(), optimizer=oa, batch_size=8)
+    for k, (xb, yb) in enumerate(batches):
+        if 5 <= k < 10:
+            if k == 5:
+                s.sync_to_torch()
+            oa.zero_grad()
+            nn.functional.cross_entropy(a(xb), yb).backward()
+            oa.step()
+        else:
+            s(xb, yb)
+    s.sync_to_torch()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-10, atol=1e-12)
+    for p in a.parameters():
+        if "step" in oa.state[p]:
+            assert float(oa.state[p]["step"]) == 15.0

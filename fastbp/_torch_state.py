@@ -1,0 +1,113 @@
+"""The optimizer state between a :func:`fastbp.from_torch` step and its torch optimizer.
+
+The fused step keeps the optimizer state (SGD's momentum, Adam's moments, RMSprop's
+averages, the step counts) in its own vectors.  :func:`import_state` reads a torch
+optimizer's ``opt.state`` into them (a torch optimizer that already stepped, or one that
+stepped again after :meth:`~fastbp.torch_interop.TorchTrainStep.sync_to_torch`);
+:func:`export_state` writes them into ``opt.state`` in PyTorch's layout and returns a
+:func:`record` of what it wrote, which :func:`torch_moved` compares (the tensors'
+identities and in-place versions) to see whether PyTorch stepped since.
+
+PyTorch is passed in (``torch``): importing this module does not import it.
+"""
+from __future__ import annotations
+
+from . import _isa as ex
+from .optimizers import Adam, RMSprop, SGD
+
+__all__ = ["import_state", "export_state", "record", "torch_moved", "step_dtype"]
+
+
+def step_dtype(torch):
+    """The dtype of ``opt.state[p]["step"]`` (torch.optim's ``_get_scalar_dtype``)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _slice(step, key):
+    """The part of the step's state vectors that parameter ``key`` owns: ``(offset, live)``."""
+    live = step.params[key]
+    off = live.__array_interface__["data"][0] - step.arena.__array_interface__["data"][0]
+    return off // step.arena.itemsize - step.plan.param_region[0], live
+
+
+def import_state(opt, pairs, step, torch):
+    """Read the state of torch optimizer ``opt`` for ``pairs`` ``(parameter, step key)`` into
+    the step's state vectors (momentum, Adam's moments, RMSprop's averages) and its step
+    count (Adam's ``t``; RMSprop's count from here on).  Parameters without state (or None)
+    are skipped; ValueError when the parameters have taken different numbers of steps."""
+    if opt is None or not isinstance(opt, torch.optim.Optimizer) or not opt.state:
+        return
+    steps = set()
+    for p, key in pairs:
+        st = opt.state.get(p) if p is not None else None
+        if not st:
+            continue
+        off, live = _slice(step, key)
+        n = live.size
+        if isinstance(step.optimizer, SGD):
+            bufs = [st.get("momentum_buffer")]
+        elif isinstance(step.optimizer, RMSprop):
+            bufs = [st.get(k) for k in step.optimizer.state_names]
+        else:
+            bufs = [st.get("exp_avg"), st.get("exp_avg_sq")]
+        for vec, b in zip(step.state_vectors, bufs):
+            if b is not None:
+                vec[off:off + n] = b.detach().numpy().ravel()
+        if "step" in st:
+            steps.add(float(st["step"]))
+    if len(steps) > 1:
+        raise ValueError("optimizer: parameters have taken different numbers of steps")
+    if steps and isinstance(step.optimizer, Adam):
+        step.hyper[ex.H_T] = steps.pop()
+    elif steps and isinstance(step.optimizer, RMSprop):
+        step._torch_step0 = (steps.pop(), step.n_steps)
+
+
+def export_state(step, opt, torch):
+    """Write the step's optimizer state into ``opt.state`` (copies, PyTorch's layout: SGD's
+    ``momentum_buffer`` with momentum; Adam/AdamW ``step``, ``exp_avg``, ``exp_avg_sq``;
+    RMSprop ``step``, ``square_avg``, ``momentum_buffer``, ``grad_avg``); returns the
+    :func:`record` of the tensors written.  The caller holds the step's lock."""
+    name = step.optimizer.name
+    if name == "sgd":
+        keys = ("momentum_buffer",) if step.optimizer.momentum != 0.0 else ()
+    elif name == "adam":
+        keys = ("exp_avg", "exp_avg_sq")
+    else:
+        keys = step.optimizer.state_names
+    if name == "adam":
+        t = float(step.hyper[ex.H_T])
+    else:
+        t = step._torch_step0[0] + (step.n_steps - step._torch_step0[1])
+    written = []
+    for p, key in step._torch_params:
+        off, live = _slice(step, key)
+        n = live.size
+        st = opt.state[p]
+        for k, vec in zip(keys, step.state_vectors):
+            st[k] = torch.from_numpy(vec[off:off + n].reshape(live.shape).copy())
+            written.append((p, k))
+        if name != "sgd":       # (0 before any update: torch's own first state)
+            st["step"] = torch.tensor(float(t), dtype=step_dtype(torch))
+            written.append((p, "step"))
+    return record(written, opt)
+
+
+def record(entries, opt):
+    """``(parameter, state key, tensor, its version)`` of each ``(parameter, state key, ...)``
+    entry as ``opt.state`` holds it now (``_version``: torch's count of in-place changes)."""
+    out = []
+    for p, k, *_ in entries:
+        t = opt.state[p].get(k)
+        out.append((p, k, t, getattr(t, "_version", None)))
+    return tuple(out)
+
+
+def torch_moved(rec, opt):
+    """Whether ``opt.state`` changed since :func:`record` made ``rec``: a state tensor
+    stepped in place (``opt.step()``), replaced (``opt.load_state_dict``) or removed."""
+    for p, k, t, version in rec:
+        now = opt.state.get(p, {}).get(k)
+        if now is not t or getattr(now, "_version", None) != version:
+            return True
+    return False
