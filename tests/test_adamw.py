@@ -90,3 +90,25 @@ def test_by_name_and_checkpoint_keep_the_class(tmp_path):
 def test_bad_arguments_name_adamw(kw, exc, msg):
     with pytest.raises(exc, match=msg):
         fastbp.AdamW(**kw)
+
+
+@pytest.mark.parametrize("make, slot, coef", [
+    (lambda: fastbp.Adam(lr=1e-3), 1, 1.0 - 0.999),
+    (lambda: fastbp.Adam(lr=1e-3, betas=(0.8, 0.9999)), 0, 1.0 - 0.8),
+    (lambda: fastbp.RMSprop(lr=1e-3, alpha=0.999), 0, 1.0 - 0.999),
+])
+def test_float32_moments_use_one_minus_beta_rounded_once(make, slot, coef):
+    """``1 - b2`` was computed in float32: 1 - float32(0.999) = 0.00099998713, so every float32
+    Adam step was 6.5e-6 too large (fastbp drifted from scikit-learn's float32 fits: 2e-3 after
+    200 epochs).  PyTorch and scikit-learn round the float64 ``1 - b2`` once."""
+    s = fastbp.compile(fastbp.Sequential(fastbp.Linear(6, 5)), optimizer=make(), batch_size=8,
+                       dtype=np.float32, loss="mse", seed=0)
+    r = np.random.default_rng(0)
+    x, y = r.standard_normal((8, 6)).astype(np.float32), r.standard_normal((8, 5)).astype(np.float32)
+    s.loss_and_grads(x, y)
+    g = s.grad_vector.astype(np.float64)
+    s(x, y)
+    state = s.state_vectors[slot].astype(np.float64)
+    k = np.abs(g) > 1e-3
+    ratio = state[k] / (g[k] ** 2 if (slot == 1 or isinstance(s.optimizer, fastbp.RMSprop)) else g[k])
+    np.testing.assert_allclose(ratio, np.float32(coef), rtol=3e-7)

@@ -56,12 +56,13 @@ def _t_adam(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled):
     sbc2 = dt(math.sqrt(bc2))
     b1 = dt(beta1)
     b2 = dt(beta2)
-    one = dt(1.0)
+    c1 = dt(1.0 - beta1)        # in float64, rounded once (as PyTorch's and scikit-learn's)
+    c2 = dt(1.0 - beta2)
     e = dt(eps)
     wd = dt(weight_decay)
     decay = dt(1.0 - lr * weight_decay)
     for i in prange(p.shape[0]):
-        _adam_element(p, g, m, v, i, step, sbc2, b1, b2, one, e, wd, decay, _MODE)  # noqa: F821
+        _adam_element(p, g, m, v, i, step, sbc2, b1, b2, c1, c2, e, wd, decay, _MODE)  # noqa: F821
 
 
 # One kernel per weight-decay mode, the mode a constant in each: a step compiles (or loads)
@@ -107,7 +108,7 @@ def _rmsprop_update(p, g, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum)
     dt = p.dtype.type
     lr_ = dt(lr)
     a = dt(alpha)
-    one = dt(1.0)
+    ca = dt(1.0 - alpha)        # in float64, rounded once (as PyTorch's)
     e = dt(eps)
     wd = dt(weight_decay)
     mu = dt(momentum)
@@ -120,16 +121,16 @@ def _rmsprop_update(p, g, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum)
     n = p.shape[0]
     if centered and use_mom:
         for i in prange(n):
-            _rmsprop_element(p, g, sq, buf, gavg, i, lr_, a, one, e, wd, use_wd, mu, True, True)
+            _rmsprop_element(p, g, sq, buf, gavg, i, lr_, a, ca, e, wd, use_wd, mu, True, True)
     elif centered:
         for i in prange(n):
-            _rmsprop_element(p, g, sq, buf, gavg, i, lr_, a, one, e, wd, use_wd, mu, True, False)
+            _rmsprop_element(p, g, sq, buf, gavg, i, lr_, a, ca, e, wd, use_wd, mu, True, False)
     elif use_mom:
         for i in prange(n):
-            _rmsprop_element(p, g, sq, buf, gavg, i, lr_, a, one, e, wd, use_wd, mu, False, True)
+            _rmsprop_element(p, g, sq, buf, gavg, i, lr_, a, ca, e, wd, use_wd, mu, False, True)
     else:
         for i in prange(n):
-            _rmsprop_element(p, g, sq, buf, gavg, i, lr_, a, one, e, wd, use_wd, mu, False, False)
+            _rmsprop_element(p, g, sq, buf, gavg, i, lr_, a, ca, e, wd, use_wd, mu, False, False)
 
 
 @kernel

@@ -105,13 +105,15 @@ def adam_eps(eps, beta2, t, eps_hat):
     return eps
 
 
-def adam_element(p, g, m, v, i, step, sbc2, b1, b2, one, e, wd, decay, mode):
+def adam_element(p, g, m, v, i, step, sbc2, b1, b2, c1, c2, e, wd, decay, mode):
     """Element ``i`` of Adam's update (``torch.optim.Adam``; ``mode`` ADAM_DECOUPLED:
-    ``AdamW``), in place: ``m = b1 m + (1 - b1) g``; ``v = b2 v + (1 - b2) g^2``;
-    ``p -= step m / (sqrt(v) / sbc2 + e)`` with ``step = lr / (1 - b1^t)`` and
-    ``sbc2 = sqrt(1 - b2^t)`` (computed once per update, in float64, by the caller).
-    Weight decay: ADAM_L2 ``g += wd p`` first, ADAM_DECOUPLED ``p *= decay``
-    (``1 - lr wd``) first.  The one body the CPU kernel
+    ``AdamW``), in place: ``m = b1 m + c1 g``; ``v = b2 v + c2 g^2`` with ``c1 = 1 - b1``,
+    ``c2 = 1 - b2``; ``p -= step m / (sqrt(v) / sbc2 + e)`` with ``step = lr / (1 - b1^t)``
+    and ``sbc2 = sqrt(1 - b2^t)``.  ``step``, ``sbc2``, ``c1`` and ``c2`` are computed by the
+    caller in float64 and rounded once to the arrays' dtype, as PyTorch and scikit-learn
+    compute them (``1 - b2`` in float32 is 0.00099998713 for b2 = 0.999: every float32 step
+    was 6.5e-6 too large).  Weight decay: ADAM_L2 ``g += wd p`` first, ADAM_DECOUPLED
+    ``p *= decay`` (``1 - lr wd``) first.  The one body the CPU kernel
     (:func:`fastbp.kernels.optim._adam_update`) and the CUDA kernel
     (:func:`fastbp.kernels.cuda.optim._k_adam`) compile.  Constants in the arrays' dtype."""
     gi = g[i]
@@ -120,8 +122,8 @@ def adam_element(p, g, m, v, i, step, sbc2, b1, b2, one, e, wd, decay, mode):
         pi = pi * decay
     elif mode == ADAM_L2:
         gi = gi + wd * pi
-    mi = b1 * m[i] + (one - b1) * gi
-    vi = b2 * v[i] + (one - b2) * gi * gi
+    mi = b1 * m[i] + c1 * gi
+    vi = b2 * v[i] + c2 * gi * gi
     m[i] = mi
     v[i] = vi
     # divisions through fastmath.div: IEEE division, without the zero-divisor test and
@@ -129,17 +131,18 @@ def adam_element(p, g, m, v, i, step, sbc2, b1, b2, one, e, wd, decay, mode):
     p[i] = pi - _div(step * mi, _div(math.sqrt(vi), sbc2) + e)
 
 
-def rmsprop_element(p, g, sq, buf, gavg, i, lr, a, one, e, wd, use_wd, mu, centered, use_mom):
+def rmsprop_element(p, g, sq, buf, gavg, i, lr, a, ca, e, wd, use_wd, mu, centered, use_mom):
     """Element ``i`` of RMSprop's update (``torch.optim.RMSprop``), in place: the one body
     the CPU kernel (:func:`fastbp.kernels.optim._rmsprop_update`) and the CUDA kernel
-    (:func:`fastbp.kernels.cuda.optim._k_rmsprop`) compile.  Constants in the arrays' dtype."""
+    (:func:`fastbp.kernels.cuda.optim._k_rmsprop`) compile.  Constants in the arrays' dtype;
+    ``ca = 1 - a`` computed by the caller in float64 and rounded once, as PyTorch's."""
     gi = g[i]
     if use_wd:
         gi = gi + wd * p[i]
-    si = a * sq[i] + (one - a) * gi * gi
+    si = a * sq[i] + ca * gi * gi
     sq[i] = si
     if centered:
-        ai = gavg[i] + (one - a) * (gi - gavg[i])
+        ai = gavg[i] + ca * (gi - gavg[i])
         gavg[i] = ai
         d = math.sqrt(si - ai * ai) + e
     else:

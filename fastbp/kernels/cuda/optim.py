@@ -48,7 +48,8 @@ def _k_adam(p, g, m, v, step, sbc2, beta1, beta2, eps, weight_decay, decay, deco
     sbc2_ = dt(sbc2)
     b1 = dt(beta1)
     b2 = dt(beta2)
-    one = dt(1.0)
+    c1 = dt(1.0 - beta1)        # in float64, rounded once (as the CPU kernel)
+    c2 = dt(1.0 - beta2)
     e = dt(eps)
     wd = dt(weight_decay)
     decay_ = dt(decay)
@@ -58,7 +59,7 @@ def _k_adam(p, g, m, v, step, sbc2, beta1, beta2, eps, weight_decay, decay, deco
     start = cuda.grid(1)
     stride = cuda.gridsize(1)
     for i in range(start, p.shape[0], stride):
-        _adam_element(p, g, m, v, i, step_, sbc2_, b1, b2, one, e, wd, decay_, mode)
+        _adam_element(p, g, m, v, i, step_, sbc2_, b1, b2, c1, c2, e, wd, decay_, mode)
 
 
 @kernel
@@ -66,7 +67,7 @@ def _k_rmsprop(p, g, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum):
     dt = p.dtype.type
     lr_ = dt(lr)
     a = dt(alpha)
-    one = dt(1.0)
+    ca = dt(1.0 - alpha)        # in float64, rounded once (as the CPU kernel)
     e = dt(eps)
     wd = dt(weight_decay)
     mu = dt(momentum)
@@ -76,7 +77,7 @@ def _k_rmsprop(p, g, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum):
     start = cuda.grid(1)
     stride = cuda.gridsize(1)
     for i in range(start, p.shape[0], stride):
-        _rmsprop_element(p, g, sq, buf, gavg, i, lr_, a, one, e, wd, use_wd, mu, centered, use_mom)
+        _rmsprop_element(p, g, sq, buf, gavg, i, lr_, a, ca, e, wd, use_wd, mu, centered, use_mom)
 
 
 @kernel
