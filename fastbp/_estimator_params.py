@@ -14,7 +14,7 @@ import numbers
 import numpy as np
 
 from ._bf16 import PRECISIONS, known as known_precision
-from .builders import activation_names
+from .builders import activation_layer, activation_names
 
 try:    # scikit-learn's class (since 1.2): code that catches it catches fastbp's checks too
     from sklearn.utils._param_validation import InvalidParameterError
@@ -86,17 +86,24 @@ def hidden_sizes(est):
 
 def check_same_model(est, hidden=None, incremental=True, call="partial_fit"):
     """A call that continues a fitted estimator's compiled model (``partial_fit``, a warm-start
-    ``fit``, ``predict``): ValueError naming the parameter when ``activation`` (or, for a warm
-    start, ``hidden_layer_sizes``) was changed by ``set_params`` since the fit.  The model's
-    activation is compiled into its step, so it would go on with the old one silently
-    (scikit-learn reads ``activation`` at every call; a ``partial_fit`` keeps the old
-    ``hidden_layer_sizes`` in both)."""
+    ``fit``, ``predict``): ValueError naming each parameter that ``set_params`` changed since
+    the fit among ``activation`` (another name of the same function is the same),
+    ``precision`` and, for a warm start, ``hidden_layer_sizes``.  They are compiled into the
+    model's step, which would go on with the old ones silently (scikit-learn reads
+    ``activation`` at every call; a ``partial_fit`` keeps the old ``hidden_layer_sizes`` in
+    both)."""
     arch = est._arch
-    if arch["activation"] != est.activation or (not incremental and list(arch["hidden"]) != hidden):
-        raise ValueError(
-            f"{call} needs the hidden_layer_sizes and activation of the fitted model (was "
-            f"{tuple(arch['hidden'])}, {arch['activation']!r}; set by set_params after the fit: set them "
-            f"back, or fit anew with warm_start=False)")
+    changed = []
+    if est.activation != arch["activation"] and type(activation_layer(est.activation)) is not type(
+            activation_layer(arch["activation"])):
+        changed.append(f"activation={est.activation!r} (fitted: {arch['activation']!r})")
+    if est.precision != arch.get("precision", "full"):
+        changed.append(f"precision={est.precision!r} (fitted: {arch.get('precision', 'full')!r})")
+    if not incremental and list(arch["hidden"]) != hidden:
+        changed.append(f"hidden_layer_sizes={est.hidden_layer_sizes!r} (fitted: {tuple(arch['hidden'])})")
+    if changed:
+        raise ValueError(f"{call} continues the fitted model, whose {', '.join(changed)} set_params changed "
+                         f"after the fit; set it back, or fit anew (warm_start=False)")
 
 
 def check_params(est):

@@ -352,17 +352,28 @@ def test_an_activation_set_after_the_fit_is_refused_not_ignored():
     coefs = [c.copy() for c in e.coefs_]
     e.set_params(activation="tanh")
     for call in (lambda: e.partial_fit(X, y), lambda: e.predict(X), lambda: e.predict_proba(X)):
-        with pytest.raises(ValueError, match=r"activation of the fitted model \(was \(5,\), 'relu'"):
+        with pytest.raises(ValueError, match=r"continues the fitted model, whose activation='tanh' \(fitted: "
+                                             r"'relu'\) set_params changed"):
             call()
     for a, b in zip(e.coefs_, coefs):
         np.testing.assert_array_equal(a, b)
     e.set_params(activation="relu")
     np.testing.assert_array_equal(e.predict_proba(X), p)
     e.set_params(activation="tanh", warm_start=True)
-    with pytest.raises(ValueError, match="warm_start=True needs the hidden_layer_sizes and activation"):
+    with pytest.raises(ValueError, match=r"warm_start=True continues the fitted model, whose activation='tanh'"):
         e.fit(X, y)
+    e.set_params(activation="relu", hidden_layer_sizes=(6,))
+    with pytest.raises(ValueError, match=r"hidden_layer_sizes=\(6,\) \(fitted: \(5,\)\)"):
+        e.fit(X, y)
+    e.set_params(hidden_layer_sizes=(5,), precision="bf16")
+    with pytest.raises(ValueError, match=r"precision='bf16' \(fitted: 'full'\)"):
+        e.predict(X)
+    e.set_params(precision="full", activation="tanh")
     e.set_params(warm_start=False).fit(X, y)           # a new fit takes the new activation
     assert e.predict_proba(X).shape == p.shape
+    f = MLPClassifier(hidden_layer_sizes=(5,), activation="logistic", max_iter=2, random_state=0).fit(X, y)
+    f.set_params(activation="sigmoid")                  # fastbp's name of the same function
+    np.testing.assert_array_equal(f.predict_proba(X), f.set_params(activation="logistic").predict_proba(X))
 
 
 def test_partial_fit_classes_of_two_dimensions_are_named():
