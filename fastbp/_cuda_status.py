@@ -44,19 +44,19 @@ def _k_sgd_gated(p, g, v, lr, momentum, nesterov, weight_decay, res):
 
 
 @kernel
-def _k_adam_gated(p, g, m, v, step, sbc2, beta1, beta2, eps, weight_decay, decay, decoupled, res):
+def _k_adam_gated(p, g, m, v, step, sbc2, beta1, beta2, c1, c2, eps, weight_decay, decay, decoupled, res):
     """``_adam_update``, skipped when the status word ``res[1]`` is set."""
     if res[1] != 0.0:
         return
-    _adam_body(p, g, m, v, step, sbc2, beta1, beta2, eps, weight_decay, decay, decoupled)
+    _adam_body(p, g, m, v, step, sbc2, beta1, beta2, c1, c2, eps, weight_decay, decay, decoupled)
 
 
 @kernel
-def _k_rmsprop_gated(p, g, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum, res):
+def _k_rmsprop_gated(p, g, sq, buf, gavg, lr, alpha, calpha, eps, weight_decay, momentum, res):
     """``_rmsprop_update``, skipped when the status word ``res[1]`` is set."""
     if res[1] != 0.0:
         return
-    _rmsprop_body(p, g, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum)
+    _rmsprop_body(p, g, sq, buf, gavg, lr, alpha, calpha, eps, weight_decay, momentum)
 
 
 @kernel

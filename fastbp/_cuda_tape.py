@@ -371,7 +371,8 @@ class DeviceTape:
                 _k_grad_status[blocks, threads, s](gvec, res, ctx.step)
                 for p, g, sq, mbuf, gavg, dec, pb, pt in pieces:
                     _k_rmsprop_gated[pb, pt, s](p, g, sq, mbuf, gavg, float(hyper[ex.H_LR]), float(hyper[ex.H_ALPHA]),
-                                                float(hyper[ex.H_EPS]), wd if dec else 0.0, float(hyper[ex.H_MOM]),
+                                                1.0 - float(hyper[ex.H_ALPHA]), float(hyper[ex.H_EPS]),
+                                                wd if dec else 0.0, float(hyper[ex.H_MOM]),
                                                 res)
             return run
         if op == ex.OP_SGD:
@@ -391,7 +392,8 @@ class DeviceTape:
             _k_grad_status[blocks, threads, s](gvec, res, ctx.step)
             for p, g, m, v, _, dec, pb, pt in pieces:
                 _k_adam_gated[pb, pt, s](p, g, m, v, float(step), float(sbc2), float(hyper[ex.H_B1]),
-                                         float(hyper[ex.H_B2]), float(eps),
+                                         float(hyper[ex.H_B2]), 1.0 - float(hyper[ex.H_B1]),
+                                         1.0 - float(hyper[ex.H_B2]), float(eps),
                                          wd if dec else 0.0, float(decay) if dec else 1.0,
                                          bool(hyper[ex.H_DECOUPLED] != 0.0), res)
         return run

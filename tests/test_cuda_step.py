@@ -885,8 +885,8 @@ def test_step_kernels_compile_ptx(monkeypatch, tmp_path, target):
         M = np.zeros((3, 3), dtype)
         table = {
             "sgd_gated": (cs._k_sgd_gated, (v, v, v, 0.1, 0.9, True, 0.1, res)),
-            "adam_gated": (cs._k_adam_gated, (v, v, v, v, 0.1, 0.1, 0.9, 0.99, 1e-8, 0.1, 1.0, True, res)),
-            "rmsprop_gated": (cs._k_rmsprop_gated, (v, v, v, v, v, 0.01, 0.99, 1e-8, 0.1, 0.9, res)),
+            "adam_gated": (cs._k_adam_gated, (v, v, v, v, 0.1, 0.1, 0.9, 0.99, 0.1, 0.01, 1e-8, 0.1, 1.0, True, res)),
+            "rmsprop_gated": (cs._k_rmsprop_gated, (v, v, v, v, v, 0.01, 0.99, 0.01, 1e-8, 0.1, 0.9, res)),
             "grad_scale_gated": (cs._k_grad_scale_gated, (v, res[:1], res)),
             "loss_status": (cs._k_loss_status, (y, 3, res, M, res, 0)),
             "grad_status": (cs._k_grad_status, (v, res, 0)),

@@ -40,16 +40,17 @@ def _k_sgd(p, g, v, lr, momentum, nesterov, weight_decay):
 
 
 @kernel
-def _k_adam(p, g, m, v, step, sbc2, beta1, beta2, eps, weight_decay, decay, decoupled):
+def _k_adam(p, g, m, v, step, sbc2, beta1, beta2, c1, c2, eps, weight_decay, decay, decoupled):
     """Adam / AdamW (the registry's element body, :func:`fastbp.registry.optimizers.adam_element`);
-    ``step``, ``sbc2`` and ``decay`` computed on the host in float64 as the CPU kernel does."""
+    ``step``, ``sbc2``, ``decay`` and ``c1 = 1 - beta1``, ``c2 = 1 - beta2`` computed on the host
+    in float64 as the CPU kernel does (a float32 kernel does no float64 arithmetic)."""
     dt = p.dtype.type
     step_ = dt(step)
     sbc2_ = dt(sbc2)
     b1 = dt(beta1)
     b2 = dt(beta2)
-    c1 = dt(1.0 - beta1)        # in float64, rounded once (as the CPU kernel)
-    c2 = dt(1.0 - beta2)
+    c1_ = dt(c1)
+    c2_ = dt(c2)
     e = dt(eps)
     wd = dt(weight_decay)
     decay_ = dt(decay)
@@ -59,15 +60,15 @@ def _k_adam(p, g, m, v, step, sbc2, beta1, beta2, eps, weight_decay, decay, deco
     start = cuda.grid(1)
     stride = cuda.gridsize(1)
     for i in range(start, p.shape[0], stride):
-        _adam_element(p, g, m, v, i, step_, sbc2_, b1, b2, c1, c2, e, wd, decay_, mode)
+        _adam_element(p, g, m, v, i, step_, sbc2_, b1, b2, c1_, c2_, e, wd, decay_, mode)
 
 
 @kernel
-def _k_rmsprop(p, g, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum):
+def _k_rmsprop(p, g, sq, buf, gavg, lr, alpha, calpha, eps, weight_decay, momentum):
     dt = p.dtype.type
     lr_ = dt(lr)
     a = dt(alpha)
-    ca = dt(1.0 - alpha)        # in float64, rounded once (as the CPU kernel)
+    ca = dt(calpha)             # 1 - alpha, computed on the host in float64 (as the CPU kernel)
     e = dt(eps)
     wd = dt(weight_decay)
     mu = dt(momentum)
@@ -163,7 +164,8 @@ def _adam_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled, 
     decay = 1.0 - lr * weight_decay
     blocks, threads = _grid(n)
     _k_adam[blocks, threads, stream](p, g, m, v, float(step), float(sbc2), float(beta1),
-                                     float(beta2), float(eps), float(weight_decay),
+                                     float(beta2), 1.0 - float(beta1), 1.0 - float(beta2), float(eps),
+                                     float(weight_decay),
                                      float(decay), bool(decoupled))
 
 
@@ -188,7 +190,8 @@ def _rmsprop_update(p, g, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum,
     if n == 0:
         return
     blocks, threads = _grid(n)
-    _k_rmsprop[blocks, threads, stream](p, g, sq, buf, gavg, float(lr), float(alpha), float(eps),
+    _k_rmsprop[blocks, threads, stream](p, g, sq, buf, gavg, float(lr), float(alpha), 1.0 - float(alpha),
+                                        float(eps),
                                         float(weight_decay), float(momentum))
 
 
