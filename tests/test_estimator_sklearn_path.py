@@ -159,6 +159,7 @@ def test_clipped_loss_curves_and_the_tol_stopping_epoch_are_sklearns(weighted):
     np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), atol=1e-10)
 
 
+@pytest.mark.thorough      # compiles three kernels for direct calls; the fits above cover the step's
 def test_the_clipped_row_losses_against_sklearns_functions():
     """The kernel against scikit-learn's own ``log_loss`` and ``binary_log_loss`` of the
     probabilities, in float64, rows with probabilities below eps, above 1 - eps and between."""
