@@ -263,10 +263,8 @@ class CudaTrainStep(StepBase):
         """
         if self._schedule is None:
             return self._run_one(x, y, ex.MODE_TRAIN)
-        _training.rate_of_a_call(self)
-        loss = self._run_one(x, y, ex.MODE_TRAIN)
-        _training.rate_of_a_call(self, after=True)
-        return loss
+        with _training.scheduled_call(self):
+            return self._run_one(x, y, ex.MODE_TRAIN)
 
     def loss_and_grads(self, x, y):
         """Forward, loss and backward without an update; fills :attr:`grads` (on the device).

@@ -322,10 +322,8 @@ class DistributedStep(DataParallelFit):
         if st.schedule is None:
             return self._collective(x, y, update=True)
         # a step-interval schedule's rates of this update and the next: the same on every rank
-        _training.rate_of_a_call(st)
-        loss = self._collective(x, y, update=True)
-        _training.rate_of_a_call(st, after=True)
-        return loss
+        with _training.scheduled_call(st):
+            return self._collective(x, y, update=True)
 
     def loss_and_grads(self, x, y):
         """Forward, loss and backward over every rank's minibatch, without an update; a

@@ -167,12 +167,9 @@ class TrainStep(StepBase):
 
     def _scheduled_call(self, x, y, sample_weight):
         """:meth:`__call__` under a schedule: its rate of this update, then of the next."""
-        _training.rate_of_a_call(self)
-        loss = None if sample_weight is not None else self._train_fast(x, y)
-        if loss is None:
-            loss = self._run(x, y, ex.MODE_TRAIN, sample_weight)
-        _training.rate_of_a_call(self, after=True)
-        return loss
+        with _training.scheduled_call(self):
+            loss = None if sample_weight is not None else self._train_fast(x, y)
+            return self._run(x, y, ex.MODE_TRAIN, sample_weight) if loss is None else loss
 
     def loss_and_grads(self, x, y, sample_weight=None):
         """Forward, loss and backward without an update; fills :attr:`grads`.

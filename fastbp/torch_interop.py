@@ -422,16 +422,16 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
                 p.data = torch.from_numpy(live)
                 p.grad = torch.from_numpy(step.grads[f"{prefix}.{key}"])
                 step._torch_grads.append((p, p.grad))
-    import_state(optimizer, [(getattr(m, attr), f"{prefix}.{key}") for prefix, m in names
-                             for attr, key in _param_keys(m, torch)], step, torch)
+    pairs = [(getattr(m, attr), f"{prefix}.{key}") for prefix, m in names
+             for attr, key in _param_keys(m, torch) if getattr(m, attr) is not None]
+    import_state(optimizer, pairs, step, torch)
     step.clip_grad_norm = clip or None
     if isinstance(optimizer, torch.optim.Optimizer):
         step._torch_opt = optimizer
         step._torch_lr = float(optimizer.param_groups[0]["lr"])
         step._torch_hyper = tuple(tuple((k, _plain(g[k])) for k in _HYPER_KEYS if k in g)
                                   for g in optimizer.param_groups)
-        step._torch_params = [(getattr(m, attr), f"{prefix}.{key}") for prefix, m in names
-                              for attr, key in _param_keys(m, torch) if getattr(m, attr) is not None]
+        step._torch_params = pairs
     step._torch_counts = [(prefix, m) for prefix, m in names if isinstance(m, torch.nn.BatchNorm1d)
                           and m.running_mean is not None and m.num_batches_tracked is not None]
     return step

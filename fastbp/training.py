@@ -19,6 +19,7 @@ Nothing here runs a step: this module imports neither the executor nor numba-cud
 """
 from __future__ import annotations
 
+import contextlib as _contextlib
 import math as _math
 import numbers as _numbers
 import sys as _sys
@@ -393,6 +394,15 @@ def epoch_lrs(schedule, base_lr, current_lr, epoch, first_step, n_steps):
     if schedule.interval == "epoch":
         return _np.full(n_steps, schedule.lr_at(epoch, base_lr), dtype=_np.float64)
     return _np.array([schedule.lr_at(first_step + s, base_lr) for s in range(n_steps)], dtype=_np.float64)
+
+
+@_contextlib.contextmanager
+def scheduled_call(step):
+    """Around a training call outside ``fit`` under a schedule: :func:`rate_of_a_call`
+    before it, and after it when it succeeded (the next update's rate)."""
+    rate_of_a_call(step)
+    yield
+    rate_of_a_call(step, after=True)
 
 
 def rate_of_a_call(step, after=False):
