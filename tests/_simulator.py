@@ -38,9 +38,14 @@ def _node_ids(session, fname, runner, pick, module):
     here = Path(module.__file__).resolve()
     ids = [it.nodeid for it in session.items
            if Path(str(it.path)).resolve() == here and pick(it.name)]
-    if not ids:      # only the runner was selected: every simulator test of the file
+    if not ids:      # only the runner was selected: every simulator test (function) of the file
         ids = [f"{here}::{name}" for name in sorted(vars(module)) if pick(name)]
     return ids
+
+
+def _whole_functions(ids):
+    """True when ``ids`` name test functions (every case of each), not single test cases."""
+    return all("[" not in i for i in ids)
 
 
 def runners_last(items):
@@ -113,7 +118,8 @@ def result(fname):
     """Wait for the child; ``(returncode, counts, ids, tail, reported)`` for file ``fname``.
 
     ``counts`` has ``tests``, ``failures``, ``errors`` and ``skipped`` of that file's
-    tests in the child's JUnit report, ``ids`` the node ids it was asked to run,
+    tests in the child's JUnit report and ``ran``, what compares with ``ids``, the node ids it
+    was asked to run (test cases, or test functions: every case of each),
     ``tail`` the end of its output and ``reported`` whether it wrote its report.
     The return code is the child's, for both files together.
     """
@@ -122,6 +128,7 @@ def result(fname):
     proc = _child["proc"]
     tail = finish(proc, _child["out"])
     counts = dict(tests=0, failures=0, errors=0, skipped=0)
+    functions = set()
     report = _child["report"]
     if report.exists():
         stem = fname[:-len(".py")]
@@ -129,7 +136,53 @@ def result(fname):
             if case.get("classname", "").split(".")[-1] != stem:
                 continue
             counts["tests"] += 1
+            functions.add(case.get("name", "").split("[")[0])
             for kind, key in (("failure", "failures"), ("error", "errors"), ("skipped", "skipped")):
                 if case.find(kind) is not None:
                     counts[key] += 1
-    return proc.returncode, counts, _child["files"][fname], tail, report.exists()
+    ids = _child["files"][fname]
+    # what ran against what was asked: test cases, or test functions when the whole file was asked
+    # (only its runner selected: ``pytest -k simulator``), whose parametrised cases all run
+    counts["ran"] = len(functions) if _whole_functions(ids) else counts["tests"]
+    return proc.returncode, counts, ids, tail, report.exists()
+
+
+def thread_safe_shared_arrays():
+    """Make the simulator's ``cuda.shared.array`` safe against its own threads (called by
+    conftest.py when ``NUMBA_ENABLE_CUDASIM=1``).
+
+    numba-cuda's simulator (0.30) runs every CUDA thread of a block as a Python thread and
+    gives the threads of a block one shared array per source line (the caller's file and line)
+    through an unlocked "look up, else create and store" (``FakeCUDAShared.array``).  Two
+    threads that both look up before either stores each get their own ``np.empty`` array:
+    what one writes the threads holding the other never see, and they read uninitialised
+    memory.  CI met it once (a float64 gradient element of a GPU step held the bits of the
+    int64 201, under load).  ``test_cuda_simulator_gives_a_block_one_shared_array``
+    (test_cuda_kernels.py) makes every thread switch inside that window: unfixed, 7 launches
+    of 10 went wrong.  This replacement keys the arrays the same way, and looks up and
+    creates under a lock."""
+    import threading
+
+    from numba.cuda.simulator import kernelapi
+
+    cls = kernelapi.FakeCUDAShared
+    if getattr(cls.array, "fastbp_locked", False):
+        return
+    unlocked = cls.array
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if alignment is not None or shape == 0:      # an error, or the one dynamic buffer
+            return unlocked(self, shape, dtype, alignment)
+        if isinstance(dtype, kernelapi.types.Type):
+            dtype = kernelapi.numpy_support.as_dtype(dtype)
+        frame = sys._getframe(1)
+        caller = (frame.f_code.co_filename, frame.f_lineno)
+        with lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                res = self._allocations[caller] = kernelapi.np.empty(shape, dtype)
+        return res
+
+    array.fastbp_locked = True
+    cls.array = array

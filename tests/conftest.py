@@ -23,6 +23,12 @@ import pytest  # noqa: E402
 import _lanes
 import _simulator
 
+if os.environ.get("NUMBA_ENABLE_CUDASIM", "") == "1":
+    try:
+        _simulator.thread_safe_shared_arrays()      # a race of numba-cuda's simulator (see there)
+    except ImportError:                             # no numba-cuda: the CUDA tests skip
+        pass
+
 
 @pytest.hookimpl(tryfirst=True)        # before -m deselects by marker
 def pytest_collection_modifyitems(session, config, items):

@@ -792,7 +792,7 @@ def test_gpu_step_simulator_subprocess():
     assert reported, f"no report from the simulator run (rc={rc}):\n{tail}"
     assert counts["failures"] == counts["errors"] == 0, f"simulator run failed {counts}:\n{tail}"
     assert counts["skipped"] == 0, f"GPU step tests skipped under the simulator {counts}:\n{tail}"
-    assert counts["tests"] == len(ids) > 0, f"ran {counts['tests']} of {len(ids)} GPU step tests:\n{tail}"
+    assert counts["ran"] == len(ids) > 0, f"ran {counts['ran']} of {len(ids)} GPU step tests:\n{tail}"
 
 
 _NO_DEVICE_CHILD = r"""
