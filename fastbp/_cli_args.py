@@ -149,7 +149,8 @@ def build_parser():
                    help="write the trained model: weights, preprocessing, class labels and "
                         "metadata in one .npz (see fastbp predict)")
     t.add_argument("--plot", metavar="PATH",
-                   help="write a PNG of the loss and accuracy curves (matplotlib)")
+                   help="write the loss and accuracy curves as an image (matplotlib), in the format of "
+                        "PATH's extension (.png, .pdf, .svg, ...; PNG without one)")
     t.add_argument("--compare", action="store_true",
                    help="also train scikit-learn's MLPClassifier (MLPRegressor) with the same "
                         "architecture, optimizer and epochs on the same split")

@@ -189,6 +189,20 @@ class _Progress:
             self.bar.close()
 
 
+def _plot_format(path):
+    """The image format of ``--plot PATH``: its extension's, as matplotlib's ``savefig`` takes
+    it (PNG without one); an extension matplotlib cannot write is a CliError."""
+    ext = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    if not ext:
+        return "png"
+    from matplotlib.backend_bases import FigureCanvasBase
+    known = FigureCanvasBase.get_supported_filetypes()
+    if ext not in known:
+        raise CliError(f"--plot {path}: matplotlib cannot write .{ext} images; name the file with one "
+                       f"of {', '.join('.' + k for k in sorted(known))} (or none: PNG)")
+    return ext
+
+
 def _plot(path, hist, regression):
     try:
         import matplotlib
@@ -215,7 +229,7 @@ def _plot(path, hist, regression):
     a2.legend()
     fig.tight_layout()
     try:        # atomically: a failed write (a full disk) leaves an existing file as it was
-        _write_output(path, "--plot", lambda f: fig.savefig(f, format="png", dpi=100))
+        _write_output(path, "--plot", lambda f: fig.savefig(f, format=_plot_format(path), dpi=100))
     finally:
         plt.close(fig)
 
@@ -327,6 +341,7 @@ def _setup(args, mpi):
     if args.plot is not None and State.rank == 0:
         _check_output_path(args.plot, "--plot")
         _require("matplotlib", "--plot needs matplotlib")
+        _plot_format(args.plot)
     if args.compare and State.rank == 0:
         _require("sklearn", "--compare needs scikit-learn")
 

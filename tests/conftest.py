@@ -26,6 +26,7 @@ import _simulator
 if os.environ.get("NUMBA_ENABLE_CUDASIM", "") == "1":
     try:
         _simulator.thread_safe_shared_arrays()      # a race of numba-cuda's simulator (see there)
+        _simulator.polling_yields_to_the_threads()  # and its busy wait (most of its time)
     except ImportError:                             # no numba-cuda: the CUDA tests skip
         pass
 

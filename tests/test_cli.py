@@ -279,12 +279,24 @@ def test_batchnorm_with_a_last_minibatch_of_one_row_is_refused_before_training(t
     assert "test accuracy" not in cap.out
 
 
-def test_plot_writes_png(tmp_path, capsys):
-    png = tmp_path / "curves.png"
-    rc, out, err = run_here(capsys, "train", "--quiet", "--epochs", "4", "--hidden", "16", "--plot", png)
+@pytest.mark.parametrize("name, magic", [("curves.png", b"\x89PNG\r\n\x1a\n"), ("curves.PDF", b"%PDF"),
+                                         ("curves", b"\x89PNG\r\n\x1a\n")])
+def test_plot_writes_the_format_of_its_extension(tmp_path, capsys, name, magic):
+    """As matplotlib's savefig: the format of the file name's extension (any case), PNG without
+    one (a .pdf file held PNG bytes)."""
+    path = tmp_path / name
+    rc, out, err = run_here(capsys, "train", "--quiet", "--epochs", "4", "--hidden", "16", "--plot", path)
     assert rc == 0, err
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert f"plot: {png}" in out
+    assert path.read_bytes()[:len(magic)] == magic
+    assert f"plot: {path}" in out
+
+
+def test_plot_with_an_extension_matplotlib_cannot_write_fails_before_training(tmp_path, capsys):
+    rc = cli.main(["train", "--quiet", "--plot", str(tmp_path / "curves.xyz")])
+    cap = capsys.readouterr()
+    one_line_error(rc, cap.out, cap.err, "--plot", ".xyz", ".pdf", ".png")
+    assert "test accuracy" not in cap.out
+    assert not (tmp_path / "curves.xyz").exists()
 
 
 def test_plot_into_missing_directory_fails_before_training(tmp_path, capsys):
