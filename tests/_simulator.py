@@ -199,7 +199,7 @@ def polling_yields_to_the_threads():
     step's and the products' cases, with the simulator's small blocks: 20 s, 6 s with this;
     with the GPU's blocks: 101 s, 83 s).  Here each poll of a thread
     first yields the GIL (``time.sleep(0)``), so the runnable threads run while it waits; what
-    the loop decides, and when, is unchanged."""
+    the loop decides is unchanged (only how long it holds the GIL)."""
     import time
 
     from numba.cuda.simulator import kernel
