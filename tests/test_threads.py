@@ -164,9 +164,11 @@ for dt in [np.dtype(name).type for name in sys.argv[1].split(",")]:
     # the split BLAS products of a step on numba's threads against one BLAS call (as serial and
     # parallel: the pairs test compares them), on shapes split by rows, by columns, and unevenly;
     # with the OpenBLAS backends, the only ones a step splits its products for (oneMKL's results
-    # depend on the shapes of its calls: CI's later stages run with it)
+    # depend on the shapes of its calls: CI's later stages run with it).  In the "all" run (CI's
+    # thorough stage) only: the README's run has the split products of the small step below
+    out["threads_backend"] = fastbp._blas.SPLIT_EXACT   # (oneMKL: never)
     split_shapes = ((301, 190, 70), (40, 150, 601), (1031, 64, 65))
-    for (mm, kk, nn) in split_shapes if fastbp._blas.SPLIT_EXACT else ():
+    for (mm, kk, nn) in split_shapes if fastbp._blas.SPLIT_EXACT and sys.argv[2] == "all" else ():
         for ta in (False, True):
             for tb in (False, True):
                 Aa = rn(kk, mm) if ta else rn(mm, kk)
@@ -177,12 +179,17 @@ for dt in [np.dtype(name).type for name in sys.argv[1].split(",")]:
                         Cc = C0.copy(); f(Aa, Bb, Cc, ta, tb, acc)
                         h(f"{np.dtype(dt).name}/split/{mm}x{kk}x{nn}/{ta}/{tb}/{acc}/{var}", Cc)
 
-    # whole steps: on numba's threads at 2 threads (context(threads=True)), serial at 1
-    model = fastbp.Sequential(fastbp.Linear(96, 512), fastbp.BatchNorm1d(512), fastbp.GELU(), fastbp.Dropout(0.1),
-                              fastbp.Linear(512, 256), fastbp.LayerNorm(256), fastbp.ReLU(), fastbp.Linear(256, 10))
-    st = fastbp.compile(model, optimizer=fastbp.AdamW(1e-3, weight_decay=0.01), batch_size=256, dtype=dt, seed=0)
+    # whole steps: on numba's threads at 2 threads (context(threads=True)), serial at 1; the
+    # README's run takes the smallest such step (each layer kind is the parallel twins of its
+    # kernels, ~20 s of cold compilation for these layers: the "all" run's)
+    if sys.argv[2] == "all":
+        model = fastbp.Sequential(fastbp.Linear(96, 512), fastbp.BatchNorm1d(512), fastbp.GELU(), fastbp.Dropout(0.1),
+                                  fastbp.Linear(512, 256), fastbp.LayerNorm(256), fastbp.ReLU(), fastbp.Linear(256, 10))
+        opt = fastbp.AdamW(1e-3, weight_decay=0.01)
+    else:
+        model, opt = fastbp.Sequential(fastbp.Linear(96, 512), fastbp.ReLU(), fastbp.Linear(512, 10)), fastbp.SGD(0.1)
+    st = fastbp.compile(model, optimizer=opt, batch_size=256, dtype=dt, seed=0)
     out[f"step_threads/{np.dtype(dt).name}"] = bool(st.threads)
-    out["threads_backend"] = fastbp._blas.SPLIT_EXACT   # (oneMKL: never)
     Xs, ys = rn(600, 96), rng.integers(0, 10, 600)
     st.fit(Xs, ys, epochs=2, seed=1)
     h(f"{np.dtype(dt).name}/step", st.param_vector, st.buffer_vector, *st.state_vectors, st.predict(Xs))
@@ -237,8 +244,9 @@ def _result(proc):
                                         pytest.param("float64-all", marks=pytest.mark.thorough)])
 def runs(tmp_path_factory, request):
     """The script's results at 1 and 2 threads: float32 with one registry entry per kind of
-    loop body and one gate (the README's test command), and every entry in float32 and float64 (CI's
-    thorough stage: compiling every entry's parallel kernels is ~40 s per dtype on two cores)."""
+    loop body, one gate and the smallest step on numba's threads (the README's test command), and
+    every entry, every gate and a step with every layer kind in float32 and float64 (CI's thorough
+    stage: compiling every entry's parallel kernels is ~40 s per dtype on two cores)."""
     dtypes, entries = request.param.split("-")
     d1 = tmp_path_factory.mktemp("t1")
     d2 = tmp_path_factory.mktemp("t2")
