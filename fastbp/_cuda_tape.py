@@ -18,7 +18,6 @@ only when numba-cuda is there).
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 from numba import cuda
@@ -47,13 +46,13 @@ _MAX_BLOCKS = 4096
 
 
 def _adam_scalars(hyper, t, wd, eps_hat=False):
-    """Step-dependent scalars of Adam step ``t`` with weight decay ``wd`` (as
-    :func:`fastbp.kernels.cuda.optim._adam_update`): ``(step, sbc2, decay, eps)``, ``eps``
-    the one the kernel adds (:func:`fastbp.registry.optimizers.adam_eps`)."""
-    lr, b1, b2 = hyper[ex.H_LR], hyper[ex.H_B1], hyper[ex.H_B2]
-    bc1 = 1.0 - b1 ** t
-    bc2 = 1.0 - b2 ** t
-    return lr / bc1, math.sqrt(bc2), 1.0 - lr * wd, _opt_registry.adam_eps(hyper[ex.H_EPS], b2, t, eps_hat)
+    """The scalars of Adam step ``t`` with weight decay ``wd`` (as
+    :func:`fastbp.kernels.cuda.optim._adam_update`): ``(step, sbc2, c1, c2, decay, eps)``
+    (:func:`fastbp.registry.optimizers.adam_scalars`), ``eps`` the one the kernel adds
+    (:func:`fastbp.registry.optimizers.adam_eps`)."""
+    lr, b1, b2 = float(hyper[ex.H_LR]), float(hyper[ex.H_B1]), float(hyper[ex.H_B2])
+    return (*_opt_registry.adam_scalars(lr, b1, b2, t, float(wd)),
+            _opt_registry.adam_eps(float(hyper[ex.H_EPS]), b2, t, eps_hat))
 
 
 class TapeCall:
@@ -371,7 +370,8 @@ class DeviceTape:
                 _k_grad_status[blocks, threads, s](gvec, res, ctx.step)
                 for p, g, sq, mbuf, gavg, dec, pb, pt in pieces:
                     _k_rmsprop_gated[pb, pt, s](p, g, sq, mbuf, gavg, float(hyper[ex.H_LR]), float(hyper[ex.H_ALPHA]),
-                                                1.0 - float(hyper[ex.H_ALPHA]), float(hyper[ex.H_EPS]),
+                                                _opt_registry.rmsprop_scalars(float(hyper[ex.H_ALPHA])),
+                                                float(hyper[ex.H_EPS]),
                                                 wd if dec else 0.0, float(hyper[ex.H_MOM]),
                                                 res)
             return run
@@ -388,13 +388,11 @@ class DeviceTape:
         def run(ctx):
             s = ctx.stream
             wd = _opt_registry.weight_decay(float(hyper[ex.H_WD]), float(hyper[ex.H_WD_ROWS]), nb)
-            step, sbc2, decay, eps = _adam_scalars(hyper, ctx.t, wd, eps_hat)
+            step, sbc2, c1, c2, decay, eps = _adam_scalars(hyper, ctx.t, wd, eps_hat)
             _k_grad_status[blocks, threads, s](gvec, res, ctx.step)
             for p, g, m, v, _, dec, pb, pt in pieces:
-                _k_adam_gated[pb, pt, s](p, g, m, v, float(step), float(sbc2), float(hyper[ex.H_B1]),
-                                         float(hyper[ex.H_B2]), 1.0 - float(hyper[ex.H_B1]),
-                                         1.0 - float(hyper[ex.H_B2]), float(eps),
-                                         wd if dec else 0.0, float(decay) if dec else 1.0,
+                _k_adam_gated[pb, pt, s](p, g, m, v, step, sbc2, float(hyper[ex.H_B1]), float(hyper[ex.H_B2]),
+                                         c1, c2, float(eps), wd if dec else 0.0, decay if dec else 1.0,
                                          bool(hyper[ex.H_DECOUPLED] != 0.0), res)
         return run
 

@@ -112,3 +112,22 @@ def test_float32_moments_use_one_minus_beta_rounded_once(make, slot, coef):
     k = np.abs(g) > 1e-3
     ratio = state[k] / (g[k] ** 2 if (slot == 1 or isinstance(s.optimizer, fastbp.RMSprop)) else g[k])
     np.testing.assert_allclose(ratio, np.float32(coef), rtol=3e-7)
+
+
+def test_adam_and_rmsprop_scalars_are_float64_as_torch_computes_them():
+    """The update's scalars (fastbp.registry.optimizers.adam_scalars / rmsprop_scalars: the CPU
+    kernels and the CUDA step's host code take them from there) in float64, by hand as
+    ``torch.optim.Adam``'s single-tensor step: ``bias_correction1 = 1 - beta1 ** step``,
+    ``step_size = lr / bias_correction1``, ``bias_correction2_sqrt = sqrt(1 - beta2 ** step)``;
+    the moments' ``1 - beta`` (``lerp``'s weight) and AdamW's ``1 - lr * weight_decay``."""
+    import math
+
+    from fastbp.registry import optimizers as reg
+    from fastbp.kernels import optim as O
+    lr, b1, b2, wd = 1e-3, 0.9, 0.999, 0.01
+    for t in (1, 3, 1000):
+        want = (lr / (1 - b1 ** t), math.sqrt(1 - b2 ** t), 1 - b1, 1 - b2, 1 - lr * wd)
+        assert reg.adam_scalars(lr, b1, b2, t, wd) == want
+        assert O._adam_scalars(lr, b1, b2, float(t), wd) == want        # the compiled copy, as the step calls it
+    assert reg.adam_scalars(lr, b1, b2, 2, wd)[3] == 0.0010000000000000009     # not float32's 0.00099998713
+    assert reg.rmsprop_scalars(0.99) == 1 - 0.99 and O._rmsprop_scalars(0.99) == 1 - 0.99

@@ -22,6 +22,9 @@ from ..registry.optimizers import ADAM_DECOUPLED, ADAM_L2, ADAM_NO_DECAY
 _sgd_element = numba.njit(inline="always")(_opt.sgd_element)
 _adam_element = jit(_opt.adam_element, fastmath=False)
 _rmsprop_element = jit(_opt.rmsprop_element)
+# the update's float64 scalars, without fast-math (no contraction: as the CUDA step's host code)
+_adam_scalars = jit(_opt.adam_scalars, fastmath=False)
+_rmsprop_scalars = jit(_opt.rmsprop_scalars, fastmath=False)
 
 
 @kernel
@@ -50,17 +53,17 @@ def _t_adam(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled):
     ``p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
     """
     dt = p.dtype.type
-    bc1 = 1.0 - beta1 ** t
-    bc2 = 1.0 - beta2 ** t
-    step = dt(lr / bc1)
-    sbc2 = dt(math.sqrt(bc2))
+    # in float64, each rounded once (as PyTorch's and scikit-learn's)
+    step64, sbc2_64, c1_64, c2_64, decay64 = _adam_scalars(lr, beta1, beta2, t, weight_decay)
+    step = dt(step64)
+    sbc2 = dt(sbc2_64)
     b1 = dt(beta1)
     b2 = dt(beta2)
-    c1 = dt(1.0 - beta1)        # in float64, rounded once (as PyTorch's and scikit-learn's)
-    c2 = dt(1.0 - beta2)
+    c1 = dt(c1_64)
+    c2 = dt(c2_64)
     e = dt(eps)
     wd = dt(weight_decay)
-    decay = dt(1.0 - lr * weight_decay)
+    decay = dt(decay64)
     for i in prange(p.shape[0]):
         _adam_element(p, g, m, v, i, step, sbc2, b1, b2, c1, c2, e, wd, decay, _MODE)  # noqa: F821
 
@@ -108,7 +111,7 @@ def _rmsprop_update(p, g, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum)
     dt = p.dtype.type
     lr_ = dt(lr)
     a = dt(alpha)
-    ca = dt(1.0 - alpha)        # in float64, rounded once (as PyTorch's)
+    ca = dt(_rmsprop_scalars(alpha))        # in float64, rounded once (as PyTorch's)
     e = dt(eps)
     wd = dt(weight_decay)
     mu = dt(momentum)

@@ -105,13 +105,32 @@ def adam_eps(eps, beta2, t, eps_hat):
     return eps
 
 
+def adam_scalars(lr, beta1, beta2, t, weight_decay):
+    """The scalars of Adam's step ``t`` (``t >= 1``) that :func:`adam_element` takes, in
+    float64: ``(step, sbc2, c1, c2, decay)`` = ``(lr / (1 - beta1^t), sqrt(1 - beta2^t),
+    1 - beta1, 1 - beta2, 1 - lr weight_decay)``; the caller rounds each once to the arrays'
+    dtype (as PyTorch and scikit-learn compute them).  The one place the CPU kernel
+    (:func:`fastbp.kernels.optim._adam_update`, compiled without fast-math: no contraction)
+    and the CUDA step's host code (:func:`fastbp.kernels.cuda.optim._adam_update`,
+    :mod:`fastbp._cuda_tape`) compute them."""
+    return (lr / (1.0 - beta1 ** t), math.sqrt(1.0 - beta2 ** t), 1.0 - beta1, 1.0 - beta2,
+            1.0 - lr * weight_decay)
+
+
+def rmsprop_scalars(alpha):
+    """The scalar of RMSprop's update that :func:`rmsprop_element` takes besides ``alpha``:
+    ``ca = 1 - alpha``, in float64, rounded once to the arrays' dtype by the caller (as
+    PyTorch's); for the CPU kernel and the CUDA step's host code alike."""
+    return 1.0 - alpha
+
+
 def adam_element(p, g, m, v, i, step, sbc2, b1, b2, c1, c2, e, wd, decay, mode):
     """Element ``i`` of Adam's update (``torch.optim.Adam``; ``mode`` ADAM_DECOUPLED:
     ``AdamW``), in place: ``m = b1 m + c1 g``; ``v = b2 v + c2 g^2`` with ``c1 = 1 - b1``,
     ``c2 = 1 - b2``; ``p -= step m / (sqrt(v) / sbc2 + e)`` with ``step = lr / (1 - b1^t)``
     and ``sbc2 = sqrt(1 - b2^t)``.  ``step``, ``sbc2``, ``c1`` and ``c2`` are computed by the
-    caller in float64 and rounded once to the arrays' dtype, as PyTorch and scikit-learn
-    compute them (``1 - b2`` in float32 is 0.00099998713 for b2 = 0.999: every float32 step
+    caller in float64 (:func:`adam_scalars`) and rounded once to the arrays' dtype, as PyTorch
+    and scikit-learn compute them (``1 - b2`` in float32 is 0.00099998713 for b2 = 0.999: every float32 step
     was 6.5e-6 too large).  Weight decay: ADAM_L2 ``g += wd p`` first, ADAM_DECOUPLED
     ``p *= decay`` (``1 - lr wd``) first.  The one body the CPU kernel
     (:func:`fastbp.kernels.optim._adam_update`) and the CUDA kernel

@@ -157,16 +157,10 @@ def _adam_update(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled, 
     n = p.shape[0]
     if n == 0:
         return
-    bc1 = 1.0 - beta1 ** t
-    bc2 = 1.0 - beta2 ** t
-    step = lr / bc1
-    sbc2 = math.sqrt(bc2)
-    decay = 1.0 - lr * weight_decay
+    step, sbc2, c1, c2, decay = _opt.adam_scalars(float(lr), float(beta1), float(beta2), t, float(weight_decay))
     blocks, threads = _grid(n)
-    _k_adam[blocks, threads, stream](p, g, m, v, float(step), float(sbc2), float(beta1),
-                                     float(beta2), 1.0 - float(beta1), 1.0 - float(beta2), float(eps),
-                                     float(weight_decay),
-                                     float(decay), bool(decoupled))
+    _k_adam[blocks, threads, stream](p, g, m, v, step, sbc2, float(beta1), float(beta2), c1, c2, float(eps),
+                                     float(weight_decay), decay, bool(decoupled))
 
 
 def _rmsprop_update(p, g, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum, stream=0):
@@ -190,7 +184,7 @@ def _rmsprop_update(p, g, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum,
     if n == 0:
         return
     blocks, threads = _grid(n)
-    _k_rmsprop[blocks, threads, stream](p, g, sq, buf, gavg, float(lr), float(alpha), 1.0 - float(alpha),
+    _k_rmsprop[blocks, threads, stream](p, g, sq, buf, gavg, float(lr), float(alpha), _opt.rmsprop_scalars(float(alpha)),
                                         float(eps),
                                         float(weight_decay), float(momentum))
 
