@@ -1,12 +1,11 @@
 """Bytecode for the test session when writing it is off (``PYTHONDONTWRITEBYTECODE``, ``-B``).
 
 With bytecode writing off, every Python process of a test session compiles the sources it
-imports again: the three pytest processes each rewrite and compile every test module
-(collection: 12 s of one core against 5 s), and each of the ~90 child processes the tests
-start (``fastbp train``, probes, MPI ranks) compiles fastbp's own modules (an editable
-install has no bytecode; pip byte-compiled the dependencies).  Measured on the 2-core machine,
-the README's test selection with a warm numba cache: 286 s of CPU and 189 s with bytecode
-writing off, 236 s and 158 s with it kept in a prefix (one run each, back to back).
+imports again: each pytest process rewrites and compiles every test module (collecting the
+suite: 12 s of one core, 5 s with bytecode; three pytest processes collect it), and each of the
+~90 child processes the tests start (``fastbp train``, probes, MPI ranks) compiles fastbp's own
+modules (an editable install has no bytecode; pip byte-compiled the dependencies), 0.1-0.2 s
+each.
 
 :func:`keep_for_the_session` keeps the session's bytecode in a private temporary directory
 (``sys.pycache_prefix``, and ``PYTHONPYCACHEPREFIX`` for the children), removed when the
