@@ -347,6 +347,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         """``classes_`` on the first call to :meth:`partial_fit`, their check on the later ones
         (inside the call's guard: a first call that fails leaves the estimator unfitted)."""
         first = not hasattr(self, "classes_")
+        if classes is not None and np.ndim(classes) == 2 and np.shape(classes)[1] == 1:
+            classes = np.ravel(classes)         # a column of labels, as scikit-learn takes it
         if classes is not None and np.ndim(classes) != 1:
             raise ValueError(f"classes must be a 1-D array-like of the class labels, got one of shape "
                              f"{np.shape(classes)}")

@@ -386,3 +386,15 @@ def test_partial_fit_classes_of_two_dimensions_are_named():
     assert not hasattr(e, "classes_")
     e.partial_fit(X, y % 2, classes=[0, 1])
     assert list(e.classes_) == [0, 1]
+
+
+def test_partial_fit_takes_a_column_of_classes_as_scikit_learn():
+    """``classes`` of shape (n, 1) is a column of labels (scikit-learn's MLPClassifier takes it:
+    ``unique_labels`` of a column vector); only other 2-D shapes are refused."""
+    X, y = _data()
+    e = MLPClassifier(hidden_layer_sizes=(4,), random_state=0)
+    e.partial_fit(X, y % 3, classes=np.array([[2], [0], [1]]))
+    assert list(e.classes_) == [0, 1, 2]
+    e.partial_fit(X, y % 3, classes=[[0], [1], [2]])         # the same classes on a later call
+    with pytest.raises(ValueError, match="is not the same as on last call"):
+        e.partial_fit(X, y % 3, classes=[[0], [1]])
