@@ -328,9 +328,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         sample_weight : array-like of shape (n_samples,), default None
             As in :meth:`fit` (``class_weight='balanced'`` is refused here, as
             scikit-learn's ``SGDClassifier.partial_fit`` does: it needs all the data).
-        classes : array-like of shape (n_classes,), default None
+        classes : array-like of shape (n_classes,) or (n_classes, 1), default None
             All classes of all calls; required on the first call (not for
-            multilabel targets), may be omitted later.  They become
+            multilabel targets), may be omitted later; a column is read as its labels,
+            as scikit-learn does, any other 2-D shape is a ValueError.  They become
             ``classes_`` (sorted), as in scikit-learn; ``y``'s classes must be
             among them (a multilabel ``y``'s classes are its column indices
             ``0 .. n_labels - 1``; it has one output per column whatever
