@@ -47,6 +47,7 @@ out["entries"] = sys.argv[2]
 # "some" run takes mul, whose gradient reads both operands (directly and through the ops
 # wrappers); the "all" run takes the three
 from fastbp.kernels.codes import GATE_ADD, GATE_MAX, GATE_MUL
+from fastbp.registry import gates as _greg
 GATES = [GATE_ADD, GATE_MUL, GATE_MAX] if sys.argv[2] == "all" else [GATE_MUL]
 hashes = {}
 
@@ -210,9 +211,8 @@ for dt in [np.dtype(name).type for name in sys.argv[1].split(",")]:
         y = getattr(ops, name + "_forward")(X)
         t = y if e.uses == "output" else X
         h(tag.format(name), y, getattr(ops, name + "_backward")(t, DY), getattr(ops, name + "_forward")(P))
-    for name, gate in (("add", GATE_ADD), ("mul", GATE_MUL), ("max", GATE_MAX)):
-        if gate not in GATES:       # (at 2 threads the wrappers pick the gate's parallel kernels)
-            continue
+    for gate in GATES:          # the ops wrappers are named after the gate (at 2 threads: its parallel kernels)
+        name = _greg.by_code(gate).name
         h(tag.format(name), getattr(ops, name + "_forward")(X, row), *getattr(ops, name + "_backward")(X, row, DY))
     for name, tgt in (("softmax_cross_entropy", lab), ("svm_loss", lab), ("mse", T), ("bce_with_logits", T)):
         loss, d = getattr(ops, name)(X, tgt)
