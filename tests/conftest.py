@@ -11,24 +11,17 @@ The tests of the files in ``_lanes.LANE_FILES`` run in a second child pytest (th
 also starts right after collection; this process reports their outcomes there under their
 own ids (``_lanes.py``; ``FASTBP_TEST_LANES=0`` runs everything here).
 
-Where bytecode writing is off (``PYTHONDONTWRITEBYTECODE``), the session keeps its bytecode in
-a private temporary directory, so that its ~95 processes do not each compile the same sources
-again (``_bytecode.py``).
-
 The one-time compilation's helper process (fastbp._compile_pool) is off in the test
 processes (its own tests, test_compile_pool.py, turn it on): the suite already keeps both
 cores busy."""
 import os
 
-import _bytecode
-
-_bytecode.keep_for_the_session()        # first: before the test modules are rewritten and compiled
 os.environ.setdefault("FASTBP_COMPILE_WORKERS", "0")
 
 import pytest  # noqa: E402
 
-import _lanes  # noqa: E402
-import _simulator  # noqa: E402
+import _lanes
+import _simulator
 
 if os.environ.get("NUMBA_ENABLE_CUDASIM", "") == "1":
     try:
@@ -77,7 +70,3 @@ def pytest_collection_finish(session):
 def pytest_sessionfinish(session, exitstatus):
     _simulator.stop()
     _lanes.stop()
-
-
-def pytest_unconfigure(config):
-    _bytecode.remove()
