@@ -593,8 +593,10 @@ def sample_weight(w, name, n):
     if a.ndim != 1 or a.shape[0] != n:
         raise ValueError(f"{name} must have shape ({n},) (one weight per row), got {fmt_shape(a.shape)}")
     a = np.ascontiguousarray(a, dtype=np.float64)
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} must be finite")
-    if np.any(a < 0):
-        raise ValueError(f"{name} must be >= 0 (row {int(np.argmax(a < 0))} is {a[a < 0][0]!r})")
+    for bad, what in ((~np.isfinite(a), "finite"), (a < 0, ">= 0")):
+        rows = np.flatnonzero(bad)
+        if rows.size:
+            i = int(rows[0])
+            more = f", and {rows.size - 1} more" if rows.size > 1 else ""
+            raise ValueError(f"{name} must be {what} ({name}[{i}] is {float(a[i])!r}{more})")
     return a

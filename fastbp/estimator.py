@@ -268,7 +268,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         multilabel = lb.y_type_.startswith("multilabel")
         if not multilabel and len(lb.classes_) < 2:
             raise ValueError(f"{type(self).__name__} needs at least 2 classes to train; y has only "
-                             f"1 class: {lb.classes_[0]!r}")
+                             f"1 class: {lb.classes_[:1].tolist()[0]!r}")
         if not multilabel and y.ndim != 1:
             raise ValueError(f"y must be 1-D class labels or a multilabel indicator matrix, "
                              f"got shape {y.shape}")

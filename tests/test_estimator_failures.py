@@ -2,6 +2,7 @@
 a fit or partial_fit that raises leaves the estimator exactly as it was (fitted or not);
 sample weights are checked before any update; scikit-learn's accepted values are accepted;
 early stopping on small data, and across warm starts, as scikit-learn."""
+import re
 import warnings
 
 import numpy as np
@@ -269,6 +270,16 @@ def test_single_class_is_refused_and_the_difference_documented():
     with pytest.raises(ValueError, match="at least 2 classes"):
         MLPClassifier(hidden_layer_sizes=(3,), max_iter=2).fit(X, np.zeros(40))
     assert "single class" in mod.__doc__
+
+
+@pytest.mark.parametrize("y,shown", [(np.full(20, 7), "7"), (np.full(20, -3, np.int16), "-3"),
+                                     (np.array(["spam"] * 20), "'spam'"),
+                                     (np.array(["spam"] * 20, dtype=object), "'spam'")])
+def test_single_class_error_shows_the_label_as_written(y, shown):
+    """The label as the user wrote it, not numpy's scalar repr (``np.int64(7)``, ``np.str_('spam')``)."""
+    X, _ = _data(n=20)
+    with pytest.raises(ValueError, match=rf"y has only 1 class: {re.escape(shown)}$"):
+        MLPClassifier(hidden_layer_sizes=(3,), max_iter=2).fit(X, y)
 
 
 def test_warm_start_after_lbfgs_or_without_early_stopping_starts_the_missing_records():

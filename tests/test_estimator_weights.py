@@ -137,6 +137,20 @@ def test_step_sample_weight_is_validated():
     np.testing.assert_array_equal(step.param_vector, p0)
 
 
+@pytest.mark.parametrize("w,msg", [
+    ([1.0, -1.0, 1.0, -2.0], r"sample_weight must be >= 0 \(sample_weight\[1\] is -1\.0, and 1 more\)$"),
+    ([1.0, 1.0, 1.0, -0.5], r"sample_weight must be >= 0 \(sample_weight\[3\] is -0\.5\)$"),
+    ([1.0, 1.0, np.inf, np.nan], r"sample_weight must be finite \(sample_weight\[2\] is inf, and 1 more\)$"),
+    ([np.nan, -1.0, 1.0, 1.0], r"sample_weight must be finite \(sample_weight\[0\] is nan\)$"),
+])
+def test_step_sample_weight_error_names_the_first_bad_row_as_a_plain_number(w, msg):
+    """The row and value as the estimators report them (no numpy scalar repr such as
+    ``np.float64(-1.0)``); a non-finite weight is reported before a negative one."""
+    step = fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 2)), batch_size=4, dtype=np.float32)
+    with pytest.raises(ValueError, match=msg):
+        step(np.zeros((4, 3), np.float32), np.array([0, 1, 0, 1]), sample_weight=np.array(w))
+
+
 def test_set_fit_request_routes_sample_weight():
     with sklearn.config_context(enable_metadata_routing=True):
         from sklearn.model_selection import cross_validate
