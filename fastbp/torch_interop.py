@@ -298,6 +298,22 @@ def _optimizer(opt, torch):
     return Adam(lr, betas=tuple(g["betas"]), eps=g["eps"], weight_decay=g.get("weight_decay", 0.0), decay_1d=decay_1d)
 
 
+def _check_train_mode(m, i, torch):
+    """A module whose computation depends on its mode must be in train mode: the fused step
+    computes what PyTorch's train mode does (ValueError otherwise, naming the layer)."""
+    if m.training:
+        return
+    if isinstance(m, torch.nn.Dropout) and m.p > 0:
+        does = "drops units"
+    elif isinstance(m, torch.nn.BatchNorm1d) and m.track_running_stats and m.running_mean is not None:
+        does = "normalises with each minibatch's statistics and updates the running ones"
+    else:
+        return
+    raise ValueError(f"model layer {i} ({type(m).__name__}) is in eval mode (training=False), but the fused "
+                     f"step trains as PyTorch's train mode does ({type(m).__name__} {does}): call "
+                     f"model.train() before from_torch")
+
+
 def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, seed=0, clip_grad_norm=None,
                precision="full"):
     """Compile an existing ``torch.nn.Sequential`` into a fused fastbp step.
@@ -310,7 +326,10 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
         weights and running statistics shared as the Linear weights are) and the
         activation modules of fastbp's activation registry (``ReLU``,
         ``Sigmoid``, ``Tanh``, ..., with their parameters), on the CPU, all
-        float32 or all float64.
+        float32 or all float64.  In train mode: the step trains as
+        ``model.train()`` does, so a ``Dropout`` (``p > 0``) or a ``BatchNorm1d``
+        with running statistics in eval mode is a ``ValueError`` (call
+        ``model.train()`` first); ``step.predict`` computes eval mode's outputs.
     loss : str or torch loss module
         A fastbp loss name, or ``CrossEntropyLoss`` / ``MSELoss`` /
         ``BCEWithLogitsLoss`` (mean reduction).
@@ -360,6 +379,7 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     _check_hooks(model, "model")
     for i, m in enumerate(model):
         _check_hooks(m, f"model layer {i}")
+        _check_train_mode(m, i, torch)
         if type(m) is torch.nn.Linear:
             for p in m.parameters():
                 if p.device.type != "cpu":

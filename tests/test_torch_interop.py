@@ -378,3 +378,26 @@ def test_fused_then_torch_then_fused_again_is_one_torch_run(make):
     for p in a.parameters():
         if "step" in oa.state[p]:
             assert float(oa.state[p]["step"]) == 15.0
+
+
+def test_a_mode_dependent_layer_in_eval_mode_is_refused_naming_it():
+    """``loss = step(x, y)`` stands for PyTorch's train-mode step: a Dropout or a BatchNorm1d
+    with running statistics left in eval mode would silently train differently."""
+    nn = torch.nn
+
+    def net(mid):
+        return nn.Sequential(nn.Linear(4, 6), mid, nn.ReLU(), nn.Linear(6, 3))
+
+    for mid, name in ((nn.Dropout(0.3), "Dropout"), (nn.BatchNorm1d(6), "BatchNorm1d")):
+        m = net(mid)
+        m.eval()
+        with pytest.raises(ValueError, match=rf"model layer 1 \({name}\) is in eval mode .*model\.train\(\)"):
+            fastbp.from_torch(m, batch_size=4)
+        m.train()
+        assert fastbp.from_torch(m, batch_size=4).predict(np.ones((2, 4), np.float32)).shape == (2, 3)
+    # layers that compute the same in both modes are taken in either
+    for mid in (nn.Dropout(0.0), nn.BatchNorm1d(6, track_running_stats=False), nn.LayerNorm(6), nn.Identity()):
+        m = net(mid)
+        m.eval()
+        x, y = np.ones((4, 4), np.float32), np.array([0, 1, 2, 0])
+        assert np.isfinite(fastbp.from_torch(m, batch_size=4)(x, y))
