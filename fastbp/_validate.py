@@ -594,9 +594,7 @@ def sample_weight(w, name, n):
         raise ValueError(f"{name} must have shape ({n},) (one weight per row), got {fmt_shape(a.shape)}")
     a = np.ascontiguousarray(a, dtype=np.float64)
     for bad, what in ((~np.isfinite(a), "finite"), (a < 0, ">= 0")):
-        rows = np.flatnonzero(bad)
-        if rows.size:
-            i = int(rows[0])
+        if (rows := np.flatnonzero(bad)).size:
             more = f", and {rows.size - 1} more" if rows.size > 1 else ""
-            raise ValueError(f"{name} must be {what} ({name}[{i}] is {float(a[i])!r}{more})")
+            raise ValueError(f"{name} must be {what} ({name}[{rows[0]}] is {float(a[rows[0]])!r}{more})")
     return a
