@@ -184,9 +184,9 @@ def _rmsprop_update(p, g, sq, buf, gavg, lr, alpha, eps, weight_decay, momentum,
     if n == 0:
         return
     blocks, threads = _grid(n)
-    _k_rmsprop[blocks, threads, stream](p, g, sq, buf, gavg, float(lr), float(alpha), _opt.rmsprop_scalars(float(alpha)),
-                                        float(eps),
-                                        float(weight_decay), float(momentum))
+    _k_rmsprop[blocks, threads, stream](p, g, sq, buf, gavg, float(lr), float(alpha),
+                                        _opt.rmsprop_scalars(float(alpha)), float(eps), float(weight_decay),
+                                        float(momentum))
 
 
 def _clip_grad_norm(g, max_norm, coef, stream=0):
