@@ -298,20 +298,13 @@ def _optimizer(opt, torch):
     return Adam(lr, betas=tuple(g["betas"]), eps=g["eps"], weight_decay=g.get("weight_decay", 0.0), decay_1d=decay_1d)
 
 
-def _check_train_mode(m, i, torch):
-    """A module whose computation depends on its mode must be in train mode: the fused step
-    computes what PyTorch's train mode does (ValueError otherwise, naming the layer)."""
-    if m.training:
-        return
-    if isinstance(m, torch.nn.Dropout) and m.p > 0:
-        does = "drops units"
-    elif isinstance(m, torch.nn.BatchNorm1d) and m.track_running_stats and m.running_mean is not None:
-        does = "normalises with each minibatch's statistics and updates the running ones"
-    else:
-        return
-    raise ValueError(f"model layer {i} ({type(m).__name__}) is in eval mode (training=False), but the fused "
-                     f"step trains as PyTorch's train mode does ({type(m).__name__} {does}): call "
-                     f"model.train() before from_torch")
+def _refuse_eval_mode(m, i, matters, does):
+    """A ValueError naming layer ``i`` if ``m`` is in eval mode where its mode changes what it
+    computes (``matters``): the fused step computes what PyTorch's train mode does (``does``)."""
+    if matters and not m.training:
+        raise ValueError(f"model layer {i} ({type(m).__name__}) is in eval mode (training=False), but the "
+                         f"fused step trains as PyTorch's train mode does ({type(m).__name__} {does}): call "
+                         f"model.train() before from_torch")
 
 
 def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, seed=0, clip_grad_norm=None,
@@ -379,7 +372,6 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     _check_hooks(model, "model")
     for i, m in enumerate(model):
         _check_hooks(m, f"model layer {i}")
-        _check_train_mode(m, i, torch)
         if type(m) is torch.nn.Linear:
             for p in m.parameters():
                 if p.device.type != "cpu":
@@ -390,6 +382,7 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
         elif type(m) is torch.nn.Dropout:
             # inplace=True is accepted: it changes nothing here (fastbp writes its own buffer);
             # the mask is fastbp's generator's, not torch's (the same distribution)
+            _refuse_eval_mode(m, i, m.p > 0, "drops units")
             layers.append(Dropout(m.p))
         elif type(m) in kinds:
             entry = kinds[type(m)]
@@ -525,8 +518,9 @@ def _norm_layer(m, i, torch):
                              f"dimension only (normalized_shape of one int)")
         has_bias = getattr(m, "bias", None) is not None or not m.elementwise_affine
         return LayerNorm(m.normalized_shape[0], eps=m.eps, elementwise_affine=m.elementwise_affine, bias=has_bias)
-    return BatchNorm1d(m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
-                       track_running_stats=m.track_running_stats and m.running_mean is not None)
+    tracks = m.track_running_stats and m.running_mean is not None
+    _refuse_eval_mode(m, i, tracks, "normalises with each minibatch's statistics and updates the running ones")
+    return BatchNorm1d(m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine, track_running_stats=tracks)
 
 
 def _norm_params(m, prefix, params, torch):
