@@ -12,6 +12,8 @@ is no second code path for layer models.
 """
 from __future__ import annotations
 
+import operator as _operator
+
 import numpy as _np
 
 from . import _validate as _v
@@ -381,7 +383,15 @@ class Sequential(Layer):
                                  f"holds no Linear layer ({len(part)} layers): a fastbp Sequential needs one to "
                                  f"know its width")
             return Sequential(*part)
-        return self.layers[index]
+        # PyTorch's Sequential's errors: an integer index (operator.index) within [-n, n)
+        try:
+            i = _operator.index(index)
+        except TypeError:
+            raise TypeError(f"Sequential indices must be integers or slices, not {type(index).__name__}") from None
+        n = len(self.layers)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} is out of range (a Sequential of {n} layers)")
+        return self.layers[i]
 
     def init_params(self, seed):
         """Seeded initial parameters: a dict ``name -> float64 array``."""

@@ -160,8 +160,14 @@ def test_sequential_is_sized_indexable_sliceable_and_iterable_like_torchs():
     assert m[0] is m.layers[0] and m[-1] is m.layers[-1]
     head = m[:2]
     assert isinstance(head, fastbp.Sequential) and head.layers == m.layers[:2] and head.out_features == 8
-    with pytest.raises(IndexError):
-        m[4]
+    assert m[np.int64(3)] is m.layers[3] and m[-4] is m.layers[0]      # any operator.index integer
+    # PyTorch's Sequential's errors, naming the index (not the internal tuple's "tuple index")
+    for i in (4, -5, np.int64(9)):
+        with pytest.raises(IndexError, match=rf"^index {int(i)} is out of range \(a Sequential of 4 layers\)$"):
+            m[i]
+    for bad in ("0", 1.0, None):
+        with pytest.raises(TypeError, match=rf"^Sequential indices must be integers or slices, not {type(bad).__name__}$"):
+            m[bad]
     with pytest.raises(ValueError, match=r"model\[1:3\] holds no Linear layer"):
         m[1:3]          # ReLU, Dropout: no Linear
 
