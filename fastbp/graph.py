@@ -42,9 +42,6 @@ def __dir__():  # dir(module), tab completion: the public API, not the imports a
     return sorted(__all__)
 
 
-ELEMENTWISE_BINARY = ("add", "mul", "max")
-
-
 def activation_of(node):
     """``(entry, params)`` of an activation node (its registry entry, parameter values), else None."""
     entry = _acts.lookup(node.op)
@@ -78,8 +75,9 @@ class Node:
     ----------
     graph : Graph
     op : str
-        ``"input"``, ``"param"``, ``"const"``, ``"matmul"``, ``"add"``, ``"mul"``,
-        ``"max"``, ``"sum"``, ``"loss"``, ``"layer_norm"``, ``"batch_norm"`` or an
+        ``"input"``, ``"param"``, ``"const"``, ``"matmul"``, a gate's registry name
+        (``"add"``, ``"mul"``, ``"div"``, ``"pow"``, ``"max"``: Python's ``+ - * / **``
+        and :func:`maximum`), ``"sum"``, ``"loss"``, ``"layer_norm"``, ``"batch_norm"`` or an
         activation's registry name (``"relu"``, ``"sigmoid"``, ``"tanh"``, ...).
     inputs : tuple of Node
     shape : tuple
@@ -124,18 +122,6 @@ class Node:
         other = self._lift(other, op)
         a, b = (other, self) if swap else (self, other)
         return Node(self.graph, op, (a, b), _broadcast(a, b, op))
-
-    def __add__(self, other):
-        return self._binary(other, "add")
-
-    def __radd__(self, other):
-        return self._binary(other, "add", swap=True)
-
-    def __mul__(self, other):
-        return self._binary(other, "mul")
-
-    def __rmul__(self, other):
-        return self._binary(other, "mul", swap=True)
 
     def __neg__(self):
         return self * -1.0
@@ -182,6 +168,19 @@ class Node:
             raise GraphError(f"transpose: only 2-D parameters can be transposed, not {self!r}")
         return _Transposed(self)
 
+
+def _operator(name, gate, swap):
+    def op(self, other):
+        return self._binary(other, gate, swap=swap)
+    op.__name__, op.__qualname__ = name, f"Node.{name}"
+    return op
+
+
+# ``a + b``, ``a * b``, ``a / b``, ``a ** b`` and their reflections: the registry's gates
+for _py, _gate in (("add", "add"), ("mul", "mul"), ("truediv", "div"), ("pow", "pow")):
+    setattr(Node, f"__{_py}__", _operator(f"__{_py}__", _gate, False))
+    setattr(Node, f"__r{_py}__", _operator(f"__r{_py}__", _gate, True))
+del _py, _gate
 
 # a rejected operation adds no node (the constant it lifted into the graph is taken out again)
 for _name in ("_binary", "__sub__", "__rsub__", "__matmul__", "__rmatmul__"):
@@ -358,8 +357,8 @@ def maximum(a, b):
 
 
 def gate(name, a, b):
-    """Elementwise gate ``name`` of :mod:`fastbp.registry.gates` (``"add"``,
-    ``"mul"``, ``"max"``, or an entry registered later) of ``a`` and ``b``,
+    """Elementwise gate ``name`` of :mod:`fastbp.registry.gates` (``"add"``, ``"mul"``,
+    ``"max"``, ``"div"``, ``"pow"``, or an entry registered later) of ``a`` and ``b``,
     with numpy broadcasting; at least one of them a node.
 
     Parameters

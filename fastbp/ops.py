@@ -18,7 +18,9 @@ rule of backpropagation, "upstream gradient times local gradient".
 
 The activation wrappers ``<name>_forward``/``<name>_backward`` are generated
 from the activation registry (:mod:`fastbp.registry.activations`,
-:mod:`fastbp._ops_activations`): ``relu``, ``sigmoid``, ``tanh``, ...
+:mod:`fastbp._ops_activations`): ``relu``, ``sigmoid``, ``tanh``, ...; the gate wrappers
+``add``, ``mul``, ``max``, ``div`` and ``pow`` (``_forward``/``_backward``, numpy broadcasting)
+from the gate registry (:mod:`fastbp.registry.gates`, :mod:`fastbp._ops_gates`).
 LayerNorm, BatchNorm1d and dropout: ``layer_norm_forward``/``_backward``,
 ``batch_norm_forward``/``_backward``, ``dropout_forward``/``_backward``
 (:mod:`fastbp._ops_norm`; PyTorch's ``torch.nn.functional`` semantics).
@@ -31,26 +33,26 @@ from __future__ import annotations
 import numpy as _np
 
 from . import _ops_activations as _OA
+from . import _ops_gates as _OG
 from . import _ops_norm as _ON
 from . import _validate as _V
 from .kernels import activations as _A
-from .kernels import gates as _G
 from .kernels import gemm as _M
 from .kernels import linear as _L
 from .kernels import losses as _Ls
 from .config import OPS_BLAS_THRESHOLD as BLAS_THRESHOLD
-from .registry.gates import ADD as _GATE_ADD, MAX as _GATE_MAX, MUL as _GATE_MUL
 from .registry.activations import IDENTITY as _IDENTITY
 
 _ACTIVATION_WRAPPERS = _OA.wrappers()
 globals().update(_ACTIVATION_WRAPPERS)
+_GATE_WRAPPERS = _OG.wrappers()
+globals().update(_GATE_WRAPPERS)
 
 __all__ = [
     "BLAS_THRESHOLD",
     "linear_forward", "linear_backward", "matmul",
     *_ACTIVATION_WRAPPERS,
-    "add_forward", "add_backward", "mul_forward", "mul_backward",
-    "max_forward", "max_backward",
+    *_GATE_WRAPPERS,
     "softmax_cross_entropy", "svm_loss", "mse", "bce_with_logits", "poisson_loss",
     *_ON.__all__,
 ]
@@ -62,7 +64,7 @@ def __dir__():
     return sorted(__all__)
 
 _NOBIAS = {dt: _np.empty(0, dt) for dt in _V.FLOAT_DTYPES}
-_view2d_shape = _OA.view2d_shape
+_as2d = _OG.as2d
 _check_out = _OA.check_out
 
 
@@ -246,164 +248,6 @@ def matmul(a, b, out=None):
     c = _check_out(out, "out", (m, b.shape[1]), dt, ((a, "a"), (b, "b")))
     _mm(a, b, c, False, False)
     return c
-
-
-# ------------------------------------------------------------------- gates
-def _as2d(a):
-    return a if a.ndim == 2 else a.reshape(_view2d_shape(a.shape, a.size))
-
-
-def _gate_shapes(a, b):
-    _V.float_array(a, "a", (0, 1, 2))
-    _V.float_array(b, "b", (0, 1, 2))
-    _V.same_dtype(a, "a", b, "b")
-    try:
-        return _np.broadcast_shapes(a.shape, b.shape)
-    except ValueError:
-        raise ValueError(
-            f"a of shape {_V.fmt_shape(a.shape)} and b of shape {_V.fmt_shape(b.shape)} "
-            f"cannot be broadcast together") from None
-
-
-def _gate_forward(gate, a, b, out):
-    oshape = _gate_shapes(a, b)
-    o = _check_out(out, "out", oshape, a.dtype, ((a, "a"), (b, "b")), allow_identical=True)
-    _G._gate_fwd.pick(o.size)(gate, _as2d(a), _as2d(b), _as2d(o))
-    return o
-
-
-def _gate_backward(gate, a, b, dout):
-    oshape = _gate_shapes(a, b)
-    _V.float_array(dout, "dout")
-    _V.same_dtype(a, "a", dout, "dout")
-    _V.shape(dout, "dout", oshape, "the broadcast shape of a and b")
-    da = _np.empty(a.shape, a.dtype)
-    db = _np.empty(b.shape, b.dtype)
-    d2 = _as2d(dout)
-    _G._gate_bwd.pick(dout.size)(gate, _as2d(a), _as2d(b), d2, _as2d(da), _as2d(db), False, False)
-    return da, db
-
-
-def add_forward(a, b, out=None):
-    """Add gate ``out = a + b`` with numpy broadcasting (arrays of at most 2 dims).
-
-    Parameters
-    ----------
-    a, b : numpy.ndarray, 0-D, 1-D or 2-D
-        float32 or float64 (one dtype), C-contiguous, broadcastable.
-    out : numpy.ndarray, optional
-        Output of the broadcast shape; may be ``a`` or ``b`` itself when that
-        already has the broadcast shape.
-
-    Returns
-    -------
-    numpy.ndarray
-        The broadcast shape, same dtype.
-    """
-    return _gate_forward(_GATE_ADD, a, b, out)
-
-
-def add_backward(a, b, dout):
-    """Gradients of the add gate (a distributor): ``da = dout``, ``db = dout``.
-
-    An input that was broadcast receives ``dout`` summed over its broadcast axes.
-
-    Parameters
-    ----------
-    a, b : numpy.ndarray, 0-D, 1-D or 2-D
-        The forward inputs (only their shapes matter here).
-    dout : numpy.ndarray
-        Upstream gradient, of the broadcast shape and the inputs' dtype.
-
-    Returns
-    -------
-    da, db : numpy.ndarray
-        Shapes of ``a`` and ``b``.
-    """
-    return _gate_backward(_GATE_ADD, a, b, dout)
-
-
-def mul_forward(a, b, out=None):
-    """Multiply gate ``out = a * b`` with numpy broadcasting (at most 2 dims).
-
-    Parameters
-    ----------
-    a, b : numpy.ndarray, 0-D, 1-D or 2-D
-        float32 or float64 (one dtype), C-contiguous, broadcastable.
-    out : numpy.ndarray, optional
-        Output of the broadcast shape; may be ``a`` or ``b`` itself when that
-        already has the broadcast shape.
-
-    Returns
-    -------
-    numpy.ndarray
-        The broadcast shape, same dtype.
-    """
-    return _gate_forward(_GATE_MUL, a, b, out)
-
-
-def mul_backward(a, b, dout):
-    """Gradients of the multiply gate (a switcher): ``da = dout * b``, ``db = dout * a``.
-
-    An input that was broadcast receives the sum over its broadcast axes.
-
-    Parameters
-    ----------
-    a, b : numpy.ndarray, 0-D, 1-D or 2-D
-        The forward inputs.
-    dout : numpy.ndarray
-        Upstream gradient, of the broadcast shape and the inputs' dtype.
-
-    Returns
-    -------
-    da, db : numpy.ndarray
-        Shapes of ``a`` and ``b``.
-    """
-    return _gate_backward(_GATE_MUL, a, b, dout)
-
-
-def max_forward(a, b, out=None):
-    """Max gate ``out = maximum(a, b)`` with numpy broadcasting (at most 2 dims).
-
-    NaN in either input gives NaN, like :func:`numpy.maximum`.
-
-    Parameters
-    ----------
-    a, b : numpy.ndarray, 0-D, 1-D or 2-D
-        float32 or float64 (one dtype), C-contiguous, broadcastable.
-    out : numpy.ndarray, optional
-        Output of the broadcast shape; may be ``a`` or ``b`` itself when that
-        already has the broadcast shape.
-
-    Returns
-    -------
-    numpy.ndarray
-        The broadcast shape, same dtype.
-    """
-    return _gate_forward(_GATE_MAX, a, b, out)
-
-
-def max_backward(a, b, dout):
-    """Gradients of the max gate (a router): ``da = dout * 1[not a < b]``, ``db = dout * 1[not a >= b]``.
-
-    The whole upstream gradient goes to the larger input; ties go to ``a``;
-    with a NaN on either side both inputs receive it (as ``torch.maximum``).
-    A gradient that does not flow is an exact 0, even for a NaN or inf ``dout``.
-    An input that was broadcast receives the sum over its broadcast axes.
-
-    Parameters
-    ----------
-    a, b : numpy.ndarray, 0-D, 1-D or 2-D
-        The forward inputs.
-    dout : numpy.ndarray
-        Upstream gradient, of the broadcast shape and the inputs' dtype.
-
-    Returns
-    -------
-    da, db : numpy.ndarray
-        Shapes of ``a`` and ``b``.
-    """
-    return _gate_backward(_GATE_MAX, a, b, dout)
 
 
 # ------------------------------------------------------------------ losses

@@ -56,7 +56,7 @@ from fastbp.kernels import linear as cpu_linear
 from fastbp.kernels import losses as cpu_losses
 from fastbp.kernels import optim as cpu_optim
 from fastbp.kernels.codes import (ACT_NONE, ACT_RELU, ACT_SIGMOID, ACT_TANH, GATE_ADD,
-                                  GATE_MAX, GATE_MUL)
+                                  GATE_DIV, GATE_MAX, GATE_MUL, GATE_POW)
 from fastbp.kernels.cuda import cuda_available
 from cuda_ptx import PTX_TARGETS, assemble, find_ptxas, ptx_target
 
@@ -84,7 +84,7 @@ DTYPES = [np.float32, np.float64]
 #: Python threads, and float32 already runs every kernel's code path
 PARAM_DTYPES = [np.float32, pytest.param(np.float64, marks=pytest.mark.thorough)]
 ACTS = [ACT_NONE, ACT_RELU, ACT_SIGMOID, ACT_TANH]
-GATES = [GATE_ADD, GATE_MUL, GATE_MAX]
+GATES = [GATE_ADD, GATE_MUL, GATE_MAX, GATE_DIV, GATE_POW]
 
 
 # ----------------------------------------------------------------- helpers
@@ -533,13 +533,14 @@ def test_cuda_gates_match_cpu_with_nan_and_inf(gate, pair):
     rng = np.random.default_rng(100 * gate + pair)
     out_shape = (max(sa[0], sb[0]), max(sa[1], sb[1]))
     A, B, dO = _gate_nonfinite(rng, sa, dtype), _gate_nonfinite(rng, sb, dtype), _gate_nonfinite(rng, out_shape, dtype)
-    exact = SIM_ENV or gate != GATE_MUL
+    # on a GPU: mul's and div's sums may fuse into FMAs, and pow is libdevice's, not libm's
+    exact = SIM_ENV or gate in (GATE_ADD, GATE_MAX)
     what = f"gate {gate} {sa} {sb}"
     Od = empty_dev(out_shape, dtype)
     g_gates._gate_fwd(gate, dev(A), dev(B), Od)
     O = np.empty(out_shape, dtype)
     cpu_gates._gate_fwd(gate, A, B, O)
-    _gate_same(Od.copy_to_host(), O, True, dtype, what)
+    _gate_same(Od.copy_to_host(), O, SIM_ENV or gate != GATE_POW, dtype, what)
     for acc in (False, True):
         gA0, gB0 = np.round(rnd(rng, sa, dtype, 2.0)), np.round(rnd(rng, sb, dtype, 2.0))
         gAd, gBd = dev(gA0), dev(gB0)

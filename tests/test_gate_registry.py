@@ -54,7 +54,11 @@ def test_entries_hold_their_scalar_math():
     nan = float("nan")
     assert np.isnan(mx.forward(nan, 1.0)) and np.isnan(mx.forward(1.0, nan))
     assert mx.grads(nan, 1.0, 5.0) == (5.0, 5.0) == mx.grads(1.0, nan, 5.0)   # as torch.maximum
-    assert [e.name for e in R.entries()] == ["add", "mul", "max"]
+    dv, pw = R.get("div"), R.get("pow")
+    assert (dv.forward(3.0, 2.0), dv.grads(3.0, 2.0, 5.0)) == (1.5, (2.5, -3.75))
+    assert (pw.forward(3.0, 2.0), pw.grads(3.0, 2.0, 5.0)) == (9.0, (30.0, 45.0 * np.log(3.0)))
+    assert pw.grads(0.0, 2.0, 5.0) == (0.0, 0.0) and pw.grads(0.0, 0.0, np.inf) == (0.0, 0.0)  # torch's zeros
+    assert [e.name for e in R.entries()] == ["add", "mul", "max", "div", "pow"]
     with pytest.raises(ValueError, match="unknown gate code"):
         R.by_code(R.CAPACITY - 1)
     with pytest.raises(ValueError, match="unknown gate 'nope'"):

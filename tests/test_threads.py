@@ -43,12 +43,12 @@ ACT_CODES = [e.code for e in ENTRIES]
 # README's run leaves out (its steps run the serial variants: tests/test_registry.py, test_norms.py)
 KEEP_D_CODES = [e.code for e in ENTRIES if e.uses == "input" and sys.argv[2] == "all"]
 out["entries"] = sys.argv[2]
-# the gates (add, mul, max) share their loops (one template, tests/test_gate_registry.py): the
-# "some" run takes mul, whose gradient reads both operands (directly and through the ops
-# wrappers); the "all" run takes the three
-from fastbp.kernels.codes import GATE_ADD, GATE_MAX, GATE_MUL
+# the gates (add, mul, max, div, pow) share their loops (one template, tests/test_gate_registry.py):
+# the "some" run takes mul, whose gradient reads both operands (directly and through the ops
+# wrappers); the "all" run takes the five
+from fastbp.kernels.codes import GATE_ADD, GATE_DIV, GATE_MAX, GATE_MUL, GATE_POW
 from fastbp.registry import gates as _greg
-GATES = [GATE_ADD, GATE_MUL, GATE_MAX] if sys.argv[2] == "all" else [GATE_MUL]
+GATES = [GATE_ADD, GATE_MUL, GATE_MAX, GATE_DIV, GATE_POW] if sys.argv[2] == "all" else [GATE_MUL]
 hashes = {}
 
 
@@ -324,8 +324,8 @@ def test_script_covers_every_parallel_kernel():
     from fastbp.registry import gates as greg
     for name in ("_gate_fwd", "_gate_bwd"):
         assert f".{name})" in SCRIPT, name
-    assert "for gate in GATES" in SCRIPT and [e.code for e in greg.entries()] == [0, 1, 2]
-    assert 'GATES = [GATE_ADD, GATE_MUL, GATE_MAX] if sys.argv[2] == "all"' in SCRIPT
+    assert "for gate in GATES" in SCRIPT and [e.code for e in greg.entries()] == [0, 1, 2, 3, 4]
+    assert 'GATES = [GATE_ADD, GATE_MUL, GATE_MAX, GATE_DIV, GATE_POW] if sys.argv[2] == "all"' in SCRIPT
     for e in greg.entries():
         assert all(isinstance(k, Kernel) for k in gates.kernels(e.code).roles())
     for name in COVERED:
@@ -336,7 +336,8 @@ def test_script_covers_every_parallel_kernel():
 
 
 @pytest.mark.parametrize("code", [pytest.param(0, marks=pytest.mark.thorough), 1,
-                                  pytest.param(2, marks=pytest.mark.thorough)])
+                                  pytest.param(2, marks=pytest.mark.thorough),
+                                  pytest.param(3, marks=pytest.mark.thorough)])
 # (~4 s each, cold; mul in the README's run: the gate of the script's "some" run above)
 def test_broadcast_gate_gradient_is_the_sum_in_row_order(code):
     """A broadcast operand's gradient (a column of a (r, 1) operand against (r, c)) is the sum

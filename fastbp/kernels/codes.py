@@ -33,4 +33,6 @@ CLASSIFICATION_LOSSES = _L.classification_names()
 GATE_ADD = _G.ADD
 GATE_MUL = _G.MUL
 GATE_MAX = _G.MAX
+GATE_DIV = _G.DIV
+GATE_POW = _G.POW
 

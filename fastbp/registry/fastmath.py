@@ -61,7 +61,8 @@ fold the two-part ``ln2`` back into one constant and lose the reduction's
 precision.  LLVM still inlines them into the (fast-math) kernels.  :func:`div`
 is the division the activations use: IEEE, without the zero-divisor test
 that numba's default (Python) error model puts before every ``/`` and that
-keeps a loop from vectorising.
+keeps a loop from vectorising; :func:`log` is libm's, with the same IEEE results on every
+target (the pow gate's).
 """
 import math
 
@@ -72,7 +73,7 @@ from numba.core.extending import overload as _overload
 
 from .._jit import _CACHE
 
-__all__ = ["exp", "expm1", "erf", "tanh", "log1p", "div"]
+__all__ = ["exp", "expm1", "erf", "tanh", "log1p", "div", "log"]
 
 #: the functions' compilation flags: no fast-math (see the module docstring) and numpy's
 #: error model: ``a / b`` is IEEE division (``b == 0`` gives inf or NaN) without the
@@ -296,3 +297,10 @@ def div(a, b):
     divisor and an exception path per division, which keeps the loop scalar.  The
     activations divide through this function, inlined as a plain division."""
     return a / b
+
+
+@_scalar
+def log(x):
+    """``log(x)`` with IEEE semantics (-inf at 0, NaN below 0, never Python's ValueError: the
+    CUDA simulator runs the registry's bodies as Python, calling this compiled function)."""
+    return math.log(x)

@@ -11,6 +11,13 @@ device functions (:mod:`fastbp.kernels.cuda.gates`): both targets run the
 same body.  Constants are written ``type(x)(c)`` (float32 kernels compute in
 float32).
 
+The division and power gates follow ``torch.div`` and ``torch.pow`` (IEEE: ``a / 0`` is
++-inf or NaN, a negative base to a non-integer power NaN, never an exception) and their
+backward rules: ``pow``'s ``da`` is exactly 0 where ``b == 0`` and its ``db`` exactly 0 where
+``a == 0`` and ``b >= 0``; ``div``'s ``db`` is computed as ``-(dout / b) (a / b)``, which
+stays finite where ``b * b`` would overflow (torch's ``-dout a / (b b)``; the two agree to
+rounding elsewhere).
+
 The max gate's rule on both targets: ``out = NaN`` if either input is NaN
 (``torch.maximum``); the gradient goes to ``a`` unless ``a < b`` and to ``b``
 unless ``a >= b``: ties go to ``a`` (PyTorch splits a tie in halves; fastbp's
@@ -27,13 +34,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import fastmath as _fm
 from . import names as _names
 
-__all__ = ["Gate", "CODES", "register", "unregister", "get", "by_code", "entries", "ADD", "MUL", "MAX", "CAPACITY"]
+__all__ = ["Gate", "CODES", "register", "unregister", "get", "by_code", "entries", "ADD", "MUL", "MAX", "DIV",
+           "POW", "BUILT_IN", "CAPACITY"]
 
 #: the most entries (codes 0 .. CAPACITY-1): the size of the kernel tables
 CAPACITY = 16
-ADD, MUL, MAX = 0, 1, 2
+ADD, MUL, MAX, DIV, POW = 0, 1, 2, 3, 4
+#: the codes of the entries below, which cannot be unregistered
+BUILT_IN = (ADD, MUL, MAX, DIV, POW)
 
 
 @dataclass(frozen=True)
@@ -108,7 +119,7 @@ def register(entry):
 def unregister(name):
     """Remove the entry ``name`` (tests only; the built-in gates stay)."""
     entry = get(name)
-    if entry.code in (ADD, MUL, MAX):
+    if entry.code in BUILT_IN:
         raise ValueError(f"the built-in gate {name!r} cannot be unregistered")
     del _BY_NAME[entry.name]
     del _BY_CODE[entry.code]
@@ -177,3 +188,33 @@ def d_maximum(a, b, g):
 register(Gate(MAX, "max", maximum, d_maximum, "out = max(a, b) (NaN if either is NaN)",
               "da = dout * 1[not a < b], db = dout * 1[not a >= b] "
               "(a router; ties to a, a NaN on either side: both get dout)"))
+
+
+def div(a, b):
+    # IEEE division (fastmath.div: no ZeroDivisionError test in the compiled loops)
+    return _fm.div(a, b)
+
+
+def d_div(a, b, g):
+    q = _fm.div(g, b)
+    return q, -(q * _fm.div(a, b))
+
+
+register(Gate(DIV, "div", div, d_div, "out = a / b (torch.div: a / 0 is +-inf, 0 / 0 NaN)",
+              "da = dout / b, db = -dout a / b^2 (as -(dout / b) (a / b))"))
+
+
+def power(a, b):
+    return a ** b
+
+
+def d_power(a, b, g):
+    # torch's pow backward: exactly 0 for da where b == 0 and for db where a == 0 and b >= 0
+    zero = type(g)(0.0)
+    da = zero if b == 0 else g * (b * a ** (b - type(b)(1.0)))
+    db = zero if (a == 0 and b >= 0) else g * (a ** b * _fm.log(a))
+    return da, db
+
+
+register(Gate(POW, "pow", power, d_power, "out = a ** b (torch.pow: NaN for a < 0 and a non-integer b)",
+              "da = dout b a^(b - 1) (0 where b == 0), db = dout a^b log(a) (0 where a == 0 and b >= 0)"))
