@@ -428,10 +428,14 @@ def thorough_case(params):
     add on the last three shape pairs (the broadcasting code is shared by the gates; add
     runs every pair), ~2 s each under the simulator; the transposed products (nt, tn) on the
     two middle shapes (the nn product runs every shape, the transposed ones the extremes: their
-    tile loaders differ from nn's, not by shape); and the registry activations outside
-    REG_DEFAULT_RUN (their float32 CPU kernels run in the default run of test_registry)."""
+    tile loaders differ from nn's, not by shape); the registry activations outside
+    REG_DEFAULT_RUN (their float32 CPU kernels run in the default run of test_registry); and
+    every case of the div and pow gates (the default run takes both through the GPU grad
+    function of test_cuda_step.py)."""
     if "kind" in params and "m" in params:     # products: every shape for nn, the extremes for nt/tn
         return params["kind"] != "nn" and (params["m"], params["k"], params["n"]) in GEMM_SHAPES[1:3]
+    if params.get("gate") in (GATE_DIV, GATE_POW):
+        return True
     if "pair" in params:    # the non-finite parity test: one broadcast pair per gate by default
         return params["pair"] != 0
     sa = params.get("sa")
