@@ -187,7 +187,8 @@ def d_maximum(a, b, g):
 
 register(Gate(MAX, "max", maximum, d_maximum, "out = max(a, b) (NaN if either is NaN)",
               "da = dout * 1[not a < b], db = dout * 1[not a >= b] "
-              "(a router; ties to a, a NaN on either side: both get dout)"))
+              "(a router; ties to a, a NaN on either side: both get dout; a gradient that does not "
+              "flow is an exact 0, even for an infinite or NaN dout)"))
 
 
 def div(a, b):
