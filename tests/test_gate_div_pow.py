@@ -4,8 +4,9 @@ torch's backward rules, by finite differences (float64), against PyTorch, and th
 graph's operators and ``fastbp.grad``'s fused native step, with the worked examples of the
 lecture notes that need them (the staged computation ``(x + s(y)) / (s(x) + (x + y)^2)``
 and the sigmoid neuron built from ``*-1``, ``exp``, ``+1`` and ``1/x`` gates).  The CUDA
-kernels of both gates are compared with these CPU kernels under the simulator
-(``tests/test_cuda_kernels.py``, whose gate list holds them)."""
+kernels of both gates are compared with these CPU kernels under the simulator: in the
+README's run through the GPU grad function of ``tests/test_cuda_step.py``, kernel by kernel
+in CI's thorough stage (``tests/test_cuda_kernels.py``, whose gate list holds them)."""
 import math
 
 import numpy as np
@@ -16,15 +17,11 @@ from fastbp import ops
 from fastbp.gradcheck import numerical_gradient, relative_error
 from fastbp.kernels import gates as G
 from fastbp.registry import gates as R
+from test_kernels import unbroadcast     # a gradient summed over the broadcast axes
 
 DTYPES = [np.float32, np.float64]
 PAIRS = [((5, 7), (5, 7)), ((5, 7), (1, 7)), ((5, 1), (1, 7)), ((1, 1), (4, 3)), ((4, 3), (4, 1))]
 TOL = {np.float32: dict(rtol=2e-5, atol=1e-6), np.float64: dict(rtol=1e-12, atol=1e-14)}
-
-
-def _unbroadcast(x, shape):
-    axes = tuple(i for i in range(2) if shape[i] == 1 and x.shape[i] != 1)
-    return x.sum(axis=axes, keepdims=True).reshape(shape)
 
 
 def _reference(code, a, b, g):
@@ -69,13 +66,13 @@ def test_kernels_match_numpy_and_torchs_rules(code, dt, variant):
         np.testing.assert_allclose(out, ref, **TOL[dt])
         da, db = np.full(sa, np.nan, dt), np.full(sb, np.nan, dt)
         bwd(code, a, b, g, da, db, False, False)
-        np.testing.assert_allclose(da, _unbroadcast(rda, sa), **TOL[dt])
-        np.testing.assert_allclose(db, _unbroadcast(rdb, sb), **TOL[dt])
+        np.testing.assert_allclose(da, unbroadcast(rda, sa), **TOL[dt])
+        np.testing.assert_allclose(db, unbroadcast(rdb, sb), **TOL[dt])
         # accumulation, and a gradient that is not needed (size 0)
         da0 = rng.standard_normal(sa).astype(dt)
         da = da0.copy()
         bwd(code, a, b, g, da, np.empty((0, 0), dt), True, False)
-        np.testing.assert_allclose(da, da0 + _unbroadcast(rda, sa), **TOL[dt])
+        np.testing.assert_allclose(da, da0 + unbroadcast(rda, sa), **TOL[dt])
 
 
 def test_ieee_results_and_torchs_exact_zeros():
