@@ -16,7 +16,9 @@ the runner was selected (``pytest -k simulator``), all of them.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,8 +82,11 @@ def start(session):
 def spawn(session, ids, name, **env):
     """A child pytest that runs the tests ``ids`` (node ids) with ``env`` added to this
     session's environment: ``(process, its JUnit report's path, its output file)``.
-    Also used by the lane (``_lanes.py``)."""
-    report = Path(tempfile.mkdtemp(prefix=f"fastbp-{name}-")) / f"{name}.xml"
+    Also used by the lane (``_lanes.py``).  The report's folder is removed when this
+    process exits (after the session has read the report)."""
+    folder = tempfile.mkdtemp(prefix=f"fastbp-{name}-")
+    atexit.register(shutil.rmtree, folder, True)
+    report = Path(folder) / f"{name}.xml"
     out = tempfile.TemporaryFile(mode="w+")
     # -m "": the ids were selected here; the child must not deselect them again (addopts)
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "",
