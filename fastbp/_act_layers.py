@@ -74,6 +74,22 @@ class _Activation(Layer):
             object.__setattr__(self, name, value)
 
     def build(self, g, x, prefix, W=None, b=None):
+        """Add the layer to graph ``g`` after node ``x`` (the compiler's layer interface).
+
+        Parameters
+        ----------
+        g : Graph
+        x : Node, shape (batch, features)
+        prefix : str
+            The layer's name in the model (unused: an activation has no parameters).
+        W, b : None
+            Unused (the interface of :meth:`fastbp.Linear.build`).
+
+        Returns
+        -------
+        Node
+            The activation's node, of ``x``'s shape (``x`` itself for Identity).
+        """
         if self.entry.code == _acts.IDENTITY:     # fastbp.Identity: no node at all
             return x
         return g._unary(self.op, x, {"params": self.params} if self.params else None)
@@ -102,12 +118,14 @@ def _layer_class(entry):
     pdoc = _acts.param_doc(entry)
     variants = _acts.variant_doc(entry)
     doc = (f"Activation layer ``{entry.formula}`` elementwise (local gradient ``{entry.dformula}``).\n{variants}\n"
-           + (f"    Parameters\n    ----------\n{pdoc}" if pdoc or entry.inplace else "")
+           + (f"    Parameters\n    ----------\n{pdoc}" if pdoc or entry.inplace or entry.code == _acts.IDENTITY
+              else "")
            + ("    inplace : bool, default False\n        Accepted for PyTorch's signature; it changes nothing "
               "(the fused step\n        writes every layer's output into a buffer of its own).\n"
               if entry.inplace else "")
-           + f"\n    PyTorch: ``torch.nn.{entry.torch}``."
-           + (f"  scikit-learn: ``activation='{entry.sklearn}'``." if entry.sklearn else ""))
+           + ("    *args, **kwargs\n        Accepted and unused, as PyTorch's.\n" if entry.code == _acts.IDENTITY else "")
+           + f"\n    See Also\n    --------\n    torch.nn.{entry.torch} : PyTorch's layer"
+           + (f" (scikit-learn: ``activation='{entry.sklearn}'``)" if entry.sklearn else "") + ".\n")
     cls = type(entry.layer, (_Activation,), {"entry": entry, "__doc__": doc, "__module__": "fastbp.layers",
                                              "__qualname__": entry.layer})
     cls.__signature__ = _inspect.Signature(
@@ -120,5 +138,4 @@ def _layer_class(entry):
     if entry.code == _acts.IDENTITY:    # PyTorch's signature: any arguments, unused
         cls.__signature__ = _inspect.Signature([_inspect.Parameter("args", _inspect.Parameter.VAR_POSITIONAL),
                                                 _inspect.Parameter("kwargs", _inspect.Parameter.VAR_KEYWORD)])
-        cls.__doc__ += "  Any arguments are accepted and unused, as PyTorch's."
     return cls

@@ -13,5 +13,11 @@ class Layer:
         return in_features
 
     def spec(self):
-        """A JSON-able description (used by checkpoints)."""
+        """A JSON-able description (used by checkpoints).
+
+        Returns
+        -------
+        dict
+            ``{"type": class name, ...}``: what rebuilds the layer.
+        """
         return {"type": type(self).__name__}

@@ -132,6 +132,12 @@ class RankError(RuntimeError):
     ``TypeError``, ``FloatingPointError`` ...).  Either way no rank updated
     its weights.
 
+    Parameters
+    ----------
+    message : str
+    n_failed : int, default 1
+    size : int, default 1
+
     Attributes
     ----------
     n_failed : int

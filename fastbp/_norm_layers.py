@@ -30,7 +30,15 @@ class _Norm:
         return in_features
 
     def init(self):
-        """Initial ``(weight, bias)`` in float64 (``None`` where the layer has none)."""
+        """Initial affine parameters.
+
+        Returns
+        -------
+        weight : ndarray of float64, shape (num_features,), or None
+            Ones; None where the layer has no weight.
+        bias : ndarray of float64, shape (num_features,), or None
+            Zeros; None where the layer has no bias.
+        """
         n = self.num_features
         return (np.ones(n) if self._has_w else None), (np.zeros(n) if self._has_b else None)
 
@@ -77,10 +85,33 @@ class LayerNorm(_Norm):
         self._has_b = self.elementwise_affine and self.bias_
 
     def build(self, g, x, prefix, weight=None, bias=None):
+        """Add the normalisation of ``x`` to graph ``g`` (the compiler's layer interface).
+
+        Parameters
+        ----------
+        g : Graph
+        x : Node, shape (batch, num_features)
+        prefix : str
+            The layer's name: its parameters are ``f"{prefix}.weight"`` and ``f"{prefix}.bias"``.
+        weight, bias : ndarray of shape (num_features,), optional
+            Initial values (default :meth:`init`'s).
+
+        Returns
+        -------
+        Node
+            Of ``x``'s shape.
+        """
         w, b = self._params(g, prefix, weight, bias)
         return _g.layer_norm(x, w, b, eps=self.eps)
 
     def spec(self):
+        """A JSON-able description (used by checkpoints).
+
+        Returns
+        -------
+        dict
+            ``{"type": "LayerNorm", ...}``: the constructor's arguments.
+        """
         return {"type": "LayerNorm", "normalized_shape": self.num_features, "eps": self.eps,
                 "elementwise_affine": self.elementwise_affine, "bias": self.bias_}
 
@@ -133,12 +164,34 @@ class BatchNorm1d(_Norm):
         self._has_w = self._has_b = self.affine
 
     def build(self, g, x, prefix, weight=None, bias=None, running=None):
+        """Add the batch normalisation of ``x`` to graph ``g`` (the compiler's layer interface).
+
+        Parameters
+        ----------
+        g, x, prefix, weight, bias
+            As :meth:`LayerNorm.build`'s.
+        running : tuple, optional
+            ``(running_mean, running_var, num_batches_tracked)`` to start from (default
+            zeros, ones and 0).
+
+        Returns
+        -------
+        Node
+            Of ``x``'s shape.
+        """
         w, b = self._params(g, prefix, weight, bias)
         rm, rv, nbt = running if running is not None else (None, None, 0)
         return _g.batch_norm(x, w, b, rm, rv, eps=self.eps, momentum=self.momentum,
                              track_running_stats=self.track_running_stats, num_batches_tracked=nbt, name=prefix)
 
     def spec(self):
+        """A JSON-able description (used by checkpoints).
+
+        Returns
+        -------
+        dict
+            ``{"type": "BatchNorm1d", ...}``: the constructor's arguments.
+        """
         return {"type": "BatchNorm1d", "num_features": self.num_features, "eps": self.eps,
                 "momentum": self.momentum, "affine": self.affine, "track_running_stats": self.track_running_stats}
 

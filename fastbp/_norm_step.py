@@ -47,17 +47,44 @@ class NormState:
         return self.arena
 
     def check_train_rows(self, n, where=""):
-        """ValueError unless a training call of ``n`` rows can run: BatchNorm needs more
-        than one value per channel (PyTorch's rule)."""
+        """Check that a training call of ``n`` rows can run: BatchNorm needs more than one
+        value per channel (PyTorch's rule).
+
+        Parameters
+        ----------
+        n : int
+            Rows of the call.
+        where : str, default ""
+            Added to the error after "when training" (e.g. " in fit").
+
+        Raises
+        ------
+        ValueError
+            ``n < 2`` and the model has a BatchNorm1d.
+        """
         if n < 2 and any(nd.op == "batch_norm" for nd in self.graph.nodes):
             raise ValueError(f"Expected more than 1 value per channel when training{where}: BatchNorm1d "
                              f"gets a minibatch of {n} row (x needs at least 2 rows); nothing was changed")
 
     def check_eval_rows(self, n, where="predict"):
-        """ValueError when an eval call of ``n`` rows would be cut into minibatches
-        that a BatchNorm1d without running statistics (``track_running_stats=False``:
-        batch statistics in eval too, as in PyTorch) would normalise separately,
-        each row with its own minibatch's statistics instead of those of all ``n``."""
+        """Check that an eval call of ``n`` rows gives every row the statistics of all ``n``.
+
+        A call of more than ``batch_size`` rows runs in minibatches, which a BatchNorm1d
+        without running statistics (``track_running_stats=False``: batch statistics in eval
+        too, as in PyTorch) would normalise separately.
+
+        Parameters
+        ----------
+        n : int
+            Rows of the call.
+        where : str, default "predict"
+            The caller's name in the error.
+
+        Raises
+        ------
+        ValueError
+            ``n > batch_size`` and the model has such a BatchNorm1d.
+        """
         if n <= self.batch_size:
             return
         if any(nd.op == "batch_norm" and not nd.attrs["track"] for nd in self.graph.nodes):

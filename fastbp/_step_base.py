@@ -4,18 +4,14 @@ The CPU step (:class:`fastbp.step.TrainStep`), the GPU step (:class:`fastbp.cuda
 and, through the CPU step it drives, the data-parallel step (:class:`fastbp.distributed.DistributedStep`)
 compile, validate and report in the same way.  This module holds that once:
 
-- the checks of the constructor's arguments, the memory check, the weight
-  initialisation and the compiler call that builds the plan and its host
-  arena (:meth:`StepBase.__init__`);
-- the input path of every call (:meth:`StepBase.check_features`,
-  :meth:`StepBase.check_targets`);
-- ``fit`` itself (:meth:`StepBase.fit`: arguments, the minibatch schedule
-  :meth:`StepBase._epoch_starts` / :meth:`StepBase._fit_orders`, the
-  learning-rate schedule, validation, early stopping, callbacks; the epoch
-  loop is :func:`fastbp.training.drive`), around each kind's
-  ``_fit_runner`` (the training of one epoch), and ``predict_proba``;
-- the translation of an executor status into an exception
-  (:meth:`StepBase.raise_status`).
+- the checks of the constructor's arguments, the memory check, the weight initialisation and the
+  compiler call that builds the plan and its host arena (:meth:`StepBase.__init__`);
+- the input path of every call (:meth:`StepBase.check_features`, :meth:`StepBase.check_targets`);
+- ``fit`` itself (:meth:`StepBase.fit`: arguments, the minibatch schedule :meth:`StepBase._epoch_starts`
+  / :meth:`StepBase._fit_orders`, the learning-rate schedule, validation, early stopping, callbacks;
+  the epoch loop is :func:`fastbp.training.drive`), around each kind's ``_fit_runner`` (the training
+  of one epoch), and ``predict_proba``;
+- the translation of an executor status into an exception (:meth:`StepBase.raise_status`).
 
 The single-underscore methods are protected by design: the subclasses call them on themselves,
 nothing else calls them.  Nothing here runs a step: this module imports neither the CPU executor
@@ -176,10 +172,9 @@ class StepBase(NormState):
     # ------------------------------------------------------------ state
     @property
     def lock(self):
-        """The lock every call of this step holds (a :class:`threading.Lock`, or for a CPU
-        step that calls the BLAS the process-wide ``fastbp._blas.THREADS_LOCK``); a driver that
-        composes several calls (e.g. :class:`fastbp.distributed.DistributedStep`) holds it
-        around them."""
+        """The lock every call of this step holds (a :class:`threading.Lock`, or for a CPU step that
+        calls the BLAS the process-wide ``fastbp._blas.THREADS_LOCK``); a driver that composes several
+        calls (e.g. :class:`fastbp.distributed.DistributedStep`) holds it around them."""
         return self._lock
 
     @property
@@ -244,10 +239,9 @@ class StepBase(NormState):
         self.hyper[ex.H_LR] = float(value)
 
     def _attach_schedule(self, schedule):
-        """Make ``schedule`` the step's: its ``t`` counts from now.  A ReduceLROnPlateau
-        holds its step's state (rate, best metric, counters), so it belongs to one step
-        at a time, as PyTorch's belongs to one optimizer: ValueError for one that
-        another live step has."""
+        """Make ``schedule`` the step's: its ``t`` counts from now.  A ReduceLROnPlateau holds its
+        step's state (rate, best metric, counters), so it belongs to one step at a time, as
+        PyTorch's belongs to one optimizer: ValueError for one that another live step has."""
         if isinstance(schedule, ReduceLROnPlateau):
             _claim_plateau(schedule, self)
         if self._schedule is not schedule:
@@ -262,7 +256,13 @@ class StepBase(NormState):
             self.hyper[ex.H_LR] = schedule.lr
 
     def schedule_state(self):
-        """The schedule's description and where its count started (JSON; saved in checkpoints)."""
+        """The schedule's description and where its count started (saved in checkpoints).
+
+        Returns
+        -------
+        dict
+            JSON-able: ``epochs_done``, ``origin`` and ``schedule`` (its spec, or None).
+        """
         return {"epochs_done": self.epochs_done, "origin": list(self._sched_origin),
                 "schedule": None if self.schedule is None else self.schedule.spec()}
 
@@ -285,9 +285,9 @@ class StepBase(NormState):
         self.epochs_done, self._schedule, self._sched_origin = epochs, sched, origin
 
     def _take_state_of(self, other, slots=STATE_SLOTS):
-        """Take the learning rate, step counters and generator state of ``other`` (a step of
-        another kind with the same plan, e.g. the GPU step of this CPU step), its ``hyper``
-        ``slots`` and schedule; the arrays (weights, optimizer state) are the caller's job."""
+        """Take the learning rate, step counters and generator state of ``other`` (a step of another
+        kind with the same plan, e.g. the GPU step of this CPU step), its ``hyper`` ``slots`` and
+        schedule; the arrays (weights, optimizer state) are the caller's job."""
         slots = list(slots)
         self.hyper[slots] = other.hyper[slots]
         self.optimizer._set_lr(float(other.optimizer.lr))       # the base rate (a schedule scales it)

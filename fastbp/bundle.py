@@ -205,6 +205,17 @@ def save_estimator(est, path):
 class SavedModel:
     """A trained model loaded by :func:`load_model`, ready for raw features.
 
+    Parameters
+    ----------
+    step : TrainStep
+    meta : dict
+        The file's metadata.
+    arrays : dict of str to ndarray
+        Its arrays (classes, scaling).
+    path : str
+    plain : bool
+        Made by :func:`load_model` (create one with it).
+
     Attributes
     ----------
     step : TrainStep
@@ -292,7 +303,17 @@ class SavedModel:
         return Standardizer(self.x_mean_, self.x_scale_).transform(X, self.step.dtype, self.feature_names)
 
     def decision_function(self, X):
-        """Network outputs for raw features, shape (n_samples, n_outputs), in the step's dtype."""
+        """Network outputs for raw features.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame, shape (n_samples, n_features_in_)
+            Raw features (scaled here as in training; a DataFrame's columns taken by name).
+
+        Returns
+        -------
+        ndarray, shape (n_samples, n_outputs), the step's dtype
+        """
         Z = self._inputs(X)
         if Z.shape[0] == 0:
             return _np.empty((0, self.step.n_out), dtype=self.step.dtype)
@@ -303,6 +324,20 @@ class SavedModel:
 
         Softmax of the outputs (``softmax_cross_entropy``), per-class sigmoid
         (``bce_with_logits``; normalised to sum 1 for a single-label task).
+
+        Parameters
+        ----------
+        X : array-like or DataFrame, shape (n_samples, n_features_in_)
+
+        Returns
+        -------
+        ndarray, shape (n_samples, n_classes)
+            float64, or an estimator's bundle's compute dtype (as the estimator answered).
+
+        Raises
+        ------
+        ValueError
+            A regression model, or a loss whose outputs are not probabilities.
         """
         if self.task == "regression":
             raise ValueError("predict_proba: a regression model has no class probabilities")
@@ -323,9 +358,19 @@ class SavedModel:
         return S.astype(out, copy=False)
 
     def predict(self, X):
-        """Predictions for raw features: labels (classification), an indicator
-        matrix (multilabel) or targets in the original units (regression;
-        1-D for one target)."""
+        """Predictions for raw features.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame, shape (n_samples, n_features_in_)
+
+        Returns
+        -------
+        ndarray
+            Labels ``(n_samples,)`` (classification), an int64 indicator matrix ``(n_samples,
+            n_classes)`` (multilabel) or targets in the original units (regression;
+            ``(n_samples,)`` for one target).
+        """
         S = self.decision_function(X)
         if self.task == "classification":
             return self.classes_[_np.argmax(S, axis=1)]
@@ -338,7 +383,18 @@ class SavedModel:
         return Y[:, 0] if Y.shape[1] == 1 else Y
 
     def score(self, X, y):
-        """Accuracy (classification, multilabel: exact match) or R^2 (regression)."""
+        """Accuracy (classification, multilabel: exact match) or R^2 (regression).
+
+        Parameters
+        ----------
+        X : array-like or DataFrame, shape (n_samples, n_features_in_)
+        y : array-like, shape (n_samples,) or (n_samples, n_outputs)
+            True labels or targets.
+
+        Returns
+        -------
+        float
+        """
         pred = self.predict(X)
         y = _np.asarray(y)
         if self.task == "regression":

@@ -23,6 +23,11 @@ class CudaGradFunction(GradFunctionBase):
     arena, forward and backward run on the GPU, and the output value and
     the gradients come back as host copies (one device-to-host transfer).
 
+    Parameters
+    ----------
+    output, wrt, dtype, batch_size
+        As :func:`fastbp.grad`'s, which checks them and makes the function.
+
     Raises
     ------
     RuntimeError
@@ -46,6 +51,21 @@ class CudaGradFunction(GradFunctionBase):
         return np.asarray(v) if d is None else d
 
     def __call__(self, /, **values):      # (an input may be named 'self')
+        """Run forward and backward once on the GPU.
+
+        Parameters
+        ----------
+        **values : array_like or CUDA device array
+            Every input by name, and optionally parameters, as for
+            :meth:`fastbp.gradfn.GradFunction.__call__` (device arrays are copied on the device).
+
+        Returns
+        -------
+        value : float or numpy.ndarray
+            The output (a float for a scalar output), a host copy.
+        grads : dict of str -> float or numpy.ndarray
+            The gradient of the output's sum w.r.t. each ``wrt`` node, by name (host copies).
+        """
         from ._cuda_tape import TapeCall
         p = self.plan
         nb, staged = self._stage(values)

@@ -74,8 +74,9 @@ class CudaTrainStep(StepBase):
 
     Parameters
     ----------
-    model, loss, optimizer, batch_size, dtype, seed
-        As for :func:`fastbp.compile` (validated by the same code).
+    model, loss, optimizer, batch_size, dtype, seed, schedule, precision
+        As for :func:`fastbp.compile` (validated by the same code; ``precision="bf16"``
+        is the CPU's, a ValueError here).
 
     Attributes
     ----------
@@ -269,7 +270,15 @@ class CudaTrainStep(StepBase):
     def loss_and_grads(self, x, y):
         """Forward, loss and backward without an update; fills :attr:`grads` (on the device).
 
-        Returns the mean loss.  Same arguments as :meth:`__call__`.
+        Parameters
+        ----------
+        x, y
+            As :meth:`__call__`'s.
+
+        Returns
+        -------
+        float
+            The mean loss of the minibatch.
         """
         return self._run_one(x, y, ex.MODE_GRAD)
 
@@ -571,5 +580,9 @@ class CudaTrainStep(StepBase):
         """Write a checkpoint (see :func:`fastbp.load`) from a host copy of this step.
 
         Load it back on the GPU with ``CudaTrainStep.from_cpu(fastbp.load(path))``.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
         """
         self.to_cpu().save(path)

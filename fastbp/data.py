@@ -175,10 +175,25 @@ def _py(v):
 
 
 def regression_targets(labels, what="y", lines=None):
-    """Numeric regression targets as float64, shape (n_samples,).
+    """Numeric regression targets.
 
-    Strings (a CSV label column) are parsed as numbers; an empty, missing,
-    non-numeric or non-finite target raises :class:`DataError` naming its line.
+    Parameters
+    ----------
+    labels : array-like, shape (n_samples,) or (n_samples, 1)
+        Numbers, or strings (a CSV label column) parsed as numbers.
+    what : str, default "y"
+        Their name in errors.
+    lines : ndarray of int64, shape (n_samples,), optional
+        The file line of each (named in errors).
+
+    Returns
+    -------
+    ndarray of float64, shape (n_samples,)
+
+    Raises
+    ------
+    DataError
+        An empty, missing, non-numeric or non-finite target (naming its line).
     """
     labels = _np.asarray(labels)
     if labels.ndim == 2 and labels.shape[1] == 1:
@@ -207,7 +222,12 @@ def regression_targets(labels, what="y", lines=None):
 
 
 class Dataset:
-    """A data file read for training or prediction.
+    """A data file read for training or prediction (made by :func:`read_dataset`).
+
+    Parameters
+    ----------
+    path, X, labels, feature_names, label_name, label_index, n_columns, lines, has_header, header_note
+        The attributes below.
 
     Attributes
     ----------
@@ -334,7 +354,7 @@ def read_features(path, n_features, feature_names=None, label_name=None, label_i
     label_name : str, optional
     label_index : int, optional
         0-based column of the label in the training file.
-    delimiter, header :
+    delimiter, header
         As in :func:`read_dataset`.
 
     Returns
@@ -411,6 +431,11 @@ def load_file(path, label_column=None, delimiter=None, header=None):
     The :func:`read_dataset` file followed by :func:`encode_labels`; the
     last column of a CSV file is the label unless ``label_column`` says
     otherwise.
+
+    Parameters
+    ----------
+    path, label_column, delimiter, header
+        As :func:`read_dataset`'s.
 
     Returns
     -------
@@ -494,6 +519,11 @@ class Standardizer:
     Attributes
     ----------
     mean_, scale_ : ndarray of float64, shape (n_features,)
+
+    Parameters
+    ----------
+    mean, scale : array-like of shape (n_features,), optional
+        A fitted scaler's ``mean_`` and ``scale_`` (a checkpoint's); default: unfitted.
     """
 
     def __init__(self, mean=None, scale=None):
@@ -502,7 +532,17 @@ class Standardizer:
             self.scale_ = _np.ascontiguousarray(scale, dtype=_np.float64)
 
     def fit(self, X):
-        """Learn each column's mean and standard deviation of ``X (n, d)``; returns self."""
+        """Learn each column's mean and standard deviation.
+
+        Parameters
+        ----------
+        X : array-like, shape (n, d)
+
+        Returns
+        -------
+        Standardizer
+            self.
+        """
         pre = _import("sklearn.preprocessing", "feature scaling uses scikit-learn")
         X = _np.asarray(X, dtype=_np.float64)
         p = _pow2_below(_np.max(_np.abs(X), axis=0))
@@ -513,10 +553,23 @@ class Standardizer:
         return self
 
     def transform(self, X, dtype=_np.float64, names=None):
-        """``(X - mean_) / scale_`` as a C-contiguous array of ``dtype``.
+        """``(X - mean_) / scale_``.
 
-        Raises :class:`DataError` naming the feature (``names[j]`` or its
-        index) if a result is not finite in ``dtype``.
+        Parameters
+        ----------
+        X : array-like, shape (n, d)
+        dtype : numpy dtype, default float64
+        names : sequence of str, optional
+            The features' names, for errors.
+
+        Returns
+        -------
+        ndarray of ``dtype``, shape (n, d), C-contiguous
+
+        Raises
+        ------
+        DataError
+            A result is not finite in ``dtype`` (naming the feature: ``names[j]`` or its index).
         """
         X = _np.asarray(X, dtype=_np.float64)
         p = _pow2_below(self.scale_)

@@ -401,7 +401,17 @@ class DistributedStep(DataParallelFit):
         return functools.partial(st.raise_status, status, info, yi.copy(), where=where)
 
     def predict_proba(self, X):
-        """Class probabilities on this rank (local); see :meth:`fastbp.TrainStep.predict_proba`."""
+        """Class probabilities on this rank (local; the weights are the same everywhere):
+        :meth:`fastbp.TrainStep.predict_proba` of the rank's step.
+
+        Parameters
+        ----------
+        X : array-like, shape (n, in_features)
+
+        Returns
+        -------
+        ndarray, shape (n, out_features)
+        """
         return self.step.predict_proba(X)
 
     def __reduce_ex__(self, protocol):
@@ -410,8 +420,17 @@ class DistributedStep(DataParallelFit):
 
     # ----------------------------------------------------------- utilities
     def predict(self, X):
-        """Network outputs for ``X`` on this rank (local; weights are the same
-        everywhere).  See :meth:`TrainStep.predict`."""
+        """Network outputs for ``X`` on this rank (local; the weights are the same everywhere).
+
+        Parameters
+        ----------
+        X : array-like, shape (n, in_features)
+
+        Returns
+        -------
+        ndarray, shape (n, out_features), the step's dtype
+            As :meth:`fastbp.TrainStep.predict`.
+        """
         return self.step.predict(X)
 
     def save(self, path):
@@ -420,6 +439,11 @@ class DistributedStep(DataParallelFit):
         Every rank calls it; rank 0 writes ``path`` (see
         :meth:`TrainStep.save`), the others write nothing.  A failure on
         rank 0 (e.g. an unwritable directory) is raised on every rank.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The checkpoint file, written by rank 0.
         """
         error = None
         if self.is_root:
@@ -436,7 +460,13 @@ class DistributedStep(DataParallelFit):
                                           f"message)", 1, self.size), 1)
 
     def print(self, *args, **kwargs):
-        """:func:`print` on rank 0 only (``flush=True`` by default)."""
+        """:func:`print` on rank 0 only.
+
+        Parameters
+        ----------
+        *args, **kwargs
+            :func:`print`'s (``flush=True`` by default).
+        """
         if self.is_root:
             kwargs.setdefault("flush", True)
             print(*args, **kwargs)

@@ -203,7 +203,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     best_validation_score_ : float or None
     coefs_, intercepts_ : list of ndarray
         The weights (live buffers of the step).
-    n_layers_, n_outputs_, out_activation_ :
+    n_layers_, n_outputs_, out_activation_ : int, int, str
         Network size and output function (``'softmax'`` or ``'logistic'``).
     """
 
@@ -396,9 +396,18 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self._proba_from_logits(self._forward(X)).astype(self._dtype, copy=False)
 
     def predict_log_proba(self, X):
-        """Logarithm of :meth:`predict_proba`, shape (n_samples, n_classes): the log-softmax
-        (log-sigmoid for multilabel targets) of the network outputs in float64, so that it stays
-        finite where a probability underflows the estimator's dtype (float32: below 1e-45)."""
+        """Logarithm of :meth:`predict_proba`.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes), the estimator's dtype
+            The log-softmax (log-sigmoid for multilabel targets) of the network outputs in
+            float64, so that it stays finite where a probability underflows the estimator's dtype.
+        """
         X = self._validate_X_predict(X)
         S = np.asarray(self._forward(X), dtype=np.float64)
         if self._multilabel:
@@ -574,3 +583,16 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         tags.target_tags.multi_output = True
         tags.target_tags.single_output = True
         return tags
+
+
+def _regressor_parameters(doc):
+    """MLPRegressor's Parameters section: MLPClassifier's (``doc``) with ``loss`` first, without
+    ``class_weight``, and R^2 where the classifier's early stopping follows the accuracy."""
+    params = doc.split("    Parameters\n    ----------\n", 1)[1].split("\n    Attributes\n", 1)[0]
+    params = params[:params.index("    class_weight :")] + params[params.index("    dtype :"):]
+    return ("\n    Parameters\n    ----------\n    loss : {'squared_error', 'poisson'}, default 'squared_error'\n"
+            "        The loss minimised (see above).\n" + params.replace("validation accuracy", "validation R^2"))
+
+
+if MLPClassifier.__doc__ and MLPRegressor.__doc__:     # (python -OO strips docstrings)
+    MLPRegressor.__doc__ += _regressor_parameters(MLPClassifier.__doc__)

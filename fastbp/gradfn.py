@@ -20,6 +20,11 @@ class GradFunction(GradFunctionBase):
     Calling it writes the inputs into the preallocated buffers, runs the
     forward pass and the backward pass in one native call and returns the
     output value and the gradients (copies) keyed by node name.
+
+    Parameters
+    ----------
+    output, wrt, dtype, batch_size
+        As :func:`fastbp.grad`'s, which checks them and makes the function.
     """
 
     def __init__(self, output, wrt, dtype, batch_size):

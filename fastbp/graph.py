@@ -71,14 +71,19 @@ def _broadcast(a, b, op):
 class Node:
     """One value in a :class:`Graph`: an input, a parameter, a constant or an operation.
 
+    Parameters
+    ----------
+    graph, op, inputs, shape, name, attrs, value
+        The attributes below (``attrs``: an operation's options, ``value``: a parameter's or constant's
+        array); nodes are made by the graph's methods and operators, not by hand.
+
     Attributes
     ----------
     graph : Graph
     op : str
-        ``"input"``, ``"param"``, ``"const"``, ``"matmul"``, a gate's registry name
-        (``"add"``, ``"mul"``, ``"div"``, ``"pow"``, ``"max"``: Python's ``+ - * / **``
-        and :func:`maximum`), ``"sum"``, ``"loss"``, ``"layer_norm"``, ``"batch_norm"`` or an
-        activation's registry name (``"relu"``, ``"sigmoid"``, ``"tanh"``, ...).
+        ``"input"``, ``"param"``, ``"const"``, ``"matmul"``, a gate's registry name (``"add"``, ``"mul"``,
+        ``"div"``, ``"pow"``, ``"max"``: Python's ``+ - * / **`` and :func:`maximum`), ``"sum"``, ``"loss"``,
+        ``"layer_norm"``, ``"batch_norm"`` or an activation's name (``"relu"``, ``"sigmoid"``, ...).
     inputs : tuple of Node
     shape : tuple
         At most two dimensions; a leading ``None`` is the minibatch size.

@@ -91,8 +91,21 @@ class Linear(Layer):
         return (self.in_features, self.out_features)
 
     def init(self, rng, next_activation):
-        """Initial ``(W, b)`` in float64 for the activation that follows (its
-        registry name, or None)."""
+        """Initial weights and bias in float64 for the activation that follows.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+        next_activation : str or None
+            The registry name of the activation after the layer (it picks the
+            default rule: He for ReLU's family, Glorot otherwise), or None.
+
+        Returns
+        -------
+        W : ndarray of float64, shape (in_features, out_features)
+            (``(out_features, in_features)`` for a layer imported from PyTorch's layout.)
+        b : ndarray of float64, shape (out_features,), or None without a bias
+        """
         fan_in, fan_out = self.in_features, self.out_features
         rule = self.init_rule
         if rule is None:
@@ -120,6 +133,21 @@ class Linear(Layer):
         return W, b
 
     def build(self, g, x, prefix, W, b):
+        """Add ``x @ W + b`` to graph ``g`` (the compiler's layer interface).
+
+        Parameters
+        ----------
+        g : Graph
+        x : Node, shape (batch, in_features)
+        prefix : str
+            The layer's name in the model: its parameters are ``f"{prefix}.W"`` and ``f"{prefix}.b"``.
+        W, b : ndarray
+            Their initial values (:meth:`init`), kept by the graph without a copy.
+
+        Returns
+        -------
+        Node, shape (batch, out_features)
+        """
         # the initial values are the caller's fresh arrays: the graph keeps them without a copy
         w = g.param(f"{prefix}.W", W, copy=False)
         y = x @ (w.T if self.layout == "out_in" else w)
@@ -169,6 +197,22 @@ class Dropout(Layer):
         self.inplace = _v.boolean("Dropout: inplace", inplace)
 
     def build(self, g, x, prefix, W=None, b=None):
+        """Add inverted dropout of ``x`` to graph ``g`` (the compiler's layer interface).
+
+        Parameters
+        ----------
+        g : Graph
+        x : Node, shape (batch, features)
+        prefix : str
+            The layer's name in the model (unused: no parameters).
+        W, b : None
+            Unused (the interface of :meth:`fastbp.Linear.build`).
+
+        Returns
+        -------
+        Node
+            Of ``x``'s shape.
+        """
         return _g.dropout(x, self.p)
 
     def spec(self):
@@ -249,8 +293,27 @@ class Residual(Layer):
         return in_features
 
     def build(self, g, x, prefix, params):
-        """``x + f(x)`` in graph ``g``; ``params``: the model's ``name -> initial value``
-        (this block's Linear ``j`` is ``f"{prefix}.{j}.W"``)."""
+        """Add ``x + f(x)`` to graph ``g`` (the compiler's layer interface).
+
+        Parameters
+        ----------
+        g : Graph
+        x : Node, shape (batch, features)
+        prefix : str
+            The block's name in the model: its layer ``j`` is ``f"{prefix}.{j}"``.
+        params : dict of str to ndarray
+            The model's initial parameters by name (:meth:`Sequential.init_params`).
+
+        Returns
+        -------
+        Node
+            Of ``x``'s shape.
+
+        Raises
+        ------
+        GraphError
+            ``f`` changes the shape of ``x``.
+        """
         h = x
         for j, layer in enumerate(self.layers):
             key = f"{prefix}.{j}"
@@ -394,7 +457,19 @@ class Sequential(Layer):
         return self.layers[i]
 
     def init_params(self, seed):
-        """Seeded initial parameters: a dict ``name -> float64 array``."""
+        """Seeded initial parameters of every layer.
+
+        Parameters
+        ----------
+        seed : int or None
+            Seed of ``numpy.random.default_rng``.
+
+        Returns
+        -------
+        dict of str to ndarray of float64
+            ``"{i}.W"``, ``"{i}.b"`` for Linear layer ``i`` (``"{i}.{j}.W"`` inside a Residual
+            block ``i``), ``"{i}.weight"``, ``"{i}.bias"`` for a normalisation layer.
+        """
         rng = _np.random.default_rng(seed)
         params = {}
         for key, layer, act in init_order(self.layers):
@@ -411,7 +486,20 @@ class Sequential(Layer):
         return params
 
     def build_graph(self, params):
-        """The model as a :class:`~fastbp.graph.Graph`: ``(graph, x, output)``."""
+        """The model as a :class:`~fastbp.graph.Graph`.
+
+        Parameters
+        ----------
+        params : dict of str to ndarray
+            Initial parameters by name (:meth:`init_params`).
+
+        Returns
+        -------
+        graph : Graph
+        x : Node, shape (None, in_features)
+            The input (``None``: the batch).
+        output : Node, shape (None, out_features)
+        """
         g = _g.Graph()
         x = g.input("x", (None, self.in_features))
         h = x
@@ -426,7 +514,12 @@ class Sequential(Layer):
         return g, x, h
 
     def flat_layers(self):
-        """Every layer, those inside Residual blocks included (not the blocks), in order."""
+        """Every layer, those inside Residual blocks included (not the blocks), in order.
+
+        Returns
+        -------
+        list of Layer
+        """
         return [inner for layer in self.layers
                 for inner in (Sequential.flat_layers(layer) if isinstance(layer, Residual) else (layer,))]
 

@@ -86,6 +86,16 @@ class _Optimizer:
         """Set the learning rate (already validated) of this (possibly frozen) object."""
         object.__setattr__(self, "lr", float(lr))
 
+    def spec(self):
+        """A JSON-able description (checkpoints; :func:`optimizer_from_spec` rebuilds it).
+
+        Returns
+        -------
+        dict
+            ``{"type": class name, "lr": ..., ...}``: the constructor's arguments.
+        """
+        raise NotImplementedError
+
 
 class SGD(_Optimizer):
     """Stochastic gradient descent, ``torch.optim.SGD`` semantics.
@@ -184,10 +194,20 @@ class Adam(_Optimizer):
     n_state = 2
 
     def tape_state(self, offsets):
-        """The update instruction's state columns (``c`` exp_avg, ``d`` exp_avg_sq) for the
-        state vectors at ``offsets``, its weight-decay mode (``g``; the CPU kernel is
-        the mode's own, see :func:`fastbp.registry.optimizers.adam_mode`) and ``f1``
-        ``eps_hat``."""
+        """The update instruction's columns for this optimizer (the compiler's interface).
+
+        Parameters
+        ----------
+        offsets : sequence of int
+            Arena offsets of the :attr:`n_state` state vectors.
+
+        Returns
+        -------
+        dict of str to int
+            ``c`` exp_avg's and ``d`` exp_avg_sq's offsets, ``g`` the weight-decay mode
+            (the CPU kernel is the mode's own, see
+            :func:`fastbp.registry.optimizers.adam_mode`), ``f1`` ``eps_hat``.
+        """
         return dict(c=offsets[0], d=offsets[1], g=_adam_mode(self.weight_decay, self.decoupled),
                     f1=int(self.eps_hat))
 
@@ -290,8 +310,19 @@ class RMSprop(_Optimizer):
                 + (("grad_avg",) if self.centered else ()))
 
     def tape_state(self, offsets):
-        """The update instruction's state columns (``c`` square_avg, ``d`` momentum buffer,
-        ``e`` grad_avg; -1: none) for the state vectors at ``offsets``."""
+        """The update instruction's columns for this optimizer (the compiler's interface).
+
+        Parameters
+        ----------
+        offsets : sequence of int
+            Arena offsets of the :attr:`n_state` state vectors (:attr:`state_names`' order).
+
+        Returns
+        -------
+        dict of str to int
+            ``c`` square_avg's, ``d`` the momentum buffer's and ``e`` grad_avg's offsets
+            (-1: none).
+        """
         at = dict(zip(self.state_names, offsets))
         return dict(c=at["square_avg"], d=at.get("momentum_buffer", -1), e=at.get("grad_avg", -1))
 

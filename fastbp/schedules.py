@@ -102,11 +102,31 @@ class Schedule:
             object.__setattr__(self, k, v)
 
     def lr_at(self, t, base_lr):
-        """The learning rate of update ``t`` of the interval (``t >= 0``; float)."""
+        """The learning rate of update ``t`` of the interval.
+
+        Parameters
+        ----------
+        t : int
+            Updates (``interval="step"``) or epochs (``"epoch"``) completed before it, ``>= 0``.
+        base_lr : float
+            The optimizer's own learning rate (unused by :class:`OneCycleLR`, which has its ``max_lr``).
+
+        Returns
+        -------
+        float
+            What ``torch.optim.lr_scheduler``'s scheduler sets after ``t`` calls of its ``step()``.
+        """
         raise NotImplementedError
 
     def spec(self):
-        """A JSON-serialisable description (``schedule_from_spec`` rebuilds it)."""
+        """A JSON-serialisable description.
+
+        Returns
+        -------
+        dict
+            ``{"type": class name, ...}``: the constructor's arguments (:func:`schedule_from_spec`
+            rebuilds the schedule).
+        """
         return {"type": type(self).__name__, **{f: _jsonable(getattr(self, f)) for f in self._fields}}
 
     def __eq__(self, other):
@@ -392,7 +412,19 @@ class ReduceLROnPlateau:
         self.last_epoch = 0
 
     def lr_at(self, t, base_lr):
-        """The current rate (``base_lr`` until the first reduction); ``t`` is ignored."""
+        """The current rate.
+
+        Parameters
+        ----------
+        t : int
+            Ignored (the rate is this object's state, not a function of ``t``).
+        base_lr : float
+            The optimizer's learning rate, returned until the first reduction.
+
+        Returns
+        -------
+        float
+        """
         return base_lr if self.lr is None else self.lr
 
     def _is_better(self, a, best):
@@ -401,7 +433,20 @@ class ReduceLROnPlateau:
         return a > (best * (self.threshold + 1.0) if self.threshold_mode == "rel" else best + self.threshold)
 
     def step(self, metric, lr):
-        """End of an epoch with ``metric``, the rate ``lr`` in use; returns the next epoch's rate."""
+        """End an epoch (``fit`` calls it), as PyTorch's ``scheduler.step(metric)``.
+
+        Parameters
+        ----------
+        metric : float
+            The epoch's monitored value.
+        lr : float
+            The learning rate the epoch ran at.
+
+        Returns
+        -------
+        float
+            The next epoch's learning rate.
+        """
         current = float(metric)
         self.last_epoch += 1
         self.lr = float(lr)
@@ -422,7 +467,15 @@ class ReduceLROnPlateau:
         return self.lr
 
     def spec(self):
-        """Parameters and state, JSON-serialisable (``schedule_from_spec`` rebuilds it)."""
+        """Parameters and state, JSON-serialisable.
+
+        Returns
+        -------
+        dict
+            The constructor's arguments and ``"state"``: ``lr``, ``best`` (None for an
+            infinity), ``num_bad_epochs``, ``cooldown_counter``, ``last_epoch``
+            (:func:`schedule_from_spec` rebuilds it).
+        """
         d = {"type": "ReduceLROnPlateau", **{f: getattr(self, f) for f in self._fields}}
         state = {f: getattr(self, f) for f in self._state}
         if _math.isinf(state["best"]):
@@ -440,7 +493,22 @@ _CLASSES = {c.__name__: c for c in (StepLR, MultiStepLR, ExponentialLR, CosineAn
 
 
 def schedule_from_spec(spec):
-    """Rebuild a schedule from :meth:`Schedule.spec` (ValueError/TypeError for a bad spec)."""
+    """Rebuild a schedule from its :meth:`Schedule.spec`.
+
+    Parameters
+    ----------
+    spec : dict
+        What a schedule's ``spec()`` returned (a checkpoint's).
+
+    Returns
+    -------
+    Schedule or ReduceLROnPlateau
+
+    Raises
+    ------
+    ValueError, TypeError
+        Not a schedule's spec, or a field its constructor refuses.
+    """
     if not isinstance(spec, dict) or spec.get("type") not in _CLASSES:
         raise ValueError(f"not a schedule spec: {spec!r:.200}")
     args = {k: v for k, v in spec.items() if k not in ("type", "state")}
@@ -459,7 +527,24 @@ def schedule_from_spec(spec):
 
 
 def schedule_arg(schedule, name="schedule"):
-    """Check a ``schedule=`` argument: None, a :class:`Schedule` or a :class:`ReduceLROnPlateau`."""
+    """Check a ``schedule=`` argument.
+
+    Parameters
+    ----------
+    schedule : Schedule, ReduceLROnPlateau or None
+    name : str, default "schedule"
+        The argument's name in the error.
+
+    Returns
+    -------
+    Schedule, ReduceLROnPlateau or None
+        ``schedule`` itself.
+
+    Raises
+    ------
+    TypeError
+        Anything else.
+    """
     if schedule is None or isinstance(schedule, (Schedule, ReduceLROnPlateau)):
         return schedule
     raise TypeError(f"{name} must be a fastbp.schedules schedule (StepLR, MultiStepLR, ExponentialLR, "

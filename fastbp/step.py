@@ -68,6 +68,19 @@ class TrainStep(StepBase):
         BLAS thread each) instead of serial kernels and the BLAS's threads:
         a property of the step's shapes and the BLAS backend, not of the thread
         count (see ``fastbp._executor.step_threads``).
+
+    Parameters
+    ----------
+    model : Sequential
+    loss : str
+    optimizer : SGD, Adam, AdamW or RMSprop
+    batch_size : int
+    dtype : numpy.dtype
+    seed : int or None
+    schedule : Schedule or ReduceLROnPlateau, optional
+    precision : {"full", "bf16"}, default "full"
+        As :func:`fastbp.compile`'s arguments, which it checks and resolves before it makes
+        the step: create steps with it.
     """
 
     def __init__(self, model, loss, optimizer, batch_size, dtype, seed, _params=None, schedule=None,
@@ -174,7 +187,20 @@ class TrainStep(StepBase):
     def loss_and_grads(self, x, y, sample_weight=None):
         """Forward, loss and backward without an update; fills :attr:`grads`.
 
-        Returns the mean loss.  Same arguments as :meth:`__call__`.
+        Parameters
+        ----------
+        x, y, sample_weight
+            As :meth:`__call__`'s.
+
+        Returns
+        -------
+        float
+            The mean (weighted mean) loss of the minibatch.
+
+        Raises
+        ------
+        TypeError, ValueError, FloatingPointError
+            As :meth:`__call__`; nothing is changed.
         """
         if sample_weight is not None:
             return self._run(x, y, ex.MODE_GRAD, sample_weight)
@@ -429,7 +455,12 @@ class TrainStep(StepBase):
         return out
 
     def save(self, path):
-        """Write a checkpoint (see :func:`fastbp.load`): architecture, weights,
-        optimizer state, step count, dtype, RNG state and learning-rate
-        schedule; atomically."""
+        """Write a checkpoint (see :func:`fastbp.load`), atomically.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file (an ``.npz``): architecture, weights, optimizer state, step count,
+            dtype, RNG state and learning-rate schedule.
+        """
         save(self, path)

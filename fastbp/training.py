@@ -83,9 +83,23 @@ def eval_loss(loss, scores, y):
 
 
 def accuracy(loss, scores, y):
-    """The accuracy of ``scores``: the argmax is the label (softmax_cross_entropy, svm), or every
-    output thresholded at 0 against targets thresholded at 0.5 (bce_with_logits, Keras's
-    binary accuracy); None for mse."""
+    """The accuracy of a network's outputs.
+
+    Parameters
+    ----------
+    loss : str
+        The step's loss name.
+    scores : ndarray, shape (n, out_features)
+        The network's outputs (logits).
+    y : ndarray
+        Integer labels ``(n,)``, or for ``bce_with_logits`` float targets ``(n, out_features)``.
+
+    Returns
+    -------
+    float or None
+        The fraction right: the argmax is the label (softmax_cross_entropy, svm), or every output
+        above 0 where its target is above 0.5 (bce_with_logits, Keras's binary accuracy); None for mse.
+    """
     if loss in ("softmax_cross_entropy", "svm"):
         return float(_np.mean(_np.argmax(scores, axis=1) == y))
     if loss == "bce_with_logits":
@@ -94,11 +108,19 @@ def accuracy(loss, scores, y):
 
 
 def r2_score(y, pred):
-    """R^2 as ``sklearn.metrics.r2_score(y, pred)`` computes it by default, as a float.
+    """R^2 as ``sklearn.metrics.r2_score(y, pred)`` computes it by default.
 
-    Per output (column), averaged over outputs (``multioutput="uniform_average"``);
-    ``force_finite=True``: an output whose targets are all equal scores 1.0 when
-    it is predicted exactly and 0.0 otherwise (never NaN or -inf).
+    Parameters
+    ----------
+    y, pred : array-like, shape (n,) or (n, outputs)
+        Targets and predictions.
+
+    Returns
+    -------
+    float
+        Per output (column), averaged over outputs (``multioutput="uniform_average"``);
+        ``force_finite=True``: an output whose targets are all equal scores 1.0 when
+        it is predicted exactly and 0.0 otherwise (never NaN or -inf).
     """
     y = _np.asarray(y, dtype=_np.float64)
     pred = _np.asarray(pred, dtype=_np.float64)
@@ -114,8 +136,25 @@ def r2_score(y, pred):
 
 
 def probabilities(loss, scores):
-    """Class probabilities from the network's outputs: softmax (softmax_cross_entropy) or
-    sigmoid (bce_with_logits), in the outputs' dtype.  ValueError for mse and svm."""
+    """Class probabilities from a network's outputs.
+
+    Parameters
+    ----------
+    loss : str
+        The step's loss name.
+    scores : ndarray of float32 or float64, shape (n, out_features)
+        The network's outputs (logits).
+
+    Returns
+    -------
+    ndarray, shape (n, out_features), the dtype of ``scores``
+        Softmax of each row (softmax_cross_entropy) or the sigmoid of each output (bce_with_logits).
+
+    Raises
+    ------
+    ValueError
+        For mse and svm, whose outputs are not probabilities.
+    """
     if loss == "softmax_cross_entropy":
         e = _np.exp(scores - scores.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
@@ -136,6 +175,10 @@ class History(_np.ndarray):
 
     As an array (float64, shape ``(steps,)``): the mean loss of every
     minibatch, in order, as ``fit`` has always returned it.
+
+    Parameters
+    ----------
+    step_losses : array-like of float, shape (steps,)
 
     Attributes
     ----------
@@ -208,15 +251,23 @@ def _rebuild_history(a, history, epoch, stopped, best):
 
 # ------------------------------------------------------------ callbacks
 class Callback:
-    """The callback protocol of ``fit`` (subclassing it is optional).
-
-    ``on_epoch_end(epoch, logs)`` is called after every epoch with the
-    epoch's index in this fit (0-based) and its metrics (``loss``, ``lr``,
-    ``val_loss``, ``val_accuracy`` where computed); returning True stops the
-    fit after this epoch.
-    """
+    """The callback protocol of ``fit``: :meth:`on_epoch_end` (subclassing it is optional)."""
 
     def on_epoch_end(self, epoch, logs):
+        """Called by ``fit`` after every epoch.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch's index in this fit (0-based).
+        logs : dict of str to float
+            Its metrics (``loss``, ``lr``, ``val_loss``, ``val_accuracy`` where computed).
+
+        Returns
+        -------
+        bool or None
+            True stops the fit after this epoch.
+        """
         return None
 
 
