@@ -14,6 +14,10 @@ Run ``python -m fastbp.bench --help``.  Modules:
 :mod:`fastbp.bench.machine`
     CPU model, core count and the measured float32 peak (numba FMA loop,
     numpy sgemm).
+:mod:`fastbp.bench.blas`
+    ``python -m fastbp.bench.blas``: the float32 products of every
+    configuration's step in each BLAS library fastbp could use (numpy's and
+    scipy's OpenBLAS, oneMKL, oneDNN), on all cores and on one.
 :mod:`fastbp.bench.bf16`
     The bf16 section (``--precision fp32,bf16``): fastbp ``precision="bf16"``,
     PyTorch under ``torch.autocast`` and with float32 matmuls in bf16.
