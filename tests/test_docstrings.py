@@ -156,6 +156,16 @@ def test_the_public_api_is_found():
     assert len(PUBLIC) > 150
 
 
+@pytest.mark.parametrize("mn", ("fastbp",) + _MODULES)
+def test_public_modules_export_no_private_names(mn):
+    """``__all__`` (``from m import *``, ``dir(m)``) is the public API: no ``_name`` in it,
+    and every name in it exists."""
+    m = importlib.import_module(mn)
+    names = list(getattr(m, "__all__", ()))
+    assert [n for n in names if n.startswith("_")] == []
+    assert [n for n in names if not hasattr(m, n)] == []
+
+
 @pytest.mark.parametrize("qual", sorted(PUBLIC))
 def test_public_callables_have_numpydoc_docstrings(qual):
     assert _check(qual, PUBLIC[qual]) == []
