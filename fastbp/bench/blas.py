@@ -46,6 +46,7 @@ import time
 import numpy as np
 
 from .configs import CONFIGS, get_configs
+from .machine import usable_cores
 
 __all__ = ["LIBRARIES", "products", "main"]
 
@@ -213,13 +214,6 @@ def _worker(name, threads, prods, seconds, check):
 
 
 # ------------------------------------------------------------------ the command
-def _usable_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _run_worker(name, threads, prods, seconds, check, timeout):
     cmd = [sys.executable, "-m", "fastbp.bench.blas", "--worker", name, "--threads", str(threads),
            "--seconds", str(seconds), "--products", json.dumps(prods)] + (["--check"] if check else [])
@@ -245,7 +239,7 @@ def _parse_threads(text):
     for s in text.split(","):
         s = s.strip()
         if s == "all":
-            out.append(_usable_cores())
+            out.append(usable_cores())
         elif s.isdigit() and int(s) > 0:
             out.append(int(s))
         else:
@@ -364,7 +358,7 @@ def main(argv=None):
         it = iter(merged)
         table[key] = {"info": rs[0]["info"], "results": [[next(it) for _ in ps] for ps in prods]}
     print(f"python -m fastbp.bench.blas: {len(flat)} float32 products of {len(configs)} configurations, "
-          f"{args.rounds} rounds, {_usable_cores()} usable cores")
+          f"{args.rounds} rounds, {usable_cores()} usable cores")
     _report(configs, prods, table, libs, threads, failed, sys.stdout)
     if args.json:
         with open(args.json, "w") as f:

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-__all__ = ["cpu_model", "machine_info", "fma_peak", "sgemm_peak"]
+__all__ = ["cpu_model", "usable_cores", "machine_info", "fma_peak", "sgemm_peak"]
 
 #: float32 lanes kept in flight per thread by the FMA loop: enough
 #: independent accumulators to cover FMA latency x FMA ports on current CPUs.
@@ -33,6 +33,14 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def usable_cores():
+    """The number of cores this process may run on (its affinity mask; :func:`os.cpu_count` off Linux)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def machine_info():
     """CPU model, core counts, platform and library versions.
 
@@ -42,14 +50,10 @@ def machine_info():
         ``cpu``, ``cores`` (:func:`os.cpu_count`), ``usable_cores`` (the
         affinity mask), ``platform``, ``python``, ``numpy``.
     """
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count()
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "usable_cores": usable,
+        "usable_cores": usable_cores(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "numpy": np.__version__,
