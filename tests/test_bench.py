@@ -44,6 +44,9 @@ def test_get_configs_parses_and_rejects_unknown_names():
     assert [c.name for c in configs.get_configs("tiny, small")] == ["tiny", "small"]
     with pytest.raises(ValueError, match="'huge'"):
         configs.get_configs("tiny,huge")
+    for empty in ("", " , ", []):
+        with pytest.raises(ValueError, match="names no configuration"):
+            configs.get_configs(empty)
 
 
 def test_shared_weights_and_data_are_deterministic():

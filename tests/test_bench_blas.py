@@ -65,6 +65,9 @@ def test_command_prints_tables_and_json(tmp_path):
     (["--threads", "0"], "--threads: '0'"),
     (["--threads", "two"], "--threads: 'two'"),
     (["--configs", "huge"], "unknown configuration 'huge'"),
+    (["--configs", ","], "names no configuration"),
+    (["--libraries", ","], "--libraries: unknown empty list"),
+    (["--threads", ","], "--threads: ''"),
 ])
 def test_bad_options_are_refused_before_any_work(argv, words, capsys):
     with pytest.raises((SystemExit, ValueError)) as e:

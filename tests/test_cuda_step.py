@@ -777,6 +777,9 @@ def test_bench_gpu_skips_cleanly():
     assert res["reason"] and ("simulator" in res["reason"] if AVAIL.simulator else res["reason"] == AVAIL.reason)
     with pytest.raises(ValueError, match="unknown configuration"):
         bench_gpu("nope")
+    for empty in (",", []):
+        with pytest.raises(ValueError, match="names no configuration"):
+            bench_gpu(empty)
 
 
 # ==================================================== orchestration (no GPU)

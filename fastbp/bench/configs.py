@@ -150,8 +150,10 @@ def get_configs(names):
     Raises
     ------
     ValueError
-        If a name is unknown (the message lists the known names).
+        If a name is unknown, or `names` names no configuration (an empty string or list,
+        or only commas); the message lists the known names.
     """
+    text = names
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     out = []
@@ -159,6 +161,8 @@ def get_configs(names):
         if n not in CONFIGS:
             raise ValueError(f"configs: unknown configuration {n!r}; expected some of {', '.join(CONFIGS)}")
         out.append(CONFIGS[n])
+    if not out:
+        raise ValueError(f"configs: {text!r} names no configuration; expected some of {', '.join(CONFIGS)}")
     return out
 
 

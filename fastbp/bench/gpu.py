@@ -130,6 +130,8 @@ def bench_gpu(configs, steps=50, warmup=3, dtype=np.float32, lr=0.01, seed=0, fi
         configs = get_configs(configs)
     else:
         configs = [c if isinstance(c, Config) else get_configs([c])[0] for c in configs]
+        if not configs:
+            raise ValueError("configs: an empty list names no configuration")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     from ..kernels.cuda import cuda_available
