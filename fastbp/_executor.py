@@ -415,8 +415,8 @@ def runtime_hyper(hyper, threads=False, axpy_dtype=None, asum_dtype=None):
     ``asum_dtype``: likewise, the dtype of a step whose large plain SGD updates
     through the axpy may check their gradients for NaN and infinities through
     the BLAS's asum on the same threads (``hyper[H_ASUM_MIN]``, from
-    :data:`fastbp.config.SGD_ASUM_MIN_PARAMS`), where
-    :func:`fastbp._blas.asum_propagates` holds."""
+    :data:`fastbp.config.SGD_ASUM_MIN_PARAMS`), where the axpy is used and
+    :func:`fastbp._blas.asum_propagates` holds (0 otherwise)."""
     # without a BLAS every product runs in the plain loops
     hyper[H_BLAS_MIN] = BLAS_MIN_MACS if BLAS_AVAILABLE else float(2 ** 62)
     hyper[H_BT_ON] = 1.0 if BLAS_THREAD_CONTROL else 0.0
@@ -425,8 +425,8 @@ def runtime_hyper(hyper, threads=False, axpy_dtype=None, asum_dtype=None):
     axpy = (axpy_dtype is not None and not threads and BLAS_THREAD_CONTROL
             and _blas.axpy_exact(axpy_dtype))
     hyper[H_AXPY_MIN] = float(_config.SGD_AXPY_MIN_PARAMS) if axpy else 0.0
-    asum = (asum_dtype is not None and not threads and BLAS_THREAD_CONTROL
-            and _blas.asum_propagates(asum_dtype))
+    # the asum checks only an update that runs through the axpy (see _handlers_update._opening)
+    asum = axpy and asum_dtype is not None and _blas.asum_propagates(asum_dtype)
     hyper[H_ASUM_MIN] = float(_config.SGD_ASUM_MIN_PARAMS) if asum else 0.0
     return hyper
 
