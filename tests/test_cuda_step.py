@@ -794,7 +794,9 @@ def test_gpu_step_simulator_subprocess():
     rc, counts, ids, tail, reported = _simulator.result(Path(__file__).name)
     assert reported, f"no report from the simulator run (rc={rc}):\n{tail}"
     assert counts["failures"] == counts["errors"] == 0, f"simulator run failed {counts}:\n{tail}"
-    assert counts["skipped"] == 0, f"GPU step tests skipped under the simulator {counts}:\n{tail}"
+    # the one skip allowed: a bf16 CPU step's test on a CPU without bf16 instructions
+    allowed = 0 if fastbp.bf16_info()["available"] else sum("bf16" in i for i in ids)
+    assert counts["skipped"] <= allowed, f"GPU step tests skipped under the simulator {counts}:\n{tail}"
     assert counts["ran"] == len(ids) > 0, f"ran {counts['ran']} of {len(ids)} GPU step tests:\n{tail}"
 
 
