@@ -530,6 +530,10 @@ def test_an_unknown_setting_in_the_environment_is_an_error_naming_it(var, value)
     p = subprocess.run([sys.executable, "-c", "import fastbp.config"], capture_output=True, text=True,
                        env=dict(os.environ, **{var: value}), timeout=120)
     assert p.returncode != 0 and "ValueError" in p.stderr and f"{var}={value!r}" in p.stderr, p.stderr[-2000:]
+
+
+def test_settings_in_the_environment_ignore_case_and_spaces():
+    """A choice is read lower-cased and stripped (once, not per misspelt setting above)."""
     ok = subprocess.run([sys.executable, "-c", "import fastbp.config as c; print(c.COMPILE_WORKERS, c.COMPILE_START)"],
                         capture_output=True, text=True, timeout=120,
                         env=dict(os.environ, FASTBP_COMPILE_WORKERS=" Off ", FASTBP_COMPILE_START="SPAWN"))

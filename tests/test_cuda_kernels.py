@@ -555,10 +555,14 @@ def test_cuda_gates_match_cpu_with_nan_and_inf(gate, pair):
         _gate_same(gBd.copy_to_host(), gB, exact, dtype, what + f" dB acc={acc}")
 
 
+@pytest.mark.thorough
 @requires_cuda
 def test_cuda_new_gate_is_one_entry():
     """The test-only min gate of test_gate_registry.py, registered here, runs on the GPU
-    from its registry entry alone and matches the CPU kernels (NaN, ties, broadcasting)."""
+    from its registry entry alone and matches the CPU kernels (NaN, ties, broadcasting).
+    CI's thorough stage: the comparison compiles the test gate's float32 CPU kernels (~6 s
+    cold) for this test alone; the README's run has the CPU side of the same claim
+    (test_gate_registry.py) and every shipped gate's GPU/CPU parity."""
     from fastbp.registry import gates as reg
     from test_gate_registry import MIN_TEST
     reg.register(MIN_TEST)
