@@ -70,6 +70,25 @@ BLAS_MIN_MACS = 2048
 #: (6.4 M) is 1.2x faster on 2.  Runtime setting: hyper[H_BT_MIN].
 BLAS_THREADS_MIN_MACS = 1 << 21
 
+
+def _usable_cores():
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+#: The number of blocks a step on numba's threads cuts each large BLAS product
+#: into (its rows, or its columns for a wide output; fewer where a block would
+#: drop below BLAS_THREADS_MIN_MACS), each block one call on one BLAS thread
+#: (fastbp.kernels.gemm._blas_mm_split): the cores this process may run on,
+#: never numba's thread count.  So the blocks, and with them the bits of the
+#: products, are the same at any numba thread count also where the BLAS does not
+#: give a block the whole call's bits (fastbp._blas_split.split_exact: OpenBLAS's
+#: Haswell kernels on an AVX2 CPU).  numba compiles it in when it compiles the
+#: kernel, and its disk cache keeps that value.
+SPLIT_BLOCKS = _usable_cores()
+
 #: A plain SGD update (no momentum, no weight decay) of at least this many
 #: parameters, in a step whose products run on the BLAS's threads, runs
 #: through the BLAS's axpy on those threads (where fastbp._blas.axpy_exact:

@@ -49,6 +49,11 @@ out["entries"] = sys.argv[2]
 from fastbp.kernels.codes import GATE_ADD, GATE_DIV, GATE_MAX, GATE_MUL, GATE_POW
 from fastbp.registry import gates as _greg
 GATES = [GATE_ADD, GATE_MUL, GATE_MAX, GATE_DIV, GATE_POW] if sys.argv[2] == "all" else [GATE_MUL]
+# the kernels of the layers and losses a default MLP step does not use (the legacy sigmoid/tanh
+# kernels, the losses other than softmax cross-entropy, Adam's weight-decay modes, RMSprop,
+# the norm layers, dropout): in the "all" run only (CI's thorough stage), ~25 s of cold
+# compilation of their parallel twins that the README's run leaves out
+ALL = sys.argv[2] == "all"
 hashes = {}
 
 
@@ -91,7 +96,7 @@ for dt in [np.dtype(name).type for name in sys.argv[1].split(",")]:
             md2 = DY.copy(); k_(A._mul_d)(X, X, md2, True)
             h(tag.format("mul_d"), md, md2)
         for name, f, b in (("relu", A._relu_fwd, A._relu_bwd), ("sigmoid", A._sigmoid_fwd, A._sigmoid_bwd),
-                           ("tanh", A._tanh_fwd, A._tanh_bwd)):
+                           ("tanh", A._tanh_fwd, A._tanh_bwd))[:None if ALL else 1]:
             Y = np.empty_like(X); k_(f)(X, Y)
             dX = np.empty_like(X); k_(b)(Y, DY, dX)
             h(tag.format(name), Y, dX)
@@ -121,7 +126,7 @@ for dt in [np.dtype(name).type for name in sys.argv[1].split(",")]:
         h(tag.format("scale_sum"), s, s2, sb)
         for name, kern, tgt in (("xent", Ls._softmax_xent, lab), ("svm", Ls._svm, lab),
                                 ("mse", Ls._mse, T), ("bce", Ls._bce_logits, T),
-                                ("poisson", Ls._poisson, np.abs(T))):
+                                ("poisson", Ls._poisson, np.abs(T)))[:None if ALL else 1]:
             dS = np.empty_like(X); rl = np.empty(R)
             loss = k_(kern)(X, tgt, dS, rl)
             h(tag.format(name), dS, rl, np.float64(loss))
@@ -130,11 +135,13 @@ for dt in [np.dtype(name).type for name in sys.argv[1].split(",")]:
             k_(O._sgd_update)(p, DY.ravel(), v, 0.1, 0.9, True, 0.01)
         h(tag.format("optim"), p, v)
         for kern, wd, dec in ((O._adam_no_decay, 0.0, False), (O._adam_decoupled, 0.01, True),
-                              (O._adam_l2, 0.01, False)):        # Adam's kernel of each weight-decay mode
+                              (O._adam_l2, 0.01, False))[:None if ALL else 1]:   # each weight-decay mode's
             pa, ma, va = P.copy(), np.zeros_like(P), np.zeros_like(P)
             for t in (1, 2):
                 k_(kern)(pa, DY.ravel(), ma, va, t, 1e-3, 0.9, 0.999, 1e-8, wd, dec)
             h(tag.format(f"adam/{wd}/{dec}"), pa, ma, va)
+        if not ALL:
+            continue
         pr, sq, bf, ga = P.copy(), np.zeros_like(P), np.zeros_like(P), np.zeros_like(P)
         for _ in range(2):
             k_(O._rmsprop_update)(pr, DY.ravel(), sq, bf, ga, 1e-2, 0.99, 1e-8, 0.01, 0.9)
@@ -166,10 +173,15 @@ for dt in [np.dtype(name).type for name in sys.argv[1].split(",")]:
     # parallel: the pairs test compares them), on shapes split by rows, by columns, and unevenly;
     # with the OpenBLAS backends, the only ones a step splits its products for (oneMKL's results
     # depend on the shapes of its calls: CI's later stages run with it).  In the "all" run (CI's
-    # thorough stage) only: the README's run has the split products of the small step below
+    # thorough stage) every shape, the README's run one (and the split products of the small step below)
     out["threads_backend"] = fastbp._blas.SPLIT_EXACT   # (oneMKL: never)
-    split_shapes = ((301, 190, 70), (40, 150, 601), (1031, 64, 65))
-    for (mm, kk, nn) in split_shapes if fastbp._blas.SPLIT_EXACT and sys.argv[2] == "all" else ():
+    # whether this CPU's BLAS gives a block of a product the whole call's bits (measured:
+    # OpenBLAS's AVX-512 kernels do, its Haswell kernels on an AVX2 CPU do not)
+    from fastbp._blas_split import split_exact
+    out.setdefault("split_exact", {})[np.dtype(dt).name] = split_exact(dt)
+    # the README's run: one shape (the step below compiles the split kernel anyway)
+    split_shapes = ((301, 190, 70), (40, 150, 601), (1031, 64, 65)) if ALL else ((1031, 64, 65),)
+    for (mm, kk, nn) in split_shapes if fastbp._blas.SPLIT_EXACT else ():
         for ta in (False, True):
             for tb in (False, True):
                 Aa = rn(kk, mm) if ta else rn(mm, kk)
@@ -214,7 +226,8 @@ for dt in [np.dtype(name).type for name in sys.argv[1].split(",")]:
     for gate in GATES:          # the ops wrappers are named after the gate (at 2 threads: its parallel kernels)
         name = _greg.by_code(gate).name
         h(tag.format(name), getattr(ops, name + "_forward")(X, row), *getattr(ops, name + "_backward")(X, row, DY))
-    for name, tgt in (("softmax_cross_entropy", lab), ("svm_loss", lab), ("mse", T), ("bce_with_logits", T)):
+    for name, tgt in (("softmax_cross_entropy", lab), ("svm_loss", lab), ("mse", T),
+                      ("bce_with_logits", T))[:None if ALL else 1]:
         loss, d = getattr(ops, name)(X, tgt)
         h(tag.format(name), d, np.float64(loss))
 
@@ -270,10 +283,21 @@ def test_subprocesses_really_ran_with_1_and_2_threads(runs):
     assert steps and all(one[k] == want for k in steps) and all(two[k] == want for k in steps)
 
 
+def _inexact_split(run, key):
+    """A split BLAS product's key where this CPU's BLAS does not give a block the whole call's
+    bits (measured in the subprocess: fastbp._blas_split.split_exact; OpenBLAS's Haswell
+    kernels on an AVX2 CPU): its blocks (fastbp.config.SPLIT_BLOCKS, the same at 1 and 2
+    threads) may differ from the one call of its serial variant."""
+    dt, _, rest = key.partition("/")
+    return rest.startswith("split/") and not run["split_exact"][dt]
+
+
 def test_outputs_bitwise_equal_at_1_and_2_threads(runs):
+    """Every output, the split products and the steps on numba's threads included, on every
+    CPU: a product's blocks are fastbp.config.SPLIT_BLOCKS, never the thread count."""
     one, two = runs
     h1, h2 = one["hashes"], two["hashes"]
-    assert set(h1) == set(h2) and len(h1) > (100 if one["entries"] == "all" else 75)
+    assert set(h1) == set(h2) and len(h1) > (100 if one["entries"] == "all" else 50)
     differ = sorted(k for k in h1 if h1[k] != h2[k])
     assert not differ, f"outputs differ between 1 and 2 threads: {differ}"
 
@@ -282,9 +306,23 @@ def test_parallel_variant_bitwise_equal_to_serial(runs):
     for run in runs:
         h = run["hashes"]
         pairs = [(k, k[: -len("/serial")] + "/parallel") for k in h if k.endswith("/serial")]
-        assert len(pairs) > 25        # per dtype (39 each today; the two dtypes are separate cases)
-        differ = sorted(a for a, b in pairs if h[a] != h[b])
+        # per dtype (39 each today in the "all" runs, 21 in "some"; the dtypes are separate cases)
+        assert len(pairs) > (25 if run["entries"] == "all" else 18)
+        differ = sorted(a for a, b in pairs if h[a] != h[b] and not _inexact_split(run, a))
         assert not differ, f"serial and parallel compilations differ ({run['threads']} threads): {differ}"
+
+
+def test_split_exact_never_claims_exactness_the_split_products_lack(runs):
+    """fastbp._blas_split.split_exact, measured in each subprocess, is False wherever the
+    script's split products (2 blocks at 2 threads) differ from one call; where it is True
+    they are compared above."""
+    one, two = runs
+    assert one["split_exact"] == two["split_exact"]
+    h = two["hashes"]
+    for dt, exact in two["split_exact"].items():
+        keys = [k for k in h if k.startswith(f"{dt}/split/") and k.endswith("/serial")]
+        if any(h[k] != h[k[: -len("/serial")] + "/parallel"] for k in keys):
+            assert not exact, dt
 
 
 #: the Kernel objects the script runs (every one with a prange loop)

@@ -21,7 +21,7 @@ import numpy as np
 from numba import prange, types
 
 from .. import _blas
-from ..config import BLAS_THREADS_MIN_MACS
+from ..config import BLAS_THREADS_MIN_MACS, SPLIT_BLOCKS
 from .._jit import TILE, call_fnptr4, jit, kernel, parallel_jit, stack_tile
 
 
@@ -219,9 +219,6 @@ _jit_create_d = types.ExternalFunction(
                                          _i, _i, types.float64, _i))
 _jit_get_s = types.ExternalFunction(_blas.JIT_GET_SYMS[0], types.uintp(types.uintp))
 _jit_get_d = types.ExternalFunction(_blas.JIT_GET_SYMS[1], types.uintp(types.uintp))
-#: numba's threading layer's current thread count (the symbol numba defines when it starts its
-#: threads; declared here, not through numba.get_num_threads, whose code numba cannot cache)
-_numba_threads = types.ExternalFunction("get_num_threads", types.intp())
 _ROW = _blas.ROW_MAJOR
 _NT = _blas.NO_TRANS
 _TR = _blas.TRANS
@@ -307,19 +304,22 @@ def _blas_mm(A, B, C, ta, tb, acc):
 @parallel_jit
 def _blas_mm_split(A, B, C, ta, tb, acc):
     """``C (+)= op(A) @ op(B)`` as :func:`_blas_mm`, its rows (or, for a wide
-    ``C``, its columns) cut into one block per numba thread, each block one
-    BLAS call on one BLAS thread (the caller sets the BLAS to one thread).
+    ``C``, its columns) cut into :data:`fastbp.config.SPLIT_BLOCKS` blocks (the
+    usable cores; fewer for a small product), run on numba's threads, each block
+    one BLAS call on one BLAS thread (the caller sets the BLAS to one thread).
 
     The step's threads in one runtime: a step that runs its elementwise
     kernels on numba's threads runs its products on them too, instead of the
     BLAS's own threads spinning against numba's (see
     :data:`fastbp.config.STEP_THREADS_MIN_ELEMENTS`).  Every element of ``C``
     is the same dot product in the same order whatever the blocks (the BLAS
-    splits a product over ``m`` and ``n``, never ``k``): results do not depend
-    on the thread count.  Products below twice BLAS_THREADS_MIN_MACS are one call.
-    Compiled with ``parallel=True`` only (a ``prange`` makes numba start its
-    threads before this code loads: they define the threading layer's
-    ``get_num_threads``).
+    splits a product over ``m`` and ``n``, never ``k``) where
+    :func:`fastbp._blas_split.split_exact` holds; elsewhere (OpenBLAS's Haswell
+    kernels) a block's bits may differ from the whole call's, but the blocks do
+    not depend on numba's thread count, so neither do the results.  Products
+    below twice BLAS_THREADS_MIN_MACS are one call.
+    Compiled with ``parallel=True`` only (its serial twin would be one call per
+    block, one after the other).
     """
     m = C.shape[0]
     n = C.shape[1]
@@ -327,13 +327,12 @@ def _blas_mm_split(A, B, C, ta, tb, acc):
     if empty_product(C, k, acc):
         return
     beta = 1.0 if acc else 0.0
-    nt = _numba_threads() & 0xFFFF      # a C int (the register's upper half is not part of it)
     rows = m >= n
     dim = m if rows else n
     # every block keeps at least BLAS_THREADS_MIN_MACS multiply-adds: the BLAS's own kernel for
     # small products (OpenBLAS: below ~1e6, on one thread only) never gets a block of a product
     # that one call would have run through its general kernel
-    nblk = min(nt, (m * n * k) // BLAS_THREADS_MIN_MACS, dim)
+    nblk = min(SPLIT_BLOCKS, (m * n * k) // BLAS_THREADS_MIN_MACS, dim)
     if nblk < 2:
         _gemm_block(A, B, C, ta, tb, beta, 0, m, 0, n)
         return
