@@ -1,19 +1,23 @@
 """Is a product cut into blocks the same, bit for bit, as one BLAS call?
 
 A step on numba's threads (:func:`fastbp._executor.step_threads`) cuts each
-large product into one block of rows (or of columns) per numba thread, each
-block one BLAS call on one BLAS thread (:func:`fastbp.kernels.gemm._blas_mm_split`).
-Its results are independent of numba's thread count only where the BLAS
-computes every element of a block exactly as it computes that element in the
-whole call.  OpenBLAS's SkylakeX and later kernels (AVX-512) do; its Haswell
-kernels (CPUs with AVX2 but no AVX-512) do not: 2 and 3 blocks of a
-1031 x 64 x 65 product differ from the whole one in thousands of elements
-(float32 and float64), also with block edges at multiples of 64 rows or
-columns.  :func:`split_exact` measures it on the running CPU and BLAS.
+large product into :data:`fastbp.config.SPLIT_BLOCKS` blocks of rows (or of
+columns), each block one BLAS call on one BLAS thread
+(:func:`fastbp.kernels.gemm._blas_mm_split`).  The blocks do not depend on
+numba's thread count, so neither do the results; whether they are also the
+bits of one call over the whole product depends on the BLAS.  OpenBLAS's
+SkylakeX and later kernels (AVX-512) give them; its Haswell kernels (CPUs with
+AVX2 but no AVX-512) do not: 2 and 3 blocks of a 1031 x 64 x 65 product differ
+from the whole one in thousands of elements (float32 and float64), also with
+block edges at multiples of 64 rows or columns.  :func:`split_exact` measures
+it on the running CPU and BLAS.
 """
+import itertools
+
 import numpy as np
 
 from . import _blas
+from .kernels.gemm import _blas_mm
 
 #: (m, k, n) of the probe: odd edges in both dimensions, each block over the BLAS's
 #: small-product size (BLAS_THREADS_MIN_MACS), as the step's splits are
@@ -38,10 +42,11 @@ def split_exact(dtype):
     -------
     bool
         Measured once per process and dtype, at one BLAS thread, on
-        :data:`SHAPES` with each operand transposed and not; ``False`` without
+        :data:`SHAPES` with both operands transposed and not; ``False`` without
         a BLAS, and for dtypes other than float32 and float64.  Where it is
-        ``False``, a step on numba's threads (``step.threads``) may differ in
-        the last bits between numba thread counts (README, "Threading design").
+        ``False``, a step on numba's threads (``step.threads``) computes its
+        products in other bits than one call each would (the same at any numba
+        thread count: README, "Threading design").
     """
     dt = np.dtype(dtype)
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)) or not _blas.AVAILABLE:
@@ -51,36 +56,37 @@ def split_exact(dtype):
     return _CACHE[dt]
 
 
+def _blocked(A, B, t, rows, nblk, dt):
+    """``op(A) @ op(B)`` (``op`` transposes both where ``t``) as ``nblk`` calls, one per block
+    of its rows (``rows``) or of its columns."""
+    m = A.shape[1] if t else A.shape[0]
+    n = B.shape[0] if t else B.shape[1]
+    got = np.zeros((m, n), dt)
+    for lo, hi in _blocks(m if rows else n, nblk):
+        if rows:
+            a, b, out = np.ascontiguousarray(A[:, lo:hi] if t else A[lo:hi]), B, got[lo:hi]
+        else:
+            a, b, out = A, np.ascontiguousarray(B[lo:hi] if t else B[:, lo:hi]), got[:, lo:hi]
+        c = np.zeros(out.shape, dt)
+        _blas_mm(a, b, c, t, t, False)
+        out[...] = c
+    return got
+
+
 def _measure(dt):
-    from .kernels.gemm import _blas_mm
     rng = np.random.default_rng(20261204)
     with _blas.THREADS_LOCK:
         before = int(_blas._backend.get_threads())
         _blas._backend.set_threads(1)
         try:
-            for (m, k, n) in SHAPES:
-                for ta in (False, True):
-                    tb = ta
-                    A = rng.standard_normal((k, m) if ta else (m, k)).astype(dt)
-                    B = rng.standard_normal((n, k) if tb else (k, n)).astype(dt)
-                    whole = np.zeros((m, n), dt)
-                    _blas_mm(A, B, whole, ta, tb, False)
-                    for rows in (True, False):
-                        for nblk in (2, 3):
-                            got = np.zeros((m, n), dt)
-                            for lo, hi in _blocks(m if rows else n, nblk):
-                                if rows:
-                                    a = np.ascontiguousarray(A[:, lo:hi] if ta else A[lo:hi])
-                                    c = np.zeros((hi - lo, n), dt)
-                                    _blas_mm(a, B, c, ta, tb, False)
-                                    got[lo:hi] = c
-                                else:
-                                    b = np.ascontiguousarray(B[lo:hi] if tb else B[:, lo:hi])
-                                    c = np.zeros((m, hi - lo), dt)
-                                    _blas_mm(A, b, c, ta, tb, False)
-                                    got[:, lo:hi] = c
-                            if got.tobytes() != whole.tobytes():
-                                return False
+            for (m, k, n), t in itertools.product(SHAPES, (False, True)):
+                A = rng.standard_normal((k, m) if t else (m, k)).astype(dt)
+                B = rng.standard_normal((n, k) if t else (k, n)).astype(dt)
+                whole = np.zeros((m, n), dt)
+                _blas_mm(A, B, whole, t, t, False)
+                for rows, nblk in itertools.product((True, False), (2, 3)):
+                    if _blocked(A, B, t, rows, nblk, dt).tobytes() != whole.tobytes():
+                        return False
         finally:
             _blas._backend.set_threads(before)
     return True

@@ -71,10 +71,11 @@ BLAS_MIN_MACS = 2048
 BLAS_THREADS_MIN_MACS = 1 << 21
 
 
-def _usable_cores():
+def usable_cores():
+    """The number of cores this process may run on (its affinity mask; :func:`os.cpu_count` off Linux)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
+    except (AttributeError, OSError):  # not Linux
         return os.cpu_count() or 1
 
 
@@ -87,7 +88,7 @@ def _usable_cores():
 #: give a block the whole call's bits (fastbp._blas_split.split_exact: OpenBLAS's
 #: Haswell kernels on an AVX2 CPU).  numba compiles it in when it compiles the
 #: kernel, and its disk cache keeps that value.
-SPLIT_BLOCKS = _usable_cores()
+SPLIT_BLOCKS = usable_cores()
 
 #: A plain SGD update (no momentum, no weight decay) of at least this many
 #: parameters, in a step whose products run on the BLAS's threads, runs

@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from ..config import usable_cores
+
 __all__ = ["cpu_model", "usable_cores", "machine_info", "fma_peak", "sgemm_peak"]
 
 #: float32 lanes kept in flight per thread by the FMA loop: enough
@@ -31,14 +33,6 @@ def cpu_model():
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def usable_cores():
-    """The number of cores this process may run on (its affinity mask; :func:`os.cpu_count` off Linux)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def machine_info():
