@@ -8,6 +8,7 @@ lazy import that closes a cycle is found as surely as a top-level one.
 from __future__ import annotations
 
 import ast
+import functools
 import sys
 from pathlib import Path
 
@@ -80,12 +81,19 @@ def imports(name, path, known):
     return [(t, line, top) for t, line, top in found if t in known and t != name]
 
 
-def import_graph(top_level_only=False):
+@functools.lru_cache(maxsize=None)
+def _imports_under(root):
+    """``{module: imports(module, ...)}`` for the package at ``root``, read once per test
+    session (each parametrised GPU-path case used to parse every module again: ~10 s)."""
     mods = modules()
+    return {name: tuple(imports(name, path, mods)) for name, path in mods.items()}
+
+
+def import_graph(top_level_only=False):
     graph = {}
-    for name, path in mods.items():
+    for name, found in _imports_under(ROOT).items():
         graph[name] = {}
-        for target, line, top in imports(name, path, mods):
+        for target, line, top in found:
             if top or not top_level_only:
                 graph[name].setdefault(target, line)
     return graph
