@@ -44,7 +44,7 @@ from ._estimator_fit import (batch_sizes, check_split_weights, fit_batch_size, f
 from ._estimator_attrs import _LiveList
 from ._estimator_rows import as_array, as_rows, predict_rows, unwrap
 from ._estimator_params import check_params, check_same_model, is_int as _is_int, resolve_dtype as _resolve_dtype
-from ._estimator_state import restore, snapshot
+from ._estimator_state import deferring_warnings, issue_deferred, restore, snapshot, warn_after_fit
 
 __all__ = ["_BaseMLP"]
 
@@ -292,13 +292,17 @@ class _BaseMLP(BaseEstimator):
         raises leaves the estimator exactly as it was, fitted or not
         (:mod:`fastbp._estimator_state`).  ``prepare``: called first, inside that guard."""
         saved = snapshot(self, in_place=incremental and hasattr(self, "_step"))
+        token, ok = deferring_warnings(), False     # its warnings: once it has succeeded
         try:
             if prepare is not None:
                 prepare()
-            return self._fit_guarded(X, y, incremental, sample_weight)
+            result, ok = self._fit_guarded(X, y, incremental, sample_weight), True
         except BaseException:
             restore(self, saved)
             raise
+        finally:
+            issue_deferred(token, ok)
+        return result
 
     def _record_fresh(self):
         """The records of a first stochastic fit (scikit-learn's ``_initialize``)."""
@@ -344,10 +348,9 @@ class _BaseMLP(BaseEstimator):
             requested = int(self.batch_size)
 
         if first_pass:
-            # partial_fit keeps the requested batch size for the later calls
-            # (a call with fewer samples makes one smaller minibatch);
-            # fit works on one known dataset and needs no bigger workspace.
-            bs = requested if incremental else min(requested, n_samples)
+            # scikit-learn's min(batch_size, n_samples), partial_fit's too: a later call
+            # with more rows compiles the step again for its minibatch (fit_batch_size)
+            bs = min(requested, n_samples)
             if self.solver == "lbfgs":
                 bs = min(n_samples, 1024)      # lbfgs: full-batch, evaluated in chunks of this size
             seed = int(rs.randint(np.iinfo(np.int32).max))
@@ -530,11 +533,11 @@ class _BaseMLP(BaseEstimator):
                     stopped = True
                     break
             if not incremental and not stopped:
-                warnings.warn(
+                warn_after_fit(
                     f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
                     "the optimization hasn't converged yet.", ConvergenceWarning)
         except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.")
+            warn_after_fit("Training interrupted by user.")
         if self.early_stopping and best_params is not None:
             self._best_params = best_params
             for k, v in best_params.items():

@@ -12,6 +12,7 @@ Imported by :mod:`fastbp._estimator_base` only; needs scikit-learn.
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import numpy as np
 from sklearn.utils.validation import _check_sample_weight
@@ -19,7 +20,7 @@ from sklearn.utils.validation import _check_sample_weight
 from . import _isa
 from . import _executor as ex
 from ._estimator_rows import chunk_rows
-from ._estimator_state import transfer_step_state
+from ._estimator_state import transfer_step_state, warn_after_fit
 
 __all__ = ["fit_weights", "check_split_weights", "validation_stratify", "batch_sizes", "fit_batch_size",
            "ordered_epoch", "weighted_epoch", "fit_lbfgs"]
@@ -283,7 +284,11 @@ def fit_lbfgs(est, X, Y, W=None):
     with sklearn_log_loss(est):
         res = minimize(loss_grad, saved.astype(np.float64), method="L-BFGS-B", jac=True,
                        options={"maxfun": int(est.max_fun), "maxiter": int(est.max_iter), "gtol": est.tol})
-    est.n_iter_ = _check_optimize_result("lbfgs", res, est.max_iter)
+    with warnings.catch_warnings(record=True) as caught:    # its ConvergenceWarning: after the fit
+        warnings.simplefilter("always")
+        est.n_iter_ = _check_optimize_result("lbfgs", res, est.max_iter)
+    for w in caught:
+        warn_after_fit(w.message, w.category)
     est.loss_ = float(res.fun)
     pv[...] = res.x
     for name in ("loss_curve_", "best_loss_", "validation_scores_", "best_validation_score_", "_best_params"):

@@ -110,8 +110,9 @@ def check_params(est):
     """Check every hyper-parameter of ``est``; return the hidden layer sizes (a list).
 
     The accepted values are scikit-learn's (``BaseMultilayerPerceptron._parameter_constraints``)
-    but for the activations
-    (fastbp's names too) and the booleans (0 and 1 too).
+    but for the activations (fastbp's names too) and the numbers: a bool is not taken for one
+    (scikit-learn's intervals accept ``max_iter=True`` as 1; here it is an error naming the
+    parameter).  The booleans (``shuffle`` ...) take a bool only, as scikit-learn's.
 
     Raises
     ------

@@ -9,15 +9,54 @@ a new step, and so does a ``partial_fit`` that compiles the step again for anoth
 minibatch size (:func:`transfer_step_state`): the previous one only needs to be kept,
 not copied.
 
-Imported by :mod:`fastbp._estimator_base` only.
+A warning about a call that succeeds (scikit-learn's ``ConvergenceWarning`` when
+``max_iter`` ends the training) is issued when the call has returned its fitted state
+(:func:`warn_after_fit`), not inside the guard: where warnings are errors (``pytest -W
+error``, ``warnings.simplefilter("error")``) the exception reaches the caller and the
+estimator keeps the model it has fitted, as scikit-learn's does.
+
+Imported by :mod:`fastbp._estimator_base` and :mod:`fastbp._estimator_fit` only.
 """
 from __future__ import annotations
+
+import contextvars
+import warnings
 
 import numpy as np
 
 from . import _isa
 
-__all__ = ["snapshot", "restore", "transfer_step_state"]
+__all__ = ["snapshot", "restore", "transfer_step_state", "warn_after_fit", "deferring_warnings",
+           "issue_deferred"]
+
+#: the warnings of the ``fit`` / ``partial_fit`` running in this thread (or task), issued
+#: when it has succeeded; None outside one
+_DEFERRED = contextvars.ContextVar("fastbp_estimator_deferred_warnings", default=None)
+
+
+def warn_after_fit(message, category=UserWarning):
+    """``warnings.warn(message, category)`` once the running ``fit`` or ``partial_fit``
+    has succeeded (never if it raises: the estimator is then as it was), or now outside one."""
+    pending = _DEFERRED.get()
+    if pending is None:
+        warnings.warn(message, category, stacklevel=2)
+    else:
+        pending.append((message, category))
+
+
+def deferring_warnings():
+    """Start collecting :func:`warn_after_fit`'s warnings; returns the token for
+    :func:`issue_deferred` (calls nest: an inner call's warnings are its own)."""
+    return _DEFERRED.set([])
+
+
+def issue_deferred(token, succeeded):
+    """Stop collecting (``token``: :func:`deferring_warnings`'s); issue the collected warnings
+    where ``succeeded``, each attributed to the caller of ``fit`` / ``partial_fit``."""
+    pending = _DEFERRED.get()
+    _DEFERRED.reset(token)
+    for message, category in (pending or ()) if succeeded else ():
+        warnings.warn(message, category, stacklevel=4)
 
 
 def _step_state(step):

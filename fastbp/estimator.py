@@ -525,7 +525,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         dt = _resolve_dtype(self.dtype, X.dtype) if reset else self._dtype
         with np.errstate(over="ignore"):
             Y = np.ascontiguousarray(y.reshape(y.shape[0], -1), dtype=dt)
-        if not np.isfinite(Y).all():            # y was checked finite: beyond float32's range
+        if not np.isfinite(Y).all():
+            if not np.isfinite(np.asarray(y, dtype=np.float64)).all():  # a None in an object y
+                raise ValueError("Input y contains NaN or infinity (a missing target: None in an object y?).")
             raise ValueError(f"y has a value too large for {dt} ({float(np.abs(y).max())!r}), the "
                              "estimator's dtype: pass dtype='float64' or scale the targets")
         if reset:

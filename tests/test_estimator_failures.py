@@ -409,3 +409,56 @@ def test_partial_fit_takes_a_column_of_classes_as_scikit_learn():
     e.partial_fit(X, y % 3, classes=[[0], [1], [2]])         # the same classes on a later call
     with pytest.raises(ValueError, match="is not the same as on last call"):
         e.partial_fit(X, y % 3, classes=[[0], [1]])
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd", "lbfgs"])
+@pytest.mark.parametrize("incremental", [False, True], ids=["fit", "warm-fit"])
+def test_a_convergence_warning_raised_as_an_error_keeps_the_fitted_model(solver, incremental):
+    """Warnings as errors (``pytest -W error``): max_iter's ConvergenceWarning reaches the
+    caller after the fit is kept, as scikit-learn's is; it used to be raised inside the
+    all-or-nothing guard, which then undid the whole fit."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 5))
+    y = (X[:, 0] > 0).astype(int)
+    est = MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, random_state=0, solver=solver,
+                        warm_start=incremental)
+    if incremental:
+        est.fit(X, y)
+    before = [np.array(w) for w in est.coefs_] if incremental else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        with pytest.raises(ConvergenceWarning, match="converge"):
+            est.fit(X, y)
+    assert est.n_iter_ == 3 and est.predict(X).shape == (60,)
+    if incremental:
+        assert any(not np.array_equal(a, b) for a, b in zip(before, est.coefs_))
+    with warnings.catch_warnings(record=True) as caught:     # and only once, as a warning
+        warnings.simplefilter("always")
+        MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, random_state=0, solver=solver).fit(X, y)
+    assert [w.category for w in caught] == [ConvergenceWarning], caught
+
+
+def test_a_fit_that_fails_issues_no_convergence_warning():
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    est = MLPRegressor(hidden_layer_sizes=(4,), max_iter=2, learning_rate_init=1e30, solver="sgd")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match="diverged"):
+            est.fit(X * 1e10, X[:, 0] * 1e10)
+    assert not [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+    assert not hasattr(est, "n_iter_")
+
+
+@pytest.mark.parametrize("as_series", [False, True])
+def test_a_missing_regression_target_is_called_nan(as_series):
+    """An object y with a None (JSON, pandas) becomes NaN after scikit-learn's finiteness check;
+    it was reported as 'a value too large for float64', advising dtype='float64'."""
+    X = np.random.default_rng(0).normal(size=(6, 2))
+    y = np.array([1.0, None, 2.0, 3.0, 4.0, 5.0], dtype=object)
+    if as_series:
+        y = pytest.importorskip("pandas").Series(y)
+    for dtype in ("float32", "float64"):
+        with pytest.raises(ValueError, match="Input y contains NaN"):
+            MLPRegressor(max_iter=2, dtype=dtype).fit(X, y)
+    with pytest.raises(ValueError, match=r"too large for float32 \(1e\+39\)"):
+        MLPRegressor(max_iter=2).fit(X, np.array([1e39, 1, 2, 3, 4, 5], dtype=object))

@@ -242,3 +242,22 @@ def test_a_bf16_estimator_pickles_and_saves_as_bf16(tmp_path):
     assert loaded.step.precision == "bf16"
     np.testing.assert_array_equal(loaded.predict_proba(X), est.predict_proba(X))
     assert fastbp.load_model(tmp_path / "m.npz", precision="full").step.precision == "full"
+
+
+@pytest.mark.parametrize("Est", [MLPClassifier, MLPRegressor])
+def test_partial_fit_clips_a_large_batch_size_to_the_rows_given(Est):
+    """scikit-learn's min(batch_size, n_samples) on every call, partial_fit's first too: a
+    batch_size of 10**8 compiled a step for 10**8 rows (MemoryError: 80 GiB) on 50 rows."""
+    rng = np.random.RandomState(0)
+    X = rng.randn(50, 5)
+    y = (X[:, 0] > 0).astype(int) if Est is MLPClassifier else X[:, 0]
+    Sk = SkClassifier if Est is MLPClassifier else SkRegressor
+    kw = dict(KW, batch_size=10**8)
+    cls = dict(classes=[0, 1]) if Est is MLPClassifier else {}
+    ours, theirs = Est(**kw, dtype="float64"), Sk(**kw)
+    for est in (ours, theirs):
+        est.partial_fit(X[:20], y[:20], **cls)
+        est.partial_fit(X, y)           # more rows: one minibatch of 50
+    assert ours._step.batch_size == 50 and len(ours.loss_curve_) == 2
+    if Est is MLPRegressor:     # (a binary classifier has two softmax units here: other losses)
+        np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-6)
