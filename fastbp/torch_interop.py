@@ -45,23 +45,38 @@ class TorchTrainStep(TrainStep):
     #: the torch optimizer's other hyper-parameters when the step was made (fastbp compiled them
     #: in), per parameter group
     _torch_hyper = ()
-    #: the BatchNorm1d modules whose num_batches_tracked sync_to_torch writes: (prefix, module)
+    #: the BatchNorm1d modules whose num_batches_tracked sync_to_torch writes: (prefix, module),
+    #: and each one's count when the step last read or wrote it (by prefix)
     _torch_counts = ()
+    _torch_count_seen = {}
     #: (parameter, the tensor over its gradient in the step's arena) for each model parameter
     _torch_grads = ()
     #: the torch state tensors sync_to_torch wrote, with their versions (fastbp._torch_state.record)
     _torch_synced = ()
 
     def _follow_torch(self):
-        """Before a training call: the torch optimizer's state, when PyTorch stepped it (or
-        replaced it) since :meth:`sync_to_torch` wrote it there (a stretch of plain PyTorch
-        training between fused steps: fastbp went on with its own older momentum or moments,
-        and the next sync overwrote PyTorch's), then its learning rate."""
-        if self._torch_synced and torch_moved(self._torch_synced, self._torch_opt):
-            with self._lock:
+        """Before a training call: what plain PyTorch training changed since the step last
+        wrote it there (:meth:`_follow_torch_state`), then the optimizer's learning rate."""
+        self._follow_torch_state()
+        self._follow_torch_lr()
+
+    def _follow_torch_state(self):
+        """The torch optimizer's state, when PyTorch stepped it (or replaced it) since
+        :meth:`sync_to_torch` wrote it there (a stretch of plain PyTorch training between
+        fused steps: fastbp went on with its own older momentum or moments, and the next
+        sync overwrote PyTorch's); and each ``BatchNorm1d``'s ``num_batches_tracked``: the
+        batches PyTorch counted since the step last read or wrote it are added to the
+        step's count (the next sync wrote the step's count over them)."""
+        with self._lock:
+            for prefix, m in self._torch_counts:
+                now = int(m.num_batches_tracked)
+                moved = now - self._torch_count_seen.get(prefix, now)
+                if moved:
+                    self.buffers[f"{prefix}.num_batches_tracked"][0] += moved
+                self._torch_count_seen[prefix] = now
+            if self._torch_synced and torch_moved(self._torch_synced, self._torch_opt):
                 import_state(self._torch_opt, self._torch_params, self, _torch())
                 self._torch_synced = record(self._torch_synced, self._torch_opt)
-        self._follow_torch_lr()
 
     def _follow_torch_lr(self, check_hyper=True):
         """Take the torch optimizer's current ``param_groups`` learning rate when it changed
@@ -111,9 +126,11 @@ class TorchTrainStep(TrainStep):
             ``self``.
         """
         torch = _torch()
+        self._follow_torch_state()      # PyTorch's own steps since the last sync are kept
         with self._lock:
             for prefix, m in self._torch_counts:
                 m.num_batches_tracked.fill_(int(self.buffers[f"{prefix}.num_batches_tracked"][0]))
+                self._torch_count_seen[prefix] = int(m.num_batches_tracked)
         opt = self._torch_opt
         if opt is None:
             return self
@@ -447,6 +464,7 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
         step._torch_params = pairs
     step._torch_counts = [(prefix, m) for prefix, m in names if isinstance(m, torch.nn.BatchNorm1d)
                           and m.running_mean is not None and m.num_batches_tracked is not None]
+    step._torch_count_seen = {prefix: int(m.num_batches_tracked) for prefix, m in step._torch_counts}
     return step
 
 

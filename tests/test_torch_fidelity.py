@@ -227,6 +227,38 @@ def test_sync_to_torch_with_norm_layers_continues_in_plain_pytorch(norm, name):
         np.testing.assert_allclose(bm.numpy(), br.numpy(), rtol=RTOL, atol=1e-14)
 
 
+@pytest.mark.parametrize("name", ["sgd_momentum_wd", "adamw"])
+def test_fused_torch_fused_with_syncs_between_trains_as_one_pytorch_run(name):
+    """Fused steps, PyTorch steps, fused steps again, with a sync_to_torch after each stretch
+    and a second one after the PyTorch steps (as before saving opt.state_dict()): the same
+    weights, running statistics, num_batches_tracked and optimizer state as plain PyTorch.
+    The count PyTorch stepped was lost (the next sync wrote the step's own over it: the
+    cumulative running average drifted), and a second sync reverted PyTorch's newer
+    optimizer state."""
+    ref = _norm_model(lambda n: torch.nn.BatchNorm1d(n, momentum=None))
+    mine = copy.deepcopy(ref)
+    ref_opt, opt = OPTS[name](ref.parameters()), OPTS[name](mine.parameters())
+    step = fastbp.from_torch(mine, optimizer=opt, batch_size=8)
+    batches = _batches(9)
+    for i, (x, y) in enumerate(batches):
+        _torch_step(ref, ref_opt, x, y)
+        if 3 <= i < 6:                      # the middle stretch in plain PyTorch
+            mine.zero_grad()
+            _torch_step(mine, opt, x, y)
+            if i == 5:
+                step.sync_to_torch()        # a second sync: PyTorch's newer state stays
+        else:
+            step(x, y)
+            if i == 2:
+                step.sync_to_torch()
+    step.sync_to_torch()
+    assert int(mine[1].num_batches_tracked) == int(ref[1].num_batches_tracked) == 9
+    _assert_same_state(ref, ref_opt, mine, opt)
+    _assert_same(ref, mine)
+    for (br, bm) in zip(ref.buffers(), mine.buffers()):
+        np.testing.assert_allclose(bm.numpy(), br.numpy(), rtol=RTOL, atol=1e-14)
+
+
 def test_sync_to_torch_without_a_torch_optimizer_writes_the_batchnorm_count():
     mine = _norm_model(lambda n: torch.nn.BatchNorm1d(n, momentum=None))
     step = fastbp.from_torch(mine, optimizer=fastbp.SGD(lr=0.1), batch_size=8)
