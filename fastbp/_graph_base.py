@@ -79,9 +79,10 @@ def dropout_probability(p, owner="dropout"):
     return float(p)
 
 
-def _norm_eps(op, eps):
-    """A normalisation's ``eps``: a finite real number >= 0."""
-    return _scalars.real("eps", eps, op, low=0.0)
+def _norm_eps(op, eps, training=False):
+    """A normalisation's ``eps``: a finite real number >= 0, and > 0 for a batch norm that
+    trains (``training``: PyTorch's ``batch_norm`` refuses ``eps <= 0`` in training)."""
+    return _scalars.real("eps", eps, op, low=0.0, low_open=training)
 
 
 GraphError.__module__ = GraphTypeError.__module__ = "fastbp.graph"      # where users import them from

@@ -137,6 +137,7 @@ class BatchNorm1d(_Norm):
     ----------
     num_features : int
     eps : float, default 1e-5
+        Added to the variance; > 0 (PyTorch's ``batch_norm`` refuses ``eps <= 0`` in training).
     momentum : float in [0, 1] or None, default 0.1
         ``None``: the cumulative average (``1 / num_batches_tracked``).
     affine : bool, default True
@@ -157,7 +158,7 @@ class BatchNorm1d(_Norm):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
         self.num_features = _v.positive_int("BatchNorm1d: num_features", num_features)
-        self.eps = _norm_eps("BatchNorm1d", eps)
+        self.eps = _norm_eps("BatchNorm1d", eps, training=True)
         self.momentum = _scalars.real("momentum", momentum, "BatchNorm1d", low=0.0, high=1.0, or_none=True)
         self.affine = _v.boolean("BatchNorm1d: affine", affine)
         self.track_running_stats = _v.boolean("BatchNorm1d: track_running_stats", track_running_stats)

@@ -178,6 +178,8 @@ def batch_norm_forward(x, running_mean=None, running_var=None, weight=None, bias
     training : bool, default False
     momentum : float in [0, 1], default 0.1
     eps : float, default 1e-5
+        Added to the variance; finite, >= 0, and > 0 where the minibatch's statistics
+        are used (``training``, or no running statistics), as PyTorch's ``batch_norm``.
     out : numpy.ndarray, shape (batch, N), optional
         Where to write ``y``; must not overlap the inputs.
 
@@ -210,7 +212,7 @@ def batch_norm_forward(x, running_mean=None, running_var=None, weight=None, bias
     b = _vector(bias, "bias", N, dt, "one bias per feature, x.shape[1]")
     momentum = _scalars.real("momentum", momentum, "batch_norm_forward", low=0.0, high=1.0)
     P = scalar_array("batch_norm_forward", ("eps", "momentum", "cumulative"),
-                     (_norm_eps("batch_norm_forward", eps), momentum, 0.0), dt)
+                     (_norm_eps("batch_norm_forward", eps, training=bool(training) or running_mean is None), momentum, 0.0), dt)
     update = training and running_mean is not None and B > 0
     if (training or running_mean is None) and B == 1:     # PyTorch: an empty batch is allowed (an empty output)
         # the minibatch's statistics (training, or eval without running statistics, as

@@ -545,6 +545,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, e
         compiled step (``step.buffers``), are not trained, and are saved in
         checkpoints.
     eps : float, default 1e-5
+        Added to the variance; > 0 (PyTorch's ``batch_norm`` refuses ``eps <= 0`` in training).
     momentum : float in [0, 1] or None, default 0.1
     track_running_stats : bool, default True
     num_batches_tracked : int, default 0
@@ -586,7 +587,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, e
         raise TypeError(f"batch_norm: num_batches_tracked must be an int, got {type(num_batches_tracked).__name__}")
     if num_batches_tracked < 0:
         raise ValueError(f"batch_norm: num_batches_tracked must be >= 0, got {num_batches_tracked}")
-    attrs = {"eps": _norm_eps("batch_norm", eps), "has_w": weight is not None, "has_b": bias is not None,
+    attrs = {"eps": _norm_eps("batch_norm", eps, training=True), "has_w": weight is not None, "has_b": bias is not None,
              "momentum": momentum, "track": bool(track_running_stats), "running_mean": stats[0],
              "running_var": stats[1], "num_batches_tracked": int(num_batches_tracked)}
     if name is not None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastbp
-from fastbp import GraphError
+from fastbp import GraphError, ops
 from fastbp.gradcheck import gradcheck, numerical_gradient, relative_error
 
 
@@ -178,23 +178,34 @@ def test_relative_error_of_identical_infinite_and_of_complex_gradients():
 
 # ---------------------------------------------------------------- normalisations
 def test_norms_with_eps_zero_and_no_variance_give_nan_like_torch():
-    """eps=0 and a constant row (LayerNorm) or column (BatchNorm): 1 / sqrt(0) raised
-    ZeroDivisionError from the compiled kernel; PyTorch gives NaN."""
+    """eps=0 and a constant row (LayerNorm): 1 / sqrt(0) raised ZeroDivisionError from the
+    compiled kernel; PyTorch gives NaN.  A batch norm with eps=0 is refused, as PyTorch's
+    ``batch_norm`` refuses it in training (torch 2.13: "eps must be positive during
+    training"); an eval pass with eps=0 still divides by the running variance."""
     g = fastbp.Graph()
     x = g.input("x", (None, 3))
-    for y in (fastbp.layer_norm(x, eps=0.0), fastbp.batch_norm(x, eps=0.0)):
-        value, grads = fastbp.grad(fastbp.sum(y), [x], batch_size=2)(x=np.ones((2, 3)))
-        assert np.isnan(value) and np.isnan(grads["x"]).all()
-    # the training step: a non-finite loss, weights unchanged; eval with a zero running variance: inf/NaN
-    for norm in (fastbp.LayerNorm(3, eps=0.0), fastbp.BatchNorm1d(3, eps=0.0)):
-        step = fastbp.compile(fastbp.Sequential(norm, fastbp.Linear(3, 2)), loss="mse", batch_size=4,
-                              dtype=np.float64)
-        before = step.param_vector.copy()
-        with pytest.raises(FloatingPointError):
-            step(np.ones((2, 3)), np.zeros((2, 2)))
-        np.testing.assert_array_equal(step.param_vector, before)
+    value, grads = fastbp.grad(fastbp.sum(fastbp.layer_norm(x, eps=0.0)), [x], batch_size=2)(x=np.ones((2, 3)))
+    assert np.isnan(value) and np.isnan(grads["x"]).all()
+    # the training step: a non-finite loss, weights unchanged
+    step = fastbp.compile(fastbp.Sequential(fastbp.LayerNorm(3, eps=0.0), fastbp.Linear(3, 2)), loss="mse",
+                          batch_size=4, dtype=np.float64)
+    before = step.param_vector.copy()
+    with pytest.raises(FloatingPointError):
+        step(np.ones((2, 3)), np.zeros((2, 2)))
+    np.testing.assert_array_equal(step.param_vector, before)
+    for make, owner in ((lambda: fastbp.batch_norm(x, eps=0.0), "batch_norm"),
+                        (lambda: fastbp.BatchNorm1d(3, eps=0.0), "BatchNorm1d"),
+                        (lambda: ops.batch_norm_forward(np.ones((2, 3)), training=True, eps=0.0), "batch_norm_forward")):
+        with pytest.raises(ValueError, match=f"{owner}: eps must be > 0"):
+            make()
+    y = ops.batch_norm_forward(np.zeros((2, 3)), training=False, eps=0.0, running_mean=np.zeros(3),
+                               running_var=np.zeros(3))[0]
+    assert np.isnan(y).all()        # 0 / sqrt(0), as PyTorch's eval pass
+    # eval with a zero running variance (and the default eps) is finite; with it zeroed: inf/NaN
+    step = fastbp.compile(fastbp.Sequential(fastbp.BatchNorm1d(3), fastbp.Linear(3, 2)), loss="mse",
+                          batch_size=4, dtype=np.float64)
     step.buffers["0.running_var"][...] = 0.0
-    assert not np.isfinite(step.predict(np.zeros((2, 3)))).all()
+    assert np.isfinite(step.predict(np.zeros((2, 3)))).all()
 
 
 def test_grad_of_batch_norm_with_one_row_is_pytorchs_value_error():
