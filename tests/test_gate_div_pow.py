@@ -101,6 +101,11 @@ def test_ieee_results_and_torchs_exact_zeros():
         G._gate_bwd(R.DIV, big, big * 4, np.ones_like(big), da, db, False, False)
         assert db[0, 0] == pytest.approx(-1 / (4 * 4 * big[0, 0]), rel=1e-6)   # -a / b^2, b^2 overflowing
         assert da[0, 0] == pytest.approx(1 / (4 * big[0, 0]), rel=1e-6)
+        # a == 0 over a subnormal b: dout / b overflows; torch's -dout ((a / b) / b) is 0
+        # (it was -(dout / b) (a / b) = -inf * 0 = NaN)
+        tiny = np.array([[1e-320]], dt)
+        G._gate_bwd(R.DIV, np.zeros_like(tiny), tiny, np.ones_like(tiny), da, db, False, False)
+        assert db[0, 0] == 0.0 and da[0, 0] == np.inf
 
 
 def test_finite_differences_through_the_fused_step():

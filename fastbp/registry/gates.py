@@ -197,12 +197,13 @@ def div(a, b):
 
 
 def d_div(a, b, g):
-    q = _fm.div(g, b)
-    return q, -(q * _fm.div(a, b))
+    # db as torch's div backward, -dout ((a / b) / b): 0 for a == 0 where b is so small
+    # that dout / b overflows (-(dout / b) (a / b) was inf * 0 = NaN)
+    return _fm.div(g, b), -(g * _fm.div(_fm.div(a, b), b))
 
 
 register(Gate(DIV, "div", div, d_div, "out = a / b (torch.div: a / 0 is +-inf, 0 / 0 NaN)",
-              "da = dout / b, db = -dout a / b^2 (as -(dout / b) (a / b))"))
+              "da = dout / b, db = -dout a / b^2 (as torch: -dout ((a / b) / b))"))
 
 
 def power(a, b):
