@@ -14,9 +14,9 @@ float32).
 The division and power gates follow ``torch.div`` and ``torch.pow`` (IEEE: ``a / 0`` is
 +-inf or NaN, a negative base to a non-integer power NaN, never an exception) and their
 backward rules: ``pow``'s ``da`` is exactly 0 where ``b == 0`` and its ``db`` exactly 0 where
-``a == 0`` and ``b >= 0``; ``div``'s ``db`` is computed as ``-(dout / b) (a / b)``, which
-stays finite where ``b * b`` would overflow (torch's ``-dout a / (b b)``; the two agree to
-rounding elsewhere).
+``a == 0`` and ``b >= 0``; ``div``'s ``db`` is computed as torch's ``-dout ((a / b) / b)``,
+which stays finite where ``b * b`` would overflow, and is 0 for ``a == 0`` where ``dout / b``
+would overflow.
 
 The max gate's rule on both targets: ``out = NaN`` if either input is NaN
 (``torch.maximum``); the gradient goes to ``a`` unless ``a < b`` and to ``b``
