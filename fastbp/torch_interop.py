@@ -152,6 +152,9 @@ class TorchTrainStep(TrainStep):
         if isinstance(t, torch.Tensor):
             if t.device.type != "cpu":
                 raise ValueError(f"{name} is on {t.device}; fastbp.from_torch steps run on the CPU")
+            if t.dtype == torch.bfloat16:       # (numpy has no bfloat16: .numpy() raises)
+                raise TypeError(f"{name} has dtype torch.bfloat16; the step takes float32 or float64 "
+                                f"tensors (convert with {name}.float())")
             return t.detach().numpy()
         return t
 
@@ -422,6 +425,9 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
                    f"something else)" if sub else "")
             raise ValueError(f"model layer {i} is a {type(m).__name__}{why}; from_torch supports exactly {names}")
     _check_trainable(model, optimizer, torch)
+    if not dtypes:
+        raise ValueError("model has no parameters to train: from_torch compiles a training step, "
+                         "which needs a layer with parameters (Linear, or an affine LayerNorm or BatchNorm1d)")
     if len(dtypes) != 1 or next(iter(dtypes)) not in (torch.float32, torch.float64):
         raise TypeError(f"model parameters must all be float32 or all float64, got {sorted(map(str, dtypes))}")
     dtype = np.float32 if dtypes == {torch.float32} else np.float64

@@ -100,6 +100,21 @@ def test_unsupported_models_and_options_are_rejected():
         fastbp.from_torch(m, loss=torch.nn.NLLLoss())
     with pytest.raises(TypeError, match="float32 or all float64"):
         fastbp.from_torch(torch.nn.Sequential(torch.nn.Linear(3, 2).half()))
+    for empty in (torch.nn.Sequential(), torch.nn.Sequential(torch.nn.ReLU())):     # not "got []"
+        with pytest.raises(ValueError, match="model has no parameters to train"):
+            fastbp.from_torch(empty)
+
+
+def test_a_bfloat16_tensor_is_a_type_error_naming_the_argument():
+    """numpy has no bfloat16: torch's own 'Got unsupported ScalarType BFloat16' named nothing."""
+    m = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    step = fastbp.from_torch(m, optimizer=torch.optim.SGD(m.parameters(), lr=0.1), batch_size=8)
+    x, y = torch.randn(8, 4), torch.arange(8) % 3
+    with pytest.raises(TypeError, match=r"x has dtype torch.bfloat16.*x.float\(\)"):
+        step(x.bfloat16(), y)
+    with pytest.raises(TypeError, match=r"X has dtype torch.bfloat16"):
+        step.predict(x.bfloat16())
+    assert np.isfinite(step(x, y))
 
 
 @pytest.mark.parametrize("loss,arg", [
