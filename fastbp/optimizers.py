@@ -100,17 +100,22 @@ class _Optimizer:
 class SGD(_Optimizer):
     """Stochastic gradient descent, ``torch.optim.SGD`` semantics.
 
+    The arguments are PyTorch's, in its order.
+
     Parameters
     ----------
-    lr : float
+    lr : float, default 1e-3
         Learning rate, >= 0 (0 as PyTorch allows it: a schedule may reach it).
     momentum : float, default 0
         >= 0, as PyTorch's (1 or more keeps every past gradient undamped:
         rarely what one wants, but not refused).
-    nesterov : bool, default False
-        Nesterov momentum (needs ``momentum > 0``).
+    dampening : float, default 0
+        Only 0 (PyTorch's default, ``buf = momentum buf + g``); any other value
+        is refused, naming it.
     weight_decay : float, default 0
         L2 penalty added to the gradient, >= 0.
+    nesterov : bool, default False
+        Nesterov momentum (needs ``momentum > 0``).
     decay_1d : bool, default True
         Whether ``weight_decay`` applies to the parameters of fewer than two
         dimensions too (biases, the norm layers' weight and bias), as in
@@ -121,9 +126,11 @@ class SGD(_Optimizer):
     """
     name = "sgd"
 
-    def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0, *, decay_1d=True):
+    def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, *, decay_1d=True):
         self.lr = _real("lr", lr, "SGD", low=0.0)
         self.momentum = _real("momentum", momentum, "SGD", low=0.0)
+        if _real("dampening", dampening, "SGD") != 0.0:
+            raise ValueError(f"SGD: dampening={dampening!r} is not supported (only 0, PyTorch's default)")
         if not isinstance(nesterov, (bool, _np.bool_)):     # the one bool policy (fastbp._validate.boolean)
             raise TypeError(f"SGD: nesterov must be a bool (True or False), got {type(nesterov).__name__}")
         self.nesterov = bool(nesterov)
@@ -157,6 +164,8 @@ class Adam(_Optimizer):
     eps : float, default 1e-8
         > 0.
     weight_decay : float, default 0
+    amsgrad : bool, default False
+        PyTorch's fifth argument; only False (AMSGrad is not implemented: True is refused).
     decoupled : bool, default False
         Apply weight decay to the weights directly (AdamW) instead of the gradient.
     decay_1d : bool, default True
@@ -168,12 +177,23 @@ class Adam(_Optimizer):
         scikit-learn's and Keras's Adam) instead of to ``sqrt(v_hat)``, after it
         (PyTorch's).  The two differ where ``sqrt(v)`` is not much larger than
         ``eps``.
+    decoupled_weight_decay : bool, optional
+        PyTorch's name (``torch.optim.Adam``, torch >= 2.5) for ``decoupled``.
     """
     name = "adam"
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False, *,
-                 decay_1d=True, eps_hat=False):
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
+                 decoupled=False, decay_1d=True, eps_hat=False, decoupled_weight_decay=None):
         who = type(self).__name__
+        if amsgrad is not False:
+            raise ValueError(f"{who}: amsgrad={amsgrad!r} is not supported (AMSGrad is not implemented)")
+        if decoupled_weight_decay is not None:      # torch.optim.Adam's name (torch >= 2.5)
+            if not isinstance(decoupled_weight_decay, (bool, _np.bool_)):
+                raise TypeError(f"{who}: decoupled_weight_decay must be a bool (True or False), "
+                                f"got {type(decoupled_weight_decay).__name__}")
+            if decoupled and not decoupled_weight_decay:
+                raise ValueError(f"{who}: decoupled=True and decoupled_weight_decay=False disagree")
+            decoupled = decoupled_weight_decay
         self.lr = _real("lr", lr, who, low=0.0)
         try:
             b1, b2 = betas
@@ -237,6 +257,8 @@ class AdamW(Adam):
         > 0.
     weight_decay : float, default 1e-2
         Decoupled weight decay, >= 0.
+    amsgrad : bool, default False
+        Only False (PyTorch's fifth argument; AMSGrad is not implemented).
     decay_1d : bool, default True
         Decay the parameters of fewer than two dimensions too, as PyTorch;
         False: the matrices only, as scikit-learn's ``alpha`` (see :class:`SGD`).
@@ -244,8 +266,9 @@ class AdamW(Adam):
         Add ``eps`` before the bias correction, as scikit-learn (see :class:`Adam`).
     """
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *, decay_1d=True, eps_hat=False):
-        super().__init__(lr, betas, eps, weight_decay, decoupled=True, decay_1d=decay_1d, eps_hat=eps_hat)
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *, decay_1d=True,
+                 eps_hat=False):
+        super().__init__(lr, betas, eps, weight_decay, amsgrad, decoupled=True, decay_1d=decay_1d, eps_hat=eps_hat)
 
     def spec(self):
         return self._spec_decay({"type": "AdamW", "lr": self.lr, "betas": list(self.betas), "eps": self.eps,
@@ -341,9 +364,10 @@ def optimizer_from_spec(spec):
     t = spec.get("type") if isinstance(spec, dict) else None
     d1 = spec.get("decay_1d", True) if isinstance(spec, dict) else True    # absent before fastbp had it
     if t == "SGD":
-        return SGD(spec["lr"], spec["momentum"], spec["nesterov"], spec["weight_decay"], decay_1d=d1)
+        return SGD(spec["lr"], spec["momentum"], nesterov=spec["nesterov"], weight_decay=spec["weight_decay"],
+                   decay_1d=d1)
     if t == "Adam":
-        return Adam(spec["lr"], tuple(spec["betas"]), spec["eps"], spec["weight_decay"], spec["decoupled"],
+        return Adam(spec["lr"], tuple(spec["betas"]), spec["eps"], spec["weight_decay"], decoupled=spec["decoupled"],
                     decay_1d=d1, eps_hat=spec.get("eps_hat", False))
     if t == "AdamW":
         return AdamW(spec["lr"], tuple(spec["betas"]), spec["eps"], spec["weight_decay"], decay_1d=d1,

@@ -40,6 +40,38 @@ def test_defaults_match_torch_optim_adamw_signature():
     assert sig["eps"].default == o.eps and sig["weight_decay"].default == o.weight_decay
 
 
+@pytest.mark.parametrize("ours,theirs", [("SGD", "SGD"), ("Adam", "Adam"), ("AdamW", "AdamW"),
+                                         ("RMSprop", "RMSprop")])
+def test_positional_arguments_are_pytorchs_in_its_order(ours, theirs):
+    """A positional call written for torch.optim binds the same arguments here (or is refused):
+    Adam's fifth was ``decoupled`` (torch's ``amsgrad``: Adam(..., True) silently became
+    AdamW), SGD's third ``nesterov`` (torch's ``dampening``); SGD's lr had no default."""
+    torch = pytest.importorskip("torch")
+    skip = {"params", "foreach", "maximize", "capturable", "differentiable", "fused"}
+    theirs = [p for p in inspect.signature(getattr(torch.optim, theirs)).parameters.values()
+              if p.name not in skip and p.kind is p.POSITIONAL_OR_KEYWORD]
+    ours = [p for p in inspect.signature(getattr(fastbp, ours)).parameters.values()
+            if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert [p.name for p in ours] == [p.name for p in theirs]
+    for a, b in zip(ours, theirs):
+        assert a.default == b.default or (isinstance(b.default, tuple) and tuple(a.default) == b.default), a.name
+
+
+def test_torch_options_fastbp_lacks_are_refused_and_torchs_spelling_accepted():
+    with pytest.raises(ValueError, match="amsgrad=True is not supported"):
+        fastbp.Adam(1e-3, (0.9, 0.999), 1e-8, 0.0, True)
+    with pytest.raises(ValueError, match="amsgrad"):
+        fastbp.AdamW(amsgrad=True)
+    with pytest.raises(ValueError, match="dampening=0.5 is not supported"):
+        fastbp.SGD(0.1, 0.9, 0.5)
+    assert fastbp.SGD(0.1, 0.9, 0, 1e-4).weight_decay == 1e-4 and fastbp.SGD().lr == 1e-3
+    assert fastbp.Adam(weight_decay=0.1, decoupled_weight_decay=True).decoupled
+    with pytest.raises(ValueError, match="disagree"):
+        fastbp.Adam(decoupled=True, decoupled_weight_decay=False)
+    with pytest.raises(TypeError, match="decoupled_weight_decay must be a bool"):
+        fastbp.Adam(decoupled_weight_decay=1)
+
+
 # float64: CI's thorough stage (three float64 steps with tanh and Adam's weight-decay modes, cold
 # compilations the README's test command has no other use for); float32 makes the same comparison
 # through the same code, and test_decoupled_decay_against_numpy checks the float64 update itself

@@ -84,7 +84,7 @@ def test_adam_pieces_and_eps_hat_against_numpy(decoupled, eps_hat):
     """A large eps (1e-2, near sqrt(v)) so that its placement shows; the same gradients
     replayed through the numpy reference, parameter by parameter."""
     lr, b1, b2, eps, wd = 0.05, 0.8, 0.9, 1e-2, 0.2
-    opt = fastbp.Adam(lr, (b1, b2), eps, wd, decoupled, decay_1d=False, eps_hat=eps_hat)
+    opt = fastbp.Adam(lr, (b1, b2), eps, wd, decoupled=decoupled, decay_1d=False, eps_hat=eps_hat)
     s = _step(opt)
     X, y = _data()
     p0 = {k: v.copy() for k, v in s.params.items()}
@@ -155,7 +155,9 @@ def test_non_bool_is_a_type_error_naming_it(make, bad):
 
 def test_keyword_only():
     with pytest.raises(TypeError):
-        fastbp.SGD(0.1, 0.0, False, 0.0, False)
+        fastbp.SGD(0.1, 0.0, 0.0, 0.0, False, False)      # decay_1d: keyword only
+    with pytest.raises(TypeError):
+        fastbp.Adam(1e-3, (0.9, 0.999), 1e-8, 0.0, False, True)
 
 
 # ---------------------------------------------------------------- PyTorch
