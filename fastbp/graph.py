@@ -541,9 +541,8 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, e
     weight, bias : Node of shape (n,), optional
         Parameters of the same graph (``None``: 1 and 0).
     running_mean, running_var : array_like of shape (n,), optional
-        Initial running statistics (default 0 and 1); they live in the
-        compiled step (``step.buffers``), are not trained, and are saved in
-        checkpoints.
+        Initial running statistics (default 0 and 1); they live in the compiled
+        step (``step.buffers``), are not trained, and are saved in checkpoints.
     eps : float, default 1e-5
         Added to the variance; > 0 (PyTorch's ``batch_norm`` refuses ``eps <= 0`` in training).
     momentum : float in [0, 1] or None, default 0.1
