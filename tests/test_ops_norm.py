@@ -282,3 +282,21 @@ def test_read_only_running_statistics_are_read_in_eval():
     np.testing.assert_allclose(y, x / np.sqrt(1 + 1e-5))
     with pytest.raises(ValueError, match="running_mean is read-only"):
         ops.batch_norm_forward(x, running_mean=rm, running_var=rv, training=True)
+
+
+def test_a_variance_that_overflows_float32_is_nan_not_a_silent_zero():
+    """float32 values ~1e29 apart: the variance overflows to inf and 1 / sqrt(inf) made every
+    normalised value (and gradient) 0, silently; now NaN, as PyTorch's (float64 is right).
+    A fused step then reports the non-finite loss instead of training on zeros."""
+    x = np.array([[3e29, 8e29, -1.3e30, 9e29, 3.3e29]], np.float32)
+    y, stats = ops.layer_norm_forward(x)
+    assert np.isnan(y).all() and np.isnan(stats[0, 1])
+    dx = ops.layer_norm_backward(x, np.ones_like(x), stats)[0]
+    assert np.isnan(dx).all()
+    y64 = ops.layer_norm_forward(x.astype(np.float64))[0]
+    assert np.isfinite(y64).all() and abs(y64.mean()) < 1e-12
+    yb = ops.batch_norm_forward(x.T.copy(), training=True)[0]        # the same values down a column
+    assert np.isnan(yb).all()
+    # ordinary values: unchanged
+    y, stats = ops.layer_norm_forward(np.array([[1.0, 2.0, 4.0]], np.float32))
+    assert np.isfinite(y).all() and np.isfinite(stats).all()

@@ -53,9 +53,13 @@ def norm_mean(total, n, dt):
 def norm_rstd(var, eps, dt):
     """``rstd = 1 / sqrt(var + eps)`` in ``dt`` (float32 arithmetic for float32 arrays, on
     both targets); ``+inf`` where ``var + eps`` is 0 (eps = 0 and values without variance:
-    the normalised values are then NaN, as torch's), never an exception.  Its derivative
-    enters the backward through the statistics' terms of :func:`norm_dx`."""
+    the normalised values are then NaN, as torch's), never an exception; NaN where the
+    variance overflowed ``dt`` (float32 values ~1e19 apart: ``1 / inf`` made every
+    normalised value a silent 0; torch's are NaN too).  Its derivative enters the backward
+    through the statistics' terms of :func:`norm_dx`."""
     sd = math.sqrt(var + eps)
+    if sd == dt(math.inf):
+        return dt(math.nan)
     return dt(1.0) / sd if sd != dt(0.0) else dt(math.inf)
 
 
