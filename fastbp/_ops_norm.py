@@ -211,10 +211,11 @@ def batch_norm_forward(x, running_mean=None, running_var=None, weight=None, bias
     w = _vector(weight, "weight", N, dt, "one weight per feature, x.shape[1]")
     b = _vector(bias, "bias", N, dt, "one bias per feature, x.shape[1]")
     momentum = _scalars.real("momentum", momentum, "batch_norm_forward", low=0.0, high=1.0)
+    batch_stats = bool(training) or running_mean is None    # the minibatch's statistics normalise
     P = scalar_array("batch_norm_forward", ("eps", "momentum", "cumulative"),
-                     (_norm_eps("batch_norm_forward", eps, training=bool(training) or running_mean is None), momentum, 0.0), dt)
+                     (_norm_eps("batch_norm_forward", eps, training=batch_stats), momentum, 0.0), dt)
     update = training and running_mean is not None and B > 0
-    if (training or running_mean is None) and B == 1:     # PyTorch: an empty batch is allowed (an empty output)
+    if batch_stats and B == 1:     # PyTorch: an empty batch is allowed (an empty output)
         # the minibatch's statistics (training, or eval without running statistics, as
         # BatchNorm1d(track_running_stats=False).eval()): one row has no variance
         raise ValueError(f"batch_norm_forward: expected more than 1 row per feature "

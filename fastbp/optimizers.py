@@ -6,6 +6,7 @@ import numpy as _np
 
 from . import _isa as _ex
 from ._scalars import real as _real
+from ._validate import boolean as _boolean
 from .registry.optimizers import adam_mode as _adam_mode
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop"]
@@ -64,10 +65,7 @@ class _Optimizer:
 
     def _decay_1d_arg(self, decay_1d):
         """Validate and keep ``decay_1d`` (a bool)."""
-        if not isinstance(decay_1d, (bool, _np.bool_)):     # the one bool policy (fastbp._validate.boolean)
-            raise TypeError(f"{type(self).__name__}: decay_1d must be a bool (True or False), "
-                            f"got {type(decay_1d).__name__}")
-        object.__setattr__(self, "decay_1d", bool(decay_1d))
+        object.__setattr__(self, "decay_1d", _boolean(f"{type(self).__name__}: decay_1d", decay_1d))
 
     def _spec_decay(self, spec):
         """``spec`` with ``decay_1d`` and ``eps_hat`` when not the defaults (older fastbp reads the rest)."""
@@ -131,9 +129,7 @@ class SGD(_Optimizer):
         self.momentum = _real("momentum", momentum, "SGD", low=0.0)
         if _real("dampening", dampening, "SGD") != 0.0:
             raise ValueError(f"SGD: dampening={dampening!r} is not supported (only 0, PyTorch's default)")
-        if not isinstance(nesterov, (bool, _np.bool_)):     # the one bool policy (fastbp._validate.boolean)
-            raise TypeError(f"SGD: nesterov must be a bool (True or False), got {type(nesterov).__name__}")
-        self.nesterov = bool(nesterov)
+        self.nesterov = _boolean("SGD: nesterov", nesterov)
         if self.nesterov and self.momentum == 0.0:
             raise ValueError("SGD: nesterov=True needs momentum > 0")
         self.weight_decay = _real("weight_decay", weight_decay, "SGD", low=0.0)
@@ -188,9 +184,7 @@ class Adam(_Optimizer):
         if amsgrad is not False:
             raise ValueError(f"{who}: amsgrad={amsgrad!r} is not supported (AMSGrad is not implemented)")
         if decoupled_weight_decay is not None:      # torch.optim.Adam's name (torch >= 2.5)
-            if not isinstance(decoupled_weight_decay, (bool, _np.bool_)):
-                raise TypeError(f"{who}: decoupled_weight_decay must be a bool (True or False), "
-                                f"got {type(decoupled_weight_decay).__name__}")
+            decoupled_weight_decay = _boolean(f"{who}: decoupled_weight_decay", decoupled_weight_decay)
             if decoupled and not decoupled_weight_decay:
                 raise ValueError(f"{who}: decoupled=True and decoupled_weight_decay=False disagree")
             decoupled = decoupled_weight_decay
@@ -203,13 +197,9 @@ class Adam(_Optimizer):
                       _real("betas[1]", b2, who, low=0.0, high=1.0, high_open=True))
         self.eps = _real("eps", eps, who, low=0.0, low_open=True)
         self.weight_decay = _real("weight_decay", weight_decay, who, low=0.0)
-        if not isinstance(decoupled, (bool, _np.bool_)):
-            raise TypeError(f"{who}: decoupled must be a bool (True or False), got {type(decoupled).__name__}")
-        self.decoupled = bool(decoupled)
+        self.decoupled = _boolean(f"{who}: decoupled", decoupled)
         self._decay_1d_arg(decay_1d)
-        if not isinstance(eps_hat, (bool, _np.bool_)):
-            raise TypeError(f"{who}: eps_hat must be a bool (True or False), got {type(eps_hat).__name__}")
-        self.eps_hat = bool(eps_hat)
+        self.eps_hat = _boolean(f"{who}: eps_hat", eps_hat)
 
     n_state = 2
 
@@ -315,9 +305,7 @@ class RMSprop(_Optimizer):
         self.eps = _real("eps", eps, "RMSprop", low=0.0, low_open=True)
         self.weight_decay = _real("weight_decay", weight_decay, "RMSprop", low=0.0)
         self.momentum = _real("momentum", momentum, "RMSprop", low=0.0)
-        if not isinstance(centered, (bool, _np.bool_)):
-            raise TypeError(f"RMSprop: centered must be a bool (True or False), got {type(centered).__name__}")
-        self.centered = bool(centered)
+        self.centered = _boolean("RMSprop: centered", centered)
         self._decay_1d_arg(decay_1d)
 
     @property

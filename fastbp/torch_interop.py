@@ -129,8 +129,9 @@ class TorchTrainStep(TrainStep):
         self._follow_torch_state()      # PyTorch's own steps since the last sync are kept
         with self._lock:
             for prefix, m in self._torch_counts:
-                m.num_batches_tracked.fill_(int(self.buffers[f"{prefix}.num_batches_tracked"][0]))
-                self._torch_count_seen[prefix] = int(m.num_batches_tracked)
+                count = int(self.buffers[f"{prefix}.num_batches_tracked"][0])
+                m.num_batches_tracked.fill_(count)
+                self._torch_count_seen[prefix] = count
         opt = self._torch_opt
         if opt is None:
             return self
