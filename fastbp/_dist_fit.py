@@ -123,7 +123,10 @@ class DataParallelFit:
             schedule = schedule_arg(schedule)
             if schedule is st.schedule:
                 schedule = None         # the step's own schedule object again: it continues
-            per_epoch = len(_epoch_shard(np.arange(n, dtype=np.int64), self.size, self.rank, st.batch_size)[1]) - 1
+            starts = _epoch_shard(np.arange(n, dtype=np.int64), self.size, self.rank, st.batch_size)[1]
+            per_epoch = len(starts) - 1
+            if per_epoch > 0:       # this rank's share of the smallest global minibatch (BatchNorm: 2 rows)
+                st.check_train_rows(int(np.diff(starts).min()), " (this rank's share of a minibatch of fit)")
             e0, s0 = (st.epochs_done, st.n_steps) if schedule is not None else st._sched_origin
             _training.check_schedule_span(st.schedule if schedule is None else schedule, float(st.optimizer.lr),
                                           st.epochs_done - e0, st.n_steps - s0, ep, per_epoch, val is not None)

@@ -62,9 +62,10 @@ class DistributedStep(DataParallelFit):
     Every rank of ``comm`` must create it (a collective call) from the same
     model, loss, optimizer, batch size, dtype, gradient clipping
     (``clip_grad_norm``) and learning-rate schedule; this is checked.  Rank
-    0's weights, optimizer state, step counter and epoch count are then
-    broadcast, so the ranks start identical (seeding differently on each rank
-    is harmless).
+    0's weights, optimizer state, BatchNorm1d running statistics, step counter
+    and epoch count are then broadcast, so the ranks start identical (seeding
+    differently on each rank is harmless; as PyTorch's
+    ``DistributedDataParallel``, which broadcasts rank 0's buffers).
 
     Parameters
     ----------
@@ -174,6 +175,8 @@ class DistributedStep(DataParallelFit):
         for v in step.state_vectors:
             comm.Bcast(v, root=0)
         comm.Bcast(step.hyper, root=0)
+        if step.buffer_vector.size:     # BatchNorm1d's running statistics (a live view of the arena)
+            comm.Bcast(step.buffer_vector, root=0)
         step.epochs_done, step._sched_origin = comm.bcast((step.epochs_done, step._sched_origin), root=0)
 
         # dropout's masks are keyed by the row in the global minibatch (hyper[H_ROW0]:
@@ -473,6 +476,9 @@ class DistributedStep(DataParallelFit):
 
     def in_sync(self):
         """Whether every rank holds bitwise the same weights and optimizer state as rank 0.
+
+        BatchNorm1d's running statistics are not compared: each rank updates
+        its own from its rows (they start as rank 0's).
 
         A collective call (a broadcast of rank 0's parameters: use it in
         tests and debugging, not every step).

@@ -490,3 +490,32 @@ def test_two_ranks_fit_with_a_schedule_and_validation_like_one_process(fit_featu
 def test_a_callback_stopping_on_one_rank_stops_every_rank(fit_features_run):
     for res in fit_features_run:
         assert res["stopped"] == 1 and res["epochs_run"] == 2 and res["in_sync_after_stop"]
+
+
+def test_batch_norm_statistics_start_as_rank0s_and_a_one_row_share_is_refused_up_front(fit_features_run):
+    """Rank 0's BatchNorm1d running statistics are broadcast with its weights (as PyTorch's DDP
+    broadcasts rank 0's buffers): the ranks predict alike; a fit whose last global minibatch
+    gives each rank one row is refused on every rank before any step (it trained 4 steps,
+    then failed, saying "nothing was changed")."""
+    r0, r1 = fit_features_run
+    assert r0["bn_buffers"] == r1["bn_buffers"] and r0["bn_predict"] == r1["bn_predict"]
+    assert any(v not in (0.0, 1.0) for v in r0["bn_buffers"])      # rank 0's trained statistics
+    for res in (r0, r1):
+        assert "Expected more than 1 value per channel" in res["bn_one_row_share"]
+        assert "this rank's share of a minibatch of fit" in res["bn_one_row_share"]
+        assert res["bn_unchanged"]
+
+
+def test_one_process_distributed_fit_refuses_a_one_row_batch_norm_minibatch_up_front():
+    comm = _one_rank_comm()
+    model = fastbp.Sequential(fastbp.Linear(4, 8), fastbp.BatchNorm1d(8), fastbp.ReLU(), fastbp.Linear(8, 3))
+    d = dist.compile(model, optimizer=fastbp.SGD(lr=0.1), batch_size=8, dtype=np.float64, comm=comm,
+                     threads=None)
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((65, 4)), rng.integers(0, 3, 65)
+    params, buffers, state = d.param_vector.tobytes(), d.step.buffer_vector.tobytes(), d.rng.bit_generator.state
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel.*nothing was changed"):
+        d.fit(X, Y, epochs=1)
+    assert d.n_steps == 0 and d.param_vector.tobytes() == params
+    assert d.step.buffer_vector.tobytes() == buffers and d.rng.bit_generator.state == state
+    assert len(d.fit(X[:64], Y[:64], epochs=1)) == 8        # 8 full minibatches train

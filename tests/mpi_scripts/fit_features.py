@@ -42,6 +42,24 @@ def main(out):
     res["stopped"] = h2.stopped_epoch
     res["epochs_run"] = len(h2.loss)
     res["in_sync_after_stop"] = d.in_sync()
+    # BatchNorm1d: rank 0's running statistics are broadcast with its weights; a fit whose
+    # last global minibatch gives each rank 1 row (66 rows, 2 x 8) is refused before any step
+    bn = fastbp.Sequential(fastbp.Linear(6, 8), fastbp.BatchNorm1d(8), fastbp.ReLU(), fastbp.Linear(8, 3))
+    st = fastbp.compile(bn, optimizer=fastbp.SGD(lr=0.1), batch_size=8, dtype=np.float64, seed=2)
+    if rank == 0:
+        st.fit(X * 3 + 1, Y, epochs=1, seed=3)      # only rank 0 has trained: its statistics moved
+    d = dist.DistributedStep(st, comm, threads=None)
+    res["bn_buffers"] = d.step.buffer_vector.tolist()
+    res["bn_predict"] = d.predict(X[:8]).tolist()
+    before = (d.step.param_vector.copy(), d.step.buffer_vector.copy(), d.step.n_steps)
+    X66, Y66 = np.r_[X, X[:2]], np.r_[Y, Y[:2]]
+    try:
+        d.fit(X66, Y66, epochs=1, seed=4)
+        res["bn_one_row_share"] = "trained"
+    except ValueError as e:
+        res["bn_one_row_share"] = str(e)
+    res["bn_unchanged"] = bool(np.array_equal(before[0], d.step.param_vector)
+                               and np.array_equal(before[1], d.step.buffer_vector) and before[2] == d.step.n_steps)
     with open(os.path.join(out, f"fit_features_rank{rank}.json"), "w") as f:
         json.dump(res, f)
     print(f"rank {rank} done", flush=True)
