@@ -81,8 +81,13 @@ def mm_views(b, m, va, vb, vo):
 
 
 def dropout_layers(nodes):
-    """Each dropout node's layer id (the key of its masks) and p (as its float64 bits, column f3)."""
-    return {n.id: (i, dropout_bits(n.attrs["p"])) for i, n in enumerate(x for x in nodes if x.op == "dropout")}
+    """Each dropout node's layer id (the key of its masks: its position among the dropout nodes
+    of its whole graph, whatever output is compiled) and p (as its float64 bits, column f3)."""
+    drops = [x for x in nodes if x.op == "dropout"]
+    if not drops:
+        return {}
+    pos = {x.id: i for i, x in enumerate(x for x in drops[0].graph.nodes if x.op == "dropout")}
+    return {n.id: (pos[n.id], dropout_bits(n.attrs["p"])) for n in drops}
 
 
 def norm_inputs(n):

@@ -83,12 +83,19 @@ class NormState:
         Raises
         ------
         ValueError
-            ``n > batch_size`` and the model has such a BatchNorm1d.
+            ``n > batch_size`` or ``n < 2`` and the model has such a BatchNorm1d
+            (one row has no batch statistics: PyTorch's "Expected more than 1
+            value per channel").
         """
-        if n <= self.batch_size:
+        if 2 <= n <= self.batch_size:
             return
-        if any(nd.op == "batch_norm" and not nd.attrs["track"] for nd in self.graph.nodes):
-            raise ValueError(f"{where}: a BatchNorm1d with track_running_stats=False normalises with the "
-                             f"statistics of the rows it is given, so {where} takes at most batch_size="
-                             f"{self.batch_size} rows at once (got {n}): pass fewer rows per call, or use "
-                             f"track_running_stats=True")
+        if not any(nd.op == "batch_norm" and not nd.attrs["track"] for nd in self.graph.nodes):
+            return
+        if n < 2:
+            raise ValueError(f"Expected more than 1 value per channel in {where}: a BatchNorm1d with "
+                             f"track_running_stats=False normalises with the statistics of the rows it is "
+                             f"given, so {where} needs at least 2 rows (got {n}); nothing was changed")
+        raise ValueError(f"{where}: a BatchNorm1d with track_running_stats=False normalises with the "
+                         f"statistics of the rows it is given, so {where} takes at most batch_size="
+                         f"{self.batch_size} rows at once (got {n}): pass fewer rows per call, or use "
+                         f"track_running_stats=True")

@@ -489,3 +489,44 @@ def test_transposed_parameter_outside_matmul_is_named(call):
     W = g.param("W", np.ones((3, 4)))
     with pytest.raises(TypeError, match="transposed parameter can only be the right operand of @"):
         call(W)
+
+
+def test_one_row_for_a_batch_norm_without_running_statistics_is_refused_before_training():
+    """A BatchNorm1d(track_running_stats=False) normalises eval calls with their own rows: one row
+    has no statistics (PyTorch: "Expected more than 1 value per channel").  fit's 1-row
+    validation_data trained a whole epoch before predict refused it, saying "nothing was changed"
+    and "when training in predict"."""
+    m = fastbp.Sequential(fastbp.Linear(3, 4), fastbp.BatchNorm1d(4, track_running_stats=False),
+                          fastbp.Linear(4, 2))
+    s = fastbp.compile(m, loss="mse", batch_size=4, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    X, Y = rng.random((4, 3)), rng.random((4, 2))
+    w0, rng_state = s.param_vector.copy(), s.rng.bit_generator.state
+    with pytest.raises(ValueError, match=r"more than 1 value per channel in validation_data: .* at least 2 rows"):
+        s.fit(X, Y, validation_data=(X[:1], Y[:1]))
+    assert s.n_steps == 0 and s.epochs_done == 0 and np.array_equal(w0, s.param_vector)
+    assert s.rng.bit_generator.state == rng_state
+    with pytest.raises(ValueError, match=r"more than 1 value per channel in predict: .* at least 2 rows"):
+        s.predict(X[:1])
+    assert s.predict(X[:2]).shape == (2, 2)
+    s.fit(X, Y, validation_data=(X[:2], Y[:2]))
+    assert s.n_steps == 1
+
+
+def test_a_dropout_mask_is_keyed_by_its_place_in_the_graph_not_by_the_output_compiled():
+    """Two dropout nodes of one graph: each differentiated alone got the mask of the first
+    selected dropout (identical masks), and a node's mask changed when another dropout was
+    also upstream of the output."""
+    g = fastbp.Graph()
+    x = g.input("x", (None, 64))
+    d1, d2 = fastbp.dropout(x, 0.5), fastbp.dropout(x, 0.5)
+    X = np.ones((4, 64))
+
+    def mask(out):
+        return fastbp.grad(out, [x], batch_size=4)(x=X)[1]["x"]
+    alone1, alone2 = mask(fastbp.sum(d1)), mask(fastbp.sum(d2))
+    both = mask(fastbp.sum(d2) + 0.0 * fastbp.sum(d1))
+    assert not np.array_equal(alone1, alone2)
+    np.testing.assert_array_equal(both, alone2)
+    np.testing.assert_array_equal(mask(fastbp.sum(d1) + 0.0 * fastbp.sum(d2)), alone1)
+    assert set(np.unique(alone1)) == {0.0, 2.0}
