@@ -303,7 +303,8 @@ class StepBase(NormState):
         Parameters
         ----------
         x : ndarray, shape (n, in_features)
-            Any memory layout, a dtype that converts safely to :attr:`dtype`.
+            Any memory layout; the dtype :attr:`dtype` (in either byte order):
+            another float width or kind is a ``TypeError``, never a silent cast.
         name : str
             Its name in error messages.
         max_rows : int, optional
@@ -388,8 +389,9 @@ class StepBase(NormState):
         Parameters
         ----------
         X : ndarray, shape (n, in_features)
-            Any memory layout, a dtype that converts safely to the step's
-            (the GPU step also takes CUDA device arrays).
+            Any memory layout; the step's dtype (in either byte order: another
+            float width or kind is a ``TypeError``, never a silent cast; the
+            GPU step also takes CUDA device arrays).
         Y : ndarray
             Targets for all ``n`` rows (see :meth:`__call__`).
         epochs : int, default 1

@@ -549,7 +549,9 @@ class Standardizer:
         sc = pre.StandardScaler().fit(X / p)
         self.mean_ = sc.mean_ * p
         self.scale_ = sc.scale_ * p
-        self.scale_[_np.all(X == X[:1], axis=0)] = 1.0      # constant: only centred
+        # constant (scikit-learn's rule, on X / p: its scale_ is 1 where sqrt(var_) is not) or equal
+        const = ((sc.scale_ == 1.0) & (_np.sqrt(sc.var_) != 1.0)) | _np.all(X == X[:1], axis=0)
+        self.scale_[const] = 1.0        # only centred
         return self
 
     def transform(self, X, dtype=_np.float64, names=None):

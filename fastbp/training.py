@@ -120,12 +120,15 @@ def r2_score(y, pred):
     float
         Per output (column), averaged over outputs (``multioutput="uniform_average"``);
         ``force_finite=True``: an output whose targets are all equal scores 1.0 when
-        it is predicted exactly and 0.0 otherwise (never NaN or -inf).
+        it is predicted exactly and 0.0 otherwise; NaN with scikit-learn's warning
+        (a ``UserWarning``) for fewer than two samples.
     """
-    y = _np.asarray(y, dtype=_np.float64)
-    pred = _np.asarray(pred, dtype=_np.float64)
+    y, pred = _np.asarray(y, dtype=_np.float64), _np.asarray(pred, dtype=_np.float64)
     if y.ndim <= 1 or pred.ndim <= 1:
         y, pred = y.reshape(-1, 1), pred.reshape(-1, 1)
+    if len(pred) < 2:
+        __import__("warnings").warn("R^2 score is not well-defined with less than two samples.", UserWarning, 2)
+        return float("nan")
     num = _np.sum((y - pred) ** 2, axis=0)
     den = _np.sum((y - _np.mean(y, axis=0)) ** 2, axis=0)
     scores = _np.ones(y.shape[1])

@@ -240,3 +240,9 @@ def test_r2_score_matches_sklearn():
              (np.c_[np.ones(6), rng.normal(size=6)], np.c_[np.ones(6), rng.normal(size=6)])]
     for y, p in cases:
         assert r2_score(y, p) == pytest.approx(sk(y, p), abs=1e-12)
+    # one sample: scikit-learn's NaN and warning (not 0.0 or 1.0)
+    for y, p in (([1.0], [2.0]), ([3.0], [3.0]), ([[1.0, 2.0]], [[1.0, 2.0]])):
+        with pytest.warns(UserWarning, match="not well-defined with less than two samples"):
+            assert np.isnan(r2_score(y, p))
+        with pytest.warns(UserWarning, match="not well-defined with less than two samples"):
+            assert np.isnan(sk(y, p))

@@ -235,6 +235,18 @@ def test_scaling_matches_standard_scaler_on_ordinary_data():
     np.testing.assert_allclose(s.transform(X), sk.transform(X), rtol=1e-12, atol=1e-14)
 
 
+def test_a_near_constant_feature_is_constant_as_for_standard_scaler():
+    """Values one ulp apart: StandardScaler's rule calls the feature constant (scale_ 1); fastbp
+    fits on X / 2**k and gave 2**k (512 here)."""
+    from sklearn.preprocessing import StandardScaler
+    x = 1000.0
+    X = np.array([[x, 1.0, 5e-300], [np.nextafter(x, 2e3), 2.0, 5e-300], [x, 3.0, np.nextafter(5e-300, 1)]])
+    s, sk = data.Standardizer().fit(X), StandardScaler().fit(X)
+    np.testing.assert_array_equal(s.scale_[[0, 2]], [1.0, 1.0])
+    np.testing.assert_allclose(s.scale_, sk.scale_, rtol=1e-14)
+    np.testing.assert_allclose(s.transform(X), sk.transform(X), rtol=1e-12, atol=1e-14)
+
+
 # ------------------------------------------------------------------ data for a trained model
 def test_read_features_matches_columns_by_name_or_count(tmp_path):
     names = ["a", "b", "c"]
