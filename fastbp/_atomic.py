@@ -51,11 +51,20 @@ def temp_name(target):
 
 
 def resolve(path):
-    """The file a write to ``path`` replaces (symbolic links followed); checks its directory."""
+    """The file a write to ``path`` replaces (symbolic links followed); checks its directory.
+
+    An empty path is a FileNotFoundError and one ending in a separator an IsADirectoryError,
+    as ``open(path, "w")`` says (``realpath`` would drop the separator and write a file)."""
+    text = os.fsdecode(path)
+    if text == "":
+        raise FileNotFoundError("path '' is empty: expected a file path")
+    if text.endswith(tuple(s for s in (os.sep, os.altsep) if s)):
+        raise IsADirectoryError(f"path {path!r} ends with a path separator: it names a directory, not a file")
     target = os.path.realpath(path)
     directory = os.path.dirname(target)
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"path {path!r}: directory {directory!r} does not exist")
+        what = "is not a directory" if os.path.exists(directory) else "does not exist"
+        raise FileNotFoundError(f"path {path!r}: directory {directory!r} {what}")
     if os.path.isdir(target):
         raise IsADirectoryError(f"path {path!r} is a directory")
     try:

@@ -62,9 +62,12 @@ def require(module, what):
 def check_output_path(path, what, replaced=False):
     """CliError naming ``what`` unless ``path`` can be written; ``replaced``: the file is
     written by an atomic rename over it, so an existing device, pipe or socket is refused."""
+    if str(path).endswith(tuple(s for s in (os.sep, os.altsep) if s)):
+        raise CliError(f"{what} {path}: ends with a path separator, so it names a directory, not a file")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
-        raise CliError(f"{what} {path}: directory {parent} does not exist")
+        raise CliError(f"{what} {path}: directory {parent} "
+                       f"{'is not a directory' if os.path.exists(parent) else 'does not exist'}")
     if os.path.isdir(path):
         raise CliError(f"{what} {path}: is a directory")
     if replaced:

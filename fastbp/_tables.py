@@ -107,9 +107,13 @@ def _delimiter(delimiter, ext):
 def _load_npz(path, need_y):
     try:
         with open(path, "rb") as fh:
-            if fh.read(6) == b"\x93NUMPY":         # np.load would return the array, not an archive
+            magic = fh.read(6)
+            if magic == b"\x93NUMPY":         # np.load would return the array, not an archive
                 raise DataError(f"{path}: not an .npz archive (a single .npy array?): save X and y "
                                 "with numpy.savez")
+            if not magic.startswith(b"PK"):     # np.load would try it as a pickle and say so
+                raise DataError(f"{path}: not an .npz archive (not a zip file; is it text or another "
+                                "format?): save X and y with numpy.savez")
         with np.load(path, allow_pickle=False) as f:
             names = set(f.files)
             missing = [k for k in (("X", "y") if need_y else ("X",)) if k not in names]

@@ -486,7 +486,7 @@ def load_model(path, precision=None):
     """
     from . import checkpoint
     try:
-        spath = _os.fspath(path)
+        spath = _os.fsdecode(_os.fspath(path))        # a bytes path as checkpoint.save takes it
     except TypeError:
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}") from None
     if precision is None:

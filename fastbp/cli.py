@@ -200,6 +200,13 @@ def _plot_format(path):
     if ext not in known:
         raise CliError(f"--plot {path}: matplotlib cannot write .{ext} images; name the file with one "
                        f"of {', '.join('.' + k for k in sorted(known))} (or none: PNG)")
+    if ext == "pgf":            # matplotlib's PGF backend runs a TeX program (rcParams["pgf.texsystem"])
+        import shutil
+        import matplotlib
+        tex = matplotlib.rcParams["pgf.texsystem"]
+        if shutil.which(tex) is None:
+            raise CliError(f"--plot {path}: matplotlib writes .pgf with {tex}, which is not installed "
+                           f"(not on PATH); install TeX or name the file .png, .pdf or .svg")
     return ext
 
 
@@ -321,6 +328,13 @@ def _setup(args, mpi):
                           "(use --device cpu)")
     if args.momentum is not None and args.optimizer not in ("sgd", "rmsprop"):
         raise _UsageError("fastbp train: error: --momentum applies only to --optimizer sgd or rmsprop")
+    if args.batchnorm and args.batch_size == 1:
+        raise _UsageError("fastbp train: error: --batchnorm needs minibatches of at least 2 rows "
+                          "(PyTorch's 'more than 1 value per channel'): --batch-size 1 gives 1")
+    if args.precision == "bf16" and (np.dtype(args.dtype) != np.float32 or args.device != "cpu"):
+        raise _UsageError("fastbp train: error: --precision bf16 " + (
+            "keeps float32 master weights: use --dtype float32" if np.dtype(args.dtype) != np.float32
+            else "runs on the CPU only: use --device cpu"))
     if not args.hidden and (args.dropout or args.batchnorm or args.activation is not None):
         opt = "--dropout" if args.dropout else "--batchnorm" if args.batchnorm else "--activation"
         raise _UsageError(f"fastbp train: error: {opt} applies to hidden layers, and --hidden gives none")

@@ -494,7 +494,7 @@ def stratified_split(y, test_size=0.2, seed=0, lines=None, stratify=True, classe
         if single.size:
             i = int(_np.flatnonzero(y == single[0])[0])
             hint = (" (if that line is a header, pass --header)"
-                    if lines is not None and i == 0 else "")
+                    if lines is not None and i == 0 and int(lines[0]) == 1 else "")     # the file's first line
             name = repr(_py(classes[single[0]])) if classes is not None else int(single[0])
             raise DataError(f"class {name} has a single sample ({_where(i, lines)}); every "
                             f"class needs at least 2 samples to hold out a test set{hint}")

@@ -515,7 +515,9 @@ def schedule_from_spec(spec):
     cls = _CLASSES[spec["type"]]
     s = cls(**args)
     if cls is ReduceLROnPlateau:
-        state = spec.get("state") or {}
+        state = {} if spec.get("state") is None else spec["state"]
+        if not isinstance(state, dict):
+            raise ValueError(f"ReduceLROnPlateau: state must be a dict, got {type(state).__name__}")
         lr = state.get("lr")
         s.lr = None if lr is None else _float("state.lr", lr, "ReduceLROnPlateau", low=0.0, low_open=True)
         best = state.get("best")

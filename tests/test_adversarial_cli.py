@@ -246,3 +246,63 @@ def test_r2_score_matches_sklearn():
             assert np.isnan(r2_score(y, p))
         with pytest.warns(UserWarning, match="not well-defined with less than two samples"):
             assert np.isnan(sk(y, p))
+
+
+# ------------------------------------------------------------------ output paths, flag conflicts
+def test_an_output_path_ending_in_a_separator_names_a_directory_and_is_refused(tmp_path, capsys):
+    """``--save out/newdir/`` wrote a FILE named newdir (realpath drops the separator), then the
+    command fastbp suggested (``predict --model out/newdir/``) failed; ``open()`` refuses it."""
+    import fastbp
+    target = tmp_path / "newdir"
+    rc, out, err = run_here(capsys, "train", "--epochs", "1", "--hidden", "4", "--quiet",
+                            "--save", str(target) + "/")
+    assert rc == 1 and "ends with a path separator" in err and not target.exists()
+    step = fastbp.compile(fastbp.Sequential(fastbp.Linear(2, 2)), batch_size=2)
+    with pytest.raises(IsADirectoryError, match="ends with a path separator"):
+        step.save(str(tmp_path / "other") + "/")
+    with pytest.raises(FileNotFoundError, match="empty"):
+        step.save("")
+    (tmp_path / "f.csv").write_text("x")
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        step.save(tmp_path / "f.csv" / "m.npz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.csv"]
+    step.save(str(tmp_path / "m.npz").encode())
+    assert fastbp.load_model(str(tmp_path / "m.npz").encode()).path == str(tmp_path / "m.npz")
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--batchnorm", "--batch-size", "1"], "--batchnorm needs minibatches of at least 2 rows"),
+    (["--precision", "bf16", "--dtype", "float64"], "--precision bf16 keeps float32 master weights"),
+    (["--precision", "bf16", "--device", "cuda"], "--precision bf16 runs on the CPU only"),
+])
+def test_flag_conflicts_are_usage_errors_before_the_data(tmp_path, capsys, flags, words):
+    rc, out, err = run_here(capsys, "train", "--epochs", "1", "--hidden", "4", "--quiet",
+                            "--data", str(tmp_path / "absent.csv"), *flags)
+    assert rc == 2 and words in err and "absent.csv" not in err
+
+
+def test_a_text_file_named_npz_is_not_an_archive_and_a_header_hint_only_for_line_1(tmp_path, capsys):
+    bad = tmp_path / "text.npz"
+    bad.write_text("a,b,label\n1,2,0\n3,4,1\n")
+    rc, out, err = run_here(capsys, "train", "--data", bad, "--quiet")
+    assert rc == 1 and "not an .npz archive (not a zip file" in err and "pickle" not in err
+    # a header was detected: the single-sample class is on the first data line, line 2
+    h = tmp_path / "h.csv"
+    h.write_text("a,b,label\n" + "".join(f"{i},{i % 3},{i}\n" for i in range(30)))
+    rc, out, err = run_here(capsys, "train", "--data", h, "--quiet", "--epochs", "1")
+    assert rc == 1 and "single sample (on line 2)" in err and "--header" not in err
+    # no header: the hint stays for line 1
+    h.write_text("".join(f"{i},{i % 3},{i % 2 if i else 7}\n" for i in range(30)))
+    rc, out, err = run_here(capsys, "train", "--data", h, "--quiet", "--epochs", "1")
+    assert rc == 1 and "single sample (on line 1)" in err and "pass --header" in err
+
+
+def test_a_pgf_plot_without_tex_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import shutil
+    real = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if "tex" in name else real(name, *a, **k))
+    rc, out, err = run_here(capsys, "train", "--epochs", "1", "--hidden", "4", "--quiet",
+                            "--plot", str(tmp_path / "p.pgf"), "--save", str(tmp_path / "m.npz"))
+    assert rc == 1 and "matplotlib writes .pgf with" in err and "not installed" in err
+    assert not (tmp_path / "m.npz").exists() and "test accuracy" not in out

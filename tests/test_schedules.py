@@ -155,6 +155,10 @@ def test_plateau_state_roundtrip():
     assert (q.lr, q.best, q.num_bad_epochs, q.last_epoch) == (p.lr, p.best, p.num_bad_epochs, p.last_epoch) == \
         (0.05, 1.0, 0, 2)
     assert S.schedule_from_spec(S.ReduceLROnPlateau().spec()).best == math.inf
+    # a checkpoint's malformed state is a ValueError (an AttributeError escaped fastbp.load)
+    for bad in (True, [1], "x", 5, 0, ""):
+        with pytest.raises(ValueError, match="state must be a dict"):
+            S.schedule_from_spec({**S.ReduceLROnPlateau().spec(), "state": bad})
 
 
 def test_schedule_arg():
