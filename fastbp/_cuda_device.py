@@ -154,8 +154,9 @@ def stage_params(params, source, dtype):
 
     Raises
     ------
-    KeyError, ValueError
-        An unknown name, a wrong shape (nothing is copied then).
+    KeyError, ValueError, TypeError
+        An unknown name, a wrong shape, a value that is not real numbers (nothing is
+        copied then).
     """
     staged = []
     for name, v in source.items():
@@ -165,7 +166,11 @@ def stage_params(params, source, dtype):
         dst = params[name]
         d = device_array(v)
         if d is None:
-            v = np.ascontiguousarray(v, dtype=dtype)
+            a = np.asarray(v)
+            if a.dtype.kind not in "fiu":       # as torch's copy_: real numbers cast; never a silent .real
+                raise TypeError(f"load_params_from: {name!r} must be a real numeric array, got "
+                                f"{type(v).__name__} of dtype {a.dtype}")
+            v = np.ascontiguousarray(a, dtype=dtype)
             if v.shape != tuple(dst.shape):
                 raise ValueError(f"load_params_from: {name!r} must have shape {tuple(dst.shape)}, "
                                  f"got {v.shape}")

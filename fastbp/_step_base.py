@@ -303,8 +303,7 @@ class StepBase(NormState):
         Parameters
         ----------
         x : ndarray, shape (n, in_features)
-            Any memory layout; the dtype :attr:`dtype` (in either byte order):
-            another float width or kind is a ``TypeError``, never a silent cast.
+            Any memory layout; dtype :attr:`dtype` (another is a ``TypeError``).
         name : str
             Its name in error messages.
         max_rows : int, optional
@@ -389,9 +388,8 @@ class StepBase(NormState):
         Parameters
         ----------
         X : ndarray, shape (n, in_features)
-            Any memory layout; the step's dtype (in either byte order: another
-            float width or kind is a ``TypeError``, never a silent cast; the
-            GPU step also takes CUDA device arrays).
+            Any memory layout; the step's dtype (another is a ``TypeError``;
+            the GPU step also takes CUDA device arrays).
         Y : ndarray
             Targets for all ``n`` rows (see :meth:`__call__`).
         epochs : int, default 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _isa as ex
-from ._cuda_device import device_array, require_cuda
+from ._cuda_device import device_array, is_c_contiguous, require_cuda
 from ._gradfn_base import GradFunctionBase
 from .graph import GraphError
 
@@ -81,6 +81,9 @@ class CudaGradFunction(GradFunctionBase):
                     if np.dtype(v.dtype) != self.dtype:
                         raise TypeError(f"{n.name} on the device must have dtype {self.dtype}, got "
                                         f"{np.dtype(v.dtype)}")
+                    if not is_c_contiguous(v):     # a device array is not copied into another layout
+                        raise ValueError(f"{n.name} on the device must be C-contiguous (row-major); "
+                                         f"make a contiguous copy on the device first")
                     v = v.reshape(*dst.shape)
                 copies.append((dst, v))
             for dst, v in copies:

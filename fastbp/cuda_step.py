@@ -27,6 +27,10 @@ kernel.
 
 Failure semantics are the CPU's: a bad label, a non-finite loss or a
 non-finite gradient leaves the weights and the optimizer state untouched.
+One difference: after a bad label or a non-finite loss the backward pass
+has run on the device (only the update is gated), so :attr:`grads` hold
+that call's gradients (NaN), where the CPU step stops before the backward
+and keeps the previous ones.
 The check runs on the device: a status kernel after the loss (labels, loss)
 and one before the update (gradients) write a status word that the update
 kernels read; they return at once when it is set.  The status is sticky
@@ -532,7 +536,15 @@ class CudaTrainStep(StepBase):
             self.arena.copy_to_host(cpu.arena, stream=self._stream)
             self._stream.synchronize()
             cpu._take_state_of(self)
+        cpu._settings_changed()       # loads what the copied settings need (clipping's kernel)
         return cpu
+
+    @staticmethod
+    def _host(a):
+        """A host array for a host array or any CUDA device array (copied back: numba's, or
+        anything with ``__cuda_array_interface__``, as the step's inputs)."""
+        d = device_array(a)
+        return a if d is None else d.copy_to_host()
 
     @classmethod
     def from_cpu(cls, step):

@@ -595,6 +595,44 @@ def test_load_params_from_with_optimizer_state_continues_as_the_source():
     assert_same_state(cpu, gpu)
 
 
+@requires_cuda
+def test_gpu_to_cpu_with_clipping_loads_the_clip_kernel_and_host_values_are_checked(monkeypatch):
+    """to_cpu() copied clip_grad_norm into hyper without loading clipping's native kernel: in a
+    process that had not compiled a clipping CPU step, every call of the copy raised "native
+    kernel ... was not loaded".  load_params_from dropped a complex value's imaginary part and
+    gave numpy's bare messages for a string or None."""
+    ex = fastbp._executor
+    loaded = []
+    real = ex.load_kernels
+    monkeypatch.setattr(ex, "load_kernels", lambda dtype, ks, *a, **k: (loaded.extend(ks), real(dtype, ks, *a, **k))[1])
+    cpu_ref, gpu = make_pair([L(3, 4), fastbp.ReLU(), L(4, 2)], "softmax_cross_entropy",
+                             lambda: fastbp.SGD(lr=0.1), np.float64)
+    gpu.clip_grad_norm = cpu_ref.clip_grad_norm = 0.01
+    loaded.clear()
+    cpu = gpu.to_cpu()
+    assert cpu.clip_grad_norm == 0.01 and ex.K_CLIP_GRAD_NORM in loaded
+    x, y = batch(cpu, 4, np.random.default_rng(0))
+    assert cpu(x, y) == approx(cpu_ref(x, y), np.float64)
+    before = gpu.params_host()["0.W"].copy()
+    for bad, words in ((np.ones((3, 4), complex), "ndarray of dtype complex128"), ("abc", "str of dtype"),
+                       (None, "NoneType of dtype object")):
+        with pytest.raises(TypeError, match=f"'0.W' must be a real numeric array, got {words}"):
+            gpu.load_params_from({"0.W": bad, "0.b": np.zeros(4)})
+    np.testing.assert_array_equal(gpu.params_host()["0.W"], before)     # nothing copied
+
+
+@requires_cuda
+def test_gpu_grad_function_refuses_non_contiguous_device_arrays_naming_them():
+    g = fastbp.Graph()
+    x = g.input("x", (None, 3))
+    f = fastbp.grad(fastbp.sum(x * x), [x], batch_size=4, dtype=np.float64, device="cuda")
+    a = np.arange(12.0).reshape(4, 3)
+    for d in (cuda.to_device(np.asfortranarray(a)), cuda.to_device(np.arange(24.0).reshape(4, 6))[:, ::2]):
+        with pytest.raises(ValueError, match="x on the device must be C-contiguous"):
+            f(x=d)
+    np.testing.assert_allclose(f(x=cuda.to_device(a))[1]["x"], 2 * a)
+
+
 # =============================================== CPU <-> GPU weights, saving
 @requires_cuda
 @pytest.mark.thorough           # 12-60 s under the simulator: CI's last stage
