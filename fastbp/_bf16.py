@@ -9,7 +9,7 @@ This module decides whether that is possible and makes it so:
 
 * the CPU: Linux x86-64 with ``avx512_bf16`` or ``amx_bf16`` among the
   kernel's CPU flags (``/proc/cpuinfo``);
-* the library: oneDNN's ``libdnnl.so.3`` (``pip install 'fastbp[bf16]'``,
+* the library: oneDNN's ``libdnnl.so.3`` (``pip install -e '.[bf16]'`` in the fastbp clone,
   which brings the ``onednn-cpu-gomp`` wheel: GNU OpenMP, the runtime numba's
   ``omp`` layer uses too), or the file named by ``FASTBP_DNNL``.  Its gemm's
   address is registered with LLVM under
@@ -101,7 +101,8 @@ def _load_library():
     if os.environ.get(ENV_VAR):
         return None, (f"precision='bf16': {ENV_VAR}={os.environ[ENV_VAR]!r} is not a oneDNN library with "
                       f"{GEMM} ({tried[0]})")
-    return None, ("precision='bf16' needs oneDNN, which is not installed: pip install 'fastbp[bf16]' "
+    return None, ("precision='bf16' needs oneDNN, which is not installed: pip install -e '.[bf16]' "
+                  "in the fastbp clone "
                   f"(or set {ENV_VAR} to a libdnnl.so.3)")
 
 

@@ -10,7 +10,7 @@ Backends, in the order ``FASTBP_BLAS=auto`` (the default) tries them:
 
 ``mkl``
     Intel oneMKL's single dynamic library ``libmkl_rt`` (``pip install mkl``
-    or ``pip install fastbp[mkl]``, or a conda environment with MKL), through
+    or ``pip install -e '.[mkl]'``, or a conda environment with MKL), through
     its ILP64 entry points ``cblas_sgemm_64``.  On the development machine
     (Intel Sapphire Rapids, 2 cores) it is 10-30 % faster than OpenBLAS on the
     products of every benchmark configuration.

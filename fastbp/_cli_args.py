@@ -141,7 +141,8 @@ def build_parser():
                    help="precision of the weights and the computation (default: float32)")
     t.add_argument("--precision", choices=("full", "bf16", "auto"), default="full",
                    help="bf16: the linear layers' matrix products on bfloat16 copies, accumulated in "
-                        "float32 (CPUs with AVX512-BF16 or AMX; pip install 'fastbp[bf16]'); weights stay "
+                        "float32 (CPUs with AVX512-BF16 or AMX; pip install -e '.[bf16]' in the fastbp "
+                        "clone); weights stay "
                         "float32; auto: bf16 where available (default: full)")
     t.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the step runs (default: cpu)")

@@ -8,7 +8,7 @@ import os
 import stat
 import sys
 
-EXTRA = "pip install 'fastbp[examples]'"
+EXTRA = "pip install -e '.[examples]' in the fastbp clone"
 
 
 class CliError(Exception):

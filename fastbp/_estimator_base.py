@@ -24,7 +24,7 @@ try:
 except ImportError as _e:  # pragma: no cover - exercised only without sklearn
     raise ImportError(
         "fastbp.MLPClassifier and fastbp.MLPRegressor need scikit-learn, which is not "
-        "installed: pip install 'fastbp[examples]'"
+        "installed: pip install -e '.[examples]' in the fastbp clone"
     ) from _e
 
 try:  # scikit-learn >= 1.6

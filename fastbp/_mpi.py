@@ -22,7 +22,7 @@ __all__ = ["RankError", "agree", "thread_share", "limit_threads", "mpi_world_siz
 
 #: The message of the ImportError raised when ``comm=`` is used without mpi4py.
 MPI_MISSING = ("data-parallel training (comm=...) needs mpi4py and an MPI library: "
-               "pip install 'fastbp[distributed]' (mpi4py with the mpich wheel), or build "
+               "pip install -e '.[distributed]' in the fastbp clone (mpi4py with the mpich wheel), or build "
                "mpi4py against your cluster's MPI (env MPICC=mpicc pip install --no-binary "
                "mpi4py mpi4py)")
 

@@ -14,7 +14,7 @@ import zipfile
 
 import numpy as np
 
-_EXTRA = "install it with: pip install 'fastbp[examples]'"
+_EXTRA = "install it with: pip install -e '.[examples]' in the fastbp clone"
 #: cells read as a missing value (case-insensitive), as pandas' default NA strings
 _NA = frozenset({"", "na", "n/a", "nan", "-nan", "null", "none", "#n/a", "<na>"})
 

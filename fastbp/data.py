@@ -51,7 +51,7 @@ def __dir__():
     # dir(module) and tab completion list the public API, not the imports and helpers
     return sorted(__all__)
 
-_EXTRA = "install it with: pip install 'fastbp[examples]'"
+_EXTRA = "install it with: pip install -e '.[examples]' in the fastbp clone"
 
 
 def load_digits():

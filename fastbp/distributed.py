@@ -34,7 +34,7 @@ whole machine oversubscribe the cores (measured up to 26x slower).  By
 default each rank caps its numba and BLAS threads to its share of the cores
 (:func:`thread_share`, :func:`limit_threads`).
 
-mpi4py is optional (``pip install 'fastbp[distributed]'``); this module
+mpi4py is optional (``pip install -e '.[distributed]'``); this module
 imports it only when a communicator is used.
 """
 from __future__ import annotations

@@ -180,7 +180,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     precision : {'full', 'bf16', 'auto'}, default 'full'
         ``'bf16'``: the linear layers' matrix products on bfloat16 copies of
         their operands, accumulated in float32 (CPUs with AVX512-BF16 or AMX;
-        ``pip install 'fastbp[bf16]'``); weights and everything else stay
+        ``pip install -e '.[bf16]'``); weights and everything else stay
         float32 (needs dtype float32).  ``'auto'``: bf16 where available.
         See :func:`fastbp.compile`.
 

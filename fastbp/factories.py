@@ -60,7 +60,7 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
         threads capped to its share of the cores.  Every rank must pass the
         same model, loss, optimizer, batch_size, dtype, schedule and
         clip_grad_norm (checked: a ValueError on every rank naming what
-        differs).  Needs ``pip install 'fastbp[distributed]'`` (ImportError
+        differs).  Needs ``pip install -e '.[distributed]'`` (ImportError
         saying so otherwise).
     schedule : fastbp.schedules schedule, optional
         The learning-rate schedule ``fit`` follows (see
@@ -74,7 +74,7 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
         ``"bf16"``: the linear layers' matrix products (forward and backward)
         read bfloat16 copies of their operands and accumulate in float32 on
         the CPU's bf16 instructions (AVX512-BF16 or AMX, through oneDNN:
-        ``pip install 'fastbp[bf16]'``); weights, optimizer state,
+        ``pip install -e '.[bf16]'``); weights, optimizer state,
         activations, loss and checkpoints stay float32, and the weights' bf16
         copies are made once per call (once per update), not per product.
         Needs ``dtype=float32`` and ``device="cpu"``.  ``"auto"``: ``"bf16"``

@@ -162,7 +162,7 @@ def test_npz_rejects_csv_options(tmp_path):
 
 def test_without_pandas_the_error_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pandas", None)
-    with pytest.raises(ImportError, match=r"pandas.*pip install 'fastbp\[examples\]'"):
+    with pytest.raises(ImportError, match=r"pandas.*pip install -e '\.\[examples\]' in the fastbp clone"):
         data.read_dataset(write(tmp_path, "d.csv", BODY))
 
 

@@ -4,7 +4,7 @@ The MPI tests launch ``mpiexec -n 2`` on the scripts in ``tests/mpi_scripts``
 as a subprocess with a timeout, so a deadlock fails the test instead of
 hanging the run; they are skipped, with the reason, when mpi4py or an
 ``mpiexec`` that can start 2 ranks is not available
-(``pip install 'fastbp[distributed]'``).  Set ``FASTBP_MPIEXEC`` to use
+(``pip install -e '.[distributed]'``).  Set ``FASTBP_MPIEXEC`` to use
 another launcher.
 """
 import inspect
@@ -101,7 +101,7 @@ print("\n".join(msgs))
     lines = [ln for ln in p.stdout.splitlines() if ln.strip()]
     assert lines, "no ImportError raised for comm="
     for ln in lines:
-        assert "mpi4py" in ln and "pip install 'fastbp[distributed]'" in ln, ln
+        assert "mpi4py" in ln and "pip install -e '.[distributed]'" in ln, ln
 
 
 # ------------------------------------------------------------------ MPI launcher
@@ -139,7 +139,7 @@ def mpirun():
     try:
         import importlib.util
         if importlib.util.find_spec("mpi4py") is None:
-            pytest.skip("mpi4py is not installed (pip install 'fastbp[distributed]')")
+            pytest.skip("mpi4py is not installed (pip install -e '.[distributed]')")
     except ValueError:  # pragma: no cover
         pytest.skip("mpi4py is not importable")
     launcher = _mpiexec()

@@ -23,8 +23,8 @@ Libraries (those that cannot be loaded are reported and skipped):
 ``mkl``
     Intel oneMKL (``pip install mkl``).
 ``onednn``
-    oneDNN's float32 ``dnnl_sgemm`` (oneDNN comes with ``pip install
-    'fastbp[bf16]'``, for the bf16 products; fastbp's float32 steps do not
+    oneDNN's float32 ``dnnl_sgemm`` (oneDNN comes with ``pip install -e
+    '.[bf16]'``, for the bf16 products; fastbp's float32 steps do not
     use it).
 
 The numbers are what a choice of the default install's BLAS rests on

@@ -173,7 +173,8 @@ def _mpiexec(arg):
         return [local]
     found = shutil.which("mpiexec")
     if not found:
-        raise SystemExit("mpi_bench: no mpiexec found: pip install 'fastbp[distributed]' or pass --mpiexec")
+        raise SystemExit("mpi_bench: no mpiexec found: pip install -e '.[distributed]' in the fastbp clone, "
+                         "or pass --mpiexec")
     return [found]
 
 

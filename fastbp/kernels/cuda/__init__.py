@@ -76,7 +76,7 @@ def cuda_available():
     """
     if _cuda is None:
         return Availability(False, "numba-cuda is not installed or failed to import "
-                            f"({_IMPORT_ERROR}); install fastbp[cuda]")
+                            f"({_IMPORT_ERROR}); pip install -e '.[cuda]' in the fastbp clone")
     try:
         from .launch import SIMULATOR
     except Exception as exc:  # noqa: BLE001
