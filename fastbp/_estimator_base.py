@@ -39,8 +39,7 @@ from .optimizers import SGD, Adam
 from . import _isa
 from . import _executor as ex
 from ._estimator_fit import (batch_sizes, check_split_weights, fit_batch_size, fit_lbfgs, fit_weights, ordered_epoch,
-                             set_sgd_rate as _set_sgd_rate, sklearn_log_loss,
-                             validation_stratify, weighted_epoch)
+                             set_sgd_rate as _set_sgd_rate, sklearn_log_loss, validation_stratify, weighted_epoch)
 from ._estimator_attrs import _LiveList
 from ._estimator_rows import as_array, as_rows, predict_rows, unwrap
 from ._estimator_params import check_params, check_same_model, is_int as _is_int, resolve_dtype as _resolve_dtype
@@ -575,6 +574,8 @@ class _BaseMLP(BaseEstimator):
     def _validate_X_predict(self, X):
         check_is_fitted(self)
         check_same_model(self, call="predict")
+        if getattr(getattr(X, "dtype", None), "kind", "") in ("U", "S"):     # scikit-learn's dtype="numeric"
+            raise ValueError("dtype='numeric' is not compatible with arrays of bytes/strings.Convert your data to numeric values explicitly instead.")
         return _validate_data(self, X, accept_sparse=["csr", "csc"],
                               dtype=(np.float64, np.float32), reset=False)
 

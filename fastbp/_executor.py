@@ -32,7 +32,7 @@ import numpy as np
 from . import _blas
 from ._jit import unmanaged_c
 from ._arena_views import _c_rows, _empty, _view
-from ._native import native_address, native_kernel, twin
+from ._native import LOCK as _NATIVE_LOCK, native_address, native_kernel, twin
 from . import config as _config
 from .config import BLAS_MIN_MACS, BLAS_THREADS_MIN_MACS, JIT_MAX_MACS  # noqa: F401 - re-exported
 from .kernels.gemm import BLAS_AVAILABLE, BLAS_THREAD_CONTROL, JIT_SLOT, blas_set_threads
@@ -158,16 +158,18 @@ def load_kernels(dtype, kids, threads=False):
     """
     dtype = np.dtype(dtype)
     tab = _KTABS.get((dtype, bool(threads)))
-    if tab is None:
+    if tab is not None and all(tab[k] != 0 for k in kids):
+        return tab          # loaded: no lock
+    with _NATIVE_LOCK:      # one thread loads; another building a step at once waits, then finds them
         tab = _KTABS.setdefault((dtype, bool(threads)), np.zeros(N_KERNELS, dtype=np.int64))
-    missing = [k for k in sorted(kids) if tab[k] == 0]
-    if missing:
-        load = [twin(k) for k in missing] if threads else missing
-        # with the interpreter: the first step of a process loads (or compiles) all at once,
-        # on two cores when much must be compiled (fastbp._compile_pool)
-        got = _compile_pool.load(dtype, load + [K_RUN_TAPE], keep_here=_COMPILE_HERE)
-        for k, lk in zip(missing, load):
-            tab[k] = got[lk]
+        missing = [k for k in sorted(kids) if tab[k] == 0]
+        if missing:
+            load = [twin(k) for k in missing] if threads else missing
+            # with the interpreter: the first step of a process loads (or compiles) all at once,
+            # on two cores when much must be compiled (fastbp._compile_pool)
+            got = _compile_pool.load(dtype, load + [K_RUN_TAPE], keep_here=_COMPILE_HERE)
+            for k, lk in zip(missing, load):
+                tab[k] = got[lk]
     return tab
 
 

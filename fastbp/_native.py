@@ -10,6 +10,7 @@ watch on numba's compilation.
   whether it was compiled in this process or loaded from the disk cache.
 * :func:`compile_watch`: how long numba compiled (not loaded from the cache).
 """
+import threading
 import types
 
 import numba
@@ -90,6 +91,10 @@ _install_linkage_fix()
 #: giving the argument types).  Filled by :func:`native_kernel`.
 _NATIVE = {}
 
+#: Serialises registering and loading native kernels: steps built (estimators fitted,
+#: models unpickled) on several threads at once register each kernel once.  Re-entrant.
+LOCK = threading.RLock()
+
 
 #: Added to a kernel's id: the id of its parallel twin (see :func:`native_kernel`),
 #: the variant a step that runs its own threads loads (:func:`twin`).
@@ -114,14 +119,15 @@ def native_kernel(kid, dispatcher, restype, argtypes, parallel=None, python=Fals
     ~20 s).  Called by address, each kernel is compiled once, only when a step
     needs it, and the interpreter compiles without them.
     """
-    if kid in _NATIVE or not 0 <= kid < PARALLEL_TWIN:
-        raise ValueError(f"native kernel id {kid} registered twice or out of range")
-    if hasattr(dispatcher, "serial") and hasattr(dispatcher, "parallel"):
-        dispatcher, parallel = dispatcher.serial, dispatcher.parallel
-    keep = (lambda d: d) if python else unwrapped
-    _NATIVE[kid] = (keep(dispatcher), restype, argtypes)
-    if parallel is not None:
-        _NATIVE[kid + PARALLEL_TWIN] = (keep(parallel), restype, argtypes)
+    with LOCK:
+        if kid in _NATIVE or not 0 <= kid < PARALLEL_TWIN:
+            raise ValueError(f"native kernel id {kid} registered twice or out of range")
+        if hasattr(dispatcher, "serial") and hasattr(dispatcher, "parallel"):
+            dispatcher, parallel = dispatcher.serial, dispatcher.parallel
+        keep = (lambda d: d) if python else unwrapped
+        _NATIVE[kid] = (keep(dispatcher), restype, argtypes)
+        if parallel is not None:
+            _NATIVE[kid + PARALLEL_TWIN] = (keep(parallel), restype, argtypes)
 
 
 def renamed(fn, suffix, name=True, globals_=None):

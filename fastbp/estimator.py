@@ -52,34 +52,34 @@ Differences from scikit-learn's MLP, all deliberate:
   on diabetes with early stopping the regressor's predictions to 1e-15).
 * With ``solver='sgd'`` and momentum, the step keeps PyTorch's velocity
   (``u = m u + g``, step ``lr * u``), which takes scikit-learn's steps
-  (``v = m v - lr g``) while ``u = -v / lr``; when ``invscaling`` or
-  ``adaptive`` changes the rate, ``u`` is rescaled to keep that so
-  (:func:`fastbp._estimator_fit.set_sgd_rate`).  On digits (float64,
-  momentum 0.9, 30 epochs) the loss curves of both schedules equal
-  scikit-learn's to 2e-16 (before, ``invscaling`` drifted to 1.39 against
-  0.93).
+  (``v = m v - lr g``) while ``u = -v / lr``; when ``invscaling`` or ``adaptive``
+  changes the rate, ``u`` is rescaled to keep that so
+  (:func:`fastbp._estimator_fit.set_sgd_rate`).  On digits (float64, momentum 0.9,
+  30 epochs) the loss curves of both schedules equal scikit-learn's to 2e-16.
 * With ``solver='adam'``, ``epsilon`` is added where scikit-learn adds it, to
   ``sqrt(v)`` before the bias correction (the optimizer's ``eps_hat=True``;
   PyTorch adds it after).  On iris with every default (``alpha=1e-4``),
   float64, the probabilities after 200 epochs equal scikit-learn's to 4e-16.
+* A warm-start ``fit`` after ``set_params`` changed ``hidden_layer_sizes``,
+  ``activation`` or ``precision`` (``partial_fit``: the last two) is a
+  ValueError naming it; scikit-learn goes on with the fitted architecture.
 
 As in scikit-learn: the weights and biases are initialised uniform in
-``+-sqrt(6 / (fan_in + fan_out))`` (``sqrt(2 / ...)`` for the logistic
-activation) from ``random_state``; ``learning_rate`` ('constant',
-'invscaling': ``learning_rate_init / (t_ + 1) ** power_t`` after every epoch,
-``t_`` the samples seen; 'adaptive': the rate is divided by 5 instead of
-stopping each time ``n_iter_no_change`` epochs fail to improve by ``tol``,
-until it is at most 1e-6) applies to ``solver='sgd'``; the optimizer is made by
-``fit`` and by the first ``partial_fit``, and later ``partial_fit`` calls continue
-it with the ``solver``, ``learning_rate``, ``learning_rate_init`` ... it was
-made with (a ``set_params`` in between changes them for the next ``fit``);
-``warm_start=True``
-with ``early_stopping=True`` continues the validation record (``validation_scores_``
-appended to, ``best_validation_score_`` and its weights kept: a fit that never
-beats the previous best ends with the previous best weights); ``solver='lbfgs'`` runs
-``scipy.optimize.minimize(method='L-BFGS-B')`` on the full-batch loss and
-gradient computed by the compiled step (``max_iter``, ``max_fun``, ``tol`` as
-in scikit-learn; no ``partial_fit``).
+``+-sqrt(6 / (fan_in + fan_out))`` (``sqrt(2 / ...)`` for the logistic activation)
+from ``random_state``; ``learning_rate`` ('constant', 'invscaling':
+``learning_rate_init / (t_ + 1) ** power_t`` after every epoch, ``t_`` the samples
+seen; 'adaptive': the rate is divided by 5 instead of stopping each time
+``n_iter_no_change`` epochs fail to improve by ``tol``, until it is at most 1e-6)
+applies to ``solver='sgd'``; the optimizer is made by ``fit`` and by the first
+``partial_fit``, and later ``partial_fit`` calls continue it with the ``solver``,
+``learning_rate``, ``learning_rate_init`` ... it was made with (a ``set_params`` in
+between changes them for the next ``fit``); ``warm_start=True`` with
+``early_stopping=True`` continues the validation record (``validation_scores_``
+appended to, ``best_validation_score_`` and its weights kept: a fit that never beats
+the previous best ends with the previous best weights); ``solver='lbfgs'`` runs
+``scipy.optimize.minimize(method='L-BFGS-B')`` on the full-batch loss and gradient
+computed by the compiled step (``max_iter``, ``max_fun``, ``tol`` as in scikit-learn;
+no ``partial_fit``).
 """
 from __future__ import annotations
 

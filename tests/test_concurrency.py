@@ -271,3 +271,34 @@ def test_steps_that_call_the_blas_share_one_lock_and_leave_its_thread_count_alon
     X, Y = _data(64, 32, 10, 0, np.float32)
     _hammer(3, lambda t, i: big[t](X, Y), 30)
     assert _blas._backend.get_threads() == before
+
+
+_FIRST_BUILDS = textwrap.dedent("""
+    import threading, numpy as np, fastbp
+    errors = []
+    def build(act):
+        try:
+            # the first steps of the process with these activations: their kernels are registered
+            # and loaded now, by two threads at once
+            step = fastbp.compile(fastbp.Sequential(fastbp.Linear(4, 5), act(), fastbp.Linear(5, 3)),
+                                  batch_size=4, dtype=np.float64)
+            step(np.ones((4, 4)), np.array([0, 1, 2, 0]))
+        except Exception as e:
+            errors.append(f"{type(e).__name__}: {e}")
+    for acts in ((fastbp.Tanh, fastbp.Tanh), (fastbp.ELU, fastbp.SiLU), (fastbp.Sigmoid, fastbp.Sigmoid)):
+        ts = [threading.Thread(target=build, args=(a,)) for a in acts]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+    print(errors)
+""")
+
+
+def test_the_first_steps_of_a_process_built_on_two_threads_at_once():
+    """Registering a kernel was check-then-act without a lock: two threads building the first
+    steps of an activation at once (two estimators fitted by joblib's threading backend, two
+    models unpickled by a server) raised "native kernel id N registered twice" in one of them."""
+    env = {**os.environ, "FASTBP_TEST_LANES": "0"}
+    out = subprocess.run([sys.executable, "-c", _FIRST_BUILDS], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout

@@ -462,3 +462,20 @@ def test_a_missing_regression_target_is_called_nan(as_series):
             MLPRegressor(max_iter=2, dtype=dtype).fit(X, y)
     with pytest.raises(ValueError, match=r"too large for float32 \(1e\+39\)"):
         MLPRegressor(max_iter=2).fit(X, np.array([1e39, 1, 2, 3, 4, 5], dtype=object))
+
+
+@pytest.mark.parametrize("Est, Sk", [(MLPClassifier, SkC), (MLPRegressor, SkR)])
+def test_predict_refuses_strings_as_scikit_learn(Est, Sk):
+    """scikit-learn validates X at predict with dtype='numeric': an array of (numeric) strings
+    is a ValueError; fastbp converted it silently."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(30, 4)), np.arange(30) % 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours, theirs = Est(hidden_layer_sizes=(5,), max_iter=2).fit(X, y), Sk(hidden_layer_sizes=(5,), max_iter=2).fit(X, y)
+    for Xs in (X.astype(str), X.astype(bytes)):
+        with pytest.raises(ValueError) as sk_err:
+            theirs.predict(Xs)
+        with pytest.raises(ValueError, match=re.escape(str(sk_err.value))):
+            ours.predict(Xs)
+    assert ours.predict(X.astype(object)).shape[0] == 30       # object numbers convert, as scikit-learn's

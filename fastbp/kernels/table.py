@@ -15,7 +15,7 @@ from numba.core import cgutils as _cgutils
 from numba.extending import intrinsic as _intrinsic
 
 from .. import _isa
-from .._native import _NATIVE, native_kernel, native_signature
+from .._native import _NATIVE, LOCK, native_kernel, native_signature
 from ..registry import activations as _R
 from . import activations as _act
 from . import gates as _gates
@@ -154,16 +154,17 @@ def _ensure_entry_kernels(kind, entry, kernels, first_id, sigs):
     ``first_id + role``, with the role's argument types from ``sigs``; returns the ids.
     A code already registered for another entry of that family is a RuntimeError."""
     ids = []
-    for role, k in enumerate(kernels.roles()):
-        kid = first_id + role
-        old = _ENTRY_OF.get(kid)
-        if old is not None and old is not entry:
-            raise RuntimeError(f"{kind} code {entry.code} was {old.name!r} and is now {entry.name!r} "
-                               f"in this process: its native kernels are already loaded")
-        if old is None:
-            native_kernel(kid, k, NONE, sigs[role])      # with its parallel twin
-            _ENTRY_OF[kid] = entry
-        ids.append(kid)
+    with LOCK:              # check and register as one: steps built on several threads at once
+        for role, k in enumerate(kernels.roles()):
+            kid = first_id + role
+            old = _ENTRY_OF.get(kid)
+            if old is not None and old is not entry:
+                raise RuntimeError(f"{kind} code {entry.code} was {old.name!r} and is now {entry.name!r} "
+                                   f"in this process: its native kernels are already loaded")
+            if old is None:
+                native_kernel(kid, k, NONE, sigs[role])      # with its parallel twin
+                _ENTRY_OF[kid] = entry
+            ids.append(kid)
     return ids
 
 
