@@ -156,7 +156,7 @@ def load_kernels(dtype, kids, threads=False):
     weighted call).  A kernel called before it is loaded raises RuntimeError in
     the step, never a call to address 0 (:func:`fastbp._native.kcall`).
     """
-    dtype = np.dtype(dtype)
+    dtype, kids = np.dtype(dtype), tuple(kids)
     tab = _KTABS.get((dtype, bool(threads)))
     if tab is not None and all(tab[k] != 0 for k in kids):
         return tab          # loaded: no lock
