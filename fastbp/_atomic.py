@@ -50,15 +50,20 @@ def temp_name(target):
     return f".fastbp-{tag}-{host}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
 
 
+def ends_with_separator(path):
+    """Whether ``path`` (str, bytes or path-like) ends with a path separator: it names a directory,
+    and ``open(path, "w")`` refuses it (``realpath`` would drop the separator)."""
+    return os.fsdecode(path).endswith(tuple(s for s in (os.sep, os.altsep) if s))
+
+
 def resolve(path):
     """The file a write to ``path`` replaces (symbolic links followed); checks its directory.
 
     An empty path is a FileNotFoundError and one ending in a separator an IsADirectoryError,
     as ``open(path, "w")`` says (``realpath`` would drop the separator and write a file)."""
-    text = os.fsdecode(path)
-    if text == "":
+    if os.fsdecode(path) == "":
         raise FileNotFoundError("path '' is empty: expected a file path")
-    if text.endswith(tuple(s for s in (os.sep, os.altsep) if s)):
+    if ends_with_separator(path):
         raise IsADirectoryError(f"path {path!r} ends with a path separator: it names a directory, not a file")
     target = os.path.realpath(path)
     directory = os.path.dirname(target)

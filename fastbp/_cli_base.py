@@ -8,6 +8,8 @@ import os
 import stat
 import sys
 
+from ._atomic import ends_with_separator, resolve
+
 EXTRA = "pip install -e '.[examples]' in the fastbp clone"
 
 
@@ -62,7 +64,7 @@ def require(module, what):
 def check_output_path(path, what, replaced=False):
     """CliError naming ``what`` unless ``path`` can be written; ``replaced``: the file is
     written by an atomic rename over it, so an existing device, pipe or socket is refused."""
-    if str(path).endswith(tuple(s for s in (os.sep, os.altsep) if s)):
+    if ends_with_separator(path):
         raise CliError(f"{what} {path}: ends with a path separator, so it names a directory, not a file")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
@@ -70,8 +72,7 @@ def check_output_path(path, what, replaced=False):
                        f"{'is not a directory' if os.path.exists(parent) else 'does not exist'}")
     if os.path.isdir(path):
         raise CliError(f"{what} {path}: is a directory")
-    if replaced:
-        from ._atomic import resolve        # the writer's own rule: a device, pipe or socket is refused
+    if replaced:        # the writer's own rule: a device, pipe or socket is refused
         try:
             resolve(path)
         except ValueError as e:

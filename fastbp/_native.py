@@ -10,6 +10,7 @@ watch on numba's compilation.
   whether it was compiled in this process or loaded from the disk cache.
 * :func:`compile_watch`: how long numba compiled (not loaded from the cache).
 """
+import os
 import threading
 import types
 
@@ -94,6 +95,8 @@ _NATIVE = {}
 #: Serialises registering and loading native kernels: steps built (estimators fitted,
 #: models unpickled) on several threads at once register each kernel once.  Re-entrant.
 LOCK = threading.RLock()
+if hasattr(os, "register_at_fork"):     # a fork while another thread held it: the child's is free
+    os.register_at_fork(after_in_child=LOCK._at_fork_reinit)
 
 
 #: Added to a kernel's id: the id of its parallel twin (see :func:`native_kernel`),

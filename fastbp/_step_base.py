@@ -13,9 +13,8 @@ compile, validate and report in the same way.  This module holds that once:
   of one epoch), and ``predict_proba``;
 - the translation of an executor status into an exception (:meth:`StepBase.raise_status`).
 
-The single-underscore methods are protected by design: the subclasses call them on themselves,
-nothing else calls them.  Nothing here runs a step: this module imports neither the CPU executor
-nor numba-cuda.
+The single-underscore methods are protected: the subclasses call them on themselves, nothing else does.
+Nothing here runs a step: this module imports neither the CPU executor nor numba-cuda.
 """
 from __future__ import annotations
 
@@ -161,7 +160,7 @@ class StepBase(NormState):
         self.hyper[ex.H_TRAINING] = 1.0
         self._no_yi = np.zeros(0, dtype=np.int64)
         self._no_yf = np.zeros((0, 0), dtype=self.dtype)
-        self._lock = threading.Lock()       # one call at a time on this step's buffers
+        self._lock = threading.RLock()      # one call at a time on this step's buffers (fit's drive re-enters)
         #: epochs completed by fit (what an epoch-interval schedule counts, from where it was attached)
         self.epochs_done = 0
         self._schedule = None
@@ -172,8 +171,8 @@ class StepBase(NormState):
     # ------------------------------------------------------------ state
     @property
     def lock(self):
-        """The lock every call of this step holds (a :class:`threading.Lock`, or for a CPU step that
-        calls the BLAS the process-wide ``fastbp._blas.THREADS_LOCK``); a driver that composes several
+        """The lock every call and setter of this step holds (a :class:`threading.RLock`; for a CPU step
+        that calls the BLAS the process-wide ``fastbp._blas.THREADS_LOCK``): a driver that composes several
         calls (e.g. :class:`fastbp.distributed.DistributedStep`) holds it around them."""
         return self._lock
 
@@ -186,16 +185,17 @@ class StepBase(NormState):
     def lr(self):
         """The learning rate used by the next update (settable).
 
-        With a :attr:`schedule`, setting it sets the base rate the schedule
-        scales (``fit`` then overwrites the rate of each update from it).
+        With a :attr:`schedule`, setting it sets the base rate the schedule scales (``fit`` then overwrites
+        the rate of each update from it).  Set while another thread fits the step: from its next epoch.
         """
         return float(self.hyper[ex.H_LR])
 
     @lr.setter
     def lr(self, value):
         v = _real("lr", value, self.kind, low=0.0)
-        self.hyper[ex.H_LR] = v
-        self.optimizer._set_lr(v)
+        with self._lock:
+            self.hyper[ex.H_LR] = v
+            self.optimizer._set_lr(v)
 
     @property
     def clip_grad_norm(self):
@@ -206,33 +206,33 @@ class StepBase(NormState):
 
     @clip_grad_norm.setter
     def clip_grad_norm(self, value):
-        self.hyper[ex.H_CLIP] = clip_grad_norm_arg(value, owner=self.kind)
-        self._settings_changed()
+        v = clip_grad_norm_arg(value, owner=self.kind)
+        self._settings_changed(clip=v)      # the code first: another thread's call may come in between
+        with self._lock:
+            self.hyper[ex.H_CLIP] = v
 
-    def _settings_changed(self):
-        """Called after a setting in ``hyper`` changed (clipping; a checkpoint's
-        values): a step whose code is loaded per setting loads what it now needs."""
+    def _settings_changed(self, clip=None):
+        """Load the code the settings in ``hyper`` (or a ``clip`` about to be set) need (CPU step)."""
 
     @property
     def schedule(self):
         """The learning-rate schedule :meth:`fit` follows, or None (settable).
 
-        Setting a :mod:`fastbp.schedules` schedule attaches it as ``schedule=``
-        does: its count starts at the next update (the step's own schedule set
-        again continues); None detaches it and keeps the current rate.  Anything
-        else is a TypeError; a ReduceLROnPlateau another live step holds, a
-        ValueError.
+        Setting a :mod:`fastbp.schedules` schedule attaches it as ``schedule=`` does: its count starts at
+        the next update (the step's own schedule set again continues); None detaches it and keeps the
+        current rate.  Anything else is a TypeError; a ReduceLROnPlateau another live step holds, a ValueError.
         """
         return self._schedule
 
     @schedule.setter
     def schedule(self, value):
         value = schedule_arg(value)
-        if value is None:
-            _release_plateau(self._schedule, self)
-            self._schedule = None
-        elif value is not self._schedule:
-            self._attach_schedule(value)
+        with self._lock:        # (a fit on another thread reads it between epochs)
+            if value is None:
+                _release_plateau(self._schedule, self)
+                self._schedule = None
+            elif value is not self._schedule:
+                self._attach_schedule(value)
 
     def _set_scheduled_lr(self, value):
         """The rate of the next update, from the schedule (the base rate is kept)."""
@@ -293,6 +293,7 @@ class StepBase(NormState):
         self.optimizer._set_lr(float(other.optimizer.lr))       # the base rate (a schedule scales it)
         self.rng.bit_generator.state = other.rng.bit_generator.state
         self._restore_schedule_state(other.schedule_state())
+        self._settings_changed()        # loads what the copied settings need (clipping's kernel)
 
     # ----------------------------------------------------- input path
     # the ONE input path (fastbp._validate): every entry point of the CPU step, the
@@ -363,13 +364,11 @@ class StepBase(NormState):
     def _fit_orders(self, n, epochs, shuffle, seed):
         """The visiting order of each epoch of a fit (the same for every step kind).
 
-        Returns ``(orders, rng_state)``: ``orders`` yields, for each epoch
-        when it starts, the int64 row order (minibatch ``s`` of the epoch is
-        ``order[starts[s]:starts[s+1]]``, see :meth:`_epoch_starts`);
-        ``rng_state`` is the step generator's state before any shuffle was
-        drawn (restored when the fit fails).  The orders are those of one
-        generator drawn epoch after epoch: with the same seed, bitwise the
-        ones of drawing every epoch's permutation up front.
+        Returns ``(orders, rng_state)``: ``orders`` yields, for each epoch when it starts, the int64 row
+        order (minibatch ``s`` of the epoch is ``order[starts[s]:starts[s+1]]``, see :meth:`_epoch_starts`);
+        ``rng_state`` is the step generator's state before any shuffle was drawn (restored when the fit
+        fails).  The orders are those of one generator drawn epoch after epoch: with the same seed,
+        bitwise the ones of drawing every epoch's permutation up front.
         """
         rng = self.rng if seed is None else np.random.default_rng(seed)
         rng_state = self.rng.bit_generator.state

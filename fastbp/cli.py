@@ -331,10 +331,10 @@ def _setup(args, mpi):
     if args.batchnorm and args.batch_size == 1:
         raise _UsageError("fastbp train: error: --batchnorm needs minibatches of at least 2 rows "
                           "(PyTorch's 'more than 1 value per channel'): --batch-size 1 gives 1")
-    if args.precision == "bf16" and (np.dtype(args.dtype) != np.float32 or args.device != "cpu"):
+    wide = np.dtype(args.dtype) != np.float32
+    if args.precision == "bf16" and (wide or args.device != "cpu"):
         raise _UsageError("fastbp train: error: --precision bf16 " + (
-            "keeps float32 master weights: use --dtype float32" if np.dtype(args.dtype) != np.float32
-            else "runs on the CPU only: use --device cpu"))
+            "keeps float32 master weights: use --dtype float32" if wide else "runs on the CPU only: use --device cpu"))
     if not args.hidden and (args.dropout or args.batchnorm or args.activation is not None):
         opt = "--dropout" if args.dropout else "--batchnorm" if args.batchnorm else "--activation"
         raise _UsageError(f"fastbp train: error: {opt} applies to hidden layers, and --hidden gives none")

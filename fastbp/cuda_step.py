@@ -536,7 +536,6 @@ class CudaTrainStep(StepBase):
             self.arena.copy_to_host(cpu.arena, stream=self._stream)
             self._stream.synchronize()
             cpu._take_state_of(self)
-        cpu._settings_changed()       # loads what the copied settings need (clipping's kernel)
         return cpu
 
     @staticmethod

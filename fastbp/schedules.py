@@ -30,6 +30,7 @@ schedule=...)``::
 from __future__ import annotations
 
 import math as _math
+import threading as _threading
 import weakref as _weakref
 import numbers as _numbers
 from bisect import bisect_right as _bisect_right
@@ -557,21 +558,27 @@ def schedule_arg(schedule, name="schedule"):
 _PLATEAU_OWNERS = {}
 
 
+_PLATEAU_LOCK = _threading.RLock()     # claims from two threads: one wins, the other is refused
+
+
 def _claim_plateau(schedule, step):
     """Record ``step`` as ``schedule``'s step; ValueError if another live step has it."""
-    for k, (s_ref, o_ref) in list(_PLATEAU_OWNERS.items()):
-        if s_ref() is None or o_ref() is None:
-            del _PLATEAU_OWNERS[k]          # a schedule or a step gone: its id may be reused
-    held = _PLATEAU_OWNERS.get(id(schedule))
-    if held is not None and held[0]() is schedule and held[1]() is not step:
-        raise ValueError("schedule: this ReduceLROnPlateau is already another step's schedule (it holds that "
-                         "step's rate, best metric and counters); give each step its own ReduceLROnPlateau")
-    _PLATEAU_OWNERS[id(schedule)] = (_weakref.ref(schedule), _weakref.ref(step))
+    with _PLATEAU_LOCK:
+        for k, (s_ref, o_ref) in list(_PLATEAU_OWNERS.items()):
+            if s_ref() is None or o_ref() is None:
+                _PLATEAU_OWNERS.pop(k, None)    # a schedule or a step gone: its id may be reused
+        held = _PLATEAU_OWNERS.get(id(schedule))
+        if held is not None and held[0]() is schedule and held[1]() is not step:
+            raise ValueError("schedule: this ReduceLROnPlateau is already another step's schedule (it holds "
+                             "that step's rate, best metric and counters); give each step its own "
+                             "ReduceLROnPlateau")
+        _PLATEAU_OWNERS[id(schedule)] = (_weakref.ref(schedule), _weakref.ref(step))
 
 
 def _release_plateau(schedule, step):
     """Undo :func:`_claim_plateau`: ``step`` lets go of ``schedule`` (detached or replaced), which
     another step may then take; nothing for another schedule or another step's."""
-    held = _PLATEAU_OWNERS.get(id(schedule))
-    if held is not None and held[0]() is schedule and held[1]() is step:
-        del _PLATEAU_OWNERS[id(schedule)]
+    with _PLATEAU_LOCK:
+        held = _PLATEAU_OWNERS.get(id(schedule))
+        if held is not None and held[0]() is schedule and held[1]() is step:
+            _PLATEAU_OWNERS.pop(id(schedule), None)

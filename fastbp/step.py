@@ -256,9 +256,9 @@ class TrainStep(StepBase):
             return loss
         return fast
 
-    def _settings_changed(self):
+    def _settings_changed(self, clip=None):
         # gradient clipping's kernel, loaded when a step first clips (once per process)
-        if self.hyper[ex.H_CLIP] > 0.0:
+        if (self.hyper[ex.H_CLIP] if clip is None else clip) > 0.0:
             ex.load_kernels(self.dtype, (ex.K_CLIP_GRAD_NORM,), self.threads)
 
     def _run(self, x, y, mode, sample_weight=None):

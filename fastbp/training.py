@@ -9,9 +9,8 @@
 - callbacks: any object with ``on_epoch_end(epoch, logs) -> bool | None``
   (or a plain function of ``(epoch, logs)``); a true result stops the fit
   after that epoch.  ``logs`` is a dict of the epoch's metrics;
-- :func:`drive`: the epoch loop of a fit (learning-rate schedule, metrics,
-  early stopping, callbacks, progress) around a step kind's "train one
-  epoch" function;
+- :func:`drive`: the epoch loop of a fit (learning-rate schedule, metrics, early stopping,
+  callbacks, progress) around a step kind's "train one epoch" function;
 - the metrics of a loss computed from the network's outputs
   (:func:`eval_loss`, :func:`accuracy`, :func:`probabilities`) and :func:`r2_score`.
 
@@ -514,8 +513,8 @@ def drive(*, epochs, per_epoch, rows_per_step, orders, train_epoch, step, schedu
     train_epoch : callable ``(e, perm, lrs, out) -> None``
         Trains one epoch, writing each update's loss into ``out``; raises on failure.
     step : StepBase
-        Its ``n_steps``, ``epochs_done``, ``_sched_origin`` (where the schedule's count
-        starts) and learning rate (``step.lr``) are read; ``epochs_done`` is advanced.
+        Its ``n_steps``, ``epochs_done``, ``_sched_origin`` (where the schedule's count starts) and ``lr``
+        are read and ``epochs_done`` advanced, each epoch's under ``step.lock`` with its training.
     schedule : schedule or None
     base_lr : float
     validate : callable ``() -> (val_loss, val_accuracy or None)`` or None
@@ -543,11 +542,18 @@ def drive(*, epochs, per_epoch, rows_per_step, orders, train_epoch, step, schedu
     try:
         for e, perm in enumerate(orders):
             out = losses[e * per_epoch:(e + 1) * per_epoch]
-            e0, s0 = step._sched_origin
-            lrs = epoch_lrs(schedule, base_lr, step.lr, step.epochs_done - e0, step.n_steps - s0, per_epoch)
-            first_lr = float(lrs[0]) if len(lrs) else step.lr
-            train_epoch(e, perm, lrs, out)
-            step.epochs_done += 1
+            with step.lock:     # the rates, the epoch, its count and the next rate as one (threads)
+                e0, s0 = step._sched_origin
+                lrs = epoch_lrs(schedule, base_lr, step.lr, step.epochs_done - e0, step.n_steps - s0, per_epoch)
+                first_lr = float(lrs[0]) if len(lrs) else step.lr
+                train_epoch(e, perm, lrs, out)
+                step.epochs_done += 1
+                if schedule is not None and not isinstance(schedule, _ReduceLROnPlateau):
+                    t = step.epochs_done - e0 if schedule.interval == "epoch" else step.n_steps - s0
+                    try:        # the rate of the next update (what step.lr reports after the fit)
+                        step._set_scheduled_lr(schedule.lr_at(t, base_lr))
+                    except ValueError:
+                        pass    # a OneCycleLR at its end: the step keeps the last rate
             logs = {"loss": float(_np.dot(out, w) / w.sum()), "lr": first_lr}
             if validate is not None:
                 vl, va = validate()
@@ -557,16 +563,10 @@ def drive(*, epochs, per_epoch, rows_per_step, orders, train_epoch, step, schedu
             for k, v in logs.items():
                 hist.history.setdefault(k, []).append(v)
             hist.epoch.append(e)
-            # the rate of the next update (what step.lr reports after the fit)
             if isinstance(schedule, _ReduceLROnPlateau):
                 key = schedule.monitor or ("val_loss" if "val_loss" in logs else "loss")
-                step._set_scheduled_lr(schedule.step(logs[key], first_lr))
-            elif schedule is not None:
-                t = step.epochs_done - e0 if schedule.interval == "epoch" else step.n_steps - s0
-                try:
-                    step._set_scheduled_lr(schedule.lr_at(t, base_lr))
-                except ValueError:
-                    pass        # a OneCycleLR at its end: the step keeps the last rate
+                with step.lock:
+                    step._set_scheduled_lr(schedule.step(logs[key], first_lr))
             bar.update(e, logs)
             stop = False
             if early_stopping is not None and early_stopping._update(e, logs, get_weights):

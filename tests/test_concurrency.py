@@ -302,3 +302,146 @@ def test_the_first_steps_of_a_process_built_on_two_threads_at_once():
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+# ------------------------------------------------ one step's settings from several threads
+def _small_step(**kw):
+    return fastbp.compile(mlp([4, 5, 3]), optimizer=fastbp.SGD(lr=0.1), batch_size=4, dtype=np.float64,
+                          seed=0, **kw)
+
+
+def test_clip_grad_norm_setter_loads_its_kernel_before_the_setting_is_seen():
+    """The setter wrote the setting first and loaded the clipping kernel after, without the lock: a
+    call of another thread in between raised "native kernel 182 was not loaded"."""
+    step = _small_step()
+    seen = []
+    real = step._settings_changed
+
+    def spy(clip=None):
+        seen.append(float(step.clip_grad_norm or 0.0))      # what another thread would see now
+        real(clip=clip)
+    step._settings_changed = spy
+    step.clip_grad_norm = 1.0
+    assert seen == [0.0] and step.clip_grad_norm == 1.0
+    step(np.ones((4, 4)), np.array([0, 1, 2, 0]))           # the kernel is there
+
+
+@pytest.mark.parametrize("setting", ["lr", "clip_grad_norm", "schedule"])
+def test_setters_wait_for_the_call_that_holds_the_step(setting):
+    """A setter changes the step between calls (and between the epochs of another thread's fit),
+    never in the middle of one."""
+    step = _small_step()
+    value = fastbp.schedules.ExponentialLR(0.5) if setting == "schedule" else 0.05
+    before = getattr(step, setting)
+    with step.lock:
+        t = threading.Thread(target=setattr, args=(step, setting, value))
+        t.start()
+        t.join(0.3)
+        assert t.is_alive() and getattr(step, setting) == before
+    t.join(10)
+    assert not t.is_alive() and getattr(step, setting) == value
+
+
+def test_an_lr_set_during_another_threads_fit_applies_from_its_next_epoch():
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((4000, 4)), rng.integers(0, 3, 4000)
+    fit_then_set, set_then_fit = _small_step(), _small_step()
+    fit_then_set.fit(X, Y, shuffle=False)
+    fit_then_set.lr = 0.01
+    set_then_fit.lr = 0.01
+    set_then_fit.fit(X, Y, shuffle=False)
+    for _ in range(3):
+        live = _small_step()
+        started = threading.Event()
+        t = threading.Thread(target=lambda: (started.set(), live.fit(X, Y, shuffle=False)))
+        t.start()
+        started.wait()
+        live.lr = 0.01
+        t.join()
+        got = live.param_vector.tobytes()
+        assert got in (fit_then_set.param_vector.tobytes(), set_then_fit.param_vector.tobytes())
+
+
+@pytest.mark.parametrize("interval", ["epoch", "step"])
+def test_a_scheduled_step_fitted_from_two_threads_equals_a_serial_run(interval):
+    """fit computed an epoch's scheduled rates before taking the step's lock (and counted the
+    epoch after): two threads' fits of one step matched no serial order (~5e-4 apart)."""
+    def new():
+        return _small_step(schedule=fastbp.schedules.ExponentialLR(0.99, interval=interval))
+    x, y = np.random.default_rng(0).standard_normal((8, 4)), np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    n = 150
+    serial = new()
+    for _ in range(2 * n):
+        serial.fit(x, y, shuffle=False)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        live = new()
+        _hammer(2, lambda t, i: live.fit(x, y, shuffle=False), n)
+    finally:
+        sys.setswitchinterval(old)
+    assert (live.n_steps, live.epochs_done) == (serial.n_steps, serial.epochs_done)
+    assert live.lr == serial.lr
+    assert live.param_vector.tobytes() == serial.param_vector.tobytes()
+
+
+def test_one_reduce_lr_on_plateau_claimed_by_two_threads_at_once():
+    """Exactly one of two steps attaching one ReduceLROnPlateau at once gets it; dead entries of the
+    owners' table removed by two threads at once raised KeyError."""
+    import gc
+    steps = [_small_step() for _ in range(4)]
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(15):
+            p = fastbp.schedules.ReduceLROnPlateau()
+            steps[0].schedule = steps[1].schedule = None
+
+            def attach(t, i, p=p):
+                try:
+                    steps[t].schedule = p
+                    return "ok"
+                except ValueError:
+                    return "refused"
+            got = _hammer(2, attach, 1)
+            assert sorted(got[0] + got[1]) == ["ok", "refused"]
+            dead = _small_step(schedule=fastbp.schedules.ReduceLROnPlateau())
+            del dead
+            gc.collect()
+            _hammer(2, lambda t, i: setattr(steps[2 + t], "schedule", fastbp.schedules.ReduceLROnPlateau()), 1)
+    finally:
+        sys.setswitchinterval(old)
+
+
+_FORK_WHILE_HELD = textwrap.dedent("""
+    import os, threading
+    import fastbp
+    from fastbp import _blas, _native
+    held, done = threading.Event(), threading.Event()
+    def holder():
+        with _native.LOCK, _blas.THREADS_LOCK:
+            held.set()
+            done.wait(30)
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait()
+    pid = os.fork()
+    if pid == 0:
+        ok = _native.LOCK.acquire(timeout=10) and _blas.THREADS_LOCK.acquire(timeout=10)
+        os._exit(0 if ok else 3)
+    _, status = os.waitpid(pid, 0)
+    done.set()
+    t.join()
+    print(os.waitstatus_to_exitcode(status))
+""")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
+def test_a_fork_while_another_thread_holds_fastbps_locks_leaves_them_free_in_the_child():
+    """multiprocessing's 'fork' while another thread built a step (the kernel lock) or trained one
+    (the BLAS's lock): the child hung at its first step."""
+    env = {**os.environ, "FASTBP_TEST_LANES": "0"}
+    out = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", "-c", _FORK_WHILE_HELD],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "0", out.stdout
