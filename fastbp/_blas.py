@@ -63,6 +63,8 @@ import threading
 
 import llvmlite.binding as llvm
 
+from ._native import free_in_fork_child
+
 __all__ = ["BACKEND", "AVAILABLE", "THREAD_CONTROL", "GEMM_JIT", "backend_info", "gemm_jit_destroy", "axpy_exact",
            "asum_propagates", "ENV_VAR"]
 
@@ -290,8 +292,7 @@ SPLIT_EXACT = BACKEND in ("openblas", "scipy")
 #: process too), so such calls run one at a time.  Re-entrant: a callback that
 #: calls another step from inside a step's call does not deadlock.
 THREADS_LOCK = threading.RLock()
-if hasattr(os, "register_at_fork"):     # a fork while another thread held it: the child's is free
-    os.register_at_fork(after_in_child=THREADS_LOCK._at_fork_reinit)
+free_in_fork_child(THREADS_LOCK)
 
 if _backend is None:
     # never called (the executor sends every product to its own loops), but

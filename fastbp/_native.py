@@ -95,8 +95,17 @@ _NATIVE = {}
 #: Serialises registering and loading native kernels: steps built (estimators fitted,
 #: models unpickled) on several threads at once register each kernel once.  Re-entrant.
 LOCK = threading.RLock()
-if hasattr(os, "register_at_fork"):     # a fork while another thread held it: the child's is free
-    os.register_at_fork(after_in_child=LOCK._at_fork_reinit)
+
+
+def free_in_fork_child(lock):
+    """Make the re-entrant ``lock`` free in a child made by ``os.fork`` while another thread held it
+    (no thread of the child would ever release it); held by the forking thread, the child keeps it
+    held (the thread goes on in the child and releases it)."""
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=lambda: None if lock._is_owned() else lock._at_fork_reinit())
+
+
+free_in_fork_child(LOCK)
 
 
 #: Added to a kernel's id: the id of its parallel twin (see :func:`native_kernel`),
