@@ -57,10 +57,10 @@ def array(a, name, dtype_hint="np.float32 or np.float64"):
     TypeError
         If ``a`` is anything else (a list, a scalar, a tensor...).
     """
-    if not isinstance(a, np.ndarray):
-        raise TypeError(
-            f"{name} must be a numpy.ndarray, got {type(a).__name__}; "
-            f"convert it with np.asarray({name}, dtype={dtype_hint})")
+    if not isinstance(a, np.ndarray) or isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}; " + (
+            f"fastbp would ignore its mask: pass {name}.filled(value) or np.asarray({name})"
+            if isinstance(a, np.ma.MaskedArray) else f"convert it with np.asarray({name}, dtype={dtype_hint})"))
     return a
 
 
@@ -88,7 +88,7 @@ def float_array(a, name, nd=None):
     ValueError
         Wrong number of dimensions, or not C-contiguous.
     """
-    if not isinstance(a, np.ndarray):
+    if type(a) is not np.ndarray:       # (a subclass passes, a masked array does not)
         array(a, name)
     dt = a.dtype
     if dt is not _F64 and dt is not _F32 and dt != _F64 and dt != _F32:
@@ -194,7 +194,7 @@ def out_array(out, name, shape_, dtype):
     """
     if out is None:
         return np.empty(shape_, dtype)
-    if not isinstance(out, np.ndarray):
+    if type(out) is not np.ndarray:
         array(out, name)
     if out.dtype != dtype:
         raise TypeError(f"{name} has dtype {out.dtype}; expected {np.dtype(dtype)} (the inputs' dtype)")
@@ -475,8 +475,8 @@ def features(x, name, dtype, n_features, max_rows=None):
     ValueError
         Wrong shape, no rows, or more than ``max_rows`` rows.
     """
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
+    if type(x) is not np.ndarray:
+        array(x, name, f"np.{dtype.name}")
     dt = x.dtype
     if not same_precision(dt, dtype):
         if dt.kind in "fiubcOUS":

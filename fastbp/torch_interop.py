@@ -235,6 +235,8 @@ def _loss_name(loss, torch):
     supported = {getattr(torch.nn, e.torch): (e.name, e.torch_args) for e in _losses.entries()
                  if e.torch is not None and hasattr(torch.nn, e.torch)}
     kind = type(loss)
+    if not isinstance(loss, torch.nn.Module):
+        raise TypeError(f"loss must be a fastbp loss name or a torch loss module, got {kind.__name__}")
     if kind not in supported:
         names = ", ".join(c.__name__ for c in supported)
         raise ValueError(f"loss: {kind.__name__} has no fastbp equivalent; use torch.nn.{names} "
@@ -500,13 +502,22 @@ def _check_hooks(m, what):
                                  f"step cannot run it (remove it, or train in PyTorch)")
 
 
+def _memory_span(t):
+    """``(storage address, first byte, end byte)`` of the elements of tensor ``t``, or None (no
+    elements, or no memory: the meta device)."""
+    if t.numel() == 0 or t.device.type == "meta":
+        return None
+    end = t.data_ptr() + (sum((d - 1) * st for d, st in zip(t.shape, t.stride())) + 1) * t.element_size()
+    return t.untyped_storage().data_ptr(), t.data_ptr(), end      # (torch's strides are not negative)
+
+
 def _check_trainable(model, optimizer, torch):
     """Every parameter of ``model`` is trained by the step: refuse frozen parameters
     (``requires_grad=False``, or left out of a torch optimizer's groups), parameters the
     step has no place for (registered beside a layer's weight and bias, or in a submodule),
     and parameters or buffers shared between layers (tied weights: PyTorch sums their
     gradients into one tensor; fastbp gives every layer its own)."""
-    seen = {}
+    seen, spans = {}, []
     for i, m in enumerate(model):
         own = ({a for a, _ in _param_keys(m, torch)}
                if type(m) in (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.BatchNorm1d) else set())
@@ -517,11 +528,15 @@ def _check_trainable(model, optimizer, torch):
         tensors = [(n, t) for n, t in m.named_parameters(recurse=False)]
         tensors += [(n, t) for n, t in m.named_buffers(recurse=False) if t is not None and t.is_floating_point()]
         for n, t in tensors:
-            if id(t) in seen:
-                raise ValueError(f"model layer {i}'s {n} is also layer {seen[id(t)]}'s (tied weights, or one "
-                                 f"module used twice); fastbp gives every layer its own parameters: give each "
-                                 f"position its own module")
+            span = _memory_span(t)      # two Parameter objects over one storage are tied too
+            j = seen.get(id(t), next((k for k, sp in spans if span and sp[0] == span[0] and sp[1] < span[2]
+                                      and span[1] < sp[2]), None))
+            if j is not None:
+                raise ValueError(f"model layer {i}'s {n} is also layer {j}'s or shares its memory (tied "
+                                 f"weights, or one module used twice); fastbp gives every layer its own "
+                                 f"parameters: give each position its own module and tensor")
             seen[id(t)] = i
+            spans.append((i, span))
     in_opt = None
     if isinstance(optimizer, torch.optim.Optimizer):
         in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}

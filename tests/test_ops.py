@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
+import fastbp
 from fastbp import _jit, ops
 from fastbp.gradcheck import gradcheck
 
@@ -574,6 +575,24 @@ def test_lists_and_scalars_raise_typeerror():
             call(np.ones(shape).tolist())
     with pytest.raises(TypeError, match="x must be a numpy.ndarray, got float"):
         ops.relu_forward(1.0)
+
+
+def test_masked_arrays_raise_typeerror_and_subclasses_pass():
+    """A numpy.ma.MaskedArray passed the isinstance check and failed inside numba (a NumbaTypeError,
+    not a TypeError); its mask would be ignored."""
+    for name, shape, call in _slots():
+        with pytest.raises(TypeError, match=rf"^{name} must be a numpy.ndarray, got MaskedArray; .*mask"):
+            call(np.ma.masked_array(np.ones(shape), mask=np.zeros(shape, bool)))
+    with pytest.raises(TypeError, match=r"^out must be a numpy.ndarray, got MaskedArray"):
+        ops.relu_forward(np.ones((2, 3)), out=np.ma.masked_array(np.ones((2, 3))))
+    step = fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 2)), batch_size=4, dtype=np.float64)
+    with pytest.raises(TypeError, match=r"^X must be a numpy.ndarray, got MaskedArray"):
+        step.predict(np.ma.masked_array(np.ones((2, 3))))
+
+    class Sub(np.ndarray):
+        pass
+    np.testing.assert_array_equal(ops.relu_forward(np.arange(-3.0, 3.0).view(Sub)), [0, 0, 0, 0, 1, 2])
+    assert step.predict(np.ones((2, 3)).view(Sub)).shape == (2, 2)
 
 
 def test_mixed_dtypes_raise_typeerror():

@@ -146,7 +146,7 @@ def test_gather_rows_is_fancy_indexing_into_the_stage(classification):
 
 def test_lock_is_the_lock_every_call_holds():
     s = make()
-    assert isinstance(s.lock, type(threading.Lock()))
+    assert isinstance(s.lock, type(threading.RLock()))
     x, y = batch(s, 2, np.random.default_rng(3))
     done = []
     with s.lock:

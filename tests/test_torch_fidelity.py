@@ -323,6 +323,28 @@ def test_tied_weights_are_refused_not_untied():
                                               bn))
     act = torch.nn.Tanh()                          # a module without parameters may repeat
     fastbp.from_torch(torch.nn.Sequential(torch.nn.Linear(4, 4).double(), act, torch.nn.Linear(4, 4).double(), act))
+    # two Parameter objects over one storage (``.data`` assigned, or overlapping views) are tied too:
+    # each got its own fastbp array and the two drifted apart where PyTorch updates one storage
+    for share in (lambda a, b: setattr(b.weight, "data", a.weight.data),
+                  lambda a, b: setattr(b, "weight", torch.nn.Parameter(a.weight.data[:, :]))):
+        first, second = torch.nn.Linear(4, 4).double(), torch.nn.Linear(4, 4).double()
+        share(first, second)
+        with pytest.raises(ValueError, match=r"layer 2's weight is also layer 0's or shares its memory"):
+            fastbp.from_torch(torch.nn.Sequential(first, torch.nn.Tanh(), second))
+        assert first.weight.data_ptr() == second.weight.data_ptr()      # left as it was
+    big = torch.zeros(2, 16, dtype=torch.float64)           # disjoint views of one storage: not tied
+    first, second = torch.nn.Linear(4, 4).double(), torch.nn.Linear(4, 4).double()
+    first.weight, second.weight = torch.nn.Parameter(big[0].view(4, 4)), torch.nn.Parameter(big[1].view(4, 4))
+    fastbp.from_torch(torch.nn.Sequential(first, torch.nn.Tanh(), second))
+
+
+def test_a_loss_of_the_wrong_type_is_a_type_error():
+    m = torch.nn.Sequential(torch.nn.Linear(4, 3).double())
+    for bad in (3, 1.5, [None]):
+        with pytest.raises(TypeError, match=r"loss must be a fastbp loss name or a torch loss module, got"):
+            fastbp.from_torch(m, loss=bad)
+    with pytest.raises(ValueError, match="ReLU has no fastbp equivalent"):
+        fastbp.from_torch(m, loss=torch.nn.ReLU())
 
 
 def _scheduled_side_by_side(ref, ref_opt, ref_sched, mine, step, sched, n):
