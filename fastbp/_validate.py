@@ -530,8 +530,8 @@ def class_labels(y, name, n, n_classes, loss, check_range=True):
         Wrong shape, or (``check_range``) a label outside ``[0, n_classes)``;
         the message gives the first bad index and its value.
     """
-    if not isinstance(y, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(y).__name__}")
+    if type(y) is not np.ndarray:
+        array(y, name, "np.int64")
     if y.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer class labels for loss {loss!r}, got dtype {y.dtype}")
     label_shape(y.shape, name, n)
@@ -565,8 +565,8 @@ def targets(y, name, n, n_out, dtype, loss):
     ValueError
         Wrong shape.
     """
-    if not isinstance(y, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(y).__name__}")
+    if type(y) is not np.ndarray:
+        array(y, name, f"np.{np.dtype(dtype).name}")
     if y.dtype.kind not in "fiu":
         raise TypeError(f"{name} must be a float array of targets for loss {loss!r}, got dtype {y.dtype}")
     return executor_form(y.reshape(target_shape(y.shape, name, n, n_out)), dtype, name)

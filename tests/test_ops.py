@@ -588,6 +588,11 @@ def test_masked_arrays_raise_typeerror_and_subclasses_pass():
     step = fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 2)), batch_size=4, dtype=np.float64)
     with pytest.raises(TypeError, match=r"^X must be a numpy.ndarray, got MaskedArray"):
         step.predict(np.ma.masked_array(np.ones((2, 3))))
+    with pytest.raises(TypeError, match=r"^y must be a numpy.ndarray, got MaskedArray"):      # (its mask ignored)
+        step(np.ones((2, 3)), np.ma.masked_array([0, 1], mask=[0, 1]))
+    reg = fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 2)), loss="mse", batch_size=4, dtype=np.float64)
+    with pytest.raises(TypeError, match=r"^y must be a numpy.ndarray, got MaskedArray"):
+        reg(np.ones((2, 3)), np.ma.masked_array(np.ones((2, 2)), mask=[[0, 1], [0, 0]]))
 
     class Sub(np.ndarray):
         pass
