@@ -527,6 +527,13 @@ def test_the_kernel_names_follow_what_a_body_reads_from_outside_its_code():
     b = fingerprint(ns["g"])
     ns["C"] = 4.0
     assert fingerprint(ns["g"]) != b
+    # a default argument's value was left out (a user's constant edited between runs gave the old kernel)
+
+    def with_default(k):
+        def f(x, kk=k):
+            return x * kk
+        return f
+    assert fingerprint(with_default(2.0)) == fingerprint(with_default(2.0)) != fingerprint(with_default(3.0))
 
 
 _CLOSURE_CHILD = r"""

@@ -5,8 +5,9 @@ An entry's kernels are specialised copies of a template, so fastbp names them
 by a hash of the entry's bodies (``_<name>_<hash>``).  Bytecode alone misses
 what a body reads from outside its code: the values in its closure cells and
 the module globals it names (a constant edited between runs, a factory's
-argument), and a kernel compiled for the old values would be loaded from the
-cache for the new ones.  :func:`fingerprint` hashes those too, following the
+argument) and its default arguments, and a kernel compiled for the old values
+would be loaded from the cache for the new ones.  Not covered: the attributes a
+body reads from a module it names (``cfg.K``; the module is keyed by its name).  :func:`fingerprint` hashes those too, following the
 functions a body calls; an object it cannot hash by value is hashed by its
 ``repr`` (an address in it makes the key new in every process: recompiled,
 never stale).
@@ -45,6 +46,8 @@ def _feed(h, obj, depth, seen):
             return
         seen.add(id(fn))
         h.update(marshal.dumps(fn.__code__))
+        _feed(h, fn.__defaults__, depth + 1, seen)         # def f(x, k=K): K's value at definition
+        _feed(h, sorted((fn.__kwdefaults__ or {}).items()), depth + 1, seen)
         for cell in fn.__closure__ or ():
             try:
                 value = cell.cell_contents
@@ -64,7 +67,7 @@ def _feed(h, obj, depth, seen):
         h.update(b"seq:")
         for v in (sorted(obj, key=repr) if isinstance(obj, frozenset) else obj):
             _feed(h, v, depth + 1, seen)
-    elif hasattr(obj, "tobytes") and hasattr(obj, "dtype"):     # a numpy array or scalar
+    elif hasattr(obj, "tobytes") and hasattr(obj, "dtype") and not isinstance(obj, type):   # an array, a scalar
         h.update(b"array:" + str(obj.dtype).encode() + repr(getattr(obj, "shape", ())).encode() + obj.tobytes())
     else:
         h.update(b"repr:" + repr(obj).encode())
