@@ -534,6 +534,13 @@ def test_the_kernel_names_follow_what_a_body_reads_from_outside_its_code():
             return x * kk
         return f
     assert fingerprint(with_default(2.0)) == fingerprint(with_default(2.0)) != fingerprint(with_default(3.0))
+    # the same code gives the same name whoever else holds its constants (marshal's default format
+    # flags a constant by its reference count: gelu's name changed once numba had compiled it, so a
+    # process named it unlike the one that filled the disk cache and compiled it again)
+    exec("def q(x):\n    return x * 0.7731\n", ns)
+    d = fingerprint(ns["q"])
+    held = [k for k in ns["q"].__code__.co_consts if isinstance(k, float)]
+    assert held and fingerprint(ns["q"]) == d
 
 
 _CLOSURE_CHILD = r"""

@@ -45,7 +45,9 @@ def _feed(h, obj, depth, seen):
             h.update(b"fn:" + fn.__qualname__.encode())
             return
         seen.add(id(fn))
-        h.update(marshal.dumps(fn.__code__))
+        # marshal version 2: no back-references, whose flags (version 3+) follow the constants' reference
+        # counts (a float constant numba took a reference to while compiling changed the name)
+        h.update(marshal.dumps(fn.__code__, 2))
         _feed(h, fn.__defaults__, depth + 1, seen)         # def f(x, k=K): K's value at definition
         _feed(h, sorted((fn.__kwdefaults__ or {}).items()), depth + 1, seen)
         for cell in fn.__closure__ or ():
