@@ -556,8 +556,6 @@ def schedule_arg(schedule, name="schedule"):
 
 #: the step each ReduceLROnPlateau belongs to: id(schedule) -> (weakref to it, weakref to the step)
 _PLATEAU_OWNERS = {}
-
-
 _PLATEAU_LOCK = _threading.RLock()     # claims from two threads: one wins, the other is refused
 
 

@@ -529,14 +529,16 @@ def _check_trainable(model, optimizer, torch):
         tensors += [(n, t) for n, t in m.named_buffers(recurse=False) if t is not None and t.is_floating_point()]
         for n, t in tensors:
             span = _memory_span(t)      # two Parameter objects over one storage are tied too
-            j = seen.get(id(t), next((k for k, sp in spans if span and sp[0] == span[0] and sp[1] < span[2]
-                                      and span[1] < sp[2]), None))
+            j = seen.get(id(t))
+            if j is None and span is not None:
+                j = next((k for k, sp in spans if sp[0] == span[0] and sp[1] < span[2] and span[1] < sp[2]), None)
             if j is not None:
                 raise ValueError(f"model layer {i}'s {n} is also layer {j}'s or shares its memory (tied "
                                  f"weights, or one module used twice); fastbp gives every layer its own "
                                  f"parameters: give each position its own module and tensor")
             seen[id(t)] = i
-            spans.append((i, span))
+            if span is not None:
+                spans.append((i, span))
     in_opt = None
     if isinstance(optimizer, torch.optim.Optimizer):
         in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}

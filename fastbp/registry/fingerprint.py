@@ -6,11 +6,11 @@ by a hash of the entry's bodies (``_<name>_<hash>``).  Bytecode alone misses
 what a body reads from outside its code: the values in its closure cells and
 the module globals it names (a constant edited between runs, a factory's
 argument) and its default arguments, and a kernel compiled for the old values
-would be loaded from the cache for the new ones.  Not covered: the attributes a
-body reads from a module it names (``cfg.K``; the module is keyed by its name).  :func:`fingerprint` hashes those too, following the
-functions a body calls; an object it cannot hash by value is hashed by its
-``repr`` (an address in it makes the key new in every process: recompiled,
-never stale).
+would be loaded from the cache for the new ones.  :func:`fingerprint` hashes
+those too, following the functions a body calls; an object it cannot hash by
+value is hashed by its ``repr`` (an address in it makes the key new in every
+process: recompiled, never stale).  Not covered: the attributes a body reads
+from a module it names (``cfg.K``; the module is keyed by its name).
 """
 from __future__ import annotations
 
