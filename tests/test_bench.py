@@ -252,6 +252,7 @@ def _run_bench(args, tmp_path, timeout=300, env=None):
 
 
 @needs_compile
+@pytest.mark.thorough       # ~10 s of two cores (the launcher, two peers' workers, three rounds each)
 def test_bench_quick_tiny_fastbp_numpy_end_to_end(tmp_path):
     # the launcher removes these from its workers' environment (only there): set them if CI has not
     env = dict(os.environ)

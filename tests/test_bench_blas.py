@@ -39,6 +39,7 @@ def test_timing_loop_computes_each_transposed_product():
             np.testing.assert_allclose(C, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.thorough       # ~5 s: the command in a subprocess (its pieces are tested above, here)
 def test_command_prints_tables_and_json(tmp_path):
     out = tmp_path / "blas.json"
     r = subprocess.run([sys.executable, "-m", "fastbp.bench.blas", "--configs", "tiny", "--libraries",

@@ -391,26 +391,29 @@ def test_one_reduce_lr_on_plateau_claimed_by_two_threads_at_once():
     import gc
     steps = [_small_step() for _ in range(4)]
     old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        for _ in range(15):
-            p = fastbp.schedules.ReduceLROnPlateau()
-            steps[0].schedule = steps[1].schedule = None
 
-            def attach(t, i, p=p):
-                try:
-                    steps[t].schedule = p
-                    return "ok"
-                except ValueError:
-                    return "refused"
-            got = _hammer(2, attach, 1)
-            assert sorted(got[0] + got[1]) == ["ok", "refused"]
-            dead = _small_step(schedule=fastbp.schedules.ReduceLROnPlateau())
-            del dead
-            gc.collect()
-            _hammer(2, lambda t, i: setattr(steps[2 + t], "schedule", fastbp.schedules.ReduceLROnPlateau()), 1)
-    finally:
-        sys.setswitchinterval(old)
+    def hammer(fn):             # a thread switch every microsecond while the two threads race only
+        sys.setswitchinterval(1e-6)
+        try:
+            return _hammer(2, fn, 1)
+        finally:
+            sys.setswitchinterval(old)
+    for _ in range(15):
+        p = fastbp.schedules.ReduceLROnPlateau()
+        steps[0].schedule = steps[1].schedule = None
+
+        def attach(t, i, p=p):
+            try:
+                steps[t].schedule = p
+                return "ok"
+            except ValueError:
+                return "refused"
+        got = hammer(attach)
+        assert sorted(got[0] + got[1]) == ["ok", "refused"]
+        dead = _small_step(schedule=fastbp.schedules.ReduceLROnPlateau())
+        del dead
+        gc.collect()
+        hammer(lambda t, i: setattr(steps[2 + t], "schedule", fastbp.schedules.ReduceLROnPlateau()))
 
 
 _FORK_WHILE_HELD = textwrap.dedent("""

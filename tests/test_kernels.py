@@ -38,13 +38,13 @@ def thorough_case(params):
     """The float64 cases of the parallel variants run in CI's thorough stage only (see
     conftest.py): each compiles a kernel's parallel variant for float64 (seconds), while
     the float32 cases already run every parallel loop and the float64 serial ones every
-    float64 path.  Likewise the parallel variants of the sigmoid and tanh activation
-    kernels: every activation's kernels are copies of the same loop templates with its
-    scalar body inlined (kernels/factory.py), whose parallel loops the identity's and
-    ReLU's cases run, and whose scalar bodies every serial case checks."""
+    float64 path.  Likewise the parallel variants of the identity, sigmoid and tanh
+    activation kernels: every activation's kernels are copies of the same loop templates
+    with its scalar body inlined (kernels/factory.py), whose parallel loops ReLU's cases
+    run, and whose scalar bodies every serial case checks."""
     if params.get("variant") != "parallel":
         return False
-    return params.get("dt") is np.float64 or params.get("act") in (ACT_SIGMOID, ACT_TANH)
+    return params.get("dt") is np.float64 or params.get("act") in (ACT_NONE, ACT_SIGMOID, ACT_TANH)
 
 
 def var(k, variant):

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HERE = Path(__file__).resolve().parent
 
 CONFTEST = f"""
@@ -78,6 +80,7 @@ def _run(tmp_path, lanes):
     return r
 
 
+@pytest.mark.thorough       # ~5 s: a pytest session with its own lane child (the suite's own machinery)
 def test_delegated_tests_report_their_outcomes_from_the_child(tmp_path):
     (tmp_path / "conftest.py").write_text(CONFTEST)
     (tmp_path / "test_a.py").write_text(TEST_A)

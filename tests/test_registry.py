@@ -543,6 +543,61 @@ def test_the_kernel_names_follow_what_a_body_reads_from_outside_its_code():
     assert held and fingerprint(ns["q"]) == d
 
 
+def test_the_kernel_names_follow_the_attributes_a_body_reads_from_a_module():
+    """``cfg.K`` was keyed by the module's name: a K edited in the user's file between runs
+    loaded the kernel compiled for the old value from numba's disk cache."""
+    import types
+    from fastbp.registry.fingerprint import fingerprint
+    cfg, sub = types.ModuleType("user_cfg"), types.ModuleType("user_cfg.sub")
+    cfg.K, cfg.sub, sub.C, cfg.UNUSED = 2.0, sub, 1.0, 0
+    ns = {"cfg": cfg}
+    exec("def f(x):\n    return x * cfg.K\ndef g(x):\n    return x + cfg.sub.C\n", ns)
+    a, b = fingerprint(ns["f"]), fingerprint(ns["g"])
+    cfg.K = 3.0
+    assert fingerprint(ns["f"]) != a and fingerprint(ns["g"]) == b
+    sub.C = 5.0
+    assert fingerprint(ns["g"]) != b
+    cfg.K, sub.C = 2.0, 1.0
+    assert (fingerprint(ns["f"]), fingerprint(ns["g"])) == (a, b)
+    cfg.UNUSED = 7                      # an attribute no body names is not part of the key
+    assert fingerprint(ns["f"]) == a
+
+
+_NAMES_CHILD = r"""
+import numpy as np
+from fastbp import ops
+from fastbp.kernels.factory import entry_suffix
+from fastbp.registry import activations as R, gates as G
+def names():
+    return [e.name + " " + entry_suffix(e) for e in R.entries()] + [g.name + " " + g.suffix for g in G.entries()]
+before = names()
+x = np.linspace(-2.0, 2.0, 7)
+ops.gelu_forward(x), ops.tanh_forward(x), ops.elu_forward(x)     # compiled (and cached) here
+assert names() == before, "a kernel's name changed once it had been compiled"
+print("\n".join(before))
+"""
+
+
+def test_kernel_names_are_the_same_in_every_process(tmp_path):
+    """A process that named a kernel unlike the one that filled numba's disk cache compiled it
+    again (marshal's default format flagged gelu's constant by its reference count): a fresh
+    process with an empty cache names every entry as this one does, before and after compiling."""
+    import os
+    import subprocess
+    import sys
+    from fastbp.kernels.factory import entry_suffix
+    from fastbp.registry import gates as G
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), FASTBP_COMPILE_WORKERS="0")
+    script = tmp_path / "child.py"
+    script.write_text(_NAMES_CHILD)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    theirs = dict(line.split() for line in r.stdout.splitlines())
+    assert {"gelu", "relu", "add", "mul"} <= set(theirs)
+    mine = {e.name: entry_suffix(e) for e in R.entries()} | {g.name: g.suffix for g in G.entries()}
+    assert {n: mine.get(n) for n in theirs} == theirs
+
+
 _CLOSURE_CHILD = r"""
 import sys, numpy as np, fastbp
 from fastbp.registry import activations as R

@@ -5,20 +5,26 @@ An entry's kernels are specialised copies of a template, so fastbp names them
 by a hash of the entry's bodies (``_<name>_<hash>``).  Bytecode alone misses
 what a body reads from outside its code: the values in its closure cells and
 the module globals it names (a constant edited between runs, a factory's
-argument) and its default arguments, and a kernel compiled for the old values
-would be loaded from the cache for the new ones.  :func:`fingerprint` hashes
-those too, following the functions a body calls; an object it cannot hash by
-value is hashed by its ``repr`` (an address in it makes the key new in every
-process: recompiled, never stale).  Not covered: the attributes a body reads
-from a module it names (``cfg.K``; the module is keyed by its name).
+argument), its default arguments and the attributes it reads from a module it
+names (``cfg.K``), and a kernel compiled for the old values would be loaded from
+the cache for the new ones.  :func:`fingerprint` hashes those too, following the
+functions a body calls; an object it cannot hash by value is hashed by its
+``repr`` (an address in it makes the key new in every process: recompiled, never
+stale).  A module is walked by the names its reader's code uses (``cfg.K``
+puts ``cfg`` and ``K`` in the code's names: ``cfg``'s ``K`` is hashed, and so is
+``cfg.sub.K``); the standard library's, numpy's and numba's modules are keyed
+by name alone (their attributes change with their versions, not between runs).
 """
 from __future__ import annotations
 
 import hashlib
 import marshal
+import sys
 import types
 
 _MAX_DEPTH = 6
+#: top-level packages whose modules are keyed by name, not walked
+_BY_NAME = frozenset(sys.stdlib_module_names) | {"numpy", "numba", "llvmlite"}
 
 
 def fingerprint(*functions):
@@ -38,7 +44,8 @@ def _global_names(code):
     return names
 
 
-def _feed(h, obj, depth, seen):
+def _feed(h, obj, depth, seen, names=frozenset()):
+    """Feed ``obj`` to ``h``; ``names``: the code names of the function that reached a module."""
     fn = getattr(obj, "py_func", obj)           # a numba dispatcher: its Python function
     if isinstance(fn, types.FunctionType):
         if id(fn) in seen or depth > _MAX_DEPTH:
@@ -57,12 +64,21 @@ def _feed(h, obj, depth, seen):
                 value = None
             _feed(h, value, depth + 1, seen)
         g = fn.__globals__
-        for name in sorted(_global_names(fn.__code__)):
+        used = frozenset(_global_names(fn.__code__))
+        for name in sorted(used):
             if name in g:
                 h.update(b"global:" + name.encode())
-                _feed(h, g[name], depth + 1, seen)
+                _feed(h, g[name], depth + 1, seen, used)
     elif isinstance(obj, types.ModuleType):
         h.update(b"module:" + obj.__name__.encode())
+        if obj.__name__.partition(".")[0] in _BY_NAME or depth > _MAX_DEPTH or (id(obj), names) in seen:
+            return
+        seen.add((id(obj), names))
+        attrs = vars(obj)
+        for name in sorted(names):              # cfg.K: the attributes the reader's code names
+            if name in attrs:
+                h.update(b"attr:" + name.encode())
+                _feed(h, attrs[name], depth + 1, seen, names)
     elif obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
         h.update(type(obj).__name__.encode() + b":" + repr(obj).encode())
     elif isinstance(obj, (tuple, list, frozenset)):
