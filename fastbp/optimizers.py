@@ -161,7 +161,8 @@ class Adam(_Optimizer):
         > 0.
     weight_decay : float, default 0
     amsgrad : bool, default False
-        PyTorch's fifth argument; only False (AMSGrad is not implemented: True is refused).
+        PyTorch's fifth argument; only False (AMSGrad is not implemented: True is a
+        ValueError, anything but a bool a TypeError).
     decoupled : bool, default False
         Apply weight decay to the weights directly (AdamW) instead of the gradient.
     decay_1d : bool, default True
@@ -181,8 +182,8 @@ class Adam(_Optimizer):
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
                  decoupled=False, decay_1d=True, eps_hat=False, decoupled_weight_decay=None):
         who = type(self).__name__
-        if amsgrad is not False:
-            raise ValueError(f"{who}: amsgrad={amsgrad!r} is not supported (AMSGrad is not implemented)")
+        if _boolean(f"{who}: amsgrad", amsgrad):        # a bool (numpy's too), as torch.optim's
+            raise ValueError(f"{who}: amsgrad=True is not supported (AMSGrad is not implemented)")
         if decoupled_weight_decay is not None:      # torch.optim.Adam's name (torch >= 2.5)
             decoupled_weight_decay = _boolean(f"{who}: decoupled_weight_decay", decoupled_weight_decay)
             if decoupled and not decoupled_weight_decay:

@@ -62,6 +62,10 @@ def test_torch_options_fastbp_lacks_are_refused_and_torchs_spelling_accepted():
         fastbp.Adam(1e-3, (0.9, 0.999), 1e-8, 0.0, True)
     with pytest.raises(ValueError, match="amsgrad"):
         fastbp.AdamW(amsgrad=True)
+    assert fastbp.Adam(amsgrad=np.False_).lr == 1e-3        # numpy's False is False
+    for bad in (1, 0, "yes", None):                          # not a bool: named, not "unsupported"
+        with pytest.raises(TypeError, match="Adam: amsgrad must be a bool"):
+            fastbp.Adam(amsgrad=bad)
     with pytest.raises(ValueError, match="dampening=0.5 is not supported"):
         fastbp.SGD(0.1, 0.9, 0.5)
     assert fastbp.SGD(0.1, 0.9, 0, 1e-4).weight_decay == 1e-4 and fastbp.SGD().lr == 1e-3
