@@ -561,6 +561,14 @@ def test_the_kernel_names_follow_the_attributes_a_body_reads_from_a_module():
     assert (fingerprint(ns["f"]), fingerprint(ns["g"])) == (a, b)
     cfg.UNUSED = 7                      # an attribute no body names is not part of the key
     assert fingerprint(ns["f"]) == a
+    cfg.cfg = cfg                       # a module that names itself: walked once
+
+    class Broken:
+        def __repr__(self):
+            raise RuntimeError("no repr")
+    cfg.K = Broken()                    # an object without a repr: keyed by identity, no error
+    exec("def s(x):\n    return x * cfg.cfg.K\n", ns)
+    assert fingerprint(ns["s"]) == fingerprint(ns["s"]) != fingerprint(ns["f"])
 
 
 _NAMES_CHILD = r"""

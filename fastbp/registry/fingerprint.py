@@ -88,4 +88,8 @@ def _feed(h, obj, depth, seen, names=frozenset()):
     elif hasattr(obj, "tobytes") and hasattr(obj, "dtype") and not isinstance(obj, type):   # an array, a scalar
         h.update(b"array:" + str(obj.dtype).encode() + repr(getattr(obj, "shape", ())).encode() + obj.tobytes())
     else:
-        h.update(b"repr:" + repr(obj).encode())
+        try:
+            text = repr(obj)
+        except Exception:                       # a broken __repr__: keyed by identity (recompiled per process)
+            text = f"<{type(obj).__qualname__} at {id(obj):#x}>"
+        h.update(b"repr:" + text.encode("utf-8", "backslashreplace"))
