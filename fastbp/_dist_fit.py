@@ -214,8 +214,8 @@ class DataParallelFit:
 
         _, starts0 = _epoch_shard(np.arange(n, dtype=np.int64), self.size, self.rank, st.batch_size)
         return _training.drive(epochs=ep, per_epoch=len(starts0) - 1, rows_per_step=np.diff(starts0),
-                               orders=orders(), train_epoch=train_epoch, step=st, schedule=st.schedule,
-                               base_lr=float(st.optimizer.lr), validate=None if val is None else validate,
+                               orders=orders(), train_epoch=train_epoch, step=st,
+                               validate=None if val is None else validate,
                                early_stopping=es, callbacks=cbs, verbose=verbose and self.is_root,
                                get_weights=st._weights_copy, set_weights=st._set_weights, agree=agree_stop,
                                loss_name=st.loss)

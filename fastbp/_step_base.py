@@ -220,7 +220,8 @@ class StepBase(NormState):
 
         Setting a :mod:`fastbp.schedules` schedule attaches it as ``schedule=`` does: its count starts at
         the next update (the step's own schedule set again continues); None detaches it and keeps the
-        current rate.  Anything else is a TypeError; a ReduceLROnPlateau another live step holds, a ValueError.
+        current rate; set during a fit (a callback, another thread), from the fit's next epoch.  Anything
+        else is a TypeError; a ReduceLROnPlateau another live step holds, a ValueError.
         """
         return self._schedule
 
@@ -458,8 +459,8 @@ class StepBase(NormState):
         validate = None if val is None else (lambda: self._evaluate(*val))
         try:
             return _training.drive(epochs=epochs, per_epoch=per_epoch, rows_per_step=np.diff(starts),
-                                   orders=orders, train_epoch=run_epoch, step=self, schedule=self.schedule,
-                                   base_lr=float(self.optimizer.lr), validate=validate, early_stopping=es,
+                                   orders=orders, train_epoch=run_epoch, step=self, validate=validate,
+                                   early_stopping=es,
                                    callbacks=cbs, verbose=verbose, get_weights=self._weights_copy,
                                    set_weights=self._set_weights, loss_name=self.loss)
         except BaseException:

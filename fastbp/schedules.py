@@ -315,6 +315,9 @@ class OneCycleLR(Schedule):
             total = _int("epochs", epochs, o, low=1) * _int("steps_per_epoch", steps_per_epoch, o, low=1)
         else:
             raise ValueError(f"{o}: give total_steps, or epochs and steps_per_epoch")
+        if total > 2 ** 53:     # the phases are computed in float64, exact for counts up to 2**53
+            what = "total_steps" if total_steps is not None else "epochs * steps_per_epoch"
+            raise ValueError(f"{o}: {what} must be <= 2**53, got about 10**{int(total.bit_length() * 0.30103)}")
         if not isinstance(cycle_momentum, bool):
             raise TypeError(f"{o}: cycle_momentum must be a bool, got {type(cycle_momentum).__name__}")
         if cycle_momentum:
@@ -520,7 +523,8 @@ def schedule_from_spec(spec):
         if not isinstance(state, dict):
             raise ValueError(f"ReduceLROnPlateau: state must be a dict, got {type(state).__name__}")
         lr = state.get("lr")
-        s.lr = None if lr is None else _float("state.lr", lr, "ReduceLROnPlateau", low=0.0, low_open=True)
+        # >= 0: a rate of 0 (SGD(lr=0), or reductions that underflowed with eps=0) is a state it reaches
+        s.lr = None if lr is None else _float("state.lr", lr, "ReduceLROnPlateau", low=0.0)
         best = state.get("best")
         s.best = (_math.inf if s.mode == "min" else -_math.inf) if best is None else \
             _float("state.best", best, "ReduceLROnPlateau")

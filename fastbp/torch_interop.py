@@ -316,9 +316,9 @@ def _optimizer(opt, torch):
     if g.get("amsgrad"):
         raise ValueError("optimizer: amsgrad is not supported")
     if isinstance(opt, optim.AdamW) or g.get("decoupled_weight_decay"):     # Adam(decoupled_weight_decay=True)
-        return AdamW(lr, betas=tuple(g["betas"]), eps=g["eps"], weight_decay=g.get("weight_decay", 0.0),
+        return AdamW(lr, betas=_plain(tuple(g["betas"])), eps=g["eps"], weight_decay=g.get("weight_decay", 0.0),
                      decay_1d=decay_1d)
-    return Adam(lr, betas=tuple(g["betas"]), eps=g["eps"], weight_decay=g.get("weight_decay", 0.0), decay_1d=decay_1d)
+    return Adam(lr, betas=_plain(tuple(g["betas"])), eps=g["eps"], weight_decay=g.get("weight_decay", 0.0), decay_1d=decay_1d)
 
 
 def _refuse_eval_mode(m, i, matters, does):

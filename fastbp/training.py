@@ -33,8 +33,7 @@ __all__ = ["History", "EarlyStopping", "Callback", "drive", "eval_loss", "accura
            "r2_score"]
 
 
-def __dir__():
-    # dir(module) and tab completion list the public API, not the imports and helpers
+def __dir__():     # dir(module) and tab completion list the public API, not the imports and helpers
     return sorted(__all__)
 
 
@@ -498,7 +497,7 @@ def check_schedule_span(schedule, base_lr, epoch0, step0, epochs, per_epoch, has
                          f"is {lr!r} (base rate {base_lr!r}): not a finite learning rate")
 
 
-def drive(*, epochs, per_epoch, rows_per_step, orders, train_epoch, step, schedule, base_lr, validate,
+def drive(*, epochs, per_epoch, rows_per_step, orders, train_epoch, step, validate,
           early_stopping, callbacks, verbose, get_weights, set_weights, agree=None, loss_name):
     """The epoch loop of a fit.
 
@@ -513,10 +512,9 @@ def drive(*, epochs, per_epoch, rows_per_step, orders, train_epoch, step, schedu
     train_epoch : callable ``(e, perm, lrs, out) -> None``
         Trains one epoch, writing each update's loss into ``out``; raises on failure.
     step : StepBase
-        Its ``n_steps``, ``epochs_done``, ``_sched_origin`` (where the schedule's count starts) and ``lr``
-        are read and ``epochs_done`` advanced, each epoch's under ``step.lock`` with its training.
-    schedule : schedule or None
-    base_lr : float
+        Its ``schedule``, base rate (``optimizer.lr``), ``n_steps``, ``epochs_done``, ``_sched_origin``
+        and ``lr`` are read and ``epochs_done`` advanced, each epoch's under ``step.lock`` with its
+        training: a schedule or rate set during the fit (a callback, a thread) counts from the next epoch.
     validate : callable ``() -> (val_loss, val_accuracy or None)`` or None
     early_stopping : EarlyStopping or None
     callbacks : list of callables ``(epoch, logs)``
@@ -543,6 +541,7 @@ def drive(*, epochs, per_epoch, rows_per_step, orders, train_epoch, step, schedu
         for e, perm in enumerate(orders):
             out = losses[e * per_epoch:(e + 1) * per_epoch]
             with step.lock:     # the rates, the epoch, its count and the next rate as one (threads)
+                schedule, base_lr = step.schedule, float(step.optimizer.lr)     # as set now
                 e0, s0 = step._sched_origin
                 lrs = epoch_lrs(schedule, base_lr, step.lr, step.epochs_done - e0, step.n_steps - s0, per_epoch)
                 first_lr = float(lrs[0]) if len(lrs) else step.lr
@@ -564,9 +563,10 @@ def drive(*, epochs, per_epoch, rows_per_step, orders, train_epoch, step, schedu
                 hist.history.setdefault(k, []).append(v)
             hist.epoch.append(e)
             if isinstance(schedule, _ReduceLROnPlateau):
-                key = schedule.monitor or ("val_loss" if "val_loss" in logs else "loss")
-                with step.lock:
-                    step._set_scheduled_lr(schedule.step(logs[key], first_lr))
+                with step.lock:         # (unless another thread detached it meanwhile)
+                    if step.schedule is schedule:
+                        step._set_scheduled_lr(schedule.step(logs[schedule.monitor or (
+                            "val_loss" if "val_loss" in logs else "loss")], first_lr))
             bar.update(e, logs)
             stop = False
             if early_stopping is not None and early_stopping._update(e, logs, get_weights):

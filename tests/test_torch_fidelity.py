@@ -285,6 +285,23 @@ def test_adam_with_decoupled_weight_decay_is_adamw():
     _assert_same(ref, mine)
 
 
+@pytest.mark.parametrize("cls", ["Adam", "AdamW"])
+def test_tensor_betas_are_read_as_numbers(cls):
+    """PyTorch takes betas as floats or tensors; from_torch refused tensors ("betas[0] must be a
+    real number, got Tensor") while it took a tensor lr."""
+    ref = _model()
+    mine = copy.deepcopy(ref)
+    b1, b2 = torch.tensor(0.8, dtype=torch.float64), torch.tensor(0.9, dtype=torch.float64)
+    make = lambda ps: getattr(torch.optim, cls)(ps, lr=0.05, betas=(b1, b2))  # noqa: E731
+    ref_opt = make(ref.parameters())
+    step = fastbp.from_torch(mine, optimizer=make(mine.parameters()), batch_size=8)
+    assert step.optimizer.betas == (0.8, 0.9) and all(type(b) is float for b in step.optimizer.betas)
+    for x, y in _batches(4):
+        _torch_step(ref, ref_opt, x, y)
+        step(x, y)
+    _assert_same(ref, mine)
+
+
 @pytest.mark.parametrize("option", [{"amsgrad": True}, {"maximize": True}, {"decoupled_weight_decay": True},
                                     {"eps": 1e-3}])
 def test_an_option_set_in_a_later_parameter_group_only_is_refused(option):
