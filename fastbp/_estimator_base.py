@@ -379,9 +379,7 @@ class _BaseMLP(BaseEstimator):
             # a fresh optimizer, as scikit-learn (whose _no_improvement_count carries over)
             self._sgd_lr = float(self.learning_rate_init)
             self.n_iter_ = 0
-            if not hasattr(self, "loss_curve_"):        # the previous fit was solver='lbfgs'
-                self._record_fresh()
-            elif self.early_stopping and not isinstance(self.validation_scores_, list):
+            if self.early_stopping and not isinstance(getattr(self, "validation_scores_", None), list):
                 # the previous fit had no early stopping: the validation record starts here
                 # (otherwise it goes on, as scikit-learn's: scores appended, the best score
                 # and its weights kept)
@@ -392,6 +390,8 @@ class _BaseMLP(BaseEstimator):
         if self.solver == "lbfgs":      # (full batch: batch_size unused, no warning, as scikit-learn)
             self._fit_lbfgs(X, Y, W)
             return self
+        if not hasattr(self, "loss_curve_"):    # the previous fit was solver='lbfgs' (partial_fit, warm start)
+            self._record_fresh()
         W_tr = W_val = None
         if early:
             if W is None:

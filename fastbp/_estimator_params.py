@@ -9,6 +9,7 @@ parameters (and the fitted architecture, :func:`check_same_model`), changes none
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -38,8 +39,13 @@ def is_int(v):
 
 
 def is_real(v):
-    """A finite real number that is not a bool."""
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and bool(np.isfinite(v))
+    """A finite real number that is not a bool (a Fraction too; an int past float's range is not)."""
+    if not isinstance(v, numbers.Real) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except (OverflowError, TypeError, ValueError):
+        return False
 
 
 def _is_bool(v):
@@ -72,8 +78,8 @@ def hidden_sizes(est):
     h = est.hidden_layer_sizes
     if is_int(h):
         h = [h]
-    try:
-        h = list(h) if not isinstance(h, (str, bytes)) else None
+    try:    # array-like, as scikit-learn's constraint: a generator would be used up by the first fit
+        h = list(h) if hasattr(h, "__len__") and not isinstance(h, (str, bytes)) else None
     except TypeError:
         h = None
     if h is None or not all(is_int(v) for v in h):

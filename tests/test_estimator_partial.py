@@ -261,3 +261,48 @@ def test_partial_fit_clips_a_large_batch_size_to_the_rows_given(Est):
     assert ours._step.batch_size == 50 and len(ours.loss_curve_) == 2
     if Est is MLPRegressor:     # (a binary classifier has two softmax units here: other losses)
         np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [MLPClassifier, MLPRegressor])
+def test_partial_fit_after_an_lbfgs_fit_starts_a_stochastic_record(cls):
+    """An lbfgs fit has no loss_curve_; a partial_fit after set_params(solver="adam") failed with
+    AttributeError: 'loss_curve_' (as scikit-learn's does); the warm-start fit started afresh."""
+    X, y = _data(120)
+    y = (y > 0).astype(int) if cls is MLPClassifier else y
+    est = cls(hidden_layer_sizes=(5,), solver="lbfgs", max_iter=5, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, y)
+        est.set_params(solver="adam")
+        est.partial_fit(X, y)
+    assert len(est.loss_curve_) == 1 and np.isfinite(est.loss_curve_[0])
+
+
+def test_hidden_layer_sizes_must_be_array_like_not_a_generator():
+    """A generator was used up by the first fit: the next fit of the same estimator trained a
+    network without hidden layers, silently.  scikit-learn refuses it (not array-like)."""
+    from sklearn.utils._param_validation import InvalidParameterError
+    X, y = _data(60)
+    y = (y > 0).astype(int)
+    est = MLPClassifier(hidden_layer_sizes=(n for n in (5,)), max_iter=2)
+    with pytest.raises(InvalidParameterError, match="hidden_layer_sizes"):
+        est.fit(X, y)
+    assert MLPClassifier(hidden_layer_sizes=np.array([5, 3]), max_iter=2, random_state=0).fit(X, y).n_layers_ == 4
+
+
+@pytest.mark.parametrize("name, value, ok", [("alpha", __import__("fractions").Fraction(1, 10000), True),
+                                             ("tol", 10**400, False), ("alpha", -10**400, False)],
+                         ids=["fraction", "huge_int", "huge_negative_int"])
+def test_real_parameters_past_floats_range_or_as_fractions(name, value, ok):
+    """A Fraction or an int past float's range reached np.isfinite: a numpy TypeError naming nothing."""
+    from sklearn.utils._param_validation import InvalidParameterError
+    X, y = _data(60)
+    y = (y > 0).astype(int)
+    est = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0, **{name: value})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if ok:
+            assert est.fit(X, y).n_iter_ == 2
+        else:
+            with pytest.raises(InvalidParameterError, match=name):
+                est.fit(X, y)
