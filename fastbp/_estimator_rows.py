@@ -86,6 +86,9 @@ def as_array(X, dtype):
         return X
     if sparse_matrix(X):
         csr = X.tocsr()
+        if not csr.has_canonical_format:    # duplicates summed first (on a copy): the value reported is theirs
+            csr = csr.copy()
+            csr.sum_duplicates()
         with np.errstate(over="ignore"):
             out = csr.astype(dtype)
         bad = np.flatnonzero(~np.isfinite(out.data)) if out.dtype != np.float64 else ()

@@ -75,3 +75,16 @@ def test_float32_overflow_in_sparse_x_names_the_entry():
     X = sp.csr_matrix(np.array([[0.0, 1.0], [0.0, 1e300]]))
     with pytest.raises(ValueError, match=r"row 1, column 1.*dtype='float64'"):
         fastbp.MLPRegressor(max_iter=1).fit(X, np.array([0.0, 1.0]))
+
+
+def test_a_float32_overflow_from_summed_duplicates_names_the_sum():
+    """Two stored entries of one cell (3e38 each, finite in float32) sum past float32's range: the
+    error was right but named one of them (3e+38), which float32 holds; the user's matrix is kept."""
+    X = np.random.RandomState(0).randn(30, 3)
+    m = fastbp.MLPClassifier(hidden_layer_sizes=(5,), max_iter=2, random_state=0, dtype="float32")
+    with pytest.warns(Warning):
+        m.fit(X, np.arange(30) % 3)
+    A = sp.csr_matrix((np.array([3e38, 3e38]), np.array([0, 0]), np.array([0, 2, 2, 2])), shape=(3, 3))
+    with pytest.raises(ValueError, match=r"too large for float32 \(6e\+38 at row 0, column 0\)"):
+        m.predict(A)
+    assert A.nnz == 2 and not A.has_canonical_format
