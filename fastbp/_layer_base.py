@@ -6,7 +6,25 @@ __all__ = ["Layer"]
 
 
 class Layer:
-    """Base class of fastbp layers."""
+    """Base class of fastbp layers.
+
+    A constructor argument set as an attribute after construction (``bn.affine = False``,
+    ``linear.bias = False``, ``drop.p = 0.2``, as on PyTorch's modules) is checked and applied as
+    the constructor does: the layer is built again with the new value (its TypeError or ValueError
+    names the argument, and nothing changes), so that what it trains, its ``repr`` and the spec its
+    checkpoint saves agree.  ``_FIELDS`` maps each such attribute to its constructor keyword.
+    """
+
+    _FIELDS = {}
+
+    def __setattr__(self, name, value):
+        fields = type(self)._FIELDS
+        if name not in fields or not all(a in self.__dict__ for a in fields):   # (constructing)
+            object.__setattr__(self, name, value)
+            return
+        args = {key: getattr(self, attr) for attr, key in fields.items() if attr != name}
+        args[fields[name]] = value
+        self.__dict__.update(type(self)(**args).__dict__)
 
     def _out_width(self, in_features):
         """The width this layer outputs for ``in_features`` inputs (ValueError if it cannot take them)."""

@@ -13,12 +13,13 @@ import numpy as np
 from . import _scalars
 from . import _validate as _v
 from ._graph_base import _norm_eps
+from ._layer_base import Layer
 from . import graph as _g
 
 __all__ = ["LayerNorm", "BatchNorm1d"]
 
 
-class _Norm:
+class _Norm(Layer):
     """Base of the normalisation layers (a fastbp layer: ``_out_width``, ``spec``,
     ``build``): affine parameters ``{prefix}.weight`` (initialised to 1) and
     ``{prefix}.bias`` (0), trained like every parameter (weight decay included,
@@ -68,6 +69,9 @@ class LayerNorm(_Norm):
     bias : bool, default True
         With ``elementwise_affine``: whether there is a bias (PyTorch >= 2.1).
     """
+
+    _FIELDS = {"num_features": "normalized_shape", "normalized_shape": "normalized_shape", "eps": "eps",
+               "elementwise_affine": "elementwise_affine", "bias_": "bias"}
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, bias=True):
         shape = normalized_shape
@@ -155,6 +159,9 @@ class BatchNorm1d(_Norm):
     rows' statistics and keeps its own running statistics (PyTorch DDP's
     default, without SyncBatchNorm); ranks' running statistics may differ.
     """
+
+    _FIELDS = {"num_features": "num_features", "eps": "eps", "momentum": "momentum", "affine": "affine",
+               "track_running_stats": "track_running_stats"}
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
         self.num_features = _v.positive_int("BatchNorm1d: num_features", num_features)

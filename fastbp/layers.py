@@ -26,8 +26,7 @@ from ._act_layers import _Activation, _layer_class
 __all__ = ["Linear", "Sequential", "Dropout", "Residual", "LayerNorm", "BatchNorm1d"]
 
 
-def __dir__():
-    # dir(module) and tab completion list the public API, not the imports and helpers
+def __dir__():     # dir(module) and tab completion list the public API, not the imports and helpers
     return sorted(__all__)
 
 
@@ -58,8 +57,9 @@ class Linear(Layer):
         Checkpoints keep the weights, not the rule (a callable is not saved).
     """
 
-    #: the named rules of ``init=``
-    INIT_RULES = ("he", "glorot", "sklearn")
+    INIT_RULES = ("he", "glorot", "sklearn")            #: the named rules of ``init=``
+    _FIELDS = dict(in_features="in_features", out_features="out_features", bias="bias", init_rule="init",
+                   layout="_layout")        # (set after construction: checked, fastbp._layer_base.Layer)
 
     def __init__(self, in_features, out_features, bias=True, *, init=None, _layout="in_out"):
         # one error policy (fastbp._validate): a wrong type is a TypeError, a wrong value a ValueError
@@ -191,6 +191,8 @@ class Dropout(Layer):
     backward recomputes the mask (no mask is stored).  Calls without an update
     in between (``loss_and_grads``, ``fastbp.grad``) see the same mask.
     """
+
+    _FIELDS = {"p": "p", "inplace": "inplace"}
 
     def __init__(self, p=0.5, inplace=False):
         self.p = _g.dropout_probability(p, "Dropout")

@@ -155,3 +155,44 @@ def test_an_activations_parameter_set_by_name_is_checked_and_used_as_torch():
         relu.inplace = "yes"
     relu.inplace = True
     assert relu.inplace is True and repr(relu) == "ReLU(inplace=True)"
+
+
+@pytest.mark.parametrize("make, name, value, trained", [
+    (lambda: fastbp.BatchNorm1d(3), "affine", False, ["0.W", "0.b", "2.W", "2.b"]),
+    (lambda: fastbp.BatchNorm1d(3), "track_running_stats", False, None),
+    (lambda: LayerNorm(3), "elementwise_affine", False, ["0.W", "0.b", "2.W", "2.b"]),
+    (lambda: LayerNorm(3, bias=True), "bias_", False, ["0.W", "0.b", "1.weight", "2.W", "2.b"]),
+    (lambda: Linear(4, 3), "bias", False, ["0.W", "2.W", "2.b"]),
+    (lambda: fastbp.Dropout(0.5), "p", 0.25, None),
+])
+def test_a_constructor_argument_set_after_construction_is_applied(tmp_path, make, name, value, trained):
+    """bn.affine = False after construction: the step still trained the affine parameters while the
+    spec said affine=False, and fastbp.load refused the checkpoint (wrong architecture)."""
+    layer = make()
+    setattr(layer, name, value)
+    assert getattr(layer, name) == value
+    first = layer if isinstance(layer, Linear) else Linear(4, 3)
+    model = Sequential(first, layer if not isinstance(layer, Linear) else ReLU(), Linear(3, 2))
+    step = fastbp.compile(model, loss="mse", batch_size=4, dtype=np.float64)
+    if trained is not None:
+        assert sorted(step.params) == sorted(trained)
+    X, Y = np.random.default_rng(0).normal(size=(4, 4)), np.random.default_rng(1).normal(size=(4, 2))
+    step(X, Y)
+    step.save(tmp_path / "m.npz")
+    back = fastbp.load(tmp_path / "m.npz")
+    np.testing.assert_array_equal(back.predict(X), step.predict(X))
+
+
+@pytest.mark.parametrize("make, name, value, exc, match", [
+    (lambda: Linear(4, 3), "bias", "yes", TypeError, "Linear: bias must be a bool"),
+    (lambda: Linear(4, 3), "out_features", 0, ValueError, "Linear: out_features"),
+    (lambda: fastbp.BatchNorm1d(3), "momentum", 2.0, ValueError, "momentum"),
+    (lambda: LayerNorm(3), "eps", -1.0, ValueError, "eps"),
+    (lambda: fastbp.Dropout(0.5), "p", 1.5, ValueError, "p"),
+])
+def test_a_bad_value_set_after_construction_is_refused_and_changes_nothing(make, name, value, exc, match):
+    layer = make()
+    before = (repr(layer), dict(vars(layer)))
+    with pytest.raises(exc, match=match):
+        setattr(layer, name, value)
+    assert (repr(layer), dict(vars(layer))) == before
