@@ -462,6 +462,11 @@ def train(args, t_start, t_main):
     if regression:
         pred = np.asarray(step.predict(d.Xte), dtype=np.float64) * d.y_scale + d.y_mean
         d.rmse = float(np.sqrt(np.mean((pred[:, 0] - d.y_raw_te) ** 2)))
+    if args.save is not None:   # the files before any output: a closed stdout (`| head`) lost the model
+        _save_model(args, step, comm, d, hist, ep)
+    if args.plot is not None:
+        _plot(args.plot, hist, regression)
+    if regression:
         _out(f"test R^2: {score:.4f} (RMSE {d.rmse:.4g} in target units, {n_te} samples)")
     else:
         _out(f"test accuracy: {score:.4f} ({int(round(score * n_te))}/{n_te})")
@@ -470,11 +475,9 @@ def train(args, t_start, t_main):
     if watch.compiled:
         _out(f"compiling native code, one time: {watch.seconds:.1f} s (included in the times above)")
     if args.save is not None:
-        _save_model(args, step, comm, d, hist, ep)
         _out(f"checkpoint: {args.save} (the model with its preprocessing; use it with: "
              f"fastbp predict --model {args.save} --data FILE)")
     if args.plot is not None:
-        _plot(args.plot, hist, regression)
         _out(f"plot: {args.plot}")
     t_end = time.perf_counter()
     _out(f"total time: {t_end - t_start:.2f} s (start-up and imports {t_main - t_start:.2f} s, data "

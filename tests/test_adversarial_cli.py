@@ -104,6 +104,26 @@ def test_predict_into_a_closed_pipe_is_quiet(tmp_path, capsys):
     assert p.returncode == 141 and p.stderr == "", (p.returncode, p.stderr)
 
 
+def test_train_whose_reader_goes_away_still_saves_the_model(tmp_path):
+    """`fastbp train --save m.npz | head -3`: the reader left after the first lines; the print after
+    training raised BrokenPipeError before the save, and the trained model was lost (exit 141)."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("FASTBP_DEBUG", None)
+    model = tmp_path / "m.npz"
+    p = subprocess.Popen([sys.executable, "-m", "fastbp.cli", "train", "--data", str(write_csv(tmp_path / "a.csv")),
+                          "--epochs", "1", "--hidden", "4", "--quiet", "--save", str(model)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=root, env=env)
+    first = p.stdout.readline()                 # "data: ...", printed before training
+    p.stdout.close()                            # the reader goes away
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=300) == 141 and err == "", (p.returncode, err)
+    assert first.startswith(b"data:") and model.exists()
+
+
 def test_saved_estimator_predicts_on_the_dataframe_it_was_fitted_on(tmp_path):
     # a bool column makes the frame an object array: the estimator converts it (scikit-learn's
     # check_array), fastbp.load_model(path).predict raised "X must hold numbers, got dtype object"
