@@ -24,7 +24,10 @@ class Layer:
             return
         args = {key: getattr(self, attr) for attr, key in fields.items() if attr != name}
         args[fields[name]] = value
-        self.__dict__.update(type(self)(**args).__dict__)
+        owner = next(c for c in type(self).__mro__ if "_FIELDS" in vars(c))    # (a subclass's own __init__ aside)
+        fresh = object.__new__(type(self))
+        owner.__init__(fresh, **args)
+        self.__dict__.update(fresh.__dict__)
 
     def _out_width(self, in_features):
         """The width this layer outputs for ``in_features`` inputs (ValueError if it cannot take them)."""
