@@ -117,11 +117,11 @@ def test_train_whose_reader_goes_away_still_saves_the_model(tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "fastbp.cli", "train", "--data", str(write_csv(tmp_path / "a.csv")),
                           "--epochs", "1", "--hidden", "4", "--quiet", "--save", str(model)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=root, env=env)
-    first = p.stdout.readline()                 # "data: ...", printed before training
-    p.stdout.close()                            # the reader goes away
+    before = [p.stdout.readline(), p.stdout.readline()]     # "data: ...", "model: ...": before training
+    p.stdout.close()                            # the reader goes away; the next line is the results'
     err = p.stderr.read().decode()
     assert p.wait(timeout=300) == 141 and err == "", (p.returncode, err)
-    assert first.startswith(b"data:") and model.exists()
+    assert before[0].startswith(b"data:") and before[1].startswith(b"model:") and model.exists()
 
 
 def test_saved_estimator_predicts_on_the_dataframe_it_was_fitted_on(tmp_path):
