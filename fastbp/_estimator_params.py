@@ -9,11 +9,11 @@ parameters (and the fitted architecture, :func:`check_same_model`), changes none
 """
 from __future__ import annotations
 
-import math
 import numbers
 
 import numpy as np
 
+from . import _scalars
 from ._bf16 import PRECISIONS, known as known_precision
 from .builders import activation_layer, activation_names
 
@@ -39,13 +39,13 @@ def is_int(v):
 
 
 def is_real(v):
-    """A finite real number that is not a bool (a Fraction too; an int past float's range is not)."""
-    if not isinstance(v, numbers.Real) or isinstance(v, bool):
-        return False
+    """A finite real number that is not a bool (a Fraction too; an int past float's range is not):
+    what :func:`fastbp._scalars.real` accepts."""
     try:
-        return math.isfinite(float(v))
-    except (OverflowError, TypeError, ValueError):
+        _scalars.real("v", v, "is_real")
+    except (TypeError, ValueError):
         return False
+    return True
 
 
 def _is_bool(v):

@@ -462,14 +462,14 @@ def train(args, t_start, t_main):
     if regression:
         pred = np.asarray(step.predict(d.Xte), dtype=np.float64) * d.y_scale + d.y_mean
         d.rmse = float(np.sqrt(np.mean((pred[:, 0] - d.y_raw_te) ** 2)))
+        result = f"test R^2: {score:.4f} (RMSE {d.rmse:.4g} in target units, {n_te} samples)"
+    else:
+        result = f"test accuracy: {score:.4f} ({int(round(score * n_te))}/{n_te})"
     if args.save is not None:   # the files before any output: a closed stdout (`| head`) lost the model
         _save_model(args, step, comm, d, hist, ep)
     if args.plot is not None:
         _plot(args.plot, hist, regression)
-    if regression:
-        _out(f"test R^2: {score:.4f} (RMSE {d.rmse:.4g} in target units, {n_te} samples)")
-    else:
-        _out(f"test accuracy: {score:.4f} ({int(round(score * n_te))}/{n_te})")
+    _out(result)
     _out(f"time per epoch: {_ms(float(ep.mean()))} (mean of {len(ep)} epochs; median "
          f"{_ms(float(np.median(ep)))}; the first {_ms(ep[0])})")
     if watch.compiled:

@@ -563,10 +563,10 @@ def drive(*, epochs, per_epoch, rows_per_step, orders, train_epoch, step, valida
                 hist.history.setdefault(k, []).append(v)
             hist.epoch.append(e)
             if isinstance(schedule, _ReduceLROnPlateau):
+                key = schedule.monitor or ("val_loss" if "val_loss" in logs else "loss")
                 with step.lock:         # (unless another thread detached it meanwhile)
                     if step.schedule is schedule:
-                        step._set_scheduled_lr(schedule.step(logs[schedule.monitor or (
-                            "val_loss" if "val_loss" in logs else "loss")], first_lr))
+                        step._set_scheduled_lr(schedule.step(logs[key], first_lr))
             bar.update(e, logs)
             stop = False
             if early_stopping is not None and early_stopping._update(e, logs, get_weights):
