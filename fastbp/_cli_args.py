@@ -101,7 +101,7 @@ def build_parser():
                         "with one column of labels (by default the last) and numeric features")
     t.add_argument("--label-column", metavar="COL", default=None,
                    help="the CSV's label column: a header name or a 0-based index, negative from "
-                        "the end (default: the last column)")
+                        "the end; a header name wins over an index it spells (default: the last column)")
     _csv_options(t)
     t.add_argument("--task", choices=("classification", "regression"), default="classification",
                    help="classification (default) or regression (mse loss, R^2 and RMSE reported, "

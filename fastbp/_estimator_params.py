@@ -14,6 +14,7 @@ import numbers
 import numpy as np
 
 from . import _scalars
+from ._validate import INT64_MAX as _INT64_MAX
 from ._bf16 import PRECISIONS, known as known_precision
 from .builders import activation_layer, activation_names
 
@@ -84,9 +85,12 @@ def hidden_sizes(est):
         h = None
     if h is None or not all(is_int(v) for v in h):
         raise InvalidParameterError(f"hidden_layer_sizes must be an int or a sequence of ints, "
-                                    f"got {est.hidden_layer_sizes!r}")
+                                    f"got {_shown(est.hidden_layer_sizes)}")
     if not all(v > 0 for v in h):
-        raise InvalidParameterError(f"hidden_layer_sizes must be > 0, got {est.hidden_layer_sizes!r}")
+        raise InvalidParameterError(f"hidden_layer_sizes must be > 0, got {_shown(est.hidden_layer_sizes)}")
+    if not all(v <= _INT64_MAX for v in h):     # a layer's width is an int64 of the executor
+        raise InvalidParameterError(f"hidden_layer_sizes must be <= {_INT64_MAX}, "
+                                    f"got {_shown(est.hidden_layer_sizes)}")
     return [int(v) for v in h]
 
 
@@ -112,6 +116,16 @@ def check_same_model(est, hidden=None, incremental=True, call="partial_fit"):
                          f"after the fit; set it back, or fit anew (warm_start=False)")
 
 
+def _shown(value):
+    """``repr(value)`` for a message; an int past the 4300 digits ``repr`` refuses by its length."""
+    try:
+        return repr(value)
+    except ValueError:
+        if isinstance(value, numbers.Integral):
+            return _scalars.short_repr(value)
+        return f"a {type(value).__name__} holding an integer of more than 4300 digits"
+
+
 def check_params(est):
     """Check every hyper-parameter of ``est``; return the hidden layer sizes (a list).
 
@@ -129,7 +143,7 @@ def check_params(est):
     def need(ok, name, what):
         """InvalidParameterError naming ``name`` unless ``ok``."""
         if not ok:
-            raise InvalidParameterError(f"{name} must be {what}, got {getattr(est, name)!r}")
+            raise InvalidParameterError(f"{name} must be {what}, got {_shown(getattr(est, name))}")
 
     names = activation_names()           # scikit-learn's names and fastbp's (fastbp.builders)
     need(isinstance(est.activation, str) and est.activation in names, "activation",

@@ -9,6 +9,7 @@ import numbers
 import numpy as np
 
 from . import _scalars
+from ._scalars import short_repr  # noqa: F401  (builders imports it from here)
 from ._validate import INT64_MAX
 
 __all__ = ["GraphError", "GraphTypeError", "dropout_probability"]
@@ -62,12 +63,6 @@ def _real_array(value, what):
     if arr.dtype.kind not in "fiu":
         raise GraphTypeError(f"{what} must hold real numbers, got dtype {arr.dtype}")
     return np.array(arr, dtype=np.float64)
-
-
-def short_repr(v):
-    """``v`` for a message: a float as is, an int of more than 20 digits by its length."""
-    s = str(v)
-    return s if len(s) <= 20 else f"an integer of {len(s.lstrip('-'))} digits"
 
 
 def dropout_probability(p, owner="dropout"):

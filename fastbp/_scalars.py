@@ -16,6 +16,42 @@ import numpy as np
 __all__ = ["real"]
 
 
+def int_digits(value):
+    """The number of decimal digits of the integer ``value`` (its sign not counted), from its
+    bits: ``str`` refuses ints past 4300 digits."""
+    n = int(abs(value))
+    digits = max(1, int((n.bit_length() - 1) * math.log10(2)))    # at most the count
+    while n >= 10 ** digits:
+        digits += 1
+    return digits
+
+
+def short_repr(v):
+    """``v`` for a message: a float as is, an int of more than 20 digits by its length (any
+    length: ``str`` refuses ints past 4300 digits), another long number as a float (by its
+    type if too large for one)."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)):
+        digits = int_digits(v)
+        return str(v) if digits <= 20 else f"{'a negative' if v < 0 else 'an'} integer of {digits} digits"
+    try:
+        s = str(v)
+    except ValueError:          # a Fraction of a huge int
+        s = ""
+    if 0 < len(s) <= 20:
+        return s
+    try:
+        return f"{float(v):.17g}"
+    except (OverflowError, TypeError, ValueError):
+        return f"a {type(v).__name__} too large for a float"
+
+
+def _too_large(value):
+    """Words for a number ``float()`` refused as too large: an int's size in digits, or its type."""
+    if isinstance(value, numbers.Integral):
+        return f"an integer of {int_digits(value)} digits, too large for a float"
+    return f"a {type(value).__name__} too large for a float"
+
+
 def real(name, value, owner, *, low=None, high=None, low_open=False, high_open=False, or_none=False):
     """``value`` as a float, checked.
 
@@ -53,9 +89,8 @@ def real(name, value, owner, *, low=None, high=None, low_open=False, high_open=F
         raise TypeError(f"{owner}: {name} must be {kind}, got {type(value).__name__}")
     try:
         v = float(value)
-    except OverflowError:               # an int beyond float's range
-        raise ValueError(f"{owner}: {name} must be finite, got an integer of {len(str(abs(value)))} "
-                         f"digits, too large for a float") from None
+    except OverflowError:               # an int (or a Fraction) beyond float's range
+        raise ValueError(f"{owner}: {name} must be finite, got {_too_large(value)}") from None
     if not math.isfinite(v):
         raise ValueError(f"{owner}: {name} must be finite, got {v!r}")
     if low is not None and (v < low or (low_open and v == low)):

@@ -6,8 +6,7 @@ kernel runs, and reported as a ``TypeError`` (wrong kind of object or dtype)
 or ``ValueError`` (wrong shape, layout, writeability or value) whose message
 names the argument, what was expected and what was given.
 
-The helpers sit on hot paths (one call per op, per training step): they only read
-attributes and compare, except :func:`labels`, which converts labels to contiguous int64.
+The helpers sit on hot paths (one call per op, per step): they read and compare (:func:`labels` converts).
 
 The second half of the module is the ONE input path of the compiled steps
 (:class:`fastbp.TrainStep`, its ``fit``/``predict``/``loss_and_grads``,
@@ -29,6 +28,7 @@ import numbers
 
 import numpy as np
 
+from ._scalars import short_repr
 from .kernels.losses import _check_labels
 
 __all__ = [
@@ -294,9 +294,9 @@ def positive_int(name, v, max_value=INT64_MAX):
         raise TypeError(f"{name} must be a positive integer, got {type(v).__name__}")
     v = int(v)
     if v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v}")
+        raise ValueError(f"{name} must be a positive integer, got {short_repr(v)}")
     if v > max_value:
-        raise ValueError(f"{name} must be a positive integer <= {max_value}, got {v}")
+        raise ValueError(f"{name} must be a positive integer <= {max_value}, got {short_repr(v)}")
     return v
 
 
@@ -317,9 +317,9 @@ def seed(v, name="seed", max_value=None, none=True):
         raise TypeError(f"{what}, got {type(v).__name__}")
     v = int(v)
     if v < 0:
-        raise ValueError(f"{what}, got {v}")
+        raise ValueError(f"{what}, got {short_repr(v)}")
     if max_value is not None and v > max_value:
-        raise ValueError(f"{name} must be {'None or ' * none}an integer in [0, {max_value}], got {v}")
+        raise ValueError(f"{name} must be {'None or ' * none}an integer in [0, {max_value}], got {short_repr(v)}")
     return v
 
 

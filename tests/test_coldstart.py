@@ -91,6 +91,11 @@ def start_early(items):
     t.start()
 
 
+# CI's thorough stage: the cold compilation of a whole float64 Adam step (~30 s of one core) in
+# an empty cache of its own duplicates what the session compiles anyway; the README's run
+# compares an estimator's fit in a process that loads the code from the disk cache with this
+# session's, to the bit (test_estimator_weights.py)
+@pytest.mark.thorough
 def test_compiled_and_cached_native_code_give_bitwise_identical_runs(tmp_path):
     """Fresh compilation (its own, empty cache), then a load of that cache: every float equal."""
     early = _EARLY.get("thread")

@@ -171,23 +171,29 @@ from fastbp import MLPClassifier
 from fastbp._native import compile_watch
 X = np.random.default_rng(0).standard_normal((60, 4)); y = (X[:, 0] > 0).astype(int)
 with compile_watch() as w:
-    MLPClassifier(hidden_layer_sizes=(5,), max_iter=3, random_state=0).fit(X, y, sample_weight=np.ones(60))
+    m = MLPClassifier(hidden_layer_sizes=(5,), max_iter=3, random_state=0).fit(X, y, sample_weight=np.ones(60))
 print("COMPILED", w.functions)
+print("COEFS", b"".join(a.tobytes() for a in m.coefs_ + m.intercepts_).hex())
 """
 
 
 def test_a_fresh_worker_process_loads_the_compiled_code_from_disk():
     """What a joblib worker (GridSearchCV(n_jobs=...)) does: a new process fitting an
     estimator compiles nothing once the on-disk cache holds the code; its cost is the
-    process start, the imports and numba's first load, not compilation (issue 15)."""
+    process start, the imports and numba's first load, not compilation (issue 15); and the code
+    it loads computes what this process's computed, to the bit (on a cold cache, what this
+    process compiled: tests/test_coldstart.py compares a whole cold compilation, in CI's
+    thorough stage)."""
     import subprocess
     import sys
     X = np.random.default_rng(0).standard_normal((60, 4))
     y = (X[:, 0] > 0).astype(int)
-    MLPClassifier(hidden_layer_sizes=(5,), max_iter=3, random_state=0).fit(X, y, sample_weight=np.ones(60))
+    m = MLPClassifier(hidden_layer_sizes=(5,), max_iter=3, random_state=0).fit(X, y, sample_weight=np.ones(60))
     out = subprocess.run([sys.executable, "-c", _WORKER], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "COMPILED 0" in out.stdout, out.stdout + out.stderr[-2000:]
+    mine = b"".join(a.tobytes() for a in m.coefs_ + m.intercepts_).hex()
+    assert f"COEFS {mine}" in out.stdout.splitlines()
 
 
 def test_partial_fit_after_an_early_stopping_fit_without_it():

@@ -1,5 +1,6 @@
 """fastbp._scalars.real: the one check of real-valued arguments, and its users' messages."""
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -91,9 +92,16 @@ def test_batch_norm_momentum_none_is_cumulative():
     (lambda: fastbp.BatchNorm1d(4, eps=-10 ** 400), "BatchNorm1d: eps must be finite"),
     (lambda: fastbp.schedules.StepLR(2, gamma=10 ** 400), "StepLR: gamma must be finite"),
     (lambda: fastbp.Dropout(10 ** 400), "Dropout: dropout probability p has to be between 0 and 1, but got an integer"),
-    (lambda: fastbp.Dropout(-10 ** 400), "Dropout: dropout probability p has to be between 0 and 1, but got an integer"),
+    (lambda: fastbp.Dropout(-10 ** 400), "Dropout: dropout probability p has to be between 0 and 1, but got a negative integer of 401 digits"),
     (lambda: builders.mlp([3, 4, 2], dropout=10 ** 400), r"dropout must be in \[0, 1\), got an integer"),
     (lambda: fastbp.Graph().param("p", [1.0, 10 ** 400]), "param 'p': value holds an integer too large for a float"),
+    # past 4300 digits, where Python's str() of an int raises: the count comes from its bits
+    (lambda: fastbp.SGD(lr=-10 ** 5000), "SGD: lr must be finite, got an integer of 5001 digits, too large"),
+    (lambda: fastbp.SGD(lr=10 ** 5000 - 1), "SGD: lr must be finite, got an integer of 5000 digits, too large"),
+    (lambda: fastbp.Adam(eps=Fraction(10 ** 400, 3)), "Adam: eps must be finite, got a Fraction too large for a float"),
+    (lambda: fastbp.Dropout(10 ** 5000), "Dropout: dropout probability p has to be between 0 and 1, but got an integer of 5001 digits"),
+    (lambda: builders.mlp([3, 4, 2], dropout=-10 ** 5000), r"dropout must be in \[0, 1\), got a negative integer of 5001 digits"),
+    (lambda: fastbp.Dropout(Fraction(10 ** 5000, 3)), "but got a Fraction too large for a float"),
 ])
 def test_integers_beyond_float_are_value_errors_naming_the_argument(make, message):
     """An int too large for a float is a ValueError naming the argument, never a bare OverflowError."""
@@ -141,3 +149,27 @@ def test_from_torch_takes_momentum_one_and_trains_as_torch():
     step.sync_to_torch()
     for a, b in zip(m.parameters(), ref.parameters()):
         np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("make, exc, message", [
+    (lambda: fastbp.Linear(-10 ** 5000, 2), ValueError,
+     "Linear: in_features must be a positive integer, got a negative integer of 5001 digits"),
+    (lambda: fastbp.BatchNorm1d(10 ** 5000), ValueError,
+     "BatchNorm1d: num_features must be a positive integer <= 9223372036854775807, got an integer of 5001 digits"),
+    (lambda: fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 2)), batch_size=10 ** 5000), ValueError,
+     "batch_size must be a positive integer <= 9223372036854775807, got an integer of 5001 digits"),
+    (lambda: fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 2)), batch_size=2, seed=-10 ** 5000), ValueError,
+     "seed must be a non-negative integer or None, got a negative integer of 5001 digits"),
+    (lambda: fastbp.MLPClassifier(max_iter=-10 ** 5000).fit(np.zeros((4, 2)), [0, 1, 0, 1]), ValueError,
+     "max_iter must be an int >= 1, got a negative integer of 5001 digits"),
+    (lambda: fastbp.MLPRegressor(hidden_layer_sizes=(3, -10 ** 5000)).fit(np.zeros((4, 2)), np.zeros(4)), ValueError,
+     "hidden_layer_sizes must be > 0, got a tuple holding an integer of more than 4300 digits"),
+    # a width past int64 names hidden_layer_sizes (was builders' "widths[1]"), as scikit-learn's own checks would
+    (lambda: fastbp.MLPClassifier(hidden_layer_sizes=(2 ** 63,)).fit(np.zeros((4, 2)), [0, 1, 0, 1]), ValueError,
+     r"hidden_layer_sizes must be <= 9223372036854775807, got \(9223372036854775808,\)"),
+])
+def test_integers_past_pythons_str_limit_are_named_in_messages(make, exc, message):
+    """Python refuses ``str`` of an int past 4300 digits (a ValueError with Python's own message,
+    naming nothing): such an argument's message counts its digits instead."""
+    with pytest.raises(exc, match=message):
+        make()

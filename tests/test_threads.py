@@ -44,11 +44,15 @@ ACT_CODES = [e.code for e in ENTRIES]
 KEEP_D_CODES = [e.code for e in ENTRIES if e.uses == "input" and sys.argv[2] == "all"]
 out["entries"] = sys.argv[2]
 # the gates (add, mul, max, div, pow) share their loops (one template, tests/test_gate_registry.py):
-# the "some" run takes mul, whose gradient reads both operands (directly and through the ops
-# wrappers); the "all" run takes the five
+# the "all" run (CI's thorough stage) takes the five, directly and through the ops wrappers; the
+# "some" run none (their parallel twins: 8 s of cold compilation in each subprocess; the README's
+# run compares mul's parallel and serial compilations in test_broadcast_gate_gradient_... below)
 from fastbp.kernels.codes import GATE_ADD, GATE_DIV, GATE_MAX, GATE_MUL, GATE_POW
 from fastbp.registry import gates as _greg
-GATES = [GATE_ADD, GATE_MUL, GATE_MAX, GATE_DIV, GATE_POW] if sys.argv[2] == "all" else [GATE_MUL]
+GATES = [GATE_ADD, GATE_MUL, GATE_MAX, GATE_DIV, GATE_POW] if sys.argv[2] == "all" else []
+# the fused linear kernels: every entry's in the "all" run; in the "some" run the identity's and
+# ReLU's (an output-reading body; leaky_relu's input-reading loops are the activation kernels' above)
+LINEAR_CODES = [e.code for e in ENTRIES if sys.argv[2] == "all" or e.name in ("identity", "relu")]
 # the kernels of the layers and losses a default MLP step does not use (the legacy sigmoid/tanh
 # kernels, the losses other than softmax cross-entropy, Adam's weight-decay modes, RMSprop,
 # the norm layers, dropout): in the "all" run only (CI's thorough stage), ~25 s of cold
@@ -105,7 +109,7 @@ for dt in [np.dtype(name).type for name in sys.argv[1].split(",")]:
             c2 = Gm.copy(); k_(M._mm_nt)(Xm, np.ascontiguousarray(Wm.T), c2, acc)
             c3 = Wm.copy(); k_(M._mm_tn)(Xm, Gm, c3, acc)
             h(tag.format(f"mm/{acc}"), c1, c2, c3)
-        for act in ACT_CODES:
+        for act in LINEAR_CODES:
             for bias in (Bm, np.empty(0, dt)):
                 Y1 = np.empty((m, n), dt); k_(L._linear_fwd)(Xm, Wm, bias, act, Y1)
                 Y2 = np.empty((m, n), dt); k_(L._linear_fwd_t)(Xm, np.ascontiguousarray(Wm.T), bias, act, Y2)
@@ -212,7 +216,7 @@ for dt in [np.dtype(name).type for name in sys.argv[1].split(",")]:
     saved = ops.BLAS_THRESHOLD
     for path, thr in (("loops", 1 << 62), ("blas", 0)):
         ops.BLAS_THRESHOLD = thr
-        for act in ["none"] + [e.name for e in PUBLIC]:
+        for act in ["none"] + [e.name for e in PUBLIC if e.code in LINEAR_CODES]:
             y = ops.linear_forward(Xm, Wm, Bm, act)
             z = ops.linear_forward(Xm, Wm, Bm)
             h(tag.format(f"linear/{path}/{act}"), y, *ops.linear_backward(Xm, Wm, y, Gm, act, z=z))
@@ -257,7 +261,7 @@ def _result(proc):
                                         pytest.param("float64-all", marks=pytest.mark.thorough)])
 def runs(tmp_path_factory, request):
     """The script's results at 1 and 2 threads: float32 with one registry entry per kind of
-    loop body, one gate and the smallest step on numba's threads (the README's test command), and
+    loop body, no gate and the smallest step on numba's threads (the README's test command), and
     every entry, every gate and a step with every layer kind in float32 and float64 (CI's thorough
     stage: compiling every entry's parallel kernels is ~40 s per dtype on two cores)."""
     dtypes, entries = request.param.split("-")
@@ -376,7 +380,7 @@ def test_script_covers_every_parallel_kernel():
 @pytest.mark.parametrize("code", [pytest.param(0, marks=pytest.mark.thorough), 1,
                                   pytest.param(2, marks=pytest.mark.thorough),
                                   pytest.param(3, marks=pytest.mark.thorough)])
-# (~4 s each, cold; mul in the README's run: the gate of the script's "some" run above)
+# (~4 s each, cold; mul in the README's run, whose "some" script run above takes no gate)
 def test_broadcast_gate_gradient_is_the_sum_in_row_order(code):
     """A broadcast operand's gradient (a column of a (r, 1) operand against (r, c)) is the sum
     along the row in order, in the serial and in the parallel compilation alike.  With fast-math
