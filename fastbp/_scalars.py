@@ -16,6 +16,20 @@ import numpy as np
 __all__ = ["real"]
 
 
+def real_or_nonfinite(name, value, owner):
+    """``value`` as a float: a real number (a numpy scalar, a 0-d array or tensor), NaN and
+    infinities included (a monitored metric); TypeError naming it otherwise (None, str, bool,
+    complex, an array of more than one element)."""
+    kind = getattr(getattr(value, "dtype", None), "kind", "f")
+    if (value is not None and not isinstance(value, (str, bytes, bool, np.bool_)) and kind in "iuf"
+            and not (isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real))):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise TypeError(f"{owner}: {name} must be a real number, got {type(value).__name__}")
+
+
 def int_digits(value):
     """The number of decimal digits of the integer ``value`` (its sign not counted), from its
     bits: ``str`` refuses ints past 4300 digits."""
@@ -24,6 +38,15 @@ def int_digits(value):
     while n >= 10 ** digits:
         digits += 1
     return digits
+
+
+def int_text(v):
+    """``str(v)`` of an int for a message, or its length in digits where ``str`` refuses it
+    (past 4300 digits)."""
+    try:
+        return str(v)
+    except ValueError:
+        return f"{'a negative' if v < 0 else 'an'} integer of {int_digits(v)} digits"
 
 
 def short_repr(v):

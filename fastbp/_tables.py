@@ -31,6 +31,11 @@ def _import(module, what):
         raise ImportError(f"{what}, which is not installed; {_EXTRA}") from None
 
 
+def _py(v):
+    """A numpy scalar as the Python value (for messages); anything else as is."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
 def _one_line(e):
     return " ".join(str(e).split()) or type(e).__name__
 

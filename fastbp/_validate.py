@@ -28,7 +28,7 @@ import numbers
 
 import numpy as np
 
-from ._scalars import short_repr
+from ._scalars import int_text
 from .kernels.losses import _check_labels
 
 __all__ = [
@@ -294,9 +294,9 @@ def positive_int(name, v, max_value=INT64_MAX):
         raise TypeError(f"{name} must be a positive integer, got {type(v).__name__}")
     v = int(v)
     if v < 1:
-        raise ValueError(f"{name} must be a positive integer, got {short_repr(v)}")
+        raise ValueError(f"{name} must be a positive integer, got {int_text(v)}")
     if v > max_value:
-        raise ValueError(f"{name} must be a positive integer <= {max_value}, got {short_repr(v)}")
+        raise ValueError(f"{name} must be a positive integer <= {max_value}, got {int_text(v)}")
     return v
 
 
@@ -317,9 +317,9 @@ def seed(v, name="seed", max_value=None, none=True):
         raise TypeError(f"{what}, got {type(v).__name__}")
     v = int(v)
     if v < 0:
-        raise ValueError(f"{what}, got {short_repr(v)}")
+        raise ValueError(f"{what}, got {int_text(v)}")
     if max_value is not None and v > max_value:
-        raise ValueError(f"{name} must be {'None or ' * none}an integer in [0, {max_value}], got {short_repr(v)}")
+        raise ValueError(f"{name} must be {'None or ' * none}an integer in [0, {max_value}], got {int_text(v)}")
     return v
 
 

@@ -389,17 +389,30 @@ class SavedModel:
         ----------
         X : array-like or DataFrame, shape (n_samples, n_features_in_)
         y : array-like, shape (n_samples,) or (n_samples, n_outputs)
-            True labels or targets.
+            True labels or targets (a label column ``(n_samples, 1)`` as scikit-learn's
+            ``accuracy_score`` takes it).
 
         Returns
         -------
         float
+
+        Raises
+        ------
+        ValueError
+            ``X`` without a sample (as scikit-learn's ``score``), ``y`` not of the predictions'
+            shape (one label or target per sample of ``X``).
         """
         pred = self.predict(X)
+        if len(pred) == 0:
+            raise ValueError("score needs at least one sample; X has 0 rows")
         y = _np.asarray(y)
         if self.task == "regression":
             from .training import r2_score
-            return r2_score(y.astype(_np.float64).reshape(pred.shape), pred)
+            return r2_score(y, pred)
+        if y.ndim == 2 and y.shape[1] == 1 and pred.ndim == 1:
+            y = y[:, 0]                 # a label column, as scikit-learn's accuracy_score takes it
+        if y.shape != pred.shape:
+            raise ValueError(f"y must be of shape {pred.shape}, a label for each sample of X, got shape {y.shape}")
         if self.task == "multilabel":
             return float(_np.mean(_np.all(pred == y, axis=1)))
         return float(_np.mean(pred == y))

@@ -323,6 +323,8 @@ def gradcheck(f, inputs, analytic_grads, eps=None, rtol=None, atol=0.0, raise_ex
         _V.array(x, f"inputs[{k!r}]")
         _V.writeable(x, f"inputs[{k!r}]", " (gradcheck perturbs it in place, then restores it)")
         g = _np.asarray(g)
+        if g.dtype.kind not in "biuf":      # a complex gradient would lose its imaginary part
+            raise TypeError(f"gradcheck: analytic_grads[{k!r}] must hold real numbers, got dtype {g.dtype}")
         if g.shape != x.shape:
             raise ValueError(f"analytic_grads[{k!r}] has shape {g.shape}; input {k!r} has {x.shape}")
         num, h, fmax = _differences(lambda _x: call(), x, eps, f"inputs[{k!r}]", "gradcheck")

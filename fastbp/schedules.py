@@ -35,7 +35,7 @@ import weakref as _weakref
 import numbers as _numbers
 from bisect import bisect_right as _bisect_right
 
-from ._scalars import real as _float
+from ._scalars import real as _float, real_or_nonfinite as _metric
 
 __all__ = ["Schedule", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "OneCycleLR",
            "ReduceLROnPlateau", "schedule_arg", "schedule_from_spec"]
@@ -450,10 +450,19 @@ class ReduceLROnPlateau:
         -------
         float
             The next epoch's learning rate.
+
+        Raises
+        ------
+        TypeError
+            ``metric`` is not a real number (NaN and infinities are, as in PyTorch: a NaN
+            epoch is never an improvement), or ``lr`` not a finite one.
+        ValueError
+            ``lr`` below 0.
         """
-        current = float(metric)
+        current = _metric("metric", metric, "ReduceLROnPlateau.step")
+        lr = _float("lr", lr, "ReduceLROnPlateau.step", low=0.0)
         self.last_epoch += 1
-        self.lr = float(lr)
+        self.lr = lr
         if self._is_better(current, self.best):
             self.best = current
             self.num_bad_epochs = 0

@@ -27,6 +27,7 @@ import numpy as _np
 
 from . import _scalars
 from . import _validate as _V
+from ._metrics import accuracy, eval_loss, probabilities, r2_score
 from .schedules import ReduceLROnPlateau as _ReduceLROnPlateau
 
 __all__ = ["History", "EarlyStopping", "Callback", "drive", "eval_loss", "accuracy", "probabilities",
@@ -35,139 +36,6 @@ __all__ = ["History", "EarlyStopping", "Callback", "drive", "eval_loss", "accura
 
 def __dir__():     # dir(module) and tab completion list the public API, not the imports and helpers
     return sorted(__all__)
-
-
-# ------------------------------------------------------------------ metrics
-def _log_sigmoid(z):
-    return -_np.logaddexp(0.0, -z)
-
-
-def eval_loss(loss, scores, y):
-    """The mean loss of ``scores`` against ``y`` as the compiled step defines it (float64).
-
-    Parameters
-    ----------
-    loss : str
-    scores : ndarray, shape (n, out_features)
-    y : ndarray
-        int64 labels ``(n,)`` (softmax_cross_entropy, svm) or float targets
-        ``(n, out_features)`` (mse, bce_with_logits).
-
-    Returns
-    -------
-    float
-    """
-    s = _np.asarray(scores, dtype=_np.float64)
-    n = s.shape[0]
-    if loss == "softmax_cross_entropy":
-        m = s.max(axis=1, keepdims=True)
-        lse = (m + _np.log(_np.exp(s - m).sum(axis=1, keepdims=True)))[:, 0]
-        return float(_np.mean(lse - s[_np.arange(n), y]))
-    if loss == "svm":
-        sy = s[_np.arange(n), y][:, None]
-        margins = _np.maximum(0.0, s - sy + 1.0)
-        margins[_np.arange(n), y] = 0.0
-        return float(_np.mean(margins.sum(axis=1)))
-    t = _np.asarray(y, dtype=_np.float64)
-    if loss == "mse":
-        return float(_np.mean((s - t) ** 2))
-    if loss == "bce_with_logits":
-        return float(_np.mean(-(t * _log_sigmoid(s) + (1.0 - t) * _log_sigmoid(-s))))
-    if loss == "poisson":
-        with _np.errstate(divide="ignore", invalid="ignore"):
-            c = _np.where(t > 0, t * _np.log(_np.where(t > 0, t, 1.0)) - t, _np.where(t == 0, 0.0, _np.nan))
-        return float(_np.mean(_np.exp(s) - t * s + c))
-    raise ValueError(f"no evaluation defined for loss {loss!r}")
-
-
-def accuracy(loss, scores, y):
-    """The accuracy of a network's outputs.
-
-    Parameters
-    ----------
-    loss : str
-        The step's loss name.
-    scores : ndarray, shape (n, out_features)
-        The network's outputs (logits).
-    y : ndarray
-        Integer labels ``(n,)``, or for ``bce_with_logits`` float targets ``(n, out_features)``.
-
-    Returns
-    -------
-    float or None
-        The fraction right: the argmax is the label (softmax_cross_entropy, svm), or every output
-        above 0 where its target is above 0.5 (bce_with_logits, Keras's binary accuracy); None for mse.
-    """
-    if loss in ("softmax_cross_entropy", "svm"):
-        return float(_np.mean(_np.argmax(scores, axis=1) == y))
-    if loss == "bce_with_logits":
-        return float(_np.mean((_np.asarray(scores) > 0) == (_np.asarray(y) > 0.5)))
-    return None
-
-
-def r2_score(y, pred):
-    """R^2 as ``sklearn.metrics.r2_score(y, pred)`` computes it by default.
-
-    Parameters
-    ----------
-    y, pred : array-like, shape (n,) or (n, outputs)
-        Targets and predictions.
-
-    Returns
-    -------
-    float
-        Per output (column), averaged over outputs (``multioutput="uniform_average"``);
-        ``force_finite=True``: an output whose targets are all equal scores 1.0 when
-        it is predicted exactly and 0.0 otherwise; NaN with scikit-learn's warning
-        (a ``UserWarning``) for fewer than two samples.
-    """
-    y, pred = _np.asarray(y, dtype=_np.float64), _np.asarray(pred, dtype=_np.float64)
-    if y.ndim <= 1 or pred.ndim <= 1:
-        y, pred = y.reshape(-1, 1), pred.reshape(-1, 1)
-    if len(pred) < 2:
-        __import__("warnings").warn("R^2 score is not well-defined with less than two samples.", UserWarning, 2)
-        return float("nan")
-    num = _np.sum((y - pred) ** 2, axis=0)
-    den = _np.sum((y - _np.mean(y, axis=0)) ** 2, axis=0)
-    scores = _np.ones(y.shape[1])
-    ok = (den != 0) & (num != 0)
-    scores[ok] = 1.0 - num[ok] / den[ok]
-    scores[(num != 0) & (den == 0)] = 0.0
-    return float(_np.mean(scores))
-
-
-def probabilities(loss, scores):
-    """Class probabilities from a network's outputs.
-
-    Parameters
-    ----------
-    loss : str
-        The step's loss name.
-    scores : ndarray of float32 or float64, shape (n, out_features)
-        The network's outputs (logits).
-
-    Returns
-    -------
-    ndarray, shape (n, out_features), the dtype of ``scores``
-        Softmax of each row (softmax_cross_entropy) or the sigmoid of each output (bce_with_logits).
-
-    Raises
-    ------
-    ValueError
-        For mse and svm, whose outputs are not probabilities.
-    """
-    if loss == "softmax_cross_entropy":
-        e = _np.exp(scores - scores.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
-    if loss == "bce_with_logits":
-        out = _np.empty_like(scores)
-        pos = scores >= 0
-        out[pos] = 1.0 / (1.0 + _np.exp(-scores[pos]))
-        ez = _np.exp(scores[~pos])
-        out[~pos] = ez / (1.0 + ez)
-        return out
-    raise ValueError(f"predict_proba needs a probabilistic loss (softmax_cross_entropy or bce_with_logits); "
-                     f"this step's loss is {loss!r}, whose outputs are not probabilities (use predict)")
 
 
 # ------------------------------------------------------------------ History

@@ -336,8 +336,8 @@ CASES = [
       lambda _: fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 2)), loss="cross_entropy"), ValueError,
       r"unknown loss 'cross_entropy'; valid losses: bce_with_logits, mse, poisson, softmax_cross_entropy, svm"),
     C("compile_loss_not_str", "wrong type", "compile", "",
-      lambda _: fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 2)), loss=None), ValueError,
-      r"unknown loss None; valid losses: "),
+      lambda _: fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 2)), loss=None), TypeError,
+      r"loss must be a str naming a loss, got NoneType None; valid losses: "),
     C("compile_unknown_optimizer", "unknown names", "compile", "",
       lambda _: fastbp.compile(fastbp.Sequential(fastbp.Linear(3, 2)), optimizer="adagrad"), ValueError,
       r"unknown optimizer 'adagrad'; valid: fastbp\.SGD\(\.\.\.\), fastbp\.Adam\(\.\.\.\), "

@@ -104,11 +104,20 @@ def regression_names():
     return frozenset(e.name for e in _ENTRIES if e.regression)
 
 
+class LossTypeError(TypeError, ValueError):
+    """A loss given as something other than a name (``loss=1``, ``None``, a list): a TypeError,
+    and a ValueError as an unknown name is (what it was before: code catching that still does)."""
+
+
 def get(name):
-    """The loss named ``name``; ValueError (listing the names) if there is none."""
+    """The loss named ``name``; ValueError (listing the names) if there is none, a
+    :class:`LossTypeError` (a TypeError and a ValueError) if ``name`` is not a str."""
+    if not isinstance(name, str):
+        raise LossTypeError(f"loss must be a str naming a loss, got {type(name).__name__} {name!r}; "
+                            f"valid losses: {', '.join(sorted(_BY_NAME))}")
     try:
         return _BY_NAME[name]
-    except (KeyError, TypeError):
+    except KeyError:
         raise ValueError(f"unknown loss {name!r}; valid losses: {', '.join(sorted(_BY_NAME))}") from None
 
 
