@@ -637,3 +637,34 @@ def test_asv_bf16_step_runs_or_is_skipped(tmp_path, monkeypatch):
     monkeypatch.setattr(_bf16, "available", lambda: (False, "no bf16 here (test)"))
     with pytest.raises(NotImplementedError, match="no bf16 here"):
         b.setup(cache, "tiny", "fastbp_bf16")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--rounds", "0"], "--rounds must be at least 1, got 0"),
+    (["--steps", "-1"], "--steps must be at least 1, got -1"),
+    (["--ranks", "0"], "--ranks must be at least 1, got 0"),       # was: the core count, silently
+    (["--threads", "0"], "--threads must be at least 1, got 0"),
+    (["--timeout", "-5"], "--timeout must be a positive number of seconds, got -5.0"),
+    (["--configs", "nope"], "--configs: unknown configuration 'nope'"),
+    (["--mpiexec", "/nonexistent/mpiexec"], "--mpiexec '/nonexistent/mpiexec': no such command"),
+    (["--json", "/nonexistent-dir/x.json"], "--json /nonexistent-dir/x.json: directory /nonexistent-dir does not exist"),
+])
+def test_mpi_bench_refuses_bad_options_before_any_run(argv, words, capsys):
+    """``python -m fastbp.bench.mpi_bench``: one line naming the option and exit status 2 before
+    a worker starts (each was a traceback, most after the benchmark had started)."""
+    from fastbp.bench import mpi_bench
+    with pytest.raises(SystemExit) as e:
+        mpi_bench.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"python -m fastbp.bench.mpi_bench: error: {words}" in err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--configs", "nope"], "--configs: unknown configuration 'nope'"),
+    (["--peers", "nope"], "--peers: unknown peer 'nope'"),
+])
+def test_bench_list_options_are_named_like_the_others(argv, words, capsys):
+    from fastbp.bench.runner import main
+    assert main(argv) == 2
+    assert f"python -m fastbp.bench: error: {words}" in capsys.readouterr().err

@@ -45,6 +45,7 @@ import time
 
 import numpy as np
 
+from .._cli_base import CliError, check_output_path
 from .configs import CONFIGS, get_configs
 from .machine import usable_cores
 
@@ -226,15 +227,16 @@ def _run_worker(name, threads, prods, seconds, check, timeout):
 
 
 def _parse_list(text, known, what):
+    """The names in the comma-separated ``text``; ValueError naming ``--what`` for an unknown one."""
     names = [s.strip() for s in text.split(",") if s.strip()]
     bad = [s for s in names if s not in known]
     if bad or not names:
-        raise SystemExit(f"python -m fastbp.bench.blas: error: --{what}: unknown {bad or 'empty list'}; "
-                         f"expected some of {', '.join(known)}")
+        raise ValueError(f"--{what}: unknown {bad or 'empty list'}; expected some of {', '.join(known)}")
     return names
 
 
 def _parse_threads(text):
+    """The thread counts in ``text`` ("all" or positive integers); ValueError naming --threads."""
     out = []
     for s in text.split(","):
         s = s.strip()
@@ -243,8 +245,7 @@ def _parse_threads(text):
         elif s.isdigit() and int(s) > 0:
             out.append(int(s))
         else:
-            raise SystemExit(f"python -m fastbp.bench.blas: error: --threads: {s!r} is not 'all' or a positive "
-                             "integer")
+            raise ValueError(f"--threads: {s!r} is not 'all' or a positive integer")
     return list(dict.fromkeys(out))
 
 
@@ -329,12 +330,15 @@ def main(argv=None):
         prods = json.loads(args.products)
         print(json.dumps(_worker(args.worker, int(args.threads), prods, args.seconds, args.check)))
         return 0
-    try:
+    try:        # every option checked before the run (exit 2 with the usage line, as argparse's own)
         configs = get_configs(args.configs)
-    except ValueError as e:
-        p.error(str(e))
-    libs = _parse_list(args.libraries, LIBRARIES, "libraries")
-    threads = _parse_threads(args.threads)
+        libs = _parse_list(args.libraries, LIBRARIES, "libraries")
+        threads = _parse_threads(args.threads)
+        if args.json is not None:
+            check_output_path(args.json, "--json")
+    except (ValueError, CliError) as e:
+        msg = str(e)
+        p.error(f"--{msg}" if msg.startswith("configs: ") else msg)
     prods = [products(c) for c in configs]
     flat = [q for ps in prods for q in ps]
     runs, failed = {}, {}

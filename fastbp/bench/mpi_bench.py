@@ -39,6 +39,7 @@ import time
 
 import numpy as np
 
+from .._cli_base import CliError, check_output_path
 from .configs import get_configs, make_data
 from .runner import format_bytes, format_time, peer_env
 
@@ -166,16 +167,36 @@ def _worker_main(argv):
 
 # ------------------------------------------------------------------ driver
 def _mpiexec(arg):
+    """The launcher's command line; ValueError naming --mpiexec where there is none."""
     if arg:
-        return arg.split()
+        cmd = arg.split()
+        if not cmd or shutil.which(cmd[0]) is None:
+            raise ValueError(f"--mpiexec {arg!r}: no such command")
+        return cmd
     local = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     if os.path.exists(local):
         return [local]
     found = shutil.which("mpiexec")
     if not found:
-        raise SystemExit("mpi_bench: no mpiexec found: pip install -e '.[distributed]' in the fastbp clone, "
-                         "or pass --mpiexec")
+        raise ValueError("no mpiexec found: pip install -e '.[distributed]' in the fastbp clone, or pass --mpiexec")
     return [found]
+
+
+def _check_options(a):
+    """The options' values checked before any run: ``(configs, launcher)``; ValueError naming the option."""
+    for name in ("ranks", "threads", "rounds", "steps"):
+        v = getattr(a, name)
+        if v is not None and v < 1:
+            raise ValueError(f"--{name} must be at least 1, got {v}")
+    if not 0 < a.timeout < float("inf"):
+        raise ValueError(f"--timeout must be a positive number of seconds, got {a.timeout}")
+    try:
+        configs = get_configs(a.configs)
+    except ValueError as e:
+        raise ValueError(f"--{e}" if str(e).startswith("configs: ") else str(e)) from None
+    if a.json is not None:
+        check_output_path(a.json, "--json")
+    return configs, _mpiexec(a.mpiexec)
 
 
 def _run(cmd, env, timeout):
@@ -206,12 +227,15 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="steps per timed epoch (default: per config)")
     ap.add_argument("--mpiexec", default=None, help="launcher command (default: the venv's mpiexec)")
     ap.add_argument("--json", default=None, help="write the results to this file")
-    ap.add_argument("--timeout", type=float, default=900.0)
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds each run may take (default: 900)")
     a = ap.parse_args(argv)
+    try:
+        configs, launcher = _check_options(a)
+    except (ValueError, CliError) as e:
+        ap.error(str(e))
     cores = len(os.sched_getaffinity(0))
     ranks = a.ranks or cores
     threads = a.threads or cores
-    launcher = _mpiexec(a.mpiexec)
     env, _ = peer_env()
     for k in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE"):
         env.pop(k, None)
@@ -219,7 +243,7 @@ def main(argv=None):
     results = []
     print(f"mpi_bench: {ranks} ranks x 1 thread vs 1 rank x {threads} threads, {cores} cores, "
           f"{a.rounds} alternating rounds; load average {os.getloadavg()[0]:.1f}", flush=True)
-    for cfg in get_configs(a.configs):
+    for cfg in configs:
         steps = a.steps or _DEFAULT_STEPS.get(cfg.name, 20)
         common = ["--config", cfg.name, "--steps", str(steps)]
         singles, ones, dists = [], [], []
