@@ -122,7 +122,7 @@ def _shown(value):
         return repr(value)
     except ValueError:
         if isinstance(value, numbers.Integral):
-            return _scalars.short_repr(value)
+            return _scalars.int_text(value)
         return f"a {type(value).__name__} holding an integer of more than 4300 digits"
 
 

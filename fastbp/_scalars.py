@@ -40,13 +40,17 @@ def int_digits(value):
     return digits
 
 
+def _int_words(v, digits):
+    return f"{'a negative' if v < 0 else 'an'} integer of {digits} digits"
+
+
 def int_text(v):
     """``str(v)`` of an int for a message, or its length in digits where ``str`` refuses it
     (past 4300 digits)."""
     try:
         return str(v)
     except ValueError:
-        return f"{'a negative' if v < 0 else 'an'} integer of {int_digits(v)} digits"
+        return _int_words(v, int_digits(v))
 
 
 def short_repr(v):
@@ -55,7 +59,7 @@ def short_repr(v):
     type if too large for one)."""
     if isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)):
         digits = int_digits(v)
-        return str(v) if digits <= 20 else f"{'a negative' if v < 0 else 'an'} integer of {digits} digits"
+        return str(v) if digits <= 20 else _int_words(v, digits)
     try:
         s = str(v)
     except ValueError:          # a Fraction of a huge int

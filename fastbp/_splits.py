@@ -68,7 +68,7 @@ def stratified_split(y, test_size=0.2, seed=0, lines=None, stratify=True, classe
             raise DataError(f"class {name} has a single sample ({_where(i, lines)}); every "
                             f"class needs at least 2 samples to hold out a test set{hint}")
     try:
-        tr, te = ms.train_test_split(_np.arange(n), test_size=float(test_size), random_state=seed,
+        tr, te = ms.train_test_split(_np.arange(n), test_size=test_size, random_state=seed,
                                      stratify=y if stratify else None)
     except ValueError as e:
         raise DataError(f"the dataset is too small to split ({n} samples, --test-size {test_size}): "

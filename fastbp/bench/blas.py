@@ -337,8 +337,7 @@ def main(argv=None):
         if args.json is not None:
             check_output_path(args.json, "--json")
     except (ValueError, CliError) as e:
-        msg = str(e)
-        p.error(f"--{msg}" if msg.startswith("configs: ") else msg)
+        p.error(str(e))
     prods = [products(c) for c in configs]
     flat = [q for ps in prods for q in ps]
     runs, failed = {}, {}

@@ -159,10 +159,10 @@ def get_configs(names):
     out = []
     for n in names:
         if n not in CONFIGS:
-            raise ValueError(f"configs: unknown configuration {n!r}; expected some of {', '.join(CONFIGS)}")
+            raise ValueError(f"--configs: unknown configuration {n!r}; expected some of {', '.join(CONFIGS)}")
         out.append(CONFIGS[n])
     if not out:
-        raise ValueError(f"configs: {text!r} names no configuration; expected some of {', '.join(CONFIGS)}")
+        raise ValueError(f"--configs: {text!r} names no configuration; expected some of {', '.join(CONFIGS)}")
     return out
 
 

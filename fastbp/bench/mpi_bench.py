@@ -190,10 +190,7 @@ def _check_options(a):
             raise ValueError(f"--{name} must be at least 1, got {v}")
     if not 0 < a.timeout < float("inf"):
         raise ValueError(f"--timeout must be a positive number of seconds, got {a.timeout}")
-    try:
-        configs = get_configs(a.configs)
-    except ValueError as e:
-        raise ValueError(f"--{e}" if str(e).startswith("configs: ") else str(e)) from None
+    configs = get_configs(a.configs)
     if a.json is not None:
         check_output_path(a.json, "--json")
     return configs, _mpiexec(a.mpiexec)

@@ -472,5 +472,5 @@ MODULES = {"fastbp": "fastbp", "numpy": "numpy", "torch": "torch", "torch_compil
 def available(name):
     """Whether the peer's library can be imported (checked without importing it)."""
     if name not in PEERS:
-        raise ValueError(f"peers: unknown peer {name!r}; expected some of {', '.join(PEERS)}")
+        raise ValueError(f"--peers: unknown peer {name!r}; expected some of {', '.join(PEERS)}")
     return importlib.util.find_spec(MODULES[name]) is not None

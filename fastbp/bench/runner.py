@@ -437,11 +437,7 @@ def main(argv=None):
         if args.json is not None:       # found before the run, not after it
             check_output_path(args.json, "--json")
     except (ValueError, CliError) as e:
-        msg = str(e)
-        for opt in ("configs", "peers", "precision"):     # the lists' parsers name the option without its --
-            if msg.startswith(f"{opt}: "):
-                msg = f"--{msg}"
-        print(f"python -m fastbp.bench: error: {msg}", file=sys.stderr)
+        print(f"python -m fastbp.bench: error: {e}", file=sys.stderr)
         return 2
     log = _say
     env, removed = peer_env(scrub=not args.keep_openblas_env)
