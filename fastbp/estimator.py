@@ -396,7 +396,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self._proba_from_logits(self._forward(X)).astype(self._dtype, copy=False)
 
     def predict_log_proba(self, X):
-        """Logarithm of :meth:`predict_proba`.
+        """Logarithm of :meth:`predict_proba`: ``log(predict_proba(X))``, as scikit-learn's.
 
         Parameters
         ----------
@@ -405,17 +405,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         Returns
         -------
         ndarray of shape (n_samples, n_classes), the estimator's dtype
-            The log-softmax (log-sigmoid for multilabel targets) of the network outputs in
-            float64, so that it stays finite where a probability underflows the estimator's dtype.
+            The log of the probabilities :meth:`predict_proba` returns: ``-inf`` where a
+            probability underflowed to 0 in the estimator's dtype (as scikit-learn's
+            ``log(predict_proba(X))``; fit with ``dtype='float64'`` to keep such
+            probabilities above 0).
         """
-        X = self._validate_X_predict(X)
-        S = np.asarray(self._forward(X), dtype=np.float64)
-        if self._multilabel:
-            S = -np.logaddexp(0.0, -S)
-        else:
-            S = S - S.max(axis=1, keepdims=True)
-            S -= np.log(np.exp(S).sum(axis=1, keepdims=True))
-        return S.astype(self._dtype, copy=False)
+        P = self.predict_proba(X)
+        with np.errstate(divide="ignore"):
+            return np.log(P, out=P)
 
     def predict(self, X):
         """Predicted class labels.
@@ -429,10 +426,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         y : ndarray of shape (n_samples,) or (n_samples, n_labels)
             Labels from ``classes_`` (an indicator matrix for multilabel).
         """
-        proba = self.predict_proba(X)
+        # on the outputs, as load_model(...).predict: float32 probabilities of distinct outputs
+        # may tie; the largest output, or an output above 0 (probability above 0.5) per label
+        S = self._forward(self._validate_X_predict(X))
         if self._multilabel:
-            return self._label_binarizer.inverse_transform(proba)
-        return self.classes_[np.argmax(proba, axis=1)]
+            return self._label_binarizer.inverse_transform((S > 0).astype(np.float64))
+        return self.classes_[np.argmax(S, axis=1)]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

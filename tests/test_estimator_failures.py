@@ -314,20 +314,59 @@ def test_bad_hyper_parameters_raise_scikit_learns_invalid_parameter_error(params
                 cls(**params).fit(X, y)
 
 
-def test_predict_log_proba_stays_finite_where_float32_probabilities_underflow():
-    # the log of float32 probabilities that had underflowed to 0 was -inf (scikit-learn: finite)
+def test_predict_log_proba_is_the_log_of_predict_proba_where_probabilities_underflow():
+    # scikit-learn's contract ("equivalent to log(predict_proba(X))", enforced by
+    # check_classifiers_train): a float64 log-softmax was finite where the float32 probability had
+    # underflowed to 0, and check_classifiers_train failed with "inf location mismatch"
     from sklearn.datasets import load_digits
     X, y = load_digits(return_X_y=True)
     X, y = X[:400], y[:400]
-    for clf in (MLPClassifier(solver="lbfgs", max_iter=200, random_state=0).fit(X, y),
-                MLPClassifier(solver="lbfgs", max_iter=50, random_state=0).fit(X, np.eye(10)[y].astype(int))):
-        for Xp in (X, 30 * X):                      # 30 X: outputs far apart, probabilities underflow
-            lp = clf.predict_log_proba(Xp)
-            assert lp.dtype == np.float32 and np.isfinite(lp).all()
-            P = clf.predict_proba(Xp)
-            big = P > 1e-30
-            np.testing.assert_allclose(lp[big], np.log(P[big]), rtol=1e-5, atol=1e-5)
-        assert (P == 0).any()                       # the underflowing case was there
+    underflow = {}
+    for dtype in ("float32", "float64"):
+        for clf in (MLPClassifier(solver="lbfgs", max_iter=200, random_state=0, dtype=dtype).fit(X, y),
+                    MLPClassifier(solver="lbfgs", max_iter=50, random_state=0, dtype=dtype).fit(
+                        X, np.eye(10)[y].astype(int))):
+            for Xp in (X, 30 * X):                  # 30 X: outputs far apart, probabilities underflow
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")  # no divide-by-zero warning for a log of 0
+                    lp = clf.predict_log_proba(Xp)
+                P = clf.predict_proba(Xp)
+                assert lp.dtype == P.dtype == np.dtype(dtype)
+                with np.errstate(divide="ignore"):
+                    np.testing.assert_array_equal(lp, np.log(P))
+                underflow[dtype] = underflow.get(dtype, False) or bool((P == 0).any())
+    assert underflow["float32"]                     # the underflowing case was there
+
+
+def test_sklearn_check_classifiers_train_passes_with_lbfgs():
+    from sklearn.utils.estimator_checks import check_classifiers_train
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        check_classifiers_train("MLPClassifier", MLPClassifier(solver="lbfgs", random_state=0))
+
+
+def test_predict_decides_on_the_outputs_not_on_rounded_probabilities(tmp_path):
+    # distinct float32 outputs whose float32 probabilities tie: predict took the first class,
+    # fastbp.load_model(...).predict (and scikit-learn, in float64) the largest output
+    import fastbp
+    rng = np.random.RandomState(0)
+    X = rng.rand(40, 2)
+    y = (X[:, 0] * 3).astype(int)
+    clf = MLPClassifier(hidden_layer_sizes=(), max_iter=2, random_state=0).fit(X, y)
+    clf.coefs_[0][...] = 0
+    clf.intercepts_[0][...] = [0.0, 1e-9, 0.0]
+    assert clf.predict_proba(X[:1])[0, 0] == clf.predict_proba(X[:1])[0, 1]
+    assert clf.predict(X[:1])[0] == 1
+    clf.save(tmp_path / "m.npz")
+    assert fastbp.load_model(tmp_path / "m.npz").predict(X[:1])[0] == 1
+    Y = np.c_[X[:, 0] > .5, X[:, 1] > .5].astype(int)
+    ml = MLPClassifier(hidden_layer_sizes=(), max_iter=2, random_state=0).fit(X, Y)
+    ml.coefs_[0][...] = 0
+    ml.intercepts_[0][...] = 1e-8                   # outputs above 0: probabilities above 0.5
+    assert (ml.predict_proba(X[:1]) == 0.5).all()   # rounded to float32
+    np.testing.assert_array_equal(ml.predict(X[:1]), [[1, 1]])
+    ml.save(tmp_path / "ml.npz")
+    np.testing.assert_array_equal(fastbp.load_model(tmp_path / "ml.npz").predict(X[:1]), [[1, 1]])
 
 
 def test_lbfgs_does_not_warn_about_batch_size():
