@@ -252,7 +252,7 @@ def run_tape(ctx, lo, hi, nb, x, yi, yf):
 #: exactly the code a single step runs.  (Not an index of the kernel table.)
 K_RUN_TAPE = 1 << 20
 native_kernel(K_RUN_TAPE, run_tape, numba.types.Tuple((I64, numba.types.float64, I64)),
-              lambda d: (I1, I64, I64, I64, a2(d), I1, a2(d)), python=True)     # (the step's checked path calls it)
+              lambda d: (I1, I64, I64, I64, a2(d), I1, a2(d)))     # (the step's checked path calls it)
 #: what this process compiles when a helper process compiles the rest (fastbp._compile_pool):
 #: the interpreter, its handlers and its product dispatcher
 _COMPILE_HERE = frozenset([K_RUN_TAPE, K_MM, *range(K_HANDLER, K_HANDLER + OP_CAPACITY)])

@@ -113,7 +113,7 @@ free_in_fork_child(LOCK)
 PARALLEL_TWIN = 1 << 22
 
 
-def native_kernel(kid, dispatcher, restype, argtypes, parallel=None, python=False):
+def native_kernel(kid, dispatcher, restype, argtypes, parallel=None):
     """Register ``dispatcher`` as native kernel ``kid``: compiled on its own,
     for the signature ``argtypes(dtype) -> restype`` (``argtypes``: a function
     of a numba float type returning a tuple of numba types), and called from
@@ -130,16 +130,22 @@ def native_kernel(kid, dispatcher, restype, argtypes, parallel=None, python=Fals
     those a model never uses included, on its first compilation (~60% of the
     ~20 s).  Called by address, each kernel is compiled once, only when a step
     needs it, and the interpreter compiles without them.
+
+    The registered dispatcher itself compiles the kernel: a :class:`CompiledOnly` one
+    (:func:`fastbp._jit.jit`: the handlers, helpers only compiled code calls) without numba's
+    wrappers, a plain numba dispatcher (a Kernel's variants, which ``fastbp.ops``, compiled
+    callers and the tests call from Python too) with them, so that one compilation per
+    signature serves both Python and the tape (a wrapper-less twin compiled the same body
+    again: about a fifth of the test suite's compilation).
     """
     with LOCK:
         if kid in _NATIVE or not 0 <= kid < PARALLEL_TWIN:
             raise ValueError(f"native kernel id {kid} registered twice or out of range")
         if hasattr(dispatcher, "serial") and hasattr(dispatcher, "parallel"):
             dispatcher, parallel = dispatcher.serial, dispatcher.parallel
-        keep = (lambda d: d) if python else unwrapped
-        _NATIVE[kid] = (keep(dispatcher), restype, argtypes)
+        _NATIVE[kid] = (dispatcher, restype, argtypes)
         if parallel is not None:
-            _NATIVE[kid + PARALLEL_TWIN] = (keep(parallel), restype, argtypes)
+            _NATIVE[kid + PARALLEL_TWIN] = (parallel, restype, argtypes)
 
 
 def renamed(fn, suffix, name=True, globals_=None):
@@ -170,9 +176,9 @@ class CompiledOnly(CPUDispatcher):
     without the two wrappers numba adds to every function it compiles (one that
     unboxes Python arguments and boxes the result, one with the C calling
     convention), which compiled callers never use -- the callees linked into
-    compiled code (:func:`fastbp._jit.jit`) and the kernels called by address
-    (:func:`unwrapped`).  Lowering and optimising those wrappers was a quarter
-    of a cold ``fastbp train``'s compilation.
+    compiled code (:func:`fastbp._jit.jit`), among them the handlers and helpers
+    called by address (:func:`native_kernel`).  Lowering and optimising those
+    wrappers was a quarter of a cold ``fastbp train``'s compilation.
 
     Called from Python, it runs a twin compiled with the wrappers
     (:meth:`for_python`, compiled on the first such call): the same results,
@@ -201,27 +207,6 @@ class CompiledOnly(CPUDispatcher):
 
     def __call__(self, *args, **kwargs):
         return self.for_python()(*args, **kwargs)
-
-
-#: dispatcher -> its CompiledOnly twin (:func:`unwrapped`)
-_UNWRAPPED = {}
-
-
-def unwrapped(dispatcher):
-    """``dispatcher``'s function as a :class:`CompiledOnly` dispatcher with its options
-    (cached where it is): a native kernel is only ever called by address, in numba's
-    calling convention (:func:`native_address`), never through the wrappers.
-    ``dispatcher`` itself when it is one already, or a plain function
-    (``NUMBA_DISABLE_JIT``)."""
-    if isinstance(dispatcher, CompiledOnly) or not hasattr(dispatcher, "targetoptions"):
-        return dispatcher
-    twin_ = _UNWRAPPED.get(dispatcher)
-    if twin_ is None:
-        opts = {k: v for k, v in dispatcher.targetoptions.items() if k != "nopython"}
-        cached = not isinstance(getattr(dispatcher, "_cache", None), (type(None), _caching.NullCache))
-        twin_ = CompiledOnly.of(renamed(dispatcher.py_func, "__native", name=False), opts, cached)
-        _UNWRAPPED[dispatcher] = twin_
-    return twin_
 
 
 def twin(kid):

@@ -191,23 +191,38 @@ def test_python_entry_points_and_inlined_helpers_are_plain_dispatchers():
         _jit.jit(_jit.jit(_twice_plus))
 
 
-def test_native_kernels_compile_without_wrappers():
-    """What compiled code calls by address (every native kernel but the interpreter, which
-    the step's checked path calls from Python) is compiled without numba's wrappers; a
-    kernel that Python also calls (fastbp.ops, the tests) has its own wrapped dispatcher."""
+def test_native_kernels_are_compiled_once_for_python_and_the_tape():
+    """What only compiled code calls by address (the handlers and helpers: fastbp._jit.jit)
+    is compiled without numba's wrappers; a kernel that Python calls too (a Kernel's
+    variants: fastbp.ops, the tests; the interpreter, which the step's checked path calls) is
+    registered as its Python dispatcher itself, so one compilation serves both (a
+    wrapper-less twin compiled the same body a second time)."""
     from fastbp import _executor as ex
-    from fastbp._native import _NATIVE
+    from fastbp._native import _NATIVE, PARALLEL_TWIN, native_address
     from fastbp.kernels import losses
+    wrapped = set()
     for kid, (disp, _, _) in _NATIVE.items():
         opts = disp.targetoptions
-        if kid == ex.K_RUN_TAPE:
-            assert disp is ex.run_tape and not opts.get("no_cpython_wrapper")
-        else:
+        if isinstance(disp, _jit.CompiledOnly):
             assert opts.get("no_cpython_wrapper") and opts.get("no_cfunc_wrapper"), disp.py_func.__qualname__
-    native = _NATIVE[ex.K_SOFTMAX_XENT][0]
-    assert native is not losses._softmax_xent.serial
-    assert isinstance(native, _jit.CompiledOnly)        # a call from Python runs a wrapped twin
-    assert native.py_func.__qualname__ == losses._softmax_xent.serial.py_func.__qualname__ + "__native"
+        else:
+            assert not opts.get("no_cpython_wrapper"), disp.py_func.__qualname__
+            wrapped.add(kid)
+        if disp.py_func.__module__.startswith("fastbp._handlers"):
+            assert isinstance(disp, _jit.CompiledOnly), disp.py_func.__qualname__   # a handler
+    assert {ex.K_RUN_TAPE, ex.K_SOFTMAX_XENT, ex.K_SOFTMAX_XENT + PARALLEL_TWIN} <= wrapped
+    assert _NATIVE[ex.K_RUN_TAPE][0] is ex.run_tape
+    serial = losses._softmax_xent.serial
+    assert _NATIVE[ex.K_SOFTMAX_XENT][0] is serial
+    assert _NATIVE[ex.K_SOFTMAX_XENT + PARALLEL_TWIN][0] is losses._softmax_xent.parallel
+    # a call from Python and the tape's address are one compilation
+    S = np.array([[1.0, 2.0], [0.5, -1.0]], dtype=np.float32)
+    y = np.array([1, 0], dtype=np.int64)
+    G = np.empty_like(S)
+    serial(S, y, G, np.ones(2))
+    before = dict(serial.overloads)
+    addr = native_address(ex.K_SOFTMAX_XENT, np.float32)
+    assert dict(serial.overloads) == before and addr != 0
 
 
 def test_fastbp_imports_with_numbas_jit_disabled():
