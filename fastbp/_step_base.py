@@ -185,8 +185,8 @@ class StepBase(NormState):
     def lr(self):
         """The learning rate used by the next update (settable).
 
-        With a :attr:`schedule`, setting it sets the base rate the schedule scales (``fit`` then overwrites
-        the rate of each update from it).  Set while another thread fits the step: from its next epoch.
+        With a :attr:`schedule`, setting it sets the base rate the schedule scales (it then reports the
+        schedule's rate of the next update).  Set while another thread fits the step: from its next epoch.
         """
         return float(self.hyper[ex.H_LR])
 
@@ -194,8 +194,8 @@ class StepBase(NormState):
     def lr(self, value):
         v = _real("lr", value, self.kind, low=0.0)
         with self._lock:
-            self.hyper[ex.H_LR] = v
             self.optimizer._set_lr(v)
+            self.hyper[ex.H_LR] = _training.rate_for_base(self, v)
 
     @property
     def clip_grad_norm(self):

@@ -137,8 +137,7 @@ def contiguous(a, name):
     if a.flags.c_contiguous:
         return a
     kind = "Fortran-ordered" if (a.ndim > 1 and a.flags.f_contiguous) else "non-contiguous (a strided view)"
-    raise ValueError(
-        f"{name} is {kind}; fastbp needs C-contiguous arrays: pass np.ascontiguousarray({name})")
+    raise ValueError(f"{name} is {kind}; fastbp needs C-contiguous arrays: pass np.ascontiguousarray({name})")
 
 
 def same_dtype(ref, ref_name, *pairs):
@@ -252,8 +251,7 @@ def labels(y, name, n, n_classes):
     TypeError
         Not an ndarray, or not an integer dtype.
     ValueError
-        Wrong shape, or a label out of range (the message gives the first
-        offending index and value).
+        Wrong shape, or a label out of range (the first offending index and value).
     """
     if not isinstance(y, np.ndarray):
         array(y, name, "np.int64")     # integer labels: a float hint would fail the next check
@@ -499,9 +497,10 @@ def feature_rows(shape, name, n_features, max_rows=None):
 
 
 def label_shape(shape, name, n):
-    """ValueError naming ``name`` unless labels are shaped ``(n,)``."""
+    """ValueError naming ``name`` (and its features' argument) unless labels are shaped ``(n,)``."""
     if tuple(shape) != (n,):
-        raise ValueError(f"{name} must have shape ({n},) to match the {n} rows of x, got {tuple(shape)}")
+        rows = {"y": "x", "Y": "X", "validation_data[1]": "validation_data[0]"}.get(name, "the features")
+        raise ValueError(f"{name} must have shape ({n},) to match the {n} rows of {rows}, got {tuple(shape)}")
 
 
 def target_shape(shape, name, n, n_out):

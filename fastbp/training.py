@@ -340,10 +340,32 @@ def rate_of_a_call(step, after=False):
     if s is None or isinstance(s, _ReduceLROnPlateau) or s.interval != "step":
         return
     try:
-        step._set_scheduled_lr(s.lr_at(step.n_steps - step._sched_origin[1], float(step.optimizer.lr)))
+        step._set_scheduled_lr(next_rate(step, s, float(step.optimizer.lr)))
     except ValueError:
         if not after:
             raise
+
+
+def next_rate(step, schedule, base_lr):
+    """The rate of ``step``'s next update under ``schedule`` (not a ReduceLROnPlateau) from the
+    base rate ``base_lr``: the schedule's at its count, the updates (``interval="step"``) or the
+    epochs since it was attached.  ValueError past a OneCycleLR's end."""
+    e0, s0 = step._sched_origin
+    return schedule.lr_at(step.epochs_done - e0 if schedule.interval == "epoch" else step.n_steps - s0, base_lr)
+
+
+def rate_for_base(step, base_lr):
+    """The rate of ``step``'s next update once its base rate is ``base_lr`` (``step.lr = v``):
+    its schedule's there (:func:`next_rate`); ``base_lr`` itself without a schedule, with a
+    ReduceLROnPlateau (it goes on from the step's rate) or past a OneCycleLR's end (the next
+    training call raises)."""
+    s = step.schedule
+    if s is None or isinstance(s, _ReduceLROnPlateau):
+        return base_lr
+    try:
+        return float(next_rate(step, s, base_lr))
+    except ValueError:
+        return base_lr
 
 
 def check_schedule_span(schedule, base_lr, epoch0, step0, epochs, per_epoch, has_validation=True):
@@ -416,9 +438,8 @@ def drive(*, epochs, per_epoch, rows_per_step, orders, train_epoch, step, valida
                 train_epoch(e, perm, lrs, out)
                 step.epochs_done += 1
                 if schedule is not None and not isinstance(schedule, _ReduceLROnPlateau):
-                    t = step.epochs_done - e0 if schedule.interval == "epoch" else step.n_steps - s0
                     try:        # the rate of the next update (what step.lr reports after the fit)
-                        step._set_scheduled_lr(schedule.lr_at(t, base_lr))
+                        step._set_scheduled_lr(next_rate(step, schedule, base_lr))
                     except ValueError:
                         pass    # a OneCycleLR at its end: the step keeps the last rate
             logs = {"loss": float(_np.dot(out, w) / w.sum()), "lr": first_lr}

@@ -55,6 +55,30 @@ def test_a_rate_set_during_a_fit_is_the_base_rate_from_the_next_epoch(schedule):
     np.testing.assert_allclose(_rate_of_next_call(st), reported, rtol=1e-9)
 
 
+@pytest.mark.parametrize("interval", ["step", "epoch"])
+def test_a_rate_set_between_updates_reports_the_schedules_rate_of_the_next_update(interval):
+    """``step.lr = 0.2`` mid-schedule made ``step.lr`` report 0.2 while the next update ran at 0.2
+    times the schedule's factor (the getter promises the next update's rate)."""
+    X, Y = _data()
+    if interval == "step":
+        st = _step(schedule=S.CosineAnnealingLR(T_max=10, interval="step"))
+        for _ in range(3):
+            st(X, Y)
+        factor = (1 + np.cos(np.pi * 3 / 10)) / 2
+    else:
+        st = _step(schedule=S.ExponentialLR(0.5))
+        st.fit(X, Y, epochs=2, shuffle=False)
+        factor = 0.25
+    st.lr = 0.2
+    assert st.optimizer.lr == 0.2                       # the base rate
+    np.testing.assert_allclose(st.lr, 0.2 * factor, rtol=1e-15)
+    np.testing.assert_allclose(_rate_of_next_call(st), 0.2 * factor, rtol=1e-9)
+    for sched in (None, S.ReduceLROnPlateau()):          # no schedule scales the rate: as set
+        st.schedule = sched
+        st.lr = 0.3
+        assert st.lr == 0.3
+
+
 def test_a_schedule_attached_during_a_fit_counts_from_the_next_epoch():
     st = _step()
     lrs = _fit_changing(st, lambda s: setattr(s, "schedule", S.ExponentialLR(0.5)))
