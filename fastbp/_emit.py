@@ -230,9 +230,11 @@ def emit_backward(g, fusion, lay, output):
             b.emit(ex.OP_SUM_BWD, d=dO, e=da, f2=acc_a)
         elif n.op in _norms.OPS:
             xin, w, bias = norm_inputs(n)
-            dx, acc_x = target(xin)
+            # in the order every backend computes them (dweight, dbias, then dx), so that where
+            # two are one value's gradient (layer_norm(w, bias=w)) the first written writes
             dw, acc_w = target(w) if w is not None else (-1, 0)
             dbias, acc_b = target(bias) if bias is not None else (-1, 0)
+            dx, acc_x = target(xin)
             opcode = ex.OP_LAYERNORM_BWD if n.op == _norms.LAYER_NORM else ex.OP_BATCHNORM_BWD
             b.emit(opcode, out=dbias, a=value_buf[xin.id], b=value_buf[w.id] if w is not None else -1,
                    c=lay.stat_buf[n.id], d=dO, e=dx, f=dw, f1=int(n.id in lay.run_bufs), f2=acc_x, f3=acc_w,

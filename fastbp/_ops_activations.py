@@ -83,9 +83,9 @@ def resolve(activation, activation_params, where):
     return _acts.select(entry, f"{where}: activation {entry.name!r}", (), activation_params or {})
 
 
-def scalar_array(owner, names, values, dtype):
+def scalar_array(owner, names, values, dtype, instead="float64 arrays"):
     """The (already checked, finite) scalar arguments ``values`` as an array of ``dtype``
-    (the kernels' parameter row).
+    (the kernels' parameter row); ``instead``: the other precision the message suggests.
 
     Raises
     ------
@@ -99,7 +99,7 @@ def scalar_array(owner, names, values, dtype):
     for name, v, c in zip(names, values, P):
         if not np.isfinite(c):
             raise ValueError(f"{owner}: {name}={v!r} cannot be represented in {dt.name} (largest finite "
-                             f"value {np.finfo(dt).max:.6g}); use a smaller {name} or float64 arrays")
+                             f"value {np.finfo(dt).max:.6g}); use a smaller {name} or {instead}")
     return P
 
 

@@ -105,6 +105,7 @@ def build_plan(graph, output, wrt, *, dtype, batch_size, loss=None, optimizer=No
     """
     _check_arguments(graph, output, wrt)
     g = _select(graph, output, wrt)
+    _check_parameters_fit(g, dtype)
     fusion = _fuse(g, output)
     lay = _lay_out(g, fusion, batch_size, optimizer)
     fwd_end, loss_end = emit_forward(g, fusion, lay, output, train_input)
@@ -141,6 +142,21 @@ class _Selection:
     wrt_ids: set
     rg: set             # ids of the nodes whose gradient is needed
     users: dict         # node id -> the selected nodes that read it
+
+
+def _check_parameters_fit(g, dtype):
+    """ValueError naming the node and the parameter where an activation's parameters or a
+    normalisation's ``eps`` lie beyond ``dtype``'s range: written into the arena, they would
+    become infinities (``layer_norm(x, eps=1e39)`` in float32 gave NaN without an error)."""
+    if np.dtype(dtype) == np.float64:
+        return
+    from ._ops_activations import scalar_array
+    for n in g.nodes:
+        act = activation_of(n)
+        if act is not None and len(act[1]):
+            scalar_array(n.op, [p.name for p in act[0].params], act[1], dtype, "dtype=float64")
+        elif n.op in _norms.OPS:
+            scalar_array(n.op, ["eps"], [n.attrs["eps"]], dtype, "dtype=float64")
 
 
 def _select(graph, output, wrt):

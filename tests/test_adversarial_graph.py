@@ -535,3 +535,49 @@ def test_a_dropout_mask_is_keyed_by_its_place_in_the_graph_not_by_the_output_com
     np.testing.assert_array_equal(both, alone2)
     np.testing.assert_array_equal(mask(fastbp.sum(d1) + 0.0 * fastbp.sum(d2)), alone1)
     assert set(np.unique(alone1)) == {0.0, 2.0}
+
+
+def _ln_value(x, w, b, c):
+    """sum(layer_norm(x) * w + b) weighted by ``c``, in numpy (float64; eps 1e-5)."""
+    xh = (x - x.mean(axis=-1, keepdims=True)) / np.sqrt(x.var(axis=-1, keepdims=True) + 1e-5)
+    return float(((xh * w + b) * c).sum())
+
+
+@pytest.mark.parametrize("same", ["weight", "bias", "both"])
+@pytest.mark.parametrize("kind", ["param", "input"])
+def test_layer_norm_of_its_own_weight_or_bias_sums_both_gradients(same, kind):
+    """``layer_norm(w, weight=w)`` / ``bias=w``: the backward wrote dx after the weight's and
+    bias's gradients into their one buffer, so only dx arrived (the kernels compute dweight,
+    dbias, then dx; the targets are now taken in that order)."""
+    w0 = np.array([0.3, -1.2, 0.7, 2.0, -0.4])
+    other = np.array([0.5, 1.5, -0.7, 0.2, 1.1])
+    c = np.arange(5.0) - 1.5
+    g = fastbp.Graph()
+    w = g.param("w", w0) if kind == "param" else g.input("w", (5,))
+    o = g.param("o", other)
+    weight = w if same in ("weight", "both") else o
+    bias = w if same in ("bias", "both") else o
+    out = fastbp.sum(fastbp.layer_norm(w, weight, bias) * g.const(c))
+    f = fastbp.grad(out, [w])
+    _, grads = f() if kind == "param" else f(w=w0)
+
+    def ref(v):
+        return _ln_value(v, v if same in ("weight", "both") else other, v if same in ("bias", "both") else other, c)
+    np.testing.assert_allclose(grads["w"], numerical_gradient(ref, w0.copy()), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda x: fastbp.layer_norm(x, eps=1e39), r"layer_norm: eps=1e\+39 cannot be represented in float32"),
+    (lambda x: fastbp.leaky_relu(x, 1e39), r"negative_slope=1e\+39 cannot be represented in float32"),
+])
+def test_graph_parameters_beyond_float32_are_refused_naming_them(make, match):
+    """They were cast into the float32 arena as infinities: layer_norm's eps=1e39 gave a NaN
+    value and gradients with only numpy's overflow warning (fastbp.ops refuses them)."""
+    x0 = np.array([-2.0, -0.5, 0.5, 2.0])
+    g = fastbp.Graph()
+    x = g.input("x", (4,))
+    out = fastbp.sum(make(x) * g.const(np.arange(4.0)))
+    with pytest.raises(ValueError, match=match + r".*dtype=float64"):
+        fastbp.grad(out, [x], dtype=np.float32)
+    value, grads = fastbp.grad(out, [x], dtype=np.float64)(x=x0)    # float64 holds them
+    assert np.isfinite(value) and np.isfinite(grads["x"]).all()
