@@ -137,10 +137,8 @@ class _BaseMLP(BaseEstimator):
         if self.solver == "sgd":
             lr *= s
             m = float(self.momentum)
-            return SGD(lr=lr, momentum=m, nesterov=bool(self.nesterovs_momentum) and m > 0,
-                              weight_decay=wd)
-        return Adam(lr=lr, betas=(float(self.beta_1), float(self.beta_2)), eps=eps / s,
-                           weight_decay=wd)
+            return SGD(lr=lr, momentum=m, nesterov=bool(self.nesterovs_momentum) and m > 0, weight_decay=wd)
+        return Adam(lr=lr, betas=(float(self.beta_1), float(self.beta_2)), eps=eps / s, weight_decay=wd)
 
     def _weight_decay(self, batch_size, n_out):
         """The optimizer's ``weight_decay`` of minibatches of ``batch_size`` rows: scikit-learn's
@@ -157,6 +155,7 @@ class _BaseMLP(BaseEstimator):
             "optimizer": self._optimizer_params(batch_size, n_out),
         }
         self._step = self._compile(arch)
+        arch["step_precision"] = self._step.precision       # what "auto" resolved to: pickling rebuilds it
         self._arch = arch
         # scikit-learn's _optimizer is made by fit and by the first partial_fit only: later calls
         # keep it and the settings it was made with (set_params(solver=...) in between is not read)
@@ -274,7 +273,8 @@ class _BaseMLP(BaseEstimator):
                 with open(path, "wb") as f:
                     f.write(blob)
                 # the precision it trained at (bf16 products where this machine has them)
-                self._step = load(path, precision=saved_precision(self._arch.get("precision")))
+                trained = self._arch.get("step_precision", self._arch.get("precision"))  # (earlier pickles)
+                self._step = load(path, precision=saved_precision(trained))
 
     # ------------------------------------------------------------------ data
     def _as_array(self, X):

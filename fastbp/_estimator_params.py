@@ -107,7 +107,7 @@ def check_same_model(est, hidden=None, incremental=True, call="partial_fit"):
     if est.activation != arch["activation"] and type(activation_layer(est.activation)) is not type(
             activation_layer(arch["activation"])):
         changed.append(f"activation={est.activation!r} (fitted: {arch['activation']!r})")
-    if est.precision != arch.get("precision", "full"):
+    if str(est.precision).lower() != str(arch.get("precision", "full")).lower():     # names in any case
         changed.append(f"precision={est.precision!r} (fitted: {arch.get('precision', 'full')!r})")
     if not incremental and list(arch["hidden"]) != hidden:
         changed.append(f"hidden_layer_sizes={est.hidden_layer_sizes!r} (fitted: {tuple(arch['hidden'])})")

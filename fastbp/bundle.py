@@ -466,10 +466,11 @@ def _check_bundle(meta, arrays, step):
 
 
 def saved_precision(recorded):
-    """The precision to rebuild a step trained at ``recorded`` precision with: "auto" for
-    "bf16" (bf16 products where this machine has them, full precision elsewhere, so
-    that the model loads anywhere), "full" otherwise."""
-    return "auto" if recorded == "bf16" else "full"
+    """The precision to rebuild a step trained at ``recorded`` precision with (any case): "auto"
+    for "bf16" (bf16 products where this machine has them, full precision elsewhere, so that
+    the model loads anywhere) and for "auto" (a record of the argument, not of what it resolved
+    to: an estimator pickled by an earlier fastbp), "full" otherwise."""
+    return "auto" if isinstance(recorded, str) and recorded.lower() in ("bf16", "auto") else "full"
 
 
 def load_model(path, precision=None):

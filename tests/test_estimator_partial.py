@@ -219,20 +219,24 @@ def test_partial_fit_classes_of_a_multilabel_target(classes, tmp_path):
     np.testing.assert_array_equal(fastbp.load_model(tmp_path / "m.npz").predict(X), ours.predict(X))
 
 
-def test_a_bf16_estimator_pickles_and_saves_as_bf16(tmp_path):
+@pytest.mark.extras        # CI's second stage has oneDNN (the first skips it)
+@pytest.mark.parametrize("precision", ["bf16", "auto", "BF16"])
+def test_a_bf16_estimator_pickles_and_saves_as_bf16(tmp_path, precision):
     """Unpickled, and loaded by load_model, it came back with a full-precision step: its
     predict_proba differed from the estimator's (1.9e-3) and partial_fit did not resume
-    bitwise."""
+    bitwise; "auto" and "BF16", which train in bf16 here too, still did when unpickled (the
+    pickle recorded the argument, not what it resolved to)."""
     import pickle
     from fastbp import _bf16
     if not _bf16.available()[0]:
         pytest.skip("bf16 products are not available here (the bf16 extra, a CPU with them)")
     rng = np.random.RandomState(0)
     X, y = rng.rand(128, 64).astype(np.float32), rng.randint(0, 3, 128)
-    est = MLPClassifier(hidden_layer_sizes=(32,), max_iter=1, batch_size=32, random_state=0, precision="bf16")
+    est = MLPClassifier(hidden_layer_sizes=(32,), max_iter=1, batch_size=32, random_state=0, precision=precision)
     est.fit(X, y)
     twin = pickle.loads(pickle.dumps(est))
     assert twin._step.precision == est._step.precision == "bf16"
+    np.testing.assert_array_equal(twin.predict_proba(X), est.predict_proba(X))
     est.partial_fit(X, y)
     twin.partial_fit(X, y)
     for a, b in zip(est.coefs_, twin.coefs_):
@@ -306,3 +310,17 @@ def test_real_parameters_past_floats_range_or_as_fractions(name, value, ok):
         else:
             with pytest.raises(InvalidParameterError, match=name):
                 est.fit(X, y)
+
+
+def test_a_precision_named_in_another_case_is_the_same_model():
+    """partial_fit after set_params(precision="FULL") on a model fitted with "full" was refused as
+    a changed precision (precision names are case-insensitive); an estimator pickled with its
+    precision argument only (an earlier fastbp) rebuilds "auto" and "BF16" as bf16 where it can."""
+    from fastbp.bundle import saved_precision
+    rng = np.random.RandomState(0)
+    X, y = rng.rand(40, 4), rng.randint(0, 2, 40)
+    est = MLPClassifier(hidden_layer_sizes=(3,), max_iter=1, random_state=0, precision="full").fit(X, y)
+    est.set_params(precision="FULL")
+    est.partial_fit(X, y)
+    assert [saved_precision(p) for p in ("bf16", "BF16", "auto", "Auto", "full", None)] == \
+        ["auto", "auto", "auto", "auto", "full", "full"]
