@@ -89,8 +89,16 @@ def _set_step_state(step, saved):
 def transfer_step_state(src, dst):
     """Give ``dst``, a step compiled from ``src``'s architecture and optimizer with another
     ``batch_size``, everything training has changed in ``src``: weights, optimizer state,
-    counters and generator; ``src`` is left as it is."""
-    _set_step_state(dst, _step_state(src))
+    counters, rate and generator; ``src`` is left as it is.  ``dst`` keeps its own optimizer
+    constants (the weight decay of its minibatch size: a checkpoint of it must match its spec)."""
+    saved = _step_state(src)
+    own = dst.hyper.copy()
+    _set_step_state(dst, saved)
+    progress = [_isa.H_T, _isa.H_STEPS, _isa.H_LR, _isa.H_RNG_SEED]
+    keep = np.ones(own.shape[0], dtype=bool)
+    keep[progress] = False
+    dst.hyper[keep] = own[keep]
+    dst._settings_changed()
 
 
 def snapshot(est, in_place):

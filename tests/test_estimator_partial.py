@@ -324,3 +324,31 @@ def test_a_precision_named_in_another_case_is_the_same_model():
     est.partial_fit(X, y)
     assert [saved_precision(p) for p in ("bf16", "BF16", "auto", "Auto", "full", None)] == \
         ["auto", "auto", "auto", "auto", "full", "full"]
+
+
+@pytest.mark.parametrize("change", ["more rows", "batch_size", "alpha from 0"])
+def test_a_step_compiled_again_by_partial_fit_pickles_and_saves(change, tmp_path):
+    """A partial_fit that compiles the step again (more rows, another batch_size, alpha set
+    from 0) gives the new step its own optimizer constants: the old step's weight decay
+    (alpha / its batch size) made its checkpoint inconsistent, and unpickling, deepcopy and
+    load_model of the saved bundle failed."""
+    import copy
+    import pickle
+
+    X, y = _data(120)
+    labels = (y > 0).astype(int)
+    est = MLPClassifier(**KW, dtype="float64", alpha=0.0 if change == "alpha from 0" else 0.5)
+    est.partial_fit(X[:10], labels[:10], classes=[0, 1])
+    if change == "batch_size":
+        est.set_params(batch_size=5)
+    elif change == "alpha from 0":
+        est.set_params(alpha=0.3)
+    est.partial_fit(X, labels)
+    back = pickle.loads(pickle.dumps(est))
+    np.testing.assert_array_equal(back.predict_proba(X), est.predict_proba(X))
+    back.partial_fit(X, labels)
+    copy.deepcopy(est).partial_fit(X, labels)
+    est.partial_fit(X, labels)
+    np.testing.assert_array_equal(back.predict_proba(X), est.predict_proba(X))
+    est.save(tmp_path / "m.npz")
+    np.testing.assert_array_equal(fastbp.load_model(tmp_path / "m.npz").predict_proba(X), est.predict_proba(X))
