@@ -350,11 +350,10 @@ def _load(path, expect_model, precision="full"):
     training = meta.get("training")
     scheduled = isinstance(training, dict) and training.get("schedule") is not None
     try:
-        if scheduled:       # a schedule may reach 0 (cosine to eta_min=0); the base rate is the spec's
-            if not hyper[ex.H_LR] >= 0.0:
-                raise ValueError(f"the scheduled learning rate must be >= 0, got {hyper[ex.H_LR]}")
-        else:
-            step.lr = float(hyper[ex.H_LR])        # validates (> 0, finite) and syncs step.optimizer
+        # the rate of the next update (hyper, written below) may differ from the base rate of the
+        # spec: a schedule scales it, and a detached one leaves its last rate (base rate kept)
+        if not hyper[ex.H_LR] >= 0.0:
+            raise ValueError(f"{'the scheduled ' if scheduled else ''}lr must be >= 0, got {hyper[ex.H_LR]}")
     except (TypeError, ValueError) as e:
         raise _Bad(f"learning rate: {e}") from None
     try:

@@ -127,3 +127,22 @@ def test_onecycle_with_more_steps_than_a_float_counts_is_a_value_error(kw, what)
     with pytest.raises(ValueError, match=f"OneCycleLR: {what} must be <= 2\\*\\*53"):
         S.OneCycleLR(0.1, **kw)
     assert S.OneCycleLR(0.1, total_steps=2**53).total_steps == 2**53
+
+
+def test_a_detached_schedules_step_keeps_its_base_rate_through_a_checkpoint(tmp_path):
+    """A step whose schedule was detached runs at the schedule's last rate and keeps its base rate;
+    fastbp.load made that last rate the base, so a schedule attached again after loading scaled
+    another rate than the uninterrupted step's."""
+    X, Y = _data()
+    a, b = _step(schedule=S.ExponentialLR(0.5)), _step(schedule=S.ExponentialLR(0.5))
+    for st in (a, b):
+        st.fit(X, Y, epochs=2, shuffle=False)
+        st.schedule = None
+    b.save(tmp_path / "m.npz")
+    c = fastbp.load(tmp_path / "m.npz")
+    assert (c.lr, c.optimizer.lr) == (a.lr, a.optimizer.lr) == (0.025, 0.1)
+    for st in (a, c):
+        st.schedule = S.ExponentialLR(0.5)
+        st.fit(X, Y, epochs=2, shuffle=False)
+    assert c.lr == a.lr
+    np.testing.assert_array_equal(c.param_vector, a.param_vector)
