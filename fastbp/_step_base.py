@@ -243,18 +243,16 @@ class StepBase(NormState):
         """Make ``schedule`` the step's: its ``t`` counts from now.  A ReduceLROnPlateau holds its
         step's state (rate, best metric, counters), so it belongs to one step at a time, as
         PyTorch's belongs to one optimizer: ValueError for one that another live step has."""
-        if isinstance(schedule, ReduceLROnPlateau):
+        plateau = isinstance(schedule, ReduceLROnPlateau)
+        if plateau:
             _claim_plateau(schedule, self)
         if self._schedule is not schedule:
             _release_plateau(self._schedule, self)
-        if isinstance(schedule, ReduceLROnPlateau) and schedule.lr is None:
+        if plateau and schedule.lr is None:
             schedule.lr = float(self.optimizer.lr)
         self._schedule = schedule
         self._sched_origin = (self.epochs_done, self.n_steps)
-        if not isinstance(schedule, ReduceLROnPlateau):
-            self.hyper[ex.H_LR] = schedule.lr_at(0, float(self.optimizer.lr))
-        else:
-            self.hyper[ex.H_LR] = schedule.lr
+        self.hyper[ex.H_LR] = schedule.lr if plateau else schedule.lr_at(0, float(self.optimizer.lr))
 
     def schedule_state(self):
         """The schedule's description and where its count started (saved in checkpoints).
@@ -283,6 +281,8 @@ class StepBase(NormState):
         spec = state.get("schedule")
         sched = None if spec is None else schedule_from_spec(spec)
         _release_plateau(self._schedule, self)
+        if isinstance(sched, ReduceLROnPlateau):
+            _claim_plateau(sched, self)         # a new object: this step's, as one it is given
         self.epochs_done, self._schedule, self._sched_origin = epochs, sched, origin
 
     def _take_state_of(self, other, slots=STATE_SLOTS):

@@ -195,6 +195,23 @@ def test_a_reduce_lr_on_plateau_belongs_to_one_step_at_a_time():
     assert fastbp.compile(m, schedule=s, batch_size=4).schedule is s
 
 
+def test_a_reduce_lr_on_plateau_rebuilt_by_load_belongs_to_the_loaded_step(tmp_path):
+    """The plateau that fastbp.load rebuilds was nobody's: a second
+    step took it, and both then changed one rate, best metric and counters."""
+    import fastbp
+    m = fastbp.Sequential(fastbp.Linear(4, 3))
+    fastbp.compile(m, schedule=S.ReduceLROnPlateau(), batch_size=4).save(tmp_path / "m.npz")
+    loaded = fastbp.load(tmp_path / "m.npz")
+    other = fastbp.compile(m, batch_size=4)
+    with pytest.raises(ValueError, match="already another step's schedule"):
+        other.schedule = loaded.schedule
+    assert other.schedule is None
+    plateau = loaded.schedule
+    loaded.schedule = None                  # detached: free for another step
+    other.schedule = plateau
+    assert other.schedule is plateau
+
+
 def test_setting_a_steps_schedule_attaches_it_as_the_argument_does():
     """``step.schedule = s`` was a plain attribute: anything was taken (a string failed
     later, in fit), the count did not restart, and a ReduceLROnPlateau of another step
