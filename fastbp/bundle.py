@@ -348,7 +348,8 @@ class SavedModel:
         # a bundle of a fastbp estimator answers as the estimator did: in its compute dtype
         out = self.step.dtype if self.estimator is not None else _np.float64
         if self.step.loss == "bce_with_logits":
-            P = 0.5 * (1.0 + _np.tanh(0.5 * S))          # sigmoid without overflow warnings
+            from scipy.special import expit             # (as the estimators: the same values)
+            P = expit(S)
             if self.task == "classification":
                 P /= _np.maximum(P.sum(axis=1, keepdims=True), _np.finfo(_np.float64).tiny)
             return P.astype(out, copy=False)
