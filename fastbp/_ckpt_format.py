@@ -196,7 +196,9 @@ def save(step, path, extra_arrays=None, extra_meta=None):
         / ``extra_meta`` hold a wrong type (the message names the key).
     ValueError
         An invalid ``extra_arrays`` name, or ``extra_meta`` not finite,
-        too deep or too large.
+        too deep or too large; or a step whose own description is beyond
+        what :func:`load` reads (a seed or schedule parameter of more than
+        100 digits, layers nested more than 64 deep): nothing is written.
     FileNotFoundError, IsADirectoryError, OSError
         The directory does not exist, ``path`` is a directory, or writing
         fails; ``path`` keeps its previous content in every case.
@@ -218,6 +220,10 @@ def save(step, path, extra_arrays=None, extra_meta=None):
         path = os.fsdecode(path)
     extras, extra_meta = _check_extras(extra_arrays, extra_meta)
     arrays, meta = _snapshot(step)
+    try:
+        _check_json(meta, "metadata")           # what load would refuse is never written
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"this step cannot be saved in a checkpoint that fastbp.load reads: {e}") from None
     target = _atomic.resolve(path)             # symbolic links are written through
 
     arrays.update(extras)

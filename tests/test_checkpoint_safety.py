@@ -446,3 +446,28 @@ def test_a_step_count_beyond_2_53_is_refused_by_load(tmp_path, value):
     dst = _with_meta(tmp_path, "steps.npz", lambda m: None, edit)
     with pytest.raises(ValueError, match=r"steps\.npz': .*step count must be a non-negative integer of at most 2\*\*53"):
         fastbp.load(dst)
+
+
+@pytest.mark.parametrize("what", ["seed", "schedule", "nesting"])
+def test_a_step_whose_checkpoint_load_would_refuse_is_not_saved(tmp_path, what):
+    """A seed or a schedule parameter of more than 100 digits, or Residual blocks nested more than 64
+    levels deep in the spec, were written, and fastbp.load then refused the file save had written."""
+    from fastbp import schedules as S
+    model, kw = fastbp.Sequential(fastbp.Linear(3, 2)), {}
+    if what == "seed":
+        kw["seed"] = 10 ** 100
+    elif what == "schedule":
+        kw["schedule"] = S.StepLR(step_size=10 ** 150)
+    else:
+        block = fastbp.Linear(3, 3)
+        for _ in range(40):
+            block = fastbp.Residual(fastbp.Sequential(block))
+        model = fastbp.Sequential(block, fastbp.Linear(3, 2))
+    step = fastbp.compile(model, batch_size=4, **kw)
+    path = tmp_path / "c.npz"
+    with pytest.raises(ValueError, match="cannot be saved in a checkpoint that fastbp.load reads: metadata"):
+        step.save(path)
+    assert not path.exists() and os.listdir(tmp_path) == []
+    if what == "seed":                      # at the limit: written and read back
+        fastbp.compile(model, batch_size=4, seed=10 ** 100 - 1).save(path)
+        assert fastbp.load(path).seed == 10 ** 100 - 1
