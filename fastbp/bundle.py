@@ -101,6 +101,24 @@ def _vector(name, v, n, positive=False):
     return _np.ascontiguousarray(a)
 
 
+def _labels(classes):
+    """``classes`` as a numeric or str array, exactly: all numbers (bools) or all strings, never
+    a mix made strings by numpy, nor bytes (which would come back as their repr)."""
+    items = list(_np.ravel(_np.asarray(classes, dtype=object)))
+    if any(isinstance(v, (bytes, _np.bytes_)) for v in items):
+        raise TypeError("classes must be numbers or strings, not bytes (decode them to str)")
+    if all(isinstance(v, str) for v in items):
+        return _np.asarray(classes, dtype=str)
+    if all(isinstance(v, (_numbers.Number, _np.bool_)) and not isinstance(v, (str, complex, _np.complexfloating))
+           for v in items):
+        c = _np.asarray(classes) if not isinstance(classes, _np.ndarray) or classes.dtype.kind != "O" \
+            else _np.asarray(classes.tolist())
+        if c.dtype.kind in "biuf":
+            return c
+    raise TypeError("classes must be all numbers or all strings, got "
+                    f"{sorted({type(v).__name__ for v in items})}")
+
+
 def save_model(step, path, *, task="classification", classes=None, feature_names=None, label_name=None,
                label_index=None, x_mean=None, x_scale=None, y_mean=None, y_scale=None, info=None,
                estimator=None):
@@ -113,9 +131,11 @@ def save_model(step, path, *, task="classification", classes=None, feature_names
     path : str or os.PathLike
     task : {'classification', 'multilabel', 'regression'}
     classes : array_like, shape (n_outputs,), optional
-        Classification: the label of each output (numbers or strings);
-        default ``arange(n_outputs)``.
+        Classification: the label of each output, all numbers (or bools) or
+        all strings, read back as they were (a mix, or bytes, is a
+        ``TypeError``); default ``arange(n_outputs)``.
     feature_names : sequence of str, shape (n_features,), optional
+        Unique (a DataFrame's columns are taken by name).
     label_name : str, optional
     label_index : int, optional
         0-based column of the label in the training file.
@@ -137,14 +157,10 @@ def save_model(step, path, *, task="classification", classes=None, feature_names
     arrays, meta = {}, {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "task": task,
                         "precision": getattr(step, "precision", "full")}
     if task != "regression":
-        c = _np.arange(n_out) if classes is None else _np.asarray(classes)
-        if c.dtype.kind == "O":
-            if not all(isinstance(v, str) for v in c.ravel()):
-                raise TypeError("classes must be all numbers or all strings")
-            c = c.astype(str)
+        c = _np.arange(n_out) if classes is None else _labels(classes)
         if c.shape != (n_out,):
             raise ValueError(f"classes must have shape ({n_out},) (one per output), got {c.shape}")
-        if c.dtype.kind in "US":
+        if c.dtype.kind == "U":
             meta["classes"] = [str(v) for v in c]
         elif c.dtype.kind in "biuf":
             arrays["classes"] = _np.ascontiguousarray(c)
@@ -156,6 +172,9 @@ def save_model(step, path, *, task="classification", classes=None, feature_names
         fn = [str(v) for v in feature_names]
         if len(fn) != n_in:
             raise ValueError(f"feature_names must name the {n_in} features, got {len(fn)} names")
+        if len(set(fn)) != len(fn):     # a DataFrame's columns are taken by name
+            dup = next(v for v in fn if fn.count(v) > 1)
+            raise ValueError(f"feature_names must be unique: {dup!r} names more than one feature")
         meta["feature_names"] = fn
     if (x_mean is None) != (x_scale is None):
         raise ValueError("x_mean and x_scale go together")

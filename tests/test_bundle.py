@@ -284,6 +284,39 @@ def test_a_multilabel_estimators_bundle_gives_its_probabilities_exactly(tmp_path
     np.testing.assert_array_equal(fastbp.load_model(tmp_path / "m.npz").predict_proba(X), est.predict_proba(X))
 
 
+@pytest.mark.parametrize("classes, want", [
+    (np.array([1, 2, 3], dtype=object), np.array([1, 2, 3])),       # was refused: "all numbers or all strings"
+    (np.array(["x", "y", "z"], dtype=object), np.array(["x", "y", "z"])),
+    ([True, False, True], np.array([True, False, True])),
+    (np.array([1.5, 2.0, 3.0]), np.array([1.5, 2.0, 3.0])),
+])
+def test_saved_classes_come_back_as_they_were(tmp_path, classes, want):
+    step = fastbp.compile(fastbp.Sequential(fastbp.Linear(2, 3)), batch_size=4)
+    bundle.save_model(step, tmp_path / "m.npz", classes=classes)
+    got = fastbp.load_model(tmp_path / "m.npz").classes_
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype.kind == want.dtype.kind
+
+
+@pytest.mark.parametrize("classes, match", [
+    ([1, "a", 2.5], r"all numbers or all strings, got \['float', 'int', 'str'\]"),   # were stored as '1', 'a', '2.5'
+    (np.array([b"a", b"b", b"c"]), "not bytes"),                                  # were stored as "b'a'"
+    ([None, 1, 2], "all numbers or all strings"),
+])
+def test_classes_that_cannot_come_back_as_they_were_are_refused(tmp_path, classes, match):
+    step = fastbp.compile(fastbp.Sequential(fastbp.Linear(2, 3)), batch_size=4)
+    with pytest.raises(TypeError, match=match):
+        bundle.save_model(step, tmp_path / "m.npz", classes=classes)
+    assert not (tmp_path / "m.npz").exists()
+
+
+def test_duplicate_feature_names_are_refused(tmp_path):
+    """A DataFrame's columns are taken by name: with a name twice, its first column was read for both."""
+    step = fastbp.compile(fastbp.Sequential(fastbp.Linear(2, 3)), batch_size=4)
+    with pytest.raises(ValueError, match="feature_names must be unique: 'a'"):
+        bundle.save_model(step, tmp_path / "m.npz", feature_names=["a", "a"])
+
+
 # ------------------------------------------------------------------ validation
 def _raw_bundle(tmp_path, arrays, meta):
     step = fastbp.compile(fastbp.Sequential(fastbp.Linear(2, 3)), batch_size=4)
