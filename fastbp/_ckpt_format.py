@@ -120,6 +120,8 @@ def _snapshot(step):
     if missing:
         raise TypeError(f"step must be a fastbp.TrainStep (or an object with {', '.join(missing)}), "
                         f"got {type(step).__name__}")
+    if callable(getattr(step, "_before_save", None)):
+        step._before_save()         # (a from_torch step: what PyTorch trained since the last sync)
     lock = getattr(step, "_lock", None)
     with lock if lock is not None else contextlib.nullcontext():   # never a half-done step
         params, states, hyper = step.param_vector, list(step.state_vectors), step.hyper

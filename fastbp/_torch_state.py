@@ -15,7 +15,7 @@ from __future__ import annotations
 from . import _isa as ex
 from .optimizers import Adam, RMSprop, SGD
 
-__all__ = ["import_state", "export_state", "record", "torch_moved", "step_dtype"]
+__all__ = ["import_state", "export_state", "record", "watch", "torch_moved", "step_dtype"]
 
 
 def step_dtype(torch):
@@ -69,12 +69,10 @@ def export_state(step, opt, torch):
     RMSprop ``step``, ``square_avg``, ``momentum_buffer``, ``grad_avg``); returns the
     :func:`record` of the tensors written.  The caller holds the step's lock."""
     name = step.optimizer.name
-    if name == "sgd":
-        keys = ("momentum_buffer",) if step.optimizer.momentum != 0.0 else ()
-    elif name == "adam":
-        keys = ("exp_avg", "exp_avg_sq")
-    else:
-        keys = step.optimizer.state_names
+    keys = _state_keys(step)
+    counted = keys[-1:] == ("step",)
+    if counted:
+        keys = keys[:-1]
     if name == "adam":
         t = float(step.hyper[ex.H_T])
     else:
@@ -87,10 +85,25 @@ def export_state(step, opt, torch):
         for k, vec in zip(keys, step.state_vectors):
             st[k] = torch.from_numpy(vec[off:off + n].reshape(live.shape).copy())
             written.append((p, k))
-        if name != "sgd":       # (0 before any update: torch's own first state)
+        if counted:       # (0 before any update: torch's own first state)
             st["step"] = torch.tensor(float(t), dtype=step_dtype(torch))
             written.append((p, "step"))
     return record(written, opt)
+
+
+def _state_keys(step):
+    """The ``opt.state`` keys :func:`export_state` writes per parameter, ``step`` last."""
+    name = step.optimizer.name
+    if name == "sgd":
+        return ("momentum_buffer",) if step.optimizer.momentum != 0.0 else ()
+    keys = ("exp_avg", "exp_avg_sq") if name == "adam" else tuple(step.optimizer.state_names)
+    return keys + ("step",)
+
+
+def watch(step, opt):
+    """The :func:`record` of the state :func:`export_state` would write, as ``opt.state``
+    holds it now (from_torch: PyTorch's steps before the first sync are followed too)."""
+    return record([(p, k) for p, _ in step._torch_params for k in _state_keys(step)], opt)
 
 
 def record(entries, opt):
@@ -98,7 +111,7 @@ def record(entries, opt):
     entry as ``opt.state`` holds it now (``_version``: torch's count of in-place changes)."""
     out = []
     for p, k, *_ in entries:
-        t = opt.state[p].get(k)
+        t = opt.state.get(p, {}).get(k)
         out.append((p, k, t, getattr(t, "_version", None)))
     return tuple(out)
 

@@ -12,7 +12,7 @@ from .optimizers import Adam, AdamW, RMSprop, SGD
 from .registry import activations as _acts
 from .registry import losses as _losses
 from .step import TrainStep
-from ._torch_state import export_state, import_state, record, torch_moved
+from ._torch_state import export_state, import_state, record, torch_moved, watch
 
 __all__ = ["from_torch", "TorchTrainStep"]
 
@@ -77,6 +77,12 @@ class TorchTrainStep(TrainStep):
             if self._torch_synced and torch_moved(self._torch_synced, self._torch_opt):
                 import_state(self._torch_opt, self._torch_params, self, _torch())
                 self._torch_synced = record(self._torch_synced, self._torch_opt)
+
+    def _before_save(self):
+        """Before a checkpoint or bundle is written: the state the next call would train from
+        (PyTorch's own steps since the last sync, a rate a torch scheduler set since)."""
+        self._follow_torch_state()
+        self._follow_torch_lr(check_hyper=False)
 
     def _follow_torch_lr(self, check_hyper=True):
         """Take the torch optimizer's current ``param_groups`` learning rate when it changed
@@ -471,6 +477,7 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
         step._torch_hyper = tuple(tuple((k, _plain(g[k])) for k in _HYPER_KEYS if k in g)
                                   for g in optimizer.param_groups)
         step._torch_params = pairs
+        step._torch_synced = watch(step, optimizer)     # PyTorch's steps before the first sync: followed
     step._torch_counts = [(prefix, m) for prefix, m in names if isinstance(m, torch.nn.BatchNorm1d)
                           and m.running_mean is not None and m.num_batches_tracked is not None]
     step._torch_count_seen = {prefix: int(m.num_batches_tracked) for prefix, m in step._torch_counts}

@@ -395,6 +395,67 @@ def test_fused_then_torch_then_fused_again_is_one_torch_run(make):
             assert float(oa.state[p]["step"]) == 15.0
 
 
+_MAKERS = [lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), lambda p: torch.optim.Adam(p, lr=0.01),
+           lambda p: torch.optim.RMSprop(p, lr=0.01, momentum=0.5, centered=True)]
+
+
+def _torch_steps(model, opt, batches):
+    for xb, yb in batches:
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(xb), yb).backward()
+        opt.step()
+
+
+def _bn_run():
+    """A float64 model with BatchNorm, a copy, and 12 minibatches."""
+    nn = torch.nn
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).double()
+    X, Y = torch.randn(40, 5, dtype=torch.float64), torch.randint(0, 3, (40,))
+    return a, copy.deepcopy(a), [(X[(k % 5) * 8:(k % 5) * 8 + 8], Y[(k % 5) * 8:(k % 5) * 8 + 8]) for k in range(12)]
+
+
+@pytest.mark.parametrize("make", _MAKERS, ids=["sgd", "adam", "rmsprop"])
+def test_torch_steps_before_the_first_fused_call_are_followed(make):
+    """PyTorch's steps between from_torch and the first sync were ignored: the step went on from
+    the optimizer state it imported (Adam's step 1 for 7)."""
+    a, b, batches = _bn_run()
+    ob = make(b.parameters())
+    _torch_steps(b, ob, batches)
+    oa = make(a.parameters())
+    s = fastbp.from_torch(a, loss=torch.nn.CrossEntropyLoss(), optimizer=oa, batch_size=8)
+    _torch_steps(a, oa, batches[:6])
+    for xb, yb in batches[6:]:
+        s(xb, yb)
+    s.sync_to_torch()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-8, atol=1e-9)     # (BatchNorm's rounding, through Adam)
+    assert int(a[1].num_batches_tracked) == int(b[1].num_batches_tracked) == 12
+
+
+@pytest.mark.parametrize("make", _MAKERS, ids=["sgd", "adam", "rmsprop"])
+def test_a_checkpoint_after_torch_steps_holds_what_the_next_call_trains_from(make, tmp_path):
+    """save after sync_to_torch and plain PyTorch steps wrote the step's older optimizer state,
+    BatchNorm counts and the rate before a torch scheduler's step."""
+    a, _, batches = _bn_run()
+    oa = make(a.parameters())
+    sched = torch.optim.lr_scheduler.StepLR(oa, step_size=1, gamma=0.5)
+    s = fastbp.from_torch(a, loss=torch.nn.CrossEntropyLoss(), optimizer=oa, batch_size=8)
+    for xb, yb in batches[:4]:
+        s(xb, yb)
+    s.sync_to_torch()
+    _torch_steps(a, oa, batches[4:7])
+    sched.step()
+    s.save(tmp_path / "c.npz")
+    back = fastbp.load(tmp_path / "c.npz")
+    for xb, yb in batches[7:]:
+        s(xb, yb)
+        back(xb.numpy(), yb.numpy())
+    assert back.lr == s.lr == oa.param_groups[0]["lr"]
+    np.testing.assert_array_equal(back.param_vector, s.param_vector)
+    np.testing.assert_array_equal(back.buffer_vector, s.buffer_vector)
+
+
 def test_a_mode_dependent_layer_in_eval_mode_is_refused_naming_it():
     """``loss = step(x, y)`` stands for PyTorch's train-mode step: a Dropout or a BatchNorm1d
     with running statistics left in eval mode would silently train differently."""
