@@ -19,23 +19,26 @@ from . import _validate as V
 from . import training as _training
 from ._isa import H_LR
 from ._mpi import RankError, _epoch_shard, _note, _on_all_ranks, agree
-from .schedules import schedule_arg
+from .schedules import ReduceLROnPlateau, _claim_plateau, schedule_arg
 
 __all__ = ["DataParallelFit"]
 
 
 def settings_key(step, schedule, validation=False, early_stopping=None):
     """A 56-bit digest of what makes the ranks' updates differ beyond the arguments of
-    ``fit``: the schedule in effect (``schedule``, else the step's), the gradient
+    ``fit``: the schedule in effect (``schedule``, else the step's) and its position, the gradient
     clipping, the learning rates (base and next), whether validation data is given
     (its evaluation is collective) and the early stopping (it decides the stop and the
     weights kept).  Callbacks may differ (a rank's logging): their stop and their
     errors are agreed each epoch.  Equal on ranks that agree."""
     sched = step.schedule if schedule is None else schedule
+    # where the schedule stands: a new one counts from 0, the step's own one goes on
+    at = [0, 0] if schedule is not None else [step.epochs_done - step._sched_origin[0],
+                                              step.n_steps - step._sched_origin[1]]
     es = None if early_stopping is None else [early_stopping.patience, early_stopping.min_delta,
                                               early_stopping.restore_best_weights, early_stopping.monitor,
                                               early_stopping.mode]
-    text = json.dumps([None if sched is None else sched.spec(), step.clip_grad_norm, float(step.optimizer.lr),
+    text = json.dumps([None if sched is None else sched.spec(), at, step.clip_grad_norm, float(step.optimizer.lr),
                        step.lr, bool(validation), es], sort_keys=True, default=str)
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=7).digest(), "little")
 
@@ -123,6 +126,8 @@ class DataParallelFit:
             schedule = schedule_arg(schedule)
             if schedule is st.schedule:
                 schedule = None         # the step's own schedule object again: it continues
+            elif isinstance(schedule, ReduceLROnPlateau):
+                _claim_plateau(schedule, st, check_only=True)      # (attached once agreed on)
             starts = _epoch_shard(np.arange(n, dtype=np.int64), self.size, self.rank, st.batch_size)[1]
             per_epoch = len(starts) - 1
             if per_epoch > 0:       # this rank's share of the smallest global minibatch (BatchNorm: 2 rows)
@@ -146,7 +151,7 @@ class DataParallelFit:
         if info[0]:
             n_failed = self.size if info[8] == -1 else None      # every rank / some ranks
             if error is not None:
-                _note(error, self.comm)
+                _note(error, self.comm, n_failed)
                 raise _on_all_ranks(error, n_failed)
             raise _on_all_ranks(RankError("fit: another rank rejected its arguments (see its "
                                           "message); nothing was trained", 1, self.size), n_failed)
@@ -158,7 +163,7 @@ class DataParallelFit:
                     f"whole data set and the same epochs and shuffle"), self.size)
         if info[9] != -info[10]:
             raise _on_all_ranks(ValueError(
-                "fit: the ranks' training settings differ (schedule, clip_grad_norm, lr, validation_data "
+                "fit: the ranks' training settings differ (schedule or where it stands, clip_grad_norm, lr, validation_data "
                 "given or not, or early_stopping): set them alike on every rank; nothing was trained"), self.size)
         if n < self.size:
             raise _on_all_ranks(ValueError(f"fit: X has {n} rows, fewer than the {self.size} ranks"),

@@ -197,7 +197,7 @@ def agree(comm, error=None, what="a rank failed"):
     if n == 0:
         return
     if error is not None:
-        _note(error, comm)
+        _note(error, comm, n)
         raise _on_all_ranks(error, n)
     raise _on_all_ranks(RankError(f"{what}: {n} of {comm.Get_size()} ranks reported an error "
                                   f"(see their messages)", n, comm.Get_size()), n)
@@ -207,10 +207,13 @@ def _reraise(exc):
     raise exc
 
 
-def _note(exc, comm):
+def _note(exc, comm, n_failed=None):
+    """Note on ``exc`` the rank that raised it and what the others raised (``n_failed``: how
+    many ranks failed, when known)."""
     if hasattr(exc, "add_note") and comm.Get_size() > 1:
-        exc.add_note(f"(raised on MPI rank {comm.Get_rank()} of {comm.Get_size()}; the other "
-                     f"ranks raised fastbp.distributed.RankError)")
+        others = ("every rank raised its own error" if n_failed == comm.Get_size() else
+                  "the ranks that did not fail raised fastbp.distributed.RankError")
+        exc.add_note(f"(raised on MPI rank {comm.Get_rank()} of {comm.Get_size()}; {others})")
 
 
 # ------------------------------------------------------------------ threads

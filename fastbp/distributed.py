@@ -77,7 +77,8 @@ class DistributedStep(DataParallelFit):
     threads : "auto", int or None, default "auto"
         ``"auto"``: cap numba and BLAS threads to this rank's share of the
         cores (:func:`thread_share`); an int: cap to that many; None: leave
-        the thread pools alone.
+        the thread pools alone.  Each process's own setting: it may differ
+        between ranks.
 
     Attributes
     ----------
@@ -103,9 +104,13 @@ class DistributedStep(DataParallelFit):
     ImportError
         mpi4py is not installed.
     TypeError
-        ``comm`` is not an mpi4py intra-communicator.
+        ``comm`` is not an mpi4py intra-communicator (raised on that rank
+        only: there is no communicator to agree over); ``step`` is not a
+        TrainStep or ``threads`` not one of the above.
     ValueError
-        The ranks compiled different steps (raised on every rank).
+        The ranks compiled different steps, or a bad ``threads``.  Every
+        error but ``comm``'s is agreed on: the rank that raised it raises it,
+        the others :class:`RankError`.
 
     Examples
     --------
@@ -123,23 +128,20 @@ class DistributedStep(DataParallelFit):
     def __init__(self, step, comm, threads="auto"):
         MPI = _mpi()
         from .step import TrainStep
-        if not isinstance(step, TrainStep):
-            raise TypeError(f"step must be a fastbp.TrainStep, got {type(step).__name__}")
         if not isinstance(comm, MPI.Comm) or comm == MPI.COMM_NULL:
             raise TypeError(f"comm must be an mpi4py communicator such as MPI.COMM_WORLD, "
                             f"got {type(comm).__name__}")
         if not isinstance(comm, MPI.Intracomm):
             raise TypeError(f"comm must be an intra-communicator (all ranks in one group), "
                             f"got {type(comm).__name__}")
-        if isinstance(threads, str):
-            if threads != "auto":
-                raise ValueError(f"threads must be 'auto', a positive integer or None, got {threads!r}")
-        elif threads is not None:
-            try:
-                threads = V.positive_int("threads", threads)
-            except TypeError:
-                raise TypeError(f"threads must be 'auto', a positive integer or None, "
-                                f"got {type(threads).__name__}") from None
+        error = None
+        try:            # agreed on: one rank's refusal must not leave the others waiting
+            if not isinstance(step, TrainStep):
+                raise TypeError(f"step must be a fastbp.TrainStep, got {type(step).__name__}")
+            threads = _threads_arg(threads)
+        except Exception as e:  # noqa: BLE001 - re-raised on every rank by agree()
+            error = e
+        agree(comm, error, "DistributedStep")
         self.step = step
         self.comm = comm
         self.rank = comm.Get_rank()
@@ -183,17 +185,18 @@ class DistributedStep(DataParallelFit):
         # this rank's first row), so that ranks draw the masks of one process
         self._dropout = bool(np.any(p.tape[:, C_OP] == OP_DROPOUT))
 
+        # a copy of BatchNorm's running statistics, which the local backward updates: put
+        # back when another rank rejected the step (_reduce_and_update)
+        self._running = np.empty_like(step.buffer_vector)
+        self._running_kept = False
         # staging buffers for the rows fit gathers each step
         bs = step.batch_size
         self._xs = np.empty((bs, step.n_in), dtype=step.dtype)
         self._yi = np.empty(bs, dtype=np.int64)
         self._yf = np.empty((bs, step.n_out), dtype=step.dtype)
 
-        self.threads = None
-        if threads == "auto":
-            self.threads = limit_threads(thread_share(comm))
-        elif threads is not None:
-            self.threads = limit_threads(int(threads))
+        share = thread_share(comm)      # (collective: on every rank, whatever its threads=)
+        self.threads = None if threads is None else limit_threads(share if threads == "auto" else threads)
 
     def _check_reserved_slots(self):
         """The 3 slots after the gradients must be free arena space (the compiler reserves them)."""
@@ -264,12 +267,15 @@ class DistributedStep(DataParallelFit):
         v = self.comm_vector
         self.comm.Allreduce(MPI.IN_PLACE, v, op=MPI.SUM)
         n_failed = int(round(float(v[self._gn + 2])))
+        kept, self._running_kept = self._running_kept, False
+        if n_failed and kept:       # BatchNorm's running statistics as they were: no rank trained
+            np.copyto(self.step.buffer_vector, self._running)
         if n_failed:
             if error is not None:
                 try:
                     error()
                 except Exception as e:
-                    _note(e, self.comm)
+                    _note(e, self.comm, n_failed)
                     raise _on_all_ranks(e, n_failed) from None
             raise _on_all_ranks(RankError(
                 f"{n_failed} of {self.size} ranks rejected their minibatch{what} (see their "
@@ -396,6 +402,9 @@ class DistributedStep(DataParallelFit):
         returns None, or (having marked this rank failed) the call that raises its status
         (with a copy of the labels: fit's staging buffer is reused)."""
         st = self.step
+        if self._running.size:      # kept until the ranks agree that the step succeeded
+            np.copyto(self._running, st.buffer_vector)
+            self._running_kept = True
         status, loss, info = st.gradients_of(x, yi, yf, n)
         if status == STATUS_OK:
             _pack(self.comm_vector, self._gn, n, loss)
@@ -506,8 +515,22 @@ class DistributedStep(DataParallelFit):
         return f"<fastbp.DistributedStep rank {self.rank} of {self.size}: {self.step!r}>"
 
 
+def _threads_arg(threads):
+    """``threads=`` checked: ``"auto"``, a positive int or None."""
+    if isinstance(threads, str):
+        if threads != "auto":
+            raise ValueError(f"threads must be 'auto', a positive integer or None, got {threads!r}")
+        return threads
+    if threads is None:
+        return None
+    try:
+        return V.positive_int("threads", threads)
+    except TypeError:
+        raise TypeError(f"threads must be 'auto', a positive integer or None, got {type(threads).__name__}") from None
+
+
 def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, dtype=np.float32, seed=0,
-            *, comm, threads="auto", schedule=None, precision="full", clip_grad_norm=None):
+            *, comm, threads="auto", schedule=None, precision="full", clip_grad_norm=None, _device="cpu"):
     """:func:`fastbp.compile` for data-parallel training over ``comm``; a collective call.
 
     Same parameters as :func:`fastbp.compile` (``schedule`` and ``clip_grad_norm`` included,
@@ -527,6 +550,8 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
                         f"got {type(comm).__name__}")
     error, step = None, None
     try:
+        if V.resolve_device(_device) != "cpu":         # (fastbp.compile's device=)
+            raise ValueError("comm= (data-parallel training) runs on the CPU; device must be 'cpu'")
         clip = clip_grad_norm_arg(clip_grad_norm)
         step = TrainStep(model, loss, optimizer_arg(optimizer), batch_size, dtype, seed, schedule=schedule,
                          precision=precision)
@@ -537,5 +562,5 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
         agree(comm, error, "compile")
     elif error is not None:
         raise error
-    return DistributedStep(step, comm, threads=threads)
+    return DistributedStep(step, comm, threads=threads)     # (its own checks agreed on too)
 

@@ -117,15 +117,14 @@ def compile(model, loss="softmax_cross_entropy", optimizer=None, batch_size=64, 
     >>> step = fastbp.compile(model, optimizer=fastbp.SGD(lr=0.1), batch_size=2)
     >>> loss = step(np.ones((2, 4), np.float32), np.array([0, 2]))
     """
-    clip = clip_grad_norm_arg(clip_grad_norm)       # checked first: a rejected call builds nothing
     if comm is not None:
-        if V.resolve_device(device) != "cpu":
-            raise ValueError("comm= (data-parallel training) runs on the CPU; device must be 'cpu'")
         from .distributed import compile as _compile_distributed   # imports mpi4py, or ImportError
-        # clipping is set before the ranks compare their steps (a mismatch is an error everywhere)
+        # every argument checked there, the errors agreed on by the ranks (one rank's refusal
+        # would leave the others waiting); clipping is set before the ranks compare their steps
         return _compile_distributed(model, loss=loss, optimizer=optimizer, batch_size=batch_size, dtype=dtype,
                                     seed=seed, comm=comm, schedule=schedule, precision=precision,
-                                    clip_grad_norm=clip or None)
+                                    clip_grad_norm=clip_grad_norm, _device=device)
+    clip = clip_grad_norm_arg(clip_grad_norm)       # checked first: a rejected call builds nothing
     optimizer = optimizer_arg(optimizer)
     if V.resolve_device(device) == "cuda":
         from .cuda_step import CudaTrainStep

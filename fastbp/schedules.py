@@ -572,8 +572,9 @@ _PLATEAU_OWNERS = {}
 _PLATEAU_LOCK = _threading.RLock()     # claims from two threads: one wins, the other is refused
 
 
-def _claim_plateau(schedule, step):
-    """Record ``step`` as ``schedule``'s step; ValueError if another live step has it."""
+def _claim_plateau(schedule, step, check_only=False):
+    """Record ``step`` as ``schedule``'s step (``check_only``: record nothing); ValueError if
+    another live step has it."""
     with _PLATEAU_LOCK:
         for k, (s_ref, o_ref) in list(_PLATEAU_OWNERS.items()):
             if s_ref() is None or o_ref() is None:
@@ -583,7 +584,8 @@ def _claim_plateau(schedule, step):
             raise ValueError("schedule: this ReduceLROnPlateau is already another step's schedule (it holds "
                              "that step's rate, best metric and counters); give each step its own "
                              "ReduceLROnPlateau")
-        _PLATEAU_OWNERS[id(schedule)] = (_weakref.ref(schedule), _weakref.ref(step))
+        if not check_only:
+            _PLATEAU_OWNERS[id(schedule)] = (_weakref.ref(schedule), _weakref.ref(step))
 
 
 def _release_plateau(schedule, step):

@@ -251,6 +251,33 @@ def test_a_bad_minibatch_on_one_rank_raises_on_every_rank(failures_run, scenario
         assert "at step 0 of fit" in ranks[1][scenario]["msg"]
 
 
+@pytest.mark.parametrize("scenario,error", [("compile_clip_rank1", "ValueError"),
+                                            ("compile_device_rank1", "ValueError"),
+                                            ("wrap_threads_rank1", "ValueError"),
+                                            ("wrap_not_a_step_rank1", "TypeError"),
+                                            ("fit_plateau_held_rank1", "ValueError"),
+                                            ("bn_rejected_rank1", "ValueError")])
+def test_arguments_refused_on_one_rank_raise_on_every_rank(failures_run, scenario, error):
+    """Each of these was refused on rank 1 before the ranks agreed (rank 0 waited for ever), or,
+    for BatchNorm, left rank 0's running statistics updated by a step no rank applied."""
+    _, ranks = failures_run
+    assert ranks[1][scenario]["type"] == error and ranks[0][scenario]["type"] == "RankError"
+    assert "the ranks that did not fail raised fastbp.distributed.RankError" in ranks[1][scenario]["notes"][-1]
+    for res in ranks:
+        assert res[scenario].get("unchanged", True) and res[scenario].get("running_unchanged", True)
+
+
+def test_rank_local_settings_and_shared_failures(failures_run):
+    _, ranks = failures_run
+    for res in ranks:
+        assert res["threads_differ"]["type"] is None                # each rank's own threads=
+        assert res["compile_error_all"]["type"] == "ValueError"     # every rank refused batch_size=0
+        assert "every rank raised its own error" in res["compile_error_all"]["notes"][-1]
+        assert res["schedule_position_differs"]["type"] == "ValueError"
+        assert "where it stands" in res["schedule_position_differs"]["msg"]
+        assert res["schedule_position_differs"]["in_sync"]
+
+
 def test_disagreements_between_ranks_raise_the_same_error_everywhere(failures_run):
     _, ranks = failures_run
     for scenario, words in (("fit_different_n", "different X rows"), ("mismatched_model", "different model")):

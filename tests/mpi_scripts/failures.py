@@ -26,7 +26,8 @@ def outcome(fn):
     try:
         fn()
     except Exception as e:  # noqa: BLE001 - recorded for the test
-        return {"type": type(e).__name__, "msg": str(e), "all_ranks": getattr(e, "fastbp_all_ranks", False)}
+        return {"type": type(e).__name__, "msg": str(e), "all_ranks": getattr(e, "fastbp_all_ranks", False),
+                "notes": list(getattr(e, "__notes__", []))}
     return {"type": None}
 
 
@@ -111,6 +112,44 @@ def main(out):
     # compile arguments rejected on rank 1 only
     res["compile_error_rank1"] = outcome(lambda: dist.compile(model(), batch_size=32 if rank == 0 else 0,
                                                               comm=comm))
+
+    # fastbp.compile's own arguments, and DistributedStep's, rejected on rank 1 only (they were
+    # checked before the ranks agreed: rank 0 waited for ever); every rank rejecting them
+    res["compile_clip_rank1"] = outcome(lambda: fastbp.compile(
+        model(), batch_size=32, comm=comm, clip_grad_norm=-1.0 if rank == 1 else None))
+    res["compile_device_rank1"] = outcome(lambda: fastbp.compile(
+        model(), batch_size=32, comm=comm, device="cuda" if rank == 1 else "cpu"))
+    res["wrap_threads_rank1"] = outcome(lambda: dist.DistributedStep(step.step, comm, threads=0 if rank else "auto"))
+    res["wrap_not_a_step_rank1"] = outcome(lambda: dist.DistributedStep(step.step if rank == 0 else None, comm))
+    res["compile_error_all"] = outcome(lambda: dist.compile(model(), batch_size=0, comm=comm))
+    # threads= is each process's own: "auto" on one rank, None on the other (a collective only
+    # "auto" made: a hang)
+    res["threads_differ"] = outcome(lambda: dist.DistributedStep(step.step, comm, threads="auto" if rank == 0 else None))
+
+    # a ReduceLROnPlateau another step holds on rank 1 only (attached after the ranks agreed: a hang)
+    from fastbp import schedules as S
+    plateau = S.ReduceLROnPlateau()
+    holder = fastbp.compile(model(), batch_size=32, schedule=plateau) if rank == 1 else None
+    snap = snapshot()
+    r = outcome(lambda: step.fit(X, Y, schedule=plateau, seed=1))
+    r["unchanged"] = unchanged(snap)
+    res["fit_plateau_held_rank1"] = r
+    del holder
+
+    # BatchNorm: a step another rank rejects leaves the running statistics as they were (the local
+    # backward had updated them); a schedule given again on one rank, new on the other, differs
+    bn = dist.compile(fastbp.Sequential(fastbp.Linear(10, 8), fastbp.BatchNorm1d(8), fastbp.ReLU(),
+                                        fastbp.Linear(8, 3)), batch_size=32, comm=comm, seed=0,
+                      schedule=S.StepLR(1, 0.5))
+    bn(x, y)
+    running = bn.buffer_vector.copy()
+    r = outcome(lambda: bn(x, bad_y if rank == 1 else y))
+    r["running_unchanged"] = bool(bn.buffer_vector.tobytes() == running.tobytes())
+    res["bn_rejected_rank1"] = r
+    bn.fit(X, Y, seed=1)
+    r = outcome(lambda: bn.fit(X, Y, seed=1, schedule=bn.schedule if rank == 0 else S.StepLR(1, 0.5)))
+    r["in_sync"] = bn.in_sync()
+    res["schedule_position_differs"] = r
 
     # fastbp.compile(..., comm=) once step.py delegates to fastbp.distributed
     import inspect
