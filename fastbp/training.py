@@ -22,6 +22,7 @@ import contextlib as _contextlib
 import math as _math
 import numbers as _numbers
 import sys as _sys
+import time as _time
 
 import numpy as _np
 
@@ -397,14 +398,16 @@ def drive(*, epochs, per_epoch, rows_per_step, orders, train_epoch, step, valida
         Epochs, and updates per epoch.
     rows_per_step : ndarray of int64, shape (per_epoch,)
         Rows of each minibatch (the epoch's loss is their weighted mean).
-    orders : iterator of ndarray
-        Each epoch's row order (drawn when the epoch starts).
+    orders : iterable of ndarray
+        Each epoch's row order (drawn when the epoch starts, under ``step.lock``).
     train_epoch : callable ``(e, perm, lrs, out) -> None``
         Trains one epoch, writing each update's loss into ``out``; raises on failure.
     step : StepBase
         Its ``schedule``, base rate (``optimizer.lr``), ``n_steps``, ``epochs_done``, ``_sched_origin``
         and ``lr`` are read and ``epochs_done`` advanced, each epoch's under ``step.lock`` with its
-        training: a schedule or rate set during the fit (a callback, a thread) counts from the next epoch.
+        shuffle, training, validation and ReduceLROnPlateau step (another thread's save sees a whole
+        epoch or none of it): a schedule or rate set during the fit (a callback, a thread) counts from
+        the next epoch.
     validate : callable ``() -> (val_loss, val_accuracy or None)`` or None
     early_stopping : EarlyStopping or None
     callbacks : list of callables ``(epoch, logs)``
@@ -428,9 +431,13 @@ def drive(*, epochs, per_epoch, rows_per_step, orders, train_epoch, step, valida
         early_stopping._begin()
     bar = Progress(epochs, verbose)
     try:
-        for e, perm in enumerate(orders):
+        orders = iter(orders)
+        for e in range(epochs):
             out = losses[e * per_epoch:(e + 1) * per_epoch]
-            with step.lock:     # the rates, the epoch, its count and the next rate as one (threads)
+            # the shuffle, the rates, the epoch, its count and the next rate as one (another thread's
+            # save sees the state before the epoch's permutation is drawn, or after its update)
+            with step.lock:
+                perm = next(orders)
                 schedule, base_lr = step.schedule, float(step.optimizer.lr)     # as set now
                 e0, s0 = step._sched_origin
                 lrs = epoch_lrs(schedule, base_lr, step.lr, step.epochs_done - e0, step.n_steps - s0, per_epoch)
@@ -442,20 +449,19 @@ def drive(*, epochs, per_epoch, rows_per_step, orders, train_epoch, step, valida
                         step._set_scheduled_lr(next_rate(step, schedule, base_lr))
                     except ValueError:
                         pass    # a OneCycleLR at its end: the step keeps the last rate
-            logs = {"loss": float(_np.dot(out, w) / w.sum()), "lr": first_lr}
-            if validate is not None:
-                vl, va = validate()
-                logs["val_loss"] = vl
-                if va is not None:
-                    logs["val_accuracy"] = va
+                logs = {"loss": float(_np.dot(out, w) / w.sum()), "lr": first_lr}
+                if validate is not None:
+                    vl, va = validate()
+                    logs["val_loss"] = vl
+                    if va is not None:
+                        logs["val_accuracy"] = va
+                if isinstance(schedule, _ReduceLROnPlateau) and step.schedule is schedule:
+                    key = schedule.monitor or ("val_loss" if "val_loss" in logs else "loss")
+                    step._set_scheduled_lr(schedule.step(logs[key], first_lr))
+            _time.sleep(0)      # a thread waiting for the lock (a save) gets it between epochs
             for k, v in logs.items():
                 hist.history.setdefault(k, []).append(v)
             hist.epoch.append(e)
-            if isinstance(schedule, _ReduceLROnPlateau):
-                key = schedule.monitor or ("val_loss" if "val_loss" in logs else "loss")
-                with step.lock:         # (unless another thread detached it meanwhile)
-                    if step.schedule is schedule:
-                        step._set_scheduled_lr(schedule.step(logs[key], first_lr))
             bar.update(e, logs)
             stop = False
             if early_stopping is not None and early_stopping._update(e, logs, get_weights):

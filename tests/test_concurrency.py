@@ -458,3 +458,38 @@ def test_a_fork_while_another_thread_holds_fastbps_locks_leaves_them_free_in_the
                          capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "[0, 0]", out.stdout
+
+
+def test_a_save_during_fit_sees_an_epoch_whole_or_not_at_all(tmp_path):
+    """The epoch's permutation was drawn outside the step's lock: a save in another thread then
+    held the weights before the epoch with the generator after its shuffle, which did not resume
+    as the uninterrupted fit (and a ReduceLROnPlateau stepped after the lock was released)."""
+    import time
+
+    class SlowPermutation(np.random.Generator):
+        def __init__(self, bit_generator, drawn):
+            super().__init__(bit_generator)
+            self.drawn = drawn
+
+        def permutation(self, n):
+            order = super().permutation(n)
+            self.drawn.set()
+            time.sleep(0.3)         # the save below is tried meanwhile
+            return order
+
+    m = fastbp.Sequential(fastbp.Linear(3, 4), fastbp.ReLU(), fastbp.Linear(4, 2))
+    X = np.random.default_rng(0).normal(size=(32, 3)).astype(np.float32)
+    y = np.arange(32) % 2
+    st = fastbp.compile(m, batch_size=8, seed=0)
+    st.fit(X, y, epochs=1)
+    drawn = threading.Event()
+    st.rng = SlowPermutation(st.rng.bit_generator, drawn)
+    fitting = threading.Thread(target=lambda: st.fit(X, y, epochs=1))
+    fitting.start()
+    assert drawn.wait(60)
+    st.save(tmp_path / "c.npz")
+    fitting.join()
+    back = fastbp.load(tmp_path / "c.npz")
+    assert (back.epochs_done, back.n_steps) == (2, 8)
+    np.testing.assert_array_equal(back.param_vector, st.param_vector)
+    assert back.rng.bit_generator.state == st.rng.bit_generator.state
