@@ -326,13 +326,22 @@ class SavedModel:
 
         Parameters
         ----------
-        X : array-like or DataFrame, shape (n_samples, n_features_in_)
-            Raw features (scaled here as in training; a DataFrame's columns taken by name).
+        X : array-like, sparse matrix or DataFrame, shape (n_samples, n_features_in_)
+            Raw features (scaled here as in training; a DataFrame's columns taken by name;
+            a scipy sparse matrix densified a chunk of rows at a time).
 
         Returns
         -------
         ndarray, shape (n_samples, n_outputs), the step's dtype
         """
+        from ._estimator_rows import chunk_rows, sparse_matrix
+        if sparse_matrix(X):        # (scipy.sparse, as the estimators: densified a chunk of rows at a time)
+            if len(X.shape) != 2 or X.shape[1] != self.n_features_in_:
+                raise ValueError(f"X must have shape (n_samples, {self.n_features_in_}), got {X.shape}")
+            X, per = X.tocsr(), chunk_rows(X.shape[1])
+            return _np.concatenate([self.decision_function(X[i:i + per].toarray())
+                                    for i in range(0, X.shape[0], per)] or
+                                   [_np.empty((0, self.step.n_out), dtype=self.step.dtype)])
         Z = self._inputs(X)
         if Z.shape[0] == 0:
             return _np.empty((0, self.step.n_out), dtype=self.step.dtype)

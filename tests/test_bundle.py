@@ -317,6 +317,27 @@ def test_duplicate_feature_names_are_refused(tmp_path):
         bundle.save_model(step, tmp_path / "m.npz", feature_names=["a", "a"])
 
 
+def test_a_bundle_predicts_on_the_sparse_matrices_its_estimator_took(tmp_path, monkeypatch):
+    """It refused them (TypeError: X must hold numbers, got dtype object)."""
+    import scipy.sparse as sp
+    from fastbp import _estimator_rows
+    rng = np.random.default_rng(0)
+    X = sp.random(60, 7, density=0.3, format="csr", random_state=1)
+    y = rng.integers(0, 3, 60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = fastbp.MLPClassifier(hidden_layer_sizes=(5,), max_iter=5, random_state=0).fit(X, y)
+    est.save(tmp_path / "m.npz")
+    m = fastbp.load_model(tmp_path / "m.npz")
+    monkeypatch.setattr(_estimator_rows, "CHUNK_VALUES", 7 * 16)        # chunks of 16 rows
+    for Xs in (X, X.tocsc(), sp.csr_array(X)):
+        np.testing.assert_array_equal(m.predict_proba(Xs), est.predict_proba(X))
+        np.testing.assert_array_equal(m.predict(Xs), est.predict(X))
+    assert m.predict_proba(X[:0]).shape == (0, 3)
+    with pytest.raises(ValueError, match=r"shape \(n_samples, 7\)"):
+        m.predict(sp.random(4, 6, format="csr"))
+
+
 # ------------------------------------------------------------------ validation
 def _raw_bundle(tmp_path, arrays, meta):
     step = fastbp.compile(fastbp.Sequential(fastbp.Linear(2, 3)), batch_size=4)
