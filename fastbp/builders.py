@@ -26,9 +26,16 @@ def _entry(name):
     return _acts.lookup(name) or _acts.lookup(name, "sklearn")
 
 
+def _has_layer(entry):
+    """Whether a layer stands for ``entry``: its own, or its head's through a Choice."""
+    return _acts.variant_of(entry)[0].layer is not None
+
+
 def activation_names():
-    """Every name :func:`activation_layer` accepts, sorted (``"none"`` and scikit-learn's names included)."""
-    return sorted({"none"} | {e.name for e in _acts.entries()} | {e.sklearn for e in _acts.entries() if e.sklearn})
+    """Every name :func:`activation_layer` accepts, sorted (``"none"`` and scikit-learn's names included;
+    not a registered entry without a layer class, which only graphs use)."""
+    entries = [e for e in _acts.entries() if _has_layer(e)]
+    return sorted({"none"} | {e.name for e in entries} | {e.sklearn for e in entries if e.sklearn})
 
 
 def activation_layer(name):
@@ -52,7 +59,8 @@ def activation_layer(name):
     TypeError
         ``name`` is not a str.
     ValueError
-        An unknown name (the message lists the valid ones).
+        An unknown name (the message lists the valid ones), or an entry
+        registered without a layer class.
     """
     if not isinstance(name, str):
         raise TypeError(f"activation must be a str, got {type(name).__name__}")
@@ -62,8 +70,12 @@ def activation_layer(name):
     head, value = _acts.variant_of(entry)    # "gelu_tanh": GELU(approximate="tanh")
     if value is not None:
         return _layers.layer_class(head)(**{head.choice.name: value})
-    if entry.layer is None or entry.code == _acts.IDENTITY:
+    if entry.code == _acts.IDENTITY:
         return None
+    if entry.layer is None:     # never the identity in its place
+        raise ValueError(f"activation {name!r} was registered without a layer class (layer=None): graphs "
+                         f"(fastbp.ops) use it, layers cannot; register it with a layer name; valid: "
+                         f"{', '.join(activation_names())}")
     return _layers.layer_class(entry)()
 
 

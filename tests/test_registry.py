@@ -486,6 +486,14 @@ def _entry(code=30, name="custom_act", **kw):
     (dict(name="dropout"), "'dropout' is the name of a graph operation"),
     (dict(name="add"), "the name 'add' is taken by gate 'add'"),
     (dict(forward=None), "forward and derivative must be functions"),
+    # fastbp's own layer types (a saved model's Dropout(p) came back as a real Dropout; LayerNorm's or
+    # Residual's checkpoint did not load; "Linear" broke layer_class), and "none" (the identity everywhere)
+    (dict(name="myact", layer="Dropout"), "layer='Dropout' is one of fastbp's own layer types"),
+    (dict(name="myact", layer="LayerNorm"), "layer='LayerNorm' is one of fastbp's own layer types"),
+    (dict(name="myact", layer="Residual"), "layer='Residual' is one of fastbp's own layer types"),
+    (dict(name="myact", layer="Linear"), "layer='Linear' is one of fastbp's own layer types"),
+    (dict(name="myact", torch="BatchNorm1d"), "torch='BatchNorm1d' is one of fastbp's own layer types"),
+    (dict(name="none"), "'none' means no activation"),
 ])
 def test_an_entry_may_not_take_another_ops_name(kw, match):
     """Only code and name were checked: a layer/torch/sklearn name could take over nn.ReLU in
@@ -493,6 +501,22 @@ def test_an_entry_may_not_take_another_ops_name(kw, match):
     with pytest.raises((ValueError, TypeError), match=match):
         R.register(_entry(**kw))
     assert not {"custom_act", "myrelu"} & {e.name for e in R.entries()}
+
+
+def test_an_entry_without_a_layer_class_is_refused_by_the_builders_never_the_identity():
+    """``activation_layer`` returned None (no activation) for it: mlp(..., "cube") and an estimator
+    with activation="cube" built linear models, silently."""
+    from fastbp import builders
+    R.register(_entry(name="cube", forward=lambda x: x * x * x, derivative=lambda x: 3 * x * x))
+    try:
+        assert "cube" not in builders.activation_names()
+        for build in (lambda: builders.activation_layer("cube"), lambda: builders.mlp([2, 3, 1], "cube")):
+            with pytest.raises(ValueError, match="'cube' was registered without a layer class"):
+                build()
+    finally:
+        R.unregister("cube")
+    assert builders.activation_layer("none") is None and builders.activation_layer("identity") is None
+    assert type(builders.activation_layer("gelu_tanh")).__name__ == "GELU"
 
 
 def test_a_gate_may_not_take_an_activations_or_a_graph_ops_name():

@@ -308,7 +308,7 @@ def register(entry):
     if not (callable(entry.forward) and callable(entry.derivative)):
         raise TypeError(f"activation {entry.name!r}: forward and derivative must be functions")
     owner = f"activation {entry.name!r}"
-    _names.claim(entry.name, owner)
+    _names.claim_activation(entry.name, owner, layer=entry.layer, torch=entry.torch)
     for field in ("layer", "torch", "sklearn"):     # each maps one outside name to one entry
         value = getattr(entry, field)
         other = next((e for e in _BY_NAME.values() if value is not None and getattr(e, field) == value), None)
