@@ -595,6 +595,43 @@ def test_the_kernel_names_follow_the_attributes_a_body_reads_from_a_module():
     assert fingerprint(ns["s"]) == fingerprint(ns["s"]) != fingerprint(ns["f"])
 
 
+def test_the_kernel_names_follow_a_module_in_a_closure_an_enums_value_and_deep_helpers():
+    """A module held in a closure cell (``make(cfg)`` reading ``cfg.K``), an enum member's value
+    and a constant read 7 helper calls deep were left out of the key: edited between runs, the
+    kernel compiled for the old value was loaded from numba's disk cache."""
+    import enum
+    import types
+    from fastbp.registry.fingerprint import fingerprint
+    cfg = types.ModuleType("user_cfg")
+    cfg.K = 2.0
+
+    def make(c, d=cfg):
+        def f(x):
+            return x * c.K + d.K
+        return f
+    f = make(cfg)
+    a = fingerprint(f)
+    cfg.K = 3.0
+    assert fingerprint(f) != a
+    ns = {"enum": enum, "__name__": "user_mod"}
+    exec("class Mode(enum.IntEnum):\n    A = 2\ndef g(x):\n    return x * Mode.A.value\n", ns)
+    b = fingerprint(ns["g"])
+    exec("class Mode(enum.IntEnum):\n    A = 3\n", ns)
+    assert fingerprint(ns["g"]) != b
+    deep = {}
+    exec("K = 2.0\ndef h0(x):\n    return x * K\n" +
+         "".join(f"def h{i}(x):\n    return h{i - 1}(x)\n" for i in range(1, 25)), deep)
+    for top in ("h7", "h24"):
+        c = fingerprint(deep[top])
+        deep["K"] = 3.0
+        assert fingerprint(deep[top]) != c
+        deep["K"] = 2.0
+        assert fingerprint(deep[top]) == c
+    exec("".join(f"def h{i}(x):\n    return h{i - 1}(x)\n" for i in range(25, 200)), deep)
+    assert fingerprint(deep["h199"]) == fingerprint(deep["h199"])      # (deeper: keyed by identity)
+    assert fingerprint(int, np.float32) == fingerprint(int, np.float32)      # built-in classes: by name
+
+
 _NAMES_CHILD = r"""
 import numpy as np
 from fastbp import ops

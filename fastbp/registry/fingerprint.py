@@ -10,19 +10,24 @@ names (``cfg.K``), and a kernel compiled for the old values would be loaded from
 the cache for the new ones.  :func:`fingerprint` hashes those too, following the
 functions a body calls; an object it cannot hash by value is hashed by its
 ``repr`` (an address in it makes the key new in every process: recompiled, never
-stale).  A module is walked by the names its reader's code uses (``cfg.K``
-puts ``cfg`` and ``K`` in the code's names: ``cfg``'s ``K`` is hashed, and so is
-``cfg.sub.K``); the standard library's, numpy's and numba's modules are keyed
-by name alone (their attributes change with their versions, not between runs).
+stale), and so is what lies deeper than ``_MAX_DEPTH`` calls or attributes.  A
+module or class is walked by the names its reader's code uses (``cfg.K`` puts
+``cfg`` and ``K`` in the code's names: ``cfg``'s ``K`` is hashed, and so is
+``cfg.sub.K``; an enum's ``Mode.A`` member, with its value), whether the body
+names it as a global, a closure value or a default argument; the standard
+library's, numpy's and numba's modules and classes are keyed by name alone
+(their attributes change with their versions, not between runs).
 """
 from __future__ import annotations
 
+import builtins
 import hashlib
 import marshal
 import sys
 import types
 
-_MAX_DEPTH = 6
+#: calls and attributes followed this deep; deeper ones are keyed by identity (recompiled per process)
+_MAX_DEPTH = 64
 #: top-level packages whose modules are keyed by name, not walked
 _BY_NAME = frozenset(sys.stdlib_module_names) | {"numpy", "numba", "llvmlite"}
 
@@ -47,38 +52,53 @@ def _global_names(code):
 def _feed(h, obj, depth, seen, names=frozenset()):
     """Feed ``obj`` to ``h``; ``names``: the code names of the function that reached a module."""
     fn = getattr(obj, "py_func", obj)           # a numba dispatcher: its Python function
+    if depth > _MAX_DEPTH and isinstance(fn, (types.FunctionType, types.ModuleType, type)):
+        # too deep to follow: keyed by identity (new in every process: recompiled, never stale)
+        h.update(f"deep:{getattr(fn, '__qualname__', getattr(fn, '__name__', ''))}@{id(fn):#x}".encode())
+        return
     if isinstance(fn, types.FunctionType):
-        if id(fn) in seen or depth > _MAX_DEPTH:
+        if id(fn) in seen:
             h.update(b"fn:" + fn.__qualname__.encode())
             return
         seen.add(id(fn))
         # marshal version 2: no back-references, whose flags (version 3+) follow the constants' reference
         # counts (a float constant numba took a reference to while compiling changed the name)
         h.update(marshal.dumps(fn.__code__, 2))
-        _feed(h, fn.__defaults__, depth + 1, seen)         # def f(x, k=K): K's value at definition
-        _feed(h, sorted((fn.__kwdefaults__ or {}).items()), depth + 1, seen)
+        used = frozenset(_global_names(fn.__code__))    # (a module or class reached is walked by these)
+        _feed(h, fn.__defaults__, depth + 1, seen, used)         # def f(x, k=K): K's value at definition
+        _feed(h, sorted((fn.__kwdefaults__ or {}).items()), depth + 1, seen, used)
         for cell in fn.__closure__ or ():
             try:
                 value = cell.cell_contents
             except ValueError:                  # an empty cell
                 value = None
-            _feed(h, value, depth + 1, seen)
+            _feed(h, value, depth + 1, seen, used)
         g = fn.__globals__
-        used = frozenset(_global_names(fn.__code__))
         for name in sorted(used):
             if name in g:
                 h.update(b"global:" + name.encode())
                 _feed(h, g[name], depth + 1, seen, used)
-    elif isinstance(obj, types.ModuleType):
-        h.update(b"module:" + obj.__name__.encode())
-        if obj.__name__.partition(".")[0] in _BY_NAME or depth > _MAX_DEPTH or (id(obj), names) in seen:
+    elif isinstance(obj, (types.ModuleType, type)):
+        module = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None) or ""
+        h.update(b"module:" + obj.__name__.encode() if isinstance(obj, types.ModuleType)
+                 else b"class:" + f"{module}.{obj.__qualname__}".encode())
+        if module == "builtins" and not isinstance(obj, types.ModuleType):     # (exec without __name__ too)
+            if getattr(builtins, obj.__qualname__, None) is obj:
+                return
+        elif module.partition(".")[0] in _BY_NAME:
+            return
+        if (id(obj), names) in seen:
             return
         seen.add((id(obj), names))
-        attrs = vars(obj)
-        for name in sorted(names):              # cfg.K: the attributes the reader's code names
-            if name in attrs:
-                h.update(b"attr:" + name.encode())
-                _feed(h, attrs[name], depth + 1, seen, names)
+        for name in sorted(names):              # cfg.K, Mode.A: the attributes the reader's code names
+            try:
+                value = obj.__dict__[name] if isinstance(obj, types.ModuleType) else getattr(obj, name)
+            except (KeyError, AttributeError):
+                continue
+            except Exception:  # noqa: BLE001 - a class attribute whose lookup fails: keyed by identity
+                value = object()
+            h.update(b"attr:" + name.encode())
+            _feed(h, value, depth + 1, seen, names)
     elif obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
         h.update(type(obj).__name__.encode() + b":" + repr(obj).encode())
     elif isinstance(obj, (tuple, list, frozenset)):
