@@ -68,6 +68,11 @@ class TapeCall:
         self.t = 1.0
 
 
+#: the instructions that name an activation code, and those that name a gate code (in C_G)
+_ACT_OPS = (ex.OP_LINEAR, ex.OP_ACT, ex.OP_LINEAR_BWD, ex.OP_ACT_BWD)
+_GATE_OPS = (ex.OP_GATE, ex.OP_GATE_BWD)
+
+
 class DeviceTape:
     """The GPU interpreter of a plan's tape over one device arena.
 
@@ -94,6 +99,15 @@ class DeviceTape:
         self.clip_coef = cuda.device_array(1, dtype=np.float64)   # gradient clipping's coefficient
         self._programs = {}
         self._views = {}
+        # the kernels of every activation and gate the tape names, taken now (ValueError for an
+        # unknown code): the step keeps them whatever the registry holds later, as the CPU's
+        self._entry_kernels = {}
+        for ins in plan.tape:
+            op, g = int(ins[ex.C_OP]), int(ins[ex.C_G])
+            if op in _ACT_OPS:
+                self._entry_kernels[op, g] = _ga.kernels(g)
+            elif op in _GATE_OPS:
+                self._entry_kernels[op, g] = _gg.kernels(g)
 
     # ------------------------------------------------------------ views
     def view(self, buf, nb):
@@ -157,27 +171,27 @@ class DeviceTape:
         # an activation's parameters (its float buffer, -1: none) and, for OP_LINEAR,
         # the pre-activation it keeps (d >= 0: the activation's derivative reads it)
         P = self.vec(int(ins[ex.C_P]))
+        g_k = self._entry_kernels.get((op, g))      # its activation's or gate's kernels (__init__)
         if op == ex.OP_LOAD_X:
             return []
         if op == ex.OP_LINEAR:
             fwd = _gl._linear_fwd_t if f1 else _gl._linear_fwd
-            ops = [launch(functools.partial(fwd, P=P, Z=V(d) if d >= 0 else None), V(a), V(b), self.vec(c), g,
+            ops = [launch(functools.partial(fwd, P=P, Z=V(d) if d >= 0 else None), V(a), V(b), self.vec(c), g_k,
                           V(out))]
             if d >= 0 and int(ins[ex.C_F5]):
                 # the derivative the backward reads (f5): act'(Z) over Z in training mode, as the
                 # CPU's (a second pass here; it rewrites Y with the same values)
-                ops.append(self._act_fwd_d_op(V(d), g, V(out), V(d), P, eval_forward=False))
+                ops.append(self._act_fwd_d_op(V(d), g_k, V(out), V(d), P, eval_forward=False))
             return ops
         if op == ex.OP_MATMUL:
             mm = _gm._mm_nt if f1 else _gm._mm_nn
             return [launch(mm, V(a), V(b), V(out), False)]
         if op == ex.OP_GATE:
-            _gg.kernels(g)      # ValueError now, when the step is compiled, for an unknown gate code
-            return [launch(_gg._gate_fwd, g, V(a), V(b), V(out))]
+            return [launch(_gg._gate_fwd, g_k, V(a), V(b), V(out))]
         if op == ex.OP_ACT:
             if c >= 0:      # keeps act'(a) in c in training mode (read at launch time), as the CPU's
-                return [self._act_fwd_d_op(V(a), g, V(out), V(c), P)]
-            return [launch(functools.partial(_ga._act_fwd, P=P), V(a), g, V(out))]
+                return [self._act_fwd_d_op(V(a), g_k, V(out), V(c), P)]
+            return [launch(functools.partial(_ga._act_fwd, P=P), V(a), g_k, V(out))]
         if op == ex.OP_SUM:
             return [launch(_gg._sum_fwd, V(a), V(out))]
         if op == ex.OP_LOSS:
@@ -193,7 +207,7 @@ class DeviceTape:
             if int(ins[ex.C_F5]):       # c: the derivative the forward kept
                 ops.append(launch(_ga._mul_d, Y, dZ, dZ, False))
             elif g != ACT_IDENTITY:
-                ops.append(launch(functools.partial(_ga._act_bwd, P=P), Y, dZ, g, dZ, False))
+                ops.append(launch(functools.partial(_ga._act_bwd, P=P), Y, dZ, g_k, dZ, False))
             if out >= 0:
                 ops.append(launch(_gl._colsum, dZ, self.vec(out), bool(ins[ex.C_F4])))
             dW = V(f)
@@ -218,12 +232,11 @@ class DeviceTape:
                     ops.append(launch(_gm._mm_tn, A, dO, V(f), bool(f3)))
             return ops
         if op == ex.OP_GATE_BWD:
-            _gg.kernels(g)
-            return [launch(_gg._gate_bwd, g, V(a), V(b), V(d), V(e), V(f), bool(f2), bool(f3))]
+            return [launch(_gg._gate_bwd, g_k, V(a), V(b), V(d), V(e), V(f), bool(f2), bool(f3))]
         if op == ex.OP_ACT_BWD:
             if f1:          # c: the derivative the forward kept
                 return [launch(_ga._mul_d, V(c), V(d), V(e), bool(f2))]
-            return [launch(functools.partial(_ga._act_bwd, P=P), V(c), V(d), g, V(e), bool(f2))]
+            return [launch(functools.partial(_ga._act_bwd, P=P), V(c), V(d), g_k, V(e), bool(f2))]
         if op == ex.OP_SUM_BWD:
             return [launch(_gg._sum_bwd, V(d), V(e), bool(f2))]
         if op in (ex.OP_SGD, ex.OP_ADAM, ex.OP_RMSPROP):
@@ -257,7 +270,7 @@ class DeviceTape:
         """``Y = act(X)``, and in training mode (``hyper[H_TRAINING]``, read at launch
         time) ``D = act'(X)`` in the same pass (``D`` may be ``X``: one thread reads and then
         writes each element); eval mode: the forward alone (``eval_forward``), or nothing."""
-        _ga.kernels(code)       # ValueError now, when the step is compiled, for an unknown code
+        code = _ga.kernels(code)        # (pinned: ValueError now for an unknown code)
         hyper = self.hyper
 
         def run(ctx):

@@ -789,6 +789,63 @@ def test_gpu_grad_of_a_parameter_on_both_sides_of_one_product():
     np.testing.assert_allclose(gr["W"], 2 * np.ones((2, 2)) @ Wv, **tol(np.float64))
 
 
+@requires_cuda
+def test_gpu_step_and_grad_keep_the_kernels_of_the_entries_they_were_built_with():
+    """The GPU tape looked each activation and gate up by code at launch (and built its eval
+    program on first use): after unregister it failed, and with the code registered again as
+    another op it computed that op silently (the CPU step keeps its kernels)."""
+    from fastbp.layers import layer_class
+    from fastbp.registry import activations as R, gates as G
+
+    def twice(x):
+        return x * type(x)(2.0)
+
+    def d_twice(x):
+        return type(x)(2.0)
+
+    def five(x):
+        return x * type(x)(5.0)
+
+    def d_five(x):
+        return type(x)(5.0)
+
+    def sub(a, b):
+        return a - b
+
+    def d_sub(a, b, g):
+        return g, -g
+
+    def rsub(a, b):
+        return b - a
+
+    def d_rsub(a, b, g):
+        return -g, g
+    act = dict(torch=None, sklearn=None, uses="output", formula="", dformula="")
+    entry = R.register(R.Activation(code=30, name="twice_t", layer="TwiceT", forward=twice, derivative=d_twice, **act))
+    G.register(G.Gate(code=12, name="sub_t", forward=sub, grads=d_sub, formula="a-b", gradient="1,-1"))
+    try:
+        m = fastbp.Sequential(L(2, 2, bias=False), layer_class(entry)())
+        step = fastbp.compile(m, loss="mse", batch_size=2, dtype=np.float64, seed=0, device="cuda")
+        g = fastbp.Graph()
+        a, b = g.input("a", (3,)), g.input("b", (3,))
+        fg = fastbp.grad(fastbp.sum(fastbp.graph.gate("sub_t", a, b)), wrt=[a], dtype=np.float64, device="cuda")
+        W = step.to_cpu().params["0.W"].copy()
+        R.unregister("twice_t")
+        G.unregister("sub_t")
+        R.register(R.Activation(code=30, name="five_t", layer="FiveT", forward=five, derivative=d_five, **act))
+        G.register(G.Gate(code=12, name="rsub_t", forward=rsub, grads=d_rsub, formula="b-a", gradient="-1,1"))
+        np.testing.assert_allclose(step.predict(np.eye(2)), 2 * W, rtol=1e-15)
+        value, grads = fg(a=np.array([1.0, 2.0, 3.0]), b=np.zeros(3))
+        assert value == 6.0 and np.array_equal(grads["a"], np.ones(3))
+    finally:
+        for name in ("twice_t", "five_t"):
+            if R.lookup(name) is not None:
+                R.unregister(name)
+        for name in ("sub_t", "rsub_t"):
+            if name in G.CODES:
+                G.unregister(name)
+
+
 # ================================================================ benchmark
 @requires_cuda
 @pytest.mark.thorough           # ~30 s under the simulator: CI's last stage

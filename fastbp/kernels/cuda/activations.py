@@ -139,13 +139,17 @@ _DEFAULTS = {}
 
 
 def kernels(code):
-    """The :class:`EntryKernels` of activation ``code`` (made on first use).
+    """The :class:`EntryKernels` of activation ``code`` (made on first use); an
+    :class:`EntryKernels` itself is returned as it is (a compiled step's: the
+    kernels of the entry it was built with, whatever the registry holds now).
 
     Raises
     ------
     ValueError
         No entry has that code.
     """
+    if isinstance(code, EntryKernels):
+        return code
     entry = R.by_code(code)
     k = _KERNELS.get(entry.code)
     if k is None or k.entry is not entry:
@@ -157,7 +161,7 @@ def params_or_defaults(code, dtype, P):
     """``P``, or the entry's default parameters as a device array of ``dtype``."""
     if P is not None:
         return P
-    entry = R.by_code(code)
+    entry = code.entry if isinstance(code, EntryKernels) else R.by_code(code)
     key = (entry.code, np.dtype(dtype), entry)
     d = _DEFAULTS.get(key)
     if d is None:
@@ -200,8 +204,9 @@ def _act_fwd(X, act, Y, stream=0, P=None):
     Parameters
     ----------
     X : device array, (m, n), float32 or float64
-    act : int
-        Activation code (a registry entry's ``code``); ValueError if unknown.
+    act : int or EntryKernels
+        Activation code (a registry entry's ``code``; ValueError if unknown), or
+        its kernels (:func:`kernels`).
     Y : device array, (m, n), same dtype
         Output (caller-allocated).
     stream : numba CUDA stream or 0

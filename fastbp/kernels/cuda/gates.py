@@ -159,14 +159,15 @@ _KERNELS = PerEntry(R.by_code, EntryKernels)
 
 
 def kernels(code):
-    """The :class:`EntryKernels` of gate ``code`` (made on first use).
+    """The :class:`EntryKernels` of gate ``code`` (made on first use); an
+    :class:`EntryKernels` itself is returned as it is (a compiled step's).
 
     Raises
     ------
     ValueError
         No entry has that code.
     """
-    return _KERNELS(code)
+    return code if isinstance(code, EntryKernels) else _KERNELS(code)
 
 
 def registry_kernels(dtype):
@@ -186,20 +187,21 @@ def _gate_fwd(gate, A, B, out, stream=0):
 
     Parameters
     ----------
-    gate : int
-        A gate code of :mod:`fastbp.registry.gates` (ValueError if unknown).
+    gate : int or EntryKernels
+        A gate code of :mod:`fastbp.registry.gates` (ValueError if unknown), or its
+        kernels (:func:`kernels`).
     A : device array, (ra, ca), float32 or float64
     B : device array, (rb, cb), same dtype
     out : device array, (r, c), same dtype
         Output (caller-allocated); ``ra, rb`` in ``{1, r}``, ``ca, cb`` in ``{1, c}``.
     stream : numba CUDA stream or 0
     """
-    k = kernels(gate).fwd
+    ks = kernels(gate)
     r, c = out.shape
     if r == 0 or c == 0:
         return
     grid, block = grid_ew(r, c)
-    k[grid, block, stream](int(gate), A, B, out)
+    ks.fwd[grid, block, stream](int(ks.entry.code), A, B, out)
 
 
 def _gate_bwd(gate, A, B, dO, dA, dB, acc_a, acc_b, stream=0):
@@ -218,12 +220,12 @@ def _gate_bwd(gate, A, B, dO, dA, dB, acc_a, acc_b, stream=0):
         Add into ``dA`` / ``dB`` instead of overwriting.
     stream : numba CUDA stream or 0
     """
-    k = kernels(gate).bwd_operand
+    ks = kernels(gate)
     for wrt_a, dX, acc in ((True, dA, acc_a), (False, dB, acc_b)):
         if dX.size == 0:
             continue
         grid, block = grid_ew(dX.shape[0], dX.shape[1])
-        k[grid, block, stream](int(gate), wrt_a, A, B, dO, dX, bool(acc))
+        ks.bwd_operand[grid, block, stream](int(ks.entry.code), wrt_a, A, B, dO, dX, bool(acc))
 
 
 def _sum_fwd(A, out, stream=0):
