@@ -503,6 +503,22 @@ def test_an_entry_may_not_take_another_ops_name(kw, match):
     assert not {"custom_act", "myrelu"} & {e.name for e in R.entries()}
 
 
+@pytest.mark.parametrize("make, match", [
+    (lambda: R.Param("a", -1.0, "a", low=0.0), "Param default: a must be >= 0.0"),
+    (lambda: R.Param("a", float("nan"), "a"), "Param default: a"),
+    (lambda: R.Param("a", "x", "a"), "Param default: a"),
+    (lambda: R.Param("neg slope", 1.0, "a"), "name must be an identifier"),
+    (lambda: R.Param("a", 1.0, "a", low=2.0, high=0.0), "low 2.0 is above high 0.0"),
+    (lambda: R.Choice("approximate", "x", (("none", "gelu"),), "a"), "default 'x' is not one of its options"),
+    (lambda: _entry(params=(R.Param("a", 1.0, "a"), R.Param("a", 2.0, "b"))), r"parameter names \['a', 'a'\]"),
+    (lambda: _entry(params=(R.Param("inplace", 1.0, "a"),), inplace=True), "from 'inplace' too"),
+])
+def test_an_entrys_parameters_are_checked_when_made(make, match):
+    """Each was registered, and failed only when a layer, a builder or an estimator first used it."""
+    with pytest.raises((TypeError, ValueError), match=match):
+        make()
+
+
 def test_an_entry_without_a_layer_class_is_refused_by_the_builders_never_the_identity():
     """``activation_layer`` returned None (no activation) for it: mlp(..., "cube") and an estimator
     with activation="cube" built linear models, silently."""

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import _scalars
 from . import fastmath as _fm
 from . import names as _names
+from .params import Choice, Param
 
 __all__ = ["Param", "Choice", "Activation", "register", "unregister", "get", "by_code", "entries",
            "layer_entries", "lookup", "select", "variant_of", "param_doc", "variant_doc", "IDENTITY", "CAPACITY"]
@@ -44,52 +44,6 @@ CAPACITY = 32
 IDENTITY = 0
 #: the most parameters an entry may have (the kernels read them as scalars)
 MAX_PARAMS = 2
-
-
-@dataclass(frozen=True)
-class Param:
-    """A real parameter of an activation (e.g. LeakyReLU's ``negative_slope``).
-
-    ``low``/``high`` bound it (``None``: unbounded), ``open_low``/``open_high``
-    exclude the bound itself.  Values must be finite real numbers.
-    """
-    name: str
-    default: float
-    doc: str
-    low: float | None = None
-    high: float | None = None
-    open_low: bool = False
-    open_high: bool = False
-
-    def check(self, value, owner):
-        """``value`` as a float, or TypeError/ValueError naming ``owner: name``."""
-        return _scalars.real(self.name, value, owner, low=self.low, high=self.high,
-                             low_open=self.open_low, high_open=self.open_high)
-
-
-@dataclass(frozen=True)
-class Choice:
-    """A string parameter that selects one of several entries sharing one layer
-    (GELU's ``approximate``: ``"none"`` -> ``gelu``, ``"tanh"`` -> ``gelu_tanh``).
-
-    Held by the entry that owns the layer; ``options`` is a tuple of
-    ``(value, entry name)`` pairs, ``default`` one of the values.
-    """
-    name: str
-    default: str
-    options: tuple
-    doc: str
-
-    def check(self, value, owner):
-        """The entry name ``value`` selects, or TypeError/ValueError naming ``owner: name``."""
-        what = f"{owner}: {self.name}"
-        if not isinstance(value, str):
-            raise TypeError(f"{what} must be a str, one of {[v for v, _ in self.options]}, "
-                            f"got {type(value).__name__}")
-        for v, entry_name in self.options:
-            if v == value:
-                return entry_name
-        raise ValueError(f"{what} must be one of {[v for v, _ in self.options]}, got {value!r}")
 
 
 def times(dy, d):       # the backward's dx = dy * d (Activation.combine)
@@ -181,6 +135,9 @@ class Activation:
             raise ValueError(f"activation {self.name!r}: init must be 'he' or 'glorot', got {self.init!r}")
         if len(self.params) > MAX_PARAMS or not all(isinstance(p, Param) for p in self.params):
             raise ValueError(f"activation {self.name!r}: params must be at most {MAX_PARAMS} Param objects")
+        names = [p.name for p in self.params] + ([self.choice.name] if self.choice is not None else [])
+        if len(set(names)) != len(names) or (self.inplace and "inplace" in names):
+            raise ValueError(f"activation {self.name!r}: parameter names {names} must differ (from 'inplace' too)")
         if self.choice is not None and not isinstance(self.choice, Choice):
             raise ValueError(f"activation {self.name!r}: choice must be a Choice or None")
         if self.gate not in (False, True) or self.inplace not in (False, True) or (self.inplace and self.choice):
