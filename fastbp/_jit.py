@@ -236,12 +236,12 @@ class Kernel:
 
 
 def pick_variant(pair, work):
-    """``pair.parallel`` for ``work`` units of work at or over
-    PARALLEL_THRESHOLD when numba runs more than one thread, else ``pair.serial``
-    (the rule of every :class:`Kernel` and :class:`ChosenKernel`)."""
-    if work >= PARALLEL_THRESHOLD and numba.config.NUMBA_NUM_THREADS > 1:
-        return pair.parallel
-    return pair.serial
+    """``pair.parallel`` for ``work`` units of work at or over PARALLEL_THRESHOLD, else
+    ``pair.serial`` (the rule of every :class:`Kernel` and :class:`ChosenKernel`): by the size
+    alone, never by numba's thread count, since the normalisation kernels' two compilations
+    round differently and a result must not depend on the thread count (at one thread the
+    parallel variant runs on that one)."""
+    return pair.parallel if work >= PARALLEL_THRESHOLD else pair.serial
 
 
 class ChosenKernel:
