@@ -64,6 +64,7 @@ import threading
 import llvmlite.binding as llvm
 
 from ._native import free_in_fork_child
+from .config import env_flag
 
 __all__ = ["BACKEND", "AVAILABLE", "THREAD_CONTROL", "GEMM_JIT", "backend_info", "gemm_jit_destroy", "axpy_exact",
            "asum_propagates", "ENV_VAR"]
@@ -340,12 +341,8 @@ _CREATE_TYPES = [ctypes.CFUNCTYPE(_INT, _VP, _INT, _INT, _INT, _I64, _I64, _I64,
 _GET_TYPE = ctypes.CFUNCTYPE(_VP, _VP)
 _jit_destroy = None
 _jit_addrs = None
-_jit_off = os.environ.get(JIT_ENV_VAR, "").strip().lower()
-if _jit_off not in ("", "1", "true", "yes", "on", "0", "false", "no", "off"):
-    # checked with every backend: a typo must not pass unnoticed until oneMKL is installed
-    raise ValueError(f"{JIT_ENV_VAR}={os.environ[JIT_ENV_VAR]!r} is not one of: 1, true, yes, on, "
-                     "0, false, no, off")
-_jit_off = _jit_off in ("0", "false", "no", "off")
+# checked with every backend: a typo must not pass unnoticed until oneMKL is installed
+_jit_off = not env_flag(JIT_ENV_VAR, default=True)
 if _backend is not None and _backend.name == "mkl" and not _jit_off:
     _names = ("mkl_cblas_jit_create_sgemm_64", "mkl_cblas_jit_create_dgemm_64",
               "mkl_jit_get_sgemm_ptr_64", "mkl_jit_get_dgemm_ptr_64")

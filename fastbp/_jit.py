@@ -26,14 +26,14 @@ import types
 import numba
 import numba.extending
 
-from .config import PARALLEL_THRESHOLD  # noqa: F401 - re-exported
+from .config import PARALLEL_THRESHOLD, env_flag  # noqa: F401 - re-exported
 
 #: LLVM fast-math flags for every kernel.  ``nnan``/``ninf`` are left out on
 #: purpose: they would let LLVM delete NaN checks (the non-finite-loss guard).
 FASTMATH = {"reassoc", "contract", "arcp"}
 
 
-_CACHE = os.environ.get("FASTBP_NO_CACHE", "") == ""
+_CACHE = not env_flag("FASTBP_NO_CACHE")
 
 
 #: the top-level modules whose code numba compiles and caches, or inlines into cached code

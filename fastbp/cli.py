@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 
+from .config import env_flag
 from ._cli_base import (EXTRA as _EXTRA, CliError, State, UsageError as _UsageError,
                         check_csv_options as _check_csv_options, check_output_path as _check_output_path,
                         check_paths as _check_paths, err as _err, ms as _ms, out as _out,
@@ -548,7 +549,10 @@ def main(argv=None):
 def _run(argv):
     t_main = time.perf_counter()
     t_start = t_main - (_process_age() if argv is None else 0.0)
-    debug = os.environ.get("FASTBP_DEBUG", "") not in ("", "0")
+    try:
+        debug = env_flag("FASTBP_DEBUG")
+    except ValueError as e:
+        return _report(f"fastbp: error: {e}", 2, e)
     try:
         try:
             args = extend_parser(build_parser()).parse_args(argv)

@@ -27,6 +27,20 @@ def _env_int(name, default):
     return value
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def env_flag(name, default=False):
+    """The boolean in environment variable ``name``: 1/true/yes/on or 0/false/no/off, any case
+    (unset or empty: ``default``); ValueError naming the variable for any other value."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in _TRUE + _FALSE:
+        raise ValueError(f"{name}={os.environ[name]!r} is not one of: {', '.join(_TRUE + _FALSE)}")
+    return raw in _TRUE
+
+
 def _env_choice(name, default, choices):
     """The value of environment variable ``name``, lower-cased (unset or empty: ``default``);
     ValueError naming the variable and ``choices`` for any other value."""

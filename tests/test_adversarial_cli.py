@@ -326,3 +326,11 @@ def test_a_pgf_plot_without_tex_is_refused_before_training(tmp_path, capsys, mon
                             "--plot", str(tmp_path / "p.pgf"), "--save", str(tmp_path / "m.npz"))
     assert rc == 1 and "matplotlib writes .pgf with" in err and "not installed" in err
     assert not (tmp_path / "m.npz").exists() and "test accuracy" not in out
+
+
+def test_a_debug_variable_that_is_no_boolean_is_one_line_naming_it(capsys, monkeypatch):
+    """FASTBP_DEBUG=false turned tracebacks on (any value but "" and "0" did)."""
+    monkeypatch.setenv("FASTBP_DEBUG", "maybe")
+    rc, out, err = run_here(capsys, "train", "--epochs", "1")
+    assert rc == 2 and out == ""
+    assert err.strip() == "fastbp: error: FASTBP_DEBUG='maybe' is not one of: 1, true, yes, on, 0, false, no, off"

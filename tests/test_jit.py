@@ -1,4 +1,5 @@
 """The numba machinery in fastbp._jit: the intrinsics the executor builds its views with."""
+import os
 import re
 import sys
 from pathlib import Path
@@ -291,3 +292,29 @@ def test_a_stamp_change_drops_the_cache_of_every_stamped_folder(tmp_path, monkey
     assert not list(pkg.rglob("*.nbi")) and not list(pkg.rglob("*.nbc"))
     assert (pkg / "__pycache__" / "mod.cpython-311.pyc").read_bytes() == b"kept"
     assert (pkg / "__pycache__" / "fastbp-numba-cache.stamp").read_text() == _jit._source_stamp()
+
+
+@pytest.mark.parametrize("value, cache", [("0", True), ("false", True), ("No", True), ("", True),
+                                          ("1", False), ("yes", False), ("bogus", None)])
+def test_boolean_environment_variables_read_their_words(value, cache):
+    """FASTBP_NO_CACHE=0 (or false, no) turned numba's disk cache off (any non-empty value did),
+    and FASTBP_DEBUG=false turned tracebacks on; a value that is no boolean is an error naming it."""
+    import subprocess
+    import sys
+    env = dict(os.environ, FASTBP_NO_CACHE=value)
+    res = subprocess.run([sys.executable, "-c", "from fastbp import _jit; print(_jit._CACHE)"], env=env,
+                         capture_output=True, text=True)
+    if cache is None:
+        assert res.returncode != 0 and "FASTBP_NO_CACHE='bogus' is not one of: 1, true" in res.stderr
+    else:
+        assert res.returncode == 0 and res.stdout.strip() == str(cache), res.stderr
+    from fastbp import config
+    os.environ["FASTBP_TEST_FLAG"] = value
+    try:
+        if cache is None:
+            with pytest.raises(ValueError, match="FASTBP_TEST_FLAG='bogus'"):
+                config.env_flag("FASTBP_TEST_FLAG")
+        else:
+            assert config.env_flag("FASTBP_TEST_FLAG") is (not cache)
+    finally:
+        del os.environ["FASTBP_TEST_FLAG"]

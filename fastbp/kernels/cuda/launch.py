@@ -21,6 +21,8 @@ import os
 
 from numba import cuda
 
+from ...config import env_flag
+
 try:  # numba-cuda keeps its configuration here
     from numba.cuda.core import config as _config
 except ImportError:  # pragma: no cover - numba's built-in CUDA target
@@ -29,7 +31,7 @@ except ImportError:  # pragma: no cover - numba's built-in CUDA target
 #: True when numba runs kernels in its CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
 SIMULATOR = bool(_config.ENABLE_CUDASIM)
 
-_CACHE = os.environ.get("FASTBP_NO_CACHE", "") == "" and not SIMULATOR
+_CACHE = not env_flag("FASTBP_NO_CACHE") and not SIMULATOR
 
 # ------------------------------------------------------------ block shapes
 #: Under the simulator every CUDA thread of a block is a Python thread, so a launch costs about
