@@ -325,6 +325,25 @@ def test_asv_train_step_runs_outside_asv(tmp_path, monkeypatch):
         b.peer("nosuchpeer", "tiny", b.load(cache, "tiny")[0])
 
 
+def test_asv_configuration_variables_refuse_typos_and_skip_what_they_leave_out(tmp_path):
+    """FASTBP_ASV_CONFIGS=Tiny ran every configuration (large included) and tiny,smal dropped smal
+    silently; FASTBP_ASV_PROFILE=Fast meant regular; StepThreads (medium, tabular) failed with a
+    KeyError, not a skip, when the configurations left them out."""
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from benchmarks import step\n"
+            "b = step.StepThreads(); cache = b.setup_cache()\n"
+            "try:\n    b.setup(cache, 'medium', 'numba')\nexcept NotImplementedError as e:\n    print('SKIP', e)\n"
+            % os.path.join(ROOT, "asv_benchmarks"))
+    for env, want in (({"FASTBP_ASV_CONFIGS": "Tiny"}, "unknown configuration(s) ['Tiny']"),
+                      ({"FASTBP_ASV_CONFIGS": "tiny,smal"}, "unknown configuration(s) ['smal']"),
+                      ({"FASTBP_ASV_PROFILE": "Fast"}, "FASTBP_ASV_PROFILE='Fast' is not"),
+                      ({"FASTBP_ASV_CONFIGS": "tiny"}, "SKIP configuration 'medium' is not in FASTBP_ASV_CONFIGS")):
+        full = {k: v for k, v in os.environ.items() if not k.startswith("FASTBP_ASV")}
+        res = subprocess.run([sys.executable, "-c", code], env={**full, **env}, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+        assert want in res.stdout + res.stderr, (env, res.stdout, res.stderr[-2000:])
+
+
 def test_asv_kernel_benchmarks_run_outside_asv():
     kernels = _asv_module("kernels")
     for variant in ("loops", "blas"):
@@ -648,6 +667,7 @@ def test_asv_bf16_step_runs_or_is_skipped(tmp_path, monkeypatch):
     (["--configs", "nope"], "--configs: unknown configuration 'nope'"),
     (["--mpiexec", "/nonexistent/mpiexec"], "--mpiexec '/nonexistent/mpiexec': no such command"),
     (["--json", "/nonexistent-dir/x.json"], "--json /nonexistent-dir/x.json: directory /nonexistent-dir does not exist"),
+    (["--ranks", "3", "--configs", "tiny"], "--ranks 3: the batch of tiny (32) is not divisible by 3 ranks"),
 ])
 def test_mpi_bench_refuses_bad_options_before_any_run(argv, words, capsys):
     """``python -m fastbp.bench.mpi_bench``: one line naming the option and exit status 2 before
@@ -668,3 +688,29 @@ def test_bench_list_options_are_named_like_the_others(argv, words, capsys):
     from fastbp.bench.runner import main
     assert main(argv) == 2
     assert f"python -m fastbp.bench: error: {words}" in capsys.readouterr().err
+
+
+def test_a_run_that_measures_nothing_fails_and_configurations_run_once(tmp_path, monkeypatch, capsys):
+    """--peers naming only peers that are not installed measured nothing and exited 0 (its header
+    said "bf16 section only"); --configs tiny,tiny ran tiny twice."""
+    from fastbp.bench import runner
+    monkeypatch.setattr(runner, "available", lambda p: p in peers.PEERS and p != "numpy")
+    rc = runner.main(["--check-only", "--configs", "tiny", "--peers", "numpy", "--precision", "fp32", "--no-peak"])
+    text = capsys.readouterr().out
+    assert rc == 1 and "FAILED: no peer was measured" in text and "bf16 section only" not in text
+    assert [c.name for c in configs.get_configs("tiny,small,tiny")] == ["tiny", "small"]
+
+
+def test_the_threading_line_comes_from_a_configuration_that_started_numbas_threads():
+    from fastbp.bench.runner import _threads_started
+    assert not _threads_started({"numba_layer": "not started"}) and _threads_started({"numba_layer": "omp"})
+
+
+@pytest.mark.parametrize("argv, words", [(["--configs", "bogus"], "--configs: unknown configuration 'bogus'"),
+                                         (["--steps", "0"], "--steps must be at least 1, got 0")])
+def test_gpu_bench_refuses_bad_options_before_any_run(argv, words, capsys):
+    """They were ValueError tracebacks (exit 1) from inside the benchmark."""
+    from fastbp.bench import gpu
+    with pytest.raises(SystemExit) as e:
+        gpu.main(argv)
+    assert e.value.code == 2 and f"python -m fastbp.bench.gpu: error: {words}" in capsys.readouterr().err

@@ -71,6 +71,7 @@ def test_command_prints_tables_and_json(tmp_path):
     (["--threads", ","], "--threads: ''"),
     (["--configs", "huge"], "error: --configs: unknown configuration 'huge'"),
     (["--json", "/nonexistent-dir/x.json"], "error: --json /nonexistent-dir/x.json: directory /nonexistent-dir does not exist"),
+    (["--seconds", "inf"], "--seconds a positive finite number"),      # was an OverflowError in subprocess
 ])
 def test_bad_options_are_refused_before_any_work(argv, words, capsys):
     """Each with argparse's usage line and exit status 2 (--threads and --libraries exited 1;

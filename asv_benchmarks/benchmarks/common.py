@@ -43,9 +43,14 @@ ALL_CONFIGS = {
 #: configurations whose network is not the plain ReLU/SGD MLP of ``(widths, batch)``
 FROM_FASTBP_BENCH = ("tabular",)
 
-PROFILE = os.environ.get("FASTBP_ASV_PROFILE", "regular")
-CONFIGS = [c.strip() for c in os.environ.get("FASTBP_ASV_CONFIGS", ",".join(ALL_CONFIGS)).split(",")
-           if c.strip() in ALL_CONFIGS] or list(ALL_CONFIGS)
+PROFILE = os.environ.get("FASTBP_ASV_PROFILE", "").strip() or "regular"
+if PROFILE not in ("regular", "fast"):          # a typo must not run the regular (long) profile
+    raise ValueError(f"FASTBP_ASV_PROFILE={PROFILE!r} is not 'regular' or 'fast'")
+CONFIGS = list(dict.fromkeys(c.strip() for c in os.environ.get("FASTBP_ASV_CONFIGS", "").split(",")
+                             if c.strip())) or list(ALL_CONFIGS)
+if set(CONFIGS) - set(ALL_CONFIGS):             # (a typo ran every configuration, large included)
+    raise ValueError(f"FASTBP_ASV_CONFIGS: unknown configuration(s) {sorted(set(CONFIGS) - set(ALL_CONFIGS))}; "
+                     f"expected some of {', '.join(ALL_CONFIGS)}")
 
 #: SGD learning rate of every training benchmark
 LR = 0.01
@@ -139,7 +144,10 @@ class DataBenchmark(Benchmark):
 
     @staticmethod
     def load(cache, config):
-        """``(weights, X, y)`` of ``config`` from the files ``setup_cache`` wrote."""
+        """``(weights, X, y)`` of ``config`` from the files ``setup_cache`` wrote
+        (``NotImplementedError``, a skip, for one ``FASTBP_ASV_CONFIGS`` leaves out)."""
+        if config not in cache:
+            raise NotImplementedError(f"configuration {config!r} is not in FASTBP_ASV_CONFIGS")
         with np.load(cache[config]) as z:
             n = int(z["n_layers"])
             return [(z[f"W{l}"], z[f"b{l}"]) for l in range(n)], z["X"], z["y"]

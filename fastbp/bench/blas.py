@@ -324,8 +324,8 @@ def main(argv=None):
     p.add_argument("--products", help=argparse.SUPPRESS)
     p.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.rounds < 1 or not args.seconds > 0:
-        p.error("--rounds must be at least 1 and --seconds positive")
+    if args.rounds < 1 or not 0 < args.seconds < float("inf"):
+        p.error("--rounds must be at least 1 and --seconds a positive finite number")
     if args.worker:
         prods = json.loads(args.products)
         print(json.dumps(_worker(args.worker, int(args.threads), prods, args.seconds, args.check)))

@@ -156,6 +156,7 @@ def get_configs(names):
     text = names
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
+    names = list(dict.fromkeys(names))      # each once (a second run would replace the first's record)
     out = []
     for n in names:
         if n not in CONFIGS:

@@ -158,11 +158,17 @@ def main(argv=None):
     """``python -m fastbp.bench.gpu``: print (or ``--json``) the GPU step timings."""
     ap = argparse.ArgumentParser(prog="python -m fastbp.bench.gpu", description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated configuration names")
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=50, help="timed steps per configuration (default 50)")
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    ap.add_argument("--no-fit", action="store_true")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-fit", action="store_true", help="time the steps only, not step.fit")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
     a = ap.parse_args(argv)
+    try:            # the options checked before any work: a usage error (exit 2), not a traceback
+        get_configs(a.configs)
+        if a.steps < 1:
+            raise ValueError(f"--steps must be at least 1, got {a.steps}")
+    except ValueError as e:
+        ap.error(str(e))
     res = bench_gpu(a.configs, steps=a.steps, dtype=np.dtype(a.dtype), fit=not a.no_fit)
     if a.json:
         print(json.dumps(res, indent=2))

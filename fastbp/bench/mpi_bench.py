@@ -191,6 +191,11 @@ def _check_options(a):
     if not 0 < a.timeout < float("inf"):
         raise ValueError(f"--timeout must be a positive number of seconds, got {a.timeout}")
     configs = get_configs(a.configs)
+    ranks = a.ranks or len(os.sched_getaffinity(0))
+    odd = [c for c in configs if c.batch % ranks]
+    if odd:         # (each rank trains an equal share of the global batch)
+        raise ValueError(f"--ranks {ranks}: the batch of {', '.join(f'{c.name} ({c.batch})' for c in odd)} "
+                         f"is not divisible by {ranks} ranks")
     if a.json is not None:
         check_output_path(a.json, "--json")
     return configs, _mpiexec(a.mpiexec)

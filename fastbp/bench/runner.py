@@ -480,7 +480,7 @@ def main(argv=None):
         + (f"; not installed, skipped: {', '.join(missing)}" if missing else ""))
     for line in bf16_lines:
         log(line)
-    log(f"{'float32' if fp32_peers else 'bf16 section only'}, lr {args.lr:g} (SGD, or AdamW where a configuration "
+    log(f"{'float32' if fp32_peers else 'bf16 section only' if bf16_peers else 'no peer to measure'}, lr {args.lr:g} (SGD, or AdamW where a configuration "
         f"says), {args.repeat} interleaved rounds of ~{args.round_time:g} s per peer, median per step; losses "
         f"compared over {args.check_steps} steps (rtol {args.rtol:g})")
 
@@ -508,7 +508,9 @@ def main(argv=None):
             failed |= bool(rec["loss_mismatches"]) or bool(rec["errors"])
             failed |= bool(rec.get("bf16", {}).get("loss_mismatches"))
             fb = (rec["peers"].get("fastbp") or rec["peers"].get("fastbp_bf16") or {}).get("info", {}).get("threading")
-            if fb and "threading" not in result:
+            # the first configuration's, or the first whose workers started numba's threads (tiny's never do)
+            if fb and ("threading" not in result or (_threads_started(fb) and
+                                                      not _threads_started(result["threading"]))):
                 result["threading"] = fb
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -532,7 +534,7 @@ def main(argv=None):
             f"the fused step's BLAS: {bk.get('backend')} ({bk.get('version')}, {bk.get('threads')} threads; "
             f"set FASTBP_BLAS to choose); small products through oneMKL's JIT GEMM kernels: {_gemm_jit(bk)}; "
             f"BLAS libraries loaded: {blas}")
-        if t.get("step_threads_min_elements"):
+        if t.get("step_threads_min_elements") is not None:
             log(f"steps whose widest minibatch activation has at least {t['step_threads_min_elements']} elements "
                 "run on numba's threads alone: elementwise kernels in parallel, products split over the same "
                 "threads on one BLAS thread each (FASTBP_STEP_THREADS_MIN)")
@@ -540,6 +542,15 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
         log(f"wrote {args.json}")
+    measured = any(rec["peers"] or rec.get("bf16", {}).get("peers") for rec in result["configs"].values())
+    if not measured:
+        log("\nFAILED: no peer was measured (none of those asked for is installed, or has a variant for "
+            "the precisions asked for)")
     if failed:
         log("\nFAILED: see the loss mismatches / errors above")
-    return 1 if failed else 0
+    return 1 if failed or not measured else 0
+
+
+def _threads_started(info):
+    """Whether a worker's ``fastbp.threading_info()`` shows numba's threading layer started."""
+    return info.get("numba_layer") not in (None, "not started")
