@@ -201,7 +201,8 @@ def _library_file():
 
 def info():
     """What ``precision="bf16"`` would use here (public as ``fastbp.bf16_info()``),
-    without loading oneDNN into the process if it is not loaded yet.
+    without loading oneDNN into the process if it is not loaded yet (unless it is named
+    by a library name that only the dynamic loader resolves, not a file path).
 
     Returns
     -------
@@ -217,7 +218,10 @@ def info():
     if not cpu:
         why = available()[1] if sys.platform == "linux" else "precision='bf16' needs Linux x86-64"
     elif path is None:
+        # no file found: a name only the dynamic loader resolves (FASTBP_DNNL=libdnnl.so.3, what
+        # find_library returns) is loaded to know, as available() does
         why = _library()[1] or ""
+        path = _state["path"]
     else:
         why = lacking or ""
     return {"cpu": cpu, "library": path, "available": bool(cpu) and path is not None and lacking is None,

@@ -487,3 +487,17 @@ def test_the_cli_model_line_says_what_the_precision_and_layers_are(capsys, monke
         rc, out, err = _train(capsys, "--precision", "bf16", "--hidden", "4", "--epochs", "1")
         assert rc == 0, err
         assert "(bf16 precision, but every layer is too small for bf16 products)" in out
+
+
+@pytest.mark.extras
+def test_bf16_info_agrees_with_available_for_a_library_named_by_its_soname():
+    """FASTBP_DNNL=libdnnl.so.3 (found by the dynamic loader, not a path): bf16_info() said
+    available False with no reason while precision='bf16' worked."""
+    path = _bf16.info()["library"]
+    if not _bf16.available()[0] or path is None or os.sep not in path:
+        pytest.skip("needs oneDNN installed as a file and a CPU with bf16 instructions")
+    env = dict(os.environ, FASTBP_DNNL=os.path.basename(path),
+               LD_LIBRARY_PATH=os.path.dirname(path) + os.pathsep + os.environ.get("LD_LIBRARY_PATH", ""))
+    code = "import fastbp, fastbp._bf16 as b; i = fastbp.bf16_info(); print(i['available'], b.available()[0], i['why'] == '')"
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert res.stdout.split() == ["True", "True", "True"], res.stderr[-2000:]
