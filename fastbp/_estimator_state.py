@@ -91,14 +91,10 @@ def transfer_step_state(src, dst):
     ``batch_size``, everything training has changed in ``src``: weights, optimizer state,
     counters, rate and generator; ``src`` is left as it is.  ``dst`` keeps its own optimizer
     constants (the weight decay of its minibatch size: a checkpoint of it must match its spec)."""
-    saved = _step_state(src)
-    own = dst.hyper.copy()
-    _set_step_state(dst, saved)
-    progress = [_isa.H_T, _isa.H_STEPS, _isa.H_LR, _isa.H_RNG_SEED]
-    keep = np.ones(own.shape[0], dtype=bool)
-    keep[progress] = False
-    dst.hyper[keep] = own[keep]
-    dst._settings_changed()
+    dst.param_vector[...] = src.param_vector
+    for d, s in zip(dst.state_vectors, src.state_vectors):
+        d[...] = s
+    dst._take_state_of(src, _isa.PROGRESS_SLOTS)       # rates, counters, epochs, generator
 
 
 def snapshot(est, in_place):

@@ -72,6 +72,9 @@ H_RNG_SEED = 16
 #: 1.0 in training calls (step, fit, loss_and_grads, fastbp.grad), 0.0 in predict/evaluation:
 #: Dropout is off and BatchNorm uses its running statistics in eval mode
 H_TRAINING = 17
+#: the slots of a step's training progress (counters, the rate of the next update, the dropout
+#: seed): what a step taking over another's training takes, besides its own optimizer constants
+PROGRESS_SLOTS = (H_T, H_STEPS, H_LR, H_RNG_SEED)
 RUNTIME_SLOTS = RUNTIME_SLOTS + (H_TRAINING,)
 #: max_norm of the gradient clipping by global norm before the update (0: no clipping);
 #: RMSprop's smoothing constant alpha; H_WEIGHTED: 1.0 while a call's loss weighs its rows

@@ -506,7 +506,7 @@ class CudaTrainStep(StepBase):
                     # the training progress: counters, rates (the base one and the scheduled
                     # next), the dropout stream and the shuffling generator, the schedule (not
                     # this step's own optimizer constants and clipping)
-                    self._take_state_of(source, (ex.H_T, ex.H_STEPS, ex.H_LR, ex.H_RNG_SEED))
+                    self._take_state_of(source, ex.PROGRESS_SLOTS)
             return self
         if not hasattr(source, "items"):
             raise TypeError("load_params_from: source must be a fastbp.TrainStep, a CudaTrainStep or a "
