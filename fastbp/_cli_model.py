@@ -133,12 +133,16 @@ def _true_indices(model, labels, ds):
         if empty.size:
             raise CliError(f"{ds.path}: empty label {data._where(empty[0], ds.lines)}")
     if classes.dtype.kind in "biuf":
-        num = labels.astype(np.float64) if labels.dtype.kind in "biuf" else data._to_numbers(labels)
-        key = classes.astype(np.float64)
-        idx = np.full(num.shape[0], -1, dtype=np.int64)
-        for k, c in enumerate(key):
-            idx[num == c] = k
-        return idx
+        # exact, as training encoded them (data.encode_labels): integers compared as Python ints,
+        # never through float64, where integers beyond 2**53 (or uint64 beyond int64) would merge
+        if labels.dtype.kind in "OUS":
+            text = labels.tolist()
+            num = data._to_numbers(labels).tolist()
+            keys = [int(t) if data._INTEGER.fullmatch(t) else v for t, v in zip(text, num)]
+        else:
+            keys = labels.tolist()
+        lookup = {c: k for k, c in enumerate(classes.tolist())}
+        return np.array([lookup.get(v, -1) for v in keys], dtype=np.int64)
     text = np.array([str(v) for v in labels.tolist()])
     lookup = {c: k for k, c in enumerate(_label_strings(classes))}
     return np.array([lookup.get(s, -1) for s in text], dtype=np.int64)

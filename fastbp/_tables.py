@@ -194,7 +194,16 @@ class _Table:
         if cells.shape[1] == 1 and cells[0, 0] == "" and _blank_start(path):
             # a line of spaces first: pandas takes it for a one-column header row
             raise DataError(f"{path}: {_blank_start(path)}")
-        keep = np.flatnonzero((cells != "").any(axis=1))      # blank lines are skipped
+        self._lines = None
+        empty = ~(cells != "").any(axis=1)
+        if empty.any() and cells.shape[1] > 1:
+            # blank lines (and lines of spaces) are skipped; a record of empty fields (',,') is a
+            # row of missing values, kept so that reading it names its line (dropping it would
+            # shift every later prediction against its input row)
+            counts = self._records()[1]
+            if counts.size == cells.shape[0]:          # csv and pandas agree on the records
+                empty &= counts <= 1
+        keep = np.flatnonzero(~empty)
         if keep.size == 0:
             raise DataError(f"{path}: the CSV file is empty")
         self.rec = keep
@@ -208,7 +217,6 @@ class _Table:
         self.num = np.empty(self.cells.shape, dtype=np.float64)
         for j in range(self.width):
             self.num[:, j] = _to_numbers(self.cells[:, j])
-        self._lines = None
         self.header_note = None
         self._from_cells = False        # set by _decide_header: decided from the cells alone
         self._numbers_note = None       # set by _decide_header: a first row of numbers only, why

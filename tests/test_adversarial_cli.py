@@ -334,3 +334,78 @@ def test_a_debug_variable_that_is_no_boolean_is_one_line_naming_it(capsys, monke
     rc, out, err = run_here(capsys, "train", "--epochs", "1")
     assert rc == 2 and out == ""
     assert err.strip() == "fastbp: error: FASTBP_DEBUG='maybe' is not one of: 1, true, yes, on, 0, false, no, off"
+
+
+@pytest.mark.parametrize("labels", [
+    ["9007199254740992", "9007199254740993"],            # 2**53, 2**53 + 1: one float64
+    ["-9223372036854775808", "-9223372036854775807"],    # int64's ends, below -2**53
+])
+def test_evaluate_keeps_integer_labels_beyond_2_53_apart(tmp_path, capsys, labels):
+    # training encodes these labels exactly (int64); evaluate compared them through float64,
+    # so both classes' samples counted as one class's
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 2))
+    y = (X[:, 0] > 0).astype(int)
+    path = tmp_path / "b.csv"
+    path.write_text("a,b,y\n" + "".join(f"{r[0]:.4f},{r[1]:.4f},{labels[k]}\n" for r, k in zip(X, y)))
+    model = tmp_path / "m.npz"
+    rc, out, err = run_here(capsys, "train", "--data", path, "--epochs", "30", "--hidden", "8",
+                            "--quiet", "--save", model)
+    assert rc == 0, err
+    import fastbp
+    m = fastbp.load_model(model)
+    assert [str(c) for c in m.classes_] == labels
+    pred = m.predict(X)
+    want = np.array(labels, dtype=object)[y]
+    acc = np.mean([str(p) == t for p, t in zip(pred, want)])
+    rc, out, err = run_here(capsys, "evaluate", "--model", model, "--data", path)
+    assert rc == 0 and "never saw" not in err, err
+    assert f"accuracy: {acc:.4f} ({int(round(acc * 60))}/60)" in out, out
+    for name, n in zip(labels, np.bincount(y)):
+        assert any(line.split()[:1] == [name] and line.split()[-1] == str(n) for line in out.splitlines()), out
+
+
+def test_evaluate_keeps_uint64_labels_apart(tmp_path, capsys):
+    # an npz y of uint64 labels beyond int64: two of them are one float64
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(60, 2))
+    y = (X[:, 0] > 0).astype(int)
+    classes = np.array([2**64 - 2, 2**64 - 1], dtype=np.uint64)
+    np.savez(tmp_path / "u.npz", X=X, y=classes[y])
+    model = tmp_path / "m.npz"
+    rc, out, err = run_here(capsys, "train", "--data", tmp_path / "u.npz", "--epochs", "30",
+                            "--hidden", "8", "--quiet", "--save", model)
+    assert rc == 0, err
+    import fastbp
+    m = fastbp.load_model(model)
+    np.testing.assert_array_equal(m.classes_, classes)
+    acc = np.mean(m.predict(X) == classes[y])
+    rc, out, err = run_here(capsys, "evaluate", "--model", model, "--data", tmp_path / "u.npz")
+    assert rc == 0 and "never saw" not in err, err
+    assert f"accuracy: {acc:.4f} ({int(round(acc * 60))}/60)" in out, out
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "evaluate"])
+def test_a_row_of_empty_fields_is_missing_values_not_a_blank_line(tmp_path, capsys, command):
+    # ',,,' was dropped as if it were a blank line: predict wrote one row fewer than its input
+    # (every later prediction beside the wrong input row); blank lines are still skipped
+    src = write_csv(tmp_path / "a.csv")
+    model = tmp_path / "m.npz"
+    rc, out, err = run_here(capsys, "train", "--data", src, "--epochs", "2", "--hidden", "4",
+                            "--quiet", "--save", model)
+    assert rc == 0, err
+    lines = src.read_text().splitlines()
+    text = "\n".join(lines[:5] + ["", "   ", ",,,"] + lines[5:]) + "\n"
+    path = tmp_path / "e.csv"
+    path.write_text(text)
+    args = ["--data", path] + (["--epochs", "1", "--hidden", "4", "--quiet"] if command == "train"
+                               else ["--model", model])
+    rc, out, err = run_here(capsys, command, *args)
+    assert rc == 1 and "Traceback" not in err
+    assert "line 8, column 'f1': missing value" in err, err
+    # without that row, the blank lines around it are skipped as before
+    path.write_text(text.replace(",,,\n", ""))
+    rc, out, err = run_here(capsys, command, *args)
+    assert rc == 0, err
+    if command == "predict":
+        assert len(out.strip().splitlines()) == 1 + 60
