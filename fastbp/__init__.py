@@ -14,19 +14,25 @@ Quick tour
 >>> y = np.arange(32) % 10
 >>> loss = step(x, y)
 """
-from .bundle import SavedModel, load_model
-from . import checkpoint, gradcheck, ops, schedules, training
-from .graph import Graph, GraphError, GraphTypeError, Node, maximum, sum
-from .factories import compile, grad, load
-from .layers import Linear, Sequential
-from .layers import BatchNorm1d, LayerNorm
-from .graph import batch_norm, layer_norm
-from .optimizers import SGD, Adam, AdamW, RMSprop
-from .step import TrainStep
-from .training import EarlyStopping, History
-from .distributed import DistributedStep, RankError   # mpi4py is imported only when used
-from .torch_interop import from_torch
-from ._bf16 import info as bf16_info
+from . import _env
+try:
+    from . import config
+    from .bundle import SavedModel, load_model
+    from . import checkpoint, gradcheck, ops, schedules, training
+    from .graph import Graph, GraphError, GraphTypeError, Node, maximum, sum
+    from .factories import compile, grad, load
+    from .layers import Linear, Sequential
+    from .layers import BatchNorm1d, LayerNorm
+    from .graph import batch_norm, layer_norm
+    from .optimizers import SGD, Adam, AdamW, RMSprop
+    from .step import TrainStep
+    from .training import EarlyStopping, History
+    from .distributed import DistributedStep, RankError   # mpi4py is imported only when used
+    from .torch_interop import from_torch
+    from ._bf16 import info as bf16_info
+except _env.EnvError as _e:      # a FASTBP_* variable with a bad value
+    _env.exit_if_command(_e)
+    raise
 
 from ._version import __version__
 

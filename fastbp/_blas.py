@@ -64,6 +64,7 @@ import threading
 import llvmlite.binding as llvm
 
 from ._native import free_in_fork_child
+from ._env import EnvImportError
 from .config import env_flag
 
 __all__ = ["BACKEND", "AVAILABLE", "THREAD_CONTROL", "GEMM_JIT", "backend_info", "gemm_jit_destroy", "axpy_exact",
@@ -251,7 +252,7 @@ _FINDERS = {"mkl": _find_mkl, "openblas": _find_numpy_openblas, "scipy": _find_s
 def _choose():
     want = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
     if want not in _CHOICES:
-        raise ImportError(f"{ENV_VAR}={os.environ[ENV_VAR]!r} is not a BLAS backend fastbp knows; "
+        raise EnvImportError(f"{ENV_VAR}={os.environ[ENV_VAR]!r} is not a BLAS backend fastbp knows; "
                           f"use one of {', '.join(_CHOICES)}")
     if want == "none":
         return None
@@ -259,7 +260,7 @@ def _choose():
         found = _FINDERS[want]()
         if found is None:
             hint = " (pip install mkl)" if want == "mkl" else ""
-            raise ImportError(f"{ENV_VAR}={want}: that BLAS could not be loaded{hint}; "
+            raise EnvImportError(f"{ENV_VAR}={want}: that BLAS could not be loaded{hint}; "
                               f"unset {ENV_VAR} to let fastbp choose")
         return found
     for name in ("mkl", "openblas", "scipy"):

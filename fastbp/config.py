@@ -11,10 +11,12 @@ Plain module-level numbers: numba compiles them in as constants.
 """
 import os
 
+from ._env import EnvError
+
 
 def _env_int(name, default):
     """The non-negative integer in environment variable ``name`` (unset or empty: ``default``);
-    ValueError naming the variable otherwise."""
+    EnvError (a ValueError) naming the variable otherwise."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -23,7 +25,7 @@ def _env_int(name, default):
     except ValueError:
         value = -1
     if value < 0:
-        raise ValueError(f"{name}={os.environ[name]!r}: expected a non-negative integer")
+        raise EnvError(f"{name}={os.environ[name]!r}: expected a non-negative integer")
     return value
 
 
@@ -32,21 +34,21 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 def env_flag(name, default=False):
     """The boolean in environment variable ``name``: 1/true/yes/on or 0/false/no/off, any case
-    (unset or empty: ``default``); ValueError naming the variable for any other value."""
+    (unset or empty: ``default``); EnvError (a ValueError) naming the variable for any other value."""
     raw = os.environ.get(name, "").strip().lower()
     if not raw:
         return default
     if raw not in _TRUE + _FALSE:
-        raise ValueError(f"{name}={os.environ[name]!r} is not one of: {', '.join(_TRUE + _FALSE)}")
+        raise EnvError(f"{name}={os.environ[name]!r} is not one of: {', '.join(_TRUE + _FALSE)}")
     return raw in _TRUE
 
 
 def _env_choice(name, default, choices):
     """The value of environment variable ``name``, lower-cased (unset or empty: ``default``);
-    ValueError naming the variable and ``choices`` for any other value."""
+    EnvError (a ValueError) naming the variable and ``choices`` for any other value."""
     raw = os.environ.get(name, "").strip().lower() or default
     if raw not in choices:
-        raise ValueError(f"{name}={os.environ[name]!r} is not one of: {', '.join(choices)}")
+        raise EnvError(f"{name}={os.environ[name]!r} is not one of: {', '.join(choices)}")
     return raw
 
 

@@ -336,6 +336,31 @@ def test_a_debug_variable_that_is_no_boolean_is_one_line_naming_it(capsys, monke
     assert err.strip() == "fastbp: error: FASTBP_DEBUG='maybe' is not one of: 1, true, yes, on, 0, false, no, off"
 
 
+@pytest.mark.parametrize("var, value, words", [
+    ("FASTBP_BLAS", "foo", "is not a BLAS backend fastbp knows"),
+    ("FASTBP_PARALLEL_THRESHOLD", "x", "expected a non-negative integer"),
+    ("FASTBP_NO_CACHE", "maybe", "is not one of: 1, true"),
+])
+def test_a_bad_variable_read_at_import_is_one_line_from_the_command(var, value, words):
+    """These are read when fastbp is imported, before the CLI's error handling: a traceback."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "FASTBP_DEBUG"}
+    env[var] = value
+    p = subprocess.run([sys.executable, "-m", "fastbp.cli", "train", "--epochs", "1"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stdout == "", p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fastbp: error: {var}={value!r}") and words in lines[0], \
+        p.stderr
+    # a program importing fastbp gets the exception (a ValueError; FASTBP_BLAS's an ImportError too)
+    p = subprocess.run([sys.executable, "-c", "import fastbp"], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 1 and "Traceback" in p.stderr and f"EnvError: {var}=" in p.stderr.replace(
+        "EnvImportError", "EnvError"), p.stderr
+
+
 @pytest.mark.parametrize("labels", [
     ["9007199254740992", "9007199254740993"],            # 2**53, 2**53 + 1: one float64
     ["-9223372036854775808", "-9223372036854775807"],    # int64's ends, below -2**53
