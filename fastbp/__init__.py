@@ -16,7 +16,7 @@ Quick tour
 """
 from . import _env
 try:
-    from . import config
+    from . import config  # noqa: F401  (first: the FASTBP_* variables it reads fail inside this try)
     from .bundle import SavedModel, load_model
     from . import checkpoint, gradcheck, ops, schedules, training
     from .graph import Graph, GraphError, GraphTypeError, Node, maximum, sum

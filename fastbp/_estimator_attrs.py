@@ -36,3 +36,30 @@ class _LiveList(list):
         raise TypeError(f"{self._name} has one array per layer; the architecture cannot change")
 
     extend = insert = append
+
+
+def optimizer_view(est):
+    """``est._optimizer``: what scikit-learn's private ``_optimizer`` (its ``SGDOptimizer`` or
+    ``AdamOptimizer``) shows of the fitted optimizer, read-only: ``learning_rate`` (the current
+    rate: 'invscaling' and 'adaptive' change it between epochs; Adam's bias-corrected
+    ``learning_rate_init * sqrt(1 - beta_2**t) / (1 - beta_1**t)`` after ``t`` updates),
+    ``learning_rate_init`` and the solver's own settings.  AttributeError before a
+    stochastic fit (scikit-learn's lbfgs has none)."""
+    from types import SimpleNamespace
+    from ._isa import H_T
+    step = est.__dict__.get("_step")
+    if step is None or est.__dict__.get("_sgd_lr") is None or est._opt_settings()["solver"] == "lbfgs":
+        raise AttributeError(f"{type(est).__name__!r} object has no attribute '_optimizer' (no "
+                             "stochastic fit yet: the sgd and adam solvers make it)")
+    s = est._opt_settings()
+    lr0 = float(s["learning_rate_init"])
+    if s["solver"] == "sgd":
+        o = est._arch["optimizer"]
+        return SimpleNamespace(learning_rate_init=lr0, learning_rate=float(est._sgd_lr),
+                               lr_schedule=s["learning_rate"], power_t=float(s["power_t"]),
+                               momentum=float(o["momentum"]), nesterov=bool(o["nesterov"]))
+    b1, b2 = (float(b) for b in est._arch["optimizer"]["betas"])
+    t = int(step.hyper[H_T])
+    lr = lr0 * (1.0 - b2 ** t) ** 0.5 / (1.0 - b1 ** t) if t else lr0
+    return SimpleNamespace(learning_rate_init=lr0, learning_rate=lr, beta_1=b1, beta_2=b2,
+                           epsilon=float(est.epsilon), t=t)

@@ -36,11 +36,10 @@ from .builders import mlp
 from .bundle import saved_precision
 from .factories import compile as compile_step, load
 from .optimizers import SGD, Adam
-from . import _isa
-from . import _executor as ex
+from . import _executor as ex, _isa
 from ._estimator_fit import (batch_sizes, check_split_weights, fit_batch_size, fit_lbfgs, fit_weights, ordered_epoch,
                              set_sgd_rate as _set_sgd_rate, sklearn_log_loss, validation_stratify, weighted_epoch)
-from ._estimator_attrs import _LiveList
+from ._estimator_attrs import _LiveList, optimizer_view
 from ._estimator_rows import as_array, as_rows, predict_rows, unwrap
 from ._estimator_params import check_params, check_same_model, is_int as _is_int, resolve_dtype as _resolve_dtype
 from ._estimator_state import deferring_warnings, issue_deferred, restore, snapshot, warn_after_fit
@@ -124,7 +123,8 @@ class _BaseMLP(BaseEstimator):
         return check_params(self)
 
     # ------------------------------------------------------------------ steps
-    def _optimizer(self, batch_size, n_out):
+    _optimizer = property(optimizer_view)   # scikit-learn's private optimizer, as far as it is read
+    def _new_optimizer(self, batch_size, n_out):
         # alpha * W / batch_size is scikit-learn's L2 gradient; weight_decay adds weight_decay * p
         wd = self._weight_decay(batch_size, n_out)
         lr = float(self.learning_rate_init)
@@ -173,7 +173,7 @@ class _BaseMLP(BaseEstimator):
                 or self._current_opt_settings(self._arch["optimizer"]["type"]))
 
     def _optimizer_params(self, batch_size, n_out):
-        opt = self._optimizer(batch_size, n_out)
+        opt = self._new_optimizer(batch_size, n_out)
         if opt.name == "sgd":
             return {"type": "sgd", "lr": opt.lr, "momentum": opt.momentum,
                     "nesterov": opt.nesterov, "weight_decay": opt.weight_decay}

@@ -13,9 +13,8 @@ Differences from scikit-learn's MLP, all deliberate:
 
 * Computation runs in float32 by default (``dtype='float32'``; scikit-learn
   computes in X's dtype): ``dtype='float64'`` or ``dtype=None`` (X's dtype)
-  choose otherwise.  ``predict_proba`` returns the compute dtype;
-  ``predict`` of the regressor always returns float64 (scikit-learn's returns
-  X's dtype: float32 for float32 X, float64 otherwise).
+  choose otherwise.  ``predict_proba`` returns the compute dtype (the
+  regressor's ``predict`` returns X's dtype, as scikit-learn's).
 * ``y`` with a single class is a ValueError (scikit-learn's classifier fits it
   and always predicts that class).
 * Negative ``sample_weight`` values are refused, before any training, naming
@@ -568,12 +567,12 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         Returns
         -------
         y : ndarray of shape (n_samples,) or (n_samples, n_targets)
-            float64 whatever X's dtype (computed in the estimator's dtype;
-            scikit-learn's is X's dtype: float32 for float32 X); 1-D when it was
-            fitted on a 1-D ``y``.
+            X's dtype, as scikit-learn's: float32 for float32 X, float64 otherwise
+            (computed in the estimator's dtype, the targets' scaling undone in
+            float64); 1-D when it was fitted on a 1-D ``y``.
         """
         X = self._validate_X_predict(X)
-        out = self._predict_from_outputs(self._forward(X))
+        out = self._predict_from_outputs(self._forward(X)).astype(X.dtype, copy=False)
         if out.shape[1] == 1:
             return out.ravel()
         return out

@@ -252,15 +252,19 @@ def test_warm_start_that_never_beats_the_best_score_keeps_the_best_weights():
 
 
 # ------------------------------------------------------------------ documented differences
-def test_regressor_predict_is_float64_where_sklearns_is_float32():
-    """What MLPRegressor.predict's docstring says: always float64 (scikit-learn: X's dtype)."""
+def test_regressor_predict_returns_xs_dtype_as_sklearn():
+    """scikit-learn's MLPRegressor.predict returns X's dtype (its test_mlp_param_dtypes); fastbp's
+    returned float64 for float32 X, whatever the estimator's dtype."""
     X, y = _data(n=40)
-    X32 = X.astype(np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ours = MLPRegressor(hidden_layer_sizes=(3,), max_iter=2, random_state=0).fit(X32, y * 1.0)
-        theirs = SkR(hidden_layer_sizes=(3,), max_iter=2, random_state=0).fit(X32, y * 1.0)
-    assert ours.predict(X32).dtype == np.float64 and theirs.predict(X32).dtype == np.float32
+    for dtype in ("float32", "float64", None):
+        for Xd in (X.astype(np.float32), X.astype(np.float64), X.astype(np.int64)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ours = MLPRegressor(hidden_layer_sizes=(3,), max_iter=2, random_state=0, dtype=dtype).fit(Xd, y * 1.0)
+                theirs = SkR(hidden_layer_sizes=(3,), max_iter=2, random_state=0).fit(Xd, y * 1.0)
+            assert ours.predict(Xd).dtype == theirs.predict(Xd).dtype == (
+                np.float32 if Xd.dtype == np.float32 else np.float64)
+            assert ours.predict(Xd).dtype == ours.predict(Xd.tolist() if Xd.dtype == np.int64 else Xd).dtype
 
 
 def test_single_class_is_refused_and_the_difference_documented():
@@ -516,3 +520,44 @@ def test_predict_refuses_strings_as_scikit_learn(Est, Sk):
         with pytest.raises(ValueError, match=re.escape(str(sk_err.value))):
             ours.predict(Xs)
     assert ours.predict(X.astype(object)).shape[0] == 30       # object numbers convert, as scikit-learn's
+
+
+# ------------------------------------------------------------------ scikit-learn's _optimizer
+@pytest.mark.parametrize("learning_rate", ["invscaling", "constant", "adaptive"])
+def test_private_optimizer_learning_rate_follows_sklearns(learning_rate):
+    """scikit-learn's own tests read ``est._optimizer.learning_rate`` (test_mlp.py:
+    test_learning_rate_warmstart, test_adaptive_learning_rate); it was a method here."""
+    X = [[3, 2], [1, 6], [5, 6], [-2, -4]]
+    y = [1, 1, 1, 0]
+    rates = {}
+    for C in (MLPClassifier, SkC):
+        kw = dict(dtype="float64") if C is MLPClassifier else {}
+        mlp = C(solver="sgd", hidden_layer_sizes=4, learning_rate=learning_rate, max_iter=1,
+                power_t=0.25, warm_start=True, random_state=0, **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            mlp.fit(X, y)
+            prev = mlp._optimizer.learning_rate
+            mlp.fit(X, y)
+        rates[C] = (prev, mlp._optimizer.learning_rate)
+        if learning_rate == "invscaling":
+            assert mlp._optimizer.learning_rate == mlp.learning_rate_init / pow(8 + 1, mlp.power_t)
+        else:
+            assert rates[C][0] == rates[C][1] == mlp.learning_rate_init
+    assert rates[MLPClassifier] == rates[SkC]
+
+
+def test_private_optimizer_adaptive_rate_falls_below_1e_6_and_adams_is_bias_corrected():
+    clf = MLPClassifier(tol=0.5, max_iter=3000, solver="sgd", learning_rate="adaptive")
+    clf.fit([[3, 2], [1, 6]], [1, 0])
+    assert clf.max_iter > clf.n_iter_ and 1e-6 > clf._optimizer.learning_rate
+    X, y = _data(n=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = MLPClassifier(hidden_layer_sizes=(3,), max_iter=3, random_state=0, batch_size=10).fit(X, y)
+        theirs = SkC(hidden_layer_sizes=(3,), max_iter=3, random_state=0, batch_size=10).fit(X, y)
+    assert ours._optimizer.t == theirs._optimizer.t == 12
+    assert ours._optimizer.learning_rate == pytest.approx(theirs._optimizer.learning_rate, rel=1e-12)
+    for est in (MLPClassifier(), MLPClassifier(solver="lbfgs", max_iter=3).fit(X, y)):
+        with pytest.raises(AttributeError, match="_optimizer"):
+            est._optimizer
