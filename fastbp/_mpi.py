@@ -27,7 +27,7 @@ MPI_MISSING = ("data-parallel training (comm=...) needs mpi4py and an MPI librar
                "mpi4py mpi4py)")
 
 # slots after the gradients in the reduced buffer
-_N_SLOTS = 3          # loss * rows, rows, number of failed ranks
+_N_SLOTS = 3          # loss * rows / (size * batch_size), rows, number of failed ranks (_pack)
 
 
 def _mpi():
@@ -288,13 +288,28 @@ def limit_threads(n):
 
 
 # ------------------------------------------------------------ the split step
-def _pack(vec, gn, nb, loss):
-    """Mean-over-rows gradients -> sums over rows; write the three slots."""
+def _pack(vec, gn, nb, loss, nominal):
+    """Mean-over-rows gradients and loss -> their shares of the global mean, weighted by rows
+    ``nb / nominal`` (``nominal``: the global batch, ``size * batch_size``, at least the sum of
+    the ranks' rows); write the three slots.  The sum over ranks stays within the largest rank's
+    values: weighting by ``nb`` itself overflowed float32 where one process's mean did not
+    (a loss of 3e37 on 16 rows).  :func:`_unpack` makes the sum the mean over all rows."""
+    w = nb / nominal
     g = vec[:gn]
-    np.multiply(g, nb, out=g)
-    vec[gn] = loss * nb
+    np.multiply(g, w, out=g)
+    vec[gn] = loss * w
     vec[gn + 1] = nb
     vec[gn + 2] = 0
+
+
+def _unpack(vec, gn, nominal):
+    """The reduced :func:`_pack` vectors: the gradients (in place) and the loss (returned) as
+    means over every rank's rows."""
+    f = nominal / float(vec[gn + 1])
+    g = vec[:gn]
+    if f != 1.0:
+        np.multiply(g, f, out=g)
+    return float(vec[gn]) * f
 
 
 def _epoch_shard(perm, size, rank, batch):

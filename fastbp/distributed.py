@@ -49,7 +49,7 @@ from . import training as _training
 from ._dist_fit import DataParallelFit
 from ._isa import C_OP, H_ROW0, OP_DROPOUT, RUNTIME_SLOTS, STATUS_OK
 from ._mpi import (  # noqa: F401 - re-exported: the public names of data-parallel training
-    _N_SLOTS, MPI_MISSING, RankError, _epoch_shard, _mpi, _note, _on_all_ranks, _pack, _reraise,
+    _N_SLOTS, MPI_MISSING, RankError, _epoch_shard, _mpi, _note, _on_all_ranks, _pack, _reraise, _unpack,
     abort_unless_agreed, agree, launched_comm, limit_threads, mpi_world_rank, mpi_world_size, thread_share)
 
 __all__ = ["DistributedStep", "RankError", "compile", "agree", "thread_share", "limit_threads",
@@ -95,9 +95,9 @@ class DistributedStep(DataParallelFit):
     threads : dict or None
         What :func:`limit_threads` set.
     comm_vector : ndarray, shape (n_grad + 3,), dtype ``step.dtype``
-        The one buffer reduced per step: every gradient, then
-        ``loss * rows``, ``rows`` and the error count (a view into the
-        step's arena).
+        The one buffer reduced per step: every gradient and then the
+        loss, each times ``rows / (size * batch_size)``, then ``rows`` and
+        the error count (a view into the step's arena).
 
     Raises
     ------
@@ -280,16 +280,15 @@ class DistributedStep(DataParallelFit):
             raise _on_all_ranks(RankError(
                 f"{n_failed} of {self.size} ranks rejected their minibatch{what} (see their "
                 f"messages); no rank updated its weights", n_failed, self.size), n_failed)
-        rows = float(v[self._gn + 1])
-        loss = float(v[self._gn]) / rows
+        loss = _unpack(v, self._gn, self.global_batch_size)
         st = self.step
-        g = v[:self._gn]
-        np.divide(g, rows, out=g)
         if not update:
             return loss
         status, info = st.apply_update()
         if status:
             # identical reduced gradients: every rank gets here together
+            if kept:                # no rank trained: BatchNorm's running statistics as they were
+                np.copyto(st.buffer_vector, self._running)
             try:
                 st.raise_status(status, info, where=f" after the Allreduce{what}")
             except Exception as e:
@@ -407,7 +406,7 @@ class DistributedStep(DataParallelFit):
             self._running_kept = True
         status, loss, info = st.gradients_of(x, yi, yf, n)
         if status == STATUS_OK:
-            _pack(self.comm_vector, self._gn, n, loss)
+            _pack(self.comm_vector, self._gn, n, loss, self.global_batch_size)
             return None
         self._fail_local()
         return functools.partial(st.raise_status, status, info, yi.copy(), where=where)

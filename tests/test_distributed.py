@@ -267,6 +267,27 @@ def test_arguments_refused_on_one_rank_raise_on_every_rank(failures_run, scenari
         assert res[scenario].get("unchanged", True) and res[scenario].get("running_unchanged", True)
 
 
+def test_a_gradient_not_finite_after_the_allreduce_changes_nothing_on_any_rank(failures_run):
+    """Rank 1's gradient overflows (its loss does not): every rank raises after the Allreduce,
+    and BatchNorm's running statistics stay as they were (they kept the failed step's batch)."""
+    _, ranks = failures_run
+    for res in ranks:
+        r = res["grad_inf_after_allreduce_rank1"]
+        assert r["type"] == "FloatingPointError" and "after the Allreduce" in r["msg"], r
+        assert r["unchanged"] and r["running_unchanged"]
+
+
+def test_means_finite_on_every_rank_stay_finite_in_the_reduction(failures_run):
+    """The float32 reduction held loss * rows and gradient * rows: a loss of 3e37 came back inf
+    (and was applied), BatchNorm's huge finite gradients raised; one process trains on both."""
+    _, ranks = failures_run
+    for res in ranks:
+        r = res["finite_means_stay_finite"]
+        assert r["type"] is None and r["dp"] == pytest.approx(r["one"], rel=1e-6) and r["params_apart"] < 1e-6, r
+        assert np.isfinite(r["huge_loss_one"]) and r["huge_loss_one"] > 1e37
+        assert r["huge_loss_dp"] == pytest.approx(r["huge_loss_one"], rel=1e-6)
+
+
 def test_rank_local_settings_and_shared_failures(failures_run):
     _, ranks = failures_run
     for res in ranks:

@@ -146,6 +146,38 @@ def main(out):
     r = outcome(lambda: bn(x, bad_y if rank == 1 else y))
     r["running_unchanged"] = bool(bn.buffer_vector.tobytes() == running.tobytes())
     res["bn_rejected_rank1"] = r
+    # a gradient that is not finite on rank 1 only (its loss is): the update fails after the
+    # Allreduce, on every rank, and BatchNorm's running statistics stay as they were there too
+    def huge():
+        return fastbp.Sequential(fastbp.Linear(2, 4), fastbp.BatchNorm1d(4), fastbp.Linear(4, 1))
+    hx = np.ones((8, 2), np.float32)
+    hx[:, 1] = np.arange(8)
+    hx[:, 0] = np.where(np.arange(8) % 2, 3e38, -3e38)      # feature 0 ignored: W[0, :] = 0
+    hb = dist.compile(huge(), loss="mse", optimizer=fastbp.SGD(lr=1e-45), batch_size=8, comm=comm, seed=0)
+    hb.params["0.W"][0, :] = 0.0
+    running, params = hb.buffer_vector.copy(), hb.param_vector.copy()
+    r = outcome(lambda: hb(hx, np.full((8, 1), 1e12 if rank == 1 else 1e7, np.float32)))
+    r["running_unchanged"] = bool(hb.buffer_vector.tobytes() == running.tobytes())
+    r["unchanged"] = bool(hb.param_vector.tobytes() == params.tobytes())
+    res["grad_inf_after_allreduce_rank1"] = r
+    # ... while means that are finite on every rank stay finite in the float32 reduction (it held
+    # loss * rows and gradient * rows: inf, where one process with all the rows trains)
+    one = fastbp.compile(huge(), loss="mse", optimizer=fastbp.SGD(lr=1e-45), batch_size=16, seed=0)
+    one.params["0.W"][0, :] = 0.0
+    big_y = np.full((8, 1), 1e7, np.float32)
+    r = {"one": float(one(np.vstack([hx, hx]), np.vstack([big_y, big_y])))}
+    r.update(outcome(lambda: r.__setitem__("dp", float(hb(hx, big_y)))))
+    r["params_apart"] = float(np.max(np.abs(hb.param_vector - one.param_vector)) / np.max(np.abs(one.param_vector)))
+    tx = np.random.default_rng(5).standard_normal((16, 2)).astype(np.float32)
+    ty = np.full((16, 1), 5.5e18, np.float32)
+    big = [fastbp.compile(fastbp.Sequential(fastbp.Linear(2, 3), fastbp.ReLU(), fastbp.Linear(3, 1)),
+                          loss="mse", optimizer=fastbp.SGD(lr=1e-45), batch_size=16, seed=0)]
+    big.append(dist.compile(fastbp.Sequential(fastbp.Linear(2, 3), fastbp.ReLU(), fastbp.Linear(3, 1)),
+                            loss="mse", optimizer=fastbp.SGD(lr=1e-45), batch_size=8, comm=comm, seed=0))
+    r["huge_loss_one"] = float(big[0](tx, ty))
+    r["huge_loss_dp"] = float(big[1](tx[8 * rank:8 * rank + 8], ty[8 * rank:8 * rank + 8]))
+    res["finite_means_stay_finite"] = r
+
     bn.fit(X, Y, seed=1)
     r = outcome(lambda: bn.fit(X, Y, seed=1, schedule=bn.schedule if rank == 0 else S.StepLR(1, 0.5)))
     r["in_sync"] = bn.in_sync()
