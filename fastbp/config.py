@@ -98,13 +98,17 @@ def usable_cores():
 #: The number of blocks a step on numba's threads cuts each large BLAS product
 #: into (its rows, or its columns for a wide output; fewer where a block would
 #: drop below BLAS_THREADS_MIN_MACS), each block one call on one BLAS thread
-#: (fastbp.kernels.gemm._blas_mm_split): the cores this process may run on,
+#: (fastbp.kernels.gemm._blas_mm_split): the machine's cores (os.cpu_count),
 #: never numba's thread count.  So the blocks, and with them the bits of the
 #: products, are the same at any numba thread count also where the BLAS does not
 #: give a block the whole call's bits (fastbp._blas_split.split_exact: OpenBLAS's
-#: Haswell kernels on an AVX2 CPU).  numba compiles it in when it compiles the
-#: kernel, and its disk cache keeps that value.
-SPLIT_BLOCKS = usable_cores()
+#: Haswell kernels on an AVX2 CPU; its AVX-512 kernels in float64).  numba
+#: compiles it in when it compiles the kernel, and its disk cache keeps that
+#: value: so not the cores this process may run on (its affinity), which differ
+#: between processes of one machine (taskset, mpiexec's binding) that share the
+#: cache: a process on one core computed with the blocks of the two-core process
+#: that had filled the cache, and one that compiled them itself with one block.
+SPLIT_BLOCKS = max(1, os.cpu_count() or 1)
 
 #: A plain SGD update (no momentum, no weight decay) of at least this many
 #: parameters, in a step whose products run on the BLAS's threads, runs

@@ -411,3 +411,17 @@ def test_broadcast_gate_gradient_is_the_sum_in_row_order(code):
         dA, dB = np.zeros((r, 1)), np.zeros((r, c))
         variant(code, A, B, dO, dA, dB, False, False)
         assert np.array_equal(dA, expect), variant
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2,
+                    reason="needs CPU affinity (Linux) and two cores")
+def test_split_blocks_do_not_follow_the_process_affinity():
+    """numba's disk cache keeps the SPLIT_BLOCKS a kernel was compiled with: a process on one core
+    (taskset) that loaded the two-core process's kernels computed with 2 blocks, one that compiled
+    them itself with 1, and the two gave other float64 bits for the same seed and threads."""
+    code = "import os; from fastbp import config; print(config.SPLIT_BLOCKS, len(os.sched_getaffinity(0)))"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       preexec_fn=lambda: os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]}))
+    assert p.returncode == 0, p.stderr[-2000:]
+    blocks, cores = map(int, p.stdout.split())
+    assert cores == 1 and blocks == os.cpu_count()
