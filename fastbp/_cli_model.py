@@ -138,7 +138,7 @@ def _true_indices(model, labels, ds):
         if labels.dtype.kind in "OUS":
             text = labels.tolist()
             num = data._to_numbers(labels).tolist()
-            keys = [int(t) if data._INTEGER.fullmatch(t) else v for t, v in zip(text, num)]
+            keys = [data.exact_label(t, v) for t, v in zip(text, num)]
         else:
             keys = labels.tolist()
         lookup = {c: k for k, c in enumerate(classes.tolist())}

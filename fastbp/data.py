@@ -23,6 +23,7 @@ CSV file, the array ``y`` of an ``.npz``), the feature and label names.
 """
 from __future__ import annotations
 
+import decimal as _decimal
 import re as _re
 
 import numpy as _np
@@ -128,16 +129,24 @@ def encode_labels(labels, what="y", lines=None):
         else:
             num = _to_numbers(labels)
             if not _np.isnan(num).any():
-                labels, kind = num, "f"
+                # numbers: integral ones ('1.0', '1e3') exactly, not through float64, where
+                # '9007199254740993' beside a '1.0' became 2**53 and merged with that class
+                exact = [exact_label(t, v) for t, v in zip(labels.tolist(), num.tolist())]
+                frac = next((i for i, v in enumerate(exact) if not isinstance(v, int) and _np.isfinite(v)), None)
+                if frac is not None:        # ('9007199254740993.5' is an integer in float64)
+                    raise DataError(_non_integer(what, labels[frac], frac, lines))
+                if all(isinstance(v, int) for v in exact):
+                    labels = _int_array(exact, labels, what, lines)
+                    kind = labels.dtype.kind
+                else:
+                    labels, kind = num, "f"
     if kind == "f":
         if not _np.all(_np.isfinite(labels)):
             i = int(_np.flatnonzero(~_np.isfinite(labels))[0])
             raise DataError(f"{what} contains NaN or infinite labels ({labels[i].item()} {_where(i, lines)})")
         frac = _np.flatnonzero(labels != _np.round(labels))
         if frac.size:
-            raise DataError(
-                f"{what} contains non-integer values ({labels[frac[0]].item()!r} {_where(frac[0], lines)}): "
-                "class labels must be integers or strings (or train with --task regression)")
+            raise DataError(_non_integer(what, labels[frac[0]].item(), frac[0], lines))
         if _np.all(_np.abs(labels) < 2.0 ** 53):
             labels = labels.astype(_np.int64)
     elif kind == "b":
@@ -152,13 +161,39 @@ def encode_labels(labels, what="y", lines=None):
 _INTEGER = _re.compile(r"[-+]?[0-9]+")
 
 
+def _non_integer(what, value, i, lines):
+    return (f"{what} contains non-integer values ({value!r} {_where(i, lines)}): "
+            "class labels must be integers or strings (or train with --task regression)")
+
+
+def exact_label(text, number):
+    """The value of a label cell ``text`` that pandas reads as ``number`` (float64), exactly:
+    a Python int where it is integral (``"7"``, ``"+7"``, ``"7.0"``, ``"7e3"``, and
+    ``"9007199254740993"`` or ``"9007199254740993.0"`` without float64's rounding), else
+    ``number`` (NaN where the cell is not a number)."""
+    if _INTEGER.fullmatch(text):
+        return int(text)
+    if not _np.isfinite(number):
+        return number
+    try:
+        d = _decimal.Decimal(text)
+    except (_decimal.InvalidOperation, ValueError):
+        return number
+    return int(d) if d.is_finite() and d == d.to_integral_value() else number
+
+
 def _integer_labels(text, what, lines):
     """String labels that are all written as integers (``"12"``, ``"-0"``, ``"+7"``) as int64, or
     float64 where some do not fit int64 but every one is exact in float64 (else DataError: two
     of them could become one class); None when some label is not an integer."""
     if not all(_INTEGER.fullmatch(t) for t in text):
         return None
-    ints = [int(t) for t in text]
+    return _int_array([int(t) for t in text], text, what, lines)
+
+
+def _int_array(ints, text, what, lines):
+    """Python ints as int64, or float64 where some do not fit int64 but every one is exact in
+    float64; DataError otherwise (two of them could become one class)."""
     if all(-2**63 <= v < 2**63 for v in ints):
         return _np.array(ints, dtype=_np.int64)
     for i, v in enumerate(ints):

@@ -305,6 +305,23 @@ def test_integer_labels_beyond_2_53_stay_distinct_classes(tmp_path):
                            lines=np.array([1, 2]))
 
 
+@pytest.mark.parametrize("cells, classes", [
+    (["9007199254740993", "9007199254740992", "1.0"], [1, 2**53, 2**53 + 1]),
+    (["9007199254740993.0", "9007199254740992", "1e3"], [1000, 2**53, 2**53 + 1]),
+    (["-9223372036854775807", "-9223372036854775808", "2.0"], [-2**63, -2**63 + 1, 2]),
+])
+def test_integer_labels_beyond_2_53_stay_apart_beside_a_decimal(cells, classes):
+    """One label written as a decimal ('1.0') sent the column through float64, where integers
+    beyond 2**53 merged silently (two classes trained as one)."""
+    y, got = data.encode_labels(np.array(cells * 2))
+    assert got.dtype == np.int64 and got.tolist() == classes
+    assert [got[k] for k in y[:3]] == [int(float(c)) if "e" in c else int(c.split(".")[0]) for c in cells]
+    with pytest.raises(DataError, match="non-integer values"):
+        data.encode_labels(np.array(cells + ["9007199254740993.5"]))
+    with pytest.raises(DataError, match="beyond int64 that float64 cannot hold exactly"):
+        data.encode_labels(np.array(["100000000000000000001.0", "100000000000000000000"]))
+
+
 def test_a_first_row_of_numbers_that_are_the_models_feature_names(tmp_path):
     """A header-less file whose first row held the model's numeric feature names in another
     order ('2,0,1' of counts) was taken as the header: the row was dropped and the others read
