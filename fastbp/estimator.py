@@ -59,6 +59,11 @@ Differences from scikit-learn's MLP, all deliberate:
   ``sqrt(v)`` before the bias correction (the optimizer's ``eps_hat=True``;
   PyTorch adds it after).  On iris with every default (``alpha=1e-4``),
   float64, the probabilities after 200 epochs equal scikit-learn's to 4e-16.
+* ``warm_start=True`` with ``early_stopping=True``: a ``fit`` whose epochs never
+  beat the previous best validation score ends with the previous best weights.
+  scikit-learn's ends with its last epoch's: its ``coefs_`` and ``_best_coefs``
+  are then one list, updated in place by the warm fit (its validation record,
+  which fastbp's follows, is the same).
 * A warm-start ``fit`` after ``set_params`` changed ``hidden_layer_sizes``,
   ``activation`` or ``precision`` (``partial_fit``: the last two) is a
   ValueError naming it; scikit-learn goes on with the fitted architecture.
@@ -74,8 +79,7 @@ applies to ``solver='sgd'``; the optimizer is made by ``fit`` and by the first
 ``learning_rate``, ``learning_rate_init`` ... it was made with (a ``set_params`` in
 between changes them for the next ``fit``); ``warm_start=True`` with
 ``early_stopping=True`` continues the validation record (``validation_scores_``
-appended to, ``best_validation_score_`` and its weights kept: a fit that never beats
-the previous best ends with the previous best weights); ``solver='lbfgs'`` runs
+appended to, ``best_validation_score_`` kept; for the weights see above); ``solver='lbfgs'`` runs
 ``scipy.optimize.minimize(method='L-BFGS-B')`` on the full-batch loss and gradient
 computed by the compiled step (``max_iter``, ``max_fun``, ``tol`` as in scikit-learn;
 no ``partial_fit``).

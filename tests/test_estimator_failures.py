@@ -244,7 +244,8 @@ def test_warm_start_that_never_beats_the_best_score_keeps_the_best_weights():
                       random_state=0, dtype="float64").fit(X, y)
     best, best_score = [np.array(c) for c in e.coefs_], e.best_validation_score_
     # a rate so small the validation accuracy cannot change: no epoch beats the best score,
-    # so the fit ends with the previous best weights (scikit-learn's _best_coefs)
+    # so the fit ends with the previous best weights (a documented difference: scikit-learn's
+    # _best_coefs is its coefs_ list after an early-stopped fit, moved by the warm fit)
     e.set_params(learning_rate_init=1e-9, max_iter=2).fit(X, y)
     assert e.best_validation_score_ == best_score and len(e.validation_scores_) == e.n_iter_ + 5
     for a, b in zip(e.coefs_, best):
