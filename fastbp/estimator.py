@@ -59,11 +59,9 @@ Differences from scikit-learn's MLP, all deliberate:
   ``sqrt(v)`` before the bias correction (the optimizer's ``eps_hat=True``;
   PyTorch adds it after).  On iris with every default (``alpha=1e-4``),
   float64, the probabilities after 200 epochs equal scikit-learn's to 4e-16.
-* ``warm_start=True`` with ``early_stopping=True``: a ``fit`` whose epochs never
-  beat the previous best validation score ends with the previous best weights.
-  scikit-learn's ends with its last epoch's: its ``coefs_`` and ``_best_coefs``
-  are then one list, updated in place by the warm fit (its validation record,
-  which fastbp's follows, is the same).
+* ``warm_start=True``, ``early_stopping=True``: a ``fit`` never beating the best
+  score ends with the previous best weights (scikit-learn's: its last epoch's,
+  its ``coefs_`` and ``_best_coefs`` then one list moved by the warm fit).
 * A warm-start ``fit`` after ``set_params`` changed ``hidden_layer_sizes``,
   ``activation`` or ``precision`` (``partial_fit``: the last two) is a
   ValueError naming it; scikit-learn goes on with the fitted architecture.
