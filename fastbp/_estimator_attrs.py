@@ -48,10 +48,10 @@ def optimizer_view(est):
     from types import SimpleNamespace
     from ._isa import H_T
     step = est.__dict__.get("_step")
-    if step is None or est.__dict__.get("_sgd_lr") is None or est._opt_settings()["solver"] == "lbfgs":
+    s = est._opt_settings() if step is not None else None
+    if s is None or est.__dict__.get("_sgd_lr") is None or s["solver"] == "lbfgs":
         raise AttributeError(f"{type(est).__name__!r} object has no attribute '_optimizer' (no "
                              "stochastic fit yet: the sgd and adam solvers make it)")
-    s = est._opt_settings()
     lr0 = float(s["learning_rate_init"])
     if s["solver"] == "sgd":
         o = est._arch["optimizer"]
