@@ -62,4 +62,4 @@ def optimizer_view(est):
     t = int(step.hyper[H_T])
     lr = lr0 * (1.0 - b2 ** t) ** 0.5 / (1.0 - b1 ** t) if t else lr0
     return SimpleNamespace(learning_rate_init=lr0, learning_rate=lr, beta_1=b1, beta_2=b2,
-                           epsilon=float(est.epsilon), t=t)
+                           epsilon=float(s.get("epsilon", est.epsilon)), t=t)

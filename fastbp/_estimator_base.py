@@ -162,7 +162,7 @@ class _BaseMLP(BaseEstimator):
         self._optimizer_settings = self._current_opt_settings(self.solver)
 
     def _current_opt_settings(self, solver):
-        return {"solver": solver, "learning_rate": self.learning_rate,
+        return {"solver": solver, "learning_rate": self.learning_rate, "epsilon": float(self.epsilon),
                 "learning_rate_init": float(self.learning_rate_init), "power_t": float(self.power_t)}
 
     def _opt_settings(self):

@@ -562,3 +562,17 @@ def test_private_optimizer_adaptive_rate_falls_below_1e_6_and_adams_is_bias_corr
     for est in (MLPClassifier(), MLPClassifier(solver="lbfgs", max_iter=3).fit(X, y)):
         with pytest.raises(AttributeError, match="_optimizer"):
             est._optimizer
+
+
+def test_private_optimizer_keeps_the_epsilon_it_was_made_with():
+    """scikit-learn makes ``_optimizer`` in the first ``partial_fit`` only: a later
+    ``set_params(epsilon=...)`` changes neither the training nor what it shows."""
+    X, y = _data(n=40)
+    shown = []
+    for cls in (MLPClassifier, SkC):
+        est = cls(hidden_layer_sizes=(3,), random_state=0, epsilon=1e-7)
+        est.partial_fit(X, y, classes=np.unique(y))
+        est.set_params(epsilon=0.5)
+        est.partial_fit(X, y)
+        shown.append((est._optimizer.epsilon, est._optimizer.t))
+    assert shown[0] == shown[1] == (1e-7, shown[1][1])
