@@ -15,7 +15,7 @@ import numpy as np
 from . import _isa as ex
 from ._validate import same_precision
 from .compiler import build_plan, new_arena, view
-from ._graph_base import _real_array
+from ._graph_base import _real_array, holds_bool
 from .graph import upstream
 
 __all__ = ["GradFunctionBase"]
@@ -113,6 +113,8 @@ class GradFunctionBase:
                 v = _real_array(values[n.name], n.name)
             if v.dtype.kind not in "fiu" or v.dtype.kind == "b":
                 raise TypeError(f"{n.name} must be a real array, got dtype {v.dtype}")
+            if isinstance(values[n.name], (list, tuple)) and holds_bool(values[n.name]):
+                raise TypeError(f"{n.name} must be a real array, got a bool among its numbers")
             given = getattr(values[n.name], "dtype", None)
             if given is not None and not same_precision(v.dtype, self.dtype):
                 # the step's policy (fastbp._validate.features): an array of another dtype is not

@@ -47,6 +47,16 @@ def _check_shape(shape, what):
     return tuple(None if d is None else int(d) for d in shape)
 
 
+def holds_bool(value):
+    """Whether a (nested) list or tuple holds a bool, which numpy would silently turn into
+    a number in a list that also holds numbers (``[True, 2]``: ``[1, 2]``)."""
+    if isinstance(value, (bool, np.bool_)):
+        return True
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind == "b"
+    return isinstance(value, (list, tuple)) and any(holds_bool(v) for v in value)
+
+
 def _real_array(value, what):
     """``value`` as a new float64 array; GraphTypeError naming ``what`` unless it holds real
     numbers (no bool, complex, string or other object: nothing is silently converted)."""
@@ -62,6 +72,8 @@ def _real_array(value, what):
             raise GraphError(f"{what} holds an integer too large for a float") from None
     if arr.dtype.kind not in "fiu":
         raise GraphTypeError(f"{what} must hold real numbers, got dtype {arr.dtype}")
+    if isinstance(value, (list, tuple)) and holds_bool(value):
+        raise GraphTypeError(f"{what} must hold real numbers, got a bool among them")
     return np.array(arr, dtype=np.float64)
 
 

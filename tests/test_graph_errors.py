@@ -4,6 +4,7 @@ import pytest
 
 import fastbp
 from fastbp import GraphError
+from fastbp.graph import GraphTypeError
 
 
 def test_incompatible_broadcast_names_both_nodes():
@@ -105,3 +106,20 @@ def test_numpy_functions_on_a_node_are_refused_and_operators_still_work():
         assert isinstance(y, fastbp.Node)
     out = fastbp.sum(np.ones((1, 3)) * (x @ W))
     assert out.op == "sum" and out.shape == ()
+
+
+@pytest.mark.parametrize("value", [[True, 2], [[1.0, 2.0], (np.True_, 3.0)], [np.array([False]), np.array([1])]])
+def test_a_bool_among_numbers_is_refused_not_read_as_a_number(value):
+    """numpy reads ``[True, 2]`` as ``[1, 2]``; fastbp refuses bools (``x + True``) and refuses
+    them inside a list of numbers too, in constants, parameters and a gradient function's inputs."""
+    g = fastbp.Graph()
+    shape = np.asarray(value).shape
+    x = g.input("x", shape)
+    with pytest.raises(GraphTypeError, match="bool"):
+        x + value
+    with pytest.raises(GraphTypeError, match="param 'p'.*bool"):
+        g.param("p", value)
+    f = fastbp.grad(fastbp.sum(x * 2.0), [x])
+    with pytest.raises(TypeError, match="x must be a real array.*bool"):
+        f(x=value)
+    assert f(x=np.ones(shape))[0] == 2.0 * np.prod(shape)
