@@ -7,6 +7,7 @@ and the sigmoid neuron built from ``*-1``, ``exp``, ``+1`` and ``1/x`` gates).  
 kernels of both gates are compared with these CPU kernels under the simulator: in the
 README's run through the GPU grad function of ``tests/test_cuda_step.py``, kernel by kernel
 in CI's thorough stage (``tests/test_cuda_kernels.py``, whose gate list holds them)."""
+import itertools
 import math
 
 import numpy as np
@@ -77,8 +78,9 @@ def test_kernels_match_numpy_and_torchs_rules(code, dt, variant):
 
 def test_ieee_results_and_torchs_exact_zeros():
     """Division by zero and a negative base give inf/NaN (never an exception, as numpy and
-    torch); pow's gradients are exactly 0 where torch's are (b == 0 for a; a == 0, b >= 0 for
-    b), even for an infinite upstream gradient; div's b-gradient stays finite where b*b
+    torch); pow's gradients are exactly 0 where torch's are (b == 0 for a, even for an
+    infinite upstream gradient; a == 0, b >= 0 for b, where an infinite one gives NaN, as
+    torch's); div's b-gradient stays finite where b*b
     overflows."""
     a = np.array([[1.0, -1.0, 0.0, -8.0, 0.0, 0.0, 2.0, np.nan]])
     b = np.array([[0.0, 0.0, 0.0, 1 / 3, 2.0, -1.0, 0.0, 0.0]])
@@ -93,7 +95,11 @@ def test_ieee_results_and_torchs_exact_zeros():
     da, db = np.empty_like(a), np.empty_like(b)
     G._gate_bwd(R.POW, a, b, g, da, db, False, False)
     assert da[0, 0] == da[0, 1] == da[0, 2] == da[0, 6] == da[0, 7] == 0.0     # b == 0
-    assert db[0, 2] == db[0, 4] == 0.0                                          # a == 0, b >= 0
+    # a == 0, b >= 0: torch's db is dout * 0 (a product): NaN for an infinite dout, 0 for a finite one
+    assert np.isnan(db[0, 2]) and np.isnan(db[0, 4])
+    G._gate_bwd(R.POW, a, b, np.ones_like(a), da, db, False, False)
+    assert db[0, 2] == db[0, 4] == 0.0
+    G._gate_bwd(R.POW, a, b, g, da, db, False, False)
     assert db[0, 5] == -np.inf and np.isnan(db[0, 1]) and np.isnan(db[0, 3])
     for dt in (np.float64,):     # (float32: test_against_torch's extreme values)
         big = np.array([[1e30]], dt) if dt is np.float32 else np.array([[1e300]], dt)
@@ -206,13 +212,17 @@ def test_ops_wrappers(dt):
 @pytest.mark.parametrize("dt", DTYPES)
 def test_against_torch(dt):
     """torch.div and torch.pow: forward and both gradients, zeros, negative bases, b == 0 and
-    a broadcast operand included (NaN and inf in the same places)."""
+    a broadcast operand included (NaN and inf in the same places), for finite upstream
+    gradients and for infinite and NaN ones (where a select and a product differ)."""
     torch = pytest.importorskip("torch")
-    a = np.array([[1.5, -2.0, 0.0, 3.0, 0.0, -8.0, 2.0, 0.25],
-                  [0.5, 4.0, -1.0, 0.0, 2.0, 1.0, -0.5, 9.0]], dt)
+    a_all = np.array([[1.5, -2.0, 0.0, 3.0, 0.0, -8.0, 2.0, 0.25],
+                      [0.5, 4.0, -1.0, 0.0, 2.0, 1.0, -0.5, 9.0]], dt)
     b = np.array([[2.0, -1.0, 0.0, 0.5, -2.0, 1 / 3, 0.0, 3.0]], dt)
-    g = np.linspace(-1.0, 2.0, a.size).reshape(a.shape).astype(dt)
-    for name, tf in (("div", torch.div), ("pow", torch.pow)):
+    g = np.linspace(-1.0, 2.0, a_all.size).reshape(a_all.shape).astype(dt)
+    g_inf = np.where(np.arange(a_all.size).reshape(a_all.shape) % 2 == 0, np.inf, np.nan).astype(dt)
+    cases = itertools.product((("div", torch.div), ("pow", torch.pow)), (g, g_inf), (2, 1))
+    for (name, tf), g, rows in cases:      # (one row: no sum over rows hides a NaN of db)
+        a, g = a_all[:rows], g[:rows]
         ta, tb = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
         tout = tf(ta, tb)
         tout.backward(torch.tensor(g))

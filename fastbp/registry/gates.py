@@ -13,8 +13,9 @@ float32).
 
 The division and power gates follow ``torch.div`` and ``torch.pow`` (IEEE: ``a / 0`` is
 +-inf or NaN, a negative base to a non-integer power NaN, never an exception) and their
-backward rules: ``pow``'s ``da`` is exactly 0 where ``b == 0`` and its ``db`` exactly 0 where
-``a == 0`` and ``b >= 0``; ``div``'s ``db`` is computed as torch's ``-dout ((a / b) / b)``,
+backward rules: ``pow``'s ``da`` is exactly 0 where ``b == 0`` (even for an infinite or NaN
+``dout``) and its ``db`` is ``dout * 0`` where ``a == 0`` and ``b >= 0`` (0, or NaN for an
+infinite or NaN ``dout``, as torch's product); ``div``'s ``db`` is computed as torch's ``-dout ((a / b) / b)``,
 which stays finite where ``b * b`` would overflow, and is 0 for ``a == 0`` where ``dout / b``
 would overflow.
 
@@ -211,12 +212,13 @@ def power(a, b):
 
 
 def d_power(a, b, g):
-    # torch's pow backward: exactly 0 for da where b == 0 and for db where a == 0 and b >= 0
+    # torch's pow backward: da exactly 0 where b == 0 (a select, even for an infinite or NaN
+    # dout); db = dout * 0 where a == 0 and b >= 0 (a product: NaN for an infinite or NaN dout)
     zero = type(g)(0.0)
     da = zero if b == 0 else g * (b * a ** (b - type(b)(1.0)))
-    db = zero if (a == 0 and b >= 0) else g * (a ** b * _fm.log(a))
+    db = g * (zero if (a == 0 and b >= 0) else a ** b * _fm.log(a))
     return da, db
 
 
 register(Gate(POW, "pow", power, d_power, "out = a ** b (torch.pow: NaN for a < 0 and a non-integer b)",
-              "da = dout b a^(b - 1) (0 where b == 0), db = dout a^b log(a) (0 where a == 0 and b >= 0)"))
+              "da = dout b a^(b - 1) (0 where b == 0), db = dout a^b log(a) (dout * 0 where a == 0 and b >= 0)"))
