@@ -13,6 +13,7 @@ from .registry import activations as _acts
 from .registry import losses as _losses
 from .step import TrainStep
 from ._torch_state import export_state, import_state, record, torch_moved, watch
+from ._torch_hooks import attach, check_user_hooks, release
 
 __all__ = ["from_torch", "TorchTrainStep"]
 
@@ -53,6 +54,8 @@ class TorchTrainStep(TrainStep):
     _torch_grads = ()
     #: the torch state tensors sync_to_torch wrote, with their versions (fastbp._torch_state.record)
     _torch_synced = ()
+    #: n_steps when the torch objects last held the step's state (fastbp._torch_hooks)
+    _synced_at = 0
 
     def _follow_torch(self):
         """Before a training call: what plain PyTorch training changed since the step last
@@ -133,6 +136,7 @@ class TorchTrainStep(TrainStep):
         """
         torch = _torch()
         self._follow_torch_state()      # PyTorch's own steps since the last sync are kept
+        self._synced_at = self.n_steps
         with self._lock:
             for prefix, m in self._torch_counts:
                 count = int(self.buffers[f"{prefix}.num_batches_tracked"][0])
@@ -153,6 +157,11 @@ class TorchTrainStep(TrainStep):
     def close(self):
         """Hand the training back to PyTorch: :meth:`sync_to_torch`."""
         self.sync_to_torch()
+
+    def _sync_if_behind(self):
+        """:meth:`sync_to_torch` if fused updates ran since the last one (PyTorch's hooks)."""
+        if self.n_steps != self._synced_at:
+            self.sync_to_torch()
 
     def _np(self, t, name):
         torch = _torch()
@@ -371,7 +380,10 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
         its current ``param_groups`` learning rate when that changed, so a
         ``torch.optim.lr_scheduler`` stepped between calls works as with
         ``opt.step()``; ``step.sync_to_torch()`` (and ``step.close()``) write
-        the optimizer state back into ``opt.state``.
+        the optimizer state back into ``opt.state``, as PyTorch's ``opt.step()``,
+        ``opt.state_dict()``, ``model.state_dict()`` and a train-mode
+        ``BatchNorm1d`` forward do first after fused steps (hooks, see
+        :mod:`fastbp._torch_hooks`).
     batch_size : int, default 64
     seed : int, default 0
         Seeds the shuffling of ``fit`` and the dropout masks.
@@ -393,14 +405,17 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     clip = clip_grad_norm_arg(clip_grad_norm, owner="from_torch")
     if not isinstance(model, torch.nn.Sequential):
         raise TypeError(f"model must be a torch.nn.Sequential, got {type(model).__name__}")
+    # an earlier step of this model or optimizer: its state first (what this one starts from)
+    release(model, *model.children(), optimizer if isinstance(optimizer, torch.optim.Optimizer) else None,
+            remove=False)
     layers, names = [], []
     dtypes = set()
     # the activation modules fastbp has: from the registry (exact classes only)
     kinds = {getattr(torch.nn, e.torch): e for e in _acts.layer_entries()
              if e.torch is not None and hasattr(torch.nn, e.torch)}
-    _check_hooks(model, "model")
+    check_user_hooks(model, "model")
     for i, m in enumerate(model):
-        _check_hooks(m, f"model layer {i}")
+        check_user_hooks(m, f"model layer {i}")
         if type(m) is torch.nn.Linear:
             for p in m.parameters():
                 if p.device.type != "cpu":
@@ -481,6 +496,7 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     step._torch_counts = [(prefix, m) for prefix, m in names if isinstance(m, torch.nn.BatchNorm1d)
                           and m.running_mean is not None and m.num_batches_tracked is not None]
     step._torch_count_seen = {prefix: int(m.num_batches_tracked) for prefix, m in step._torch_counts}
+    attach(step, model, step._torch_opt, [m for _, m in step._torch_counts])
     return step
 
 
@@ -490,23 +506,6 @@ def _param_keys(m, torch):
     if isinstance(m, torch.nn.Linear):
         return (("weight", "W"), ("bias", "b"))
     return (("weight", "weight"), ("bias", "bias"))
-
-
-def _check_hooks(m, what):
-    """Refuse a module with forward or backward hooks, or a parameter tensor with gradient
-    hooks (``p.register_hook``, ``p.register_post_accumulate_grad_hook``: the usual way to
-    mask or freeze part of a weight): the fused step cannot run them (torch.nn.utils.weight_norm's
-    pre-hook computes the weight the step would train)."""
-    for attr in ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks"):
-        if getattr(m, attr, None):
-            raise ValueError(f"{what} has {attr.strip('_').replace('_', ' ')} (such as "
-                             f"torch.nn.utils.weight_norm's); the fused step cannot run them")
-    for name, p in m.named_parameters(recurse=False):
-        for attr, how in (("_backward_hooks", "register_hook"),
-                          ("_post_accumulate_grad_hooks", "register_post_accumulate_grad_hook")):
-            if getattr(p, attr, None):
-                raise ValueError(f"{what}'s parameter {name!r} has a gradient hook ({how}); the fused "
-                                 f"step cannot run it (remove it, or train in PyTorch)")
 
 
 def _memory_span(t):

@@ -1,0 +1,89 @@
+"""Keep a PyTorch model and optimizer current while a :func:`fastbp.from_torch` step trains them.
+
+The step holds the optimizer state (momentum buffers, Adam's moments, the step counts) and
+each ``BatchNorm1d``'s ``num_batches_tracked`` in its own arena; the torch objects see them
+when :meth:`~fastbp.torch_interop.TorchTrainStep.sync_to_torch` writes them.  So that PyTorch
+never reads stale values after fused steps (``opt.step()``, which would go on from the state
+of the last sync; ``opt.state_dict()`` and ``model.state_dict()``, which would save it; a
+train-mode ``BatchNorm1d`` forward, whose cumulative average reads the count), the step
+registers PyTorch hooks that sync first, when fused steps ran since the last sync:
+
+- the optimizer's step pre-hook and state-dict pre-hook;
+- the model's state-dict pre-hook;
+- a forward pre-hook on each ``BatchNorm1d`` with running statistics.
+
+A later ``from_torch`` of the same model or optimizer brings the earlier step's state over
+first, then removes its hooks: the newest step owns them.  The hooks hold the step weakly
+and act on the object they were registered on only (a ``copy.deepcopy`` of the model
+carries them, inert).  ``from_torch`` does not count them as the user's hooks.
+"""
+from __future__ import annotations
+
+import weakref
+
+__all__ = ["attach", "release", "is_sync_hook", "check_user_hooks"]
+
+#: for each model, module and optimizer a step hooks: (the step, weakly; its hook handles)
+_OWNERS = weakref.WeakKeyDictionary()
+
+
+def is_sync_hook(fn):
+    """Whether ``fn`` is one of the hooks this module registers."""
+    return getattr(fn, "_fastbp_sync", False)
+
+
+def _hook(step_ref, target):
+    target_ref = weakref.ref(target)
+
+    def sync_first(obj, *args):
+        step = step_ref()
+        if step is not None and obj is target_ref():
+            step._sync_if_behind()
+    sync_first._fastbp_sync = True
+    return sync_first
+
+
+def release(*targets, remove=True):
+    """Before another step takes ``targets`` (a model, its modules, an optimizer): the
+    earlier step's unsynced state is written into them and (``remove``) its hooks removed."""
+    for target in targets:
+        if target is None or target not in _OWNERS:
+            continue
+        step_ref, handles = _OWNERS.pop(target) if remove else _OWNERS[target]
+        step = step_ref()
+        if step is not None:
+            step._sync_if_behind()
+        for h in handles if remove else ():
+            h.remove()
+
+
+def attach(step, model, optimizer, norm_modules):
+    """Register the hooks of ``step`` (see the module docstring) on ``model``, each module of
+    ``norm_modules`` (BatchNorm1d with running statistics) and ``optimizer`` (a torch
+    optimizer or None)."""
+    ref = weakref.ref(step)
+    release(model, optimizer, *norm_modules)
+    for m in norm_modules:
+        _OWNERS[m] = (ref, [m.register_forward_pre_hook(_hook(ref, m))])
+    _OWNERS[model] = (ref, [model.register_state_dict_pre_hook(_hook(ref, model))])
+    if optimizer is not None:
+        _OWNERS[optimizer] = (ref, [optimizer.register_step_pre_hook(_hook(ref, optimizer)),
+                                    optimizer.register_state_dict_pre_hook(_hook(ref, optimizer))])
+
+
+def check_user_hooks(m, what):
+    """Refuse a module with forward or backward hooks, or a parameter tensor with gradient
+    hooks (``p.register_hook``, ``p.register_post_accumulate_grad_hook``: the usual way to
+    mask or freeze part of a weight): the fused step cannot run them (torch.nn.utils.weight_norm's
+    pre-hook computes the weight the step would train).  The hooks :func:`attach` registers
+    are not the user's."""
+    for attr in ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks"):
+        if any(not is_sync_hook(h) for h in (getattr(m, attr, None) or {}).values()):
+            raise ValueError(f"{what} has {attr.strip('_').replace('_', ' ')} (such as "
+                             f"torch.nn.utils.weight_norm's); the fused step cannot run them")
+    for name, p in m.named_parameters(recurse=False):
+        for attr, how in (("_backward_hooks", "register_hook"),
+                          ("_post_accumulate_grad_hooks", "register_post_accumulate_grad_hook")):
+            if getattr(p, attr, None):
+                raise ValueError(f"{what}'s parameter {name!r} has a gradient hook ({how}); the fused "
+                                 f"step cannot run it (remove it, or train in PyTorch)")

@@ -1,0 +1,127 @@
+"""fastbp.from_torch: PyTorch never reads stale state after fused steps (fastbp._torch_hooks).
+
+Fused steps keep the optimizer state and BatchNorm's count in the step; ``opt.step()``,
+``opt.state_dict()``, ``model.state_dict()`` and a train-mode BatchNorm forward in PyTorch
+sync it first, so fused and plain PyTorch steps mix in any order, without a
+``sync_to_torch()``, and train as one PyTorch run.
+"""
+import copy
+
+import numpy as np
+import pytest
+
+import fastbp
+
+pytestmark = pytest.mark.extras          # needs torch (CI's second stage installs it)
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+
+def _model(bn_momentum=0.1):
+    torch.manual_seed(0)
+    # (no bias before the BatchNorm: its gradient is 0 up to rounding, which Adam would scale up)
+    return nn.Sequential(nn.Linear(5, 7, bias=False), nn.BatchNorm1d(7, momentum=bn_momentum), nn.Tanh(),
+                         nn.Linear(7, 3)).double()
+
+
+OPTIMIZERS = {
+    "sgd_momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
+    "adam": lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.8, 0.95)),
+    "rmsprop_centered": lambda p: torch.optim.RMSprop(p, lr=0.005, momentum=0.5, centered=True),
+}
+
+
+def _batches(n, rows=6):
+    rng = np.random.default_rng(1)
+    return [(rng.standard_normal((rows, 5)), rng.integers(0, 3, rows)) for _ in range(n)]
+
+
+def _torch_step(model, opt, x, y):
+    opt.zero_grad()
+    loss = nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def _assert_same(m1, o1, m2, o2):
+    for (name, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+    s1, s2 = o1.state_dict()["state"], o2.state_dict()["state"]
+    assert s1.keys() == s2.keys()
+    for k in s1:
+        assert s1[k].keys() == s2[k].keys()
+        for name in s1[k]:
+            np.testing.assert_allclose(np.asarray(s2[k][name]), np.asarray(s1[k][name]), rtol=1e-10,
+                                       atol=1e-12, err_msg=f"{k}.{name}")
+
+
+@pytest.mark.parametrize("bn_momentum", [0.1, None])
+@pytest.mark.parametrize("make", OPTIMIZERS.values(), ids=OPTIMIZERS.keys())
+def test_fused_and_pytorch_steps_mix_without_sync(make, bn_momentum):
+    """fused, PyTorch, fused, ... with no sync_to_torch: PyTorch's opt.step() goes on from the
+    fused steps' momentum/moments (not from the state of the last sync), and a train-mode
+    BatchNorm forward (the cumulative average, momentum=None) from their count."""
+    ref, mixed = _model(bn_momentum), _model(bn_momentum)
+    o_ref, o_mixed = make(ref.parameters()), make(mixed.parameters())
+    step = fastbp.from_torch(mixed, loss=nn.CrossEntropyLoss(), optimizer=o_mixed, batch_size=6)
+    for i, (x, y) in enumerate(_batches(9)):
+        want = _torch_step(ref, o_ref, x, y)
+        got = float(step(x, y)) if i % 3 != 1 else _torch_step(mixed, o_mixed, x, y)
+        assert got == pytest.approx(want, rel=1e-10), i
+    _assert_same(ref, o_ref, mixed, o_mixed)     # the state dicts: synced by their own hooks
+
+
+def test_state_dicts_after_fused_steps_hold_the_steps_state():
+    """torch.save(opt.state_dict()) / model.state_dict() right after fused steps: the state
+    the steps reached (the moments, step counts and num_batches_tracked), not the last sync's."""
+    ref, fused = _model(), _model()
+    o_ref, o_fused = OPTIMIZERS["adam"](ref.parameters()), OPTIMIZERS["adam"](fused.parameters())
+    step = fastbp.from_torch(fused, loss=nn.CrossEntropyLoss(), optimizer=o_fused, batch_size=6)
+    for x, y in _batches(4):
+        _torch_step(ref, o_ref, x, y)
+        step(x, y)
+    sd = fused.state_dict()
+    assert int(sd["1.num_batches_tracked"]) == 4
+    saved = o_fused.state_dict()
+    assert all(int(s["step"]) == 4 for s in saved["state"].values())
+    _assert_same(ref, o_ref, fused, o_fused)
+
+
+def test_a_second_from_torch_starts_where_the_first_step_stopped():
+    """A new step of the same model and optimizer, made while the first has unsynced fused
+    steps: it takes over their state; the first step's hooks are removed (a PyTorch step
+    then no longer writes the first step's state)."""
+    ref, fused = _model(), _model()
+    o_ref, o_fused = OPTIMIZERS["sgd_momentum"](ref.parameters()), OPTIMIZERS["sgd_momentum"](fused.parameters())
+    first = fastbp.from_torch(fused, loss=nn.CrossEntropyLoss(), optimizer=o_fused, batch_size=6)
+    batches = _batches(6)
+    for x, y in batches[:3]:
+        _torch_step(ref, o_ref, x, y)
+        first(x, y)
+    second = fastbp.from_torch(fused, loss=nn.CrossEntropyLoss(), optimizer=o_fused, batch_size=6)
+    assert len(o_fused._optimizer_step_pre_hooks) == 1 and len(fused[1]._forward_pre_hooks) == 1
+    for x, y in batches[3:5]:
+        assert float(second(x, y)) == pytest.approx(_torch_step(ref, o_ref, x, y), rel=1e-10)
+    x, y = batches[5]
+    assert _torch_step(fused, o_fused, x, y) == pytest.approx(_torch_step(ref, o_ref, x, y), rel=1e-10)
+    _assert_same(ref, o_ref, fused, o_fused)
+    del first
+
+
+def test_the_hooks_are_not_the_users_and_a_copy_carries_them_inert():
+    """from_torch refuses the user's hooks, not its own: a model compiled before (or its deep
+    copy, whose hooks act on the original only) compiles again; a user's hook is still refused."""
+    model = _model()
+    opt = OPTIMIZERS["adam"](model.parameters())
+    step = fastbp.from_torch(model, loss=nn.CrossEntropyLoss(), optimizer=opt, batch_size=6)
+    x, y = _batches(1)[0]
+    step(x, y)
+    twin = copy.deepcopy(model)
+    twin_opt = OPTIMIZERS["adam"](twin.parameters())
+    assert fastbp.from_torch(twin, loss=nn.CrossEntropyLoss(), optimizer=twin_opt, batch_size=6) is not None
+    assert fastbp.from_torch(model, loss=nn.CrossEntropyLoss(), optimizer=opt, batch_size=6) is not None
+    model[2].register_forward_pre_hook(lambda m, a: None)
+    with pytest.raises(ValueError, match="model layer 2 has forward pre hooks"):
+        fastbp.from_torch(model, loss=nn.CrossEntropyLoss(), optimizer=opt, batch_size=6)
+    del step
