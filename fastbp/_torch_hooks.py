@@ -14,8 +14,8 @@ registers PyTorch hooks that sync first, when fused steps ran since the last syn
 
 A later ``from_torch`` of the same model or optimizer brings the earlier step's state over
 first, then removes its hooks: the newest step owns them.  The hooks hold the step weakly
-and act on the object they were registered on only (a ``copy.deepcopy`` of the model
-carries them, inert).  ``from_torch`` does not count them as the user's hooks.
+and act on the object they were registered on only (a ``copy.deepcopy`` or a pickle of the
+model carries them, inert).  ``from_torch`` does not count them as the user's hooks.
 """
 from __future__ import annotations
 
@@ -32,15 +32,23 @@ def is_sync_hook(fn):
     return getattr(fn, "_fastbp_sync", False)
 
 
-def _hook(step_ref, target):
-    target_ref = weakref.ref(target)
+class _SyncFirst:
+    """The hook: ``step._sync_if_behind()`` when called on ``target`` while ``step`` lives.
+    Copied or pickled (``copy.deepcopy(model)``, ``torch.save(model)``) it becomes inert:
+    the copy is not the step's."""
+    _fastbp_sync = True
 
-    def sync_first(obj, *args):
-        step = step_ref()
-        if step is not None and obj is target_ref():
+    def __init__(self, step=None, target=None):
+        self._step = weakref.ref(step) if step is not None else None
+        self._target = weakref.ref(target) if target is not None else None
+
+    def __call__(self, obj, *args):
+        step = self._step() if self._step is not None else None
+        if step is not None and obj is self._target():
             step._sync_if_behind()
-    sync_first._fastbp_sync = True
-    return sync_first
+
+    def __reduce__(self):
+        return (_SyncFirst, ())
 
 
 def release(*targets, remove=True):
@@ -64,11 +72,11 @@ def attach(step, model, optimizer, norm_modules):
     ref = weakref.ref(step)
     release(model, optimizer, *norm_modules)
     for m in norm_modules:
-        _OWNERS[m] = (ref, [m.register_forward_pre_hook(_hook(ref, m))])
-    _OWNERS[model] = (ref, [model.register_state_dict_pre_hook(_hook(ref, model))])
+        _OWNERS[m] = (ref, [m.register_forward_pre_hook(_SyncFirst(step, m))])
+    _OWNERS[model] = (ref, [model.register_state_dict_pre_hook(_SyncFirst(step, model))])
     if optimizer is not None:
-        _OWNERS[optimizer] = (ref, [optimizer.register_step_pre_hook(_hook(ref, optimizer)),
-                                    optimizer.register_state_dict_pre_hook(_hook(ref, optimizer))])
+        _OWNERS[optimizer] = (ref, [optimizer.register_step_pre_hook(_SyncFirst(step, optimizer)),
+                                    optimizer.register_state_dict_pre_hook(_SyncFirst(step, optimizer))])
 
 
 def check_user_hooks(m, what):

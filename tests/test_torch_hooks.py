@@ -125,3 +125,26 @@ def test_the_hooks_are_not_the_users_and_a_copy_carries_them_inert():
     with pytest.raises(ValueError, match="model layer 2 has forward pre hooks"):
         fastbp.from_torch(model, loss=nn.CrossEntropyLoss(), optimizer=opt, batch_size=6)
     del step
+
+
+def test_a_model_with_the_hooks_pickles_and_its_copy_is_not_the_steps():
+    """torch.save(model) (a pickle of the whole module) and copy.deepcopy work after
+    from_torch; the copies' hooks are inert (a copy's state_dict does not sync the step)."""
+    import io
+    import pickle
+    model = _model()
+    opt = OPTIMIZERS["adam"](model.parameters())
+    step = fastbp.from_torch(model, loss=nn.CrossEntropyLoss(), optimizer=opt, batch_size=6)
+    x, y = _batches(1)[0]
+    step(x, y)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    for twin in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        twin.state_dict()
+        assert step._synced_at == 0 and len(opt.state) == 0     # the step was not synced
+        (hook,) = twin[1]._forward_pre_hooks.values()
+        hook(twin[1], ())
+        assert fastbp.from_torch(twin, loss=nn.CrossEntropyLoss(), optimizer=OPTIMIZERS["adam"](twin.parameters()),
+                                 batch_size=6) is not None
+    model.state_dict()
+    assert step._synced_at == 1 and len(opt.state) == len(list(model.parameters()))
