@@ -168,9 +168,10 @@ class TorchTrainStep(TrainStep):
         if isinstance(t, torch.Tensor):
             if t.device.type != "cpu":
                 raise ValueError(f"{name} is on {t.device}; fastbp.from_torch steps run on the CPU")
-            if t.dtype == torch.bfloat16:       # (numpy has no bfloat16: .numpy() raises)
-                raise TypeError(f"{name} has dtype torch.bfloat16; the step takes float32 or float64 "
-                                f"tensors (convert with {name}.float())")
+            want = torch.float32 if self.dtype == np.float32 else torch.float64
+            if t.dtype != want and (name in ("x", "X") or t.dtype == torch.bfloat16):  # (numpy has no bf16)
+                raise TypeError(f"{name} has dtype {t.dtype}; this step was compiled for {want} (convert "
+                                f"with {name}.{'float' if want == torch.float32 else 'double'}())")
             return t.detach().numpy()
         return t
 

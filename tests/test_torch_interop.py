@@ -114,6 +114,10 @@ def test_a_bfloat16_tensor_is_a_type_error_naming_the_argument():
         step(x.bfloat16(), y)
     with pytest.raises(TypeError, match=r"X has dtype torch.bfloat16"):
         step.predict(x.bfloat16())
+    for other in (torch.float16, torch.float64, torch.int64):   # torch's conversions, not numpy's astype
+        with pytest.raises(TypeError, match=rf"x has dtype {other}; this step was compiled for torch.float32 "
+                                            r"\(convert with x.float\(\)\)"):
+            step(x.to(other), y)
     assert np.isfinite(step(x, y))
 
 
