@@ -42,7 +42,8 @@ from ._estimator_fit import (batch_sizes, check_split_weights, fit_batch_size, f
 from ._estimator_attrs import _LiveList, optimizer_view
 from ._estimator_rows import as_array, as_rows, predict_rows, unwrap
 from ._estimator_params import check_params, check_same_model, is_int as _is_int, resolve_dtype as _resolve_dtype
-from ._estimator_state import deferring_warnings, issue_deferred, restore, snapshot, warn_after_fit
+from ._estimator_state import (deferring_warnings, issue_deferred, restore, reuse_for_warm_start, snapshot,
+                               warn_after_fit)
 
 __all__ = ["_BaseMLP"]
 
@@ -145,18 +146,20 @@ class _BaseMLP(BaseEstimator):
         L2 gradient ``alpha * W / batch_size`` on the step's scale (see :meth:`_loss_scales`)."""
         return float(self.alpha) / batch_size / self._loss_scales(n_out)[1]
 
-    def _make_step(self, hidden, n_in, n_out, batch_size, seed):
+    def _make_step(self, hidden, n_in, n_out, batch_size, seed, warm=False):
         """Compile a fresh step with a fresh optimizer; remember how, for pickling, and the
-        settings the optimizer follows (:meth:`_opt_settings`)."""
-        arch = {
-            "hidden": list(hidden), "activation": self.activation, "n_in": int(n_in),
-            "n_out": int(n_out), "loss": self._fastbp_loss, "batch_size": int(batch_size),
-            "dtype": self._dtype.name, "seed": int(seed), "precision": self.precision,
-            "optimizer": self._optimizer_params(batch_size, n_out),
-        }
-        self._step = self._compile(arch)
-        arch["step_precision"] = self._step.precision       # what "auto" resolved to: pickling rebuilds it
-        self._arch = arch
+        settings the optimizer follows (:meth:`_opt_settings`).  ``warm``: a warm start, which
+        keeps the step when nothing compiled into it changed (:func:`reuse_for_warm_start`)."""
+        arch = {"hidden": list(hidden), "activation": self.activation, "n_in": int(n_in), "n_out": int(n_out),
+                "loss": self._fastbp_loss, "batch_size": int(batch_size), "dtype": self._dtype.name,
+                "seed": int(seed), "precision": self.precision, "optimizer": self._optimizer_params(batch_size, n_out)}
+        if not (warm and reuse_for_warm_start(self._step, self._arch, arch)):
+            old = {k: np.array(v) for k, v in self._step.params.items()} if warm else {}
+            self._step = self._compile(arch)
+            arch["step_precision"] = self._step.precision       # what "auto" resolved to: pickling rebuilds it
+            self._arch = arch
+            for k, v in old.items():
+                self._step.params[k][...] = v
         # scikit-learn's _optimizer is made by fit and by the first partial_fit only: later calls
         # keep it and the settings it was made with (set_params(solver=...) in between is not read)
         self._optimizer_settings = self._current_opt_settings(self.solver)
@@ -290,7 +293,7 @@ class _BaseMLP(BaseEstimator):
         """``fit`` (``incremental=False``) or ``partial_fit``, all or nothing: a call that
         raises leaves the estimator exactly as it was, fitted or not
         (:mod:`fastbp._estimator_state`).  ``prepare``: called first, inside that guard."""
-        saved = snapshot(self, in_place=incremental and hasattr(self, "_step"))
+        saved = snapshot(self, in_place=(incremental or self.warm_start) and hasattr(self, "_step"))
         token, ok = deferring_warnings(), False     # its warnings: once it has succeeded
         try:
             if prepare is not None:
@@ -370,12 +373,8 @@ class _BaseMLP(BaseEstimator):
             self._record_fresh()
         elif not incremental:
             # warm start: same weights, fresh optimizer state (as scikit-learn)
-            old = {k: np.array(v) for k, v in self._step.params.items()}
             seed = int(rs.randint(np.iinfo(np.int32).max))
-            self._make_step(hidden, n_features, self.n_outputs_,
-                            min(requested, n_samples), seed)
-            for k, v in old.items():
-                self._step.params[k][...] = v
+            self._make_step(hidden, n_features, self.n_outputs_, min(requested, n_samples), seed, warm=True)
             # a fresh optimizer, as scikit-learn (whose _no_improvement_count carries over)
             self._sgd_lr = float(self.learning_rate_init)
             self.n_iter_ = 0

@@ -4,8 +4,9 @@ A call that raises (bad input found by the checks, a bad ``random_state``, train
 diverges ...) leaves the estimator exactly as it was before the call: its fitted
 attributes (``classes_``, ``n_features_in_``, the label binarizer, the loss it was fitted
 with, ``loss_curve_`` ...) and its compiled step, whose weights, optimizer state and
-counters a ``partial_fit`` trains in place.  ``fit`` (warm start included) always trains
-a new step, and so does a ``partial_fit`` that compiles the step again for another
+counters a ``partial_fit`` and a warm start train in place (a warm start keeps the step
+when nothing compiled into it changed: :func:`reuse_for_warm_start`).  Any other ``fit``
+trains a new step, and so does a ``partial_fit`` that compiles the step again for another
 minibatch size (:func:`transfer_step_state`): the previous one only needs to be kept,
 not copied.
 
@@ -26,8 +27,8 @@ import numpy as np
 
 from . import _isa
 
-__all__ = ["snapshot", "restore", "transfer_step_state", "warn_after_fit", "deferring_warnings",
-           "issue_deferred"]
+__all__ = ["snapshot", "restore", "transfer_step_state", "reuse_for_warm_start", "warn_after_fit",
+           "deferring_warnings", "issue_deferred"]
 
 #: the warnings of the ``fit`` / ``partial_fit`` running in this thread (or task), issued
 #: when it has succeeded; None outside one
@@ -95,6 +96,25 @@ def transfer_step_state(src, dst):
     for d, s in zip(dst.state_vectors, src.state_vectors):
         d[...] = s
     dst._take_state_of(src, _isa.PROGRESS_SLOTS)       # rates, counters, epochs, generator
+
+
+def reuse_for_warm_start(step, arch, new_arch):
+    """A warm start's fresh optimizer on the step it continues, when ``new_arch`` (what a new
+    step would be compiled from) equals ``arch`` (the step's) but for its seed: the optimizer
+    state, the update counters and the epochs zeroed, the rate the optimizer's ``lr``, the
+    weights kept in place, as scikit-learn makes its optimizer again over the same
+    ``coefs_`` and ``intercepts_`` arrays (a reference to them stays the model's).  Returns
+    whether it did (False: nothing changed; the caller compiles a new step)."""
+    def key(a):
+        return {k: v for k, v in a.items() if k not in ("seed", "step_precision")}
+    if step is None or arch is None or key(arch) != key(new_arch):
+        return False
+    for vec in step.state_vectors:
+        vec[...] = 0.0
+    step.hyper[[_isa.H_T, _isa.H_STEPS]] = 0.0
+    step.lr = new_arch["optimizer"]["lr"]
+    step.epochs_done = 0
+    return True
 
 
 def snapshot(est, in_place):

@@ -576,3 +576,51 @@ def test_private_optimizer_keeps_the_epsilon_it_was_made_with():
         est.partial_fit(X, y)
         shown.append((est._optimizer.epsilon, est._optimizer.t))
     assert shown[0] == shown[1] == (1e-7, shown[1][1])
+
+
+def test_warm_start_trains_the_coefs_arrays_in_place_as_sklearn():
+    """scikit-learn's warm start makes a fresh optimizer over the same coefs_/intercepts_
+    arrays: a reference taken before the fit follows it (it had kept the old weights); when
+    the step must be compiled again (another batch size), the weights are carried over."""
+    X, y = _data(n=60)
+    for cls in (MLPClassifier, SkC):
+        est = cls(hidden_layer_sizes=(4,), max_iter=3, random_state=0, batch_size=20)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            est.fit(X, y)
+            held, first = est.coefs_[0], est.coefs_[0].copy()
+            est.set_params(warm_start=True, max_iter=2).fit(X, y)
+        assert held is est.coefs_[0] or np.shares_memory(held, est.coefs_[0])
+        assert not np.array_equal(held, first)
+        if cls is MLPClassifier:
+            ours = est
+    np.testing.assert_allclose(ours.predict_proba(X), est.predict_proba(X), rtol=1e-5, atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        before = [w.copy() for w in ours.coefs_]
+        ours.set_params(batch_size=7).fit(X, y)           # a new step: the weights carried over
+    assert not any(np.shares_memory(h, w) for h, w in zip(before, ours.coefs_))
+
+
+def test_warm_start_that_diverges_changes_nothing():
+    """The warm start trains the step in place: a fit that diverges mid-epoch puts back its
+    weights, optimizer state and counters (training on gives the twin's bits)."""
+    X, y = _data()
+    y = y * 1.0
+    kw = dict(hidden_layer_sizes=(5,), batch_size=10, shuffle=False, random_state=0, max_iter=2)
+    a, b = MLPRegressor(**kw), MLPRegressor(**kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for est in (a, b):
+            est.fit(X, y).set_params(warm_start=True)
+        before = _state(a)
+        held = a.coefs_[0]
+        with pytest.raises(ValueError, match="diverged.*left as it was"):
+            a.fit(_diverging(X), y)
+        _assert_same_state(a, before)
+        assert np.shares_memory(held, a.coefs_[0])
+        a.fit(X, y)
+        b.fit(X, y)
+    for p, q in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
+        np.testing.assert_array_equal(p, q)
+    assert a.loss_curve_ == b.loss_curve_ and a.t_ == b.t_
