@@ -41,7 +41,8 @@ from ._estimator_fit import (batch_sizes, check_split_weights, fit_batch_size, f
                              set_sgd_rate as _set_sgd_rate, sklearn_log_loss, validation_stratify, weighted_epoch)
 from ._estimator_attrs import _LiveList, optimizer_view
 from ._estimator_rows import as_array, as_rows, predict_rows, unwrap
-from ._estimator_params import check_params, check_same_model, is_int as _is_int, resolve_dtype as _resolve_dtype
+from ._estimator_params import (check_params, check_same_model, is_int as _is_int, peek_seed,
+                                resolve_dtype as _resolve_dtype)
 from ._estimator_state import (deferring_warnings, issue_deferred, restore, reuse_for_warm_start, snapshot,
                                warn_after_fit)
 
@@ -355,15 +356,15 @@ class _BaseMLP(BaseEstimator):
             bs = min(requested, n_samples)
             if self.solver == "lbfgs":
                 bs = min(n_samples, 1024)      # lbfgs: full-batch, evaluated in chunks of this size
-            seed = int(rs.randint(np.iinfo(np.int32).max))
-            self._make_step(hidden, n_features, self._n_outputs(), max(bs, 1), seed)
-            # an int random_state and scikit-learn's architecture: scikit-learn's own draws (a
-            # fresh RandomState(random_state), whose first draws are its initialisation), leaving
-            # rs's later draws (shuffles, the validation split) as they were; otherwise (a binary
-            # problem, where fastbp has two softmax units and scikit-learn one logistic unit, or
-            # no int seed) from the step's seed
-            same = _is_int(self.random_state) and self._n_outputs() == self._sklearn_n_outputs()
-            self._init_weights(init_rs := np.random.RandomState(self.random_state if same else seed))
+            self._make_step(hidden, n_features, self._n_outputs(), max(bs, 1), seed := peek_seed(rs))
+            # scikit-learn's architecture: scikit-learn's own draws, the initialisation first, from a
+            # fresh RandomState(random_state) for an int, else from the generator itself, then the
+            # validation split and the shuffles; otherwise (a binary problem, where fastbp has two
+            # softmax units and scikit-learn one logistic unit) from the step's seed
+            same = self._n_outputs() == self._sklearn_n_outputs()
+            init_rs = (np.random.RandomState(self.random_state) if _is_int(self.random_state) else rs) if same \
+                else np.random.RandomState(seed)
+            self._init_weights(init_rs)
             split_rs = init_rs if same else split_rs    # scikit-learn's split: after its initialisation
             self.n_outputs_ = self._n_outputs()
             self.n_layers_ = len(hidden) + 2
@@ -373,8 +374,7 @@ class _BaseMLP(BaseEstimator):
             self._record_fresh()
         elif not incremental:
             # warm start: same weights, fresh optimizer state (as scikit-learn)
-            seed = int(rs.randint(np.iinfo(np.int32).max))
-            self._make_step(hidden, n_features, self.n_outputs_, min(requested, n_samples), seed, warm=True)
+            self._make_step(hidden, n_features, self.n_outputs_, min(requested, n_samples), peek_seed(rs), warm=True)
             # a fresh optimizer, as scikit-learn (whose _no_improvement_count carries over)
             self._sgd_lr = float(self.learning_rate_init)
             self.n_iter_ = 0

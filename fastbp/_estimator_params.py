@@ -24,8 +24,8 @@ except ImportError:                                 # pragma: no cover
     class InvalidParameterError(ValueError, TypeError):
         """A hyper-parameter of the wrong type or value (scikit-learn's name)."""
 
-__all__ = ["check_params", "check_same_model", "resolve_dtype", "is_int", "is_real", "SOLVERS", "LEARNING_RATES",
-           "InvalidParameterError"]
+__all__ = ["check_params", "check_same_model", "resolve_dtype", "is_int", "is_real", "peek_seed", "SOLVERS",
+           "LEARNING_RATES", "InvalidParameterError"]
 
 SOLVERS = ("sgd", "adam", "lbfgs")
 LEARNING_RATES = ("constant", "invscaling", "adaptive")
@@ -182,3 +182,12 @@ def check_params(est):
     resolve_dtype(est.dtype, np.dtype(np.float64))
     need(known_precision(est.precision), "precision", f"one of {PRECISIONS}")
     return hidden_sizes(est)
+
+
+def peek_seed(rs):
+    """The step's seed: the next ``randint`` of the generator ``rs`` (a ``RandomState``),
+    drawn from a copy, so that ``rs`` itself gives the draws scikit-learn takes from it
+    next (the initialisation, the validation split, the shuffles)."""
+    twin = np.random.RandomState()
+    twin.set_state(rs.get_state())
+    return int(twin.randint(np.iinfo(np.int32).max))

@@ -28,9 +28,9 @@ Differences from scikit-learn's MLP, all deliberate:
   with one sample, or fewer validation or training samples than classes).  A
   validation set of fewer than 2 samples (``validation_fraction=0`` included)
   is a ValueError naming ``validation_fraction``, as in scikit-learn.  With an
-  int ``random_state`` the split's draws are scikit-learn's (its generator
-  after the initialisation): a regressor or a multilabel classifier holds out
-  the rows scikit-learn's does.
+  int or ``RandomState`` ``random_state`` the split's draws are scikit-learn's
+  (its generator after the initialisation): a regressor or a multilabel
+  classifier holds out the rows scikit-learn's does.
 * The classifier uses a softmax output for every single-label problem
   (two units for a binary problem), a sigmoid output per label for
   multilabel problems.
@@ -42,11 +42,10 @@ Differences from scikit-learn's MLP, all deliberate:
   summed over the epoch's minibatches with each one's weights before its
   update (the fused update adds them up: the step's ``hyper[H_WD_SQ]``).
 * ``shuffle=True`` visits the rows in scikit-learn's order: each epoch's
-  order is its shuffle of the last one, drawn from the same generator (with
-  an int ``random_state``, after the initialisation and the validation
-  split).  Where the initialisation and the split are scikit-learn's too
-  (an int ``random_state``, no early stopping or a regressor's or multilabel
-  classifier's), the fits agree to rounding (float64, every default: on
+  order is its shuffle of the last one, drawn from the same generator (after
+  the initialisation and the validation split).  Where the initialisation and
+  the split are scikit-learn's too (an int or ``RandomState`` ``random_state``,
+  no early stopping or a regressor's or multilabel classifier's), the fits agree to rounding (float64, every default: on
   digits the probabilities after 200 epochs equal scikit-learn's to 2e-15,
   on diabetes with early stopping the regressor's predictions to 1e-15).
 * With ``solver='sgd'`` and momentum, the step keeps PyTorch's velocity

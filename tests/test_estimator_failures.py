@@ -624,3 +624,25 @@ def test_warm_start_that_diverges_changes_nothing():
     for p, q in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
         np.testing.assert_array_equal(p, q)
     assert a.loss_curve_ == b.loss_curve_ and a.t_ == b.t_
+
+
+@pytest.mark.parametrize("Ours, Theirs, kw", [(MLPClassifier, SkC, {}), (MLPRegressor, SkR, {"early_stopping": True}),
+                                              (MLPClassifier, SkC, {"solver": "sgd", "warm_start": True})])
+def test_a_randomstate_instance_gives_sklearns_fit(Ours, Theirs, kw):
+    """A RandomState instance is drawn from as scikit-learn draws from it (the
+    initialisation, the validation split, the shuffles, a warm start's next fit): the fits
+    agree to rounding in float64 (the step's own seed is taken from a copy)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 4))
+    y = np.arange(60) % 3 if Ours is MLPClassifier else X.sum(1)
+    fits = []
+    for cls, extra in ((Ours, {"dtype": "float64"}), (Theirs, {})):
+        est = cls(hidden_layer_sizes=(5,), max_iter=4, batch_size=16, random_state=np.random.RandomState(3),
+                  **kw, **extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            for _ in range(2 if kw.get("warm_start") else 1):
+                est.fit(X, y)
+        fits.append((est.predict_proba(X) if Ours is MLPClassifier else est.predict(X), est.loss_curve_))
+    np.testing.assert_allclose(fits[0][0], fits[1][0], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(fits[0][1], fits[1][1], rtol=1e-12)
