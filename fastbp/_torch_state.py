@@ -12,6 +12,9 @@ PyTorch is passed in (``torch``): importing this module does not import it.
 """
 from __future__ import annotations
 
+from itertools import repeat
+from operator import is_not
+
 from . import _isa as ex
 from .optimizers import Adam, RMSprop, SGD
 
@@ -106,21 +109,46 @@ def watch(step, opt):
     return record([(p, k) for p, _ in step._torch_params for k in _state_keys(step)], opt)
 
 
+class _Record:
+    """What ``opt.state`` held for some ``(parameter, state key)`` entries at one moment:
+    the ``opt.state`` mapping and its size, each parameter's state dict, each state tensor
+    and its ``_version`` (torch's count of in-place changes).  Compared once per fused
+    step: in C-level maps, and without hashing a tensor (``Tensor.__hash__`` is Python)."""
+    __slots__ = ("entries", "state", "size", "keys", "dicts", "tensors", "versions")
+
+    def __init__(self, entries, opt):
+        self.entries = tuple((p, k) for p, k, *_ in entries)
+        self.state = opt.state
+        self.size = len(opt.state)
+        self.keys = tuple(k for _, k in self.entries)
+        self.dicts = tuple(opt.state.get(p, _NONE) for p, _ in self.entries)
+        self.tensors = tuple(map(dict.get, self.dicts, self.keys))
+        self.versions = tuple(map(getattr, self.tensors, repeat("_version"), repeat(None)))
+
+    def __bool__(self):
+        return bool(self.entries)
+
+    def __iter__(self):
+        return iter(self.entries)
+
+
+#: the state dict of a parameter without state (a read-only stand-in: never written)
+_NONE = {}
+
+
 def record(entries, opt):
-    """``(parameter, state key, tensor, its version)`` of each ``(parameter, state key, ...)``
-    entry as ``opt.state`` holds it now (``_version``: torch's count of in-place changes)."""
-    out = []
-    for p, k, *_ in entries:
-        t = opt.state.get(p, {}).get(k)
-        out.append((p, k, t, getattr(t, "_version", None)))
-    return tuple(out)
+    """The state ``opt.state`` holds now for ``entries`` (``(parameter, state key, ...)``
+    tuples, or an earlier record), for :func:`torch_moved`."""
+    return _Record(entries, opt)
 
 
 def torch_moved(rec, opt):
     """Whether ``opt.state`` changed since :func:`record` made ``rec``: a state tensor
-    stepped in place (``opt.step()``), replaced (``opt.load_state_dict``) or removed."""
-    for p, k, t, version in rec:
-        now = opt.state.get(p, {}).get(k)
-        if now is not t or getattr(now, "_version", None) != version:
-            return True
-    return False
+    stepped in place (``opt.step()``), replaced or removed, or ``opt.state`` replaced
+    (``opt.load_state_dict``) or grown (a parameter's first state: PyTorch stepped)."""
+    state = opt.state
+    if state is not rec.state or len(state) != rec.size:
+        return True
+    tensors = tuple(map(dict.get, rec.dicts, rec.keys))
+    return (any(map(is_not, tensors, rec.tensors))
+            or tuple(map(getattr, tensors, repeat("_version"), repeat(None))) != rec.versions)

@@ -8,12 +8,13 @@ import numpy as np
 
 from .layers import BatchNorm1d, Dropout, LayerNorm, Linear, Sequential, layer_class
 from . import _isa as ex
-from .optimizers import Adam, AdamW, RMSprop, SGD
 from .registry import activations as _acts
 from .registry import losses as _losses
 from .step import TrainStep
 from ._torch_state import export_state, import_state, record, torch_moved, watch
+from ._torch_guard import Guard, check_optimizer_hooks
 from ._torch_hooks import attach, check_user_hooks, release
+from ._torch_optim import HYPER_KEYS, optimizer_of, plain
 
 __all__ = ["from_torch", "TorchTrainStep"]
 
@@ -47,7 +48,7 @@ class TorchTrainStep(TrainStep):
     #: in), per parameter group
     _torch_hyper = ()
     #: the BatchNorm1d modules whose num_batches_tracked sync_to_torch writes: (prefix, module),
-    #: and each one's count when the step last read or wrote it (by prefix)
+    #: and by prefix (the count tensor, its _version) when the step last read or wrote it
     _torch_counts = ()
     _torch_count_seen = {}
     #: (parameter, the tensor over its gradient in the step's arena) for each model parameter
@@ -56,10 +57,24 @@ class TorchTrainStep(TrainStep):
     _torch_synced = ()
     #: n_steps when the torch objects last held the step's state (fastbp._torch_hooks)
     _synced_at = 0
+    #: what the step was compiled from (fastbp._torch_guard.Guard), checked before each call
+    _torch_guard = None
+    #: the torch loss class whose target must have the output's shape (MSELoss,
+    #: BCEWithLogitsLoss given as modules), else None
+    _torch_loss_cls = None
+
+    def _check_model(self):
+        """A ValueError naming what changed in the torch model since the step was compiled
+        (a module or parameter replaced, a parameter frozen, a hook added, ...: see
+        :mod:`fastbp._torch_guard`), before anything changes."""
+        if self._torch_guard is not None:
+            self._torch_guard.check()
 
     def _follow_torch(self):
-        """Before a training call: what plain PyTorch training changed since the step last
-        wrote it there (:meth:`_follow_torch_state`), then the optimizer's learning rate."""
+        """Before a training call: the model is still the one compiled (:meth:`_check_model`);
+        what plain PyTorch training changed since the step last wrote it there
+        (:meth:`_follow_torch_state`), then the optimizer's learning rate."""
+        self._check_model()
         self._follow_torch_state()
         self._follow_torch_lr()
 
@@ -67,16 +82,17 @@ class TorchTrainStep(TrainStep):
         """The torch optimizer's state, when PyTorch stepped it (or replaced it) since
         :meth:`sync_to_torch` wrote it there (a stretch of plain PyTorch training between
         fused steps: fastbp went on with its own older momentum or moments, and the next
-        sync overwrote PyTorch's); and each ``BatchNorm1d``'s ``num_batches_tracked``: the
-        batches PyTorch counted since the step last read or wrote it are added to the
-        step's count (the next sync wrote the step's count over them)."""
+        sync overwrote PyTorch's); and each ``BatchNorm1d``'s ``num_batches_tracked``, when
+        PyTorch changed it since the step last read or wrote it (a train-mode forward, whose
+        hook synced first, ``load_state_dict``, ``reset_running_stats()``): the module's count
+        is the count from then on."""
         with self._lock:
             for prefix, m in self._torch_counts:
-                now = int(m.num_batches_tracked)
-                moved = now - self._torch_count_seen.get(prefix, now)
-                if moved:
-                    self.buffers[f"{prefix}.num_batches_tracked"][0] += moved
-                self._torch_count_seen[prefix] = now
+                t = m.num_batches_tracked
+                seen = self._torch_count_seen.get(prefix)
+                if t is not None and (seen is None or t is not seen[0] or t._version != seen[1]):
+                    self.buffers[f"{prefix}.num_batches_tracked"][0] = int(t)
+                    self._torch_count_seen[prefix] = (t, t._version)
             if self._torch_synced and torch_moved(self._torch_synced, self._torch_opt):
                 import_state(self._torch_opt, self._torch_params, self, _torch())
                 self._torch_synced = record(self._torch_synced, self._torch_opt)
@@ -104,7 +120,7 @@ class TorchTrainStep(TrainStep):
         for g, hyper in zip(opt.param_groups, self._torch_hyper) if check_hyper else ():
             for k, v in hyper:
                 w = g.get(k)
-                if w != v and _plain(w) != v:       # (_plain only for another container: once per step)
+                if w != v and plain(w) != v:       # (_plain only for another container: once per step)
                     raise ValueError(
                         f"optimizer: its param_groups' {k} is now {g.get(k)!r}, was {v!r} when the step was "
                         f"made; the step keeps the hyper-parameters it was compiled with and follows only the "
@@ -140,8 +156,10 @@ class TorchTrainStep(TrainStep):
         with self._lock:
             for prefix, m in self._torch_counts:
                 count = int(self.buffers[f"{prefix}.num_batches_tracked"][0])
-                m.num_batches_tracked.fill_(count)
-                self._torch_count_seen[prefix] = count
+                t = m.num_batches_tracked
+                if t is not None:
+                    t.fill_(count)
+                    self._torch_count_seen[prefix] = (t, t._version)
         opt = self._torch_opt
         if opt is None:
             return self
@@ -172,7 +190,15 @@ class TorchTrainStep(TrainStep):
             if t.dtype != want and (name in ("x", "X") or t.dtype == torch.bfloat16):  # (numpy has no bf16)
                 raise TypeError(f"{name} has dtype {t.dtype}; this step was compiled for {want} (convert "
                                 f"with {name}.{'float' if want == torch.float32 else 'double'}())")
-            return t.detach().numpy()
+            t = t.detach().numpy()
+        if self._torch_loss_cls and name in ("y", "Y", "validation_data[1]") and getattr(t, "ndim", 2) != 2:
+            shape = tuple(getattr(t, "shape", ()))
+            how = ("broadcast them, with a warning, rather than compare them row by row" if self._torch_loss_cls == "MSELoss"
+                   else "refuse them")
+            raise ValueError(f"{name} has shape {shape} and the model's output (n, {self.n_out}): "
+                             f"torch.nn.{self._torch_loss_cls} needs the target's shape to equal the output's "
+                             f"(PyTorch would {how}); pass {name} of shape (n, {self.n_out}), such as "
+                             f"{name}.reshape(-1, {self.n_out})")
         return t
 
     def __call__(self, x, y, sample_weight=None):
@@ -190,6 +216,7 @@ class TorchTrainStep(TrainStep):
 
     def loss_and_grads(self, x, y, sample_weight=None):
         """:meth:`fastbp.TrainStep.loss_and_grads` on tensors or arrays; ``p.grad`` holds the gradients."""
+        self._check_model()
         loss = super().loss_and_grads(x, y, sample_weight)
         self._link_grads()
         return loss
@@ -232,6 +259,8 @@ class TorchTrainStep(TrainStep):
         return history
 
     def predict(self, X):
+        """:meth:`fastbp.TrainStep.predict` on a tensor or array (eval mode's outputs)."""
+        self._check_model()
         return super().predict(self._np(X, "X"))
 
 
@@ -266,75 +295,6 @@ def _loss_name(loss, torch):
             raise ValueError(f"loss: {kind.__name__}({attr}={shown}) is not supported; fastbp implements "
                              f"{kind.__name__} only with {attr}={want!r}")
     return name
-
-
-#: the torch optimizers' hyper-parameters besides the rate that fastbp reads (and compiles in)
-_HYPER_KEYS = ("momentum", "nesterov", "weight_decay", "dampening", "betas", "eps", "alpha", "centered",
-               "maximize", "amsgrad", "decoupled_weight_decay")
-
-
-def _plain(v):
-    """A hyper-parameter's value to compare: a tuple for a list or tuple (torch's schedulers
-    write ``betas`` back as a tuple), a float for a one-element tensor."""
-    if isinstance(v, (list, tuple)):
-        return tuple(_plain(e) for e in v)
-    if hasattr(v, "numel") and hasattr(v, "item") and v.numel() == 1:
-        return float(v.item())
-    return v
-
-
-def _decay_1d_of(groups):
-    """``False`` (weight decay on the matrices only) for torch parameter groups that differ
-    in ``weight_decay`` alone, as the usual two groups do: one value ``wd > 0`` on exactly
-    the parameters of 2 or more dimensions, 0 on the others; ``True`` otherwise (groups
-    that differ are then refused by the caller)."""
-    wds = [float(g.get("weight_decay", 0.0)) for g in groups]
-    decayed = {w for w in wds if w != 0.0}
-    if len(decayed) != 1 or 0.0 not in wds:
-        return True
-    for g, w in zip(groups, wds):
-        if any((p.dim() >= 2) != (w != 0.0) for p in g["params"]):
-            return True
-    return False
-
-
-def _optimizer(opt, torch):
-    """A fastbp optimizer from a torch.optim instance (its hyper-parameters)."""
-    if opt is None or isinstance(opt, (SGD, Adam, RMSprop)):
-        return opt if opt is not None else SGD(lr=0.01)
-    optim = torch.optim
-    if not isinstance(opt, (optim.SGD, optim.Adam, optim.AdamW, optim.RMSprop)):
-        raise ValueError(f"optimizer: {type(opt).__name__} is not supported; use torch.optim.SGD, Adam, AdamW, "
-                         f"RMSprop or a fastbp optimizer")
-    groups = opt.param_groups
-    keys = ("lr",) + _HYPER_KEYS
-    first = {k: groups[0].get(k) for k in keys}
-    decay_1d = _decay_1d_of(groups)
-    for i, g in enumerate(groups[1:], 1):
-        diff = [k for k in keys if g.get(k) != first[k] and (k != "weight_decay" or decay_1d)]
-        if diff:
-            raise ValueError(f"optimizer: parameter group {i} has {diff[0]}={g.get(diff[0])!r} and group 0 "
-                             f"{diff[0]}={first[diff[0]]!r}; fastbp trains every parameter with the same "
-                             f"hyper-parameters (but for weight_decay=0 on exactly the parameters of fewer "
-                             f"than 2 dimensions: decay_1d=False)")
-    g = dict(groups[0], weight_decay=max(float(h.get("weight_decay", 0.0)) for h in groups))
-    if g.get("maximize"):
-        raise ValueError("optimizer: maximize=True is not supported")
-    lr = float(g["lr"])
-    if isinstance(opt, optim.SGD):
-        if g.get("dampening", 0):
-            raise ValueError("optimizer: SGD dampening is not supported")
-        return SGD(lr, momentum=g.get("momentum", 0.0), nesterov=g.get("nesterov", False),
-                   weight_decay=g.get("weight_decay", 0.0), decay_1d=decay_1d)
-    if isinstance(opt, optim.RMSprop):
-        return RMSprop(lr, alpha=g["alpha"], eps=g["eps"], weight_decay=g.get("weight_decay", 0.0),
-                       momentum=g.get("momentum", 0.0), centered=g.get("centered", False), decay_1d=decay_1d)
-    if g.get("amsgrad"):
-        raise ValueError("optimizer: amsgrad is not supported")
-    if isinstance(opt, optim.AdamW) or g.get("decoupled_weight_decay"):     # Adam(decoupled_weight_decay=True)
-        return AdamW(lr, betas=_plain(tuple(g["betas"])), eps=g["eps"], weight_decay=g.get("weight_decay", 0.0),
-                     decay_1d=decay_1d)
-    return Adam(lr, betas=_plain(tuple(g["betas"])), eps=g["eps"], weight_decay=g.get("weight_decay", 0.0), decay_1d=decay_1d)
 
 
 def _refuse_eval_mode(m, i, matters, does):
@@ -400,6 +360,18 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     TorchTrainStep
         ``loss = step(x, y)`` replaces ``opt.zero_grad(); loss_fn(model(x), y).backward(); opt.step()``.
         The model's own parameter tensors are updated in place.
+
+    Raises
+    ------
+    TypeError, ValueError
+        What the step cannot train as PyTorch would (naming the layer, parameter, group or
+        option); also an optimizer subclass that overrides ``step``, an optimizer step hook,
+        and (``MSELoss``, ``BCEWithLogitsLoss`` modules) a target of another shape than the
+        output at a call.  The step is compiled from the model as found here: a later change
+        PyTorch allows (a module or parameter replaced, ``p.data`` set, ``requires_grad_(False)``,
+        a hook added, a setting such as ``Dropout.p`` changed, ``model.eval()`` where the mode
+        matters, a later ``from_torch`` of the same model) is a ValueError at the next call,
+        before anything changes (:mod:`fastbp._torch_guard`).
     """
     torch = _torch()
     from .optimizers import clip_grad_norm_arg
@@ -415,8 +387,12 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     kinds = {getattr(torch.nn, e.torch): e for e in _acts.layer_entries()
              if e.torch is not None and hasattr(torch.nn, e.torch)}
     check_user_hooks(model, "model")
+    torch_opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
+    check_optimizer_hooks(torch_opt)
+    compiled = []       # each layer: (module, the attributes compiled in, whether its train mode matters)
     for i, m in enumerate(model):
         check_user_hooks(m, f"model layer {i}")
+        compiled.append((m, (), False))
         if type(m) is torch.nn.Linear:
             for p in m.parameters():
                 if p.device.type != "cpu":
@@ -429,14 +405,18 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
             # the mask is fastbp's generator's, not torch's (the same distribution)
             _refuse_eval_mode(m, i, m.p > 0, "drops units")
             layers.append(Dropout(m.p))
+            compiled[-1] = (m, ("p",), m.p > 0)
         elif type(m) in kinds:
             entry = kinds[type(m)]
             kw = {p.name: getattr(m, p.name) for p in entry.params}
             if entry.choice is not None:        # nn.GELU(approximate=...)
                 kw[entry.choice.name] = getattr(m, entry.choice.name)
             layers.append(layer_class(entry)(**kw))
+            compiled[-1] = (m, tuple(kw), False)
         elif type(m) in (torch.nn.LayerNorm, torch.nn.BatchNorm1d):
             layers.append(_norm_layer(m, i, torch))
+            compiled[-1] = ((m, ("eps",), False) if type(m) is torch.nn.LayerNorm else
+                            (m, ("eps", "momentum", "track_running_stats"), layers[-1].track_running_stats))
             for p in list(m.parameters()) + [b for b in m.buffers() if b.is_floating_point()]:
                 if p.device.type != "cpu":
                     raise ValueError(f"model layer {i} is on {p.device}; from_torch needs a CPU model")
@@ -466,7 +446,7 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
             params[f"{prefix}.W"] = m.weight.detach().numpy().astype(np.float64)
             if m.bias is not None:
                 params[f"{prefix}.b"] = m.bias.detach().numpy().astype(np.float64)
-    step = TorchTrainStep(fb_model, _loss_name(loss, torch), _optimizer(optimizer, torch), batch_size, dtype,
+    step = TorchTrainStep(fb_model, _loss_name(loss, torch), optimizer_of(optimizer, torch), batch_size, dtype,
                           seed, _params=params, precision=precision)
     step._torch_grads = []
     # exact copy of the weights (the float64 round trip above is exact), then share storage
@@ -490,14 +470,18 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     if isinstance(optimizer, torch.optim.Optimizer):
         step._torch_opt = optimizer
         step._torch_lr = float(optimizer.param_groups[0]["lr"])
-        step._torch_hyper = tuple(tuple((k, _plain(g[k])) for k in _HYPER_KEYS if k in g)
+        step._torch_hyper = tuple(tuple((k, plain(g[k])) for k in HYPER_KEYS if k in g)
                                   for g in optimizer.param_groups)
         step._torch_params = pairs
         step._torch_synced = watch(step, optimizer)     # PyTorch's steps before the first sync: followed
     step._torch_counts = [(prefix, m) for prefix, m in names if isinstance(m, torch.nn.BatchNorm1d)
                           and m.running_mean is not None and m.num_batches_tracked is not None]
-    step._torch_count_seen = {prefix: int(m.num_batches_tracked) for prefix, m in step._torch_counts}
+    step._torch_count_seen = {prefix: (m.num_batches_tracked, m.num_batches_tracked._version)
+                              for prefix, m in step._torch_counts}
     attach(step, model, step._torch_opt, [m for _, m in step._torch_counts])
+    step._torch_guard = Guard(model, compiled, torch_opt)
+    if type(loss) in (torch.nn.MSELoss, torch.nn.BCEWithLogitsLoss):
+        step._torch_loss_cls = type(loss).__name__
     return step
 
 

@@ -4,6 +4,7 @@ The rounding and the small-product loops run everywhere (no oneDNN needed);
 what calls oneDNN's bf16 gemm needs the ``bf16`` extra and a CPU with
 AVX512-BF16 or AMX (marker ``extras``: CI's second stage installs oneDNN).
 """
+import copy
 import os
 import subprocess
 import sys
@@ -217,8 +218,9 @@ def test_bf16_weights_stored_transposed_from_torch():
     y = np.arange(16) % 4
     full = fastbp.from_torch(tm, loss=torch.nn.CrossEntropyLoss(),
                              optimizer=torch.optim.SGD(tm.parameters(), lr=0.1), batch_size=16)
-    half = fastbp.from_torch(tm, loss=torch.nn.CrossEntropyLoss(),
-                             optimizer=torch.optim.SGD(tm.parameters(), lr=0.1), batch_size=16, precision="bf16")
+    tm2 = copy.deepcopy(tm)      # (a second from_torch of tm itself would take its tensors from the first step)
+    half = fastbp.from_torch(tm2, loss=torch.nn.CrossEntropyLoss(),
+                             optimizer=torch.optim.SGD(tm2.parameters(), lr=0.1), batch_size=16, precision="bf16")
     assert half.precision == "bf16" and int(full.plan.tape[1, 9]) == 1      # C_F1: W stored transposed
     for _ in range(20):
         lf, lh = full(X, y), half(X, y)

@@ -148,3 +148,37 @@ def test_a_model_with_the_hooks_pickles_and_its_copy_is_not_the_steps():
                                  batch_size=6) is not None
     model.state_dict()
     assert step._synced_at == 1 and len(opt.state) == len(list(model.parameters()))
+
+
+def _restore(model, saved):
+    model.load_state_dict(saved)
+
+
+def _reset(model, saved):
+    model[1].reset_running_stats()
+
+
+@pytest.mark.parametrize("bn_momentum", [0.1, None])
+@pytest.mark.parametrize("action", [_restore, _reset], ids=["load_state_dict", "reset_running_stats"])
+def test_a_batchnorm_count_pytorch_sets_after_fused_steps_is_the_count(action, bn_momentum):
+    """model.load_state_dict(checkpoint) or bn.reset_running_stats() after unsynced fused steps:
+    num_batches_tracked is what PyTorch set (the checkpoint's, 0), not that plus the steps'
+    count; with momentum=None the running statistics' cumulative average follows it."""
+    ref, fused = _model(bn_momentum), _model(bn_momentum)
+    o_ref, o_fused = OPTIMIZERS["sgd_momentum"](ref.parameters()), OPTIMIZERS["sgd_momentum"](fused.parameters())
+    step = fastbp.from_torch(fused, loss=nn.CrossEntropyLoss(), optimizer=o_fused, batch_size=6)
+    batches = _batches(8)
+    for x, y in batches[:3]:
+        _torch_step(ref, o_ref, x, y)
+        step(x, y)
+    saved = {m: copy.deepcopy(m.state_dict()) for m in (ref, fused)}
+    assert int(saved[fused]["1.num_batches_tracked"]) == 3
+    for x, y in batches[3:5]:
+        _torch_step(ref, o_ref, x, y)
+        step(x, y)
+    for m in (ref, fused):
+        action(m, saved[m])
+    for x, y in batches[5:]:
+        assert float(step(x, y)) == pytest.approx(_torch_step(ref, o_ref, x, y), rel=1e-10)
+    _assert_same(ref, o_ref, fused, o_fused)
+    assert int(fused[1].num_batches_tracked) == int(ref[1].num_batches_tracked)
