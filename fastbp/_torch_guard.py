@@ -56,12 +56,16 @@ class Guard:
         self.hooks = [(f"model layer {i}", m, tuple(len(getattr(m, h)) for h in _MODULE_HOOKS))
                       for i, m in enumerate(self.modules)]
         self.hooks.append(("the model", model, tuple(len(getattr(model, h)) for h in _MODULE_HOOKS)))
+        # each parameter and buffer slot the layer's forward reads (None included: a bias set
+        # later would not be trained), but num_batches_tracked (a copy the step follows, see
+        # TorchTrainStep._follow_torch_state); one registered later is not read by these exact classes
         self.tensors = []
         for i, m in enumerate(self.modules):
             for attr, table in (("_parameters", m._parameters), ("_buffers", m._buffers)):
                 for name, t in table.items():
-                    if t is not None and t.is_floating_point():
-                        self.tensors.append((i, name, table, t, t.data_ptr(), attr == "_parameters"))
+                    if name != "num_batches_tracked" or attr != "_buffers":
+                        self.tensors.append((i, name, table, t, None if t is None else t.data_ptr(),
+                                             attr == "_parameters" and t is not None))
         self.optimizer = optimizer if hasattr(optimizer, "_optimizer_step_pre_hooks") else None
         opt_dicts = () if self.optimizer is None else (self.optimizer._optimizer_step_pre_hooks,
                                                        self.optimizer._optimizer_step_post_hooks)
@@ -69,7 +73,8 @@ class Guard:
         self._tables = tuple(e[2] for e in self.tensors)
         self._names = tuple(e[1] for e in self.tensors)
         self._tensors = tuple(e[3] for e in self.tensors)
-        self._ptrs = tuple(e[4] for e in self.tensors)
+        self._present = tuple(e[3] for e in self.tensors if e[3] is not None)
+        self._ptrs = tuple(e[4] for e in self.tensors if e[3] is not None)
         self._params = tuple(e[3] for e in self.tensors if e[5])
         self._grad_ok = ((True, None, None),) * len(self._params)     # (a hook added then removed: {})
         self._hook_dicts = tuple(getattr(m, h) for _, m, _ in self.hooks for h in _MODULE_HOOKS) + opt_dicts
@@ -84,7 +89,7 @@ class Guard:
         mods = self.model._modules
         if (len(mods) != len(self.modules) or any(map(is_not, mods.values(), self.modules))
                 or any(map(is_not, map(dict.get, self._tables, self._names), self._tensors))
-                or tuple(map(_data_ptr, self._tensors)) != self._ptrs
+                or tuple(map(_data_ptr, self._present)) != self._ptrs
                 or tuple(map(_grad_state, self._params)) != self._grad_ok
                 or tuple(map(len, self._hook_dicts)) != self._hook_lens
                 or any(map(is_not, map(getattr, self._set_mods, self._set_attrs, repeat(None)), self._set_values))
@@ -97,10 +102,14 @@ class Guard:
         if len(mods) != len(self.modules) or any(a is not b for a, b in zip(mods.values(), self.modules)):
             self._changed_modules()
         for i, name, table, t, ptr, is_param in self.tensors:
-            if table.get(name) is not t or t.data_ptr() != ptr:
-                raise ValueError(f"model layer {i}'s {name} is not the tensor from_torch shared with the step (it "
-                                 f"was replaced, its .data was set, or a later from_torch of this model took it)"
+            now = table.get(name)
+            if t is None and now is not None:
+                raise ValueError(f"model layer {i}'s {name} was None when the step was compiled and is set now"
                                  + _REMEDY)
+            if t is not None and (now is not t or t.data_ptr() != ptr):
+                raise ValueError(f"model layer {i}'s {name} is not the tensor from_torch shared with the step (it "
+                                 f"was replaced or removed, its .data was set, or a later from_torch of this model "
+                                 f"took it)" + _REMEDY)
             if is_param and (not t.requires_grad or t._backward_hooks or t._post_accumulate_grad_hooks):
                 what = ("has requires_grad=False now (frozen parameters are not supported)" if not t.requires_grad
                         else "has a gradient hook now, which the fused step cannot run")

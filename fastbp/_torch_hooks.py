@@ -13,7 +13,8 @@ registers PyTorch hooks that sync first, when fused steps ran since the last syn
 - a forward pre-hook on each ``BatchNorm1d`` with running statistics.
 
 A later ``from_torch`` of the same model or optimizer brings the earlier step's state over
-first, then removes its hooks: the newest step owns them.  The hooks hold the step weakly
+first, then removes its hooks: the newest step owns them, and the earlier step refuses to
+train, predict or sync from then on.  The hooks hold the step weakly
 and act on the object they were registered on only (a ``copy.deepcopy`` or a pickle of the
 model carries them, inert).  ``from_torch`` does not count them as the user's hooks.
 """
@@ -61,6 +62,8 @@ def release(*targets, remove=True):
         step = step_ref()
         if step is not None:
             step._sync_if_behind()
+            if remove:
+                step._taken = True      # its calls are refused from now on
         for h in handles if remove else ():
             h.remove()
 

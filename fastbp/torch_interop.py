@@ -59,6 +59,8 @@ class TorchTrainStep(TrainStep):
     _synced_at = 0
     #: what the step was compiled from (fastbp._torch_guard.Guard), checked before each call
     _torch_guard = None
+    #: a later from_torch took the model or optimizer (fastbp._torch_hooks.release)
+    _taken = False
     #: the torch loss class whose target must have the output's shape (MSELoss,
     #: BCEWithLogitsLoss given as modules), else None
     _torch_loss_cls = None
@@ -67,6 +69,8 @@ class TorchTrainStep(TrainStep):
         """A ValueError naming what changed in the torch model since the step was compiled
         (a module or parameter replaced, a parameter frozen, a hook added, ...: see
         :mod:`fastbp._torch_guard`), before anything changes."""
+        if self._taken:
+            _refuse_taken()
         if self._torch_guard is not None:
             self._torch_guard.check()
 
@@ -151,6 +155,8 @@ class TorchTrainStep(TrainStep):
             ``self``.
         """
         torch = _torch()
+        if self._taken:
+            _refuse_taken()
         self._follow_torch_state()      # PyTorch's own steps since the last sync are kept
         self._synced_at = self.n_steps
         with self._lock:
@@ -262,6 +268,11 @@ class TorchTrainStep(TrainStep):
         """:meth:`fastbp.TrainStep.predict` on a tensor or array (eval mode's outputs)."""
         self._check_model()
         return super().predict(self._np(X, "X"))
+
+
+def _refuse_taken():
+    raise ValueError("a later from_torch of this step's model or optimizer took them over (it brought this "
+                     "step's state with it): this step no longer trains, predicts or syncs them; use the newer step")
 
 
 def _loss_name(loss, torch):

@@ -51,6 +51,7 @@ CHANGES = {
                            "model layer 0's weight is not the tensor"),
     "parameter data set": (lambda m, o: setattr(m[4].bias, "data", m[4].bias.data.clone()),
                            "model layer 4's bias is not the tensor"),
+    "bias removed": (lambda m, o: setattr(m[4], "bias", None), "model layer 4's bias is not the tensor"),
     "running stats replaced": (lambda m, o: setattr(m[2], "running_mean", torch.zeros(7, dtype=torch.float64)),
                                "model layer 2's running_mean is not the tensor"),
     "dtype changed": (lambda m, o: m.float(), "model layer 0's weight is not the tensor"),
@@ -70,7 +71,7 @@ CHANGES = {
     "optimizer step hook": (lambda m, o: o.register_step_post_hook(lambda *a: None),
                             r"optimizer has a step hook \(register_step_post_hook\)"),
     "superseded": (lambda m, o: fastbp.from_torch(m, loss=nn.CrossEntropyLoss(), optimizer=o, batch_size=6),
-                   "or a later from_torch of this model took it"),
+                   "a later from_torch of this step's model or optimizer took them over"),
 }
 
 
@@ -88,6 +89,37 @@ def test_a_change_to_the_model_is_refused_before_anything_changes(change):
     assert step.n_steps == n
     for k, v in step.params.items():
         np.testing.assert_array_equal(v, weights[k], err_msg=k)
+
+
+def test_a_bias_set_on_a_layer_compiled_without_one_is_refused_and_other_attributes_are_not():
+    """A Linear(bias=False) given a bias later (its forward would add it; the step would
+    neither add nor train it) is refused; a buffer or attribute its forward does not read is not."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4, bias=False), nn.Tanh(), nn.Linear(4, 3)).double()
+    step = fastbp.from_torch(model, loss=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    x, y = _data()
+    model[2].register_buffer("note", torch.zeros(2))
+    model[2].tag = "head"
+    step(x, y)
+    model[0].bias = nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="model layer 0's bias was None when the step was compiled and is set now"):
+        step(x, y)
+
+
+def test_a_superseded_step_does_not_sync_over_the_newer_one():
+    """first.sync_to_torch() after a second from_torch of the model would write the first
+    step's old optimizer state into the optimizer the second one trains: refused."""
+    model, opt, first = _made()
+    second = fastbp.from_torch(model, loss=nn.CrossEntropyLoss(), optimizer=opt, batch_size=6)
+    x, y = _data()
+    second(x, y)
+    second(x, y)
+    for call in (first.sync_to_torch, first.close):
+        with pytest.raises(ValueError, match="took them over"):
+            call()
+    assert int(opt.state_dict()["state"][0]["momentum_buffer"].shape[0]) == 7
+    np.testing.assert_array_equal(opt.state[model[0].weight]["momentum_buffer"].numpy(),
+                                  second.state_vectors[0][:35].reshape(7, 5))
 
 
 def test_the_refusal_names_what_to_do_and_a_new_step_trains_the_changed_model():
