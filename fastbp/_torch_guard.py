@@ -84,8 +84,9 @@ class Guard:
         self._set_values = tuple(e[3] for e in self.settings)
         self._mode_mods = tuple(m for _, m in self.modes)
 
-    def check(self):
-        """Raise a ValueError naming the first change (see the module docstring); return None."""
+    def check(self, training=True):
+        """Raise a ValueError naming the first change (see the module docstring); return None.
+        Eval mode is a change only if ``training`` (a call that trains)."""
         mods = self.model._modules
         if (len(mods) != len(self.modules) or any(map(is_not, mods.values(), self.modules))
                 or any(map(is_not, map(dict.get, self._tables, self._names), self._tensors))
@@ -93,10 +94,10 @@ class Guard:
                 or tuple(map(_grad_state, self._params)) != self._grad_ok
                 or tuple(map(len, self._hook_dicts)) != self._hook_lens
                 or any(map(is_not, map(getattr, self._set_mods, self._set_attrs, repeat(None)), self._set_values))
-                or not all(map(_training, self._mode_mods))):
-            self._explain()
+                or (training and not all(map(_training, self._mode_mods)))):
+            self._explain(training)
 
-    def _explain(self):
+    def _explain(self, training=True):
         """:meth:`check`'s ValueError, in words (or nothing: a setting set to an equal value)."""
         mods = self.model._modules
         if len(mods) != len(self.modules) or any(a is not b for a, b in zip(mods.values(), self.modules)):
@@ -123,7 +124,7 @@ class Guard:
             if now is not value and now != value:
                 raise ValueError(f"model layer {i} ({type(m).__name__}) has {attr}={now!r} now, {value!r} when the "
                                  f"step was compiled" + _REMEDY)
-        for i, m in self.modes:
+        for i, m in self.modes if training else ():
             if not m.training:
                 raise ValueError(f"model layer {i} ({type(m).__name__}) is in eval mode now, and the fused step "
                                  f"trains as train mode does: call model.train() before training (nothing was "

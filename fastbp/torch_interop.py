@@ -65,14 +65,14 @@ class TorchTrainStep(TrainStep):
     #: BCEWithLogitsLoss given as modules), else None
     _torch_loss_cls = None
 
-    def _check_model(self):
+    def _check_model(self, training=True):
         """A ValueError naming what changed in the torch model since the step was compiled
         (a module or parameter replaced, a parameter frozen, a hook added, ...: see
-        :mod:`fastbp._torch_guard`), before anything changes."""
+        :mod:`fastbp._torch_guard`), before anything changes; eval mode only if ``training``."""
         if self._taken:
             _refuse_taken()
         if self._torch_guard is not None:
-            self._torch_guard.check()
+            self._torch_guard.check(training)
 
     def _follow_torch(self):
         """Before a training call: the model is still the one compiled (:meth:`_check_model`);
@@ -124,7 +124,7 @@ class TorchTrainStep(TrainStep):
         for g, hyper in zip(opt.param_groups, self._torch_hyper) if check_hyper else ():
             for k, v in hyper:
                 w = g.get(k)
-                if w != v and plain(w) != v:       # (_plain only for another container: once per step)
+                if w != v and plain(w) != v:       # (plain only for another container: once per step)
                     raise ValueError(
                         f"optimizer: its param_groups' {k} is now {g.get(k)!r}, was {v!r} when the step was "
                         f"made; the step keeps the hyper-parameters it was compiled with and follows only the "
@@ -197,8 +197,8 @@ class TorchTrainStep(TrainStep):
                 raise TypeError(f"{name} has dtype {t.dtype}; this step was compiled for {want} (convert "
                                 f"with {name}.{'float' if want == torch.float32 else 'double'}())")
             t = t.detach().numpy()
-        if self._torch_loss_cls and name in ("y", "Y", "validation_data[1]") and getattr(t, "ndim", 2) != 2:
-            shape = tuple(getattr(t, "shape", ()))
+        if self._torch_loss_cls and name in ("y", "Y", "validation_data[1]") and np.ndim(t) != 2:
+            shape = np.shape(t)
             how = ("broadcast them, with a warning, rather than compare them row by row" if self._torch_loss_cls == "MSELoss"
                    else "refuse them")
             raise ValueError(f"{name} has shape {shape} and the model's output (n, {self.n_out}): "
@@ -265,8 +265,9 @@ class TorchTrainStep(TrainStep):
         return history
 
     def predict(self, X):
-        """:meth:`fastbp.TrainStep.predict` on a tensor or array (eval mode's outputs)."""
-        self._check_model()
+        """:meth:`fastbp.TrainStep.predict` on a tensor or array (eval mode's outputs, in
+        either mode of the model)."""
+        self._check_model(training=False)
         return super().predict(self._np(X, "X"))
 
 
