@@ -1,4 +1,8 @@
-"""Refuse a :func:`fastbp.from_torch` step whose PyTorch model changed under it.
+"""What a :func:`fastbp.from_torch` step can train, checked when it is made and at each call.
+
+:func:`check_trainable` refuses, when the step is made, a model whose parameters the step
+would not train as PyTorch does (frozen, left out of the optimizer, tied); :class:`Guard`
+refuses a step whose PyTorch model changed under it since.
 
 The fused step was compiled from the model as :func:`~fastbp.from_torch` found it: its
 modules, their settings (a ``Dropout``'s ``p``, an activation's parameters, a norm layer's
@@ -26,7 +30,7 @@ from operator import attrgetter, is_not, methodcaller
 
 from ._torch_hooks import is_sync_hook
 
-__all__ = ["Guard", "check_optimizer_hooks"]
+__all__ = ["Guard", "check_optimizer_hooks", "check_trainable", "param_keys"]
 
 _MODULE_HOOKS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
 _data_ptr = methodcaller("data_ptr")
@@ -157,3 +161,61 @@ def check_optimizer_hooks(opt):
         if any(not is_sync_hook(h) for h in table.values()):
             raise ValueError(f"optimizer has a step hook ({how}); the fused step replaces opt.step() and cannot "
                              f"run it: remove it, or train in PyTorch")
+
+
+def param_keys(m, torch):
+    """``(attribute, fastbp key)`` of a module's parameters: a Linear's ``weight`` and
+    ``bias`` are fastbp's ``W`` and ``b``; a norm layer's keep their names."""
+    if isinstance(m, torch.nn.Linear):
+        return (("weight", "W"), ("bias", "b"))
+    return (("weight", "weight"), ("bias", "bias"))
+
+
+def _memory_span(t):
+    """``(storage address, first byte, end byte)`` of the elements of tensor ``t``, or None (no
+    elements, or no memory: the meta device)."""
+    if t.numel() == 0 or t.device.type == "meta":
+        return None
+    end = t.data_ptr() + (sum((d - 1) * st for d, st in zip(t.shape, t.stride())) + 1) * t.element_size()
+    return t.untyped_storage().data_ptr(), t.data_ptr(), end      # (torch's strides are not negative)
+
+
+def check_trainable(model, optimizer, torch):
+    """Every parameter of ``model`` is trained by the step: refuse frozen parameters
+    (``requires_grad=False``, or left out of a torch optimizer's groups), parameters the
+    step has no place for (registered beside a layer's weight and bias, or in a submodule),
+    and parameters or buffers shared between layers (tied weights: PyTorch sums their
+    gradients into one tensor; fastbp gives every layer its own)."""
+    seen, spans = {}, []
+    for i, m in enumerate(model):
+        own = ({a for a, _ in param_keys(m, torch)}
+               if type(m) in (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.BatchNorm1d) else set())
+        extra = sorted({n for n, _ in m.named_parameters()} - own)
+        if extra:
+            raise ValueError(f"model layer {i} has parameters {extra} that the step would not train (it "
+                             f"trains a layer's weight and bias only)")
+        tensors = [(n, t) for n, t in m.named_parameters(recurse=False)]
+        tensors += [(n, t) for n, t in m.named_buffers(recurse=False) if t is not None and t.is_floating_point()]
+        for n, t in tensors:
+            span = _memory_span(t)      # two Parameter objects over one storage are tied too
+            j = seen.get(id(t))
+            if j is None and span is not None:
+                j = next((k for k, sp in spans if sp[0] == span[0] and sp[1] < span[2] and span[1] < sp[2]), None)
+            if j is not None:
+                raise ValueError(f"model layer {i}'s {n} is also layer {j}'s or shares its memory (tied "
+                                 f"weights, or one module used twice); fastbp gives every layer its own "
+                                 f"parameters: give each position its own module and tensor")
+            seen[id(t)] = i
+            if span is not None:
+                spans.append((i, span))
+    in_opt = None
+    if isinstance(optimizer, torch.optim.Optimizer):
+        in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    for i, m in enumerate(model):
+        for n, p in m.named_parameters(recurse=False):
+            if not p.requires_grad:
+                raise ValueError(f"model layer {i}'s {n} has requires_grad=False; fastbp trains every parameter "
+                                 f"of the model (frozen parameters are not supported)")
+            if in_opt is not None and id(p) not in in_opt:
+                raise ValueError(f"model layer {i}'s {n} is not in the optimizer's parameter groups; fastbp "
+                                 f"trains every parameter of the model (give the optimizer model.parameters())")

@@ -12,7 +12,7 @@ from .registry import activations as _acts
 from .registry import losses as _losses
 from .step import TrainStep
 from ._torch_state import export_state, import_state, record, torch_moved, watch
-from ._torch_guard import Guard, check_optimizer_hooks
+from ._torch_guard import Guard, check_optimizer_hooks, check_trainable, param_keys
 from ._torch_hooks import attach, check_user_hooks, release
 from ._torch_optim import HYPER_KEYS, optimizer_of, plain
 
@@ -51,6 +51,8 @@ class TorchTrainStep(TrainStep):
     #: and by prefix (the count tensor, its _version) when the step last read or wrote it
     _torch_counts = ()
     _torch_count_seen = {}
+    #: (prefix, module, its num_batches_tracked tensor, the int64 array under it, the step's count)
+    _torch_count_out = ()
     #: (parameter, the tensor over its gradient in the step's arena) for each model parameter
     _torch_grads = ()
     #: the torch state tensors sync_to_torch wrote, with their versions (fastbp._torch_state.record)
@@ -225,6 +227,7 @@ class TorchTrainStep(TrainStep):
         self._check_model()
         loss = super().loss_and_grads(x, y, sample_weight)
         self._link_grads()
+        self._publish_counts()
         return loss
 
     def _link_grads(self):
@@ -236,11 +239,28 @@ class TorchTrainStep(TrainStep):
 
     def _torch_stepped(self):
         """Tell a torch lr scheduler that the optimizer stepped (the step replaces
-        ``opt.step()``; else ``scheduler.step()`` warns that it came first), and link
-        ``p.grad`` to the step's gradients (:meth:`_link_grads`)."""
+        ``opt.step()``; else ``scheduler.step()`` warns that it came first), link
+        ``p.grad`` to the step's gradients (:meth:`_link_grads`) and write the BatchNorm
+        counts into the modules (:meth:`_publish_counts`)."""
         if self._torch_opt is not None:
             self._torch_opt._opt_called = True
         self._link_grads()
+        self._publish_counts()
+
+    def _publish_counts(self):
+        """Each ``BatchNorm1d``'s ``num_batches_tracked`` (an int64 tensor over an array of the
+        step's, see :func:`_share_running`) set to the step's count after a call, so that
+        ``copy.deepcopy(model)``, ``torch.save(model)`` and a hook-free forward read it too.
+        (A plain numpy write: torch's ``_version`` of the tensor does not move, so
+        :meth:`_follow_torch_state` does not take it for PyTorch's.)  A count tensor the user
+        put in place of it is written with ``fill_`` (its new version recorded)."""
+        for prefix, m, shared, arr, count in self._torch_count_out:
+            t = m._buffers.get("num_batches_tracked")
+            if t is shared:
+                arr[...] = count[0]
+            elif t is not None:
+                t.fill_(int(count[0]))
+                self._torch_count_seen[prefix] = (t, t._version)
 
     @property
     def lr(self):
@@ -259,10 +279,11 @@ class TorchTrainStep(TrainStep):
             validation_data = (self._np(validation_data[0], "validation_data[0]"),
                                self._np(validation_data[1], "validation_data[1]"))
         self._follow_torch()
-        history = super().fit(self._np(X, "X"), self._np(Y, "Y"), epochs=epochs, shuffle=shuffle, seed=seed,
-                              validation_data=validation_data, **kwargs)
-        self._torch_stepped()
-        return history
+        try:
+            return super().fit(self._np(X, "X"), self._np(Y, "Y"), epochs=epochs, shuffle=shuffle, seed=seed,
+                               validation_data=validation_data, **kwargs)
+        finally:        # (also after an interrupted fit: the epochs it finished stand)
+            self._torch_stepped()
 
     def predict(self, X):
         """:meth:`fastbp.TrainStep.predict` on a tensor or array (eval mode's outputs, in
@@ -441,7 +462,7 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
             why = (f" (a subclass of {sub}, or a parametrized one such as weight_norm's: it may compute "
                    f"something else)" if sub else "")
             raise ValueError(f"model layer {i} is a {type(m).__name__}{why}; from_torch supports exactly {names}")
-    _check_trainable(model, optimizer, torch)
+    check_trainable(model, optimizer, torch)
     if not dtypes:
         raise ValueError("model has no parameters to train: from_torch compiles a training step, "
                          "which needs a layer with parameters (Linear, or an affine LayerNorm or BatchNorm1d)")
@@ -466,7 +487,7 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
         for prefix, m in names:
             if not isinstance(m, torch.nn.Linear):
                 _share_running(m, prefix, step, torch)
-            for attr, key in _param_keys(m, torch):
+            for attr, key in param_keys(m, torch):
                 p = getattr(m, attr)
                 if p is None:
                     continue
@@ -476,7 +497,7 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
                 p.grad = torch.from_numpy(step.grads[f"{prefix}.{key}"])
                 step._torch_grads.append((p, p.grad))
     pairs = [(getattr(m, attr), f"{prefix}.{key}") for prefix, m in names
-             for attr, key in _param_keys(m, torch) if getattr(m, attr) is not None]
+             for attr, key in param_keys(m, torch) if getattr(m, attr) is not None]
     import_state(optimizer, pairs, step, torch)
     step.clip_grad_norm = clip or None
     if isinstance(optimizer, torch.optim.Optimizer):
@@ -488,6 +509,8 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
         step._torch_synced = watch(step, optimizer)     # PyTorch's steps before the first sync: followed
     step._torch_counts = [(prefix, m) for prefix, m in names if isinstance(m, torch.nn.BatchNorm1d)
                           and m.running_mean is not None and m.num_batches_tracked is not None]
+    step._torch_count_out = [(prefix, m, m.num_batches_tracked, m.num_batches_tracked.numpy(),
+                              step.buffers[f"{prefix}.num_batches_tracked"]) for prefix, m in step._torch_counts]
     step._torch_count_seen = {prefix: (m.num_batches_tracked, m.num_batches_tracked._version)
                               for prefix, m in step._torch_counts}
     attach(step, model, step._torch_opt, [m for _, m in step._torch_counts])
@@ -495,64 +518,6 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     if type(loss) in (torch.nn.MSELoss, torch.nn.BCEWithLogitsLoss):
         step._torch_loss_cls = type(loss).__name__
     return step
-
-
-def _param_keys(m, torch):
-    """``(attribute, fastbp key)`` of a module's parameters: a Linear's ``weight`` and
-    ``bias`` are fastbp's ``W`` and ``b``; a norm layer's keep their names."""
-    if isinstance(m, torch.nn.Linear):
-        return (("weight", "W"), ("bias", "b"))
-    return (("weight", "weight"), ("bias", "bias"))
-
-
-def _memory_span(t):
-    """``(storage address, first byte, end byte)`` of the elements of tensor ``t``, or None (no
-    elements, or no memory: the meta device)."""
-    if t.numel() == 0 or t.device.type == "meta":
-        return None
-    end = t.data_ptr() + (sum((d - 1) * st for d, st in zip(t.shape, t.stride())) + 1) * t.element_size()
-    return t.untyped_storage().data_ptr(), t.data_ptr(), end      # (torch's strides are not negative)
-
-
-def _check_trainable(model, optimizer, torch):
-    """Every parameter of ``model`` is trained by the step: refuse frozen parameters
-    (``requires_grad=False``, or left out of a torch optimizer's groups), parameters the
-    step has no place for (registered beside a layer's weight and bias, or in a submodule),
-    and parameters or buffers shared between layers (tied weights: PyTorch sums their
-    gradients into one tensor; fastbp gives every layer its own)."""
-    seen, spans = {}, []
-    for i, m in enumerate(model):
-        own = ({a for a, _ in _param_keys(m, torch)}
-               if type(m) in (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.BatchNorm1d) else set())
-        extra = sorted({n for n, _ in m.named_parameters()} - own)
-        if extra:
-            raise ValueError(f"model layer {i} has parameters {extra} that the step would not train (it "
-                             f"trains a layer's weight and bias only)")
-        tensors = [(n, t) for n, t in m.named_parameters(recurse=False)]
-        tensors += [(n, t) for n, t in m.named_buffers(recurse=False) if t is not None and t.is_floating_point()]
-        for n, t in tensors:
-            span = _memory_span(t)      # two Parameter objects over one storage are tied too
-            j = seen.get(id(t))
-            if j is None and span is not None:
-                j = next((k for k, sp in spans if sp[0] == span[0] and sp[1] < span[2] and span[1] < sp[2]), None)
-            if j is not None:
-                raise ValueError(f"model layer {i}'s {n} is also layer {j}'s or shares its memory (tied "
-                                 f"weights, or one module used twice); fastbp gives every layer its own "
-                                 f"parameters: give each position its own module and tensor")
-            seen[id(t)] = i
-            if span is not None:
-                spans.append((i, span))
-    in_opt = None
-    if isinstance(optimizer, torch.optim.Optimizer):
-        in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    for i, m in enumerate(model):
-        for n, p in m.named_parameters(recurse=False):
-            if not p.requires_grad:
-                raise ValueError(f"model layer {i}'s {n} has requires_grad=False; fastbp trains every parameter "
-                                 f"of the model (frozen parameters are not supported)")
-            if in_opt is not None and id(p) not in in_opt:
-                raise ValueError(f"model layer {i}'s {n} is not in the optimizer's parameter groups; fastbp "
-                                 f"trains every parameter of the model (give the optimizer model.parameters())")
 
 
 def _norm_layer(m, i, torch):
@@ -583,12 +548,15 @@ def _norm_params(m, prefix, params, torch):
 def _share_running(m, prefix, step, torch):
     """A BatchNorm1d's running statistics become views of the step's own (exact copy
     first), so ``model.eval(); model(x)`` sees the statistics the steps updated.
-    ``num_batches_tracked`` (an int64 tensor in PyTorch) is a copy, taken at compile
-    time: the step's count is ``step.buffers["<i>.num_batches_tracked"]``, written back
-    into the module by ``sync_to_torch`` / ``close``."""
+    ``num_batches_tracked`` (an int64 tensor in PyTorch; the step counts in its arena's
+    dtype, ``step.buffers["<i>.num_batches_tracked"]``) becomes an int64 tensor over an
+    array of its own, which each call sets to the step's count
+    (:meth:`TorchTrainStep._publish_counts`)."""
     if not isinstance(m, torch.nn.BatchNorm1d) or m.running_mean is None:
         return
     for attr in ("running_mean", "running_var"):
         live = step.buffers[f"{prefix}.{attr}"]
         live[...] = getattr(m, attr).detach().numpy()
         setattr(m, attr, torch.from_numpy(live))
+    if m.num_batches_tracked is not None:
+        m.num_batches_tracked = torch.from_numpy(np.array(int(m.num_batches_tracked), dtype=np.int64))  # (0-d)

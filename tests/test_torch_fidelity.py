@@ -264,9 +264,12 @@ def test_sync_to_torch_without_a_torch_optimizer_writes_the_batchnorm_count():
     step = fastbp.from_torch(mine, optimizer=fastbp.SGD(lr=0.1), batch_size=8)
     for x, y in _batches(3):
         step(x, y)
-    assert int(mine[1].num_batches_tracked) == 0
+    assert int(mine[1].num_batches_tracked) == 3        # each call writes it
+    mine[1].num_batches_tracked = torch.tensor(7)       # the user's own tensor: taken as the count
+    step(*_batches(1)[0])
+    assert int(mine[1].num_batches_tracked) == 8
     step.sync_to_torch()
-    assert int(mine[1].num_batches_tracked) == 3
+    assert int(mine[1].num_batches_tracked) == 8
 
 
 def test_adam_with_decoupled_weight_decay_is_adamw():

@@ -182,3 +182,27 @@ def test_a_batchnorm_count_pytorch_sets_after_fused_steps_is_the_count(action, b
         assert float(step(x, y)) == pytest.approx(_torch_step(ref, o_ref, x, y), rel=1e-10)
     _assert_same(ref, o_ref, fused, o_fused)
     assert int(fused[1].num_batches_tracked) == int(ref[1].num_batches_tracked)
+
+
+def test_copies_of_the_model_after_fused_steps_hold_the_steps_count():
+    """copy.deepcopy(model) and torch.save(model) (no hook runs for them) right after fused
+    steps: each BatchNorm1d's num_batches_tracked is the steps' count, a 0-d int64 tensor as
+    PyTorch's, and a checkpoint of it loads into a fresh model."""
+    import io
+    model = _model(None)
+    step = fastbp.from_torch(model, loss=nn.CrossEntropyLoss(), optimizer=OPTIMIZERS["adam"](model.parameters()),
+                             batch_size=6)
+    batches = _batches(5)
+    for x, y in batches[:3]:
+        step(x, y)
+    step.fit(*map(np.concatenate, zip(*batches[3:])), epochs=1, shuffle=False)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    for twin in (copy.deepcopy(model), torch.load(buf, weights_only=False)):
+        t = twin[1].num_batches_tracked
+        assert t.dtype == torch.int64 and t.shape == () and int(t) == 5
+    fresh = _model(None)
+    fresh.load_state_dict(copy.deepcopy(model).state_dict())
+    assert int(fresh[1].num_batches_tracked) == 5
+    assert step._synced_at == 0        # (no sync was needed for that)
