@@ -36,17 +36,21 @@ def _slice(step, key):
 def import_state(opt, pairs, step, torch):
     """Read the state of torch optimizer ``opt`` for ``pairs`` ``(parameter, step key)`` into
     the step's state vectors (momentum, Adam's moments, RMSprop's averages) and its step
-    count (Adam's ``t``; RMSprop's count from here on).  Parameters without state (or None)
-    are skipped; ValueError when the parameters have taken different numbers of steps."""
-    if opt is None or not isinstance(opt, torch.optim.Optimizer) or not opt.state:
+    count (Adam's ``t``; RMSprop's count from here on).  A parameter without state (a fresh
+    optimizer, or one whose state ``load_state_dict`` emptied) starts afresh, as PyTorch's
+    next step would: its vectors zero, and the count 0 when no parameter has state.
+    ValueError when the parameters have taken different numbers of steps."""
+    if opt is None or not isinstance(opt, torch.optim.Optimizer):
         return
     steps = set()
     for p, key in pairs:
         st = opt.state.get(p) if p is not None else None
-        if not st:
-            continue
         off, live = _slice(step, key)
         n = live.size
+        if not st:
+            for vec in step.state_vectors:
+                vec[off:off + n] = 0
+            continue
         if isinstance(step.optimizer, SGD):
             bufs = [st.get("momentum_buffer")]
         elif isinstance(step.optimizer, RMSprop):
@@ -54,16 +58,16 @@ def import_state(opt, pairs, step, torch):
         else:
             bufs = [st.get("exp_avg"), st.get("exp_avg_sq")]
         for vec, b in zip(step.state_vectors, bufs):
-            if b is not None:
-                vec[off:off + n] = b.detach().numpy().ravel()
+            vec[off:off + n] = b.detach().numpy().ravel() if b is not None else 0
         if "step" in st:
             steps.add(float(st["step"]))
     if len(steps) > 1:
         raise ValueError("optimizer: parameters have taken different numbers of steps")
-    if steps and isinstance(step.optimizer, Adam):
-        step.hyper[ex.H_T] = steps.pop()
-    elif steps and isinstance(step.optimizer, RMSprop):
-        step._torch_step0 = (steps.pop(), step.n_steps)
+    count = steps.pop() if steps else 0.0
+    if isinstance(step.optimizer, Adam):
+        step.hyper[ex.H_T] = count
+    elif isinstance(step.optimizer, RMSprop):
+        step._torch_step0 = (count, step.n_steps)
 
 
 def export_state(step, opt, torch):

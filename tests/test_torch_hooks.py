@@ -206,3 +206,23 @@ def test_copies_of_the_model_after_fused_steps_hold_the_steps_count():
     fresh.load_state_dict(copy.deepcopy(model).state_dict())
     assert int(fresh[1].num_batches_tracked) == 5
     assert step._synced_at == 0        # (no sync was needed for that)
+
+
+@pytest.mark.parametrize("make", OPTIMIZERS.values(), ids=OPTIMIZERS.keys())
+def test_an_optimizer_state_pytorch_emptied_starts_afresh(make):
+    """opt.load_state_dict(a checkpoint taken before any step) after unsynced fused steps: the
+    optimizer state is empty, as PyTorch's after that load, so the next step starts afresh
+    (fresh momentum / moments, the count from 0), not from the fused steps' state."""
+    ref, fused = _model(), _model()
+    o_ref, o_fused = make(ref.parameters()), make(fused.parameters())
+    fresh = (copy.deepcopy(o_ref.state_dict()), copy.deepcopy(o_fused.state_dict()))
+    step = fastbp.from_torch(fused, loss=nn.CrossEntropyLoss(), optimizer=o_fused, batch_size=6)
+    batches = _batches(6)
+    for x, y in batches[:3]:
+        _torch_step(ref, o_ref, x, y)
+        step(x, y)
+    o_ref.load_state_dict(fresh[0])
+    o_fused.load_state_dict(fresh[1])
+    for x, y in batches[3:]:
+        assert float(step(x, y)) == pytest.approx(_torch_step(ref, o_ref, x, y), rel=1e-10)
+    _assert_same(ref, o_ref, fused, o_fused)
