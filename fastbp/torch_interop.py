@@ -47,12 +47,11 @@ class TorchTrainStep(TrainStep):
     #: the torch optimizer's other hyper-parameters when the step was made (fastbp compiled them
     #: in), per parameter group
     _torch_hyper = ()
-    #: the BatchNorm1d modules whose num_batches_tracked sync_to_torch writes: (prefix, module),
-    #: and by prefix (the count tensor, its _version) when the step last read or wrote it
+    #: the BatchNorm1d modules whose num_batches_tracked the step follows and writes: (prefix,
+    #: module, its num_batches_tracked tensor, the int64 array under it, the step's count), and
+    #: by prefix (the count tensor, its _version) when the step last read or wrote it
     _torch_counts = ()
     _torch_count_seen = {}
-    #: (prefix, module, its num_batches_tracked tensor, the int64 array under it, the step's count)
-    _torch_count_out = ()
     #: (parameter, the tensor over its gradient in the step's arena) for each model parameter
     _torch_grads = ()
     #: the torch state tensors sync_to_torch wrote, with their versions (fastbp._torch_state.record)
@@ -93,11 +92,11 @@ class TorchTrainStep(TrainStep):
         hook synced first, ``load_state_dict``, ``reset_running_stats()``): the module's count
         is the count from then on."""
         with self._lock:
-            for prefix, m in self._torch_counts:
+            for prefix, m, _, _, count in self._torch_counts:
                 t = m.num_batches_tracked
                 seen = self._torch_count_seen.get(prefix)
                 if t is not None and (seen is None or t is not seen[0] or t._version != seen[1]):
-                    self.buffers[f"{prefix}.num_batches_tracked"][0] = int(t)
+                    count[0] = int(t)
                     self._torch_count_seen[prefix] = (t, t._version)
             if self._torch_synced and torch_moved(self._torch_synced, self._torch_opt):
                 import_state(self._torch_opt, self._torch_params, self, _torch())
@@ -162,12 +161,7 @@ class TorchTrainStep(TrainStep):
         self._follow_torch_state()      # PyTorch's own steps since the last sync are kept
         self._synced_at = self.n_steps
         with self._lock:
-            for prefix, m in self._torch_counts:
-                count = int(self.buffers[f"{prefix}.num_batches_tracked"][0])
-                t = m.num_batches_tracked
-                if t is not None:
-                    t.fill_(count)
-                    self._torch_count_seen[prefix] = (t, t._version)
+            self._publish_counts()
         opt = self._torch_opt
         if opt is None:
             return self
@@ -254,7 +248,7 @@ class TorchTrainStep(TrainStep):
         (A plain numpy write: torch's ``_version`` of the tensor does not move, so
         :meth:`_follow_torch_state` does not take it for PyTorch's.)  A count tensor the user
         put in place of it is written with ``fill_`` (its new version recorded)."""
-        for prefix, m, shared, arr, count in self._torch_count_out:
+        for prefix, m, shared, arr, count in self._torch_counts:
             t = m._buffers.get("num_batches_tracked")
             if t is shared:
                 arr[...] = count[0]
@@ -411,16 +405,15 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     clip = clip_grad_norm_arg(clip_grad_norm, owner="from_torch")
     if not isinstance(model, torch.nn.Sequential):
         raise TypeError(f"model must be a torch.nn.Sequential, got {type(model).__name__}")
+    torch_opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
     # an earlier step of this model or optimizer: its state first (what this one starts from)
-    release(model, *model.children(), optimizer if isinstance(optimizer, torch.optim.Optimizer) else None,
-            remove=False)
+    release(model, *model.children(), torch_opt, remove=False)
     layers, names = [], []
     dtypes = set()
     # the activation modules fastbp has: from the registry (exact classes only)
     kinds = {getattr(torch.nn, e.torch): e for e in _acts.layer_entries()
              if e.torch is not None and hasattr(torch.nn, e.torch)}
     check_user_hooks(model, "model")
-    torch_opt = optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
     check_optimizer_hooks(torch_opt)
     compiled = []       # each layer: (module, the attributes compiled in, whether its train mode matters)
     for i, m in enumerate(model):
@@ -500,20 +493,19 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
              for attr, key in param_keys(m, torch) if getattr(m, attr) is not None]
     import_state(optimizer, pairs, step, torch)
     step.clip_grad_norm = clip or None
-    if isinstance(optimizer, torch.optim.Optimizer):
+    if torch_opt is not None:
         step._torch_opt = optimizer
         step._torch_lr = float(optimizer.param_groups[0]["lr"])
         step._torch_hyper = tuple(tuple((k, plain(g[k])) for k in HYPER_KEYS if k in g)
                                   for g in optimizer.param_groups)
         step._torch_params = pairs
         step._torch_synced = watch(step, optimizer)     # PyTorch's steps before the first sync: followed
-    step._torch_counts = [(prefix, m) for prefix, m in names if isinstance(m, torch.nn.BatchNorm1d)
-                          and m.running_mean is not None and m.num_batches_tracked is not None]
-    step._torch_count_out = [(prefix, m, m.num_batches_tracked, m.num_batches_tracked.numpy(),
-                              step.buffers[f"{prefix}.num_batches_tracked"]) for prefix, m in step._torch_counts]
-    step._torch_count_seen = {prefix: (m.num_batches_tracked, m.num_batches_tracked._version)
-                              for prefix, m in step._torch_counts}
-    attach(step, model, step._torch_opt, [m for _, m in step._torch_counts])
+    step._torch_counts = [(prefix, m, m.num_batches_tracked, m.num_batches_tracked.numpy(),
+                           step.buffers[f"{prefix}.num_batches_tracked"]) for prefix, m in names
+                          if isinstance(m, torch.nn.BatchNorm1d) and m.running_mean is not None
+                          and m.num_batches_tracked is not None]
+    step._torch_count_seen = {prefix: (shared, shared._version) for prefix, _, shared, _, _ in step._torch_counts}
+    attach(step, model, step._torch_opt, [m for _, m, *_ in step._torch_counts])
     step._torch_guard = Guard(model, compiled, torch_opt)
     if type(loss) in (torch.nn.MSELoss, torch.nn.BCEWithLogitsLoss):
         step._torch_loss_cls = type(loss).__name__
