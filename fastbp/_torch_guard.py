@@ -138,6 +138,7 @@ class Guard:
         # nothing changed that matters (a setting set to an equal value, a hook added and
         # removed): the fast comparison starts from the values as they are now
         self._grad_ok = tuple(map(_grad_state, self._params))
+        self._hook_lens = tuple(map(len, self._hook_dicts))
         self._set_values = tuple(map(getattr, self._set_mods, self._set_attrs, repeat(None)))
 
     def _changed_modules(self):
