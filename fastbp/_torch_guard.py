@@ -14,7 +14,8 @@ training what it was compiled from and silently differ from what ``model(x)`` co
   parameter or buffer replaced (``m.weight = nn.Parameter(...)``, ``p.data = ...``), or
   taken over by a later ``from_torch`` of the same model;
 - a parameter frozen (``p.requires_grad_(False)``), or given a gradient hook;
-- a forward or backward hook added to a module, a step hook to the optimizer;
+- a forward or backward hook added to a module, a step hook to the optimizer, or a global
+  one of PyTorch's (``register_module_forward_hook``, ``register_optimizer_step_pre_hook``);
 - a setting the step compiled in changed, or ``model.eval()`` where the mode matters.
 
 :class:`Guard` records all of it when the step is made; :meth:`Guard.check`, before each
@@ -28,7 +29,7 @@ from __future__ import annotations
 from itertools import repeat
 from operator import attrgetter, is_not, methodcaller
 
-from ._torch_hooks import is_sync_hook
+from ._torch_hooks import check_global_hooks, global_hook_dicts, is_sync_hook
 
 __all__ = ["Guard", "check_optimizer_hooks", "check_trainable", "param_keys"]
 
@@ -81,7 +82,8 @@ class Guard:
         self._ptrs = tuple(e[4] for e in self.tensors if e[3] is not None)
         self._params = tuple(e[3] for e in self.tensors if e[5])
         self._grad_ok = ((True, None, None),) * len(self._params)     # (a hook added then removed: {})
-        self._hook_dicts = tuple(getattr(m, h) for _, m, _ in self.hooks for h in _MODULE_HOOKS) + opt_dicts
+        self._hook_dicts = (tuple(getattr(m, h) for _, m, _ in self.hooks for h in _MODULE_HOOKS) + opt_dicts
+                            + tuple(d for d, _ in global_hook_dicts(self.optimizer is not None)))
         self._hook_lens = tuple(map(len, self._hook_dicts))
         self._set_mods = tuple(e[1] for e in self.settings)
         self._set_attrs = tuple(e[2] for e in self.settings)
@@ -123,6 +125,7 @@ class Guard:
             if any(len(getattr(m, h)) != n for h, n in zip(_MODULE_HOOKS, counts)):
                 raise ValueError(f"{what} has a hook now ({type(m).__name__}: forward or backward hooks), which "
                                  f"the fused step cannot run" + _REMEDY)
+        check_global_hooks(self.optimizer is not None)
         for i, m, attr, value in self.settings:
             now = getattr(m, attr, None)
             if now is not value and now != value:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import weakref
 
-__all__ = ["attach", "release", "is_sync_hook", "check_user_hooks"]
+__all__ = ["attach", "release", "is_sync_hook", "check_user_hooks", "global_hook_dicts", "check_global_hooks"]
 
 #: for each model, module and optimizer a step hooks: (the step, weakly; its hook handles)
 _OWNERS = weakref.WeakKeyDictionary()
@@ -98,3 +98,46 @@ def check_user_hooks(m, what):
             if getattr(p, attr, None):
                 raise ValueError(f"{what}'s parameter {name!r} has a gradient hook ({how}); the fused "
                                  f"step cannot run it (remove it, or train in PyTorch)")
+
+
+#: PyTorch's global hooks, run for every module call or every optimizer step: (module, its
+#: dictionary of them, the function that registers them, whether they are an optimizer's)
+_GLOBAL_HOOKS = (
+    ("torch.nn.modules.module", "_global_forward_pre_hooks", "torch.nn.modules.module.register_module_forward_pre_hook", False),
+    ("torch.nn.modules.module", "_global_forward_hooks", "torch.nn.modules.module.register_module_forward_hook", False),
+    ("torch.nn.modules.module", "_global_backward_pre_hooks",
+     "torch.nn.modules.module.register_module_full_backward_pre_hook", False),
+    ("torch.nn.modules.module", "_global_backward_hooks",
+     "torch.nn.modules.module.register_module_full_backward_hook (or register_module_backward_hook)", False),
+    ("torch.optim.optimizer", "_global_optimizer_pre_hooks", "torch.optim.optimizer.register_optimizer_step_pre_hook",
+     True),
+    ("torch.optim.optimizer", "_global_optimizer_post_hooks", "torch.optim.optimizer.register_optimizer_step_post_hook",
+     True),
+)
+
+
+def global_hook_dicts(optimizer=True):
+    """PyTorch's dictionaries of global hooks (those this PyTorch has), each with the function
+    that registers into it: ``[(dict, name), ...]``; the optimizers' too where ``optimizer``.
+    The dictionaries are module globals that PyTorch changes in place (their sizes are the
+    :class:`fastbp._torch_guard.Guard`'s to compare)."""
+    import importlib
+    found = []
+    for module, attr, how, of_optimizer in _GLOBAL_HOOKS:
+        if of_optimizer and not optimizer:
+            continue
+        table = getattr(importlib.import_module(module), attr, None)
+        if isinstance(table, dict):
+            found.append((table, how))
+    return found
+
+
+def check_global_hooks(optimizer=True):
+    """Refuse while PyTorch has a global module hook (it would run at every module's forward or
+    backward) or, where ``optimizer`` (a torch optimizer's step is replaced), a global optimizer
+    step hook: the fused step cannot run them."""
+    for table, how in global_hook_dicts(optimizer):
+        if table:
+            raise ValueError(f"PyTorch has a global hook ({how}), which it would run in every module call or "
+                             f"optimizer step; the fused step cannot run it: remove it (handle.remove()), or "
+                             f"train in PyTorch")

@@ -13,7 +13,7 @@ from .registry import losses as _losses
 from .step import TrainStep
 from ._torch_state import export_state, import_state, record, torch_moved, watch
 from ._torch_guard import Guard, check_optimizer_hooks, check_trainable, param_keys
-from ._torch_hooks import attach, check_user_hooks, release
+from ._torch_hooks import attach, check_global_hooks, check_user_hooks, release
 from ._torch_optim import HYPER_KEYS, optimizer_of, plain
 
 __all__ = ["from_torch", "TorchTrainStep"]
@@ -393,7 +393,8 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     TypeError, ValueError
         What the step cannot train as PyTorch would (naming the layer, parameter, group or
         option); also an optimizer subclass that overrides ``step``, an optimizer step hook,
-        and (``MSELoss``, ``BCEWithLogitsLoss`` modules) a target of another shape than the
+        a module hook or a global one of PyTorch's (``register_module_forward_hook``, and with a
+        torch optimizer ``register_optimizer_step_pre_hook``), and (``MSELoss``, ``BCEWithLogitsLoss`` modules) a target of another shape than the
         output at a call.  The step is compiled from the model as found here: a later change
         PyTorch allows (a module or parameter replaced, ``p.data`` set, ``requires_grad_(False)``,
         a hook added, a setting such as ``Dropout.p`` changed, ``model.eval()`` where the mode
@@ -415,6 +416,7 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
              if e.torch is not None and hasattr(torch.nn, e.torch)}
     check_user_hooks(model, "model")
     check_optimizer_hooks(torch_opt)
+    check_global_hooks(torch_opt is not None)
     compiled = []       # each layer: (module, the attributes compiled in, whether its train mode matters)
     for i, m in enumerate(model):
         check_user_hooks(m, f"model layer {i}")

@@ -8,6 +8,7 @@ model) are not.  Also: optimizer subclasses that override ``step``, optimizer st
 targets whose shape a torch MSELoss / BCEWithLogitsLoss would not compare row by row.
 """
 import copy
+import importlib
 import io
 
 import numpy as np
@@ -261,6 +262,70 @@ def test_an_optimizer_with_a_step_hook_is_refused(hook):
     getattr(opt, hook)(lambda *a: None)
     with pytest.raises(ValueError, match=f"optimizer has a step hook \\({hook}\\)"):
         fastbp.from_torch(model, loss=nn.CrossEntropyLoss(), optimizer=opt)
+
+
+_optim_module = importlib.import_module("torch.optim.optimizer")    # (not an attribute of torch.optim)
+GLOBAL_HOOKS = {
+    "forward pre": (lambda: torch.nn.modules.module.register_module_forward_pre_hook(lambda *a: None),
+                    "register_module_forward_pre_hook"),
+    "forward": (lambda: torch.nn.modules.module.register_module_forward_hook(lambda *a: None),
+                "register_module_forward_hook"),
+    "backward pre": (lambda: torch.nn.modules.module.register_module_full_backward_pre_hook(lambda *a: None),
+                     "register_module_full_backward_pre_hook"),
+    "backward": (lambda: torch.nn.modules.module.register_module_full_backward_hook(lambda *a: None),
+                 "register_module_full_backward_hook"),
+    "optimizer pre": (lambda: _optim_module.register_optimizer_step_pre_hook(lambda *a: None),
+                      "register_optimizer_step_pre_hook"),
+    "optimizer post": (lambda: _optim_module.register_optimizer_step_post_hook(lambda *a: None),
+                       "register_optimizer_step_post_hook"),
+}
+
+
+@pytest.mark.parametrize("hook", list(GLOBAL_HOOKS))
+def test_a_global_torch_hook_is_refused_at_from_torch_and_at_each_call(hook):
+    """PyTorch runs a global module hook in every module call and a global optimizer hook in
+    every opt.step(): the fused step cannot, so it refuses them as it does a module's own hooks,
+    before anything changes; removed, the step trains as PyTorch does."""
+    register, how = GLOBAL_HOOKS[hook]
+    handle = register()
+    try:
+        model = _model()
+        with pytest.raises(ValueError, match=f"PyTorch has a global hook .*{how}"):
+            fastbp.from_torch(model, loss=nn.CrossEntropyLoss(),
+                              optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    finally:
+        handle.remove()
+    model, opt, step = _made(p=0.0)
+    state = opt.state_dict()        # (syncs first)
+    ref = copy.deepcopy(model)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    ref_opt.load_state_dict(state)
+    before = _snapshot(step)
+    x, y = _data()
+    handle = register()
+    try:
+        for call in (lambda: step(x, y), lambda: step.fit(x, y, epochs=1), lambda: step.predict(x)):
+            with pytest.raises(ValueError, match=f"PyTorch has a global hook .*{how}"):
+                call()
+    finally:
+        handle.remove()
+    after = _snapshot(step)
+    assert after[1] == before[1] and all(np.array_equal(after[0][k], before[0][k]) for k in before[0])
+    for _ in range(2):
+        assert float(step(x, y)) == pytest.approx(_torch_step(ref, ref_opt, x, y), rel=1e-10)
+    for (name, a), b in zip(model.state_dict().items(), ref.state_dict().values()):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+def test_a_global_optimizer_hook_does_not_concern_a_step_with_a_fastbp_optimizer():
+    """A fastbp optimizer never runs torch's opt.step(): a global optimizer hook is not refused."""
+    handle = _optim_module.register_optimizer_step_pre_hook(lambda *a: None)
+    try:
+        model = _model()
+        step = fastbp.from_torch(model, loss=nn.CrossEntropyLoss(), optimizer=fastbp.SGD(lr=0.1), batch_size=6)
+        assert np.isfinite(float(step(*_data())))
+    finally:
+        handle.remove()
 
 
 @pytest.mark.parametrize("loss", [nn.MSELoss(), nn.BCEWithLogitsLoss()], ids=["mse", "bce"])
