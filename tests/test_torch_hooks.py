@@ -44,6 +44,15 @@ def _torch_step(model, opt, x, y):
     return loss.item()
 
 
+def _pair(make, bn_momentum=0.1):
+    """Two equal models and their optimizers (``make(params)``), the second one's from_torch
+    step: ``(ref, o_ref, fused, o_fused, step)``, the first pair the pure-PyTorch reference."""
+    ref, fused = _model(bn_momentum), _model(bn_momentum)
+    o_ref, o_fused = make(ref.parameters()), make(fused.parameters())
+    step = fastbp.from_torch(fused, loss=nn.CrossEntropyLoss(), optimizer=o_fused, batch_size=6)
+    return ref, o_ref, fused, o_fused, step
+
+
 def _assert_same(m1, o1, m2, o2):
     for (name, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
@@ -62,9 +71,7 @@ def test_fused_and_pytorch_steps_mix_without_sync(make, bn_momentum):
     """fused, PyTorch, fused, ... with no sync_to_torch: PyTorch's opt.step() goes on from the
     fused steps' momentum/moments (not from the state of the last sync), and a train-mode
     BatchNorm forward (the cumulative average, momentum=None) from their count."""
-    ref, mixed = _model(bn_momentum), _model(bn_momentum)
-    o_ref, o_mixed = make(ref.parameters()), make(mixed.parameters())
-    step = fastbp.from_torch(mixed, loss=nn.CrossEntropyLoss(), optimizer=o_mixed, batch_size=6)
+    ref, o_ref, mixed, o_mixed, step = _pair(make, bn_momentum)
     for i, (x, y) in enumerate(_batches(9)):
         want = _torch_step(ref, o_ref, x, y)
         got = float(step(x, y)) if i % 3 != 1 else _torch_step(mixed, o_mixed, x, y)
@@ -75,9 +82,7 @@ def test_fused_and_pytorch_steps_mix_without_sync(make, bn_momentum):
 def test_state_dicts_after_fused_steps_hold_the_steps_state():
     """torch.save(opt.state_dict()) / model.state_dict() right after fused steps: the state
     the steps reached (the moments, step counts and num_batches_tracked), not the last sync's."""
-    ref, fused = _model(), _model()
-    o_ref, o_fused = OPTIMIZERS["adam"](ref.parameters()), OPTIMIZERS["adam"](fused.parameters())
-    step = fastbp.from_torch(fused, loss=nn.CrossEntropyLoss(), optimizer=o_fused, batch_size=6)
+    ref, o_ref, fused, o_fused, step = _pair(OPTIMIZERS["adam"])
     for x, y in _batches(4):
         _torch_step(ref, o_ref, x, y)
         step(x, y)
@@ -92,9 +97,7 @@ def test_a_second_from_torch_starts_where_the_first_step_stopped():
     """A new step of the same model and optimizer, made while the first has unsynced fused
     steps: it takes over their state; the first step's hooks are removed (a PyTorch step
     then no longer writes the first step's state)."""
-    ref, fused = _model(), _model()
-    o_ref, o_fused = OPTIMIZERS["sgd_momentum"](ref.parameters()), OPTIMIZERS["sgd_momentum"](fused.parameters())
-    first = fastbp.from_torch(fused, loss=nn.CrossEntropyLoss(), optimizer=o_fused, batch_size=6)
+    ref, o_ref, fused, o_fused, first = _pair(OPTIMIZERS["sgd_momentum"])
     batches = _batches(6)
     for x, y in batches[:3]:
         _torch_step(ref, o_ref, x, y)
@@ -164,9 +167,7 @@ def test_a_batchnorm_count_pytorch_sets_after_fused_steps_is_the_count(action, b
     """model.load_state_dict(checkpoint) or bn.reset_running_stats() after unsynced fused steps:
     num_batches_tracked is what PyTorch set (the checkpoint's, 0), not that plus the steps'
     count; with momentum=None the running statistics' cumulative average follows it."""
-    ref, fused = _model(bn_momentum), _model(bn_momentum)
-    o_ref, o_fused = OPTIMIZERS["sgd_momentum"](ref.parameters()), OPTIMIZERS["sgd_momentum"](fused.parameters())
-    step = fastbp.from_torch(fused, loss=nn.CrossEntropyLoss(), optimizer=o_fused, batch_size=6)
+    ref, o_ref, fused, o_fused, step = _pair(OPTIMIZERS["sgd_momentum"], bn_momentum)
     batches = _batches(8)
     for x, y in batches[:3]:
         _torch_step(ref, o_ref, x, y)
@@ -213,10 +214,8 @@ def test_an_optimizer_state_pytorch_emptied_starts_afresh(make):
     """opt.load_state_dict(a checkpoint taken before any step) after unsynced fused steps: the
     optimizer state is empty, as PyTorch's after that load, so the next step starts afresh
     (fresh momentum / moments, the count from 0), not from the fused steps' state."""
-    ref, fused = _model(), _model()
-    o_ref, o_fused = make(ref.parameters()), make(fused.parameters())
-    fresh = (copy.deepcopy(o_ref.state_dict()), copy.deepcopy(o_fused.state_dict()))
-    step = fastbp.from_torch(fused, loss=nn.CrossEntropyLoss(), optimizer=o_fused, batch_size=6)
+    ref, o_ref, fused, o_fused, step = _pair(make)
+    fresh = (copy.deepcopy(o_ref.state_dict()), copy.deepcopy(o_fused.state_dict()))   # (no step taken yet)
     batches = _batches(6)
     for x, y in batches[:3]:
         _torch_step(ref, o_ref, x, y)
