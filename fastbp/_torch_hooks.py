@@ -100,19 +100,18 @@ def check_user_hooks(m, what):
                                  f"step cannot run it (remove it, or train in PyTorch)")
 
 
+_MODULE = "torch.nn.modules.module"
+_OPTIM = "torch.optim.optimizer"
 #: PyTorch's global hooks, run for every module call or every optimizer step: (module, its
 #: dictionary of them, the function that registers them, whether they are an optimizer's)
 _GLOBAL_HOOKS = (
-    ("torch.nn.modules.module", "_global_forward_pre_hooks", "torch.nn.modules.module.register_module_forward_pre_hook", False),
-    ("torch.nn.modules.module", "_global_forward_hooks", "torch.nn.modules.module.register_module_forward_hook", False),
-    ("torch.nn.modules.module", "_global_backward_pre_hooks",
-     "torch.nn.modules.module.register_module_full_backward_pre_hook", False),
-    ("torch.nn.modules.module", "_global_backward_hooks",
-     "torch.nn.modules.module.register_module_full_backward_hook (or register_module_backward_hook)", False),
-    ("torch.optim.optimizer", "_global_optimizer_pre_hooks", "torch.optim.optimizer.register_optimizer_step_pre_hook",
-     True),
-    ("torch.optim.optimizer", "_global_optimizer_post_hooks", "torch.optim.optimizer.register_optimizer_step_post_hook",
-     True),
+    (_MODULE, "_global_forward_pre_hooks", f"{_MODULE}.register_module_forward_pre_hook", False),
+    (_MODULE, "_global_forward_hooks", f"{_MODULE}.register_module_forward_hook", False),
+    (_MODULE, "_global_backward_pre_hooks", f"{_MODULE}.register_module_full_backward_pre_hook", False),
+    (_MODULE, "_global_backward_hooks",
+     f"{_MODULE}.register_module_full_backward_hook (or register_module_backward_hook)", False),
+    (_OPTIM, "_global_optimizer_pre_hooks", f"{_OPTIM}.register_optimizer_step_pre_hook", True),
+    (_OPTIM, "_global_optimizer_post_hooks", f"{_OPTIM}.register_optimizer_step_post_hook", True),
 )
 
 

@@ -393,10 +393,11 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
     TypeError, ValueError
         What the step cannot train as PyTorch would (naming the layer, parameter, group or
         option); also an optimizer subclass that overrides ``step``, an optimizer step hook,
-        a module hook or a global one of PyTorch's (``register_module_forward_hook``, and with a
-        torch optimizer ``register_optimizer_step_pre_hook``), and (``MSELoss``, ``BCEWithLogitsLoss`` modules) a target of another shape than the
-        output at a call.  The step is compiled from the model as found here: a later change
-        PyTorch allows (a module or parameter replaced, ``p.data`` set, ``requires_grad_(False)``,
+        a module hook or a global one of PyTorch's (``register_module_forward_hook``, and with
+        a torch optimizer ``register_optimizer_step_pre_hook``), and (``MSELoss``,
+        ``BCEWithLogitsLoss`` modules) a target of another shape than the output at a call.
+        The step is compiled from the model as found here: a later change PyTorch allows (a
+        module or parameter replaced, ``p.data`` set, ``requires_grad_(False)``,
         a hook added, a setting such as ``Dropout.p`` changed, ``model.eval()`` where the mode
         matters, a later ``from_torch`` of the same model) is a ValueError at the next call,
         before anything changes (:mod:`fastbp._torch_guard`).
