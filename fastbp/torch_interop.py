@@ -363,7 +363,14 @@ def from_torch(model, loss="softmax_cross_entropy", optimizer=None, batch_size=6
         module used twice) are refused with a ``ValueError``; but groups that
         differ in ``weight_decay`` alone, one value on exactly the parameters
         of 2 or more dimensions and 0 on the others (the usual split), are
-        trained as the optimizer's ``decay_1d=False``.  A torch
+        trained as the optimizer's ``decay_1d=False``.  A hyper-parameter
+        given as a one-element tensor (``lr=torch.tensor(0.01)``) is taken
+        as its value; PyTorch's Adam and AdamW compute their step size and
+        bias corrections from float32 tensors in float32 (``1 - 0.999**t``
+        keeps about 5 significant digits there), fastbp from the values in
+        float64, so their updates then differ in about the 6th digit with
+        tensor ``betas`` (the 8th with a tensor ``lr``); float64 tensors
+        agree to rounding.  A torch
         optimizer stays linked: each call of the step (and each ``fit``) uses
         its current ``param_groups`` learning rate when that changed, so a
         ``torch.optim.lr_scheduler`` stepped between calls works as with

@@ -481,3 +481,34 @@ def test_a_mode_dependent_layer_in_eval_mode_is_refused_naming_it():
         m.eval()
         x, y = np.ones((4, 4), np.float32), np.array([0, 1, 2, 0])
         assert np.isfinite(fastbp.from_torch(m, batch_size=4)(x, y))
+
+
+@pytest.mark.parametrize("tensor_dtype, rtol, atol", [(torch.float64, 1e-12, 1e-14), (torch.float32, 1e-5, 1e-6)],
+                         ids=["float64-tensors", "float32-tensors"])
+def test_tensor_hyper_parameters_are_taken_as_their_values(tensor_dtype, rtol, atol):
+    """Adam(lr=tensor, betas=(tensor, tensor)) (PyTorch's documented types): float64 tensors
+    train as PyTorch to rounding; from float32 tensors PyTorch computes the step size and bias
+    corrections in float32 (1 - 0.999**t keeps about five digits there; fastbp's are float64): the
+    documented difference, ~1e-7 here on parameters that 5 updates of ~0.01 moved."""
+    def make():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3)).double()
+
+    def adam(params):
+        t = lambda v: torch.tensor(v, dtype=tensor_dtype)
+        return torch.optim.Adam(params, lr=t(0.01), betas=(t(0.9), t(0.999)))
+
+    ref, model = make(), make()
+    ref_opt = adam(ref.parameters())
+    step = fastbp.from_torch(model, loss=torch.nn.CrossEntropyLoss(), optimizer=adam(model.parameters()), batch_size=8)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 5, dtype=torch.float64, generator=g), torch.randint(0, 3, (8,), generator=g)
+    for _ in range(5):
+        ref_opt.zero_grad()
+        want = torch.nn.functional.cross_entropy(ref(x), y)
+        want.backward()
+        ref_opt.step()
+        assert float(step(x, y)) == pytest.approx(want.item(), rel=rtol)
+    step.sync_to_torch()
+    for a, b in zip(model.parameters(), ref.parameters()):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=rtol, atol=atol)
